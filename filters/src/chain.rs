@@ -1,0 +1,75 @@
+//! The pipeline: filters in order on the way in, in reverse order on the way out.
+
+use crate::filter::{Filter, Interest, SessionCtx};
+use crate::op::{ClientOp, Info, ServerOp};
+use crate::verdict::Verdict;
+
+/// A session's filters in pipeline order.
+pub struct Chain {
+    filters: Vec<Box<dyn Filter>>,
+    interest: Interest,
+}
+
+impl Chain {
+    pub fn new(filters: Vec<Box<dyn Filter>>) -> Self {
+        let interest = filters
+            .iter()
+            .fold(Interest::NONE, |acc, f| acc.union(f.interest()));
+        Chain { filters, interest }
+    }
+
+    /// The union of what every filter wants to see.
+    pub fn interest(&self) -> Interest {
+        self.interest
+    }
+
+    /// Runs a client op through the filters in order. Stops at the first verdict that is not
+    /// a forward; reports [`Verdict::Changed`] if any filter changed the op.
+    pub fn on_client_op(&mut self, op: &mut ClientOp, ctx: &SessionCtx) -> Verdict {
+        let kind = crate::filter::client_op_kind(op);
+        let mut changed = false;
+        for filter in self.filters.iter_mut() {
+            if !filter.interest().contains(kind) {
+                continue;
+            }
+            match filter.on_client_op(op, ctx) {
+                Verdict::Forward => {}
+                Verdict::Changed => changed = true,
+                other => return other,
+            }
+        }
+        if changed {
+            Verdict::Changed
+        } else {
+            Verdict::Forward
+        }
+    }
+
+    /// Runs a server op through the filters in reverse order.
+    pub fn on_server_op(&mut self, op: &mut ServerOp, ctx: &SessionCtx) -> Verdict {
+        let kind = crate::filter::server_op_kind(op);
+        let mut changed = false;
+        for filter in self.filters.iter_mut().rev() {
+            if !filter.interest().contains(kind) {
+                continue;
+            }
+            match filter.on_server_op(op, ctx) {
+                Verdict::Forward => {}
+                Verdict::Changed => changed = true,
+                other => return other,
+            }
+        }
+        if changed {
+            Verdict::Changed
+        } else {
+            Verdict::Forward
+        }
+    }
+
+    /// Shows an INFO bound for the client to every filter, in reverse order.
+    pub fn on_info(&mut self, info: &mut Info, ctx: &SessionCtx) {
+        for filter in self.filters.iter_mut().rev() {
+            filter.on_info(info, ctx);
+        }
+    }
+}

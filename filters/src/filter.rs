@@ -1,0 +1,158 @@
+//! The [`Filter`] trait, the per-session [`FilterFactory`], and the facts a filter may read.
+
+use std::net::SocketAddr;
+
+use crate::op::{ClientOp, Connect, Info, ServerOp};
+use crate::verdict::Verdict;
+
+/// The kinds of op a filter can ask to see. The session builds an op value (and pays for
+/// slicing its fields) only when some filter in the chain declared interest in its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum OpKind {
+    Connect = 1 << 0,
+    Pub = 1 << 1,
+    Sub = 1 << 2,
+    Unsub = 1 << 3,
+    ClientPing = 1 << 4,
+    ClientPong = 1 << 5,
+    Msg = 1 << 6,
+    ServerPing = 1 << 7,
+    ServerPong = 1 << 8,
+    ServerOk = 1 << 9,
+    ServerErr = 1 << 10,
+    /// INFO, CONNECT-less controls and other rare ops sent by a client.
+    ClientOther = 1 << 11,
+    ServerInfo = 1 << 12,
+}
+
+/// A set of [`OpKind`]s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Interest(u16);
+
+impl Interest {
+    pub const NONE: Interest = Interest(0);
+
+    pub const fn of(kinds: &[OpKind]) -> Interest {
+        let mut bits = 0u16;
+        let mut i = 0;
+        while i < kinds.len() {
+            bits |= kinds[i] as u16;
+            i += 1;
+        }
+        Interest(bits)
+    }
+
+    pub const fn union(self, other: Interest) -> Interest {
+        Interest(self.0 | other.0)
+    }
+
+    pub const fn contains(self, kind: OpKind) -> bool {
+        self.0 & kind as u16 != 0
+    }
+}
+
+/// Where a connection comes from, as the transport saw it. Fixed for the session's life.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnFacts {
+    /// The edge's id for this client connection (also used in logs).
+    pub conn_id: u64,
+    /// The name of the listener that accepted it.
+    pub listener: String,
+    /// The real client address.
+    pub client_addr: SocketAddr,
+    /// `tcp`, `tls`, `ws` or `wss`.
+    pub transport: &'static str,
+}
+
+/// What a filter may read about its session while it judges an op.
+#[derive(Debug, Clone)]
+pub struct SessionCtx {
+    pub conn: ConnFacts,
+    /// The client's CONNECT, once it has arrived.
+    pub connect: Option<Connect>,
+    /// The max_payload the upstream announced in its latest INFO.
+    pub upstream_max_payload: Option<i64>,
+    /// Whether the upstream supports headers (its INFO `headers`).
+    pub upstream_headers: bool,
+}
+
+impl SessionCtx {
+    pub fn new(conn: ConnFacts) -> Self {
+        SessionCtx {
+            conn,
+            connect: None,
+            upstream_max_payload: None,
+            upstream_headers: false,
+        }
+    }
+}
+
+/// One policy step on a session's ops. Every hook has a no-op default, so a filter writes only
+/// what it cares about; [`Filter::interest`] says which ops it wants to see at all.
+///
+/// A filter lives as long as its session and is driven from one task, so it keeps per-session
+/// state in plain fields, without locks.
+pub trait Filter: Send {
+    /// A short name for logs and metrics.
+    fn name(&self) -> &'static str;
+
+    /// The op kinds this filter wants passed to [`Filter::on_client_op`] and
+    /// [`Filter::on_server_op`]. Ops of other kinds skip it.
+    fn interest(&self) -> Interest {
+        Interest::NONE
+    }
+
+    /// Called for every INFO on its way to the client (the first one and every async update),
+    /// after the session has rewritten the addresses in it.
+    fn on_info(&mut self, _info: &mut Info, _ctx: &SessionCtx) {}
+
+    /// Called for a client op on its way to the upstream.
+    fn on_client_op(&mut self, _op: &mut ClientOp, _ctx: &SessionCtx) -> Verdict {
+        Verdict::Forward
+    }
+
+    /// Called for a server op on its way to the client.
+    fn on_server_op(&mut self, _op: &mut ServerOp, _ctx: &SessionCtx) -> Verdict {
+        Verdict::Forward
+    }
+}
+
+/// Builds the filter instance for a new session. Shared by all sessions of a listener.
+pub trait FilterFactory: Send + Sync {
+    fn build(&self, conn: &ConnFacts) -> Box<dyn Filter>;
+}
+
+impl<F> FilterFactory for F
+where
+    F: Fn(&ConnFacts) -> Box<dyn Filter> + Send + Sync,
+{
+    fn build(&self, conn: &ConnFacts) -> Box<dyn Filter> {
+        self(conn)
+    }
+}
+
+/// The [`OpKind`] of a client op.
+pub fn client_op_kind(op: &ClientOp) -> OpKind {
+    match op {
+        ClientOp::Connect(_) => OpKind::Connect,
+        ClientOp::Pub(_) => OpKind::Pub,
+        ClientOp::Sub(_) => OpKind::Sub,
+        ClientOp::Unsub(_) => OpKind::Unsub,
+        ClientOp::Ping => OpKind::ClientPing,
+        ClientOp::Pong => OpKind::ClientPong,
+        ClientOp::Info(_) | ClientOp::Ok | ClientOp::Err(_) => OpKind::ClientOther,
+    }
+}
+
+/// The [`OpKind`] of a server op. Filters see INFO through [`Filter::on_info`] instead.
+pub fn server_op_kind(op: &ServerOp) -> OpKind {
+    match op {
+        ServerOp::Msg(_) => OpKind::Msg,
+        ServerOp::Ping => OpKind::ServerPing,
+        ServerOp::Pong => OpKind::ServerPong,
+        ServerOp::Ok => OpKind::ServerOk,
+        ServerOp::Err(_) => OpKind::ServerErr,
+        ServerOp::Info(_) => OpKind::ServerInfo,
+    }
+}

@@ -1,0 +1,23 @@
+//! The sans-IO policy layer of nats-edge.
+//!
+//! This crate knows the NATS protocol as values, never as sockets: the ops each side sends
+//! ([`ClientOp`], [`ServerOp`]), what a filter may answer about an op ([`Verdict`]), the
+//! [`Filter`] trait with its per-session [`FilterFactory`], the [`Chain`] that runs filters in
+//! pipeline order, subject validation and matching, and the built-in filters.
+//!
+//! Everything here is synchronous and allocation-aware: a filter that does not declare an
+//! [`Interest`] in an op kind is never shown that op, so the proxy's fast path stays a memchr
+//! scan plus a slice of the read buffer.
+
+pub mod chain;
+pub mod errors;
+pub mod filter;
+pub mod limits;
+pub mod op;
+pub mod subject;
+pub mod verdict;
+
+pub use chain::Chain;
+pub use filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionCtx};
+pub use op::{ClientOp, Connect, Info, Msg, Pub, ServerOp, Sub, Unsub};
+pub use verdict::{CloseReason, Verdict};

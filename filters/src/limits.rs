@@ -1,0 +1,227 @@
+//! The `limits` filter: nats-server's per-connection limits, enforced at the edge.
+//!
+//! `max_payload` and `max_control_line` are enforced by the protocol decoder itself, because a
+//! border must refuse an oversized op before it has buffered it; this module computes the
+//! effective values and announces `max_payload` in INFO. The subscription limit is counted
+//! here, per connection, as nats-server counts it: a SUB with a new sid adds one, UNSUB
+//! removes it at once or after its auto-unsubscribe count of deliveries.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use crate::errors;
+use crate::filter::{Filter, Interest, OpKind, SessionCtx};
+use crate::op::{ClientOp, Info, ServerOp};
+use crate::subject;
+use crate::verdict::Verdict;
+
+/// The limits configured for a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// The edge's own cap on payload size; the effective value is the lower of this and the
+    /// upstream's `max_payload`.
+    pub max_payload: Option<u64>,
+    /// The longest control line accepted (the arguments after the verb), as nats-server counts.
+    pub max_control_line: usize,
+    /// Subscriptions per connection; `None` is unlimited.
+    pub max_subscriptions: Option<usize>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_payload: None,
+            max_control_line: 4096,
+            max_subscriptions: None,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The payload limit in force: the lower of the edge's cap and the upstream's, or
+    /// nats-server's default of 1 MiB when neither side says.
+    pub fn effective_max_payload(&self, upstream: Option<i64>) -> u64 {
+        let upstream = upstream.and_then(|v| u64::try_from(v).ok());
+        match (self.max_payload, upstream) {
+            (Some(edge), Some(up)) => edge.min(up),
+            (Some(edge), None) => edge,
+            (None, Some(up)) => up,
+            (None, None) => 1024 * 1024,
+        }
+    }
+}
+
+/// Per-session state of the limits filter.
+pub struct Limits {
+    config: LimitsConfig,
+    /// Live subscriptions by sid, with their auto-unsubscribe progress.
+    subs: HashMap<Bytes, AutoUnsub>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct AutoUnsub {
+    max: Option<u64>,
+    delivered: u64,
+}
+
+impl Limits {
+    pub fn new(config: LimitsConfig) -> Self {
+        Limits {
+            config,
+            subs: HashMap::new(),
+        }
+    }
+
+    /// Live subscriptions counted so far.
+    pub fn subscriptions(&self) -> usize {
+        self.subs.len()
+    }
+}
+
+impl Filter for Limits {
+    fn name(&self) -> &'static str {
+        "limits"
+    }
+
+    fn interest(&self) -> Interest {
+        // Counting deliveries costs a look at every MSG, so only when a limit asks for it.
+        if self.config.max_subscriptions.is_some() {
+            Interest::of(&[OpKind::Sub, OpKind::Unsub, OpKind::Msg])
+        } else {
+            Interest::NONE
+        }
+    }
+
+    fn on_info(&mut self, info: &mut Info, _ctx: &SessionCtx) {
+        let effective = self.config.effective_max_payload(info.max_payload);
+        info.max_payload = Some(i64::try_from(effective).unwrap_or(i64::MAX));
+    }
+
+    fn on_client_op(&mut self, op: &mut ClientOp, _ctx: &SessionCtx) -> Verdict {
+        let Some(max) = self.config.max_subscriptions else {
+            return Verdict::Forward;
+        };
+        match op {
+            ClientOp::Sub(sub) => {
+                // An invalid subject is the upstream's to refuse ('Invalid Subject'); it never
+                // becomes a subscription, so it is not counted.
+                if !subject::is_valid_subject(&sub.subject) || self.subs.contains_key(&sub.sid) {
+                    return Verdict::Forward;
+                }
+                if self.subs.len() >= max {
+                    return Verdict::error(errors::MAX_SUBSCRIPTIONS_EXCEEDED);
+                }
+                self.subs
+                    .insert(Bytes::copy_from_slice(&sub.sid), AutoUnsub::default());
+            }
+            ClientOp::Unsub(unsub) => match unsub.max {
+                Some(max) if max > 0 => {
+                    if let Some(state) = self.subs.get_mut(&unsub.sid) {
+                        if state.delivered >= max {
+                            self.subs.remove(&unsub.sid);
+                        } else {
+                            state.max = Some(max);
+                        }
+                    }
+                }
+                _ => {
+                    self.subs.remove(&unsub.sid);
+                }
+            },
+            _ => {}
+        }
+        Verdict::Forward
+    }
+
+    fn on_server_op(&mut self, op: &mut ServerOp, _ctx: &SessionCtx) -> Verdict {
+        if let ServerOp::Msg(msg) = op {
+            if let Some(state) = self.subs.get_mut(&msg.sid) {
+                state.delivered += 1;
+                if state.max.is_some_and(|max| state.delivered >= max) {
+                    self.subs.remove(&msg.sid);
+                }
+            }
+        }
+        Verdict::Forward
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::ConnFacts;
+    use crate::op::{Msg, Sub, Unsub};
+
+    fn ctx() -> SessionCtx {
+        SessionCtx::new(ConnFacts {
+            conn_id: 1,
+            listener: "t".into(),
+            client_addr: "127.0.0.1:1".parse().unwrap(),
+            transport: "tcp",
+        })
+    }
+
+    fn sub(sid: &'static str) -> ClientOp {
+        ClientOp::Sub(Sub {
+            subject: Bytes::from_static(b"foo"),
+            queue: None,
+            sid: Bytes::from_static(sid.as_bytes()),
+        })
+    }
+
+    fn msg(sid: &'static str) -> ServerOp {
+        ServerOp::Msg(Msg {
+            subject: Bytes::from_static(b"foo"),
+            sid: Bytes::from_static(sid.as_bytes()),
+            reply: None,
+            headers: None,
+            payload: Bytes::new(),
+        })
+    }
+
+    #[test]
+    fn effective_max_payload_is_the_lower() {
+        let mut c = LimitsConfig::default();
+        assert_eq!(c.effective_max_payload(Some(2048)), 2048);
+        assert_eq!(c.effective_max_payload(None), 1024 * 1024);
+        c.max_payload = Some(1000);
+        assert_eq!(c.effective_max_payload(Some(2048)), 1000);
+        assert_eq!(c.effective_max_payload(Some(10)), 10);
+    }
+
+    #[test]
+    fn subscription_limit_counts_like_nats_server() {
+        let ctx = ctx();
+        let mut f = Limits::new(LimitsConfig {
+            max_subscriptions: Some(2),
+            ..LimitsConfig::default()
+        });
+        assert_eq!(f.on_client_op(&mut sub("1"), &ctx), Verdict::Forward);
+        assert_eq!(
+            f.on_client_op(&mut sub("1"), &ctx),
+            Verdict::Forward,
+            "same sid"
+        );
+        assert_eq!(f.on_client_op(&mut sub("2"), &ctx), Verdict::Forward);
+        assert_eq!(
+            f.on_client_op(&mut sub("3"), &ctx),
+            Verdict::error(errors::MAX_SUBSCRIPTIONS_EXCEEDED)
+        );
+        let mut unsub = ClientOp::Unsub(Unsub {
+            sid: Bytes::from_static(b"2"),
+            max: Some(2),
+        });
+        f.on_client_op(&mut unsub, &ctx);
+        assert_eq!(
+            f.subscriptions(),
+            2,
+            "auto-unsubscribe waits for deliveries"
+        );
+        f.on_server_op(&mut msg("2"), &ctx);
+        assert_eq!(f.subscriptions(), 2);
+        f.on_server_op(&mut msg("2"), &ctx);
+        assert_eq!(f.subscriptions(), 1);
+        assert_eq!(f.on_client_op(&mut sub("3"), &ctx), Verdict::Forward);
+    }
+}

@@ -1,0 +1,377 @@
+//! Configuration: built-in defaults < TOML file < `NATS_EDGE_*` environment < command-line
+//! flags, merged by figment. Unknown keys are errors; every error names the key and where its
+//! value came from (the file, the environment variable or the flag).
+
+mod units;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use nats_edge_filters::limits::LimitsConfig;
+use serde::{Deserialize, Serialize};
+
+pub use units::{parse_duration, parse_size, ByteSize, HumanDuration, StringList};
+
+use crate::upstream::UpstreamUrl;
+
+/// The whole configuration of one nats-edge process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where clients connect. At least one.
+    pub listeners: Vec<ListenerConfig>,
+    pub upstream: UpstreamConfig,
+    pub limits: LimitsSection,
+    pub log: LogConfig,
+}
+
+/// One client-facing listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// A name for logs and metrics; unique among listeners.
+    pub name: String,
+    /// The socket address to bind, such as `0.0.0.0:4222`.
+    pub bind: SocketAddr,
+    /// `host:port` that clients are told in INFO (`host`, `port`). Defaults to the bound address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// The transport. Only `tcp` exists so far.
+    #[serde(default)]
+    pub kind: ListenerKind,
+    /// URLs given to clients as INFO `connect_urls` in place of the upstream cluster's own,
+    /// which are never shown. Empty: the field is removed.
+    #[serde(default)]
+    pub connect_urls: StringList,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    #[default]
+    Tcp,
+}
+
+/// The nats-server(s) behind the edge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// `nats://[user:pass@]host:port` URLs, tried in order for every client connection.
+    pub urls: StringList,
+    /// How long one dial (TCP connect plus the server's INFO) may take before the next URL.
+    pub connect_timeout: HumanDuration,
+}
+
+/// Per-connection limits, enforced with nats-server's errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// The edge's cap on message size; the effective limit is the lower of this and the
+    /// upstream's `max_payload`. Unset: the upstream's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_payload: Option<ByteSize>,
+    /// Longest control line (the arguments after the verb), as nats-server's `max_control_line`.
+    pub max_control_line: ByteSize,
+    /// Subscriptions per connection. 0: unlimited.
+    pub max_subscriptions: usize,
+    /// How long a client has to send CONNECT before `-ERR 'Authentication Timeout'`.
+    pub handshake_timeout: HumanDuration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter directive: `info`, `debug`, `nats_edge=debug,info`, ...
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listeners: vec![ListenerConfig::tcp("default", default_listen())],
+            upstream: UpstreamConfig::default(),
+            limits: LimitsSection::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 4222))
+}
+
+impl ListenerConfig {
+    pub fn tcp(name: &str, bind: SocketAddr) -> Self {
+        ListenerConfig {
+            name: name.to_string(),
+            bind,
+            advertise: None,
+            kind: ListenerKind::Tcp,
+            connect_urls: StringList::default(),
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            urls: StringList::default(),
+            connect_timeout: HumanDuration(Duration::from_secs(2)),
+        }
+    }
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_payload: None,
+            max_control_line: ByteSize(4096),
+            max_subscriptions: 0,
+            handshake_timeout: HumanDuration(Duration::from_secs(2)),
+        }
+    }
+}
+
+impl LimitsSection {
+    /// The part the limits filter and the decoder enforce.
+    pub fn filter_config(&self) -> LimitsConfig {
+        LimitsConfig {
+            max_payload: self.max_payload.map(|s| s.0),
+            max_control_line: self.max_control_line.0 as usize,
+            max_subscriptions: (self.max_subscriptions > 0).then_some(self.max_subscriptions),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// A config that cannot be used, with the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0}: not found")]
+    FileNotFound(PathBuf),
+    /// Parse and type errors; figment's message names the key and the source.
+    #[error("{0}")]
+    Invalid(Box<figment::Error>),
+    #[error("{key}: {reason}{}", origin.as_ref().map(|s| format!(" (from {s})")).unwrap_or_default())]
+    Value {
+        key: String,
+        reason: String,
+        /// The file, environment variable or flag the value came from.
+        origin: Option<String>,
+    },
+}
+
+/// What the command line contributes; the highest-priority layer. Unset fields leave the
+/// lower layers alone.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub upstreams: Vec<String>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given, then the environment, then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::FileNotFound(path.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("NATS_EDGE_").split("__").ignore(&["config"]));
+        if let Some(listen) = overrides.listen {
+            figment = figment.merge(Serialized::default(
+                "listeners",
+                vec![ListenerConfig::tcp("default", listen)],
+            ));
+        }
+        if !overrides.upstreams.is_empty() {
+            figment = figment.merge(Serialized::default("upstream.urls", &overrides.upstreams));
+        }
+        if let Some(format) = overrides.log_format {
+            figment = figment.merge(Serialized::default("log.format", format));
+        }
+        if let Some(level) = &overrides.log_level {
+            figment = figment.merge(Serialized::default("log.level", level));
+        }
+        Self::extract(figment)
+    }
+
+    /// Parses a TOML document on top of the defaults (no environment): for tests and embedding.
+    pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
+        Self::extract(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml)),
+        )
+    }
+
+    fn extract(figment: Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        config.validate().map_err(|(key, reason)| {
+            let origin = figment.find_metadata(&key).map(|m| match &m.source {
+                Some(src) => format!("{} {}", m.name, src),
+                None => m.name.to_string(),
+            });
+            ConfigError::Value {
+                key,
+                reason,
+                origin,
+            }
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot: returns the offending key path and why.
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.listeners.is_empty() {
+            return Err((
+                "listeners".into(),
+                "at least one listener is required".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.name.is_empty() {
+                return Err((format!("listeners.{i}.name"), "must not be empty".into()));
+            }
+            if !names.insert(&l.name) {
+                return Err((
+                    format!("listeners.{i}.name"),
+                    format!("`{}` is used twice", l.name),
+                ));
+            }
+            if let Some(adv) = &l.advertise {
+                parse_host_port(adv).map_err(|r| (format!("listeners.{i}.advertise"), r))?;
+            }
+            for url in &l.connect_urls.0 {
+                parse_host_port(url.trim_start_matches("nats://"))
+                    .map_err(|r| (format!("listeners.{i}.connect_urls"), r))?;
+            }
+        }
+        if self.upstream.urls.0.is_empty() {
+            return Err((
+                "upstream.urls".into(),
+                "at least one upstream URL is required (--upstream nats://host:4222)".into(),
+            ));
+        }
+        for url in &self.upstream.urls.0 {
+            UpstreamUrl::parse(url).map_err(|e| ("upstream.urls".to_string(), e.to_string()))?;
+        }
+        if self.upstream.connect_timeout.0.is_zero() {
+            return Err((
+                "upstream.connect_timeout".into(),
+                "must be above zero".into(),
+            ));
+        }
+        if self.limits.max_control_line.0 < 64 {
+            return Err((
+                "limits.max_control_line".into(),
+                "must be at least 64 bytes".into(),
+            ));
+        }
+        if self.limits.max_payload.is_some_and(|p| p.0 == 0) {
+            return Err(("limits.max_payload".into(), "must be above zero".into()));
+        }
+        if self.limits.handshake_timeout.0.is_zero() {
+            return Err((
+                "limits.handshake_timeout".into(),
+                "must be above zero".into(),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ("log.level".to_string(), e.to_string()))?;
+        Ok(())
+    }
+
+    /// Parsed upstream URLs, in order. Valid after loading.
+    pub fn upstream_urls(&self) -> Vec<UpstreamUrl> {
+        self.upstream
+            .urls
+            .0
+            .iter()
+            .filter_map(|u| UpstreamUrl::parse(u).ok())
+            .collect()
+    }
+}
+
+/// Splits `host:port` (IPv6 in brackets).
+pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{s}` is not host:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{s}`: `{port}` is not a port number"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("`{s}`: the host is empty"));
+    }
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_layers_over_defaults() {
+        let c = Config::from_toml_str(
+            r#"
+            [upstream]
+            urls = ["nats://127.0.0.1:4223"]
+            [limits]
+            max_payload = "64KiB"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_payload, Some(ByteSize(65536)));
+        assert_eq!(c.listeners[0].bind, default_listen());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let err =
+            Config::from_toml_str("[limits]\nmax_payloadz = 1\n[upstream]\nurls=[\"nats://a:1\"]")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("max_payloadz"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = Config::from_toml_str("[upstream]\nurls = [\"http://x:1\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("upstream.urls:"), "{err}");
+        let err = Config::from_toml_str(
+            "[upstream]\nurls = [\"nats://x:1\"]\n[limits]\nhandshake_timeout = \"soon\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("handshake_timeout"), "{err}");
+    }
+}

@@ -1,0 +1,19 @@
+//! nats-edge: a transparent NATS reverse proxy and border gateway.
+//!
+//! Each client connection is paired with its own upstream connection to a nats-server. Two
+//! half-duplex forwarders parse every command in each direction, pass it through the filter
+//! pipeline of the [`nats_edge_filters`] crate, and re-serialise only what a filter changed.
+//!
+//! Module map: [`proto`] is the wire codec, [`session`] one proxied connection, [`upstream`]
+//! the dialler, [`edge`] the listeners, [`config`] the layered configuration.
+
+pub mod config;
+pub mod edge;
+pub mod metrics;
+pub mod proto;
+pub mod session;
+pub mod upstream;
+
+pub use config::Config;
+pub use edge::Edge;
+pub use nats_edge_filters as filters;

@@ -1,0 +1,462 @@
+//! One half-duplex forwarder: reads frames from one side, runs them through the filter chain
+//! and writes them to the other side.
+//!
+//! The fast path: a frame that no filter wants to see is not turned into an op at all. Runs of
+//! such frames leave as one slice of the read buffer (`split_to(n).freeze()`), and every slice
+//! queued for the writer goes out in one vectored write. Reading continues while the reader has
+//! data and the queue is below its high-water mark; the writer is flushed only when the reader
+//! would block. A queue at its mark stops the reader, which is how a slow client slows the
+//! upstream (and nats-server's own slow-consumer policy then applies).
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use nats_edge_filters::filter::{client_op_kind, server_op_kind};
+use nats_edge_filters::{ClientOp, CloseReason, OpKind, ServerOp, Verdict};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::state::{Shared, MAX_PENDING_BARRIERS};
+use crate::proto::{
+    build_client_op, build_server_op, encode_client_op, encode_server_op, scan, Direction, Frame,
+    ProtoError, Verb,
+};
+
+/// The first read buffer of a connection, and the size it shrinks back to when idle.
+const INITIAL_READ: usize = 4 * 1024;
+/// The largest single read.
+const MAX_READ: usize = 64 * 1024;
+/// Below this much free space the read buffer is grown before reading.
+const MIN_SPARE: usize = 512;
+/// Queued bytes at which the forwarder stops reading and only writes.
+const HIGH_WATER: usize = 256 * 1024;
+/// Slices per vectored write.
+const MAX_IOV: usize = 64;
+
+const PING: &[u8] = b"PING\r\n";
+
+/// Which socket failed.
+#[derive(Debug)]
+pub enum IoFailure {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+pub struct Forwarder {
+    dir: Direction,
+    rbuf: BytesMut,
+    read_size: usize,
+    out: VecDeque<Bytes>,
+    out_len: usize,
+    /// Where changed ops are encoded; split off per op.
+    scratch: BytesMut,
+    eof: bool,
+    /// No more reading: the session is ending.
+    stopped: bool,
+    needs_flush: bool,
+    /// Message frames (PUB/HPUB or MSG/HMSG) forwarded.
+    pub msgs: u64,
+    /// Bytes read.
+    pub bytes: u64,
+}
+
+impl Forwarder {
+    pub fn new(dir: Direction, initial: BytesMut) -> Self {
+        Forwarder {
+            dir,
+            rbuf: initial,
+            read_size: INITIAL_READ,
+            out: VecDeque::new(),
+            out_len: 0,
+            scratch: BytesMut::new(),
+            eof: false,
+            stopped: false,
+            needs_flush: false,
+            msgs: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Stop reading; what is queued is still written.
+    pub fn stop(&mut self) {
+        self.stopped = true;
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Nothing left to write or flush.
+    pub fn is_drained(&self) -> bool {
+        self.out.is_empty() && !self.needs_flush
+    }
+
+    /// Drives this direction as far as it can go. `Ready(Ok(()))` means the reader reached
+    /// EOF and everything read has been written and flushed.
+    pub fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        shared: &mut Shared,
+    ) -> Poll<Result<(), IoFailure>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            if self.dir == Direction::ServerToClient {
+                while let Some(bytes) = shared.to_client.pop_front() {
+                    self.push(bytes);
+                }
+            }
+            if self.may_read(shared) {
+                match self.poll_fill(cx, reader) {
+                    Poll::Ready(Ok(0)) => self.eof = true,
+                    Poll::Ready(Ok(n)) => {
+                        self.bytes += n as u64;
+                        match self.dir {
+                            Direction::ClientToServer => self.process_client(shared),
+                            Direction::ServerToClient => self.process_server(shared),
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(IoFailure::Read(e))),
+                    Poll::Pending => self.shrink_if_idle(),
+                }
+            }
+            if !self.out.is_empty() {
+                ready!(self.poll_write_out(cx, writer)).map_err(IoFailure::Write)?;
+                continue;
+            }
+            if self.needs_flush {
+                ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(IoFailure::Write)?;
+                self.needs_flush = false;
+            }
+            return if self.eof {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            };
+        }
+    }
+
+    fn may_read(&self, shared: &Shared) -> bool {
+        !self.eof
+            && !self.stopped
+            && self.out_len < HIGH_WATER
+            && !(self.dir == Direction::ClientToServer
+                && shared.barriers.len() >= MAX_PENDING_BARRIERS)
+    }
+
+    fn poll_fill<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+    ) -> Poll<io::Result<usize>> {
+        if self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE {
+            self.rbuf.reserve(self.read_size);
+        }
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(reader),
+            cx,
+            &mut self.rbuf
+        ))?;
+        if n == spare && self.read_size < MAX_READ {
+            // The reader had more than we offered: offer more next time.
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Gives back a large read buffer once the connection goes quiet.
+    fn shrink_if_idle(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > INITIAL_READ {
+            self.rbuf = BytesMut::new();
+            self.read_size = INITIAL_READ;
+        }
+    }
+
+    fn poll_write_out<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+    ) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            let written = {
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                let count = self
+                    .out
+                    .iter()
+                    .zip(slices.iter_mut())
+                    .map(|(bytes, slice)| *slice = IoSlice::new(bytes))
+                    .count();
+                ready!(Pin::new(&mut *writer).poll_write_vectored(cx, &slices[..count]))?
+            };
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.consume_out(written);
+            self.needs_flush = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn consume_out(&mut self, mut n: usize) {
+        self.out_len -= n;
+        while n > 0 {
+            let Some(front) = self.out.front_mut() else {
+                break;
+            };
+            if front.len() <= n {
+                n -= front.len();
+                self.out.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+
+    fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.out_len += bytes.len();
+            self.out.push_back(bytes);
+        }
+    }
+
+    /// Queues the first `run` bytes of the read buffer unchanged.
+    fn flush_run(&mut self, run: &mut usize) {
+        if *run > 0 {
+            let bytes = self.rbuf.split_to(*run).freeze();
+            self.push(bytes);
+            *run = 0;
+        }
+    }
+
+    fn push_encoded(&mut self, encode: impl FnOnce(&mut BytesMut)) {
+        encode(&mut self.scratch);
+        let bytes = self.scratch.split().freeze();
+        self.push(bytes);
+    }
+
+    /// Client to upstream: every complete frame in the read buffer.
+    fn process_client(&mut self, shared: &mut Shared) {
+        let mut run = 0;
+        while !self.stopped {
+            let frame = match scan(&self.rbuf[run..], self.dir, &shared.client_scan) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    self.flush_run(&mut run);
+                    self.client_violation(e, shared);
+                    break;
+                }
+            };
+            self.msgs += u64::from(frame.is_message());
+            let wanted = frame.verb == Verb::Connect
+                || shared.chain.interest().contains(client_kind(frame.verb));
+            if !wanted {
+                if frame.verb == Verb::Ping {
+                    shared.pings_sent += 1;
+                }
+                shared.forwarded_since_barrier = true;
+                run += frame.len;
+                continue;
+            }
+            self.flush_run(&mut run);
+            let data = self.rbuf.split_to(frame.len).freeze();
+            self.filter_client_frame(data, &frame, shared);
+        }
+        self.flush_run(&mut run);
+    }
+
+    fn filter_client_frame(&mut self, data: Bytes, frame: &Frame, shared: &mut Shared) {
+        let mut op = match build_client_op(&data, frame) {
+            Ok(op) => op,
+            Err(e) => return self.client_violation(e, shared),
+        };
+        if let ClientOp::Connect(connect) = &op {
+            shared.ctx.connect = Some((**connect).clone());
+            shared.generation += 1;
+        }
+        let verdict = if shared.chain.interest().contains(client_op_kind(&op)) {
+            shared.chain.on_client_op(&mut op, &shared.ctx)
+        } else {
+            Verdict::Forward
+        };
+        let forwarded = match verdict {
+            Verdict::Forward => {
+                self.push(data);
+                true
+            }
+            Verdict::Changed => {
+                self.push_encoded(|buf| encode_client_op(&op, buf));
+                true
+            }
+            Verdict::Drop => false,
+            Verdict::Answer(answer) => {
+                self.answer_after_upstream(shared, Some(&answer), None);
+                false
+            }
+            Verdict::Close { reason, error } => {
+                let error = error.map(|text| ServerOp::Err(text.to_string()));
+                self.answer_after_upstream(shared, error.as_ref(), Some(reason));
+                self.stopped = true;
+                false
+            }
+        };
+        if forwarded {
+            if matches!(op, ClientOp::Ping) {
+                shared.pings_sent += 1;
+            }
+            shared.forwarded_since_barrier = true;
+        }
+    }
+
+    fn answer_after_upstream(
+        &mut self,
+        shared: &mut Shared,
+        op: Option<&ServerOp>,
+        close: Option<CloseReason>,
+    ) {
+        if shared.answer_after_upstream(op, close) {
+            self.push(Bytes::from_static(PING));
+        }
+    }
+
+    /// The client broke the protocol: answer as nats-server would, after what the upstream
+    /// still owes, then close.
+    fn client_violation(&mut self, error: ProtoError, shared: &mut Shared) {
+        tracing::warn!(error = %error, "client protocol violation");
+        let answer = error
+            .server_error_text()
+            .map(|text| ServerOp::Err(text.to_string()));
+        self.answer_after_upstream(shared, answer.as_ref(), Some(error.close_reason()));
+        self.stopped = true;
+    }
+
+    /// Upstream to client: every complete frame in the read buffer.
+    fn process_server(&mut self, shared: &mut Shared) {
+        let mut run = 0;
+        while !self.stopped {
+            let frame = match scan(&self.rbuf[run..], self.dir, &shared.server_scan) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    self.flush_run(&mut run);
+                    tracing::warn!(error = %e, "upstream protocol violation");
+                    shared.close(CloseReason::UpstreamProtocolViolation);
+                    self.stopped = true;
+                    break;
+                }
+            };
+            self.msgs += u64::from(frame.is_message());
+            match frame.verb {
+                Verb::Pong => {
+                    if let Some(barrier) = shared.pong_received() {
+                        // The edge's own PING: release what it held, hide the PONG.
+                        self.flush_run(&mut run);
+                        self.rbuf.advance(frame.len);
+                        self.push(barrier.answers.freeze());
+                        if let Some(reason) = barrier.close {
+                            shared.close(reason);
+                            self.stopped = true;
+                        }
+                        continue;
+                    }
+                }
+                Verb::Info => {
+                    self.flush_run(&mut run);
+                    let data = self.rbuf.split_to(frame.len).freeze();
+                    self.forward_info(&data, &frame, shared);
+                    continue;
+                }
+                _ => {}
+            }
+            if !shared.chain.interest().contains(server_kind(frame.verb)) {
+                run += frame.len;
+                continue;
+            }
+            self.flush_run(&mut run);
+            let data = self.rbuf.split_to(frame.len).freeze();
+            self.filter_server_frame(data, &frame, shared);
+        }
+        self.flush_run(&mut run);
+    }
+
+    /// Every INFO, the first and each async update, is rewritten for the client.
+    fn forward_info(&mut self, data: &Bytes, frame: &Frame, shared: &mut Shared) {
+        let Ok(ServerOp::Info(mut info)) = build_server_op(data, frame) else {
+            tracing::warn!("upstream sent an INFO that does not parse");
+            shared.close(CloseReason::UpstreamProtocolViolation);
+            self.stopped = true;
+            return;
+        };
+        rewrite_info(&mut info, shared);
+        self.push_encoded(|buf| encode_server_op(&ServerOp::Info(info), buf));
+    }
+
+    fn filter_server_frame(&mut self, data: Bytes, frame: &Frame, shared: &mut Shared) {
+        let mut op = match build_server_op(&data, frame) {
+            Ok(op) => op,
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream protocol violation");
+                shared.close(CloseReason::UpstreamProtocolViolation);
+                self.stopped = true;
+                return;
+            }
+        };
+        debug_assert!(shared.chain.interest().contains(server_op_kind(&op)));
+        match shared.chain.on_server_op(&mut op, &shared.ctx) {
+            Verdict::Forward => self.push(data),
+            Verdict::Changed => self.push_encoded(|buf| encode_server_op(&op, buf)),
+            Verdict::Drop => {}
+            Verdict::Answer(answer) => self.push_encoded(|buf| encode_server_op(&answer, buf)),
+            Verdict::Close { reason, error } => {
+                if let Some(text) = error {
+                    self.push_encoded(|buf| {
+                        encode_server_op(&ServerOp::Err(text.to_string()), buf)
+                    });
+                }
+                shared.close(reason);
+                self.stopped = true;
+            }
+        }
+    }
+}
+
+/// Applies the listener's addresses and the filters' view to an upstream INFO, and takes
+/// note of the upstream's limits.
+pub fn rewrite_info(info: &mut nats_edge_filters::Info, shared: &mut Shared) {
+    shared.set_upstream_max_payload(info.max_payload);
+    shared.ctx.upstream_headers = info.headers.unwrap_or(false);
+    shared.info_rewrite.apply(info, shared.ctx.conn.client_addr);
+    shared.chain.on_info(info, &shared.ctx);
+}
+
+fn client_kind(verb: Verb) -> OpKind {
+    match verb {
+        Verb::Connect => OpKind::Connect,
+        Verb::Pub | Verb::Hpub => OpKind::Pub,
+        Verb::Sub => OpKind::Sub,
+        Verb::Unsub => OpKind::Unsub,
+        Verb::Ping => OpKind::ClientPing,
+        Verb::Pong => OpKind::ClientPong,
+        _ => OpKind::ClientOther,
+    }
+}
+
+fn server_kind(verb: Verb) -> OpKind {
+    match verb {
+        Verb::Msg | Verb::Hmsg => OpKind::Msg,
+        Verb::Ping => OpKind::ServerPing,
+        Verb::Pong => OpKind::ServerPong,
+        Verb::Ok => OpKind::ServerOk,
+        Verb::Info => OpKind::ServerInfo,
+        _ => OpKind::ServerErr,
+    }
+}

@@ -1,0 +1,64 @@
+//! Rewriting the upstream's INFO into the edge's: the client must see the listener it
+//! connected to, never an upstream address.
+
+use std::net::SocketAddr;
+
+use nats_edge_filters::Info;
+
+/// What a listener tells its clients about itself.
+#[derive(Debug, Clone)]
+pub struct InfoRewrite {
+    /// INFO `host` and `port`: the listener's advertised address.
+    pub host: String,
+    pub port: u16,
+    /// INFO `connect_urls`: the configured list, or removed when empty.
+    pub connect_urls: Vec<String>,
+}
+
+impl InfoRewrite {
+    /// Rewrites every address field of an INFO bound for the client at `client`.
+    pub fn apply(&self, info: &mut Info, client: SocketAddr) {
+        info.host = Some(self.host.clone());
+        info.port = Some(self.port);
+        info.connect_urls = (!self.connect_urls.is_empty()).then(|| self.connect_urls.clone());
+        // WebSocket URLs of the cluster are upstream addresses too; the edge's own ws listeners
+        // are advertised by the transport layer.
+        info.ws_connect_urls = None;
+        info.client_ip = Some(client.ip().to_string());
+        // TLS fields describe the link to the upstream; the client's link is this listener's.
+        info.tls_required = None;
+        info.tls_available = None;
+        info.tls_verify = None;
+        // `ip` is a route/gateway field carrying a server address; never pass it on.
+        info.extra.remove("ip");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_every_address() {
+        let mut info: Info = serde_json::from_str(
+            r#"{"server_id":"S","host":"10.0.0.5","port":4222,"connect_urls":["10.0.0.5:4222","10.0.0.6:4222"],
+               "ws_connect_urls":["10.0.0.5:8080"],"client_ip":"10.9.9.9","tls_required":true,"ip":"nats://10.0.0.5:6222",
+               "ldm":true,"nonce":"abc","future":1}"#,
+        )
+        .unwrap();
+        let rw = InfoRewrite {
+            host: "edge.example.com".into(),
+            port: 4222,
+            connect_urls: vec![],
+        };
+        rw.apply(&mut info, "192.0.2.7:5555".parse().unwrap());
+        let json = serde_json::to_string(&info).unwrap();
+        assert!(!json.contains("10.0.0."), "{json}");
+        assert_eq!(info.client_ip.as_deref(), Some("192.0.2.7"));
+        assert_eq!(info.host.as_deref(), Some("edge.example.com"));
+        assert_eq!(info.ldm, Some(true));
+        assert_eq!(info.nonce.as_deref(), Some("abc"));
+        assert!(info.extra.contains_key("future"));
+        assert!(info.tls_required.is_none());
+    }
+}

@@ -1,0 +1,272 @@
+//! One proxied connection: dial the upstream, hand the client a rewritten INFO, then run both
+//! forwarders until either side ends, and log the end once with its reason and counters.
+
+mod credentials;
+mod forward;
+pub mod info;
+mod state;
+
+use std::future::{poll_fn, Future};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use nats_edge_filters::limits::{Limits, LimitsConfig};
+use nats_edge_filters::{
+    errors, Chain, CloseReason, ConnFacts, Filter, FilterFactory, ServerOp, SessionCtx,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::metrics::{self, Metrics};
+use crate::proto::{encode_server_op, Direction};
+use crate::upstream::{self, UpstreamUrl};
+use forward::{Forwarder, IoFailure};
+use info::InfoRewrite;
+use state::Shared;
+
+/// How long a session that is closing may take to write its last words to the client.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Everything a listener's sessions share.
+pub struct SessionEnv {
+    pub upstreams: Vec<UpstreamUrl>,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub limits: LimitsConfig,
+    pub info_rewrite: InfoRewrite,
+    /// Extra filters, after the built-in ones, in pipeline order.
+    pub filters: Vec<Arc<dyn FilterFactory>>,
+    pub metrics: Arc<Metrics>,
+    /// Turns true when the edge shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Runs one client connection to its end.
+pub async fn run<C>(client: C, conn: ConnFacts, env: Arc<SessionEnv>)
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let span = tracing::info_span!(
+        "conn",
+        id = conn.conn_id,
+        client = %conn.client_addr,
+        listener = %conn.listener,
+        upstream = tracing::field::Empty,
+    );
+    env.metrics
+        .connections_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    env.metrics
+        .connections_open
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    let summary = serve(client, conn, &env).instrument(span.clone()).await;
+    env.metrics
+        .connections_open
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    env.metrics.closed(summary.reason);
+    metrics::add(&env.metrics.client_msgs, summary.client_msgs);
+    metrics::add(&env.metrics.client_bytes, summary.client_bytes);
+    metrics::add(&env.metrics.upstream_msgs, summary.upstream_msgs);
+    metrics::add(&env.metrics.upstream_bytes, summary.upstream_bytes);
+    span.in_scope(|| {
+        tracing::info!(
+            reason = %summary.reason,
+            duration_ms = started.elapsed().as_millis() as u64,
+            client_msgs = summary.client_msgs,
+            client_bytes = summary.client_bytes,
+            upstream_msgs = summary.upstream_msgs,
+            upstream_bytes = summary.upstream_bytes,
+            "connection closed"
+        )
+    });
+}
+
+/// How a session ended.
+struct Summary {
+    reason: CloseReason,
+    client_msgs: u64,
+    client_bytes: u64,
+    upstream_msgs: u64,
+    upstream_bytes: u64,
+}
+
+impl Summary {
+    fn early(reason: CloseReason) -> Self {
+        Summary {
+            reason,
+            client_msgs: 0,
+            client_bytes: 0,
+            upstream_msgs: 0,
+            upstream_bytes: 0,
+        }
+    }
+}
+
+async fn serve<C>(mut client: C, conn: ConnFacts, env: &SessionEnv) -> Summary
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let connected = match upstream::dial_any(&env.upstreams, env.connect_timeout).await {
+        Ok(connected) => connected,
+        Err(failed) => {
+            metrics::add(&env.metrics.upstream_dial_failures, failed.0.len() as u64);
+            tracing::warn!(failures = %failed, "no upstream available");
+            let cause = failed
+                .0
+                .last()
+                .map(|(_, e)| e.client_text())
+                .unwrap_or("none configured");
+            let mut buf = BytesMut::new();
+            encode_server_op(
+                &ServerOp::Err(format!("Upstream Unavailable: {cause}")),
+                &mut buf,
+            );
+            // The client is told why, if it is still listening; it is closed either way.
+            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                client.write_all(&buf).await?;
+                client.shutdown().await
+            })
+            .await;
+            return Summary::early(CloseReason::UpstreamUnavailable);
+        }
+    };
+    tracing::Span::current().record("upstream", tracing::field::display(&connected.url));
+    tracing::debug!("upstream connected");
+
+    let mut filters: Vec<Box<dyn Filter>> = vec![Box::new(Limits::new(env.limits))];
+    if let Some(creds) = &connected.url.credentials {
+        filters.push(Box::new(credentials::UrlCredentialsFilter(creds.clone())));
+    }
+    filters.extend(env.filters.iter().map(|f| f.build(&conn)));
+    let mut shared = Shared::new(
+        Chain::new(filters),
+        SessionCtx::new(conn),
+        env.limits,
+        env.info_rewrite.clone(),
+        connected.info.max_payload,
+    );
+
+    let mut info = connected.info;
+    forward::rewrite_info(&mut info, &mut shared);
+    let mut first = BytesMut::new();
+    encode_server_op(&ServerOp::Info(Box::new(info)), &mut first);
+    let mut upstream_stream = connected.stream;
+    if let Err(e) = client.write_all(&first).await {
+        tracing::debug!(error = %e, "client went away before INFO");
+        return Summary::early(CloseReason::ClientIoError);
+    }
+
+    let mut c2u = Forwarder::new(Direction::ClientToServer, BytesMut::new());
+    let mut u2c = Forwarder::new(Direction::ServerToClient, connected.leftover);
+    let reason = duplex(
+        &mut client,
+        &mut upstream_stream,
+        &mut shared,
+        &mut c2u,
+        &mut u2c,
+        env,
+    )
+    .await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, client.shutdown()).await;
+    Summary {
+        reason,
+        client_msgs: c2u.msgs,
+        client_bytes: c2u.bytes,
+        upstream_msgs: u2c.msgs,
+        upstream_bytes: u2c.bytes,
+    }
+}
+
+/// Polls both forwarders from this one task until the session ends.
+async fn duplex<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    shared: &mut Shared,
+    c2u: &mut Forwarder,
+    u2c: &mut Forwarder,
+    env: &SessionEnv,
+) -> CloseReason
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let handshake = tokio::time::sleep(env.handshake_timeout);
+    tokio::pin!(handshake);
+    let mut close_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let mut shutdown = env.shutdown.clone();
+    let shutdown_signal = async move { crate::edge::until_stopped(&mut shutdown).await };
+    tokio::pin!(shutdown_signal);
+
+    poll_fn(|cx| loop {
+        let generation = shared.generation;
+
+        if shared.closing.is_none() {
+            if shared.ctx.connect.is_none() && handshake.as_mut().poll(cx).is_ready() {
+                tracing::info!("no CONNECT within the handshake timeout");
+                shared.send_now(&ServerOp::Err(errors::AUTHENTICATION_TIMEOUT.to_string()));
+                shared.close(CloseReason::HandshakeTimeout);
+                c2u.stop();
+            }
+            if shutdown_signal.as_mut().poll(cx).is_ready() {
+                shared.close(CloseReason::Shutdown);
+                c2u.stop();
+            }
+        }
+
+        match u2c.poll(cx, upstream, client, shared) {
+            Poll::Ready(Ok(())) => {
+                return Poll::Ready(shared.closing.unwrap_or(CloseReason::UpstreamClosed))
+            }
+            Poll::Ready(Err(IoFailure::Read(e))) => {
+                tracing::debug!(error = %e, "upstream read failed");
+                return Poll::Ready(CloseReason::UpstreamIoError);
+            }
+            Poll::Ready(Err(IoFailure::Write(e))) => {
+                tracing::debug!(error = %e, "client write failed");
+                return Poll::Ready(CloseReason::ClientIoError);
+            }
+            Poll::Pending => {}
+        }
+        match c2u.poll(cx, client, upstream, shared) {
+            Poll::Ready(Ok(())) => {
+                return Poll::Ready(shared.closing.unwrap_or(CloseReason::ClientClosed))
+            }
+            Poll::Ready(Err(IoFailure::Read(e))) => {
+                tracing::debug!(error = %e, "client read failed");
+                return Poll::Ready(CloseReason::ClientIoError);
+            }
+            Poll::Ready(Err(IoFailure::Write(e))) => {
+                tracing::debug!(error = %e, "upstream write failed");
+                return Poll::Ready(CloseReason::UpstreamIoError);
+            }
+            Poll::Pending => {}
+        }
+
+        // A session that is ending, or whose client reader stopped on a violation, gets a
+        // bounded time to deliver its last words.
+        let ending = shared.closing.or_else(|| {
+            c2u.is_stopped()
+                .then(|| shared.barriers.back().and_then(|b| b.close))
+                .flatten()
+        });
+        if let Some(reason) = ending {
+            if shared.closing.is_some() && u2c.is_drained() && shared.to_client.is_empty() {
+                return Poll::Ready(reason);
+            }
+            let deadline =
+                close_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(CLOSE_GRACE)));
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(reason);
+            }
+        }
+
+        if shared.generation == generation {
+            return Poll::Pending;
+        }
+    })
+    .await
+}

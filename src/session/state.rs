@@ -1,0 +1,157 @@
+//! State both forwarders of one session share. Both are polled from the session's single task,
+//! so this is plain data behind `&mut`, with no lock.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+use nats_edge_filters::limits::LimitsConfig;
+use nats_edge_filters::{Chain, CloseReason, ServerOp, SessionCtx};
+
+use super::info::InfoRewrite;
+use crate::proto::{encode_server_op, ScanLimits};
+
+/// How many answers may wait behind upstream replies before the client reader pauses.
+pub const MAX_PENDING_BARRIERS: usize = 64;
+
+/// Answers the edge made itself, held until the upstream has answered everything sent
+/// before them: the edge sends a PING upstream and releases them on its PONG, so an `-ERR`
+/// never overtakes a `+OK` or `PONG` the upstream still owes.
+pub struct Barrier {
+    /// The number of the PING (counting every PING sent upstream) whose PONG releases this.
+    pub ping_seq: u64,
+    /// The encoded answers.
+    pub answers: BytesMut,
+    /// Set when the session ends once the answers are written.
+    pub close: Option<CloseReason>,
+}
+
+/// A session's shared state.
+pub struct Shared {
+    pub chain: Chain,
+    pub ctx: SessionCtx,
+    pub limits: LimitsConfig,
+    pub info_rewrite: InfoRewrite,
+    /// Limits for frames from the client; max_payload follows the upstream's INFO.
+    pub client_scan: ScanLimits,
+    /// Limits for frames from the upstream.
+    pub server_scan: ScanLimits,
+    /// PINGs sent upstream so far (the client's and the edge's barriers).
+    pub pings_sent: u64,
+    /// PONGs received from upstream so far.
+    pub pongs_seen: u64,
+    pub barriers: VecDeque<Barrier>,
+    /// Whether an op has gone upstream since the newest barrier's PING, so a new answer
+    /// needs a barrier of its own.
+    pub forwarded_since_barrier: bool,
+    /// Bytes for the client that need no barrier, written at the next frame boundary.
+    pub to_client: VecDeque<Bytes>,
+    /// Set when the session is ending for this reason; forwarders stop reading.
+    pub closing: Option<CloseReason>,
+    /// Bumped whenever one direction changes what the other may do, so the session re-polls.
+    pub generation: u64,
+}
+
+impl Shared {
+    pub fn new(
+        chain: Chain,
+        ctx: SessionCtx,
+        limits: LimitsConfig,
+        info_rewrite: InfoRewrite,
+        upstream_max_payload: Option<i64>,
+    ) -> Self {
+        let mut shared = Shared {
+            chain,
+            ctx,
+            limits,
+            info_rewrite,
+            client_scan: ScanLimits {
+                max_control_line: limits.max_control_line,
+                max_payload: 0,
+            },
+            server_scan: ScanLimits {
+                max_control_line: crate::upstream::MAX_SERVER_CONTROL_LINE,
+                max_payload: 0,
+            },
+            pings_sent: 0,
+            pongs_seen: 0,
+            barriers: VecDeque::new(),
+            forwarded_since_barrier: true,
+            to_client: VecDeque::new(),
+            closing: None,
+            generation: 0,
+        };
+        shared.set_upstream_max_payload(upstream_max_payload);
+        shared
+    }
+
+    /// Applies a (new) upstream max_payload: the client is held to the effective limit, the
+    /// upstream may deliver anything up to its own.
+    pub fn set_upstream_max_payload(&mut self, upstream: Option<i64>) {
+        self.ctx.upstream_max_payload = upstream;
+        self.client_scan.max_payload = self.limits.effective_max_payload(upstream);
+        let server = upstream.and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
+        self.server_scan.max_payload = server.max(self.client_scan.max_payload);
+    }
+
+    /// Queues an answer for the client behind everything the upstream still owes. Returns
+    /// true when the caller must send a barrier PING upstream.
+    pub fn answer_after_upstream(
+        &mut self,
+        op: Option<&ServerOp>,
+        close: Option<CloseReason>,
+    ) -> bool {
+        let reuse = !self.forwarded_since_barrier
+            && self
+                .barriers
+                .back()
+                .is_some_and(|b| b.close.is_none() && b.ping_seq == self.pings_sent);
+        if !reuse {
+            self.pings_sent += 1;
+            self.barriers.push_back(Barrier {
+                ping_seq: self.pings_sent,
+                answers: BytesMut::new(),
+                close: None,
+            });
+            self.forwarded_since_barrier = false;
+        }
+        if let Some(barrier) = self.barriers.back_mut() {
+            if let Some(op) = op {
+                encode_server_op(op, &mut barrier.answers);
+            }
+            barrier.close = barrier.close.or(close);
+        }
+        !reuse
+    }
+
+    /// Called for every PONG from the upstream: returns the barrier it releases, if it is one
+    /// of the edge's (and then the PONG is not the client's to see).
+    pub fn pong_received(&mut self) -> Option<Barrier> {
+        self.pongs_seen += 1;
+        if self
+            .barriers
+            .front()
+            .is_some_and(|b| b.ping_seq == self.pongs_seen)
+        {
+            self.generation += 1;
+            self.barriers.pop_front()
+        } else {
+            None
+        }
+    }
+
+    /// Ends the session for `reason` once what is queued for the client has been written.
+    pub fn close(&mut self, reason: CloseReason) {
+        if self.closing.is_none() {
+            self.closing = Some(reason);
+            self.generation += 1;
+        }
+    }
+
+    /// Sends `op` to the client at the next frame boundary, without a barrier.
+    pub fn send_now(&mut self, op: &ServerOp) {
+        let mut buf = BytesMut::new();
+        encode_server_op(op, &mut buf);
+        self.to_client.push_back(buf.freeze());
+        self.generation += 1;
+    }
+}
