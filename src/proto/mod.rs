@@ -60,3 +60,6 @@ impl ProtoError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

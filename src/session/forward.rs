@@ -144,11 +144,9 @@ impl Forwarder {
     }
 
     fn may_read(&self, shared: &Shared) -> bool {
-        !self.eof
-            && !self.stopped
-            && self.out_len < HIGH_WATER
-            && !(self.dir == Direction::ClientToServer
-                && shared.barriers.len() >= MAX_PENDING_BARRIERS)
+        let barriers_full =
+            self.dir == Direction::ClientToServer && shared.barriers.len() >= MAX_PENDING_BARRIERS;
+        !(self.eof || self.stopped || barriers_full || self.out_len >= HIGH_WATER)
     }
 
     fn poll_fill<R: AsyncRead + Unpin>(

@@ -1,0 +1,250 @@
+//! Codec tests: every stream is also fed split at every byte boundary, and must decode to the
+//! same frames as when it arrives whole.
+
+use bytes::{Bytes, BytesMut};
+use nats_edge_filters::{ClientOp, ServerOp};
+
+use super::*;
+
+const LIMITS: ScanLimits = ScanLimits {
+    max_control_line: 4096,
+    max_payload: 1024 * 1024,
+};
+
+/// What decoding a whole stream yields: each frame's verb and bytes, then the error or the
+/// number of bytes left over.
+#[derive(Debug, PartialEq)]
+struct Decoded {
+    frames: Vec<(Verb, Vec<u8>)>,
+    end: Result<usize, ProtoError>,
+}
+
+fn decode_chunks(chunks: &[&[u8]], dir: Direction) -> Decoded {
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        loop {
+            match scan(&buf, dir, &LIMITS) {
+                Ok(Some(frame)) => {
+                    assert!(frame.len <= buf.len());
+                    let bytes = buf.split_to(frame.len);
+                    frames.push((frame.verb, bytes.to_vec()));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Decoded {
+                        frames,
+                        end: Err(e),
+                    }
+                }
+            }
+        }
+    }
+    Decoded {
+        frames,
+        end: Ok(buf.len()),
+    }
+}
+
+/// Decodes `stream` whole and split at every byte, and checks all agree.
+fn decode_every_split(stream: &[u8], dir: Direction) -> Decoded {
+    let whole = decode_chunks(&[stream], dir);
+    for cut in 0..=stream.len() {
+        let (a, b) = stream.split_at(cut);
+        assert_eq!(
+            decode_chunks(&[a, b], dir),
+            whole,
+            "split at {cut} of {stream:?}"
+        );
+    }
+    let bytewise: Vec<&[u8]> = stream.chunks(1).collect();
+    assert_eq!(
+        decode_chunks(&bytewise, dir),
+        whole,
+        "byte by byte: {stream:?}"
+    );
+    whole
+}
+
+fn verbs(d: &Decoded) -> Vec<Verb> {
+    d.frames.iter().map(|(v, _)| *v).collect()
+}
+
+const C: Direction = Direction::ClientToServer;
+const S: Direction = Direction::ServerToClient;
+
+#[test]
+fn client_pipeline_frames_at_every_split() {
+    let stream = b"CONNECT {\"verbose\":false,\"headers\":true}\r\nPING\r\nsub foo.* q 1\r\n\
+PUB foo.bar reply 5\r\nhello\r\nHPUB foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\nunsub\t1 10\r\nPONG\r\n\
+PUB  x \t 0\r\n\r\nPING\n";
+    let d = decode_every_split(stream, C);
+    assert_eq!(
+        verbs(&d),
+        [
+            Verb::Connect,
+            Verb::Ping,
+            Verb::Sub,
+            Verb::Pub,
+            Verb::Hpub,
+            Verb::Unsub,
+            Verb::Pong,
+            Verb::Pub,
+            Verb::Ping
+        ]
+    );
+    assert_eq!(d.end, Ok(0));
+    let joined: Vec<u8> = d.frames.iter().flat_map(|(_, b)| b.clone()).collect();
+    assert_eq!(joined, stream, "frames cover the stream exactly");
+}
+
+#[test]
+fn server_pipeline_frames_at_every_split() {
+    let stream = b"INFO {\"server_id\":\"x\",\"max_payload\":1048576}\r\nMSG foo 1 5\r\nhello\r\n\
+HMSG foo 2 reply 12 14\r\nNATS/1.0\r\n\r\nhi\r\nPING\r\nPONG\r\n+OK\r\n-ERR 'Invalid Subject'\r\n\
+msg a 3 r 0\r\n\r\n";
+    let d = decode_every_split(stream, S);
+    assert_eq!(
+        verbs(&d),
+        [
+            Verb::Info,
+            Verb::Msg,
+            Verb::Hmsg,
+            Verb::Ping,
+            Verb::Pong,
+            Verb::Ok,
+            Verb::Err,
+            Verb::Msg
+        ]
+    );
+    assert_eq!(d.end, Ok(0));
+}
+
+#[test]
+fn payloads_are_skipped_by_length_not_scanned() {
+    let stream = b"PUB a 11\r\n\r\nPUB b 1\r\n\r\nPING\r\n";
+    let d = decode_every_split(stream, C);
+    assert_eq!(verbs(&d), [Verb::Pub, Verb::Ping]);
+}
+
+#[test]
+fn errors_match_nats_server() {
+    let cases: &[(&[u8], ProtoError)] = &[
+        (b"FOO\r\n", ProtoError::UnknownOperation),
+        (b"PI\tNG\r\n", ProtoError::UnknownOperation),
+        (b"\r\nPING\r\n", ProtoError::UnknownOperation),
+        (b" PING\r\n", ProtoError::UnknownOperation),
+        (b"PUBX foo 1\r\nx\r\n", ProtoError::UnknownOperation),
+        (b"PUB\r\n", ProtoError::UnknownOperation),
+        (b"UNSUB\r\n", ProtoError::UnknownOperation),
+        (b"MSG foo 1 2\r\nhi\r\n", ProtoError::UnknownOperation),
+        (b"PUB foo 5\r\nhelloX\r\n", ProtoError::UnknownOperation),
+        (b"PUB foo 2\r\nhi\nPING\r\n", ProtoError::UnknownOperation),
+        (b"PUB foo x\r\nhello\r\n", ProtoError::BadArguments),
+        (b"PUB foo -1\r\n", ProtoError::BadArguments),
+        (b"PUB foo bar baz 2\r\nhi\r\n", ProtoError::BadArguments),
+        (b"SUB foo\r\n", ProtoError::BadArguments),
+        (b"SUB foo bar baz qux 1\r\n", ProtoError::BadArguments),
+        (b"UNSUB 1 2 3\r\n", ProtoError::BadArguments),
+        (b"HPUB foo 20 14\r\n", ProtoError::BadArguments),
+        (b"PUB foo 1048577\r\n", ProtoError::MaxPayload),
+    ];
+    for (input, expected) in cases {
+        let d = decode_every_split(input, C);
+        assert_eq!(
+            d.end,
+            Err(*expected),
+            "{:?}",
+            String::from_utf8_lossy(input)
+        );
+    }
+}
+
+#[test]
+fn control_line_limit_counts_arguments_and_applies_before_the_newline() {
+    let at_limit = [b"SUB ".as_slice(), &[b'a'; 4094], b" 1\r\n"].concat();
+    assert_eq!(verbs(&decode_chunks(&[&at_limit], C)), [Verb::Sub]);
+    let over = [b"SUB ".as_slice(), &[b'a'; 4095], b" 1\r\n"].concat();
+    assert_eq!(
+        decode_chunks(&[&over], C).end,
+        Err(ProtoError::MaxControlLine)
+    );
+    let unterminated = [b"SUB ".as_slice(), &[b'a'; 5000]].concat();
+    assert_eq!(
+        decode_chunks(&[&unterminated], C).end,
+        Err(ProtoError::MaxControlLine)
+    );
+}
+
+#[test]
+fn ping_tail_is_ignored_like_nats_server() {
+    let d = decode_every_split(b"PINGX\r\nping foo\r\nPING\r\r\n", C);
+    assert_eq!(verbs(&d), [Verb::Ping, Verb::Ping, Verb::Ping]);
+}
+
+fn client_ops(stream: &[u8]) -> Vec<ClientOp> {
+    let data = Bytes::copy_from_slice(stream);
+    let mut at = 0;
+    let mut ops = Vec::new();
+    while let Some(frame) = scan(&data[at..], C, &LIMITS).unwrap() {
+        let bytes = data.slice(at..at + frame.len);
+        ops.push(build_client_op(&bytes, &frame).unwrap());
+        at += frame.len;
+    }
+    ops
+}
+
+#[test]
+fn client_ops_are_built_and_reencoded() {
+    let stream = b"PUB foo.bar r.1 5\r\nhello\r\nHPUB h 12 14\r\nNATS/1.0\r\n\r\nhi\r\nSUB s q 7\r\nUNSUB 7 3\r\nSUB t 8\r\nUNSUB 8\r\n";
+    let ops = client_ops(stream);
+    let ClientOp::Pub(p) = &ops[0] else { panic!() };
+    assert_eq!(
+        (&p.subject[..], p.reply.as_deref(), &p.payload[..]),
+        (&b"foo.bar"[..], Some(&b"r.1"[..]), &b"hello"[..])
+    );
+    let ClientOp::Pub(h) = &ops[1] else { panic!() };
+    assert_eq!(h.headers.as_deref(), Some(&b"NATS/1.0\r\n\r\n"[..]));
+    assert_eq!(&h.payload[..], b"hi");
+    let mut out = BytesMut::new();
+    for op in &ops {
+        encode_client_op(op, &mut out);
+    }
+    assert_eq!(
+        &out[..],
+        &stream[..],
+        "canonical input re-encodes byte for byte"
+    );
+}
+
+#[test]
+fn server_ops_are_built_and_reencoded() {
+    let stream = b"MSG foo 1 r 5\r\nhello\r\nHMSG h 2 12 14\r\nNATS/1.0\r\n\r\nhi\r\nPING\r\nPONG\r\n+OK\r\n-ERR 'Invalid Subject'\r\n";
+    let data = Bytes::copy_from_slice(stream);
+    let mut at = 0;
+    let mut out = BytesMut::new();
+    while let Some(frame) = scan(&data[at..], S, &LIMITS).unwrap() {
+        let op = build_server_op(&data.slice(at..at + frame.len), &frame).unwrap();
+        if let ServerOp::Err(text) = &op {
+            assert_eq!(text, "Invalid Subject");
+        }
+        encode_server_op(&op, &mut out);
+        at += frame.len;
+    }
+    assert_eq!(&out[..], &stream[..]);
+}
+
+#[test]
+fn connect_json_errors_are_silent_closes() {
+    for bad in [
+        &b"CONNECT {bad\r\n"[..],
+        b"CONNECT\r\n",
+        b"CONNECT {\"verbose\":\"x\"}\r\n",
+    ] {
+        let frame = scan(bad, C, &LIMITS).unwrap().unwrap();
+        let data = Bytes::copy_from_slice(bad);
+        assert_eq!(build_client_op(&data, &frame), Err(ProtoError::BadJson));
+        assert_eq!(ProtoError::BadJson.server_error_text(), None);
+    }
+}
