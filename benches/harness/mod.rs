@@ -1,0 +1,282 @@
+//! The benchmark harness: each workload runs direct against nats-server, through nats-edge,
+//! and through HAProxy in TCP mode (when installed), interleaved over several rounds; the
+//! report gives medians and ratios to direct, as a table and as JSON.
+//!
+//! `cargo bench --bench edge` runs it in full; `--smoke` runs every workload briefly and only
+//! checks that nothing was lost or failed (CI runs that, through tests/bench_smoke.rs).
+
+pub mod load;
+pub mod targets;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Full,
+    Smoke,
+}
+
+/// What a mode runs.
+struct Plan {
+    rounds: usize,
+    /// Payload bytes moved per pub/sub run (message count = this / payload size, bounded).
+    bytes_per_run: u64,
+    requests: usize,
+    idle: Vec<usize>,
+}
+
+impl Plan {
+    fn of(mode: Mode) -> Plan {
+        match mode {
+            Mode::Full => Plan {
+                rounds: 5,
+                bytes_per_run: 256 * 1024 * 1024,
+                requests: 20_000,
+                idle: vec![1_000, 9_900],
+            },
+            Mode::Smoke => Plan {
+                rounds: 1,
+                bytes_per_run: 2 * 1024 * 1024,
+                requests: 200,
+                idle: vec![100],
+            },
+        }
+    }
+
+    fn msgs_for(&self, payload: usize) -> u64 {
+        (self.bytes_per_run / payload as u64).clamp(2_000, 2_000_000)
+    }
+}
+
+pub const PAYLOADS: [usize; 5] = [16, 128, 1024, 16 * 1024, 64 * 1024];
+
+/// One target under test.
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+}
+
+/// Samples by workload, then by target.
+type Samples = BTreeMap<String, BTreeMap<&'static str, Vec<f64>>>;
+
+fn record(samples: &mut Samples, workload: &str, target: &'static str, value: f64) {
+    samples
+        .entry(workload.to_string())
+        .or_default()
+        .entry(target)
+        .or_default()
+        .push(value);
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// Runs the harness; returns the report as JSON. Panics on any loss or error.
+pub fn run(mode: Mode, edge_bin: &str) -> Value {
+    let plan = Plan::of(mode);
+    let server = targets::start_nats_server();
+    let edge = targets::start_edge(edge_bin, server.addr, &[]);
+    // The same edge with a filter that looks at every delivered message: the limits filter
+    // counting subscriptions builds an op for every MSG and looks its sid up.
+    let inspecting = targets::start_edge(
+        edge_bin,
+        server.addr,
+        &[("NATS_EDGE_LIMITS__MAX_SUBSCRIPTIONS", "1000000")],
+    );
+    let haproxy = targets::start_haproxy(server.addr);
+
+    let mut all = vec![
+        Target {
+            name: "direct",
+            addr: server.addr,
+        },
+        Target {
+            name: "edge",
+            addr: edge.addr,
+        },
+    ];
+    if let Some(h) = &haproxy {
+        all.push(Target {
+            name: "haproxy",
+            addr: h.addr,
+        });
+    }
+
+    let mut samples = Samples::new();
+    for round in 0..plan.rounds {
+        eprintln!("round {}/{}", round + 1, plan.rounds);
+        for &payload in &PAYLOADS {
+            let n = plan.msgs_for(payload);
+            for t in &all {
+                let r = load::pub_sub(t.addr, 1, 1, n, payload)
+                    .unwrap_or_else(|e| panic!("pub/sub {payload} B via {}: {e}", t.name));
+                record(
+                    &mut samples,
+                    &format!("pubsub_{payload}B_msgs_per_s"),
+                    t.name,
+                    r.msgs_per_sec(),
+                );
+                record(
+                    &mut samples,
+                    &format!("pubsub_{payload}B_MB_per_s"),
+                    t.name,
+                    r.mb_per_sec(),
+                );
+            }
+        }
+        let n = plan.msgs_for(128);
+        let r = load::pub_sub(inspecting.addr, 1, 1, n, 128).expect("pub/sub via inspecting edge");
+        record(
+            &mut samples,
+            "pubsub_128B_msgs_per_s",
+            "edge+inspect",
+            r.msgs_per_sec(),
+        );
+        for t in &all {
+            let r = load::pub_sub(t.addr, 1, 4, n / 4, 128)
+                .unwrap_or_else(|e| panic!("fan-out via {}: {e}", t.name));
+            record(
+                &mut samples,
+                "fanout_1to4_128B_msgs_per_s",
+                t.name,
+                r.msgs_per_sec() * 4.0,
+            );
+            let r = load::pub_sub(t.addr, 4, 1, n / 4, 128)
+                .unwrap_or_else(|e| panic!("fan-in via {}: {e}", t.name));
+            record(
+                &mut samples,
+                "fanin_4to1_128B_msgs_per_s",
+                t.name,
+                r.msgs_per_sec(),
+            );
+        }
+        for t in &all {
+            let mut lat = load::request_reply(t.addr, plan.requests)
+                .unwrap_or_else(|e| panic!("request/reply via {}: {e}", t.name));
+            lat.sort_by(|a, b| a.total_cmp(b));
+            for (label, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)] {
+                record(
+                    &mut samples,
+                    &format!("reqrep_{label}_us"),
+                    t.name,
+                    percentile(&lat, p),
+                );
+            }
+        }
+    }
+
+    // Memory: a fresh edge, so earlier runs' buffers do not count.
+    let fresh = targets::start_edge(edge_bin, server.addr, &[]);
+    let base = fresh.rss_bytes();
+    let mut conns = Vec::new();
+    for &n in &plan.idle {
+        let more = load::idle_connections(fresh.addr, n - conns.len())
+            .unwrap_or_else(|e| panic!("holding {n} idle connections through the edge: {e}"));
+        conns.extend(more);
+        // Every connection has finished its PING/PONG handshake through the edge.
+        let rss = fresh.rss_bytes();
+        record(
+            &mut samples,
+            &format!("idle_{n}_conns_rss_bytes"),
+            "edge",
+            rss as f64,
+        );
+        record(
+            &mut samples,
+            &format!("idle_{n}_conns_bytes_per_conn"),
+            "edge",
+            (rss.saturating_sub(base)) as f64 / n as f64,
+        );
+    }
+    drop(conns);
+
+    report(&samples, mode)
+}
+
+fn report(samples: &Samples, mode: Mode) -> Value {
+    let mut rows = serde_json::Map::new();
+    for (workload, by_target) in samples {
+        let mut row = serde_json::Map::new();
+        let direct = by_target.get("direct").map(|v| median(v));
+        for (target, values) in by_target {
+            let m = median(values);
+            row.insert(target.to_string(), json!(m));
+            if let (Some(d), true) = (direct, *target != "direct") {
+                row.insert(format!("{target}/direct"), json!(m / d));
+            }
+        }
+        if let (Some(e), Some(h)) = (by_target.get("edge"), by_target.get("haproxy")) {
+            row.insert("edge/haproxy".into(), json!(median(e) / median(h)));
+        }
+        rows.insert(workload.clone(), Value::Object(row));
+    }
+    json!({
+        "mode": format!("{mode:?}").to_lowercase(),
+        "machine": machine(),
+        "results": rows,
+    })
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+/// The report as a Markdown table.
+pub fn table(report: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| workload | direct | edge | haproxy | edge/direct | haproxy/direct | edge/haproxy |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    let fmt = |v: Option<&Value>| match v.and_then(Value::as_f64) {
+        Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
+        Some(x) => format!("{x:.2}"),
+        None => "-".into(),
+    };
+    if let Some(rows) = report["results"].as_object() {
+        for (workload, row) in rows {
+            let mut edge = fmt(row.get("edge"));
+            if let Some(i) = row.get("edge+inspect") {
+                edge = format!("{} (inspect: {})", edge, fmt(Some(i)));
+            }
+            let _ = writeln!(
+                out,
+                "| {workload} | {} | {edge} | {} | {} | {} | {} |",
+                fmt(row.get("direct")),
+                fmt(row.get("haproxy")),
+                fmt(row.get("edge/direct")),
+                fmt(row.get("haproxy/direct")),
+                fmt(row.get("edge/haproxy")),
+            );
+        }
+    }
+    out
+}

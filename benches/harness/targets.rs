@@ -1,0 +1,161 @@
+//! The processes a benchmark measures: nats-server, nats-edge in front of it, and HAProxy in
+//! TCP mode in front of it when `haproxy` is installed. All on loopback.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size in bytes, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Starts `cmd`, whose stderr (or stdout) is read until a line containing `ready` appears;
+/// the rest of its output is drained in the background so the pipe never fills.
+fn spawn_until(
+    name: &'static str,
+    mut cmd: Command,
+    addr: SocketAddr,
+    ready: &'static str,
+) -> Proc {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(ready) {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("{name} did not become ready"));
+    Proc { addr, child }
+}
+
+pub fn nats_server_bin() -> PathBuf {
+    std::env::var_os("NATS_SERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("nats-server"))
+}
+
+pub fn start_nats_server() -> Proc {
+    let port = free_port();
+    let mut cmd = Command::new(nats_server_bin());
+    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+    spawn_until(
+        "nats-server",
+        cmd,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "Server is ready",
+    )
+}
+
+/// nats-edge in front of `upstream`, with extra `NATS_EDGE_*` settings.
+pub fn start_edge(bin: &str, upstream: SocketAddr, env: &[(&str, &str)]) -> Proc {
+    let port = free_port();
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--upstream",
+        &format!("nats://{upstream}"),
+        "--log-level",
+        "nats_edge::edge=info,warn",
+    ]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    spawn_until(
+        "nats-edge",
+        cmd,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "listening",
+    )
+}
+
+/// HAProxy in TCP mode in front of `upstream`, when it is installed.
+pub fn start_haproxy(upstream: SocketAddr) -> Option<Proc> {
+    let bin = which("haproxy")?;
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("nats-edge-bench-haproxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 9900\n  log stderr format raw local0 notice\n\
+defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
+frontend nats\n  bind 127.0.0.1:{port}\n  default_backend upstream\n\
+backend upstream\n  server nats {upstream}\n"
+        ),
+    )
+    .ok()?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("-db").arg("-f").arg(&cfg);
+    // HAProxy prints nothing when it starts cleanly: wait for the port instead.
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = cmd.spawn().ok()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let proc = Proc { addr, child };
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Some(proc);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}

@@ -1,0 +1,21 @@
+//! The benchmark harness in smoke mode: every workload runs briefly, direct, through the edge
+//! and through HAProxy when installed. It asserts completion with no loss and no error (the
+//! harness panics otherwise), never a speed.
+
+#[path = "../benches/harness/mod.rs"]
+#[allow(dead_code)]
+mod harness;
+
+#[test]
+fn every_benchmark_workload_completes_without_loss() {
+    let report = harness::run(harness::Mode::Smoke, env!("CARGO_BIN_EXE_nats-edge"));
+    let results = report["results"].as_object().expect("results");
+    for payload in harness::PAYLOADS {
+        let row = &results[&format!("pubsub_{payload}B_msgs_per_s")];
+        assert!(row["direct"].as_f64().is_some_and(|v| v > 0.0), "{row}");
+        assert!(row["edge"].as_f64().is_some_and(|v| v > 0.0), "{row}");
+    }
+    assert!(results.contains_key("reqrep_p99_us"));
+    assert!(results.contains_key("idle_100_conns_bytes_per_conn"));
+    println!("{}", harness::table(&report));
+}
