@@ -124,7 +124,7 @@ impl Forwarder {
                         continue;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(IoFailure::Read(e))),
-                    Poll::Pending => self.shrink_if_idle(),
+                    Poll::Pending => {}
                 }
             }
             if !self.out.is_empty() {
@@ -146,7 +146,10 @@ impl Forwarder {
     fn may_read(&self, shared: &Shared) -> bool {
         let barriers_full =
             self.dir == Direction::ClientToServer && shared.barriers.len() >= MAX_PENDING_BARRIERS;
-        !(self.eof || self.stopped || barriers_full || self.out_len >= HIGH_WATER)
+        // With the buffer's tail used up, write first: the written slices release their share
+        // of the buffer, and the next read reuses it instead of allocating another.
+        let must_grow = self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE && !self.out.is_empty();
+        !(self.eof || self.stopped || barriers_full || must_grow || self.out_len >= HIGH_WATER)
     }
 
     fn poll_fill<R: AsyncRead + Unpin>(
@@ -155,7 +158,14 @@ impl Forwarder {
         reader: &mut R,
     ) -> Poll<io::Result<usize>> {
         if self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE {
-            self.rbuf.reserve(self.read_size);
+            // Ask for `read_size` in all, not on top of a partial frame: a buffer whose
+            // slices have all been written is then reused (the partial frame moves to its
+            // front) instead of a bigger one being allocated.
+            let additional = self
+                .read_size
+                .saturating_sub(self.rbuf.len())
+                .max(MIN_SPARE);
+            self.rbuf.reserve(additional);
         }
         let spare = self.rbuf.capacity() - self.rbuf.len();
         let n = ready!(tokio_util::io::poll_read_buf(
@@ -170,11 +180,20 @@ impl Forwarder {
         Poll::Ready(Ok(n))
     }
 
-    /// Gives back a large read buffer once the connection goes quiet.
-    fn shrink_if_idle(&mut self) {
+    /// Whether the read buffer has grown past its initial size under load.
+    pub fn is_grown(&self) -> bool {
+        self.rbuf.capacity() > INITIAL_READ || self.scratch.capacity() > INITIAL_READ
+    }
+
+    /// Gives back grown buffers that hold nothing; the session calls this when the
+    /// connection has been quiet for a while, so a burst does not pin memory forever.
+    pub fn shrink_if_empty(&mut self) {
         if self.rbuf.is_empty() && self.rbuf.capacity() > INITIAL_READ {
             self.rbuf = BytesMut::new();
             self.read_size = INITIAL_READ;
+        }
+        if self.scratch.is_empty() && self.scratch.capacity() > INITIAL_READ {
+            self.scratch = BytesMut::new();
         }
     }
 

@@ -29,6 +29,8 @@ use state::Shared;
 
 /// How long a session that is closing may take to write its last words to the client.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How often a session whose buffers grew under load checks whether it can give them back.
+const SHRINK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Everything a listener's sessions share.
 pub struct SessionEnv {
@@ -197,6 +199,8 @@ where
     let handshake = tokio::time::sleep(env.handshake_timeout);
     tokio::pin!(handshake);
     let mut close_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    // Armed only while a buffer is grown, so idle connections carry no timer.
+    let mut shrink_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let mut shutdown = env.shutdown.clone();
     let shutdown_signal = async move { crate::edge::until_stopped(&mut shutdown).await };
     tokio::pin!(shutdown_signal);
@@ -261,6 +265,18 @@ where
                 close_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(CLOSE_GRACE)));
             if deadline.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(reason);
+            }
+        }
+
+        if shrink_timer.is_none() && (c2u.is_grown() || u2c.is_grown()) {
+            shrink_timer = Some(Box::pin(tokio::time::sleep(SHRINK_INTERVAL)));
+        }
+        if let Some(timer) = shrink_timer.as_mut() {
+            if timer.as_mut().poll(cx).is_ready() {
+                c2u.shrink_if_empty();
+                u2c.shrink_if_empty();
+                shrink_timer = None;
+                continue;
             }
         }
 
