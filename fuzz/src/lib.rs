@@ -1,0 +1,138 @@
+//! The decode loop shared by the fuzz targets and by `tests/fuzz_regressions.rs`, which
+//! replays the kept inputs in `fuzz/regressions/` as an ordinary test.
+//!
+//! It feeds bytes to the frame scanner the way a forwarder does, one frame after another,
+//! builds every complete frame into an op, re-encodes it and checks the invariants a
+//! forwarder relies on. Any panic, in the decoder or in an assertion here, is a finding.
+
+use bytes::{Bytes, BytesMut};
+use nats_edge::proto::{
+    build_client_op, build_server_op, encode_client_op, encode_server_op, scan, Direction, Frame,
+    ScanLimits,
+};
+
+/// The limits the fuzz targets scan with.
+pub const LIMITS: ScanLimits = ScanLimits {
+    max_control_line: 4096,
+    max_payload: 1 << 20,
+};
+
+/// Limits for re-scanning an encoded op: re-serialised JSON may be longer than the original.
+const NO_LIMITS: ScanLimits = ScanLimits {
+    max_control_line: usize::MAX,
+    max_payload: u64::MAX,
+};
+
+/// What one decode loop got through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decoded {
+    /// Complete frames scanned.
+    pub frames: usize,
+    /// Bytes those frames covered.
+    pub consumed: usize,
+}
+
+/// Decodes `input` as a stream sent in direction `dir` until it ends, is incomplete, or is
+/// refused.
+pub fn decode_stream(dir: Direction, input: &[u8]) -> Decoded {
+    let mut rest = input;
+    let mut frames = 0;
+    while let Ok(Some(frame)) = scan(rest, dir, &LIMITS) {
+        check_frame(rest, &frame);
+        check_prefixes(rest, &frame, dir);
+        let data = Bytes::copy_from_slice(&rest[..frame.len]);
+        match dir {
+            Direction::ClientToServer => {
+                if let Ok(op) = build_client_op(&data, &frame) {
+                    let mut out = BytesMut::new();
+                    encode_client_op(&op, &mut out);
+                    let (again, frame) = rescan(&out, dir);
+                    let rebuilt = build_client_op(&again, &frame)
+                        .unwrap_or_else(|e| panic!("re-encoded {out:?} does not build: {e}"));
+                    assert_eq!(rebuilt, op, "client op changed by a round trip via {out:?}");
+                }
+            }
+            Direction::ServerToClient => {
+                if let Ok(op) = build_server_op(&data, &frame) {
+                    let mut out = BytesMut::new();
+                    encode_server_op(&op, &mut out);
+                    let (again, frame) = rescan(&out, dir);
+                    let rebuilt = build_server_op(&again, &frame)
+                        .unwrap_or_else(|e| panic!("re-encoded {out:?} does not build: {e}"));
+                    assert_eq!(rebuilt, op, "server op changed by a round trip via {out:?}");
+                }
+            }
+        }
+        rest = &rest[frame.len..];
+        frames += 1;
+    }
+    Decoded {
+        frames,
+        consumed: input.len() - rest.len(),
+    }
+}
+
+/// A frame lies inside the bytes it was scanned from, and its parts inside the frame.
+fn check_frame(buf: &[u8], frame: &Frame) {
+    assert!(frame.len > 0, "empty frame");
+    assert!(
+        frame.len <= buf.len(),
+        "frame of {} bytes from {} bytes",
+        frame.len,
+        buf.len()
+    );
+    for arg in frame.args() {
+        assert!(
+            arg.start <= arg.end && arg.end <= frame.payload_start,
+            "argument {arg:?} outside the control line"
+        );
+    }
+    if frame.is_message() {
+        assert!(frame.header_len <= frame.total_size);
+        assert!(frame.total_size as u64 <= LIMITS.max_payload);
+        assert_eq!(frame.payload_start + frame.total_size + 2, frame.len);
+        assert_eq!(&buf[frame.len - 2..frame.len], b"\r\n");
+    } else {
+        assert_eq!(frame.payload_start, frame.len);
+    }
+}
+
+/// A complete frame cut short anywhere is only incomplete: the scanner asks for more bytes
+/// rather than judging a frame it has not seen whole. A handful of cut points keeps this
+/// cheap for large payloads.
+fn check_prefixes(buf: &[u8], frame: &Frame, dir: Direction) {
+    let len = frame.len;
+    let cuts = [
+        1,
+        len / 2,
+        len.saturating_sub(2),
+        len - 1,
+        frame.payload_start.saturating_sub(1),
+        frame.payload_start,
+    ];
+    for cut in cuts {
+        if cut == 0 || cut >= len {
+            continue;
+        }
+        match scan(&buf[..cut], dir, &LIMITS) {
+            Ok(None) => {}
+            other => panic!(
+                "the first {cut} of {len} bytes of a valid frame scan as {other:?}, not incomplete"
+            ),
+        }
+    }
+}
+
+/// Scans an encoded op, which must be exactly one complete frame.
+fn rescan(encoded: &[u8], dir: Direction) -> (Bytes, Frame) {
+    let frame = match scan(encoded, dir, &NO_LIMITS) {
+        Ok(Some(frame)) => frame,
+        other => panic!("re-encoded {encoded:?} scans as {other:?}"),
+    };
+    assert_eq!(
+        frame.len,
+        encoded.len(),
+        "re-encoded {encoded:?} is not one frame"
+    );
+    (Bytes::copy_from_slice(encoded), frame)
+}
