@@ -519,17 +519,14 @@ impl RawConn {
         if self.eof {
             return Fill::Closed;
         }
-        let mut chunk = [0u8; 64 * 1024];
-        match tokio::time::timeout(limit, self.stream.read(&mut chunk)).await {
+        self.buf.reserve(64 * 1024);
+        match tokio::time::timeout(limit, self.stream.read_buf(&mut self.buf)).await {
             Err(_) => Fill::TimedOut,
             Ok(Ok(0)) | Ok(Err(_)) => {
                 self.eof = true;
                 Fill::Closed
             }
-            Ok(Ok(n)) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                Fill::Data
-            }
+            Ok(Ok(_)) => Fill::Data,
         }
     }
 
@@ -578,21 +575,41 @@ impl RawConn {
     }
 
     /// Reads until `needle` has arrived, returning everything up to and including it, or
-    /// until the peer closes, returning everything received.
+    /// until the peer closes, returning everything received. Panics after the timeout.
     pub async fn read_until(&mut self, needle: &[u8]) -> Reply {
+        let limit = self.timeout;
+        match self.try_read_until(needle, limit).await {
+            Some(reply) => reply,
+            None => panic!(
+                "raw read timed out after {limit:?} waiting for {}; received so far: {}",
+                show(needle),
+                show(&self.buf)
+            ),
+        }
+    }
+
+    /// Like [`RawConn::read_until`], but `None` when `limit` passes first (what arrived stays
+    /// buffered).
+    pub async fn try_read_until(&mut self, needle: &[u8], limit: Duration) -> Option<Reply> {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(i) = find(&self.buf, needle) {
                 let bytes = self.buf.drain(..i + needle.len()).collect();
-                return Reply {
+                return Some(Reply {
                     bytes,
                     closed: false,
-                };
+                });
             }
-            if !self.fill().await {
-                return Reply {
-                    bytes: std::mem::take(&mut self.buf),
-                    closed: true,
-                };
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.try_fill(left).await {
+                Fill::Data => {}
+                Fill::Closed => {
+                    return Some(Reply {
+                        bytes: std::mem::take(&mut self.buf),
+                        closed: true,
+                    })
+                }
+                Fill::TimedOut => return None,
             }
         }
     }
@@ -619,26 +636,42 @@ impl RawConn {
 
     /// Sends `bytes`, then a sentinel (a message to a private subject, then PING), and reads
     /// until the sentinel's message and the PONG after it arrive, or until the peer closes.
-    /// Works whatever `bytes` holds, as long as it leaves the parser between commands.
-    /// The sentinel's own bytes are cut from the reply.
+    /// Works whatever `bytes` holds (its own PINGs included), as long as it leaves the parser
+    /// between commands. The sentinel's own bytes are cut from the reply. Panics after the
+    /// timeout.
     pub async fn exchange(&mut self, bytes: &[u8]) -> Reply {
+        let limit = self.timeout;
+        match self.try_exchange(bytes, limit).await {
+            Some(reply) => reply,
+            None => panic!(
+                "no sentinel and no close within {limit:?}; received: {}",
+                show(&self.buf)
+            ),
+        }
+    }
+
+    /// Like [`RawConn::exchange`], but `None` when neither the sentinel nor a close arrives
+    /// within `limit`.
+    pub async fn try_exchange(&mut self, bytes: &[u8], limit: Duration) -> Option<Reply> {
         const SENTINEL: &[u8] =
             b"SUB _edge_sentinel 99999\r\nPUB _edge_sentinel 2\r\nZZ\r\nPING\r\n";
         const MARK: &[u8] = b"MSG _edge_sentinel 99999 2\r\nZZ\r\n";
+        let deadline = Instant::now() + limit;
         let mut out = bytes.to_vec();
         out.extend_from_slice(SENTINEL);
         self.send(&out).await;
-        let mut reply = self.read_until(MARK).await;
+        let mut reply = self.try_read_until(MARK, limit).await?;
         if reply.closed {
-            return reply;
+            return Some(reply);
         }
         reply.bytes.truncate(reply.bytes.len() - MARK.len());
-        let rest = self.read_until(b"PONG\r\n").await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let rest = self.try_read_until(b"PONG\r\n", left).await?;
         if rest.closed {
             reply.bytes.extend_from_slice(&rest.bytes);
             reply.closed = true;
         }
-        reply
+        Some(reply)
     }
 
     /// True if the peer closes before `limit` passes (reading and keeping data meanwhile).

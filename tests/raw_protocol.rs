@@ -1,0 +1,753 @@
+//! The wire seen byte by byte: what a client sends through the edge gets exactly the answer
+//! nats-server would give, and the INFO a client sees describes the edge, never the upstream.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const CONNECT: &[u8] = b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n";
+
+fn with_connect(rest: &[u8]) -> Vec<u8> {
+    [CONNECT, rest].concat()
+}
+
+/// Fails if any string in `info` mentions one of `ports` as `:PORT`, or any number equals
+/// one of them: the INFO must carry no upstream address.
+fn assert_no_upstream_address(info: &Value, ports: &[u16], what: &str) {
+    fn walk(v: &Value, ports: &[u16], path: &str, what: &str, whole: &Value) {
+        match v {
+            Value::String(s) => {
+                for p in ports {
+                    assert!(
+                        !s.contains(&format!(":{p}")),
+                        "{what}: `{path}` = {s:?} names upstream port {p}: {whole}"
+                    );
+                }
+            }
+            Value::Number(n) => {
+                for p in ports {
+                    assert!(
+                        n.as_u64() != Some(u64::from(*p)),
+                        "{what}: `{path}` = {n} is upstream port {p}: {whole}"
+                    );
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, ports, &format!("{path}[{i}]"), what, whole);
+                }
+            }
+            Value::Object(map) => {
+                for (k, item) in map {
+                    walk(item, ports, &format!("{path}.{k}"), what, whole);
+                }
+            }
+            _ => {}
+        }
+    }
+    walk(info, ports, "", what, info);
+    assert!(info.get("ip").is_none(), "{what}: `ip` present: {info}");
+    assert!(
+        info.get("ws_connect_urls").is_none(),
+        "{what}: ws_connect_urls present: {info}"
+    );
+}
+
+fn assert_describes_edge(info: &Value, edge: SocketAddr, what: &str) {
+    assert_eq!(info["host"], "127.0.0.1", "{what}: {info}");
+    assert_eq!(info["port"], edge.port(), "{what}: {info}");
+    assert_eq!(info["client_ip"], "127.0.0.1", "{what}: {info}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// INFO rewriting
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_describes_the_edge_not_the_upstream() {
+    let (server, edge) = server_and_edge("").await;
+    let (_direct, direct_info) = RawConn::connect_info(server.addr()).await;
+    let (mut raw, info) = RawConn::connect_info(edge_addr(&edge)).await;
+
+    assert_describes_edge(&info, edge_addr(&edge), "first INFO");
+    assert!(
+        info.get("connect_urls").is_none(),
+        "connect_urls must be absent: {info}"
+    );
+    assert_no_upstream_address(&info, &[server.port()], "first INFO");
+    // What is not an address passes through untouched.
+    for key in ["server_id", "version", "proto", "headers", "max_payload"] {
+        assert_eq!(info[key], direct_info[key], "`{key}` differs: {info}");
+    }
+
+    // The INFO that follows CONNECT (nats-server >= 2.12) is rewritten too.
+    raw.send(b"CONNECT {\"verbose\":false,\"protocol\":1}\r\nPING\r\n")
+        .await;
+    assert_eq!(raw.read_line().await.as_deref(), Some("PONG"));
+    let second = raw.read_info().await;
+    assert_describes_edge(&second, edge_addr(&edge), "second INFO");
+    assert!(second.get("connect_urls").is_none(), "{second}");
+    assert_no_upstream_address(&second, &[server.port()], "second INFO");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_announces_configured_connect_urls() {
+    let server = NatsServer::start();
+    let edge = start_edge_toml(&edge_toml(
+        &[server.url()],
+        "connect_urls = [\"edge-a:4222\"]",
+        "",
+    ))
+    .await;
+    let (mut raw, info) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert_eq!(info["connect_urls"], serde_json::json!(["edge-a:4222"]));
+    raw.send(b"CONNECT {\"verbose\":false,\"protocol\":1}\r\nPING\r\n")
+        .await;
+    assert_eq!(raw.read_line().await.as_deref(), Some("PONG"));
+    let second = raw.read_info().await;
+    assert_eq!(second["connect_urls"], serde_json::json!(["edge-a:4222"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_advertise_overrides_host_and_port() {
+    let server = NatsServer::start();
+    let edge = start_edge_toml(&edge_toml(
+        &[server.url()],
+        "advertise = \"nats.example.com:4222\"",
+        "",
+    ))
+    .await;
+    let (_raw, info) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert_eq!(info["host"], "nats.example.com");
+    assert_eq!(info["port"], 4222);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_connect_urls_never_reach_the_client() {
+    let (a, b) = NatsServer::start_cluster_pair().await;
+    let upstream_ports = [a.port(), b.port()];
+
+    // The upstream really does advertise its cluster, in both INFOs.
+    let (mut direct, direct_info) = RawConn::connect_info(a.addr()).await;
+    assert!(
+        direct_info["connect_urls"]
+            .as_array()
+            .is_some_and(|u| !u.is_empty()),
+        "the cluster INFO should list servers: {direct_info}"
+    );
+    direct
+        .send(b"CONNECT {\"verbose\":false,\"protocol\":1}\r\nPING\r\n")
+        .await;
+    assert_eq!(direct.read_line().await.as_deref(), Some("PONG"));
+    let direct_second = direct.read_info().await;
+    assert!(
+        direct_second["connect_urls"]
+            .as_array()
+            .is_some_and(|u| !u.is_empty()),
+        "{direct_second}"
+    );
+
+    let edge = start_edge(&[a.url()], "").await;
+    let (mut raw, info) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert!(info.get("connect_urls").is_none(), "first INFO: {info}");
+    assert_describes_edge(&info, edge_addr(&edge), "first INFO");
+    assert_no_upstream_address(&info, &upstream_ports, "first INFO");
+    raw.send(b"CONNECT {\"verbose\":false,\"protocol\":1}\r\nPING\r\n")
+        .await;
+    assert_eq!(raw.read_line().await.as_deref(), Some("PONG"));
+    let second = raw.read_info().await;
+    assert!(
+        second.get("connect_urls").is_none(),
+        "second INFO: {second}"
+    );
+    assert_describes_edge(&second, edge_addr(&edge), "second INFO");
+    assert_no_upstream_address(&second, &upstream_ports, "second INFO");
+
+    // With connect_urls configured, exactly those, in both.
+    let edge = start_edge_toml(&edge_toml(
+        &[a.url()],
+        "connect_urls = [\"edge-a:4222\"]",
+        "",
+    ))
+    .await;
+    let (mut raw, info) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert_eq!(info["connect_urls"], serde_json::json!(["edge-a:4222"]));
+    assert_no_upstream_address(&info, &upstream_ports, "first INFO, configured");
+    raw.send(b"CONNECT {\"verbose\":false,\"protocol\":1}\r\nPING\r\n")
+        .await;
+    assert_eq!(raw.read_line().await.as_deref(), Some("PONG"));
+    let second = raw.read_info().await;
+    assert_eq!(second["connect_urls"], serde_json::json!(["edge-a:4222"]));
+    assert_no_upstream_address(&second, &upstream_ports, "second INFO, configured");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_info_from_a_cluster_change_is_rewritten() {
+    let (a, b) = NatsServer::start_cluster_pair().await;
+    let edge = start_edge(&[a.url()], "").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    raw.send(b"CONNECT {\"verbose\":false,\"protocol\":1}\r\nPING\r\n")
+        .await;
+    assert_eq!(raw.read_line().await.as_deref(), Some("PONG"));
+    let _second = raw.read_info().await;
+
+    // A third server joins: A tells its clients with an INFO listing it.
+    let route = a
+        .log()
+        .wait_for(0, WAIT, |l| {
+            l.find("Listening for route connections on ")
+                .map(|i| l[i + 35..].trim().to_string())
+        })
+        .expect("route address")
+        .1;
+    let c = NatsServer::start_with_args(&[
+        "--cluster_name",
+        "edge-test",
+        "--cluster",
+        "nats://127.0.0.1:-1",
+        "--routes",
+        &format!("nats://{route}"),
+    ]);
+    let update = within("the cluster-change INFO through the edge", async {
+        loop {
+            let line = raw.read_line().await.expect("edge closed the client");
+            if let Some(json) = line.strip_prefix("INFO ") {
+                return serde_json::from_str::<Value>(json).unwrap();
+            }
+        }
+    })
+    .await;
+    assert!(update.get("connect_urls").is_none(), "{update}");
+    assert_describes_edge(&update, edge_addr(&edge), "async INFO");
+    assert_no_upstream_address(&update, &[a.port(), b.port(), c.port()], "async INFO");
+    assert!(raw.is_open().await);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Framing
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbose_mode_acknowledges_with_ok() {
+    let (_server, edge) = server_and_edge("").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    raw.send(b"CONNECT {\"verbose\":true}\r\nPUB foo 2\r\nhi\r\nPING\r\n")
+        .await;
+    let reply = raw.read_until(b"PONG\r\n").await;
+    assert_eq!(show(&reply.bytes), show(b"+OK\r\n+OK\r\nPONG\r\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_commands_in_one_write() {
+    let (_server, edge) = server_and_edge("").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let reply = raw
+        .exchange(&with_connect(
+            b"SUB p.a 1\r\nSUB p.* 2\r\nPING\r\nPUB p.a 3\r\none\r\nPUB p.b r 3\r\ntwo\r\n\
+              UNSUB 1\r\nPUB p.a 5\r\nthree\r\nPING\r\n",
+        ))
+        .await;
+    assert!(!reply.closed);
+    assert_eq!(
+        show(&reply.bytes),
+        show(
+            b"PONG\r\nMSG p.a 1 3\r\none\r\nMSG p.a 2 3\r\none\r\nMSG p.b 2 r 3\r\ntwo\r\n\
+              MSG p.a 2 5\r\nthree\r\nPONG\r\n"
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_written_one_byte_at_a_time() {
+    let (_server, edge) = server_and_edge("").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let bytes = with_connect(
+        b"SUB b.one 7\r\nHPUB b.one 18 23\r\nNATS/1.0\r\nA: b\r\n\r\nhello\r\nPING\r\n",
+    );
+    let bytes = [
+        b"CONNECT {\"verbose\":false,\"headers\":true}\r\n".as_slice(),
+        &bytes[CONNECT.len()..],
+    ]
+    .concat();
+    for b in &bytes {
+        raw.send(std::slice::from_ref(b)).await;
+    }
+    let reply = raw.read_until(b"PONG\r\n").await;
+    assert_eq!(
+        show(&reply.bytes),
+        show(b"HMSG b.one 7 18 23\r\nNATS/1.0\r\nA: b\r\n\r\nhello\r\nPONG\r\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowercase_verbs_and_tab_separators() {
+    let (_server, edge) = server_and_edge("").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let reply = raw
+        .exchange(b"connect {\"verbose\":false}\r\nsub\tlow.x\t1\r\npub low.x\t\t2\r\nhi\r\nSuB low.y  2\r\nPuB\tlow.y 1\r\nz\r\nping\r\n")
+        .await;
+    assert!(!reply.closed);
+    assert_eq!(
+        show(&reply.bytes),
+        show(b"MSG low.x 1 2\r\nhi\r\nMSG low.y 2 1\r\nz\r\nPONG\r\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_verb_is_refused_and_closed() {
+    let (_server, edge) = server_and_edge("").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    raw.send(&with_connect(b"PING\r\nFOO bar\r\nPING\r\n"))
+        .await;
+    let got = raw.read_to_close().await;
+    assert_eq!(
+        show(&got),
+        show(b"PONG\r\n-ERR 'Unknown Protocol Operation'\r\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_control_line_is_refused_and_closed() {
+    let (_server, edge) = server_and_edge("").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let mut line = b"SUB ".to_vec();
+    line.extend(std::iter::repeat_n(b'a', 5000));
+    line.extend_from_slice(b" 1\r\n");
+    raw.send(&with_connect(&line)).await;
+    let got = raw.read_to_close().await;
+    assert_eq!(
+        show(&got),
+        show(b"-ERR 'maximum control line exceeded'\r\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_control_line_is_refused_before_its_newline() {
+    let (_server, edge) = server_and_edge("").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let mut line = with_connect(b"PUB ");
+    line.extend(std::iter::repeat_n(b'x', 8000));
+    // No newline: the edge must not wait for one.
+    raw.send(&line).await;
+    let got = raw.read_to_close().await;
+    assert_eq!(
+        show(&got),
+        show(b"-ERR 'maximum control line exceeded'\r\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_max_control_line_is_enforced() {
+    let (_server, edge) = server_and_edge("[limits]\nmax_control_line = 100").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let ok = format!("SUB {} 1\r\n", "a".repeat(90));
+    assert!(!raw.roundtrip(&with_connect(ok.as_bytes())).await.closed);
+    let bad = format!("SUB {} 1\r\n", "a".repeat(120));
+    raw.send(bad.as_bytes()).await;
+    let got = raw.read_to_close().await;
+    assert_eq!(
+        show(&got),
+        show(b"-ERR 'maximum control line exceeded'\r\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_subject_is_refused_and_the_connection_stays() {
+    let (_server, edge) = server_and_edge("").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let reply = raw
+        .roundtrip(&with_connect(
+            b"SUB foo..bar 1\r\nSUB ok 2\r\nPUB ok 1\r\nx\r\n",
+        ))
+        .await;
+    assert!(!reply.closed);
+    assert_eq!(
+        show(&reply.bytes),
+        show(b"-ERR 'Invalid Subject'\r\nMSG ok 2 1\r\nx\r\n")
+    );
+    assert!(raw.is_open().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_subscriptions_is_enforced_and_the_connection_stays() {
+    let (_server, edge) = server_and_edge("[limits]\nmax_subscriptions = 3").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let reply = raw
+        .roundtrip(&with_connect(
+            b"SUB s.1 1\r\nSUB s.2 2\r\nSUB s.3 3\r\nSUB s.4 4\r\nPUB s.1 1\r\na\r\nPUB s.4 1\r\nb\r\n",
+        ))
+        .await;
+    assert!(!reply.closed, "{}", reply.text());
+    assert_eq!(
+        show(&reply.bytes),
+        show(b"-ERR 'maximum subscriptions exceeded'\r\nMSG s.1 1 1\r\na\r\n")
+    );
+    // Freeing one makes room again.
+    let reply = raw
+        .roundtrip(b"UNSUB 1\r\nSUB s.4 4\r\nPUB s.4 1\r\nc\r\n")
+        .await;
+    assert_eq!(show(&reply.bytes), show(b"MSG s.4 4 1\r\nc\r\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_subscriptions_frees_a_slot_after_auto_unsubscribe() {
+    let (_server, edge) = server_and_edge("[limits]\nmax_subscriptions = 2").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let reply = raw
+        .roundtrip(&with_connect(
+            b"SUB s.1 1\r\nSUB s.2 2\r\nUNSUB 2 1\r\nPUB s.2 1\r\na\r\n",
+        ))
+        .await;
+    assert_eq!(show(&reply.bytes), show(b"MSG s.2 2 1\r\na\r\n"));
+    // The delivery has come back through the edge: sid 2 is gone, so there is room.
+    let reply = raw
+        .roundtrip(b"SUB s.3 3\r\nPUB s.3 1\r\nb\r\nSUB s.4 4\r\n")
+        .await;
+    assert_eq!(
+        show(&reply.bytes),
+        show(b"MSG s.3 3 1\r\nb\r\n-ERR 'maximum subscriptions exceeded'\r\n")
+    );
+}
+
+/// The same pipelined bytes against nats-server's own `max_subscriptions` and through the
+/// edge's `limits.max_subscriptions`: nats-server frees an auto-unsubscribed sid the moment
+/// the PUB that completes it is processed, so a SUB right behind that PUB fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_subscriptions_matches_nats_server() {
+    let bytes = with_connect(
+        b"SUB s.1 1\r\nSUB s.2 2\r\nSUB s.1 2\r\nSUB s.3 3\r\nSUB s.4 4\r\nUNSUB 2 1\r\n\
+          PUB s.2 1\r\na\r\nSUB s.5 5\r\nPUB s.5 1\r\nb\r\nSUB s.6 6\r\n",
+    );
+    let limited = NatsServer::start_with_config("max_subscriptions: 3\n");
+    let (mut direct, _) = RawConn::connect_info(limited.addr()).await;
+    let expected = direct.roundtrip(&bytes).await;
+    assert_eq!(
+        show(&expected.bytes),
+        show(
+            b"-ERR 'maximum subscriptions exceeded'\r\nMSG s.2 2 1\r\na\r\n\
+              MSG s.5 5 1\r\nb\r\n-ERR 'maximum subscriptions exceeded'\r\n"
+        ),
+        "nats-server's behaviour changed"
+    );
+
+    let (_server, edge) = server_and_edge("[limits]\nmax_subscriptions = 3").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let got = raw.roundtrip(&bytes).await;
+    assert_eq!(
+        (show(&got.bytes), got.closed),
+        (show(&expected.bytes), expected.closed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_timeout_without_connect() {
+    let (_server, edge) = server_and_edge("[limits]\nhandshake_timeout = \"300ms\"").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let got = within("the handshake timeout to close", raw.read_to_close()).await;
+    assert_eq!(show(&got), show(b"-ERR 'Authentication Timeout'\r\n"));
+
+    // A client that sends CONNECT in time is not affected.
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert!(!raw.roundtrip(CONNECT).await.closed);
+    assert!(
+        !raw.closes_within(Duration::from_millis(900)).await,
+        "closed after CONNECT: {}",
+        show(&raw.take_buffered())
+    );
+    assert!(raw.is_open().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_over_max_is_refused_and_closed() {
+    const MAX: usize = 4096;
+    let server = NatsServer::start_with_config(&format!("max_payload: {MAX}\n"));
+    let edge = start_edge(&[server.url()], "").await;
+    let (mut raw, info) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert_eq!(info["max_payload"], MAX);
+
+    let mut exact = with_connect(format!("SUB big 1\r\nPUB big {MAX}\r\n").as_bytes());
+    exact.extend(std::iter::repeat_n(b'x', MAX));
+    exact.extend_from_slice(b"\r\n");
+    let reply = raw.roundtrip(&exact).await;
+    assert!(!reply.closed);
+    assert!(reply
+        .bytes
+        .starts_with(format!("MSG big 1 {MAX}\r\n").as_bytes()));
+
+    // The server answers on the control line alone; so must the edge.
+    raw.send(format!("PUB big {}\r\n", MAX + 1).as_bytes())
+        .await;
+    let got = raw.read_to_close().await;
+    assert_eq!(show(&got), show(b"-ERR 'Maximum Payload Violation'\r\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hpub_counts_headers_against_max_payload() {
+    const MAX: usize = 100;
+    let server = NatsServer::start_with_config(&format!("max_payload: {MAX}\n"));
+    let edge = start_edge(&[server.url()], "").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let hdr = b"NATS/1.0\r\nA: b\r\n\r\n";
+    let body = vec![b'y'; MAX + 1 - hdr.len()];
+    let mut bytes = format!(
+        "CONNECT {{\"verbose\":false,\"headers\":true}}\r\nHPUB h {} {}\r\n",
+        hdr.len(),
+        MAX + 1
+    )
+    .into_bytes();
+    bytes.extend_from_slice(hdr);
+    bytes.extend_from_slice(&body);
+    bytes.extend_from_slice(b"\r\n");
+    raw.send(&bytes).await;
+    let got = raw.read_to_close().await;
+    assert_eq!(show(&got), show(b"-ERR 'Maximum Payload Violation'\r\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_max_payload_below_the_servers_is_announced_and_enforced() {
+    let (server, edge) = server_and_edge("[limits]\nmax_payload = 1000").await;
+    let (mut raw, info) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert_eq!(info["max_payload"], 1000);
+
+    let mut exact = with_connect(b"SUB m 1\r\nPUB m 1000\r\n");
+    exact.extend(std::iter::repeat_n(b'x', 1000));
+    exact.extend_from_slice(b"\r\n");
+    let reply = raw.roundtrip(&exact).await;
+    assert!(!reply.closed);
+    assert!(reply.bytes.starts_with(b"MSG m 1 1000\r\n"));
+
+    raw.send(b"PUB m 1001\r\n").await;
+    let got = raw.read_to_close().await;
+    assert_eq!(show(&got), show(b"-ERR 'Maximum Payload Violation'\r\n"));
+
+    // async-nats reads the announced limit and refuses before sending.
+    let c = client(&edge_url(&edge)).await;
+    assert_eq!(c.server_info().max_payload, 1000);
+    let err = c
+        .publish("m", vec![0u8; 1001].into())
+        .await
+        .expect_err("over the edge's max_payload");
+    assert_eq!(
+        err.kind(),
+        async_nats::client::PublishErrorKind::MaxPayloadExceeded
+    );
+
+    // The limit is for what clients send: larger messages from elsewhere still arrive.
+    let mut sub = c.subscribe("from.direct").await.unwrap();
+    round_trip(&c).await;
+    let direct = client(&server.url()).await;
+    direct
+        .publish("from.direct", vec![5u8; 4000].into())
+        .await
+        .unwrap();
+    round_trip(&direct).await;
+    assert_eq!(next_msg(&mut sub).await.payload.len(), 4000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Differential: the same bytes to nats-server and through the edge get the same answer.
+
+/// Replaces every INFO line (which legitimately differs) with a placeholder.
+fn normalise(bytes: &[u8]) -> String {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    let mut at_line_start = true;
+    while !rest.is_empty() {
+        if at_line_start && rest.starts_with(b"INFO ") {
+            let end = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .map_or(rest.len(), |i| i + 2);
+            out.extend_from_slice(b"INFO {..}\r\n");
+            rest = &rest[end..];
+            continue;
+        }
+        at_line_start = rest[0] == b'\n';
+        out.push(rest[0]);
+        rest = &rest[1..];
+    }
+    show(&out)
+}
+
+fn differential_cases() -> Vec<(&'static str, Vec<u8>)> {
+    let c = with_connect;
+    let hc = |rest: &[u8]| {
+        [
+            b"CONNECT {\"verbose\":false,\"headers\":true}\r\n".as_slice(),
+            rest,
+        ]
+        .concat()
+    };
+    let long_subject = {
+        let mut v = b"SUB ".to_vec();
+        v.extend(std::iter::repeat_n(b'a', 5000));
+        v.extend_from_slice(b" 1\r\n");
+        c(&v)
+    };
+    let longish_ok = {
+        let mut v = b"SUB ".to_vec();
+        v.extend(std::iter::repeat_n(b'a', 4000));
+        v.extend_from_slice(b" 1\r\n");
+        c(&v)
+    };
+    vec![
+        // Valid traffic.
+        ("ping before connect", b"PING\r\n".to_vec()),
+        (
+            "sub and pub before connect",
+            b"SUB foo 1\r\nPUB foo 2\r\nhi\r\n".to_vec(),
+        ),
+        (
+            "connect {} is verbose",
+            b"CONNECT {}\r\nSUB foo 1\r\nPUB foo 2\r\nhi\r\n".to_vec(),
+        ),
+        (
+            "verbose true",
+            b"CONNECT {\"verbose\":true}\r\nSUB foo 1\r\nPUB foo 2\r\nhi\r\n".to_vec(),
+        ),
+        ("pub sub", c(b"SUB foo 1\r\nPUB foo 5\r\nhello\r\n")),
+        ("reply subject", c(b"SUB foo 1\r\nPUB foo bar 2\r\nhi\r\n")),
+        ("empty payload", c(b"SUB foo 1\r\nPUB foo 0\r\n\r\n")),
+        (
+            "payload with CRLF inside",
+            c(b"SUB foo 1\r\nPUB foo 9\r\n\r\nPUB x\r\n\r\n"),
+        ),
+        (
+            "lowercase",
+            b"connect {\"verbose\":false}\r\nsub foo 1\r\npub foo 1\r\nx\r\nping\r\n".to_vec(),
+        ),
+        (
+            "tabs and runs of blanks",
+            c(b"SUB\tfoo \t 1\r\nPUB  foo\t2\r\nhi\r\n"),
+        ),
+        (
+            "bare newline control lines",
+            c(b"SUB foo 1\nPUB foo 2\nhi\r\nPING\n"),
+        ),
+        (
+            "queue group of one",
+            c(b"SUB foo q 1\r\nPUB foo 1\r\nx\r\n"),
+        ),
+        (
+            "wildcards",
+            c(b"SUB w.* 1\r\nSUB w.> 2\r\nPUB w.a 1\r\nx\r\nPUB w.a.b 1\r\ny\r\n"),
+        ),
+        ("unsub", c(b"SUB foo 1\r\nUNSUB 1\r\nPUB foo 2\r\nhi\r\n")),
+        (
+            "auto unsub",
+            c(b"SUB foo 1\r\nUNSUB 1 2\r\nPUB foo 1\r\na\r\nPUB foo 1\r\nb\r\nPUB foo 1\r\nc\r\n"),
+        ),
+        ("unsub unknown sid", c(b"UNSUB 99\r\n")),
+        (
+            "duplicate sid",
+            c(b"SUB foo 1\r\nSUB foo 1\r\nPUB foo 1\r\nx\r\n"),
+        ),
+        ("pong", c(b"PONG\r\n")),
+        ("several pings", c(b"PING\r\nPING\r\nPING\r\n")),
+        (
+            "headers",
+            hc(b"SUB foo 1\r\nHPUB foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\n"),
+        ),
+        (
+            "headers with reply",
+            hc(b"SUB foo 1\r\nHPUB foo r 22 22\r\nNATS/1.0\r\nA: b\r\nC: d\r\n\r\n\r\n"),
+        ),
+        (
+            "header-only to a non-header subscriber",
+            c(b"SUB foo 1\r\n"),
+        ),
+        ("control line at 4000", longish_ok),
+        ("publish to a wildcard subject", c(b"PUB foo.* 2\r\nhi\r\n")),
+        (
+            "pedantic publish to a wildcard subject",
+            b"CONNECT {\"verbose\":false,\"pedantic\":true}\r\nPUB foo.* 2\r\nhi\r\n".to_vec(),
+        ),
+        ("invalid subject", c(b"SUB foo..bar 1\r\nSUB .x 2\r\n")),
+        ("PINGX is a PING", c(b"PINGX\r\n")),
+        // Violations.
+        ("unknown verb", c(b"FOO bar\r\n")),
+        ("pub prefix verb", c(b"PUBX foo 1\r\nx\r\n")),
+        ("empty line", c(b"\r\n")),
+        ("server verb MSG from a client", c(b"MSG foo 1 2\r\nhi\r\n")),
+        ("+OK from a client", c(b"+OK\r\n")),
+        ("-ERR from a client", c(b"-ERR 'x'\r\n")),
+        ("sub without sid", c(b"SUB foo\r\n")),
+        ("sub with too many args", c(b"SUB foo q 1 2\r\n")),
+        ("unsub without sid", c(b"UNSUB\r\n")),
+        ("pub without size", c(b"PUB foo\r\n")),
+        ("pub non-numeric size", c(b"PUB foo x\r\nhi\r\n")),
+        ("pub negative size", c(b"PUB foo -1\r\n")),
+        ("payload longer than its size", c(b"PUB foo 2\r\nhiX\r\n")),
+        ("payload over max", c(b"PUB foo 2000000\r\n")),
+        ("control line over max", long_subject),
+        (
+            "malformed CONNECT JSON",
+            b"CONNECT {bad\r\nPING\r\n".to_vec(),
+        ),
+        (
+            "CONNECT without a blank",
+            b"CONNECT{\"verbose\":false}\r\n".to_vec(),
+        ),
+        (
+            "hpub without headers negotiated",
+            c(b"HPUB foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\n"),
+        ),
+        (
+            "hpub header size over total",
+            hc(b"HPUB foo 20 10\r\n0123456789\r\n"),
+        ),
+        (
+            "error after valid ops",
+            c(b"SUB foo 1\r\nPUB foo 1\r\na\r\nPING\r\nBAD\r\n"),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn differential_against_nats_server() {
+    let direct_server = NatsServer::start();
+    let upstream = NatsServer::start();
+    let edge = start_edge(&[upstream.url()], "").await;
+    let limit = Duration::from_secs(4);
+
+    let mut mismatches = Vec::new();
+    let cases = differential_cases();
+    for (name, bytes) in &cases {
+        let mut outcome = Vec::new();
+        for addr in [direct_server.addr(), edge_addr(&edge)] {
+            let (mut raw, _) = RawConn::connect_info(addr).await;
+            let got = match raw.try_exchange(bytes, limit).await {
+                Some(reply) => format!(
+                    "{} [{}]",
+                    normalise(&reply.bytes),
+                    if reply.closed { "closed" } else { "open" }
+                ),
+                None => format!(
+                    "{} [no sentinel, no close]",
+                    normalise(&raw.take_buffered())
+                ),
+            };
+            outcome.push(got);
+        }
+        if outcome[0] != outcome[1] {
+            mismatches.push(format!(
+                "{name}: sent {}\n    nats-server: {}\n    edge:        {}",
+                show(bytes),
+                outcome[0],
+                outcome[1]
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} cases differ:\n{}",
+        mismatches.len(),
+        cases.len(),
+        mismatches.join("\n")
+    );
+}
