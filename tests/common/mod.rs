@@ -380,6 +380,100 @@ pub async fn server_and_edge(extra_toml: &str) -> (NatsServer, Edge) {
     (server, edge)
 }
 
+/// A command for the `nats-edge` binary, with no `NATS_EDGE_*` variables inherited from the
+/// test's own environment.
+pub fn nats_edge_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nats-edge"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("NATS_EDGE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// The `nats-edge` binary running as its own process (so its memory can be measured), killed
+/// on drop.
+pub struct EdgeProcess {
+    child: Child,
+    log: Arc<LogLines>,
+    addr: SocketAddr,
+}
+
+impl EdgeProcess {
+    /// Runs `nats-edge ARGS --log-format json` with extra environment variables and waits for
+    /// its `listening` log line, which carries the bound address (so `--listen 127.0.0.1:0`
+    /// works).
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> EdgeProcess {
+        let mut cmd = nats_edge_command();
+        cmd.args(args)
+            .args(["--log-format", "json"])
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("run nats-edge");
+        let log = LogLines::collect(child.stderr.take().unwrap());
+        let addr = blocking(|| {
+            log.wait_for(0, WAIT, |line| {
+                let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                if v["message"] != "listening" {
+                    return None;
+                }
+                v["addr"].as_str()?.parse::<SocketAddr>().ok()
+            })
+        });
+        match addr {
+            Some((_, addr)) => EdgeProcess { child, log, addr },
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("nats-edge did not start listening:\n{}", log.dump());
+            }
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> &Arc<LogLines> {
+        &self.log
+    }
+
+    /// Resident set size in bytes, from `/proc/<pid>/status` (`VmRSS`).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status");
+        kib * 1024
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for EdgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// async-nats connect options used by the tests: bounded, fast to reconnect.
 pub fn client_options() -> async_nats::ConnectOptions {
     async_nats::ConnectOptions::new()

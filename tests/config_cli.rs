@@ -1,0 +1,246 @@
+//! The `nats-edge` command: `check`, config files, environment and flag layering.
+
+mod common;
+
+use std::io::Write;
+use std::process::Output;
+
+use bytes::Bytes;
+use common::*;
+
+fn config_file(toml: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    f.write_all(toml.as_bytes()).unwrap();
+    f.flush().unwrap();
+    f
+}
+
+fn check(file: &tempfile::NamedTempFile, envs: &[(&str, &str)]) -> Output {
+    nats_edge_command()
+        .arg("check")
+        .arg("-c")
+        .arg(file.path())
+        .envs(envs.iter().copied())
+        .output()
+        .expect("run nats-edge check")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+const VALID: &str = r#"
+[[listeners]]
+name = "default"
+bind = "127.0.0.1:4222"
+advertise = "nats.example.com:4222"
+connect_urls = ["edge-a:4222", "edge-b:4222"]
+
+[upstream]
+urls = ["nats://10.0.0.5:4222", "nats://user:pass@10.0.0.6:4222"]
+connect_timeout = "1500ms"
+
+[limits]
+max_payload = "512KiB"
+max_control_line = "8KiB"
+max_subscriptions = 1000
+handshake_timeout = "2s"
+
+[log]
+format = "json"
+level = "info"
+"#;
+
+#[test]
+fn check_accepts_a_valid_file() {
+    let f = config_file(VALID);
+    let out = check(&f, &[]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    // Valid without starting: nothing is listening, nothing was dialled.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("OK"), "{stdout}");
+}
+
+#[test]
+fn check_rejects_an_unknown_key_naming_its_path() {
+    let f = config_file(&VALID.replace("max_subscriptions = 1000", "max_subscriptionz = 1000"));
+    let out = check(&f, &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("limits.max_subscriptionz"), "{err}");
+    assert!(err.contains(&f.path().display().to_string()), "{err}");
+}
+
+#[test]
+fn check_rejects_an_unknown_listener_key_naming_its_path() {
+    let f = config_file(&VALID.replace("advertise =", "advertize ="));
+    let out = check(&f, &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("listeners.0.advertize"), "{err}");
+}
+
+#[test]
+fn check_rejects_a_bad_duration_naming_its_path() {
+    let f =
+        config_file(&VALID.replace("handshake_timeout = \"2s\"", "handshake_timeout = \"soon\""));
+    let out = check(&f, &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("limits.handshake_timeout"), "{err}");
+    assert!(err.contains("soon"), "{err}");
+}
+
+#[test]
+fn check_rejects_a_bad_size_naming_its_path() {
+    let f = config_file(&VALID.replace("\"512KiB\"", "\"lots\""));
+    let out = check(&f, &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("limits.max_payload"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn check_rejects_an_invalid_value_naming_its_path() {
+    let f = config_file(&VALID.replace("\"8KiB\"", "10"));
+    let out = check(&f, &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("limits.max_control_line"),
+        "{}",
+        stderr(&out)
+    );
+    let f = config_file(&VALID.replace("nats://10.0.0.5:4222", "http://10.0.0.5:4222"));
+    let out = check(&f, &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("upstream.urls"), "{}", stderr(&out));
+}
+
+#[test]
+fn check_does_not_print_upstream_passwords() {
+    let f = config_file(&VALID.replace("nats://10.0.0.5:4222", "ftp://u:hunter2@10.0.0.5:4222"));
+    let out = check(&f, &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("upstream.urls"), "{err}");
+    assert!(!err.contains("hunter2"), "password printed: {err}");
+}
+
+#[test]
+fn check_reports_a_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.toml");
+    let out = nats_edge_command()
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&path.display().to_string()),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn check_names_a_bad_environment_value() {
+    let f = config_file(VALID);
+    let out = check(&f, &[("NATS_EDGE_LIMITS__HANDSHAKE_TIMEOUT", "soon")]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.to_lowercase().contains("limits.handshake_timeout"),
+        "{err}"
+    );
+    assert!(err.contains("NATS_EDGE_"), "the source is named: {err}");
+
+    let out = check(&f, &[("NATS_EDGE_LIMITS__MAX_PAYLOADZ", "1")]);
+    assert!(!out.status.success(), "a misspelt variable is an error");
+    assert!(
+        stderr(&out).to_lowercase().contains("max_payloadz"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+async fn assert_works_through(url: &str) {
+    let c = client(url).await;
+    let mut sub = c.subscribe("cli").await.unwrap();
+    round_trip(&c).await;
+    c.publish("cli", Bytes::from_static(b"through the binary"))
+        .await
+        .unwrap();
+    round_trip(&c).await;
+    assert_eq!(&next_msg(&mut sub).await.payload[..], b"through the binary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_sets_the_upstream() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let edge = EdgeProcess::spawn(
+        &["--listen", "127.0.0.1:0"],
+        &[("NATS_EDGE_UPSTREAM__URLS", url.as_str())],
+    );
+    assert_works_through(&edge.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_overrides_the_file_and_flags_override_both() {
+    let server = NatsServer::start();
+    let dead = format!("nats://127.0.0.1:{}", free_port());
+    let f = config_file(&format!(
+        "[[listeners]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\n\
+         [upstream]\nurls = [\"{dead}\"]\n[limits]\nmax_payload = \"2KiB\"\n"
+    ));
+    let path = f.path().to_str().unwrap().to_string();
+
+    // The file alone points at nothing.
+    let edge = EdgeProcess::spawn(&["-c", &path], &[]);
+    let mut raw = RawConn::connect(edge.addr()).await;
+    let got = raw.read_to_close().await;
+    assert!(
+        got.starts_with(b"-ERR 'Upstream Unavailable"),
+        "{}",
+        show(&got)
+    );
+    drop(edge);
+
+    // The environment wins over the file, key by key.
+    let url = server.url();
+    let edge = EdgeProcess::spawn(
+        &["-c", &path],
+        &[
+            ("NATS_EDGE_UPSTREAM__URLS", url.as_str()),
+            ("NATS_EDGE_LIMITS__MAX_PAYLOAD", "1000"),
+        ],
+    );
+    let (_raw, info) = RawConn::connect_info(edge.addr()).await;
+    assert_eq!(info["max_payload"], 1000);
+    assert_works_through(&edge.url()).await;
+    drop(edge);
+
+    // Flags win over the environment.
+    let edge = EdgeProcess::spawn(
+        &["-c", &path, "--upstream", &url, "--listen", "127.0.0.1:0"],
+        &[("NATS_EDGE_UPSTREAM__URLS", dead.as_str())],
+    );
+    let (_raw, info) = RawConn::connect_info(edge.addr()).await;
+    assert_eq!(info["max_payload"], 2048, "the file's limit still applies");
+    assert_works_through(&edge.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_alone_run_the_common_case() {
+    let server = NatsServer::start();
+    let edge = EdgeProcess::spawn(
+        &["--listen", "127.0.0.1:0", "--upstream", &server.url()],
+        &[],
+    );
+    assert_works_through(&edge.url()).await;
+}

@@ -1,0 +1,255 @@
+//! The edge's side of the connection: upstream down, restarted, failed over, and credentials
+//! carried in the upstream URL.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::{ConnectErrorKind, Event};
+use bytes::Bytes;
+use common::*;
+use tokio::sync::mpsc;
+
+/// A URL nothing listens on.
+fn dead_url() -> String {
+    format!("nats://127.0.0.1:{}", free_port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_at_connect_is_reported_and_closed() {
+    let edge = start_edge(&[dead_url()], "").await;
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    let got = raw.read_to_close().await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("-ERR 'Upstream Unavailable"),
+        "expected an Upstream Unavailable error, got {:?}",
+        show(&got)
+    );
+    assert!(text.ends_with("'\r\n"), "{}", show(&got));
+    assert_eq!(text.matches("\r\n").count(), 1, "{}", show(&got));
+
+    let err = within(
+        "async-nats connect",
+        client_options().connect(edge_url(&edge)),
+    )
+    .await
+    .expect_err("no upstream, no connection");
+    assert_ne!(err.kind(), ConnectErrorKind::TimedOut, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_dial_failures_are_counted() {
+    let edge = start_edge(&[dead_url(), dead_url()], "").await;
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    raw.read_to_close().await;
+    assert_eq!(
+        edge.metrics()
+            .upstream_dial_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_to_the_second_upstream() {
+    let server = NatsServer::start();
+    let edge = start_edge(&[dead_url(), server.url()], "").await;
+    let c = client(&edge_url(&edge)).await;
+    let mut sub = c.subscribe("fo").await.unwrap();
+    round_trip(&c).await;
+    c.publish("fo", Bytes::from_static(b"via second"))
+        .await
+        .unwrap();
+    round_trip(&c).await;
+    assert_eq!(&next_msg(&mut sub).await.payload[..], b"via second");
+
+    // The same session is really on the live server: a direct client there sees it.
+    let direct = client(&server.url()).await;
+    direct
+        .publish("fo", Bytes::from_static(b"direct"))
+        .await
+        .unwrap();
+    round_trip(&direct).await;
+    assert_eq!(&next_msg(&mut sub).await.payload[..], b"direct");
+}
+
+/// Every event the client reports, in order.
+fn client_with_events() -> (async_nats::ConnectOptions, mpsc::UnboundedReceiver<Event>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let opts = client_options().event_callback(move |event| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(event);
+        }
+    });
+    (opts, rx)
+}
+
+async fn wait_event(
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    what: &str,
+    want: impl Fn(&Event) -> bool,
+) {
+    within_for(Duration::from_secs(20), what, async {
+        loop {
+            let e = events.recv().await.expect("event stream ended");
+            if want(&e) {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_restart_mid_session_reconnects_and_resubscribes() {
+    let mut server = NatsServer::start();
+    let edge = start_edge(&[server.url()], "").await;
+    let url = edge_url(&edge);
+
+    let (opts, mut sub_events) = client_with_events();
+    let subscriber = within("connect", opts.connect(&url)).await.unwrap();
+    let (opts, mut pub_events) = client_with_events();
+    let publisher = within("connect", opts.connect(&url)).await.unwrap();
+    let mut sub = subscriber.subscribe("restart.t").await.unwrap();
+    round_trip(&subscriber).await;
+    publisher
+        .publish("restart.t", Bytes::from_static(b"before"))
+        .await
+        .unwrap();
+    round_trip(&publisher).await;
+    assert_eq!(&next_msg(&mut sub).await.payload[..], b"before");
+
+    // Kill the upstream: the edge ends each session, the clients notice.
+    server.stop();
+    wait_event(&mut sub_events, "subscriber disconnect", |e| {
+        matches!(e, Event::Disconnected)
+    })
+    .await;
+    wait_event(&mut pub_events, "publisher disconnect", |e| {
+        matches!(e, Event::Disconnected)
+    })
+    .await;
+
+    // Back on the same port: the clients reconnect through the edge.
+    server.restart();
+    wait_event(&mut sub_events, "subscriber reconnect", |e| {
+        matches!(e, Event::Connected)
+    })
+    .await;
+    wait_event(&mut pub_events, "publisher reconnect", |e| {
+        matches!(e, Event::Connected)
+    })
+    .await;
+    // The subscriber replayed its SUB on reconnect; a round trip makes sure it is in place.
+    round_trip(&subscriber).await;
+    publisher
+        .publish("restart.t", Bytes::from_static(b"after"))
+        .await
+        .unwrap();
+    round_trip(&publisher).await;
+    assert_eq!(&next_msg(&mut sub).await.payload[..], b"after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_killed_closes_the_raw_client() {
+    let mut server = NatsServer::start();
+    let edge = start_edge(&[server.url()], "").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert!(
+        !raw.roundtrip(b"CONNECT {\"verbose\":false}\r\nSUB x 1\r\n")
+            .await
+            .closed
+    );
+    server.stop();
+    assert!(
+        raw.closes_within(WAIT).await,
+        "the edge must close the client when its upstream goes"
+    );
+    // New connections are refused with the upstream error until it is back.
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    let got = raw.read_to_close().await;
+    assert!(
+        got.starts_with(b"-ERR 'Upstream Unavailable"),
+        "{}",
+        show(&got)
+    );
+    server.restart();
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert!(
+        !raw.roundtrip(b"CONNECT {\"verbose\":false}\r\n")
+            .await
+            .closed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_upstream_url() {
+    let server = NatsServer::start_with_args(&["--user", "a", "--pass", "b"]);
+    // Sanity: the server does require them.
+    let direct = within("direct connect", client_options().connect(server.url()))
+        .await
+        .expect_err("the server requires credentials");
+    assert_eq!(direct.kind(), ConnectErrorKind::AuthorizationViolation);
+
+    let edge = start_edge(&[format!("nats://a:b@127.0.0.1:{}", server.port())], "").await;
+    let url = edge_url(&edge);
+
+    // A client without credentials of its own gets the URL's.
+    let c = client(&url).await;
+    let mut sub = c.subscribe("cred").await.unwrap();
+    round_trip(&c).await;
+    c.publish("cred", Bytes::from_static(b"ok")).await.unwrap();
+    round_trip(&c).await;
+    assert_eq!(&next_msg(&mut sub).await.payload[..], b"ok");
+
+    // Nothing of the URL's secret shows in the INFO.
+    let (mut raw, info) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert!(!info.to_string().contains("\"b\""), "{info}");
+    assert!(
+        !raw.roundtrip(b"CONNECT {\"verbose\":false}\r\n")
+            .await
+            .closed
+    );
+
+    // A client with wrong credentials of its own is refused, as by the server.
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    raw.send(b"CONNECT {\"verbose\":false,\"user\":\"a\",\"pass\":\"wrong\"}\r\nPING\r\n")
+        .await;
+    let got = raw.read_to_close().await;
+    assert_eq!(show(&got), show(b"-ERR 'Authorization Violation'\r\n"));
+
+    let err = within(
+        "async-nats connect with wrong credentials",
+        client_options()
+            .user_and_password("a".into(), "wrong".into())
+            .connect(&url),
+    )
+    .await
+    .expect_err("wrong credentials");
+    assert_eq!(
+        err.kind(),
+        ConnectErrorKind::AuthorizationViolation,
+        "{err}"
+    );
+
+    // Right credentials of its own are passed through.
+    let c = within(
+        "async-nats connect with own credentials",
+        client_options()
+            .user_and_password("a".into(), "b".into())
+            .connect(&url),
+    )
+    .await
+    .unwrap();
+    round_trip(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_in_the_upstream_url() {
+    let server = NatsServer::start_with_args(&["--auth", "s3cret"]);
+    let edge = start_edge(&[format!("nats://s3cret@127.0.0.1:{}", server.port())], "").await;
+    let c = client(&edge_url(&edge)).await;
+    round_trip(&c).await;
+}
