@@ -1,0 +1,130 @@
+//! Memory stays bounded: a subscriber that never reads must not make the edge buffer what the
+//! publisher sends. The edge runs as its own process so its resident memory can be read.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use tokio::net::TcpSocket;
+
+const MIB: u64 = 1024 * 1024;
+/// What the edge may use, at most, while 50 MB go past a stalled reader.
+const RSS_BOUND: u64 = 64 * MIB;
+const MESSAGE: usize = 64 * 1024;
+const TOTAL: usize = 50 * 1024 * 1024;
+/// Messages between checks.
+const BATCH: usize = 16;
+
+/// A raw subscriber with a small receive buffer that subscribes to `subject` and then never
+/// reads its socket again.
+async fn stalled_subscriber(edge: std::net::SocketAddr, subject: &str) -> RawConn {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = within("connect the stalled subscriber", socket.connect(edge))
+        .await
+        .unwrap();
+    let mut raw = RawConn::from_stream(stream);
+    raw.read_info().await;
+    let reply = raw
+        .roundtrip(format!("CONNECT {{\"verbose\":false}}\r\nSUB {subject} 1\r\n").as_bytes())
+        .await;
+    assert!(!reply.closed && reply.bytes.is_empty(), "{}", reply.text());
+    raw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_subscriber_does_not_grow_the_edge() {
+    // nats-server's defaults: it holds up to 64 MB for a slow consumer, so the stalled
+    // subscriber stays subscribed while the 50 MB go by. Whether the server ends it is the
+    // server's business; the edge must simply not buffer on its behalf.
+    let server = NatsServer::start();
+    let edge = EdgeProcess::spawn(
+        &["--listen", "127.0.0.1:0", "--upstream", &server.url()],
+        &[],
+    );
+    let baseline = edge.rss_bytes();
+
+    let _stalled = stalled_subscriber(edge.addr(), "firehose").await;
+
+    // Another pair on another subject keeps talking throughout.
+    let other_sub = client(&edge.url()).await;
+    let mut other = other_sub.subscribe("other.pair").await.unwrap();
+    round_trip(&other_sub).await;
+    let other_pub = client(&edge.url()).await;
+
+    let publisher = client(&edge.url()).await;
+    let payload = Bytes::from(vec![0xA5u8; MESSAGE]);
+    let mut peak = baseline;
+    let mut exchanged = 0u32;
+    let messages = TOTAL / MESSAGE;
+    for i in 0..messages {
+        within(
+            "publishing to the stalled subscriber",
+            publisher.publish("firehose", payload.clone()),
+        )
+        .await
+        .unwrap();
+        if i % BATCH == BATCH - 1 || i == messages - 1 {
+            within("the publisher's round trip", round_trip(&publisher)).await;
+            peak = peak.max(edge.rss_bytes());
+
+            let body = Bytes::from(format!("ping {exchanged}"));
+            other_pub.publish("other.pair", body.clone()).await.unwrap();
+            let m = within("the other pair's message", next_msg(&mut other)).await;
+            assert_eq!(m.payload, body);
+            exchanged += 1;
+        }
+    }
+    peak = peak.max(edge.rss_bytes());
+    eprintln!(
+        "edge RSS: baseline {:.1} MiB, peak {:.1} MiB over {} MiB published",
+        baseline as f64 / MIB as f64,
+        peak as f64 / MIB as f64,
+        TOTAL as u64 / MIB
+    );
+    assert!(
+        peak < RSS_BOUND,
+        "edge RSS peaked at {:.1} MiB (baseline {:.1} MiB); bound {} MiB",
+        peak as f64 / MIB as f64,
+        baseline as f64 / MIB as f64,
+        RSS_BOUND / MIB
+    );
+
+    let slow_consumer = server
+        .log()
+        .wait_for(0, Duration::ZERO, |l| {
+            l.contains("Slow Consumer").then_some(())
+        })
+        .is_some();
+    eprintln!("nats-server reported a slow consumer: {slow_consumer}");
+
+    // Still serving: the pair works and a new client gets in.
+    assert!(exchanged as usize >= messages / BATCH);
+    let late = client(&edge.url()).await;
+    within_for(Duration::from_secs(10), "a late client", round_trip(&late)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_is_not_held_by_a_stalled_subscriber_in_process() {
+    // The same shape with the library edge: the other sessions of the process keep moving.
+    let (_server, edge) = server_and_edge("").await;
+    let _stalled = stalled_subscriber(edge_addr(&edge), "firehose").await;
+    let publisher = client(&edge_url(&edge)).await;
+    let payload = Bytes::from(vec![1u8; MESSAGE]);
+    within_for(Duration::from_secs(60), "publishing 16 MiB", async {
+        for i in 0..256 {
+            publisher
+                .publish("firehose", payload.clone())
+                .await
+                .unwrap();
+            if i % BATCH == BATCH - 1 {
+                round_trip(&publisher).await;
+            }
+        }
+    })
+    .await;
+    let c = client(&edge_url(&edge)).await;
+    round_trip(&c).await;
+}
