@@ -1,0 +1,137 @@
+//! The configuration files shipped in deploy/ stay valid and in step with the code: the
+//! binary's `check` accepts them, the reference file states the real defaults, and it (and
+//! docs/configuration.md) mention every key the config understands.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nats_edge::config::{ByteSize, Config, StringList};
+
+fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// Runs `nats-edge check -c <file>` with no `NATS_EDGE_*` variables from the caller's
+/// environment, so only the file is judged.
+fn check(file: &Path) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nats-edge"));
+    cmd.arg("check").arg("-c").arg(file);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("NATS_EDGE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.output().expect("running nats-edge check")
+}
+
+fn assert_check_passes(rel: &str) {
+    let out = check(&repo_path(rel));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "nats-edge check -c {rel} failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+}
+
+#[test]
+fn reference_config_passes_check() {
+    assert_check_passes("deploy/nats-edge.toml");
+}
+
+#[test]
+fn demo_config_passes_check() {
+    assert_check_passes("deploy/demo.toml");
+}
+
+#[test]
+fn check_rejects_a_broken_file_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[upstream]\nurls = [\"nats://127.0.0.1:4222\"]\n[limits]\nmax_control_line = 10\n",
+    )
+    .unwrap();
+    let out = check(&file);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("limits.max_control_line"), "{stderr}");
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(repo_path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+#[test]
+fn reference_config_states_the_defaults() {
+    let file = Config::from_toml_str(&read("deploy/nats-edge.toml")).unwrap();
+    let defaults = Config::default();
+    assert_eq!(file.listeners, defaults.listeners);
+    assert_eq!(
+        file.upstream.connect_timeout,
+        defaults.upstream.connect_timeout
+    );
+    assert_eq!(file.limits, defaults.limits);
+    assert_eq!(file.log, defaults.log);
+}
+
+/// Every key path of the config, found by serialising one with every optional field set.
+fn all_keys() -> Vec<String> {
+    let mut config = Config::default();
+    config.listeners[0].advertise = Some("edge.example.com:4222".into());
+    config.listeners[0].connect_urls = StringList(vec!["edge.example.com:4222".into()]);
+    config.upstream.urls = StringList(vec!["nats://127.0.0.1:4222".into()]);
+    config.limits.max_payload = Some(ByteSize(1024));
+    let value = serde_json::to_value(&config).unwrap();
+    let mut keys = Vec::new();
+    collect_keys(&value, "", &mut keys);
+    keys
+}
+
+fn collect_keys(value: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.push(path.clone());
+                collect_keys(v, &path, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            if let Some(first @ serde_json::Value::Object(_)) = items.first() {
+                collect_keys(first, prefix, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn reference_config_and_docs_mention_every_key() {
+    let reference = read("deploy/nats-edge.toml");
+    let docs = read("docs/configuration.md");
+    for key in all_keys() {
+        let leaf = key.rsplit('.').next().unwrap();
+        let is_table = matches!(key.as_str(), "listeners" | "upstream" | "limits" | "log");
+        let in_reference = if is_table {
+            reference.contains(&format!("[{key}]")) || reference.contains(&format!("[[{key}]]"))
+        } else {
+            reference.contains(&format!("{leaf} ="))
+        };
+        assert!(
+            in_reference,
+            "deploy/nats-edge.toml does not describe `{key}`"
+        );
+        assert!(
+            docs.contains(&format!("`{key}`")),
+            "docs/configuration.md does not describe `{key}`"
+        );
+    }
+}
