@@ -295,6 +295,30 @@ async fn lowercase_verbs_and_tab_separators() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_without_headers_gets_them_stripped() {
+    let (_server, edge) = server_and_edge("").await;
+    let (mut sub, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert!(sub
+        .roundtrip(b"CONNECT {\"verbose\":false,\"headers\":false}\r\nSUB h.s 1\r\n")
+        .await
+        .bytes
+        .is_empty());
+    let (mut publisher, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let reply = publisher
+        .roundtrip(
+            b"CONNECT {\"verbose\":false,\"headers\":true}\r\n\
+              HPUB h.s 18 23\r\nNATS/1.0\r\nA: b\r\n\r\nhello\r\nHPUB h.s 18 18\r\nNATS/1.0\r\nA: b\r\n\r\n\r\n",
+        )
+        .await;
+    assert!(reply.bytes.is_empty(), "{}", reply.text());
+    let got = sub.roundtrip(b"").await;
+    assert_eq!(
+        show(&got.bytes),
+        show(b"MSG h.s 1 5\r\nhello\r\nMSG h.s 1 0\r\n\r\n")
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Errors
 
@@ -574,6 +598,53 @@ fn normalise(bytes: &[u8]) -> String {
     show(&out)
 }
 
+/// Gives each run its own subjects: every `foo` becomes a three-byte token unique to the run
+/// (same length, so sizes and control-line lengths stay exact). Connections of earlier runs
+/// that the server has not yet reaped cannot then take a queue message or reorder a delivery.
+fn isolate(bytes: &[u8]) -> Vec<u8> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static RUN: AtomicUsize = AtomicUsize::new(0);
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let run = RUN.fetch_add(1, Ordering::Relaxed) % (36 * 36);
+    let token = [b'f', DIGITS[run / 36], DIGITS[run % 36]];
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(b"foo") {
+            out.extend_from_slice(&token);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Undoes [`isolate`] in a reply so runs compare.
+fn unisolate(text: String) -> String {
+    let mut out = String::with_capacity(text.len());
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let is_token = b.len() - i >= 3
+            && b[i] == b'f'
+            && b[i + 1].is_ascii_alphanumeric()
+            && b[i + 2].is_ascii_alphanumeric()
+            && !(b[i + 1].is_ascii_uppercase() || b[i + 2].is_ascii_uppercase())
+            && (i == 0 || !b[i - 1].is_ascii_alphanumeric())
+            && (b.len() - i == 3 || !b[i + 3].is_ascii_alphanumeric());
+        if is_token {
+            out.push_str("foo");
+            i += 3;
+        } else {
+            out.push(b[i] as char);
+            i += 1;
+        }
+    }
+    out
+}
+
 fn differential_cases() -> Vec<(&'static str, Vec<u8>)> {
     let c = with_connect;
     let hc = |rest: &[u8]| {
@@ -586,6 +657,13 @@ fn differential_cases() -> Vec<(&'static str, Vec<u8>)> {
     let long_subject = {
         let mut v = b"SUB ".to_vec();
         v.extend(std::iter::repeat_n(b'a', 5000));
+        v.extend_from_slice(b" 1\r\n");
+        c(&v)
+    };
+    let sub_with_args_of = |n: usize| {
+        // `SUB <subject> 1`: the arguments after the verb are the subject, a blank and the sid.
+        let mut v = b"SUB ".to_vec();
+        v.extend(std::iter::repeat_n(b'a', n - 2));
         v.extend_from_slice(b" 1\r\n");
         c(&v)
     };
@@ -634,8 +712,12 @@ fn differential_cases() -> Vec<(&'static str, Vec<u8>)> {
             c(b"SUB foo q 1\r\nPUB foo 1\r\nx\r\n"),
         ),
         (
-            "wildcards",
-            c(b"SUB w.* 1\r\nSUB w.> 2\r\nPUB w.a 1\r\nx\r\nPUB w.a.b 1\r\ny\r\n"),
+            "star wildcard",
+            c(b"SUB foo.* 1\r\nPUB foo.a 1\r\nx\r\nPUB foo.a.b 1\r\ny\r\nPUB foo 1\r\nz\r\n"),
+        ),
+        (
+            "tail wildcard",
+            c(b"SUB foo.> 2\r\nPUB foo.a 1\r\nx\r\nPUB foo.a.b 1\r\ny\r\nPUB foo 1\r\nz\r\n"),
         ),
         ("unsub", c(b"SUB foo 1\r\nUNSUB 1\r\nPUB foo 2\r\nhi\r\n")),
         (
@@ -655,13 +737,30 @@ fn differential_cases() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "headers with reply",
-            hc(b"SUB foo 1\r\nHPUB foo r 22 22\r\nNATS/1.0\r\nA: b\r\nC: d\r\n\r\n\r\n"),
-        ),
-        (
-            "header-only to a non-header subscriber",
-            c(b"SUB foo 1\r\n"),
+            hc(b"SUB foo 1\r\nHPUB foo r 24 24\r\nNATS/1.0\r\nA: b\r\nC: d\r\n\r\n\r\n"),
         ),
         ("control line at 4000", longish_ok),
+        ("control line at exactly 4096", sub_with_args_of(4096)),
+        ("control line at 4097", sub_with_args_of(4097)),
+        (
+            "verbose then a violation",
+            b"CONNECT {\"verbose\":true}\r\nSUB foo 1\r\nPUB foo 1\r\nx\r\nPUB foo 2000000\r\n"
+                .to_vec(),
+        ),
+        (
+            "verbose then an unknown verb",
+            b"CONNECT {\"verbose\":true}\r\nPING\r\nSUB foo 1\r\nNOPE\r\n".to_vec(),
+        ),
+        (
+            "verbose invalid subject",
+            b"CONNECT {\"verbose\":true}\r\nSUB a..b 1\r\nSUB a 2\r\n".to_vec(),
+        ),
+        (
+            "no responders",
+            b"CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true}\r\n\
+              SUB inbox.1 1\r\nPUB nobody inbox.1 0\r\n\r\n"
+                .to_vec(),
+        ),
         ("publish to a wildcard subject", c(b"PUB foo.* 2\r\nhi\r\n")),
         (
             "pedantic publish to a wildcard subject",
@@ -708,6 +807,87 @@ fn differential_cases() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+fn describe(reply: Option<Reply>, leftover: Vec<u8>) -> String {
+    unisolate(match reply {
+        Some(reply) => format!(
+            "{} [{}]",
+            normalise(&reply.bytes),
+            if reply.closed { "closed" } else { "open" }
+        ),
+        None => format!("{} [no sentinel, no close]", normalise(&leftover)),
+    })
+}
+
+/// Sends `bytes` in one write, then the sentinel; describes the answer.
+async fn one_write_outcome(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
+    let (mut raw, _) = RawConn::connect_info(addr).await;
+    let reply = raw.try_exchange(&isolate(bytes), limit).await;
+    describe(reply, raw.take_buffered())
+}
+
+/// Sends `bytes` in writes of `chunk` bytes, then the sentinel unless the peer is expected
+/// to close (writing after a close would reset the connection and lose the answer).
+async fn chunked_outcome(
+    addr: SocketAddr,
+    bytes: &[u8],
+    chunk: usize,
+    closes: bool,
+    limit: Duration,
+) -> String {
+    let bytes = isolate(bytes);
+    let (mut raw, _) = RawConn::connect_info(addr).await;
+    for part in bytes.chunks(chunk) {
+        raw.send(part).await;
+    }
+    let reply = if closes {
+        raw.closes_within(limit).await.then(|| Reply {
+            bytes: raw.take_buffered(),
+            closed: true,
+        })
+    } else {
+        raw.try_exchange(b"", limit).await
+    };
+    describe(reply, raw.take_buffered())
+}
+
+/// The edge's answer must not depend on how the client splits its writes: for every case,
+/// in 1-, 3- and 7-byte writes, it must equal nats-server's answer to the same bytes in one
+/// write. (nats-server's own answer can depend on the split, e.g. a pedantic publish to a
+/// wildcard subject sent byte by byte is refused twice; the edge re-frames, so the one-write
+/// answer is the reference.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn differential_against_nats_server_in_small_writes() {
+    let direct_server = NatsServer::start();
+    let upstream = NatsServer::start();
+    let edge = start_edge(&[upstream.url()], "").await;
+    let limit = Duration::from_secs(4);
+
+    let mut mismatches = Vec::new();
+    let cases = differential_cases();
+    for (name, bytes) in &cases {
+        let expected = one_write_outcome(direct_server.addr(), bytes, limit).await;
+        let closes = expected.ends_with("[closed]");
+        for chunk in [1usize, 3, 7] {
+            if chunk == 1 && bytes.len() > 600 {
+                continue;
+            }
+            let edged = chunked_outcome(edge_addr(&edge), bytes, chunk, closes, limit).await;
+            if expected != edged {
+                mismatches.push(format!(
+                    "{name} in {chunk}-byte writes: sent {}\n    nats-server: {expected}\n    edge:        {edged}",
+                    show(bytes)
+                ));
+            }
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn differential_against_nats_server() {
     let direct_server = NatsServer::start();
@@ -718,22 +898,10 @@ async fn differential_against_nats_server() {
     let mut mismatches = Vec::new();
     let cases = differential_cases();
     for (name, bytes) in &cases {
-        let mut outcome = Vec::new();
-        for addr in [direct_server.addr(), edge_addr(&edge)] {
-            let (mut raw, _) = RawConn::connect_info(addr).await;
-            let got = match raw.try_exchange(bytes, limit).await {
-                Some(reply) => format!(
-                    "{} [{}]",
-                    normalise(&reply.bytes),
-                    if reply.closed { "closed" } else { "open" }
-                ),
-                None => format!(
-                    "{} [no sentinel, no close]",
-                    normalise(&raw.take_buffered())
-                ),
-            };
-            outcome.push(got);
-        }
+        let outcome = [
+            one_write_outcome(direct_server.addr(), bytes, limit).await,
+            one_write_outcome(edge_addr(&edge), bytes, limit).await,
+        ];
         if outcome[0] != outcome[1] {
             mismatches.push(format!(
                 "{name}: sent {}\n    nats-server: {}\n    edge:        {}",
