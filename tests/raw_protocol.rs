@@ -438,6 +438,143 @@ async fn max_subscriptions_frees_a_slot_after_auto_unsubscribe() {
     );
 }
 
+/// Reads until `pongs` PONGs have arrived (or the peer closes); returns everything.
+async fn read_pongs(raw: &mut RawConn, pongs: usize) -> Reply {
+    let mut all = Reply {
+        bytes: Vec::new(),
+        closed: false,
+    };
+    for _ in 0..pongs {
+        let part = raw.read_until(b"PONG\r\n").await;
+        all.bytes.extend_from_slice(&part.bytes);
+        if part.closed {
+            all.closed = true;
+            break;
+        }
+    }
+    all
+}
+
+/// Answers the edge makes itself (here the subscription limit's `-ERR`) keep their place among
+/// the upstream's replies, exactly as nats-server orders its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_limit_errors_keep_their_place_like_nats_server() {
+    let cases: &[(&str, &[u8], usize)] = &[
+        (
+            "ping then refused sub",
+            b"SUB a 1\r\nPING\r\nSUB b 2\r\nPING\r\n",
+            2,
+        ),
+        (
+            "refused subs between pings",
+            b"SUB a 1\r\nSUB b 2\r\nPING\r\nSUB c 3\r\nPING\r\nSUB d 4\r\nSUB e 5\r\nPING\r\n",
+            3,
+        ),
+        (
+            "refused sub between messages",
+            b"SUB a 1\r\nPUB a 1\r\nx\r\nSUB b 2\r\nPUB a 1\r\ny\r\nPING\r\n",
+            1,
+        ),
+        (
+            "verbose",
+            b"CONNECT {\"verbose\":true}\r\nSUB a 1\r\nSUB b 2\r\nPUB a 1\r\nx\r\nPING\r\n",
+            1,
+        ),
+        (
+            "unsub frees a slot",
+            b"SUB a 1\r\nSUB b 2\r\nUNSUB 1\r\nSUB b 2\r\nPUB b 1\r\nz\r\nPING\r\n",
+            1,
+        ),
+    ];
+    let limited = NatsServer::start_with_config("max_subscriptions: 1\n");
+    let (_server, edge) = server_and_edge("[limits]\nmax_subscriptions = 1").await;
+    let mut mismatches = Vec::new();
+    for (name, case, pongs) in cases {
+        let bytes = if case.starts_with(b"CONNECT") {
+            case.to_vec()
+        } else {
+            with_connect(case)
+        };
+        let mut outcome = Vec::new();
+        for addr in [limited.addr(), edge_addr(&edge)] {
+            let (mut raw, _) = RawConn::connect_info(addr).await;
+            raw.send(&bytes).await;
+            let reply = read_pongs(&mut raw, *pongs).await;
+            outcome.push(format!("{} closed={}", show(&reply.bytes), reply.closed));
+        }
+        if outcome[0] != outcome[1] {
+            mismatches.push(format!(
+                "{name}:\n    nats-server: {}\n    edge:        {}",
+                outcome[0], outcome[1]
+            ));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+/// nats-server PINGs its clients; through the edge the client sees those PINGs and its PONGs
+/// reach the server, without disturbing the edge's own bookkeeping of PINGs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_pings_reach_the_client_and_its_pongs_the_server() {
+    let server = NatsServer::start_with_config("ping_interval: \"200ms\"\nping_max: 2\n");
+    let edge = start_edge(&[server.url()], "[limits]\nmax_subscriptions = 1").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    raw.send(&with_connect(b"SUB a 1\r\n")).await;
+    for _ in 0..4 {
+        // Each server PING is answered; unanswered, the server would close after two.
+        let got = raw.read_until(b"PING\r\n").await;
+        assert!(!got.closed, "closed: {}", show(&got.bytes));
+        assert_eq!(show(&got.bytes), "PING\\r\\n");
+        raw.send(b"PONG\r\n").await;
+    }
+    // The edge's own answers still land in order.
+    let reply = raw.roundtrip(b"SUB b 2\r\nPUB a 1\r\nq\r\n").await;
+    let text = reply.text().replace("PING\r\n", "");
+    assert_eq!(
+        text,
+        "-ERR 'maximum subscriptions exceeded'\r\nMSG a 1 1\r\nq\r\n",
+        "{}",
+        show(&reply.bytes)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_listener_describes_itself() {
+    let server = NatsServer::start();
+    let toml = format!(
+        "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\n\
+         [[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\nconnect_urls = [\"b.example:4222\"]\n\
+         [upstream]\nurls = [\"{}\"]\n",
+        server.url()
+    );
+    let edge = start_edge_toml(&toml).await;
+    let a = edge.addr("a").unwrap();
+    let b = edge.addr("b").unwrap();
+    assert_ne!(a, b);
+    let (_ra, info_a) = RawConn::connect_info(a).await;
+    let (_rb, info_b) = RawConn::connect_info(b).await;
+    assert_eq!(info_a["port"], a.port());
+    assert_eq!(info_b["port"], b.port());
+    assert!(info_a.get("connect_urls").is_none(), "{info_a}");
+    assert_eq!(
+        info_b["connect_urls"],
+        serde_json::json!(["b.example:4222"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_max_payload_above_the_servers_gives_way_to_the_server() {
+    let server = NatsServer::start_with_config("max_payload: 2048\n");
+    let edge = start_edge(&[server.url()], "[limits]\nmax_payload = \"1MiB\"").await;
+    let (mut raw, info) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert_eq!(info["max_payload"], 2048);
+    raw.send(&with_connect(b"PUB x 2049\r\n")).await;
+    assert_eq!(
+        show(&raw.read_to_close().await),
+        show(b"-ERR 'Maximum Payload Violation'\r\n")
+    );
+}
+
 /// The same pipelined bytes against nats-server's own `max_subscriptions` and through the
 /// edge's `limits.max_subscriptions`: nats-server frees an auto-unsubscribed sid the moment
 /// the PUB that completes it is processed, so a SUB right behind that PUB fits.

@@ -253,3 +253,53 @@ async fn token_in_the_upstream_url() {
     let c = client(&edge_url(&edge)).await;
     round_trip(&c).await;
 }
+
+/// nkey clients sign the nonce in the server's INFO: the edge must pass it through unchanged
+/// (and the signed CONNECT back), or authentication cannot work through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nkey_client_signs_the_upstream_nonce_through_the_edge() {
+    // The user pair from the NATS documentation's examples.
+    const SEED: &str = "SUACSSL3UAHUDXKFSNVUZRF5UHPMWZ6BFDTJ7M6USDXIEDNPPQYYYCU3VY";
+    const PUBLIC: &str = "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4";
+    let server = NatsServer::start_with_config(&format!(
+        "authorization {{ users = [ {{ nkey: \"{PUBLIC}\" }} ] }}\n"
+    ));
+    let direct = within(
+        "direct nkey connect",
+        client_options().nkey(SEED.into()).connect(server.url()),
+    )
+    .await
+    .expect("the seed matches the configured user");
+    round_trip(&direct).await;
+
+    let edge = start_edge(&[server.url()], "").await;
+    let (_raw, info) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert!(
+        info["nonce"].as_str().is_some_and(|n| !n.is_empty()),
+        "{info}"
+    );
+    let c = within(
+        "nkey connect through the edge",
+        client_options().nkey(SEED.into()).connect(edge_url(&edge)),
+    )
+    .await
+    .expect("nkey auth through the edge");
+    let mut sub = c.subscribe("nk").await.unwrap();
+    round_trip(&c).await;
+    c.publish("nk", Bytes::from_static(b"signed"))
+        .await
+        .unwrap();
+    assert_eq!(&next_msg(&mut sub).await.payload[..], b"signed");
+
+    let err = within(
+        "connect without the key",
+        client_options().connect(edge_url(&edge)),
+    )
+    .await
+    .expect_err("no key, no entry");
+    assert_eq!(
+        err.kind(),
+        ConnectErrorKind::AuthorizationViolation,
+        "{err}"
+    );
+}
