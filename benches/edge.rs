@@ -1,9 +1,20 @@
 //! `cargo bench --bench edge [-- --smoke] [-- --json FILE]`: direct vs nats-edge vs HAProxy.
+//! `cargo bench --bench edge -- --callgrind`: instructions per forwarded message.
 
 mod harness;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--callgrind") {
+        match harness::callgrind_instructions_per_message(env!("CARGO_BIN_EXE_nats-edge")) {
+            Some(ir) => println!(
+                "callgrind: {ir:.0} instructions per 128 B message through the edge ({:.0} per forwarded op)",
+                ir / 2.0
+            ),
+            None => eprintln!("callgrind: valgrind is not installed"),
+        }
+        return;
+    }
     let mode = if args.iter().any(|a| a == "--smoke") {
         harness::Mode::Smoke
     } else {

@@ -105,10 +105,19 @@ fn init_logging(config: &Config) {
 
 fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = match config.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+    .context("starting the runtime")?;
     runtime.block_on(async move {
         let mut edge = Edge::start(config).await?;
         let stop = edge.shutdown_handle();

@@ -159,3 +159,45 @@ fn which(name: &str) -> Option<PathBuf> {
             .find(|p| p.is_file())
     })
 }
+
+impl Proc {
+    /// Asks the process to exit (SIGTERM) and waits for it, so tools such as callgrind can
+    /// write their output.
+    pub fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// nats-edge under `valgrind --tool=callgrind`, writing its profile to `out`.
+pub fn start_edge_under_callgrind(
+    bin: &str,
+    upstream: SocketAddr,
+    out: &std::path::Path,
+) -> Option<Proc> {
+    which("valgrind")?;
+    let port = free_port();
+    let mut cmd = Command::new("valgrind");
+    // One thread: the instruction count then does not depend on how worker threads happened
+    // to park and steal work during the run.
+    cmd.env("NATS_EDGE_WORKER_THREADS", "1");
+    cmd.arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(bin)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &format!("nats://{upstream}"),
+            "--log-level",
+            "nats_edge::edge=info,warn",
+        ]);
+    Some(spawn_until(
+        "nats-edge under callgrind",
+        cmd,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "listening",
+    ))
+}

@@ -26,6 +26,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub limits: LimitsSection,
     pub log: LogConfig,
+    /// Threads that run sessions. 0: one per CPU core. 1: a single-threaded runtime.
+    pub worker_threads: usize,
 }
 
 /// One client-facing listener.
@@ -104,6 +106,7 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             limits: LimitsSection::default(),
             log: LogConfig::default(),
+            worker_threads: 0,
         }
     }
 }

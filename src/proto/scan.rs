@@ -51,28 +51,40 @@ enum Tail {
     Ignored,
 }
 
-const CLIENT_VERBS: &[(&[u8], Verb, Tail)] = &[
-    (b"PUB", Verb::Pub, Tail::Args),
-    (b"HPUB", Verb::Hpub, Tail::Args),
-    (b"SUB", Verb::Sub, Tail::Args),
-    (b"UNSUB", Verb::Unsub, Tail::Args),
-    (b"PING", Verb::Ping, Tail::Ignored),
-    (b"PONG", Verb::Pong, Tail::Ignored),
-    (b"CONNECT", Verb::Connect, Tail::Json),
-    (b"INFO", Verb::Info, Tail::Json),
-    (b"+OK", Verb::Ok, Tail::Ignored),
-    (b"-ERR", Verb::Err, Tail::Json),
-];
+type VerbSpec = (&'static [u8], Verb, Tail);
 
-const SERVER_VERBS: &[(&[u8], Verb, Tail)] = &[
-    (b"MSG", Verb::Msg, Tail::Args),
-    (b"HMSG", Verb::Hmsg, Tail::Args),
-    (b"PING", Verb::Ping, Tail::Ignored),
-    (b"PONG", Verb::Pong, Tail::Ignored),
-    (b"INFO", Verb::Info, Tail::Json),
-    (b"+OK", Verb::Ok, Tail::Ignored),
-    (b"-ERR", Verb::Err, Tail::Json),
-];
+const PUB: VerbSpec = (b"PUB", Verb::Pub, Tail::Args);
+const HPUB: VerbSpec = (b"HPUB", Verb::Hpub, Tail::Args);
+const SUB: VerbSpec = (b"SUB", Verb::Sub, Tail::Args);
+const UNSUB: VerbSpec = (b"UNSUB", Verb::Unsub, Tail::Args);
+const PING: VerbSpec = (b"PING", Verb::Ping, Tail::Ignored);
+const PONG: VerbSpec = (b"PONG", Verb::Pong, Tail::Ignored);
+const CONNECT: VerbSpec = (b"CONNECT", Verb::Connect, Tail::Json);
+const INFO: VerbSpec = (b"INFO", Verb::Info, Tail::Json);
+const OK: VerbSpec = (b"+OK", Verb::Ok, Tail::Ignored);
+const ERR: VerbSpec = (b"-ERR", Verb::Err, Tail::Json);
+const MSG: VerbSpec = (b"MSG", Verb::Msg, Tail::Args);
+const HMSG: VerbSpec = (b"HMSG", Verb::Hmsg, Tail::Args);
+
+/// The verbs a side may send that start with `first`: a first-byte dispatch, as
+/// nats-server's state machine does, so at most three names are compared.
+fn candidates(first: u8, dir: Direction) -> &'static [VerbSpec] {
+    use Direction::*;
+    match (first.to_ascii_uppercase(), dir) {
+        (b'P', ClientToServer) => &[PUB, PING, PONG],
+        (b'P', ServerToClient) => &[PING, PONG],
+        (b'H', ClientToServer) => &[HPUB],
+        (b'H', ServerToClient) => &[HMSG],
+        (b'M', ServerToClient) => &[MSG],
+        (b'S', ClientToServer) => &[SUB],
+        (b'U', ClientToServer) => &[UNSUB],
+        (b'C', ClientToServer) => &[CONNECT],
+        (b'I', _) => &[INFO],
+        (b'+', _) => &[OK],
+        (b'-', _) => &[ERR],
+        _ => &[],
+    }
+}
 
 /// The most arguments any verb takes (HMSG: subject sid reply hdr total).
 const MAX_ARGS: usize = 5;
@@ -148,12 +160,11 @@ fn is_blank(b: u8) -> bool {
 /// Returns the verb and its length, `Ok(None)` while `buf` is still a prefix of some verb, or
 /// the error nats-server gives for a byte that cannot start or continue a verb.
 fn match_verb(buf: &[u8], dir: Direction) -> Result<Option<(Verb, Tail, usize)>, ProtoError> {
-    let verbs = match dir {
-        Direction::ClientToServer => CLIENT_VERBS,
-        Direction::ServerToClient => SERVER_VERBS,
+    let Some(&first) = buf.first() else {
+        return Ok(None);
     };
     let mut partial = false;
-    for &(name, verb, tail) in verbs {
+    for &(name, verb, tail) in candidates(first, dir) {
         let n = name.len().min(buf.len());
         if !buf[..n].eq_ignore_ascii_case(&name[..n]) {
             continue;
@@ -182,13 +193,15 @@ fn parse_size(digits: &[u8]) -> Result<usize, ProtoError> {
     if digits.is_empty() || digits.len() > 18 {
         return Err(ProtoError::BadArguments);
     }
-    digits.iter().try_fold(0usize, |acc, &b| {
-        if b.is_ascii_digit() {
-            Ok(acc * 10 + usize::from(b - b'0'))
-        } else {
-            Err(ProtoError::BadArguments)
+    let mut n = 0usize;
+    for &b in digits {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return Err(ProtoError::BadArguments);
         }
-    })
+        n = n * 10 + usize::from(d);
+    }
+    Ok(n)
 }
 
 /// Scans the frame at the front of `buf`.
@@ -202,16 +215,16 @@ pub fn scan(buf: &[u8], dir: Direction, limits: &ScanLimits) -> Result<Option<Fr
     };
 
     let args_start = verb_len + buf[verb_len..].iter().take_while(|b| is_blank(**b)).count();
-    let Some(nl) = memchr(b'\n', &buf[verb_len..]).map(|i| i + verb_len) else {
-        let mut partial = buf.len().saturating_sub(args_start);
-        if buf.last() == Some(&b'\r') {
-            partial = partial.saturating_sub(1);
-        }
-        return if partial > limits.max_control_line {
-            Err(ProtoError::MaxControlLine)
-        } else {
-            Ok(None)
+    if tail == Tail::Args {
+        // The hot path (PUB, MSG, ...): one pass finds the newline and splits the arguments.
+        let Some(frame) = scan_args_line(buf, verb, args_start, limits.max_control_line)? else {
+            return Ok(None);
         };
+        return finish_args_frame(buf, frame, limits);
+    }
+
+    let Some(nl) = memchr(b'\n', &buf[verb_len..]).map(|i| i + verb_len) else {
+        return check_partial_line(buf, args_start, limits.max_control_line);
     };
     let line_end = if nl > 0 && buf[nl - 1] == b'\r' {
         nl - 1
@@ -223,36 +236,103 @@ pub fn scan(buf: &[u8], dir: Direction, limits: &ScanLimits) -> Result<Option<Fr
         return Err(ProtoError::MaxControlLine);
     }
     let mut frame = Frame::new(verb, nl + 1);
+    if tail == Tail::Json {
+        frame.args[0] = (args_start as u32, line_end as u32);
+        frame.nargs = 1;
+    }
+    Ok(Some(frame))
+}
 
-    match tail {
-        Tail::Ignored => return Ok(Some(frame)),
-        Tail::Json => {
-            frame.args[0] = (args_start as u32, line_end as u32);
-            frame.nargs = 1;
-            return Ok(Some(frame));
+/// A control line without its newline yet: fine unless it is already over the limit.
+fn check_partial_line(
+    buf: &[u8],
+    args_start: usize,
+    max_control_line: usize,
+) -> Result<Option<Frame>, ProtoError> {
+    let mut partial = buf.len().saturating_sub(args_start);
+    if buf.last() == Some(&b'\r') {
+        partial = partial.saturating_sub(1);
+    }
+    if partial > max_control_line {
+        Err(ProtoError::MaxControlLine)
+    } else {
+        Ok(None)
+    }
+}
+
+/// How the argument splitter sees a byte.
+const ARG: u8 = 0;
+const SEPARATOR: u8 = 1;
+
+/// Byte classes for [`scan_args_line`]: blanks and stray CRs separate arguments, as in
+/// nats-server; everything else belongs to an argument.
+static CLASS: [u8; 256] = {
+    let mut table = [ARG; 256];
+    table[b' ' as usize] = SEPARATOR;
+    table[b'\t' as usize] = SEPARATOR;
+    table[b'\r' as usize] = SEPARATOR;
+    table
+};
+
+/// Finds the end of an argument line (memchr) and splits it on blanks (and stray CRs, as
+/// nats-server does). Too many arguments is reported only once the line is complete
+/// and within the limit, as nats-server reports it.
+fn scan_args_line(
+    buf: &[u8],
+    verb: Verb,
+    args_start: usize,
+    max_control_line: usize,
+) -> Result<Option<Frame>, ProtoError> {
+    let Some(nl) = memchr(b'\n', &buf[args_start..]).map(|i| i + args_start) else {
+        return check_partial_line(buf, args_start, max_control_line);
+    };
+    let mut frame = Frame::new(verb, 0);
+    let mut too_many = false;
+    let mut i = args_start;
+    loop {
+        // Separators, then an argument, until the newline.
+        i += buf[i..nl]
+            .iter()
+            .position(|&b| CLASS[b as usize] != SEPARATOR)
+            .unwrap_or(nl - i);
+        if i == nl {
+            break;
         }
-        Tail::Args => {}
+        let start = i;
+        i += buf[i..nl]
+            .iter()
+            .position(|&b| CLASS[b as usize] != ARG)
+            .unwrap_or(nl - i);
+        too_many |= !push_arg(&mut frame, start, i);
     }
-
-    // A verb directly followed by its newline has no arguments: nats-server's parser fails on
-    // the newline itself.
-    if buf[verb_len..=nl]
-        .iter()
-        .all(|b| *b == b'\r' || *b == b'\n')
-    {
-        return Err(ProtoError::UnknownOperation);
+    let line_end = if buf[nl - 1] == b'\r' { nl - 1 } else { nl };
+    if line_end.saturating_sub(args_start) > max_control_line {
+        return Err(ProtoError::MaxControlLine);
     }
-    split_args(buf, args_start, line_end, &mut frame)?;
+    if too_many {
+        return Err(ProtoError::BadArguments);
+    }
+    frame.len = nl + 1;
+    frame.payload_start = nl + 1;
+    Ok(Some(frame))
+}
 
+/// Checks the argument count of a complete argument line and frames its payload.
+fn finish_args_frame(
+    buf: &[u8],
+    mut frame: Frame,
+    limits: &ScanLimits,
+) -> Result<Option<Frame>, ProtoError> {
+    let nl = frame.len - 1;
     let n = frame.arg_count();
-    let (min, max, sized) = match verb {
+    let (min, max, sized) = match frame.verb {
         Verb::Sub => (2, 3, 0),
         Verb::Unsub => (1, 2, 0),
         Verb::Pub => (2, 3, 1),
         Verb::Hpub => (3, 4, 2),
         Verb::Msg => (3, 4, 1),
         Verb::Hmsg => (4, 5, 2),
-        _ => unreachable!("only verbs with arguments reach here"),
+        _ => return Err(ProtoError::UnknownOperation),
     };
     if n < min || n > max {
         return Err(ProtoError::BadArguments);
@@ -285,26 +365,14 @@ pub fn scan(buf: &[u8], dir: Direction, limits: &ScanLimits) -> Result<Option<Fr
     Ok(Some(frame))
 }
 
-/// Splits `buf[start..end]` on blanks (and stray CRs, as nats-server does) into the frame's
-/// argument slots.
-fn split_args(buf: &[u8], start: usize, end: usize, frame: &mut Frame) -> Result<(), ProtoError> {
-    let mut i = start;
-    while i < end {
-        while i < end && (is_blank(buf[i]) || buf[i] == b'\r') {
-            i += 1;
+/// Stores an argument range; false when every slot is taken.
+fn push_arg(frame: &mut Frame, start: usize, end: usize) -> bool {
+    match frame.args.get_mut(frame.nargs as usize) {
+        Some(slot) => {
+            *slot = (start as u32, end as u32);
+            frame.nargs += 1;
+            true
         }
-        if i == end {
-            break;
-        }
-        let arg_start = i;
-        while i < end && !(is_blank(buf[i]) || buf[i] == b'\r') {
-            i += 1;
-        }
-        if frame.nargs as usize == MAX_ARGS {
-            return Err(ProtoError::BadArguments);
-        }
-        frame.args[frame.nargs as usize] = (arg_start as u32, i as u32);
-        frame.nargs += 1;
+        None => false,
     }
-    Ok(())
 }
