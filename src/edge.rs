@@ -45,6 +45,19 @@ impl Edge {
         config: Config,
         filters: Vec<Arc<dyn FilterFactory>>,
     ) -> Result<Edge, StartError> {
+        Self::start_on_workers(config, filters, Vec::new()).await
+    }
+
+    /// Like [`Edge::start_with_filters`], with sessions handed out in turn to `workers`
+    /// (runtimes of their own, typically one single-threaded runtime per core) instead of
+    /// running on the caller's runtime. A session stays on its worker for its whole life,
+    /// so both its sockets are served by one thread: no cross-thread wake-up per message.
+    pub async fn start_on_workers(
+        config: Config,
+        filters: Vec<Arc<dyn FilterFactory>>,
+        workers: Vec<tokio::runtime::Handle>,
+    ) -> Result<Edge, StartError> {
+        let workers: Arc<[tokio::runtime::Handle]> = workers.into();
         let metrics = Arc::new(Metrics::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let conn_ids = Arc::new(AtomicU64::new(0));
@@ -80,6 +93,7 @@ impl Edge {
                 listener_config.name.clone(),
                 env,
                 conn_ids.clone(),
+                workers.clone(),
                 shutdown_rx.clone(),
             ));
         }
@@ -135,9 +149,11 @@ async fn accept_loop(
     name: String,
     env: Arc<SessionEnv>,
     conn_ids: Arc<AtomicU64>,
+    workers: Arc<[tokio::runtime::Handle]>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut sessions = JoinSet::new();
+    let mut next_worker = 0usize;
     loop {
         tokio::select! {
             _ = until_stopped(&mut shutdown) => break,
@@ -150,7 +166,19 @@ async fn accept_loop(
                         client_addr: peer,
                         transport: "tcp",
                     };
-                    sessions.spawn(serve_tcp(stream, conn, env.clone()));
+                    if workers.is_empty() {
+                        sessions.spawn(serve_tcp(stream, conn, env.clone()));
+                    } else {
+                        let worker = &workers[next_worker % workers.len()];
+                        next_worker = next_worker.wrapping_add(1);
+                        // The socket moves to the worker's reactor.
+                        match stream.into_std() {
+                            Ok(stream) => {
+                                sessions.spawn_on(serve_std_tcp(stream, conn, env.clone()), worker);
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot hand the connection to a worker"),
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: the listener stays, the client
@@ -168,6 +196,13 @@ async fn accept_loop(
 /// Resolves once the edge is shutting down (or the edge handle is gone).
 pub(crate) async fn until_stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+async fn serve_std_tcp(stream: std::net::TcpStream, conn: ConnFacts, env: Arc<SessionEnv>) {
+    match TcpStream::from_std(stream) {
+        Ok(stream) => serve_tcp(stream, conn, env).await,
+        Err(e) => tracing::warn!(error = %e, "cannot register the connection with its worker"),
+    }
 }
 
 async fn serve_tcp(stream: TcpStream, conn: ConnFacts, env: Arc<SessionEnv>) {

@@ -105,21 +105,15 @@ fn init_logging(config: &Config) {
 
 fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
-    let runtime = match config.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-    }
-    .context("starting the runtime")?;
+    let workers = start_workers(config.worker_threads)?;
+    // The main thread only accepts connections and waits for signals; sessions run on the
+    // workers.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(async move {
-        let mut edge = Edge::start(config).await?;
+        let mut edge = Edge::start_on_workers(config, Vec::new(), workers).await?;
         let stop = edge.shutdown_handle();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -129,6 +123,29 @@ fn run(config: Config) -> anyhow::Result<()> {
         edge.wait().await;
         Ok(())
     })
+}
+
+/// One single-threaded runtime per worker thread (per core when `threads` is 0), each on a
+/// thread of its own that lives as long as the process.
+fn start_workers(threads: usize) -> anyhow::Result<Vec<tokio::runtime::Handle>> {
+    let count = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    (0..count)
+        .map(|i| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting a worker runtime")?;
+            let handle = runtime.handle().clone();
+            std::thread::Builder::new()
+                .name(format!("nats-edge-worker-{i}"))
+                .spawn(move || runtime.block_on(std::future::pending::<()>()))
+                .context("starting a worker thread")?;
+            Ok(handle)
+        })
+        .collect()
 }
 
 async fn wait_for_signal() {

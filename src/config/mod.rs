@@ -26,7 +26,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub limits: LimitsSection,
     pub log: LogConfig,
-    /// Threads that run sessions. 0: one per CPU core. 1: a single-threaded runtime.
+    /// Worker threads that run sessions, each with a single-threaded runtime; a session stays
+    /// on one worker. 0: one per CPU core.
     pub worker_threads: usize,
 }
 
