@@ -309,7 +309,26 @@ async fn hundred_thousand_messages_arrive_complete_and_in_order() {
     const N: u64 = 100_000;
     let (_server, edge) = server_and_edge("").await;
     let url = edge_url(&edge);
-    let subscriber = client(&url).await;
+    // Room for every message in the client's own queue, so a receiver task that falls behind
+    // on a loaded machine cannot make async-nats drop messages; and any such drop is reported
+    // as the client's, not blamed on the edge.
+    let (slow_tx, mut slow_rx) = tokio::sync::mpsc::unbounded_channel();
+    let subscriber = within(
+        "connect",
+        client_options()
+            .subscription_capacity(2 * N as usize)
+            .event_callback(move |e| {
+                let slow_tx = slow_tx.clone();
+                async move {
+                    if let async_nats::Event::SlowConsumer(sid) = e {
+                        let _ = slow_tx.send(sid);
+                    }
+                }
+            })
+            .connect(&url),
+    )
+    .await
+    .unwrap();
     let mut sub = subscriber.subscribe("seq").await.unwrap();
     round_trip(&subscriber).await;
 
@@ -338,10 +357,12 @@ async fn hundred_thousand_messages_arrive_complete_and_in_order() {
         publisher.flush().await.unwrap();
     })
     .await;
-    let got = within_for(Duration::from_secs(60), "receiving", receiver)
-        .await
-        .unwrap();
-    assert_eq!(got, N);
+    let got = within_for(Duration::from_secs(60), "receiving", receiver).await;
+    assert!(
+        slow_rx.try_recv().is_err(),
+        "async-nats itself dropped messages (client-side slow consumer)"
+    );
+    assert_eq!(got.unwrap(), N);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
