@@ -236,3 +236,40 @@ async fn upstream_that_is_not_nats_is_unavailable() {
     .await
     .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_and_byte_counters_are_exact() {
+    let (_server, edge) = server_and_edge("").await;
+    let addr = edge_addr(&edge);
+    let (mut sub, _) = RawConn::connect_info(addr).await;
+    let sub_bytes = b"CONNECT {\"verbose\":false}\r\nSUB k 1\r\nPING\r\n";
+    sub.send(sub_bytes).await;
+    sub.read_until(b"PONG\r\n").await;
+
+    let (mut publisher, _) = RawConn::connect_info(addr).await;
+    let mut pub_bytes = b"CONNECT {\"verbose\":false,\"headers\":true}\r\n".to_vec();
+    for i in 0..5 {
+        pub_bytes.extend_from_slice(format!("PUB k 1\r\n{i}\r\n").as_bytes());
+    }
+    pub_bytes.extend_from_slice(b"HPUB k 12 13\r\nNATS/1.0\r\n\r\nh\r\nPING\r\n");
+    publisher.send(&pub_bytes).await;
+    assert!(!publisher.read_until(b"PONG\r\n").await.closed);
+    let sub_ping = b"PING\r\n";
+    sub.send(sub_ping).await;
+    let got = sub.read_until(b"PONG\r\n").await;
+    // Five MSGs; the HPUB reaches a client without headers as a sixth MSG.
+    assert_eq!(got.text().matches("MSG k 1 ").count(), 6, "{}", got.text());
+
+    let m = edge.metrics().clone();
+    within("edge shutdown", edge.shutdown()).await;
+    assert_eq!(
+        m.client_msgs.load(Ordering::Relaxed),
+        6,
+        "PUB and HPUB frames"
+    );
+    assert_eq!(m.upstream_msgs.load(Ordering::Relaxed), 6, "MSG frames");
+    assert_eq!(
+        m.client_bytes.load(Ordering::Relaxed),
+        (sub_bytes.len() + pub_bytes.len() + sub_ping.len()) as u64
+    );
+}

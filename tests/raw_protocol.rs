@@ -575,6 +575,110 @@ async fn edge_max_payload_above_the_servers_gives_way_to_the_server() {
     );
 }
 
+/// Hundreds of refused subscriptions, each followed by a PING, in one write: the edge's
+/// answers wait behind the upstream's PONGs (and its pending-answer queue fills and drains)
+/// without losing or reordering anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_refused_subscriptions_between_pings_like_nats_server() {
+    const N: usize = 500;
+    let mut bytes = with_connect(b"");
+    for i in 0..N {
+        bytes.extend_from_slice(format!("SUB many.{i} {i}\r\nPING\r\n").as_bytes());
+    }
+    bytes.extend_from_slice(b"PUB many.0 2\r\nok\r\n");
+    let limited = NatsServer::start_with_config("max_subscriptions: 1\n");
+    let (mut direct, _) = RawConn::connect_info(limited.addr()).await;
+    direct.send(&bytes).await;
+    let expected = read_pongs(&mut direct, N).await;
+    let expected_tail = direct.roundtrip(b"").await;
+
+    let (_server, edge) = server_and_edge("[limits]\nmax_subscriptions = 1").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    raw.send(&bytes).await;
+    let got = read_pongs(&mut raw, N).await;
+    let got_tail = raw.roundtrip(b"").await;
+    assert!(!got.closed && !got_tail.closed);
+    assert_eq!(
+        got.text()
+            .matches("-ERR 'maximum subscriptions exceeded'")
+            .count(),
+        N - 1
+    );
+    assert_eq!(got.text(), expected.text());
+    assert_eq!(show(&got_tail.bytes), show(&expected_tail.bytes));
+    assert_eq!(show(&got_tail.bytes), show(b"MSG many.0 0 2\r\nok\r\n"));
+}
+
+/// Ten thousand PINGs in one write, then an edge-made answer: every PONG first, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_answer_waits_behind_ten_thousand_pongs() {
+    const N: usize = 10_000;
+    let (_server, edge) = server_and_edge("[limits]\nmax_subscriptions = 1").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let mut bytes = with_connect(b"SUB a 1\r\n");
+    bytes.extend_from_slice(&b"PING\r\n".repeat(N));
+    bytes.extend_from_slice(b"SUB b 2\r\nPING\r\n");
+    raw.send(&bytes).await;
+    let got = read_pongs(&mut raw, N + 1).await;
+    let mut expected = b"PONG\r\n".repeat(N);
+    expected.extend_from_slice(b"-ERR 'maximum subscriptions exceeded'\r\nPONG\r\n");
+    assert!(
+        got.bytes == expected,
+        "{}",
+        show(&got.bytes[got.bytes.len().saturating_sub(200)..])
+    );
+}
+
+/// A client may write before it has read the INFO (many libraries pipeline CONNECT): the edge
+/// sends its INFO first and then answers everything, even while it is still dialling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_bytes_sent_before_info_are_kept() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = NatsServer::start();
+    let edge = start_edge(
+        &[
+            format!("nats://{}", silent.local_addr().unwrap()),
+            server.url(),
+        ],
+        "connect_timeout = \"300ms\"",
+    )
+    .await;
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    raw.send(&with_connect(
+        b"SUB early 1\r\nPUB early 3\r\nyes\r\nPING\r\n",
+    ))
+    .await;
+    let info = raw.read_info().await;
+    assert_eq!(info["port"], edge_addr(&edge).port());
+    let got = raw.read_until(b"PONG\r\n").await;
+    assert_eq!(show(&got.bytes), show(b"MSG early 1 3\r\nyes\r\nPONG\r\n"));
+}
+
+/// A client that publishes and then closes its writing side: everything it sent before the
+/// end reaches the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_eof_after_publishing_delivers_everything() {
+    const N: usize = 2000;
+    let (_server, edge) = server_and_edge("").await;
+    let c = client(&edge_url(&edge)).await;
+    let mut sub = c.subscribe("eof.t").await.unwrap();
+    round_trip(&c).await;
+
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let mut bytes = with_connect(b"");
+    for i in 0..N {
+        let body = format!("{i:05}");
+        bytes.extend_from_slice(format!("PUB eof.t 5\r\n{body}\r\n").as_bytes());
+    }
+    raw.send(&bytes).await;
+    raw.shutdown_write().await;
+    for i in 0..N {
+        let m = next_msg(&mut sub).await;
+        assert_eq!(m.payload, bytes::Bytes::from(format!("{i:05}")));
+    }
+    assert!(raw.closes_within(WAIT).await);
+}
+
 /// The same pipelined bytes against nats-server's own `max_subscriptions` and through the
 /// edge's `limits.max_subscriptions`: nats-server frees an auto-unsubscribed sid the moment
 /// the PUB that completes it is processed, so a SUB right behind that PUB fits.

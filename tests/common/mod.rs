@@ -683,6 +683,11 @@ impl RawConn {
         let _ = within("raw write", self.stream.write_all(bytes)).await;
     }
 
+    /// Closes the writing half (sends FIN); reading goes on.
+    pub async fn shutdown_write(&mut self) {
+        let _ = within("raw shutdown", self.stream.shutdown()).await;
+    }
+
     /// Reads until `needle` has arrived, returning everything up to and including it, or
     /// until the peer closes, returning everything received. Panics after the timeout.
     pub async fn read_until(&mut self, needle: &[u8]) -> Reply {
