@@ -244,3 +244,49 @@ async fn flags_alone_run_the_common_case() {
     );
     assert_works_through(&edge.url()).await;
 }
+
+#[test]
+fn check_without_an_upstream_names_the_key() {
+    let out = nats_edge_command()
+        .args(["check", "--listen", "127.0.0.1:4222"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("upstream.urls"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_listen_address_in_use_is_a_start_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = nats_edge_command()
+        .args(["--listen", &addr, "--upstream", "nats://127.0.0.1:4222"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&addr), "{err}");
+    assert!(err.contains("default"), "the listener is named: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_sessions_and_exits_cleanly() {
+    let server = NatsServer::start();
+    let mut edge = EdgeProcess::spawn(
+        &["--listen", "127.0.0.1:0", "--upstream", &server.url()],
+        &[],
+    );
+    let (mut raw, _) = RawConn::connect_info(edge.addr()).await;
+    assert!(
+        !raw.roundtrip(b"CONNECT {\"verbose\":false}\r\n")
+            .await
+            .closed
+    );
+    let status = edge.terminate().await;
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        edge.log().dump()
+    );
+    assert!(raw.closes_within(WAIT).await, "session left open");
+}

@@ -410,7 +410,7 @@ pub fn nats_edge_command() -> Command {
 /// The `nats-edge` binary running as its own process (so its memory can be measured), killed
 /// on drop.
 pub struct EdgeProcess {
-    child: Child,
+    child: Option<Child>,
     log: Arc<LogLines>,
     addr: SocketAddr,
 }
@@ -439,7 +439,11 @@ impl EdgeProcess {
             })
         });
         match addr {
-            Some((_, addr)) => EdgeProcess { child, log, addr },
+            Some((_, addr)) => EdgeProcess {
+                child: Some(child),
+                log,
+                addr,
+            },
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -457,7 +461,7 @@ impl EdgeProcess {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().expect("nats-edge is running").id()
     }
 
     pub fn log(&self) -> &Arc<LogLines> {
@@ -478,14 +482,49 @@ impl EdgeProcess {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        self.wait_exit().await
+    }
+
+    /// Waits (bounded) for the process to exit on its own; kills it if it does not.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("nats-edge is running");
+        let pid = child.id();
+        let waiter = tokio::task::spawn_blocking(move || child.wait());
+        match tokio::time::timeout(WAIT, waiter).await {
+            Ok(status) => status.expect("waiter").expect("wait for nats-edge"),
+            Err(_) => {
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+                panic!(
+                    "nats-edge did not exit within {WAIT:?}:\n{}",
+                    self.log.dump()
+                );
+            }
+        }
     }
 }
 
 impl Drop for EdgeProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
