@@ -1009,7 +1009,106 @@ fn differential_cases() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("invalid subject", c(b"SUB foo..bar 1\r\nSUB .x 2\r\n")),
         ("PINGX is a PING", c(b"PINGX\r\n")),
+        ("trailing blank after size", c(b"SUB foo 1\r\nPUB foo 2 \r\nhi\r\n")),
+        ("size with leading zeros", c(b"SUB foo 1\r\nPUB foo 0002\r\nhi\r\n")),
+        ("ping with an argument", c(b"PING foo\r\n")),
+        ("ping with a trailing blank", c(b"PING \r\n")),
+        ("mixed-case verbs", c(b"SuB foo 1\r\nPuB foo 1\r\nx\r\npInG\r\n")),
+        ("unsub with max 0", c(b"SUB foo 1\r\nUNSUB 1 0\r\nPUB foo 1\r\nx\r\n")),
+        (
+            "empty header block",
+            hc(b"SUB foo 1\r\nHPUB foo 12 12\r\nNATS/1.0\r\n\r\n\r\n"),
+        ),
+        ("control byte in a subject", c(b"SUB f\x01o 1\r\nPUB f\x01o 1\r\nx\r\n")),
+        (
+            "utf-8 subject",
+            c("SUB f\u{e9}\u{e9} 1\r\nPUB f\u{e9}\u{e9} 1\r\nx\r\n".as_bytes()),
+        ),
+        (
+            "CONNECT with unknown fields",
+            b"CONNECT {\"verbose\":false,\"zzz\":[1,2,{\"a\":null}],\"lang\":\"x\",\"version\":\"9\"}\r\n"
+                .to_vec(),
+        ),
+        (
+            "CONNECT with a long integer in an unknown field",
+            b"CONNECT {\"verbose\":false,\"x\":123456789012345678901234567890}\r\n".to_vec(),
+        ),
+        (
+            "CONNECT with null verbose",
+            b"CONNECT {\"verbose\":null,\"pedantic\":false}\r\nSUB foo 1\r\n".to_vec(),
+        ),
+        (
+            "CONNECT with a bare newline",
+            b"CONNECT {\"verbose\":false}\nSUB foo 1\n".to_vec(),
+        ),
+        (
+            "CONNECT with an escaped string",
+            b"CONNECT {\"verbose\":false,\"name\":\"a\\u00e9\\\"b\\\\\"}\r\n".to_vec(),
+        ),
+        (
+            "CONNECT twice",
+            b"CONNECT {\"verbose\":false}\r\nCONNECT {\"verbose\":true}\r\nSUB foo 1\r\n".to_vec(),
+        ),
+        (
+            "CONNECT after a tab",
+            b"CONNECT\t{\"verbose\":false}\r\nSUB foo 1\r\n".to_vec(),
+        ),
+        (
+            "CONNECT after several blanks",
+            b"CONNECT   {\"verbose\":false}\r\n".to_vec(),
+        ),
+        (
+            "CONNECT keys in another case",
+            b"CONNECT {\"VERBOSE\":false}\r\nSUB foo 1\r\n".to_vec(),
+        ),
+        (
+            "CONNECT with null fields",
+            b"CONNECT {\"verbose\":false,\"echo\":null,\"user\":null}\r\nSUB foo 1\r\n".to_vec(),
+        ),
+        ("nine-digit size", c(b"PUB foo 999999999\r\n")),
         // Violations.
+        (
+            "CONNECT with a raw tab in a string",
+            b"CONNECT {\"verbose\":false,\"name\":\"a\tb\"}\r\n".to_vec(),
+        ),
+        (
+            "CONNECT with a trailing comma",
+            b"CONNECT {\"verbose\":false,}\r\n".to_vec(),
+        ),
+        (
+            "CONNECT with two objects",
+            b"CONNECT {\"verbose\":false}{}\r\n".to_vec(),
+        ),
+        (
+            "CONNECT with a negative protocol",
+            b"CONNECT {\"verbose\":false,\"protocol\":-1}\r\n".to_vec(),
+        ),
+        (
+            "CONNECT with a huge protocol",
+            b"CONNECT {\"verbose\":false,\"protocol\":99999999999}\r\n".to_vec(),
+        ),
+        ("CONNECT with a string", b"CONNECT \"x\"\r\n".to_vec()),
+        ("CONNECT with a number", b"CONNECT 5\r\n".to_vec()),
+        ("leading blank", c(b" PING\r\n")),
+        ("payload ended by a bare newline", c(b"PUB foo 2\r\nhi\nPING\r\n")),
+        ("size with a plus sign", c(b"PUB foo +2\r\nhi\r\n")),
+        ("nineteen-digit size", c(b"PUB foo 9999999999999999999\r\n")),
+        ("unsub with a non-numeric max", c(b"SUB foo 1\r\nUNSUB 1 x\r\n")),
+        ("CONNECT without JSON", b"CONNECT\r\n".to_vec()),
+        ("CONNECT with a blank only", b"CONNECT \r\n".to_vec()),
+        ("CONNECT with an array", b"CONNECT []\r\n".to_vec()),
+        (
+            "CONNECT with a wrong type",
+            b"CONNECT {\"verbose\":1}\r\n".to_vec(),
+        ),
+        (
+            "CONNECT with a float protocol",
+            b"CONNECT {\"verbose\":false,\"protocol\":1.0}\r\n".to_vec(),
+        ),
+        (
+            "CONNECT with trailing garbage",
+            b"CONNECT {\"verbose\":false} x\r\n".to_vec(),
+        ),
         ("unknown verb", c(b"FOO bar\r\n")),
         ("pub prefix verb", c(b"PUBX foo 1\r\nx\r\n")),
         ("empty line", c(b"\r\n")),
@@ -1127,6 +1226,76 @@ async fn differential_against_nats_server_in_small_writes() {
         mismatches.len(),
         mismatches.join("\n")
     );
+}
+
+/// Sends `bytes` to a fresh nats-server and through an edge in front of another, in one write
+/// each, and asserts the answers (and whether the connection closed) are identical.
+async fn assert_same_as_nats_server(bytes: &[u8]) {
+    let direct_server = NatsServer::start();
+    let upstream = NatsServer::start();
+    let edge = start_edge(&[upstream.url()], "").await;
+    let limit = Duration::from_secs(4);
+    let direct = one_write_outcome(direct_server.addr(), bytes, limit).await;
+    let edged = one_write_outcome(edge_addr(&edge), bytes, limit).await;
+    assert_eq!(
+        edged,
+        direct,
+        "sent {}\n    nats-server: {direct}\n    edge:        {edged}",
+        show(bytes)
+    );
+}
+
+/// Go's JSON decoder takes the last of duplicate keys; nats-server accepts such a CONNECT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_with_a_duplicate_key_is_accepted_like_nats_server() {
+    assert_same_as_nats_server(b"CONNECT {\"verbose\":true,\"verbose\":false}\r\nSUB foo 1\r\n")
+        .await;
+}
+
+/// An unknown CONNECT field is skipped by nats-server whatever number it holds; the edge must
+/// not refuse the connection because the number does not fit an f64.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_with_an_out_of_range_number_is_accepted_like_nats_server() {
+    assert_same_as_nats_server(b"CONNECT {\"verbose\":false,\"x\":1e400}\r\n").await;
+}
+
+/// `CONNECT null` decodes to "no options" in Go: nats-server keeps the connection, whether it
+/// is the first CONNECT or a later one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_null_is_accepted_like_nats_server() {
+    assert_same_as_nats_server(b"CONNECT null\r\n").await;
+    assert_same_as_nats_server(&with_connect(b"CONNECT null\r\n")).await;
+}
+
+/// Go's JSON decoder replaces invalid UTF-8 and lone surrogate escapes in strings with U+FFFD;
+/// nats-server accepts such a CONNECT (a client name, say).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_with_invalid_unicode_is_accepted_like_nats_server() {
+    assert_same_as_nats_server(b"CONNECT {\"verbose\":false,\"name\":\"\xff\"}\r\n").await;
+    assert_same_as_nats_server(b"CONNECT {\"verbose\":false,\"name\":\"\\ud800\"}\r\n").await;
+}
+
+/// Go's decoder nests 10000 levels deep; 200 levels in an unknown field are fine for
+/// nats-server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_with_deep_nesting_is_accepted_like_nats_server() {
+    let deep = format!(
+        "CONNECT {{\"verbose\":false,\"x\":{}1{}}}\r\n",
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    assert_same_as_nats_server(deep.as_bytes()).await;
+}
+
+/// nats-server's size parser takes at most nine digits: a longer size is a parse error (a
+/// silent close), not a max_payload violation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_digit_size_closes_silently_like_nats_server() {
+    assert_same_as_nats_server(&with_connect(b"PUB foo 9999999999\r\n")).await;
+    assert_same_as_nats_server(
+        b"CONNECT {\"verbose\":false,\"headers\":true}\r\nHPUB foo 1 9999999999\r\n",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
