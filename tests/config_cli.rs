@@ -290,3 +290,31 @@ async fn sigterm_closes_sessions_and_exits_cleanly() {
     );
     assert!(raw.closes_within(WAIT).await, "session left open");
 }
+
+/// SIGHUP means "reload the configuration" (as for nats-server): the process must survive it,
+/// and its sessions with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_keeps_the_edge_and_its_sessions_running() {
+    let server = NatsServer::start();
+    let f = config_file(&format!(
+        "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\n[upstream]\nurls = [\"{}\"]\n",
+        server.url()
+    ));
+    let mut edge = EdgeProcess::spawn(&["-c", f.path().to_str().unwrap()], &[]);
+    let (mut raw, _) = RawConn::connect_info(edge.addr()).await;
+    assert!(
+        !raw.roundtrip(b"CONNECT {\"verbose\":false}\r\n")
+            .await
+            .closed
+    );
+    let status = std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(edge.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The session answers after the signal, and so does a new one.
+    assert!(raw.is_open().await, "session closed by SIGHUP");
+    assert!(edge.is_running(), "nats-edge exited on SIGHUP");
+    assert_works_through(&edge.url()).await;
+}
