@@ -17,7 +17,13 @@ use nats_edge::Edge;
 )]
 struct Cli {
     /// TOML config file.
-    #[arg(short, long, global = true, value_name = "FILE")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "NATS_EDGE_CONFIG"
+    )]
     config: Option<PathBuf>,
     /// Listen for NATS clients on this address (replaces the config's listeners).
     #[arg(long, global = true, value_name = "ADDR")]
@@ -105,6 +111,10 @@ fn init_logging(config: &Config) {
 
 fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
+    let ignored = nats_edge::config::ignored_env_vars();
+    if !ignored.is_empty() {
+        tracing::info!(variables = ?ignored, "ignoring NATS_EDGE_* variables that are not configuration keys");
+    }
     let workers = start_workers(config.worker_threads)?;
     // The main thread only accepts connections and waits for signals; sessions run on the
     // workers.
@@ -148,19 +158,26 @@ fn start_workers(threads: usize) -> anyhow::Result<Vec<tokio::runtime::Handle>> 
         .collect()
 }
 
+/// Resolves on SIGTERM or SIGINT. SIGHUP, the conventional reload signal, must not kill the
+/// process (the default action): it is logged and otherwise ignored until reload exists.
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                _ = hup.recv() => tracing::warn!(
+                    "SIGHUP received: configuration reload is not supported yet; restart nats-edge to apply changes"
+                ),
             }
         }
     }

@@ -75,6 +75,9 @@ pub struct SessionCtx {
     pub upstream_max_payload: Option<i64>,
     /// Whether the upstream supports headers (its INFO `headers`).
     pub upstream_headers: bool,
+    /// True while a deferred op is shown again: the upstream has answered every op the
+    /// client sent before it. See [`crate::Verdict::Defer`].
+    pub upstream_caught_up: bool,
 }
 
 impl SessionCtx {
@@ -84,6 +87,7 @@ impl SessionCtx {
             connect: None,
             upstream_max_payload: None,
             upstream_headers: false,
+            upstream_caught_up: false,
         }
     }
 }

@@ -98,7 +98,7 @@ impl Filter for Limits {
         info.max_payload = Some(i64::try_from(effective).unwrap_or(i64::MAX));
     }
 
-    fn on_client_op(&mut self, op: &mut ClientOp, _ctx: &SessionCtx) -> Verdict {
+    fn on_client_op(&mut self, op: &mut ClientOp, ctx: &SessionCtx) -> Verdict {
         let Some(max) = self.config.max_subscriptions else {
             return Verdict::Forward;
         };
@@ -110,6 +110,13 @@ impl Filter for Limits {
                     return Verdict::Forward;
                 }
                 if self.subs.len() >= max {
+                    // nats-server frees an auto-unsubscribed slot when it delivers the last
+                    // message, which the edge sees only when that MSG comes back: with such a
+                    // slot pending, wait for the upstream to catch up before refusing.
+                    let pending = self.subs.values().any(|s| s.max.is_some());
+                    if pending && !ctx.upstream_caught_up {
+                        return Verdict::Defer;
+                    }
                     return Verdict::error(errors::MAX_SUBSCRIPTIONS_EXCEEDED);
                 }
                 self.subs

@@ -14,6 +14,11 @@ pub enum Verdict {
     /// Swallow the op and answer the client with this server op instead (an `-ERR`, a `+OK`).
     /// The answer is held behind replies the upstream still owes for earlier ops.
     Answer(ServerOp),
+    /// Hold this op until the upstream has answered everything sent before it, then show it to
+    /// the filters again with [`crate::SessionCtx::upstream_caught_up`] set. For decisions
+    /// that depend on what the upstream has done with earlier ops (deliveries that complete
+    /// an auto-unsubscribe, for one). Meanwhile the client's later ops wait too.
+    Defer,
     /// End the session. `error`, when present, is sent to the client first, as nats-server
     /// would (some violations close with an `-ERR`, some silently).
     Close {

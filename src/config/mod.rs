@@ -173,8 +173,8 @@ impl Default for LogConfig {
 pub enum ConfigError {
     #[error("config file {0}: not found")]
     FileNotFound(PathBuf),
-    /// Parse and type errors; figment's message names the key and the source.
-    #[error("{0}")]
+    /// Parse and type errors, one line each naming the key, the reason and the source.
+    #[error("{}", describe_figment_error(.0))]
     Invalid(Box<figment::Error>),
     #[error("{key}: {reason}{}", origin.as_ref().map(|s| format!(" (from {s})")).unwrap_or_default())]
     Value {
@@ -205,7 +205,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("NATS_EDGE_").split("__").ignore(&["config"]));
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .split("__")
+                .filter(|key| is_config_env_key(key.as_str())),
+        );
         if let Some(listen) = overrides.listen {
             figment = figment.merge(Serialized::default(
                 "listeners",
@@ -236,10 +240,12 @@ impl Config {
             .extract()
             .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
         config.validate().map_err(|(key, reason)| {
-            let origin = figment.find_metadata(&key).map(|m| match &m.source {
-                Some(src) => format!("{} {}", m.name, src),
-                None => m.name.to_string(),
-            });
+            let keys: Vec<&str> = key.split('.').collect();
+            // Array elements have no metadata of their own: fall back to the closest parent.
+            let origin = (1..=keys.len())
+                .rev()
+                .find_map(|n| figment.find_metadata(&keys[..n].join(".")))
+                .map(|m| describe_origin(m, &keys));
             ConfigError::Value {
                 key,
                 reason,
@@ -272,7 +278,17 @@ impl Config {
                 parse_host_port(adv).map_err(|r| (format!("listeners.{i}.advertise"), r))?;
             }
             for url in &l.connect_urls.0 {
-                parse_host_port(url.trim_start_matches("nats://"))
+                let host_port = ["nats://", "tls://", "ws://", "wss://"]
+                    .iter()
+                    .find_map(|scheme| url.strip_prefix(scheme))
+                    .unwrap_or(url);
+                if host_port.contains("://") {
+                    return Err((
+                        format!("listeners.{i}.connect_urls"),
+                        format!("`{url}`: use host:port or a nats://, tls://, ws:// or wss:// URL"),
+                    ));
+                }
+                parse_host_port(host_port)
                     .map_err(|r| (format!("listeners.{i}.connect_urls"), r))?;
             }
         }
@@ -320,6 +336,69 @@ impl Config {
             .filter_map(|u| UpstreamUrl::parse(u).ok())
             .collect()
     }
+}
+
+const ENV_PREFIX: &str = "NATS_EDGE_";
+
+/// The top-level keys an environment variable may set. Other `NATS_EDGE_*` variables are not
+/// configuration: Kubernetes, for one, injects `NATS_EDGE_PORT` and `NATS_EDGE_SERVICE_HOST`
+/// into pods beside a Service named nats-edge, and those must not stop the edge starting.
+const ENV_SECTIONS: [&str; 5] = ["listeners", "upstream", "limits", "log", "worker_threads"];
+
+fn is_config_env_key(key: &str) -> bool {
+    let top = key.split('.').next().unwrap_or_default();
+    ENV_SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(top))
+}
+
+/// `NATS_EDGE_*` variables that are not configuration and were ignored (for a log line).
+pub fn ignored_env_vars() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter_map(|k| {
+            let rest = k.strip_prefix(ENV_PREFIX)?;
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            (rest != "CONFIG" && !is_config_env_key(&key)).then_some(k)
+        })
+        .collect()
+}
+
+/// Where a value came from, in the user's terms: the file, the environment variable, or a
+/// flag or built-in default.
+fn describe_origin(metadata: &figment::Metadata, keys: &[&str]) -> String {
+    match &metadata.source {
+        Some(figment::Source::File(path)) => format!("file {}", path.display()),
+        Some(figment::Source::Code(_)) if metadata.name.contains("Config") => {
+            "the built-in default".into()
+        }
+        Some(figment::Source::Code(_)) => "a command-line flag".into(),
+        _ => format!(
+            "environment variable {ENV_PREFIX}{}",
+            keys.join("__").to_ascii_uppercase()
+        ),
+    }
+}
+
+/// One line per error: `key: reason (from origin)`.
+fn describe_figment_error(error: &figment::Error) -> String {
+    error
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let keys: Vec<&str> = e.path.iter().map(String::as_str).collect();
+            let key = e.path.join(".").to_ascii_lowercase();
+            let origin = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", describe_origin(m, &keys)))
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{origin}", e.kind)
+            } else {
+                format!("{key}: {}{origin}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Splits `host:port` (IPv6 in brackets).

@@ -188,9 +188,13 @@ fn match_verb(buf: &[u8], dir: Direction) -> Result<Option<(Verb, Tail, usize)>,
     }
 }
 
-/// Parses a decimal size the way nats-server's `parseSize` does: digits only.
+/// Parses a decimal size the way nats-server's `parseSize` does: digits only, nine at most.
+/// nats-server reads at most nine digits; a longer size is malformed (a silent close), not an
+/// oversized payload.
+const MAX_SIZE_DIGITS: usize = 9;
+
 fn parse_size(digits: &[u8]) -> Result<usize, ProtoError> {
-    if digits.is_empty() || digits.len() > 18 {
+    if digits.is_empty() || digits.len() > MAX_SIZE_DIGITS {
         return Err(ProtoError::BadArguments);
     }
     let mut n = 0usize;

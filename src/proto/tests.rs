@@ -248,3 +248,39 @@ fn connect_json_errors_are_silent_closes() {
         assert_eq!(ProtoError::BadJson.server_error_text(), None);
     }
 }
+
+#[test]
+fn connect_is_as_lenient_as_nats_server() {
+    use super::build::parse_connect;
+    assert!(parse_connect(b"null").unwrap().is_verbose());
+    let dup = parse_connect(br#"{"verbose":true,"verbose":false}"#).unwrap();
+    assert!(!dup.is_verbose(), "the last key wins");
+    let big = parse_connect(br#"{"verbose":false,"x":1e400,"name":"n","ok":true}"#).unwrap();
+    assert_eq!(big.name.as_deref(), Some("n"));
+    assert!(!big.is_verbose());
+    assert_eq!(big.extra.get("ok"), Some(&serde_json::json!(true)));
+    let utf = parse_connect(b"{\"name\":\"a\xffb\"}").unwrap();
+    assert_eq!(utf.name.as_deref(), Some("a\u{fffd}b"));
+    for bad in [&b"{bad"[..], b"", b"{\"verbose\":\"x\"}", b"[1,2"] {
+        assert_eq!(parse_connect(bad), Err(ProtoError::BadJson), "{bad:?}");
+    }
+}
+
+#[test]
+fn deeply_nested_connect_is_bounded_not_a_crash() {
+    use super::build::parse_connect;
+    // Accepted like nats-server (it nests 10,000 deep), without recursing on the stack.
+    for depth in [200usize, 4000, 100_000] {
+        let json = format!(
+            "{{\"verbose\":false,\"x\":{}1{}}}",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        assert!(parse_connect(json.as_bytes()).is_ok(), "depth {depth}");
+    }
+    let unbalanced = format!("{{\"x\":{}", "[".repeat(100_000));
+    assert_eq!(
+        parse_connect(unbalanced.as_bytes()),
+        Err(ProtoError::BadJson)
+    );
+}

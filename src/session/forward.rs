@@ -56,6 +56,8 @@ pub struct Forwarder {
     /// No more reading: the session is ending.
     stopped: bool,
     needs_flush: bool,
+    /// A client frame a filter deferred, waiting for the upstream to catch up.
+    deferred: Option<(Bytes, Frame)>,
     /// Message frames (PUB/HPUB or MSG/HMSG) forwarded.
     pub msgs: u64,
     /// Bytes read.
@@ -74,6 +76,7 @@ impl Forwarder {
             eof: false,
             stopped: false,
             needs_flush: false,
+            deferred: None,
             msgs: 0,
             bytes: 0,
         }
@@ -111,6 +114,10 @@ impl Forwarder {
                 while let Some(bytes) = shared.to_client.pop_front() {
                     self.push(bytes);
                 }
+            } else if shared.resume_deferred {
+                shared.resume_deferred = false;
+                self.resume_deferred(shared);
+                continue;
             }
             if self.may_read(shared) {
                 match self.poll_fill(cx, reader) {
@@ -149,7 +156,12 @@ impl Forwarder {
         // With the buffer's tail used up, write first: the written slices release their share
         // of the buffer, and the next read reuses it instead of allocating another.
         let must_grow = self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE && !self.out.is_empty();
-        !(self.eof || self.stopped || barriers_full || must_grow || self.out_len >= HIGH_WATER)
+        !(self.eof
+            || self.stopped
+            || self.deferred.is_some()
+            || barriers_full
+            || must_grow
+            || self.out_len >= HIGH_WATER)
     }
 
     fn poll_fill<R: AsyncRead + Unpin>(
@@ -263,7 +275,7 @@ impl Forwarder {
     /// Client to upstream: every complete frame in the read buffer.
     fn process_client(&mut self, shared: &mut Shared) {
         let mut run = 0;
-        while !self.stopped {
+        while !self.stopped && self.deferred.is_none() {
             let frame = match scan(&self.rbuf[run..], self.dir, &shared.client_scan) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -289,6 +301,17 @@ impl Forwarder {
             self.filter_client_frame(data, &frame, shared);
         }
         self.flush_run(&mut run);
+    }
+
+    /// The upstream has caught up with a deferred frame: show it to the filters again, then
+    /// carry on with what the client sent after it.
+    fn resume_deferred(&mut self, shared: &mut Shared) {
+        if let Some((data, frame)) = self.deferred.take() {
+            shared.ctx.upstream_caught_up = true;
+            self.filter_client_frame(data, &frame, shared);
+            shared.ctx.upstream_caught_up = false;
+            self.process_client(shared);
+        }
     }
 
     fn filter_client_frame(&mut self, data: Bytes, frame: &Frame, shared: &mut Shared) {
@@ -318,6 +341,18 @@ impl Forwarder {
             Verdict::Answer(answer) => {
                 self.answer_after_upstream(shared, Some(&answer), None);
                 false
+            }
+            Verdict::Defer if !shared.ctx.upstream_caught_up => {
+                self.deferred = Some((data, *frame));
+                if shared.defer_until_upstream() {
+                    self.push(Bytes::from_static(PING));
+                }
+                false
+            }
+            Verdict::Defer => {
+                // Deferred once already: the upstream has caught up, so forward as is.
+                self.push(data);
+                true
             }
             Verdict::Close { reason, error } => {
                 let error = error.map(|text| ServerOp::Err(text.to_string()));
@@ -379,6 +414,7 @@ impl Forwarder {
                         self.flush_run(&mut run);
                         self.rbuf.advance(frame.len);
                         self.push(barrier.answers.freeze());
+                        shared.resume_deferred |= barrier.resume;
                         if let Some(reason) = barrier.close {
                             shared.close(reason);
                             self.stopped = true;
@@ -431,7 +467,9 @@ impl Forwarder {
         match shared.chain.on_server_op(&mut op, &shared.ctx) {
             Verdict::Forward => self.push(data),
             Verdict::Changed => self.push_encoded(|buf| encode_server_op(&op, buf)),
+            // Nothing is owed to the upstream on this side: a deferred server op goes on.
             Verdict::Drop => {}
+            Verdict::Defer => self.push(data),
             Verdict::Answer(answer) => self.push_encoded(|buf| encode_server_op(&answer, buf)),
             Verdict::Close { reason, error } => {
                 if let Some(text) = error {

@@ -23,6 +23,8 @@ pub struct Barrier {
     pub answers: BytesMut,
     /// Set when the session ends once the answers are written.
     pub close: Option<CloseReason>,
+    /// Set when a deferred client op waits for this barrier.
+    pub resume: bool,
 }
 
 /// A session's shared state.
@@ -45,6 +47,8 @@ pub struct Shared {
     pub forwarded_since_barrier: bool,
     /// Bytes for the client that need no barrier, written at the next frame boundary.
     pub to_client: VecDeque<Bytes>,
+    /// Set when the barrier a deferred client op waits for has been released.
+    pub resume_deferred: bool,
     /// Set when the session is ending for this reason; forwarders stop reading.
     pub closing: Option<CloseReason>,
     /// Bumped whenever one direction changes what the other may do, so the session re-polls.
@@ -77,6 +81,7 @@ impl Shared {
             barriers: VecDeque::new(),
             forwarded_since_barrier: true,
             to_client: VecDeque::new(),
+            resume_deferred: false,
             closing: None,
             generation: 0,
         };
@@ -111,6 +116,7 @@ impl Shared {
                 ping_seq: self.pings_sent,
                 answers: BytesMut::new(),
                 close: None,
+                resume: false,
             });
             self.forwarded_since_barrier = false;
         }
@@ -121,6 +127,16 @@ impl Shared {
             barrier.close = barrier.close.or(close);
         }
         !reuse
+    }
+
+    /// Holds the client's stream until the upstream has answered everything sent so far.
+    /// Returns true when the caller must send a barrier PING upstream.
+    pub fn defer_until_upstream(&mut self) -> bool {
+        let needs_ping = self.answer_after_upstream(None, None);
+        if let Some(barrier) = self.barriers.back_mut() {
+            barrier.resume = true;
+        }
+        needs_ping
     }
 
     /// Called for every PONG from the upstream: returns the barrier it releases, if it is one
