@@ -55,9 +55,11 @@ impl Plan {
 pub const PAYLOADS: [usize; 5] = [16, 128, 1024, 16 * 1024, 64 * 1024];
 
 /// One target under test.
-struct Target {
+struct Target<'a> {
     name: &'static str,
     addr: SocketAddr,
+    /// The proxy process, whose CPU time per message is recorded (none for direct).
+    proxy: Option<&'a targets::Proc>,
 }
 
 /// Samples by workload, then by target.
@@ -107,16 +109,19 @@ pub fn run(mode: Mode, edge_bin: &str) -> Value {
         Target {
             name: "direct",
             addr: server.addr,
+            proxy: None,
         },
         Target {
             name: "edge",
             addr: edge.addr,
+            proxy: Some(&edge),
         },
     ];
     if let Some(h) = &haproxy {
         all.push(Target {
             name: "haproxy",
             addr: h.addr,
+            proxy: Some(h),
         });
     }
 
@@ -126,8 +131,18 @@ pub fn run(mode: Mode, edge_bin: &str) -> Value {
         for &payload in &PAYLOADS {
             let n = plan.msgs_for(payload);
             for t in &all {
+                let cpu_before = t.proxy.map(targets::Proc::cpu_secs);
                 let r = load::pub_sub(t.addr, 1, 1, n, payload)
                     .unwrap_or_else(|e| panic!("pub/sub {payload} B via {}: {e}", t.name));
+                if let (Some(p), Some(before)) = (t.proxy, cpu_before) {
+                    let ns = (p.cpu_secs() - before) * 1e9 / r.msgs as f64;
+                    record(
+                        &mut samples,
+                        &format!("pubsub_{payload}B_proxy_cpu_ns_per_msg"),
+                        t.name,
+                        ns,
+                    );
+                }
                 record(
                     &mut samples,
                     &format!("pubsub_{payload}B_msgs_per_s"),

@@ -19,6 +19,25 @@ impl Proc {
         self.child.id()
     }
 
+    /// User plus system CPU time used so far, in seconds, from /proc (10 ms resolution).
+    pub fn cpu_secs(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
     /// Resident set size in bytes, from /proc.
     pub fn rss_bytes(&self) -> u64 {
         let status =

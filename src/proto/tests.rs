@@ -284,3 +284,25 @@ fn deeply_nested_connect_is_bounded_not_a_crash() {
         Err(ProtoError::BadJson)
     );
 }
+
+#[test]
+fn arguments_split_at_every_separator_kind_and_length() {
+    // Long and short arguments, separated by runs of spaces, tabs and stray CRs, around the
+    // eight-byte steps of the splitter; control bytes other than those stay in arguments.
+    for len in 1..20 {
+        let arg = "a".repeat(len);
+        let line = format!("SUB {arg}\t \r{arg}.\x01x  {len}\r\n");
+        let frame = scan(line.as_bytes(), C, &LIMITS).unwrap().unwrap();
+        let args: Vec<&[u8]> = frame.args().map(|r| &line.as_bytes()[r]).collect();
+        let second = format!("{arg}.\x01x");
+        assert_eq!(
+            args,
+            [
+                arg.as_bytes(),
+                second.as_bytes(),
+                len.to_string().as_bytes()
+            ],
+            "{line:?}"
+        );
+    }
+}
