@@ -130,11 +130,14 @@ fn check_frame(buf: &[u8], frame: &Frame) {
         frame.len,
         buf.len()
     );
-    for arg in frame.args() {
-        assert!(
-            arg.start <= arg.end && arg.end <= frame.payload_start,
-            "argument {arg:?} outside the control line"
-        );
+    assert!(frame.line_start <= frame.line_end && frame.line_end < frame.payload_start);
+    if let Ok(args) = frame.split_args(buf) {
+        for arg in args.iter() {
+            assert!(
+                arg.start <= arg.end && arg.end <= frame.line_end,
+                "argument {arg:?} outside the control line"
+            );
+        }
     }
     if frame.is_message() {
         assert!(frame.header_len <= frame.total_size);

@@ -9,21 +9,22 @@ use super::ProtoError;
 /// Builds the client op for `frame`, where `data` holds exactly the frame's bytes (offsets in
 /// `frame` are relative to its start).
 pub fn build_client_op(data: &Bytes, frame: &Frame) -> Result<ClientOp, ProtoError> {
-    let arg = |i: usize| data.slice(frame.arg(i));
+    let args = frame.split_args(data)?;
+    let arg = |i: usize| data.slice(args.get(i));
     Ok(match frame.verb {
-        Verb::Connect => ClientOp::Connect(Box::new(parse_connect(&data[frame.arg(0)])?)),
+        Verb::Connect => ClientOp::Connect(Box::new(parse_connect(&data[args.get(0)])?)),
         Verb::Pub | Verb::Hpub => {
             let (headers, payload) = split_payload(data, frame);
             let reply_args = if frame.verb == Verb::Pub { 3 } else { 4 };
             ClientOp::Pub(Pub {
                 subject: arg(0),
-                reply: (frame.arg_count() == reply_args).then(|| arg(1)),
+                reply: (args.len() == reply_args).then(|| arg(1)),
                 headers,
                 payload,
             })
         }
         Verb::Sub => {
-            let (queue, sid) = if frame.arg_count() == 3 {
+            let (queue, sid) = if args.len() == 3 {
                 (Some(arg(1)), arg(2))
             } else {
                 (None, arg(1))
@@ -37,8 +38,8 @@ pub fn build_client_op(data: &Bytes, frame: &Frame) -> Result<ClientOp, ProtoErr
         Verb::Unsub => ClientOp::Unsub(Unsub {
             sid: arg(0),
             // nats-server reads a max that is not a number as "no max".
-            max: (frame.arg_count() == 2)
-                .then(|| std::str::from_utf8(&data[frame.arg(1)]).ok()?.parse().ok())
+            max: (args.len() == 2)
+                .then(|| std::str::from_utf8(&data[args.get(1)]).ok()?.parse().ok())
                 .flatten(),
         }),
         Verb::Ping => ClientOp::Ping,
@@ -52,16 +53,17 @@ pub fn build_client_op(data: &Bytes, frame: &Frame) -> Result<ClientOp, ProtoErr
 
 /// Builds the server op for `frame`, where `data` holds exactly the frame's bytes.
 pub fn build_server_op(data: &Bytes, frame: &Frame) -> Result<ServerOp, ProtoError> {
-    let arg = |i: usize| data.slice(frame.arg(i));
+    let args = frame.split_args(data)?;
+    let arg = |i: usize| data.slice(args.get(i));
     Ok(match frame.verb {
-        Verb::Info => ServerOp::Info(Box::new(parse_json::<Info>(data, frame)?)),
+        Verb::Info => ServerOp::Info(Box::new(parse_json::<Info>(&data[args.get(0)])?)),
         Verb::Msg | Verb::Hmsg => {
             let (headers, payload) = split_payload(data, frame);
             let reply_args = if frame.verb == Verb::Msg { 4 } else { 5 };
             ServerOp::Msg(Msg {
                 subject: arg(0),
                 sid: arg(1),
-                reply: (frame.arg_count() == reply_args).then(|| arg(2)),
+                reply: (args.len() == reply_args).then(|| arg(2)),
                 headers,
                 payload,
             })
@@ -70,7 +72,7 @@ pub fn build_server_op(data: &Bytes, frame: &Frame) -> Result<ServerOp, ProtoErr
         Verb::Pong => ServerOp::Pong,
         Verb::Ok => ServerOp::Ok,
         Verb::Err => {
-            let text = &data[frame.arg(0)];
+            let text = &data[args.get(0)];
             let text = text
                 .strip_prefix(b"'")
                 .and_then(|t| t.strip_suffix(b"'"))
@@ -156,11 +158,8 @@ fn strip_unrepresentable_numbers(text: &str) -> String {
     out
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(
-    data: &Bytes,
-    frame: &Frame,
-) -> Result<T, ProtoError> {
-    serde_json::from_slice(&data[frame.arg(0)]).map_err(|_| ProtoError::BadJson)
+fn parse_json<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, ProtoError> {
+    serde_json::from_slice(json).map_err(|_| ProtoError::BadJson)
 }
 
 fn split_payload(data: &Bytes, frame: &Frame) -> (Option<Bytes>, Bytes) {

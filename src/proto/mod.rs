@@ -12,7 +12,7 @@ pub mod scan;
 
 pub use build::{build_client_op, build_server_op};
 pub use encode::{encode_client_op, encode_server_op};
-pub use scan::{scan, Direction, Frame, ScanLimits, Verb};
+pub use scan::{scan, Args, Direction, Frame, ScanLimits, Verb};
 
 /// A protocol violation found while decoding, named by how nats-server reacts to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

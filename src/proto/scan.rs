@@ -99,14 +99,21 @@ pub struct ScanLimits {
 }
 
 /// One complete frame at the front of a buffer, as offsets into it.
+///
+/// Scanning checks what framing needs (the verb, the control-line limit, the sizes, the CRLF
+/// after the payload) and nothing more. The arguments are split, and their count checked,
+/// only when an op is built from the frame ([`Frame::split_args`]): a frame that no filter
+/// looks at goes upstream as sent, and nats-server judges its arguments, with the same
+/// outcome for the client (a silent close).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame {
     pub verb: Verb,
     /// Total length: control line, payload and trailing CRLF.
     pub len: usize,
-    /// Argument ranges; for CONNECT, INFO and -ERR one range holding the rest of the line.
-    args: [(u32, u32); MAX_ARGS],
-    nargs: u8,
+    /// Where the arguments start: after the verb and the blanks that follow it.
+    pub line_start: usize,
+    /// Where the arguments end: before the line's CR LF.
+    pub line_end: usize,
     /// Where the payload (headers first, for HPUB/HMSG) starts.
     pub payload_start: usize,
     /// Header block length of HPUB/HMSG, 0 otherwise.
@@ -115,39 +122,95 @@ pub struct Frame {
     pub total_size: usize,
 }
 
-impl Frame {
-    fn new(verb: Verb, len: usize) -> Self {
-        Frame {
-            verb,
-            len,
-            args: [(0, 0); MAX_ARGS],
-            nargs: 0,
-            payload_start: len,
-            header_len: 0,
-            total_size: 0,
-        }
+/// A frame's arguments as ranges into the buffer it was scanned from; for CONNECT, INFO and
+/// -ERR one range holding the rest of the line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Args {
+    ranges: [(u32, u32); MAX_ARGS],
+    count: u8,
+}
+
+impl Args {
+    const EMPTY: Args = Args {
+        ranges: [(0, 0); MAX_ARGS],
+        count: 0,
+    };
+
+    pub fn len(&self) -> usize {
+        self.count as usize
     }
 
-    /// The arguments as ranges into the buffer the frame was scanned from.
-    pub fn args(&self) -> impl ExactSizeIterator<Item = std::ops::Range<usize>> + '_ {
-        self.args[..self.nargs as usize]
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Argument `i` as a range.
+    pub fn get(&self, i: usize) -> std::ops::Range<usize> {
+        let (s, e) = self.ranges[i];
+        s as usize..e as usize
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = std::ops::Range<usize>> + '_ {
+        self.ranges[..self.len()]
             .iter()
             .map(|&(s, e)| s as usize..e as usize)
     }
 
-    /// Argument `i` as a range.
-    pub fn arg(&self, i: usize) -> std::ops::Range<usize> {
-        let (s, e) = self.args[i];
-        s as usize..e as usize
+    /// Stores an argument range; false when every slot is taken.
+    fn push(&mut self, start: usize, end: usize) -> bool {
+        match self.ranges.get_mut(self.count as usize) {
+            Some(slot) => {
+                *slot = (start as u32, end as u32);
+                self.count += 1;
+                true
+            }
+            None => false,
+        }
     }
+}
 
-    pub fn arg_count(&self) -> usize {
-        self.nargs as usize
-    }
-
+impl Frame {
     /// Whether this frame carries a message (PUB, HPUB, MSG, HMSG).
     pub fn is_message(&self) -> bool {
         matches!(self.verb, Verb::Pub | Verb::Hpub | Verb::Msg | Verb::Hmsg)
+    }
+
+    /// Splits the arguments out of `buf` (the buffer the frame was scanned from) and checks
+    /// their count as nats-server does: a wrong count is [`ProtoError::BadArguments`].
+    pub fn split_args(&self, buf: &[u8]) -> Result<Args, ProtoError> {
+        let mut args = Args::EMPTY;
+        let (min, max) = match self.verb {
+            Verb::Connect | Verb::Info | Verb::Err => {
+                args.push(self.line_start, self.line_end);
+                return Ok(args);
+            }
+            Verb::Ping | Verb::Pong | Verb::Ok => return Ok(args),
+            Verb::Sub => (2, 3),
+            Verb::Unsub => (1, 2),
+            Verb::Pub => (2, 3),
+            Verb::Hpub => (3, 4),
+            Verb::Msg => (3, 4),
+            Verb::Hmsg => (4, 5),
+        };
+        let line = buf.get(..self.line_end).ok_or(ProtoError::BadArguments)?;
+        let mut i = self.line_start;
+        while i < line.len() {
+            while i < line.len() && is_separator(line[i]) {
+                i += 1;
+            }
+            if i == line.len() {
+                break;
+            }
+            let start = i;
+            i = next_separator(line, i);
+            if !args.push(start, i) {
+                return Err(ProtoError::BadArguments);
+            }
+        }
+        if args.len() < min || args.len() > max {
+            return Err(ProtoError::BadArguments);
+        }
+        Ok(args)
     }
 }
 
@@ -236,34 +299,29 @@ pub fn scan(buf: &[u8], dir: Direction, limits: &ScanLimits) -> Result<Option<Fr
             None => Ok(None),
         };
     };
-
     let args_start = verb_len + buf[verb_len..].iter().take_while(|b| is_blank(**b)).count();
-    if tail == Tail::Args {
-        // The hot path (PUB, MSG, ...): one pass finds the newline and splits the arguments.
-        let Some(frame) = scan_args_line(buf, verb, args_start, limits.max_control_line)? else {
-            return Ok(None);
-        };
-        return finish_args_frame(buf, frame, limits);
-    }
-
     let Some(nl) = memchr(b'\n', &buf[verb_len..]).map(|i| i + verb_len) else {
         return check_partial_line(buf, args_start, limits.max_control_line);
     };
-    let line_end = if nl > 0 && buf[nl - 1] == b'\r' {
-        nl - 1
-    } else {
-        nl
-    };
-    let args_start = args_start.min(line_end);
-    if line_end - args_start > limits.max_control_line {
+    let line_end = if buf[nl - 1] == b'\r' { nl - 1 } else { nl };
+    let line_start = args_start.min(line_end);
+    if line_end - line_start > limits.max_control_line {
         return Err(ProtoError::MaxControlLine);
     }
-    let mut frame = Frame::new(verb, nl + 1);
-    if tail == Tail::Json {
-        frame.args[0] = (args_start as u32, line_end as u32);
-        frame.nargs = 1;
+    let frame = Frame {
+        verb,
+        len: nl + 1,
+        line_start,
+        line_end,
+        payload_start: nl + 1,
+        header_len: 0,
+        total_size: 0,
+    };
+    if tail == Tail::Args && frame.is_message() {
+        frame_payload(buf, frame, limits)
+    } else {
+        Ok(Some(frame))
     }
-    Ok(Some(frame))
 }
 
 /// A control line without its newline yet: fine unless it is already over the limit.
@@ -281,6 +339,57 @@ fn check_partial_line(
     } else {
         Ok(None)
     }
+}
+
+/// Reads a message frame's sizes from the end of its control line (the last argument, and
+/// the one before it for HPUB/HMSG) and frames its payload.
+fn frame_payload(
+    buf: &[u8],
+    mut frame: Frame,
+    limits: &ScanLimits,
+) -> Result<Option<Frame>, ProtoError> {
+    let line = &buf[frame.line_start..frame.line_end];
+    let (total, rest) = last_argument(line).ok_or(ProtoError::BadArguments)?;
+    let total = parse_size(total)?;
+    let mut rest = rest;
+    if matches!(frame.verb, Verb::Hpub | Verb::Hmsg) {
+        let (header_len, before) = last_argument(rest).ok_or(ProtoError::BadArguments)?;
+        let header_len = parse_size(header_len)?;
+        if header_len > total {
+            return Err(ProtoError::BadArguments);
+        }
+        frame.header_len = header_len;
+        rest = before;
+    }
+    // A subject must come before the sizes.
+    if rest.iter().all(|b| is_separator(*b)) {
+        return Err(ProtoError::BadArguments);
+    }
+    if total as u64 > limits.max_payload {
+        // nats-server checks the argument count before the size.
+        frame.split_args(buf)?;
+        return Err(ProtoError::MaxPayload);
+    }
+    frame.total_size = total;
+    let end = frame.payload_start + total;
+    if buf.len() < end + 2 {
+        return Ok(None);
+    }
+    if &buf[end..end + 2] != b"\r\n" {
+        return Err(ProtoError::UnknownOperation);
+    }
+    frame.len = end + 2;
+    Ok(Some(frame))
+}
+
+/// The last argument of `line` and what comes before it.
+fn last_argument(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = line.iter().rposition(|b| !is_separator(*b))? + 1;
+    let start = line[..end]
+        .iter()
+        .rposition(|b| is_separator(*b))
+        .map_or(0, |i| i + 1);
+    Some((&line[start..end], &line[..start]))
 }
 
 /// Blanks and stray CRs separate arguments, as in nats-server. Most bytes are above the
@@ -315,112 +424,4 @@ fn next_separator(line: &[u8], mut i: usize) -> usize {
         i += 1;
     }
     i
-}
-
-/// Splits `line[start..]` into the frame's argument slots; true when there were more
-/// arguments than slots.
-fn split_args(line: &[u8], start: usize, frame: &mut Frame) -> bool {
-    let mut too_many = false;
-    let mut i = start;
-    let end = line.len();
-    while i < end {
-        while i < end && is_separator(line[i]) {
-            i += 1;
-        }
-        if i == end {
-            break;
-        }
-        let arg_start = i;
-        i = next_separator(line, i);
-        too_many |= !push_arg(frame, arg_start, i);
-    }
-    too_many
-}
-
-/// Finds the end of an argument line (memchr) and splits it on blanks (and stray CRs, as
-/// nats-server does). Too many arguments is reported only once the line is complete
-/// and within the limit, as nats-server reports it.
-#[inline]
-fn scan_args_line(
-    buf: &[u8],
-    verb: Verb,
-    args_start: usize,
-    max_control_line: usize,
-) -> Result<Option<Frame>, ProtoError> {
-    let Some(nl) = memchr(b'\n', &buf[args_start..]).map(|i| i + args_start) else {
-        return check_partial_line(buf, args_start, max_control_line);
-    };
-    let mut frame = Frame::new(verb, 0);
-    let too_many = split_args(&buf[..nl], args_start, &mut frame);
-    let line_end = if buf[nl - 1] == b'\r' { nl - 1 } else { nl };
-    if line_end.saturating_sub(args_start) > max_control_line {
-        return Err(ProtoError::MaxControlLine);
-    }
-    if too_many {
-        return Err(ProtoError::BadArguments);
-    }
-    frame.len = nl + 1;
-    frame.payload_start = nl + 1;
-    Ok(Some(frame))
-}
-
-/// Checks the argument count of a complete argument line and frames its payload.
-#[inline]
-fn finish_args_frame(
-    buf: &[u8],
-    mut frame: Frame,
-    limits: &ScanLimits,
-) -> Result<Option<Frame>, ProtoError> {
-    let nl = frame.len - 1;
-    let n = frame.arg_count();
-    let (min, max, sized) = match frame.verb {
-        Verb::Sub => (2, 3, 0),
-        Verb::Unsub => (1, 2, 0),
-        Verb::Pub => (2, 3, 1),
-        Verb::Hpub => (3, 4, 2),
-        Verb::Msg => (3, 4, 1),
-        Verb::Hmsg => (4, 5, 2),
-        _ => return Err(ProtoError::UnknownOperation),
-    };
-    if n < min || n > max {
-        return Err(ProtoError::BadArguments);
-    }
-    if sized == 0 {
-        return Ok(Some(frame));
-    }
-
-    let total = parse_size(&buf[frame.arg(n - 1)])?;
-    if sized == 2 {
-        let header_len = parse_size(&buf[frame.arg(n - 2)])?;
-        if header_len > total {
-            return Err(ProtoError::BadArguments);
-        }
-        frame.header_len = header_len;
-    }
-    if total as u64 > limits.max_payload {
-        return Err(ProtoError::MaxPayload);
-    }
-    frame.total_size = total;
-    frame.payload_start = nl + 1;
-    let end = frame.payload_start + total;
-    if buf.len() < end + 2 {
-        return Ok(None);
-    }
-    if &buf[end..end + 2] != b"\r\n" {
-        return Err(ProtoError::UnknownOperation);
-    }
-    frame.len = end + 2;
-    Ok(Some(frame))
-}
-
-/// Stores an argument range; false when every slot is taken.
-fn push_arg(frame: &mut Frame, start: usize, end: usize) -> bool {
-    match frame.args.get_mut(frame.nargs as usize) {
-        Some(slot) => {
-            *slot = (start as u32, end as u32);
-            frame.nargs += 1;
-            true
-        }
-        None => false,
-    }
 }
