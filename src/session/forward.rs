@@ -467,8 +467,8 @@ impl Forwarder {
         match shared.chain.on_server_op(&mut op, &shared.ctx) {
             Verdict::Forward => self.push(data),
             Verdict::Changed => self.push_encoded(|buf| encode_server_op(&op, buf)),
-            // Nothing is owed to the upstream on this side: a deferred server op goes on.
             Verdict::Drop => {}
+            // Nothing on this side waits for the upstream: a deferred server op goes on.
             Verdict::Defer => self.push(data),
             Verdict::Answer(answer) => self.push_encoded(|buf| encode_server_op(&answer, buf)),
             Verdict::Close { reason, error } => {
