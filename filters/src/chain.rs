@@ -34,6 +34,9 @@ impl Chain {
             }
             match filter.on_client_op(op, ctx) {
                 Verdict::Forward => {}
+                // Deferred once already: the upstream has caught up, so the op goes on, with
+                // what earlier filters changed.
+                Verdict::Defer if ctx.upstream_caught_up => {}
                 Verdict::Changed => changed = true,
                 other => return other,
             }

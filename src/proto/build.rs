@@ -37,10 +37,12 @@ pub fn build_client_op(data: &Bytes, frame: &Frame) -> Result<ClientOp, ProtoErr
         }
         Verb::Unsub => ClientOp::Unsub(Unsub {
             sid: arg(0),
-            // nats-server reads a max that is not a number as "no max".
+            // nats-server reads a max it cannot parse (not nine digits or fewer) as -1, and
+            // unsubscribes at once, as for no max.
             max: (args.len() == 2)
-                .then(|| std::str::from_utf8(&data[args.get(1)]).ok()?.parse().ok())
-                .flatten(),
+                .then(|| super::scan::parse_size(&data[args.get(1)]).ok())
+                .flatten()
+                .map(|max| max as u64),
         }),
         Verb::Ping => ClientOp::Ping,
         Verb::Pong => ClientOp::Pong,

@@ -11,6 +11,7 @@
 //! after the verb and applies before the newline has arrived.
 
 use memchr::memchr;
+use nats_edge_filters::OpKind;
 
 use super::ProtoError;
 
@@ -38,6 +39,28 @@ pub enum Verb {
     Err,
     Msg,
     Hmsg,
+}
+
+impl Verb {
+    /// The kind of filter op this verb is when sent in `dir`; what filters declare interest in.
+    pub fn op_kind(self, dir: Direction) -> OpKind {
+        use Direction::{ClientToServer as C, ServerToClient as S};
+        match (self, dir) {
+            (Verb::Connect, _) => OpKind::Connect,
+            (Verb::Pub | Verb::Hpub, _) => OpKind::Pub,
+            (Verb::Sub, _) => OpKind::Sub,
+            (Verb::Unsub, _) => OpKind::Unsub,
+            (Verb::Msg | Verb::Hmsg, _) => OpKind::Msg,
+            (Verb::Ping, C) => OpKind::ClientPing,
+            (Verb::Ping, S) => OpKind::ServerPing,
+            (Verb::Pong, C) => OpKind::ClientPong,
+            (Verb::Pong, S) => OpKind::ServerPong,
+            (Verb::Info | Verb::Ok | Verb::Err, C) => OpKind::ClientOther,
+            (Verb::Info, S) => OpKind::ServerInfo,
+            (Verb::Ok, S) => OpKind::ServerOk,
+            (Verb::Err, S) => OpKind::ServerErr,
+        }
+    }
 }
 
 /// How verbs are spelt on the wire, and what follows them.
@@ -214,10 +237,6 @@ impl Frame {
     }
 }
 
-fn is_blank(b: u8) -> bool {
-    b == b' ' || b == b'\t'
-}
-
 /// Matches the verb at the front of `buf`.
 ///
 /// Returns the verb and its length, `Ok(None)` while `buf` is still a prefix of some verb, or
@@ -243,7 +262,7 @@ fn match_verb(buf: &[u8], dir: Direction) -> Result<Option<(Verb, Tail, usize)>,
         // verb, `PINGX` is a PING; a verb with arguments needs a blank before them.
         match (tail, buf.get(name.len())) {
             (_, None) => partial = true,
-            (Tail::Args, Some(b)) if !is_blank(*b) => continue,
+            (Tail::Args, Some(b)) if !is_separator(*b) => continue,
             _ => return Ok(Some((verb, tail, name.len()))),
         }
     }
@@ -275,7 +294,7 @@ fn match_message_verb(buf: &[u8], dir: Direction) -> Option<(Verb, Tail, usize)>
 /// oversized payload.
 const MAX_SIZE_DIGITS: usize = 9;
 
-fn parse_size(digits: &[u8]) -> Result<usize, ProtoError> {
+pub(crate) fn parse_size(digits: &[u8]) -> Result<usize, ProtoError> {
     if digits.is_empty() || digits.len() > MAX_SIZE_DIGITS {
         return Err(ProtoError::BadArguments);
     }
@@ -299,11 +318,17 @@ pub fn scan(buf: &[u8], dir: Direction, limits: &ScanLimits) -> Result<Option<Fr
             None => Ok(None),
         };
     };
-    let args_start = verb_len + buf[verb_len..].iter().take_while(|b| is_blank(**b)).count();
-    let Some(nl) = memchr(b'\n', &buf[verb_len..]).map(|i| i + verb_len) else {
-        return check_partial_line(buf, args_start, limits.max_control_line);
+    let args_start = verb_len
+        + buf[verb_len..]
+            .iter()
+            .take_while(|b| is_separator(**b))
+            .count();
+    let Some((nl, line_end)) = find_line_end(buf, verb_len, tail)? else {
+        // Blanks after the verb count too (all but one), so a line of endless blanks is
+        // bounded like any other.
+        let counted_from = (verb_len + 1).min(args_start);
+        return check_partial_line(buf, counted_from, limits.max_control_line);
     };
-    let line_end = if buf[nl - 1] == b'\r' { nl - 1 } else { nl };
     let line_start = args_start.min(line_end);
     if line_end - line_start > limits.max_control_line {
         return Err(ProtoError::MaxControlLine);
@@ -321,6 +346,41 @@ pub fn scan(buf: &[u8], dir: Direction, limits: &ScanLimits) -> Result<Option<Fr
         frame_payload(buf, frame, limits)
     } else {
         Ok(Some(frame))
+    }
+}
+
+/// Finds the newline that ends the control line starting at `from`, and where the line's
+/// content ends: `Ok(None)` while it has not arrived.
+///
+/// nats-server drops one byte before the `\n` once it has seen any `\r` in the line, and
+/// splits arguments on blanks only; how it reads a `\r` inside arguments even depends on
+/// where a read split the line. So a line with arguments may hold a `\r` only right before
+/// its `\n`: anything else is refused (a silent close, as for other malformed arguments),
+/// because the edge and the server could frame it differently.
+fn find_line_end(
+    buf: &[u8],
+    from: usize,
+    tail: Tail,
+) -> Result<Option<(usize, usize)>, ProtoError> {
+    let rest = &buf[from..];
+    match tail {
+        Tail::Args => match memchr::memchr2(b'\r', b'\n', rest).map(|i| i + from) {
+            None => Ok(None),
+            Some(nl) if buf[nl] == b'\n' => Ok(Some((nl, nl))),
+            Some(cr) => match buf.get(cr + 1) {
+                None => Ok(None),
+                Some(b'\n') => Ok(Some((cr + 1, cr))),
+                Some(_) => Err(ProtoError::BadArguments),
+            },
+        },
+        Tail::Json | Tail::Ignored => {
+            let Some(nl) = memchr(b'\n', rest).map(|i| i + from) else {
+                return Ok(None);
+            };
+            // As nats-server: with a `\r` anywhere in the line, the byte before `\n` goes.
+            let drop_last = buf[nl - 1] == b'\r' || memchr(b'\r', &buf[from..nl]).is_some();
+            Ok(Some((nl, if drop_last { nl - 1 } else { nl })))
+        }
     }
 }
 
@@ -392,10 +452,10 @@ fn last_argument(line: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&line[start..end], &line[..start]))
 }
 
-/// Blanks and stray CRs separate arguments, as in nats-server. Most bytes are above the
-/// space, so the first comparison settles them.
+/// Spaces and tabs separate arguments, as in nats-server's argument splitter. Most bytes are
+/// above the space, so the first comparison settles them.
 fn is_separator(b: u8) -> bool {
-    b <= b' ' && (b == b' ' || b == b'\t' || b == b'\r')
+    b <= b' ' && (b == b' ' || b == b'\t')
 }
 
 /// The index of the first separator in `line` at or after `i`, or `line.len()`. Eight bytes

@@ -202,6 +202,48 @@ fn control_line_limit_counts_arguments_and_applies_before_the_newline() {
     );
 }
 
+/// A CR anywhere but right before the LF of a line with arguments is refused: nats-server
+/// would read such a line differently from the edge (it drops the byte before the LF and
+/// splits on blanks only), which would let a client hide ops inside a "payload".
+#[test]
+fn stray_cr_in_arguments_is_refused() {
+    let cases: &[&[u8]] = &[
+        b"PUB foo\r 312\n",
+        b"PUB foo 31\r2\n",
+        b"SUB foo\r 12\n",
+        b"PUB allowed\r.x.y 5\r\nhello\r\n",
+        b"HPUB foo\r 12 14\n",
+        b"UNSUB 1\r 2\r\n",
+    ];
+    for input in cases {
+        assert_eq!(
+            decode_every_split(input, C).end,
+            Err(ProtoError::BadArguments),
+            "{input:?}"
+        );
+    }
+    let server: &[&[u8]] = &[b"MSG foo 1\r 5\n"];
+    for input in server {
+        assert_eq!(
+            decode_every_split(input, S).end,
+            Err(ProtoError::BadArguments),
+            "{input:?}"
+        );
+    }
+}
+
+#[test]
+fn endless_blanks_after_a_verb_hit_the_control_line_limit() {
+    for verb in [&b"PUB"[..], b"SUB\t", b"PING", b"CONNECT"] {
+        let input = [verb, &[b' '; 5000][..]].concat();
+        assert_eq!(
+            decode_chunks(&[&input], C).end,
+            Err(ProtoError::MaxControlLine),
+            "{verb:?}"
+        );
+    }
+}
+
 #[test]
 fn ping_tail_is_ignored_like_nats_server() {
     let d = decode_every_split(b"PINGX\r\nping foo\r\nPING\r\r\n", C);
@@ -312,11 +354,11 @@ fn deeply_nested_connect_is_bounded_not_a_crash() {
 
 #[test]
 fn arguments_split_at_every_separator_kind_and_length() {
-    // Long and short arguments, separated by runs of spaces, tabs and stray CRs, around the
-    // eight-byte steps of the splitter; control bytes other than those stay in arguments.
+    // Long and short arguments, separated by runs of spaces and tabs, around the eight-byte
+    // steps of the splitter; other control bytes stay in arguments.
     for len in 1..20 {
         let arg = "a".repeat(len);
-        let line = format!("SUB {arg}\t \r{arg}.\x01x  {len}\r\n");
+        let line = format!("SUB {arg}\t \t{arg}.\x01x  {len}\r\n");
         let frame = scan(line.as_bytes(), C, &LIMITS).unwrap().unwrap();
         let split = frame.split_args(line.as_bytes()).unwrap();
         let args: Vec<&[u8]> = split.iter().map(|r| &line.as_bytes()[r]).collect();
@@ -330,5 +372,24 @@ fn arguments_split_at_every_separator_kind_and_length() {
             ],
             "{line:?}"
         );
+    }
+}
+
+#[test]
+fn unsub_max_reads_like_nats_server() {
+    // nats-server's parseSize: digits only, nine at most; anything else is -1, which
+    // unsubscribes at once (as no max does).
+    for (line, max) in [
+        (&b"UNSUB 1 5\r\n"[..], Some(5)),
+        (b"UNSUB 1 +5\r\n", None),
+        (b"UNSUB 1 x\r\n", None),
+        (b"UNSUB 1 1234567890\r\n", None),
+        (b"UNSUB 1\r\n", None),
+    ] {
+        let ops = client_ops(line);
+        let ClientOp::Unsub(unsub) = &ops[0] else {
+            panic!("{line:?}")
+        };
+        assert_eq!(unsub.max, max, "{line:?}");
     }
 }

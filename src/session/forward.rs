@@ -15,7 +15,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use nats_edge_filters::filter::{client_op_kind, server_op_kind};
-use nats_edge_filters::{ClientOp, CloseReason, OpKind, ServerOp, Verdict};
+use nats_edge_filters::{ClientOp, CloseReason, ServerOp, Verdict};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::state::{Shared, MAX_PENDING_BARRIERS};
@@ -56,9 +56,12 @@ pub struct Forwarder {
     /// No more reading: the session is ending.
     stopped: bool,
     needs_flush: bool,
+    /// Bytes that arrived before the forwarder started (after the upstream's INFO) and have
+    /// not been scanned yet.
+    unscanned: bool,
     /// A client frame a filter deferred, waiting for the upstream to catch up.
     deferred: Option<(Bytes, Frame)>,
-    /// Message frames (PUB/HPUB or MSG/HMSG) forwarded.
+    /// Message frames (PUB/HPUB or MSG/HMSG) read, forwarded or not.
     pub msgs: u64,
     /// Bytes read.
     pub bytes: u64,
@@ -68,6 +71,7 @@ impl Forwarder {
     pub fn new(dir: Direction, initial: BytesMut) -> Self {
         Forwarder {
             dir,
+            unscanned: !initial.is_empty(),
             rbuf: initial,
             read_size: INITIAL_READ,
             out: VecDeque::new(),
@@ -119,15 +123,16 @@ impl Forwarder {
                 self.resume_deferred(shared);
                 continue;
             }
+            if std::mem::take(&mut self.unscanned) {
+                self.process(shared);
+                continue;
+            }
             if self.may_read(shared) {
                 match self.poll_fill(cx, reader) {
                     Poll::Ready(Ok(0)) => self.eof = true,
                     Poll::Ready(Ok(n)) => {
                         self.bytes += n as u64;
-                        match self.dir {
-                            Direction::ClientToServer => self.process_client(shared),
-                            Direction::ServerToClient => self.process_server(shared),
-                        }
+                        self.process(shared);
                         continue;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(IoFailure::Read(e))),
@@ -147,6 +152,13 @@ impl Forwarder {
             } else {
                 Poll::Pending
             };
+        }
+    }
+
+    fn process(&mut self, shared: &mut Shared) {
+        match self.dir {
+            Direction::ClientToServer => self.process_client(shared),
+            Direction::ServerToClient => self.process_server(shared),
         }
     }
 
@@ -287,7 +299,10 @@ impl Forwarder {
             };
             self.msgs += u64::from(frame.is_message());
             let wanted = frame.verb == Verb::Connect
-                || shared.chain.interest().contains(client_kind(frame.verb));
+                || shared
+                    .chain
+                    .interest()
+                    .contains(frame.verb.op_kind(self.dir));
             if !wanted {
                 if frame.verb == Verb::Ping {
                     shared.pings_sent += 1;
@@ -430,7 +445,11 @@ impl Forwarder {
                 }
                 _ => {}
             }
-            if !shared.chain.interest().contains(server_kind(frame.verb)) {
+            if !shared
+                .chain
+                .interest()
+                .contains(frame.verb.op_kind(self.dir))
+            {
                 run += frame.len;
                 continue;
             }
@@ -491,27 +510,4 @@ pub fn rewrite_info(info: &mut nats_edge_filters::Info, shared: &mut Shared) {
     shared.ctx.upstream_headers = info.headers.unwrap_or(false);
     shared.info_rewrite.apply(info, shared.ctx.conn.client_addr);
     shared.chain.on_info(info, &shared.ctx);
-}
-
-fn client_kind(verb: Verb) -> OpKind {
-    match verb {
-        Verb::Connect => OpKind::Connect,
-        Verb::Pub | Verb::Hpub => OpKind::Pub,
-        Verb::Sub => OpKind::Sub,
-        Verb::Unsub => OpKind::Unsub,
-        Verb::Ping => OpKind::ClientPing,
-        Verb::Pong => OpKind::ClientPong,
-        _ => OpKind::ClientOther,
-    }
-}
-
-fn server_kind(verb: Verb) -> OpKind {
-    match verb {
-        Verb::Msg | Verb::Hmsg => OpKind::Msg,
-        Verb::Ping => OpKind::ServerPing,
-        Verb::Pong => OpKind::ServerPong,
-        Verb::Ok => OpKind::ServerOk,
-        Verb::Info => OpKind::ServerInfo,
-        _ => OpKind::ServerErr,
-    }
 }

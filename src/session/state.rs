@@ -10,6 +10,9 @@ use nats_edge_filters::{Chain, CloseReason, ServerOp, SessionCtx};
 use super::info::InfoRewrite;
 use crate::proto::{encode_server_op, ScanLimits};
 
+/// The largest message accepted from the upstream: nats-server's own ceiling on max_payload.
+pub const MAX_DELIVERED_PAYLOAD: u64 = 64 * 1024 * 1024;
+
 /// How many answers may wait behind upstream replies before the client reader pauses.
 pub const MAX_PENDING_BARRIERS: usize = 64;
 
@@ -94,8 +97,9 @@ impl Shared {
     pub fn set_upstream_max_payload(&mut self, upstream: Option<i64>) {
         self.ctx.upstream_max_payload = upstream;
         self.client_scan.max_payload = self.limits.effective_max_payload(upstream);
-        let server = upstream.and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
-        self.server_scan.max_payload = server.max(self.client_scan.max_payload);
+        // nats-server does not hold deliveries to its own max_payload (in a cluster a
+        // message may come from a server with a higher one): only the protocol's ceiling.
+        self.server_scan.max_payload = MAX_DELIVERED_PAYLOAD;
     }
 
     /// Queues an answer for the client behind everything the upstream still owes. Returns
@@ -141,12 +145,19 @@ impl Shared {
 
     /// Called for every PONG from the upstream: returns the barrier it releases, if it is one
     /// of the edge's (and then the PONG is not the client's to see).
+    ///
+    /// A PONG for which no PING was sent is the upstream's error: the session closes.
     pub fn pong_received(&mut self) -> Option<Barrier> {
         self.pongs_seen += 1;
+        if self.pongs_seen > self.pings_sent {
+            tracing::warn!("upstream sent a PONG for which no PING was sent");
+            self.close(CloseReason::UpstreamProtocolViolation);
+            return None;
+        }
         if self
             .barriers
             .front()
-            .is_some_and(|b| b.ping_seq == self.pongs_seen)
+            .is_some_and(|b| b.ping_seq <= self.pongs_seen)
         {
             self.generation += 1;
             self.barriers.pop_front()
