@@ -1,19 +1,23 @@
 //! The running edge: listeners bound from the config, an accept loop per listener, and a
-//! session task per client connection.
+//! task per client connection that runs its transport handshake, then its session.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use nats_edge_filters::{ConnFacts, FilterFactory};
+use nats_edge_filters::FilterFactory;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::config::{parse_host_port, Config, ListenerConfig};
 use crate::metrics::Metrics;
 use crate::session::{self, info::InfoRewrite, SessionEnv};
+use crate::transport::tls::{ClientTls, ServerTls, TlsError, TlsReloader};
+use crate::transport::{self, ws::WsSettings, HandshakeError, ListenerTransport, StageCell};
+use crate::upstream::Upstream;
 
 /// Why the edge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -24,14 +28,85 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{what}: TLS: {source}")]
+    Tls { what: String, source: TlsError },
 }
 
-/// A started edge. Dropping it does not stop it; call [`Edge::shutdown`].
+/// A started edge. Dropping it aborts the listeners and their sessions at once; call
+/// [`Edge::shutdown`] to close them in order and wait for them.
 pub struct Edge {
     addrs: HashMap<String, SocketAddr>,
     metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    tls: TlsReloader,
+}
+
+/// Everything the edge builds from its config before binding: the upstream (with its TLS)
+/// and each listener's transport (with its certificates). Loading it checks every TLS file.
+pub struct Prepared {
+    upstream: Arc<Upstream>,
+    listeners: Vec<Arc<ListenerTransport>>,
+    tls: TlsReloader,
+}
+
+/// Loads the TLS material and settings the config names, without binding or dialling
+/// anything (`nats-edge check` runs this too).
+pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
+    let mut tls = TlsReloader::default();
+    let tls_error = |what: String| move |source| StartError::Tls { what, source };
+    let upstream_tls = match &config.upstream.tls {
+        Some(settings) => Some(Arc::new(
+            ClientTls::load(settings).map_err(tls_error("upstream".into()))?,
+        )),
+        None => None,
+    };
+    let urls = config.upstream_urls();
+    let default_tls = if upstream_tls.is_none() && urls.iter().any(|u| u.tls) {
+        Some(Arc::new(
+            ClientTls::load(&Default::default()).map_err(tls_error("upstream".into()))?,
+        ))
+    } else {
+        None
+    };
+    tls.upstream = upstream_tls.clone().or(default_tls.clone());
+    let upstream = Arc::new(Upstream {
+        urls,
+        connect_timeout: config.upstream.connect_timeout.0,
+        tls: upstream_tls,
+        default_tls,
+        proxy_protocol: config.upstream.proxy_protocol,
+    });
+    let mut listeners = Vec::new();
+    for l in &config.listeners {
+        let server_tls = match &l.tls {
+            Some(settings) if l.kind.is_tls() => {
+                let loaded = ServerTls::load(settings)
+                    .map_err(tls_error(format!("listener `{}`", l.name)))?;
+                let loaded = Arc::new(loaded);
+                tls.listeners.push((l.name.clone(), loaded.clone()));
+                Some(loaded)
+            }
+            _ => None,
+        };
+        let ws = l
+            .kind
+            .is_websocket()
+            .then(|| Arc::new(WsSettings::new(&l.ws_settings(), l.kind.is_tls())));
+        listeners.push(Arc::new(ListenerTransport {
+            name: l.name.clone(),
+            kind: l.kind,
+            proxy_protocol: l.proxy_protocol,
+            handshake_timeout: l.handshake_timeout.0,
+            tls: server_tls,
+            ws,
+        }));
+    }
+    Ok(Prepared {
+        upstream,
+        listeners,
+        tls,
+    })
 }
 
 impl Edge {
@@ -57,13 +132,14 @@ impl Edge {
         filters: Vec<Arc<dyn FilterFactory>>,
         workers: Vec<tokio::runtime::Handle>,
     ) -> Result<Edge, StartError> {
+        let prepared = prepare(&config)?;
         let workers: Arc<[tokio::runtime::Handle]> = workers.into();
         let metrics = Arc::new(Metrics::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let conn_ids = Arc::new(AtomicU64::new(0));
         let mut addrs = HashMap::new();
         let mut tasks = JoinSet::new();
-        for listener_config in &config.listeners {
+        for (listener_config, transport) in config.listeners.iter().zip(&prepared.listeners) {
             let listener = TcpListener::bind(listener_config.bind)
                 .await
                 .map_err(|source| StartError::Bind {
@@ -79,18 +155,19 @@ impl Edge {
             tracing::info!(listener = %listener_config.name, addr = %local, "listening");
             addrs.insert(listener_config.name.clone(), local);
             let env = Arc::new(SessionEnv {
-                upstreams: config.upstream_urls(),
-                connect_timeout: config.upstream.connect_timeout.0,
+                upstream: prepared.upstream.clone(),
+                kind: listener_config.kind,
+                transport_timeout: listener_config.handshake_timeout.0,
                 handshake_timeout: config.limits.handshake_timeout.0,
                 limits: config.limits.filter_config(),
-                info_rewrite: info_rewrite(listener_config, local),
+                info_rewrite: info_rewrite(listener_config, local, transport),
                 filters: filters.clone(),
                 metrics: metrics.clone(),
                 shutdown: shutdown_rx.clone(),
             });
             tasks.spawn(accept_loop(
                 listener,
-                listener_config.name.clone(),
+                transport.clone(),
                 env,
                 conn_ids.clone(),
                 workers.clone(),
@@ -102,7 +179,13 @@ impl Edge {
             metrics,
             shutdown,
             tasks,
+            tls: prepared.tls,
         })
+    }
+
+    /// What reloads TLS certificates and keys from their files (on SIGHUP).
+    pub fn tls_reloader(&self) -> TlsReloader {
+        self.tls.clone()
     }
 
     /// The bound address of the listener called `name`.
@@ -131,7 +214,11 @@ impl Edge {
     }
 }
 
-fn info_rewrite(listener: &ListenerConfig, local: SocketAddr) -> InfoRewrite {
+fn info_rewrite(
+    listener: &ListenerConfig,
+    local: SocketAddr,
+    transport: &ListenerTransport,
+) -> InfoRewrite {
     let (host, port) = listener
         .advertise
         .as_deref()
@@ -141,12 +228,17 @@ fn info_rewrite(listener: &ListenerConfig, local: SocketAddr) -> InfoRewrite {
         host,
         port,
         connect_urls: listener.connect_urls.0.clone(),
+        tls_required: listener.kind.is_tls(),
+        tls_verify: transport
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.verify_required()),
     }
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    name: String,
+    transport: Arc<ListenerTransport>,
     env: Arc<SessionEnv>,
     conn_ids: Arc<AtomicU64>,
     workers: Arc<[tokio::runtime::Handle]>,
@@ -160,21 +252,20 @@ async fn accept_loop(
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let conn = ConnFacts {
-                        conn_id: conn_ids.fetch_add(1, Ordering::Relaxed) + 1,
-                        listener: name.clone(),
-                        client_addr: peer,
-                        transport: "tcp",
-                    };
+                    // Nothing here waits on the client: its handshake runs in its own task.
+                    let conn_id = conn_ids.fetch_add(1, Ordering::Relaxed) + 1;
                     if workers.is_empty() {
-                        sessions.spawn(serve_tcp(stream, conn, env.clone()));
+                        sessions.spawn(serve_conn(stream, peer, conn_id, transport.clone(), env.clone()));
                     } else {
                         let worker = &workers[next_worker % workers.len()];
                         next_worker = next_worker.wrapping_add(1);
                         // The socket moves to the worker's reactor.
                         match stream.into_std() {
                             Ok(stream) => {
-                                sessions.spawn_on(serve_std_tcp(stream, conn, env.clone()), worker);
+                                sessions.spawn_on(
+                                    serve_std_conn(stream, peer, conn_id, transport.clone(), env.clone()),
+                                    worker,
+                                );
                             }
                             Err(e) => tracing::warn!(error = %e, "cannot hand the connection to a worker"),
                         }
@@ -183,7 +274,7 @@ async fn accept_loop(
                 Err(e) => {
                     // Out of file descriptors and the like: the listener stays, the client
                     // is lost. Back off a little so the loop does not spin.
-                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tracing::warn!(listener = %transport.name, error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             },
@@ -198,16 +289,71 @@ pub(crate) async fn until_stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-async fn serve_std_tcp(stream: std::net::TcpStream, conn: ConnFacts, env: Arc<SessionEnv>) {
+async fn serve_std_conn(
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+    transport: Arc<ListenerTransport>,
+    env: Arc<SessionEnv>,
+) {
     match TcpStream::from_std(stream) {
-        Ok(stream) => serve_tcp(stream, conn, env).await,
+        Ok(stream) => serve_conn(stream, peer, conn_id, transport, env).await,
         Err(e) => tracing::warn!(error = %e, "cannot register the connection with its worker"),
     }
 }
 
-async fn serve_tcp(stream: TcpStream, conn: ConnFacts, env: Arc<SessionEnv>) {
+/// One client connection: its transport handshake (bounded by the listener's
+/// `handshake_timeout`, and cut short by a shutdown), then its session.
+async fn serve_conn(
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+    lt: Arc<ListenerTransport>,
+    env: Arc<SessionEnv>,
+) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
     }
-    session::run(stream, conn, env).await;
+    let stage = StageCell::default();
+    if !lt.has_handshake() {
+        // A plain listener's handshake has nothing to wait for.
+        if let Ok(Some(accepted)) = transport::handshake(stream, peer, conn_id, &lt, &stage).await {
+            session::run(accepted, env).await;
+        }
+        return;
+    }
+    let span = tracing::info_span!(
+        "conn",
+        id = conn_id,
+        peer = %peer,
+        listener = %lt.name,
+        transport = lt.kind.as_str()
+    );
+    let mut shutdown = env.shutdown.clone();
+    let guard = transport::CloseGuard::new(&stream);
+    let handshake = tokio::time::timeout(
+        lt.handshake_timeout,
+        transport::handshake(stream, peer, conn_id, &lt, &stage),
+    )
+    .instrument(span.clone());
+    let result = tokio::select! {
+        result = handshake => result.unwrap_or_else(|_| Err(HandshakeError::Timeout(stage.get()))),
+        _ = until_stopped(&mut shutdown) => return,
+    };
+    match result {
+        Ok(Some(accepted)) => {
+            drop(guard);
+            session::run(accepted, env).await
+        }
+        Ok(None) => span.in_scope(|| tracing::debug!("HTTP request answered")),
+        Err(e) if e.is_silent() => {
+            span.in_scope(|| tracing::debug!(error = %e, "closed before the handshake"))
+        }
+        Err(e) => {
+            env.metrics.handshake_failed(lt.kind, e.failure());
+            span.in_scope(
+                || tracing::warn!(error = %e, reason = e.failure().as_str(), "handshake failed"),
+            );
+        }
+    }
 }

@@ -5,13 +5,15 @@
 //! pipeline of the [`nats_edge_filters`] crate, and re-serialise only what a filter changed.
 //!
 //! Module map: [`proto`] is the wire codec, [`session`] one proxied connection, [`upstream`]
-//! the dialler, [`edge`] the listeners, [`config`] the layered configuration.
+//! the dialler, [`transport`] the listener kinds (tcp, tls, ws, wss, PROXY protocol),
+//! [`edge`] the listeners, [`config`] the layered configuration.
 
 pub mod config;
 pub mod edge;
 pub mod metrics;
 pub mod proto;
 pub mod session;
+pub mod transport;
 pub mod upstream;
 
 pub use config::Config;

@@ -75,6 +75,12 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
+            // Certificates and keys are loaded too, so a bad path or a key that does not
+            // match its certificate fails here rather than at start-up.
+            if let Err(e) = nats_edge::edge::prepare(&config) {
+                eprintln!("nats-edge: invalid configuration: {e}");
+                return ExitCode::FAILURE;
+            }
             let source = cli
                 .config
                 .as_ref()
@@ -125,8 +131,9 @@ fn run(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let mut edge = Edge::start_on_workers(config, Vec::new(), workers).await?;
         let stop = edge.shutdown_handle();
+        let tls = edge.tls_reloader();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            wait_for_signal(&tls).await;
             tracing::info!("shutting down");
             let _ = stop.send(true);
         });
@@ -159,8 +166,9 @@ fn start_workers(threads: usize) -> anyhow::Result<Vec<tokio::runtime::Handle>> 
 }
 
 /// Resolves on SIGTERM or SIGINT. SIGHUP, the conventional reload signal, must not kill the
-/// process (the default action): it is logged and otherwise ignored until reload exists.
-async fn wait_for_signal() {
+/// process (the default action): it reloads TLS certificates and keys; the rest of the
+/// configuration is not reloaded.
+async fn wait_for_signal(tls: &nats_edge::transport::tls::TlsReloader) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -175,14 +183,39 @@ async fn wait_for_signal() {
             tokio::select! {
                 _ = term.recv() => return,
                 _ = tokio::signal::ctrl_c() => return,
-                _ = hup.recv() => tracing::warn!(
-                    "SIGHUP received: configuration reload is not supported yet; restart nats-edge to apply changes"
-                ),
+                _ = hup.recv() => reload_tls(tls),
             }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = tls;
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Reloads every TLS certificate and key from its file; one that fails keeps its old
+/// material. New connections get the new material, live ones keep theirs.
+#[cfg_attr(not(unix), allow(dead_code))]
+fn reload_tls(tls: &nats_edge::transport::tls::TlsReloader) {
+    if tls.is_empty() {
+        tracing::warn!(
+            "SIGHUP received: no TLS material to reload; the rest of the configuration is only read at start-up, restart nats-edge to apply changes"
+        );
+        return;
+    }
+    let mut failed = false;
+    for done in tls.reload() {
+        match done.result {
+            Ok(()) => tracing::info!(tls = %done.what, "TLS certificates reloaded"),
+            Err(e) => {
+                failed = true;
+                tracing::error!(tls = %done.what, error = %e, "TLS reload failed; keeping the previous certificates")
+            }
+        }
+    }
+    tracing::info!(
+        ok = !failed,
+        "SIGHUP handled: TLS material reloaded; the rest of the configuration is only read at start-up (restart nats-edge to apply other changes)"
+    );
 }

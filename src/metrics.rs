@@ -5,6 +5,63 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use nats_edge_filters::CloseReason;
 
+use crate::config::ListenerKind;
+
+/// Why a connection's transport handshake failed; counted per listener kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// A missing, malformed or truncated PROXY protocol header.
+    ProxyHeader,
+    /// A TLS handshake that failed: a rejected or missing client certificate, no common
+    /// protocol version or cipher, a corrupt record.
+    Tls,
+    /// A plain-text client on a TLS listener.
+    PlainOnTlsListener,
+    /// A TLS client on a plain (tcp or ws) listener.
+    TlsOnPlainListener,
+    /// A refused WebSocket upgrade (bad key, version, origin, path or request).
+    WebSocket,
+    /// The handshake did not finish within the listener's `handshake_timeout`.
+    Timeout,
+}
+
+impl HandshakeFailure {
+    pub const ALL: [HandshakeFailure; 6] = [
+        HandshakeFailure::ProxyHeader,
+        HandshakeFailure::Tls,
+        HandshakeFailure::PlainOnTlsListener,
+        HandshakeFailure::TlsOnPlainListener,
+        HandshakeFailure::WebSocket,
+        HandshakeFailure::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::ProxyHeader => "proxy_header",
+            HandshakeFailure::Tls => "tls",
+            HandshakeFailure::PlainOnTlsListener => "plain_on_tls_listener",
+            HandshakeFailure::TlsOnPlainListener => "tls_on_plain_listener",
+            HandshakeFailure::WebSocket => "websocket",
+            HandshakeFailure::Timeout => "timeout",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+const KINDS: usize = 4;
+
+fn kind_index(kind: ListenerKind) -> usize {
+    match kind {
+        ListenerKind::Tcp => 0,
+        ListenerKind::Tls => 1,
+        ListenerKind::Ws => 2,
+        ListenerKind::Wss => 3,
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub connections_total: AtomicU64,
@@ -15,6 +72,7 @@ pub struct Metrics {
     pub upstream_msgs: AtomicU64,
     pub upstream_bytes: AtomicU64,
     pub upstream_dial_failures: AtomicU64,
+    handshake_failures: [[AtomicU64; HandshakeFailure::ALL.len()]; KINDS],
 }
 
 impl Metrics {
@@ -25,6 +83,23 @@ impl Metrics {
     /// Sessions ended for `reason` so far.
     pub fn closes(&self, reason: CloseReason) -> u64 {
         self.closes[reason.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn handshake_failed(&self, kind: ListenerKind, why: HandshakeFailure) {
+        self.handshake_failures[kind_index(kind)][why.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Handshakes on listeners of `kind` that failed for `why` so far.
+    pub fn handshake_failures(&self, kind: ListenerKind, why: HandshakeFailure) -> u64 {
+        self.handshake_failures[kind_index(kind)][why.index()].load(Ordering::Relaxed)
+    }
+
+    /// Handshakes on listeners of `kind` that failed for any reason so far.
+    pub fn handshake_failures_total(&self, kind: ListenerKind) -> u64 {
+        self.handshake_failures[kind_index(kind)]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 }
 

@@ -1,17 +1,24 @@
-//! Reaching nats-server: upstream URLs, dialling them in order with failover, and reading the
-//! server's first INFO (the server speaks first; its INFO carries the nonce and max_payload
-//! the client must see).
+//! Reaching nats-server: upstream URLs, dialling them in order with failover, optionally
+//! behind a PROXY protocol header and over TLS, and reading the server's first INFO (the
+//! server speaks first; its INFO carries the nonce and max_payload the client must see).
 
 use std::fmt;
 use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use nats_edge_filters::Info;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
+use crate::config::ProxyProtocolVersion;
 use crate::proto::{self, Direction, ScanLimits, Verb};
+use crate::transport::proxy_protocol::{self, ProxyAddrs};
+use crate::transport::tls::ClientTls;
 
 /// The longest INFO line accepted from an upstream. Cluster INFOs with many connect_urls
 /// are long, but not this long.
@@ -42,9 +49,11 @@ pub enum UrlCredentials {
     Token(Secret),
 }
 
-/// One parsed `nats://[user:pass@|token@]host[:port]` URL.
+/// One parsed `nats://[user:pass@|token@]host[:port]` (or `tls://...`) URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
+    /// `tls://`: this upstream is reached over TLS.
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     pub credentials: Option<UrlCredentials>,
@@ -52,7 +61,7 @@ pub struct UpstreamUrl {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UrlError {
-    #[error("`{0}`: only nats:// URLs are supported")]
+    #[error("`{0}`: only nats:// and tls:// URLs are supported")]
     Scheme(String),
     #[error("`{0}`: {1}")]
     Malformed(String, String),
@@ -61,9 +70,13 @@ pub enum UrlError {
 impl UpstreamUrl {
     pub fn parse(url: &str) -> Result<Self, UrlError> {
         let redacted = redact(url);
-        let rest = url
-            .strip_prefix("nats://")
-            .ok_or_else(|| UrlError::Scheme(redacted.clone()))?;
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("nats://") {
+            (false, rest)
+        } else if let Some(rest) = url.strip_prefix("tls://") {
+            (true, rest)
+        } else {
+            return Err(UrlError::Scheme(redacted));
+        };
         let rest = rest.trim_end_matches('/');
         let (userinfo, hostport) = match rest.rsplit_once('@') {
             Some((u, h)) => (Some(u), h),
@@ -90,6 +103,7 @@ impl UpstreamUrl {
             return Err(UrlError::Malformed(redacted, "no host".into()));
         }
         Ok(UpstreamUrl {
+            tls,
             host,
             port,
             credentials,
@@ -106,10 +120,11 @@ impl UpstreamUrl {
     }
 }
 
-/// Prints as `nats://host:port`, never with credentials.
+/// Prints as `nats://host:port` (or `tls://`), never with credentials.
 impl fmt::Display for UpstreamUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "nats://{}", self.authority())
+        let scheme = if self.tls { "tls" } else { "nats" };
+        write!(f, "{scheme}://{}", self.authority())
     }
 }
 
@@ -152,6 +167,12 @@ pub enum DialError {
     Read(io::Error),
     #[error("did not start with a valid INFO")]
     BadInfo,
+    #[error("requires TLS (set [upstream] tls or use a tls:// URL)")]
+    TlsRequired,
+    #[error("does not offer TLS (its INFO has neither tls_required nor tls_available)")]
+    TlsUnavailable,
+    #[error("TLS handshake: {0}")]
+    Tls(io::Error),
 }
 
 impl DialError {
@@ -165,6 +186,7 @@ impl DialError {
             DialError::Timeout(_) => "timed out",
             DialError::ClosedBeforeInfo | DialError::Read(_) => "connection closed",
             DialError::BadInfo => "invalid INFO",
+            DialError::TlsRequired | DialError::TlsUnavailable | DialError::Tls(_) => "TLS failed",
         }
     }
 }
@@ -185,23 +207,122 @@ impl fmt::Display for AllUpstreamsFailed {
     }
 }
 
+/// An upstream connection: plain TCP or TLS over TCP.
+pub enum UpstreamStream {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+macro_rules! upstream_variant {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self.get_mut() {
+            UpstreamStream::Tcp(inner) => {
+                let $s = Pin::new(inner);
+                $body
+            }
+            UpstreamStream::Tls(inner) => {
+                let $s = Pin::new(&mut **inner);
+                $body
+            }
+        }
+    };
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        upstream_variant!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        upstream_variant!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        upstream_variant!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamStream::Tcp(s) => s.is_write_vectored(),
+            UpstreamStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        upstream_variant!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        upstream_variant!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+/// How the edge reaches its upstreams; shared by every session.
+pub struct Upstream {
+    pub urls: Vec<UpstreamUrl>,
+    /// Bounds one dial: TCP connect, PROXY header, TLS and the first INFO.
+    pub connect_timeout: Duration,
+    /// `[upstream.tls]`: TLS to every URL.
+    pub tls: Option<Arc<ClientTls>>,
+    /// TLS settings for `tls://` URLs when `[upstream.tls]` is not set (the system's roots).
+    pub default_tls: Option<Arc<ClientTls>>,
+    /// Send a PROXY header with the real client's address first.
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
+}
+
+impl Upstream {
+    /// Plain TCP to `urls`, with no PROXY header (for tests and embedding).
+    pub fn plain(urls: Vec<UpstreamUrl>, connect_timeout: Duration) -> Upstream {
+        Upstream {
+            urls,
+            connect_timeout,
+            tls: None,
+            default_tls: None,
+            proxy_protocol: None,
+        }
+    }
+
+    fn tls_for(&self, url: &UpstreamUrl) -> Option<&Arc<ClientTls>> {
+        self.tls
+            .as_ref()
+            .or(url.tls.then_some(self.default_tls.as_ref()).flatten())
+    }
+}
+
 /// A dialled upstream whose INFO has been read.
 pub struct Connected {
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     pub url: UpstreamUrl,
     pub info: Info,
     /// Bytes read after the INFO line (normally none: the server waits for CONNECT).
     pub leftover: BytesMut,
 }
 
-/// Tries each URL in order until one connects and sends INFO within `timeout`.
+/// Tries each URL in order until one connects and sends INFO within the connect timeout.
+/// `client` is the real client's address and the address it connected to, for the PROXY
+/// header.
 pub async fn dial_any(
-    urls: &[UpstreamUrl],
-    timeout: Duration,
+    upstream: &Upstream,
+    client: ProxyAddrs,
 ) -> Result<Connected, AllUpstreamsFailed> {
     let mut failures = Vec::new();
-    for url in urls {
-        match tokio::time::timeout(timeout, dial(url)).await {
+    let timeout = upstream.connect_timeout;
+    for url in &upstream.urls {
+        match tokio::time::timeout(timeout, dial(upstream, url, client)).await {
             Ok(Ok((stream, info, leftover))) => {
                 return Ok(Connected {
                     stream,
@@ -217,17 +338,57 @@ pub async fn dial_any(
     Err(AllUpstreamsFailed(failures))
 }
 
-async fn dial(url: &UpstreamUrl) -> Result<(TcpStream, Info, BytesMut), DialError> {
-    let mut stream = TcpStream::connect(url.authority())
+async fn dial(
+    upstream: &Upstream,
+    url: &UpstreamUrl,
+    client: ProxyAddrs,
+) -> Result<(UpstreamStream, Info, BytesMut), DialError> {
+    let mut tcp = TcpStream::connect(url.authority())
         .await
         .map_err(DialError::Connect)?;
-    stream.set_nodelay(true).map_err(DialError::Connect)?;
-    let (info, leftover) = read_info(&mut stream).await?;
-    Ok((stream, info, leftover))
+    tcp.set_nodelay(true).map_err(DialError::Connect)?;
+    if let Some(version) = upstream.proxy_protocol {
+        let header = match version {
+            ProxyProtocolVersion::V1 => proxy_protocol::encode_v1(client),
+            ProxyProtocolVersion::V2 => proxy_protocol::encode_v2(client),
+        };
+        tcp.write_all(&header).await.map_err(DialError::Connect)?;
+    }
+    let Some(tls) = upstream.tls_for(url) else {
+        let (info, leftover) = read_info(&mut tcp).await?;
+        if info.tls_required == Some(true) {
+            return Err(DialError::TlsRequired);
+        }
+        return Ok((UpstreamStream::Tcp(tcp), info, leftover));
+    };
+    let name = tls.server_name(&url.host).map_err(DialError::Tls)?;
+    if tls.handshake_first() {
+        let mut stream = tls
+            .connector()
+            .connect(name, tcp)
+            .await
+            .map_err(DialError::Tls)?;
+        let (info, leftover) = read_info(&mut stream).await?;
+        return Ok((UpstreamStream::Tls(Box::new(stream)), info, leftover));
+    }
+    // Classic: INFO in the clear, then TLS, as nats-server expects by default.
+    let (info, leftover) = read_info(&mut tcp).await?;
+    if info.tls_required != Some(true) && info.tls_available != Some(true) {
+        return Err(DialError::TlsUnavailable);
+    }
+    if !leftover.is_empty() {
+        return Err(DialError::BadInfo);
+    }
+    let stream = tls
+        .connector()
+        .connect(name, tcp)
+        .await
+        .map_err(DialError::Tls)?;
+    Ok((UpstreamStream::Tls(Box::new(stream)), info, leftover))
 }
 
 /// Reads the server's first op, which must be INFO.
-async fn read_info(stream: &mut TcpStream) -> Result<(Info, BytesMut), DialError> {
+async fn read_info<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(Info, BytesMut), DialError> {
     let limits = ScanLimits {
         max_control_line: MAX_SERVER_CONTROL_LINE,
         max_payload: 0,
@@ -276,11 +437,17 @@ mod tests {
         );
         let v6 = UpstreamUrl::parse("nats://[::1]:4222").unwrap();
         assert_eq!(v6.authority(), "[::1]:4222");
+        let tls = UpstreamUrl::parse("tls://x:1").unwrap();
+        assert!(tls.tls);
+        assert_eq!(tls.to_string(), "tls://x:1");
+        assert!(!u.tls);
         assert!(matches!(
-            UpstreamUrl::parse("tls://x:1"),
+            UpstreamUrl::parse("ws://x:1"),
             Err(UrlError::Scheme(_))
         ));
-        let err = UpstreamUrl::parse("tls://u:p@x:1").unwrap_err().to_string();
+        let err = UpstreamUrl::parse("http://u:p@x:1")
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains(":p@"), "{err}");
     }
 }

@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use nats_edge::config::{ByteSize, Config, StringList};
+use nats_edge::config::{
+    ByteSize, ClientAuth, Config, ListenerTls, ProxyProtocolVersion, StringList, UpstreamTls,
+    WsSection,
+};
 
 fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -86,6 +89,29 @@ fn all_keys() -> Vec<String> {
     config.listeners[0].connect_urls = StringList(vec!["edge.example.com:4222".into()]);
     config.upstream.urls = StringList(vec!["nats://127.0.0.1:4222".into()]);
     config.limits.max_payload = Some(ByteSize(1024));
+    // The optional transport tables, every optional key set.
+    config.listeners[0].tls = Some(ListenerTls {
+        cert_file: "edge.pem".into(),
+        key_file: "edge-key.pem".into(),
+        client_ca_file: Some("clients-ca.pem".into()),
+        client_auth: Some(ClientAuth::Required),
+        handshake_first: false,
+    });
+    config.listeners[0].ws = Some(WsSection {
+        jwt_cookie: Some("jwt".into()),
+        user_cookie: Some("user".into()),
+        pass_cookie: Some("pass".into()),
+        token_cookie: Some("token".into()),
+        ..WsSection::default()
+    });
+    config.upstream.tls = Some(UpstreamTls {
+        ca_file: Some("ca.pem".into()),
+        cert_file: Some("edge-client.pem".into()),
+        key_file: Some("edge-client-key.pem".into()),
+        server_name: Some("nats.internal".into()),
+        handshake_first: false,
+    });
+    config.upstream.proxy_protocol = Some(ProxyProtocolVersion::V2);
     let value = serde_json::to_value(&config).unwrap();
     let mut keys = Vec::new();
     collect_keys(&value, "", &mut keys);

@@ -63,6 +63,23 @@ pub struct ConnFacts {
     pub client_addr: SocketAddr,
     /// `tcp`, `tls`, `ws` or `wss`.
     pub transport: &'static str,
+    /// The client certificate, when the client presented one on a TLS listener and it was
+    /// verified against the listener's client CA. On a listener that sends INFO before the
+    /// TLS handshake (`handshake_first = false`), the certificate is known only after that
+    /// INFO: a [`FilterFactory`] then sees `None` here, while [`SessionCtx::conn`] carries it
+    /// from the client's first op on.
+    pub tls_peer: Option<TlsPeer>,
+}
+
+/// The identity in a verified TLS client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPeer {
+    /// The subject distinguished name in RFC 4514 form, most significant part last
+    /// (`CN=alice,OU=ops,O=Acme`), as nats-server prints it.
+    pub subject: String,
+    /// Subject alternative names, each with its kind: `DNS:host.example.com`,
+    /// `IP:192.0.2.7`, `email:alice@example.com`, `URI:spiffe://example.com/alice`.
+    pub sans: Vec<String>,
 }
 
 /// What a filter may read about its session while it judges an op.

@@ -166,6 +166,7 @@ mod tests {
             listener: "t".into(),
             client_addr: "127.0.0.1:1".parse().unwrap(),
             transport: "tcp",
+            tls_peer: None,
         })
     }
 

@@ -42,13 +42,27 @@ pub struct ListenerConfig {
     /// `host:port` that clients are told in INFO (`host`, `port`). Defaults to the bound address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
-    /// The transport. Only `tcp` exists so far.
+    /// The transport: plain TCP, TLS, WebSocket or WebSocket over TLS.
     #[serde(default)]
     pub kind: ListenerKind,
     /// URLs given to clients as INFO `connect_urls` in place of the upstream cluster's own,
     /// which are never shown. Empty: the field is removed.
     #[serde(default)]
     pub connect_urls: StringList,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) naming the real client;
+    /// a connection without a valid one is closed.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// How long the transport handshake may take: the PROXY header, the TLS handshake and
+    /// the WebSocket upgrade, together.
+    #[serde(default = "default_transport_timeout")]
+    pub handshake_timeout: HumanDuration,
+    /// Certificates for `tls` and `wss` listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// WebSocket settings for `ws` and `wss` listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ws: Option<WsSection>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +70,129 @@ pub struct ListenerConfig {
 pub enum ListenerKind {
     #[default]
     Tcp,
+    Tls,
+    Ws,
+    Wss,
+}
+
+impl ListenerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Tls => "tls",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
+        }
+    }
+
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::Tls | ListenerKind::Wss)
+    }
+
+    pub fn is_websocket(self) -> bool {
+        matches!(self, ListenerKind::Ws | ListenerKind::Wss)
+    }
+}
+
+/// A listener's TLS material (`[listeners.tls]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// PEM: the server certificate, then any intermediates.
+    pub cert_file: PathBuf,
+    /// PEM: the private key (PKCS#8, PKCS#1 RSA or SEC1 EC; RSA, ECDSA or Ed25519).
+    pub key_file: PathBuf,
+    /// PEM: the CAs that client certificates must chain to. Unset: no client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+    /// Whether a client certificate is required (the default with `client_ca_file`) or
+    /// only verified when presented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuth>,
+    /// TLS before anything else (clients set `tls_first`); otherwise the edge sends INFO in
+    /// the clear first and the client starts TLS after reading it, as nats-server does.
+    #[serde(default)]
+    pub handshake_first: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    Required,
+    Optional,
+}
+
+/// A WebSocket listener's settings (`[listeners.ws]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsSection {
+    /// The path WebSocket upgrades must ask for.
+    pub path: String,
+    /// Origins (`https://app.example.com`) allowed to connect; empty: any origin.
+    pub allowed_origins: StringList,
+    /// Refuse upgrades whose `Origin` names another host than the request's `Host`.
+    pub same_origin: bool,
+    /// Cookie names whose values fill the CONNECT's `jwt`, `user`, `pass` and `auth_token`
+    /// when the client left them empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_cookie: Option<String>,
+    #[serde(alias = "username_cookie", skip_serializing_if = "Option::is_none")]
+    pub user_cookie: Option<String>,
+    #[serde(alias = "password_cookie", skip_serializing_if = "Option::is_none")]
+    pub pass_cookie: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_cookie: Option<String>,
+    /// Peers (IP addresses or CIDR networks) whose `X-Forwarded-For` header is believed.
+    pub trusted_proxies: StringList,
+    /// How often the edge sends a WebSocket ping to the client; 0 turns pings off.
+    pub ping_interval: HumanDuration,
+    /// The largest WebSocket message (and frame) accepted from a client.
+    pub max_message_size: ByteSize,
+}
+
+impl Default for WsSection {
+    fn default() -> Self {
+        WsSection {
+            path: "/".into(),
+            allowed_origins: StringList::default(),
+            same_origin: false,
+            jwt_cookie: None,
+            user_cookie: None,
+            pass_cookie: None,
+            token_cookie: None,
+            trusted_proxies: StringList::default(),
+            ping_interval: HumanDuration(Duration::from_secs(30)),
+            max_message_size: ByteSize(64 * 1024 * 1024),
+        }
+    }
+}
+
+/// The version of the PROXY protocol header the edge sends upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolVersion {
+    V1,
+    V2,
+}
+
+/// TLS toward the upstream (`[upstream.tls]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTls {
+    /// PEM: the CAs the upstream's certificate must chain to. Unset: the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM: a client certificate (with intermediates) for upstreams that verify clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM: the key of `cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The name the upstream's certificate must carry. Unset: the host of the URL dialled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Start TLS before reading the upstream's INFO (nats-server `handshake_first`).
+    pub handshake_first: bool,
 }
 
 /// The nats-server(s) behind the edge.
@@ -66,6 +203,14 @@ pub struct UpstreamConfig {
     pub urls: StringList,
     /// How long one dial (TCP connect plus the server's INFO) may take before the next URL.
     pub connect_timeout: HumanDuration,
+    /// TLS to every upstream (a `tls://` URL also means TLS, with these settings or the
+    /// defaults).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+    /// Send a PROXY protocol header with the real client's address first on every upstream
+    /// connection (nats-server `proxy_protocol: true`). Unset: no header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
 }
 
 /// Per-connection limits, enforced with nats-server's errors.
@@ -116,6 +261,10 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 4222))
 }
 
+fn default_transport_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
+
 impl ListenerConfig {
     pub fn tcp(name: &str, bind: SocketAddr) -> Self {
         ListenerConfig {
@@ -124,7 +273,88 @@ impl ListenerConfig {
             advertise: None,
             kind: ListenerKind::Tcp,
             connect_urls: StringList::default(),
+            proxy_protocol: false,
+            handshake_timeout: default_transport_timeout(),
+            tls: None,
+            ws: None,
         }
+    }
+}
+
+impl ListenerConfig {
+    /// Checks the transport keys of one listener; the key is relative to the listener.
+    fn validate_transport(&self) -> Result<(), (String, String)> {
+        let kind = self.kind.as_str();
+        if self.handshake_timeout.0.is_zero() {
+            return Err(("handshake_timeout".into(), "must be above zero".into()));
+        }
+        match (&self.tls, self.kind.is_tls()) {
+            (None, true) => {
+                return Err((
+                    "tls".into(),
+                    format!("kind = \"{kind}\" needs tls.cert_file and tls.key_file"),
+                ))
+            }
+            (Some(_), false) => {
+                return Err((
+                    "tls".into(),
+                    format!("only for kind = \"tls\" or \"wss\" (this listener is \"{kind}\")"),
+                ))
+            }
+            (Some(tls), true) => {
+                if tls.client_auth.is_some() && tls.client_ca_file.is_none() {
+                    return Err((
+                        "tls.client_auth".into(),
+                        "needs tls.client_ca_file (the CAs client certificates chain to)".into(),
+                    ));
+                }
+                if tls.handshake_first && self.kind == ListenerKind::Wss {
+                    return Err((
+                        "tls.handshake_first".into(),
+                        "only for kind = \"tls\" (wss always starts with the TLS handshake)".into(),
+                    ));
+                }
+            }
+            (None, false) => {}
+        }
+        if let Some(ws) = &self.ws {
+            if !self.kind.is_websocket() {
+                return Err((
+                    "ws".into(),
+                    format!("only for kind = \"ws\" or \"wss\" (this listener is \"{kind}\")"),
+                ));
+            }
+            if !ws.path.starts_with('/') {
+                return Err(("ws.path".into(), format!("`{}` must start with /", ws.path)));
+            }
+            for origin in &ws.allowed_origins.0 {
+                crate::transport::ws::Origin::parse(origin)
+                    .map_err(|r| ("ws.allowed_origins".to_string(), r))?;
+            }
+            for peer in &ws.trusted_proxies.0 {
+                crate::transport::ws::IpNet::parse(peer)
+                    .map_err(|r| ("ws.trusted_proxies".to_string(), r))?;
+            }
+            for (key, name) in [
+                ("ws.jwt_cookie", &ws.jwt_cookie),
+                ("ws.user_cookie", &ws.user_cookie),
+                ("ws.pass_cookie", &ws.pass_cookie),
+                ("ws.token_cookie", &ws.token_cookie),
+            ] {
+                if name.as_deref().is_some_and(str::is_empty) {
+                    return Err((key.into(), "must not be empty".into()));
+                }
+            }
+            if ws.max_message_size.0 < 1024 {
+                return Err(("ws.max_message_size".into(), "must be at least 1KiB".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The WebSocket settings, defaults filled in (for `ws` and `wss` listeners).
+    pub fn ws_settings(&self) -> WsSection {
+        self.ws.clone().unwrap_or_default()
     }
 }
 
@@ -133,6 +363,8 @@ impl Default for UpstreamConfig {
         UpstreamConfig {
             urls: StringList::default(),
             connect_timeout: HumanDuration(Duration::from_secs(2)),
+            tls: None,
+            proxy_protocol: None,
         }
     }
 }
@@ -291,6 +523,8 @@ impl Config {
                 parse_host_port(host_port)
                     .map_err(|r| (format!("listeners.{i}.connect_urls"), r))?;
             }
+            l.validate_transport()
+                .map_err(|(key, reason)| (format!("listeners.{i}.{key}"), reason))?;
         }
         if self.upstream.urls.0.is_empty() {
             return Err((
@@ -300,6 +534,24 @@ impl Config {
         }
         for url in &self.upstream.urls.0 {
             UpstreamUrl::parse(url).map_err(|e| ("upstream.urls".to_string(), e.to_string()))?;
+        }
+        if let Some(tls) = &self.upstream.tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err((
+                    "upstream.tls".into(),
+                    "cert_file and key_file go together".into(),
+                ));
+            }
+            if tls
+                .server_name
+                .as_deref()
+                .is_some_and(|n| rustls::pki_types::ServerName::try_from(n.to_string()).is_err())
+            {
+                return Err((
+                    "upstream.tls.server_name".into(),
+                    "not a valid DNS name or IP address".into(),
+                ));
+            }
         }
         if self.upstream.connect_timeout.0.is_zero() {
             return Err((

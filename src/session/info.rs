@@ -13,6 +13,10 @@ pub struct InfoRewrite {
     pub port: u16,
     /// INFO `connect_urls`: the configured list, or removed when empty.
     pub connect_urls: Vec<String>,
+    /// INFO `tls_required`: the listener is `tls` or `wss`.
+    pub tls_required: bool,
+    /// INFO `tls_verify`: the listener requires a client certificate.
+    pub tls_verify: bool,
 }
 
 impl InfoRewrite {
@@ -25,10 +29,11 @@ impl InfoRewrite {
         // are advertised by the transport layer.
         info.ws_connect_urls = None;
         info.client_ip = Some(client.ip().to_string());
-        // TLS fields describe the link to the upstream; the client's link is this listener's.
-        info.tls_required = None;
+        // The upstream's TLS fields describe the edge's link to it; the client is told about
+        // the listener it connected to.
+        info.tls_required = self.tls_required.then_some(true);
         info.tls_available = None;
-        info.tls_verify = None;
+        info.tls_verify = self.tls_verify.then_some(true);
         // `ip` is a route/gateway field carrying a server address; never pass it on.
         info.extra.remove("ip");
     }
@@ -46,10 +51,12 @@ mod tests {
                "ldm":true,"nonce":"abc","future":1}"#,
         )
         .unwrap();
-        let rw = InfoRewrite {
+        let mut rw = InfoRewrite {
             host: "edge.example.com".into(),
             port: 4222,
             connect_urls: vec![],
+            tls_required: false,
+            tls_verify: false,
         };
         rw.apply(&mut info, "192.0.2.7:5555".parse().unwrap());
         let json = serde_json::to_string(&info).unwrap();
@@ -60,5 +67,23 @@ mod tests {
         assert_eq!(info.nonce.as_deref(), Some("abc"));
         assert!(info.extra.contains_key("future"));
         assert!(info.tls_required.is_none());
+
+        // A TLS listener in front of a plain upstream, and a plain one in front of TLS.
+        let mut plain: Info = serde_json::from_str(r#"{"server_id":"S"}"#).unwrap();
+        rw.tls_required = true;
+        rw.tls_verify = true;
+        rw.apply(&mut plain, "192.0.2.7:5555".parse().unwrap());
+        assert_eq!(plain.tls_required, Some(true));
+        assert_eq!(plain.tls_verify, Some(true));
+        assert_eq!(plain.tls_available, None);
+        let mut tls: Info = serde_json::from_str(
+            r#"{"server_id":"S","tls_required":true,"tls_verify":true,"tls_available":true}"#,
+        )
+        .unwrap();
+        rw.tls_required = false;
+        rw.tls_verify = false;
+        rw.apply(&mut tls, "192.0.2.7:5555".parse().unwrap());
+        let json = serde_json::to_string(&tls).unwrap();
+        assert!(!json.contains("tls"), "{json}");
     }
 }

@@ -13,16 +13,16 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use nats_edge_filters::limits::{Limits, LimitsConfig};
-use nats_edge_filters::{
-    errors, Chain, CloseReason, ConnFacts, Filter, FilterFactory, ServerOp, SessionCtx,
-};
+use nats_edge_filters::{errors, Chain, CloseReason, Filter, FilterFactory, ServerOp, SessionCtx};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::metrics::{self, Metrics};
+use crate::config::ListenerKind;
+use crate::metrics::{self, HandshakeFailure, Metrics};
 use crate::proto::{encode_server_op, Direction};
-use crate::upstream::{self, UpstreamUrl};
+use crate::transport::{self, proxy_protocol::ProxyAddrs, Accepted};
+use crate::upstream::{self, Upstream};
 use forward::{Forwarder, IoFailure};
 use info::InfoRewrite;
 use state::Shared;
@@ -34,8 +34,13 @@ const SHRINK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Everything a listener's sessions share.
 pub struct SessionEnv {
-    pub upstreams: Vec<UpstreamUrl>,
-    pub connect_timeout: Duration,
+    /// How to reach nats-server (shared by every listener).
+    pub upstream: Arc<Upstream>,
+    /// The listener's transport, for handshake failure counters.
+    pub kind: ListenerKind,
+    /// Bounds the TLS handshake that follows the INFO on a classic TLS listener.
+    pub transport_timeout: Duration,
+    /// How long a client has after INFO to send CONNECT.
     pub handshake_timeout: Duration,
     pub limits: LimitsConfig,
     pub info_rewrite: InfoRewrite,
@@ -46,18 +51,25 @@ pub struct SessionEnv {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// Runs one client connection to its end.
-pub async fn run<C>(client: C, conn: ConnFacts, env: Arc<SessionEnv>)
-where
-    C: AsyncRead + AsyncWrite + Unpin + Send,
-{
+/// Runs one client connection, its transport handshake done, to its end.
+pub async fn run(client: Accepted, env: Arc<SessionEnv>) {
+    let conn = &client.conn;
     let span = tracing::info_span!(
         "conn",
         id = conn.conn_id,
         client = %conn.client_addr,
         listener = %conn.listener,
+        transport = conn.transport,
+        peer = tracing::field::Empty,
+        tls_subject = tracing::field::Empty,
         upstream = tracing::field::Empty,
     );
+    if client.peer != conn.client_addr {
+        span.record("peer", tracing::field::display(client.peer));
+    }
+    if let Some(tls) = &conn.tls_peer {
+        span.record("tls_subject", tracing::field::display(&tls.subject));
+    }
     env.metrics
         .connections_total
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -65,7 +77,7 @@ where
         .connections_open
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
-    let summary = serve(client, conn, &env).instrument(span.clone()).await;
+    let summary = serve(client, &env).instrument(span.clone()).await;
     env.metrics
         .connections_open
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -108,11 +120,20 @@ impl Summary {
     }
 }
 
-async fn serve<C>(mut client: C, conn: ConnFacts, env: &SessionEnv) -> Summary
-where
-    C: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    let connected = match upstream::dial_any(&env.upstreams, env.connect_timeout).await {
+async fn serve(accepted: Accepted, env: &SessionEnv) -> Summary {
+    let Accepted {
+        stream: mut client,
+        conn,
+        local_addr,
+        tls_after_info,
+        filters: transport_filters,
+        ..
+    } = accepted;
+    let origin = ProxyAddrs {
+        src: conn.client_addr,
+        dst: local_addr,
+    };
+    let connected = match upstream::dial_any(&env.upstream, origin).await {
         Ok(connected) => connected,
         Err(failed) => {
             metrics::add(&env.metrics.upstream_dial_failures, failed.0.len() as u64);
@@ -140,6 +161,7 @@ where
     tracing::debug!("upstream connected");
 
     let mut filters: Vec<Box<dyn Filter>> = vec![Box::new(Limits::new(env.limits))];
+    filters.extend(transport_filters);
     if let Some(creds) = &connected.url.credentials {
         filters.push(Box::new(credentials::UrlCredentialsFilter(creds.clone())));
     }
@@ -157,9 +179,41 @@ where
     let mut first = BytesMut::new();
     encode_server_op(&ServerOp::Info(Box::new(info)), &mut first);
     let mut upstream_stream = connected.stream;
-    if let Err(e) = client.write_all(&first).await {
+    // Flushed: a WebSocket client's frames leave on flush, not on write.
+    let written = async {
+        client.write_all(&first).await?;
+        client.flush().await
+    };
+    if let Err(e) = written.await {
         tracing::debug!(error = %e, "client went away before INFO");
         return Summary::early(CloseReason::ClientIoError);
+    }
+    if let Some(acceptor) = tls_after_info {
+        // Classic NATS TLS: the client starts the handshake once it has read the INFO.
+        let guard = match &client {
+            transport::ClientStream::Tcp(tcp) => Some(transport::CloseGuard::new(tcp.get_ref())),
+            _ => None,
+        };
+        match transport::upgrade_after_info(client, acceptor, env.transport_timeout).await {
+            Ok((upgraded, tls_peer)) => {
+                client = upgraded;
+                if let Some(peer) = &tls_peer {
+                    tracing::Span::current()
+                        .record("tls_subject", tracing::field::display(&peer.subject));
+                }
+                shared.ctx.conn.tls_peer = tls_peer;
+            }
+            Err(e) => {
+                if !e.is_silent() {
+                    env.metrics.handshake_failed(env.kind, e.failure());
+                    tracing::warn!(error = %e, reason = e.failure().as_str(), "handshake failed");
+                }
+                // The upstream goes first, then the client sees its close.
+                drop(upstream_stream);
+                drop(guard);
+                return Summary::early(CloseReason::ClientIoError);
+            }
+        }
     }
 
     let mut c2u = Forwarder::new(Direction::ClientToServer, BytesMut::new());
@@ -240,7 +294,13 @@ where
                 return Poll::Ready(shared.closing.unwrap_or(CloseReason::ClientClosed))
             }
             Poll::Ready(Err(IoFailure::Read(e))) => {
-                tracing::debug!(error = %e, "client read failed");
+                if transport::is_tls_on_plain(&e) {
+                    let why = HandshakeFailure::TlsOnPlainListener;
+                    env.metrics.handshake_failed(env.kind, why);
+                    tracing::warn!(error = %e, reason = why.as_str(), "handshake failed");
+                } else {
+                    tracing::debug!(error = %e, "client read failed");
+                }
                 return Poll::Ready(CloseReason::ClientIoError);
             }
             Poll::Ready(Err(IoFailure::Write(e))) => {

@@ -1,0 +1,339 @@
+//! The identity in an X.509 certificate: its subject name and subject alternative names.
+//!
+//! rustls verifies certificates but does not describe them, and a full X.509 parser is a
+//! heavy dependency for two fields. This reads just enough DER to find them; anything it does
+//! not understand leaves a field empty rather than failing the connection (the certificate
+//! was already verified by then).
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use nats_edge_filters::filter::TlsPeer;
+
+/// DER tags used below.
+const SEQUENCE: u8 = 0x30;
+const SET: u8 = 0x31;
+const OID: u8 = 0x06;
+const OCTET_STRING: u8 = 0x04;
+const BOOLEAN: u8 = 0x01;
+const UTF8_STRING: u8 = 0x0c;
+const PRINTABLE_STRING: u8 = 0x13;
+const TELETEX_STRING: u8 = 0x14;
+const IA5_STRING: u8 = 0x16;
+const UNIVERSAL_STRING: u8 = 0x1c;
+const BMP_STRING: u8 = 0x1e;
+/// `[0]` EXPLICIT version, `[3]` EXPLICIT extensions in a TBSCertificate.
+const VERSION: u8 = 0xa0;
+const EXTENSIONS: u8 = 0xa3;
+
+/// id-ce-subjectAltName, 2.5.29.17.
+const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
+
+/// Reads the subject and SANs of a DER certificate.
+pub fn identity(der: &[u8]) -> TlsPeer {
+    let mut peer = TlsPeer {
+        subject: String::new(),
+        sans: Vec::new(),
+    };
+    let _ = read_identity(der, &mut peer);
+    peer
+}
+
+fn read_identity(der: &[u8], peer: &mut TlsPeer) -> Option<()> {
+    let (cert, _) = expect(der, SEQUENCE)?;
+    let (tbs, _) = expect(cert, SEQUENCE)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&VERSION) {
+        rest = next(rest)?.2;
+    }
+    // serialNumber, signature, issuer, validity, then the subject.
+    for _ in 0..4 {
+        rest = next(rest)?.2;
+    }
+    let (subject, after) = expect(rest, SEQUENCE)?;
+    peer.subject = name_to_string(subject).unwrap_or_default();
+    // subjectPublicKeyInfo, then optional unique ids, then [3] extensions.
+    rest = next(after)?.2;
+    while let Some((tag, content, after)) = next(rest) {
+        if tag == EXTENSIONS {
+            peer.sans = subject_alt_names(content).unwrap_or_default();
+            break;
+        }
+        rest = after;
+    }
+    Some(())
+}
+
+/// One TLV: (tag, content, what follows).
+fn next(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    if tag & 0x1f == 0x1f {
+        // High tag numbers do not occur in the structures read here.
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
+fn expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (t, content, rest) = next(input)?;
+    (t == tag).then_some((content, rest))
+}
+
+/// RFC 4514: the RDNs in reverse order, joined by `,`; the values of a multi-valued RDN
+/// joined by `+`.
+fn name_to_string(name: &[u8]) -> Option<String> {
+    let mut rdns = Vec::new();
+    let mut rest = name;
+    while !rest.is_empty() {
+        let (set, after) = expect(rest, SET)?;
+        rest = after;
+        let mut parts = Vec::new();
+        let mut attrs = set;
+        while !attrs.is_empty() {
+            let (attr, after) = expect(attrs, SEQUENCE)?;
+            attrs = after;
+            let (oid, value) = expect(attr, OID)?;
+            let (tag, value, _) = next(value)?;
+            let key = attribute_name(oid).map_or_else(|| oid_to_string(oid), str::to_string);
+            let value = match decode_string(tag, value) {
+                Some(text) => escape_value(&text),
+                None => format!("#{}", hex(value)),
+            };
+            parts.push(format!("{key}={value}"));
+        }
+        rdns.push(parts.join("+"));
+    }
+    rdns.reverse();
+    Some(rdns.join(","))
+}
+
+fn attribute_name(oid: &[u8]) -> Option<&'static str> {
+    Some(match oid {
+        [0x55, 0x04, 0x03] => "CN",
+        [0x55, 0x04, 0x05] => "SERIALNUMBER",
+        [0x55, 0x04, 0x06] => "C",
+        [0x55, 0x04, 0x07] => "L",
+        [0x55, 0x04, 0x08] => "ST",
+        [0x55, 0x04, 0x09] => "STREET",
+        [0x55, 0x04, 0x0a] => "O",
+        [0x55, 0x04, 0x0b] => "OU",
+        [0x55, 0x04, 0x11] => "POSTALCODE",
+        // 0.9.2342.19200300.100.1.25 and .1
+        [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x19] => "DC",
+        [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x01] => "UID",
+        // 1.2.840.113549.1.9.1
+        [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01] => "emailAddress",
+        _ => return None,
+    })
+}
+
+fn oid_to_string(oid: &[u8]) -> String {
+    let mut out = String::new();
+    let mut value: u64 = 0;
+    let mut first = true;
+    for &b in oid {
+        value = (value << 7) | u64::from(b & 0x7f);
+        if b & 0x80 == 0 {
+            if first {
+                let (a, b) = match value {
+                    0..=39 => (0, value),
+                    40..=79 => (1, value - 40),
+                    _ => (2, value - 80),
+                };
+                let _ = write!(out, "{a}.{b}");
+                first = false;
+            } else {
+                let _ = write!(out, ".{value}");
+            }
+            value = 0;
+        }
+    }
+    out
+}
+
+fn decode_string(tag: u8, value: &[u8]) -> Option<String> {
+    match tag {
+        UTF8_STRING | PRINTABLE_STRING | IA5_STRING => {
+            std::str::from_utf8(value).ok().map(str::to_string)
+        }
+        TELETEX_STRING => Some(value.iter().map(|&b| b as char).collect()),
+        BMP_STRING => {
+            let units: Vec<u16> = value
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16(&units).ok()
+        }
+        UNIVERSAL_STRING => value
+            .chunks_exact(4)
+            .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        _ => None,
+    }
+}
+
+/// Escapes an attribute value as RFC 4514 asks.
+fn escape_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        if c == '\0' {
+            out.push_str("\\00");
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The GeneralNames of the subjectAltName extension, if the certificate has one.
+fn subject_alt_names(extensions: &[u8]) -> Option<Vec<String>> {
+    let (mut list, _) = expect(extensions, SEQUENCE)?;
+    while !list.is_empty() {
+        let (ext, after) = expect(list, SEQUENCE)?;
+        list = after;
+        let (oid, mut rest) = expect(ext, OID)?;
+        if oid != OID_SUBJECT_ALT_NAME {
+            continue;
+        }
+        if rest.first() == Some(&BOOLEAN) {
+            rest = next(rest)?.2;
+        }
+        let (value, _) = expect(rest, OCTET_STRING)?;
+        let (mut names, _) = expect(value, SEQUENCE)?;
+        let mut out = Vec::new();
+        while let Some((tag, content, after)) = next(names) {
+            names = after;
+            let text = || String::from_utf8_lossy(content).into_owned();
+            match tag {
+                0x81 => out.push(format!("email:{}", text())),
+                0x82 => out.push(format!("DNS:{}", text())),
+                0x86 => out.push(format!("URI:{}", text())),
+                0x87 => match content.len() {
+                    4 => out.push(format!(
+                        "IP:{}",
+                        Ipv4Addr::from(<[u8; 4]>::try_from(content).ok()?)
+                    )),
+                    16 => out.push(format!(
+                        "IP:{}",
+                        Ipv6Addr::from(<[u8; 16]>::try_from(content).ok()?)
+                    )),
+                    _ => {}
+                },
+                // otherName, x400Address, directoryName, ediPartyName, registeredID.
+                _ => {}
+            }
+        }
+        return Some(out);
+    }
+    Some(Vec::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+
+    fn cert(params: CertificateParams) -> Vec<u8> {
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn reads_subject_and_sans() {
+        let mut params = CertificateParams::new(vec!["alice.example.com".into()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CountryName, "NL");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Acme, Inc.");
+        params.distinguished_name.push(DnType::CommonName, "alice");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("192.0.2.7".parse().unwrap()));
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("2001:db8::1".parse().unwrap()));
+        params
+            .subject_alt_names
+            .push(SanType::Rfc822Name("alice@example.com".try_into().unwrap()));
+        params.subject_alt_names.push(SanType::URI(
+            "spiffe://example.com/alice".try_into().unwrap(),
+        ));
+        let peer = identity(&cert(params));
+        assert_eq!(peer.subject, "CN=alice,O=Acme\\, Inc.,C=NL");
+        assert_eq!(
+            peer.sans,
+            vec![
+                "DNS:alice.example.com",
+                "IP:192.0.2.7",
+                "IP:2001:db8::1",
+                "email:alice@example.com",
+                "URI:spiffe://example.com/alice",
+            ]
+        );
+    }
+
+    #[test]
+    fn no_sans_and_unknown_attributes() {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CustomDnType(vec![1, 2, 3, 4]), "x");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, " padded ");
+        let peer = identity(&cert(params));
+        assert_eq!(peer.subject, "CN=\\ padded\\ ,1.2.3.4=x");
+        assert!(peer.sans.is_empty());
+    }
+
+    #[test]
+    fn garbage_yields_empty_identity() {
+        for bad in [
+            &b""[..],
+            b"\x30",
+            b"\x30\x84\xff\xff\xff\xff",
+            b"\x04\x02ab",
+        ] {
+            let peer = identity(bad);
+            assert!(peer.subject.is_empty() && peer.sans.is_empty());
+        }
+    }
+
+    #[test]
+    fn oid_strings() {
+        assert_eq!(oid_to_string(&[0x55, 0x04, 0x03]), "2.5.4.3");
+        assert_eq!(
+            oid_to_string(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d]),
+            "1.2.840.113549"
+        );
+    }
+}

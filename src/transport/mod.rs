@@ -1,0 +1,475 @@
+//! Transports: every listener kind (tcp, tls, ws, wss, each optionally behind a PROXY
+//! protocol header) ends as one byte stream, [`ClientStream`], plus the facts about the
+//! connection ([`ConnFacts`]). Nothing after this module knows which transport carried the
+//! bytes.
+//!
+//! The handshake of a connection (the PROXY header, TLS, the WebSocket upgrade) runs in that
+//! connection's own task, bounded by the listener's `handshake_timeout`, never in the accept
+//! loop, and the upstream is dialled only once it has succeeded. The one exception is the
+//! classic NATS TLS handshake (`handshake_first = false`): the client starts TLS only after
+//! reading the server's INFO in the clear, and that INFO must carry the upstream's nonce, so
+//! the upstream is dialled first; the session then runs [`upgrade_after_info`].
+
+pub mod cert;
+pub mod proxy_protocol;
+pub mod tls;
+pub mod ws;
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use nats_edge_filters::filter::TlsPeer;
+use nats_edge_filters::{ConnFacts, Filter};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::ListenerKind;
+use crate::metrics::HandshakeFailure;
+
+/// A client connection after its transport handshake: the bytes of the NATS protocol.
+pub enum ClientStream {
+    Tcp(TcpClient),
+    Tls(Box<TlsStream<TcpStream>>),
+    Ws(Box<ws::WsStream<TcpStream>>),
+    Wss(Box<ws::WsStream<TlsStream<TcpStream>>>),
+}
+
+/// A plain TCP client. Its first byte is checked once: a TLS ClientHello (which no NATS
+/// op starts with) fails the read with [`TlsOnPlainListener`], so a TLS client on a plain
+/// listener is named as such rather than as a protocol violation.
+pub struct TcpClient {
+    stream: TcpStream,
+    first_read: bool,
+}
+
+impl TcpClient {
+    pub fn new(stream: TcpStream) -> Self {
+        TcpClient {
+            stream,
+            first_read: true,
+        }
+    }
+
+    pub fn into_inner(self) -> TcpStream {
+        self.stream
+    }
+
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+/// The error a [`TcpClient`] read fails with when the client starts a TLS handshake.
+#[derive(Debug, thiserror::Error)]
+#[error("the client started a TLS handshake on a plain listener")]
+pub struct TlsOnPlainListener;
+
+/// Whether a client read failed because a TLS client came to a plain listener.
+pub fn is_tls_on_plain(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<TlsOnPlainListener>())
+}
+
+impl AsyncRead for TcpClient {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.first_read {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
+        let start = buf.filled().len();
+        let res = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = res {
+            if let Some(&first) = buf.filled().get(start) {
+                this.first_read = false;
+                if first == tls::HANDSHAKE_RECORD {
+                    buf.set_filled(start);
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        TlsOnPlainListener,
+                    )));
+                }
+            }
+        }
+        res
+    }
+}
+
+impl AsyncWrite for TcpClient {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Calls `$body` with `$s` bound to the pinned inner stream of whichever variant `$self` is.
+macro_rules! each_variant {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self.get_mut() {
+            ClientStream::Tcp(inner) => {
+                let $s = Pin::new(inner);
+                $body
+            }
+            ClientStream::Tls(inner) => {
+                let $s = Pin::new(&mut **inner);
+                $body
+            }
+            ClientStream::Ws(inner) => {
+                let $s = Pin::new(&mut **inner);
+                $body
+            }
+            ClientStream::Wss(inner) => {
+                let $s = Pin::new(&mut **inner);
+                $body
+            }
+        }
+    };
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each_variant!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        each_variant!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        each_variant!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Tcp(s) => s.is_write_vectored(),
+            ClientStream::Tls(s) => s.is_write_vectored(),
+            ClientStream::Ws(s) => s.is_write_vectored(),
+            ClientStream::Wss(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each_variant!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each_variant!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+/// Keeps a client socket open while its failed handshake is counted and logged: the
+/// handshake owns (and on failure drops) the stream, but the socket closes only when this
+/// duplicate descriptor goes too, so the client sees the close after the edge has recorded
+/// why.
+pub struct CloseGuard {
+    #[cfg(unix)]
+    _fd: Option<std::os::fd::OwnedFd>,
+}
+
+impl CloseGuard {
+    pub fn new(stream: &TcpStream) -> CloseGuard {
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsFd;
+            CloseGuard {
+                _fd: stream.as_fd().try_clone_to_owned().ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = stream;
+            CloseGuard {}
+        }
+    }
+}
+
+/// How one listener's connections are set up.
+pub struct ListenerTransport {
+    pub name: String,
+    pub kind: ListenerKind,
+    pub proxy_protocol: bool,
+    pub handshake_timeout: Duration,
+    pub tls: Option<Arc<tls::ServerTls>>,
+    pub ws: Option<Arc<ws::WsSettings>>,
+}
+
+impl ListenerTransport {
+    /// Whether a connection needs any handshake at all before its session starts.
+    pub fn has_handshake(&self) -> bool {
+        self.proxy_protocol || self.kind != ListenerKind::Tcp
+    }
+}
+
+/// A client connection ready for its session.
+pub struct Accepted {
+    pub stream: ClientStream,
+    pub conn: ConnFacts,
+    /// The socket's peer (a load balancer when a PROXY header or `X-Forwarded-For` named
+    /// the real client).
+    pub peer: SocketAddr,
+    /// The address the client connected to: the PROXY header's destination, or the
+    /// listener's own address.
+    pub local_addr: SocketAddr,
+    /// Classic NATS TLS: the session upgrades the stream right after the first INFO.
+    pub tls_after_info: Option<TlsAcceptor>,
+    /// Filters for this connection only (WebSocket cookie credentials), placed after the
+    /// built-in limits.
+    pub filters: Vec<Box<dyn Filter>>,
+}
+
+/// The step a handshake is in, for the log line of one that times out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Stage {
+    ProxyHeader = 0,
+    Tls = 1,
+    WebSocket = 2,
+}
+
+impl Stage {
+    fn from_u8(v: u8) -> Stage {
+        match v {
+            1 => Stage::Tls,
+            2 => Stage::WebSocket,
+            _ => Stage::ProxyHeader,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::ProxyHeader => "PROXY protocol header",
+            Stage::Tls => "TLS handshake",
+            Stage::WebSocket => "WebSocket upgrade",
+        }
+    }
+}
+
+/// Where a handshake is; shared with whoever bounds it with a timeout.
+#[derive(Debug, Default)]
+pub struct StageCell(AtomicU8);
+
+impl StageCell {
+    fn set(&self, stage: Stage) {
+        self.0.store(stage as u8, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Stage {
+        Stage::from_u8(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Why a connection did not get a session.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("PROXY protocol header: {0}")]
+    Proxy(proxy_protocol::ReadError),
+    #[error("TLS handshake failed: {0}")]
+    Tls(tls::AcceptError),
+    #[error("WebSocket upgrade refused: {0}")]
+    WebSocket(ws::Reject),
+    #[error("timed out during the {}", .0.as_str())]
+    Timeout(Stage),
+}
+
+impl HandshakeError {
+    /// A connection closed before it sent a byte (a load balancer's TCP health check): not
+    /// worth a warning or a failure count.
+    pub fn is_silent(&self) -> bool {
+        matches!(
+            self,
+            HandshakeError::Proxy(proxy_protocol::ReadError::ClosedEarly)
+                | HandshakeError::Tls(tls::AcceptError::ClosedEarly)
+                | HandshakeError::WebSocket(ws::Reject::ClosedEarly)
+        )
+    }
+
+    /// The counter this failure goes to.
+    pub fn failure(&self) -> HandshakeFailure {
+        match self {
+            HandshakeError::Proxy(_) => HandshakeFailure::ProxyHeader,
+            HandshakeError::Tls(tls::AcceptError::NotTls(_)) => {
+                HandshakeFailure::PlainOnTlsListener
+            }
+            HandshakeError::Tls(_) => HandshakeFailure::Tls,
+            HandshakeError::WebSocket(ws::Reject::TlsOnPlain) => {
+                HandshakeFailure::TlsOnPlainListener
+            }
+            HandshakeError::WebSocket(_) => HandshakeFailure::WebSocket,
+            HandshakeError::Timeout(_) => HandshakeFailure::Timeout,
+        }
+    }
+}
+
+/// Runs a connection's transport handshake: the PROXY header, then TLS (unless it comes
+/// after INFO), then the WebSocket upgrade. `Ok(None)` means the connection was answered
+/// without a session (a plain HTTP health check on a WebSocket listener).
+pub async fn handshake(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+    lt: &ListenerTransport,
+    stage: &StageCell,
+) -> Result<Option<Accepted>, HandshakeError> {
+    let mut client_addr = peer;
+    let mut local_addr = tcp.local_addr().unwrap_or(peer);
+    if lt.proxy_protocol {
+        stage.set(Stage::ProxyHeader);
+        if let Some(addrs) = proxy_protocol::read_header(&mut tcp)
+            .await
+            .map_err(HandshakeError::Proxy)?
+        {
+            client_addr = addrs.src;
+            local_addr = addrs.dst;
+        }
+    }
+    let mut tls_peer = None;
+    let mut tls_after_info = None;
+    let mut filters: Vec<Box<dyn Filter>> = Vec::new();
+    let stream = match lt.kind {
+        ListenerKind::Tcp => ClientStream::Tcp(TcpClient::new(tcp)),
+        ListenerKind::Tls => {
+            let tls = lt.tls.as_ref().expect("a tls listener has TLS material");
+            if tls.handshake_first() {
+                stage.set(Stage::Tls);
+                let stream = tls::accept(tls.acceptor(), tcp)
+                    .await
+                    .map_err(HandshakeError::Tls)?;
+                tls_peer = tls::peer_identity(stream.get_ref().1);
+                ClientStream::Tls(Box::new(stream))
+            } else {
+                tls_after_info = Some(tls.acceptor());
+                // The client reads INFO before it sends anything; nothing to sniff.
+                ClientStream::Tcp(TcpClient {
+                    stream: tcp,
+                    first_read: false,
+                })
+            }
+        }
+        ListenerKind::Ws => {
+            let settings = lt.ws.as_ref().expect("a ws listener has settings");
+            stage.set(Stage::WebSocket);
+            let upgraded = ws::accept(tcp, settings, client_addr)
+                .await
+                .map_err(HandshakeError::WebSocket)?;
+            let ws::Upgraded::WebSocket {
+                stream,
+                client_addr: forwarded,
+                cookies,
+            } = upgraded
+            else {
+                return Ok(None);
+            };
+            client_addr = forwarded;
+            if !cookies.is_empty() {
+                filters.push(Box::new(ws::CookieFilter(cookies)));
+            }
+            ClientStream::Ws(stream)
+        }
+        ListenerKind::Wss => {
+            let tls = lt.tls.as_ref().expect("a wss listener has TLS material");
+            let settings = lt.ws.as_ref().expect("a wss listener has settings");
+            stage.set(Stage::Tls);
+            let stream = tls::accept(tls.acceptor(), tcp)
+                .await
+                .map_err(HandshakeError::Tls)?;
+            tls_peer = tls::peer_identity(stream.get_ref().1);
+            stage.set(Stage::WebSocket);
+            let upgraded = ws::accept(stream, settings, client_addr)
+                .await
+                .map_err(HandshakeError::WebSocket)?;
+            let ws::Upgraded::WebSocket {
+                stream,
+                client_addr: forwarded,
+                cookies,
+            } = upgraded
+            else {
+                return Ok(None);
+            };
+            client_addr = forwarded;
+            if !cookies.is_empty() {
+                filters.push(Box::new(ws::CookieFilter(cookies)));
+            }
+            ClientStream::Wss(stream)
+        }
+    };
+    Ok(Some(Accepted {
+        stream,
+        conn: ConnFacts {
+            conn_id,
+            listener: lt.name.clone(),
+            client_addr,
+            transport: lt.kind.as_str(),
+            tls_peer,
+        },
+        peer,
+        local_addr,
+        tls_after_info,
+        filters,
+    }))
+}
+
+/// The classic NATS TLS upgrade, run by the session after it wrote the INFO in the clear.
+pub async fn upgrade_after_info(
+    stream: ClientStream,
+    acceptor: TlsAcceptor,
+    timeout: Duration,
+) -> Result<(ClientStream, Option<TlsPeer>), HandshakeError> {
+    let ClientStream::Tcp(plain) = stream else {
+        return Ok((stream, None));
+    };
+    match tokio::time::timeout(timeout, tls::accept(acceptor, plain.into_inner())).await {
+        Err(_) => Err(HandshakeError::Timeout(Stage::Tls)),
+        Ok(Err(e)) => Err(HandshakeError::Tls(e)),
+        Ok(Ok(stream)) => {
+            let peer = tls::peer_identity(stream.get_ref().1);
+            Ok((ClientStream::Tls(Box::new(stream)), peer))
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! TLS with rustls (ring provider): the listeners' server configs, the upstream client
+//! config, loading PEM files, and reloading both on SIGHUP.
+//!
+//! Each TLS listener keeps its `ServerConfig` behind a lock that is read once per accepted
+//! connection; a reload builds a new config from the files and swaps it in, so connections
+//! already established keep the config they were accepted with and new ones get the new one.
+//! A reload that fails (a missing file, a key that does not match its certificate) keeps the
+//! old config.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use nats_edge_filters::filter::TlsPeer;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::config::{ClientAuth, ListenerTls, UpstreamTls};
+
+/// The first byte of every TLS record that starts a handshake (content type 22).
+pub const HANDSHAKE_RECORD: u8 = 0x16;
+
+/// TLS material that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: {reason}", path.display())]
+    File { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+fn file_error(path: &Path, reason: impl fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Every certificate in a PEM file, in order (the leaf first for a chain).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(path, pem_reason(e)))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, pem_reason(e)))?;
+    if certs.is_empty() {
+        return Err(file_error(path, "no CERTIFICATE in the file"));
+    }
+    Ok(certs)
+}
+
+/// The first private key in a PEM file: PKCS#8 (RSA, ECDSA, Ed25519), PKCS#1 (RSA) or
+/// SEC1 (ECDSA).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_error(path, pem_reason(e)))
+}
+
+fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| file_error(path, format!("not a usable CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+fn pem_reason(e: rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::Io(e) if e.kind() == io::ErrorKind::NotFound => "not found".into(),
+        Error::Io(e) => e.to_string(),
+        Error::NoItemsFound => "no PRIVATE KEY in the file".into(),
+        other => format!("not valid PEM: {other:?}"),
+    }
+}
+
+/// A TLS listener's server config, reloadable.
+pub struct ServerTls {
+    settings: ListenerTls,
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl ServerTls {
+    pub fn load(settings: &ListenerTls) -> Result<ServerTls, TlsError> {
+        Ok(ServerTls {
+            current: RwLock::new(Arc::new(build_server(settings)?)),
+            settings: settings.clone(),
+        })
+    }
+
+    /// An acceptor with the current config (read once per connection).
+    pub fn acceptor(&self) -> TlsAcceptor {
+        let config = self
+            .current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        TlsAcceptor::from(config)
+    }
+
+    /// Reads the files again and swaps the new config in; on error the old one stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let config = Arc::new(build_server(&self.settings)?);
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
+        Ok(())
+    }
+
+    /// TLS before INFO (clients use `tls_first`).
+    pub fn handshake_first(&self) -> bool {
+        self.settings.handshake_first
+    }
+
+    /// Whether every client must present a certificate (INFO `tls_verify`).
+    pub fn verify_required(&self) -> bool {
+        self.settings.client_ca_file.is_some()
+            && self.settings.client_auth.unwrap_or(ClientAuth::Required) == ClientAuth::Required
+    }
+}
+
+fn build_server(settings: &ListenerTls) -> Result<ServerConfig, TlsError> {
+    let certs = load_certs(&settings.cert_file)?;
+    let key = load_key(&settings.key_file)?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match &settings.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let roots = Arc::new(load_roots(ca)?);
+            let mut verifier = WebPkiClientVerifier::builder_with_provider(roots, provider());
+            if settings.client_auth == Some(ClientAuth::Optional) {
+                verifier = verifier.allow_unauthenticated();
+            }
+            let verifier = verifier.build().map_err(|e| file_error(ca, e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    builder.with_single_cert(certs, key).map_err(|e| {
+        file_error(
+            &settings.key_file,
+            format!("cannot be used with {}: {e}", settings.cert_file.display()),
+        )
+    })
+}
+
+/// The identity in the client's verified certificate, if it sent one.
+pub fn peer_identity(conn: &rustls::ServerConnection) -> Option<TlsPeer> {
+    conn.peer_certificates()?
+        .first()
+        .map(|leaf| super::cert::identity(leaf))
+}
+
+/// Why a server-side handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("the client closed the connection before the TLS handshake")]
+    ClosedEarly,
+    #[error("the client speaks plain text (first byte {0:#04x}), not TLS: a plain NATS client on a TLS listener")]
+    NotTls(u8),
+    #[error("{0}")]
+    Handshake(io::Error),
+}
+
+/// Runs the server side of a TLS handshake on `tcp`. The first byte is looked at first, so a
+/// plain-text client is named as such instead of as a corrupt TLS record.
+pub async fn accept(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, AcceptError> {
+    let mut first = [0u8; 1];
+    match tcp.peek(&mut first).await {
+        Ok(0) => return Err(AcceptError::ClosedEarly),
+        Ok(_) if first[0] != HANDSHAKE_RECORD => return Err(AcceptError::NotTls(first[0])),
+        Ok(_) => {}
+        Err(e) => return Err(AcceptError::Handshake(e)),
+    }
+    acceptor.accept(tcp).await.map_err(AcceptError::Handshake)
+}
+
+/// TLS toward the upstream, reloadable.
+pub struct ClientTls {
+    settings: UpstreamTls,
+    current: RwLock<Arc<ClientConfig>>,
+}
+
+impl ClientTls {
+    pub fn load(settings: &UpstreamTls) -> Result<ClientTls, TlsError> {
+        Ok(ClientTls {
+            current: RwLock::new(Arc::new(build_client(settings)?)),
+            settings: settings.clone(),
+        })
+    }
+
+    pub fn connector(&self) -> TlsConnector {
+        let config = self
+            .current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        TlsConnector::from(config)
+    }
+
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let config = Arc::new(build_client(&self.settings)?);
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
+        Ok(())
+    }
+
+    /// The name to verify the upstream's certificate against: the configured override, or
+    /// the host of the URL dialled.
+    pub fn server_name(&self, host: &str) -> Result<ServerName<'static>, io::Error> {
+        let name = self.settings.server_name.as_deref().unwrap_or(host);
+        ServerName::try_from(name.to_string()).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("`{name}` is not a valid TLS server name"),
+            )
+        })
+    }
+
+    pub fn handshake_first(&self) -> bool {
+        self.settings.handshake_first
+    }
+}
+
+fn build_client(settings: &UpstreamTls) -> Result<ClientConfig, TlsError> {
+    let roots = match &settings.ca_file {
+        Some(ca) => load_roots(ca)?,
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = RootCertStore::empty();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(TlsError::Config(
+                    "no CA certificates found on this system: set upstream.tls.ca_file".into(),
+                ));
+            }
+            roots
+        }
+    };
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots);
+    match (&settings.cert_file, &settings.key_file) {
+        (Some(cert), Some(key)) => builder
+            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+            .map_err(|e| file_error(key, format!("cannot be used with {}: {e}", cert.display()))),
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// Everything that reloads on SIGHUP: the TLS listeners and the upstream TLS config.
+#[derive(Clone, Default)]
+pub struct TlsReloader {
+    pub(crate) listeners: Vec<(String, Arc<ServerTls>)>,
+    pub(crate) upstream: Option<Arc<ClientTls>>,
+}
+
+/// What one reload did, for the log.
+#[derive(Debug)]
+pub struct Reloaded {
+    /// `listener NAME` or `upstream`.
+    pub what: String,
+    pub result: Result<(), TlsError>,
+}
+
+impl TlsReloader {
+    /// Whether there is any TLS material to reload.
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty() && self.upstream.is_none()
+    }
+
+    /// Reloads every TLS config from its files. Each one that fails keeps its old config.
+    pub fn reload(&self) -> Vec<Reloaded> {
+        let mut out: Vec<Reloaded> = self
+            .listeners
+            .iter()
+            .map(|(name, tls)| Reloaded {
+                what: format!("listener {name}"),
+                result: tls.reload(),
+            })
+            .collect();
+        if let Some(upstream) = &self.upstream {
+            out.push(Reloaded {
+                what: "upstream".into(),
+                result: upstream.reload(),
+            });
+        }
+        out
+    }
+}

@@ -1,0 +1,469 @@
+//! TLS listeners: classic NATS TLS (INFO in the clear, then the client upgrades) and
+//! TLS-first, server keys of each algorithm, client certificates (required, optional,
+//! rejected) and their identity in ConnFacts and the log, and certificate reload on SIGHUP.
+
+mod common;
+mod transport_support;
+
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use common::*;
+use nats_edge::config::{Config, ListenerKind};
+use nats_edge::filters::filter::TlsPeer;
+use nats_edge::filters::{
+    ClientOp, ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionCtx, Verdict,
+};
+use nats_edge::metrics::HandshakeFailure;
+use nats_edge::Edge;
+use transport_support::*;
+
+/// An edge whose `default` listener is a TLS listener with `tls_table` (inline TOML).
+fn tls_toml(server: &NatsServer, tls_table: &str) -> String {
+    edge_toml(
+        &[server.url()],
+        &format!("kind = \"tls\"\ntls = {{ {tls_table} }}"),
+        "",
+    )
+}
+
+fn cert_keys(files: &CertFiles) -> String {
+    format!(
+        "cert_file = {}, key_file = {}",
+        toml_path(&files.cert),
+        toml_path(&files.key)
+    )
+}
+
+fn tls_url(edge: &Edge) -> String {
+    format!("tls://{}", edge_addr(edge))
+}
+
+async fn tls_client(
+    edge: &Edge,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    within("async-nats TLS connect", options.connect(tls_url(edge))).await
+}
+
+async fn pub_sub_works(client: &async_nats::Client) {
+    let mut sub = client.subscribe("tls.test").await.unwrap();
+    client.publish("tls.test", "hello".into()).await.unwrap();
+    assert_eq!(next_msg(&mut sub).await.payload, "hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_tls_listener_sends_info_first_then_upgrades() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
+    let server = NatsServer::start();
+    let edge = start_edge_toml(&tls_toml(&server, &cert_keys(&server_cert))).await;
+
+    // The INFO arrives in the clear and describes this listener.
+    let mut raw = Raw::new(tcp(edge_addr(&edge)).await);
+    let info = raw.read_info().await;
+    assert_eq!(info["tls_required"], true, "{info}");
+    assert!(info.get("tls_verify").is_none(), "{info}");
+    assert!(info.get("tls_available").is_none(), "{info}");
+    // Then TLS, then NATS.
+    let tls = tls_over(raw.stream, client_config(&ca.cert, None))
+        .await
+        .expect("TLS after INFO");
+    let mut raw = Raw::new(tls);
+    assert!(raw.connect_and_ping().await);
+
+    let client = tls_client(
+        &edge,
+        client_options()
+            .add_root_certificates(ca.cert.clone())
+            .require_tls(true),
+    )
+    .await
+    .expect("async-nats over classic TLS");
+    pub_sub_works(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_first_listener_starts_with_the_handshake() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
+    let server = NatsServer::start();
+    let table = format!("{}, handshake_first = true", cert_keys(&server_cert));
+    let edge = start_edge_toml(&tls_toml(&server, &table)).await;
+
+    let tls = tls_over(tcp(edge_addr(&edge)).await, client_config(&ca.cert, None))
+        .await
+        .expect("TLS first");
+    let mut raw = Raw::new(tls);
+    let info = raw.read_info().await;
+    assert_eq!(info["tls_required"], true, "{info}");
+    assert!(raw.connect_and_ping().await);
+
+    let client = tls_client(
+        &edge,
+        client_options()
+            .add_root_certificates(ca.cert.clone())
+            .tls_first(),
+    )
+    .await
+    .expect("async-nats with tls_first");
+    pub_sub_works(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_keys_of_every_algorithm() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let server = NatsServer::start();
+    for alg in [KeyAlg::EcdsaP256, KeyAlg::Ed25519, KeyAlg::Rsa] {
+        let mut leaf = Leaf::server("edge");
+        leaf.alg = alg;
+        let files = pki.leaf(&ca, &format!("server-{alg:?}"), leaf);
+        let edge = start_edge_toml(&tls_toml(&server, &cert_keys(&files))).await;
+        let client = tls_client(
+            &edge,
+            client_options().add_root_certificates(ca.cert.clone()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+        pub_sub_works(&client).await;
+        edge.shutdown().await;
+    }
+}
+
+/// Reports, for each CONNECT, the TLS identity its factory saw and the one in SessionCtx.
+struct IdentityProbe {
+    built_with: Option<TlsPeer>,
+    tx: mpsc::Sender<(Option<TlsPeer>, Option<TlsPeer>)>,
+}
+
+impl Filter for IdentityProbe {
+    fn name(&self) -> &'static str {
+        "identity_probe"
+    }
+
+    fn interest(&self) -> Interest {
+        Interest::of(&[OpKind::Connect])
+    }
+
+    fn on_client_op(&mut self, op: &mut ClientOp, ctx: &SessionCtx) -> Verdict {
+        if let ClientOp::Connect(_) = op {
+            let _ = self
+                .tx
+                .send((self.built_with.clone(), ctx.conn.tls_peer.clone()));
+        }
+        Verdict::Forward
+    }
+}
+
+async fn edge_with_probe(toml: &str) -> (Edge, mpsc::Receiver<(Option<TlsPeer>, Option<TlsPeer>)>) {
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let factory = move |conn: &ConnFacts| -> Box<dyn Filter> {
+        Box::new(IdentityProbe {
+            built_with: conn.tls_peer.clone(),
+            tx: tx.lock().unwrap().clone(),
+        })
+    };
+    let filters: Vec<Arc<dyn FilterFactory>> = vec![Arc::new(factory)];
+    let config = Config::from_toml_str(toml).unwrap();
+    let edge = within("edge start", Edge::start_with_filters(config, filters))
+        .await
+        .unwrap();
+    (edge, rx)
+}
+
+fn alice() -> TlsPeer {
+    TlsPeer {
+        subject: "CN=alice,O=Acme".into(),
+        sans: vec!["email:alice@example.com".into()],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_client_certificates_and_their_identity() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let client_ca = pki.ca("client-ca");
+    let other_ca = pki.ca("other-ca");
+    let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
+    let alice_files = pki.leaf(&client_ca, "alice", Leaf::client("alice"));
+    let stranger = pki.leaf(&other_ca, "stranger", Leaf::client("stranger"));
+    let mut expired = Leaf::client("old");
+    expired.expired = true;
+    let expired = pki.leaf(&client_ca, "old", expired);
+    let server = NatsServer::start();
+
+    for handshake_first in [false, true] {
+        let table = format!(
+            "{}, client_ca_file = {}, handshake_first = {handshake_first}",
+            cert_keys(&server_cert),
+            toml_path(&client_ca.cert)
+        );
+        let (edge, identities) = edge_with_probe(&tls_toml(&server, &table)).await;
+        let options = || {
+            let o = client_options().add_root_certificates(ca.cert.clone());
+            if handshake_first {
+                o.tls_first()
+            } else {
+                o
+            }
+        };
+
+        let client = tls_client(
+            &edge,
+            options().add_client_certificate(alice_files.cert.clone(), alice_files.key.clone()),
+        )
+        .await
+        .expect("a client with a certificate from the client CA");
+        pub_sub_works(&client).await;
+        let (built_with, in_ctx) = identities.try_recv().expect("the CONNECT was seen");
+        assert_eq!(in_ctx, Some(alice()), "handshake_first = {handshake_first}");
+        // A factory runs before the INFO; with classic TLS that is before the handshake.
+        let expected_at_build = handshake_first.then(alice);
+        assert_eq!(
+            built_with, expected_at_build,
+            "handshake_first = {handshake_first}"
+        );
+
+        if !handshake_first {
+            let mut raw = Raw::new(tcp(edge_addr(&edge)).await);
+            let info = raw.read_info().await;
+            assert_eq!(info["tls_verify"], true, "{info}");
+        }
+
+        let before = edge
+            .metrics()
+            .handshake_failures(ListenerKind::Tls, HandshakeFailure::Tls);
+        for (what, files) in [
+            ("no certificate", None),
+            ("a certificate from another CA", Some(&stranger)),
+            ("an expired certificate", Some(&expired)),
+        ] {
+            let mut o = options().max_reconnects(0);
+            if let Some(f) = files {
+                o = o.add_client_certificate(f.cert.clone(), f.key.clone());
+            }
+            // TLS 1.3 finishes the client's side of the handshake before the server judges
+            // its certificate, so the refusal may surface as a failed connect or as the
+            // connection closing right after it.
+            if let Ok(c) = tls_client(&edge, o).await {
+                let flushed = within("a flush on a refused connection", c.flush()).await;
+                let rejected = flushed.is_err()
+                    || c.connection_state() != async_nats::connection::State::Connected;
+                assert!(
+                    rejected,
+                    "{what} was accepted (handshake_first = {handshake_first})"
+                );
+            }
+        }
+        assert_eq!(
+            edge.metrics()
+                .handshake_failures(ListenerKind::Tls, HandshakeFailure::Tls),
+            before + 3,
+            "handshake_first = {handshake_first}"
+        );
+        assert!(
+            identities.try_recv().is_err(),
+            "a refused client reached CONNECT"
+        );
+        edge.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_client_certificates() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let client_ca = pki.ca("client-ca");
+    let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
+    let alice_files = pki.leaf(&client_ca, "alice", Leaf::client("alice"));
+    let server = NatsServer::start();
+    let table = format!(
+        "{}, client_ca_file = {}, client_auth = \"optional\", handshake_first = true",
+        cert_keys(&server_cert),
+        toml_path(&client_ca.cert)
+    );
+    let (edge, identities) = edge_with_probe(&tls_toml(&server, &table)).await;
+
+    let anonymous = tls_client(
+        &edge,
+        client_options()
+            .add_root_certificates(ca.cert.clone())
+            .tls_first(),
+    )
+    .await
+    .expect("no certificate is fine when optional");
+    pub_sub_works(&anonymous).await;
+    assert_eq!(identities.try_recv().unwrap(), (None, None));
+
+    let with_cert = tls_client(
+        &edge,
+        client_options()
+            .add_root_certificates(ca.cert.clone())
+            .add_client_certificate(alice_files.cert.clone(), alice_files.key.clone())
+            .tls_first(),
+    )
+    .await
+    .expect("a certificate is verified when presented");
+    pub_sub_works(&with_cert).await;
+    assert_eq!(
+        identities.try_recv().unwrap(),
+        (Some(alice()), Some(alice()))
+    );
+
+    let tls = tls_over(tcp(edge_addr(&edge)).await, client_config(&ca.cert, None))
+        .await
+        .unwrap();
+    let info = Raw::new(tls).read_info().await;
+    assert!(info.get("tls_verify").is_none(), "{info}");
+}
+
+/// The edge as a process, with its config in `dir`.
+fn edge_process(dir: &Pki, toml: &str) -> EdgeProcess {
+    let path = dir.path("edge.toml");
+    std::fs::write(&path, toml).unwrap();
+    EdgeProcess::spawn(&["-c", path.to_str().unwrap()], &[])
+}
+
+/// Waits for a JSON log line whose `message` is `message`; returns its index.
+fn wait_log(edge: &EdgeProcess, from: usize, message: &str) -> (usize, serde_json::Value) {
+    edge.log()
+        .wait_for(from, WAIT, |line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            (v["message"] == message).then_some(v)
+        })
+        .unwrap_or_else(|| panic!("no {message:?} log line:\n{}", edge.log().dump()))
+}
+
+fn copy(from: &CertFiles, to: &CertFiles) {
+    std::fs::copy(&from.cert, &to.cert).unwrap();
+    std::fs::copy(&from.key, &to.key).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_reload_on_sighup_and_live_connections_stay() {
+    let pki = Pki::new();
+    let old_ca = pki.ca("old-ca");
+    let new_ca = pki.ca("new-ca");
+    let old = pki.leaf(&old_ca, "old", Leaf::server("edge"));
+    let new = pki.leaf(&new_ca, "new", Leaf::server("edge"));
+    let live = CertFiles {
+        cert: pki.path("live.pem"),
+        key: pki.path("live-key.pem"),
+    };
+    copy(&old, &live);
+    let server = NatsServer::start();
+    let toml = format!(
+        "[[listeners]]\nname = \"secure\"\nbind = \"127.0.0.1:0\"\nkind = \"tls\"\n\
+         tls = {{ {}, handshake_first = true }}\n[upstream]\nurls = [{:?}]\n",
+        cert_keys(&live),
+        server.url()
+    );
+    let edge = edge_process(&pki, &toml);
+    let url = format!("tls://{}", edge.addr());
+    let trusting = |ca: &Ca| {
+        client_options()
+            .add_root_certificates(ca.cert.clone())
+            .tls_first()
+            .max_reconnects(0)
+    };
+
+    let before = within(
+        "connect with the old certificate",
+        trusting(&old_ca).connect(&url),
+    )
+    .await
+    .expect("the old certificate is served");
+    round_trip(&before).await;
+
+    copy(&new, &live);
+    let from = edge.log().len();
+    server_signal(&edge, "HUP");
+    let (_, line) = wait_log(&edge, from, "TLS certificates reloaded");
+    assert_eq!(line["tls"], "listener secure", "{line}");
+    wait_log(&edge, from, "SIGHUP handled: TLS material reloaded; the rest of the configuration is only read at start-up (restart nats-edge to apply other changes)");
+
+    let after = within(
+        "connect with the new certificate",
+        trusting(&new_ca).connect(&url),
+    )
+    .await
+    .expect("the new certificate is served");
+    round_trip(&after).await;
+    assert!(
+        within(
+            "connect trusting the old CA",
+            trusting(&old_ca).connect(&url)
+        )
+        .await
+        .is_err(),
+        "the old certificate is still served"
+    );
+    // The connection made before the reload is still there.
+    round_trip(&before).await;
+
+    // A broken file keeps the previous certificate.
+    std::fs::write(&live.key, "not a key").unwrap();
+    let from = edge.log().len();
+    server_signal(&edge, "HUP");
+    let (_, line) = wait_log(
+        &edge,
+        from,
+        "TLS reload failed; keeping the previous certificates",
+    );
+    assert!(
+        line["error"].as_str().unwrap().contains("live-key.pem"),
+        "{line}"
+    );
+    let still = within(
+        "connect after a failed reload",
+        trusting(&new_ca).connect(&url),
+    )
+    .await
+    .expect("the previous certificate is kept");
+    round_trip(&still).await;
+    round_trip(&before).await;
+}
+
+fn server_signal(edge: &EdgeProcess, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(edge.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_subject_is_in_the_log() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
+    let alice_files = pki.leaf(&ca, "alice", Leaf::client("alice"));
+    let server = NatsServer::start();
+    let toml = format!(
+        "[[listeners]]\nname = \"mtls\"\nbind = \"127.0.0.1:0\"\nkind = \"tls\"\n\
+         tls = {{ {}, client_ca_file = {} }}\n[upstream]\nurls = [{:?}]\n",
+        cert_keys(&server_cert),
+        toml_path(&ca.cert),
+        server.url()
+    );
+    let edge = edge_process(&pki, &toml);
+    let client = within(
+        "connect with a client certificate",
+        client_options()
+            .add_root_certificates(ca.cert.clone())
+            .add_client_certificate(alice_files.cert.clone(), alice_files.key.clone())
+            .connect(format!("tls://{}", edge.addr())),
+    )
+    .await
+    .unwrap();
+    round_trip(&client).await;
+    drop(client);
+    let (_, line) = wait_log(&edge, 0, "connection closed");
+    assert_eq!(line["span"]["tls_subject"], "CN=alice,O=Acme", "{line}");
+    assert_eq!(line["span"]["transport"], "tls", "{line}");
+}
