@@ -1,0 +1,179 @@
+//! TLS toward the upstream: nats-server with TLS (classic and handshake_first), with client
+//! certificate verification, a `tls://` URL with a server-name override, and the failures a
+//! client is told about.
+
+mod common;
+mod transport_support;
+
+use common::*;
+use transport_support::*;
+
+/// nats-server's `tls { ... }` block.
+fn server_tls_block(files: &CertFiles, extra: &str) -> String {
+    format!(
+        "tls {{\n  cert_file: {}\n  key_file: {}\n{extra}\n}}\n",
+        toml_path(&files.cert),
+        toml_path(&files.key)
+    )
+}
+
+/// The edge's `[upstream]` table with `tls` set to `tls_table`.
+fn upstream_toml(urls: &[String], tls_table: &str) -> String {
+    let urls = urls
+        .iter()
+        .map(|u| format!("{u:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\n\
+         [upstream]\nurls = [{urls}]\nconnect_timeout = \"2s\"\ntls = {{ {tls_table} }}\n"
+    )
+}
+
+async fn pub_sub_works(client: &async_nats::Client) {
+    let mut sub = client.subscribe("up.tls").await.unwrap();
+    client.publish("up.tls", "over tls".into()).await.unwrap();
+    assert_eq!(next_msg(&mut sub).await.payload, "over tls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_upstream_tls_with_a_client_certificate() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let server_files = pki.leaf(&ca, "nats", Leaf::server("nats"));
+    let edge_files = pki.leaf(&ca, "edge", Leaf::client("edge"));
+    let (server, monitor) = server_with_monitor(&server_tls_block(
+        &server_files,
+        &format!("  ca_file: {}\n  verify: true", toml_path(&ca.cert)),
+    ));
+    let edge = start_edge_toml(&upstream_toml(
+        &[server.url()],
+        &format!(
+            "ca_file = {}, cert_file = {}, key_file = {}",
+            toml_path(&ca.cert),
+            toml_path(&edge_files.cert),
+            toml_path(&edge_files.key)
+        ),
+    ))
+    .await;
+
+    // The client's listener is plain TCP: its INFO says nothing of the upstream's TLS.
+    let (mut raw, info) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert!(info.get("tls_required").is_none(), "{info}");
+    assert!(info.get("tls_verify").is_none(), "{info}");
+    assert!(!raw.roundtrip(b"CONNECT {}\r\n").await.closed);
+
+    let client = client(&edge_url(&edge)).await;
+    pub_sub_works(&client).await;
+    let connz = connz(monitor).await;
+    let conns = connz["connections"].as_array().unwrap();
+    assert_eq!(conns.len(), 2, "{connz}");
+    for c in conns {
+        assert!(c["tls_version"].as_str().is_some(), "not TLS: {c}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_first_upstream() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let server_files = pki.leaf(&ca, "nats", Leaf::server("nats"));
+    let server =
+        NatsServer::start_with_config(&server_tls_block(&server_files, "  handshake_first: true"));
+    let edge = start_edge_toml(&upstream_toml(
+        &[server.url()],
+        &format!("ca_file = {}, handshake_first = true", toml_path(&ca.cert)),
+    ))
+    .await;
+    pub_sub_works(&client(&edge_url(&edge)).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_url_with_a_server_name_override() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let mut leaf = Leaf::server("nats");
+    leaf.sans = vec![rcgen::SanType::DnsName("nats.internal".try_into().unwrap())];
+    let server_files = pki.leaf(&ca, "nats", leaf);
+    let server = NatsServer::start_with_config(&server_tls_block(&server_files, ""));
+    let url = format!("tls://127.0.0.1:{}", server.port());
+
+    let edge = start_edge_toml(&upstream_toml(
+        std::slice::from_ref(&url),
+        &format!(
+            "ca_file = {}, server_name = \"nats.internal\"",
+            toml_path(&ca.cert)
+        ),
+    ))
+    .await;
+    pub_sub_works(&client(&edge_url(&edge)).await).await;
+
+    // Without the override the certificate (for nats.internal only) does not match.
+    let edge = start_edge_toml(&upstream_toml(
+        &[url],
+        &format!("ca_file = {}", toml_path(&ca.cert)),
+    ))
+    .await;
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    let got = String::from_utf8(raw.read_to_close().await).unwrap();
+    assert_eq!(got, "-ERR 'Upstream Unavailable: TLS failed'\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_or_missing_upstream_tls_is_reported() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let other = pki.ca("other");
+    let server_files = pki.leaf(&ca, "nats", Leaf::server("nats"));
+    let tls_server = NatsServer::start_with_config(&server_tls_block(&server_files, ""));
+    let plain_server = NatsServer::start();
+
+    // An upstream certificate from a CA the edge does not trust.
+    let edge = start_edge_toml(&upstream_toml(
+        &[tls_server.url()],
+        &format!("ca_file = {}", toml_path(&other.cert)),
+    ))
+    .await;
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    let got = String::from_utf8(raw.read_to_close().await).unwrap();
+    assert_eq!(got, "-ERR 'Upstream Unavailable: TLS failed'\r\n");
+    assert_eq!(
+        edge.metrics()
+            .upstream_dial_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+
+    // An upstream that requires TLS, and an edge not configured for it.
+    let edge = start_edge(&[tls_server.url()], "").await;
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    let got = String::from_utf8(raw.read_to_close().await).unwrap();
+    assert_eq!(got, "-ERR 'Upstream Unavailable: TLS failed'\r\n");
+
+    // An edge configured for TLS, and an upstream that does not offer it.
+    let edge = start_edge_toml(&upstream_toml(
+        &[plain_server.url()],
+        &format!("ca_file = {}", toml_path(&ca.cert)),
+    ))
+    .await;
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    let got = String::from_utf8(raw.read_to_close().await).unwrap();
+    assert_eq!(got, "-ERR 'Upstream Unavailable: TLS failed'\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_from_a_tls_failure_to_the_next_upstream() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let other = pki.ca("other");
+    let good = pki.leaf(&ca, "good", Leaf::server("good"));
+    let bad = pki.leaf(&other, "bad", Leaf::server("bad"));
+    let bad_server = NatsServer::start_with_config(&server_tls_block(&bad, ""));
+    let good_server = NatsServer::start_with_config(&server_tls_block(&good, ""));
+    let edge = start_edge_toml(&upstream_toml(
+        &[bad_server.url(), good_server.url()],
+        &format!("ca_file = {}", toml_path(&ca.cert)),
+    ))
+    .await;
+    pub_sub_works(&client(&edge_url(&edge)).await).await;
+}
