@@ -1,0 +1,181 @@
+//! The PROXY protocol: headers a load balancer puts in front of a client connection (v1 and
+//! v2, in front of TCP, TLS and WebSocket), and the header the edge sends to nats-server so
+//! the real client's address shows in the server's own monitoring.
+
+mod common;
+mod transport_support;
+
+use common::*;
+use nats_edge::transport::proxy_protocol::{encode_v1, encode_v2, ProxyAddrs, V2_SIGNATURE};
+use tokio::io::AsyncWriteExt;
+use transport_support::*;
+
+fn addrs(src: &str, dst: &str) -> ProxyAddrs {
+    ProxyAddrs {
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+    }
+}
+
+async fn proxy_edge(server: &NatsServer, listener_extra: &str, extra: &str) -> nats_edge::Edge {
+    start_edge_toml(&edge_toml(
+        &[server.url()],
+        &format!("proxy_protocol = true\n{listener_extra}"),
+        extra,
+    ))
+    .await
+}
+
+/// Sends `header` on a new connection to the edge and returns the INFO's client_ip, after
+/// checking the connection then works.
+async fn client_ip_after(edge: &nats_edge::Edge, header: &[u8]) -> String {
+    let mut raw = RawConn::connect(edge_addr(edge)).await;
+    raw.send(header).await;
+    let info = raw.read_info().await;
+    assert!(!raw.roundtrip(b"CONNECT {}\r\n").await.closed);
+    info["client_ip"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_and_v2_headers_name_the_client() {
+    let server = NatsServer::start();
+    let edge = proxy_edge(&server, "", "").await;
+    let v4 = addrs("203.0.113.9:40000", "192.0.2.1:4222");
+    let v6 = addrs("[2001:db8::9]:40000", "[2001:db8::1]:4222");
+    assert_eq!(client_ip_after(&edge, &encode_v1(v4)).await, "203.0.113.9");
+    assert_eq!(client_ip_after(&edge, &encode_v1(v6)).await, "2001:db8::9");
+    assert_eq!(client_ip_after(&edge, &encode_v2(v4)).await, "203.0.113.9");
+    assert_eq!(client_ip_after(&edge, &encode_v2(v6)).await, "2001:db8::9");
+
+    // A header with TLVs after the addresses (as AWS and others send).
+    let mut with_tlv = encode_v2(v4);
+    let extra = [0x04, 0x00, 0x03, b'a', b'b', b'c'];
+    let len = u16::from_be_bytes([with_tlv[14], with_tlv[15]]) + extra.len() as u16;
+    with_tlv[14..16].copy_from_slice(&len.to_be_bytes());
+    with_tlv.extend_from_slice(&extra);
+    assert_eq!(client_ip_after(&edge, &with_tlv).await, "203.0.113.9");
+
+    // The header in pieces, one byte at a time.
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    for b in encode_v1(v4) {
+        raw.send(&[b]).await;
+    }
+    assert_eq!(raw.read_info().await["client_ip"], "203.0.113.9");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_and_unknown_headers_keep_the_socket_peer() {
+    let server = NatsServer::start();
+    let edge = proxy_edge(&server, "", "").await;
+    assert_eq!(
+        client_ip_after(&edge, b"PROXY UNKNOWN\r\n").await,
+        "127.0.0.1"
+    );
+    let mut local = V2_SIGNATURE.to_vec();
+    local.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+    assert_eq!(client_ip_after(&edge, &local).await, "127.0.0.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_in_front_of_tls_and_websocket() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let cert = pki.leaf(&ca, "server", Leaf::server("edge"));
+    let server = NatsServer::start();
+    let v4 = addrs("203.0.113.9:40000", "192.0.2.1:4222");
+
+    // TLS first: the ClientHello right behind the header.
+    let edge = proxy_edge(
+        &server,
+        &format!(
+            "kind = \"tls\"\ntls = {{ cert_file = {}, key_file = {}, handshake_first = true }}",
+            toml_path(&cert.cert),
+            toml_path(&cert.key)
+        ),
+        "",
+    )
+    .await;
+    let mut stream = tcp(edge_addr(&edge)).await;
+    stream.write_all(&encode_v2(v4)).await.unwrap();
+    let tls = tls_over(stream, client_config(&ca.cert, None))
+        .await
+        .unwrap();
+    let mut raw = Raw::new(tls);
+    assert_eq!(raw.read_info().await["client_ip"], "203.0.113.9");
+    assert!(raw.connect_and_ping().await);
+
+    // WebSocket: the HTTP upgrade behind the header.
+    let edge = proxy_edge(&server, "kind = \"ws\"", "").await;
+    let mut stream = tcp(edge_addr(&edge)).await;
+    stream.write_all(&encode_v1(v4)).await.unwrap();
+    let url = format!("ws://{}/", edge_addr(&edge));
+    let (mut ws, _) = within(
+        "the WebSocket upgrade",
+        tokio_tungstenite::client_async(url, stream),
+    )
+    .await
+    .unwrap();
+    use futures::StreamExt;
+    let first = within("the INFO frame", ws.next()).await.unwrap().unwrap();
+    let text = String::from_utf8(first.into_data().to_vec()).unwrap();
+    assert!(text.contains("\"client_ip\":\"203.0.113.9\""), "{text}");
+}
+
+/// nats-server accepting PROXY headers, with its monitoring port.
+fn proxied_server() -> (NatsServer, u16) {
+    server_with_monitor("proxy_protocol: true\n")
+}
+
+fn only_connection(connz: &serde_json::Value) -> &serde_json::Value {
+    let conns = connz["connections"].as_array().unwrap();
+    assert_eq!(conns.len(), 1, "{connz}");
+    &conns[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_sees_the_real_client() {
+    for version in ["v1", "v2"] {
+        let (server, monitor) = proxied_server();
+        let edge = start_edge_toml(&edge_toml(
+            &[server.url()],
+            "proxy_protocol = true",
+            &format!("proxy_protocol = {version:?}"),
+        ))
+        .await;
+        // Behind a load balancer that says the client is 203.0.113.9:40000.
+        let mut raw = RawConn::connect(edge_addr(&edge)).await;
+        raw.send(&encode_v2(addrs("203.0.113.9:40000", "192.0.2.1:4222")))
+            .await;
+        let info = raw.read_info().await;
+        assert_eq!(info["client_ip"], "203.0.113.9");
+        assert!(
+            !raw.roundtrip(b"CONNECT {\"name\":\"proxied\"}\r\n")
+                .await
+                .closed
+        );
+        let connz = connz(monitor).await;
+        let conn = only_connection(&connz);
+        assert_eq!(conn["ip"], "203.0.113.9", "{version}: {conn}");
+        assert_eq!(conn["port"], 40000, "{version}: {conn}");
+        assert_eq!(conn["name"], "proxied", "{version}: {conn}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_sees_a_direct_client_and_async_nats_works() {
+    let (server, monitor) = proxied_server();
+    let edge = start_edge(&[server.url()], "proxy_protocol = \"v2\"").await;
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    let client_port = raw.stream().local_addr().unwrap().port();
+    raw.read_info().await;
+    assert!(!raw.roundtrip(b"CONNECT {}\r\n").await.closed);
+    let connz = connz(monitor).await;
+    let conn = only_connection(&connz);
+    assert_eq!(conn["ip"], "127.0.0.1", "{conn}");
+    assert_eq!(conn["port"], client_port, "{conn}");
+
+    let client = client(&edge_url(&edge)).await;
+    let mut sub = client.subscribe("pp").await.unwrap();
+    client.publish("pp", "x".into()).await.unwrap();
+    next_msg(&mut sub).await;
+}
