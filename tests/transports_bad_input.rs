@@ -67,7 +67,14 @@ fn captured() -> Arc<Captured> {
             let panics = captured.clone();
             let default_hook = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
-                panics.panics.lock().unwrap().push(info.to_string());
+                // Only the edge's own code counts; a failing assertion in a test is that
+                // test's business.
+                if info
+                    .location()
+                    .is_some_and(|l| l.file().starts_with("src/"))
+                {
+                    panics.panics.lock().unwrap().push(info.to_string());
+                }
                 default_hook(info);
             }));
             captured
@@ -103,6 +110,27 @@ fn wait_line(pick: impl Fn(&serde_json::Value) -> bool) -> Option<serde_json::Va
 
 fn failures(edge: &Edge, kind: ListenerKind, why: HandshakeFailure) -> u64 {
     edge.metrics().handshake_failures(kind, why)
+}
+
+/// Waits until `n` failures of this kind are counted, then checks there are exactly `n`. A
+/// failure is counted just before its log line, and the client may see its close (or a TLS
+/// alert, or an HTTP answer) before either: so this waits on the log, never on a clock.
+fn wait_failures(edge: &Edge, kind: ListenerKind, why: HandshakeFailure, n: u64) {
+    let c = captured();
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut lines = c.lines.lock().unwrap();
+    while failures(edge, kind, why) < n {
+        let now = std::time::Instant::now();
+        assert!(
+            now < deadline,
+            "{} {} failures on {kind:?}, expected {n}",
+            failures(edge, kind, why),
+            why.as_str()
+        );
+        lines = c.changed.wait_timeout(lines, deadline - now).unwrap().0;
+    }
+    drop(lines);
+    assert_eq!(failures(edge, kind, why), n, "{}", why.as_str());
 }
 
 struct Setup {
@@ -197,13 +225,11 @@ async fn plain_clients_on_tls_listeners() {
     let mut raw = RawConn::connect(s.addr("plain", "tls")).await;
     raw.send(b"CONNECT {}\r\nPING\r\n").await;
     assert_eq!(raw.read_to_close().await, b"");
-    assert_eq!(
-        failures(
-            &s.edge,
-            ListenerKind::Tls,
-            HandshakeFailure::PlainOnTlsListener
-        ),
-        1
+    wait_failures(
+        &s.edge,
+        ListenerKind::Tls,
+        HandshakeFailure::PlainOnTlsListener,
+        1,
     );
     let line = failure_line("plain-tls", "plain_on_tls_listener");
     assert!(
@@ -217,10 +243,7 @@ async fn plain_clients_on_tls_listeners() {
     // TLS first: a plain client waits for an INFO that never comes.
     let mut raw = RawConn::connect(s.addr("plain", "tls")).await;
     assert!(raw.closes_within(WAIT).await);
-    assert_eq!(
-        failures(&s.edge, ListenerKind::Tls, HandshakeFailure::Timeout),
-        1
-    );
+    wait_failures(&s.edge, ListenerKind::Tls, HandshakeFailure::Timeout, 1);
     let line = failure_line("plain-tls", "timeout");
     assert_eq!(
         line["error"], "timed out during the TLS handshake",
@@ -233,13 +256,11 @@ async fn plain_clients_on_tls_listeners() {
     assert_eq!(raw.read_info().await["tls_required"], true);
     raw.send(b"CONNECT {}\r\nPING\r\n").await;
     assert_eq!(raw.read_to_close().await, b"");
-    assert_eq!(
-        failures(
-            &s.edge,
-            ListenerKind::Tls,
-            HandshakeFailure::PlainOnTlsListener
-        ),
-        2
+    wait_failures(
+        &s.edge,
+        ListenerKind::Tls,
+        HandshakeFailure::PlainOnTlsListener,
+        2,
     );
     failure_line("plain-classic", "plain_on_tls_listener");
 
@@ -250,13 +271,11 @@ async fn plain_clients_on_tls_listeners() {
     )
     .await;
     assert_eq!(answer, "");
-    assert_eq!(
-        failures(
-            &s.edge,
-            ListenerKind::Wss,
-            HandshakeFailure::PlainOnTlsListener
-        ),
-        1
+    wait_failures(
+        &s.edge,
+        ListenerKind::Wss,
+        HandshakeFailure::PlainOnTlsListener,
+        1,
     );
     failure_line("plain-wss", "plain_on_tls_listener");
     s.assert_clean().await;
@@ -276,13 +295,11 @@ async fn tls_clients_on_plain_listeners() {
         line["error"], "the client started a TLS handshake on a plain listener",
         "{line}"
     );
-    assert_eq!(
-        failures(
-            &s.edge,
-            ListenerKind::Tcp,
-            HandshakeFailure::TlsOnPlainListener
-        ),
-        1
+    wait_failures(
+        &s.edge,
+        ListenerKind::Tcp,
+        HandshakeFailure::TlsOnPlainListener,
+        1,
     );
 
     // async-nats with tls_first against the plain port.
@@ -301,13 +318,11 @@ async fn tls_clients_on_plain_listeners() {
     let refused = tls_over(tcp(s.addr("tlsplain", "ws")).await, config).await;
     assert!(refused.is_err());
     failure_line("tlsplain-ws", "tls_on_plain_listener");
-    assert_eq!(
-        failures(
-            &s.edge,
-            ListenerKind::Ws,
-            HandshakeFailure::TlsOnPlainListener
-        ),
-        1
+    wait_failures(
+        &s.edge,
+        ListenerKind::Ws,
+        HandshakeFailure::TlsOnPlainListener,
+        1,
     );
     s.assert_clean().await;
 }
@@ -326,10 +341,7 @@ async fn rejected_client_certificates() {
                 "a refused client got a line"
             );
         }
-        assert_eq!(
-            failures(&s.edge, ListenerKind::Tls, HandshakeFailure::Tls),
-            n
-        );
+        wait_failures(&s.edge, ListenerKind::Tls, HandshakeFailure::Tls, n);
     }
     let line = failure_line("certs-tls", "tls");
     let error = line["error"].as_str().unwrap();
@@ -371,9 +383,11 @@ async fn refused_websocket_upgrades() {
     for (i, (req, status)) in cases.iter().enumerate() {
         let answer = http(tcp(addr).await, req).await;
         assert!(answer.starts_with(status), "{req:?}: {answer}");
-        assert_eq!(
-            failures(&s.edge, ListenerKind::Ws, HandshakeFailure::WebSocket),
-            i as u64 + 1
+        wait_failures(
+            &s.edge,
+            ListenerKind::Ws,
+            HandshakeFailure::WebSocket,
+            i as u64 + 1,
         );
     }
     let version = http(
@@ -466,10 +480,7 @@ async fn truncated_and_forged_proxy_headers() {
                 .is_some_and(|e| e.contains("closed inside the PROXY header (after 23 bytes)"))
     })
     .expect("a log line for the truncated header");
-    assert_eq!(
-        failures(&s.edge, ListenerKind::Tcp, HandshakeFailure::ProxyHeader),
-        4
-    );
+    wait_failures(&s.edge, ListenerKind::Tcp, HandshakeFailure::ProxyHeader, 4);
 
     // Truncated and left open: the handshake timeout closes it.
     let mut raw = RawConn::connect(addr).await;
@@ -485,14 +496,8 @@ async fn truncated_and_forged_proxy_headers() {
     ok.read_info().await;
     assert!(ok.is_open().await);
     drop(ok);
-    assert_eq!(
-        failures(&s.edge, ListenerKind::Tcp, HandshakeFailure::ProxyHeader),
-        4
-    );
-    assert_eq!(
-        failures(&s.edge, ListenerKind::Tcp, HandshakeFailure::Timeout),
-        1
-    );
+    wait_failures(&s.edge, ListenerKind::Tcp, HandshakeFailure::ProxyHeader, 4);
+    wait_failures(&s.edge, ListenerKind::Tcp, HandshakeFailure::Timeout, 1);
     s.assert_clean().await;
 }
 

@@ -360,6 +360,7 @@ where
         Err(reject) => Err(respond(&mut stream, reject).await),
         Ok(None) => {
             write_response(&mut stream, 200, "", "ok\n", head.method == "HEAD").await?;
+            stream.shutdown().await?;
             Ok(Upgraded::Answered)
         }
         Ok(Some(key)) => {
@@ -506,7 +507,8 @@ fn cookies(head: &Head<'_>, settings: &WsSettings) -> CookieCredentials {
 }
 
 /// Writes the answer to a refused request (bounded by the caller's handshake timeout) and
-/// hands the refusal back.
+/// hands the refusal back. The connection is closed by the caller once it has recorded the
+/// refusal, so the client never sees the close before the edge has counted it.
 async fn respond<S: AsyncWrite + Unpin>(stream: &mut S, reject: Reject) -> Reject {
     if let Reject::Http { status, detail, .. } = &reject {
         let extra = if *status == 426 {
@@ -520,6 +522,7 @@ async fn respond<S: AsyncWrite + Unpin>(stream: &mut S, reject: Reject) -> Rejec
     reject
 }
 
+/// Writes a whole response and flushes it; the connection closes when the stream is dropped.
 async fn write_response<S: AsyncWrite + Unpin>(
     stream: &mut S,
     status: u16,
@@ -537,7 +540,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
         response.push_str(body);
     }
     stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    stream.flush().await
 }
 
 /// A WebSocket as a byte stream.
