@@ -469,23 +469,36 @@ fn check_origin(origin: &str, host: &str, settings: &WsSettings) -> Result<(), R
 }
 
 /// The client's address: from `X-Forwarded-For` when the peer is a trusted proxy. The list
-/// is read from the right (the hop nearest the edge); trusted proxies are skipped and the
-/// first other address is the client. Its port is unknown, so it is 0.
+/// is read from the right (the hop nearest the edge, written by the trusted peer): trusted
+/// proxies are skipped and the first other address is the client. Reading stops at an entry
+/// that is not an address, since everything left of it came from an untrusted source; the
+/// last address read then stands. Its port is unknown, so it is 0.
 fn forwarded_for(head: &Head<'_>, settings: &WsSettings, peer: SocketAddr) -> SocketAddr {
     let trusted = |ip: IpAddr| settings.trusted_proxies.iter().any(|n| n.contains(ip));
     if !trusted(peer.ip()) {
         return peer;
     }
-    let hops: Vec<IpAddr> = head
+    let hops: Vec<&str> = head
         .all("x-forwarded-for")
         .flat_map(|v| v.split(','))
-        .map_while(|h| h.trim().parse::<IpAddr>().ok())
         .collect();
-    hops.iter()
-        .rev()
-        .find(|ip| !trusted(**ip))
-        .or(hops.first())
-        .map_or(peer, |ip| SocketAddr::new(ip.to_canonical(), 0))
+    let mut client = None;
+    for hop in hops.iter().rev() {
+        // An address, or an address with a port as some proxies write it.
+        let hop = hop.trim();
+        let Some(ip) = hop
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        else {
+            break;
+        };
+        client = Some(ip);
+        if !trusted(ip) {
+            break;
+        }
+    }
+    client.map_or(peer, |ip| SocketAddr::new(ip.to_canonical(), 0))
 }
 
 fn cookies(head: &Head<'_>, settings: &WsSettings) -> CookieCredentials {
@@ -863,6 +876,42 @@ mod tests {
         );
         let garbage = head("GET", "/", &[("X-Forwarded-For", "nope")]);
         assert_eq!(forwarded_for(&garbage, &s, peer), peer);
+        // Garbage written by the client, left of what the trusted proxy appended.
+        let prefixed = head(
+            "GET",
+            "/",
+            &[(
+                "X-Forwarded-For",
+                "nope, 198.51.100.1, 203.0.113.9, 10.1.1.1",
+            )],
+        );
+        assert_eq!(
+            forwarded_for(&prefixed, &s, peer),
+            "203.0.113.9:0".parse::<SocketAddr>().unwrap()
+        );
+        // Every hop trusted: the farthest one read.
+        let internal = head(
+            "GET",
+            "/",
+            &[("X-Forwarded-For", "garbage, 10.2.2.2, 10.1.1.1")],
+        );
+        assert_eq!(
+            forwarded_for(&internal, &s, peer),
+            "10.2.2.2:0".parse::<SocketAddr>().unwrap()
+        );
+        // With ports, and across two headers.
+        let ported = head(
+            "GET",
+            "/",
+            &[
+                ("X-Forwarded-For", "[2001:db8::7]:4711"),
+                ("X-Forwarded-For", "10.0.0.3:80"),
+            ],
+        );
+        assert_eq!(
+            forwarded_for(&ported, &s, peer),
+            "[2001:db8::7]:0".parse::<SocketAddr>().unwrap()
+        );
     }
 
     #[test]
