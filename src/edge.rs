@@ -317,7 +317,11 @@ async fn serve_conn(
     let stage = StageCell::default();
     if !lt.has_handshake() {
         // A plain listener's handshake has nothing to wait for.
-        if let Ok(Some(accepted)) = transport::handshake(stream, peer, conn_id, &lt, &stage).await {
+        // Boxed, here and below: the handshake's state (a TLS or WebSocket accept) is large,
+        // and awaited in place it would size this task, and so every idle connection, for
+        // its whole life.
+        let handshake = Box::pin(transport::handshake(stream, peer, conn_id, &lt, &stage));
+        if let Ok(Some(accepted)) = handshake.await {
             session::run(accepted, env).await;
         }
         return;
@@ -333,7 +337,7 @@ async fn serve_conn(
     let guard = transport::CloseGuard::new(&stream);
     let handshake = tokio::time::timeout(
         lt.handshake_timeout,
-        transport::handshake(stream, peer, conn_id, &lt, &stage),
+        Box::pin(transport::handshake(stream, peer, conn_id, &lt, &stage)),
     )
     .instrument(span.clone());
     let result = tokio::select! {
