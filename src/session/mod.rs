@@ -133,7 +133,9 @@ async fn serve(accepted: Accepted, env: &SessionEnv) -> Summary {
         src: conn.client_addr,
         dst: local_addr,
     };
-    let connected = match upstream::dial_any(&env.upstream, origin).await {
+    // The dial (a TLS handshake, perhaps) and the after-INFO TLS upgrade are boxed: awaited
+    // in place, their large states would size this future, and so every idle session.
+    let connected = match Box::pin(upstream::dial_any(&env.upstream, origin)).await {
         Ok(connected) => connected,
         Err(failed) => {
             metrics::add(&env.metrics.upstream_dial_failures, failed.0.len() as u64);
@@ -194,7 +196,13 @@ async fn serve(accepted: Accepted, env: &SessionEnv) -> Summary {
             transport::ClientStream::Tcp(tcp) => Some(transport::CloseGuard::new(tcp.get_ref())),
             _ => None,
         };
-        match transport::upgrade_after_info(client, acceptor, env.transport_timeout).await {
+        match Box::pin(transport::upgrade_after_info(
+            client,
+            acceptor,
+            env.transport_timeout,
+        ))
+        .await
+        {
             Ok((upgraded, tls_peer)) => {
                 client = upgraded;
                 if let Some(peer) = &tls_peer {

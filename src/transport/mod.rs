@@ -316,6 +316,10 @@ pub enum HandshakeError {
     WebSocket(ws::Reject),
     #[error("timed out during the {}", .0.as_str())]
     Timeout(Stage),
+    /// The listener lacks what its kind needs. Config validation rules this out; the
+    /// connection is refused rather than the process stopped if it ever happens.
+    #[error("the listener has no {0}")]
+    Misconfigured(&'static str),
 }
 
 impl HandshakeError {
@@ -343,9 +347,16 @@ impl HandshakeError {
             }
             HandshakeError::WebSocket(_) => HandshakeFailure::WebSocket,
             HandshakeError::Timeout(_) => HandshakeFailure::Timeout,
+            HandshakeError::Misconfigured(what) if *what == WS_SETTINGS => {
+                HandshakeFailure::WebSocket
+            }
+            HandshakeError::Misconfigured(_) => HandshakeFailure::Tls,
         }
     }
 }
+
+const TLS_MATERIAL: &str = "TLS certificate and key";
+const WS_SETTINGS: &str = "WebSocket settings";
 
 /// Runs a connection's transport handshake: the PROXY header, then TLS (unless it comes
 /// after INFO), then the WebSocket upgrade. `Ok(None)` means the connection was answered
@@ -375,7 +386,10 @@ pub async fn handshake(
     let stream = match lt.kind {
         ListenerKind::Tcp => ClientStream::Tcp(TcpClient::new(tcp)),
         ListenerKind::Tls => {
-            let tls = lt.tls.as_ref().expect("a tls listener has TLS material");
+            let tls = lt
+                .tls
+                .as_ref()
+                .ok_or(HandshakeError::Misconfigured(TLS_MATERIAL))?;
             if tls.handshake_first() {
                 stage.set(Stage::Tls);
                 let stream = tls::accept(tls.acceptor(), tcp)
@@ -393,7 +407,10 @@ pub async fn handshake(
             }
         }
         ListenerKind::Ws => {
-            let settings = lt.ws.as_ref().expect("a ws listener has settings");
+            let settings = lt
+                .ws
+                .as_ref()
+                .ok_or(HandshakeError::Misconfigured(WS_SETTINGS))?;
             stage.set(Stage::WebSocket);
             let upgraded = ws::accept(tcp, settings, client_addr)
                 .await
@@ -413,8 +430,14 @@ pub async fn handshake(
             ClientStream::Ws(stream)
         }
         ListenerKind::Wss => {
-            let tls = lt.tls.as_ref().expect("a wss listener has TLS material");
-            let settings = lt.ws.as_ref().expect("a wss listener has settings");
+            let tls = lt
+                .tls
+                .as_ref()
+                .ok_or(HandshakeError::Misconfigured(TLS_MATERIAL))?;
+            let settings = lt
+                .ws
+                .as_ref()
+                .ok_or(HandshakeError::Misconfigured(WS_SETTINGS))?;
             stage.set(Stage::Tls);
             let stream = tls::accept(tls.acceptor(), tcp)
                 .await
