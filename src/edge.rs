@@ -140,13 +140,11 @@ impl Edge {
         let mut addrs = HashMap::new();
         let mut tasks = JoinSet::new();
         for (listener_config, transport) in config.listeners.iter().zip(&prepared.listeners) {
-            let listener = TcpListener::bind(listener_config.bind)
-                .await
-                .map_err(|source| StartError::Bind {
-                    name: listener_config.name.clone(),
-                    addr: listener_config.bind,
-                    source,
-                })?;
+            let listener = bind(listener_config.bind).map_err(|source| StartError::Bind {
+                name: listener_config.name.clone(),
+                addr: listener_config.bind,
+                source,
+            })?;
             let local = listener.local_addr().map_err(|source| StartError::Bind {
                 name: listener_config.name.clone(),
                 addr: listener_config.bind,
@@ -282,6 +280,23 @@ async fn accept_loop(
     }
     drop(listener);
     while sessions.join_next().await.is_some() {}
+}
+
+/// The accept queue a listener asks the kernel for (which caps it at `net.core.somaxconn`),
+/// as nats-server does. A short queue overflows under a burst of connections, and every
+/// SYN dropped then costs its client a one-second retransmission.
+const ACCEPT_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 /// Resolves once the edge is shutting down (or the edge handle is gone).
