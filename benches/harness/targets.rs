@@ -113,18 +113,24 @@ pub fn start_nats_server() -> Proc {
     )
 }
 
+/// The edge's command line: listen on `port`, forward to `upstream`, log only the
+/// `listening` line (which tells that it is ready) and warnings.
+fn edge_args(port: u16, upstream: SocketAddr) -> [String; 6] {
+    [
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--upstream".into(),
+        format!("nats://{upstream}"),
+        "--log-level".into(),
+        "nats_edge::edge=info,warn".into(),
+    ]
+}
+
 /// nats-edge in front of `upstream`, with extra `NATS_EDGE_*` settings.
 pub fn start_edge(bin: &str, upstream: SocketAddr, env: &[(&str, &str)]) -> Proc {
     let port = free_port();
     let mut cmd = Command::new(bin);
-    cmd.args([
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--upstream",
-        &format!("nats://{upstream}"),
-        "--log-level",
-        "nats_edge::edge=info,warn",
-    ]);
+    cmd.args(edge_args(port, upstream));
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -205,14 +211,7 @@ pub fn start_edge_under_callgrind(
     cmd.arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg(bin)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            &format!("nats://{upstream}"),
-            "--log-level",
-            "nats_edge::edge=info,warn",
-        ]);
+        .args(edge_args(port, upstream));
     Some(spawn_until(
         "nats-edge under callgrind",
         cmd,
