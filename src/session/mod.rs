@@ -186,9 +186,18 @@ async fn serve(accepted: Accepted, env: &SessionEnv) -> Summary {
         client.write_all(&first).await?;
         client.flush().await
     };
-    if let Err(e) = written.await {
-        tracing::debug!(error = %e, "client went away before INFO");
-        return Summary::early(CloseReason::ClientIoError);
+    // Bounded like the CONNECT that must follow: a client that never reads cannot hold the
+    // session (and a shutdown waiting for it) here.
+    match tokio::time::timeout(env.handshake_timeout, written).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "client went away before INFO");
+            return Summary::early(CloseReason::ClientIoError);
+        }
+        Err(_) => {
+            tracing::info!("client did not take the INFO within the handshake timeout");
+            return Summary::early(CloseReason::HandshakeTimeout);
+        }
     }
     if let Some(acceptor) = tls_after_info {
         // Classic NATS TLS: the client starts the handshake once it has read the INFO.
