@@ -355,6 +355,38 @@ impl HandshakeError {
     }
 }
 
+/// The WebSocket upgrade on `stream`, for `ws` and `wss` alike. `Ok(None)`: the request was
+/// answered without an upgrade (a plain HTTP health check). A trusted `X-Forwarded-For`
+/// replaces `client_addr`; credential cookies add their filter.
+async fn accept_ws<S>(
+    stream: S,
+    settings: &ws::WsSettings,
+    stage: &StageCell,
+    client_addr: &mut SocketAddr,
+    filters: &mut Vec<Box<dyn Filter>>,
+) -> Result<Option<Box<ws::WsStream<S>>>, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stage.set(Stage::WebSocket);
+    let upgraded = ws::accept(stream, settings, *client_addr)
+        .await
+        .map_err(HandshakeError::WebSocket)?;
+    let ws::Upgraded::WebSocket {
+        stream,
+        client_addr: forwarded,
+        cookies,
+    } = upgraded
+    else {
+        return Ok(None);
+    };
+    *client_addr = forwarded;
+    if !cookies.is_empty() {
+        filters.push(Box::new(ws::CookieFilter(cookies)));
+    }
+    Ok(Some(stream))
+}
+
 const TLS_MATERIAL: &str = "TLS certificate and key";
 const WS_SETTINGS: &str = "WebSocket settings";
 
@@ -411,22 +443,11 @@ pub async fn handshake(
                 .ws
                 .as_ref()
                 .ok_or(HandshakeError::Misconfigured(WS_SETTINGS))?;
-            stage.set(Stage::WebSocket);
-            let upgraded = ws::accept(tcp, settings, client_addr)
-                .await
-                .map_err(HandshakeError::WebSocket)?;
-            let ws::Upgraded::WebSocket {
-                stream,
-                client_addr: forwarded,
-                cookies,
-            } = upgraded
+            let Some(stream) =
+                accept_ws(tcp, settings, stage, &mut client_addr, &mut filters).await?
             else {
                 return Ok(None);
             };
-            client_addr = forwarded;
-            if !cookies.is_empty() {
-                filters.push(Box::new(ws::CookieFilter(cookies)));
-            }
             ClientStream::Ws(stream)
         }
         ListenerKind::Wss => {
@@ -443,22 +464,11 @@ pub async fn handshake(
                 .await
                 .map_err(HandshakeError::Tls)?;
             tls_peer = tls::peer_identity(stream.get_ref().1);
-            stage.set(Stage::WebSocket);
-            let upgraded = ws::accept(stream, settings, client_addr)
-                .await
-                .map_err(HandshakeError::WebSocket)?;
-            let ws::Upgraded::WebSocket {
-                stream,
-                client_addr: forwarded,
-                cookies,
-            } = upgraded
+            let Some(stream) =
+                accept_ws(stream, settings, stage, &mut client_addr, &mut filters).await?
             else {
                 return Ok(None);
             };
-            client_addr = forwarded;
-            if !cookies.is_empty() {
-                filters.push(Box::new(ws::CookieFilter(cookies)));
-            }
             ClientStream::Wss(stream)
         }
     };
