@@ -393,7 +393,7 @@ async fn read_info<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(Info, BytesM
         max_control_line: MAX_SERVER_CONTROL_LINE,
         max_payload: 0,
     };
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::with_capacity(2048);
     loop {
         match proto::scan(&buf, Direction::ServerToClient, &limits) {
             Ok(Some(frame)) if frame.verb == Verb::Info => {

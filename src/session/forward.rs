@@ -25,7 +25,7 @@ use crate::proto::{
 };
 
 /// The first read buffer of a connection, and the size it shrinks back to when idle.
-const INITIAL_READ: usize = 4 * 1024;
+const INITIAL_READ: usize = 2 * 1024;
 /// The largest single read.
 const MAX_READ: usize = 64 * 1024;
 /// Below this much free space the read buffer is grown before reading.
