@@ -202,13 +202,7 @@ async fn environment_overrides_the_file_and_flags_override_both() {
 
     // The file alone points at nothing.
     let edge = EdgeProcess::spawn(&["-c", &path], &[]);
-    let mut raw = RawConn::connect(edge.addr()).await;
-    let got = raw.read_to_close().await;
-    assert!(
-        got.starts_with(b"-ERR 'Upstream Unavailable"),
-        "{}",
-        show(&got)
-    );
+    expect_upstream_unavailable(edge.addr()).await;
     drop(edge);
 
     // The environment wins over the file, key by key.

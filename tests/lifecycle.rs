@@ -221,13 +221,7 @@ async fn upstream_that_is_not_nats_is_unavailable() {
         }
     });
     let edge = start_edge(&[url], "connect_timeout = \"1s\"").await;
-    let mut raw = RawConn::connect(edge_addr(&edge)).await;
-    let got = raw.read_to_close().await;
-    assert!(
-        got.starts_with(b"-ERR 'Upstream Unavailable"),
-        "{}",
-        show(&got)
-    );
+    expect_upstream_unavailable(edge_addr(&edge)).await;
     assert!(within_for(
         Duration::from_secs(5),
         "async-nats connect",

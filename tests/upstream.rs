@@ -168,13 +168,7 @@ async fn upstream_killed_closes_the_raw_client() {
         "the edge must close the client when its upstream goes"
     );
     // New connections are refused with the upstream error until it is back.
-    let mut raw = RawConn::connect(edge_addr(&edge)).await;
-    let got = raw.read_to_close().await;
-    assert!(
-        got.starts_with(b"-ERR 'Upstream Unavailable"),
-        "{}",
-        show(&got)
-    );
+    expect_upstream_unavailable(edge_addr(&edge)).await;
     server.restart();
     let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
     assert!(

@@ -379,6 +379,19 @@ pub async fn start_edge_toml(toml: &str) -> Edge {
 }
 
 /// The address of the edge's `default` listener.
+/// Connects to the edge at `addr` and expects what a client gets when no upstream answers:
+/// `-ERR 'Upstream Unavailable...'`, then the close.
+#[allow(dead_code)]
+pub async fn expect_upstream_unavailable(addr: SocketAddr) {
+    let mut raw = RawConn::connect(addr).await;
+    let got = raw.read_to_close().await;
+    assert!(
+        got.starts_with(b"-ERR 'Upstream Unavailable"),
+        "{}",
+        show(&got)
+    );
+}
+
 pub fn edge_addr(edge: &Edge) -> SocketAddr {
     edge.addr("default").expect("a default listener")
 }
