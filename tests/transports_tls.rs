@@ -148,7 +148,7 @@ impl Filter for IdentityProbe {
         Interest::of(&[OpKind::Connect])
     }
 
-    fn on_client_op(&mut self, op: &mut ClientOp, ctx: &SessionCtx) -> Verdict {
+    fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {
         if let ClientOp::Connect(_) = op {
             let _ = self
                 .tx

@@ -25,7 +25,7 @@ impl Chain {
 
     /// Runs a client op through the filters in order. Stops at the first verdict that is not
     /// a forward; reports [`Verdict::Changed`] if any filter changed the op.
-    pub fn on_client_op(&mut self, op: &mut ClientOp, ctx: &SessionCtx) -> Verdict {
+    pub fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {
         let kind = crate::filter::client_op_kind(op);
         let mut changed = false;
         for filter in self.filters.iter_mut() {

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use crate::identity::Identity;
 use crate::op::{ClientOp, Connect, Info, ServerOp};
 use crate::verdict::Verdict;
 
@@ -95,6 +96,10 @@ pub struct SessionCtx {
     /// True while a deferred op is shown again: the upstream has answered every op the
     /// client sent before it. See [`crate::Verdict::Defer`].
     pub upstream_caught_up: bool,
+    /// Who the connection is, once the filter that authenticates the CONNECT has said so.
+    pub identity: Option<Identity>,
+    /// The nonce of the upstream's first INFO, which a CONNECT sent upstream signs.
+    pub upstream_nonce: Option<String>,
 }
 
 impl SessionCtx {
@@ -105,6 +110,8 @@ impl SessionCtx {
             upstream_max_payload: None,
             upstream_headers: false,
             upstream_caught_up: false,
+            identity: None,
+            upstream_nonce: None,
         }
     }
 }
@@ -128,8 +135,10 @@ pub trait Filter: Send {
     /// after the session has rewritten the addresses in it.
     fn on_info(&mut self, _info: &mut Info, _ctx: &SessionCtx) {}
 
-    /// Called for a client op on its way to the upstream.
-    fn on_client_op(&mut self, _op: &mut ClientOp, _ctx: &SessionCtx) -> Verdict {
+    /// Called for a client op on its way to the upstream. The context is mutable so that the
+    /// filter that authenticates the CONNECT can record [`SessionCtx::identity`] for the
+    /// filters after it.
+    fn on_client_op(&mut self, _op: &mut ClientOp, _ctx: &mut SessionCtx) -> Verdict {
         Verdict::Forward
     }
 

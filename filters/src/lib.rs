@@ -11,13 +11,18 @@
 
 pub mod chain;
 pub mod errors;
+pub mod events;
 pub mod filter;
+pub mod identity;
 pub mod limits;
 pub mod op;
+pub mod responses;
 pub mod subject;
 pub mod verdict;
 
 pub use chain::Chain;
-pub use filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionCtx};
+pub use events::{DenialKind, Events, NoEvents};
+pub use filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionCtx, TlsPeer};
+pub use identity::{AuthMethod, Identity};
 pub use op::{ClientOp, Connect, Info, Msg, Pub, ServerOp, Sub, Unsub};
 pub use verdict::{CloseReason, Verdict};

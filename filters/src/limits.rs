@@ -98,7 +98,7 @@ impl Filter for Limits {
         info.max_payload = Some(i64::try_from(effective).unwrap_or(i64::MAX));
     }
 
-    fn on_client_op(&mut self, op: &mut ClientOp, ctx: &SessionCtx) -> Verdict {
+    fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {
         let Some(max) = self.config.max_subscriptions else {
             return Verdict::Forward;
         };
@@ -200,27 +200,27 @@ mod tests {
 
     #[test]
     fn subscription_limit_counts_like_nats_server() {
-        let ctx = ctx();
+        let mut ctx = ctx();
         let mut f = Limits::new(LimitsConfig {
             max_subscriptions: Some(2),
             ..LimitsConfig::default()
         });
-        assert_eq!(f.on_client_op(&mut sub("1"), &ctx), Verdict::Forward);
+        assert_eq!(f.on_client_op(&mut sub("1"), &mut ctx), Verdict::Forward);
         assert_eq!(
-            f.on_client_op(&mut sub("1"), &ctx),
+            f.on_client_op(&mut sub("1"), &mut ctx),
             Verdict::Forward,
             "same sid"
         );
-        assert_eq!(f.on_client_op(&mut sub("2"), &ctx), Verdict::Forward);
+        assert_eq!(f.on_client_op(&mut sub("2"), &mut ctx), Verdict::Forward);
         assert_eq!(
-            f.on_client_op(&mut sub("3"), &ctx),
+            f.on_client_op(&mut sub("3"), &mut ctx),
             Verdict::error(errors::MAX_SUBSCRIPTIONS_EXCEEDED)
         );
         let mut unsub = ClientOp::Unsub(Unsub {
             sid: Bytes::from_static(b"2"),
             max: Some(2),
         });
-        f.on_client_op(&mut unsub, &ctx);
+        f.on_client_op(&mut unsub, &mut ctx);
         assert_eq!(
             f.subscriptions(),
             2,
@@ -230,6 +230,6 @@ mod tests {
         assert_eq!(f.subscriptions(), 2);
         f.on_server_op(&mut msg("2"), &ctx);
         assert_eq!(f.subscriptions(), 1);
-        assert_eq!(f.on_client_op(&mut sub("3"), &ctx), Verdict::Forward);
+        assert_eq!(f.on_client_op(&mut sub("3"), &mut ctx), Verdict::Forward);
     }
 }

@@ -16,7 +16,7 @@ impl Filter for UrlCredentialsFilter {
         Interest::of(&[OpKind::Connect])
     }
 
-    fn on_client_op(&mut self, op: &mut ClientOp, _ctx: &SessionCtx) -> Verdict {
+    fn on_client_op(&mut self, op: &mut ClientOp, _ctx: &mut SessionCtx) -> Verdict {
         let ClientOp::Connect(connect) = op else {
             return Verdict::Forward;
         };

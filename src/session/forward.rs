@@ -339,7 +339,7 @@ impl Forwarder {
             shared.generation += 1;
         }
         let verdict = if shared.chain.interest().contains(client_op_kind(&op)) {
-            shared.chain.on_client_op(&mut op, &shared.ctx)
+            shared.chain.on_client_op(&mut op, &mut shared.ctx)
         } else {
             Verdict::Forward
         };
@@ -508,6 +508,10 @@ impl Forwarder {
 pub fn rewrite_info(info: &mut nats_edge_filters::Info, shared: &mut Shared) {
     shared.set_upstream_max_payload(info.max_payload);
     shared.ctx.upstream_headers = info.headers.unwrap_or(false);
+    // The nonce of the first INFO is the one nats-server checks signatures against.
+    if shared.ctx.upstream_nonce.is_none() {
+        shared.ctx.upstream_nonce.clone_from(&info.nonce);
+    }
     shared.info_rewrite.apply(info, shared.ctx.conn.client_addr);
     shared.chain.on_info(info, &shared.ctx);
 }

@@ -731,7 +731,7 @@ impl Filter for CookieFilter {
         Interest::of(&[OpKind::Connect])
     }
 
-    fn on_client_op(&mut self, op: &mut ClientOp, _ctx: &SessionCtx) -> Verdict {
+    fn on_client_op(&mut self, op: &mut ClientOp, _ctx: &mut SessionCtx) -> Verdict {
         let ClientOp::Connect(connect) = op else {
             return Verdict::Forward;
         };
