@@ -12,10 +12,29 @@ pub struct Chain {
 
 impl Chain {
     pub fn new(filters: Vec<Box<dyn Filter>>) -> Self {
-        let interest = filters
+        let mut chain = Chain {
+            filters,
+            interest: Interest::NONE,
+        };
+        chain.refresh_interest();
+        chain
+    }
+
+    /// Reads every filter's interest again: after an op that may have changed it (the
+    /// CONNECT names the user whose permissions apply) or a reload.
+    pub fn refresh_interest(&mut self) {
+        self.interest = self
+            .filters
             .iter()
             .fold(Interest::NONE, |acc, f| acc.union(f.interest()));
-        Chain { filters, interest }
+    }
+
+    /// Tells every filter that rules were reloaded, then reads their interest again.
+    pub fn on_reload(&mut self, ctx: &SessionCtx) {
+        for filter in self.filters.iter_mut() {
+            filter.on_reload(ctx);
+        }
+        self.refresh_interest();
     }
 
     /// The union of what every filter wants to see.

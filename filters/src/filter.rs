@@ -135,6 +135,10 @@ pub trait Filter: Send {
     /// after the session has rewritten the addresses in it.
     fn on_info(&mut self, _info: &mut Info, _ctx: &SessionCtx) {}
 
+    /// Called when the proxy has reloaded rule files, so a filter holding rules can take the
+    /// new ones for this live session. [`Filter::interest`] is read again afterwards.
+    fn on_reload(&mut self, _ctx: &SessionCtx) {}
+
     /// Called for a client op on its way to the upstream. The context is mutable so that the
     /// filter that authenticates the CONNECT can record [`SessionCtx::identity`] for the
     /// filters after it.

@@ -9,6 +9,7 @@
 //! [`Interest`] in an op kind is never shown that op, so the proxy's fast path stays a memchr
 //! scan plus a slice of the read buffer.
 
+pub mod acl;
 pub mod chain;
 pub mod errors;
 pub mod events;

@@ -69,11 +69,13 @@ pub enum CloseReason {
     Shutdown,
     /// A filter ended the session for a policy reason.
     Policy,
+    /// The edge refused the client's credentials (edge authentication).
+    AuthorizationViolation,
 }
 
 impl CloseReason {
     /// Every reason, for metric registration.
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::ClientClosed,
         CloseReason::UpstreamClosed,
         CloseReason::ClientIoError,
@@ -86,6 +88,7 @@ impl CloseReason {
         CloseReason::HandshakeTimeout,
         CloseReason::Shutdown,
         CloseReason::Policy,
+        CloseReason::AuthorizationViolation,
     ];
 
     /// The stable snake_case name used in logs and metric labels.
@@ -103,6 +106,7 @@ impl CloseReason {
             CloseReason::HandshakeTimeout => "handshake_timeout",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Policy => "policy",
+            CloseReason::AuthorizationViolation => "authorization_violation",
         }
     }
 

@@ -1,0 +1,235 @@
+//! Edge authentication: matching a client's CONNECT (and TLS certificate) to a user of the
+//! rule files, with nats-server's password rules.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
+
+use super::rules::{AclRules, Secret, User};
+use crate::filter::TlsPeer;
+use crate::identity::AuthMethod;
+use crate::op::Connect;
+
+/// Why a client was refused. Logged; never sent to the client, which gets nats-server's
+/// `Authorization Violation` whatever the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    #[error("unknown user `{0}`")]
+    UnknownUser(String),
+    #[error("wrong password for user `{0}`")]
+    WrongPassword(String),
+    #[error("user `{0}` has no password to check")]
+    NoPassword(String),
+    #[error("token matches no user")]
+    UnknownToken,
+    #[error("no credentials and no no_auth_user")]
+    NoCredentials,
+    #[error("nkey and JWT authentication are not done by the edge; use passthrough mode")]
+    UnsupportedCredentials,
+}
+
+/// nats-server treats a secret as a bcrypt hash when it looks like one.
+fn is_bcrypt(secret: &str) -> bool {
+    let b = secret.as_bytes();
+    b.len() > 7
+        && b.starts_with(b"$2")
+        && matches!(b[2], b'a' | b'b' | b'x' | b'y')
+        && b[3] == b'$'
+        && b[4].is_ascii_digit()
+        && b[5].is_ascii_digit()
+        && b[6] == b'$'
+}
+
+/// Checks a client secret against a configured one (bcrypt hash or plain text).
+///
+/// A bcrypt check costs milliseconds of CPU on the session's thread, so successful checks
+/// are remembered (by a keyed hash of user, hash and password, never the password itself):
+/// a client that reconnects pays once.
+pub struct SecretChecker {
+    hasher: RandomState,
+    verified: Mutex<HashMap<u64, ()>>,
+}
+
+/// How many verified bcrypt checks are remembered.
+const VERIFIED_CAPACITY: usize = 4096;
+
+impl Default for SecretChecker {
+    fn default() -> Self {
+        SecretChecker {
+            hasher: RandomState::new(),
+            verified: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl SecretChecker {
+    pub fn matches(&self, configured: &Secret, presented: &str) -> bool {
+        let configured = configured.expose();
+        if !is_bcrypt(configured) {
+            return constant_time_eq(configured.as_bytes(), presented.as_bytes());
+        }
+        let key = self.hasher.hash_one((configured, presented));
+        if let Ok(cache) = self.verified.lock() {
+            if cache.contains_key(&key) {
+                return true;
+            }
+        }
+        let ok = bcrypt::verify(presented, configured).unwrap_or(false);
+        if ok {
+            if let Ok(mut cache) = self.verified.lock() {
+                if cache.len() >= VERIFIED_CAPACITY {
+                    cache.clear();
+                }
+                cache.insert(key, ());
+            }
+        }
+        ok
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn present(field: &Option<String>) -> Option<&str> {
+    field.as_deref().filter(|s| !s.is_empty())
+}
+
+/// Finds the user a client is, as nats-server would: a verified certificate mapped to a
+/// user first, then user and password, then a token; a client that presents nothing becomes
+/// the `no_auth_user`.
+pub fn authenticate(
+    rules: &AclRules,
+    checker: &SecretChecker,
+    connect: &Connect,
+    tls: Option<&TlsPeer>,
+) -> Result<(Arc<User>, AuthMethod), AuthFailure> {
+    if let Some(peer) = tls {
+        let mapped = rules.users().find(|u| {
+            u.tls_subject.as_deref() == Some(peer.subject.as_str())
+                || u.tls_san
+                    .as_deref()
+                    .is_some_and(|san| peer.sans.iter().any(|s| s == san))
+        });
+        if let Some(user) = mapped {
+            return Ok((user.clone(), AuthMethod::Certificate));
+        }
+    }
+    if let Some(name) = present(&connect.user) {
+        let user = rules
+            .user(name)
+            .ok_or_else(|| AuthFailure::UnknownUser(name.to_string()))?;
+        let Some(configured) = &user.password else {
+            return Err(AuthFailure::NoPassword(name.to_string()));
+        };
+        let presented = connect.pass.as_deref().unwrap_or("");
+        return if checker.matches(configured, presented) {
+            Ok((user.clone(), AuthMethod::Password))
+        } else {
+            Err(AuthFailure::WrongPassword(name.to_string()))
+        };
+    }
+    if let Some(token) = present(&connect.auth_token) {
+        let user = rules
+            .users()
+            .find(|u| u.token.as_ref().is_some_and(|t| checker.matches(t, token)));
+        return match user {
+            Some(user) => Ok((user.clone(), AuthMethod::Token)),
+            None => Err(AuthFailure::UnknownToken),
+        };
+    }
+    if present(&connect.nkey).is_some() || present(&connect.jwt).is_some() {
+        return Err(AuthFailure::UnsupportedCredentials);
+    }
+    match &rules.no_auth_user {
+        Some(user) => Ok((user.clone(), AuthMethod::NoAuthUser)),
+        None => Err(AuthFailure::NoCredentials),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> AclRules {
+        // The hash of "s3cret" at cost 4, as `nats server passwd` or htpasswd makes it.
+        let hash = bcrypt::hash_with_result("s3cret", 4)
+            .unwrap()
+            .format_for_version(bcrypt::Version::TwoB);
+        AclRules::from_str(
+            "t.toml",
+            &format!(
+                r#"
+no_auth_user = "guest"
+[[users]]
+user = "alice"
+password = "{hash}"
+[[users]]
+user = "plain"
+password = "pw"
+[[users]]
+user = "svc"
+token = "tok"
+[[users]]
+user = "bob"
+tls_subject = "CN=bob,O=Acme"
+[[users]]
+user = "guest"
+"#
+            ),
+        )
+        .unwrap()
+    }
+
+    fn connect(json: &str) -> Connect {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn each_method() {
+        let rules = rules();
+        let c = SecretChecker::default();
+        let auth = |json: &str, tls: Option<&TlsPeer>| {
+            authenticate(&rules, &c, &connect(json), tls).map(|(u, m)| (u.name.to_string(), m))
+        };
+        assert_eq!(
+            auth(r#"{"user":"alice","pass":"s3cret"}"#, None),
+            Ok(("alice".into(), AuthMethod::Password))
+        );
+        // Twice: the second comes from the cache and must agree.
+        assert!(auth(r#"{"user":"alice","pass":"s3cret"}"#, None).is_ok());
+        assert_eq!(
+            auth(r#"{"user":"alice","pass":"wrong"}"#, None),
+            Err(AuthFailure::WrongPassword("alice".into()))
+        );
+        assert!(auth(r#"{"user":"plain","pass":"pw"}"#, None).is_ok());
+        assert!(auth(r#"{"user":"plain","pass":"pw2"}"#, None).is_err());
+        assert_eq!(
+            auth(r#"{"auth_token":"tok"}"#, None),
+            Ok(("svc".into(), AuthMethod::Token))
+        );
+        assert_eq!(auth(r#"{"auth_token":"nope"}"#, None), Err(AuthFailure::UnknownToken));
+        assert_eq!(
+            auth("{}", None),
+            Ok(("guest".into(), AuthMethod::NoAuthUser))
+        );
+        let bob = TlsPeer {
+            subject: "CN=bob,O=Acme".into(),
+            sans: vec![],
+        };
+        assert_eq!(
+            auth("{}", Some(&bob)),
+            Ok(("bob".into(), AuthMethod::Certificate))
+        );
+        assert_eq!(
+            auth(r#"{"user":"mallory","pass":"x"}"#, None),
+            Err(AuthFailure::UnknownUser("mallory".into()))
+        );
+        assert!(is_bcrypt("$2a$11$abcdefghijklmnopqrstuv"));
+        assert!(!is_bcrypt("$2c$11$abc"));
+    }
+}

@@ -1,0 +1,552 @@
+//! The `acl` filter: who a connection is (identity), and what it may publish and subscribe
+//! to, with nats-server's permission semantics.
+//!
+//! - **Identity.** In `passthrough` mode the client's credentials go to nats-server, which
+//!   decides; the edge keys permissions on the name the client presented. In `edge` mode the
+//!   edge authenticates the client against the rule files' users and sends its own
+//!   credentials upstream, so client secrets never reach nats-server.
+//! - **Permissions** are checked on PUB/HPUB and SUB before anything reaches the upstream; a
+//!   refusal is nats-server's `-ERR 'Permissions Violation ...'` and the connection stays open.
+//!   A wildcard subscription that overlaps a deny entry is accepted and the denied subjects
+//!   are dropped at delivery. `allow_responses` lets a client answer the reply subjects it
+//!   received, through the shared [`crate::responses::ResponseTracker`].
+//! - **Reload.** Rules live behind an [`arc_swap::ArcSwap`]; a session notices a new set when
+//!   the proxy calls [`crate::Filter::on_reload`], re-resolves its user and clears its caches.
+
+pub mod auth;
+pub mod explain;
+pub mod matching;
+pub mod permissions;
+pub mod quote;
+pub mod rules;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+
+use crate::errors;
+use crate::events::{DenialKind, Events};
+use crate::filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionCtx};
+use crate::identity::{AuthMethod, Identity};
+use crate::op::{ClientOp, Connect, Info, ServerOp};
+use crate::responses::ResponseTracker;
+use crate::verdict::{CloseReason, Verdict};
+use auth::{authenticate, SecretChecker};
+use permissions::Permissions;
+use quote::go_quote;
+use rules::{AclRules, RulesError, UpstreamCredentials};
+
+/// Who decides whether a client may connect.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AuthMode {
+    /// nats-server decides, with the client's own credentials.
+    #[default]
+    Passthrough,
+    /// The edge decides, against the users of its rule files.
+    Edge,
+}
+
+/// The rule files, loaded, and reloadable for new and live connections alike.
+pub struct RuleSource {
+    files: Vec<PathBuf>,
+    current: ArcSwap<AclRules>,
+}
+
+impl RuleSource {
+    pub fn load(files: Vec<PathBuf>) -> Result<Self, RulesError> {
+        let rules = AclRules::load(&files)?;
+        Ok(RuleSource {
+            files,
+            current: ArcSwap::from_pointee(rules),
+        })
+    }
+
+    /// No rule files: nobody is restricted.
+    pub fn empty() -> Self {
+        RuleSource {
+            files: Vec::new(),
+            current: ArcSwap::from_pointee(AclRules::default()),
+        }
+    }
+
+    /// Reads the files again and swaps the new rules in; on error the old rules stay.
+    pub fn reload(&self) -> Result<(), RulesError> {
+        let rules = AclRules::load(&self.files)?;
+        self.current.store(Arc::new(rules));
+        Ok(())
+    }
+
+    pub fn current(&self) -> Arc<AclRules> {
+        self.current.load_full()
+    }
+
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+}
+
+/// What every session of the edge shares about identity and permissions.
+pub struct AclSettings {
+    pub mode: AuthMode,
+    /// Credentials sent upstream for edge-authenticated users without their own.
+    pub upstream: Option<UpstreamCredentials>,
+    pub rules: Arc<RuleSource>,
+    pub events: Arc<dyn Events>,
+}
+
+/// Builds each session's [`AclFilter`].
+pub struct AclFactory {
+    settings: Arc<AclSettings>,
+    checker: Arc<SecretChecker>,
+}
+
+impl AclFactory {
+    pub fn new(settings: AclSettings) -> Self {
+        AclFactory {
+            settings: Arc::new(settings),
+            checker: Arc::new(SecretChecker::default()),
+        }
+    }
+}
+
+impl FilterFactory for AclFactory {
+    fn build(&self, _conn: &ConnFacts) -> Box<dyn Filter> {
+        Box::new(AclFilter::new(self.settings.clone(), self.checker.clone()))
+    }
+}
+
+/// How many publish decisions a connection remembers (nats-server keeps a similar cache).
+const DECISION_CACHE: usize = 1024;
+/// Reply subjects a connection with `allow_responses` tracks at most.
+const RESPONSE_CAPACITY: usize = 65_536;
+/// A denial of the same subject on the same connection is logged at most once this often.
+const DENIAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Distinct subjects whose last denial log time a connection remembers.
+const DENIAL_LOG_SUBJECTS: usize = 256;
+
+/// A live subscription, as far as delivery filtering needs it.
+struct LiveSub {
+    subject: Bytes,
+    queue: Option<Bytes>,
+    /// Refused by rules reloaded since it was made: its deliveries are dropped.
+    revoked: bool,
+}
+
+/// One session's identity and permissions.
+pub struct AclFilter {
+    settings: Arc<AclSettings>,
+    checker: Arc<SecretChecker>,
+    /// The rules this session resolved its permissions from.
+    rules: Arc<AclRules>,
+    /// The user permissions are keyed on, once the CONNECT has been judged.
+    user: Option<Arc<str>>,
+    /// The user's permissions; `None`: unrestricted.
+    perms: Option<Arc<Permissions>>,
+    interest: Interest,
+    publish_cache: HashMap<Bytes, bool>,
+    responses: Option<ResponseTracker>,
+    /// Subscriptions by sid, kept while the user has a subscribe deny list.
+    subs: HashMap<Bytes, LiveSub>,
+    /// Set once a subscription can receive denied subjects (nats-server's delivery filter).
+    filter_deliveries: bool,
+    /// The user was removed from the rules while connected (edge mode): close on next op.
+    revoked: bool,
+    /// Whether the client's CONNECT has been judged.
+    connected: bool,
+    logged: HashMap<Bytes, Instant>,
+}
+
+impl AclFilter {
+    fn new(settings: Arc<AclSettings>, checker: Arc<SecretChecker>) -> Self {
+        let rules = settings.rules.current();
+        let mut filter = AclFilter {
+            settings,
+            checker,
+            rules,
+            user: None,
+            perms: None,
+            interest: Interest::of(&[OpKind::Connect]),
+            publish_cache: HashMap::new(),
+            responses: None,
+            subs: HashMap::new(),
+            filter_deliveries: false,
+            revoked: false,
+            connected: false,
+            logged: HashMap::new(),
+        };
+        // Until the CONNECT names a user, the default permissions apply: nats-server takes
+        // ops before CONNECT from a client when it requires no auth.
+        filter.resolve();
+        filter
+    }
+
+    /// Takes the permissions of the current user from the current rules.
+    fn resolve(&mut self) {
+        self.perms = self.rules.permissions_for(self.user.as_deref()).cloned();
+        self.publish_cache.clear();
+        self.responses = self
+            .perms
+            .as_ref()
+            .and_then(|p| p.responses)
+            .map(|bounds| ResponseTracker::new(bounds, RESPONSE_CAPACITY));
+        let mut kinds = vec![OpKind::Connect];
+        if let Some(p) = &self.perms {
+            if p.restricts_publish() {
+                kinds.push(OpKind::Pub);
+            }
+            if p.restricts_subscribe() {
+                kinds.push(OpKind::Sub);
+            }
+            if p.watches_deliveries() {
+                kinds.extend([OpKind::Sub, OpKind::Unsub, OpKind::Msg]);
+            }
+        }
+        if self.revoked || (self.settings.mode == AuthMode::Edge && !self.connected) {
+            // Every op, to close the session on it.
+            kinds.extend([
+                OpKind::Pub,
+                OpKind::Sub,
+                OpKind::Unsub,
+                OpKind::Msg,
+                OpKind::ClientPing,
+                OpKind::ClientPong,
+            ]);
+        }
+        self.interest = Interest::of(&kinds);
+    }
+
+    fn user_label(&self) -> &str {
+        self.user.as_deref().unwrap_or("")
+    }
+
+    /// Logs a denial, at most once per subject and interval, and counts every one.
+    fn denied(&mut self, kind: DenialKind, subject: &Bytes, queue: Option<&Bytes>) {
+        self.settings.events.acl_denied(self.user_label(), kind);
+        let now = Instant::now();
+        let due = self
+            .logged
+            .get(subject)
+            .is_none_or(|last| now.duration_since(*last) >= DENIAL_LOG_INTERVAL);
+        if !due {
+            return;
+        }
+        if self.logged.len() >= DENIAL_LOG_SUBJECTS {
+            self.logged.clear();
+        }
+        self.logged.insert(Bytes::copy_from_slice(subject), now);
+        tracing::warn!(
+            user = self.user_label(),
+            direction = kind.as_str(),
+            subject = %String::from_utf8_lossy(subject),
+            queue = queue.map(|q| String::from_utf8_lossy(q).into_owned()),
+            "permission denied"
+        );
+    }
+
+    fn on_connect(&mut self, connect: &mut Connect, ctx: &mut SessionCtx) -> Verdict {
+        self.connected = true;
+        let verdict = match self.settings.mode {
+            AuthMode::Passthrough => {
+                self.user = passthrough_user(connect);
+                ctx.identity = Some(Identity {
+                    user: self.user.clone(),
+                    method: AuthMethod::Passthrough,
+                });
+                Verdict::Forward
+            }
+            AuthMode::Edge => {
+                match authenticate(&self.rules, &self.checker, connect, ctx.conn.tls_peer.as_ref())
+                {
+                    Ok((user, method)) => {
+                        tracing::debug!(user = %user.name, method = method.as_str(), "authenticated");
+                        self.user = Some(user.name.clone());
+                        ctx.identity = Some(Identity {
+                            user: Some(user.name.clone()),
+                            method,
+                        });
+                        let creds = user.upstream.as_ref().or(self.settings.upstream.as_ref());
+                        replace_credentials(connect, creds);
+                        Verdict::Changed
+                    }
+                    Err(why) => {
+                        tracing::warn!(reason = %why, "authorization violation");
+                        return Verdict::close_with(
+                            CloseReason::AuthorizationViolation,
+                            errors::AUTHORIZATION_VIOLATION,
+                        );
+                    }
+                }
+            }
+        };
+        self.resolve();
+        verdict
+    }
+
+    fn check_publish(&mut self, subject: &Bytes, pedantic: bool) -> bool {
+        let Some(perms) = self.perms.clone() else {
+            return true;
+        };
+        // A pedantic client's wildcard publish is refused by nats-server as an invalid
+        // subject before permissions are checked: leave that answer to the server.
+        if pedantic && !crate::subject::is_valid_literal_subject(subject) {
+            return true;
+        }
+        let allowed = match self.publish_cache.get(subject) {
+            Some(allowed) => *allowed,
+            None => {
+                let allowed = perms.check_publish(subject).allowed;
+                if self.publish_cache.len() >= DECISION_CACHE {
+                    self.publish_cache.clear();
+                }
+                self.publish_cache
+                    .insert(Bytes::copy_from_slice(subject), allowed);
+                allowed
+            }
+        };
+        if allowed {
+            return true;
+        }
+        // Not allowed by the lists: an answer to a reply subject the client received?
+        self.responses
+            .as_mut()
+            .is_some_and(|r| r.answer(subject, Instant::now()))
+    }
+
+    fn on_publish(&mut self, subject: &Bytes, ctx: &SessionCtx) -> Verdict {
+        let pedantic = ctx.connect.as_ref().is_some_and(|c| c.pedantic == Some(true));
+        if self.check_publish(subject, pedantic) {
+            return Verdict::Forward;
+        }
+        self.denied(DenialKind::Publish, subject, None);
+        Verdict::error(format!(
+            "Permissions Violation for Publish to {}",
+            go_quote(subject)
+        ))
+    }
+
+    fn on_subscribe(&mut self, sub: &crate::op::Sub) -> Verdict {
+        let Some(perms) = self.perms.clone() else {
+            return Verdict::Forward;
+        };
+        let queue = sub.queue.as_deref();
+        if !perms.check_subscribe(&sub.subject, queue).allowed {
+            self.denied(DenialKind::Subscribe, &sub.subject, sub.queue.as_ref());
+            let text = match &sub.queue {
+                Some(q) => format!(
+                    "Permissions Violation for Subscription to {} using queue {}",
+                    go_quote(&sub.subject),
+                    go_quote(q)
+                ),
+                None => format!(
+                    "Permissions Violation for Subscription to {}",
+                    go_quote(&sub.subject)
+                ),
+            };
+            return Verdict::error(text);
+        }
+        if !perms.subscribe.deny.is_empty() {
+            if perms.needs_delivery_filter(&sub.subject, queue) {
+                self.filter_deliveries = true;
+            }
+            self.subs.insert(
+                Bytes::copy_from_slice(&sub.sid),
+                LiveSub {
+                    subject: Bytes::copy_from_slice(&sub.subject),
+                    queue: sub.queue.as_deref().map(Bytes::copy_from_slice),
+                    revoked: false,
+                },
+            );
+        }
+        Verdict::Forward
+    }
+
+    fn on_delivery(&mut self, msg: &crate::op::Msg) -> Verdict {
+        let Some(perms) = self.perms.clone() else {
+            return Verdict::Forward;
+        };
+        let live = self.subs.get(&msg.sid);
+        if live.is_some_and(|s| s.revoked) {
+            self.denied(DenialKind::Delivery, &msg.subject, None);
+            return Verdict::Drop;
+        }
+        if self.filter_deliveries {
+            let queue = live.and_then(|s| s.queue.clone());
+            if perms.denied_delivery(&msg.subject, queue.as_deref()).is_some() {
+                self.denied(DenialKind::Delivery, &msg.subject, queue.as_ref());
+                return Verdict::Drop;
+            }
+        }
+        if let (Some(tracker), Some(reply)) = (self.responses.as_mut(), &msg.reply) {
+            if !perms.check_publish(reply).allowed {
+                tracker.delivered(reply, Instant::now());
+            }
+        }
+        Verdict::Forward
+    }
+}
+
+impl Filter for AclFilter {
+    fn name(&self) -> &'static str {
+        "acl"
+    }
+
+    fn interest(&self) -> Interest {
+        self.interest
+    }
+
+    fn on_info(&mut self, info: &mut Info, _ctx: &SessionCtx) {
+        if self.settings.mode == AuthMode::Edge {
+            // The edge asks for credentials of its own, whatever the upstream wants of it.
+            info.auth_required = Some(true);
+        }
+    }
+
+    fn on_reload(&mut self, _ctx: &SessionCtx) {
+        let rules = self.settings.rules.current();
+        if Arc::ptr_eq(&rules, &self.rules) {
+            return;
+        }
+        self.rules = rules;
+        if self.settings.mode == AuthMode::Edge {
+            if let Some(name) = &self.user {
+                if self.rules.user(name).is_none() {
+                    tracing::warn!(user = %name, "user removed from the rules; closing the connection");
+                    self.revoked = true;
+                }
+            }
+        }
+        self.resolve();
+        // Subscriptions the new rules refuse stop receiving.
+        if let Some(perms) = self.perms.clone() {
+            for live in self.subs.values_mut() {
+                live.revoked = !perms
+                    .check_subscribe(&live.subject, live.queue.as_deref())
+                    .allowed;
+                if perms.needs_delivery_filter(&live.subject, live.queue.as_deref()) {
+                    self.filter_deliveries = true;
+                }
+            }
+        } else {
+            self.subs.clear();
+        }
+    }
+
+    fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {
+        if self.revoked {
+            return Verdict::close_with(
+                CloseReason::AuthorizationViolation,
+                errors::AUTHORIZATION_VIOLATION,
+            );
+        }
+        if !self.connected && self.settings.mode == AuthMode::Edge {
+            if let ClientOp::Connect(connect) = op {
+                return self.on_connect(connect, ctx);
+            }
+            // nats-server requires CONNECT first from a client it must authenticate, unless
+            // a no_auth_user lets anonymous clients in.
+            if self.rules.no_auth_user.is_none() {
+                tracing::warn!("authorization violation: an op before CONNECT");
+                return Verdict::close_with(
+                    CloseReason::AuthorizationViolation,
+                    errors::AUTHORIZATION_VIOLATION,
+                );
+            }
+            let mut anonymous = Connect::default();
+            if let Verdict::Close { reason, error } = self.on_connect(&mut anonymous, ctx) {
+                return Verdict::Close { reason, error };
+            }
+        }
+        match op {
+            ClientOp::Connect(connect) => self.on_connect(connect, ctx),
+            ClientOp::Pub(p) => {
+                let subject = p.subject.clone();
+                self.on_publish(&subject, ctx)
+            }
+            ClientOp::Sub(sub) => self.on_subscribe(sub),
+            ClientOp::Unsub(unsub) => {
+                if unsub.max.is_none() {
+                    self.subs.remove(&unsub.sid);
+                }
+                Verdict::Forward
+            }
+            _ => Verdict::Forward,
+        }
+    }
+
+    fn on_server_op(&mut self, op: &mut ServerOp, _ctx: &SessionCtx) -> Verdict {
+        if self.revoked {
+            return Verdict::close_with(
+                CloseReason::AuthorizationViolation,
+                errors::AUTHORIZATION_VIOLATION,
+            );
+        }
+        match op {
+            ServerOp::Msg(msg) => self.on_delivery(msg),
+            _ => Verdict::Forward,
+        }
+    }
+}
+
+/// The name a passthrough client presented: its user, else its nkey, else the subject of
+/// its user JWT.
+fn passthrough_user(connect: &Connect) -> Option<Arc<str>> {
+    let non_empty = |s: &Option<String>| s.as_deref().filter(|s| !s.is_empty()).map(Arc::from);
+    non_empty(&connect.user)
+        .or_else(|| non_empty(&connect.nkey))
+        .or_else(|| connect.jwt.as_deref().and_then(jwt_subject).map(Arc::from))
+}
+
+/// The `sub` claim of a JWT, read without verifying it (nats-server verifies it).
+fn jwt_subject(jwt: &str) -> Option<String> {
+    let payload = jwt.split('.').nth(1)?;
+    let decoded = base64url_decode(payload)?;
+    let claims: serde_json::Value = serde_json::from_slice(&decoded).ok()?;
+    claims.get("sub")?.as_str().map(str::to_string)
+}
+
+fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes().filter(|c| *c != b'=') {
+        acc = (acc << 6) | value(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// Removes every credential the client sent and puts the edge's own in their place.
+fn replace_credentials(connect: &mut Connect, creds: Option<&UpstreamCredentials>) {
+    connect.user = None;
+    connect.pass = None;
+    connect.auth_token = None;
+    connect.jwt = None;
+    connect.nkey = None;
+    connect.sig = None;
+    if let Some(creds) = creds {
+        connect.user.clone_from(&creds.user);
+        connect.pass = creds.password.as_ref().map(|p| p.expose().to_string());
+        connect.auth_token = creds.token.as_ref().map(|t| t.expose().to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests;

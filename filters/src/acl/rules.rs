@@ -1,0 +1,636 @@
+//! ACL rule files: users, their credentials for edge authentication, and their permissions,
+//! in TOML shaped like nats-server's `authorization` block.
+//!
+//! ```toml
+//! no_auth_user = "guest"
+//!
+//! [default_permissions]
+//! publish = { deny = [">"] }
+//!
+//! [[users]]
+//! user = "alice"
+//! password = "$2b$11$..."          # bcrypt, or plain text
+//! [users.permissions]
+//! publish = { allow = ["orders.>"], deny = ["orders.audit"] }
+//! subscribe = ["orders.>", "jobs.> workers"]
+//! allow_responses = { max = 1, expires = "2m" }
+//! ```
+//!
+//! Several files may be loaded together; a user defined twice is an error naming both places.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::permissions::{Origin, Permissions, Rule, SubjectPermission};
+use crate::responses::ResponseBounds;
+use crate::subject::is_valid_subject;
+
+/// Why a rule file cannot be used. Every variant names the file, and where it can, the line.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: {reason}")]
+    Parse {
+        file: String,
+        line: usize,
+        reason: String,
+    },
+    #[error("{file}:{line}: `{key}`: {reason}")]
+    Invalid {
+        file: String,
+        line: usize,
+        key: String,
+        reason: String,
+    },
+}
+
+/// A secret from a rule file: prints masked.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// The credentials the edge presents upstream for a user it authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamCredentials {
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub token: Option<Secret>,
+}
+
+/// One user of a rule file, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: Arc<str>,
+    pub password: Option<Secret>,
+    pub token: Option<Secret>,
+    /// Matches a verified client certificate whose subject DN is exactly this.
+    pub tls_subject: Option<String>,
+    /// Matches a verified client certificate with this SAN (`email:...`, `DNS:...`, ...).
+    pub tls_san: Option<String>,
+    /// Credentials sent upstream for this user in edge mode, instead of the shared ones.
+    pub upstream: Option<UpstreamCredentials>,
+    /// `None`: the default permissions apply.
+    pub permissions: Option<Arc<Permissions>>,
+    pub origin: Origin,
+}
+
+/// Every loaded rule file, merged.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AclRules {
+    users: HashMap<Arc<str>, Arc<User>>,
+    /// For users without permissions of their own, and unnamed passthrough clients.
+    pub default_permissions: Option<Arc<Permissions>>,
+    /// The user a client that presents no credentials becomes (edge mode).
+    pub no_auth_user: Option<Arc<User>>,
+    /// The files these rules came from.
+    pub files: Vec<PathBuf>,
+}
+
+impl AclRules {
+    /// Loads and merges rule files.
+    pub fn load(files: &[PathBuf]) -> Result<AclRules, RulesError> {
+        let mut rules = AclRules {
+            files: files.to_vec(),
+            ..AclRules::default()
+        };
+        let mut no_auth: Option<(Spanned<String>, String, Arc<str>)> = None;
+        for path in files {
+            let name = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|source| RulesError::Read {
+                file: name.clone(),
+                source,
+            })?;
+            let file = parse_file(&name, &text)?;
+            rules.merge(file, &name, &text, &mut no_auth)?;
+        }
+        if let Some((user, file, text)) = no_auth {
+            let found = rules.users.get(user.get_ref().as_str()).cloned();
+            match found {
+                Some(u) => rules.no_auth_user = Some(u),
+                None => {
+                    return Err(invalid(
+                        &file,
+                        &text,
+                        user.span().start,
+                        "no_auth_user",
+                        format!("unknown user `{}`", user.get_ref()),
+                    ))
+                }
+            }
+        }
+        Ok(rules)
+    }
+
+    /// Parses one rule file from text (for tests and `acl explain` on a lone file).
+    pub fn from_str(file: &str, text: &str) -> Result<AclRules, RulesError> {
+        let mut rules = AclRules::default();
+        let parsed = parse_file(file, text)?;
+        let mut no_auth = None;
+        rules.merge(parsed, file, text, &mut no_auth)?;
+        if let Some((user, file, text)) = no_auth {
+            rules.no_auth_user = Some(rules.users.get(user.get_ref().as_str()).cloned().ok_or_else(
+                || {
+                    invalid(
+                        &file,
+                        &text,
+                        user.span().start,
+                        "no_auth_user",
+                        format!("unknown user `{}`", user.get_ref()),
+                    )
+                },
+            )?);
+        }
+        Ok(rules)
+    }
+
+    pub fn user(&self, name: &str) -> Option<&Arc<User>> {
+        self.users.get(name)
+    }
+
+    pub fn users(&self) -> impl Iterator<Item = &Arc<User>> {
+        self.users.values()
+    }
+
+    /// The permissions in force for `user` (by name), or the defaults.
+    pub fn permissions_for(&self, user: Option<&str>) -> Option<&Arc<Permissions>> {
+        user.and_then(|name| self.users.get(name))
+            .and_then(|u| u.permissions.as_ref())
+            .or(self.default_permissions.as_ref())
+    }
+
+    /// Whether any user or the defaults restrict anything.
+    pub fn restricts_anything(&self) -> bool {
+        self.default_permissions.is_some() || self.users.values().any(|u| u.permissions.is_some())
+    }
+
+    fn merge(
+        &mut self,
+        file: RuleFile,
+        name: &str,
+        text: &str,
+        no_auth: &mut Option<(Spanned<String>, String, Arc<str>)>,
+    ) -> Result<(), RulesError> {
+        let origin_file: Arc<str> = name.into();
+        if let Some(defaults) = file.default_permissions {
+            if self.default_permissions.is_some() {
+                return Err(invalid(
+                    name,
+                    text,
+                    defaults.span().start,
+                    "default_permissions",
+                    "defined in more than one rule file".into(),
+                ));
+            }
+            let perms = compile_permissions(defaults.into_inner(), &origin_file, text)?;
+            self.default_permissions = Some(Arc::new(perms));
+        }
+        if let Some(user) = file.no_auth_user {
+            if no_auth.is_some() {
+                return Err(invalid(
+                    name,
+                    text,
+                    user.span().start,
+                    "no_auth_user",
+                    "defined in more than one rule file".into(),
+                ));
+            }
+            *no_auth = Some((user, name.to_string(), text.into()));
+        }
+        for entry in file.users {
+            let span = entry.user.span();
+            let user_name = entry.user.get_ref().trim();
+            if user_name.is_empty() {
+                return Err(invalid(name, text, span.start, "users.user", "empty".into()));
+            }
+            let origin = Origin {
+                file: origin_file.clone(),
+                line: line_of(text, span.start),
+            };
+            if let Some(first) = self.users.get(user_name) {
+                return Err(invalid(
+                    name,
+                    text,
+                    span.start,
+                    "users.user",
+                    format!("duplicate user `{user_name}`, first defined at {}", first.origin),
+                ));
+            }
+            if entry.password.is_some() && entry.token.is_some() {
+                return Err(invalid(
+                    name,
+                    text,
+                    span.start,
+                    "users",
+                    format!("user `{user_name}` has both a password and a token; give one"),
+                ));
+            }
+            let permissions = entry
+                .permissions
+                .map(|p| compile_permissions(p, &origin_file, text).map(Arc::new))
+                .transpose()?;
+            let user = User {
+                name: user_name.into(),
+                password: entry.password,
+                token: entry.token,
+                tls_subject: entry.tls_subject,
+                tls_san: entry.tls_san,
+                upstream: entry.upstream,
+                permissions,
+                origin,
+            };
+            self.users.insert(user.name.clone(), Arc::new(user));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    no_auth_user: Option<Spanned<String>>,
+    default_permissions: Option<Spanned<PermissionsFile>>,
+    #[serde(default)]
+    users: Vec<UserFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserFile {
+    user: Spanned<String>,
+    password: Option<Secret>,
+    token: Option<Secret>,
+    tls_subject: Option<String>,
+    tls_san: Option<String>,
+    upstream: Option<UpstreamCredentials>,
+    permissions: Option<PermissionsFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PermissionsFile {
+    #[serde(alias = "pub")]
+    publish: Option<Spanned<ListFile>>,
+    #[serde(alias = "sub")]
+    subscribe: Option<Spanned<ListFile>>,
+    allow_responses: Option<ResponsesFile>,
+}
+
+/// `"a.>"`, `["a", "b"]` (both allow lists) or `{ allow = [...], deny = [...] }`.
+///
+/// Deserialized by hand rather than as an untagged enum: an untagged enum buffers its input
+/// and loses the positions that errors report as line numbers.
+enum ListFile {
+    One(String),
+    Many(Vec<Spanned<String>>),
+    Full {
+        allow: Option<Vec<Spanned<String>>>,
+        deny: Option<Vec<Spanned<String>>>,
+    },
+}
+
+impl<'de> Deserialize<'de> for ListFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ListFile;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a subject, a list of subjects, or a table with `allow` and `deny`")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ListFile, E> {
+                Ok(ListFile::One(v.to_string()))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ListFile, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = seq.next_element()? {
+                    entries.push(entry);
+                }
+                Ok(ListFile::Many(entries))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ListFile, A::Error> {
+                let (mut allow, mut deny) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "allow" => allow = Some(map.next_value()?),
+                        "deny" => deny = Some(map.next_value()?),
+                        other => {
+                            return Err(serde::de::Error::unknown_field(other, &["allow", "deny"]))
+                        }
+                    }
+                }
+                Ok(ListFile::Full { allow, deny })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// `true`/`false`, or `{ max = 1, expires = "2m" }`.
+enum ResponsesFile {
+    Enabled(bool),
+    Bounded {
+        max: Option<u32>,
+        expires: Option<Spanned<String>>,
+    },
+}
+
+impl<'de> Deserialize<'de> for ResponsesFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ResponsesFile;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false, or a table with `max` and `expires`")
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<ResponsesFile, E> {
+                Ok(ResponsesFile::Enabled(v))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ResponsesFile, A::Error> {
+                let (mut max, mut expires) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "max" => max = Some(map.next_value()?),
+                        "expires" => expires = Some(map.next_value()?),
+                        other => {
+                            return Err(serde::de::Error::unknown_field(other, &["max", "expires"]))
+                        }
+                    }
+                }
+                Ok(ResponsesFile::Bounded { max, expires })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+fn parse_file(name: &str, text: &str) -> Result<RuleFile, RulesError> {
+    toml::from_str(text).map_err(|e| RulesError::Parse {
+        file: name.to_string(),
+        line: e.span().map_or(0, |s| line_of(text, s.start)),
+        reason: e.message().to_string(),
+    })
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+fn invalid(file: &str, text: &str, offset: usize, key: &str, reason: String) -> RulesError {
+    RulesError::Invalid {
+        file: file.to_string(),
+        line: line_of(text, offset),
+        key: key.to_string(),
+        reason,
+    }
+}
+
+fn compile_permissions(
+    p: PermissionsFile,
+    file: &Arc<str>,
+    text: &str,
+) -> Result<Permissions, RulesError> {
+    let mut perms = Permissions {
+        publish: compile_list(p.publish, false, file, text)?,
+        subscribe: compile_list(p.subscribe, true, file, text)?,
+        responses: None,
+    };
+    if let Some(r) = p.allow_responses {
+        let defaults = ResponseBounds::default();
+        perms.responses = match r {
+            ResponsesFile::Enabled(false) => None,
+            ResponsesFile::Enabled(true) => Some(defaults),
+            ResponsesFile::Bounded { max, expires } => Some(ResponseBounds {
+                max_msgs: max.unwrap_or(defaults.max_msgs),
+                expires: match expires {
+                    None => defaults.expires,
+                    Some(s) => {
+                        let d = parse_duration(s.get_ref()).ok_or_else(|| {
+                            invalid(
+                                file,
+                                text,
+                                s.span().start,
+                                "allow_responses.expires",
+                                format!("`{}` is not a duration such as \"2m\" or \"500ms\"", s.get_ref()),
+                            )
+                        })?;
+                        (!d.is_zero()).then_some(d)
+                    }
+                },
+            }),
+        };
+        // As nats-server: allowing responses without a publish allow list turns the blanket
+        // allow off, so the client may publish only its responses.
+        if perms.responses.is_some() && perms.publish.allow.is_none() {
+            perms.publish.allow = Some(Vec::new());
+        }
+    }
+    Ok(perms)
+}
+
+fn compile_list(
+    list: Option<Spanned<ListFile>>,
+    queues: bool,
+    file: &Arc<str>,
+    text: &str,
+) -> Result<SubjectPermission, RulesError> {
+    let (allow, deny) = match list {
+        None => (None, None),
+        Some(list) => {
+            let span = list.span();
+            match list.into_inner() {
+                ListFile::One(s) => (Some(vec![Spanned::new(span, s)]), None),
+                ListFile::Many(v) => (Some(v), None),
+                ListFile::Full { allow, deny } => (allow, deny),
+            }
+        }
+    };
+    let compile = |entries: Vec<Spanned<String>>, key: &str| -> Result<Vec<Rule>, RulesError> {
+        entries
+            .into_iter()
+            .map(|e| compile_rule(e, queues, key, file, text))
+            .collect()
+    };
+    let kind = if queues { "subscribe" } else { "publish" };
+    let allow = allow
+        .map(|v| compile(v, &format!("{kind}.allow")))
+        .transpose()?;
+    // nats-server ignores an empty subscribe allow list (everything stays allowed); an empty
+    // publish allow list allows nothing.
+    let allow = allow.filter(|v| !(queues && v.is_empty()));
+    let deny = deny
+        .map(|v| compile(v, &format!("{kind}.deny")))
+        .transpose()?
+        .unwrap_or_default();
+    Ok(SubjectPermission { allow, deny })
+}
+
+fn compile_rule(
+    entry: Spanned<String>,
+    queues: bool,
+    key: &str,
+    file: &Arc<str>,
+    text: &str,
+) -> Result<Rule, RulesError> {
+    let start = entry.span().start;
+    let value = entry.into_inner();
+    let bad = |reason: String| invalid(file, text, start, key, reason);
+    let mut parts = value.split_whitespace();
+    let subject = parts.next().unwrap_or_default();
+    let queue = parts.next();
+    if parts.next().is_some() {
+        return Err(bad(format!("`{value}`: expected a subject and at most a queue group")));
+    }
+    if !is_valid_subject(subject.as_bytes()) {
+        return Err(bad(format!("`{value}`: invalid subject")));
+    }
+    if queue.is_some() && !queues {
+        return Err(bad(format!("`{value}`: a queue group has no meaning in a publish permission")));
+    }
+    Ok(Rule {
+        subject: subject.into(),
+        queue: queue.map(Into::into),
+        origin: Origin {
+            file: file.clone(),
+            line: line_of(text, start),
+        },
+    })
+}
+
+/// `"500ms"`, `"2s"`, `"2m"`, `"1h"`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let value: u64 = text[..digits].parse().ok()?;
+    let unit = match text[digits..].trim() {
+        "ms" => Duration::from_millis(1),
+        "" | "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => return None,
+    };
+    unit.checked_mul(u32::try_from(value).ok()?)
+}
+
+/// Paths relative to `base` (the config file's directory) resolved.
+pub fn resolve(base: Option<&Path>, files: &[PathBuf]) -> Vec<PathBuf> {
+    files
+        .iter()
+        .map(|f| match base {
+            Some(dir) if f.is_relative() => dir.join(f),
+            _ => f.clone(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_users_and_shorthands() {
+        let text = r#"
+no_auth_user = "guest"
+[default_permissions]
+publish = "public.>"
+
+[[users]]
+user = "alice"
+password = "secret"
+[users.permissions]
+publish = { allow = ["orders.>"], deny = ["orders.audit"] }
+subscribe = ["orders.>", "jobs.> workers"]
+allow_responses = { max = 3, expires = "1m" }
+
+[[users]]
+user = "guest"
+"#;
+        let rules = AclRules::from_str("t.toml", text).unwrap();
+        let alice = rules.user("alice").unwrap();
+        let p = alice.permissions.as_ref().unwrap();
+        assert_eq!(p.publish.deny[0].origin.line, 10);
+        assert_eq!(p.subscribe.allow.as_ref().unwrap()[1].queue.as_deref(), Some("workers"));
+        assert_eq!(
+            p.responses,
+            Some(ResponseBounds {
+                max_msgs: 3,
+                expires: Some(Duration::from_secs(60))
+            })
+        );
+        assert_eq!(rules.no_auth_user.as_ref().unwrap().name.as_ref(), "guest");
+        assert!(rules.permissions_for(Some("guest")).is_some());
+        assert!(format!("{alice:?}").contains("***"));
+        assert!(!format!("{alice:?}").contains("secret"));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = AclRules::from_str("r.toml", "[[users]]\nuser = \"a\"\n[[users]]\nuser = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("r.toml:4:"), "{e}");
+        assert!(e.contains("duplicate user `a`, first defined at r.toml:2"), "{e}");
+        let e = AclRules::from_str(
+            "r.toml",
+            "[[users]]\nuser = \"a\"\n[users.permissions]\npublish = [\"ok\", \"bad..subject\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "r.toml:4: `publish.allow`: `bad..subject`: invalid subject");
+        let e = AclRules::from_str("r.toml", "no_auth_user = \"ghost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("r.toml:1: `no_auth_user`: unknown user `ghost`"), "{e}");
+        let e = AclRules::from_str("r.toml", "[[users]]\nname = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("r.toml:"), "{e}");
+    }
+
+    #[test]
+    fn responses_turn_the_blanket_publish_allow_off() {
+        let rules = AclRules::from_str(
+            "r.toml",
+            "[[users]]\nuser = \"svc\"\n[users.permissions]\nallow_responses = true\n",
+        )
+        .unwrap();
+        let p = rules.permissions_for(Some("svc")).unwrap();
+        assert_eq!(p.publish.allow, Some(vec![]));
+        assert_eq!(p.responses, Some(ResponseBounds::default()));
+    }
+}

@@ -1,0 +1,185 @@
+//! The filter driven through a chain, as a session drives it.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::chain::Chain;
+use crate::op::{Msg, Pub, Sub};
+
+#[derive(Default)]
+struct Recorded(Mutex<Vec<(String, DenialKind)>>);
+
+impl Events for Recorded {
+    fn acl_denied(&self, user: &str, direction: DenialKind) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push((user.to_string(), direction));
+        }
+    }
+}
+
+const RULES: &str = r#"
+[default_permissions]
+publish = { deny = [">"] }
+
+[[users]]
+user = "alice"
+password = "pw"
+[users.permissions]
+publish = { allow = ["orders.>"], deny = ["orders.audit"] }
+subscribe = { allow = ["orders.*", "jobs.> workers"], deny = ["orders.secret"] }
+
+[[users]]
+user = "svc"
+token = "tok"
+[users.permissions]
+subscribe = ["rpc.>"]
+allow_responses = true
+"#;
+
+fn setup(mode: AuthMode, text: &str) -> (Chain, SessionCtx, Arc<Recorded>, Arc<RuleSource>) {
+    let source = Arc::new(RuleSource {
+        files: vec![],
+        current: ArcSwap::from_pointee(AclRules::from_str("t.toml", text).unwrap()),
+    });
+    let events = Arc::new(Recorded::default());
+    let factory = AclFactory::new(AclSettings {
+        mode,
+        upstream: None,
+        rules: source.clone(),
+        events: events.clone(),
+    });
+    let addr: SocketAddr = "127.0.0.1:5555".parse().unwrap();
+    let conn = ConnFacts {
+        conn_id: 1,
+        listener: "l".into(),
+        client_addr: addr,
+        transport: "tcp",
+        tls_peer: None,
+    };
+    let chain = Chain::new(vec![factory.build(&conn)]);
+    (chain, SessionCtx::new(conn), events, source)
+}
+
+fn connect(json: &str) -> ClientOp {
+    ClientOp::Connect(Box::new(serde_json::from_str(json).unwrap()))
+}
+
+fn publish(subject: &'static str) -> ClientOp {
+    ClientOp::Pub(Pub {
+        subject: Bytes::from_static(subject.as_bytes()),
+        reply: None,
+        headers: None,
+        payload: Bytes::new(),
+    })
+}
+
+fn sub(subject: &'static str, queue: Option<&'static str>, sid: &'static str) -> ClientOp {
+    ClientOp::Sub(Sub {
+        subject: Bytes::from_static(subject.as_bytes()),
+        queue: queue.map(|q| Bytes::from_static(q.as_bytes())),
+        sid: Bytes::from_static(sid.as_bytes()),
+    })
+}
+
+fn msg(subject: &'static str, sid: &'static str, reply: Option<&'static str>) -> ServerOp {
+    ServerOp::Msg(Msg {
+        subject: Bytes::from_static(subject.as_bytes()),
+        sid: Bytes::from_static(sid.as_bytes()),
+        reply: reply.map(|r| Bytes::from_static(r.as_bytes())),
+        headers: None,
+        payload: Bytes::new(),
+    })
+}
+
+fn err(text: &str) -> Verdict {
+    Verdict::error(text.to_string())
+}
+
+#[test]
+fn passthrough_keys_permissions_on_the_presented_user() {
+    let (mut chain, mut ctx, events, _) = setup(AuthMode::Passthrough, RULES);
+    // Before CONNECT, the defaults apply.
+    assert_eq!(
+        chain.on_client_op(&mut publish("x"), &mut ctx),
+        err(r#"Permissions Violation for Publish to "x""#)
+    );
+    let mut c = connect(r#"{"user":"alice","pass":"whatever"}"#);
+    assert_eq!(chain.on_client_op(&mut c, &mut ctx), Verdict::Forward);
+    chain.refresh_interest();
+    assert_eq!(ctx.identity.as_ref().unwrap().user_name(), "alice");
+    assert_eq!(chain.on_client_op(&mut publish("orders.new"), &mut ctx), Verdict::Forward);
+    assert_eq!(
+        chain.on_client_op(&mut publish("orders.audit"), &mut ctx),
+        err(r#"Permissions Violation for Publish to "orders.audit""#)
+    );
+    assert_eq!(
+        chain.on_client_op(&mut sub("orders.secret", None, "1"), &mut ctx),
+        err(r#"Permissions Violation for Subscription to "orders.secret""#)
+    );
+    assert_eq!(
+        chain.on_client_op(&mut sub("jobs.a", Some("others"), "1"), &mut ctx),
+        err(r#"Permissions Violation for Subscription to "jobs.a" using queue "others""#)
+    );
+    // The wildcard overlaps the deny entry: accepted, the denied subject dropped at delivery.
+    assert_eq!(chain.on_client_op(&mut sub("orders.*", None, "2"), &mut ctx), Verdict::Forward);
+    assert!(chain.interest().contains(OpKind::Msg));
+    assert_eq!(chain.on_server_op(&mut msg("orders.new", "2", None), &ctx), Verdict::Forward);
+    assert_eq!(chain.on_server_op(&mut msg("orders.secret", "2", None), &ctx), Verdict::Drop);
+    let recorded = events.0.lock().unwrap().clone();
+    assert_eq!(recorded.len(), 5);
+    assert_eq!(recorded[4], ("alice".into(), DenialKind::Delivery));
+}
+
+#[test]
+fn responses_are_allowed_once() {
+    let (mut chain, mut ctx, _, _) = setup(AuthMode::Passthrough, RULES);
+    chain.on_client_op(&mut connect(r#"{"auth_token":"x","user":"svc"}"#), &mut ctx);
+    chain.refresh_interest();
+    assert!(chain.on_client_op(&mut publish("_INBOX.1"), &mut ctx) != Verdict::Forward);
+    chain.on_server_op(&mut msg("rpc.echo", "1", Some("_INBOX.1")), &ctx);
+    assert_eq!(chain.on_client_op(&mut publish("_INBOX.1"), &mut ctx), Verdict::Forward);
+    assert!(chain.on_client_op(&mut publish("_INBOX.1"), &mut ctx) != Verdict::Forward);
+}
+
+#[test]
+fn edge_mode_authenticates_and_replaces_credentials() {
+    let (mut chain, mut ctx, _, _) = setup(AuthMode::Edge, RULES);
+    let mut c = connect(r#"{"user":"alice","pass":"pw","name":"app"}"#);
+    assert_eq!(chain.on_client_op(&mut c, &mut ctx), Verdict::Changed);
+    let ClientOp::Connect(c) = c else { panic!() };
+    assert_eq!(c.user, None);
+    assert_eq!(c.pass, None);
+    assert_eq!(c.name.as_deref(), Some("app"));
+    assert_eq!(ctx.identity.as_ref().unwrap().method, AuthMethod::Password);
+
+    let (mut chain, mut ctx, _, _) = setup(AuthMode::Edge, RULES);
+    let mut c = connect(r#"{"user":"alice","pass":"nope"}"#);
+    assert_eq!(
+        chain.on_client_op(&mut c, &mut ctx),
+        Verdict::close_with(CloseReason::AuthorizationViolation, "Authorization Violation")
+    );
+    // An op before CONNECT, with no no_auth_user: refused as nats-server refuses it.
+    let (mut chain, mut ctx, _, _) = setup(AuthMode::Edge, RULES);
+    assert!(matches!(
+        chain.on_client_op(&mut ClientOp::Ping, &mut ctx),
+        Verdict::Close { .. }
+    ));
+}
+
+#[test]
+fn reload_applies_to_the_live_session() {
+    let (mut chain, mut ctx, _, source) = setup(AuthMode::Passthrough, RULES);
+    chain.on_client_op(&mut connect(r#"{"user":"alice"}"#), &mut ctx);
+    chain.refresh_interest();
+    assert_eq!(chain.on_client_op(&mut sub("orders.new", None, "7"), &mut ctx), Verdict::Forward);
+    let tighter = RULES.replace(r#"deny = ["orders.secret"]"#, r#"deny = ["orders.secret", "orders.new"]"#);
+    source
+        .current
+        .store(Arc::new(AclRules::from_str("t.toml", &tighter).unwrap()));
+    chain.on_reload(&ctx);
+    assert_eq!(chain.on_server_op(&mut msg("orders.new", "7", None), &ctx), Verdict::Drop);
+    assert!(chain.on_client_op(&mut sub("orders.new", None, "8"), &mut ctx) != Verdict::Forward);
+}
