@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use nats_edge_filters::FilterFactory;
+use nats_edge_filters::acl::rules::RulesError;
+use nats_edge_filters::acl::{AclFactory, AclSettings, RuleSource};
+use nats_edge_filters::{FilterFactory, NoEvents};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -14,6 +16,7 @@ use tracing::Instrument;
 
 use crate::config::{parse_host_port, Config, ListenerConfig};
 use crate::metrics::Metrics;
+use crate::session::proxy_sig::{ProxyKeyError, ProxySigner};
 use crate::session::{self, info::InfoRewrite, SessionEnv};
 use crate::transport::tls::{ClientTls, ServerTls, TlsError, TlsReloader};
 use crate::transport::{self, ws::WsSettings, HandshakeError, ListenerTransport, StageCell};
@@ -30,6 +33,10 @@ pub enum StartError {
     },
     #[error("{what}: TLS: {source}")]
     Tls { what: String, source: TlsError },
+    #[error("auth.rules: {0}")]
+    Rules(#[from] RulesError),
+    #[error(transparent)]
+    ProxyKey(#[from] ProxyKeyError),
 }
 
 /// A started edge. Dropping it aborts the listeners and their sessions at once; call
@@ -40,6 +47,30 @@ pub struct Edge {
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     tls: TlsReloader,
+    rules: Arc<RuleSource>,
+    rules_epoch: Arc<AtomicU64>,
+}
+
+/// Reloads the ACL rule files for new and live connections.
+#[derive(Clone)]
+pub struct RulesReloader {
+    rules: Arc<RuleSource>,
+    epoch: Arc<AtomicU64>,
+}
+
+impl RulesReloader {
+    /// Whether any rule file is configured.
+    pub fn is_empty(&self) -> bool {
+        self.rules.files().is_empty()
+    }
+
+    /// Reads the rule files again. On success live sessions take the new rules at their
+    /// next wake-up; on error the old rules stay in force.
+    pub fn reload(&self) -> Result<(), RulesError> {
+        self.rules.reload()?;
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// Everything the edge builds from its config before binding: the upstream (with its TLS)
@@ -48,6 +79,20 @@ pub struct Prepared {
     upstream: Arc<Upstream>,
     listeners: Vec<Arc<ListenerTransport>>,
     tls: TlsReloader,
+    rules: Arc<RuleSource>,
+    proxy_signer: Option<Arc<ProxySigner>>,
+}
+
+impl Prepared {
+    /// The loaded ACL rules (for `nats-edge check` and `acl explain`).
+    pub fn rules(&self) -> &Arc<RuleSource> {
+        &self.rules
+    }
+
+    /// The trusted-proxy key, when configured.
+    pub fn proxy_signer(&self) -> Option<&Arc<ProxySigner>> {
+        self.proxy_signer.as_ref()
+    }
 }
 
 /// Loads the TLS material and settings the config names, without binding or dialling
@@ -102,10 +147,22 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
             ws,
         }));
     }
+    let rule_files = config.rule_files();
+    let rules = Arc::new(if rule_files.is_empty() {
+        RuleSource::empty()
+    } else {
+        RuleSource::load(rule_files)?
+    });
+    let proxy_signer = match &config.auth.trusted_proxy {
+        Some(proxy) => Some(Arc::new(ProxySigner::load(proxy)?)),
+        None => None,
+    };
     Ok(Prepared {
         upstream,
         listeners,
         tls,
+        rules,
+        proxy_signer,
     })
 }
 
@@ -137,6 +194,16 @@ impl Edge {
         let metrics = Arc::new(Metrics::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let conn_ids = Arc::new(AtomicU64::new(0));
+        let rules_epoch = Arc::new(AtomicU64::new(0));
+        let acl = Arc::new(AclFactory::new(AclSettings {
+            mode: config.auth.mode.into(),
+            upstream: config.auth.upstream.clone(),
+            rules: prepared.rules.clone(),
+            events: Arc::new(NoEvents),
+        }));
+        if let Some(signer) = &prepared.proxy_signer {
+            tracing::info!(public_key = %signer.public_key(), "signing upstream CONNECTs as a trusted proxy");
+        }
         let mut addrs = HashMap::new();
         let mut tasks = JoinSet::new();
         for (listener_config, transport) in config.listeners.iter().zip(&prepared.listeners) {
@@ -159,6 +226,9 @@ impl Edge {
                 handshake_timeout: config.limits.handshake_timeout.0,
                 limits: config.limits.filter_config(),
                 info_rewrite: info_rewrite(listener_config, local, transport),
+                acl: acl.clone(),
+                proxy_signer: prepared.proxy_signer.clone(),
+                rules_epoch: rules_epoch.clone(),
                 filters: filters.clone(),
                 metrics: metrics.clone(),
                 shutdown: shutdown_rx.clone(),
@@ -178,7 +248,17 @@ impl Edge {
             shutdown,
             tasks,
             tls: prepared.tls,
+            rules: prepared.rules,
+            rules_epoch,
         })
+    }
+
+    /// What reloads the ACL rule files (on SIGHUP).
+    pub fn rules_reloader(&self) -> RulesReloader {
+        RulesReloader {
+            rules: self.rules.clone(),
+            epoch: self.rules_epoch.clone(),
+        }
     }
 
     /// What reloads TLS certificates and keys from their files (on SIGHUP).

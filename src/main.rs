@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use nats_edge::config::{Config, LogFormat, Overrides};
 use nats_edge::Edge;
+use nats_edge_filters::acl::explain::{explain, Action};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +48,38 @@ enum Command {
     Run,
     /// Validate the configuration and exit: 0 when valid, 1 with the key and reason when not.
     Check,
+    /// ACL tools.
+    Acl {
+        #[command(subcommand)]
+        command: AclCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AclCommand {
+    /// Print whether a user may publish or subscribe to a subject, and the rule that decides.
+    Explain {
+        /// The user (as presented in passthrough mode, or as authenticated in edge mode).
+        /// Unset: a client that presents no name.
+        #[arg(long)]
+        user: Option<String>,
+        /// Rule files to read instead of the config's `auth.rules`.
+        #[arg(long = "rules", value_name = "FILE")]
+        rules: Vec<PathBuf>,
+        /// `pub` or `sub`.
+        action: ExplainAction,
+        subject: String,
+        /// The queue group of a subscription.
+        queue: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExplainAction {
+    #[value(alias = "publish")]
+    Pub,
+    #[value(alias = "subscribe")]
+    Sub,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -87,6 +120,38 @@ fn main() -> ExitCode {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "flags and environment".into());
             println!("nats-edge: configuration OK ({source})");
+            ExitCode::SUCCESS
+        }
+        Command::Acl {
+            command:
+                AclCommand::Explain {
+                    user,
+                    rules,
+                    action,
+                    subject,
+                    queue,
+                },
+        } => {
+            let files = if rules.is_empty() {
+                config.rule_files()
+            } else {
+                rules
+            };
+            let loaded = match nats_edge_filters::acl::rules::AclRules::load(&files) {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    eprintln!("nats-edge: invalid rules: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let action = match action {
+                ExplainAction::Pub => Action::Publish(&subject),
+                ExplainAction::Sub => Action::Subscribe {
+                    subject: &subject,
+                    queue: queue.as_deref(),
+                },
+            };
+            print!("{}", explain(&loaded, user.as_deref(), action));
             ExitCode::SUCCESS
         }
         Command::Run => match run(config) {
@@ -131,9 +196,12 @@ fn run(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let mut edge = Edge::start_on_workers(config, Vec::new(), workers).await?;
         let stop = edge.shutdown_handle();
-        let tls = edge.tls_reloader();
+        let reload = Reload {
+            tls: edge.tls_reloader(),
+            rules: edge.rules_reloader(),
+        };
         tokio::spawn(async move {
-            wait_for_signal(&tls).await;
+            wait_for_signal(&reload).await;
             tracing::info!("shutting down");
             let _ = stop.send(true);
         });
@@ -165,10 +233,16 @@ fn start_workers(threads: usize) -> anyhow::Result<Vec<tokio::runtime::Handle>> 
         .collect()
 }
 
+/// What SIGHUP reloads.
+struct Reload {
+    tls: nats_edge::transport::tls::TlsReloader,
+    rules: nats_edge::edge::RulesReloader,
+}
+
 /// Resolves on SIGTERM or SIGINT. SIGHUP, the conventional reload signal, must not kill the
-/// process (the default action): it reloads TLS certificates and keys; the rest of the
-/// configuration is not reloaded.
-async fn wait_for_signal(tls: &nats_edge::transport::tls::TlsReloader) {
+/// process (the default action): it reloads TLS certificates and keys and the ACL rule files;
+/// the rest of the configuration is not reloaded.
+async fn wait_for_signal(reload: &Reload) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -183,14 +257,31 @@ async fn wait_for_signal(tls: &nats_edge::transport::tls::TlsReloader) {
             tokio::select! {
                 _ = term.recv() => return,
                 _ = tokio::signal::ctrl_c() => return,
-                _ = hup.recv() => reload_tls(tls),
+                _ = hup.recv() => {
+                    reload_rules(&reload.rules);
+                    reload_tls(&reload.tls);
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tls;
+        let _ = reload;
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Reloads the ACL rule files; a file that fails keeps the previous rules in force.
+#[cfg_attr(not(unix), allow(dead_code))]
+fn reload_rules(rules: &nats_edge::edge::RulesReloader) {
+    if rules.is_empty() {
+        return;
+    }
+    match rules.reload() {
+        Ok(()) => tracing::info!("ACL rules reloaded"),
+        Err(e) => {
+            tracing::error!(error = %e, "ACL rules reload failed; keeping the previous rules")
+        }
     }
 }
 
@@ -199,8 +290,8 @@ async fn wait_for_signal(tls: &nats_edge::transport::tls::TlsReloader) {
 #[cfg_attr(not(unix), allow(dead_code))]
 fn reload_tls(tls: &nats_edge::transport::tls::TlsReloader) {
     if tls.is_empty() {
-        tracing::warn!(
-            "SIGHUP received: no TLS material to reload; the rest of the configuration is only read at start-up, restart nats-edge to apply changes"
+        tracing::info!(
+            "SIGHUP handled: no TLS material to reload; the rest of the configuration (beyond ACL rule files) is only read at start-up, restart nats-edge to apply changes"
         );
         return;
     }
@@ -216,6 +307,6 @@ fn reload_tls(tls: &nats_edge::transport::tls::TlsReloader) {
     }
     tracing::info!(
         ok = !failed,
-        "SIGHUP handled: TLS material reloaded; the rest of the configuration is only read at start-up (restart nats-edge to apply other changes)"
+        "SIGHUP handled: TLS material reloaded; the rest of the configuration (beyond ACL rule files) is only read at start-up (restart nats-edge to apply other changes)"
     );
 }

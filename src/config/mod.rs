@@ -2,6 +2,7 @@
 //! flags, merged by figment. Unknown keys are errors; every error names the key and where its
 //! value came from (the file, the environment variable or the flag).
 
+mod auth;
 mod units;
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use figment::Figment;
 use nats_edge_filters::limits::LimitsConfig;
 use serde::{Deserialize, Serialize};
 
+pub use auth::{AuthModeConfig, AuthSection, TrustedProxyConfig};
 pub use units::{parse_duration, parse_size, ByteSize, HumanDuration, StringList};
 
 use crate::upstream::UpstreamUrl;
@@ -25,10 +27,15 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub upstream: UpstreamConfig,
     pub limits: LimitsSection,
+    /// Identity and subject permissions.
+    pub auth: AuthSection,
     pub log: LogConfig,
     /// Worker threads that run sessions, each with a single-threaded runtime; a session stays
     /// on one worker. 0: one per CPU core.
     pub worker_threads: usize,
+    /// The directory of the config file, against which rule file paths are resolved.
+    #[serde(skip)]
+    pub base_dir: Option<PathBuf>,
 }
 
 /// One client-facing listener.
@@ -251,8 +258,10 @@ impl Default for Config {
             listeners: vec![ListenerConfig::tcp("default", default_listen())],
             upstream: UpstreamConfig::default(),
             limits: LimitsSection::default(),
+            auth: AuthSection::default(),
             log: LogConfig::default(),
             worker_threads: 0,
+            base_dir: None,
         }
     }
 }
@@ -437,6 +446,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
+        let base_dir = file.and_then(Path::parent).map(Path::to_path_buf);
         figment = figment.merge(
             Env::prefixed(ENV_PREFIX)
                 .split("__")
@@ -457,7 +467,14 @@ impl Config {
         if let Some(level) = &overrides.log_level {
             figment = figment.merge(Serialized::default("log.level", level));
         }
-        Self::extract(figment)
+        let mut config = Self::extract(figment)?;
+        config.base_dir = base_dir;
+        Ok(config)
+    }
+
+    /// The ACL rule files, resolved against the config file's directory.
+    pub fn rule_files(&self) -> Vec<PathBuf> {
+        self.auth.rule_files(self.base_dir.as_deref())
     }
 
     /// Parses a TOML document on top of the defaults (no environment): for tests and embedding.
@@ -574,6 +591,7 @@ impl Config {
                 "must be above zero".into(),
             ));
         }
+        self.auth.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ("log.level".to_string(), e.to_string()))?;
         Ok(())
@@ -595,7 +613,14 @@ const ENV_PREFIX: &str = "NATS_EDGE_";
 /// The top-level keys an environment variable may set. Other `NATS_EDGE_*` variables are not
 /// configuration: Kubernetes, for one, injects `NATS_EDGE_PORT` and `NATS_EDGE_SERVICE_HOST`
 /// into pods beside a Service named nats-edge, and those must not stop the edge starting.
-const ENV_SECTIONS: [&str; 5] = ["listeners", "upstream", "limits", "log", "worker_threads"];
+const ENV_SECTIONS: [&str; 6] = [
+    "listeners",
+    "upstream",
+    "limits",
+    "auth",
+    "log",
+    "worker_threads",
+];
 
 fn is_config_env_key(key: &str) -> bool {
     let top = key.split('.').next().unwrap_or_default();

@@ -343,6 +343,10 @@ impl Forwarder {
         } else {
             Verdict::Forward
         };
+        if matches!(op, ClientOp::Connect(_)) {
+            // The CONNECT named the user: what the filters want to see may have changed.
+            shared.chain.refresh_interest();
+        }
         let forwarded = match verdict {
             Verdict::Forward => {
                 self.push(data);

@@ -4,14 +4,17 @@
 mod credentials;
 mod forward;
 pub mod info;
+pub mod proxy_sig;
 mod state;
 
 use std::future::{poll_fn, Future};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use nats_edge_filters::acl::AclFactory;
 use nats_edge_filters::limits::{Limits, LimitsConfig};
 use nats_edge_filters::{errors, Chain, CloseReason, Filter, FilterFactory, ServerOp, SessionCtx};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -44,6 +47,13 @@ pub struct SessionEnv {
     pub handshake_timeout: Duration,
     pub limits: LimitsConfig,
     pub info_rewrite: InfoRewrite,
+    /// Identity and permissions. Always in the chain: it also names the connection's user.
+    pub acl: Arc<AclFactory>,
+    /// Signs CONNECTs sent upstream as a trusted proxy, when configured.
+    pub proxy_signer: Option<Arc<proxy_sig::ProxySigner>>,
+    /// Bumped whenever rule files are reloaded: live sessions then let their filters take the
+    /// new rules. Read once per wake-up, never per message.
+    pub rules_epoch: Arc<AtomicU64>,
     /// Extra filters, after the built-in ones, in pipeline order.
     pub filters: Vec<Arc<dyn FilterFactory>>,
     pub metrics: Arc<Metrics>,
@@ -162,10 +172,18 @@ async fn serve(accepted: Accepted, env: &SessionEnv) -> Summary {
     tracing::Span::current().record("upstream", tracing::field::display(&connected.url));
     tracing::debug!("upstream connected");
 
-    let mut filters: Vec<Box<dyn Filter>> = vec![Box::new(Limits::new(env.limits))];
+    // Pipeline order. Transport filters first (WebSocket cookies are the client's
+    // credentials); the ACL before the limits, as nats-server checks permissions before it
+    // counts a subscription; then what the edge itself adds to the CONNECT.
+    let mut filters: Vec<Box<dyn Filter>> = Vec::new();
     filters.extend(transport_filters);
+    filters.push(env.acl.build(&conn));
+    filters.push(Box::new(Limits::new(env.limits)));
     if let Some(creds) = &connected.url.credentials {
         filters.push(Box::new(credentials::UrlCredentialsFilter(creds.clone())));
+    }
+    if let Some(signer) = &env.proxy_signer {
+        filters.push(Box::new(proxy_sig::ProxySigFilter(signer.clone())));
     }
     filters.extend(env.filters.iter().map(|f| f.build(&conn)));
     let mut shared = Shared::new(
@@ -275,9 +293,17 @@ where
     let mut shutdown = env.shutdown.clone();
     let shutdown_signal = async move { crate::edge::until_stopped(&mut shutdown).await };
     tokio::pin!(shutdown_signal);
+    // None: the first poll lets the filters check they hold the latest rules, in case a
+    // reload happened while this session was being set up.
+    let mut rules_epoch = None;
 
     poll_fn(|cx| loop {
         let generation = shared.generation;
+        let epoch = env.rules_epoch.load(Ordering::Relaxed);
+        if rules_epoch != Some(epoch) {
+            rules_epoch = Some(epoch);
+            shared.chain.on_reload(&shared.ctx);
+        }
 
         if shared.closing.is_none() {
             if shared.ctx.connect.is_none() && handshake.as_mut().poll(cx).is_ready() {

@@ -212,7 +212,10 @@ user = "guest"
             auth(r#"{"auth_token":"tok"}"#, None),
             Ok(("svc".into(), AuthMethod::Token))
         );
-        assert_eq!(auth(r#"{"auth_token":"nope"}"#, None), Err(AuthFailure::UnknownToken));
+        assert_eq!(
+            auth(r#"{"auth_token":"nope"}"#, None),
+            Err(AuthFailure::UnknownToken)
+        );
         assert_eq!(
             auth("{}", None),
             Ok(("guest".into(), AuthMethod::NoAuthUser))

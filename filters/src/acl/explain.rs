@@ -7,7 +7,10 @@ use super::rules::AclRules;
 #[derive(Debug, Clone, Copy)]
 pub enum Action<'a> {
     Publish(&'a str),
-    Subscribe { subject: &'a str, queue: Option<&'a str> },
+    Subscribe {
+        subject: &'a str,
+        queue: Option<&'a str>,
+    },
 }
 
 /// The answer: the decision and its explanation, one fact per line.
@@ -79,8 +82,15 @@ pub fn explain(rules: &AclRules, user: Option<&str>, action: Action<'_>) -> Expl
             perms.check_subscribe(subject.as_bytes(), queue.map(str::as_bytes)),
         ),
     };
-    let verdict = if decision.allowed { "allowed" } else { "denied" };
-    lines.push(format!("{what}: {verdict}: {}", reason_text(&decision.reason)));
+    let verdict = if decision.allowed {
+        "allowed"
+    } else {
+        "denied"
+    };
+    lines.push(format!(
+        "{what}: {verdict}: {}",
+        reason_text(&decision.reason)
+    ));
     match action {
         Action::Publish(_) if !decision.allowed && perms.responses.is_some() => {
             lines.push(
@@ -92,8 +102,10 @@ pub fn explain(rules: &AclRules, user: Option<&str>, action: Action<'_>) -> Expl
             let queue = queue.map(str::as_bytes);
             if perms.needs_delivery_filter(subject.as_bytes(), queue) {
                 for rule in &perms.subscribe.deny {
-                    if super::matching::subjects_collide(rule.subject.as_bytes(), subject.as_bytes())
-                    {
+                    if super::matching::subjects_collide(
+                        rule.subject.as_bytes(),
+                        subject.as_bytes(),
+                    ) {
                         lines.push(format!(
                             "deliveries matching deny entry {rule} are filtered out"
                         ));

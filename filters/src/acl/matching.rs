@@ -101,7 +101,9 @@ pub fn subjects_collide(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether a subject holds a wildcard token.
 pub fn has_wildcard(subject: &[u8]) -> bool {
-    subject.split(|b| *b == b'.').any(|t| is_pwc(t) || is_fwc(t))
+    subject
+        .split(|b| *b == b'.')
+        .any(|t| is_pwc(t) || is_fwc(t))
 }
 
 /// nats-server's `queueMatches`: a queue group is allowed by the queue entries that matched

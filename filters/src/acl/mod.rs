@@ -259,8 +259,12 @@ impl AclFilter {
                 Verdict::Forward
             }
             AuthMode::Edge => {
-                match authenticate(&self.rules, &self.checker, connect, ctx.conn.tls_peer.as_ref())
-                {
+                match authenticate(
+                    &self.rules,
+                    &self.checker,
+                    connect,
+                    ctx.conn.tls_peer.as_ref(),
+                ) {
                     Ok((user, method)) => {
                         tracing::debug!(user = %user.name, method = method.as_str(), "authenticated");
                         self.user = Some(user.name.clone());
@@ -286,15 +290,10 @@ impl AclFilter {
         verdict
     }
 
-    fn check_publish(&mut self, subject: &Bytes, pedantic: bool) -> bool {
+    fn check_publish(&mut self, subject: &Bytes) -> bool {
         let Some(perms) = self.perms.clone() else {
             return true;
         };
-        // A pedantic client's wildcard publish is refused by nats-server as an invalid
-        // subject before permissions are checked: leave that answer to the server.
-        if pedantic && !crate::subject::is_valid_literal_subject(subject) {
-            return true;
-        }
         let allowed = match self.publish_cache.get(subject) {
             Some(allowed) => *allowed,
             None => {
@@ -316,9 +315,8 @@ impl AclFilter {
             .is_some_and(|r| r.answer(subject, Instant::now()))
     }
 
-    fn on_publish(&mut self, subject: &Bytes, ctx: &SessionCtx) -> Verdict {
-        let pedantic = ctx.connect.as_ref().is_some_and(|c| c.pedantic == Some(true));
-        if self.check_publish(subject, pedantic) {
+    fn on_publish(&mut self, subject: &Bytes) -> Verdict {
+        if self.check_publish(subject) {
             return Verdict::Forward;
         }
         self.denied(DenialKind::Publish, subject, None);
@@ -375,7 +373,10 @@ impl AclFilter {
         }
         if self.filter_deliveries {
             let queue = live.and_then(|s| s.queue.clone());
-            if perms.denied_delivery(&msg.subject, queue.as_deref()).is_some() {
+            if perms
+                .denied_delivery(&msg.subject, queue.as_deref())
+                .is_some()
+            {
                 self.denied(DenialKind::Delivery, &msg.subject, queue.as_ref());
                 return Verdict::Drop;
             }
@@ -463,8 +464,15 @@ impl Filter for AclFilter {
         match op {
             ClientOp::Connect(connect) => self.on_connect(connect, ctx),
             ClientOp::Pub(p) => {
+                // nats-server closes a client that sends HPUB without having negotiated
+                // headers, before it looks at permissions: leave that to it.
+                let headers_refused =
+                    p.headers.is_some() && !ctx.connect.as_ref().is_some_and(|c| c.wants_headers());
+                if headers_refused {
+                    return Verdict::Forward;
+                }
                 let subject = p.subject.clone();
-                self.on_publish(&subject, ctx)
+                self.on_publish(&subject)
             }
             ClientOp::Sub(sub) => self.on_subscribe(sub),
             ClientOp::Unsub(unsub) => {

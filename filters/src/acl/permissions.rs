@@ -146,7 +146,11 @@ impl Permissions {
 
     /// May the client subscribe to `subject`, in `queue` if given? (nats-server's
     /// `canSubscribe`.)
-    pub fn check_subscribe<'a>(&'a self, subject: &'a [u8], queue: Option<&'a [u8]>) -> Decision<'a> {
+    pub fn check_subscribe<'a>(
+        &'a self,
+        subject: &'a [u8],
+        queue: Option<&'a [u8]>,
+    ) -> Decision<'a> {
         let list = &self.subscribe;
         if list.is_open() {
             return Decision::allow(Reason::NoRestrictions);
@@ -169,9 +173,9 @@ impl Permissions {
                 allowed = queue_matches(q, names.map(str::as_bytes));
                 reason = if allowed {
                     let named = queued.iter().find(|r| {
-                        r.queue.as_deref().is_some_and(|n| {
-                            queue_matches(q, std::iter::once(n.as_bytes()))
-                        })
+                        r.queue
+                            .as_deref()
+                            .is_some_and(|n| queue_matches(q, std::iter::once(n.as_bytes())))
                     });
                     named.map_or(reason, |r| Reason::AllowedBy(r))
                 } else {
@@ -220,7 +224,11 @@ impl Permissions {
 
     /// The deny entry that keeps a message on `subject` from a subscription in `queue`
     /// (nats-server's `checkDenySub`).
-    pub fn denied_delivery<'a>(&'a self, subject: &'a [u8], queue: Option<&[u8]>) -> Option<&'a Rule> {
+    pub fn denied_delivery<'a>(
+        &'a self,
+        subject: &'a [u8],
+        queue: Option<&[u8]>,
+    ) -> Option<&'a Rule> {
         let deny = &self.subscribe.deny;
         if let Some(rule) = matching(deny, subject).find(|r| r.queue.is_none()) {
             return Some(rule);
@@ -255,7 +263,12 @@ mod tests {
             .collect()
     }
 
-    fn perms(pub_allow: Option<&[&str]>, pub_deny: &[&str], sub_allow: Option<&[&str]>, sub_deny: &[&str]) -> Permissions {
+    fn perms(
+        pub_allow: Option<&[&str]>,
+        pub_deny: &[&str],
+        sub_allow: Option<&[&str]>,
+        sub_deny: &[&str],
+    ) -> Permissions {
         Permissions {
             publish: SubjectPermission {
                 allow: pub_allow.map(rules),
@@ -289,7 +302,12 @@ mod tests {
 
     #[test]
     fn subscribe_wildcards_and_queues() {
-        let p = perms(None, &[], Some(&["foo.*", "jobs.> workers"]), &["foo.secret"]);
+        let p = perms(
+            None,
+            &[],
+            Some(&["foo.*", "jobs.> workers"]),
+            &["foo.secret"],
+        );
         assert!(p.check_subscribe(b"foo.bar", None).allowed);
         assert!(p.check_subscribe(b"foo.*", None).allowed);
         assert!(!p.check_subscribe(b"foo.secret", None).allowed);

@@ -53,8 +53,8 @@ pub enum RulesError {
     },
 }
 
-/// A secret from a rule file: prints masked.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+/// A secret from a rule file or the config: prints masked.
+#[derive(Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -75,11 +75,14 @@ impl std::fmt::Debug for Secret {
 }
 
 /// The credentials the edge presents upstream for a user it authenticated.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamCredentials {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<Secret>,
 }
 
@@ -154,17 +157,21 @@ impl AclRules {
         let mut no_auth = None;
         rules.merge(parsed, file, text, &mut no_auth)?;
         if let Some((user, file, text)) = no_auth {
-            rules.no_auth_user = Some(rules.users.get(user.get_ref().as_str()).cloned().ok_or_else(
-                || {
-                    invalid(
-                        &file,
-                        &text,
-                        user.span().start,
-                        "no_auth_user",
-                        format!("unknown user `{}`", user.get_ref()),
-                    )
-                },
-            )?);
+            rules.no_auth_user = Some(
+                rules
+                    .users
+                    .get(user.get_ref().as_str())
+                    .cloned()
+                    .ok_or_else(|| {
+                        invalid(
+                            &file,
+                            &text,
+                            user.span().start,
+                            "no_auth_user",
+                            format!("unknown user `{}`", user.get_ref()),
+                        )
+                    })?,
+            );
         }
         Ok(rules)
     }
@@ -226,7 +233,13 @@ impl AclRules {
             let span = entry.user.span();
             let user_name = entry.user.get_ref().trim();
             if user_name.is_empty() {
-                return Err(invalid(name, text, span.start, "users.user", "empty".into()));
+                return Err(invalid(
+                    name,
+                    text,
+                    span.start,
+                    "users.user",
+                    "empty".into(),
+                ));
             }
             let origin = Origin {
                 file: origin_file.clone(),
@@ -238,7 +251,10 @@ impl AclRules {
                     text,
                     span.start,
                     "users.user",
-                    format!("duplicate user `{user_name}`, first defined at {}", first.origin),
+                    format!(
+                        "duplicate user `{user_name}`, first defined at {}",
+                        first.origin
+                    ),
                 ));
             }
             if entry.password.is_some() && entry.token.is_some() {
@@ -328,7 +344,10 @@ impl<'de> Deserialize<'de> for ListFile {
                 Ok(ListFile::One(v.to_string()))
             }
 
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ListFile, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ListFile, A::Error> {
                 let mut entries = Vec::new();
                 while let Some(entry) = seq.next_element()? {
                     entries.push(entry);
@@ -336,7 +355,10 @@ impl<'de> Deserialize<'de> for ListFile {
                 Ok(ListFile::Many(entries))
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ListFile, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ListFile, A::Error> {
                 let (mut allow, mut deny) = (None, None);
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
@@ -377,7 +399,10 @@ impl<'de> Deserialize<'de> for ResponsesFile {
                 Ok(ResponsesFile::Enabled(v))
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ResponsesFile, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ResponsesFile, A::Error> {
                 let (mut max, mut expires) = (None, None);
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
@@ -446,7 +471,10 @@ fn compile_permissions(
                                 text,
                                 s.span().start,
                                 "allow_responses.expires",
-                                format!("`{}` is not a duration such as \"2m\" or \"500ms\"", s.get_ref()),
+                                format!(
+                                    "`{}` is not a duration such as \"2m\" or \"500ms\"",
+                                    s.get_ref()
+                                ),
                             )
                         })?;
                         (!d.is_zero()).then_some(d)
@@ -514,13 +542,17 @@ fn compile_rule(
     let subject = parts.next().unwrap_or_default();
     let queue = parts.next();
     if parts.next().is_some() {
-        return Err(bad(format!("`{value}`: expected a subject and at most a queue group")));
+        return Err(bad(format!(
+            "`{value}`: expected a subject and at most a queue group"
+        )));
     }
     if !is_valid_subject(subject.as_bytes()) {
         return Err(bad(format!("`{value}`: invalid subject")));
     }
     if queue.is_some() && !queues {
-        return Err(bad(format!("`{value}`: a queue group has no meaning in a publish permission")));
+        return Err(bad(format!(
+            "`{value}`: a queue group has no meaning in a publish permission"
+        )));
     }
     Ok(Rule {
         subject: subject.into(),
@@ -535,7 +567,9 @@ fn compile_rule(
 /// `"500ms"`, `"2s"`, `"2m"`, `"1h"`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
-    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let value: u64 = text[..digits].parse().ok()?;
     let unit = match text[digits..].trim() {
         "ms" => Duration::from_millis(1),
@@ -584,7 +618,10 @@ user = "guest"
         let alice = rules.user("alice").unwrap();
         let p = alice.permissions.as_ref().unwrap();
         assert_eq!(p.publish.deny[0].origin.line, 10);
-        assert_eq!(p.subscribe.allow.as_ref().unwrap()[1].queue.as_deref(), Some("workers"));
+        assert_eq!(
+            p.subscribe.allow.as_ref().unwrap()[1].queue.as_deref(),
+            Some("workers")
+        );
         assert_eq!(
             p.responses,
             Some(ResponseBounds {
@@ -600,22 +637,34 @@ user = "guest"
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let e = AclRules::from_str("r.toml", "[[users]]\nuser = \"a\"\n[[users]]\nuser = \"a\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = AclRules::from_str(
+            "r.toml",
+            "[[users]]\nuser = \"a\"\n[[users]]\nuser = \"a\"\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("r.toml:4:"), "{e}");
-        assert!(e.contains("duplicate user `a`, first defined at r.toml:2"), "{e}");
+        assert!(
+            e.contains("duplicate user `a`, first defined at r.toml:2"),
+            "{e}"
+        );
         let e = AclRules::from_str(
             "r.toml",
             "[[users]]\nuser = \"a\"\n[users.permissions]\npublish = [\"ok\", \"bad..subject\"]\n",
         )
         .unwrap_err()
         .to_string();
-        assert_eq!(e, "r.toml:4: `publish.allow`: `bad..subject`: invalid subject");
+        assert_eq!(
+            e,
+            "r.toml:4: `publish.allow`: `bad..subject`: invalid subject"
+        );
         let e = AclRules::from_str("r.toml", "no_auth_user = \"ghost\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("r.toml:1: `no_auth_user`: unknown user `ghost`"), "{e}");
+        assert!(
+            e.contains("r.toml:1: `no_auth_user`: unknown user `ghost`"),
+            "{e}"
+        );
         let e = AclRules::from_str("r.toml", "[[users]]\nname = \"a\"\n")
             .unwrap_err()
             .to_string();

@@ -110,7 +110,10 @@ fn passthrough_keys_permissions_on_the_presented_user() {
     assert_eq!(chain.on_client_op(&mut c, &mut ctx), Verdict::Forward);
     chain.refresh_interest();
     assert_eq!(ctx.identity.as_ref().unwrap().user_name(), "alice");
-    assert_eq!(chain.on_client_op(&mut publish("orders.new"), &mut ctx), Verdict::Forward);
+    assert_eq!(
+        chain.on_client_op(&mut publish("orders.new"), &mut ctx),
+        Verdict::Forward
+    );
     assert_eq!(
         chain.on_client_op(&mut publish("orders.audit"), &mut ctx),
         err(r#"Permissions Violation for Publish to "orders.audit""#)
@@ -124,10 +127,19 @@ fn passthrough_keys_permissions_on_the_presented_user() {
         err(r#"Permissions Violation for Subscription to "jobs.a" using queue "others""#)
     );
     // The wildcard overlaps the deny entry: accepted, the denied subject dropped at delivery.
-    assert_eq!(chain.on_client_op(&mut sub("orders.*", None, "2"), &mut ctx), Verdict::Forward);
+    assert_eq!(
+        chain.on_client_op(&mut sub("orders.*", None, "2"), &mut ctx),
+        Verdict::Forward
+    );
     assert!(chain.interest().contains(OpKind::Msg));
-    assert_eq!(chain.on_server_op(&mut msg("orders.new", "2", None), &ctx), Verdict::Forward);
-    assert_eq!(chain.on_server_op(&mut msg("orders.secret", "2", None), &ctx), Verdict::Drop);
+    assert_eq!(
+        chain.on_server_op(&mut msg("orders.new", "2", None), &ctx),
+        Verdict::Forward
+    );
+    assert_eq!(
+        chain.on_server_op(&mut msg("orders.secret", "2", None), &ctx),
+        Verdict::Drop
+    );
     let recorded = events.0.lock().unwrap().clone();
     assert_eq!(recorded.len(), 5);
     assert_eq!(recorded[4], ("alice".into(), DenialKind::Delivery));
@@ -140,7 +152,10 @@ fn responses_are_allowed_once() {
     chain.refresh_interest();
     assert!(chain.on_client_op(&mut publish("_INBOX.1"), &mut ctx) != Verdict::Forward);
     chain.on_server_op(&mut msg("rpc.echo", "1", Some("_INBOX.1")), &ctx);
-    assert_eq!(chain.on_client_op(&mut publish("_INBOX.1"), &mut ctx), Verdict::Forward);
+    assert_eq!(
+        chain.on_client_op(&mut publish("_INBOX.1"), &mut ctx),
+        Verdict::Forward
+    );
     assert!(chain.on_client_op(&mut publish("_INBOX.1"), &mut ctx) != Verdict::Forward);
 }
 
@@ -159,7 +174,10 @@ fn edge_mode_authenticates_and_replaces_credentials() {
     let mut c = connect(r#"{"user":"alice","pass":"nope"}"#);
     assert_eq!(
         chain.on_client_op(&mut c, &mut ctx),
-        Verdict::close_with(CloseReason::AuthorizationViolation, "Authorization Violation")
+        Verdict::close_with(
+            CloseReason::AuthorizationViolation,
+            "Authorization Violation"
+        )
     );
     // An op before CONNECT, with no no_auth_user: refused as nats-server refuses it.
     let (mut chain, mut ctx, _, _) = setup(AuthMode::Edge, RULES);
@@ -174,12 +192,21 @@ fn reload_applies_to_the_live_session() {
     let (mut chain, mut ctx, _, source) = setup(AuthMode::Passthrough, RULES);
     chain.on_client_op(&mut connect(r#"{"user":"alice"}"#), &mut ctx);
     chain.refresh_interest();
-    assert_eq!(chain.on_client_op(&mut sub("orders.new", None, "7"), &mut ctx), Verdict::Forward);
-    let tighter = RULES.replace(r#"deny = ["orders.secret"]"#, r#"deny = ["orders.secret", "orders.new"]"#);
+    assert_eq!(
+        chain.on_client_op(&mut sub("orders.new", None, "7"), &mut ctx),
+        Verdict::Forward
+    );
+    let tighter = RULES.replace(
+        r#"deny = ["orders.secret"]"#,
+        r#"deny = ["orders.secret", "orders.new"]"#,
+    );
     source
         .current
         .store(Arc::new(AclRules::from_str("t.toml", &tighter).unwrap()));
     chain.on_reload(&ctx);
-    assert_eq!(chain.on_server_op(&mut msg("orders.new", "7", None), &ctx), Verdict::Drop);
+    assert_eq!(
+        chain.on_server_op(&mut msg("orders.new", "7", None), &ctx),
+        Verdict::Drop
+    );
     assert!(chain.on_client_op(&mut sub("orders.new", None, "8"), &mut ctx) != Verdict::Forward);
 }

@@ -1,0 +1,88 @@
+//! The `[auth]` section: who decides whether a client may connect, the ACL rule files, the
+//! credentials the edge presents upstream, and the trusted-proxy key.
+
+use std::path::{Path, PathBuf};
+
+use nats_edge_filters::acl::rules::UpstreamCredentials;
+use nats_edge_filters::acl::AuthMode;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// `passthrough`: nats-server authenticates clients with their own credentials.
+    /// `edge`: the edge authenticates them against the users of `rules`.
+    pub mode: AuthModeConfig,
+    /// ACL rule files (users, credentials, permissions). Relative paths are relative to the
+    /// config file's directory.
+    pub rules: Vec<PathBuf>,
+    /// Credentials sent upstream for edge-authenticated clients (a user in the rule files may
+    /// name its own). Unset: none, or those of the upstream URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamCredentials>,
+    /// Sign every CONNECT sent upstream as a trusted proxy (nats-server `proxies`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trusted_proxy: Option<TrustedProxyConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthModeConfig {
+    #[default]
+    Passthrough,
+    Edge,
+}
+
+impl From<AuthModeConfig> for AuthMode {
+    fn from(mode: AuthModeConfig) -> Self {
+        match mode {
+            AuthModeConfig::Passthrough => AuthMode::Passthrough,
+            AuthModeConfig::Edge => AuthMode::Edge,
+        }
+    }
+}
+
+/// Where the trusted proxy's nkey seed is read from: a file or an environment variable,
+/// never the config itself, so the secret stays out of config files and logs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustedProxyConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed_env: Option<String>,
+}
+
+impl AuthSection {
+    /// The rule files, relative ones resolved against `base` (the config file's directory).
+    pub fn rule_files(&self, base: Option<&Path>) -> Vec<PathBuf> {
+        nats_edge_filters::acl::rules::resolve(base, &self.rules)
+    }
+
+    /// Checks what types alone cannot; returns the key and why.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.mode == AuthModeConfig::Edge && self.rules.is_empty() {
+            return Err((
+                "auth.rules".into(),
+                "mode = \"edge\" needs at least one rule file with users".into(),
+            ));
+        }
+        if let Some(creds) = &self.upstream {
+            if creds.token.is_some() && (creds.user.is_some() || creds.password.is_some()) {
+                return Err((
+                    "auth.upstream".into(),
+                    "give a token or a user and password, not both".into(),
+                ));
+            }
+        }
+        if let Some(proxy) = &self.trusted_proxy {
+            if proxy.seed_file.is_some() == proxy.seed_env.is_some() {
+                return Err((
+                    "auth.trusted_proxy".into(),
+                    "give exactly one of seed_file and seed_env".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,533 @@
+//! Identity and subject permissions through the edge, against a real nats-server.
+//!
+//! The centre of it is differential: nats-server is given the permissions of
+//! `filters/rules/acl/passthrough.toml` in its own syntax, and every command sequence is sent
+//! to it directly and, through the edge enforcing that rule file, to a nats-server that
+//! enforces nothing. The bytes that come back must be the same.
+
+mod common;
+mod transport_support;
+
+use common::*;
+use transport_support::{toml_path, Leaf, Pki};
+
+const RULES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/filters/rules/acl/passthrough.toml"
+);
+const EDGE_USERS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/filters/rules/acl/edge-users.toml"
+);
+
+/// The users of passthrough.toml, with their permissions, as nats-server writes them.
+const SERVER_PERMISSIONS: &str = r#"
+authorization {
+  default_permissions = { publish = { deny = [">"] }, subscribe = { allow = ["public.>"] } }
+  users = [
+    { user: orders, password: pw, permissions: {
+        publish: { allow: ["orders.>"], deny: ["orders.audit.>"] },
+        subscribe: { allow: ["orders.>", "jobs.> workers"], deny: ["orders.secret"] } } }
+    { user: service, password: pw, permissions: {
+        subscribe: { allow: ["rpc.>"] }, allow_responses: { max: 2, expires: "1m" } } }
+    { user: admin, password: pw, permissions: { publish: ">", subscribe: ">" } }
+    { user: anon, password: pw }
+  ]
+}
+"#;
+
+/// The same users without permissions: the edge enforces them.
+const SERVER_USERS_ONLY: &str = r#"
+authorization {
+  users = [
+    { user: orders, password: pw }
+    { user: service, password: pw }
+    { user: admin, password: pw }
+    { user: anon, password: pw }
+  ]
+}
+"#;
+
+fn connect_as(user: &str) -> Vec<u8> {
+    format!("CONNECT {{\"user\":\"{user}\",\"pass\":\"pw\",\"verbose\":false,\"pedantic\":false,\"headers\":true}}\r\n")
+        .into_bytes()
+}
+
+struct Targets {
+    _direct_server: NatsServer,
+    _edge_server: NatsServer,
+    edge: nats_edge::Edge,
+}
+
+impl Targets {
+    async fn start() -> Targets {
+        let direct = NatsServer::start_with_config(SERVER_PERMISSIONS);
+        let behind = NatsServer::start_with_config(SERVER_USERS_ONLY);
+        let edge = start_edge(&[behind.url()], &format!("[auth]\nrules = [{RULES:?}]\n")).await;
+        Targets {
+            _direct_server: direct,
+            _edge_server: behind,
+            edge,
+        }
+    }
+
+    fn direct(&self) -> std::net::SocketAddr {
+        self._direct_server.addr()
+    }
+
+    fn edged(&self) -> std::net::SocketAddr {
+        edge_addr(&self.edge)
+    }
+}
+
+/// Sends `bytes` after a CONNECT as `user` in writes of `chunk` bytes, then a PING; returns
+/// what came back before its PONG, and whether the connection closed.
+async fn outcome(
+    addr: std::net::SocketAddr,
+    user: &str,
+    bytes: &[u8],
+    chunk: usize,
+) -> (String, bool) {
+    let (mut raw, _) = RawConn::connect_info(addr).await;
+    let mut all = connect_as(user);
+    all.extend_from_slice(bytes);
+    all.extend_from_slice(b"PING\r\n");
+    for part in all.chunks(chunk) {
+        raw.send(part).await;
+    }
+    let reply = raw.read_until(b"PONG\r\n").await;
+    (show(&reply.bytes), reply.closed)
+}
+
+/// Attempts that must be refused, each with a legitimate twin that must pass. `user`, the
+/// attempt, its twin.
+fn bypass_table() -> Vec<(&'static str, &'static str, &'static str)> {
+    vec![
+        // Publish: deny wins, case, separators, verbs, wildcards, empty tokens.
+        ("orders", "PUB orders.audit.x 1\r\na\r\n", "PUB orders.new 1\r\na\r\n"),
+        ("orders", "PUB orders.audit.x.y 1\r\na\r\n", "PUB orders.audit 1\r\na\r\n"),
+        ("orders", "pub orders.audit.x 1\r\na\r\n", "pub orders.new 1\r\na\r\n"),
+        ("orders", "Pub orders.audit.x 1\r\na\r\n", "Pub orders.new 1\r\na\r\n"),
+        ("orders", "PUB\torders.audit.x\t1\r\na\r\n", "PUB\torders.new\t1\r\na\r\n"),
+        ("orders", "PUB  orders.audit.x   1\r\na\r\n", "PUB  orders.new   1\r\na\r\n"),
+        ("orders", "PUB orders.audit.x 1\na\r\n", "PUB orders.new 1\na\r\n"),
+        ("orders", "PUB ORDERS.new 1\r\na\r\n", "PUB orders.NEW 1\r\na\r\n"),
+        ("orders", "PUB Orders.audit.x 1\r\na\r\n", "PUB orders.Audit.x 1\r\na\r\n"),
+        ("orders", "PUB orders..audit 1\r\na\r\n", "PUB orders.a.audit 1\r\na\r\n"),
+        ("orders", "PUB .orders.new 1\r\na\r\n", "PUB orders.new.x 1\r\na\r\n"),
+        ("orders", "PUB orders.new. 1\r\na\r\n", "PUB orders.new.y 1\r\na\r\n"),
+        ("orders", "PUB orders.audit.> 1\r\na\r\n", "PUB orders.> 1\r\na\r\n"),
+        ("orders", "PUB orders.audit.* 1\r\na\r\n", "PUB orders.* 1\r\na\r\n"),
+        ("orders", "PUB > 1\r\na\r\n", "PUB orders.x 1\r\na\r\n"),
+        ("orders", "PUB * 1\r\na\r\n", "PUB orders.y 1\r\na\r\n"),
+        ("orders", "PUB billing 1\r\na\r\n", "PUB orders.billing 1\r\na\r\n"),
+        ("orders", "PUB orders.audit.x reply.to 1\r\na\r\n", "PUB orders.new reply.to 1\r\na\r\n"),
+        ("orders", "PUB orders.audit.x 0\r\n\r\n", "PUB orders.new 0\r\n\r\n"),
+        ("orders", "PUB orders.audit.x\u{7f} 1\r\na\r\n", "PUB orders.new\u{7f} 1\r\na\r\n"),
+        ("orders", "PUB ordersé.x 1\r\na\r\n", "PUB orders.é 1\r\na\r\n"),
+        ("orders", "PUB orders.audit.\"q\" 1\r\na\r\n", "PUB orders.\"q\" 1\r\na\r\n"),
+        // HPUB is checked like PUB; headers and payloads are opaque.
+        ("orders", "HPUB orders.audit.x 12 14\r\nNATS/1.0\r\n\r\nab\r\n", "HPUB orders.new 12 14\r\nNATS/1.0\r\n\r\nab\r\n"),
+        ("orders", "hpub orders.audit.x 12 12\r\nNATS/1.0\r\n\r\n\r\n", "hpub orders.new 12 12\r\nNATS/1.0\r\n\r\n\r\n"),
+        ("orders", "HPUB orders.audit.x 36 36\r\nNATS/1.0\r\nNats-Subject: orders.n\r\n\r\n\r\n", "HPUB orders.new 36 36\r\nNATS/1.0\r\nNats-Subject: orders.a\r\n\r\n\r\n"),
+        ("orders", "PUB orders.new 28\r\nx\r\nPUB orders.audit.x 1\r\nb\r\n\r\nPUB orders.audit.x 1\r\nc\r\n", "PUB orders.new 1\r\nx\r\n"),
+        ("orders", "HPUB orders.new 12 34\r\nNATS/1.0\r\n\r\nPUB orders.audit.x 1\r\n\r\nPUB orders.audit.y 1\r\nz\r\n", "HPUB orders.new 12 13\r\nNATS/1.0\r\n\r\nz\r\n"),
+        // Pipelined: one refused publish among allowed ones.
+        ("orders", "PUB orders.a 1\r\na\r\nPUB orders.audit.b 1\r\nb\r\nPUB orders.c 1\r\nc\r\n", "PUB orders.a 1\r\na\r\nPUB orders.b 1\r\nb\r\n"),
+        // Subscribe: deny entries, wildcards, queues.
+        ("orders", "SUB orders.secret 1\r\n", "SUB orders.public 1\r\n"),
+        ("orders", "sub orders.secret 1\r\n", "sub orders.public 1\r\n"),
+        ("orders", "SUB\torders.secret\t1\r\n", "SUB\torders.public\t1\r\n"),
+        ("orders", "SUB orders.secret workers 1\r\n", "SUB orders.public workers 1\r\n"),
+        ("orders", "SUB billing.> 1\r\n", "SUB orders.> 1\r\n"),
+        ("orders", "SUB > 1\r\n", "SUB orders.* 1\r\n"),
+        ("orders", "SUB * 1\r\n", "SUB orders.x.> 1\r\n"),
+        ("orders", "SUB *.secret 1\r\n", "SUB orders.*.x 1\r\n"),
+        ("orders", "SUB ORDERS.x 1\r\n", "SUB orders.X 1\r\n"),
+        ("orders", "SUB orders..x 1\r\n", "SUB orders.y.x 1\r\n"),
+        ("orders", "SUB jobs.a 1\r\n", "SUB jobs.a workers 1\r\n"),
+        ("orders", "SUB jobs.a others 1\r\n", "SUB jobs.b workers 1\r\n"),
+        ("orders", "SUB jobs.> 1\r\n", "SUB jobs.> workers 1\r\n"),
+        ("orders", "SUB jobs.* WORKERS 1\r\n", "SUB jobs.* workers 1\r\n"),
+        ("orders", "SUB jobs.a _sys_ 1\r\n", "SUB jobs.c workers 2\r\n"),
+        ("orders", "SUB orders.new _sys_ 1\r\n", "SUB orders.new q 1\r\n"),
+        // Delivery-time filtering: the wildcard is accepted, `orders.secret` never arrives.
+        ("orders", "SUB orders.* 1\r\nPUB orders.secret 1\r\na\r\n", "SUB orders.* 1\r\nPUB orders.open 1\r\na\r\n"),
+        ("orders", "SUB orders.> 1\r\nPUB orders.secret 1\r\na\r\n", "SUB orders.> 1\r\nPUB orders.secret.x 1\r\na\r\n"),
+        ("orders", "SUB orders.* q 1\r\nPUB orders.secret 1\r\na\r\n", "SUB orders.* q 1\r\nPUB orders.q 1\r\na\r\n"),
+        ("orders", "SUB *.secret 1\r\nPUB orders.secret 1\r\na\r\n", "SUB orders.secret.* 1\r\nPUB orders.secret.x 1\r\na\r\n"),
+        // Reply-subject tricks: a reply subject is not a publish.
+        ("orders", "SUB orders.r 1\r\nPUB orders.r orders.audit.x 1\r\na\r\nPUB orders.audit.x 1\r\nb\r\n", "SUB orders.r 1\r\nPUB orders.r orders.audit.x 1\r\na\r\n"),
+        // The default permissions, for a user without permissions of its own.
+        ("anon", "PUB public.x 1\r\na\r\n", "SUB public.x 1\r\n"),
+        ("anon", "SUB private.x 1\r\n", "SUB public.> 1\r\n"),
+        ("anon", "SUB > 1\r\n", "SUB public.* 1\r\n"),
+        // allow_responses: nothing but answers.
+        ("service", "PUB rpc.x 1\r\na\r\n", "SUB rpc.x 1\r\n"),
+        ("service", "PUB _INBOX.abc 1\r\na\r\n", "SUB rpc.> 1\r\n"),
+        ("service", "SUB _INBOX.> 1\r\n", "SUB rpc.* 1\r\n"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bypass_attempts_are_refused_like_nats_server_and_twins_pass() {
+    let targets = Targets::start().await;
+    let table = bypass_table();
+    assert!(table.len() >= 50, "{} cases", table.len());
+    for (user, attempt, twin) in &table {
+        for (what, bytes, refused) in [("attempt", attempt, true), ("twin", twin, false)] {
+            for chunk in [usize::MAX, 7, 1] {
+                let expected = outcome(targets.direct(), user, bytes.as_bytes(), chunk).await;
+                let got = outcome(targets.edged(), user, bytes.as_bytes(), chunk).await;
+                assert_eq!(
+                    got,
+                    expected,
+                    "{what} as {user} in {chunk}-byte writes: {}",
+                    show(bytes.as_bytes())
+                );
+                let denied = expected.0.contains("Permissions Violation")
+                    || (bytes.starts_with("SUB orders")
+                        && bytes.contains("PUB orders.secret 1")
+                        && !expected.0.contains("MSG orders.secret "));
+                assert_eq!(
+                    denied,
+                    refused,
+                    "{what} as {user}: {} got {}",
+                    show(bytes.as_bytes()),
+                    expected.0
+                );
+            }
+        }
+    }
+}
+
+/// The users nats-server knows when the edge authenticates: the edge's own, and the one user
+/// who goes upstream as itself. None of edge-users.toml's clients is among them.
+const SERVER_FOR_EDGE_MODE: &str = r#"
+authorization {
+  users = [
+    { user: edge, password: edge-pw }
+    { user: bob-upstream, password: bob-upstream-pw, permissions: { publish: { deny: ["bob.denied"] } } }
+  ]
+}
+"#;
+
+fn edge_mode_toml(extra: &str) -> String {
+    format!(
+        "[auth]\nmode = \"edge\"\nrules = [{EDGE_USERS:?}]\nupstream = {{ user = \"edge\", password = \"edge-pw\" }}\n{extra}"
+    )
+}
+
+fn connect_json(json: &str) -> Vec<u8> {
+    format!("CONNECT {json}\r\n").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_mode_authenticates_by_password_token_and_anonymous_default() {
+    let server = NatsServer::start_with_config(SERVER_FOR_EDGE_MODE);
+    let edge = start_edge(&[server.url()], &edge_mode_toml("")).await;
+    let (_, info) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert_eq!(info["auth_required"], true);
+
+    // bcrypt password: alice's secret is checked by the edge; nats-server only ever sees
+    // the edge's own user.
+    let alice = within(
+        "alice connects",
+        client_options()
+            .user_and_password("alice".into(), "alice-secret".into())
+            .connect(edge_url(&edge)),
+    )
+    .await
+    .expect("alice is let in");
+    let mut sub = alice.subscribe("orders.>").await.unwrap();
+    alice.publish("orders.1", "one".into()).await.unwrap();
+    assert_eq!(next_msg(&mut sub).await.subject.as_str(), "orders.1");
+
+    // A token user.
+    let ci = within(
+        "ci connects",
+        client_options()
+            .token("ci-token-123".into())
+            .connect(edge_url(&edge)),
+    )
+    .await
+    .expect("the token is accepted");
+    within("flush", ci.flush()).await.unwrap();
+
+    // No credentials: the no_auth_user, with its permissions.
+    let quiet = opts_raw(&edge, r#"{"verbose":false,"pedantic":false}"#).await;
+    assert_eq!(
+        quiet,
+        "-ERR 'Permissions Violation for Publish to \"public.news\"'\r\n"
+    );
+}
+
+/// CONNECTs as `json`, publishes to public.news, and returns what came back before the PONG.
+async fn opts_raw(edge: &nats_edge::Edge, json: &str) -> String {
+    let (mut raw, _) = RawConn::connect_info(edge_addr(edge)).await;
+    let mut bytes = connect_json(json);
+    bytes.extend_from_slice(b"SUB public.news 1\r\nPUB public.news 1\r\na\r\n");
+    let reply = raw.roundtrip(&bytes).await;
+    assert!(!reply.closed);
+    String::from_utf8_lossy(&reply.bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_mode_refuses_bad_credentials_as_nats_server_does() {
+    // nats-server itself, given alice with the same bcrypt hash.
+    let hash = "$2a$04$iDqDO/vTE4gfZIiowtJoZOKe2H9DwvZgAgxAV2yWtQz.5NeMqj64e";
+    let direct = NatsServer::start_with_config(&format!(
+        "authorization {{ users = [ {{ user: alice, password: \"{hash}\" }} ] }}\n"
+    ));
+    let server = NatsServer::start_with_config(SERVER_FOR_EDGE_MODE);
+    let edge = start_edge(&[server.url()], &edge_mode_toml("")).await;
+    for bad in [
+        r#"{"user":"alice","pass":"wrong","verbose":false}"#,
+        r#"{"user":"mallory","pass":"alice-secret","verbose":false}"#,
+        r#"{"auth_token":"nope","verbose":false}"#,
+        r#"{"user":"alice","verbose":false}"#,
+    ] {
+        let mut replies = Vec::new();
+        for addr in [direct.addr(), edge_addr(&edge)] {
+            let (mut raw, _) = RawConn::connect_info(addr).await;
+            raw.send(&connect_json(bad)).await;
+            raw.send(b"PING\r\n").await;
+            replies.push(show(&raw.read_to_close().await));
+        }
+        assert_eq!(replies[1], replies[0], "{bad}");
+        assert_eq!(
+            replies[0],
+            show(b"-ERR 'Authorization Violation'\r\n"),
+            "{bad}"
+        );
+    }
+    // An op before CONNECT: nats-server requires CONNECT first from a client it authenticates.
+    // (edge-users.toml has a no_auth_user, so use a rule file without one.)
+    let dir = tempfile::tempdir().unwrap();
+    let strict = dir.path().join("strict.toml");
+    std::fs::write(&strict, "[[users]]\nuser = \"alice\"\npassword = \"pw\"\n").unwrap();
+    let edge = start_edge(
+        &[server.url()],
+        &format!("[auth]\nmode = \"edge\"\nrules = [{strict:?}]\nupstream = {{ user = \"edge\", password = \"edge-pw\" }}\n"),
+    )
+    .await;
+    let mut replies = Vec::new();
+    for addr in [direct.addr(), edge_addr(&edge)] {
+        let (mut raw, _) = RawConn::connect_info(addr).await;
+        raw.send(b"PING\r\n").await;
+        replies.push(show(&raw.read_to_close().await));
+    }
+    assert_eq!(replies[1], replies[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_mode_user_goes_upstream_with_its_own_credentials() {
+    let server = NatsServer::start_with_config(SERVER_FOR_EDGE_MODE);
+    let edge = start_edge(&[server.url()], &edge_mode_toml("")).await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let mut bytes = connect_json(r#"{"user":"bob","pass":"bob-secret","verbose":false}"#);
+    // The edge allows bob everything but admin.>; nats-server denies bob-upstream bob.denied.
+    bytes.extend_from_slice(b"PUB bob.denied 1\r\na\r\nPUB admin.x 1\r\nb\r\n");
+    let reply = raw.roundtrip(&bytes).await;
+    assert_eq!(
+        show(&reply.bytes),
+        show(
+            b"-ERR 'Permissions Violation for Publish to \"bob.denied\"'\r\n\
+              -ERR 'Permissions Violation for Publish to \"admin.x\"'\r\n"
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_mode_maps_a_client_certificate_to_its_user() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
+    let device = pki.leaf(&ca, "device", Leaf::client("device-7"));
+    let stranger = pki.leaf(&ca, "stranger", Leaf::client("stranger"));
+    let server = NatsServer::start_with_config(SERVER_FOR_EDGE_MODE);
+    let toml = format!(
+        "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\nkind = \"tls\"\n\
+         tls = {{ cert_file = {}, key_file = {}, client_ca_file = {} }}\n\
+         [upstream]\nurls = [{:?}]\n{}",
+        toml_path(&server_cert.cert),
+        toml_path(&server_cert.key),
+        toml_path(&ca.cert),
+        server.url(),
+        edge_mode_toml("")
+    );
+    let edge = start_edge_toml(&toml).await;
+    let connect = |files: &transport_support::CertFiles| {
+        client_options()
+            .add_root_certificates(ca.cert.clone())
+            .add_client_certificate(files.cert.clone(), files.key.clone())
+            .connect(format!("tls://{}", edge_addr(&edge)))
+    };
+    let client = within("device-7 connects", connect(&device))
+        .await
+        .expect("the certificate maps to device-7");
+    let mut sub = client.subscribe("commands.device-7.>").await.unwrap();
+    within("flush", client.flush()).await.unwrap();
+    let admin = client_options()
+        .user_and_password("edge".into(), "edge-pw".into())
+        .connect(server.url())
+        .await
+        .unwrap();
+    admin
+        .publish("commands.device-7.reboot", "now".into())
+        .await
+        .unwrap();
+    admin.flush().await.unwrap();
+    let command = within("device-7's command", futures::StreamExt::next(&mut sub)).await;
+    assert_eq!(
+        command.expect("a message").subject.as_str(),
+        "commands.device-7.reboot"
+    );
+    // A certificate no user claims, and no credentials: the no_auth_user.
+    let guest = within("a stranger connects", connect(&stranger))
+        .await
+        .expect("the stranger is the guest");
+    let mut public = guest.subscribe("public.x").await.unwrap();
+    within("flush", guest.flush()).await.unwrap();
+    admin.publish("public.x", "hi".into()).await.unwrap();
+    admin.flush().await.unwrap();
+    assert_eq!(next_msg(&mut public).await.subject.as_str(), "public.x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxy_signature_lets_proxy_required_users_in() {
+    let key = nkeys::KeyPair::new_user();
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("edge.nk");
+    std::fs::write(&seed, key.seed().unwrap()).unwrap();
+    let server = NatsServer::start_with_config(&format!(
+        "proxies {{ trusted = [ {{ key: \"{}\" }} ] }}\n\
+         authorization {{ users = [ {{ user: app, password: pw, proxy_required: true }} ] }}\n",
+        key.public_key()
+    ));
+    let connect = r#"{"user":"app","pass":"pw","verbose":false}"#;
+    // Direct: refused.
+    let (mut raw, _) = RawConn::connect_info(server.addr()).await;
+    raw.send(&connect_json(connect)).await;
+    raw.send(b"PING\r\n").await;
+    let direct = raw.read_to_close().await;
+    assert!(
+        show(&direct).contains("Authorization Violation") || show(&direct).contains("Proxy"),
+        "{}",
+        show(&direct)
+    );
+    // Through the edge, in passthrough mode: the edge signs, nats-server lets app in.
+    let edge = start_edge(
+        &[server.url()],
+        &format!("[auth.trusted_proxy]\nseed_file = {seed:?}\n"),
+    )
+    .await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let reply = raw.roundtrip(&connect_json(connect)).await;
+    assert!(!reply.closed, "{}", show(&reply.bytes));
+    assert_eq!(show(&reply.bytes), "");
+    // A signature from a key nats-server does not trust does not help.
+    let other = nkeys::KeyPair::new_user();
+    std::fs::write(&seed, other.seed().unwrap()).unwrap();
+    let edge = start_edge(
+        &[server.url()],
+        &format!("[auth.trusted_proxy]\nseed_file = {seed:?}\n"),
+    )
+    .await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    raw.send(&connect_json(connect)).await;
+    raw.send(b"PING\r\n").await;
+    let refused = raw.read_to_close().await;
+    assert!(show(&refused).starts_with("-ERR"), "{}", show(&refused));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_responses_lets_a_service_answer_a_bounded_number_of_times() {
+    let targets = Targets::start().await;
+    let mut outcomes = Vec::new();
+    for addr in [targets.direct(), targets.edged()] {
+        let (mut service, _) = RawConn::connect_info(addr).await;
+        assert!(service
+            .roundtrip(&[connect_as("service"), b"SUB rpc.> 1\r\n".to_vec()].concat())
+            .await
+            .bytes
+            .is_empty());
+        let (mut admin, _) = RawConn::connect_info(addr).await;
+        admin
+            .roundtrip(
+                &[
+                    connect_as("admin"),
+                    b"SUB _INBOX.r1 9\r\nPUB rpc.echo _INBOX.r1 2\r\nhi\r\n".to_vec(),
+                ]
+                .concat(),
+            )
+            .await;
+        let request = service.read_until(b"hi\r\n").await;
+        assert_eq!(
+            show(&request.bytes),
+            show(b"MSG rpc.echo 1 _INBOX.r1 2\r\nhi\r\n")
+        );
+        let answers = service
+            .roundtrip(b"PUB _INBOX.r1 1\r\n1\r\nPUB _INBOX.r1 1\r\n2\r\nPUB _INBOX.r1 1\r\n3\r\nPUB _INBOX.other 1\r\nx\r\n")
+            .await;
+        let received = admin.roundtrip(b"").await;
+        outcomes.push((show(&answers.bytes), show(&received.bytes)));
+    }
+    assert_eq!(outcomes[1], outcomes[0]);
+    assert_eq!(
+        outcomes[0].0,
+        show(
+            b"-ERR 'Permissions Violation for Publish to \"_INBOX.r1\"'\r\n\
+              -ERR 'Permissions Violation for Publish to \"_INBOX.other\"'\r\n"
+        )
+    );
+    assert_eq!(
+        outcomes[0].1,
+        show(b"MSG _INBOX.r1 9 1\r\n1\r\nMSG _INBOX.r1 9 1\r\n2\r\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_pedantic_and_pre_connect_ops_keep_nats_server_order() {
+    let targets = Targets::start().await;
+    for (user, connect, bytes) in [
+        // HPUB without negotiated headers: nats-server closes before it checks permissions.
+        (
+            "orders",
+            r#"{"user":"orders","pass":"pw","verbose":false}"#,
+            "HPUB orders.audit.x 12 12\r\nNATS/1.0\r\n\r\n\r\n",
+        ),
+        (
+            "orders",
+            r#"{"user":"orders","pass":"pw","verbose":true}"#,
+            "PUB orders.audit.x 1\r\na\r\nPUB orders.ok 1\r\nb\r\n",
+        ),
+    ] {
+        let mut replies = Vec::new();
+        for addr in [targets.direct(), targets.edged()] {
+            let (mut raw, _) = RawConn::connect_info(addr).await;
+            let reply = raw
+                .roundtrip(&[connect_json(connect), bytes.as_bytes().to_vec()].concat())
+                .await;
+            replies.push((show(&reply.bytes), reply.closed));
+        }
+        assert_eq!(replies[1], replies[0], "{user}: {bytes:?}");
+    }
+    // A pedantic client's refused wildcard publish: nats-server first says the subject is
+    // invalid, then refuses it; the edge (a documented difference) only refuses it.
+    let (mut raw, _) = RawConn::connect_info(targets.edged()).await;
+    let connect = r#"{"user":"orders","pass":"pw","verbose":false,"pedantic":true}"#;
+    let reply = raw
+        .roundtrip(
+            &[
+                connect_json(connect),
+                b"PUB orders.audit.* 1\r\na\r\n".to_vec(),
+            ]
+            .concat(),
+        )
+        .await;
+    assert_eq!(
+        show(&reply.bytes),
+        show(b"-ERR 'Permissions Violation for Publish to \"orders.audit.*\"'\r\n")
+    );
+}
