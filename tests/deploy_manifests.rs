@@ -197,10 +197,19 @@ fn configmap_toml(manifest: &str) -> Option<String> {
 const OPS_BEGIN: &str = "# --- BEGIN operations keys";
 const OPS_END: &str = "# --- END operations keys";
 
+/// Whether this build's configuration knows the top-level table `[name]`: an empty one is
+/// refused as an unknown field when it does not.
+fn config_knows_table(name: &str) -> bool {
+    let probe = format!("[upstream]\nurls = [\"nats://127.0.0.1:4222\"]\n[{name}]\n");
+    match nats_edge::config::Config::from_toml_str(&probe) {
+        Ok(_) => true,
+        Err(e) => !e.to_string().contains(&format!("found `{name}`")),
+    }
+}
+
 /// Whether this build's configuration knows the `[admin]` and `[drain]` tables.
 fn config_knows_operations_keys() -> bool {
-    let value = serde_json::to_value(nats_edge::config::Config::default()).unwrap();
-    value.get("admin").is_some() && value.get("drain").is_some()
+    config_knows_table("admin") && config_knows_table("drain")
 }
 
 /// The file as `nats-edge check` of this build can judge it: whole when the configuration
@@ -262,6 +271,12 @@ fn configmap_configs() -> Vec<(PathBuf, String)> {
             configmap_toml(&text).map(|toml| (path, toml))
         })
         .collect()
+}
+
+#[test]
+fn table_detection_tells_known_from_unknown() {
+    assert!(config_knows_table("limits"));
+    assert!(!config_knows_table("no_such_table"));
 }
 
 #[test]
