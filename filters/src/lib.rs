@@ -20,6 +20,7 @@ pub mod op;
 pub mod responses;
 pub mod rewrite;
 pub mod subject;
+pub mod tag;
 pub mod verdict;
 
 pub use chain::Chain;
