@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use nats_edge_filters::FilterFactory;
+use nats_edge_filters::rewrite::{RewriteFactory, RewriteRules, RuleError};
+use nats_edge_filters::tag::{TagConfig, TagError, TagFactory};
+use nats_edge_filters::{Events, FilterFactory};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -30,6 +32,10 @@ pub enum StartError {
     },
     #[error("{what}: TLS: {source}")]
     Tls { what: String, source: TlsError },
+    #[error("{0}")]
+    Rewrite(#[from] RuleError),
+    #[error("tagging.file: {0}")]
+    Tagging(#[from] TagError),
 }
 
 /// A started edge. Dropping it aborts the listeners and their sessions at once; call
@@ -40,6 +46,7 @@ pub struct Edge {
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     tls: TlsReloader,
+    rewrite: Option<Arc<RewriteRules>>,
 }
 
 /// Everything the edge builds from its config before binding: the upstream (with its TLS)
@@ -48,6 +55,10 @@ pub struct Prepared {
     upstream: Arc<Upstream>,
     listeners: Vec<Arc<ListenerTransport>>,
     tls: TlsReloader,
+    /// Subject rewrite rule sets, when any are configured.
+    pub rewrite: Option<Arc<RewriteRules>>,
+    /// Tagging, when configured.
+    pub tagging: Option<Arc<TagConfig>>,
 }
 
 /// Loads the TLS material and settings the config names, without binding or dialling
@@ -102,10 +113,21 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
             ws,
         }));
     }
+    // Rule files are loaded (and validated) here, so `nats-edge check` refuses a rule set
+    // that start-up would refuse.
+    let rewrite_config = config.rewrite_config();
+    let rewrite = if rewrite_config == Default::default() {
+        None
+    } else {
+        Some(Arc::new(RewriteRules::load(&rewrite_config)?))
+    };
+    let tagging = config.tag_config()?.map(Arc::new);
     Ok(Prepared {
         upstream,
         listeners,
         tls,
+        rewrite,
+        tagging,
     })
 }
 
@@ -135,6 +157,23 @@ impl Edge {
         let prepared = prepare(&config)?;
         let workers: Arc<[tokio::runtime::Handle]> = workers.into();
         let metrics = Arc::new(Metrics::default());
+        let events: Arc<dyn Events> = metrics.clone();
+        // The built-in policy filters, in pipeline order: tagging sees the client's subjects,
+        // rewrite runs last on the way in and first on the way out.
+        let mut policy: Vec<Arc<dyn FilterFactory>> = Vec::new();
+        if let Some(tagging) = &prepared.tagging {
+            policy.push(Arc::new(TagFactory {
+                config: tagging.clone(),
+                limits: config.limits.filter_config(),
+                events: events.clone(),
+            }));
+        }
+        if let Some(rules) = &prepared.rewrite {
+            policy.push(Arc::new(RewriteFactory {
+                rules: rules.clone(),
+                events: events.clone(),
+            }));
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let conn_ids = Arc::new(AtomicU64::new(0));
         let mut addrs = HashMap::new();
@@ -159,6 +198,7 @@ impl Edge {
                 handshake_timeout: config.limits.handshake_timeout.0,
                 limits: config.limits.filter_config(),
                 info_rewrite: info_rewrite(listener_config, local, transport),
+                policy: policy.clone(),
                 filters: filters.clone(),
                 metrics: metrics.clone(),
                 shutdown: shutdown_rx.clone(),
@@ -178,12 +218,19 @@ impl Edge {
             shutdown,
             tasks,
             tls: prepared.tls,
+            rewrite: prepared.rewrite,
         })
     }
 
     /// What reloads TLS certificates and keys from their files (on SIGHUP).
     pub fn tls_reloader(&self) -> TlsReloader {
         self.tls.clone()
+    }
+
+    /// The rewrite rule sets in use, for a reload (`RewriteRules::reload`) to swap; `None`
+    /// when none are configured.
+    pub fn rewrite_rules(&self) -> Option<Arc<RewriteRules>> {
+        self.rewrite.clone()
     }
 
     /// The bound address of the listener called `name`.

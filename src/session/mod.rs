@@ -44,6 +44,8 @@ pub struct SessionEnv {
     pub handshake_timeout: Duration,
     pub limits: LimitsConfig,
     pub info_rewrite: InfoRewrite,
+    /// The built-in policy filters (tagging, rewrite), in pipeline order.
+    pub policy: Vec<Arc<dyn FilterFactory>>,
     /// Extra filters, after the built-in ones, in pipeline order.
     pub filters: Vec<Arc<dyn FilterFactory>>,
     pub metrics: Arc<Metrics>,
@@ -167,6 +169,7 @@ async fn serve(accepted: Accepted, env: &SessionEnv) -> Summary {
     if let Some(creds) = &connected.url.credentials {
         filters.push(Box::new(credentials::UrlCredentialsFilter(creds.clone())));
     }
+    filters.extend(env.policy.iter().map(|f| f.build(&conn)));
     filters.extend(env.filters.iter().map(|f| f.build(&conn)));
     let mut shared = Shared::new(
         Chain::new(filters),
