@@ -30,14 +30,41 @@ fn header<'a>(msg: &'a async_nats::Message, name: &str) -> Option<&'a str> {
     msg.headers.as_ref()?.get(name).map(|v| v.as_str())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_subscribers_see_who_published() {
+/// A server, an edge tagging with the default set, a client through the edge, and a direct
+/// client subscribed to `subject` upstream.
+struct Tagged {
+    _server: NatsServer,
+    edge: nats_edge::Edge,
+    inside: async_nats::Client,
+    direct: async_nats::Client,
+    upstream: async_nats::Subscriber,
+}
+
+async fn tagged(subject: &str) -> Tagged {
     let server = NatsServer::start();
     let edge = start_edge(&[server.url()], &tagging("default")).await;
     let inside = client(&edge_url(&edge)).await;
     let direct = client(&server.url()).await;
-    let mut upstream = direct.subscribe("orders.>").await.unwrap();
+    let upstream = direct.subscribe(subject.to_string()).await.unwrap();
     round_trip(&direct).await;
+    Tagged {
+        _server: server,
+        edge,
+        inside,
+        direct,
+        upstream,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_subscribers_see_who_published() {
+    let Tagged {
+        _server,
+        edge,
+        inside,
+        direct,
+        mut upstream,
+    } = tagged("orders.>").await;
 
     inside.publish("orders.new", "plain".into()).await.unwrap();
     let mut spoofed = HeaderMap::new();
@@ -153,12 +180,13 @@ async fn spoofed_headers_can_refuse_the_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_payloads_get_the_field() {
-    let server = NatsServer::start();
-    let edge = start_edge(&[server.url()], &tagging("default")).await;
-    let inside = client(&edge_url(&edge)).await;
-    let direct = client(&server.url()).await;
-    let mut upstream = direct.subscribe("events.>").await.unwrap();
-    round_trip(&direct).await;
+    let Tagged {
+        _server,
+        edge,
+        inside,
+        direct,
+        mut upstream,
+    } = tagged("events.>").await;
     inside
         .publish("events.login", Bytes::from_static(br#"{"kind":"login"}"#))
         .await
