@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use nats_edge_filters::acl::rules::RulesError;
 use nats_edge_filters::acl::{AclFactory, AclSettings, RuleSource};
-use nats_edge_filters::{FilterFactory, NoEvents};
+use nats_edge_filters::rewrite::{RewriteFactory, RewriteRules, RuleError};
+use nats_edge_filters::tag::{TagConfig, TagError, TagFactory};
+use nats_edge_filters::{Events, FilterFactory};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -37,6 +39,10 @@ pub enum StartError {
     Rules(#[from] RulesError),
     #[error(transparent)]
     ProxyKey(#[from] ProxyKeyError),
+    #[error("{0}")]
+    Rewrite(#[from] RuleError),
+    #[error("tagging.file: {0}")]
+    Tagging(#[from] TagError),
 }
 
 /// A started edge. Dropping it aborts the listeners and their sessions at once; call
@@ -49,6 +55,7 @@ pub struct Edge {
     tls: TlsReloader,
     rules: Arc<RuleSource>,
     rules_epoch: Arc<AtomicU64>,
+    rewrite: Option<Arc<RewriteRules>>,
 }
 
 /// Reloads the ACL rule files for new and live connections.
@@ -81,6 +88,10 @@ pub struct Prepared {
     tls: TlsReloader,
     rules: Arc<RuleSource>,
     proxy_signer: Option<Arc<ProxySigner>>,
+    /// Subject rewrite rule sets, when any are configured.
+    pub rewrite: Option<Arc<RewriteRules>>,
+    /// Tagging, when configured.
+    pub tagging: Option<Arc<TagConfig>>,
 }
 
 impl Prepared {
@@ -157,12 +168,23 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         Some(proxy) => Some(Arc::new(ProxySigner::load(proxy)?)),
         None => None,
     };
+    // Rule files are loaded (and validated) here, so `nats-edge check` refuses a rule set
+    // that start-up would refuse.
+    let rewrite_config = config.rewrite_config();
+    let rewrite = if rewrite_config == Default::default() {
+        None
+    } else {
+        Some(Arc::new(RewriteRules::load(&rewrite_config)?))
+    };
+    let tagging = config.tag_config()?.map(Arc::new);
     Ok(Prepared {
         upstream,
         listeners,
         tls,
         rules,
         proxy_signer,
+        rewrite,
+        tagging,
     })
 }
 
@@ -192,6 +214,23 @@ impl Edge {
         let prepared = prepare(&config)?;
         let workers: Arc<[tokio::runtime::Handle]> = workers.into();
         let metrics = Arc::new(Metrics::default());
+        let events: Arc<dyn Events> = metrics.clone();
+        // The built-in policy filters, in pipeline order: tagging sees the client's subjects,
+        // rewrite runs last on the way in and first on the way out.
+        let mut policy: Vec<Arc<dyn FilterFactory>> = Vec::new();
+        if let Some(tagging) = &prepared.tagging {
+            policy.push(Arc::new(TagFactory {
+                config: tagging.clone(),
+                limits: config.limits.filter_config(),
+                events: events.clone(),
+            }));
+        }
+        if let Some(rules) = &prepared.rewrite {
+            policy.push(Arc::new(RewriteFactory {
+                rules: rules.clone(),
+                events: events.clone(),
+            }));
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let conn_ids = Arc::new(AtomicU64::new(0));
         let rules_epoch = Arc::new(AtomicU64::new(0));
@@ -199,7 +238,7 @@ impl Edge {
             mode: config.auth.mode.into(),
             upstream: config.auth.upstream.clone(),
             rules: prepared.rules.clone(),
-            events: Arc::new(NoEvents),
+            events: metrics.clone(),
         }));
         if let Some(signer) = &prepared.proxy_signer {
             tracing::info!(public_key = %signer.public_key(), "signing upstream CONNECTs as a trusted proxy");
@@ -229,6 +268,7 @@ impl Edge {
                 acl: acl.clone(),
                 proxy_signer: prepared.proxy_signer.clone(),
                 rules_epoch: rules_epoch.clone(),
+                policy: policy.clone(),
                 filters: filters.clone(),
                 metrics: metrics.clone(),
                 shutdown: shutdown_rx.clone(),
@@ -250,6 +290,7 @@ impl Edge {
             tls: prepared.tls,
             rules: prepared.rules,
             rules_epoch,
+            rewrite: prepared.rewrite,
         })
     }
 
@@ -264,6 +305,12 @@ impl Edge {
     /// What reloads TLS certificates and keys from their files (on SIGHUP).
     pub fn tls_reloader(&self) -> TlsReloader {
         self.tls.clone()
+    }
+
+    /// The rewrite rule sets in use, for a reload (`RewriteRules::reload`) to swap; `None`
+    /// when none are configured.
+    pub fn rewrite_rules(&self) -> Option<Arc<RewriteRules>> {
+        self.rewrite.clone()
     }
 
     /// The bound address of the listener called `name`.

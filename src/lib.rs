@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod edge;
+pub mod explain;
 pub mod metrics;
 pub mod proto;
 pub mod session;

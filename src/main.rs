@@ -48,6 +48,20 @@ enum Command {
     Run,
     /// Validate the configuration and exit: 0 when valid, 1 with the key and reason when not.
     Check,
+    /// Show what the edge does with a subject for a user: the upstream subject after
+    /// rewrite, and the tags a publish would get.
+    Explain {
+        /// The user the connection authenticates as.
+        #[arg(long)]
+        user: Option<String>,
+        /// The listener it connects to (default: the first).
+        #[arg(long)]
+        listener: Option<String>,
+        /// `pub` or `sub`.
+        op: ExplainOpArg,
+        /// The subject, in the client's view.
+        subject: String,
+    },
     /// ACL tools.
     Acl {
         #[command(subcommand)]
@@ -72,6 +86,12 @@ enum AclCommand {
         /// The queue group of a subscription.
         queue: Option<String>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExplainOpArg {
+    Pub,
+    Sub,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -153,6 +173,32 @@ fn main() -> ExitCode {
             };
             print!("{}", explain(&loaded, user.as_deref(), action));
             ExitCode::SUCCESS
+        }
+        Command::Explain {
+            user,
+            listener,
+            op,
+            subject,
+        } => {
+            let request = nats_edge::explain::ExplainRequest {
+                user,
+                listener,
+                op: match op {
+                    ExplainOpArg::Pub => nats_edge::explain::ExplainOp::Pub,
+                    ExplainOpArg::Sub => nats_edge::explain::ExplainOp::Sub,
+                },
+                subject,
+            };
+            match nats_edge::explain::explain(&config, &request) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("nats-edge: invalid configuration: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Run => match run(config) {
             Ok(()) => ExitCode::SUCCESS,

@@ -73,6 +73,36 @@ pub struct Metrics {
     pub upstream_bytes: AtomicU64,
     pub upstream_dial_failures: AtomicU64,
     handshake_failures: [[AtomicU64; HandshakeFailure::ALL.len()]; KINDS],
+    /// Ops whose subjects the rewrite filter changed, client to upstream.
+    pub rewritten_client_to_upstream: AtomicU64,
+    /// Deliveries whose subjects the rewrite filter mapped back.
+    pub rewritten_upstream_to_client: AtomicU64,
+    /// Published messages that were tagged.
+    pub tags_applied: AtomicU64,
+    /// Published messages that carried a reserved tag header of the client's own.
+    pub tag_spoofs: AtomicU64,
+}
+
+/// The filters report what they did here. These events are per message, so they are
+/// counted with relaxed atomics; a spoof attempt is also logged, in the session's span.
+impl nats_edge_filters::Events for Metrics {
+    fn rewritten(&self, direction: &'static str) {
+        let counter = if direction == "client_to_upstream" {
+            &self.rewritten_client_to_upstream
+        } else {
+            &self.rewritten_upstream_to_client
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn tag_applied(&self) {
+        self.tags_applied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn tag_spoof(&self) {
+        self.tag_spoofs.fetch_add(1, Ordering::Relaxed);
+        tracing::info!("client sent a header with a reserved tag name");
+    }
 }
 
 impl Metrics {

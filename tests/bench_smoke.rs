@@ -15,6 +15,11 @@ fn every_benchmark_workload_completes_without_loss() {
         assert!(row["direct"].as_f64().is_some_and(|v| v > 0.0), "{row}");
         assert!(row["edge"].as_f64().is_some_and(|v| v > 0.0), "{row}");
     }
+    let row = &results["pubsub_128B_msgs_per_s"];
+    assert!(
+        row["edge+rewrite+tag"].as_f64().is_some_and(|v| v > 0.0),
+        "{row}"
+    );
     assert!(results.contains_key("reqrep_p99_us"));
     assert!(results.contains_key("idle_100_conns_bytes_per_conn"));
     println!("{}", harness::table(&report));

@@ -112,6 +112,9 @@ fn all_keys() -> Vec<String> {
         handshake_first: false,
     });
     config.upstream.proxy_protocol = Some(ProxyProtocolVersion::V2);
+    config.listeners[0].rewrite = Some("acme".into());
+    config.rewrite.default = Some("acme".into());
+    config.tagging.file = Some("rules/tagging/default.toml".into());
     let value = serde_json::to_value(&config).unwrap();
     let mut keys = Vec::new();
     collect_keys(&value, "", &mut keys);

@@ -103,6 +103,9 @@ pub fn run(mode: Mode, edge_bin: &str) -> Value {
         server.addr,
         &[("NATS_EDGE_LIMITS__MAX_SUBSCRIPTIONS", "1000000")],
     );
+    // The same edge mounting every subject under `tenant.acme.` (subjects rewritten on
+    // PUB, SUB and every MSG) and tagging every publish with the sender's headers.
+    let rewriting = targets::start_edge_rewrite_tag(edge_bin, server.addr);
     let haproxy = targets::start_haproxy(server.addr);
 
     let mut all = vec![
@@ -163,6 +166,14 @@ pub fn run(mode: Mode, edge_bin: &str) -> Value {
             &mut samples,
             "pubsub_128B_msgs_per_s",
             "edge+inspect",
+            r.msgs_per_sec(),
+        );
+        let r = load::pub_sub(rewriting.addr, 1, 1, n, 128)
+            .expect("pub/sub via rewriting and tagging edge");
+        record(
+            &mut samples,
+            "pubsub_128B_msgs_per_s",
+            "edge+rewrite+tag",
             r.msgs_per_sec(),
         );
         for t in &all {
@@ -308,6 +319,9 @@ pub fn table(report: &Value) -> String {
             let mut edge = fmt(row.get("edge"));
             if let Some(i) = row.get("edge+inspect") {
                 edge = format!("{} (inspect: {})", edge, fmt(Some(i)));
+            }
+            if let Some(i) = row.get("edge+rewrite+tag") {
+                edge = format!("{} (rewrite+tag: {})", edge, fmt(Some(i)));
             }
             let _ = writeln!(
                 out,

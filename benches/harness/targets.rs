@@ -142,6 +142,23 @@ pub fn start_edge(bin: &str, upstream: SocketAddr, env: &[(&str, &str)]) -> Proc
     )
 }
 
+/// nats-edge in front of `upstream` with the shipped tenant mount (every subject under
+/// `tenant.acme.`) and the default tagging rules.
+pub fn start_edge_rewrite_tag(bin: &str, upstream: SocketAddr) -> Proc {
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/filters/rules");
+    let mount = format!("{rules}/rewrite/tenant-mount.toml");
+    let tags = format!("{rules}/tagging/default.toml");
+    start_edge(
+        bin,
+        upstream,
+        &[
+            ("NATS_EDGE_REWRITE__SETS__BENCH", &mount),
+            ("NATS_EDGE_REWRITE__DEFAULT", "bench"),
+            ("NATS_EDGE_TAGGING__FILE", &tags),
+        ],
+    )
+}
+
 /// HAProxy in TCP mode in front of `upstream`, when it is installed.
 pub fn start_haproxy(upstream: SocketAddr) -> Option<Proc> {
     let bin = which("haproxy")?;

@@ -14,11 +14,14 @@ pub mod chain;
 pub mod errors;
 pub mod events;
 pub mod filter;
+pub mod headers;
 pub mod identity;
 pub mod limits;
 pub mod op;
 pub mod responses;
+pub mod rewrite;
 pub mod subject;
+pub mod tag;
 pub mod verdict;
 
 pub use chain::Chain;

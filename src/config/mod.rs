@@ -5,6 +5,7 @@
 mod auth;
 mod units;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,12 +31,16 @@ pub struct Config {
     /// Identity and subject permissions.
     pub auth: AuthSection,
     pub log: LogConfig,
+    /// Subject rewrite rule sets and who gets which.
+    pub rewrite: RewriteSection,
+    /// Tags added to every published message.
+    pub tagging: TaggingSection,
+    /// The directory rule files are read relative to: the config file's, when there is one.
+    #[serde(skip)]
+    pub base_dir: Option<PathBuf>,
     /// Worker threads that run sessions, each with a single-threaded runtime; a session stays
     /// on one worker. 0: one per CPU core.
     pub worker_threads: usize,
-    /// The directory of the config file, against which rule file paths are resolved.
-    #[serde(skip)]
-    pub base_dir: Option<PathBuf>,
 }
 
 /// One client-facing listener.
@@ -70,6 +75,31 @@ pub struct ListenerConfig {
     /// WebSocket settings for `ws` and `wss` listeners.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ws: Option<WsSection>,
+    /// The rewrite rule set (a name under `[rewrite.sets]`) for this listener's sessions,
+    /// unless their user has one of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<String>,
+}
+
+/// `[rewrite]`: named rule files, and which sessions use which.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewriteSection {
+    /// Set name to rule file (relative to the config file's directory).
+    pub sets: BTreeMap<String, PathBuf>,
+    /// The set for sessions that no listener or user names one for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    /// User name to set name; applies once the connection's identity is known.
+    pub users: BTreeMap<String, String>,
+}
+
+/// `[tagging]`: the tagging rule file; unset, nothing is tagged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaggingSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,8 +290,10 @@ impl Default for Config {
             limits: LimitsSection::default(),
             auth: AuthSection::default(),
             log: LogConfig::default(),
-            worker_threads: 0,
+            rewrite: RewriteSection::default(),
+            tagging: TaggingSection::default(),
             base_dir: None,
+            worker_threads: 0,
         }
     }
 }
@@ -286,6 +318,7 @@ impl ListenerConfig {
             handshake_timeout: default_transport_timeout(),
             tls: None,
             ws: None,
+            rewrite: None,
         }
     }
 }
@@ -477,6 +510,45 @@ impl Config {
         self.auth.rule_files(self.base_dir.as_deref())
     }
 
+    /// A rule file path as written in the config, resolved against the config file's
+    /// directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        match &self.base_dir {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
+
+    /// The rewrite configuration with its files resolved.
+    pub fn rewrite_config(&self) -> nats_edge_filters::rewrite::RewriteConfig {
+        nats_edge_filters::rewrite::RewriteConfig {
+            sets: self
+                .rewrite
+                .sets
+                .iter()
+                .map(|(name, path)| (name.clone(), self.resolve(path)))
+                .collect(),
+            default: self.rewrite.default.clone(),
+            listeners: self
+                .listeners
+                .iter()
+                .filter_map(|l| l.rewrite.clone().map(|set| (l.name.clone(), set)))
+                .collect(),
+            users: self.rewrite.users.clone(),
+        }
+    }
+
+    /// The tagging configuration, when `[tagging] file` is set.
+    pub fn tag_config(
+        &self,
+    ) -> Result<Option<nats_edge_filters::tag::TagConfig>, nats_edge_filters::tag::TagError> {
+        self.tagging
+            .file
+            .as_ref()
+            .map(|f| nats_edge_filters::tag::TagConfig::load(&self.resolve(f)))
+            .transpose()
+    }
+
     /// Parses a TOML document on top of the defaults (no environment): for tests and embedding.
     pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
         Self::extract(
@@ -613,12 +685,14 @@ const ENV_PREFIX: &str = "NATS_EDGE_";
 /// The top-level keys an environment variable may set. Other `NATS_EDGE_*` variables are not
 /// configuration: Kubernetes, for one, injects `NATS_EDGE_PORT` and `NATS_EDGE_SERVICE_HOST`
 /// into pods beside a Service named nats-edge, and those must not stop the edge starting.
-const ENV_SECTIONS: [&str; 6] = [
+const ENV_SECTIONS: [&str; 8] = [
     "listeners",
     "upstream",
     "limits",
     "auth",
     "log",
+    "rewrite",
+    "tagging",
     "worker_threads",
 ];
 

@@ -54,6 +54,8 @@ pub struct SessionEnv {
     /// Bumped whenever rule files are reloaded: live sessions then let their filters take the
     /// new rules. Read once per wake-up, never per message.
     pub rules_epoch: Arc<AtomicU64>,
+    /// The built-in policy filters (tagging, rewrite), in pipeline order.
+    pub policy: Vec<Arc<dyn FilterFactory>>,
     /// Extra filters, after the built-in ones, in pipeline order.
     pub filters: Vec<Arc<dyn FilterFactory>>,
     pub metrics: Arc<Metrics>,
@@ -185,6 +187,7 @@ async fn serve(accepted: Accepted, env: &SessionEnv) -> Summary {
     if let Some(signer) = &env.proxy_signer {
         filters.push(Box::new(proxy_sig::ProxySigFilter(signer.clone())));
     }
+    filters.extend(env.policy.iter().map(|f| f.build(&conn)));
     filters.extend(env.filters.iter().map(|f| f.build(&conn)));
     let mut shared = Shared::new(
         Chain::new(filters),

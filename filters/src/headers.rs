@@ -1,0 +1,203 @@
+//! NATS header blocks: `NATS/1.0[ status[ description]]\r\n(Name: Value\r\n)*\r\n`.
+//!
+//! Parsed only when a filter needs to look inside one (tag stripping, the 503 no-responders
+//! status). Names are compared ASCII case-insensitively: nats-server matches them
+//! case-sensitively, but client libraries canonicalise names (nats.go through Go's
+//! `textproto`), so `nats-edge-user` reaches an application as `Nats-Edge-User`. Anything that
+//! must not be forged is therefore matched in every casing.
+//!
+//! Lines are split on `\n` with an optional `\r` before it: a parser downstream that accepts a
+//! bare `\n` (Go's `textproto` does) must not find a field here that this parser missed.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// The first line every header block starts with.
+pub const VERSION: &[u8] = b"NATS/1.0";
+
+/// Why a header block could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("header block does not start with NATS/1.0")]
+    NoVersion,
+    #[error("header block does not end with an empty line")]
+    Unterminated,
+}
+
+/// A parsed header block, borrowing from its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Headers<'a> {
+    /// The first line without its line end: `NATS/1.0`, `NATS/1.0 503`, ...
+    pub first_line: &'a [u8],
+    /// Every field line without its line end, in order, as sent.
+    pub lines: Vec<&'a [u8]>,
+}
+
+impl<'a> Headers<'a> {
+    /// Parses a whole block, as it sits in an HPUB or HMSG.
+    pub fn parse(block: &'a [u8]) -> Result<Headers<'a>, HeaderError> {
+        if !block.starts_with(VERSION) {
+            return Err(HeaderError::NoVersion);
+        }
+        let mut lines = block.split(|b| *b == b'\n').map(trim_cr);
+        let first_line = lines.next().ok_or(HeaderError::NoVersion)?;
+        // The block ends with an empty line, so split yields "", then "" after the final \n.
+        let body = block
+            .strip_suffix(b"\r\n\r\n")
+            .or_else(|| block.strip_suffix(b"\n\n"))
+            .ok_or(HeaderError::Unterminated)?;
+        let fields = body
+            .split(|b| *b == b'\n')
+            .skip(1)
+            .map(trim_cr)
+            .filter(|line| !line.is_empty())
+            .collect();
+        Ok(Headers {
+            first_line,
+            lines: fields,
+        })
+    }
+
+    /// The status code of the first line (`503` in `NATS/1.0 503`), if any.
+    pub fn status(&self) -> Option<&'a [u8]> {
+        let rest = self.first_line.get(VERSION.len()..)?;
+        rest.split(|b| *b == b' ' || *b == b'\t')
+            .find(|t| !t.is_empty())
+    }
+
+    /// The value of the first field called `name`, in any casing, trimmed.
+    pub fn get(&self, name: &[u8]) -> Option<&'a [u8]> {
+        self.lines.iter().find_map(|line| {
+            let (n, v) = split_field(line)?;
+            n.eq_ignore_ascii_case(name).then_some(v)
+        })
+    }
+}
+
+/// A field line's name and value, both trimmed of spaces and tabs; `None` for a line with
+/// no colon.
+pub fn split_field(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let colon = line.iter().position(|b| *b == b':')?;
+    Some((trim(&line[..colon]), trim(&line[colon + 1..])))
+}
+
+/// Whether a name is reserved: one of `names` or starting with `prefix`, in any casing.
+pub fn is_reserved(name: &[u8], names: &[Vec<u8>], prefix: &[u8]) -> bool {
+    let prefixed = !prefix.is_empty()
+        && name.len() >= prefix.len()
+        && name[..prefix.len()].eq_ignore_ascii_case(prefix);
+    prefixed || names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Builds a header block from a first line, kept field lines and new fields.
+#[derive(Debug, Default)]
+pub struct HeaderWriter {
+    buf: BytesMut,
+}
+
+impl HeaderWriter {
+    pub fn new(first_line: &[u8]) -> Self {
+        let mut buf = BytesMut::with_capacity(128);
+        buf.put_slice(first_line);
+        buf.put_slice(b"\r\n");
+        HeaderWriter { buf }
+    }
+
+    /// Appends a field line as it was sent.
+    pub fn line(&mut self, line: &[u8]) {
+        self.buf.put_slice(line);
+        self.buf.put_slice(b"\r\n");
+    }
+
+    /// Appends `name: value`. Line ends in the value become spaces, so a value can never
+    /// start a field of its own.
+    pub fn field(&mut self, name: &[u8], value: &[u8]) {
+        self.buf.put_slice(name);
+        self.buf.put_slice(b": ");
+        for b in value {
+            self.buf
+                .put_u8(if matches!(b, b'\r' | b'\n') { b' ' } else { *b });
+        }
+        self.buf.put_slice(b"\r\n");
+    }
+
+    pub fn finish(mut self) -> Bytes {
+        self.buf.put_slice(b"\r\n");
+        self.buf.freeze()
+    }
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |i| i + 1);
+    &s[start..end.max(start)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_fields_and_status() {
+        let h = Headers::parse(b"NATS/1.0 503\r\nNats-Subject: svc.none\r\n\r\n").unwrap();
+        assert_eq!(h.status(), Some(&b"503"[..]));
+        assert_eq!(h.get(b"nats-subject"), Some(&b"svc.none"[..]));
+        let h = Headers::parse(b"NATS/1.0\r\nA: 1\r\nb:2 \r\n\r\n").unwrap();
+        assert_eq!(h.status(), None);
+        assert_eq!(h.lines.len(), 2);
+        assert_eq!(h.get(b"B"), Some(&b"2"[..]));
+        let h = Headers::parse(b"NATS/1.0 408 Request Timeout\r\n\r\n").unwrap();
+        assert_eq!(h.status(), Some(&b"408"[..]));
+        assert!(h.lines.is_empty());
+    }
+
+    #[test]
+    fn refuses_malformed_blocks() {
+        assert_eq!(
+            Headers::parse(b"HTTP/1.1\r\n\r\n"),
+            Err(HeaderError::NoVersion)
+        );
+        assert_eq!(
+            Headers::parse(b"NATS/1.0\r\nA: 1\r\n"),
+            Err(HeaderError::Unterminated)
+        );
+        assert_eq!(Headers::parse(b""), Err(HeaderError::NoVersion));
+    }
+
+    #[test]
+    fn bare_newlines_split_fields() {
+        // A downstream parser that accepts bare \n must see the same fields.
+        let h = Headers::parse(b"NATS/1.0\r\nA: 1\nnats-edge-user: x\r\n\r\n").unwrap();
+        assert_eq!(h.get(b"Nats-Edge-User"), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn reserved_names_in_any_casing() {
+        let names = vec![b"X-Tag".to_vec()];
+        assert!(is_reserved(b"nats-edge-user", &names, b"Nats-Edge-"));
+        assert!(is_reserved(b"NATS-EDGE-anything", &names, b"Nats-Edge-"));
+        assert!(is_reserved(b"x-tag", &names, b"Nats-Edge-"));
+        assert!(!is_reserved(b"Nats-Edg", &names, b"Nats-Edge-"));
+        assert!(!is_reserved(b"Other", &names, b""));
+    }
+
+    #[test]
+    fn writer_neutralises_line_ends() {
+        let mut w = HeaderWriter::new(b"NATS/1.0");
+        w.line(b"A: 1");
+        w.field(b"B", b"x\r\nEvil: 1");
+        assert_eq!(
+            &w.finish()[..],
+            b"NATS/1.0\r\nA: 1\r\nB: x  Evil: 1\r\n\r\n"
+        );
+    }
+}

@@ -1,0 +1,296 @@
+//! The `rewrite` filter: maps subjects between the client's namespace and the upstream's,
+//! both ways, everywhere a subject travels: PUB/HPUB subject and reply, SUB subject (the
+//! queue name is left alone), MSG/HMSG subject and reply, and the `Nats-Subject` header of
+//! the 503 no-responders status.
+//!
+//! Reply subjects stay answerable across a mount: a reply subject delivered to the client
+//! that no rule maps back (it came from outside the mount) is passed through as is and
+//! remembered in a [`ResponseTracker`]; when the client publishes to it, it goes out
+//! unmapped instead of being pushed into the mount.
+//!
+//! Only subjects are rebuilt: the payload of a rewritten message is the same `Bytes` slice
+//! of the read buffer.
+
+pub mod jetstream;
+pub mod rules;
+pub mod sets;
+pub mod validate;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::events::Events;
+use crate::filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionCtx};
+use crate::headers::{self, HeaderWriter, Headers};
+use crate::op::{ClientOp, Msg, ServerOp};
+use crate::responses::{ResponseBounds, ResponseTracker};
+use crate::verdict::Verdict;
+
+pub use rules::{Rule, RuleKind, RuleSet};
+pub use sets::{LoadedSets, RewriteConfig, RewriteRules, Why};
+
+/// A rule set that cannot be used, naming the file, the rule and the subject that breaks it.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("rewrite rules {}: {source}", file.display())]
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("rewrite rules {}: {reason}", file.display())]
+    Parse { file: PathBuf, reason: String },
+    #[error("rewrite rules {}: rule `{rule}`: {reason}", file.display())]
+    Rule {
+        file: PathBuf,
+        rule: String,
+        reason: String,
+    },
+    #[error("rewrite rules {}: rule `{rule}`: example `{subject}` does not match the rule", file.display())]
+    Example {
+        file: PathBuf,
+        rule: String,
+        subject: String,
+    },
+    #[error("rewrite rules {}: rule `{rule}` is not reversible: `{subject}` maps to `{mapped}`, which maps back to {back}", file.display())]
+    Irreversible {
+        file: PathBuf,
+        rule: String,
+        subject: String,
+        mapped: String,
+        back: String,
+    },
+    #[error("rewrite rules {}: rule `{rule}` maps `{subject}` to `{mapped}`, which is not a valid subject", file.display())]
+    InvalidResult {
+        file: PathBuf,
+        rule: String,
+        subject: String,
+        mapped: String,
+    },
+    #[error("rewrite rules {}: rules `{first}` and `{second}` both claim the subject `{subject}`", file.display())]
+    Conflict {
+        file: PathBuf,
+        first: String,
+        second: String,
+        subject: String,
+    },
+    #[error("rewrite rules {}: rules `{first}` and `{second}` both map to the upstream subject `{subject}`, so it cannot be mapped back", file.display())]
+    UpstreamConflict {
+        file: PathBuf,
+        first: String,
+        second: String,
+        subject: String,
+    },
+    #[error("{key}: no rewrite rule set is called `{name}` (define it under [rewrite.sets])")]
+    UnknownSet { key: String, name: String },
+}
+
+/// How long a reply subject that came from outside a mount stays answerable unmapped, and
+/// how many the session remembers. Answers are not counted: a JetStream consumer may ack,
+/// nak and ack-progress one delivery several times.
+const REPLY_BOUNDS: ResponseBounds = ResponseBounds {
+    max_msgs: 0,
+    expires: Some(Duration::from_secs(600)),
+};
+const REPLY_CAPACITY: usize = 16 * 1024;
+
+/// Builds the per-session rewrite filter.
+pub struct RewriteFactory {
+    pub rules: Arc<RewriteRules>,
+    pub events: Arc<dyn Events>,
+}
+
+impl FilterFactory for RewriteFactory {
+    fn build(&self, conn: &ConnFacts) -> Box<dyn Filter> {
+        // No rule can apply to this listener: no interest, so messages stay on the fast path.
+        let active = self.rules.current().config.may_apply(&conn.listener);
+        Box::new(Rewrite {
+            rules: self.rules.clone(),
+            events: self.events.clone(),
+            active,
+            replies: ResponseTracker::new(REPLY_BOUNDS, REPLY_CAPACITY),
+        })
+    }
+}
+
+/// Per-session state of the rewrite filter.
+pub struct Rewrite {
+    rules: Arc<RewriteRules>,
+    events: Arc<dyn Events>,
+    active: bool,
+    /// Reply subjects delivered from outside the mount, answered unmapped.
+    replies: ResponseTracker,
+}
+
+impl Rewrite {
+    fn set(&self, ctx: &SessionCtx) -> Option<Arc<RuleSet>> {
+        let user = ctx.identity.as_ref().and_then(|i| i.user.as_deref());
+        self.rules
+            .current()
+            .for_session(&ctx.conn.listener, user)
+            .map(|(set, _)| set.clone())
+    }
+}
+
+impl Filter for Rewrite {
+    fn name(&self) -> &'static str {
+        "rewrite"
+    }
+
+    fn interest(&self) -> Interest {
+        if self.active {
+            Interest::of(&[OpKind::Pub, OpKind::Sub, OpKind::Msg])
+        } else {
+            Interest::NONE
+        }
+    }
+
+    fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {
+        let Some(set) = self.set(ctx) else {
+            return Verdict::Forward;
+        };
+        let mut changed = false;
+        match op {
+            ClientOp::Pub(publish) => {
+                let answering = !self.replies.is_empty()
+                    && self.replies.answer(&publish.subject, Instant::now());
+                let client_subject = publish.subject.clone();
+                if !answering {
+                    if let Some((_, mapped)) = set.forward(&publish.subject, true) {
+                        publish.subject = Bytes::from(mapped);
+                        changed = true;
+                    }
+                }
+                if let Some(reply) = &publish.reply {
+                    if let Some((_, mapped)) = set.forward(reply, false) {
+                        publish.reply = Some(Bytes::from(mapped));
+                        changed = true;
+                    }
+                }
+                if set.jetstream_stream_subjects {
+                    if let Some(payload) =
+                        jetstream::map_stream_subjects(&client_subject, &publish.payload, &set)
+                    {
+                        publish.payload = payload;
+                        changed = true;
+                    }
+                }
+            }
+            ClientOp::Sub(sub) => {
+                if let Some((_, mapped)) = set.forward(&sub.subject, false) {
+                    sub.subject = Bytes::from(mapped);
+                    changed = true;
+                }
+            }
+            _ => {}
+        }
+        if changed {
+            self.events.rewritten("client_to_upstream");
+            Verdict::Changed
+        } else {
+            Verdict::Forward
+        }
+    }
+
+    fn on_server_op(&mut self, op: &mut ServerOp, ctx: &SessionCtx) -> Verdict {
+        let ServerOp::Msg(msg) = op else {
+            return Verdict::Forward;
+        };
+        let Some(set) = self.set(ctx) else {
+            return Verdict::Forward;
+        };
+        if self.reverse_msg(msg, &set) {
+            self.events.rewritten("upstream_to_client");
+            Verdict::Changed
+        } else {
+            Verdict::Forward
+        }
+    }
+}
+
+impl Rewrite {
+    /// Maps a delivery back into the client's view; true when anything changed.
+    fn reverse_msg(&mut self, msg: &mut Msg, set: &RuleSet) -> bool {
+        let mut changed = false;
+        if let Some(back) = set.reverse(&msg.subject) {
+            msg.subject = Bytes::from(back);
+            changed = true;
+        }
+        if let Some(reply) = &msg.reply {
+            if let Some(back) = set.reverse(reply) {
+                msg.reply = Some(Bytes::from(back));
+                changed = true;
+            } else if set.forward(reply, true).is_some() {
+                // From outside the mount, and publishing to it would push it inside: remember
+                // it so the answer goes out as it came.
+                self.replies.delivered(reply, Instant::now());
+            }
+        }
+        if let Some(block) = &msg.headers {
+            if msg.payload.is_empty() && block.starts_with(b"NATS/1.0 503") {
+                if let Some(rebuilt) = reverse_status_subject(block, set) {
+                    msg.headers = Some(rebuilt);
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+}
+
+/// The 503 no-responders status names the request subject in `Nats-Subject`, in the
+/// upstream's view: map it back.
+fn reverse_status_subject(block: &[u8], set: &RuleSet) -> Option<Bytes> {
+    let parsed = Headers::parse(block).ok()?;
+    let subject = parsed.get(b"Nats-Subject")?;
+    let back = set.reverse(subject)?;
+    let mut writer = HeaderWriter::new(parsed.first_line);
+    for line in &parsed.lines {
+        match headers::split_field(line) {
+            Some((name, _)) if name.eq_ignore_ascii_case(b"Nats-Subject") => {
+                writer.field(name, &back)
+            }
+            _ => writer.line(line),
+        }
+    }
+    Some(writer.finish())
+}
+
+/// What `nats-edge explain` shows for one subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explained {
+    pub set: Option<(String, Why)>,
+    pub rule: Option<String>,
+    pub upstream_subject: String,
+}
+
+/// The upstream subject a client subject becomes on `listener` for `user`.
+pub fn explain(
+    loaded: &LoadedSets,
+    listener: &str,
+    user: Option<&str>,
+    subject: &[u8],
+    published: bool,
+) -> Explained {
+    let Some((set, why)) = loaded.for_session(listener, user) else {
+        return Explained {
+            set: None,
+            rule: None,
+            upstream_subject: String::from_utf8_lossy(subject).into_owned(),
+        };
+    };
+    let mapped = set.forward(subject, published);
+    Explained {
+        set: Some((set.name.clone(), why)),
+        rule: mapped
+            .as_ref()
+            .map(|(r, _)| format!("{} ({})", r.name, r.describe())),
+        upstream_subject: String::from_utf8_lossy(mapped.as_ref().map_or(subject, |(_, s)| s))
+            .into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

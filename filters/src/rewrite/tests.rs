@@ -1,0 +1,392 @@
+use std::path::{Path, PathBuf};
+
+use super::validate::{literal_tokens, SubjectGen};
+use super::*;
+use crate::events::NoEvents;
+use crate::filter::ConnFacts;
+use crate::op::{Pub, Sub};
+use crate::subject;
+
+fn rules_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/rewrite")
+}
+
+fn load(name: &str) -> RuleSet {
+    RuleSet::load(name, &rules_dir().join(format!("{name}.toml"))).unwrap()
+}
+
+fn inline(text: &str) -> Result<RuleSet, RuleError> {
+    RuleSet::from_toml("t", Path::new("t.toml"), text)
+}
+
+fn fwd(set: &RuleSet, s: &str) -> Option<String> {
+    set.forward(s.as_bytes(), false)
+        .map(|(_, m)| String::from_utf8(m).unwrap())
+}
+
+fn rev(set: &RuleSet, s: &str) -> Option<String> {
+    set.reverse(s.as_bytes())
+        .map(|m| String::from_utf8(m).unwrap())
+}
+
+#[test]
+fn mount_maps_tokens_and_wildcards_both_ways() {
+    let set = load("tenant-mount");
+    assert_eq!(
+        fwd(&set, "orders.new").as_deref(),
+        Some("tenant.acme.orders.new")
+    );
+    assert_eq!(
+        fwd(&set, "orders.*").as_deref(),
+        Some("tenant.acme.orders.*")
+    );
+    assert_eq!(fwd(&set, ">").as_deref(), Some("tenant.acme.>"));
+    assert_eq!(
+        rev(&set, "tenant.acme.orders.new").as_deref(),
+        Some("orders.new")
+    );
+    assert_eq!(rev(&set, "tenant.other.orders"), None);
+    assert_eq!(rev(&set, "tenant.acme"), None);
+}
+
+#[test]
+fn regex_rules_use_captures_and_their_reverse() {
+    let set = load("regex-devices");
+    assert_eq!(
+        fwd(&set, "dev.s1.temp.c").as_deref(),
+        Some("devices.s1.temp.c")
+    );
+    assert_eq!(fwd(&set, "dev.*.>").as_deref(), Some("devices.*.>"));
+    assert_eq!(rev(&set, "devices.s1.temp").as_deref(), Some("dev.s1.temp"));
+    assert_eq!(fwd(&set, "dev.only"), None);
+    // Publish-only: maps a PUB subject, never a subscription or its deliveries.
+    let published = set.forward(b"metrics.web1", true).map(|(_, m)| m);
+    assert_eq!(published.as_deref(), Some(&b"telemetry.web1.metrics"[..]));
+    assert_eq!(fwd(&set, "metrics.web1"), None);
+    assert_eq!(rev(&set, "telemetry.web1.metrics"), None);
+}
+
+#[test]
+fn jetstream_api_is_an_exception_to_the_mount() {
+    let set = load("jetstream-mount");
+    assert_eq!(
+        fwd(&set, "$JS.API.STREAM.CREATE.ORDERS").as_deref(),
+        Some("$JS.API.STREAM.CREATE.ORDERS")
+    );
+    assert_eq!(
+        fwd(&set, "orders.1").as_deref(),
+        Some("tenant.acme.orders.1")
+    );
+    let payload = jetstream::map_stream_subjects(
+        b"$JS.API.STREAM.CREATE.ORDERS",
+        br#"{"name":"ORDERS","subjects":["orders.>","x"],"retention":"limits"}"#,
+        &set,
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(
+        v["subjects"],
+        serde_json::json!(["tenant.acme.orders.>", "tenant.acme.x"])
+    );
+    assert_eq!(v["retention"], "limits");
+    assert!(jetstream::map_stream_subjects(b"orders.x", b"{\"subjects\":[]}", &set).is_none());
+    assert!(jetstream::map_stream_subjects(b"$JS.API.STREAM.CREATE.X", b"nope", &set).is_none());
+}
+
+/// reverse(forward(s)) == s for random subjects over every rule set shipped in rules/.
+#[test]
+fn property_every_shipped_set_round_trips() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(rules_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    for file in files {
+        let set = RuleSet::load("p", &file).unwrap();
+        let mut literals: Vec<Vec<u8>> = set.rules.iter().flat_map(literal_tokens).collect();
+        literals.dedup();
+        let mut checked = 0;
+        for seed in 0..20u64 {
+            let mut gen = SubjectGen::new(seed * 7919 + 1, literals.clone());
+            for _ in 0..500 {
+                let s = gen.next_subject();
+                assert!(
+                    subject::is_valid_subject(&s),
+                    "{}",
+                    String::from_utf8_lossy(&s)
+                );
+                let Some((rule, mapped)) = set.forward(&s, false) else {
+                    continue;
+                };
+                checked += 1;
+                assert_eq!(
+                    set.reverse(&mapped).as_deref(),
+                    Some(&s[..]),
+                    "{}: rule {} subject {}",
+                    file.display(),
+                    rule.name,
+                    String::from_utf8_lossy(&s)
+                );
+            }
+        }
+        assert!(
+            checked > 100,
+            "{}: only {checked} subjects mapped",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn shipped_invalid_set_names_rule_and_subject() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/invalid/irreversible.toml");
+    let err = RuleSet::load("bad", &file).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, RuleError::Irreversible { .. }), "{text}");
+    assert!(text.contains("irreversible.toml"), "{text}");
+    assert!(text.contains("`lossy-devices`"), "{text}");
+    assert!(text.contains("maps back to `dev.x."), "{text}");
+}
+
+#[test]
+fn load_errors_name_the_problem() {
+    let err = inline(
+        "[[rule]]\nname='a'\nkind='mount'\nclient='orders.>'\nupstream='x.>'\n\
+         [[rule]]\nname='b'\nkind='mount'\nclient='orders.>'\nupstream='y.>'\n",
+    )
+    .unwrap_err();
+    assert!(matches!(err, RuleError::Conflict { .. }), "{err}");
+    assert!(err.to_string().contains("`a` and `b`"), "{err}");
+
+    // A broader mount listed first would leave the narrower one dead.
+    let err = inline(
+        "[[rule]]\nname='all'\nkind='mount'\nclient='>'\nupstream='t.>'\n\
+         [[rule]]\nname='js'\nkind='mount'\nclient='$JS.API.>'\nupstream='$JS.API.>'\n",
+    )
+    .unwrap_err();
+    assert!(matches!(err, RuleError::Conflict { .. }), "{err}");
+
+    let err = inline(
+        "[[rule]]\nname='a'\nkind='mount'\nclient='a.>'\nupstream='x.>'\n\
+         [[rule]]\nname='b'\nkind='mount'\nclient='b.>'\nupstream='x.y.>'\n",
+    )
+    .unwrap_err();
+    assert!(matches!(err, RuleError::UpstreamConflict { .. }), "{err}");
+
+    let err = inline("[[rule]]\nname='r'\nkind='regex'\nclient='^a\\.(.+)$'\nupstream='b.$1'\n")
+        .unwrap_err();
+    assert!(err.to_string().contains("not reversible"), "{err}");
+
+    let err = inline(
+        "[[rule]]\nname='r'\nkind='regex'\nclient='^a\\.(.+)$'\nupstream='b.$2'\nreverse_match='^b\\.(.+)$'\nreverse='a.$1'\n",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("$2"), "{err}");
+
+    let err =
+        inline("[[rule]]\nname='m'\nkind='mount'\nclient='orders'\nupstream='x.>'\n").unwrap_err();
+    assert!(
+        err.to_string().contains("must end with the token `>`"),
+        "{err}"
+    );
+
+    let err = inline("[[rule]]\nname='m'\nkind='mount'\nclient='a.>'\nupstream='x.>'\nbogus=1\n")
+        .unwrap_err();
+    assert!(matches!(err, RuleError::Parse { .. }), "{err}");
+    assert!(err.to_string().contains("bogus"), "{err}");
+
+    // A regex and a mount claiming one subject.
+    let err = inline(
+        "[[rule]]\nname='m'\nkind='mount'\nclient='dev.>'\nupstream='x.>'\n\
+         [[rule]]\nname='r'\nkind='regex'\nclient='^dev\\.(.+)$'\nupstream='y.$1'\nreverse_match='^y\\.(.+)$'\nreverse='dev.$1'\n",
+    )
+    .unwrap_err();
+    assert!(matches!(err, RuleError::Conflict { .. }), "{err}");
+}
+
+fn conn() -> ConnFacts {
+    ConnFacts {
+        conn_id: 7,
+        listener: "public".into(),
+        client_addr: "192.0.2.1:5000".parse().unwrap(),
+        transport: "tcp",
+        tls_peer: None,
+    }
+}
+
+fn filter_for(set: &str, users: &[(&str, &str)]) -> (Box<dyn Filter>, SessionCtx) {
+    let mut config = RewriteConfig::default();
+    config
+        .sets
+        .insert(set.into(), rules_dir().join(format!("{set}.toml")));
+    if users.is_empty() {
+        config.default = Some(set.into());
+    }
+    for (u, s) in users {
+        config.users.insert((*u).into(), (*s).into());
+    }
+    let factory = RewriteFactory {
+        rules: Arc::new(RewriteRules::load(&config).unwrap()),
+        events: Arc::new(NoEvents),
+    };
+    (factory.build(&conn()), SessionCtx::new(conn()))
+}
+
+fn publish(subject: &str, reply: Option<&str>) -> ClientOp {
+    ClientOp::Pub(Pub {
+        subject: Bytes::from(subject.to_string()),
+        reply: reply.map(|r| Bytes::from(r.to_string())),
+        headers: None,
+        payload: Bytes::from_static(b"payload"),
+    })
+}
+
+fn deliver(subject: &str, reply: Option<&str>) -> ServerOp {
+    ServerOp::Msg(Msg {
+        subject: Bytes::from(subject.to_string()),
+        sid: Bytes::from_static(b"1"),
+        reply: reply.map(|r| Bytes::from(r.to_string())),
+        headers: None,
+        payload: Bytes::from_static(b"x"),
+    })
+}
+
+#[test]
+fn filter_maps_every_subject_and_keeps_the_payload() {
+    let (mut f, mut ctx) = filter_for("tenant-mount", &[]);
+    let mut op = publish("orders.new", Some("_INBOX.a.1"));
+    let before = match &op {
+        ClientOp::Pub(p) => p.payload.as_ptr(),
+        _ => unreachable!(),
+    };
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+    let ClientOp::Pub(p) = &op else {
+        unreachable!()
+    };
+    assert_eq!(&p.subject[..], b"tenant.acme.orders.new");
+    assert_eq!(p.reply.as_deref(), Some(&b"tenant.acme._INBOX.a.1"[..]));
+    assert_eq!(p.payload.as_ptr(), before, "the payload is not copied");
+
+    let mut sub = ClientOp::Sub(Sub {
+        subject: Bytes::from_static(b"orders.*"),
+        queue: Some(Bytes::from_static(b"workers")),
+        sid: Bytes::from_static(b"1"),
+    });
+    assert_eq!(f.on_client_op(&mut sub, &mut ctx), Verdict::Changed);
+    let ClientOp::Sub(s) = &sub else {
+        unreachable!()
+    };
+    assert_eq!(&s.subject[..], b"tenant.acme.orders.*");
+    assert_eq!(s.queue.as_deref(), Some(&b"workers"[..]));
+
+    let mut msg = deliver("tenant.acme.orders.new", Some("tenant.acme._INBOX.a.1"));
+    assert_eq!(f.on_server_op(&mut msg, &ctx), Verdict::Changed);
+    let ServerOp::Msg(m) = &msg else {
+        unreachable!()
+    };
+    assert_eq!(&m.subject[..], b"orders.new");
+    assert_eq!(m.reply.as_deref(), Some(&b"_INBOX.a.1"[..]));
+}
+
+#[test]
+fn reply_from_outside_the_mount_is_answered_unmapped() {
+    let (mut f, mut ctx) = filter_for("tenant-mount", &[]);
+    let mut msg = deliver("tenant.acme.svc", Some("_INBOX.outside.1"));
+    assert_eq!(f.on_server_op(&mut msg, &ctx), Verdict::Changed);
+    let ServerOp::Msg(m) = &msg else {
+        unreachable!()
+    };
+    assert_eq!(m.reply.as_deref(), Some(&b"_INBOX.outside.1"[..]));
+    let mut answer = publish("_INBOX.outside.1", None);
+    assert_eq!(f.on_client_op(&mut answer, &mut ctx), Verdict::Forward);
+    // Any other subject still goes into the mount.
+    let mut other = publish("_INBOX.outside.2", None);
+    assert_eq!(f.on_client_op(&mut other, &mut ctx), Verdict::Changed);
+}
+
+#[test]
+fn no_responders_status_names_the_client_subject() {
+    let (mut f, ctx) = filter_for("tenant-mount", &[]);
+    let mut msg = ServerOp::Msg(Msg {
+        subject: Bytes::from_static(b"tenant.acme._INBOX.a.1"),
+        sid: Bytes::from_static(b"1"),
+        reply: None,
+        headers: Some(Bytes::from_static(
+            b"NATS/1.0 503\r\nNats-Subject: tenant.acme.svc.none\r\n\r\n",
+        )),
+        payload: Bytes::new(),
+    });
+    assert_eq!(f.on_server_op(&mut msg, &ctx), Verdict::Changed);
+    let ServerOp::Msg(m) = &msg else {
+        unreachable!()
+    };
+    assert_eq!(&m.subject[..], b"_INBOX.a.1");
+    assert_eq!(
+        m.headers.as_deref(),
+        Some(&b"NATS/1.0 503\r\nNats-Subject: svc.none\r\n\r\n"[..])
+    );
+}
+
+#[test]
+fn per_user_sets_apply_once_the_identity_is_known() {
+    let (mut f, mut ctx) = filter_for("tenant-mount", &[("alice", "tenant-mount")]);
+    assert_eq!(
+        f.interest(),
+        Interest::of(&[OpKind::Pub, OpKind::Sub, OpKind::Msg])
+    );
+    let mut op = publish("orders.new", None);
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Forward);
+    ctx.identity = Some(crate::Identity {
+        user: Some("bob".into()),
+        method: crate::AuthMethod::Password,
+    });
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Forward);
+    ctx.identity = Some(crate::Identity {
+        user: Some("alice".into()),
+        method: crate::AuthMethod::Password,
+    });
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+}
+
+#[test]
+fn no_rules_no_interest() {
+    let factory = RewriteFactory {
+        rules: Arc::new(RewriteRules::load(&RewriteConfig::default()).unwrap()),
+        events: Arc::new(NoEvents),
+    };
+    assert_eq!(factory.build(&conn()).interest(), Interest::NONE);
+}
+
+#[test]
+fn reload_swaps_and_a_bad_file_keeps_the_old_sets() {
+    let dir = std::env::temp_dir().join(format!("nats-edge-rw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("set.toml");
+    std::fs::write(
+        &file,
+        "[[rule]]\nname='m'\nkind='mount'\nclient='a.>'\nupstream='x.a.>'\n",
+    )
+    .unwrap();
+    let mut config = RewriteConfig::default();
+    config.sets.insert("s".into(), file.clone());
+    config.default = Some("s".into());
+    let rules = RewriteRules::load(&config).unwrap();
+    let mapped = |rules: &RewriteRules| {
+        let loaded = rules.current();
+        explain(&loaded, "l", None, b"a.1", true).upstream_subject
+    };
+    assert_eq!(mapped(&rules), "x.a.1");
+    std::fs::write(
+        &file,
+        "[[rule]]\nname='m'\nkind='mount'\nclient='a.>'\nupstream='y.a.>'\n",
+    )
+    .unwrap();
+    rules.reload().unwrap();
+    assert_eq!(mapped(&rules), "y.a.1");
+    std::fs::write(&file, "[[rule]]\nname='m'\nkind='nope'\n").unwrap();
+    assert!(rules.reload().is_err());
+    assert_eq!(mapped(&rules), "y.a.1");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,477 @@
+//! The `tagging` filter: headers describing the sender, added to every message a client
+//! publishes (and optionally a JSON field merged into JSON-object payloads), so upstream
+//! consumers know who sent it. Tags cannot be forged: headers the client sends with a
+//! reserved name (any configured tag name, or the reserved prefix, in any casing) are
+//! stripped before the tags are added, or the message is refused.
+//!
+//! Headers need the upstream's support (INFO `headers`). A client that did not negotiate
+//! headers itself is connected upstream with `headers: true`, so its PUBs can become HPUBs;
+//! the edge then strips headers from what is delivered to it, as nats-server would have, and
+//! refuses an HPUB from it (nats-server closes such a client without an `-ERR`).
+//!
+//! The tagged size counts against the effective max_payload: a message the tags would push
+//! over is refused with nats-server's own `-ERR 'Maximum Payload Violation'` and close,
+//! never forwarded for the upstream to close the shared link.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::errors;
+use crate::events::Events;
+use crate::filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionCtx};
+use crate::headers::{self, HeaderWriter, Headers};
+use crate::limits::LimitsConfig;
+use crate::op::{ClientOp, Pub, ServerOp};
+use crate::subject;
+use crate::verdict::{CloseReason, Verdict};
+
+/// A tagging file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TagFile {
+    /// Headers whose names start with this (any casing) are the edge's to set.
+    pub reserved_prefix: String,
+    /// What happens to a message that carries a reserved header: `strip` it, or `refuse`
+    /// the message with a permissions `-ERR` (the connection stays open).
+    pub spoofed: SpoofPolicy,
+    /// Header names for each tag; an empty name leaves that tag out.
+    pub headers: TagHeaders,
+    /// Fixed headers added to every message, name to value.
+    #[serde(rename = "static")]
+    pub static_tags: BTreeMap<String, String>,
+    /// JSON-object payloads on these subjects get the tags merged in as one field.
+    pub json: Vec<JsonRule>,
+}
+
+impl Default for TagFile {
+    fn default() -> Self {
+        TagFile {
+            reserved_prefix: "Nats-Edge-".into(),
+            spoofed: SpoofPolicy::Strip,
+            headers: TagHeaders::default(),
+            static_tags: BTreeMap::new(),
+            json: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TagHeaders {
+    pub user: String,
+    pub client_addr: String,
+    pub conn_id: String,
+    pub tls_subject: String,
+}
+
+impl Default for TagHeaders {
+    fn default() -> Self {
+        TagHeaders {
+            user: "Nats-Edge-User".into(),
+            client_addr: "Nats-Edge-Client-Addr".into(),
+            conn_id: "Nats-Edge-Conn-Id".into(),
+            tls_subject: "Nats-Edge-Tls-Subject".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoofPolicy {
+    #[default]
+    Strip,
+    Refuse,
+}
+
+/// `[[json]]`: merge the tags into JSON-object payloads published on these subjects.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonRule {
+    /// Subjects in the client's view; wildcards allowed.
+    pub subjects: Vec<String>,
+    /// The field the tags go in, as an object (`{"user": ..., "client_addr": ..., ...}`).
+    pub field: String,
+}
+
+/// A tagging file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TagError {
+    #[error("tagging rules {}: {source}", file.display())]
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("tagging rules {}: {reason}", file.display())]
+    Parse { file: PathBuf, reason: String },
+    #[error("tagging rules {}: {key}: {reason}", file.display())]
+    Value {
+        file: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+/// A validated tagging configuration.
+#[derive(Debug, Clone)]
+pub struct TagConfig {
+    pub file: TagFile,
+    /// Every configured name, lower-cased for matching.
+    reserved: Vec<Vec<u8>>,
+}
+
+impl TagConfig {
+    pub fn load(path: &Path) -> Result<TagConfig, TagError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TagError::Io {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(path, &text)
+    }
+
+    pub fn from_toml(path: &Path, text: &str) -> Result<TagConfig, TagError> {
+        let file: TagFile = toml::from_str(text).map_err(|e| TagError::Parse {
+            file: path.to_path_buf(),
+            reason: e.to_string().trim_end().to_string(),
+        })?;
+        Self::new(file).map_err(|(key, reason)| TagError::Value {
+            file: path.to_path_buf(),
+            key,
+            reason,
+        })
+    }
+
+    /// Checks names and values: header names are visible ASCII without `:`, values hold no
+    /// line ends.
+    pub fn new(file: TagFile) -> Result<TagConfig, (String, String)> {
+        let h = &file.headers;
+        let mut reserved = Vec::new();
+        for (key, name) in [
+            ("headers.user", &h.user),
+            ("headers.client_addr", &h.client_addr),
+            ("headers.conn_id", &h.conn_id),
+            ("headers.tls_subject", &h.tls_subject),
+        ] {
+            if !name.is_empty() {
+                check_name(name).map_err(|r| (key.to_string(), r))?;
+                reserved.push(name.as_bytes().to_vec());
+            }
+        }
+        for (name, value) in &file.static_tags {
+            let key = format!("static.{name}");
+            check_name(name).map_err(|r| (key.clone(), r))?;
+            if value.contains(['\r', '\n']) {
+                return Err((key, "a header value cannot hold a line end".into()));
+            }
+            reserved.push(name.as_bytes().to_vec());
+        }
+        if !file.reserved_prefix.is_empty() {
+            check_name(&file.reserved_prefix).map_err(|r| ("reserved_prefix".into(), r))?;
+        }
+        for (i, rule) in file.json.iter().enumerate() {
+            if rule.field.is_empty() {
+                return Err((format!("json.{i}.field"), "must not be empty".into()));
+            }
+            for s in &rule.subjects {
+                if !subject::is_valid_subject(s.as_bytes()) {
+                    return Err((
+                        format!("json.{i}.subjects"),
+                        format!("`{s}` is not a valid subject"),
+                    ));
+                }
+            }
+        }
+        Ok(TagConfig { file, reserved })
+    }
+
+    /// Whether a client-sent header name is the edge's to set.
+    pub fn is_reserved(&self, name: &[u8]) -> bool {
+        headers::is_reserved(name, &self.reserved, self.file.reserved_prefix.as_bytes())
+    }
+
+    /// The tags for a session, as header name and value, in order.
+    pub fn tags(&self, conn: &ConnFacts, user: Option<&str>) -> Vec<(String, String)> {
+        let h = &self.file.headers;
+        let mut out = Vec::new();
+        let mut add = |name: &str, value: Option<String>| {
+            if let (false, Some(v)) = (name.is_empty(), value) {
+                out.push((name.to_string(), v));
+            }
+        };
+        add(&h.user, user.map(str::to_string));
+        add(&h.client_addr, Some(conn.client_addr.to_string()));
+        add(&h.conn_id, Some(conn.conn_id.to_string()));
+        add(
+            &h.tls_subject,
+            conn.tls_peer.as_ref().map(|p| p.subject.clone()),
+        );
+        for (k, v) in &self.file.static_tags {
+            out.push((k.clone(), v.clone()));
+        }
+        out
+    }
+
+    /// The tags as a JSON object: `user`, `client_addr`, `conn_id`, `tls_subject` (each when
+    /// its header is configured and the value known), then the static tags by name.
+    pub fn json_value(&self, conn: &ConnFacts, user: Option<&str>) -> Map<String, Value> {
+        let h = &self.file.headers;
+        let mut out = Map::new();
+        let mut add = |key: &str, header: &str, value: Option<String>| {
+            if let (false, Some(v)) = (header.is_empty(), value) {
+                out.insert(key.to_string(), Value::String(v));
+            }
+        };
+        add("user", &h.user, user.map(str::to_string));
+        add(
+            "client_addr",
+            &h.client_addr,
+            Some(conn.client_addr.to_string()),
+        );
+        add("conn_id", &h.conn_id, Some(conn.conn_id.to_string()));
+        add(
+            "tls_subject",
+            &h.tls_subject,
+            conn.tls_peer.as_ref().map(|p| p.subject.clone()),
+        );
+        for (k, v) in &self.file.static_tags {
+            out.insert(k.clone(), Value::String(v.clone()));
+        }
+        out
+    }
+
+    /// The JSON field for a client subject, when a `[[json]]` rule names it.
+    pub fn json_field(&self, subject: &[u8]) -> Option<&str> {
+        self.file
+            .json
+            .iter()
+            .find(|r| {
+                r.subjects
+                    .iter()
+                    .any(|p| subject::matches(p.as_bytes(), subject))
+            })
+            .map(|r| r.field.as_str())
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+        return Err(format!(
+            "`{name}` is not a header name (visible ASCII, no `:` or spaces)"
+        ));
+    }
+    Ok(())
+}
+
+/// Builds the per-session tagging filter.
+pub struct TagFactory {
+    pub config: Arc<TagConfig>,
+    pub limits: LimitsConfig,
+    pub events: Arc<dyn Events>,
+}
+
+impl FilterFactory for TagFactory {
+    fn build(&self, _conn: &ConnFacts) -> Box<dyn Filter> {
+        Box::new(Tag {
+            config: self.config.clone(),
+            limits: self.limits,
+            events: self.events.clone(),
+            client_headers: true,
+            cached: None,
+        })
+    }
+}
+
+/// Per-session state of the tagging filter.
+pub struct Tag {
+    config: Arc<TagConfig>,
+    limits: LimitsConfig,
+    events: Arc<dyn Events>,
+    /// Whether the client itself negotiated headers.
+    client_headers: bool,
+    /// The session's tag lines, built once the identity (if any) is known.
+    cached: Option<(bool, Bytes)>,
+}
+
+impl Tag {
+    fn tag_lines(&mut self, ctx: &SessionCtx) -> Bytes {
+        let has_identity = ctx.identity.is_some();
+        if let Some((for_identity, lines)) = &self.cached {
+            if *for_identity == has_identity {
+                return lines.clone();
+            }
+        }
+        let user = ctx.identity.as_ref().and_then(|i| i.user.as_deref());
+        let tags = self.config.tags(&ctx.conn, user);
+        let mut writer = BytesMut::new();
+        for (name, value) in &tags {
+            writer.put_slice(name.as_bytes());
+            writer.put_slice(b": ");
+            for b in value.bytes() {
+                writer.put_u8(if matches!(b, b'\r' | b'\n') { b' ' } else { b });
+            }
+            writer.put_slice(b"\r\n");
+        }
+        let lines = writer.freeze();
+        self.cached = Some((has_identity, lines.clone()));
+        lines
+    }
+
+    fn tag(&mut self, publish: &mut Pub, ctx: &SessionCtx) -> Verdict {
+        let lines = self.tag_lines(ctx);
+        let mut headers = None;
+        if ctx.upstream_headers {
+            let mut spoofed = false;
+            let mut writer = match &publish.headers {
+                Some(block) => {
+                    let Ok(parsed) = Headers::parse(block) else {
+                        // Not a header block nats-server or a client would read the same way
+                        // as the edge: refusing is the only way tags stay unforgeable.
+                        return Verdict::Close {
+                            reason: CloseReason::ProtocolViolation,
+                            error: None,
+                        };
+                    };
+                    let mut writer = HeaderWriter::new(parsed.first_line);
+                    for line in &parsed.lines {
+                        let name = headers::split_field(line).map_or(&line[..], |(n, _)| n);
+                        if self.config.is_reserved(name) {
+                            spoofed = true;
+                        } else {
+                            writer.line(line);
+                        }
+                    }
+                    writer
+                }
+                None => HeaderWriter::new(headers::VERSION),
+            };
+            if spoofed {
+                self.events.tag_spoof();
+                if self.config.file.spoofed == SpoofPolicy::Refuse {
+                    return Verdict::error(format!(
+                        "Permissions Violation for Publish to {}",
+                        go_quote(&publish.subject)
+                    ));
+                }
+            }
+            for line in lines.split(|b| *b == b'\n').filter(|l| l.len() > 1) {
+                writer.line(line.strip_suffix(b"\r").unwrap_or(line));
+            }
+            headers = Some(writer.finish());
+        }
+        let mut payload = None;
+        if let Some(field) = self.config.json_field(&publish.subject) {
+            let user = ctx.identity.as_ref().and_then(|i| i.user.as_deref());
+            let value = self.config.json_value(&ctx.conn, user);
+            payload = merge_json(&publish.payload, field, value);
+        }
+        if headers.is_none() && payload.is_none() {
+            return Verdict::Forward;
+        }
+        let size = headers
+            .as_ref()
+            .map_or(publish.headers.as_ref().map_or(0, Bytes::len), Bytes::len)
+            + payload.as_ref().map_or(publish.payload.len(), Bytes::len);
+        let max = self.limits.effective_max_payload(ctx.upstream_max_payload);
+        if size as u64 > max {
+            return Verdict::close_with(
+                CloseReason::MaxPayloadExceeded,
+                errors::MAX_PAYLOAD_VIOLATION,
+            );
+        }
+        if let Some(h) = headers {
+            publish.headers = Some(h);
+        }
+        if let Some(p) = payload {
+            publish.payload = p;
+        }
+        self.events.tag_applied();
+        Verdict::Changed
+    }
+}
+
+impl Filter for Tag {
+    fn name(&self) -> &'static str {
+        "tagging"
+    }
+
+    fn interest(&self) -> Interest {
+        // Msg: deliveries to a client that did not negotiate headers lose theirs here.
+        Interest::of(&[OpKind::Connect, OpKind::Pub, OpKind::Msg])
+    }
+
+    fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {
+        match op {
+            ClientOp::Connect(connect) => {
+                self.client_headers = connect.wants_headers();
+                if !self.client_headers && ctx.upstream_headers {
+                    connect.headers = Some(true);
+                    return Verdict::Changed;
+                }
+                Verdict::Forward
+            }
+            ClientOp::Pub(publish) => {
+                if publish.headers.is_some() && !self.client_headers {
+                    // nats-server closes a client that sends HPUB without having negotiated
+                    // headers, silently; the upstream now thinks it did, so the edge does it.
+                    return Verdict::Close {
+                        reason: CloseReason::ProtocolViolation,
+                        error: None,
+                    };
+                }
+                self.tag(publish, ctx)
+            }
+            _ => Verdict::Forward,
+        }
+    }
+
+    fn on_server_op(&mut self, op: &mut ServerOp, _ctx: &SessionCtx) -> Verdict {
+        match op {
+            ServerOp::Msg(msg) if !self.client_headers && msg.headers.is_some() => {
+                msg.headers = None;
+                Verdict::Changed
+            }
+            _ => Verdict::Forward,
+        }
+    }
+}
+
+/// The payload with `field` set to the tags, when it is a JSON object.
+fn merge_json(payload: &[u8], field: &str, value: Map<String, Value>) -> Option<Bytes> {
+    let first = payload.iter().find(|b| !b.is_ascii_whitespace())?;
+    if *first != b'{' {
+        return None;
+    }
+    let mut object: Map<String, Value> = serde_json::from_slice(payload).ok()?;
+    // Overwritten, never merged: a client-supplied field of the same name is not trusted.
+    object.insert(field.to_string(), Value::Object(value));
+    serde_json::to_vec(&object).ok().map(Bytes::from)
+}
+
+/// A subject quoted as Go's `%q` does, as nats-server quotes it in permission errors.
+pub fn go_quote(subject: &[u8]) -> String {
+    let text = String::from_utf8_lossy(subject);
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests;

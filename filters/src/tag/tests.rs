@@ -1,0 +1,214 @@
+use std::path::Path;
+
+use super::*;
+use crate::events::NoEvents;
+use crate::filter::TlsPeer;
+use crate::identity::{AuthMethod, Identity};
+use crate::op::{Connect, Msg};
+
+fn config(name: &str) -> Arc<TagConfig> {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("rules/tagging/{name}.toml"));
+    Arc::new(TagConfig::load(&file).unwrap())
+}
+
+fn conn() -> ConnFacts {
+    ConnFacts {
+        conn_id: 42,
+        listener: "public".into(),
+        client_addr: "192.0.2.7:51000".parse().unwrap(),
+        transport: "tls",
+        tls_peer: Some(TlsPeer {
+            subject: "CN=alice,O=Acme".into(),
+            sans: vec![],
+        }),
+    }
+}
+
+fn session(name: &str, max_payload: Option<i64>) -> (Box<dyn Filter>, SessionCtx) {
+    let factory = TagFactory {
+        config: config(name),
+        limits: LimitsConfig::default(),
+        events: Arc::new(NoEvents),
+    };
+    let mut ctx = SessionCtx::new(conn());
+    ctx.upstream_headers = true;
+    ctx.upstream_max_payload = max_payload;
+    let mut f = factory.build(&conn());
+    let mut connect = ClientOp::Connect(Box::new(Connect {
+        headers: Some(true),
+        ..Connect::default()
+    }));
+    assert_eq!(f.on_client_op(&mut connect, &mut ctx), Verdict::Forward);
+    (f, ctx)
+}
+
+fn publish(subject: &str, headers: Option<&'static [u8]>, payload: &'static [u8]) -> ClientOp {
+    ClientOp::Pub(Pub {
+        subject: Bytes::from(subject.to_string()),
+        reply: None,
+        headers: headers.map(Bytes::from_static),
+        payload: Bytes::from_static(payload),
+    })
+}
+
+fn headers_of(op: &ClientOp) -> String {
+    let ClientOp::Pub(p) = op else { unreachable!() };
+    String::from_utf8(p.headers.clone().unwrap().to_vec()).unwrap()
+}
+
+#[test]
+fn tags_every_publish_with_the_sender() {
+    let (mut f, mut ctx) = session("default", None);
+    ctx.identity = Some(Identity {
+        user: Some("alice".into()),
+        method: AuthMethod::Certificate,
+    });
+    let mut op = publish("orders.new", None, b"hello");
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+    assert_eq!(
+        headers_of(&op),
+        "NATS/1.0\r\nNats-Edge-User: alice\r\nNats-Edge-Client-Addr: 192.0.2.7:51000\r\n\
+         Nats-Edge-Conn-Id: 42\r\nNats-Edge-Tls-Subject: CN=alice,O=Acme\r\n\
+         Nats-Edge-Region: eu-west-1\r\n\r\n"
+    );
+}
+
+#[test]
+fn spoofed_headers_are_stripped_in_any_casing() {
+    let (mut f, mut ctx) = session("default", None);
+    let mut op = publish(
+        "orders.new",
+        Some(b"NATS/1.0\r\nnats-edge-user: mallory\r\nKeep: me\r\n NATS-EDGE-CONN-ID : 1\r\nNats-Edge-Other: x\nX: y\r\n\r\n"),
+        b"p",
+    );
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+    let h = headers_of(&op);
+    assert!(!h.contains("mallory") && !h.contains("Other"), "{h}");
+    assert!(h.starts_with("NATS/1.0\r\nKeep: me\r\nX: y\r\n"), "{h}");
+    assert!(h.contains("Nats-Edge-Conn-Id: 42\r\n"), "{h}");
+    assert!(
+        !h.contains("Nats-Edge-User"),
+        "no identity, no user tag: {h}"
+    );
+}
+
+#[test]
+fn spoofed_headers_can_refuse_the_message() {
+    let (mut f, mut ctx) = session("refuse-spoofed", None);
+    let mut op = publish(
+        "a.\"b",
+        Some(b"NATS/1.0\r\nNats-Edge-User: x\r\n\r\n"),
+        b"p",
+    );
+    assert_eq!(
+        f.on_client_op(&mut op, &mut ctx),
+        Verdict::error("Permissions Violation for Publish to \"a.\\\"b\"")
+    );
+}
+
+#[test]
+fn json_field_only_for_json_objects_on_its_subjects() {
+    let (mut f, mut ctx) = session("default", None);
+    let mut op = publish("events.login", None, br#"{"kind":"login","edge":"forged"}"#);
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+    let ClientOp::Pub(p) = &op else {
+        unreachable!()
+    };
+    let v: Value = serde_json::from_slice(&p.payload).unwrap();
+    assert_eq!(v["kind"], "login");
+    assert_eq!(v["edge"]["conn_id"], "42");
+    assert_eq!(v["edge"]["client_addr"], "192.0.2.7:51000");
+    assert_eq!(v["edge"]["tls_subject"], "CN=alice,O=Acme");
+
+    for payload in [&b"[1,2]"[..], b"not json", b"{broken"] {
+        let mut op = ClientOp::Pub(Pub {
+            subject: Bytes::from_static(b"events.x"),
+            reply: None,
+            headers: None,
+            payload: Bytes::from_static(payload),
+        });
+        f.on_client_op(&mut op, &mut ctx);
+        let ClientOp::Pub(p) = &op else {
+            unreachable!()
+        };
+        assert_eq!(&p.payload[..], payload);
+    }
+    // Other subjects keep their payload, even JSON.
+    let mut op = publish("orders.x", None, br#"{"a":1}"#);
+    f.on_client_op(&mut op, &mut ctx);
+    let ClientOp::Pub(p) = &op else {
+        unreachable!()
+    };
+    assert_eq!(&p.payload[..], br#"{"a":1}"#);
+}
+
+#[test]
+fn tags_that_push_over_max_payload_refuse_the_message() {
+    let (mut f, mut ctx) = session("default", Some(400));
+    let mut op = publish("a", None, &[b'x'; 350]);
+    assert_eq!(
+        f.on_client_op(&mut op, &mut ctx),
+        Verdict::close_with(
+            CloseReason::MaxPayloadExceeded,
+            errors::MAX_PAYLOAD_VIOLATION
+        )
+    );
+    let mut op = publish("a", None, b"small");
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+}
+
+#[test]
+fn a_client_without_headers_is_upgraded_and_its_deliveries_stripped() {
+    let factory = TagFactory {
+        config: config("default"),
+        limits: LimitsConfig::default(),
+        events: Arc::new(NoEvents),
+    };
+    let mut ctx = SessionCtx::new(conn());
+    ctx.upstream_headers = true;
+    let mut f = factory.build(&conn());
+    let mut connect = ClientOp::Connect(Box::default());
+    assert_eq!(f.on_client_op(&mut connect, &mut ctx), Verdict::Changed);
+    let ClientOp::Connect(c) = &connect else {
+        unreachable!()
+    };
+    assert_eq!(c.headers, Some(true));
+    let mut op = publish("a", None, b"p");
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+    let mut hpub = publish("a", Some(b"NATS/1.0\r\n\r\n"), b"p");
+    assert!(matches!(
+        f.on_client_op(&mut hpub, &mut ctx),
+        Verdict::Close { error: None, .. }
+    ));
+    let mut msg = ServerOp::Msg(Msg {
+        subject: Bytes::from_static(b"a"),
+        sid: Bytes::from_static(b"1"),
+        reply: None,
+        headers: Some(Bytes::from_static(b"NATS/1.0\r\nA: 1\r\n\r\n")),
+        payload: Bytes::from_static(b"p"),
+    });
+    assert_eq!(f.on_server_op(&mut msg, &ctx), Verdict::Changed);
+    let ServerOp::Msg(m) = &msg else {
+        unreachable!()
+    };
+    assert!(m.headers.is_none());
+}
+
+#[test]
+fn bad_files_name_the_key() {
+    let err = TagConfig::from_toml(Path::new("t.toml"), "[headers]\nuser = \"Bad Name\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("t.toml") && err.contains("headers.user"),
+        "{err}"
+    );
+    let err = TagConfig::from_toml(Path::new("t.toml"), "[static]\nA = \"x\\ny\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("static.A"), "{err}");
+    let err = TagConfig::from_toml(Path::new("t.toml"), "bogus = 1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bogus"), "{err}");
+}

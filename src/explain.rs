@@ -1,0 +1,165 @@
+//! `nats-edge explain`: what the edge would do with one subject for one user, section by
+//! section (rewrite, tagging), without starting anything. Each policy filter adds a section,
+//! so the output reads in pipeline order.
+
+use std::fmt;
+
+use nats_edge_filters::rewrite::{self, LoadedSets, RuleError};
+use nats_edge_filters::tag::TagError;
+
+use crate::config::Config;
+
+/// Which op the subject travels in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExplainOp {
+    Pub,
+    Sub,
+}
+
+/// What to explain.
+#[derive(Debug, Clone)]
+pub struct ExplainRequest {
+    /// The user the session would be authenticated as.
+    pub user: Option<String>,
+    /// The listener it would connect to; the first one when unset.
+    pub listener: Option<String>,
+    pub op: ExplainOp,
+    pub subject: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("{0}")]
+    Rewrite(#[from] RuleError),
+    #[error("tagging.file: {0}")]
+    Tagging(#[from] TagError),
+    #[error("no listener is called `{0}`")]
+    UnknownListener(String),
+}
+
+/// One titled block of the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    pub title: &'static str,
+    pub lines: Vec<String>,
+}
+
+/// The answer, in pipeline order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub sections: Vec<Section>,
+}
+
+impl Report {
+    pub fn section(&self, title: &str) -> Option<&Section> {
+        self.sections.iter().find(|s| s.title == title)
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, section) in self.sections.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            writeln!(f, "[{}]", section.title)?;
+            for line in &section.lines {
+                writeln!(f, "{line}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn explain(config: &Config, request: &ExplainRequest) -> Result<Report, ExplainError> {
+    let listener = match &request.listener {
+        Some(name) => config
+            .listeners
+            .iter()
+            .find(|l| &l.name == name)
+            .ok_or_else(|| ExplainError::UnknownListener(name.clone()))?,
+        None => config
+            .listeners
+            .first()
+            .ok_or_else(|| ExplainError::UnknownListener(String::new()))?,
+    };
+    let op = match request.op {
+        ExplainOp::Pub => "pub",
+        ExplainOp::Sub => "sub",
+    };
+    let mut sections = vec![Section {
+        title: "session",
+        lines: vec![
+            format!("listener: {}", listener.name),
+            format!("user: {}", request.user.as_deref().unwrap_or("(none)")),
+            format!("{op} {}", request.subject),
+        ],
+    }];
+
+    let loaded = LoadedSets::load(&config.rewrite_config())?;
+    let published = request.op == ExplainOp::Pub;
+    let explained = rewrite::explain(
+        &loaded,
+        &listener.name,
+        request.user.as_deref(),
+        request.subject.as_bytes(),
+        published,
+    );
+    let mut lines = Vec::new();
+    match &explained.set {
+        Some((name, why)) => lines.push(format!("rule set: {name} (by {})", why.as_str())),
+        None => lines.push("rule set: none".into()),
+    }
+    lines.push(format!(
+        "rule: {}",
+        explained.rule.as_deref().unwrap_or("none matches")
+    ));
+    lines.push(format!("upstream subject: {}", explained.upstream_subject));
+    sections.push(Section {
+        title: "rewrite",
+        lines,
+    });
+
+    let mut lines = Vec::new();
+    match config.tag_config()? {
+        None => lines.push("none configured".into()),
+        Some(_) if !published => lines.push("subscriptions are not tagged".into()),
+        Some(tags) => {
+            let h = &tags.file.headers;
+            for (name, value) in [
+                (&h.user, request.user.clone()),
+                (&h.client_addr, Some("<the client's address>".into())),
+                (&h.conn_id, Some("<the connection id>".into())),
+                (
+                    &h.tls_subject,
+                    Some("<the client certificate's subject, when one is presented>".into()),
+                ),
+            ] {
+                if let (false, Some(value)) = (name.is_empty(), value) {
+                    lines.push(format!("{name}: {value}"));
+                }
+            }
+            for (name, value) in &tags.file.static_tags {
+                lines.push(format!("{name}: {value}"));
+            }
+            if let Some(field) = tags.json_field(request.subject.as_bytes()) {
+                lines.push(format!(
+                    "JSON field `{field}` merged into JSON-object payloads"
+                ));
+            }
+            lines.push(format!(
+                "client headers named {}* or as above: {}",
+                tags.file.reserved_prefix,
+                match tags.file.spoofed {
+                    nats_edge_filters::tag::SpoofPolicy::Strip => "stripped",
+                    nats_edge_filters::tag::SpoofPolicy::Refuse => "message refused",
+                }
+            ));
+        }
+    }
+    sections.push(Section {
+        title: "tagging",
+        lines,
+    });
+    Ok(Report { sections })
+}

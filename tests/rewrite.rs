@@ -1,0 +1,369 @@
+//! Subject rewrite through the edge, against a real nats-server with real async-nats
+//! clients: a client in a mount sees its own namespace, a client connected to nats-server
+//! directly sees the mapped one, and request/reply, no-responders and JetStream keep
+//! working across the mount. The rule sets are the ones shipped in filters/rules/rewrite.
+
+mod common;
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use common::*;
+
+fn rules(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("filters/rules")
+        .join(name);
+    format!("{:?}", path.display().to_string())
+}
+
+/// An edge whose sessions all use the shipped rule set `set` (a file in rules/rewrite).
+async fn mounted(server: &NatsServer, set: &str) -> nats_edge::Edge {
+    let extra = format!(
+        "[rewrite]\nsets = {{ s = {} }}\ndefault = \"s\"\n",
+        rules(&format!("rewrite/{set}.toml"))
+    );
+    start_edge(&[server.url()], &extra).await
+}
+
+fn subjects(msgs: &[async_nats::Message]) -> Vec<String> {
+    msgs.iter().map(|m| m.subject.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mounted_client_sees_its_own_namespace() {
+    let server = NatsServer::start();
+    let edge = mounted(&server, "tenant-mount").await;
+    let inside = client(&edge_url(&edge)).await;
+    let direct = client(&server.url()).await;
+
+    let mut star = inside.subscribe("orders.*").await.unwrap();
+    let mut tail = inside.subscribe("orders.>").await.unwrap();
+    let mut queue = inside
+        .queue_subscribe("orders.eu.>", "workers".into())
+        .await
+        .unwrap();
+    let mut upstream = direct.subscribe("tenant.acme.>").await.unwrap();
+    let mut raw_orders = direct.subscribe("orders.>").await.unwrap();
+    round_trip(&inside).await;
+    round_trip(&direct).await;
+
+    for s in ["orders.new", "orders.eu.created"] {
+        inside.publish(s, Bytes::from(s)).await.unwrap();
+    }
+    direct
+        .publish("tenant.acme.orders.from-upstream", "u".into())
+        .await
+        .unwrap();
+    direct
+        .publish("orders.elsewhere", "x".into())
+        .await
+        .unwrap();
+    round_trip(&direct).await;
+    round_trip(&inside).await;
+
+    assert_eq!(
+        subjects(&drain_ready(&mut star)),
+        ["orders.new", "orders.from-upstream"]
+    );
+    assert_eq!(
+        subjects(&drain_ready(&mut tail)),
+        ["orders.new", "orders.eu.created", "orders.from-upstream"]
+    );
+    assert_eq!(subjects(&drain_ready(&mut queue)), ["orders.eu.created"]);
+    let seen: Vec<String> = subjects(&drain_ready(&mut upstream))
+        .into_iter()
+        .filter(|s| s.starts_with("tenant.acme.orders"))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "tenant.acme.orders.new",
+            "tenant.acme.orders.eu.created",
+            "tenant.acme.orders.from-upstream"
+        ]
+    );
+    // Nothing the mounted client published escaped the mount.
+    assert_eq!(
+        subjects(&drain_ready(&mut raw_orders)),
+        ["orders.elsewhere"]
+    );
+    assert!(
+        edge.metrics()
+            .rewritten_client_to_upstream
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    edge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_reply_across_the_mount_both_ways() {
+    use futures::StreamExt;
+    let server = NatsServer::start();
+    let edge = mounted(&server, "tenant-mount").await;
+    let inside = client(&edge_url(&edge)).await;
+    let direct = client(&server.url()).await;
+
+    // Requester inside, responder outside (on the mapped subject).
+    let mut outside_service = direct.subscribe("tenant.acme.svc.echo").await.unwrap();
+    // Responder inside, requester outside.
+    let mut inside_service = inside.subscribe("svc.upper").await.unwrap();
+    round_trip(&direct).await;
+    round_trip(&inside).await;
+
+    let responder_out = {
+        let direct = direct.clone();
+        tokio::spawn(async move {
+            let req = outside_service.next().await.expect("a request");
+            let reply = req.reply.expect("a reply subject");
+            assert!(reply.starts_with("tenant.acme._INBOX."), "{reply}");
+            direct.publish(reply, req.payload).await.unwrap();
+            direct.flush().await.unwrap();
+        })
+    };
+    let responder_in = {
+        let inside = inside.clone();
+        tokio::spawn(async move {
+            let req = inside_service.next().await.expect("a request");
+            assert_eq!(req.subject.as_str(), "svc.upper");
+            // The requester's inbox is outside the mount: delivered as is, answered as is.
+            let reply = req.reply.expect("a reply subject");
+            assert!(reply.starts_with("_INBOX."), "{reply}");
+            let upper = String::from_utf8_lossy(&req.payload).to_uppercase();
+            inside.publish(reply, upper.into()).await.unwrap();
+            inside.flush().await.unwrap();
+        })
+    };
+
+    let answer = within(
+        "request from inside",
+        inside.request("svc.echo", "ping".into()),
+    )
+    .await
+    .expect("an answer from outside the mount");
+    assert_eq!(&answer.payload[..], b"ping");
+    let answer = within(
+        "request from outside",
+        direct.request("tenant.acme.svc.upper", "hello".into()),
+    )
+    .await
+    .expect("an answer from inside the mount");
+    assert_eq!(&answer.payload[..], b"HELLO");
+    within("responders", async {
+        responder_out.await.unwrap();
+        responder_in.await.unwrap();
+    })
+    .await;
+    edge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_responders_names_the_subject_in_the_clients_view() {
+    let server = NatsServer::start();
+    let edge = mounted(&server, "tenant-mount").await;
+    let inside = client(&edge_url(&edge)).await;
+    let err = within("request", inside.request("svc.none", "x".into()))
+        .await
+        .expect_err("nobody answers");
+    assert_eq!(err.kind(), async_nats::RequestErrorKind::NoResponders);
+
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    raw.read_info().await;
+    let reply = raw
+        .roundtrip(
+            b"CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true,\"protocol\":1}\r\n\
+              SUB _INBOX.x.* 1\r\nPUB svc.none _INBOX.x.1 0\r\n\r\n",
+        )
+        .await;
+    let text = reply.text();
+    assert!(text.contains("HMSG _INBOX.x.1 1 "), "{text}");
+    assert!(
+        text.contains("NATS/1.0 503\r\nNats-Subject: svc.none\r\n\r\n"),
+        "{text}"
+    );
+    edge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regex_rules_map_both_ways() {
+    let server = NatsServer::start();
+    let edge = mounted(&server, "regex-devices").await;
+    let inside = client(&edge_url(&edge)).await;
+    let direct = client(&server.url()).await;
+    let mut temps = inside.subscribe("dev.*.temp").await.unwrap();
+    let mut upstream = direct.subscribe(">").await.unwrap();
+    round_trip(&inside).await;
+    round_trip(&direct).await;
+
+    inside.publish("dev.s2.temp", "21".into()).await.unwrap();
+    inside.publish("metrics.web1", "m".into()).await.unwrap();
+    inside.publish("other.x", "o".into()).await.unwrap();
+    round_trip(&inside).await;
+    direct
+        .publish("devices.s1.temp", "19".into())
+        .await
+        .unwrap();
+    round_trip(&direct).await;
+    round_trip(&inside).await;
+
+    assert_eq!(
+        subjects(&drain_ready(&mut temps)),
+        ["dev.s2.temp", "dev.s1.temp"]
+    );
+    let seen: Vec<String> = subjects(&drain_ready(&mut upstream))
+        .into_iter()
+        .filter(|s| !s.starts_with("_INBOX."))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "devices.s2.temp",
+            "telemetry.web1.metrics",
+            "other.x",
+            "devices.s1.temp"
+        ]
+    );
+    edge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_through_a_mount() {
+    use async_nats::jetstream::{self, consumer::pull, stream};
+    use futures::StreamExt;
+    let store = tempfile::tempdir().unwrap();
+    let server = NatsServer::start_with_args(&["-js", "-sd", &store.path().display().to_string()]);
+    let edge = mounted(&server, "jetstream-mount").await;
+    let inside = jetstream::new(client(&edge_url(&edge)).await);
+
+    let mut orders = within(
+        "create the stream",
+        inside.create_stream(stream::Config {
+            name: "ORDERS".into(),
+            subjects: vec!["orders.>".into()],
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("stream created through the mount");
+    let ack = within("publish", async {
+        inside
+            .publish("orders.new", "first".into())
+            .await
+            .expect("publish")
+            .await
+    })
+    .await
+    .expect("acknowledged by the stream");
+    assert_eq!(ack.stream, "ORDERS");
+
+    // Upstream, the stream captures the mapped subjects.
+    let direct = jetstream::new(client(&server.url()).await);
+    let info = within("stream info", direct.get_stream("ORDERS"))
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(info.config.subjects, ["tenant.acme.orders.>"]);
+    assert_eq!(info.state.messages, 1);
+    let _ = &mut orders;
+
+    let consumer = within(
+        "create the consumer",
+        orders.create_consumer(pull::Config {
+            durable_name: Some("worker".into()),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("consumer created");
+    let mut batch = within("fetch", consumer.fetch().max_messages(1).messages())
+        .await
+        .expect("fetch");
+    let msg = within("the stored message", batch.next())
+        .await
+        .expect("a message")
+        .expect("no error");
+    assert_eq!(msg.subject.as_str(), "orders.new");
+    assert_eq!(&msg.payload[..], b"first");
+    within("ack", msg.double_ack())
+        .await
+        .expect("ack goes back unmapped");
+    let info = within("consumer info", direct.get_stream("ORDERS"))
+        .await
+        .unwrap()
+        .consumer_info("worker")
+        .await
+        .unwrap();
+    assert_eq!(info.num_ack_pending, 0);
+    assert_eq!(info.delivered.stream_sequence, 1);
+    edge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_refuses_a_rule_set_that_is_not_reversible() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("filters/rules");
+    // Relative rule paths are read from the config file's directory.
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    for (from, to) in [
+        ("invalid/irreversible.toml", "rules/bad.toml"),
+        ("rewrite/tenant-mount.toml", "rules/acme.toml"),
+    ] {
+        std::fs::copy(root.join(from), dir.path().join(to)).unwrap();
+    }
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[upstream]\nurls = [\"nats://127.0.0.1:4222\"]\n\
+         [rewrite]\nsets = { acme = \"rules/acme.toml\" }\nusers = { alice = \"acme\" }\n",
+    )
+    .unwrap();
+    let out = nats_edge_command()
+        .args(["check", "-c"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = nats_edge_command()
+        .args(["explain", "-c"])
+        .arg(&good)
+        .args(["--user", "alice", "pub", "orders.new"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("[rewrite]"), "{stdout}");
+    assert!(
+        stdout.contains("upstream subject: tenant.acme.orders.new"),
+        "{stdout}"
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[upstream]\nurls = [\"nats://127.0.0.1:4222\"]\n\
+         [rewrite]\nsets = { devices = \"rules/bad.toml\" }\ndefault = \"devices\"\n",
+    )
+    .unwrap();
+    let out = nats_edge_command()
+        .args(["check", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("rules/bad.toml"), "{stderr}");
+    assert!(
+        stderr.contains("rule `lossy-devices` is not reversible"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("maps back to `dev.x."), "{stderr}");
+}

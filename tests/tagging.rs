@@ -1,0 +1,272 @@
+//! Tagging through the edge, against a real nats-server: an upstream subscriber sees who
+//! published (client address, connection id, TLS identity, static tags), headers a client
+//! forges with reserved names never get through, JSON payloads get the field, and a message
+//! the tags push over max_payload is refused at the edge as nats-server would refuse it.
+//! The user tag needs an identity from the authenticating filter; its unit test is in
+//! filters/src/tag/tests.rs.
+
+mod common;
+mod transport_support;
+
+use std::path::PathBuf;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use common::*;
+use transport_support::*;
+
+fn tag_file(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("filters/rules/tagging")
+        .join(format!("{name}.toml"));
+    format!("{:?}", path.display().to_string())
+}
+
+fn tagging(name: &str) -> String {
+    format!("[tagging]\nfile = {}\n", tag_file(name))
+}
+
+fn header<'a>(msg: &'a async_nats::Message, name: &str) -> Option<&'a str> {
+    msg.headers.as_ref()?.get(name).map(|v| v.as_str())
+}
+
+/// A server, an edge tagging with the default set, a client through the edge, and a direct
+/// client subscribed to `subject` upstream.
+struct Tagged {
+    _server: NatsServer,
+    edge: nats_edge::Edge,
+    inside: async_nats::Client,
+    direct: async_nats::Client,
+    upstream: async_nats::Subscriber,
+}
+
+async fn tagged(subject: &str) -> Tagged {
+    let server = NatsServer::start();
+    let edge = start_edge(&[server.url()], &tagging("default")).await;
+    let inside = client(&edge_url(&edge)).await;
+    let direct = client(&server.url()).await;
+    let upstream = direct.subscribe(subject.to_string()).await.unwrap();
+    round_trip(&direct).await;
+    Tagged {
+        _server: server,
+        edge,
+        inside,
+        direct,
+        upstream,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_subscribers_see_who_published() {
+    let Tagged {
+        _server,
+        edge,
+        inside,
+        direct,
+        mut upstream,
+    } = tagged("orders.>").await;
+
+    inside.publish("orders.new", "plain".into()).await.unwrap();
+    let mut spoofed = HeaderMap::new();
+    spoofed.insert("Nats-Edge-Conn-Id", "999");
+    spoofed.insert("nats-edge-client-addr", "10.0.0.1:1");
+    spoofed.insert("NATS-EDGE-USER", "mallory");
+    spoofed.insert("Nats-Edge-Anything", "x");
+    spoofed.insert("Keep", "me");
+    inside
+        .publish_with_headers("orders.spoofed", spoofed, "s".into())
+        .await
+        .unwrap();
+    round_trip(&inside).await;
+    round_trip(&direct).await;
+
+    let got = drain_ready(&mut upstream);
+    assert_eq!(got.len(), 2);
+    let local = inside.server_info().client_ip.clone();
+    for msg in &got {
+        let addr = header(msg, "Nats-Edge-Client-Addr").expect("the client address");
+        assert!(addr.starts_with("127.0.0.1:"), "{addr} ({local})");
+        let conn_id: u64 = header(msg, "Nats-Edge-Conn-Id").unwrap().parse().unwrap();
+        assert!(conn_id > 0);
+        assert_eq!(header(msg, "Nats-Edge-Region"), Some("eu-west-1"));
+        // No identity without the authenticating filter, so no user tag.
+        assert_eq!(header(msg, "Nats-Edge-User"), None);
+        assert_eq!(header(msg, "Nats-Edge-Tls-Subject"), None);
+        assert_eq!(header(msg, "Nats-Edge-Anything"), None);
+    }
+    let spoofed = &got[1];
+    assert_eq!(header(spoofed, "Keep"), Some("me"));
+    let headers = spoofed.headers.as_ref().unwrap();
+    assert_eq!(headers.get_all("Nats-Edge-Conn-Id").count(), 1);
+    assert_ne!(header(spoofed, "Nats-Edge-Conn-Id"), Some("999"));
+    let metrics = edge.metrics();
+    assert_eq!(
+        metrics
+            .tag_spoofs
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert!(
+        metrics
+            .tags_applied
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    );
+    edge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_identity_is_tagged() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let client_ca = pki.ca("client-ca");
+    let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
+    let alice = pki.leaf(&client_ca, "alice", Leaf::client("alice"));
+    let server = NatsServer::start();
+    let listener = format!(
+        "kind = \"tls\"\ntls = {{ cert_file = {}, key_file = {}, client_ca_file = {} }}",
+        toml_path(&server_cert.cert),
+        toml_path(&server_cert.key),
+        toml_path(&client_ca.cert)
+    );
+    let edge = start_edge_toml(&edge_toml(&[server.url()], &listener, &tagging("default"))).await;
+    let inside = within(
+        "TLS connect",
+        client_options()
+            .add_root_certificates(ca.cert.clone())
+            .add_client_certificate(alice.cert.clone(), alice.key.clone())
+            .connect(format!("tls://{}", edge_addr(&edge))),
+    )
+    .await
+    .expect("TLS client connects");
+    let direct = client(&server.url()).await;
+    let mut upstream = direct.subscribe("tls.>").await.unwrap();
+    round_trip(&direct).await;
+    inside.publish("tls.hello", "hi".into()).await.unwrap();
+    round_trip(&inside).await;
+    round_trip(&direct).await;
+    let got = drain_ready(&mut upstream);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        header(&got[0], "Nats-Edge-Tls-Subject"),
+        Some("CN=alice,O=Acme")
+    );
+    edge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_headers_can_refuse_the_message() {
+    let server = NatsServer::start();
+    let edge = start_edge(&[server.url()], &tagging("refuse-spoofed")).await;
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    raw.read_info().await;
+    let header = b"NATS/1.0\r\nnats-edge-user: mallory\r\n\r\n";
+    let mut op = format!(
+        "CONNECT {{\"verbose\":false,\"headers\":true}}\r\nHPUB orders.x {} {}\r\n",
+        header.len(),
+        header.len() + 2
+    )
+    .into_bytes();
+    op.extend_from_slice(header);
+    op.extend_from_slice(b"hi\r\n");
+    let reply = raw.roundtrip(&op).await;
+    assert_eq!(
+        reply.text(),
+        "-ERR 'Permissions Violation for Publish to \"orders.x\"'\r\n"
+    );
+    assert!(raw.is_open().await);
+    edge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_payloads_get_the_field() {
+    let Tagged {
+        _server,
+        edge,
+        inside,
+        direct,
+        mut upstream,
+    } = tagged("events.>").await;
+    inside
+        .publish("events.login", Bytes::from_static(br#"{"kind":"login"}"#))
+        .await
+        .unwrap();
+    inside
+        .publish("events.raw", Bytes::from_static(b"not json"))
+        .await
+        .unwrap();
+    round_trip(&inside).await;
+    round_trip(&direct).await;
+    let got = drain_ready(&mut upstream);
+    assert_eq!(got.len(), 2);
+    let v: serde_json::Value = serde_json::from_slice(&got[0].payload).unwrap();
+    assert_eq!(v["kind"], "login");
+    assert_eq!(v["edge"]["Nats-Edge-Region"], "eu-west-1");
+    assert!(v["edge"]["client_addr"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert_eq!(&got[1].payload[..], b"not json");
+    edge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_that_push_a_message_over_max_payload_are_refused_at_the_edge() {
+    let server = NatsServer::start_with_config("max_payload: 1024");
+    let edge = start_edge(&[server.url()], &tagging("default")).await;
+    let direct = client(&server.url()).await;
+    let mut upstream = direct.subscribe("big.>").await.unwrap();
+    round_trip(&direct).await;
+
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    let info = raw.read_info().await;
+    assert_eq!(info["max_payload"], 1024);
+    // Fits as sent, with the tags it would not: the edge refuses it as nats-server refuses
+    // an oversized PUB.
+    let mut op =
+        b"CONNECT {\"verbose\":false}\r\nPUB big.ok 10\r\n0123456789\r\nPUB big.no 1000\r\n"
+            .to_vec();
+    op.extend_from_slice(&[b'x'; 1000]);
+    op.extend_from_slice(b"\r\n");
+    raw.send(&op).await;
+    let got = raw.read_to_close().await;
+    assert_eq!(got, b"-ERR 'Maximum Payload Violation'\r\n");
+    round_trip(&direct).await;
+    let got = drain_ready(&mut upstream);
+    assert_eq!(got.len(), 1, "only the small one was forwarded");
+    assert_eq!(got[0].subject.as_str(), "big.ok");
+    assert!(header(&got[0], "Nats-Edge-Conn-Id").is_some());
+    // The upstream link of other clients was never at risk; a new client works.
+    let again = client(&edge_url(&edge)).await;
+    round_trip(&again).await;
+    edge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_headers_is_tagged_and_gets_plain_messages() {
+    let server = NatsServer::start();
+    let edge = start_edge(&[server.url()], &tagging("default")).await;
+    let direct = client(&server.url()).await;
+    let mut upstream = direct.subscribe("plain.>").await.unwrap();
+    round_trip(&direct).await;
+
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    raw.read_info().await;
+    raw.roundtrip(b"CONNECT {\"verbose\":false}\r\nSUB plain.back 1\r\nPUB plain.out 2\r\nhi\r\n")
+        .await;
+    round_trip(&direct).await;
+    let got = drain_ready(&mut upstream);
+    assert_eq!(got.len(), 1);
+    assert!(header(&got[0], "Nats-Edge-Conn-Id").is_some());
+
+    let mut headers = HeaderMap::new();
+    headers.insert("A", "1");
+    direct
+        .publish_with_headers("plain.back", headers, "yo".into())
+        .await
+        .unwrap();
+    round_trip(&direct).await;
+    let reply = raw.roundtrip(b"").await;
+    assert_eq!(reply.text(), "MSG plain.back 1 2\r\nyo\r\n");
+    edge.shutdown().await;
+}
