@@ -421,6 +421,8 @@ fn send_lame_duck(shared: &mut Shared) {
     };
     info.ldm = Some(true);
     info.nonce = None;
+    // Marks the INFO that answers a CONNECT (nats-server 2.12+), which this one is not.
+    info.extra.remove("connect_info");
     tracing::debug!("lame-duck INFO sent");
     shared.send_now(&ServerOp::Info(info));
 }
