@@ -42,7 +42,10 @@ pub struct ListenerCell {
     pub kind: ListenerKind,
     current: RwLock<Arc<ListenerRuntime>>,
     /// Connections holding a slot: from accept (before the transport handshake, as
-    /// nats-server counts from its INFO) to the end of the session.
+    /// nats-server counts from its INFO) to the end of the session. A counter checked
+    /// against the current limit rather than a Semaphore's permits, so a reload can lower or
+    /// raise `max_connections` without reclaiming permits held by live connections; only this
+    /// listener's accept loop adds to it, so check-then-add does not race.
     open: Arc<AtomicUsize>,
     pub metrics: ListenerMetrics,
     /// The latest INFO an upstream sent (rewritten for this listener), used for the INFO

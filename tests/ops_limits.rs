@@ -18,6 +18,19 @@ async fn second_client_gets(addr: SocketAddr) -> (RawConn, Vec<u8>) {
     (first, got)
 }
 
+/// An edge with an admin server in front of a fresh nats-server, with `listener_limit` in
+/// its listener's table.
+async fn limited_edge(listener_limit: &str) -> (NatsServer, nats_edge::Edge) {
+    let server = NatsServer::start();
+    let edge = start_edge_toml(&edge_toml(
+        &[server.url()],
+        listener_limit,
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+    ))
+    .await;
+    (server, edge)
+}
+
 /// Splits `INFO {...}\r\n` off the front.
 fn split_info(bytes: &[u8]) -> (serde_json::Value, &[u8]) {
     let end = bytes
@@ -38,13 +51,7 @@ async fn max_connections_refuses_with_the_servers_exact_bytes() {
     let (_kept, direct) = second_client_gets(limited.addr()).await;
     let (_, direct_rest) = split_info(&direct);
 
-    let server = NatsServer::start();
-    let edge = start_edge_toml(&edge_toml(
-        &[server.url()],
-        "max_connections = 1",
-        "[admin]\nlisten = \"127.0.0.1:0\"\n",
-    ))
-    .await;
+    let (_server, edge) = limited_edge("max_connections = 1").await;
     let (kept, through_edge) = second_client_gets(edge_addr(&edge)).await;
     let (info, rest) = split_info(&through_edge);
     assert_eq!(
@@ -89,13 +96,7 @@ async fn max_connections_refuses_with_the_servers_exact_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connection_rate_closes_connections_over_the_rate() {
-    let server = NatsServer::start();
-    let edge = start_edge_toml(&edge_toml(
-        &[server.url()],
-        "max_connection_rate = 1",
-        "[admin]\nlisten = \"127.0.0.1:0\"\n",
-    ))
-    .await;
+    let (_server, edge) = limited_edge("max_connection_rate = 1").await;
     // Three connections at once: at most one per second is admitted, and the window can
     // turn over at most once in between, so at least one is shed.
     let mut shed = 0;

@@ -121,9 +121,7 @@ async fn metrics_connz_and_varz_count_known_traffic() {
             .then(|| body.to_string())
     })
     .await;
-    let m = |sample: &str| {
-        metric(&text, sample).unwrap_or_else(|| panic!("no sample {sample}:\n{text}"))
-    };
+    let m = |name: &str| sample(&text, name);
     assert_eq!(
         m("nats_edge_messages_total{direction=\"client_to_upstream\"}"),
         3.0
@@ -194,9 +192,7 @@ async fn filter_counters_are_exported_with_a_bounded_user_label() {
     m.tag_spoof();
     let (status, text) = http_get(admin(&edge), "/metrics").await;
     assert_eq!(status, 200);
-    let m = |sample: &str| {
-        metric(&text, sample).unwrap_or_else(|| panic!("no sample {sample}:\n{text}"))
-    };
+    let m = |name: &str| sample(&text, name);
     assert_eq!(
         m("nats_edge_acl_denials_total{user=\"alice\",direction=\"publish\"}"),
         2.0

@@ -308,6 +308,11 @@ impl NatsServer {
         self.child.as_ref().expect("server is running").id()
     }
 
+    /// Like [`metric`], failing the test (with the whole exposition) when the sample is absent.
+    pub fn sample(exposition: &str, name: &str) -> f64 {
+        metric(exposition, name).unwrap_or_else(|| panic!("no sample {name}:\n{exposition}"))
+    }
+
     /// Sends a signal by name (`USR2`, `HUP`, ...) to the running server.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
@@ -911,6 +916,11 @@ pub fn metric(exposition: &str, sample: &str) -> Option<f64> {
         let rest = line.strip_prefix(sample)?;
         rest.strip_prefix(' ')?.trim().parse().ok()
     })
+}
+
+/// Like [`metric`], failing the test (with the whole exposition) when the sample is absent.
+pub fn sample(exposition: &str, name: &str) -> f64 {
+    metric(exposition, name).unwrap_or_else(|| panic!("no sample {name}:\n{exposition}"))
 }
 
 /// Sends a signal by name (`TERM`, `HUP`, ...) to a process.
