@@ -25,11 +25,22 @@ pub struct ConnEntry {
     user: Mutex<Option<String>>,
     /// The upstream this connection was dialled to, without credentials.
     upstream: OnceLock<String>,
+    /// What the client said about itself in its CONNECT.
+    client_info: OnceLock<ClientInfo>,
     in_msgs: AtomicU64,
     out_msgs: AtomicU64,
     in_bytes: AtomicU64,
     out_bytes: AtomicU64,
     subscriptions: AtomicU64,
+}
+
+/// The client's own description, from its CONNECT (nats-server's connz `name`, `lang`,
+/// `version`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub name: Option<String>,
+    pub lang: Option<String>,
+    pub version: Option<String>,
 }
 
 /// The counters a session publishes into its entry.
@@ -55,6 +66,7 @@ impl ConnEntry {
             start: SystemTime::now(),
             user: Mutex::new(None),
             upstream: OnceLock::new(),
+            client_info: OnceLock::new(),
             in_msgs: AtomicU64::new(0),
             out_msgs: AtomicU64::new(0),
             in_bytes: AtomicU64::new(0),
@@ -83,6 +95,14 @@ impl ConnEntry {
 
     pub fn upstream(&self) -> Option<&str> {
         self.upstream.get().map(String::as_str)
+    }
+
+    pub fn set_client_info(&self, info: ClientInfo) {
+        let _ = self.client_info.set(info);
+    }
+
+    pub fn client_info(&self) -> Option<&ClientInfo> {
+        self.client_info.get()
     }
 
     /// Stores the session's counts; called once per wake-up of the session's task.

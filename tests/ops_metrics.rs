@@ -28,7 +28,8 @@ async fn metrics_connz_and_varz_count_known_traffic() {
     // Verbose mode: every op is acknowledged with +OK, which keeps the clients in step
     // without a PING (nats-server answers a first PING with an extra INFO whose length the
     // edge rewrites, which would make the byte counts depend on the server version).
-    let sub_sent: &[u8] = b"CONNECT {\"verbose\":true}\r\nSUB foo 1\r\n";
+    let sub_sent: &[u8] =
+        b"CONNECT {\"verbose\":true,\"name\":\"orders\",\"lang\":\"raw\",\"version\":\"1.2\"}\r\nSUB foo 1\r\n";
     let mut sub = RawConn::connect(edge_addr(&edge)).await;
     sub.send(sub_sent).await;
     let sub_acks = sub.read_until(b"+OK\r\n+OK\r\n").await;
@@ -68,6 +69,12 @@ async fn metrics_connz_and_varz_count_known_traffic() {
     );
     assert_eq!(s["upstream"], server.url(), "{s}");
     assert_eq!(s["subscriptions"], 1, "{s}");
+    assert_eq!(
+        (&s["name"], &s["lang"], &s["version"]),
+        (&"orders".into(), &"raw".into(), &"1.2".into()),
+        "from the CONNECT: {s}"
+    );
+    assert!(p.get("name").is_none(), "{p}");
     assert_eq!(s["in_bytes"], sub_sent.len(), "{s}");
     assert_eq!(s["out_msgs"], 3, "{s}");
     assert!(

@@ -42,6 +42,13 @@ pub struct ConnInfo {
     in_bytes: u64,
     out_bytes: u64,
     subscriptions: u64,
+    /// From the client's CONNECT.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lang: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
     /// The authenticated user, once something authenticated the connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     authorized_user: Option<String>,
@@ -76,6 +83,7 @@ pub fn connz(shared: &EdgeShared, query: &str) -> Response<Body> {
         .iter()
         .map(|c| {
             let counts = c.counts();
+            let client = c.client_info().cloned().unwrap_or_default();
             ConnInfo {
                 cid: c.cid,
                 kind: "Client",
@@ -91,6 +99,9 @@ pub fn connz(shared: &EdgeShared, query: &str) -> Response<Body> {
                 in_bytes: counts.in_bytes,
                 out_bytes: counts.out_bytes,
                 subscriptions: counts.subscriptions,
+                name: client.name,
+                lang: client.lang,
+                version: client.version,
                 authorized_user: c.user(),
                 upstream: c.upstream().map(str::to_string),
             }

@@ -24,7 +24,7 @@ use crate::config::ListenerKind;
 use crate::health::Health;
 use crate::metrics::{HandshakeFailure, ListenerMetrics, Metrics, SessionTotals};
 use crate::proto::{encode_server_op, Direction};
-use crate::registry::{ConnEntry, LiveCounts, Registry};
+use crate::registry::{ClientInfo, ConnEntry, LiveCounts, Registry};
 use crate::transport::{self, proxy_protocol::ProxyAddrs, Accepted};
 use crate::upstream::{self, Upstream};
 use forward::{Forwarder, IoFailure};
@@ -302,6 +302,7 @@ where
     let lame_duck_signal = async move { crate::edge::until_stopped(&mut lame_duck).await };
     tokio::pin!(lame_duck_signal);
     let mut lame_duck_sent = false;
+    let mut client_info_published = false;
 
     poll_fn(|cx| loop {
         let generation = shared.generation;
@@ -390,6 +391,16 @@ where
 
         if shared.generation == generation {
             // Once per wake-up, not per message: see `crate::registry`.
+            if !client_info_published {
+                if let Some(connect) = &shared.ctx.connect {
+                    entry.set_client_info(ClientInfo {
+                        name: connect.name.clone(),
+                        lang: connect.lang.clone(),
+                        version: connect.version.clone(),
+                    });
+                    client_info_published = true;
+                }
+            }
             entry.publish(LiveCounts {
                 in_msgs: c2u.msgs,
                 out_msgs: u2c.msgs,
