@@ -324,3 +324,21 @@ fn minimal_info(cell: &ListenerCell) -> Info {
     );
     info
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_window_admits_the_rate_per_second() {
+        let start = Instant::now();
+        let mut w = RateWindow { start, count: 0 };
+        assert!(w.admit(2, start));
+        assert!(w.admit(2, start + Duration::from_millis(10)));
+        assert!(!w.admit(2, start + Duration::from_millis(20)));
+        // A new window.
+        assert!(w.admit(2, start + Duration::from_millis(1000)));
+        // 0: unlimited.
+        assert!((0..100).all(|_| w.admit(0, start)));
+    }
+}

@@ -167,3 +167,39 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<String> {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml: &str) -> Config {
+        // Top-level keys in `toml` come first, as TOML requires.
+        Config::from_toml_str(&format!(
+            "{toml}\n[upstream]\nurls = [\"nats://127.0.0.1:4222\"]\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn names_the_keys_that_need_a_restart() {
+        let old = config("[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\n");
+        let live = config(
+            "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\nmax_connections = 5\n\
+             [limits]\nmax_payload = 1024\n",
+        );
+        assert!(restart_keys(&old, &live).is_empty());
+        let moved = config(
+            "worker_threads = 2\n[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4223\"\n\
+             [log]\nlevel = \"debug\"\n",
+        );
+        assert_eq!(
+            restart_keys(&old, &moved),
+            ["listeners.0.bind", "worker_threads", "log"]
+        );
+        let renamed = config("[[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:4222\"\n");
+        assert_eq!(
+            restart_keys(&old, &renamed),
+            ["listeners (added, removed or renamed)"]
+        );
+    }
+}

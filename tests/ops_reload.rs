@@ -119,3 +119,41 @@ async fn reload_applies_limits_to_new_connections_and_keeps_the_config_on_a_bad_
         "the first connection survived every reload"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_moves_new_connections_to_new_upstreams() {
+    let first = NatsServer::start();
+    let second = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nats-edge.toml");
+    let pid_file = dir.path().join("nats-edge.pid");
+    write_config(&file, &config(&first.url(), &pid_file, ""));
+    let edge = EdgeProcess::spawn(&["-c", file.to_str().unwrap()], &[]);
+    let admin = edge.admin_addr();
+    let (mut before, _) = RawConn::connect_info(edge.addr()).await;
+    assert!(!before.roundtrip(b"CONNECT {}\r\n").await.closed);
+
+    write_config(&file, &config(&second.url(), &pid_file, ""));
+    let from = edge.log().len();
+    send_signal(edge.pid(), "HUP");
+    edge.wait_log(from, "configuration reloaded");
+    let (mut after, _) = RawConn::connect_info(edge.addr()).await;
+    assert!(!after.roundtrip(b"CONNECT {}\r\n").await.closed);
+
+    let connz = poll_http(admin, "/connz", |_, body| {
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        (v["total"] == 2).then_some(v)
+    })
+    .await;
+    assert_eq!(connz["connections"][0]["upstream"], first.url(), "{connz}");
+    assert_eq!(connz["connections"][1]["upstream"], second.url(), "{connz}");
+    let (_, varz) = http_get(admin, "/varz").await;
+    let varz: serde_json::Value = serde_json::from_str(&varz).unwrap();
+    assert_eq!(
+        varz["upstreams"],
+        serde_json::json!([second.url()]),
+        "{varz}"
+    );
+    // The connection made before the reload stays on its upstream.
+    assert!(!before.roundtrip(b"").await.closed);
+}
