@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use crate::config::Config;
+use crate::config::{Config, ListenerConfig};
 use crate::metrics::Metrics;
 
 /// Why a new configuration cannot be applied.
@@ -117,7 +117,7 @@ impl Reloader {
         for key in &needs_restart {
             tracing::warn!(key = %key, "configuration changed but needs a restart to apply");
         }
-        *lock(&self.current) = Arc::new(new);
+        *lock(&self.current) = Arc::new(running(&self.current(), new));
         *lock(&self.loaded_at) = SystemTime::now();
         self.metrics.config_reloaded(true);
         tracing::info!(
@@ -127,6 +127,34 @@ impl Reloader {
         );
         Ok(Reloaded { needs_restart })
     }
+}
+
+/// What runs after `new` is applied over `old`: `new`, except the keys that need a restart,
+/// which keep their running values (so `/varz` shows what runs, and the next reload warns
+/// again about a change still waiting for its restart).
+fn running(old: &Config, mut new: Config) -> Config {
+    new.worker_threads = old.worker_threads;
+    new.log = old.log.clone();
+    new.admin = old.admin.clone();
+    new.pid_file = old.pid_file.clone();
+    new.listeners = old
+        .listeners
+        .iter()
+        .map(|o| {
+            match new
+                .listeners
+                .iter()
+                .find(|n| n.name == o.name && n.kind == o.kind)
+            {
+                Some(n) => ListenerConfig {
+                    bind: o.bind,
+                    ..n.clone()
+                },
+                None => o.clone(),
+            }
+        })
+        .collect();
+    new
 }
 
 /// The keys that differ between `old` and `new` but cannot change while running.
@@ -196,6 +224,11 @@ mod tests {
             restart_keys(&old, &moved),
             ["listeners.0.bind", "worker_threads", "log"]
         );
+        // What runs keeps the old values of those keys, so the next reload names them again.
+        let kept = running(&old, moved.clone());
+        assert_eq!(kept.listeners[0].bind, old.listeners[0].bind);
+        assert_eq!(kept.worker_threads, old.worker_threads);
+        assert_eq!(restart_keys(&kept, &moved).len(), 3);
         let renamed = config("[[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:4222\"\n");
         assert_eq!(
             restart_keys(&old, &renamed),
