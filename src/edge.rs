@@ -1,28 +1,33 @@
-//! The running edge: listeners bound from the config, an accept loop per listener, and a
-//! task per client connection that runs its transport handshake, then its session.
+//! The running edge: listeners bound from the config, an accept loop per listener
+//! (`src/listener.rs`), the state the admin server reads, and the reload of the listeners'
+//! settings.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-use nats_edge_filters::acl::rules::RulesError;
+use nats_edge_filters::acl::rules::{AclRules, RulesError};
 use nats_edge_filters::acl::{AclFactory, AclSettings, RuleSource};
-use nats_edge_filters::rewrite::{RewriteFactory, RewriteRules, RuleError};
+use nats_edge_filters::rewrite::{LoadedSets, RewriteFactory, RewriteRules, RuleError};
 use nats_edge_filters::tag::{TagConfig, TagError, TagFactory};
-use nats_edge_filters::{Events, FilterFactory};
-use tokio::net::{TcpListener, TcpStream};
+use nats_edge_filters::{Events, FilterFactory, Info};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::Instrument;
 
 use crate::config::{parse_host_port, Config, ListenerConfig};
-use crate::metrics::Metrics;
+use crate::health::Health;
+use crate::listener::{accept_loop, ListenerCell, ListenerRuntime};
+use crate::metrics::{ListenerMetrics, Metrics};
+use crate::registry::Registry;
+use crate::reload::{ReloadError, Reloadable, Reloader, Staged};
 use crate::session::proxy_sig::{ProxyKeyError, ProxySigner};
-use crate::session::{self, info::InfoRewrite, SessionEnv};
-use crate::transport::tls::{ClientTls, ServerTls, TlsError, TlsReloader};
-use crate::transport::{self, ws::WsSettings, HandshakeError, ListenerTransport, StageCell};
-use crate::upstream::Upstream;
+use crate::session::{info::InfoRewrite, SessionEnv};
+use crate::transport::tls::{ClientTls, ServerTls, TlsError};
+use crate::transport::{proxy_protocol::ProxyAddrs, ws::WsSettings, ListenerTransport};
+use crate::upstream::{self, Upstream};
 
 /// Why the edge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +40,11 @@ pub enum StartError {
     },
     #[error("{what}: TLS: {source}")]
     Tls { what: String, source: TlsError },
+    #[error("admin: cannot bind {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("auth.rules: {0}")]
     Rules(#[from] RulesError),
     #[error(transparent)]
@@ -46,37 +56,48 @@ pub enum StartError {
 }
 
 /// A started edge. Dropping it aborts the listeners and their sessions at once; call
-/// [`Edge::shutdown`] to close them in order and wait for them.
+/// [`Edge::shutdown`] to close them in order and wait for them, or [`crate::drain::drain`]
+/// to drain them.
 pub struct Edge {
     addrs: HashMap<String, SocketAddr>,
-    metrics: Arc<Metrics>,
+    admin_addr: Option<SocketAddr>,
+    shared: Arc<EdgeShared>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
-    tls: TlsReloader,
-    rules: Arc<RuleSource>,
-    rules_epoch: Arc<AtomicU64>,
-    rewrite: Option<Arc<RewriteRules>>,
 }
 
-/// Reloads the ACL rule files for new and live connections.
-#[derive(Clone)]
-pub struct RulesReloader {
-    rules: Arc<RuleSource>,
-    epoch: Arc<AtomicU64>,
+/// Who this edge is, for `/varz`.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub server_id: String,
+    pub server_name: String,
+    pub version: &'static str,
+    pub start: SystemTime,
 }
 
-impl RulesReloader {
-    /// Whether any rule file is configured.
-    pub fn is_empty(&self) -> bool {
-        self.rules.files().is_empty()
+/// What the edge's parts share: the admin server reads it, a drain and a reload act on it.
+pub struct EdgeShared {
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<Registry>,
+    pub health: Arc<Health>,
+    pub reloader: Reloader,
+    pub identity: Identity,
+    pub listeners: Vec<Arc<ListenerCell>>,
+    /// Turns true to close the listeners (a drain); sessions go on.
+    stop_accepting: watch::Sender<bool>,
+    /// Turns true when every session is to tell its client the edge is in lame-duck mode.
+    lame_duck: watch::Sender<bool>,
+}
+
+impl EdgeShared {
+    /// Closes every listener; live sessions go on.
+    pub fn stop_accepting(&self) {
+        let _ = self.stop_accepting.send(true);
     }
 
-    /// Reads the rule files again. On success live sessions take the new rules at their
-    /// next wake-up; on error the old rules stay in force.
-    pub fn reload(&self) -> Result<(), RulesError> {
-        self.rules.reload()?;
-        self.epoch.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+    /// Sends every live client the lame-duck INFO.
+    pub fn enter_lame_duck(&self) {
+        let _ = self.lame_duck.send(true);
     }
 }
 
@@ -85,31 +106,18 @@ impl RulesReloader {
 pub struct Prepared {
     upstream: Arc<Upstream>,
     listeners: Vec<Arc<ListenerTransport>>,
-    tls: TlsReloader,
-    rules: Arc<RuleSource>,
+    /// The ACL rule files, loaded.
+    rules: AclRules,
     proxy_signer: Option<Arc<ProxySigner>>,
     /// Subject rewrite rule sets, when any are configured.
-    pub rewrite: Option<Arc<RewriteRules>>,
+    rewrite: Option<LoadedSets>,
     /// Tagging, when configured.
-    pub tagging: Option<Arc<TagConfig>>,
-}
-
-impl Prepared {
-    /// The loaded ACL rules (for `nats-edge check` and `acl explain`).
-    pub fn rules(&self) -> &Arc<RuleSource> {
-        &self.rules
-    }
-
-    /// The trusted-proxy key, when configured.
-    pub fn proxy_signer(&self) -> Option<&Arc<ProxySigner>> {
-        self.proxy_signer.as_ref()
-    }
+    tagging: Option<Arc<TagConfig>>,
 }
 
 /// Loads the TLS material and settings the config names, without binding or dialling
 /// anything (`nats-edge check` runs this too).
 pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
-    let mut tls = TlsReloader::default();
     let tls_error = |what: String| move |source| StartError::Tls { what, source };
     let upstream_tls = match &config.upstream.tls {
         Some(settings) => Some(Arc::new(
@@ -125,7 +133,6 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     } else {
         None
     };
-    tls.upstream = upstream_tls.clone().or(default_tls.clone());
     let upstream = Arc::new(Upstream {
         urls,
         connect_timeout: config.upstream.connect_timeout.0,
@@ -139,9 +146,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
             Some(settings) if l.kind.is_tls() => {
                 let loaded = ServerTls::load(settings)
                     .map_err(tls_error(format!("listener `{}`", l.name)))?;
-                let loaded = Arc::new(loaded);
-                tls.listeners.push((l.name.clone(), loaded.clone()));
-                Some(loaded)
+                Some(Arc::new(loaded))
             }
             _ => None,
         };
@@ -158,29 +163,23 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
             ws,
         }));
     }
-    let rule_files = config.rule_files();
-    let rules = Arc::new(if rule_files.is_empty() {
-        RuleSource::empty()
-    } else {
-        RuleSource::load(rule_files)?
-    });
+    // Rule files are loaded (and validated) here, so `nats-edge check` and a reload refuse
+    // what start-up would refuse.
+    let rules = AclRules::load(&config.rule_files())?;
     let proxy_signer = match &config.auth.trusted_proxy {
         Some(proxy) => Some(Arc::new(ProxySigner::load(proxy)?)),
         None => None,
     };
-    // Rule files are loaded (and validated) here, so `nats-edge check` refuses a rule set
-    // that start-up would refuse.
     let rewrite_config = config.rewrite_config();
     let rewrite = if rewrite_config == Default::default() {
         None
     } else {
-        Some(Arc::new(RewriteRules::load(&rewrite_config)?))
+        Some(LoadedSets::load(&rewrite_config)?)
     };
     let tagging = config.tag_config()?.map(Arc::new);
     Ok(Prepared {
         upstream,
         listeners,
-        tls,
         rules,
         proxy_signer,
         rewrite,
@@ -206,6 +205,8 @@ impl Edge {
     /// (runtimes of their own, typically one single-threaded runtime per core) instead of
     /// running on the caller's runtime. A session stays on its worker for its whole life,
     /// so both its sockets are served by one thread: no cross-thread wake-up per message.
+    /// The accept loops, the admin server and the upstream check run on the caller's
+    /// runtime, off the data path.
     pub async fn start_on_workers(
         config: Config,
         filters: Vec<Arc<dyn FilterFactory>>,
@@ -213,10 +214,24 @@ impl Edge {
     ) -> Result<Edge, StartError> {
         let prepared = prepare(&config)?;
         let workers: Arc<[tokio::runtime::Handle]> = workers.into();
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new());
         let events: Arc<dyn Events> = metrics.clone();
+        let rules = Arc::new(RuleSource::new(config.rule_files(), prepared.rules));
+        let rules_epoch = Arc::new(AtomicU64::new(0));
+        let acl = Arc::new(AclFactory::new(AclSettings {
+            mode: config.auth.mode.into(),
+            upstream: config.auth.upstream.clone(),
+            rules: rules.clone(),
+            events: events.clone(),
+        }));
+        if let Some(signer) = &prepared.proxy_signer {
+            tracing::info!(public_key = %signer.public_key(), "signing upstream CONNECTs as a trusted proxy");
+        }
         // The built-in policy filters, in pipeline order: tagging sees the client's subjects,
         // rewrite runs last on the way in and first on the way out.
+        let rewrite = prepared
+            .rewrite
+            .map(|sets| Arc::new(RewriteRules::new(sets)));
         let mut policy: Vec<Arc<dyn FilterFactory>> = Vec::new();
         if let Some(tagging) = &prepared.tagging {
             policy.push(Arc::new(TagFactory {
@@ -225,92 +240,134 @@ impl Edge {
                 events: events.clone(),
             }));
         }
-        if let Some(rules) = &prepared.rewrite {
+        if let Some(rules) = &rewrite {
             policy.push(Arc::new(RewriteFactory {
                 rules: rules.clone(),
                 events: events.clone(),
             }));
         }
+        let registry = Arc::new(Registry::default());
+        let health = Arc::new(Health::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let conn_ids = Arc::new(AtomicU64::new(0));
-        let rules_epoch = Arc::new(AtomicU64::new(0));
-        let acl = Arc::new(AclFactory::new(AclSettings {
-            mode: config.auth.mode.into(),
-            upstream: config.auth.upstream.clone(),
-            rules: prepared.rules.clone(),
-            events: metrics.clone(),
-        }));
-        if let Some(signer) = &prepared.proxy_signer {
-            tracing::info!(public_key = %signer.public_key(), "signing upstream CONNECTs as a trusted proxy");
-        }
+        let (stop_accepting, stop_rx) = watch::channel(false);
+        let (lame_duck, lame_duck_rx) = watch::channel(false);
+        let base = EnvBase {
+            acl,
+            proxy_signer: prepared.proxy_signer.clone(),
+            rules_epoch: rules_epoch.clone(),
+            policy,
+            filters,
+            metrics: metrics.clone(),
+            registry: registry.clone(),
+            health: health.clone(),
+            shutdown: shutdown_rx.clone(),
+            lame_duck: lame_duck_rx,
+        };
         let mut addrs = HashMap::new();
+        let mut cells = Vec::new();
+        let mut bound = Vec::new();
+        for (lc, transport) in config.listeners.iter().zip(&prepared.listeners) {
+            let bind_error = |source| StartError::Bind {
+                name: lc.name.clone(),
+                addr: lc.bind,
+                source,
+            };
+            let listener = bind(lc.bind).map_err(bind_error)?;
+            let local = listener.local_addr().map_err(bind_error)?;
+            tracing::info!(listener = %lc.name, addr = %local, "listening");
+            addrs.insert(lc.name.clone(), local);
+            let listener_metrics = metrics.listener(&lc.name, lc.kind);
+            let last_info = Arc::new(Mutex::new(None));
+            let runtime = base.runtime(
+                &config,
+                lc,
+                local,
+                transport.clone(),
+                prepared.upstream.clone(),
+                &listener_metrics,
+                &last_info,
+            );
+            let cell = Arc::new(ListenerCell::new(
+                &lc.name,
+                local,
+                lc.kind,
+                runtime,
+                listener_metrics,
+                last_info,
+            ));
+            cells.push(cell.clone());
+            bound.push((listener, cell));
+        }
         let mut tasks = JoinSet::new();
-        for (listener_config, transport) in config.listeners.iter().zip(&prepared.listeners) {
-            let listener = bind(listener_config.bind).map_err(|source| StartError::Bind {
-                name: listener_config.name.clone(),
-                addr: listener_config.bind,
-                source,
-            })?;
-            let local = listener.local_addr().map_err(|source| StartError::Bind {
-                name: listener_config.name.clone(),
-                addr: listener_config.bind,
-                source,
-            })?;
-            tracing::info!(listener = %listener_config.name, addr = %local, "listening");
-            addrs.insert(listener_config.name.clone(), local);
-            let env = Arc::new(SessionEnv {
-                upstream: prepared.upstream.clone(),
-                kind: listener_config.kind,
-                transport_timeout: listener_config.handshake_timeout.0,
-                handshake_timeout: config.limits.handshake_timeout.0,
-                limits: config.limits.filter_config(),
-                info_rewrite: info_rewrite(listener_config, local, transport),
-                acl: acl.clone(),
-                proxy_signer: prepared.proxy_signer.clone(),
-                rules_epoch: rules_epoch.clone(),
-                policy: policy.clone(),
-                filters: filters.clone(),
-                metrics: metrics.clone(),
-                shutdown: shutdown_rx.clone(),
+        let conn_ids = Arc::new(AtomicU64::new(0));
+        for (listener, cell) in bound {
+            // Stopped by a drain (stop accepting) or a shutdown, whichever comes first.
+            let mut stop = stop_rx.clone();
+            let mut down = shutdown_rx.clone();
+            let (tx, rx) = watch::channel(false);
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = until_stopped(&mut stop) => {}
+                    _ = until_stopped(&mut down) => {}
+                }
+                let _ = tx.send(true);
             });
             tasks.spawn(accept_loop(
                 listener,
-                transport.clone(),
-                env,
+                cell,
                 conn_ids.clone(),
                 workers.clone(),
-                shutdown_rx.clone(),
+                rx,
             ));
         }
+        health.set_listeners_bound();
+        let admin = config.admin.clone();
+        let shared = Arc::new(EdgeShared {
+            reloader: Reloader::new(config, metrics.clone()),
+            metrics,
+            registry,
+            health,
+            identity: identity(),
+            listeners: cells,
+            stop_accepting,
+            lame_duck,
+        });
+        shared.reloader.register(Arc::new(ListenerReload {
+            base,
+            cells: shared.listeners.clone(),
+        }));
+        shared.reloader.register(Arc::new(RulesReload {
+            acl: rules,
+            rewrite,
+            epoch: rules_epoch,
+        }));
+        let admin_addr = match admin.listen {
+            Some(addr) => {
+                let admin_error = |source| StartError::AdminBind { addr, source };
+                let listener = TcpListener::bind(addr).await.map_err(admin_error)?;
+                let local = listener.local_addr().map_err(admin_error)?;
+                tracing::info!(addr = %local, "admin listening");
+                tasks.spawn(crate::admin::serve(
+                    listener,
+                    shared.clone(),
+                    shutdown.subscribe(),
+                ));
+                tasks.spawn(check_upstream(
+                    shared.clone(),
+                    admin.upstream_check_interval.0,
+                    shutdown.subscribe(),
+                ));
+                Some(local)
+            }
+            None => None,
+        };
         Ok(Edge {
             addrs,
-            metrics,
+            admin_addr,
+            shared,
             shutdown,
             tasks,
-            tls: prepared.tls,
-            rules: prepared.rules,
-            rules_epoch,
-            rewrite: prepared.rewrite,
         })
-    }
-
-    /// What reloads the ACL rule files (on SIGHUP).
-    pub fn rules_reloader(&self) -> RulesReloader {
-        RulesReloader {
-            rules: self.rules.clone(),
-            epoch: self.rules_epoch.clone(),
-        }
-    }
-
-    /// What reloads TLS certificates and keys from their files (on SIGHUP).
-    pub fn tls_reloader(&self) -> TlsReloader {
-        self.tls.clone()
-    }
-
-    /// The rewrite rule sets in use, for a reload (`RewriteRules::reload`) to swap; `None`
-    /// when none are configured.
-    pub fn rewrite_rules(&self) -> Option<Arc<RewriteRules>> {
-        self.rewrite.clone()
     }
 
     /// The bound address of the listener called `name`.
@@ -318,8 +375,18 @@ impl Edge {
         self.addrs.get(name).copied()
     }
 
+    /// The bound address of the admin server, when `[admin] listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+        &self.shared.metrics
+    }
+
+    /// The state the admin server reads, and what a reload or a drain acts on.
+    pub fn shared(&self) -> &Arc<EdgeShared> {
+        &self.shared
     }
 
     /// Stops accepting, closes every session, and waits for them to end.
@@ -336,6 +403,211 @@ impl Edge {
     /// A handle that starts a shutdown from elsewhere (a signal handler).
     pub fn shutdown_handle(&self) -> watch::Sender<bool> {
         self.shutdown.clone()
+    }
+}
+
+fn identity() -> Identity {
+    use std::hash::{BuildHasher, Hasher};
+    // Unique enough to tell edge processes apart in a fleet: a randomly seeded hash of the
+    // pid and the start time.
+    let start = SystemTime::now();
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        start
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    let server_id = format!("EDGE{:016X}", h.finish());
+    let server_name = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| server_id.clone());
+    Identity {
+        server_id,
+        server_name,
+        version: env!("CARGO_PKG_VERSION"),
+        start,
+    }
+}
+
+/// What every listener's session environment shares, kept to build new ones on reload.
+struct EnvBase {
+    acl: Arc<AclFactory>,
+    proxy_signer: Option<Arc<ProxySigner>>,
+    rules_epoch: Arc<AtomicU64>,
+    policy: Vec<Arc<dyn FilterFactory>>,
+    filters: Vec<Arc<dyn FilterFactory>>,
+    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+    health: Arc<Health>,
+    shutdown: watch::Receiver<bool>,
+    lame_duck: watch::Receiver<bool>,
+}
+
+impl EnvBase {
+    #[allow(clippy::too_many_arguments)]
+    fn runtime(
+        &self,
+        config: &Config,
+        listener: &ListenerConfig,
+        local: SocketAddr,
+        transport: Arc<ListenerTransport>,
+        upstream: Arc<Upstream>,
+        listener_metrics: &ListenerMetrics,
+        last_info: &Arc<Mutex<Option<Info>>>,
+    ) -> ListenerRuntime {
+        let env = Arc::new(SessionEnv {
+            upstream,
+            kind: listener.kind,
+            transport_timeout: listener.handshake_timeout.0,
+            handshake_timeout: config.limits.handshake_timeout.0,
+            limits: config.limits.filter_config(),
+            info_rewrite: info_rewrite(listener, local, &transport),
+            acl: self.acl.clone(),
+            proxy_signer: self.proxy_signer.clone(),
+            rules_epoch: self.rules_epoch.clone(),
+            policy: self.policy.clone(),
+            filters: self.filters.clone(),
+            metrics: self.metrics.clone(),
+            listener_metrics: listener_metrics.clone(),
+            registry: self.registry.clone(),
+            health: self.health.clone(),
+            last_info: last_info.clone(),
+            shutdown: self.shutdown.clone(),
+            lame_duck: self.lame_duck.clone(),
+        });
+        ListenerRuntime {
+            transport,
+            env,
+            max_connections: listener.max_connections,
+            max_connection_rate: listener.max_connection_rate,
+        }
+    }
+}
+
+/// Reloads what listeners serve new connections with: TLS certificates and keys, transport
+/// settings, limits, upstream URLs and TLS, connection limits. A listener whose name or kind
+/// changed keeps its old settings (that needs a restart).
+struct ListenerReload {
+    base: EnvBase,
+    cells: Vec<Arc<ListenerCell>>,
+}
+
+impl Reloadable for ListenerReload {
+    fn name(&self) -> String {
+        "listeners".into()
+    }
+
+    fn prepare(&self, new: &Config) -> Result<Staged, ReloadError> {
+        let prepared = prepare(new).map_err(|e| match e {
+            StartError::Tls { what, source } => ReloadError::Invalid {
+                key: format!("{what} tls"),
+                reason: source.to_string(),
+            },
+            other => ReloadError::Invalid {
+                key: "listeners".into(),
+                reason: other.to_string(),
+            },
+        })?;
+        let mut swaps = Vec::new();
+        for (lc, transport) in new.listeners.iter().zip(prepared.listeners) {
+            let Some(cell) = self
+                .cells
+                .iter()
+                .find(|c| c.name == lc.name && c.kind == lc.kind)
+            else {
+                continue;
+            };
+            let runtime = self.base.runtime(
+                new,
+                lc,
+                cell.addr,
+                transport,
+                prepared.upstream.clone(),
+                &cell.metrics,
+                &cell.last_info,
+            );
+            swaps.push((cell.clone(), runtime));
+        }
+        Ok(Staged::new(move || {
+            for (cell, runtime) in swaps {
+                let tls = runtime.transport.tls.is_some();
+                cell.swap(runtime);
+                if tls {
+                    let what = format!("listener {}", cell.name);
+                    tracing::info!(tls = %what, "TLS certificates reloaded");
+                }
+            }
+        }))
+    }
+}
+
+/// Reloads the ACL and rewrite rule files, for new and live connections: live sessions take
+/// the new rules at their next wake-up, when they see the epoch move. Tagging and the
+/// trusted-proxy key are read at start-up only.
+struct RulesReload {
+    acl: Arc<RuleSource>,
+    rewrite: Option<Arc<RewriteRules>>,
+    epoch: Arc<AtomicU64>,
+}
+
+impl Reloadable for RulesReload {
+    fn name(&self) -> String {
+        "rules".into()
+    }
+
+    fn prepare(&self, new: &Config) -> Result<Staged, ReloadError> {
+        let invalid = |key: &str, reason: String| ReloadError::Invalid {
+            key: key.into(),
+            reason,
+        };
+        let acl =
+            AclRules::load(&new.rule_files()).map_err(|e| invalid("auth.rules", e.to_string()))?;
+        let rewrite = match &self.rewrite {
+            Some(_) => Some(
+                LoadedSets::load(&new.rewrite_config())
+                    .map_err(|e| invalid("rewrite", e.to_string()))?,
+            ),
+            None => None,
+        };
+        let (source, holder, epoch) = (self.acl.clone(), self.rewrite.clone(), self.epoch.clone());
+        Ok(Staged::new(move || {
+            source.store(acl);
+            if let (Some(holder), Some(sets)) = (holder, rewrite) {
+                holder.store(sets);
+            }
+            epoch.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("ACL and rewrite rules reloaded");
+        }))
+    }
+}
+
+/// Keeps `/readyz` current while no client dials: dials the upstreams (every URL in order,
+/// as a session would) every `interval`, and drops the connection.
+async fn check_upstream(
+    shared: Arc<EdgeShared>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = until_stopped(&mut shutdown) => return,
+            _ = ticks.tick() => {}
+        }
+        let Some(cell) = shared.listeners.first() else {
+            return;
+        };
+        let upstream = cell.current().env.upstream.clone();
+        let addrs = ProxyAddrs {
+            src: cell.addr,
+            dst: cell.addr,
+        };
+        let ok = upstream::dial_any(&upstream, addrs).await.is_ok();
+        shared.health.upstream_dialled(ok);
     }
 }
 
@@ -361,54 +633,6 @@ fn info_rewrite(
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    transport: Arc<ListenerTransport>,
-    env: Arc<SessionEnv>,
-    conn_ids: Arc<AtomicU64>,
-    workers: Arc<[tokio::runtime::Handle]>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut sessions = JoinSet::new();
-    let mut next_worker = 0usize;
-    loop {
-        tokio::select! {
-            _ = until_stopped(&mut shutdown) => break,
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    // Nothing here waits on the client: its handshake runs in its own task.
-                    let conn_id = conn_ids.fetch_add(1, Ordering::Relaxed) + 1;
-                    if workers.is_empty() {
-                        sessions.spawn(serve_conn(stream, peer, conn_id, transport.clone(), env.clone()));
-                    } else {
-                        let worker = &workers[next_worker % workers.len()];
-                        next_worker = next_worker.wrapping_add(1);
-                        // The socket moves to the worker's reactor.
-                        match stream.into_std() {
-                            Ok(stream) => {
-                                sessions.spawn_on(
-                                    serve_std_conn(stream, peer, conn_id, transport.clone(), env.clone()),
-                                    worker,
-                                );
-                            }
-                            Err(e) => tracing::warn!(error = %e, "cannot hand the connection to a worker"),
-                        }
-                    }
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: the listener stays, the client
-                    // is lost. Back off a little so the loop does not spin.
-                    tracing::warn!(listener = %transport.name, error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
-    drop(listener);
-    while sessions.join_next().await.is_some() {}
-}
-
 /// The accept queue a listener asks the kernel for (which caps it at `net.core.somaxconn`),
 /// as nats-server does. A short queue overflows under a burst of connections, and every
 /// SYN dropped then costs its client a one-second retransmission.
@@ -429,77 +653,4 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Resolves once the edge is shutting down (or the edge handle is gone).
 pub(crate) async fn until_stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-async fn serve_std_conn(
-    stream: std::net::TcpStream,
-    peer: SocketAddr,
-    conn_id: u64,
-    transport: Arc<ListenerTransport>,
-    env: Arc<SessionEnv>,
-) {
-    match TcpStream::from_std(stream) {
-        Ok(stream) => serve_conn(stream, peer, conn_id, transport, env).await,
-        Err(e) => tracing::warn!(error = %e, "cannot register the connection with its worker"),
-    }
-}
-
-/// One client connection: its transport handshake (bounded by the listener's
-/// `handshake_timeout`, and cut short by a shutdown), then its session.
-async fn serve_conn(
-    stream: TcpStream,
-    peer: SocketAddr,
-    conn_id: u64,
-    lt: Arc<ListenerTransport>,
-    env: Arc<SessionEnv>,
-) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "set_nodelay failed");
-    }
-    let stage = StageCell::default();
-    if !lt.has_handshake() {
-        // A plain listener's handshake has nothing to wait for.
-        // Boxed, here and below: the handshake's state (a TLS or WebSocket accept) is large,
-        // and awaited in place it would size this task, and so every idle connection, for
-        // its whole life.
-        let handshake = Box::pin(transport::handshake(stream, peer, conn_id, &lt, &stage));
-        if let Ok(Some(accepted)) = handshake.await {
-            session::run(accepted, env).await;
-        }
-        return;
-    }
-    let span = tracing::info_span!(
-        "conn",
-        id = conn_id,
-        peer = %peer,
-        listener = %lt.name,
-        transport = lt.kind.as_str()
-    );
-    let mut shutdown = env.shutdown.clone();
-    let guard = transport::CloseGuard::new(&stream);
-    let handshake = tokio::time::timeout(
-        lt.handshake_timeout,
-        Box::pin(transport::handshake(stream, peer, conn_id, &lt, &stage)),
-    )
-    .instrument(span.clone());
-    let result = tokio::select! {
-        result = handshake => result.unwrap_or_else(|_| Err(HandshakeError::Timeout(stage.get()))),
-        _ = until_stopped(&mut shutdown) => return,
-    };
-    match result {
-        Ok(Some(accepted)) => {
-            drop(guard);
-            session::run(accepted, env).await
-        }
-        Ok(None) => span.in_scope(|| tracing::debug!("HTTP request answered")),
-        Err(e) if e.is_silent() => {
-            span.in_scope(|| tracing::debug!(error = %e, "closed before the handshake"))
-        }
-        Err(e) => {
-            env.metrics.handshake_failed(lt.kind, e.failure());
-            span.in_scope(
-                || tracing::warn!(error = %e, reason = e.failure().as_str(), "handshake failed"),
-            );
-        }
-    }
 }

@@ -8,11 +8,17 @@
 //! the dialler, [`transport`] the listener kinds (tcp, tls, ws, wss, PROXY protocol),
 //! [`edge`] the listeners, [`config`] the layered configuration.
 
+pub mod admin;
 pub mod config;
+pub mod drain;
 pub mod edge;
 pub mod explain;
+pub mod health;
+pub mod listener;
 pub mod metrics;
 pub mod proto;
+pub mod registry;
+pub mod reload;
 pub mod session;
 pub mod transport;
 pub mod upstream;

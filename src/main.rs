@@ -1,12 +1,13 @@
 //! The `nats-edge` command.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use nats_edge::config::{Config, LogFormat, Overrides};
+use nats_edge::reload::ReloadError;
 use nats_edge::Edge;
 use nats_edge_filters::acl::explain::{explain, Action};
 
@@ -38,6 +39,9 @@ struct Cli {
     /// Log filter, such as `info` or `nats_edge=debug`.
     #[arg(long, global = true, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Write the process id here (`run`), or find the running process here (`reload`).
+    #[arg(long, global = true, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -48,6 +52,9 @@ enum Command {
     Run,
     /// Validate the configuration and exit: 0 when valid, 1 with the key and reason when not.
     Check,
+    /// Ask the running nats-edge (found by its pid file) to reload its configuration, as
+    /// SIGHUP does.
+    Reload,
     /// Show what the edge does with a subject for a user: the upstream subject after
     /// rewrite, and the tags a publish would get.
     Explain {
@@ -118,9 +125,28 @@ fn main() -> ExitCode {
             LogFormatArg::Json => LogFormat::Json,
         }),
         log_level: cli.log_level.clone(),
+        pid_file: cli.pid_file.clone(),
     };
+    if matches!(cli.command, Some(Command::Reload)) {
+        return match signal_reload(&cli, &overrides) {
+            Ok(pid) => {
+                println!("nats-edge: reload requested (process {pid})");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("nats-edge: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // `acl explain --rules FILE` reads only the rule files: it needs no valid config.
+    let rules_only = matches!(
+        &cli.command,
+        Some(Command::Acl { command: AclCommand::Explain { rules, .. } }) if !rules.is_empty()
+    );
     let config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,
+        Err(_) if rules_only => Config::default(),
         Err(e) => {
             eprintln!("nats-edge: invalid configuration: {e}");
             return ExitCode::FAILURE;
@@ -142,6 +168,8 @@ fn main() -> ExitCode {
             println!("nats-edge: configuration OK ({source})");
             ExitCode::SUCCESS
         }
+        // Handled before the configuration is loaded.
+        Command::Reload => ExitCode::FAILURE,
         Command::Acl {
             command:
                 AclCommand::Explain {
@@ -200,7 +228,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run => match run(config) {
+        Command::Run => match run(config, cli.config.clone(), overrides) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("nats-edge: {e:#}");
@@ -226,34 +254,61 @@ fn init_logging(config: &Config) {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
     init_logging(&config);
     let ignored = nats_edge::config::ignored_env_vars();
     if !ignored.is_empty() {
         tracing::info!(variables = ?ignored, "ignoring NATS_EDGE_* variables that are not configuration keys");
     }
     let workers = start_workers(config.worker_threads)?;
-    // The main thread only accepts connections and waits for signals; sessions run on the
-    // workers.
+    // The main thread accepts connections, serves the admin endpoints and waits for
+    // signals; sessions run on the workers.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(async move {
+    let pid_file = config.pid_file.clone();
+    let written_pid_file = pid_file.clone();
+    let result = runtime.block_on(async move {
+        let mut signals = Signals::new().context("installing signal handlers")?;
         let mut edge = Edge::start_on_workers(config, Vec::new(), workers).await?;
-        let stop = edge.shutdown_handle();
-        let reload = Reload {
-            tls: edge.tls_reloader(),
-            rules: edge.rules_reloader(),
-        };
-        tokio::spawn(async move {
-            wait_for_signal(&reload).await;
-            tracing::info!("shutting down");
-            let _ = stop.send(true);
-        });
-        edge.wait().await;
+        if let Some(path) = &pid_file {
+            std::fs::write(path, format!("{}\n", std::process::id()))
+                .with_context(|| format!("writing pid_file {}", path.display()))?;
+        }
+        let source = file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "flags and environment".into());
+        loop {
+            tokio::select! {
+                _ = edge.wait() => return Ok(()),
+                signal = signals.next() => match signal {
+                    Signal::Reload => reload(&edge, file.as_deref(), &overrides, &source),
+                    Signal::Stop => break,
+                },
+            }
+        }
+        let drain = edge.shared().reloader.current().drain.clone();
+        tracing::info!("shutting down: draining (a second signal exits at once)");
+        tokio::select! {
+            drained = nats_edge::drain::drain(&mut edge, drain.grace_period.0, drain.timeout.0) => {
+                tracing::info!(closed_by_edge = drained.closed_by_edge, timed_out = drained.timed_out, "drained");
+            }
+            _ = signals.next_stop() => {
+                tracing::warn!("second signal: exiting at once");
+                if let Some(path) = &pid_file {
+                    let _ = std::fs::remove_file(path);
+                }
+                std::process::exit(1);
+            }
+        }
         Ok(())
-    })
+    });
+    if let Some(path) = &written_pid_file {
+        let _ = std::fs::remove_file(path);
+    }
+    result
 }
 
 /// One single-threaded runtime per worker thread (per core when `threads` is 0), each on a
@@ -279,80 +334,105 @@ fn start_workers(threads: usize) -> anyhow::Result<Vec<tokio::runtime::Handle>> 
         .collect()
 }
 
-/// What SIGHUP reloads.
-struct Reload {
-    tls: nats_edge::transport::tls::TlsReloader,
-    rules: nats_edge::edge::RulesReloader,
+/// What a signal asks for.
+enum Signal {
+    /// SIGHUP: reload the configuration.
+    Reload,
+    /// SIGTERM or SIGINT: drain and exit.
+    Stop,
 }
 
-/// Resolves on SIGTERM or SIGINT. SIGHUP, the conventional reload signal, must not kill the
-/// process (the default action): it reloads TLS certificates and keys and the ACL rule files;
-/// the rest of the configuration is not reloaded.
-async fn wait_for_signal(reload: &Reload) {
+/// SIGHUP, SIGTERM and SIGINT, installed before the edge starts so that none is missed
+/// (SIGHUP's default action would kill the process).
+struct Signals {
     #[cfg(unix)]
-    {
+    hup: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn new() -> std::io::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = term.recv() => return,
-                _ = tokio::signal::ctrl_c() => return,
-                _ = hup.recv() => {
-                    reload_rules(&reload.rules);
-                    reload_tls(&reload.tls);
-                }
-            }
-        }
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
+
     #[cfg(not(unix))]
-    {
-        let _ = reload;
-        let _ = tokio::signal::ctrl_c().await;
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {})
     }
-}
 
-/// Reloads the ACL rule files; a file that fails keeps the previous rules in force.
-#[cfg_attr(not(unix), allow(dead_code))]
-fn reload_rules(rules: &nats_edge::edge::RulesReloader) {
-    if rules.is_empty() {
-        return;
-    }
-    match rules.reload() {
-        Ok(()) => tracing::info!("ACL rules reloaded"),
-        Err(e) => {
-            tracing::error!(error = %e, "ACL rules reload failed; keeping the previous rules")
+    #[cfg(unix)]
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.hup.recv() => Signal::Reload,
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
         }
     }
-}
 
-/// Reloads every TLS certificate and key from its file; one that fails keeps its old
-/// material. New connections get the new material, live ones keep theirs.
-#[cfg_attr(not(unix), allow(dead_code))]
-fn reload_tls(tls: &nats_edge::transport::tls::TlsReloader) {
-    if tls.is_empty() {
-        tracing::info!(
-            "SIGHUP handled: no TLS material to reload; the rest of the configuration (beyond ACL rule files) is only read at start-up, restart nats-edge to apply changes"
-        );
-        return;
+    #[cfg(not(unix))]
+    async fn next(&mut self) -> Signal {
+        let _ = tokio::signal::ctrl_c().await;
+        Signal::Stop
     }
-    let mut failed = false;
-    for done in tls.reload() {
-        match done.result {
-            Ok(()) => tracing::info!(tls = %done.what, "TLS certificates reloaded"),
-            Err(e) => {
-                failed = true;
-                tracing::error!(tls = %done.what, error = %e, "TLS reload failed; keeping the previous certificates")
+
+    /// The next SIGTERM or SIGINT; SIGHUPs meanwhile are ignored (a drain is under way).
+    async fn next_stop(&mut self) {
+        loop {
+            if let Signal::Stop = self.next().await {
+                return;
             }
         }
     }
-    tracing::info!(
-        ok = !failed,
-        "SIGHUP handled: TLS material reloaded; the rest of the configuration (beyond ACL rule files) is only read at start-up (restart nats-edge to apply other changes)"
+}
+
+/// Reads the configuration again, with the same layering as at start-up, and applies it if
+/// every part accepts it; otherwise the running configuration stays.
+fn reload(edge: &Edge, file: Option<&Path>, overrides: &Overrides, source: &str) {
+    tracing::info!(file = source, "SIGHUP: reloading the configuration");
+    let reloader = &edge.shared().reloader;
+    match Config::load(file, overrides) {
+        Ok(config) => {
+            let _ = reloader.reload(config, source);
+        }
+        Err(e) => reloader.failed(source, &ReloadError::Config(e)),
+    }
+}
+
+/// Finds the running process by its pid file and sends it SIGHUP.
+fn signal_reload(cli: &Cli, overrides: &Overrides) -> anyhow::Result<u32> {
+    let path = match &cli.pid_file {
+        Some(path) => path.clone(),
+        None => Config::load(cli.config.as_deref(), overrides)
+            .context("reading pid_file from the configuration (or pass --pid-file)")?
+            .pid_file
+            .context("no pid_file in the configuration: pass --pid-file")?,
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading pid file {}", path.display()))?;
+    let pid: u32 = text.trim().parse().with_context(|| {
+        format!(
+            "pid file {}: `{}` is not a process id",
+            path.display(),
+            text.trim()
+        )
+    })?;
+    let status = std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    anyhow::ensure!(
+        status.success(),
+        "kill -HUP {pid} failed: is nats-edge running?"
     );
+    Ok(pid)
 }

@@ -1,9 +1,24 @@
-//! Process-wide counters. Forwarders count per session in plain fields and add them here once,
-//! when the session ends, so the message path touches no shared cache line.
+//! Process-wide metrics, exported in the Prometheus (OpenMetrics) text format by the admin
+//! server's `/metrics`.
+//!
+//! Forwarders count per session in plain fields and add them here once, when the session ends,
+//! so the message path touches no shared cache line. Counters whose labels are known up front
+//! (directions, close reasons, handshake failures) are registered at start-up, so they show as
+//! 0 before anything happens and a label lookup never runs on a session's way out.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use nats_edge_filters::CloseReason;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
 
 use crate::config::ListenerKind;
 
@@ -45,94 +60,587 @@ impl HandshakeFailure {
             HandshakeFailure::Timeout => "timeout",
         }
     }
+}
 
-    fn index(self) -> usize {
-        self as usize
+const KINDS: [ListenerKind; 4] = [
+    ListenerKind::Tcp,
+    ListenerKind::Tls,
+    ListenerKind::Ws,
+    ListenerKind::Wss,
+];
+
+/// Why a connection was refused at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The listener's `max_connections` was reached.
+    MaxConnections,
+    /// The listener's `max_connection_rate` was exceeded.
+    RateLimited,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::RateLimited => "rate_limited",
+        }
     }
 }
 
-const KINDS: usize = 4;
+/// The `direction` label of message, byte and rewrite counters.
+pub const CLIENT_TO_UPSTREAM: &str = "client_to_upstream";
+pub const UPSTREAM_TO_CLIENT: &str = "upstream_to_client";
 
-fn kind_index(kind: ListenerKind) -> usize {
-    match kind {
-        ListenerKind::Tcp => 0,
-        ListenerKind::Tls => 1,
-        ListenerKind::Ws => 2,
-        ListenerKind::Wss => 3,
+/// At most this many distinct `user` label values; later users are counted as [`OTHER_USER`].
+/// The user name can come from the client (a CONNECT `user`), and every label value is a
+/// time series kept for the life of the process.
+pub const MAX_USER_LABELS: usize = 1000;
+pub const OTHER_USER: &str = "_other";
+
+type Labels1 = [(&'static str, String); 1];
+type Labels2 = [(&'static str, String); 2];
+
+fn l1(k: &'static str, v: &str) -> Labels1 {
+    [(k, v.to_string())]
+}
+
+fn l2(k1: &'static str, v1: &str, k2: &'static str, v2: &str) -> Labels2 {
+    [(k1, v1.to_string()), (k2, v2.to_string())]
+}
+
+/// The counters of one listener, fetched once when it starts.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    pub open: Gauge,
+    pub total: Counter,
+    refused: [Counter; 2],
+    handshake_duration: Histogram,
+}
+
+impl ListenerMetrics {
+    pub fn refused(&self, why: Refusal) {
+        self.refused[why as usize].inc();
+    }
+
+    /// Accept to the first INFO written to the client.
+    pub fn handshake_done(&self, took: Duration) {
+        self.handshake_duration.observe(took.as_secs_f64());
     }
 }
+
+/// Upper bounds (seconds) of the filter-time histogram: 1 µs to about 16 ms.
+const FILTER_BUCKETS: [f64; 15] = [
+    1e-6, 2e-6, 4e-6, 8e-6, 16e-6, 32e-6, 64e-6, 128e-6, 256e-6, 512e-6, 1.024e-3, 2.048e-3,
+    4.096e-3, 8.192e-3, 16.384e-3,
+];
+
+/// Time spent in the filter chain, counted by each session in plain fields
+/// ([`LocalFilterTime`]) and added here when the session ends: the prometheus-client
+/// histogram takes a lock per observation, which the op path must not.
+#[derive(Debug, Default, Clone)]
+pub struct FilterHistogram(Arc<FilterCounts>);
 
 #[derive(Debug, Default)]
-pub struct Metrics {
-    pub connections_total: AtomicU64,
-    pub connections_open: AtomicU64,
-    closes: [AtomicU64; CloseReason::ALL.len()],
-    pub client_msgs: AtomicU64,
-    pub client_bytes: AtomicU64,
-    pub upstream_msgs: AtomicU64,
-    pub upstream_bytes: AtomicU64,
-    pub upstream_dial_failures: AtomicU64,
-    handshake_failures: [[AtomicU64; HandshakeFailure::ALL.len()]; KINDS],
-    /// Ops whose subjects the rewrite filter changed, client to upstream.
-    pub rewritten_client_to_upstream: AtomicU64,
-    /// Deliveries whose subjects the rewrite filter mapped back.
-    pub rewritten_upstream_to_client: AtomicU64,
-    /// Published messages that were tagged.
-    pub tags_applied: AtomicU64,
-    /// Published messages that carried a reserved tag header of the client's own.
-    pub tag_spoofs: AtomicU64,
+struct FilterCounts {
+    buckets: [AtomicU64; FILTER_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
 }
 
-/// The filters report what they did here. These events are per message, so they are
-/// counted with relaxed atomics; a spoof attempt is also logged, in the session's span.
-impl nats_edge_filters::Events for Metrics {
-    fn rewritten(&self, direction: &'static str) {
-        let counter = if direction == "client_to_upstream" {
-            &self.rewritten_client_to_upstream
-        } else {
-            &self.rewritten_upstream_to_client
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+/// A session's own filter-time histogram.
+#[derive(Debug, Default, Clone)]
+pub struct LocalFilterTime {
+    buckets: [u64; FILTER_BUCKETS.len() + 1],
+    sum_nanos: u64,
+}
+
+impl LocalFilterTime {
+    pub fn observe(&mut self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let i = FILTER_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(FILTER_BUCKETS.len());
+        self.buckets[i] += 1;
+        self.sum_nanos = self
+            .sum_nanos
+            .saturating_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+    }
+}
+
+impl FilterHistogram {
+    fn add(&self, local: &LocalFilterTime) {
+        if local.buckets.iter().all(|n| *n == 0) {
+            return;
+        }
+        for (shared, n) in self.0.buckets.iter().zip(local.buckets) {
+            shared.fetch_add(n, Ordering::Relaxed);
+        }
+        self.0
+            .sum_nanos
+            .fetch_add(local.sum_nanos, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for FilterHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for FilterHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(self.0.buckets.len());
+        for (i, count) in self.0.buckets.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            let upper = FILTER_BUCKETS.get(i).copied().unwrap_or(f64::MAX);
+            buckets.push((upper, cumulative));
+        }
+        let sum = self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
     }
 
-    fn tag_applied(&self) {
-        self.tags_applied.fetch_add(1, Ordering::Relaxed);
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
+}
 
-    fn tag_spoof(&self) {
-        self.tag_spoofs.fetch_add(1, Ordering::Relaxed);
-        tracing::info!("client sent a header with a reserved tag name");
+/// Every metric the edge exports.
+pub struct Metrics {
+    registry: Registry,
+    connections_open: Family<Labels2, Gauge>,
+    connections_total: Family<Labels2, Counter>,
+    refused: Family<Labels2, Counter>,
+    closes: Vec<Counter>,
+    /// Index 0: client to upstream, 1: upstream to client.
+    messages: [Counter; 2],
+    bytes: [Counter; 2],
+    acl_denials: Family<Labels2, Counter>,
+    acl_users: Mutex<HashSet<String>>,
+    rewrites: Family<Labels1, Counter>,
+    tags_applied: Counter,
+    tag_spoofs: Counter,
+    upstream_dials: Family<Labels1, Counter>,
+    upstream_dial_failures: Family<Labels1, Counter>,
+    /// The upstreams dialled so far, for the totals tests read.
+    upstreams_seen: Mutex<HashMap<String, (Counter, Counter)>>,
+    handshake_failures: Family<Labels2, Counter>,
+    handshake_duration: Family<Labels1, Histogram>,
+    filter_duration: FilterHistogram,
+    config_reloads: Family<Labels1, Counter>,
+    draining: Gauge,
+    listeners: Mutex<Vec<ListenerMetrics>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
     }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn handshake_buckets() -> Histogram {
+    // 1 ms to about 8 s: a local TCP handshake to a slow TLS one across the world.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 14,
+    ))
 }
 
 impl Metrics {
-    pub fn closed(&self, reason: CloseReason) {
-        self.closes[reason.index()].fetch_add(1, Ordering::Relaxed);
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let connections_open = Family::<Labels2, Gauge>::default();
+        let connections_total = Family::<Labels2, Counter>::default();
+        let refused = Family::<Labels2, Counter>::default();
+        let closed = Family::<Labels1, Counter>::default();
+        let messages = Family::<Labels1, Counter>::default();
+        let bytes = Family::<Labels1, Counter>::default();
+        let acl_denials = Family::<Labels2, Counter>::default();
+        let rewrites = Family::<Labels1, Counter>::default();
+        let tags_applied = Counter::default();
+        let tag_spoofs = Counter::default();
+        let upstream_dials = Family::<Labels1, Counter>::default();
+        let upstream_dial_failures = Family::<Labels1, Counter>::default();
+        let handshake_failures = Family::<Labels2, Counter>::default();
+        let handshake_duration =
+            Family::<Labels1, Histogram>::new_with_constructor(handshake_buckets as fn() -> _);
+        let filter_duration = FilterHistogram::default();
+        let config_reloads = Family::<Labels1, Counter>::default();
+        let build_info = Family::<Labels1, Gauge>::default();
+        let draining = Gauge::default();
+
+        registry.register(
+            "nats_edge_connections_open",
+            "Client connections open now",
+            connections_open.clone(),
+        );
+        registry.register(
+            "nats_edge_connections",
+            "Client connections accepted (transport handshake done)",
+            connections_total.clone(),
+        );
+        registry.register(
+            "nats_edge_connections_closed",
+            "Client sessions ended, by close reason",
+            closed.clone(),
+        );
+        registry.register(
+            "nats_edge_connections_refused",
+            "Client connections refused at accept",
+            refused.clone(),
+        );
+        registry.register(
+            "nats_edge_messages",
+            "Message frames (PUB/HPUB, MSG/HMSG) read, by direction; added when a session ends",
+            messages.clone(),
+        );
+        registry.register(
+            "nats_edge_bytes",
+            "Bytes read, by direction; added when a session ends",
+            bytes.clone(),
+        );
+        registry.register(
+            "nats_edge_acl_denials",
+            "Operations an ACL refused, by user and direction",
+            acl_denials.clone(),
+        );
+        registry.register(
+            "nats_edge_rewrites",
+            "Subjects rewritten, by direction",
+            rewrites.clone(),
+        );
+        registry.register(
+            "nats_edge_tags_applied",
+            "Messages tagged with the sender's identity",
+            tags_applied.clone(),
+        );
+        registry.register(
+            "nats_edge_tag_spoofs",
+            "Client-supplied reserved tag headers stripped",
+            tag_spoofs.clone(),
+        );
+        registry.register(
+            "nats_edge_upstream_dials",
+            "Upstream dials attempted, by upstream",
+            upstream_dials.clone(),
+        );
+        registry.register(
+            "nats_edge_upstream_dial_failures",
+            "Upstream dials that failed, by upstream",
+            upstream_dial_failures.clone(),
+        );
+        registry.register(
+            "nats_edge_handshake_failures",
+            "Transport handshakes that failed, by transport and reason",
+            handshake_failures.clone(),
+        );
+        registry.register(
+            "nats_edge_handshake_duration_seconds",
+            "From accept to the first INFO written to the client",
+            handshake_duration.clone(),
+        );
+        registry.register(
+            "nats_edge_filter_duration_seconds",
+            "Time in the filter chain per op a filter looked at; added when a session ends",
+            filter_duration.clone(),
+        );
+        registry.register(
+            "nats_edge_config_reloads",
+            "Configuration reloads, by result",
+            config_reloads.clone(),
+        );
+        registry.register(
+            "nats_edge_build_info",
+            "The running version (value 1)",
+            build_info.clone(),
+        );
+        registry.register(
+            "nats_edge_draining",
+            "1 while the edge drains before exiting",
+            draining.clone(),
+        );
+
+        build_info
+            .get_or_create(&l1("version", env!("CARGO_PKG_VERSION")))
+            .set(1);
+        let closes = CloseReason::ALL
+            .iter()
+            .map(|r| closed.get_or_create(&l1("reason", r.as_str())).clone())
+            .collect();
+        for kind in KINDS {
+            for why in HandshakeFailure::ALL {
+                let _ = handshake_failures.get_or_create(&l2(
+                    "transport",
+                    kind.as_str(),
+                    "reason",
+                    why.as_str(),
+                ));
+            }
+        }
+        for dir in [CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT] {
+            let _ = rewrites.get_or_create(&l1("direction", dir));
+        }
+        for result in ["ok", "failed"] {
+            let _ = config_reloads.get_or_create(&l1("result", result));
+        }
+        let by_dir = |f: &Family<Labels1, Counter>| {
+            [CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT]
+                .map(|dir| f.get_or_create(&l1("direction", dir)).clone())
+        };
+        Metrics {
+            messages: by_dir(&messages),
+            bytes: by_dir(&bytes),
+            registry,
+            connections_open,
+            connections_total,
+            refused,
+            closes,
+            acl_denials,
+            acl_users: Mutex::new(HashSet::new()),
+            rewrites,
+            tags_applied,
+            tag_spoofs,
+            upstream_dials,
+            upstream_dial_failures,
+            upstreams_seen: Mutex::new(HashMap::new()),
+            handshake_failures,
+            handshake_duration,
+            filter_duration,
+            config_reloads,
+            draining,
+            listeners: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The counters of the listener called `name`, registered with every label set it can
+    /// take so they read 0 before its first connection.
+    pub fn listener(&self, name: &str, kind: ListenerKind) -> ListenerMetrics {
+        let labels = l2("listener", name, "transport", kind.as_str());
+        let refused = [Refusal::MaxConnections, Refusal::RateLimited]
+            .map(|why| self.refused_counter(name, why));
+        let metrics = ListenerMetrics {
+            open: self.connections_open.get_or_create(&labels).clone(),
+            total: self.connections_total.get_or_create(&labels).clone(),
+            refused,
+            handshake_duration: self
+                .handshake_duration
+                .get_or_create(&l1("transport", kind.as_str()))
+                .clone(),
+        };
+        lock(&self.listeners).push(metrics.clone());
+        metrics
+    }
+
+    fn refused_counter(&self, listener: &str, why: Refusal) -> Counter {
+        self.refused
+            .get_or_create(&l2("listener", listener, "reason", why.as_str()))
+            .clone()
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(8 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    /// A session's totals, added once when it ends.
+    pub fn session_ended(&self, summary: &SessionTotals) {
+        self.closes[summary.reason.index()].inc();
+        self.messages[0].inc_by(summary.client_msgs);
+        self.bytes[0].inc_by(summary.client_bytes);
+        self.messages[1].inc_by(summary.upstream_msgs);
+        self.bytes[1].inc_by(summary.upstream_bytes);
+        self.filter_duration.add(&summary.filter_time);
     }
 
     /// Sessions ended for `reason` so far.
     pub fn closes(&self, reason: CloseReason) -> u64 {
-        self.closes[reason.index()].load(Ordering::Relaxed)
+        self.closes[reason.index()].get()
     }
 
     pub fn handshake_failed(&self, kind: ListenerKind, why: HandshakeFailure) {
-        self.handshake_failures[kind_index(kind)][why.index()].fetch_add(1, Ordering::Relaxed);
+        self.handshake_failure_counter(kind, why).inc();
+    }
+
+    fn handshake_failure_counter(&self, kind: ListenerKind, why: HandshakeFailure) -> Counter {
+        self.handshake_failures
+            .get_or_create(&l2("transport", kind.as_str(), "reason", why.as_str()))
+            .clone()
     }
 
     /// Handshakes on listeners of `kind` that failed for `why` so far.
     pub fn handshake_failures(&self, kind: ListenerKind, why: HandshakeFailure) -> u64 {
-        self.handshake_failures[kind_index(kind)][why.index()].load(Ordering::Relaxed)
+        self.handshake_failure_counter(kind, why).get()
     }
 
     /// Handshakes on listeners of `kind` that failed for any reason so far.
     pub fn handshake_failures_total(&self, kind: ListenerKind) -> u64 {
-        self.handshake_failures[kind_index(kind)]
+        HandshakeFailure::ALL
             .iter()
-            .map(|c| c.load(Ordering::Relaxed))
+            .map(|why| self.handshake_failures(kind, *why))
             .sum()
+    }
+
+    /// One dial of `upstream` (a URL without credentials) and whether it failed.
+    pub fn dialed(&self, upstream: &str, failed: bool) {
+        let mut seen = lock(&self.upstreams_seen);
+        let (dials, failures) = match seen.get(upstream) {
+            Some(counters) => counters,
+            None => {
+                let labels = l1("upstream", upstream);
+                let counters = (
+                    self.upstream_dials.get_or_create(&labels).clone(),
+                    self.upstream_dial_failures.get_or_create(&labels).clone(),
+                );
+                seen.entry(upstream.to_string()).or_insert(counters)
+            }
+        };
+        dials.inc();
+        if failed {
+            failures.inc();
+        }
+    }
+
+    /// Failed upstream dials so far, over every upstream.
+    pub fn upstream_dial_failures(&self) -> u64 {
+        lock(&self.upstreams_seen).values().map(|c| c.1.get()).sum()
+    }
+
+    /// Client connections accepted so far, over every listener.
+    pub fn connections_total(&self) -> u64 {
+        lock(&self.listeners).iter().map(|l| l.total.get()).sum()
+    }
+
+    /// Client connections open now, over every listener.
+    pub fn connections_open(&self) -> u64 {
+        lock(&self.listeners)
+            .iter()
+            .map(|l| u64::try_from(l.open.get()).unwrap_or(0))
+            .sum()
+    }
+
+    /// Message frames the clients sent, over every ended session.
+    pub fn client_msgs(&self) -> u64 {
+        self.messages[0].get()
+    }
+
+    pub fn client_bytes(&self) -> u64 {
+        self.bytes[0].get()
+    }
+
+    /// Message frames delivered to clients, over every ended session.
+    pub fn upstream_msgs(&self) -> u64 {
+        self.messages[1].get()
+    }
+
+    pub fn upstream_bytes(&self) -> u64 {
+        self.bytes[1].get()
+    }
+
+    /// An operation an ACL refused; `direction` is `publish`, `subscribe` or `delivery`.
+    /// At most [`MAX_USER_LABELS`] distinct users get a label of their own.
+    pub fn acl_denied(&self, user: &str, direction: &'static str) {
+        let user = {
+            let mut users = lock(&self.acl_users);
+            if users.contains(user) {
+                user
+            } else if users.len() < MAX_USER_LABELS {
+                users.insert(user.to_string());
+                user
+            } else {
+                OTHER_USER
+            }
+        };
+        self.acl_denials
+            .get_or_create(&l2("user", user, "direction", direction))
+            .inc();
+    }
+
+    /// A subject rewritten; `direction` is [`CLIENT_TO_UPSTREAM`] or [`UPSTREAM_TO_CLIENT`].
+    pub fn rewritten(&self, direction: &'static str) {
+        self.rewrites
+            .get_or_create(&l1("direction", direction))
+            .inc();
+    }
+
+    pub fn tag_applied(&self) {
+        self.tags_applied.inc();
+    }
+
+    pub fn tag_spoof(&self) {
+        self.tag_spoofs.inc();
+    }
+
+    /// A configuration reload and whether it was applied.
+    pub fn config_reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.config_reloads
+            .get_or_create(&l1("result", result))
+            .inc();
+    }
+
+    pub fn config_reloads(&self, ok: bool) -> u64 {
+        let result = if ok { "ok" } else { "failed" };
+        self.config_reloads
+            .get_or_create(&l1("result", result))
+            .get()
+    }
+
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.set(i64::from(draining));
     }
 }
 
-pub fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
+/// What a session adds to the totals when it ends.
+#[derive(Debug, Clone)]
+pub struct SessionTotals {
+    pub reason: CloseReason,
+    pub client_msgs: u64,
+    pub client_bytes: u64,
+    pub upstream_msgs: u64,
+    pub upstream_bytes: u64,
+    pub filter_time: LocalFilterTime,
+}
+
+impl SessionTotals {
+    pub fn early(reason: CloseReason) -> Self {
+        SessionTotals {
+            reason,
+            client_msgs: 0,
+            client_bytes: 0,
+            upstream_msgs: 0,
+            upstream_bytes: 0,
+            filter_time: LocalFilterTime::default(),
+        }
+    }
+}
+
+/// A poisoned lock only means another thread panicked while counting: the counts are
+/// still usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The filters report what they did here (ACL denials, rewrites, tags).
+impl nats_edge_filters::Events for Metrics {
+    fn acl_denied(&self, user: &str, direction: nats_edge_filters::DenialKind) {
+        Metrics::acl_denied(self, user, direction.as_str());
+    }
+
+    fn rewritten(&self, direction: &'static str) {
+        Metrics::rewritten(self, direction);
+    }
+
+    fn tag_applied(&self) {
+        Metrics::tag_applied(self);
+    }
+
+    fn tag_spoof(&self) {
+        Metrics::tag_spoof(self);
+        tracing::info!("client sent a header with a reserved tag name");
+    }
 }

@@ -310,6 +310,8 @@ pub struct Connected {
     pub info: Info,
     /// Bytes read after the INFO line (normally none: the server waits for CONNECT).
     pub leftover: BytesMut,
+    /// The URLs tried before this one, and why each failed.
+    pub failures: Vec<(String, DialError)>,
 }
 
 /// Tries each URL in order until one connects and sends INFO within the connect timeout.
@@ -329,6 +331,7 @@ pub async fn dial_any(
                     url: url.clone(),
                     info,
                     leftover,
+                    failures,
                 })
             }
             Ok(Err(e)) => failures.push((url.to_string(), e)),

@@ -266,9 +266,13 @@ fn a_listen_address_in_use_is_a_start_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_sessions_and_exits_cleanly() {
     let server = NatsServer::start();
+    // The drain closes what is still open after its grace period.
     let mut edge = EdgeProcess::spawn(
         &["--listen", "127.0.0.1:0", "--upstream", &server.url()],
-        &[],
+        &[
+            ("NATS_EDGE_DRAIN__GRACE_PERIOD", "1s"),
+            ("NATS_EDGE_DRAIN__TIMEOUT", "5s"),
+        ],
     );
     let (mut raw, _) = RawConn::connect_info(edge.addr()).await;
     assert!(

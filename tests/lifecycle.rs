@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,10 +39,7 @@ async fn many_concurrent_connections() {
     for t in tasks {
         conns.push(within("a concurrent session", t).await.unwrap());
     }
-    assert_eq!(
-        edge.metrics().connections_open.load(Ordering::Relaxed),
-        N as u64
-    );
+    assert_eq!(edge.metrics().connections_open(), N as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,8 +71,8 @@ async fn shutdown_closes_every_session_and_stops_listening() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "still accepting after shutdown"
     );
-    assert_eq!(metrics.connections_open.load(Ordering::Relaxed), 0);
-    assert_eq!(metrics.connections_total.load(Ordering::Relaxed), 4);
+    assert_eq!(metrics.connections_open(), 0);
+    assert_eq!(metrics.connections_total(), 4);
     assert_eq!(metrics.closes(CloseReason::Shutdown), 4);
 }
 
@@ -119,7 +115,7 @@ async fn close_reasons_are_counted() {
         m.closes(CloseReason::ClientClosed) + m.closes(CloseReason::Shutdown),
         1
     );
-    assert_eq!(m.connections_total.load(Ordering::Relaxed), 5);
+    assert_eq!(m.connections_total(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,14 +252,10 @@ async fn message_and_byte_counters_are_exact() {
 
     let m = edge.metrics().clone();
     within("edge shutdown", edge.shutdown()).await;
+    assert_eq!(m.client_msgs(), 6, "PUB and HPUB frames");
+    assert_eq!(m.upstream_msgs(), 6, "MSG frames");
     assert_eq!(
-        m.client_msgs.load(Ordering::Relaxed),
-        6,
-        "PUB and HPUB frames"
-    );
-    assert_eq!(m.upstream_msgs.load(Ordering::Relaxed), 6, "MSG frames");
-    assert_eq!(
-        m.client_bytes.load(Ordering::Relaxed),
+        m.client_bytes(),
         (sub_bytes.len() + pub_bytes.len() + sub_ping.len()) as u64
     );
 }

@@ -89,10 +89,10 @@ async fn a_mounted_client_sees_its_own_namespace() {
         ["orders.elsewhere"]
     );
     assert!(
-        edge.metrics()
-            .rewritten_client_to_upstream
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
+        metric_value(
+            &edge,
+            "nats_edge_rewrites_total{direction=\"client_to_upstream\"}"
+        ) > 0.0
     );
     edge.shutdown().await;
 }

@@ -137,12 +137,7 @@ async fn an_untrusted_or_missing_upstream_tls_is_reported() {
     let mut raw = RawConn::connect(edge_addr(&edge)).await;
     let got = String::from_utf8(raw.read_to_close().await).unwrap();
     assert_eq!(got, "-ERR 'Upstream Unavailable: TLS failed'\r\n");
-    assert_eq!(
-        edge.metrics()
-            .upstream_dial_failures
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(edge.metrics().upstream_dial_failures(), 1);
 
     // An upstream that requires TLS, and an edge not configured for it.
     let edge = start_edge(&[tls_server.url()], "").await;

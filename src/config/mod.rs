@@ -41,6 +41,52 @@ pub struct Config {
     /// Worker threads that run sessions, each with a single-threaded runtime; a session stays
     /// on one worker. 0: one per CPU core.
     pub worker_threads: usize,
+    pub admin: AdminConfig,
+    pub drain: DrainConfig,
+    /// A file the running process writes its id to, for `nats-edge reload`. Unset: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid_file: Option<PathBuf>,
+}
+
+/// The admin HTTP server (`[admin]`): metrics, health probes, connz and varz.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Where to serve it, such as `127.0.0.1:8222`. Unset: no admin server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// How often the upstreams are dialled to keep `/readyz` current when no client connects.
+    pub upstream_check_interval: HumanDuration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: None,
+            upstream_check_interval: HumanDuration(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// Graceful drain on SIGTERM and SIGINT (`[drain]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// How long clients have, after the lame-duck INFO, to leave on their own before the
+    /// edge closes them.
+    pub grace_period: HumanDuration,
+    /// The whole drain's bound: the process exits by then.
+    pub timeout: HumanDuration,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            // Inside Kubernetes' default terminationGracePeriodSeconds (30 s).
+            grace_period: HumanDuration(Duration::from_secs(20)),
+            timeout: HumanDuration(Duration::from_secs(25)),
+        }
+    }
 }
 
 /// One client-facing listener.
@@ -75,6 +121,14 @@ pub struct ListenerConfig {
     /// WebSocket settings for `ws` and `wss` listeners.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ws: Option<WsSection>,
+    /// Client connections open at once on this listener; past it a client gets nats-server's
+    /// `-ERR 'maximum connections exceeded'`. 0: unlimited.
+    #[serde(default)]
+    pub max_connections: usize,
+    /// New connections per second on this listener; over it a connection is closed at once.
+    /// 0: unlimited.
+    #[serde(default)]
+    pub max_connection_rate: u32,
     /// The rewrite rule set (a name under `[rewrite.sets]`) for this listener's sessions,
     /// unless their user has one of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -294,6 +348,9 @@ impl Default for Config {
             tagging: TaggingSection::default(),
             base_dir: None,
             worker_threads: 0,
+            admin: AdminConfig::default(),
+            drain: DrainConfig::default(),
+            pid_file: None,
         }
     }
 }
@@ -319,6 +376,8 @@ impl ListenerConfig {
             tls: None,
             ws: None,
             rewrite: None,
+            max_connections: 0,
+            max_connection_rate: 0,
         }
     }
 }
@@ -467,6 +526,7 @@ pub struct Overrides {
     pub upstreams: Vec<String>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
+    pub pid_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -499,6 +559,9 @@ impl Config {
         }
         if let Some(level) = &overrides.log_level {
             figment = figment.merge(Serialized::default("log.level", level));
+        }
+        if let Some(pid_file) = &overrides.pid_file {
+            figment = figment.merge(Serialized::default("pid_file", pid_file));
         }
         let mut config = Self::extract(figment)?;
         config.base_dir = base_dir;
@@ -664,6 +727,18 @@ impl Config {
             ));
         }
         self.auth.validate()?;
+        if self.admin.upstream_check_interval.0.is_zero() {
+            return Err((
+                "admin.upstream_check_interval".into(),
+                "must be above zero".into(),
+            ));
+        }
+        if self.drain.timeout.0 < self.drain.grace_period.0 {
+            return Err((
+                "drain.timeout".into(),
+                "must be at least drain.grace_period".into(),
+            ));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ("log.level".to_string(), e.to_string()))?;
         Ok(())
@@ -685,7 +760,7 @@ const ENV_PREFIX: &str = "NATS_EDGE_";
 /// The top-level keys an environment variable may set. Other `NATS_EDGE_*` variables are not
 /// configuration: Kubernetes, for one, injects `NATS_EDGE_PORT` and `NATS_EDGE_SERVICE_HOST`
 /// into pods beside a Service named nats-edge, and those must not stop the edge starting.
-const ENV_SECTIONS: [&str; 8] = [
+const ENV_SECTIONS: [&str; 11] = [
     "listeners",
     "upstream",
     "limits",
@@ -694,6 +769,9 @@ const ENV_SECTIONS: [&str; 8] = [
     "rewrite",
     "tagging",
     "worker_threads",
+    "admin",
+    "drain",
+    "pid_file",
 ];
 
 fn is_config_env_key(key: &str) -> bool {

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use nats_edge_filters::filter::{client_op_kind, server_op_kind};
@@ -65,6 +66,9 @@ pub struct Forwarder {
     pub msgs: u64,
     /// Bytes read.
     pub bytes: u64,
+    /// SUB and UNSUB frames read (client direction), for the subscription count in `/connz`.
+    subs: u64,
+    unsubs: u64,
 }
 
 impl Forwarder {
@@ -83,7 +87,14 @@ impl Forwarder {
             deferred: None,
             msgs: 0,
             bytes: 0,
+            subs: 0,
+            unsubs: 0,
         }
+    }
+
+    /// SUBs minus UNSUBs the client sent (an UNSUB with a max count counts as removed).
+    pub fn subscriptions(&self) -> u64 {
+        self.subs.saturating_sub(self.unsubs)
     }
 
     /// Stop reading; what is queued is still written.
@@ -298,6 +309,9 @@ impl Forwarder {
                 }
             };
             self.msgs += u64::from(frame.is_message());
+            // Two compares on a verb already decoded: no cost a message would notice.
+            self.subs += u64::from(frame.verb == Verb::Sub);
+            self.unsubs += u64::from(frame.verb == Verb::Unsub);
             let wanted = frame.verb == Verb::Connect
                 || shared
                     .chain
@@ -339,7 +353,11 @@ impl Forwarder {
             shared.generation += 1;
         }
         let verdict = if shared.chain.interest().contains(client_op_kind(&op)) {
-            shared.chain.on_client_op(&mut op, &mut shared.ctx)
+            // Timed only here, where a filter looks at the op: the fast path pays nothing.
+            let started = Instant::now();
+            let verdict = shared.chain.on_client_op(&mut op, &mut shared.ctx);
+            shared.filter_time.observe(started.elapsed());
+            verdict
         } else {
             Verdict::Forward
         };
@@ -487,7 +505,10 @@ impl Forwarder {
             }
         };
         debug_assert!(shared.chain.interest().contains(server_op_kind(&op)));
-        match shared.chain.on_server_op(&mut op, &shared.ctx) {
+        let started = Instant::now();
+        let verdict = shared.chain.on_server_op(&mut op, &shared.ctx);
+        shared.filter_time.observe(started.elapsed());
+        match verdict {
             Verdict::Forward => self.push(data),
             Verdict::Changed => self.push_encoded(|buf| encode_server_op(&op, buf)),
             Verdict::Drop => {}
@@ -518,4 +539,5 @@ pub fn rewrite_info(info: &mut nats_edge_filters::Info, shared: &mut Shared) {
     }
     shared.info_rewrite.apply(info, shared.ctx.conn.client_addr);
     shared.chain.on_info(info, &shared.ctx);
+    shared.last_info = Some(Box::new(info.clone()));
 }

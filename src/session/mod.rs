@@ -9,21 +9,25 @@ mod state;
 
 use std::future::{poll_fn, Future};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use nats_edge_filters::acl::AclFactory;
 use nats_edge_filters::limits::{Limits, LimitsConfig};
-use nats_edge_filters::{errors, Chain, CloseReason, Filter, FilterFactory, ServerOp, SessionCtx};
+use nats_edge_filters::{
+    errors, Chain, CloseReason, Filter, FilterFactory, Info, ServerOp, SessionCtx,
+};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::config::ListenerKind;
-use crate::metrics::{self, HandshakeFailure, Metrics};
+use crate::health::Health;
+use crate::metrics::{HandshakeFailure, ListenerMetrics, Metrics, SessionTotals};
 use crate::proto::{encode_server_op, Direction};
+use crate::registry::{ClientInfo, ConnEntry, LiveCounts, Registry};
 use crate::transport::{self, proxy_protocol::ProxyAddrs, Accepted};
 use crate::upstream::{self, Upstream};
 use forward::{Forwarder, IoFailure};
@@ -59,12 +63,23 @@ pub struct SessionEnv {
     /// Extra filters, after the built-in ones, in pipeline order.
     pub filters: Vec<Arc<dyn FilterFactory>>,
     pub metrics: Arc<Metrics>,
+    /// The listener's own counters.
+    pub listener_metrics: ListenerMetrics,
+    /// Where the session lists itself for `/connz`.
+    pub registry: Arc<Registry>,
+    /// Told whether each upstream dial succeeded, for `/readyz`.
+    pub health: Arc<Health>,
+    /// The listener's latest client-facing INFO, for the INFO that precedes a refusal.
+    pub last_info: Arc<Mutex<Option<Info>>>,
     /// Turns true when the edge shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// Turns true when the edge drains: the client gets a lame-duck INFO.
+    pub lame_duck: watch::Receiver<bool>,
 }
 
-/// Runs one client connection, its transport handshake done, to its end.
-pub async fn run(client: Accepted, env: Arc<SessionEnv>) {
+/// Runs one client connection, its transport handshake done, to its end. `accepted_at` is
+/// when its socket was accepted, for the handshake duration.
+pub async fn run(client: Accepted, env: Arc<SessionEnv>, accepted_at: Instant) {
     let conn = &client.conn;
     let span = tracing::info_span!(
         "conn",
@@ -82,22 +97,21 @@ pub async fn run(client: Accepted, env: Arc<SessionEnv>) {
     if let Some(tls) = &conn.tls_peer {
         span.record("tls_subject", tracing::field::display(&tls.subject));
     }
-    env.metrics
-        .connections_total
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    env.metrics
-        .connections_open
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let registered = env.registry.register(Arc::new(ConnEntry::new(
+        conn.conn_id,
+        &conn.listener,
+        conn.transport,
+        conn.client_addr,
+    )));
+    env.listener_metrics.total.inc();
+    env.listener_metrics.open.inc();
     let started = Instant::now();
-    let summary = serve(client, &env).instrument(span.clone()).await;
-    env.metrics
-        .connections_open
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    env.metrics.closed(summary.reason);
-    metrics::add(&env.metrics.client_msgs, summary.client_msgs);
-    metrics::add(&env.metrics.client_bytes, summary.client_bytes);
-    metrics::add(&env.metrics.upstream_msgs, summary.upstream_msgs);
-    metrics::add(&env.metrics.upstream_bytes, summary.upstream_bytes);
+    let summary = serve(client, &env, &registered.entry, accepted_at)
+        .instrument(span.clone())
+        .await;
+    drop(registered);
+    env.listener_metrics.open.dec();
+    env.metrics.session_ended(&summary);
     span.in_scope(|| {
         tracing::info!(
             reason = %summary.reason,
@@ -112,27 +126,14 @@ pub async fn run(client: Accepted, env: Arc<SessionEnv>) {
 }
 
 /// How a session ended.
-struct Summary {
-    reason: CloseReason,
-    client_msgs: u64,
-    client_bytes: u64,
-    upstream_msgs: u64,
-    upstream_bytes: u64,
-}
+type Summary = SessionTotals;
 
-impl Summary {
-    fn early(reason: CloseReason) -> Self {
-        Summary {
-            reason,
-            client_msgs: 0,
-            client_bytes: 0,
-            upstream_msgs: 0,
-            upstream_bytes: 0,
-        }
-    }
-}
-
-async fn serve(accepted: Accepted, env: &SessionEnv) -> Summary {
+async fn serve(
+    accepted: Accepted,
+    env: &SessionEnv,
+    entry: &ConnEntry,
+    accepted_at: Instant,
+) -> Summary {
     let Accepted {
         stream: mut client,
         conn,
@@ -147,10 +148,18 @@ async fn serve(accepted: Accepted, env: &SessionEnv) -> Summary {
     };
     // The dial (a TLS handshake, perhaps) and the after-INFO TLS upgrade are boxed: awaited
     // in place, their large states would size this future, and so every idle session.
-    let connected = match Box::pin(upstream::dial_any(&env.upstream, origin)).await {
+    let dialled = Box::pin(upstream::dial_any(&env.upstream, origin)).await;
+    let failures = match &dialled {
+        Ok(connected) => &connected.failures,
+        Err(failed) => &failed.0,
+    };
+    for (url, _) in failures {
+        env.metrics.dialed(url, true);
+    }
+    env.health.upstream_dialled(dialled.is_ok());
+    let connected = match dialled {
         Ok(connected) => connected,
         Err(failed) => {
-            metrics::add(&env.metrics.upstream_dial_failures, failed.0.len() as u64);
             tracing::warn!(failures = %failed, "no upstream available");
             let cause = failed
                 .0
@@ -168,10 +177,13 @@ async fn serve(accepted: Accepted, env: &SessionEnv) -> Summary {
                 client.shutdown().await
             })
             .await;
-            return Summary::early(CloseReason::UpstreamUnavailable);
+            return SessionTotals::early(CloseReason::UpstreamUnavailable);
         }
     };
-    tracing::Span::current().record("upstream", tracing::field::display(&connected.url));
+    let upstream_url = connected.url.to_string();
+    env.metrics.dialed(&upstream_url, false);
+    tracing::Span::current().record("upstream", tracing::field::display(&upstream_url));
+    entry.set_upstream(upstream_url);
     tracing::debug!("upstream connected");
 
     // Pipeline order. Transport filters first (WebSocket cookies are the client's
@@ -199,6 +211,14 @@ async fn serve(accepted: Accepted, env: &SessionEnv) -> Summary {
 
     let mut info = connected.info;
     forward::rewrite_info(&mut info, &mut shared);
+    {
+        let mut last = env.last_info.lock().unwrap_or_else(|p| p.into_inner());
+        // Kept from the listener's first session on: the INFO of a refusal needs the
+        // upstream's fields, and storing it once spares every later session a clone.
+        if last.is_none() {
+            *last = Some(info.clone());
+        }
+    }
     let mut first = BytesMut::new();
     encode_server_op(&ServerOp::Info(Box::new(info)), &mut first);
     let mut upstream_stream = connected.stream;
@@ -210,14 +230,14 @@ async fn serve(accepted: Accepted, env: &SessionEnv) -> Summary {
     // Bounded like the CONNECT that must follow: a client that never reads cannot hold the
     // session (and a shutdown waiting for it) here.
     match tokio::time::timeout(env.handshake_timeout, written).await {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => env.listener_metrics.handshake_done(accepted_at.elapsed()),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "client went away before INFO");
-            return Summary::early(CloseReason::ClientIoError);
+            return SessionTotals::early(CloseReason::ClientIoError);
         }
         Err(_) => {
             tracing::info!("client did not take the INFO within the handshake timeout");
-            return Summary::early(CloseReason::HandshakeTimeout);
+            return SessionTotals::early(CloseReason::HandshakeTimeout);
         }
     }
     if let Some(acceptor) = tls_after_info {
@@ -249,7 +269,7 @@ async fn serve(accepted: Accepted, env: &SessionEnv) -> Summary {
                 // The upstream goes first, then the client sees its close.
                 drop(upstream_stream);
                 drop(guard);
-                return Summary::early(CloseReason::ClientIoError);
+                return SessionTotals::early(CloseReason::ClientIoError);
             }
         }
     }
@@ -263,6 +283,7 @@ async fn serve(accepted: Accepted, env: &SessionEnv) -> Summary {
         &mut c2u,
         &mut u2c,
         env,
+        entry,
     )
     .await;
     let _ = tokio::time::timeout(CLOSE_GRACE, client.shutdown()).await;
@@ -272,6 +293,7 @@ async fn serve(accepted: Accepted, env: &SessionEnv) -> Summary {
         client_bytes: c2u.bytes,
         upstream_msgs: u2c.msgs,
         upstream_bytes: u2c.bytes,
+        filter_time: std::mem::take(&mut shared.filter_time),
     }
 }
 
@@ -283,6 +305,7 @@ async fn duplex<C, U>(
     c2u: &mut Forwarder,
     u2c: &mut Forwarder,
     env: &SessionEnv,
+    entry: &ConnEntry,
 ) -> CloseReason
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -299,6 +322,11 @@ where
     // None: the first poll lets the filters check they hold the latest rules, in case a
     // reload happened while this session was being set up.
     let mut rules_epoch = None;
+    let mut lame_duck = env.lame_duck.clone();
+    let lame_duck_signal = async move { crate::edge::until_stopped(&mut lame_duck).await };
+    tokio::pin!(lame_duck_signal);
+    let mut lame_duck_sent = false;
+    let mut client_info_published = false;
 
     poll_fn(|cx| loop {
         let generation = shared.generation;
@@ -318,6 +346,10 @@ where
             if shutdown_signal.as_mut().poll(cx).is_ready() {
                 shared.close(CloseReason::Shutdown);
                 c2u.stop();
+            }
+            if !lame_duck_sent && lame_duck_signal.as_mut().poll(cx).is_ready() {
+                lame_duck_sent = true;
+                send_lame_duck(shared);
             }
         }
 
@@ -387,8 +419,50 @@ where
         }
 
         if shared.generation == generation {
+            // Once per wake-up, not per message: see `crate::registry`.
+            if !client_info_published {
+                if let Some(connect) = &shared.ctx.connect {
+                    entry.set_client_info(ClientInfo {
+                        name: connect.name.clone(),
+                        lang: connect.lang.clone(),
+                        version: connect.version.clone(),
+                    });
+                    client_info_published = true;
+                }
+            }
+            entry.publish(LiveCounts {
+                in_msgs: c2u.msgs,
+                out_msgs: u2c.msgs,
+                in_bytes: c2u.bytes,
+                out_bytes: u2c.bytes,
+                subscriptions: c2u.subscriptions(),
+            });
             return Poll::Pending;
         }
     })
     .await
+}
+
+/// What nats-server sends its clients when it enters lame-duck mode: the INFO it sent last,
+/// with `ldm: true`, only to clients whose CONNECT declared a protocol that takes async INFOs
+/// (`protocol` 1 or more), as its `sendAsyncInfoToClients` does. The nonce belongs to the
+/// first INFO only and is left out, as in nats-server's async INFOs.
+fn send_lame_duck(shared: &mut Shared) {
+    let takes_async_info = shared
+        .ctx
+        .connect
+        .as_ref()
+        .is_some_and(|c| c.protocol.unwrap_or(0) >= 1);
+    if !takes_async_info {
+        return;
+    }
+    let Some(mut info) = shared.last_info.clone() else {
+        return;
+    };
+    info.ldm = Some(true);
+    info.nonce = None;
+    // Marks the INFO that answers a CONNECT (nats-server 2.12+), which this one is not.
+    info.extra.remove("connect_info");
+    tracing::debug!("lame-duck INFO sent");
+    shared.send_now(&ServerOp::Info(info));
 }

@@ -8,6 +8,7 @@ use nats_edge_filters::limits::LimitsConfig;
 use nats_edge_filters::{Chain, CloseReason, ServerOp, SessionCtx};
 
 use super::info::InfoRewrite;
+use crate::metrics::LocalFilterTime;
 use crate::proto::{encode_server_op, ScanLimits};
 
 /// The largest message accepted from the upstream: nats-server's own ceiling on max_payload.
@@ -56,6 +57,10 @@ pub struct Shared {
     pub closing: Option<CloseReason>,
     /// Bumped whenever one direction changes what the other may do, so the session re-polls.
     pub generation: u64,
+    /// Time spent in the filter chain, added to the shared histogram when the session ends.
+    pub filter_time: LocalFilterTime,
+    /// The INFO the client was sent last, for the lame-duck INFO of a drain.
+    pub last_info: Option<Box<nats_edge_filters::Info>>,
 }
 
 impl Shared {
@@ -87,6 +92,8 @@ impl Shared {
             resume_deferred: false,
             closing: None,
             generation: 0,
+            filter_time: LocalFilterTime::default(),
+            last_info: None,
         };
         shared.set_upstream_max_payload(upstream_max_payload);
         shared

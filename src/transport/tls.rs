@@ -1,11 +1,11 @@
 //! TLS with rustls (ring provider): the listeners' server configs, the upstream client
 //! config, loading PEM files, and reloading both on SIGHUP.
 //!
-//! Each TLS listener keeps its `ServerConfig` behind a lock that is read once per accepted
-//! connection; a reload builds a new config from the files and swaps it in, so connections
-//! already established keep the config they were accepted with and new ones get the new one.
-//! A reload that fails (a missing file, a key that does not match its certificate) keeps the
-//! old config.
+//! A configuration reload (SIGHUP, `src/reload.rs`) loads every file again into new
+//! `ServerTls` and `ClientTls` values and swaps them in with the rest of the listener's
+//! settings, so connections already established keep the config they were accepted with and
+//! new ones get the new one. A reload that fails (a missing file, a key that does not match its
+//! certificate) keeps the old config.
 
 use std::fmt;
 use std::io;
@@ -108,16 +108,6 @@ impl ServerTls {
         TlsAcceptor::from(config)
     }
 
-    /// Reads the files again and swaps the new config in; on error the old one stays.
-    pub fn reload(&self) -> Result<(), TlsError> {
-        let config = Arc::new(build_server(&self.settings)?);
-        *self
-            .current
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
-        Ok(())
-    }
-
     /// TLS before INFO (clients use `tls_first`).
     pub fn handshake_first(&self) -> bool {
         self.settings.handshake_first
@@ -213,15 +203,6 @@ impl ClientTls {
         TlsConnector::from(config)
     }
 
-    pub fn reload(&self) -> Result<(), TlsError> {
-        let config = Arc::new(build_client(&self.settings)?);
-        *self
-            .current
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
-        Ok(())
-    }
-
     /// The name to verify the upstream's certificate against: the configured override, or
     /// the host of the URL dialled.
     pub fn server_name(&self, host: &str) -> Result<ServerName<'static>, io::Error> {
@@ -263,46 +244,5 @@ fn build_client(settings: &UpstreamTls) -> Result<ClientConfig, TlsError> {
             .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
             .map_err(|e| file_error(key, format!("cannot be used with {}: {e}", cert.display()))),
         _ => Ok(builder.with_no_client_auth()),
-    }
-}
-
-/// Everything that reloads on SIGHUP: the TLS listeners and the upstream TLS config.
-#[derive(Clone, Default)]
-pub struct TlsReloader {
-    pub(crate) listeners: Vec<(String, Arc<ServerTls>)>,
-    pub(crate) upstream: Option<Arc<ClientTls>>,
-}
-
-/// What one reload did, for the log.
-#[derive(Debug)]
-pub struct Reloaded {
-    /// `listener NAME` or `upstream`.
-    pub what: String,
-    pub result: Result<(), TlsError>,
-}
-
-impl TlsReloader {
-    /// Whether there is any TLS material to reload.
-    pub fn is_empty(&self) -> bool {
-        self.listeners.is_empty() && self.upstream.is_none()
-    }
-
-    /// Reloads every TLS config from its files. Each one that fails keeps its old config.
-    pub fn reload(&self) -> Vec<Reloaded> {
-        let mut out: Vec<Reloaded> = self
-            .listeners
-            .iter()
-            .map(|(name, tls)| Reloaded {
-                what: format!("listener {name}"),
-                result: tls.reload(),
-            })
-            .collect();
-        if let Some(upstream) = &self.upstream {
-            out.push(Reloaded {
-                what: "upstream".into(),
-                result: upstream.reload(),
-            });
-        }
-        out
     }
 }

@@ -308,6 +308,11 @@ impl NatsServer {
         self.child.as_ref().expect("server is running").id()
     }
 
+    /// Like [`metric`], failing the test (with the whole exposition) when the sample is absent.
+    pub fn sample(exposition: &str, name: &str) -> f64 {
+        metric(exposition, name).unwrap_or_else(|| panic!("no sample {name}:\n{exposition}"))
+    }
+
     /// Sends a signal by name (`USR2`, `HUP`, ...) to the running server.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
@@ -862,4 +867,112 @@ impl RawConn {
     pub async fn is_open(&mut self) -> bool {
         !self.roundtrip(b"").await.closed
     }
+}
+
+/// One HTTP/1.1 GET (with `Connection: close`): the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    within(&format!("GET {path}"), async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect to admin");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let text = String::from_utf8_lossy(&response).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("a status code");
+        (status, body.to_string())
+    })
+    .await
+}
+
+/// Polls `GET path` until `pick` accepts the response, for at most [`WAIT`].
+pub async fn poll_http<T>(
+    addr: SocketAddr,
+    path: &str,
+    mut pick: impl FnMut(u16, &str) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = http_get(addr, path).await;
+        if let Some(found) = pick(status, &body) {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET {path}: still {status} after {WAIT:?}:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of one sample in a Prometheus exposition, e.g.
+/// `metric(&text, "nats_edge_messages_total{direction=\"client_to_upstream\"}")`.
+pub fn metric(exposition: &str, sample: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let rest = line.strip_prefix(sample)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
+
+/// Like [`metric`], failing the test (with the whole exposition) when the sample is absent.
+pub fn sample(exposition: &str, name: &str) -> f64 {
+    metric(exposition, name).unwrap_or_else(|| panic!("no sample {name}:\n{exposition}"))
+}
+
+/// Sends a signal by name (`TERM`, `HUP`, ...) to a process.
+pub fn send_signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+impl EdgeProcess {
+    /// The admin server's address, from its `admin listening` log line.
+    pub fn admin_addr(&self) -> SocketAddr {
+        blocking(|| {
+            self.log.wait_for(0, WAIT, |line| {
+                let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                if v["message"] != "admin listening" {
+                    return None;
+                }
+                v["addr"].as_str()?.parse::<SocketAddr>().ok()
+            })
+        })
+        .map(|(_, addr)| addr)
+        .unwrap_or_else(|| panic!("no admin listening line:\n{}", self.log.dump()))
+    }
+
+    /// Waits (bounded) for a JSON log line whose `message` is `message`, from line `from` on.
+    pub fn wait_log(&self, from: usize, message: &str) -> (usize, serde_json::Value) {
+        blocking(|| {
+            self.log.wait_for(from, WAIT, |line| {
+                let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                (v["message"] == message).then_some(v)
+            })
+        })
+        .unwrap_or_else(|| panic!("no {message:?} log line:\n{}", self.log.dump()))
+    }
+}
+
+/// The value of one sample (`name` or `name{labels}`) in the edge's Prometheus exposition;
+/// 0 when absent.
+#[allow(dead_code)]
+pub fn metric_value(edge: &Edge, sample: &str) -> f64 {
+    let text = edge.metrics().encode().expect("metrics encode");
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }

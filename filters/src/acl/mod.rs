@@ -65,6 +65,14 @@ impl RuleSource {
         })
     }
 
+    /// Rules already loaded from `files`.
+    pub fn new(files: Vec<PathBuf>, rules: AclRules) -> Self {
+        RuleSource {
+            files,
+            current: ArcSwap::from_pointee(rules),
+        }
+    }
+
     /// No rule files: nobody is restricted.
     pub fn empty() -> Self {
         RuleSource {
@@ -78,6 +86,11 @@ impl RuleSource {
         let rules = AclRules::load(&self.files)?;
         self.current.store(Arc::new(rules));
         Ok(())
+    }
+
+    /// Swaps in rules loaded elsewhere (a reload that checked every part first).
+    pub fn store(&self, rules: AclRules) {
+        self.current.store(Arc::new(rules));
     }
 
     pub fn current(&self) -> Arc<AclRules> {
@@ -201,8 +214,11 @@ impl AclFilter {
             if p.restricts_subscribe() {
                 kinds.push(OpKind::Sub);
             }
-            if p.watches_deliveries() {
-                kinds.extend([OpKind::Sub, OpKind::Unsub, OpKind::Msg]);
+            // Subscriptions are tracked whenever rules apply, so a reload that refuses one
+            // can stop its deliveries.
+            kinds.extend([OpKind::Sub, OpKind::Unsub]);
+            if p.watches_deliveries() || self.subs.values().any(|s| s.revoked) {
+                kinds.push(OpKind::Msg);
             }
         }
         if self.revoked || (self.settings.mode == AuthMode::Edge && !self.connected) {
@@ -346,19 +362,17 @@ impl AclFilter {
             };
             return Verdict::error(text);
         }
-        if !perms.subscribe.deny.is_empty() {
-            if perms.needs_delivery_filter(&sub.subject, queue) {
-                self.filter_deliveries = true;
-            }
-            self.subs.insert(
-                Bytes::copy_from_slice(&sub.sid),
-                LiveSub {
-                    subject: Bytes::copy_from_slice(&sub.subject),
-                    queue: sub.queue.as_deref().map(Bytes::copy_from_slice),
-                    revoked: false,
-                },
-            );
+        if perms.needs_delivery_filter(&sub.subject, queue) {
+            self.filter_deliveries = true;
         }
+        self.subs.insert(
+            Bytes::copy_from_slice(&sub.sid),
+            LiveSub {
+                subject: Bytes::copy_from_slice(&sub.subject),
+                queue: sub.queue.as_deref().map(Bytes::copy_from_slice),
+                revoked: false,
+            },
+        );
         Verdict::Forward
     }
 
@@ -431,6 +445,8 @@ impl Filter for AclFilter {
                     self.filter_deliveries = true;
                 }
             }
+            // Deliveries of revoked subscriptions must be seen to be dropped.
+            self.resolve();
         } else {
             self.subs.clear();
         }

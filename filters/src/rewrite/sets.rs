@@ -122,6 +122,18 @@ pub struct RewriteRules {
 }
 
 impl RewriteRules {
+    /// A holder for sets already loaded.
+    pub fn new(sets: LoadedSets) -> RewriteRules {
+        RewriteRules {
+            current: ArcSwap::from_pointee(sets),
+        }
+    }
+
+    /// Swaps in sets loaded elsewhere (a reload that checked every part first).
+    pub fn store(&self, sets: LoadedSets) {
+        self.current.store(Arc::new(sets));
+    }
+
     pub fn load(config: &RewriteConfig) -> Result<RewriteRules, RuleError> {
         Ok(RewriteRules {
             current: ArcSwap::from_pointee(LoadedSets::load(config)?),

@@ -1,0 +1,344 @@
+//! One listener: its accept loop, its connection limits, and the task per client connection
+//! that runs the transport handshake and then the session.
+//!
+//! What a listener serves new connections with (its transport settings and certificates, the
+//! session environment with limits and upstreams, its connection limits) sits behind a lock in
+//! [`ListenerCell`], read once per accepted connection, so a configuration reload swaps it for
+//! new connections while live ones keep what they started with.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use nats_edge_filters::{errors, Info, ServerOp};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::config::ListenerKind;
+use crate::metrics::{ListenerMetrics, Refusal};
+use crate::proto::encode_server_op;
+use crate::session::{self, SessionEnv};
+use crate::transport::{self, HandshakeError, ListenerTransport, StageCell};
+
+/// What a listener serves new connections with; swapped whole by a reload.
+pub struct ListenerRuntime {
+    pub transport: Arc<ListenerTransport>,
+    pub env: Arc<SessionEnv>,
+    /// 0: unlimited.
+    pub max_connections: usize,
+    /// New connections per second; 0: unlimited.
+    pub max_connection_rate: u32,
+}
+
+/// A bound listener.
+pub struct ListenerCell {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub kind: ListenerKind,
+    current: RwLock<Arc<ListenerRuntime>>,
+    /// Connections holding a slot: from accept (before the transport handshake, as
+    /// nats-server counts from its INFO) to the end of the session. A counter checked
+    /// against the current limit rather than a Semaphore's permits, so a reload can lower or
+    /// raise `max_connections` without reclaiming permits held by live connections; only this
+    /// listener's accept loop adds to it, so check-then-add does not race.
+    open: Arc<AtomicUsize>,
+    pub metrics: ListenerMetrics,
+    /// The latest INFO an upstream sent (rewritten for this listener), used for the INFO
+    /// that precedes a refusal, as nats-server sends its INFO before the error.
+    pub last_info: Arc<Mutex<Option<Info>>>,
+}
+
+impl ListenerCell {
+    pub fn new(
+        name: &str,
+        addr: SocketAddr,
+        kind: ListenerKind,
+        runtime: ListenerRuntime,
+        metrics: ListenerMetrics,
+        last_info: Arc<Mutex<Option<Info>>>,
+    ) -> ListenerCell {
+        ListenerCell {
+            name: name.to_string(),
+            addr,
+            kind,
+            current: RwLock::new(Arc::new(runtime)),
+            open: Arc::new(AtomicUsize::new(0)),
+            metrics,
+            last_info,
+        }
+    }
+
+    pub fn current(&self) -> Arc<ListenerRuntime> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// New connections get `runtime` from now on.
+    pub fn swap(&self, runtime: ListenerRuntime) {
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(runtime);
+    }
+}
+
+/// A connection's place under `max_connections`, given back on drop.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts new connections in one-second windows for `max_connection_rate`. A fixed window
+/// needs no clock read per connection beyond the one `Instant::now()`, and a burst of at most
+/// twice the rate across a window edge is acceptable for shedding a reconnect storm.
+struct RateWindow {
+    start: Instant,
+    count: u32,
+}
+
+impl RateWindow {
+    fn admit(&mut self, rate: u32, now: Instant) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        if now.duration_since(self.start) >= Duration::from_secs(1) {
+            self.start = now;
+            self.count = 0;
+        }
+        self.count = self.count.saturating_add(1);
+        self.count <= rate
+    }
+}
+
+pub async fn accept_loop(
+    listener: TcpListener,
+    cell: Arc<ListenerCell>,
+    conn_ids: Arc<AtomicU64>,
+    workers: Arc<[tokio::runtime::Handle]>,
+    mut stop_accepting: watch::Receiver<bool>,
+) {
+    let mut sessions = JoinSet::new();
+    let mut next_worker = 0usize;
+    let mut window = RateWindow {
+        start: Instant::now(),
+        count: 0,
+    };
+    loop {
+        tokio::select! {
+            _ = crate::edge::until_stopped(&mut stop_accepting) => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let accepted_at = Instant::now();
+                    let runtime = cell.current();
+                    if !window.admit(runtime.max_connection_rate, accepted_at) {
+                        // Shedding load: no handshake, no INFO, no task; the client's own
+                        // reconnect back-off spreads the retries.
+                        cell.metrics.refused(Refusal::RateLimited);
+                        tracing::debug!(listener = %cell.name, %peer, "connection rate exceeded: closed");
+                        drop(stream);
+                        continue;
+                    }
+                    let slot = if runtime.max_connections > 0
+                        && cell.open.load(Ordering::Relaxed) >= runtime.max_connections
+                    {
+                        None
+                    } else {
+                        cell.open.fetch_add(1, Ordering::Relaxed);
+                        Some(Slot(cell.open.clone()))
+                    };
+                    // Nothing here waits on the client: its handshake runs in its own task.
+                    let conn_id = conn_ids.fetch_add(1, Ordering::Relaxed) + 1;
+                    let conn = Conn { peer, conn_id, accepted_at, slot, cell: cell.clone(), runtime };
+                    if workers.is_empty() {
+                        sessions.spawn(serve_conn(stream, conn));
+                    } else {
+                        let worker = &workers[next_worker % workers.len()];
+                        next_worker = next_worker.wrapping_add(1);
+                        // The socket moves to the worker's reactor.
+                        match stream.into_std() {
+                            Ok(stream) => {
+                                sessions.spawn_on(serve_std_conn(stream, conn), worker);
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot hand the connection to a worker"),
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: the listener stays, the client
+                    // is lost. Back off a little so the loop does not spin.
+                    tracing::warn!(listener = %cell.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    // Closing the socket makes new clients' connects fail at once (a drain relies on it).
+    drop(listener);
+    tracing::info!(listener = %cell.name, "stopped accepting");
+    while sessions.join_next().await.is_some() {}
+}
+
+/// An accepted connection on its way to its task.
+struct Conn {
+    peer: SocketAddr,
+    conn_id: u64,
+    accepted_at: Instant,
+    /// `None`: over `max_connections`, to be refused.
+    slot: Option<Slot>,
+    cell: Arc<ListenerCell>,
+    runtime: Arc<ListenerRuntime>,
+}
+
+async fn serve_std_conn(stream: std::net::TcpStream, conn: Conn) {
+    match TcpStream::from_std(stream) {
+        Ok(stream) => serve_conn(stream, conn).await,
+        Err(e) => tracing::warn!(error = %e, "cannot register the connection with its worker"),
+    }
+}
+
+/// One client connection: its transport handshake (bounded by the listener's
+/// `handshake_timeout`, and cut short by a shutdown), then its session or its refusal.
+async fn serve_conn(stream: TcpStream, conn: Conn) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "set_nodelay failed");
+    }
+    let Conn {
+        peer,
+        conn_id,
+        accepted_at,
+        slot,
+        cell,
+        runtime,
+    } = conn;
+    let lt = &runtime.transport;
+    let env = runtime.env.clone();
+    let stage = StageCell::default();
+    if !lt.has_handshake() {
+        // A plain listener's handshake has nothing to wait for.
+        // Boxed, here and below: the handshake's state (a TLS or WebSocket accept) is large,
+        // and awaited in place it would size this task, and so every idle connection, for
+        // its whole life.
+        let handshake = Box::pin(transport::handshake(stream, peer, conn_id, lt, &stage));
+        if let Ok(Some(accepted)) = handshake.await {
+            match slot {
+                Some(_slot) => session::run(accepted, env, accepted_at).await,
+                None => refuse(accepted.stream, &cell, accepted.conn.client_addr).await,
+            }
+        }
+        return;
+    }
+    let span = tracing::info_span!(
+        "conn",
+        id = conn_id,
+        peer = %peer,
+        listener = %lt.name,
+        transport = lt.kind.as_str()
+    );
+    let mut shutdown = env.shutdown.clone();
+    let guard = transport::CloseGuard::new(&stream);
+    let handshake = tokio::time::timeout(
+        lt.handshake_timeout,
+        Box::pin(transport::handshake(stream, peer, conn_id, lt, &stage)),
+    )
+    .instrument(span.clone());
+    let result = tokio::select! {
+        result = handshake => result.unwrap_or_else(|_| Err(HandshakeError::Timeout(stage.get()))),
+        _ = crate::edge::until_stopped(&mut shutdown) => return,
+    };
+    match result {
+        Ok(Some(accepted)) => {
+            drop(guard);
+            match slot {
+                Some(_slot) => session::run(accepted, env, accepted_at).await,
+                None => refuse(accepted.stream, &cell, accepted.conn.client_addr).await,
+            }
+        }
+        Ok(None) => span.in_scope(|| tracing::debug!("HTTP request answered")),
+        Err(e) if e.is_silent() => {
+            span.in_scope(|| tracing::debug!(error = %e, "closed before the handshake"))
+        }
+        Err(e) => {
+            env.metrics.handshake_failed(lt.kind, e.failure());
+            span.in_scope(
+                || tracing::warn!(error = %e, reason = e.failure().as_str(), "handshake failed"),
+            );
+        }
+    }
+}
+
+/// How long a refused client may take to read its INFO and error.
+const REFUSAL_WRITE: Duration = Duration::from_secs(2);
+
+/// What nats-server does past `max_connections`: its INFO, then
+/// `-ERR 'maximum connections exceeded'`, then the close. The INFO is the latest one an
+/// upstream sent this listener's clients (without the per-connection nonce), or a minimal one
+/// before any client has connected.
+async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, cell: &ListenerCell, client: SocketAddr) {
+    cell.metrics.refused(Refusal::MaxConnections);
+    tracing::info!(listener = %cell.name, %client, "maximum connections exceeded: refused");
+    let info = cell
+        .last_info
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    let mut info = info.unwrap_or_else(|| minimal_info(cell));
+    info.nonce = None;
+    info.extra.remove("client_id");
+    info.client_ip = Some(client.ip().to_string());
+    let mut buf = BytesMut::new();
+    encode_server_op(&ServerOp::Info(Box::new(info)), &mut buf);
+    encode_server_op(
+        &ServerOp::Err(errors::MAX_CONNECTIONS_EXCEEDED.to_string()),
+        &mut buf,
+    );
+    let _ = tokio::time::timeout(REFUSAL_WRITE, async {
+        stream.write_all(&buf).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+fn minimal_info(cell: &ListenerCell) -> Info {
+    let mut info = Info {
+        host: Some(cell.addr.ip().to_string()),
+        port: Some(cell.addr.port()),
+        headers: Some(true),
+        ..Info::default()
+    };
+    info.extra.insert("proto".into(), 1.into());
+    info.extra.insert(
+        "version".into(),
+        serde_json::Value::String(env!("CARGO_PKG_VERSION").into()),
+    );
+    info
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_window_admits_the_rate_per_second() {
+        let start = Instant::now();
+        let mut w = RateWindow { start, count: 0 };
+        assert!(w.admit(2, start));
+        assert!(w.admit(2, start + Duration::from_millis(10)));
+        assert!(!w.admit(2, start + Duration::from_millis(20)));
+        // A new window.
+        assert!(w.admit(2, start + Duration::from_millis(1000)));
+        // 0: unlimited.
+        assert!((0..100).all(|_| w.admit(0, start)));
+    }
+}

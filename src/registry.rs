@@ -1,0 +1,214 @@
+//! The live connections, for the admin server's `/connz`, `/varz` and the drain.
+//!
+//! Each session owns an `Arc<ConnEntry>` that it registers when its transport handshake is
+//! done and removes when it ends. Its live counters cost the op path nothing: the forwarders
+//! count in plain fields, and the session stores those fields into the entry (Relaxed atomics,
+//! a cache line only this session writes) once per wake-up of its task, that is once per
+//! read batch, not per message. A reader sees counts at most one batch old.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
+
+/// One live connection.
+#[derive(Debug)]
+pub struct ConnEntry {
+    pub cid: u64,
+    pub listener: String,
+    pub transport: &'static str,
+    pub client: SocketAddr,
+    pub start: SystemTime,
+    /// The authenticated user, set by whatever authenticates the connection (an auth
+    /// filter); `None` until known.
+    user: Mutex<Option<String>>,
+    /// The upstream this connection was dialled to, without credentials.
+    upstream: OnceLock<String>,
+    /// What the client said about itself in its CONNECT.
+    client_info: OnceLock<ClientInfo>,
+    in_msgs: AtomicU64,
+    out_msgs: AtomicU64,
+    in_bytes: AtomicU64,
+    out_bytes: AtomicU64,
+    subscriptions: AtomicU64,
+}
+
+/// The client's own description, from its CONNECT (nats-server's connz `name`, `lang`,
+/// `version`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub name: Option<String>,
+    pub lang: Option<String>,
+    pub version: Option<String>,
+}
+
+/// The counters a session publishes into its entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveCounts {
+    /// Message frames from the client (nats-server's `in_msgs`).
+    pub in_msgs: u64,
+    /// Message frames delivered to the client (`out_msgs`).
+    pub out_msgs: u64,
+    pub in_bytes: u64,
+    pub out_bytes: u64,
+    /// SUBs minus UNSUBs the client sent.
+    pub subscriptions: u64,
+}
+
+impl ConnEntry {
+    pub fn new(cid: u64, listener: &str, transport: &'static str, client: SocketAddr) -> ConnEntry {
+        ConnEntry {
+            cid,
+            listener: listener.to_string(),
+            transport,
+            client,
+            start: SystemTime::now(),
+            user: Mutex::new(None),
+            upstream: OnceLock::new(),
+            client_info: OnceLock::new(),
+            in_msgs: AtomicU64::new(0),
+            out_msgs: AtomicU64::new(0),
+            in_bytes: AtomicU64::new(0),
+            out_bytes: AtomicU64::new(0),
+            subscriptions: AtomicU64::new(0),
+        }
+    }
+
+    pub fn set_user(&self, user: Option<String>) {
+        *self
+            .user
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = user;
+    }
+
+    pub fn user(&self) -> Option<String> {
+        self.user
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn set_upstream(&self, upstream: String) {
+        let _ = self.upstream.set(upstream);
+    }
+
+    pub fn upstream(&self) -> Option<&str> {
+        self.upstream.get().map(String::as_str)
+    }
+
+    pub fn set_client_info(&self, info: ClientInfo) {
+        let _ = self.client_info.set(info);
+    }
+
+    pub fn client_info(&self) -> Option<&ClientInfo> {
+        self.client_info.get()
+    }
+
+    /// Stores the session's counts; called once per wake-up of the session's task.
+    pub fn publish(&self, counts: LiveCounts) {
+        self.in_msgs.store(counts.in_msgs, Ordering::Relaxed);
+        self.out_msgs.store(counts.out_msgs, Ordering::Relaxed);
+        self.in_bytes.store(counts.in_bytes, Ordering::Relaxed);
+        self.out_bytes.store(counts.out_bytes, Ordering::Relaxed);
+        self.subscriptions
+            .store(counts.subscriptions, Ordering::Relaxed);
+    }
+
+    pub fn counts(&self) -> LiveCounts {
+        LiveCounts {
+            in_msgs: self.in_msgs.load(Ordering::Relaxed),
+            out_msgs: self.out_msgs.load(Ordering::Relaxed),
+            in_bytes: self.in_bytes.load(Ordering::Relaxed),
+            out_bytes: self.out_bytes.load(Ordering::Relaxed),
+            subscriptions: self.subscriptions.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Every live connection, by connection id (so listings come in the order they connected).
+#[derive(Debug, Default)]
+pub struct Registry {
+    conns: Mutex<BTreeMap<u64, Arc<ConnEntry>>>,
+    /// Woken whenever the last connection goes (a drain waits on it).
+    emptied: tokio::sync::Notify,
+}
+
+impl Registry {
+    fn conns(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<ConnEntry>>> {
+        self.conns
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds `entry`; the returned guard removes it when dropped.
+    pub fn register(self: &Arc<Self>, entry: Arc<ConnEntry>) -> Registered {
+        self.conns().insert(entry.cid, entry.clone());
+        Registered {
+            registry: self.clone(),
+            entry,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Resolves once no connection is left.
+    pub async fn until_empty(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            // Registered before the check, so a removal in between still wakes us.
+            emptied.as_mut().enable();
+            if self.is_empty() {
+                return;
+            }
+            emptied.await;
+        }
+    }
+
+    /// `limit` entries from `offset` on, and the total.
+    pub fn page(&self, offset: usize, limit: usize) -> (usize, Vec<Arc<ConnEntry>>) {
+        let conns = self.conns();
+        let page = conns.values().skip(offset).take(limit).cloned().collect();
+        (conns.len(), page)
+    }
+
+    /// Sums over every live connection.
+    pub fn totals(&self) -> LiveCounts {
+        self.conns()
+            .values()
+            .map(|c| c.counts())
+            .fold(LiveCounts::default(), |a, b| LiveCounts {
+                in_msgs: a.in_msgs + b.in_msgs,
+                out_msgs: a.out_msgs + b.out_msgs,
+                in_bytes: a.in_bytes + b.in_bytes,
+                out_bytes: a.out_bytes + b.out_bytes,
+                subscriptions: a.subscriptions + b.subscriptions,
+            })
+    }
+}
+
+/// A registration, undone on drop (however the session ends).
+pub struct Registered {
+    registry: Arc<Registry>,
+    pub entry: Arc<ConnEntry>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let now_empty = {
+            let mut conns = self.registry.conns();
+            conns.remove(&self.entry.cid);
+            conns.is_empty()
+        };
+        if now_empty {
+            self.registry.emptied.notify_waiters();
+        }
+    }
+}

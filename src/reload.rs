@@ -1,0 +1,238 @@
+//! Configuration reload (SIGHUP, `nats-edge reload`).
+//!
+//! Parts of the edge that can take a new configuration while running register a
+//! [`Reloadable`]. A reload asks every one of them to [`Reloadable::prepare`] the new
+//! configuration first (read and check files, build rules) and applies the staged results
+//! only when all of them succeeded, so a bad file leaves everything as it was. Applying
+//! swaps what new connections are served with; parts that hold per-connection state
+//! (rule sets) may also swap what live connections see.
+//!
+//! Keys that cannot change without a restart (a listener's address, worker threads, the
+//! admin address, ...) are reported by name, never silently ignored.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::config::{Config, ListenerConfig};
+use crate::metrics::Metrics;
+
+/// Why a new configuration cannot be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// A value that cannot be used, with its key.
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+    /// The file did not load (syntax, unknown keys, validation); the message names the key.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// What a reloadable part will do once every part has accepted the new configuration.
+pub struct Staged(Box<dyn FnOnce() + Send>);
+
+impl Staged {
+    pub fn new(apply: impl FnOnce() + Send + 'static) -> Staged {
+        Staged(Box::new(apply))
+    }
+
+    /// Nothing to change.
+    pub fn nothing() -> Staged {
+        Staged(Box::new(|| {}))
+    }
+}
+
+/// A part of the edge that can take a new configuration while running.
+pub trait Reloadable: Send + Sync {
+    /// For logs: `listeners`, `acl rules`, ...
+    fn name(&self) -> String;
+    /// Checks `new` and builds everything it needs without changing what runs.
+    fn prepare(&self, new: &Config) -> Result<Staged, ReloadError>;
+}
+
+/// Every registered part, and the configuration running now.
+pub struct Reloader {
+    parts: Mutex<Vec<Arc<dyn Reloadable>>>,
+    current: Mutex<Arc<Config>>,
+    loaded_at: Mutex<SystemTime>,
+    metrics: Arc<Metrics>,
+}
+
+/// A reload that was applied.
+#[derive(Debug)]
+pub struct Reloaded {
+    /// Keys that changed but only take effect after a restart.
+    pub needs_restart: Vec<String>,
+}
+
+impl Reloader {
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Reloader {
+        Reloader {
+            parts: Mutex::new(Vec::new()),
+            current: Mutex::new(Arc::new(config)),
+            loaded_at: Mutex::new(SystemTime::now()),
+            metrics,
+        }
+    }
+
+    pub fn register(&self, part: Arc<dyn Reloadable>) {
+        lock(&self.parts).push(part);
+    }
+
+    /// The configuration running now.
+    pub fn current(&self) -> Arc<Config> {
+        lock(&self.current).clone()
+    }
+
+    /// When the running configuration was loaded.
+    pub fn loaded_at(&self) -> SystemTime {
+        *lock(&self.loaded_at)
+    }
+
+    /// Counts and logs a configuration that did not load; the running one stays.
+    pub fn failed(&self, source: &str, error: &ReloadError) {
+        self.metrics.config_reloaded(false);
+        tracing::error!(file = source, error = %error, "configuration reload failed; keeping the running configuration");
+    }
+
+    /// Applies `new` when every part accepts it; otherwise changes nothing. `source` (the
+    /// file) is for the log.
+    pub fn reload(&self, new: Config, source: &str) -> Result<Reloaded, ReloadError> {
+        let parts = lock(&self.parts).clone();
+        let mut staged = Vec::with_capacity(parts.len());
+        for part in &parts {
+            match part.prepare(&new) {
+                Ok(s) => staged.push((part.name(), s)),
+                Err(e) => {
+                    tracing::error!(part = part.name(), "reload refused");
+                    self.failed(source, &e);
+                    return Err(e);
+                }
+            }
+        }
+        let needs_restart = restart_keys(&self.current(), &new);
+        for (name, s) in staged {
+            (s.0)();
+            tracing::debug!(part = name, "reloaded");
+        }
+        for key in &needs_restart {
+            tracing::warn!(key = %key, "configuration changed but needs a restart to apply");
+        }
+        *lock(&self.current) = Arc::new(running(&self.current(), new));
+        *lock(&self.loaded_at) = SystemTime::now();
+        self.metrics.config_reloaded(true);
+        tracing::info!(
+            file = source,
+            needs_restart = needs_restart.len(),
+            "configuration reloaded"
+        );
+        Ok(Reloaded { needs_restart })
+    }
+}
+
+/// What runs after `new` is applied over `old`: `new`, except the keys that need a restart,
+/// which keep their running values (so `/varz` shows what runs, and the next reload warns
+/// again about a change still waiting for its restart).
+fn running(old: &Config, mut new: Config) -> Config {
+    new.worker_threads = old.worker_threads;
+    new.log = old.log.clone();
+    new.admin = old.admin.clone();
+    new.pid_file = old.pid_file.clone();
+    new.listeners = old
+        .listeners
+        .iter()
+        .map(|o| {
+            match new
+                .listeners
+                .iter()
+                .find(|n| n.name == o.name && n.kind == o.kind)
+            {
+                Some(n) => ListenerConfig {
+                    bind: o.bind,
+                    ..n.clone()
+                },
+                None => o.clone(),
+            }
+        })
+        .collect();
+    new
+}
+
+/// The keys that differ between `old` and `new` but cannot change while running.
+pub fn restart_keys(old: &Config, new: &Config) -> Vec<String> {
+    let mut keys = Vec::new();
+    let names = |c: &Config| {
+        c.listeners
+            .iter()
+            .map(|l| l.name.clone())
+            .collect::<Vec<_>>()
+    };
+    if names(old) != names(new) {
+        keys.push("listeners (added, removed or renamed)".to_string());
+    }
+    for (i, (o, n)) in old.listeners.iter().zip(&new.listeners).enumerate() {
+        if o.bind != n.bind {
+            keys.push(format!("listeners.{i}.bind"));
+        }
+        if o.kind != n.kind {
+            keys.push(format!("listeners.{i}.kind"));
+        }
+    }
+    if old.worker_threads != new.worker_threads {
+        keys.push("worker_threads".into());
+    }
+    if old.log != new.log {
+        keys.push("log".into());
+    }
+    if old.admin != new.admin {
+        keys.push("admin".into());
+    }
+    if old.pid_file != new.pid_file {
+        keys.push("pid_file".into());
+    }
+    keys
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml: &str) -> Config {
+        // Top-level keys in `toml` come first, as TOML requires.
+        Config::from_toml_str(&format!(
+            "{toml}\n[upstream]\nurls = [\"nats://127.0.0.1:4222\"]\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn names_the_keys_that_need_a_restart() {
+        let old = config("[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\n");
+        let live = config(
+            "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\nmax_connections = 5\n\
+             [limits]\nmax_payload = 1024\n",
+        );
+        assert!(restart_keys(&old, &live).is_empty());
+        let moved = config(
+            "worker_threads = 2\n[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4223\"\n\
+             [log]\nlevel = \"debug\"\n",
+        );
+        assert_eq!(
+            restart_keys(&old, &moved),
+            ["listeners.0.bind", "worker_threads", "log"]
+        );
+        // What runs keeps the old values of those keys, so the next reload names them again.
+        let kept = running(&old, moved.clone());
+        assert_eq!(kept.listeners[0].bind, old.listeners[0].bind);
+        assert_eq!(kept.worker_threads, old.worker_threads);
+        assert_eq!(restart_keys(&kept, &moved).len(), 3);
+        let renamed = config("[[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:4222\"\n");
+        assert_eq!(
+            restart_keys(&old, &renamed),
+            ["listeners (added, removed or renamed)"]
+        );
+    }
+}

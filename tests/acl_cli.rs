@@ -1,0 +1,345 @@
+//! The ACL from the command line and the process: the `acl explain` examples of
+//! docs/acl.md run as written, `nats-edge check` on broken rule files, and rule reload on
+//! SIGHUP for live connections.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// nats-server knows the users and their passwords; the edge enforces the permissions.
+const SERVER_USERS_ONLY: &str = r#"
+authorization {
+  users = [
+    { user: orders, password: pw }
+    { user: admin, password: pw }
+  ]
+}
+"#;
+
+/// Splits a console command line into words: whitespace separates, single quotes group.
+fn words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    out.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    assert!(!quoted, "unbalanced quote in {line:?}");
+    if in_word {
+        out.push(word);
+    }
+    out
+}
+
+/// Every ```console block of `markdown` whose first line is an `acl explain` command: the
+/// command line and the lines after it.
+fn explain_examples(markdown: &str) -> Vec<(String, Vec<String>)> {
+    let mut examples = Vec::new();
+    let mut lines = markdown.lines();
+    while let Some(line) = lines.next() {
+        if line.trim_end() != "```console" {
+            continue;
+        }
+        let block: Vec<&str> = lines
+            .by_ref()
+            .take_while(|l| l.trim_end() != "```")
+            .collect();
+        let Some(first) = block.first() else { continue };
+        if first.starts_with("$ nats-edge acl explain") {
+            let output = block[1..].iter().map(|l| l.to_string()).collect();
+            examples.push((first.to_string(), output));
+        }
+    }
+    examples
+}
+
+#[test]
+fn acl_explain_examples_in_the_docs_are_exact() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let doc = std::fs::read_to_string(Path::new(root).join("docs/acl.md")).unwrap();
+    let examples = explain_examples(&doc);
+    assert!(
+        examples.len() >= 8,
+        "docs/acl.md has {} `acl explain` examples; expected at least 8",
+        examples.len()
+    );
+    for (command, expected) in &examples {
+        let args = words(command.trim_start_matches('$'));
+        assert_eq!(args[0], "nats-edge", "{command}");
+        let out = nats_edge_command()
+            .args(&args[1..])
+            .current_dir(root)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{command}: {:?}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: Vec<&str> = stdout.lines().collect();
+        assert_eq!(
+            got, *expected,
+            "the output of `{command}` differs from docs/acl.md"
+        );
+        assert!(stdout.ends_with('\n'), "{command}: {stdout:?}");
+    }
+}
+
+/// Runs `nats-edge check -c` on a config naming `rules.toml` (relative, beside it) with
+/// `rules` as its text; returns the exit code and stderr.
+fn check_rules(rules: &str) -> (Option<i32>, String, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nats-edge.toml");
+    std::fs::write(
+        &config,
+        "[upstream]\nurls = [\"nats://127.0.0.1:4222\"]\n[auth]\nrules = [\"rules.toml\"]\n",
+    )
+    .unwrap();
+    let rule_file = dir.path().join("rules.toml");
+    std::fs::write(&rule_file, rules).unwrap();
+    let out = nats_edge_command()
+        .arg("check")
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The tempdir is gone after this; only the path's text is compared.
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        rule_file,
+    )
+}
+
+#[test]
+fn check_names_the_rule_file_and_line() {
+    let cases = [
+        (
+            "[[users]]\nuser = \"a\"\n\n[[users]]\nuser = \"a\"\n",
+            5,
+            "duplicate user `a`, first defined at",
+        ),
+        (
+            "[[users]]\nuser = \"a\"\n[users.permissions]\npublish = [\"ok.>\", \"bad..subject\"]\n",
+            4,
+            "`publish.allow`: `bad..subject`: invalid subject",
+        ),
+        (
+            "# anonymous clients\n\nno_auth_user = \"ghost\"\n[[users]]\nuser = \"a\"\n",
+            3,
+            "`no_auth_user`: unknown user `ghost`",
+        ),
+    ];
+    for (rules, line, reason) in cases {
+        let (code, stderr, file) = check_rules(rules);
+        assert_eq!(code, Some(1), "{rules}\nstderr: {stderr}");
+        let place = format!("{}:{line}:", file.display());
+        assert!(stderr.contains(&place), "expected {place:?} in {stderr:?}");
+        assert!(stderr.contains(reason), "expected {reason:?} in {stderr:?}");
+        assert!(
+            stderr.starts_with("nats-edge: invalid configuration: auth.rules: "),
+            "{stderr}"
+        );
+    }
+    // The duplicate names both places.
+    let (_, stderr, file) = check_rules("[[users]]\nuser = \"a\"\n\n[[users]]\nuser = \"a\"\n");
+    assert!(
+        stderr.contains(&format!("first defined at {}:2", file.display())),
+        "{stderr}"
+    );
+}
+
+/// The JSON log line whose message is `message`, at or after line `from`.
+fn wait_log(edge: &EdgeProcess, from: usize, message: &str) -> serde_json::Value {
+    edge.log()
+        .wait_for(from, WAIT, |line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            (v["message"] == message).then_some(v)
+        })
+        .unwrap_or_else(|| panic!("no {message:?} log line:\n{}", edge.log().dump()))
+        .1
+}
+
+fn hup(edge: &EdgeProcess) {
+    let status = std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(edge.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn connect_as(edge: &EdgeProcess, user: &str) -> RawConn {
+    let (mut raw, _) = RawConn::connect_info(edge.addr()).await;
+    let reply = raw
+        .roundtrip(
+            format!(
+                "CONNECT {{\"user\":\"{user}\",\"pass\":\"pw\",\"verbose\":false,\"pedantic\":false}}\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(show(&reply.bytes), "", "CONNECT as {user}");
+    assert!(!reply.closed, "CONNECT as {user} closed the connection");
+    raw
+}
+
+const RULES_BEFORE: &str = r#"
+[[users]]
+user = "orders"
+[users.permissions]
+publish = ["orders.>"]
+subscribe = { allow = ["orders.>"], deny = ["orders.secret"] }
+
+[[users]]
+user = "admin"
+[users.permissions]
+publish = ">"
+subscribe = ">"
+"#;
+
+const RULES_AFTER: &str = r#"
+[[users]]
+user = "orders"
+[users.permissions]
+publish = { allow = ["orders.>"], deny = ["orders.new"] }
+subscribe = { allow = ["orders.>"], deny = ["orders.secret", "orders.watch"] }
+
+[[users]]
+user = "admin"
+[users.permissions]
+publish = ">"
+subscribe = ">"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_rules_for_live_connections_and_keeps_them_on_a_bad_file() {
+    let server = NatsServer::start_with_config(SERVER_USERS_ONLY);
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, RULES_BEFORE).unwrap();
+    let config = dir.path().join("nats-edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\n\
+             [upstream]\nurls = [{:?}]\n[log]\nformat = \"json\"\n\
+             [auth]\nrules = [\"rules.toml\"]\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let edge = EdgeProcess::spawn(&["-c", config.to_str().unwrap()], &[]);
+
+    let mut orders = connect_as(&edge, "orders").await;
+    let mut admin = connect_as(&edge, "admin").await;
+    let reply = orders
+        .roundtrip(b"SUB orders.watch 1\r\nPUB orders.new 1\r\na\r\n")
+        .await;
+    assert_eq!(show(&reply.bytes), "", "before the reload");
+    // The subscription receives.
+    assert_eq!(
+        show(&admin.roundtrip(b"PUB orders.watch 2\r\nw1\r\n").await.bytes),
+        ""
+    );
+    assert_eq!(
+        show(&orders.roundtrip(b"").await.bytes),
+        show(b"MSG orders.watch 1 2\r\nw1\r\n")
+    );
+
+    // New rules: orders.new may no longer be published, orders.watch no longer read.
+    std::fs::write(&rules, RULES_AFTER).unwrap();
+    let from = edge.log().len();
+    hup(&edge);
+    wait_log(&edge, from, "ACL and rewrite rules reloaded");
+
+    let reply = orders.roundtrip(b"PUB orders.new 1\r\na\r\n").await;
+    assert_eq!(
+        show(&reply.bytes),
+        show(b"-ERR 'Permissions Violation for Publish to \"orders.new\"'\r\n")
+    );
+    assert!(!reply.closed, "a refused publish closed the connection");
+    assert_eq!(
+        show(&orders.roundtrip(b"PUB orders.other 1\r\na\r\n").await.bytes),
+        "",
+        "a still-allowed publish after the reload"
+    );
+    // The subscription made before the reload stops receiving.
+    assert_eq!(
+        show(&admin.roundtrip(b"PUB orders.watch 2\r\nw2\r\n").await.bytes),
+        ""
+    );
+    let reply = orders.roundtrip(b"").await;
+    assert_eq!(
+        show(&reply.bytes),
+        "",
+        "a subscription the new rules refuse still receives"
+    );
+    assert!(!reply.closed);
+    // A new SUB to it is refused.
+    assert_eq!(
+        show(&orders.roundtrip(b"SUB orders.watch 2\r\n").await.bytes),
+        show(b"-ERR 'Permissions Violation for Subscription to \"orders.watch\"'\r\n")
+    );
+
+    // A broken file: the reload fails, names the file and line, and the rules stay.
+    std::fs::write(
+        &rules,
+        "[[users]]\nuser = \"orders\"\n[users.permissions]\npublish = [\"orders..bad\"]\n",
+    )
+    .unwrap();
+    let from = edge.log().len();
+    hup(&edge);
+    let line = wait_log(
+        &edge,
+        from,
+        "configuration reload failed; keeping the running configuration",
+    );
+    let error = line["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("{}:4:", rules.display())),
+        "the error names rules.toml and its line: {line}"
+    );
+    assert_eq!(
+        show(&orders.roundtrip(b"PUB orders.new 1\r\na\r\n").await.bytes),
+        show(b"-ERR 'Permissions Violation for Publish to \"orders.new\"'\r\n"),
+        "the reloaded rules still apply"
+    );
+    assert_eq!(
+        show(&orders.roundtrip(b"PUB orders.other 1\r\na\r\n").await.bytes),
+        ""
+    );
+    // A connection made after the failed reload gets the same rules.
+    let mut late = connect_as(&edge, "orders").await;
+    assert_eq!(
+        show(&late.roundtrip(b"PUB orders.new 1\r\na\r\n").await.bytes),
+        show(b"-ERR 'Permissions Violation for Publish to \"orders.new\"'\r\n")
+    );
+    assert!(late.is_open().await);
+    assert!(orders.is_open().await);
+}

@@ -1,0 +1,113 @@
+//! SIGTERM drains: listeners close, live clients get nats-server's lame-duck INFO
+//! (`"ldm":true`), the process exits 0 once they leave (within the grace period); a second
+//! signal exits at once.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn spawn_edge(server: &NatsServer, grace: &str) -> EdgeProcess {
+    EdgeProcess::spawn(
+        &["--listen", "127.0.0.1:0", "--upstream", &server.url()],
+        &[
+            ("NATS_EDGE_ADMIN__LISTEN", "127.0.0.1:0"),
+            ("NATS_EDGE_DRAIN__GRACE_PERIOD", grace),
+            ("NATS_EDGE_DRAIN__TIMEOUT", "60s"),
+        ],
+    )
+}
+
+/// A raw client that declared protocol 1 (it takes async INFOs) and is in step.
+async fn protocol_one_client(edge: &EdgeProcess) -> (RawConn, serde_json::Value) {
+    let (mut raw, info) = RawConn::connect_info(edge.addr()).await;
+    let reply = raw
+        .roundtrip(b"CONNECT {\"verbose\":false,\"protocol\":1}\r\n")
+        .await;
+    assert!(!reply.closed, "{}", reply.text());
+    (raw, info)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_lame_duck_refuses_new_clients_and_exits_when_clients_leave() {
+    let server = NatsServer::start();
+    let grace = Duration::from_secs(30);
+    let mut edge = spawn_edge(&server, "30s");
+    let admin = edge.admin_addr();
+    let (mut raw, first_info) = protocol_one_client(&edge).await;
+
+    let signalled = Instant::now();
+    send_signal(edge.pid(), "TERM");
+    // nats-server's own INFO after the first PING may come first.
+    let ldm = loop {
+        let info = raw.read_info().await;
+        if info.get("ldm").is_some() {
+            break info;
+        }
+        assert_eq!(info["connect_info"], true, "an unexpected INFO: {info}");
+    };
+    assert_eq!(ldm["ldm"], true, "{ldm}");
+    assert_eq!(
+        ldm["port"], first_info["port"],
+        "the edge's own address: {ldm}"
+    );
+    assert_eq!(ldm["server_id"], first_info["server_id"], "{ldm}");
+    assert!(ldm.get("nonce").is_none(), "{ldm}");
+
+    // The listener is closed: new clients are refused by the kernel.
+    let deadline = Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(edge.addr()).await.is_ok() {
+        assert!(Instant::now() < deadline, "the listener still accepts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = http_get(admin, "/readyz").await;
+    assert_eq!((status, body.as_str()), (503, "not ready: draining\n"));
+    // The live client is still served during the grace period.
+    assert!(!raw.roundtrip(b"").await.closed);
+
+    // It leaves, and the process exits 0 well within the grace period.
+    drop(raw);
+    let status = edge.wait_exit().await;
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        edge.log().dump()
+    );
+    assert!(signalled.elapsed() < grace, "{:?}", signalled.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_left_after_the_grace_period_are_closed() {
+    let server = NatsServer::start();
+    let mut edge = spawn_edge(&server, "200ms");
+    let (mut raw, _) = protocol_one_client(&edge).await;
+    send_signal(edge.pid(), "TERM");
+    assert!(raw.closes_within(WAIT).await, "the client was not closed");
+    let status = edge.wait_exit().await;
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        edge.log().dump()
+    );
+    let (_, line) = edge.wait_log(0, "drained");
+    assert_eq!(line["closed_by_edge"], 1, "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let server = NatsServer::start();
+    let mut edge = spawn_edge(&server, "60s");
+    let (_raw, _) = protocol_one_client(&edge).await;
+    send_signal(edge.pid(), "TERM");
+    edge.wait_log(
+        0,
+        "draining: stopped accepting, lame-duck INFO sent to clients",
+    );
+    let second = Instant::now();
+    send_signal(edge.pid(), "INT");
+    let status = edge.wait_exit().await;
+    assert_eq!(status.code(), Some(1), "{}", edge.log().dump());
+    assert!(second.elapsed() < WAIT);
+    edge.wait_log(0, "second signal: exiting at once");
+}

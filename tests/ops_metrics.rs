@@ -1,0 +1,227 @@
+//! The admin server's `/metrics`, `/connz` and `/varz` after known traffic through the edge
+//! to a real nats-server, counted exactly.
+
+mod common;
+
+use common::*;
+use nats_edge::Edge;
+
+const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+
+fn admin(edge: &Edge) -> std::net::SocketAddr {
+    edge.admin_addr().expect("admin server")
+}
+
+/// Bytes a raw client received after the first INFO line.
+fn after_info(reply: &[u8]) -> usize {
+    match reply.iter().position(|b| *b == b'\n') {
+        Some(i) if reply.starts_with(b"INFO ") => reply.len() - i - 1,
+        _ => reply.len(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_connz_and_varz_count_known_traffic() {
+    let (server, edge) = server_and_edge(ADMIN).await;
+    let admin = admin(&edge);
+
+    // Verbose mode: every op is acknowledged with +OK, which keeps the clients in step
+    // without a PING (nats-server answers a first PING with an extra INFO whose length the
+    // edge rewrites, which would make the byte counts depend on the server version).
+    let sub_sent: &[u8] =
+        b"CONNECT {\"verbose\":true,\"name\":\"orders\",\"lang\":\"raw\",\"version\":\"1.2\"}\r\nSUB foo 1\r\n";
+    let mut sub = RawConn::connect(edge_addr(&edge)).await;
+    sub.send(sub_sent).await;
+    let sub_acks = sub.read_until(b"+OK\r\n+OK\r\n").await;
+
+    let publish: &[u8] = b"PUB foo 5\r\nhello\r\n";
+    let mut publisher = RawConn::connect(edge_addr(&edge)).await;
+    publisher.send(b"CONNECT {\"verbose\":true}\r\n").await;
+    let mut pub_received = after_info(&publisher.read_until(b"+OK\r\n").await.bytes);
+    for _ in 0..3 {
+        publisher.send(publish).await;
+        pub_received += publisher.read_until(b"+OK\r\n").await.bytes.len();
+    }
+    let delivered = b"MSG foo 1 5\r\nhello\r\n";
+    let msgs = sub.read_until(&delivered.repeat(3)).await;
+    assert_eq!(msgs.bytes, delivered.repeat(3), "{}", msgs.text());
+    let pub_sent = b"CONNECT {\"verbose\":true}\r\n".len() + 3 * publish.len();
+
+    // Both connections are listed, with their live counters.
+    let connz = poll_http(admin, "/connz", |_, body| {
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        let conns = v["connections"].as_array()?;
+        (conns.len() == 2 && conns[1]["in_msgs"] == 3 && conns[0]["out_msgs"] == 3).then_some(v)
+    })
+    .await;
+    assert_eq!(connz["total"], 2, "{connz}");
+    assert_eq!(connz["num_connections"], 2, "{connz}");
+    assert_eq!(connz["offset"], 0, "{connz}");
+    assert_eq!(connz["limit"], 1024, "{connz}");
+    let (s, p) = (&connz["connections"][0], &connz["connections"][1]);
+    assert_eq!(s["listener"], "default", "{s}");
+    assert_eq!(s["transport"], "tcp", "{s}");
+    assert_eq!(s["ip"], "127.0.0.1", "{s}");
+    assert_eq!(
+        s["port"],
+        sub.stream().local_addr().unwrap().port(),
+        "the client's own port: {s}"
+    );
+    assert_eq!(s["upstream"], server.url(), "{s}");
+    assert_eq!(s["subscriptions"], 1, "{s}");
+    assert_eq!(
+        (&s["name"], &s["lang"], &s["version"]),
+        (&"orders".into(), &"raw".into(), &"1.2".into()),
+        "from the CONNECT: {s}"
+    );
+    assert!(p.get("name").is_none(), "{p}");
+    assert_eq!(s["in_bytes"], sub_sent.len(), "{s}");
+    assert_eq!(s["out_msgs"], 3, "{s}");
+    assert!(
+        s["authorized_user"].is_null(),
+        "no user until one is known: {s}"
+    );
+    assert!(s["start"].as_str().unwrap().ends_with('Z'), "{s}");
+    assert_eq!(p["in_msgs"], 3, "{p}");
+    assert_eq!(p["in_bytes"], pub_sent, "{p}");
+    assert_eq!(p["subscriptions"], 0, "{p}");
+    assert!(
+        s["cid"].as_u64() < p["cid"].as_u64(),
+        "listed by cid: {connz}"
+    );
+
+    // Paging, as nats-server does it.
+    let (status, body) = http_get(admin, "/connz?offset=1&limit=1").await;
+    assert_eq!(status, 200);
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["total"], 2, "{page}");
+    assert_eq!(page["offset"], 1, "{page}");
+    assert_eq!(page["limit"], 1, "{page}");
+    assert_eq!(page["num_connections"], 1, "{page}");
+    assert_eq!(page["connections"][0]["cid"], p["cid"], "{page}");
+
+    // varz sums the live connections.
+    let (status, body) = http_get(admin, "/varz").await;
+    assert_eq!(status, 200);
+    let varz: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(varz["connections"], 2, "{varz}");
+    assert_eq!(varz["total_connections"], 2, "{varz}");
+    assert_eq!(varz["in_msgs"], 3, "{varz}");
+    assert_eq!(varz["out_msgs"], 3, "{varz}");
+    assert_eq!(varz["subscriptions"], 1, "{varz}");
+    assert_eq!(varz["version"], env!("CARGO_PKG_VERSION"), "{varz}");
+    assert_eq!(varz["upstreams"][0], server.url(), "{varz}");
+    assert_eq!(varz["listeners"][0]["name"], "default", "{varz}");
+    assert_eq!(varz["draining"], false, "{varz}");
+    assert!(
+        varz["server_id"].as_str().unwrap().starts_with("EDGE"),
+        "{varz}"
+    );
+
+    // Both clients leave; the totals land in /metrics once the sessions end.
+    drop(sub);
+    drop(publisher);
+    let text = poll_http(admin, "/metrics", |_, body| {
+        let open = "nats_edge_connections_open{listener=\"default\",transport=\"tcp\"}";
+        let closed = "nats_edge_connections_closed_total{reason=\"client_closed\"}";
+        (metric(body, open) == Some(0.0) && metric(body, closed) == Some(2.0))
+            .then(|| body.to_string())
+    })
+    .await;
+    let m = |name: &str| sample(&text, name);
+    assert_eq!(
+        m("nats_edge_messages_total{direction=\"client_to_upstream\"}"),
+        3.0
+    );
+    assert_eq!(
+        m("nats_edge_messages_total{direction=\"upstream_to_client\"}"),
+        3.0
+    );
+    assert_eq!(
+        m("nats_edge_bytes_total{direction=\"client_to_upstream\"}"),
+        (sub_sent.len() + pub_sent) as f64
+    );
+    let sub_received = after_info(&sub_acks.bytes) + msgs.bytes.len();
+    assert_eq!(
+        m("nats_edge_bytes_total{direction=\"upstream_to_client\"}"),
+        (sub_received + pub_received) as f64
+    );
+    assert_eq!(
+        m("nats_edge_connections_total{listener=\"default\",transport=\"tcp\"}"),
+        2.0
+    );
+    assert_eq!(
+        m("nats_edge_connections_closed_total{reason=\"shutdown\"}"),
+        0.0,
+        "every reason is registered"
+    );
+    let upstream = format!("{{upstream=\"{}\"}}", server.url());
+    assert_eq!(m(&format!("nats_edge_upstream_dials_total{upstream}")), 2.0);
+    assert_eq!(
+        m(&format!("nats_edge_upstream_dial_failures_total{upstream}")),
+        0.0
+    );
+    assert_eq!(
+        m("nats_edge_handshake_duration_seconds_count{transport=\"tcp\"}"),
+        2.0
+    );
+    assert_eq!(
+        m("nats_edge_handshake_failures_total{transport=\"tls\",reason=\"tls\"}"),
+        0.0
+    );
+    assert_eq!(
+        m(&format!(
+            "nats_edge_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
+    assert_eq!(m("nats_edge_draining"), 0.0);
+    assert_eq!(m("nats_edge_config_reloads_total{result=\"failed\"}"), 0.0);
+    // No filter looked at any op (the default configuration): nothing was timed.
+    assert_eq!(m("nats_edge_filter_duration_seconds_count"), 0.0);
+    within("edge shutdown", edge.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_counters_are_exported_with_a_bounded_user_label() {
+    let (_server, edge) = server_and_edge(ADMIN).await;
+    let m = edge.metrics();
+    m.acl_denied("alice", "publish");
+    m.acl_denied("alice", "publish");
+    m.acl_denied("bob", "subscribe");
+    for i in 0..nats_edge::metrics::MAX_USER_LABELS {
+        m.acl_denied(&format!("user-{i}"), "delivery");
+    }
+    m.rewritten(nats_edge::metrics::CLIENT_TO_UPSTREAM);
+    m.tag_applied();
+    m.tag_applied();
+    m.tag_spoof();
+    let (status, text) = http_get(admin(&edge), "/metrics").await;
+    assert_eq!(status, 200);
+    let m = |name: &str| sample(&text, name);
+    assert_eq!(
+        m("nats_edge_acl_denials_total{user=\"alice\",direction=\"publish\"}"),
+        2.0
+    );
+    assert_eq!(
+        m("nats_edge_acl_denials_total{user=\"bob\",direction=\"subscribe\"}"),
+        1.0
+    );
+    // alice and bob took two of the labels: the last two users share `_other`.
+    assert_eq!(
+        m("nats_edge_acl_denials_total{user=\"_other\",direction=\"delivery\"}"),
+        2.0
+    );
+    assert_eq!(
+        m("nats_edge_rewrites_total{direction=\"client_to_upstream\"}"),
+        1.0
+    );
+    assert_eq!(
+        m("nats_edge_rewrites_total{direction=\"upstream_to_client\"}"),
+        0.0
+    );
+    assert_eq!(m("nats_edge_tags_applied_total"), 2.0);
+    assert_eq!(m("nats_edge_tag_spoofs_total"), 1.0);
+    within("edge shutdown", edge.shutdown()).await;
+}
