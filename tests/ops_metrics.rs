@@ -29,7 +29,7 @@ async fn metrics_connz_and_varz_count_known_traffic() {
     // without a PING (nats-server answers a first PING with an extra INFO whose length the
     // edge rewrites, which would make the byte counts depend on the server version).
     let sub_sent: &[u8] =
-        b"CONNECT {\"verbose\":true,\"name\":\"orders\",\"lang\":\"raw\",\"version\":\"1.2\"}\r\nSUB foo 1\r\n";
+        b"CONNECT {\"verbose\":true,\"user\":\"alice\",\"name\":\"orders\",\"lang\":\"raw\",\"version\":\"1.2\"}\r\nSUB foo 1\r\n";
     let mut sub = RawConn::connect(edge_addr(&edge)).await;
     sub.send(sub_sent).await;
     let sub_acks = sub.read_until(b"+OK\r\n+OK\r\n").await;
@@ -75,12 +75,13 @@ async fn metrics_connz_and_varz_count_known_traffic() {
         "from the CONNECT: {s}"
     );
     assert!(p.get("name").is_none(), "{p}");
+    assert_eq!(
+        s["authorized_user"], "alice",
+        "the user the client presented (passthrough): {s}"
+    );
+    assert!(p.get("authorized_user").is_none(), "{p}");
     assert_eq!(s["in_bytes"], sub_sent.len(), "{s}");
     assert_eq!(s["out_msgs"], 3, "{s}");
-    assert!(
-        s["authorized_user"].is_null(),
-        "no user until one is known: {s}"
-    );
     assert!(s["start"].as_str().unwrap().ends_with('Z'), "{s}");
     assert_eq!(p["in_msgs"], 3, "{p}");
     assert_eq!(p["in_bytes"], pub_sent, "{p}");

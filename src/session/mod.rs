@@ -427,6 +427,9 @@ where
                         lang: connect.lang.clone(),
                         version: connect.version.clone(),
                     });
+                    // The ACL filter named the user while it judged this CONNECT.
+                    let user = shared.ctx.identity.as_ref().and_then(|i| i.user.as_deref());
+                    entry.set_user(user.map(str::to_string));
                     client_info_published = true;
                 }
             }
