@@ -51,6 +51,8 @@ async fn a_mounted_client_sees_its_own_namespace() {
     for s in ["orders.new", "orders.eu.created"] {
         inside.publish(s, Bytes::from(s)).await.unwrap();
     }
+    // The mounted client's messages are delivered before the upstream publishes its own.
+    round_trip(&inside).await;
     direct
         .publish("tenant.acme.orders.from-upstream", "u".into())
         .await
