@@ -2,8 +2,8 @@
 //! published (client address, connection id, TLS identity, static tags), headers a client
 //! forges with reserved names never get through, JSON payloads get the field, and a message
 //! the tags push over max_payload is refused at the edge as nats-server would refuse it.
-//! The user tag needs an identity from the authenticating filter; its unit test is in
-//! filters/src/tag/tests.rs.
+//! The user tag carries the identity the ACL filter established: the presented user in
+//! passthrough mode, the authenticated one in edge mode.
 
 mod common;
 mod transport_support;
@@ -89,7 +89,7 @@ async fn upstream_subscribers_see_who_published() {
         let conn_id: u64 = header(msg, "Nats-Edge-Conn-Id").unwrap().parse().unwrap();
         assert!(conn_id > 0);
         assert_eq!(header(msg, "Nats-Edge-Region"), Some("eu-west-1"));
-        // No identity without the authenticating filter, so no user tag.
+        // The client presented no user name, so there is no user tag.
         assert_eq!(header(msg, "Nats-Edge-User"), None);
         assert_eq!(header(msg, "Nats-Edge-Tls-Subject"), None);
         assert_eq!(header(msg, "Nats-Edge-Anything"), None);
@@ -257,5 +257,42 @@ async fn a_client_without_headers_is_tagged_and_gets_plain_messages() {
     round_trip(&direct).await;
     let reply = raw.roundtrip(b"").await;
     assert_eq!(reply.text(), "MSG plain.back 1 2\r\nyo\r\n");
+    edge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_tag_is_the_connection_identity() {
+    // Passthrough: the user the client presented (nats-server without auth lets it in).
+    let server = NatsServer::start();
+    let edge = start_edge(&[server.url()], &tagging("default")).await;
+    let direct = client(&server.url()).await;
+    let mut upstream = direct.subscribe("who.>").await.unwrap();
+    round_trip(&direct).await;
+    let alice = within(
+        "alice connects",
+        client_options()
+            .user_and_password("alice".into(), "pw".into())
+            .connect(edge_url(&edge)),
+    )
+    .await
+    .unwrap();
+    let mut forged = HeaderMap::new();
+    forged.insert("Nats-Edge-User", "mallory");
+    alice
+        .publish_with_headers("who.am.i", forged, "x".into())
+        .await
+        .unwrap();
+    round_trip(&alice).await;
+    round_trip(&direct).await;
+    let got = drain_ready(&mut upstream);
+    assert_eq!(got.len(), 1);
+    let users: Vec<&str> = got[0]
+        .headers
+        .as_ref()
+        .unwrap()
+        .get_all("Nats-Edge-User")
+        .map(|v| v.as_str())
+        .collect();
+    assert_eq!(users, ["alice"]);
     edge.shutdown().await;
 }
