@@ -216,7 +216,7 @@ impl Edge {
         let workers: Arc<[tokio::runtime::Handle]> = workers.into();
         let metrics = Arc::new(Metrics::new());
         let events: Arc<dyn Events> = metrics.clone();
-        let rules = Arc::new(RuleSource::new(config.rule_files(), prepared.rules));
+        let rules = Arc::new(RuleSource::new(prepared.rules));
         let rules_epoch = Arc::new(AtomicU64::new(0));
         let acl = Arc::new(AclFactory::new(AclSettings {
             mode: config.auth.mode.into(),

@@ -41,9 +41,16 @@ struct Tagged {
 }
 
 async fn tagged(subject: &str) -> Tagged {
+    tagged_as(subject, client_options()).await
+}
+
+/// Like [`tagged`], with the client through the edge connecting with `options`.
+async fn tagged_as(subject: &str, options: async_nats::ConnectOptions) -> Tagged {
     let server = NatsServer::start();
     let edge = start_edge(&[server.url()], &tagging("default")).await;
-    let inside = client(&edge_url(&edge)).await;
+    let inside = within("the client connects", options.connect(edge_url(&edge)))
+        .await
+        .expect("connects through the edge");
     let direct = client(&server.url()).await;
     let upstream = direct.subscribe(subject.to_string()).await.unwrap();
     round_trip(&direct).await;
@@ -263,19 +270,17 @@ async fn a_client_without_headers_is_tagged_and_gets_plain_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_user_tag_is_the_connection_identity() {
     // Passthrough: the user the client presented (nats-server without auth lets it in).
-    let server = NatsServer::start();
-    let edge = start_edge(&[server.url()], &tagging("default")).await;
-    let direct = client(&server.url()).await;
-    let mut upstream = direct.subscribe("who.>").await.unwrap();
-    round_trip(&direct).await;
-    let alice = within(
-        "alice connects",
-        client_options()
-            .user_and_password("alice".into(), "pw".into())
-            .connect(edge_url(&edge)),
+    let Tagged {
+        _server,
+        edge,
+        inside: alice,
+        direct,
+        mut upstream,
+    } = tagged_as(
+        "who.>",
+        client_options().user_and_password("alice".into(), "pw".into()),
     )
-    .await
-    .unwrap();
+    .await;
     let mut forged = HeaderMap::new();
     forged.insert("Nats-Edge-User", "mallory");
     alice

@@ -1,7 +1,7 @@
 //! The `[auth]` section: who decides whether a client may connect, the ACL rule files, the
 //! credentials the edge presents upstream, and the trusted-proxy key.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use nats_edge_filters::acl::rules::UpstreamCredentials;
 use nats_edge_filters::acl::AuthMode;
@@ -54,11 +54,6 @@ pub struct TrustedProxyConfig {
 }
 
 impl AuthSection {
-    /// The rule files, relative ones resolved against `base` (the config file's directory).
-    pub fn rule_files(&self, base: Option<&Path>) -> Vec<PathBuf> {
-        nats_edge_filters::acl::rules::resolve(base, &self.rules)
-    }
-
     /// Checks what types alone cannot; returns the key and why.
     pub fn validate(&self) -> Result<(), (String, String)> {
         if self.mode == AuthModeConfig::Edge && self.rules.is_empty() {

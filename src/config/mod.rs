@@ -570,7 +570,7 @@ impl Config {
 
     /// The ACL rule files, resolved against the config file's directory.
     pub fn rule_files(&self) -> Vec<PathBuf> {
-        self.auth.rule_files(self.base_dir.as_deref())
+        self.auth.rules.iter().map(|p| self.resolve(p)).collect()
     }
 
     /// A rule file path as written in the config, resolved against the config file's

@@ -6,37 +6,18 @@
 //! with an empty token (`a..b`, `.a`, `a.`) matches no entry at all. These functions keep
 //! those rules, so the edge decides exactly as the server would.
 
-/// Splits a subject into tokens, or `None` when it has an empty token (no entry matches it).
-pub fn tokens(subject: &[u8]) -> Option<impl Iterator<Item = &[u8]> + Clone> {
-    let bad = subject.is_empty()
+/// Whether a subject has an empty token (`a..b`, `.a`, `a.`, or nothing at all).
+fn has_empty_token(subject: &[u8]) -> bool {
+    subject.is_empty()
         || subject.first() == Some(&b'.')
         || subject.last() == Some(&b'.')
-        || memchr_dot_dot(subject);
-    (!bad).then(|| subject.split(|b| *b == b'.'))
+        || subject.windows(2).any(|w| w == b"..")
 }
 
-fn memchr_dot_dot(subject: &[u8]) -> bool {
-    subject.windows(2).any(|w| w == b"..")
-}
-
-/// Whether the list entry `pattern` matches `subject`, the subject's tokens taken literally.
+/// Whether the list entry `pattern` matches `subject`, the subject's tokens taken literally:
+/// [`crate::subject::matches`], except that a subject with an empty token matches nothing.
 pub fn entry_matches(pattern: &[u8], subject: &[u8]) -> bool {
-    let Some(mut subject) = tokens(subject) else {
-        return false;
-    };
-    let mut pattern = pattern.split(|b| *b == b'.');
-    loop {
-        match (pattern.next(), subject.next()) {
-            (Some(b">"), Some(_)) => return true,
-            (Some(p), Some(s)) => {
-                if p != b"*" && p != s {
-                    return false;
-                }
-            }
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
+    !has_empty_token(subject) && crate::subject::matches(pattern, subject)
 }
 
 fn is_pwc(token: &[u8]) -> bool {

@@ -21,7 +21,6 @@ pub mod quote;
 pub mod rules;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +37,7 @@ use crate::verdict::{CloseReason, Verdict};
 use auth::{authenticate, SecretChecker};
 use permissions::Permissions;
 use quote::go_quote;
-use rules::{AclRules, RulesError, UpstreamCredentials};
+use rules::{AclRules, UpstreamCredentials};
 
 /// Who decides whether a client may connect.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -50,55 +49,27 @@ pub enum AuthMode {
     Edge,
 }
 
-/// The rule files, loaded, and reloadable for new and live connections alike.
+/// The loaded rule files, swapped whole on reload for new and live connections alike.
+/// Loading is [`AclRules::load`]; a reload loads first and swaps only when every part of
+/// the configuration accepted the change.
 pub struct RuleSource {
-    files: Vec<PathBuf>,
     current: ArcSwap<AclRules>,
 }
 
 impl RuleSource {
-    pub fn load(files: Vec<PathBuf>) -> Result<Self, RulesError> {
-        let rules = AclRules::load(&files)?;
-        Ok(RuleSource {
-            files,
-            current: ArcSwap::from_pointee(rules),
-        })
-    }
-
-    /// Rules already loaded from `files`.
-    pub fn new(files: Vec<PathBuf>, rules: AclRules) -> Self {
+    pub fn new(rules: AclRules) -> Self {
         RuleSource {
-            files,
             current: ArcSwap::from_pointee(rules),
         }
     }
 
-    /// No rule files: nobody is restricted.
-    pub fn empty() -> Self {
-        RuleSource {
-            files: Vec::new(),
-            current: ArcSwap::from_pointee(AclRules::default()),
-        }
-    }
-
-    /// Reads the files again and swaps the new rules in; on error the old rules stay.
-    pub fn reload(&self) -> Result<(), RulesError> {
-        let rules = AclRules::load(&self.files)?;
-        self.current.store(Arc::new(rules));
-        Ok(())
-    }
-
-    /// Swaps in rules loaded elsewhere (a reload that checked every part first).
+    /// Swaps in newly loaded rules.
     pub fn store(&self, rules: AclRules) {
         self.current.store(Arc::new(rules));
     }
 
     pub fn current(&self) -> Arc<AclRules> {
         self.current.load_full()
-    }
-
-    pub fn files(&self) -> &[PathBuf] {
-        &self.files
     }
 }
 
@@ -199,6 +170,11 @@ impl AclFilter {
 
     /// Takes the permissions of the current user from the current rules.
     fn resolve(&mut self) {
+        self.take_permissions();
+        self.refresh_interest();
+    }
+
+    fn take_permissions(&mut self) {
         self.perms = self.rules.permissions_for(self.user.as_deref()).cloned();
         self.publish_cache.clear();
         self.responses = self
@@ -206,13 +182,14 @@ impl AclFilter {
             .as_ref()
             .and_then(|p| p.responses)
             .map(|bounds| ResponseTracker::new(bounds, RESPONSE_CAPACITY));
+    }
+
+    /// The ops this session's permissions need to see.
+    fn refresh_interest(&mut self) {
         let mut kinds = vec![OpKind::Connect];
         if let Some(p) = &self.perms {
             if p.restricts_publish() {
                 kinds.push(OpKind::Pub);
-            }
-            if p.restricts_subscribe() {
-                kinds.push(OpKind::Sub);
             }
             // Subscriptions are tracked whenever rules apply, so a reload that refuses one
             // can stop its deliveries.
@@ -307,7 +284,7 @@ impl AclFilter {
     }
 
     fn check_publish(&mut self, subject: &Bytes) -> bool {
-        let Some(perms) = self.perms.clone() else {
+        let Some(perms) = &self.perms else {
             return true;
         };
         let allowed = match self.publish_cache.get(subject) {
@@ -377,23 +354,20 @@ impl AclFilter {
     }
 
     fn on_delivery(&mut self, msg: &crate::op::Msg) -> Verdict {
-        let Some(perms) = self.perms.clone() else {
+        let Some(perms) = &self.perms else {
             return Verdict::Forward;
         };
         let live = self.subs.get(&msg.sid);
-        if live.is_some_and(|s| s.revoked) {
-            self.denied(DenialKind::Delivery, &msg.subject, None);
+        let queue = live.and_then(|s| s.queue.as_ref());
+        let refused = live.is_some_and(|s| s.revoked)
+            || (self.filter_deliveries
+                && perms
+                    .denied_delivery(&msg.subject, queue.map(|q| &q[..]))
+                    .is_some());
+        if refused {
+            let queue = queue.cloned();
+            self.denied(DenialKind::Delivery, &msg.subject, queue.as_ref());
             return Verdict::Drop;
-        }
-        if self.filter_deliveries {
-            let queue = live.and_then(|s| s.queue.clone());
-            if perms
-                .denied_delivery(&msg.subject, queue.as_deref())
-                .is_some()
-            {
-                self.denied(DenialKind::Delivery, &msg.subject, queue.as_ref());
-                return Verdict::Drop;
-            }
         }
         if let (Some(tracker), Some(reply)) = (self.responses.as_mut(), &msg.reply) {
             if !perms.check_publish(reply).allowed {
@@ -434,22 +408,20 @@ impl Filter for AclFilter {
                 }
             }
         }
-        self.resolve();
+        self.take_permissions();
         // Subscriptions the new rules refuse stop receiving.
-        if let Some(perms) = self.perms.clone() {
-            for live in self.subs.values_mut() {
-                live.revoked = !perms
-                    .check_subscribe(&live.subject, live.queue.as_deref())
-                    .allowed;
-                if perms.needs_delivery_filter(&live.subject, live.queue.as_deref()) {
-                    self.filter_deliveries = true;
+        match &self.perms {
+            Some(perms) => {
+                for live in self.subs.values_mut() {
+                    let queue = live.queue.as_deref();
+                    live.revoked = !perms.check_subscribe(&live.subject, queue).allowed;
+                    self.filter_deliveries |= perms.needs_delivery_filter(&live.subject, queue);
                 }
             }
-            // Deliveries of revoked subscriptions must be seen to be dropped.
-            self.resolve();
-        } else {
-            self.subs.clear();
+            None => self.subs.clear(),
         }
+        // After the revocations: deliveries of revoked subscriptions must be seen.
+        self.refresh_interest();
     }
 
     fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {

@@ -19,7 +19,7 @@
 //! Several files may be loaded together; a user defined twice is an error naming both places.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,21 +132,7 @@ impl AclRules {
             let file = parse_file(&name, &text)?;
             rules.merge(file, &name, &text, &mut no_auth)?;
         }
-        if let Some((user, file, text)) = no_auth {
-            let found = rules.users.get(user.get_ref().as_str()).cloned();
-            match found {
-                Some(u) => rules.no_auth_user = Some(u),
-                None => {
-                    return Err(invalid(
-                        &file,
-                        &text,
-                        user.span().start,
-                        "no_auth_user",
-                        format!("unknown user `{}`", user.get_ref()),
-                    ))
-                }
-            }
-        }
+        rules.set_no_auth_user(no_auth)?;
         Ok(rules)
     }
 
@@ -156,24 +142,29 @@ impl AclRules {
         let parsed = parse_file(file, text)?;
         let mut no_auth = None;
         rules.merge(parsed, file, text, &mut no_auth)?;
-        if let Some((user, file, text)) = no_auth {
-            rules.no_auth_user = Some(
-                rules
-                    .users
-                    .get(user.get_ref().as_str())
-                    .cloned()
-                    .ok_or_else(|| {
-                        invalid(
-                            &file,
-                            &text,
-                            user.span().start,
-                            "no_auth_user",
-                            format!("unknown user `{}`", user.get_ref()),
-                        )
-                    })?,
-            );
-        }
+        rules.set_no_auth_user(no_auth)?;
         Ok(rules)
+    }
+
+    /// Resolves `no_auth_user` once every file is merged: the user may be defined in any.
+    fn set_no_auth_user(
+        &mut self,
+        no_auth: Option<(Spanned<String>, String, Arc<str>)>,
+    ) -> Result<(), RulesError> {
+        let Some((user, file, text)) = no_auth else {
+            return Ok(());
+        };
+        let found = self.users.get(user.get_ref().as_str()).cloned();
+        self.no_auth_user = Some(found.ok_or_else(|| {
+            invalid(
+                &file,
+                &text,
+                user.span().start,
+                "no_auth_user",
+                format!("unknown user `{}`", user.get_ref()),
+            )
+        })?);
+        Ok(())
     }
 
     pub fn user(&self, name: &str) -> Option<&Arc<User>> {
@@ -579,17 +570,6 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         _ => return None,
     };
     unit.checked_mul(u32::try_from(value).ok()?)
-}
-
-/// Paths relative to `base` (the config file's directory) resolved.
-pub fn resolve(base: Option<&Path>, files: &[PathBuf]) -> Vec<PathBuf> {
-    files
-        .iter()
-        .map(|f| match base {
-            Some(dir) if f.is_relative() => dir.join(f),
-            _ => f.clone(),
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -40,10 +40,7 @@ allow_responses = true
 "#;
 
 fn setup(mode: AuthMode, text: &str) -> (Chain, SessionCtx, Arc<Recorded>, Arc<RuleSource>) {
-    let source = Arc::new(RuleSource {
-        files: vec![],
-        current: ArcSwap::from_pointee(AclRules::from_str("t.toml", text).unwrap()),
-    });
+    let source = Arc::new(RuleSource::new(AclRules::from_str("t.toml", text).unwrap()));
     let events = Arc::new(Recorded::default());
     let factory = AclFactory::new(AclSettings {
         mode,
@@ -200,9 +197,7 @@ fn reload_applies_to_the_live_session() {
         r#"deny = ["orders.secret"]"#,
         r#"deny = ["orders.secret", "orders.new"]"#,
     );
-    source
-        .current
-        .store(Arc::new(AclRules::from_str("t.toml", &tighter).unwrap()));
+    source.store(AclRules::from_str("t.toml", &tighter).unwrap());
     chain.on_reload(&ctx);
     assert_eq!(
         chain.on_server_op(&mut msg("orders.new", "7", None), &ctx),
