@@ -6,12 +6,15 @@ mod harness;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--callgrind") {
-        match harness::callgrind_instructions_per_message(env!("CARGO_BIN_EXE_nats-edge")) {
-            Some(ir) => println!(
-                "callgrind: {ir:.0} instructions per 128 B message through the edge ({:.0} per forwarded op)",
-                ir / 2.0
-            ),
-            None => eprintln!("callgrind: valgrind is not installed"),
+        let bin = env!("CARGO_BIN_EXE_nats-edge");
+        for (rewrite_tag, what) in [(false, "the edge"), (true, "the edge with rewrite+tag")] {
+            match harness::callgrind_instructions_per_message(bin, rewrite_tag) {
+                Some(ir) => println!(
+                    "callgrind: {ir:.0} instructions per 128 B message through {what} ({:.0} per forwarded op)",
+                    ir / 2.0
+                ),
+                None => eprintln!("callgrind: valgrind is not installed"),
+            }
         }
         return;
     }

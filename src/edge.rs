@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use nats_edge_filters::acl::rules::{AclRules, RulesError};
 use nats_edge_filters::acl::{AclFactory, AclSettings, RuleSource};
 use nats_edge_filters::rewrite::{LoadedSets, RewriteFactory, RewriteRules, RuleError};
-use nats_edge_filters::tag::{TagConfig, TagError, TagFactory};
+use nats_edge_filters::tag::{TagConfig, TagError, TagFactory, TagSource};
 use nats_edge_filters::{Events, FilterFactory, Info};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -112,7 +112,7 @@ pub struct Prepared {
     /// Subject rewrite rule sets, when any are configured.
     rewrite: Option<LoadedSets>,
     /// Tagging, when configured.
-    tagging: Option<Arc<TagConfig>>,
+    tagging: Option<TagConfig>,
 }
 
 /// Loads the TLS material and settings the config names, without binding or dialling
@@ -176,7 +176,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     } else {
         Some(LoadedSets::load(&rewrite_config)?)
     };
-    let tagging = config.tag_config()?.map(Arc::new);
+    let tagging = config.tag_config()?;
     Ok(Prepared {
         upstream,
         listeners,
@@ -232,10 +232,13 @@ impl Edge {
         let rewrite = prepared
             .rewrite
             .map(|sets| Arc::new(RewriteRules::new(sets)));
+        let tagging = prepared
+            .tagging
+            .map(|config| Arc::new(TagSource::new(config)));
         let mut policy: Vec<Arc<dyn FilterFactory>> = Vec::new();
-        if let Some(tagging) = &prepared.tagging {
+        if let Some(source) = &tagging {
             policy.push(Arc::new(TagFactory {
-                config: tagging.clone(),
+                source: source.clone(),
                 limits: config.limits.filter_config(),
                 events: events.clone(),
             }));
@@ -339,6 +342,7 @@ impl Edge {
         shared.reloader.register(Arc::new(RulesReload {
             acl: rules,
             rewrite,
+            tagging,
             epoch: rules_epoch,
         }));
         let admin_addr = match admin.listen {
@@ -544,12 +548,14 @@ impl Reloadable for ListenerReload {
     }
 }
 
-/// Reloads the ACL and rewrite rule files, for new and live connections: live sessions take
-/// the new rules at their next wake-up, when they see the epoch move. Tagging and the
-/// trusted-proxy key are read at start-up only.
+/// Reloads the ACL, rewrite and tagging rule files, for new and live connections: live
+/// sessions take the new rules at their next wake-up, when they see the epoch move. Turning
+/// rewrite or tagging on or off needs a restart (see [`crate::reload::restart_keys`]); the
+/// trusted-proxy key is read at start-up only.
 struct RulesReload {
     acl: Arc<RuleSource>,
     rewrite: Option<Arc<RewriteRules>>,
+    tagging: Option<Arc<TagSource>>,
     epoch: Arc<AtomicU64>,
 }
 
@@ -572,14 +578,24 @@ impl Reloadable for RulesReload {
             ),
             None => None,
         };
+        let tagging = match &self.tagging {
+            Some(_) => new
+                .tag_config()
+                .map_err(|e| invalid("tagging.file", e.to_string()))?,
+            None => None,
+        };
         let (source, holder, epoch) = (self.acl.clone(), self.rewrite.clone(), self.epoch.clone());
+        let tag_source = self.tagging.clone();
         Ok(Staged::new(move || {
             source.store(acl);
             if let (Some(holder), Some(sets)) = (holder, rewrite) {
                 holder.store(sets);
             }
+            if let (Some(holder), Some(config)) = (tag_source, tagging) {
+                holder.store(config);
+            }
             epoch.fetch_add(1, Ordering::Relaxed);
-            tracing::info!("ACL and rewrite rules reloaded");
+            tracing::info!("ACL, rewrite and tagging rules reloaded");
         }))
     }
 }

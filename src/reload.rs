@@ -137,6 +137,12 @@ fn running(old: &Config, mut new: Config) -> Config {
     new.log = old.log.clone();
     new.admin = old.admin.clone();
     new.pid_file = old.pid_file.clone();
+    if rewrites(old) != rewrites(&new) {
+        new.rewrite = old.rewrite.clone();
+    }
+    if old.tagging.file.is_some() != new.tagging.file.is_some() {
+        new.tagging = old.tagging.clone();
+    }
     new.listeners = old
         .listeners
         .iter()
@@ -155,6 +161,11 @@ fn running(old: &Config, mut new: Config) -> Config {
         })
         .collect();
     new
+}
+
+/// Whether a configuration rewrites subjects at all.
+fn rewrites(config: &Config) -> bool {
+    config.rewrite_config() != Default::default()
 }
 
 /// The keys that differ between `old` and `new` but cannot change while running.
@@ -188,6 +199,13 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.pid_file != new.pid_file {
         keys.push("pid_file".into());
+    }
+    // The filters a session gets are fixed at start-up; their rule files reload.
+    if rewrites(old) != rewrites(new) {
+        keys.push("rewrite (turned on or off)".into());
+    }
+    if old.tagging.file.is_some() != new.tagging.file.is_some() {
+        keys.push("tagging.file (turned on or off)".into());
     }
     keys
 }
@@ -229,6 +247,22 @@ mod tests {
         assert_eq!(kept.listeners[0].bind, old.listeners[0].bind);
         assert_eq!(kept.worker_threads, old.worker_threads);
         assert_eq!(restart_keys(&kept, &moved).len(), 3);
+        // Tagging and rewrite rule files reload, but turning either on or off does not.
+        let tagged = config(
+            "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\n\
+             [tagging]\nfile = \"tags.toml\"\n[rewrite]\ndefault = \"t\"\n\
+             [rewrite.sets]\nt = \"t.toml\"\n",
+        );
+        assert_eq!(
+            restart_keys(&old, &tagged),
+            [
+                "rewrite (turned on or off)",
+                "tagging.file (turned on or off)"
+            ]
+        );
+        let kept = running(&old, tagged.clone());
+        assert!(kept.tagging.file.is_none());
+        assert_eq!(restart_keys(&kept, &tagged).len(), 2);
         let renamed = config("[[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:4222\"\n");
         assert_eq!(
             restart_keys(&old, &renamed),

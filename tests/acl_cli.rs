@@ -276,7 +276,7 @@ async fn sighup_reloads_rules_for_live_connections_and_keeps_them_on_a_bad_file(
     std::fs::write(&rules, RULES_AFTER).unwrap();
     let from = edge.log().len();
     hup(&edge);
-    wait_log(&edge, from, "ACL and rewrite rules reloaded");
+    wait_log(&edge, from, "ACL, rewrite and tagging rules reloaded");
 
     let reply = orders.roundtrip(b"PUB orders.new 1\r\na\r\n").await;
     assert_eq!(

@@ -301,3 +301,64 @@ async fn the_user_tag_is_the_connection_identity() {
     assert_eq!(users, ["alice"]);
     edge.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_tagging_file_for_live_connections() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("filters/rules/tagging/default.toml"),
+    )
+    .unwrap();
+    assert!(shipped.contains("\"eu-west-1\""), "the shipped static tag");
+    let tags = dir.path().join("tags.toml");
+    std::fs::write(&tags, &shipped).unwrap();
+    let config = dir.path().join("nats-edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\n\
+             [upstream]\nurls = [{:?}]\n[tagging]\nfile = \"tags.toml\"\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let edge = EdgeProcess::spawn(&["-c", config.to_str().unwrap()], &[]);
+    let inside = client(&edge.url()).await;
+    let direct = client(&server.url()).await;
+    let mut upstream = direct.subscribe("orders.>").await.unwrap();
+    round_trip(&direct).await;
+
+    inside.publish("orders.a", "1".into()).await.unwrap();
+    round_trip(&inside).await;
+    let msg = next_msg(&mut upstream).await;
+    assert_eq!(header(&msg, "Nats-Edge-Region"), Some("eu-west-1"));
+
+    // A new static value, and a file that does not parse: the first applies to the live
+    // connection, the second keeps it.
+    std::fs::write(&tags, shipped.replace("\"eu-west-1\"", "\"us-east-2\"")).unwrap();
+    let from = edge.log().len();
+    send_signal(edge.pid(), "HUP");
+    edge.wait_log(from, "ACL, rewrite and tagging rules reloaded");
+    inside.publish("orders.b", "2".into()).await.unwrap();
+    round_trip(&inside).await;
+    let msg = next_msg(&mut upstream).await;
+    assert_eq!(&msg.subject[..], "orders.b");
+    assert_eq!(header(&msg, "Nats-Edge-Region"), Some("us-east-2"));
+
+    std::fs::write(&tags, "[headers]\nuser = \"bad name\"\n").unwrap();
+    let from = edge.log().len();
+    send_signal(edge.pid(), "HUP");
+    let (_, line) = edge.wait_log(
+        from,
+        "configuration reload failed; keeping the running configuration",
+    );
+    assert!(
+        line.to_string().contains("tagging.file"),
+        "the failure names the key: {line}"
+    );
+    inside.publish("orders.c", "3".into()).await.unwrap();
+    round_trip(&inside).await;
+    let msg = next_msg(&mut upstream).await;
+    assert_eq!(header(&msg, "Nats-Edge-Region"), Some("us-east-2"));
+}

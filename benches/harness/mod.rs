@@ -277,17 +277,23 @@ fn machine() -> String {
 /// Instructions the edge executes per forwarded 128 B message, from callgrind: two edge
 /// processes forward `small` and `large` messages (publisher and subscriber each through the
 /// edge); the difference in instructions over the difference in messages removes start-up
-/// and connection costs. Each message is forwarded twice (PUB in, MSG out). `None` when
-/// valgrind is not installed.
-pub fn callgrind_instructions_per_message(edge_bin: &str) -> Option<f64> {
+/// and connection costs. Each message is forwarded twice (PUB in, MSG out). With
+/// `rewrite_tag`, the edge runs the shipped tenant mount and default tagging rules. `None`
+/// when valgrind is not installed.
+pub fn callgrind_instructions_per_message(edge_bin: &str, rewrite_tag: bool) -> Option<f64> {
     let server = targets::start_nats_server();
     let dir = std::env::temp_dir().join(format!("nats-edge-callgrind-{}", std::process::id()));
     std::fs::create_dir_all(&dir).ok()?;
+    let env = if rewrite_tag {
+        targets::rewrite_tag_env().to_vec()
+    } else {
+        Vec::new()
+    };
     let (small, large) = (20_000u64, 120_000u64);
     let mut totals = Vec::new();
     for n in [small, large] {
-        let out = dir.join(format!("callgrind.{n}.out"));
-        let edge = targets::start_edge_under_callgrind(edge_bin, server.addr, &out)?;
+        let out = dir.join(format!("callgrind.{rewrite_tag}.{n}.out"));
+        let edge = targets::start_edge_under_callgrind(edge_bin, server.addr, &out, &env)?;
         load::pub_sub(edge.addr, 1, 1, n, 128).expect("pub/sub under callgrind");
         edge.terminate();
         let profile = std::fs::read_to_string(&out).ok()?;

@@ -145,18 +145,25 @@ pub fn start_edge(bin: &str, upstream: SocketAddr, env: &[(&str, &str)]) -> Proc
 /// nats-edge in front of `upstream` with the shipped tenant mount (every subject under
 /// `tenant.acme.`) and the default tagging rules.
 pub fn start_edge_rewrite_tag(bin: &str, upstream: SocketAddr) -> Proc {
+    let env = rewrite_tag_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    start_edge(bin, upstream, &env)
+}
+
+/// The environment that turns on the shipped tenant mount and the default tagging rules.
+pub fn rewrite_tag_env() -> [(&'static str, String); 3] {
     let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/filters/rules");
-    let mount = format!("{rules}/rewrite/tenant-mount.toml");
-    let tags = format!("{rules}/tagging/default.toml");
-    start_edge(
-        bin,
-        upstream,
-        &[
-            ("NATS_EDGE_REWRITE__SETS__BENCH", &mount),
-            ("NATS_EDGE_REWRITE__DEFAULT", "bench"),
-            ("NATS_EDGE_TAGGING__FILE", &tags),
-        ],
-    )
+    [
+        (
+            "NATS_EDGE_REWRITE__SETS__BENCH",
+            format!("{rules}/rewrite/tenant-mount.toml"),
+        ),
+        ("NATS_EDGE_REWRITE__DEFAULT", "bench".to_string()),
+        (
+            "NATS_EDGE_TAGGING__FILE",
+            format!("{rules}/tagging/default.toml"),
+        ),
+    ]
 }
 
 /// HAProxy in TCP mode in front of `upstream`, when it is installed.
@@ -218,10 +225,12 @@ pub fn start_edge_under_callgrind(
     bin: &str,
     upstream: SocketAddr,
     out: &std::path::Path,
+    env: &[(&str, String)],
 ) -> Option<Proc> {
     which("valgrind")?;
     let port = free_port();
     let mut cmd = Command::new("valgrind");
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     // One thread: the instruction count then does not depend on how worker threads happened
     // to park and steal work during the run.
     cmd.env("NATS_EDGE_WORKER_THREADS", "1");

@@ -108,6 +108,11 @@ impl HeaderWriter {
         self.buf.put_slice(b"\r\n");
     }
 
+    /// Appends field lines already formatted, each ending in CRLF.
+    pub fn lines(&mut self, lines: &[u8]) {
+        self.buf.put_slice(lines);
+    }
+
     /// Appends `name: value`. Line ends in the value become spaces, so a value can never
     /// start a field of its own.
     pub fn field(&mut self, name: &[u8], value: &[u8]) {

@@ -17,7 +17,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -266,9 +267,31 @@ fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The tagging configuration in use, swapped whole on reload for new and live connections.
+pub struct TagSource {
+    current: ArcSwap<TagConfig>,
+}
+
+impl TagSource {
+    pub fn new(config: TagConfig) -> Self {
+        TagSource {
+            current: ArcSwap::from_pointee(config),
+        }
+    }
+
+    /// Swaps in a newly loaded configuration.
+    pub fn store(&self, config: TagConfig) {
+        self.current.store(Arc::new(config));
+    }
+
+    pub fn current(&self) -> Arc<TagConfig> {
+        self.current.load_full()
+    }
+}
+
 /// Builds the per-session tagging filter.
 pub struct TagFactory {
-    pub config: Arc<TagConfig>,
+    pub source: Arc<TagSource>,
     pub limits: LimitsConfig,
     pub events: Arc<dyn Events>,
 }
@@ -276,7 +299,8 @@ pub struct TagFactory {
 impl FilterFactory for TagFactory {
     fn build(&self, _conn: &ConnFacts) -> Box<dyn Filter> {
         Box::new(Tag {
-            config: self.config.clone(),
+            source: self.source.clone(),
+            config: self.source.current(),
             limits: self.limits,
             events: self.events.clone(),
             client_headers: true,
@@ -287,45 +311,57 @@ impl FilterFactory for TagFactory {
 
 /// Per-session state of the tagging filter.
 pub struct Tag {
+    source: Arc<TagSource>,
+    /// The configuration this session tags with, until the next reload.
     config: Arc<TagConfig>,
     limits: LimitsConfig,
     events: Arc<dyn Events>,
     /// Whether the client itself negotiated headers.
     client_headers: bool,
-    /// The session's tag lines, built once the identity (if any) is known.
-    cached: Option<(bool, Bytes)>,
+    /// The session's tags, built once the identity (if any) is known; the flag says
+    /// whether it was.
+    cached: Option<(bool, TagLines)>,
+}
+
+/// A session's tags, formatted once.
+#[derive(Clone)]
+struct TagLines {
+    /// `Name: value\r\n` for each tag.
+    lines: Bytes,
+    /// The whole header block of a message that had none: shared by every such message,
+    /// so tagging it allocates nothing.
+    block: Bytes,
 }
 
 impl Tag {
-    fn tag_lines(&mut self, ctx: &SessionCtx) -> Bytes {
+    fn tag_lines(&mut self, ctx: &SessionCtx) -> TagLines {
         let has_identity = ctx.identity.is_some();
-        if let Some((for_identity, lines)) = &self.cached {
+        if let Some((for_identity, tags)) = &self.cached {
             if *for_identity == has_identity {
-                return lines.clone();
+                return tags.clone();
             }
         }
         let user = ctx.identity.as_ref().and_then(|i| i.user.as_deref());
-        let tags = self.config.tags(&ctx.conn, user);
-        let mut writer = BytesMut::new();
-        for (name, value) in &tags {
-            writer.put_slice(name.as_bytes());
-            writer.put_slice(b": ");
-            for b in value.bytes() {
-                writer.put_u8(if matches!(b, b'\r' | b'\n') { b' ' } else { b });
-            }
-            writer.put_slice(b"\r\n");
+        let mut block = HeaderWriter::new(headers::VERSION);
+        for (name, value) in &self.config.tags(&ctx.conn, user) {
+            block.field(name.as_bytes(), value.as_bytes());
         }
-        let lines = writer.freeze();
-        self.cached = Some((has_identity, lines.clone()));
-        lines
+        let block = block.finish();
+        let lines_start = headers::VERSION.len() + 2;
+        let tags = TagLines {
+            lines: block.slice(lines_start..block.len() - 2),
+            block,
+        };
+        self.cached = Some((has_identity, tags.clone()));
+        tags
     }
 
     fn tag(&mut self, publish: &mut Pub, ctx: &SessionCtx) -> Verdict {
-        let lines = self.tag_lines(ctx);
+        let tags = self.tag_lines(ctx);
         let mut headers = None;
         if ctx.upstream_headers {
             let mut spoofed = false;
-            let mut writer = match &publish.headers {
+            let writer = match &publish.headers {
                 Some(block) => {
                     let Ok(parsed) = Headers::parse(block) else {
                         // Not a header block nats-server or a client would read the same way
@@ -344,9 +380,9 @@ impl Tag {
                             writer.line(line);
                         }
                     }
-                    writer
+                    Some(writer)
                 }
-                None => HeaderWriter::new(headers::VERSION),
+                None => None,
             };
             if spoofed {
                 self.events.tag_spoof();
@@ -357,10 +393,13 @@ impl Tag {
                     ));
                 }
             }
-            for line in lines.split(|b| *b == b'\n').filter(|l| l.len() > 1) {
-                writer.line(line.strip_suffix(b"\r").unwrap_or(line));
-            }
-            headers = Some(writer.finish());
+            headers = Some(match writer {
+                Some(mut writer) => {
+                    writer.lines(&tags.lines);
+                    writer.finish()
+                }
+                None => tags.block,
+            });
         }
         let mut payload = None;
         if let Some(field) = self.config.json_field(&publish.subject) {
@@ -399,8 +438,19 @@ impl Filter for Tag {
     }
 
     fn interest(&self) -> Interest {
-        // Msg: deliveries to a client that did not negotiate headers lose theirs here.
-        Interest::of(&[OpKind::Connect, OpKind::Pub, OpKind::Msg])
+        if self.client_headers {
+            Interest::of(&[OpKind::Connect, OpKind::Pub])
+        } else {
+            // Deliveries to a client that did not negotiate headers lose theirs here. The
+            // session reads this again after the CONNECT, so a client that did negotiate
+            // them keeps its deliveries on the fast path.
+            Interest::of(&[OpKind::Connect, OpKind::Pub, OpKind::Msg])
+        }
+    }
+
+    fn on_reload(&mut self, _ctx: &SessionCtx) {
+        self.config = self.source.current();
+        self.cached = None;
     }
 
     fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {

@@ -1,7 +1,12 @@
 //! Writing ops back to bytes. Only ops a filter changed (or the edge made) come here; an
 //! unchanged op leaves as its original bytes.
+//!
+//! The session writes a changed message as two pieces: its head (control line and header
+//! block), encoded here by [`encode_client_head`] / [`encode_server_head`], and its payload,
+//! queued as the `Bytes` it already is, so changing a subject or a header never copies the
+//! payload.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use nats_edge_filters::{ClientOp, ServerOp};
 
 /// Appends a decimal number without going through `fmt`.
@@ -23,25 +28,35 @@ fn put_u64(out: &mut BytesMut, mut n: u64) {
     out.put_slice(&buf[i..]);
 }
 
-/// Writes the header/payload section of a message: sizes, CRLF, headers, payload, CRLF.
-fn put_message_tail(out: &mut BytesMut, headers: Option<&[u8]>, payload: &[u8]) {
+/// Writes the sizes, the CRLF ending the control line, and the header block of a message.
+fn put_sizes_and_headers(out: &mut BytesMut, headers: Option<&[u8]>, payload_len: usize) {
     if let Some(h) = headers {
         put_size(out, h.len());
         out.put_u8(b' ');
-        put_size(out, h.len() + payload.len());
+        put_size(out, h.len() + payload_len);
     } else {
-        put_size(out, payload.len());
+        put_size(out, payload_len);
     }
     out.put_slice(b"\r\n");
     if let Some(h) = headers {
         out.put_slice(h);
     }
-    out.put_slice(payload);
-    out.put_slice(b"\r\n");
 }
+
+/// What follows a message's head on the wire: the payload, then CRLF.
+pub const PAYLOAD_END: &[u8] = b"\r\n";
 
 /// Appends the wire form of a client op.
 pub fn encode_client_op(op: &ClientOp, out: &mut BytesMut) {
+    if let Some(payload) = encode_client_head(op, out) {
+        out.put_slice(payload);
+        out.put_slice(PAYLOAD_END);
+    }
+}
+
+/// Appends the wire form of a client op up to its payload. For a PUB/HPUB it returns the
+/// payload, which must follow, then [`PAYLOAD_END`]; every other op is written whole.
+pub fn encode_client_head<'a>(op: &'a ClientOp, out: &mut BytesMut) -> Option<&'a Bytes> {
     match op {
         ClientOp::Connect(c) => {
             out.put_slice(b"CONNECT ");
@@ -62,7 +77,8 @@ pub fn encode_client_op(op: &ClientOp, out: &mut BytesMut) {
                 out.put_slice(reply);
                 out.put_u8(b' ');
             }
-            put_message_tail(out, p.headers.as_deref(), &p.payload);
+            put_sizes_and_headers(out, p.headers.as_deref(), p.payload.len());
+            return Some(&p.payload);
         }
         ClientOp::Sub(s) => {
             out.put_slice(b"SUB ");
@@ -98,10 +114,20 @@ pub fn encode_client_op(op: &ClientOp, out: &mut BytesMut) {
             out.put_slice(b"\r\n");
         }
     }
+    None
 }
 
 /// Appends the wire form of a server op.
 pub fn encode_server_op(op: &ServerOp, out: &mut BytesMut) {
+    if let Some(payload) = encode_server_head(op, out) {
+        out.put_slice(payload);
+        out.put_slice(PAYLOAD_END);
+    }
+}
+
+/// Appends the wire form of a server op up to its payload. For a MSG/HMSG it returns the
+/// payload, which must follow, then [`PAYLOAD_END`]; every other op is written whole.
+pub fn encode_server_head<'a>(op: &'a ServerOp, out: &mut BytesMut) -> Option<&'a Bytes> {
     match op {
         ServerOp::Info(info) => {
             out.put_slice(b"INFO ");
@@ -123,7 +149,8 @@ pub fn encode_server_op(op: &ServerOp, out: &mut BytesMut) {
                 out.put_slice(reply);
                 out.put_u8(b' ');
             }
-            put_message_tail(out, m.headers.as_deref(), &m.payload);
+            put_sizes_and_headers(out, m.headers.as_deref(), m.payload.len());
+            return Some(&m.payload);
         }
         ServerOp::Ping => out.put_slice(b"PING\r\n"),
         ServerOp::Pong => out.put_slice(b"PONG\r\n"),
@@ -134,4 +161,5 @@ pub fn encode_server_op(op: &ServerOp, out: &mut BytesMut) {
             out.put_slice(b"'\r\n");
         }
     }
+    None
 }

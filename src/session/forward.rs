@@ -12,7 +12,6 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use nats_edge_filters::filter::{client_op_kind, server_op_kind};
@@ -21,8 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::state::{Shared, MAX_PENDING_BARRIERS};
 use crate::proto::{
-    build_client_op, build_server_op, encode_client_op, encode_server_op, scan, Direction, Frame,
-    ProtoError, Verb,
+    build_client_op, build_server_op, encode_client_head, encode_server_head, encode_server_op,
+    scan, Direction, Frame, ProtoError, Verb, PAYLOAD_END,
 };
 
 /// The first read buffer of a connection, and the size it shrinks back to when idle.
@@ -33,8 +32,14 @@ const MAX_READ: usize = 64 * 1024;
 const MIN_SPARE: usize = 512;
 /// Queued bytes at which the forwarder stops reading and only writes.
 const HIGH_WATER: usize = 256 * 1024;
-/// Slices per vectored write.
-const MAX_IOV: usize = 64;
+/// Slices per vectored write. A changed message is two slices (its new head, and its
+/// payload where it was read), so this is room for about 64 of them.
+const MAX_IOV: usize = 128;
+/// The scratch buffer is refilled in chunks this large, so encoding a changed op allocates
+/// once per chunk, not per op. Heads of changed messages are control lines plus headers.
+const SCRATCH_CHUNK: usize = 8 * 1024;
+/// Below this much room the scratch buffer takes a fresh chunk before encoding.
+const SCRATCH_MIN: usize = 1024;
 
 const PING: &[u8] = b"PING\r\n";
 
@@ -290,9 +295,38 @@ impl Forwarder {
     }
 
     fn push_encoded(&mut self, encode: impl FnOnce(&mut BytesMut)) {
+        if self.scratch.capacity() - self.scratch.len() < SCRATCH_MIN {
+            self.scratch.reserve(SCRATCH_CHUNK);
+        }
         encode(&mut self.scratch);
         let bytes = self.scratch.split().freeze();
         self.push(bytes);
+    }
+
+    /// Encodes the head of a changed op into the scratch buffer and queues it; returns the
+    /// payload of a message, which must follow (see [`Forwarder::push_payload`]).
+    fn push_head<'a>(
+        &mut self,
+        encode: impl FnOnce(&mut BytesMut) -> Option<&'a Bytes>,
+    ) -> Option<&'a Bytes> {
+        let mut payload = None;
+        self.push_encoded(|buf| payload = encode(buf));
+        payload
+    }
+
+    /// Queues a changed message's payload and its CRLF without copying: as one slice of the
+    /// frame it was read in when it is still there, else as it is.
+    fn push_payload(&mut self, frame: &Bytes, payload: Option<&Bytes>) {
+        let Some(payload) = payload else {
+            return;
+        };
+        match slice_with_end(frame, payload) {
+            Some(tail) => self.push(tail),
+            None => {
+                self.push(payload.clone());
+                self.push(Bytes::from_static(PAYLOAD_END));
+            }
+        }
     }
 
     /// Client to upstream: every complete frame in the read buffer.
@@ -353,10 +387,11 @@ impl Forwarder {
             shared.generation += 1;
         }
         let verdict = if shared.chain.interest().contains(client_op_kind(&op)) {
-            // Timed only here, where a filter looks at the op: the fast path pays nothing.
-            let started = Instant::now();
+            // Timed only here, where a filter looks at the op (and then one op in a sample):
+            // the fast path pays nothing.
+            let started = shared.filter_time.start();
             let verdict = shared.chain.on_client_op(&mut op, &mut shared.ctx);
-            shared.filter_time.observe(started.elapsed());
+            shared.filter_time.finish(started);
             verdict
         } else {
             Verdict::Forward
@@ -371,7 +406,8 @@ impl Forwarder {
                 true
             }
             Verdict::Changed => {
-                self.push_encoded(|buf| encode_client_op(&op, buf));
+                let payload = self.push_head(|buf| encode_client_head(&op, buf));
+                self.push_payload(&data, payload);
                 true
             }
             Verdict::Drop => false,
@@ -505,12 +541,15 @@ impl Forwarder {
             }
         };
         debug_assert!(shared.chain.interest().contains(server_op_kind(&op)));
-        let started = Instant::now();
+        let started = shared.filter_time.start();
         let verdict = shared.chain.on_server_op(&mut op, &shared.ctx);
-        shared.filter_time.observe(started.elapsed());
+        shared.filter_time.finish(started);
         match verdict {
             Verdict::Forward => self.push(data),
-            Verdict::Changed => self.push_encoded(|buf| encode_server_op(&op, buf)),
+            Verdict::Changed => {
+                let payload = self.push_head(|buf| encode_server_head(&op, buf));
+                self.push_payload(&data, payload);
+            }
             Verdict::Drop => {}
             // Nothing on this side waits for the upstream: a deferred server op goes on.
             Verdict::Defer => self.push(data),
@@ -526,6 +565,17 @@ impl Forwarder {
             }
         }
     }
+}
+
+/// `payload` and the CRLF after it, as one slice of `frame`, when the payload is still the
+/// slice of the frame it was read as (a filter that replaced it made a new buffer).
+fn slice_with_end(frame: &Bytes, payload: &Bytes) -> Option<Bytes> {
+    let start = (payload.as_ptr() as usize).checked_sub(frame.as_ptr() as usize)?;
+    let end = start
+        .checked_add(payload.len())?
+        .checked_add(PAYLOAD_END.len())?;
+    (end <= frame.len() && frame[end - PAYLOAD_END.len()..end] == *PAYLOAD_END)
+        .then(|| frame.slice(start..end))
 }
 
 /// Applies the listener's addresses and the filters' view to an upstream INFO, and takes

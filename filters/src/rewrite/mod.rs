@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::events::Events;
 use crate::filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionCtx};
@@ -29,7 +29,7 @@ use crate::op::{ClientOp, Msg, ServerOp};
 use crate::responses::{ResponseBounds, ResponseTracker};
 use crate::verdict::Verdict;
 
-pub use rules::{Rule, RuleKind, RuleSet};
+pub use rules::{Mapped, Rule, RuleKind, RuleSet};
 pub use sets::{LoadedSets, RewriteConfig, RewriteRules, Why};
 
 /// A rule set that cannot be used, naming the file, the rule and the subject that breaks it.
@@ -110,7 +110,9 @@ impl FilterFactory for RewriteFactory {
             rules: self.rules.clone(),
             events: self.events.clone(),
             active,
+            resolved: None,
             replies: ResponseTracker::new(REPLY_BOUNDS, REPLY_CAPACITY),
+            arena: SubjectArena::default(),
         })
     }
 }
@@ -120,17 +122,63 @@ pub struct Rewrite {
     rules: Arc<RewriteRules>,
     events: Arc<dyn Events>,
     active: bool,
+    /// The session's set, looked up once rather than per op: again when the user it was
+    /// looked up for changes (the CONNECT names it) and after a reload.
+    resolved: Option<Resolved>,
     /// Reply subjects delivered from outside the mount, answered unmapped.
     replies: ResponseTracker,
+    arena: SubjectArena,
+}
+
+/// A session's rule set (none when no set applies), and the user it was looked up for.
+type Resolved = (Option<Arc<str>>, Option<Arc<RuleSet>>);
+
+/// Where a session's mapped subjects are written: chunks shared by many subjects, so a
+/// rewrite allocates once per chunk, not once per message. A subject keeps its chunk alive
+/// only until the op it is in has been written.
+#[derive(Default)]
+struct SubjectArena(BytesMut);
+
+/// Room for a few hundred mapped subjects.
+const ARENA_CHUNK: usize = 4096;
+
+impl SubjectArena {
+    /// The bytes of a mapped subject. A mount that adds no prefix keeps a tail of
+    /// `original`, which costs no copy at all.
+    fn build(&mut self, original: &Bytes, mapped: Mapped<'_>) -> Bytes {
+        match mapped {
+            Mapped::Remount { prefix: [], rest } => {
+                // `rest` is a tail of `original`: the mount's prefix was cut off its front.
+                original.slice(original.len().saturating_sub(rest.len())..)
+            }
+            Mapped::Remount { prefix, rest } => {
+                let len = prefix.len() + rest.len();
+                if self.0.capacity() - self.0.len() < len {
+                    self.0.reserve(len.max(ARENA_CHUNK));
+                }
+                self.0.extend_from_slice(prefix);
+                self.0.extend_from_slice(rest);
+                self.0.split().freeze()
+            }
+            Mapped::Expanded(subject) => Bytes::from(subject),
+        }
+    }
 }
 
 impl Rewrite {
-    fn set(&self, ctx: &SessionCtx) -> Option<Arc<RuleSet>> {
-        let user = ctx.identity.as_ref().and_then(|i| i.user.as_deref());
-        self.rules
+    /// Looks the session's set up when it is not known for the current identity.
+    fn resolve(&mut self, ctx: &SessionCtx) {
+        let user = ctx.identity.as_ref().and_then(|i| i.user.as_ref());
+        if matches!(&self.resolved, Some((for_user, _)) if for_user.as_deref() == user.map(|u| &**u))
+        {
+            return;
+        }
+        let set = self
+            .rules
             .current()
-            .for_session(&ctx.conn.listener, user)
-            .map(|(set, _)| set.clone())
+            .for_session(&ctx.conn.listener, user.map(|u| &**u))
+            .map(|(set, _)| set.clone());
+        self.resolved = Some((user.cloned(), set));
     }
 }
 
@@ -147,8 +195,14 @@ impl Filter for Rewrite {
         }
     }
 
+    fn on_reload(&mut self, ctx: &SessionCtx) {
+        self.resolved = None;
+        self.active = self.rules.current().config.may_apply(&ctx.conn.listener);
+    }
+
     fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {
-        let Some(set) = self.set(ctx) else {
+        self.resolve(ctx);
+        let Some((_, Some(set))) = &self.resolved else {
             return Verdict::Forward;
         };
         let mut changed = false;
@@ -156,22 +210,24 @@ impl Filter for Rewrite {
             ClientOp::Pub(publish) => {
                 let answering = !self.replies.is_empty()
                     && self.replies.answer(&publish.subject, Instant::now());
-                let client_subject = publish.subject.clone();
+                let client_subject = set
+                    .jetstream_stream_subjects
+                    .then(|| publish.subject.clone());
                 if !answering {
-                    if let Some((_, mapped)) = set.forward(&publish.subject, true) {
-                        publish.subject = Bytes::from(mapped);
+                    if let Some((_, mapped)) = set.forward_mapped(&publish.subject, true) {
+                        publish.subject = self.arena.build(&publish.subject, mapped);
                         changed = true;
                     }
                 }
                 if let Some(reply) = &publish.reply {
-                    if let Some((_, mapped)) = set.forward(reply, false) {
-                        publish.reply = Some(Bytes::from(mapped));
+                    if let Some((_, mapped)) = set.forward_mapped(reply, false) {
+                        publish.reply = Some(self.arena.build(reply, mapped));
                         changed = true;
                     }
                 }
-                if set.jetstream_stream_subjects {
+                if let Some(client_subject) = client_subject {
                     if let Some(payload) =
-                        jetstream::map_stream_subjects(&client_subject, &publish.payload, &set)
+                        jetstream::map_stream_subjects(&client_subject, &publish.payload, set)
                     {
                         publish.payload = payload;
                         changed = true;
@@ -179,8 +235,8 @@ impl Filter for Rewrite {
                 }
             }
             ClientOp::Sub(sub) => {
-                if let Some((_, mapped)) = set.forward(&sub.subject, false) {
-                    sub.subject = Bytes::from(mapped);
+                if let Some((_, mapped)) = set.forward_mapped(&sub.subject, false) {
+                    sub.subject = self.arena.build(&sub.subject, mapped);
                     changed = true;
                 }
             }
@@ -198,10 +254,11 @@ impl Filter for Rewrite {
         let ServerOp::Msg(msg) = op else {
             return Verdict::Forward;
         };
-        let Some(set) = self.set(ctx) else {
+        self.resolve(ctx);
+        let Some((_, Some(set))) = &self.resolved else {
             return Verdict::Forward;
         };
-        if self.reverse_msg(msg, &set) {
+        if reverse_msg(msg, set, &mut self.replies, &mut self.arena) {
             self.events.rewritten("upstream_to_client");
             Verdict::Changed
         } else {
@@ -210,34 +267,38 @@ impl Filter for Rewrite {
     }
 }
 
-impl Rewrite {
-    /// Maps a delivery back into the client's view; true when anything changed.
-    fn reverse_msg(&mut self, msg: &mut Msg, set: &RuleSet) -> bool {
-        let mut changed = false;
-        if let Some(back) = set.reverse(&msg.subject) {
-            msg.subject = Bytes::from(back);
-            changed = true;
-        }
-        if let Some(reply) = &msg.reply {
-            if let Some(back) = set.reverse(reply) {
-                msg.reply = Some(Bytes::from(back));
-                changed = true;
-            } else if set.forward(reply, true).is_some() {
-                // From outside the mount, and publishing to it would push it inside: remember
-                // it so the answer goes out as it came.
-                self.replies.delivered(reply, Instant::now());
-            }
-        }
-        if let Some(block) = &msg.headers {
-            if msg.payload.is_empty() && block.starts_with(b"NATS/1.0 503") {
-                if let Some(rebuilt) = reverse_status_subject(block, set) {
-                    msg.headers = Some(rebuilt);
-                    changed = true;
-                }
-            }
-        }
-        changed
+/// Maps a delivery back into the client's view; true when anything changed. Reply subjects
+/// from outside the mount are remembered in `replies`.
+fn reverse_msg(
+    msg: &mut Msg,
+    set: &RuleSet,
+    replies: &mut ResponseTracker,
+    arena: &mut SubjectArena,
+) -> bool {
+    let mut changed = false;
+    if let Some(back) = set.reverse_mapped(&msg.subject) {
+        msg.subject = arena.build(&msg.subject, back);
+        changed = true;
     }
+    if let Some(reply) = &msg.reply {
+        if let Some(back) = set.reverse_mapped(reply) {
+            msg.reply = Some(arena.build(reply, back));
+            changed = true;
+        } else if set.claims(reply, true).is_some() {
+            // From outside the mount, and publishing to it would push it inside: remember
+            // it so the answer goes out as it came.
+            replies.delivered(reply, Instant::now());
+        }
+    }
+    if let Some(block) = &msg.headers {
+        if msg.payload.is_empty() && block.starts_with(b"NATS/1.0 503") {
+            if let Some(rebuilt) = reverse_status_subject(block, set) {
+                msg.headers = Some(rebuilt);
+                changed = true;
+            }
+        }
+    }
+    changed
 }
 
 /// The 503 no-responders status names the request subject in `Nats-Subject`, in the

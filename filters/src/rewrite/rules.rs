@@ -111,28 +111,44 @@ impl Rule {
 
     /// The upstream subject for a client subject, when this rule matches it.
     pub fn forward(&self, subject: &[u8]) -> Option<Vec<u8>> {
+        self.forward_mapped(subject).map(Mapped::into_vec)
+    }
+
+    /// [`Rule::forward`] without building the subject yet.
+    pub fn forward_mapped<'a>(&'a self, subject: &'a [u8]) -> Option<Mapped<'a>> {
         match &self.map {
             RuleMap::Mount { client, upstream } => {
-                under(client, subject).then(|| remount(upstream, &subject[client.len()..]))
+                under(client, subject).then(|| Mapped::Remount {
+                    prefix: upstream,
+                    rest: &subject[client.len()..],
+                })
             }
             RuleMap::Regex {
                 client, upstream, ..
-            } => expand(client, upstream, subject),
+            } => expand(client, upstream, subject).map(Mapped::Expanded),
         }
     }
 
     /// The client subject for an upstream subject, when this rule maps it back.
     pub fn reverse(&self, subject: &[u8]) -> Option<Vec<u8>> {
+        self.reverse_mapped(subject).map(Mapped::into_vec)
+    }
+
+    /// [`Rule::reverse`] without building the subject yet.
+    pub fn reverse_mapped<'a>(&'a self, subject: &'a [u8]) -> Option<Mapped<'a>> {
         if self.publish_only {
             return None;
         }
         match &self.map {
             RuleMap::Mount { client, upstream } => {
-                under(upstream, subject).then(|| remount(client, &subject[upstream.len()..]))
+                under(upstream, subject).then(|| Mapped::Remount {
+                    prefix: client,
+                    rest: &subject[upstream.len()..],
+                })
             }
             RuleMap::Regex { reverse, .. } => {
                 let (pattern, template) = reverse.as_ref()?;
-                expand(pattern, template, subject)
+                expand(pattern, template, subject).map(Mapped::Expanded)
             }
         }
     }
@@ -161,11 +177,24 @@ fn under(prefix: &[u8], subject: &[u8]) -> bool {
     subject.len() > prefix.len() && subject.starts_with(prefix)
 }
 
-fn remount(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(prefix.len() + rest.len());
-    out.extend_from_slice(prefix);
-    out.extend_from_slice(rest);
-    out
+/// A mapped subject, before it is built: the session writes a mount's into its own buffer
+/// (or, when the mount adds no prefix, takes the tail of the subject it had), so a rewrite
+/// does not allocate per message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mapped<'a> {
+    /// `prefix` followed by `rest`, the tail of the subject being mapped.
+    Remount { prefix: &'a [u8], rest: &'a [u8] },
+    /// What a regex rule's template expanded to.
+    Expanded(Vec<u8>),
+}
+
+impl Mapped<'_> {
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            Mapped::Remount { prefix, rest } => [prefix, rest].concat(),
+            Mapped::Expanded(subject) => subject,
+        }
+    }
 }
 
 fn expand(pattern: &Regex, template: &[u8], subject: &[u8]) -> Option<Vec<u8>> {
@@ -285,16 +314,36 @@ impl RuleSet {
     /// rules apply when `published` is set (the subject of a PUB), never to subscriptions
     /// or reply subjects.
     pub fn forward(&self, subject: &[u8], published: bool) -> Option<(&Rule, Vec<u8>)> {
+        let rule = self.claims(subject, published)?;
+        rule.forward(subject).map(|mapped| (rule, mapped))
+    }
+
+    /// The rule [`RuleSet::forward`] would apply.
+    pub fn claims(&self, subject: &[u8], published: bool) -> Option<&Rule> {
         self.rules
             .iter()
             .filter(|r| published || !r.publish_only)
             .find(|r| r.matches_client(subject))
-            .and_then(|r| r.forward(subject).map(|s| (r, s)))
+    }
+
+    /// [`RuleSet::forward`] without building the subject yet.
+    pub fn forward_mapped<'a>(
+        &'a self,
+        subject: &'a [u8],
+        published: bool,
+    ) -> Option<(&'a Rule, Mapped<'a>)> {
+        let rule = self.claims(subject, published)?;
+        rule.forward_mapped(subject).map(|m| (rule, m))
     }
 
     /// The client subject of an upstream subject: the first rule that maps it back.
     pub fn reverse(&self, subject: &[u8]) -> Option<Vec<u8>> {
-        self.rules.iter().find_map(|r| r.reverse(subject))
+        self.reverse_mapped(subject).map(Mapped::into_vec)
+    }
+
+    /// [`RuleSet::reverse`] without building the subject yet.
+    pub fn reverse_mapped<'a>(&'a self, subject: &'a [u8]) -> Option<Mapped<'a>> {
+        self.rules.iter().find_map(|r| r.reverse_mapped(subject))
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! A session's set is its user's (by identity, when the authenticating filter has named
 //! one), else its listener's, else the default. The sets sit behind an [`ArcSwap`]: sessions
-//! read them per op without a lock, and [`RewriteRules::reload`] swaps in freshly loaded
+//! look their set up once (and again after a reload) without a lock, and [`RewriteRules::reload`] swaps in freshly loaded
 //! files for new and live connections at once, or keeps the old ones when a file fails.
 
 use std::collections::{BTreeMap, HashMap};

@@ -6,9 +6,9 @@ use crate::filter::TlsPeer;
 use crate::identity::{AuthMethod, Identity};
 use crate::op::{Connect, Msg};
 
-fn config(name: &str) -> Arc<TagConfig> {
+fn config(name: &str) -> TagConfig {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("rules/tagging/{name}.toml"));
-    Arc::new(TagConfig::load(&file).unwrap())
+    TagConfig::load(&file).unwrap()
 }
 
 fn conn() -> ConnFacts {
@@ -26,7 +26,7 @@ fn conn() -> ConnFacts {
 
 fn session(name: &str, max_payload: Option<i64>) -> (Box<dyn Filter>, SessionCtx) {
     let factory = TagFactory {
-        config: config(name),
+        source: Arc::new(TagSource::new(config(name))),
         limits: LimitsConfig::default(),
         events: Arc::new(NoEvents),
     };
@@ -160,7 +160,7 @@ fn tags_that_push_over_max_payload_refuse_the_message() {
 #[test]
 fn a_client_without_headers_is_upgraded_and_its_deliveries_stripped() {
     let factory = TagFactory {
-        config: config("default"),
+        source: Arc::new(TagSource::new(config("default"))),
         limits: LimitsConfig::default(),
         events: Arc::new(NoEvents),
     };
