@@ -301,6 +301,45 @@ async fn jetstream_through_a_mount() {
         .unwrap();
     assert_eq!(info.num_ack_pending, 0);
     assert_eq!(info.delivered.stream_sequence, 1);
+
+    // A consumer filtered in the client's view selects the mapped subject upstream.
+    within("publish", async {
+        inside
+            .publish("orders.other", "second".into())
+            .await
+            .expect("publish")
+            .await
+    })
+    .await
+    .expect("acknowledged by the stream");
+    let picky = within(
+        "create the filtered consumer",
+        orders.create_consumer(pull::Config {
+            durable_name: Some("picky".into()),
+            filter_subject: "orders.new".into(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("filtered consumer created through the mount");
+    let mut batch = within("fetch", picky.fetch().max_messages(1).messages())
+        .await
+        .expect("fetch");
+    let msg = within("the filtered message", batch.next())
+        .await
+        .expect("a message")
+        .expect("no error");
+    assert_eq!(msg.subject.as_str(), "orders.new");
+    assert_eq!(&msg.payload[..], b"first");
+    within("ack", msg.double_ack()).await.expect("ack");
+    let info = within("filtered consumer info", direct.get_stream("ORDERS"))
+        .await
+        .unwrap()
+        .consumer_info("picky")
+        .await
+        .unwrap();
+    assert_eq!(info.config.filter_subject, "tenant.acme.orders.new");
+    assert_eq!(info.num_pending, 0, "orders.other is not selected");
     edge.shutdown().await;
 }
 

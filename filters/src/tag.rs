@@ -326,11 +326,19 @@ pub struct Tag {
 /// A session's tags, formatted once.
 #[derive(Clone)]
 struct TagLines {
-    /// `Name: value\r\n` for each tag.
-    lines: Bytes,
     /// The whole header block of a message that had none: shared by every such message,
     /// so tagging it allocates nothing.
     block: Bytes,
+}
+
+impl TagLines {
+    /// `Name: value\r\n` for each tag: the block without its version line and its end.
+    fn lines(&self) -> &[u8] {
+        let start = headers::VERSION.len() + 2;
+        self.block
+            .get(start..self.block.len().saturating_sub(2))
+            .unwrap_or_default()
+    }
 }
 
 impl Tag {
@@ -346,11 +354,8 @@ impl Tag {
         for (name, value) in &self.config.tags(&ctx.conn, user) {
             block.field(name.as_bytes(), value.as_bytes());
         }
-        let block = block.finish();
-        let lines_start = headers::VERSION.len() + 2;
         let tags = TagLines {
-            lines: block.slice(lines_start..block.len() - 2),
-            block,
+            block: block.finish(),
         };
         self.cached = Some((has_identity, tags.clone()));
         tags
@@ -395,14 +400,24 @@ impl Tag {
             }
             headers = Some(match writer {
                 Some(mut writer) => {
-                    writer.lines(&tags.lines);
+                    writer.lines(tags.lines());
                     writer.finish()
                 }
                 None => tags.block,
             });
         }
         let mut payload = None;
-        if let Some(field) = self.config.json_field(&publish.subject) {
+        // Only a payload that opens like a JSON object can take the field: that byte is
+        // cheaper to look at than the subject patterns.
+        let object_like = publish
+            .payload
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{');
+        if let Some(field) = object_like
+            .then(|| self.config.json_field(&publish.subject))
+            .flatten()
+        {
             let user = ctx.identity.as_ref().and_then(|i| i.user.as_deref());
             let value = self.config.json_value(&ctx.conn, user);
             payload = merge_json(&publish.payload, field, value);

@@ -14,18 +14,8 @@ fn put_size(out: &mut BytesMut, n: usize) {
     put_u64(out, n as u64);
 }
 
-fn put_u64(out: &mut BytesMut, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.put_slice(&buf[i..]);
+fn put_u64(out: &mut BytesMut, n: u64) {
+    out.put_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Writes the sizes, the CRLF ending the control line, and the header block of a message.

@@ -1,7 +1,9 @@
 //! JetStream through a mount: a stream created in the client's view (`subjects =
 //! ["orders.>"]`) must capture the mapped subjects upstream, or nothing the client publishes
-//! through the mount would land in it. Only stream create and update requests are touched,
-//! and only when the rule file asks (`jetstream_stream_subjects = true`): they are rare
+//! through the mount would land in it; a consumer created with a filter in the client's view
+//! (`filter_subject = "orders.new"`) must select the mapped subjects in that stream. Only
+//! stream create/update and consumer create requests are touched, and only when the rule
+//! file asks (`jetstream_stream_subjects`, `jetstream_consumer_filters`): they are rare
 //! control messages, so the copy a JSON rewrite costs does not matter.
 
 use bytes::Bytes;
@@ -11,6 +13,10 @@ use super::rules::RuleSet;
 
 const STREAM_CREATE: &[u8] = b"$JS.API.STREAM.CREATE.";
 const STREAM_UPDATE: &[u8] = b"$JS.API.STREAM.UPDATE.";
+/// `$JS.API.CONSUMER.CREATE.<stream>`, `...<stream>.<consumer>` and, since nats-server
+/// 2.10, `...<stream>.<consumer>.<filter subject>`.
+const CONSUMER_CREATE: &[u8] = b"$JS.API.CONSUMER.CREATE.";
+const DURABLE_CREATE: &[u8] = b"$JS.API.CONSUMER.DURABLE.CREATE.";
 
 /// The request payload with its `subjects` mapped, when `subject` (the client's view) is a
 /// stream create or update and any subject changed.
@@ -32,4 +38,83 @@ pub fn map_stream_subjects(subject: &[u8], payload: &[u8], set: &RuleSet) -> Opt
         return None;
     }
     serde_json::to_vec(&config).ok().map(Bytes::from)
+}
+
+/// A consumer create request with its filter subjects mapped.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ConsumerCreate {
+    /// The upstream subject with the filter in it mapped, when it held one.
+    pub subject: Option<Bytes>,
+    /// The request with `config.filter_subject` / `config.filter_subjects` mapped.
+    pub payload: Option<Bytes>,
+}
+
+/// Maps the filters of a consumer create request. `client_subject` is the request subject
+/// as the client sent it, `upstream_subject` what the rules made of it (the JetStream API
+/// rule keeps the tail, so the filter in it is the same text at its end).
+pub fn map_consumer_filters(
+    client_subject: &[u8],
+    upstream_subject: &[u8],
+    payload: &[u8],
+    set: &RuleSet,
+) -> ConsumerCreate {
+    let mut out = ConsumerCreate::default();
+    let durable = client_subject.starts_with(DURABLE_CREATE);
+    if !(durable || client_subject.starts_with(CONSUMER_CREATE)) {
+        return out;
+    }
+    if !durable {
+        out.subject = map_subject_filter(client_subject, upstream_subject, set);
+    }
+    let Ok(mut request) = serde_json::from_slice::<Value>(payload) else {
+        return out;
+    };
+    let Some(config) = request.get_mut("config").and_then(Value::as_object_mut) else {
+        return out;
+    };
+    let mut changed = false;
+    if let Some(filter) = config.get_mut("filter_subject") {
+        changed |= map_value(filter, set);
+    }
+    if let Some(filters) = config
+        .get_mut("filter_subjects")
+        .and_then(Value::as_array_mut)
+    {
+        for filter in filters {
+            changed |= map_value(filter, set);
+        }
+    }
+    if changed {
+        out.payload = serde_json::to_vec(&request).ok().map(Bytes::from);
+    }
+    out
+}
+
+/// The filter of `$JS.API.CONSUMER.CREATE.<stream>.<consumer>.<filter>`, mapped into the
+/// upstream subject.
+fn map_subject_filter(
+    client_subject: &[u8],
+    upstream_subject: &[u8],
+    set: &RuleSet,
+) -> Option<Bytes> {
+    let rest = &client_subject[CONSUMER_CREATE.len()..];
+    let mut tokens = rest.splitn(3, |b| *b == b'.');
+    let (_stream, _consumer, filter) = (tokens.next()?, tokens.next()?, tokens.next()?);
+    let head = upstream_subject.strip_suffix(filter)?;
+    let (_, mapped) = set.forward(filter, false)?;
+    Some(Bytes::from([head, &mapped[..]].concat()))
+}
+
+/// Maps a JSON string holding a subject; true when it changed.
+fn map_value(value: &mut Value, set: &RuleSet) -> bool {
+    let Some(text) = value.as_str() else {
+        return false;
+    };
+    match set.forward(text.as_bytes(), false) {
+        Some((_, mapped)) => {
+            *value = Value::String(String::from_utf8_lossy(&mapped).into_owned());
+            true
+        }
+        None => false,
+    }
 }

@@ -25,7 +25,7 @@ use bytes::{Bytes, BytesMut};
 use crate::events::Events;
 use crate::filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionCtx};
 use crate::headers::{self, HeaderWriter, Headers};
-use crate::op::{ClientOp, Msg, ServerOp};
+use crate::op::{ClientOp, Msg, Pub, ServerOp};
 use crate::responses::{ResponseBounds, ResponseTracker};
 use crate::verdict::Verdict;
 
@@ -210,8 +210,8 @@ impl Filter for Rewrite {
             ClientOp::Pub(publish) => {
                 let answering = !self.replies.is_empty()
                     && self.replies.answer(&publish.subject, Instant::now());
-                let client_subject = set
-                    .jetstream_stream_subjects
+                let client_subject = (set.jetstream_stream_subjects
+                    || set.jetstream_consumer_filters)
                     .then(|| publish.subject.clone());
                 if !answering {
                     if let Some((_, mapped)) = set.forward_mapped(&publish.subject, true) {
@@ -226,12 +226,7 @@ impl Filter for Rewrite {
                     }
                 }
                 if let Some(client_subject) = client_subject {
-                    if let Some(payload) =
-                        jetstream::map_stream_subjects(&client_subject, &publish.payload, set)
-                    {
-                        publish.payload = payload;
-                        changed = true;
-                    }
+                    changed |= map_jetstream_request(&client_subject, publish, set);
                 }
             }
             ClientOp::Sub(sub) => {
@@ -265,6 +260,36 @@ impl Filter for Rewrite {
             Verdict::Forward
         }
     }
+}
+
+/// Maps the subjects inside a JetStream API request the set asks for; true when anything
+/// changed.
+fn map_jetstream_request(client_subject: &[u8], publish: &mut Pub, set: &RuleSet) -> bool {
+    let mut changed = false;
+    if set.jetstream_stream_subjects {
+        if let Some(payload) = jetstream::map_stream_subjects(client_subject, &publish.payload, set)
+        {
+            publish.payload = payload;
+            changed = true;
+        }
+    }
+    if set.jetstream_consumer_filters {
+        let mapped = jetstream::map_consumer_filters(
+            client_subject,
+            &publish.subject,
+            &publish.payload,
+            set,
+        );
+        if let Some(subject) = mapped.subject {
+            publish.subject = subject;
+            changed = true;
+        }
+        if let Some(payload) = mapped.payload {
+            publish.payload = payload;
+            changed = true;
+        }
+    }
+    changed
 }
 
 /// Maps a delivery back into the client's view; true when anything changed. Reply subjects

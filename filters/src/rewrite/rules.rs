@@ -25,6 +25,12 @@ pub struct RuleFile {
     /// captures the mapped subjects.
     #[serde(default)]
     pub jetstream_stream_subjects: bool,
+    /// Map the filter subjects of consumer create requests (`config.filter_subject`,
+    /// `config.filter_subjects`, and the filter in a `$JS.API.CONSUMER.CREATE.<stream>.
+    /// <consumer>.<filter>` subject), so a consumer created in the client's view selects
+    /// the mapped subjects in its stream.
+    #[serde(default)]
+    pub jetstream_consumer_filters: bool,
     /// The rules, tried in order; the first whose client side matches maps a subject.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleDef>,
@@ -212,6 +218,7 @@ pub struct RuleSet {
     pub file: PathBuf,
     pub description: Option<String>,
     pub jetstream_stream_subjects: bool,
+    pub jetstream_consumer_filters: bool,
     pub rules: Vec<Rule>,
 }
 
@@ -306,6 +313,7 @@ impl RuleSet {
             file: file.to_path_buf(),
             description: parsed.description,
             jetstream_stream_subjects: parsed.jetstream_stream_subjects,
+            jetstream_consumer_filters: parsed.jetstream_consumer_filters,
             rules,
         })
     }

@@ -93,6 +93,45 @@ fn jetstream_api_is_an_exception_to_the_mount() {
     assert!(jetstream::map_stream_subjects(b"$JS.API.STREAM.CREATE.X", b"nope", &set).is_none());
 }
 
+#[test]
+fn jetstream_consumer_filters_are_mapped_in_the_request_and_its_subject() {
+    let set = load("jetstream-mount");
+    let request = br#"{"stream_name":"ORDERS","config":{"durable_name":"picky","filter_subject":"orders.new","filter_subjects":["orders.a","$JS.API.x"],"ack_policy":"explicit"}}"#;
+    let subject = b"$JS.API.CONSUMER.CREATE.ORDERS.picky.orders.new";
+    let mapped = jetstream::map_consumer_filters(subject, subject, request, &set);
+    assert_eq!(
+        mapped.subject.as_deref(),
+        Some(&b"$JS.API.CONSUMER.CREATE.ORDERS.picky.tenant.acme.orders.new"[..])
+    );
+    let v: serde_json::Value = serde_json::from_slice(&mapped.payload.unwrap()).unwrap();
+    assert_eq!(v["config"]["filter_subject"], "tenant.acme.orders.new");
+    assert_eq!(
+        v["config"]["filter_subjects"],
+        serde_json::json!(["tenant.acme.orders.a", "$JS.API.x"])
+    );
+    assert_eq!(v["config"]["ack_policy"], "explicit");
+    // The older forms carry no filter in the subject; other subjects are left alone.
+    for older in [
+        &b"$JS.API.CONSUMER.CREATE.ORDERS"[..],
+        b"$JS.API.CONSUMER.CREATE.ORDERS.picky",
+        b"$JS.API.CONSUMER.DURABLE.CREATE.ORDERS.picky",
+    ] {
+        let mapped = jetstream::map_consumer_filters(older, older, request, &set);
+        assert_eq!(mapped.subject, None, "{}", String::from_utf8_lossy(older));
+        assert!(mapped.payload.is_some());
+    }
+    let untouched =
+        jetstream::map_consumer_filters(b"orders.x", b"tenant.acme.orders.x", request, &set);
+    assert_eq!(untouched, jetstream::ConsumerCreate::default());
+    let no_filter = jetstream::map_consumer_filters(
+        b"$JS.API.CONSUMER.CREATE.ORDERS.w",
+        b"$JS.API.CONSUMER.CREATE.ORDERS.w",
+        br#"{"config":{"durable_name":"w"}}"#,
+        &set,
+    );
+    assert_eq!(no_filter, jetstream::ConsumerCreate::default());
+}
+
 /// reverse(forward(s)) == s for random subjects over every rule set shipped in rules/.
 #[test]
 fn property_every_shipped_set_round_trips() {
