@@ -488,21 +488,41 @@ impl Metrics {
     /// One dial of `upstream` (a URL without credentials) and whether it failed.
     pub fn dialed(&self, upstream: &str, failed: bool) {
         let mut seen = lock(&self.upstreams_seen);
-        let (dials, failures) = match seen.get(upstream) {
-            Some(counters) => counters,
-            None => {
-                let labels = l1("upstream", upstream);
-                let counters = (
-                    self.upstream_dials.get_or_create(&labels).clone(),
-                    self.upstream_dial_failures.get_or_create(&labels).clone(),
-                );
-                seen.entry(upstream.to_string()).or_insert(counters)
-            }
-        };
+        let (dials, failures) = self.upstream_counters(&mut seen, upstream);
         dials.inc();
         if failed {
             failures.inc();
         }
+    }
+
+    /// Registers the dial counters of the configured upstreams (URLs without credentials),
+    /// so they read 0 before the first dial and a first failed dial shows as an increase.
+    /// Called at start-up and by every reload; counters of URLs no longer configured stay.
+    pub fn upstreams_configured<I, S>(&self, upstreams: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut seen = lock(&self.upstreams_seen);
+        for upstream in upstreams {
+            self.upstream_counters(&mut seen, upstream.as_ref());
+        }
+    }
+
+    fn upstream_counters<'a>(
+        &self,
+        seen: &'a mut HashMap<String, (Counter, Counter)>,
+        upstream: &str,
+    ) -> &'a (Counter, Counter) {
+        if !seen.contains_key(upstream) {
+            let labels = l1("upstream", upstream);
+            let counters = (
+                self.upstream_dials.get_or_create(&labels).clone(),
+                self.upstream_dial_failures.get_or_create(&labels).clone(),
+            );
+            seen.insert(upstream.to_string(), counters);
+        }
+        &seen[upstream]
     }
 
     /// Failed upstream dials so far, over every upstream.
