@@ -215,6 +215,7 @@ impl Edge {
         let prepared = prepare(&config)?;
         let workers: Arc<[tokio::runtime::Handle]> = workers.into();
         let metrics = Arc::new(Metrics::new());
+        metrics.upstreams_configured(prepared.upstream.urls.iter().map(|u| u.to_string()));
         let events: Arc<dyn Events> = metrics.clone();
         let rules = Arc::new(RuleSource::new(prepared.rules));
         let rules_epoch = Arc::new(AtomicU64::new(0));
@@ -515,6 +516,13 @@ impl Reloadable for ListenerReload {
                 reason: other.to_string(),
             },
         })?;
+        let upstreams: Vec<String> = prepared
+            .upstream
+            .urls
+            .iter()
+            .map(|u| u.to_string())
+            .collect();
+        let metrics = self.base.metrics.clone();
         let mut swaps = Vec::new();
         for (lc, transport) in new.listeners.iter().zip(prepared.listeners) {
             let Some(cell) = self
@@ -536,6 +544,7 @@ impl Reloadable for ListenerReload {
             swaps.push((cell.clone(), runtime));
         }
         Ok(Staged::new(move || {
+            metrics.upstreams_configured(&upstreams);
             for (cell, runtime) in swaps {
                 let tls = runtime.transport.tls.is_some();
                 cell.swap(runtime);

@@ -5,13 +5,19 @@
 //! so the message path touches no shared cache line. Counters whose labels are known up front
 //! (directions, close reasons, handshake failures) are registered at start-up, so they show as
 //! 0 before anything happens and a label lookup never runs on a session's way out.
+//!
+//! The filters report rewrites, tags and ACL denials per message, through
+//! [`nats_edge_filters::Events`]. Those counters are resolved once and kept as handles: a
+//! rewrite or a tag is one atomic add, a denial a shared read lock, a lookup by the user's
+//! name and an atomic add (no allocation, no label set built or hashed); the write lock and
+//! the family's own lock are taken only at a user's first denial.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use nats_edge_filters::CloseReason;
+use nats_edge_filters::{CloseReason, DenialKind};
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -235,10 +241,15 @@ pub struct Metrics {
     messages: [Counter; 2],
     bytes: [Counter; 2],
     acl_denials: Family<Labels2, Counter>,
-    acl_users: Mutex<HashSet<String>>,
-    /// Index 0: client to upstream, 1: upstream to client. Resolved once: a rewrite is
-    /// counted per message, so no label lookup on that path.
-    rewrites: [Counter; 2],
+    /// The denial counters of each user with a label of their own (at most
+    /// [`MAX_USER_LABELS`]), by [`DenialKind`]; each made at that user's first denial in
+    /// that direction.
+    acl_users: RwLock<HashMap<String, DenialCounters>>,
+    /// Users past [`MAX_USER_LABELS`], by [`DenialKind`].
+    acl_other: DenialCounters,
+    rewrites: Family<Labels1, Counter>,
+    /// Index 0: client to upstream, 1: upstream to client.
+    rewrites_by_dir: [Counter; 2],
     tags_applied: Counter,
     tag_spoofs: Counter,
     upstream_dials: Family<Labels1, Counter>,
@@ -413,14 +424,16 @@ impl Metrics {
         Metrics {
             messages: by_dir(&messages),
             bytes: by_dir(&bytes),
-            rewrites: by_dir(&rewrites),
             registry,
             connections_open,
             connections_total,
             refused,
             closes,
             acl_denials,
-            acl_users: Mutex::new(HashSet::new()),
+            acl_users: RwLock::new(HashMap::new()),
+            acl_other: DenialCounters::default(),
+            rewrites_by_dir: by_dir(&rewrites),
+            rewrites,
             tags_applied,
             tag_spoofs,
             upstream_dials,
@@ -508,21 +521,41 @@ impl Metrics {
     /// One dial of `upstream` (a URL without credentials) and whether it failed.
     pub fn dialed(&self, upstream: &str, failed: bool) {
         let mut seen = lock(&self.upstreams_seen);
-        let (dials, failures) = match seen.get(upstream) {
-            Some(counters) => counters,
-            None => {
-                let labels = l1("upstream", upstream);
-                let counters = (
-                    self.upstream_dials.get_or_create(&labels).clone(),
-                    self.upstream_dial_failures.get_or_create(&labels).clone(),
-                );
-                seen.entry(upstream.to_string()).or_insert(counters)
-            }
-        };
+        let (dials, failures) = self.upstream_counters(&mut seen, upstream);
         dials.inc();
         if failed {
             failures.inc();
         }
+    }
+
+    /// Registers the dial counters of the configured upstreams (URLs without credentials),
+    /// so they read 0 before the first dial and a first failed dial shows as an increase.
+    /// Called at start-up and by every reload; counters of URLs no longer configured stay.
+    pub fn upstreams_configured<I, S>(&self, upstreams: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut seen = lock(&self.upstreams_seen);
+        for upstream in upstreams {
+            self.upstream_counters(&mut seen, upstream.as_ref());
+        }
+    }
+
+    fn upstream_counters<'a>(
+        &self,
+        seen: &'a mut HashMap<String, (Counter, Counter)>,
+        upstream: &str,
+    ) -> &'a (Counter, Counter) {
+        if !seen.contains_key(upstream) {
+            let labels = l1("upstream", upstream);
+            let counters = (
+                self.upstream_dials.get_or_create(&labels).clone(),
+                self.upstream_dial_failures.get_or_create(&labels).clone(),
+            );
+            seen.insert(upstream.to_string(), counters);
+        }
+        &seen[upstream]
     }
 
     /// Failed upstream dials so far, over every upstream.
@@ -561,29 +594,50 @@ impl Metrics {
         self.bytes[1].get()
     }
 
-    /// An operation an ACL refused; `direction` is `publish`, `subscribe` or `delivery`.
-    /// At most [`MAX_USER_LABELS`] distinct users get a label of their own.
-    pub fn acl_denied(&self, user: &str, direction: &'static str) {
-        let user = {
-            let mut users = lock(&self.acl_users);
-            if users.contains(user) {
-                user
-            } else if users.len() < MAX_USER_LABELS {
-                users.insert(user.to_string());
-                user
-            } else {
-                OTHER_USER
+    /// An operation an ACL refused. At most [`MAX_USER_LABELS`] distinct users get a label
+    /// of their own; later users are counted as [`OTHER_USER`].
+    pub fn acl_denied(&self, user: &str, kind: DenialKind) {
+        {
+            let users = read(&self.acl_users);
+            match users.get(user) {
+                Some(counters) => return self.denied(counters, user, kind),
+                None if users.len() >= MAX_USER_LABELS => {
+                    return self.denied(&self.acl_other, OTHER_USER, kind)
+                }
+                None => {}
             }
-        };
-        self.acl_denials
-            .get_or_create(&l2("user", user, "direction", direction))
+        }
+        // This user's first denial: give it a label of its own if there is room.
+        let mut users = write(&self.acl_users);
+        if !users.contains_key(user) && users.len() >= MAX_USER_LABELS {
+            drop(users);
+            return self.denied(&self.acl_other, OTHER_USER, kind);
+        }
+        let counters = users.entry(user.to_string()).or_default();
+        self.denied(counters, user, kind);
+    }
+
+    /// Counts a denial on `label`'s counters, making its series at the first in `kind`.
+    fn denied(&self, counters: &DenialCounters, label: &str, kind: DenialKind) {
+        counters.0[DenialCounters::index(kind)]
+            .get_or_init(|| self.denial_counter(label, kind))
             .inc();
+    }
+
+    fn denial_counter(&self, user: &str, kind: DenialKind) -> Counter {
+        self.acl_denials
+            .get_or_create(&l2("user", user, "direction", kind.as_str()))
+            .clone()
     }
 
     /// A subject rewritten; `direction` is [`CLIENT_TO_UPSTREAM`] or [`UPSTREAM_TO_CLIENT`].
     pub fn rewritten(&self, direction: &'static str) {
-        let index = usize::from(direction != CLIENT_TO_UPSTREAM);
-        self.rewrites[index].inc();
+        match direction {
+            CLIENT_TO_UPSTREAM => self.rewrites_by_dir[0].inc(),
+            UPSTREAM_TO_CLIENT => self.rewrites_by_dir[1].inc(),
+            // Not a direction the filters report: counted under its own label, the slow way.
+            other => self.rewrites.get_or_create(&l1("direction", other)).inc(),
+        };
     }
 
     pub fn tag_applied(&self) {
@@ -644,10 +698,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The denial counters of one `user` label, by [`DenialKind`]; a direction's counter (and
+/// so its series) is made at the first denial in that direction.
+#[derive(Debug, Default)]
+struct DenialCounters([OnceLock<Counter>; 3]);
+
+impl DenialCounters {
+    fn index(kind: DenialKind) -> usize {
+        match kind {
+            DenialKind::Publish => 0,
+            DenialKind::Subscribe => 1,
+            DenialKind::Delivery => 2,
+        }
+    }
+}
+
 /// The filters report what they did here (ACL denials, rewrites, tags).
 impl nats_edge_filters::Events for Metrics {
-    fn acl_denied(&self, user: &str, direction: nats_edge_filters::DenialKind) {
-        Metrics::acl_denied(self, user, direction.as_str());
+    fn acl_denied(&self, user: &str, direction: DenialKind) {
+        Metrics::acl_denied(self, user, direction);
     }
 
     fn rewritten(&self, direction: &'static str) {
@@ -661,5 +738,77 @@ impl nats_edge_filters::Events for Metrics {
     fn tag_spoof(&self) {
         Metrics::tag_spoof(self);
         tracing::info!("client sent a header with a reserved tag name");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, series: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn events_from_many_threads_are_all_counted_once_per_series() {
+        let metrics = Arc::new(Metrics::new());
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let m = metrics.clone();
+                scope.spawn(move || {
+                    for i in 0..1000 {
+                        let user = if i % 2 == 0 { "alice" } else { "bob" };
+                        nats_edge_filters::Events::acl_denied(&*m, user, DenialKind::Delivery);
+                        nats_edge_filters::Events::rewritten(
+                            &*m,
+                            if t % 2 == 0 {
+                                CLIENT_TO_UPSTREAM
+                            } else {
+                                UPSTREAM_TO_CLIENT
+                            },
+                        );
+                    }
+                });
+            }
+        });
+        let text = metrics.encode().unwrap();
+        let denials = |user: &str, dir: &str| {
+            sample(
+                &text,
+                &format!("nats_edge_acl_denials_total{{user=\"{user}\",direction=\"{dir}\"}}"),
+            )
+        };
+        assert_eq!(denials("alice", "delivery"), Some(2000));
+        assert_eq!(denials("bob", "delivery"), Some(2000));
+        assert_eq!(denials("alice", "publish"), None, "made by a first denial");
+        assert_eq!(
+            text.matches("nats_edge_acl_denials_total{").count(),
+            2,
+            "{text}"
+        );
+        for dir in [CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT] {
+            assert_eq!(
+                sample(
+                    &text,
+                    &format!("nats_edge_rewrites_total{{direction=\"{dir}\"}}")
+                ),
+                Some(2000)
+            );
+        }
+    }
+
+    #[test]
+    fn a_user_named_like_the_overflow_label_shares_its_series() {
+        let metrics = Metrics::new();
+        metrics.acl_denied(OTHER_USER, DenialKind::Publish);
+        for i in 0..MAX_USER_LABELS {
+            metrics.acl_denied(&format!("user-{i}"), DenialKind::Publish);
+        }
+        let text = metrics.encode().unwrap();
+        let other =
+            format!("nats_edge_acl_denials_total{{user=\"{OTHER_USER}\",direction=\"publish\"}}");
+        // `_other` took a label of its own; the last user did not get one and shares it.
+        assert_eq!(sample(&text, &other), Some(2), "{text}");
     }
 }

@@ -10,7 +10,8 @@
 //! - the Dockerfile has the expected structure (multi-stage, the binary only, a non-root
 //!   user), checked statically (nothing is built here);
 //! - the systemd unit has the expected keys;
-//! - the Grafana dashboard queries only metric names nats-edge exports.
+//! - the Grafana dashboard queries exactly the metric families docs/operations.md lists
+//!   (tests/ops_dashboard.rs checks that list and the dashboard against a live scrape).
 //!
 //! `kubernetes-validate` is `$KUBERNETES_VALIDATE_BIN` if set, else `kubernetes-validate` from
 //! `PATH` (`.ci/install` installs it with pip; its schemas are bundled, so it works offline).
@@ -19,31 +20,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod metrics_support;
+
+use metrics_support::{dashboard, dashboard_metric_names, doc_metric_table, metric_names_in};
+
 /// The Kubernetes version the manifests are validated against.
 const KUBERNETES_VERSION: &str = "1.30.0";
-
-/// Every metric nats-edge exports, with its type. Histograms appear by their base name
-/// (their series carry `_bucket`, `_sum` and `_count`).
-pub const EXPORTED_METRICS: &[(&str, &str)] = &[
-    ("nats_edge_connections_open", "gauge"),
-    ("nats_edge_connections_total", "counter"),
-    ("nats_edge_connections_closed_total", "counter"),
-    ("nats_edge_connections_refused_total", "counter"),
-    ("nats_edge_messages_total", "counter"),
-    ("nats_edge_bytes_total", "counter"),
-    ("nats_edge_acl_denials_total", "counter"),
-    ("nats_edge_rewrites_total", "counter"),
-    ("nats_edge_tags_applied_total", "counter"),
-    ("nats_edge_tag_spoofs_total", "counter"),
-    ("nats_edge_upstream_dials_total", "counter"),
-    ("nats_edge_upstream_dial_failures_total", "counter"),
-    ("nats_edge_handshake_failures_total", "counter"),
-    ("nats_edge_handshake_duration_seconds", "histogram"),
-    ("nats_edge_filter_duration_seconds", "histogram"),
-    ("nats_edge_config_reloads_total", "counter"),
-    ("nats_edge_build_info", "gauge"),
-    ("nats_edge_draining", "gauge"),
-];
 
 fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -627,61 +609,6 @@ fn systemd_unit_has_the_expected_keys() {
     assert_eq!(unit["Install"]["WantedBy"], ["multi-user.target"]);
 }
 
-/// The strip of one metric name down to the family it belongs to: histogram series
-/// (`_bucket`, `_sum`, `_count`) name their histogram.
-pub fn metric_family(series: &str) -> &str {
-    ["_bucket", "_sum", "_count"]
-        .iter()
-        .find_map(|suffix| series.strip_suffix(suffix))
-        .unwrap_or(series)
-}
-
-/// Every `nats_edge_*` metric family a Grafana dashboard queries: the names in its panels'
-/// `expr` fields and its template variables' queries, histogram suffixes stripped.
-pub fn dashboard_metric_names(dashboard: &serde_json::Value) -> BTreeSet<String> {
-    fn walk(value: &serde_json::Value, out: &mut BTreeSet<String>) {
-        match value {
-            serde_json::Value::Object(map) => {
-                for (key, v) in map {
-                    match (key.as_str(), v) {
-                        ("expr" | "query" | "definition", serde_json::Value::String(s)) => {
-                            out.extend(metric_names_in(s));
-                        }
-                        _ => walk(v, out),
-                    }
-                }
-            }
-            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
-            _ => {}
-        }
-    }
-    let mut out = BTreeSet::new();
-    walk(dashboard, &mut out);
-    out
-}
-
-/// The `nats_edge_*` metric families named in one PromQL expression.
-pub fn metric_names_in(expr: &str) -> BTreeSet<String> {
-    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
-    let mut out = BTreeSet::new();
-    let mut rest = expr;
-    while let Some(at) = rest.find("nats_edge_") {
-        let before = rest[..at].chars().next_back();
-        let tail = &rest[at..];
-        let len = tail.find(|c: char| !is_ident(c)).unwrap_or(tail.len());
-        if !before.is_some_and(is_ident) {
-            out.insert(metric_family(&tail[..len]).to_string());
-        }
-        rest = &tail[len..];
-    }
-    out
-}
-
-fn dashboard() -> serde_json::Value {
-    serde_json::from_str(&read("deploy/grafana/nats-edge-dashboard.json"))
-        .expect("deploy/grafana/nats-edge-dashboard.json is JSON")
-}
-
 #[test]
 fn metric_names_are_found_in_promql() {
     let names = metric_names_in(
@@ -697,21 +624,21 @@ fn metric_names_are_found_in_promql() {
 }
 
 #[test]
-fn dashboard_uses_only_exported_metrics() {
+fn dashboard_uses_only_documented_metrics() {
     let used = dashboard_metric_names(&dashboard());
-    let exported: BTreeSet<String> = EXPORTED_METRICS
-        .iter()
-        .map(|(n, _)| n.to_string())
+    let documented: BTreeSet<String> = doc_metric_table(&read("docs/operations.md"))
+        .into_iter()
+        .map(|m| m.name)
         .collect();
-    let unknown: Vec<&String> = used.difference(&exported).collect();
+    let unknown: Vec<&String> = used.difference(&documented).collect();
     assert!(
         unknown.is_empty(),
-        "the dashboard queries metrics nats-edge does not export: {unknown:?}"
+        "the dashboard queries metrics docs/operations.md does not list: {unknown:?}"
     );
-    let unused: Vec<&String> = exported.difference(&used).collect();
+    let unused: Vec<&String> = documented.difference(&used).collect();
     assert!(
         unused.is_empty(),
-        "exported metrics no panel shows: {unused:?}"
+        "documented metrics no panel shows: {unused:?}"
     );
 }
 

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use nats_edge::Edge;
+use nats_edge_filters::DenialKind;
 
 const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
 
@@ -189,11 +190,11 @@ async fn metrics_connz_and_varz_count_known_traffic() {
 async fn filter_counters_are_exported_with_a_bounded_user_label() {
     let (_server, edge) = server_and_edge(ADMIN).await;
     let m = edge.metrics();
-    m.acl_denied("alice", "publish");
-    m.acl_denied("alice", "publish");
-    m.acl_denied("bob", "subscribe");
+    m.acl_denied("alice", DenialKind::Publish);
+    m.acl_denied("alice", DenialKind::Publish);
+    m.acl_denied("bob", DenialKind::Subscribe);
     for i in 0..nats_edge::metrics::MAX_USER_LABELS {
-        m.acl_denied(&format!("user-{i}"), "delivery");
+        m.acl_denied(&format!("user-{i}"), DenialKind::Delivery);
     }
     m.rewritten(nats_edge::metrics::CLIENT_TO_UPSTREAM);
     m.tag_applied();
@@ -209,6 +210,14 @@ async fn filter_counters_are_exported_with_a_bounded_user_label() {
     assert_eq!(
         m("nats_edge_acl_denials_total{user=\"bob\",direction=\"subscribe\"}"),
         1.0
+    );
+    // A user's series appear per direction, with its first denial there.
+    assert_eq!(
+        metric(
+            &text,
+            "nats_edge_acl_denials_total{user=\"alice\",direction=\"subscribe\"}"
+        ),
+        None
     );
     // alice and bob took two of the labels: the last two users share `_other`.
     assert_eq!(

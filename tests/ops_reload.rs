@@ -137,6 +137,15 @@ async fn reload_moves_new_connections_to_new_upstreams() {
     let from = edge.log().len();
     send_signal(edge.pid(), "HUP");
     edge.wait_log(from, "configuration reloaded");
+    // The new upstream's dial counters are there from the reload on, at zero.
+    let (_, text) = http_get(admin, "/metrics").await;
+    for name in [
+        "nats_edge_upstream_dials_total",
+        "nats_edge_upstream_dial_failures_total",
+    ] {
+        let series = format!("{name}{{upstream=\"{}\"}}", second.url());
+        assert_eq!(metric(&text, &series), Some(0.0), "{series}:\n{text}");
+    }
     let (mut after, _) = RawConn::connect_info(edge.addr()).await;
     assert!(!after.roundtrip(b"CONNECT {}\r\n").await.closed);
 

@@ -1,7 +1,9 @@
 //! Subject rewrite through the edge, against a real nats-server with real async-nats
 //! clients: a client in a mount sees its own namespace, a client connected to nats-server
 //! directly sees the mapped one, and request/reply, no-responders and JetStream keep
-//! working across the mount. The rule sets are the ones shipped in filters/rules/rewrite.
+//! working across the mount. Sets chosen per user keep tenants apart on one edge, and a
+//! user's set wins over its listener's. The rule sets are the ones shipped in
+//! filters/rules/rewrite.
 
 mod common;
 
@@ -407,4 +409,227 @@ async fn check_refuses_a_rule_set_that_is_not_reversible() {
         "{stderr}"
     );
     assert!(stderr.contains("maps back to `dev.x."), "{stderr}");
+}
+
+/// nats-server authenticates the tenants' users (passthrough: the edge keys the rule set on
+/// the user each client presents, the server checks its password); `ops` looks at the
+/// upstream directly.
+const TENANT_USERS: &str = r#"
+authorization {
+  users = [
+    { user: acme, password: pw }
+    { user: globex, password: pw }
+    { user: plain, password: pw }
+    { user: ops, password: pw }
+  ]
+}
+"#;
+
+/// `acme` and `globex` each mounted under their own prefix; nobody else has a set, except
+/// (when `partners` is set) sessions on the listener `partners`, which get globex's.
+fn per_user_config(server: &NatsServer, partners: bool) -> String {
+    let partners = if partners {
+        "[[listeners]]\nname = \"partners\"\nbind = \"127.0.0.1:0\"\nrewrite = \"globex\"\n"
+    } else {
+        ""
+    };
+    format!(
+        "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\n{partners}\
+         [upstream]\nurls = [{:?}]\n\
+         [rewrite]\nsets = {{ acme = {}, globex = {} }}\n\
+         users = {{ acme = \"acme\", globex = \"globex\" }}\n",
+        server.url(),
+        rules("rewrite/tenant-mount.toml"),
+        rules("rewrite/tenant-globex-mount.toml"),
+    )
+}
+
+async fn connect_as(url: &str, user: &str) -> async_nats::Client {
+    within(
+        &format!("{user} connects"),
+        client_options()
+            .user_and_password(user.into(), "pw".into())
+            .connect(url),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{user} connects to {url}: {e}"))
+}
+
+/// (subject, payload) of each message, leaving out the round-trip markers (which travel on
+/// inboxes, mounted like any subject).
+fn seen(msgs: &[async_nats::Message]) -> Vec<(String, String)> {
+    msgs.iter()
+        .filter(|m| !m.subject.contains("_INBOX."))
+        .map(|m| {
+            (
+                m.subject.to_string(),
+                String::from_utf8_lossy(&m.payload).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected
+        .iter()
+        .map(|(s, p)| (s.to_string(), p.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_user_sees_its_own_mount() {
+    let server = NatsServer::start_with_config(TENANT_USERS);
+    let edge = start_edge_toml(&per_user_config(&server, false)).await;
+    let url = edge_url(&edge);
+    let acme = connect_as(&url, "acme").await;
+    let globex = connect_as(&url, "globex").await;
+    let plain = connect_as(&url, "plain").await;
+    let direct = connect_as(&server.url(), "ops").await;
+
+    let mut acme_orders = acme.subscribe("orders.>").await.unwrap();
+    let mut globex_orders = globex.subscribe("orders.>").await.unwrap();
+    let mut plain_orders = plain.subscribe("orders.>").await.unwrap();
+    let mut upstream_tenants = direct.subscribe("tenant.>").await.unwrap();
+    let mut upstream_orders = direct.subscribe("orders.>").await.unwrap();
+    for c in [&acme, &globex, &plain, &direct] {
+        round_trip(c).await;
+    }
+
+    // The same code in every tenant: publish `orders.new`. Each round trip makes the server
+    // take that message before the next client publishes, so every subscriber sees them in
+    // this order.
+    for (c, payload) in [
+        (&acme, "from acme"),
+        (&globex, "from globex"),
+        (&plain, "from plain"),
+    ] {
+        c.publish("orders.new", payload.into()).await.unwrap();
+        round_trip(c).await;
+    }
+    // The upstream writes into each namespace.
+    for subject in [
+        "tenant.acme.orders.up",
+        "tenant.globex.orders.up",
+        "orders.up",
+    ] {
+        direct
+            .publish(subject, "from upstream".into())
+            .await
+            .unwrap();
+    }
+    round_trip(&direct).await;
+    for c in [&acme, &globex, &plain] {
+        round_trip(c).await;
+    }
+
+    assert_eq!(
+        seen(&drain_ready(&mut upstream_tenants)),
+        pairs(&[
+            ("tenant.acme.orders.new", "from acme"),
+            ("tenant.globex.orders.new", "from globex"),
+            ("tenant.acme.orders.up", "from upstream"),
+            ("tenant.globex.orders.up", "from upstream"),
+        ]),
+        "upstream, the tenants' messages are under their prefixes"
+    );
+    assert_eq!(
+        seen(&drain_ready(&mut upstream_orders)),
+        pairs(&[("orders.new", "from plain"), ("orders.up", "from upstream")]),
+        "a user with no set is not mapped"
+    );
+    assert_eq!(
+        seen(&drain_ready(&mut acme_orders)),
+        pairs(&[("orders.new", "from acme"), ("orders.up", "from upstream")]),
+        "acme sees only its own namespace, in its own view"
+    );
+    assert_eq!(
+        seen(&drain_ready(&mut globex_orders)),
+        pairs(&[
+            ("orders.new", "from globex"),
+            ("orders.up", "from upstream")
+        ]),
+        "globex sees only its own namespace, in its own view"
+    );
+    assert_eq!(
+        seen(&drain_ready(&mut plain_orders)),
+        pairs(&[("orders.new", "from plain"), ("orders.up", "from upstream")]),
+        "plain sees the upstream's subjects as they are"
+    );
+
+    // Request/reply inside each mount: the responder and the requester are the same tenant.
+    let acme_service = acme.subscribe("svc.whoami").await.unwrap();
+    let globex_service = globex.subscribe("svc.whoami").await.unwrap();
+    round_trip(&acme).await;
+    round_trip(&globex).await;
+    let answer =
+        |client: async_nats::Client, mut sub: async_nats::Subscriber, name: &'static str| {
+            tokio::spawn(async move {
+                let req = next_msg(&mut sub).await;
+                let reply = req.reply.expect("a reply subject");
+                assert!(
+                    reply.starts_with("_INBOX."),
+                    "{name} gets its own view: {reply}"
+                );
+                client.publish(reply, name.into()).await.unwrap();
+                client.flush().await.unwrap();
+            })
+        };
+    let acme_responder = answer(acme.clone(), acme_service, "acme");
+    let globex_responder = answer(globex.clone(), globex_service, "globex");
+    let got = within("acme's request", acme.request("svc.whoami", "?".into()))
+        .await
+        .expect("an answer inside acme's mount");
+    assert_eq!(&got.payload[..], b"acme");
+    let got = within("globex's request", globex.request("svc.whoami", "?".into()))
+        .await
+        .expect("an answer inside globex's mount");
+    assert_eq!(&got.payload[..], b"globex");
+    within("responders", async {
+        acme_responder.await.unwrap();
+        globex_responder.await.unwrap();
+    })
+    .await;
+
+    assert!(
+        metric_value(
+            &edge,
+            "nats_edge_rewrites_total{direction=\"client_to_upstream\"}"
+        ) > 0.0
+    );
+    edge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_set_wins_over_its_listeners() {
+    let server = NatsServer::start_with_config(TENANT_USERS);
+    let edge = start_edge_toml(&per_user_config(&server, true)).await;
+    let partners = format!(
+        "nats://{}",
+        edge.addr("partners").expect("a partners listener")
+    );
+    let direct = connect_as(&server.url(), "ops").await;
+    let mut upstream = direct.subscribe(">").await.unwrap();
+    round_trip(&direct).await;
+
+    // On `partners`: acme keeps its own set, plain gets the listener's (globex).
+    // On `default`: plain has none.
+    for (url, user, payload) in [
+        (&partners, "acme", "acme on partners"),
+        (&partners, "plain", "plain on partners"),
+        (&edge_url(&edge), "plain", "plain on default"),
+    ] {
+        let c = connect_as(url, user).await;
+        c.publish("orders.new", payload.into()).await.unwrap();
+        round_trip(&c).await;
+    }
+    round_trip(&direct).await;
+    assert_eq!(
+        seen(&drain_ready(&mut upstream)),
+        pairs(&[
+            ("tenant.acme.orders.new", "acme on partners"),
+            ("tenant.globex.orders.new", "plain on partners"),
+            ("orders.new", "plain on default"),
+        ])
+    );
+    edge.shutdown().await;
 }
