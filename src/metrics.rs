@@ -737,7 +737,6 @@ impl nats_edge_filters::Events for Metrics {
 
     fn tag_spoof(&self) {
         Metrics::tag_spoof(self);
-        tracing::info!("client sent a header with a reserved tag name");
     }
 }
 

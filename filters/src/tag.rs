@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -305,6 +306,8 @@ impl FilterFactory for TagFactory {
             events: self.events.clone(),
             client_headers: true,
             cached: None,
+            spoof_logged: None,
+            spoofs_unlogged: 0,
         })
     }
 }
@@ -321,6 +324,9 @@ pub struct Tag {
     /// The session's tags, built once the identity (if any) is known; the flag says
     /// whether it was.
     cached: Option<(bool, TagLines)>,
+    /// When a forged header was last logged, and how many came since.
+    spoof_logged: Option<Instant>,
+    spoofs_unlogged: u64,
 }
 
 /// A session's tags, formatted once.
@@ -341,7 +347,29 @@ impl TagLines {
     }
 }
 
+/// A connection that keeps forging tag headers is logged once per this interval; every
+/// forgery is counted.
+const SPOOF_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 impl Tag {
+    fn log_spoof(&mut self, subject: &[u8]) {
+        let now = Instant::now();
+        if self
+            .spoof_logged
+            .is_some_and(|last| now.duration_since(last) < SPOOF_LOG_INTERVAL)
+        {
+            self.spoofs_unlogged += 1;
+            return;
+        }
+        tracing::info!(
+            subject = %String::from_utf8_lossy(subject),
+            since_last_line = self.spoofs_unlogged,
+            "client sent a header with a reserved tag name"
+        );
+        self.spoof_logged = Some(now);
+        self.spoofs_unlogged = 0;
+    }
+
     fn tag_lines(&mut self, ctx: &SessionCtx) -> TagLines {
         let has_identity = ctx.identity.is_some();
         if let Some((for_identity, tags)) = &self.cached {
@@ -391,6 +419,7 @@ impl Tag {
             };
             if spoofed {
                 self.events.tag_spoof();
+                self.log_spoof(&publish.subject);
                 if self.config.file.spoofed == SpoofPolicy::Refuse {
                     return Verdict::error(format!(
                         "Permissions Violation for Publish to {}",
