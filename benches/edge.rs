@@ -1,5 +1,7 @@
 //! `cargo bench --bench edge [-- --smoke] [-- --json FILE]`: direct vs nats-edge vs HAProxy.
-//! `cargo bench --bench edge -- --callgrind`: instructions per forwarded message.
+//! `cargo bench --bench edge -- --callgrind`: instructions per forwarded message (plain, and
+//! with rewrite + tagging).
+//! `cargo bench --bench edge -- --filter-cost`: rewrite + tagging against plain, 128 B.
 
 mod harness;
 
@@ -16,6 +18,14 @@ fn main() {
                 None => eprintln!("callgrind: valgrind is not installed"),
             }
         }
+        return;
+    }
+    if args.iter().any(|a| a == "--filter-cost") {
+        let report = harness::filter_cost::run(env!("CARGO_BIN_EXE_nats-edge"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
         return;
     }
     let mode = if args.iter().any(|a| a == "--smoke") {

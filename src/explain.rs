@@ -1,9 +1,11 @@
 //! `nats-edge explain`: what the edge would do with one subject for one user, section by
-//! section (rewrite, tagging), without starting anything. Each policy filter adds a section,
+//! section (ACL, rewrite, tagging), without starting anything. Each policy filter adds a section,
 //! so the output reads in pipeline order.
 
 use std::fmt;
 
+use nats_edge_filters::acl::explain::{explain as explain_acl, Action};
+use nats_edge_filters::acl::rules::{AclRules, RulesError};
 use nats_edge_filters::rewrite::{self, LoadedSets, RuleError};
 use nats_edge_filters::tag::TagError;
 
@@ -29,6 +31,8 @@ pub struct ExplainRequest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
+    #[error("auth.rules: {0}")]
+    Acl(#[from] RulesError),
     #[error("{0}")]
     Rewrite(#[from] RuleError),
     #[error("tagging.file: {0}")]
@@ -95,6 +99,29 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> Result<Report, Expl
             format!("{op} {}", request.subject),
         ],
     }];
+
+    // ACL rules are written in the client's view: they judge the subject before rewrite.
+    let acl = AclRules::load(&config.rule_files())?;
+    let action = match request.op {
+        ExplainOp::Pub => Action::Publish(&request.subject),
+        ExplainOp::Sub => Action::Subscribe {
+            subject: &request.subject,
+            queue: None,
+        },
+    };
+    let decision = explain_acl(&acl, request.user.as_deref(), action);
+    let allowed = decision.allowed;
+    sections.push(Section {
+        title: "acl",
+        lines: decision.lines,
+    });
+    if !allowed {
+        sections.push(Section {
+            title: "result",
+            lines: vec!["refused at the edge: nothing is rewritten, tagged or sent".into()],
+        });
+        return Ok(Report { sections });
+    }
 
     let loaded = LoadedSets::load(&config.rewrite_config())?;
     let published = request.op == ExplainOp::Pub;

@@ -357,10 +357,15 @@ async fn check_refuses_a_rule_set_that_is_not_reversible() {
     ] {
         std::fs::copy(root.join(from), dir.path().join(to)).unwrap();
     }
+    std::fs::write(
+        dir.path().join("rules/users.toml"),
+        "[[users]]\nuser = \"alice\"\n[users.permissions]\npublish = [\"orders.>\"]\n",
+    )
+    .unwrap();
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,
-        "[upstream]\nurls = [\"nats://127.0.0.1:4222\"]\n\
+        "[upstream]\nurls = [\"nats://127.0.0.1:4222\"]\n[auth]\nrules = [\"rules/users.toml\"]\n\
          [rewrite]\nsets = { acme = \"rules/acme.toml\" }\nusers = { alice = \"acme\" }\n",
     )
     .unwrap();
@@ -383,11 +388,32 @@ async fn check_refuses_a_rule_set_that_is_not_reversible() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(stdout.contains("[rewrite]"), "{stdout}");
+    // The ACL decision (in the client's view), then the rewrite, then the tags.
+    let acl = stdout.find("[acl]").expect(&stdout);
+    let rewrite = stdout.find("[rewrite]").expect(&stdout);
+    assert!(acl < rewrite, "{stdout}");
+    assert!(
+        stdout.contains("publish orders.new: allowed: allow entry \"orders.>\""),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("upstream subject: tenant.acme.orders.new"),
         "{stdout}"
     );
+    let out = nats_edge_command()
+        .args(["explain", "-c"])
+        .arg(&good)
+        .args(["--user", "alice", "pub", "billing.new"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        stdout.contains("publish billing.new: denied: no allow entry matches"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("refused at the edge"), "{stdout}");
+    assert!(!stdout.contains("[rewrite]"), "{stdout}");
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(

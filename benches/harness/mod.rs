@@ -5,6 +5,7 @@
 //! `cargo bench --bench edge` runs it in full; `--smoke` runs every workload briefly and only
 //! checks that nothing was lost or failed (CI runs that, through tests/bench_smoke.rs).
 
+pub mod filter_cost;
 pub mod load;
 pub mod targets;
 
