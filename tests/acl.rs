@@ -340,12 +340,16 @@ async fn edge_mode_user_goes_upstream_with_its_own_credentials() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_mode_maps_a_client_certificate_to_its_user() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("nats_edge=trace,nats_edge_filters=trace")
+        .with_test_writer()
+        .try_init();
     let pki = Pki::new();
     let ca = pki.ca("ca");
     let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
     let device = pki.leaf(&ca, "device", Leaf::client("device-7"));
     let stranger = pki.leaf(&ca, "stranger", Leaf::client("stranger"));
-    let server = NatsServer::start_with_config(SERVER_FOR_EDGE_MODE);
+    let (server, monitor) = transport_support::server_with_monitor(SERVER_FOR_EDGE_MODE);
     let toml = format!(
         "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\nkind = \"tls\"\n\
          tls = {{ cert_file = {}, key_file = {}, client_ca_file = {} }}\n\
@@ -368,6 +372,7 @@ async fn edge_mode_maps_a_client_certificate_to_its_user() {
         .expect("the certificate maps to device-7");
     let mut sub = client.subscribe("commands.device-7.>").await.unwrap();
     within("flush", client.flush()).await.unwrap();
+    transport_support::wait_for_subscription(monitor, "commands.device-7.>").await;
     let admin = client_options()
         .user_and_password("edge".into(), "edge-pw".into())
         .connect(server.url())
@@ -387,7 +392,13 @@ async fn edge_mode_maps_a_client_certificate_to_its_user() {
     let guest = within("a stranger connects", connect(&stranger))
         .await
         .expect("the stranger is the guest");
+    let mut public = guest.subscribe("public.>").await.unwrap();
     within("flush", guest.flush()).await.unwrap();
+    transport_support::wait_for_subscription(monitor, "public.>").await;
+    admin.publish("public.news", "hi".into()).await.unwrap();
+    admin.flush().await.unwrap();
+    let news = within("the guest's message", futures::StreamExt::next(&mut public)).await;
+    assert_eq!(news.expect("a message").subject.as_str(), "public.news");
     edge.shutdown().await;
 }
 

@@ -374,9 +374,19 @@ pub fn server_with_monitor(config: &str) -> (NatsServer, u16) {
 
 /// `GET /connz` on nats-server's monitoring port.
 pub async fn connz(monitor_port: u16) -> serde_json::Value {
+    connz_query(monitor_port, "").await
+}
+
+/// `GET /connz?<query>` on nats-server's monitoring port.
+pub async fn connz_query(monitor_port: u16, query: &str) -> serde_json::Value {
     let mut stream = tcp(SocketAddr::from(([127, 0, 0, 1], monitor_port))).await;
+    let path = if query.is_empty() {
+        "/connz".to_string()
+    } else {
+        format!("/connz?{query}")
+    };
     stream
-        .write_all(b"GET /connz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut body = Vec::new();
@@ -397,6 +407,31 @@ pub async fn wait_for_connections(monitor_port: u16, n: u64) -> serde_json::Valu
             let c = connz(monitor_port).await;
             if c["num_connections"].as_u64() == Some(n) {
                 return c;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+/// Waits (bounded, polling as [`wait_for_connections`] does) until some client of the
+/// upstream holds a subscription to `subject`. async-nats' `flush` only writes the socket, so
+/// this is how a test knows a subscription made through the edge has reached nats-server
+/// when the client cannot publish to check it with a round trip.
+#[allow(dead_code)]
+pub async fn wait_for_subscription(monitor_port: u16, subject: &str) {
+    within("the subscription at the upstream", async {
+        loop {
+            let c = connz_query(monitor_port, "subs=1").await;
+            let found = c["connections"].as_array().is_some_and(|conns| {
+                conns.iter().any(|conn| {
+                    conn["subscriptions_list"]
+                        .as_array()
+                        .is_some_and(|subs| subs.iter().any(|s| s == subject))
+                })
+            });
+            if found {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
