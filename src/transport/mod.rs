@@ -13,6 +13,7 @@
 
 pub mod cert;
 pub mod proxy_protocol;
+pub mod read_ahead;
 pub mod tls;
 pub mod ws;
 
@@ -33,13 +34,14 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{HandshakeFirst, ListenerKind};
 use crate::metrics::HandshakeFailure;
+pub use read_ahead::ReadAhead;
 
 /// A client connection after its transport handshake: the bytes of the NATS protocol.
 pub enum ClientStream {
     Tcp(TcpClient),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<ReadAhead<TcpStream>>>),
     Ws(Box<ws::WsStream<TcpStream>>),
-    Wss(Box<ws::WsStream<TlsStream<TcpStream>>>),
+    Wss(Box<ws::WsStream<TlsStream<ReadAhead<TcpStream>>>>),
 }
 
 /// A plain TCP client. Its first byte is checked once: a TLS ClientHello (which no NATS

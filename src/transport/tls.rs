@@ -22,6 +22,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use super::ReadAhead;
 use crate::config::{ClientAuth, HandshakeFirst, ListenerTls, UpstreamTls};
 
 /// The first byte of every TLS record that starts a handshake (content type 22).
@@ -170,7 +171,7 @@ pub enum AcceptError {
 pub async fn accept(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
-) -> Result<tokio_rustls::server::TlsStream<TcpStream>, AcceptError> {
+) -> Result<tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>, AcceptError> {
     let mut first = [0u8; 1];
     match tcp.peek(&mut first).await {
         Ok(0) => return Err(AcceptError::ClosedEarly),
@@ -178,7 +179,10 @@ pub async fn accept(
         Ok(_) => {}
         Err(e) => return Err(AcceptError::Handshake(e)),
     }
-    acceptor.accept(tcp).await.map_err(AcceptError::Handshake)
+    acceptor
+        .accept(ReadAhead::new(tcp))
+        .await
+        .map_err(AcceptError::Handshake)
 }
 
 /// `handshake_first` with a fallback delay: waits up to `delay` for the client's first byte.
