@@ -176,6 +176,8 @@ impl Groups {
 
 /// Runs the workloads of `groups`; returns the report as JSON. Panics on any loss or error.
 pub fn run_groups(mode: Mode, edge_bin: &str, groups: Groups) -> Value {
+    // Dropped last: the generated files outlive every process that reads them.
+    let _scratch = targets::Scratch;
     let plan = Plan::of(mode);
     // The plain server also serves WebSocket clients, for the direct WebSocket target.
     let (server, server_ws) = targets::start_nats_server_with_ws();

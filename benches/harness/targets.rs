@@ -115,11 +115,24 @@ pub fn start_nats_server() -> Proc {
     )
 }
 
-/// A scratch directory for this run's generated files.
+fn scratch_path() -> PathBuf {
+    std::env::temp_dir().join(format!("nats-edge-bench-{}", std::process::id()))
+}
+
+/// A scratch directory for this run's generated files (configs, certificates, keys).
 pub fn scratch_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nats-edge-bench-{}", std::process::id()));
+    let dir = scratch_path();
     std::fs::create_dir_all(&dir).expect("a scratch directory");
     dir
+}
+
+/// Removes the scratch directory when dropped: hold it for as long as the run's processes.
+pub struct Scratch;
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(scratch_path());
+    }
 }
 
 /// nats-server with the config `body` (nats-server syntax) after a `listen` line for its
