@@ -10,7 +10,8 @@
 //! clients are accepted too), framed by [`WsStream`] here: every write of the session becomes
 //! one frame; a vectored write (the forwarder's batch of queued slices) becomes one frame
 //! holding all of its slices, written with its header in one `writev`, never copied; client
-//! frames are unmasked in the read buffer and copied out once. permessage-deflate is not
+//! frames are unmasked in the read buffer and copied out once, or read straight into the
+//! caller's buffer and unmasked there when a frame fills it. permessage-deflate is not
 //! implemented, so the 101 response carries no `Sec-WebSocket-Extensions` and clients send
 //! uncompressed frames.
 
@@ -550,6 +551,8 @@ async fn write_response<S: AsyncWrite + Unpin>(
 /// The first read buffer of a WebSocket, and the largest read.
 const INITIAL_READ: usize = 4 * 1024;
 const MAX_READ: usize = 64 * 1024;
+/// Room in the caller's buffer from which a frame's payload is read into it directly.
+const DIRECT_READ: usize = 4 * 1024;
 /// The largest frame header: 2 bytes, a 64-bit length, a mask.
 const MAX_HEADER: usize = 14;
 
@@ -902,6 +905,24 @@ where
                     unmask(chunk, frame.mask, frame.phase);
                     buf.put_slice(chunk);
                     let _ = this.rbuf.split_to(n);
+                    frame.left -= n as u64;
+                    frame.phase = (frame.phase + n) % 4;
+                    return Poll::Ready(Ok(()));
+                }
+                if buf.remaining() >= DIRECT_READ && frame.left >= buf.remaining() as u64 {
+                    // The frame fills the caller's buffer: read the socket straight into it
+                    // and unmask there, with no copy.
+                    let before = buf.filled().len();
+                    ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+                    let n = buf.filled().len() - before;
+                    if n == 0 {
+                        this.read_closed = true;
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            FrameError::Truncated,
+                        )));
+                    }
+                    unmask(&mut buf.filled_mut()[before..], frame.mask, frame.phase);
                     frame.left -= n as u64;
                     frame.phase = (frame.phase + n) % 4;
                     return Poll::Ready(Ok(()));
@@ -1347,6 +1368,37 @@ mod tests {
         }
         f.extend(body);
         f
+    }
+
+    /// A frame larger than the reader's buffer is read straight into it after its first
+    /// bytes, across many reads, its mask continuing where the last read stopped.
+    #[tokio::test]
+    async fn a_large_frame_read_in_pieces() {
+        use tokio::io::AsyncWriteExt;
+
+        let (server_io, mut client) = tokio::io::duplex(8 * 1024);
+        let mut server = WsStream::new(server_io, BytesMut::new(), 1 << 20, None);
+        let payload: Vec<u8> = (0..100_003u32).map(|i| (i % 241) as u8).collect();
+        let mut frame = vec![0x82, 0x80 | 127];
+        frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        let mask = [0xa1, 0x07, 0x5c, 0xe3];
+        frame.extend_from_slice(&mask);
+        let mut masked = payload.clone();
+        unmask(&mut masked, mask, 0);
+        frame.extend(masked);
+        let writer = tokio::spawn(async move {
+            client.write_all(&frame).await.unwrap();
+            client
+        });
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 16 * 1024 + 3];
+        while got.len() < payload.len() {
+            let n = server.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(got, payload);
+        drop(writer.await.unwrap());
     }
 
     #[tokio::test]
