@@ -119,8 +119,8 @@ async fn handshake_first_with_a_fallback_serves_tls_first_and_classic_clients() 
     let ca = pki.ca("ca");
     let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
     let server = NatsServer::start();
-    let delay = std::time::Duration::from_millis(300);
-    let table = format!("{}, handshake_first = \"300ms\"", cert_keys(&server_cert));
+    let delay = std::time::Duration::from_millis(500);
+    let table = format!("{}, handshake_first = \"500ms\"", cert_keys(&server_cert));
     let edge = start_edge_toml(&tls_toml(&server, &table)).await;
 
     // A client that waits: nothing for the fallback delay, then the INFO in the clear, then
@@ -184,12 +184,12 @@ async fn handshake_first_with_a_fallback_serves_tls_first_and_classic_clients() 
         1
     );
     let mut sub = first.subscribe("tls.across").await.unwrap();
-    first.flush().await.unwrap();
+    // The server has the subscription before the other client publishes.
+    round_trip(&first).await;
     classic
         .publish("tls.across", "from classic".into())
         .await
         .unwrap();
-    classic.flush().await.unwrap();
     assert_eq!(next_msg(&mut sub).await.payload, "from classic");
 }
 
