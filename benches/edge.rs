@@ -1,4 +1,5 @@
-//! `cargo bench --bench edge [-- --smoke] [-- --json FILE]`: direct vs nats-edge vs HAProxy.
+//! `cargo bench --bench edge [-- --smoke] [-- --json FILE] [-- --only tcp,tls,ws]`: direct vs
+//! nats-edge vs HAProxy.
 //! `cargo bench --bench edge -- --callgrind`: instructions per forwarded message (plain, and
 //! with rewrite + tagging).
 //! `cargo bench --bench edge -- --filter-cost`: rewrite + tagging against plain, 128 B.
@@ -33,7 +34,21 @@ fn main() {
     } else {
         harness::Mode::Full
     };
-    let report = harness::run(mode, env!("CARGO_BIN_EXE_nats-edge"));
+    let groups = match args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+    {
+        Some(list) => match harness::Groups::parse(list) {
+            Ok(groups) => groups,
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(2);
+            }
+        },
+        None => harness::Groups::ALL,
+    };
+    let report = harness::run_groups(mode, env!("CARGO_BIN_EXE_nats-edge"), groups);
     println!("{}", harness::table(&report));
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
     match args

@@ -19,6 +19,7 @@ use crate::config::ProxyProtocolVersion;
 use crate::proto::{self, Direction, ScanLimits, Verb};
 use crate::transport::proxy_protocol::{self, ProxyAddrs};
 use crate::transport::tls::ClientTls;
+use crate::transport::ReadAhead;
 
 /// The longest INFO line accepted from an upstream. Cluster INFOs with many connect_urls
 /// are long, but not this long.
@@ -210,7 +211,7 @@ impl fmt::Display for AllUpstreamsFailed {
 /// An upstream connection: plain TCP or TLS over TCP.
 pub enum UpstreamStream {
     Tcp(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<ReadAhead<TcpStream>>>),
 }
 
 macro_rules! upstream_variant {
@@ -368,7 +369,7 @@ async fn dial(
     if tls.handshake_first() {
         let mut stream = tls
             .connector()
-            .connect(name, tcp)
+            .connect(name, ReadAhead::new(tcp))
             .await
             .map_err(DialError::Tls)?;
         let (info, leftover) = read_info(&mut stream).await?;
@@ -384,7 +385,7 @@ async fn dial(
     }
     let stream = tls
         .connector()
-        .connect(name, tcp)
+        .connect(name, ReadAhead::new(tcp))
         .await
         .map_err(DialError::Tls)?;
     Ok((UpstreamStream::Tls(Box::new(stream)), info, leftover))

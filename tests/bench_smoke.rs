@@ -1,6 +1,6 @@
-//! The benchmark harness in smoke mode: every workload runs briefly, direct, through the edge
-//! and through HAProxy when installed. It asserts completion with no loss and no error (the
-//! harness panics otherwise), never a speed.
+//! The benchmark harness in smoke mode: every workload runs briefly, over TCP, TLS and
+//! WebSocket, direct, through the edge and through HAProxy when installed. It asserts
+//! completion with no loss and no error (the harness panics otherwise), never a speed.
 
 #[path = "../benches/harness/mod.rs"]
 #[allow(dead_code)]
@@ -8,12 +8,23 @@ mod harness;
 
 #[test]
 fn every_benchmark_workload_completes_without_loss() {
-    let report = harness::run(harness::Mode::Smoke, env!("CARGO_BIN_EXE_nats-edge"));
+    let report = harness::run_groups(
+        harness::Mode::Smoke,
+        env!("CARGO_BIN_EXE_nats-edge"),
+        harness::Groups::ALL,
+    );
     let results = report["results"].as_object().expect("results");
     for payload in harness::PAYLOADS {
         let row = &results[&format!("pubsub_{payload}B_msgs_per_s")];
         assert!(row["direct"].as_f64().is_some_and(|v| v > 0.0), "{row}");
         assert!(row["edge"].as_f64().is_some_and(|v| v > 0.0), "{row}");
+    }
+    for payload in harness::TRANSPORT_PAYLOADS {
+        for transport in ["tls", "ws"] {
+            let row = &results[&format!("{transport}_pubsub_{payload}B_msgs_per_s")];
+            assert!(row["direct"].as_f64().is_some_and(|v| v > 0.0), "{row}");
+            assert!(row["edge"].as_f64().is_some_and(|v| v > 0.0), "{row}");
+        }
     }
     let row = &results["pubsub_128B_msgs_per_s"];
     assert!(

@@ -119,6 +119,43 @@ fn check_rejects_an_invalid_value_naming_its_path() {
     assert!(stderr(&out).contains("upstream.urls"), "{}", stderr(&out));
 }
 
+/// A TLS listener whose `tls` table ends with `handshake_first = {value}`.
+fn tls_listener_with_handshake_first(value: &str) -> String {
+    VALID.replace(
+        "advertise = \"nats.example.com:4222\"",
+        &format!(
+            "kind = \"tls\"\ntls = {{ cert_file = \"edge.pem\", key_file = \"edge-key.pem\", \
+             handshake_first = {value} }}"
+        ),
+    )
+}
+
+#[test]
+fn check_rejects_a_bad_handshake_first_naming_file_key_and_reason() {
+    for (value, reason) in [
+        (
+            "\"soon\"",
+            "`soon` is not true, false, \"auto\" or a fallback delay",
+        ),
+        (
+            "1",
+            "true, false, \"auto\" or a fallback delay such as \"50ms\"",
+        ),
+        (
+            "\"5s\"",
+            "must be shorter than the listener's handshake_timeout",
+        ),
+    ] {
+        let f = config_file(&tls_listener_with_handshake_first(value));
+        let out = check(&f, &[]);
+        assert!(!out.status.success(), "{value} was accepted");
+        let err = stderr(&out);
+        assert!(err.contains("listeners.0.tls.handshake_first"), "{err}");
+        assert!(err.contains(reason), "{value}: {err}");
+        assert!(err.contains(&f.path().display().to_string()), "{err}");
+    }
+}
+
 #[test]
 fn check_does_not_print_upstream_passwords() {
     let f = config_file(&VALID.replace("nats://10.0.0.5:4222", "ftp://u:hunter2@10.0.0.5:4222"));

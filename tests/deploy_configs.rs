@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nats_edge::config::{
-    ByteSize, ClientAuth, Config, ListenerTls, ProxyProtocolVersion, StringList, UpstreamTls,
-    WsSection,
+    ByteSize, ClientAuth, Config, HandshakeFirst, ListenerTls, ProxyProtocolVersion, StringList,
+    UpstreamTls, WsSection,
 };
 
 fn repo_path(rel: &str) -> PathBuf {
@@ -95,7 +95,7 @@ fn all_keys() -> Vec<String> {
         key_file: "edge-key.pem".into(),
         client_ca_file: Some("clients-ca.pem".into()),
         client_auth: Some(ClientAuth::Required),
-        handshake_first: false,
+        handshake_first: HandshakeFirst::Off,
     });
     config.listeners[0].ws = Some(WsSection {
         jwt_cookie: Some("jwt".into()),

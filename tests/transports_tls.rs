@@ -1,6 +1,7 @@
-//! TLS listeners: classic NATS TLS (INFO in the clear, then the client upgrades) and
-//! TLS-first, server keys of each algorithm, client certificates (required, optional,
-//! rejected) and their identity in ConnFacts and the log, and certificate reload on SIGHUP.
+//! TLS listeners: classic NATS TLS (INFO in the clear, then the client upgrades),
+//! TLS-first, TLS-first with a fallback to classic for clients that wait, server keys of
+//! each algorithm, client certificates (required, optional, rejected) and their identity in
+//! ConnFacts and the log, and certificate reload on SIGHUP.
 
 mod common;
 mod transport_support;
@@ -110,6 +111,86 @@ async fn tls_first_listener_starts_with_the_handshake() {
     .await
     .expect("async-nats with tls_first");
     pub_sub_works(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_first_with_a_fallback_serves_tls_first_and_classic_clients() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
+    let server = NatsServer::start();
+    let delay = std::time::Duration::from_millis(500);
+    let table = format!("{}, handshake_first = \"500ms\"", cert_keys(&server_cert));
+    let edge = start_edge_toml(&tls_toml(&server, &table)).await;
+
+    // A client that waits: nothing for the fallback delay, then the INFO in the clear, then
+    // the classic upgrade.
+    let started = std::time::Instant::now();
+    let mut raw = Raw::new(tcp(edge_addr(&edge)).await);
+    let info = raw.read_info().await;
+    assert!(
+        started.elapsed() >= delay,
+        "INFO after {:?}, before the fallback delay",
+        started.elapsed()
+    );
+    assert_eq!(info["tls_required"], true, "{info}");
+    let tls = tls_over(raw.stream, client_config(&ca.cert, None))
+        .await
+        .expect("TLS after the fallback INFO");
+    let mut raw = Raw::new(tls);
+    assert!(raw.connect_and_ping().await);
+
+    // A client that starts with TLS: the handshake at once, the INFO inside it.
+    let tls = tls_over(tcp(edge_addr(&edge)).await, client_config(&ca.cert, None))
+        .await
+        .expect("TLS first");
+    let mut raw = Raw::new(tls);
+    let info = raw.read_info().await;
+    assert_eq!(info["tls_required"], true, "{info}");
+    assert!(raw.connect_and_ping().await);
+
+    // async-nats both ways, on the same listener, talking to each other.
+    let classic = tls_client(
+        &edge,
+        client_options()
+            .add_root_certificates(ca.cert.clone())
+            .require_tls(true),
+    )
+    .await
+    .expect("async-nats over classic TLS");
+    let first = tls_client(
+        &edge,
+        client_options()
+            .add_root_certificates(ca.cert.clone())
+            .tls_first(),
+    )
+    .await
+    .expect("async-nats with tls_first");
+    pub_sub_works(&classic).await;
+    pub_sub_works(&first).await;
+    // A plain client that speaks before the INFO is taken for a TLS client, as by
+    // nats-server: its bytes fail the handshake and it is closed without an INFO.
+    let mut plain = Raw::new(tcp(edge_addr(&edge)).await);
+    plain.send(b"CONNECT {}\r\nPING\r\n").await;
+    let got = plain.read_to_close().await;
+    assert!(
+        !got.starts_with(b"INFO"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(
+        edge.metrics()
+            .handshake_failures(ListenerKind::Tls, HandshakeFailure::PlainOnTlsListener),
+        1
+    );
+    let mut sub = first.subscribe("tls.across").await.unwrap();
+    // The server has the subscription before the other client publishes.
+    round_trip(&first).await;
+    classic
+        .publish("tls.across", "from classic".into())
+        .await
+        .unwrap();
+    assert_eq!(next_msg(&mut sub).await.payload, "from classic");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

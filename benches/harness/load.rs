@@ -1,6 +1,11 @@
 //! A raw-protocol load generator: blocking sockets, preformatted frames, big writes, and a
 //! subscriber that parses only what it must (control lines; payloads are skipped by length).
 //! It is much cheaper per message than nats-server, so it is never what a run measures.
+//!
+//! It speaks NATS over plain TCP, over TLS (TLS first, rustls; every 64 KiB batch of `PUB`s
+//! is one write, so it leaves in full 16 KiB records) and over WebSocket (a hand-rolled frame
+//! writer: every batch is one masked binary frame; the server's frames are unwrapped into
+//! one byte stream).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -9,11 +14,263 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::ServerName;
+
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
+/// Socket reads of the TLS and WebSocket layers are this large, so neither pays a system
+/// call per 4 KiB TLS read or per frame header.
+const SOCKET_READ: usize = 256 * 1024;
+
+/// How a load connection reaches its target.
+#[derive(Clone)]
+pub enum Transport {
+    Tcp,
+    /// TLS before anything else: nats-server's `handshake_first`, the edge's
+    /// `handshake_first = true`, HAProxy's `bind ... ssl`.
+    TlsFirst(Arc<rustls::ClientConfig>),
+    /// WebSocket, binary frames, path `/`.
+    Ws,
+}
+
+/// Where a load connection goes, and how.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub transport: Transport,
+}
+
+impl Endpoint {
+    pub fn tcp(addr: SocketAddr) -> Endpoint {
+        Endpoint {
+            addr,
+            transport: Transport::Tcp,
+        }
+    }
+
+    fn open(&self) -> io::Result<Box<dyn Stream>> {
+        let tcp = TcpStream::connect(self.addr)?;
+        tcp.set_nodelay(true)?;
+        tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+        tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(match &self.transport {
+            Transport::Tcp => Box::new(tcp),
+            Transport::TlsFirst(config) => {
+                let name = ServerName::from(self.addr.ip());
+                let conn = rustls::ClientConnection::new(config.clone(), name)
+                    .map_err(io::Error::other)?;
+                Box::new(rustls::StreamOwned::new(conn, BufSock::new(tcp)))
+            }
+            Transport::Ws => Box::new(WsConn::upgrade(BufSock::new(tcp), self.addr)?),
+        })
+    }
+}
+
+/// A byte stream to a target.
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// A socket read through a large buffer: rustls reads at most 4 KiB at a time, and the
+/// WebSocket reader reads frame headers a few bytes at a time.
+struct BufSock {
+    tcp: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl BufSock {
+    fn new(tcp: TcpStream) -> BufSock {
+        BufSock {
+            tcp,
+            buf: vec![0; SOCKET_READ],
+            start: 0,
+            end: 0,
+        }
+    }
+}
+
+impl Read for BufSock {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.start == self.end {
+            if out.len() >= self.buf.len() {
+                return self.tcp.read(out);
+            }
+            self.start = 0;
+            self.end = self.tcp.read(&mut self.buf)?;
+        }
+        let n = out.len().min(self.end - self.start);
+        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        Ok(n)
+    }
+}
+
+impl Write for BufSock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.tcp.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The client side of a WebSocket carrying NATS: every write is one masked binary frame;
+/// reads return the payloads of the server's data frames as one byte stream.
+struct WsConn {
+    sock: BufSock,
+    /// Payload bytes left in the data frame being read.
+    frame_left: u64,
+    /// Where a frame is built before it is written.
+    out: Vec<u8>,
+}
+
+/// The mask of every frame this client sends (RFC 6455 asks for masking, which servers
+/// check; it does not ask servers to check that keys vary).
+const MASK: [u8; 4] = [0x5a, 0x3c, 0x96, 0xe1];
+
+impl WsConn {
+    fn upgrade(mut sock: BufSock, addr: SocketAddr) -> io::Result<WsConn> {
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        sock.tcp.write_all(request.as_bytes())?;
+        // The response head, byte by byte from the buffer; what follows it stays there.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            if sock.read(&mut b)? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            head.push(b[0]);
+            if head.len() > 8192 {
+                return Err(io::Error::other("WebSocket response head over 8 KiB"));
+            }
+        }
+        if !head.starts_with(b"HTTP/1.1 101") {
+            return Err(io::Error::other(format!(
+                "WebSocket upgrade refused: {}",
+                String::from_utf8_lossy(&head)
+            )));
+        }
+        Ok(WsConn {
+            sock,
+            frame_left: 0,
+            out: Vec::new(),
+        })
+    }
+
+    fn frame(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
+        self.out.clear();
+        self.out.push(0x80 | opcode);
+        let len = payload.len();
+        if len < 126 {
+            self.out.push(0x80 | len as u8);
+        } else if len <= 0xffff {
+            self.out.push(0x80 | 126);
+            self.out.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            self.out.push(0x80 | 127);
+            self.out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        self.out.extend_from_slice(&MASK);
+        let start = self.out.len();
+        self.out.extend_from_slice(payload);
+        mask(&mut self.out[start..]);
+        self.sock.tcp.write_all(&self.out)
+    }
+
+    fn read_exact_sock(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.sock.read_exact(buf)
+    }
+}
+
+/// XORs `data` with [`MASK`], eight bytes at a time.
+fn mask(data: &mut [u8]) {
+    let key = u64::from_ne_bytes([
+        MASK[0], MASK[1], MASK[2], MASK[3], MASK[0], MASK[1], MASK[2], MASK[3],
+    ]);
+    let mut chunks = data.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ key).to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= MASK[i % 4];
+    }
+}
+
+impl Read for WsConn {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.frame_left > 0 {
+                let want = out
+                    .len()
+                    .min(usize::try_from(self.frame_left).unwrap_or(usize::MAX));
+                let n = self.sock.read(&mut out[..want])?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                self.frame_left -= n as u64;
+                return Ok(n);
+            }
+            let mut head = [0u8; 2];
+            self.read_exact_sock(&mut head)?;
+            let opcode = head[0] & 0x0f;
+            if head[1] & 0x80 != 0 {
+                return Err(io::Error::other("a masked frame from the server"));
+            }
+            let len = match head[1] & 0x7f {
+                126 => {
+                    let mut b = [0u8; 2];
+                    self.read_exact_sock(&mut b)?;
+                    u64::from(u16::from_be_bytes(b))
+                }
+                127 => {
+                    let mut b = [0u8; 8];
+                    self.read_exact_sock(&mut b)?;
+                    u64::from_be_bytes(b)
+                }
+                n => u64::from(n),
+            };
+            match opcode {
+                // Continuation, text, binary: NATS bytes.
+                0x0..=0x2 => self.frame_left = len,
+                // Close.
+                0x8 => return Ok(0),
+                // Ping (answered), pong: at most 125 bytes, no NATS bytes.
+                _ => {
+                    let mut payload = vec![0u8; usize::try_from(len).unwrap_or(0).min(125)];
+                    self.read_exact_sock(&mut payload)?;
+                    if opcode == 0x9 {
+                        self.frame(0xA, &payload)?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Write for WsConn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.frame(0x2, buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 /// A NATS connection speaking the raw protocol.
 pub struct RawConn {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -21,14 +278,15 @@ pub struct RawConn {
 
 impl RawConn {
     pub fn connect(addr: SocketAddr) -> io::Result<RawConn> {
-        Self::connect_with_buffer(addr, 256 * 1024)
+        Self::open(&Endpoint::tcp(addr), 256 * 1024)
     }
 
     pub fn connect_with_buffer(addr: SocketAddr, buffer: usize) -> io::Result<RawConn> {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        Self::open(&Endpoint::tcp(addr), buffer)
+    }
+
+    pub fn open(endpoint: &Endpoint, buffer: usize) -> io::Result<RawConn> {
+        let stream = endpoint.open()?;
         let mut conn = RawConn {
             stream,
             buf: vec![0; buffer],
@@ -173,6 +431,23 @@ pub fn pub_sub(
     per_publisher: u64,
     payload: usize,
 ) -> io::Result<Throughput> {
+    pub_sub_via(
+        &Endpoint::tcp(addr),
+        publishers,
+        subscribers,
+        per_publisher,
+        payload,
+    )
+}
+
+/// [`pub_sub`] over any transport.
+pub fn pub_sub_via(
+    endpoint: &Endpoint,
+    publishers: usize,
+    subscribers: usize,
+    per_publisher: u64,
+    payload: usize,
+) -> io::Result<Throughput> {
     let subject = "bench.data";
     let total = per_publisher * publishers as u64;
     let window = (8 * 1024 * 1024 / (payload + 32)).max(64) as u64;
@@ -185,7 +460,7 @@ pub fn pub_sub(
 
     let mut subs = Vec::new();
     for i in 0..subscribers {
-        let mut conn = RawConn::connect(addr)?;
+        let mut conn = RawConn::open(endpoint, 256 * 1024)?;
         conn.send(format!("SUB {subject} 1\r\n").as_bytes())?;
         conn.ping_pong()?;
         let received = received.clone();
@@ -232,7 +507,7 @@ pub fn pub_sub(
     let started = Instant::now();
     let mut pubs = Vec::new();
     for _ in 0..publishers {
-        let mut conn = RawConn::connect(addr)?;
+        let mut conn = RawConn::open(endpoint, 256 * 1024)?;
         let received = received.clone();
         let failed = failed.clone();
         let progress = progress.clone();

@@ -54,6 +54,15 @@ impl Plan {
 }
 
 pub const PAYLOADS: [usize; 5] = [16, 128, 1024, 16 * 1024, 64 * 1024];
+/// Payload sizes of the TLS and WebSocket workloads.
+pub const TRANSPORT_PAYLOADS: [usize; 2] = [128, 16 * 1024];
+
+/// A target of the TLS or WebSocket workloads.
+struct TransportTarget<'a> {
+    name: &'static str,
+    endpoint: load::Endpoint,
+    proxy: Option<&'a targets::Proc>,
+}
 
 /// One target under test.
 struct Target<'a> {
@@ -92,10 +101,87 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-/// Runs the harness; returns the report as JSON. Panics on any loss or error.
-pub fn run(mode: Mode, edge_bin: &str) -> Value {
+/// Runs one pub→sub 1→1 workload against `t`, recording `<prefix>_<size>_msgs_per_s` (and
+/// the proxy's CPU per message).
+fn pub_sub_workload(
+    samples: &mut Samples,
+    prefix: &str,
+    endpoint: &load::Endpoint,
+    name: &'static str,
+    proxy: Option<&targets::Proc>,
+    n: u64,
+    payload: usize,
+) {
+    let cpu_before = proxy.map(targets::Proc::cpu_secs);
+    let r = load::pub_sub_via(endpoint, 1, 1, n, payload)
+        .unwrap_or_else(|e| panic!("{prefix} {payload} B via {name}: {e}"));
+    if let (Some(p), Some(before)) = (proxy, cpu_before) {
+        let ns = (p.cpu_secs() - before) * 1e9 / r.msgs as f64;
+        record(
+            samples,
+            &format!("{prefix}_{payload}B_proxy_cpu_ns_per_msg"),
+            name,
+            ns,
+        );
+    }
+    record(
+        samples,
+        &format!("{prefix}_{payload}B_msgs_per_s"),
+        name,
+        r.msgs_per_sec(),
+    );
+    record(
+        samples,
+        &format!("{prefix}_{payload}B_MB_per_s"),
+        name,
+        r.mb_per_sec(),
+    );
+}
+
+/// Which groups of workloads a run includes.
+#[derive(Debug, Clone, Copy)]
+pub struct Groups {
+    /// Plain TCP: pub/sub at every size, fan-out, fan-in, request/reply, idle memory.
+    pub tcp: bool,
+    /// pub→sub over TLS.
+    pub tls: bool,
+    /// pub→sub over WebSocket.
+    pub ws: bool,
+}
+
+impl Groups {
+    pub const ALL: Groups = Groups {
+        tcp: true,
+        tls: true,
+        ws: true,
+    };
+
+    /// From `--only tcp,tls,ws` (any of them).
+    pub fn parse(list: &str) -> Result<Groups, String> {
+        let mut groups = Groups {
+            tcp: false,
+            tls: false,
+            ws: false,
+        };
+        for name in list.split(',').map(str::trim) {
+            match name {
+                "tcp" => groups.tcp = true,
+                "tls" => groups.tls = true,
+                "ws" => groups.ws = true,
+                other => return Err(format!("unknown workload group `{other}` (tcp, tls, ws)")),
+            }
+        }
+        Ok(groups)
+    }
+}
+
+/// Runs the workloads of `groups`; returns the report as JSON. Panics on any loss or error.
+pub fn run_groups(mode: Mode, edge_bin: &str, groups: Groups) -> Value {
+    // Dropped last: the generated files outlive every process that reads them.
+    let _scratch = targets::Scratch;
     let plan = Plan::of(mode);
-    let server = targets::start_nats_server();
+    // The plain server also serves WebSocket clients, for the direct WebSocket target.
+    let (server, server_ws) = targets::start_nats_server_with_ws();
     let edge = targets::start_edge(edge_bin, server.addr, &[]);
     // The same edge with a filter that looks at every delivered message: the limits filter
     // counting subscriptions builds an op for every MSG and looks its sid up.
@@ -108,6 +194,68 @@ pub fn run(mode: Mode, edge_bin: &str) -> Value {
     // PUB, SUB and every MSG) and tagging every publish with the sender's headers.
     let rewriting = targets::start_edge_rewrite_tag(edge_bin, server.addr);
     let haproxy = targets::start_haproxy(server.addr);
+
+    // TLS: nats-server's own TLS listener, the edge's in front of the plain server, and
+    // HAProxy terminating TLS in front of it; every client starts with TLS.
+    let certs = targets::make_certs();
+    let server_tls = targets::start_nats_server_tls(&certs);
+    let edge_tls = targets::start_edge_listener(
+        edge_bin,
+        server.addr,
+        "tls",
+        &format!(
+            "tls = {{ cert_file = {:?}, key_file = {:?}, handshake_first = true }}",
+            certs.cert.display().to_string(),
+            certs.key.display().to_string()
+        ),
+    );
+    let haproxy_tls = targets::start_haproxy_tls(server.addr, &certs);
+    let tls = |addr| load::Endpoint {
+        addr,
+        transport: load::Transport::TlsFirst(certs.client.clone()),
+    };
+    let mut tls_targets = vec![
+        TransportTarget {
+            name: "direct",
+            endpoint: tls(server_tls.addr),
+            proxy: None,
+        },
+        TransportTarget {
+            name: "edge",
+            endpoint: tls(edge_tls.addr),
+            proxy: Some(&edge_tls),
+        },
+    ];
+    if let Some(h) = &haproxy_tls {
+        tls_targets.push(TransportTarget {
+            name: "haproxy",
+            endpoint: tls(h.addr),
+            proxy: Some(h),
+        });
+    }
+    // WebSocket: nats-server's own listener and the edge's (pings off, as nats-server's).
+    let edge_ws = targets::start_edge_listener(
+        edge_bin,
+        server.addr,
+        "ws",
+        "ws = { ping_interval = \"0\" }",
+    );
+    let ws = |addr| load::Endpoint {
+        addr,
+        transport: load::Transport::Ws,
+    };
+    let ws_targets = [
+        TransportTarget {
+            name: "direct",
+            endpoint: ws(server_ws),
+            proxy: None,
+        },
+        TransportTarget {
+            name: "edge",
+            endpoint: ws(edge_ws.addr),
+            proxy: Some(&edge_ws),
+        },
+    ];
 
     let mut all = vec![
         Target {
@@ -132,34 +280,44 @@ pub fn run(mode: Mode, edge_bin: &str) -> Value {
     let mut samples = Samples::new();
     for round in 0..plan.rounds {
         eprintln!("round {}/{}", round + 1, plan.rounds);
-        for &payload in &PAYLOADS {
-            let n = plan.msgs_for(payload);
-            for t in &all {
-                let cpu_before = t.proxy.map(targets::Proc::cpu_secs);
-                let r = load::pub_sub(t.addr, 1, 1, n, payload)
-                    .unwrap_or_else(|e| panic!("pub/sub {payload} B via {}: {e}", t.name));
-                if let (Some(p), Some(before)) = (t.proxy, cpu_before) {
-                    let ns = (p.cpu_secs() - before) * 1e9 / r.msgs as f64;
-                    record(
+        if groups.tcp {
+            for &payload in &PAYLOADS {
+                let n = plan.msgs_for(payload);
+                for t in &all {
+                    let endpoint = load::Endpoint::tcp(t.addr);
+                    pub_sub_workload(
                         &mut samples,
-                        &format!("pubsub_{payload}B_proxy_cpu_ns_per_msg"),
+                        "pubsub",
+                        &endpoint,
                         t.name,
-                        ns,
+                        t.proxy,
+                        n,
+                        payload,
                     );
                 }
-                record(
-                    &mut samples,
-                    &format!("pubsub_{payload}B_msgs_per_s"),
-                    t.name,
-                    r.msgs_per_sec(),
-                );
-                record(
-                    &mut samples,
-                    &format!("pubsub_{payload}B_MB_per_s"),
-                    t.name,
-                    r.mb_per_sec(),
-                );
             }
+        }
+        for &payload in &TRANSPORT_PAYLOADS {
+            let n = plan.msgs_for(payload);
+            for (prefix, targets, wanted) in [
+                ("tls_pubsub", &tls_targets[..], groups.tls),
+                ("ws_pubsub", &ws_targets[..], groups.ws),
+            ] {
+                for t in targets.iter().filter(|_| wanted) {
+                    pub_sub_workload(
+                        &mut samples,
+                        prefix,
+                        &t.endpoint,
+                        t.name,
+                        t.proxy,
+                        n,
+                        payload,
+                    );
+                }
+            }
+        }
+        if !groups.tcp {
+            continue;
         }
         let n = plan.msgs_for(128);
         let r = load::pub_sub(inspecting.addr, 1, 1, n, 128).expect("pub/sub via inspecting edge");
@@ -210,6 +368,9 @@ pub fn run(mode: Mode, edge_bin: &str) -> Value {
         }
     }
 
+    if !groups.tcp {
+        return report(&samples, mode);
+    }
     // Memory: a fresh edge, so earlier runs' buffers do not count.
     let fresh = targets::start_edge(edge_bin, server.addr, &[]);
     let base = fresh.rss_bytes();

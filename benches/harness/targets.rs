@@ -1,11 +1,13 @@
 //! The processes a benchmark measures: nats-server, nats-edge in front of it, and HAProxy in
-//! TCP mode in front of it when `haproxy` is installed. All on loopback.
+//! TCP mode in front of it when `haproxy` is installed; for the TLS and WebSocket workloads,
+//! the same with TLS (certificates made at run time) and WebSocket listeners. All on loopback.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A child process that is killed when dropped.
@@ -113,6 +115,131 @@ pub fn start_nats_server() -> Proc {
     )
 }
 
+fn scratch_path() -> PathBuf {
+    std::env::temp_dir().join(format!("nats-edge-bench-{}", std::process::id()))
+}
+
+/// A scratch directory for this run's generated files (configs, certificates, keys).
+pub fn scratch_dir() -> PathBuf {
+    let dir = scratch_path();
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    dir
+}
+
+/// Removes the scratch directory when dropped: hold it for as long as the run's processes.
+pub struct Scratch;
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(scratch_path());
+    }
+}
+
+/// nats-server with the config `body` (nats-server syntax) after a `listen` line for its
+/// client port.
+fn start_nats_server_conf(name: &str, body: &str) -> Proc {
+    let port = free_port();
+    let conf = scratch_dir().join(format!("{name}.conf"));
+    std::fs::write(&conf, format!("listen: \"127.0.0.1:{port}\"\n{body}"))
+        .expect("writing the nats-server config");
+    let mut cmd = Command::new(nats_server_bin());
+    cmd.arg("-c").arg(&conf);
+    spawn_until(
+        "nats-server",
+        cmd,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "Server is ready",
+    )
+}
+
+/// A plain nats-server that also serves WebSocket clients (`no_tls`); returns the server
+/// and its WebSocket address.
+pub fn start_nats_server_with_ws() -> (Proc, SocketAddr) {
+    let ws_port = free_port();
+    let server = start_nats_server_conf(
+        "nats-ws",
+        &format!("websocket {{\n  listen: \"127.0.0.1:{ws_port}\"\n  no_tls: true\n}}\n"),
+    );
+    (server, SocketAddr::from(([127, 0, 0, 1], ws_port)))
+}
+
+/// A nats-server whose client port speaks TLS first (`handshake_first: true`).
+pub fn start_nats_server_tls(certs: &Certs) -> Proc {
+    start_nats_server_conf(
+        "nats-tls",
+        &format!(
+            "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  handshake_first: true\n}}\n",
+            certs.cert.display().to_string(),
+            certs.key.display().to_string()
+        ),
+    )
+}
+
+/// A CA and a server certificate for 127.0.0.1 (ECDSA P-256), written as PEM files, and a
+/// client config that trusts the CA.
+pub struct Certs {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The certificate followed by its key, as HAProxy's `crt` wants it.
+    pub combined: PathBuf,
+    /// Offers TLS 1.3 with AES-128-GCM only, so every target runs the same cipher whatever
+    /// its own preference order.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+pub fn make_certs() -> Certs {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let dir = scratch_dir();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "nats-edge bench CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().expect("a CA key");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("the CA certificate");
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    let key = KeyPair::generate().expect("a server key");
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    let cert = params
+        .signed_by(&key, &issuer)
+        .expect("the server certificate");
+    let certs = Certs {
+        cert: dir.join("server.pem"),
+        key: dir.join("server-key.pem"),
+        combined: dir.join("server-combined.pem"),
+        client: client_config(ca_cert.der().clone()),
+    };
+    let write = |path: &Path, text: String| std::fs::write(path, text).expect("writing a PEM");
+    write(&certs.cert, cert.pem());
+    write(&certs.key, key.serialize_pem());
+    write(
+        &certs.combined,
+        format!("{}{}", cert.pem(), key.serialize_pem()),
+    );
+    certs
+}
+
+fn client_config(ca: rustls::pki_types::CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).expect("the CA as a root");
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .retain(|s| s.suite() == rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3 with AES-128-GCM")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
 /// The edge's command line: listen on `port`, forward to `upstream`, log only the
 /// `listening` line (which tells that it is ready) and warnings.
 fn edge_args(port: u16, upstream: SocketAddr) -> [String; 6] {
@@ -134,6 +261,28 @@ pub fn start_edge(bin: &str, upstream: SocketAddr, env: &[(&str, &str)]) -> Proc
     for (k, v) in env {
         cmd.env(k, v);
     }
+    spawn_until(
+        "nats-edge",
+        cmd,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "listening",
+    )
+}
+
+/// nats-edge in front of `upstream` with one listener of `kind` and its `tls` or `ws` table
+/// (inline TOML, or empty), from a config file.
+pub fn start_edge_listener(bin: &str, upstream: SocketAddr, kind: &str, table: &str) -> Proc {
+    let port = free_port();
+    let toml = format!(
+        "[[listeners]]\nname = \"bench-{kind}\"\nbind = \"127.0.0.1:{port}\"\nkind = \"{kind}\"\n\
+         {table}\n[upstream]\nurls = [\"nats://{upstream}\"]\n"
+    );
+    let file = scratch_dir().join(format!("edge-{kind}.toml"));
+    std::fs::write(&file, toml).expect("writing the edge config");
+    let mut cmd = Command::new(bin);
+    cmd.arg("-c")
+        .arg(&file)
+        .args(["--log-level", "nats_edge::edge=info,warn"]);
     spawn_until(
         "nats-edge",
         cmd,
@@ -168,17 +317,29 @@ pub fn rewrite_tag_env() -> [(&'static str, String); 3] {
 
 /// HAProxy in TCP mode in front of `upstream`, when it is installed.
 pub fn start_haproxy(upstream: SocketAddr) -> Option<Proc> {
+    haproxy(upstream, "plain", "")
+}
+
+/// HAProxy terminating TLS (`bind ... ssl crt`, `mode tcp`) in front of the plain
+/// `upstream`, when it is installed.
+pub fn start_haproxy_tls(upstream: SocketAddr, certs: &Certs) -> Option<Proc> {
+    haproxy(
+        upstream,
+        "tls",
+        &format!(" ssl crt {}", certs.combined.display()),
+    )
+}
+
+fn haproxy(upstream: SocketAddr, name: &str, bind_options: &str) -> Option<Proc> {
     let bin = which("haproxy")?;
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!("nats-edge-bench-haproxy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).ok()?;
-    let cfg = dir.join("haproxy.cfg");
+    let cfg = scratch_dir().join(format!("haproxy-{name}.cfg"));
     std::fs::write(
         &cfg,
         format!(
             "global\n  maxconn 9900\n  log stderr format raw local0 notice\n\
 defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
-frontend nats\n  bind 127.0.0.1:{port}\n  default_backend upstream\n\
+frontend nats\n  bind 127.0.0.1:{port}{bind_options}\n  default_backend upstream\n\
 backend upstream\n  server nats {upstream}\n"
         ),
     )

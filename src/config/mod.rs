@@ -16,7 +16,10 @@ use nats_edge_filters::limits::LimitsConfig;
 use serde::{Deserialize, Serialize};
 
 pub use auth::{AuthModeConfig, AuthSection, TrustedProxyConfig};
-pub use units::{parse_duration, parse_size, ByteSize, HumanDuration, StringList};
+pub use units::{
+    parse_duration, parse_size, ByteSize, HandshakeFirst, HumanDuration, StringList,
+    AUTO_FALLBACK_DELAY,
+};
 
 use crate::upstream::UpstreamUrl;
 
@@ -201,9 +204,11 @@ pub struct ListenerTls {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_auth: Option<ClientAuth>,
     /// TLS before anything else (clients set `tls_first`); otherwise the edge sends INFO in
-    /// the clear first and the client starts TLS after reading it, as nats-server does.
+    /// the clear first and the client starts TLS after reading it, as nats-server does. With
+    /// a fallback delay, both: TLS first when the client starts a handshake within the delay,
+    /// the INFO in the clear when it stays silent.
     #[serde(default)]
-    pub handshake_first: bool,
+    pub handshake_first: HandshakeFirst,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -409,11 +414,23 @@ impl ListenerConfig {
                         "needs tls.client_ca_file (the CAs client certificates chain to)".into(),
                     ));
                 }
-                if tls.handshake_first && self.kind == ListenerKind::Wss {
+                if tls.handshake_first.is_enabled() && self.kind == ListenerKind::Wss {
                     return Err((
                         "tls.handshake_first".into(),
                         "only for kind = \"tls\" (wss always starts with the TLS handshake)".into(),
                     ));
+                }
+                if let HandshakeFirst::Fallback(delay) = tls.handshake_first {
+                    if delay >= self.handshake_timeout.0 {
+                        return Err((
+                            "tls.handshake_first".into(),
+                            format!(
+                                "the fallback delay ({delay:?}) must be shorter than the \
+                                 listener's handshake_timeout ({:?})",
+                                self.handshake_timeout.0
+                            ),
+                        ));
+                    }
                 }
             }
             (None, false) => {}

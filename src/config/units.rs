@@ -112,6 +112,84 @@ impl Serialize for ByteSize {
     }
 }
 
+/// The fallback delay `handshake_first = "auto"` stands for: nats-server's
+/// `DEFAULT_TLS_HANDSHAKE_FIRST_FALLBACK_DELAY`.
+pub const AUTO_FALLBACK_DELAY: Duration = Duration::from_millis(50);
+
+/// A TLS listener's `handshake_first`, with nats-server's values: `false` (INFO in the clear,
+/// then the client starts TLS), `true` (the TLS handshake first), or a fallback delay such as
+/// `"50ms"` (the handshake first when the client starts one within the delay, otherwise INFO
+/// in the clear as with `false`). `"auto"` is a delay of 50 ms; `"on"`/`"off"` and
+/// `"true"`/`"false"` as strings are accepted too. A zero delay means `true`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HandshakeFirst {
+    #[default]
+    Off,
+    On,
+    Fallback(Duration),
+}
+
+impl HandshakeFirst {
+    pub fn parse(s: &str) -> Result<HandshakeFirst, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "on" => return Ok(HandshakeFirst::On),
+            "false" | "off" => return Ok(HandshakeFirst::Off),
+            "auto" | "auto_fallback" => return Ok(HandshakeFirst::Fallback(AUTO_FALLBACK_DELAY)),
+            _ => {}
+        }
+        let has_unit = s.trim().ends_with(|c: char| c.is_ascii_alphabetic());
+        let delay = parse_duration(s).ok().filter(|_| has_unit).ok_or_else(|| {
+            format!("`{s}` is not true, false, \"auto\" or a fallback delay such as \"50ms\"")
+        })?;
+        Ok(if delay.is_zero() {
+            HandshakeFirst::On
+        } else {
+            HandshakeFirst::Fallback(delay)
+        })
+    }
+
+    /// Whether the TLS handshake may come before INFO.
+    pub fn is_enabled(self) -> bool {
+        self != HandshakeFirst::Off
+    }
+}
+
+impl<'de> Deserialize<'de> for HandshakeFirst {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = HandshakeFirst;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false, \"auto\" or a fallback delay such as \"50ms\"")
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<HandshakeFirst, E> {
+                Ok(if v {
+                    HandshakeFirst::On
+                } else {
+                    HandshakeFirst::Off
+                })
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<HandshakeFirst, E> {
+                HandshakeFirst::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for HandshakeFirst {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            HandshakeFirst::Off => s.serialize_bool(false),
+            HandshakeFirst::On => s.serialize_bool(true),
+            HandshakeFirst::Fallback(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
+        }
+    }
+}
+
 /// A list of strings that may also be written as one comma-separated string, which is what an
 /// environment variable can carry (`NATS_EDGE_UPSTREAM__URLS=nats://a:4222,nats://b:4222`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -153,5 +231,32 @@ mod tests {
         assert_eq!(parse_size("1MB").unwrap(), 1_000_000);
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn handshake_first_values() {
+        use HandshakeFirst::*;
+        for (text, want) in [
+            ("true", On),
+            ("ON", On),
+            ("off", Off),
+            ("false", Off),
+            ("auto", Fallback(AUTO_FALLBACK_DELAY)),
+            ("auto_fallback", Fallback(AUTO_FALLBACK_DELAY)),
+            ("50ms", Fallback(Duration::from_millis(50))),
+            ("1s", Fallback(Duration::from_secs(1))),
+            ("0s", On),
+        ] {
+            assert_eq!(HandshakeFirst::parse(text), Ok(want), "{text}");
+        }
+        for bad in ["", "yes", "50", "50 fortnights", "-5ms"] {
+            assert!(HandshakeFirst::parse(bad).is_err(), "{bad}");
+        }
+        let json = serde_json::to_string(&Fallback(Duration::from_millis(250))).unwrap();
+        assert_eq!(json, "\"250ms\"");
+        let back: HandshakeFirst = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, Fallback(Duration::from_millis(250)));
+        assert_eq!(serde_json::from_str::<HandshakeFirst>("true").unwrap(), On);
+        assert!(serde_json::from_str::<HandshakeFirst>("1").is_err());
     }
 }

@@ -6,12 +6,14 @@
 //! The handshake of a connection (the PROXY header, TLS, the WebSocket upgrade) runs in that
 //! connection's own task, bounded by the listener's `handshake_timeout`, never in the accept
 //! loop, and the upstream is dialled only once it has succeeded. The one exception is the
-//! classic NATS TLS handshake (`handshake_first = false`): the client starts TLS only after
-//! reading the server's INFO in the clear, and that INFO must carry the upstream's nonce, so
-//! the upstream is dialled first; the session then runs [`upgrade_after_info`].
+//! classic NATS TLS handshake (`handshake_first = false`, or a fallback delay the client let
+//! pass in silence): the client starts TLS only after reading the server's INFO in the clear,
+//! and that INFO must carry the upstream's nonce, so the upstream is dialled first; the
+//! session then runs [`upgrade_after_info`].
 
 pub mod cert;
 pub mod proxy_protocol;
+pub mod read_ahead;
 pub mod tls;
 pub mod ws;
 
@@ -30,15 +32,16 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::ListenerKind;
+use crate::config::{HandshakeFirst, ListenerKind};
 use crate::metrics::HandshakeFailure;
+pub use read_ahead::ReadAhead;
 
 /// A client connection after its transport handshake: the bytes of the NATS protocol.
 pub enum ClientStream {
     Tcp(TcpClient),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<ReadAhead<TcpStream>>>),
     Ws(Box<ws::WsStream<TcpStream>>),
-    Wss(Box<ws::WsStream<TlsStream<TcpStream>>>),
+    Wss(Box<ws::WsStream<TlsStream<ReadAhead<TcpStream>>>>),
 }
 
 /// A plain TCP client. Its first byte is checked once: a TLS ClientHello (which no NATS
@@ -422,7 +425,17 @@ pub async fn handshake(
                 .tls
                 .as_ref()
                 .ok_or(HandshakeError::Misconfigured(TLS_MATERIAL))?;
-            if tls.handshake_first() {
+            let tls_first = match tls.handshake_first() {
+                HandshakeFirst::Off => false,
+                HandshakeFirst::On => true,
+                HandshakeFirst::Fallback(delay) => {
+                    stage.set(Stage::Tls);
+                    tls::client_speaks_within(&tcp, delay)
+                        .await
+                        .map_err(HandshakeError::Tls)?
+                }
+            };
+            if tls_first {
                 stage.set(Stage::Tls);
                 let stream = tls::accept(tls.acceptor(), tcp)
                     .await

@@ -11,6 +11,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use nats_edge_filters::filter::TlsPeer;
 use rustls::crypto::CryptoProvider;
@@ -21,7 +22,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::config::{ClientAuth, ListenerTls, UpstreamTls};
+use super::ReadAhead;
+use crate::config::{ClientAuth, HandshakeFirst, ListenerTls, UpstreamTls};
 
 /// The first byte of every TLS record that starts a handshake (content type 22).
 pub const HANDSHAKE_RECORD: u8 = 0x16;
@@ -108,8 +110,8 @@ impl ServerTls {
         TlsAcceptor::from(config)
     }
 
-    /// TLS before INFO (clients use `tls_first`).
-    pub fn handshake_first(&self) -> bool {
+    /// TLS before INFO (clients use `tls_first`), perhaps with a fallback to INFO first.
+    pub fn handshake_first(&self) -> HandshakeFirst {
         self.settings.handshake_first
     }
 
@@ -169,7 +171,7 @@ pub enum AcceptError {
 pub async fn accept(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
-) -> Result<tokio_rustls::server::TlsStream<TcpStream>, AcceptError> {
+) -> Result<tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>, AcceptError> {
     let mut first = [0u8; 1];
     match tcp.peek(&mut first).await {
         Ok(0) => return Err(AcceptError::ClosedEarly),
@@ -177,7 +179,24 @@ pub async fn accept(
         Ok(_) => {}
         Err(e) => return Err(AcceptError::Handshake(e)),
     }
-    acceptor.accept(tcp).await.map_err(AcceptError::Handshake)
+    acceptor
+        .accept(ReadAhead::new(tcp))
+        .await
+        .map_err(AcceptError::Handshake)
+}
+
+/// `handshake_first` with a fallback delay: waits up to `delay` for the client's first byte.
+/// `true`: it spoke, so the TLS handshake comes first (whatever the byte is, as nats-server
+/// does; [`accept`] names a plain-text client). `false`: it stayed silent, so the INFO goes
+/// out in the clear and the classic upgrade follows. Nothing is consumed.
+pub async fn client_speaks_within(tcp: &TcpStream, delay: Duration) -> Result<bool, AcceptError> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(delay, tcp.peek(&mut first)).await {
+        Err(_) => Ok(false),
+        Ok(Ok(0)) => Err(AcceptError::ClosedEarly),
+        Ok(Ok(_)) => Ok(true),
+        Ok(Err(e)) => Err(AcceptError::Handshake(e)),
+    }
 }
 
 /// TLS toward the upstream, reloadable.
