@@ -231,10 +231,43 @@ async fn regex_rules_map_both_ways() {
     edge.shutdown().await;
 }
 
+/// The next message of a pull consumer, bounded.
+async fn fetch_one(
+    consumer: &async_nats::jetstream::consumer::Consumer<
+        async_nats::jetstream::consumer::pull::Config,
+    >,
+) -> async_nats::jetstream::Message {
+    use futures::StreamExt;
+    let mut batch = within("fetch", consumer.fetch().max_messages(1).messages())
+        .await
+        .expect("fetch");
+    within("the stored message", batch.next())
+        .await
+        .expect("a message")
+        .expect("no error")
+}
+
+/// A consumer's info, asked of nats-server directly.
+async fn consumer_info(
+    direct: &async_nats::jetstream::Context,
+    stream: &str,
+    consumer: &str,
+) -> async_nats::jetstream::consumer::Info {
+    within("consumer info", async {
+        direct
+            .get_stream(stream)
+            .await
+            .unwrap()
+            .consumer_info(consumer)
+            .await
+            .unwrap()
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_through_a_mount() {
     use async_nats::jetstream::{self, consumer::pull, stream};
-    use futures::StreamExt;
     let store = tempfile::tempdir().unwrap();
     let server = NatsServer::start_with_args(&["-js", "-sd", &store.path().display().to_string()]);
     let edge = mounted(&server, "jetstream-mount").await;
@@ -283,24 +316,13 @@ async fn jetstream_through_a_mount() {
     )
     .await
     .expect("consumer created");
-    let mut batch = within("fetch", consumer.fetch().max_messages(1).messages())
-        .await
-        .expect("fetch");
-    let msg = within("the stored message", batch.next())
-        .await
-        .expect("a message")
-        .expect("no error");
+    let msg = fetch_one(&consumer).await;
     assert_eq!(msg.subject.as_str(), "orders.new");
     assert_eq!(&msg.payload[..], b"first");
     within("ack", msg.double_ack())
         .await
         .expect("ack goes back unmapped");
-    let info = within("consumer info", direct.get_stream("ORDERS"))
-        .await
-        .unwrap()
-        .consumer_info("worker")
-        .await
-        .unwrap();
+    let info = consumer_info(&direct, "ORDERS", "worker").await;
     assert_eq!(info.num_ack_pending, 0);
     assert_eq!(info.delivered.stream_sequence, 1);
 
@@ -324,22 +346,11 @@ async fn jetstream_through_a_mount() {
     )
     .await
     .expect("filtered consumer created through the mount");
-    let mut batch = within("fetch", picky.fetch().max_messages(1).messages())
-        .await
-        .expect("fetch");
-    let msg = within("the filtered message", batch.next())
-        .await
-        .expect("a message")
-        .expect("no error");
+    let msg = fetch_one(&picky).await;
     assert_eq!(msg.subject.as_str(), "orders.new");
     assert_eq!(&msg.payload[..], b"first");
     within("ack", msg.double_ack()).await.expect("ack");
-    let info = within("filtered consumer info", direct.get_stream("ORDERS"))
-        .await
-        .unwrap()
-        .consumer_info("picky")
-        .await
-        .unwrap();
+    let info = consumer_info(&direct, "ORDERS", "picky").await;
     assert_eq!(info.config.filter_subject, "tenant.acme.orders.new");
     assert_eq!(info.num_pending, 0, "orders.other is not selected");
     edge.shutdown().await;
