@@ -1,7 +1,9 @@
 //! WebSocket listeners: async-nats over ws:// and wss:// (publish, subscribe, request/reply
 //! answered on the TCP side), raw frames (binary and text), the health-check answer, the
 //! path, origins, cookies filling CONNECT, X-Forwarded-For from trusted proxies only, pings,
-//! and permessage-deflate declined.
+//! and permessage-deflate: negotiated per offer and config, compressed messages both ways
+//! (frames written by hand, as tungstenite's client does not compress), a decompression
+//! bomb refused with 1009, the compressed bit without the extension refused with 1002.
 
 mod common;
 mod transport_support;
@@ -388,7 +390,11 @@ async fn x_forwarded_for_only_from_trusted_proxies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pings_and_no_compression() {
     let server = NatsServer::start();
-    let edge = ws_edge(&server, "ws = { ping_interval = \"50ms\" }").await;
+    let edge = ws_edge(
+        &server,
+        "ws = { ping_interval = \"50ms\", compression = false }",
+    )
+    .await;
     let (mut ws, response) = ws_connect(
         &edge,
         "/",
@@ -417,4 +423,205 @@ async fn pings_and_no_compression() {
         .await
         .unwrap();
     assert_eq!(read_until(&mut ws, "PONG\r\n").await, "+OK\r\nPONG\r\n");
+}
+
+/// A raw upgrade, offering `extensions`: the stream and the response head.
+async fn raw_upgrade(edge: &Edge, extensions: Option<&str>) -> (TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tcp(edge.addr("ws").unwrap()).await;
+    let offer = extensions.map_or(String::new(), |e| {
+        format!("Sec-WebSocket-Extensions: {e}\r\n")
+    });
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: edge\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{offer}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // Byte by byte up to the blank line, so no frame byte is read with the head.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let b = within("the upgrade response", stream.read_u8())
+            .await
+            .unwrap();
+        head.push(b);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    (stream, head)
+}
+
+fn extensions_header(head: &str) -> Option<&str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Extensions: "))
+}
+
+/// A masked client frame; `rsv1` marks a compressed message.
+fn frame(opcode: u8, rsv1: bool, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x80 | opcode | if rsv1 { 0x40 } else { 0 }];
+    if payload.len() < 126 {
+        f.push(0x80 | payload.len() as u8);
+    } else if payload.len() <= 0xffff {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    } else {
+        f.push(0x80 | 127);
+        f.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    }
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Raw deflate of one message, its trailing `00 00 ff ff` removed (RFC 7692 7.2.1).
+fn deflate(data: &[u8]) -> Vec<u8> {
+    let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+    let mut out = Vec::with_capacity(data.len() + 128);
+    c.compress_vec(data, &mut out, flate2::FlushCompress::Sync)
+        .unwrap();
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+fn inflate(data: &[u8]) -> Vec<u8> {
+    let mut d = flate2::Decompress::new(false);
+    let mut input = data.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(1 << 20);
+    d.decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)
+        .unwrap();
+    out
+}
+
+/// The next server frame: (first byte, payload).
+async fn read_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    within("a frame", async {
+        let mut h = [0u8; 2];
+        stream.read_exact(&mut h).await.unwrap();
+        assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
+        let len = match h[1] & 0x7f {
+            126 => u64::from(stream.read_u16().await.unwrap()),
+            127 => stream.read_u64().await.unwrap(),
+            n => u64::from(n),
+        };
+        let mut payload = vec![0u8; len as usize];
+        stream.read_exact(&mut payload).await.unwrap();
+        (h[0], payload)
+    })
+    .await
+}
+
+/// Data frames, inflated when compressed, until their text holds `needle`; also whether
+/// any of them came compressed.
+async fn read_data_until(stream: &mut TcpStream, needle: &str) -> (String, bool) {
+    let mut got = String::new();
+    let mut compressed = false;
+    while !got.contains(needle) {
+        let (b0, payload) = read_frame(stream).await;
+        match b0 & 0x0f {
+            0x2 => {}
+            0x9 | 0xA => continue,
+            op => panic!("unexpected opcode {op:#x} waiting for {needle:?} after {got:?}"),
+        }
+        let bytes = if b0 & 0x40 != 0 {
+            compressed = true;
+            inflate(&payload)
+        } else {
+            payload
+        };
+        got.push_str(&String::from_utf8(bytes).unwrap());
+    }
+    (got, compressed)
+}
+
+/// The close code of the next close frame, data frames skipped.
+async fn close_code(stream: &mut TcpStream) -> u16 {
+    loop {
+        let (b0, payload) = read_frame(stream).await;
+        if b0 & 0x0f == 0x8 {
+            return u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permessage_deflate_negotiation() {
+    let server = NatsServer::start();
+    let answer = Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover");
+    let on = ws_edge(&server, "").await;
+    let (_, head) = raw_upgrade(&on, Some("permessage-deflate; client_max_window_bits")).await;
+    assert_eq!(extensions_header(&head), answer, "{head}");
+    let (_, head) = raw_upgrade(
+        &on,
+        Some("permessage-deflate; server_max_window_bits=10, permessage-deflate"),
+    )
+    .await;
+    assert_eq!(extensions_header(&head), answer, "{head}");
+    // An offer the edge cannot honour is declined; the upgrade goes on.
+    let (_, head) = raw_upgrade(&on, Some("permessage-deflate; server_max_window_bits=9")).await;
+    assert_eq!(extensions_header(&head), None, "{head}");
+    let (_, head) = raw_upgrade(&on, None).await;
+    assert_eq!(extensions_header(&head), None, "{head}");
+
+    let off = ws_edge(&server, "ws = { compression = false }").await;
+    let (_, head) = raw_upgrade(&off, Some("permessage-deflate")).await;
+    assert_eq!(extensions_header(&head), None, "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permessage_deflate_both_ways() {
+    use tokio::io::AsyncWriteExt;
+    let server = NatsServer::start();
+    let edge = ws_edge(&server, "").await;
+    let (mut ws, _) = raw_upgrade(&edge, Some("permessage-deflate; client_max_window_bits")).await;
+    let (info, _) = read_data_until(&mut ws, "}\r\n").await;
+    assert!(info.starts_with("INFO {"), "{info}");
+
+    let hello = deflate(b"CONNECT {\"verbose\":false}\r\nSUB orders.> 1\r\nPING\r\n");
+    ws.write_all(&frame(0x2, true, &hello)).await.unwrap();
+    read_data_until(&mut ws, "PONG\r\n").await;
+
+    // A compressed PUB in two frames; the MSG comes back compressed.
+    let payload = "{\"item\":\"widget\",\"qty\":1}".repeat(40);
+    let publish = deflate(format!("PUB orders.new {}\r\n{payload}\r\n", payload.len()).as_bytes());
+    let (a, b) = publish.split_at(publish.len() / 2);
+    let mut first = frame(0x2, true, a);
+    first[0] &= 0x7f; // not the last frame
+    let second = frame(0x0, false, b);
+    ws.write_all(&first).await.unwrap();
+    ws.write_all(&second).await.unwrap();
+    let want = format!("MSG orders.new 1 {}\r\n{payload}\r\n", payload.len());
+    let (got, compressed) = read_data_until(&mut ws, &want).await;
+    assert_eq!(got, want);
+    assert!(compressed, "the MSG came uncompressed");
+
+    // An uncompressed message on the same connection is read as it is.
+    ws.write_all(&frame(0x2, false, b"PING\r\n")).await.unwrap();
+    read_data_until(&mut ws, "PONG\r\n").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decompression_bomb_and_stray_compressed_bit() {
+    use tokio::io::AsyncWriteExt;
+    let server = NatsServer::start();
+    let edge = ws_edge(&server, "ws = { max_message_size = \"64KiB\" }").await;
+    let (mut ws, _) = raw_upgrade(&edge, Some("permessage-deflate")).await;
+    read_data_until(&mut ws, "}\r\n").await;
+    // 16 MiB of PINGs in a few KiB: refused once 64 KiB have inflated.
+    let bomb = b"PING\r\n".repeat((16 << 20) / 6);
+    let bomb = deflate(&bomb);
+    assert!(bomb.len() < 64 * 1024);
+    ws.write_all(&frame(0x2, true, &bomb)).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, 1009);
+
+    // Without the extension the compressed bit is a protocol error.
+    let (mut ws, head) = raw_upgrade(&edge, None).await;
+    assert_eq!(extensions_header(&head), None);
+    read_data_until(&mut ws, "}\r\n").await;
+    ws.write_all(&frame(0x2, true, &deflate(b"PING\r\n")))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut ws).await, 1002);
 }

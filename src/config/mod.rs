@@ -244,6 +244,8 @@ pub struct WsSection {
     pub ping_interval: HumanDuration,
     /// The largest WebSocket message (and frame) accepted from a client.
     pub max_message_size: ByteSize,
+    /// Accept permessage-deflate (RFC 7692) when the client offers it.
+    pub compression: bool,
 }
 
 impl Default for WsSection {
@@ -259,6 +261,7 @@ impl Default for WsSection {
             trusted_proxies: StringList::default(),
             ping_interval: HumanDuration(Duration::from_secs(30)),
             max_message_size: ByteSize(64 * 1024 * 1024),
+            compression: true,
         }
     }
 }
