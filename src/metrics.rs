@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use nats_edge_filters::{CloseReason, DenialKind};
+use nats_edge_filters::{CloseReason, DenialKind, RewriteDirection};
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -247,9 +247,8 @@ pub struct Metrics {
     acl_users: RwLock<HashMap<String, DenialCounters>>,
     /// Users past [`MAX_USER_LABELS`], by [`DenialKind`].
     acl_other: DenialCounters,
-    rewrites: Family<Labels1, Counter>,
-    /// Index 0: client to upstream, 1: upstream to client.
-    rewrites_by_dir: [Counter; 2],
+    /// By [`RewriteDirection`], resolved once: a rewrite is counted per message.
+    rewrites: [Counter; 2],
     tags_applied: Counter,
     tag_spoofs: Counter,
     upstream_dials: Family<Labels1, Counter>,
@@ -432,8 +431,7 @@ impl Metrics {
             acl_denials,
             acl_users: RwLock::new(HashMap::new()),
             acl_other: DenialCounters::default(),
-            rewrites_by_dir: by_dir(&rewrites),
-            rewrites,
+            rewrites: by_dir(&rewrites),
             tags_applied,
             tag_spoofs,
             upstream_dials,
@@ -630,14 +628,9 @@ impl Metrics {
             .clone()
     }
 
-    /// A subject rewritten; `direction` is [`CLIENT_TO_UPSTREAM`] or [`UPSTREAM_TO_CLIENT`].
-    pub fn rewritten(&self, direction: &'static str) {
-        match direction {
-            CLIENT_TO_UPSTREAM => self.rewrites_by_dir[0].inc(),
-            UPSTREAM_TO_CLIENT => self.rewrites_by_dir[1].inc(),
-            // Not a direction the filters report: counted under its own label, the slow way.
-            other => self.rewrites.get_or_create(&l1("direction", other)).inc(),
-        };
+    /// A subject rewritten.
+    pub fn rewritten(&self, direction: RewriteDirection) {
+        self.rewrites[direction as usize].inc();
     }
 
     pub fn tag_applied(&self) {
@@ -727,7 +720,7 @@ impl nats_edge_filters::Events for Metrics {
         Metrics::acl_denied(self, user, direction);
     }
 
-    fn rewritten(&self, direction: &'static str) {
+    fn rewritten(&self, direction: RewriteDirection) {
         Metrics::rewritten(self, direction);
     }
 
@@ -762,9 +755,9 @@ mod tests {
                         nats_edge_filters::Events::rewritten(
                             &*m,
                             if t % 2 == 0 {
-                                CLIENT_TO_UPSTREAM
+                                RewriteDirection::ClientToUpstream
                             } else {
-                                UPSTREAM_TO_CLIENT
+                                RewriteDirection::UpstreamToClient
                             },
                         );
                     }

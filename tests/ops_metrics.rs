@@ -196,7 +196,7 @@ async fn filter_counters_are_exported_with_a_bounded_user_label() {
     for i in 0..nats_edge::metrics::MAX_USER_LABELS {
         m.acl_denied(&format!("user-{i}"), DenialKind::Delivery);
     }
-    m.rewritten(nats_edge::metrics::CLIENT_TO_UPSTREAM);
+    m.rewritten(nats_edge_filters::RewriteDirection::ClientToUpstream);
     m.tag_applied();
     m.tag_applied();
     m.tag_spoof();

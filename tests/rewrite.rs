@@ -356,6 +356,22 @@ async fn jetstream_through_a_mount() {
     edge.shutdown().await;
 }
 
+/// `nats-edge explain -c CONFIG --user alice pub SUBJECT`: what it prints, once it exits 0.
+fn explain_as_alice(config: &std::path::Path, subject: &str) -> String {
+    let out = nats_edge_command()
+        .args(["explain", "-c"])
+        .arg(config)
+        .args(["--user", "alice", "pub", subject])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_refuses_a_rule_set_that_is_not_reversible() {
     let dir = tempfile::tempdir().unwrap();
@@ -391,14 +407,7 @@ async fn check_refuses_a_rule_set_that_is_not_reversible() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let out = nats_edge_command()
-        .args(["explain", "-c"])
-        .arg(&good)
-        .args(["--user", "alice", "pub", "orders.new"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success());
+    let stdout = explain_as_alice(&good, "orders.new");
     // The ACL decision (in the client's view), then the rewrite, then the tags.
     let acl = stdout.find("[acl]").expect(&stdout);
     let rewrite = stdout.find("[rewrite]").expect(&stdout);
@@ -411,14 +420,7 @@ async fn check_refuses_a_rule_set_that_is_not_reversible() {
         stdout.contains("upstream subject: tenant.acme.orders.new"),
         "{stdout}"
     );
-    let out = nats_edge_command()
-        .args(["explain", "-c"])
-        .arg(&good)
-        .args(["--user", "alice", "pub", "billing.new"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success());
+    let stdout = explain_as_alice(&good, "billing.new");
     assert!(
         stdout.contains("publish billing.new: denied: no allow entry matches"),
         "{stdout}"

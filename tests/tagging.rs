@@ -302,6 +302,20 @@ async fn the_user_tag_is_the_connection_identity() {
     edge.shutdown().await;
 }
 
+/// Publishes on `subject` through the edge and returns what the upstream subscriber got.
+async fn publish_and_see(
+    inside: &async_nats::Client,
+    upstream: &mut async_nats::Subscriber,
+    subject: &str,
+) -> async_nats::Message {
+    inside
+        .publish(subject.to_string(), "x".into())
+        .await
+        .unwrap();
+    round_trip(inside).await;
+    next_msg(upstream).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_tagging_file_for_live_connections() {
     let server = NatsServer::start();
@@ -329,9 +343,7 @@ async fn sighup_reloads_the_tagging_file_for_live_connections() {
     let mut upstream = direct.subscribe("orders.>").await.unwrap();
     round_trip(&direct).await;
 
-    inside.publish("orders.a", "1".into()).await.unwrap();
-    round_trip(&inside).await;
-    let msg = next_msg(&mut upstream).await;
+    let msg = publish_and_see(&inside, &mut upstream, "orders.a").await;
     assert_eq!(header(&msg, "Nats-Edge-Region"), Some("eu-west-1"));
 
     // A new static value, and a file that does not parse: the first applies to the live
@@ -340,9 +352,7 @@ async fn sighup_reloads_the_tagging_file_for_live_connections() {
     let from = edge.log().len();
     send_signal(edge.pid(), "HUP");
     edge.wait_log(from, "ACL, rewrite and tagging rules reloaded");
-    inside.publish("orders.b", "2".into()).await.unwrap();
-    round_trip(&inside).await;
-    let msg = next_msg(&mut upstream).await;
+    let msg = publish_and_see(&inside, &mut upstream, "orders.b").await;
     assert_eq!(&msg.subject[..], "orders.b");
     assert_eq!(header(&msg, "Nats-Edge-Region"), Some("us-east-2"));
 
@@ -357,8 +367,6 @@ async fn sighup_reloads_the_tagging_file_for_live_connections() {
         line.to_string().contains("tagging.file"),
         "the failure names the key: {line}"
     );
-    inside.publish("orders.c", "3".into()).await.unwrap();
-    round_trip(&inside).await;
-    let msg = next_msg(&mut upstream).await;
+    let msg = publish_and_see(&inside, &mut upstream, "orders.c").await;
     assert_eq!(header(&msg, "Nats-Edge-Region"), Some("us-east-2"));
 }

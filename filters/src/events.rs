@@ -6,8 +6,8 @@
 pub trait Events: Send + Sync {
     /// A publish, subscription or delivery was refused by the ACL.
     fn acl_denied(&self, _user: &str, _direction: DenialKind) {}
-    /// A subject was rewritten, in this direction (`client_to_upstream`, `upstream_to_client`).
-    fn rewritten(&self, _direction: &'static str) {}
+    /// A subject was rewritten, in this direction.
+    fn rewritten(&self, _direction: RewriteDirection) {}
     /// Tags were added to a published message.
     fn tag_applied(&self) {}
     /// A client sent a header with a reserved tag name (stripped or refused).
@@ -36,6 +36,23 @@ impl DenialKind {
             DenialKind::Publish => "publish",
             DenialKind::Subscribe => "subscribe",
             DenialKind::Delivery => "delivery",
+        }
+    }
+}
+
+/// Which way a rewritten subject was travelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RewriteDirection {
+    ClientToUpstream = 0,
+    UpstreamToClient = 1,
+}
+
+impl RewriteDirection {
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RewriteDirection::ClientToUpstream => "client_to_upstream",
+            RewriteDirection::UpstreamToClient => "upstream_to_client",
         }
     }
 }

@@ -25,7 +25,7 @@ pub mod tag;
 pub mod verdict;
 
 pub use chain::Chain;
-pub use events::{DenialKind, Events, NoEvents};
+pub use events::{DenialKind, Events, NoEvents, RewriteDirection};
 pub use filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionCtx, TlsPeer};
 pub use identity::{AuthMethod, Identity};
 pub use op::{ClientOp, Connect, Info, Msg, Pub, ServerOp, Sub, Unsub};

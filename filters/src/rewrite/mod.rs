@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::events::Events;
+use crate::events::{Events, RewriteDirection};
 use crate::filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionCtx};
 use crate::headers::{self, HeaderWriter, Headers};
 use crate::op::{ClientOp, Msg, Pub, ServerOp};
@@ -238,7 +238,7 @@ impl Filter for Rewrite {
             _ => {}
         }
         if changed {
-            self.events.rewritten("client_to_upstream");
+            self.events.rewritten(RewriteDirection::ClientToUpstream);
             Verdict::Changed
         } else {
             Verdict::Forward
@@ -254,7 +254,7 @@ impl Filter for Rewrite {
             return Verdict::Forward;
         };
         if reverse_msg(msg, set, &mut self.replies, &mut self.arena) {
-            self.events.rewritten("upstream_to_client");
+            self.events.rewritten(RewriteDirection::UpstreamToClient);
             Verdict::Changed
         } else {
             Verdict::Forward
