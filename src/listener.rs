@@ -230,11 +230,15 @@ async fn serve_conn(stream: TcpStream, conn: Conn) {
         // and awaited in place it would size this task, and so every idle connection, for
         // its whole life.
         let handshake = Box::pin(transport::handshake(stream, peer, conn_id, lt, &stage));
-        if let Ok(Some(accepted)) = handshake.await {
-            match slot {
-                Some(_slot) => session::run(accepted, env, accepted_at).await,
-                None => refuse(accepted.stream, &cell, accepted.conn.client_addr).await,
-            }
+        // Taken out of the handshake's result before anything else is awaited, so that
+        // result is not kept beside the session for its whole life.
+        let Ok(Some(accepted)) = handshake.await else {
+            return;
+        };
+        let accepted = Box::new(accepted);
+        match slot {
+            Some(_slot) => session::run(accepted, env, accepted_at).await,
+            None => refuse(accepted.stream, &cell, accepted.conn.client_addr).await,
         }
         return;
     }
@@ -252,28 +256,36 @@ async fn serve_conn(stream: TcpStream, conn: Conn) {
         Box::pin(transport::handshake(stream, peer, conn_id, lt, &stage)),
     )
     .instrument(span.clone());
-    let result = tokio::select! {
-        result = handshake => result.unwrap_or_else(|_| Err(HandshakeError::Timeout(stage.get()))),
-        _ = crate::edge::until_stopped(&mut shutdown) => return,
-    };
-    match result {
-        Ok(Some(accepted)) => {
-            drop(guard);
-            match slot {
-                Some(_slot) => session::run(accepted, env, accepted_at).await,
-                None => refuse(accepted.stream, &cell, accepted.conn.client_addr).await,
+    // The handshake's result is consumed within this statement, before the session is
+    // awaited: bound to a variable, it would be stored in this task beside the session for
+    // the connection's whole life.
+    let accepted = Box::new(
+        match tokio::select! {
+            result = handshake => result.unwrap_or_else(|_| Err(HandshakeError::Timeout(stage.get()))),
+            _ = crate::edge::until_stopped(&mut shutdown) => return,
+        } {
+            Ok(Some(accepted)) => accepted,
+            Ok(None) => {
+                span.in_scope(|| tracing::debug!("HTTP request answered"));
+                return;
             }
-        }
-        Ok(None) => span.in_scope(|| tracing::debug!("HTTP request answered")),
-        Err(e) if e.is_silent() => {
-            span.in_scope(|| tracing::debug!(error = %e, "closed before the handshake"))
-        }
-        Err(e) => {
-            env.metrics.handshake_failed(lt.kind, e.failure());
-            span.in_scope(
+            Err(e) if e.is_silent() => {
+                span.in_scope(|| tracing::debug!(error = %e, "closed before the handshake"));
+                return;
+            }
+            Err(e) => {
+                env.metrics.handshake_failed(lt.kind, e.failure());
+                span.in_scope(
                 || tracing::warn!(error = %e, reason = e.failure().as_str(), "handshake failed"),
             );
-        }
+                return;
+            }
+        },
+    );
+    drop(guard);
+    match slot {
+        Some(_slot) => session::run(accepted, env, accepted_at).await,
+        None => refuse(accepted.stream, &cell, accepted.conn.client_addr).await,
     }
 }
 

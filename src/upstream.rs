@@ -397,7 +397,9 @@ async fn read_info<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(Info, BytesM
         max_control_line: MAX_SERVER_CONTROL_LINE,
         max_payload: 0,
     };
-    let mut buf = BytesMut::with_capacity(2048);
+    // What is left after the INFO becomes the session's upstream read buffer, so this is
+    // its first size too; a longer INFO grows it.
+    let mut buf = BytesMut::with_capacity(512);
     loop {
         match proto::scan(&buf, Direction::ServerToClient, &limits) {
             Ok(Some(frame)) if frame.verb == Verb::Info => {

@@ -83,7 +83,7 @@ pub struct SessionEnv {
 
 /// Runs one client connection, its transport handshake done, to its end. `accepted_at` is
 /// when its socket was accepted, for the handshake duration.
-pub async fn run(client: Accepted, env: Arc<SessionEnv>, accepted_at: Instant) {
+pub async fn run(client: Box<Accepted>, env: Arc<SessionEnv>, accepted_at: Instant) {
     let conn = &client.conn;
     let span = tracing::info_span!(
         "conn",
@@ -132,12 +132,69 @@ pub async fn run(client: Accepted, env: Arc<SessionEnv>, accepted_at: Instant) {
 /// How a session ended.
 type Summary = SessionTotals;
 
+/// A session whose upstream is connected and whose client has its INFO: what the
+/// forwarding phase needs, and nothing the opening phase used on the way.
+struct Opened {
+    client: transport::ClientStream,
+    upstream: upstream::UpstreamStream,
+    /// What the upstream sent after its INFO, not yet forwarded.
+    leftover: BytesMut,
+    shared: Shared,
+}
+
 async fn serve(
-    accepted: Accepted,
+    accepted: Box<Accepted>,
     env: &SessionEnv,
     entry: &ConnEntry,
     accepted_at: Instant,
 ) -> Summary {
+    // Boxed, and so freed once the session is open: the opening phase's state (the
+    // accepted connection, the dial, the INFO) would otherwise size this future, and so
+    // every idle session, for the session's whole life.
+    let mut opened = match Box::pin(open(accepted, env, entry, accepted_at)).await {
+        Ok(opened) => opened,
+        Err(summary) => return summary,
+    };
+    // Used through its fields rather than taken apart: the parts of a moved struct would be
+    // stored in this future beside the struct itself.
+    let mut c2u = Forwarder::new(Direction::ClientToServer, BytesMut::new());
+    let mut u2c = Forwarder::new(
+        Direction::ServerToClient,
+        std::mem::take(&mut opened.leftover),
+    );
+    let reason = duplex(
+        &mut opened.client,
+        &mut opened.upstream,
+        &mut opened.shared,
+        &mut c2u,
+        &mut u2c,
+        env,
+        entry,
+    )
+    .await;
+    // The upstream goes first; the client gets its last words and the end of the stream.
+    drop(opened.upstream);
+    let _ = tokio::time::timeout(CLOSE_GRACE, opened.client.shutdown()).await;
+    linger(&mut opened.client).await;
+    Summary {
+        reason,
+        client_msgs: c2u.msgs,
+        client_bytes: c2u.bytes,
+        upstream_msgs: u2c.msgs,
+        upstream_bytes: u2c.bytes,
+        filter_time: std::mem::take(&mut opened.shared.filter_time),
+    }
+}
+
+/// Opens the session: dials the upstream, builds the filter chain, sends the client its
+/// INFO (and, on a classic TLS listener, upgrades the client). An early end is the
+/// session's summary.
+async fn open(
+    accepted: Box<Accepted>,
+    env: &SessionEnv,
+    entry: &ConnEntry,
+    accepted_at: Instant,
+) -> Result<Opened, Summary> {
     let Accepted {
         stream: mut client,
         conn,
@@ -145,7 +202,7 @@ async fn serve(
         tls_after_info,
         filters: transport_filters,
         ..
-    } = accepted;
+    } = *accepted;
     let origin = ProxyAddrs {
         src: conn.client_addr,
         dst: local_addr,
@@ -182,7 +239,7 @@ async fn serve(
             })
             .await;
             linger(&mut client).await;
-            return SessionTotals::early(CloseReason::UpstreamUnavailable);
+            return Err(SessionTotals::early(CloseReason::UpstreamUnavailable));
         }
     };
     let upstream_url = connected.url.to_string();
@@ -226,7 +283,7 @@ async fn serve(
     }
     let mut first = BytesMut::new();
     encode_server_op(&ServerOp::Info(Box::new(info)), &mut first);
-    let mut upstream_stream = connected.stream;
+    let upstream_stream = connected.stream;
     // Flushed: a WebSocket client's frames leave on flush, not on write.
     let written = async {
         client.write_all(&first).await?;
@@ -238,11 +295,11 @@ async fn serve(
         Ok(Ok(())) => env.listener_metrics.handshake_done(accepted_at.elapsed()),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "client went away before INFO");
-            return SessionTotals::early(CloseReason::ClientIoError);
+            return Err(SessionTotals::early(CloseReason::ClientIoError));
         }
         Err(_) => {
             tracing::info!("client did not take the INFO within the handshake timeout");
-            return SessionTotals::early(CloseReason::HandshakeTimeout);
+            return Err(SessionTotals::early(CloseReason::HandshakeTimeout));
         }
     }
     if let Some(acceptor) = tls_after_info {
@@ -274,35 +331,17 @@ async fn serve(
                 // The upstream goes first, then the client sees its close.
                 drop(upstream_stream);
                 drop(guard);
-                return SessionTotals::early(CloseReason::ClientIoError);
+                return Err(SessionTotals::early(CloseReason::ClientIoError));
             }
         }
     }
 
-    let mut c2u = Forwarder::new(Direction::ClientToServer, BytesMut::new());
-    let mut u2c = Forwarder::new(Direction::ServerToClient, connected.leftover);
-    let reason = duplex(
-        &mut client,
-        &mut upstream_stream,
-        &mut shared,
-        &mut c2u,
-        &mut u2c,
-        env,
-        entry,
-    )
-    .await;
-    // The upstream goes first; the client gets its last words and the end of the stream.
-    drop(upstream_stream);
-    let _ = tokio::time::timeout(CLOSE_GRACE, client.shutdown()).await;
-    linger(&mut client).await;
-    Summary {
-        reason,
-        client_msgs: c2u.msgs,
-        client_bytes: c2u.bytes,
-        upstream_msgs: u2c.msgs,
-        upstream_bytes: u2c.bytes,
-        filter_time: std::mem::take(&mut shared.filter_time),
-    }
+    Ok(Opened {
+        client,
+        upstream: upstream_stream,
+        leftover: connected.leftover,
+        shared,
+    })
 }
 
 /// Reads and drops what the client still sends after the session has shut its side down,
@@ -487,7 +526,11 @@ fn send_lame_duck(shared: &mut Shared) {
     if !takes_async_info {
         return;
     }
-    let Some(mut info) = shared.last_info.clone() else {
+    let Some(mut info) = shared
+        .last_info
+        .as_ref()
+        .and_then(|json| serde_json::from_slice::<Info>(json).ok())
+    else {
         return;
     };
     info.ldm = Some(true);
@@ -495,5 +538,5 @@ fn send_lame_duck(shared: &mut Shared) {
     // Marks the INFO that answers a CONNECT (nats-server 2.12+), which this one is not.
     info.extra.remove("connect_info");
     tracing::debug!("lame-duck INFO sent");
-    shared.send_now(&ServerOp::Info(info));
+    shared.send_now(&ServerOp::Info(Box::new(info)));
 }

@@ -59,8 +59,8 @@ pub struct Shared {
     pub generation: u64,
     /// Time spent in the filter chain, added to the shared histogram when the session ends.
     pub filter_time: LocalFilterTime,
-    /// The INFO the client was sent last, for the lame-duck INFO of a drain.
-    pub last_info: Option<Box<nats_edge_filters::Info>>,
+    /// The INFO the client was sent last, as JSON, for the lame-duck INFO of a drain.
+    pub last_info: Option<bytes::Bytes>,
 }
 
 impl Shared {
