@@ -311,6 +311,101 @@ pub(crate) fn parse_size(digits: &[u8]) -> Result<usize, ProtoError> {
 
 /// Scans the frame at the front of `buf`.
 pub fn scan(buf: &[u8], dir: Direction, limits: &ScanLimits) -> Result<Option<Frame>, ProtoError> {
+    if let Some(frame) = scan_plain_message(buf, dir, limits) {
+        return Ok(Some(frame));
+    }
+    scan_general(buf, dir, limits)
+}
+
+/// The common case in one pass: a complete `PUB` or `MSG` spelt in upper case, one space
+/// after the verb, spaces between the arguments, a CR LF line end and a payload within
+/// the limits. Anything else (a partial frame, an error, tabs, headers, other verbs) is
+/// `None`, and [`scan_general`] decides; so this path only ever accepts what the general
+/// one would accept, with the same offsets (checked by a test over many lines).
+#[inline]
+fn scan_plain_message(buf: &[u8], dir: Direction, limits: &ScanLimits) -> Option<Frame> {
+    let verb = match (dir, buf.get(..4)?) {
+        (Direction::ClientToServer, b"PUB ") => Verb::Pub,
+        (Direction::ServerToClient, b"MSG ") => Verb::Msg,
+        _ => return None,
+    };
+    const LINE_START: usize = 4;
+    if *buf.get(LINE_START)? <= b' ' {
+        return None;
+    }
+    // The first control byte ends the line: it must be the CR of a CR LF.
+    let cr = first_control_byte(buf, LINE_START)?;
+    if buf[cr] != b'\r' || *buf.get(cr + 1)? != b'\n' {
+        return None;
+    }
+    if cr - LINE_START > limits.max_control_line {
+        return None;
+    }
+    // The size is the last argument: digits back to a space, which the subject precedes.
+    let mut total = 0usize;
+    let mut scale = 1usize;
+    let mut i = cr;
+    loop {
+        i -= 1;
+        let b = buf[i];
+        let d = b.wrapping_sub(b'0');
+        if d <= 9 {
+            if cr - i > MAX_SIZE_DIGITS {
+                return None;
+            }
+            total += usize::from(d) * scale;
+            scale *= 10;
+        } else if b == b' ' && i != cr - 1 && i > LINE_START {
+            break;
+        } else {
+            return None;
+        }
+    }
+    if total as u64 > limits.max_payload {
+        return None;
+    }
+    let payload_start = cr + 2;
+    let end = payload_start + total;
+    if buf.get(end..end + 2)? != b"\r\n" {
+        return None;
+    }
+    Some(Frame {
+        verb,
+        len: end + 2,
+        line_start: LINE_START,
+        line_end: cr,
+        payload_start,
+        header_len: 0,
+        total_size: total,
+    })
+}
+
+/// The index of the first byte below the space at or after `i` (a CR, an LF, a tab, any
+/// control byte), eight bytes at a time as in [`next_separator`]; `None` when there is none.
+#[inline]
+fn first_control_byte(buf: &[u8], mut i: usize) -> Option<usize> {
+    const LOW: u64 = 0x2020_2020_2020_2020;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while let Some(chunk) = buf.get(i..i + 8) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(bytes);
+        // The lowest flagged byte is the first one below 0x20; higher flags may be spurious.
+        let low_bytes = word.wrapping_sub(LOW) & !word & HIGH;
+        if low_bytes != 0 {
+            return Some(i + (low_bytes.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    buf[i..].iter().position(|&b| b < b' ').map(|j| i + j)
+}
+
+/// Scans any frame: the full rules, for everything [`scan_plain_message`] leaves.
+fn scan_general(
+    buf: &[u8],
+    dir: Direction,
+    limits: &ScanLimits,
+) -> Result<Option<Frame>, ProtoError> {
     let Some((verb, tail, verb_len)) = match_verb(buf, dir)? else {
         // A verb prefix that the newline has already ended is no verb.
         return match memchr(b'\n', buf) {
@@ -484,4 +579,78 @@ fn next_separator(line: &[u8], mut i: usize) -> usize {
         i += 1;
     }
     i
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+
+    /// Every combination of the spellings the fast path must accept or leave alone, each cut
+    /// at every length: wherever the fast path answers, the general path gives the same frame.
+    #[test]
+    fn fast_path_agrees_with_the_general_path() {
+        let heads: [(&[u8], Direction); 6] = [
+            (b"PUB ", Direction::ClientToServer),
+            (b"pub ", Direction::ClientToServer),
+            (b"PUB\t", Direction::ClientToServer),
+            (b"PUB  ", Direction::ClientToServer),
+            (b"MSG ", Direction::ServerToClient),
+            (b"MSG ", Direction::ClientToServer),
+        ];
+        let args: [&[u8]; 9] = [
+            b"foo.bar 5",
+            b"foo.bar reply.to 5",
+            b"foo 1 5",
+            b"foo 1 reply 5",
+            b"5",
+            b"foo\t5",
+            b"foo 5 ",
+            b"foo 0000000005",
+            b"foo 000000005",
+        ];
+        let ends: [&[u8]; 4] = [b"\r\n", b"\n", b"\r", b"\rx\n"];
+        let payloads: [&[u8]; 4] = [b"hello\r\n", b"hello\n", b"helloXY", b"hel"];
+        let limits = [
+            LIMITS_WIDE,
+            ScanLimits {
+                max_control_line: 8,
+                max_payload: 1024,
+            },
+            ScanLimits {
+                max_control_line: 1024,
+                max_payload: 4,
+            },
+        ];
+        let mut fast = 0;
+        for (head, dir) in heads {
+            for arg in args {
+                for end in ends {
+                    for payload in payloads {
+                        let frame = [head, arg, end, payload, b"PING\r\n"].concat();
+                        for cut in 0..=frame.len() {
+                            for limits in &limits {
+                                let buf = &frame[..cut];
+                                if let Some(f) = scan_plain_message(buf, dir, limits) {
+                                    fast += 1;
+                                    assert_eq!(
+                                        scan_general(buf, dir, limits),
+                                        Ok(Some(f)),
+                                        "{:?}",
+                                        String::from_utf8_lossy(buf)
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // The fast path is taken for the plain spellings, not only ever declined.
+        assert!(fast > 50, "fast path taken {fast} times");
+    }
+
+    const LIMITS_WIDE: ScanLimits = ScanLimits {
+        max_control_line: 4096,
+        max_payload: 1 << 20,
+    };
 }
