@@ -1,5 +1,5 @@
-//! `cargo bench --bench edge [-- --smoke] [-- --json FILE] [-- --only tcp,tls,ws]`: direct vs
-//! nats-edge vs HAProxy.
+//! `cargo bench --bench edge [-- --smoke] [-- --json FILE] [-- --only tcp,tls,ws,wsdeflate]`:
+//! direct vs nats-edge vs HAProxy.
 //! `cargo bench --bench edge -- --callgrind`: instructions per forwarded message (plain, and
 //! with rewrite + tagging).
 //! `cargo bench --bench edge -- --filter-cost`: rewrite + tagging against plain, 128 B.

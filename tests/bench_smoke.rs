@@ -1,6 +1,7 @@
 //! The benchmark harness in smoke mode: every workload runs briefly, over TCP, TLS and
-//! WebSocket, direct, through the edge and through HAProxy when installed. It asserts
-//! completion with no loss and no error (the harness panics otherwise), never a speed.
+//! WebSocket (plain and with permessage-deflate), direct, through the edge and through
+//! HAProxy when installed. It asserts completion with no loss and no error (the harness
+//! panics otherwise), never a speed; and that the compressed workload did compress.
 
 #[path = "../benches/harness/mod.rs"]
 #[allow(dead_code)]
@@ -20,10 +21,22 @@ fn every_benchmark_workload_completes_without_loss() {
         assert!(row["edge"].as_f64().is_some_and(|v| v > 0.0), "{row}");
     }
     for payload in harness::TRANSPORT_PAYLOADS {
-        for transport in ["tls", "ws"] {
+        for transport in ["tls", "ws", "wsdeflate"] {
             let row = &results[&format!("{transport}_pubsub_{payload}B_msgs_per_s")];
             assert!(row["direct"].as_f64().is_some_and(|v| v > 0.0), "{row}");
             assert!(row["edge"].as_f64().is_some_and(|v| v > 0.0), "{row}");
+        }
+        // Compressed both ways, direct and through the edge: fewer bytes on the wire per
+        // message than its payload alone.
+        for side in ["pub", "sub"] {
+            let row = &results[&format!("wsdeflate_pubsub_{payload}B_{side}_wire_bytes_per_msg")];
+            for target in ["direct", "edge"] {
+                let bytes = row[target].as_f64().unwrap_or(f64::NAN);
+                assert!(
+                    bytes > 0.0 && bytes < payload as f64,
+                    "{side} {target}: {row}"
+                );
+            }
         }
     }
     let row = &results["pubsub_128B_msgs_per_s"];

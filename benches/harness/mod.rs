@@ -57,11 +57,23 @@ pub const PAYLOADS: [usize; 5] = [16, 128, 1024, 16 * 1024, 64 * 1024];
 /// Payload sizes of the TLS and WebSocket workloads.
 pub const TRANSPORT_PAYLOADS: [usize; 2] = [128, 16 * 1024];
 
-/// A target of the TLS or WebSocket workloads.
+/// A target of a pub→sub workload.
 struct TransportTarget<'a> {
     name: &'static str,
     endpoint: load::Endpoint,
     proxy: Option<&'a targets::Proc>,
+    /// The nats-server that the publisher and subscriber end at, whose CPU time per message
+    /// is recorded by workloads that ask for it.
+    server: Option<&'a targets::Proc>,
+}
+
+/// A pub→sub workload: the prefix of its rows, what its payloads hold, and whether it also
+/// records the bytes on the wire, the server's CPU and the generator's own (the WebSocket
+/// workloads, where compression changes all three).
+struct Workload {
+    prefix: &'static str,
+    content: load::Content,
+    detail: bool,
 }
 
 /// One target under test.
@@ -102,40 +114,47 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Runs one pub→sub 1→1 workload against `t`, recording `<prefix>_<size>_msgs_per_s` (and
-/// the proxy's CPU per message).
+/// the proxy's CPU per message, and with `w.detail` the wire bytes and the server's and the
+/// generator's CPU per message).
 fn pub_sub_workload(
     samples: &mut Samples,
-    prefix: &str,
-    endpoint: &load::Endpoint,
-    name: &'static str,
-    proxy: Option<&targets::Proc>,
+    w: &Workload,
+    t: &TransportTarget,
     n: u64,
     payload: usize,
 ) {
-    let cpu_before = proxy.map(targets::Proc::cpu_secs);
-    let r = load::pub_sub_via(endpoint, 1, 1, n, payload)
+    let (prefix, name) = (w.prefix, t.name);
+    let cpu_before = t.proxy.map(targets::Proc::cpu_secs);
+    let server_before = t.server.map(targets::Proc::cpu_secs);
+    let r = load::pub_sub_content(&t.endpoint, 1, 1, n, payload, w.content)
         .unwrap_or_else(|e| panic!("{prefix} {payload} B via {name}: {e}"));
-    if let (Some(p), Some(before)) = (proxy, cpu_before) {
-        let ns = (p.cpu_secs() - before) * 1e9 / r.msgs as f64;
+    let per_msg = |secs: f64| secs * 1e9 / r.msgs as f64;
+    let mut row = |metric: &str, value: f64| {
         record(
             samples,
-            &format!("{prefix}_{payload}B_proxy_cpu_ns_per_msg"),
+            &format!("{prefix}_{payload}B_{metric}"),
             name,
-            ns,
+            value,
         );
+    };
+    if let (Some(p), Some(before)) = (t.proxy, cpu_before) {
+        row("proxy_cpu_ns_per_msg", per_msg(p.cpu_secs() - before));
     }
-    record(
-        samples,
-        &format!("{prefix}_{payload}B_msgs_per_s"),
-        name,
-        r.msgs_per_sec(),
-    );
-    record(
-        samples,
-        &format!("{prefix}_{payload}B_MB_per_s"),
-        name,
-        r.mb_per_sec(),
-    );
+    row("msgs_per_s", r.msgs_per_sec());
+    row("MB_per_s", r.mb_per_sec());
+    if !w.detail {
+        return;
+    }
+    if let (Some(s), Some(before)) = (t.server, server_before) {
+        row("server_cpu_ns_per_msg", per_msg(s.cpu_secs() - before));
+    }
+    if let Some(bytes) = r.sub_wire_bytes {
+        row("sub_wire_bytes_per_msg", bytes as f64 / r.msgs as f64);
+    }
+    if let Some(bytes) = r.pub_wire_bytes {
+        row("pub_wire_bytes_per_msg", bytes as f64 / r.msgs as f64);
+    }
+    row("generator_sub_cpu_ns_per_msg", per_msg(r.sub_cpu_secs));
 }
 
 /// Which groups of workloads a run includes.
@@ -147,6 +166,8 @@ pub struct Groups {
     pub tls: bool,
     /// pub→sub over WebSocket.
     pub ws: bool,
+    /// pub→sub over WebSocket with permessage-deflate.
+    pub wsdeflate: bool,
 }
 
 impl Groups {
@@ -154,21 +175,32 @@ impl Groups {
         tcp: true,
         tls: true,
         ws: true,
+        wsdeflate: true,
     };
 
-    /// From `--only tcp,tls,ws` (any of them).
+    /// From `--only tcp,tls,ws,wsdeflate` (any of them); `ws` means both WebSocket groups,
+    /// `wsdeflate` the compressed one alone.
     pub fn parse(list: &str) -> Result<Groups, String> {
         let mut groups = Groups {
             tcp: false,
             tls: false,
             ws: false,
+            wsdeflate: false,
         };
         for name in list.split(',').map(str::trim) {
             match name {
                 "tcp" => groups.tcp = true,
                 "tls" => groups.tls = true,
-                "ws" => groups.ws = true,
-                other => return Err(format!("unknown workload group `{other}` (tcp, tls, ws)")),
+                "ws" => {
+                    groups.ws = true;
+                    groups.wsdeflate = true;
+                }
+                "wsdeflate" => groups.wsdeflate = true,
+                other => {
+                    return Err(format!(
+                        "unknown workload group `{other}` (tcp, tls, ws, wsdeflate)"
+                    ))
+                }
             }
         }
         Ok(groups)
@@ -203,6 +235,7 @@ pub fn run_groups(mode: Mode, edge_bin: &str, groups: Groups) -> Value {
         edge_bin,
         server.addr,
         "tls",
+        "tls",
         &format!(
             "tls = {{ cert_file = {:?}, key_file = {:?}, handshake_first = true }}",
             certs.cert.display().to_string(),
@@ -219,11 +252,13 @@ pub fn run_groups(mode: Mode, edge_bin: &str, groups: Groups) -> Value {
             name: "direct",
             endpoint: tls(server_tls.addr),
             proxy: None,
+            server: Some(&server_tls),
         },
         TransportTarget {
             name: "edge",
             endpoint: tls(edge_tls.addr),
             proxy: Some(&edge_tls),
+            server: Some(&server),
         },
     ];
     if let Some(h) = &haproxy_tls {
@@ -231,31 +266,66 @@ pub fn run_groups(mode: Mode, edge_bin: &str, groups: Groups) -> Value {
             name: "haproxy",
             endpoint: tls(h.addr),
             proxy: Some(h),
+            server: Some(&server),
         });
     }
     // WebSocket: nats-server's own listener and the edge's (pings off, as nats-server's).
+    // The generator does not offer permessage-deflate, so neither compresses.
     let edge_ws = targets::start_edge_listener(
         edge_bin,
         server.addr,
         "ws",
+        "ws",
         "ws = { ping_interval = \"0\" }",
     );
-    let ws = |addr| load::Endpoint {
-        addr,
-        transport: load::Transport::Ws,
-    };
+    let ws = |addr, transport| load::Endpoint { addr, transport };
     let ws_targets = [
         TransportTarget {
             name: "direct",
-            endpoint: ws(server_ws),
+            endpoint: ws(server_ws, load::Transport::Ws),
             proxy: None,
+            server: Some(&server),
         },
         TransportTarget {
             name: "edge",
-            endpoint: ws(edge_ws.addr),
+            endpoint: ws(edge_ws.addr, load::Transport::Ws),
             proxy: Some(&edge_ws),
+            server: Some(&server),
         },
     ];
+    // WebSocket with permessage-deflate, which the generator offers here: another
+    // nats-server whose WebSocket listener compresses, and an edge ws listener with
+    // `compression = true` in front of the plain server.
+    let deflating = groups.wsdeflate.then(|| {
+        let (server_wsz, server_wsz_addr) = targets::start_nats_server_with_ws_compression();
+        let edge_wsz = targets::start_edge_listener(
+            edge_bin,
+            server.addr,
+            "wsdeflate",
+            "ws",
+            "ws = { ping_interval = \"0\", compression = true }",
+        );
+        (server_wsz, server_wsz_addr, edge_wsz)
+    });
+    let wsdeflate_targets: Vec<TransportTarget> = deflating
+        .iter()
+        .flat_map(|(server_wsz, server_wsz_addr, edge_wsz)| {
+            [
+                TransportTarget {
+                    name: "direct",
+                    endpoint: ws(*server_wsz_addr, load::Transport::WsDeflate),
+                    proxy: None,
+                    server: Some(server_wsz),
+                },
+                TransportTarget {
+                    name: "edge",
+                    endpoint: ws(edge_wsz.addr, load::Transport::WsDeflate),
+                    proxy: Some(edge_wsz),
+                    server: Some(&server),
+                },
+            ]
+        })
+        .collect();
 
     let mut all = vec![
         Target {
@@ -281,38 +351,58 @@ pub fn run_groups(mode: Mode, edge_bin: &str, groups: Groups) -> Value {
     for round in 0..plan.rounds {
         eprintln!("round {}/{}", round + 1, plan.rounds);
         if groups.tcp {
+            let plain = Workload {
+                prefix: "pubsub",
+                content: load::Content::Filler,
+                detail: false,
+            };
             for &payload in &PAYLOADS {
                 let n = plan.msgs_for(payload);
                 for t in &all {
-                    let endpoint = load::Endpoint::tcp(t.addr);
-                    pub_sub_workload(
-                        &mut samples,
-                        "pubsub",
-                        &endpoint,
-                        t.name,
-                        t.proxy,
-                        n,
-                        payload,
-                    );
+                    let target = TransportTarget {
+                        name: t.name,
+                        endpoint: load::Endpoint::tcp(t.addr),
+                        proxy: t.proxy,
+                        server: None,
+                    };
+                    pub_sub_workload(&mut samples, &plain, &target, n, payload);
                 }
             }
         }
         for &payload in &TRANSPORT_PAYLOADS {
             let n = plan.msgs_for(payload);
-            for (prefix, targets, wanted) in [
-                ("tls_pubsub", &tls_targets[..], groups.tls),
-                ("ws_pubsub", &ws_targets[..], groups.ws),
+            for (workload, targets, wanted) in [
+                (
+                    Workload {
+                        prefix: "tls_pubsub",
+                        content: load::Content::Filler,
+                        detail: false,
+                    },
+                    &tls_targets[..],
+                    groups.tls,
+                ),
+                (
+                    Workload {
+                        prefix: "ws_pubsub",
+                        content: load::Content::Filler,
+                        detail: true,
+                    },
+                    &ws_targets[..],
+                    groups.ws,
+                ),
+                (
+                    // Payloads that compress as JSON does, not one repeated byte.
+                    Workload {
+                        prefix: "wsdeflate_pubsub",
+                        content: load::Content::Json,
+                        detail: true,
+                    },
+                    &wsdeflate_targets[..],
+                    groups.wsdeflate,
+                ),
             ] {
                 for t in targets.iter().filter(|_| wanted) {
-                    pub_sub_workload(
-                        &mut samples,
-                        prefix,
-                        &t.endpoint,
-                        t.name,
-                        t.proxy,
-                        n,
-                        payload,
-                    );
+                    pub_sub_workload(&mut samples, &workload, t, n, payload);
                 }
             }
         }

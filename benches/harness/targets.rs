@@ -1,6 +1,7 @@
 //! The processes a benchmark measures: nats-server, nats-edge in front of it, and HAProxy in
 //! TCP mode in front of it when `haproxy` is installed; for the TLS and WebSocket workloads,
-//! the same with TLS (certificates made at run time) and WebSocket listeners. All on loopback.
+//! the same with TLS (certificates made at run time) and WebSocket listeners, compressing or
+//! not. All on loopback.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -23,21 +24,9 @@ impl Proc {
 
     /// User plus system CPU time used so far, in seconds, from /proc (10 ms resolution).
     pub fn cpu_secs(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
-        (ticks(11) + ticks(12)) / 100.0
+        stat_cpu_secs(
+            &std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default(),
+        )
     }
 
     /// Resident set size in bytes, from /proc.
@@ -50,6 +39,24 @@ impl Proc {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map_or(0, |kb| kb * 1024)
     }
+}
+
+/// User plus system CPU time in seconds from the text of a `/proc/.../stat` file (a
+/// process's or a thread's).
+pub fn stat_cpu_secs(stat: &str) -> f64 {
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 impl Drop for Proc {
@@ -155,10 +162,21 @@ fn start_nats_server_conf(name: &str, body: &str) -> Proc {
 /// A plain nats-server that also serves WebSocket clients (`no_tls`); returns the server
 /// and its WebSocket address.
 pub fn start_nats_server_with_ws() -> (Proc, SocketAddr) {
+    nats_server_ws("nats-ws", "")
+}
+
+/// A second nats-server whose WebSocket listener compresses (`compression: true`: it takes
+/// permessage-deflate when a client offers it); returns the server and that address. One
+/// server has one `websocket` block, so the compressed listener needs a server of its own.
+pub fn start_nats_server_with_ws_compression() -> (Proc, SocketAddr) {
+    nats_server_ws("nats-ws-deflate", "  compression: true\n")
+}
+
+fn nats_server_ws(name: &str, extra: &str) -> (Proc, SocketAddr) {
     let ws_port = free_port();
     let server = start_nats_server_conf(
-        "nats-ws",
-        &format!("websocket {{\n  listen: \"127.0.0.1:{ws_port}\"\n  no_tls: true\n}}\n"),
+        name,
+        &format!("websocket {{\n  listen: \"127.0.0.1:{ws_port}\"\n  no_tls: true\n{extra}}}\n"),
     );
     (server, SocketAddr::from(([127, 0, 0, 1], ws_port)))
 }
@@ -269,15 +287,21 @@ pub fn start_edge(bin: &str, upstream: SocketAddr, env: &[(&str, &str)]) -> Proc
     )
 }
 
-/// nats-edge in front of `upstream` with one listener of `kind` and its `tls` or `ws` table
-/// (inline TOML, or empty), from a config file.
-pub fn start_edge_listener(bin: &str, upstream: SocketAddr, kind: &str, table: &str) -> Proc {
+/// nats-edge in front of `upstream` with one listener named `bench-<name>` of `kind` and
+/// its `tls` or `ws` table (inline TOML, or empty), from a config file.
+pub fn start_edge_listener(
+    bin: &str,
+    upstream: SocketAddr,
+    name: &str,
+    kind: &str,
+    table: &str,
+) -> Proc {
     let port = free_port();
     let toml = format!(
-        "[[listeners]]\nname = \"bench-{kind}\"\nbind = \"127.0.0.1:{port}\"\nkind = \"{kind}\"\n\
+        "[[listeners]]\nname = \"bench-{name}\"\nbind = \"127.0.0.1:{port}\"\nkind = \"{kind}\"\n\
          {table}\n[upstream]\nurls = [\"nats://{upstream}\"]\n"
     );
-    let file = scratch_dir().join(format!("edge-{kind}.toml"));
+    let file = scratch_dir().join(format!("edge-{name}.toml"));
     std::fs::write(&file, toml).expect("writing the edge config");
     let mut cmd = Command::new(bin);
     cmd.arg("-c")

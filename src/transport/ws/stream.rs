@@ -1,0 +1,842 @@
+//! [`WsStream`]: a WebSocket, after the upgrade, as the byte stream the session reads and
+//! writes (RFC 6455 framing, the server side).
+//!
+//! The NATS protocol travels in binary frames both ways (text frames from clients are
+//! accepted too, read as bytes). Every write of the session becomes one frame; a vectored
+//! write (the forwarder's batch of queued slices) becomes one frame holding all of its
+//! slices, written with its header in one `writev`, never copied. Client frames are unmasked
+//! in the read buffer and copied out once, or read straight into the caller's buffer and
+//! unmasked there when a frame fills it. Pings, pongs and close frames are handled here and
+//! go out between data frames, never inside one.
+//!
+//! Compressed frames (permessage-deflate) are read and written by the parts of `WsStream`
+//! in `deflate.rs`; this file decides when they apply.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::deflate::{Inflated, Inflating, COMPRESS_MIN, KEEP_ZOUT};
+
+/// The first read buffer of a WebSocket, and the largest read.
+const INITIAL_READ: usize = 4 * 1024;
+const MAX_READ: usize = 64 * 1024;
+/// Room in the caller's buffer from which a frame's payload is read into it directly.
+const DIRECT_READ: usize = 4 * 1024;
+/// The largest frame header: 2 bytes, a 64-bit length, a mask.
+pub(super) const MAX_HEADER: usize = 14;
+
+pub(super) const OP_CONTINUATION: u8 = 0x0;
+pub(super) const OP_TEXT: u8 = 0x1;
+pub(super) const OP_BINARY: u8 = 0x2;
+pub(super) const OP_CLOSE: u8 = 0x8;
+pub(super) const OP_PING: u8 = 0x9;
+pub(super) const OP_PONG: u8 = 0xA;
+
+/// Close codes (RFC 6455 section 7.4.1).
+pub(super) const CLOSE_NORMAL: u16 = 1000;
+pub(super) const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+pub(super) const CLOSE_INVALID_DATA: u16 = 1007;
+pub(super) const CLOSE_TOO_BIG: u16 = 1009;
+
+/// Why a client's frames were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("the client sent an unmasked frame")]
+    Unmasked,
+    #[error("the client set reserved bits that no negotiated extension defines")]
+    ReservedBits,
+    #[error("a compressed message does not inflate")]
+    Inflate,
+    #[error("unknown opcode {0:#x}")]
+    Opcode(u8),
+    #[error("a control frame fragmented or over 125 bytes")]
+    BadControl,
+    #[error("a continuation frame outside a fragmented message")]
+    StrayContinuation,
+    #[error("a new message inside a fragmented one")]
+    Interleaved,
+    #[error("a message over ws.max_message_size ({0} bytes)")]
+    TooBig(u64),
+    #[error("the connection closed inside a frame")]
+    Truncated,
+}
+
+impl FrameError {
+    fn close_code(&self) -> u16 {
+        match self {
+            FrameError::TooBig(_) => CLOSE_TOO_BIG,
+            FrameError::Inflate => CLOSE_INVALID_DATA,
+            _ => CLOSE_PROTOCOL_ERROR,
+        }
+    }
+}
+
+/// The client data frame being read.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct InFrame {
+    /// Payload bytes not yet read.
+    pub(super) left: u64,
+    pub(super) mask: [u8; 4],
+    /// Payload bytes already unmasked, modulo 4: where the mask continues.
+    pub(super) phase: usize,
+}
+
+/// A WebSocket as a byte stream (the server side, after the upgrade).
+///
+/// Reading: the payloads of the client's data frames (binary, text, continuations) in order,
+/// unmasked in the read buffer and copied out once. Pings are answered with pongs; a close
+/// frame is answered and reads as the end of the stream; a protocol violation is answered
+/// with a close frame (1002, or 1009 for a message over the size limit) and fails the read.
+///
+/// Writing: every write is one binary frame, its header and payload sent together; a
+/// vectored write (the forwarder's batch of queued slices) is one frame holding all its
+/// slices, written with one `writev` and never copied. Control frames (pongs, pings, close)
+/// go out between data frames, never inside one.
+pub struct WsStream<S> {
+    io: S,
+    pub(super) rbuf: BytesMut,
+    read_size: usize,
+    pub(super) frame: Option<InFrame>,
+    /// Inside a fragmented message: the next data frame must be a continuation.
+    pub(super) fragmented: bool,
+    /// Payload bytes of the message being read, against `max_message`.
+    message_len: u64,
+    pub(super) max_message: u64,
+    read_closed: bool,
+    /// Whole control frames waiting for a gap between data frames.
+    control: BytesMut,
+    close_queued: bool,
+    /// The header of the data frame being written, and how much of it has gone out.
+    header: [u8; 10],
+    header_len: usize,
+    header_sent: usize,
+    /// Payload bytes of the data frame being written that have not gone out yet.
+    frame_left: usize,
+    ping_every: Option<Duration>,
+    ping_timer: Option<Pin<Box<Sleep>>>,
+    /// permessage-deflate was negotiated.
+    deflate: bool,
+    pub(super) inflating: Option<Box<Inflating>>,
+    /// Bytes at the front of `rbuf`, unmasked, of the compressed frame being read.
+    pub(super) zin: usize,
+    /// A compressed frame (header included, from `zsent`) waiting to go out.
+    pub(super) zout: Vec<u8>,
+    pub(super) zsent: usize,
+}
+
+impl<S> WsStream<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// `leftover`: bytes the client sent after its upgrade request.
+    pub fn new(
+        io: S,
+        leftover: BytesMut,
+        max_message: usize,
+        ping_every: Option<Duration>,
+    ) -> Self {
+        WsStream {
+            io,
+            rbuf: leftover,
+            read_size: INITIAL_READ,
+            frame: None,
+            fragmented: false,
+            message_len: 0,
+            max_message: max_message as u64,
+            read_closed: false,
+            control: BytesMut::new(),
+            close_queued: false,
+            header: [0; 10],
+            header_len: 0,
+            header_sent: 0,
+            frame_left: 0,
+            ping_every,
+            ping_timer: ping_every.map(|d| Box::pin(tokio::time::sleep(d))),
+            deflate: false,
+            inflating: None,
+            zin: 0,
+            zout: Vec::new(),
+            zsent: 0,
+        }
+    }
+
+    /// permessage-deflate was negotiated: compressed messages are accepted and frames sent
+    /// compressed when that makes them smaller.
+    pub fn enable_deflate(&mut self) {
+        self.deflate = true;
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// Between two data frames: a control frame may go out.
+    fn between_frames(&self) -> bool {
+        self.no_plain_frame() && self.zsent == self.zout.len()
+    }
+
+    /// No uncompressed data frame is being written.
+    fn no_plain_frame(&self) -> bool {
+        self.frame_left == 0 && self.header_sent == self.header_len
+    }
+
+    fn queue_control(&mut self, opcode: u8, payload: &[u8]) {
+        if self.close_queued {
+            return;
+        }
+        self.close_queued = opcode == OP_CLOSE;
+        self.control
+            .extend_from_slice(&[0x80 | opcode, payload.len() as u8]);
+        self.control.extend_from_slice(payload);
+    }
+
+    fn queue_close(&mut self, code: u16) {
+        self.queue_control(OP_CLOSE, &code.to_be_bytes());
+    }
+
+    /// Writes queued control frames while no data frame is in progress. `Ready(Ok)` once
+    /// none is left (or a data frame is in progress).
+    fn poll_control(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A compressed frame is whole in `zout`: it goes out first.
+        while self.zsent < self.zout.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.zout[self.zsent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.zsent += n;
+        }
+        if !self.zout.is_empty() {
+            self.zsent = 0;
+            if self.zout.capacity() > KEEP_ZOUT {
+                self.zout = Vec::new();
+            } else {
+                self.zout.clear();
+            }
+        }
+        while !self.control.is_empty() && self.between_frames() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.control))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let _ = self.control.split_to(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends a ping when one is due. Driven from the read side, which the session polls
+    /// whenever it waits for the client.
+    fn poll_ping(&mut self, cx: &mut Context<'_>) {
+        let (Some(timer), Some(every)) = (self.ping_timer.as_mut(), self.ping_every) else {
+            return;
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return;
+        }
+        timer.as_mut().reset(Instant::now() + every);
+        let _ = timer.as_mut().poll(cx);
+        // One ping at a time: if the last one has not gone out yet, this one is skipped.
+        if self.control.is_empty() {
+            self.queue_control(OP_PING, &[]);
+        }
+    }
+
+    /// Parses the next frame header in the read buffer. `Ok(false)`: more bytes are needed.
+    /// Control frames are handled here whole.
+    fn next_frame(&mut self) -> Result<bool, FrameError> {
+        let buf = &self.rbuf[..];
+        if buf.len() < 2 {
+            return Ok(false);
+        }
+        let (b0, b1) = (buf[0], buf[1]);
+        // RSV1 marks a compressed message when permessage-deflate was negotiated.
+        let compressed = b0 & 0x40 != 0;
+        if b0 & 0x30 != 0 || (compressed && !self.deflate) {
+            return Err(FrameError::ReservedBits);
+        }
+        if b1 & 0x80 == 0 {
+            return Err(FrameError::Unmasked);
+        }
+        let fin = b0 & 0x80 != 0;
+        let opcode = b0 & 0x0f;
+        let (len, at) = match b1 & 0x7f {
+            126 if buf.len() >= 4 => (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
+            127 if buf.len() >= 10 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&buf[2..10]);
+                (u64::from_be_bytes(b), 10)
+            }
+            126 | 127 => return Ok(false),
+            n => (u64::from(n), 2),
+        };
+        if buf.len() < at + 4 {
+            return Ok(false);
+        }
+        let mask = [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]];
+        let header = at + 4;
+        match opcode {
+            OP_CLOSE | OP_PING | OP_PONG => {
+                if compressed {
+                    return Err(FrameError::ReservedBits);
+                }
+                if !fin || len > 125 {
+                    return Err(FrameError::BadControl);
+                }
+                let len = len as usize;
+                if buf.len() < header + len {
+                    return Ok(false);
+                }
+                let mut frame = self.rbuf.split_to(header + len);
+                let payload = &mut frame[header..];
+                unmask(payload, mask, 0);
+                match opcode {
+                    OP_PING => self.queue_control(OP_PONG, payload),
+                    OP_CLOSE => {
+                        // Echo the client's status code, as RFC 6455 section 5.5.1 suggests.
+                        let code = match payload {
+                            [a, b, ..] => u16::from_be_bytes([*a, *b]),
+                            _ => CLOSE_NORMAL,
+                        };
+                        self.queue_close(code);
+                        self.read_closed = true;
+                    }
+                    _ => {}
+                }
+                Ok(true)
+            }
+            OP_CONTINUATION | OP_TEXT | OP_BINARY => {
+                match (opcode == OP_CONTINUATION, self.fragmented) {
+                    (true, false) => return Err(FrameError::StrayContinuation),
+                    (false, true) => return Err(FrameError::Interleaved),
+                    (false, false) => self.message_len = 0,
+                    (true, true) => {}
+                }
+                // Only a message's first frame says whether it is compressed.
+                if compressed && opcode == OP_CONTINUATION {
+                    return Err(FrameError::ReservedBits);
+                }
+                self.message_len = self.message_len.saturating_add(len);
+                if self.message_len > self.max_message {
+                    return Err(FrameError::TooBig(self.max_message));
+                }
+                self.fragmented = !fin;
+                if compressed {
+                    self.inflating = Some(Box::new(Inflating::new()));
+                }
+                let _ = self.rbuf.split_to(header);
+                self.frame = Some(InFrame {
+                    left: len,
+                    mask,
+                    phase: 0,
+                });
+                Ok(true)
+            }
+            other => Err(FrameError::Opcode(other)),
+        }
+    }
+
+    /// Refuses the client's frames: a close frame with the reason's code is sent if it can
+    /// be at once, and the read fails.
+    fn refuse(&mut self, cx: &mut Context<'_>, e: FrameError) -> io::Error {
+        self.queue_close(e.close_code());
+        self.read_closed = true;
+        let _ = self.poll_control(cx);
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.rbuf.capacity() - self.rbuf.len() < MAX_HEADER {
+            self.rbuf.reserve(self.read_size.max(MAX_HEADER));
+        }
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
+            Poll::Ready(Ok(n)) => {
+                if n == spare && self.read_size < MAX_READ {
+                    self.read_size *= 2;
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                // Quiet: a buffer grown under load is given back.
+                if self.rbuf.is_empty() && self.rbuf.capacity() > INITIAL_READ {
+                    self.rbuf = BytesMut::new();
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+/// XORs `data` with `mask`, starting `phase` bytes into it; eight bytes at a time.
+pub(super) fn unmask(data: &mut [u8], mask: [u8; 4], phase: usize) {
+    let key: [u8; 4] = std::array::from_fn(|i| mask[(phase + i) % 4]);
+    let wide = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
+    let mut chunks = data.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= key[i % 4];
+    }
+}
+
+/// A server frame header (unmasked) for a binary frame of `len` bytes.
+pub(super) fn binary_header(len: usize, out: &mut [u8; 10]) -> usize {
+    out[0] = 0x80 | OP_BINARY;
+    if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if let Ok(short) = u16::try_from(len) {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&short.to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
+}
+
+impl<S> AsyncRead for WsStream<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.poll_ping(cx);
+        // Pongs, pings and the close reply go out whenever the write side is between frames.
+        if let Poll::Ready(Err(e)) = this.poll_control(cx) {
+            return Poll::Ready(Err(e));
+        }
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if this.inflating.is_some() && (this.frame.is_some() || !this.fragmented) {
+                match this.read_inflated(buf) {
+                    Ok(Inflated::Produced) => return Poll::Ready(Ok(())),
+                    Ok(Inflated::Next) => continue,
+                    Ok(Inflated::NeedInput) => {}
+                    Err(e) => return Poll::Ready(Err(this.refuse(cx, e))),
+                }
+            } else if let Some(frame) = this.frame.as_mut() {
+                if frame.left == 0 {
+                    this.frame = None;
+                    continue;
+                }
+                if !this.rbuf.is_empty() {
+                    let n = (this.rbuf.len() as u64)
+                        .min(frame.left)
+                        .min(buf.remaining() as u64) as usize;
+                    let chunk = &mut this.rbuf[..n];
+                    unmask(chunk, frame.mask, frame.phase);
+                    buf.put_slice(chunk);
+                    let _ = this.rbuf.split_to(n);
+                    frame.left -= n as u64;
+                    frame.phase = (frame.phase + n) % 4;
+                    return Poll::Ready(Ok(()));
+                }
+                if buf.remaining() >= DIRECT_READ && frame.left >= buf.remaining() as u64 {
+                    // The frame fills the caller's buffer: read the socket straight into it
+                    // and unmask there, with no copy.
+                    let before = buf.filled().len();
+                    ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+                    let n = buf.filled().len() - before;
+                    if n == 0 {
+                        this.read_closed = true;
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            FrameError::Truncated,
+                        )));
+                    }
+                    unmask(&mut buf.filled_mut()[before..], frame.mask, frame.phase);
+                    frame.left -= n as u64;
+                    frame.phase = (frame.phase + n) % 4;
+                    return Poll::Ready(Ok(()));
+                }
+            } else if this.read_closed {
+                return Poll::Ready(Ok(()));
+            } else {
+                match this.next_frame() {
+                    Ok(true) => {
+                        // A pong or the close reply goes out now if it can.
+                        if !this.control.is_empty() {
+                            let _ = this.poll_control(cx);
+                        }
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(e) => return Poll::Ready(Err(this.refuse(cx, e))),
+                }
+            }
+            let n = ready!(this.poll_fill(cx))?;
+            if n == 0 {
+                // The client went away without a close frame: the end of the stream between
+                // frames, a broken one inside a frame.
+                this.read_closed = true;
+                if this.frame.is_some() || this.inflating.is_some() || !this.rbuf.is_empty() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        FrameError::Truncated,
+                    )));
+                }
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+impl<S> AsyncWrite for WsStream<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    /// All slices leave in one binary frame, in one `writev` with its header.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        if this.no_plain_frame() {
+            // A compressed frame still going out leaves first, then control frames.
+            ready!(this.poll_control(cx))?;
+            if this.deflate && total >= COMPRESS_MIN && this.compress_frame(bufs, total) {
+                // The whole frame is buffered: the caller's bytes are taken.
+                if let Poll::Ready(Err(e)) = this.poll_control(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                return Poll::Ready(Ok(total));
+            }
+            this.header_len = binary_header(total, &mut this.header);
+            this.header_sent = 0;
+            this.frame_left = total;
+        }
+        loop {
+            // The rest of the header, then as much of the caller's bytes as the frame holds.
+            let mut slices = [io::IoSlice::new(&[]); 65];
+            let mut count = 0;
+            if this.header_sent < this.header_len {
+                slices[0] = io::IoSlice::new(&this.header[this.header_sent..this.header_len]);
+                count = 1;
+            }
+            let mut room = this.frame_left;
+            for b in bufs {
+                if room == 0 || count == slices.len() {
+                    break;
+                }
+                let take = b.len().min(room);
+                if take > 0 {
+                    slices[count] = io::IoSlice::new(&b[..take]);
+                    count += 1;
+                    room -= take;
+                }
+            }
+            let mut n = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let header_part = n.min(this.header_len - this.header_sent);
+            this.header_sent += header_part;
+            n -= header_part;
+            if n > 0 {
+                this.frame_left -= n;
+                if this.between_frames() {
+                    // Control frames waiting for this gap go out if they can.
+                    if let Poll::Ready(Err(e)) = this.poll_control(cx) {
+                        return Poll::Ready(Err(e));
+                    }
+                }
+                return Poll::Ready(Ok(n));
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_control(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    /// A close frame (1000) unless one went out already, then the socket's shutdown.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.no_plain_frame() {
+            // A compressed frame still going out leaves before the close.
+            ready!(this.poll_control(cx))?;
+            this.queue_close(CLOSE_NORMAL);
+            ready!(this.poll_control(cx))?;
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use tokio::io::AsyncReadExt;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::WebSocketStream;
+
+    #[tokio::test]
+    async fn one_frame_per_write_and_text_frames_read() {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio::io::AsyncWriteExt;
+
+        let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+        let mut server = WsStream::new(server_io, BytesMut::new(), 1 << 20, None);
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+
+        let slices = [
+            io::IoSlice::new(b"MSG a 1 1\r\nx\r\n"),
+            io::IoSlice::new(b"MSG b 1 1\r\ny\r\n"),
+            io::IoSlice::new(b"PING\r\n"),
+        ];
+        let n = std::future::poll_fn(|cx| Pin::new(&mut server).poll_write_vectored(cx, &slices))
+            .await
+            .unwrap();
+        assert_eq!(n, 34);
+        server.write_all(b"PONG\r\n").await.unwrap();
+        server.flush().await.unwrap();
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::Binary(Bytes::from_static(
+                b"MSG a 1 1\r\nx\r\nMSG b 1 1\r\ny\r\nPING\r\n"
+            ))
+        );
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::Binary(Bytes::from_static(b"PONG\r\n"))
+        );
+
+        // Text and binary frames from the client read as one byte stream.
+        client.send(Message::text("CONNECT {}\r\n")).await.unwrap();
+        client
+            .send(Message::Binary(Bytes::from_static(b"PING\r\n")))
+            .await
+            .unwrap();
+        client.close(None).await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"CONNECT {}\r\nPING\r\n");
+    }
+
+    /// Frames of every length class (7-bit, 16-bit, 64-bit) both ways through a pipe far
+    /// smaller than a frame, so every write is partial, headers included.
+    #[tokio::test]
+    async fn large_frames_through_partial_writes() {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio::io::AsyncWriteExt;
+
+        let (server_io, client_io) = tokio::io::duplex(100);
+        let mut server = WsStream::new(server_io, BytesMut::new(), 1 << 20, None);
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+        let sizes = [1usize, 125, 126, 65_535, 65_536, 200_000];
+        let payload = |n: usize| -> Vec<u8> { (0..n).map(|i| (i % 253) as u8).collect() };
+
+        let writer = tokio::spawn(async move {
+            for n in sizes {
+                server.write_all(&payload(n)).await.unwrap();
+            }
+            server.flush().await.unwrap();
+            server
+        });
+        for n in sizes {
+            let frame = client.next().await.unwrap().unwrap();
+            assert_eq!(frame, Message::Binary(Bytes::from(payload(n))), "{n} bytes");
+        }
+        let mut server = writer.await.unwrap();
+
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut sent = Vec::new();
+        for n in sizes {
+            client
+                .send(Message::Binary(Bytes::from(payload(n))))
+                .await
+                .unwrap();
+            sent.extend(payload(n));
+        }
+        client.close(None).await.unwrap();
+        assert_eq!(reader.await.unwrap(), sent);
+    }
+
+    /// A raw client frame, masked with `mask` when there is one.
+    pub(in crate::transport::ws) fn client_frame(
+        fin: bool,
+        opcode: u8,
+        payload: &[u8],
+        mask: Option<[u8; 4]>,
+    ) -> Vec<u8> {
+        let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
+        let masked = if mask.is_some() { 0x80 } else { 0 };
+        if payload.len() < 126 {
+            f.push(masked | payload.len() as u8);
+        } else {
+            f.push(masked | 126);
+            f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        let mut body = payload.to_vec();
+        if let Some(m) = mask {
+            f.extend_from_slice(&m);
+            unmask(&mut body, m, 0);
+        }
+        f.extend(body);
+        f
+    }
+
+    /// A frame larger than the reader's buffer is read straight into it after its first
+    /// bytes, across many reads, its mask continuing where the last read stopped.
+    #[tokio::test]
+    async fn a_large_frame_read_in_pieces() {
+        use tokio::io::AsyncWriteExt;
+
+        let (server_io, mut client) = tokio::io::duplex(8 * 1024);
+        let mut server = WsStream::new(server_io, BytesMut::new(), 1 << 20, None);
+        let payload: Vec<u8> = (0..100_003u32).map(|i| (i % 241) as u8).collect();
+        let mut frame = vec![0x82, 0x80 | 127];
+        frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        let mask = [0xa1, 0x07, 0x5c, 0xe3];
+        frame.extend_from_slice(&mask);
+        let mut masked = payload.clone();
+        unmask(&mut masked, mask, 0);
+        frame.extend(masked);
+        let writer = tokio::spawn(async move {
+            client.write_all(&frame).await.unwrap();
+            client
+        });
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 16 * 1024 + 3];
+        while got.len() < payload.len() {
+            let n = server.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(got, payload);
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn fragments_pings_and_close() {
+        use tokio::io::AsyncWriteExt;
+
+        let (server_io, mut client) = tokio::io::duplex(64 * 1024);
+        let mut server = WsStream::new(server_io, BytesMut::new(), 1 << 20, None);
+        let m = Some([1, 2, 3, 4]);
+        let mut bytes = client_frame(false, OP_TEXT, b"CONNECT ", m);
+        bytes.extend(client_frame(true, OP_PING, b"hi", m));
+        bytes.extend(client_frame(false, OP_CONTINUATION, b"{}\r\n", m));
+        bytes.extend(client_frame(true, OP_CONTINUATION, b"PING\r\n", m));
+        bytes.extend(client_frame(true, OP_CLOSE, &1001u16.to_be_bytes(), m));
+        client.write_all(&bytes).await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"CONNECT {}\r\nPING\r\n");
+        // The pong carries the ping's payload; the close reply echoes the client's code.
+        let mut back = [0u8; 8];
+        client.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, [0x8A, 2, b'h', b'i', 0x88, 2, 0x03, 0xE9]);
+    }
+
+    #[tokio::test]
+    async fn violations_close_with_their_code() {
+        use tokio::io::AsyncWriteExt;
+
+        let m = Some([9, 8, 7, 6]);
+        let cases: [(Vec<u8>, u16); 6] = [
+            (
+                client_frame(true, OP_BINARY, b"PING\r\n", None),
+                CLOSE_PROTOCOL_ERROR,
+            ),
+            (client_frame(true, 0x3, b"x", m), CLOSE_PROTOCOL_ERROR),
+            (
+                client_frame(true, OP_CONTINUATION, b"x", m),
+                CLOSE_PROTOCOL_ERROR,
+            ),
+            (client_frame(false, OP_PING, b"x", m), CLOSE_PROTOCOL_ERROR),
+            (
+                {
+                    let mut f = client_frame(true, OP_BINARY, b"x", m);
+                    f[0] |= 0x40;
+                    f
+                },
+                CLOSE_PROTOCOL_ERROR,
+            ),
+            (
+                client_frame(true, OP_BINARY, &[b'x'; 2000], m),
+                CLOSE_TOO_BIG,
+            ),
+        ];
+        for (bytes, code) in cases {
+            let (server_io, mut client) = tokio::io::duplex(64 * 1024);
+            let mut server = WsStream::new(server_io, BytesMut::new(), 1024, None);
+            client.write_all(&bytes).await.unwrap();
+            let mut got = Vec::new();
+            let err = server.read_to_end(&mut got).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+            let mut back = [0u8; 4];
+            client.read_exact(&mut back).await.unwrap();
+            assert_eq!(back[..2], [0x88, 2]);
+            assert_eq!(u16::from_be_bytes([back[2], back[3]]), code, "{err}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_on_the_interval() {
+        use futures_util::StreamExt;
+
+        let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+        let mut server = WsStream::new(
+            server_io,
+            BytesMut::new(),
+            1 << 20,
+            Some(Duration::from_secs(30)),
+        );
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+        // The session polls the read side while it waits for the client.
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            let _ = server.read(&mut buf).await;
+        });
+        for _ in 0..2 {
+            let frame = client.next().await.unwrap().unwrap();
+            assert!(matches!(frame, Message::Ping(_)), "{frame:?}");
+        }
+        reader.abort();
+    }
+}

@@ -1,0 +1,523 @@
+//! The HTTP side of a WebSocket listener: the upgrade request is read (its head bounded to
+//! 8 KiB and 64 headers) and answered here, rather than by tungstenite's handshake, so the
+//! edge can answer what a NATS WebSocket port is asked besides upgrades: a plain `GET` or
+//! `HEAD` (a load balancer's health check) gets `200 OK`, and a refused upgrade gets a status
+//! that says why (`403` for an origin, `400` for a bad key, `426` for a version other than
+//! 13, `404` for another path, `405` for another method).
+//!
+//! An accepted upgrade also settles what the session learns from the request: the client's
+//! address (from `X-Forwarded-For`, believed only from a trusted proxy), credentials from
+//! cookies, and whether permessage-deflate is on. After it, the connection is a
+//! [`WsStream`].
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::settings::{split_authority, Origin};
+use super::{cookies, deflate, CookieCredentials, WsSettings, WsStream};
+
+/// The longest request head accepted before the upgrade.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+const MAX_HEADERS: usize = 64;
+
+/// Why an upgrade was refused. The HTTP answer has been written when this is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum Reject {
+    #[error("the client closed the connection before sending a request")]
+    ClosedEarly,
+    #[error("the client closed the connection inside its request")]
+    Truncated,
+    #[error("the client speaks TLS on a plain WebSocket listener")]
+    TlsOnPlain,
+    #[error("{status} {reason}: {detail}")]
+    Http {
+        status: u16,
+        reason: &'static str,
+        detail: String,
+    },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl Reject {
+    fn http(status: u16, detail: impl Into<String>) -> Reject {
+        Reject::Http {
+            status,
+            reason: reason_phrase(status),
+            detail: detail.into(),
+        }
+    }
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        _ => "Error",
+    }
+}
+
+/// What an accepted request turned into.
+pub enum Upgraded<S> {
+    /// A WebSocket carrying NATS.
+    WebSocket {
+        stream: Box<WsStream<S>>,
+        /// The client's address: from `X-Forwarded-For` when the peer is a trusted proxy.
+        client_addr: SocketAddr,
+        cookies: CookieCredentials,
+    },
+    /// A plain HTTP request, answered (`200 OK` for a health check); no session follows.
+    Answered,
+}
+
+/// A parsed request head: the method, the path and every header in order.
+pub(super) struct Head<'a> {
+    pub(super) method: &'a str,
+    pub(super) path: &'a str,
+    pub(super) headers: Vec<(&'a str, &'a str)>,
+}
+
+impl Head<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+    }
+
+    /// Every value of header `name`, in order.
+    pub(super) fn all(&self, name: &str) -> impl Iterator<Item = &str> {
+        let name = name.to_string();
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(&name))
+            .map(|(_, v)| *v)
+    }
+
+    fn has_token(&self, name: &str, token: &str) -> bool {
+        self.all(name)
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+}
+
+/// Reads the upgrade request from `stream` and answers it.
+pub async fn accept<S>(
+    mut stream: S,
+    settings: &WsSettings,
+    client_addr: SocketAddr,
+) -> Result<Upgraded<S>, Reject>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(1024);
+    let head_len = loop {
+        if let Some(i) = memchr::memmem::find(&buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() >= MAX_REQUEST_HEAD {
+            return Err(respond(&mut stream, Reject::http(431, "request head over 8 KiB")).await);
+        }
+        let n = stream.read_buf(&mut buf).await?;
+        if buf.first() == Some(&crate::transport::tls::HANDSHAKE_RECORD) {
+            return Err(Reject::TlsOnPlain);
+        }
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                Reject::ClosedEarly
+            } else {
+                Reject::Truncated
+            });
+        }
+    };
+    let leftover = buf.split_off(head_len);
+
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let parsed = request.parse(&buf);
+    let head = match parsed {
+        Ok(httparse::Status::Complete(_)) => {
+            let mut list = Vec::new();
+            for h in request.headers.iter() {
+                let Ok(value) = std::str::from_utf8(h.value) else {
+                    return Err(
+                        respond(&mut stream, Reject::http(400, "a header is not UTF-8")).await,
+                    );
+                };
+                list.push((h.name, value));
+            }
+            Head {
+                method: request.method.unwrap_or_default(),
+                path: request.path.unwrap_or_default(),
+                headers: list,
+            }
+        }
+        Ok(httparse::Status::Partial) => {
+            return Err(respond(&mut stream, Reject::http(400, "incomplete request")).await)
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(respond(&mut stream, Reject::http(431, "too many headers")).await)
+        }
+        Err(e) => {
+            return Err(respond(&mut stream, Reject::http(400, format!("not HTTP/1.1: {e}"))).await)
+        }
+    };
+
+    match check(&head, settings) {
+        Err(reject) => Err(respond(&mut stream, reject).await),
+        Ok(None) => {
+            write_response(&mut stream, 200, "", "ok\n", head.method == "HEAD").await?;
+            stream.shutdown().await?;
+            Ok(Upgraded::Answered)
+        }
+        Ok(Some(key)) => {
+            let accept =
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let deflate = if settings.compression {
+                deflate::answer(head.all("sec-websocket-extensions"))
+            } else {
+                None
+            };
+            let response =
+                format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {accept}\r\n{}\r\n",
+                deflate.map_or(String::new(), |d| format!("Sec-WebSocket-Extensions: {d}\r\n"))
+            );
+            stream.write_all(response.as_bytes()).await?;
+            stream.flush().await?;
+            let client_addr = forwarded_for(&head, settings, client_addr);
+            let cookies = cookies::from_request(&head, settings);
+            let mut ws = WsStream::new(
+                stream,
+                leftover,
+                settings.max_message_size,
+                settings.ping_interval,
+            );
+            if deflate.is_some() {
+                ws.enable_deflate();
+            }
+            Ok(Upgraded::WebSocket {
+                stream: Box::new(ws),
+                client_addr,
+                cookies,
+            })
+        }
+    }
+}
+
+/// Judges a request: `Ok(Some(key))` to upgrade, `Ok(None)` to answer 200, or a refusal.
+fn check<'a>(head: &'a Head<'_>, settings: &WsSettings) -> Result<Option<&'a str>, Reject> {
+    let upgrade = head.has_token("upgrade", "websocket");
+    // GET, or HEAD for a health check.
+    let allowed = head.method == "GET" || (head.method == "HEAD" && !upgrade);
+    if !allowed {
+        return Err(Reject::http(405, format!("method {}", head.method)));
+    }
+    if !upgrade {
+        return Ok(None);
+    }
+    let path = head.path.split(['?', '#']).next().unwrap_or_default();
+    if path != settings.path {
+        return Err(Reject::http(
+            404,
+            format!("path {path} (the WebSocket path is {})", settings.path),
+        ));
+    }
+    if !head.has_token("connection", "upgrade") {
+        return Err(Reject::http(400, "Connection header without upgrade"));
+    }
+    let Some(host) = head.header("host") else {
+        return Err(Reject::http(400, "no Host header"));
+    };
+    match head.header("sec-websocket-version") {
+        Some("13") => {}
+        Some(v) => {
+            return Err(Reject::http(
+                426,
+                format!("Sec-WebSocket-Version {v} (only 13 is supported)"),
+            ))
+        }
+        None => return Err(Reject::http(426, "no Sec-WebSocket-Version")),
+    }
+    let key = head.header("sec-websocket-key").unwrap_or_default();
+    if !valid_key(key) {
+        return Err(Reject::http(400, format!("bad Sec-WebSocket-Key {key:?}")));
+    }
+    if let Some(origin) = head.header("origin") {
+        check_origin(origin, host, settings)?;
+    }
+    Ok(Some(key))
+}
+
+/// A key is 16 bytes in base64: 22 characters and `==`.
+fn valid_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    b.len() == 24
+        && key.ends_with("==")
+        && b[..22]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+        // The last character before the padding carries 2 bits only.
+        && matches!(b[21], b'A' | b'Q' | b'g' | b'w')
+}
+
+fn check_origin(origin: &str, host: &str, settings: &WsSettings) -> Result<(), Reject> {
+    if !settings.same_origin && settings.allowed_origins.is_empty() {
+        return Ok(());
+    }
+    let forbidden = |why: String| Reject::http(403, why);
+    let parsed = Origin::parse(origin).map_err(|_| forbidden(format!("origin {origin:?}")))?;
+    if settings.same_origin {
+        let default_port = if settings.secure { 443 } else { 80 };
+        let same = split_authority(host, default_port)
+            .is_some_and(|(h, p)| h == parsed.host && p == parsed.port);
+        if !same {
+            return Err(forbidden(format!(
+                "origin {origin} is not the same as host {host}"
+            )));
+        }
+    }
+    if !settings.allowed_origins.is_empty() && !settings.allowed_origins.contains(&parsed) {
+        return Err(forbidden(format!("origin {origin} is not allowed")));
+    }
+    Ok(())
+}
+
+/// The client's address: from `X-Forwarded-For` when the peer is a trusted proxy. The list
+/// is read from the right (the hop nearest the edge, written by the trusted peer): trusted
+/// proxies are skipped and the first other address is the client. Reading stops at an entry
+/// that is not an address, since everything left of it came from an untrusted source; the
+/// last address read then stands. Its port is unknown, so it is 0.
+fn forwarded_for(head: &Head<'_>, settings: &WsSettings, peer: SocketAddr) -> SocketAddr {
+    let trusted = |ip: IpAddr| settings.trusted_proxies.iter().any(|n| n.contains(ip));
+    if !trusted(peer.ip()) {
+        return peer;
+    }
+    let hops: Vec<&str> = head
+        .all("x-forwarded-for")
+        .flat_map(|v| v.split(','))
+        .collect();
+    let mut client = None;
+    for hop in hops.iter().rev() {
+        // An address, or an address with a port as some proxies write it.
+        let hop = hop.trim();
+        let Some(ip) = hop
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        else {
+            break;
+        };
+        client = Some(ip);
+        if !trusted(ip) {
+            break;
+        }
+    }
+    client.map_or(peer, |ip| SocketAddr::new(ip.to_canonical(), 0))
+}
+
+/// Writes the answer to a refused request (bounded by the caller's handshake timeout) and
+/// hands the refusal back. The connection is closed by the caller once it has recorded the
+/// refusal, so the client never sees the close before the edge has counted it.
+async fn respond<S: AsyncWrite + Unpin>(stream: &mut S, reject: Reject) -> Reject {
+    if let Reject::Http { status, detail, .. } = &reject {
+        let extra = if *status == 426 {
+            "Sec-WebSocket-Version: 13\r\n"
+        } else {
+            ""
+        };
+        let body = format!("{}: {detail}\n", reason_phrase(*status));
+        let _ = write_response(stream, *status, extra, &body, false).await;
+    }
+    reject
+}
+
+/// Writes a whole response and flushes it; the connection closes when the stream is dropped.
+async fn write_response<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    extra_headers: &str,
+    body: &str,
+    head_only: bool,
+) -> io::Result<()> {
+    let mut response = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+         Connection: close\r\n{extra_headers}\r\n",
+        reason_phrase(status),
+        body.len()
+    );
+    if !head_only {
+        response.push_str(body);
+    }
+    stream.write_all(response.as_bytes()).await?;
+    stream.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WsSection;
+    use crate::transport::ws::IpNet;
+
+    fn settings() -> WsSettings {
+        WsSettings::new(&WsSection::default(), false)
+    }
+
+    fn head<'a>(method: &'a str, path: &'a str, headers: &[(&'a str, &'a str)]) -> Head<'a> {
+        Head {
+            method,
+            path,
+            headers: headers.to_vec(),
+        }
+    }
+
+    const UPGRADE: [(&str, &str); 5] = [
+        ("Host", "edge.example.com:8080"),
+        ("Upgrade", "websocket"),
+        ("Connection", "keep-alive, Upgrade"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+
+    fn status(r: Result<Option<&str>, Reject>) -> u16 {
+        match r {
+            Err(Reject::Http { status, .. }) => status,
+            Ok(Some(_)) => 101,
+            Ok(None) => 200,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn upgrades_and_health_checks() {
+        let s = settings();
+        assert_eq!(status(check(&head("GET", "/", &UPGRADE), &s)), 101);
+        assert_eq!(status(check(&head("GET", "/?x=1", &UPGRADE), &s)), 101);
+        assert_eq!(
+            status(check(&head("GET", "/healthz", &[("Host", "x")]), &s)),
+            200
+        );
+        assert_eq!(status(check(&head("HEAD", "/", &[]), &s)), 200);
+        assert_eq!(status(check(&head("POST", "/", &UPGRADE), &s)), 405);
+        assert_eq!(status(check(&head("GET", "/other", &UPGRADE), &s)), 404);
+    }
+
+    #[test]
+    fn refuses_bad_keys_and_versions() {
+        let s = settings();
+        let with = |name: &str, value: &'static str| {
+            let mut h: Vec<(&str, &str)> = UPGRADE
+                .iter()
+                .filter(|(n, _)| *n != name)
+                .copied()
+                .collect();
+            h.push((Box::leak(name.to_string().into_boxed_str()), value));
+            h
+        };
+        for key in [
+            "",
+            "short==",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhlIHNhbXBsZSBub25j!Q==",
+        ] {
+            let h = with("Sec-WebSocket-Key", key);
+            assert_eq!(status(check(&head("GET", "/", &h), &s)), 400, "{key}");
+        }
+        let h = with("Sec-WebSocket-Version", "8");
+        assert_eq!(status(check(&head("GET", "/", &h), &s)), 426);
+        let h = with("Connection", "keep-alive");
+        assert_eq!(status(check(&head("GET", "/", &h), &s)), 400);
+    }
+
+    #[test]
+    fn origins() {
+        let mut s = settings();
+        s.same_origin = true;
+        let with_origin = |o: &'static str| {
+            let mut h = UPGRADE.to_vec();
+            h.push(("Origin", o));
+            h
+        };
+        let h = with_origin("http://edge.example.com:8080");
+        assert_eq!(status(check(&head("GET", "/", &h), &s)), 101);
+        let h = with_origin("http://evil.example.com:8080");
+        assert_eq!(status(check(&head("GET", "/", &h), &s)), 403);
+        let h = with_origin("null");
+        assert_eq!(status(check(&head("GET", "/", &h), &s)), 403);
+        // No Origin: not a browser; accepted.
+        assert_eq!(status(check(&head("GET", "/", &UPGRADE), &s)), 101);
+
+        s.same_origin = false;
+        s.allowed_origins = vec![Origin::parse("https://app.example.com").unwrap()];
+        let h = with_origin("https://app.example.com:443");
+        assert_eq!(status(check(&head("GET", "/", &h), &s)), 101);
+        let h = with_origin("http://app.example.com");
+        assert_eq!(status(check(&head("GET", "/", &h), &s)), 403);
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_peers() {
+        let mut s = settings();
+        let peer: SocketAddr = "10.0.0.9:5555".parse().unwrap();
+        let h = head("GET", "/", &[("X-Forwarded-For", "203.0.113.9, 10.0.0.8")]);
+        assert_eq!(forwarded_for(&h, &s, peer), peer);
+        s.trusted_proxies = vec![IpNet::parse("10.0.0.0/8").unwrap()];
+        assert_eq!(
+            forwarded_for(&h, &s, peer),
+            "203.0.113.9:0".parse::<SocketAddr>().unwrap()
+        );
+        let spoofed = head("GET", "/", &[("X-Forwarded-For", "1.1.1.1, 203.0.113.9")]);
+        assert_eq!(
+            forwarded_for(&spoofed, &s, peer),
+            "203.0.113.9:0".parse::<SocketAddr>().unwrap()
+        );
+        let garbage = head("GET", "/", &[("X-Forwarded-For", "nope")]);
+        assert_eq!(forwarded_for(&garbage, &s, peer), peer);
+        // Garbage written by the client, left of what the trusted proxy appended.
+        let prefixed = head(
+            "GET",
+            "/",
+            &[(
+                "X-Forwarded-For",
+                "nope, 198.51.100.1, 203.0.113.9, 10.1.1.1",
+            )],
+        );
+        assert_eq!(
+            forwarded_for(&prefixed, &s, peer),
+            "203.0.113.9:0".parse::<SocketAddr>().unwrap()
+        );
+        // Every hop trusted: the farthest one read.
+        let internal = head(
+            "GET",
+            "/",
+            &[("X-Forwarded-For", "garbage, 10.2.2.2, 10.1.1.1")],
+        );
+        assert_eq!(
+            forwarded_for(&internal, &s, peer),
+            "10.2.2.2:0".parse::<SocketAddr>().unwrap()
+        );
+        // With ports, and across two headers.
+        let ported = head(
+            "GET",
+            "/",
+            &[
+                ("X-Forwarded-For", "[2001:db8::7]:4711"),
+                ("X-Forwarded-For", "10.0.0.3:80"),
+            ],
+        );
+        assert_eq!(
+            forwarded_for(&ported, &s, peer),
+            "[2001:db8::7]:0".parse::<SocketAddr>().unwrap()
+        );
+    }
+}
