@@ -1,5 +1,5 @@
-//! `cargo bench --bench edge [-- --smoke] [-- --json FILE] [-- --only tcp,tls,ws,wsdeflate]`:
-//! direct vs nats-edge vs HAProxy.
+//! `cargo bench --bench edge [-- --smoke] [-- --json FILE] [-- --only tcp,tls,ws,wsdeflate]
+//! [-- --baseline OTHER_NATS_EDGE_BINARY]`: direct vs nats-edge vs HAProxy (vs another build).
 //! `cargo bench --bench edge -- --callgrind`: instructions per forwarded message (plain, and
 //! with rewrite + tagging).
 //! `cargo bench --bench edge -- --filter-cost`: rewrite + tagging against plain, 128 B.
@@ -48,7 +48,16 @@ fn main() {
         },
         None => harness::Groups::ALL,
     };
-    let report = harness::run_groups(mode, env!("CARGO_BIN_EXE_nats-edge"), groups);
+    let baseline = args
+        .iter()
+        .position(|a| a == "--baseline")
+        .and_then(|i| args.get(i + 1));
+    let report = harness::run_groups(
+        mode,
+        env!("CARGO_BIN_EXE_nats-edge"),
+        groups,
+        baseline.map(String::as_str),
+    );
     println!("{}", harness::table(&report));
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
     match args

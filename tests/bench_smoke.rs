@@ -13,6 +13,7 @@ fn every_benchmark_workload_completes_without_loss() {
         harness::Mode::Smoke,
         env!("CARGO_BIN_EXE_nats-edge"),
         harness::Groups::ALL,
+        None,
     );
     let results = report["results"].as_object().expect("results");
     for payload in harness::PAYLOADS {

@@ -208,7 +208,12 @@ impl Groups {
 }
 
 /// Runs the workloads of `groups`; returns the report as JSON. Panics on any loss or error.
-pub fn run_groups(mode: Mode, edge_bin: &str, groups: Groups) -> Value {
+///
+/// With `baseline` (the path of another nats-edge binary, such as a build of the previous
+/// commit), that binary is one more TCP target, `baseline`, interleaved with the others: a
+/// change is compared with what it changes in the same run, not with a table from another
+/// day.
+pub fn run_groups(mode: Mode, edge_bin: &str, groups: Groups, baseline: Option<&str>) -> Value {
     // Dropped last: the generated files outlive every process that reads them.
     let _scratch = targets::Scratch;
     let plan = Plan::of(mode);
@@ -344,6 +349,14 @@ pub fn run_groups(mode: Mode, edge_bin: &str, groups: Groups) -> Value {
             name: "haproxy",
             addr: h.addr,
             proxy: Some(h),
+        });
+    }
+    let baseline = baseline.map(|bin| targets::start_edge(bin, server.addr, &[]));
+    if let Some(b) = &baseline {
+        all.push(Target {
+            name: "baseline",
+            addr: b.addr,
+            proxy: Some(b),
         });
     }
 
@@ -504,6 +517,9 @@ fn report(samples: &Samples, mode: Mode) -> Value {
         if let (Some(e), Some(h)) = (by_target.get("edge"), by_target.get("haproxy")) {
             row.insert("edge/haproxy".into(), json!(median(e) / median(h)));
         }
+        if let (Some(e), Some(b)) = (by_target.get("edge"), by_target.get("baseline")) {
+            row.insert("edge/baseline".into(), json!(median(e) / median(b)));
+        }
         rows.insert(workload.clone(), Value::Object(row));
     }
     json!({
@@ -580,6 +596,14 @@ pub fn table(report: &Value) -> String {
             }
             if let Some(i) = row.get("edge+rewrite+tag") {
                 edge = format!("{} (rewrite+tag: {})", edge, fmt(Some(i)));
+            }
+            if let (Some(b), Some(r)) = (row.get("baseline"), row.get("edge/baseline")) {
+                edge = format!(
+                    "{} (baseline: {}, ratio {})",
+                    edge,
+                    fmt(Some(b)),
+                    fmt(Some(r))
+                );
             }
             let _ = writeln!(
                 out,

@@ -444,6 +444,20 @@ fn scan_general(
     }
 }
 
+/// How long the frame at the front of `buf` will be, when [`scan`] has said it is not complete
+/// but its control line has arrived: a message whose payload is still on its way. A hint
+/// for sizing the next read (the whole frame in one buffer, not grown piece by piece), never
+/// a check: `None` when the line has not arrived or does not end in a size.
+pub fn pending_frame_len(buf: &[u8]) -> Option<usize> {
+    let nl = memchr(b'\n', buf)?;
+    let line = buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]);
+    let (total, _) = last_argument(line)?;
+    Some(nl + 1 + parse_size(total).ok()? + PAYLOAD_END_LEN)
+}
+
+/// The CR LF after a payload.
+const PAYLOAD_END_LEN: usize = 2;
+
 /// Finds the newline that ends the control line starting at `from`, and where the line's
 /// content ends: `Ok(None)` while it has not arrived.
 ///
@@ -653,4 +667,28 @@ mod fast_path_tests {
         max_control_line: 4096,
         max_payload: 1 << 20,
     };
+}
+
+#[cfg(test)]
+mod pending_tests {
+    use super::*;
+
+    #[test]
+    fn pending_frame_len_reads_the_size_once_the_line_is_there() {
+        assert_eq!(
+            pending_frame_len(b"PUB foo 16384\r\nabc"),
+            Some(15 + 16384 + 2)
+        );
+        assert_eq!(
+            pending_frame_len(b"MSG foo 1 reply 5\nab"),
+            Some(18 + 5 + 2)
+        );
+        assert_eq!(
+            pending_frame_len(b"HMSG foo 1 12 40\r\n"),
+            Some(18 + 40 + 2)
+        );
+        // No line yet, or a line that does not end in a size: no hint.
+        assert_eq!(pending_frame_len(b"PUB foo 163"), None);
+        assert_eq!(pending_frame_len(b"PUB foo bar\r\n"), None);
+    }
 }

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::state::{Shared, MAX_PENDING_BARRIERS};
 use crate::proto::{
     build_client_op, build_server_op, encode_client_head, encode_server_head, encode_server_op,
-    scan, Direction, Frame, ProtoError, Verb, PAYLOAD_END,
+    pending_frame_len, scan, Direction, Frame, ProtoError, Verb, PAYLOAD_END,
 };
 
 /// The first read buffer of a connection, and the size it shrinks back to when idle. Small,
@@ -58,6 +58,9 @@ pub struct Forwarder {
     read_size: usize,
     out: VecDeque<Bytes>,
     out_len: usize,
+    /// The length of the incomplete frame at the front of the read buffer, when its control
+    /// line has told it (0 otherwise): the next read makes room for all of it at once.
+    pending: usize,
     /// Where changed ops are encoded; split off per op.
     scratch: BytesMut,
     eof: bool,
@@ -87,6 +90,7 @@ impl Forwarder {
             read_size: INITIAL_READ,
             out: VecDeque::new(),
             out_len: 0,
+            pending: 0,
             scratch: BytesMut::new(),
             eof: false,
             stopped: false,
@@ -199,12 +203,16 @@ impl Forwarder {
         cx: &mut Context<'_>,
         reader: &mut R,
     ) -> Poll<io::Result<usize>> {
-        if self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE {
+        if self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE || self.rbuf.capacity() < self.pending
+        {
             // Ask for `read_size` in all, not on top of a partial frame: a buffer whose
             // slices have all been written is then reused (the partial frame moves to its
-            // front) instead of a bigger one being allocated.
+            // front) instead of a bigger one being allocated. A large partial message gets
+            // room for all of it: grown a little per read, it would be copied into a new
+            // buffer again and again.
             let additional = self
                 .read_size
+                .max(self.pending)
                 .saturating_sub(self.rbuf.len())
                 .max(MIN_SPARE);
             self.rbuf.reserve(additional);
@@ -366,6 +374,17 @@ impl Forwarder {
             self.filter_client_frame(data, &frame, shared);
         }
         self.flush_run(&mut run);
+        self.note_pending();
+    }
+
+    /// After a scan stopped at an incomplete frame: how much room it needs, for the next read.
+    fn note_pending(&mut self) {
+        // A short remainder fits any buffer: only a large one is worth a look.
+        self.pending = if self.rbuf.len() < MIN_SPARE {
+            0
+        } else {
+            pending_frame_len(&self.rbuf).unwrap_or(0)
+        };
     }
 
     /// The upstream has caught up with a deferred frame: show it to the filters again, then
@@ -518,6 +537,7 @@ impl Forwarder {
             self.filter_server_frame(data, &frame, shared);
         }
         self.flush_run(&mut run);
+        self.note_pending();
     }
 
     /// Every INFO, the first and each async update, is rewritten for the client.
