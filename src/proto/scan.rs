@@ -381,23 +381,31 @@ fn scan_plain_message(buf: &[u8], dir: Direction, limits: &ScanLimits) -> Option
 }
 
 /// The index of the first byte below the space at or after `i` (a CR, an LF, a tab, any
-/// control byte), eight bytes at a time as in [`next_separator`]; `None` when there is none.
+/// control byte); `None` when there is none.
 #[inline]
-fn first_control_byte(buf: &[u8], mut i: usize) -> Option<usize> {
-    const LOW: u64 = 0x2020_2020_2020_2020;
+fn first_control_byte(buf: &[u8], i: usize) -> Option<usize> {
+    first_byte_below::<0x20>(buf, i)
+}
+
+/// The index of the first byte below `LIMIT` (at most 0x80) at or after `i`, eight bytes at a
+/// time: subjects, sids and sizes rarely hold such a byte, so most words are passed over
+/// with a few instructions. `None` when there is none.
+#[inline]
+fn first_byte_below<const LIMIT: u8>(buf: &[u8], mut i: usize) -> Option<usize> {
+    let low = u64::from_le_bytes([LIMIT; 8]);
     const HIGH: u64 = 0x8080_8080_8080_8080;
     while let Some(chunk) = buf.get(i..i + 8) {
         let mut bytes = [0u8; 8];
         bytes.copy_from_slice(chunk);
         let word = u64::from_le_bytes(bytes);
-        // The lowest flagged byte is the first one below 0x20; higher flags may be spurious.
-        let low_bytes = word.wrapping_sub(LOW) & !word & HIGH;
-        if low_bytes != 0 {
-            return Some(i + (low_bytes.trailing_zeros() / 8) as usize);
+        // The lowest flagged byte is the first one below LIMIT; higher flags may be spurious.
+        let flagged = word.wrapping_sub(low) & !word & HIGH;
+        if flagged != 0 {
+            return Some(i + (flagged.trailing_zeros() / 8) as usize);
         }
         i += 8;
     }
-    buf[i..].iter().position(|&b| b < b' ').map(|j| i + j)
+    buf[i..].iter().position(|&b| b < LIMIT).map(|j| i + j)
 }
 
 /// Scans any frame: the full rules, for everything [`scan_plain_message`] leaves.
@@ -567,32 +575,16 @@ fn is_separator(b: u8) -> bool {
     b <= b' ' && (b == b' ' || b == b'\t')
 }
 
-/// The index of the first separator in `line` at or after `i`, or `line.len()`. Eight bytes
-/// at a time: a word with no byte at or below the space holds no separator, and arguments
-/// (subjects, sids, sizes) rarely do.
+/// The index of the first separator in `line` at or after `i`, or `line.len()`: the first
+/// byte at or below the space, skipping any that is not a space or a tab.
 fn next_separator(line: &[u8], mut i: usize) -> usize {
-    const LOW: u64 = 0x2121_2121_2121_2121;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    while let Some(chunk) = line.get(i..i + 8) {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(chunk);
-        let word = u64::from_le_bytes(bytes);
-        // The lowest flagged byte is the first one below 0x21; higher flags may be spurious.
-        let low_bytes = word.wrapping_sub(LOW) & !word & HIGH;
-        if low_bytes == 0 {
-            i += 8;
-            continue;
-        }
-        let j = i + (low_bytes.trailing_zeros() / 8) as usize;
+    while let Some(j) = first_byte_below::<0x21>(line, i) {
         if is_separator(line[j]) {
             return j;
         }
         i = j + 1;
     }
-    while i < line.len() && !is_separator(line[i]) {
-        i += 1;
-    }
-    i
+    line.len()
 }
 
 #[cfg(test)]
