@@ -367,7 +367,7 @@ pub fn run_groups(mode: Mode, edge_bin: &str, groups: Groups, baseline: Option<&
             let plain = Workload {
                 prefix: "pubsub",
                 content: load::Content::Filler,
-                detail: false,
+                detail: true,
             };
             for &payload in &PAYLOADS {
                 let n = plan.msgs_for(payload);
@@ -376,7 +376,7 @@ pub fn run_groups(mode: Mode, edge_bin: &str, groups: Groups, baseline: Option<&
                         name: t.name,
                         endpoint: load::Endpoint::tcp(t.addr),
                         proxy: t.proxy,
-                        server: None,
+                        server: Some(&server),
                     };
                     pub_sub_workload(&mut samples, &plain, &target, n, payload);
                 }
