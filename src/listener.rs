@@ -23,7 +23,7 @@ use crate::config::ListenerKind;
 use crate::metrics::{ListenerMetrics, Refusal};
 use crate::proto::encode_server_op;
 use crate::session::{self, SessionEnv};
-use crate::transport::{self, HandshakeError, ListenerTransport, StageCell};
+use crate::transport::{self, Accepted, HandshakeError, ListenerTransport, StageCell};
 
 /// What a listener serves new connections with; swapped whole by a reload.
 pub struct ListenerRuntime {
@@ -207,8 +207,7 @@ async fn serve_std_conn(stream: std::net::TcpStream, conn: Conn) {
     }
 }
 
-/// One client connection: its transport handshake (bounded by the listener's
-/// `handshake_timeout`, and cut short by a shutdown), then its session or its refusal.
+/// One client connection: its transport handshake, then its session or its refusal.
 async fn serve_conn(stream: TcpStream, conn: Conn) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
@@ -221,26 +220,34 @@ async fn serve_conn(stream: TcpStream, conn: Conn) {
         cell,
         runtime,
     } = conn;
-    let lt = &runtime.transport;
     let env = runtime.env.clone();
+    // Boxed: the accepted connection is large, and this task keeps whatever it holds for the
+    // connection's whole life.
+    let Some(accepted) = accept(stream, peer, conn_id, &runtime.transport, &env).await else {
+        return;
+    };
+    match slot {
+        Some(_slot) => session::run(accepted, env, accepted_at).await,
+        None => refuse(accepted.stream, &cell, accepted.conn.client_addr).await,
+    }
+}
+
+/// The transport handshake, bounded by the listener's `handshake_timeout` and cut short by a
+/// shutdown. `None` when there is no session to run; a failure is counted and logged here.
+async fn accept(
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+    lt: &ListenerTransport,
+    env: &SessionEnv,
+) -> Option<Box<Accepted>> {
     let stage = StageCell::default();
+    // Boxed, in both branches: the handshake's state (a TLS or WebSocket accept) is large,
+    // and awaited in place it would size the connection's task for its whole life.
     if !lt.has_handshake() {
         // A plain listener's handshake has nothing to wait for.
-        // Boxed, here and below: the handshake's state (a TLS or WebSocket accept) is large,
-        // and awaited in place it would size this task, and so every idle connection, for
-        // its whole life.
         let handshake = Box::pin(transport::handshake(stream, peer, conn_id, lt, &stage));
-        // Taken out of the handshake's result before anything else is awaited, so that
-        // result is not kept beside the session for its whole life.
-        let Ok(Some(accepted)) = handshake.await else {
-            return;
-        };
-        let accepted = Box::new(accepted);
-        match slot {
-            Some(_slot) => session::run(accepted, env, accepted_at).await,
-            None => refuse(accepted.stream, &cell, accepted.conn.client_addr).await,
-        }
-        return;
+        return handshake.await.ok().flatten().map(Box::new);
     }
     let span = tracing::info_span!(
         "conn",
@@ -250,42 +257,33 @@ async fn serve_conn(stream: TcpStream, conn: Conn) {
         transport = lt.kind.as_str()
     );
     let mut shutdown = env.shutdown.clone();
-    let guard = transport::CloseGuard::new(&stream);
+    let _guard = transport::CloseGuard::new(&stream);
     let handshake = tokio::time::timeout(
         lt.handshake_timeout,
         Box::pin(transport::handshake(stream, peer, conn_id, lt, &stage)),
     )
     .instrument(span.clone());
-    // The handshake's result is consumed within this statement, before the session is
-    // awaited: bound to a variable, it would be stored in this task beside the session for
-    // the connection's whole life.
-    let accepted = Box::new(
-        match tokio::select! {
-            result = handshake => result.unwrap_or_else(|_| Err(HandshakeError::Timeout(stage.get()))),
-            _ = crate::edge::until_stopped(&mut shutdown) => return,
-        } {
-            Ok(Some(accepted)) => accepted,
-            Ok(None) => {
-                span.in_scope(|| tracing::debug!("HTTP request answered"));
-                return;
-            }
-            Err(e) if e.is_silent() => {
-                span.in_scope(|| tracing::debug!(error = %e, "closed before the handshake"));
-                return;
-            }
-            Err(e) => {
-                env.metrics.handshake_failed(lt.kind, e.failure());
-                span.in_scope(
+    let result = tokio::select! {
+        result = handshake => result.unwrap_or_else(|_| Err(HandshakeError::Timeout(stage.get()))),
+        _ = crate::edge::until_stopped(&mut shutdown) => return None,
+    };
+    match result {
+        Ok(Some(accepted)) => Some(Box::new(accepted)),
+        Ok(None) => {
+            span.in_scope(|| tracing::debug!("HTTP request answered"));
+            None
+        }
+        Err(e) if e.is_silent() => {
+            span.in_scope(|| tracing::debug!(error = %e, "closed before the handshake"));
+            None
+        }
+        Err(e) => {
+            env.metrics.handshake_failed(lt.kind, e.failure());
+            span.in_scope(
                 || tracing::warn!(error = %e, reason = e.failure().as_str(), "handshake failed"),
             );
-                return;
-            }
-        },
-    );
-    drop(guard);
-    match slot {
-        Some(_slot) => session::run(accepted, env, accepted_at).await,
-        None => refuse(accepted.stream, &cell, accepted.conn.client_addr).await,
+            None
+        }
     }
 }
 
