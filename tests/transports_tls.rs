@@ -47,6 +47,18 @@ async fn tls_client(
     within("async-nats TLS connect", options.connect(tls_url(edge))).await
 }
 
+/// A client that starts with the TLS handshake gets an INFO saying TLS is required, and a
+/// PONG for its CONNECT and PING.
+async fn tls_first_client_is_served(edge: &Edge, ca: &Ca) {
+    let tls = tls_over(tcp(edge_addr(edge)).await, client_config(&ca.cert, None))
+        .await
+        .expect("TLS first");
+    let mut raw = Raw::new(tls);
+    let info = raw.read_info().await;
+    assert_eq!(info["tls_required"], true, "{info}");
+    assert!(raw.connect_and_ping().await);
+}
+
 async fn pub_sub_works(client: &async_nats::Client) {
     let mut sub = client.subscribe("tls.test").await.unwrap();
     client.publish("tls.test", "hello".into()).await.unwrap();
@@ -94,13 +106,7 @@ async fn tls_first_listener_starts_with_the_handshake() {
     let table = format!("{}, handshake_first = true", cert_keys(&server_cert));
     let edge = start_edge_toml(&tls_toml(&server, &table)).await;
 
-    let tls = tls_over(tcp(edge_addr(&edge)).await, client_config(&ca.cert, None))
-        .await
-        .expect("TLS first");
-    let mut raw = Raw::new(tls);
-    let info = raw.read_info().await;
-    assert_eq!(info["tls_required"], true, "{info}");
-    assert!(raw.connect_and_ping().await);
+    tls_first_client_is_served(&edge, &ca).await;
 
     let client = tls_client(
         &edge,
@@ -141,13 +147,7 @@ async fn handshake_first_with_a_fallback_serves_tls_first_and_classic_clients() 
     assert!(raw.connect_and_ping().await);
 
     // A client that starts with TLS: the handshake at once, the INFO inside it.
-    let tls = tls_over(tcp(edge_addr(&edge)).await, client_config(&ca.cert, None))
-        .await
-        .expect("TLS first");
-    let mut raw = Raw::new(tls);
-    let info = raw.read_info().await;
-    assert_eq!(info["tls_required"], true, "{info}");
-    assert!(raw.connect_and_ping().await);
+    tls_first_client_is_served(&edge, &ca).await;
 
     // async-nats both ways, on the same listener, talking to each other.
     let classic = tls_client(
