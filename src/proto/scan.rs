@@ -322,7 +322,7 @@ pub fn scan(buf: &[u8], dir: Direction, limits: &ScanLimits) -> Result<Option<Fr
 /// the limits. Anything else (a partial frame, an error, tabs, headers, other verbs) is
 /// `None`, and [`scan_general`] decides; so this path only ever accepts what the general
 /// one would accept, with the same offsets (checked by a test over many lines).
-#[inline]
+#[inline(always)]
 fn scan_plain_message(buf: &[u8], dir: Direction, limits: &ScanLimits) -> Option<Frame> {
     let verb = match (dir, buf.get(..4)?) {
         (Direction::ClientToServer, b"PUB ") => Verb::Pub,
@@ -380,6 +380,20 @@ fn scan_plain_message(buf: &[u8], dir: Direction, limits: &ScanLimits) -> Option
     })
 }
 
+/// The complete plain messages at the front of `buf`, as [`scan`]'s fast path frames them:
+/// how many bytes they take and how many there are. A forwarder whose filters look at no
+/// message passes such a run on whole, without a call per message; whatever stops the run
+/// (another verb, a partial frame, anything unusual) is left to [`scan`].
+pub fn plain_messages(buf: &[u8], dir: Direction, limits: &ScanLimits) -> (usize, u64) {
+    let mut len = 0;
+    let mut count = 0;
+    while let Some(frame) = scan_plain_message(&buf[len..], dir, limits) {
+        len += frame.len;
+        count += 1;
+    }
+    (len, count)
+}
+
 /// The index of the first byte below the space at or after `i` (a CR, an LF, a tab, any
 /// control byte); `None` when there is none.
 #[inline]
@@ -390,7 +404,7 @@ fn first_control_byte(buf: &[u8], i: usize) -> Option<usize> {
 /// The index of the first byte below `LIMIT` (at most 0x80) at or after `i`, eight bytes at a
 /// time: subjects, sids and sizes rarely hold such a byte, so most words are passed over
 /// with a few instructions. `None` when there is none.
-#[inline]
+#[inline(always)]
 fn first_byte_below<const LIMIT: u8>(buf: &[u8], mut i: usize) -> Option<usize> {
     let low = u64::from_le_bytes([LIMIT; 8]);
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -653,6 +667,59 @@ mod fast_path_tests {
         }
         // The fast path is taken for the plain spellings, not only ever declined.
         assert!(fast > 50, "fast path taken {fast} times");
+    }
+
+    /// A run of frames, cut at every length: `plain_messages` passes over exactly the plain
+    /// messages `scan` frames one by one from the front, and stops at the first other frame.
+    #[test]
+    fn plain_messages_stops_where_a_frame_is_not_a_plain_message() {
+        let runs: [(&[u8], Direction, u64); 5] = [
+            (
+                b"PUB a 2\r\nhi\r\nPUB b r 0\r\n\r\nPING\r\nPUB c 1\r\nx\r\n",
+                Direction::ClientToServer,
+                2,
+            ),
+            (
+                b"MSG a 1 2\r\nhi\r\nMSG b 1 r 3\r\nabc\r\nHMSG h 1 12 12\r\nNATS/1.0\r\n\r\n\r\n",
+                Direction::ServerToClient,
+                2,
+            ),
+            (
+                b"PUB a 2\r\nhi\r\npub b 2\r\nhi\r\n",
+                Direction::ClientToServer,
+                1,
+            ),
+            (
+                b"PUB a 2\r\nhi\r\nPUB b 2\nhi\r\n",
+                Direction::ClientToServer,
+                1,
+            ),
+            (
+                b"SUB a 1\r\nPUB a 2\r\nhi\r\n",
+                Direction::ClientToServer,
+                0,
+            ),
+        ];
+        for (run, dir, plain) in runs {
+            for cut in 0..=run.len() {
+                let buf = &run[..cut];
+                let (len, count) = plain_messages(buf, dir, &LIMITS_WIDE);
+                // The same frames, one `scan` at a time.
+                let mut at = 0;
+                for _ in 0..count {
+                    let frame = scan(&buf[at..], dir, &LIMITS_WIDE)
+                        .expect("a plain message scans")
+                        .expect("a plain message is complete");
+                    assert!(matches!(frame.verb, Verb::Pub | Verb::Msg));
+                    at += frame.len;
+                }
+                assert_eq!(at, len, "{:?}", String::from_utf8_lossy(buf));
+                assert!(count <= plain);
+                if cut == run.len() {
+                    assert_eq!(count, plain, "{:?}", String::from_utf8_lossy(buf));
+                }
+            }
+        }
     }
 
     const LIMITS_WIDE: ScanLimits = ScanLimits {

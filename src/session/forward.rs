@@ -15,13 +15,13 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use nats_edge_filters::filter::{client_op_kind, server_op_kind};
-use nats_edge_filters::{ClientOp, CloseReason, ServerOp, Verdict};
+use nats_edge_filters::{ClientOp, CloseReason, OpKind, ServerOp, Verdict};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::state::{Shared, MAX_PENDING_BARRIERS};
 use crate::proto::{
     build_client_op, build_server_op, encode_client_head, encode_server_head, encode_server_op,
-    pending_frame_len, scan, Direction, Frame, ProtoError, Verb, PAYLOAD_END,
+    pending_frame_len, plain_messages, scan, Direction, Frame, ProtoError, Verb, PAYLOAD_END,
 };
 
 /// The first read buffer of a connection, and the size it shrinks back to when idle. Small,
@@ -343,6 +343,15 @@ impl Forwarder {
     fn process_client(&mut self, shared: &mut Shared) {
         let mut run = 0;
         while !self.stopped && self.deferred.is_none() {
+            if !shared.chain.interest().contains(OpKind::Pub) {
+                // Plain PUBs that no filter looks at go on as one run, not one call each.
+                let (len, count) = plain_messages(&self.rbuf[run..], self.dir, &shared.client_scan);
+                if count > 0 {
+                    run += len;
+                    self.msgs += count;
+                    shared.forwarded_since_barrier = true;
+                }
+            }
             let frame = match scan(&self.rbuf[run..], self.dir, &shared.client_scan) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -489,6 +498,12 @@ impl Forwarder {
     fn process_server(&mut self, shared: &mut Shared) {
         let mut run = 0;
         while !self.stopped {
+            if !shared.chain.interest().contains(OpKind::Msg) {
+                // Plain MSGs that no filter looks at go on as one run, not one call each.
+                let (len, count) = plain_messages(&self.rbuf[run..], self.dir, &shared.server_scan);
+                run += len;
+                self.msgs += count;
+            }
             let frame = match scan(&self.rbuf[run..], self.dir, &shared.server_scan) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
