@@ -9,6 +9,7 @@
 //! [`edge`] the listeners, [`config`] the layered configuration.
 
 pub mod admin;
+pub mod busy_poll;
 pub mod config;
 pub mod drain;
 pub mod edge;

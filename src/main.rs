@@ -260,7 +260,7 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::R
     if !ignored.is_empty() {
         tracing::info!(variables = ?ignored, "ignoring NATS_EDGE_* variables that are not configuration keys");
     }
-    let workers = start_workers(config.worker_threads)?;
+    let workers = start_workers(config.worker_threads, config.busy_poll.0)?;
     // The main thread accepts connections, serves the admin endpoints and waits for
     // signals; sessions run on the workers.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -312,8 +312,12 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::R
 }
 
 /// One single-threaded runtime per worker thread (per core when `threads` is 0), each on a
-/// thread of its own that lives as long as the process.
-fn start_workers(threads: usize) -> anyhow::Result<Vec<tokio::runtime::Handle>> {
+/// thread of its own that lives as long as the process, busy-polling for `busy_poll` after
+/// each read when that is not zero.
+fn start_workers(
+    threads: usize,
+    busy_poll: std::time::Duration,
+) -> anyhow::Result<Vec<tokio::runtime::Handle>> {
     let count = match threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -327,7 +331,13 @@ fn start_workers(threads: usize) -> anyhow::Result<Vec<tokio::runtime::Handle>> 
             let handle = runtime.handle().clone();
             std::thread::Builder::new()
                 .name(format!("nats-edge-worker-{i}"))
-                .spawn(move || runtime.block_on(std::future::pending::<()>()))
+                .spawn(move || {
+                    if busy_poll.is_zero() {
+                        runtime.block_on(std::future::pending::<()>())
+                    } else {
+                        runtime.block_on(nats_edge::busy_poll::run(busy_poll))
+                    }
+                })
                 .context("starting a worker thread")?;
             Ok(handle)
         })

@@ -134,6 +134,7 @@ impl Reloader {
 /// again about a change still waiting for its restart).
 fn running(old: &Config, mut new: Config) -> Config {
     new.worker_threads = old.worker_threads;
+    new.busy_poll = old.busy_poll;
     new.log = old.log.clone();
     new.admin = old.admin.clone();
     new.pid_file = old.pid_file.clone();
@@ -191,6 +192,9 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<String> {
     if old.worker_threads != new.worker_threads {
         keys.push("worker_threads".into());
     }
+    if old.busy_poll != new.busy_poll {
+        keys.push("busy_poll".into());
+    }
     if old.log != new.log {
         keys.push("log".into());
     }
@@ -235,18 +239,20 @@ mod tests {
         );
         assert!(restart_keys(&old, &live).is_empty());
         let moved = config(
-            "worker_threads = 2\n[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4223\"\n\
+            "worker_threads = 2\nbusy_poll = \"50us\"\n\
+             [[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4223\"\n\
              [log]\nlevel = \"debug\"\n",
         );
         assert_eq!(
             restart_keys(&old, &moved),
-            ["listeners.0.bind", "worker_threads", "log"]
+            ["listeners.0.bind", "worker_threads", "busy_poll", "log"]
         );
         // What runs keeps the old values of those keys, so the next reload names them again.
         let kept = running(&old, moved.clone());
         assert_eq!(kept.listeners[0].bind, old.listeners[0].bind);
         assert_eq!(kept.worker_threads, old.worker_threads);
-        assert_eq!(restart_keys(&kept, &moved).len(), 3);
+        assert_eq!(kept.busy_poll, old.busy_poll);
+        assert_eq!(restart_keys(&kept, &moved).len(), 4);
         // Tagging and rewrite rule files reload, but turning either on or off does not.
         let tagged = config(
             "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\n\

@@ -1,6 +1,6 @@
 //! The benchmark harness in smoke mode: every workload runs briefly, over TCP, TLS and
-//! WebSocket (plain and with permessage-deflate), direct, through the edge and through
-//! HAProxy when installed. It asserts completion with no loss and no error (the harness
+//! WebSocket (plain and with permessage-deflate), direct, through the edge (also with
+//! busy-polling on) and through HAProxy when installed. It asserts completion with no loss and no error (the harness
 //! panics otherwise), never a speed; and that the compressed workload did compress.
 
 #[path = "../benches/harness/mod.rs"]
@@ -45,7 +45,19 @@ fn every_benchmark_workload_completes_without_loss() {
         row["edge+rewrite+tag"].as_f64().is_some_and(|v| v > 0.0),
         "{row}"
     );
-    assert!(results.contains_key("reqrep_p99_us"));
+    assert!(
+        row["edge+busy_poll"].as_f64().is_some_and(|v| v > 0.0),
+        "{row}"
+    );
+    // Request/reply through every target, the busy-polling edge included.
+    let row = &results["reqrep_p99_us"];
+    for target in ["direct", "edge", "edge+busy_poll"] {
+        assert!(
+            row[target].as_f64().is_some_and(|v| v > 0.0),
+            "{target}: {row}"
+        );
+    }
+    assert!(results["reqrep_p99_added_us"]["edge+busy_poll"].is_f64());
     assert!(results.contains_key("idle_100_conns_bytes_per_conn"));
     println!("{}", harness::table(&report));
 }

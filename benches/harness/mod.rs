@@ -57,6 +57,9 @@ pub const PAYLOADS: [usize; 5] = [16, 128, 1024, 16 * 1024, 64 * 1024];
 /// Payload sizes of the TLS and WebSocket workloads.
 pub const TRANSPORT_PAYLOADS: [usize; 2] = [128, 16 * 1024];
 
+/// The busy-poll window of the busy-polling edge target.
+const BUSY_POLL_WINDOW: &str = "200us";
+
 /// A target of a pub→sub workload.
 struct TransportTarget<'a> {
     name: &'static str,
@@ -230,6 +233,13 @@ pub fn run_groups(mode: Mode, edge_bin: &str, groups: Groups, baseline: Option<&
     // The same edge mounting every subject under `tenant.acme.` (subjects rewritten on
     // PUB, SUB and every MSG) and tagging every publish with the sender's headers.
     let rewriting = targets::start_edge_rewrite_tag(edge_bin, server.addr);
+    // The same edge polling its sockets for 200 µs after each read instead of sleeping at
+    // once (`busy_poll`): for request/reply latency, and its cost in 128 B pub/sub.
+    let busy_polling = targets::start_edge(
+        edge_bin,
+        server.addr,
+        &[("NATS_EDGE_BUSY_POLL", BUSY_POLL_WINDOW)],
+    );
     let haproxy = targets::start_haproxy(server.addr);
 
     // TLS: nats-server's own TLS listener, the edge's in front of the plain server, and
@@ -438,6 +448,14 @@ pub fn run_groups(mode: Mode, edge_bin: &str, groups: Groups, baseline: Option<&
             "edge+rewrite+tag",
             r.msgs_per_sec(),
         );
+        let r =
+            load::pub_sub(busy_polling.addr, 1, 1, n, 128).expect("pub/sub via busy-polling edge");
+        record(
+            &mut samples,
+            "pubsub_128B_msgs_per_s",
+            "edge+busy_poll",
+            r.msgs_per_sec(),
+        );
         for t in &all {
             let r = load::pub_sub(t.addr, 1, 4, n / 4, 128)
                 .unwrap_or_else(|e| panic!("fan-out via {}: {e}", t.name));
@@ -456,18 +474,23 @@ pub fn run_groups(mode: Mode, edge_bin: &str, groups: Groups, baseline: Option<&
                 r.msgs_per_sec(),
             );
         }
-        for t in &all {
-            let mut lat = load::request_reply(t.addr, plan.requests)
-                .unwrap_or_else(|e| panic!("request/reply via {}: {e}", t.name));
-            lat.sort_by(|a, b| a.total_cmp(b));
-            for (label, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)] {
-                record(
-                    &mut samples,
-                    &format!("reqrep_{label}_us"),
-                    t.name,
-                    percentile(&lat, p),
-                );
-            }
+        let busy_target = Target {
+            name: "edge+busy_poll",
+            addr: busy_polling.addr,
+            proxy: Some(&busy_polling),
+        };
+        for t in all.iter().chain([&busy_target]) {
+            request_reply_workload(&mut samples, t, plan.requests);
+        }
+        // HAProxy's busy-polling keeps its threads spinning whether or not they have
+        // traffic, so it runs only for its own turn, alone.
+        if let Some(h) = targets::start_haproxy_busy_polling(server.addr) {
+            let target = Target {
+                name: "haproxy+busy_polling",
+                addr: h.addr,
+                proxy: Some(&h),
+            };
+            request_reply_workload(&mut samples, &target, plan.requests);
         }
     }
 
@@ -521,12 +544,56 @@ fn report(samples: &Samples, mode: Mode) -> Value {
             row.insert("edge/baseline".into(), json!(median(e) / median(b)));
         }
         rows.insert(workload.clone(), Value::Object(row));
+        if let (Some(name), Some(direct)) = (added_latency_row(workload), direct) {
+            rows.insert(name, added_latency(by_target, direct));
+        }
     }
     json!({
         "mode": format!("{mode:?}").to_lowercase(),
         "machine": machine(),
         "results": rows,
     })
+}
+
+/// Request/reply round trips one at a time through `t`: latency percentiles.
+fn request_reply_workload(samples: &mut Samples, t: &Target, requests: usize) {
+    let mut lat = load::request_reply(t.addr, requests)
+        .unwrap_or_else(|e| panic!("request/reply via {}: {e}", t.name));
+    lat.sort_by(|a, b| a.total_cmp(b));
+    for (label, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)] {
+        record(
+            samples,
+            &format!("reqrep_{label}_us"),
+            t.name,
+            percentile(&lat, p),
+        );
+    }
+}
+
+/// `reqrep_p50_added_us` for `reqrep_p50_us`: the latency a proxy adds over direct.
+fn added_latency_row(workload: &str) -> Option<String> {
+    let percentile = workload.strip_prefix("reqrep_")?.strip_suffix("_us")?;
+    Some(format!("reqrep_{percentile}_added_us"))
+}
+
+/// What each proxy adds to a latency percentile over direct (median against median), and
+/// the edge's addition over HAProxy's: the latency target's own terms.
+fn added_latency(by_target: &BTreeMap<&'static str, Vec<f64>>, direct: f64) -> Value {
+    let mut row = serde_json::Map::new();
+    for (target, values) in by_target.iter().filter(|(t, _)| **t != "direct") {
+        row.insert(target.to_string(), json!(median(values) - direct));
+    }
+    for (edge, haproxy) in [
+        ("edge", "haproxy"),
+        ("edge+busy_poll", "haproxy"),
+        ("edge+busy_poll", "haproxy+busy_polling"),
+    ] {
+        let added = |t: &str| row.get(t).and_then(Value::as_f64);
+        if let (Some(e), Some(h)) = (added(edge), added(haproxy)) {
+            row.insert(format!("{edge}/{haproxy}"), json!(e / h));
+        }
+    }
+    Value::Object(row)
 }
 
 fn machine() -> String {
@@ -597,6 +664,9 @@ pub fn table(report: &Value) -> String {
             if let Some(i) = row.get("edge+rewrite+tag") {
                 edge = format!("{} (rewrite+tag: {})", edge, fmt(Some(i)));
             }
+            if let Some(i) = row.get("edge+busy_poll") {
+                edge = format!("{} (busy_poll: {})", edge, fmt(Some(i)));
+            }
             if let (Some(b), Some(r)) = (row.get("baseline"), row.get("edge/baseline")) {
                 edge = format!(
                     "{} (baseline: {}, ratio {})",
@@ -605,14 +675,23 @@ pub fn table(report: &Value) -> String {
                     fmt(Some(r))
                 );
             }
+            let mut haproxy = fmt(row.get("haproxy"));
+            if let Some(b) = row.get("haproxy+busy_polling") {
+                haproxy = format!("{} (busy-polling: {})", haproxy, fmt(Some(b)));
+            }
+            let mut edge_haproxy = fmt(row.get("edge/haproxy"));
+            if let Some(r) = row.get("edge+busy_poll/haproxy") {
+                edge_haproxy = format!("{} (busy_poll: {})", edge_haproxy, fmt(Some(r)));
+            }
+            if let Some(r) = row.get("edge+busy_poll/haproxy+busy_polling") {
+                edge_haproxy = format!("{edge_haproxy} (both busy-polling: {})", fmt(Some(r)));
+            }
             let _ = writeln!(
                 out,
-                "| {workload} | {} | {edge} | {} | {} | {} | {} |",
+                "| {workload} | {} | {edge} | {haproxy} | {} | {} | {edge_haproxy} |",
                 fmt(row.get("direct")),
-                fmt(row.get("haproxy")),
                 fmt(row.get("edge/direct")),
                 fmt(row.get("haproxy/direct")),
-                fmt(row.get("edge/haproxy")),
             );
         }
     }

@@ -341,7 +341,13 @@ pub fn rewrite_tag_env() -> [(&'static str, String); 3] {
 
 /// HAProxy in TCP mode in front of `upstream`, when it is installed.
 pub fn start_haproxy(upstream: SocketAddr) -> Option<Proc> {
-    haproxy(upstream, "plain", "")
+    haproxy(upstream, "plain", "", "")
+}
+
+/// The same HAProxy with its own `busy-polling` on, when it is installed: the fair
+/// comparison for a busy-polling edge.
+pub fn start_haproxy_busy_polling(upstream: SocketAddr) -> Option<Proc> {
+    haproxy(upstream, "busy", "  busy-polling\n", "")
 }
 
 /// HAProxy terminating TLS (`bind ... ssl crt`, `mode tcp`) in front of the plain
@@ -350,18 +356,21 @@ pub fn start_haproxy_tls(upstream: SocketAddr, certs: &Certs) -> Option<Proc> {
     haproxy(
         upstream,
         "tls",
+        "",
         &format!(" ssl crt {}", certs.combined.display()),
     )
 }
 
-fn haproxy(upstream: SocketAddr, name: &str, bind_options: &str) -> Option<Proc> {
+/// HAProxy with `global` lines added to the defaults (each ending in a newline) and
+/// options added to its `bind` line.
+fn haproxy(upstream: SocketAddr, name: &str, global: &str, bind_options: &str) -> Option<Proc> {
     let bin = which("haproxy")?;
     let port = free_port();
     let cfg = scratch_dir().join(format!("haproxy-{name}.cfg"));
     std::fs::write(
         &cfg,
         format!(
-            "global\n  maxconn 9900\n  log stderr format raw local0 notice\n\
+            "global\n  maxconn 9900\n  log stderr format raw local0 notice\n{global}\
 defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
 frontend nats\n  bind 127.0.0.1:{port}{bind_options}\n  default_backend upstream\n\
 backend upstream\n  server nats {upstream}\n"

@@ -44,6 +44,9 @@ pub struct Config {
     /// Worker threads that run sessions, each with a single-threaded runtime; a session stays
     /// on one worker. 0: one per CPU core.
     pub worker_threads: usize,
+    /// How long a worker keeps polling its sockets after its last read before it sleeps
+    /// (see `crate::busy_poll`). 0: never; it sleeps as soon as it has nothing to do.
+    pub busy_poll: HumanDuration,
     pub admin: AdminConfig,
     pub drain: DrainConfig,
     /// A file the running process writes its id to, for `nats-edge reload`. Unset: none.
@@ -356,12 +359,17 @@ impl Default for Config {
             tagging: TaggingSection::default(),
             base_dir: None,
             worker_threads: 0,
+            busy_poll: HumanDuration(Duration::ZERO),
             admin: AdminConfig::default(),
             drain: DrainConfig::default(),
             pid_file: None,
         }
     }
 }
+
+/// The longest busy-poll window: past this a worker would rarely sleep at all, and sleeping
+/// after a gap of milliseconds costs nothing a client would notice.
+const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 4222))
@@ -661,6 +669,12 @@ impl Config {
 
     /// Checks what types alone cannot: returns the offending key path and why.
     fn validate(&self) -> Result<(), (String, String)> {
+        if self.busy_poll.0 > MAX_BUSY_POLL {
+            return Err((
+                "busy_poll".into(),
+                "at most 10ms: a worker spins for this long after every read".into(),
+            ));
+        }
         if self.listeners.is_empty() {
             return Err((
                 "listeners".into(),
@@ -780,7 +794,7 @@ const ENV_PREFIX: &str = "NATS_EDGE_";
 /// The top-level keys an environment variable may set. Other `NATS_EDGE_*` variables are not
 /// configuration: Kubernetes, for one, injects `NATS_EDGE_PORT` and `NATS_EDGE_SERVICE_HOST`
 /// into pods beside a Service named nats-edge, and those must not stop the edge starting.
-const ENV_SECTIONS: [&str; 11] = [
+const ENV_SECTIONS: [&str; 12] = [
     "listeners",
     "upstream",
     "limits",
@@ -789,6 +803,7 @@ const ENV_SECTIONS: [&str; 11] = [
     "rewrite",
     "tagging",
     "worker_threads",
+    "busy_poll",
     "admin",
     "drain",
     "pid_file",
@@ -905,5 +920,21 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("handshake_timeout"), "{err}");
+    }
+
+    #[test]
+    fn busy_poll_is_a_short_window() {
+        let c = Config::from_toml_str("busy_poll = \"200us\"\n[upstream]\nurls = [\"nats://x:1\"]")
+            .expect("a 200us window");
+        assert_eq!(c.busy_poll, HumanDuration(Duration::from_micros(200)));
+        assert_eq!(
+            Config::default().busy_poll.0,
+            Duration::ZERO,
+            "off by default"
+        );
+        let err = Config::from_toml_str("busy_poll = \"1s\"\n[upstream]\nurls = [\"nats://x:1\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("busy_poll: at most 10ms"), "{err}");
     }
 }

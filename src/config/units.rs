@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-/// A duration written as `"500ms"`, `"2s"`, `"1m"`, `"1h"`, or a whole number of seconds.
+/// A duration written as `"200us"`, `"500ms"`, `"2s"`, `"1m"`, `"1h"`, or a whole number of
+/// seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
@@ -28,13 +29,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (value, unit) = split_number(s)
         .ok_or_else(|| format!("`{s}` is not a duration (try \"2s\" or \"500ms\")"))?;
     let secs = match unit {
+        "us" | "µs" => value / 1_000_000.0,
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
         _ => {
             return Err(format!(
-                "`{s}`: unknown duration unit `{unit}` (use ms, s, m or h)"
+                "`{s}`: unknown duration unit `{unit}` (use us, ms, s, m or h)"
             ))
         }
     };
@@ -95,7 +97,12 @@ impl<'de> Deserialize<'de> for HumanDuration {
 
 impl Serialize for HumanDuration {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{}ms", self.0.as_millis()))
+        // Whole milliseconds as before; a duration below that (a busy-poll window) in µs.
+        if self.0.subsec_nanos() % 1_000_000 == 0 {
+            s.serialize_str(&format!("{}ms", self.0.as_millis()))
+        } else {
+            s.serialize_str(&format!("{}us", self.0.as_micros()))
+        }
     }
 }
 
@@ -224,6 +231,8 @@ mod tests {
     fn durations_and_sizes() {
         assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("200us").unwrap(), Duration::from_micros(200));
+        assert_eq!(parse_duration("50µs").unwrap(), Duration::from_micros(50));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert!(parse_duration("2 fortnights").is_err());
         assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);

@@ -223,6 +223,7 @@ impl Forwarder {
             cx,
             &mut self.rbuf
         ))?;
+        crate::busy_poll::note_read();
         if n == spare && self.read_size < MAX_READ {
             // The reader had more than we offered: offer more next time.
             self.read_size *= 2;
