@@ -261,6 +261,9 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::R
         tracing::info!(variables = ?ignored, "ignoring NATS_EDGE_* variables that are not configuration keys");
     }
     let workers = start_workers(config.worker_threads, config.busy_poll.0)?;
+    if !config.busy_poll.0.is_zero() {
+        tracing::info!(window = ?config.busy_poll.0, workers = workers.len(), "workers busy-poll after each read");
+    }
     // The main thread accepts connections, serves the admin endpoints and waits for
     // signals; sessions run on the workers.
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -205,6 +205,21 @@ fn check_names_a_bad_environment_value() {
     );
 }
 
+#[test]
+fn busy_poll_from_the_environment_is_configuration() {
+    let f = config_file(VALID);
+    let out = check(&f, &[("NATS_EDGE_BUSY_POLL", "200us")]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    // Read as the key, not ignored as an unknown variable: its limit applies.
+    let out = check(&f, &[("NATS_EDGE_BUSY_POLL", "20ms")]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("busy_poll: at most 10ms"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 async fn assert_works_through(url: &str) {
     let c = client(url).await;
     let mut sub = c.subscribe("cli").await.unwrap();

@@ -345,9 +345,10 @@ pub fn start_haproxy(upstream: SocketAddr) -> Option<Proc> {
 }
 
 /// The same HAProxy with its own `busy-polling` on, when it is installed: the fair
-/// comparison for a busy-polling edge.
+/// comparison for a busy-polling edge. One thread: HAProxy's busy-polling never sleeps, and
+/// two spinning threads would hold both cores of a two-core machine.
 pub fn start_haproxy_busy_polling(upstream: SocketAddr) -> Option<Proc> {
-    haproxy(upstream, "busy", "  busy-polling\n", "")
+    haproxy(upstream, "busy", "  nbthread 1\n  busy-polling\n", "")
 }
 
 /// HAProxy terminating TLS (`bind ... ssl crt`, `mode tcp`) in front of the plain

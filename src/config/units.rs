@@ -29,7 +29,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (value, unit) = split_number(s)
         .ok_or_else(|| format!("`{s}` is not a duration (try \"2s\" or \"500ms\")"))?;
     let secs = match unit {
-        "us" | "µs" => value / 1_000_000.0,
+        // The micro sign and the Greek mu, as Go's time.ParseDuration takes both.
+        "us" | "\u{b5}s" | "\u{3bc}s" => value / 1_000_000.0,
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" => value * 60.0,
@@ -97,11 +98,15 @@ impl<'de> Deserialize<'de> for HumanDuration {
 
 impl Serialize for HumanDuration {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // Whole milliseconds as before; a duration below that (a busy-poll window) in µs.
-        if self.0.subsec_nanos() % 1_000_000 == 0 {
+        // Whole milliseconds as before; whole microseconds (a busy-poll window) in µs;
+        // anything finer as seconds, so every value reads back as itself.
+        let nanos = self.0.subsec_nanos();
+        if nanos % 1_000_000 == 0 {
             s.serialize_str(&format!("{}ms", self.0.as_millis()))
-        } else {
+        } else if nanos % 1_000 == 0 {
             s.serialize_str(&format!("{}us", self.0.as_micros()))
+        } else {
+            s.serialize_str(&format!("{}s", self.0.as_secs_f64()))
         }
     }
 }
@@ -232,7 +237,14 @@ mod tests {
         assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("200us").unwrap(), Duration::from_micros(200));
-        assert_eq!(parse_duration("50µs").unwrap(), Duration::from_micros(50));
+        assert_eq!(
+            parse_duration("50\u{b5}s").unwrap(),
+            Duration::from_micros(50)
+        );
+        assert_eq!(
+            parse_duration("50\u{3bc}s").unwrap(),
+            Duration::from_micros(50)
+        );
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert!(parse_duration("2 fortnights").is_err());
         assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
@@ -240,6 +252,21 @@ mod tests {
         assert_eq!(parse_size("1MB").unwrap(), 1_000_000);
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn durations_read_back_as_themselves() {
+        for d in [
+            Duration::ZERO,
+            Duration::from_secs(2),
+            Duration::from_millis(1500),
+            Duration::from_micros(200),
+            Duration::from_nanos(500),
+        ] {
+            let json = serde_json::to_string(&HumanDuration(d)).unwrap();
+            let back: HumanDuration = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.0, d, "{json}");
+        }
     }
 
     #[test]

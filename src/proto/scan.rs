@@ -673,7 +673,7 @@ mod fast_path_tests {
     /// messages `scan` frames one by one from the front, and stops at the first other frame.
     #[test]
     fn plain_messages_stops_where_a_frame_is_not_a_plain_message() {
-        let runs: [(&[u8], Direction, u64); 5] = [
+        let runs: [(&[u8], Direction, u64); 7] = [
             (
                 b"PUB a 2\r\nhi\r\nPUB b r 0\r\n\r\nPING\r\nPUB c 1\r\nx\r\n",
                 Direction::ClientToServer,
@@ -699,15 +699,31 @@ mod fast_path_tests {
                 Direction::ClientToServer,
                 0,
             ),
+            // Past the limits below: a payload over max_payload, a control line over
+            // max_control_line. The full rules answer for those.
+            (
+                b"PUB a 2\r\nhi\r\nPUB a 9\r\n123456789\r\n",
+                Direction::ClientToServer,
+                1,
+            ),
+            (
+                b"PUB a 2\r\nhi\r\nPUB a.very.long.subject 2\r\nhi\r\n",
+                Direction::ClientToServer,
+                1,
+            ),
         ];
+        let limits = ScanLimits {
+            max_control_line: 16,
+            max_payload: 8,
+        };
         for (run, dir, plain) in runs {
             for cut in 0..=run.len() {
                 let buf = &run[..cut];
-                let (len, count) = plain_messages(buf, dir, &LIMITS_WIDE);
+                let (len, count) = plain_messages(buf, dir, &limits);
                 // The same frames, one `scan` at a time.
                 let mut at = 0;
                 for _ in 0..count {
-                    let frame = scan(&buf[at..], dir, &LIMITS_WIDE)
+                    let frame = scan(&buf[at..], dir, &limits)
                         .expect("a plain message scans")
                         .expect("a plain message is complete");
                     assert!(matches!(frame.verb, Verb::Pub | Verb::Msg));
