@@ -8,8 +8,8 @@
 use bytes::{Bytes, BytesMut};
 use nats_edge::filters::{ClientOp, ServerOp};
 use nats_edge::proto::{
-    build_client_op, build_server_op, encode_client_op, encode_server_op, scan, Direction, Frame,
-    ScanLimits,
+    build_client_op, build_server_op, encode_client_op, encode_server_op, plain_messages, scan,
+    Direction, Frame, ScanLimits, Verb,
 };
 
 /// The limits the fuzz targets scan with.
@@ -38,7 +38,26 @@ pub struct Decoded {
 pub fn decode_stream(dir: Direction, input: &[u8]) -> Decoded {
     let mut rest = input;
     let mut frames = 0;
+    // Where the run of plain messages `plain_messages` found at the front of `rest` ends, and
+    // how many messages are left in it: `scan` must frame exactly those, as PUB or MSG.
+    let mut run: Option<(usize, u64)> = None;
     while let Ok(Some(frame)) = scan(rest, dir, &LIMITS) {
+        let (run_len, run_left) = *run.get_or_insert_with(|| plain_messages(rest, dir, &LIMITS));
+        if run_left > 0 {
+            assert!(
+                matches!(frame.verb, Verb::Pub | Verb::Msg) && frame.len <= run_len,
+                "a run of plain messages holds a {:?} frame of {} bytes",
+                frame.verb,
+                frame.len
+            );
+            run = Some((run_len - frame.len, run_left - 1));
+            if run_left == 1 {
+                assert_eq!(frame.len, run_len, "a run of plain messages ends mid-frame");
+            }
+        } else {
+            assert_eq!(run_len, 0, "an empty run of plain messages covers bytes");
+            run = None;
+        }
         check_frame(rest, &frame);
         check_prefixes(rest, &frame, dir);
         let data = Bytes::copy_from_slice(&rest[..frame.len]);
