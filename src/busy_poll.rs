@@ -24,6 +24,7 @@
 
 use std::cell::{Cell, OnceCell};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -36,6 +37,16 @@ struct Poller {
     /// Whether the poller sleeps until the next read (and must be woken by it).
     parked: Cell<bool>,
     wake: Notify,
+}
+
+/// Nanoseconds all workers have spent in busy-poll windows, for `nats_edge_busy_poll_seconds`:
+/// added once per window, when the worker goes back to sleep.
+static POLLING_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// Time all workers have spent awake in busy-poll windows, from the first read of a window
+/// to its end (the work done meanwhile included). Zero while `busy_poll` is off.
+pub fn polling_time() -> Duration {
+    Duration::from_nanos(POLLING_NANOS.load(Ordering::Relaxed))
 }
 
 thread_local! {
@@ -76,8 +87,9 @@ pub fn is_parked() -> Option<bool> {
 impl Poller {
     /// Polls until `window` has passed without a read.
     async fn spin(&self, window: Duration) {
+        let started = Instant::now();
         let mut seen = self.reads.get();
-        let mut deadline = Instant::now() + window;
+        let mut deadline = started + window;
         loop {
             tokio::task::yield_now().await;
             std::thread::yield_now();
@@ -87,6 +99,8 @@ impl Poller {
                 seen = reads;
                 deadline = now + window;
             } else if now >= deadline {
+                let nanos = u64::try_from((now - started).as_nanos()).unwrap_or(u64::MAX);
+                POLLING_NANOS.fetch_add(nanos, Ordering::Relaxed);
                 return;
             }
         }
@@ -142,6 +156,9 @@ mod tests {
                 "spun {:?} after the last read, less than the window",
                 second.elapsed()
             );
+            // The time awake is counted once the window ends: at least the window after
+            // the second read.
+            assert!(polling_time() >= window, "{:?}", polling_time());
             // And a read after it slept wakes it again.
             note_read();
             assert_eq!(is_parked(), Some(false));

@@ -230,6 +230,26 @@ impl EncodeMetric for FilterHistogram {
     }
 }
 
+/// `nats_edge_busy_poll_seconds`: read from the workers' shared total at each scrape, so
+/// the busy-poll loop touches no registry.
+#[derive(Debug)]
+struct BusyPollTime;
+
+impl TypedMetric for BusyPollTime {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for BusyPollTime {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let seconds = crate::busy_poll::polling_time().as_secs_f64();
+        encoder.encode_counter::<NoLabelSet, _, f64>(&seconds, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
 /// Every metric the edge exports.
 pub struct Metrics {
     registry: Registry,
@@ -389,6 +409,11 @@ impl Metrics {
             "nats_edge_build_info",
             "The running version (value 1)",
             build_info.clone(),
+        );
+        registry.register(
+            "nats_edge_busy_poll_seconds",
+            "Time worker threads spent awake busy-polling after reads (busy_poll), work included",
+            BusyPollTime,
         );
         registry.register(
             "nats_edge_draining",

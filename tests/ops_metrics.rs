@@ -3,7 +3,9 @@
 
 mod common;
 
+use bytes::Bytes;
 use common::*;
+use futures::StreamExt;
 use nats_edge::Edge;
 use nats_edge_filters::DenialKind;
 
@@ -235,4 +237,58 @@ async fn filter_counters_are_exported_with_a_bounded_user_label() {
     assert_eq!(m("nats_edge_tags_applied_total"), 2.0);
     assert_eq!(m("nats_edge_tag_spoofs_total"), 1.0);
     within("edge shutdown", edge.shutdown()).await;
+}
+
+/// The binary with `busy_poll` on: request/reply works through it as always, the start-up log
+/// names the window, and the time the workers spend polling after reads is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_polling_workers_forward_and_count_their_time() {
+    let server = NatsServer::start();
+    let edge = EdgeProcess::spawn(
+        &["--listen", "127.0.0.1:0", "--upstream", &server.url()],
+        &[
+            ("NATS_EDGE_BUSY_POLL", "1ms"),
+            ("NATS_EDGE_ADMIN__LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    let (_, started) = edge.wait_log(0, "workers busy-poll after each read");
+    assert_eq!(started["window"], "1ms", "{started}");
+    let admin = edge.admin_addr();
+
+    let responder = client(&edge.url()).await;
+    let mut requests = responder.subscribe("busy.echo").await.unwrap();
+    // nats-server handles a connection's ops in order: once the responder's own message
+    // comes back, its subscription is in place for the requester.
+    responder
+        .publish("busy.echo", "ready".into())
+        .await
+        .unwrap();
+    let ready = within("the responder's own message", requests.next()).await;
+    assert!(ready.is_some_and(|m| m.reply.is_none()));
+    let answering = tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            if let Some(reply) = request.reply {
+                responder.publish(reply, request.payload).await.unwrap();
+                responder.flush().await.unwrap();
+            }
+        }
+    });
+    let requester = client(&edge.url()).await;
+    for i in 0..50u32 {
+        let payload = Bytes::from(i.to_string());
+        let reply = within(
+            "a request through the busy-polling edge",
+            requester.request("busy.echo", payload.clone()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.payload, payload);
+    }
+    // A window is counted when it ends, 1 ms after the last read.
+    poll_http(admin, "/metrics", |_, body| {
+        let seconds = sample(body, "nats_edge_busy_poll_seconds_total");
+        (seconds > 0.0).then_some(())
+    })
+    .await;
+    answering.abort();
 }
