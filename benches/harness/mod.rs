@@ -657,16 +657,25 @@ pub fn table(report: &Value) -> String {
     };
     if let Some(rows) = report["results"].as_object() {
         for (workload, row) in rows {
-            let mut edge = fmt(row.get("edge"));
-            if let Some(i) = row.get("edge+inspect") {
-                edge = format!("{} (inspect: {})", edge, fmt(Some(i)));
-            }
-            if let Some(i) = row.get("edge+rewrite+tag") {
-                edge = format!("{} (rewrite+tag: {})", edge, fmt(Some(i)));
-            }
-            if let Some(i) = row.get("edge+busy_poll") {
-                edge = format!("{} (busy_poll: {})", edge, fmt(Some(i)));
-            }
+            // A cell: its target's median, then the variants of it the row holds, in
+            // brackets (`edge (inspect: ...) (busy_poll: ...)`).
+            let cell = |key: &str, variants: &[(&str, &str)]| {
+                let mut text = fmt(row.get(key));
+                for (variant, label) in variants {
+                    if let Some(v) = row.get(*variant) {
+                        text = format!("{text} ({label}: {})", fmt(Some(v)));
+                    }
+                }
+                text
+            };
+            let mut edge = cell(
+                "edge",
+                &[
+                    ("edge+inspect", "inspect"),
+                    ("edge+rewrite+tag", "rewrite+tag"),
+                    ("edge+busy_poll", "busy_poll"),
+                ],
+            );
             if let (Some(b), Some(r)) = (row.get("baseline"), row.get("edge/baseline")) {
                 edge = format!(
                     "{} (baseline: {}, ratio {})",
@@ -675,17 +684,14 @@ pub fn table(report: &Value) -> String {
                     fmt(Some(r))
                 );
             }
-            let mut haproxy = fmt(row.get("haproxy"));
-            if let Some(b) = row.get("haproxy+busy_polling") {
-                haproxy = format!("{} (busy-polling: {})", haproxy, fmt(Some(b)));
-            }
-            let mut edge_haproxy = fmt(row.get("edge/haproxy"));
-            if let Some(r) = row.get("edge+busy_poll/haproxy") {
-                edge_haproxy = format!("{} (busy_poll: {})", edge_haproxy, fmt(Some(r)));
-            }
-            if let Some(r) = row.get("edge+busy_poll/haproxy+busy_polling") {
-                edge_haproxy = format!("{edge_haproxy} (both busy-polling: {})", fmt(Some(r)));
-            }
+            let haproxy = cell("haproxy", &[("haproxy+busy_polling", "busy-polling")]);
+            let edge_haproxy = cell(
+                "edge/haproxy",
+                &[
+                    ("edge+busy_poll/haproxy", "busy_poll"),
+                    ("edge+busy_poll/haproxy+busy_polling", "both busy-polling"),
+                ],
+            );
             let _ = writeln!(
                 out,
                 "| {workload} | {} | {edge} | {haproxy} | {} | {} | {edge_haproxy} |",
