@@ -14,6 +14,7 @@ use common::*;
 use nats_edge::config::ListenerKind;
 use nats_edge::metrics::HandshakeFailure;
 use nats_edge::Edge;
+use nats_edge_filters::CloseReason;
 use tokio::io::AsyncWriteExt;
 use transport_support::*;
 
@@ -264,6 +265,25 @@ async fn plain_clients_on_tls_listeners() {
     );
     failure_line("plain-classic", "plain_on_tls_listener");
 
+    // Classic: a plain client that reads the INFO, sees tls_required and leaves without a
+    // word (as nats.py does without a TLS context).
+    let mut raw = RawConn::connect(s.addr("plain", "classic")).await;
+    assert_eq!(raw.read_info().await["tls_required"], true);
+    drop(raw);
+    wait_failures(
+        &s.edge,
+        ListenerKind::Tls,
+        HandshakeFailure::PlainOnTlsListener,
+        3,
+    );
+    wait_line(|v| {
+        v["span"]["listener"] == "plain-classic"
+            && v["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("after the INFO that requires TLS"))
+    })
+    .expect("a log line for the plain client that left after the INFO");
+
     // A plain HTTP request on a wss listener.
     let answer = http(
         tcp(s.addr("plain", "wss")).await,
@@ -438,6 +458,52 @@ async fn refused_websocket_upgrades() {
     assert!(raw.closes_within(WAIT).await);
     let line = failure_line("wsbad-ws", "timeout");
     assert_eq!(line["error"], "timed out during the WebSocket upgrade");
+    s.assert_clean().await;
+}
+
+/// After a good upgrade, a client that breaks WebSocket framing (here an unmasked frame) gets
+/// a close frame with status 1002, a warn line naming the rule, and the session ends
+/// counted as a protocol violation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_framing_violations() {
+    let s = setup("wsframe").await;
+    let addr = s.addr("wsframe", "ws");
+    let mut raw = RawConn::connect(addr).await;
+    raw.send(
+        format!(
+            "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(!raw.read_until(b"\r\n\r\n").await.closed);
+    assert!(!raw.read_until(b"INFO ").await.closed);
+    let before = s.edge.metrics().closes(CloseReason::ProtocolViolation);
+    // An unmasked binary frame: clients must mask (RFC 6455 section 5.1).
+    raw.send(b"\x82\x06PING\r\n").await;
+    let rest = raw.read_to_close().await;
+    assert!(
+        rest.ends_with(&[0x88, 0x02, 0x03, 0xEA]),
+        "no close frame with 1002 at the end: {rest:?}"
+    );
+    let line = wait_line(|v| {
+        v["message"] == "client WebSocket protocol violation"
+            && v["span"]["listener"] == "wsframe-ws"
+    })
+    .expect("a warn line for the violation");
+    assert_eq!(line["level"], "WARN");
+    assert_eq!(line["error"], "the client sent an unmasked frame");
+    wait_line(|v| {
+        v["message"] == "connection closed"
+            && v["span"]["listener"] == "wsframe-ws"
+            && v["reason"] == "protocol_violation"
+    })
+    .expect("the session closed as a protocol violation");
+    assert_eq!(
+        s.edge.metrics().closes(CloseReason::ProtocolViolation),
+        before + 1
+    );
     s.assert_clean().await;
 }
 

@@ -443,6 +443,9 @@ where
                     let why = HandshakeFailure::TlsOnPlainListener;
                     env.metrics.handshake_failed(env.kind, why);
                     tracing::warn!(error = %e, reason = why.as_str(), "handshake failed");
+                } else if let Some(violation) = transport::ws_frame_violation(&e) {
+                    tracing::warn!(error = %violation, "client WebSocket protocol violation");
+                    return Poll::Ready(CloseReason::ProtocolViolation);
                 } else {
                     tracing::debug!(error = %e, "client read failed");
                 }

@@ -80,6 +80,15 @@ pub fn is_tls_on_plain(e: &io::Error) -> bool {
         .is_some_and(|inner| inner.is::<TlsOnPlainListener>())
 }
 
+/// The WebSocket framing rule a client broke, when a read failed for that: its connection
+/// was answered with a close frame. A client gone inside a frame is no violation, just a
+/// broken connection.
+pub fn ws_frame_violation(e: &io::Error) -> Option<&ws::FrameError> {
+    e.get_ref()?
+        .downcast_ref::<ws::FrameError>()
+        .filter(|f| !matches!(f, ws::FrameError::Truncated))
+}
+
 impl AsyncRead for TcpClient {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -341,7 +350,7 @@ impl HandshakeError {
     pub fn failure(&self) -> HandshakeFailure {
         match self {
             HandshakeError::Proxy(_) => HandshakeFailure::ProxyHeader,
-            HandshakeError::Tls(tls::AcceptError::NotTls(_)) => {
+            HandshakeError::Tls(tls::AcceptError::NotTls(_) | tls::AcceptError::LeftAfterInfo) => {
                 HandshakeFailure::PlainOnTlsListener
             }
             HandshakeError::Tls(_) => HandshakeFailure::Tls,
@@ -512,6 +521,9 @@ pub async fn upgrade_after_info(
     };
     match tokio::time::timeout(timeout, tls::accept(acceptor, plain.into_inner())).await {
         Err(_) => Err(HandshakeError::Timeout(Stage::Tls)),
+        Ok(Err(tls::AcceptError::ClosedEarly)) => {
+            Err(HandshakeError::Tls(tls::AcceptError::LeftAfterInfo))
+        }
         Ok(Err(e)) => Err(HandshakeError::Tls(e)),
         Ok(Ok(stream)) => {
             let peer = tls::peer_identity(stream.get_ref().1);

@@ -169,8 +169,10 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, HeaderError> {
     }
     let body = &buf[16..len];
     let addrs = match buf[13] {
-        // UNSPEC: unknown addresses.
-        0x00 => None,
+        // UNSPEC: unknown addresses. UDP and unix-socket addresses are valid but carry no
+        // TCP peer: the spec has the receiver fall back to UNSPEC for them (a balancer with
+        // a unix-socket frontend sends 0x31).
+        0x00 | 0x12 | 0x22 | 0x31 | 0x32 => None,
         // TCP over IPv4.
         0x11 => {
             if body.len() < 12 {
@@ -193,7 +195,7 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, HeaderError> {
                 dst: SocketAddr::new(ip(16), u16::from_be_bytes([body[34], body[35]])),
             })
         }
-        _ => return Err(HeaderError::V2("only TCP over IPv4 or IPv6 is supported")),
+        _ => return Err(HeaderError::V2("unknown address family or transport")),
     };
     Ok(Parsed::Complete { len, addrs })
 }
@@ -374,6 +376,25 @@ mod tests {
         );
     }
 
+    /// UDP and unix-socket families are valid but not TCP peers: the socket's own address
+    /// stands, as for UNSPEC (the spec's fall-back).
+    #[test]
+    fn v2_non_tcp_families_keep_the_socket_address() {
+        for family in [0x12u8, 0x22, 0x31, 0x32] {
+            let mut v2 = V2_SIGNATURE.to_vec();
+            v2.extend_from_slice(&[0x21, family, 0x00, 0x0c]);
+            v2.extend_from_slice(&[0; 12]);
+            assert_eq!(
+                parse(&v2),
+                Ok(Parsed::Complete {
+                    len: 28,
+                    addrs: None
+                }),
+                "family {family:#x}"
+            );
+        }
+    }
+
     #[test]
     fn rejects_forgeries() {
         let bad: &[&[u8]] = &[
@@ -399,10 +420,11 @@ mod tests {
         long.resize(200, b'1');
         assert_eq!(parse(&long), Err(HeaderError::TooLong));
         let mut v2 = V2_SIGNATURE.to_vec();
-        v2.extend_from_slice(&[0x31, 0x11, 0x00, 0x0c]);
+        v2.extend_from_slice(&[0x31, 0x13, 0x00, 0x0c]);
         assert!(matches!(parse(&v2), Err(HeaderError::V2(_))));
         let mut v2 = V2_SIGNATURE.to_vec();
-        v2.extend_from_slice(&[0x22, 0x11, 0x00, 0x0c]);
+        v2.extend_from_slice(&[0x21, 0x41, 0x00, 0x0c]);
+        v2.extend_from_slice(&[0; 12]);
         assert!(matches!(parse(&v2), Err(HeaderError::V2(_))));
         let mut v2 = V2_SIGNATURE.to_vec();
         v2.extend_from_slice(&[0x21, 0x11, 0x00, 0x04, 1, 2, 3, 4]);

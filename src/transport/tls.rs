@@ -162,6 +162,11 @@ pub enum AcceptError {
     ClosedEarly,
     #[error("the client speaks plain text (first byte {0:#04x}), not TLS: a plain NATS client on a TLS listener")]
     NotTls(u8),
+    /// Classic TLS: the client read the INFO asking for TLS and left without starting it,
+    /// as a plain client does that cannot do TLS (nats.py's "secure connection required").
+    /// Not quiet like a close before any byte: nats-server logs it as a handshake error too.
+    #[error("the client closed the connection after the INFO that requires TLS, without starting it: a plain NATS client on a TLS listener")]
+    LeftAfterInfo,
     #[error("{0}")]
     Handshake(io::Error),
 }

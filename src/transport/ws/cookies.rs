@@ -109,6 +109,7 @@ mod tests {
         let h = Head {
             method: "GET",
             path: "/",
+            minor_version: 1,
             headers: vec![("Cookie", "a=1; jwt=\"eyJ\"; tok=")],
         };
         let c = from_request(&h, &s);

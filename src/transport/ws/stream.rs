@@ -62,6 +62,10 @@ pub enum FrameError {
     StrayContinuation,
     #[error("a new message inside a fragmented one")]
     Interleaved,
+    #[error("a close frame with a one-byte body or a status code not allowed on the wire")]
+    BadClose,
+    #[error("a close frame whose reason is not UTF-8")]
+    BadCloseReason,
     #[error("a message over ws.max_message_size ({0} bytes)")]
     TooBig(u64),
     #[error("the connection closed inside a frame")]
@@ -72,7 +76,7 @@ impl FrameError {
     fn close_code(&self) -> u16 {
         match self {
             FrameError::TooBig(_) => CLOSE_TOO_BIG,
-            FrameError::Inflate => CLOSE_INVALID_DATA,
+            FrameError::Inflate | FrameError::BadCloseReason => CLOSE_INVALID_DATA,
             _ => CLOSE_PROTOCOL_ERROR,
         }
     }
@@ -110,8 +114,14 @@ pub struct WsStream<S> {
     message_len: u64,
     pub(super) max_message: u64,
     read_closed: bool,
-    /// Whole control frames waiting for a gap between data frames.
+    /// Whole control frames waiting for a gap between data frames: at most a pong, a ping
+    /// and the close, so a client cannot grow it.
     control: BytesMut,
+    /// The payload of the pong owed for the client's latest ping, not yet in `control`. A
+    /// ping that comes before it has gone out replaces it (RFC 6455 section 5.5.3 lets a
+    /// pong answer only the latest ping), so a client that floods pings and never reads
+    /// costs one pong, not one per ping.
+    pong: Option<Vec<u8>>,
     close_queued: bool,
     /// The header of the data frame being written, and how much of it has gone out.
     header: [u8; 10],
@@ -152,6 +162,7 @@ where
             max_message: max_message as u64,
             read_closed: false,
             control: BytesMut::new(),
+            pong: None,
             close_queued: false,
             header: [0; 10],
             header_len: 0,
@@ -191,7 +202,17 @@ where
         if self.close_queued {
             return;
         }
+        if opcode == OP_CLOSE {
+            // The pong owed goes out before the close; nothing goes after it.
+            if let Some(pong) = self.pong.take() {
+                self.push_control(OP_PONG, &pong);
+            }
+        }
         self.close_queued = opcode == OP_CLOSE;
+        self.push_control(opcode, payload);
+    }
+
+    fn push_control(&mut self, opcode: u8, payload: &[u8]) {
         self.control
             .extend_from_slice(&[0x80 | opcode, payload.len() as u8]);
         self.control.extend_from_slice(payload);
@@ -199,6 +220,28 @@ where
 
     fn queue_close(&mut self, code: u16) {
         self.queue_control(OP_CLOSE, &code.to_be_bytes());
+    }
+
+    /// Owes a pong for the client's ping, replacing one owed for an earlier ping.
+    fn owe_pong(&mut self, payload: &[u8]) {
+        let pong = self.pong.get_or_insert_with(Vec::new);
+        pong.clear();
+        pong.extend_from_slice(payload);
+    }
+
+    /// The owed pong joins the control frames once no control frame is left to write, so
+    /// at most one pong is ever queued.
+    fn release_pong(&mut self) {
+        if self.control.is_empty() {
+            if let Some(pong) = self.pong.take() {
+                self.queue_control(OP_PONG, &pong);
+            }
+        }
+    }
+
+    /// A control frame is waiting to go out.
+    fn control_waiting(&self) -> bool {
+        !self.control.is_empty() || self.pong.is_some()
     }
 
     /// Writes queued control frames while no data frame is in progress. `Ready(Ok)` once
@@ -220,7 +263,11 @@ where
                 self.zout.clear();
             }
         }
-        while !self.control.is_empty() && self.between_frames() {
+        loop {
+            self.release_pong();
+            if self.control.is_empty() || !self.between_frames() {
+                break;
+            }
             let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.control))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -242,7 +289,7 @@ where
         timer.as_mut().reset(Instant::now() + every);
         let _ = timer.as_mut().poll(cx);
         // One ping at a time: if the last one has not gone out yet, this one is skipped.
-        if self.control.is_empty() {
+        if !self.control_waiting() {
             self.queue_control(OP_PING, &[]);
         }
     }
@@ -296,14 +343,11 @@ where
                 let payload = &mut frame[header..];
                 unmask(payload, mask, 0);
                 match opcode {
-                    OP_PING => self.queue_control(OP_PONG, payload),
+                    OP_PING => self.owe_pong(payload),
                     OP_CLOSE => {
                         // Echo the client's status code, as RFC 6455 section 5.5.1 suggests.
-                        let code = match payload {
-                            [a, b, ..] => u16::from_be_bytes([*a, *b]),
-                            _ => CLOSE_NORMAL,
-                        };
-                        self.queue_close(code);
+                        let code = close_code(payload)?;
+                        self.queue_close(code.unwrap_or(CLOSE_NORMAL));
                         self.read_closed = true;
                     }
                     _ => {}
@@ -372,6 +416,26 @@ where
             other => other,
         }
     }
+}
+
+/// The status code of a client's close frame (none in an empty one), refused when RFC 6455
+/// section 7.4 forbids it on the wire: a one-byte body, a reserved or unassigned code
+/// (below 1000, 1004 to 1006, 1015, 1016 to 2999, 5000 and up), or a reason that is not
+/// UTF-8.
+fn close_code(payload: &[u8]) -> Result<Option<u16>, FrameError> {
+    let (code, reason) = match payload {
+        [] => return Ok(None),
+        [_] => return Err(FrameError::BadClose),
+        [a, b, reason @ ..] => (u16::from_be_bytes([*a, *b]), reason),
+    };
+    let assigned = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+    if !assigned {
+        return Err(FrameError::BadClose);
+    }
+    if std::str::from_utf8(reason).is_err() {
+        return Err(FrameError::BadCloseReason);
+    }
+    Ok(Some(code))
 }
 
 /// XORs `data` with `mask`, starting `phase` bytes into it; eight bytes at a time.
@@ -475,7 +539,7 @@ where
                 match this.next_frame() {
                     Ok(true) => {
                         // A pong or the close reply goes out now if it can.
-                        if !this.control.is_empty() {
+                        if this.control_waiting() {
                             let _ = this.poll_control(cx);
                         }
                         continue;
@@ -489,7 +553,11 @@ where
                 // The client went away without a close frame: the end of the stream between
                 // frames, a broken one inside a frame.
                 this.read_closed = true;
-                if this.frame.is_some() || this.inflating.is_some() || !this.rbuf.is_empty() {
+                if this.frame.is_some()
+                    || this.fragmented
+                    || this.inflating.is_some()
+                    || !this.rbuf.is_empty()
+                {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         FrameError::Truncated,
@@ -778,7 +846,8 @@ pub(super) mod tests {
         use tokio::io::AsyncWriteExt;
 
         let m = Some([9, 8, 7, 6]);
-        let cases: [(Vec<u8>, u16); 6] = [
+        let close = |body: &[u8]| client_frame(true, OP_CLOSE, body, m);
+        let cases: [(Vec<u8>, u16); 11] = [
             (
                 client_frame(true, OP_BINARY, b"PING\r\n", None),
                 CLOSE_PROTOCOL_ERROR,
@@ -801,6 +870,13 @@ pub(super) mod tests {
                 client_frame(true, OP_BINARY, &[b'x'; 2000], m),
                 CLOSE_TOO_BIG,
             ),
+            // Close frames: a one-byte body, codes that must never be sent (1005, 1006,
+            // 1015) or are unassigned, and a reason that is not UTF-8.
+            (close(&[3]), CLOSE_PROTOCOL_ERROR),
+            (close(&1005u16.to_be_bytes()), CLOSE_PROTOCOL_ERROR),
+            (close(&999u16.to_be_bytes()), CLOSE_PROTOCOL_ERROR),
+            (close(&2000u16.to_be_bytes()), CLOSE_PROTOCOL_ERROR),
+            (close(&[0x03, 0xE8, 0xff, 0xfe]), CLOSE_INVALID_DATA),
         ];
         for (bytes, code) in cases {
             let (server_io, mut client) = tokio::io::duplex(64 * 1024);
@@ -814,6 +890,81 @@ pub(super) mod tests {
             assert_eq!(back[..2], [0x88, 2]);
             assert_eq!(u16::from_be_bytes([back[2], back[3]]), code, "{err}");
         }
+    }
+
+    /// A client that floods pings and never reads its socket is owed one pong, the latest
+    /// ping's, not one per ping: the queue of control frames stays bounded.
+    #[tokio::test]
+    async fn a_ping_flood_is_answered_by_the_latest_pong() {
+        use tokio::io::AsyncWriteExt;
+
+        // A pipe far smaller than the pongs: the server's writes block at once.
+        let (server_io, mut client) = tokio::io::duplex(64);
+        let mut server = WsStream::new(server_io, BytesMut::new(), 1 << 20, None);
+        let m = Some([5, 6, 7, 8]);
+        let pings = 5_000u32;
+        let writer = tokio::spawn(async move {
+            for i in 0..pings {
+                let mut payload = [b'p'; 125];
+                payload[..4].copy_from_slice(&i.to_be_bytes());
+                client
+                    .write_all(&client_frame(true, OP_PING, &payload, m))
+                    .await
+                    .unwrap();
+            }
+            client
+                .write_all(&client_frame(true, OP_BINARY, b"PING\r\n", m))
+                .await
+                .unwrap();
+            client
+        });
+        let mut data = [0u8; 6];
+        server.read_exact(&mut data).await.unwrap();
+        assert_eq!(&data, b"PING\r\n");
+        let mut client = writer.await.unwrap();
+        // At most the pong partly written into the pipe and the one owed for the latest ping.
+        let owed = server.pong.as_ref().map_or(0, Vec::len);
+        assert!(
+            server.control.len() <= 2 + 125 && owed <= 125,
+            "{}",
+            server.control.len()
+        );
+
+        // Once the client reads, the last pong it gets answers the last ping.
+        let flusher = tokio::spawn(async move {
+            server.flush().await.unwrap();
+            server.shutdown().await.unwrap();
+        });
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        flusher.await.unwrap();
+        let mut pongs = Vec::new();
+        let mut rest = &back[..];
+        while let [op, len, tail @ ..] = rest {
+            let (body, after) = tail.split_at(usize::from(*len));
+            if *op == 0x80 | OP_PONG {
+                pongs.push(body.to_vec());
+            }
+            rest = after;
+        }
+        assert!((1..=3).contains(&pongs.len()), "{} pongs", pongs.len());
+        let last = pongs.last().unwrap();
+        assert_eq!(last[..4], (pings - 1).to_be_bytes());
+    }
+
+    /// A client gone between the frames of a fragmented message broke the stream.
+    #[tokio::test]
+    async fn the_end_inside_a_fragmented_message_is_truncation() {
+        use tokio::io::AsyncWriteExt;
+
+        let (server_io, mut client) = tokio::io::duplex(1024);
+        let mut server = WsStream::new(server_io, BytesMut::new(), 1 << 20, None);
+        let first = client_frame(false, OP_BINARY, b"PUB a 1\r\n", Some([1, 1, 1, 1]));
+        client.write_all(&first).await.unwrap();
+        drop(client);
+        let mut got = Vec::new();
+        let err = server.read_to_end(&mut got).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
     }
 
     #[tokio::test(start_paused = true)]

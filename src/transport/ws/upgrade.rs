@@ -82,6 +82,8 @@ pub enum Upgraded<S> {
 pub(super) struct Head<'a> {
     pub(super) method: &'a str,
     pub(super) path: &'a str,
+    /// The minor version of HTTP/1.x.
+    pub(super) minor_version: u8,
     pub(super) headers: Vec<(&'a str, &'a str)>,
 }
 
@@ -157,6 +159,7 @@ where
             Head {
                 method: request.method.unwrap_or_default(),
                 path: request.path.unwrap_or_default(),
+                minor_version: request.version.unwrap_or_default(),
                 headers: list,
             }
         }
@@ -224,6 +227,10 @@ fn check<'a>(head: &'a Head<'_>, settings: &WsSettings) -> Result<Option<&'a str
     }
     if !upgrade {
         return Ok(None);
+    }
+    if head.minor_version < 1 {
+        // RFC 6455 section 4.1: the opening handshake is HTTP/1.1 or later.
+        return Err(Reject::http(400, "a WebSocket upgrade over HTTP/1.0"));
     }
     let path = head.path.split(['?', '#']).next().unwrap_or_default();
     if path != settings.path {
@@ -376,6 +383,7 @@ mod tests {
         Head {
             method,
             path,
+            minor_version: 1,
             headers: headers.to_vec(),
         }
     }
@@ -437,6 +445,13 @@ mod tests {
         assert_eq!(status(check(&head("GET", "/", &h), &s)), 426);
         let h = with("Connection", "keep-alive");
         assert_eq!(status(check(&head("GET", "/", &h), &s)), 400);
+        // An HTTP/1.0 upgrade is refused; an HTTP/1.0 health check is answered.
+        let old = |headers: &[(&'static str, &'static str)]| Head {
+            minor_version: 0,
+            ..head("GET", "/", headers)
+        };
+        assert_eq!(status(check(&old(&UPGRADE), &s)), 400);
+        assert_eq!(status(check(&old(&[]), &s)), 200);
     }
 
     #[test]
