@@ -118,17 +118,27 @@ impl ResponseTracker {
             !spent && !is_expired(bounds, entry, now)
         });
         if self.replies.len() > self.capacity {
-            // Still over: forget the oldest deliveries. Rare (a client receiving requests
-            // faster than it answers them), so a sort here costs nothing per message.
-            let mut by_age: Vec<(Instant, Box<[u8]>)> = self
-                .replies
-                .iter()
-                .map(|(k, e)| (e.delivered, k.clone()))
-                .collect();
-            by_age.sort_by_key(|(t, _)| *t);
-            let excess = self.replies.len() - self.capacity;
-            for (_, key) in by_age.into_iter().take(excess) {
-                self.replies.remove(&key);
+            // Still over (a client receiving requests faster than it answers them): forget
+            // the oldest deliveries, down to 7/8 of the capacity, so that the next eviction
+            // is capacity/8 deliveries away and its cost is shared by all of them. Only the
+            // delivery times are copied and partly ordered, never the subjects.
+            let excess = self.replies.len() - self.capacity * 7 / 8;
+            let mut ages: Vec<Instant> = self.replies.values().map(|e| e.delivered).collect();
+            let (_, &mut cutoff, _) = ages.select_nth_unstable(excess - 1);
+            // Exactly `excess` entries, none younger than the cutoff: the older ones first,
+            // then as many delivered at the cutoff itself as are still needed.
+            let mut left = excess;
+            for at_cutoff in [false, true] {
+                self.replies.retain(|_, e| {
+                    let evict = left > 0
+                        && if at_cutoff {
+                            e.delivered == cutoff
+                        } else {
+                            e.delivered < cutoff
+                        };
+                    left -= usize::from(evict);
+                    !evict
+                });
             }
         }
         self.since_prune = 0;
@@ -201,5 +211,42 @@ mod tests {
         assert!(t.len() <= 4);
         assert!(t.may_answer(b"r9", now));
         assert!(!t.may_answer(b"r0", now));
+    }
+
+    /// Past its capacity the tracker forgets the oldest down to 7/8 of it, so an eviction
+    /// comes once per capacity/8 deliveries, not once per delivery; deliveries that share
+    /// one instant are forgotten only as far as needed.
+    #[test]
+    fn eviction_goes_down_to_seven_eighths() {
+        let now = Instant::now();
+        let bounds = ResponseBounds {
+            max_msgs: 0,
+            expires: None,
+        };
+        let mut t = ResponseTracker::new(bounds, 64);
+        for i in 0..64u64 {
+            t.delivered(format!("r{i}").as_bytes(), now + Duration::from_millis(i));
+        }
+        assert_eq!(t.len(), 64);
+        t.delivered(b"r64", now + Duration::from_millis(64));
+        assert_eq!(t.len(), 56);
+        assert!(!t.may_answer(b"r8", now));
+        assert!(t.may_answer(b"r9", now));
+        assert!(t.may_answer(b"r64", now));
+        // The next eviction is eight deliveries away.
+        for i in 65..73u64 {
+            t.delivered(format!("r{i}").as_bytes(), now + Duration::from_millis(i));
+        }
+        assert_eq!(t.len(), 64);
+
+        let mut same = ResponseTracker::new(bounds, 64);
+        for i in 0..1000u64 {
+            same.delivered(format!("s{i}").as_bytes(), now);
+            let len = same.len();
+            assert!(
+                len <= 64 && len >= (i as usize + 1).min(56),
+                "{len} after {i}"
+            );
+        }
     }
 }
