@@ -244,7 +244,16 @@ impl AclFilter {
         self.connected = true;
         let verdict = match self.settings.mode {
             AuthMode::Passthrough => {
-                self.user = passthrough_user(connect);
+                self.user = match passthrough_user(connect) {
+                    Ok(user) => user,
+                    Err(why) => {
+                        tracing::warn!(reason = why, "authorization violation");
+                        return Verdict::close_with(
+                            CloseReason::AuthorizationViolation,
+                            errors::AUTHORIZATION_VIOLATION,
+                        );
+                    }
+                };
                 ctx.identity = Some(Identity {
                     user: self.user.clone(),
                     method: AuthMethod::Passthrough,
@@ -488,12 +497,35 @@ impl Filter for AclFilter {
 }
 
 /// The name a passthrough client presented: its user, else its nkey, else the subject of
-/// its user JWT.
-fn passthrough_user(connect: &Connect) -> Option<Arc<str>> {
-    let non_empty = |s: &Option<String>| s.as_deref().filter(|s| !s.is_empty()).map(Arc::from);
-    non_empty(&connect.user)
-        .or_else(|| non_empty(&connect.nkey))
-        .or_else(|| connect.jwt.as_deref().and_then(jwt_subject).map(Arc::from))
+/// its user JWT. nats-server checks that name only if it authenticates clients: in front of
+/// one without authorization, any name passes (docs/acl.md says so).
+///
+/// A CONNECT with more than one kind of credential (user, nkey, JWT, token) is refused:
+/// nats-server checks only the one its own configuration uses (a token server ignores
+/// `user`, an nkey server prefers `nkey`, a server outside operator mode ignores the JWT),
+/// so a valid token with `"user":"admin"` beside it would otherwise pass for admin here.
+fn passthrough_user(connect: &Connect) -> Result<Option<Arc<str>>, &'static str> {
+    fn given(s: &Option<String>) -> Option<&str> {
+        s.as_deref().filter(|s| !s.is_empty())
+    }
+    let kinds = [
+        &connect.user,
+        &connect.nkey,
+        &connect.jwt,
+        &connect.auth_token,
+    ]
+    .into_iter()
+    .filter(|c| given(c).is_some())
+    .count();
+    if kinds > 1 {
+        return Err(
+            "the CONNECT presents more than one kind of credential (user, nkey, jwt, auth_token)",
+        );
+    }
+    Ok(given(&connect.user)
+        .or_else(|| given(&connect.nkey))
+        .map(Arc::from)
+        .or_else(|| connect.jwt.as_deref().and_then(jwt_subject).map(Arc::from)))
 }
 
 /// The `sub` claim of a JWT, read without verifying it (nats-server verifies it).

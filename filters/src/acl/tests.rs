@@ -95,6 +95,34 @@ fn err(text: &str) -> Verdict {
     Verdict::error(text.to_string())
 }
 
+/// A CONNECT with two kinds of credential is refused: nats-server checks only one of them,
+/// and the edge cannot know which.
+#[test]
+fn passthrough_refuses_two_kinds_of_credential() {
+    for json in [
+        r#"{"auth_token":"t0k3n","user":"alice"}"#,
+        r#"{"nkey":"UABC","user":"alice","pass":"x"}"#,
+        r#"{"jwt":"e30.e30.x","auth_token":"t"}"#,
+    ] {
+        let (mut chain, mut ctx, _, _) = setup(AuthMode::Passthrough, RULES);
+        let verdict = chain.on_client_op(&mut connect(json), &mut ctx);
+        assert_eq!(
+            verdict,
+            Verdict::close_with(
+                CloseReason::AuthorizationViolation,
+                errors::AUTHORIZATION_VIOLATION
+            ),
+            "{json}"
+        );
+    }
+
+    let (mut chain, mut ctx, _, _) = setup(AuthMode::Passthrough, RULES);
+    // Blank fields are no credential: a user and an empty token is one kind.
+    let mut c = connect(r#"{"user":"alice","pass":"x","auth_token":""}"#);
+    assert_eq!(chain.on_client_op(&mut c, &mut ctx), Verdict::Forward);
+    assert_eq!(ctx.identity.as_ref().unwrap().user_name(), "alice");
+}
+
 #[test]
 fn passthrough_keys_permissions_on_the_presented_user() {
     let (mut chain, mut ctx, events, _) = setup(AuthMode::Passthrough, RULES);
@@ -145,7 +173,7 @@ fn passthrough_keys_permissions_on_the_presented_user() {
 #[test]
 fn responses_are_allowed_once() {
     let (mut chain, mut ctx, _, _) = setup(AuthMode::Passthrough, RULES);
-    chain.on_client_op(&mut connect(r#"{"auth_token":"x","user":"svc"}"#), &mut ctx);
+    chain.on_client_op(&mut connect(r#"{"user":"svc","pass":"x"}"#), &mut ctx);
     chain.refresh_interest();
     assert!(chain.on_client_op(&mut publish("_INBOX.1"), &mut ctx) != Verdict::Forward);
     chain.on_server_op(&mut msg("rpc.echo", "1", Some("_INBOX.1")), &ctx);
