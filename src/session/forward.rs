@@ -18,7 +18,7 @@ use nats_edge_filters::filter::{client_op_kind, server_op_kind};
 use nats_edge_filters::{ClientOp, CloseReason, OpKind, ServerOp, Verdict};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::state::{Shared, MAX_PENDING_BARRIERS};
+use super::state::Shared;
 use crate::proto::{
     build_client_op, build_server_op, encode_client_head, encode_server_head, encode_server_op,
     pending_frame_len, plain_messages, scan, Direction, Frame, ProtoError, Verb, PAYLOAD_END,
@@ -185,8 +185,7 @@ impl Forwarder {
     }
 
     fn may_read(&self, shared: &Shared) -> bool {
-        let barriers_full =
-            self.dir == Direction::ClientToServer && shared.barriers.len() >= MAX_PENDING_BARRIERS;
+        let barriers_full = self.dir == Direction::ClientToServer && shared.answers_backlogged();
         // With the buffer's tail used up, write first: the written slices release their share
         // of the buffer, and the next read reuses it instead of allocating another.
         let must_grow = self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE && !self.out.is_empty();

@@ -17,6 +17,11 @@ pub const MAX_DELIVERED_PAYLOAD: u64 = 64 * 1024 * 1024;
 /// How many answers may wait behind upstream replies before the client reader pauses.
 pub const MAX_PENDING_BARRIERS: usize = 64;
 
+/// How many bytes of answers may wait behind upstream replies before the client reader
+/// pauses. Answers in a row share one barrier, so the count of barriers alone does not bound
+/// them: a client that never reads, sending op after refused op, would grow the newest.
+pub const MAX_HELD_ANSWER_BYTES: usize = 64 * 1024;
+
 /// Answers the edge made itself, held until the upstream has answered everything sent
 /// before them: the edge sends a PING upstream and releases them on its PONG, so an `-ERR`
 /// never overtakes a `+OK` or `PONG` the upstream still owes.
@@ -46,6 +51,8 @@ pub struct Shared {
     /// PONGs received from upstream so far.
     pub pongs_seen: u64,
     pub barriers: VecDeque<Barrier>,
+    /// Bytes of answers held in `barriers`, against [`MAX_HELD_ANSWER_BYTES`].
+    pub held_answer_bytes: usize,
     /// Whether an op has gone upstream since the newest barrier's PING, so a new answer
     /// needs a barrier of its own.
     pub forwarded_since_barrier: bool,
@@ -87,6 +94,7 @@ impl Shared {
             pings_sent: 0,
             pongs_seen: 0,
             barriers: VecDeque::new(),
+            held_answer_bytes: 0,
             forwarded_since_barrier: true,
             to_client: VecDeque::new(),
             resume_deferred: false,
@@ -133,7 +141,9 @@ impl Shared {
         }
         if let Some(barrier) = self.barriers.back_mut() {
             if let Some(op) = op {
+                let before = barrier.answers.len();
                 encode_server_op(op, &mut barrier.answers);
+                self.held_answer_bytes += barrier.answers.len() - before;
             }
             barrier.close = barrier.close.or(close);
         }
@@ -167,10 +177,21 @@ impl Shared {
             .is_some_and(|b| b.ping_seq <= self.pongs_seen)
         {
             self.generation += 1;
-            self.barriers.pop_front()
+            let released = self.barriers.pop_front();
+            if let Some(b) = &released {
+                self.held_answer_bytes -= b.answers.len();
+            }
+            released
         } else {
             None
         }
+    }
+
+    /// Enough edge-made answers wait behind upstream replies that the client reader pauses
+    /// until the upstream catches up: by count of barriers, and by their bytes.
+    pub fn answers_backlogged(&self) -> bool {
+        self.barriers.len() >= MAX_PENDING_BARRIERS
+            || self.held_answer_bytes >= MAX_HELD_ANSWER_BYTES
     }
 
     /// Ends the session for `reason` once what is queued for the client has been written.
@@ -187,5 +208,59 @@ impl Shared {
         encode_server_op(op, &mut buf);
         self.to_client.push_back(buf.freeze());
         self.generation += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nats_edge_filters::ConnFacts;
+
+    fn shared() -> Shared {
+        let conn = ConnFacts {
+            conn_id: 1,
+            listener: "l".into(),
+            client_addr: "127.0.0.1:5555".parse().unwrap(),
+            transport: "tcp",
+            tls_peer: None,
+        };
+        let info = InfoRewrite {
+            host: "127.0.0.1".into(),
+            port: 4222,
+            connect_urls: Vec::new(),
+            tls_required: false,
+            tls_verify: false,
+        };
+        Shared::new(
+            Chain::new(Vec::new()),
+            SessionCtx::new(conn),
+            LimitsConfig::default(),
+            info,
+            None,
+        )
+    }
+
+    /// Refused ops in a row share one barrier, so its bytes bound what a client that never
+    /// reads can make the edge hold; the PONG that releases it gives them back.
+    #[test]
+    fn held_answers_are_bounded_by_bytes() {
+        let mut s = shared();
+        let denied = ServerOp::Err(r#"Permissions Violation for Publish to "denied""#.into());
+        assert!(s.answer_after_upstream(Some(&denied), None));
+        let mut answers = 1;
+        while !s.answers_backlogged() {
+            assert!(!s.answer_after_upstream(Some(&denied), None));
+            answers += 1;
+            assert!(answers < 10_000, "never backlogged");
+        }
+        assert_eq!(s.barriers.len(), 1);
+        assert!(s.held_answer_bytes >= MAX_HELD_ANSWER_BYTES);
+        assert_eq!(s.held_answer_bytes, s.barriers[0].answers.len());
+        let released = s.pong_received().expect("the barrier's PONG");
+        let mut one = BytesMut::new();
+        encode_server_op(&denied, &mut one);
+        assert_eq!(released.answers.len(), answers * one.len());
+        assert_eq!(s.held_answer_bytes, 0);
+        assert!(!s.answers_backlogged());
     }
 }
