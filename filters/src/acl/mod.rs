@@ -118,6 +118,10 @@ struct LiveSub {
     queue: Option<Bytes>,
     /// Refused by rules reloaded since it was made: its deliveries are dropped.
     revoked: bool,
+    /// The delivery count at which the upstream ends it (`UNSUB sid max`), and the count
+    /// so far once one is set: its entry goes when the upstream's subscription does.
+    max: Option<u64>,
+    delivered: u64,
 }
 
 /// One session's identity and permissions.
@@ -135,6 +139,11 @@ pub struct AclFilter {
     responses: Option<ResponseTracker>,
     /// Subscriptions by sid, kept while the user has a subscribe deny list.
     subs: HashMap<Bytes, LiveSub>,
+    /// Entries of `subs` waiting for their last delivery (a max set): while there are any,
+    /// deliveries are watched to count them.
+    counting: usize,
+    /// Some entry of `subs` is revoked: deliveries are watched to drop its messages.
+    any_revoked: bool,
     /// Set once a subscription can receive denied subjects (nats-server's delivery filter).
     filter_deliveries: bool,
     /// The user was removed from the rules while connected (edge mode): close on next op.
@@ -157,6 +166,8 @@ impl AclFilter {
             publish_cache: HashMap::new(),
             responses: None,
             subs: HashMap::new(),
+            counting: 0,
+            any_revoked: false,
             filter_deliveries: false,
             revoked: false,
             connected: false,
@@ -194,7 +205,7 @@ impl AclFilter {
             // Subscriptions are tracked whenever rules apply, so a reload that refuses one
             // can stop its deliveries.
             kinds.extend([OpKind::Sub, OpKind::Unsub]);
-            if p.watches_deliveries() || self.subs.values().any(|s| s.revoked) {
+            if p.watches_deliveries() || self.any_revoked || self.counting > 0 {
                 kinds.push(OpKind::Msg);
             }
         }
@@ -357,33 +368,68 @@ impl AclFilter {
                 subject: Bytes::copy_from_slice(&sub.subject),
                 queue: sub.queue.as_deref().map(Bytes::copy_from_slice),
                 revoked: false,
+                max: None,
+                delivered: 0,
             },
         );
         Verdict::Forward
+    }
+
+    /// `UNSUB sid [max]`, as nats-server takes it: without a max, or with one the deliveries
+    /// have reached (0 included), the subscription ends now; otherwise when they reach it.
+    fn on_unsubscribe(&mut self, unsub: &crate::op::Unsub) {
+        let Some(live) = self.subs.get_mut(&unsub.sid) else {
+            return;
+        };
+        match unsub.max {
+            Some(max) if max > live.delivered => {
+                if live.max.replace(max).is_none() {
+                    self.counting += 1;
+                }
+            }
+            _ => self.forget(&unsub.sid),
+        }
+        self.refresh_interest();
+    }
+
+    fn forget(&mut self, sid: &[u8]) {
+        if let Some(gone) = self.subs.remove(sid) {
+            self.counting -= usize::from(gone.max.is_some());
+        }
     }
 
     fn on_delivery(&mut self, msg: &crate::op::Msg) -> Verdict {
         let Some(perms) = &self.perms else {
             return Verdict::Forward;
         };
-        let live = self.subs.get(&msg.sid);
-        let queue = live.and_then(|s| s.queue.as_ref());
+        let mut live = self.subs.get_mut(&msg.sid);
+        // The upstream counts every delivery toward an auto-unsubscribe, dropped or not.
+        let last = live.as_deref_mut().is_some_and(|s| {
+            s.delivered += 1;
+            s.max.is_some_and(|max| s.delivered >= max)
+        });
+        let queue = live.as_ref().and_then(|s| s.queue.clone());
         let refused = live.is_some_and(|s| s.revoked)
             || (self.filter_deliveries
                 && perms
-                    .denied_delivery(&msg.subject, queue.map(|q| &q[..]))
+                    .denied_delivery(&msg.subject, queue.as_deref())
                     .is_some());
-        if refused {
-            let queue = queue.cloned();
+        let verdict = if refused {
             self.denied(DenialKind::Delivery, &msg.subject, queue.as_ref());
-            return Verdict::Drop;
-        }
-        if let (Some(tracker), Some(reply)) = (self.responses.as_mut(), &msg.reply) {
-            if !perms.check_publish(reply).allowed {
-                tracker.delivered(reply, Instant::now());
+            Verdict::Drop
+        } else {
+            if let (Some(tracker), Some(reply)) = (self.responses.as_mut(), &msg.reply) {
+                if !perms.check_publish(reply).allowed {
+                    tracker.delivered(reply, Instant::now());
+                }
             }
+            Verdict::Forward
+        };
+        if last {
+            self.forget(&msg.sid);
+            self.refresh_interest();
         }
-        Verdict::Forward
+        verdict
     }
 }
 
@@ -426,8 +472,13 @@ impl Filter for AclFilter {
                     live.revoked = !perms.check_subscribe(&live.subject, queue).allowed;
                     self.filter_deliveries |= perms.needs_delivery_filter(&live.subject, queue);
                 }
+                self.any_revoked = self.subs.values().any(|s| s.revoked);
             }
-            None => self.subs.clear(),
+            None => {
+                self.subs.clear();
+                self.counting = 0;
+                self.any_revoked = false;
+            }
         }
         // After the revocations: deliveries of revoked subscriptions must be seen.
         self.refresh_interest();
@@ -473,9 +524,7 @@ impl Filter for AclFilter {
             }
             ClientOp::Sub(sub) => self.on_subscribe(sub),
             ClientOp::Unsub(unsub) => {
-                if unsub.max.is_none() {
-                    self.subs.remove(&unsub.sid);
-                }
+                self.on_unsubscribe(unsub);
                 Verdict::Forward
             }
             _ => Verdict::Forward,

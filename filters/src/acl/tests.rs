@@ -212,6 +212,54 @@ fn edge_mode_authenticates_and_replaces_credentials() {
     ));
 }
 
+fn unsub(sid: &'static str, max: Option<u64>) -> ClientOp {
+    ClientOp::Unsub(crate::op::Unsub {
+        sid: Bytes::from_static(sid.as_bytes()),
+        max,
+    })
+}
+
+/// A subscription's entry lives as long as the upstream's subscription: `UNSUB sid 0` ends
+/// it at once, `UNSUB sid N` after N deliveries, which are watched only meanwhile.
+#[test]
+fn auto_unsubscribe_ends_the_tracked_subscription() {
+    let rules = "[[users]]\nuser = \"bob\"\npassword = \"pw\"\n\
+                 [users.permissions]\nsubscribe = [\"jobs.>\"]\n";
+    let (mut chain, mut ctx, _, _) = setup(AuthMode::Passthrough, rules);
+    let mut c = connect(r#"{"user":"bob","pass":"pw"}"#);
+    assert_eq!(chain.on_client_op(&mut c, &mut ctx), Verdict::Forward);
+    let ctx2 = SessionCtx::new(ctx.conn.clone());
+    let mut op = |chain: &mut Chain, op: ClientOp| {
+        let mut op = op;
+        assert_eq!(chain.on_client_op(&mut op, &mut ctx), Verdict::Forward);
+        chain.refresh_interest();
+    };
+    op(&mut chain, sub("jobs.a", None, "1"));
+    assert!(!chain.interest().contains(OpKind::Msg));
+    op(&mut chain, unsub("1", Some(2)));
+    assert!(chain.interest().contains(OpKind::Msg), "deliveries counted");
+    for _ in 0..2 {
+        assert_eq!(
+            chain.on_server_op(&mut msg("jobs.a", "1", None), &ctx2),
+            Verdict::Forward
+        );
+    }
+    chain.refresh_interest();
+    assert!(
+        !chain.interest().contains(OpKind::Msg),
+        "the last delivery ended it"
+    );
+    // The entry is gone: a later max for the same sid has nothing to count.
+    op(&mut chain, unsub("1", Some(5)));
+    assert!(!chain.interest().contains(OpKind::Msg));
+
+    // `UNSUB sid 0` ends it at once, as nats-server does.
+    op(&mut chain, sub("jobs.b", None, "2"));
+    op(&mut chain, unsub("2", Some(0)));
+    op(&mut chain, unsub("2", Some(5)));
+    assert!(!chain.interest().contains(OpKind::Msg));
+}
+
 #[test]
 fn reload_applies_to_the_live_session() {
     let (mut chain, mut ctx, _, source) = setup(AuthMode::Passthrough, RULES);
