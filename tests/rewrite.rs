@@ -162,6 +162,37 @@ async fn request_reply_across_the_mount_both_ways() {
     edge.shutdown().await;
 }
 
+/// nats-server's permissions errors quote the subject it saw; through a mount the client
+/// reads the subject it sent, so the mount does not show and the error matches its op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissions_errors_name_the_subject_in_the_clients_view() {
+    let server = NatsServer::start_with_config(
+        "authorization { users = [ { user: app, password: pw, permissions: {\n\
+           publish: { deny: [\"tenant.acme.orders.secret\"] },\n\
+           subscribe: { deny: [\"tenant.acme.audit.>\"] } } } ] }\n",
+    );
+    let edge = mounted(&server, "tenant-mount").await;
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    raw.read_info().await;
+    let reply = raw
+        .roundtrip(
+            b"CONNECT {\"verbose\":false,\"user\":\"app\",\"pass\":\"pw\"}\r\n\
+              PUB orders.secret 1\r\nx\r\nSUB audit.> 1\r\n",
+        )
+        .await;
+    let text = reply.text();
+    assert!(
+        text.contains("-ERR 'Permissions Violation for Publish to \"orders.secret\"'\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("-ERR 'Permissions Violation for Subscription to \"audit.>\"'\r\n"),
+        "{text}"
+    );
+    assert!(!text.contains("tenant.acme"), "{text}");
+    edge.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_responders_names_the_subject_in_the_clients_view() {
     let server = NatsServer::start();

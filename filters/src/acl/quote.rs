@@ -41,9 +41,77 @@ pub fn go_quote(bytes: &[u8]) -> String {
     out
 }
 
+/// Reads a Go-quoted string at the start of `text` (as [`go_quote`] writes it, and as
+/// nats-server writes subjects in its errors): the bytes it stands for and the length of the
+/// quoted form. `None` when `text` does not start with a well-formed one.
+pub fn go_unquote(text: &str) -> Option<(Vec<u8>, usize)> {
+    let body = text.strip_prefix('"')?;
+    let mut out = Vec::with_capacity(body.len());
+    let mut chars = body.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Some((out, i + 2)),
+            '\\' => {
+                let (_, e) = chars.next()?;
+                let hex = |chars: &mut std::str::CharIndices, n: usize| -> Option<u32> {
+                    (0..n).try_fold(0u32, |acc, _| {
+                        Some(acc * 16 + chars.next()?.1.to_digit(16)?)
+                    })
+                };
+                match e {
+                    '"' | '\\' | '\'' => out.push(e as u8),
+                    'a' => out.push(0x07),
+                    'b' => out.push(0x08),
+                    'f' => out.push(0x0c),
+                    'n' => out.push(b'\n'),
+                    'r' => out.push(b'\r'),
+                    't' => out.push(b'\t'),
+                    'v' => out.push(0x0b),
+                    'x' => out.push(u8::try_from(hex(&mut chars, 2)?).ok()?),
+                    'u' | 'U' => {
+                        let c = char::from_u32(hex(&mut chars, if e == 'u' { 4 } else { 8 })?)?;
+                        out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                    }
+                    _ => return None,
+                }
+            }
+            c => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
-    use super::go_quote;
+    use super::{go_quote, go_unquote};
+
+    /// What `go_quote` writes, `go_unquote` reads back, with the length it took.
+    #[test]
+    fn unquote_reads_back_what_quote_writes() {
+        for bytes in [
+            &b"foo.bar"[..],
+            b"a\"b\\c",
+            b"a\x01b\x7f\x07\t",
+            b"\xff.x",
+            "grüße.ü".as_bytes(),
+            "a\u{a0}b\u{1F600}".as_bytes(),
+        ] {
+            let quoted = go_quote(bytes);
+            let tail = format!("{quoted} using queue \"q\"");
+            assert_eq!(
+                go_unquote(&tail),
+                Some((bytes.to_vec(), quoted.len())),
+                "{quoted}"
+            );
+        }
+        assert_eq!(
+            go_unquote(r#""\u00e9""#),
+            Some(("é".as_bytes().to_vec(), 8))
+        );
+        for bad in ["foo", r#""unterminated"#, r#""bad \q escape""#, r#""\x4""#] {
+            assert_eq!(go_unquote(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn as_go_prints_it() {

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::acl::quote::{go_quote, go_unquote};
 use crate::events::{Events, RewriteDirection};
 use crate::filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionCtx};
 use crate::headers::{self, HeaderWriter, Headers};
@@ -189,7 +190,7 @@ impl Filter for Rewrite {
 
     fn interest(&self) -> Interest {
         if self.active {
-            Interest::of(&[OpKind::Pub, OpKind::Sub, OpKind::Msg])
+            Interest::of(&[OpKind::Pub, OpKind::Sub, OpKind::Msg, OpKind::ServerErr])
         } else {
             Interest::NONE
         }
@@ -246,12 +247,23 @@ impl Filter for Rewrite {
     }
 
     fn on_server_op(&mut self, op: &mut ServerOp, ctx: &SessionCtx) -> Verdict {
-        let ServerOp::Msg(msg) = op else {
-            return Verdict::Forward;
-        };
         self.resolve(ctx);
         let Some((_, Some(set))) = &self.resolved else {
             return Verdict::Forward;
+        };
+        let msg = match op {
+            ServerOp::Msg(msg) => msg,
+            ServerOp::Err(text) => {
+                return match reverse_permissions_error(text, set) {
+                    Some(back) => {
+                        *text = back;
+                        self.events.rewritten(RewriteDirection::UpstreamToClient);
+                        Verdict::Changed
+                    }
+                    None => Verdict::Forward,
+                };
+            }
+            _ => return Verdict::Forward,
         };
         if reverse_msg(msg, set, &mut self.replies, &mut self.arena) {
             self.events.rewritten(RewriteDirection::UpstreamToClient);
@@ -324,6 +336,27 @@ fn reverse_msg(
         }
     }
     changed
+}
+
+/// nats-server's permissions errors quote the subject in its view (`Permissions Violation
+/// for Publish to "tenant.acme.orders.x"`): the client must read its own subject there, as
+/// it would from a server of its own, both so the mount does not show and so a client can
+/// match the error to the subscription or publish it made. The first quoted subject is
+/// mapped back; a queue name after it is left as it is.
+fn reverse_permissions_error(text: &str, set: &RuleSet) -> Option<String> {
+    if !text.starts_with("Permissions Violation for ") {
+        return None;
+    }
+    let start = text.find('"')?;
+    let (subject, quoted_len) = go_unquote(&text[start..])?;
+    let back = set.reverse(&subject)?;
+    let end = start + quoted_len;
+    Some(format!(
+        "{}{}{}",
+        &text[..start],
+        go_quote(&back),
+        &text[end..]
+    ))
 }
 
 /// The 503 no-responders status names the request subject in `Nats-Subject`, in the

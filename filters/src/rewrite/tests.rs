@@ -49,6 +49,37 @@ fn mount_maps_tokens_and_wildcards_both_ways() {
     assert_eq!(rev(&set, "tenant.acme"), None);
 }
 
+/// nats-server's permissions errors name the subject in the client's view again; queue
+/// names, other errors and subjects outside the mount are left alone.
+#[test]
+fn permissions_errors_name_the_clients_subject() {
+    let set = load("tenant-mount");
+    let back = |text: &str| reverse_permissions_error(text, &set);
+    assert_eq!(
+        back(r#"Permissions Violation for Publish to "tenant.acme.orders.x""#).as_deref(),
+        Some(r#"Permissions Violation for Publish to "orders.x""#)
+    );
+    assert_eq!(
+        back(r#"Permissions Violation for Subscription to "tenant.acme.jobs.>" using queue "tenant.acme.w""#)
+            .as_deref(),
+        Some(r#"Permissions Violation for Subscription to "jobs.>" using queue "tenant.acme.w""#)
+    );
+    assert_eq!(
+        back(r#"Permissions Violation for Publish with Reply of "tenant.acme._INBOX.a""#)
+            .as_deref(),
+        Some(r#"Permissions Violation for Publish with Reply of "_INBOX.a""#)
+    );
+    assert_eq!(
+        back(r#"Permissions Violation for Publish to "elsewhere.x""#),
+        None
+    );
+    assert_eq!(back("Maximum Payload Violation"), None);
+    assert_eq!(
+        back(r#"Permissions Violation for Publish to "unterminated"#),
+        None
+    );
+}
+
 #[test]
 fn regex_rules_use_captures_and_their_reverse() {
     let set = load("regex-devices");
@@ -373,7 +404,7 @@ fn per_user_sets_apply_once_the_identity_is_known() {
     let (mut f, mut ctx) = filter_for("tenant-mount", &[("alice", "tenant-mount")]);
     assert_eq!(
         f.interest(),
-        Interest::of(&[OpKind::Pub, OpKind::Sub, OpKind::Msg])
+        Interest::of(&[OpKind::Pub, OpKind::Sub, OpKind::Msg, OpKind::ServerErr])
     );
     let mut op = publish("orders.new", None);
     assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Forward);
