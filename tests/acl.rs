@@ -320,6 +320,52 @@ async fn edge_mode_refuses_bad_credentials_as_nats_server_does() {
     assert_eq!(replies[1], replies[0]);
 }
 
+/// A bcrypt check runs off the session's thread: on a single thread, a client whose
+/// password takes a costly hash to check does not hold up another client meanwhile.
+#[tokio::test(flavor = "current_thread")]
+async fn a_bcrypt_check_does_not_stall_other_sessions() {
+    // The hash of "slow-pw" at cost 13: about a second to check here.
+    let hash = "$2b$13$1PWVLeox0YwShimC78Ukg.U7O0mNbn72TmWpeVytJzwV4DNx3UEba";
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("users.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            "[[users]]\nuser = \"slow\"\npassword = \"{hash}\"\n\
+             [[users]]\nuser = \"fast\"\npassword = \"fast-pw\"\n"
+        ),
+    )
+    .unwrap();
+    let server = NatsServer::start_with_config(SERVER_FOR_EDGE_MODE);
+    let edge = start_edge(
+        &[server.url()],
+        &format!(
+            "[auth]\nmode = \"edge\"\nrules = [{rules:?}]\n\
+             upstream = {{ user = \"edge\", password = \"edge-pw\" }}\n"
+        ),
+    )
+    .await;
+    let (mut slow, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let mut hello = connect_json(r#"{"user":"slow","pass":"slow-pw","verbose":false}"#);
+    hello.extend_from_slice(b"PING\r\n");
+    slow.send(&hello).await;
+    let (mut fast, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let mut hello = connect_json(r#"{"user":"fast","pass":"fast-pw","verbose":false}"#);
+    hello.extend_from_slice(b"PING\r\n");
+    fast.send(&hello).await;
+    assert!(!fast.read_until(b"PONG\r\n").await.closed);
+    // The slow client's check is still running: nothing has come back to it yet.
+    let mut byte = [0u8; 1];
+    let pending = slow.stream().try_read(&mut byte);
+    assert!(
+        matches!(&pending, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "{pending:?}"
+    );
+    let reply = slow.read_until(b"PONG\r\n").await;
+    assert_eq!(show(&reply.bytes), "PONG\\r\\n");
+    edge.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_mode_user_goes_upstream_with_its_own_credentials() {
     let server = NatsServer::start_with_config(SERVER_FOR_EDGE_MODE);

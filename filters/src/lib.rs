@@ -29,4 +29,4 @@ pub use events::{DenialKind, Events, NoEvents, RewriteDirection};
 pub use filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionCtx, TlsPeer};
 pub use identity::{AuthMethod, Identity};
 pub use op::{ClientOp, Connect, Info, Msg, Pub, ServerOp, Sub, Unsub};
-pub use verdict::{CloseReason, Verdict};
+pub use verdict::{CloseReason, SlowCheck, Verdict};

@@ -1,5 +1,7 @@
 //! What a filter decides about one op.
 
+use std::sync::Arc;
+
 use crate::op::ServerOp;
 
 /// A filter's decision about one op.
@@ -19,6 +21,11 @@ pub enum Verdict {
     /// that depend on what the upstream has done with earlier ops (deliveries that complete
     /// an auto-unsubscribe, for one). Meanwhile the client's later ops wait too.
     Defer,
+    /// Hold this op (and the client's later ones) while `check` runs off the session's
+    /// thread, then show it to the filters again: for work that would stall every session
+    /// sharing the thread, a bcrypt password check above all. The check leaves its result
+    /// where the filter finds it the second time.
+    Offload(SlowCheck),
     /// End the session. `error`, when present, is sent to the client first, as nats-server
     /// would (some violations close with an `-ERR`, some silently).
     Close {
@@ -122,5 +129,34 @@ impl CloseReason {
 impl std::fmt::Display for CloseReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Work a filter needs done before it can judge an op, to be run where blocking is allowed
+/// (see [`Verdict::Offload`]).
+#[derive(Clone)]
+pub struct SlowCheck(Arc<dyn Fn() + Send + Sync>);
+
+impl SlowCheck {
+    pub fn new(check: impl Fn() + Send + Sync + 'static) -> Self {
+        SlowCheck(Arc::new(check))
+    }
+
+    /// Runs the check; it may block for as long as it takes.
+    pub fn run(&self) {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for SlowCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SlowCheck")
+    }
+}
+
+/// The same check, not an equal one: verdicts compare in tests.
+impl PartialEq for SlowCheck {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }

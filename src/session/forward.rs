@@ -462,6 +462,11 @@ impl Forwarder {
                 self.push(data);
                 true
             }
+            Verdict::Offload(check) => {
+                self.deferred = Some((data, *frame));
+                shared.offload(check);
+                false
+            }
             Verdict::Close { reason, error } => {
                 let error = error.map(|text| ServerOp::Err(text.to_string()));
                 self.answer_after_upstream(shared, error.as_ref(), Some(reason));
@@ -593,8 +598,9 @@ impl Forwarder {
                 self.push_payload(&data, payload);
             }
             Verdict::Drop => {}
-            // Nothing on this side waits for the upstream: a deferred server op goes on.
-            Verdict::Defer => self.push(data),
+            // Nothing on this side waits for the upstream: a deferred server op goes on. No
+            // filter offloads a server op (nothing would hold the upstream's stream for it).
+            Verdict::Defer | Verdict::Offload(_) => self.push(data),
             Verdict::Answer(answer) => self.push_encoded(|buf| encode_server_op(&answer, buf)),
             Verdict::Close { reason, error } => {
                 if let Some(text) = error {

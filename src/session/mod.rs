@@ -419,6 +419,7 @@ where
                 send_lame_duck(shared);
             }
         }
+        shared.poll_offloaded(cx);
 
         match u2c.poll(cx, upstream, client, shared) {
             Poll::Ready(Ok(())) => {

@@ -68,6 +68,9 @@ pub struct Shared {
     pub filter_time: LocalFilterTime,
     /// The INFO the client was sent last, as JSON, for the lame-duck INFO of a drain.
     pub last_info: Option<bytes::Bytes>,
+    /// A filter's check running on the blocking pool while the client's stream waits
+    /// ([`Verdict::Offload`](nats_edge_filters::Verdict::Offload)).
+    pub offloaded: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Shared {
@@ -102,6 +105,7 @@ impl Shared {
             generation: 0,
             filter_time: LocalFilterTime::default(),
             last_info: None,
+            offloaded: None,
         };
         shared.set_upstream_max_payload(upstream_max_payload);
         shared
@@ -192,6 +196,24 @@ impl Shared {
     pub fn answers_backlogged(&self) -> bool {
         self.barriers.len() >= MAX_PENDING_BARRIERS
             || self.held_answer_bytes >= MAX_HELD_ANSWER_BYTES
+    }
+
+    /// Runs `check` on the blocking pool; the deferred client op is shown again when it is
+    /// done ([`Shared::poll_offloaded`]).
+    pub fn offload(&mut self, check: nats_edge_filters::SlowCheck) {
+        self.offloaded = Some(tokio::task::spawn_blocking(move || check.run()));
+        self.generation += 1;
+    }
+
+    /// Polls the offloaded check: once it is done (or gone), the deferred op resumes.
+    pub fn poll_offloaded(&mut self, cx: &mut std::task::Context<'_>) {
+        if let Some(job) = self.offloaded.as_mut() {
+            if std::future::Future::poll(std::pin::Pin::new(job), cx).is_ready() {
+                self.offloaded = None;
+                self.resume_deferred = true;
+                self.generation += 1;
+            }
+        }
     }
 
     /// Ends the session for `reason` once what is queued for the client has been written.

@@ -27,6 +27,20 @@ pub enum AuthFailure {
     NoCredentials,
     #[error("nkey and JWT authentication are not done by the edge; use passthrough mode")]
     UnsupportedCredentials,
+    /// Only with [`Checks::CachedOnly`]: a bcrypt hash must be checked first, off the
+    /// session's thread, before the answer is known.
+    #[error("a bcrypt check is still to be done")]
+    NeedsSlowCheck,
+}
+
+/// Which secret checks [`authenticate`] may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checks {
+    /// Every check, bcrypt included: for a thread that may block.
+    All,
+    /// Plain-text secrets and bcrypt results already known; an unknown bcrypt check fails
+    /// with [`AuthFailure::NeedsSlowCheck`]. For the session's own thread.
+    CachedOnly,
 }
 
 /// nats-server treats a secret as a bcrypt hash when it looks like one.
@@ -43,48 +57,78 @@ fn is_bcrypt(secret: &str) -> bool {
 
 /// Checks a client secret against a configured one (bcrypt hash or plain text).
 ///
-/// A bcrypt check costs milliseconds of CPU on the session's thread, so successful checks
-/// are remembered (by a keyed hash of user, hash and password, never the password itself):
-/// a client that reconnects pays once.
+/// A bcrypt check costs tens of milliseconds of CPU, which on a session's thread would stall
+/// every session sharing it: sessions ask with [`Checks::CachedOnly`] and have the check
+/// run off their thread when it is not known yet. Results are remembered (by a keyed hash of
+/// hash and password, never the password itself): successes, so a client that reconnects
+/// pays once, and failures for as long as it takes the session to read them back.
 pub struct SecretChecker {
     hasher: RandomState,
     verified: Mutex<HashMap<u64, ()>>,
+    refused: Mutex<HashMap<u64, ()>>,
 }
 
 /// How many verified bcrypt checks are remembered.
 const VERIFIED_CAPACITY: usize = 4096;
+/// How many failed bcrypt checks wait to be read back by their sessions.
+const REFUSED_CAPACITY: usize = 1024;
 
 impl Default for SecretChecker {
     fn default() -> Self {
         SecretChecker {
             hasher: RandomState::new(),
             verified: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
         }
     }
 }
 
 impl SecretChecker {
-    pub fn matches(&self, configured: &Secret, presented: &str) -> bool {
+    /// Whether `presented` is the `configured` secret; `None` when that takes a bcrypt
+    /// check not done yet and `checks` forbids it.
+    pub fn matches(&self, configured: &Secret, presented: &str, checks: Checks) -> Option<bool> {
         let configured = configured.expose();
         if !is_bcrypt(configured) {
-            return constant_time_eq(configured.as_bytes(), presented.as_bytes());
+            return Some(constant_time_eq(
+                configured.as_bytes(),
+                presented.as_bytes(),
+            ));
         }
         let key = self.hasher.hash_one((configured, presented));
-        if let Ok(cache) = self.verified.lock() {
-            if cache.contains_key(&key) {
-                return true;
-            }
+        if remembered(&self.verified, key, false) {
+            return Some(true);
+        }
+        // A failure is read back once, by the session whose check found it.
+        if remembered(&self.refused, key, true) {
+            return Some(false);
+        }
+        if checks == Checks::CachedOnly {
+            return None;
         }
         let ok = bcrypt::verify(presented, configured).unwrap_or(false);
-        if ok {
-            if let Ok(mut cache) = self.verified.lock() {
-                if cache.len() >= VERIFIED_CAPACITY {
-                    cache.clear();
-                }
-                cache.insert(key, ());
+        let (cache, capacity) = if ok {
+            (&self.verified, VERIFIED_CAPACITY)
+        } else {
+            (&self.refused, REFUSED_CAPACITY)
+        };
+        if let Ok(mut cache) = cache.lock() {
+            if cache.len() >= capacity {
+                cache.clear();
             }
+            cache.insert(key, ());
         }
-        ok
+        Some(ok)
+    }
+}
+
+fn remembered(cache: &Mutex<HashMap<u64, ()>>, key: u64, take: bool) -> bool {
+    let Ok(mut cache) = cache.lock() else {
+        return false;
+    };
+    if take {
+        cache.remove(&key).is_some()
+    } else {
+        cache.contains_key(&key)
     }
 }
 
@@ -107,7 +151,13 @@ pub fn authenticate(
     checker: &SecretChecker,
     connect: &Connect,
     tls: Option<&TlsPeer>,
+    checks: Checks,
 ) -> Result<(Arc<User>, AuthMethod), AuthFailure> {
+    let matches = |configured: &Secret, presented: &str| {
+        checker
+            .matches(configured, presented, checks)
+            .ok_or(AuthFailure::NeedsSlowCheck)
+    };
     if let Some(peer) = tls {
         let mapped = rules.users().find(|u| {
             u.tls_subject.as_deref() == Some(peer.subject.as_str())
@@ -127,20 +177,21 @@ pub fn authenticate(
             return Err(AuthFailure::NoPassword(name.to_string()));
         };
         let presented = connect.pass.as_deref().unwrap_or("");
-        return if checker.matches(configured, presented) {
+        return if matches(configured, presented)? {
             Ok((user.clone(), AuthMethod::Password))
         } else {
             Err(AuthFailure::WrongPassword(name.to_string()))
         };
     }
     if let Some(token) = present(&connect.auth_token) {
-        let user = rules
-            .users()
-            .find(|u| u.token.as_ref().is_some_and(|t| checker.matches(t, token)));
-        return match user {
-            Some(user) => Ok((user.clone(), AuthMethod::Token)),
-            None => Err(AuthFailure::UnknownToken),
-        };
+        for user in rules.users() {
+            if let Some(configured) = &user.token {
+                if matches(configured, token)? {
+                    return Ok((user.clone(), AuthMethod::Token));
+                }
+            }
+        }
+        return Err(AuthFailure::UnknownToken);
     }
     if present(&connect.nkey).is_some() || present(&connect.jwt).is_some() {
         return Err(AuthFailure::UnsupportedCredentials);
@@ -194,7 +245,8 @@ user = "guest"
         let rules = rules();
         let c = SecretChecker::default();
         let auth = |json: &str, tls: Option<&TlsPeer>| {
-            authenticate(&rules, &c, &connect(json), tls).map(|(u, m)| (u.name.to_string(), m))
+            authenticate(&rules, &c, &connect(json), tls, Checks::All)
+                .map(|(u, m)| (u.name.to_string(), m))
         };
         assert_eq!(
             auth(r#"{"user":"alice","pass":"s3cret"}"#, None),
@@ -234,5 +286,43 @@ user = "guest"
         );
         assert!(is_bcrypt("$2a$11$abcdefghijklmnopqrstuv"));
         assert!(!is_bcrypt("$2c$11$abc"));
+    }
+
+    /// On a session's thread only remembered bcrypt results count: an unknown one asks for
+    /// the check to be run elsewhere, after which the same question is answered from memory
+    /// (a failure once, by the session that asked). Plain-text secrets need no check.
+    #[test]
+    fn bcrypt_checks_leave_the_sessions_thread() {
+        let rules = rules();
+        let c = SecretChecker::default();
+        let auth = |json: &str, checks| {
+            authenticate(&rules, &c, &connect(json), None, checks).map(|(u, _)| u.name.to_string())
+        };
+        let good = r#"{"user":"alice","pass":"s3cret"}"#;
+        let bad = r#"{"user":"alice","pass":"guess"}"#;
+        assert_eq!(
+            auth(good, Checks::CachedOnly),
+            Err(AuthFailure::NeedsSlowCheck)
+        );
+        assert_eq!(auth(good, Checks::All), Ok("alice".into()));
+        assert_eq!(auth(good, Checks::CachedOnly), Ok("alice".into()));
+        assert_eq!(auth(good, Checks::CachedOnly), Ok("alice".into()));
+
+        assert_eq!(
+            auth(bad, Checks::CachedOnly),
+            Err(AuthFailure::NeedsSlowCheck)
+        );
+        let wrong = Err(AuthFailure::WrongPassword("alice".into()));
+        assert_eq!(auth(bad, Checks::All), wrong);
+        assert_eq!(auth(bad, Checks::CachedOnly), wrong);
+        assert_eq!(
+            auth(bad, Checks::CachedOnly),
+            Err(AuthFailure::NeedsSlowCheck)
+        );
+
+        assert_eq!(
+            auth(r#"{"user":"plain","pass":"pw"}"#, Checks::CachedOnly),
+            Ok("plain".into())
+        );
     }
 }

@@ -33,8 +33,8 @@ use crate::filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionC
 use crate::identity::{AuthMethod, Identity};
 use crate::op::{ClientOp, Connect, Info, ServerOp};
 use crate::responses::ResponseTracker;
-use crate::verdict::{CloseReason, Verdict};
-use auth::{authenticate, SecretChecker};
+use crate::verdict::{CloseReason, SlowCheck, Verdict};
+use auth::{authenticate, AuthFailure, Checks, SecretChecker};
 use permissions::Permissions;
 use quote::go_quote;
 use rules::{AclRules, UpstreamCredentials};
@@ -277,7 +277,19 @@ impl AclFilter {
                     &self.checker,
                     connect,
                     ctx.conn.tls_peer.as_ref(),
+                    Checks::CachedOnly,
                 ) {
+                    Err(AuthFailure::NeedsSlowCheck) => {
+                        // A bcrypt check: done off this thread, then the CONNECT comes
+                        // back and finds its result remembered.
+                        let (rules, checker) = (self.rules.clone(), self.checker.clone());
+                        let (connect, tls) = (connect.clone(), ctx.conn.tls_peer.clone());
+                        self.connected = false;
+                        return Verdict::Offload(SlowCheck::new(move || {
+                            let _ =
+                                authenticate(&rules, &checker, &connect, tls.as_ref(), Checks::All);
+                        }));
+                    }
                     Ok((user, method)) => {
                         tracing::debug!(user = %user.name, method = method.as_str(), "authenticated");
                         self.user = Some(user.name.clone());
