@@ -679,6 +679,31 @@ async fn client_eof_after_publishing_delivers_everything() {
     assert!(raw.closes_within(WAIT).await);
 }
 
+/// A client that sends its ops and closes its writing side still reads the answers to
+/// them, byte for byte as from nats-server (which writes out a closing client's pending
+/// replies), and the session ends as a client close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_closed_client_reads_its_answers() {
+    let (server, edge) = server_and_edge("").await;
+    let bytes = b"CONNECT {\"verbose\":true}\r\nSUB hc.t 1\r\nPUB hc.t 2\r\nhi\r\nPING\r\n";
+    let mut replies = Vec::new();
+    for addr in [server.addr(), edge_addr(&edge)] {
+        let (mut raw, _) = RawConn::connect_info(addr).await;
+        raw.send(bytes).await;
+        raw.shutdown_write().await;
+        replies.push(show(&raw.read_to_close().await));
+    }
+    assert_eq!(
+        replies[0],
+        show(b"+OK\r\n+OK\r\n+OK\r\nMSG hc.t 1 2\r\nhi\r\nPONG\r\n"),
+        "nats-server's behaviour changed"
+    );
+    assert_eq!(replies[1], replies[0]);
+    let m = edge.metrics().clone();
+    within("edge shutdown", edge.shutdown()).await;
+    assert_eq!(m.closes(nats_edge_filters::CloseReason::ClientClosed), 1);
+}
+
 /// The same pipelined bytes against nats-server's own `max_subscriptions` and through the
 /// edge's `limits.max_subscriptions`: nats-server frees an auto-unsubscribed sid the moment
 /// the PUB that completes it is processed, so a SUB right behind that PUB fits.

@@ -113,6 +113,15 @@ impl Forwarder {
         self.stopped = true;
     }
 
+    /// The client closed its side (client to upstream only): what the upstream still owes
+    /// for the client's ops (a PONG, a `+OK`, an `-ERR`) is delivered before the session
+    /// ends, as nats-server writes out a closing client's pending replies. A barrier PING
+    /// goes upstream; its PONG ends the session as a client close.
+    pub fn finish_after_upstream(&mut self, shared: &mut Shared) {
+        self.stopped = true;
+        self.answer_after_upstream(shared, None, Some(CloseReason::ClientClosed));
+    }
+
     pub fn is_stopped(&self) -> bool {
         self.stopped
     }

@@ -394,6 +394,8 @@ where
     tokio::pin!(lame_duck_signal);
     let mut lame_duck_sent = false;
     let mut client_info_published = false;
+    // The client's side reached its end after the CONNECT.
+    let mut client_ended = false;
 
     poll_fn(|cx| loop {
         let generation = shared.generation;
@@ -431,14 +433,30 @@ where
             }
             Poll::Ready(Err(IoFailure::Write(e))) => {
                 tracing::debug!(error = %e, "client write failed");
-                return Poll::Ready(CloseReason::ClientIoError);
+                // A client that closed both sides cannot take its last answers: still a
+                // client close.
+                return Poll::Ready(if client_ended {
+                    CloseReason::ClientClosed
+                } else {
+                    CloseReason::ClientIoError
+                });
             }
             Poll::Pending => {}
         }
         match c2u.poll(cx, client, upstream, shared) {
-            Poll::Ready(Ok(())) => {
-                return Poll::Ready(shared.closing.unwrap_or(CloseReason::ClientClosed))
+            Poll::Ready(Ok(())) if !client_ended => {
+                if shared.closing.is_some() || shared.ctx.connect.is_none() {
+                    return Poll::Ready(shared.closing.unwrap_or(CloseReason::ClientClosed));
+                }
+                // The client closed its side after its CONNECT: the upstream's answers to
+                // what it sent still reach it (a half-closed client reads them), then the
+                // session ends, within the close grace.
+                client_ended = true;
+                c2u.finish_after_upstream(shared);
+                continue;
             }
+            // Ended; waiting for the upstream's last answers.
+            Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(IoFailure::Read(e))) => {
                 if transport::is_tls_on_plain(&e) {
                     let why = HandshakeFailure::TlsOnPlainListener;
