@@ -9,6 +9,7 @@ mod common;
 mod transport_support;
 
 use common::*;
+use nats_edge_filters::CloseReason;
 use transport_support::{toml_path, Leaf, Pki};
 
 const RULES: &str = concat!(
@@ -301,6 +302,11 @@ async fn edge_mode_refuses_bad_credentials_as_nats_server_does() {
             "{bad}"
         );
     }
+    // The edge's own refusals, not the upstream's: nothing went upstream for them.
+    let m = edge.metrics().clone();
+    within("edge shutdown", edge.shutdown()).await;
+    assert_eq!(m.closes(CloseReason::AuthorizationViolation), 4);
+    assert_eq!(m.closes(CloseReason::UpstreamClosed), 0);
     // An op before CONNECT: nats-server requires CONNECT first from a client it authenticates.
     // (edge-users.toml has a no_auth_user, so use a rule file without one.)
     let dir = tempfile::tempdir().unwrap();

@@ -358,7 +358,7 @@ impl Forwarder {
                 if count > 0 {
                     run += len;
                     self.msgs += count;
-                    shared.forwarded_since_barrier = true;
+                    shared.forwarded();
                 }
             }
             let frame = match scan(&self.rbuf[run..], self.dir, &shared.client_scan) {
@@ -383,7 +383,7 @@ impl Forwarder {
                 if frame.verb == Verb::Ping {
                     shared.pings_sent += 1;
                 }
-                shared.forwarded_since_barrier = true;
+                shared.forwarded();
                 run += frame.len;
                 continue;
             }
@@ -487,7 +487,7 @@ impl Forwarder {
             if matches!(op, ClientOp::Ping) {
                 shared.pings_sent += 1;
             }
-            shared.forwarded_since_barrier = true;
+            shared.forwarded();
         }
     }
 

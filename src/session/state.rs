@@ -56,6 +56,9 @@ pub struct Shared {
     /// Whether an op has gone upstream since the newest barrier's PING, so a new answer
     /// needs a barrier of its own.
     pub forwarded_since_barrier: bool,
+    /// Whether any client op has gone upstream: until one has, the upstream owes the
+    /// client nothing (it sent its INFO), and an answer needs no barrier.
+    forwarded_any: bool,
     /// Bytes for the client that need no barrier, written at the next frame boundary.
     pub to_client: VecDeque<Bytes>,
     /// Set when the barrier a deferred client op waits for has been released.
@@ -99,6 +102,7 @@ impl Shared {
             barriers: VecDeque::new(),
             held_answer_bytes: 0,
             forwarded_since_barrier: true,
+            forwarded_any: false,
             to_client: VecDeque::new(),
             resume_deferred: false,
             closing: None,
@@ -121,13 +125,32 @@ impl Shared {
         self.server_scan.max_payload = MAX_DELIVERED_PAYLOAD;
     }
 
+    /// A client op went upstream: the upstream may owe an answer to it.
+    pub fn forwarded(&mut self) {
+        self.forwarded_since_barrier = true;
+        self.forwarded_any = true;
+    }
+
     /// Queues an answer for the client behind everything the upstream still owes. Returns
     /// true when the caller must send a barrier PING upstream.
+    ///
+    /// Before any op has gone upstream it owes nothing, and the answer goes out at once: a
+    /// PING there would reach an upstream that has not seen a CONNECT (one that requires
+    /// auth would refuse it and close, as for a client the edge itself refused).
     pub fn answer_after_upstream(
         &mut self,
         op: Option<&ServerOp>,
         close: Option<CloseReason>,
     ) -> bool {
+        if !self.forwarded_any && self.barriers.is_empty() {
+            if let Some(op) = op {
+                self.send_now(op);
+            }
+            if let Some(reason) = close {
+                self.close(reason);
+            }
+            return false;
+        }
         let reuse = !self.forwarded_since_barrier
             && self
                 .barriers
@@ -157,6 +180,12 @@ impl Shared {
     /// Holds the client's stream until the upstream has answered everything sent so far.
     /// Returns true when the caller must send a barrier PING upstream.
     pub fn defer_until_upstream(&mut self) -> bool {
+        if !self.forwarded_any && self.barriers.is_empty() {
+            // The upstream owes nothing yet: it has caught up already.
+            self.resume_deferred = true;
+            self.generation += 1;
+            return false;
+        }
         let needs_ping = self.answer_after_upstream(None, None);
         if let Some(barrier) = self.barriers.back_mut() {
             barrier.resume = true;
@@ -267,6 +296,7 @@ mod tests {
     #[test]
     fn held_answers_are_bounded_by_bytes() {
         let mut s = shared();
+        s.forwarded();
         let denied = ServerOp::Err(r#"Permissions Violation for Publish to "denied""#.into());
         assert!(s.answer_after_upstream(Some(&denied), None));
         let mut answers = 1;
@@ -284,5 +314,19 @@ mod tests {
         assert_eq!(released.answers.len(), answers * one.len());
         assert_eq!(s.held_answer_bytes, 0);
         assert!(!s.answers_backlogged());
+    }
+
+    /// Before any op has gone upstream, nothing is owed: an answer (and a close) goes out
+    /// at once, with no PING to an upstream that has not seen a CONNECT.
+    #[test]
+    fn answers_before_anything_went_upstream_need_no_barrier() {
+        let mut s = shared();
+        let refused = ServerOp::Err("Authorization Violation".into());
+        assert!(!s.answer_after_upstream(Some(&refused), Some(CloseReason::AuthorizationViolation)));
+        assert!(s.barriers.is_empty());
+        assert_eq!(s.to_client.len(), 1);
+        assert_eq!(s.closing, Some(CloseReason::AuthorizationViolation));
+        assert!(!s.defer_until_upstream());
+        assert!(s.resume_deferred);
     }
 }
