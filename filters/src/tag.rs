@@ -23,6 +23,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::acl::quote::go_quote;
 use crate::errors;
 use crate::events::Events;
 use crate::filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionCtx};
@@ -543,28 +544,6 @@ fn merge_json(payload: &[u8], field: &str, value: Map<String, Value>) -> Option<
     // Overwritten, never merged: a client-supplied field of the same name is not trusted.
     object.insert(field.to_string(), Value::Object(value));
     serde_json::to_vec(&object).ok().map(Bytes::from)
-}
-
-/// A subject quoted as Go's `%q` does, as nats-server quotes it in permission errors.
-pub fn go_quote(subject: &[u8]) -> String {
-    let text = String::from_utf8_lossy(subject);
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
