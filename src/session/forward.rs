@@ -538,9 +538,11 @@ impl Forwarder {
             match frame.verb {
                 Verb::Pong => {
                     if let Some(barrier) = shared.pong_received() {
-                        // The edge's own PING: release what it held, hide the PONG.
+                        // The edge's own PING: release what it held, hide the PONG (which
+                        // is not the client's traffic, so it is not counted either).
                         self.flush_run(&mut run);
                         self.rbuf.advance(frame.len);
+                        self.bytes = self.bytes.saturating_sub(frame.len as u64);
                         self.push(barrier.answers.freeze());
                         shared.resume_deferred |= barrier.resume;
                         if let Some(reason) = barrier.close {
