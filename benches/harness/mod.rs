@@ -540,6 +540,13 @@ fn report(samples: &Samples, mode: Mode) -> Value {
         if let (Some(e), Some(h)) = (by_target.get("edge"), by_target.get("haproxy")) {
             row.insert("edge/haproxy".into(), json!(median(e) / median(h)));
         }
+        if workload.ends_with("_msgs_per_s") {
+            for (a, b) in [("edge", "direct"), ("edge", "haproxy")] {
+                if let Some(range) = round_ratios(by_target, a, b) {
+                    row.insert(format!("{a}/{b} rounds"), range);
+                }
+            }
+        }
         if let (Some(e), Some(b)) = (by_target.get("edge"), by_target.get("baseline")) {
             row.insert("edge/baseline".into(), json!(median(e) / median(b)));
         }
@@ -553,6 +560,21 @@ fn report(samples: &Samples, mode: Mode) -> Value {
         "machine": machine(),
         "results": rows,
     })
+}
+
+/// The lowest and highest of `a`'s value over `b`'s round by round, as `[min, max]`: how far
+/// a ratio moves between rounds of one run (a ratio whose range spans 1.0 is a tie within
+/// the noise). `None` with fewer than two rounds of both.
+fn round_ratios(by_target: &BTreeMap<&'static str, Vec<f64>>, a: &str, b: &str) -> Option<Value> {
+    let (a, b) = (by_target.get(a)?, by_target.get(b)?);
+    if a.len() < 2 || a.len() != b.len() {
+        return None;
+    }
+    let ratios = a.iter().zip(b).map(|(x, y)| x / y);
+    let (min, max) = ratios.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
+        (lo.min(r), hi.max(r))
+    });
+    Some(json!([min, max]))
 }
 
 /// Request/reply round trips one at a time through `t`: latency percentiles.
@@ -692,11 +714,20 @@ pub fn table(report: &Value) -> String {
                     ("edge+busy_poll/haproxy+busy_polling", "both busy-polling"),
                 ],
             );
+            // A ratio, then the range of its per-round values: `0.98 (rounds 0.91–1.06)`.
+            let with_rounds = |text: String, key: &str| match row.get(key).and_then(Value::as_array)
+            {
+                Some(r) if r.len() == 2 => {
+                    format!("{text} (rounds {}–{})", fmt(r.first()), fmt(r.get(1)))
+                }
+                _ => text,
+            };
+            let edge_direct = with_rounds(fmt(row.get("edge/direct")), "edge/direct rounds");
+            let edge_haproxy = with_rounds(edge_haproxy, "edge/haproxy rounds");
             let _ = writeln!(
                 out,
-                "| {workload} | {} | {edge} | {haproxy} | {} | {} | {edge_haproxy} |",
+                "| {workload} | {} | {edge} | {haproxy} | {edge_direct} | {} | {edge_haproxy} |",
                 fmt(row.get("direct")),
-                fmt(row.get("edge/direct")),
                 fmt(row.get("haproxy/direct")),
             );
         }
