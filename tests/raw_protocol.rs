@@ -734,6 +734,34 @@ async fn max_subscriptions_matches_nats_server() {
     );
 }
 
+/// At the limit nats-server refuses every SUB before looking at its sid or subject: one that
+/// reuses a live sid, and one with an invalid subject, get the same error; below it, the
+/// invalid subject is nats-server's `Invalid Subject`. The edge's limit answers alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_subscriptions_refuses_reused_sids_and_bad_subjects_at_the_limit() {
+    let bytes = with_connect(
+        b"SUB a 1\r\nSUB a..b 9\r\nSUB b 2\r\nSUB a 1\r\nSUB c..d 3\r\nUNSUB 2\r\nSUB a 1\r\n",
+    );
+    let limited = NatsServer::start_with_config("max_subscriptions: 2\n");
+    let (mut direct, _) = RawConn::connect_info(limited.addr()).await;
+    let expected = direct.roundtrip(&bytes).await;
+    assert_eq!(
+        show(&expected.bytes),
+        show(
+            b"-ERR 'Invalid Subject'\r\n-ERR 'maximum subscriptions exceeded'\r\n\
+              -ERR 'maximum subscriptions exceeded'\r\n"
+        ),
+        "nats-server's behaviour changed"
+    );
+    let (_server, edge) = server_and_edge("[limits]\nmax_subscriptions = 2").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let got = raw.roundtrip(&bytes).await;
+    assert_eq!(
+        (show(&got.bytes), got.closed),
+        (show(&expected.bytes), expected.closed)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_timeout_without_connect() {
     let (_server, edge) = server_and_edge("[limits]\nhandshake_timeout = \"300ms\"").await;

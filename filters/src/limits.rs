@@ -104,11 +104,8 @@ impl Filter for Limits {
         };
         match op {
             ClientOp::Sub(sub) => {
-                // An invalid subject is the upstream's to refuse ('Invalid Subject'); it never
-                // becomes a subscription, so it is not counted.
-                if !subject::is_valid_subject(&sub.subject) || self.subs.contains_key(&sub.sid) {
-                    return Verdict::Forward;
-                }
+                // At the limit nats-server refuses any SUB, before it looks at the subject or
+                // the sid: one that reuses a sid, or names an invalid subject, too.
                 if self.subs.len() >= max {
                     // nats-server frees an auto-unsubscribed slot when it delivers the last
                     // message, which the edge sees only when that MSG comes back: with such a
@@ -118,6 +115,11 @@ impl Filter for Limits {
                         return Verdict::Defer;
                     }
                     return Verdict::error(errors::MAX_SUBSCRIPTIONS_EXCEEDED);
+                }
+                // Below it, an invalid subject is the upstream's to refuse ('Invalid
+                // Subject') and never becomes a subscription; a reused sid is the one it has.
+                if !subject::is_valid_subject(&sub.subject) || self.subs.contains_key(&sub.sid) {
+                    return Verdict::Forward;
                 }
                 self.subs
                     .insert(Bytes::copy_from_slice(&sub.sid), AutoUnsub::default());
