@@ -561,32 +561,44 @@ impl Filter for AclFilter {
 /// its user JWT. nats-server checks that name only if it authenticates clients: in front of
 /// one without authorization, any name passes (docs/acl.md says so).
 ///
-/// A CONNECT with more than one kind of credential (user, nkey, JWT, token) is refused:
+/// A CONNECT with more than one kind of credential (user, nkey or JWT, token) is refused:
 /// nats-server checks only the one its own configuration uses (a token server ignores
 /// `user`, an nkey server prefers `nkey`, a server outside operator mode ignores the JWT),
 /// so a valid token with `"user":"admin"` beside it would otherwise pass for admin here.
+/// A JWT with an nkey is one credential (nats.js sends its creds that way): the nkey must
+/// then be the JWT's subject, the key nats-server checks the signature with.
 fn passthrough_user(connect: &Connect) -> Result<Option<Arc<str>>, &'static str> {
     fn given(s: &Option<String>) -> Option<&str> {
         s.as_deref().filter(|s| !s.is_empty())
     }
+    let (user, nkey, jwt) = (
+        given(&connect.user),
+        given(&connect.nkey),
+        given(&connect.jwt),
+    );
     let kinds = [
-        &connect.user,
-        &connect.nkey,
-        &connect.jwt,
-        &connect.auth_token,
+        user.is_some(),
+        nkey.is_some() || jwt.is_some(),
+        given(&connect.auth_token).is_some(),
     ]
     .into_iter()
-    .filter(|c| given(c).is_some())
+    .filter(|given| *given)
     .count();
     if kinds > 1 {
         return Err(
-            "the CONNECT presents more than one kind of credential (user, nkey, jwt, auth_token)",
+            "the CONNECT presents more than one kind of credential (user, nkey or jwt, auth_token)",
         );
     }
-    Ok(given(&connect.user)
-        .or_else(|| given(&connect.nkey))
+    let subject = jwt.map(|jwt| jwt_subject(jwt).unwrap_or_default());
+    if let (Some(nkey), Some(subject)) = (nkey, &subject) {
+        if nkey != subject {
+            return Err("the CONNECT's nkey is not the subject of its JWT");
+        }
+    }
+    Ok(user
+        .or(nkey)
         .map(Arc::from)
-        .or_else(|| connect.jwt.as_deref().and_then(jwt_subject).map(Arc::from)))
+        .or_else(|| subject.filter(|s| !s.is_empty()).map(Arc::from)))
 }
 
 /// The `sub` claim of a JWT, read without verifying it (nats-server verifies it).

@@ -103,6 +103,7 @@ fn passthrough_refuses_two_kinds_of_credential() {
         r#"{"auth_token":"t0k3n","user":"alice"}"#,
         r#"{"nkey":"UABC","user":"alice","pass":"x"}"#,
         r#"{"jwt":"e30.e30.x","auth_token":"t"}"#,
+        r#"{"jwt":"e30.e30.x","user":"alice"}"#,
     ] {
         let (mut chain, mut ctx, _, _) = setup(AuthMode::Passthrough, RULES);
         let verdict = chain.on_client_op(&mut connect(json), &mut ctx);
@@ -115,6 +116,47 @@ fn passthrough_refuses_two_kinds_of_credential() {
             "{json}"
         );
     }
+
+    // A JWT with an nkey (nats.js's creds) is one credential, keyed on the JWT's subject,
+    // which the nkey must be.
+    let claims = |sub: &str| {
+        let encode = |text: String| {
+            const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let bytes = text.into_bytes();
+            let mut out = String::new();
+            for chunk in bytes.chunks(3) {
+                let n = chunk.iter().fold(0u32, |acc, b| acc << 8 | u32::from(*b))
+                    << (8 * (3 - chunk.len()));
+                for i in 0..=chunk.len() {
+                    out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+                }
+            }
+            out
+        };
+        format!("e30.{}.sig", encode(format!(r#"{{"sub":"{sub}"}}"#)))
+    };
+    let (mut chain, mut ctx, _, _) = setup(AuthMode::Passthrough, RULES);
+    let creds = format!(
+        r#"{{"jwt":"{}","nkey":"UALICE","sig":"x"}}"#,
+        claims("UALICE")
+    );
+    assert_eq!(
+        chain.on_client_op(&mut connect(&creds), &mut ctx),
+        Verdict::Forward
+    );
+    assert_eq!(ctx.identity.as_ref().unwrap().user_name(), "UALICE");
+    let (mut chain, mut ctx, _, _) = setup(AuthMode::Passthrough, RULES);
+    let forged = format!(
+        r#"{{"jwt":"{}","nkey":"UADMIN","sig":"x"}}"#,
+        claims("UALICE")
+    );
+    assert_eq!(
+        chain.on_client_op(&mut connect(&forged), &mut ctx),
+        Verdict::close_with(
+            CloseReason::AuthorizationViolation,
+            errors::AUTHORIZATION_VIOLATION
+        )
+    );
 
     let (mut chain, mut ctx, _, _) = setup(AuthMode::Passthrough, RULES);
     // Blank fields are no credential: a user and an empty token is one kind.
