@@ -592,6 +592,12 @@ where
         if total == 0 {
             return Poll::Ready(Ok(0));
         }
+        if this.close_queued && this.no_plain_frame() {
+            // No data frame follows a close frame (RFC 6455 section 5.5.1): the client said
+            // it is done, or the edge did. What the session still writes is dropped.
+            ready!(this.poll_control(cx))?;
+            return Poll::Ready(Ok(total));
+        }
         if this.no_plain_frame() {
             // A compressed frame still going out leaves first, then control frames.
             ready!(this.poll_control(cx))?;
@@ -950,6 +956,26 @@ pub(super) mod tests {
         assert!((1..=3).contains(&pongs.len()), "{} pongs", pongs.len());
         let last = pongs.last().unwrap();
         assert_eq!(last[..4], (pings - 1).to_be_bytes());
+    }
+
+    /// After the client's close frame, the close reply is the last frame: what the session
+    /// writes later (answers the upstream still owed) is dropped, never framed.
+    #[tokio::test]
+    async fn nothing_follows_the_close_reply() {
+        use tokio::io::AsyncWriteExt;
+
+        let (server_io, mut client) = tokio::io::duplex(1024);
+        let mut server = WsStream::new(server_io, BytesMut::new(), 1 << 20, None);
+        let close = client_frame(true, OP_CLOSE, &1000u16.to_be_bytes(), Some([1, 2, 3, 4]));
+        client.write_all(&close).await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        server.write_all(b"MSG late 1 2\r\nhi\r\n").await.unwrap();
+        server.shutdown().await.unwrap();
+        drop(server);
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, [0x88, 2, 0x03, 0xE8]);
     }
 
     /// A client gone between the frames of a fragmented message broke the stream.
