@@ -149,9 +149,11 @@ impl Forwarder {
                 while let Some(bytes) = shared.to_client.pop_front() {
                     self.push(bytes);
                 }
-            } else if shared.resume_deferred {
-                shared.resume_deferred = false;
-                self.resume_deferred(shared);
+            } else if shared.resume_deferred || shared.resume_offloaded {
+                // Deferred: the upstream has caught up. Offloaded: the check is done.
+                let caught_up = std::mem::take(&mut shared.resume_deferred);
+                shared.resume_offloaded = false;
+                self.resume_deferred(shared, caught_up);
                 continue;
             }
             if std::mem::take(&mut self.unscanned) {
@@ -405,11 +407,17 @@ impl Forwarder {
         };
     }
 
-    /// The upstream has caught up with a deferred frame: show it to the filters again, then
-    /// carry on with what the client sent after it.
-    fn resume_deferred(&mut self, shared: &mut Shared) {
+    /// The upstream has caught up with a deferred frame (`caught_up`), or the check an
+    /// offloaded one waited for is done: show it to the filters again, then carry on with
+    /// what the client sent after it.
+    fn resume_deferred(&mut self, shared: &mut Shared, caught_up: bool) {
+        if self.stopped {
+            // The session ended meanwhile (a handshake timeout during a check).
+            self.deferred = None;
+            return;
+        }
         if let Some((data, frame)) = self.deferred.take() {
-            shared.ctx.upstream_caught_up = true;
+            shared.ctx.upstream_caught_up = caught_up;
             self.filter_client_frame(data, &frame, shared);
             shared.ctx.upstream_caught_up = false;
             self.process_client(shared);

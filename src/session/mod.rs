@@ -406,7 +406,10 @@ where
         }
 
         if shared.closing.is_none() {
-            if shared.ctx.connect.is_none() && handshake.as_mut().poll(cx).is_ready() {
+            // A CONNECT still being checked (off the thread) counts against the timeout
+            // too, as a bcrypt check counts against nats-server's auth_timeout.
+            let unchecked = shared.ctx.connect.is_none() || shared.offloaded.is_some();
+            if unchecked && handshake.as_mut().poll(cx).is_ready() {
                 tracing::info!("no CONNECT within the handshake timeout");
                 shared.send_now(&ServerOp::Err(errors::AUTHENTICATION_TIMEOUT.to_string()));
                 shared.close(CloseReason::HandshakeTimeout);

@@ -74,6 +74,9 @@ pub struct Shared {
     /// A filter's check running on the blocking pool while the client's stream waits
     /// ([`Verdict::Offload`](nats_edge_filters::Verdict::Offload)).
     pub offloaded: Option<tokio::task::JoinHandle<()>>,
+    /// Set when that check is done: the op it held is shown to the filters again (unlike
+    /// `resume_deferred`, without the upstream having caught up).
+    pub resume_offloaded: bool,
 }
 
 impl Shared {
@@ -110,6 +113,7 @@ impl Shared {
             filter_time: LocalFilterTime::default(),
             last_info: None,
             offloaded: None,
+            resume_offloaded: false,
         };
         shared.set_upstream_max_payload(upstream_max_payload);
         shared
@@ -239,7 +243,7 @@ impl Shared {
         if let Some(job) = self.offloaded.as_mut() {
             if std::future::Future::poll(std::pin::Pin::new(job), cx).is_ready() {
                 self.offloaded = None;
-                self.resume_deferred = true;
+                self.resume_offloaded = true;
                 self.generation += 1;
             }
         }

@@ -4,7 +4,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use super::rules::{AclRules, Secret, User};
 use crate::filter::TlsPeer;
@@ -31,7 +31,12 @@ pub enum AuthFailure {
     /// session's thread, before the answer is known.
     #[error("a bcrypt check is still to be done")]
     NeedsSlowCheck,
+    #[error("the password check did not finish")]
+    CheckLost,
 }
+
+/// Who a client is, or why it was refused.
+pub type AuthOutcome = Result<(Arc<User>, AuthMethod), AuthFailure>;
 
 /// Which secret checks [`authenticate`] may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,26 +64,56 @@ fn is_bcrypt(secret: &str) -> bool {
 ///
 /// A bcrypt check costs tens of milliseconds of CPU, which on a session's thread would stall
 /// every session sharing it: sessions ask with [`Checks::CachedOnly`] and have the check
-/// run off their thread when it is not known yet. Results are remembered (by a keyed hash of
-/// hash and password, never the password itself): successes, so a client that reconnects
-/// pays once, and failures for as long as it takes the session to read them back.
+/// run off their thread when it is not known yet (the ACL filter keeps that check's result
+/// for its session). Successes are remembered (by a keyed hash of hash and password, never
+/// the password itself), so a client that reconnects pays once.
 pub struct SecretChecker {
     hasher: RandomState,
     verified: Mutex<HashMap<u64, ()>>,
-    refused: Mutex<HashMap<u64, ()>>,
 }
 
 /// How many verified bcrypt checks are remembered.
 const VERIFIED_CAPACITY: usize = 4096;
-/// How many failed bcrypt checks wait to be read back by their sessions.
-const REFUSED_CAPACITY: usize = 1024;
+
+/// Lets at most half the cores (at least one) run bcrypt at once, whatever the number of
+/// clients waiting to be checked: a flood of wrong passwords queues here instead of taking
+/// every core from the sessions.
+struct BcryptSlots {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl BcryptSlots {
+    fn get() -> &'static BcryptSlots {
+        static SLOTS: OnceLock<BcryptSlots> = OnceLock::new();
+        SLOTS.get_or_init(|| BcryptSlots {
+            free: Mutex::new(
+                std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            ),
+            freed: Condvar::new(),
+        })
+    }
+
+    /// Runs `check` in a slot, waiting for one to be free.
+    fn run<T>(&self, check: impl FnOnce() -> T) -> T {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        drop(free);
+        let result = check();
+        *self.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.freed.notify_one();
+        result
+    }
+}
 
 impl Default for SecretChecker {
     fn default() -> Self {
         SecretChecker {
             hasher: RandomState::new(),
             verified: Mutex::new(HashMap::new()),
-            refused: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -95,40 +130,26 @@ impl SecretChecker {
             ));
         }
         let key = self.hasher.hash_one((configured, presented));
-        if remembered(&self.verified, key, false) {
+        if self
+            .verified
+            .lock()
+            .is_ok_and(|cache| cache.contains_key(&key))
+        {
             return Some(true);
-        }
-        // A failure is read back once, by the session whose check found it.
-        if remembered(&self.refused, key, true) {
-            return Some(false);
         }
         if checks == Checks::CachedOnly {
             return None;
         }
-        let ok = bcrypt::verify(presented, configured).unwrap_or(false);
-        let (cache, capacity) = if ok {
-            (&self.verified, VERIFIED_CAPACITY)
-        } else {
-            (&self.refused, REFUSED_CAPACITY)
-        };
-        if let Ok(mut cache) = cache.lock() {
-            if cache.len() >= capacity {
-                cache.clear();
+        let ok = BcryptSlots::get().run(|| bcrypt::verify(presented, configured).unwrap_or(false));
+        if ok {
+            if let Ok(mut cache) = self.verified.lock() {
+                if cache.len() >= VERIFIED_CAPACITY {
+                    cache.clear();
+                }
+                cache.insert(key, ());
             }
-            cache.insert(key, ());
         }
         Some(ok)
-    }
-}
-
-fn remembered(cache: &Mutex<HashMap<u64, ()>>, key: u64, take: bool) -> bool {
-    let Ok(mut cache) = cache.lock() else {
-        return false;
-    };
-    if take {
-        cache.remove(&key).is_some()
-    } else {
-        cache.contains_key(&key)
     }
 }
 
@@ -152,7 +173,7 @@ pub fn authenticate(
     connect: &Connect,
     tls: Option<&TlsPeer>,
     checks: Checks,
-) -> Result<(Arc<User>, AuthMethod), AuthFailure> {
+) -> AuthOutcome {
     let matches = |configured: &Secret, presented: &str| {
         checker
             .matches(configured, presented, checks)
@@ -289,8 +310,8 @@ user = "guest"
     }
 
     /// On a session's thread only remembered bcrypt results count: an unknown one asks for
-    /// the check to be run elsewhere, after which the same question is answered from memory
-    /// (a failure once, by the session that asked). Plain-text secrets need no check.
+    /// the check to be run elsewhere, after which a success is answered from memory.
+    /// Plain-text secrets need no check.
     #[test]
     fn bcrypt_checks_leave_the_sessions_thread() {
         let rules = rules();
@@ -312,9 +333,9 @@ user = "guest"
             auth(bad, Checks::CachedOnly),
             Err(AuthFailure::NeedsSlowCheck)
         );
+        // Failures are not remembered: the session that asked keeps its own result.
         let wrong = Err(AuthFailure::WrongPassword("alice".into()));
         assert_eq!(auth(bad, Checks::All), wrong);
-        assert_eq!(auth(bad, Checks::CachedOnly), wrong);
         assert_eq!(
             auth(bad, Checks::CachedOnly),
             Err(AuthFailure::NeedsSlowCheck)

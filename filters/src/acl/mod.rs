@@ -21,7 +21,7 @@ pub mod quote;
 pub mod rules;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -34,7 +34,7 @@ use crate::identity::{AuthMethod, Identity};
 use crate::op::{ClientOp, Connect, Info, ServerOp};
 use crate::responses::ResponseTracker;
 use crate::verdict::{CloseReason, SlowCheck, Verdict};
-use auth::{authenticate, AuthFailure, Checks, SecretChecker};
+use auth::{authenticate, AuthFailure, AuthOutcome, Checks, SecretChecker};
 use permissions::Permissions;
 use quote::go_quote;
 use rules::{AclRules, UpstreamCredentials};
@@ -151,6 +151,8 @@ pub struct AclFilter {
     /// Whether the client's CONNECT has been judged.
     connected: bool,
     logged: HashMap<Bytes, Instant>,
+    /// Where the check of this session's CONNECT, run off its thread, leaves its result.
+    slow_check: Option<Arc<OnceLock<AuthOutcome>>>,
 }
 
 impl AclFilter {
@@ -172,6 +174,7 @@ impl AclFilter {
             revoked: false,
             connected: false,
             logged: HashMap::new(),
+            slow_check: None,
         };
         // Until the CONNECT names a user, the default permissions apply: nats-server takes
         // ops before CONNECT from a client when it requires no auth.
@@ -272,22 +275,30 @@ impl AclFilter {
                 Verdict::Forward
             }
             AuthMode::Edge => {
-                match authenticate(
-                    &self.rules,
-                    &self.checker,
-                    connect,
-                    ctx.conn.tls_peer.as_ref(),
-                    Checks::CachedOnly,
-                ) {
+                let outcome = match self.slow_check.take() {
+                    // The CONNECT again, its check done off this thread.
+                    Some(slot) => slot.get().cloned().unwrap_or(Err(AuthFailure::CheckLost)),
+                    None => authenticate(
+                        &self.rules,
+                        &self.checker,
+                        connect,
+                        ctx.conn.tls_peer.as_ref(),
+                        Checks::CachedOnly,
+                    ),
+                };
+                match outcome {
                     Err(AuthFailure::NeedsSlowCheck) => {
-                        // A bcrypt check: done off this thread, then the CONNECT comes
-                        // back and finds its result remembered.
+                        // A bcrypt check: done off this thread, with its result left in
+                        // this session's slot for the CONNECT's second showing.
+                        let slot = Arc::new(OnceLock::new());
+                        self.slow_check = Some(slot.clone());
                         let (rules, checker) = (self.rules.clone(), self.checker.clone());
                         let (connect, tls) = (connect.clone(), ctx.conn.tls_peer.clone());
                         self.connected = false;
                         return Verdict::Offload(SlowCheck::new(move || {
-                            let _ =
+                            let outcome =
                                 authenticate(&rules, &checker, &connect, tls.as_ref(), Checks::All);
+                            let _ = slot.set(outcome);
                         }));
                     }
                     Ok((user, method)) => {

@@ -226,6 +226,37 @@ fn responses_are_allowed_once() {
     assert!(chain.on_client_op(&mut publish("_INBOX.1"), &mut ctx) != Verdict::Forward);
 }
 
+/// In edge mode a bcrypt password is checked off the session's thread: the CONNECT is
+/// offloaded, the check leaves its result in the session's slot, and the CONNECT's second
+/// showing is judged by it, a wrong password as much as a right one.
+#[test]
+fn edge_mode_offloads_bcrypt_checks() {
+    let hash = bcrypt::hash_with_result("s3cret", 4).unwrap().to_string();
+    let rules = format!("[[users]]\nuser = \"carol\"\npassword = \"{hash}\"\n");
+    for (pass, judged) in [
+        ("s3cret", Verdict::Changed),
+        (
+            "guess",
+            Verdict::close_with(
+                CloseReason::AuthorizationViolation,
+                errors::AUTHORIZATION_VIOLATION,
+            ),
+        ),
+    ] {
+        let (mut chain, mut ctx, _, _) = setup(AuthMode::Edge, &rules);
+        let json = format!(r#"{{"user":"carol","pass":"{pass}"}}"#);
+        let Verdict::Offload(check) = chain.on_client_op(&mut connect(&json), &mut ctx) else {
+            panic!("not offloaded");
+        };
+        check.run();
+        assert_eq!(
+            chain.on_client_op(&mut connect(&json), &mut ctx),
+            judged,
+            "{pass}"
+        );
+    }
+}
+
 #[test]
 fn edge_mode_authenticates_and_replaces_credentials() {
     let (mut chain, mut ctx, _, _) = setup(AuthMode::Edge, RULES);
