@@ -443,13 +443,8 @@ impl Forwarder {
         } else {
             Verdict::Forward
         };
-        if matches!(
-            op,
-            ClientOp::Connect(_) | ClientOp::Sub(_) | ClientOp::Unsub(_)
-        ) {
-            // What the filters want to see may have changed: the CONNECT named the user,
-            // or a subscription's auto-unsubscribe needs its deliveries counted. (An
-            // interest a delivery ends is dropped here too, at the next such op.)
+        if matches!(op, ClientOp::Connect(_)) {
+            // The CONNECT named the user: what the filters want to see may have changed.
             shared.chain.refresh_interest();
         }
         let forwarded = match verdict {

@@ -118,10 +118,14 @@ struct LiveSub {
     queue: Option<Bytes>,
     /// Refused by rules reloaded since it was made: its deliveries are dropped.
     revoked: bool,
-    /// The delivery count at which the upstream ends it (`UNSUB sid max`), and the count
-    /// so far once one is set: its entry goes when the upstream's subscription does.
+    /// The delivery count at which the upstream ends it (`UNSUB sid max`): its entry goes
+    /// when the upstream's subscription does.
     max: Option<u64>,
+    /// Deliveries seen, and whether they are all of them: the session's deliveries were
+    /// watched from the SUB on without a break (the [`AclFilter::watch_epoch`] it was made
+    /// in is still current).
     delivered: u64,
+    watched_since: Option<u64>,
 }
 
 /// One session's identity and permissions.
@@ -139,9 +143,8 @@ pub struct AclFilter {
     responses: Option<ResponseTracker>,
     /// Subscriptions by sid, kept while the user has a subscribe deny list.
     subs: HashMap<Bytes, LiveSub>,
-    /// Entries of `subs` waiting for their last delivery (a max set): while there are any,
-    /// deliveries are watched to count them.
-    counting: usize,
+    /// Bumped whenever deliveries stop being watched: counts made before are incomplete.
+    watch_epoch: u64,
     /// Some entry of `subs` is revoked: deliveries are watched to drop its messages.
     any_revoked: bool,
     /// Set once a subscription can receive denied subjects (nats-server's delivery filter).
@@ -168,7 +171,7 @@ impl AclFilter {
             publish_cache: HashMap::new(),
             responses: None,
             subs: HashMap::new(),
-            counting: 0,
+            watch_epoch: 0,
             any_revoked: false,
             filter_deliveries: false,
             revoked: false,
@@ -208,7 +211,7 @@ impl AclFilter {
             // Subscriptions are tracked whenever rules apply, so a reload that refuses one
             // can stop its deliveries.
             kinds.extend([OpKind::Sub, OpKind::Unsub]);
-            if p.watches_deliveries() || self.any_revoked || self.counting > 0 {
+            if p.watches_deliveries() || self.any_revoked {
                 kinds.push(OpKind::Msg);
             }
         }
@@ -223,7 +226,14 @@ impl AclFilter {
                 OpKind::ClientPong,
             ]);
         }
-        self.interest = Interest::of(&kinds);
+        let interest = Interest::of(&kinds);
+        if self.interest.contains(OpKind::Msg) && !interest.contains(OpKind::Msg) {
+            // Deliveries go unseen from now on: a subscription waiting for its last ones
+            // could wait forever, and no count made so far stays complete.
+            self.watch_epoch += 1;
+            self.subs.retain(|_, s| s.max.is_none());
+        }
+        self.interest = interest;
     }
 
     fn user_label(&self) -> &str {
@@ -385,39 +395,38 @@ impl AclFilter {
         if perms.needs_delivery_filter(&sub.subject, queue) {
             self.filter_deliveries = true;
         }
-        self.subs.insert(
-            Bytes::copy_from_slice(&sub.sid),
-            LiveSub {
+        // A reused sid keeps the subscription it names, as nats-server keeps it.
+        let watched = self.interest.contains(OpKind::Msg);
+        let epoch = self.watch_epoch;
+        self.subs
+            .entry(Bytes::copy_from_slice(&sub.sid))
+            .or_insert_with(|| LiveSub {
                 subject: Bytes::copy_from_slice(&sub.subject),
                 queue: sub.queue.as_deref().map(Bytes::copy_from_slice),
                 revoked: false,
                 max: None,
                 delivered: 0,
-            },
-        );
+                watched_since: watched.then_some(epoch),
+            });
         Verdict::Forward
     }
 
     /// `UNSUB sid [max]`, as nats-server takes it: without a max, or with one the deliveries
     /// have reached (0 included), the subscription ends now; otherwise when they reach it.
+    /// That is known only where every delivery was seen; elsewhere (deliveries are not
+    /// watched, so nothing would count them) the entry goes at once, and the subscription's
+    /// last deliveries, at most `max`, are not held to a reload that revokes it.
     fn on_unsubscribe(&mut self, unsub: &crate::op::Unsub) {
         let Some(live) = self.subs.get_mut(&unsub.sid) else {
             return;
         };
+        let counted =
+            live.watched_since == Some(self.watch_epoch) && self.interest.contains(OpKind::Msg);
         match unsub.max {
-            Some(max) if max > live.delivered => {
-                if live.max.replace(max).is_none() {
-                    self.counting += 1;
-                }
+            Some(max) if counted && max > live.delivered => live.max = Some(max),
+            _ => {
+                self.subs.remove(&unsub.sid);
             }
-            _ => self.forget(&unsub.sid),
-        }
-        self.refresh_interest();
-    }
-
-    fn forget(&mut self, sid: &[u8]) {
-        if let Some(gone) = self.subs.remove(sid) {
-            self.counting -= usize::from(gone.max.is_some());
         }
     }
 
@@ -449,8 +458,7 @@ impl AclFilter {
             Verdict::Forward
         };
         if last {
-            self.forget(&msg.sid);
-            self.refresh_interest();
+            self.subs.remove(&msg.sid);
         }
         verdict
     }
@@ -499,7 +507,6 @@ impl Filter for AclFilter {
             }
             None => {
                 self.subs.clear();
-                self.counting = 0;
                 self.any_revoked = false;
             }
         }

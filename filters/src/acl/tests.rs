@@ -292,45 +292,68 @@ fn unsub(sid: &'static str, max: Option<u64>) -> ClientOp {
     })
 }
 
-/// A subscription's entry lives as long as the upstream's subscription: `UNSUB sid 0` ends
-/// it at once, `UNSUB sid N` after N deliveries, which are watched only meanwhile.
+/// One session's ACL filter, on its own, so a test can see its subscriptions.
+fn lone_filter(text: &str) -> AclFilter {
+    let source = Arc::new(RuleSource::new(AclRules::from_str("t.toml", text).unwrap()));
+    let settings = AclSettings {
+        mode: AuthMode::Passthrough,
+        upstream: None,
+        rules: source,
+        events: Arc::new(Recorded::default()),
+    };
+    AclFilter::new(Arc::new(settings), Arc::new(SecretChecker::default()))
+}
+
+/// A subscription's entry lives as long as the upstream's subscription, as far as the edge
+/// can tell: `UNSUB sid 0` ends it at once, `UNSUB sid N` after N deliveries where every
+/// delivery is seen, at once where deliveries are not watched (nothing would count them);
+/// a reused sid keeps the subscription it names.
 #[test]
 fn auto_unsubscribe_ends_the_tracked_subscription() {
-    let rules = "[[users]]\nuser = \"bob\"\npassword = \"pw\"\n\
-                 [users.permissions]\nsubscribe = [\"jobs.>\"]\n";
-    let (mut chain, mut ctx, _, _) = setup(AuthMode::Passthrough, rules);
-    let mut c = connect(r#"{"user":"bob","pass":"pw"}"#);
-    assert_eq!(chain.on_client_op(&mut c, &mut ctx), Verdict::Forward);
-    let ctx2 = SessionCtx::new(ctx.conn.clone());
-    let mut op = |chain: &mut Chain, op: ClientOp| {
-        let mut op = op;
-        assert_eq!(chain.on_client_op(&mut op, &mut ctx), Verdict::Forward);
-        chain.refresh_interest();
+    let (mut ctx, srv) = {
+        let (_, ctx, _, _) = setup(AuthMode::Passthrough, RULES);
+        let srv = SessionCtx::new(ctx.conn.clone());
+        (ctx, srv)
     };
-    op(&mut chain, sub("jobs.a", None, "1"));
-    assert!(!chain.interest().contains(OpKind::Msg));
-    op(&mut chain, unsub("1", Some(2)));
-    assert!(chain.interest().contains(OpKind::Msg), "deliveries counted");
-    for _ in 0..2 {
-        assert_eq!(
-            chain.on_server_op(&mut msg("jobs.a", "1", None), &ctx2),
-            Verdict::Forward
-        );
-    }
-    chain.refresh_interest();
+    // bob's deliveries are not watched: an auto-unsubscribe is forgotten at once, and
+    // deliveries stay off the filter's interest.
+    let mut bob = lone_filter(
+        "[[users]]\nuser = \"bob\"\npassword = \"pw\"\n\
+         [users.permissions]\nsubscribe = [\"jobs.>\"]\n",
+    );
+    bob.on_client_op(&mut connect(r#"{"user":"bob","pass":"pw"}"#), &mut ctx);
+    bob.on_client_op(&mut sub("jobs.a", None, "1"), &mut ctx);
+    assert!(bob.subs.contains_key(&b"1"[..]));
+    bob.on_client_op(&mut unsub("1", Some(2)), &mut ctx);
+    assert!(bob.subs.is_empty());
+    assert!(!bob.interest().contains(OpKind::Msg));
+
+    // alice has a subscribe deny list, so every delivery is seen and counted.
+    let mut alice = lone_filter(RULES);
+    alice.on_client_op(&mut connect(r#"{"user":"alice"}"#), &mut ctx);
+    assert!(alice.interest().contains(OpKind::Msg));
+    alice.on_client_op(&mut sub("orders.*", None, "2"), &mut ctx);
+    alice.on_server_op(&mut msg("orders.new", "2", None), &srv);
+    // Its max already reached: gone now, as nats-server ends it.
+    alice.on_client_op(&mut unsub("2", Some(1)), &mut ctx);
+    assert!(!alice.subs.contains_key(&b"2"[..]));
+    alice.on_client_op(&mut sub("orders.*", None, "3"), &mut ctx);
+    alice.on_client_op(&mut unsub("3", Some(2)), &mut ctx);
+    alice.on_server_op(&mut msg("orders.new", "3", None), &srv);
+    assert!(alice.subs.contains_key(&b"3"[..]));
+    alice.on_server_op(&mut msg("orders.new", "3", None), &srv);
     assert!(
-        !chain.interest().contains(OpKind::Msg),
+        !alice.subs.contains_key(&b"3"[..]),
         "the last delivery ended it"
     );
-    // The entry is gone: a later max for the same sid has nothing to count.
-    op(&mut chain, unsub("1", Some(5)));
-    assert!(!chain.interest().contains(OpKind::Msg));
-
-    // `UNSUB sid 0` ends it at once, as nats-server does.
-    op(&mut chain, sub("jobs.b", None, "2"));
-    op(&mut chain, unsub("2", Some(0)));
-    op(&mut chain, unsub("2", Some(5)));
-    assert!(!chain.interest().contains(OpKind::Msg));
+    // `UNSUB sid 0` ends it at once.
+    alice.on_client_op(&mut sub("orders.*", None, "4"), &mut ctx);
+    alice.on_client_op(&mut unsub("4", Some(0)), &mut ctx);
+    assert!(!alice.subs.contains_key(&b"4"[..]));
+    // A reused sid keeps the subscription it names.
+    alice.on_client_op(&mut sub("orders.*", None, "5"), &mut ctx);
+    alice.on_client_op(&mut sub("orders.new", None, "5"), &mut ctx);
+    assert_eq!(&alice.subs[&b"5"[..]].subject[..], b"orders.*");
 }
 
 #[test]
