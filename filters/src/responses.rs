@@ -122,7 +122,8 @@ impl ResponseTracker {
             // the oldest deliveries, down to 7/8 of the capacity, so that the next eviction
             // is capacity/8 deliveries away and its cost is shared by all of them. Only the
             // delivery times are copied and partly ordered, never the subjects.
-            let excess = self.replies.len() - self.capacity * 7 / 8;
+            let keep = (self.capacity * 7 / 8).max(1);
+            let excess = self.replies.len() - keep;
             let mut ages: Vec<Instant> = self.replies.values().map(|e| e.delivered).collect();
             let (_, &mut cutoff, _) = ages.select_nth_unstable(excess - 1);
             // Exactly `excess` entries, none younger than the cutoff: the older ones first,
@@ -211,6 +212,14 @@ mod tests {
         assert!(t.len() <= 4);
         assert!(t.may_answer(b"r9", now));
         assert!(!t.may_answer(b"r0", now));
+
+        // Even a tracker of one keeps the reply just delivered.
+        let mut one = ResponseTracker::new(bounds, 1);
+        for i in 0..3u64 {
+            one.delivered(format!("q{i}").as_bytes(), now + Duration::from_millis(i));
+        }
+        assert_eq!(one.len(), 1);
+        assert!(one.may_answer(b"q2", now));
     }
 
     /// Past its capacity the tracker forgets the oldest down to 7/8 of it, so an eviction
