@@ -424,20 +424,12 @@ mod tests {
         let mut f = client_frame(true, OP_BINARY, &deflate(&big), m);
         f[0] |= 0x40;
         bytes.extend(f);
-        bytes.extend(client_frame(true, OP_CLOSE, &1000u16.to_be_bytes(), m));
         client.write_all(&bytes).await.unwrap();
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 1000];
-        loop {
-            let n = server.read(&mut chunk).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&chunk[..n]);
-        }
         let mut want = pub1.clone();
         want.extend_from_slice(b"PING\r\n");
         want.extend_from_slice(&big);
+        let mut got = vec![0u8; want.len()];
+        server.read_exact(&mut got).await.unwrap();
         assert_eq!(got, want);
 
         // A compressible frame goes out compressed, a small one as it is.
@@ -446,10 +438,6 @@ mod tests {
         server.write_all(b"PONG\r\n").await.unwrap();
         server.flush().await.unwrap();
         assert_eq!(server_frame(&mut client).await, (0x8A, b"p".to_vec()));
-        assert_eq!(
-            server_frame(&mut client).await,
-            (0x88, 1000u16.to_be_bytes().to_vec())
-        );
         let (b0, z) = server_frame(&mut client).await;
         assert_eq!(b0, 0x80 | 0x40 | OP_BINARY);
         assert!(z.len() < msg.len());
@@ -457,6 +445,15 @@ mod tests {
         assert_eq!(
             server_frame(&mut client).await,
             (0x82, b"PONG\r\n".to_vec())
+        );
+
+        // The client's close ends the stream, and its reply is the last frame.
+        let close = client_frame(true, OP_CLOSE, &1000u16.to_be_bytes(), m);
+        client.write_all(&close).await.unwrap();
+        assert_eq!(server.read(&mut [0u8; 16]).await.unwrap(), 0);
+        assert_eq!(
+            server_frame(&mut client).await,
+            (0x88, 1000u16.to_be_bytes().to_vec())
         );
     }
 
