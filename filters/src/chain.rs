@@ -30,11 +30,14 @@ impl Chain {
     }
 
     /// Tells every filter that rules were reloaded, then reads their interest again.
-    pub fn on_reload(&mut self, ctx: &SessionCtx) {
+    /// Returns what the client must be told, in filter order.
+    pub fn on_reload(&mut self, ctx: &SessionCtx) -> Vec<ServerOp> {
+        let mut notices = Vec::new();
         for filter in self.filters.iter_mut() {
-            filter.on_reload(ctx);
+            notices.extend(filter.on_reload(ctx));
         }
         self.refresh_interest();
+        notices
     }
 
     /// The union of what every filter wants to see.

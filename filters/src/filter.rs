@@ -137,7 +137,11 @@ pub trait Filter: Send {
 
     /// Called when the proxy has reloaded rule files, so a filter holding rules can take the
     /// new ones for this live session. [`Filter::interest`] is read again afterwards.
-    fn on_reload(&mut self, _ctx: &SessionCtx) {}
+    /// Returns what the client must be told about it (nats-server's `-ERR` for each
+    /// subscription its new permissions refuse), sent at the next frame boundary.
+    fn on_reload(&mut self, _ctx: &SessionCtx) -> Vec<ServerOp> {
+        Vec::new()
+    }
 
     /// Called for a client op on its way to the upstream. The context is mutable so that the
     /// filter that authenticates the CONNECT can record [`SessionCtx::identity`] for the

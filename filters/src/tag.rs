@@ -493,9 +493,10 @@ impl Filter for Tag {
         }
     }
 
-    fn on_reload(&mut self, _ctx: &SessionCtx) {
+    fn on_reload(&mut self, _ctx: &SessionCtx) -> Vec<ServerOp> {
         self.config = self.source.current();
         self.cached = None;
+        Vec::new()
     }
 
     fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {

@@ -402,7 +402,9 @@ where
         let epoch = env.rules_epoch.load(Ordering::Relaxed);
         if rules_epoch != Some(epoch) {
             rules_epoch = Some(epoch);
-            shared.chain.on_reload(&shared.ctx);
+            for notice in shared.chain.on_reload(&shared.ctx) {
+                shared.send_now(&notice);
+            }
         }
 
         if shared.closing.is_none() {

@@ -480,10 +480,10 @@ impl Filter for AclFilter {
         }
     }
 
-    fn on_reload(&mut self, _ctx: &SessionCtx) {
+    fn on_reload(&mut self, _ctx: &SessionCtx) -> Vec<ServerOp> {
         let rules = self.settings.rules.current();
         if Arc::ptr_eq(&rules, &self.rules) {
-            return;
+            return Vec::new();
         }
         self.rules = rules;
         if self.settings.mode == AuthMode::Edge {
@@ -495,12 +495,24 @@ impl Filter for AclFilter {
             }
         }
         self.take_permissions();
-        // Subscriptions the new rules refuse stop receiving.
+        // Subscriptions the new rules refuse stop receiving, and the client is told, as
+        // nats-server tells it when it removes them on a reload.
+        let mut notices = Vec::new();
         match &self.perms {
             Some(perms) => {
-                for live in self.subs.values_mut() {
+                for (sid, live) in self.subs.iter_mut() {
                     let queue = live.queue.as_deref();
-                    live.revoked = !perms.check_subscribe(&live.subject, queue).allowed;
+                    let refused = !perms.check_subscribe(&live.subject, queue).allowed;
+                    if refused && !live.revoked {
+                        notices.push(ServerOp::Err(revoked_text(sid, live)));
+                        tracing::info!(
+                            user = self.user.as_deref().unwrap_or(""),
+                            subject = %String::from_utf8_lossy(&live.subject),
+                            sid = %String::from_utf8_lossy(sid),
+                            "subscription no longer allowed after a reload; its deliveries are dropped"
+                        );
+                    }
+                    live.revoked = refused;
                     self.filter_deliveries |= perms.needs_delivery_filter(&live.subject, queue);
                 }
                 self.any_revoked = self.subs.values().any(|s| s.revoked);
@@ -512,6 +524,7 @@ impl Filter for AclFilter {
         }
         // After the revocations: deliveries of revoked subscriptions must be seen.
         self.refresh_interest();
+        notices
     }
 
     fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {
@@ -572,6 +585,23 @@ impl Filter for AclFilter {
             ServerOp::Msg(msg) => self.on_delivery(msg),
             _ => Verdict::Forward,
         }
+    }
+}
+
+/// nats-server's words for a subscription a reload no longer allows.
+fn revoked_text(sid: &[u8], live: &LiveSub) -> String {
+    match &live.queue {
+        Some(queue) => format!(
+            "Permissions Violation for Subscription to {} using queue {} (sid {})",
+            go_quote(&live.subject),
+            go_quote(queue),
+            go_quote(sid)
+        ),
+        None => format!(
+            "Permissions Violation for Subscription to {} (sid {})",
+            go_quote(&live.subject),
+            go_quote(sid)
+        ),
     }
 }
 

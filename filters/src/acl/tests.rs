@@ -362,7 +362,14 @@ fn reload_applies_to_the_live_session() {
         r#"deny = ["orders.secret", "orders.new"]"#,
     );
     source.store(AclRules::from_str("t.toml", &tighter).unwrap());
-    chain.on_reload(&ctx);
+    // The client is told, in nats-server's words; once.
+    assert_eq!(
+        chain.on_reload(&ctx),
+        [ServerOp::Err(
+            r#"Permissions Violation for Subscription to "orders.new" (sid "7")"#.into()
+        )]
+    );
+    assert_eq!(chain.on_reload(&ctx), []);
     assert_eq!(
         chain.on_server_op(&mut msg("orders.new", "7", None), &ctx),
         Verdict::Drop

@@ -196,9 +196,10 @@ impl Filter for Rewrite {
         }
     }
 
-    fn on_reload(&mut self, ctx: &SessionCtx) {
+    fn on_reload(&mut self, ctx: &SessionCtx) -> Vec<ServerOp> {
         self.resolved = None;
         self.active = self.rules.current().config.may_apply(&ctx.conn.listener);
+        Vec::new()
     }
 
     fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {
