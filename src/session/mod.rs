@@ -408,11 +408,18 @@ where
         }
 
         if shared.closing.is_none() {
-            // A CONNECT still being checked (off the thread) counts against the timeout
-            // too, as a bcrypt check counts against nats-server's auth_timeout.
-            let unchecked = shared.ctx.connect.is_none() || shared.offloaded.is_some();
+            // The first CONNECT still being checked (off the thread) counts against the
+            // timeout too, as a bcrypt check counts against nats-server's auth_timeout.
+            let unchecked = shared.ctx.connect.is_none()
+                || (shared.offloaded.is_some() && shared.ctx.identity.is_none());
             if unchecked && handshake.as_mut().poll(cx).is_ready() {
-                tracing::info!("no CONNECT within the handshake timeout");
+                if shared.ctx.connect.is_none() {
+                    tracing::info!("no CONNECT within the handshake timeout");
+                } else {
+                    tracing::info!(
+                        "the CONNECT's credentials were not checked within the handshake timeout"
+                    );
+                }
                 shared.send_now(&ServerOp::Err(errors::AUTHENTICATION_TIMEOUT.to_string()));
                 shared.close(CloseReason::HandshakeTimeout);
                 c2u.stop();

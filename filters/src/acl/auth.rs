@@ -75,16 +75,16 @@ pub struct SecretChecker {
 /// How many verified bcrypt checks are remembered.
 const VERIFIED_CAPACITY: usize = 4096;
 
-/// Lets at most half the cores (at least one) run bcrypt at once, whatever the number of
-/// clients waiting to be checked: a flood of wrong passwords queues here instead of taking
-/// every core from the sessions.
-struct BcryptSlots {
+/// Lets at most half the cores (at least one) run slow checks at once, whatever the number
+/// of clients waiting to be checked: a flood of wrong passwords queues here instead of
+/// taking every core from the sessions.
+pub struct BcryptSlots {
     free: Mutex<usize>,
     freed: Condvar,
 }
 
 impl BcryptSlots {
-    fn get() -> &'static BcryptSlots {
+    pub fn get() -> &'static BcryptSlots {
         static SLOTS: OnceLock<BcryptSlots> = OnceLock::new();
         SLOTS.get_or_init(|| BcryptSlots {
             free: Mutex::new(
@@ -95,17 +95,25 @@ impl BcryptSlots {
     }
 
     /// Runs `check` in a slot, waiting for one to be free.
-    fn run<T>(&self, check: impl FnOnce() -> T) -> T {
+    pub fn run<T>(&'static self, check: impl FnOnce() -> T) -> T {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         while *free == 0 {
             free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
         }
         *free -= 1;
         drop(free);
-        let result = check();
-        *self.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.freed.notify_one();
-        result
+        // Given back however `check` ends, a panic included.
+        let _slot = SlotHeld(self);
+        check()
+    }
+}
+
+struct SlotHeld(&'static BcryptSlots);
+
+impl Drop for SlotHeld {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.freed.notify_one();
     }
 }
 
@@ -140,7 +148,8 @@ impl SecretChecker {
         if checks == Checks::CachedOnly {
             return None;
         }
-        let ok = BcryptSlots::get().run(|| bcrypt::verify(presented, configured).unwrap_or(false));
+        // Checks::All runs where blocking is allowed, inside a BcryptSlots slot.
+        let ok = bcrypt::verify(presented, configured).unwrap_or(false);
         if ok {
             if let Ok(mut cache) = self.verified.lock() {
                 if cache.len() >= VERIFIED_CAPACITY {

@@ -34,7 +34,7 @@ use crate::identity::{AuthMethod, Identity};
 use crate::op::{ClientOp, Connect, Info, ServerOp};
 use crate::responses::ResponseTracker;
 use crate::verdict::{CloseReason, SlowCheck, Verdict};
-use auth::{authenticate, AuthFailure, AuthOutcome, Checks, SecretChecker};
+use auth::{authenticate, AuthFailure, AuthOutcome, BcryptSlots, Checks, SecretChecker};
 use permissions::Permissions;
 use quote::go_quote;
 use rules::{AclRules, UpstreamCredentials};
@@ -154,8 +154,9 @@ pub struct AclFilter {
     /// Whether the client's CONNECT has been judged.
     connected: bool,
     logged: HashMap<Bytes, Instant>,
-    /// Where the check of this session's CONNECT, run off its thread, leaves its result.
-    slow_check: Option<Arc<OnceLock<AuthOutcome>>>,
+    /// Where the check of this session's CONNECT, run off its thread, leaves its result,
+    /// and the rules it was checked against.
+    slow_check: Option<(Arc<OnceLock<AuthOutcome>>, Arc<AclRules>)>,
 }
 
 impl AclFilter {
@@ -286,9 +287,12 @@ impl AclFilter {
             }
             AuthMode::Edge => {
                 let outcome = match self.slow_check.take() {
-                    // The CONNECT again, its check done off this thread.
-                    Some(slot) => slot.get().cloned().unwrap_or(Err(AuthFailure::CheckLost)),
-                    None => authenticate(
+                    // The CONNECT again, its check done off this thread against the rules
+                    // still in force (after a reload meanwhile, it is checked again).
+                    Some((slot, rules)) if Arc::ptr_eq(&rules, &self.rules) => {
+                        slot.get().cloned().unwrap_or(Err(AuthFailure::CheckLost))
+                    }
+                    _ => authenticate(
                         &self.rules,
                         &self.checker,
                         connect,
@@ -301,14 +305,26 @@ impl AclFilter {
                         // A bcrypt check: done off this thread, with its result left in
                         // this session's slot for the CONNECT's second showing.
                         let slot = Arc::new(OnceLock::new());
-                        self.slow_check = Some(slot.clone());
+                        self.slow_check = Some((slot.clone(), self.rules.clone()));
                         let (rules, checker) = (self.rules.clone(), self.checker.clone());
                         let (connect, tls) = (connect.clone(), ctx.conn.tls_peer.clone());
                         self.connected = false;
                         return Verdict::Offload(SlowCheck::new(move || {
-                            let outcome =
-                                authenticate(&rules, &checker, &connect, tls.as_ref(), Checks::All);
-                            let _ = slot.set(outcome);
+                            BcryptSlots::get().run(|| {
+                                // A session gone while this waited for a slot (its slot
+                                // dropped with it) needs no answer.
+                                if Arc::strong_count(&slot) == 1 {
+                                    return;
+                                }
+                                let outcome = authenticate(
+                                    &rules,
+                                    &checker,
+                                    &connect,
+                                    tls.as_ref(),
+                                    Checks::All,
+                                );
+                                let _ = slot.set(outcome);
+                            })
                         }));
                     }
                     Ok((user, method)) => {
@@ -424,9 +440,19 @@ impl AclFilter {
             live.watched_since == Some(self.watch_epoch) && self.interest.contains(OpKind::Msg);
         match unsub.max {
             Some(max) if counted && max > live.delivered => live.max = Some(max),
-            _ => {
-                self.subs.remove(&unsub.sid);
-            }
+            // A revoked subscription whose end cannot be counted stays, so its deliveries
+            // stay dropped until the client unsubscribes for good.
+            Some(max) if live.revoked && max > 0 => {}
+            _ => self.forget(&unsub.sid),
+        }
+    }
+
+    /// The upstream's subscription `sid` has ended.
+    fn forget(&mut self, sid: &[u8]) {
+        if self.subs.remove(sid).is_some_and(|gone| gone.revoked) {
+            // The last revoked one gone: deliveries may take the fast path again.
+            self.any_revoked = self.subs.values().any(|s| s.revoked);
+            self.refresh_interest();
         }
     }
 
@@ -458,7 +484,7 @@ impl AclFilter {
             Verdict::Forward
         };
         if last {
-            self.subs.remove(&msg.sid);
+            self.forget(&msg.sid);
         }
         verdict
     }

@@ -247,6 +247,25 @@ fn edge_mode_offloads_bcrypt_checks() {
             "{pass}"
         );
     }
+
+    // A reload while the check runs: the CONNECT is judged by the rules now in force (carol
+    // removed), not by the answer found under the old ones.
+    let (mut chain, mut ctx, _, source) = setup(AuthMode::Edge, &rules);
+    let json = r#"{"user":"carol","pass":"s3cret"}"#;
+    let Verdict::Offload(check) = chain.on_client_op(&mut connect(json), &mut ctx) else {
+        panic!("not offloaded");
+    };
+    let without_carol = "[[users]]\nuser = \"dave\"\npassword = \"pw\"\n";
+    source.store(AclRules::from_str("t.toml", without_carol).unwrap());
+    chain.on_reload(&ctx);
+    check.run();
+    assert_eq!(
+        chain.on_client_op(&mut connect(json), &mut ctx),
+        Verdict::close_with(
+            CloseReason::AuthorizationViolation,
+            errors::AUTHORIZATION_VIOLATION
+        )
+    );
 }
 
 #[test]
@@ -369,6 +388,13 @@ fn reload_applies_to_the_live_session() {
             r#"Permissions Violation for Subscription to "orders.new" (sid "7")"#.into()
         )]
     );
+    assert_eq!(chain.on_reload(&ctx), []);
+    // Another reload that still refuses it says nothing more.
+    let tighter_still = tighter.replace(
+        r#"deny = ["orders.secret", "orders.new"]"#,
+        r#"deny = ["orders.secret", "orders.new", "orders.other"]"#,
+    );
+    source.store(AclRules::from_str("t.toml", &tighter_still).unwrap());
     assert_eq!(chain.on_reload(&ctx), []);
     assert_eq!(
         chain.on_server_op(&mut msg("orders.new", "7", None), &ctx),
