@@ -71,9 +71,10 @@ pub struct Shared {
     pub filter_time: LocalFilterTime,
     /// The INFO the client was sent last, as JSON, for the lame-duck INFO of a drain.
     pub last_info: Option<bytes::Bytes>,
-    /// A filter's check running on the blocking pool while the client's stream waits
-    /// ([`Verdict::Offload`](nats_edge_filters::Verdict::Offload)).
-    pub offloaded: Option<tokio::task::JoinHandle<()>>,
+    /// A filter's check waiting its turn or running on the blocking pool while the client's
+    /// stream waits ([`Verdict::Offload`](nats_edge_filters::Verdict::Offload)). Aborted
+    /// with the session, so a check still waiting for its turn never runs.
+    pub offloaded: Option<AbortOnDrop>,
     /// Set when that check is done: the op it held is shown to the filters again (unlike
     /// `resume_deferred`, without the upstream having caught up).
     pub resume_offloaded: bool,
@@ -231,16 +232,28 @@ impl Shared {
             || self.held_answer_bytes >= MAX_HELD_ANSWER_BYTES
     }
 
-    /// Runs `check` on the blocking pool; the deferred client op is shown again when it is
-    /// done ([`Shared::poll_offloaded`]).
+    /// Runs `check` on the blocking pool once one of the edge's slots for slow checks is
+    /// free; the deferred client op is shown again when it is done
+    /// ([`Shared::poll_offloaded`]). The wait for a slot is a task, not a parked thread.
     pub fn offload(&mut self, check: nats_edge_filters::SlowCheck) {
-        self.offloaded = Some(tokio::task::spawn_blocking(move || check.run()));
+        let job = tokio::spawn(async move {
+            let Ok(permit) = slow_check_slots().acquire().await else {
+                return;
+            };
+            // The slot is held until the check ends, even if this task is aborted first.
+            let _ = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                check.run();
+            })
+            .await;
+        });
+        self.offloaded = Some(AbortOnDrop(job));
         self.generation += 1;
     }
 
     /// Polls the offloaded check: once it is done (or gone), the deferred op resumes.
     pub fn poll_offloaded(&mut self, cx: &mut std::task::Context<'_>) {
-        if let Some(job) = self.offloaded.as_mut() {
+        if let Some(AbortOnDrop(job)) = self.offloaded.as_mut() {
             if std::future::Future::poll(std::pin::Pin::new(job), cx).is_ready() {
                 self.offloaded = None;
                 self.resume_offloaded = true;
@@ -263,6 +276,26 @@ impl Shared {
         encode_server_op(op, &mut buf);
         self.to_client.push_back(buf.freeze());
         self.generation += 1;
+    }
+}
+
+/// Slow checks (bcrypt) run at most on half the cores (at least one) at once, whatever the
+/// number of clients waiting: a flood of wrong passwords queues here instead of taking every
+/// core from the sessions.
+fn slow_check_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tokio::sync::Semaphore::new((cores / 2).max(1))
+    })
+}
+
+/// A task aborted when its handle is dropped: an offloaded check dies with its session.
+pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use super::rules::{AclRules, Secret, User};
 use crate::filter::TlsPeer;
@@ -75,48 +75,6 @@ pub struct SecretChecker {
 /// How many verified bcrypt checks are remembered.
 const VERIFIED_CAPACITY: usize = 4096;
 
-/// Lets at most half the cores (at least one) run slow checks at once, whatever the number
-/// of clients waiting to be checked: a flood of wrong passwords queues here instead of
-/// taking every core from the sessions.
-pub struct BcryptSlots {
-    free: Mutex<usize>,
-    freed: Condvar,
-}
-
-impl BcryptSlots {
-    pub fn get() -> &'static BcryptSlots {
-        static SLOTS: OnceLock<BcryptSlots> = OnceLock::new();
-        SLOTS.get_or_init(|| BcryptSlots {
-            free: Mutex::new(
-                std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
-            ),
-            freed: Condvar::new(),
-        })
-    }
-
-    /// Runs `check` in a slot, waiting for one to be free.
-    pub fn run<T>(&'static self, check: impl FnOnce() -> T) -> T {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        while *free == 0 {
-            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
-        }
-        *free -= 1;
-        drop(free);
-        // Given back however `check` ends, a panic included.
-        let _slot = SlotHeld(self);
-        check()
-    }
-}
-
-struct SlotHeld(&'static BcryptSlots);
-
-impl Drop for SlotHeld {
-    fn drop(&mut self) {
-        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.0.freed.notify_one();
-    }
-}
-
 impl Default for SecretChecker {
     fn default() -> Self {
         SecretChecker {
@@ -148,7 +106,7 @@ impl SecretChecker {
         if checks == Checks::CachedOnly {
             return None;
         }
-        // Checks::All runs where blocking is allowed, inside a BcryptSlots slot.
+        // Checks::All runs where blocking is allowed (the session's offload).
         let ok = bcrypt::verify(presented, configured).unwrap_or(false);
         if ok {
             if let Ok(mut cache) = self.verified.lock() {

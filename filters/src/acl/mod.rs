@@ -34,7 +34,7 @@ use crate::identity::{AuthMethod, Identity};
 use crate::op::{ClientOp, Connect, Info, ServerOp};
 use crate::responses::ResponseTracker;
 use crate::verdict::{CloseReason, SlowCheck, Verdict};
-use auth::{authenticate, AuthFailure, AuthOutcome, BcryptSlots, Checks, SecretChecker};
+use auth::{authenticate, AuthFailure, AuthOutcome, Checks, SecretChecker};
 use permissions::Permissions;
 use quote::go_quote;
 use rules::{AclRules, UpstreamCredentials};
@@ -310,21 +310,14 @@ impl AclFilter {
                         let (connect, tls) = (connect.clone(), ctx.conn.tls_peer.clone());
                         self.connected = false;
                         return Verdict::Offload(SlowCheck::new(move || {
-                            BcryptSlots::get().run(|| {
-                                // A session gone while this waited for a slot (its slot
-                                // dropped with it) needs no answer.
-                                if Arc::strong_count(&slot) == 1 {
-                                    return;
-                                }
-                                let outcome = authenticate(
-                                    &rules,
-                                    &checker,
-                                    &connect,
-                                    tls.as_ref(),
-                                    Checks::All,
-                                );
-                                let _ = slot.set(outcome);
-                            })
+                            // A session gone while this waited its turn (its slot dropped
+                            // with it) needs no answer.
+                            if Arc::strong_count(&slot) == 1 {
+                                return;
+                            }
+                            let outcome =
+                                authenticate(&rules, &checker, &connect, tls.as_ref(), Checks::All);
+                            let _ = slot.set(outcome);
                         }));
                     }
                     Ok((user, method)) => {
