@@ -130,6 +130,12 @@ impl Shared {
         self.server_scan.max_payload = MAX_DELIVERED_PAYLOAD;
     }
 
+    /// No client op has gone upstream, nor an edge PING: the upstream owes the client
+    /// nothing but the INFO it sent.
+    fn upstream_owes_nothing(&self) -> bool {
+        !self.forwarded_any && self.barriers.is_empty()
+    }
+
     /// A client op went upstream: the upstream may owe an answer to it.
     pub fn forwarded(&mut self) {
         self.forwarded_since_barrier = true;
@@ -147,7 +153,7 @@ impl Shared {
         op: Option<&ServerOp>,
         close: Option<CloseReason>,
     ) -> bool {
-        if !self.forwarded_any && self.barriers.is_empty() {
+        if self.upstream_owes_nothing() {
             if let Some(op) = op {
                 self.send_now(op);
             }
@@ -185,8 +191,8 @@ impl Shared {
     /// Holds the client's stream until the upstream has answered everything sent so far.
     /// Returns true when the caller must send a barrier PING upstream.
     pub fn defer_until_upstream(&mut self) -> bool {
-        if !self.forwarded_any && self.barriers.is_empty() {
-            // The upstream owes nothing yet: it has caught up already.
+        if self.upstream_owes_nothing() {
+            // It has caught up already.
             self.resume_deferred = true;
             self.generation += 1;
             return false;

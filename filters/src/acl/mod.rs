@@ -388,18 +388,7 @@ impl AclFilter {
         let queue = sub.queue.as_deref();
         if !perms.check_subscribe(&sub.subject, queue).allowed {
             self.denied(DenialKind::Subscribe, &sub.subject, sub.queue.as_ref());
-            let text = match &sub.queue {
-                Some(q) => format!(
-                    "Permissions Violation for Subscription to {} using queue {}",
-                    go_quote(&sub.subject),
-                    go_quote(q)
-                ),
-                None => format!(
-                    "Permissions Violation for Subscription to {}",
-                    go_quote(&sub.subject)
-                ),
-            };
-            return Verdict::error(text);
+            return Verdict::error(subscription_violation(&sub.subject, queue));
         }
         if perms.needs_delivery_filter(&sub.subject, queue) {
             self.filter_deliveries = true;
@@ -607,21 +596,23 @@ impl Filter for AclFilter {
     }
 }
 
-/// nats-server's words for a subscription a reload no longer allows.
-fn revoked_text(sid: &[u8], live: &LiveSub) -> String {
-    match &live.queue {
-        Some(queue) => format!(
-            "Permissions Violation for Subscription to {} using queue {} (sid {})",
-            go_quote(&live.subject),
-            go_quote(queue),
-            go_quote(sid)
-        ),
-        None => format!(
-            "Permissions Violation for Subscription to {} (sid {})",
-            go_quote(&live.subject),
-            go_quote(sid)
-        ),
+/// nats-server's words for a subscription its permissions refuse.
+fn subscription_violation(subject: &[u8], queue: Option<&[u8]>) -> String {
+    let mut text = format!(
+        "Permissions Violation for Subscription to {}",
+        go_quote(subject)
+    );
+    if let Some(queue) = queue {
+        text.push_str(" using queue ");
+        text.push_str(&go_quote(queue));
     }
+    text
+}
+
+/// The same for a subscription a reload no longer allows, which names its sid.
+fn revoked_text(sid: &[u8], live: &LiveSub) -> String {
+    let text = subscription_violation(&live.subject, live.queue.as_deref());
+    format!("{text} (sid {})", go_quote(sid))
 }
 
 /// The name a passthrough client presented: its user, else its nkey, else the subject of
