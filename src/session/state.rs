@@ -372,4 +372,41 @@ mod tests {
         assert!(!s.defer_until_upstream());
         assert!(s.resume_deferred);
     }
+
+    /// A check still waiting for a slot when its session ends never runs: the slots go to
+    /// the sessions still there.
+    #[tokio::test]
+    async fn a_waiting_check_dies_with_its_session() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let slots = slow_check_slots();
+        let all = u32::try_from(slots.available_permits()).unwrap();
+        let busy = slots.acquire_many(all).await.unwrap();
+
+        let ran = Arc::new(AtomicBool::new(false));
+        let mut gone = shared();
+        let flag = Arc::clone(&ran);
+        gone.offload(nats_edge_filters::SlowCheck::new(move || {
+            flag.store(true, Ordering::SeqCst)
+        }));
+        let mut live = shared();
+        live.offload(nats_edge_filters::SlowCheck::new(|| {}));
+        // Both are queued for a slot; the first session ends, then the slots come free.
+        tokio::task::yield_now().await;
+        drop(gone);
+        drop(busy);
+
+        std::future::poll_fn(|cx| {
+            live.poll_offloaded(cx);
+            if live.resume_offloaded {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        // Every slot back means no check is still running.
+        drop(slots.acquire_many(all).await.unwrap());
+        assert!(!ran.load(Ordering::SeqCst), "the ended session's check ran");
+    }
 }
