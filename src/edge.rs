@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -218,7 +218,7 @@ impl Edge {
         metrics.upstreams_configured(prepared.upstream.urls.iter().map(|u| u.to_string()));
         let events: Arc<dyn Events> = metrics.clone();
         let rules = Arc::new(RuleSource::new(prepared.rules));
-        let rules_epoch = Arc::new(AtomicU64::new(0));
+        let (rules_epoch, rules_epoch_rx) = watch::channel(0u64);
         let acl = Arc::new(AclFactory::new(AclSettings {
             mode: config.auth.mode.into(),
             upstream: config.auth.upstream.clone(),
@@ -258,7 +258,7 @@ impl Edge {
         let base = EnvBase {
             acl,
             proxy_signer: prepared.proxy_signer.clone(),
-            rules_epoch: rules_epoch.clone(),
+            rules_epoch: rules_epoch_rx,
             policy,
             filters,
             metrics: metrics.clone(),
@@ -441,7 +441,7 @@ fn identity() -> Identity {
 struct EnvBase {
     acl: Arc<AclFactory>,
     proxy_signer: Option<Arc<ProxySigner>>,
-    rules_epoch: Arc<AtomicU64>,
+    rules_epoch: watch::Receiver<u64>,
     policy: Vec<Arc<dyn FilterFactory>>,
     filters: Vec<Arc<dyn FilterFactory>>,
     metrics: Arc<Metrics>,
@@ -557,15 +557,15 @@ impl Reloadable for ListenerReload {
     }
 }
 
-/// Reloads the ACL, rewrite and tagging rule files, for new and live connections: live
-/// sessions take the new rules at their next wake-up, when they see the epoch move. Turning
+/// Reloads the ACL, rewrite and tagging rule files, for new and live connections: moving
+/// the epoch wakes every live session, which then has its filters take the new rules. Turning
 /// rewrite or tagging on or off needs a restart (see [`crate::reload::restart_keys`]); the
 /// trusted-proxy key is read at start-up only.
 struct RulesReload {
     acl: Arc<RuleSource>,
     rewrite: Option<Arc<RewriteRules>>,
     tagging: Option<Arc<TagSource>>,
-    epoch: Arc<AtomicU64>,
+    epoch: watch::Sender<u64>,
 }
 
 impl Reloadable for RulesReload {
@@ -603,7 +603,7 @@ impl Reloadable for RulesReload {
             if let (Some(holder), Some(config)) = (tag_source, tagging) {
                 holder.store(config);
             }
-            epoch.fetch_add(1, Ordering::Relaxed);
+            epoch.send_modify(|epoch| *epoch += 1);
             tracing::info!("ACL, rewrite and tagging rules reloaded");
         }))
     }

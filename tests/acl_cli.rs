@@ -239,7 +239,11 @@ subscribe = ">"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_rules_for_live_connections_and_keeps_them_on_a_bad_file() {
-    let server = NatsServer::start_with_config(SERVER_USERS_ONLY);
+    let monitor = free_port();
+    let server = NatsServer::start_opts(ServerOpts {
+        args: vec!["-m".into(), monitor.to_string()],
+        config: Some(SERVER_USERS_ONLY.to_string()),
+    });
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules.toml");
     std::fs::write(&rules, RULES_BEFORE).unwrap();
@@ -262,6 +266,42 @@ async fn sighup_reloads_rules_for_live_connections_and_keeps_them_on_a_bad_file(
         .roundtrip(b"SUB orders.watch 1\r\nPUB orders.new 1\r\na\r\n")
         .await;
     assert_eq!(show(&reply.bytes), "", "before the reload");
+    // A verbose client with the same subscription: the edge's own UNSUB at the reload must
+    // not show it a `+OK` it did not ask for.
+    let (mut loud, _) = RawConn::connect_info(edge.addr()).await;
+    let reply = loud
+        .roundtrip(
+            b"CONNECT {\"user\":\"orders\",\"pass\":\"pw\",\"verbose\":true}\r\n\
+              SUB orders.watch 9\r\n",
+        )
+        .await;
+    assert_eq!(show(&reply.bytes), show(b"+OK\r\n+OK\r\n"));
+    let watching = |connz: &serde_json::Value| -> usize {
+        connz["connections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["authorized_user"] == "orders")
+            .flat_map(|c| {
+                c["subscriptions_list"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter(|s| s == "orders.watch")
+            .count()
+    };
+    let monitor_addr = std::net::SocketAddr::from(([127, 0, 0, 1], monitor));
+    let upstream_subs = || async {
+        let (status, body) = http_get(monitor_addr, "/connz?subs=1&auth=1").await;
+        assert_eq!(status, 200, "{body}");
+        watching(&serde_json::from_str(&body).unwrap())
+    };
+    assert_eq!(
+        upstream_subs().await,
+        2,
+        "both subscriptions at nats-server"
+    );
     // The subscription receives.
     assert_eq!(
         show(&admin.roundtrip(b"PUB orders.watch 2\r\nw1\r\n").await.bytes),
@@ -271,6 +311,10 @@ async fn sighup_reloads_rules_for_live_connections_and_keeps_them_on_a_bad_file(
         show(&orders.roundtrip(b"").await.bytes),
         show(b"MSG orders.watch 1 2\r\nw1\r\n")
     );
+    assert_eq!(
+        show(&loud.roundtrip(b"").await.bytes),
+        show(b"MSG orders.watch 9 2\r\nw1\r\n")
+    );
 
     // New rules: orders.new may no longer be published, orders.watch no longer read.
     std::fs::write(&rules, RULES_AFTER).unwrap();
@@ -278,17 +322,33 @@ async fn sighup_reloads_rules_for_live_connections_and_keeps_them_on_a_bad_file(
     hup(&edge);
     wait_log(&edge, from, "ACL, rewrite and tagging rules reloaded");
 
-    // The client hears first of its subscription the new rules refuse, in nats-server's
-    // words (nats-server says it at the reload; the edge's session at its next wake-up).
+    // The client is told at once of its subscription the new rules refuse, in nats-server's
+    // words, without having sent anything; the verbose one sees no `+OK` for the edge's
+    // UNSUB.
+    let notice = orders.read_until(b"\r\n").await;
+    assert_eq!(
+        show(&notice.bytes),
+        show(b"-ERR 'Permissions Violation for Subscription to \"orders.watch\" (sid \"1\")'\r\n")
+    );
+    let notice = loud.read_until(b"\r\n").await;
+    assert_eq!(
+        show(&notice.bytes),
+        show(b"-ERR 'Permissions Violation for Subscription to \"orders.watch\" (sid \"9\")'\r\n")
+    );
+    assert_eq!(show(&loud.roundtrip(b"").await.bytes), "", "a stray +OK");
     let reply = orders.roundtrip(b"PUB orders.new 1\r\na\r\n").await;
     assert_eq!(
         show(&reply.bytes),
-        show(
-            b"-ERR 'Permissions Violation for Subscription to \"orders.watch\" (sid \"1\")'\r\n\
-              -ERR 'Permissions Violation for Publish to \"orders.new\"'\r\n"
-        )
+        show(b"-ERR 'Permissions Violation for Publish to \"orders.new\"'\r\n")
     );
     assert!(!reply.closed, "a refused publish closed the connection");
+    // Both subscriptions are gone at nats-server, as its own reload removes them (each
+    // client's PING above went after the edge's UNSUB).
+    assert_eq!(
+        upstream_subs().await,
+        0,
+        "subscriptions left at nats-server"
+    );
     assert_eq!(
         show(&orders.roundtrip(b"PUB orders.other 1\r\na\r\n").await.bytes),
         "",
@@ -347,4 +407,62 @@ async fn sighup_reloads_rules_for_live_connections_and_keeps_them_on_a_bad_file(
     );
     assert!(late.is_open().await);
     assert!(orders.is_open().await);
+}
+
+/// In `edge` mode a reload checks every live client's credentials again, as nats-server's
+/// reload does: a client whose user is gone, or whose password changed, is told
+/// `Authorization Violation` and closed at once, without having sent anything; a client
+/// whose user is unchanged stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_closes_edge_clients_the_new_rules_no_longer_admit() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    let users = |names: &[(&str, &str)]| {
+        names
+            .iter()
+            .map(|(user, pass)| format!("[[users]]\nuser = \"{user}\"\npassword = \"{pass}\"\n"))
+            .collect::<String>()
+    };
+    std::fs::write(
+        &rules,
+        users(&[("carol", "pw"), ("dave", "pw"), ("erin", "pw")]),
+    )
+    .unwrap();
+    let config = dir.path().join("nats-edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\n\
+             [upstream]\nurls = [{:?}]\n[log]\nformat = \"json\"\n\
+             [auth]\nmode = \"edge\"\nrules = [\"rules.toml\"]\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let edge = EdgeProcess::spawn(&["-c", config.to_str().unwrap()], &[]);
+    let mut carol = connect_as(&edge, "carol").await;
+    let mut dave = connect_as(&edge, "dave").await;
+    let mut erin = connect_as(&edge, "erin").await;
+
+    std::fs::write(&rules, users(&[("dave", "pw2"), ("erin", "pw")])).unwrap();
+    let from = edge.log().len();
+    hup(&edge);
+    for client in [&mut carol, &mut dave] {
+        assert_eq!(
+            show(&client.read_to_close().await),
+            show(b"-ERR 'Authorization Violation'\r\n")
+        );
+    }
+    for user in ["carol", "dave"] {
+        edge.log()
+            .wait_for(from, WAIT, |line| {
+                let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                (v["message"] == "no longer authorized after a reload; closing the connection"
+                    && v["user"] == user)
+                    .then_some(())
+            })
+            .unwrap_or_else(|| panic!("no log line for {user}:\n{}", edge.log().dump()));
+    }
+    assert!(erin.is_open().await, "an unchanged user was closed");
 }

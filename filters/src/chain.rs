@@ -1,6 +1,8 @@
 //! The pipeline: filters in order on the way in, in reverse order on the way out.
 
-use crate::filter::{Filter, Interest, SessionCtx};
+use bytes::Bytes;
+
+use crate::filter::{Filter, Interest, Reloaded, SessionCtx};
 use crate::op::{ClientOp, Info, ServerOp};
 use crate::verdict::Verdict;
 
@@ -30,14 +32,22 @@ impl Chain {
     }
 
     /// Tells every filter that rules were reloaded, then reads their interest again.
-    /// Returns what the client must be told, in filter order.
-    pub fn on_reload(&mut self, ctx: &SessionCtx) -> Vec<ServerOp> {
-        let mut notices = Vec::new();
+    /// Returns what the session must do about it, in filter order.
+    pub fn on_reload(&mut self, ctx: &SessionCtx) -> Reloaded {
+        let mut reloaded = Reloaded::default();
         for filter in self.filters.iter_mut() {
-            notices.extend(filter.on_reload(ctx));
+            reloaded.merge(filter.on_reload(ctx));
         }
         self.refresh_interest();
-        notices
+        reloaded
+    }
+
+    /// The upstream has ended subscriptions a reload asked to end.
+    pub fn on_unsubscribed(&mut self, sids: &[Bytes]) {
+        for filter in self.filters.iter_mut() {
+            filter.on_unsubscribed(sids);
+        }
+        self.refresh_interest();
     }
 
     /// The union of what every filter wants to see.

@@ -2,9 +2,11 @@
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
+
 use crate::identity::Identity;
 use crate::op::{ClientOp, Connect, Info, ServerOp};
-use crate::verdict::Verdict;
+use crate::verdict::{CloseReason, Verdict};
 
 /// The kinds of op a filter can ask to see. The session builds an op value (and pays for
 /// slicing its fields) only when some filter in the chain declared interest in its kind.
@@ -116,6 +118,29 @@ impl SessionCtx {
     }
 }
 
+/// What a rule reload means for one live session. nats-server, on a reload, tells each
+/// client of every subscription its new permissions refuse, removes those subscriptions, and
+/// closes clients it no longer authorizes; a filter asks the session for the same.
+#[derive(Debug, Default, PartialEq)]
+pub struct Reloaded {
+    /// Sent to the client at once (nats-server's `-ERR` for each removed subscription).
+    pub notices: Vec<ServerOp>,
+    /// Subscriptions, by sid, the session ends at the upstream. Their deliveries already on
+    /// the way are the filter's to drop until [`Filter::on_unsubscribed`].
+    pub unsubscribe: Vec<Bytes>,
+    /// The client is no longer authorized: the session sends this `-ERR` and ends.
+    pub close: Option<(CloseReason, &'static str)>,
+}
+
+impl Reloaded {
+    /// Adds what a later filter in the chain asks for.
+    pub fn merge(&mut self, other: Reloaded) {
+        self.notices.extend(other.notices);
+        self.unsubscribe.extend(other.unsubscribe);
+        self.close = self.close.or(other.close);
+    }
+}
+
 /// One policy step on a session's ops. Every hook has a no-op default, so a filter writes only
 /// what it cares about; [`Filter::interest`] says which ops it wants to see at all.
 ///
@@ -136,12 +161,16 @@ pub trait Filter: Send {
     fn on_info(&mut self, _info: &mut Info, _ctx: &SessionCtx) {}
 
     /// Called when the proxy has reloaded rule files, so a filter holding rules can take the
-    /// new ones for this live session. [`Filter::interest`] is read again afterwards.
-    /// Returns what the client must be told about it (nats-server's `-ERR` for each
-    /// subscription its new permissions refuse), sent at the next frame boundary.
-    fn on_reload(&mut self, _ctx: &SessionCtx) -> Vec<ServerOp> {
-        Vec::new()
+    /// new ones for this live session; every live session is woken for it at once.
+    /// [`Filter::interest`] is read again afterwards. Returns what the reload means for
+    /// the session, as nats-server applies a reload to its clients (see [`Reloaded`]).
+    fn on_reload(&mut self, _ctx: &SessionCtx) -> Reloaded {
+        Reloaded::default()
     }
+
+    /// The upstream has ended the subscriptions this filter asked to end
+    /// ([`Reloaded::unsubscribe`]): every delivery it made for them has gone past.
+    fn on_unsubscribed(&mut self, _sids: &[Bytes]) {}
 
     /// Called for a client op on its way to the upstream. The context is mutable so that the
     /// filter that authenticates the CONNECT can record [`SessionCtx::identity`] for the

@@ -26,7 +26,9 @@ pub mod verdict;
 
 pub use chain::Chain;
 pub use events::{DenialKind, Events, NoEvents, RewriteDirection};
-pub use filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionCtx, TlsPeer};
+pub use filter::{
+    ConnFacts, Filter, FilterFactory, Interest, OpKind, Reloaded, SessionCtx, TlsPeer,
+};
 pub use identity::{AuthMethod, Identity};
 pub use op::{ClientOp, Connect, Info, Msg, Pub, ServerOp, Sub, Unsub};
 pub use verdict::{CloseReason, SlowCheck, Verdict};

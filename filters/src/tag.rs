@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 use crate::acl::quote::go_quote;
 use crate::errors;
 use crate::events::Events;
-use crate::filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionCtx};
+use crate::filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, Reloaded, SessionCtx};
 use crate::headers::{self, HeaderWriter, Headers};
 use crate::limits::LimitsConfig;
 use crate::op::{ClientOp, Pub, ServerOp};
@@ -493,10 +493,10 @@ impl Filter for Tag {
         }
     }
 
-    fn on_reload(&mut self, _ctx: &SessionCtx) -> Vec<ServerOp> {
+    fn on_reload(&mut self, _ctx: &SessionCtx) -> Reloaded {
         self.config = self.source.current();
         self.cached = None;
-        Vec::new()
+        Reloaded::default()
     }
 
     fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {

@@ -122,6 +122,28 @@ impl Forwarder {
         self.answer_after_upstream(shared, None, Some(CloseReason::ClientClosed));
     }
 
+    /// Ends subscriptions a reload refused at the upstream (client to upstream only), as
+    /// nats-server's own reload removes them. The UNSUBs go between two PINGs of the edge's
+    /// (see [`Shared::unsubscribed_upstream`]): a verbose client never sees their `+OK`s,
+    /// and the filters drop the subscriptions' deliveries until the second PONG.
+    pub fn unsubscribe_upstream(&mut self, sids: Vec<Bytes>, shared: &mut Shared) {
+        if self.stopped || sids.is_empty() {
+            return;
+        }
+        self.push_encoded(|buf| {
+            buf.extend_from_slice(PING);
+            for sid in &sids {
+                buf.extend_from_slice(b"UNSUB ");
+                buf.extend_from_slice(sid);
+                buf.extend_from_slice(b"\r\n");
+            }
+            buf.extend_from_slice(PING);
+        });
+        self.unsubs += sids.len() as u64;
+        let verbose = shared.ctx.connect.as_ref().is_none_or(|c| c.is_verbose());
+        shared.unsubscribed_upstream(sids, verbose);
+    }
+
     pub fn is_stopped(&self) -> bool {
         self.stopped
     }
@@ -548,6 +570,10 @@ impl Forwarder {
                         self.bytes = self.bytes.saturating_sub(frame.len as u64);
                         self.push(barrier.answers.freeze());
                         shared.resume_deferred |= barrier.resume;
+                        shared.oks_to_hide += barrier.hide_oks;
+                        if !barrier.ended.is_empty() {
+                            shared.chain.on_unsubscribed(&barrier.ended);
+                        }
                         if let Some(reason) = barrier.close {
                             shared.close(reason);
                             self.stopped = true;
@@ -559,6 +585,14 @@ impl Forwarder {
                     self.flush_run(&mut run);
                     let data = self.rbuf.split_to(frame.len).freeze();
                     self.forward_info(&data, &frame, shared);
+                    continue;
+                }
+                Verb::Ok if shared.oks_to_hide > 0 => {
+                    // The answer to one of the edge's own UNSUBs.
+                    shared.oks_to_hide -= 1;
+                    self.flush_run(&mut run);
+                    self.rbuf.advance(frame.len);
+                    self.bytes = self.bytes.saturating_sub(frame.len as u64);
                     continue;
                 }
                 _ => {}

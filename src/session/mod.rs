@@ -8,7 +8,6 @@ pub mod proxy_sig;
 mod state;
 
 use std::future::{poll_fn, Future};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -59,9 +58,9 @@ pub struct SessionEnv {
     pub acl: Arc<AclFactory>,
     /// Signs CONNECTs sent upstream as a trusted proxy, when configured.
     pub proxy_signer: Option<Arc<proxy_sig::ProxySigner>>,
-    /// Bumped whenever rule files are reloaded: live sessions then let their filters take the
-    /// new rules. Read once per wake-up, never per message.
-    pub rules_epoch: Arc<AtomicU64>,
+    /// Moves whenever rule files are reloaded: it wakes every live session, which then has
+    /// its filters take the new rules.
+    pub rules_epoch: watch::Receiver<u64>,
     /// The built-in policy filters (tagging, rewrite), in pipeline order.
     pub policy: Vec<Arc<dyn FilterFactory>>,
     /// Extra filters, after the built-in ones, in pipeline order.
@@ -79,6 +78,33 @@ pub struct SessionEnv {
     pub shutdown: watch::Receiver<bool>,
     /// Turns true when the edge drains: the client gets a lame-duck INFO.
     pub lame_duck: watch::Receiver<bool>,
+}
+
+/// Resolves at the next rule reload, handing the receiver back for the one after.
+async fn next_reload(mut epoch: watch::Receiver<u64>) -> watch::Receiver<u64> {
+    if epoch.changed().await.is_err() {
+        // The edge is gone, and no reload will come.
+        std::future::pending::<()>().await;
+    }
+    epoch
+}
+
+/// Has the filters take reloaded rules and does what that means for the session, as
+/// nats-server applies a reload to a client: a client no longer authorized is told and
+/// closed; one whose subscriptions are no longer allowed is told, and they end upstream.
+fn apply_reload(shared: &mut Shared, c2u: &mut Forwarder) {
+    let reloaded = shared.chain.on_reload(&shared.ctx);
+    for notice in &reloaded.notices {
+        shared.send_now(notice);
+    }
+    if let Some((reason, text)) = reloaded.close {
+        if shared.closing.is_none() {
+            shared.send_now(&ServerOp::Err(text.to_string()));
+            shared.close(reason);
+            c2u.stop();
+        }
+    }
+    c2u.unsubscribe_upstream(reloaded.unsubscribe, shared);
 }
 
 /// Runs one client connection, its transport handshake done, to its end. `accepted_at` is
@@ -386,9 +412,11 @@ where
     let mut shutdown = env.shutdown.clone();
     let shutdown_signal = async move { crate::edge::until_stopped(&mut shutdown).await };
     tokio::pin!(shutdown_signal);
-    // None: the first poll lets the filters check they hold the latest rules, in case a
-    // reload happened while this session was being set up.
-    let mut rules_epoch = None;
+    // The first poll lets the filters check they hold the latest rules, in case a reload
+    // happened while this session was being set up.
+    let mut rules_checked = false;
+    let reload = next_reload(env.rules_epoch.clone());
+    tokio::pin!(reload);
     let mut lame_duck = env.lame_duck.clone();
     let lame_duck_signal = async move { crate::edge::until_stopped(&mut lame_duck).await };
     tokio::pin!(lame_duck_signal);
@@ -399,12 +427,13 @@ where
 
     poll_fn(|cx| loop {
         let generation = shared.generation;
-        let epoch = env.rules_epoch.load(Ordering::Relaxed);
-        if rules_epoch != Some(epoch) {
-            rules_epoch = Some(epoch);
-            for notice in shared.chain.on_reload(&shared.ctx) {
-                shared.send_now(&notice);
-            }
+        let mut reloaded = !std::mem::replace(&mut rules_checked, true);
+        if let Poll::Ready(epoch) = reload.as_mut().poll(cx) {
+            reload.set(next_reload(epoch));
+            reloaded = true;
+        }
+        if reloaded {
+            apply_reload(shared, c2u);
         }
 
         if shared.closing.is_none() {

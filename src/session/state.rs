@@ -24,7 +24,9 @@ pub const MAX_HELD_ANSWER_BYTES: usize = 64 * 1024;
 
 /// Answers the edge made itself, held until the upstream has answered everything sent
 /// before them: the edge sends a PING upstream and releases them on its PONG, so an `-ERR`
-/// never overtakes a `+OK` or `PONG` the upstream still owes.
+/// never overtakes a `+OK` or `PONG` the upstream still owes. The same PINGs frame the
+/// UNSUBs the edge sends of its own (after a reload), so their answers stay hidden.
+#[derive(Default)]
 pub struct Barrier {
     /// The number of the PING (counting every PING sent upstream) whose PONG releases this.
     pub ping_seq: u64,
@@ -34,6 +36,11 @@ pub struct Barrier {
     pub close: Option<CloseReason>,
     /// Set when a deferred client op waits for this barrier.
     pub resume: bool,
+    /// How many `+OK`s right after this PONG answer the edge's own UNSUBs, not the client's.
+    pub hide_oks: usize,
+    /// Subscriptions the edge ended at the upstream before this PING: at its PONG, their
+    /// last delivery has gone past.
+    pub ended: Vec<Bytes>,
 }
 
 /// A session's shared state.
@@ -78,6 +85,8 @@ pub struct Shared {
     /// Set when that check is done: the op it held is shown to the filters again (unlike
     /// `resume_deferred`, without the upstream having caught up).
     pub resume_offloaded: bool,
+    /// `+OK`s still to come from the upstream that answer the edge's own UNSUBs.
+    pub oks_to_hide: usize,
 }
 
 impl Shared {
@@ -115,6 +124,7 @@ impl Shared {
             last_info: None,
             offloaded: None,
             resume_offloaded: false,
+            oks_to_hide: 0,
         };
         shared.set_upstream_max_payload(upstream_max_payload);
         shared
@@ -171,9 +181,7 @@ impl Shared {
             self.pings_sent += 1;
             self.barriers.push_back(Barrier {
                 ping_seq: self.pings_sent,
-                answers: BytesMut::new(),
-                close: None,
-                resume: false,
+                ..Barrier::default()
             });
             self.forwarded_since_barrier = false;
         }
@@ -186,6 +194,25 @@ impl Shared {
             barrier.close = barrier.close.or(close);
         }
         !reuse
+    }
+
+    /// The edge sent `PING`, an UNSUB of each of `sids`, then `PING` again upstream: at the
+    /// first PONG, the next `+OK`s (one per UNSUB, from a verbose upstream connection) are
+    /// not the client's; at the second, the filters learn that the subscriptions are gone.
+    pub fn unsubscribed_upstream(&mut self, sids: Vec<Bytes>, verbose: bool) {
+        self.forwarded();
+        self.pings_sent += 1;
+        self.barriers.push_back(Barrier {
+            ping_seq: self.pings_sent,
+            hide_oks: if verbose { sids.len() } else { 0 },
+            ..Barrier::default()
+        });
+        self.pings_sent += 1;
+        self.barriers.push_back(Barrier {
+            ping_seq: self.pings_sent,
+            ended: sids,
+            ..Barrier::default()
+        });
     }
 
     /// Holds the client's stream until the upstream has answered everything sent so far.

@@ -12,6 +12,9 @@
 //!   received, through the shared [`crate::responses::ResponseTracker`].
 //! - **Reload.** Rules live behind an [`arc_swap::ArcSwap`]; a session notices a new set when
 //!   the proxy calls [`crate::Filter::on_reload`], re-resolves its user and clears its caches.
+//!   As nats-server does on a reload, an `edge`-mode client whose credentials no longer pass
+//!   is closed, and subscriptions the new permissions refuse are ended at the upstream (the
+//!   client is told); their deliveries still on the way are dropped.
 
 pub mod auth;
 pub mod explain;
@@ -20,6 +23,7 @@ pub mod permissions;
 pub mod quote;
 pub mod rules;
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -29,7 +33,9 @@ use bytes::Bytes;
 
 use crate::errors;
 use crate::events::{DenialKind, Events};
-use crate::filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionCtx};
+use crate::filter::{
+    ConnFacts, Filter, FilterFactory, Interest, OpKind, Reloaded, SessionCtx, TlsPeer,
+};
 use crate::identity::{AuthMethod, Identity};
 use crate::op::{ClientOp, Connect, Info, ServerOp};
 use crate::responses::ResponseTracker;
@@ -116,7 +122,9 @@ const DENIAL_LOG_SUBJECTS: usize = 256;
 struct LiveSub {
     subject: Bytes,
     queue: Option<Bytes>,
-    /// Refused by rules reloaded since it was made: its deliveries are dropped.
+    /// Refused by rules reloaded since it was made, and being ended at the upstream: the
+    /// entry stays, its deliveries still on the way dropped, until the upstream has ended
+    /// it ([`Filter::on_unsubscribed`]).
     revoked: bool,
     /// The delivery count at which the upstream ends it (`UNSUB sid max`): its entry goes
     /// when the upstream's subscription does.
@@ -149,8 +157,11 @@ pub struct AclFilter {
     any_revoked: bool,
     /// Set once a subscription can receive denied subjects (nats-server's delivery filter).
     filter_deliveries: bool,
-    /// The user was removed from the rules while connected (edge mode): close on next op.
+    /// The user is no longer authorized by reloaded rules (edge mode): the session is
+    /// closing, and any op still on the way closes it too.
     revoked: bool,
+    /// The credentials the client presented (edge mode), to check again on a reload.
+    presented: Option<Connect>,
     /// Whether the client's CONNECT has been judged.
     connected: bool,
     logged: HashMap<Bytes, Instant>,
@@ -176,6 +187,7 @@ impl AclFilter {
             any_revoked: false,
             filter_deliveries: false,
             revoked: false,
+            presented: None,
             connected: false,
             logged: HashMap::new(),
             slow_check: None,
@@ -327,6 +339,7 @@ impl AclFilter {
                             user: Some(user.name.clone()),
                             method,
                         });
+                        self.presented = Some(connect.clone());
                         let creds = user.upstream.as_ref().or(self.settings.upstream.as_ref());
                         replace_credentials(connect, creds);
                         Verdict::Changed
@@ -343,6 +356,32 @@ impl AclFilter {
         };
         self.resolve();
         verdict
+    }
+
+    /// Whether the credentials this client connected with still name the same user under
+    /// reloaded rules (edge mode), as nats-server checks every client on a reload. A bcrypt
+    /// check is not done here, on the session's thread: a password hash the reload left as
+    /// it was still matches, and a changed one has the client log in again.
+    fn still_authorized(&self, old: &AclRules, tls: Option<&TlsPeer>) -> Result<(), String> {
+        let (Some(connect), Some(name)) = (&self.presented, &self.user) else {
+            return Ok(());
+        };
+        match authenticate(&self.rules, &self.checker, connect, tls, Checks::CachedOnly) {
+            Ok((user, _)) if user.name == *name => Ok(()),
+            Ok((user, _)) => Err(format!("the credentials now name user `{}`", user.name)),
+            Err(AuthFailure::NeedsSlowCheck) => {
+                let unchanged = match (old.user(name), self.rules.user(name)) {
+                    (Some(before), Some(now)) => before.same_credentials(now),
+                    _ => false,
+                };
+                if unchanged {
+                    Ok(())
+                } else {
+                    Err(format!("the credentials of user `{name}` changed"))
+                }
+            }
+            Err(why) => Err(why.to_string()),
+        }
     }
 
     fn check_publish(&mut self, subject: &Bytes) -> bool {
@@ -393,19 +432,30 @@ impl AclFilter {
         if perms.needs_delivery_filter(&sub.subject, queue) {
             self.filter_deliveries = true;
         }
-        // A reused sid keeps the subscription it names, as nats-server keeps it.
-        let watched = self.interest.contains(OpKind::Msg);
-        let epoch = self.watch_epoch;
-        self.subs
-            .entry(Bytes::copy_from_slice(&sub.sid))
-            .or_insert_with(|| LiveSub {
-                subject: Bytes::copy_from_slice(&sub.subject),
-                queue: sub.queue.as_deref().map(Bytes::copy_from_slice),
-                revoked: false,
-                max: None,
-                delivered: 0,
-                watched_since: watched.then_some(epoch),
-            });
+        // A reused sid keeps the subscription it names, as nats-server keeps it; one the
+        // edge is ending at the upstream is gone there, so the SUB makes a new one.
+        let live = LiveSub {
+            subject: Bytes::copy_from_slice(&sub.subject),
+            queue: sub.queue.as_deref().map(Bytes::copy_from_slice),
+            revoked: false,
+            max: None,
+            delivered: 0,
+            watched_since: self
+                .interest
+                .contains(OpKind::Msg)
+                .then_some(self.watch_epoch),
+        };
+        match self.subs.entry(Bytes::copy_from_slice(&sub.sid)) {
+            Entry::Occupied(mut old) if old.get().revoked => {
+                old.insert(live);
+                self.any_revoked = self.subs.values().any(|s| s.revoked);
+                self.refresh_interest();
+            }
+            Entry::Occupied(_) => {}
+            Entry::Vacant(new) => {
+                new.insert(live);
+            }
+        }
         Verdict::Forward
     }
 
@@ -421,10 +471,9 @@ impl AclFilter {
         let counted =
             live.watched_since == Some(self.watch_epoch) && self.interest.contains(OpKind::Msg);
         match unsub.max {
+            // Being ended at the upstream: the entry goes once it has been.
+            _ if live.revoked => {}
             Some(max) if counted && max > live.delivered => live.max = Some(max),
-            // A revoked subscription whose end cannot be counted stays, so its deliveries
-            // stay dropped until the client unsubscribes for good.
-            Some(max) if live.revoked && max > 0 => {}
             _ => self.forget(&unsub.sid),
         }
     }
@@ -488,43 +537,48 @@ impl Filter for AclFilter {
         }
     }
 
-    fn on_reload(&mut self, _ctx: &SessionCtx) -> Vec<ServerOp> {
+    fn on_reload(&mut self, ctx: &SessionCtx) -> Reloaded {
         let rules = self.settings.rules.current();
         if Arc::ptr_eq(&rules, &self.rules) {
-            return Vec::new();
+            return Reloaded::default();
         }
-        self.rules = rules;
-        if self.settings.mode == AuthMode::Edge {
-            if let Some(name) = &self.user {
-                if self.rules.user(name).is_none() {
-                    tracing::warn!(user = %name, "user removed from the rules; closing the connection");
-                    self.revoked = true;
-                }
-            }
+        let old = std::mem::replace(&mut self.rules, rules);
+        let mut reloaded = Reloaded::default();
+        if let Err(why) = self.still_authorized(&old, ctx.conn.tls_peer.as_ref()) {
+            // As nats-server closes a client its reloaded configuration no longer
+            // authorizes: at once, with `Authorization Violation`.
+            tracing::warn!(user = self.user_label(), reason = %why, "no longer authorized after a reload; closing the connection");
+            self.revoked = true;
+            reloaded.close = Some((
+                CloseReason::AuthorizationViolation,
+                errors::AUTHORIZATION_VIOLATION,
+            ));
         }
         self.take_permissions();
-        // Subscriptions the new rules refuse stop receiving, and the client is told, as
-        // nats-server tells it when it removes them on a reload.
-        let mut notices = Vec::new();
+        // Subscriptions the new rules refuse end at the upstream, and the client is told,
+        // as nats-server removes them on a reload and tells it.
         match &self.perms {
             Some(perms) => {
                 for (sid, live) in self.subs.iter_mut() {
                     let queue = live.queue.as_deref();
-                    let refused = !perms.check_subscribe(&live.subject, queue).allowed;
-                    if refused && !live.revoked {
-                        notices.push(ServerOp::Err(revoked_text(sid, live)));
+                    if !live.revoked && !perms.check_subscribe(&live.subject, queue).allowed {
+                        reloaded
+                            .notices
+                            .push(ServerOp::Err(revoked_text(sid, live)));
+                        reloaded.unsubscribe.push(sid.clone());
                         tracing::info!(
                             user = self.user.as_deref().unwrap_or(""),
                             subject = %String::from_utf8_lossy(&live.subject),
                             sid = %String::from_utf8_lossy(sid),
-                            "subscription no longer allowed after a reload; its deliveries are dropped"
+                            "subscription no longer allowed after a reload; unsubscribing it"
                         );
+                        live.revoked = true;
                     }
-                    live.revoked = refused;
                     self.filter_deliveries |= perms.needs_delivery_filter(&live.subject, queue);
                 }
                 self.any_revoked = self.subs.values().any(|s| s.revoked);
             }
+            // No rules apply any more: nothing is refused or tracked.
             None => {
                 self.subs.clear();
                 self.any_revoked = false;
@@ -532,7 +586,15 @@ impl Filter for AclFilter {
         }
         // After the revocations: deliveries of revoked subscriptions must be seen.
         self.refresh_interest();
-        notices
+        reloaded
+    }
+
+    fn on_unsubscribed(&mut self, sids: &[Bytes]) {
+        for sid in sids {
+            if self.subs.get(sid).is_some_and(|s| s.revoked) {
+                self.forget(sid);
+            }
+        }
     }
 
     fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {

@@ -103,6 +103,16 @@ pub struct User {
     pub origin: Origin,
 }
 
+impl User {
+    /// Whether `other` accepts exactly the credentials this user does.
+    pub fn same_credentials(&self, other: &User) -> bool {
+        self.password == other.password
+            && self.token == other.token
+            && self.tls_subject == other.tls_subject
+            && self.tls_san == other.tls_san
+    }
+}
+
 /// Every loaded rule file, merged.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct AclRules {

@@ -367,6 +367,9 @@ fn auto_unsubscribe_ends_the_tracked_subscription() {
     assert_eq!(&alice.subs[&b"5"[..]].subject[..], b"orders.*");
 }
 
+/// A reload refuses a live subscription: the client is told in nats-server's words, once,
+/// the session is asked to end it at the upstream, and its deliveries still on the way are
+/// dropped until the upstream has ended it.
 #[test]
 fn reload_applies_to_the_live_session() {
     let (mut chain, mut ctx, _, source) = setup(AuthMode::Passthrough, RULES);
@@ -381,24 +384,171 @@ fn reload_applies_to_the_live_session() {
         r#"deny = ["orders.secret", "orders.new"]"#,
     );
     source.store(AclRules::from_str("t.toml", &tighter).unwrap());
-    // The client is told, in nats-server's words; once.
     assert_eq!(
         chain.on_reload(&ctx),
-        [ServerOp::Err(
-            r#"Permissions Violation for Subscription to "orders.new" (sid "7")"#.into()
-        )]
+        Reloaded {
+            notices: vec![ServerOp::Err(
+                r#"Permissions Violation for Subscription to "orders.new" (sid "7")"#.into()
+            )],
+            unsubscribe: vec![Bytes::from_static(b"7")],
+            close: None,
+        }
     );
-    assert_eq!(chain.on_reload(&ctx), []);
-    // Another reload that still refuses it says nothing more.
+    assert_eq!(chain.on_reload(&ctx), Reloaded::default());
+    // Another reload that still refuses it says nothing more, and one that allows it again
+    // does not bring back what is being ended.
     let tighter_still = tighter.replace(
         r#"deny = ["orders.secret", "orders.new"]"#,
         r#"deny = ["orders.secret", "orders.new", "orders.other"]"#,
     );
     source.store(AclRules::from_str("t.toml", &tighter_still).unwrap());
-    assert_eq!(chain.on_reload(&ctx), []);
+    assert_eq!(chain.on_reload(&ctx), Reloaded::default());
+    source.store(AclRules::from_str("t.toml", RULES).unwrap());
+    assert_eq!(chain.on_reload(&ctx), Reloaded::default());
     assert_eq!(
         chain.on_server_op(&mut msg("orders.new", "7", None), &ctx),
         Verdict::Drop
     );
-    assert!(chain.on_client_op(&mut sub("orders.new", None, "8"), &mut ctx) != Verdict::Forward);
+    // The client's own UNSUB meanwhile changes nothing: the upstream's end does.
+    chain.on_client_op(&mut unsub("7", None), &mut ctx);
+    assert_eq!(
+        chain.on_server_op(&mut msg("orders.new", "7", None), &ctx),
+        Verdict::Drop
+    );
+    chain.on_unsubscribed(&[Bytes::from_static(b"7")]);
+    assert_eq!(
+        chain.on_server_op(&mut msg("orders.new", "7", None), &ctx),
+        Verdict::Forward,
+        "the sid is free again"
+    );
+}
+
+/// A SUB that reuses the sid of a subscription being ended at the upstream makes a new
+/// subscription (the upstream's is gone), where a reused live sid keeps the old one.
+#[test]
+fn a_sid_being_ended_can_be_reused() {
+    let (_, mut ctx, _, _) = setup(AuthMode::Passthrough, RULES);
+    let mut alice = lone_filter(RULES);
+    alice.on_client_op(&mut connect(r#"{"user":"alice"}"#), &mut ctx);
+    alice.on_client_op(&mut sub("orders.new", None, "1"), &mut ctx);
+    let tighter = RULES.replace(
+        r#"deny = ["orders.secret"]"#,
+        r#"deny = ["orders.secret", "orders.new"]"#,
+    );
+    alice
+        .settings
+        .rules
+        .store(AclRules::from_str("t.toml", &tighter).unwrap());
+    assert_eq!(alice.on_reload(&ctx).unsubscribe.len(), 1);
+    assert!(alice.any_revoked);
+    alice.on_client_op(&mut sub("orders.old", None, "1"), &mut ctx);
+    assert_eq!(&alice.subs[&b"1"[..]].subject[..], b"orders.old");
+    assert!(!alice.any_revoked);
+    // The upstream's end of the old one leaves the new one alone.
+    alice.on_unsubscribed(&[Bytes::from_static(b"1")]);
+    assert!(alice.subs.contains_key(&b"1"[..]));
+}
+
+/// In edge mode a reload checks every client's credentials again, as nats-server does, and
+/// closes the one they no longer admit: a removed user, a changed password or token, a
+/// bcrypt hash replaced. A reload that leaves a user's credentials as they were (a bcrypt
+/// hash included, which is not checked again) keeps the client.
+#[test]
+fn reload_closes_clients_whose_credentials_no_longer_pass() {
+    let hash = bcrypt::hash_with_result("s3cret", 4).unwrap().to_string();
+    let other_hash = bcrypt::hash_with_result("s3cret", 4).unwrap().to_string();
+    let users = |carol: &str, dave: &str| {
+        format!(
+            "[[users]]\nuser = \"carol\"\npassword = \"{carol}\"\n\
+             [[users]]\nuser = \"dave\"\npassword = \"{dave}\"\n\
+             [[users]]\nuser = \"erin\"\ntoken = \"tok\"\n"
+        )
+    };
+    let before = users(&hash, "pw");
+    let closed = Reloaded {
+        close: Some((
+            CloseReason::AuthorizationViolation,
+            errors::AUTHORIZATION_VIOLATION,
+        )),
+        ..Reloaded::default()
+    };
+    let cases = [
+        // (who connects, the rules after, closed)
+        (
+            r#"{"user":"carol","pass":"s3cret"}"#,
+            users(&hash, "pw2"),
+            false,
+        ),
+        (
+            r#"{"user":"carol","pass":"s3cret"}"#,
+            users(&other_hash, "pw"),
+            true,
+        ),
+        (r#"{"user":"dave","pass":"pw"}"#, users(&hash, "pw"), false),
+        (r#"{"user":"dave","pass":"pw"}"#, users(&hash, "pw2"), true),
+        (
+            r#"{"auth_token":"tok"}"#,
+            before.replace("\"tok\"", "\"tok2\""),
+            true,
+        ),
+        (
+            r#"{"user":"dave","pass":"pw"}"#,
+            format!("[[users]]\nuser = \"carol\"\npassword = \"{hash}\"\n"),
+            true,
+        ),
+    ];
+    for (json, after, expect_closed) in cases {
+        let (mut chain, mut ctx, _, source) = setup(AuthMode::Edge, &before);
+        if let Verdict::Offload(check) = chain.on_client_op(&mut connect(json), &mut ctx) {
+            check.run();
+        }
+        assert_eq!(
+            chain.on_client_op(&mut connect(json), &mut ctx),
+            Verdict::Changed,
+            "{json}"
+        );
+        source.store(AclRules::from_str("t.toml", &after).unwrap());
+        let reloaded = chain.on_reload(&ctx);
+        if expect_closed {
+            assert_eq!(reloaded, closed, "{json} under {after}");
+            assert!(matches!(
+                chain.on_client_op(&mut ClientOp::Ping, &mut ctx),
+                Verdict::Close { .. }
+            ));
+        } else {
+            assert_eq!(reloaded, Reloaded::default(), "{json} under {after}");
+        }
+    }
+}
+
+/// The bcrypt check a reload skips: a hash the reload left as it was still admits the client,
+/// even once the check's cached result is gone.
+#[test]
+fn reload_keeps_a_client_whose_bcrypt_hash_is_unchanged() {
+    let hash = bcrypt::hash_with_result("s3cret", 4).unwrap().to_string();
+    let rules = format!("[[users]]\nuser = \"carol\"\npassword = \"{hash}\"\n");
+    let (_, mut ctx, _, _) = setup(AuthMode::Edge, &rules);
+    let source = Arc::new(RuleSource::new(
+        AclRules::from_str("t.toml", &rules).unwrap(),
+    ));
+    let settings = AclSettings {
+        mode: AuthMode::Edge,
+        upstream: None,
+        rules: source.clone(),
+        events: Arc::new(Recorded::default()),
+    };
+    let mut carol = AclFilter::new(Arc::new(settings), Arc::new(SecretChecker::default()));
+    let json = r#"{"user":"carol","pass":"s3cret"}"#;
+    let Verdict::Offload(check) = carol.on_client_op(&mut connect(json), &mut ctx) else {
+        panic!("not offloaded");
+    };
+    check.run();
+    assert_eq!(
+        carol.on_client_op(&mut connect(json), &mut ctx),
+        Verdict::Changed
+    );
+    carol.checker = Arc::new(SecretChecker::default());
+    source
+        .store(AclRules::from_str("t.toml", &format!("{rules}[[users]]\nuser = \"x\"\n")).unwrap());
+    assert_eq!(carol.on_reload(&ctx), Reloaded::default());
 }

@@ -24,7 +24,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::acl::quote::{go_quote, go_unquote};
 use crate::events::{Events, RewriteDirection};
-use crate::filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionCtx};
+use crate::filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, Reloaded, SessionCtx};
 use crate::headers::{self, HeaderWriter, Headers};
 use crate::op::{ClientOp, Msg, Pub, ServerOp};
 use crate::responses::{ResponseBounds, ResponseTracker};
@@ -196,10 +196,10 @@ impl Filter for Rewrite {
         }
     }
 
-    fn on_reload(&mut self, ctx: &SessionCtx) -> Vec<ServerOp> {
+    fn on_reload(&mut self, ctx: &SessionCtx) -> Reloaded {
         self.resolved = None;
         self.active = self.rules.current().config.may_apply(&ctx.conn.listener);
-        Vec::new()
+        Reloaded::default()
     }
 
     fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {
