@@ -185,6 +185,30 @@ fn wait_log(edge: &EdgeProcess, from: usize, message: &str) -> serde_json::Value
         .1
 }
 
+/// An edge in front of `server` whose `[auth]` table has `auth` and the rule file `rules`
+/// (`rules.toml` in the returned directory, to change before a reload).
+fn edge_with_rules(
+    server: &NatsServer,
+    auth: &str,
+    rules: &str,
+) -> (tempfile::TempDir, EdgeProcess) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
+    let config = dir.path().join("nats-edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\n\
+             [upstream]\nurls = [{:?}]\n[log]\nformat = \"json\"\n\
+             [auth]\n{auth}rules = [\"rules.toml\"]\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let edge = EdgeProcess::spawn(&["-c", config.to_str().unwrap()], &[]);
+    (dir, edge)
+}
+
 fn hup(edge: &EdgeProcess) {
     let status = std::process::Command::new("kill")
         .arg("-HUP")
@@ -244,21 +268,8 @@ async fn sighup_reloads_rules_for_live_connections_and_keeps_them_on_a_bad_file(
         args: vec!["-m".into(), monitor.to_string()],
         config: Some(SERVER_USERS_ONLY.to_string()),
     });
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, edge) = edge_with_rules(&server, "", RULES_BEFORE);
     let rules = dir.path().join("rules.toml");
-    std::fs::write(&rules, RULES_BEFORE).unwrap();
-    let config = dir.path().join("nats-edge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\n\
-             [upstream]\nurls = [{:?}]\n[log]\nformat = \"json\"\n\
-             [auth]\nrules = [\"rules.toml\"]\n",
-            server.url()
-        ),
-    )
-    .unwrap();
-    let edge = EdgeProcess::spawn(&["-c", config.to_str().unwrap()], &[]);
 
     let mut orders = connect_as(&edge, "orders").await;
     let mut admin = connect_as(&edge, "admin").await;
@@ -416,31 +427,15 @@ async fn sighup_reloads_rules_for_live_connections_and_keeps_them_on_a_bad_file(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_closes_edge_clients_the_new_rules_no_longer_admit() {
     let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules.toml");
     let users = |names: &[(&str, &str)]| {
         names
             .iter()
             .map(|(user, pass)| format!("[[users]]\nuser = \"{user}\"\npassword = \"{pass}\"\n"))
             .collect::<String>()
     };
-    std::fs::write(
-        &rules,
-        users(&[("carol", "pw"), ("dave", "pw"), ("erin", "pw")]),
-    )
-    .unwrap();
-    let config = dir.path().join("nats-edge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\n\
-             [upstream]\nurls = [{:?}]\n[log]\nformat = \"json\"\n\
-             [auth]\nmode = \"edge\"\nrules = [\"rules.toml\"]\n",
-            server.url()
-        ),
-    )
-    .unwrap();
-    let edge = EdgeProcess::spawn(&["-c", config.to_str().unwrap()], &[]);
+    let before = users(&[("carol", "pw"), ("dave", "pw"), ("erin", "pw")]);
+    let (dir, edge) = edge_with_rules(&server, "mode = \"edge\"\n", &before);
+    let rules = dir.path().join("rules.toml");
     let mut carol = connect_as(&edge, "carol").await;
     let mut dave = connect_as(&edge, "dave").await;
     let mut erin = connect_as(&edge, "erin").await;
