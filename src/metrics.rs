@@ -107,11 +107,27 @@ type Labels1 = [(&'static str, String); 1];
 type Labels2 = [(&'static str, String); 2];
 
 fn l1(k: &'static str, v: &str) -> Labels1 {
-    [(k, v.to_string())]
+    [(k, label_value(v))]
 }
 
 fn l2(k1: &'static str, v1: &str, k2: &'static str, v2: &str) -> Labels2 {
-    [(k1, v1.to_string()), (k2, v2.to_string())]
+    [(k1, label_value(v1)), (k2, label_value(v2))]
+}
+
+/// A label value escaped as the text exposition format requires (`\`, `"`, newline):
+/// prometheus-client writes values as given, and a user name can come from a client's
+/// CONNECT, where one quote would make every later scrape unparseable.
+fn label_value(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
 }
 
 /// The counters of one listener, fetched once when it starts.
@@ -813,6 +829,24 @@ mod tests {
                 Some(2000)
             );
         }
+    }
+
+    /// A client-chosen user name cannot break the exposition: quotes, backslashes and
+    /// newlines in a label value are escaped.
+    #[test]
+    fn label_values_are_escaped() {
+        let metrics = Metrics::new();
+        metrics.acl_denied("x\"}\nfake_total 1\n\\", DenialKind::Publish);
+        let text = metrics.encode().unwrap();
+        assert_eq!(
+            sample(
+                &text,
+                r#"nats_edge_acl_denials_total{user="x\"}\nfake_total 1\n\\",direction="publish"}"#
+            ),
+            Some(1),
+            "{text}"
+        );
+        assert!(!text.lines().any(|l| l.starts_with("fake_total")), "{text}");
     }
 
     #[test]
