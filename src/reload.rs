@@ -98,6 +98,10 @@ impl Reloader {
     /// file) is for the log.
     pub fn reload(&self, new: Config, source: &str) -> Result<Reloaded, ReloadError> {
         let parts = lock(&self.parts).clone();
+        // Every part prepares what will run: keys that need a restart keep their running
+        // values (a rewrite turned off keeps its sets until the restart).
+        let needs_restart = restart_keys(&self.current(), &new);
+        let new = running(&self.current(), new);
         let mut staged = Vec::with_capacity(parts.len());
         for part in &parts {
             match part.prepare(&new) {
@@ -109,7 +113,6 @@ impl Reloader {
                 }
             }
         }
-        let needs_restart = restart_keys(&self.current(), &new);
         for (name, s) in staged {
             (s.0)();
             tracing::debug!(part = name, "reloaded");
@@ -117,7 +120,7 @@ impl Reloader {
         for key in &needs_restart {
             tracing::warn!(key = %key, "configuration changed but needs a restart to apply");
         }
-        *lock(&self.current) = Arc::new(running(&self.current(), new));
+        *lock(&self.current) = Arc::new(new);
         *lock(&self.loaded_at) = SystemTime::now();
         self.metrics.config_reloaded(true);
         tracing::info!(
@@ -138,6 +141,9 @@ fn running(old: &Config, mut new: Config) -> Config {
     new.log = old.log.clone();
     new.admin = old.admin.clone();
     new.pid_file = old.pid_file.clone();
+    new.auth.mode = old.auth.mode;
+    new.auth.upstream = old.auth.upstream.clone();
+    new.auth.trusted_proxy = old.auth.trusted_proxy.clone();
     if rewrites(old) != rewrites(&new) {
         new.rewrite = old.rewrite.clone();
     }
@@ -204,6 +210,17 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<String> {
     if old.pid_file != new.pid_file {
         keys.push("pid_file".into());
     }
+    // The ACL's mode and upstream credentials, and the proxy signer, are built at start-up;
+    // the rule files reload.
+    if old.auth.mode != new.auth.mode {
+        keys.push("auth.mode".into());
+    }
+    if old.auth.upstream != new.auth.upstream {
+        keys.push("auth.upstream".into());
+    }
+    if old.auth.trusted_proxy != new.auth.trusted_proxy {
+        keys.push("auth.trusted_proxy".into());
+    }
     // The filters a session gets are fixed at start-up; their rule files reload.
     if rewrites(old) != rewrites(new) {
         keys.push("rewrite (turned on or off)".into());
@@ -228,6 +245,43 @@ mod tests {
             "{toml}\n[upstream]\nurls = [\"nats://127.0.0.1:4222\"]\n"
         ))
         .unwrap()
+    }
+
+    /// Records the configuration each reload prepared.
+    struct Seen(Mutex<Vec<Config>>);
+
+    impl Reloadable for Seen {
+        fn name(&self) -> String {
+            "seen".into()
+        }
+
+        fn prepare(&self, new: &Config) -> Result<Staged, ReloadError> {
+            lock(&self.0).push(new.clone());
+            Ok(Staged::nothing())
+        }
+    }
+
+    /// Parts prepare what will run: a key that needs a restart keeps its running value
+    /// there too, so removing the last rewrite set does not unmount live clients while the
+    /// log says it waits for a restart.
+    #[test]
+    fn parts_prepare_the_configuration_that_will_run() {
+        let mounted = config(
+            "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\n\
+             [rewrite]\ndefault = \"t\"\n[rewrite.sets]\nt = \"t.toml\"\n",
+        );
+        let reloader = Reloader::new(mounted.clone(), Arc::new(Metrics::new()));
+        let seen = Arc::new(Seen(Mutex::new(Vec::new())));
+        reloader.register(seen.clone());
+        let unmounted = config("[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\n");
+        let reloaded = reloader.reload(unmounted, "test").unwrap();
+        assert_eq!(reloaded.needs_restart, ["rewrite (turned on or off)"]);
+        let prepared = lock(&seen.0).pop().unwrap();
+        assert_eq!(prepared.rewrite_config(), mounted.rewrite_config());
+        assert_eq!(
+            reloader.current().rewrite_config(),
+            mounted.rewrite_config()
+        );
     }
 
     #[test]
@@ -269,6 +323,20 @@ mod tests {
         let kept = running(&old, tagged.clone());
         assert!(kept.tagging.file.is_none());
         assert_eq!(restart_keys(&kept, &tagged).len(), 2);
+        // The ACL's mode, its upstream credentials and the proxy signer are fixed at start-up.
+        let edge_mode = config(
+            "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\n\
+             [auth]\nmode = \"edge\"\nrules = [\"r.toml\"]\n\
+             [auth.upstream]\nuser = \"edge\"\npassword = \"pw\"\n",
+        );
+        assert_eq!(
+            restart_keys(&old, &edge_mode),
+            ["auth.mode", "auth.upstream"]
+        );
+        let kept = running(&old, edge_mode.clone());
+        assert_eq!(kept.auth.mode, old.auth.mode);
+        assert_eq!(kept.auth.rules, edge_mode.auth.rules, "rule files reload");
+        assert_eq!(restart_keys(&kept, &edge_mode).len(), 2);
         let renamed = config("[[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:4222\"\n");
         assert_eq!(
             restart_keys(&old, &renamed),
