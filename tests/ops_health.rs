@@ -63,3 +63,32 @@ async fn readyz_follows_the_upstream_and_the_drain() {
     assert_eq!(drained.closed_by_edge, 0, "the client left on its own");
     assert!(!drained.timed_out);
 }
+
+/// Connections that send nothing cannot hold the admin server's slots: each is closed after
+/// the header-read timeout (5 s), so a health probe queued behind 64 of them is answered
+/// well before a connection's 30 s lifetime would have freed a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_admin_connections_do_not_starve_the_probes() {
+    use tokio::io::AsyncReadExt;
+    let server = NatsServer::start();
+    let edge = start_edge(&[server.url()], "[admin]\nlisten = \"127.0.0.1:0\"\n").await;
+    let admin = edge.admin_addr().expect("admin server");
+    let mut silent = Vec::new();
+    for _ in 0..64 {
+        silent.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    assert_eq!(
+        within_for(
+            Duration::from_secs(15),
+            "a probe behind 64 silent connections",
+            http_get(admin, "/healthz")
+        )
+        .await,
+        (200, "ok\n".into())
+    );
+    for stream in &mut silent {
+        let mut byte = [0u8; 1];
+        let read = within("a silent connection closed", stream.read(&mut byte)).await;
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+}

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
@@ -25,8 +25,14 @@ use crate::edge::EdgeShared;
 
 /// Admin connections served at once; more wait in the accept queue.
 const MAX_ADMIN_CONNECTIONS: usize = 64;
-/// How long one admin connection may stay open (keep-alive included).
+/// How long one admin connection may stay open (keep-alive included); then it ends after
+/// the response in progress, within [`LIFETIME_GRACE`].
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+const LIFETIME_GRACE: Duration = Duration::from_secs(5);
+/// How long a connection may take to send a request's headers, idle keep-alive included:
+/// connections that send nothing give their slot back soon, so they cannot hold every slot
+/// and starve the health probes.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub type Body = Full<Bytes>;
 
@@ -63,8 +69,20 @@ pub async fn serve(
                 async move { Ok::<_, Infallible>(response) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+            tokio::pin!(conn);
+            let served = match tokio::time::timeout(CONNECTION_LIFETIME, conn.as_mut()).await {
+                Ok(served) => served,
+                Err(_) => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::time::timeout(LIFETIME_GRACE, conn)
+                        .await
+                        .unwrap_or(Ok(()))
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "admin connection failed");
             }
             drop(permit);
