@@ -100,6 +100,49 @@ async fn outcome(
     (show(&reply.bytes), reply.closed)
 }
 
+/// Sends `bytes` as they are (CONNECT included), then a PING; returns what came back before
+/// its PONG, and whether the connection closed.
+async fn raw_outcome(addr: std::net::SocketAddr, bytes: &[u8]) -> (String, bool) {
+    let (mut raw, _) = RawConn::connect_info(addr).await;
+    raw.send(bytes).await;
+    raw.send(b"PING\r\n").await;
+    let reply = raw.read_until(b"PONG\r\n").await;
+    (show(&reply.bytes), reply.closed)
+}
+
+/// CONNECT JSON is read as nats-server's Go decoder reads it: keys in any case (and the two
+/// Unicode letters that fold onto ASCII ones), a later key over an earlier one, `null` as
+/// nothing, a second CONNECT over the first. A spelling that let the edge see another user,
+/// or headers off where nats-server has them on, would let a refused publish through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_read_like_nats_server_reads_it() {
+    let targets = Targets::start().await;
+    let audit_hpub = "HPUB orders.audit.x 12 14\r\nNATS/1.0\r\n\r\nab\r\n";
+    let audit_pub = "PUB orders.audit.x 1\r\na\r\n";
+    let base = r#""pass":"pw","verbose":false,"pedantic":false"#;
+    let cases = [
+        format!("CONNECT {{\"user\":\"orders\",{base},\"Headers\":true}}\r\n{audit_hpub}"),
+        format!("CONNECT {{\"user\":\"orders\",{base},\"headers\":true,\"headers\":null}}\r\n{audit_hpub}"),
+        format!(
+            "CONNECT {{\"user\":\"orders\",{base},\"headers\":true}}\r\n\
+             CONNECT {{\"name\":\"again\"}}\r\n{audit_hpub}"
+        ),
+        format!("CONNECT {{\"user\":\"admin\",\"USER\":\"orders\",{base}}}\r\n{audit_pub}"),
+        format!("CONNECT {{\"user\":\"admin\",\"u\u{17f}er\":\"orders\",{base}}}\r\n{audit_pub}"),
+        format!("CONNECT {{\"user\":\"orders\",\"user\":null,{base}}}\r\n{audit_pub}"),
+    ];
+    for case in &cases {
+        let expected = raw_outcome(targets.direct(), case.as_bytes()).await;
+        assert!(
+            expected.0.contains("Permissions Violation"),
+            "nats-server itself refuses {}: {expected:?}",
+            show(case.as_bytes())
+        );
+        let got = raw_outcome(targets.edged(), case.as_bytes()).await;
+        assert_eq!(got, expected, "{}", show(case.as_bytes()));
+    }
+}
+
 /// Attempts that must be refused, each with a legitimate twin that must pass. `user`, the
 /// attempt, its twin.
 fn bypass_table() -> Vec<(&'static str, &'static str, &'static str)> {

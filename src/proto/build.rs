@@ -3,8 +3,20 @@
 use bytes::Bytes;
 use nats_edge_filters::{ClientOp, Connect, Info, Msg, Pub, ServerOp, Sub, Unsub};
 
+use super::connect::{merge_connect, parse_connect};
 use super::scan::{Frame, Verb};
 use super::ProtoError;
+
+/// Reads a CONNECT frame after the first over the options the `earlier` ones set, as
+/// nats-server decodes a later CONNECT over the options it holds.
+pub fn build_connect_over(
+    data: &Bytes,
+    frame: &Frame,
+    earlier: &Connect,
+) -> Result<Connect, ProtoError> {
+    let args = frame.split_args(data)?;
+    merge_connect(earlier, &data[args.get(0)])
+}
 
 /// Builds the client op for `frame`, where `data` holds exactly the frame's bytes (offsets in
 /// `frame` are relative to its start).
@@ -83,81 +95,6 @@ pub fn build_server_op(data: &Bytes, frame: &Frame) -> Result<ServerOp, ProtoErr
         }
         _ => return Err(ProtoError::UnknownOperation),
     })
-}
-
-/// Parses CONNECT JSON as leniently as nats-server (Go's encoding/json) does.
-///
-/// serde is stricter than Go in ways a client may trip over, and nats-server accepts all of
-/// these: `null` (nothing to set), duplicate keys (the last one wins), invalid UTF-8 (replaced
-/// by U+FFFD), and numbers beyond f64 in fields the server does not know. The CONNECT still
-/// goes upstream as its original bytes unless a filter changes it; the parsed value is what
-/// the edge itself reads. A document nested deeper than serde_json's 128 levels is checked
-/// for syntax only (serde_json skips values without recursing) and read as an empty CONNECT.
-pub fn parse_connect(json: &[u8]) -> Result<Connect, ProtoError> {
-    if let Ok(connect) = serde_json::from_slice::<Connect>(json) {
-        return Ok(connect);
-    }
-    let text = String::from_utf8_lossy(json);
-    if text.trim() == "null" {
-        return Ok(Connect::default());
-    }
-    // Through a Value, duplicate keys collapse to the last one, as in Go.
-    if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) {
-        return serde_json::from_value::<Connect>(value).map_err(|_| ProtoError::BadJson);
-    }
-    // Syntactically valid JSON whose unknown fields hold what serde cannot represent
-    // (1e400): keep the known fields, drop the rest.
-    serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|_| ProtoError::BadJson)?;
-    let mut connect = Connect::default();
-    if let Ok(serde_json::Value::Object(fields)) =
-        serde_json::from_str::<serde_json::Value>(&strip_unrepresentable_numbers(&text))
-    {
-        connect = serde_json::from_value(serde_json::Value::Object(fields)).unwrap_or_default();
-    }
-    Ok(connect)
-}
-
-/// Replaces numbers that overflow f64 with 0, so the rest of a document can be read.
-fn strip_unrepresentable_numbers(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut number = String::new();
-    let flush = |number: &mut String, out: &mut String| {
-        if !number.is_empty() {
-            match number.parse::<f64>() {
-                Ok(v) if v.is_finite() => out.push_str(number),
-                _ => out.push('0'),
-            }
-            number.clear();
-        }
-    };
-    for c in text.chars() {
-        if in_string {
-            out.push(c);
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        let starts = number.is_empty() && (c.is_ascii_digit() || c == '-');
-        let continues =
-            !number.is_empty() && (c.is_ascii_digit() || matches!(c, '-' | '+' | '.' | 'e' | 'E'));
-        if starts || continues {
-            number.push(c);
-            continue;
-        }
-        flush(&mut number, &mut out);
-        if c == '"' {
-            in_string = true;
-        }
-        out.push(c);
-    }
-    flush(&mut number, &mut out);
-    out
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, ProtoError> {

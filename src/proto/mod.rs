@@ -7,10 +7,11 @@
 //! bytes.
 
 pub mod build;
+pub mod connect;
 pub mod encode;
 pub mod scan;
 
-pub use build::{build_client_op, build_server_op};
+pub use build::{build_client_op, build_connect_over, build_server_op};
 pub use encode::{
     encode_client_head, encode_client_op, encode_server_head, encode_server_op, PAYLOAD_END,
 };

@@ -318,7 +318,7 @@ fn connect_json_errors_are_silent_closes() {
 
 #[test]
 fn connect_is_as_lenient_as_nats_server() {
-    use super::build::parse_connect;
+    use super::connect::parse_connect;
     assert!(parse_connect(b"null").unwrap().is_verbose());
     let dup = parse_connect(br#"{"verbose":true,"verbose":false}"#).unwrap();
     assert!(!dup.is_verbose(), "the last key wins");
@@ -335,7 +335,7 @@ fn connect_is_as_lenient_as_nats_server() {
 
 #[test]
 fn deeply_nested_connect_is_bounded_not_a_crash() {
-    use super::build::parse_connect;
+    use super::connect::parse_connect;
     // Accepted like nats-server (it nests 10,000 deep), without recursing on the stack.
     for depth in [200usize, 4000, 100_000] {
         let json = format!(

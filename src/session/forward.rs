@@ -20,8 +20,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::state::Shared;
 use crate::proto::{
-    build_client_op, build_server_op, encode_client_head, encode_server_head, encode_server_op,
-    pending_frame_len, plain_messages, scan, Direction, Frame, ProtoError, Verb, PAYLOAD_END,
+    build_client_op, build_connect_over, build_server_op, encode_client_head, encode_server_head,
+    encode_server_op, pending_frame_len, plain_messages, scan, Direction, Frame, ProtoError, Verb,
+    PAYLOAD_END,
 };
 
 /// The first read buffer of a connection, and the size it shrinks back to when idle. Small,
@@ -451,7 +452,13 @@ impl Forwarder {
             Ok(op) => op,
             Err(e) => return self.client_violation(e, shared),
         };
-        if let ClientOp::Connect(connect) = &op {
+        if let ClientOp::Connect(connect) = &mut op {
+            if let Some(earlier) = &shared.ctx.connect {
+                match build_connect_over(&data, frame, earlier) {
+                    Ok(over) => **connect = over,
+                    Err(e) => return self.client_violation(e, shared),
+                }
+            }
             shared.ctx.connect = Some((**connect).clone());
             shared.generation += 1;
         }
@@ -465,10 +472,19 @@ impl Forwarder {
         } else {
             Verdict::Forward
         };
-        if matches!(op, ClientOp::Connect(_)) {
+        let verdict = if let ClientOp::Connect(_) = op {
             // The CONNECT named the user: what the filters want to see may have changed.
             shared.chain.refresh_interest();
-        }
+            // It goes upstream as the edge read it (proto::connect), never as sent, so the
+            // server cannot act on a CONNECT the filters did not judge.
+            match verdict {
+                Verdict::Forward => Verdict::Changed,
+                Verdict::Defer if shared.ctx.upstream_caught_up => Verdict::Changed,
+                other => other,
+            }
+        } else {
+            verdict
+        };
         let forwarded = match verdict {
             Verdict::Forward => {
                 self.push(data);
