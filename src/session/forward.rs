@@ -145,6 +145,11 @@ impl Forwarder {
         shared.unsubscribed_upstream(sids, verbose);
     }
 
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.out_len
+    }
+
     pub fn is_stopped(&self) -> bool {
         self.stopped
     }

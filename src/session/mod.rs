@@ -484,6 +484,7 @@ where
             }
             Poll::Pending => {}
         }
+        shared.client_queued = u2c.queued();
         match c2u.poll(cx, client, upstream, shared) {
             Poll::Ready(Ok(())) if !client_ended => {
                 if shared.closing.is_some() || shared.ctx.connect.is_none() {

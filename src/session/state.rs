@@ -87,6 +87,9 @@ pub struct Shared {
     pub resume_offloaded: bool,
     /// `+OK`s still to come from the upstream that answer the edge's own UNSUBs.
     pub oks_to_hide: usize,
+    /// Bytes the upstream-to-client forwarder has queued and not yet written, as of its
+    /// last poll.
+    pub client_queued: usize,
 }
 
 impl Shared {
@@ -125,6 +128,7 @@ impl Shared {
             offloaded: None,
             resume_offloaded: false,
             oks_to_hide: 0,
+            client_queued: 0,
         };
         shared.set_upstream_max_payload(upstream_max_payload);
         shared
@@ -136,8 +140,13 @@ impl Shared {
         self.ctx.upstream_max_payload = upstream;
         self.client_scan.max_payload = self.limits.effective_max_payload(upstream);
         // nats-server does not hold deliveries to its own max_payload (in a cluster a
-        // message may come from a server with a higher one): only the protocol's ceiling.
-        self.server_scan.max_payload = MAX_DELIVERED_PAYLOAD;
+        // message may come from a server with a higher one): only the protocol's ceiling,
+        // or the server's own limit where it was raised past that (with max_pending).
+        self.server_scan.max_payload = upstream
+            .and_then(|limit| u64::try_from(limit).ok())
+            .map_or(MAX_DELIVERED_PAYLOAD, |limit| {
+                limit.max(MAX_DELIVERED_PAYLOAD)
+            });
     }
 
     /// No client op has gone upstream, nor an edge PING: the upstream owes the client
@@ -260,9 +269,15 @@ impl Shared {
 
     /// Enough edge-made answers wait behind upstream replies that the client reader pauses
     /// until the upstream catches up: by count of barriers, and by their bytes.
+    ///
+    /// Before any op has gone upstream, answers go straight to the client, unheld: there
+    /// the bytes still queued for it, all the edge's own, are the bound.
     pub fn answers_backlogged(&self) -> bool {
         self.barriers.len() >= MAX_PENDING_BARRIERS
             || self.held_answer_bytes >= MAX_HELD_ANSWER_BYTES
+            || (!self.forwarded_any
+                && self.client_queued + self.to_client.iter().map(Bytes::len).sum::<usize>()
+                    >= MAX_HELD_ANSWER_BYTES)
     }
 
     /// Runs `check` on the blocking pool once one of the edge's slots for slow checks is
@@ -398,6 +413,41 @@ mod tests {
         assert_eq!(s.closing, Some(CloseReason::AuthorizationViolation));
         assert!(!s.defer_until_upstream());
         assert!(s.resume_deferred);
+    }
+
+    /// Deliveries are held to the protocol's ceiling, or to the server's own max_payload
+    /// where it is higher (nats-server allows that with a raised max_pending).
+    #[test]
+    fn deliveries_may_be_as_large_as_the_upstream_allows() {
+        let mut s = shared();
+        s.set_upstream_max_payload(Some(1024));
+        assert_eq!(s.server_scan.max_payload, MAX_DELIVERED_PAYLOAD);
+        s.set_upstream_max_payload(Some(128 << 20));
+        assert_eq!(s.server_scan.max_payload, 128 << 20);
+        s.set_upstream_max_payload(Some(-1));
+        assert_eq!(s.server_scan.max_payload, MAX_DELIVERED_PAYLOAD);
+    }
+
+    /// Refusals before anything went upstream go straight to the client; one that never
+    /// reads has the reader paused once they pile up, as behind a barrier.
+    #[test]
+    fn answers_sent_at_once_are_bounded_too() {
+        let mut s = shared();
+        let refused = ServerOp::Err(r#"Permissions Violation for Publish to "x""#.into());
+        let mut answers = 0;
+        while !s.answers_backlogged() {
+            assert!(!s.answer_after_upstream(Some(&refused), None));
+            answers += 1;
+            assert!(answers < 10_000, "never backlogged");
+        }
+        assert!(s.barriers.is_empty());
+        // Moved to the forwarder's queue, the bytes still count until written.
+        let queued: usize = s.to_client.drain(..).map(|b| b.len()).sum();
+        assert!(!s.answers_backlogged());
+        s.client_queued = queued;
+        assert!(s.answers_backlogged());
+        s.client_queued = 0;
+        assert!(!s.answers_backlogged());
     }
 
     /// A check still waiting for a slot when its session ends never runs: the slots go to
