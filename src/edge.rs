@@ -134,6 +134,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         None
     };
     let upstream = Arc::new(Upstream {
+        history: upstream::DialHistory::new(urls.len()),
         urls,
         connect_timeout: config.upstream.connect_timeout.0,
         tls: upstream_tls,

@@ -5,9 +5,10 @@
 use std::fmt;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use nats_edge_filters::Info;
@@ -283,12 +284,57 @@ pub struct Upstream {
     pub default_tls: Option<Arc<ClientTls>>,
     /// Send a PROXY header with the real client's address first.
     pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// Which URLs failed lately, so sessions try the others first.
+    pub history: DialHistory,
+}
+
+/// How long a URL that failed a dial is tried only after the others. A server that drops
+/// packets (a pod gone from under its address) costs a dial the whole connect timeout, as
+/// long as a client's own connect timeout: were every session to try it first, every client
+/// would give up while a healthy URL waited second in the list.
+pub const FAILED_URL_BACKOFF: Duration = Duration::from_secs(10);
+
+/// When each upstream URL last failed a dial, shared by every session (and the readiness
+/// check, which dials them too).
+pub struct DialHistory {
+    started: Instant,
+    /// Per URL: milliseconds since `started` of its last failure, plus one; 0 when it has
+    /// not failed since it last answered.
+    failed_at: Box<[AtomicU64]>,
+}
+
+impl DialHistory {
+    pub fn new(urls: usize) -> DialHistory {
+        DialHistory {
+            started: Instant::now(),
+            failed_at: (0..urls).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+    }
+
+    fn failed_lately(&self, url: usize, now: u64) -> bool {
+        let backoff = u64::try_from(FAILED_URL_BACKOFF.as_millis()).unwrap_or(u64::MAX);
+        self.failed_at.get(url).is_some_and(|at| {
+            let at = at.load(Ordering::Relaxed);
+            at != 0 && now.saturating_sub(at) < backoff
+        })
+    }
+
+    fn record(&self, url: usize, ok: bool) {
+        if let Some(at) = self.failed_at.get(url) {
+            at.store(if ok { 0 } else { self.now() }, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Upstream {
     /// Plain TCP to `urls`, with no PROXY header (for tests and embedding).
     pub fn plain(urls: Vec<UpstreamUrl>, connect_timeout: Duration) -> Upstream {
         Upstream {
+            history: DialHistory::new(urls.len()),
             urls,
             connect_timeout,
             tls: None,
@@ -315,7 +361,8 @@ pub struct Connected {
     pub failures: Vec<(String, DialError)>,
 }
 
-/// Tries each URL in order until one connects and sends INFO within the connect timeout.
+/// Tries each URL in order until one connects and sends INFO within the connect timeout;
+/// URLs that failed within [`FAILED_URL_BACKOFF`] come after the others, still in order.
 /// `client` is the real client's address and the address it connected to, for the PROXY
 /// header.
 pub async fn dial_any(
@@ -324,8 +371,18 @@ pub async fn dial_any(
 ) -> Result<Connected, AllUpstreamsFailed> {
     let mut failures = Vec::new();
     let timeout = upstream.connect_timeout;
-    for url in &upstream.urls {
-        match tokio::time::timeout(timeout, dial(upstream, url, client)).await {
+    let now = upstream.history.now();
+    let lately = |i: &usize| upstream.history.failed_lately(*i, now);
+    let indices = 0..upstream.urls.len();
+    let order = indices
+        .clone()
+        .filter(|i| !lately(i))
+        .chain(indices.filter(lately));
+    for i in order {
+        let url = &upstream.urls[i];
+        let dialled = tokio::time::timeout(timeout, dial(upstream, url, client)).await;
+        upstream.history.record(i, matches!(dialled, Ok(Ok(_))));
+        match dialled {
             Ok(Ok((stream, info, leftover))) => {
                 return Ok(Connected {
                     stream,

@@ -69,6 +69,31 @@ async fn failover_to_the_second_upstream() {
     assert_eq!(&next_msg(&mut sub).await.payload[..], b"direct");
 }
 
+/// A URL that accepts but never answers (a server gone from under an address that drops
+/// packets) costs one session the connect timeout; the sessions after it go to the next URL
+/// without dialling it again, for a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_that_failed_is_tried_last_for_a_while() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("nats://{}", silent.local_addr().unwrap());
+    let server = NatsServer::start();
+    let edge = start_edge(&[silent_url, server.url()], "connect_timeout = \"300ms\"\n").await;
+    for _ in 0..3 {
+        let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+        assert!(
+            !raw.roundtrip(b"CONNECT {\"verbose\":false}\r\n")
+                .await
+                .closed
+        );
+    }
+    assert_eq!(
+        edge.metrics().upstream_dial_failures(),
+        1,
+        "the silent URL was dialled again"
+    );
+    drop(silent);
+}
+
 /// Every event the client reports, in order.
 fn client_with_events() -> (async_nats::ConnectOptions, mpsc::UnboundedReceiver<Event>) {
     let (tx, rx) = mpsc::unbounded_channel();
