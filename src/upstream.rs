@@ -371,13 +371,11 @@ pub async fn dial_any(
 ) -> Result<Connected, AllUpstreamsFailed> {
     let mut failures = Vec::new();
     let timeout = upstream.connect_timeout;
+    // Decided before the first dial: a URL that fails now is not tried twice.
     let now = upstream.history.now();
-    let lately = |i: &usize| upstream.history.failed_lately(*i, now);
-    let indices = 0..upstream.urls.len();
-    let order = indices
-        .clone()
-        .filter(|i| !lately(i))
-        .chain(indices.filter(lately));
+    let (mut order, lately): (Vec<usize>, Vec<usize>) =
+        (0..upstream.urls.len()).partition(|&i| !upstream.history.failed_lately(i, now));
+    order.extend(lately);
     for i in order {
         let url = &upstream.urls[i];
         let dialled = tokio::time::timeout(timeout, dial(upstream, url, client)).await;
