@@ -586,9 +586,7 @@ impl Forwarder {
                     if let Some(barrier) = shared.pong_received() {
                         // The edge's own PING: release what it held, hide the PONG (which
                         // is not the client's traffic, so it is not counted either).
-                        self.flush_run(&mut run);
-                        self.rbuf.advance(frame.len);
-                        self.bytes = self.bytes.saturating_sub(frame.len as u64);
+                        self.hide_frame(&mut run, frame.len);
                         self.push(barrier.answers.freeze());
                         shared.resume_deferred |= barrier.resume;
                         shared.oks_to_hide += barrier.hide_oks;
@@ -611,9 +609,7 @@ impl Forwarder {
                 Verb::Ok if shared.oks_to_hide > 0 => {
                     // The answer to one of the edge's own UNSUBs.
                     shared.oks_to_hide -= 1;
-                    self.flush_run(&mut run);
-                    self.rbuf.advance(frame.len);
-                    self.bytes = self.bytes.saturating_sub(frame.len as u64);
+                    self.hide_frame(&mut run, frame.len);
                     continue;
                 }
                 _ => {}
@@ -632,6 +628,15 @@ impl Forwarder {
         }
         self.flush_run(&mut run);
         self.note_pending();
+    }
+
+    /// Drops an upstream frame the client must not see (the answer to something the edge
+    /// sent, not the client), after the run before it; its bytes are not the client's
+    /// traffic, so they are not counted.
+    fn hide_frame(&mut self, run: &mut usize, len: usize) {
+        self.flush_run(run);
+        self.rbuf.advance(len);
+        self.bytes = self.bytes.saturating_sub(len as u64);
     }
 
     /// Every INFO, the first and each async update, is rewritten for the client.
