@@ -241,7 +241,6 @@ impl Edge {
         if let Some(source) = &tagging {
             policy.push(Arc::new(TagFactory {
                 source: source.clone(),
-                limits: config.limits.filter_config(),
                 events: events.clone(),
             }));
         }
@@ -512,10 +511,9 @@ impl Reloadable for ListenerReload {
                 key: format!("{what} tls"),
                 reason: source.to_string(),
             },
-            other => ReloadError::Invalid {
-                key: "listeners".into(),
-                reason: other.to_string(),
-            },
+            // Every other start error names its own key (`auth.rules`, `tagging.file`) or
+            // file: prefixing it with this part's name would point at the wrong key.
+            other => ReloadError::Start(other),
         })?;
         let upstreams: Vec<String> = prepared
             .upstream

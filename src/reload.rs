@@ -25,6 +25,10 @@ pub enum ReloadError {
     /// The file did not load (syntax, unknown keys, validation); the message names the key.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The new configuration would not start (a rule file, the proxy key, ...); the message
+    /// names the key or the file.
+    #[error(transparent)]
+    Start(#[from] crate::edge::StartError),
 }
 
 /// What a reloadable part will do once every part has accepted the new configuration.

@@ -398,8 +398,8 @@ async fn sighup_reloads_rules_for_live_connections_and_keeps_them_on_a_bad_file(
     );
     let error = line["error"].as_str().unwrap_or_default();
     assert!(
-        error.contains(&format!("{}:4:", rules.display())),
-        "the error names rules.toml and its line: {line}"
+        error.starts_with(&format!("auth.rules: {}:4:", rules.display())),
+        "the error names the key, rules.toml and its line: {line}"
     );
     assert_eq!(
         show(&orders.roundtrip(b"PUB orders.new 1\r\na\r\n").await.bytes),

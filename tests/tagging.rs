@@ -328,15 +328,18 @@ async fn sighup_reloads_the_tagging_file_for_live_connections() {
     let tags = dir.path().join("tags.toml");
     std::fs::write(&tags, &shipped).unwrap();
     let config = dir.path().join("nats-edge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\n\
-             [upstream]\nurls = [{:?}]\n[tagging]\nfile = \"tags.toml\"\n",
-            server.url()
-        ),
-    )
-    .unwrap();
+    let write_config = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\n\
+                 [upstream]\nurls = [{:?}]\n[tagging]\nfile = \"tags.toml\"\n{extra}",
+                server.url()
+            ),
+        )
+        .unwrap();
+    };
+    write_config("");
     let edge = EdgeProcess::spawn(&["-c", config.to_str().unwrap()], &[]);
     let inside = client(&edge.url()).await;
     let direct = client(&server.url()).await;
@@ -364,9 +367,36 @@ async fn sighup_reloads_the_tagging_file_for_live_connections() {
         "configuration reload failed; keeping the running configuration",
     );
     assert!(
-        line.to_string().contains("tagging.file"),
+        line["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("tagging.file: "),
         "the failure names the key: {line}"
     );
     let msg = publish_and_see(&inside, &mut upstream, "orders.c").await;
     assert_eq!(header(&msg, "Nats-Edge-Region"), Some("us-east-2"));
+
+    // A lower max_payload reaches the tagging of new connections: a message that fits as
+    // sent but not with its tags is refused at the edge, not forwarded over the new limit.
+    std::fs::write(&tags, &shipped).unwrap();
+    write_config("[limits]\nmax_payload = 1024\n");
+    let from = edge.log().len();
+    send_signal(edge.pid(), "HUP");
+    edge.wait_log(from, "configuration reloaded");
+    let mut raw = RawConn::connect(edge.addr()).await;
+    assert_eq!(raw.read_info().await["max_payload"], 1024);
+    let mut op = b"CONNECT {\"verbose\":false}\r\nPUB orders.big 1000\r\n".to_vec();
+    op.extend_from_slice(&[b'x'; 1000]);
+    op.extend_from_slice(b"\r\n");
+    raw.send(&op).await;
+    assert_eq!(
+        raw.read_to_close().await,
+        b"-ERR 'Maximum Payload Violation'\r\n"
+    );
+    let msg = publish_and_see(&inside, &mut upstream, "orders.d").await;
+    assert_eq!(
+        &msg.subject[..],
+        "orders.d",
+        "nothing else reached the upstream"
+    );
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 
 use crate::identity::Identity;
+use crate::limits::LimitsConfig;
 use crate::op::{ClientOp, Connect, Info, ServerOp};
 use crate::verdict::{CloseReason, Verdict};
 
@@ -93,6 +94,10 @@ pub struct SessionCtx {
     pub connect: Option<Connect>,
     /// The max_payload the upstream announced in its latest INFO.
     pub upstream_max_payload: Option<i64>,
+    /// The payload limit (headers included) the client is held to: the lower of the edge's
+    /// own cap and the upstream's max_payload. A filter that grows a message checks it
+    /// against this, so a message it changes cannot go over what the session allows.
+    pub max_payload: u64,
     /// Whether the upstream supports headers (its INFO `headers`).
     pub upstream_headers: bool,
     /// True while a deferred op is shown again: the upstream has answered every op the
@@ -110,6 +115,7 @@ impl SessionCtx {
             conn,
             connect: None,
             upstream_max_payload: None,
+            max_payload: LimitsConfig::default().effective_max_payload(None),
             upstream_headers: false,
             upstream_caught_up: false,
             identity: None,

@@ -28,7 +28,6 @@ use crate::errors;
 use crate::events::Events;
 use crate::filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, Reloaded, SessionCtx};
 use crate::headers::{self, HeaderWriter, Headers};
-use crate::limits::LimitsConfig;
 use crate::op::{ClientOp, Pub, ServerOp};
 use crate::subject;
 use crate::verdict::{CloseReason, Verdict};
@@ -294,7 +293,6 @@ impl TagSource {
 /// Builds the per-session tagging filter.
 pub struct TagFactory {
     pub source: Arc<TagSource>,
-    pub limits: LimitsConfig,
     pub events: Arc<dyn Events>,
 }
 
@@ -303,7 +301,6 @@ impl FilterFactory for TagFactory {
         Box::new(Tag {
             source: self.source.clone(),
             config: self.source.current(),
-            limits: self.limits,
             events: self.events.clone(),
             client_headers: true,
             cached: None,
@@ -318,7 +315,6 @@ pub struct Tag {
     source: Arc<TagSource>,
     /// The configuration this session tags with, until the next reload.
     config: Arc<TagConfig>,
-    limits: LimitsConfig,
     events: Arc<dyn Events>,
     /// Whether the client itself negotiated headers.
     client_headers: bool,
@@ -459,8 +455,7 @@ impl Tag {
             .as_ref()
             .map_or(publish.headers.as_ref().map_or(0, Bytes::len), Bytes::len)
             + payload.as_ref().map_or(publish.payload.len(), Bytes::len);
-        let max = self.limits.effective_max_payload(ctx.upstream_max_payload);
-        if size as u64 > max {
+        if size as u64 > ctx.max_payload {
             return Verdict::close_with(
                 CloseReason::MaxPayloadExceeded,
                 errors::MAX_PAYLOAD_VIOLATION,

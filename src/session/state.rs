@@ -138,7 +138,8 @@ impl Shared {
     /// upstream may deliver anything up to its own.
     pub fn set_upstream_max_payload(&mut self, upstream: Option<i64>) {
         self.ctx.upstream_max_payload = upstream;
-        self.client_scan.max_payload = self.limits.effective_max_payload(upstream);
+        self.ctx.max_payload = self.limits.effective_max_payload(upstream);
+        self.client_scan.max_payload = self.ctx.max_payload;
         // nats-server does not hold deliveries to its own max_payload (in a cluster a
         // message may come from a server with a higher one): only the protocol's ceiling,
         // or the server's own limit where it was raised past that (with max_pending).

@@ -24,15 +24,16 @@ fn conn() -> ConnFacts {
     }
 }
 
-fn session(name: &str, max_payload: Option<i64>) -> (Box<dyn Filter>, SessionCtx) {
+fn session(name: &str, max_payload: Option<u64>) -> (Box<dyn Filter>, SessionCtx) {
     let factory = TagFactory {
         source: Arc::new(TagSource::new(config(name))),
-        limits: LimitsConfig::default(),
         events: Arc::new(NoEvents),
     };
     let mut ctx = SessionCtx::new(conn());
     ctx.upstream_headers = true;
-    ctx.upstream_max_payload = max_payload;
+    if let Some(max) = max_payload {
+        ctx.max_payload = max;
+    }
     let mut f = factory.build(&conn());
     let mut connect = ClientOp::Connect(Box::new(Connect {
         headers: Some(true),
@@ -161,7 +162,6 @@ fn tags_that_push_over_max_payload_refuse_the_message() {
 fn a_client_without_headers_is_upgraded_and_its_deliveries_stripped() {
     let factory = TagFactory {
         source: Arc::new(TagSource::new(config("default"))),
-        limits: LimitsConfig::default(),
         events: Arc::new(NoEvents),
     };
     let mut ctx = SessionCtx::new(conn());
