@@ -1190,6 +1190,14 @@ fn differential_cases() -> Vec<(&'static str, Vec<u8>)> {
             c(b"HPUB foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\n"),
         ),
         (
+            "oversized hpub without headers negotiated",
+            c(b"HPUB foo 12 2000000\r\n"),
+        ),
+        (
+            "hpub before CONNECT",
+            b"HPUB foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\n".to_vec(),
+        ),
+        (
             "hpub header size over total",
             hc(b"HPUB foo 20 10\r\n0123456789\r\n"),
         ),

@@ -16,12 +16,14 @@ use nats_edge::proto::{
 pub const LIMITS: ScanLimits = ScanLimits {
     max_control_line: 4096,
     max_payload: 1 << 20,
+    headers: true,
 };
 
 /// Limits for re-scanning an encoded op: re-serialised JSON may be longer than the original.
 const NO_LIMITS: ScanLimits = ScanLimits {
     max_control_line: usize::MAX,
     max_payload: u64::MAX,
+    headers: true,
 };
 
 /// What one decode loop got through.

@@ -39,6 +39,10 @@ pub enum ProtoError {
     /// CONNECT or INFO JSON that does not parse. nats-server closes without an `-ERR`.
     #[error("malformed JSON")]
     BadJson,
+    /// HPUB from a client that did not negotiate headers (before its CONNECT too).
+    /// nats-server closes without an `-ERR`, whatever the sizes.
+    #[error("HPUB without negotiated headers")]
+    HeadersNotNegotiated,
 }
 
 impl ProtoError {
@@ -49,7 +53,9 @@ impl ProtoError {
             ProtoError::UnknownOperation => Some(errors::UNKNOWN_PROTOCOL_OPERATION),
             ProtoError::MaxControlLine => Some(errors::MAX_CONTROL_LINE_EXCEEDED),
             ProtoError::MaxPayload => Some(errors::MAX_PAYLOAD_VIOLATION),
-            ProtoError::BadArguments | ProtoError::BadJson => None,
+            ProtoError::BadArguments | ProtoError::BadJson | ProtoError::HeadersNotNegotiated => {
+                None
+            }
         }
     }
 

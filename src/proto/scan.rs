@@ -119,6 +119,8 @@ pub struct ScanLimits {
     pub max_control_line: usize,
     /// Largest header + payload a PUB/HPUB (or MSG/HMSG) may announce.
     pub max_payload: u64,
+    /// Whether a client may send HPUB: it negotiated headers with a server that has them.
+    pub headers: bool,
 }
 
 /// One complete frame at the front of a buffer, as offsets into it.
@@ -552,6 +554,11 @@ fn frame_payload(
         frame.header_len = header_len;
         rest = before;
     }
+    if frame.verb == Verb::Hpub && !limits.headers {
+        // nats-server refuses this before it reads a size, so even an oversized HPUB
+        // closes silently rather than with a max-payload error.
+        return Err(ProtoError::HeadersNotNegotiated);
+    }
     // A subject must come before the sizes.
     if rest.iter().all(|b| is_separator(*b)) {
         return Err(ProtoError::BadArguments);
@@ -635,10 +642,12 @@ mod fast_path_tests {
             ScanLimits {
                 max_control_line: 8,
                 max_payload: 1024,
+                headers: true,
             },
             ScanLimits {
                 max_control_line: 1024,
                 max_payload: 4,
+                headers: true,
             },
         ];
         let mut fast = 0;
@@ -715,6 +724,7 @@ mod fast_path_tests {
         let limits = ScanLimits {
             max_control_line: 16,
             max_payload: 8,
+            headers: true,
         };
         for (run, dir, plain) in runs {
             for cut in 0..=run.len() {
@@ -741,6 +751,7 @@ mod fast_path_tests {
     const LIMITS_WIDE: ScanLimits = ScanLimits {
         max_control_line: 4096,
         max_payload: 1 << 20,
+        headers: true,
     };
 }
 

@@ -9,6 +9,7 @@ use super::*;
 const LIMITS: ScanLimits = ScanLimits {
     max_control_line: 4096,
     max_payload: 1024 * 1024,
+    headers: true,
 };
 
 /// What decoding a whole stream yields: each frame's verb and bytes, then the error or the

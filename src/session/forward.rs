@@ -464,6 +464,8 @@ impl Forwarder {
                     Err(e) => return self.client_violation(e, shared),
                 }
             }
+            // nats-server takes headers only from a CONNECT that asks, and only if it has them.
+            shared.client_scan.headers = connect.wants_headers() && shared.ctx.upstream_headers;
             shared.ctx.connect = Some((**connect).clone());
             shared.generation += 1;
         }

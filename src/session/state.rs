@@ -108,10 +108,13 @@ impl Shared {
             client_scan: ScanLimits {
                 max_control_line: limits.max_control_line,
                 max_payload: 0,
+                // Until a CONNECT says otherwise, as for nats-server.
+                headers: false,
             },
             server_scan: ScanLimits {
                 max_control_line: crate::upstream::MAX_SERVER_CONTROL_LINE,
                 max_payload: 0,
+                headers: false,
             },
             pings_sent: 0,
             pongs_seen: 0,
