@@ -175,6 +175,12 @@ pub enum DialError {
     TlsUnavailable,
     #[error("TLS handshake: {0}")]
     Tls(io::Error),
+    /// Its INFO says it is in lame-duck mode: it closes new clients at once.
+    #[error("in lame-duck mode")]
+    LameDuck,
+    /// It answered its INFO with `-ERR 'maximum connections exceeded'`.
+    #[error("maximum connections exceeded")]
+    Full,
 }
 
 impl DialError {
@@ -189,6 +195,8 @@ impl DialError {
             DialError::ClosedBeforeInfo | DialError::Read(_) => "connection closed",
             DialError::BadInfo => "invalid INFO",
             DialError::TlsRequired | DialError::TlsUnavailable | DialError::Tls(_) => "TLS failed",
+            DialError::LameDuck => "lame duck mode",
+            DialError::Full => "maximum connections exceeded",
         }
     }
 }
@@ -328,6 +336,12 @@ impl DialHistory {
             at.store(if ok { 0 } else { self.now() }, Ordering::Relaxed);
         }
     }
+
+    /// A connected upstream turned the client away after its INFO (`maximum connections
+    /// exceeded` arriving after the dial was done): later sessions try the others first.
+    pub fn refused(&self, url: usize) {
+        self.record(url, false);
+    }
 }
 
 impl Upstream {
@@ -354,6 +368,8 @@ impl Upstream {
 pub struct Connected {
     pub stream: UpstreamStream,
     pub url: UpstreamUrl,
+    /// Its place in [`Upstream::urls`], for [`DialHistory::refused`].
+    pub index: usize,
     pub info: Info,
     /// Bytes read after the INFO line (normally none: the server waits for CONNECT).
     pub leftover: BytesMut,
@@ -385,6 +401,7 @@ pub async fn dial_any(
                 return Ok(Connected {
                     stream,
                     url: url.clone(),
+                    index: i,
                     info,
                     leftover,
                     failures,
@@ -446,11 +463,42 @@ async fn dial(
     Ok((UpstreamStream::Tls(Box::new(stream)), info, leftover))
 }
 
-/// Reads the server's first op, which must be INFO.
+/// Reads the server's first op, which must be INFO, from a server that will serve a client:
+/// one in lame-duck mode, or one that already followed its INFO with nats-server's refusal
+/// for a full server, is a failed dial, so the next URL is tried.
 async fn read_info<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(Info, BytesMut), DialError> {
+    let (info, leftover) = read_first_info(stream).await?;
+    if info.ldm == Some(true) {
+        return Err(DialError::LameDuck);
+    }
+    if is_max_connections_error(&leftover) {
+        return Err(DialError::Full);
+    }
+    Ok((info, leftover))
+}
+
+/// Whether `buf` starts with nats-server's `-ERR 'maximum connections exceeded'`, which a
+/// full server sends right after its INFO, then closes.
+pub fn is_max_connections_error(buf: &[u8]) -> bool {
+    const PREFIX: &[u8] = b"-ERR '";
+    buf.len() > PREFIX.len()
+        && buf[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
+        && buf[PREFIX.len()..]
+            .get(..nats_edge_filters::errors::MAX_CONNECTIONS_EXCEEDED.len())
+            .is_some_and(|text| {
+                text.eq_ignore_ascii_case(
+                    nats_edge_filters::errors::MAX_CONNECTIONS_EXCEEDED.as_bytes(),
+                )
+            })
+}
+
+async fn read_first_info<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<(Info, BytesMut), DialError> {
     let limits = ScanLimits {
         max_control_line: MAX_SERVER_CONTROL_LINE,
         max_payload: 0,
+        headers: false,
     };
     // What is left after the INFO becomes the session's upstream read buffer, so this is
     // its first size too; a longer INFO grows it.

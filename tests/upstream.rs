@@ -94,6 +94,45 @@ async fn a_url_that_failed_is_tried_last_for_a_while() {
     drop(silent);
 }
 
+/// A full nats-server (at its `max_connections`) sends its INFO, then
+/// `-ERR 'maximum connections exceeded'`, then closes. The edge sends the client to the next
+/// URL: at once when the refusal came with the INFO, otherwise the client gets the refusal
+/// (as from the server itself), and its reconnect goes elsewhere. Never more than once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_upstream_sends_clients_to_the_next_url() {
+    let full = NatsServer::start_with_config("max_connections: 1");
+    let _holder = client(&full.url()).await;
+    let server = NatsServer::start();
+    let edge = start_edge(&[full.url(), server.url()], "").await;
+    let direct = client(&server.url()).await;
+    let mut seen = direct.subscribe("full.>").await.unwrap();
+    round_trip(&direct).await;
+
+    let mut refused = 0;
+    for i in 0..4 {
+        let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+        let publish = format!("CONNECT {{\"verbose\":false}}\r\nPUB full.{i} 1\r\na\r\n");
+        let reply = raw.roundtrip(publish.as_bytes()).await;
+        if reply.closed {
+            // The refusal is passed on, unless the client's write raced the close.
+            assert!(
+                reply.bytes.is_empty() || reply.bytes == b"-ERR 'maximum connections exceeded'\r\n",
+                "{}",
+                show(&reply.bytes)
+            );
+            refused += 1;
+            continue;
+        }
+        assert_eq!(reply.text(), "", "served");
+        round_trip(&direct).await;
+        assert_eq!(
+            next_msg(&mut seen).await.subject.as_str(),
+            format!("full.{i}")
+        );
+    }
+    assert!(refused <= 1, "{refused} clients were refused");
+}
+
 /// Every event the client reports, in order.
 fn client_with_events() -> (async_nats::ConnectOptions, mpsc::UnboundedReceiver<Event>) {
     let (tx, rx) = mpsc::unbounded_channel();

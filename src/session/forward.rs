@@ -608,6 +608,11 @@ impl Forwarder {
                     self.forward_info(&data, &frame, shared);
                     continue;
                 }
+                Verb::Err => {
+                    // Forwarded as it is: the client gets the refusal and reconnects.
+                    let err = &self.rbuf[run..run + frame.len];
+                    shared.upstream_full |= crate::upstream::is_max_connections_error(err);
+                }
                 Verb::Ok if shared.oks_to_hide > 0 => {
                     // The answer to one of the edge's own UNSUBs.
                     shared.oks_to_hide -= 1;

@@ -165,6 +165,8 @@ struct Opened {
     upstream: upstream::UpstreamStream,
     /// What the upstream sent after its INFO, not yet forwarded.
     leftover: BytesMut,
+    /// The upstream's place in the edge's list of upstream URLs.
+    upstream_index: usize,
     shared: Shared,
 }
 
@@ -198,6 +200,12 @@ async fn serve(
         entry,
     )
     .await;
+    if opened.shared.upstream_full {
+        tracing::info!(
+            "upstream has reached its maximum connections; later sessions try the others first"
+        );
+        env.upstream.history.refused(opened.upstream_index);
+    }
     // The upstream goes first; the client gets its last words and the end of the stream.
     drop(opened.upstream);
     let _ = tokio::time::timeout(CLOSE_GRACE, opened.client.shutdown()).await;
@@ -366,6 +374,7 @@ async fn open(
         client,
         upstream: upstream_stream,
         leftover: connected.leftover,
+        upstream_index: connected.index,
         shared,
     })
 }

@@ -87,6 +87,10 @@ pub struct Shared {
     pub resume_offloaded: bool,
     /// `+OK`s still to come from the upstream that answer the edge's own UNSUBs.
     pub oks_to_hide: usize,
+    /// The upstream turned the client away as a full server does (`-ERR 'maximum
+    /// connections exceeded'`, then the close): later sessions dial the other upstreams
+    /// first, as a client that reconnects would pick another server.
+    pub upstream_full: bool,
     /// Bytes the upstream-to-client forwarder has queued and not yet written, as of its
     /// last poll.
     pub client_queued: usize,
@@ -131,6 +135,7 @@ impl Shared {
             offloaded: None,
             resume_offloaded: false,
             oks_to_hide: 0,
+            upstream_full: false,
             client_queued: 0,
         };
         shared.set_upstream_max_payload(upstream_max_payload);
