@@ -525,6 +525,31 @@ async fn read_first_info<S: AsyncRead + Unpin>(
 mod tests {
     use super::*;
 
+    async fn first_info(bytes: &[u8]) -> Result<(Info, BytesMut), DialError> {
+        read_info(&mut &bytes[..]).await
+    }
+
+    #[tokio::test]
+    async fn servers_that_will_not_serve_are_failed_dials() {
+        let info = b"INFO {\"server_id\":\"S\",\"max_payload\":1024}\r\n";
+        let (_, leftover) = first_info(info).await.unwrap();
+        assert!(leftover.is_empty());
+        let lame = b"INFO {\"server_id\":\"S\",\"ldm\":true}\r\n";
+        assert!(matches!(first_info(lame).await, Err(DialError::LameDuck)));
+        let full = [&info[..], b"-ERR 'maximum connections exceeded'\r\n"].concat();
+        assert!(matches!(first_info(&full).await, Err(DialError::Full)));
+        // Only that refusal: anything else after the INFO is the session's to forward.
+        let other = [&info[..], b"-ERR 'Authorization Violation'\r\n"].concat();
+        assert_eq!(
+            &first_info(&other).await.unwrap().1[..],
+            b"-ERR 'Authorization Violation'\r\n"
+        );
+        assert!(is_max_connections_error(
+            b"-err 'Maximum Connections Exceeded'\r\n"
+        ));
+        assert!(!is_max_connections_error(b"-ERR 'maximum conn"));
+    }
+
     #[test]
     fn parses_urls_with_credentials() {
         let u = UpstreamUrl::parse("nats://alice:s%40cret@10.0.0.5:4223").unwrap();
