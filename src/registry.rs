@@ -172,11 +172,10 @@ impl Registry {
         }
     }
 
-    /// `limit` entries from `offset` on, and the total.
-    pub fn page(&self, offset: usize, limit: usize) -> (usize, Vec<Arc<ConnEntry>>) {
-        let conns = self.conns();
-        let page = conns.values().skip(offset).take(limit).cloned().collect();
-        (conns.len(), page)
+    /// Every live connection, in connection id order (`/connz` sorts and pages a copy, so
+    /// the lock is held only while the entries are cloned).
+    pub fn snapshot(&self) -> Vec<Arc<ConnEntry>> {
+        self.conns().values().cloned().collect()
     }
 
     /// Sums over every live connection.

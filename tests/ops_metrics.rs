@@ -50,8 +50,8 @@ async fn metrics_connz_and_varz_count_known_traffic() {
     assert_eq!(msgs.bytes, delivered.repeat(3), "{}", msgs.text());
     let pub_sent = b"CONNECT {\"verbose\":true}\r\n".len() + 3 * publish.len();
 
-    // Both connections are listed, with their live counters.
-    let connz = poll_http(admin, "/connz", |_, body| {
+    // Both connections are listed, with their live counters (and, with `auth`, their user).
+    let connz = poll_http(admin, "/connz?auth=true", |_, body| {
         let v: serde_json::Value = serde_json::from_str(body).ok()?;
         let conns = v["connections"].as_array()?;
         (conns.len() == 2 && conns[1]["in_msgs"] == 3 && conns[0]["out_msgs"] == 3).then_some(v)
@@ -103,6 +103,15 @@ async fn metrics_connz_and_varz_count_known_traffic() {
     assert_eq!(page["limit"], 1, "{page}");
     assert_eq!(page["num_connections"], 1, "{page}");
     assert_eq!(page["connections"][0]["cid"], p["cid"], "{page}");
+
+    // Without `auth`, no user is shown, as nats-server does.
+    let (status, body) = http_get(admin, "/connz").await;
+    assert_eq!(status, 200);
+    let plain: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        plain["connections"][0].get("authorized_user").is_none(),
+        "{plain}"
+    );
 
     // varz sums the live connections.
     let (status, body) = http_get(admin, "/varz").await;
@@ -185,6 +194,120 @@ async fn metrics_connz_and_varz_count_known_traffic() {
     // With the default configuration filters look only at the two CONNECTs (the ACL filter
     // names the user); no PUB or MSG was timed.
     assert_eq!(m("nats_edge_filter_duration_seconds_count"), 2.0);
+    within("edge shutdown", edge.shutdown()).await;
+}
+
+/// `/connz` takes nats-server's query parameters: it sorts, looks up a cid, filters by state,
+/// and refuses bad values with the status and text nats-server's own monitor answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connz_takes_nats_servers_query_parameters() {
+    let monitor = free_port();
+    let server = NatsServer::start_with_args(&["-m", &monitor.to_string()]);
+    let edge = start_edge(&[server.url()], ADMIN).await;
+    let admin = admin(&edge);
+
+    // Connected in this order: name, subscriptions, messages published.
+    let mut clients = Vec::new();
+    for (name, subs, msgs) in [("a", 3, 1), ("b", 1, 3), ("c", 2, 2)] {
+        let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+        let mut ops =
+            format!("CONNECT {{\"verbose\":false,\"name\":\"{name}\",\"user\":\"u{name}\"}}\r\n");
+        for sid in 0..subs {
+            ops += &format!("SUB {name}.{sid} {sid}\r\n");
+        }
+        ops += &"PUB nowhere 1\r\nx\r\n".repeat(msgs);
+        // Once the PONG is back, the edge has handled every op before it.
+        let reply = raw.roundtrip(ops.as_bytes()).await;
+        assert!(!reply.closed, "{}", reply.text());
+        clients.push(raw);
+    }
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v["connections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| c["name"].as_str().unwrap_or("?").to_string())
+            .collect()
+    };
+    // Sessions publish their counters when their task goes idle.
+    let all = poll_http(admin, "/connz", |_, body| {
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        let in_msgs: Vec<_> = v["connections"]
+            .as_array()?
+            .iter()
+            .map(|c| c["in_msgs"].as_u64())
+            .collect();
+        (names(&v) == ["a", "b", "c"] && in_msgs == [Some(1), Some(3), Some(2)]).then_some(v)
+    })
+    .await;
+    let cid_of_b = all["connections"][1]["cid"].as_u64().unwrap();
+    let get = |path: String| async move {
+        let (status, body) = http_get(admin, &path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v
+    };
+
+    // Counters sort descending, uptime the newest first; paging applies after the sort.
+    let v = get("/connz?sort=subs".into()).await;
+    assert_eq!(names(&v), ["a", "c", "b"], "{v}");
+    let v = get("/connz?sort=msgs_from&limit=2".into()).await;
+    assert_eq!(names(&v), ["b", "c"], "{v}");
+    assert_eq!((&v["total"], &v["limit"]), (&3.into(), &2.into()), "{v}");
+    let v = get("/connz?sort=msgs_from&offset=2".into()).await;
+    assert_eq!(names(&v), ["a"], "{v}");
+    let v = get("/connz?sort=uptime".into()).await;
+    assert_eq!(names(&v), ["c", "b", "a"], "{v}");
+    // The edge tracks no pending bytes: all tie, in cid order.
+    let v = get("/connz?sort=pending".into()).await;
+    assert_eq!(names(&v), ["a", "b", "c"], "{v}");
+
+    // A cid: that connection alone, a page of one, `total` still counting every one.
+    let v = get(format!("/connz?cid={cid_of_b}")).await;
+    assert_eq!(names(&v), ["b"], "{v}");
+    assert_eq!((&v["total"], &v["limit"]), (&3.into(), &1.into()), "{v}");
+    let v = get("/connz?cid=999999".into()).await;
+    assert_eq!(names(&v), Vec::<String>::new(), "{v}");
+    assert_eq!(v["num_connections"], 0, "{v}");
+    assert_eq!((&v["total"], &v["limit"]), (&3.into(), &1.into()), "{v}");
+
+    // The edge keeps no closed connections.
+    let v = get("/connz?state=closed".into()).await;
+    assert_eq!(
+        (&v["total"], &v["connections"]),
+        (&0.into(), &serde_json::json!([]))
+    );
+    let v = get("/connz?state=any".into()).await;
+    assert_eq!(names(&v), ["a", "b", "c"], "{v}");
+
+    // `auth` adds the user, `user` selects by it; `subs` is accepted.
+    let v = get("/connz?auth=1&user=uc".into()).await;
+    assert_eq!(names(&v), ["c"], "{v}");
+    assert_eq!(v["connections"][0]["authorized_user"], "uc", "{v}");
+    let v = get("/connz?subs=true".into()).await;
+    assert_eq!(names(&v), ["a", "b", "c"], "{v}");
+
+    // Bad values: the same answer as from nats-server's monitor.
+    let monitor = std::net::SocketAddr::from(([127, 0, 0, 1], monitor));
+    for query in [
+        "sort=bogus",
+        "sort=stop",
+        "sort=reason&state=any",
+        "state=bogus",
+        "auth=yes",
+        "subs=x",
+        "offset=x",
+        "limit=1.5",
+        "limit=99999999999999999999",
+        "cid=-1",
+        "sort=bogus&auth=x",
+    ] {
+        let path = format!("/connz?{query}");
+        let expected = http_get(monitor, &path).await;
+        assert_eq!(expected.0, 400, "nats-server, {query}: {}", expected.1);
+        assert_eq!(http_get(admin, &path).await, expected, "{query}");
+    }
+    drop(clients);
     within("edge shutdown", edge.shutdown()).await;
 }
 

@@ -1,15 +1,22 @@
-//! `/connz`: the live client connections, paged, with nats-server's field names.
+//! `/connz`: the live client connections, with nats-server's field names and its query
+//! parameters (`sort`, `cid`, `state`, `auth`, `subs`, `user`, `mqtt_client`, `offset`,
+//! `limit`), read the way nats-server's monitor reads them (`HandleConnz`, `Connz`) and
+//! refused with its texts, so tools written against nats-server work against the edge.
 
+use std::cmp::Reverse;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use hyper::Response;
+use nats_edge_filters::acl::quote::go_quote;
 use serde::Serialize;
 
 use super::time::{rfc3339, uptime};
-use super::{json, Body};
+use super::{bad_request, json, Body};
 use crate::edge::EdgeShared;
+use crate::registry::{ConnEntry, LiveCounts};
 
-/// nats-server's default and cap on the page size.
+/// nats-server's default page size (`DefaultConnListSize`).
 const DEFAULT_LIMIT: usize = 1024;
 
 #[derive(Serialize)]
@@ -49,7 +56,7 @@ pub struct ConnInfo {
     lang: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     version: Option<String>,
-    /// The authenticated user, once something authenticated the connection.
+    /// The authenticated user, with `auth=true` only (as nats-server shows it).
     #[serde(skip_serializing_if = "Option::is_none")]
     authorized_user: Option<String>,
     /// The upstream serving it, without credentials (an edge field).
@@ -57,32 +64,189 @@ pub struct ConnInfo {
     upstream: Option<String>,
 }
 
-/// `offset` and `limit` from a query string; unknown parameters are ignored, as
-/// nats-server ignores them.
-fn paging(query: &str) -> (usize, usize) {
-    let mut offset = 0;
-    let mut limit = DEFAULT_LIMIT;
-    for pair in query.split('&') {
-        let Some((key, value)) = pair.split_once('=') else {
-            continue;
-        };
-        match (key, value.parse::<usize>()) {
-            ("offset", Ok(v)) => offset = v,
-            ("limit", Ok(v)) if v > 0 => limit = v.min(DEFAULT_LIMIT),
-            _ => {}
-        }
+/// nats-server's `state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    Closed,
+    Any,
+}
+
+/// nats-server's `sort` values (its `SortOpt`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sort {
+    Cid,
+    Start,
+    Subs,
+    Pending,
+    MsgsTo,
+    MsgsFrom,
+    BytesTo,
+    BytesFrom,
+    Last,
+    Idle,
+    Uptime,
+    Stop,
+    Reason,
+    Rtt,
+}
+
+impl Sort {
+    fn parse(value: &[u8]) -> Option<Sort> {
+        Some(match value {
+            b"" | b"cid" => Sort::Cid,
+            b"start" => Sort::Start,
+            b"subs" => Sort::Subs,
+            b"pending" => Sort::Pending,
+            b"msgs_to" => Sort::MsgsTo,
+            b"msgs_from" => Sort::MsgsFrom,
+            b"bytes_to" => Sort::BytesTo,
+            b"bytes_from" => Sort::BytesFrom,
+            b"last" => Sort::Last,
+            b"idle" => Sort::Idle,
+            b"uptime" => Sort::Uptime,
+            b"stop" => Sort::Stop,
+            b"reason" => Sort::Reason,
+            b"rtt" => Sort::Rtt,
+            _ => return None,
+        })
     }
-    (offset, limit)
+}
+
+/// What a `/connz` query asks for.
+#[derive(Debug, PartialEq, Eq)]
+struct Options {
+    sort: Sort,
+    /// `auth`: show `authorized_user`.
+    auth: bool,
+    offset: usize,
+    limit: usize,
+    /// Only this connection, when not 0.
+    cid: u64,
+    state: State,
+    /// Only this user's connections (`user`), when not empty.
+    user: Vec<u8>,
+    /// `mqtt_client` was given: the edge serves no MQTT clients, so nothing matches.
+    mqtt_client: bool,
+}
+
+impl Options {
+    /// Reads `query` in nats-server's order, so a query with several bad values gets the
+    /// same error as from nats-server: `auth`, `subs`, `offset`, `limit`, `cid`, `state`,
+    /// then the sort checks. The error is the 400 body.
+    fn parse(query: &str) -> Result<Options, Vec<u8>> {
+        let auth = decode(query, "auth", "boolean", "ParseBool", go_parse_bool)?;
+        // Subscription lists are not tracked (see the docs): the flag is only validated.
+        if go_lower(&param(query, "subs")) != "detail" {
+            decode(query, "subs", "boolean", "ParseBool", go_parse_bool)?;
+        }
+        let offset = decode(query, "offset", "int", "Atoi", go_atoi)?;
+        let limit = decode(query, "limit", "int", "Atoi", go_atoi)?;
+        let cid = decode(query, "cid", "uint64", "ParseUint", go_parse_uint)?;
+        let state_value = param(query, "state");
+        let state = match go_lower(&state_value).as_str() {
+            "" | "open" => State::Open,
+            "closed" => State::Closed,
+            "any" | "all" => State::Any,
+            _ => return Err([b"Error decoding state for ".as_slice(), &state_value].concat()),
+        };
+        let sort_value = param(query, "sort");
+        let Some(sort) = Sort::parse(&sort_value) else {
+            return Err([b"invalid sorting option: ".as_slice(), &sort_value].concat());
+        };
+        let closed_only = match sort {
+            Sort::Stop => Some("stop"),
+            Sort::Reason => Some("reason"),
+            _ => None,
+        };
+        if let (Some(name), true) = (closed_only, state != State::Closed) {
+            return Err(format!("sort by {name} only valid on closed connections").into_bytes());
+        }
+        Ok(Options {
+            sort,
+            auth,
+            offset: usize::try_from(offset.max(0)).unwrap_or(usize::MAX),
+            // nats-server answers a cid lookup with a page of one, and takes any positive
+            // limit as it is.
+            limit: match cid {
+                0 if limit <= 0 => DEFAULT_LIMIT,
+                0 => usize::try_from(limit).unwrap_or(usize::MAX),
+                _ => 1,
+            },
+            cid,
+            state,
+            user: param(query, "user"),
+            mqtt_client: !param(query, "mqtt_client").is_empty(),
+        })
+    }
+
+    fn selects(&self, conn: &ConnEntry) -> bool {
+        // A cid lookup ignores the other filters, as in nats-server.
+        if self.cid != 0 {
+            return conn.cid == self.cid;
+        }
+        !self.mqtt_client
+            && (self.user.is_empty() || conn.user().is_some_and(|u| u.as_bytes() == self.user))
+    }
+}
+
+/// Orders `conns` (given in cid order) as nats-server orders them: `cid` and `start`
+/// ascending, `uptime` ascending (the newest first), the counters descending. Ties keep the
+/// cid order.
+fn sort(conns: &mut [(Arc<ConnEntry>, LiveCounts)], by: Sort) {
+    let counter: fn(&LiveCounts) -> u64 = match by {
+        Sort::Subs => |c| c.subscriptions,
+        Sort::MsgsTo => |c| c.out_msgs,
+        Sort::MsgsFrom => |c| c.in_msgs,
+        Sort::BytesTo => |c| c.out_bytes,
+        Sort::BytesFrom => |c| c.in_bytes,
+        Sort::Uptime => {
+            conns.sort_by_key(|(c, _)| Reverse(c.start));
+            return;
+        }
+        // The edge tracks no pending bytes, last activity or RTT per connection: every
+        // connection ties on them, so they keep the cid order rather than an order made up.
+        // Stop and reason only sort closed connections, of which the edge keeps none.
+        Sort::Cid
+        | Sort::Start
+        | Sort::Pending
+        | Sort::Last
+        | Sort::Idle
+        | Sort::Rtt
+        | Sort::Stop
+        | Sort::Reason => return,
+    };
+    conns.sort_by_key(|(_, counts)| Reverse(counter(counts)));
 }
 
 pub fn connz(shared: &EdgeShared, query: &str) -> Response<Body> {
-    let (offset, limit) = paging(query);
-    let (total, page) = shared.registry.page(offset, limit);
-    let now = SystemTime::now();
-    let connections: Vec<ConnInfo> = page
-        .iter()
+    let opts = match Options::parse(query) {
+        Ok(opts) => opts,
+        Err(text) => return bad_request(text),
+    };
+    // The edge keeps no closed connections: `closed` lists none, `any` the live ones.
+    let live = match opts.state {
+        State::Closed => Vec::new(),
+        State::Open | State::Any => shared.registry.snapshot(),
+    };
+    // Like nats-server, `total` counts the connections in the state asked for, before any
+    // other filter.
+    let total = live.len();
+    let mut picked: Vec<(Arc<ConnEntry>, LiveCounts)> = live
+        .into_iter()
+        .filter(|c| opts.selects(c))
         .map(|c| {
             let counts = c.counts();
+            (c, counts)
+        })
+        .collect();
+    sort(&mut picked, opts.sort);
+    let now = SystemTime::now();
+    let connections: Vec<ConnInfo> = picked
+        .iter()
+        .skip(opts.offset)
+        .take(opts.limit)
+        .map(|(c, counts)| {
             let client = c.client_info().cloned().unwrap_or_default();
             ConnInfo {
                 cid: c.cid,
@@ -102,7 +266,7 @@ pub fn connz(shared: &EdgeShared, query: &str) -> Response<Body> {
                 name: client.name,
                 lang: client.lang,
                 version: client.version,
-                authorized_user: c.user(),
+                authorized_user: c.user().filter(|_| opts.auth),
                 upstream: c.upstream().map(str::to_string),
             }
         })
@@ -112,21 +276,424 @@ pub fn connz(shared: &EdgeShared, query: &str) -> Response<Body> {
         now: rfc3339(now),
         num_connections: connections.len(),
         total,
-        offset,
-        limit,
+        offset: opts.offset,
+        limit: opts.limit,
         connections,
     })
 }
 
+/// The first value of `key` in `query`, as Go's `url.Values.Get` finds it: `+` is a space and
+/// `%XX` a byte; a pair holding a `;` or a bad escape is skipped. Empty when absent, which
+/// nats-server treats as not given.
+fn param(query: &str, key: &str) -> Vec<u8> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty() && !pair.contains(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let (k, v) = (unescape(k)?, unescape(v)?);
+            (k == key.as_bytes()).then_some(v)
+        })
+        .unwrap_or_default()
+}
+
+fn unescape(text: &str) -> Option<Vec<u8>> {
+    let hex = |b: Option<u8>| char::from(b?).to_digit(16);
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        out.push(match b {
+            b'+' => b' ',
+            b'%' => ((hex(bytes.next())? << 4) | hex(bytes.next())?) as u8,
+            b => b,
+        });
+    }
+    Some(out)
+}
+
+/// Go's `strings.ToLower`, for comparing with a lower-case ASCII word: each char becomes one
+/// (`İ` becomes `i`), and invalid UTF-8 becomes U+FFFD.
+fn go_lower(value: &[u8]) -> String {
+    String::from_utf8_lossy(value)
+        .chars()
+        .flat_map(|c| c.to_lowercase().take(1))
+        .collect()
+}
+
+/// One of nats-server's `decodeBool`, `decodeInt`, `decodeUint64`: an empty or absent value
+/// is zero; a bad one gets its text, e.g.
+/// `Error decoding int for 'limit': strconv.Atoi: parsing "x": invalid syntax`.
+fn decode<T: Default>(
+    query: &str,
+    name: &str,
+    kind: &str,
+    func: &str,
+    parse: fn(&[u8]) -> Result<T, &'static str>,
+) -> Result<T, Vec<u8>> {
+    let value = param(query, name);
+    if value.is_empty() {
+        return Ok(T::default());
+    }
+    parse(&value).map_err(|why| {
+        let quoted = go_quote(&value);
+        format!("Error decoding {kind} for '{name}': strconv.{func}: parsing {quoted}: {why}")
+            .into_bytes()
+    })
+}
+
+const SYNTAX: &str = "invalid syntax";
+const RANGE: &str = "value out of range";
+
+/// Go's `strconv.ParseBool`.
+fn go_parse_bool(value: &[u8]) -> Result<bool, &'static str> {
+    match value {
+        b"1" | b"t" | b"T" | b"TRUE" | b"true" | b"True" => Ok(true),
+        b"0" | b"f" | b"F" | b"FALSE" | b"false" | b"False" => Ok(false),
+        _ => Err(SYNTAX),
+    }
+}
+
+/// Go's `strconv.ParseUint(value, 10, 64)`: digits only, no sign; it stops at the first
+/// byte that is not a digit or that overflows, and reports that one.
+fn go_parse_uint(value: &[u8]) -> Result<u64, &'static str> {
+    if value.is_empty() {
+        return Err(SYNTAX);
+    }
+    value.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return Err(SYNTAX);
+        }
+        n.checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(b - b'0')))
+            .ok_or(RANGE)
+    })
+}
+
+/// Go's `strconv.Atoi` on a 64-bit platform: a sign, then the digits read as
+/// [`go_parse_uint`] reads them, then the `int64` range.
+fn go_atoi(value: &[u8]) -> Result<i64, &'static str> {
+    let (negative, digits) = match value {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        _ => (false, value),
+    };
+    let magnitude = go_parse_uint(digits)?;
+    let signed = if negative {
+        0i64.checked_sub_unsigned(magnitude)
+    } else {
+        i64::try_from(magnitude).ok()
+    };
+    signed.ok_or(RANGE)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::paging;
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn parsed(query: &str) -> Options {
+        Options::parse(query).unwrap_or_else(|e| panic!("{query}: {}", String::from_utf8_lossy(&e)))
+    }
+
+    fn refused(query: &str) -> String {
+        match Options::parse(query) {
+            Ok(opts) => panic!("{query} was accepted: {opts:?}"),
+            Err(text) => String::from_utf8_lossy(&text).into_owned(),
+        }
+    }
 
     #[test]
-    fn paging_reads_offset_and_limit() {
-        assert_eq!(paging(""), (0, 1024));
-        assert_eq!(paging("offset=2&limit=1"), (2, 1));
-        assert_eq!(paging("limit=0&offset=x"), (0, 1024));
-        assert_eq!(paging("limit=5000"), (0, 1024));
+    fn no_parameters_mean_nats_servers_defaults() {
+        let defaults = Options {
+            sort: Sort::Cid,
+            auth: false,
+            offset: 0,
+            limit: 1024,
+            cid: 0,
+            state: State::Open,
+            user: Vec::new(),
+            mqtt_client: false,
+        };
+        assert_eq!(parsed(""), defaults);
+        // Empty values and unknown parameters are as good as absent.
+        assert_eq!(
+            parsed("sort=&auth=&subs=&offset=&limit=&cid=&state=&user=&acc=x&foo"),
+            defaults
+        );
+    }
+
+    #[test]
+    fn values_are_decoded_as_go_decodes_a_query() {
+        assert_eq!(param("a=1&b=2", "b"), b"2");
+        assert_eq!(param("a=1&a=2", "a"), b"1", "the first value");
+        assert_eq!(param("user=a+b%2Fc%ff", "user"), b"a b/c\xff");
+        assert_eq!(param("us%65r=x", "user"), b"x", "keys are decoded too");
+        assert_eq!(param("user", "user"), b"");
+        assert_eq!(
+            param("user=%zz&user=b", "user"),
+            b"b",
+            "a bad escape drops its pair"
+        );
+        assert_eq!(param("user=%4", "user"), b"");
+        assert_eq!(
+            param("user=a;b&user=c", "user"),
+            b"c",
+            "so does a semicolon"
+        );
+        assert_eq!(param("a=1", "user"), b"");
+    }
+
+    #[test]
+    fn every_sort_option_is_known_and_others_are_refused() {
+        for (value, sort) in [
+            ("cid", Sort::Cid),
+            ("start", Sort::Start),
+            ("subs", Sort::Subs),
+            ("pending", Sort::Pending),
+            ("msgs_to", Sort::MsgsTo),
+            ("msgs_from", Sort::MsgsFrom),
+            ("bytes_to", Sort::BytesTo),
+            ("bytes_from", Sort::BytesFrom),
+            ("last", Sort::Last),
+            ("idle", Sort::Idle),
+            ("uptime", Sort::Uptime),
+            ("rtt", Sort::Rtt),
+        ] {
+            assert_eq!(parsed(&format!("sort={value}")).sort, sort, "{value}");
+        }
+        assert_eq!(refused("sort=bogus"), "invalid sorting option: bogus");
+        assert_eq!(refused("sort=Cid"), "invalid sorting option: Cid");
+        assert_eq!(refused("sort=subs+"), "invalid sorting option: subs ");
+        assert_eq!(
+            Options::parse("sort=%ff").unwrap_err(),
+            b"invalid sorting option: \xff",
+            "the raw bytes, unquoted"
+        );
+    }
+
+    #[test]
+    fn stop_and_reason_sort_closed_connections_only() {
+        for state in ["", "&state=open", "&state=any"] {
+            assert_eq!(
+                refused(&format!("sort=stop{state}")),
+                "sort by stop only valid on closed connections"
+            );
+            assert_eq!(
+                refused(&format!("sort=reason{state}")),
+                "sort by reason only valid on closed connections"
+            );
+        }
+        assert_eq!(parsed("sort=stop&state=closed").sort, Sort::Stop);
+        assert_eq!(parsed("sort=reason&state=CLOSED").sort, Sort::Reason);
+    }
+
+    #[test]
+    fn state_takes_nats_servers_names_in_any_case() {
+        for (value, state) in [
+            ("open", State::Open),
+            ("Open", State::Open),
+            ("closed", State::Closed),
+            ("any", State::Any),
+            ("all", State::Any),
+            ("ALL", State::Any),
+        ] {
+            assert_eq!(parsed(&format!("state={value}")).state, state, "{value}");
+        }
+        assert_eq!(refused("state=bogus"), "Error decoding state for bogus");
+        assert_eq!(refused("state=%20open"), "Error decoding state for  open");
+    }
+
+    #[test]
+    fn auth_and_subs_are_go_booleans() {
+        for yes in ["1", "t", "T", "TRUE", "true", "True"] {
+            assert!(parsed(&format!("auth={yes}")).auth, "{yes}");
+            parsed(&format!("subs={yes}"));
+        }
+        for no in ["0", "f", "F", "FALSE", "false", "False"] {
+            assert!(!parsed(&format!("auth={no}")).auth, "{no}");
+            parsed(&format!("subs={no}"));
+        }
+        // `subs=detail` asks for details, in any case (Go lowers `İ` to `i`).
+        for detail in ["detail", "DETAIL", "DETA%C4%B0L"] {
+            parsed(&format!("subs={detail}"));
+        }
+        assert_eq!(
+            refused("auth=yes"),
+            r#"Error decoding boolean for 'auth': strconv.ParseBool: parsing "yes": invalid syntax"#
+        );
+        assert_eq!(
+            refused("auth=%ff%22"),
+            r#"Error decoding boolean for 'auth': strconv.ParseBool: parsing "\xff\"": invalid syntax"#
+        );
+        assert_eq!(
+            refused("subs=de+tail"),
+            r#"Error decoding boolean for 'subs': strconv.ParseBool: parsing "de tail": invalid syntax"#
+        );
+    }
+
+    #[test]
+    fn offset_and_limit_are_go_ints() {
+        let o = parsed("offset=2&limit=1");
+        assert_eq!((o.offset, o.limit), (2, 1));
+        let o = parsed("offset=-3&limit=-5");
+        assert_eq!(
+            (o.offset, o.limit),
+            (0, 1024),
+            "clamped as nats-server does"
+        );
+        assert_eq!(parsed("limit=0").limit, 1024);
+        assert_eq!(
+            parsed("limit=5000").limit,
+            5000,
+            "no cap, as in nats-server"
+        );
+        assert_eq!(parsed("limit=%2B3").limit, 3, "a `+` sign, escaped");
+        assert_eq!(
+            parsed("offset=9223372036854775807").offset,
+            9223372036854775807
+        );
+        let int = |name: &str, value: &str, why: &str| {
+            format!("Error decoding int for '{name}': strconv.Atoi: parsing \"{value}\": {why}")
+        };
+        assert_eq!(refused("offset=x"), int("offset", "x", "invalid syntax"));
+        assert_eq!(refused("limit=x"), int("limit", "x", "invalid syntax"));
+        assert_eq!(refused("limit=1.5"), int("limit", "1.5", "invalid syntax"));
+        assert_eq!(refused("offset=+2"), int("offset", " 2", "invalid syntax"));
+        assert_eq!(refused("offset=-"), int("offset", "-", "invalid syntax"));
+        assert_eq!(
+            refused("limit=99999999999999999999"),
+            int("limit", "99999999999999999999", "value out of range")
+        );
+        assert_eq!(
+            refused("offset=9223372036854775808"),
+            int("offset", "9223372036854775808", "value out of range")
+        );
+        assert_eq!(
+            refused("offset=-9223372036854775809"),
+            int("offset", "-9223372036854775809", "value out of range")
+        );
+        // Go reads digit by digit: the first problem is the one reported.
+        assert_eq!(
+            refused("offset=9223372036854775808x"),
+            int("offset", "9223372036854775808x", "invalid syntax")
+        );
+        assert_eq!(
+            refused("offset=99999999999999999999x"),
+            int("offset", "99999999999999999999x", "value out of range")
+        );
+    }
+
+    #[test]
+    fn cid_is_a_go_uint64_and_pages_one() {
+        let o = parsed("cid=7&limit=50&offset=1");
+        assert_eq!((o.cid, o.limit, o.offset), (7, 1, 1));
+        assert_eq!(parsed("cid=0").limit, 1024, "0 is no lookup");
+        let uint = |value: &str, why: &str| {
+            format!(
+                "Error decoding uint64 for 'cid': strconv.ParseUint: parsing \"{value}\": {why}"
+            )
+        };
+        assert_eq!(refused("cid=x"), uint("x", "invalid syntax"));
+        assert_eq!(refused("cid=-1"), uint("-1", "invalid syntax"));
+        assert_eq!(refused("cid=%2B1"), uint("+1", "invalid syntax"));
+        assert_eq!(refused("cid=1%00"), uint(r"1\x00", "invalid syntax"));
+        assert_eq!(
+            refused("cid=18446744073709551616"),
+            uint("18446744073709551616", "value out of range")
+        );
+        assert_eq!(parsed("cid=18446744073709551615").cid, u64::MAX);
+    }
+
+    #[test]
+    fn the_first_bad_value_in_nats_servers_order_is_reported() {
+        assert!(
+            refused("sort=bogus&state=bogus&cid=x&limit=x&offset=x&subs=x&auth=x")
+                .contains("'auth'")
+        );
+        assert!(refused("sort=bogus&state=bogus&cid=x&limit=x&offset=x&subs=x").contains("'subs'"));
+        assert!(refused("sort=bogus&state=bogus&cid=x&limit=x&offset=x").contains("'offset'"));
+        assert!(refused("sort=bogus&state=bogus&cid=x&limit=x").contains("'limit'"));
+        assert!(refused("sort=bogus&state=bogus&cid=x").contains("'cid'"));
+        assert!(refused("sort=bogus&state=bogus").starts_with("Error decoding state"));
+        assert!(refused("sort=stop&state=bogus").starts_with("Error decoding state"));
+    }
+
+    fn entry(cid: u64, start_secs: u64, user: Option<&str>, counts: LiveCounts) -> Arc<ConnEntry> {
+        let mut entry = ConnEntry::new(cid, "default", "tcp", ([127, 0, 0, 1], 4000).into());
+        entry.start = UNIX_EPOCH + Duration::from_secs(start_secs);
+        entry.set_user(user.map(str::to_string));
+        entry.publish(counts);
+        Arc::new(entry)
+    }
+
+    /// Three connections in cid order, with distinct counters, and the first two started at
+    /// the same second.
+    fn three() -> Vec<Arc<ConnEntry>> {
+        let counts = |n: [u64; 5]| LiveCounts {
+            in_msgs: n[0],
+            out_msgs: n[1],
+            in_bytes: n[2],
+            out_bytes: n[3],
+            subscriptions: n[4],
+        };
+        vec![
+            entry(1, 100, Some("alice"), counts([1, 9, 5, 2, 0])),
+            entry(2, 100, None, counts([3, 7, 4, 8, 2])),
+            entry(3, 200, Some("bob"), counts([2, 8, 6, 1, 1])),
+        ]
+    }
+
+    fn order(by: Sort) -> Vec<u64> {
+        let mut conns: Vec<_> = three()
+            .into_iter()
+            .map(|c| {
+                let counts = c.counts();
+                (c, counts)
+            })
+            .collect();
+        sort(&mut conns, by);
+        conns.iter().map(|(c, _)| c.cid).collect()
+    }
+
+    #[test]
+    fn sorts_as_nats_server_with_ties_in_cid_order() {
+        assert_eq!(order(Sort::Cid), [1, 2, 3]);
+        assert_eq!(order(Sort::Start), [1, 2, 3]);
+        assert_eq!(order(Sort::MsgsFrom), [2, 3, 1]);
+        assert_eq!(order(Sort::MsgsTo), [1, 3, 2]);
+        assert_eq!(order(Sort::BytesFrom), [3, 1, 2]);
+        assert_eq!(order(Sort::BytesTo), [2, 1, 3]);
+        assert_eq!(order(Sort::Subs), [2, 3, 1]);
+        assert_eq!(order(Sort::Uptime), [3, 1, 2], "the newest first");
+        for untracked in [Sort::Pending, Sort::Last, Sort::Idle, Sort::Rtt] {
+            assert_eq!(order(untracked), [1, 2, 3], "{untracked:?}");
+        }
+    }
+
+    #[test]
+    fn filters_select_by_cid_user_and_mqtt_client() {
+        let selected = |query: &str| -> Vec<u64> {
+            let opts = parsed(query);
+            three()
+                .into_iter()
+                .filter(|c| opts.selects(c))
+                .map(|c| c.cid)
+                .collect()
+        };
+        assert_eq!(selected(""), [1, 2, 3]);
+        assert_eq!(selected("cid=2"), [2]);
+        assert_eq!(selected("cid=9"), [0; 0]);
+        assert_eq!(selected("user=bob"), [3]);
+        assert_eq!(selected("user=carol"), [0; 0]);
+        assert_eq!(
+            selected("mqtt_client=m1"),
+            [0; 0],
+            "the edge has no MQTT clients"
+        );
+        assert_eq!(
+            selected("cid=1&user=bob"),
+            [1],
+            "a cid lookup ignores the rest"
+        );
     }
 }

@@ -115,6 +115,13 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
     respond(status, "text/plain; charset=utf-8", body.to_string())
 }
 
+/// A refused query, answered as nats-server's monitor answers one: 400 with the error
+/// text as a plain-text body, no newline added. The text may quote the request's bytes
+/// as they came, so it is bytes, not a `str`.
+fn bad_request(body: Vec<u8>) -> Response<Body> {
+    respond(StatusCode::BAD_REQUEST, "text/plain; charset=utf-8", body)
+}
+
 fn json(value: &impl serde::Serialize) -> Response<Body> {
     match serde_json::to_string_pretty(value) {
         Ok(body) => respond(StatusCode::OK, "application/json", body),
@@ -122,8 +129,12 @@ fn json(value: &impl serde::Serialize) -> Response<Body> {
     }
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
