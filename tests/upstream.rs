@@ -94,6 +94,30 @@ async fn a_url_that_failed_is_tried_last_for_a_while() {
     drop(silent);
 }
 
+/// A client that leaves while its upstream is still being dialled (a load balancer's TCP
+/// probe, or a client that gave up on a slow upstream) ends the dial, rather than holding
+/// an upstream connection for the whole connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_ends_the_dial() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("nats://{}", silent.local_addr().unwrap());
+    let edge = start_edge(&[silent_url], "connect_timeout = \"30s\"\n").await;
+    let client = tokio::net::TcpStream::connect(edge_addr(&edge))
+        .await
+        .unwrap();
+    let (mut dialled, _) = within("the edge dials the upstream", silent.accept())
+        .await
+        .unwrap();
+    drop(client);
+    let mut byte = [0u8; 1];
+    let read = within(
+        "the edge closes the dial",
+        tokio::io::AsyncReadExt::read(&mut dialled, &mut byte),
+    )
+    .await;
+    assert_eq!(read.unwrap(), 0, "the dial is closed, not written to");
+}
+
 /// A full nats-server (at its `max_connections`) sends its INFO, then
 /// `-ERR 'maximum connections exceeded'`, then closes. The edge sends the client to the next
 /// URL: at once when the refusal came with the INFO, otherwise the client gets the refusal

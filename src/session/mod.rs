@@ -243,7 +243,16 @@ async fn open(
     };
     // The dial (a TLS handshake, perhaps) and the after-INFO TLS upgrade are boxed: awaited
     // in place, their large states would size this future, and so every idle session.
-    let dialled = Box::pin(upstream::dial_any(&env.upstream, origin)).await;
+    let dialled = tokio::select! {
+        biased;
+        dialled = Box::pin(upstream::dial_any(&env.upstream, origin)) => dialled,
+        () = left_before_speaking(&client) => {
+            // A load balancer's TCP probe, or a client that gave up on a slow upstream: no
+            // one is left to serve, so the dial (up to the connect timeout per URL) stops.
+            tracing::debug!("client left while the upstream was dialled; dial abandoned");
+            return Err(SessionTotals::early(CloseReason::ClientClosed));
+        }
+    };
     let failures = match &dialled {
         Ok(connected) => &connected.failures,
         Err(failed) => &failed.0,
@@ -377,6 +386,20 @@ async fn open(
         upstream_index: connected.index,
         shared,
     })
+}
+
+/// Resolves when a plain TCP client closes (or resets) its connection before sending a
+/// byte; never otherwise. It only peeks, so what the client sends stays for the session (and
+/// a TLS client on a plain listener is still recognised by its first read). Other transports
+/// finished a handshake before the dial, so their clients are known to be there.
+async fn left_before_speaking(client: &transport::ClientStream) {
+    if let transport::ClientStream::Tcp(tcp) = client {
+        let mut byte = [0u8; 1];
+        if let Ok(0) | Err(_) = tcp.get_ref().peek(&mut byte).await {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// Reads and drops what the client still sends after the session has shut its side down,
