@@ -270,8 +270,9 @@ fn connect_json(json: &str) -> Vec<u8> {
 async fn edge_mode_authenticates_by_password_token_and_anonymous_default() {
     let server = NatsServer::start_with_config(SERVER_FOR_EDGE_MODE);
     let edge = start_edge(&[server.url()], &edge_mode_toml("")).await;
+    // edge-users.toml has a no_auth_user: as nats-server, the INFO does not ask for auth.
     let (_, info) = RawConn::connect_info(edge_addr(&edge)).await;
-    assert_eq!(info["auth_required"], true);
+    assert_eq!(info.get("auth_required"), None, "{info}");
 
     // bcrypt password: alice's secret is checked by the edge; nats-server only ever sees
     // the edge's own user.
@@ -360,13 +361,45 @@ async fn edge_mode_refuses_bad_credentials_as_nats_server_does() {
         &format!("[auth]\nmode = \"edge\"\nrules = [{strict:?}]\nupstream = {{ user = \"edge\", password = \"edge-pw\" }}\n"),
     )
     .await;
-    let mut replies = Vec::new();
-    for addr in [direct.addr(), edge_addr(&edge)] {
-        let (mut raw, _) = RawConn::connect_info(addr).await;
-        raw.send(b"PING\r\n").await;
-        replies.push(show(&raw.read_to_close().await));
+    assert_eq!(
+        RawConn::connect_info(edge_addr(&edge)).await.1["auth_required"],
+        true
+    );
+    assert_pre_connect_ops_refused_alike(direct.addr(), edge_addr(&edge)).await;
+}
+
+/// Before the CONNECT of a client it must authenticate, nats-server looks only at the
+/// first byte of an op: anything not starting with `C`, even garbage, is an authorization
+/// violation; `C...` is parsed as usual.
+async fn assert_pre_connect_ops_refused_alike(
+    direct: std::net::SocketAddr,
+    edge: std::net::SocketAddr,
+) {
+    for bytes in [
+        &b"PING\r\n"[..],
+        b"FOO bar\r\n",
+        b"\r\n",
+        b"MSG a 1 2\r\n",
+        b"PUB x 1\r\na\r\n",
+        b"CX\r\n",
+        b"cONNECT {bad\r\n",
+    ] {
+        let mut replies = Vec::new();
+        for addr in [direct, edge] {
+            let (mut raw, _) = RawConn::connect_info(addr).await;
+            raw.send(bytes).await;
+            replies.push(show(&raw.read_to_close().await));
+        }
+        assert_eq!(replies[1], replies[0], "{}", show(bytes));
     }
-    assert_eq!(replies[1], replies[0]);
+}
+
+/// Passthrough in front of a server with auth: the client sees its `auth_required`, and
+/// the edge refuses what comes before the CONNECT as that server would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_refuses_ops_before_connect_like_an_auth_server() {
+    let targets = Targets::start().await;
+    assert_pre_connect_ops_refused_alike(targets.direct(), targets.edged()).await;
 }
 
 /// A bcrypt check runs off the session's thread: on a single thread, a client whose

@@ -15,7 +15,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use nats_edge_filters::filter::{client_op_kind, server_op_kind};
-use nats_edge_filters::{ClientOp, CloseReason, OpKind, ServerOp, Verdict};
+use nats_edge_filters::{errors, ClientOp, CloseReason, OpKind, ServerOp, Verdict};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::state::Shared;
@@ -382,6 +382,26 @@ impl Forwarder {
     fn process_client(&mut self, shared: &mut Shared) {
         let mut run = 0;
         while !self.stopped && self.deferred.is_none() {
+            if shared.ctx.connect.is_none() && shared.client_must_connect {
+                // nats-server looks at nothing but the first byte of an op before the CONNECT
+                // of a client it must authenticate: not even a malformed op gets another error.
+                if self
+                    .rbuf
+                    .get(run)
+                    .is_some_and(|b| !b.eq_ignore_ascii_case(&b'C'))
+                {
+                    self.flush_run(&mut run);
+                    tracing::warn!("authorization violation: an op before CONNECT");
+                    let refusal = ServerOp::Err(errors::AUTHORIZATION_VIOLATION.to_string());
+                    self.answer_after_upstream(
+                        shared,
+                        Some(&refusal),
+                        Some(CloseReason::AuthorizationViolation),
+                    );
+                    self.stopped = true;
+                    break;
+                }
+            }
             if !shared.chain.interest().contains(OpKind::Pub) {
                 // Plain PUBs that no filter looks at go on as one run, not one call each.
                 let (len, count) = plain_messages(&self.rbuf[run..], self.dir, &shared.client_scan);
@@ -718,6 +738,7 @@ pub fn rewrite_info(info: &mut nats_edge_filters::Info, shared: &mut Shared) {
     }
     shared.info_rewrite.apply(info, shared.ctx.conn.client_addr);
     shared.chain.on_info(info, &shared.ctx);
+    shared.client_must_connect = info.auth_required == Some(true);
     // Kept as its JSON, for a lame-duck INFO later: one allocation of the encoded size,
     // where a clone of the struct is several, and about twice the memory per session.
     shared.last_info = serde_json::to_vec(&*info)

@@ -91,6 +91,9 @@ pub struct Shared {
     /// connections exceeded'`, then the close): later sessions dial the other upstreams
     /// first, as a client that reconnects would pick another server.
     pub upstream_full: bool,
+    /// The client's INFO says `auth_required`: until its CONNECT, an op that does not start
+    /// with `C` is an authorization violation, whatever it is, as nats-server judges it.
+    pub client_must_connect: bool,
     /// Bytes the upstream-to-client forwarder has queued and not yet written, as of its
     /// last poll.
     pub client_queued: usize,
@@ -136,6 +139,7 @@ impl Shared {
             resume_offloaded: false,
             oks_to_hide: 0,
             upstream_full: false,
+            client_must_connect: false,
             client_queued: 0,
         };
         shared.set_upstream_max_payload(upstream_max_payload);

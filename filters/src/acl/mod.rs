@@ -532,8 +532,10 @@ impl Filter for AclFilter {
 
     fn on_info(&mut self, info: &mut Info, _ctx: &SessionCtx) {
         if self.settings.mode == AuthMode::Edge {
-            // The edge asks for credentials of its own, whatever the upstream wants of it.
-            info.auth_required = Some(true);
+            // The edge asks for credentials of its own, whatever the upstream wants of it;
+            // with a no_auth_user, as nats-server, it does not say so (a client may come
+            // without any).
+            info.auth_required = self.rules.no_auth_user.is_none().then_some(true);
         }
     }
 
