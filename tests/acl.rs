@@ -650,21 +650,30 @@ async fn headers_pedantic_and_pre_connect_ops_keep_nats_server_order() {
         }
         assert_eq!(replies[1], replies[0], "{user}: {bytes:?}");
     }
-    // A pedantic client's refused wildcard publish: nats-server first says the subject is
-    // invalid, then refuses it; the edge (a documented difference) only refuses it.
-    let (mut raw, _) = RawConn::connect_info(targets.edged()).await;
+    // A pedantic client's publish to a subject with a wildcard or an empty token: nats-server
+    // says the subject is invalid on the control line, then judges the permission, so a
+    // refused one gets both errors, and an allowed one is delivered after the first.
     let connect = r#"{"user":"orders","pass":"pw","verbose":false,"pedantic":true}"#;
-    let reply = raw
-        .roundtrip(
-            &[
-                connect_json(connect),
-                b"PUB orders.audit.* 1\r\na\r\n".to_vec(),
-            ]
-            .concat(),
-        )
-        .await;
-    assert_eq!(
-        show(&reply.bytes),
-        show(b"-ERR 'Permissions Violation for Publish to \"orders.audit.*\"'\r\n")
-    );
+    for bytes in [
+        "PUB orders.audit.* 1\r\na\r\n",
+        "PUB orders.audit..x 1\r\na\r\n",
+        "PUB secret.> 1\r\na\r\n",
+        "SUB orders.> 1\r\nPUB orders.* 1\r\na\r\n",
+    ] {
+        let mut replies = Vec::new();
+        for addr in [targets.direct(), targets.edged()] {
+            let (mut raw, _) = RawConn::connect_info(addr).await;
+            let reply = raw
+                .roundtrip(&[connect_json(connect), bytes.as_bytes().to_vec()].concat())
+                .await;
+            replies.push((show(&reply.bytes), reply.closed));
+        }
+        assert_eq!(replies[1], replies[0], "pedantic: {bytes:?}");
+        assert!(
+            replies[0]
+                .0
+                .starts_with(&show(b"-ERR 'Invalid Publish Subject'\r\n")),
+            "{bytes:?}: {replies:?}"
+        );
+    }
 }

@@ -11,4 +11,5 @@ pub const MAX_SUBSCRIPTIONS_EXCEEDED: &str = "maximum subscriptions exceeded";
 pub const AUTHENTICATION_TIMEOUT: &str = "Authentication Timeout";
 pub const AUTHORIZATION_VIOLATION: &str = "Authorization Violation";
 pub const INVALID_SUBJECT: &str = "Invalid Subject";
+pub const INVALID_PUBLISH_SUBJECT: &str = "Invalid Publish Subject";
 pub const MAX_CONNECTIONS_EXCEEDED: &str = "maximum connections exceeded";

@@ -15,7 +15,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use nats_edge_filters::filter::{client_op_kind, server_op_kind};
-use nats_edge_filters::{errors, ClientOp, CloseReason, OpKind, ServerOp, Verdict};
+use nats_edge_filters::{errors, subject, ClientOp, CloseReason, OpKind, ServerOp, Verdict};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::state::Shared;
@@ -512,6 +512,9 @@ impl Forwarder {
         } else {
             verdict
         };
+        if matches!(verdict, Verdict::Drop | Verdict::Answer(_)) {
+            self.invalid_publish_subject(&op, shared);
+        }
         let forwarded = match verdict {
             Verdict::Forward => {
                 self.push(data);
@@ -556,6 +559,24 @@ impl Forwarder {
                 shared.pings_sent += 1;
             }
             shared.forwarded();
+        }
+    }
+
+    /// nats-server tells a pedantic client, on the control line and before any other check,
+    /// that its PUB names a subject with a wildcard or an empty token, and goes on with the
+    /// PUB. For a PUB the edge keeps from the server (an ACL refusal) the edge says it, first.
+    fn invalid_publish_subject(&mut self, op: &ClientOp, shared: &mut Shared) {
+        let ClientOp::Pub(publish) = op else {
+            return;
+        };
+        let pedantic = shared
+            .ctx
+            .connect
+            .as_ref()
+            .is_some_and(|c| c.pedantic == Some(true));
+        if pedantic && !subject::is_valid_literal_subject(&publish.subject) {
+            let error = ServerOp::Err(errors::INVALID_PUBLISH_SUBJECT.to_string());
+            self.answer_after_upstream(shared, Some(&error), None);
         }
     }
 
