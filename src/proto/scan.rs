@@ -452,6 +452,12 @@ fn scan_general(
     if line_end - line_start > limits.max_control_line {
         return Err(ProtoError::MaxControlLine);
     }
+    if tail == Tail::Args && line_start == line_end {
+        // Blanks and then the line's end: nats-server would take the next line as the
+        // arguments (`UNSUB \nPING` unsubscribes sid `PING`), which the edge would frame as
+        // two ops. Refused, like other arguments the two could read differently.
+        return Err(ProtoError::BadArguments);
+    }
     let frame = Frame {
         verb,
         len: nl + 1,

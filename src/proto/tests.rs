@@ -233,6 +233,29 @@ fn stray_cr_in_arguments_is_refused() {
     }
 }
 
+/// A verb, its blank and then the line's end: nats-server reads the next line as the
+/// arguments, so the edge refuses it rather than frame it as two ops.
+#[test]
+fn a_line_of_blanks_after_a_verb_is_refused() {
+    for input in [
+        &b"UNSUB \nPING\r\n"[..],
+        b"SUB \norders.secret 1\r\n",
+        b"sub\t \r\n",
+        b"PUB \nfoo 1\r\na\r\n",
+        b"HPUB  \n",
+    ] {
+        assert_eq!(
+            decode_every_split(input, C).end,
+            Err(ProtoError::BadArguments),
+            "{input:?}"
+        );
+    }
+    assert_eq!(
+        decode_every_split(b"MSG \n", S).end,
+        Err(ProtoError::BadArguments)
+    );
+}
+
 #[test]
 fn endless_blanks_after_a_verb_hit_the_control_line_limit() {
     for verb in [&b"PUB"[..], b"SUB\t", b"PING", b"CONNECT"] {
