@@ -442,14 +442,14 @@ fn scan_general(
             .iter()
             .take_while(|b| is_separator(**b))
             .count();
+    // Blanks after the verb count too (all but one), so a line of endless blanks is bounded
+    // like any other, and a line is judged the same however the reads split it.
+    let counted_from = (verb_len + 1).min(args_start);
     let Some((nl, line_end)) = find_line_end(buf, verb_len, tail)? else {
-        // Blanks after the verb count too (all but one), so a line of endless blanks is
-        // bounded like any other.
-        let counted_from = (verb_len + 1).min(args_start);
         return check_partial_line(buf, counted_from, limits.max_control_line);
     };
     let line_start = args_start.min(line_end);
-    if line_end - line_start > limits.max_control_line {
+    if line_end.saturating_sub(counted_from) > limits.max_control_line {
         return Err(ProtoError::MaxControlLine);
     }
     if tail == Tail::Args && line_start == line_end {

@@ -265,7 +265,17 @@ fn endless_blanks_after_a_verb_hit_the_control_line_limit() {
             Err(ProtoError::MaxControlLine),
             "{verb:?}"
         );
+        // The same with the line complete, in one read or split anywhere.
+        let line = [&input[..], b"foo 1\r\na\r\n"].concat();
+        assert_eq!(
+            decode_every_split(&line, C).end,
+            Err(ProtoError::MaxControlLine),
+            "{verb:?}"
+        );
     }
+    // All blanks but the first count: this line is exactly at the limit.
+    let at_limit = [&b"SUB"[..], &[b' '; 4090], b"foo 1\r\n"].concat();
+    assert_eq!(decode_chunks(&[&at_limit], C).end, Ok(0));
 }
 
 #[test]
