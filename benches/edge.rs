@@ -1,7 +1,7 @@
 //! `cargo bench --bench edge [-- --smoke] [-- --json FILE] [-- --only tcp,tls,ws,wsdeflate]
 //! [-- --baseline OTHER_NATS_EDGE_BINARY]`: direct vs nats-edge vs HAProxy (vs another build).
-//! `cargo bench --bench edge -- --callgrind`: instructions per forwarded message (plain, and
-//! with rewrite + tagging).
+//! `cargo bench --bench edge -- --callgrind`: instructions per forwarded message (plain, with
+//! ACL rules, and with rewrite + tagging).
 //! `cargo bench --bench edge -- --filter-cost`: rewrite + tagging against plain, 128 B.
 
 mod harness;
@@ -10,10 +10,11 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--callgrind") {
         let bin = env!("CARGO_BIN_EXE_nats-edge");
-        for (rewrite_tag, what) in [(false, "the edge"), (true, "the edge with rewrite+tag")] {
-            match harness::callgrind_instructions_per_message(bin, rewrite_tag) {
+        for setup in harness::callgrind_setups() {
+            match harness::callgrind_instructions_per_message(bin, &setup) {
                 Some(ir) => println!(
-                    "callgrind: {ir:.0} instructions per 128 B message through {what} ({:.0} per forwarded op)",
+                    "callgrind: {ir:.0} instructions per 128 B message through {} ({:.0} per forwarded op)",
+                    setup.name,
                     ir / 2.0
                 ),
                 None => eprintln!("callgrind: valgrind is not installed"),

@@ -230,6 +230,8 @@ pub fn run_groups(mode: Mode, edge_bin: &str, groups: Groups, baseline: Option<&
         server.addr,
         &[("NATS_EDGE_LIMITS__MAX_SUBSCRIPTIONS", "1000000")],
     );
+    // The same edge checking every PUB and SUB against ACL rules.
+    let acl_checking = targets::start_edge_acl(edge_bin, server.addr);
     // The same edge mounting every subject under `tenant.acme.` (subjects rewritten on
     // PUB, SUB and every MSG) and tagging every publish with the sender's headers.
     let rewriting = targets::start_edge_rewrite_tag(edge_bin, server.addr);
@@ -440,6 +442,13 @@ pub fn run_groups(mode: Mode, edge_bin: &str, groups: Groups, baseline: Option<&
             "edge+inspect",
             r.msgs_per_sec(),
         );
+        let r = load::pub_sub(acl_checking.addr, 1, 1, n, 128).expect("pub/sub via ACL edge");
+        record(
+            &mut samples,
+            "pubsub_128B_msgs_per_s",
+            "edge+acl",
+            r.msgs_per_sec(),
+        );
         let r = load::pub_sub(rewriting.addr, 1, 1, n, 128)
             .expect("pub/sub via rewriting and tagging edge");
         record(
@@ -631,26 +640,51 @@ fn machine() -> String {
     format!("{cores} cores, {cpu}")
 }
 
+/// An edge configuration `--callgrind` counts.
+pub struct CallgrindSetup {
+    /// For the report: `the edge with ...`.
+    pub name: &'static str,
+    /// For file names.
+    pub slug: &'static str,
+    /// The `NATS_EDGE_*` settings that turn it on.
+    pub env: Vec<(&'static str, String)>,
+}
+
+/// The plain edge, then with ACL rules, then with the shipped rewrite and tagging rules.
+pub fn callgrind_setups() -> Vec<CallgrindSetup> {
+    vec![
+        CallgrindSetup {
+            name: "the edge",
+            slug: "plain",
+            env: Vec::new(),
+        },
+        CallgrindSetup {
+            name: "the edge with ACL rules",
+            slug: "acl",
+            env: vec![targets::acl_env()],
+        },
+        CallgrindSetup {
+            name: "the edge with rewrite+tag",
+            slug: "rewrite-tag",
+            env: targets::rewrite_tag_env().to_vec(),
+        },
+    ]
+}
+
 /// Instructions the edge executes per forwarded 128 B message, from callgrind: two edge
 /// processes forward `small` and `large` messages (publisher and subscriber each through the
 /// edge); the difference in instructions over the difference in messages removes start-up
-/// and connection costs. Each message is forwarded twice (PUB in, MSG out). With
-/// `rewrite_tag`, the edge runs the shipped tenant mount and default tagging rules. `None`
-/// when valgrind is not installed.
-pub fn callgrind_instructions_per_message(edge_bin: &str, rewrite_tag: bool) -> Option<f64> {
+/// and connection costs. Each message is forwarded twice (PUB in, MSG out). `setup` is one
+/// of [`callgrind_setups`]. `None` when valgrind is not installed.
+pub fn callgrind_instructions_per_message(edge_bin: &str, setup: &CallgrindSetup) -> Option<f64> {
     let server = targets::start_nats_server();
     let dir = std::env::temp_dir().join(format!("nats-edge-callgrind-{}", std::process::id()));
     std::fs::create_dir_all(&dir).ok()?;
-    let env = if rewrite_tag {
-        targets::rewrite_tag_env().to_vec()
-    } else {
-        Vec::new()
-    };
     let (small, large) = (20_000u64, 120_000u64);
     let mut totals = Vec::new();
     for n in [small, large] {
-        let out = dir.join(format!("callgrind.{rewrite_tag}.{n}.out"));
-        let edge = targets::start_edge_under_callgrind(edge_bin, server.addr, &out, &env)?;
+        let out = dir.join(format!("callgrind.{}.{n}.out", setup.slug));
+        let edge = targets::start_edge_under_callgrind(edge_bin, server.addr, &out, &setup.env)?;
         load::pub_sub(edge.addr, 1, 1, n, 128).expect("pub/sub under callgrind");
         edge.terminate();
         let profile = std::fs::read_to_string(&out).ok()?;
@@ -694,6 +728,7 @@ pub fn table(report: &Value) -> String {
                 "edge",
                 &[
                     ("edge+inspect", "inspect"),
+                    ("edge+acl", "acl"),
                     ("edge+rewrite+tag", "rewrite+tag"),
                     ("edge+busy_poll", "busy_poll"),
                 ],

@@ -315,6 +315,19 @@ pub fn start_edge_listener(
     )
 }
 
+/// nats-edge in front of `upstream` checking every PUB and SUB against ACL rules
+/// (`benches/acl.toml`: the generator's subjects allowed, deny entries beside them).
+pub fn start_edge_acl(bin: &str, upstream: SocketAddr) -> Proc {
+    let (key, rules) = acl_env();
+    start_edge(bin, upstream, &[(key, &rules)])
+}
+
+/// The environment that turns on the benchmark's ACL rules.
+pub fn acl_env() -> (&'static str, String) {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/acl.toml");
+    ("NATS_EDGE_AUTH__RULES", format!("[{file:?}]"))
+}
+
 /// nats-edge in front of `upstream` with the shipped tenant mount (every subject under
 /// `tenant.acme.`) and the default tagging rules.
 pub fn start_edge_rewrite_tag(bin: &str, upstream: SocketAddr) -> Proc {

@@ -56,49 +56,63 @@ impl Chain {
     }
 
     /// Runs a client op through the filters in order. Stops at the first verdict that is not
-    /// a forward; reports [`Verdict::Changed`] if any filter changed the op.
+    /// a forward; reports [`Verdict::Changed`] if any filter changed the op. A filter whose
+    /// interest changed while it handled the op (the ACL looks at deliveries once a
+    /// subscription can receive subjects it denies) has the chain's interest read again.
     pub fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {
         let kind = crate::filter::client_op_kind(op);
-        let mut changed = false;
+        let mut outcome = Verdict::Forward;
+        let mut stale = false;
         for filter in self.filters.iter_mut() {
-            if !filter.interest().contains(kind) {
+            let interest = filter.interest();
+            if !interest.contains(kind) {
                 continue;
             }
-            match filter.on_client_op(op, ctx) {
+            let verdict = filter.on_client_op(op, ctx);
+            stale |= filter.interest() != interest;
+            match verdict {
                 Verdict::Forward => {}
                 // Deferred once already: the upstream has caught up, so the op goes on, with
                 // what earlier filters changed.
                 Verdict::Defer if ctx.upstream_caught_up => {}
-                Verdict::Changed => changed = true,
-                other => return other,
+                Verdict::Changed => outcome = Verdict::Changed,
+                other => {
+                    outcome = other;
+                    break;
+                }
             }
         }
-        if changed {
-            Verdict::Changed
-        } else {
-            Verdict::Forward
+        if stale {
+            self.refresh_interest();
         }
+        outcome
     }
 
-    /// Runs a server op through the filters in reverse order.
+    /// Runs a server op through the filters in reverse order, like a client op.
     pub fn on_server_op(&mut self, op: &mut ServerOp, ctx: &SessionCtx) -> Verdict {
         let kind = crate::filter::server_op_kind(op);
-        let mut changed = false;
+        let mut outcome = Verdict::Forward;
+        let mut stale = false;
         for filter in self.filters.iter_mut().rev() {
-            if !filter.interest().contains(kind) {
+            let interest = filter.interest();
+            if !interest.contains(kind) {
                 continue;
             }
-            match filter.on_server_op(op, ctx) {
+            let verdict = filter.on_server_op(op, ctx);
+            stale |= filter.interest() != interest;
+            match verdict {
                 Verdict::Forward => {}
-                Verdict::Changed => changed = true,
-                other => return other,
+                Verdict::Changed => outcome = Verdict::Changed,
+                other => {
+                    outcome = other;
+                    break;
+                }
             }
         }
-        if changed {
-            Verdict::Changed
-        } else {
-            Verdict::Forward
+        if stale {
+            self.refresh_interest();
         }
+        outcome
     }
 
     /// Shows an INFO bound for the client to every filter, in reverse order.

@@ -224,7 +224,10 @@ impl AclFilter {
             // Subscriptions are tracked whenever rules apply, so a reload that refuses one
             // can stop its deliveries.
             kinds.extend([OpKind::Sub, OpKind::Unsub]);
-            if p.watches_deliveries() || self.any_revoked {
+            // Deliveries are looked at only where one may be refused (a subscription that
+            // can receive denied subjects, one being revoked) or answered (responses);
+            // elsewhere they keep the fast path.
+            if p.responses.is_some() || self.filter_deliveries || self.any_revoked {
                 kinds.push(OpKind::Msg);
             }
         }
@@ -429,8 +432,10 @@ impl AclFilter {
             self.denied(DenialKind::Subscribe, &sub.subject, sub.queue.as_ref());
             return Verdict::error(subscription_violation(&sub.subject, queue));
         }
-        if perms.needs_delivery_filter(&sub.subject, queue) {
+        if !self.filter_deliveries && perms.needs_delivery_filter(&sub.subject, queue) {
+            // nats-server's delivery filter, from now on: deliveries are looked at.
             self.filter_deliveries = true;
+            self.refresh_interest();
         }
         // A reused sid keeps the subscription it names, as nats-server keeps it; one the
         // edge is ending at the upstream is gone there, so the SUB makes a new one.

@@ -120,11 +120,6 @@ impl Permissions {
         !self.subscribe.is_open()
     }
 
-    /// Whether deliveries may need filtering (a subscribe deny list) or tracking (responses).
-    pub fn watches_deliveries(&self) -> bool {
-        !self.subscribe.deny.is_empty() || self.responses.is_some()
-    }
-
     /// May the client publish to `subject`? (nats-server's static check, without responses.)
     pub fn check_publish<'a>(&'a self, subject: &'a [u8]) -> Decision<'a> {
         let list = &self.publish;
