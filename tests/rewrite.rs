@@ -131,9 +131,10 @@ async fn request_reply_across_the_mount_both_ways() {
         tokio::spawn(async move {
             let req = inside_service.next().await.expect("a request");
             assert_eq!(req.subject.as_str(), "svc.upper");
-            // The requester's inbox is outside the mount: delivered as is, answered as is.
+            // The requester's inbox is outside the mount: the client sees a subject of the
+            // edge's that stands for it, and its answer to that goes to the inbox.
             let reply = req.reply.expect("a reply subject");
-            assert!(reply.starts_with("_INBOX."), "{reply}");
+            assert!(reply.starts_with("_R_."), "{reply}");
             let upper = String::from_utf8_lossy(&req.payload).to_uppercase();
             inside.publish(reply, upper.into()).await.unwrap();
             inside.flush().await.unwrap();
@@ -702,4 +703,178 @@ async fn a_users_set_wins_over_its_listeners() {
         ])
     );
     edge.shutdown().await;
+}
+
+/// A sender outside the mount picks the reply subject of its request. Were it shown to the
+/// client as it is, the client's own publishes to that subject would follow it out of the
+/// mount for as long as it is remembered: a reply `orders.new` would take the tenant's
+/// orders to the upstream's `orders.new`. The client sees a subject of the edge's instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_subject_from_outside_does_not_divert_the_clients_publishes() {
+    let server = NatsServer::start();
+    let edge = mounted(&server, "tenant-mount").await;
+    let mut direct = RawConn::connect(server.addr()).await;
+    direct.read_info().await;
+    direct
+        .roundtrip(
+            b"CONNECT {\"verbose\":false}\r\nSUB orders.new 1\r\nSUB tenant.acme.orders.new 2\r\n",
+        )
+        .await;
+    let mut inside = RawConn::connect(edge_addr(&edge)).await;
+    inside.read_info().await;
+    inside
+        .roundtrip(b"CONNECT {\"verbose\":false}\r\nSUB svc 1\r\n")
+        .await;
+
+    direct
+        .roundtrip(b"PUB tenant.acme.svc orders.new 3\r\nreq\r\n")
+        .await;
+    let got = inside.roundtrip(b"").await.text();
+    let reply = got
+        .strip_prefix("MSG svc 1 ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("{got}"))
+        .to_string();
+    assert!(reply.starts_with("_R_."), "{got}");
+
+    // The tenant's own order stays in its namespace; its answer goes to the reply subject.
+    let own = inside.roundtrip(b"PUB orders.new 5\r\norder\r\n").await;
+    assert_eq!(own.text(), "");
+    let answer = format!("PUB {reply} 6\r\nanswer\r\n");
+    assert_eq!(inside.roundtrip(answer.as_bytes()).await.text(), "");
+    assert_eq!(
+        direct.roundtrip(b"").await.text(),
+        "MSG tenant.acme.orders.new 2 5\r\norder\r\nMSG orders.new 1 6\r\nanswer\r\n"
+    );
+    edge.shutdown().await;
+}
+
+/// nats-server publishes a trace of a message to its `Nats-Trace-Dest` header: through a
+/// mount that subject is the client's, so the trace reaches the client's subscription to
+/// it and nothing outside the mount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_traces_stay_in_the_mount() {
+    let server = NatsServer::start();
+    let edge = mounted(&server, "tenant-mount").await;
+    let mut direct = RawConn::connect(server.addr()).await;
+    direct.read_info().await;
+    direct
+        .roundtrip(b"CONNECT {\"verbose\":false}\r\nSUB trace.out 1\r\n")
+        .await;
+    let mut inside = RawConn::connect(edge_addr(&edge)).await;
+    inside.read_info().await;
+    let block = b"NATS/1.0\r\nNats-Trace-Dest: trace.out\r\n\r\n";
+    let mut ops = format!(
+        "CONNECT {{\"verbose\":false,\"headers\":true}}\r\nSUB trace.out 1\r\nHPUB orders.new {} {}\r\n",
+        block.len(),
+        block.len() + 2
+    )
+    .into_bytes();
+    ops.extend_from_slice(block);
+    ops.extend_from_slice(b"hi\r\n");
+    inside.send(&ops).await;
+    let trace = inside.read_until(b"\"type\":\"in\"").await.text();
+    assert!(trace.contains("MSG trace.out 1 "), "{trace}");
+    // One trace per message: it went to the mount, so none went to `trace.out` upstream.
+    assert_eq!(direct.roundtrip(b"").await.text(), "");
+    edge.shutdown().await;
+}
+
+/// A push consumer created through the mount delivers to the client's subscription: its
+/// deliver subject is mapped into the mount like the subjects of its stream. (The client
+/// subscribes to the subject it chose, as nats.go does: the consumer info answer shows
+/// the upstream's subjects, so a client that subscribes to what it reads there misses.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_consumers_deliver_through_the_mount() {
+    use async_nats::jetstream::{self, consumer::push, stream};
+    let store = tempfile::tempdir().unwrap();
+    let server = NatsServer::start_with_args(&["-js", "-sd", &store.path().display().to_string()]);
+    let edge = mounted(&server, "jetstream-mount").await;
+    let nc = client(&edge_url(&edge)).await;
+    let inside = jetstream::new(nc.clone());
+    let direct = client(&server.url()).await;
+    let mut outside = direct.subscribe("push.in").await.unwrap();
+    round_trip(&direct).await;
+    let mut pushed = nc.subscribe("push.in").await.unwrap();
+    round_trip(&nc).await;
+
+    let orders = within(
+        "create the stream",
+        inside.create_stream(stream::Config {
+            name: "ORDERS".into(),
+            subjects: vec!["orders.>".into()],
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("stream created");
+    within(
+        "create the push consumer",
+        orders.create_consumer(push::Config {
+            durable_name: Some("pusher".into()),
+            deliver_subject: "push.in".into(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("push consumer created");
+    within("publish", async {
+        inside
+            .publish("orders.new", "first".into())
+            .await
+            .expect("publish")
+            .await
+    })
+    .await
+    .expect("stored");
+    let msg = next_msg(&mut pushed).await;
+    assert_eq!(msg.subject.as_str(), "orders.new");
+    assert_eq!(&msg.payload[..], b"first");
+    round_trip(&direct).await;
+    assert!(
+        drain_ready(&mut outside).is_empty(),
+        "nothing leaves the mount"
+    );
+    edge.shutdown().await;
+}
+
+/// A JetStream request the mapping makes longer than max_payload is refused at the edge as
+/// an oversized PUB is; it never reaches nats-server, which would close the upstream link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_mapping_pushes_over_max_payload_is_refused_at_the_edge() {
+    let store = tempfile::tempdir().unwrap();
+    let server = NatsServer::start_with_config(&format!(
+        "max_payload: 1024\njetstream {{ store_dir: {:?} }}\n",
+        store.path().display().to_string()
+    ));
+    let edge = mounted(&server, "jetstream-mount").await;
+    let subjects: Vec<String> = (0..60).map(|i| format!("s{i}")).collect();
+    let request =
+        serde_json::to_vec(&serde_json::json!({"name": "BIG", "subjects": subjects})).unwrap();
+    assert!(request.len() < 500, "fits as sent");
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    raw.read_info().await;
+    let mut ops = format!(
+        "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.r 1\r\nPUB $JS.API.STREAM.CREATE.BIG _INBOX.r {}\r\n",
+        request.len()
+    )
+    .into_bytes();
+    ops.extend_from_slice(&request);
+    ops.extend_from_slice(b"\r\n");
+    raw.send(&ops).await;
+    assert_eq!(
+        raw.read_to_close().await,
+        b"-ERR 'Maximum Payload Violation'\r\n"
+    );
+    let metrics = edge.metrics().clone();
+    within("edge shutdown", edge.shutdown()).await;
+    assert_eq!(
+        metrics.closes(nats_edge_filters::CloseReason::MaxPayloadExceeded),
+        1
+    );
+    assert!(
+        !server.log().dump().contains("maximum payload exceeded"),
+        "{}",
+        server.log().dump()
+    );
 }

@@ -206,6 +206,77 @@ async fn json_payloads_get_the_field() {
     edge.shutdown().await;
 }
 
+fn hpub(subject: &str, block: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut op = format!(
+        "HPUB {subject} {} {}\r\n",
+        block.len(),
+        block.len() + payload.len()
+    )
+    .into_bytes();
+    op.extend_from_slice(block);
+    op.extend_from_slice(payload);
+    op.extend_from_slice(b"\r\n");
+    op
+}
+
+/// Header blocks a client library reads differently from the edge carry no tag past it
+/// (nats.py reads fields from a fixed offset into the first line, and trims control bytes
+/// off names), and a JSON payload the edge cannot read is refused rather than passed on
+/// with the field the client wrote into it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgeries_the_edge_would_not_see_do_not_get_through() {
+    let server = NatsServer::start();
+    let edge = start_edge(&[server.url()], &tagging("default")).await;
+    let mut direct = RawConn::connect(server.addr()).await;
+    direct.read_info().await;
+    let ready = direct
+        .roundtrip(
+            b"CONNECT {\"verbose\":false,\"headers\":true}\r\nSUB t.> 1\r\nSUB events.> 2\r\n",
+        )
+        .await;
+    assert_eq!(ready.text(), "");
+
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    raw.read_info().await;
+    let mut ops = b"CONNECT {\"verbose\":false,\"headers\":true}\r\n".to_vec();
+    ops.extend(hpub(
+        "t.name",
+        b"NATS/1.0\r\n\x0bNats-Edge-Tls-Subject: CN=admin\r\n\r\n",
+        b"n",
+    ));
+    ops.extend(hpub(
+        "t.cr",
+        b"NATS/1.0\r\nA: 1\rNats-Edge-Tls-Subject: CN=admin\r\n\r\n",
+        b"c",
+    ));
+    let json = br#"{"edge":{"tls_subject":"CN=admin"},"x":"\ud800"}"#;
+    ops.extend(format!("PUB events.x {}\r\n", json.len()).into_bytes());
+    ops.extend_from_slice(json);
+    ops.extend_from_slice(b"\r\n");
+    let reply = raw.roundtrip(&ops).await;
+    assert_eq!(
+        reply.text(),
+        "-ERR 'Permissions Violation for Publish to \"events.x\"'\r\n"
+    );
+    // A first line nats.py would read a field from closes the connection, without an -ERR.
+    raw.send(&hpub(
+        "t.first",
+        b"NATS/1.0XXNats-Edge-Tls-Subject: CN=admin\r\n\r\n",
+        b"f",
+    ))
+    .await;
+    assert_eq!(raw.read_to_close().await, b"");
+
+    let seen = direct.roundtrip(b"").await.text();
+    assert!(seen.contains("HMSG t.name 1 "), "{seen}");
+    assert!(seen.contains("HMSG t.cr 1 "), "{seen}");
+    assert!(!seen.contains("t.first"), "{seen}");
+    assert!(!seen.contains("events.x"), "{seen}");
+    assert!(!seen.contains("CN=admin"), "{seen}");
+    assert_eq!(metric_value(&edge, "nats_edge_tag_spoofs_total"), 2.0);
+    edge.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_that_push_a_message_over_max_payload_are_refused_at_the_edge() {
     let server = NatsServer::start_with_config("max_payload: 1024");
@@ -299,6 +370,37 @@ async fn the_user_tag_is_the_connection_identity() {
         .map(|v| v.as_str())
         .collect();
     assert_eq!(users, ["alice"]);
+    edge.shutdown().await;
+}
+
+/// nats-server authenticates every CONNECT, so a connection that sends a second one with
+/// another user's credentials is that user from then on: its messages carry that user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connect_as_another_user_changes_the_user_tag() {
+    let server = NatsServer::start_with_config(
+        "authorization { users = [ {user: alice, password: a}, {user: bob, password: b} ] }\n",
+    );
+    let edge = start_edge(&[server.url()], &tagging("default")).await;
+    let mut direct = RawConn::connect(server.addr()).await;
+    direct.read_info().await;
+    direct
+        .roundtrip(b"CONNECT {\"verbose\":false,\"headers\":true,\"user\":\"alice\",\"pass\":\"a\"}\r\nSUB who 1\r\n")
+        .await;
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    raw.read_info().await;
+    let reply = raw
+        .roundtrip(
+            b"CONNECT {\"verbose\":false,\"user\":\"alice\",\"pass\":\"a\"}\r\nPUB who 1\r\n1\r\n\
+              CONNECT {\"verbose\":false,\"user\":\"bob\",\"pass\":\"b\"}\r\nPUB who 1\r\n2\r\n",
+        )
+        .await;
+    assert_eq!(reply.text(), "");
+    let seen = direct.roundtrip(b"").await.text();
+    let users: Vec<&str> = seen
+        .lines()
+        .filter_map(|l| l.strip_prefix("Nats-Edge-User: "))
+        .collect();
+    assert_eq!(users, ["alice", "bob"], "{seen}");
     edge.shutdown().await;
 }
 

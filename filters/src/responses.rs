@@ -4,7 +4,9 @@
 //! One mechanism for every filter that needs it: the ACL's `allow_responses` (a client may
 //! publish to a reply subject it received, a bounded number of times within a bounded time,
 //! as nats-server allows) and subject rewrite (a reply subject that came from outside a
-//! mount goes back out unmapped). Each filter keeps its own tracker with its own bounds.
+//! mount is shown to the client under a subject of the edge's, and an answer to that goes
+//! back out to the reply subject it stands for). Each filter keeps its own tracker with its
+//! own bounds; a tracker may keep a value with each reply (rewrite keeps the upstream's).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -32,21 +34,30 @@ impl Default for ResponseBounds {
 const PRUNE_EVERY: usize = 4096;
 
 #[derive(Debug, Clone, Copy)]
-struct Entry {
+struct Entry<V> {
     delivered: Instant,
     answers: u32,
+    value: V,
 }
 
-/// The reply subjects a connection may answer, bounded in count and age.
+/// The reply subjects a connection may answer, bounded in count and age, each with a value
+/// of the filter's (none by default).
 #[derive(Debug)]
-pub struct ResponseTracker {
+pub struct ResponseTracker<V = ()> {
     bounds: ResponseBounds,
     capacity: usize,
-    replies: HashMap<Box<[u8]>, Entry>,
+    replies: HashMap<Box<[u8]>, Entry<V>>,
     since_prune: usize,
 }
 
-impl ResponseTracker {
+impl ResponseTracker<()> {
+    /// A message with this reply subject was delivered to the client at `now`.
+    pub fn delivered(&mut self, reply: &[u8], now: Instant) {
+        self.delivered_with(reply, (), now);
+    }
+}
+
+impl<V> ResponseTracker<V> {
     /// A tracker holding at most `capacity` reply subjects: past it, spent and expired ones
     /// are pruned, then the oldest are forgotten.
     pub fn new(bounds: ResponseBounds, capacity: usize) -> Self {
@@ -62,13 +73,15 @@ impl ResponseTracker {
         self.bounds
     }
 
-    /// A message with this reply subject was delivered to the client at `now`.
-    pub fn delivered(&mut self, reply: &[u8], now: Instant) {
+    /// A message with this reply subject was delivered to the client at `now`; `value`
+    /// is kept with it until it is answered for the last time, expires or is forgotten.
+    pub fn delivered_with(&mut self, reply: &[u8], value: V, now: Instant) {
         self.replies.insert(
             reply.into(),
             Entry {
                 delivered: now,
                 answers: 0,
+                value,
             },
         );
         self.since_prune += 1;
@@ -80,18 +93,21 @@ impl ResponseTracker {
     /// The client publishes to `subject` at `now`: true when it answers a tracked reply
     /// within the bounds, and the answer is counted. A spent or expired entry is removed.
     pub fn answer(&mut self, subject: &[u8], now: Instant) -> bool {
+        self.answer_with(subject, now).is_some()
+    }
+
+    /// [`ResponseTracker::answer`], giving the value kept with the reply.
+    pub fn answer_with(&mut self, subject: &[u8], now: Instant) -> Option<&V> {
         let bounds = self.bounds;
-        let Some(entry) = self.replies.get_mut(subject) else {
-            return false;
-        };
+        let entry = self.replies.get_mut(subject)?;
         entry.answers = entry.answers.saturating_add(1);
         let spent = bounds.max_msgs > 0 && entry.answers > bounds.max_msgs;
         let expired = is_expired(bounds, entry, now);
         if spent || expired {
             self.replies.remove(subject);
-            return false;
+            return None;
         }
-        true
+        self.replies.get(subject).map(|entry| &entry.value)
     }
 
     /// Whether `subject` is a tracked reply that may still be answered, without counting.
@@ -146,7 +162,7 @@ impl ResponseTracker {
     }
 }
 
-fn is_expired(bounds: ResponseBounds, entry: &Entry, now: Instant) -> bool {
+fn is_expired<V>(bounds: ResponseBounds, entry: &Entry<V>, now: Instant) -> bool {
     bounds
         .expires
         .is_some_and(|ttl| now.saturating_duration_since(entry.delivered) > ttl)

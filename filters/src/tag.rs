@@ -318,9 +318,9 @@ pub struct Tag {
     events: Arc<dyn Events>,
     /// Whether the client itself negotiated headers.
     client_headers: bool,
-    /// The session's tags, built once the identity (if any) is known; the flag says
-    /// whether it was.
-    cached: Option<(bool, TagLines)>,
+    /// The session's tags, and the user they were built for: built again when a CONNECT
+    /// names another (nats-server authenticates every CONNECT, not only the first).
+    cached: Option<(Option<Arc<str>>, TagLines)>,
     /// When a forged header was last logged, and how many came since.
     spoof_logged: Option<Instant>,
     spoofs_unlogged: u64,
@@ -349,6 +349,17 @@ impl TagLines {
 const SPOOF_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Tag {
+    /// Whether a client's field line names a reserved header as any client library could
+    /// read it: each part of it between bare CRs (a parser that ends lines at a lone CR
+    /// reads them as lines of their own), with its name trimmed of every blank and control
+    /// byte (nats.py trims vertical tabs, form feeds and CRs off a name, not only spaces).
+    fn names_reserved(&self, line: &[u8]) -> bool {
+        line.split(|b| *b == b'\r').any(|part| {
+            let name = headers::split_field(part).map_or(part, |(n, _)| n);
+            self.config.is_reserved(trim_blanks(name))
+        })
+    }
+
     fn log_spoof(&mut self, subject: &[u8]) {
         let now = Instant::now();
         if self
@@ -368,13 +379,14 @@ impl Tag {
     }
 
     fn tag_lines(&mut self, ctx: &SessionCtx) -> TagLines {
-        let has_identity = ctx.identity.is_some();
-        if let Some((for_identity, tags)) = &self.cached {
-            if *for_identity == has_identity {
+        let user = ctx.identity.as_ref().and_then(|i| i.user.as_ref());
+        if let Some((for_user, tags)) = &self.cached {
+            if for_user.as_deref() == user.map(|u| &**u) {
                 return tags.clone();
             }
         }
-        let user = ctx.identity.as_ref().and_then(|i| i.user.as_deref());
+        let for_user = user.cloned();
+        let user = user.map(|u| &**u);
         let mut block = HeaderWriter::new(headers::VERSION);
         for (name, value) in &self.config.tags(&ctx.conn, user) {
             block.field(name.as_bytes(), value.as_bytes());
@@ -382,7 +394,7 @@ impl Tag {
         let tags = TagLines {
             block: block.finish(),
         };
-        self.cached = Some((has_identity, tags.clone()));
+        self.cached = Some((for_user, tags.clone()));
         tags
     }
 
@@ -393,18 +405,20 @@ impl Tag {
             let mut spoofed = false;
             let writer = match &publish.headers {
                 Some(block) => {
-                    let Ok(parsed) = Headers::parse(block) else {
+                    let parsed = match Headers::parse(block) {
+                        Ok(parsed) if is_plain_first_line(parsed.first_line) => parsed,
                         // Not a header block nats-server or a client would read the same way
                         // as the edge: refusing is the only way tags stay unforgeable.
-                        return Verdict::Close {
-                            reason: CloseReason::ProtocolViolation,
-                            error: None,
-                        };
+                        _ => {
+                            return Verdict::Close {
+                                reason: CloseReason::ProtocolViolation,
+                                error: None,
+                            }
+                        }
                     };
                     let mut writer = HeaderWriter::new(parsed.first_line);
                     for line in &parsed.lines {
-                        let name = headers::split_field(line).map_or(&line[..], |(n, _)| n);
-                        if self.config.is_reserved(name) {
+                        if self.names_reserved(line) {
                             spoofed = true;
                         } else {
                             writer.line(line);
@@ -435,18 +449,27 @@ impl Tag {
         let mut payload = None;
         // Only a payload that opens like a JSON object can take the field: that byte is
         // cheaper to look at than the subject patterns.
-        let object_like = publish
-            .payload
-            .iter()
-            .find(|b| !b.is_ascii_whitespace())
-            .is_some_and(|b| *b == b'{');
-        if let Some(field) = object_like
+        if let Some(field) = opens_like_object(&publish.payload)
             .then(|| self.config.json_field(&publish.subject))
             .flatten()
         {
             let user = ctx.identity.as_ref().and_then(|i| i.user.as_deref());
             let value = self.config.json_value(&ctx.conn, user);
-            payload = merge_json(&publish.payload, field, value);
+            let Some(merged) = merge_json(&publish.payload, field, value) else {
+                // It opens like an object but the edge cannot read it (invalid UTF-8, a lone
+                // surrogate escape, deep nesting, another encoding): a consumer's parser
+                // may still read it, and the field the client put in it, so it cannot pass
+                // without the edge's own field.
+                tracing::debug!(
+                    subject = %String::from_utf8_lossy(&publish.subject),
+                    "refused a JSON payload the edge cannot add its field to"
+                );
+                return Verdict::error(format!(
+                    "Permissions Violation for Publish to {}",
+                    go_quote(&publish.subject)
+                ));
+            };
+            payload = Some(merged);
         }
         if headers.is_none() && payload.is_none() {
             return Verdict::Forward;
@@ -530,16 +553,88 @@ impl Filter for Tag {
     }
 }
 
-/// The payload with `field` set to the tags, when it is a JSON object.
-fn merge_json(payload: &[u8], field: &str, value: Map<String, Value>) -> Option<Bytes> {
-    let first = payload.iter().find(|b| !b.is_ascii_whitespace())?;
-    if *first != b'{' {
-        return None;
+/// `NATS/1.0`, or a status (`NATS/1.0 503`, `NATS/1.0 408 Request Timeout`). Anything else
+/// after the version is read differently by client libraries (nats.py reads header fields
+/// from a fixed offset into the first line), so the edge cannot vouch for what follows it.
+fn is_plain_first_line(line: &[u8]) -> bool {
+    let Some(rest) = line.strip_prefix(headers::VERSION) else {
+        return false;
+    };
+    if rest.is_empty() {
+        return true;
     }
-    let mut object: Map<String, Value> = serde_json::from_slice(payload).ok()?;
+    let Some(status) = rest.strip_prefix(b" ") else {
+        return false;
+    };
+    let (Some(code), Some(description)) = (status.get(..3), status.get(3..)) else {
+        return false;
+    };
+    code.iter().all(u8::is_ascii_digit)
+        && match description.split_first() {
+            None => true,
+            Some((b' ', text)) => text
+                .iter()
+                .all(|b| *b == b'\t' || (*b >= b' ' && *b != 0x7f)),
+            Some(_) => false,
+        }
+}
+
+/// A header name without the blank and control bytes around it.
+fn trim_blanks(name: &[u8]) -> &[u8] {
+    let blank = |b: &u8| *b <= b' ' || *b == 0x7f;
+    let start = name.iter().position(|b| !blank(b)).unwrap_or(name.len());
+    let end = name
+        .iter()
+        .rposition(|b| !blank(b))
+        .map_or(start, |i| i + 1);
+    &name[start..end]
+}
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Whether the first significant byte is `{`, past whitespace, NULs and byte-order marks:
+/// parsers that skip a BOM (nats.js through TextDecoder, Python) or read UTF-16 and UTF-32
+/// (Python's `json.loads` on bytes) see an object there.
+fn opens_like_object(payload: &[u8]) -> bool {
+    payload
+        .iter()
+        .find(|b| {
+            !matches!(
+                b,
+                b' ' | b'\t' | b'\n' | b'\r' | 0 | 0xEF | 0xBB | 0xBF | 0xFE | 0xFF
+            )
+        })
+        .is_some_and(|b| *b == b'{')
+}
+
+/// The payload with `field` set to the tags, when the edge can read it as a JSON object.
+fn merge_json(payload: &[u8], field: &str, value: Map<String, Value>) -> Option<Bytes> {
+    let json = payload.strip_prefix(UTF8_BOM).unwrap_or(payload);
+    let mut object: Map<String, Value> = serde_json::from_slice(json).ok()?;
     // Overwritten, never merged: a client-supplied field of the same name is not trusted.
+    // Go's encoding/json matches keys case-insensitively (with Unicode folding) and keeps
+    // the last of several, so every key it would read as the field goes first.
+    object.retain(|key, _| !folds_to(key, field));
     object.insert(field.to_string(), Value::Object(value));
     serde_json::to_vec(&object).ok().map(Bytes::from)
+}
+
+/// Whether two keys are equal under simple case folding, as Go's `strings.EqualFold` has
+/// them (`ſ` is `s`, the Kelvin sign is `k`).
+fn folds_to(a: &str, b: &str) -> bool {
+    let fold = |c: char| {
+        let lower: Vec<char> = c.to_lowercase().collect();
+        let upper: Vec<char> = c.to_uppercase().collect();
+        (lower, upper)
+    };
+    a.chars().count() == b.chars().count()
+        && a.chars().zip(b.chars()).all(|(x, y)| {
+            if x == y {
+                return true;
+            }
+            let ((xl, xu), (yl, yu)) = (fold(x), fold(y));
+            xl == yl || xu == yu
+        })
 }
 
 #[cfg(test)]

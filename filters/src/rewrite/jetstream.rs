@@ -40,7 +40,7 @@ pub fn map_stream_subjects(subject: &[u8], payload: &[u8], set: &RuleSet) -> Opt
     serde_json::to_vec(&config).ok().map(Bytes::from)
 }
 
-/// A consumer create request with its filter subjects mapped.
+/// A consumer create request with its filter subjects and deliver subject mapped.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ConsumerCreate {
     /// The upstream subject with the filter in it mapped, when it held one.
@@ -49,7 +49,7 @@ pub struct ConsumerCreate {
     pub payload: Option<Bytes>,
 }
 
-/// Maps the filters of a consumer create request. `client_subject` is the request subject
+/// Maps the filters and the deliver subject of a consumer create request. `client_subject` is the request subject
 /// as the client sent it, `upstream_subject` what the rules made of it (the JetStream API
 /// rule keeps the tail, so the filter in it is the same text at its end).
 pub fn map_consumer_filters(
@@ -83,6 +83,11 @@ pub fn map_consumer_filters(
         for filter in filters {
             changed |= map_value(filter, set);
         }
+    }
+    // A push consumer delivers to this subject, which the client subscribes to in its own
+    // view: unmapped, the deliveries would go outside the mount, and never to the client.
+    if let Some(deliver) = config.get_mut("deliver_subject") {
+        changed |= map_value(deliver, set);
     }
     if changed {
         out.payload = serde_json::to_vec(&request).ok().map(Bytes::from);

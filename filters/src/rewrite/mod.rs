@@ -4,9 +4,15 @@
 //! the 503 no-responders status.
 //!
 //! Reply subjects stay answerable across a mount: a reply subject delivered to the client
-//! that no rule maps back (it came from outside the mount) is passed through as is and
-//! remembered in a [`ResponseTracker`]; when the client publishes to it, it goes out
-//! unmapped instead of being pushed into the mount.
+//! that no rule maps back (it came from outside the mount) is shown to the client as a
+//! subject of the edge's (`_R_.<token>`) and remembered with it in a [`ResponseTracker`];
+//! when the client publishes to that, it goes out to the reply subject it stands for. The
+//! token is the edge's, so a sender outside the mount cannot pick a reply subject that
+//! diverts the client's own publishes out of the mount. JetStream's replies (`$JS.`...)
+//! are shown as they are, since clients read the acknowledgement metadata in them.
+//!
+//! nats-server publishes a trace of a message to the subject in its `Nats-Trace-Dest`
+//! header: that subject is mapped like a reply subject, so the trace stays in the mount.
 //!
 //! Only subjects are rebuilt: the payload of a rewritten message is the same `Bytes` slice
 //! of the read buffer.
@@ -23,12 +29,13 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::acl::quote::{go_quote, go_unquote};
+use crate::errors;
 use crate::events::{Events, RewriteDirection};
 use crate::filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, Reloaded, SessionCtx};
 use crate::headers::{self, HeaderWriter, Headers};
 use crate::op::{ClientOp, Msg, Pub, ServerOp};
 use crate::responses::{ResponseBounds, ResponseTracker};
-use crate::verdict::Verdict;
+use crate::verdict::{CloseReason, Verdict};
 
 pub use rules::{Mapped, Rule, RuleKind, RuleSet};
 pub use sets::{LoadedSets, RewriteConfig, RewriteRules, Why};
@@ -88,9 +95,9 @@ pub enum RuleError {
     UnknownSet { key: String, name: String },
 }
 
-/// How long a reply subject that came from outside a mount stays answerable unmapped, and
-/// how many the session remembers. Answers are not counted: a JetStream consumer may ack,
-/// nak and ack-progress one delivery several times.
+/// How long a reply subject that came from outside a mount stays answerable, and how many
+/// the session remembers. Answers are not counted: a JetStream consumer may ack, nak and
+/// ack-progress one delivery several times.
 const REPLY_BOUNDS: ResponseBounds = ResponseBounds {
     max_msgs: 0,
     expires: Some(Duration::from_secs(600)),
@@ -113,6 +120,7 @@ impl FilterFactory for RewriteFactory {
             active,
             resolved: None,
             replies: ResponseTracker::new(REPLY_BOUNDS, REPLY_CAPACITY),
+            tokens: ReplyTokens::new(conn.conn_id),
             arena: SubjectArena::default(),
         })
     }
@@ -126,10 +134,46 @@ pub struct Rewrite {
     /// The session's set, looked up once rather than per op: again when the user it was
     /// looked up for changes (the CONNECT names it) and after a reload.
     resolved: Option<Resolved>,
-    /// Reply subjects delivered from outside the mount, answered unmapped.
-    replies: ResponseTracker,
+    /// Reply subjects delivered from outside the mount, by the subject the client sees:
+    /// the upstream's reply subject it stands for, or none when it is shown as it is.
+    replies: ResponseTracker<Option<Bytes>>,
+    tokens: ReplyTokens,
     arena: SubjectArena,
 }
+
+/// The subjects that stand for reply subjects from outside the mount: `_R_.` and 16 hex
+/// digits, counted up from a random start per session.
+struct ReplyTokens {
+    next: u64,
+}
+
+const TOKEN_PREFIX: &[u8] = b"_R_.";
+
+/// JetStream's reply subjects, shown as they are: clients read the stream, consumer and
+/// sequences of a delivery from its `$JS.ACK...` reply subject.
+const JETSTREAM_REPLY: &[u8] = b"$JS.";
+
+impl ReplyTokens {
+    fn new(conn_id: u64) -> Self {
+        use std::hash::BuildHasher;
+        ReplyTokens {
+            next: std::collections::hash_map::RandomState::new().hash_one(conn_id),
+        }
+    }
+
+    fn next(&mut self) -> Bytes {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let n = self.next;
+        self.next = self.next.wrapping_add(1);
+        let mut token = Vec::with_capacity(TOKEN_PREFIX.len() + 16);
+        token.extend_from_slice(TOKEN_PREFIX);
+        token.extend((0..16).rev().map(|i| HEX[((n >> (i * 4)) & 0xf) as usize]));
+        Bytes::from(token)
+    }
+}
+
+/// The header nats-server reads the destination of a message trace from.
+const TRACE_DEST: &[u8] = b"Nats-Trace-Dest";
 
 /// A session's rule set (none when no set applies), and the user it was looked up for.
 type Resolved = (Option<Arc<str>>, Option<Arc<RuleSet>>);
@@ -210,15 +254,31 @@ impl Filter for Rewrite {
         let mut changed = false;
         match op {
             ClientOp::Pub(publish) => {
-                let answering = !self.replies.is_empty()
-                    && self.replies.answer(&publish.subject, Instant::now());
+                let size = publish.size();
+                let answer = if self.replies.is_empty() {
+                    None
+                } else {
+                    self.replies
+                        .answer_with(&publish.subject, Instant::now())
+                        .cloned()
+                };
                 let client_subject = (set.jetstream_stream_subjects
                     || set.jetstream_consumer_filters)
                     .then(|| publish.subject.clone());
-                if !answering {
-                    if let Some((_, mapped)) = set.forward_mapped(&publish.subject, true) {
-                        publish.subject = self.arena.build(&publish.subject, mapped);
+                match answer {
+                    // An answer to a reply subject from outside the mount, under the
+                    // edge's token for it.
+                    Some(Some(upstream)) => {
+                        publish.subject = upstream;
                         changed = true;
+                    }
+                    // An answer to a reply subject shown as it is: it goes out as it is.
+                    Some(None) => {}
+                    None => {
+                        if let Some((_, mapped)) = set.forward_mapped(&publish.subject, true) {
+                            publish.subject = self.arena.build(&publish.subject, mapped);
+                            changed = true;
+                        }
                     }
                 }
                 if let Some(reply) = &publish.reply {
@@ -227,8 +287,34 @@ impl Filter for Rewrite {
                         changed = true;
                     }
                 }
+                if let Some(block) = &publish.headers {
+                    match map_trace_destination(block, set) {
+                        Ok(Some(mapped)) => {
+                            publish.headers = Some(mapped);
+                            changed = true;
+                        }
+                        Ok(None) => {}
+                        Err(()) => {
+                            // nats-server may read a trace destination from a block the
+                            // edge cannot read: it cannot be let through unmapped.
+                            return Verdict::Close {
+                                reason: CloseReason::ProtocolViolation,
+                                error: None,
+                            };
+                        }
+                    }
+                }
                 if let Some(client_subject) = client_subject {
                     changed |= map_jetstream_request(&client_subject, publish, set);
+                }
+                if changed && publish.size() > size && publish.size() as u64 > ctx.max_payload {
+                    // The mapped request (longer subjects in a JetStream request, a longer
+                    // trace destination) no longer fits: refused as nats-server refuses an
+                    // oversized PUB, rather than sent for it to close the upstream link.
+                    return Verdict::close_with(
+                        CloseReason::MaxPayloadExceeded,
+                        errors::MAX_PAYLOAD_VIOLATION,
+                    );
                 }
             }
             ClientOp::Sub(sub) => {
@@ -266,7 +352,13 @@ impl Filter for Rewrite {
             }
             _ => return Verdict::Forward,
         };
-        if reverse_msg(msg, set, &mut self.replies, &mut self.arena) {
+        if reverse_msg(
+            msg,
+            set,
+            &mut self.replies,
+            &mut self.tokens,
+            &mut self.arena,
+        ) {
             self.events.rewritten(RewriteDirection::UpstreamToClient);
             Verdict::Changed
         } else {
@@ -310,7 +402,8 @@ fn map_jetstream_request(client_subject: &[u8], publish: &mut Pub, set: &RuleSet
 fn reverse_msg(
     msg: &mut Msg,
     set: &RuleSet,
-    replies: &mut ResponseTracker,
+    replies: &mut ResponseTracker<Option<Bytes>>,
+    tokens: &mut ReplyTokens,
     arena: &mut SubjectArena,
 ) -> bool {
     let mut changed = false;
@@ -318,14 +411,28 @@ fn reverse_msg(
         msg.subject = arena.build(&msg.subject, back);
         changed = true;
     }
-    if let Some(reply) = &msg.reply {
-        if let Some(back) = set.reverse_mapped(reply) {
-            msg.reply = Some(arena.build(reply, back));
+    if let Some(reply) = msg.reply.clone() {
+        let inside = set.reverse_rule(&reply).and_then(|(rule, back)| {
+            let client = arena.build(&reply, back);
+            // An answer must go back where the reply subject came from.
+            set.forwards_back(&client, rule, &reply).then_some(client)
+        });
+        if let Some(client) = inside {
+            msg.reply = Some(client);
             changed = true;
-        } else if set.claims(reply, true).is_some() {
-            // From outside the mount, and publishing to it would push it inside: remember
-            // it so the answer goes out as it came.
-            replies.delivered(reply, Instant::now());
+        } else if set.claims(&reply, true).is_some() {
+            // From outside the mount, and publishing to it would push it inside: the
+            // client answers a token of the edge's that stands for it (a subject the
+            // sender picked could be one the client publishes to on its own).
+            let now = Instant::now();
+            if reply.starts_with(JETSTREAM_REPLY) {
+                replies.delivered_with(&reply, None, now);
+            } else {
+                let token = tokens.next();
+                replies.delivered_with(&token, Some(Bytes::copy_from_slice(&reply)), now);
+                msg.reply = Some(token);
+                changed = true;
+            }
         }
     }
     if let Some(block) = &msg.headers {
@@ -358,6 +465,34 @@ fn reverse_permissions_error(text: &str, set: &RuleSet) -> Option<String> {
         go_quote(&back),
         &text[end..]
     ))
+}
+
+/// The header block with the subjects of its `Nats-Trace-Dest` fields mapped (`None` when
+/// there is nothing to map); `Err` when the block names a trace destination but cannot be
+/// read, since nats-server might still find one in it.
+fn map_trace_destination(block: &Bytes, set: &RuleSet) -> Result<Option<Bytes>, ()> {
+    // nats-server takes the header only under this exact name (its key match is
+    // case-sensitive), so a block without these bytes names no destination. Every tagged
+    // PUB carries a block: the search is the one cost all of them pay.
+    if memchr::memmem::find(block, TRACE_DEST).is_none() {
+        return Ok(None);
+    }
+    let parsed = Headers::parse(block).map_err(|_| ())?;
+    let mut writer = HeaderWriter::new(parsed.first_line);
+    let mut changed = false;
+    for line in &parsed.lines {
+        let mapped = headers::split_field(line)
+            .filter(|(name, _)| name.eq_ignore_ascii_case(TRACE_DEST))
+            .and_then(|(name, value)| Some((name, set.forward(value, false)?.1)));
+        match mapped {
+            Some((name, subject)) => {
+                writer.field(name, &subject);
+                changed = true;
+            }
+            None => writer.line(line),
+        }
+    }
+    Ok(changed.then(|| writer.finish()))
 }
 
 /// The 503 no-responders status names the request subject in `Nats-Subject`, in the

@@ -351,7 +351,27 @@ impl RuleSet {
 
     /// [`RuleSet::reverse`] without building the subject yet.
     pub fn reverse_mapped<'a>(&'a self, subject: &'a [u8]) -> Option<Mapped<'a>> {
-        self.rules.iter().find_map(|r| r.reverse_mapped(subject))
+        self.reverse_rule(subject).map(|(_, mapped)| mapped)
+    }
+
+    /// [`RuleSet::reverse_mapped`], with the rule that maps it back.
+    pub fn reverse_rule<'a>(&'a self, subject: &'a [u8]) -> Option<(&'a Rule, Mapped<'a>)> {
+        self.rules
+            .iter()
+            .find_map(|r| r.reverse_mapped(subject).map(|mapped| (r, mapped)))
+    }
+
+    /// Whether `client`, which `rule` gave back for the upstream subject `upstream`, goes
+    /// out to `upstream` again. It need not: a broader mount maps `tenant.acme.$JS.API.x`
+    /// back to `$JS.API.x`, which a narrower mount listed before it claims.
+    pub fn forwards_back(&self, client: &[u8], rule: &Rule, upstream: &[u8]) -> bool {
+        self.claims(client, false)
+            .is_some_and(|claimed| std::ptr::eq(claimed, rule))
+            && match &rule.map {
+                // Token for token, so exact once the same rule claims it.
+                RuleMap::Mount { .. } => true,
+                RuleMap::Regex { .. } => rule.forward(client).as_deref() == Some(upstream),
+            }
     }
 }
 

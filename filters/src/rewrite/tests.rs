@@ -154,6 +154,16 @@ fn jetstream_consumer_filters_are_mapped_in_the_request_and_its_subject() {
     let untouched =
         jetstream::map_consumer_filters(b"orders.x", b"tenant.acme.orders.x", request, &set);
     assert_eq!(untouched, jetstream::ConsumerCreate::default());
+    // A push consumer's deliver subject is where the client subscribes, in its view.
+    let push = jetstream::map_consumer_filters(
+        b"$JS.API.CONSUMER.CREATE.ORDERS.p",
+        b"$JS.API.CONSUMER.CREATE.ORDERS.p",
+        br#"{"config":{"name":"p","deliver_subject":"_INBOX.push","deliver_group":"g"}}"#,
+        &set,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&push.payload.unwrap()).unwrap();
+    assert_eq!(v["config"]["deliver_subject"], "tenant.acme._INBOX.push");
+    assert_eq!(v["config"]["deliver_group"], "g");
     let no_filter = jetstream::map_consumer_filters(
         b"$JS.API.CONSUMER.CREATE.ORDERS.w",
         b"$JS.API.CONSUMER.CREATE.ORDERS.w",
@@ -360,20 +370,162 @@ fn filter_maps_every_subject_and_keeps_the_payload() {
     assert_eq!(m.reply.as_deref(), Some(&b"_INBOX.a.1"[..]));
 }
 
+fn reply_of(msg: &ServerOp) -> Bytes {
+    let ServerOp::Msg(m) = msg else {
+        unreachable!()
+    };
+    m.reply.clone().unwrap()
+}
+
+fn subject_of(op: &ClientOp) -> &[u8] {
+    let ClientOp::Pub(p) = op else { unreachable!() };
+    &p.subject
+}
+
+/// A reply subject from outside the mount reaches the client as a token of the edge's,
+/// and the answer to the token goes out to it. The sender picked the reply subject, so it
+/// is not what the client sees: a sender that picks `orders.new` does not turn the
+/// client's own publishes to `orders.new` away from the mount.
 #[test]
-fn reply_from_outside_the_mount_is_answered_unmapped() {
+fn reply_from_outside_the_mount_is_answered_through_a_token() {
     let (mut f, mut ctx) = filter_for("tenant-mount", &[]);
     let mut msg = deliver("tenant.acme.svc", Some("_INBOX.outside.1"));
     assert_eq!(f.on_server_op(&mut msg, &ctx), Verdict::Changed);
-    let ServerOp::Msg(m) = &msg else {
+    let token = reply_of(&msg);
+    assert!(token.starts_with(b"_R_.") && token.len() == 20, "{token:?}");
+    let mut answer = publish(std::str::from_utf8(&token).unwrap(), None);
+    assert_eq!(f.on_client_op(&mut answer, &mut ctx), Verdict::Changed);
+    assert_eq!(subject_of(&answer), b"_INBOX.outside.1");
+    // Answered again (JetStream acks, progress): still the same reply subject.
+    let mut again = publish(std::str::from_utf8(&token).unwrap(), None);
+    f.on_client_op(&mut again, &mut ctx);
+    assert_eq!(subject_of(&again), b"_INBOX.outside.1");
+    // The subject itself, published by the client, is the client's own: into the mount.
+    let mut own = publish("_INBOX.outside.1", None);
+    assert_eq!(f.on_client_op(&mut own, &mut ctx), Verdict::Changed);
+    assert_eq!(subject_of(&own), b"tenant.acme._INBOX.outside.1");
+
+    let mut lure = deliver("tenant.acme.svc", Some("orders.new"));
+    f.on_server_op(&mut lure, &ctx);
+    assert_ne!(&reply_of(&lure)[..], b"orders.new");
+    assert_ne!(reply_of(&lure), token, "a token per delivery");
+    let mut own = publish("orders.new", None);
+    f.on_client_op(&mut own, &mut ctx);
+    assert_eq!(subject_of(&own), b"tenant.acme.orders.new");
+
+    // JetStream's replies are read by clients: shown and answered as they are.
+    let ack = "$JS.ACK.ORDERS.w.1.1.1.1700000000000000000.0";
+    let mut msg = deliver("tenant.acme.orders.new", Some(ack));
+    f.on_server_op(&mut msg, &ctx);
+    assert_eq!(&reply_of(&msg)[..], ack.as_bytes());
+    let mut answer = publish(ack, None);
+    assert_eq!(f.on_client_op(&mut answer, &mut ctx), Verdict::Forward);
+}
+
+/// An upstream reply subject the set maps back to a client subject that goes out somewhere
+/// else (`tenant.acme.$JS.API.x` under the `>` mount, where `$JS.API.>` is carved out) is
+/// from outside: the answer goes back to it, not to the carved-out namespace.
+#[test]
+fn a_reply_that_would_be_answered_elsewhere_is_from_outside() {
+    let (mut f, mut ctx) = filter_for("jetstream-mount", &[]);
+    let mut msg = deliver(
+        "tenant.acme.svc",
+        Some("tenant.acme.$JS.API.STREAM.DELETE.ORDERS"),
+    );
+    f.on_server_op(&mut msg, &ctx);
+    let token = reply_of(&msg);
+    assert!(token.starts_with(b"_R_."), "{token:?}");
+    let mut answer = publish(std::str::from_utf8(&token).unwrap(), None);
+    f.on_client_op(&mut answer, &mut ctx);
+    assert_eq!(
+        subject_of(&answer),
+        b"tenant.acme.$JS.API.STREAM.DELETE.ORDERS"
+    );
+    // Replies that map back and forth as they are stay as they were.
+    let mut msg = deliver("tenant.acme.svc", Some("tenant.acme._INBOX.a"));
+    f.on_server_op(&mut msg, &ctx);
+    assert_eq!(&reply_of(&msg)[..], b"_INBOX.a");
+    let mut msg = deliver("tenant.acme.svc", Some("$JS.API.INFO"));
+    f.on_server_op(&mut msg, &ctx);
+    assert_eq!(&reply_of(&msg)[..], b"$JS.API.INFO");
+}
+
+fn hpub(subject: &str, headers: &'static [u8], payload: &'static [u8]) -> ClientOp {
+    ClientOp::Pub(Pub {
+        subject: Bytes::from(subject.to_string()),
+        reply: None,
+        headers: Some(Bytes::from_static(headers)),
+        payload: Bytes::from_static(payload),
+    })
+}
+
+/// nats-server publishes a message's trace to its `Nats-Trace-Dest`: a subject in the
+/// client's view, mapped into the mount like a reply subject.
+#[test]
+fn trace_destinations_are_mapped_into_the_mount() {
+    let (mut f, mut ctx) = filter_for("tenant-mount", &[]);
+    let mut op = hpub(
+        "orders.new",
+        b"NATS/1.0\r\nA: 1\r\nNats-Trace-Dest:trace.out\r\nnats-trace-dest: x\r\n\r\n",
+        b"p",
+    );
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+    let ClientOp::Pub(p) = &op else {
         unreachable!()
     };
-    assert_eq!(m.reply.as_deref(), Some(&b"_INBOX.outside.1"[..]));
-    let mut answer = publish("_INBOX.outside.1", None);
-    assert_eq!(f.on_client_op(&mut answer, &mut ctx), Verdict::Forward);
-    // Any other subject still goes into the mount.
-    let mut other = publish("_INBOX.outside.2", None);
-    assert_eq!(f.on_client_op(&mut other, &mut ctx), Verdict::Changed);
+    assert_eq!(
+        p.headers.as_deref(),
+        Some(
+            &b"NATS/1.0\r\nA: 1\r\nNats-Trace-Dest: tenant.acme.trace.out\r\n\
+               nats-trace-dest: tenant.acme.x\r\n\r\n"[..]
+        )
+    );
+    // A block the edge cannot read, in which nats-server may find one, is refused.
+    let mut op = hpub(
+        "orders.new",
+        b"NATS/1.0\r\nNats-Trace-Dest: trace.out\r\nx",
+        b"p",
+    );
+    assert_eq!(
+        f.on_client_op(&mut op, &mut ctx),
+        Verdict::Close {
+            reason: CloseReason::ProtocolViolation,
+            error: None
+        }
+    );
+    let mut op = hpub("orders.new", b"NATS/1.0\r\nA: 1\r\nx", b"p");
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+}
+
+/// What the rewrite adds (here, JetStream stream subjects) counts against max_payload: a
+/// request that no longer fits is refused as an oversized PUB is, never sent upstream.
+#[test]
+fn a_mapped_request_over_max_payload_is_refused() {
+    let (mut f, mut ctx) = filter_for("jetstream-mount", &[]);
+    let subjects: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+    let request =
+        serde_json::to_vec(&serde_json::json!({"name": "S", "subjects": subjects})).unwrap();
+    let op = |payload: &[u8]| {
+        ClientOp::Pub(Pub {
+            subject: Bytes::from_static(b"$JS.API.STREAM.CREATE.S"),
+            reply: Some(Bytes::from_static(b"_INBOX.r")),
+            headers: None,
+            payload: Bytes::copy_from_slice(payload),
+        })
+    };
+    ctx.max_payload = request.len() as u64 + 20 * 12 - 1;
+    assert_eq!(
+        f.on_client_op(&mut op(&request), &mut ctx),
+        Verdict::close_with(
+            CloseReason::MaxPayloadExceeded,
+            crate::errors::MAX_PAYLOAD_VIOLATION
+        )
+    );
+    ctx.max_payload += 1;
+    assert_eq!(
+        f.on_client_op(&mut op(&request), &mut ctx),
+        Verdict::Changed
+    );
 }
 
 #[test]

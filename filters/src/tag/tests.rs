@@ -121,7 +121,7 @@ fn json_field_only_for_json_objects_on_its_subjects() {
     assert_eq!(v["edge"]["client_addr"], "192.0.2.7:51000");
     assert_eq!(v["edge"]["tls_subject"], "CN=alice,O=Acme");
 
-    for payload in [&b"[1,2]"[..], b"not json", b"{broken"] {
+    for payload in [&b"[1,2]"[..], b"not json"] {
         let mut op = ClientOp::Pub(Pub {
             subject: Bytes::from_static(b"events.x"),
             reply: None,
@@ -141,6 +141,120 @@ fn json_field_only_for_json_objects_on_its_subjects() {
         unreachable!()
     };
     assert_eq!(&p.payload[..], br#"{"a":1}"#);
+}
+
+/// Header blocks a client library reads differently from the edge cannot carry a tag past
+/// it: a first line other than `NATS/1.0` or a status (nats.py reads fields from a fixed
+/// offset into it) closes the connection; names padded with control bytes (nats.py trims
+/// them) and fields behind a bare CR are stripped like any other forged tag.
+#[test]
+fn header_blocks_read_differently_elsewhere_cannot_forge_tags() {
+    let (mut f, mut ctx) = session("default", None);
+    for block in [
+        &b"NATS/1.0XXNats-Edge-Tls-Subject: CN=admin\r\n\r\n"[..],
+        b"NATS/1.0 1Nats-Edge-Tls-Subject: CN=admin\r\n\r\n",
+        b"NATS/1.0\rNats-Edge-Tls-Subject: CN=admin\r\n\r\n",
+        b"NATS/1.0 503:\r\n\r\n",
+        b"NATS/1.0 50\r\n\r\n",
+        b"NATS/1.0 503 a\x0bb\r\n\r\n",
+    ] {
+        let mut op = ClientOp::Pub(Pub {
+            subject: Bytes::from_static(b"a"),
+            reply: None,
+            headers: Some(Bytes::from_static(block)),
+            payload: Bytes::from_static(b"p"),
+        });
+        assert_eq!(
+            f.on_client_op(&mut op, &mut ctx),
+            Verdict::Close {
+                reason: CloseReason::ProtocolViolation,
+                error: None
+            },
+            "{}",
+            block.escape_ascii()
+        );
+    }
+    for block in [
+        &b"NATS/1.0\r\n"[..],
+        b"NATS/1.0 503\r\n",
+        b"NATS/1.0 408 Request Timeout\r\n",
+    ] {
+        let mut op = publish("a", Some(leak(block, b"Keep: me\r\n\r\n")), b"p");
+        assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+        assert!(headers_of(&op).starts_with(std::str::from_utf8(block).unwrap()));
+    }
+    let mut op = publish(
+        "a",
+        Some(
+            b"NATS/1.0\r\n\x0bNats-Edge-Tls-Subject: CN=admin\r\nNats-Edge-Conn-Id\x0c: 1\r\n\
+              A: 1\rNats-Edge-User: mallory\r\nKeep: me\r\n\r\n",
+        ),
+        b"p",
+    );
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+    let h = headers_of(&op);
+    assert!(
+        !h.contains("admin") && !h.contains("mallory") && !h.contains("A: 1"),
+        "{h}"
+    );
+    assert!(h.starts_with("NATS/1.0\r\nKeep: me\r\n"), "{h}");
+}
+
+fn leak(a: &[u8], b: &[u8]) -> &'static [u8] {
+    Box::leak([a, b].concat().into_boxed_slice())
+}
+
+/// A payload that opens like an object but that the edge cannot read may still be read by
+/// a consumer's parser, with the field the client put in it: it is refused. A key Go would
+/// read as the field (in another casing) does not survive next to the edge's.
+#[test]
+fn json_the_edge_cannot_read_is_refused() {
+    let (mut f, mut ctx) = session("default", None);
+    for payload in [
+        &br#"{"edge":{"user":"admin"},"x":"\ud800"}"#[..],
+        b"{\"edge\":{\"user\":\"admin\"},\"x\":\"\xff\"}",
+        b"{broken",
+        b"\x00{\x00\"\x00e\x00\"\x00:\x001\x00}",
+    ] {
+        let mut op = publish("events.x", None, leak(payload, b""));
+        assert_eq!(
+            f.on_client_op(&mut op, &mut ctx),
+            Verdict::error("Permissions Violation for Publish to \"events.x\""),
+            "{}",
+            payload.escape_ascii()
+        );
+    }
+    let nested = format!(
+        r#"{{"edge":{{"user":"admin"}},"x":{}1{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let mut op = publish("events.x", None, leak(nested.as_bytes(), b""));
+    assert_eq!(
+        f.on_client_op(&mut op, &mut ctx),
+        Verdict::error("Permissions Violation for Publish to \"events.x\"")
+    );
+
+    let mut op = publish(
+        "events.x",
+        None,
+        b"\xEF\xBB\xBF{\"EDGE\":{\"user\":\"admin\"},\"Edge\":1,\"kind\":\"k\"}",
+    );
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+    let ClientOp::Pub(p) = &op else {
+        unreachable!()
+    };
+    let v: Map<String, Value> = serde_json::from_slice(&p.payload).unwrap();
+    assert_eq!(
+        v.keys().collect::<Vec<_>>(),
+        ["edge", "kind"],
+        "{}",
+        p.payload.escape_ascii()
+    );
+    assert_eq!(v["edge"]["conn_id"], "42");
+    // Go folds these too.
+    assert!(folds_to("ta\u{17F}k", "TASK") && folds_to("\u{212A}ey", "key"));
+    assert!(!folds_to("edges", "edge") && !folds_to("edga", "edge"));
 }
 
 #[test]
