@@ -624,6 +624,23 @@ async fn allow_responses_lets_a_service_answer_a_bounded_number_of_times() {
     );
 }
 
+/// What nats-server and the edge answer to `CONNECT connect` then `bytes`, up to the PONG
+/// that follows them, and whether each closed.
+async fn direct_and_edged(targets: &Targets, connect: &str, bytes: &str) -> [(String, bool); 2] {
+    let mut replies = [(String::new(), false), (String::new(), false)];
+    for (addr, out) in [targets.direct(), targets.edged()]
+        .into_iter()
+        .zip(&mut replies)
+    {
+        let (mut raw, _) = RawConn::connect_info(addr).await;
+        let reply = raw
+            .roundtrip(&[connect_json(connect), bytes.as_bytes().to_vec()].concat())
+            .await;
+        *out = (show(&reply.bytes), reply.closed);
+    }
+    replies
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_pedantic_and_pre_connect_ops_keep_nats_server_order() {
     let targets = Targets::start().await;
@@ -640,14 +657,7 @@ async fn headers_pedantic_and_pre_connect_ops_keep_nats_server_order() {
             "PUB orders.audit.x 1\r\na\r\nPUB orders.ok 1\r\nb\r\n",
         ),
     ] {
-        let mut replies = Vec::new();
-        for addr in [targets.direct(), targets.edged()] {
-            let (mut raw, _) = RawConn::connect_info(addr).await;
-            let reply = raw
-                .roundtrip(&[connect_json(connect), bytes.as_bytes().to_vec()].concat())
-                .await;
-            replies.push((show(&reply.bytes), reply.closed));
-        }
+        let replies = direct_and_edged(&targets, connect, bytes).await;
         assert_eq!(replies[1], replies[0], "{user}: {bytes:?}");
     }
     // A pedantic client's publish to a subject with a wildcard or an empty token: nats-server
@@ -660,14 +670,7 @@ async fn headers_pedantic_and_pre_connect_ops_keep_nats_server_order() {
         "PUB secret.> 1\r\na\r\n",
         "SUB orders.> 1\r\nPUB orders.* 1\r\na\r\n",
     ] {
-        let mut replies = Vec::new();
-        for addr in [targets.direct(), targets.edged()] {
-            let (mut raw, _) = RawConn::connect_info(addr).await;
-            let reply = raw
-                .roundtrip(&[connect_json(connect), bytes.as_bytes().to_vec()].concat())
-                .await;
-            replies.push((show(&reply.bytes), reply.closed));
-        }
+        let replies = direct_and_edged(&targets, connect, bytes).await;
         assert_eq!(replies[1], replies[0], "pedantic: {bytes:?}");
         assert!(
             replies[0]
