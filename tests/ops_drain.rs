@@ -111,3 +111,56 @@ async fn a_second_signal_exits_at_once() {
     assert!(second.elapsed() < WAIT);
     edge.wait_log(0, "second signal: exiting at once");
 }
+
+/// Reads lines until an INFO with `ldm`, and returns it with every line read before it.
+async fn read_until_lame_duck(raw: &mut RawConn) -> (serde_json::Value, Vec<String>) {
+    let mut before = Vec::new();
+    loop {
+        let line = raw.read_line().await.expect("closed before the ldm INFO");
+        if let Some(json) = line.strip_prefix("INFO ") {
+            let info: serde_json::Value = serde_json::from_str(json).unwrap();
+            if info.get("ldm").is_some() {
+                return (info, before);
+            }
+        }
+        before.push(line);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lame_duck_info_names_no_upstream_address() {
+    // A cluster: its INFOs list both servers' client addresses in connect_urls.
+    let (a, b) = NatsServer::start_cluster_pair().await;
+    let edge = spawn_edge(&a, "30s");
+    let (mut raw, _) = protocol_one_client(&edge).await;
+    send_signal(edge.pid(), "TERM");
+    let (ldm, _) = read_until_lame_duck(&mut raw).await;
+    assert_eq!(ldm["ldm"], true, "{ldm}");
+    let text = ldm.to_string();
+    for port in [a.port(), b.port()] {
+        assert!(!text.contains(&format!(":{port}")), "{text}");
+    }
+    assert!(ldm.get("connect_urls").is_none(), "{ldm}");
+    assert!(ldm.get("ws_connect_urls").is_none(), "{ldm}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_did_not_declare_protocol_1_get_no_lame_duck_info() {
+    let server = NatsServer::start();
+    let edge = spawn_edge(&server, "30s");
+    // `protocol` absent means 0: such a client does not take async INFOs (nats-server sends
+    // them its lame-duck INFO neither).
+    let (mut old, _) = RawConn::connect_info(edge.addr()).await;
+    let reply = old.roundtrip(b"CONNECT {\"verbose\":false}\r\n").await;
+    assert!(!reply.closed, "{}", reply.text());
+    let (mut witness, _) = protocol_one_client(&edge).await;
+
+    send_signal(edge.pid(), "TERM");
+    // The drain has told the clients: the witness has its ldm INFO.
+    read_until_lame_duck(&mut witness).await;
+    // The old client's session has seen the drain by the time it answers this PING.
+    old.send(b"PING\r\n").await;
+    let reply = old.read_until(b"PONG\r\n").await;
+    assert!(!reply.closed, "{}", reply.text());
+    assert_eq!(reply.text(), "PONG\r\n", "an INFO for a protocol 0 client");
+}
