@@ -144,6 +144,30 @@ async fn the_lame_duck_info_names_no_upstream_address() {
     assert!(ldm.get("ws_connect_urls").is_none(), "{ldm}");
 }
 
+/// A client still waiting for the PONG to its first PING reads nothing else first (nats.go
+/// fails its connect on it): nats-server sends no INFO of its own before that PONG, and the
+/// lame-duck INFO waits for it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lame_duck_info_waits_for_the_clients_first_pong() {
+    let server = NatsServer::start();
+    let edge = spawn_edge(&server, "30s");
+    let (mut pending, _) = RawConn::connect_info(edge.addr()).await;
+    pending
+        .send(b"CONNECT {\"verbose\":false,\"protocol\":1}\r\n")
+        .await;
+    let (mut witness, _) = protocol_one_client(&edge).await;
+    send_signal(edge.pid(), "TERM");
+    read_until_lame_duck(&mut witness).await;
+
+    pending.send(b"PING\r\n").await;
+    let (_, before) = read_until_lame_duck(&mut pending).await;
+    let pong = before.iter().position(|line| line == "PONG");
+    assert!(
+        pong.is_some(),
+        "the lame-duck INFO came before the PONG: {before:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_did_not_declare_protocol_1_get_no_lame_duck_info() {
     let server = NatsServer::start();

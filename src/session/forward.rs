@@ -642,6 +642,10 @@ impl Forwarder {
                         }
                         continue;
                     }
+                    if !shared.client_ponged {
+                        shared.client_ponged = true;
+                        shared.generation += 1;
+                    }
                 }
                 Verb::Info => {
                     self.flush_run(&mut run);

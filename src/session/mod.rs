@@ -452,6 +452,7 @@ where
     let mut lame_duck = env.lame_duck.clone();
     let lame_duck_signal = async move { crate::edge::until_stopped(&mut lame_duck).await };
     tokio::pin!(lame_duck_signal);
+    let mut lame_duck_seen = false;
     let mut lame_duck_sent = false;
     let mut client_info_published = false;
     // The client's side reached its end after the CONNECT.
@@ -489,7 +490,12 @@ where
                 shared.close(CloseReason::Shutdown);
                 c2u.stop();
             }
-            if !lame_duck_sent && lame_duck_signal.as_mut().poll(cx).is_ready() {
+            if !lame_duck_seen && lame_duck_signal.as_mut().poll(cx).is_ready() {
+                lame_duck_seen = true;
+            }
+            // Held until the client has had the PONG to its first PING, as nats-server holds
+            // its own INFOs: a client still waiting for that PONG fails on anything else.
+            if lame_duck_seen && !lame_duck_sent && shared.client_ponged {
                 lame_duck_sent = true;
                 send_lame_duck(shared);
             }

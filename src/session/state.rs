@@ -94,6 +94,9 @@ pub struct Shared {
     /// The client's INFO says `auth_required`: until its CONNECT, an op that does not start
     /// with `C` is an authorization violation, whatever it is, as nats-server judges it.
     pub client_must_connect: bool,
+    /// A PONG has gone to the client. Clients read nothing but a PONG in answer to their
+    /// first PING, so nats-server sends them no INFO of its own before it; nor does the edge.
+    pub client_ponged: bool,
     /// Bytes the upstream-to-client forwarder has queued and not yet written, as of its
     /// last poll.
     pub client_queued: usize,
@@ -140,6 +143,7 @@ impl Shared {
             oks_to_hide: 0,
             upstream_full: false,
             client_must_connect: false,
+            client_ponged: false,
             client_queued: 0,
         };
         shared.set_upstream_max_payload(upstream_max_payload);
