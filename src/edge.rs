@@ -619,6 +619,7 @@ async fn check_upstream(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            biased;
             _ = until_stopped(&mut shutdown) => return,
             _ = ticks.tick() => {}
         }
@@ -630,8 +631,13 @@ async fn check_upstream(
             src: cell.addr,
             dst: cell.addr,
         };
-        let ok = upstream::dial_any(&upstream, addrs).await.is_ok();
-        shared.health.upstream_dialled(ok);
+        // A dial can take the connect timeout per URL: a shutdown does not wait for it.
+        let dialled = tokio::select! {
+            biased;
+            _ = until_stopped(&mut shutdown) => return,
+            dialled = upstream::dial_any(&upstream, addrs) => dialled,
+        };
+        shared.health.upstream_dialled(dialled.is_ok());
     }
 }
 

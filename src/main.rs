@@ -308,6 +308,10 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::R
         }
         Ok(())
     });
+    // Not dropped, which would wait for its blocking threads: a host name lookup of an
+    // upstream dial runs on one, and a resolver that never answers would hold the exit past
+    // the drain timeout (and past a supervisor's grace period) with no signal handled.
+    runtime.shutdown_background();
     if let Some(path) = &written_pid_file {
         let _ = std::fs::remove_file(path);
     }

@@ -118,6 +118,24 @@ async fn a_client_that_leaves_ends_the_dial() {
     assert_eq!(read.unwrap(), 0, "the dial is closed, not written to");
 }
 
+/// The readiness check's dial of an upstream that does not answer (up to the connect
+/// timeout) does not hold up a shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_does_not_wait_for_the_readiness_checks_dial() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("nats://{}", silent.local_addr().unwrap());
+    let edge = start_edge(
+        &[silent_url],
+        "connect_timeout = \"60s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .await;
+    // The check dials at once: it is waiting for an INFO that never comes.
+    let _dialled = within("the readiness check dials", silent.accept())
+        .await
+        .unwrap();
+    within("the edge shuts down", edge.shutdown()).await;
+}
+
 /// A full nats-server (at its `max_connections`) sends its INFO, then
 /// `-ERR 'maximum connections exceeded'`, then closes. The edge sends the client to the next
 /// URL: at once when the refusal came with the INFO, otherwise the client gets the refusal
