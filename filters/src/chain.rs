@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::filter::{Filter, Interest, OpKind, Reloaded, SessionCtx};
+use crate::filter::{Filter, Interest, Reloaded, SessionCtx};
 use crate::op::{ClientOp, Info, ServerOp};
 use crate::verdict::Verdict;
 
@@ -61,34 +61,60 @@ impl Chain {
     /// subscription can receive subjects it denies) has the chain's interest read again.
     pub fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {
         let kind = crate::filter::client_op_kind(op);
-        // Deferred once already: the upstream has caught up, so the op goes on, with what
-        // earlier filters changed.
-        let caught_up = ctx.upstream_caught_up;
-        let (verdict, stale) = run(
-            self.filters.iter_mut(),
-            kind,
-            |filter| filter.on_client_op(op, ctx),
-            |verdict| caught_up && matches!(verdict, Verdict::Defer),
-        );
+        let mut outcome = Verdict::Forward;
+        let mut stale = false;
+        for filter in self.filters.iter_mut() {
+            let interest = filter.interest();
+            if !interest.contains(kind) {
+                continue;
+            }
+            let verdict = filter.on_client_op(op, ctx);
+            stale |= filter.interest() != interest;
+            match verdict {
+                Verdict::Forward => {}
+                // Deferred once already: the upstream has caught up, so the op goes on, with
+                // what earlier filters changed.
+                Verdict::Defer if ctx.upstream_caught_up => {}
+                Verdict::Changed => outcome = Verdict::Changed,
+                other => {
+                    outcome = other;
+                    break;
+                }
+            }
+        }
         if stale {
             self.refresh_interest();
         }
-        verdict
+        outcome
     }
 
-    /// Runs a server op through the filters in reverse order, like a client op.
+    /// Runs a server op through the filters in reverse order, like a client op. (Written
+    /// out rather than shared with the client side through a generic helper taking closures:
+    /// that costs 70 to 130 more instructions per filtered message, by callgrind.)
     pub fn on_server_op(&mut self, op: &mut ServerOp, ctx: &SessionCtx) -> Verdict {
         let kind = crate::filter::server_op_kind(op);
-        let (verdict, stale) = run(
-            self.filters.iter_mut().rev(),
-            kind,
-            |filter| filter.on_server_op(op, ctx),
-            |_| false,
-        );
+        let mut outcome = Verdict::Forward;
+        let mut stale = false;
+        for filter in self.filters.iter_mut().rev() {
+            let interest = filter.interest();
+            if !interest.contains(kind) {
+                continue;
+            }
+            let verdict = filter.on_server_op(op, ctx);
+            stale |= filter.interest() != interest;
+            match verdict {
+                Verdict::Forward => {}
+                Verdict::Changed => outcome = Verdict::Changed,
+                other => {
+                    outcome = other;
+                    break;
+                }
+            }
+        }
         if stale {
             self.refresh_interest();
         }
-        verdict
+        outcome
     }
 
     /// Shows an INFO bound for the client to every filter, in reverse order.
@@ -97,33 +123,4 @@ impl Chain {
             filter.on_info(info, ctx);
         }
     }
-}
-
-/// Calls `handle` on each of `filters` that wants `kind`, in the order given, until a verdict
-/// other than a forward, a change, or one `goes_on` lets pass. Returns the verdict
-/// ([`Verdict::Changed`] if some filter changed the op and none stopped it), and whether a
-/// filter's interest changed while it handled the op.
-fn run<'f>(
-    filters: impl Iterator<Item = &'f mut Box<dyn Filter>>,
-    kind: OpKind,
-    mut handle: impl FnMut(&mut dyn Filter) -> Verdict,
-    goes_on: impl Fn(&Verdict) -> bool,
-) -> (Verdict, bool) {
-    let mut outcome = Verdict::Forward;
-    let mut stale = false;
-    for filter in filters {
-        let interest = filter.interest();
-        if !interest.contains(kind) {
-            continue;
-        }
-        let verdict = handle(filter.as_mut());
-        stale |= filter.interest() != interest;
-        match verdict {
-            Verdict::Forward => {}
-            Verdict::Changed => outcome = Verdict::Changed,
-            other if goes_on(&other) => {}
-            other => return (other, stale),
-        }
-    }
-    (outcome, stale)
 }
