@@ -644,7 +644,10 @@ impl Forwarder {
                     }
                     if !shared.client_ponged {
                         shared.client_ponged = true;
-                        shared.generation += 1;
+                        if std::mem::take(&mut shared.lame_duck_pending) {
+                            // Queued after this PONG: the run it is in goes out first.
+                            super::send_lame_duck(shared);
+                        }
                     }
                 }
                 Verb::Info => {

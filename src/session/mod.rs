@@ -452,7 +452,6 @@ where
     let mut lame_duck = env.lame_duck.clone();
     let lame_duck_signal = async move { crate::edge::until_stopped(&mut lame_duck).await };
     tokio::pin!(lame_duck_signal);
-    let mut lame_duck_seen = false;
     let mut lame_duck_sent = false;
     let mut client_info_published = false;
     // The client's side reached its end after the CONNECT.
@@ -490,14 +489,16 @@ where
                 shared.close(CloseReason::Shutdown);
                 c2u.stop();
             }
-            if !lame_duck_seen && lame_duck_signal.as_mut().poll(cx).is_ready() {
-                lame_duck_seen = true;
-            }
-            // Held until the client has had the PONG to its first PING, as nats-server holds
-            // its own INFOs: a client still waiting for that PONG fails on anything else.
-            if lame_duck_seen && !lame_duck_sent && shared.client_ponged {
+            if !lame_duck_sent && lame_duck_signal.as_mut().poll(cx).is_ready() {
                 lame_duck_sent = true;
-                send_lame_duck(shared);
+                // Held until the client has had the PONG to its first PING, as nats-server
+                // holds its own INFOs: a client still waiting for that PONG fails on anything
+                // else. The forwarder sends it after that PONG.
+                if shared.client_ponged {
+                    send_lame_duck(shared);
+                } else {
+                    shared.lame_duck_pending = true;
+                }
             }
         }
         shared.poll_offloaded(cx);
@@ -619,7 +620,7 @@ where
 /// with `ldm: true`, only to clients whose CONNECT declared a protocol that takes async INFOs
 /// (`protocol` 1 or more), as its `sendAsyncInfoToClients` does. The nonce belongs to the
 /// first INFO only and is left out, as in nats-server's async INFOs.
-fn send_lame_duck(shared: &mut Shared) {
+pub(super) fn send_lame_duck(shared: &mut Shared) {
     let takes_async_info = shared
         .ctx
         .connect

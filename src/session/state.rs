@@ -97,6 +97,8 @@ pub struct Shared {
     /// A PONG has gone to the client. Clients read nothing but a PONG in answer to their
     /// first PING, so nats-server sends them no INFO of its own before it; nor does the edge.
     pub client_ponged: bool,
+    /// The edge is draining, and the lame-duck INFO waits for that first PONG.
+    pub lame_duck_pending: bool,
     /// Bytes the upstream-to-client forwarder has queued and not yet written, as of its
     /// last poll.
     pub client_queued: usize,
@@ -144,6 +146,7 @@ impl Shared {
             upstream_full: false,
             client_must_connect: false,
             client_ponged: false,
+            lame_duck_pending: false,
             client_queued: 0,
         };
         shared.set_upstream_max_payload(upstream_max_payload);
