@@ -509,8 +509,11 @@ impl RawConn {
         if !info.starts_with(b"INFO ") {
             return Err(io::Error::other("no INFO"));
         }
-        conn.stream
-            .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true}\r\n")?;
+        // Protocol 1, as every client library declares: nats-server then sends a second
+        // INFO after the first PING, which a proxy rewrites too (and idle memory counts).
+        conn.stream.write_all(
+            b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}\r\n",
+        )?;
         conn.ping_pong()?;
         Ok(conn)
     }

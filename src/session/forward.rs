@@ -140,6 +140,7 @@ impl Forwarder {
             }
             buf.extend_from_slice(PING);
         });
+        self.release_scratch();
         self.unsubs += sids.len() as u64;
         let verbose = shared.ctx.connect.as_ref().is_none_or(|c| c.is_verbose());
         shared.unsubscribed_upstream(sids, verbose);
@@ -271,7 +272,7 @@ impl Forwarder {
 
     /// Whether the read buffer has grown past its initial size under load.
     pub fn is_grown(&self) -> bool {
-        self.rbuf.capacity() > INITIAL_READ || self.scratch.capacity() > INITIAL_READ
+        self.rbuf.capacity() > INITIAL_READ
     }
 
     /// Gives back grown buffers that hold nothing; the session calls this when the
@@ -280,9 +281,6 @@ impl Forwarder {
         if self.rbuf.is_empty() && self.rbuf.capacity() > INITIAL_READ {
             self.rbuf = BytesMut::new();
             self.read_size = INITIAL_READ;
-        }
-        if self.scratch.is_empty() && self.scratch.capacity() > INITIAL_READ {
-            self.scratch = BytesMut::new();
         }
     }
 
@@ -443,6 +441,17 @@ impl Forwarder {
         }
         self.flush_run(&mut run);
         self.note_pending();
+        self.release_scratch();
+    }
+
+    /// Lets go of the scratch chunk once a read's frames are done: the slices encoded into it
+    /// keep it alive until they are written, and then it is freed. An idle session holds no
+    /// chunk (every session has its CONNECT, and often an INFO, encoded once), while the
+    /// changed ops of one read still share one.
+    fn release_scratch(&mut self) {
+        if self.scratch.capacity() > 0 {
+            self.scratch = BytesMut::new();
+        }
     }
 
     /// After a scan stopped at an incomplete frame: how much room it needs, for the next read.
@@ -683,6 +692,7 @@ impl Forwarder {
         }
         self.flush_run(&mut run);
         self.note_pending();
+        self.release_scratch();
     }
 
     /// Drops an upstream frame the client must not see (the answer to something the edge
