@@ -20,6 +20,14 @@ fn rules(name: &str) -> String {
 }
 
 /// An edge whose sessions all use the shipped rule set `set` (a file in rules/rewrite).
+/// A raw client of `addr` that has read its INFO and sent `ops` (a CONNECT first), in step
+/// with the server.
+async fn in_step(addr: std::net::SocketAddr, ops: &[u8]) -> RawConn {
+    let (mut raw, _) = RawConn::connect_info(addr).await;
+    raw.roundtrip(ops).await;
+    raw
+}
+
 async fn mounted(server: &NatsServer, set: &str) -> nats_edge::Edge {
     let extra = format!(
         "[rewrite]\nsets = {{ s = {} }}\ndefault = \"s\"\n",
@@ -713,18 +721,16 @@ async fn a_users_set_wins_over_its_listeners() {
 async fn a_reply_subject_from_outside_does_not_divert_the_clients_publishes() {
     let server = NatsServer::start();
     let edge = mounted(&server, "tenant-mount").await;
-    let mut direct = RawConn::connect(server.addr()).await;
-    direct.read_info().await;
-    direct
-        .roundtrip(
-            b"CONNECT {\"verbose\":false}\r\nSUB orders.new 1\r\nSUB tenant.acme.orders.new 2\r\n",
-        )
-        .await;
-    let mut inside = RawConn::connect(edge_addr(&edge)).await;
-    inside.read_info().await;
-    inside
-        .roundtrip(b"CONNECT {\"verbose\":false}\r\nSUB svc 1\r\n")
-        .await;
+    let mut direct = in_step(
+        server.addr(),
+        b"CONNECT {\"verbose\":false}\r\nSUB orders.new 1\r\nSUB tenant.acme.orders.new 2\r\n",
+    )
+    .await;
+    let mut inside = in_step(
+        edge_addr(&edge),
+        b"CONNECT {\"verbose\":false}\r\nSUB svc 1\r\n",
+    )
+    .await;
 
     direct
         .roundtrip(b"PUB tenant.acme.svc orders.new 3\r\nreq\r\n")
@@ -756,11 +762,11 @@ async fn a_reply_subject_from_outside_does_not_divert_the_clients_publishes() {
 async fn message_traces_stay_in_the_mount() {
     let server = NatsServer::start();
     let edge = mounted(&server, "tenant-mount").await;
-    let mut direct = RawConn::connect(server.addr()).await;
-    direct.read_info().await;
-    direct
-        .roundtrip(b"CONNECT {\"verbose\":false}\r\nSUB trace.out 1\r\n")
-        .await;
+    let mut direct = in_step(
+        server.addr(),
+        b"CONNECT {\"verbose\":false}\r\nSUB trace.out 1\r\n",
+    )
+    .await;
     let mut inside = RawConn::connect(edge_addr(&edge)).await;
     inside.read_info().await;
     let block = b"NATS/1.0\r\nNats-Trace-Dest: trace.out\r\n\r\n";
