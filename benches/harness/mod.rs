@@ -671,6 +671,15 @@ pub fn callgrind_setups() -> Vec<CallgrindSetup> {
     ]
 }
 
+/// A directory removed, with what it holds, when this is dropped.
+struct RemovedOnDrop(std::path::PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Instructions the edge executes per forwarded 128 B message, from callgrind: two edge
 /// processes forward `small` and `large` messages (publisher and subscriber each through the
 /// edge); the difference in instructions over the difference in messages removes start-up
@@ -680,6 +689,8 @@ pub fn callgrind_instructions_per_message(edge_bin: &str, setup: &CallgrindSetup
     let server = targets::start_nats_server();
     let dir = std::env::temp_dir().join(format!("nats-edge-callgrind-{}", std::process::id()));
     std::fs::create_dir_all(&dir).ok()?;
+    // The profiles go with the directory however this returns.
+    let _profiles = RemovedOnDrop(dir.clone());
     let (small, large) = (20_000u64, 120_000u64);
     let mut totals = Vec::new();
     for n in [small, large] {
