@@ -680,3 +680,111 @@ async fn headers_pedantic_and_pre_connect_ops_keep_nats_server_order() {
         );
     }
 }
+
+/// An auto-unsubscribe (`UNSUB sid max`) on a subscription whose deliveries a deny entry
+/// filters: nats-server counts toward `max` only the messages it delivers, and so does the
+/// edge, which keeps the max and ends the subscription upstream itself (the upstream would
+/// count the dropped ones too). Verbose clients get the same `+OK`s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_auto_unsubscribe_counts_only_delivered_messages() {
+    let targets = Targets::start().await;
+    let publish = |subjects: &[&str]| -> String {
+        subjects
+            .iter()
+            .map(|s| format!("PUB {s} 1\r\nx\r\n"))
+            .collect()
+    };
+    let cases = [
+        // The max before any delivery; denied messages between allowed ones.
+        format!(
+            "SUB orders.* 1\r\nUNSUB 1 3\r\n{}",
+            publish(&[
+                "orders.secret",
+                "orders.a",
+                "orders.secret",
+                "orders.b",
+                "orders.c",
+                "orders.d",
+            ])
+        ),
+        // The max after some deliveries, one of them denied.
+        format!(
+            "SUB orders.* 1\r\n{}UNSUB 1 2\r\n{}",
+            publish(&["orders.a", "orders.secret"]),
+            publish(&["orders.b", "orders.c"])
+        ),
+        // A max the deliveries have already reached ends it at once.
+        format!(
+            "SUB orders.* 1\r\n{}UNSUB 1 1\r\n{}",
+            publish(&["orders.a"]),
+            publish(&["orders.b"])
+        ),
+        // A max raised before it is reached; then a plain UNSUB.
+        format!(
+            "SUB orders.* 1\r\nUNSUB 1 1\r\nUNSUB 1 2\r\n{}SUB orders.> 2\r\nUNSUB 2 5\r\nUNSUB 2\r\n{}",
+            publish(&["orders.secret", "orders.a", "orders.b", "orders.c"]),
+            publish(&["orders.e"])
+        ),
+    ];
+    for verbose in [false, true] {
+        let connect = format!(r#"{{"user":"orders","pass":"pw","verbose":{verbose}}}"#);
+        for bytes in &cases {
+            let replies = direct_and_edged(&targets, &connect, bytes).await;
+            assert_eq!(replies[1], replies[0], "verbose {verbose}: {bytes:?}");
+        }
+        // The subscription is gone upstream too: the same sid subscribes again, afresh.
+        let mut seen = Vec::new();
+        for addr in [targets.direct(), targets.edged()] {
+            let (mut raw, _) = RawConn::connect_info(addr).await;
+            let subscribe = format!(
+                "SUB orders.* 7\r\nUNSUB 7 1\r\n{}",
+                publish(&["orders.secret", "orders.a", "orders.b"])
+            );
+            let first = raw
+                .roundtrip(&[connect_json(&connect), subscribe.into_bytes()].concat())
+                .await;
+            let again = raw
+                .roundtrip(format!("SUB orders.* 7\r\n{}", publish(&["orders.c"])).as_bytes())
+                .await;
+            seen.push((show(&first.bytes), show(&again.bytes)));
+        }
+        assert_eq!(seen[1], seen[0], "verbose {verbose}");
+        assert_eq!(seen[0].0.matches("MSG ").count(), 1, "{:?}", seen[0]);
+        assert!(seen[0].0.contains("MSG orders.a 7 1"), "{:?}", seen[0]);
+        assert!(seen[0].1.contains("MSG orders.c 7 1"), "{:?}", seen[0]);
+    }
+}
+
+/// With a subscription limit too: the filtered auto-unsubscribe frees its slot at its last
+/// delivered message, as on nats-server, so a SUB right after it is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_auto_unsubscribe_frees_its_subscription_slot() {
+    let direct =
+        NatsServer::start_with_config(&format!("max_subscriptions: 2\n{SERVER_PERMISSIONS}"));
+    let behind = NatsServer::start_with_config(SERVER_USERS_ONLY);
+    let edge = start_edge(
+        &[behind.url()],
+        &format!("[auth]\nrules = [{RULES:?}]\n[limits]\nmax_subscriptions = 2\n"),
+    )
+    .await;
+    let bytes = "SUB orders.x 1\r\nSUB orders.* 2\r\nUNSUB 2 1\r\nPUB orders.secret 1\r\nx\r\n\
+                 PUB orders.a 1\r\nx\r\nSUB orders.y 3\r\nSUB orders.z 4\r\nPUB orders.y 1\r\nx\r\n";
+    for verbose in [false, true] {
+        let connect = format!(r#"{{"user":"orders","pass":"pw","verbose":{verbose}}}"#);
+        let mut replies = Vec::new();
+        for addr in [direct.addr(), edge_addr(&edge)] {
+            let (mut raw, _) = RawConn::connect_info(addr).await;
+            let reply = raw
+                .roundtrip(&[connect_json(&connect), bytes.as_bytes().to_vec()].concat())
+                .await;
+            replies.push((show(&reply.bytes), reply.closed));
+        }
+        assert_eq!(replies[1], replies[0], "verbose {verbose}");
+        assert!(
+            replies[0].0.contains("MSG orders.a 2 1")
+                && replies[0].0.contains("maximum subscriptions exceeded")
+                && replies[0].0.contains("MSG orders.y 3 1"),
+            "{replies:?}"
+        );
+    }
+}

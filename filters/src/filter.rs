@@ -107,6 +107,12 @@ pub struct SessionCtx {
     pub identity: Option<Identity>,
     /// The nonce of the upstream's first INFO, which a CONNECT sent upstream signs.
     pub upstream_nonce: Option<String>,
+    /// Subscriptions, by sid, that a filter has ended on the client's behalf while it judged
+    /// a delivery (the last one of an auto-unsubscribe the edge counts itself). The session
+    /// sends `UNSUB sid` upstream for each, hides the upstream's answers to it, and tells
+    /// the filters once it has taken effect ([`Filter::on_unsubscribed`]); deliveries on the
+    /// way meanwhile are the filter's to drop.
+    pub end_subscriptions: Vec<Bytes>,
 }
 
 impl SessionCtx {
@@ -120,6 +126,7 @@ impl SessionCtx {
             upstream_caught_up: false,
             identity: None,
             upstream_nonce: None,
+            end_subscriptions: Vec::new(),
         }
     }
 }
@@ -174,8 +181,15 @@ pub trait Filter: Send {
         Reloaded::default()
     }
 
-    /// The upstream has ended the subscriptions this filter asked to end
-    /// ([`Reloaded::unsubscribe`]): every delivery it made for them has gone past.
+    /// The session is ending subscriptions a filter asked to end ([`Reloaded::unsubscribe`],
+    /// [`SessionCtx::end_subscriptions`]): they count as gone from now on, as nats-server
+    /// removes them at once, though their deliveries already on the way still come until
+    /// [`Filter::on_unsubscribed`]. Every filter is told, not only the one that asked.
+    fn on_unsubscribing(&mut self, _sids: &[Bytes]) {}
+
+    /// The upstream has ended subscriptions a filter asked to end ([`Reloaded::unsubscribe`],
+    /// [`SessionCtx::end_subscriptions`]): every delivery it made for them has gone past.
+    /// Every filter is told, not only the one that asked.
     fn on_unsubscribed(&mut self, _sids: &[Bytes]) {}
 
     /// Called for a client op on its way to the upstream. The context is mutable so that the
@@ -185,8 +199,9 @@ pub trait Filter: Send {
         Verdict::Forward
     }
 
-    /// Called for a server op on its way to the client.
-    fn on_server_op(&mut self, _op: &mut ServerOp, _ctx: &SessionCtx) -> Verdict {
+    /// Called for a server op on its way to the client. The context is mutable so that a
+    /// filter can end a subscription ([`SessionCtx::end_subscriptions`]).
+    fn on_server_op(&mut self, _op: &mut ServerOp, _ctx: &mut SessionCtx) -> Verdict {
         Verdict::Forward
     }
 }

@@ -107,11 +107,11 @@ impl Filter for Limits {
                 // At the limit nats-server refuses any SUB, before it looks at the subject or
                 // the sid: one that reuses a sid, or names an invalid subject, too.
                 if self.subs.len() >= max {
-                    // nats-server frees an auto-unsubscribed slot when it delivers the last
-                    // message, which the edge sees only when that MSG comes back: with such a
-                    // slot pending, wait for the upstream to catch up before refusing.
-                    let pending = self.subs.values().any(|s| s.max.is_some());
-                    if pending && !ctx.upstream_caught_up {
+                    // nats-server frees a slot at once when it delivers an auto-unsubscribe's
+                    // last message, or when its reload ends a subscription. The edge learns
+                    // of both later: when that MSG comes back, when its own UNSUB has been
+                    // taken. So it waits for the upstream to catch up before refusing.
+                    if !ctx.upstream_caught_up {
                         return Verdict::Defer;
                     }
                     return Verdict::error(errors::MAX_SUBSCRIPTIONS_EXCEEDED);
@@ -143,7 +143,15 @@ impl Filter for Limits {
         Verdict::Forward
     }
 
-    fn on_server_op(&mut self, op: &mut ServerOp, _ctx: &SessionCtx) -> Verdict {
+    fn on_unsubscribing(&mut self, sids: &[Bytes]) {
+        // Free at once, as nats-server frees them; a SUB that reuses one of the sids before
+        // the upstream has ended it counts as a new subscription.
+        for sid in sids {
+            self.subs.remove(sid);
+        }
+    }
+
+    fn on_server_op(&mut self, op: &mut ServerOp, _ctx: &mut SessionCtx) -> Verdict {
         if let ServerOp::Msg(msg) = op {
             if let Some(state) = self.subs.get_mut(&msg.sid) {
                 state.delivered += 1;
@@ -216,8 +224,15 @@ mod tests {
         assert_eq!(f.on_client_op(&mut sub("2"), &mut ctx), Verdict::Forward);
         assert_eq!(
             f.on_client_op(&mut sub("3"), &mut ctx),
+            Verdict::Defer,
+            "a slot may be freed by what the upstream has yet to answer"
+        );
+        ctx.upstream_caught_up = true;
+        assert_eq!(
+            f.on_client_op(&mut sub("3"), &mut ctx),
             Verdict::error(errors::MAX_SUBSCRIPTIONS_EXCEEDED)
         );
+        ctx.upstream_caught_up = false;
         let mut unsub = ClientOp::Unsub(Unsub {
             sid: Bytes::from_static(b"2"),
             max: Some(2),
@@ -228,10 +243,13 @@ mod tests {
             2,
             "auto-unsubscribe waits for deliveries"
         );
-        f.on_server_op(&mut msg("2"), &ctx);
+        f.on_server_op(&mut msg("2"), &mut ctx);
         assert_eq!(f.subscriptions(), 2);
-        f.on_server_op(&mut msg("2"), &ctx);
+        f.on_server_op(&mut msg("2"), &mut ctx);
         assert_eq!(f.subscriptions(), 1);
         assert_eq!(f.on_client_op(&mut sub("3"), &mut ctx), Verdict::Forward);
+        // A subscription the edge ends at the upstream frees its slot at once.
+        f.on_unsubscribing(&[Bytes::from_static(b"1")]);
+        assert_eq!(f.subscriptions(), 1);
     }
 }

@@ -542,7 +542,7 @@ impl Filter for Tag {
         }
     }
 
-    fn on_server_op(&mut self, op: &mut ServerOp, _ctx: &SessionCtx) -> Verdict {
+    fn on_server_op(&mut self, op: &mut ServerOp, _ctx: &mut SessionCtx) -> Verdict {
         match op {
             ServerOp::Msg(msg) if !self.client_headers && msg.headers.is_some() => {
                 msg.headers = None;

@@ -131,6 +131,24 @@ impl Forwarder {
         if self.stopped || sids.is_empty() {
             return;
         }
+        self.unsubs += sids.len() as u64;
+        self.send_unsubscribes(sids, shared);
+    }
+
+    /// Ends subscriptions the filters ended on the client's behalf
+    /// ([`nats_edge_filters::SessionCtx::end_subscriptions`]) at the upstream, as
+    /// [`Forwarder::unsubscribe_upstream`] does; the client's own UNSUB for them has been
+    /// counted already.
+    pub fn end_subscriptions_upstream(&mut self, shared: &mut Shared) {
+        let sids = std::mem::take(&mut shared.ctx.end_subscriptions);
+        if self.stopped || sids.is_empty() {
+            return;
+        }
+        self.send_unsubscribes(sids, shared);
+    }
+
+    fn send_unsubscribes(&mut self, sids: Vec<Bytes>, shared: &mut Shared) {
+        shared.chain.on_unsubscribing(&sids);
         self.push_encoded(|buf| {
             buf.extend_from_slice(PING);
             for sid in &sids {
@@ -141,7 +159,6 @@ impl Forwarder {
             buf.extend_from_slice(PING);
         });
         self.release_scratch();
-        self.unsubs += sids.len() as u64;
         let verbose = shared.ctx.connect.as_ref().is_none_or(|c| c.is_verbose());
         shared.unsubscribed_upstream(sids, verbose);
     }
@@ -728,7 +745,7 @@ impl Forwarder {
         };
         debug_assert!(shared.chain.interest().contains(server_op_kind(&op)));
         let started = shared.filter_time.start();
-        let verdict = shared.chain.on_server_op(&mut op, &shared.ctx);
+        let verdict = shared.chain.on_server_op(&mut op, &mut shared.ctx);
         shared.filter_time.finish(started);
         match verdict {
             Verdict::Forward => self.push(data),

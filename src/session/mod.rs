@@ -524,6 +524,9 @@ where
             Poll::Pending => {}
         }
         shared.client_queued = u2c.queued();
+        if !shared.ctx.end_subscriptions.is_empty() {
+            c2u.end_subscriptions_upstream(shared);
+        }
         match c2u.poll(cx, client, upstream, shared) {
             Poll::Ready(Ok(())) if !client_ended => {
                 if shared.closing.is_some() || shared.ctx.connect.is_none() {

@@ -134,6 +134,26 @@ struct LiveSub {
     /// in is still current).
     delivered: u64,
     watched_since: Option<u64>,
+    /// Deliveries passed on to the client (those the edge dropped not counted).
+    forwarded: u64,
+    /// An auto-unsubscribe the edge counts itself. nats-server counts toward `UNSUB sid max`
+    /// only the messages it delivers, not those its delivery filter drops; the upstream
+    /// behind the edge would count the edge's drops too. So on a subscription whose
+    /// deliveries the edge may drop, the max stays here, and at the max-th delivery passed
+    /// on the edge ends the subscription at the upstream itself.
+    edge_max: Option<u64>,
+    /// `edge_max` was reached and the edge is ending the subscription at the upstream: the
+    /// deliveries still on the way are dropped, as nats-server would not have made them,
+    /// until the upstream has ended it ([`Filter::on_unsubscribed`]).
+    ending: bool,
+}
+
+impl LiveSub {
+    /// Its deliveries must be seen whatever the rules: to drop those of a revoked
+    /// subscription, or to count an auto-unsubscribe the edge keeps.
+    fn needs_deliveries(&self) -> bool {
+        self.revoked || self.edge_max.is_some()
+    }
 }
 
 /// One session's identity and permissions.
@@ -153,8 +173,8 @@ pub struct AclFilter {
     subs: HashMap<Bytes, LiveSub>,
     /// Bumped whenever deliveries stop being watched: counts made before are incomplete.
     watch_epoch: u64,
-    /// Some entry of `subs` is revoked: deliveries are watched to drop its messages.
-    any_revoked: bool,
+    /// Some entry of `subs` needs its deliveries seen ([`LiveSub::needs_deliveries`]).
+    subs_need_deliveries: bool,
     /// Set once a subscription can receive denied subjects (nats-server's delivery filter).
     filter_deliveries: bool,
     /// The user is no longer authorized by reloaded rules (edge mode): the session is
@@ -184,7 +204,7 @@ impl AclFilter {
             responses: None,
             subs: HashMap::new(),
             watch_epoch: 0,
-            any_revoked: false,
+            subs_need_deliveries: false,
             filter_deliveries: false,
             revoked: false,
             presented: None,
@@ -227,9 +247,12 @@ impl AclFilter {
             // Deliveries are looked at only where one may be refused (a subscription that
             // can receive denied subjects, one being revoked) or answered (responses);
             // elsewhere they keep the fast path.
-            if p.responses.is_some() || self.filter_deliveries || self.any_revoked {
+            if p.responses.is_some() || self.filter_deliveries || self.subs_need_deliveries {
                 kinds.push(OpKind::Msg);
             }
+        } else if self.subs_need_deliveries {
+            // No rules apply any more, but auto-unsubscribes the edge counts are still on.
+            kinds.extend([OpKind::Unsub, OpKind::Msg]);
         }
         if self.revoked || (self.settings.mode == AuthMode::Edge && !self.connected) {
             // Every op, to close the session on it.
@@ -445,15 +468,18 @@ impl AclFilter {
             revoked: false,
             max: None,
             delivered: 0,
+            forwarded: 0,
+            edge_max: None,
+            ending: false,
             watched_since: self
                 .interest
                 .contains(OpKind::Msg)
                 .then_some(self.watch_epoch),
         };
         match self.subs.entry(Bytes::copy_from_slice(&sub.sid)) {
-            Entry::Occupied(mut old) if old.get().revoked => {
+            Entry::Occupied(mut old) if old.get().revoked || old.get().ending => {
                 old.insert(live);
-                self.any_revoked = self.subs.values().any(|s| s.revoked);
+                self.recount_needs();
                 self.refresh_interest();
             }
             Entry::Occupied(_) => {}
@@ -469,50 +495,98 @@ impl AclFilter {
     /// That is known only where every delivery was seen; elsewhere (deliveries are not
     /// watched, so nothing would count them) the entry goes at once, and the subscription's
     /// last deliveries, at most `max`, are not held to a reload that revokes it.
-    fn on_unsubscribe(&mut self, unsub: &crate::op::Unsub) {
+    ///
+    /// On a subscription whose deliveries the edge may drop, the max is the edge's to count
+    /// ([`LiveSub::edge_max`]): the UNSUB goes no further, and a verbose client gets the
+    /// `+OK` nats-server would send for it.
+    fn on_unsubscribe(&mut self, unsub: &crate::op::Unsub, ctx: &SessionCtx) -> Verdict {
         let Some(live) = self.subs.get_mut(&unsub.sid) else {
-            return;
+            return Verdict::Forward;
         };
         let counted =
             live.watched_since == Some(self.watch_epoch) && self.interest.contains(OpKind::Msg);
+        let may_drop = self.filter_deliveries
+            && self
+                .perms
+                .as_ref()
+                .is_some_and(|p| p.needs_delivery_filter(&live.subject, live.queue.as_deref()));
         match unsub.max {
             // Being ended at the upstream: the entry goes once it has been.
-            _ if live.revoked => {}
-            Some(max) if counted && max > live.delivered => live.max = Some(max),
+            _ if live.revoked || live.ending => {}
+            Some(max)
+                if counted && (may_drop || live.edge_max.is_some()) && max > live.forwarded =>
+            {
+                live.edge_max = Some(max);
+                self.subs_need_deliveries = true;
+                let verbose = ctx.connect.as_ref().is_none_or(|c| c.is_verbose());
+                return if verbose {
+                    Verdict::Answer(ServerOp::Ok)
+                } else {
+                    Verdict::Drop
+                };
+            }
+            // The upstream has delivered at least what the edge passed on, so it ends such
+            // a subscription at once too.
+            Some(max) if counted && live.edge_max.is_none() && max > live.delivered => {
+                live.max = Some(max)
+            }
             _ => self.forget(&unsub.sid),
         }
+        Verdict::Forward
     }
 
     /// The upstream's subscription `sid` has ended.
     fn forget(&mut self, sid: &[u8]) {
-        if self.subs.remove(sid).is_some_and(|gone| gone.revoked) {
-            // The last revoked one gone: deliveries may take the fast path again.
-            self.any_revoked = self.subs.values().any(|s| s.revoked);
+        if self
+            .subs
+            .remove(sid)
+            .is_some_and(|gone| gone.needs_deliveries())
+        {
+            // The last such one gone: deliveries may take the fast path again.
+            self.recount_needs();
             self.refresh_interest();
         }
     }
 
-    fn on_delivery(&mut self, msg: &crate::op::Msg) -> Verdict {
-        let Some(perms) = &self.perms else {
-            return Verdict::Forward;
-        };
+    fn recount_needs(&mut self) {
+        self.subs_need_deliveries = self.subs.values().any(LiveSub::needs_deliveries);
+    }
+
+    fn on_delivery(&mut self, msg: &crate::op::Msg, ctx: &mut SessionCtx) -> Verdict {
+        let perms = self.perms.as_deref();
         let mut live = self.subs.get_mut(&msg.sid);
-        // The upstream counts every delivery toward an auto-unsubscribe, dropped or not.
+        // The upstream counts every delivery toward an auto-unsubscribe it keeps, dropped or
+        // not.
         let last = live.as_deref_mut().is_some_and(|s| {
             s.delivered += 1;
             s.max.is_some_and(|max| s.delivered >= max)
         });
+        if live.as_ref().is_some_and(|s| s.ending) {
+            // Past the auto-unsubscribe the edge counts: nats-server would not have made it.
+            return Verdict::Drop;
+        }
         let queue = live.as_ref().and_then(|s| s.queue.clone());
-        let refused = live.is_some_and(|s| s.revoked)
+        let refused = live.as_ref().is_some_and(|s| s.revoked)
             || (self.filter_deliveries
                 && perms
-                    .denied_delivery(&msg.subject, queue.as_deref())
-                    .is_some());
+                    .is_some_and(|p| p.denied_delivery(&msg.subject, queue.as_deref()).is_some()));
+        if !refused {
+            if let Some(s) = live {
+                s.forwarded += 1;
+                if s.edge_max.is_some_and(|max| s.forwarded >= max) {
+                    // The last one: the edge ends the subscription at the upstream.
+                    s.ending = true;
+                    ctx.end_subscriptions.push(Bytes::copy_from_slice(&msg.sid));
+                }
+            }
+        }
         let verdict = if refused {
             self.denied(DenialKind::Delivery, &msg.subject, queue.as_ref());
             Verdict::Drop
         } else {
-            if let (Some(tracker), Some(reply)) = (self.responses.as_mut(), &msg.reply) {
+            if let (Some(perms), Some(tracker), Some(reply)) =
+                (&self.perms, self.responses.as_mut(), &msg.reply)
+            {
                 if !perms.check_publish(reply).allowed {
                     tracker.delivered(reply, Instant::now());
                 }
@@ -568,7 +642,8 @@ impl Filter for AclFilter {
             Some(perms) => {
                 for (sid, live) in self.subs.iter_mut() {
                     let queue = live.queue.as_deref();
-                    if !live.revoked && !perms.check_subscribe(&live.subject, queue).allowed {
+                    let ended = live.revoked || live.ending;
+                    if !ended && !perms.check_subscribe(&live.subject, queue).allowed {
                         reloaded
                             .notices
                             .push(ServerOp::Err(revoked_text(sid, live)));
@@ -583,12 +658,13 @@ impl Filter for AclFilter {
                     }
                     self.filter_deliveries |= perms.needs_delivery_filter(&live.subject, queue);
                 }
-                self.any_revoked = self.subs.values().any(|s| s.revoked);
+                self.recount_needs();
             }
-            // No rules apply any more: nothing is refused or tracked.
+            // No rules apply any more: nothing is refused, and only the auto-unsubscribes
+            // the edge counts are still tracked, to the end.
             None => {
-                self.subs.clear();
-                self.any_revoked = false;
+                self.subs.retain(|_, s| s.edge_max.is_some());
+                self.recount_needs();
             }
         }
         // After the revocations: deliveries of revoked subscriptions must be seen.
@@ -598,7 +674,7 @@ impl Filter for AclFilter {
 
     fn on_unsubscribed(&mut self, sids: &[Bytes]) {
         for sid in sids {
-            if self.subs.get(sid).is_some_and(|s| s.revoked) {
+            if self.subs.get(sid).is_some_and(|s| s.revoked || s.ending) {
                 self.forget(sid);
             }
         }
@@ -643,15 +719,12 @@ impl Filter for AclFilter {
                 self.on_publish(&subject)
             }
             ClientOp::Sub(sub) => self.on_subscribe(sub),
-            ClientOp::Unsub(unsub) => {
-                self.on_unsubscribe(unsub);
-                Verdict::Forward
-            }
+            ClientOp::Unsub(unsub) => self.on_unsubscribe(unsub, ctx),
             _ => Verdict::Forward,
         }
     }
 
-    fn on_server_op(&mut self, op: &mut ServerOp, _ctx: &SessionCtx) -> Verdict {
+    fn on_server_op(&mut self, op: &mut ServerOp, ctx: &mut SessionCtx) -> Verdict {
         if self.revoked {
             return Verdict::close_with(
                 CloseReason::AuthorizationViolation,
@@ -659,7 +732,7 @@ impl Filter for AclFilter {
             );
         }
         match op {
-            ServerOp::Msg(msg) => self.on_delivery(msg),
+            ServerOp::Msg(msg) => self.on_delivery(msg, ctx),
             _ => Verdict::Forward,
         }
     }

@@ -192,11 +192,11 @@ fn passthrough_keys_permissions_on_the_presented_user() {
     );
     assert!(chain.interest().contains(OpKind::Msg));
     assert_eq!(
-        chain.on_server_op(&mut msg("orders.new", "2", None), &ctx),
+        chain.on_server_op(&mut msg("orders.new", "2", None), &mut ctx),
         Verdict::Forward
     );
     assert_eq!(
-        chain.on_server_op(&mut msg("orders.secret", "2", None), &ctx),
+        chain.on_server_op(&mut msg("orders.secret", "2", None), &mut ctx),
         Verdict::Drop
     );
     let recorded = events.0.lock().unwrap().clone();
@@ -210,7 +210,7 @@ fn responses_are_allowed_once() {
     chain.on_client_op(&mut connect(r#"{"user":"svc","pass":"x"}"#), &mut ctx);
     chain.refresh_interest();
     assert!(chain.on_client_op(&mut publish("_INBOX.1"), &mut ctx) != Verdict::Forward);
-    chain.on_server_op(&mut msg("rpc.echo", "1", Some("_INBOX.1")), &ctx);
+    chain.on_server_op(&mut msg("rpc.echo", "1", Some("_INBOX.1")), &mut ctx);
     assert_eq!(
         chain.on_client_op(&mut publish("_INBOX.1"), &mut ctx),
         Verdict::Forward
@@ -321,7 +321,7 @@ fn lone_filter(text: &str) -> AclFilter {
 /// a reused sid keeps the subscription it names.
 #[test]
 fn auto_unsubscribe_ends_the_tracked_subscription() {
-    let (mut ctx, srv) = {
+    let (mut ctx, mut srv) = {
         let (_, ctx, _, _) = setup(AuthMode::Passthrough, RULES);
         let srv = SessionCtx::new(ctx.conn.clone());
         (ctx, srv)
@@ -347,17 +347,58 @@ fn auto_unsubscribe_ends_the_tracked_subscription() {
     assert!(!alice.interest().contains(OpKind::Msg));
     alice.on_client_op(&mut sub("orders.*", None, "2"), &mut ctx);
     assert!(alice.interest().contains(OpKind::Msg));
-    alice.on_server_op(&mut msg("orders.new", "2", None), &srv);
+    alice.on_server_op(&mut msg("orders.new", "2", None), &mut srv);
     // Its max already reached: gone now, as nats-server ends it.
     alice.on_client_op(&mut unsub("2", Some(1)), &mut ctx);
     assert!(!alice.subs.contains_key(&b"2"[..]));
+    // Deliveries of `orders.*` may be dropped (`orders.secret` is denied), and nats-server
+    // counts only those it makes: the edge keeps the max and ends it at the upstream itself.
     alice.on_client_op(&mut sub("orders.*", None, "3"), &mut ctx);
-    alice.on_client_op(&mut unsub("3", Some(2)), &mut ctx);
-    alice.on_server_op(&mut msg("orders.new", "3", None), &srv);
+    assert_eq!(
+        alice.on_client_op(&mut unsub("3", Some(2)), &mut ctx),
+        Verdict::Answer(ServerOp::Ok),
+        "a verbose client is answered for the UNSUB that goes no further"
+    );
+    fn deliver(f: &mut AclFilter, srv: &mut SessionCtx, subject: &'static str) -> Verdict {
+        f.on_server_op(&mut msg(subject, "3", None), srv)
+    }
+    assert_eq!(
+        deliver(&mut alice, &mut srv, "orders.new"),
+        Verdict::Forward
+    );
+    assert_eq!(
+        deliver(&mut alice, &mut srv, "orders.secret"),
+        Verdict::Drop
+    );
+    assert!(
+        srv.end_subscriptions.is_empty(),
+        "a dropped one does not count"
+    );
+    assert_eq!(
+        deliver(&mut alice, &mut srv, "orders.old"),
+        Verdict::Forward
+    );
+    assert_eq!(srv.end_subscriptions, [Bytes::from_static(b"3")]);
+    assert_eq!(
+        deliver(&mut alice, &mut srv, "orders.late"),
+        Verdict::Drop,
+        "past the max"
+    );
     assert!(alice.subs.contains_key(&b"3"[..]));
-    alice.on_server_op(&mut msg("orders.new", "3", None), &srv);
+    alice.on_unsubscribed(&[Bytes::from_static(b"3")]);
     assert!(
         !alice.subs.contains_key(&b"3"[..]),
+        "gone once the upstream has ended it"
+    );
+    // On a subscription none of whose deliveries can be dropped, the upstream counts.
+    alice.on_client_op(&mut sub("orders.new", None, "6"), &mut ctx);
+    assert_eq!(
+        alice.on_client_op(&mut unsub("6", Some(1)), &mut ctx),
+        Verdict::Forward
+    );
+    alice.on_server_op(&mut msg("orders.new", "6", None), &mut srv);
+    assert!(
+        !alice.subs.contains_key(&b"6"[..]),
         "the last delivery ended it"
     );
     // `UNSUB sid 0` ends it at once.
@@ -409,18 +450,18 @@ fn reload_applies_to_the_live_session() {
     source.store(AclRules::from_str("t.toml", RULES).unwrap());
     assert_eq!(chain.on_reload(&ctx), Reloaded::default());
     assert_eq!(
-        chain.on_server_op(&mut msg("orders.new", "7", None), &ctx),
+        chain.on_server_op(&mut msg("orders.new", "7", None), &mut ctx),
         Verdict::Drop
     );
     // The client's own UNSUB meanwhile changes nothing: the upstream's end does.
     chain.on_client_op(&mut unsub("7", None), &mut ctx);
     assert_eq!(
-        chain.on_server_op(&mut msg("orders.new", "7", None), &ctx),
+        chain.on_server_op(&mut msg("orders.new", "7", None), &mut ctx),
         Verdict::Drop
     );
     chain.on_unsubscribed(&[Bytes::from_static(b"7")]);
     assert_eq!(
-        chain.on_server_op(&mut msg("orders.new", "7", None), &ctx),
+        chain.on_server_op(&mut msg("orders.new", "7", None), &mut ctx),
         Verdict::Forward,
         "the sid is free again"
     );
@@ -443,10 +484,10 @@ fn a_sid_being_ended_can_be_reused() {
         .rules
         .store(AclRules::from_str("t.toml", &tighter).unwrap());
     assert_eq!(alice.on_reload(&ctx).unsubscribe.len(), 1);
-    assert!(alice.any_revoked);
+    assert!(alice.subs_need_deliveries);
     alice.on_client_op(&mut sub("orders.old", None, "1"), &mut ctx);
     assert_eq!(&alice.subs[&b"1"[..]].subject[..], b"orders.old");
-    assert!(!alice.any_revoked);
+    assert!(!alice.subs_need_deliveries);
     // The upstream's end of the old one leaves the new one alone.
     alice.on_unsubscribed(&[Bytes::from_static(b"1")]);
     assert!(alice.subs.contains_key(&b"1"[..]));

@@ -333,7 +333,7 @@ impl Filter for Rewrite {
         }
     }
 
-    fn on_server_op(&mut self, op: &mut ServerOp, ctx: &SessionCtx) -> Verdict {
+    fn on_server_op(&mut self, op: &mut ServerOp, ctx: &mut SessionCtx) -> Verdict {
         self.resolve(ctx);
         let Some((_, Some(set))) = &self.resolved else {
             return Verdict::Forward;

@@ -362,7 +362,7 @@ fn filter_maps_every_subject_and_keeps_the_payload() {
     assert_eq!(s.queue.as_deref(), Some(&b"workers"[..]));
 
     let mut msg = deliver("tenant.acme.orders.new", Some("tenant.acme._INBOX.a.1"));
-    assert_eq!(f.on_server_op(&mut msg, &ctx), Verdict::Changed);
+    assert_eq!(f.on_server_op(&mut msg, &mut ctx), Verdict::Changed);
     let ServerOp::Msg(m) = &msg else {
         unreachable!()
     };
@@ -390,7 +390,7 @@ fn subject_of(op: &ClientOp) -> &[u8] {
 fn reply_from_outside_the_mount_is_answered_through_a_token() {
     let (mut f, mut ctx) = filter_for("tenant-mount", &[]);
     let mut msg = deliver("tenant.acme.svc", Some("_INBOX.outside.1"));
-    assert_eq!(f.on_server_op(&mut msg, &ctx), Verdict::Changed);
+    assert_eq!(f.on_server_op(&mut msg, &mut ctx), Verdict::Changed);
     let token = reply_of(&msg);
     assert!(token.starts_with(b"_R_.") && token.len() == 20, "{token:?}");
     let mut answer = publish(std::str::from_utf8(&token).unwrap(), None);
@@ -406,7 +406,7 @@ fn reply_from_outside_the_mount_is_answered_through_a_token() {
     assert_eq!(subject_of(&own), b"tenant.acme._INBOX.outside.1");
 
     let mut lure = deliver("tenant.acme.svc", Some("orders.new"));
-    f.on_server_op(&mut lure, &ctx);
+    f.on_server_op(&mut lure, &mut ctx);
     assert_ne!(&reply_of(&lure)[..], b"orders.new");
     assert_ne!(reply_of(&lure), token, "a token per delivery");
     let mut own = publish("orders.new", None);
@@ -416,7 +416,7 @@ fn reply_from_outside_the_mount_is_answered_through_a_token() {
     // JetStream's replies are read by clients: shown and answered as they are.
     let ack = "$JS.ACK.ORDERS.w.1.1.1.1700000000000000000.0";
     let mut msg = deliver("tenant.acme.orders.new", Some(ack));
-    f.on_server_op(&mut msg, &ctx);
+    f.on_server_op(&mut msg, &mut ctx);
     assert_eq!(&reply_of(&msg)[..], ack.as_bytes());
     let mut answer = publish(ack, None);
     assert_eq!(f.on_client_op(&mut answer, &mut ctx), Verdict::Forward);
@@ -432,7 +432,7 @@ fn a_reply_that_would_be_answered_elsewhere_is_from_outside() {
         "tenant.acme.svc",
         Some("tenant.acme.$JS.API.STREAM.DELETE.ORDERS"),
     );
-    f.on_server_op(&mut msg, &ctx);
+    f.on_server_op(&mut msg, &mut ctx);
     let token = reply_of(&msg);
     assert!(token.starts_with(b"_R_."), "{token:?}");
     let mut answer = publish(std::str::from_utf8(&token).unwrap(), None);
@@ -443,10 +443,10 @@ fn a_reply_that_would_be_answered_elsewhere_is_from_outside() {
     );
     // Replies that map back and forth as they are stay as they were.
     let mut msg = deliver("tenant.acme.svc", Some("tenant.acme._INBOX.a"));
-    f.on_server_op(&mut msg, &ctx);
+    f.on_server_op(&mut msg, &mut ctx);
     assert_eq!(&reply_of(&msg)[..], b"_INBOX.a");
     let mut msg = deliver("tenant.acme.svc", Some("$JS.API.INFO"));
-    f.on_server_op(&mut msg, &ctx);
+    f.on_server_op(&mut msg, &mut ctx);
     assert_eq!(&reply_of(&msg)[..], b"$JS.API.INFO");
 }
 
@@ -530,7 +530,7 @@ fn a_mapped_request_over_max_payload_is_refused() {
 
 #[test]
 fn no_responders_status_names_the_client_subject() {
-    let (mut f, ctx) = filter_for("tenant-mount", &[]);
+    let (mut f, mut ctx) = filter_for("tenant-mount", &[]);
     let mut msg = ServerOp::Msg(Msg {
         subject: Bytes::from_static(b"tenant.acme._INBOX.a.1"),
         sid: Bytes::from_static(b"1"),
@@ -540,7 +540,7 @@ fn no_responders_status_names_the_client_subject() {
         )),
         payload: Bytes::new(),
     });
-    assert_eq!(f.on_server_op(&mut msg, &ctx), Verdict::Changed);
+    assert_eq!(f.on_server_op(&mut msg, &mut ctx), Verdict::Changed);
     let ServerOp::Msg(m) = &msg else {
         unreachable!()
     };

@@ -301,7 +301,7 @@ fn a_client_without_headers_is_upgraded_and_its_deliveries_stripped() {
         headers: Some(Bytes::from_static(b"NATS/1.0\r\nA: 1\r\n\r\n")),
         payload: Bytes::from_static(b"p"),
     });
-    assert_eq!(f.on_server_op(&mut msg, &ctx), Verdict::Changed);
+    assert_eq!(f.on_server_op(&mut msg, &mut ctx), Verdict::Changed);
     let ServerOp::Msg(m) = &msg else {
         unreachable!()
     };
