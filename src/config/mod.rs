@@ -767,10 +767,15 @@ impl Config {
                 "must be above zero".into(),
             ));
         }
-        if self.drain.timeout.0 < self.drain.grace_period.0 {
+        // As nats-server holds lame_duck_grace_period strictly below lame_duck_duration: a
+        // drain whose grace period takes all of it leaves no time to close the rest.
+        if self.drain.timeout.0 <= self.drain.grace_period.0 {
             return Err((
                 "drain.timeout".into(),
-                "must be at least drain.grace_period".into(),
+                format!(
+                    "must be longer than drain.grace_period ({:?}), to leave time to close the connections still open after it",
+                    self.drain.grace_period.0
+                ),
             ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
@@ -920,6 +925,23 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("handshake_timeout"), "{err}");
+    }
+
+    #[test]
+    fn drain_timeout_must_outlast_the_grace_period() {
+        let config = |grace: &str, timeout: &str| {
+            Config::from_toml_str(&format!(
+                "[upstream]\nurls = [\"nats://x:1\"]\n[drain]\ngrace_period = \"{grace}\"\ntimeout = \"{timeout}\""
+            ))
+        };
+        config("10s", "11s").expect("a second to close the rest");
+        for (grace, timeout) in [("10s", "10s"), ("10s", "5s")] {
+            let err = config(grace, timeout).unwrap_err().to_string();
+            assert!(
+                err.starts_with("drain.timeout: must be longer than drain.grace_period (10s)"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
