@@ -188,3 +188,54 @@ async fn clients_that_did_not_declare_protocol_1_get_no_lame_duck_info() {
     assert!(!reply.closed, "{}", reply.text());
     assert_eq!(reply.text(), "PONG\r\n", "an INFO for a protocol 0 client");
 }
+
+/// The lame-duck INFO leaves the draining listener's own address out of `connect_urls`, as
+/// nats-server leaves its own URLs out, so clients reconnect to the other edges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lame_duck_info_leaves_out_the_draining_edges_own_url() {
+    let server = NatsServer::start();
+    let mut edge = start_edge_toml(&edge_toml(
+        &[server.url()],
+        "advertise = \"edge-a.example.com:4222\"\n\
+         connect_urls = [\"nats://edge-a.example.com:4222\", \"nats://edge-b.example.com:4222\"]",
+        "",
+    ))
+    .await;
+    let (mut raw, first_info) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert_eq!(
+        first_info["connect_urls"],
+        serde_json::json!([
+            "nats://edge-a.example.com:4222",
+            "nats://edge-b.example.com:4222"
+        ])
+    );
+    let reply = raw
+        .roundtrip(b"CONNECT {\"verbose\":false,\"protocol\":1}\r\n")
+        .await;
+    assert!(!reply.closed, "{}", reply.text());
+    let client = async {
+        let ldm = loop {
+            let info = raw.read_info().await;
+            if info.get("ldm").is_some() {
+                break info;
+            }
+        };
+        drop(raw);
+        ldm
+    };
+    let (drained, ldm) = within(
+        "the drain",
+        futures::future::join(
+            nats_edge::drain::drain(&mut edge, Duration::from_secs(30), Duration::from_secs(35)),
+            client,
+        ),
+    )
+    .await;
+    assert_eq!(ldm["ldm"], true, "{ldm}");
+    assert_eq!(
+        ldm["connect_urls"],
+        serde_json::json!(["nats://edge-b.example.com:4222"]),
+        "{ldm}"
+    );
+    assert_eq!(drained.closed_by_edge, 0, "the client left on its own");
+}

@@ -37,6 +37,30 @@ impl InfoRewrite {
         // `ip` is a route/gateway field carrying a server address; never pass it on.
         info.extra.remove("ip");
     }
+
+    /// Makes a client INFO the lame-duck one: `ldm`, and, as nats-server leaves its own URLs
+    /// out of its lame-duck INFO, `connect_urls` without this listener's advertised address,
+    /// so that clients reconnect to the others, not to the edge that is going away.
+    pub fn lame_duck(&self, info: &mut Info) {
+        info.ldm = Some(true);
+        if let Some(urls) = info.connect_urls.as_mut() {
+            urls.retain(|url| !self.is_own_url(url));
+            if urls.is_empty() {
+                info.connect_urls = None;
+            }
+        }
+    }
+
+    /// `url` (`host:port`, with or without a scheme) names this listener's advertised address.
+    fn is_own_url(&self, url: &str) -> bool {
+        let address = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let Some((host, port)) = address.rsplit_once(':') else {
+            return false;
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let own = self.host.trim_start_matches('[').trim_end_matches(']');
+        port.parse::<u16>() == Ok(self.port) && host.eq_ignore_ascii_case(own)
+    }
 }
 
 #[cfg(test)]
@@ -85,5 +109,38 @@ mod tests {
         rw.apply(&mut tls, "192.0.2.7:5555".parse().unwrap());
         let json = serde_json::to_string(&tls).unwrap();
         assert!(!json.contains("tls"), "{json}");
+    }
+
+    #[test]
+    fn lame_duck_info_leaves_out_the_listeners_own_url() {
+        let mut rw = InfoRewrite {
+            host: "Edge-A.example.com".into(),
+            port: 4222,
+            connect_urls: vec![
+                "nats://edge-a.example.com:4222".into(),
+                "edge-b.example.com:4222".into(),
+                "edge-a.example.com:4223".into(),
+                "edge-a.example.com:4222".into(),
+            ],
+            tls_required: false,
+            tls_verify: false,
+        };
+        let mut info: Info = serde_json::from_str(r#"{"server_id":"S"}"#).unwrap();
+        rw.apply(&mut info, "192.0.2.7:5555".parse().unwrap());
+        rw.lame_duck(&mut info);
+        assert_eq!(info.ldm, Some(true));
+        assert_eq!(
+            info.connect_urls,
+            Some(vec![
+                "edge-b.example.com:4222".to_string(),
+                "edge-a.example.com:4223".to_string()
+            ])
+        );
+        // Only its own: the field goes, as nats-server's does.
+        rw.connect_urls = vec!["nats://[::1]:4222".into()];
+        rw.host = "::1".into();
+        rw.apply(&mut info, "192.0.2.7:5555".parse().unwrap());
+        rw.lame_duck(&mut info);
+        assert_eq!(info.connect_urls, None);
     }
 }

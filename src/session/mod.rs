@@ -639,7 +639,7 @@ pub(super) fn send_lame_duck(shared: &mut Shared) {
     else {
         return;
     };
-    info.ldm = Some(true);
+    shared.info_rewrite.lame_duck(&mut info);
     info.nonce = None;
     // Marks the INFO that answers a CONNECT (nats-server 2.12+), which this one is not.
     info.extra.remove("connect_info");
