@@ -627,11 +627,18 @@ async fn allow_responses_lets_a_service_answer_a_bounded_number_of_times() {
 /// What nats-server and the edge answer to `CONNECT connect` then `bytes`, up to the PONG
 /// that follows them, and whether each closed.
 async fn direct_and_edged(targets: &Targets, connect: &str, bytes: &str) -> [(String, bool); 2] {
+    replies_of([targets.direct(), targets.edged()], connect, bytes).await
+}
+
+/// What each of `addrs` answers to `CONNECT connect` then `bytes`, up to the PONG that
+/// follows them, and whether each closed.
+async fn replies_of(
+    addrs: [std::net::SocketAddr; 2],
+    connect: &str,
+    bytes: &str,
+) -> [(String, bool); 2] {
     let mut replies = [(String::new(), false), (String::new(), false)];
-    for (addr, out) in [targets.direct(), targets.edged()]
-        .into_iter()
-        .zip(&mut replies)
-    {
+    for (addr, out) in addrs.into_iter().zip(&mut replies) {
         let (mut raw, _) = RawConn::connect_info(addr).await;
         let reply = raw
             .roundtrip(&[connect_json(connect), bytes.as_bytes().to_vec()].concat())
@@ -769,16 +776,27 @@ async fn filtered_auto_unsubscribe_frees_its_subscription_slot() {
     .await;
     let bytes = "SUB orders.x 1\r\nSUB orders.* 2\r\nUNSUB 2 1\r\nPUB orders.secret 1\r\nx\r\n\
                  PUB orders.a 1\r\nx\r\nSUB orders.y 3\r\nSUB orders.z 4\r\nPUB orders.y 1\r\nx\r\n";
+    // A SUB refused at the limit is no subscription: an auto-unsubscribe for its sid is
+    // ignored, and the sid then subscribes afresh, with every message delivered.
+    let refused = format!(
+        "SUB orders.x 1\r\nSUB orders.y 2\r\nSUB orders.* 3\r\nUNSUB 3 2\r\nUNSUB 1\r\n\
+         SUB orders.* 3\r\n{}",
+        "PUB orders.a 1\r\nx\r\n".repeat(4)
+    );
+    let addrs = [direct.addr(), edge_addr(&edge)];
     for verbose in [false, true] {
         let connect = format!(r#"{{"user":"orders","pass":"pw","verbose":{verbose}}}"#);
-        let mut replies = Vec::new();
-        for addr in [direct.addr(), edge_addr(&edge)] {
-            let (mut raw, _) = RawConn::connect_info(addr).await;
-            let reply = raw
-                .roundtrip(&[connect_json(&connect), bytes.as_bytes().to_vec()].concat())
-                .await;
-            replies.push((show(&reply.bytes), reply.closed));
-        }
+        let replies = replies_of(addrs, &connect, &refused).await;
+        assert_eq!(replies[1], replies[0], "verbose {verbose}");
+        assert_eq!(
+            replies[0].0.matches("MSG orders.a 3 1").count(),
+            4,
+            "{replies:?}"
+        );
+    }
+    for verbose in [false, true] {
+        let connect = format!(r#"{{"user":"orders","pass":"pw","verbose":{verbose}}}"#);
+        let replies = replies_of(addrs, &connect, bytes).await;
         assert_eq!(replies[1], replies[0], "verbose {verbose}");
         assert!(
             replies[0].0.contains("MSG orders.a 2 1")

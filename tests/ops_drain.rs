@@ -97,7 +97,7 @@ async fn clients_left_after_the_grace_period_are_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
     let server = NatsServer::start();
-    let mut edge = spawn_edge(&server, "60s");
+    let mut edge = spawn_edge(&server, "50s");
     let (_raw, _) = protocol_one_client(&edge).await;
     send_signal(edge.pid(), "TERM");
     edge.wait_log(

@@ -70,7 +70,8 @@ impl Chain {
         let kind = crate::filter::client_op_kind(op);
         let mut outcome = Verdict::Forward;
         let mut stale = false;
-        for filter in self.filters.iter_mut() {
+        let mut refused_at = None;
+        for (at, filter) in self.filters.iter_mut().enumerate() {
             let interest = filter.interest();
             if !interest.contains(kind) {
                 continue;
@@ -84,8 +85,21 @@ impl Chain {
                 Verdict::Defer if ctx.upstream_caught_up => {}
                 Verdict::Changed => outcome = Verdict::Changed,
                 other => {
+                    if matches!(
+                        other,
+                        Verdict::Drop | Verdict::Answer(_) | Verdict::Close { .. }
+                    ) {
+                        refused_at = Some(at);
+                    }
                     outcome = other;
                     break;
+                }
+            }
+        }
+        if let Some(at) = refused_at {
+            for filter in self.filters[..at].iter_mut() {
+                if filter.interest().contains(kind) {
+                    filter.on_client_op_refused(op);
                 }
             }
         }

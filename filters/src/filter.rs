@@ -199,6 +199,13 @@ pub trait Filter: Send {
         Verdict::Forward
     }
 
+    /// A client op this filter passed on was refused by a filter after it in the chain (an
+    /// answer such as an `-ERR`, a drop, a close), so it never reaches the upstream. Called
+    /// on the filters before the one that refused it, for ops of a kind they asked to see,
+    /// so that one that recorded something for the op (the ACL and the limits filter a
+    /// subscription) can take it back.
+    fn on_client_op_refused(&mut self, _op: &ClientOp) {}
+
     /// Called for a server op on its way to the client. The context is mutable so that a
     /// filter can end a subscription ([`SessionCtx::end_subscriptions`]).
     fn on_server_op(&mut self, _op: &mut ServerOp, _ctx: &mut SessionCtx) -> Verdict {

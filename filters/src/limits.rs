@@ -57,6 +57,8 @@ pub struct Limits {
     config: LimitsConfig,
     /// Live subscriptions by sid, with their auto-unsubscribe progress.
     subs: HashMap<Bytes, AutoUnsub>,
+    /// The sid the latest SUB counted, taken back if a later filter refuses that SUB.
+    added_by_sub: Option<Bytes>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -70,6 +72,7 @@ impl Limits {
         Limits {
             config,
             subs: HashMap::new(),
+            added_by_sub: None,
         }
     }
 
@@ -104,6 +107,7 @@ impl Filter for Limits {
         };
         match op {
             ClientOp::Sub(sub) => {
+                self.added_by_sub = None;
                 // At the limit nats-server refuses any SUB, before it looks at the subject or
                 // the sid: one that reuses a sid, or names an invalid subject, too.
                 if self.subs.len() >= max {
@@ -121,8 +125,9 @@ impl Filter for Limits {
                 if !subject::is_valid_subject(&sub.subject) || self.subs.contains_key(&sub.sid) {
                     return Verdict::Forward;
                 }
-                self.subs
-                    .insert(Bytes::copy_from_slice(&sub.sid), AutoUnsub::default());
+                let sid = Bytes::copy_from_slice(&sub.sid);
+                self.subs.insert(sid.clone(), AutoUnsub::default());
+                self.added_by_sub = Some(sid);
             }
             ClientOp::Unsub(unsub) => match unsub.max {
                 Some(max) if max > 0 => {
@@ -141,6 +146,16 @@ impl Filter for Limits {
             _ => {}
         }
         Verdict::Forward
+    }
+
+    fn on_client_op_refused(&mut self, op: &ClientOp) {
+        // A SUB a later filter refused takes no slot.
+        if let ClientOp::Sub(sub) = op {
+            if self.added_by_sub.as_deref() == Some(&sub.sid[..]) {
+                self.added_by_sub = None;
+                self.subs.remove(&sub.sid);
+            }
+        }
     }
 
     fn on_unsubscribing(&mut self, sids: &[Bytes]) {

@@ -17,6 +17,9 @@ pub struct InfoRewrite {
     pub tls_required: bool,
     /// INFO `tls_verify`: the listener requires a client certificate.
     pub tls_verify: bool,
+    /// The lame-duck INFO has been sent: later INFOs leave the listener's own address out
+    /// of `connect_urls` too, as nats-server clears its own URLs for good.
+    pub lame_duck: bool,
 }
 
 impl InfoRewrite {
@@ -25,6 +28,9 @@ impl InfoRewrite {
         info.host = Some(self.host.clone());
         info.port = Some(self.port);
         info.connect_urls = (!self.connect_urls.is_empty()).then(|| self.connect_urls.clone());
+        if self.lame_duck {
+            self.leave_out_own_url(info);
+        }
         // WebSocket URLs of the cluster are upstream addresses too; the edge's own ws listeners
         // are advertised by the transport layer.
         info.ws_connect_urls = None;
@@ -41,8 +47,13 @@ impl InfoRewrite {
     /// Makes a client INFO the lame-duck one: `ldm`, and, as nats-server leaves its own URLs
     /// out of its lame-duck INFO, `connect_urls` without this listener's advertised address,
     /// so that clients reconnect to the others, not to the edge that is going away.
-    pub fn lame_duck(&self, info: &mut Info) {
+    pub fn lame_duck(&mut self, info: &mut Info) {
+        self.lame_duck = true;
         info.ldm = Some(true);
+        self.leave_out_own_url(info);
+    }
+
+    fn leave_out_own_url(&self, info: &mut Info) {
         if let Some(urls) = info.connect_urls.as_mut() {
             urls.retain(|url| !self.is_own_url(url));
             if urls.is_empty() {
@@ -81,6 +92,7 @@ mod tests {
             connect_urls: vec![],
             tls_required: false,
             tls_verify: false,
+            lame_duck: false,
         };
         rw.apply(&mut info, "192.0.2.7:5555".parse().unwrap());
         let json = serde_json::to_string(&info).unwrap();
@@ -124,6 +136,7 @@ mod tests {
             ],
             tls_required: false,
             tls_verify: false,
+            lame_duck: false,
         };
         let mut info: Info = serde_json::from_str(r#"{"server_id":"S"}"#).unwrap();
         rw.apply(&mut info, "192.0.2.7:5555".parse().unwrap());
@@ -136,6 +149,11 @@ mod tests {
                 "edge-a.example.com:4223".to_string()
             ])
         );
+        // An INFO after it (a cluster change upstream) leaves it out too, without `ldm`.
+        let mut later: Info = serde_json::from_str(r#"{"server_id":"S"}"#).unwrap();
+        rw.apply(&mut later, "192.0.2.7:5555".parse().unwrap());
+        assert_eq!(later.ldm, None);
+        assert_eq!(later.connect_urls, info.connect_urls);
         // Only its own: the field goes, as nats-server's does.
         rw.connect_urls = vec!["nats://[::1]:4222".into()];
         rw.host = "::1".into();

@@ -175,6 +175,9 @@ pub struct AclFilter {
     watch_epoch: u64,
     /// Some entry of `subs` needs its deliveries seen ([`LiveSub::needs_deliveries`]).
     subs_need_deliveries: bool,
+    /// The sid of the entry the latest SUB added, taken back if a later filter refuses
+    /// that SUB ([`Filter::on_client_op_refused`]).
+    added_by_sub: Option<Bytes>,
     /// Set once a subscription can receive denied subjects (nats-server's delivery filter).
     filter_deliveries: bool,
     /// The user is no longer authorized by reloaded rules (edge mode): the session is
@@ -205,6 +208,7 @@ impl AclFilter {
             subs: HashMap::new(),
             watch_epoch: 0,
             subs_need_deliveries: false,
+            added_by_sub: None,
             filter_deliveries: false,
             revoked: false,
             presented: None,
@@ -446,7 +450,11 @@ impl AclFilter {
         ))
     }
 
-    fn on_subscribe(&mut self, sub: &crate::op::Sub) -> Verdict {
+    fn on_subscribe(&mut self, sub: &crate::op::Sub, ctx: &SessionCtx) -> Verdict {
+        // Shown again after a deferral, it is the same SUB: what it added stays marked.
+        if !ctx.upstream_caught_up {
+            self.added_by_sub = None;
+        }
         let Some(perms) = self.perms.clone() else {
             return Verdict::Forward;
         };
@@ -483,7 +491,10 @@ impl AclFilter {
                 self.refresh_interest();
             }
             Entry::Occupied(_) => {}
+            // An invalid subject never becomes a subscription: the upstream refuses it.
+            Entry::Vacant(_) if !crate::subject::is_valid_subject(&sub.subject) => {}
             Entry::Vacant(new) => {
+                self.added_by_sub = Some(new.key().clone());
                 new.insert(live);
             }
         }
@@ -505,11 +516,15 @@ impl AclFilter {
         };
         let counted =
             live.watched_since == Some(self.watch_epoch) && self.interest.contains(OpKind::Msg);
+        // A queue subscription's count stays the upstream's: ending it at the edge would
+        // drop the messages the upstream still gives this member until it reads the edge's
+        // UNSUB, which on nats-server would go to the group's other members.
         let may_drop = self.filter_deliveries
+            && live.queue.is_none()
             && self
                 .perms
                 .as_ref()
-                .is_some_and(|p| p.needs_delivery_filter(&live.subject, live.queue.as_deref()));
+                .is_some_and(|p| p.needs_delivery_filter(&live.subject, None));
         match unsub.max {
             // Being ended at the upstream: the entry goes once it has been.
             _ if live.revoked || live.ending => {}
@@ -660,10 +675,10 @@ impl Filter for AclFilter {
                 }
                 self.recount_needs();
             }
-            // No rules apply any more: nothing is refused, and only the auto-unsubscribes
-            // the edge counts are still tracked, to the end.
+            // No rules apply any more: nothing is refused, and only the subscriptions the
+            // edge is ending or counts an auto-unsubscribe for are still tracked, to the end.
             None => {
-                self.subs.retain(|_, s| s.edge_max.is_some());
+                self.subs.retain(|_, s| s.needs_deliveries());
                 self.recount_needs();
             }
         }
@@ -718,9 +733,20 @@ impl Filter for AclFilter {
                 let subject = p.subject.clone();
                 self.on_publish(&subject)
             }
-            ClientOp::Sub(sub) => self.on_subscribe(sub),
+            ClientOp::Sub(sub) => self.on_subscribe(sub, ctx),
             ClientOp::Unsub(unsub) => self.on_unsubscribe(unsub, ctx),
             _ => Verdict::Forward,
+        }
+    }
+
+    fn on_client_op_refused(&mut self, op: &ClientOp) {
+        // A SUB a later filter refused (the subscription limit's `-ERR`) never became a
+        // subscription: the entry it added goes, so refused SUBs cannot grow the table.
+        if let ClientOp::Sub(sub) = op {
+            if self.added_by_sub.as_deref() == Some(&sub.sid[..]) {
+                self.added_by_sub = None;
+                self.subs.remove(&sub.sid);
+            }
         }
     }
 

@@ -390,6 +390,17 @@ fn auto_unsubscribe_ends_the_tracked_subscription() {
         !alice.subs.contains_key(&b"3"[..]),
         "gone once the upstream has ended it"
     );
+    // A queue subscription's count stays the upstream's: the edge ending it would drop
+    // messages the group's other members should get.
+    alice.on_client_op(&mut sub("orders.*", Some("q"), "7"), &mut ctx);
+    assert_eq!(
+        alice.on_client_op(&mut unsub("7", Some(2)), &mut ctx),
+        Verdict::Forward
+    );
+    assert_eq!(alice.subs[&b"7"[..]].edge_max, None);
+    // An invalid subject never becomes a subscription (the upstream refuses it).
+    alice.on_client_op(&mut sub("orders..x", None, "8"), &mut ctx);
+    assert!(!alice.subs.contains_key(&b"8"[..]));
     // On a subscription none of whose deliveries can be dropped, the upstream counts.
     alice.on_client_op(&mut sub("orders.new", None, "6"), &mut ctx);
     assert_eq!(
