@@ -141,6 +141,9 @@ pub struct Reloaded {
     /// Subscriptions, by sid, the session ends at the upstream. Their deliveries already on
     /// the way are the filter's to drop until [`Filter::on_unsubscribed`].
     pub unsubscribe: Vec<Bytes>,
+    /// How many of `unsubscribe` the client had already unsubscribed with a max still to be
+    /// reached (`UNSUB sid max`), which the session counted as removed when it was sent.
+    pub already_unsubscribed: usize,
     /// The client is no longer authorized: the session sends this `-ERR` and ends.
     pub close: Option<(CloseReason, &'static str)>,
 }
@@ -150,6 +153,7 @@ impl Reloaded {
     pub fn merge(&mut self, other: Reloaded) {
         self.notices.extend(other.notices);
         self.unsubscribe.extend(other.unsubscribe);
+        self.already_unsubscribed += other.already_unsubscribed;
         self.close = self.close.or(other.close);
     }
 }

@@ -127,11 +127,18 @@ impl Forwarder {
     /// nats-server's own reload removes them. The UNSUBs go between two PINGs of the edge's
     /// (see [`Shared::unsubscribed_upstream`]): a verbose client never sees their `+OK`s,
     /// and the filters drop the subscriptions' deliveries until the second PONG.
-    pub fn unsubscribe_upstream(&mut self, sids: Vec<Bytes>, shared: &mut Shared) {
+    /// `already_unsubscribed` of them the client had unsubscribed with a max still to be
+    /// reached: they were counted as removed then.
+    pub fn unsubscribe_upstream(
+        &mut self,
+        sids: Vec<Bytes>,
+        already_unsubscribed: usize,
+        shared: &mut Shared,
+    ) {
         if self.stopped || sids.is_empty() {
             return;
         }
-        self.unsubs += sids.len() as u64;
+        self.unsubs += sids.len().saturating_sub(already_unsubscribed) as u64;
         self.send_unsubscribes(sids, shared);
     }
 

@@ -104,7 +104,7 @@ fn apply_reload(shared: &mut Shared, c2u: &mut Forwarder) {
             c2u.stop();
         }
     }
-    c2u.unsubscribe_upstream(reloaded.unsubscribe, shared);
+    c2u.unsubscribe_upstream(reloaded.unsubscribe, reloaded.already_unsubscribed, shared);
 }
 
 /// Runs one client connection, its transport handshake done, to its end. `accepted_at` is

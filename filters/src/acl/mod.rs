@@ -663,6 +663,9 @@ impl Filter for AclFilter {
                             .notices
                             .push(ServerOp::Err(revoked_text(sid, live)));
                         reloaded.unsubscribe.push(sid.clone());
+                        if live.max.is_some() || live.edge_max.is_some() {
+                            reloaded.already_unsubscribed += 1;
+                        }
                         tracing::info!(
                             user = self.user.as_deref().unwrap_or(""),
                             subject = %String::from_utf8_lossy(&live.subject),

@@ -422,6 +422,29 @@ fn auto_unsubscribe_ends_the_tracked_subscription() {
     assert_eq!(&alice.subs[&b"5"[..]].subject[..], b"orders.*");
 }
 
+/// A reload that refuses a subscription the client has already auto-unsubscribed says so,
+/// so the session does not count its removal twice.
+#[test]
+fn reload_reports_subscriptions_already_unsubscribed() {
+    let (mut chain, mut ctx, _, source) = setup(AuthMode::Passthrough, RULES);
+    chain.on_client_op(&mut connect(r#"{"user":"alice"}"#), &mut ctx);
+    chain.on_client_op(&mut sub("orders.*", None, "1"), &mut ctx);
+    chain.on_client_op(&mut sub("orders.*", None, "2"), &mut ctx);
+    assert_eq!(
+        chain.on_client_op(&mut unsub("2", Some(5)), &mut ctx),
+        Verdict::Answer(ServerOp::Ok),
+        "the edge keeps the max"
+    );
+    let tighter = RULES.replace(
+        r#"deny = ["orders.secret"]"#,
+        r#"deny = ["orders.secret", "orders.*"]"#,
+    );
+    source.store(AclRules::from_str("t.toml", &tighter).unwrap());
+    let reloaded = chain.on_reload(&ctx);
+    assert_eq!(reloaded.unsubscribe.len(), 2, "{reloaded:?}");
+    assert_eq!(reloaded.already_unsubscribed, 1, "{reloaded:?}");
+}
+
 /// A reload refuses a live subscription: the client is told in nats-server's words, once,
 /// the session is asked to end it at the upstream, and its deliveries still on the way are
 /// dropped until the upstream has ended it.
@@ -446,6 +469,7 @@ fn reload_applies_to_the_live_session() {
                 r#"Permissions Violation for Subscription to "orders.new" (sid "7")"#.into()
             )],
             unsubscribe: vec![Bytes::from_static(b"7")],
+            already_unsubscribed: 0,
             close: None,
         }
     );
