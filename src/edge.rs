@@ -660,7 +660,7 @@ fn info_rewrite(
             .tls
             .as_ref()
             .is_some_and(|tls| tls.verify_required()),
-        lame_duck: false,
+        lame_duck_sent: false,
     }
 }
 

@@ -19,7 +19,7 @@ pub struct InfoRewrite {
     pub tls_verify: bool,
     /// The lame-duck INFO has been sent: later INFOs leave the listener's own address out
     /// of `connect_urls` too, as nats-server clears its own URLs for good.
-    pub lame_duck: bool,
+    pub lame_duck_sent: bool,
 }
 
 impl InfoRewrite {
@@ -28,7 +28,7 @@ impl InfoRewrite {
         info.host = Some(self.host.clone());
         info.port = Some(self.port);
         info.connect_urls = (!self.connect_urls.is_empty()).then(|| self.connect_urls.clone());
-        if self.lame_duck {
+        if self.lame_duck_sent {
             self.leave_out_own_url(info);
         }
         // WebSocket URLs of the cluster are upstream addresses too; the edge's own ws listeners
@@ -48,7 +48,7 @@ impl InfoRewrite {
     /// out of its lame-duck INFO, `connect_urls` without this listener's advertised address,
     /// so that clients reconnect to the others, not to the edge that is going away.
     pub fn lame_duck(&mut self, info: &mut Info) {
-        self.lame_duck = true;
+        self.lame_duck_sent = true;
         info.ldm = Some(true);
         self.leave_out_own_url(info);
     }
@@ -92,7 +92,7 @@ mod tests {
             connect_urls: vec![],
             tls_required: false,
             tls_verify: false,
-            lame_duck: false,
+            lame_duck_sent: false,
         };
         rw.apply(&mut info, "192.0.2.7:5555".parse().unwrap());
         let json = serde_json::to_string(&info).unwrap();
@@ -136,7 +136,7 @@ mod tests {
             ],
             tls_required: false,
             tls_verify: false,
-            lame_duck: false,
+            lame_duck_sent: false,
         };
         let mut info: Info = serde_json::from_str(r#"{"server_id":"S"}"#).unwrap();
         rw.apply(&mut info, "192.0.2.7:5555".parse().unwrap());

@@ -386,7 +386,7 @@ mod tests {
             connect_urls: Vec::new(),
             tls_required: false,
             tls_verify: false,
-            lame_duck: false,
+            lame_duck_sent: false,
         };
         Shared::new(
             Chain::new(Vec::new()),
