@@ -661,6 +661,10 @@ pub enum Content {
     /// Newline-separated JSON records of a telemetry feed (see [`json_payload`]); every
     /// message of a batch differs from the others.
     Json,
+    /// Every payload byte is `x`, and every message of a batch has a reply subject of its own
+    /// (`_INBOX.bench.000042`), as requests carry their inboxes: no control line repeats the
+    /// one before it, so the forwarders frame every line in full.
+    DistinctReplies,
 }
 
 /// The payload of message `i`: `size` bytes of newline-separated JSON records such as a
@@ -805,9 +809,16 @@ pub fn pub_sub_content(
     }
 
     let message = |i: u64| {
-        let mut f = format!("PUB {subject} {payload}\r\n").into_bytes();
+        let mut f = match content {
+            Content::DistinctReplies => {
+                format!("PUB {subject} _INBOX.bench.{i:06} {payload}\r\n").into_bytes()
+            }
+            Content::Filler | Content::Json => format!("PUB {subject} {payload}\r\n").into_bytes(),
+        };
         match content {
-            Content::Filler => f.extend(std::iter::repeat_n(b'x', payload)),
+            Content::Filler | Content::DistinctReplies => {
+                f.extend(std::iter::repeat_n(b'x', payload))
+            }
             Content::Json => f.extend(json_payload(payload, i)),
         }
         f.extend_from_slice(b"\r\n");
@@ -817,7 +828,9 @@ pub fn pub_sub_content(
     let per_batch = (64 * 1024 / frame.len()).max(1);
     let batch: Vec<u8> = match content {
         Content::Filler => frame.repeat(per_batch),
-        Content::Json => (0..per_batch as u64).flat_map(message).collect(),
+        Content::Json | Content::DistinctReplies => {
+            (0..per_batch as u64).flat_map(message).collect()
+        }
     };
     let compress = matches!(endpoint.transport, Transport::WsDeflate);
     let batch = Batch::new(batch, compress);

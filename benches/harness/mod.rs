@@ -648,25 +648,37 @@ pub struct CallgrindSetup {
     pub slug: &'static str,
     /// The `NATS_EDGE_*` settings that turn it on.
     pub env: Vec<(&'static str, String)>,
+    /// What the published messages look like.
+    pub content: load::Content,
 }
 
-/// The plain edge, then with ACL rules, then with the shipped rewrite and tagging rules.
+/// The plain edge; the plain edge with messages whose control lines never repeat; then with
+/// ACL rules, and with the shipped rewrite and tagging rules.
 pub fn callgrind_setups() -> Vec<CallgrindSetup> {
     vec![
         CallgrindSetup {
             name: "the edge",
             slug: "plain",
             env: Vec::new(),
+            content: load::Content::Filler,
+        },
+        CallgrindSetup {
+            name: "the edge, a reply subject of its own on every message",
+            slug: "plain-distinct",
+            env: Vec::new(),
+            content: load::Content::DistinctReplies,
         },
         CallgrindSetup {
             name: "the edge with ACL rules",
             slug: "acl",
             env: vec![targets::acl_env()],
+            content: load::Content::Filler,
         },
         CallgrindSetup {
             name: "the edge with rewrite+tag",
             slug: "rewrite-tag",
             env: targets::rewrite_tag_env().to_vec(),
+            content: load::Content::Filler,
         },
     ]
 }
@@ -696,7 +708,8 @@ pub fn callgrind_instructions_per_message(edge_bin: &str, setup: &CallgrindSetup
     for n in [small, large] {
         let out = dir.join(format!("callgrind.{}.{n}.out", setup.slug));
         let edge = targets::start_edge_under_callgrind(edge_bin, server.addr, &out, &setup.env)?;
-        load::pub_sub(edge.addr, 1, 1, n, 128).expect("pub/sub under callgrind");
+        load::pub_sub_content(&load::Endpoint::tcp(edge.addr), 1, 1, n, 128, setup.content)
+            .expect("pub/sub under callgrind");
         edge.terminate();
         let profile = std::fs::read_to_string(&out).ok()?;
         let total = profile.lines().find_map(|l| {
