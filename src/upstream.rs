@@ -513,6 +513,10 @@ async fn read_first_info<S: AsyncRead + Unpin>(
                 };
             }
             Ok(Some(_)) | Err(_) => return Err(DialError::BadInfo),
+            // A PING or PONG line on its way, however long: not the INFO that must come first.
+            Ok(None) if proto::ignored_line_verb_len(&buf, Direction::ServerToClient).is_some() => {
+                return Err(DialError::BadInfo)
+            }
             Ok(None) => {}
         }
         if stream.read_buf(&mut buf).await.map_err(DialError::Read)? == 0 {
@@ -548,6 +552,21 @@ mod tests {
             b"-err 'Maximum Connections Exceeded'\r\n"
         ));
         assert!(!is_max_connections_error(b"-ERR 'maximum conn"));
+    }
+
+    /// A server that starts with anything but INFO is refused, even a PING line that never
+    /// ends (which a reader skipping such lines would otherwise wait on, or buffer).
+    #[tokio::test]
+    async fn a_ping_before_the_info_is_a_bad_info() {
+        assert!(matches!(
+            first_info(b"PING\r\n").await,
+            Err(DialError::BadInfo)
+        ));
+        let endless = [&b"PING"[..], &[b'x'; 100_000][..]].concat();
+        assert!(matches!(
+            first_info(&endless).await,
+            Err(DialError::BadInfo)
+        ));
     }
 
     #[test]

@@ -17,6 +17,14 @@ const TOTAL: usize = 50 * 1024 * 1024;
 /// Messages between checks.
 const BATCH: usize = 16;
 
+/// The edge as a process of its own in front of `server`, so its resident memory can be read.
+fn edge_process(server: &NatsServer) -> EdgeProcess {
+    EdgeProcess::spawn(
+        &["--listen", "127.0.0.1:0", "--upstream", &server.url()],
+        &[],
+    )
+}
+
 /// A raw subscriber with a small receive buffer that subscribes to `subject` and then never
 /// reads its socket again.
 async fn stalled_subscriber(edge: std::net::SocketAddr, subject: &str) -> RawConn {
@@ -40,10 +48,7 @@ async fn stalled_subscriber_does_not_grow_the_edge() {
     // subscriber stays subscribed while the 50 MB go by. Whether the server ends it is the
     // server's business; the edge must simply not buffer on its behalf.
     let server = NatsServer::start();
-    let edge = EdgeProcess::spawn(
-        &["--listen", "127.0.0.1:0", "--upstream", &server.url()],
-        &[],
-    );
+    let edge = edge_process(&server);
     let baseline = edge.rss_bytes();
 
     let _stalled = stalled_subscriber(edge.addr(), "firehose").await;
@@ -127,4 +132,42 @@ async fn publisher_is_not_held_by_a_stalled_subscriber_in_process() {
     .await;
     let c = client(&edge_url(&edge)).await;
     round_trip(&c).await;
+}
+
+/// nats-server skips any number of bytes between `PING` and its newline. The edge answers such
+/// a line too, and must not buffer what it skips while the newline is on its way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_ping_line_does_not_grow_the_edge() {
+    let server = NatsServer::start();
+    let edge = edge_process(&server);
+    let baseline = edge.rss_bytes();
+    let (mut raw, _) = RawConn::connect_info(edge.addr()).await;
+    raw.send(b"CONNECT {\"verbose\":false}\r\nPING").await;
+    let filler = vec![b'x'; MESSAGE];
+    let mut peak = baseline;
+    for i in 0..TOTAL / MESSAGE {
+        raw.send(&filler).await;
+        if i % BATCH == BATCH - 1 {
+            peak = peak.max(edge.rss_bytes());
+        }
+    }
+    // The line ends and is answered; the connection carries on.
+    raw.send(b"\r\n").await;
+    let answer = raw.read_until(b"PONG\r\n").await;
+    assert_eq!(answer.text(), "PONG\r\n");
+    let after = raw.roundtrip(b"").await;
+    assert!(after.bytes.is_empty() && !after.closed, "{}", after.text());
+    peak = peak.max(edge.rss_bytes());
+    eprintln!(
+        "edge RSS: baseline {:.1} MiB, peak {:.1} MiB over a {} MiB PING line",
+        baseline as f64 / MIB as f64,
+        peak as f64 / MIB as f64,
+        TOTAL as u64 / MIB
+    );
+    assert!(
+        peak < baseline + 16 * MIB,
+        "edge RSS peaked at {:.1} MiB (baseline {:.1} MiB)",
+        peak as f64 / MIB as f64,
+        baseline as f64 / MIB as f64
+    );
 }

@@ -961,6 +961,13 @@ fn differential_cases() -> Vec<(&'static str, Vec<u8>)> {
         v.extend_from_slice(b" 1\r\n");
         c(&v)
     };
+    // nats-server skips what follows PING and PONG up to the newline, however long.
+    let long_tail = |verb: &[u8], filler: u8| {
+        let mut v = verb.to_vec();
+        v.extend(std::iter::repeat_n(filler, 6000));
+        v.extend_from_slice(b"\r\nSUB foo 1\r\nPUB foo 1\r\nx\r\n");
+        c(&v)
+    };
     let longish_ok = {
         let mut v = b"SUB ".to_vec();
         v.extend(std::iter::repeat_n(b'a', 4000));
@@ -1062,6 +1069,9 @@ fn differential_cases() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("invalid subject", c(b"SUB foo..bar 1\r\nSUB .x 2\r\n")),
         ("PINGX is a PING", c(b"PINGX\r\n")),
+        ("ping with 6000 bytes before its newline", long_tail(b"PING", b'x')),
+        ("ping with 6000 blanks before its newline", long_tail(b"ping", b' ')),
+        ("pong with 6000 bytes before its newline", long_tail(b"PONG", b'x')),
         ("trailing blank after size", c(b"SUB foo 1\r\nPUB foo 2 \r\nhi\r\n")),
         ("size with leading zeros", c(b"SUB foo 1\r\nPUB foo 0002\r\nhi\r\n")),
         ("ping with an argument", c(b"PING foo\r\n")),

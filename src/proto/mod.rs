@@ -15,7 +15,10 @@ pub use build::{build_client_op, build_connect_over, build_server_op};
 pub use encode::{
     encode_client_head, encode_client_op, encode_server_head, encode_server_op, PAYLOAD_END,
 };
-pub use scan::{pending_frame_len, plain_messages, scan, Args, Direction, Frame, ScanLimits, Verb};
+pub use scan::{
+    ignored_line_verb_len, pending_frame_len, plain_messages, scan, Args, Direction, Frame,
+    ScanLimits, Verb,
+};
 
 /// A protocol violation found while decoding, named by how nats-server reacts to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -488,10 +488,15 @@ fn scan_general(
     // like any other, and a line is judged the same however the reads split it.
     let counted_from = (verb_len + 1).min(args_start);
     let Some((nl, line_end)) = find_line_end(buf, verb_len, tail)? else {
+        if tail == Tail::Ignored {
+            // nats-server skips what follows these verbs up to the newline, however long.
+            // A forwarder drops those bytes as they come (`ignored_line_verb_len`).
+            return Ok(None);
+        }
         return check_partial_line(buf, counted_from, limits.max_control_line);
     };
     let line_start = args_start.min(line_end);
-    if line_end.saturating_sub(counted_from) > limits.max_control_line {
+    if tail != Tail::Ignored && line_end.saturating_sub(counted_from) > limits.max_control_line {
         return Err(ProtoError::MaxControlLine);
     }
     if tail == Tail::Args && line_start == line_end {
@@ -513,6 +518,18 @@ fn scan_general(
         frame_payload(buf, frame, limits)
     } else {
         Ok(Some(frame))
+    }
+}
+
+/// The length of the verb at the front of `buf` when it is one whose line nats-server reads
+/// no further than the verb (`PING`, `PONG`, `+OK`): it skips any number of bytes up to the
+/// newline without counting them against `max_control_line`. When [`scan`] says such a line
+/// is not complete, a reader keeps the verb and drops the rest of what it has, so that the
+/// line costs no more memory than any other while its newline is on the way.
+pub fn ignored_line_verb_len(buf: &[u8], dir: Direction) -> Option<usize> {
+    match match_verb(buf, dir) {
+        Ok(Some((_, Tail::Ignored, verb_len))) => Some(verb_len),
+        _ => None,
     }
 }
 

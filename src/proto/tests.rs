@@ -258,7 +258,7 @@ fn a_line_of_blanks_after_a_verb_is_refused() {
 
 #[test]
 fn endless_blanks_after_a_verb_hit_the_control_line_limit() {
-    for verb in [&b"PUB"[..], b"SUB\t", b"PING", b"CONNECT"] {
+    for verb in [&b"PUB"[..], b"SUB\t", b"CONNECT"] {
         let input = [verb, &[b' '; 5000][..]].concat();
         assert_eq!(
             decode_chunks(&[&input], C).end,
@@ -276,6 +276,33 @@ fn endless_blanks_after_a_verb_hit_the_control_line_limit() {
     // All blanks but the first count: this line is exactly at the limit.
     let at_limit = [&b"SUB"[..], &[b' '; 4090], b"foo 1\r\n"].concat();
     assert_eq!(decode_chunks(&[&at_limit], C).end, Ok(0));
+}
+
+/// nats-server skips what follows `PING` and `PONG` up to the newline without counting it
+/// against `max_control_line`: such a line is framed whatever its length, and a reader that
+/// holds an incomplete one may keep only its verb (`ignored_line_verb_len`).
+#[test]
+fn a_ping_or_pong_line_of_any_length_is_framed() {
+    for verb in [&b"PING"[..], b"pong", b"PINGX"] {
+        let line = [verb, &[b'x'; 5000][..], b"\r\n"].concat();
+        let d = decode_every_split(&line, C);
+        assert_eq!(d.end, Ok(0), "{verb:?}");
+        assert_eq!(d.frames.len(), 1, "{verb:?}");
+        assert_eq!(scan(&line[..line.len() - 1], C, &LIMITS), Ok(None));
+        assert_eq!(ignored_line_verb_len(&line, C), Some(4), "{verb:?}");
+    }
+    assert_eq!(ignored_line_verb_len(b"+OK ...", S), Some(3));
+    assert_eq!(ignored_line_verb_len(b"PING x", S), Some(4));
+    // Not yet known to be such a line, or another verb.
+    for partial in [
+        &b"PIN"[..],
+        b"PING",
+        b"PUB foo 1",
+        b"CONNECT {",
+        b"-ERR 'x'",
+    ] {
+        assert_eq!(ignored_line_verb_len(partial, C), None, "{partial:?}");
+    }
 }
 
 #[test]

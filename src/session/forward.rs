@@ -21,8 +21,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::state::Shared;
 use crate::proto::{
     build_client_op, build_connect_over, build_server_op, encode_client_head, encode_server_head,
-    encode_server_op, pending_frame_len, plain_messages, scan, Direction, Frame, ProtoError, Verb,
-    PAYLOAD_END,
+    encode_server_op, ignored_line_verb_len, pending_frame_len, plain_messages, scan, Direction,
+    Frame, ProtoError, Verb, PAYLOAD_END,
 };
 
 /// The first read buffer of a connection, and the size it shrinks back to when idle. Small,
@@ -435,7 +435,10 @@ impl Forwarder {
             }
             let frame = match scan(&self.rbuf[run..], self.dir, &shared.client_scan) {
                 Ok(Some(frame)) => frame,
-                Ok(None) => break,
+                Ok(None) => {
+                    self.shed_ignored_line(run, shared.client_scan.max_control_line);
+                    break;
+                }
                 Err(e) => {
                     self.flush_run(&mut run);
                     self.client_violation(e, shared);
@@ -475,6 +478,19 @@ impl Forwarder {
     fn release_scratch(&mut self) {
         if self.scratch.capacity() > 0 {
             self.scratch = BytesMut::new();
+        }
+    }
+
+    /// After a scan stopped at an incomplete frame at `run`: a `PING`, `PONG` or `+OK` still
+    /// waiting for its newline is cut back to its verb once it is longer than a control line
+    /// may be. nats-server ignores whatever follows these verbs up to the newline, however
+    /// long, so the line is still answered, and the buffer stays bounded.
+    fn shed_ignored_line(&mut self, run: usize, max_control_line: usize) {
+        let partial = &self.rbuf[run..];
+        if partial.len() > max_control_line {
+            if let Some(verb_len) = ignored_line_verb_len(partial, self.dir) {
+                self.rbuf.truncate(run + verb_len);
+            }
         }
     }
 
@@ -647,7 +663,10 @@ impl Forwarder {
             }
             let frame = match scan(&self.rbuf[run..], self.dir, &shared.server_scan) {
                 Ok(Some(frame)) => frame,
-                Ok(None) => break,
+                Ok(None) => {
+                    self.shed_ignored_line(run, shared.server_scan.max_control_line);
+                    break;
+                }
                 Err(e) => {
                     self.flush_run(&mut run);
                     tracing::warn!(error = %e, "upstream protocol violation");
