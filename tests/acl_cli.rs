@@ -461,3 +461,45 @@ async fn sighup_closes_edge_clients_the_new_rules_no_longer_admit() {
     }
     assert!(erin.is_open().await, "an unchanged user was closed");
 }
+
+/// nats-server's own permissions (here `orders` may not read `orders.watch`) refuse a SUB the
+/// edge's rules allow. The edge forgets that subscription on nats-server's `-ERR`, so a later
+/// reload that refuses its subject does not end the subscription that reused its sid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_nats_server_refuses_is_forgotten() {
+    let server = NatsServer::start_with_config(
+        r#"
+authorization {
+  users = [
+    { user: orders, password: pw, permissions: { subscribe: { deny: ["orders.watch"] } } }
+    { user: admin, password: pw }
+  ]
+}
+"#,
+    );
+    let (dir, edge) = edge_with_rules(&server, "", RULES_BEFORE);
+    let mut orders = connect_as(&edge, "orders").await;
+    let mut admin = connect_as(&edge, "admin").await;
+    let reply = orders.roundtrip(b"SUB orders.watch 1\r\n").await;
+    assert_eq!(
+        show(&reply.bytes),
+        show(b"-ERR 'Permissions Violation for Subscription to \"orders.watch\"'\r\n")
+    );
+    // The sid again, on a subject nats-server allows.
+    assert_eq!(
+        show(&orders.roundtrip(b"SUB orders.other 1\r\n").await.bytes),
+        ""
+    );
+
+    // The new rules refuse orders.watch: no subscription of this client is on it.
+    std::fs::write(dir.path().join("rules.toml"), RULES_AFTER).unwrap();
+    let from = edge.log().len();
+    hup(&edge);
+    wait_log(&edge, from, "ACL, rewrite and tagging rules reloaded");
+    assert_eq!(
+        show(&admin.roundtrip(b"PUB orders.other 2\r\nhi\r\n").await.bytes),
+        ""
+    );
+    let reply = orders.roundtrip(b"").await;
+    assert_eq!(show(&reply.bytes), show(b"MSG orders.other 1 2\r\nhi\r\n"));
+}

@@ -42,7 +42,7 @@ use crate::responses::ResponseTracker;
 use crate::verdict::{CloseReason, SlowCheck, Verdict};
 use auth::{authenticate, AuthFailure, AuthOutcome, Checks, SecretChecker};
 use permissions::Permissions;
-use quote::go_quote;
+use quote::{go_quote, go_unquote};
 use rules::{AclRules, UpstreamCredentials};
 
 /// Who decides whether a client may connect.
@@ -246,8 +246,9 @@ impl AclFilter {
                 kinds.push(OpKind::Pub);
             }
             // Subscriptions are tracked whenever rules apply, so a reload that refuses one
-            // can stop its deliveries.
-            kinds.extend([OpKind::Sub, OpKind::Unsub]);
+            // can stop its deliveries; and so are the upstream's errors, which say when it
+            // refused one itself.
+            kinds.extend([OpKind::Sub, OpKind::Unsub, OpKind::ServerErr]);
             // Deliveries are looked at only where one may be refused (a subscription that
             // can receive denied subjects, one being revoked) or answered (responses);
             // elsewhere they keep the fast path.
@@ -762,8 +763,92 @@ impl Filter for AclFilter {
         }
         match op {
             ServerOp::Msg(msg) => self.on_delivery(msg, ctx),
+            ServerOp::Err(text) => {
+                self.on_upstream_error(text);
+                Verdict::Forward
+            }
             _ => Verdict::Forward,
         }
+    }
+}
+
+impl AclFilter {
+    /// An upstream `-ERR` saying nats-server's own permissions refused a SUB, or that its own
+    /// reload removed a subscription: that subscription does not exist upstream, so its entry
+    /// goes. Otherwise every SUB that the edge's rules allow and nats-server's refuse (in
+    /// `passthrough` mode, in front of a server with permissions of its own) would leave an
+    /// entry for good: a client could grow the table without limit, and a sid it reused
+    /// would keep naming the refused subject.
+    ///
+    /// The refusal names a subject (and queue), not a sid, so every entry on that subject and
+    /// queue goes: nats-server refuses all of them alike, and those it had accepted before
+    /// its permissions changed, it removes itself on that reload, naming their sids.
+    /// Entries the edge is ending or has revoked stay until the upstream has ended them, for
+    /// their deliveries still on the way.
+    fn on_upstream_error(&mut self, text: &str) {
+        let Some(refused) = RefusedSubscription::parse(text) else {
+            return;
+        };
+        let before = self.subs.len();
+        self.subs
+            .retain(|sid, live| live.revoked || live.ending || !refused.names(sid, live));
+        if self.subs.len() == before {
+            return;
+        }
+        if let Some(sid) = &self.added_by_sub {
+            if !self.subs.contains_key(sid) {
+                self.added_by_sub = None;
+            }
+        }
+        self.recount_needs();
+        self.refresh_interest();
+    }
+}
+
+/// A subscription nats-server refused or removed, read from its `-ERR`.
+#[derive(Debug, PartialEq)]
+struct RefusedSubscription {
+    subject: Vec<u8>,
+    queue: Option<Vec<u8>>,
+    /// Named when a reload removed the subscription.
+    sid: Option<Vec<u8>>,
+}
+
+impl RefusedSubscription {
+    /// nats-server's words for a SUB its permissions refuse ([`subscription_violation`]:
+    /// `Permissions Violation for Subscription to "orders.x"`, then ` using queue "q"` for a
+    /// queue subscription) or for a subscription its reload removed (`... to "orders.x" (sid
+    /// "7")`, as in [`revoked_text`]). `None` for any other error.
+    fn parse(text: &str) -> Option<Self> {
+        let rest = text.strip_prefix("Permissions Violation for Subscription to ")?;
+        let (subject, used) = go_unquote(rest)?;
+        let rest = &rest[used..];
+        let mut refused = RefusedSubscription {
+            subject,
+            queue: None,
+            sid: None,
+        };
+        let rest = if let Some(queue) = rest.strip_prefix(" using queue ") {
+            let (queue_name, used) = go_unquote(queue)?;
+            refused.queue = Some(queue_name);
+            &queue[used..]
+        } else if let Some(sid) = rest.strip_prefix(" (sid ") {
+            let (sid_name, used) = go_unquote(sid)?;
+            refused.sid = Some(sid_name);
+            sid[used..].strip_prefix(')')?
+        } else {
+            rest
+        };
+        rest.is_empty().then_some(refused)
+    }
+
+    /// Whether the subscription `sid`, `live` is the one refused.
+    fn names(&self, sid: &[u8], live: &LiveSub) -> bool {
+        live.subject[..] == self.subject[..]
+            && match &self.sid {
+                Some(named) => named[..] == *sid,
+                None => live.queue.as_deref() == self.queue.as_deref(),
+            }
     }
 }
 

@@ -631,3 +631,71 @@ fn reload_keeps_a_client_whose_bcrypt_hash_is_unchanged() {
         .store(AclRules::from_str("t.toml", &format!("{rules}[[users]]\nuser = \"x\"\n")).unwrap());
     assert_eq!(carol.on_reload(&ctx), Reloaded::default());
 }
+
+/// nats-server refuses a SUB the edge's rules allowed (its own permissions, in passthrough
+/// mode): the entry goes, so refused SUBs cannot grow the table, a reused sid names its new
+/// subject, and a later reload does not end the new subscription for the refused one.
+#[test]
+fn a_subscription_the_upstream_refuses_leaves_no_entry() {
+    let (mut chain, mut ctx, _, source) = setup(AuthMode::Passthrough, RULES);
+    chain.on_client_op(&mut connect(r#"{"user":"alice"}"#), &mut ctx);
+    chain.refresh_interest();
+    let refusal = |text: &str| ServerOp::Err(text.to_string());
+    for sid in ["1", "2", "3"] {
+        assert_eq!(
+            chain.on_client_op(&mut sub("orders.x", None, sid), &mut ctx),
+            Verdict::Forward
+        );
+    }
+    assert_eq!(
+        chain.on_server_op(
+            &mut refusal(r#"Permissions Violation for Subscription to "orders.x""#),
+            &mut ctx
+        ),
+        Verdict::Forward,
+        "the client reads the refusal"
+    );
+    // The sid reused on a subject nats-server takes.
+    chain.on_client_op(&mut sub("orders.y", None, "1"), &mut ctx);
+    let tighter = RULES.replace(
+        r#"deny = ["orders.secret"]"#,
+        r#"deny = ["orders.secret", "orders.x"]"#,
+    );
+    source.store(AclRules::from_str("t.toml", &tighter).unwrap());
+    assert_eq!(chain.on_reload(&ctx), Reloaded::default());
+
+    let mut alice = lone_filter(RULES);
+    alice.on_client_op(&mut connect(r#"{"user":"alice"}"#), &mut ctx);
+    alice.on_client_op(&mut sub("jobs.a", Some("workers"), "1"), &mut ctx);
+    alice.on_client_op(&mut sub("orders.a", None, "2"), &mut ctx);
+    alice.on_client_op(&mut sub("orders.z", None, "3"), &mut ctx);
+    alice.on_client_op(&mut sub("orders.z", None, "4"), &mut ctx);
+    // Other errors, and refusals of something else, change nothing.
+    for text in [
+        "Maximum Payload Violation",
+        r#"Permissions Violation for Publish to "jobs.a""#,
+        r#"Permissions Violation for Subscription to "jobs.a" using queue "other""#,
+        r#"Permissions Violation for Subscription to "jobs.a""#,
+        r#"Permissions Violation for Subscription to "orders.a" (sid "9")"#,
+        r#"Permissions Violation for Subscription to "orders.a"x"#,
+    ] {
+        alice.on_server_op(&mut refusal(text), &mut ctx);
+        assert_eq!(alice.subs.len(), 4, "{text}");
+    }
+    alice.on_server_op(
+        &mut refusal(r#"Permissions Violation for Subscription to "jobs.a" using queue "workers""#),
+        &mut ctx,
+    );
+    assert!(!alice.subs.contains_key(&b"1"[..]));
+    alice.on_server_op(
+        &mut refusal(r#"Permissions Violation for Subscription to "orders.a""#),
+        &mut ctx,
+    );
+    assert!(!alice.subs.contains_key(&b"2"[..]));
+    // nats-server's reload names the sid it removed.
+    alice.on_server_op(
+        &mut refusal(r#"Permissions Violation for Subscription to "orders.z" (sid "4")"#),
+        &mut ctx,
+    );
+    assert!(alice.subs.contains_key(&b"3"[..]) && !alice.subs.contains_key(&b"4"[..]));
+}
