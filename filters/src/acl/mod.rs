@@ -146,6 +146,9 @@ struct LiveSub {
     /// deliveries still on the way are dropped, as nats-server would not have made them,
     /// until the upstream has ended it ([`Filter::on_unsubscribed`]).
     ending: bool,
+    /// When the SUB came, in the session's order of SUBs: nats-server answers them in that
+    /// order, so its refusal of a subject is for the earliest SUB on it still tracked.
+    order: u64,
 }
 
 impl LiveSub {
@@ -178,6 +181,8 @@ pub struct AclFilter {
     /// The sid of the entry the latest SUB added, taken back if a later filter refuses
     /// that SUB ([`Filter::on_client_op_refused`]).
     added_by_sub: Option<Bytes>,
+    /// SUBs seen so far, for [`LiveSub::order`].
+    subs_seen: u64,
     /// Set once a subscription can receive denied subjects (nats-server's delivery filter).
     filter_deliveries: bool,
     /// The user is no longer authorized by reloaded rules (edge mode): the session is
@@ -207,6 +212,7 @@ impl AclFilter {
             responses: None,
             subs: HashMap::new(),
             watch_epoch: 0,
+            subs_seen: 0,
             subs_need_deliveries: false,
             added_by_sub: None,
             filter_deliveries: false,
@@ -471,6 +477,7 @@ impl AclFilter {
         }
         // A reused sid keeps the subscription it names, as nats-server keeps it; one the
         // edge is ending at the upstream is gone there, so the SUB makes a new one.
+        self.subs_seen += 1;
         let live = LiveSub {
             subject: Bytes::copy_from_slice(&sub.subject),
             queue: sub.queue.as_deref().map(Bytes::copy_from_slice),
@@ -480,6 +487,7 @@ impl AclFilter {
             forwarded: 0,
             edge_max: None,
             ending: false,
+            order: self.subs_seen,
             watched_since: self
                 .interest
                 .contains(OpKind::Msg)
@@ -777,28 +785,41 @@ impl AclFilter {
     /// reload removed a subscription: that subscription does not exist upstream, so its entry
     /// goes. Otherwise every SUB that the edge's rules allow and nats-server's refuse (in
     /// `passthrough` mode, in front of a server with permissions of its own) would leave an
-    /// entry for good: a client could grow the table without limit, and a sid it reused
-    /// would keep naming the refused subject.
+    /// entry for good: a client could grow the table without limit, and a reload of the
+    /// edge's rules that refuses the subject would end whatever later subscription reused
+    /// the sid.
     ///
-    /// The refusal names a subject (and queue), not a sid, so every entry on that subject and
-    /// queue goes: nats-server refuses all of them alike, and those it had accepted before
-    /// its permissions changed, it removes itself on that reload, naming their sids.
-    /// Entries the edge is ending or has revoked stay until the upstream has ended them, for
-    /// their deliveries still on the way.
+    /// A reload's removal names the sid. A refusal names only the subject (and queue), and
+    /// nats-server answers SUBs in order, one refusal each, so it is for the earliest SUB on
+    /// them still tracked: a later one may be live upstream (nats-server's own reload may
+    /// have allowed it meanwhile), and its own refusal, if any, follows. Entries the edge is
+    /// ending or has revoked stay until the upstream has ended them, for their deliveries
+    /// still on the way.
     fn on_upstream_error(&mut self, text: &str) {
         let Some(refused) = RefusedSubscription::parse(text) else {
             return;
         };
-        let before = self.subs.len();
-        self.subs
-            .retain(|sid, live| live.revoked || live.ending || !refused.names(sid, live));
-        if self.subs.len() == before {
+        let tracked =
+            |sid: &[u8], live: &LiveSub| !live.revoked && !live.ending && refused.names(sid, live);
+        let sid = match &refused.sid {
+            Some(sid) => self
+                .subs
+                .get_key_value(&sid[..])
+                .filter(|(sid, live)| tracked(sid, live))
+                .map(|(sid, _)| sid.clone()),
+            None => self
+                .subs
+                .iter()
+                .filter(|(sid, live)| tracked(sid, live))
+                .min_by_key(|(_, live)| live.order)
+                .map(|(sid, _)| sid.clone()),
+        };
+        let Some(sid) = sid else {
             return;
-        }
-        if let Some(sid) = &self.added_by_sub {
-            if !self.subs.contains_key(sid) {
-                self.added_by_sub = None;
-            }
+        };
+        self.subs.remove(&sid);
+        if self.added_by_sub.as_ref() == Some(&sid) {
+            self.added_by_sub = None;
         }
         self.recount_needs();
         self.refresh_interest();
@@ -809,46 +830,54 @@ impl AclFilter {
 #[derive(Debug, PartialEq)]
 struct RefusedSubscription {
     subject: Vec<u8>,
+    /// The queue group named; `None` also when the error names none because it does not
+    /// say (a refusal for too many tokens), see `any_queue`.
     queue: Option<Vec<u8>>,
+    /// The error does not say whether the subscription had a queue group.
+    any_queue: bool,
     /// Named when a reload removed the subscription.
     sid: Option<Vec<u8>>,
 }
 
 impl RefusedSubscription {
     /// nats-server's words for a SUB its permissions refuse ([`subscription_violation`]:
-    /// `Permissions Violation for Subscription to "orders.x"`, then ` using queue "q"` for a
-    /// queue subscription) or for a subscription its reload removed (`... to "orders.x" (sid
-    /// "7")`, as in [`revoked_text`]). `None` for any other error.
+    /// `Permissions Violation for Subscription to "orders.x"`, with ` using queue "q"` for a
+    /// queue subscription), for one with more tokens than its account allows (`... to
+    /// "orders.x", too many tokens`), and for a subscription its reload removed (either of
+    /// the first two forms and then ` (sid "7")`, as [`revoked_text`] writes it). `None` for
+    /// any other error.
     fn parse(text: &str) -> Option<Self> {
         let rest = text.strip_prefix("Permissions Violation for Subscription to ")?;
         let (subject, used) = go_unquote(rest)?;
-        let rest = &rest[used..];
         let mut refused = RefusedSubscription {
             subject,
             queue: None,
+            any_queue: false,
             sid: None,
         };
-        let rest = if let Some(queue) = rest.strip_prefix(" using queue ") {
-            let (queue_name, used) = go_unquote(queue)?;
-            refused.queue = Some(queue_name);
-            &queue[used..]
-        } else if let Some(sid) = rest.strip_prefix(" (sid ") {
-            let (sid_name, used) = go_unquote(sid)?;
-            refused.sid = Some(sid_name);
-            sid[used..].strip_prefix(')')?
-        } else {
-            rest
-        };
+        let mut rest = &rest[used..];
+        if rest == ", too many tokens" {
+            refused.any_queue = true;
+            return Some(refused);
+        }
+        if let Some(queue) = rest.strip_prefix(" using queue ") {
+            let (name, used) = go_unquote(queue)?;
+            refused.queue = Some(name);
+            rest = &queue[used..];
+        }
+        if let Some(sid) = rest.strip_prefix(" (sid ") {
+            let (name, used) = go_unquote(sid)?;
+            refused.sid = Some(name);
+            rest = sid[used..].strip_prefix(')')?;
+        }
         rest.is_empty().then_some(refused)
     }
 
-    /// Whether the subscription `sid`, `live` is the one refused.
+    /// Whether the subscription `sid`, `live` is one this error is about.
     fn names(&self, sid: &[u8], live: &LiveSub) -> bool {
         live.subject[..] == self.subject[..]
-            && match &self.sid {
-                Some(named) => named[..] == *sid,
-                None => live.queue.as_deref() == self.queue.as_deref(),
-            }
+            && (self.any_queue || live.queue.as_deref() == self.queue.as_deref())
+            && self.sid.as_deref().is_none_or(|named| named == sid)
     }
 }
 

@@ -647,14 +647,17 @@ fn a_subscription_the_upstream_refuses_leaves_no_entry() {
             Verdict::Forward
         );
     }
-    assert_eq!(
-        chain.on_server_op(
-            &mut refusal(r#"Permissions Violation for Subscription to "orders.x""#),
-            &mut ctx
-        ),
-        Verdict::Forward,
-        "the client reads the refusal"
-    );
+    // One refusal per SUB, as nats-server sends them.
+    for _ in 0..3 {
+        assert_eq!(
+            chain.on_server_op(
+                &mut refusal(r#"Permissions Violation for Subscription to "orders.x""#),
+                &mut ctx
+            ),
+            Verdict::Forward,
+            "the client reads the refusal"
+        );
+    }
     // The sid reused on a subject nats-server takes.
     chain.on_client_op(&mut sub("orders.y", None, "1"), &mut ctx);
     let tighter = RULES.replace(
@@ -698,4 +701,31 @@ fn a_subscription_the_upstream_refuses_leaves_no_entry() {
         &mut ctx,
     );
     assert!(alice.subs.contains_key(&b"3"[..]) && !alice.subs.contains_key(&b"4"[..]));
+    alice.on_client_op(&mut sub("jobs.b", Some("workers"), "5"), &mut ctx);
+    alice.on_server_op(
+        &mut refusal(
+            r#"Permissions Violation for Subscription to "jobs.b" using queue "workers" (sid "5")"#,
+        ),
+        &mut ctx,
+    );
+    assert!(!alice.subs.contains_key(&b"5"[..]));
+
+    // A refusal is for the earliest SUB on its subject: a later one may be live upstream.
+    let mut bob = lone_filter(RULES);
+    bob.on_client_op(&mut connect(r#"{"user":"alice"}"#), &mut ctx);
+    for sid in ["9", "1", "5"] {
+        bob.on_client_op(&mut sub("orders.w", None, sid), &mut ctx);
+    }
+    bob.on_server_op(
+        &mut refusal(r#"Permissions Violation for Subscription to "orders.w""#),
+        &mut ctx,
+    );
+    let mut left: Vec<_> = bob.subs.keys().map(|k| k.to_vec()).collect();
+    left.sort();
+    assert_eq!(left, [b"1".to_vec(), b"5".to_vec()]);
+    bob.on_server_op(
+        &mut refusal(r#"Permissions Violation for Subscription to "orders.w", too many tokens"#),
+        &mut ctx,
+    );
+    assert_eq!(bob.subs.keys().collect::<Vec<_>>(), [&b"5"[..]]);
 }
