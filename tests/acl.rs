@@ -806,3 +806,39 @@ async fn filtered_auto_unsubscribe_frees_its_subscription_slot() {
         );
     }
 }
+
+/// A SUB that nats-server's own permissions refuse takes no subscription slot there. Behind
+/// the edge, whose rules allow it, the edge's limit must not count it either: it reads the
+/// upstream's refusal and frees the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_the_upstream_refuses_takes_no_subscription_slot() {
+    let permissions = SERVER_PERMISSIONS.replace(
+        r#"deny: ["orders.secret"]"#,
+        r#"deny: ["orders.secret", "orders.hidden"]"#,
+    );
+    assert_ne!(permissions, SERVER_PERMISSIONS);
+    let direct = NatsServer::start_with_config(&format!("max_subscriptions: 2\n{permissions}"));
+    let behind = NatsServer::start_with_config(&SERVER_USERS_ONLY.replace(
+        "{ user: orders, password: pw }",
+        r#"{ user: orders, password: pw, permissions: { subscribe: { deny: ["orders.hidden"] } } }"#,
+    ));
+    let edge = start_edge(
+        &[behind.url()],
+        &format!("[auth]\nrules = [{RULES:?}]\n[limits]\nmax_subscriptions = 2\n"),
+    )
+    .await;
+    let bytes = "SUB orders.hidden 1\r\nSUB orders.a 2\r\nSUB orders.b 3\r\nSUB orders.c 4\r\n\
+                 PUB orders.b 1\r\nx\r\n";
+    let addrs = [direct.addr(), edge_addr(&edge)];
+    for verbose in [false, true] {
+        let connect = format!(r#"{{"user":"orders","pass":"pw","verbose":{verbose}}}"#);
+        let replies = replies_of(addrs, &connect, bytes).await;
+        assert_eq!(replies[1], replies[0], "verbose {verbose}");
+        assert!(
+            replies[0].0.contains("orders.hidden")
+                && replies[0].0.contains("maximum subscriptions exceeded")
+                && replies[0].0.contains("MSG orders.b 3 1"),
+            "{replies:?}"
+        );
+    }
+}

@@ -13,3 +13,73 @@ pub const AUTHORIZATION_VIOLATION: &str = "Authorization Violation";
 pub const INVALID_SUBJECT: &str = "Invalid Subject";
 pub const INVALID_PUBLISH_SUBJECT: &str = "Invalid Publish Subject";
 pub const MAX_CONNECTIONS_EXCEEDED: &str = "maximum connections exceeded";
+
+use bytes::Bytes;
+
+/// A subscription nats-server refused or removed, read from its `-ERR`: its words for a SUB
+/// its permissions refuse (`Permissions Violation for Subscription to "orders.x"`, with
+/// ` using queue "q"` for a queue subscription), for one with more tokens than its account
+/// allows (`... to "orders.x", too many tokens`), and for a subscription its reload removed
+/// (either of the first two forms and then ` (sid "7")`). Subjects, queues and sids are
+/// quoted as Go's `%q` quotes them.
+#[derive(Debug, PartialEq)]
+pub struct SubscriptionRefusal {
+    pub subject: Vec<u8>,
+    /// The queue group named; `None` also when the error does not say, see `any_queue`.
+    pub queue: Option<Vec<u8>>,
+    /// The error does not say whether the subscription had a queue group (too many tokens).
+    pub any_queue: bool,
+    /// Named when a reload removed the subscription.
+    pub sid: Option<Vec<u8>>,
+}
+
+impl SubscriptionRefusal {
+    /// `None` for any other error.
+    pub fn parse(text: &str) -> Option<Self> {
+        use crate::acl::quote::go_unquote;
+        let rest = text.strip_prefix("Permissions Violation for Subscription to ")?;
+        let (subject, used) = go_unquote(rest)?;
+        let mut refused = SubscriptionRefusal {
+            subject,
+            queue: None,
+            any_queue: false,
+            sid: None,
+        };
+        let mut rest = &rest[used..];
+        if rest == ", too many tokens" {
+            refused.any_queue = true;
+            return Some(refused);
+        }
+        if let Some(queue) = rest.strip_prefix(" using queue ") {
+            let (name, used) = go_unquote(queue)?;
+            refused.queue = Some(name);
+            rest = &queue[used..];
+        }
+        if let Some(sid) = rest.strip_prefix(" (sid ") {
+            let (name, used) = go_unquote(sid)?;
+            refused.sid = Some(name);
+            rest = sid[used..].strip_prefix(')')?;
+        }
+        rest.is_empty().then_some(refused)
+    }
+
+    /// Whether the subscription `sid` on `subject` (and `queue`) is one this error is about.
+    pub fn names(&self, sid: &[u8], subject: &[u8], queue: Option<&[u8]>) -> bool {
+        *subject == self.subject[..]
+            && (self.any_queue || queue == self.queue.as_deref())
+            && self.sid.as_deref().is_none_or(|named| named == sid)
+    }
+
+    /// Of `subs` (sid, subject, queue, and when the SUB came), the sid this error is about:
+    /// the one named, or else the earliest on the subject, as nats-server answers SUBs in
+    /// order, one refusal each (a later SUB on it may be live: nats-server's own reload may
+    /// have allowed it meanwhile, and its refusal, if any, follows).
+    pub fn pick<'a>(
+        &self,
+        subs: impl Iterator<Item = (&'a Bytes, &'a [u8], Option<&'a [u8]>, u64)>,
+    ) -> Option<Bytes> {
+        subs.filter(|(sid, subject, queue, _)| self.names(sid, subject, *queue))
+            .min_by_key(|(_, _, _, order)| *order)
+            .map(|(sid, _, _, _)| sid.clone())
+    }
+}

@@ -4,13 +4,14 @@
 //! border must refuse an oversized op before it has buffered it; this module computes the
 //! effective values and announces `max_payload` in INFO. The subscription limit is counted
 //! here, per connection, as nats-server counts it: a SUB with a new sid adds one, UNSUB
-//! removes it at once or after its auto-unsubscribe count of deliveries.
+//! removes it at once or after its auto-unsubscribe count of deliveries, and a SUB that
+//! nats-server refuses itself (its own permissions, read from its `-ERR`) takes none.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::errors;
+use crate::errors::{self, SubscriptionRefusal};
 use crate::filter::{Filter, Interest, OpKind, SessionCtx};
 use crate::op::{ClientOp, Info, ServerOp};
 use crate::subject;
@@ -56,13 +57,22 @@ impl LimitsConfig {
 pub struct Limits {
     config: LimitsConfig,
     /// Live subscriptions by sid, with their auto-unsubscribe progress.
-    subs: HashMap<Bytes, AutoUnsub>,
+    subs: HashMap<Bytes, Counted>,
     /// The sid the latest SUB counted, taken back if a later filter refuses that SUB.
     added_by_sub: Option<Bytes>,
+    /// SUBs counted so far, for [`Counted::order`].
+    subs_seen: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct AutoUnsub {
+/// A subscription counted toward the limit.
+#[derive(Debug, Clone, Default)]
+struct Counted {
+    /// Its subject and queue, to know it in the upstream's refusal.
+    subject: Bytes,
+    queue: Option<Bytes>,
+    /// When its SUB came, in the session's order of SUBs.
+    order: u64,
+    /// Its auto-unsubscribe.
     max: Option<u64>,
     delivered: u64,
 }
@@ -73,6 +83,7 @@ impl Limits {
             config,
             subs: HashMap::new(),
             added_by_sub: None,
+            subs_seen: 0,
         }
     }
 
@@ -89,8 +100,9 @@ impl Filter for Limits {
 
     fn interest(&self) -> Interest {
         // Counting deliveries costs a look at every MSG, so only when a limit asks for it.
+        // The upstream's errors say when it refused a SUB itself (its own permissions).
         if self.config.max_subscriptions.is_some() {
-            Interest::of(&[OpKind::Sub, OpKind::Unsub, OpKind::Msg])
+            Interest::of(&[OpKind::Sub, OpKind::Unsub, OpKind::Msg, OpKind::ServerErr])
         } else {
             Interest::NONE
         }
@@ -126,7 +138,14 @@ impl Filter for Limits {
                     return Verdict::Forward;
                 }
                 let sid = Bytes::copy_from_slice(&sub.sid);
-                self.subs.insert(sid.clone(), AutoUnsub::default());
+                self.subs_seen += 1;
+                let counted = Counted {
+                    subject: Bytes::copy_from_slice(&sub.subject),
+                    queue: sub.queue.as_deref().map(Bytes::copy_from_slice),
+                    order: self.subs_seen,
+                    ..Counted::default()
+                };
+                self.subs.insert(sid.clone(), counted);
                 self.added_by_sub = Some(sid);
             }
             ClientOp::Unsub(unsub) => match unsub.max {
@@ -167,13 +186,36 @@ impl Filter for Limits {
     }
 
     fn on_server_op(&mut self, op: &mut ServerOp, _ctx: &mut SessionCtx) -> Verdict {
-        if let ServerOp::Msg(msg) = op {
-            if let Some(state) = self.subs.get_mut(&msg.sid) {
-                state.delivered += 1;
-                if state.max.is_some_and(|max| state.delivered >= max) {
-                    self.subs.remove(&msg.sid);
+        match op {
+            ServerOp::Msg(msg) => {
+                if let Some(state) = self.subs.get_mut(&msg.sid) {
+                    state.delivered += 1;
+                    if state.max.is_some_and(|max| state.delivered >= max) {
+                        self.subs.remove(&msg.sid);
+                    }
                 }
             }
+            // A SUB nats-server refused itself (its own permissions), or a subscription its
+            // reload removed: it takes no slot there, so it takes none here.
+            ServerOp::Err(text) => {
+                let refused = SubscriptionRefusal::parse(text).and_then(|refused| {
+                    refused.pick(self.subs.iter().map(|(sid, counted)| {
+                        (
+                            sid,
+                            &counted.subject[..],
+                            counted.queue.as_deref(),
+                            counted.order,
+                        )
+                    }))
+                });
+                if let Some(sid) = refused {
+                    self.subs.remove(&sid);
+                    if self.added_by_sub.as_ref() == Some(&sid) {
+                        self.added_by_sub = None;
+                    }
+                }
+            }
+            _ => {}
         }
         Verdict::Forward
     }
@@ -266,5 +308,39 @@ mod tests {
         // A subscription the edge ends at the upstream frees its slot at once.
         f.on_unsubscribing(&[Bytes::from_static(b"1")]);
         assert_eq!(f.subscriptions(), 1);
+    }
+
+    /// A SUB that nats-server's own permissions refuse takes no slot there: its `-ERR` frees
+    /// the slot here, the earliest SUB's on that subject, or the sid a reload names.
+    #[test]
+    fn a_sub_the_upstream_refuses_frees_its_slot() {
+        let mut ctx = ctx();
+        let mut f = Limits::new(LimitsConfig {
+            max_subscriptions: Some(2),
+            ..LimitsConfig::default()
+        });
+        assert!(f.interest().contains(OpKind::ServerErr));
+        for sid in ["1", "2"] {
+            f.on_client_op(&mut sub(sid), &mut ctx);
+        }
+        let mut refusal = |text: &str| {
+            f.on_server_op(&mut ServerOp::Err(text.into()), &mut ctx);
+            let mut left: Vec<_> = f.subs.keys().cloned().collect();
+            left.sort();
+            left
+        };
+        assert_eq!(refusal("maximum subscriptions exceeded").len(), 2);
+        assert_eq!(
+            refusal(r#"Permissions Violation for Subscription to "bar""#).len(),
+            2
+        );
+        assert_eq!(
+            refusal(r#"Permissions Violation for Subscription to "foo""#),
+            [Bytes::from_static(b"2")]
+        );
+        assert_eq!(
+            refusal(r#"Permissions Violation for Subscription to "foo" (sid "2")"#),
+            Vec::<Bytes>::new()
+        );
     }
 }

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 
-use crate::errors;
+use crate::errors::{self, SubscriptionRefusal};
 use crate::events::{DenialKind, Events};
 use crate::filter::{
     ConnFacts, Filter, FilterFactory, Interest, OpKind, Reloaded, SessionCtx, TlsPeer,
@@ -42,7 +42,7 @@ use crate::responses::ResponseTracker;
 use crate::verdict::{CloseReason, SlowCheck, Verdict};
 use auth::{authenticate, AuthFailure, AuthOutcome, Checks, SecretChecker};
 use permissions::Permissions;
-use quote::{go_quote, go_unquote};
+use quote::go_quote;
 use rules::{AclRules, UpstreamCredentials};
 
 /// Who decides whether a client may connect.
@@ -789,31 +789,19 @@ impl AclFilter {
     /// edge's rules that refuses the subject would end whatever later subscription reused
     /// the sid.
     ///
-    /// A reload's removal names the sid. A refusal names only the subject (and queue), and
-    /// nats-server answers SUBs in order, one refusal each, so it is for the earliest SUB on
-    /// them still tracked: a later one may be live upstream (nats-server's own reload may
-    /// have allowed it meanwhile), and its own refusal, if any, follows. Entries the edge is
-    /// ending or has revoked stay until the upstream has ended them, for their deliveries
-    /// still on the way.
+    /// Which entry goes is [`SubscriptionRefusal::pick`]'s answer. Entries the edge is ending
+    /// or has revoked stay until the upstream has ended them, for their deliveries still on
+    /// the way.
     fn on_upstream_error(&mut self, text: &str) {
-        let Some(refused) = RefusedSubscription::parse(text) else {
+        let Some(refused) = SubscriptionRefusal::parse(text) else {
             return;
         };
-        let tracked =
-            |sid: &[u8], live: &LiveSub| !live.revoked && !live.ending && refused.names(sid, live);
-        let sid = match &refused.sid {
-            Some(sid) => self
-                .subs
-                .get_key_value(&sid[..])
-                .filter(|(sid, live)| tracked(sid, live))
-                .map(|(sid, _)| sid.clone()),
-            None => self
-                .subs
+        let sid = refused.pick(
+            self.subs
                 .iter()
-                .filter(|(sid, live)| tracked(sid, live))
-                .min_by_key(|(_, live)| live.order)
-                .map(|(sid, _)| sid.clone()),
-        };
+                .filter(|(_, live)| !live.revoked && !live.ending)
+                .map(|(sid, live)| (sid, &live.subject[..], live.queue.as_deref(), live.order)),
+        );
         let Some(sid) = sid else {
             return;
         };
@@ -823,61 +811,6 @@ impl AclFilter {
         }
         self.recount_needs();
         self.refresh_interest();
-    }
-}
-
-/// A subscription nats-server refused or removed, read from its `-ERR`.
-#[derive(Debug, PartialEq)]
-struct RefusedSubscription {
-    subject: Vec<u8>,
-    /// The queue group named; `None` also when the error names none because it does not
-    /// say (a refusal for too many tokens), see `any_queue`.
-    queue: Option<Vec<u8>>,
-    /// The error does not say whether the subscription had a queue group.
-    any_queue: bool,
-    /// Named when a reload removed the subscription.
-    sid: Option<Vec<u8>>,
-}
-
-impl RefusedSubscription {
-    /// nats-server's words for a SUB its permissions refuse ([`subscription_violation`]:
-    /// `Permissions Violation for Subscription to "orders.x"`, with ` using queue "q"` for a
-    /// queue subscription), for one with more tokens than its account allows (`... to
-    /// "orders.x", too many tokens`), and for a subscription its reload removed (either of
-    /// the first two forms and then ` (sid "7")`, as [`revoked_text`] writes it). `None` for
-    /// any other error.
-    fn parse(text: &str) -> Option<Self> {
-        let rest = text.strip_prefix("Permissions Violation for Subscription to ")?;
-        let (subject, used) = go_unquote(rest)?;
-        let mut refused = RefusedSubscription {
-            subject,
-            queue: None,
-            any_queue: false,
-            sid: None,
-        };
-        let mut rest = &rest[used..];
-        if rest == ", too many tokens" {
-            refused.any_queue = true;
-            return Some(refused);
-        }
-        if let Some(queue) = rest.strip_prefix(" using queue ") {
-            let (name, used) = go_unquote(queue)?;
-            refused.queue = Some(name);
-            rest = &queue[used..];
-        }
-        if let Some(sid) = rest.strip_prefix(" (sid ") {
-            let (name, used) = go_unquote(sid)?;
-            refused.sid = Some(name);
-            rest = sid[used..].strip_prefix(')')?;
-        }
-        rest.is_empty().then_some(refused)
-    }
-
-    /// Whether the subscription `sid`, `live` is one this error is about.
-    fn names(&self, sid: &[u8], live: &LiveSub) -> bool {
-        live.subject[..] == self.subject[..]
-            && (self.any_queue || live.queue.as_deref() == self.queue.as_deref())
-            && self.sid.as_deref().is_none_or(|named| named == sid)
     }
 }
 
