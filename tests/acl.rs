@@ -630,6 +630,22 @@ async fn direct_and_edged(targets: &Targets, connect: &str, bytes: &str) -> [(St
     replies_of([targets.direct(), targets.edged()], connect, bytes).await
 }
 
+/// What nats-server (`addrs[0]`) answers `orders`, quiet and then verbose, to `bytes`, after
+/// asserting the edge (`addrs[1]`) answers the same.
+async fn orders_replies_alike(
+    addrs: [std::net::SocketAddr; 2],
+    bytes: &str,
+) -> [(String, bool); 2] {
+    let mut answers: [(String, bool); 2] = Default::default();
+    for (verbose, answer) in [false, true].into_iter().zip(&mut answers) {
+        let connect = format!(r#"{{"user":"orders","pass":"pw","verbose":{verbose}}}"#);
+        let [direct, edged] = replies_of(addrs, &connect, bytes).await;
+        assert_eq!(edged, direct, "verbose {verbose}");
+        *answer = direct;
+    }
+    answers
+}
+
 /// What each of `addrs` answers to `CONNECT connect` then `bytes`, up to the PONG that
 /// follows them, and whether each closed.
 async fn replies_of(
@@ -784,25 +800,15 @@ async fn filtered_auto_unsubscribe_frees_its_subscription_slot() {
         "PUB orders.a 1\r\nx\r\n".repeat(4)
     );
     let addrs = [direct.addr(), edge_addr(&edge)];
-    for verbose in [false, true] {
-        let connect = format!(r#"{{"user":"orders","pass":"pw","verbose":{verbose}}}"#);
-        let replies = replies_of(addrs, &connect, &refused).await;
-        assert_eq!(replies[1], replies[0], "verbose {verbose}");
-        assert_eq!(
-            replies[0].0.matches("MSG orders.a 3 1").count(),
-            4,
-            "{replies:?}"
-        );
+    for (text, _) in orders_replies_alike(addrs, &refused).await {
+        assert_eq!(text.matches("MSG orders.a 3 1").count(), 4, "{text}");
     }
-    for verbose in [false, true] {
-        let connect = format!(r#"{{"user":"orders","pass":"pw","verbose":{verbose}}}"#);
-        let replies = replies_of(addrs, &connect, bytes).await;
-        assert_eq!(replies[1], replies[0], "verbose {verbose}");
+    for (text, _) in orders_replies_alike(addrs, bytes).await {
         assert!(
-            replies[0].0.contains("MSG orders.a 2 1")
-                && replies[0].0.contains("maximum subscriptions exceeded")
-                && replies[0].0.contains("MSG orders.y 3 1"),
-            "{replies:?}"
+            text.contains("MSG orders.a 2 1")
+                && text.contains("maximum subscriptions exceeded")
+                && text.contains("MSG orders.y 3 1"),
+            "{text}"
         );
     }
 }
@@ -830,15 +836,12 @@ async fn a_sub_the_upstream_refuses_takes_no_subscription_slot() {
     let bytes = "SUB orders.hidden 1\r\nSUB orders.a 2\r\nSUB orders.b 3\r\nSUB orders.c 4\r\n\
                  PUB orders.b 1\r\nx\r\n";
     let addrs = [direct.addr(), edge_addr(&edge)];
-    for verbose in [false, true] {
-        let connect = format!(r#"{{"user":"orders","pass":"pw","verbose":{verbose}}}"#);
-        let replies = replies_of(addrs, &connect, bytes).await;
-        assert_eq!(replies[1], replies[0], "verbose {verbose}");
+    for (text, _) in orders_replies_alike(addrs, bytes).await {
         assert!(
-            replies[0].0.contains("orders.hidden")
-                && replies[0].0.contains("maximum subscriptions exceeded")
-                && replies[0].0.contains("MSG orders.b 3 1"),
-            "{replies:?}"
+            text.contains("orders.hidden")
+                && text.contains("maximum subscriptions exceeded")
+                && text.contains("MSG orders.b 3 1"),
+            "{text}"
         );
     }
 }

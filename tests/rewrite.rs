@@ -181,8 +181,7 @@ async fn permissions_errors_name_the_subject_in_the_clients_view() {
            subscribe: { deny: [\"tenant.acme.audit.>\"] } } } ] }\n",
     );
     let edge = mounted(&server, "tenant-mount").await;
-    let mut raw = RawConn::connect(edge_addr(&edge)).await;
-    raw.read_info().await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
     let reply = raw
         .roundtrip(
             b"CONNECT {\"verbose\":false,\"user\":\"app\",\"pass\":\"pw\"}\r\n\
@@ -212,8 +211,7 @@ async fn no_responders_names_the_subject_in_the_clients_view() {
         .expect_err("nobody answers");
     assert_eq!(err.kind(), async_nats::RequestErrorKind::NoResponders);
 
-    let mut raw = RawConn::connect(edge_addr(&edge)).await;
-    raw.read_info().await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
     let reply = raw
         .roundtrip(
             b"CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true,\"protocol\":1}\r\n\
@@ -767,8 +765,7 @@ async fn message_traces_stay_in_the_mount() {
         b"CONNECT {\"verbose\":false}\r\nSUB trace.out 1\r\n",
     )
     .await;
-    let mut inside = RawConn::connect(edge_addr(&edge)).await;
-    inside.read_info().await;
+    let (mut inside, _) = RawConn::connect_info(edge_addr(&edge)).await;
     let block = b"NATS/1.0\r\nNats-Trace-Dest: trace.out\r\n\r\n";
     let mut ops = format!(
         "CONNECT {{\"verbose\":false,\"headers\":true}}\r\nSUB trace.out 1\r\nHPUB orders.new {} {}\r\n",
@@ -858,8 +855,7 @@ async fn a_request_the_mapping_pushes_over_max_payload_is_refused_at_the_edge() 
     let request =
         serde_json::to_vec(&serde_json::json!({"name": "BIG", "subjects": subjects})).unwrap();
     assert!(request.len() < 500, "fits as sent");
-    let mut raw = RawConn::connect(edge_addr(&edge)).await;
-    raw.read_info().await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
     let mut ops = format!(
         "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.r 1\r\nPUB $JS.API.STREAM.CREATE.BIG _INBOX.r {}\r\n",
         request.len()
