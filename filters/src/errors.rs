@@ -16,6 +16,8 @@ pub const MAX_CONNECTIONS_EXCEEDED: &str = "maximum connections exceeded";
 
 use bytes::Bytes;
 
+use crate::acl::quote::{go_quote, go_unquote};
+
 /// A subscription nats-server refused or removed, read from its `-ERR`: its words for a SUB
 /// its permissions refuse (`Permissions Violation for Subscription to "orders.x"`, with
 /// ` using queue "q"` for a queue subscription), for one with more tokens than its account
@@ -34,9 +36,25 @@ pub struct SubscriptionRefusal {
 }
 
 impl SubscriptionRefusal {
+    /// nats-server's words for a SUB on `subject` (and `queue`) its permissions refuse, or,
+    /// with the `sid`, for a subscription its reload removed: what [`Self::parse`] reads.
+    pub fn text(subject: &[u8], queue: Option<&[u8]>, sid: Option<&[u8]>) -> String {
+        let mut text = format!(
+            "Permissions Violation for Subscription to {}",
+            go_quote(subject)
+        );
+        if let Some(queue) = queue {
+            text.push_str(" using queue ");
+            text.push_str(&go_quote(queue));
+        }
+        if let Some(sid) = sid {
+            text.push_str(&format!(" (sid {})", go_quote(sid)));
+        }
+        text
+    }
+
     /// `None` for any other error.
     pub fn parse(text: &str) -> Option<Self> {
-        use crate::acl::quote::go_unquote;
         let rest = text.strip_prefix("Permissions Violation for Subscription to ")?;
         let (subject, used) = go_unquote(rest)?;
         let mut refused = SubscriptionRefusal {
@@ -81,5 +99,34 @@ impl SubscriptionRefusal {
         subs.filter(|(sid, subject, queue, _)| self.names(sid, subject, *queue))
             .min_by_key(|(_, _, _, order)| *order)
             .map(|(sid, _, _, _)| sid.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the edge writes for a refusal reads back as that refusal, quoting and all.
+    #[test]
+    fn subscription_refusals_read_back() {
+        for (subject, queue, sid) in [
+            (&b"orders.x"[..], None, None),
+            (b"orders.\"q\"", Some(&b"workers"[..]), None),
+            (b"orders.x", None, Some(&b"7"[..])),
+            (b"jobs.\xff", Some(b"w"), Some(b"12")),
+        ] {
+            let text = SubscriptionRefusal::text(subject, queue, sid);
+            assert_eq!(
+                SubscriptionRefusal::parse(&text),
+                Some(SubscriptionRefusal {
+                    subject: subject.to_vec(),
+                    queue: queue.map(<[u8]>::to_vec),
+                    any_queue: false,
+                    sid: sid.map(<[u8]>::to_vec),
+                }),
+                "{text}"
+            );
+        }
+        assert_eq!(SubscriptionRefusal::parse(MAX_SUBSCRIPTIONS_EXCEEDED), None);
     }
 }

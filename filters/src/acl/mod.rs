@@ -468,7 +468,7 @@ impl AclFilter {
         let queue = sub.queue.as_deref();
         if !perms.check_subscribe(&sub.subject, queue).allowed {
             self.denied(DenialKind::Subscribe, &sub.subject, sub.queue.as_ref());
-            return Verdict::error(subscription_violation(&sub.subject, queue));
+            return Verdict::error(SubscriptionRefusal::text(&sub.subject, queue, None));
         }
         if !self.filter_deliveries && perms.needs_delivery_filter(&sub.subject, queue) {
             // nats-server's delivery filter, from now on: deliveries are looked at.
@@ -670,7 +670,11 @@ impl Filter for AclFilter {
                     if !ended && !perms.check_subscribe(&live.subject, queue).allowed {
                         reloaded
                             .notices
-                            .push(ServerOp::Err(revoked_text(sid, live)));
+                            .push(ServerOp::Err(SubscriptionRefusal::text(
+                                &live.subject,
+                                queue,
+                                Some(sid),
+                            )));
                         reloaded.unsubscribe.push(sid.clone());
                         if live.max.is_some() || live.edge_max.is_some() {
                             reloaded.already_unsubscribed += 1;
@@ -812,25 +816,6 @@ impl AclFilter {
         self.recount_needs();
         self.refresh_interest();
     }
-}
-
-/// nats-server's words for a subscription its permissions refuse.
-fn subscription_violation(subject: &[u8], queue: Option<&[u8]>) -> String {
-    let mut text = format!(
-        "Permissions Violation for Subscription to {}",
-        go_quote(subject)
-    );
-    if let Some(queue) = queue {
-        text.push_str(" using queue ");
-        text.push_str(&go_quote(queue));
-    }
-    text
-}
-
-/// The same for a subscription a reload no longer allows, which names its sid.
-fn revoked_text(sid: &[u8], live: &LiveSub) -> String {
-    let text = subscription_violation(&live.subject, live.queue.as_deref());
-    format!("{text} (sid {})", go_quote(sid))
 }
 
 /// The name a passthrough client presented: its user, else its nkey, else the subject of
