@@ -471,10 +471,7 @@ fn reverse_permissions_error(text: &str, set: &RuleSet) -> Option<String> {
 /// there is nothing to map); `Err` when the block names a trace destination but cannot be
 /// read, since nats-server might still find one in it.
 fn map_trace_destination(block: &Bytes, set: &RuleSet) -> Result<Option<Bytes>, ()> {
-    // nats-server takes the header only under this exact name (its key match is
-    // case-sensitive), so a block without these bytes names no destination. Every tagged
-    // PUB carries a block: the search is the one cost all of them pay.
-    if memchr::memmem::find(block, TRACE_DEST).is_none() {
+    if !may_name_trace_destination(block) {
         return Ok(None);
     }
     let parsed = Headers::parse(block).map_err(|_| ())?;
@@ -493,6 +490,18 @@ fn map_trace_destination(block: &Bytes, set: &RuleSet) -> Result<Option<Bytes>, 
         }
     }
     Ok(changed.then(|| writer.finish()))
+}
+
+/// Whether nats-server could read a trace destination from `block`. It reads every key from
+/// the start of a line up to its colon, as it is, and takes this one only under its exact
+/// name (its key match is case-sensitive): a block without a line starting
+/// `Nats-Trace-Dest:` names no destination. Every tagged PUB carries a block and pays this
+/// search, so its searcher is built once: building one costs more than running it over a
+/// block of a few hundred bytes.
+fn may_name_trace_destination(block: &[u8]) -> bool {
+    static FIELD_START: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\nNats-Trace-Dest:"));
+    FIELD_START.find(block).is_some()
 }
 
 /// The 503 no-responders status names the request subject in `Nats-Subject`, in the

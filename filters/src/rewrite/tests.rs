@@ -497,6 +497,22 @@ fn trace_destinations_are_mapped_into_the_mount() {
     assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
 }
 
+/// nats-server reads a key from the start of a line up to its colon, as written: only a
+/// line starting `Nats-Trace-Dest:` can name a trace destination, so only such a block is
+/// parsed for one.
+#[test]
+fn only_a_line_starting_with_the_exact_key_may_name_a_trace_destination() {
+    use super::may_name_trace_destination as may;
+    assert!(may(b"NATS/1.0\r\nNats-Trace-Dest: t\r\n\r\n"));
+    assert!(may(b"NATS/1.0\r\nA: 1\r\nNats-Trace-Dest:t\r\n\r\n"));
+    assert!(!may(b"NATS/1.0\r\nnats-trace-dest: t\r\n\r\n"));
+    assert!(!may(b"NATS/1.0\r\nNats-Trace-Dest : t\r\n\r\n"));
+    assert!(!may(b"NATS/1.0\r\nA: Nats-Trace-Dest: t\r\n\r\n"));
+    assert!(!may(
+        b"NATS/1.0\r\nNats-Edge-User: u\r\nNats-Trace: t\r\n\r\n"
+    ));
+}
+
 /// What the rewrite adds (here, JetStream stream subjects) counts against max_payload: a
 /// request that no longer fits is refused as an oversized PUB is, never sent upstream.
 #[test]
