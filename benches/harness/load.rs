@@ -665,6 +665,16 @@ pub enum Content {
     /// (`_INBOX.bench.000042`), as requests carry their inboxes: no control line repeats the
     /// one before it, so the forwarders frame every line in full.
     DistinctReplies,
+    /// Every payload byte is `x`, and every message is an `HPUB` with a header block of its
+    /// own (`Nats-Msg-Id: 000042`), as JetStream publishers send: the control lines repeat,
+    /// the header blocks differ.
+    Headers,
+}
+
+/// The header block of message `i` under [`Content::Headers`]: the same length for every `i`
+/// below a million, so the control lines of a batch are alike.
+fn msg_id_headers(i: u64) -> String {
+    format!("NATS/1.0\r\nNats-Msg-Id: {i:06}\r\n\r\n")
 }
 
 /// The payload of message `i`: `size` bytes of newline-separated JSON records such as a
@@ -814,9 +824,14 @@ pub fn pub_sub_content(
                 format!("PUB {subject} _INBOX.bench.{i:06} {payload}\r\n").into_bytes()
             }
             Content::Filler | Content::Json => format!("PUB {subject} {payload}\r\n").into_bytes(),
+            Content::Headers => {
+                let headers = msg_id_headers(i);
+                let total = headers.len() + payload;
+                format!("HPUB {subject} {} {total}\r\n{headers}", headers.len()).into_bytes()
+            }
         };
         match content {
-            Content::Filler | Content::DistinctReplies => {
+            Content::Filler | Content::DistinctReplies | Content::Headers => {
                 f.extend(std::iter::repeat_n(b'x', payload))
             }
             Content::Json => f.extend(json_payload(payload, i)),
@@ -828,7 +843,7 @@ pub fn pub_sub_content(
     let per_batch = (64 * 1024 / frame.len()).max(1);
     let batch: Vec<u8> = match content {
         Content::Filler => frame.repeat(per_batch),
-        Content::Json | Content::DistinctReplies => {
+        Content::Json | Content::DistinctReplies | Content::Headers => {
             (0..per_batch as u64).flat_map(message).collect()
         }
     };

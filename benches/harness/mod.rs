@@ -652,8 +652,9 @@ pub struct CallgrindSetup {
     pub content: load::Content,
 }
 
-/// The plain edge; the plain edge with messages whose control lines never repeat; then with
-/// ACL rules, and with the shipped rewrite and tagging rules.
+/// The plain edge; the plain edge with messages whose control lines never repeat, and with
+/// messages that carry headers; then with ACL rules, and with the shipped rewrite and
+/// tagging rules.
 pub fn callgrind_setups() -> Vec<CallgrindSetup> {
     vec![
         CallgrindSetup {
@@ -667,6 +668,12 @@ pub fn callgrind_setups() -> Vec<CallgrindSetup> {
             slug: "plain-distinct",
             env: Vec::new(),
             content: load::Content::DistinctReplies,
+        },
+        CallgrindSetup {
+            name: "the edge, a header block of its own on every message",
+            slug: "plain-headers",
+            env: Vec::new(),
+            content: load::Content::Headers,
         },
         CallgrindSetup {
             name: "the edge with ACL rules",

@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use nats_edge::filters::{ClientOp, ServerOp};
 use nats_edge::proto::{
     build_client_op, build_server_op, encode_client_op, encode_server_op, plain_messages, scan,
-    Direction, Frame, ScanLimits, Verb,
+    Direction, Frame, ScanLimits,
 };
 
 /// The limits the fuzz targets scan with.
@@ -41,13 +41,13 @@ pub fn decode_stream(dir: Direction, input: &[u8]) -> Decoded {
     let mut rest = input;
     let mut frames = 0;
     // Where the run of plain messages `plain_messages` found at the front of `rest` ends, and
-    // how many messages are left in it: `scan` must frame exactly those, as PUB or MSG.
+    // how many messages are left in it: `scan` must frame exactly those, as messages.
     let mut run: Option<(usize, u64)> = None;
     while let Ok(Some(frame)) = scan(rest, dir, &LIMITS) {
         let (run_len, run_left) = *run.get_or_insert_with(|| plain_messages(rest, dir, &LIMITS));
         if run_left > 0 {
             assert!(
-                matches!(frame.verb, Verb::Pub | Verb::Msg) && frame.len <= run_len,
+                frame.is_message() && frame.len <= run_len,
                 "a run of plain messages holds a {:?} frame of {} bytes",
                 frame.verb,
                 frame.len

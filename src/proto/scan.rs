@@ -319,19 +319,44 @@ pub fn scan(buf: &[u8], dir: Direction, limits: &ScanLimits) -> Result<Option<Fr
     scan_general(buf, dir, limits)
 }
 
-/// The common case in one pass: a complete `PUB` or `MSG` spelt in upper case, one space
-/// after the verb, spaces between the arguments, a CR LF line end and a payload within
-/// the limits. Anything else (a partial frame, an error, tabs, headers, other verbs) is
-/// `None`, and [`scan_general`] decides; so this path only ever accepts what the general
+/// The common case in one pass: a complete `PUB`, `MSG`, `HPUB` or `HMSG` spelt in upper
+/// case, one space after the verb, single spaces between the arguments, a CR LF line end and
+/// a payload within the limits. Anything else (a partial frame, an error, tabs, other verbs)
+/// is `None`, and [`scan_general`] decides; so this path only ever accepts what the general
 /// one would accept, with the same offsets (checked by a test over many lines).
 #[inline(always)]
 fn scan_plain_message(buf: &[u8], dir: Direction, limits: &ScanLimits) -> Option<Frame> {
-    let verb = match (dir, buf.get(..4)?) {
-        (Direction::ClientToServer, b"PUB ") => Verb::Pub,
-        (Direction::ServerToClient, b"MSG ") => Verb::Msg,
-        _ => return None,
-    };
-    const LINE_START: usize = 4;
+    match (dir, buf.get(..4)?) {
+        (Direction::ClientToServer, b"PUB ") => scan_plain_line::<4>(buf, Verb::Pub, limits),
+        (Direction::ServerToClient, b"MSG ") => scan_plain_line::<4>(buf, Verb::Msg, limits),
+        // nats-server refuses an HPUB from a client that did not ask for headers: the
+        // general path gives that answer.
+        (Direction::ClientToServer, b"HPUB") if limits.headers => {
+            scan_plain_header_line(buf, Verb::Hpub, limits)
+        }
+        (Direction::ServerToClient, b"HMSG") => scan_plain_header_line(buf, Verb::Hmsg, limits),
+        _ => None,
+    }
+}
+
+/// [`scan_plain_line`] for `HPUB` and `HMSG`, kept out of line so that the loops framing
+/// `PUB`s and `MSG`s stay as tight as they are without headers.
+#[inline(never)]
+fn scan_plain_header_line(buf: &[u8], verb: Verb, limits: &ScanLimits) -> Option<Frame> {
+    if *buf.get(4)? != b' ' {
+        return None;
+    }
+    scan_plain_line::<5>(buf, verb, limits)
+}
+
+/// The rest of [`scan_plain_message`], once the verb and the space after it (`LINE_START`
+/// bytes) are matched; a verb of five bytes with its space is one with headers.
+#[inline(always)]
+fn scan_plain_line<const LINE_START: usize>(
+    buf: &[u8],
+    verb: Verb,
+    limits: &ScanLimits,
+) -> Option<Frame> {
     if *buf.get(LINE_START)? <= b' ' {
         return None;
     }
@@ -343,23 +368,13 @@ fn scan_plain_message(buf: &[u8], dir: Direction, limits: &ScanLimits) -> Option
     if cr - LINE_START > limits.max_control_line {
         return None;
     }
-    // The size is the last argument: digits back to a space, which the subject precedes.
-    let mut total = 0usize;
-    let mut scale = 1usize;
-    let mut i = cr;
-    loop {
-        i -= 1;
-        let b = buf[i];
-        let d = b.wrapping_sub(b'0');
-        if d <= 9 {
-            if cr - i > MAX_SIZE_DIGITS {
-                return None;
-            }
-            total += usize::from(d) * scale;
-            scale *= 10;
-        } else if b == b' ' && i != cr - 1 && i > LINE_START {
-            break;
-        } else {
+    // The sizes are the last arguments: the total, and before it the header size of a
+    // message with headers, each digits back to a space, which the subject precedes.
+    let (total, before) = size_before(buf, LINE_START, cr)?;
+    let mut header_len = 0;
+    if LINE_START == 5 {
+        header_len = size_before(buf, LINE_START, before)?.0;
+        if header_len > total {
             return None;
         }
     }
@@ -377,9 +392,35 @@ fn scan_plain_message(buf: &[u8], dir: Direction, limits: &ScanLimits) -> Option
         line_start: LINE_START,
         line_end: cr,
         payload_start,
-        header_len: 0,
+        header_len,
         total_size: total,
     })
+}
+
+/// The size whose digits end just before `end`, read backwards to the single space before
+/// them, and that space's index; `None` unless there is at least one digit, at most
+/// [`MAX_SIZE_DIGITS`], and an argument before the space (after `line_start`).
+#[inline(always)]
+fn size_before(buf: &[u8], line_start: usize, end: usize) -> Option<(usize, usize)> {
+    let mut size = 0usize;
+    let mut scale = 1usize;
+    let mut i = end;
+    loop {
+        i -= 1;
+        let b = buf[i];
+        let d = b.wrapping_sub(b'0');
+        if d <= 9 {
+            if end - i > MAX_SIZE_DIGITS {
+                return None;
+            }
+            size += usize::from(d) * scale;
+            scale *= 10;
+        } else if b == b' ' && i != end - 1 && i > line_start {
+            return Some((size, i));
+        } else {
+            return None;
+        }
+    }
 }
 
 /// The complete plain messages at the front of `buf`, as [`scan`]'s fast path frames them:
@@ -681,15 +722,22 @@ mod fast_path_tests {
     /// at every length: wherever the fast path answers, the general path gives the same frame.
     #[test]
     fn fast_path_agrees_with_the_general_path() {
-        let heads: [(&[u8], Direction); 6] = [
+        let heads: [(&[u8], Direction); 11] = [
             (b"PUB ", Direction::ClientToServer),
             (b"pub ", Direction::ClientToServer),
             (b"PUB\t", Direction::ClientToServer),
             (b"PUB  ", Direction::ClientToServer),
             (b"MSG ", Direction::ServerToClient),
             (b"MSG ", Direction::ClientToServer),
+            (b"HPUB ", Direction::ClientToServer),
+            (b"hpub ", Direction::ClientToServer),
+            (b"HPUB  ", Direction::ClientToServer),
+            (b"HMSG ", Direction::ServerToClient),
+            (b"HMSG ", Direction::ClientToServer),
         ];
-        let args: [&[u8]; 9] = [
+        // Read as PUB or MSG arguments, and as HPUB or HMSG ones (a header size before the
+        // total, which must not exceed it).
+        let args: [&[u8]; 17] = [
             b"foo.bar 5",
             b"foo.bar reply.to 5",
             b"foo 1 5",
@@ -699,6 +747,14 @@ mod fast_path_tests {
             b"foo 5 ",
             b"foo 0000000005",
             b"foo 000000005",
+            b"foo 2 5",
+            b"foo reply 0 5",
+            b"foo 1 reply 5 5",
+            b"foo 6 5",
+            b"2 5",
+            b"foo 2  5",
+            b"foo 2\t5",
+            b"foo 0000000002 5",
         ];
         let ends: [&[u8]; 4] = [b"\r\n", b"\n", b"\r", b"\rx\n"];
         let payloads: [&[u8]; 4] = [b"hello\r\n", b"hello\n", b"helloXY", b"hel"];
@@ -714,8 +770,14 @@ mod fast_path_tests {
                 max_payload: 4,
                 headers: true,
             },
+            ScanLimits {
+                max_control_line: 1024,
+                max_payload: 1024,
+                headers: false,
+            },
         ];
         let mut fast = 0;
+        let mut fast_with_headers = 0;
         for (head, dir) in heads {
             for arg in args {
                 for end in ends {
@@ -726,6 +788,7 @@ mod fast_path_tests {
                                 let buf = &frame[..cut];
                                 if let Some(f) = scan_plain_message(buf, dir, limits) {
                                     fast += 1;
+                                    fast_with_headers += usize::from(f.header_len > 0);
                                     assert_eq!(
                                         scan_general(buf, dir, limits),
                                         Ok(Some(f)),
@@ -741,13 +804,28 @@ mod fast_path_tests {
         }
         // The fast path is taken for the plain spellings, not only ever declined.
         assert!(fast > 50, "fast path taken {fast} times");
+        assert!(
+            fast_with_headers > 20,
+            "fast path taken {fast_with_headers} times with headers"
+        );
     }
 
     /// A run of frames, cut at every length: `plain_messages` passes over exactly the plain
     /// messages `scan` frames one by one from the front, and stops at the first other frame.
     #[test]
     fn plain_messages_stops_where_a_frame_is_not_a_plain_message() {
-        let runs: [(&[u8], Direction, u64); 13] = [
+        let runs: [(&[u8], Direction, u64); 15] = [
+            // Messages with headers are plain messages too, repeated or not.
+            (
+                b"HPUB a 2 4\r\nhiyo\r\nHPUB a 2 4\r\nhiyo\r\nPUB a 2\r\nhi\r\nHPUB a 0 1\r\nx\r\n",
+                Direction::ClientToServer,
+                4,
+            ),
+            (
+                b"HMSG a 1 2 3\r\nhiy\r\nHMSG a 1 2 3\r\nhiy\r\nHMSG a 1 3 2\r\nhiy\r\n",
+                Direction::ServerToClient,
+                2,
+            ),
             // Repeated lines: the shortcut, up to the first line that differs, and on with
             // the full framing after it.
             (
@@ -837,7 +915,7 @@ mod fast_path_tests {
                     let frame = scan(&buf[at..], dir, &limits)
                         .expect("a plain message scans")
                         .expect("a plain message is complete");
-                    assert!(matches!(frame.verb, Verb::Pub | Verb::Msg));
+                    assert!(frame.is_message());
                     at += frame.len;
                 }
                 assert_eq!(at, len, "{:?}", String::from_utf8_lossy(buf));
@@ -854,7 +932,7 @@ mod fast_path_tests {
     /// path finds a frame at a time.
     #[test]
     fn plain_messages_agrees_with_framing_one_message_at_a_time() {
-        let pieces: [&[u8]; 13] = [
+        let pieces: [&[u8]; 16] = [
             b"PUB a 2\r\nhi\r\n",
             b"PUB a 2\r\nhi\r\n",
             b"PUB a 2\r\n\r\n\r\n",
@@ -869,6 +947,9 @@ mod fast_path_tests {
             b"PING\r\n",
             b"MSG a 1 2\r\nhi\r\n",
             b"\r\n",
+            b"HPUB a 2 4\r\nhiyo\r\n",
+            b"HPUB a 4 2\r\nhiyo\r\n",
+            b"HMSG a 1 2 4\r\nhiyo\r\n",
         ];
         let one_at_a_time = |buf: &[u8], dir| {
             let (mut len, mut count) = (0, 0);

@@ -425,7 +425,7 @@ impl Forwarder {
                 }
             }
             if !shared.chain.interest().contains(OpKind::Pub) {
-                // Plain PUBs that no filter looks at go on as one run, not one call each.
+                // Plain PUBs and HPUBs that no filter looks at go on as one run, not one call each.
                 let (len, count) = plain_messages(&self.rbuf[run..], self.dir, &shared.client_scan);
                 if count > 0 {
                     run += len;
@@ -656,7 +656,7 @@ impl Forwarder {
         let mut run = 0;
         while !self.stopped {
             if !shared.chain.interest().contains(OpKind::Msg) {
-                // Plain MSGs that no filter looks at go on as one run, not one call each.
+                // Plain MSGs and HMSGs that no filter looks at go on as one run, not one call each.
                 let (len, count) = plain_messages(&self.rbuf[run..], self.dir, &shared.server_scan);
                 run += len;
                 self.msgs += count;
