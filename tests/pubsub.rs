@@ -306,7 +306,21 @@ async fn binary_payloads_that_look_like_protocol() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_thousand_messages_arrive_complete_and_in_order() {
-    const N: u64 = 100_000;
+    messages_arrive_complete_and_in_order(100_000, false).await;
+}
+
+/// The same with a header block on every message (`Nats-Msg-Id`, as JetStream publishers
+/// send): runs of HPUBs and HMSGs whose control lines repeat while the numbers keep their
+/// width, and change when they grow a digit, both ways through the edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_thousand_messages_with_headers_arrive_complete_and_in_order() {
+    messages_arrive_complete_and_in_order(50_000, true).await;
+}
+
+/// Publishes `n` messages numbered in their payload (and, `with_headers`, in a
+/// `Nats-Msg-Id` header too) through the edge, and checks that every one arrives, in order,
+/// as it was sent.
+async fn messages_arrive_complete_and_in_order(n: u64, with_headers: bool) {
     let (_server, edge) = server_and_edge("").await;
     let url = edge_url(&edge);
     // Room for every message in the client's own queue, so a receiver task that falls behind
@@ -316,7 +330,7 @@ async fn hundred_thousand_messages_arrive_complete_and_in_order() {
     let subscriber = within(
         "connect",
         client_options()
-            .subscription_capacity(2 * N as usize)
+            .subscription_capacity(2 * n as usize)
             .event_callback(move |e| {
                 let slow_tx = slow_tx.clone();
                 async move {
@@ -334,10 +348,16 @@ async fn hundred_thousand_messages_arrive_complete_and_in_order() {
 
     let receiver = tokio::spawn(async move {
         let mut expected = 0u64;
-        while expected < N {
+        while expected < n {
             let m = sub.next().await.expect("subscription ended early");
-            let n: u64 = std::str::from_utf8(&m.payload).unwrap().parse().unwrap();
-            assert_eq!(n, expected, "out of order or lost");
+            let got: u64 = std::str::from_utf8(&m.payload).unwrap().parse().unwrap();
+            assert_eq!(got, expected, "out of order or lost");
+            let id = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id"));
+            assert_eq!(
+                id.map(|v| v.as_str().to_string()),
+                with_headers.then(|| expected.to_string()),
+                "headers of message {expected}"
+            );
             expected += 1;
         }
         expected
@@ -345,11 +365,18 @@ async fn hundred_thousand_messages_arrive_complete_and_in_order() {
 
     let publisher = client(&url).await;
     within_for(Duration::from_secs(60), "publishing", async {
-        for i in 0..N {
-            publisher
-                .publish("seq", Bytes::from(i.to_string()))
-                .await
-                .unwrap();
+        for i in 0..n {
+            let payload = Bytes::from(i.to_string());
+            if with_headers {
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Msg-Id", i.to_string().as_str());
+                publisher
+                    .publish_with_headers("seq", headers, payload)
+                    .await
+            } else {
+                publisher.publish("seq", payload).await
+            }
+            .unwrap();
             if i % 10_000 == 9_999 {
                 publisher.flush().await.unwrap();
             }
@@ -362,7 +389,7 @@ async fn hundred_thousand_messages_arrive_complete_and_in_order() {
         slow_rx.try_recv().is_err(),
         "async-nats itself dropped messages (client-side slow consumer)"
     );
-    assert_eq!(got.unwrap(), N);
+    assert_eq!(got.unwrap(), n);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
