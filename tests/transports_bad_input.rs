@@ -512,16 +512,16 @@ async fn truncated_and_forged_proxy_headers() {
     let s = setup("pp").await;
     let addr = s.addr("pp", "proxy");
 
-    // Not a PROXY header at all: a client that skipped the load balancer.
+    // Not a PROXY header at all: a peer that skipped the load balancer and speaks first (an
+    // HTTP probe, a TLS-first client) is refused at once.
     let mut raw = RawConn::connect(addr).await;
-    raw.send(b"CONNECT {}\r\n").await;
+    raw.send(b"GET / HTTP/1.1\r\n").await;
     assert_eq!(raw.read_to_close().await, b"");
     let line = failure_line("pp-proxy", "proxy_header");
     assert!(
-        line["error"]
-            .as_str()
-            .unwrap()
-            .contains("no PROXY protocol header: the connection starts with \"CONNECT {}\\r\\n\""),
+        line["error"].as_str().unwrap().contains(
+            "no PROXY protocol header: the connection starts with \"GET / HTTP/1.1\\r\\n\""
+        ),
         "{line}"
     );
 
@@ -548,10 +548,18 @@ async fn truncated_and_forged_proxy_headers() {
     .expect("a log line for the truncated header");
     wait_failures(&s.edge, ListenerKind::Tcp, HandshakeFailure::ProxyHeader, 4);
 
-    // Truncated and left open: the handshake timeout closes it.
+    // Truncated and left open: the handshake timeout closes it. So it closes a NATS client
+    // that skipped the balancer: it waits for an INFO, which the edge sends only after the
+    // header, and gets none.
     let mut raw = RawConn::connect(addr).await;
     raw.send(b"\r\n\r\n\0\r\nQU").await;
+    let mut nats_client = RawConn::connect(addr).await;
     assert!(raw.closes_within(WAIT).await);
+    assert_eq!(
+        nats_client.read_to_close().await,
+        b"",
+        "no INFO before a header"
+    );
     let line = failure_line("pp-proxy", "timeout");
     assert_eq!(line["error"], "timed out during the PROXY protocol header");
 
@@ -563,7 +571,7 @@ async fn truncated_and_forged_proxy_headers() {
     assert!(ok.is_open().await);
     drop(ok);
     wait_failures(&s.edge, ListenerKind::Tcp, HandshakeFailure::ProxyHeader, 4);
-    wait_failures(&s.edge, ListenerKind::Tcp, HandshakeFailure::Timeout, 1);
+    wait_failures(&s.edge, ListenerKind::Tcp, HandshakeFailure::Timeout, 2);
     s.assert_clean().await;
 }
 

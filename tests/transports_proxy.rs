@@ -46,6 +46,15 @@ async fn v1_and_v2_headers_name_the_client() {
     assert_eq!(client_ip_after(&edge, &encode_v1(v6)).await, "2001:db8::9");
     assert_eq!(client_ip_after(&edge, &encode_v2(v4)).await, "203.0.113.9");
     assert_eq!(client_ip_after(&edge, &encode_v2(v6)).await, "2001:db8::9");
+    // An IPv4 client written as IPv6-mapped is shown as nats-server shows it, as IPv4.
+    assert_eq!(
+        client_ip_after(
+            &edge,
+            b"PROXY TCP6 ::ffff:203.0.113.9 2001:db8::1 40000 4222\r\n"
+        )
+        .await,
+        "203.0.113.9"
+    );
 
     // A header with TLVs after the addresses (as AWS and others send).
     let mut with_tlv = encode_v2(v4);

@@ -402,6 +402,14 @@ where
 const TLS_MATERIAL: &str = "TLS certificate and key";
 const WS_SETTINGS: &str = "WebSocket settings";
 
+/// An address as nats-server shows it: an IPv4 address in its IPv6-mapped form (an IPv4
+/// client of a dual-stack listener, or a PROXY header that writes it so) as the IPv4 address
+/// it is, `192.0.2.7` rather than `::ffff:192.0.2.7`, in INFO's `client_ip`, the logs, the
+/// tags and the PROXY header sent upstream alike.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 /// Runs a connection's transport handshake: the PROXY header, then TLS (unless it comes
 /// after INFO), then the WebSocket upgrade. `Ok(None)` means the connection was answered
 /// without a session (a plain HTTP health check on a WebSocket listener).
@@ -412,16 +420,16 @@ pub async fn handshake(
     lt: &ListenerTransport,
     stage: &StageCell,
 ) -> Result<Option<Accepted>, HandshakeError> {
-    let mut client_addr = peer;
-    let mut local_addr = tcp.local_addr().unwrap_or(peer);
+    let mut client_addr = canonical(peer);
+    let mut local_addr = canonical(tcp.local_addr().unwrap_or(peer));
     if lt.proxy_protocol {
         stage.set(Stage::ProxyHeader);
         if let Some(addrs) = proxy_protocol::read_header(&mut tcp)
             .await
             .map_err(HandshakeError::Proxy)?
         {
-            client_addr = addrs.src;
-            local_addr = addrs.dst;
+            client_addr = canonical(addrs.src);
+            local_addr = canonical(addrs.dst);
         }
     }
     let mut tls_peer = None;
@@ -503,7 +511,7 @@ pub async fn handshake(
             transport: lt.kind.as_str(),
             tls_peer,
         },
-        peer,
+        peer: canonical(peer),
         local_addr,
         tls_after_info,
         filters,

@@ -259,7 +259,13 @@ fn check<'a>(head: &'a Head<'_>, settings: &WsSettings) -> Result<Option<&'a str
     if !valid_key(key) {
         return Err(Reject::http(400, format!("bad Sec-WebSocket-Key {key:?}")));
     }
-    if let Some(origin) = head.header("origin") {
+    // As nats-server reads it: `Origin`, or the older `Sec-WebSocket-Origin`; an empty one
+    // counts as none.
+    let origin = [head.header("origin"), head.header("sec-websocket-origin")]
+        .into_iter()
+        .flatten()
+        .find(|o| !o.is_empty());
+    if let Some(origin) = origin {
         check_origin(origin, host, settings)?;
     }
     Ok(Some(key))
@@ -284,9 +290,16 @@ fn check_origin(origin: &str, host: &str, settings: &WsSettings) -> Result<(), R
     let forbidden = |why: String| Reject::http(403, why);
     let parsed = Origin::parse(origin).map_err(|_| forbidden(format!("origin {origin:?}")))?;
     if settings.same_origin {
-        let default_port = if settings.secure { 443 } else { 80 };
-        let same = split_authority(host, default_port)
-            .is_some_and(|(h, p)| h == parsed.host && p == parsed.port);
+        // The page's scheme must be the listener's too, as nats-server checks it: a page
+        // served over https has no business on a plain `ws` listener, nor the reverse.
+        let (scheme, default_port) = if settings.secure {
+            ("https", 443)
+        } else {
+            ("http", 80)
+        };
+        let same = parsed.scheme == scheme
+            && split_authority(host, default_port)
+                .is_some_and(|(h, p)| h == parsed.host && p == parsed.port);
         if !same {
             return Err(forbidden(format!(
                 "origin {origin} is not the same as host {host}"
@@ -469,8 +482,24 @@ mod tests {
         assert_eq!(status(check(&head("GET", "/", &h), &s)), 403);
         let h = with_origin("null");
         assert_eq!(status(check(&head("GET", "/", &h), &s)), 403);
-        // No Origin: not a browser; accepted.
+        // The same host and port under the other scheme is another origin.
+        let h = with_origin("https://edge.example.com:8080");
+        assert_eq!(status(check(&head("GET", "/", &h), &s)), 403);
+        s.secure = true;
+        assert_eq!(status(check(&head("GET", "/", &h), &s)), 101);
+        let h = with_origin("http://edge.example.com:8080");
+        assert_eq!(status(check(&head("GET", "/", &h), &s)), 403);
+        s.secure = false;
+        // No Origin, or an empty one: not a browser; accepted. The older
+        // `Sec-WebSocket-Origin` is read when `Origin` is missing or empty.
         assert_eq!(status(check(&head("GET", "/", &UPGRADE), &s)), 101);
+        let h = with_origin("");
+        assert_eq!(status(check(&head("GET", "/", &h), &s)), 101);
+        let mut h = UPGRADE.to_vec();
+        h.push(("Sec-WebSocket-Origin", "http://evil.example.com:8080"));
+        assert_eq!(status(check(&head("GET", "/", &h), &s)), 403);
+        h.push(("Origin", ""));
+        assert_eq!(status(check(&head("GET", "/", &h), &s)), 403);
 
         s.same_origin = false;
         s.allowed_origins = vec![Origin::parse("https://app.example.com").unwrap()];
