@@ -83,18 +83,11 @@ async fn stalled_subscriber_does_not_grow_the_edge() {
         }
     }
     peak = peak.max(edge.rss_bytes());
-    eprintln!(
-        "edge RSS: baseline {:.1} MiB, peak {:.1} MiB over {} MiB published",
-        baseline as f64 / MIB as f64,
-        peak as f64 / MIB as f64,
-        TOTAL as u64 / MIB
-    );
-    assert!(
-        peak < RSS_BOUND,
-        "edge RSS peaked at {:.1} MiB (baseline {:.1} MiB); bound {} MiB",
-        peak as f64 / MIB as f64,
-        baseline as f64 / MIB as f64,
-        RSS_BOUND / MIB
+    assert_rss_peak(
+        &format!("{} MiB published", TOTAL as u64 / MIB),
+        baseline,
+        peak,
+        RSS_BOUND,
     );
 
     let slow_consumer = server
@@ -158,16 +151,27 @@ async fn endless_ping_line_does_not_grow_the_edge() {
     let after = raw.roundtrip(b"").await;
     assert!(after.bytes.is_empty() && !after.closed, "{}", after.text());
     peak = peak.max(edge.rss_bytes());
+    assert_rss_peak(
+        &format!("a {} MiB PING line", TOTAL as u64 / MIB),
+        baseline,
+        peak,
+        baseline + 16 * MIB,
+    );
+}
+
+/// Reports the edge's RSS over `what` and checks that its peak stayed under `bound`.
+fn assert_rss_peak(what: &str, baseline: u64, peak: u64, bound: u64) {
+    let mib = |bytes: u64| bytes as f64 / MIB as f64;
     eprintln!(
-        "edge RSS: baseline {:.1} MiB, peak {:.1} MiB over a {} MiB PING line",
-        baseline as f64 / MIB as f64,
-        peak as f64 / MIB as f64,
-        TOTAL as u64 / MIB
+        "edge RSS: baseline {:.1} MiB, peak {:.1} MiB over {what}",
+        mib(baseline),
+        mib(peak)
     );
     assert!(
-        peak < baseline + 16 * MIB,
-        "edge RSS peaked at {:.1} MiB (baseline {:.1} MiB)",
-        peak as f64 / MIB as f64,
-        baseline as f64 / MIB as f64
+        peak < bound,
+        "edge RSS peaked at {:.1} MiB (baseline {:.1} MiB); bound {:.1} MiB",
+        mib(peak),
+        mib(baseline),
+        mib(bound)
     );
 }

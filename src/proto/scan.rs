@@ -327,8 +327,8 @@ pub fn scan(buf: &[u8], dir: Direction, limits: &ScanLimits) -> Result<Option<Fr
 #[inline(always)]
 fn scan_plain_message(buf: &[u8], dir: Direction, limits: &ScanLimits) -> Option<Frame> {
     match (dir, buf.get(..4)?) {
-        (Direction::ClientToServer, b"PUB ") => scan_plain_line::<4>(buf, Verb::Pub, limits),
-        (Direction::ServerToClient, b"MSG ") => scan_plain_line::<4>(buf, Verb::Msg, limits),
+        (Direction::ClientToServer, b"PUB ") => scan_plain_line::<false>(buf, Verb::Pub, limits),
+        (Direction::ServerToClient, b"MSG ") => scan_plain_line::<false>(buf, Verb::Msg, limits),
         // nats-server refuses an HPUB from a client that did not ask for headers: the
         // general path gives that answer.
         (Direction::ClientToServer, b"HPUB") if limits.headers => {
@@ -346,34 +346,36 @@ fn scan_plain_header_line(buf: &[u8], verb: Verb, limits: &ScanLimits) -> Option
     if *buf.get(4)? != b' ' {
         return None;
     }
-    scan_plain_line::<5>(buf, verb, limits)
+    scan_plain_line::<true>(buf, verb, limits)
 }
 
-/// The rest of [`scan_plain_message`], once the verb and the space after it (`LINE_START`
-/// bytes) are matched; a verb of five bytes with its space is one with headers.
+/// The rest of [`scan_plain_message`], once the verb and the space after it are matched:
+/// `PUB `/`MSG `, or with `HEADERS` `HPUB `/`HMSG `, whose line also holds a header size.
 #[inline(always)]
-fn scan_plain_line<const LINE_START: usize>(
+fn scan_plain_line<const HEADERS: bool>(
     buf: &[u8],
     verb: Verb,
     limits: &ScanLimits,
 ) -> Option<Frame> {
-    if *buf.get(LINE_START)? <= b' ' {
+    // A constant in each instance: the verb and its space.
+    let line_start = if HEADERS { 5 } else { 4 };
+    if *buf.get(line_start)? <= b' ' {
         return None;
     }
     // The first control byte ends the line: it must be the CR of a CR LF.
-    let cr = first_control_byte(buf, LINE_START)?;
+    let cr = first_control_byte(buf, line_start)?;
     if buf[cr] != b'\r' || *buf.get(cr + 1)? != b'\n' {
         return None;
     }
-    if cr - LINE_START > limits.max_control_line {
+    if cr - line_start > limits.max_control_line {
         return None;
     }
     // The sizes are the last arguments: the total, and before it the header size of a
     // message with headers, each digits back to a space, which the subject precedes.
-    let (total, before) = size_before(buf, LINE_START, cr)?;
+    let (total, before) = size_before(buf, line_start, cr)?;
     let mut header_len = 0;
-    if LINE_START == 5 {
-        header_len = size_before(buf, LINE_START, before)?.0;
+    if HEADERS {
+        header_len = size_before(buf, line_start, before)?.0;
         if header_len > total {
             return None;
         }
@@ -389,7 +391,7 @@ fn scan_plain_line<const LINE_START: usize>(
     Some(Frame {
         verb,
         len: end + 2,
-        line_start: LINE_START,
+        line_start,
         line_end: cr,
         payload_start,
         header_len,

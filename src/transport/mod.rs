@@ -420,7 +420,8 @@ pub async fn handshake(
     lt: &ListenerTransport,
     stage: &StageCell,
 ) -> Result<Option<Accepted>, HandshakeError> {
-    let mut client_addr = canonical(peer);
+    let peer = canonical(peer);
+    let mut client_addr = peer;
     let mut local_addr = canonical(tcp.local_addr().unwrap_or(peer));
     if lt.proxy_protocol {
         stage.set(Stage::ProxyHeader);
@@ -511,7 +512,7 @@ pub async fn handshake(
             transport: lt.kind.as_str(),
             tls_peer,
         },
-        peer: canonical(peer),
+        peer,
         local_addr,
         tls_after_info,
         filters,
