@@ -117,8 +117,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Runs one pub→sub 1→1 workload against `t`, recording `<prefix>_<size>_msgs_per_s` (and
-/// the proxy's CPU per message, and with `w.detail` the wire bytes and the server's and the
-/// generator's CPU per message).
+/// the proxy's CPU per message, and with `w.detail` the wire bytes, the server's and the
+/// generator's CPU per message, and the share of the machine's CPU left idle).
 fn pub_sub_workload(
     samples: &mut Samples,
     w: &Workload,
@@ -129,8 +129,10 @@ fn pub_sub_workload(
     let (prefix, name) = (w.prefix, t.name);
     let cpu_before = t.proxy.map(targets::Proc::cpu_secs);
     let server_before = t.server.map(targets::Proc::cpu_secs);
+    let machine_before = targets::machine_cpu_ticks();
     let r = load::pub_sub_content(&t.endpoint, 1, 1, n, payload, w.content)
         .unwrap_or_else(|e| panic!("{prefix} {payload} B via {name}: {e}"));
+    let machine_after = targets::machine_cpu_ticks();
     let per_msg = |secs: f64| secs * 1e9 / r.msgs as f64;
     let mut row = |metric: &str, value: f64| {
         record(
@@ -158,6 +160,11 @@ fn pub_sub_workload(
         row("pub_wire_bytes_per_msg", bytes as f64 / r.msgs as f64);
     }
     row("generator_sub_cpu_ns_per_msg", per_msg(r.sub_cpu_secs));
+    let total = machine_after.1.saturating_sub(machine_before.1);
+    if total > 0 {
+        let idle = machine_after.0.saturating_sub(machine_before.0);
+        row("machine_idle_pct", idle as f64 * 100.0 / total as f64);
+    }
 }
 
 /// Which groups of workloads a run includes.

@@ -41,6 +41,23 @@ impl Proc {
     }
 }
 
+/// The machine's CPU time so far from the first line of `/proc/stat`, in clock ticks: idle
+/// (idle plus iowait) and the total over all states, summed over every core.
+pub fn machine_cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user and nice).
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (idle, ticks.iter().take(8).sum())
+}
+
 /// User plus system CPU time in seconds from the text of a `/proc/.../stat` file (a
 /// process's or a thread's).
 pub fn stat_cpu_secs(stat: &str) -> f64 {
