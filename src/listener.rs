@@ -22,7 +22,7 @@ use tracing::Instrument;
 use crate::config::ListenerKind;
 use crate::metrics::{ListenerMetrics, Refusal};
 use crate::proto::encode_server_op;
-use crate::session::{self, SessionEnv};
+use crate::session::{self, info::info_before_error, SessionEnv};
 use crate::transport::{self, Accepted, HandshakeError, ListenerTransport, StageCell};
 
 /// What a listener serves new connections with; swapped whole by a reload.
@@ -291,21 +291,16 @@ async fn accept(
 const REFUSAL_WRITE: Duration = Duration::from_secs(2);
 
 /// What nats-server does past `max_connections`: its INFO, then
-/// `-ERR 'maximum connections exceeded'`, then the close. The INFO is the latest one an
-/// upstream sent this listener's clients (without the per-connection nonce), or a minimal one
-/// before any client has connected.
+/// `-ERR 'maximum connections exceeded'`, then the close (see [`info_before_error`]).
 async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, cell: &ListenerCell, client: SocketAddr) {
     cell.metrics.refused(Refusal::MaxConnections);
     tracing::info!(listener = %cell.name, %client, "maximum connections exceeded: refused");
-    let info = cell
+    let last = cell
         .last_info
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .clone();
-    let mut info = info.unwrap_or_else(|| minimal_info(cell));
-    info.nonce = None;
-    info.extra.remove("client_id");
-    info.client_ip = Some(client.ip().to_string());
+    let info = info_before_error(last, &cell.current().env.info_rewrite, client);
     let mut buf = BytesMut::new();
     encode_server_op(&ServerOp::Info(Box::new(info)), &mut buf);
     encode_server_op(
@@ -318,21 +313,6 @@ async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, cell: &ListenerCell, clien
         stream.shutdown().await
     })
     .await;
-}
-
-fn minimal_info(cell: &ListenerCell) -> Info {
-    let mut info = Info {
-        host: Some(cell.addr.ip().to_string()),
-        port: Some(cell.addr.port()),
-        headers: Some(true),
-        ..Info::default()
-    };
-    info.extra.insert("proto".into(), 1.into());
-    info.extra.insert(
-        "version".into(),
-        serde_json::Value::String(env!("CARGO_PKG_VERSION").into()),
-    );
-    info
 }
 
 #[cfg(test)]

@@ -31,19 +31,6 @@ async fn limited_edge(listener_limit: &str) -> (NatsServer, nats_edge::Edge) {
     (server, edge)
 }
 
-/// Splits `INFO {...}\r\n` off the front.
-fn split_info(bytes: &[u8]) -> (serde_json::Value, &[u8]) {
-    let end = bytes
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .unwrap_or_else(|| panic!("no INFO line: {}", show(bytes)));
-    let line = std::str::from_utf8(&bytes[..end]).unwrap();
-    let json = line
-        .strip_prefix("INFO ")
-        .unwrap_or_else(|| panic!("not an INFO: {line}"));
-    (serde_json::from_str(json).unwrap(), &bytes[end + 2..])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_refuses_with_the_servers_exact_bytes() {
     // What nats-server itself sends past its max_connections.

@@ -114,8 +114,7 @@ async fn tls_url_with_a_server_name_override() {
         &format!("ca_file = {}", toml_path(&ca.cert)),
     ))
     .await;
-    let mut raw = RawConn::connect(edge_addr(&edge)).await;
-    let got = String::from_utf8(raw.read_to_close().await).unwrap();
+    let got = error_after_info(edge_addr(&edge)).await;
     assert_eq!(got, "-ERR 'Upstream Unavailable: TLS failed'\r\n");
 }
 
@@ -134,15 +133,13 @@ async fn an_untrusted_or_missing_upstream_tls_is_reported() {
         &format!("ca_file = {}", toml_path(&other.cert)),
     ))
     .await;
-    let mut raw = RawConn::connect(edge_addr(&edge)).await;
-    let got = String::from_utf8(raw.read_to_close().await).unwrap();
+    let got = error_after_info(edge_addr(&edge)).await;
     assert_eq!(got, "-ERR 'Upstream Unavailable: TLS failed'\r\n");
     assert_eq!(edge.metrics().upstream_dial_failures(), 1);
 
     // An upstream that requires TLS, and an edge not configured for it.
     let edge = start_edge(&[tls_server.url()], "").await;
-    let mut raw = RawConn::connect(edge_addr(&edge)).await;
-    let got = String::from_utf8(raw.read_to_close().await).unwrap();
+    let got = error_after_info(edge_addr(&edge)).await;
     assert_eq!(got, "-ERR 'Upstream Unavailable: TLS failed'\r\n");
 
     // An edge configured for TLS, and an upstream that does not offer it.
@@ -151,8 +148,7 @@ async fn an_untrusted_or_missing_upstream_tls_is_reported() {
         &format!("ca_file = {}", toml_path(&ca.cert)),
     ))
     .await;
-    let mut raw = RawConn::connect(edge_addr(&edge)).await;
-    let got = String::from_utf8(raw.read_to_close().await).unwrap();
+    let got = error_after_info(edge_addr(&edge)).await;
     assert_eq!(got, "-ERR 'Upstream Unavailable: TLS failed'\r\n");
 }
 

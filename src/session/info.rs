@@ -74,6 +74,32 @@ impl InfoRewrite {
     }
 }
 
+/// The INFO that goes before an error ending a connection that never reached a session
+/// (`maximum connections exceeded`, `Upstream Unavailable`), as nats-server always sends its
+/// INFO first and client libraries take anything else first as a protocol error. It is
+/// `last`, the listener's latest client INFO, or a minimal one before any client has
+/// connected, rewritten for this listener's current settings; it carries no nonce, since no
+/// CONNECT will follow.
+pub fn info_before_error(last: Option<Info>, rewrite: &InfoRewrite, client: SocketAddr) -> Info {
+    let mut info = last.unwrap_or_else(|| {
+        let mut info = Info {
+            headers: Some(true),
+            ..Info::default()
+        };
+        info.extra.insert("proto".into(), 1.into());
+        info.extra.insert(
+            "version".into(),
+            serde_json::Value::String(env!("CARGO_PKG_VERSION").into()),
+        );
+        info
+    });
+    info.nonce = None;
+    info.ldm = None;
+    info.extra.remove("client_id");
+    rewrite.apply(&mut info, client);
+    info
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +147,44 @@ mod tests {
         rw.apply(&mut tls, "192.0.2.7:5555".parse().unwrap());
         let json = serde_json::to_string(&tls).unwrap();
         assert!(!json.contains("tls"), "{json}");
+    }
+
+    #[test]
+    fn the_info_before_an_error_is_the_listeners_without_a_nonce() {
+        let rw = InfoRewrite {
+            host: "edge.example.com".into(),
+            port: 4443,
+            connect_urls: vec!["edge.example.com:4443".into()],
+            tls_required: true,
+            tls_verify: true,
+            lame_duck_sent: false,
+        };
+        let client = "192.0.2.7:5555".parse().unwrap();
+        // Before any session: a minimal INFO, with the listener's address and TLS fields.
+        let info = info_before_error(None, &rw, client);
+        assert_eq!(info.host.as_deref(), Some("edge.example.com"));
+        assert_eq!(info.port, Some(4443));
+        assert_eq!(info.tls_required, Some(true));
+        assert_eq!(info.tls_verify, Some(true));
+        assert_eq!(info.client_ip.as_deref(), Some("192.0.2.7"));
+        assert_eq!(info.headers, Some(true));
+        assert_eq!(info.extra["proto"], 1);
+        // After one: the session's INFO, without what belonged to that client, and with the
+        // listener's current settings over what the session saw.
+        let last: Info = serde_json::from_str(
+            r#"{"server_id":"S","version":"2.12.0","host":"old.example.com","port":4222,
+               "nonce":"abc","client_id":7,"client_ip":"198.51.100.1","ldm":true}"#,
+        )
+        .unwrap();
+        let info = info_before_error(Some(last), &rw, client);
+        assert_eq!(info.nonce, None);
+        assert_eq!(info.ldm, None);
+        assert!(!info.extra.contains_key("client_id"));
+        assert_eq!(info.extra["version"], "2.12.0");
+        assert_eq!(info.host.as_deref(), Some("edge.example.com"));
+        assert_eq!(info.port, Some(4443));
+        assert_eq!(info.client_ip.as_deref(), Some("192.0.2.7"));
+        assert_eq!(info.tls_required, Some(true));
     }
 
     #[test]

@@ -270,12 +270,21 @@ async fn open(
                 .last()
                 .map(|(_, e)| e.client_text())
                 .unwrap_or("none configured");
+            // The client is told why, after an INFO as nats-server's errors always are (a
+            // client library reads anything else first as a protocol error, not this
+            // cause), if it is still listening; it is closed either way.
+            let last = env
+                .last_info
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let info = info::info_before_error(last, &env.info_rewrite, conn.client_addr);
             let mut buf = BytesMut::new();
+            encode_server_op(&ServerOp::Info(Box::new(info)), &mut buf);
             encode_server_op(
                 &ServerOp::Err(format!("Upstream Unavailable: {cause}")),
                 &mut buf,
             );
-            // The client is told why, if it is still listening; it is closed either way.
             let _ = tokio::time::timeout(CLOSE_GRACE, async {
                 client.write_all(&buf).await?;
                 client.shutdown().await
@@ -316,14 +325,9 @@ async fn open(
 
     let mut info = connected.info;
     forward::rewrite_info(&mut info, &mut shared);
-    {
-        let mut last = env.last_info.lock().unwrap_or_else(|p| p.into_inner());
-        // Kept from the listener's first session on: the INFO of a refusal needs the
-        // upstream's fields, and storing it once spares every later session a clone.
-        if last.is_none() {
-            *last = Some(info.clone());
-        }
-    }
+    // The latest, for the INFO before a refusal: the upstream's fields as they are now
+    // (its version, its server_id after a failover), not as the first session saw them.
+    *env.last_info.lock().unwrap_or_else(|p| p.into_inner()) = Some(info.clone());
     let mut first = BytesMut::new();
     encode_server_op(&ServerOp::Info(Box::new(info)), &mut first);
     let upstream_stream = connected.stream;

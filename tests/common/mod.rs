@@ -383,20 +383,43 @@ pub async fn start_edge_toml(toml: &str) -> Edge {
         .expect("edge starts")
 }
 
-/// The address of the edge's `default` listener.
-/// Connects to the edge at `addr` and expects what a client gets when no upstream answers:
-/// `-ERR 'Upstream Unavailable...'`, then the close.
+/// Splits `INFO {...}\r\n` off the front of what a client received.
 #[allow(dead_code)]
-pub async fn expect_upstream_unavailable(addr: SocketAddr) {
-    let mut raw = RawConn::connect(addr).await;
-    let got = raw.read_to_close().await;
-    assert!(
-        got.starts_with(b"-ERR 'Upstream Unavailable"),
-        "{}",
-        show(&got)
-    );
+pub fn split_info(bytes: &[u8]) -> (serde_json::Value, &[u8]) {
+    let end = bytes
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or_else(|| panic!("no INFO line: {}", show(bytes)));
+    let line = std::str::from_utf8(&bytes[..end]).unwrap();
+    let json = line
+        .strip_prefix("INFO ")
+        .unwrap_or_else(|| panic!("not an INFO: {line}"));
+    (serde_json::from_str(json).unwrap(), &bytes[end + 2..])
 }
 
+/// What a client of the edge's plain listener at `addr` received before the close, when the
+/// edge ended the connection with an error before any session: the INFO first, as
+/// nats-server sends it (the listener's address, no nonce), then the error. Returns the
+/// error's bytes.
+#[allow(dead_code)]
+pub async fn error_after_info(addr: SocketAddr) -> String {
+    let mut raw = RawConn::connect(addr).await;
+    let got = raw.read_to_close().await;
+    let (info, rest) = split_info(&got);
+    assert_eq!(info["port"], addr.port(), "{info}");
+    assert!(info.get("nonce").is_none(), "{info}");
+    String::from_utf8_lossy(rest).into_owned()
+}
+
+/// Connects to the edge at `addr` and expects what a client gets when no upstream answers:
+/// an INFO, `-ERR 'Upstream Unavailable...'`, then the close.
+#[allow(dead_code)]
+pub async fn expect_upstream_unavailable(addr: SocketAddr) {
+    let error = error_after_info(addr).await;
+    assert!(error.starts_with("-ERR 'Upstream Unavailable"), "{error:?}");
+}
+
+/// The address of the edge's `default` listener.
 pub fn edge_addr(edge: &Edge) -> SocketAddr {
     edge.addr("default").expect("a default listener")
 }
