@@ -26,7 +26,7 @@ use crate::reload::{ReloadError, Reloadable, Reloader, Staged};
 use crate::session::proxy_sig::{ProxyKeyError, ProxySigner};
 use crate::session::{info::InfoRewrite, SessionEnv};
 use crate::transport::tls::{ClientTls, ServerTls, TlsError};
-use crate::transport::{proxy_protocol::ProxyAddrs, ws::WsSettings, ListenerTransport};
+use crate::transport::{ws::WsSettings, ListenerTransport};
 use crate::upstream::{self, Upstream};
 
 /// Why the edge could not start.
@@ -627,15 +627,12 @@ async fn check_upstream(
             return;
         };
         let upstream = cell.current().env.upstream.clone();
-        let addrs = ProxyAddrs {
-            src: cell.addr,
-            dst: cell.addr,
-        };
-        // A dial can take the connect timeout per URL: a shutdown does not wait for it.
+        // A dial can take the connect timeout per URL: a shutdown does not wait for it. No
+        // client is behind it, so a PROXY header says so rather than naming one.
         let dialled = tokio::select! {
             biased;
             _ = until_stopped(&mut shutdown) => return,
-            dialled = upstream::dial_any(&upstream, addrs) => dialled,
+            dialled = upstream::dial_any(&upstream, None) => dialled,
         };
         shared.health.upstream_dialled(dialled.is_ok());
     }

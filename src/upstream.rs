@@ -380,10 +380,11 @@ pub struct Connected {
 /// Tries each URL in order until one connects and sends INFO within the connect timeout;
 /// URLs that failed within [`FAILED_URL_BACKOFF`] come after the others, still in order.
 /// `client` is the real client's address and the address it connected to, for the PROXY
-/// header.
+/// header; `None` for a connection of the edge's own (its readiness check), whose header
+/// says so (v1 `UNKNOWN`, v2 `LOCAL`).
 pub async fn dial_any(
     upstream: &Upstream,
-    client: ProxyAddrs,
+    client: Option<ProxyAddrs>,
 ) -> Result<Connected, AllUpstreamsFailed> {
     let mut failures = Vec::new();
     let timeout = upstream.connect_timeout;
@@ -417,7 +418,7 @@ pub async fn dial_any(
 async fn dial(
     upstream: &Upstream,
     url: &UpstreamUrl,
-    client: ProxyAddrs,
+    client: Option<ProxyAddrs>,
 ) -> Result<(UpstreamStream, Info, BytesMut), DialError> {
     let mut tcp = TcpStream::connect(url.authority())
         .await

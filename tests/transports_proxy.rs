@@ -42,10 +42,22 @@ async fn v1_and_v2_headers_name_the_client() {
     let edge = proxy_edge(&server, "", "").await;
     let v4 = addrs("203.0.113.9:40000", "192.0.2.1:4222");
     let v6 = addrs("[2001:db8::9]:40000", "[2001:db8::1]:4222");
-    assert_eq!(client_ip_after(&edge, &encode_v1(v4)).await, "203.0.113.9");
-    assert_eq!(client_ip_after(&edge, &encode_v1(v6)).await, "2001:db8::9");
-    assert_eq!(client_ip_after(&edge, &encode_v2(v4)).await, "203.0.113.9");
-    assert_eq!(client_ip_after(&edge, &encode_v2(v6)).await, "2001:db8::9");
+    assert_eq!(
+        client_ip_after(&edge, &encode_v1(Some(v4))).await,
+        "203.0.113.9"
+    );
+    assert_eq!(
+        client_ip_after(&edge, &encode_v1(Some(v6))).await,
+        "2001:db8::9"
+    );
+    assert_eq!(
+        client_ip_after(&edge, &encode_v2(Some(v4))).await,
+        "203.0.113.9"
+    );
+    assert_eq!(
+        client_ip_after(&edge, &encode_v2(Some(v6))).await,
+        "2001:db8::9"
+    );
     // An IPv4 client written as IPv6-mapped is shown as nats-server shows it, as IPv4.
     assert_eq!(
         client_ip_after(
@@ -57,7 +69,7 @@ async fn v1_and_v2_headers_name_the_client() {
     );
 
     // A header with TLVs after the addresses (as AWS and others send).
-    let mut with_tlv = encode_v2(v4);
+    let mut with_tlv = encode_v2(Some(v4));
     let extra = [0x04, 0x00, 0x03, b'a', b'b', b'c'];
     let len = u16::from_be_bytes([with_tlv[14], with_tlv[15]]) + extra.len() as u16;
     with_tlv[14..16].copy_from_slice(&len.to_be_bytes());
@@ -66,7 +78,7 @@ async fn v1_and_v2_headers_name_the_client() {
 
     // The header in pieces, one byte at a time.
     let mut raw = RawConn::connect(edge_addr(&edge)).await;
-    for b in encode_v1(v4) {
+    for b in encode_v1(Some(v4)) {
         raw.send(&[b]).await;
     }
     assert_eq!(raw.read_info().await["client_ip"], "203.0.113.9");
@@ -105,7 +117,7 @@ async fn a_header_in_front_of_tls_and_websocket() {
     )
     .await;
     let mut stream = tcp(edge_addr(&edge)).await;
-    stream.write_all(&encode_v2(v4)).await.unwrap();
+    stream.write_all(&encode_v2(Some(v4))).await.unwrap();
     let tls = tls_over(stream, client_config(&ca.cert, None))
         .await
         .unwrap();
@@ -116,7 +128,7 @@ async fn a_header_in_front_of_tls_and_websocket() {
     // WebSocket: the HTTP upgrade behind the header.
     let edge = proxy_edge(&server, "kind = \"ws\"", "").await;
     let mut stream = tcp(edge_addr(&edge)).await;
-    stream.write_all(&encode_v1(v4)).await.unwrap();
+    stream.write_all(&encode_v1(Some(v4))).await.unwrap();
     let url = format!("ws://{}/", edge_addr(&edge));
     let (mut ws, _) = within(
         "the WebSocket upgrade",
@@ -143,30 +155,59 @@ fn only_connection(connz: &serde_json::Value) -> &serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upstream_sees_the_real_client() {
-    for version in ["v1", "v2"] {
-        let (server, monitor) = proxied_server();
-        let edge = start_edge_toml(&edge_toml(
-            &[server.url()],
-            "proxy_protocol = true",
-            &format!("proxy_protocol = {version:?}"),
-        ))
-        .await;
-        // Behind a load balancer that says the client is 203.0.113.9:40000.
-        let mut raw = RawConn::connect(edge_addr(&edge)).await;
-        raw.send(&encode_v2(addrs("203.0.113.9:40000", "192.0.2.1:4222")))
+    // An IPv4 client, and an IPv6 one: the edge's own address (127.0.0.1) is then of the
+    // other family, which the header sent upstream must still carry in one.
+    for (client_addr, client_ip) in [
+        ("203.0.113.9:40000", "203.0.113.9"),
+        ("[2001:db8::9]:40000", "2001:db8::9"),
+    ] {
+        for version in ["v1", "v2"] {
+            let (server, monitor) = proxied_server();
+            let edge = start_edge_toml(&edge_toml(
+                &[server.url()],
+                "proxy_protocol = true",
+                &format!("proxy_protocol = {version:?}"),
+            ))
             .await;
-        let info = raw.read_info().await;
-        assert_eq!(info["client_ip"], "203.0.113.9");
-        assert!(
-            !raw.roundtrip(b"CONNECT {\"name\":\"proxied\"}\r\n")
-                .await
-                .closed
-        );
+            // Behind a load balancer that names the client.
+            let mut raw = RawConn::connect(edge_addr(&edge)).await;
+            let balancer = if client_addr.starts_with('[') {
+                addrs(client_addr, "[2001:db8::1]:4222")
+            } else {
+                addrs(client_addr, "192.0.2.1:4222")
+            };
+            raw.send(&encode_v2(Some(balancer))).await;
+            let info = raw.read_info().await;
+            assert_eq!(info["client_ip"], client_ip);
+            assert!(
+                !raw.roundtrip(b"CONNECT {\"name\":\"proxied\"}\r\n")
+                    .await
+                    .closed
+            );
+            let connz = connz(monitor).await;
+            let conn = only_connection(&connz);
+            assert_eq!(conn["ip"], client_ip, "{version}: {conn}");
+            assert_eq!(conn["port"], 40000, "{version}: {conn}");
+            assert_eq!(conn["name"], "proxied", "{version}: {conn}");
+        }
+    }
+}
+
+/// The header the edge sends for a connection of its own (its readiness check): nats-server
+/// accepts it and keeps the socket's own address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edges_own_connection_names_no_client() {
+    for header in [encode_v1(None), encode_v2(None)] {
+        let (server, monitor) = proxied_server();
+        let mut raw = RawConn::connect(server.addr()).await;
+        raw.send(&header).await;
+        raw.read_info().await;
+        let reply = raw.roundtrip(b"CONNECT {\"name\":\"own\"}\r\n").await;
+        assert!(!reply.closed, "{}", reply.text());
         let connz = connz(monitor).await;
         let conn = only_connection(&connz);
-        assert_eq!(conn["ip"], "203.0.113.9", "{version}: {conn}");
-        assert_eq!(conn["port"], 40000, "{version}: {conn}");
-        assert_eq!(conn["name"], "proxied", "{version}: {conn}");
+        assert_eq!(conn["ip"], "127.0.0.1", "{conn}");
+        assert_eq!(conn["name"], "own", "{conn}");
     }
 }
 

@@ -245,7 +245,7 @@ async fn open(
     // in place, their large states would size this future, and so every idle session.
     let dialled = tokio::select! {
         biased;
-        dialled = Box::pin(upstream::dial_any(&env.upstream, origin)) => dialled,
+        dialled = Box::pin(upstream::dial_any(&env.upstream, Some(origin))) => dialled,
         () = left_before_speaking(&client) => {
             // A load balancer's TCP probe, or a client that gave up on a slow upstream: no
             // one is left to serve, so the dial (up to the connect timeout per URL) stops.

@@ -232,22 +232,31 @@ pub async fn read_header(stream: &mut TcpStream) -> Result<Option<ProxyAddrs>, R
     }
 }
 
-/// Both addresses in one family: v4 when both are v4, v6 (v4-mapped) otherwise.
+/// Both addresses in the client's family. When the edge's own address is of the other one
+/// (an IPv4 client named by a balancer that reached the edge over IPv6, or the reverse), it
+/// is sent as that family's unspecified address: the receiver (nats-server) reads only the
+/// source, and every released nats-server refuses a v1 `TCP6` line that carries an
+/// IPv4-mapped address, which is the other way to put the two in one family.
 fn same_family(addrs: ProxyAddrs) -> (SocketAddr, SocketAddr) {
     let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
     let (src, dst) = (canon(addrs.src), canon(addrs.dst));
     if src.is_ipv4() == dst.is_ipv4() {
         return (src, dst);
     }
-    let v6 = |a: SocketAddr| match a.ip() {
-        IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), a.port()),
-        IpAddr::V6(_) => a,
+    let unspecified = match src.ip() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     };
-    (v6(src), v6(dst))
+    (src, SocketAddr::new(unspecified, dst.port()))
 }
 
-/// A v1 header: `PROXY TCP4 <src> <dst> <sport> <dport>\r\n`.
-pub fn encode_v1(addrs: ProxyAddrs) -> Vec<u8> {
+/// A v1 header: `PROXY TCP4 <src> <dst> <sport> <dport>\r\n` for a client's connection, or
+/// `PROXY UNKNOWN\r\n` for none (the edge's own connection, such as its readiness check),
+/// which the receiver takes as the connection's own addresses.
+pub fn encode_v1(addrs: Option<ProxyAddrs>) -> Vec<u8> {
+    let Some(addrs) = addrs else {
+        return b"PROXY UNKNOWN\r\n".to_vec();
+    };
     let (src, dst) = same_family(addrs);
     let proto = if src.is_ipv4() { "TCP4" } else { "TCP6" };
     format!(
@@ -260,11 +269,17 @@ pub fn encode_v1(addrs: ProxyAddrs) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A v2 header with the PROXY command over TCP.
-pub fn encode_v2(addrs: ProxyAddrs) -> Vec<u8> {
-    let (src, dst) = same_family(addrs);
+/// A v2 header: the PROXY command over TCP for a client's connection, or the LOCAL command
+/// with no addresses for none (see [`encode_v1`]).
+pub fn encode_v2(addrs: Option<ProxyAddrs>) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + 36);
     out.extend_from_slice(&V2_SIGNATURE);
+    let Some(addrs) = addrs else {
+        // Version 2, LOCAL; UNSPEC family; no address block.
+        out.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+        return out;
+    };
+    let (src, dst) = same_family(addrs);
     out.push(0x21);
     match (src.ip(), dst.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
@@ -300,7 +315,7 @@ mod tests {
     #[test]
     fn v1_round_trip_and_every_split() {
         let a = addrs("192.0.2.7:51234", "10.0.0.1:4222");
-        let header = encode_v1(a);
+        let header = encode_v1(Some(a));
         assert_eq!(header, b"PROXY TCP4 192.0.2.7 10.0.0.1 51234 4222\r\n");
         let mut wire = header.clone();
         wire.extend_from_slice(b"CONNECT {}\r\n");
@@ -316,9 +331,9 @@ mod tests {
         );
         let v6 = addrs("[2001:db8::7]:1", "[::1]:4222");
         assert_eq!(
-            parse(&encode_v1(v6)),
+            parse(&encode_v1(Some(v6))),
             Ok(Parsed::Complete {
-                len: encode_v1(v6).len(),
+                len: encode_v1(Some(v6)).len(),
                 addrs: Some(v6)
             })
         );
@@ -330,7 +345,7 @@ mod tests {
             addrs("192.0.2.7:51234", "10.0.0.1:4222"),
             addrs("[2001:db8::7]:1", "[2001:db8::1]:4222"),
         ] {
-            let header = encode_v2(a);
+            let header = encode_v2(Some(a));
             for cut in 0..header.len() {
                 assert_eq!(
                     parse(&header[..cut]),
@@ -349,11 +364,41 @@ mod tests {
     }
 
     #[test]
-    fn mixed_families_become_v6() {
+    fn mixed_families_take_the_clients() {
+        // An IPv4 client of an edge reached over IPv6: TCP4, the edge's address unspecified.
         let a = addrs("192.0.2.7:5", "[2001:db8::1]:4222");
-        let line = String::from_utf8(encode_v1(a)).unwrap();
-        assert_eq!(line, "PROXY TCP6 ::ffff:192.0.2.7 2001:db8::1 5 4222\r\n");
-        assert_eq!(encode_v2(a)[13], 0x21);
+        let line = String::from_utf8(encode_v1(Some(a))).unwrap();
+        assert_eq!(line, "PROXY TCP4 192.0.2.7 0.0.0.0 5 4222\r\n");
+        let expected = Some(addrs("192.0.2.7:5", "0.0.0.0:4222"));
+        assert_eq!(
+            parse(&encode_v2(Some(a))).map(|p| match p {
+                Parsed::Complete { addrs, .. } => addrs,
+                Parsed::Incomplete => None,
+            }),
+            Ok(expected)
+        );
+        // The reverse.
+        let a = addrs("[2001:db8::7]:5", "10.0.0.1:4222");
+        let line = String::from_utf8(encode_v1(Some(a))).unwrap();
+        assert_eq!(line, "PROXY TCP6 2001:db8::7 :: 5 4222\r\n");
+        // An IPv4-mapped client is an IPv4 one.
+        let a = addrs("[::ffff:192.0.2.7]:5", "10.0.0.1:4222");
+        let line = String::from_utf8(encode_v1(Some(a))).unwrap();
+        assert_eq!(line, "PROXY TCP4 192.0.2.7 10.0.0.1 5 4222\r\n");
+    }
+
+    #[test]
+    fn the_edges_own_connection_is_unknown_or_local() {
+        assert_eq!(encode_v1(None), b"PROXY UNKNOWN\r\n");
+        let local = encode_v2(None);
+        assert_eq!(
+            parse(&local),
+            Ok(Parsed::Complete {
+                len: 16,
+                addrs: None
+            })
+        );
+        assert_eq!(local[12], 0x20);
     }
 
     #[test]
