@@ -144,7 +144,8 @@ impl ListenerMetrics {
         self.refused[why as usize].inc();
     }
 
-    /// Accept to the first INFO written to the client.
+    /// Accept to the first INFO written to the client (on a classic TLS listener, to the end
+    /// of the TLS handshake that follows it).
     pub fn handshake_done(&self, took: Duration) {
         self.handshake_duration.observe(took.as_secs_f64());
     }

@@ -284,6 +284,26 @@ async fn plain_clients_on_tls_listeners() {
     })
     .expect("a log line for the plain client that left after the INFO");
 
+    // Classic: a client that reads the INFO and then never starts TLS is closed when the
+    // listener's handshake timeout runs out, counted as a timeout, and its session ends as
+    // `handshake_timeout`, as a slow handshake on any other listener does.
+    let timeouts = s.edge.metrics().closes(CloseReason::HandshakeTimeout);
+    let mut raw = RawConn::connect(s.addr("plain", "classic")).await;
+    assert_eq!(raw.read_info().await["tls_required"], true);
+    assert!(raw.closes_within(WAIT).await);
+    wait_failures(&s.edge, ListenerKind::Tls, HandshakeFailure::Timeout, 2);
+    // The session's end is counted just before its log line.
+    wait_line(|v| {
+        v["span"]["listener"] == "plain-classic"
+            && v["message"] == "connection closed"
+            && v["reason"] == "handshake_timeout"
+    })
+    .expect("the classic client's session ends as handshake_timeout");
+    assert_eq!(
+        s.edge.metrics().closes(CloseReason::HandshakeTimeout),
+        timeouts + 1
+    );
+
     // A plain HTTP request on a wss listener.
     let answer = http(
         tcp(s.addr("plain", "wss")).await,

@@ -339,7 +339,11 @@ async fn open(
     // Bounded like the CONNECT that must follow: a client that never reads cannot hold the
     // session (and a shutdown waiting for it) here.
     match tokio::time::timeout(env.handshake_timeout, written).await {
-        Ok(Ok(())) => env.listener_metrics.handshake_done(accepted_at.elapsed()),
+        // On a classic TLS listener the handshake ends with the TLS handshake below.
+        Ok(Ok(())) if tls_after_info.is_none() => {
+            env.listener_metrics.handshake_done(accepted_at.elapsed());
+        }
+        Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "client went away before INFO");
             return Err(SessionTotals::early(CloseReason::ClientIoError));
@@ -363,6 +367,7 @@ async fn open(
         .await
         {
             Ok((upgraded, tls_peer)) => {
+                env.listener_metrics.handshake_done(accepted_at.elapsed());
                 client = upgraded;
                 if let Some(peer) = &tls_peer {
                     tracing::Span::current()
@@ -378,7 +383,11 @@ async fn open(
                 // The upstream goes first, then the client sees its close.
                 drop(upstream_stream);
                 drop(guard);
-                return Err(SessionTotals::early(CloseReason::ClientIoError));
+                let reason = match e {
+                    transport::HandshakeError::Timeout(_) => CloseReason::HandshakeTimeout,
+                    _ => CloseReason::ClientIoError,
+                };
+                return Err(SessionTotals::early(reason));
             }
         }
     }
