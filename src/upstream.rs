@@ -331,16 +331,19 @@ impl DialHistory {
         })
     }
 
-    fn record(&self, url: usize, ok: bool) {
-        if let Some(at) = self.failed_at.get(url) {
-            at.store(if ok { 0 } else { self.now() }, Ordering::Relaxed);
-        }
+    /// Records a dial's outcome; true when it changes the URL's state (it answered after a
+    /// failure, or failed after answering), which is worth a log line once, not per client.
+    fn record(&self, url: usize, ok: bool) -> bool {
+        self.failed_at.get(url).is_some_and(|at| {
+            let before = at.swap(if ok { 0 } else { self.now() }, Ordering::Relaxed);
+            (before == 0) != ok
+        })
     }
 
     /// A connected upstream turned the client away after its INFO (`maximum connections
     /// exceeded` arriving after the dial was done): later sessions try the others first.
     pub fn refused(&self, url: usize) {
-        self.record(url, false);
+        let _ = self.record(url, false);
     }
 }
 
@@ -396,9 +399,17 @@ pub async fn dial_any(
     for i in order {
         let url = &upstream.urls[i];
         let dialled = tokio::time::timeout(timeout, dial(upstream, url, client)).await;
-        upstream.history.record(i, matches!(dialled, Ok(Ok(_))));
+        let dialled = dialled.unwrap_or_else(|_| Err(DialError::Timeout(timeout)));
+        // A URL that goes down or comes back is logged once, when it does: a failure that
+        // the next URL makes up for is otherwise seen only in the dial counters.
+        if upstream.history.record(i, dialled.is_ok()) {
+            match &dialled {
+                Ok(_) => tracing::info!(upstream = %url, "upstream answers again"),
+                Err(e) => tracing::warn!(upstream = %url, error = %e, "upstream dial failed"),
+            }
+        }
         match dialled {
-            Ok(Ok((stream, info, leftover))) => {
+            Ok((stream, info, leftover)) => {
                 return Ok(Connected {
                     stream,
                     url: url.clone(),
@@ -408,8 +419,7 @@ pub async fn dial_any(
                     failures,
                 })
             }
-            Ok(Err(e)) => failures.push((url.to_string(), e)),
-            Err(_) => failures.push((url.to_string(), DialError::Timeout(timeout))),
+            Err(e) => failures.push((url.to_string(), e)),
         }
     }
     Err(AllUpstreamsFailed(failures))
@@ -529,6 +539,22 @@ async fn read_first_info<S: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_urls_state_changes_only_when_it_goes_down_or_comes_back() {
+        let history = DialHistory::new(2);
+        assert!(
+            !history.record(0, true),
+            "answering from the start is no change"
+        );
+        assert!(history.record(0, false), "down");
+        assert!(!history.record(0, false), "still down");
+        history.refused(0);
+        assert!(history.record(0, true), "back");
+        assert!(!history.record(0, true));
+        assert!(history.record(1, false), "each URL on its own");
+        assert!(!history.record(5, false), "no such URL");
+    }
 
     async fn first_info(bytes: &[u8]) -> Result<(Info, BytesMut), DialError> {
         read_info(&mut &bytes[..]).await
