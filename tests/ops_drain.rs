@@ -142,6 +142,11 @@ async fn the_lame_duck_info_names_no_upstream_address() {
     }
     assert!(ldm.get("connect_urls").is_none(), "{ldm}");
     assert!(ldm.get("ws_connect_urls").is_none(), "{ldm}");
+    // Not the answer to the client's CONNECT, which named its account: nats-server's own
+    // lame-duck INFO has none of those fields.
+    for field in ["connect_info", "remote_account", "acc_is_sys"] {
+        assert!(ldm.get(field).is_none(), "{field}: {ldm}");
+    }
 }
 
 /// A client still waiting for the PONG to its first PING reads nothing else first (nats.go

@@ -654,8 +654,11 @@ pub(super) fn send_lame_duck(shared: &mut Shared) {
     };
     shared.info_rewrite.lame_duck(&mut info);
     info.nonce = None;
-    // Marks the INFO that answers a CONNECT (nats-server 2.12+), which this one is not.
-    info.extra.remove("connect_info");
+    // The fields of the INFO that answers a CONNECT (nats-server 2.12+), which this one is
+    // not: nats-server's lame-duck INFO is its general one, without the client's account.
+    for field in ["connect_info", "remote_account", "acc_is_sys"] {
+        info.extra.remove(field);
+    }
     tracing::debug!("lame-duck INFO sent");
     shared.send_now(&ServerOp::Info(Box::new(info)));
 }
