@@ -182,16 +182,20 @@ fn rewrites(config: &Config) -> bool {
 /// The keys that differ between `old` and `new` but cannot change while running.
 pub fn restart_keys(old: &Config, new: &Config) -> Vec<String> {
     let mut keys = Vec::new();
-    let names = |c: &Config| {
-        c.listeners
-            .iter()
-            .map(|l| l.name.clone())
-            .collect::<Vec<_>>()
-    };
+    // Listeners are matched by name, as a reload applies them: moving one within the file
+    // changes nothing.
+    fn names(c: &Config) -> Vec<&str> {
+        let mut names: Vec<&str> = c.listeners.iter().map(|l| l.name.as_str()).collect();
+        names.sort_unstable();
+        names
+    }
     if names(old) != names(new) {
         keys.push("listeners (added, removed or renamed)".to_string());
     }
-    for (i, (o, n)) in old.listeners.iter().zip(&new.listeners).enumerate() {
+    for (i, n) in new.listeners.iter().enumerate() {
+        let Some(o) = old.listeners.iter().find(|o| o.name == n.name) else {
+            continue;
+        };
         if o.bind != n.bind {
             keys.push(format!("listeners.{i}.bind"));
         }
@@ -296,6 +300,23 @@ mod tests {
              [limits]\nmax_payload = 1024\n",
         );
         assert!(restart_keys(&old, &live).is_empty());
+        // Listeners are matched by name: reordering them needs nothing, and a changed
+        // address is named by the listener's place in the new file.
+        let two = config(
+            "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\n\
+             [[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:4223\"\n",
+        );
+        let reordered = config(
+            "[[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:4223\"\n\
+             [[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\n",
+        );
+        assert!(restart_keys(&two, &reordered).is_empty());
+        assert!(restart_keys(&running(&two, reordered.clone()), &reordered).is_empty());
+        let rebound = config(
+            "[[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:4224\"\n\
+             [[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\n",
+        );
+        assert_eq!(restart_keys(&two, &rebound), ["listeners.0.bind"]);
         let moved = config(
             "worker_threads = 2\nbusy_poll = \"50us\"\n\
              [[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4223\"\n\
