@@ -279,9 +279,7 @@ async fn accept(
         }
         Err(e) => {
             env.metrics.handshake_failed(lt.kind, e.failure());
-            span.in_scope(
-                || tracing::warn!(error = %e, reason = e.failure().as_str(), "handshake failed"),
-            );
+            span.in_scope(|| e.log());
             None
         }
     }

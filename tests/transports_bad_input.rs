@@ -240,6 +240,7 @@ async fn plain_clients_on_tls_listeners() {
             .contains("plain NATS client on a TLS listener"),
         "{line}"
     );
+    assert_eq!(line["level"], "DEBUG", "{line}");
 
     // TLS first: a plain client waits for an INFO that never comes.
     let mut raw = RawConn::connect(s.addr("plain", "tls")).await;
@@ -250,6 +251,8 @@ async fn plain_clients_on_tls_listeners() {
         line["error"], "timed out during the TLS handshake",
         "{line}"
     );
+    // What probes and scanners cause on a TLS port is logged at debug, as nats-server does.
+    assert_eq!(line["level"], "DEBUG", "{line}");
 
     // Classic: the INFO comes in the clear, but the client carries on in plain text. The
     // upstream (dialled for that INFO's nonce) is closed with it.
@@ -386,6 +389,7 @@ async fn rejected_client_certificates() {
     let line = failure_line("certs-tls", "tls");
     let error = line["error"].as_str().unwrap();
     assert!(error.starts_with("TLS handshake failed: "), "{line}");
+    assert_eq!(line["level"], "WARN", "{line}");
     let _ = &s.client_ca;
     s.assert_clean().await;
 }

@@ -378,7 +378,7 @@ async fn open(
             Err(e) => {
                 if !e.is_silent() {
                     env.metrics.handshake_failed(env.kind, e.failure());
-                    tracing::warn!(error = %e, reason = e.failure().as_str(), "handshake failed");
+                    e.log();
                 }
                 // The upstream goes first, then the client sees its close.
                 drop(upstream_stream);

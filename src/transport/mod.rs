@@ -346,6 +346,22 @@ impl HandshakeError {
         )
     }
 
+    /// Logs the failure, once: at `debug` for what load balancers' probes and port scanners
+    /// cause on a TLS port (plain bytes, a TLS handshake that never ends), as nats-server
+    /// logs those (`isClientProbeTLSHandshakeError`), so that an exposed listener's log is
+    /// not flooded; at `warn` otherwise. Each is counted all the same.
+    pub fn log(&self) {
+        let reason = self.failure().as_str();
+        if matches!(
+            self,
+            HandshakeError::Tls(tls::AcceptError::NotTls(_)) | HandshakeError::Timeout(Stage::Tls)
+        ) {
+            tracing::debug!(error = %self, reason, "handshake failed");
+        } else {
+            tracing::warn!(error = %self, reason, "handshake failed");
+        }
+    }
+
     /// The counter this failure goes to.
     pub fn failure(&self) -> HandshakeFailure {
         match self {
