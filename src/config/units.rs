@@ -132,7 +132,8 @@ pub const AUTO_FALLBACK_DELAY: Duration = Duration::from_millis(50);
 /// then the client starts TLS), `true` (the TLS handshake first), or a fallback delay such as
 /// `"50ms"` (the handshake first when the client starts one within the delay, otherwise INFO
 /// in the clear as with `false`). `"auto"` is a delay of 50 ms; `"on"`/`"off"` and
-/// `"true"`/`"false"` as strings are accepted too. A zero delay means `true`.
+/// `"true"`/`"false"` as strings are accepted too. A zero delay (`"0s"`, or `"0"` as Go's
+/// `time.ParseDuration` takes it) means `true`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum HandshakeFirst {
     #[default]
@@ -149,7 +150,9 @@ impl HandshakeFirst {
             "auto" | "auto_fallback" => return Ok(HandshakeFirst::Fallback(AUTO_FALLBACK_DELAY)),
             _ => {}
         }
-        let has_unit = s.trim().ends_with(|c: char| c.is_ascii_alphabetic());
+        // A number needs its unit, as Go's `time.ParseDuration` asks, which also takes a bare
+        // zero.
+        let has_unit = s.trim().ends_with(|c: char| c.is_ascii_alphabetic()) || s.trim() == "0";
         let delay = parse_duration(s).ok().filter(|_| has_unit).ok_or_else(|| {
             format!("`{s}` is not true, false, \"auto\" or a fallback delay such as \"50ms\"")
         })?;
@@ -282,6 +285,7 @@ mod tests {
             ("50ms", Fallback(Duration::from_millis(50))),
             ("1s", Fallback(Duration::from_secs(1))),
             ("0s", On),
+            ("0", On),
         ] {
             assert_eq!(HandshakeFirst::parse(text), Ok(want), "{text}");
         }
