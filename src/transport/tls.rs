@@ -1,16 +1,16 @@
 //! TLS with rustls (ring provider): the listeners' server configs, the upstream client
-//! config, loading PEM files, and reloading both on SIGHUP.
+//! config, and loading PEM files.
 //!
-//! A configuration reload (SIGHUP, `src/reload.rs`) loads every file again into new
-//! `ServerTls` and `ClientTls` values and swaps them in with the rest of the listener's
-//! settings, so connections already established keep the config they were accepted with and
+//! Neither config changes once built. A configuration reload (SIGHUP, `src/reload.rs`)
+//! loads every file again into new `ServerTls` and `ClientTls` values and swaps them in with
+//! the rest of the listener's settings, so connections already established keep the config they were accepted with and
 //! new ones get the new one. A reload that fails (a missing file, a key that does not match its
 //! certificate) keeps the old config.
 
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nats_edge_filters::filter::TlsPeer;
@@ -86,28 +86,23 @@ fn pem_reason(e: rustls::pki_types::pem::Error) -> String {
     }
 }
 
-/// A TLS listener's server config, reloadable.
+/// A TLS listener's server config.
 pub struct ServerTls {
     settings: ListenerTls,
-    current: RwLock<Arc<ServerConfig>>,
+    config: Arc<ServerConfig>,
 }
 
 impl ServerTls {
     pub fn load(settings: &ListenerTls) -> Result<ServerTls, TlsError> {
         Ok(ServerTls {
-            current: RwLock::new(Arc::new(build_server(settings)?)),
+            config: Arc::new(build_server(settings)?),
             settings: settings.clone(),
         })
     }
 
-    /// An acceptor with the current config (read once per connection).
+    /// An acceptor for one connection.
     pub fn acceptor(&self) -> TlsAcceptor {
-        let config = self
-            .current
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        TlsAcceptor::from(config)
+        TlsAcceptor::from(self.config.clone())
     }
 
     /// TLS before INFO (clients use `tls_first`), perhaps with a fallback to INFO first.
@@ -204,27 +199,23 @@ pub async fn client_speaks_within(tcp: &TcpStream, delay: Duration) -> Result<bo
     }
 }
 
-/// TLS toward the upstream, reloadable.
+/// TLS toward the upstream.
 pub struct ClientTls {
     settings: UpstreamTls,
-    current: RwLock<Arc<ClientConfig>>,
+    config: Arc<ClientConfig>,
 }
 
 impl ClientTls {
     pub fn load(settings: &UpstreamTls) -> Result<ClientTls, TlsError> {
         Ok(ClientTls {
-            current: RwLock::new(Arc::new(build_client(settings)?)),
+            config: Arc::new(build_client(settings)?),
             settings: settings.clone(),
         })
     }
 
+    /// A connector for one upstream connection.
     pub fn connector(&self) -> TlsConnector {
-        let config = self
-            .current
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        TlsConnector::from(config)
+        TlsConnector::from(self.config.clone())
     }
 
     /// The name to verify the upstream's certificate against: the configured override, or
