@@ -108,12 +108,13 @@ fn name_to_string(name: &[u8]) -> Option<String> {
         while !attrs.is_empty() {
             let (attr, after) = expect(attrs, SEQUENCE)?;
             attrs = after;
-            let (oid, value) = expect(attr, OID)?;
-            let (tag, value, _) = next(value)?;
+            let (oid, encoded) = expect(attr, OID)?;
+            let (tag, value, after) = next(encoded)?;
             let key = attribute_name(oid).map_or_else(|| oid_to_string(oid), str::to_string);
             let value = match decode_string(tag, value) {
                 Some(text) => escape_value(&text),
-                None => format!("#{}", hex(value)),
+                // RFC 4514: `#` and the value's whole encoding (tag, length and contents).
+                None => format!("#{}", hex(&encoded[..encoded.len() - after.len()])),
             };
             parts.push(format!("{key}={value}"));
         }
@@ -313,6 +314,17 @@ mod tests {
         let peer = identity(&cert(params));
         assert_eq!(peer.subject, "CN=\\ padded\\ ,1.2.3.4=x");
         assert!(peer.sans.is_empty());
+    }
+
+    /// A value that is no string is written as RFC 4514 asks, and as Go writes it: `#` and
+    /// the hex of its whole encoding.
+    #[test]
+    fn a_value_that_is_no_string_is_its_encoding_in_hex() {
+        // SET { SEQUENCE { OID 1.2.3.4, OCTET STRING "ab" } }
+        let rdn = [
+            0x31, 0x0b, 0x30, 0x09, 0x06, 0x03, 0x2a, 0x03, 0x04, 0x04, 0x02, b'a', b'b',
+        ];
+        assert_eq!(name_to_string(&rdn).as_deref(), Some("1.2.3.4=#04026162"));
     }
 
     #[test]
