@@ -48,8 +48,9 @@ pub struct ListenerCell {
     /// listener's accept loop adds to it, so check-then-add does not race.
     open: Arc<AtomicUsize>,
     pub metrics: ListenerMetrics,
-    /// The latest INFO an upstream sent (rewritten for this listener), used for the INFO
-    /// that precedes a refusal, as nats-server sends its INFO before the error.
+    /// The INFO of the upstream server this listener's sessions reached last (rewritten for
+    /// one of them), used for the INFO that precedes a refusal, as nats-server sends its
+    /// INFO before the error.
     pub last_info: Arc<Mutex<Option<Info>>>,
 }
 

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -309,6 +309,8 @@ pub struct DialHistory {
     /// Per URL: milliseconds since `started` of its last failure, plus one; 0 when it has
     /// not failed since it last answered.
     failed_at: Box<[AtomicU64]>,
+    /// Per URL: it has been logged as down and not yet as answering again.
+    logged_down: Box<[AtomicBool]>,
 }
 
 impl DialHistory {
@@ -316,6 +318,7 @@ impl DialHistory {
         DialHistory {
             started: Instant::now(),
             failed_at: (0..urls).map(|_| AtomicU64::new(0)).collect(),
+            logged_down: (0..urls).map(|_| AtomicBool::new(false)).collect(),
         }
     }
 
@@ -331,19 +334,31 @@ impl DialHistory {
         })
     }
 
-    /// Records a dial's outcome; true when it changes the URL's state (it answered after a
-    /// failure, or failed after answering), which is worth a log line once, not per client.
-    fn record(&self, url: usize, ok: bool) -> bool {
-        self.failed_at.get(url).is_some_and(|at| {
-            let before = at.swap(if ok { 0 } else { self.now() }, Ordering::Relaxed);
-            (before == 0) != ok
-        })
+    fn record(&self, url: usize, ok: bool) {
+        if let Some(at) = self.failed_at.get(url) {
+            at.store(if ok { 0 } else { self.now() }, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a dial's outcome is worth a log line: a URL that goes down is logged once,
+    /// not once per client, and once more when it answers again. A server at its
+    /// `max_connections` is not down (it swings between full and not with its clients), so
+    /// it is left to the dial counters.
+    fn log_worthy(&self, url: usize, outcome: Result<(), &DialError>) -> bool {
+        let Some(down) = self.logged_down.get(url) else {
+            return false;
+        };
+        match outcome {
+            Ok(()) => down.swap(false, Ordering::Relaxed),
+            Err(DialError::Full) => false,
+            Err(_) => !down.swap(true, Ordering::Relaxed),
+        }
     }
 
     /// A connected upstream turned the client away after its INFO (`maximum connections
     /// exceeded` arriving after the dial was done): later sessions try the others first.
     pub fn refused(&self, url: usize) {
-        let _ = self.record(url, false);
+        self.record(url, false);
     }
 }
 
@@ -400,9 +415,10 @@ pub async fn dial_any(
         let url = &upstream.urls[i];
         let dialled = tokio::time::timeout(timeout, dial(upstream, url, client)).await;
         let dialled = dialled.unwrap_or_else(|_| Err(DialError::Timeout(timeout)));
-        // A URL that goes down or comes back is logged once, when it does: a failure that
-        // the next URL makes up for is otherwise seen only in the dial counters.
-        if upstream.history.record(i, dialled.is_ok()) {
+        upstream.history.record(i, dialled.is_ok());
+        // A URL that goes down or comes back is logged when it does: a failure that the
+        // next URL makes up for is otherwise seen only in the dial counters.
+        if upstream.history.log_worthy(i, dialled.as_ref().map(|_| ())) {
             match &dialled {
                 Ok(_) => tracing::info!(upstream = %url, "upstream answers again"),
                 Err(e) => tracing::warn!(upstream = %url, error = %e, "upstream dial failed"),
@@ -541,19 +557,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_urls_state_changes_only_when_it_goes_down_or_comes_back() {
+    fn a_url_is_logged_when_it_goes_down_and_when_it_comes_back() {
         let history = DialHistory::new(2);
-        assert!(
-            !history.record(0, true),
-            "answering from the start is no change"
-        );
-        assert!(history.record(0, false), "down");
-        assert!(!history.record(0, false), "still down");
-        history.refused(0);
-        assert!(history.record(0, true), "back");
-        assert!(!history.record(0, true));
-        assert!(history.record(1, false), "each URL on its own");
-        assert!(!history.record(5, false), "no such URL");
+        let down = DialError::ClosedBeforeInfo;
+        assert!(!history.log_worthy(0, Ok(())), "answering from the start");
+        assert!(history.log_worthy(0, Err(&down)), "down");
+        assert!(!history.log_worthy(0, Err(&down)), "still down");
+        assert!(!history.log_worthy(0, Err(&DialError::Full)));
+        assert!(history.log_worthy(0, Ok(())), "back");
+        assert!(!history.log_worthy(0, Ok(())));
+        // A full server is not down, and its next success is no comeback.
+        assert!(!history.log_worthy(0, Err(&DialError::Full)));
+        assert!(!history.log_worthy(0, Ok(())));
+        assert!(history.log_worthy(1, Err(&down)), "each URL on its own");
+        assert!(!history.log_worthy(5, Err(&down)), "no such URL");
     }
 
     async fn first_info(bytes: &[u8]) -> Result<(Info, BytesMut), DialError> {

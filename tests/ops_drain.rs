@@ -133,6 +133,11 @@ async fn the_lame_duck_info_names_no_upstream_address() {
     let (a, b) = NatsServer::start_cluster_pair().await;
     let edge = spawn_edge(&a, "30s");
     let (mut raw, _) = protocol_one_client(&edge).await;
+    // nats-server's answer to the CONNECT (after the first PONG), naming the account: the
+    // INFO the edge keeps last before the signal.
+    let answer = raw.read_info().await;
+    assert_eq!(answer["connect_info"], true, "{answer}");
+    assert!(answer.get("remote_account").is_some(), "{answer}");
     send_signal(edge.pid(), "TERM");
     let (ldm, _) = read_until_lame_duck(&mut raw).await;
     assert_eq!(ldm["ldm"], true, "{ldm}");

@@ -288,8 +288,8 @@ async fn plain_clients_on_tls_listeners() {
     .expect("a log line for the plain client that left after the INFO");
 
     // Classic: a client that reads the INFO and then never starts TLS is closed when the
-    // listener's handshake timeout runs out, counted as a timeout, and its session ends as
-    // `handshake_timeout`, as a slow handshake on any other listener does.
+    // listener's handshake timeout runs out, counted as a timeout, and its session (opened
+    // for the INFO) ends as `handshake_timeout`, as one whose CONNECT never comes does.
     let timeouts = s.edge.metrics().closes(CloseReason::HandshakeTimeout);
     let mut raw = RawConn::connect(s.addr("plain", "classic")).await;
     assert_eq!(raw.read_info().await["tls_required"], true);

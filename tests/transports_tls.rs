@@ -97,6 +97,50 @@ async fn classic_tls_listener_sends_info_first_then_upgrades() {
     pub_sub_works(&client).await;
 }
 
+/// With no upstream to serve it, a client of a classic TLS listener still learns why: the
+/// INFO asks it for TLS, so the error follows inside TLS, where its TLS stack reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_tls_client_reads_upstream_unavailable_inside_tls() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
+    let dead = format!("nats://127.0.0.1:{}", free_port());
+    let edge = start_edge_toml(&edge_toml(
+        &[dead],
+        &format!("kind = \"tls\"\ntls = {{ {} }}", cert_keys(&server_cert)),
+        "",
+    ))
+    .await;
+
+    let mut raw = Raw::new(tcp(edge_addr(&edge)).await);
+    let info = raw.read_info().await;
+    assert_eq!(info["tls_required"], true, "{info}");
+    assert!(info.get("nonce").is_none(), "{info}");
+    let tls = tls_over(raw.stream, client_config(&ca.cert, None))
+        .await
+        .expect("TLS after INFO");
+    let got = Raw::new(tls).read_to_close().await;
+    assert_eq!(
+        show(&got),
+        show(b"-ERR 'Upstream Unavailable: connection refused'\r\n")
+    );
+
+    let err = tls_client(
+        &edge,
+        client_options()
+            .add_root_certificates(ca.cert.clone())
+            .require_tls(true),
+    )
+    .await
+    .expect_err("no upstream, no connection");
+    assert!(
+        err.to_string()
+            .to_lowercase()
+            .contains("upstream unavailable"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_first_listener_starts_with_the_handshake() {
     let pki = Pki::new();

@@ -72,7 +72,8 @@ pub struct SessionEnv {
     pub registry: Arc<Registry>,
     /// Told whether each upstream dial succeeded, for `/readyz`.
     pub health: Arc<Health>,
-    /// The listener's latest client-facing INFO, for the INFO that precedes a refusal.
+    /// The listener's client INFO from the upstream server reached last, for the INFO that
+    /// precedes a refusal (see [`ListenerCell::last_info`](crate::listener::ListenerCell)).
     pub last_info: Arc<Mutex<Option<Info>>>,
     /// Turns true when the edge shuts down.
     pub shutdown: watch::Receiver<bool>,
@@ -270,27 +271,15 @@ async fn open(
                 .last()
                 .map(|(_, e)| e.client_text())
                 .unwrap_or("none configured");
-            // The client is told why, after an INFO as nats-server's errors always are (a
-            // client library reads anything else first as a protocol error, not this
-            // cause), if it is still listening; it is closed either way.
-            let last = env
-                .last_info
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            let info = info::info_before_error(last, &env.info_rewrite, conn.client_addr);
-            let mut buf = BytesMut::new();
-            encode_server_op(&ServerOp::Info(Box::new(info)), &mut buf);
-            encode_server_op(
-                &ServerOp::Err(format!("Upstream Unavailable: {cause}")),
-                &mut buf,
-            );
-            let _ = tokio::time::timeout(CLOSE_GRACE, async {
-                client.write_all(&buf).await?;
-                client.shutdown().await
-            })
+            let error = ServerOp::Err(format!("Upstream Unavailable: {cause}"));
+            Box::pin(tell_and_close(
+                client,
+                env,
+                conn.client_addr,
+                tls_after_info,
+                error,
+            ))
             .await;
-            linger(&mut client).await;
             return Err(SessionTotals::early(CloseReason::UpstreamUnavailable));
         }
     };
@@ -325,9 +314,19 @@ async fn open(
 
     let mut info = connected.info;
     forward::rewrite_info(&mut info, &mut shared);
-    // The latest, for the INFO before a refusal: the upstream's fields as they are now
-    // (its version, its server_id after a failover), not as the first session saw them.
-    *env.last_info.lock().unwrap_or_else(|p| p.into_inner()) = Some(info.clone());
+    {
+        // Kept for the INFO before a refusal, and kept again whenever the upstream is
+        // another server (a failover, a restart), so that INFO names the server clients
+        // would reach now; not cloned for every session.
+        let mut last = env.last_info.lock().unwrap_or_else(|p| p.into_inner());
+        let server_id = |info: &Info| info.extra.get("server_id").cloned();
+        if last
+            .as_ref()
+            .is_none_or(|l| server_id(l) != server_id(&info))
+        {
+            *last = Some(info.clone());
+        }
+    }
     let mut first = BytesMut::new();
     encode_server_op(&ServerOp::Info(Box::new(info)), &mut first);
     let upstream_stream = connected.stream;
@@ -399,6 +398,53 @@ async fn open(
         upstream_index: connected.index,
         shared,
     })
+}
+
+/// Ends a connection that never became a session with `error`, after an INFO: nats-server
+/// sends its INFO before its errors wherever it sends one first, and client libraries read
+/// anything else first as a protocol error, not as this cause. On a classic TLS listener
+/// the INFO asks for TLS, so the error follows the client's TLS handshake, inside TLS, where
+/// its TLS stack would otherwise take it for a broken record. Best effort: the client is
+/// closed either way.
+async fn tell_and_close(
+    mut client: transport::ClientStream,
+    env: &SessionEnv,
+    client_addr: std::net::SocketAddr,
+    tls_after_info: Option<tokio_rustls::TlsAcceptor>,
+    error: ServerOp,
+) {
+    let last = env
+        .last_info
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let info = info::info_before_error(last, &env.info_rewrite, client_addr);
+    let mut buf = BytesMut::new();
+    encode_server_op(&ServerOp::Info(Box::new(info)), &mut buf);
+    if let Some(acceptor) = tls_after_info {
+        let written = tokio::time::timeout(CLOSE_GRACE, client.write_all(&buf)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            return;
+        }
+        buf.clear();
+        match transport::upgrade_after_info(client, acceptor, env.transport_timeout).await {
+            Ok((upgraded, _)) => client = upgraded,
+            Err(e) => {
+                if !e.is_silent() {
+                    env.metrics.handshake_failed(env.kind, e.failure());
+                    e.log();
+                }
+                return;
+            }
+        }
+    }
+    encode_server_op(&error, &mut buf);
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        client.write_all(&buf).await?;
+        client.shutdown().await
+    })
+    .await;
+    linger(&mut client).await;
 }
 
 /// Resolves when a plain TCP client closes (or resets) its connection before sending a

@@ -235,8 +235,8 @@ pub async fn read_header(stream: &mut TcpStream) -> Result<Option<ProxyAddrs>, R
 /// Both addresses in the client's family. When the edge's own address is of the other one
 /// (an IPv4 client named by a balancer that reached the edge over IPv6, or the reverse), it
 /// is sent as that family's unspecified address: the receiver (nats-server) reads only the
-/// source, and every released nats-server refuses a v1 `TCP6` line that carries an
-/// IPv4-mapped address, which is the other way to put the two in one family.
+/// source, and nats-server releases before 2.12.12 and 2.14.3 refuse a v1 `TCP6` line that
+/// carries an IPv4-mapped address, which is the other way to put the two in one family.
 fn same_family(addrs: ProxyAddrs) -> (SocketAddr, SocketAddr) {
     let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
     let (src, dst) = (canon(addrs.src), canon(addrs.dst));

@@ -3,9 +3,9 @@
 //!
 //! Neither config changes once built. A configuration reload (SIGHUP, `src/reload.rs`)
 //! loads every file again into new `ServerTls` and `ClientTls` values and swaps them in with
-//! the rest of the listener's settings, so connections already established keep the config they were accepted with and
-//! new ones get the new one. A reload that fails (a missing file, a key that does not match its
-//! certificate) keeps the old config.
+//! the rest of the listener's settings, so connections already established keep the config
+//! they were accepted with and new ones get the new one. A reload that fails (a missing
+//! file, a key that does not match its certificate) keeps the old config.
 
 use std::fmt;
 use std::io;
