@@ -287,6 +287,25 @@ async fn plain_clients_on_tls_listeners() {
     })
     .expect("a log line for the plain client that left after the INFO");
 
+    // Classic: a TCP health check that closes without reading the INFO resets the
+    // connection (the kernel resets a socket closed with unread data): the same case, not a
+    // failed TLS handshake.
+    let probe = tcp(s.addr("plain", "classic")).await;
+    within("the INFO to arrive", probe.readable())
+        .await
+        .unwrap();
+    drop(probe);
+    wait_failures(
+        &s.edge,
+        ListenerKind::Tls,
+        HandshakeFailure::PlainOnTlsListener,
+        4,
+    );
+    assert_eq!(
+        failures(&s.edge, ListenerKind::Tls, HandshakeFailure::Tls),
+        0
+    );
+
     // Classic: a client that reads the INFO and then never starts TLS is closed when the
     // listener's handshake timeout runs out, counted as a timeout, and its session (opened
     // for the INFO) ends as `handshake_timeout`, as one whose CONNECT never comes does.

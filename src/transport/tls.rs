@@ -175,6 +175,7 @@ pub async fn accept(
     let mut first = [0u8; 1];
     match tcp.peek(&mut first).await {
         Ok(0) => return Err(AcceptError::ClosedEarly),
+        Err(e) if is_reset(&e) => return Err(AcceptError::ClosedEarly),
         Ok(_) if first[0] != HANDSHAKE_RECORD => return Err(AcceptError::NotTls(first[0])),
         Ok(_) => {}
         Err(e) => return Err(AcceptError::Handshake(e)),
@@ -194,9 +195,20 @@ pub async fn client_speaks_within(tcp: &TcpStream, delay: Duration) -> Result<bo
     match tokio::time::timeout(delay, tcp.peek(&mut first)).await {
         Err(_) => Ok(false),
         Ok(Ok(0)) => Err(AcceptError::ClosedEarly),
+        Ok(Err(e)) if is_reset(&e) => Err(AcceptError::ClosedEarly),
         Ok(Ok(_)) => Ok(true),
         Ok(Err(e)) => Err(AcceptError::Handshake(e)),
     }
+}
+
+/// A client that resets the connection before sending a byte has left, as one that closes
+/// it has: a TCP health check that did not read the INFO of a classic TLS listener resets
+/// rather than closes, since the kernel resets a socket closed with unread data.
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    )
 }
 
 /// TLS toward the upstream.
