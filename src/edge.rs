@@ -468,6 +468,7 @@ impl EnvBase {
             kind: listener.kind,
             transport_timeout: listener.handshake_timeout.0,
             handshake_timeout: config.limits.handshake_timeout.0,
+            write_deadline: config.limits.write_deadline.0,
             limits: config.limits.filter_config(),
             info_rewrite: info_rewrite(listener, local, &transport),
             acl: self.acl.clone(),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
+use nats_edge_filters::CloseReason;
 use tokio::net::TcpSocket;
 
 const MIB: u64 = 1024 * 1024;
@@ -104,12 +105,9 @@ async fn stalled_subscriber_does_not_grow_the_edge() {
     within_for(Duration::from_secs(10), "a late client", round_trip(&late)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publisher_is_not_held_by_a_stalled_subscriber_in_process() {
-    // The same shape with the library edge: the other sessions of the process keep moving.
-    let (_server, edge) = server_and_edge("").await;
-    let _stalled = stalled_subscriber(edge_addr(&edge), "firehose").await;
-    let publisher = client(&edge_url(&edge)).await;
+/// Publishes 16 MiB on `firehose` (where a stalled subscriber listens), with a round trip
+/// every [`BATCH`] messages: none of it may hold the publisher up.
+async fn publish_16_mib_of_firehose(publisher: &async_nats::Client) {
     let payload = Bytes::from(vec![1u8; MESSAGE]);
     within_for(Duration::from_secs(60), "publishing 16 MiB", async {
         for i in 0..256 {
@@ -118,13 +116,49 @@ async fn publisher_is_not_held_by_a_stalled_subscriber_in_process() {
                 .await
                 .unwrap();
             if i % BATCH == BATCH - 1 {
-                round_trip(&publisher).await;
+                round_trip(publisher).await;
             }
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_is_not_held_by_a_stalled_subscriber_in_process() {
+    // The same shape with the library edge: the other sessions of the process keep moving.
+    let (_server, edge) = server_and_edge("").await;
+    let _stalled = stalled_subscriber(edge_addr(&edge), "firehose").await;
+    let publisher = client(&edge_url(&edge)).await;
+    publish_16_mib_of_firehose(&publisher).await;
     let c = client(&edge_url(&edge)).await;
     round_trip(&c).await;
+}
+
+/// A subscriber that takes none of what is queued for it is closed once the write deadline
+/// passes, as nats-server closes a slow consumer: nothing else would end its session, since
+/// the edge stops reading the upstream for it. The others carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_takes_nothing_is_closed_as_a_slow_consumer() {
+    let server = NatsServer::start();
+    let edge = start_edge_toml(&edge_toml(
+        &[server.url()],
+        "",
+        "[limits]\nwrite_deadline = \"300ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    ))
+    .await;
+    let _stalled = stalled_subscriber(edge_addr(&edge), "firehose").await;
+    let publisher = client(&edge_url(&edge)).await;
+    // Enough to fill the subscriber's socket and the edge's queue for it: well under the
+    // 64 MB nats-server holds for the edge before it gives up on it itself.
+    publish_16_mib_of_firehose(&publisher).await;
+    let closed = "nats_edge_connections_closed_total{reason=\"slow_consumer\"}";
+    poll_http(edge.admin_addr().unwrap(), "/metrics", |_, body| {
+        (metric(body, closed) == Some(1.0)).then_some(())
+    })
+    .await;
+    assert_eq!(edge.metrics().closes(CloseReason::SlowConsumer), 1);
+    // The publisher was never held up, and is still served.
+    round_trip(&publisher).await;
 }
 
 /// nats-server skips any number of bytes between `PING` and its newline. The edge answers such

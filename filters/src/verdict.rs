@@ -78,11 +78,13 @@ pub enum CloseReason {
     Policy,
     /// The edge refused the client's credentials (edge authentication).
     AuthorizationViolation,
+    /// The client took none of the bytes queued for it within the write deadline.
+    SlowConsumer,
 }
 
 impl CloseReason {
     /// Every reason, for metric registration.
-    pub const ALL: [CloseReason; 13] = [
+    pub const ALL: [CloseReason; 14] = [
         CloseReason::ClientClosed,
         CloseReason::UpstreamClosed,
         CloseReason::ClientIoError,
@@ -96,6 +98,7 @@ impl CloseReason {
         CloseReason::Shutdown,
         CloseReason::Policy,
         CloseReason::AuthorizationViolation,
+        CloseReason::SlowConsumer,
     ];
 
     /// The stable snake_case name used in logs and metric labels.
@@ -114,6 +117,7 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::Policy => "policy",
             CloseReason::AuthorizationViolation => "authorization_violation",
+            CloseReason::SlowConsumer => "slow_consumer",
         }
     }
 

@@ -329,6 +329,9 @@ pub struct LimitsSection {
     pub max_subscriptions: usize,
     /// How long a client has to send CONNECT before `-ERR 'Authentication Timeout'`.
     pub handshake_timeout: HumanDuration,
+    /// How long the edge waits on a client that takes none of the bytes queued for it before
+    /// it closes the connection as a slow consumer, as nats-server's `write_deadline`.
+    pub write_deadline: HumanDuration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -505,6 +508,8 @@ impl Default for LimitsSection {
             max_control_line: ByteSize(4096),
             max_subscriptions: 0,
             handshake_timeout: HumanDuration(Duration::from_secs(2)),
+            // nats-server's DEFAULT_FLUSH_DEADLINE.
+            write_deadline: HumanDuration(Duration::from_secs(10)),
         }
     }
 }
@@ -759,6 +764,9 @@ impl Config {
                 "limits.handshake_timeout".into(),
                 "must be above zero".into(),
             ));
+        }
+        if self.limits.write_deadline.0.is_zero() {
+            return Err(("limits.write_deadline".into(), "must be above zero".into()));
         }
         self.auth.validate()?;
         if self.admin.upstream_check_interval.0.is_zero() {

@@ -73,6 +73,10 @@ pub struct Forwarder {
     unscanned: bool,
     /// A client frame a filter deferred, waiting for the upstream to catch up.
     deferred: Option<(Bytes, Frame)>,
+    /// The last write or flush could not go on: the writer took no more bytes.
+    write_blocked: bool,
+    /// Bytes the writer has taken, for telling a stalled writer from a slow one.
+    written: u64,
     /// Message frames (PUB/HPUB or MSG/HMSG) read, forwarded or not.
     pub msgs: u64,
     /// Bytes read.
@@ -97,6 +101,8 @@ impl Forwarder {
             stopped: false,
             needs_flush: false,
             deferred: None,
+            write_blocked: false,
+            written: 0,
             msgs: 0,
             bytes: 0,
             subs: 0,
@@ -184,6 +190,12 @@ impl Forwarder {
         self.out.is_empty() && !self.needs_flush
     }
 
+    /// While the writer takes none of what is queued for it: the bytes it has taken so far,
+    /// which stay the same for as long as it stalls. `None` while it keeps up.
+    pub fn stalled_at(&self) -> Option<u64> {
+        (self.write_blocked && !self.is_drained()).then_some(self.written)
+    }
+
     /// Drives this direction as far as it can go. `Ready(Ok(()))` means the reader reached
     /// EOF and everything read has been written and flushed.
     pub fn poll<R, W>(
@@ -230,7 +242,9 @@ impl Forwarder {
                 continue;
             }
             if self.needs_flush {
-                ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(IoFailure::Write)?;
+                let flushed = Pin::new(&mut *writer).poll_flush(cx);
+                self.write_blocked = flushed.is_pending();
+                ready!(flushed).map_err(IoFailure::Write)?;
                 self.needs_flush = false;
             }
             return if self.eof {
@@ -322,11 +336,14 @@ impl Forwarder {
                     .zip(slices.iter_mut())
                     .map(|(bytes, slice)| *slice = IoSlice::new(bytes))
                     .count();
-                ready!(Pin::new(&mut *writer).poll_write_vectored(cx, &slices[..count]))?
+                let polled = Pin::new(&mut *writer).poll_write_vectored(cx, &slices[..count]);
+                self.write_blocked = polled.is_pending();
+                ready!(polled)?
             };
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            self.written += written as u64;
             self.consume_out(written);
             self.needs_flush = true;
         }

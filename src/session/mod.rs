@@ -52,6 +52,8 @@ pub struct SessionEnv {
     pub transport_timeout: Duration,
     /// How long a client has after INFO to send CONNECT.
     pub handshake_timeout: Duration,
+    /// How long a client may take none of the bytes queued for it (`limits.write_deadline`).
+    pub write_deadline: Duration,
     pub limits: LimitsConfig,
     pub info_rewrite: InfoRewrite,
     /// Identity and permissions. Always in the chain: it also names the connection's user.
@@ -498,6 +500,10 @@ where
     let handshake = tokio::time::sleep(env.handshake_timeout);
     tokio::pin!(handshake);
     let mut close_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    // Made the first time the client stalls, then reset: a fast client never has one.
+    let mut write_stall: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    // The client's written-byte count when its current stall began.
+    let mut stalled_at: Option<u64> = None;
     // Armed only while a buffer is grown, so idle connections carry no timer.
     let mut shrink_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let mut shutdown = env.shutdown.clone();
@@ -618,6 +624,31 @@ where
                 return Poll::Ready(CloseReason::UpstreamIoError);
             }
             Poll::Pending => {}
+        }
+
+        // A client that takes none of the bytes queued for it within the write deadline is
+        // a slow consumer, and is closed as nats-server closes one. Nothing else would end
+        // its session: the upstream, no longer read past the high-water mark, cannot tell
+        // the edge that nats-server gave up on it.
+        match u2c.stalled_at() {
+            Some(written) => {
+                let deadline = env.write_deadline;
+                let timer =
+                    write_stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(deadline)));
+                if stalled_at != Some(written) {
+                    stalled_at = Some(written);
+                    timer.as_mut().reset(tokio::time::Instant::now() + deadline);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    tracing::info!(
+                        write_deadline = ?deadline,
+                        queued_bytes = u2c.queued(),
+                        "slow consumer: the client took nothing within the write deadline"
+                    );
+                    return Poll::Ready(CloseReason::SlowConsumer);
+                }
+            }
+            None => stalled_at = None,
         }
 
         // A session that is ending, or whose client reader stopped on a violation, gets a
