@@ -65,6 +65,9 @@ pub struct Forwarder {
     /// Where changed ops are encoded; split off per op.
     scratch: BytesMut,
     eof: bool,
+    /// Why reading ended, when it failed rather than reached EOF: reported once what was
+    /// read before the failure has been written.
+    read_error: Option<io::Error>,
     /// No more reading: the session is ending.
     stopped: bool,
     needs_flush: bool,
@@ -98,6 +101,7 @@ impl Forwarder {
             pending: 0,
             scratch: BytesMut::new(),
             eof: false,
+            read_error: None,
             stopped: false,
             needs_flush: false,
             deferred: None,
@@ -197,7 +201,8 @@ impl Forwarder {
     }
 
     /// Drives this direction as far as it can go. `Ready(Ok(()))` means the reader reached
-    /// EOF and everything read has been written and flushed.
+    /// EOF and everything read has been written and flushed; `Ready(Err(IoFailure::Read))`
+    /// the same after a failed read.
     pub fn poll<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -233,7 +238,14 @@ impl Forwarder {
                         self.process(shared);
                         continue;
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(IoFailure::Read(e))),
+                    Poll::Ready(Err(e)) => {
+                        // What was read before the failure still goes out, as nats-server
+                        // handles what it read before it acts on a read error (a client
+                        // that publishes and then resets; a server that sends its last
+                        // `-ERR` and resets).
+                        self.eof = true;
+                        self.read_error = Some(e);
+                    }
                     Poll::Pending => {}
                 }
             }
@@ -247,10 +259,10 @@ impl Forwarder {
                 ready!(flushed).map_err(IoFailure::Write)?;
                 self.needs_flush = false;
             }
-            return if self.eof {
-                Poll::Ready(Ok(()))
-            } else {
-                Poll::Pending
+            return match (self.eof, self.read_error.take()) {
+                (true, Some(e)) => Poll::Ready(Err(IoFailure::Read(e))),
+                (true, None) => Poll::Ready(Ok(())),
+                (false, _) => Poll::Pending,
             };
         }
     }
@@ -842,4 +854,46 @@ pub fn rewrite_info(info: &mut nats_edge_filters::Info, shared: &mut Shared) {
     shared.last_info = serde_json::to_vec(&*info)
         .ok()
         .map(|json| bytes::Bytes::from(json.into_boxed_slice()));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    /// Yields its chunks in order, then fails with a reset.
+    struct ThenReset(VecDeque<&'static [u8]>);
+
+    impl AsyncRead for ThenReset {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(match self.0.pop_front() {
+                Some(chunk) => {
+                    buf.put_slice(chunk);
+                    Ok(())
+                }
+                None => Err(io::ErrorKind::ConnectionReset.into()),
+            })
+        }
+    }
+
+    /// What was read before a read fails is written before the failure is reported.
+    #[tokio::test]
+    async fn a_failed_read_still_delivers_what_came_before_it() {
+        let mut shared = Shared::for_tests();
+        let mut forwarder = Forwarder::new(Direction::ServerToClient, BytesMut::new());
+        let mut reader = ThenReset(VecDeque::from([&b"MSG a 1 2\r\nhi\r\nPI"[..], b"NG\r\n"]));
+        let mut written: Vec<u8> = Vec::new();
+        let ended =
+            std::future::poll_fn(|cx| forwarder.poll(cx, &mut reader, &mut written, &mut shared))
+                .await;
+        assert!(
+            matches!(ended, Err(IoFailure::Read(e)) if e.kind() == io::ErrorKind::ConnectionReset)
+        );
+        assert_eq!(written, b"MSG a 1 2\r\nhi\r\nPING\r\n");
+    }
 }

@@ -368,12 +368,10 @@ impl Drop for AbortOnDrop {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use nats_edge_filters::ConnFacts;
-
-    fn shared() -> Shared {
-        let conn = ConnFacts {
+impl Shared {
+    /// A session's state with no filters, for the session's unit tests.
+    pub(super) fn for_tests() -> Shared {
+        let conn = nats_edge_filters::ConnFacts {
             conn_id: 1,
             listener: "l".into(),
             client_addr: "127.0.0.1:5555".parse().unwrap(),
@@ -395,6 +393,15 @@ mod tests {
             info,
             None,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        Shared::for_tests()
     }
 
     /// Refused ops in a row share one barrier, so its bytes bound what a client that never
