@@ -276,6 +276,10 @@ impl Forwarder {
 
     fn may_read(&self, shared: &Shared) -> bool {
         let barriers_full = self.dir == Direction::ClientToServer && shared.answers_backlogged();
+        // A session that is ending delivers what it has, and no more of the upstream's
+        // messages: nats-server delivers nothing to a client after the `-ERR` that closes it
+        // (a reload that revoked its user, a handshake timeout, a shutdown).
+        let ending = self.dir == Direction::ServerToClient && shared.closing.is_some();
         // With the buffer's tail used up, write first: the written slices release their share
         // of the buffer, and the next read reuses it instead of allocating another.
         let must_grow = self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE && !self.out.is_empty();
@@ -283,6 +287,7 @@ impl Forwarder {
             || self.stopped
             || self.deferred.is_some()
             || barriers_full
+            || ending
             || must_grow
             || self.out_len >= HIGH_WATER)
     }
@@ -895,5 +900,24 @@ mod tests {
             matches!(ended, Err(IoFailure::Read(e)) if e.kind() == io::ErrorKind::ConnectionReset)
         );
         assert_eq!(written, b"MSG a 1 2\r\nhi\r\nPING\r\n");
+    }
+
+    /// Once the session is ending, the client gets what is queued for it (the closing
+    /// `-ERR`), and none of the upstream's messages that come after.
+    #[tokio::test]
+    async fn an_ending_session_reads_no_more_from_the_upstream() {
+        let mut shared = Shared::for_tests();
+        shared.send_now(&ServerOp::Err("Authorization Violation".into()));
+        shared.close(CloseReason::AuthorizationViolation);
+        let mut forwarder = Forwarder::new(Direction::ServerToClient, BytesMut::new());
+        let mut reader = ThenReset(VecDeque::from([&b"MSG a 1 2\r\nhi\r\n"[..]]));
+        let mut written: Vec<u8> = Vec::new();
+        let polled = std::future::poll_fn(|cx| {
+            Poll::Ready(forwarder.poll(cx, &mut reader, &mut written, &mut shared))
+        })
+        .await;
+        assert!(polled.is_pending());
+        assert_eq!(written, b"-ERR 'Authorization Violation'\r\n");
+        assert_eq!(reader.0.len(), 1, "the upstream's message stays unread");
     }
 }
