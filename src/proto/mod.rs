@@ -23,7 +23,8 @@ pub use scan::{
 /// A protocol violation found while decoding, named by how nats-server reacts to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ProtoError {
-    /// An unknown verb, a verb without its arguments, or a payload not followed by CRLF.
+    /// An unknown verb, a verb that needs arguments with nothing after it (not even a
+    /// blank), or a payload not followed by CRLF.
     /// nats-server answers `-ERR 'Unknown Protocol Operation'` and closes.
     #[error("unknown protocol operation")]
     UnknownOperation,

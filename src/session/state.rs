@@ -14,11 +14,13 @@ use crate::proto::{encode_server_op, ScanLimits};
 /// The largest message accepted from the upstream: nats-server's own ceiling on max_payload.
 pub const MAX_DELIVERED_PAYLOAD: u64 = 64 * 1024 * 1024;
 
-/// How many answers may wait behind upstream replies before the client reader pauses.
+/// How many barriers (each holding the answers that wait behind one upstream PING) may be
+/// outstanding before the client reader pauses; checked before each read, so one read's
+/// ops may go past it.
 pub const MAX_PENDING_BARRIERS: usize = 64;
 
 /// How many bytes of answers may wait behind upstream replies before the client reader
-/// pauses. Answers in a row share one barrier, so the count of barriers alone does not bound
+/// pauses (checked before each read, as the barrier count is). Answers in a row share one barrier, so the count of barriers alone does not bound
 /// them: a client that never reads, sending op after refused op, would grow the newest.
 pub const MAX_HELD_ANSWER_BYTES: usize = 64 * 1024;
 
