@@ -531,6 +531,40 @@ async fn edge_mode_maps_a_client_certificate_to_its_user() {
     edge.shutdown().await;
 }
 
+/// In passthrough mode an nkey names the client only with its signature of the nonce. In
+/// front of a nats-server that has no nkey users (so it sends no nonce and ignores the nkey,
+/// admitting the client as its no_auth_user), a client that claims the key of a well-off
+/// user of the edge's rules gets the defaults, not that user's permissions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_does_not_take_an_unsigned_nkey_for_a_name() {
+    let key = nkeys::KeyPair::new_user().public_key();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            "[default_permissions]\npublish = {{ deny = [\">\"] }}\n\
+             [[users]]\nuser = \"{key}\"\n[users.permissions]\npublish = [\">\"]\n"
+        ),
+    )
+    .unwrap();
+    let server = NatsServer::start_with_config(
+        "authorization { users = [ { user: guest, password: x } ] }\nno_auth_user: guest\n",
+    );
+    let edge = start_edge(&[server.url()], &format!("[auth]\nrules = [{rules:?}]\n")).await;
+    let connect = format!(r#"CONNECT {{"nkey":"{key}","verbose":false}}"#) + "\r\n";
+    let (got, closed) = raw_outcome(
+        edge_addr(&edge),
+        format!("{connect}PUB admin.x 1\r\nx\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        got,
+        show(b"-ERR 'Permissions Violation for Publish to \"admin.x\"'\r\nPONG\r\n")
+    );
+    assert!(!closed);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_proxy_signature_lets_proxy_required_users_in() {
     let key = nkeys::KeyPair::new_user();

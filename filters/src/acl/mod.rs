@@ -318,7 +318,7 @@ impl AclFilter {
         self.connected = true;
         let verdict = match self.settings.mode {
             AuthMode::Passthrough => {
-                self.user = match passthrough_user(connect) {
+                self.user = match passthrough_user(connect, ctx.upstream_nonce.as_deref()) {
                     Ok(user) => user,
                     Err(why) => {
                         tracing::warn!(reason = why, "authorization violation");
@@ -828,7 +828,16 @@ impl AclFilter {
 /// so a valid token with `"user":"admin"` beside it would otherwise pass for admin here.
 /// A JWT with an nkey is one credential (nats.js sends its creds that way): the nkey must
 /// then be the JWT's subject, the key nats-server checks the signature with.
-fn passthrough_user(connect: &Connect) -> Result<Option<Arc<str>>, &'static str> {
+///
+/// An nkey or a JWT subject names the client only when the CONNECT's `sig` is that key's
+/// signature of the upstream's nonce, which is what nats-server checks. Otherwise the client
+/// is nameless: nats-server ignores an nkey when it has no nkey users (and then sends no
+/// nonce), and a JWT outside operator mode, so an unsigned key would let a client pick the
+/// edge permissions of any key-named user while nats-server admits it as someone else.
+fn passthrough_user(
+    connect: &Connect,
+    nonce: Option<&str>,
+) -> Result<Option<Arc<str>>, &'static str> {
     fn given(s: &Option<String>) -> Option<&str> {
         s.as_deref().filter(|s| !s.is_empty())
     }
@@ -856,10 +865,34 @@ fn passthrough_user(connect: &Connect) -> Result<Option<Arc<str>>, &'static str>
             return Err("the CONNECT's nkey is not the subject of its JWT");
         }
     }
-    Ok(user
-        .or(nkey)
-        .map(Arc::from)
-        .or_else(|| subject.filter(|s| !s.is_empty()).map(Arc::from)))
+    if let Some(user) = user {
+        return Ok(Some(Arc::from(user)));
+    }
+    let key = nkey.or(subject.as_deref().filter(|s| !s.is_empty()));
+    Ok(key.and_then(|key| {
+        let signed = signed_by(key, given(&connect.sig), nonce);
+        if !signed {
+            tracing::info!(
+                key,
+                "the CONNECT's signature does not prove its key: its permissions are the defaults"
+            );
+        }
+        signed.then(|| Arc::from(key))
+    }))
+}
+
+/// Whether `sig` (base64, URL-safe or standard, as nats-server takes it) is the signature of
+/// `nonce` by the nkey `public_key`.
+fn signed_by(public_key: &str, sig: Option<&str>, nonce: Option<&str>) -> bool {
+    let (Some(sig), Some(nonce)) = (sig, nonce) else {
+        return false;
+    };
+    let Some(sig) = base64url_decode(sig) else {
+        return false;
+    };
+    nkeys::KeyPair::from_public_key(public_key)
+        .and_then(|key| key.verify(nonce.as_bytes(), &sig))
+        .is_ok()
 }
 
 /// The `sub` claim of a JWT, read without verifying it (nats-server verifies it).

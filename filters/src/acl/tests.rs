@@ -120,34 +120,30 @@ fn passthrough_refuses_two_kinds_of_credential() {
     // A JWT with an nkey (nats.js's creds) is one credential, keyed on the JWT's subject,
     // which the nkey must be.
     let claims = |sub: &str| {
-        let encode = |text: String| {
-            const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-            let bytes = text.into_bytes();
-            let mut out = String::new();
-            for chunk in bytes.chunks(3) {
-                let n = chunk.iter().fold(0u32, |acc, b| acc << 8 | u32::from(*b))
-                    << (8 * (3 - chunk.len()));
-                for i in 0..=chunk.len() {
-                    out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
-                }
-            }
-            out
-        };
-        format!("e30.{}.sig", encode(format!(r#"{{"sub":"{sub}"}}"#)))
+        let payload = format!(r#"{{"sub":"{sub}"}}"#);
+        format!("e30.{}.sig", base64url(payload.as_bytes()))
     };
     let refused = Verdict::close_with(
         CloseReason::AuthorizationViolation,
         errors::AUTHORIZATION_VIOLATION,
     );
-    for (nkey, verdict) in [("UALICE", Verdict::Forward), ("UADMIN", refused)] {
+    let alice = nkeys::KeyPair::new_user();
+    let nonce = "n0nce";
+    let signed = base64url(&alice.sign(nonce.as_bytes()).unwrap());
+    let other = nkeys::KeyPair::new_user().public_key();
+    for (nkey, verdict) in [(alice.public_key(), Verdict::Forward), (other, refused)] {
         let (mut chain, mut ctx, _, _) = setup(AuthMode::Passthrough, RULES);
+        ctx.upstream_nonce = Some(nonce.into());
         let creds = format!(
-            r#"{{"jwt":"{}","nkey":"{nkey}","sig":"x"}}"#,
-            claims("UALICE")
+            r#"{{"jwt":"{}","nkey":"{nkey}","sig":"{signed}"}}"#,
+            claims(&alice.public_key())
         );
         assert_eq!(chain.on_client_op(&mut connect(&creds), &mut ctx), verdict);
-        if nkey == "UALICE" {
-            assert_eq!(ctx.identity.as_ref().unwrap().user_name(), "UALICE");
+        if verdict == Verdict::Forward {
+            assert_eq!(
+                ctx.identity.as_ref().unwrap().user_name(),
+                alice.public_key()
+            );
         }
     }
     let (mut chain, mut ctx, _, _) = setup(AuthMode::Passthrough, RULES);
@@ -155,6 +151,74 @@ fn passthrough_refuses_two_kinds_of_credential() {
     let mut c = connect(r#"{"user":"alice","pass":"x","auth_token":""}"#);
     assert_eq!(chain.on_client_op(&mut c, &mut ctx), Verdict::Forward);
     assert_eq!(ctx.identity.as_ref().unwrap().user_name(), "alice");
+}
+
+/// base64url without padding, as client libraries encode signatures.
+fn base64url(bytes: &[u8]) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n =
+            chunk.iter().fold(0u32, |acc, b| acc << 8 | u32::from(*b)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// An nkey, or a user JWT's subject, names a passthrough client only when the CONNECT's
+/// signature of the upstream's nonce is that key's: otherwise anyone could claim the edge
+/// permissions of a key-named user while nats-server admits them as someone else.
+#[test]
+fn passthrough_names_a_key_only_when_its_signature_checks_out() {
+    let key = nkeys::KeyPair::new_user();
+    let public = key.public_key();
+    let rules = format!(
+        "{RULES}\n[[users]]\nuser = \"{public}\"\n[users.permissions]\npublish = [\"admin.>\"]\n"
+    );
+    let good = base64url(&key.sign(b"n0nce").unwrap());
+    let forged = base64url(&nkeys::KeyPair::new_user().sign(b"n0nce").unwrap());
+    let unproven = |json: String, nonce: Option<&str>| {
+        let (mut chain, mut ctx, _, _) = setup(AuthMode::Passthrough, &rules);
+        ctx.upstream_nonce = nonce.map(str::to_string);
+        assert_eq!(
+            chain.on_client_op(&mut connect(&json), &mut ctx),
+            Verdict::Forward
+        );
+        chain.refresh_interest();
+        let named = ctx.identity.as_ref().unwrap().user.clone();
+        let admin = chain.on_client_op(&mut publish("admin.x"), &mut ctx);
+        (named, admin)
+    };
+    // Signed by the key: the key's user, and its permissions.
+    let (named, admin) = unproven(
+        format!(r#"{{"nkey":"{public}","sig":"{good}"}}"#),
+        Some("n0nce"),
+    );
+    assert_eq!(named.as_deref(), Some(public.as_str()));
+    assert_eq!(admin, Verdict::Forward);
+    // No signature, another key's, or no nonce to sign: nameless, the defaults.
+    for (json, nonce) in [
+        (format!(r#"{{"nkey":"{public}"}}"#), Some("n0nce")),
+        (
+            format!(r#"{{"nkey":"{public}","sig":"{forged}"}}"#),
+            Some("n0nce"),
+        ),
+        (format!(r#"{{"nkey":"{public}","sig":"{good}"}}"#), None),
+        (
+            format!(r#"{{"nkey":"{public}","sig":"{good}"}}"#),
+            Some("other"),
+        ),
+    ] {
+        let (named, admin) = unproven(json.clone(), nonce);
+        assert_eq!(named, None, "{json} {nonce:?}");
+        assert_eq!(
+            admin,
+            err(r#"Permissions Violation for Publish to "admin.x""#),
+            "{json}"
+        );
+    }
 }
 
 #[test]
