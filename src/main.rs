@@ -271,13 +271,16 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::R
         .build()
         .context("starting the runtime")?;
     let pid_file = config.pid_file.clone();
-    let written_pid_file = pid_file.clone();
-    let result = runtime.block_on(async move {
+    // Removed at exit only if this process wrote it: a start that fails (another instance
+    // holds the port) must not delete the running instance's file.
+    let mut written_pid_file = None;
+    let result = runtime.block_on(async {
         let mut signals = Signals::new().context("installing signal handlers")?;
         let mut edge = Edge::start_on_workers(config, Vec::new(), workers).await?;
         if let Some(path) = &pid_file {
             std::fs::write(path, format!("{}\n", std::process::id()))
                 .with_context(|| format!("writing pid_file {}", path.display()))?;
+            written_pid_file = Some(path.clone());
         }
         let source = file
             .as_ref()
@@ -447,6 +450,21 @@ fn signal_reload(cli: &Cli, overrides: &Overrides) -> anyhow::Result<u32> {
         .ok()
         .filter(|&p| p > 0)
         .with_context(|| format!("pid file {}: {pid} is not a process id", path.display()))?;
+    // A pid file left by an edge that was killed may name a process id reused since: that
+    // process must not get a SIGHUP, which ends most programs.
+    let name = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm"));
+    match (name(&pid.to_string()), name("self")) {
+        (Ok(theirs), Ok(ours)) if theirs.trim() != ours.trim() => anyhow::bail!(
+            "pid file {}: process {pid} is `{}`, not nats-edge: a stale pid file?",
+            path.display(),
+            theirs.trim()
+        ),
+        (Err(_), Ok(_)) => anyhow::bail!(
+            "pid file {}: no process {pid}: is nats-edge running (a stale pid file)?",
+            path.display()
+        ),
+        _ => {}
+    }
     // The signal is sent directly, not through a `kill` program: the container image has
     // none. SAFETY: kill(2) takes two integers and touches no memory of this process.
     if unsafe { libc::kill(target, libc::SIGHUP) } != 0 {

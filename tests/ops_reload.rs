@@ -166,3 +166,27 @@ async fn reload_moves_new_connections_to_new_upstreams() {
     // The connection made before the reload stays on its upstream.
     assert!(!before.roundtrip(b"").await.closed);
 }
+
+/// A pid file that names another program (the edge was killed and its process id reused):
+/// `nats-edge reload` refuses rather than send that program a SIGHUP, which ends most.
+#[test]
+fn reload_does_not_signal_a_process_that_is_not_nats_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("nats-edge.pid");
+    let mut other = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("sleep runs");
+    std::fs::write(&pid_file, format!("{}\n", other.id())).unwrap();
+    let out = nats_edge_command()
+        .args(["reload", "--pid-file", pid_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let alive = other.try_wait().unwrap().is_none();
+    let _ = other.kill();
+    let _ = other.wait();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("not nats-edge"), "{stderr}");
+    assert!(alive, "the other process was signalled");
+}

@@ -25,6 +25,10 @@ fn split_number(s: &str) -> Option<(f64, &str)> {
     Some((value, s[end..].trim()))
 }
 
+/// The longest duration a setting may have. Timers add durations to the clock, which a
+/// value near `Duration::MAX` would overflow; no timeout or interval needs more than this.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (value, unit) = split_number(s)
         .ok_or_else(|| format!("`{s}` is not a duration (try \"2s\" or \"500ms\")"))?;
@@ -41,7 +45,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is out of range"))
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(|| format!("`{s}` is out of range (at most 100 years)"))
 }
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -250,6 +257,12 @@ mod tests {
         );
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert!(parse_duration("2 fortnights").is_err());
+        // Timers add durations to the clock: nothing near Duration::MAX gets through.
+        for huge in ["9223372036854775807", "876001h", "99999999999999999999s"] {
+            let err = parse_duration(huge).unwrap_err();
+            assert!(err.contains("out of range"), "{huge}: {err}");
+        }
+        assert!(parse_duration("876000h").is_ok());
         assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
         assert_eq!(parse_size("64KiB").unwrap(), 64 << 10);
         assert_eq!(parse_size("1MB").unwrap(), 1_000_000);
