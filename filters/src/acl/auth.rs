@@ -25,6 +25,8 @@ pub enum AuthFailure {
     UnknownToken,
     #[error("no credentials and no no_auth_user")]
     NoCredentials,
+    #[error("a password without a user")]
+    PasswordWithoutUser,
     #[error("nkey and JWT authentication are not done by the edge; use passthrough mode")]
     UnsupportedCredentials,
     /// Only with [`Checks::CachedOnly`]: a bcrypt hash must be checked first, off the
@@ -49,7 +51,7 @@ pub enum Checks {
 }
 
 /// nats-server treats a secret as a bcrypt hash when it looks like one.
-fn is_bcrypt(secret: &str) -> bool {
+pub(super) fn is_bcrypt(secret: &str) -> bool {
     let b = secret.as_bytes();
     b.len() > 7
         && b.starts_with(b"$2")
@@ -184,6 +186,11 @@ pub fn authenticate(
     if present(&connect.nkey).is_some() || present(&connect.jwt).is_some() {
         return Err(AuthFailure::UnsupportedCredentials);
     }
+    // nats-server gives the no_auth_user only to a client that sent no user, no password
+    // and no token: a password alone is a failed login, not an anonymous one.
+    if present(&connect.pass).is_some() {
+        return Err(AuthFailure::PasswordWithoutUser);
+    }
     match &rules.no_auth_user {
         Some(user) => Ok((user.clone(), AuthMethod::NoAuthUser)),
         None => Err(AuthFailure::NoCredentials),
@@ -259,6 +266,11 @@ user = "guest"
         assert_eq!(
             auth("{}", None),
             Ok(("guest".into(), AuthMethod::NoAuthUser))
+        );
+        // A password alone is a failed login, as in nats-server, not the no_auth_user.
+        assert_eq!(
+            auth(r#"{"pass":"pw"}"#, None),
+            Err(AuthFailure::PasswordWithoutUser)
         );
         let bob = TlsPeer {
             subject: "CN=bob,O=Acme".into(),

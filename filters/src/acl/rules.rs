@@ -267,6 +267,39 @@ impl AclRules {
                     format!("user `{user_name}` has both a password and a token; give one"),
                 ));
             }
+            // One credential, one user: a token, certificate subject or SAN shared by two users
+            // would make who the client is depend on which is looked at first. (Two bcrypt
+            // hashes of one token cannot be told apart here; a plain one can.)
+            let shared = self.users.values().find_map(|other| {
+                let same = |a: &Option<String>, b: &Option<String>| a.is_some() && a == b;
+                if same(&entry.tls_subject, &other.tls_subject) {
+                    Some(("tls_subject", other))
+                } else if same(&entry.tls_san, &other.tls_san) {
+                    Some(("tls_san", other))
+                } else if entry.token.as_ref().is_some_and(|t| {
+                    !super::auth::is_bcrypt(t.expose())
+                        && other
+                            .token
+                            .as_ref()
+                            .is_some_and(|o| o.expose() == t.expose())
+                }) {
+                    Some(("token", other))
+                } else {
+                    None
+                }
+            });
+            if let Some((key, other)) = shared {
+                return Err(invalid(
+                    name,
+                    text,
+                    span.start,
+                    "users",
+                    format!(
+                        "user `{user_name}` has the same {key} as user `{}` ({}): each user needs its own",
+                        other.name, other.origin
+                    ),
+                ));
+            }
             let permissions = entry
                 .permissions
                 .map(|p| compile_permissions(p, &origin_file, text).map(Arc::new))
@@ -638,6 +671,30 @@ user = "guest"
             e.contains("duplicate user `a`, first defined at r.toml:2"),
             "{e}"
         );
+        // One credential, one user.
+        for (key, value) in [
+            ("token", "\"t0k\""),
+            ("tls_subject", "\"CN=d\""),
+            ("tls_san", "\"DNS:d\""),
+        ] {
+            let text = format!(
+                "[[users]]\nuser = \"a\"\n{key} = {value}\n[[users]]\nuser = \"b\"\n{key} = {value}\n"
+            );
+            let e = AclRules::from_str("r.toml", &text).unwrap_err().to_string();
+            assert!(e.starts_with("r.toml:5:"), "{e}");
+            assert!(
+                e.contains(&format!(
+                    "user `b` has the same {key} as user `a` (r.toml:2)"
+                )),
+                "{e}"
+            );
+        }
+        // Bcrypt hashes of tokens cannot be compared: two are allowed.
+        let hashed = "\"$2a$11$abcdefghijklmnopqrstuuabcdefghijklmnopqrstuvwxyz0123\"";
+        let text = format!(
+            "[[users]]\nuser = \"a\"\ntoken = {hashed}\n[[users]]\nuser = \"b\"\ntoken = {hashed}\n"
+        );
+        assert!(AclRules::from_str("r.toml", &text).is_ok());
         let e = AclRules::from_str(
             "r.toml",
             "[[users]]\nuser = \"a\"\n[users.permissions]\npublish = [\"ok\", \"bad..subject\"]\n",
