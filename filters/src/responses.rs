@@ -33,6 +33,11 @@ impl Default for ResponseBounds {
 /// nats-server prunes its reply table after this many new entries; so does the tracker.
 const PRUNE_EVERY: usize = 4096;
 
+/// The reply subjects a tracker holds, in bytes, at most: the count bound alone would let
+/// requesters with long reply subjects (up to the control-line limit each) make one
+/// service's tracker hold hundreds of MiB.
+const SUBJECT_BYTES: usize = 4 * 1024 * 1024;
+
 #[derive(Debug, Clone, Copy)]
 struct Entry<V> {
     delivered: Instant,
@@ -47,6 +52,8 @@ pub struct ResponseTracker<V = ()> {
     bounds: ResponseBounds,
     capacity: usize,
     replies: HashMap<Box<[u8]>, Entry<V>>,
+    /// The bytes of the reply subjects in `replies`, against [`SUBJECT_BYTES`].
+    subject_bytes: usize,
     since_prune: usize,
 }
 
@@ -58,15 +65,20 @@ impl ResponseTracker<()> {
 }
 
 impl<V> ResponseTracker<V> {
-    /// A tracker holding at most `capacity` reply subjects: past it, spent and expired ones
-    /// are pruned, then the oldest are forgotten.
+    /// A tracker holding at most `capacity` reply subjects (and at most [`SUBJECT_BYTES`] of
+    /// them): past either, spent and expired ones are pruned, then the oldest are forgotten.
     pub fn new(bounds: ResponseBounds, capacity: usize) -> Self {
         ResponseTracker {
             bounds,
             capacity: capacity.max(1),
             replies: HashMap::new(),
+            subject_bytes: 0,
             since_prune: 0,
         }
+    }
+
+    fn over(&self) -> bool {
+        self.replies.len() > self.capacity || self.subject_bytes > SUBJECT_BYTES
     }
 
     pub fn bounds(&self) -> ResponseBounds {
@@ -76,16 +88,16 @@ impl<V> ResponseTracker<V> {
     /// A message with this reply subject was delivered to the client at `now`; `value`
     /// is kept with it until it is answered for the last time, expires or is forgotten.
     pub fn delivered_with(&mut self, reply: &[u8], value: V, now: Instant) {
-        self.replies.insert(
-            reply.into(),
-            Entry {
-                delivered: now,
-                answers: 0,
-                value,
-            },
-        );
+        let entry = Entry {
+            delivered: now,
+            answers: 0,
+            value,
+        };
+        if self.replies.insert(reply.into(), entry).is_none() {
+            self.subject_bytes += reply.len();
+        }
         self.since_prune += 1;
-        if self.since_prune >= PRUNE_EVERY || self.replies.len() > self.capacity {
+        if self.since_prune >= PRUNE_EVERY || self.over() {
             self.prune(now);
         }
     }
@@ -105,6 +117,7 @@ impl<V> ResponseTracker<V> {
         let expired = is_expired(bounds, entry, now);
         if spent || expired {
             self.replies.remove(subject);
+            self.subject_bytes -= subject.len();
             return None;
         }
         self.replies.get(subject).map(|entry| &entry.value)
@@ -129,24 +142,36 @@ impl<V> ResponseTracker<V> {
 
     fn prune(&mut self, now: Instant) {
         let bounds = self.bounds;
-        self.replies.retain(|_, entry| {
+        let mut removed = 0;
+        self.replies.retain(|subject, entry| {
             let spent = bounds.max_msgs > 0 && entry.answers >= bounds.max_msgs;
-            !spent && !is_expired(bounds, entry, now)
+            let keep = !spent && !is_expired(bounds, entry, now);
+            removed += if keep { 0 } else { subject.len() };
+            keep
         });
-        if self.replies.len() > self.capacity {
+        self.subject_bytes -= removed;
+        if self.over() {
             // Still over (a client receiving requests faster than it answers them): forget
-            // the oldest deliveries, down to 7/8 of the capacity, so that the next eviction
-            // is capacity/8 deliveries away and its cost is shared by all of them. Only the
-            // delivery times are copied and partly ordered, never the subjects.
-            let keep = (self.capacity * 7 / 8).max(1);
-            let excess = self.replies.len() - keep;
+            // the oldest deliveries, down to 7/8 of the capacity (or, when the subjects'
+            // bytes are what is over, to 7/8 of those bytes' worth of entries at their
+            // average size), so that the next eviction is an eighth of the way away and its
+            // cost is shared by all of the deliveries until then. Only the delivery times
+            // are copied and partly ordered, never the subjects.
+            let by_count = self.capacity * 7 / 8;
+            let by_bytes = (SUBJECT_BYTES * 7 / 8)
+                .saturating_mul(self.replies.len())
+                .checked_div(self.subject_bytes)
+                .unwrap_or(by_count);
+            let keep = by_count.min(by_bytes).max(1);
+            let excess = self.replies.len().saturating_sub(keep).max(1);
             let mut ages: Vec<Instant> = self.replies.values().map(|e| e.delivered).collect();
             let (_, &mut cutoff, _) = ages.select_nth_unstable(excess - 1);
             // Exactly `excess` entries, none younger than the cutoff: the older ones first,
             // then as many delivered at the cutoff itself as are still needed.
             let mut left = excess;
+            let mut evicted = 0;
             for at_cutoff in [false, true] {
-                self.replies.retain(|_, e| {
+                self.replies.retain(|subject, e| {
                     let evict = left > 0
                         && if at_cutoff {
                             e.delivered == cutoff
@@ -154,9 +179,11 @@ impl<V> ResponseTracker<V> {
                             e.delivered < cutoff
                         };
                     left -= usize::from(evict);
+                    evicted += if evict { subject.len() } else { 0 };
                     !evict
                 });
             }
+            self.subject_bytes -= evicted;
         }
         self.since_prune = 0;
     }
@@ -212,6 +239,38 @@ mod tests {
         for _ in 0..100 {
             assert!(unlimited.answer(b"r", now + Duration::from_secs(3600)));
         }
+    }
+
+    /// Long reply subjects are bounded by their bytes, not only by their count: the oldest
+    /// are forgotten, the newest kept, and the byte count stays exact through answers,
+    /// pruning and eviction.
+    #[test]
+    fn subject_bytes_are_bounded_too() {
+        let now = Instant::now();
+        let bounds = ResponseBounds {
+            max_msgs: 1,
+            expires: Some(Duration::from_secs(60)),
+        };
+        let mut t = ResponseTracker::new(bounds, 1_000_000);
+        let subject = |i: u64| format!("{i:04096}").into_bytes();
+        let exact = |t: &ResponseTracker| t.replies.keys().map(|k| k.len()).sum::<usize>();
+        for i in 0..4096u64 {
+            t.delivered(&subject(i), now + Duration::from_micros(i));
+            assert!(t.subject_bytes <= SUBJECT_BYTES + 4096, "{i}");
+        }
+        assert_eq!(t.subject_bytes, exact(&t));
+        assert!(t.len() < 1024, "{}", t.len());
+        assert!(t.may_answer(&subject(4095), now));
+        assert!(!t.may_answer(&subject(0), now));
+        // An answer that spends its entry gives its bytes back; so does expiry.
+        let before = t.subject_bytes;
+        assert!(t.answer(&subject(4095), now));
+        assert!(!t.answer(&subject(4095), now));
+        assert_eq!(t.subject_bytes, before - 4096);
+        t.delivered(b"short", now + Duration::from_secs(3600));
+        t.prune(now + Duration::from_secs(3600));
+        assert_eq!(t.subject_bytes, exact(&t));
+        assert_eq!(t.len(), 1);
     }
 
     #[test]
