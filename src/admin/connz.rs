@@ -190,6 +190,16 @@ impl Options {
     }
 }
 
+/// A client's `type`, as nats-server names it: `websocket` for WebSocket clients, `nats`
+/// for the others.
+fn client_type(transport: &str) -> &'static str {
+    if transport.starts_with("ws") {
+        "websocket"
+    } else {
+        "nats"
+    }
+}
+
 /// Orders `conns` (given in cid order) as nats-server orders them: `cid` and `start`
 /// ascending, `uptime` ascending (the newest first), the counters descending. Ties keep the
 /// cid order.
@@ -251,7 +261,7 @@ pub fn connz(shared: &EdgeShared, query: &str) -> Response<Body> {
             ConnInfo {
                 cid: c.cid,
                 kind: "Client",
-                kind_type: "nats",
+                kind_type: client_type(c.transport),
                 listener: c.listener.clone(),
                 transport: c.transport,
                 ip: c.client.ip().to_string(),
@@ -653,6 +663,14 @@ mod tests {
             .collect();
         sort(&mut conns, by);
         conns.iter().map(|(c, _)| c.cid).collect()
+    }
+
+    #[test]
+    fn websocket_clients_have_their_own_type() {
+        assert_eq!(client_type("tcp"), "nats");
+        assert_eq!(client_type("tls"), "nats");
+        assert_eq!(client_type("ws"), "websocket");
+        assert_eq!(client_type("wss"), "websocket");
     }
 
     #[test]

@@ -35,11 +35,13 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 pub fn uptime(d: Duration) -> String {
     let s = d.as_secs();
     let (days, h, m, s) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60);
-    match (days, h, m) {
-        (0, 0, 0) => format!("{s}s"),
-        (0, 0, _) => format!("{m}m{s}s"),
-        (0, _, _) => format!("{h}h{m}m{s}s"),
-        _ => format!("{days}d{h}h{m}m{s}s"),
+    let (years, days) = (days / 365, days % 365);
+    match (years, days, h, m) {
+        (0, 0, 0, 0) => format!("{s}s"),
+        (0, 0, 0, _) => format!("{m}m{s}s"),
+        (0, 0, _, _) => format!("{h}h{m}m{s}s"),
+        (0, _, _, _) => format!("{days}d{h}h{m}m{s}s"),
+        _ => format!("{years}y{days}d{h}h{m}m{s}s"),
     }
 }
 
@@ -54,5 +56,6 @@ mod tests {
         assert_eq!(uptime(Duration::from_secs(4)), "4s");
         assert_eq!(uptime(Duration::from_secs(3 * 3600 + 5)), "3h0m5s");
         assert_eq!(uptime(Duration::from_secs(86_400 + 61)), "1d0h1m1s");
+        assert_eq!(uptime(Duration::from_secs(400 * 86_400 + 7)), "1y35d0h0m7s");
     }
 }
