@@ -165,6 +165,12 @@ fn main() -> ExitCode {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "flags and environment".into());
+            for (variable, meant) in nats_edge::config::mistyped_env_vars() {
+                eprintln!(
+                    "nats-edge: warning: {variable} is not a configuration key and is ignored \
+                     (a nested key takes two underscores: {meant}?)"
+                );
+            }
             println!("nats-edge: configuration OK ({source})");
             ExitCode::SUCCESS
         }
@@ -259,6 +265,9 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::R
     let ignored = nats_edge::config::ignored_env_vars();
     if !ignored.is_empty() {
         tracing::info!(variables = ?ignored, "ignoring NATS_EDGE_* variables that are not configuration keys");
+    }
+    for (variable, meant) in nats_edge::config::mistyped_env_vars() {
+        tracing::warn!(%variable, %meant, "ignored: not a configuration key; a nested key is written with two underscores");
     }
     let workers = start_workers(config.worker_threads, config.busy_poll.0)?;
     if !config.busy_poll.0.is_zero() {

@@ -205,6 +205,32 @@ fn check_names_a_bad_environment_value() {
     );
 }
 
+/// A nested key written with one underscore is no key, so it is ignored; `check` says so and
+/// names the variable meant. Kubernetes' service variables pass without a word.
+#[test]
+fn check_warns_of_a_nested_key_with_one_underscore() {
+    let f = config_file(VALID);
+    let out = check(
+        &f,
+        &[
+            ("NATS_EDGE_DRAIN_TIMEOUT", "60s"),
+            ("NATS_EDGE_ADMIN_SERVICE_HOST", "10.96.0.7"),
+            ("NATS_EDGE_PORT_4222_TCP", "tcp://10.96.0.8:4222"),
+        ],
+    );
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("NATS_EDGE_DRAIN_TIMEOUT is not a configuration key")
+            && err.contains("NATS_EDGE_DRAIN__TIMEOUT?"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("SERVICE_HOST") && !err.contains("PORT_4222"),
+        "{err}"
+    );
+}
+
 #[test]
 fn busy_poll_from_the_environment_is_configuration() {
     let f = config_file(VALID);

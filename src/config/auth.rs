@@ -14,7 +14,9 @@ pub struct AuthSection {
     /// `edge`: the edge authenticates them against the users of `rules`.
     pub mode: AuthModeConfig,
     /// ACL rule files (users, credentials, permissions). Relative paths are relative to the
-    /// config file's directory.
+    /// config file's directory. A list, or one comma-separated string (an environment
+    /// variable's).
+    #[serde(deserialize_with = "path_list")]
     pub rules: Vec<PathBuf>,
     /// Credentials sent upstream for edge-authenticated clients (a user in the rule files may
     /// name its own). Unset: none, or those of the upstream URL.
@@ -80,4 +82,10 @@ impl AuthSection {
         }
         Ok(())
     }
+}
+
+/// A list of paths, as a TOML array or one comma-separated string.
+fn path_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    let list: super::units::StringList = serde::Deserialize::deserialize(d)?;
+    Ok(list.0.into_iter().map(PathBuf::from).collect())
 }

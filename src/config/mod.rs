@@ -827,6 +827,38 @@ fn is_config_env_key(key: &str) -> bool {
     ENV_SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(top))
 }
 
+/// Of the ignored variables, those that look like a key with one underscore where two
+/// belong (`NATS_EDGE_DRAIN_TIMEOUT` for `NATS_EDGE_DRAIN__TIMEOUT`), each with that key: a
+/// typo that would otherwise leave a setting at its default without a word. Kubernetes'
+/// service variables (`..._SERVICE_HOST`, `..._SERVICE_PORT...`, `..._PORT...`) are not
+/// taken for typos: a Service named `nats-edge-admin` injects `NATS_EDGE_ADMIN_SERVICE_HOST`.
+pub fn mistyped_env_vars() -> Vec<(String, String)> {
+    ignored_env_vars()
+        .into_iter()
+        .filter_map(|var| {
+            let rest = var.strip_prefix(ENV_PREFIX)?;
+            let service_link = rest.contains("_SERVICE_HOST")
+                || rest.contains("_SERVICE_PORT")
+                || rest.ends_with("_PORT")
+                || rest.contains("_PORT_");
+            if service_link {
+                return None;
+            }
+            let section = ENV_SECTIONS.iter().find(|s| {
+                rest.len() > s.len() + 1
+                    && rest[..s.len()].eq_ignore_ascii_case(s)
+                    && rest.as_bytes()[s.len()] == b'_'
+            })?;
+            let meant = format!(
+                "{ENV_PREFIX}{}__{}",
+                &rest[..section.len()],
+                &rest[section.len() + 1..]
+            );
+            Some((var, meant))
+        })
+        .collect()
+}
+
 /// `NATS_EDGE_*` variables that are not configuration and were ignored (for a log line).
 pub fn ignored_env_vars() -> Vec<String> {
     std::env::vars_os()
@@ -950,6 +982,19 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// Rule files as one comma-separated string, as an environment variable carries them.
+    #[test]
+    fn rule_files_from_one_string() {
+        let c = Config::from_toml_str(
+            "[auth]\nrules = \"a.toml, b.toml\"\n[upstream]\nurls = [\"nats://x:1\"]",
+        )
+        .unwrap();
+        assert_eq!(
+            c.auth.rules,
+            [PathBuf::from("a.toml"), PathBuf::from("b.toml")]
+        );
     }
 
     #[test]
