@@ -414,7 +414,7 @@ impl<'de> Deserialize<'de> for ListFile {
 enum ResponsesFile {
     Enabled(bool),
     Bounded {
-        max: Option<u32>,
+        max: Option<i64>,
         expires: Option<Spanned<String>>,
     },
 }
@@ -494,10 +494,29 @@ fn compile_permissions(
         perms.responses = match r {
             ResponsesFile::Enabled(false) => None,
             ResponsesFile::Enabled(true) => Some(defaults),
+            // As nats-server reads them: 0 (or no value) is the default, a negative value no
+            // bound at all.
             ResponsesFile::Bounded { max, expires } => Some(ResponseBounds {
-                max_msgs: max.unwrap_or(defaults.max_msgs),
+                max_msgs: match max {
+                    None | Some(0) => defaults.max_msgs,
+                    Some(n) if n < 0 => 0,
+                    Some(n) => u32::try_from(n).unwrap_or(u32::MAX),
+                },
                 expires: match expires {
                     None => defaults.expires,
+                    Some(s) if s.get_ref().trim().starts_with('-') => {
+                        let magnitude = s.get_ref().trim().trim_start_matches('-');
+                        if parse_duration(magnitude).is_none() {
+                            return Err(invalid(
+                                file,
+                                text,
+                                s.span().start,
+                                "allow_responses.expires",
+                                format!("`{}` is not a duration such as \"2m\"", s.get_ref()),
+                            ));
+                        }
+                        None
+                    }
                     Some(s) => {
                         let d = parse_duration(s.get_ref()).ok_or_else(|| {
                             invalid(
@@ -511,7 +530,11 @@ fn compile_permissions(
                                 ),
                             )
                         })?;
-                        (!d.is_zero()).then_some(d)
+                        if d.is_zero() {
+                            defaults.expires
+                        } else {
+                            Some(d)
+                        }
                     }
                 },
             }),
@@ -535,6 +558,25 @@ fn compile_list(
         None => (None, None),
         Some(list) => {
             let span = list.span();
+            let empty_allow = match list.get_ref() {
+                ListFile::Many(v) => v.is_empty(),
+                ListFile::Full { allow, .. } => allow.as_ref().is_some_and(Vec::is_empty),
+                ListFile::One(_) => false,
+            };
+            if empty_allow && !queues {
+                // nats-server reads an empty publish allow list from its configuration as no
+                // list at all (everything allowed), which whoever wrote it rarely means.
+                return Err(invalid(
+                    file,
+                    text,
+                    span.start,
+                    "publish.allow",
+                    "an empty allow list: nats-server reads it as no list, allowing \
+                     everything; leave `publish` out for that, or write \
+                     `publish = { deny = [\">\"] }` to allow nothing"
+                        .into(),
+                ));
+            }
             match list.into_inner() {
                 ListFile::One(s) => (Some(vec![Spanned::new(span, s)]), None),
                 ListFile::Many(v) => (Some(v), None),
@@ -553,7 +595,7 @@ fn compile_list(
         .map(|v| compile(v, &format!("{kind}.allow")))
         .transpose()?;
     // nats-server ignores an empty subscribe allow list (everything stays allowed); an empty
-    // publish allow list allows nothing.
+    // publish one is refused above.
     let allow = allow.filter(|v| !(queues && v.is_empty()));
     let deny = deny
         .map(|v| compile(v, &format!("{kind}.deny")))
@@ -654,6 +696,29 @@ user = "guest"
         );
         assert_eq!(rules.no_auth_user.as_ref().unwrap().name.as_ref(), "guest");
         assert!(rules.permissions_for(Some("guest")).is_some());
+
+        // allow_responses bounds as nats-server reads them: 0 is the default, a negative
+        // value no bound.
+        let bounds = |table: &str| {
+            let text = format!(
+                "[[users]]\nuser = \"s\"\n[users.permissions]\nallow_responses = {table}\n"
+            );
+            AclRules::from_str("t.toml", &text)
+                .map(|r| r.user("s").unwrap().permissions.as_ref().unwrap().responses)
+        };
+        let defaults = ResponseBounds::default();
+        assert_eq!(
+            bounds("{ max = 0, expires = \"0\" }").unwrap(),
+            Some(defaults)
+        );
+        assert_eq!(
+            bounds("{ max = -1, expires = \"-1s\" }").unwrap(),
+            Some(ResponseBounds {
+                max_msgs: 0,
+                expires: None
+            })
+        );
+        assert!(bounds("{ expires = \"-soon\" }").is_err());
         assert!(format!("{alice:?}").contains("***"));
         assert!(!format!("{alice:?}").contains("secret"));
     }
@@ -689,6 +754,19 @@ user = "guest"
                 "{e}"
             );
         }
+        // An empty publish allow list is refused (nats-server would allow everything); an
+        // empty subscribe allow list is ignored, as nats-server ignores it.
+        for publish in ["[]", "{ allow = [] }"] {
+            let text =
+                format!("[[users]]\nuser = \"a\"\n[users.permissions]\npublish = {publish}\n");
+            let e = AclRules::from_str("r.toml", &text).unwrap_err().to_string();
+            assert!(
+                e.starts_with("r.toml:4: `publish.allow`: an empty allow list"),
+                "{e}"
+            );
+        }
+        let text = "[[users]]\nuser = \"a\"\n[users.permissions]\nsubscribe = []\n";
+        assert!(AclRules::from_str("r.toml", text).is_ok());
         // Bcrypt hashes of tokens cannot be compared: two are allowed.
         let hashed = "\"$2a$11$abcdefghijklmnopqrstuuabcdefghijklmnopqrstuvwxyz0123\"";
         let text = format!(
