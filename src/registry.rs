@@ -130,6 +130,10 @@ impl ConnEntry {
 #[derive(Debug, Default)]
 pub struct Registry {
     conns: Mutex<BTreeMap<u64, Arc<ConnEntry>>>,
+    /// The last counts of every connection removed so far, added as it is removed (with
+    /// `conns` held), so that [`Registry::totals`] never goes backwards when a connection
+    /// moves from live to ended. Subscriptions are not summed: ended ones have none.
+    ended: Mutex<LiveCounts>,
     /// Woken whenever the last connection goes (a drain waits on it).
     emptied: tokio::sync::Notify,
 }
@@ -178,18 +182,25 @@ impl Registry {
         self.conns().values().cloned().collect()
     }
 
-    /// Sums over every live connection.
+    fn ended(&self) -> std::sync::MutexGuard<'_, LiveCounts> {
+        self.ended
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sums over every live connection (`subscriptions` included), and, in the message and
+    /// byte counts, over every ended one: counters that only grow, as `/varz` reports them.
     pub fn totals(&self) -> LiveCounts {
-        self.conns()
+        let conns = self.conns();
+        let live = conns
             .values()
             .map(|c| c.counts())
-            .fold(LiveCounts::default(), |a, b| LiveCounts {
-                in_msgs: a.in_msgs + b.in_msgs,
-                out_msgs: a.out_msgs + b.out_msgs,
-                in_bytes: a.in_bytes + b.in_bytes,
-                out_bytes: a.out_bytes + b.out_bytes,
-                subscriptions: a.subscriptions + b.subscriptions,
-            })
+            .fold(LiveCounts::default(), add);
+        let ended = *self.ended();
+        LiveCounts {
+            subscriptions: live.subscriptions,
+            ..add(live, ended)
+        }
     }
 }
 
@@ -199,15 +210,75 @@ pub struct Registered {
     pub entry: Arc<ConnEntry>,
 }
 
+fn add(a: LiveCounts, b: LiveCounts) -> LiveCounts {
+    LiveCounts {
+        in_msgs: a.in_msgs + b.in_msgs,
+        out_msgs: a.out_msgs + b.out_msgs,
+        in_bytes: a.in_bytes + b.in_bytes,
+        out_bytes: a.out_bytes + b.out_bytes,
+        subscriptions: a.subscriptions + b.subscriptions,
+    }
+}
+
 impl Drop for Registered {
     fn drop(&mut self) {
         let now_empty = {
             let mut conns = self.registry.conns();
-            conns.remove(&self.entry.cid);
+            if conns.remove(&self.entry.cid).is_some() {
+                let mut ended = self.registry.ended();
+                *ended = add(*ended, self.entry.counts());
+            }
             conns.is_empty()
         };
         if now_empty {
             self.registry.emptied.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection's counts move from live to ended as it is removed, in one step: the
+    /// totals never go backwards, and its subscriptions go with it.
+    #[test]
+    fn totals_keep_what_ended_connections_counted() {
+        let registry = Arc::new(Registry::default());
+        let counts = |n: u64| LiveCounts {
+            in_msgs: n,
+            out_msgs: 2 * n,
+            in_bytes: 10 * n,
+            out_bytes: 20 * n,
+            subscriptions: 1,
+        };
+        let entry = |cid| Arc::new(ConnEntry::new(cid, "l", "tcp", ([127, 0, 0, 1], 1).into()));
+        let first = registry.register(entry(1));
+        let second = registry.register(entry(2));
+        first.entry.publish(counts(3));
+        second.entry.publish(counts(4));
+        assert_eq!(
+            registry.totals(),
+            LiveCounts {
+                subscriptions: 2,
+                ..counts(7)
+            }
+        );
+        drop(first);
+        assert_eq!(
+            registry.totals(),
+            LiveCounts {
+                subscriptions: 1,
+                ..counts(7)
+            }
+        );
+        drop(second);
+        assert_eq!(
+            registry.totals(),
+            LiveCounts {
+                subscriptions: 0,
+                ..counts(7)
+            }
+        );
     }
 }

@@ -45,7 +45,7 @@ struct Listener {
 
 pub fn varz(shared: &EdgeShared) -> Response<Body> {
     let now = SystemTime::now();
-    let live = shared.registry.totals();
+    let totals = shared.registry.totals();
     let m = &shared.metrics;
     let config = shared.reloader.current();
     let listeners = shared
@@ -74,11 +74,11 @@ pub fn varz(shared: &EdgeShared) -> Response<Body> {
         ),
         connections: shared.registry.len(),
         total_connections: m.connections_total(),
-        in_msgs: m.client_msgs() + live.in_msgs,
-        in_bytes: m.client_bytes() + live.in_bytes,
-        out_msgs: m.upstream_msgs() + live.out_msgs,
-        out_bytes: m.upstream_bytes() + live.out_bytes,
-        subscriptions: live.subscriptions,
+        in_msgs: totals.in_msgs,
+        in_bytes: totals.in_bytes,
+        out_msgs: totals.out_msgs,
+        out_bytes: totals.out_bytes,
+        subscriptions: totals.subscriptions,
         listeners,
         upstreams: config
             .upstream_urls()

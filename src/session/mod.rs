@@ -142,6 +142,15 @@ pub async fn run(client: Box<Accepted>, env: Arc<SessionEnv>, accepted_at: Insta
     let summary = serve(client, &env, &registered.entry, accepted_at)
         .instrument(span.clone())
         .await;
+    // The final counts go into the entry before it leaves the registry, which adds them to
+    // its ended totals as it removes it: `/varz` counters never dip at a session's end.
+    registered.entry.publish(LiveCounts {
+        in_msgs: summary.client_msgs,
+        out_msgs: summary.upstream_msgs,
+        in_bytes: summary.client_bytes,
+        out_bytes: summary.upstream_bytes,
+        subscriptions: 0,
+    });
     drop(registered);
     env.listener_metrics.open.dec();
     env.metrics.session_ended(&summary);
