@@ -251,6 +251,7 @@ impl Edge {
             }));
         }
         let registry = Arc::new(Registry::default());
+        metrics.count_traffic_of(registry.clone());
         let health = Arc::new(Health::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (stop_accepting, stop_rx) = watch::channel(false);

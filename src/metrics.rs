@@ -267,6 +267,57 @@ impl EncodeMetric for BusyPollTime {
     }
 }
 
+/// `nats_edge_messages` and `nats_edge_bytes`: read from the connection registry at each
+/// scrape (every ended session, and the live ones as of their last wake-up), so a
+/// long-lived connection's traffic shows while it lasts, not only when it ends. Until a
+/// registry is attached, the counters of ended sessions.
+#[derive(Debug)]
+struct Traffic {
+    connections: Arc<OnceLock<Arc<crate::registry::Registry>>>,
+    /// The ended sessions' counters, by direction: the values without a registry.
+    ended: [Counter; 2],
+    bytes: bool,
+}
+
+impl Traffic {
+    /// Client to upstream, then upstream to client.
+    fn values(&self) -> [u64; 2] {
+        match self.connections.get() {
+            Some(registry) => {
+                let t = registry.totals();
+                if self.bytes {
+                    [t.in_bytes, t.out_bytes]
+                } else {
+                    [t.in_msgs, t.out_msgs]
+                }
+            }
+            None => [self.ended[0].get(), self.ended[1].get()],
+        }
+    }
+}
+
+impl TypedMetric for Traffic {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for Traffic {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (direction, value) in [CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT]
+            .into_iter()
+            .zip(self.values())
+        {
+            encoder
+                .encode_family(&l1("direction", direction))?
+                .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
 /// Every metric the edge exports.
 pub struct Metrics {
     registry: Registry,
@@ -274,9 +325,11 @@ pub struct Metrics {
     connections_total: Family<Labels2, Counter>,
     refused: Family<Labels2, Counter>,
     closes: Vec<Counter>,
-    /// Index 0: client to upstream, 1: upstream to client.
+    /// Index 0: client to upstream, 1: upstream to client. Added when a session ends.
     messages: [Counter; 2],
     bytes: [Counter; 2],
+    /// The connection registry the exported traffic counters are read from.
+    connections: Arc<OnceLock<Arc<crate::registry::Registry>>>,
     acl_denials: Family<Labels2, Counter>,
     /// The denial counters of each user with a label of their own (at most
     /// [`MAX_USER_LABELS`]), by [`DenialKind`]; each made at that user's first denial in
@@ -326,8 +379,9 @@ impl Metrics {
         let connections_total = Family::<Labels2, Counter>::default();
         let refused = Family::<Labels2, Counter>::default();
         let closed = Family::<Labels1, Counter>::default();
-        let messages = Family::<Labels1, Counter>::default();
-        let bytes = Family::<Labels1, Counter>::default();
+        let messages = [Counter::default(), Counter::default()];
+        let bytes = [Counter::default(), Counter::default()];
+        let connections = Arc::new(OnceLock::new());
         let acl_denials = Family::<Labels2, Counter>::default();
         let rewrites = Family::<Labels1, Counter>::default();
         let tags_applied = Counter::default();
@@ -364,13 +418,21 @@ impl Metrics {
         );
         registry.register(
             "nats_edge_messages",
-            "Message frames (PUB/HPUB, MSG/HMSG) read, by direction; added when a session ends",
-            messages.clone(),
+            "Message frames (PUB/HPUB, MSG/HMSG) read, by direction; live sessions as of their last wake-up",
+            Traffic {
+                connections: connections.clone(),
+                ended: messages.clone(),
+                bytes: false,
+            },
         );
         registry.register(
             "nats_edge_bytes",
-            "Bytes read, by direction; added when a session ends",
-            bytes.clone(),
+            "Bytes read, by direction; live sessions as of their last wake-up",
+            Traffic {
+                connections: connections.clone(),
+                ended: bytes.clone(),
+                bytes: true,
+            },
         );
         registry.register(
             "nats_edge_acl_denials",
@@ -463,8 +525,9 @@ impl Metrics {
                 .map(|dir| f.get_or_create(&l1("direction", dir)).clone())
         };
         Metrics {
-            messages: by_dir(&messages),
-            bytes: by_dir(&bytes),
+            messages,
+            bytes,
+            connections,
             registry,
             connections_open,
             connections_total,
@@ -614,6 +677,12 @@ impl Metrics {
             .iter()
             .map(|l| u64::try_from(l.open.get()).unwrap_or(0))
             .sum()
+    }
+
+    /// Exports the traffic counters from `registry` (ended and live sessions) rather than
+    /// from the ended sessions alone. Once: a second registry is ignored.
+    pub fn count_traffic_of(&self, registry: Arc<crate::registry::Registry>) {
+        let _ = self.connections.set(registry);
     }
 
     /// Message frames the clients sent, over every ended session.

@@ -131,7 +131,14 @@ async fn metrics_connz_and_varz_count_known_traffic() {
         "{varz}"
     );
 
-    // Both clients leave; the totals land in /metrics once the sessions end.
+    // The live sessions' traffic is in /metrics already, as in /varz.
+    let (_, live) = http_get(admin, "/metrics").await;
+    for direction in ["client_to_upstream", "upstream_to_client"] {
+        let name = format!("nats_edge_messages_total{{direction=\"{direction}\"}}");
+        assert_eq!(sample(&live, &name), 3.0, "{name}");
+    }
+
+    // Both clients leave; the totals stay in /metrics once the sessions end.
     drop(sub);
     drop(publisher);
     let text = poll_http(admin, "/metrics", |_, body| {
