@@ -105,12 +105,16 @@ impl ConnEntry {
         self.client_info.get()
     }
 
-    /// Stores the session's counts; called once per wake-up of the session's task.
+    /// Stores the session's counts; called once per wake-up of the session's task. The
+    /// message and byte counters never go down here, as the counters exported from them
+    /// must not: a session takes back the bytes of a PONG that answered the edge's own PING
+    /// once it has the whole frame, which can be after it counted the first part of it.
     pub fn publish(&self, counts: LiveCounts) {
-        self.in_msgs.store(counts.in_msgs, Ordering::Relaxed);
-        self.out_msgs.store(counts.out_msgs, Ordering::Relaxed);
-        self.in_bytes.store(counts.in_bytes, Ordering::Relaxed);
-        self.out_bytes.store(counts.out_bytes, Ordering::Relaxed);
+        self.in_msgs.fetch_max(counts.in_msgs, Ordering::Relaxed);
+        self.out_msgs.fetch_max(counts.out_msgs, Ordering::Relaxed);
+        self.in_bytes.fetch_max(counts.in_bytes, Ordering::Relaxed);
+        self.out_bytes
+            .fetch_max(counts.out_bytes, Ordering::Relaxed);
         self.subscriptions
             .store(counts.subscriptions, Ordering::Relaxed);
     }
@@ -278,6 +282,21 @@ mod tests {
             LiveCounts {
                 subscriptions: 0,
                 ..counts(7)
+            }
+        );
+        // A lower count published later (bytes taken back) leaves the counters where they
+        // were; subscriptions follow the session.
+        let third = registry.register(entry(3));
+        third.entry.publish(counts(5));
+        third.entry.publish(LiveCounts {
+            subscriptions: 0,
+            ..counts(4)
+        });
+        assert_eq!(
+            third.entry.counts(),
+            LiveCounts {
+                subscriptions: 0,
+                ..counts(5)
             }
         );
     }
