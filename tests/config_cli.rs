@@ -216,6 +216,8 @@ fn check_warns_of_a_nested_key_with_one_underscore() {
             ("NATS_EDGE_DRAIN_TIMEOUT", "60s"),
             ("NATS_EDGE_ADMIN_SERVICE_HOST", "10.96.0.7"),
             ("NATS_EDGE_PORT_4222_TCP", "tcp://10.96.0.8:4222"),
+            // Not ASCII where a section name could end: neither a key nor a panic.
+            ("NATS_EDGE_LO\u{e9}_X", "1"),
         ],
     );
     assert!(out.status.success(), "stderr: {}", stderr(&out));

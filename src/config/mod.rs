@@ -844,16 +844,15 @@ pub fn mistyped_env_vars() -> Vec<(String, String)> {
             if service_link {
                 return None;
             }
+            // By bytes: a name is not always ASCII; a section name is, so a match ends on a
+            // character boundary.
             let section = ENV_SECTIONS.iter().find(|s| {
                 rest.len() > s.len() + 1
-                    && rest[..s.len()].eq_ignore_ascii_case(s)
+                    && rest.as_bytes()[..s.len()].eq_ignore_ascii_case(s.as_bytes())
                     && rest.as_bytes()[s.len()] == b'_'
             })?;
-            let meant = format!(
-                "{ENV_PREFIX}{}__{}",
-                &rest[..section.len()],
-                &rest[section.len() + 1..]
-            );
+            let (head, tail) = rest.split_at(section.len());
+            let meant = format!("{ENV_PREFIX}{head}__{}", &tail[1..]);
             Some((var, meant))
         })
         .collect()

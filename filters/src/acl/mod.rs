@@ -859,7 +859,8 @@ fn passthrough_user(
             "the CONNECT presents more than one kind of credential (user, nkey or jwt, auth_token)",
         );
     }
-    let subject = jwt.map(|jwt| jwt_subject(jwt).unwrap_or_default());
+    let claims = jwt.map(|jwt| jwt_claims(jwt).unwrap_or_default());
+    let subject = claims.as_ref().map(|c| c.subject.clone());
     if let (Some(nkey), Some(subject)) = (nkey, &subject) {
         if nkey != subject {
             return Err("the CONNECT's nkey is not the subject of its JWT");
@@ -869,8 +870,12 @@ fn passthrough_user(
         return Ok(Some(Arc::from(user)));
     }
     let key = nkey.or(subject.as_deref().filter(|s| !s.is_empty()));
+    // A bearer JWT is one nats-server admits without a signature (browsers hold no seed);
+    // it checks the JWT's issuer instead, in operator mode, the one mode in which JWT names
+    // count at all (docs/acl.md).
+    let bearer = nkey.is_none() && claims.as_ref().is_some_and(|c| c.bearer);
     Ok(key.and_then(|key| {
-        let signed = signed_by(key, given(&connect.sig), nonce);
+        let signed = bearer || signed_by(key, given(&connect.sig), nonce);
         if !signed {
             tracing::info!(
                 key,
@@ -895,12 +900,26 @@ fn signed_by(public_key: &str, sig: Option<&str>, nonce: Option<&str>) -> bool {
         .is_ok()
 }
 
-/// The `sub` claim of a JWT, read without verifying it (nats-server verifies it).
-fn jwt_subject(jwt: &str) -> Option<String> {
+/// What the edge reads of a user JWT, without verifying it (nats-server verifies it).
+#[derive(Default)]
+struct JwtClaims {
+    /// `sub`: the user's public key.
+    subject: String,
+    /// `nats.bearer_token`: the JWT alone admits its holder, with no signature.
+    bearer: bool,
+}
+
+fn jwt_claims(jwt: &str) -> Option<JwtClaims> {
     let payload = jwt.split('.').nth(1)?;
     let decoded = base64url_decode(payload)?;
     let claims: serde_json::Value = serde_json::from_slice(&decoded).ok()?;
-    claims.get("sub")?.as_str().map(str::to_string)
+    Some(JwtClaims {
+        subject: claims.get("sub")?.as_str()?.to_string(),
+        bearer: claims
+            .pointer("/nats/bearer_token")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false),
+    })
 }
 
 fn base64url_decode(text: &str) -> Option<Vec<u8>> {

@@ -219,6 +219,23 @@ fn passthrough_names_a_key_only_when_its_signature_checks_out() {
             "{json}"
         );
     }
+    // A user JWT names the client the same way; a bearer JWT (nats.ws in a browser, which
+    // holds no seed) needs no signature, as nats-server admits it without one.
+    let jwt = |claims: &str| format!("e30.{}.sig", base64url(claims.as_bytes()));
+    let plain = jwt(&format!(r#"{{"sub":"{public}"}}"#));
+    let bearer = jwt(&format!(
+        r#"{{"sub":"{public}","nats":{{"bearer_token":true}}}}"#
+    ));
+    let (named, _) = unproven(format!(r#"{{"jwt":"{plain}"}}"#), Some("n0nce"));
+    assert_eq!(named, None);
+    let (named, _) = unproven(
+        format!(r#"{{"jwt":"{plain}","sig":"{good}"}}"#),
+        Some("n0nce"),
+    );
+    assert_eq!(named.as_deref(), Some(public.as_str()));
+    let (named, admin) = unproven(format!(r#"{{"jwt":"{bearer}"}}"#), Some("n0nce"));
+    assert_eq!(named.as_deref(), Some(public.as_str()));
+    assert_eq!(admin, Verdict::Forward);
 }
 
 #[test]
