@@ -33,16 +33,35 @@ impl Default for ResponseBounds {
 /// nats-server prunes its reply table after this many new entries; so does the tracker.
 const PRUNE_EVERY: usize = 4096;
 
-/// The reply subjects a tracker holds, in bytes, at most: the count bound alone would let
-/// requesters with long reply subjects (up to the control-line limit each) make one
-/// service's tracker hold hundreds of MiB.
-const SUBJECT_BYTES: usize = 4 * 1024 * 1024;
+/// What a tracker holds, in bytes, at most (reply subjects, and the values kept with them):
+/// the count bound alone would let requesters with long reply subjects (up to the
+/// control-line limit each) make one connection's tracker hold hundreds of MiB.
+const HELD_BYTES: usize = 4 * 1024 * 1024;
+
+/// The bytes a value kept with a reply holds, counted against [`HELD_BYTES`].
+pub trait HeldBytes {
+    fn held_bytes(&self) -> usize;
+}
+
+impl HeldBytes for () {
+    fn held_bytes(&self) -> usize {
+        0
+    }
+}
+
+impl HeldBytes for Option<bytes::Bytes> {
+    fn held_bytes(&self) -> usize {
+        self.as_ref().map_or(0, bytes::Bytes::len)
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Entry<V> {
     delivered: Instant,
     answers: u32,
     value: V,
+    /// The reply subject's bytes and the value's, against [`HELD_BYTES`].
+    bytes: usize,
 }
 
 /// The reply subjects a connection may answer, bounded in count and age, each with a value
@@ -52,8 +71,8 @@ pub struct ResponseTracker<V = ()> {
     bounds: ResponseBounds,
     capacity: usize,
     replies: HashMap<Box<[u8]>, Entry<V>>,
-    /// The bytes of the reply subjects in `replies`, against [`SUBJECT_BYTES`].
-    subject_bytes: usize,
+    /// The bytes of the entries in `replies`, against [`HELD_BYTES`].
+    held_bytes: usize,
     since_prune: usize,
 }
 
@@ -64,21 +83,21 @@ impl ResponseTracker<()> {
     }
 }
 
-impl<V> ResponseTracker<V> {
-    /// A tracker holding at most `capacity` reply subjects (and at most [`SUBJECT_BYTES`] of
+impl<V: HeldBytes> ResponseTracker<V> {
+    /// A tracker holding at most `capacity` reply subjects (and at most [`HELD_BYTES`] of
     /// them): past either, spent and expired ones are pruned, then the oldest are forgotten.
     pub fn new(bounds: ResponseBounds, capacity: usize) -> Self {
         ResponseTracker {
             bounds,
             capacity: capacity.max(1),
             replies: HashMap::new(),
-            subject_bytes: 0,
+            held_bytes: 0,
             since_prune: 0,
         }
     }
 
     fn over(&self) -> bool {
-        self.replies.len() > self.capacity || self.subject_bytes > SUBJECT_BYTES
+        self.replies.len() > self.capacity || self.held_bytes > HELD_BYTES
     }
 
     pub fn bounds(&self) -> ResponseBounds {
@@ -91,10 +110,12 @@ impl<V> ResponseTracker<V> {
         let entry = Entry {
             delivered: now,
             answers: 0,
+            bytes: reply.len() + value.held_bytes(),
             value,
         };
-        if self.replies.insert(reply.into(), entry).is_none() {
-            self.subject_bytes += reply.len();
+        self.held_bytes += entry.bytes;
+        if let Some(replaced) = self.replies.insert(reply.into(), entry) {
+            self.held_bytes -= replaced.bytes;
         }
         self.since_prune += 1;
         if self.since_prune >= PRUNE_EVERY || self.over() {
@@ -116,8 +137,9 @@ impl<V> ResponseTracker<V> {
         let spent = bounds.max_msgs > 0 && entry.answers > bounds.max_msgs;
         let expired = is_expired(bounds, entry, now);
         if spent || expired {
-            self.replies.remove(subject);
-            self.subject_bytes -= subject.len();
+            if let Some(removed) = self.replies.remove(subject) {
+                self.held_bytes -= removed.bytes;
+            }
             return None;
         }
         self.replies.get(subject).map(|entry| &entry.value)
@@ -143,24 +165,25 @@ impl<V> ResponseTracker<V> {
     fn prune(&mut self, now: Instant) {
         let bounds = self.bounds;
         let mut removed = 0;
-        self.replies.retain(|subject, entry| {
+        self.replies.retain(|_, entry| {
             let spent = bounds.max_msgs > 0 && entry.answers >= bounds.max_msgs;
             let keep = !spent && !is_expired(bounds, entry, now);
-            removed += if keep { 0 } else { subject.len() };
+            removed += if keep { 0 } else { entry.bytes };
             keep
         });
-        self.subject_bytes -= removed;
-        if self.over() {
-            // Still over (a client receiving requests faster than it answers them): forget
-            // the oldest deliveries, down to 7/8 of the capacity (or, when the subjects'
-            // bytes are what is over, to 7/8 of those bytes' worth of entries at their
-            // average size), so that the next eviction is an eighth of the way away and its
-            // cost is shared by all of the deliveries until then. Only the delivery times
-            // are copied and partly ordered, never the subjects.
+        self.held_bytes -= removed;
+        // Still over (a client receiving requests faster than it answers them): forget the
+        // oldest deliveries, down to 7/8 of the capacity (or, when the bytes are what is
+        // over, to 7/8 of those bytes' worth of entries at their average size), so that the
+        // next eviction is an eighth of the way away and its cost is shared by all of the
+        // deliveries until then. Only the delivery times are copied and partly ordered,
+        // never the subjects. Old entries shorter than the average leave it over after one
+        // pass: another follows, each forgetting at least one entry.
+        while self.over() {
             let by_count = self.capacity * 7 / 8;
-            let by_bytes = (SUBJECT_BYTES * 7 / 8)
+            let by_bytes = (HELD_BYTES * 7 / 8)
                 .saturating_mul(self.replies.len())
-                .checked_div(self.subject_bytes)
+                .checked_div(self.held_bytes)
                 .unwrap_or(by_count);
             let keep = by_count.min(by_bytes).max(1);
             let excess = self.replies.len().saturating_sub(keep).max(1);
@@ -171,7 +194,7 @@ impl<V> ResponseTracker<V> {
             let mut left = excess;
             let mut evicted = 0;
             for at_cutoff in [false, true] {
-                self.replies.retain(|subject, e| {
+                self.replies.retain(|_, e| {
                     let evict = left > 0
                         && if at_cutoff {
                             e.delivered == cutoff
@@ -179,11 +202,11 @@ impl<V> ResponseTracker<V> {
                             e.delivered < cutoff
                         };
                     left -= usize::from(evict);
-                    evicted += if evict { subject.len() } else { 0 };
+                    evicted += if evict { e.bytes } else { 0 };
                     !evict
                 });
             }
-            self.subject_bytes -= evicted;
+            self.held_bytes -= evicted;
         }
         self.since_prune = 0;
     }
@@ -245,7 +268,7 @@ mod tests {
     /// are forgotten, the newest kept, and the byte count stays exact through answers,
     /// pruning and eviction.
     #[test]
-    fn subject_bytes_are_bounded_too() {
+    fn held_bytes_are_bounded_too() {
         let now = Instant::now();
         let bounds = ResponseBounds {
             max_msgs: 1,
@@ -256,21 +279,52 @@ mod tests {
         let exact = |t: &ResponseTracker| t.replies.keys().map(|k| k.len()).sum::<usize>();
         for i in 0..4096u64 {
             t.delivered(&subject(i), now + Duration::from_micros(i));
-            assert!(t.subject_bytes <= SUBJECT_BYTES + 4096, "{i}");
+            assert!(t.held_bytes <= HELD_BYTES, "{i}");
         }
-        assert_eq!(t.subject_bytes, exact(&t));
+        assert_eq!(t.held_bytes, exact(&t));
         assert!(t.len() < 1024, "{}", t.len());
         assert!(t.may_answer(&subject(4095), now));
         assert!(!t.may_answer(&subject(0), now));
         // An answer that spends its entry gives its bytes back; so does expiry.
-        let before = t.subject_bytes;
+        let before = t.held_bytes;
         assert!(t.answer(&subject(4095), now));
         assert!(!t.answer(&subject(4095), now));
-        assert_eq!(t.subject_bytes, before - 4096);
+        assert_eq!(t.held_bytes, before - 4096);
         t.delivered(b"short", now + Duration::from_secs(3600));
         t.prune(now + Duration::from_secs(3600));
-        assert_eq!(t.subject_bytes, exact(&t));
+        assert_eq!(t.held_bytes, exact(&t));
         assert_eq!(t.len(), 1);
+
+        // The values kept with replies count too: rewrite keeps the upstream's reply subject
+        // under a short token of its own.
+        let mut kept: ResponseTracker<Option<bytes::Bytes>> =
+            ResponseTracker::new(bounds, 1_000_000);
+        for i in 0..4096u64 {
+            let token = format!("_R_.{i:016x}");
+            let upstream = bytes::Bytes::from(subject(i));
+            kept.delivered_with(
+                token.as_bytes(),
+                Some(upstream),
+                now + Duration::from_micros(i),
+            );
+            assert!(kept.held_bytes <= HELD_BYTES, "{i}");
+        }
+        assert!(kept.len() < 1100, "{}", kept.len());
+
+        // Many short old entries, then long new ones: the oldest are forgotten by age, so
+        // one pass at the average size is not enough; every delivery still ends under.
+        let mut mixed = ResponseTracker::new(bounds, 1_000_000);
+        for i in 0..200_000u64 {
+            mixed.delivered(format!("s{i}").as_bytes(), now);
+        }
+        for i in 0..2048u64 {
+            mixed.delivered(
+                &subject(i),
+                now + Duration::from_secs(1) + Duration::from_micros(i),
+            );
+            assert!(mixed.held_bytes <= HELD_BYTES, "{i}");
+        }
+        assert_eq!(mixed.held_bytes, exact(&mixed));
     }
 
     #[test]
