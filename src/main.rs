@@ -461,17 +461,26 @@ fn signal_reload(cli: &Cli, overrides: &Overrides) -> anyhow::Result<u32> {
         .with_context(|| format!("pid file {}: {pid} is not a process id", path.display()))?;
     // A pid file left by an edge that was killed may name a process id reused since: that
     // process must not get a SIGHUP, which ends most programs.
+    // It is taken for nats-edge when its name or its executable is this program's; when
+    // /proc does not say (mounted with hidepid), the signal goes as before.
     let name = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm"));
-    match (name(&pid.to_string()), name("self")) {
-        (Ok(theirs), Ok(ours)) if theirs.trim() != ours.trim() => anyhow::bail!(
-            "pid file {}: process {pid} is `{}`, not nats-edge: a stale pid file?",
-            path.display(),
-            theirs.trim()
-        ),
-        (Err(_), Ok(_)) => anyhow::bail!(
+    let exe = |pid: &str| std::fs::read_link(format!("/proc/{pid}/exe"));
+    let id = pid.to_string();
+    match (name(&id), name("self")) {
+        (Err(e), _) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
             "pid file {}: no process {pid}: is nats-edge running (a stale pid file)?",
             path.display()
         ),
+        (Ok(theirs), Ok(ours)) if theirs.trim() != ours.trim() => {
+            let same_program = matches!((exe(&id), exe("self")), (Ok(a), Ok(b)) if a == b);
+            if !same_program {
+                anyhow::bail!(
+                    "pid file {}: process {pid} is `{}`, not nats-edge: a stale pid file?",
+                    path.display(),
+                    theirs.trim()
+                );
+            }
+        }
         _ => {}
     }
     // The signal is sent directly, not through a `kill` program: the container image has

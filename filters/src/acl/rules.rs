@@ -505,17 +505,21 @@ fn compile_permissions(
                 expires: match expires {
                     None => defaults.expires,
                     Some(s) if s.get_ref().trim().starts_with('-') => {
-                        let magnitude = s.get_ref().trim().trim_start_matches('-');
-                        if parse_duration(magnitude).is_none() {
-                            return Err(invalid(
-                                file,
-                                text,
-                                s.span().start,
-                                "allow_responses.expires",
-                                format!("`{}` is not a duration such as \"2m\"", s.get_ref()),
-                            ));
+                        // One sign, as Go's ParseDuration takes it; minus zero is zero.
+                        let magnitude = s.get_ref().trim()[1..].trim_start();
+                        match parse_duration(magnitude).filter(|_| !magnitude.starts_with('-')) {
+                            None => {
+                                return Err(invalid(
+                                    file,
+                                    text,
+                                    s.span().start,
+                                    "allow_responses.expires",
+                                    format!("`{}` is not a duration such as \"2m\"", s.get_ref()),
+                                ))
+                            }
+                            Some(d) if d.is_zero() => defaults.expires,
+                            Some(_) => None,
                         }
-                        None
                     }
                     Some(s) => {
                         let d = parse_duration(s.get_ref()).ok_or_else(|| {
@@ -719,6 +723,8 @@ user = "guest"
             })
         );
         assert!(bounds("{ expires = \"-soon\" }").is_err());
+        assert!(bounds("{ expires = \"--1s\" }").is_err());
+        assert_eq!(bounds("{ expires = \"-0s\" }").unwrap(), Some(defaults));
         assert!(format!("{alice:?}").contains("***"));
         assert!(!format!("{alice:?}").contains("secret"));
     }
