@@ -149,12 +149,26 @@ pub fn authenticate(
             .ok_or(AuthFailure::NeedsSlowCheck)
     };
     if let Some(peer) = tls {
-        let mapped = rules.users().find(|u| {
-            u.tls_subject.as_deref() == Some(peer.subject.as_str())
-                || u.tls_san
-                    .as_deref()
-                    .is_some_and(|san| peer.sans.iter().any(|s| s == san))
-        });
+        // In nats-server's order (verify_and_map): e-mail names, DNS names, URIs, then the
+        // subject; the certificate's own order within a kind. The rules give each value to
+        // one user at most, so the first match is the certificate's user, whatever order
+        // the users are looked at in.
+        let kind = |san: &str| match san.split(':').next() {
+            Some("email") => 0,
+            Some("DNS") => 1,
+            Some("URI") => 2,
+            _ => 3,
+        };
+        let mut sans: Vec<&String> = peer.sans.iter().collect();
+        sans.sort_by_key(|san| kind(san));
+        let mapped = sans
+            .into_iter()
+            .find_map(|san| rules.users().find(|u| u.tls_san.as_ref() == Some(san)))
+            .or_else(|| {
+                rules
+                    .users()
+                    .find(|u| u.tls_subject.as_deref() == Some(peer.subject.as_str()))
+            });
         if let Some(user) = mapped {
             return Ok((user.clone(), AuthMethod::Certificate));
         }
@@ -286,6 +300,40 @@ user = "guest"
         );
         assert!(is_bcrypt("$2a$11$abcdefghijklmnopqrstuv"));
         assert!(!is_bcrypt("$2c$11$abc"));
+    }
+
+    /// A certificate that could name several users names the one nats-server's
+    /// verify_and_map would: e-mail names first, then DNS names, URIs, and the subject last.
+    #[test]
+    fn a_certificate_maps_in_nats_servers_order() {
+        let rules = AclRules::from_str(
+            "t.toml",
+            r#"
+[[users]]
+user = "by-subject"
+tls_subject = "CN=d"
+[[users]]
+user = "by-dns"
+tls_san = "DNS:d.example.com"
+[[users]]
+user = "by-email"
+tls_san = "email:d@example.com"
+"#,
+        )
+        .unwrap();
+        let c = SecretChecker::default();
+        let who = |sans: &[&str]| {
+            let peer = TlsPeer {
+                subject: "CN=d".into(),
+                sans: sans.iter().map(|s| s.to_string()).collect(),
+            };
+            authenticate(&rules, &c, &connect("{}"), Some(&peer), Checks::All)
+                .map(|(u, _)| u.name.to_string())
+        };
+        let all = ["DNS:d.example.com", "IP:192.0.2.1", "email:d@example.com"];
+        assert_eq!(who(&all), Ok("by-email".into()));
+        assert_eq!(who(&all[..2]), Ok("by-dns".into()));
+        assert_eq!(who(&["IP:192.0.2.1"]), Ok("by-subject".into()));
     }
 
     /// On a session's thread only remembered bcrypt results count: an unknown one asks for
