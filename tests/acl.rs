@@ -57,18 +57,32 @@ fn connect_as(user: &str) -> Vec<u8> {
 struct Targets {
     _direct_server: NatsServer,
     _edge_server: NatsServer,
+    /// The two servers' monitoring ports.
+    monitors: [u16; 2],
     edge: nats_edge::Edge,
 }
 
 impl Targets {
     async fn start() -> Targets {
-        let direct = NatsServer::start_with_config(SERVER_PERMISSIONS);
-        let behind = NatsServer::start_with_config(SERVER_USERS_ONLY);
+        let (direct, direct_monitor) = transport_support::server_with_monitor(SERVER_PERMISSIONS);
+        let (behind, behind_monitor) = transport_support::server_with_monitor(SERVER_USERS_ONLY);
         let edge = start_edge(&[behind.url()], &format!("[auth]\nrules = [{RULES:?}]\n")).await;
         Targets {
             _direct_server: direct,
             _edge_server: behind,
+            monitors: [direct_monitor, behind_monitor],
             edge,
+        }
+    }
+
+    /// Waits until both servers have seen the last case's connections go. A queue
+    /// subscription lives until its connection is gone upstream, and a later case's message
+    /// to the same queue group may go to that member instead: the edge ends its upstream
+    /// connection a round trip after its client leaves (to deliver what is still owed),
+    /// nats-server its own a little sooner, so cases in a row would race otherwise.
+    async fn settle(&self) {
+        for monitor in self.monitors {
+            transport_support::wait_for_connections(monitor, 0).await;
         }
     }
 
@@ -140,6 +154,7 @@ async fn connect_is_read_like_nats_server_reads_it() {
         );
         let got = raw_outcome(targets.edged(), case.as_bytes()).await;
         assert_eq!(got, expected, "{}", show(case.as_bytes()));
+        targets.settle().await;
     }
 }
 
@@ -223,6 +238,7 @@ async fn bypass_attempts_are_refused_like_nats_server_and_twins_pass() {
             for chunk in [usize::MAX, 7, 1] {
                 let expected = outcome(targets.direct(), user, bytes.as_bytes(), chunk).await;
                 let got = outcome(targets.edged(), user, bytes.as_bytes(), chunk).await;
+                targets.settle().await;
                 assert_eq!(
                     got,
                     expected,
@@ -661,7 +677,9 @@ async fn allow_responses_lets_a_service_answer_a_bounded_number_of_times() {
 /// What nats-server and the edge answer to `CONNECT connect` then `bytes`, up to the PONG
 /// that follows them, and whether each closed.
 async fn direct_and_edged(targets: &Targets, connect: &str, bytes: &str) -> [(String, bool); 2] {
-    replies_of([targets.direct(), targets.edged()], connect, bytes).await
+    let replies = replies_of([targets.direct(), targets.edged()], connect, bytes).await;
+    targets.settle().await;
+    replies
 }
 
 /// What nats-server (`addrs[0]`) answers `orders`, quiet and then verbose, to `bytes`, after
