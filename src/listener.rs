@@ -22,7 +22,7 @@ use tracing::Instrument;
 use crate::config::ListenerKind;
 use crate::metrics::{ListenerMetrics, Refusal};
 use crate::proto::encode_server_op;
-use crate::session::{self, info::info_before_error, SessionEnv};
+use crate::session::{self, info::encode_info_before_error, SessionEnv};
 use crate::transport::{self, Accepted, HandshakeError, ListenerTransport, StageCell};
 
 /// What a listener serves new connections with; swapped whole by a reload.
@@ -294,14 +294,9 @@ const REFUSAL_WRITE: Duration = Duration::from_secs(2);
 async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, cell: &ListenerCell, client: SocketAddr) {
     cell.metrics.refused(Refusal::MaxConnections);
     tracing::info!(listener = %cell.name, %client, "maximum connections exceeded: refused");
-    let last = cell
-        .last_info
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .clone();
-    let info = info_before_error(last, &cell.current().env.info_rewrite, client);
     let mut buf = BytesMut::new();
-    encode_server_op(&ServerOp::Info(Box::new(info)), &mut buf);
+    let rewrite = &cell.current().env.info_rewrite;
+    encode_info_before_error(&cell.last_info, rewrite, client, &mut buf);
     encode_server_op(
         &ServerOp::Err(errors::MAX_CONNECTIONS_EXCEEDED.to_string()),
         &mut buf,

@@ -2,8 +2,12 @@
 //! connected to, never an upstream address.
 
 use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
 
-use nats_edge_filters::Info;
+use bytes::BytesMut;
+use nats_edge_filters::{Info, ServerOp};
+
+use crate::proto::encode_server_op;
 
 /// What a listener tells its clients about itself.
 #[derive(Debug, Clone)]
@@ -98,6 +102,18 @@ pub fn info_before_error(last: Option<Info>, rewrite: &InfoRewrite, client: Sock
     info.extra.remove("client_id");
     rewrite.apply(&mut info, client);
     info
+}
+
+/// Encodes into `buf` the [`info_before_error`] for `last`, a listener's stored INFO.
+pub fn encode_info_before_error(
+    last: &Mutex<Option<Info>>,
+    rewrite: &InfoRewrite,
+    client: SocketAddr,
+    buf: &mut BytesMut,
+) {
+    let last = last.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let info = info_before_error(last, rewrite, client);
+    encode_server_op(&ServerOp::Info(Box::new(info)), buf);
 }
 
 #[cfg(test)]

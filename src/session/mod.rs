@@ -424,14 +424,8 @@ async fn tell_and_close(
     tls_after_info: Option<tokio_rustls::TlsAcceptor>,
     error: ServerOp,
 ) {
-    let last = env
-        .last_info
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let info = info::info_before_error(last, &env.info_rewrite, client_addr);
     let mut buf = BytesMut::new();
-    encode_server_op(&ServerOp::Info(Box::new(info)), &mut buf);
+    info::encode_info_before_error(&env.last_info, &env.info_rewrite, client_addr, &mut buf);
     if let Some(acceptor) = tls_after_info {
         let written = tokio::time::timeout(CLOSE_GRACE, client.write_all(&buf)).await;
         if !matches!(written, Ok(Ok(()))) {
