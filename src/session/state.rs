@@ -20,8 +20,9 @@ pub const MAX_DELIVERED_PAYLOAD: u64 = 64 * 1024 * 1024;
 pub const MAX_PENDING_BARRIERS: usize = 64;
 
 /// How many bytes of answers may wait behind upstream replies before the client reader
-/// pauses (checked before each read, as the barrier count is). Answers in a row share one barrier, so the count of barriers alone does not bound
-/// them: a client that never reads, sending op after refused op, would grow the newest.
+/// pauses (checked before each read, as the barrier count is). Answers in a row share one
+/// barrier, so the count of barriers alone does not bound them: a client that never reads,
+/// sending op after refused op, would grow the newest.
 pub const MAX_HELD_ANSWER_BYTES: usize = 64 * 1024;
 
 /// Answers the edge made itself, held until the upstream has answered everything sent

@@ -238,8 +238,7 @@ pub async fn read_header(stream: &mut TcpStream) -> Result<Option<ProxyAddrs>, R
 /// source, and nats-server releases before 2.12.12 and 2.14.3 refuse a v1 `TCP6` line that
 /// carries an IPv4-mapped address, which is the other way to put the two in one family.
 fn same_family(addrs: ProxyAddrs) -> (SocketAddr, SocketAddr) {
-    let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
-    let (src, dst) = (canon(addrs.src), canon(addrs.dst));
+    let (src, dst) = (super::canonical(addrs.src), super::canonical(addrs.dst));
     if src.is_ipv4() == dst.is_ipv4() {
         return (src, dst);
     }
