@@ -32,6 +32,9 @@ pub struct ConnEntry {
     in_bytes: AtomicU64,
     out_bytes: AtomicU64,
     subscriptions: AtomicU64,
+    /// A drain's request to end this session now; it holds the request if the session is
+    /// not yet waiting on it. Sessions look at it only once they are in lame-duck mode.
+    close_requested: tokio::sync::Notify,
 }
 
 /// The client's own description, from its CONNECT (nats-server's connz `name`, `lang`,
@@ -72,7 +75,18 @@ impl ConnEntry {
             in_bytes: AtomicU64::new(0),
             out_bytes: AtomicU64::new(0),
             subscriptions: AtomicU64::new(0),
+            close_requested: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Asks the session to end as at shutdown (a drain spreading its closes).
+    pub fn request_close(&self) {
+        self.close_requested.notify_one();
+    }
+
+    /// Resolves once [`ConnEntry::request_close`] was called, before or after this call.
+    pub fn close_requested(&self) -> tokio::sync::futures::Notified<'_> {
+        self.close_requested.notified()
     }
 
     pub fn set_user(&self, user: Option<String>) {

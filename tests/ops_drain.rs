@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn spawn_edge(server: &NatsServer, grace: &str) -> EdgeProcess {
+fn spawn_edge(server: &NatsServer, grace: &str, timeout: &str) -> EdgeProcess {
     EdgeProcess::spawn(
         &["--listen", "127.0.0.1:0", "--upstream", &server.url()],
         &[
             ("NATS_EDGE_ADMIN__LISTEN", "127.0.0.1:0"),
             ("NATS_EDGE_DRAIN__GRACE_PERIOD", grace),
-            ("NATS_EDGE_DRAIN__TIMEOUT", "60s"),
+            ("NATS_EDGE_DRAIN__TIMEOUT", timeout),
         ],
     )
 }
@@ -33,7 +33,7 @@ async fn protocol_one_client(edge: &EdgeProcess) -> (RawConn, serde_json::Value)
 async fn sigterm_sends_lame_duck_refuses_new_clients_and_exits_when_clients_leave() {
     let server = NatsServer::start();
     let grace = Duration::from_secs(30);
-    let mut edge = spawn_edge(&server, "30s");
+    let mut edge = spawn_edge(&server, "30s", "60s");
     let admin = edge.admin_addr();
     let (mut raw, first_info) = protocol_one_client(&edge).await;
 
@@ -78,12 +78,30 @@ async fn sigterm_sends_lame_duck_refuses_new_clients_and_exits_when_clients_leav
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_left_after_the_grace_period_are_closed() {
+async fn clients_left_after_the_grace_period_are_closed_one_by_one() {
     let server = NatsServer::start();
-    let mut edge = spawn_edge(&server, "200ms");
-    let (mut raw, _) = protocol_one_client(&edge).await;
+    // 1 s left for the closes after the grace period and the last session's 2 s close grace:
+    // five clients are closed about 200 ms apart, as nats-server's lame-duck mode spreads
+    // them, so that they do not all reconnect elsewhere at once.
+    let mut edge = spawn_edge(&server, "200ms", "3200ms");
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(protocol_one_client(&edge).await.0);
+    }
     send_signal(edge.pid(), "TERM");
-    assert!(raw.closes_within(WAIT).await, "the client was not closed");
+    let closed_at: Vec<Instant> =
+        futures::future::join_all(clients.into_iter().map(|mut raw| async move {
+            assert!(raw.closes_within(WAIT).await, "a client was not closed");
+            Instant::now()
+        }))
+        .await;
+    let first = closed_at.iter().min().copied();
+    let last = closed_at.iter().max().copied();
+    let spread = last.zip(first).map(|(l, f)| l - f).unwrap_or_default();
+    assert!(
+        spread >= Duration::from_millis(400),
+        "closed within {spread:?} of each other"
+    );
     let status = edge.wait_exit().await;
     assert!(
         status.success(),
@@ -91,13 +109,14 @@ async fn clients_left_after_the_grace_period_are_closed() {
         edge.log().dump()
     );
     let (_, line) = edge.wait_log(0, "drained");
-    assert_eq!(line["closed_by_edge"], 1, "{line}");
+    assert_eq!(line["closed_by_edge"], 5, "{line}");
+    assert_eq!(line["timed_out"], false, "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
     let server = NatsServer::start();
-    let mut edge = spawn_edge(&server, "50s");
+    let mut edge = spawn_edge(&server, "50s", "60s");
     let (_raw, _) = protocol_one_client(&edge).await;
     send_signal(edge.pid(), "TERM");
     edge.wait_log(
@@ -131,7 +150,7 @@ async fn read_until_lame_duck(raw: &mut RawConn) -> (serde_json::Value, Vec<Stri
 async fn the_lame_duck_info_names_no_upstream_address() {
     // A cluster: its INFOs list both servers' client addresses in connect_urls.
     let (a, b) = NatsServer::start_cluster_pair().await;
-    let edge = spawn_edge(&a, "30s");
+    let edge = spawn_edge(&a, "30s", "60s");
     let (mut raw, _) = protocol_one_client(&edge).await;
     // nats-server's answer to the CONNECT (after the first PONG), naming the account: the
     // INFO the edge keeps last before the signal.
@@ -160,7 +179,7 @@ async fn the_lame_duck_info_names_no_upstream_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lame_duck_info_waits_for_the_clients_first_pong() {
     let server = NatsServer::start();
-    let edge = spawn_edge(&server, "30s");
+    let edge = spawn_edge(&server, "30s", "60s");
     let (mut pending, _) = RawConn::connect_info(edge.addr()).await;
     pending
         .send(b"CONNECT {\"verbose\":false,\"protocol\":1}\r\n")
@@ -181,7 +200,7 @@ async fn the_lame_duck_info_waits_for_the_clients_first_pong() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_did_not_declare_protocol_1_get_no_lame_duck_info() {
     let server = NatsServer::start();
-    let edge = spawn_edge(&server, "30s");
+    let edge = spawn_edge(&server, "30s", "60s");
     // `protocol` absent means 0: such a client does not take async INFOs (nats-server sends
     // them its lame-duck INFO neither).
     let (mut old, _) = RawConn::connect_info(edge.addr()).await;

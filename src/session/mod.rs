@@ -34,7 +34,7 @@ use info::InfoRewrite;
 use state::Shared;
 
 /// How long a session that is closing may take to write its last words to the client.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How long a closed session keeps reading what its client still sends (see [`linger`]).
 const LINGER: Duration = Duration::from_millis(500);
 /// How much of it, at most.
@@ -521,6 +521,9 @@ where
     let lame_duck_signal = async move { crate::edge::until_stopped(&mut lame_duck).await };
     tokio::pin!(lame_duck_signal);
     let mut lame_duck_sent = false;
+    // A drain closes the sessions left after its grace period one by one, through here.
+    let close_requested = entry.close_requested();
+    tokio::pin!(close_requested);
     let mut client_info_published = false;
     // The client's side reached its end after the CONNECT.
     let mut client_ended = false;
@@ -567,6 +570,16 @@ where
                 } else {
                     shared.lame_duck_pending = true;
                 }
+            }
+            // Only a drain asks, and only in lame-duck mode: before it, this costs nothing.
+            // Polled in the same pass that saw lame-duck mode begin, so the task is woken
+            // for the request.
+            if lame_duck_sent
+                && shared.closing.is_none()
+                && close_requested.as_mut().poll(cx).is_ready()
+            {
+                shared.close(CloseReason::Shutdown);
+                c2u.stop();
             }
         }
         shared.poll_offloaded(cx);
