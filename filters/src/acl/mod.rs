@@ -172,7 +172,8 @@ pub struct AclFilter {
     interest: Interest,
     publish_cache: HashMap<Bytes, bool>,
     responses: Option<ResponseTracker>,
-    /// Subscriptions by sid, kept while the user has a subscribe deny list.
+    /// Every subscription the upstream holds for this client, by sid, whatever the user's
+    /// permissions: a reload may refuse any of them.
     subs: HashMap<Bytes, LiveSub>,
     /// Bumped whenever deliveries stop being watched: counts made before are incomplete.
     watch_epoch: u64,
@@ -246,15 +247,20 @@ impl AclFilter {
 
     /// The ops this session's permissions need to see.
     fn refresh_interest(&mut self) {
-        let mut kinds = vec![OpKind::Connect];
+        // Subscriptions are tracked whatever the user's permissions, so a reload that
+        // refuses one can end it, as nats-server checks every subscription of every client
+        // on a reload, an unrestricted user's too; and so are the upstream's errors, which
+        // say when it refused one itself. Only SUB and UNSUB pay for it, not messages.
+        let mut kinds = vec![
+            OpKind::Connect,
+            OpKind::Sub,
+            OpKind::Unsub,
+            OpKind::ServerErr,
+        ];
         if let Some(p) = &self.perms {
             if p.restricts_publish() {
                 kinds.push(OpKind::Pub);
             }
-            // Subscriptions are tracked whenever rules apply, so a reload that refuses one
-            // can stop its deliveries; and so are the upstream's errors, which say when it
-            // refused one itself.
-            kinds.extend([OpKind::Sub, OpKind::Unsub, OpKind::ServerErr]);
             // Deliveries are looked at only where one may be refused (a subscription that
             // can receive denied subjects, one being revoked) or answered (responses);
             // elsewhere they keep the fast path.
@@ -263,7 +269,7 @@ impl AclFilter {
             }
         } else if self.subs_need_deliveries {
             // No rules apply any more, but auto-unsubscribes the edge counts are still on.
-            kinds.extend([OpKind::Unsub, OpKind::Msg]);
+            kinds.push(OpKind::Msg);
         }
         if self.revoked || (self.settings.mode == AuthMode::Edge && !self.connected) {
             // Every op, to close the session on it.
@@ -462,18 +468,17 @@ impl AclFilter {
         if !ctx.upstream_caught_up {
             self.added_by_sub = None;
         }
-        let Some(perms) = self.perms.clone() else {
-            return Verdict::Forward;
-        };
-        let queue = sub.queue.as_deref();
-        if !perms.check_subscribe(&sub.subject, queue).allowed {
-            self.denied(DenialKind::Subscribe, &sub.subject, sub.queue.as_ref());
-            return Verdict::error(SubscriptionRefusal::text(&sub.subject, queue, None));
-        }
-        if !self.filter_deliveries && perms.needs_delivery_filter(&sub.subject, queue) {
-            // nats-server's delivery filter, from now on: deliveries are looked at.
-            self.filter_deliveries = true;
-            self.refresh_interest();
+        if let Some(perms) = self.perms.clone() {
+            let queue = sub.queue.as_deref();
+            if !perms.check_subscribe(&sub.subject, queue).allowed {
+                self.denied(DenialKind::Subscribe, &sub.subject, sub.queue.as_ref());
+                return Verdict::error(SubscriptionRefusal::text(&sub.subject, queue, None));
+            }
+            if !self.filter_deliveries && perms.needs_delivery_filter(&sub.subject, queue) {
+                // nats-server's delivery filter, from now on: deliveries are looked at.
+                self.filter_deliveries = true;
+                self.refresh_interest();
+            }
         }
         // A reused sid keeps the subscription it names, as nats-server keeps it; one the
         // edge is ending at the upstream is gone there, so the SUB makes a new one.
@@ -691,12 +696,9 @@ impl Filter for AclFilter {
                 }
                 self.recount_needs();
             }
-            // No rules apply any more: nothing is refused, and only the subscriptions the
-            // edge is ending or counts an auto-unsubscribe for are still tracked, to the end.
-            None => {
-                self.subs.retain(|_, s| s.needs_deliveries());
-                self.recount_needs();
-            }
+            // No rules apply any more: nothing is refused. The subscriptions stay tracked,
+            // for a later reload that restricts the user again.
+            None => self.recount_needs(),
         }
         // After the revocations: deliveries of revoked subscriptions must be seen.
         self.refresh_interest();

@@ -526,6 +526,18 @@ fn reload_reports_subscriptions_already_unsubscribed() {
     assert_eq!(reloaded.already_unsubscribed, 1, "{reloaded:?}");
 }
 
+/// What a reload that refuses the one live subscription `sid` on `subject` reports.
+fn one_subscription_refused(subject: &str, sid: &'static str) -> Reloaded {
+    Reloaded {
+        notices: vec![ServerOp::Err(format!(
+            r#"Permissions Violation for Subscription to "{subject}" (sid "{sid}")"#
+        ))],
+        unsubscribe: vec![Bytes::from_static(sid.as_bytes())],
+        already_unsubscribed: 0,
+        close: None,
+    }
+}
+
 /// A reload refuses a live subscription: the client is told in nats-server's words, once,
 /// the session is asked to end it at the upstream, and its deliveries still on the way are
 /// dropped until the upstream has ended it.
@@ -545,14 +557,7 @@ fn reload_applies_to_the_live_session() {
     source.store(AclRules::from_str("t.toml", &tighter).unwrap());
     assert_eq!(
         chain.on_reload(&ctx),
-        Reloaded {
-            notices: vec![ServerOp::Err(
-                r#"Permissions Violation for Subscription to "orders.new" (sid "7")"#.into()
-            )],
-            unsubscribe: vec![Bytes::from_static(b"7")],
-            already_unsubscribed: 0,
-            close: None,
-        }
+        one_subscription_refused("orders.new", "7")
     );
     assert_eq!(chain.on_reload(&ctx), Reloaded::default());
     // Another reload that still refuses it says nothing more, and one that allows it again
@@ -580,6 +585,35 @@ fn reload_applies_to_the_live_session() {
         chain.on_server_op(&mut msg("orders.new", "7", None), &mut ctx),
         Verdict::Forward,
         "the sid is free again"
+    );
+}
+
+/// A user with no permissions is unrestricted, but its subscriptions are tracked all the
+/// same (deliveries stay off the filter's interest): a reload that restricts the user ends
+/// the ones it refuses, as nats-server checks every client's subscriptions on a reload.
+#[test]
+fn reload_restricting_an_unrestricted_user_ends_its_refused_subscriptions() {
+    let unrestricted = "[[users]]\nuser = \"ops\"\npassword = \"pw\"\n";
+    let (_, mut ctx, _, _) = setup(AuthMode::Passthrough, unrestricted);
+    let mut ops = lone_filter(unrestricted);
+    ops.on_client_op(&mut connect(r#"{"user":"ops","pass":"pw"}"#), &mut ctx);
+    for (subject, sid) in [("orders.new", "1"), ("jobs.a", "2"), ("orders.old", "3")] {
+        assert_eq!(
+            ops.on_client_op(&mut sub(subject, None, sid), &mut ctx),
+            Verdict::Forward
+        );
+    }
+    ops.on_client_op(&mut unsub("3", None), &mut ctx);
+    assert!(!ops.interest().contains(OpKind::Msg));
+    assert!(!ops.interest().contains(OpKind::Pub));
+
+    let restricted = format!("{unrestricted}[users.permissions]\nsubscribe = [\"jobs.>\"]\n");
+    ops.settings
+        .rules
+        .store(AclRules::from_str("t.toml", &restricted).unwrap());
+    assert_eq!(
+        ops.on_reload(&ctx),
+        one_subscription_refused("orders.new", "1")
     );
 }
 
