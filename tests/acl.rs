@@ -323,6 +323,44 @@ async fn edge_mode_authenticates_by_password_token_and_anonymous_default() {
     );
 }
 
+/// nats-server lets a client whose first op is not a CONNECT in as its no_auth_user, with
+/// the default options (verbose, pedantic); so does the edge in edge mode, which then sends
+/// its own credentials upstream for it. The same bytes get the same answers, and the
+/// handshake timeout leaves the client alone, as nats-server stops its auth timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_mode_takes_ops_before_connect_from_the_no_auth_user_like_nats_server() {
+    let bytes = b"SUB public.news 1\r\nSUB private.x 2\r\nPUB public.news 1\r\na\r\n\
+                  PUB public.* 1\r\nb\r\nUNSUB 1\r\n";
+    // guest of edge-users.toml, as nats-server's no_auth_user.
+    let direct = NatsServer::start_with_config(
+        "authorization { users = [ { user: guest, password: unused, permissions: {\n\
+           publish: { deny: [\">\"] }, subscribe: { allow: [\"public.>\"] } } } ] }\n\
+         no_auth_user: guest\n",
+    );
+    let (mut raw, _) = RawConn::connect_info(direct.addr()).await;
+    let expected = raw.roundtrip(bytes).await;
+
+    let server = NatsServer::start_with_config(SERVER_FOR_EDGE_MODE);
+    let edge = start_edge(
+        &[server.url()],
+        &edge_mode_toml("[limits]\nhandshake_timeout = \"300ms\"\n"),
+    )
+    .await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let got = raw.roundtrip(bytes).await;
+    assert_eq!(
+        (show(&got.bytes), got.closed),
+        (show(&expected.bytes), expected.closed)
+    );
+    assert!(
+        !raw.closes_within(std::time::Duration::from_millis(900))
+            .await,
+        "closed: {}",
+        show(&raw.take_buffered())
+    );
+    assert!(raw.is_open().await);
+}
+
 /// CONNECTs as `json`, publishes to public.news, and returns what came back before the PONG.
 async fn opts_raw(edge: &nats_edge::Edge, json: &str) -> String {
     let (mut raw, _) = RawConn::connect_info(edge_addr(edge)).await;

@@ -769,15 +769,19 @@ async fn handshake_timeout_without_connect() {
     let got = within("the handshake timeout to close", raw.read_to_close()).await;
     assert_eq!(show(&got), show(b"-ERR 'Authentication Timeout'\r\n"));
 
-    // A client that sends CONNECT in time is not affected.
-    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
-    assert!(!raw.roundtrip(CONNECT).await.closed);
-    assert!(
-        !raw.closes_within(Duration::from_millis(900)).await,
-        "closed after CONNECT: {}",
-        show(&raw.take_buffered())
-    );
-    assert!(raw.is_open().await);
+    // A client that sends CONNECT in time is not affected; nor is one that starts with
+    // another op, which nats-server takes as connected with its default options.
+    for first in [CONNECT, b"SUB foo 1\r\n"] {
+        let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+        assert!(!raw.roundtrip(first).await.closed);
+        assert!(
+            !raw.closes_within(Duration::from_millis(900)).await,
+            "closed after {}: {}",
+            show(first),
+            show(&raw.take_buffered())
+        );
+        assert!(raw.is_open().await);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1206,6 +1210,28 @@ fn differential_cases() -> Vec<(&'static str, Vec<u8>)> {
         (
             "hpub before CONNECT",
             b"HPUB foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\n".to_vec(),
+        ),
+        // nats-server takes a client that starts with another op as one that sent a CONNECT
+        // with the default options: verbose (a `+OK` for each op) and pedantic.
+        (
+            "ops before CONNECT",
+            b"SUB foo 1\r\nPUB foo 2\r\nhi\r\nUNSUB 1\r\nPUB foo 1\r\nx\r\n".to_vec(),
+        ),
+        (
+            "lowercase op before CONNECT",
+            b"sub foo 1\r\npub foo 1\r\nx\r\n".to_vec(),
+        ),
+        (
+            "pedantic publish to a wildcard before CONNECT",
+            b"PUB foo.* 1\r\nx\r\n".to_vec(),
+        ),
+        (
+            "CONNECT after ops",
+            b"SUB foo 1\r\nCONNECT {\"verbose\":false}\r\nPUB foo 1\r\nx\r\n".to_vec(),
+        ),
+        (
+            "unknown op before CONNECT",
+            b"FOO\r\n".to_vec(),
         ),
         (
             "hpub header size over total",

@@ -90,8 +90,16 @@ pub struct TlsPeer {
 #[derive(Debug, Clone)]
 pub struct SessionCtx {
     pub conn: ConnFacts,
-    /// The client's CONNECT, once it has arrived.
+    /// The client's CONNECT, once it has arrived. A client whose first op is another op has
+    /// nats-server's default options (verbose, pedantic, echo), as if it had sent a CONNECT
+    /// with just those: see [`SessionCtx::connect_implied`].
     pub connect: Option<Connect>,
+    /// True while the filters are shown the CONNECT a client implied by sending another op
+    /// first (nats-server's defaults, no credentials). Filters that judge or complete a
+    /// CONNECT treat it as the client's; credentials the transport holds for the client
+    /// (WebSocket cookies) are not added to it, as nats-server adds them only to a CONNECT
+    /// the client sent.
+    pub connect_implied: bool,
     /// The max_payload the upstream announced in its latest INFO.
     pub upstream_max_payload: Option<i64>,
     /// The payload limit (headers included) the client is held to: the lower of the edge's
@@ -120,6 +128,7 @@ impl SessionCtx {
         SessionCtx {
             conn,
             connect: None,
+            connect_implied: false,
             upstream_max_payload: None,
             max_payload: LimitsConfig::default().effective_max_payload(None),
             upstream_headers: false,

@@ -45,6 +45,9 @@ const SCRATCH_CHUNK: usize = 8 * 1024;
 const SCRATCH_MIN: usize = 1024;
 
 const PING: &[u8] = b"PING\r\n";
+/// The CONNECT a client implies when its first op is another one: nats-server's default
+/// client options (`echo` is on by default in the JSON too).
+const IMPLIED_CONNECT: &[u8] = b"CONNECT {\"verbose\":true,\"pedantic\":true}\r\n";
 
 /// Which socket failed.
 #[derive(Debug)]
@@ -458,6 +461,16 @@ impl Forwarder {
                     break;
                 }
             }
+            if shared.ctx.connect.is_none()
+                && self
+                    .rbuf
+                    .get(run)
+                    .is_some_and(|b| !b.eq_ignore_ascii_case(&b'C'))
+            {
+                self.flush_run(&mut run);
+                self.send_implied_connect(shared);
+                continue;
+            }
             if !shared.chain.interest().contains(OpKind::Pub) {
                 // Plain PUBs and HPUBs that no filter looks at go on as one run, not one call each.
                 let (len, count) = plain_messages(&self.rbuf[run..], self.dir, &shared.client_scan);
@@ -555,6 +568,30 @@ impl Forwarder {
         }
     }
 
+    /// nats-server takes a client whose first op is not a CONNECT (one it lets in without
+    /// credentials) as if it had sent a CONNECT with the default options: verbose, pedantic,
+    /// echo. So does the edge: that CONNECT goes through the filters as the client's, and
+    /// the session counts as connected for the handshake timeout, as nats-server stops its
+    /// auth timer. It goes upstream, before the op, only if a filter completed it (edge
+    /// authentication's credentials, the upstream URL's, `proxy_sig`, headers for tagging);
+    /// the upstream's `+OK` to it is then not the client's.
+    fn send_implied_connect(&mut self, shared: &mut Shared) {
+        let data = Bytes::from_static(IMPLIED_CONNECT);
+        match scan(&data, self.dir, &shared.client_scan) {
+            Ok(Some(frame)) => {
+                let forwarded_before = shared.forwarded_any();
+                shared.ctx.connect_implied = true;
+                self.filter_client_frame(data, &frame, shared);
+                shared.ctx.connect_implied = false;
+                if shared.forwarded_any() && !forwarded_before {
+                    shared.oks_to_hide += 1;
+                }
+            }
+            // Cannot happen (the bytes are the edge's own); the defaults then stand alone.
+            _ => shared.ctx.connect = Some(Default::default()),
+        }
+    }
+
     fn filter_client_frame(&mut self, data: Bytes, frame: &Frame, shared: &mut Shared) {
         let mut op = match build_client_op(&data, frame) {
             Ok(op) => op,
@@ -588,6 +625,10 @@ impl Forwarder {
             // It goes upstream as the edge read it (proto::connect), never as sent, so the
             // server cannot act on a CONNECT the filters did not judge.
             match verdict {
+                // A CONNECT the client implied goes upstream only if a filter added to it
+                // (credentials, a proxy signature, headers). Otherwise the upstream takes the
+                // client's ops as they came, as nats-server itself would.
+                Verdict::Forward if shared.ctx.connect_implied => Verdict::Drop,
                 Verdict::Forward => Verdict::Changed,
                 Verdict::Defer if shared.ctx.upstream_caught_up => Verdict::Changed,
                 other => other,

@@ -88,7 +88,8 @@ pub struct Shared {
     /// Set when that check is done: the op it held is shown to the filters again (unlike
     /// `resume_deferred`, without the upstream having caught up).
     pub resume_offloaded: bool,
-    /// `+OK`s still to come from the upstream that answer the edge's own UNSUBs.
+    /// `+OK`s still to come from the upstream that answer the edge's own ops: its UNSUBs,
+    /// the CONNECT a client implied.
     pub oks_to_hide: usize,
     /// The upstream turned the client away as a full server does (`-ERR 'maximum
     /// connections exceeded'`, then the close): later sessions dial the other upstreams
@@ -179,6 +180,11 @@ impl Shared {
     }
 
     /// A client op went upstream: the upstream may owe an answer to it.
+    /// Whether anything has gone upstream for the client yet.
+    pub fn forwarded_any(&self) -> bool {
+        self.forwarded_any
+    }
+
     pub fn forwarded(&mut self) {
         self.forwarded_since_barrier = true;
         self.forwarded_any = true;

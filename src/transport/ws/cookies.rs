@@ -70,10 +70,15 @@ impl Filter for CookieFilter {
         Interest::of(&[OpKind::Connect])
     }
 
-    fn on_client_op(&mut self, op: &mut ClientOp, _ctx: &mut SessionCtx) -> Verdict {
+    fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {
         let ClientOp::Connect(connect) = op else {
             return Verdict::Forward;
         };
+        if ctx.connect_implied {
+            // nats-server lets a client without a CONNECT in as its no_auth_user, cookies
+            // or not.
+            return Verdict::Forward;
+        }
         let mut changed = false;
         for (field, cookie) in [
             (&mut connect.jwt, &self.0.jwt),
