@@ -775,22 +775,27 @@ async fn headers_pedantic_and_pre_connect_ops_keep_nats_server_order() {
     }
     // A pedantic client's publish to a subject with a wildcard or an empty token: nats-server
     // says the subject is invalid on the control line, then judges the permission, so a
-    // refused one gets both errors, and an allowed one is delivered after the first.
-    let connect = r#"{"user":"orders","pass":"pw","verbose":false,"pedantic":true}"#;
-    for bytes in [
-        "PUB orders.audit.* 1\r\na\r\n",
-        "PUB orders.audit..x 1\r\na\r\n",
-        "PUB secret.> 1\r\na\r\n",
-        "SUB orders.> 1\r\nPUB orders.* 1\r\na\r\n",
+    // refused one gets both errors, and an allowed one is delivered after the first. A
+    // CONNECT without the field is pedantic, nats-server's default.
+    for connect in [
+        r#"{"user":"orders","pass":"pw","verbose":false,"pedantic":true}"#,
+        r#"{"user":"orders","pass":"pw","verbose":false}"#,
     ] {
-        let replies = direct_and_edged(&targets, connect, bytes).await;
-        assert_eq!(replies[1], replies[0], "pedantic: {bytes:?}");
-        assert!(
-            replies[0]
-                .0
-                .starts_with(&show(b"-ERR 'Invalid Publish Subject'\r\n")),
-            "{bytes:?}: {replies:?}"
-        );
+        for bytes in [
+            "PUB orders.audit.* 1\r\na\r\n",
+            "PUB orders.audit..x 1\r\na\r\n",
+            "PUB secret.> 1\r\na\r\n",
+            "SUB orders.> 1\r\nPUB orders.* 1\r\na\r\n",
+        ] {
+            let replies = direct_and_edged(&targets, connect, bytes).await;
+            assert_eq!(replies[1], replies[0], "{connect}: {bytes:?}");
+            assert!(
+                replies[0]
+                    .0
+                    .starts_with(&show(b"-ERR 'Invalid Publish Subject'\r\n")),
+                "{bytes:?}: {replies:?}"
+            );
+        }
     }
 }
 

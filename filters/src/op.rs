@@ -140,6 +140,12 @@ impl Connect {
         self.verbose.unwrap_or(true)
     }
 
+    /// nats-server checks a client's published subjects (pedantic) until its CONNECT says
+    /// otherwise, and for a CONNECT without the field.
+    pub fn is_pedantic(&self) -> bool {
+        self.pedantic.unwrap_or(true)
+    }
+
     /// Whether the client negotiated message headers.
     pub fn wants_headers(&self) -> bool {
         self.headers.unwrap_or(false)

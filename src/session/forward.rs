@@ -693,11 +693,7 @@ impl Forwarder {
         let ClientOp::Pub(publish) = op else {
             return;
         };
-        let pedantic = shared
-            .ctx
-            .connect
-            .as_ref()
-            .is_some_and(|c| c.pedantic == Some(true));
+        let pedantic = shared.ctx.connect.as_ref().is_some_and(|c| c.is_pedantic());
         if pedantic && !subject::is_valid_literal_subject(&publish.subject) {
             let error = ServerOp::Err(errors::INVALID_PUBLISH_SUBJECT.to_string());
             self.answer_after_upstream(shared, Some(&error), None);
