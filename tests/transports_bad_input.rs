@@ -446,6 +446,12 @@ async fn refused_websocket_upgrades() {
     for (i, (req, status)) in cases.iter().enumerate() {
         let answer = http(tcp(addr).await, req).await;
         assert!(answer.starts_with(status), "{req:?}: {answer}");
+        // As nats-server: the status text alone; the reason is the log's.
+        let text = &status["HTTP/1.1 400 ".len()..];
+        assert!(
+            answer.ends_with(&format!("\r\n\r\n{text}\n")),
+            "{req:?}: {answer}"
+        );
         wait_failures(
             &s.edge,
             ListenerKind::Ws,

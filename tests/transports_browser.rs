@@ -122,8 +122,10 @@ async fn nats_ws_in_headless_chromium() {
         }
     });
 
+    // The wss URL names a path, as one behind an ingress that routes `/nats` would: the edge
+    // upgrades any path, as nats-server does.
     let page_url = format!(
-        "http://{page_addr}/page.html?ws=ws://{}&wss=wss://{}",
+        "http://{page_addr}/page.html?ws=ws://{}&wss=wss://{}/nats",
         edge.addr("ws").unwrap(),
         edge.addr("wss").unwrap()
     );

@@ -550,7 +550,7 @@ async fn close_code(stream: &mut TcpStream) -> u16 {
 async fn permessage_deflate_negotiation() {
     let server = NatsServer::start();
     let answer = Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover");
-    let on = ws_edge(&server, "").await;
+    let on = ws_edge(&server, "ws = { compression = true }").await;
     let (_, head) = raw_upgrade(&on, Some("permessage-deflate; client_max_window_bits")).await;
     assert_eq!(extensions_header(&head), answer, "{head}");
     let (_, head) = raw_upgrade(
@@ -565,16 +565,19 @@ async fn permessage_deflate_negotiation() {
     let (_, head) = raw_upgrade(&on, None).await;
     assert_eq!(extensions_header(&head), None, "{head}");
 
-    let off = ws_edge(&server, "ws = { compression = false }").await;
-    let (_, head) = raw_upgrade(&off, Some("permessage-deflate")).await;
-    assert_eq!(extensions_header(&head), None, "{head}");
+    // Off by default, as nats-server's.
+    for off in ["", "ws = { compression = false }"] {
+        let off = ws_edge(&server, off).await;
+        let (_, head) = raw_upgrade(&off, Some("permessage-deflate")).await;
+        assert_eq!(extensions_header(&head), None, "{head}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permessage_deflate_both_ways() {
     use tokio::io::AsyncWriteExt;
     let server = NatsServer::start();
-    let edge = ws_edge(&server, "").await;
+    let edge = ws_edge(&server, "ws = { compression = true }").await;
     let (mut ws, _) = raw_upgrade(&edge, Some("permessage-deflate; client_max_window_bits")).await;
     let (info, _) = read_data_until(&mut ws, "}\r\n").await;
     assert!(info.starts_with("INFO {"), "{info}");
@@ -606,7 +609,11 @@ async fn permessage_deflate_both_ways() {
 async fn decompression_bomb_and_stray_compressed_bit() {
     use tokio::io::AsyncWriteExt;
     let server = NatsServer::start();
-    let edge = ws_edge(&server, "ws = { max_message_size = \"64KiB\" }").await;
+    let edge = ws_edge(
+        &server,
+        "ws = { max_message_size = \"64KiB\", compression = true }",
+    )
+    .await;
     let (mut ws, _) = raw_upgrade(&edge, Some("permessage-deflate")).await;
     read_data_until(&mut ws, "}\r\n").await;
     // 16 MiB of PINGs in a few KiB: refused once 64 KiB have inflated.

@@ -225,8 +225,9 @@ pub enum ClientAuth {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WsSection {
-    /// The path WebSocket upgrades must ask for.
-    pub path: String,
+    /// The path WebSocket upgrades must ask for; unset: any path, as nats-server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// Origins (`https://app.example.com`) allowed to connect; empty: any origin.
     pub allowed_origins: StringList,
     /// Refuse upgrades whose `Origin` names another host than the request's `Host`.
@@ -254,7 +255,7 @@ pub struct WsSection {
 impl Default for WsSection {
     fn default() -> Self {
         WsSection {
-            path: "/".into(),
+            path: None,
             allowed_origins: StringList::default(),
             same_origin: false,
             jwt_cookie: None,
@@ -264,7 +265,8 @@ impl Default for WsSection {
             trusted_proxies: StringList::default(),
             ping_interval: HumanDuration(Duration::from_secs(30)),
             max_message_size: ByteSize(64 * 1024 * 1024),
-            compression: true,
+            // nats-server's websocket `compression` is off unless configured.
+            compression: false,
         }
     }
 }
@@ -456,8 +458,8 @@ impl ListenerConfig {
                     format!("only for kind = \"ws\" or \"wss\" (this listener is \"{kind}\")"),
                 ));
             }
-            if !ws.path.starts_with('/') {
-                return Err(("ws.path".into(), format!("`{}` must start with /", ws.path)));
+            if let Some(path) = ws.path.as_deref().filter(|p| !p.starts_with('/')) {
+                return Err(("ws.path".into(), format!("`{path}` must start with /")));
             }
             for origin in &ws.allowed_origins.0 {
                 crate::transport::ws::Origin::parse(origin)

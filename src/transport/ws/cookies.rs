@@ -45,7 +45,9 @@ pub(super) fn from_request(head: &Head<'_>, settings: &WsSettings) -> CookieCred
         head.all("cookie")
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| pair.split_once('='))
-            .find(|(k, _)| k.trim() == name)
+            .filter(|(k, _)| k.trim() == name)
+            // The last of several, as nats-server's loop over the cookies keeps it.
+            .last()
             .map(|(_, v)| v.trim().trim_matches('"').to_string())
             .filter(|v| !v.is_empty())
     };
@@ -115,7 +117,7 @@ mod tests {
             method: "GET",
             path: "/",
             minor_version: 1,
-            headers: vec![("Cookie", "a=1; jwt=\"eyJ\"; tok=")],
+            headers: vec![("Cookie", "jwt=old; a=1; jwt=\"eyJ\"; tok=")],
         };
         let c = from_request(&h, &s);
         assert_eq!(c.jwt.as_deref(), Some("eyJ"));

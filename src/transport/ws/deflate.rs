@@ -14,7 +14,7 @@
 //! live here, next to the rest of the extension, so the framing in `stream.rs` reads the
 //! same with or without it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 
 use bytes::Buf;
@@ -85,14 +85,19 @@ pub(super) fn answer<'a>(offers: impl IntoIterator<Item = &'a str>) -> Option<&'
 /// The empty stored block a sender strips from the end of every compressed message
 /// (RFC 7692 section 7.2.1), put back before it is inflated.
 pub(super) const DEFLATE_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
-/// Frames shorter than this go out uncompressed (nats-server's threshold too).
-pub(super) const COMPRESS_MIN: usize = 64;
+/// Frames of this many bytes or fewer go out uncompressed (nats-server's
+/// `wsCompressThreshold`).
+pub(super) const COMPRESS_THRESHOLD: usize = 64;
 /// Inflaters kept per thread between messages.
 const INFLATER_POOL: usize = 4;
 /// A compressed frame's buffer larger than this is given back once the frame has gone out.
-pub(super) const KEEP_ZOUT: usize = 16 * 1024;
+const KEEP_ZOUT: usize = 16 * 1024;
 
 thread_local! {
+    /// The buffer of the last compressed frame a connection on this thread finished
+    /// sending, for the next one: a connection holds a buffer only while its frame is being
+    /// written, so an idle one holds none.
+    static SPARE_ZOUT: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
     /// With no context takeover a frame is deflated in one go, so the connections a thread
     /// serves share one compressor, reset before each frame.
     static COMPRESSOR: RefCell<Option<Compress>> = const { RefCell::new(None) };
@@ -248,10 +253,11 @@ where
         }
     }
 
-    /// Deflates the caller's slices into `zout` as one compressed frame. `false`: the frame
+    /// Deflates the caller's slices into `zout` (empty: the last frame is out) as one
+    /// compressed frame. `false`: the frame
     /// would not be smaller, and goes out uncompressed.
     pub(super) fn compress_frame(&mut self, bufs: &[io::IoSlice<'_>], total: usize) -> bool {
-        let mut out = std::mem::take(&mut self.zout);
+        let mut out = SPARE_ZOUT.with(Cell::take);
         out.clear();
         self.zsent = 0;
         // Room for the longest header, then at most the frame's own length and the tail.
@@ -292,8 +298,7 @@ where
         });
         let payload = out.len().saturating_sub(10 + DEFLATE_TAIL.len());
         if !deflated || payload >= total {
-            out.clear();
-            self.zout = out;
+            spare_zout(out);
             return false;
         }
         out.truncate(10 + payload);
@@ -304,6 +309,15 @@ where
         self.zsent = 10 - len;
         self.zout = out;
         true
+    }
+}
+
+/// Keeps a compressed frame's buffer, once its frame has gone out, for the next frame sent
+/// on this thread; one that grew past [`KEEP_ZOUT`] is freed.
+pub(super) fn spare_zout(mut out: Vec<u8>) {
+    if out.capacity() <= KEEP_ZOUT {
+        out.clear();
+        SPARE_ZOUT.with(|spare| spare.set(out));
     }
 }
 

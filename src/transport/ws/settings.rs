@@ -106,7 +106,8 @@ impl IpNet {
 /// A ws/wss listener's settings, parsed once at start-up.
 #[derive(Debug, Clone)]
 pub struct WsSettings {
-    pub path: String,
+    /// The only path upgrades may ask for; `None`: any.
+    pub path: Option<String>,
     pub allowed_origins: Vec<Origin>,
     pub same_origin: bool,
     pub jwt_cookie: Option<String>,

@@ -22,7 +22,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::deflate::{Inflated, Inflating, COMPRESS_MIN, KEEP_ZOUT};
+use super::deflate::{spare_zout, Inflated, Inflating, COMPRESS_THRESHOLD};
 
 /// The first read buffer of a WebSocket, and the largest read.
 const INITIAL_READ: usize = 4 * 1024;
@@ -257,11 +257,7 @@ where
         }
         if !self.zout.is_empty() {
             self.zsent = 0;
-            if self.zout.capacity() > KEEP_ZOUT {
-                self.zout = Vec::new();
-            } else {
-                self.zout.clear();
-            }
+            spare_zout(std::mem::take(&mut self.zout));
         }
         loop {
             self.release_pong();
@@ -601,7 +597,7 @@ where
         if this.no_plain_frame() {
             // A compressed frame still going out leaves first, then control frames.
             ready!(this.poll_control(cx))?;
-            if this.deflate && total >= COMPRESS_MIN && this.compress_frame(bufs, total) {
+            if this.deflate && total > COMPRESS_THRESHOLD && this.compress_frame(bufs, total) {
                 // The whole frame is buffered: the caller's bytes are taken.
                 if let Poll::Ready(Err(e)) = this.poll_control(cx) {
                     return Poll::Ready(Err(e));

@@ -1,9 +1,10 @@
 //! The HTTP side of a WebSocket listener: the upgrade request is read (its head bounded to
-//! 8 KiB and 64 headers) and answered here, rather than by tungstenite's handshake, so the
+//! 32 KiB and 100 headers) and answered here, rather than by tungstenite's handshake, so the
 //! edge can answer what a NATS WebSocket port is asked besides upgrades: a plain `GET` or
 //! `HEAD` (a load balancer's health check) gets `200 OK`, and a refused upgrade gets a status
 //! that says why (`403` for an origin, `400` for a bad key, `426` for a version other than
-//! 13, `404` for another path, `405` for another method).
+//! 13, `404` for another path than a configured one, `405` for another method), with the
+//! status text as its body, as nats-server answers.
 //!
 //! An accepted upgrade also settles what the session learns from the request: the client's
 //! address (from `X-Forwarded-For`, believed only from a trusted proxy), credentials from
@@ -19,9 +20,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::settings::{split_authority, Origin};
 use super::{cookies, deflate, CookieCredentials, WsSettings, WsStream};
 
-/// The longest request head accepted before the upgrade.
-const MAX_REQUEST_HEAD: usize = 8 * 1024;
-const MAX_HEADERS: usize = 64;
+/// The longest request head accepted before the upgrade: room for a browser's cookies
+/// (a user JWT beside the application's own), four times what most proxies allow a line.
+const MAX_REQUEST_HEAD: usize = 32 * 1024;
+const MAX_HEADERS: usize = 100;
 
 /// Why an upgrade was refused. The HTTP answer has been written when this is returned.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +128,7 @@ where
             break i + 4;
         }
         if buf.len() >= MAX_REQUEST_HEAD {
-            return Err(respond(&mut stream, Reject::http(431, "request head over 8 KiB")).await);
+            return Err(respond(&mut stream, Reject::http(431, "request head over 32 KiB")).await);
         }
         let n = stream.read_buf(&mut buf).await?;
         if buf.first() == Some(&crate::transport::tls::HANDSHAKE_RECORD) {
@@ -147,15 +149,14 @@ where
     let parsed = request.parse(&buf);
     let head = match parsed {
         Ok(httparse::Status::Complete(_)) => {
-            let mut list = Vec::new();
-            for h in request.headers.iter() {
-                let Ok(value) = std::str::from_utf8(h.value) else {
-                    return Err(
-                        respond(&mut stream, Reject::http(400, "a header is not UTF-8")).await,
-                    );
-                };
-                list.push((h.name, value));
-            }
+            // A value that is not UTF-8 is left out rather than refused, as nats-server
+            // takes any bytes there: none of the headers the edge reads (Host, Origin,
+            // Cookie, X-Forwarded-For, the WebSocket ones) is valid with such bytes anyway.
+            let list = request
+                .headers
+                .iter()
+                .filter_map(|h| Some((h.name, std::str::from_utf8(h.value).ok()?)))
+                .collect();
             Head {
                 method: request.method.unwrap_or_default(),
                 path: request.path.unwrap_or_default(),
@@ -233,10 +234,10 @@ fn check<'a>(head: &'a Head<'_>, settings: &WsSettings) -> Result<Option<&'a str
         return Err(Reject::http(400, "a WebSocket upgrade over HTTP/1.0"));
     }
     let path = head.path.split(['?', '#']).next().unwrap_or_default();
-    if path != settings.path {
+    if let Some(wanted) = settings.path.as_deref().filter(|wanted| path != *wanted) {
         return Err(Reject::http(
             404,
-            format!("path {path} (the WebSocket path is {})", settings.path),
+            format!("path {path} (the WebSocket path is {wanted})"),
         ));
     }
     if !head.has_token("connection", "upgrade") {
@@ -349,13 +350,11 @@ fn forwarded_for(head: &Head<'_>, settings: &WsSettings, peer: SocketAddr) -> So
 /// hands the refusal back. The connection is closed by the caller once it has recorded the
 /// refusal, so the client never sees the close before the edge has counted it.
 async fn respond<S: AsyncWrite + Unpin>(stream: &mut S, reject: Reject) -> Reject {
-    if let Reject::Http { status, detail, .. } = &reject {
-        let extra = if *status == 426 {
-            "Sec-WebSocket-Version: 13\r\n"
-        } else {
-            ""
-        };
-        let body = format!("{}: {detail}\n", reason_phrase(*status));
+    if let Reject::Http { status, .. } = &reject {
+        // As nats-server answers: the status text alone (the detail, which can name the
+        // configured path or origins, goes to the log), and the version it speaks.
+        let body = format!("{}\n", reason_phrase(*status));
+        let extra = "Sec-WebSocket-Version: 13\r\n";
         let _ = write_response(stream, *status, extra, &body, false).await;
     }
     reject
@@ -429,7 +428,18 @@ mod tests {
         );
         assert_eq!(status(check(&head("HEAD", "/", &[]), &s)), 200);
         assert_eq!(status(check(&head("POST", "/", &UPGRADE), &s)), 405);
-        assert_eq!(status(check(&head("GET", "/other", &UPGRADE), &s)), 404);
+        // Without a configured path any path upgrades, as on nats-server (a client behind
+        // an ingress that routes `/nats`); with one, only that path does.
+        assert_eq!(status(check(&head("GET", "/nats", &UPGRADE), &s)), 101);
+        let only_nats = WsSettings {
+            path: Some("/nats".into()),
+            ..settings()
+        };
+        assert_eq!(
+            status(check(&head("GET", "/nats?x", &UPGRADE), &only_nats)),
+            101
+        );
+        assert_eq!(status(check(&head("GET", "/", &UPGRADE), &only_nats)), 404);
     }
 
     #[test]
