@@ -438,13 +438,18 @@ impl Tag {
                     ));
                 }
             }
-            headers = Some(match writer {
+            let no_tags = tags.lines().is_empty();
+            headers = match writer {
+                // Nothing to add or take out (no header tag applies: JSON-only tags, no
+                // certificate to name): the message stays as sent, a PUB a PUB.
+                Some(_) if no_tags && !spoofed => None,
+                None if no_tags => None,
                 Some(mut writer) => {
                     writer.lines(tags.lines());
-                    writer.finish()
+                    Some(writer.finish())
                 }
-                None => tags.block,
-            });
+                None => Some(tags.block),
+            };
         }
         let mut payload = None;
         // Only a payload that opens like a JSON object can take the field: that byte is
@@ -522,6 +527,14 @@ impl Filter for Tag {
             ClientOp::Connect(connect) => {
                 self.client_headers = connect.wants_headers();
                 if !self.client_headers && ctx.upstream_headers {
+                    // The upstream will think the client has headers, so it cannot refuse
+                    // no_responders without them as nats-server refuses it: the edge does.
+                    if connect.no_responders == Some(true) {
+                        return Verdict::close_with(
+                            CloseReason::ProtocolViolation,
+                            errors::NO_RESPONDERS_REQUIRES_HEADERS,
+                        );
+                    }
                     connect.headers = Some(true);
                     return Verdict::Changed;
                 }

@@ -25,16 +25,25 @@ fn conn() -> ConnFacts {
 }
 
 fn session(name: &str, max_payload: Option<u64>) -> (Box<dyn Filter>, SessionCtx) {
+    session_with(config(name), max_payload)
+}
+
+/// A session's tagging filter before the client's CONNECT, behind an upstream with headers.
+fn unconnected(config: TagConfig) -> (Box<dyn Filter>, SessionCtx) {
     let factory = TagFactory {
-        source: Arc::new(TagSource::new(config(name))),
+        source: Arc::new(TagSource::new(config)),
         events: Arc::new(NoEvents),
     };
     let mut ctx = SessionCtx::new(conn());
     ctx.upstream_headers = true;
+    (factory.build(&conn()), ctx)
+}
+
+fn session_with(config: TagConfig, max_payload: Option<u64>) -> (Box<dyn Filter>, SessionCtx) {
+    let (mut f, mut ctx) = unconnected(config);
     if let Some(max) = max_payload {
         ctx.max_payload = max;
     }
-    let mut f = factory.build(&conn());
     let mut connect = ClientOp::Connect(Box::new(Connect {
         headers: Some(true),
         ..Connect::default()
@@ -274,13 +283,7 @@ fn tags_that_push_over_max_payload_refuse_the_message() {
 
 #[test]
 fn a_client_without_headers_is_upgraded_and_its_deliveries_stripped() {
-    let factory = TagFactory {
-        source: Arc::new(TagSource::new(config("default"))),
-        events: Arc::new(NoEvents),
-    };
-    let mut ctx = SessionCtx::new(conn());
-    ctx.upstream_headers = true;
-    let mut f = factory.build(&conn());
+    let (mut f, mut ctx) = unconnected(config("default"));
     let mut connect = ClientOp::Connect(Box::default());
     assert_eq!(f.on_client_op(&mut connect, &mut ctx), Verdict::Changed);
     let ClientOp::Connect(c) = &connect else {
@@ -325,4 +328,52 @@ fn bad_files_name_the_key() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("bogus"), "{err}");
+}
+
+/// With no header tag to add (here every header name is off, and only JSON payloads are
+/// tagged), a message keeps its form: a PUB is not turned into an HPUB with an empty block,
+/// and a block the client sent is not rewritten.
+#[test]
+fn no_header_tags_leave_the_headers_alone() {
+    let json_only = TagConfig::from_toml(
+        Path::new("json-only.toml"),
+        "[headers]\nuser = \"\"\nclient_addr = \"\"\nconn_id = \"\"\ntls_subject = \"\"\n\
+         [[json]]\nsubjects = [\"events.>\"]\nfield = \"edge\"\n",
+    )
+    .unwrap();
+    let (mut f, mut ctx) = session_with(json_only, None);
+    let mut op = publish("orders.x", None, b"hi");
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Forward);
+    let mut op = publish("events.x", None, br#"{"a":1}"#);
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+    let ClientOp::Pub(p) = &op else {
+        unreachable!()
+    };
+    assert_eq!(p.headers, None);
+    assert!(
+        p.payload.starts_with(br#"{"a":1,"edge":"#),
+        "{:?}",
+        p.payload
+    );
+    let mut op = publish("orders.x", Some(b"NATS/1.0\r\nA: b\r\n\r\n"), b"hi");
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Forward);
+}
+
+/// The edge asks the upstream for headers for a client that did not, so the upstream cannot
+/// refuse `no_responders` without headers as nats-server does: the edge refuses it, in
+/// nats-server's words.
+#[test]
+fn no_responders_without_headers_is_refused_like_nats_server() {
+    let (mut f, mut ctx) = unconnected(config("default"));
+    let mut connect = ClientOp::Connect(Box::new(Connect {
+        no_responders: Some(true),
+        ..Connect::default()
+    }));
+    assert_eq!(
+        f.on_client_op(&mut connect, &mut ctx),
+        Verdict::close_with(
+            CloseReason::ProtocolViolation,
+            "no responders requires headers support"
+        )
+    );
 }
