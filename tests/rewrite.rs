@@ -880,3 +880,54 @@ async fn a_request_the_mapping_pushes_over_max_payload_is_refused_at_the_edge() 
         server.log().dump()
     );
 }
+
+/// A reload that moves the mount leaves live subscriptions as they are at the upstream: their
+/// deliveries still reach the client in its own namespace, never under the upstream's
+/// subject, while its new subscriptions take the new mount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_moves_the_mount_keeps_live_subscriptions_in_the_clients_view() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set.toml");
+    let mount = |upstream: &str| {
+        format!(
+            "[[rule]]\nname = \"m\"\nkind = \"mount\"\nclient = \">\"\nupstream = \"{upstream}.>\"\n"
+        )
+    };
+    std::fs::write(&set, mount("tenant.old")).unwrap();
+    let config = dir.path().join("nats-edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\n\
+             [upstream]\nurls = [{:?}]\n\
+             [rewrite]\nsets = {{ s = \"set.toml\" }}\ndefault = \"s\"\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let edge = EdgeProcess::spawn(&["-c", config.to_str().unwrap()], &[]);
+    let inside = client(&edge.url()).await;
+    let mut before = inside.subscribe("orders.>").await.unwrap();
+    round_trip(&inside).await;
+
+    std::fs::write(&set, mount("tenant.new")).unwrap();
+    let from = edge.log().len();
+    send_signal(edge.pid(), "HUP");
+    edge.wait_log(from, "ACL, rewrite and tagging rules reloaded");
+    let mut after = inside.subscribe("orders.>").await.unwrap();
+    round_trip(&inside).await;
+
+    let direct = client(&server.url()).await;
+    direct
+        .publish("tenant.old.orders.1", "x".into())
+        .await
+        .unwrap();
+    direct
+        .publish("tenant.new.orders.2", "y".into())
+        .await
+        .unwrap();
+    round_trip(&direct).await;
+    assert_eq!(next_msg(&mut before).await.subject.as_str(), "orders.1");
+    assert_eq!(next_msg(&mut after).await.subject.as_str(), "orders.2");
+}

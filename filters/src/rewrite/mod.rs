@@ -20,6 +20,7 @@
 pub mod jetstream;
 pub mod rules;
 pub mod sets;
+mod subscriptions;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -39,6 +40,7 @@ use crate::verdict::{CloseReason, Verdict};
 
 pub use rules::{Mapped, Rule, RuleKind, RuleSet};
 pub use sets::{LoadedSets, RewriteConfig, RewriteRules, Why};
+use subscriptions::{Delivery, SubscriptionSets};
 
 /// A rule set that cannot be used, naming the file, the rule and the subject that breaks it.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +124,7 @@ impl FilterFactory for RewriteFactory {
             replies: ResponseTracker::new(REPLY_BOUNDS, REPLY_CAPACITY),
             tokens: ReplyTokens::new(conn.conn_id),
             arena: SubjectArena::default(),
+            subscriptions: SubscriptionSets::default(),
         })
     }
 }
@@ -139,6 +142,8 @@ pub struct Rewrite {
     replies: ResponseTracker<Option<Bytes>>,
     tokens: ReplyTokens,
     arena: SubjectArena,
+    /// The set each live subscription was mapped with, for its deliveries.
+    subscriptions: SubscriptionSets,
 }
 
 /// The subjects that stand for reply subjects from outside the mount: `_R_.` and 16 hex
@@ -234,7 +239,13 @@ impl Filter for Rewrite {
 
     fn interest(&self) -> Interest {
         if self.active {
-            Interest::of(&[OpKind::Pub, OpKind::Sub, OpKind::Msg, OpKind::ServerErr])
+            Interest::of(&[
+                OpKind::Pub,
+                OpKind::Sub,
+                OpKind::Unsub,
+                OpKind::Msg,
+                OpKind::ServerErr,
+            ])
         } else {
             Interest::NONE
         }
@@ -248,7 +259,22 @@ impl Filter for Rewrite {
 
     fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {
         self.resolve(ctx);
-        let Some((_, Some(set))) = &self.resolved else {
+        let set = match &self.resolved {
+            Some((_, Some(set))) => Some(set),
+            _ => None,
+        };
+        match op {
+            ClientOp::Unsub(unsub) => {
+                self.subscriptions.unsubscribed(&unsub.sid, unsub.max);
+                return Verdict::Forward;
+            }
+            ClientOp::Sub(sub) if set.is_none() => {
+                self.subscriptions.subscribed(&sub.sid, None);
+                return Verdict::Forward;
+            }
+            _ => {}
+        }
+        let Some(set) = set else {
             return Verdict::Forward;
         };
         let mut changed = false;
@@ -318,7 +344,10 @@ impl Filter for Rewrite {
                 }
             }
             ClientOp::Sub(sub) => {
-                if let Some((_, mapped)) = set.forward_mapped(&sub.subject, false) {
+                let mapped = set.forward_mapped(&sub.subject, false);
+                self.subscriptions
+                    .subscribed(&sub.sid, mapped.is_some().then(|| set.clone()));
+                if let Some((_, mapped)) = mapped {
                     sub.subject = self.arena.build(&sub.subject, mapped);
                     changed = true;
                 }
@@ -335,12 +364,16 @@ impl Filter for Rewrite {
 
     fn on_server_op(&mut self, op: &mut ServerOp, ctx: &mut SessionCtx) -> Verdict {
         self.resolve(ctx);
-        let Some((_, Some(set))) = &self.resolved else {
-            return Verdict::Forward;
+        let set = match &self.resolved {
+            Some((_, Some(set))) => Some(set),
+            _ => None,
         };
         let msg = match op {
             ServerOp::Msg(msg) => msg,
             ServerOp::Err(text) => {
+                let Some(set) = set else {
+                    return Verdict::Forward;
+                };
                 return match reverse_permissions_error(text, set) {
                     Some(back) => {
                         *text = back;
@@ -352,13 +385,32 @@ impl Filter for Rewrite {
             }
             _ => return Verdict::Forward,
         };
-        if reverse_msg(
-            msg,
-            set,
-            &mut self.replies,
-            &mut self.tokens,
-            &mut self.arena,
-        ) {
+        // The subject maps back with the set its subscription was mapped with; the reply
+        // subject and the no-responders status, which the client's next publishes use,
+        // with the session's set.
+        let subject_set = match self.subscriptions.delivered(&msg.sid) {
+            Delivery::MappedWith(set) => Some(set),
+            Delivery::AsIs => None,
+            Delivery::Unknown => set.cloned(),
+        };
+        let mut changed = false;
+        if let Some(back) = subject_set
+            .as_deref()
+            .and_then(|subject_set| subject_set.reverse_mapped(&msg.subject))
+        {
+            msg.subject = self.arena.build(&msg.subject, back);
+            changed = true;
+        }
+        if let Some(set) = set {
+            changed |= reverse_reply(
+                msg,
+                set,
+                &mut self.replies,
+                &mut self.tokens,
+                &mut self.arena,
+            );
+        }
+        if changed {
             self.events.rewritten(RewriteDirection::UpstreamToClient);
             Verdict::Changed
         } else {
@@ -397,9 +449,10 @@ fn map_jetstream_request(client_subject: &[u8], publish: &mut Pub, set: &RuleSet
     changed
 }
 
-/// Maps a delivery back into the client's view; true when anything changed. Reply subjects
-/// from outside the mount are remembered in `replies`.
-fn reverse_msg(
+/// Maps a delivery's reply subject (and the subject a no-responders status names) back
+/// into the client's view; true when anything changed. Reply subjects from outside the
+/// mount are remembered in `replies`.
+fn reverse_reply(
     msg: &mut Msg,
     set: &RuleSet,
     replies: &mut ResponseTracker<Option<Bytes>>,
@@ -407,10 +460,6 @@ fn reverse_msg(
     arena: &mut SubjectArena,
 ) -> bool {
     let mut changed = false;
-    if let Some(back) = set.reverse_mapped(&msg.subject) {
-        msg.subject = arena.build(&msg.subject, back);
-        changed = true;
-    }
     if let Some(reply) = msg.reply.clone() {
         let inside = set.reverse_rule(&reply).and_then(|(rule, back)| {
             let client = arena.build(&reply, back);

@@ -572,7 +572,13 @@ fn per_user_sets_apply_once_the_identity_is_known() {
     let (mut f, mut ctx) = filter_for("tenant-mount", &[("alice", "tenant-mount")]);
     assert_eq!(
         f.interest(),
-        Interest::of(&[OpKind::Pub, OpKind::Sub, OpKind::Msg, OpKind::ServerErr])
+        Interest::of(&[
+            OpKind::Pub,
+            OpKind::Sub,
+            OpKind::Unsub,
+            OpKind::Msg,
+            OpKind::ServerErr
+        ])
     );
     let mut op = publish("orders.new", None);
     assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Forward);
@@ -627,4 +633,107 @@ fn reload_swaps_and_a_bad_file_keeps_the_old_sets() {
     assert!(rules.reload().is_err());
     assert_eq!(mapped(&rules), "y.a.1");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+fn subscribe(subject: &str, sid: &str) -> ClientOp {
+    ClientOp::Sub(Sub {
+        subject: Bytes::from(subject.to_string()),
+        queue: None,
+        sid: Bytes::from(sid.to_string()),
+    })
+}
+
+/// The subject a delivery on `sid` reaches the client with.
+fn delivered_as(f: &mut Box<dyn Filter>, ctx: &mut SessionCtx, subject: &str, sid: &str) -> String {
+    let mut msg = ServerOp::Msg(Msg {
+        subject: Bytes::from(subject.to_string()),
+        sid: Bytes::from(sid.to_string()),
+        reply: None,
+        headers: None,
+        payload: Bytes::from_static(b"x"),
+    });
+    f.on_server_op(&mut msg, ctx);
+    let ServerOp::Msg(m) = msg else {
+        unreachable!()
+    };
+    String::from_utf8(m.subject.to_vec()).unwrap()
+}
+
+/// A subscription exists at the upstream under the subject its SUB was mapped to: its
+/// deliveries map back with that set after a reload changes the session's, and those of a
+/// SUB no rule claimed (here the upstream's own subject, outside a partial mount) reach the
+/// client as they are, not mapped back into the mount.
+#[test]
+fn deliveries_map_back_with_the_set_their_subscription_was_mapped_with() {
+    let dir = std::env::temp_dir().join(format!("nats-edge-rw-subs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("set.toml");
+    let mount = |upstream: &str| {
+        format!("[[rule]]\nname='m'\nkind='mount'\nclient='a.>'\nupstream='{upstream}.a.>'\n")
+    };
+    std::fs::write(&file, mount("x")).unwrap();
+    let mut config = RewriteConfig::default();
+    config.sets.insert("s".into(), file.clone());
+    config.default = Some("s".into());
+    let rules = Arc::new(RewriteRules::load(&config).unwrap());
+    let factory = RewriteFactory {
+        rules: rules.clone(),
+        events: Arc::new(NoEvents),
+    };
+    let (mut f, mut ctx) = (factory.build(&conn()), SessionCtx::new(conn()));
+
+    assert_eq!(
+        f.on_client_op(&mut subscribe("a.*", "1"), &mut ctx),
+        Verdict::Changed
+    );
+    assert_eq!(
+        f.on_client_op(&mut subscribe("x.a.*", "2"), &mut ctx),
+        Verdict::Forward
+    );
+    assert_eq!(delivered_as(&mut f, &mut ctx, "x.a.1", "1"), "a.1");
+    assert_eq!(delivered_as(&mut f, &mut ctx, "x.a.1", "2"), "x.a.1");
+
+    std::fs::write(&file, mount("y")).unwrap();
+    rules.reload().unwrap();
+    f.on_reload(&ctx);
+    let mut sub = subscribe("a.>", "3");
+    assert_eq!(f.on_client_op(&mut sub, &mut ctx), Verdict::Changed);
+    assert_eq!(subject_of_sub(&sub), b"y.a.>");
+    assert_eq!(delivered_as(&mut f, &mut ctx, "x.a.2", "1"), "a.2");
+    assert_eq!(delivered_as(&mut f, &mut ctx, "y.a.2", "3"), "a.2");
+
+    // An auto-unsubscribe ends the record at its last delivery; an UNSUB at once.
+    f.on_client_op(
+        &mut ClientOp::Unsub(crate::op::Unsub {
+            sid: "1".into(),
+            max: Some(4),
+        }),
+        &mut ctx,
+    );
+    // Two deliveries so far: the third and fourth are its last.
+    assert_eq!(delivered_as(&mut f, &mut ctx, "x.a.3", "1"), "a.3");
+    assert_eq!(delivered_as(&mut f, &mut ctx, "x.a.4", "1"), "a.4");
+    assert_eq!(
+        delivered_as(&mut f, &mut ctx, "x.a.5", "1"),
+        "x.a.5",
+        "ended: the session's set"
+    );
+    f.on_client_op(
+        &mut ClientOp::Unsub(crate::op::Unsub {
+            sid: "2".into(),
+            max: None,
+        }),
+        &mut ctx,
+    );
+    assert_eq!(
+        delivered_as(&mut f, &mut ctx, "y.a.5", "2"),
+        "a.5",
+        "ended: the session's set"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn subject_of_sub(op: &ClientOp) -> &[u8] {
+    let ClientOp::Sub(s) = op else { unreachable!() };
+    &s.subject
 }
