@@ -391,6 +391,35 @@ async fn jetstream_through_a_mount() {
     let info = consumer_info(&direct, "ORDERS", "picky").await;
     assert_eq!(info.config.filter_subject, "tenant.acme.orders.new");
     assert_eq!(info.num_pending, 0, "orders.other is not selected");
+
+    // A stream created without subjects captures its name, as the client publishes it.
+    within(
+        "create a stream without subjects",
+        inside.create_stream(stream::Config {
+            name: "EVENTS".into(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("stream created through the mount");
+    let ack = within("publish to the stream's name", async {
+        inside
+            .publish("EVENTS", "e".into())
+            .await
+            .expect("publish")
+            .await
+    })
+    .await
+    .expect("acknowledged by the stream");
+    assert_eq!(ack.stream, "EVENTS");
+    let info = within("stream info", direct.get_stream("EVENTS"))
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(info.config.subjects, ["tenant.acme.EVENTS"]);
     edge.shutdown().await;
 }
 

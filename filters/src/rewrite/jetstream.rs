@@ -25,6 +25,25 @@ pub fn map_stream_subjects(subject: &[u8], payload: &[u8], set: &RuleSet) -> Opt
         return None;
     }
     let mut config: Value = serde_json::from_slice(payload).ok()?;
+    let object = config.as_object_mut()?;
+    let listed = object
+        .get("subjects")
+        .and_then(Value::as_array)
+        .is_some_and(|subjects| !subjects.is_empty());
+    let copies = object.get("mirror").is_some_and(|m| !m.is_null())
+        || object
+            .get("sources")
+            .and_then(Value::as_array)
+            .is_some_and(|sources| !sources.is_empty());
+    if !listed && !copies {
+        // nats-server makes a stream without subjects (and no mirror or sources) capture
+        // its own name: as a subject of the client's, that is the mapped name upstream.
+        let name = object.get("name")?.as_str()?;
+        let (_, mapped) = set.forward(name.as_bytes(), false)?;
+        let mapped = String::from_utf8_lossy(&mapped).into_owned();
+        object.insert("subjects".into(), Value::Array(vec![Value::String(mapped)]));
+        return serde_json::to_vec(&config).ok().map(Bytes::from);
+    }
     let subjects = config.get_mut("subjects")?.as_array_mut()?;
     let mut changed = false;
     for entry in subjects.iter_mut() {

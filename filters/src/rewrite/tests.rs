@@ -120,6 +120,26 @@ fn jetstream_api_is_an_exception_to_the_mount() {
         serde_json::json!(["tenant.acme.orders.>", "tenant.acme.x"])
     );
     assert_eq!(v["retention"], "limits");
+    // Without subjects nats-server makes the stream capture its name: the mapped name.
+    for request in [
+        &br#"{"name":"ORDERS"}"#[..],
+        br#"{"name":"ORDERS","subjects":null}"#,
+        br#"{"name":"ORDERS","subjects":[],"sources":[]}"#,
+    ] {
+        let payload =
+            jetstream::map_stream_subjects(b"$JS.API.STREAM.CREATE.ORDERS", request, &set).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(v["subjects"], serde_json::json!(["tenant.acme.ORDERS"]));
+    }
+    // A mirror or a stream with sources captures nothing of its own.
+    for request in [
+        &br#"{"name":"M","mirror":{"name":"ORDERS"}}"#[..],
+        br#"{"name":"S","sources":[{"name":"ORDERS"}]}"#,
+    ] {
+        assert!(
+            jetstream::map_stream_subjects(b"$JS.API.STREAM.CREATE.M", request, &set).is_none()
+        );
+    }
     assert!(jetstream::map_stream_subjects(b"orders.x", b"{\"subjects\":[]}", &set).is_none());
     assert!(jetstream::map_stream_subjects(b"$JS.API.STREAM.CREATE.X", b"nope", &set).is_none());
 }
@@ -736,4 +756,25 @@ fn deliveries_map_back_with_the_set_their_subscription_was_mapped_with() {
 fn subject_of_sub(op: &ClientOp) -> &[u8] {
     let ClientOp::Sub(s) = op else { unreachable!() };
     &s.subject
+}
+
+/// With the shipped JetStream set, acks and flow control answers go out unchanged however
+/// long after the delivery they answer (the edge need not remember it).
+#[test]
+fn jetstream_acks_pass_without_being_remembered() {
+    let (mut f, mut ctx) = filter_for("jetstream-mount", &[]);
+    for subject in [
+        "$JS.ACK.ORDERS.worker.1.5.5.1700000000000000000.0",
+        "$JS.FC.ORDERS.x.1",
+    ] {
+        let mut op = publish(subject, None);
+        f.on_client_op(&mut op, &mut ctx);
+        assert_eq!(subject_of(&op), subject.as_bytes());
+    }
+    let mut msg = deliver(
+        "tenant.acme.orders.new",
+        Some("$JS.ACK.ORDERS.worker.1.6.6.1.0"),
+    );
+    f.on_server_op(&mut msg, &mut ctx);
+    assert_eq!(&reply_of(&msg)[..], b"$JS.ACK.ORDERS.worker.1.6.6.1.0");
 }
