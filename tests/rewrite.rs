@@ -285,6 +285,36 @@ async fn fetch_one(
         .expect("no error")
 }
 
+/// Publishes through JetStream and waits for the stream's acknowledgement.
+async fn publish_acked(
+    js: &async_nats::jetstream::Context,
+    subject: &'static str,
+    payload: &'static str,
+) -> async_nats::jetstream::publish::PublishAck {
+    within("publish", async {
+        js.publish(subject, payload.into())
+            .await
+            .expect("publish")
+            .await
+    })
+    .await
+    .expect("acknowledged by the stream")
+}
+
+/// A stream's info, asked of nats-server directly.
+async fn stream_info(
+    direct: &async_nats::jetstream::Context,
+    stream: &str,
+) -> async_nats::jetstream::stream::Info {
+    within("stream info", direct.get_stream(stream))
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone()
+}
+
 /// A consumer's info, asked of nats-server directly.
 async fn consumer_info(
     direct: &async_nats::jetstream::Context,
@@ -321,26 +351,12 @@ async fn jetstream_through_a_mount() {
     )
     .await
     .expect("stream created through the mount");
-    let ack = within("publish", async {
-        inside
-            .publish("orders.new", "first".into())
-            .await
-            .expect("publish")
-            .await
-    })
-    .await
-    .expect("acknowledged by the stream");
+    let ack = publish_acked(&inside, "orders.new", "first").await;
     assert_eq!(ack.stream, "ORDERS");
 
     // Upstream, the stream captures the mapped subjects.
     let direct = jetstream::new(client(&server.url()).await);
-    let info = within("stream info", direct.get_stream("ORDERS"))
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
+    let info = stream_info(&direct, "ORDERS").await;
     assert_eq!(info.config.subjects, ["tenant.acme.orders.>"]);
     assert_eq!(info.state.messages, 1);
     let _ = &mut orders;
@@ -365,15 +381,7 @@ async fn jetstream_through_a_mount() {
     assert_eq!(info.delivered.stream_sequence, 1);
 
     // A consumer filtered in the client's view selects the mapped subject upstream.
-    within("publish", async {
-        inside
-            .publish("orders.other", "second".into())
-            .await
-            .expect("publish")
-            .await
-    })
-    .await
-    .expect("acknowledged by the stream");
+    publish_acked(&inside, "orders.other", "second").await;
     let picky = within(
         "create the filtered consumer",
         orders.create_consumer(pull::Config {
@@ -402,23 +410,9 @@ async fn jetstream_through_a_mount() {
     )
     .await
     .expect("stream created through the mount");
-    let ack = within("publish to the stream's name", async {
-        inside
-            .publish("EVENTS", "e".into())
-            .await
-            .expect("publish")
-            .await
-    })
-    .await
-    .expect("acknowledged by the stream");
+    let ack = publish_acked(&inside, "EVENTS", "e").await;
     assert_eq!(ack.stream, "EVENTS");
-    let info = within("stream info", direct.get_stream("EVENTS"))
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
+    let info = stream_info(&direct, "EVENTS").await;
     assert_eq!(info.config.subjects, ["tenant.acme.EVENTS"]);
     edge.shutdown().await;
 }
