@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use nats_edge_filters::{errors, Info, ServerOp};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -291,7 +291,11 @@ const REFUSAL_WRITE: Duration = Duration::from_secs(2);
 
 /// What nats-server does past `max_connections`: its INFO, then
 /// `-ERR 'maximum connections exceeded'`, then the close (see [`info_before_error`]).
-async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, cell: &ListenerCell, client: SocketAddr) {
+async fn refuse(
+    mut stream: crate::transport::ClientStream,
+    cell: &ListenerCell,
+    client: SocketAddr,
+) {
     cell.metrics.refused(Refusal::MaxConnections);
     tracing::info!(listener = %cell.name, %client, "maximum connections exceeded: refused");
     let mut buf = BytesMut::new();
@@ -301,6 +305,7 @@ async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, cell: &ListenerCell, clien
         &ServerOp::Err(errors::MAX_CONNECTIONS_EXCEEDED.to_string()),
         &mut buf,
     );
+    stream.close_with(crate::transport::ws::MAX_CONNECTIONS_CLOSE);
     let _ = tokio::time::timeout(REFUSAL_WRITE, async {
         stream.write_all(&buf).await?;
         stream.flush().await?;

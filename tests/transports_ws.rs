@@ -632,3 +632,55 @@ async fn decompression_bomb_and_stray_compressed_bit() {
         .unwrap();
     assert_eq!(close_code(&mut ws).await, 1002);
 }
+
+/// The close frame and its payload, skipping data frames before it.
+async fn close_frame(stream: &mut TcpStream) -> (u16, String) {
+    loop {
+        let (b0, payload) = read_frame(stream).await;
+        if b0 & 0x0f == 0x8 {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            return (code, String::from_utf8_lossy(&payload[2..]).into_owned());
+        }
+    }
+}
+
+/// When the edge ends a WebSocket session, its close frame says why, with nats-server's
+/// status and text: a client that sent no CONNECT in time, one cut off by a shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_close_frame_says_why_like_nats_server() {
+    use tokio::io::AsyncWriteExt;
+    let server = NatsServer::start();
+    let edge = ws_edge(&server, "[limits]\nhandshake_timeout = \"300ms\"").await;
+    let (mut silent, _) = raw_upgrade(&edge, None).await;
+    assert_eq!(
+        close_frame(&mut silent).await,
+        (1008, "Authentication Timeout".to_string())
+    );
+
+    let (mut ws, _) = raw_upgrade(&edge, None).await;
+    let hello = b"CONNECT {\"verbose\":false}\r\nPING\r\n";
+    ws.write_all(&frame(0x2, false, hello)).await.unwrap();
+    read_data_until(&mut ws, "PONG\r\n").await;
+    let shutdown = tokio::spawn(edge.shutdown());
+    assert_eq!(
+        close_frame(&mut ws).await,
+        (1001, "Server Shutdown".to_string())
+    );
+    shutdown.await.unwrap();
+}
+
+/// Past the listener's `max_connections`, a WebSocket client gets the INFO and nats-server's
+/// `-ERR` in frames, then nats-server's close frame for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_client_gets_the_close_frame_nats_server_sends() {
+    let server = NatsServer::start();
+    let edge = ws_edge(&server, "max_connections = 1").await;
+    let (mut kept, _) = raw_upgrade(&edge, None).await;
+    read_data_until(&mut kept, "}\r\n").await;
+    let (mut refused, _) = raw_upgrade(&edge, None).await;
+    read_data_until(&mut refused, "-ERR 'maximum connections exceeded'\r\n").await;
+    assert_eq!(
+        close_frame(&mut refused).await,
+        (1008, "Maximum Connections Exceeded".to_string())
+    );
+}

@@ -220,6 +220,7 @@ async fn serve(
     }
     // The upstream goes first; the client gets its last words and the end of the stream.
     drop(opened.upstream);
+    opened.client.ending_for(reason);
     let _ = tokio::time::timeout(CLOSE_GRACE, opened.client.shutdown()).await;
     linger(&mut opened.client).await;
     Summary {
@@ -444,6 +445,7 @@ async fn tell_and_close(
         }
     }
     encode_server_op(&error, &mut buf);
+    client.ending_for(CloseReason::UpstreamUnavailable);
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         client.write_all(&buf).await?;
         client.shutdown().await

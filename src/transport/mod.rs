@@ -44,6 +44,23 @@ pub enum ClientStream {
     Wss(Box<ws::WsStream<TlsStream<ReadAhead<TcpStream>>>>),
 }
 
+impl ClientStream {
+    /// The session is ending for `reason`: a WebSocket client's close frame says why, as
+    /// nats-server's does.
+    pub fn ending_for(&mut self, reason: nats_edge_filters::CloseReason) {
+        self.close_with(ws::close_frame_for(reason));
+    }
+
+    /// A WebSocket client's close frame: its status and text.
+    pub fn close_with(&mut self, frame: (u16, &'static str)) {
+        match self {
+            ClientStream::Ws(ws) => ws.close_with(frame),
+            ClientStream::Wss(ws) => ws.close_with(frame),
+            ClientStream::Tcp(_) | ClientStream::Tls(_) => {}
+        }
+    }
+}
+
 /// A plain TCP client. Its first byte is checked once: a TLS ClientHello (which no NATS
 /// op starts with) fails the read with [`TlsOnPlainListener`], so a TLS client on a plain
 /// listener is named as such rather than as a protocol violation.

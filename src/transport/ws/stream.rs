@@ -19,6 +19,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use nats_edge_filters::CloseReason;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -44,6 +45,38 @@ pub(super) const CLOSE_NORMAL: u16 = 1000;
 pub(super) const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 pub(super) const CLOSE_INVALID_DATA: u16 = 1007;
 pub(super) const CLOSE_TOO_BIG: u16 = 1009;
+const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_POLICY_VIOLATION: u16 = 1008;
+const CLOSE_INTERNAL_ERROR: u16 = 1011;
+
+/// The close frame nats-server sends a WebSocket client it refuses past `max_connections`.
+pub const MAX_CONNECTIONS_CLOSE: (u16, &str) =
+    (CLOSE_POLICY_VIOLATION, "Maximum Connections Exceeded");
+
+/// The close frame nats-server sends a WebSocket client it closes for `reason`
+/// (`wsEnqueueCloseMessage`): the status for that kind of close and the reason's text
+/// (nats-server's `ClosedState` text where it has one). What ends at the upstream goes away
+/// as a server shutting down: the client should reconnect.
+pub fn close_frame_for(reason: CloseReason) -> (u16, &'static str) {
+    match reason {
+        CloseReason::ClientClosed => (CLOSE_NORMAL, "Client Closed"),
+        CloseReason::HandshakeTimeout => (CLOSE_POLICY_VIOLATION, "Authentication Timeout"),
+        CloseReason::AuthorizationViolation => (CLOSE_POLICY_VIOLATION, "Authentication Failure"),
+        CloseReason::SlowConsumer => (CLOSE_POLICY_VIOLATION, "Slow Consumer (Write Deadline)"),
+        CloseReason::MaxControlLineExceeded => {
+            (CLOSE_POLICY_VIOLATION, "Maximum Control Line Exceeded")
+        }
+        CloseReason::Policy => (CLOSE_POLICY_VIOLATION, "Policy Violation"),
+        CloseReason::ProtocolViolation => (CLOSE_PROTOCOL_ERROR, "Protocol Violation"),
+        CloseReason::MaxPayloadExceeded => (CLOSE_TOO_BIG, "Maximum Message Payload Exceeded"),
+        CloseReason::ClientIoError => (CLOSE_GOING_AWAY, "Read Error"),
+        CloseReason::Shutdown
+        | CloseReason::UpstreamClosed
+        | CloseReason::UpstreamIoError
+        | CloseReason::UpstreamUnavailable => (CLOSE_GOING_AWAY, "Server Shutdown"),
+        CloseReason::UpstreamProtocolViolation => (CLOSE_INTERNAL_ERROR, "Internal Server Error"),
+    }
+}
 
 /// Why a client's frames were refused.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +156,9 @@ pub struct WsStream<S> {
     /// costs one pong, not one per ping.
     pong: Option<Vec<u8>>,
     close_queued: bool,
+    /// The close frame the edge sends when it ends the connection: the status and text
+    /// nats-server sends for the session's close reason ([`close_frame_for`]).
+    closing_with: (u16, &'static str),
     /// The header of the data frame being written, and how much of it has gone out.
     header: [u8; 10],
     header_len: usize,
@@ -164,6 +200,7 @@ where
             control: BytesMut::new(),
             pong: None,
             close_queued: false,
+            closing_with: (CLOSE_NORMAL, ""),
             header: [0; 10],
             header_len: 0,
             header_sent: 0,
@@ -176,6 +213,12 @@ where
             zout: Vec::new(),
             zsent: 0,
         }
+    }
+
+    /// The close frame the shutdown sends, unless a close went out already (the client's
+    /// answered, a framing error's).
+    pub fn close_with(&mut self, frame: (u16, &'static str)) {
+        self.closing_with = frame;
     }
 
     /// permessage-deflate was negotiated: compressed messages are accepted and frames sent
@@ -658,13 +701,24 @@ where
         Pin::new(&mut this.io).poll_flush(cx)
     }
 
-    /// A close frame (1000) unless one went out already, then the socket's shutdown.
+    /// A close frame (1000, or what [`WsStream::close_with`] set) unless one went out
+    /// already, then the socket's shutdown.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.header_sent == 0 && this.frame_left > 0 {
+            // A data frame none of which went out (its write was pending): dropped, so the
+            // close frame can still go.
+            this.header_len = 0;
+            this.frame_left = 0;
+        }
         if this.no_plain_frame() {
             // A compressed frame still going out leaves before the close.
             ready!(this.poll_control(cx))?;
-            this.queue_close(CLOSE_NORMAL);
+            let (code, text) = this.closing_with;
+            let mut payload = Vec::with_capacity(2 + text.len());
+            payload.extend_from_slice(&code.to_be_bytes());
+            payload.extend_from_slice(text.as_bytes());
+            this.queue_control(OP_CLOSE, &payload);
             ready!(this.poll_control(cx))?;
         }
         Pin::new(&mut this.io).poll_shutdown(cx)
@@ -725,6 +779,41 @@ pub(super) mod tests {
 
     /// Frames of every length class (7-bit, 16-bit, 64-bit) both ways through a pipe far
     /// smaller than a frame, so every write is partial, headers included.
+    /// A shutdown while a data frame's write is pending, none of it sent, still sends the
+    /// close frame (with the status set for the session's end), and the frame is dropped.
+    #[tokio::test]
+    async fn a_pending_frame_does_not_hold_back_the_close() {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncWriteExt;
+
+        let (server_io, client_io) = tokio::io::duplex(16);
+        let mut server = WsStream::new(server_io, BytesMut::new(), 1 << 20, None);
+        // 16 bytes fill the pipe: the next frame's write is pending with nothing sent.
+        server.write_all(b"PING\r\nPING\r\nPI").await.unwrap();
+        let pending = std::future::poll_fn(|cx| {
+            Poll::Ready(
+                Pin::new(&mut server)
+                    .poll_write(cx, b"PONG\r\n")
+                    .is_pending(),
+            )
+        })
+        .await;
+        assert!(pending);
+        server.close_with(close_frame_for(CloseReason::Shutdown));
+        let closing = tokio::spawn(async move { server.shutdown().await });
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+        let mut last = None;
+        while let Some(Ok(msg)) = client.next().await {
+            last = Some(msg);
+        }
+        closing.await.unwrap().unwrap();
+        let Some(Message::Close(Some(frame))) = last else {
+            panic!("no close frame: {last:?}");
+        };
+        assert_eq!(u16::from(frame.code), 1001);
+        assert_eq!(frame.reason.as_str(), "Server Shutdown");
+    }
+
     #[tokio::test]
     async fn large_frames_through_partial_writes() {
         use futures_util::{SinkExt, StreamExt};
