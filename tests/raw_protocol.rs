@@ -1349,6 +1349,16 @@ async fn connect_with_a_duplicate_key_is_accepted_like_nats_server() {
         .await;
 }
 
+/// Of two spellings of one field, nats-server reads the last; the edge, which sends the
+/// fields it does not read in key order, must not put the other one last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_with_two_spellings_of_a_field_is_read_like_nats_server() {
+    assert_same_as_nats_server(
+        b"CONNECT {\"verbose\":false,\"account\":\"x\",\"ACCOUNT\":\"\"}\r\n",
+    )
+    .await;
+}
+
 /// An unknown CONNECT field is skipped by nats-server whatever number it holds; the edge must
 /// not refuse the connection because the number does not fit an f64.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

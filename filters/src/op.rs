@@ -150,6 +150,38 @@ impl Connect {
     pub fn wants_headers(&self) -> bool {
         self.headers.unwrap_or(false)
     }
+
+    /// Sets `key` among the other fields, in place of every spelling of it nats-server
+    /// would read as the same field: Go's JSON decoder matches keys to fields
+    /// case-insensitively and keeps the last, and the fields go upstream in key order, so a
+    /// client's `PROXY_SIG` left beside the edge's `proxy_sig` would be read instead.
+    pub fn set_extra(&mut self, key: &str, value: Value) {
+        self.remove_extra(key);
+        self.extra.insert(key.to_string(), value);
+    }
+
+    /// Removes every spelling of `key` nats-server would read as it.
+    pub fn remove_extra(&mut self, key: &str) {
+        let folded = go_fold(key);
+        self.extra.retain(|k, _| go_fold(k) != folded);
+    }
+}
+
+/// A JSON key as Go's decoder compares it with a struct field's name: ASCII letters in
+/// either case, and the two non-ASCII letters that fold onto ASCII ones under Unicode simple
+/// case folding, `ſ` (U+017F) onto `s` and the Kelvin sign (U+212A) onto `k`. Two keys with
+/// the same fold name the same field.
+pub fn go_fold(key: &str) -> String {
+    key.chars().map(go_fold_char).collect()
+}
+
+/// One character of [`go_fold`].
+pub fn go_fold_char(c: char) -> char {
+    match c {
+        '\u{017F}' => 's',
+        '\u{212A}' => 'k',
+        c => c.to_ascii_lowercase(),
+    }
 }
 
 /// The JSON of a server's INFO. Fields the edge rewrites or reads are typed; everything

@@ -17,6 +17,7 @@
 
 use std::fmt;
 
+use nats_edge_filters::op::{go_fold, go_fold_char};
 use nats_edge_filters::Connect;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -132,6 +133,14 @@ impl<'de> Visitor<'de> for ConnectSeed {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Connect, A::Error> {
         let mut connect = self.0;
+        // The other fields' keys by their fold: a later spelling of a key replaces the
+        // earlier one, as nats-server keeps the last. They go upstream in key order, where
+        // `ACCOUNT` would otherwise come before `account` whatever order the client wrote.
+        let mut spellings: std::collections::HashMap<String, String> = connect
+            .extra
+            .keys()
+            .map(|k| (go_fold(k), k.clone()))
+            .collect();
         while let Some(key) = map.next_key::<String>()? {
             let Some(field) = field_for(&key) else {
                 // Kept raw first: a value serde_json cannot hold must not fail the CONNECT.
@@ -139,6 +148,9 @@ impl<'de> Visitor<'de> for ConnectSeed {
                 match serde_json::from_str::<Value>(raw.get()) {
                     Ok(Value::Null) | Err(_) => {}
                     Ok(value) => {
+                        if let Some(earlier) = spellings.insert(go_fold(&key), key.clone()) {
+                            connect.extra.remove(&earlier);
+                        }
                         connect.extra.insert(key, value);
                     }
                 }
@@ -188,11 +200,7 @@ fn field_for(key: &str) -> Option<&'static str> {
 /// Only two non-ASCII letters fold onto ASCII ones: `ſ` (U+017F) onto `s` and the Kelvin
 /// sign (U+212A) onto `k`.
 fn folds_to(key: &str, field: &str) -> bool {
-    let mut folded = key.chars().map(|c| match c {
-        '\u{017F}' => 's',
-        '\u{212A}' => 'k',
-        c => c.to_ascii_lowercase(),
-    });
+    let mut folded = key.chars().map(go_fold_char);
     field.chars().all(|f| folded.next() == Some(f)) && folded.next().is_none()
 }
 
@@ -239,6 +247,26 @@ mod tests {
             );
         }
         assert_eq!(parse("null"), Connect::default());
+    }
+
+    /// Keys the edge does not read go upstream in key order, so of two spellings nats-server
+    /// would read as one field only the last is kept, as nats-server keeps the last: sorted,
+    /// `ACCOUNT` would come before `account` whatever the client wrote.
+    #[test]
+    fn of_two_spellings_of_an_unknown_key_the_last_is_kept() {
+        let c = parse(r#"{"account":"x","ACCOUNT":""}"#);
+        assert_eq!(c.extra, serde_json::from_str(r#"{"ACCOUNT":""}"#).unwrap());
+        let c = merge_connect(&parse(r#"{"Account":"x"}"#), br#"{"account":""}"#).unwrap();
+        assert_eq!(c.extra, serde_json::from_str(r#"{"account":""}"#).unwrap());
+        // The edge's own fields replace every spelling a client sent.
+        let mut c = parse("{\"proxy_\u{017F}ig\":\"forged\",\"PROXY_SIG\":\"forged\"}");
+        c.set_extra("proxy_sig", serde_json::json!("signed"));
+        assert_eq!(
+            c.extra,
+            serde_json::from_str(r#"{"proxy_sig":"signed"}"#).unwrap()
+        );
+        c.remove_extra("Proxy_Sig");
+        assert!(c.extra.is_empty());
     }
 
     /// Lone surrogate escapes read as U+FFFD, as Go reads them; pairs and other escapes stay.

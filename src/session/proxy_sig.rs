@@ -98,15 +98,13 @@ impl Filter for ProxySigFilter {
         let sig = ctx.upstream_nonce.as_deref().and_then(|n| self.0.sign(n));
         match sig {
             Some(sig) => {
-                connect
-                    .extra
-                    .insert("proxy_sig".into(), serde_json::Value::String(sig));
+                connect.set_extra("proxy_sig", serde_json::Value::String(sig));
             }
             None => {
                 tracing::warn!(
                     "the upstream sent no nonce: CONNECT goes upstream without proxy_sig (is `proxies` configured on nats-server?)"
                 );
-                connect.extra.remove("proxy_sig");
+                connect.remove_extra("proxy_sig");
             }
         }
         Verdict::Changed
