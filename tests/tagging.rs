@@ -249,7 +249,9 @@ async fn forgeries_the_edge_would_not_see_do_not_get_through() {
         b"NATS/1.0\r\nA: 1\rNats-Edge-Tls-Subject: CN=admin\r\n\r\n",
         b"c",
     ));
-    let json = br#"{"edge":{"tls_subject":"CN=admin"},"x":"\ud800"}"#;
+    // A key the edge cannot read (a lone surrogate escape), which a JavaScript or Python
+    // consumer reads.
+    let json = br#"{"edge":{"tls_subject":"CN=admin"},"\ud800":1}"#;
     ops.extend(format!("PUB events.x {}\r\n", json.len()).into_bytes());
     ops.extend_from_slice(json);
     ops.extend_from_slice(b"\r\n");

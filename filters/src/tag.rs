@@ -621,15 +621,56 @@ fn opens_like_object(payload: &[u8]) -> bool {
 }
 
 /// The payload with `field` set to the tags, when the edge can read it as a JSON object.
+/// The client's members are written back as they came, in their order and with their values'
+/// own text: a number no float holds (`123456789012345678901234567890`) keeps every digit.
 fn merge_json(payload: &[u8], field: &str, value: Map<String, Value>) -> Option<Bytes> {
     let json = payload.strip_prefix(UTF8_BOM).unwrap_or(payload);
-    let mut object: Map<String, Value> = serde_json::from_slice(json).ok()?;
+    let ObjectMembers(members) = serde_json::from_slice(json).ok()?;
+    let mut out = Vec::with_capacity(json.len() + 256);
+    out.push(b'{');
     // Overwritten, never merged: a client-supplied field of the same name is not trusted.
     // Go's encoding/json matches keys case-insensitively (with Unicode folding) and keeps
-    // the last of several, so every key it would read as the field goes first.
-    object.retain(|key, _| !folds_to(key, field));
-    object.insert(field.to_string(), Value::Object(value));
-    serde_json::to_vec(&object).ok().map(Bytes::from)
+    // the last of several, so every key it would read as the field goes, and the edge's
+    // comes last.
+    for (key, raw) in members.iter().filter(|(key, _)| !folds_to(key, field)) {
+        serde_json::to_writer(&mut out, key).ok()?;
+        out.push(b':');
+        out.extend_from_slice(raw.get().as_bytes());
+        out.push(b',');
+    }
+    serde_json::to_writer(&mut out, field).ok()?;
+    out.push(b':');
+    serde_json::to_writer(&mut out, &value).ok()?;
+    out.push(b'}');
+    Some(Bytes::from(out))
+}
+
+/// A JSON object's members in document order, each value as its text.
+struct ObjectMembers(Vec<(String, Box<serde_json::value::RawValue>)>);
+
+impl<'de> serde::Deserialize<'de> for ObjectMembers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = ObjectMembers;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ObjectMembers, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(ObjectMembers(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
 }
 
 /// Whether two keys are equal under simple case folding, as Go's `strings.EqualFold` has
