@@ -85,6 +85,10 @@ pub(super) fn answer<'a>(offers: impl IntoIterator<Item = &'a str>) -> Option<&'
 /// The empty stored block a sender strips from the end of every compressed message
 /// (RFC 7692 section 7.2.1), put back before it is inflated.
 pub(super) const DEFLATE_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+/// What is fed after a compressed message's last frame: the stripped tail, then a final empty
+/// stored block, as nats-server appends one. A whole message then ends the deflate stream;
+/// one cut off inside a block does not, and is refused rather than passed on in part.
+const INFLATE_TAIL: [u8; 9] = [0x00, 0x00, 0xff, 0xff, 0x01, 0x00, 0x00, 0xff, 0xff];
 /// Frames of this many bytes or fewer go out uncompressed (nats-server's
 /// `wsCompressThreshold`).
 pub(super) const COMPRESS_THRESHOLD: usize = 64;
@@ -125,7 +129,7 @@ pub(super) struct Inflating {
     inflater: Decompress,
     /// Bytes inflated so far, against `max_message`.
     out: u64,
-    /// Bytes of [`DEFLATE_TAIL`] fed after the message's last frame.
+    /// Bytes of [`INFLATE_TAIL`] fed after the message's last frame.
     tail: usize,
     /// The deflate stream ended (a final block); the rest of the message is ignored.
     ended: bool,
@@ -203,7 +207,7 @@ where
             let (input, flush) = if self.zin > 0 {
                 (&self.rbuf[..self.zin], FlushDecompress::None)
             } else if last {
-                (&DEFLATE_TAIL[inf.tail..], FlushDecompress::Sync)
+                (&INFLATE_TAIL[inf.tail..], FlushDecompress::Sync)
             } else {
                 return Ok(Inflated::NeedInput);
             };
@@ -217,7 +221,6 @@ where
                 .map_err(|_| FrameError::Inflate)?;
             let used = (inf.inflater.total_in() - in0) as usize;
             let made = (inf.inflater.total_out() - out0) as usize;
-            let had_input = !input.is_empty();
             if self.zin > 0 {
                 self.rbuf.advance(used);
                 self.zin -= used;
@@ -237,12 +240,9 @@ where
                 return Ok(Inflated::Produced);
             }
             if used == 0 && !inf.ended {
-                if had_input {
-                    return Err(FrameError::Inflate);
-                }
-                // The tail is in and nothing more comes out: the message is done.
-                self.end_inflating();
-                return Ok(Inflated::Next);
+                // Input it cannot take, or the whole tail in without the stream ending: the
+                // message stopped inside a block.
+                return Err(FrameError::Inflate);
             }
         }
     }
@@ -484,7 +484,9 @@ mod tests {
         assert!(bomb.len() < 32 * 1024);
         let mut continued = rsv1(client_frame(false, OP_BINARY, &deflate(b"PING\r\n"), m));
         continued.extend(rsv1(client_frame(true, OP_CONTINUATION, b"", m)));
-        let cases: [(Vec<u8>, u16); 4] = [
+        let mut truncated = deflate(&b"PUB orders.new 11\r\nhello world\r\n".repeat(20));
+        truncated.truncate(truncated.len() / 2);
+        let cases: [(Vec<u8>, u16); 5] = [
             (rsv1(client_frame(true, OP_BINARY, &bomb, m)), CLOSE_TOO_BIG),
             (
                 rsv1(client_frame(true, OP_PING, b"", m)),
@@ -495,6 +497,11 @@ mod tests {
                 rsv1(client_frame(true, OP_BINARY, &[0xff; 40], m)),
                 CLOSE_INVALID_DATA,
             ),
+            // Cut off inside a block: refused, as nats-server refuses it.
+            (
+                rsv1(client_frame(true, OP_BINARY, &truncated, m)),
+                CLOSE_INVALID_DATA,
+            ),
         ];
         for (bytes, code) in cases {
             let (server_io, mut client) = tokio::io::duplex(64 * 1024);
@@ -502,7 +509,14 @@ mod tests {
             server.enable_deflate();
             client.write_all(&bytes).await.unwrap();
             let mut got = Vec::new();
-            let err = server.read_to_end(&mut got).await.unwrap_err();
+            // Bounded: a message taken for whole would leave the read waiting for more.
+            let err = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                server.read_to_end(&mut got),
+            )
+            .await
+            .expect("refused")
+            .unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
             assert!(got.len() <= 64 * 1024 + 1);
             let (b0, payload) = server_frame(&mut client).await;
