@@ -579,13 +579,9 @@ impl Forwarder {
         let data = Bytes::from_static(IMPLIED_CONNECT);
         match scan(&data, self.dir, &shared.client_scan) {
             Ok(Some(frame)) => {
-                let forwarded_before = shared.forwarded_any();
+                // Set until the CONNECT is settled, a deferred one included.
                 shared.ctx.connect_implied = true;
                 self.filter_client_frame(data, &frame, shared);
-                shared.ctx.connect_implied = false;
-                if shared.forwarded_any() && !forwarded_before {
-                    shared.oks_to_hide += 1;
-                }
             }
             // Cannot happen (the bytes are the edge's own); the defaults then stand alone.
             _ => shared.ctx.connect = Some(Default::default()),
@@ -683,6 +679,14 @@ impl Forwarder {
                 shared.pings_sent += 1;
             }
             shared.forwarded();
+        }
+        if shared.ctx.connect_implied && self.deferred.is_none() {
+            // The implied CONNECT is settled: the upstream's `+OK` to it, if it went, is the
+            // edge's (it is verbose, and the first thing the upstream answers).
+            shared.ctx.connect_implied = false;
+            if forwarded {
+                shared.oks_to_hide += 1;
+            }
         }
     }
 

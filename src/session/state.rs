@@ -179,11 +179,6 @@ impl Shared {
         !self.forwarded_any && self.barriers.is_empty()
     }
 
-    /// Whether anything has gone upstream for the client yet.
-    pub fn forwarded_any(&self) -> bool {
-        self.forwarded_any
-    }
-
     /// A client op went upstream: the upstream may owe an answer to it.
     pub fn forwarded(&mut self) {
         self.forwarded_since_barrier = true;

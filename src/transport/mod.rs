@@ -52,7 +52,7 @@ impl ClientStream {
     }
 
     /// A WebSocket client's close frame: its status and text.
-    pub fn close_with(&mut self, frame: (u16, &'static str)) {
+    pub fn close_with(&mut self, frame: Option<(u16, &'static str)>) {
         match self {
             ClientStream::Ws(ws) => ws.close_with(frame),
             ClientStream::Wss(ws) => ws.close_with(frame),

@@ -724,19 +724,14 @@ impl Filter for AclFilter {
             if let ClientOp::Connect(connect) = op {
                 return self.on_connect(connect, ctx);
             }
-            // nats-server requires CONNECT first from a client it must authenticate, unless
-            // a no_auth_user lets anonymous clients in.
-            if self.rules.no_auth_user.is_none() {
-                tracing::warn!("authorization violation: an op before CONNECT");
-                return Verdict::close_with(
-                    CloseReason::AuthorizationViolation,
-                    errors::AUTHORIZATION_VIOLATION,
-                );
-            }
-            let mut anonymous = Connect::default();
-            if let Verdict::Close { reason, error } = self.on_connect(&mut anonymous, ctx) {
-                return Verdict::Close { reason, error };
-            }
+            // nats-server requires CONNECT first from a client it must authenticate. One a
+            // no_auth_user lets in without it is shown the CONNECT it implies first (the
+            // session does that), so an op before any CONNECT is refused.
+            tracing::warn!("authorization violation: an op before CONNECT");
+            return Verdict::close_with(
+                CloseReason::AuthorizationViolation,
+                errors::AUTHORIZATION_VIOLATION,
+            );
         }
         match op {
             ClientOp::Connect(connect) => self.on_connect(connect, ctx),

@@ -251,6 +251,10 @@ impl Filter for Rewrite {
         }
     }
 
+    fn on_unsubscribed(&mut self, sids: &[Bytes]) {
+        self.subscriptions.ended(sids);
+    }
+
     fn on_reload(&mut self, ctx: &SessionCtx) -> Reloaded {
         self.resolved = None;
         self.active = self.rules.current().config.may_apply(&ctx.conn.listener);
@@ -266,6 +270,10 @@ impl Filter for Rewrite {
         match op {
             ClientOp::Unsub(unsub) => {
                 self.subscriptions.unsubscribed(&unsub.sid, unsub.max);
+                return Verdict::Forward;
+            }
+            // An invalid subject never becomes a subscription: the upstream refuses it.
+            ClientOp::Sub(sub) if !crate::subject::is_valid_subject(&sub.subject) => {
                 return Verdict::Forward;
             }
             ClientOp::Sub(sub) if set.is_none() => {
@@ -388,15 +396,18 @@ impl Filter for Rewrite {
         // The subject maps back with the set its subscription was mapped with; the reply
         // subject and the no-responders status, which the client's next publishes use,
         // with the session's set.
-        let subject_set = match self.subscriptions.delivered(&msg.sid) {
-            Delivery::MappedWith(set) => Some(set),
+        let earlier;
+        let subject_set = match self.subscriptions.delivered(&msg.sid, set) {
+            Delivery::Current => set.map(|set| &**set),
+            Delivery::MappedWith(set) => {
+                earlier = set;
+                Some(&*earlier)
+            }
             Delivery::AsIs => None,
-            Delivery::Unknown => set.cloned(),
         };
         let mut changed = false;
-        if let Some(back) = subject_set
-            .as_deref()
-            .and_then(|subject_set| subject_set.reverse_mapped(&msg.subject))
+        if let Some(back) =
+            subject_set.and_then(|subject_set| subject_set.reverse_mapped(&msg.subject))
         {
             msg.subject = self.arena.build(&msg.subject, back);
             changed = true;

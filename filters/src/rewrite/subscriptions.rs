@@ -32,31 +32,35 @@ struct Recorded {
 
 /// How a delivery's subject maps back.
 pub(super) enum Delivery {
-    /// With the set its subscription was mapped with.
+    /// With the session's current set: its subscription was mapped with it, or is not
+    /// known (made past the capacity).
+    Current,
+    /// With the set its subscription was mapped with, no longer the session's.
     MappedWith(Arc<RuleSet>),
     /// Not at all: its subscription was not mapped.
     AsIs,
-    /// Its subscription is not known (made past the capacity): with the session's set.
-    Unknown,
 }
 
 impl SubscriptionSets {
     /// A SUB went upstream, mapped by `set` or (`None`) as the client wrote it. A SUB that
-    /// reuses a sid takes its entry: nats-server ignores it if that subscription still
-    /// exists, and then the set only differs if the session's set changed meanwhile.
+    /// reuses the sid of a live subscription changes nothing, as nats-server ignores it.
     pub(super) fn subscribed(&mut self, sid: &[u8], set: Option<Arc<RuleSet>>) {
+        if self.by_sid.len() >= CAPACITY || self.by_sid.contains_key(sid) {
+            return;
+        }
         let recorded = Recorded {
             set,
             delivered: 0,
             max: None,
         };
-        let full = self.by_sid.len() >= CAPACITY;
-        match self.by_sid.get_mut(sid) {
-            Some(entry) => *entry = recorded,
-            None if !full => {
-                self.by_sid.insert(Bytes::copy_from_slice(sid), recorded);
-            }
-            None => {}
+        self.by_sid.insert(Bytes::copy_from_slice(sid), recorded);
+    }
+
+    /// The edge ended these subscriptions at the upstream itself (a reload that refused
+    /// them, an auto-unsubscribe the ACL counts).
+    pub(super) fn ended(&mut self, sids: &[Bytes]) {
+        for sid in sids {
+            self.by_sid.remove(sid);
         }
     }
 
@@ -74,15 +78,18 @@ impl SubscriptionSets {
         }
     }
 
-    /// A delivery on `sid` arrived: how its subject maps back.
-    pub(super) fn delivered(&mut self, sid: &[u8]) -> Delivery {
+    /// A delivery on `sid` arrived: how its subject maps back, given the session's `current`
+    /// set. The set is shared by every session using it, so it is cloned only when it is no
+    /// longer the current one (after a reload), never per delivery.
+    pub(super) fn delivered(&mut self, sid: &[u8], current: Option<&Arc<RuleSet>>) -> Delivery {
         let Some(entry) = self.by_sid.get_mut(sid) else {
-            return Delivery::Unknown;
+            return Delivery::Current;
         };
         entry.delivered += 1;
-        let delivery = match &entry.set {
-            Some(set) => Delivery::MappedWith(set.clone()),
-            None => Delivery::AsIs,
+        let delivery = match (&entry.set, current) {
+            (Some(set), Some(current)) if Arc::ptr_eq(set, current) => Delivery::Current,
+            (Some(set), _) => Delivery::MappedWith(set.clone()),
+            (None, _) => Delivery::AsIs,
         };
         if entry.max.is_some_and(|max| entry.delivered >= max) {
             self.by_sid.remove(sid);

@@ -50,32 +50,33 @@ const CLOSE_POLICY_VIOLATION: u16 = 1008;
 const CLOSE_INTERNAL_ERROR: u16 = 1011;
 
 /// The close frame nats-server sends a WebSocket client it refuses past `max_connections`.
-pub const MAX_CONNECTIONS_CLOSE: (u16, &str) =
-    (CLOSE_POLICY_VIOLATION, "Maximum Connections Exceeded");
+pub const MAX_CONNECTIONS_CLOSE: Option<(u16, &str)> =
+    Some((CLOSE_POLICY_VIOLATION, "Maximum Connections Exceeded"));
 
 /// The close frame nats-server sends a WebSocket client it closes for `reason`
 /// (`wsEnqueueCloseMessage`): the status for that kind of close and the reason's text
 /// (nats-server's `ClosedState` text where it has one). What ends at the upstream goes away
-/// as a server shutting down: the client should reconnect.
-pub fn close_frame_for(reason: CloseReason) -> (u16, &'static str) {
-    match reason {
+/// as a server shutting down: the client should reconnect. `None`: no close frame, as
+/// nats-server sends none to a client it gave up writing to (a slow consumer, a broken
+/// connection).
+pub fn close_frame_for(reason: CloseReason) -> Option<(u16, &'static str)> {
+    Some(match reason {
+        CloseReason::SlowConsumer | CloseReason::ClientIoError => return None,
         CloseReason::ClientClosed => (CLOSE_NORMAL, "Client Closed"),
         CloseReason::HandshakeTimeout => (CLOSE_POLICY_VIOLATION, "Authentication Timeout"),
         CloseReason::AuthorizationViolation => (CLOSE_POLICY_VIOLATION, "Authentication Failure"),
-        CloseReason::SlowConsumer => (CLOSE_POLICY_VIOLATION, "Slow Consumer (Write Deadline)"),
         CloseReason::MaxControlLineExceeded => {
             (CLOSE_POLICY_VIOLATION, "Maximum Control Line Exceeded")
         }
         CloseReason::Policy => (CLOSE_POLICY_VIOLATION, "Policy Violation"),
         CloseReason::ProtocolViolation => (CLOSE_PROTOCOL_ERROR, "Protocol Violation"),
         CloseReason::MaxPayloadExceeded => (CLOSE_TOO_BIG, "Maximum Message Payload Exceeded"),
-        CloseReason::ClientIoError => (CLOSE_GOING_AWAY, "Read Error"),
         CloseReason::Shutdown
         | CloseReason::UpstreamClosed
         | CloseReason::UpstreamIoError
         | CloseReason::UpstreamUnavailable => (CLOSE_GOING_AWAY, "Server Shutdown"),
         CloseReason::UpstreamProtocolViolation => (CLOSE_INTERNAL_ERROR, "Internal Server Error"),
-    }
+    })
 }
 
 /// Why a client's frames were refused.
@@ -157,8 +158,8 @@ pub struct WsStream<S> {
     pong: Option<Vec<u8>>,
     close_queued: bool,
     /// The close frame the edge sends when it ends the connection: the status and text
-    /// nats-server sends for the session's close reason ([`close_frame_for`]).
-    closing_with: (u16, &'static str),
+    /// nats-server sends for the session's close reason ([`close_frame_for`]); `None`: none.
+    closing_with: Option<(u16, &'static str)>,
     /// The header of the data frame being written, and how much of it has gone out.
     header: [u8; 10],
     header_len: usize,
@@ -200,7 +201,7 @@ where
             control: BytesMut::new(),
             pong: None,
             close_queued: false,
-            closing_with: (CLOSE_NORMAL, ""),
+            closing_with: Some((CLOSE_NORMAL, "")),
             header: [0; 10],
             header_len: 0,
             header_sent: 0,
@@ -217,7 +218,7 @@ where
 
     /// The close frame the shutdown sends, unless a close went out already (the client's
     /// answered, a framing error's).
-    pub fn close_with(&mut self, frame: (u16, &'static str)) {
+    pub fn close_with(&mut self, frame: Option<(u16, &'static str)>) {
         self.closing_with = frame;
     }
 
@@ -711,10 +712,9 @@ where
             this.header_len = 0;
             this.frame_left = 0;
         }
-        if this.no_plain_frame() {
+        if let (true, Some((code, text))) = (this.no_plain_frame(), this.closing_with) {
             // A compressed frame still going out leaves before the close.
             ready!(this.poll_control(cx))?;
-            let (code, text) = this.closing_with;
             let mut payload = Vec::with_capacity(2 + text.len());
             payload.extend_from_slice(&code.to_be_bytes());
             payload.extend_from_slice(text.as_bytes());
@@ -777,8 +777,6 @@ pub(super) mod tests {
         assert_eq!(got, b"CONNECT {}\r\nPING\r\n");
     }
 
-    /// Frames of every length class (7-bit, 16-bit, 64-bit) both ways through a pipe far
-    /// smaller than a frame, so every write is partial, headers included.
     /// A shutdown while a data frame's write is pending, none of it sent, still sends the
     /// close frame (with the status set for the session's end), and the frame is dropped.
     #[tokio::test]
@@ -814,6 +812,8 @@ pub(super) mod tests {
         assert_eq!(frame.reason.as_str(), "Server Shutdown");
     }
 
+    /// Frames of every length class (7-bit, 16-bit, 64-bit) both ways through a pipe far
+    /// smaller than a frame, so every write is partial, headers included.
     #[tokio::test]
     async fn large_frames_through_partial_writes() {
         use futures_util::{SinkExt, StreamExt};
