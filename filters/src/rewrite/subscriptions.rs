@@ -4,6 +4,10 @@
 //! another user) changes what the client's new ops map to, not what its subscriptions at
 //! the upstream already are. A SUB no rule claimed went upstream as the client wrote it, so
 //! its deliveries reach the client as they are.
+//!
+//! In the common case every subscription was mapped with the session's current set, and
+//! then a delivery needs no lookup at all: the table is looked at only once a subscription
+//! is unmapped, counts an auto-unsubscribe, or was made with another set.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,13 +16,30 @@ use bytes::Bytes;
 
 use super::RuleSet;
 
-/// At most this many subscriptions are remembered per session; the deliveries of one made
-/// past it are mapped back with the session's current set, as if it had none recorded.
-const CAPACITY: usize = 64 * 1024;
+/// At most this many subscriptions are remembered per session (about 100 bytes each); the
+/// deliveries of one made past it are mapped back with the session's current set.
+const CAPACITY: usize = 16 * 1024;
 
 #[derive(Default)]
 pub(super) struct SubscriptionSets {
     by_sid: HashMap<Bytes, Recorded>,
+    /// Entries of unmapped subscriptions.
+    as_is: usize,
+    /// Entries counting deliveries toward an auto-unsubscribe.
+    with_max: usize,
+    /// The set every mapped entry was made with, while there is only one.
+    sets: Sets,
+    /// Deliveries passed without a lookup so far: an entry made before one of them may
+    /// have missed deliveries from its count.
+    unlooked: u64,
+}
+
+#[derive(Default)]
+enum Sets {
+    #[default]
+    None,
+    One(Arc<RuleSet>),
+    Several,
 }
 
 struct Recorded {
@@ -28,6 +49,9 @@ struct Recorded {
     delivered: u64,
     /// `UNSUB sid max`: the upstream ends the subscription at its max-th delivery.
     max: Option<u64>,
+    /// [`SubscriptionSets::unlooked`] when the entry was made: while it is the same, every
+    /// delivery since was counted.
+    unlooked_at: u64,
 }
 
 /// How a delivery's subject maps back.
@@ -48,33 +72,60 @@ impl SubscriptionSets {
         if self.by_sid.len() >= CAPACITY || self.by_sid.contains_key(sid) {
             return;
         }
+        match &set {
+            None => self.as_is += 1,
+            Some(set) => {
+                self.sets = match std::mem::take(&mut self.sets) {
+                    Sets::None => Sets::One(set.clone()),
+                    Sets::One(one) if Arc::ptr_eq(&one, set) => Sets::One(one),
+                    _ => Sets::Several,
+                }
+            }
+        }
         let recorded = Recorded {
             set,
             delivered: 0,
             max: None,
+            unlooked_at: self.unlooked,
         };
         self.by_sid.insert(Bytes::copy_from_slice(sid), recorded);
+    }
+
+    /// `UNSUB sid [max]`, as nats-server takes it: without a max, or with one the
+    /// deliveries have reached, the subscription ends now; otherwise at its max-th delivery.
+    /// That is known only where every delivery was counted; elsewhere the entry goes now,
+    /// and the subscription's last deliveries map back with the session's current set.
+    pub(super) fn unsubscribed(&mut self, sid: &[u8], max: Option<u64>) {
+        let Some(entry) = self.by_sid.get_mut(sid) else {
+            return;
+        };
+        let counted = entry.unlooked_at == self.unlooked;
+        match max {
+            Some(max) if counted && max > entry.delivered => {
+                if entry.max.replace(max).is_none() {
+                    self.with_max += 1;
+                }
+            }
+            _ => self.forget(sid),
+        }
     }
 
     /// The edge ended these subscriptions at the upstream itself (a reload that refused
     /// them, an auto-unsubscribe the ACL counts).
     pub(super) fn ended(&mut self, sids: &[Bytes]) {
         for sid in sids {
-            self.by_sid.remove(sid);
+            self.forget(sid);
         }
     }
 
-    /// `UNSUB sid [max]`, as nats-server takes it: without a max, or with one the
-    /// deliveries have reached, the subscription ends now; otherwise at its max-th delivery.
-    pub(super) fn unsubscribed(&mut self, sid: &[u8], max: Option<u64>) {
-        let Some(entry) = self.by_sid.get_mut(sid) else {
+    fn forget(&mut self, sid: &[u8]) {
+        let Some(gone) = self.by_sid.remove(sid) else {
             return;
         };
-        match max {
-            Some(max) if max > entry.delivered => entry.max = Some(max),
-            _ => {
-                self.by_sid.remove(sid);
-            }
+        self.as_is -= usize::from(gone.set.is_none());
+        self.with_max -= usize::from(gone.max.is_some());
+        if self.by_sid.is_empty() {
+            self.sets = Sets::None;
         }
     }
 
@@ -82,6 +133,15 @@ impl SubscriptionSets {
     /// set. The set is shared by every session using it, so it is cloned only when it is no
     /// longer the current one (after a reload), never per delivery.
     pub(super) fn delivered(&mut self, sid: &[u8], current: Option<&Arc<RuleSet>>) -> Delivery {
+        let all_current = match (&self.sets, current) {
+            (Sets::None, _) => true,
+            (Sets::One(one), Some(current)) => Arc::ptr_eq(one, current),
+            _ => false,
+        };
+        if all_current && self.as_is == 0 && self.with_max == 0 {
+            self.unlooked = self.unlooked.wrapping_add(1);
+            return Delivery::Current;
+        }
         let Some(entry) = self.by_sid.get_mut(sid) else {
             return Delivery::Current;
         };
@@ -92,7 +152,7 @@ impl SubscriptionSets {
             (None, _) => Delivery::AsIs,
         };
         if entry.max.is_some_and(|max| entry.delivered >= max) {
-            self.by_sid.remove(sid);
+            self.forget(sid);
         }
         delivery
     }
