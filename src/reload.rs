@@ -145,10 +145,18 @@ fn running(old: &Config, mut new: Config) -> Config {
     new.log = old.log.clone();
     new.admin = old.admin.clone();
     new.pid_file = old.pid_file.clone();
+    if old.auth.mode != new.auth.mode {
+        // The rule files go with the mode they were written for: under the running mode,
+        // a new mode's files (or none, for passthrough) would turn every client away.
+        new.auth.rules = old.auth.rules.clone();
+    }
     new.auth.mode = old.auth.mode;
     new.auth.upstream = old.auth.upstream.clone();
     new.auth.trusted_proxy = old.auth.trusted_proxy.clone();
-    if rewrites(old) != rewrites(&new) {
+    // Rewriting turned on or off waits for the restart whole: the sets, and which listener
+    // uses which.
+    let rewrite_held = rewrites(old) != rewrites(&new);
+    if rewrite_held {
         new.rewrite = old.rewrite.clone();
     }
     if old.tagging.file.is_some() != new.tagging.file.is_some() {
@@ -165,6 +173,11 @@ fn running(old: &Config, mut new: Config) -> Config {
             {
                 Some(n) => ListenerConfig {
                     bind: o.bind,
+                    rewrite: if rewrite_held {
+                        o.rewrite.clone()
+                    } else {
+                        n.rewrite.clone()
+                    },
                     ..n.clone()
                 },
                 None => o.clone(),
@@ -360,8 +373,29 @@ mod tests {
         );
         let kept = running(&old, edge_mode.clone());
         assert_eq!(kept.auth.mode, old.auth.mode);
-        assert_eq!(kept.auth.rules, edge_mode.auth.rules, "rule files reload");
+        // Its rule files wait with it: under the running mode they would turn clients away.
+        assert_eq!(kept.auth.rules, old.auth.rules);
         assert_eq!(restart_keys(&kept, &edge_mode).len(), 2);
+        // Under the same mode, the rule files reload.
+        let other_rules = config(
+            "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\n\
+             [auth]\nmode = \"edge\"\nrules = [\"s.toml\"]\n\
+             [auth.upstream]\nuser = \"edge\"\npassword = \"pw\"\n",
+        );
+        assert_eq!(
+            running(&edge_mode, other_rules.clone()).auth.rules,
+            other_rules.auth.rules
+        );
+        // Rewriting turned off waits whole: the sets and the listener that uses one.
+        let mounted = config(
+            "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\nrewrite = \"t\"\n\
+             [rewrite.sets]\nt = \"t.toml\"\n",
+        );
+        let kept = running(&mounted, old.clone());
+        assert_eq!(kept.listeners[0].rewrite.as_deref(), Some("t"));
+        assert_eq!(kept.rewrite_config(), mounted.rewrite_config());
+        let kept = running(&old, mounted.clone());
+        assert_eq!(kept.listeners[0].rewrite, None);
         let renamed = config("[[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:4222\"\n");
         assert_eq!(
             restart_keys(&old, &renamed),
