@@ -564,6 +564,13 @@ pub struct Overrides {
     pub pid_file: Option<PathBuf>,
 }
 
+/// The most worker threads the edge starts.
+const MAX_WORKER_THREADS: usize = 1024;
+/// The largest `max_control_line` and `max_payload`: nats-server's (a 32-bit signed size).
+const MAX_PROTOCOL_SIZE: u64 = i32::MAX as u64;
+/// The shortest `admin.upstream_check_interval`.
+const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
 impl Config {
     /// Loads defaults, then `file` if given, then the environment, then `overrides`.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
@@ -688,10 +695,24 @@ impl Config {
                 "at least one listener is required".into(),
             ));
         }
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return Err((
+                "worker_threads".into(),
+                format!("at most {MAX_WORKER_THREADS}"),
+            ));
+        }
         let mut names = std::collections::HashSet::new();
+        let mut binds = std::collections::HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             if l.name.is_empty() {
                 return Err((format!("listeners.{i}.name"), "must not be empty".into()));
+            }
+            // Port 0 asks the system for a free port, a different one each time.
+            if l.bind.port() != 0 && !binds.insert(l.bind) {
+                return Err((
+                    format!("listeners.{i}.bind"),
+                    format!("`{}` is bound by another listener", l.bind),
+                ));
             }
             if !names.insert(&l.name) {
                 return Err((
@@ -758,8 +779,25 @@ impl Config {
                 "must be at least 64 bytes".into(),
             ));
         }
+        // nats-server holds both in 32-bit signed integers.
+        if self.limits.max_control_line.0 > MAX_PROTOCOL_SIZE {
+            return Err((
+                "limits.max_control_line".into(),
+                format!("at most {MAX_PROTOCOL_SIZE} bytes, as nats-server's"),
+            ));
+        }
         if self.limits.max_payload.is_some_and(|p| p.0 == 0) {
             return Err(("limits.max_payload".into(), "must be above zero".into()));
+        }
+        if self
+            .limits
+            .max_payload
+            .is_some_and(|p| p.0 > MAX_PROTOCOL_SIZE)
+        {
+            return Err((
+                "limits.max_payload".into(),
+                format!("at most {MAX_PROTOCOL_SIZE} bytes, as nats-server's"),
+            ));
         }
         if self.limits.handshake_timeout.0.is_zero() {
             return Err((
@@ -771,10 +809,10 @@ impl Config {
             return Err(("limits.write_deadline".into(), "must be above zero".into()));
         }
         self.auth.validate()?;
-        if self.admin.upstream_check_interval.0.is_zero() {
+        if self.admin.upstream_check_interval.0 < MIN_CHECK_INTERVAL {
             return Err((
                 "admin.upstream_check_interval".into(),
-                "must be above zero".into(),
+                format!("at least {MIN_CHECK_INTERVAL:?}: each check dials the upstream"),
             ));
         }
         // As nats-server holds lame_duck_grace_period strictly below lame_duck_duration: a
@@ -1012,5 +1050,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("busy_poll: at most 10ms"), "{err}");
+    }
+
+    /// Values past what the edge (or nats-server) can hold are refused at load, naming the
+    /// key, rather than truncated or saturated.
+    #[test]
+    fn sizes_counts_and_intervals_have_bounds() {
+        let listeners = "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\n";
+        for (toml, key) in [
+            ("worker_threads = 100000\n", "worker_threads: at most 1024"),
+            (
+                "[limits]\nmax_control_line = \"3GiB\"\n",
+                "limits.max_control_line: at most 2147483647 bytes",
+            ),
+            (
+                "[limits]\nmax_payload = \"4GiB\"\n",
+                "limits.max_payload: at most 2147483647 bytes",
+            ),
+            (
+                "[limits]\nmax_payload = \"99999999999GiB\"\n",
+                "limits.max_payload",
+            ),
+            (
+                "[admin]\nupstream_check_interval = \"1us\"\n",
+                "admin.upstream_check_interval: at least 100ms",
+            ),
+            (
+                "[[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:4222\"\n",
+                "listeners.1.bind: `127.0.0.1:4222` is bound by another listener",
+            ),
+        ] {
+            let (top, tables) = if toml.starts_with('[') {
+                ("", toml)
+            } else {
+                (toml, "")
+            };
+            let err = Config::from_toml_str(&format!(
+                "{top}{listeners}{tables}[upstream]\nurls = [\"nats://x:1\"]"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.starts_with(key), "{toml}: {err}");
+        }
     }
 }

@@ -68,7 +68,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
             ))
         }
     };
-    Ok((value * factor as f64) as u64)
+    let bytes = value * factor as f64;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(format!("`{s}` is too large"));
+    }
+    Ok(bytes as u64)
 }
 
 struct HumanVisitor<F>(&'static str, F);
@@ -227,20 +231,50 @@ impl<'de> Deserialize<'de> for StringList {
             Many(Vec<String>),
         }
         Ok(StringList(match OneOrMany::deserialize(d)? {
-            OneOrMany::One(s) => s
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect(),
+            OneOrMany::One(s) => split_list(&s),
             OneOrMany::Many(v) => v,
         }))
     }
 }
 
+/// The items of a comma-separated list. A comma inside a URL's credentials
+/// (`nats://edge:pa,ss@host:4222`) does not split it: a part with an `@` and no scheme of
+/// its own continues the one before, as no item is ever written that way. Otherwise a piece
+/// of the password would be taken for an item, and printed in its error.
+fn split_list(s: &str) -> Vec<String> {
+    let mut items: Vec<String> = Vec::new();
+    for part in s.split(',') {
+        let continues = part.contains('@') && !part.contains("://");
+        match items.last_mut() {
+            Some(last) if continues => {
+                last.push(',');
+                last.push_str(part);
+            }
+            _ => items.push(part.to_string()),
+        }
+    }
+    items
+        .into_iter()
+        .map(|item| item.trim().to_string())
+        .filter(|item| !item.is_empty())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_comma_in_credentials_does_not_split_a_url() {
+        assert_eq!(
+            split_list("nats://edge:s3cr,et@10.0.0.5:4222, tls://b:4222,"),
+            ["nats://edge:s3cr,et@10.0.0.5:4222", "tls://b:4222"]
+        );
+        assert_eq!(
+            split_list("10.0.0.0/8,192.168.1.1"),
+            ["10.0.0.0/8", "192.168.1.1"]
+        );
+    }
 
     #[test]
     fn durations_and_sizes() {
