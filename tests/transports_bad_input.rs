@@ -612,8 +612,12 @@ async fn truncated_and_forged_proxy_headers() {
     let line = failure_line("pp-proxy", "timeout");
     assert_eq!(line["error"], "timed out during the PROXY protocol header");
 
-    // A load balancer's TCP health check (connect, close) is not a failure.
+    // A load balancer's TCP health check (connect, close; or connect, reset, as HAProxy's
+    // checks end) is not a failure.
     drop(tcp(addr).await);
+    let check = tcp(addr).await;
+    check.set_zero_linger().unwrap();
+    drop(check);
     let mut ok = RawConn::connect(addr).await;
     ok.send(b"PROXY UNKNOWN\r\n").await;
     ok.read_info().await;

@@ -91,16 +91,20 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, HeaderError> {
     if lf == 0 || window[lf - 1] != b'\r' {
         return Err(HeaderError::V1("the line does not end with CRLF"));
     }
-    let line = std::str::from_utf8(&window[V1_PREFIX.len()..lf - 1])
-        .map_err(|_| HeaderError::V1("not ASCII"))?;
-    let mut parts = line.split(' ');
-    let proto = parts.next().unwrap_or_default();
-    if proto == "UNKNOWN" {
+    let line = &window[V1_PREFIX.len()..lf - 1];
+    // After UNKNOWN the receiver ignores the rest of the line, whatever it holds.
+    if line
+        .strip_prefix(b"UNKNOWN")
+        .is_some_and(|rest| rest.is_empty() || rest[0] == b' ')
+    {
         return Ok(Parsed::Complete {
             len: lf + 1,
             addrs: None,
         });
     }
+    let line = std::str::from_utf8(line).map_err(|_| HeaderError::V1("not ASCII"))?;
+    let mut parts = line.split(' ');
+    let proto = parts.next().unwrap_or_default();
     let fields: Vec<&str> = parts.collect();
     let [src, dst, sport, dport] = fields[..] else {
         return Err(HeaderError::V1("expected 5 fields after PROXY"));
@@ -208,7 +212,13 @@ pub async fn read_header(stream: &mut TcpStream) -> Result<Option<ProxyAddrs>, R
         // Peek at what has arrived beyond the bytes already taken. Bytes are only taken
         // (read) once the header is known to span them, or when all of them are needed, so
         // the next peek waits for new data instead of spinning.
-        let n = stream.peek(&mut buf[have..]).await?;
+        let n = match stream.peek(&mut buf[have..]).await {
+            Ok(n) => n,
+            // A reset before any byte is a health check that closed that way: quiet, as a
+            // close is.
+            Err(e) if have == 0 && super::tls::is_reset(&e) => return Err(ReadError::ClosedEarly),
+            Err(e) => return Err(e.into()),
+        };
         if n == 0 {
             return Err(if have == 0 {
                 ReadError::ClosedEarly
@@ -409,6 +419,15 @@ mod tests {
                 addrs: None
             })
         );
+        // Whatever follows UNKNOWN on the line is ignored, as the specification says.
+        assert_eq!(
+            parse(b"PROXY UNKNOWN \xff 1.2.3.4\r\n"),
+            Ok(Parsed::Complete {
+                len: 25,
+                addrs: None
+            })
+        );
+        assert!(parse(b"PROXY UNKNOWNX\r\n").is_err());
         let mut local = V2_SIGNATURE.to_vec();
         local.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
         assert_eq!(

@@ -204,7 +204,7 @@ pub async fn client_speaks_within(tcp: &TcpStream, delay: Duration) -> Result<bo
 /// A client that resets the connection before sending a byte has left, as one that closes
 /// it has: a TCP health check that did not read the INFO of a classic TLS listener resets
 /// rather than closes, since the kernel resets a socket closed with unread data.
-fn is_reset(e: &io::Error) -> bool {
+pub(crate) fn is_reset(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted

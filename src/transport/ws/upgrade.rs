@@ -130,7 +130,14 @@ where
         if buf.len() >= MAX_REQUEST_HEAD {
             return Err(respond(&mut stream, Reject::http(431, "request head over 32 KiB")).await);
         }
-        let n = stream.read_buf(&mut buf).await?;
+        let n = match stream.read_buf(&mut buf).await {
+            Ok(n) => n,
+            // A reset before any byte is a health check that closed that way: quiet.
+            Err(e) if buf.is_empty() && crate::transport::tls::is_reset(&e) => {
+                return Err(Reject::ClosedEarly)
+            }
+            Err(e) => return Err(e.into()),
+        };
         if buf.first() == Some(&crate::transport::tls::HANDSHAKE_RECORD) {
             return Err(Reject::TlsOnPlain);
         }
