@@ -38,7 +38,7 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("{what}: TLS: {source}")]
+    #[error("{what}: {source}")]
     Tls { what: String, source: TlsError },
     #[error("admin: cannot bind {addr}: {source}")]
     AdminBind {
@@ -121,14 +121,14 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     let tls_error = |what: String| move |source| StartError::Tls { what, source };
     let upstream_tls = match &config.upstream.tls {
         Some(settings) => Some(Arc::new(
-            ClientTls::load(settings).map_err(tls_error("upstream".into()))?,
+            ClientTls::load(settings).map_err(tls_error("upstream.tls".into()))?,
         )),
         None => None,
     };
     let urls = config.upstream_urls();
     let default_tls = if upstream_tls.is_none() && urls.iter().any(|u| u.tls) {
         Some(Arc::new(
-            ClientTls::load(&Default::default()).map_err(tls_error("upstream".into()))?,
+            ClientTls::load(&Default::default()).map_err(tls_error("upstream.urls".into()))?,
         ))
     } else {
         None
@@ -142,11 +142,11 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         proxy_protocol: config.upstream.proxy_protocol,
     });
     let mut listeners = Vec::new();
-    for l in &config.listeners {
+    for (i, l) in config.listeners.iter().enumerate() {
         let server_tls = match &l.tls {
             Some(settings) if l.kind.is_tls() => {
-                let loaded = ServerTls::load(settings)
-                    .map_err(tls_error(format!("listener `{}`", l.name)))?;
+                let loaded =
+                    ServerTls::load(settings).map_err(tls_error(format!("listeners.{i}.tls")))?;
                 Some(Arc::new(loaded))
             }
             _ => None,
@@ -510,7 +510,7 @@ impl Reloadable for ListenerReload {
     fn prepare(&self, new: &Config) -> Result<Staged, ReloadError> {
         let prepared = prepare(new).map_err(|e| match e {
             StartError::Tls { what, source } => ReloadError::Invalid {
-                key: format!("{what} tls"),
+                key: what,
                 reason: source.to_string(),
             },
             // Every other start error names its own key (`auth.rules`, `tagging.file`) or
