@@ -118,6 +118,12 @@ pub struct Prepared {
 /// Loads the TLS material and settings the config names, without binding or dialling
 /// anything (`nats-edge check` runs this too).
 pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
+    prepare_with(config, true)
+}
+
+/// [`prepare`]; without the trusted-proxy key when `load_signer` is false (a reload, which
+/// keeps the running key until a restart: its file need not be there).
+fn prepare_with(config: &Config, load_signer: bool) -> Result<Prepared, StartError> {
     let tls_error = |what: String| move |source| StartError::Tls { what, source };
     let upstream_tls = match &config.upstream.tls {
         Some(settings) => Some(Arc::new(
@@ -168,8 +174,8 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     // what start-up would refuse.
     let rules = AclRules::load(&config.rule_files())?;
     let proxy_signer = match &config.auth.trusted_proxy {
-        Some(proxy) => Some(Arc::new(ProxySigner::load(proxy)?)),
-        None => None,
+        Some(proxy) if load_signer => Some(Arc::new(ProxySigner::load(proxy)?)),
+        _ => None,
     };
     let rewrite_config = config.rewrite_config();
     let rewrite = if rewrite_config == Default::default() {
@@ -508,7 +514,7 @@ impl Reloadable for ListenerReload {
     }
 
     fn prepare(&self, new: &Config) -> Result<Staged, ReloadError> {
-        let prepared = prepare(new).map_err(|e| match e {
+        let prepared = prepare_with(new, false).map_err(|e| match e {
             StartError::Tls { what, source } => ReloadError::Invalid {
                 key: what,
                 reason: source.to_string(),

@@ -642,15 +642,25 @@ async fn trusted_proxy_signature_lets_proxy_required_users_in() {
         show(&direct)
     );
     // Through the edge, in passthrough mode: the edge signs, nats-server lets app in.
-    let edge = start_edge(
-        &[server.url()],
-        &format!("[auth.trusted_proxy]\nseed_file = {seed:?}\n"),
-    )
-    .await;
+    let signing = format!("[auth.trusted_proxy]\nseed_file = {seed:?}\n");
+    let edge = start_edge(&[server.url()], &signing).await;
     let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
     let reply = raw.roundtrip(&connect_json(connect)).await;
     assert!(!reply.closed, "{}", show(&reply.bytes));
     assert_eq!(show(&reply.bytes), "");
+    // The key is read at start-up only: a reload does not need its file (moved away here),
+    // and the edge goes on signing with the key it has.
+    let moved = dir.path().join("moved.nk");
+    std::fs::rename(&seed, &moved).unwrap();
+    let again = nats_edge::config::Config::from_toml_str(&edge_toml(&[server.url()], "", &signing))
+        .unwrap();
+    edge.shared()
+        .reloader
+        .reload(again, "test")
+        .expect("a reload without the key file");
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert!(!raw.roundtrip(&connect_json(connect)).await.closed);
+    std::fs::rename(&moved, &seed).unwrap();
     // A signature from a key nats-server does not trust does not help.
     let other = nkeys::KeyPair::new_user();
     std::fs::write(&seed, other.seed().unwrap()).unwrap();
