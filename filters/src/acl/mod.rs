@@ -247,16 +247,20 @@ impl AclFilter {
 
     /// The ops this session's permissions need to see.
     fn refresh_interest(&mut self) {
-        // Subscriptions are tracked whatever the user's permissions, so a reload that
-        // refuses one can end it, as nats-server checks every subscription of every client
-        // on a reload, an unrestricted user's too; and so are the upstream's errors, which
-        // say when it refused one itself. Only SUB and UNSUB pay for it, not messages.
-        let mut kinds = vec![
-            OpKind::Connect,
-            OpKind::Sub,
-            OpKind::Unsub,
-            OpKind::ServerErr,
-        ];
+        // Wherever rules are in force, subscriptions are tracked whatever the user's
+        // permissions, so a reload that refuses one can end it, as nats-server checks every
+        // subscription of every client on a reload, an unrestricted user's too; and so are
+        // the upstream's errors, which say when it refused one itself. Only SUB and UNSUB
+        // pay for it, not messages; without rule files (the default) nothing does.
+        let mut kinds = vec![OpKind::Connect];
+        let tracking = self.perms.is_some() || self.rules.is_configured();
+        if tracking {
+            kinds.extend([OpKind::Sub, OpKind::Unsub, OpKind::ServerErr]);
+        } else {
+            // Rules gone (a reload removed every file): only what is still being ended, or
+            // counted for an auto-unsubscribe, stays tracked.
+            self.subs.retain(|_, s| s.needs_deliveries());
+        }
         if let Some(p) = &self.perms {
             if p.restricts_publish() {
                 kinds.push(OpKind::Pub);
@@ -269,7 +273,7 @@ impl AclFilter {
             }
         } else if self.subs_need_deliveries {
             // No rules apply any more, but auto-unsubscribes the edge counts are still on.
-            kinds.push(OpKind::Msg);
+            kinds.extend([OpKind::Unsub, OpKind::Msg]);
         }
         if self.revoked || (self.settings.mode == AuthMode::Edge && !self.connected) {
             // Every op, to close the session on it.

@@ -126,6 +126,12 @@ pub struct AclRules {
 }
 
 impl AclRules {
+    /// Whether any rule is in force: without rule files (the default configuration) the
+    /// ACL judges nothing and need not look at subscriptions.
+    pub fn is_configured(&self) -> bool {
+        !self.files.is_empty() || !self.users.is_empty() || self.default_permissions.is_some()
+    }
+
     /// Loads and merges rule files.
     pub fn load(files: &[PathBuf]) -> Result<AclRules, RulesError> {
         let mut rules = AclRules {

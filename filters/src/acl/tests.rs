@@ -588,6 +588,16 @@ fn reload_applies_to_the_live_session() {
     );
 }
 
+/// Without rules (the default configuration) the ACL looks at nothing but the CONNECT:
+/// subscriptions are not tracked, so they cost nothing.
+#[test]
+fn without_rules_subscriptions_are_not_tracked() {
+    let (_, mut ctx, _, _) = setup(AuthMode::Passthrough, RULES);
+    let mut nobody = lone_filter("");
+    nobody.on_client_op(&mut connect(r#"{"user":"ops"}"#), &mut ctx);
+    assert_eq!(nobody.interest(), Interest::of(&[OpKind::Connect]));
+}
+
 /// A user with no permissions is unrestricted, but its subscriptions are tracked all the
 /// same (deliveries stay off the filter's interest): a reload that restricts the user ends
 /// the ones it refuses, as nats-server checks every client's subscriptions on a reload.
