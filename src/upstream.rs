@@ -72,12 +72,13 @@ pub enum UrlError {
 impl UpstreamUrl {
     pub fn parse(url: &str) -> Result<Self, UrlError> {
         let redacted = redact(url);
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("nats://") {
-            (false, rest)
-        } else if let Some(rest) = url.strip_prefix("tls://") {
-            (true, rest)
-        } else {
-            return Err(UrlError::Scheme(redacted));
+        // A scheme is case-insensitive (RFC 3986), as the NATS clients read it.
+        let scheme_len = url.find("://").map_or(0, |i| i + 3);
+        let rest = &url[scheme_len..];
+        let tls = match url[..scheme_len].to_ascii_lowercase().as_str() {
+            "nats://" => false,
+            "tls://" => true,
+            _ => return Err(UrlError::Scheme(redacted)),
         };
         let rest = rest.trim_end_matches('/');
         let (userinfo, hostport) = match rest.rsplit_once('@') {
@@ -103,6 +104,12 @@ impl UpstreamUrl {
             .to_string();
         if host.is_empty() {
             return Err(UrlError::Malformed(redacted, "no host".into()));
+        }
+        if port == 0 {
+            return Err(UrlError::Malformed(
+                redacted,
+                "port 0 cannot be dialled".into(),
+            ));
         }
         Ok(UpstreamUrl {
             tls,
@@ -646,5 +653,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains(":p@"), "{err}");
+        // A scheme in capitals is the same scheme; port 0 and a lone bracket are refused.
+        assert!(UpstreamUrl::parse("NATS://x:1").is_ok_and(|u| !u.tls));
+        assert!(UpstreamUrl::parse("TLS://x:1").is_ok_and(|u| u.tls));
+        assert!(UpstreamUrl::parse("nats://x:0").is_err());
+        assert!(UpstreamUrl::parse("nats://[::1:4222").is_err());
     }
 }

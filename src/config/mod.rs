@@ -826,6 +826,9 @@ impl Config {
                 ),
             ));
         }
+        if self.log.level.trim().is_empty() {
+            return Err(("log.level".into(), "must not be empty".into()));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ("log.level".to_string(), e.to_string()))?;
         Ok(())
@@ -957,7 +960,12 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
     let port: u16 = port
         .parse()
         .map_err(|_| format!("`{s}`: `{port}` is not a port number"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    // An IPv6 address comes in brackets, both or neither.
+    let host = match (host.strip_prefix('['), host.ends_with(']')) {
+        (Some(inner), true) => &inner[..inner.len() - 1],
+        (None, false) => host,
+        _ => return Err(format!("`{s}`: unbalanced brackets around the host")),
+    };
     if host.is_empty() {
         return Err(format!("`{s}`: the host is empty"));
     }
