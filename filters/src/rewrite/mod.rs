@@ -23,6 +23,7 @@ pub mod sets;
 mod subscriptions;
 pub mod validate;
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -125,6 +126,7 @@ impl FilterFactory for RewriteFactory {
             tokens: ReplyTokens::new(conn.conn_id),
             arena: SubjectArena::default(),
             subscriptions: SubscriptionSets::default(),
+            answered: VecDeque::new(),
         })
     }
 }
@@ -144,7 +146,14 @@ pub struct Rewrite {
     arena: SubjectArena,
     /// The set each live subscription was mapped with, for its deliveries.
     subscriptions: SubscriptionSets,
+    /// The latest publishes to tokens: the reply subject each went to, and the token, so
+    /// the upstream's permissions error for one names the token the client used.
+    answered: VecDeque<(Bytes, Bytes)>,
 }
+
+/// How many publishes to tokens [`Rewrite::answered`] keeps: nats-server answers a refused
+/// publish at once, so its error follows the publish closely.
+const RECENT_ANSWERS: usize = 16;
 
 /// The subjects that stand for reply subjects from outside the mount: `_R_.` and 16 hex
 /// digits, counted up from a random start per session.
@@ -303,6 +312,11 @@ impl Filter for Rewrite {
                     // An answer to a reply subject from outside the mount, under the
                     // edge's token for it.
                     Some(Some(upstream)) => {
+                        if self.answered.len() == RECENT_ANSWERS {
+                            self.answered.pop_front();
+                        }
+                        let token = Bytes::copy_from_slice(&publish.subject);
+                        self.answered.push_back((upstream.clone(), token));
                         publish.subject = upstream;
                         changed = true;
                     }
@@ -382,7 +396,19 @@ impl Filter for Rewrite {
                 let Some(set) = set else {
                     return Verdict::Forward;
                 };
-                return match reverse_permissions_error(text, set) {
+                // A publish to a token stands for a reply subject from outside the mount:
+                // the error names that subject, which the client never saw.
+                let answered = &self.answered;
+                let back_of = |subject: &[u8]| {
+                    set.reverse(subject).or_else(|| {
+                        answered
+                            .iter()
+                            .rev()
+                            .find(|(upstream, _)| upstream[..] == *subject)
+                            .map(|(_, token)| token.to_vec())
+                    })
+                };
+                return match reverse_permissions_error(text, back_of) {
                     Some(back) => {
                         *text = back;
                         self.events.rewritten(RewriteDirection::UpstreamToClient);
@@ -511,13 +537,16 @@ fn reverse_reply(
 /// it would from a server of its own, both so the mount does not show and so a client can
 /// match the error to the subscription or publish it made. The first quoted subject is
 /// mapped back; a queue name after it is left as it is.
-fn reverse_permissions_error(text: &str, set: &RuleSet) -> Option<String> {
+fn reverse_permissions_error(
+    text: &str,
+    back_of: impl Fn(&[u8]) -> Option<Vec<u8>>,
+) -> Option<String> {
     if !text.starts_with("Permissions Violation for ") {
         return None;
     }
     let start = text.find('"')?;
     let (subject, quoted_len) = go_unquote(&text[start..])?;
-    let back = set.reverse(&subject)?;
+    let back = back_of(&subject)?;
     let end = start + quoted_len;
     Some(format!(
         "{}{}{}",

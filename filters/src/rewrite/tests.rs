@@ -54,7 +54,7 @@ fn mount_maps_tokens_and_wildcards_both_ways() {
 #[test]
 fn permissions_errors_name_the_clients_subject() {
     let set = load("tenant-mount");
-    let back = |text: &str| reverse_permissions_error(text, &set);
+    let back = |text: &str| reverse_permissions_error(text, |s| set.reverse(s));
     assert_eq!(
         back(r#"Permissions Violation for Publish to "tenant.acme.orders.x""#).as_deref(),
         Some(r#"Permissions Violation for Publish to "orders.x""#)
@@ -420,6 +420,17 @@ fn reply_from_outside_the_mount_is_answered_through_a_token() {
     let mut again = publish(std::str::from_utf8(&token).unwrap(), None);
     f.on_client_op(&mut again, &mut ctx);
     assert_eq!(subject_of(&again), b"_INBOX.outside.1");
+    // The upstream refusing that publish names the token, never the subject it stands for.
+    let mut refused =
+        ServerOp::Err(r#"Permissions Violation for Publish to "_INBOX.outside.1""#.into());
+    assert_eq!(f.on_server_op(&mut refused, &mut ctx), Verdict::Changed);
+    assert_eq!(
+        refused,
+        ServerOp::Err(format!(
+            r#"Permissions Violation for Publish to "{}""#,
+            std::str::from_utf8(&token).unwrap()
+        ))
+    );
     // The subject itself, published by the client, is the client's own: into the mount.
     let mut own = publish("_INBOX.outside.1", None);
     assert_eq!(f.on_client_op(&mut own, &mut ctx), Verdict::Changed);
