@@ -162,28 +162,42 @@ fn running(old: &Config, mut new: Config) -> Config {
     if old.tagging.file.is_some() != new.tagging.file.is_some() {
         new.tagging = old.tagging.clone();
     }
-    new.listeners = old
-        .listeners
+    // The listeners in the new file's order (so an error names a listener's place in the
+    // file being loaded), each on its running address. One the new file dropped, or gave
+    // another kind, runs on as it was until the restart, with the rule set it names.
+    let same = |a: &ListenerConfig, b: &ListenerConfig| a.name == b.name && a.kind == b.kind;
+    let from_file = std::mem::take(&mut new.listeners);
+    let mut listeners: Vec<ListenerConfig> = from_file
         .iter()
-        .map(|o| {
-            match new
-                .listeners
-                .iter()
-                .find(|n| n.name == o.name && n.kind == o.kind)
-            {
-                Some(n) => ListenerConfig {
-                    bind: o.bind,
-                    rewrite: if rewrite_held {
-                        o.rewrite.clone()
-                    } else {
-                        n.rewrite.clone()
-                    },
-                    ..n.clone()
+        .filter_map(|n| {
+            let o = old.listeners.iter().find(|o| same(o, n))?;
+            Some(ListenerConfig {
+                bind: o.bind,
+                rewrite: if rewrite_held {
+                    o.rewrite.clone()
+                } else {
+                    n.rewrite.clone()
                 },
-                None => o.clone(),
-            }
+                ..n.clone()
+            })
         })
         .collect();
+    for o in old
+        .listeners
+        .iter()
+        .filter(|o| !from_file.iter().any(|n| same(o, n)))
+    {
+        if let Some(set) = &o.rewrite {
+            if let Some(path) = old.rewrite.sets.get(set) {
+                new.rewrite
+                    .sets
+                    .entry(set.clone())
+                    .or_insert_with(|| path.clone());
+            }
+        }
+        listeners.push(o.clone());
+    }
+    new.listeners = listeners;
     new
 }
 
@@ -396,6 +410,24 @@ mod tests {
         assert_eq!(kept.rewrite_config(), mounted.rewrite_config());
         let kept = running(&old, mounted.clone());
         assert_eq!(kept.listeners[0].rewrite, None);
+        // A listener the new file drops runs on until the restart, with the set it names
+        // even where the new file no longer defines it; the others keep the new file's order.
+        let three = config(
+            "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\nrewrite = \"t\"\n\
+             [[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:4223\"\nrewrite = \"u\"\n\
+             [[listeners]]\nname = \"c\"\nbind = \"127.0.0.1:4224\"\n\
+             [rewrite.sets]\nt = \"t.toml\"\nu = \"u.toml\"\n",
+        );
+        let two_left = config(
+            "[[listeners]]\nname = \"c\"\nbind = \"127.0.0.1:4224\"\n\
+             [[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\nrewrite = \"t\"\n\
+             [rewrite.sets]\nt = \"t.toml\"\n",
+        );
+        let kept = running(&three, two_left);
+        let names: Vec<&str> = kept.listeners.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["c", "a", "b"]);
+        assert_eq!(kept.listeners[2].rewrite.as_deref(), Some("u"));
+        assert!(kept.rewrite.sets.contains_key("u"));
         let renamed = config("[[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:4222\"\n");
         assert_eq!(
             restart_keys(&old, &renamed),

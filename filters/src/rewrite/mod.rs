@@ -278,7 +278,7 @@ impl Filter for Rewrite {
         };
         match op {
             ClientOp::Unsub(unsub) => {
-                self.subscriptions.unsubscribed(&unsub.sid, unsub.max);
+                self.subscriptions.unsubscribed(&unsub.sid, unsub.max, set);
                 return Verdict::Forward;
             }
             // An invalid subject never becomes a subscription: the upstream refuses it.

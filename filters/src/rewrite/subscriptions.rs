@@ -52,6 +52,8 @@ struct Recorded {
     /// [`SubscriptionSets::unlooked`] when the entry was made: while it is the same, every
     /// delivery since was counted.
     unlooked_at: u64,
+    /// An auto-unsubscribe whose count is not known: the upstream may have ended it.
+    maybe_ended: bool,
 }
 
 /// How a delivery's subject maps back.
@@ -69,6 +71,9 @@ impl SubscriptionSets {
     /// A SUB went upstream, mapped by `set` or (`None`) as the client wrote it. A SUB that
     /// reuses the sid of a live subscription changes nothing, as nats-server ignores it.
     pub(super) fn subscribed(&mut self, sid: &[u8], set: Option<Arc<RuleSet>>) {
+        if self.by_sid.get(sid).is_some_and(|entry| entry.maybe_ended) {
+            self.forget(sid);
+        }
         if self.by_sid.len() >= CAPACITY || self.by_sid.contains_key(sid) {
             return;
         }
@@ -87,23 +92,44 @@ impl SubscriptionSets {
             delivered: 0,
             max: None,
             unlooked_at: self.unlooked,
+            maybe_ended: false,
         };
         self.by_sid.insert(Bytes::copy_from_slice(sid), recorded);
     }
 
     /// `UNSUB sid [max]`, as nats-server takes it: without a max, or with one the
     /// deliveries have reached, the subscription ends now; otherwise at its max-th delivery.
-    /// That is known only where every delivery was counted; elsewhere the entry goes now,
-    /// and the subscription's last deliveries map back with the session's current set.
-    pub(super) fn unsubscribed(&mut self, sid: &[u8], max: Option<u64>) {
+    /// That is known only where every delivery was counted. Elsewhere an entry made with the
+    /// session's `current` set goes now (its last deliveries map back with that set all the
+    /// same); one made with an earlier set stays, marked as maybe ended, so that its last
+    /// deliveries still map back with its own set, until a SUB reuses the sid.
+    pub(super) fn unsubscribed(
+        &mut self,
+        sid: &[u8],
+        max: Option<u64>,
+        current: Option<&Arc<RuleSet>>,
+    ) {
+        let unlooked = self.unlooked;
         let Some(entry) = self.by_sid.get_mut(sid) else {
             return;
         };
-        let counted = entry.unlooked_at == self.unlooked;
+        let counted = entry.unlooked_at == unlooked;
         match max {
             Some(max) if counted && max > entry.delivered => {
                 if entry.max.replace(max).is_none() {
                     self.with_max += 1;
+                }
+            }
+            Some(_) if !counted => {
+                let earlier_set = match (&entry.set, current) {
+                    (Some(set), Some(current)) => !Arc::ptr_eq(set, current),
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                if earlier_set {
+                    entry.maybe_ended = true;
+                } else {
+                    self.forget(sid);
                 }
             }
             _ => self.forget(sid),

@@ -696,22 +696,8 @@ fn delivered_as(f: &mut Box<dyn Filter>, ctx: &mut SessionCtx, subject: &str, si
 /// client as they are, not mapped back into the mount.
 #[test]
 fn deliveries_map_back_with_the_set_their_subscription_was_mapped_with() {
-    let dir = std::env::temp_dir().join(format!("nats-edge-rw-subs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("set.toml");
-    let mount = |upstream: &str| {
-        format!("[[rule]]\nname='m'\nkind='mount'\nclient='a.>'\nupstream='{upstream}.a.>'\n")
-    };
-    std::fs::write(&file, mount("x")).unwrap();
-    let mut config = RewriteConfig::default();
-    config.sets.insert("s".into(), file.clone());
-    config.default = Some("s".into());
-    let rules = Arc::new(RewriteRules::load(&config).unwrap());
-    let factory = RewriteFactory {
-        rules: rules.clone(),
-        events: Arc::new(NoEvents),
-    };
-    let (mut f, mut ctx) = (factory.build(&conn()), SessionCtx::new(conn()));
+    let mount = MovableMount::new("subs", "x");
+    let (mut f, mut ctx) = mount.session();
 
     assert_eq!(
         f.on_client_op(&mut subscribe("a.*", "1"), &mut ctx),
@@ -724,8 +710,7 @@ fn deliveries_map_back_with_the_set_their_subscription_was_mapped_with() {
     assert_eq!(delivered_as(&mut f, &mut ctx, "x.a.1", "1"), "a.1");
     assert_eq!(delivered_as(&mut f, &mut ctx, "x.a.1", "2"), "x.a.1");
 
-    std::fs::write(&file, mount("y")).unwrap();
-    rules.reload().unwrap();
+    mount.move_to("y");
     f.on_reload(&ctx);
     let mut sub = subscribe("a.>", "3");
     assert_eq!(f.on_client_op(&mut sub, &mut ctx), Verdict::Changed);
@@ -772,7 +757,73 @@ fn deliveries_map_back_with_the_set_their_subscription_was_mapped_with() {
         "a.5",
         "ended: the session's set"
     );
-    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A mount in a rule file of its own, moved by a reload: `<upstream>.a.>` for `a.>`.
+struct MovableMount {
+    dir: std::path::PathBuf,
+    file: std::path::PathBuf,
+    rules: Arc<RewriteRules>,
+}
+
+impl MovableMount {
+    fn new(name: &str, upstream: &str) -> MovableMount {
+        let dir = std::env::temp_dir().join(format!("nats-edge-rw-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("set.toml");
+        std::fs::write(&file, Self::text(upstream)).unwrap();
+        let mut config = RewriteConfig::default();
+        config.sets.insert("s".into(), file.clone());
+        config.default = Some("s".into());
+        let rules = Arc::new(RewriteRules::load(&config).unwrap());
+        MovableMount { dir, file, rules }
+    }
+
+    fn text(upstream: &str) -> String {
+        format!("[[rule]]\nname='m'\nkind='mount'\nclient='a.>'\nupstream='{upstream}.a.>'\n")
+    }
+
+    fn session(&self) -> (Box<dyn Filter>, SessionCtx) {
+        let factory = RewriteFactory {
+            rules: self.rules.clone(),
+            events: Arc::new(NoEvents),
+        };
+        (factory.build(&conn()), SessionCtx::new(conn()))
+    }
+
+    fn move_to(&self, upstream: &str) {
+        std::fs::write(&self.file, Self::text(upstream)).unwrap();
+        self.rules.reload().unwrap();
+    }
+}
+
+impl Drop for MovableMount {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// With every subscription mapped with the current set, deliveries skip the sid lookup and
+/// go uncounted. An auto-unsubscribe after a reload then cannot know its count: the entry,
+/// made with the earlier set, stays, so its last deliveries still map back with that set,
+/// until a SUB reuses the sid.
+#[test]
+fn an_uncounted_auto_unsubscribe_after_a_reload_keeps_its_set() {
+    let mount = MovableMount::new("unlooked", "x");
+    let (mut f, mut ctx) = mount.session();
+    f.on_client_op(&mut subscribe("a.*", "1"), &mut ctx);
+    assert_eq!(delivered_as(&mut f, &mut ctx, "x.a.1", "1"), "a.1");
+    mount.move_to("y");
+    f.on_reload(&ctx);
+    let mut unsub = ClientOp::Unsub(crate::op::Unsub {
+        sid: "1".into(),
+        max: Some(3),
+    });
+    f.on_client_op(&mut unsub, &mut ctx);
+    assert_eq!(delivered_as(&mut f, &mut ctx, "x.a.2", "1"), "a.2");
+    // The sid reused: a new subscription, with the current set.
+    f.on_client_op(&mut subscribe("a.>", "1"), &mut ctx);
+    assert_eq!(delivered_as(&mut f, &mut ctx, "y.a.3", "1"), "a.3");
 }
 
 fn subject_of_sub(op: &ClientOp) -> &[u8] {
