@@ -93,6 +93,9 @@ impl UpstreamUrl {
             None => UrlCredentials::Token(Secret(percent_decode(u))),
         });
         let (host, port) = if hostport.ends_with(']') || !hostport.contains(':') {
+            if hostport.starts_with('[') != hostport.ends_with(']') {
+                return Err(UrlError::Malformed(redacted, "unbalanced brackets".into()));
+            }
             (hostport.to_string(), 4222)
         } else {
             crate::config::parse_host_port(hostport)
@@ -658,5 +661,7 @@ mod tests {
         assert!(UpstreamUrl::parse("TLS://x:1").is_ok_and(|u| u.tls));
         assert!(UpstreamUrl::parse("nats://x:0").is_err());
         assert!(UpstreamUrl::parse("nats://[::1:4222").is_err());
+        assert!(UpstreamUrl::parse("nats://[host").is_err());
+        assert!(UpstreamUrl::parse("nats://host]").is_err());
     }
 }

@@ -707,13 +707,21 @@ impl Config {
             if l.name.is_empty() {
                 return Err((format!("listeners.{i}.name"), "must not be empty".into()));
             }
-            // Port 0 asks the system for a free port, a different one each time.
-            if l.bind.port() != 0 && !binds.insert(l.bind) {
+            // Port 0 asks the system for a free port, a different one each time. An
+            // unspecified address (0.0.0.0, [::]) takes its port on every address.
+            let taken = binds.iter().any(|b: &SocketAddr| {
+                b.port() == l.bind.port()
+                    && (b.ip() == l.bind.ip()
+                        || b.ip().is_unspecified()
+                        || l.bind.ip().is_unspecified())
+            });
+            if l.bind.port() != 0 && taken {
                 return Err((
                     format!("listeners.{i}.bind"),
                     format!("`{}` is bound by another listener", l.bind),
                 ));
             }
+            binds.insert(l.bind);
             if !names.insert(&l.name) {
                 return Err((
                     format!("listeners.{i}.name"),
@@ -726,7 +734,11 @@ impl Config {
             for url in &l.connect_urls.0 {
                 let host_port = ["nats://", "tls://", "ws://", "wss://"]
                     .iter()
-                    .find_map(|scheme| url.strip_prefix(scheme))
+                    .find_map(|scheme| {
+                        url.get(..scheme.len())
+                            .filter(|s| s.eq_ignore_ascii_case(scheme))
+                            .map(|_| &url[scheme.len()..])
+                    })
                     .unwrap_or(url);
                 if host_port.contains("://") {
                     return Err((
@@ -1086,6 +1098,10 @@ mod tests {
             (
                 "[[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:4222\"\n",
                 "listeners.1.bind: `127.0.0.1:4222` is bound by another listener",
+            ),
+            (
+                "[[listeners]]\nname = \"b\"\nbind = \"0.0.0.0:4222\"\n",
+                "listeners.1.bind: `0.0.0.0:4222` is bound by another listener",
             ),
         ] {
             let (top, tables) = if toml.starts_with('[') {

@@ -237,21 +237,31 @@ impl<'de> Deserialize<'de> for StringList {
     }
 }
 
-/// The items of a comma-separated list. A comma inside a URL's credentials
-/// (`nats://edge:pa,ss@host:4222`) does not split it: a part with an `@` and no scheme of
-/// its own continues the one before, as no item is ever written that way. Otherwise a piece
-/// of the password would be taken for an item, and printed in its error.
+/// The items of a comma-separated list. Commas inside a URL's credentials
+/// (`nats://edge:p,a,ss@host:4222`) do not split it: a URL part without an `@` runs on to
+/// the next part that has one, if one comes before the next URL. Otherwise a piece of the
+/// password would be taken for an item, and printed in its error.
 fn split_list(s: &str) -> Vec<String> {
+    let parts: Vec<&str> = s.split(',').collect();
     let mut items: Vec<String> = Vec::new();
-    for part in s.split(',') {
-        let continues = part.contains('@') && !part.contains("://");
-        match items.last_mut() {
-            Some(last) if continues => {
-                last.push(',');
-                last.push_str(part);
+    let mut i = 0;
+    while i < parts.len() {
+        let mut item = parts[i].to_string();
+        i += 1;
+        if item.contains("://") && !item.contains('@') {
+            let userinfo_end = parts[i..]
+                .iter()
+                .take_while(|p| !p.contains("://"))
+                .position(|p| p.contains('@'));
+            if let Some(end) = userinfo_end {
+                for part in &parts[i..=i + end] {
+                    item.push(',');
+                    item.push_str(part);
+                }
+                i += end + 1;
             }
-            _ => items.push(part.to_string()),
         }
+        items.push(item);
     }
     items
         .into_iter()
@@ -269,6 +279,14 @@ mod tests {
         assert_eq!(
             split_list("nats://edge:s3cr,et@10.0.0.5:4222, tls://b:4222,"),
             ["nats://edge:s3cr,et@10.0.0.5:4222", "tls://b:4222"]
+        );
+        assert_eq!(
+            split_list("nats://u:a,b,c@h:4222,nats://x:1,y:2"),
+            ["nats://u:a,b,c@h:4222", "nats://x:1", "y:2"]
+        );
+        assert_eq!(
+            split_list("base.toml,team@acme.toml"),
+            ["base.toml", "team@acme.toml"]
         );
         assert_eq!(
             split_list("10.0.0.0/8,192.168.1.1"),

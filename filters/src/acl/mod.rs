@@ -700,8 +700,9 @@ impl Filter for AclFilter {
                 }
                 self.recount_needs();
             }
-            // No rules apply any more: nothing is refused. The subscriptions stay tracked,
-            // for a later reload that restricts the user again.
+            // No rules apply to this user any more: nothing is refused. While other rules are
+            // in force its subscriptions stay tracked, for a later reload that restricts it
+            // again (`refresh_interest` drops them once no rule file is left).
             None => self.recount_needs(),
         }
         // After the revocations: deliveries of revoked subscriptions must be seen.
