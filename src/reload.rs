@@ -105,12 +105,14 @@ impl Reloader {
         // Every part prepares what will run: keys that need a restart keep their running
         // values (a rewrite turned off keeps its sets until the restart).
         let needs_restart = restart_keys(&self.current(), &new);
+        let file = new.clone();
         let new = running(&self.current(), new);
         let mut staged = Vec::with_capacity(parts.len());
         for part in &parts {
             match part.prepare(&new) {
                 Ok(s) => staged.push((part.name(), s)),
                 Err(e) => {
+                    let e = e.in_file_order(&new, &file);
                     tracing::error!(part = part.name(), "reload refused");
                     self.failed(source, &e);
                     return Err(e);
@@ -133,6 +135,29 @@ impl Reloader {
             "configuration reloaded"
         );
         Ok(Reloaded { needs_restart })
+    }
+}
+
+impl ReloadError {
+    /// The error with a `listeners.N` key renumbered from what runs to the file being
+    /// loaded (which may list listeners another way, or more of them), so it names the
+    /// listener's place in that file.
+    fn in_file_order(self, running: &Config, file: &Config) -> ReloadError {
+        let ReloadError::Invalid { key, reason } = self else {
+            return self;
+        };
+        let renumbered = key
+            .strip_prefix("listeners.")
+            .and_then(|rest| rest.split_once('.'))
+            .and_then(|(index, tail)| {
+                let name = &running.listeners.get(index.parse::<usize>().ok()?)?.name;
+                let at = file.listeners.iter().position(|l| &l.name == name)?;
+                Some(format!("listeners.{at}.{tail}"))
+            });
+        ReloadError::Invalid {
+            key: renumbered.unwrap_or(key),
+            reason,
+        }
     }
 }
 
@@ -426,6 +451,20 @@ mod tests {
         let kept = running(&three, two_left);
         let names: Vec<&str> = kept.listeners.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, ["c", "a", "b"]);
+        // An error names a listener's place in the file, which may list one more.
+        let file = config(
+            "[[listeners]]\nname = \"new\"\nbind = \"127.0.0.1:4225\"\n\
+             [[listeners]]\nname = \"c\"\nbind = \"127.0.0.1:4224\"\n\
+             [[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\n",
+        );
+        let error = ReloadError::Invalid {
+            key: "listeners.1.tls".into(),
+            reason: "bad key".into(),
+        };
+        assert_eq!(
+            error.in_file_order(&kept, &file).to_string(),
+            "listeners.2.tls: bad key"
+        );
         assert_eq!(kept.listeners[2].rewrite.as_deref(), Some("u"));
         assert!(kept.rewrite.sets.contains_key("u"));
         let renamed = config("[[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:4222\"\n");

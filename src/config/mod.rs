@@ -708,12 +708,14 @@ impl Config {
                 return Err((format!("listeners.{i}.name"), "must not be empty".into()));
             }
             // Port 0 asks the system for a free port, a different one each time. An
-            // unspecified address (0.0.0.0, [::]) takes its port on every address.
+            // unspecified address takes its port on every address of its family, and `[::]`
+            // (dual-stack) on IPv4 addresses too.
+            let covers = |a: std::net::IpAddr, b: std::net::IpAddr| {
+                a == b || (a.is_unspecified() && (a.is_ipv6() || b.is_ipv4()))
+            };
             let taken = binds.iter().any(|b: &SocketAddr| {
                 b.port() == l.bind.port()
-                    && (b.ip() == l.bind.ip()
-                        || b.ip().is_unspecified()
-                        || l.bind.ip().is_unspecified())
+                    && (covers(b.ip(), l.bind.ip()) || covers(l.bind.ip(), b.ip()))
             });
             if l.bind.port() != 0 && taken {
                 return Err((

@@ -238,9 +238,10 @@ impl<'de> Deserialize<'de> for StringList {
 }
 
 /// The items of a comma-separated list. Commas inside a URL's credentials
-/// (`nats://edge:p,a,ss@host:4222`) do not split it: a URL part without an `@` runs on to
-/// the next part that has one, if one comes before the next URL. Otherwise a piece of the
-/// password would be taken for an item, and printed in its error.
+/// (`nats://edge:p,a,ss@host:4222`, `nats://edge:p@ss,word@host`) do not split it: a URL
+/// part runs on to the last part with an `@` before the next URL, as the host comes after
+/// the last `@`. Otherwise a piece of the password would be taken for an item, and printed
+/// in its error.
 fn split_list(s: &str) -> Vec<String> {
     let parts: Vec<&str> = s.split(',').collect();
     let mut items: Vec<String> = Vec::new();
@@ -248,11 +249,9 @@ fn split_list(s: &str) -> Vec<String> {
     while i < parts.len() {
         let mut item = parts[i].to_string();
         i += 1;
-        if item.contains("://") && !item.contains('@') {
-            let userinfo_end = parts[i..]
-                .iter()
-                .take_while(|p| !p.contains("://"))
-                .position(|p| p.contains('@'));
+        if item.contains("://") {
+            let run = parts[i..].iter().take_while(|p| !p.contains("://")).count();
+            let userinfo_end = parts[i..i + run].iter().rposition(|p| p.contains('@'));
             if let Some(end) = userinfo_end {
                 for part in &parts[i..=i + end] {
                     item.push(',');
@@ -287,6 +286,10 @@ mod tests {
         assert_eq!(
             split_list("base.toml,team@acme.toml"),
             ["base.toml", "team@acme.toml"]
+        );
+        assert_eq!(
+            split_list("nats://edge:p@ss,word@host:4222,nats://u@h:1,b:2"),
+            ["nats://edge:p@ss,word@host:4222", "nats://u@h:1", "b:2"]
         );
         assert_eq!(
             split_list("10.0.0.0/8,192.168.1.1"),

@@ -312,11 +312,18 @@ impl Filter for Rewrite {
                     // An answer to a reply subject from outside the mount, under the
                     // edge's token for it.
                     Some(Some(upstream)) => {
-                        if self.answered.len() == RECENT_ANSWERS {
-                            self.answered.pop_front();
+                        // Answered again (a consumer's acks, progress): kept once.
+                        let again = self
+                            .answered
+                            .back()
+                            .is_some_and(|(last, _)| *last == upstream);
+                        if !again {
+                            if self.answered.len() == RECENT_ANSWERS {
+                                self.answered.pop_front();
+                            }
+                            let token = Bytes::copy_from_slice(&publish.subject);
+                            self.answered.push_back((upstream.clone(), token));
                         }
-                        let token = Bytes::copy_from_slice(&publish.subject);
-                        self.answered.push_back((upstream.clone(), token));
                         publish.subject = upstream;
                         changed = true;
                     }
@@ -399,10 +406,12 @@ impl Filter for Rewrite {
                 // A publish to a token stands for a reply subject from outside the mount:
                 // the error names that subject, which the client never saw.
                 let answered = &self.answered;
+                let publish = text.starts_with("Permissions Violation for Publish to ");
                 let back_of = |subject: &[u8]| {
                     set.reverse(subject).or_else(|| {
                         answered
                             .iter()
+                            .filter(|_| publish)
                             .rev()
                             .find(|(upstream, _)| upstream[..] == *subject)
                             .map(|(_, token)| token.to_vec())

@@ -52,7 +52,10 @@ struct Recorded {
     /// [`SubscriptionSets::unlooked`] when the entry was made: while it is the same, every
     /// delivery since was counted.
     unlooked_at: u64,
-    /// An auto-unsubscribe whose count is not known: the upstream may have ended it.
+    /// An auto-unsubscribe whose count is not known: the upstream may have ended it. Such an
+    /// entry stays until its sid is reused (or the capacity's bound), and while it stays,
+    /// deliveries are looked up: a cost only after a reload moved the set under an
+    /// auto-unsubscribe.
     maybe_ended: bool,
 }
 
