@@ -188,9 +188,15 @@ pub fn authenticate(
         };
     }
     if let Some(token) = present(&connect.auth_token) {
-        for user in rules.users() {
-            if let Some(configured) = &user.token {
-                if matches(configured, token)? {
+        // Plain tokens first, a constant-time compare each, so a token that is one of them
+        // never waits for a bcrypt check; then the bcrypt ones, a full check each (a token
+        // that matches none costs one per user with a bcrypt token).
+        for slow in [false, true] {
+            for user in rules.users() {
+                let Some(configured) = &user.token else {
+                    continue;
+                };
+                if is_bcrypt(configured.expose()) == slow && matches(configured, token)? {
                     return Ok((user.clone(), AuthMethod::Token));
                 }
             }
@@ -235,6 +241,9 @@ password = "pw"
 user = "svc"
 token = "tok"
 [[users]]
+user = "vault"
+token = "{hash}"
+[[users]]
 user = "bob"
 tls_subject = "CN=bob,O=Acme"
 [[users]]
@@ -247,6 +256,31 @@ user = "guest"
 
     fn connect(json: &str) -> Connect {
         serde_json::from_str(json).unwrap()
+    }
+
+    /// A plain token is found without a bcrypt check, whatever order the users come in; a
+    /// token that is no plain one needs the slow checks.
+    #[test]
+    fn plain_tokens_are_tried_before_bcrypt_ones() {
+        let rules = rules();
+        let c = SecretChecker::default();
+        let cached_only = |json: &str| {
+            authenticate(&rules, &c, &connect(json), None, Checks::CachedOnly)
+                .map(|(u, _)| u.name.to_string())
+        };
+        assert_eq!(cached_only(r#"{"auth_token":"tok"}"#), Ok("svc".into()));
+        assert_eq!(
+            cached_only(r#"{"auth_token":"s3cret"}"#),
+            Err(AuthFailure::NeedsSlowCheck)
+        );
+        let all = authenticate(
+            &rules,
+            &c,
+            &connect(r#"{"auth_token":"s3cret"}"#),
+            None,
+            Checks::All,
+        );
+        assert_eq!(all.map(|(u, _)| u.name.to_string()), Ok("vault".into()));
     }
 
     #[test]
