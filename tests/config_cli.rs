@@ -205,6 +205,24 @@ fn check_names_a_bad_environment_value() {
     );
 }
 
+/// A check of two keys names where each came from: here the file's timeout is fine, and the
+/// grace period raised in the environment is what broke it.
+#[test]
+fn a_check_of_two_keys_names_both_origins() {
+    let f = config_file(&format!("{VALID}\n[drain]\ntimeout = \"25s\"\n"));
+    let out = check(&f, &[("NATS_EDGE_DRAIN__GRACE_PERIOD", "30s")]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("drain.timeout: must be longer than drain.grace_period"),
+        "{err}"
+    );
+    assert!(
+        err.contains("drain.grace_period from environment variable NATS_EDGE_DRAIN__GRACE_PERIOD"),
+        "{err}"
+    );
+}
+
 /// A nested key written with one underscore is no key, so it is ignored; `check` says so and
 /// names the variable meant. Kubernetes' service variables pass without a word.
 #[test]

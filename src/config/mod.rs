@@ -564,6 +564,12 @@ pub struct Overrides {
     pub pid_file: Option<PathBuf>,
 }
 
+/// Keys whose check reads another key too: the error names where that one came from.
+const RELATED_KEYS: &[(&str, &str)] = &[
+    ("drain.timeout", "drain.grace_period"),
+    ("auth.rules", "auth.mode"),
+];
+
 /// The most worker threads the edge starts.
 const MAX_WORKER_THREADS: usize = 1024;
 /// The largest `max_control_line` and `max_payload`: nats-server's (a 32-bit signed size).
@@ -666,12 +672,24 @@ impl Config {
             .extract()
             .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
         config.validate().map_err(|(key, reason)| {
-            let keys: Vec<&str> = key.split('.').collect();
-            // Array elements have no metadata of their own: fall back to the closest parent.
-            let origin = (1..=keys.len())
-                .rev()
-                .find_map(|n| figment.find_metadata(&keys[..n].join(".")))
-                .map(|m| describe_origin(m, &keys));
+            let origin_of = |key: &str| {
+                let keys: Vec<&str> = key.split('.').collect();
+                // Array elements have no metadata of their own: the closest parent's.
+                (1..=keys.len())
+                    .rev()
+                    .find_map(|n| figment.find_metadata(&keys[..n].join(".")))
+                    .map(|m| describe_origin(m, &keys))
+            };
+            // A check of two keys names where each came from: the other may be the one
+            // to change (a grace period raised in the environment over the file's timeout).
+            let related = RELATED_KEYS
+                .iter()
+                .find(|(checked, _)| *checked == key)
+                .and_then(|(_, other)| Some(format!("{other} from {}", origin_of(other)?)));
+            let origin = match (origin_of(&key), related) {
+                (Some(own), Some(other)) => Some(format!("{own}; {other}")),
+                (own, _) => own,
+            };
             ConfigError::Value {
                 key,
                 reason,
