@@ -341,27 +341,32 @@ async fn a_client_without_headers_is_tagged_and_gets_plain_messages() {
 }
 
 /// The edge asks the upstream for headers on behalf of a client that did not; a client that
-/// wants no_responders without headers is still refused as nats-server refuses it.
+/// wants no_responders without headers is still refused as nats-server refuses it, and
+/// only once its credentials pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_responders_without_headers_is_refused_like_nats_server() {
-    let server = NatsServer::start();
+    let server = NatsServer::start_with_config("authorization { user: app, password: pw }\n");
     let edge = start_edge(&[server.url()], &tagging("default")).await;
-    let connect = b"CONNECT {\"verbose\":false,\"no_responders\":true}\r\n";
-    let mut replies = Vec::new();
-    for addr in [server.addr(), edge_addr(&edge)] {
-        let (mut raw, _) = RawConn::connect_info(addr).await;
-        let reply = raw.roundtrip(connect).await;
-        replies.push((reply.text(), reply.closed));
+    for (pass, expected) in [
+        ("pw", "-ERR 'no responders requires headers support'\r\n"),
+        ("wrong", "-ERR 'Authorization Violation'\r\n"),
+    ] {
+        let connect = format!(
+            "CONNECT {{\"verbose\":false,\"no_responders\":true,\"user\":\"app\",\"pass\":\"{pass}\"}}\r\n"
+        );
+        let mut replies = Vec::new();
+        for addr in [server.addr(), edge_addr(&edge)] {
+            let (mut raw, _) = RawConn::connect_info(addr).await;
+            let reply = raw.roundtrip(connect.as_bytes()).await;
+            replies.push((reply.text(), reply.closed));
+        }
+        assert_eq!(
+            replies[0],
+            (expected.to_string(), true),
+            "nats-server's answer changed"
+        );
+        assert_eq!(replies[1], replies[0], "{pass}");
     }
-    assert_eq!(
-        replies[0],
-        (
-            "-ERR 'no responders requires headers support'\r\n".to_string(),
-            true
-        ),
-        "nats-server's answer changed"
-    );
-    assert_eq!(replies[1], replies[0]);
     edge.shutdown().await;
 }
 

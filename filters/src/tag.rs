@@ -527,13 +527,11 @@ impl Filter for Tag {
             ClientOp::Connect(connect) => {
                 self.client_headers = connect.wants_headers();
                 if !self.client_headers && ctx.upstream_headers {
-                    // The upstream will think the client has headers, so it cannot refuse
-                    // no_responders without them as nats-server refuses it: the edge does.
+                    // no_responders without headers: left as the client asked, so that the
+                    // upstream refuses it as nats-server does, after its own checks of
+                    // the credentials (asking for headers on its behalf would let it in).
                     if connect.no_responders == Some(true) {
-                        return Verdict::close_with(
-                            CloseReason::ProtocolViolation,
-                            errors::NO_RESPONDERS_REQUIRES_HEADERS,
-                        );
+                        return Verdict::Forward;
                     }
                     connect.headers = Some(true);
                     return Verdict::Changed;

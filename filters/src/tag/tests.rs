@@ -389,21 +389,19 @@ fn no_header_tags_leave_the_headers_alone() {
     assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Forward);
 }
 
-/// The edge asks the upstream for headers for a client that did not, so the upstream cannot
-/// refuse `no_responders` without headers as nats-server does: the edge refuses it, in
-/// nats-server's words.
+/// The edge asks the upstream for headers for a client that did not, except for one that
+/// wants `no_responders` without them: the upstream refuses that one as nats-server does,
+/// after its own credential checks.
 #[test]
-fn no_responders_without_headers_is_refused_like_nats_server() {
+fn no_responders_without_headers_is_left_for_the_upstream_to_refuse() {
     let (mut f, mut ctx) = unconnected(config("default"));
     let mut connect = ClientOp::Connect(Box::new(Connect {
         no_responders: Some(true),
         ..Connect::default()
     }));
-    assert_eq!(
-        f.on_client_op(&mut connect, &mut ctx),
-        Verdict::close_with(
-            CloseReason::ProtocolViolation,
-            "no responders requires headers support"
-        )
-    );
+    assert_eq!(f.on_client_op(&mut connect, &mut ctx), Verdict::Forward);
+    let ClientOp::Connect(c) = &connect else {
+        unreachable!()
+    };
+    assert_eq!(c.headers, None, "not asked for on its behalf");
 }
