@@ -347,13 +347,24 @@ async fn a_client_without_headers_is_tagged_and_gets_plain_messages() {
 async fn no_responders_without_headers_is_refused_like_nats_server() {
     let server = NatsServer::start_with_config("authorization { user: app, password: pw }\n");
     let edge = start_edge(&[server.url()], &tagging("default")).await;
-    for (pass, expected) in [
-        ("pw", "-ERR 'no responders requires headers support'\r\n"),
-        ("wrong", "-ERR 'Authorization Violation'\r\n"),
-    ] {
-        let connect = format!(
+    let asked = |pass: &str| {
+        format!(
             "CONNECT {{\"verbose\":false,\"no_responders\":true,\"user\":\"app\",\"pass\":\"{pass}\"}}\r\n"
-        );
+        )
+    };
+    // The same after a first CONNECT without it, for which the edge asked for headers.
+    let second = format!(
+        "CONNECT {{\"verbose\":false,\"user\":\"app\",\"pass\":\"pw\"}}\r\n{}",
+        asked("pw")
+    );
+    for (connect, expected) in [
+        (
+            asked("pw"),
+            "-ERR 'no responders requires headers support'\r\n",
+        ),
+        (asked("wrong"), "-ERR 'Authorization Violation'\r\n"),
+        (second, "-ERR 'no responders requires headers support'\r\n"),
+    ] {
         let mut replies = Vec::new();
         for addr in [server.addr(), edge_addr(&edge)] {
             let (mut raw, _) = RawConn::connect_info(addr).await;
@@ -365,7 +376,7 @@ async fn no_responders_without_headers_is_refused_like_nats_server() {
             (expected.to_string(), true),
             "nats-server's answer changed"
         );
-        assert_eq!(replies[1], replies[0], "{pass}");
+        assert_eq!(replies[1], replies[0], "{connect}");
     }
     edge.shutdown().await;
 }

@@ -527,11 +527,13 @@ impl Filter for Tag {
             ClientOp::Connect(connect) => {
                 self.client_headers = connect.wants_headers();
                 if !self.client_headers && ctx.upstream_headers {
-                    // no_responders without headers: left as the client asked, so that the
-                    // upstream refuses it as nats-server does, after its own checks of
-                    // the credentials (asking for headers on its behalf would let it in).
+                    // no_responders without headers: sent with headers off, so that the
+                    // upstream refuses it as nats-server does, after its own checks of the
+                    // credentials (asking for headers on its behalf would let it in). Off in
+                    // so many words: a second CONNECT is read over the first, which asked.
                     if connect.no_responders == Some(true) {
-                        return Verdict::Forward;
+                        connect.headers = Some(false);
+                        return Verdict::Changed;
                     }
                     connect.headers = Some(true);
                     return Verdict::Changed;

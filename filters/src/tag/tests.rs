@@ -399,9 +399,9 @@ fn no_responders_without_headers_is_left_for_the_upstream_to_refuse() {
         no_responders: Some(true),
         ..Connect::default()
     }));
-    assert_eq!(f.on_client_op(&mut connect, &mut ctx), Verdict::Forward);
+    assert_eq!(f.on_client_op(&mut connect, &mut ctx), Verdict::Changed);
     let ClientOp::Connect(c) = &connect else {
         unreachable!()
     };
-    assert_eq!(c.headers, None, "not asked for on its behalf");
+    assert_eq!(c.headers, Some(false), "not asked for on its behalf");
 }
