@@ -13,7 +13,6 @@ pub const AUTHORIZATION_VIOLATION: &str = "Authorization Violation";
 pub const INVALID_SUBJECT: &str = "Invalid Subject";
 pub const INVALID_PUBLISH_SUBJECT: &str = "Invalid Publish Subject";
 pub const MAX_CONNECTIONS_EXCEEDED: &str = "maximum connections exceeded";
-pub const NO_RESPONDERS_REQUIRES_HEADERS: &str = "no responders requires headers support";
 
 use bytes::Bytes;
 
