@@ -669,6 +669,25 @@ async fn the_close_frame_says_why_like_nats_server() {
     shutdown.await.unwrap();
 }
 
+/// An upstream that refuses a WebSocket client's credentials sends `-ERR 'Authorization
+/// Violation'` and closes; the client then gets the close frame nats-server would have sent
+/// it directly (1008 `Authentication Failure`), not that of a server going away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_refusal_closes_with_nats_servers_frame() {
+    use tokio::io::AsyncWriteExt;
+    let server = NatsServer::start_with_args(&["--user", "app", "--pass", "right"]);
+    let edge = ws_edge(&server, "").await;
+    let (mut ws, _) = raw_upgrade(&edge, None).await;
+    read_data_until(&mut ws, "}\r\n").await;
+    let hello = b"CONNECT {\"verbose\":false,\"user\":\"app\",\"pass\":\"wrong\"}\r\nPING\r\n";
+    ws.write_all(&frame(0x2, false, hello)).await.unwrap();
+    read_data_until(&mut ws, "-ERR 'Authorization Violation'\r\n").await;
+    assert_eq!(
+        close_frame(&mut ws).await,
+        (1008, "Authentication Failure".to_string())
+    );
+}
+
 /// Past the listener's `max_connections`, a WebSocket client gets the INFO and nats-server's
 /// `-ERR` in frames, then nats-server's close frame for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

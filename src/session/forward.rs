@@ -787,6 +787,9 @@ impl Forwarder {
                     // Forwarded as it is: the client gets the refusal and reconnects.
                     let err = &self.rbuf[run..run + frame.len];
                     shared.upstream_full |= crate::upstream::is_max_connections_error(err);
+                    if let Some(frame) = crate::transport::ws::close_frame_after_error(err) {
+                        shared.upstream_farewell = Some(frame);
+                    }
                 }
                 Verb::Ok if shared.oks_to_hide > 0 => {
                     // The answer to one of the edge's own UNSUBs.

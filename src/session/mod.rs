@@ -220,7 +220,12 @@ async fn serve(
     }
     // The upstream goes first; the client gets its last words and the end of the stream.
     drop(opened.upstream);
-    opened.client.ending_for(reason);
+    match (reason, opened.shared.upstream_farewell) {
+        (CloseReason::UpstreamClosed | CloseReason::UpstreamIoError, Some(frame)) => {
+            opened.client.close_with(Some(frame))
+        }
+        _ => opened.client.ending_for(reason),
+    }
     let _ = tokio::time::timeout(CLOSE_GRACE, opened.client.shutdown()).await;
     linger(&mut opened.client).await;
     Summary {

@@ -95,6 +95,10 @@ pub struct Shared {
     /// connections exceeded'`, then the close): later sessions dial the other upstreams
     /// first, as a client that reconnects would pick another server.
     pub upstream_full: bool,
+    /// The upstream sent an `-ERR` that nats-server always closes the connection after: the
+    /// close frame a WebSocket client gets when the upstream then goes, the one nats-server
+    /// would have sent it (rather than the `Server Shutdown` of an upstream that went away).
+    pub upstream_farewell: Option<(u16, &'static str)>,
     /// The client's INFO says `auth_required`: until its CONNECT, an op that does not start
     /// with `C` is an authorization violation, whatever it is, as nats-server judges it.
     pub client_must_connect: bool,
@@ -148,6 +152,7 @@ impl Shared {
             resume_offloaded: false,
             oks_to_hide: 0,
             upstream_full: false,
+            upstream_farewell: None,
             client_must_connect: false,
             client_ponged: false,
             lame_duck_pending: false,

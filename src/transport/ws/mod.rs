@@ -25,5 +25,7 @@ mod upgrade;
 
 pub use cookies::{CookieCredentials, CookieFilter};
 pub use settings::{IpNet, Origin, WsSettings};
-pub use stream::{close_frame_for, FrameError, WsStream, MAX_CONNECTIONS_CLOSE};
+pub use stream::{
+    close_frame_after_error, close_frame_for, FrameError, WsStream, MAX_CONNECTIONS_CLOSE,
+};
 pub use upgrade::{accept, Reject, Upgraded};

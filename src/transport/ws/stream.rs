@@ -53,6 +53,89 @@ const CLOSE_INTERNAL_ERROR: u16 = 1011;
 pub const MAX_CONNECTIONS_CLOSE: Option<(u16, &str)> =
     Some((CLOSE_POLICY_VIOLATION, "Maximum Connections Exceeded"));
 
+/// The close frame nats-server sends a WebSocket client after `err_line`, an `-ERR` line
+/// from the upstream (`-ERR '<text>'`, any case), when that error is one nats-server always
+/// closes the connection after (`authViolation`, `maxPayloadViolation`, the stale-connection
+/// check, ...): the status and `ClosedState` text it would have sent the client directly.
+/// `None` for errors that leave the connection open (permission violations, an invalid
+/// subject, `Maximum Subscriptions Exceeded`) and for texts it does not know.
+pub fn close_frame_after_error(err_line: &[u8]) -> Option<(u16, &'static str)> {
+    const PREFIX: &[u8] = b"-ERR '";
+    let text = err_line
+        .get(..PREFIX.len())
+        .filter(|prefix| prefix.eq_ignore_ascii_case(PREFIX))
+        .and_then(|_| {
+            let rest = &err_line[PREFIX.len()..];
+            rest.iter()
+                .position(|&b| b == b'\'')
+                .map(|end| &rest[..end])
+        })?;
+    // nats-server's texts: its `-ERR` line, then the status and text of its close frame.
+    const CLOSING_ERRORS: &[(&str, u16, &str)] = &[
+        // Sent whatever the auth error was (expired, proxy required, ...): the commonest.
+        (
+            "Authorization Violation",
+            CLOSE_POLICY_VIOLATION,
+            "Authentication Failure",
+        ),
+        (
+            "Authentication Timeout",
+            CLOSE_POLICY_VIOLATION,
+            "Authentication Timeout",
+        ),
+        (
+            "User Authentication Expired",
+            CLOSE_POLICY_VIOLATION,
+            "Authentication Expired",
+        ),
+        (
+            "Account Authentication Expired",
+            CLOSE_POLICY_VIOLATION,
+            "Authentication Expired",
+        ),
+        (
+            "maximum account active connections exceeded",
+            CLOSE_POLICY_VIOLATION,
+            "Maximum Account Connections Exceeded",
+        ),
+        (
+            "maximum connections exceeded",
+            CLOSE_POLICY_VIOLATION,
+            "Maximum Connections Exceeded",
+        ),
+        (
+            "maximum control line exceeded",
+            CLOSE_POLICY_VIOLATION,
+            "Maximum Control Line Exceeded",
+        ),
+        (
+            "Maximum Payload Violation",
+            CLOSE_TOO_BIG,
+            "Maximum Message Payload Exceeded",
+        ),
+        ("Stale Connection", CLOSE_GOING_AWAY, "Stale Connection"),
+        (
+            "Unknown Protocol Operation",
+            CLOSE_PROTOCOL_ERROR,
+            "Protocol Violation",
+        ),
+        (
+            "invalid client protocol",
+            CLOSE_PROTOCOL_ERROR,
+            "Bad Client Protocol Version",
+        ),
+        (
+            "no responders requires headers support",
+            CLOSE_INTERNAL_ERROR,
+            "No Responders Requires Headers",
+        ),
+    ];
+    CLOSING_ERRORS
+        .iter()
+        .find(|(error, _, _)| text.eq_ignore_ascii_case(error.as_bytes()))
+        .map(|&(_, status, reason)| (status, reason))
+}
+
 /// The close frame nats-server sends a WebSocket client it closes for `reason`
 /// (`wsEnqueueCloseMessage`): the status for that kind of close and the reason's text
 /// (nats-server's `ClosedState` text where it has one). What ends at the upstream goes away
@@ -728,6 +811,36 @@ where
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+
+    #[test]
+    fn the_close_frame_after_an_upstream_error_is_nats_servers() {
+        let after = |line: &[u8]| close_frame_after_error(line);
+        assert_eq!(
+            after(b"-ERR 'Authorization Violation'\r\n"),
+            Some((CLOSE_POLICY_VIOLATION, "Authentication Failure"))
+        );
+        assert_eq!(
+            after(b"-err 'Maximum Connections Exceeded'\r\n"),
+            Some((CLOSE_POLICY_VIOLATION, "Maximum Connections Exceeded"))
+        );
+        assert_eq!(
+            after(b"-ERR 'Maximum Payload Violation'\r\n"),
+            Some((CLOSE_TOO_BIG, "Maximum Message Payload Exceeded"))
+        );
+        assert_eq!(
+            after(b"-ERR 'Stale Connection'\r\n"),
+            Some((CLOSE_GOING_AWAY, "Stale Connection"))
+        );
+        // Errors the connection outlives, a prefix of a known text, and lines cut short.
+        assert_eq!(after(b"-ERR 'Maximum Subscriptions Exceeded'\r\n"), None);
+        assert_eq!(
+            after(b"-ERR 'Permissions Violation for Publish to \"a\"'\r\n"),
+            None
+        );
+        assert_eq!(after(b"-ERR 'Authorization'\r\n"), None);
+        assert_eq!(after(b"-ERR 'Authorization Violation"), None);
+        assert_eq!(after(b"-ERR"), None);
+    }
     use bytes::Bytes;
     use tokio::io::AsyncReadExt;
     use tokio_tungstenite::tungstenite::protocol::Role;
