@@ -285,7 +285,11 @@ fn connect_json(json: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_mode_authenticates_by_password_token_and_anonymous_default() {
     let server = NatsServer::start_with_config(SERVER_FOR_EDGE_MODE);
-    let edge = start_edge(&[server.url()], &edge_mode_toml("")).await;
+    let edge = start_edge(
+        &[server.url()],
+        &edge_mode_toml("[admin]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .await;
     // edge-users.toml has a no_auth_user: as nats-server, the INFO does not ask for auth.
     let (_, info) = RawConn::connect_info(edge_addr(&edge)).await;
     assert_eq!(info.get("auth_required"), None, "{info}");
@@ -303,6 +307,13 @@ async fn edge_mode_authenticates_by_password_token_and_anonymous_default() {
     let mut sub = alice.subscribe("orders.>").await.unwrap();
     alice.publish("orders.1", "one".into()).await.unwrap();
     assert_eq!(next_msg(&mut sub).await.subject.as_str(), "orders.1");
+    // `/connz` names her, although her bcrypt check finished after the CONNECT was read.
+    let admin = edge.admin_addr().expect("admin server");
+    poll_http(admin, "/connz?auth=true&user=alice", |_, body| {
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        (v["connections"][0]["authorized_user"] == "alice").then_some(())
+    })
+    .await;
 
     // A token user.
     let ci = within(

@@ -603,6 +603,7 @@ impl Forwarder {
             // nats-server takes headers only from a CONNECT that asks, and only if it has them.
             shared.client_scan.headers = connect.wants_headers() && shared.ctx.upstream_headers;
             shared.ctx.connect = Some((**connect).clone());
+            shared.connects += 1;
             shared.generation += 1;
         }
         let verdict = if shared.chain.interest().contains(client_op_kind(&op)) {

@@ -531,7 +531,10 @@ where
     // A drain closes the sessions left after its grace period one by one, through here.
     let close_requested = entry.close_requested();
     tokio::pin!(close_requested);
-    let mut client_info_published = false;
+    // What the registry was last told: after which CONNECT, and whether the user was known.
+    // A CONNECT checked off the thread (bcrypt) names its user after it was first seen, and a
+    // second CONNECT may name another, so both renew it.
+    let mut client_info_published: Option<(u64, Option<String>)> = None;
     // The client's side reached its end after the CONNECT.
     let mut client_ended = false;
 
@@ -706,17 +709,23 @@ where
 
         if shared.generation == generation {
             // Once per wake-up, not per message: see `crate::registry`.
-            if !client_info_published {
+            // The ACL filter names the user when it has judged a CONNECT.
+            let user = shared.ctx.identity.as_ref().and_then(|i| i.user.as_deref());
+            let stale = client_info_published
+                .as_ref()
+                .is_none_or(|(connects, published)| {
+                    *connects != shared.connects || published.as_deref() != user
+                });
+            if stale {
                 if let Some(connect) = &shared.ctx.connect {
                     entry.set_client_info(ClientInfo {
                         name: connect.name.clone(),
                         lang: connect.lang.clone(),
                         version: connect.version.clone(),
                     });
-                    // The ACL filter named the user while it judged this CONNECT.
-                    let user = shared.ctx.identity.as_ref().and_then(|i| i.user.as_deref());
-                    entry.set_user(user.map(str::to_string));
-                    client_info_published = true;
+                    let user = user.map(str::to_string);
+                    entry.set_user(user.clone());
+                    client_info_published = Some((shared.connects, user));
                 }
             }
             entry.publish(LiveCounts {

@@ -77,6 +77,9 @@ pub struct Shared {
     pub closing: Option<CloseReason>,
     /// Bumped whenever one direction changes what the other may do, so the session re-polls.
     pub generation: u64,
+    /// CONNECTs read from the client so far (an implied one included): the registry's copy
+    /// of the client's name and user is renewed after each.
+    pub connects: u64,
     /// Time spent in the filter chain, added to the shared histogram when the session ends.
     pub filter_time: LocalFilterTime,
     /// The INFO the client was sent last, as JSON, for the lame-duck INFO of a drain.
@@ -146,6 +149,7 @@ impl Shared {
             resume_deferred: false,
             closing: None,
             generation: 0,
+            connects: 0,
             filter_time: LocalFilterTime::default(),
             last_info: None,
             offloaded: None,
