@@ -219,7 +219,12 @@ fn hup(edge: &EdgeProcess) {
 }
 
 async fn connect_as(edge: &EdgeProcess, user: &str) -> RawConn {
-    let (mut raw, _) = RawConn::connect_info(edge.addr()).await;
+    connect_as_at(edge.addr(), user).await
+}
+
+/// A raw client logged in as `user` with password `pw`, at `addr` (the edge or a server).
+async fn connect_as_at(addr: std::net::SocketAddr, user: &str) -> RawConn {
+    let (mut raw, _) = RawConn::connect_info(addr).await;
     let reply = raw
         .roundtrip(
             format!(
@@ -421,9 +426,10 @@ async fn sighup_reloads_rules_for_live_connections_and_keeps_them_on_a_bad_file(
 }
 
 /// In `edge` mode a reload checks every live client's credentials again, as nats-server's
-/// reload does: a client whose user is gone, or whose password changed, is told
-/// `Authorization Violation` and closed at once, without having sent anything; a client
-/// whose user is unchanged stays.
+/// reload does, and the clients get the same bytes as from a nats-server whose own users
+/// were reloaded the same way: a client whose user is gone is closed without a word (it
+/// logs in again), one whose password changed is told `Authorization Violation`, at once,
+/// without having sent anything; a client whose user is unchanged stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_closes_edge_clients_the_new_rules_no_longer_admit() {
     let server = NatsServer::start();
@@ -433,33 +439,63 @@ async fn sighup_closes_edge_clients_the_new_rules_no_longer_admit() {
             .map(|(user, pass)| format!("[[users]]\nuser = \"{user}\"\npassword = \"{pass}\"\n"))
             .collect::<String>()
     };
-    let before = users(&[("carol", "pw"), ("dave", "pw"), ("erin", "pw")]);
-    let (dir, edge) = edge_with_rules(&server, "mode = \"edge\"\n", &before);
+    let server_users = |names: &[(&str, &str)]| {
+        let list: String = names
+            .iter()
+            .map(|(user, pass)| format!("{{ user: {user}, password: {pass} }}\n"))
+            .collect();
+        format!("authorization {{ users = [\n{list}] }}\n")
+    };
+    let before = [("carol", "pw"), ("dave", "pw"), ("erin", "pw")];
+    let after = [("dave", "pw2"), ("erin", "pw")];
+    let (dir, edge) = edge_with_rules(&server, "mode = \"edge\"\n", &users(&before));
     let rules = dir.path().join("rules.toml");
-    let mut carol = connect_as(&edge, "carol").await;
-    let mut dave = connect_as(&edge, "dave").await;
-    let mut erin = connect_as(&edge, "erin").await;
+    let direct = NatsServer::start_with_config(&server_users(&before));
+    let mut through_edge = Vec::new();
+    let mut straight = Vec::new();
+    for user in ["carol", "dave", "erin"] {
+        through_edge.push(connect_as_at(edge.addr(), user).await);
+        straight.push(connect_as_at(direct.addr(), user).await);
+    }
 
-    std::fs::write(&rules, users(&[("dave", "pw2"), ("erin", "pw")])).unwrap();
+    std::fs::write(&rules, users(&after)).unwrap();
+    direct.rewrite_config(&server_users(&after));
     let from = edge.log().len();
     hup(&edge);
-    for client in [&mut carol, &mut dave] {
+    direct.signal("HUP");
+    let expected = ["", "-ERR 'Authorization Violation'\r\n"];
+    for (i, expected) in expected.iter().enumerate() {
         assert_eq!(
-            show(&client.read_to_close().await),
-            show(b"-ERR 'Authorization Violation'\r\n")
+            show(&straight[i].read_to_close().await),
+            show(expected.as_bytes())
+        );
+        assert_eq!(
+            show(&through_edge[i].read_to_close().await),
+            show(expected.as_bytes())
         );
     }
-    for user in ["carol", "dave"] {
+    for (user, message) in [
+        (
+            "carol",
+            "user changed by a reload; closing the connection for it to log in again",
+        ),
+        (
+            "dave",
+            "no longer authorized after a reload; closing the connection",
+        ),
+    ] {
         edge.log()
             .wait_for(from, WAIT, |line| {
                 let v: serde_json::Value = serde_json::from_str(line).ok()?;
-                (v["message"] == "no longer authorized after a reload; closing the connection"
-                    && v["user"] == user)
-                    .then_some(())
+                (v["message"] == message && v["user"] == user).then_some(())
             })
             .unwrap_or_else(|| panic!("no log line for {user}:\n{}", edge.log().dump()));
     }
-    assert!(erin.is_open().await, "an unchanged user was closed");
+    assert!(
+        through_edge[2].is_open().await,
+        "an unchanged user was closed"
+    );
+    assert!(straight[2].is_open().await);
 }
 
 /// nats-server's own permissions (here `orders` may not read `orders.watch`) refuse a SUB the

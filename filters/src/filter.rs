@@ -153,8 +153,9 @@ pub struct Reloaded {
     /// How many of `unsubscribe` the client had already unsubscribed with a max still to be
     /// reached (`UNSUB sid max`), which the session counted as removed when it was sent.
     pub already_unsubscribed: usize,
-    /// The client is no longer authorized: the session sends this `-ERR` and ends.
-    pub close: Option<(CloseReason, &'static str)>,
+    /// The session ends for this reason, after this `-ERR` when there is one (a client
+    /// no longer authorized), without one when there is not (a client whose user is gone).
+    pub close: Option<(CloseReason, Option<&'static str>)>,
 }
 
 impl Reloaded {

@@ -80,11 +80,15 @@ pub enum CloseReason {
     AuthorizationViolation,
     /// The client took none of the bytes queued for it within the write deadline.
     SlowConsumer,
+    /// A reload removed the client's user, or changed the upstream credentials it is
+    /// proxied with: closed without an `-ERR`, as nats-server closes a client whose user
+    /// is gone or has moved to another account, so that it logs in again.
+    UserChanged,
 }
 
 impl CloseReason {
     /// Every reason, for metric registration.
-    pub const ALL: [CloseReason; 14] = [
+    pub const ALL: [CloseReason; 15] = [
         CloseReason::ClientClosed,
         CloseReason::UpstreamClosed,
         CloseReason::ClientIoError,
@@ -99,6 +103,7 @@ impl CloseReason {
         CloseReason::Policy,
         CloseReason::AuthorizationViolation,
         CloseReason::SlowConsumer,
+        CloseReason::UserChanged,
     ];
 
     /// The stable snake_case name used in logs and metric labels.
@@ -118,6 +123,7 @@ impl CloseReason {
             CloseReason::Policy => "policy",
             CloseReason::AuthorizationViolation => "authorization_violation",
             CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::UserChanged => "user_changed",
         }
     }
 

@@ -102,7 +102,9 @@ fn apply_reload(shared: &mut Shared, c2u: &mut Forwarder) {
     }
     if let Some((reason, text)) = reloaded.close {
         if shared.closing.is_none() {
-            shared.send_now(&ServerOp::Err(text.to_string()));
+            if let Some(text) = text {
+                shared.send_now(&ServerOp::Err(text.to_string()));
+            }
             shared.close(reason);
             c2u.stop();
         }

@@ -313,6 +313,15 @@ impl NatsServer {
         metric(exposition, name).unwrap_or_else(|| panic!("no sample {name}:\n{exposition}"))
     }
 
+    /// Replaces the text of the server's config file (started with one), for a reload.
+    pub fn rewrite_config(&self, text: &str) {
+        let file = self
+            .config_file
+            .as_ref()
+            .expect("a server started with a config file");
+        std::fs::write(file.path(), text).expect("rewrite the config file");
+    }
+
     /// Sends a signal by name (`USR2`, `HUP`, ...) to the running server.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")

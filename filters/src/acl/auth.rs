@@ -19,7 +19,7 @@ pub enum AuthFailure {
     UnknownUser(String),
     #[error("wrong password for user `{0}`")]
     WrongPassword(String),
-    #[error("user `{0}` has no password to check")]
+    #[error("user `{0}` logs in with a certificate or a token, not by name")]
     NoPassword(String),
     #[error("token matches no user")]
     UnknownToken,
@@ -178,7 +178,21 @@ pub fn authenticate(
             .user(name)
             .ok_or_else(|| AuthFailure::UnknownUser(name.to_string()))?;
         let Some(configured) = &user.password else {
-            return Err(AuthFailure::NoPassword(name.to_string()));
+            // As nats-server: a user without a password logs in by name with an empty one,
+            // unless it is a certificate-only identity (the no_auth_user never is). A user
+            // with a token logs in with its token.
+            let is_no_auth_user = rules
+                .no_auth_user
+                .as_ref()
+                .is_some_and(|anonymous| anonymous.name == user.name);
+            let certificate_only = user.tls_subject.is_some() || user.tls_san.is_some();
+            if user.token.is_some() || (certificate_only && !is_no_auth_user) {
+                return Err(AuthFailure::NoPassword(name.to_string()));
+            }
+            return match present(&connect.pass) {
+                None => Ok((user.clone(), AuthMethod::Password)),
+                Some(_) => Err(AuthFailure::WrongPassword(name.to_string())),
+            };
         };
         let presented = connect.pass.as_deref().unwrap_or("");
         return if matches(configured, presented)? {
@@ -331,6 +345,28 @@ user = "guest"
         assert_eq!(
             auth(r#"{"user":"mallory","pass":"x"}"#, None),
             Err(AuthFailure::UnknownUser("mallory".into()))
+        );
+        // A user without a password logs in by name with none, as on nats-server; a
+        // certificate-only user or a token user does not.
+        assert_eq!(
+            auth(r#"{"user":"guest"}"#, None),
+            Ok(("guest".into(), AuthMethod::Password))
+        );
+        assert_eq!(
+            auth(r#"{"user":"guest","pass":""}"#, None),
+            Ok(("guest".into(), AuthMethod::Password))
+        );
+        assert_eq!(
+            auth(r#"{"user":"guest","pass":"x"}"#, None),
+            Err(AuthFailure::WrongPassword("guest".into()))
+        );
+        assert_eq!(
+            auth(r#"{"user":"bob"}"#, None),
+            Err(AuthFailure::NoPassword("bob".into()))
+        );
+        assert_eq!(
+            auth(r#"{"user":"svc"}"#, None),
+            Err(AuthFailure::NoPassword("svc".into()))
         );
         assert!(is_bcrypt("$2a$11$abcdefghijklmnopqrstuv"));
         assert!(!is_bcrypt("$2c$11$abc"));

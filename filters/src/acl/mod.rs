@@ -118,6 +118,16 @@ const DENIAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Distinct subjects whose last denial log time a connection remembers.
 const DENIAL_LOG_SUBJECTS: usize = 256;
 
+/// What a reload makes of a connected client.
+enum Standing {
+    /// It stays, under the new permissions.
+    Authorized,
+    /// Its credentials no longer pass: `Authorization Violation`.
+    Refused(String),
+    /// Its user is gone or goes upstream with other credentials: closed without a word.
+    Moved(String),
+}
+
 /// A live subscription, as far as delivery filtering needs it.
 struct LiveSub {
     subject: Bytes,
@@ -405,29 +415,54 @@ impl AclFilter {
         verdict
     }
 
-    /// Whether the credentials this client connected with still name the same user under
-    /// reloaded rules (edge mode), as nats-server checks every client on a reload. A bcrypt
-    /// check is not done here, on the session's thread: a password hash the reload left as
-    /// it was still matches, and a changed one has the client log in again.
-    fn still_authorized(&self, old: &AclRules, tls: Option<&TlsPeer>) -> Result<(), String> {
+    /// What reloaded rules make of this client (edge mode), as nats-server judges every
+    /// client on a reload (`reloadAuthorization`): first whether the user it logged in as
+    /// by name (password, certificate or `no_auth_user`) is gone or now goes upstream with
+    /// other credentials, nats-server's client moved to another account; then whether its
+    /// credentials still name the same user. A bcrypt check is not done here, on the
+    /// session's thread: a password hash the reload left as it was still matches, and a
+    /// changed one has the client log in again.
+    fn standing_after_reload(
+        &self,
+        old: &AclRules,
+        method: Option<AuthMethod>,
+        tls: Option<&TlsPeer>,
+    ) -> Standing {
         let (Some(connect), Some(name)) = (&self.presented, &self.user) else {
-            return Ok(());
+            return Standing::Authorized;
         };
-        match authenticate(&self.rules, &self.checker, connect, tls, Checks::CachedOnly) {
-            Ok((user, _)) if user.name == *name => Ok(()),
-            Ok((user, _)) => Err(format!("the credentials now name user `{}`", user.name)),
-            Err(AuthFailure::NeedsSlowCheck) => {
-                let unchanged = match (old.user(name), self.rules.user(name)) {
-                    (Some(before), Some(now)) => before.same_credentials(now),
-                    _ => false,
-                };
-                if unchanged {
-                    Ok(())
-                } else {
-                    Err(format!("the credentials of user `{name}` changed"))
-                }
+        let (before, now) = (old.user(name), self.rules.user(name));
+        let by_name = matches!(
+            method,
+            Some(AuthMethod::Password | AuthMethod::Certificate | AuthMethod::NoAuthUser)
+        );
+        match now {
+            None if by_name => return Standing::Moved(format!("user `{name}` was removed")),
+            Some(now) if before.is_some_and(|before| before.upstream != now.upstream) => {
+                return Standing::Moved(format!(
+                    "user `{name}` now goes upstream with other credentials"
+                ));
             }
-            Err(why) => Err(why.to_string()),
+            _ => {}
+        }
+        if method == Some(AuthMethod::NoAuthUser) {
+            // nats-server logs such a client in as that user, name and password: it stays
+            // that user while the user's credentials stand, whoever `no_auth_user` names now.
+            return match (before, now) {
+                (Some(before), Some(now)) if before.same_credentials(now) => Standing::Authorized,
+                _ => Standing::Refused(format!("the credentials of user `{name}` changed")),
+            };
+        }
+        match authenticate(&self.rules, &self.checker, connect, tls, Checks::CachedOnly) {
+            Ok((user, _)) if user.name == *name => Standing::Authorized,
+            Ok((user, _)) => {
+                Standing::Refused(format!("the credentials now name user `{}`", user.name))
+            }
+            Err(AuthFailure::NeedsSlowCheck) => match (before, now) {
+                (Some(before), Some(now)) if before.same_credentials(now) => Standing::Authorized,
+                _ => Standing::Refused(format!("the credentials of user `{name}` changed")),
+            },
+            Err(why) => Standing::Refused(why.to_string()),
         }
     }
 
@@ -658,15 +693,31 @@ impl Filter for AclFilter {
         }
         let old = std::mem::replace(&mut self.rules, rules);
         let mut reloaded = Reloaded::default();
-        if let Err(why) = self.still_authorized(&old, ctx.conn.tls_peer.as_ref()) {
+        let method = ctx.identity.as_ref().map(|identity| identity.method);
+        match self.standing_after_reload(&old, method, ctx.conn.tls_peer.as_ref()) {
+            Standing::Authorized => {}
             // As nats-server closes a client its reloaded configuration no longer
-            // authorizes: at once, with `Authorization Violation`.
-            tracing::warn!(user = self.user_label(), reason = %why, "no longer authorized after a reload; closing the connection");
-            self.revoked = true;
-            reloaded.close = Some((
-                CloseReason::AuthorizationViolation,
-                errors::AUTHORIZATION_VIOLATION,
-            ));
+            // authorizes: at once, with `Authorization Violation` and nothing else (its
+            // subscriptions are not judged first).
+            Standing::Refused(why) => {
+                tracing::warn!(user = self.user_label(), reason = %why, "no longer authorized after a reload; closing the connection");
+                self.revoked = true;
+                reloaded.close = Some((
+                    CloseReason::AuthorizationViolation,
+                    Some(errors::AUTHORIZATION_VIOLATION),
+                ));
+                self.refresh_interest();
+                return reloaded;
+            }
+            // As nats-server closes a client whose user is gone or has moved to another
+            // account: without a word, so that it logs in again under the new rules.
+            Standing::Moved(why) => {
+                tracing::warn!(user = self.user_label(), reason = %why, "user changed by a reload; closing the connection for it to log in again");
+                self.revoked = true;
+                reloaded.close = Some((CloseReason::UserChanged, None));
+                self.refresh_interest();
+                return reloaded;
+            }
         }
         self.take_permissions();
         // Subscriptions the new rules refuse end at the upstream, and the client is told,

@@ -653,10 +653,13 @@ fn a_sid_being_ended_can_be_reused() {
     assert!(alice.subs.contains_key(&b"1"[..]));
 }
 
-/// In edge mode a reload checks every client's credentials again, as nats-server does, and
-/// closes the one they no longer admit: a removed user, a changed password or token, a
-/// bcrypt hash replaced. A reload that leaves a user's credentials as they were (a bcrypt
-/// hash included, which is not checked again) keeps the client.
+/// In edge mode a reload checks every client's credentials again, as nats-server does
+/// (`reloadAuthorization`): a client whose user by name is gone, or now goes upstream with
+/// other credentials (nats-server's client moved to another account), is closed without a
+/// word; one whose credentials no longer pass (a changed password or token, a bcrypt hash
+/// replaced, a token user removed) gets `Authorization Violation` and nothing else. A reload
+/// that leaves a user's credentials as they were (a bcrypt hash included, which is not
+/// checked again) keeps the client.
 #[test]
 fn reload_closes_clients_whose_credentials_no_longer_pass() {
     let hash = bcrypt::hash_with_result("s3cret", 4).unwrap().to_string();
@@ -669,39 +672,55 @@ fn reload_closes_clients_whose_credentials_no_longer_pass() {
         )
     };
     let before = users(&hash, "pw");
-    let closed = Reloaded {
+    let refused = Reloaded {
         close: Some((
             CloseReason::AuthorizationViolation,
-            errors::AUTHORIZATION_VIOLATION,
+            Some(errors::AUTHORIZATION_VIOLATION),
         )),
         ..Reloaded::default()
     };
+    let moved = Reloaded {
+        close: Some((CloseReason::UserChanged, None)),
+        ..Reloaded::default()
+    };
+    let kept = Reloaded::default();
+    let only_carol = format!("[[users]]\nuser = \"carol\"\npassword = \"{hash}\"\n");
     let cases = [
-        // (who connects, the rules after, closed)
+        // (who connects, the rules after, what the reload does)
         (
             r#"{"user":"carol","pass":"s3cret"}"#,
             users(&hash, "pw2"),
-            false,
+            &kept,
         ),
         (
             r#"{"user":"carol","pass":"s3cret"}"#,
             users(&other_hash, "pw"),
-            true,
+            &refused,
         ),
-        (r#"{"user":"dave","pass":"pw"}"#, users(&hash, "pw"), false),
-        (r#"{"user":"dave","pass":"pw"}"#, users(&hash, "pw2"), true),
+        (r#"{"user":"dave","pass":"pw"}"#, users(&hash, "pw"), &kept),
+        (
+            r#"{"user":"dave","pass":"pw"}"#,
+            users(&hash, "pw2"),
+            &refused,
+        ),
         (
             r#"{"auth_token":"tok"}"#,
             before.replace("\"tok\"", "\"tok2\""),
-            true,
+            &refused,
         ),
+        // A token user has no name to look up: its token no longer passes.
+        (r#"{"auth_token":"tok"}"#, only_carol.clone(), &refused),
+        (r#"{"user":"dave","pass":"pw"}"#, only_carol.clone(), &moved),
         (
             r#"{"user":"dave","pass":"pw"}"#,
-            format!("[[users]]\nuser = \"carol\"\npassword = \"{hash}\"\n"),
-            true,
+            before.replace(
+                "password = \"pw\"\n",
+                "password = \"pw\"\nupstream = { user = \"restricted\", password = \"r\" }\n",
+            ),
+            &moved,
         ),
     ];
-    for (json, after, expect_closed) in cases {
+    for (json, after, expected) in cases {
         let (mut chain, mut ctx, _, source) = setup(AuthMode::Edge, &before);
         if let Verdict::Offload(check) = chain.on_client_op(&mut connect(json), &mut ctx) {
             check.run();
@@ -711,18 +730,59 @@ fn reload_closes_clients_whose_credentials_no_longer_pass() {
             Verdict::Changed,
             "{json}"
         );
+        // A subscription no rule allows after the reload: a client that is closed is not
+        // told about it first, as nats-server judges subscriptions only of clients it keeps.
+        chain.on_client_op(&mut sub("orders.x", None, "1"), &mut ctx);
+        let after =
+            format!("[default_permissions]\nsubscribe = {{ allow = [\"public.>\"] }}\n{after}");
         source.store(AclRules::from_str("t.toml", &after).unwrap());
         let reloaded = chain.on_reload(&ctx);
-        if expect_closed {
-            assert_eq!(reloaded, closed, "{json} under {after}");
+        if expected.close.is_some() {
+            assert_eq!(&reloaded, expected, "{json} under {after}");
             assert!(matches!(
                 chain.on_client_op(&mut ClientOp::Ping, &mut ctx),
                 Verdict::Close { .. }
             ));
         } else {
-            assert_eq!(reloaded, Reloaded::default(), "{json} under {after}");
+            assert!(reloaded.close.is_none(), "{json} under {after}");
+            assert_eq!(reloaded.unsubscribe, [Bytes::from_static(b"1")]);
         }
     }
+}
+
+/// A client given the `no_auth_user` stays that user while the user's credentials stand,
+/// whoever `no_auth_user` names after a reload, as nats-server logs it in as that user.
+#[test]
+fn a_no_auth_user_client_stays_its_user_across_a_reload() {
+    let rules = |anonymous: &str| {
+        format!(
+            "no_auth_user = \"{anonymous}\"\n\
+             [[users]]\nuser = \"guest\"\n[[users]]\nuser = \"visitor\"\n"
+        )
+    };
+    let (mut chain, mut ctx, _, source) = setup(AuthMode::Edge, &rules("guest"));
+    assert_eq!(
+        chain.on_client_op(&mut connect("{}"), &mut ctx),
+        Verdict::Changed
+    );
+    source.store(AclRules::from_str("t.toml", &rules("visitor")).unwrap());
+    assert_eq!(chain.on_reload(&ctx), Reloaded::default());
+    assert_eq!(
+        ctx.identity.as_ref().unwrap().user.as_deref(),
+        Some("guest")
+    );
+    // Gone: closed without a word.
+    source.store(
+        AclRules::from_str(
+            "t.toml",
+            "no_auth_user = \"visitor\"\n[[users]]\nuser = \"visitor\"\n",
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        chain.on_reload(&ctx).close,
+        Some((CloseReason::UserChanged, None))
+    );
 }
 
 /// The bcrypt check a reload skips: a hash the reload left as it was still admits the client,

@@ -145,7 +145,8 @@ pub fn close_frame_after_error(err_line: &[u8]) -> Option<(u16, &'static str)> {
 pub fn close_frame_for(reason: CloseReason) -> Option<(u16, &'static str)> {
     Some(match reason {
         CloseReason::SlowConsumer | CloseReason::ClientIoError => return None,
-        CloseReason::ClientClosed => (CLOSE_NORMAL, "Client Closed"),
+        // nats-server closes a client whose user a reload removed as `ClientClosed`.
+        CloseReason::ClientClosed | CloseReason::UserChanged => (CLOSE_NORMAL, "Client Closed"),
         CloseReason::HandshakeTimeout => (CLOSE_POLICY_VIOLATION, "Authentication Timeout"),
         CloseReason::AuthorizationViolation => (CLOSE_POLICY_VIOLATION, "Authentication Failure"),
         CloseReason::MaxControlLineExceeded => {
