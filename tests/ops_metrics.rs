@@ -422,3 +422,41 @@ async fn busy_polling_workers_forward_and_count_their_time() {
     .await;
     answering.abort();
 }
+
+/// Connections that hold every admin slot and send nothing do not starve the health probes:
+/// past the slots, a connection is still answered for `/healthz` and `/readyz` (and told
+/// the rest is busy). Answers carry nats-server monitor's CORS header; a 405 says which
+/// methods are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_admin_connections_do_not_starve_the_probes() {
+    let (_server, edge) = server_and_edge(ADMIN).await;
+    let admin = admin(&edge);
+    let (status, head, _) = http_request(admin, "GET", "/varz").await;
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("access-control-allow-origin: *"),
+        "{head}"
+    );
+    let (status, head, _) = http_request(admin, "POST", "/metrics").await;
+    assert_eq!(status, 405);
+    assert!(
+        head.to_ascii_lowercase().contains("allow: get, head"),
+        "{head}"
+    );
+
+    // Every full slot taken by a connection that sends nothing.
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    assert_eq!(http_get(admin, "/healthz").await, (200, "ok\n".to_string()));
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    assert_eq!(
+        http_get(admin, "/connz").await,
+        (503, "admin server busy: health probes only\n".to_string())
+    );
+    // A slot given back serves everything again.
+    drop(idle);
+    poll_http(admin, "/connz", |status, _| (status == 200).then_some(())).await;
+}

@@ -903,9 +903,17 @@ impl RawConn {
 
 /// One HTTP/1.1 GET (with `Connection: close`): the status code and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    within(&format!("GET {path}"), async {
+    let (status, _, body) = http_request(addr, "GET", path).await;
+    (status, body)
+}
+
+/// One HTTP/1.1 request without a body (with `Connection: close`): the status code, the
+/// head (status line and headers) and the body.
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+    within(&format!("{method} {path}"), async {
         let mut stream = TcpStream::connect(addr).await.expect("connect to admin");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await.unwrap();
@@ -916,7 +924,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .expect("a status code");
-        (status, body.to_string())
+        (status, head.to_string(), body.to_string())
     })
     .await
 }
