@@ -109,14 +109,31 @@ impl FilterFactory for AclFactory {
     }
 }
 
-/// How many publish decisions a connection remembers (nats-server keeps a similar cache).
-const DECISION_CACHE: usize = 1024;
+/// How many publish decisions a connection remembers (nats-server's `maxPermCacheSize`).
+const DECISION_CACHE: usize = 128;
 /// Reply subjects a connection with `allow_responses` tracks at most.
 const RESPONSE_CAPACITY: usize = 65_536;
 /// A denial of the same subject on the same connection is logged at most once this often.
 const DENIAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Distinct subjects whose last denial log time a connection remembers.
 const DENIAL_LOG_SUBJECTS: usize = 256;
+/// Denial lines one connection may log per [`DENIAL_LOG_INTERVAL`], whatever the subjects:
+/// a client cycling through distinct denied subjects cannot flood the log.
+const DENIAL_LOG_BURST: u32 = 10;
+/// The user label of a client that named no user (metrics, where an empty label value is
+/// no label at all).
+const ANONYMOUS_LABEL: &str = "_anonymous";
+/// The user label of a client whose user name is in no rule file (passthrough mode, where
+/// the name is the client's claim): such names get no series of their own.
+const UNKNOWN_USER_LABEL: &str = "_other";
+
+/// The denial lines a connection logged in the current interval.
+struct DenialLogWindow {
+    started: Instant,
+    lines: u32,
+    /// Denials past the burst, not logged: the next line says how many.
+    suppressed: u64,
+}
 
 /// What a reload makes of a connected client.
 enum Standing {
@@ -204,6 +221,7 @@ pub struct AclFilter {
     /// Whether the client's CONNECT has been judged.
     connected: bool,
     logged: HashMap<Bytes, Instant>,
+    denial_log_window: DenialLogWindow,
     /// Where the check of this session's CONNECT, run off its thread, leaves its result,
     /// and the rules it was checked against.
     slow_check: Option<(Arc<OnceLock<AuthOutcome>>, Arc<AclRules>)>,
@@ -231,6 +249,11 @@ impl AclFilter {
             presented: None,
             connected: false,
             logged: HashMap::new(),
+            denial_log_window: DenialLogWindow {
+                started: Instant::now(),
+                lines: 0,
+                suppressed: 0,
+            },
             slow_check: None,
         };
         // Until the CONNECT names a user, the default permissions apply: nats-server takes
@@ -310,9 +333,30 @@ impl AclFilter {
         self.user.as_deref().unwrap_or("")
     }
 
-    /// Logs a denial, at most once per subject and interval, and counts every one.
+    /// The user as a metric label: a user of the rule files by name, else one of two fixed
+    /// labels, so that names a client makes up cannot use up the label slots.
+    fn metric_label(&self) -> &str {
+        match self.user.as_deref() {
+            None | Some("") => ANONYMOUS_LABEL,
+            Some(name) if self.rules.user(name).is_some() => name,
+            Some(_) => UNKNOWN_USER_LABEL,
+        }
+    }
+
+    /// Counts every denial, and logs it at most once per subject and interval, and at most
+    /// [`DENIAL_LOG_BURST`] lines per interval for the connection. A delivery dropped for
+    /// the subscriber's deny list is logged at debug only, as nats-server logs none: another
+    /// client's messages must not write this connection's log.
     fn denied(&mut self, kind: DenialKind, subject: &Bytes, queue: Option<&Bytes>) {
-        self.settings.events.acl_denied(self.user_label(), kind);
+        self.settings.events.acl_denied(self.metric_label(), kind);
+        if kind == DenialKind::Delivery {
+            tracing::debug!(
+                user = self.user_label(),
+                subject = %String::from_utf8_lossy(subject),
+                "delivery denied"
+            );
+            return;
+        }
         let now = Instant::now();
         let due = self
             .logged
@@ -321,6 +365,17 @@ impl AclFilter {
         if !due {
             return;
         }
+        let window = &mut self.denial_log_window;
+        if now.duration_since(window.started) >= DENIAL_LOG_INTERVAL {
+            window.started = now;
+            window.lines = 0;
+        }
+        if window.lines >= DENIAL_LOG_BURST {
+            window.suppressed += 1;
+            return;
+        }
+        window.lines += 1;
+        let suppressed = std::mem::take(&mut window.suppressed);
         if self.logged.len() >= DENIAL_LOG_SUBJECTS {
             self.logged.clear();
         }
@@ -330,6 +385,7 @@ impl AclFilter {
             direction = kind.as_str(),
             subject = %String::from_utf8_lossy(subject),
             queue = queue.map(|q| String::from_utf8_lossy(q).into_owned()),
+            suppressed,
             "permission denied"
         );
     }

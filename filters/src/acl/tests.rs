@@ -285,6 +285,29 @@ fn passthrough_keys_permissions_on_the_presented_user() {
     assert_eq!(recorded[4], ("alice".into(), DenialKind::Delivery));
 }
 
+/// A denial is counted under the user's name only for a user of the rule files: a name
+/// the client made up (passthrough mode) is `_other`, no name at all `_anonymous`, so
+/// clients cannot use up the metric's label slots.
+#[test]
+fn denials_are_labelled_by_known_users_only() {
+    for (json, label) in [
+        (r#"{"user":"alice"}"#, "alice"),
+        (r#"{"user":"mallory-1234"}"#, "_other"),
+        ("{}", "_anonymous"),
+    ] {
+        let (mut chain, mut ctx, events, _) = setup(AuthMode::Passthrough, RULES);
+        chain.on_client_op(&mut connect(json), &mut ctx);
+        chain.refresh_interest();
+        assert!(chain.on_client_op(&mut publish("denied.x"), &mut ctx) != Verdict::Forward);
+        let recorded = events.0.lock().unwrap().clone();
+        assert_eq!(
+            recorded,
+            [(label.to_string(), DenialKind::Publish)],
+            "{json}"
+        );
+    }
+}
+
 #[test]
 fn responses_are_allowed_once() {
     let (mut chain, mut ctx, _, _) = setup(AuthMode::Passthrough, RULES);
