@@ -78,19 +78,23 @@ async fn shutdown_closes_every_session_and_stops_listening() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_reasons_are_counted() {
-    let (_server, edge) = server_and_edge("[limits]\nhandshake_timeout = \"200ms\"").await;
+    // A server that asks for auth, so that a client that sends nothing is timed out.
+    let server = NatsServer::start_with_args(&["--user", "u", "--pass", "p"]);
+    let edge = start_edge(&[server.url()], "[limits]\nhandshake_timeout = \"200ms\"").await;
     let addr = edge_addr(&edge);
+    const LOGIN: &str = r#"CONNECT {"user":"u","pass":"p","verbose":false}"#;
 
     let (mut raw, _) = RawConn::connect_info(addr).await;
-    raw.send(b"CONNECT {}\r\nBOGUS\r\n").await;
+    raw.send(format!("{LOGIN}\r\nBOGUS\r\n").as_bytes()).await;
     raw.read_to_close().await;
 
     let (mut raw, _) = RawConn::connect_info(addr).await;
-    raw.send(b"CONNECT {}\r\nPUB x 99999999\r\n").await;
+    raw.send(format!("{LOGIN}\r\nPUB x 99999999\r\n").as_bytes())
+        .await;
     raw.read_to_close().await;
 
     let (mut raw, _) = RawConn::connect_info(addr).await;
-    raw.send(format!("CONNECT {{}}\r\nSUB {} 1\r\n", "s".repeat(5000)).as_bytes())
+    raw.send(format!("{LOGIN}\r\nSUB {} 1\r\n", "s".repeat(5000)).as_bytes())
         .await;
     raw.read_to_close().await;
 
@@ -99,7 +103,7 @@ async fn close_reasons_are_counted() {
 
     let (mut raw, _) = RawConn::connect_info(addr).await;
     assert!(
-        !raw.roundtrip(b"CONNECT {\"verbose\":false}\r\n")
+        !raw.roundtrip(format!("{LOGIN}\r\n").as_bytes())
             .await
             .closed
     );

@@ -764,13 +764,29 @@ async fn max_subscriptions_refuses_reused_sids_and_bad_subjects_at_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_timeout_without_connect() {
-    let (_server, edge) = server_and_edge("[limits]\nhandshake_timeout = \"300ms\"").await;
+    // Where the upstream asks for auth, a client that sends nothing is timed out, as by
+    // nats-server's auth timer; one that logs in in time is not.
+    let server = NatsServer::start_with_args(&["--user", "u", "--pass", "p"]);
+    let edge = start_edge(&[server.url()], "[limits]\nhandshake_timeout = \"300ms\"").await;
     let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
     let got = within("the handshake timeout to close", raw.read_to_close()).await;
     assert_eq!(show(&got), show(b"-ERR 'Authentication Timeout'\r\n"));
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let login = b"CONNECT {\"user\":\"u\",\"pass\":\"p\",\"verbose\":false}\r\n";
+    assert!(!raw.roundtrip(login).await.closed);
+    assert!(!raw.closes_within(Duration::from_millis(900)).await);
 
-    // A client that sends CONNECT in time is not affected; nor is one that starts with
-    // another op, which nats-server takes as connected with its default options.
+    // Where it does not, nats-server runs no auth timer: a client may take its time, and so
+    // it may through the edge. So may one that sends CONNECT, or starts with another op,
+    // which nats-server takes as connected with its default options.
+    let (_server, edge) = server_and_edge("[limits]\nhandshake_timeout = \"300ms\"").await;
+    let (mut silent, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert!(
+        !silent.closes_within(Duration::from_millis(900)).await,
+        "a silent client was closed: {}",
+        show(&silent.take_buffered())
+    );
+    assert!(silent.is_open().await);
     for first in [CONNECT, b"SUB foo 1\r\n"] {
         let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
         assert!(!raw.roundtrip(first).await.closed);

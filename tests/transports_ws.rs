@@ -645,11 +645,12 @@ async fn close_frame(stream: &mut TcpStream) -> (u16, String) {
 }
 
 /// When the edge ends a WebSocket session, its close frame says why, with nats-server's
-/// status and text: a client that sent no CONNECT in time, one cut off by a shutdown.
+/// status and text: a client that sent no CONNECT in time (to a server that asks for auth),
+/// one cut off by a shutdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_close_frame_says_why_like_nats_server() {
     use tokio::io::AsyncWriteExt;
-    let server = NatsServer::start();
+    let server = NatsServer::start_with_args(&["--user", "u", "--pass", "p"]);
     let edge = ws_edge(&server, "[limits]\nhandshake_timeout = \"300ms\"").await;
     let (mut silent, _) = raw_upgrade(&edge, None).await;
     assert_eq!(
@@ -658,7 +659,7 @@ async fn the_close_frame_says_why_like_nats_server() {
     );
 
     let (mut ws, _) = raw_upgrade(&edge, None).await;
-    let hello = b"CONNECT {\"verbose\":false}\r\nPING\r\n";
+    let hello = b"CONNECT {\"verbose\":false,\"user\":\"u\",\"pass\":\"p\"}\r\nPING\r\n";
     ws.write_all(&frame(0x2, false, hello)).await.unwrap();
     read_data_until(&mut ws, "PONG\r\n").await;
     let shutdown = tokio::spawn(edge.shutdown());

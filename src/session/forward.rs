@@ -896,6 +896,8 @@ pub fn rewrite_info(info: &mut nats_edge_filters::Info, shared: &mut Shared) {
     if shared.ctx.upstream_nonce.is_none() {
         shared.ctx.upstream_nonce.clone_from(&info.nonce);
     }
+    // Before the filters: in edge mode they say what the edge asks of the client.
+    shared.auth_timer |= info.auth_required == Some(true);
     shared.info_rewrite.apply(info, shared.ctx.conn.client_addr);
     shared.chain.on_info(info, &shared.ctx);
     shared.client_must_connect = info.auth_required == Some(true);

@@ -330,6 +330,7 @@ async fn open(
         env.info_rewrite.clone(),
         connected.info.max_payload,
     );
+    shared.auth_timer = env.acl.authenticates();
 
     let mut info = connected.info;
     forward::rewrite_info(&mut info, &mut shared);
@@ -554,7 +555,7 @@ where
         if shared.closing.is_none() {
             // The first CONNECT still being checked (off the thread) counts against the
             // timeout too, as a bcrypt check counts against nats-server's auth_timeout.
-            let unchecked = shared.ctx.connect.is_none()
+            let unchecked = (shared.ctx.connect.is_none() && shared.auth_timer)
                 || (shared.offloaded.is_some() && shared.ctx.identity.is_none());
             if unchecked && handshake.as_mut().poll(cx).is_ready() {
                 if shared.ctx.connect.is_none() {

@@ -105,6 +105,11 @@ pub struct Shared {
     /// The client's INFO says `auth_required`: until its CONNECT, an op that does not start
     /// with `C` is an authorization violation, whatever it is, as nats-server judges it.
     pub client_must_connect: bool,
+    /// The client must send its CONNECT within the handshake timeout: the edge
+    /// authenticates it, or the upstream's INFO asked for auth. As nats-server runs its auth
+    /// timer only where auth is configured, a client of an upstream without auth may take
+    /// its time (the upstream's pings end it if it never answers).
+    pub auth_timer: bool,
     /// A PONG has gone to the client. Clients read nothing but a PONG in answer to their
     /// first PING, so nats-server sends them no INFO of its own before it; nor does the edge.
     pub client_ponged: bool,
@@ -158,6 +163,7 @@ impl Shared {
             upstream_full: false,
             upstream_farewell: None,
             client_must_connect: false,
+            auth_timer: false,
             client_ponged: false,
             lame_duck_pending: false,
             client_queued: 0,

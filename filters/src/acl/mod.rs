@@ -101,6 +101,11 @@ impl AclFactory {
             checker: Arc::new(SecretChecker::default()),
         }
     }
+
+    /// Whether the edge itself authenticates clients (`edge` mode).
+    pub fn authenticates(&self) -> bool {
+        self.settings.mode == AuthMode::Edge
+    }
 }
 
 impl FilterFactory for AclFactory {
