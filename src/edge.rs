@@ -118,12 +118,19 @@ pub struct Prepared {
 /// Loads the TLS material and settings the config names, without binding or dialling
 /// anything (`nats-edge check` runs this too).
 pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
-    prepare_with(config, true)
+    prepare_with(config, true, None)
 }
 
 /// [`prepare`]; without the trusted-proxy key when `load_signer` is false (a reload, which
-/// keeps the running key until a restart: its file need not be there).
-fn prepare_with(config: &Config, load_signer: bool) -> Result<Prepared, StartError> {
+/// keeps the running key until a restart: its file need not be there). `running` is the
+/// upstream in use (a reload): when the URLs are the same, what was learnt of them (which
+/// failed lately) is kept, so a certificate rotation does not send every session back to a
+/// dead URL first.
+fn prepare_with(
+    config: &Config,
+    load_signer: bool,
+    running: Option<&Upstream>,
+) -> Result<Prepared, StartError> {
     let tls_error = |what: String| move |source| StartError::Tls { what, source };
     let upstream_tls = match &config.upstream.tls {
         Some(settings) => Some(Arc::new(
@@ -139,8 +146,12 @@ fn prepare_with(config: &Config, load_signer: bool) -> Result<Prepared, StartErr
     } else {
         None
     };
+    let history = match running {
+        Some(running) if running.urls == urls => running.history.clone(),
+        _ => Arc::new(upstream::DialHistory::new(urls.len())),
+    };
     let upstream = Arc::new(Upstream {
-        history: upstream::DialHistory::new(urls.len()),
+        history,
         urls,
         connect_timeout: config.upstream.connect_timeout.0,
         tls: upstream_tls,
@@ -514,7 +525,11 @@ impl Reloadable for ListenerReload {
     }
 
     fn prepare(&self, new: &Config) -> Result<Staged, ReloadError> {
-        let prepared = prepare_with(new, false).map_err(|e| match e {
+        let running = self
+            .cells
+            .first()
+            .map(|cell| cell.current().env.upstream.clone());
+        let prepared = prepare_with(new, false, running.as_deref()).map_err(|e| match e {
             StartError::Tls { what, source } => ReloadError::Invalid {
                 key: what,
                 reason: source.to_string(),

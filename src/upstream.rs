@@ -3,11 +3,12 @@
 //! server speaks first; its INFO carries the nonce and max_payload the client must see).
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -302,8 +303,9 @@ pub struct Upstream {
     pub default_tls: Option<Arc<ClientTls>>,
     /// Send a PROXY header with the real client's address first.
     pub proxy_protocol: Option<ProxyProtocolVersion>,
-    /// Which URLs failed lately, so sessions try the others first.
-    pub history: DialHistory,
+    /// Which URLs failed lately, so sessions try the others first (kept across a reload
+    /// that leaves the URLs as they were).
+    pub history: Arc<DialHistory>,
 }
 
 /// How long a URL that failed a dial is tried only after the others. A server that drops
@@ -376,7 +378,7 @@ impl Upstream {
     /// Plain TCP to `urls`, with no PROXY header (for tests and embedding).
     pub fn plain(urls: Vec<UpstreamUrl>, connect_timeout: Duration) -> Upstream {
         Upstream {
-            history: DialHistory::new(urls.len()),
+            history: Arc::new(DialHistory::new(urls.len())),
             urls,
             connect_timeout,
             tls: None,
@@ -389,6 +391,50 @@ impl Upstream {
         self.tls
             .as_ref()
             .or(url.tls.then_some(self.default_tls.as_ref()).flatten())
+    }
+}
+
+/// One URL's dial in [`dial_any`], watched. Dropped before the dial ended (the client
+/// left, and its session dropped the dial), after half the connect timeout or more: the URL
+/// counts as failed, as if the dial had run out. Clients give up after about as long as
+/// the connect timeout (2 s for nats.go and nats.py), so otherwise a URL that drops packets
+/// would never be marked, and every session would keep trying it first. A dial abandoned
+/// sooner says nothing about the URL (a load balancer's probe leaves at once). The failure
+/// is recorded before the dial's connection closes (the drop runs before the fields go).
+struct WatchedDial<'a, F> {
+    dial: Pin<Box<F>>,
+    upstream: &'a Upstream,
+    index: usize,
+    started: Instant,
+    ended: bool,
+}
+
+impl<F: Future> Future for WatchedDial<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let outcome = ready!(this.dial.as_mut().poll(cx));
+        // Whatever the outcome, `dial_any` records it.
+        this.ended = true;
+        Poll::Ready(outcome)
+    }
+}
+
+impl<F> Drop for WatchedDial<'_, F> {
+    fn drop(&mut self) {
+        let waited = self.started.elapsed();
+        if self.ended || waited < self.upstream.connect_timeout / 2 {
+            return;
+        }
+        let history = &self.upstream.history;
+        history.record(self.index, false);
+        let error = DialError::Timeout(waited);
+        if history.log_worthy(self.index, Err(&error)) {
+            if let Some(url) = self.upstream.urls.get(self.index) {
+                tracing::warn!(upstream = %url, waited = ?waited, "upstream dial failed: no INFO before the client gave up");
+            }
+        }
     }
 }
 
@@ -423,7 +469,14 @@ pub async fn dial_any(
     order.extend(lately);
     for i in order {
         let url = &upstream.urls[i];
-        let dialled = tokio::time::timeout(timeout, dial(upstream, url, client)).await;
+        let dialled = WatchedDial {
+            dial: Box::pin(tokio::time::timeout(timeout, dial(upstream, url, client))),
+            upstream,
+            index: i,
+            started: Instant::now(),
+            ended: false,
+        }
+        .await;
         let dialled = dialled.unwrap_or_else(|_| Err(DialError::Timeout(timeout)));
         upstream.history.record(i, dialled.is_ok());
         // A URL that goes down or comes back is logged when it does: a failure that the

@@ -209,3 +209,81 @@ fn assert_rss_peak(what: &str, baseline: u64, peak: u64, bound: u64) {
         mib(bound)
     );
 }
+
+/// A client receiving a firehose it reads as fast as it comes is still heard: its UNSUB and
+/// PING reach the upstream while the upstream→client direction always has bytes to move,
+/// and the PONG comes back in the stream (both directions share one task and its budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_is_heard_while_a_firehose_flows_to_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = NatsServer::start();
+    let edge = start_edge(&[server.url()], "").await;
+    let mut sub = tokio::net::TcpStream::connect(edge_addr(&edge))
+        .await
+        .unwrap();
+    sub.write_all(b"CONNECT {\"verbose\":false}\r\nSUB fire 1\r\nPING\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut seen = Vec::new();
+    within("the subscription", async {
+        while !seen.windows(6).any(|w| w == b"PONG\r\n") {
+            let n = sub.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+
+    // A publisher straight to nats-server, as fast as it can, until told to stop (or 60 s).
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let stop = stop.clone();
+        let mut conn = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        tokio::spawn(async move {
+            conn.write_all(b"CONNECT {\"verbose\":false}\r\n")
+                .await
+                .unwrap();
+            let one = [b"PUB fire 1024\r\n".as_slice(), &[b'x'; 1024], b"\r\n"].concat();
+            let batch = one.repeat(64);
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                if conn.write_all(&batch).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+
+    // Once the firehose flows, the client ends its subscription and asks for a PONG.
+    within("the firehose to flow", async {
+        let mut received = 0usize;
+        while received < 8 * 1024 * 1024 {
+            let n = sub.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed");
+            received += n;
+        }
+    })
+    .await;
+    sub.write_all(b"UNSUB 1\r\nPING\r\n").await.unwrap();
+    let mut tail = Vec::new();
+    within("the PONG behind the firehose", async {
+        loop {
+            let n = sub.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed");
+            tail.extend_from_slice(&buf[..n]);
+            if tail.windows(6).any(|w| w == b"PONG\r\n") {
+                break;
+            }
+            // Only the last bytes can hold the start of a PONG split across reads.
+            let keep = tail.len().saturating_sub(5);
+            tail.drain(..keep);
+        }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    publisher.await.unwrap();
+}

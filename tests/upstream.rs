@@ -82,8 +82,17 @@ async fn a_url_that_failed_is_tried_last_for_a_while() {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_url = format!("nats://{}", silent.local_addr().unwrap());
     let server = NatsServer::start();
-    let edge = start_edge(&[silent_url, server.url()], "connect_timeout = \"300ms\"\n").await;
-    for _ in 0..3 {
+    let urls = [silent_url, server.url()];
+    let extra = "connect_timeout = \"300ms\"\n";
+    let edge = start_edge(&urls, extra).await;
+    for round in 0..4 {
+        if round == 3 {
+            // A reload that leaves the URLs as they were (a certificate rotation, say)
+            // keeps what the sessions learnt of them.
+            let again =
+                nats_edge::config::Config::from_toml_str(&edge_toml(&urls, "", extra)).unwrap();
+            edge.shared().reloader.reload(again, "test").unwrap();
+        }
         let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
         assert!(
             !raw.roundtrip(b"CONNECT {\"verbose\":false}\r\n")
@@ -97,6 +106,37 @@ async fn a_url_that_failed_is_tried_last_for_a_while() {
         "the silent URL was dialled again"
     );
     drop(silent);
+}
+
+/// A client that gives up on a URL that does not answer (its own connect timeout, about
+/// as long as the edge's) ends the dial, and still marks the URL as failed: the next
+/// session tries the other URL first, rather than every client timing out on the dead one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_a_client_gave_up_on_is_tried_last() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("nats://{}", silent.local_addr().unwrap());
+    let server = NatsServer::start();
+    let edge = start_edge(&[silent_url, server.url()], "connect_timeout = \"400ms\"\n").await;
+    let mut impatient = RawConn::connect(edge_addr(&edge)).await;
+    let (mut dialled, _) = within("the edge dials the silent URL", silent.accept())
+        .await
+        .unwrap();
+    // The client's own timeout for the INFO, past half the edge's connect timeout.
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), impatient.read_info()).await;
+    assert!(gave_up.is_err(), "an INFO came from the silent URL");
+    drop(impatient);
+    // The edge drops the dial (after noting the URL failed).
+    dial_closed_unwritten(&mut dialled).await;
+
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert!(
+        !raw.roundtrip(b"CONNECT {\"verbose\":false}\r\n")
+            .await
+            .closed
+    );
+    // Had the edge dialled the silent URL again first, that connection would be waiting.
+    let again = tokio::time::timeout(Duration::from_millis(100), silent.accept()).await;
+    assert!(again.is_err(), "the silent URL was dialled again first");
 }
 
 /// A client that leaves while its upstream is still being dialled (a load balancer's TCP
@@ -114,10 +154,15 @@ async fn a_client_that_leaves_ends_the_dial() {
         .await
         .unwrap();
     drop(client);
+    dial_closed_unwritten(&mut dialled).await;
+}
+
+/// The edge closes its dial of a URL (accepted here as `dialled`) without writing to it.
+async fn dial_closed_unwritten(dialled: &mut tokio::net::TcpStream) {
     let mut byte = [0u8; 1];
     let read = within(
         "the edge closes the dial",
-        tokio::io::AsyncReadExt::read(&mut dialled, &mut byte),
+        tokio::io::AsyncReadExt::read(dialled, &mut byte),
     )
     .await;
     assert_eq!(read.unwrap(), 0, "the dial is closed, not written to");

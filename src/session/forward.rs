@@ -35,6 +35,13 @@ const MAX_READ: usize = 64 * 1024;
 const MIN_SPARE: usize = 512;
 /// Queued bytes at which the forwarder stops reading and only writes.
 const HIGH_WATER: usize = 256 * 1024;
+/// Reads one direction makes in one poll of the session task, at most. Both directions
+/// share the task's cooperative budget (tokio's, 128 socket operations per poll): a
+/// direction that always had bytes to read and a peer taking them would spend all of it,
+/// every poll, and the other direction's reads would be refused for want of budget (a
+/// client's UNSUB held behind the firehose it ends). 16 reads of up to 64 KiB, with their
+/// writes, leave the other direction its share.
+const MAX_READS_PER_POLL: usize = 16;
 /// Slices per vectored write. A changed message is two slices (its new head, and its
 /// payload where it was read), so this is room for about 64 of them.
 const MAX_IOV: usize = 128;
@@ -217,6 +224,9 @@ impl Forwarder {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        // Reads this poll has made: past MAX_READS_PER_POLL this direction lets the other
+        // have the rest of the task's turn (see there).
+        let mut reads = 0;
         loop {
             if self.dir == Direction::ServerToClient {
                 while let Some(bytes) = shared.to_client.pop_front() {
@@ -233,10 +243,11 @@ impl Forwarder {
                 self.process(shared);
                 continue;
             }
-            if self.may_read(shared) {
+            if reads < MAX_READS_PER_POLL && self.may_read(shared) {
                 match self.poll_fill(cx, reader) {
                     Poll::Ready(Ok(0)) => self.eof = true,
                     Poll::Ready(Ok(n)) => {
+                        reads += 1;
                         self.bytes += n as u64;
                         self.process(shared);
                         continue;
@@ -265,7 +276,14 @@ impl Forwarder {
             return match (self.eof, self.read_error.take()) {
                 (true, Some(e)) => Poll::Ready(Err(IoFailure::Read(e))),
                 (true, None) => Poll::Ready(Ok(())),
-                (false, _) => Poll::Pending,
+                (false, _) => {
+                    if reads >= MAX_READS_PER_POLL {
+                        // Not waiting on the reader: polled again at once, after the other
+                        // direction has had its turn.
+                        cx.waker().wake_by_ref();
+                    }
+                    Poll::Pending
+                }
             };
         }
     }
