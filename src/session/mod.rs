@@ -681,14 +681,20 @@ where
         }
 
         // A session that is ending, or whose client reader stopped on a violation, gets a
-        // bounded time to deliver its last words.
+        // bounded time to deliver its last words: to the client, and to the upstream what
+        // the client sent before the end (taken off its socket, so nats-server would have
+        // acted on it).
         let ending = shared.closing.or_else(|| {
             c2u.is_stopped()
                 .then(|| shared.barriers.back().and_then(|b| b.close))
                 .flatten()
         });
         if let Some(reason) = ending {
-            if shared.closing.is_some() && u2c.is_drained() && shared.to_client.is_empty() {
+            if shared.closing.is_some()
+                && u2c.is_drained()
+                && shared.to_client.is_empty()
+                && c2u.is_drained()
+            {
                 return Poll::Ready(reason);
             }
             let deadline =
