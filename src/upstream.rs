@@ -255,7 +255,12 @@ impl AsyncRead for UpstreamStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        upstream_variant!(self, s => s.poll_read(cx, buf))
+        match self.get_mut() {
+            UpstreamStream::Tcp(inner) => Pin::new(inner).poll_read(cx, buf),
+            UpstreamStream::Tls(inner) => {
+                crate::transport::tls_eof_as_close(Pin::new(&mut **inner).poll_read(cx, buf))
+            }
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use common::*;
 use nats_edge::config::{Config, ListenerKind};
 use nats_edge::filters::filter::TlsPeer;
 use nats_edge::filters::{
-    ClientOp, ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionCtx, Verdict,
+    ClientOp, CloseReason, ConnFacts, Filter, FilterFactory, Interest, OpKind, SessionCtx, Verdict,
 };
 use nats_edge::metrics::HandshakeFailure;
 use nats_edge::Edge;
@@ -138,6 +138,36 @@ async fn classic_tls_client_reads_upstream_unavailable_inside_tls() {
             .to_lowercase()
             .contains("upstream unavailable"),
         "{err}"
+    );
+}
+
+/// A TLS client whose TCP connection ends without a `close_notify` (killed, or a library
+/// that skips it) has closed, as nats-server (Go's TLS) reads that end: counted as
+/// `client_closed`, not as a failed read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_gone_without_close_notify_has_closed() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
+    let server = NatsServer::start();
+    let table = format!("{}, handshake_first = true", cert_keys(&server_cert));
+    let edge = start_edge_toml(&tls_toml(&server, &table)).await;
+    let tls = tls_over(tcp(edge_addr(&edge)).await, client_config(&ca.cert, None))
+        .await
+        .expect("TLS first");
+    let mut raw = Raw::new(tls);
+    raw.read_info().await;
+    assert!(raw.connect_and_ping().await);
+    let (tcp, _) = raw.stream.into_inner();
+    drop(tcp);
+    within("the session to end", edge.shared().registry.until_empty()).await;
+    let closes = |reason| edge.metrics().closes(reason);
+    assert_eq!(
+        (
+            closes(CloseReason::ClientClosed),
+            closes(CloseReason::ClientIoError)
+        ),
+        (1, 0)
     );
 }
 

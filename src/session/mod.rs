@@ -153,9 +153,11 @@ pub async fn run(client: Box<Accepted>, env: Arc<SessionEnv>, accepted_at: Insta
         out_bytes: summary.upstream_bytes,
         subscriptions: 0,
     });
+    // Counted before the entry goes, so whoever sees the registry empty (a drain, a test)
+    // sees the session's end counted.
+    env.metrics.session_ended(&summary);
     drop(registered);
     env.listener_metrics.open.dec();
-    env.metrics.session_ended(&summary);
     span.in_scope(|| {
         tracing::info!(
             reason = %summary.reason,

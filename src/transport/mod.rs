@@ -194,7 +194,23 @@ impl AsyncRead for ClientStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        each_variant!(self, s => s.poll_read(cx, buf))
+        match self.get_mut() {
+            ClientStream::Tcp(inner) => Pin::new(inner).poll_read(cx, buf),
+            ClientStream::Tls(inner) => tls_eof_as_close(Pin::new(&mut **inner).poll_read(cx, buf)),
+            ClientStream::Ws(inner) => Pin::new(&mut **inner).poll_read(cx, buf),
+            ClientStream::Wss(inner) => Pin::new(&mut **inner).poll_read(cx, buf),
+        }
+    }
+}
+
+/// A TLS peer that closed its TCP connection without a `close_notify` (a client killed, a
+/// client library that skips it) has closed the connection, as Go's TLS (and so
+/// nats-server) reads such an end: rustls reports it as `UnexpectedEof`, which would count
+/// as a failed read. The NATS framing above catches a truncated op either way.
+pub fn tls_eof_as_close(read: Poll<io::Result<()>>) -> Poll<io::Result<()>> {
+    match read {
+        Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
+        other => other,
     }
 }
 
