@@ -650,26 +650,100 @@ fn compile_rule(
     })
 }
 
-/// `"500ms"`, `"2s"`, `"2m"`, `"1h"`; a bare number is seconds.
+/// A duration as Go's `time.ParseDuration` reads one, nats-server's own reader for
+/// `allow_responses.expires`, without a minus sign (the caller takes one off): `"0"`, or one or
+/// more decimal numbers, each with an optional fraction and a unit (`ns`, `us` or `µs`,
+/// `ms`, `s`, `m`, `h`), such as `"2m"`, `"1m30s"` or `"1.5h"`. Surrounding blanks are
+/// allowed (TOML values are often written with them); a bare number is not a duration.
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let digits = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let value: u64 = text[..digits].parse().ok()?;
-    let unit = match text[digits..].trim() {
-        "ms" => Duration::from_millis(1),
-        "" | "s" => Duration::from_secs(1),
-        "m" => Duration::from_secs(60),
-        "h" => Duration::from_secs(3600),
-        _ => return None,
-    };
-    unit.checked_mul(u32::try_from(value).ok()?)
+    let trimmed = text.trim();
+    let mut rest = trimmed.strip_prefix('+').unwrap_or(trimmed);
+    if rest == "0" {
+        return Some(Duration::ZERO);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let digits_end = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let mut total: u128 = 0;
+    while !rest.is_empty() {
+        let (whole, after) = rest.split_at(digits_end(rest));
+        let (fraction, after) = match after.strip_prefix('.') {
+            Some(after) => after.split_at(digits_end(after)),
+            None => ("", after),
+        };
+        if whole.is_empty() && fraction.is_empty() {
+            return None;
+        }
+        let unit_end = after
+            .find(|c: char| c == '.' || c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_end);
+        let unit_nanos: u128 = match unit {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return None,
+        };
+        let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+        let mut nanos = whole.checked_mul(unit_nanos)?;
+        if !fraction.is_empty() {
+            // As Go: the fraction's digits scaled by the unit, the remainder dropped.
+            let mut scale = unit_nanos;
+            for digit in fraction.bytes() {
+                scale /= 10;
+                if scale == 0 {
+                    break;
+                }
+                nanos = nanos.checked_add(u128::from(digit - b'0') * scale)?;
+            }
+        }
+        total = total.checked_add(nanos)?;
+        rest = after;
+    }
+    // Go's durations are an int64 of nanoseconds.
+    u64::try_from(total)
+        .ok()
+        .filter(|n| *n <= i64::MAX as u64)
+        .map(Duration::from_nanos)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Durations as Go's `time.ParseDuration` reads them (nats-server's reader).
+    #[test]
+    fn durations_as_go_reads_them() {
+        let ms = |n: u64| Some(Duration::from_millis(n));
+        for (text, expected) in [
+            ("2m", ms(120_000)),
+            ("1m30s", ms(90_000)),
+            ("1.5m", ms(90_000)),
+            ("1.5h", ms(5_400_000)),
+            (".5s", ms(500)),
+            ("5.s", ms(5_000)),
+            ("300us", Some(Duration::from_micros(300))),
+            ("300\u{b5}s", Some(Duration::from_micros(300))),
+            ("1h2m3s4ms", ms(3_723_004)),
+            ("+2s", ms(2_000)),
+            (" 2s ", ms(2_000)),
+            ("0", Some(Duration::ZERO)),
+            ("0s", Some(Duration::ZERO)),
+            ("60", None),
+            ("", None),
+            (".s", None),
+            ("2 m", None),
+            ("2d", None),
+            ("1ms2", None),
+            ("9999999999h", None),
+        ] {
+            assert_eq!(parse_duration(text), expected, "{text:?}");
+        }
+    }
 
     #[test]
     fn parses_users_and_shorthands() {
