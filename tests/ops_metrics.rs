@@ -460,3 +460,26 @@ async fn idle_admin_connections_do_not_starve_the_probes() {
     drop(idle);
     poll_http(admin, "/connz", |status, _| (status == 200).then_some(())).await;
 }
+
+/// A SUB the edge refuses (here past `limits.max_subscriptions`) is not a subscription in
+/// `/connz`, as in nats-server's count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_subscriptions_are_not_counted() {
+    let (_server, edge) =
+        server_and_edge(&format!("{ADMIN}[limits]\nmax_subscriptions = 1\n")).await;
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    raw.read_info().await;
+    let reply = raw
+        .roundtrip(b"CONNECT {\"verbose\":false}\r\nSUB a 1\r\nSUB b 2\r\n")
+        .await;
+    assert_eq!(
+        show(&reply.bytes),
+        show(b"-ERR 'maximum subscriptions exceeded'\r\n")
+    );
+    // The counts are published as the session goes back to waiting: polled.
+    poll_http(admin(&edge), "/connz", |_, body| {
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        (v["connections"][0]["subscriptions"] == 1).then_some(())
+    })
+    .await;
+}

@@ -124,7 +124,8 @@ impl Forwarder {
         }
     }
 
-    /// SUBs minus UNSUBs the client sent (an UNSUB with a max count counts as removed).
+    /// SUBs minus UNSUBs the client sent and the filters let through (an UNSUB with a max
+    /// count counts as removed).
     pub fn subscriptions(&self) -> u64 {
         self.subs.saturating_sub(self.unsubs)
     }
@@ -653,6 +654,17 @@ impl Forwarder {
         };
         if matches!(verdict, Verdict::Drop | Verdict::Answer(_)) {
             self.invalid_publish_subject(&op, shared);
+        }
+        if matches!(
+            verdict,
+            Verdict::Drop | Verdict::Answer(_) | Verdict::Close { .. }
+        ) {
+            // Counted when read: one the filters kept from the upstream is no subscription.
+            match op {
+                ClientOp::Sub(_) => self.subs = self.subs.saturating_sub(1),
+                ClientOp::Unsub(_) => self.unsubs = self.unsubs.saturating_sub(1),
+                _ => {}
+            }
         }
         let forwarded = match verdict {
             Verdict::Forward => {
