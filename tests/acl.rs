@@ -961,3 +961,29 @@ async fn a_sub_the_upstream_refuses_takes_no_subscription_slot() {
         );
     }
 }
+
+/// nats-server sends a client no INFO before the PONG to its first PING, then the INFO that
+/// answers its CONNECT. Through the edge the order is the same, even when a PING of the
+/// edge's own (ordering its `-ERR` for a refused PUB) reached the upstream first and drew
+/// that INFO out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_info_before_the_first_pong() {
+    let targets = Targets::start().await;
+    let bytes =
+        b"CONNECT {\"user\":\"orders\",\"pass\":\"pw\",\"verbose\":false,\"protocol\":1}\r\n\
+                  PUB other.x 1\r\nx\r\nPING\r\n";
+    for addr in [targets.direct(), targets.edged()] {
+        let (mut raw, _) = RawConn::connect_info(addr).await;
+        raw.send(bytes).await;
+        assert_eq!(
+            show(&raw.read_until(b"PONG\r\n").await.bytes),
+            show(b"-ERR 'Permissions Violation for Publish to \"other.x\"'\r\nPONG\r\n"),
+            "{addr}"
+        );
+        let info = raw.read_until(b"\r\n").await.text();
+        assert!(
+            info.starts_with("INFO {") && info.contains("\"connect_info\":true"),
+            "{addr}: {info}"
+        );
+    }
+}

@@ -802,6 +802,10 @@ impl Forwarder {
                     }
                     if !shared.client_ponged {
                         shared.client_ponged = true;
+                        if let Some(info) = shared.held_info.take() {
+                            // Queued after this PONG: the run it is in goes out first.
+                            shared.send_now(&ServerOp::Info(info));
+                        }
                         if std::mem::take(&mut shared.lame_duck_pending) {
                             // Queued after this PONG: the run it is in goes out first.
                             super::send_lame_duck(shared);
@@ -865,6 +869,10 @@ impl Forwarder {
             return;
         };
         rewrite_info(&mut info, shared);
+        if !shared.client_ponged {
+            shared.held_info = Some(info);
+            return;
+        }
         self.push_encoded(|buf| encode_server_op(&ServerOp::Info(info), buf));
     }
 

@@ -113,6 +113,10 @@ pub struct Shared {
     /// A PONG has gone to the client. Clients read nothing but a PONG in answer to their
     /// first PING, so nats-server sends them no INFO of its own before it; nor does the edge.
     pub client_ponged: bool,
+    /// The upstream's latest INFO (rewritten) that came before the client's first PONG: held
+    /// until that PONG, as nats-server sends a client no INFO before it. (The upstream's own
+    /// first PONG may answer a PING of the edge's, which the client never sees.)
+    pub held_info: Option<Box<nats_edge_filters::Info>>,
     /// The edge is draining, and the lame-duck INFO waits for that first PONG.
     pub lame_duck_pending: bool,
     /// Bytes the upstream-to-client forwarder has queued and not yet written, as of its
@@ -165,6 +169,7 @@ impl Shared {
             client_must_connect: false,
             auth_timer: false,
             client_ponged: false,
+            held_info: None,
             lame_duck_pending: false,
             client_queued: 0,
         };

@@ -688,7 +688,11 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
             "h" => 3_600_000_000_000,
             _ => return None,
         };
-        let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().ok()?
+        };
         let mut nanos = whole.checked_mul(unit_nanos)?;
         if !fraction.is_empty() {
             // As Go: the fraction's digits scaled by the unit, the remainder dropped.
