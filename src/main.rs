@@ -149,6 +149,9 @@ fn main() -> ExitCode {
         Err(_) if rules_only => Config::default(),
         Err(e) => {
             eprintln!("nats-edge: invalid configuration: {e}");
+            // A key misspelt in the environment is often why (`NATS_EDGE_UPSTREAM_URLS`
+            // leaves no upstream at all).
+            warn_mistyped_env_vars();
             return ExitCode::FAILURE;
         }
     };
@@ -165,12 +168,7 @@ fn main() -> ExitCode {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "flags and environment".into());
-            for (variable, meant) in nats_edge::config::mistyped_env_vars() {
-                eprintln!(
-                    "nats-edge: warning: {variable} is not a configuration key and is ignored \
-                     (a nested key takes two underscores: {meant}?)"
-                );
-            }
+            warn_mistyped_env_vars();
             println!("nats-edge: configuration OK ({source})");
             ExitCode::SUCCESS
         }
@@ -227,6 +225,10 @@ fn main() -> ExitCode {
                 Ok(report) => {
                     print!("{report}");
                     ExitCode::SUCCESS
+                }
+                Err(e @ nats_edge::explain::ExplainError::UnknownListener(_)) => {
+                    eprintln!("nats-edge: --listener: {e}");
+                    ExitCode::FAILURE
                 }
                 Err(e) => {
                     eprintln!("nats-edge: invalid configuration: {e}");
@@ -490,4 +492,16 @@ fn signal_reload(cli: &Cli, overrides: &Overrides) -> anyhow::Result<u32> {
         anyhow::bail!("sending SIGHUP to {pid}: {error}: is nats-edge running?");
     }
     Ok(pid)
+}
+
+/// Warns about `NATS_EDGE_*` variables that look like a nested key written with one
+/// underscore (`NATS_EDGE_DRAIN_TIMEOUT`), on stderr: `check`, and a configuration that
+/// fails to load.
+fn warn_mistyped_env_vars() {
+    for (variable, meant) in nats_edge::config::mistyped_env_vars() {
+        eprintln!(
+            "nats-edge: warning: {variable} is not a configuration key and is ignored \
+             (a nested key takes two underscores: {meant}?)"
+        );
+    }
 }

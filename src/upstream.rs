@@ -109,6 +109,21 @@ impl UpstreamUrl {
         if host.is_empty() {
             return Err(UrlError::Malformed(redacted, "no host".into()));
         }
+        // Caught here rather than at every dial: two URLs in one `--upstream` (which takes
+        // one; a list in the file or the environment is split at its commas) make a "host"
+        // such as `a:4222,nats://b`.
+        let host_name = |h: &str| {
+            h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        };
+        if host.parse::<std::net::IpAddr>().is_err() && !host_name(&host) {
+            return Err(UrlError::Malformed(
+                redacted,
+                format!(
+                    "`{host}` is neither a host name nor an IP address (one URL per --upstream)"
+                ),
+            ));
+        }
         if port == 0 {
             return Err(UrlError::Malformed(
                 redacted,
@@ -141,9 +156,12 @@ impl fmt::Display for UpstreamUrl {
     }
 }
 
+/// `url` with anything before its last `@` (credentials) masked, with or without a scheme:
+/// `edge:s3cret@host` written without `nats://` must not print its password either.
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+    let start = url.find("://").map_or(0, |s| s + 3);
+    match url.rfind('@') {
+        Some(at) if at >= start => format!("{}***{}", &url[..start], &url[at..]),
         _ => url.to_string(),
     }
 }
@@ -623,6 +641,29 @@ async fn read_first_info<S: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Credentials never reach an error, with or without a scheme; a host that is no host
+    /// (two URLs run together) is refused when the config loads.
+    #[test]
+    fn url_errors_hide_credentials_and_refuse_hosts_that_are_not() {
+        for (url, shown) in [
+            ("edge:s3cret@10.0.0.5:4222", "***@10.0.0.5:4222"),
+            ("ftp://edge:s3cret@host", "ftp://***@host"),
+            ("nats://a:4222,nats://b:4222", "nats://a:4222,nats://b:4222"),
+            ("nats://u:p@a b:4222", "nats://***@a b:4222"),
+        ] {
+            let err = UpstreamUrl::parse(url).unwrap_err().to_string();
+            assert!(err.contains(shown), "{url}: {err}");
+            assert!(!err.contains("s3cret"), "{url}: {err}");
+        }
+        for ok in [
+            "nats://nats-0.nats.svc:4222",
+            "tls://[::1]:4222",
+            "nats://10.0.0.5",
+        ] {
+            assert!(UpstreamUrl::parse(ok).is_ok(), "{ok}");
+        }
+    }
 
     #[test]
     fn a_url_is_logged_when_it_goes_down_and_when_it_comes_back() {

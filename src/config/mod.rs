@@ -725,17 +725,8 @@ impl Config {
             if l.name.is_empty() {
                 return Err((format!("listeners.{i}.name"), "must not be empty".into()));
             }
-            // Port 0 asks the system for a free port, a different one each time. An
-            // unspecified address takes its port on every address of its family, and `[::]`
-            // (dual-stack) on IPv4 addresses too.
-            let covers = |a: std::net::IpAddr, b: std::net::IpAddr| {
-                a == b || (a.is_unspecified() && (a.is_ipv6() || b.is_ipv4()))
-            };
-            let taken = binds.iter().any(|b: &SocketAddr| {
-                b.port() == l.bind.port()
-                    && (covers(b.ip(), l.bind.ip()) || covers(l.bind.ip(), b.ip()))
-            });
-            if l.bind.port() != 0 && taken {
+            let taken = binds.iter().any(|b: &SocketAddr| binds_clash(*b, l.bind));
+            if taken {
                 return Err((
                     format!("listeners.{i}.bind"),
                     format!("`{}` is bound by another listener", l.bind),
@@ -841,6 +832,14 @@ impl Config {
             return Err(("limits.write_deadline".into(), "must be above zero".into()));
         }
         self.auth.validate()?;
+        if let Some(admin) = self.admin.listen {
+            if let Some(l) = self.listeners.iter().find(|l| binds_clash(l.bind, admin)) {
+                return Err((
+                    "admin.listen".into(),
+                    format!("`{admin}` is bound by listener `{}`", l.name),
+                ));
+            }
+        }
         if self.admin.upstream_check_interval.0 < MIN_CHECK_INTERVAL {
             return Err((
                 "admin.upstream_check_interval".into(),
@@ -863,6 +862,7 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ("log.level".to_string(), e.to_string()))?;
+        check_log_directives(&self.log.level).map_err(|e| ("log.level".to_string(), e))?;
         Ok(())
     }
 
@@ -875,6 +875,43 @@ impl Config {
             .filter_map(|u| UpstreamUrl::parse(u).ok())
             .collect()
     }
+}
+
+/// Whether two sockets bound at `a` and `b` would take the same port. Port 0 asks the system
+/// for a free port, a different one each time. An unspecified address takes its port on
+/// every address of its family, and `[::]` (dual-stack) on IPv4 addresses too.
+fn binds_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |a: std::net::IpAddr, b: std::net::IpAddr| {
+        a == b || (a.is_unspecified() && (a.is_ipv6() || b.is_ipv4()))
+    };
+    a.port() != 0 && a.port() == b.port() && (covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
+}
+
+/// What tracing's filter takes but almost never means: a bare word that is no level (tracing
+/// reads `warning` or `verbose` as a module name, and then logs nothing), and a target with
+/// a hyphen (crate names are written with `_` in targets: `nats_edge`, not `nats-edge`).
+fn check_log_directives(filter: &str) -> Result<(), String> {
+    const LEVELS: &str = "trace, debug, info, warn, error or off";
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let is_level = |d: &str| d.parse::<tracing_subscriber::filter::LevelFilter>().is_ok();
+        match directive.rsplit_once('=') {
+            None if !directive.contains('[') && !is_level(directive) => {
+                return Err(format!(
+                    "`{directive}` is not a level ({LEVELS}); to name a module, give it \
+                     one: `{directive}=debug`"
+                ));
+            }
+            Some((target, _)) if !target.contains('[') && target.contains('-') => {
+                return Err(format!(
+                    "`{target}`: a target is a module path, written with `_` \
+                     (`{}`)",
+                    target.replace('-', "_")
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 const ENV_PREFIX: &str = "NATS_EDGE_";
@@ -1021,6 +1058,69 @@ mod tests {
         .unwrap();
         assert_eq!(c.limits.max_payload, Some(ByteSize(65536)));
         assert_eq!(c.listeners[0].bind, default_listen());
+    }
+
+    /// A password written as a number (unquoted, or digits in an environment variable) is
+    /// refused without the error showing it.
+    #[test]
+    fn a_password_that_is_a_number_is_refused_unshown() {
+        for value in ["123456789", "true", "1.5"] {
+            let err = Config::from_toml_str(&format!(
+                "[upstream]\nurls = [\"nats://a:1\"]\n[auth]\nupstream = {{ user = \"e\", password = {value} }}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("auth.upstream.password"), "{err}");
+            assert!(err.contains("must be text"), "{err}");
+            assert!(!err.contains(value), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_admin_server_may_not_take_a_listeners_port() {
+        let config = |admin: &str| {
+            Config::from_toml_str(&format!(
+                "[[listeners]]\nname = \"public\"\nbind = \"0.0.0.0:4222\"\n\
+                 [upstream]\nurls = [\"nats://a:1\"]\n[admin]\nlisten = {admin:?}\n"
+            ))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        let err = config("127.0.0.1:4222").unwrap_err();
+        assert!(
+            err.starts_with("admin.listen: `127.0.0.1:4222` is bound by listener `public`"),
+            "{err}"
+        );
+        assert_eq!(config("127.0.0.1:8222"), Ok(()));
+    }
+
+    #[test]
+    fn log_levels_that_would_log_nothing_are_refused() {
+        let level = |l: &str| {
+            Config::from_toml_str(&format!(
+                "[upstream]\nurls = [\"nats://a:1\"]\n[log]\nlevel = {l:?}\n"
+            ))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        for ok in [
+            "info",
+            "WARN",
+            "nats_edge=debug,info",
+            "off",
+            "nats_edge::session=trace",
+        ] {
+            assert_eq!(level(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "warning",
+            "verbose",
+            "nats-edge=debug",
+            "info,nats-edge=trace",
+        ] {
+            let err = level(bad).unwrap_err();
+            assert!(err.starts_with("log.level:"), "{bad}: {err}");
+        }
     }
 
     #[test]

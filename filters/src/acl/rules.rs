@@ -54,9 +54,55 @@ pub enum RulesError {
 }
 
 /// A secret from a rule file or the config: prints masked.
-#[derive(Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+/// Text only. A number or a boolean where a secret belongs (an unquoted `12345`, or an
+/// environment variable of digits, which the config reads as a number) is refused with an
+/// error that does not show the value, as serde's own "invalid type" error would; nor is it
+/// taken as text, since `007` would have lost its zeros on the way.
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SecretVisitor;
+        const NOT_TEXT: &str =
+            "a secret must be text: quote it (\"12345\", or '\"12345\"' in an environment variable)";
+        impl serde::de::Visitor<'_> for SecretVisitor {
+            type Value = Secret;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+                Ok(Secret(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(E::custom(NOT_TEXT))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(E::custom(NOT_TEXT))
+            }
+            fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<Secret, E> {
+                Err(E::custom(NOT_TEXT))
+            }
+            fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<Secret, E> {
+                Err(E::custom(NOT_TEXT))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom(NOT_TEXT))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom(NOT_TEXT))
+            }
+            fn visit_char<E: serde::de::Error>(self, v: char) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+        }
+        deserializer.deserialize_string(SecretVisitor)
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
