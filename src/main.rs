@@ -442,9 +442,8 @@ fn reload(edge: &Edge, file: Option<&Path>, overrides: &Overrides, source: &str)
 fn signal_reload(cli: &Cli, overrides: &Overrides) -> anyhow::Result<u32> {
     let path = match &cli.pid_file {
         Some(path) => path.clone(),
-        None => Config::load(cli.config.as_deref(), overrides)
+        None => Config::load_pid_file(cli.config.as_deref(), overrides)
             .context("reading pid_file from the configuration (or pass --pid-file)")?
-            .pid_file
             .context("no pid_file in the configuration: pass --pid-file")?,
     };
     let text = std::fs::read_to_string(&path)

@@ -423,7 +423,9 @@ impl Upstream {
 /// the connect timeout (2 s for nats.go and nats.py), so otherwise a URL that drops packets
 /// would never be marked, and every session would keep trying it first. A dial abandoned
 /// sooner says nothing about the URL (a load balancer's probe leaves at once). The failure
-/// is recorded before the dial's connection closes (the drop runs before the fields go).
+/// is recorded before the dial's connection closes (the drop runs before the fields go). It
+/// is logged, as a failed dial is, but not counted in the dial counters, which count the
+/// dials that ran their course.
 struct WatchedDial<'a, F> {
     dial: Pin<Box<F>>,
     upstream: &'a Upstream,
@@ -497,7 +499,8 @@ pub async fn dial_any(
             upstream,
             index: i,
             started: Instant::now(),
-            ended: false,
+            // The readiness check's dial (no client) is dropped only by a shutdown.
+            ended: client.is_none(),
         }
         .await;
         let dialled = dialled.unwrap_or_else(|_| Err(DialError::Timeout(timeout)));

@@ -414,3 +414,24 @@ async fn sighup_keeps_the_edge_and_its_sessions_running() {
     assert!(edge.is_running(), "nats-edge exited on SIGHUP");
     assert_works_through(&edge.url()).await;
 }
+
+/// `nats-edge reload -c FILE` reads only `pid_file` from the configuration: it works from a
+/// shell without the service's environment (here, no upstream URL anywhere), and says what
+/// is wrong with the pid file, not with the rest.
+#[test]
+fn reload_reads_only_the_pid_file_from_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("nats-edge.pid");
+    // A process id no process has (pid_max is at most 2^22).
+    std::fs::write(&pid_file, "2147483646\n").unwrap();
+    let file = config_file(&format!("pid_file = {:?}\n", pid_file.to_str().unwrap()));
+    let out = nats_edge_command()
+        .args(["reload", "-c"])
+        .arg(file.path())
+        .env_remove("NATS_EDGE_UPSTREAM__URLS")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no process 2147483646"), "{err}");
+}

@@ -483,3 +483,27 @@ async fn refused_subscriptions_are_not_counted() {
     })
     .await;
 }
+
+/// An auto-unsubscribe the ACL carries out itself (its subscription may receive subjects it
+/// denies, so it counts the deliveries) is a removal all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_unsubscribe_the_acl_carries_out_is_counted() {
+    let rules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/filters/rules/acl/passthrough.toml"
+    );
+    let (_server, edge) = server_and_edge(&format!("{ADMIN}[auth]\nrules = [{rules:?}]\n")).await;
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    raw.read_info().await;
+    let reply = raw
+        .roundtrip(
+            b"CONNECT {\"user\":\"orders\",\"verbose\":false}\r\nSUB orders.* 1\r\nUNSUB 1 5\r\n",
+        )
+        .await;
+    assert_eq!(show(&reply.bytes), "");
+    poll_http(admin(&edge), "/connz", |_, body| {
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        (v["connections"][0]["subscriptions"] == 0).then_some(())
+    })
+    .await;
+}

@@ -82,6 +82,20 @@ pub async fn serve(
                 }
             },
         };
+        // A probes-only slot taken while every full one was busy: a full one freed during
+        // the wait for this connection serves it in full.
+        let slot = match slot {
+            Slot {
+                probes_only: true, ..
+            } => match full.clone().try_acquire_owned() {
+                Ok(permit) => Slot {
+                    probes_only: false,
+                    _permit: permit,
+                },
+                Err(_) => slot,
+            },
+            slot => slot,
+        };
         tokio::spawn(serve_connection(stream, shared.clone(), slot));
     }
 }

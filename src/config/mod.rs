@@ -580,6 +580,31 @@ const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 impl Config {
     /// Loads defaults, then `file` if given, then the environment, then `overrides`.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let figment = Self::layers(file, overrides)?;
+        let mut config = Self::extract(figment)?;
+        config.base_dir = file.and_then(Path::parent).map(Path::to_path_buf);
+        Ok(config)
+    }
+
+    /// `pid_file` alone, from the same layers as [`Config::load`], whatever the rest holds:
+    /// `nats-edge reload` needs no more, and may run where the service's environment (its
+    /// upstream URLs, say) is not set.
+    pub fn load_pid_file(
+        file: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Option<PathBuf>, ConfigError> {
+        let figment = Self::layers(file, overrides)?;
+        if figment.find_value("pid_file").is_err() {
+            return Ok(None);
+        }
+        figment
+            .extract_inner::<PathBuf>("pid_file")
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))
+    }
+
+    /// Defaults, then `file` if given, then the environment, then `overrides`.
+    fn layers(file: Option<&Path>, overrides: &Overrides) -> Result<Figment, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.is_file() {
@@ -587,7 +612,6 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        let base_dir = file.and_then(Path::parent).map(Path::to_path_buf);
         figment = figment.merge(
             Env::prefixed(ENV_PREFIX)
                 .split("__")
@@ -611,9 +635,7 @@ impl Config {
         if let Some(pid_file) = &overrides.pid_file {
             figment = figment.merge(Serialized::default("pid_file", pid_file));
         }
-        let mut config = Self::extract(figment)?;
-        config.base_dir = base_dir;
-        Ok(config)
+        Ok(figment)
     }
 
     /// The ACL rule files, resolved against the config file's directory.

@@ -124,8 +124,8 @@ impl Forwarder {
         }
     }
 
-    /// SUBs minus UNSUBs the client sent and the filters let through (an UNSUB with a max
-    /// count counts as removed).
+    /// SUBs the filters let through minus UNSUBs the client sent (an UNSUB with a max count
+    /// counts as removed).
     pub fn subscriptions(&self) -> u64 {
         self.subs.saturating_sub(self.unsubs)
     }
@@ -655,16 +655,16 @@ impl Forwarder {
         if matches!(verdict, Verdict::Drop | Verdict::Answer(_)) {
             self.invalid_publish_subject(&op, shared);
         }
-        if matches!(
-            verdict,
-            Verdict::Drop | Verdict::Answer(_) | Verdict::Close { .. }
-        ) {
+        if matches!(op, ClientOp::Sub(_))
+            && matches!(
+                verdict,
+                Verdict::Drop | Verdict::Answer(_) | Verdict::Close { .. }
+            )
+        {
             // Counted when read: one the filters kept from the upstream is no subscription.
-            match op {
-                ClientOp::Sub(_) => self.subs = self.subs.saturating_sub(1),
-                ClientOp::Unsub(_) => self.unsubs = self.unsubs.saturating_sub(1),
-                _ => {}
-            }
+            // (An UNSUB the filters keep is one they carry out themselves, an auto-unsubscribe
+            // whose deliveries they count: it stays counted as removed.)
+            self.subs = self.subs.saturating_sub(1);
         }
         let forwarded = match verdict {
             Verdict::Forward => {

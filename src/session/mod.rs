@@ -652,7 +652,9 @@ where
             }
             Poll::Ready(Err(IoFailure::Write(e))) => {
                 tracing::debug!(error = %e, "upstream write failed");
-                return Poll::Ready(CloseReason::UpstreamIoError);
+                // A session already ending (delivering the client's last ops upstream) ends
+                // for the reason it was ending for.
+                return Poll::Ready(shared.closing.unwrap_or(CloseReason::UpstreamIoError));
             }
             Poll::Pending => {}
         }

@@ -206,7 +206,8 @@ impl AsyncRead for ClientStream {
 /// A TLS peer that closed its TCP connection without a `close_notify` (a client killed, a
 /// client library that skips it) has closed the connection, as Go's TLS (and so
 /// nats-server) reads such an end: rustls reports it as `UnexpectedEof`, which would count
-/// as a failed read. The NATS framing above catches a truncated op either way.
+/// as a failed read. An op cut off by that end is dropped, as by any other end of the
+/// stream. (WebSocket over TLS maps it beneath its framing, in `ws::WsStream`.)
 pub fn tls_eof_as_close(read: Poll<io::Result<()>>) -> Poll<io::Result<()>> {
     match read {
         Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),

@@ -19,7 +19,7 @@ pub enum AuthFailure {
     UnknownUser(String),
     #[error("wrong password for user `{0}`")]
     WrongPassword(String),
-    #[error("user `{0}` logs in with a certificate or a token, not by name")]
+    #[error("user `{0}` has no password to check")]
     NoPassword(String),
     #[error("token matches no user")]
     UnknownToken,
@@ -178,19 +178,20 @@ pub fn authenticate(
             .user(name)
             .ok_or_else(|| AuthFailure::UnknownUser(name.to_string()))?;
         let Some(configured) = &user.password else {
-            // As nats-server: a user without a password logs in by name with an empty one,
-            // unless it is a certificate-only identity (the no_auth_user never is). A user
-            // with a token logs in with its token.
+            // The no_auth_user may also be named, with no password, as on nats-server. Any
+            // other user without a password is refused by name: nats-server would let it in
+            // with none, but a rule file written for passthrough mode (where nats-server
+            // checks passwords) names its users without them, and switching to edge mode
+            // must not open every one of them.
             let is_no_auth_user = rules
                 .no_auth_user
                 .as_ref()
                 .is_some_and(|anonymous| anonymous.name == user.name);
-            let certificate_only = user.tls_subject.is_some() || user.tls_san.is_some();
-            if user.token.is_some() || (certificate_only && !is_no_auth_user) {
+            if !is_no_auth_user || user.token.is_some() {
                 return Err(AuthFailure::NoPassword(name.to_string()));
             }
             return match present(&connect.pass) {
-                None => Ok((user.clone(), AuthMethod::Password)),
+                None => Ok((user.clone(), AuthMethod::NoAuthUser)),
                 Some(_) => Err(AuthFailure::WrongPassword(name.to_string())),
             };
         };
@@ -346,15 +347,16 @@ user = "guest"
             auth(r#"{"user":"mallory","pass":"x"}"#, None),
             Err(AuthFailure::UnknownUser("mallory".into()))
         );
-        // A user without a password logs in by name with none, as on nats-server; a
-        // certificate-only user or a token user does not.
+        // The no_auth_user may be named, with no password, as on nats-server; another
+        // user without a password (a certificate or token user, or one of a rule file
+        // written for passthrough mode) may not.
         assert_eq!(
             auth(r#"{"user":"guest"}"#, None),
-            Ok(("guest".into(), AuthMethod::Password))
+            Ok(("guest".into(), AuthMethod::NoAuthUser))
         );
         assert_eq!(
             auth(r#"{"user":"guest","pass":""}"#, None),
-            Ok(("guest".into(), AuthMethod::Password))
+            Ok(("guest".into(), AuthMethod::NoAuthUser))
         );
         assert_eq!(
             auth(r#"{"user":"guest","pass":"x"}"#, None),

@@ -116,6 +116,8 @@ impl FilterFactory for AclFactory {
 
 /// How many publish decisions a connection remembers (nats-server's `maxPermCacheSize`).
 const DECISION_CACHE: usize = 128;
+/// How many it forgets when full (nats-server's `pruneSize`).
+const DECISION_CACHE_PRUNE: usize = 32;
 /// Reply subjects a connection with `allow_responses` tracks at most.
 const RESPONSE_CAPACITY: usize = 65_536;
 /// A denial of the same subject on the same connection is logged at most once this often.
@@ -536,7 +538,14 @@ impl AclFilter {
             None => {
                 let allowed = perms.check_publish(subject).allowed;
                 if self.publish_cache.len() >= DECISION_CACHE {
-                    self.publish_cache.clear();
+                    // As nats-server prunes its cache: some entries go, not all, so a
+                    // client publishing to a few more subjects than it holds still finds
+                    // most of them.
+                    let mut seen = 0;
+                    self.publish_cache.retain(|_, _| {
+                        seen += 1;
+                        seen > DECISION_CACHE_PRUNE
+                    });
                 }
                 self.publish_cache
                     .insert(Bytes::copy_from_slice(subject), allowed);

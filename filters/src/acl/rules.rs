@@ -558,8 +558,10 @@ fn compile_permissions(
                     None => defaults.expires,
                     Some(s) if s.get_ref().trim().starts_with('-') => {
                         // One sign, as Go's ParseDuration takes it; minus zero is zero.
-                        let magnitude = s.get_ref().trim()[1..].trim_start();
-                        match parse_duration(magnitude).filter(|_| !magnitude.starts_with('-')) {
+                        let magnitude = &s.get_ref().trim()[1..];
+                        let signed =
+                            magnitude.starts_with(['-', '+']) || magnitude.trim() != magnitude;
+                        match parse_duration(magnitude).filter(|_| !signed) {
                             None => {
                                 return Err(invalid(
                                     file,
@@ -780,6 +782,7 @@ mod tests {
             ("300\u{b5}s", Some(Duration::from_micros(300))),
             ("1h2m3s4ms", ms(3_723_004)),
             ("+2s", ms(2_000)),
+            ("++2s", None),
             (" 2s ", ms(2_000)),
             ("0", Some(Duration::ZERO)),
             ("0s", Some(Duration::ZERO)),

@@ -94,6 +94,11 @@ pub fn close_frame_after_error(err_line: &[u8]) -> Option<(u16, &'static str)> {
             "Authentication Expired",
         ),
         (
+            "User Authentication Revoked",
+            CLOSE_POLICY_VIOLATION,
+            "Credentials Revoked",
+        ),
+        (
             "maximum account active connections exceeded",
             CLOSE_POLICY_VIOLATION,
             "Maximum Account Connections Exceeded",
@@ -537,6 +542,10 @@ where
                 }
                 Poll::Pending
             }
+            // Over TLS (wss): a peer that ended TCP without a close_notify has closed, as Go's
+            // TLS reads it (see `transport::tls_eof_as_close`); the framing above still
+            // tells a clean end between frames from one cut off inside a frame.
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(0)),
             other => other,
         }
     }
