@@ -86,6 +86,12 @@ impl UpstreamUrl {
             Some((u, h)) => (Some(u), h),
             None => (None, rest),
         };
+        if userinfo.is_some_and(|u| u.contains("://")) {
+            return Err(UrlError::Malformed(
+                redacted,
+                "two URLs run together (one URL per --upstream)".into(),
+            ));
+        }
         let credentials = userinfo.map(|u| match u.split_once(':') {
             Some((user, pass)) => UrlCredentials::UserPass {
                 user: percent_decode(user),
@@ -116,7 +122,16 @@ impl UpstreamUrl {
             h.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
         };
-        if host.parse::<std::net::IpAddr>().is_err() && !host_name(&host) {
+        // An IPv6 address may carry a numeric zone (`fe80::1%2`), as a socket address does.
+        let ip = |h: &str| match h.split_once('%') {
+            Some((addr, zone)) => {
+                addr.parse::<std::net::Ipv6Addr>().is_ok()
+                    && !zone.is_empty()
+                    && zone.bytes().all(|b| b.is_ascii_digit())
+            }
+            None => h.parse::<std::net::IpAddr>().is_ok(),
+        };
+        if !ip(&host) && !host_name(&host) {
             return Err(UrlError::Malformed(
                 redacted,
                 format!(
@@ -159,11 +174,13 @@ impl fmt::Display for UpstreamUrl {
 /// `url` with anything before its last `@` (credentials) masked, with or without a scheme:
 /// `edge:s3cret@host` written without `nats://` must not print its password either.
 fn redact(url: &str) -> String {
-    let start = url.find("://").map_or(0, |s| s + 3);
-    match url.rfind('@') {
-        Some(at) if at >= start => format!("{}***{}", &url[..start], &url[at..]),
-        _ => url.to_string(),
-    }
+    let Some(at) = url.rfind('@') else {
+        return url.to_string();
+    };
+    // The scheme kept is the one before the credentials; a `://` after them is another
+    // URL's (two run together), and everything up to the last `@` is masked.
+    let start = url[..at].find("://").map_or(0, |s| s + 3);
+    format!("{}***{}", &url[..start], &url[at..])
 }
 
 fn percent_decode(s: &str) -> String {
@@ -659,10 +676,20 @@ mod tests {
             assert!(err.contains(shown), "{url}: {err}");
             assert!(!err.contains("s3cret"), "{url}: {err}");
         }
+        let err = UpstreamUrl::parse("edge:s3cret@a:4222,nats://b:4222")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cret"), "{err}");
+        let err = UpstreamUrl::parse("nats://a:4222,nats://u:pw@b:4222")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("two URLs run together"), "{err}");
         for ok in [
             "nats://nats-0.nats.svc:4222",
             "tls://[::1]:4222",
             "nats://10.0.0.5",
+            "nats://[fe80::1%2]:4222",
+            "nats://nats_0.local.:4222",
         ] {
             assert!(UpstreamUrl::parse(ok).is_ok(), "{ok}");
         }

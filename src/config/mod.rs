@@ -594,13 +594,12 @@ impl Config {
         overrides: &Overrides,
     ) -> Result<Option<PathBuf>, ConfigError> {
         let figment = Self::layers(file, overrides)?;
-        if figment.find_value("pid_file").is_err() {
-            return Ok(None);
+        match figment.extract_inner::<PathBuf>("pid_file") {
+            Ok(path) => Ok(Some(path)),
+            Err(e) if matches!(e.kind, figment::error::Kind::MissingField(_)) => Ok(None),
+            // A file that does not parse, say: its error, not "no pid_file".
+            Err(e) => Err(ConfigError::Invalid(Box::new(e))),
         }
-        figment
-            .extract_inner::<PathBuf>("pid_file")
-            .map(Some)
-            .map_err(|e| ConfigError::Invalid(Box::new(e)))
     }
 
     /// Defaults, then `file` if given, then the environment, then `overrides`.
@@ -906,31 +905,46 @@ fn binds_clash(a: SocketAddr, b: SocketAddr) -> bool {
     let covers = |a: std::net::IpAddr, b: std::net::IpAddr| {
         a == b || (a.is_unspecified() && (a.is_ipv6() || b.is_ipv4()))
     };
-    a.port() != 0 && a.port() == b.port() && (covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
+    // `[::ffff:127.0.0.1]` is 127.0.0.1 to the kernel.
+    let (ip_a, ip_b) = (a.ip().to_canonical(), b.ip().to_canonical());
+    a.port() != 0 && a.port() == b.port() && (covers(ip_a, ip_b) || covers(ip_b, ip_a))
 }
 
-/// What tracing's filter takes but almost never means: a bare word that is no level (tracing
-/// reads `warning` or `verbose` as a module name, and then logs nothing), and a target with
-/// a hyphen (crate names are written with `_` in targets: `nats_edge`, not `nats-edge`).
+/// What tracing's filter takes but almost never means: a word that looks like a level but
+/// is none (tracing reads a bare `warning` or `verbose` as a module name, every level of
+/// it, and so logs almost nothing), and a target with a hyphen (module paths are written
+/// with `_`: `nats_edge`, never `nats-edge`, which matches nothing).
 fn check_log_directives(filter: &str) -> Result<(), String> {
-    const LEVELS: &str = "trace, debug, info, warn, error or off";
+    const NOT_LEVELS: [&str; 12] = [
+        "warning",
+        "warnings",
+        "verbose",
+        "err",
+        "fatal",
+        "critical",
+        "notice",
+        "all",
+        "none",
+        "information",
+        "informational",
+        "dbg",
+    ];
     for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        let is_level = |d: &str| d.parse::<tracing_subscriber::filter::LevelFilter>().is_ok();
-        match directive.rsplit_once('=') {
-            None if !directive.contains('[') && !is_level(directive) => {
+        let target = match directive.rsplit_once('=') {
+            Some((target, _)) => target,
+            None if NOT_LEVELS.contains(&directive.to_ascii_lowercase().as_str()) => {
                 return Err(format!(
-                    "`{directive}` is not a level ({LEVELS}); to name a module, give it \
-                     one: `{directive}=debug`"
+                    "`{directive}` is not a level (trace, debug, info, warn, error or off)"
                 ));
             }
-            Some((target, _)) if !target.contains('[') && target.contains('-') => {
-                return Err(format!(
-                    "`{target}`: a target is a module path, written with `_` \
-                     (`{}`)",
-                    target.replace('-', "_")
-                ));
-            }
-            _ => {}
+            None => directive,
+        };
+        let target = target.split('[').next().unwrap_or(target);
+        if target.contains('-') {
+            return Err(format!(
+                "`{target}`: a target is a module path, written with `_` (`{}`)",
+                target.replace('-', "_")
+            ));
         }
     }
     Ok(())
@@ -1113,7 +1127,25 @@ mod tests {
             err.starts_with("admin.listen: `127.0.0.1:4222` is bound by listener `public`"),
             "{err}"
         );
+        assert!(config("[::ffff:127.0.0.1]:4222").is_err());
         assert_eq!(config("127.0.0.1:8222"), Ok(()));
+    }
+
+    /// `pid_file` alone: none when unset, the file's error when the file does not parse.
+    #[test]
+    fn the_pid_file_is_read_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("edge.toml");
+        let read = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            Config::load_pid_file(Some(&file), &Overrides::default())
+        };
+        assert_eq!(
+            read("pid_file = \"/run/e.pid\"\n").unwrap(),
+            Some(PathBuf::from("/run/e.pid"))
+        );
+        assert_eq!(read("[limits]\nmax_payload = 1\n").unwrap(), None);
+        assert!(read("pid_file = \"/run/e.pid\"\n[upstream\n").is_err());
     }
 
     #[test]
@@ -1131,6 +1163,9 @@ mod tests {
             "nats_edge=debug,info",
             "off",
             "nats_edge::session=trace",
+            "warn,nats_edge",
+            "nats_edge[conn]=debug",
+            "[conn{id=1}]=trace",
         ] {
             assert_eq!(level(ok), Ok(()), "{ok}");
         }

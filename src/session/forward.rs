@@ -802,13 +802,27 @@ impl Forwarder {
                     }
                     if !shared.client_ponged {
                         shared.client_ponged = true;
-                        if let Some(info) = shared.held_info.take() {
-                            // Queued after this PONG: the run it is in goes out first.
-                            shared.send_now(&ServerOp::Info(info));
-                        }
                         if std::mem::take(&mut shared.lame_duck_pending) {
                             // Queued after this PONG: the run it is in goes out first.
                             super::send_lame_duck(shared);
+                        }
+                        if let Some(info) = shared.held_info.take() {
+                            // Right after this PONG, before what follows it in this read,
+                            // which may be a newer INFO that this one must not overtake.
+                            if shared
+                                .chain
+                                .interest()
+                                .contains(frame.verb.op_kind(self.dir))
+                            {
+                                self.flush_run(&mut run);
+                                let data = self.rbuf.split_to(frame.len).freeze();
+                                self.filter_server_frame(data, &frame, shared);
+                            } else {
+                                run += frame.len;
+                                self.flush_run(&mut run);
+                            }
+                            self.push_encoded(|buf| encode_server_op(&ServerOp::Info(info), buf));
+                            continue;
                         }
                     }
                 }
@@ -1004,5 +1018,28 @@ mod tests {
         assert!(polled.is_pending());
         assert_eq!(written, b"-ERR 'Authorization Violation'\r\n");
         assert_eq!(reader.0.len(), 1, "the upstream's message stays unread");
+    }
+
+    /// An INFO held until the client's first PONG goes right after that PONG, before a
+    /// newer INFO that came in the same read: the client ends with the newest.
+    #[tokio::test]
+    async fn a_held_info_goes_right_after_the_first_pong() {
+        let mut shared = Shared::for_tests();
+        let held: nats_edge_filters::Info = serde_json::from_str(r#"{"server_id":"old"}"#).unwrap();
+        shared.held_info = Some(Box::new(held));
+        // The PONG answers a PING the client sent.
+        shared.pings_sent = 1;
+        let mut forwarder = Forwarder::new(Direction::ServerToClient, BytesMut::new());
+        let mut reader = ThenReset(VecDeque::from([
+            &b"PONG\r\nINFO {\"server_id\":\"new\"}\r\n"[..],
+        ]));
+        let mut written: Vec<u8> = Vec::new();
+        let _ =
+            std::future::poll_fn(|cx| forwarder.poll(cx, &mut reader, &mut written, &mut shared))
+                .await;
+        let text = String::from_utf8(written).unwrap();
+        let (old, new) = (text.find("\"old\""), text.find("\"new\""));
+        assert!(text.starts_with("PONG\r\nINFO "), "{text}");
+        assert!(old.is_some() && old < new, "{text}");
     }
 }

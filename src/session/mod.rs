@@ -654,7 +654,9 @@ where
                 tracing::debug!(error = %e, "upstream write failed");
                 // A session already ending (delivering the client's last ops upstream) ends
                 // for the reason it was ending for.
-                return Poll::Ready(shared.closing.unwrap_or(CloseReason::UpstreamIoError));
+                return Poll::Ready(
+                    ending_reason(shared, c2u).unwrap_or(CloseReason::UpstreamIoError),
+                );
             }
             Poll::Pending => {}
         }
@@ -688,12 +690,7 @@ where
         // bounded time to deliver its last words: to the client, and to the upstream what
         // the client sent before the end (taken off its socket, so nats-server would have
         // acted on it).
-        let ending = shared.closing.or_else(|| {
-            c2u.is_stopped()
-                .then(|| shared.barriers.back().and_then(|b| b.close))
-                .flatten()
-        });
-        if let Some(reason) = ending {
+        if let Some(reason) = ending_reason(shared, c2u) {
             if shared.closing.is_some()
                 && u2c.is_drained()
                 && shared.to_client.is_empty()
@@ -752,6 +749,17 @@ where
         }
     })
     .await
+}
+
+/// Why the session is ending, if it is: the reason it closes for, or the one a barrier
+/// holds for after the upstream's last answers (the client's reader stopped on a
+/// violation, or the client half-closed).
+fn ending_reason(shared: &Shared, c2u: &Forwarder) -> Option<CloseReason> {
+    shared.closing.or_else(|| {
+        c2u.is_stopped()
+            .then(|| shared.barriers.back().and_then(|b| b.close))
+            .flatten()
+    })
 }
 
 /// What nats-server sends its clients when it enters lame-duck mode: the INFO it sent last,

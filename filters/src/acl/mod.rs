@@ -142,6 +142,11 @@ struct DenialLogWindow {
     suppressed: u64,
 }
 
+/// The user name a CONNECT names, if any.
+fn present_name(connect: &Connect) -> Option<&str> {
+    connect.user.as_deref().filter(|name| !name.is_empty())
+}
+
 /// What a reload makes of a connected client.
 enum Standing {
     /// It stays, under the new permissions.
@@ -508,7 +513,9 @@ impl AclFilter {
             }
             _ => {}
         }
-        if method == Some(AuthMethod::NoAuthUser) {
+        // A client that named no user: nats-server keeps it as the user it was given. (One
+        // that named the no_auth_user is judged by its name below, as a new login would be.)
+        if method == Some(AuthMethod::NoAuthUser) && present_name(connect).is_none() {
             // nats-server logs such a client in as that user, name and password: it stays
             // that user while the user's credentials stand, whoever `no_auth_user` names now.
             return match (before, now) {

@@ -788,7 +788,22 @@ fn a_no_auth_user_client_stays_its_user_across_a_reload() {
         chain.on_client_op(&mut connect("{}"), &mut ctx),
         Verdict::Changed
     );
+    // One that named it is judged by its name, as a new login: with no password, only the
+    // no_auth_user may be named.
+    let (mut named, mut named_ctx, _, named_source) = setup(AuthMode::Edge, &rules("guest"));
+    assert_eq!(
+        named.on_client_op(&mut connect(r#"{"user":"guest"}"#), &mut named_ctx),
+        Verdict::Changed
+    );
     source.store(AclRules::from_str("t.toml", &rules("visitor")).unwrap());
+    named_source.store(AclRules::from_str("t.toml", &rules("visitor")).unwrap());
+    assert_eq!(
+        named.on_reload(&named_ctx).close,
+        Some((
+            CloseReason::AuthorizationViolation,
+            Some(errors::AUTHORIZATION_VIOLATION)
+        ))
+    );
     assert_eq!(chain.on_reload(&ctx), Reloaded::default());
     assert_eq!(
         ctx.identity.as_ref().unwrap().user.as_deref(),
