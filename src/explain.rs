@@ -1,6 +1,6 @@
 //! `nats-edge explain`: what the edge would do with one subject for one user, section by
-//! section (ACL, rewrite, tagging), without starting anything. Each policy filter adds a section,
-//! so the output reads in pipeline order.
+//! section (ACL, tagging, rewrite), without starting anything. Each policy filter adds a
+//! section, so the output reads in pipeline order.
 
 use std::fmt;
 
@@ -9,7 +9,7 @@ use nats_edge_filters::acl::rules::{AclRules, RulesError};
 use nats_edge_filters::rewrite::{self, LoadedSets, RuleError};
 use nats_edge_filters::tag::TagError;
 
-use crate::config::Config;
+use crate::config::{AuthModeConfig, Config};
 
 /// Which op the subject travels in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,17 +91,62 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> Result<Report, Expl
         ExplainOp::Pub => "pub",
         ExplainOp::Sub => "sub",
     };
+    // Every file is loaded first, so that one that fails exits 1 whatever the answer.
+    let acl = AclRules::load(&config.rule_files())?;
+    let loaded = LoadedSets::load(&config.rewrite_config())?;
+    let tags = config.tag_config()?;
+
+    // Who the client is, as the running edge would decide it.
+    let (user, login) = match config.auth.mode {
+        AuthModeConfig::Passthrough => (request.user.clone(), None),
+        AuthModeConfig::Edge => match request.user.as_deref() {
+            None => match &acl.no_auth_user {
+                Some(anonymous) => (
+                    Some(anonymous.name.to_string()),
+                    Some(format!(
+                        "edge mode: no credentials, so the no_auth_user `{}`",
+                        anonymous.name
+                    )),
+                ),
+                None => (None, None),
+            },
+            Some(name) => (
+                Some(name.to_string()),
+                Some(format!(
+                    "edge mode: logs in as `{name}` with its credentials, which are not checked here"
+                )),
+            ),
+        },
+    };
+    let mut session = vec![
+        format!("listener: {}", listener.name),
+        format!("user: {}", user.as_deref().unwrap_or("(none)")),
+    ];
+    session.extend(login);
+    session.push(format!("{op} {}", request.subject));
     let mut sections = vec![Section {
         title: "session",
-        lines: vec![
-            format!("listener: {}", listener.name),
-            format!("user: {}", request.user.as_deref().unwrap_or("(none)")),
-            format!("{op} {}", request.subject),
-        ],
+        lines: session,
     }];
+    // In edge mode, a client the edge cannot log in never gets as far as a subject.
+    let refused_login = match (config.auth.mode, user.as_deref()) {
+        (AuthModeConfig::Edge, None) => Some("no credentials and no no_auth_user".to_string()),
+        (AuthModeConfig::Edge, Some(name)) if acl.user(name).is_none() => {
+            Some(format!("unknown user `{name}`"))
+        }
+        _ => None,
+    };
+    if let Some(why) = refused_login {
+        sections.push(Section {
+            title: "result",
+            lines: vec![format!(
+                "refused at the edge's login ({why}): -ERR 'Authorization Violation'"
+            )],
+        });
+        return Ok(Report { sections });
+    }
 
     // ACL rules are written in the client's view: they judge the subject before rewrite.
-    let acl = AclRules::load(&config.rule_files())?;
     let action = match request.op {
         ExplainOp::Pub => Action::Publish(&request.subject),
         ExplainOp::Sub => Action::Subscribe {
@@ -109,7 +154,7 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> Result<Report, Expl
             queue: None,
         },
     };
-    let decision = explain_acl(&acl, request.user.as_deref(), action);
+    let decision = explain_acl(&acl, user.as_deref(), action);
     let allowed = decision.allowed;
     sections.push(Section {
         title: "acl",
@@ -123,38 +168,16 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> Result<Report, Expl
         return Ok(Report { sections });
     }
 
-    let loaded = LoadedSets::load(&config.rewrite_config())?;
     let published = request.op == ExplainOp::Pub;
-    let explained = rewrite::explain(
-        &loaded,
-        &listener.name,
-        request.user.as_deref(),
-        request.subject.as_bytes(),
-        published,
-    );
+    // Tagging sees the client's subjects, rewrite comes last (the session's filter order).
     let mut lines = Vec::new();
-    match &explained.set {
-        Some((name, why)) => lines.push(format!("rule set: {name} (by {})", why.as_str())),
-        None => lines.push("rule set: none".into()),
-    }
-    lines.push(format!(
-        "rule: {}",
-        explained.rule.as_deref().unwrap_or("none matches")
-    ));
-    lines.push(format!("upstream subject: {}", explained.upstream_subject));
-    sections.push(Section {
-        title: "rewrite",
-        lines,
-    });
-
-    let mut lines = Vec::new();
-    match config.tag_config()? {
+    match tags {
         None => lines.push("none configured".into()),
         Some(_) if !published => lines.push("subscriptions are not tagged".into()),
         Some(tags) => {
             let h = &tags.file.headers;
             for (name, value) in [
-                (&h.user, request.user.clone()),
+                (&h.user, user.clone()),
                 (&h.client_addr, Some("<the client's address>".into())),
                 (&h.conn_id, Some("<the connection id>".into())),
                 (
@@ -188,5 +211,27 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> Result<Report, Expl
         title: "tagging",
         lines,
     });
+    let explained = rewrite::explain(
+        &loaded,
+        &listener.name,
+        user.as_deref(),
+        request.subject.as_bytes(),
+        published,
+    );
+    let mut lines = Vec::new();
+    match &explained.set {
+        Some((name, why)) => lines.push(format!("rule set: {name} (by {})", why.as_str())),
+        None => lines.push("rule set: none".into()),
+    }
+    lines.push(format!(
+        "rule: {}",
+        explained.rule.as_deref().unwrap_or("none matches")
+    ));
+    lines.push(format!("upstream subject: {}", explained.upstream_subject));
+    sections.push(Section {
+        title: "rewrite",
+        lines,
+    });
+
     Ok(Report { sections })
 }

@@ -184,6 +184,10 @@ fn main() -> ExitCode {
                     queue,
                 },
         } => {
+            // With the configuration's own rules, its mode is known: in edge mode a client
+            // that presents no name is the no_auth_user.
+            let edge_mode =
+                rules.is_empty() && config.auth.mode == nats_edge::config::AuthModeConfig::Edge;
             let files = if rules.is_empty() {
                 config.rule_files()
             } else {
@@ -202,6 +206,11 @@ fn main() -> ExitCode {
                     subject: &subject,
                     queue: queue.as_deref(),
                 },
+            };
+            let anonymous = loaded.no_auth_user.as_ref().map(|u| u.name.to_string());
+            let user = match user {
+                None if edge_mode => anonymous,
+                user => user,
             };
             print!("{}", explain(&loaded, user.as_deref(), action));
             ExitCode::SUCCESS

@@ -539,3 +539,66 @@ authorization {
     let reply = orders.roundtrip(b"").await;
     assert_eq!(show(&reply.bytes), show(b"MSG orders.other 1 2\r\nhi\r\n"));
 }
+
+/// `nats-edge explain` in `edge` mode answers for the client the running edge would make:
+/// with no `--user`, the `no_auth_user`; a user the rules do not know is refused at login.
+/// Every rule file is loaded whatever the answer, so a broken one exits 1 even for a
+/// subject the ACL refuses. Tagging comes before rewrite, as in the session.
+#[test]
+fn explain_answers_for_the_client_the_edge_would_make() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/filters/rules/acl/edge-users.toml"
+    );
+    let config = dir.path().join("edge.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[upstream]\nurls = [\"nats://127.0.0.1:4222\"]\n\
+                 [auth]\nmode = \"edge\"\nrules = [{users:?}]\n{extra}"
+            ),
+        )
+        .unwrap()
+    };
+    let explain = |args: &[&str]| {
+        let out = nats_edge_command()
+            .args(["explain", "-c"])
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    write("");
+    let (ok, anonymous, _) = explain(&["pub", "orders.x"]);
+    assert!(ok);
+    assert!(anonymous.contains("user: guest"), "{anonymous}");
+    assert!(anonymous.contains("refused at the edge"), "{anonymous}");
+    let (ok, unknown, _) = explain(&["--user", "mallory", "pub", "orders.x"]);
+    assert!(ok);
+    assert!(
+        unknown.contains("unknown user `mallory`") && !unknown.contains("[acl]"),
+        "{unknown}"
+    );
+    let (ok, alice, _) = explain(&["--user", "alice", "pub", "orders.x"]);
+    assert!(ok);
+    let (tagging, rewrite) = (alice.find("[tagging]"), alice.find("[rewrite]"));
+    assert!(tagging.is_some() && tagging < rewrite, "{alice}");
+
+    // A rewrite set that does not load fails the command, refused subject or not.
+    let broken = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/filters/rules/invalid/irreversible.toml"
+    );
+    write(&format!(
+        "[rewrite]\nsets = {{ bad = {broken:?} }}\ndefault = \"bad\"\n"
+    ));
+    let (ok, _, err) = explain(&["pub", "orders.x"]);
+    assert!(!ok, "{err}");
+}

@@ -95,18 +95,35 @@ impl Filter for ProxySigFilter {
         let ClientOp::Connect(connect) = op else {
             return Verdict::Forward;
         };
-        let sig = ctx.upstream_nonce.as_deref().and_then(|n| self.0.sign(n));
-        match sig {
-            Some(sig) => {
+        match ctx.upstream_nonce.as_deref().map(|n| self.0.sign(n)) {
+            Some(Some(sig)) => {
                 connect.set_extra("proxy_sig", serde_json::Value::String(sig));
+                return Verdict::Changed;
+            }
+            Some(None) => {
+                tracing::warn!(
+                    "signing the upstream's nonce failed: CONNECT goes upstream without proxy_sig"
+                );
             }
             None => {
-                tracing::warn!(
-                    "the upstream sent no nonce: CONNECT goes upstream without proxy_sig (is `proxies` configured on nats-server?)"
-                );
-                connect.remove_extra("proxy_sig");
+                // Once per process: every session of such an upstream would say the same.
+                static WARNED: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        "the upstream sent no nonce: CONNECTs go upstream without proxy_sig (is `proxies` configured on nats-server?)"
+                    );
+                }
             }
         }
-        Verdict::Changed
+        // Unsigned: a client's own proxy_sig never goes upstream; without one the CONNECT
+        // is as the client sent it (an implied CONNECT then stays the edge's own).
+        let sent = connect.extra.len();
+        connect.remove_extra("proxy_sig");
+        if connect.extra.len() == sent {
+            Verdict::Forward
+        } else {
+            Verdict::Changed
+        }
     }
 }
