@@ -762,6 +762,30 @@ async fn max_subscriptions_refuses_reused_sids_and_bad_subjects_at_the_limit() {
     );
 }
 
+/// A CONNECT after the first drops every subscription at nats-server (2.14 and later):
+/// the edge's own count forgets them too, so a SUB that nats-server would take under its
+/// `max_subscriptions` is not refused at the edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connect_drops_the_subscriptions_as_nats_server_does() {
+    let bytes = b"CONNECT {\"verbose\":false}\r\nSUB a 1\r\nSUB b 2\r\n\
+                  CONNECT {\"verbose\":false}\r\nSUB c 3\r\nSUB d 4\r\nSUB e 5\r\n";
+    let limited = NatsServer::start_with_config("max_subscriptions: 2\n");
+    let (mut direct, _) = RawConn::connect_info(limited.addr()).await;
+    let expected = direct.roundtrip(bytes).await;
+    assert_eq!(
+        show(&expected.bytes),
+        show(b"-ERR 'maximum subscriptions exceeded'\r\n"),
+        "nats-server's behaviour changed"
+    );
+    let (_server, edge) = server_and_edge("[limits]\nmax_subscriptions = 2").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let got = raw.roundtrip(bytes).await;
+    assert_eq!(
+        (show(&got.bytes), got.closed),
+        (show(&expected.bytes), expected.closed)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_timeout_without_connect() {
     // Where the upstream asks for auth, a client that sends nothing is timed out, as by

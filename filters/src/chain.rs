@@ -57,6 +57,14 @@ impl Chain {
         self.refresh_interest();
     }
 
+    /// The upstream dropped every subscription of the session (a second CONNECT).
+    pub fn on_subscriptions_dropped(&mut self) {
+        for filter in self.filters.iter_mut() {
+            filter.on_subscriptions_dropped();
+        }
+        self.refresh_interest();
+    }
+
     /// The union of what every filter wants to see.
     pub fn interest(&self) -> Interest {
         self.interest

@@ -98,6 +98,10 @@ impl Filter for Limits {
         "limits"
     }
 
+    fn on_subscriptions_dropped(&mut self) {
+        self.subs.clear();
+    }
+
     fn interest(&self) -> Interest {
         // Counting deliveries costs a look at every MSG, so only when a limit asks for it.
         // The upstream's errors say when it refused a SUB itself (its own permissions).

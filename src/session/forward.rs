@@ -709,6 +709,16 @@ impl Forwarder {
             if matches!(op, ClientOp::Ping) {
                 shared.pings_sent += 1;
             }
+            if matches!(op, ClientOp::Connect(_)) {
+                shared.connects_upstream += 1;
+                if shared.connects_upstream > 1 && shared.upstream_drops_subs {
+                    // nats-server forgets the client's subscriptions: so do the filters,
+                    // and the session's count.
+                    shared.chain.on_subscriptions_dropped();
+                    self.subs = 0;
+                    self.unsubs = 0;
+                }
+            }
             shared.forwarded();
         }
         if shared.ctx.connect_implied && self.deferred.is_none() {
@@ -939,10 +949,33 @@ fn slice_with_end(frame: &Bytes, payload: &Bytes) -> Option<Bytes> {
         .then(|| frame.slice(start..end))
 }
 
+/// Whether a nats-server of `version` drops a client's subscriptions on a CONNECT after its
+/// first (`clearAccountSubs`, in 2.11.17, 2.12.8 and 2.14.0; there is no 2.13).
+fn drops_subs_on_reconnect(version: &str) -> bool {
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|part| part.parse::<u64>().unwrap_or(0));
+    let (major, minor, patch) = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    match (major, minor) {
+        (0..=1, _) => false,
+        (2, 11) => patch >= 17,
+        (2, 12) => patch >= 8,
+        (2, minor) => minor >= 13,
+        _ => true,
+    }
+}
+
 /// Applies the listener's addresses and the filters' view to an upstream INFO, and takes
 /// note of the upstream's limits.
 pub fn rewrite_info(info: &mut nats_edge_filters::Info, shared: &mut Shared) {
     shared.set_upstream_max_payload(info.max_payload);
+    if let Some(version) = info.extra.get("version").and_then(|v| v.as_str()) {
+        shared.upstream_drops_subs = drops_subs_on_reconnect(version);
+    }
     shared.ctx.upstream_headers = info.headers.unwrap_or(false);
     // The nonce of the first INFO is the one nats-server checks signatures against.
     if shared.ctx.upstream_nonce.is_none() {
@@ -1018,6 +1051,24 @@ mod tests {
         assert!(polled.is_pending());
         assert_eq!(written, b"-ERR 'Authorization Violation'\r\n");
         assert_eq!(reader.0.len(), 1, "the upstream's message stays unread");
+    }
+
+    #[test]
+    fn which_servers_drop_subscriptions_on_a_second_connect() {
+        for (version, drops) in [
+            ("2.15.1", true),
+            ("2.14.0", true),
+            ("2.14.0-RC.2", true),
+            ("2.12.8", true),
+            ("2.12.7", false),
+            ("2.11.17", true),
+            ("2.11.16", false),
+            ("2.10.29", false),
+            ("3.0.0", true),
+            ("garbage", false),
+        ] {
+            assert_eq!(drops_subs_on_reconnect(version), drops, "{version}");
+        }
     }
 
     /// An INFO held until the client's first PONG goes right after that PONG, before a

@@ -80,6 +80,12 @@ pub struct Shared {
     /// CONNECTs read from the client so far (an implied one included): the registry's copy
     /// of the client's name and user is renewed after each.
     pub connects: u64,
+    /// CONNECTs that went upstream: after the first, each drops every subscription there
+    /// (where `upstream_drops_subs` says the upstream does).
+    pub connects_upstream: u64,
+    /// The upstream's version drops a client's subscriptions on a CONNECT after its first
+    /// (nats-server 2.11.17, 2.12.8, 2.14.0 and later).
+    pub upstream_drops_subs: bool,
     /// Time spent in the filter chain, added to the shared histogram when the session ends.
     pub filter_time: LocalFilterTime,
     /// The INFO the client was sent last, as JSON, for the lame-duck INFO of a drain.
@@ -159,6 +165,8 @@ impl Shared {
             closing: None,
             generation: 0,
             connects: 0,
+            connects_upstream: 0,
+            upstream_drops_subs: false,
             filter_time: LocalFilterTime::default(),
             last_info: None,
             offloaded: None,

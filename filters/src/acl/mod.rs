@@ -838,6 +838,12 @@ impl Filter for AclFilter {
         reloaded
     }
 
+    fn on_subscriptions_dropped(&mut self) {
+        self.subs.clear();
+        self.recount_needs();
+        self.refresh_interest();
+    }
+
     fn on_unsubscribed(&mut self, sids: &[Bytes]) {
         for sid in sids {
             if self.subs.get(sid).is_some_and(|s| s.revoked || s.ending) {

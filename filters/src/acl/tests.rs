@@ -823,6 +823,20 @@ fn a_no_auth_user_client_stays_its_user_across_a_reload() {
     );
 }
 
+/// After the upstream dropped every subscription (a second CONNECT), a reused sid is a new
+/// subscription: its entry names its new subject, which a reload then judges.
+#[test]
+fn dropped_subscriptions_are_forgotten() {
+    let mut alice = lone_filter(RULES);
+    let mut ctx = setup(AuthMode::Passthrough, RULES).1;
+    alice.on_client_op(&mut connect(r#"{"user":"alice"}"#), &mut ctx);
+    alice.on_client_op(&mut sub("orders.a", None, "1"), &mut ctx);
+    alice.on_subscriptions_dropped();
+    assert!(alice.subs.is_empty());
+    alice.on_client_op(&mut sub("orders.b", None, "1"), &mut ctx);
+    assert_eq!(&alice.subs[&b"1"[..]].subject[..], b"orders.b");
+}
+
 /// The bcrypt check a reload skips: a hash the reload left as it was still admits the client,
 /// even once the check's cached result is gone.
 #[test]
