@@ -75,6 +75,42 @@ impl fmt::Display for Report {
     }
 }
 
+/// Why the edge (`edge` mode) would refuse a client that logs in as `name` on `listener`,
+/// whatever credentials it presents, as `authenticate` decides: an unknown user, a user with
+/// nothing to log in with, or one known only by a client certificate on a listener that asks
+/// for none.
+fn edge_login_refusal(
+    acl: &AclRules,
+    listener: &crate::config::ListenerConfig,
+    name: &str,
+) -> Option<String> {
+    let Some(user) = acl.user(name) else {
+        return Some(format!("unknown user `{name}`"));
+    };
+    if user.password.is_some() || user.token.is_some() {
+        return None;
+    }
+    if user.tls_subject.is_some() || user.tls_san.is_some() {
+        let asks_for_certificates = listener
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_ca_file.is_some());
+        return (!asks_for_certificates).then(|| {
+            format!(
+                "`{name}` logs in only with a client certificate, which listener `{}` does not ask for",
+                listener.name
+            )
+        });
+    }
+    let is_no_auth_user = acl
+        .no_auth_user
+        .as_ref()
+        .is_some_and(|u| u.name == user.name);
+    (!is_no_auth_user).then(|| {
+        format!("`{name}` has no password: only the no_auth_user may be named without one")
+    })
+}
+
 pub fn explain(config: &Config, request: &ExplainRequest) -> Result<Report, ExplainError> {
     let listener = match &request.listener {
         Some(name) => config
@@ -112,9 +148,18 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> Result<Report, Expl
             },
             Some(name) => (
                 Some(name.to_string()),
-                Some(format!(
-                    "edge mode: logs in as `{name}` with its credentials, which are not checked here"
-                )),
+                acl.user(name).map(|u| {
+                    let how = if u.password.is_some() {
+                        "its password"
+                    } else if u.token.is_some() {
+                        "its token"
+                    } else if u.tls_subject.is_some() || u.tls_san.is_some() {
+                        "its client certificate"
+                    } else {
+                        "no password (the no_auth_user)"
+                    };
+                    format!("edge mode: logs in as `{name}` with {how}, which is not checked here")
+                }),
             ),
         },
     };
@@ -130,11 +175,9 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> Result<Report, Expl
     }];
     // In edge mode, a client the edge cannot log in never gets as far as a subject.
     let refused_login = match (config.auth.mode, user.as_deref()) {
+        (AuthModeConfig::Passthrough, _) => None,
         (AuthModeConfig::Edge, None) => Some("no credentials and no no_auth_user".to_string()),
-        (AuthModeConfig::Edge, Some(name)) if acl.user(name).is_none() => {
-            Some(format!("unknown user `{name}`"))
-        }
-        _ => None,
+        (AuthModeConfig::Edge, Some(name)) => edge_login_refusal(&acl, listener, name),
     };
     if let Some(why) = refused_login {
         sections.push(Section {

@@ -212,7 +212,20 @@ fn main() -> ExitCode {
                 None if edge_mode => anonymous,
                 user => user,
             };
-            print!("{}", explain(&loaded, user.as_deref(), action));
+            // A client the edge refuses at login never gets as far as a permission.
+            let refused = match &user {
+                None if edge_mode => Some("no credentials and no no_auth_user".to_string()),
+                Some(name) if edge_mode && loaded.user(name).is_none() => {
+                    Some(format!("unknown user `{name}`"))
+                }
+                _ => None,
+            };
+            match refused {
+                Some(why) => {
+                    println!("refused at the edge's login ({why}): -ERR 'Authorization Violation'")
+                }
+                None => print!("{}", explain(&loaded, user.as_deref(), action)),
+            }
             ExitCode::SUCCESS
         }
         Command::Explain {

@@ -586,8 +586,25 @@ fn explain_answers_for_the_client_the_edge_would_make() {
         unknown.contains("unknown user `mallory`") && !unknown.contains("[acl]"),
         "{unknown}"
     );
+    // A certificate-only user cannot log in on a listener that asks for no certificate.
+    let (ok, device, _) = explain(&["--user", "device-7", "pub", "telemetry.device-7.t"]);
+    assert!(ok);
+    assert!(
+        device.contains("only with a client certificate"),
+        "{device}"
+    );
+    // `acl explain` with the configuration's rules refuses the same unknown user.
+    let out = nats_edge_command()
+        .args(["acl", "explain", "-c"])
+        .arg(&config)
+        .args(["--user", "mallory", "pub", "orders.x"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("unknown user `mallory`"), "{text}");
     let (ok, alice, _) = explain(&["--user", "alice", "pub", "orders.x"]);
     assert!(ok);
+    assert!(alice.contains("with its password"), "{alice}");
     let (tagging, rewrite) = (alice.find("[tagging]"), alice.find("[rewrite]"));
     assert!(tagging.is_some() && tagging < rewrite, "{alice}");
 

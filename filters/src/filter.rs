@@ -206,9 +206,9 @@ pub trait Filter: Send {
     /// Every filter is told, not only the one that asked.
     fn on_unsubscribed(&mut self, _sids: &[Bytes]) {}
 
-    /// The upstream dropped every subscription of the session: the client sent a CONNECT
-    /// after its first, which nats-server (2.11.17, 2.12.8, 2.14.0 and later) answers by
-    /// dropping them all. A filter forgets what it kept per subscription, as a sid the client
+    /// The upstream dropped every subscription of the session: a second CONNECT went upstream
+    /// (one the edge implied for the client counts as the first), which nats-server
+    /// (2.11.17, 2.12.8, 2.14.0 and later) answers by dropping them all. A filter forgets what it kept per subscription, as a sid the client
     /// uses next is a new subscription.
     fn on_subscriptions_dropped(&mut self) {}
 

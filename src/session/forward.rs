@@ -952,14 +952,25 @@ fn slice_with_end(frame: &Bytes, payload: &Bytes) -> Option<Bytes> {
 /// Whether a nats-server of `version` drops a client's subscriptions on a CONNECT after its
 /// first (`clearAccountSubs`, in 2.11.17, 2.12.8 and 2.14.0; there is no 2.13).
 fn drops_subs_on_reconnect(version: &str) -> bool {
-    let mut parts = version
-        .split(['.', '-'])
+    let (release, pre_release) = match version.split_once('-') {
+        Some((release, _)) => (release, true),
+        None => (version, false),
+    };
+    let mut parts = release
+        .split('.')
         .map(|part| part.parse::<u64>().unwrap_or(0));
     let (major, minor, patch) = (
         parts.next().unwrap_or(0),
         parts.next().unwrap_or(0),
         parts.next().unwrap_or(0),
     );
+    // A release candidate of the first release with the change may predate it (2.14.0-RC.1
+    // does): taken as not dropping, the safer mistake (the filters keep entries the upstream
+    // dropped, rather than forget ones it still holds).
+    let first = matches!((major, minor, patch), (2, 11, 17) | (2, 12, 8) | (2, 14, 0));
+    if pre_release && first {
+        return false;
+    }
     match (major, minor) {
         (0..=1, _) => false,
         (2, 11) => patch >= 17,
@@ -1058,7 +1069,8 @@ mod tests {
         for (version, drops) in [
             ("2.15.1", true),
             ("2.14.0", true),
-            ("2.14.0-RC.2", true),
+            ("2.14.0-RC.1", false),
+            ("2.14.1-RC.1", true),
             ("2.12.8", true),
             ("2.12.7", false),
             ("2.11.17", true),

@@ -839,7 +839,9 @@ impl Filter for AclFilter {
     }
 
     fn on_subscriptions_dropped(&mut self) {
-        self.subs.clear();
+        // Those being ended stay, so that their deliveries already on the way are still
+        // dropped; a SUB that reuses such a sid replaces the entry.
+        self.subs.retain(|_, s| s.revoked || s.ending);
         self.recount_needs();
         self.refresh_interest();
     }

@@ -260,6 +260,10 @@ impl Filter for Rewrite {
         }
     }
 
+    fn on_subscriptions_dropped(&mut self) {
+        self.subscriptions.dropped();
+    }
+
     fn on_unsubscribed(&mut self, sids: &[Bytes]) {
         self.subscriptions.ended(sids);
     }

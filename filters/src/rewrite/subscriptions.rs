@@ -1,8 +1,8 @@
 //! The rule set each live subscription was mapped with. A subscription exists at the
 //! upstream under the subject its SUB was mapped to, so its deliveries map back with the
 //! same set, whatever the session's set is now: a reload (or a second CONNECT naming
-//! another user) changes what the client's new ops map to, not what its subscriptions at
-//! the upstream already are. A SUB no rule claimed went upstream as the client wrote it, so
+//! another user, to a nats-server that keeps the client's subscriptions then) changes what
+//! the client's new ops map to, not what its subscriptions at the upstream already are. A SUB no rule claimed went upstream as the client wrote it, so
 //! its deliveries reach the client as they are.
 //!
 //! In the common case every subscription was mapped with the session's current set, and
@@ -136,6 +136,15 @@ impl SubscriptionSets {
                 }
             }
             _ => self.forget(sid),
+        }
+    }
+
+    /// The upstream dropped every subscription (a CONNECT after the first): each entry stays
+    /// for the deliveries already on their way, which still map back with its set, and goes
+    /// when a SUB reuses its sid, which is then a new subscription.
+    pub(super) fn dropped(&mut self) {
+        for entry in self.by_sid.values_mut() {
+            entry.maybe_ended = true;
         }
     }
 

@@ -807,6 +807,27 @@ impl Drop for MovableMount {
 /// go uncounted. An auto-unsubscribe after a reload then cannot know its count: the entry,
 /// made with the earlier set, stays, so its last deliveries still map back with that set,
 /// until a SUB reuses the sid.
+/// Once the upstream dropped every subscription (a second CONNECT), a SUB that reuses a sid
+/// is a new subscription, mapped with the session's set; deliveries already on their way for
+/// the dropped one still map back with its own.
+#[test]
+fn a_sid_reused_after_the_subscriptions_were_dropped_is_a_new_subscription() {
+    let mount = MovableMount::new("dropped", "x");
+    let (mut f, mut ctx) = mount.session();
+    // Unmapped: the upstream's own subject, outside the mount.
+    assert_eq!(
+        f.on_client_op(&mut subscribe("x.a.*", "1"), &mut ctx),
+        Verdict::Forward
+    );
+    f.on_subscriptions_dropped();
+    assert_eq!(delivered_as(&mut f, &mut ctx, "x.a.1", "1"), "x.a.1");
+    assert_eq!(
+        f.on_client_op(&mut subscribe("a.*", "1"), &mut ctx),
+        Verdict::Changed
+    );
+    assert_eq!(delivered_as(&mut f, &mut ctx, "x.a.2", "1"), "a.2");
+}
+
 #[test]
 fn an_uncounted_auto_unsubscribe_after_a_reload_keeps_its_set() {
     let mount = MovableMount::new("unlooked", "x");
