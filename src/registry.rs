@@ -27,6 +27,8 @@ pub struct ConnEntry {
     upstream: OnceLock<String>,
     /// What the client said about itself in its CONNECT.
     client_info: OnceLock<ClientInfo>,
+    /// The client's TLS session, once its handshake is done (TLS and wss listeners).
+    tls: OnceLock<crate::transport::tls::TlsSession>,
     in_msgs: AtomicU64,
     out_msgs: AtomicU64,
     in_bytes: AtomicU64,
@@ -70,6 +72,7 @@ impl ConnEntry {
             user: Mutex::new(None),
             upstream: OnceLock::new(),
             client_info: OnceLock::new(),
+            tls: OnceLock::new(),
             in_msgs: AtomicU64::new(0),
             out_msgs: AtomicU64::new(0),
             in_bytes: AtomicU64::new(0),
@@ -109,6 +112,14 @@ impl ConnEntry {
 
     pub fn upstream(&self) -> Option<&str> {
         self.upstream.get().map(String::as_str)
+    }
+
+    pub fn set_tls(&self, tls: crate::transport::tls::TlsSession) {
+        let _ = self.tls.set(tls);
+    }
+
+    pub fn tls(&self) -> Option<&crate::transport::tls::TlsSession> {
+        self.tls.get()
     }
 
     pub fn set_client_info(&self, info: ClientInfo) {

@@ -629,3 +629,82 @@ async fn client_certificate_subject_is_in_the_log() {
     assert_eq!(line["span"]["tls_subject"], "CN=alice,O=Acme", "{line}");
     assert_eq!(line["span"]["transport"], "tls", "{line}");
 }
+
+/// `/connz` describes a TLS client as nats-server's monitor does: its TLS version, cipher
+/// suite, whether it started with TLS, and (with `auth`) its certificate chain with the
+/// subject and the SHA-256 of its public key and of the whole certificate. The same
+/// client certificate, presented to nats-server itself, gets the same fingerprints there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connz_shows_the_tls_session_as_nats_server_does() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let client_ca = pki.ca("client-ca");
+    let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
+    let alice = pki.leaf(&client_ca, "alice", Leaf::client("alice"));
+    let (direct, monitor) = server_with_monitor(&format!(
+        "tls {{\n cert_file: {:?}\n key_file: {:?}\n ca_file: {:?}\n verify: true\n handshake_first: true\n}}\n",
+        server_cert.cert, server_cert.key, client_ca.cert
+    ));
+    let behind = NatsServer::start();
+    let table = format!(
+        "{}, client_ca_file = {}, handshake_first = true",
+        cert_keys(&server_cert),
+        toml_path(&client_ca.cert)
+    );
+    let edge = start_edge_toml(&edge_toml(
+        &[behind.url()],
+        &format!("kind = \"tls\"\ntls = {{ {table} }}"),
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+    ))
+    .await;
+    let options = || {
+        client_options()
+            .add_root_certificates(ca.cert.clone())
+            .add_client_certificate(alice.cert.clone(), alice.key.clone())
+            .tls_first()
+    };
+    let through_edge = tls_client(&edge, options())
+        .await
+        .expect("through the edge");
+    within("a flush", through_edge.flush()).await.unwrap();
+    let straight = within(
+        "straight to nats-server",
+        options().connect(format!("tls://{}", direct.addr())),
+    )
+    .await
+    .expect("straight to nats-server");
+    within("a flush", straight.flush()).await.unwrap();
+
+    let theirs = connz_query(monitor, "auth=1").await;
+    let theirs = &theirs["connections"][0];
+    let (status, body) = http_get(edge.admin_addr().unwrap(), "/connz?auth=1").await;
+    assert_eq!(status, 200);
+    let ours: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ours = &ours["connections"][0];
+    for field in ["tls_version", "tls_first"] {
+        assert_eq!(ours[field], theirs[field], "{field}: {ours} / {theirs}");
+    }
+    // Each server picks the suite by its own preference: both name it the IANA way.
+    let suite = ours["tls_cipher_suite"].as_str().unwrap_or_default();
+    assert!(suite.starts_with("TLS_"), "{ours}");
+    assert_eq!(
+        ours["tls_peer_certs"][0]["cert_sha256"], theirs["tls_peer_certs"][0]["cert_sha256"],
+        "{ours} / {theirs}"
+    );
+    assert_eq!(
+        ours["tls_peer_certs"][0]["spki_sha256"], theirs["tls_peer_certs"][0]["spki_sha256"],
+        "{ours} / {theirs}"
+    );
+    assert_eq!(
+        ours["tls_peer_certs"][0]["subject"], "CN=alice,O=Acme",
+        "{ours}"
+    );
+    // Without `auth`, no certificates, as nats-server.
+    let (_, body) = http_get(edge.admin_addr().unwrap(), "/connz").await;
+    let plain: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        plain["connections"][0].get("tls_peer_certs").is_none(),
+        "{plain}"
+    );
+    assert_eq!(plain["connections"][0]["tls_version"], "1.3", "{plain}");
+}

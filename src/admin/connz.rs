@@ -62,6 +62,15 @@ pub struct ConnInfo {
     /// The upstream serving it, without credentials (an edge field).
     #[serde(skip_serializing_if = "Option::is_none")]
     upstream: Option<String>,
+    /// The client's TLS session, as nats-server shows it; the certificates with `auth`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_version: Option<String>,
+    #[serde(rename = "tls_cipher_suite", skip_serializing_if = "Option::is_none")]
+    tls_cipher: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tls_peer_certs: Vec<crate::transport::tls::PeerCert>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    tls_first: bool,
 }
 
 /// nats-server's `state`.
@@ -278,6 +287,14 @@ pub fn connz(shared: &EdgeShared, query: &str) -> Response<Body> {
                 version: client.version,
                 authorized_user: c.user().filter(|_| opts.auth),
                 upstream: c.upstream().map(str::to_string),
+                tls_version: c.tls().map(|t| t.version.clone()),
+                tls_cipher: c.tls().map(|t| t.cipher_suite.clone()),
+                tls_peer_certs: c
+                    .tls()
+                    .filter(|_| opts.auth)
+                    .map(|t| t.peer_certs.clone())
+                    .unwrap_or_default(),
+                tls_first: c.tls().is_some_and(|t| t.first),
             }
         })
         .collect();

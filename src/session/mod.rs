@@ -259,6 +259,7 @@ async fn open(
         filters: transport_filters,
         ..
     } = *accepted;
+    let classic_tls = tls_after_info.is_some();
     let origin = ProxyAddrs {
         src: conn.client_addr,
         dst: local_addr,
@@ -413,6 +414,11 @@ async fn open(
         }
     }
 
+    // Listed in `/connz` as nats-server lists a TLS client: on a TLS listener, TLS-first
+    // unless the upgrade came after the INFO.
+    if let Some(tls) = client.tls_session(!classic_tls) {
+        entry.set_tls(tls);
+    }
     Ok(Opened {
         client,
         upstream: upstream_stream,

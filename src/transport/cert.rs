@@ -39,13 +39,32 @@ pub fn identity(der: &[u8]) -> TlsPeer {
     peer
 }
 
-fn read_identity(der: &[u8], peer: &mut TlsPeer) -> Option<()> {
-    let (cert, _) = expect(der, SEQUENCE)?;
-    let (tbs, _) = expect(cert, SEQUENCE)?;
-    let mut rest = tbs;
-    if rest.first() == Some(&VERSION) {
+/// The whole SubjectPublicKeyInfo element (tag, length and contents) of a DER certificate:
+/// what a certificate's public key fingerprint (nats-server's `spki_sha256`) is taken of.
+pub fn subject_public_key_info(der: &[u8]) -> Option<&[u8]> {
+    let mut rest = tbs_fields(der)?;
+    // serialNumber, signature, issuer, validity, subject, then subjectPublicKeyInfo.
+    for _ in 0..5 {
         rest = next(rest)?.2;
     }
+    let (_, _, after) = next(rest)?;
+    Some(&rest[..rest.len() - after.len()])
+}
+
+/// The fields of a DER certificate's TBSCertificate after its optional version, from the
+/// serialNumber on.
+fn tbs_fields(der: &[u8]) -> Option<&[u8]> {
+    let (cert, _) = expect(der, SEQUENCE)?;
+    let (tbs, _) = expect(cert, SEQUENCE)?;
+    Some(if tbs.first() == Some(&VERSION) {
+        next(tbs)?.2
+    } else {
+        tbs
+    })
+}
+
+fn read_identity(der: &[u8], peer: &mut TlsPeer) -> Option<()> {
+    let mut rest = tbs_fields(der)?;
     // serialNumber, signature, issuer, validity, then the subject.
     for _ in 0..4 {
         rest = next(rest)?.2;

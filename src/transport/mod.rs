@@ -51,6 +51,16 @@ impl ClientStream {
         self.close_with(ws::close_frame_for(reason));
     }
 
+    /// The TLS session's facts for `/connz`, on a TLS or WebSocket-over-TLS stream; `first`
+    /// when a NATS client started with the handshake.
+    pub fn tls_session(&self, first: bool) -> Option<tls::TlsSession> {
+        match self {
+            ClientStream::Tls(tls) => Some(tls::session_info(tls.get_ref().1, first)),
+            ClientStream::Wss(ws) => Some(tls::session_info(ws.get_ref().get_ref().1, false)),
+            ClientStream::Tcp(_) | ClientStream::Ws(_) => None,
+        }
+    }
+
     /// A WebSocket client's close frame: its status and text.
     pub fn close_with(&mut self, frame: Option<(u16, &'static str)>) {
         match self {

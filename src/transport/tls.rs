@@ -143,6 +143,84 @@ fn build_server(settings: &ListenerTls) -> Result<ServerConfig, TlsError> {
     })
 }
 
+/// What `/connz` shows of a client's TLS session, as nats-server's monitor shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSession {
+    /// `1.2`, `1.3`.
+    pub version: String,
+    /// The IANA name, as Go's `tls.CipherSuiteName` gives it (`TLS_AES_128_GCM_SHA256`).
+    pub cipher_suite: String,
+    /// NATS over TLS that started with the handshake (`handshake_first`).
+    pub first: bool,
+    /// The client's certificate chain, leaf first.
+    pub peer_certs: Vec<PeerCert>,
+}
+
+/// One certificate of a client's chain, as nats-server's `tls_peer_certs` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PeerCert {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subject: String,
+    /// SHA-256 of the certificate's SubjectPublicKeyInfo, hex.
+    #[serde(rename = "spki_sha256", skip_serializing_if = "String::is_empty")]
+    pub spki_sha256: String,
+    /// SHA-256 of the whole certificate, hex.
+    #[serde(rename = "cert_sha256")]
+    pub cert_sha256: String,
+}
+
+/// The session's facts once its handshake is done; `first` when it started with TLS.
+pub fn session_info(conn: &rustls::ServerConnection, first: bool) -> TlsSession {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_2) => "1.2".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_3) => "1.3".to_string(),
+        Some(other) => format!("Unknown [0x{:x}]", u16::from(other)),
+        None => String::new(),
+    };
+    let cipher_suite = conn
+        .negotiated_cipher_suite()
+        .map(|suite| {
+            let id = suite.suite();
+            match id.as_str() {
+                // rustls names TLS 1.3's suites `TLS13_...`; their IANA names, Go's, are
+                // `TLS_...`. TLS 1.2's are the IANA names already.
+                Some(name) => match name.strip_prefix("TLS13_") {
+                    Some(rest) => format!("TLS_{rest}"),
+                    None => name.to_string(),
+                },
+                None => format!("0x{:04X}", u16::from(id)),
+            }
+        })
+        .unwrap_or_default();
+    let peer_certs = conn
+        .peer_certificates()
+        .unwrap_or_default()
+        .iter()
+        .map(|cert| PeerCert {
+            subject: super::cert::identity(cert).subject,
+            spki_sha256: super::cert::subject_public_key_info(cert)
+                .map(sha256_hex)
+                .unwrap_or_default(),
+            cert_sha256: sha256_hex(cert),
+        })
+        .collect();
+    TlsSession {
+        version,
+        cipher_suite,
+        first,
+        peer_certs,
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest.as_ref().iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
 /// The identity in the client's verified certificate, if it sent one.
 pub fn peer_identity(conn: &rustls::ServerConnection) -> Option<TlsPeer> {
     conn.peer_certificates()?
