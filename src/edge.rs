@@ -485,7 +485,7 @@ impl EnvBase {
             upstream,
             kind: listener.kind,
             transport_timeout: listener.handshake_timeout.0,
-            handshake_timeout: config.limits.handshake_timeout.0,
+            handshake_timeout: config.limits.handshake_timeout_for(listener),
             write_deadline: config.limits.write_deadline.0,
             limits: config.limits.filter_config(),
             info_rewrite: info_rewrite(listener, local, &transport),

@@ -329,8 +329,12 @@ pub struct LimitsSection {
     pub max_control_line: ByteSize,
     /// Subscriptions per connection. 0: unlimited.
     pub max_subscriptions: usize,
-    /// How long a client has to send CONNECT before `-ERR 'Authentication Timeout'`.
-    pub handshake_timeout: HumanDuration,
+    /// How long a client has to send CONNECT before `-ERR 'Authentication Timeout'` (where
+    /// auth is required). Unset: nats-server's `auth_timeout` default, 2 s, or on a TLS
+    /// listener the listener's TLS handshake timeout plus 1 s (3 s by default), as
+    /// nats-server's is with TLS on. See [`LimitsSection::handshake_timeout_for`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout: Option<HumanDuration>,
     /// How long the edge waits on a client that takes none of the bytes queued for it before
     /// it closes the connection as a slow consumer, as nats-server's `write_deadline`.
     pub write_deadline: HumanDuration,
@@ -509,7 +513,7 @@ impl Default for LimitsSection {
             max_payload: None,
             max_control_line: ByteSize(4096),
             max_subscriptions: 0,
-            handshake_timeout: HumanDuration(Duration::from_secs(2)),
+            handshake_timeout: None,
             // nats-server's DEFAULT_FLUSH_DEADLINE.
             write_deadline: HumanDuration(Duration::from_secs(10)),
         }
@@ -517,6 +521,17 @@ impl Default for LimitsSection {
 }
 
 impl LimitsSection {
+    /// The handshake timeout for clients of `listener`: `limits.handshake_timeout` when set;
+    /// otherwise nats-server's `auth_timeout` default (2 s, or its TLS timeout plus 1 s with
+    /// TLS on), with the listener's own TLS handshake timeout on `tls` and `wss` listeners.
+    pub fn handshake_timeout_for(&self, listener: &ListenerConfig) -> Duration {
+        match self.handshake_timeout {
+            Some(timeout) => timeout.0,
+            None if listener.kind.is_tls() => listener.handshake_timeout.0 + Duration::from_secs(1),
+            None => Duration::from_secs(2),
+        }
+    }
+
     /// The part the limits filter and the decoder enforce.
     pub fn filter_config(&self) -> LimitsConfig {
         LimitsConfig {
@@ -843,7 +858,7 @@ impl Config {
                 format!("at most {MAX_PROTOCOL_SIZE} bytes, as nats-server's"),
             ));
         }
-        if self.limits.handshake_timeout.0.is_zero() {
+        if self.limits.handshake_timeout.is_some_and(|t| t.0.is_zero()) {
             return Err((
                 "limits.handshake_timeout".into(),
                 "must be above zero".into(),
@@ -1110,6 +1125,31 @@ mod tests {
             assert!(err.contains("must be text"), "{err}");
             assert!(!err.contains(value), "{err}");
         }
+    }
+
+    /// Unset, the handshake timeout is nats-server's `auth_timeout` default: 2 s, and on a
+    /// TLS listener its TLS handshake timeout plus 1 s.
+    #[test]
+    fn the_handshake_timeout_follows_nats_servers_default() {
+        let config = Config::from_toml_str(
+            "[[listeners]]\nname = \"plain\"\nbind = \"127.0.0.1:4222\"\n\
+             [[listeners]]\nname = \"secure\"\nbind = \"127.0.0.1:4443\"\nkind = \"tls\"\n\
+             handshake_timeout = \"5s\"\ntls = { cert_file = \"c.pem\", key_file = \"k.pem\" }\n\
+             [upstream]\nurls = [\"nats://a:1\"]\n",
+        )
+        .unwrap();
+        let timeouts: Vec<_> = config
+            .listeners
+            .iter()
+            .map(|l| config.limits.handshake_timeout_for(l))
+            .collect();
+        assert_eq!(timeouts, [Duration::from_secs(2), Duration::from_secs(6)]);
+        let mut set = config.clone();
+        set.limits.handshake_timeout = Some(HumanDuration(Duration::from_millis(500)));
+        assert_eq!(
+            set.limits.handshake_timeout_for(&set.listeners[1]),
+            Duration::from_millis(500)
+        );
     }
 
     #[test]
