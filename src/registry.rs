@@ -28,7 +28,8 @@ pub struct ConnEntry {
     /// What the client said about itself in its CONNECT.
     client_info: OnceLock<ClientInfo>,
     /// The client's TLS session, once its handshake is done (TLS and wss listeners).
-    tls: OnceLock<crate::transport::tls::TlsSession>,
+    /// Boxed: a plain connection's entry carries only the pointer's room.
+    tls: OnceLock<Box<crate::transport::tls::TlsSession>>,
     in_msgs: AtomicU64,
     out_msgs: AtomicU64,
     in_bytes: AtomicU64,
@@ -115,11 +116,11 @@ impl ConnEntry {
     }
 
     pub fn set_tls(&self, tls: crate::transport::tls::TlsSession) {
-        let _ = self.tls.set(tls);
+        let _ = self.tls.set(Box::new(tls));
     }
 
     pub fn tls(&self) -> Option<&crate::transport::tls::TlsSession> {
-        self.tls.get()
+        self.tls.get().map(|tls| &**tls)
     }
 
     pub fn set_client_info(&self, info: ClientInfo) {

@@ -89,6 +89,9 @@ fn all_keys() -> Vec<String> {
     config.listeners[0].connect_urls = StringList(vec!["edge.example.com:4222".into()]);
     config.upstream.urls = StringList(vec!["nats://127.0.0.1:4222".into()]);
     config.limits.max_payload = Some(ByteSize(1024));
+    config.limits.handshake_timeout = Some(nats_edge::config::HumanDuration(
+        std::time::Duration::from_secs(2),
+    ));
     // The optional transport tables, every optional key set.
     config.listeners[0].tls = Some(ListenerTls {
         cert_file: "edge.pem".into(),

@@ -330,7 +330,7 @@ pub struct LimitsSection {
     /// Subscriptions per connection. 0: unlimited.
     pub max_subscriptions: usize,
     /// How long a client has to send CONNECT before `-ERR 'Authentication Timeout'` (where
-    /// auth is required). Unset: nats-server's `auth_timeout` default, 2 s, or on a TLS
+    /// auth is required). Unset: nats-server's `auth_timeout` default, 2 s, or on a `tls`
     /// listener the listener's TLS handshake timeout plus 1 s (3 s by default), as
     /// nats-server's is with TLS on. See [`LimitsSection::handshake_timeout_for`].
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -523,11 +523,16 @@ impl Default for LimitsSection {
 impl LimitsSection {
     /// The handshake timeout for clients of `listener`: `limits.handshake_timeout` when set;
     /// otherwise nats-server's `auth_timeout` default (2 s, or its TLS timeout plus 1 s with
-    /// TLS on), with the listener's own TLS handshake timeout on `tls` and `wss` listeners.
+    /// TLS on its client port), with the listener's own TLS handshake timeout on a `tls`
+    /// listener.
     pub fn handshake_timeout_for(&self, listener: &ListenerConfig) -> Duration {
         match self.handshake_timeout {
             Some(timeout) => timeout.0,
-            None if listener.kind.is_tls() => listener.handshake_timeout.0 + Duration::from_secs(1),
+            // nats-server's TLS timeout enters its auth timeout only for its client port:
+            // its websocket port falls back to the plain default.
+            None if listener.kind == ListenerKind::Tls => {
+                listener.handshake_timeout.0 + Duration::from_secs(1)
+            }
             None => Duration::from_secs(2),
         }
     }

@@ -260,6 +260,12 @@ async fn open(
         ..
     } = *accepted;
     let classic_tls = tls_after_info.is_some();
+    // A TLS-first or wss client has its TLS session already: listed with it at once, as
+    // nats-server lists a client once its handshake is done. (A classic one, after its
+    // upgrade, below.)
+    if let Some(tls) = client.tls_session(true) {
+        entry.set_tls(tls);
+    }
     let origin = ProxyAddrs {
         src: conn.client_addr,
         dst: local_addr,
@@ -414,10 +420,10 @@ async fn open(
         }
     }
 
-    // Listed in `/connz` as nats-server lists a TLS client: on a TLS listener, TLS-first
-    // unless the upgrade came after the INFO.
-    if let Some(tls) = client.tls_session(!classic_tls) {
-        entry.set_tls(tls);
+    if classic_tls {
+        if let Some(tls) = client.tls_session(false) {
+            entry.set_tls(tls);
+        }
     }
     Ok(Opened {
         client,

@@ -63,6 +63,146 @@ fn tbs_fields(der: &[u8]) -> Option<&[u8]> {
     })
 }
 
+/// A DER certificate's subject as Go's `pkix.Name.String()` writes it, which is how
+/// nats-server's `/connz` shows a client certificate's subject: the attributes Go has fields
+/// for in its fixed order (`SERIALNUMBER`, `CN`, `OU`, `O`, `POSTALCODE`, `STREET`, `L`, `ST`,
+/// `C`, each kind one RDN, the last `CN` and `SERIALNUMBER` only), then every other
+/// attribute, as its dotted OID and `#` with the hex of its value encoded again (a string as
+/// a PrintableString, or a UTF8String if it cannot be one), in reverse certificate order.
+pub fn go_subject(der: &[u8]) -> Option<String> {
+    let mut rest = tbs_fields(der)?;
+    // serialNumber, signature, issuer, validity, then the subject.
+    for _ in 0..4 {
+        rest = next(rest)?.2;
+    }
+    let (subject, _) = expect(rest, SEQUENCE)?;
+    // Every attribute, in certificate order: its OID, and its value as Go reads it.
+    let mut attributes: Vec<(&[u8], GoValue)> = Vec::new();
+    let mut rdns = subject;
+    while !rdns.is_empty() {
+        let (set, after) = expect(rdns, SET)?;
+        rdns = after;
+        let mut attrs = set;
+        while !attrs.is_empty() {
+            let (attr, after) = expect(attrs, SEQUENCE)?;
+            attrs = after;
+            let (oid, encoded) = expect(attr, OID)?;
+            let (tag, value, after) = next(encoded)?;
+            let value = match decode_string(tag, value) {
+                Some(text) => GoValue::Text(text),
+                None => GoValue::Raw(&encoded[..encoded.len() - after.len()]),
+            };
+            attributes.push((oid, value));
+        }
+    }
+    // 2.5.4.x: Go's fields, in the order its String() writes them (the reverse of the
+    // order it builds the RDN sequence in).
+    const FIELDS: [(u8, &str); 9] = [
+        (5, "SERIALNUMBER"),
+        (3, "CN"),
+        (11, "OU"),
+        (10, "O"),
+        (17, "POSTALCODE"),
+        (9, "STREET"),
+        (7, "L"),
+        (8, "ST"),
+        (6, "C"),
+    ];
+    let field = |oid: &[u8]| match oid {
+        [0x55, 0x04, x] => FIELDS.iter().find(|(id, _)| id == x).map(|(id, _)| *id),
+        _ => None,
+    };
+    // Every other attribute, one RDN each, after the named ones and the last first (Go puts
+    // them at the start of the sequence its String() writes backwards).
+    let mut rdns: Vec<String> = Vec::new();
+    for (oid, value) in attributes.iter().rev() {
+        if field(oid).is_some() {
+            continue;
+        }
+        let encoded = match value {
+            GoValue::Text(text) => {
+                let printable = text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b" '()+,-./:=?".contains(&b));
+                let tag = if printable {
+                    PRINTABLE_STRING
+                } else {
+                    UTF8_STRING
+                };
+                let mut out = vec![tag];
+                push_der_length(&mut out, text.len());
+                out.extend_from_slice(text.as_bytes());
+                out
+            }
+            GoValue::Raw(raw) => raw.to_vec(),
+        };
+        rdns.push(format!("{}=#{}", oid_to_string(oid), hex(&encoded)));
+    }
+    let mut named: Vec<String> = Vec::new();
+    for (id, name) in FIELDS {
+        let values: Vec<&str> = attributes
+            .iter()
+            .filter(|(oid, _)| field(oid) == Some(id))
+            .filter_map(|(_, value)| match value {
+                GoValue::Text(text) => Some(text.as_str()),
+                GoValue::Raw(_) => None,
+            })
+            .collect();
+        let values: Vec<&str> = match (id, values.last()) {
+            // One CommonName and one SerialNumber: the last.
+            (3 | 5, Some(last)) => vec![*last],
+            _ => values,
+        };
+        if !values.is_empty() {
+            let rdn: Vec<String> = values
+                .iter()
+                .map(|v| format!("{name}={}", go_escape(v)))
+                .collect();
+            named.push(rdn.join("+"));
+        }
+    }
+    named.extend(rdns);
+    Some(named.join(","))
+}
+
+/// An attribute value as Go's certificate parser leaves it: text, or the raw encoding.
+enum GoValue<'a> {
+    Text(String),
+    Raw(&'a [u8]),
+}
+
+/// Go's escaping of a value in `RDNSequence.String()`.
+fn go_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for (i, c) in value.char_indices() {
+        let escape = match c {
+            ',' | '+' | '"' | '\\' | '<' | '>' | ';' => true,
+            ' ' => i == 0 || i == value.len() - 1,
+            '#' => i == 0,
+            _ => false,
+        };
+        if escape {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn push_der_length(out: &mut Vec<u8>, len: usize) {
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend_from_slice(&bytes);
+    }
+}
+
 fn read_identity(der: &[u8], peer: &mut TlsPeer) -> Option<()> {
     let mut rest = tbs_fields(der)?;
     // serialNumber, signature, issuer, validity, then the subject.
@@ -317,6 +457,28 @@ mod tests {
                 "email:alice@example.com",
                 "URI:spiffe://example.com/alice",
             ]
+        );
+    }
+
+    /// The subject as Go's `pkix.Name.String()` writes it (nats-server's `/connz`): its named
+    /// attributes in Go's order, whatever the certificate's, then the others, the last first,
+    /// as `#` and their value encoded again.
+    #[test]
+    fn the_subject_as_go_writes_it() {
+        let mut params = CertificateParams::new(vec![]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let dn = &mut params.distinguished_name;
+        dn.push(DnType::CountryName, "NL");
+        dn.push(DnType::CommonName, "alice");
+        dn.push(DnType::OrganizationName, "Acme, Inc.");
+        dn.push(DnType::CustomDnType(vec![1, 2, 3, 4]), "x");
+        dn.push(
+            DnType::CustomDnType(vec![1, 2, 840, 113549, 1, 9, 1]),
+            "a@b.c",
+        );
+        assert_eq!(
+            go_subject(&cert(params)).unwrap(),
+            "CN=alice,O=Acme\\, Inc.,C=NL,1.2.840.113549.1.9.1=#0c056140622e63,1.2.3.4=#130178"
         );
     }
 

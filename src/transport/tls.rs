@@ -197,7 +197,7 @@ pub fn session_info(conn: &rustls::ServerConnection, first: bool) -> TlsSession 
         .unwrap_or_default()
         .iter()
         .map(|cert| PeerCert {
-            subject: super::cert::identity(cert).subject,
+            subject: super::cert::go_subject(cert).unwrap_or_default(),
             spki_sha256: super::cert::subject_public_key_info(cert)
                 .map(sha256_hex)
                 .unwrap_or_default(),
