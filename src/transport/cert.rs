@@ -77,24 +77,17 @@ pub fn go_subject(der: &[u8]) -> Option<String> {
     }
     let (subject, _) = expect(rest, SEQUENCE)?;
     // Every attribute, in certificate order: its OID, and its value as Go reads it.
-    let mut attributes: Vec<(&[u8], GoValue)> = Vec::new();
-    let mut rdns = subject;
-    while !rdns.is_empty() {
-        let (set, after) = expect(rdns, SET)?;
-        rdns = after;
-        let mut attrs = set;
-        while !attrs.is_empty() {
-            let (attr, after) = expect(attrs, SEQUENCE)?;
-            attrs = after;
-            let (oid, encoded) = expect(attr, OID)?;
-            let (tag, value, after) = next(encoded)?;
-            let value = match decode_string(tag, value) {
+    let attributes: Vec<(&[u8], GoValue)> = rdn_attributes(subject)?
+        .into_iter()
+        .flatten()
+        .map(|attr| {
+            let value = match decode_string(attr.tag, attr.value) {
                 Some(text) => GoValue::Text(text),
-                None => GoValue::Raw(&encoded[..encoded.len() - after.len()]),
+                None => GoValue::Raw(attr.encoded),
             };
-            attributes.push((oid, value));
-        }
-    }
+            (attr.oid, value)
+        })
+        .collect();
     // 2.5.4.x: Go's fields, in the order its String() writes them (the reverse of the
     // order it builds the RDN sequence in).
     const FIELDS: [(u8, &str); 9] = [
@@ -163,6 +156,42 @@ pub fn go_subject(der: &[u8]) -> Option<String> {
     }
     named.extend(rdns);
     Some(named.join(","))
+}
+
+/// One attribute of a distinguished name.
+struct Attribute<'a> {
+    oid: &'a [u8],
+    tag: u8,
+    /// The value's contents.
+    value: &'a [u8],
+    /// The value's whole encoding: tag, length and contents.
+    encoded: &'a [u8],
+}
+
+/// The attributes of a DER Name, RDN by RDN, in its order.
+fn rdn_attributes(name: &[u8]) -> Option<Vec<Vec<Attribute<'_>>>> {
+    let mut rdns = Vec::new();
+    let mut rest = name;
+    while !rest.is_empty() {
+        let (set, after) = expect(rest, SET)?;
+        rest = after;
+        let mut rdn = Vec::new();
+        let mut attrs = set;
+        while !attrs.is_empty() {
+            let (attr, after) = expect(attrs, SEQUENCE)?;
+            attrs = after;
+            let (oid, encoded) = expect(attr, OID)?;
+            let (tag, value, after) = next(encoded)?;
+            rdn.push(Attribute {
+                oid,
+                tag,
+                value,
+                encoded: &encoded[..encoded.len() - after.len()],
+            });
+        }
+        rdns.push(rdn);
+    }
+    Some(rdns)
 }
 
 /// An attribute value as Go's certificate parser leaves it: text, or the raw encoding.
@@ -257,28 +286,25 @@ fn expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
 /// RFC 4514: the RDNs in reverse order, joined by `,`; the values of a multi-valued RDN
 /// joined by `+`.
 fn name_to_string(name: &[u8]) -> Option<String> {
-    let mut rdns = Vec::new();
-    let mut rest = name;
-    while !rest.is_empty() {
-        let (set, after) = expect(rest, SET)?;
-        rest = after;
-        let mut parts = Vec::new();
-        let mut attrs = set;
-        while !attrs.is_empty() {
-            let (attr, after) = expect(attrs, SEQUENCE)?;
-            attrs = after;
-            let (oid, encoded) = expect(attr, OID)?;
-            let (tag, value, after) = next(encoded)?;
-            let key = attribute_name(oid).map_or_else(|| oid_to_string(oid), str::to_string);
-            let value = match decode_string(tag, value) {
-                Some(text) => escape_value(&text),
-                // RFC 4514: `#` and the value's whole encoding (tag, length and contents).
-                None => format!("#{}", hex(&encoded[..encoded.len() - after.len()])),
-            };
-            parts.push(format!("{key}={value}"));
-        }
-        rdns.push(parts.join("+"));
-    }
+    let mut rdns: Vec<String> = rdn_attributes(name)?
+        .into_iter()
+        .map(|rdn| {
+            let parts: Vec<String> = rdn
+                .iter()
+                .map(|attr| {
+                    let key = attribute_name(attr.oid)
+                        .map_or_else(|| oid_to_string(attr.oid), str::to_string);
+                    let value = match decode_string(attr.tag, attr.value) {
+                        Some(text) => escape_value(&text),
+                        // RFC 4514: `#` and the value's whole encoding.
+                        None => format!("#{}", hex(attr.encoded)),
+                    };
+                    format!("{key}={value}")
+                })
+                .collect();
+            parts.join("+")
+        })
+        .collect();
     rdns.reverse();
     Some(rdns.join(","))
 }
