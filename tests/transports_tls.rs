@@ -141,17 +141,24 @@ async fn classic_tls_client_reads_upstream_unavailable_inside_tls() {
     );
 }
 
-/// A TLS client whose TCP connection ends without a `close_notify` (killed, or a library
-/// that skips it) has closed, as nats-server (Go's TLS) reads that end: counted as
-/// `client_closed`, not as a failed read.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tls_client_gone_without_close_notify_has_closed() {
+/// An edge with a TLS-first listener (its certificate from `ca`) in front of a nats-server;
+/// the PKI's files live as long as the first value.
+async fn tls_first_edge() -> (Pki, Ca, NatsServer, Edge) {
     let pki = Pki::new();
     let ca = pki.ca("ca");
     let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
     let server = NatsServer::start();
     let table = format!("{}, handshake_first = true", cert_keys(&server_cert));
     let edge = start_edge_toml(&tls_toml(&server, &table)).await;
+    (pki, ca, server, edge)
+}
+
+/// A TLS client whose TCP connection ends without a `close_notify` (killed, or a library
+/// that skips it) has closed, as nats-server (Go's TLS) reads that end: counted as
+/// `client_closed`, not as a failed read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_gone_without_close_notify_has_closed() {
+    let (_pki, ca, _server, edge) = tls_first_edge().await;
     let tls = tls_over(tcp(edge_addr(&edge)).await, client_config(&ca.cert, None))
         .await
         .expect("TLS first");
@@ -173,12 +180,7 @@ async fn a_tls_client_gone_without_close_notify_has_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_first_listener_starts_with_the_handshake() {
-    let pki = Pki::new();
-    let ca = pki.ca("ca");
-    let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
-    let server = NatsServer::start();
-    let table = format!("{}, handshake_first = true", cert_keys(&server_cert));
-    let edge = start_edge_toml(&tls_toml(&server, &table)).await;
+    let (_pki, ca, _server, edge) = tls_first_edge().await;
 
     tls_first_client_is_served(&edge, &ca).await;
 

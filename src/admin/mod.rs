@@ -84,17 +84,16 @@ pub async fn serve(
         };
         // A probes-only slot taken while every full one was busy: a full one freed during
         // the wait for this connection serves it in full.
-        let slot = match slot {
-            Slot {
-                probes_only: true, ..
-            } => match full.clone().try_acquire_owned() {
-                Ok(permit) => Slot {
-                    probes_only: false,
-                    _permit: permit,
-                },
-                Err(_) => slot,
+        let upgraded = slot
+            .probes_only
+            .then(|| full.clone().try_acquire_owned().ok())
+            .flatten();
+        let slot = match upgraded {
+            Some(permit) => Slot {
+                probes_only: false,
+                _permit: permit,
             },
-            slot => slot,
+            None => slot,
         };
         tokio::spawn(serve_connection(stream, shared.clone(), slot));
     }

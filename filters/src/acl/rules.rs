@@ -84,12 +84,6 @@ impl<'de> Deserialize<'de> for Secret {
             fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
                 Err(E::custom(NOT_TEXT))
             }
-            fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<Secret, E> {
-                Err(E::custom(NOT_TEXT))
-            }
-            fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<Secret, E> {
-                Err(E::custom(NOT_TEXT))
-            }
             fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
                 Err(E::custom(NOT_TEXT))
             }
