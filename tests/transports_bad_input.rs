@@ -430,7 +430,7 @@ async fn refused_websocket_upgrades() {
         ),
         (
             request(&format!("Sec-WebSocket-Version: 8\r\n{good_key}")),
-            "HTTP/1.1 426 Upgrade Required",
+            "HTTP/1.1 400 Bad Request",
         ),
         (
             request(&format!(
@@ -511,8 +511,8 @@ async fn refused_websocket_upgrades() {
 }
 
 /// After a good upgrade, a client that breaks WebSocket framing (here an unmasked frame) gets
-/// a close frame with status 1002, a warn line naming the rule, and the session ends
-/// counted as a protocol violation.
+/// a close frame with status 1002 and nats-server's text, a warn line naming the rule, and
+/// the session ends counted as a protocol violation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_framing_violations() {
     let s = setup("wsframe").await;
@@ -533,7 +533,7 @@ async fn websocket_framing_violations() {
     raw.send(b"\x82\x06PING\r\n").await;
     let rest = raw.read_to_close().await;
     assert!(
-        rest.ends_with(&[0x88, 0x02, 0x03, 0xEA]),
+        rest.ends_with(b"\x88\x12\x03\xEAmask bit missing"),
         "no close frame with 1002 at the end: {rest:?}"
     );
     let line = wait_line(|v| {
@@ -542,7 +542,7 @@ async fn websocket_framing_violations() {
     })
     .expect("a warn line for the violation");
     assert_eq!(line["level"], "WARN");
-    assert_eq!(line["error"], "the client sent an unmasked frame");
+    assert_eq!(line["error"], "mask bit missing");
     wait_line(|v| {
         v["message"] == "connection closed"
             && v["span"]["listener"] == "wsframe-ws"

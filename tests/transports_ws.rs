@@ -8,6 +8,8 @@
 mod common;
 mod transport_support;
 
+use std::net::SocketAddr;
+
 use common::*;
 use futures::{SinkExt, StreamExt};
 use nats_edge::Edge;
@@ -427,8 +429,12 @@ async fn pings_and_no_compression() {
 
 /// A raw upgrade, offering `extensions`: the stream and the response head.
 async fn raw_upgrade(edge: &Edge, extensions: Option<&str>) -> (TcpStream, String) {
+    raw_upgrade_at(edge.addr("ws").unwrap(), extensions).await
+}
+
+async fn raw_upgrade_at(addr: SocketAddr, extensions: Option<&str>) -> (TcpStream, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tcp(edge.addr("ws").unwrap()).await;
+    let mut stream = tcp(addr).await;
     let offer = extensions.map_or(String::new(), |e| {
         format!("Sec-WebSocket-Extensions: {e}\r\n")
     });
@@ -579,7 +585,7 @@ async fn permessage_deflate_both_ways() {
     let server = NatsServer::start();
     let edge = ws_edge(&server, "ws = { compression = true }").await;
     let (mut ws, _) = raw_upgrade(&edge, Some("permessage-deflate; client_max_window_bits")).await;
-    let (info, _) = read_data_until(&mut ws, "}\r\n").await;
+    let (info, _) = read_data_until(&mut ws, "} \r\n").await;
     assert!(info.starts_with("INFO {"), "{info}");
 
     let hello = deflate(b"CONNECT {\"verbose\":false}\r\nSUB orders.> 1\r\nPING\r\n");
@@ -615,7 +621,7 @@ async fn decompression_bomb_and_stray_compressed_bit() {
     )
     .await;
     let (mut ws, _) = raw_upgrade(&edge, Some("permessage-deflate")).await;
-    read_data_until(&mut ws, "}\r\n").await;
+    read_data_until(&mut ws, "} \r\n").await;
     // 16 MiB of PINGs in a few KiB: refused once 64 KiB have inflated.
     let bomb = b"PING\r\n".repeat((16 << 20) / 6);
     let bomb = deflate(&bomb);
@@ -626,11 +632,40 @@ async fn decompression_bomb_and_stray_compressed_bit() {
     // Without the extension the compressed bit is a protocol error.
     let (mut ws, head) = raw_upgrade(&edge, None).await;
     assert_eq!(extensions_header(&head), None);
-    read_data_until(&mut ws, "}\r\n").await;
+    read_data_until(&mut ws, "} \r\n").await;
     ws.write_all(&frame(0x2, true, &deflate(b"PING\r\n")))
         .await
         .unwrap();
     assert_eq!(close_code(&mut ws).await, 1002);
+}
+
+/// A client's close frame is answered as nats-server's websocket port answers it: its
+/// status and reason echoed, an empty close with an empty one, a reason that is not UTF-8
+/// with 1007 and nats-server's text. Sent to both, compared byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_frames_are_answered_as_nats_server_answers_them() {
+    use tokio::io::AsyncWriteExt;
+    let server = NatsServer::start_with_config(
+        "websocket {\n  listen: \"127.0.0.1:-1\"\n  no_tls: true\n}\n",
+    );
+    let direct = SocketAddr::from(([127, 0, 0, 1], server.websocket_port()));
+    let edge = ws_edge(&server, "").await;
+    let edge_addr = edge.addr("ws").unwrap();
+    let bodies: [&[u8]; 3] = [b"\x03\xE9bye", b"", b"\x03\xE8\xff\xfe"];
+    for body in bodies {
+        let mut replies = Vec::new();
+        for addr in [direct, edge_addr] {
+            let (mut ws, _) = raw_upgrade_at(addr, None).await;
+            read_data_until(&mut ws, "} \r\n").await;
+            ws.write_all(&frame(0x8, false, body)).await.unwrap();
+            replies.push(read_frame(&mut ws).await);
+        }
+        assert_eq!(
+            replies[0], replies[1],
+            "close body {body:?}: nats-server, then the edge"
+        );
+        assert_eq!(replies[0].0, 0x88);
+    }
 }
 
 /// The close frame and its payload, skipping data frames before it.
@@ -679,7 +714,7 @@ async fn an_upstream_refusal_closes_with_nats_servers_frame() {
     let server = NatsServer::start_with_args(&["--user", "app", "--pass", "right"]);
     let edge = ws_edge(&server, "").await;
     let (mut ws, _) = raw_upgrade(&edge, None).await;
-    read_data_until(&mut ws, "}\r\n").await;
+    read_data_until(&mut ws, "} \r\n").await;
     let hello = b"CONNECT {\"verbose\":false,\"user\":\"app\",\"pass\":\"wrong\"}\r\nPING\r\n";
     ws.write_all(&frame(0x2, false, hello)).await.unwrap();
     read_data_until(&mut ws, "-ERR 'Authorization Violation'\r\n").await;
@@ -696,7 +731,7 @@ async fn a_refused_client_gets_the_close_frame_nats_server_sends() {
     let server = NatsServer::start();
     let edge = ws_edge(&server, "max_connections = 1").await;
     let (mut kept, _) = raw_upgrade(&edge, None).await;
-    read_data_until(&mut kept, "}\r\n").await;
+    read_data_until(&mut kept, "} \r\n").await;
     let (mut refused, _) = raw_upgrade(&edge, None).await;
     read_data_until(&mut refused, "-ERR 'maximum connections exceeded'\r\n").await;
     assert_eq!(

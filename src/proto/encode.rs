@@ -123,7 +123,8 @@ pub fn encode_server_head<'a>(op: &'a ServerOp, out: &mut BytesMut) -> Option<&'
             out.put_slice(b"INFO ");
             let json = serde_json::to_vec(info).unwrap_or_else(|_| b"{}".to_vec());
             out.put_slice(&json);
-            out.put_slice(b"\r\n");
+            // nats-server ends its INFO with a space before the CRLF.
+            out.put_slice(b" \r\n");
         }
         ServerOp::Msg(m) => {
             out.put_slice(if m.headers.is_some() {

@@ -511,8 +511,8 @@ async fn linger<S: AsyncRead + Unpin>(client: &mut S) {
 }
 
 /// Polls both forwarders from this one task until the session ends.
-async fn duplex<C, U>(
-    client: &mut C,
+async fn duplex<U>(
+    client: &mut transport::ClientStream,
     upstream: &mut U,
     shared: &mut Shared,
     c2u: &mut Forwarder,
@@ -521,7 +521,6 @@ async fn duplex<C, U>(
     entry: &ConnEntry,
 ) -> CloseReason
 where
-    C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let handshake = tokio::time::sleep(env.handshake_timeout);
@@ -717,13 +716,14 @@ where
             }
         }
 
-        if shrink_timer.is_none() && (c2u.is_grown() || u2c.is_grown()) {
+        if shrink_timer.is_none() && (c2u.is_grown() || u2c.is_grown() || client.is_grown()) {
             shrink_timer = Some(Box::pin(tokio::time::sleep(SHRINK_INTERVAL)));
         }
         if let Some(timer) = shrink_timer.as_mut() {
             if timer.as_mut().poll(cx).is_ready() {
                 c2u.shrink_if_empty();
                 u2c.shrink_if_empty();
+                client.shrink_if_empty();
                 shrink_timer = None;
                 continue;
             }

@@ -61,6 +61,25 @@ impl ClientStream {
         }
     }
 
+    /// Whether a WebSocket stream's read buffer has grown under load (the other streams
+    /// read straight into the session's buffers).
+    pub fn is_grown(&self) -> bool {
+        match self {
+            ClientStream::Ws(ws) => ws.is_grown(),
+            ClientStream::Wss(ws) => ws.is_grown(),
+            ClientStream::Tcp(_) | ClientStream::Tls(_) => false,
+        }
+    }
+
+    /// Gives back a WebSocket stream's grown read buffer if it holds nothing.
+    pub fn shrink_if_empty(&mut self) {
+        match self {
+            ClientStream::Ws(ws) => ws.shrink_if_empty(),
+            ClientStream::Wss(ws) => ws.shrink_if_empty(),
+            ClientStream::Tcp(_) | ClientStream::Tls(_) => {}
+        }
+    }
+
     /// A WebSocket client's close frame: its status and text.
     pub fn close_with(&mut self, frame: Option<(u16, &'static str)>) {
         match self {

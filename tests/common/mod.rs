@@ -303,6 +303,19 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The port of the server's websocket listener (a config with `websocket { listen:
+    /// "127.0.0.1:-1" }`), from its log.
+    pub fn websocket_port(&self) -> u16 {
+        let log = self.log.clone();
+        blocking(move || {
+            log.wait_for(0, WAIT, |l| {
+                port_after(l, "Listening for websocket clients on ")
+            })
+        })
+        .map(|(_, port)| port)
+        .unwrap_or_else(|| panic!("no websocket listener:\n{}", self.log.dump()))
+    }
+
     /// The process id of the running server.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("server is running").id()

@@ -168,27 +168,37 @@ pub fn close_frame_for(reason: CloseReason) -> Option<(u16, &'static str)> {
     })
 }
 
-/// Why a client's frames were refused.
+/// Why a client's frames were refused. The texts of the protocol errors are nats-server's:
+/// they are also the text of the close frame the client gets.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("the client sent an unmasked frame")]
+    #[error("mask bit missing")]
     Unmasked,
-    #[error("the client set reserved bits that no negotiated extension defines")]
+    #[error("RSV2 and RSV3 must be clear")]
     ReservedBits,
+    #[error("compressed frame received without negotiated permessage-deflate")]
+    CompressedWithoutDeflate,
+    #[error("control frame must not be compressed")]
+    CompressedControl,
     #[error("a compressed message does not inflate")]
     Inflate,
-    #[error("unknown opcode {0:#x}")]
+    #[error("unknown opcode {0}")]
     Opcode(u8),
-    #[error("a control frame fragmented or over 125 bytes")]
-    BadControl,
-    #[error("a continuation frame outside a fragmented message")]
-    StrayContinuation,
-    #[error("a new message inside a fragmented one")]
+    #[error("control frame length bigger than maximum allowed of 125 bytes")]
+    ControlTooLong,
+    #[error("control frame does not have final bit set")]
+    ControlNotFinal,
+    /// A continuation outside a fragmented message, or one with the compressed bit.
+    #[error("invalid continuation frame")]
+    BadContinuation,
+    #[error("new message started before final frame for previous message was received")]
     Interleaved,
-    #[error("a close frame with a one-byte body or a status code not allowed on the wire")]
-    BadClose,
-    #[error("a close frame whose reason is not UTF-8")]
-    BadCloseReason,
+    #[error("invalid 64-bit payload length")]
+    BadLength,
+    #[error("close frame payload cannot be 1 byte")]
+    OneByteClose,
+    #[error("invalid close status code {0}")]
+    BadCloseStatus(u16),
     #[error("a message over ws.max_message_size ({0} bytes)")]
     TooBig(u64),
     #[error("the connection closed inside a frame")]
@@ -196,11 +206,13 @@ pub enum FrameError {
 }
 
 impl FrameError {
-    fn close_code(&self) -> u16 {
+    /// The close frame the client gets: nats-server's 1002 and text for a protocol error;
+    /// for a message over the limit, the 1009 nats-server sends past its own.
+    fn close_frame(&self) -> (u16, String) {
         match self {
-            FrameError::TooBig(_) => CLOSE_TOO_BIG,
-            FrameError::Inflate | FrameError::BadCloseReason => CLOSE_INVALID_DATA,
-            _ => CLOSE_PROTOCOL_ERROR,
+            FrameError::TooBig(_) => (CLOSE_TOO_BIG, "Maximum Payload Exceeded".into()),
+            FrameError::Inflate => (CLOSE_INVALID_DATA, self.to_string()),
+            _ => (CLOSE_PROTOCOL_ERROR, self.to_string()),
         }
     }
 }
@@ -326,6 +338,21 @@ where
         self.no_plain_frame() && self.zsent == self.zout.len()
     }
 
+    /// Whether the read buffer has grown past its initial size under load.
+    pub fn is_grown(&self) -> bool {
+        self.rbuf.capacity() > INITIAL_READ
+    }
+
+    /// Gives back a grown read buffer that holds nothing. The session calls this when the
+    /// connection has been quiet for a while (as it shrinks its own buffers), not on every
+    /// read that finds nothing: that would free and allocate the buffer at each wake-up.
+    pub fn shrink_if_empty(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > INITIAL_READ {
+            self.rbuf = BytesMut::new();
+            self.read_size = INITIAL_READ;
+        }
+    }
+
     /// No uncompressed data frame is being written.
     fn no_plain_frame(&self) -> bool {
         self.frame_left == 0 && self.header_sent == self.header_len
@@ -349,10 +376,6 @@ where
         self.control
             .extend_from_slice(&[0x80 | opcode, payload.len() as u8]);
         self.control.extend_from_slice(payload);
-    }
-
-    fn queue_close(&mut self, code: u16) {
-        self.queue_control(OP_CLOSE, &code.to_be_bytes());
     }
 
     /// Owes a pong for the client's ping, replacing one owed for an earlier ping.
@@ -433,8 +456,11 @@ where
         let (b0, b1) = (buf[0], buf[1]);
         // RSV1 marks a compressed message when permessage-deflate was negotiated.
         let compressed = b0 & 0x40 != 0;
-        if b0 & 0x30 != 0 || (compressed && !self.deflate) {
+        if b0 & 0x30 != 0 {
             return Err(FrameError::ReservedBits);
+        }
+        if compressed && !self.deflate {
+            return Err(FrameError::CompressedWithoutDeflate);
         }
         if b1 & 0x80 == 0 {
             return Err(FrameError::Unmasked);
@@ -458,11 +484,14 @@ where
         let header = at + 4;
         match opcode {
             OP_CLOSE | OP_PING | OP_PONG => {
-                if compressed {
-                    return Err(FrameError::ReservedBits);
+                if len > 125 {
+                    return Err(FrameError::ControlTooLong);
                 }
-                if !fin || len > 125 {
-                    return Err(FrameError::BadControl);
+                if !fin {
+                    return Err(FrameError::ControlNotFinal);
+                }
+                if compressed {
+                    return Err(FrameError::CompressedControl);
                 }
                 let len = len as usize;
                 if buf.len() < header + len {
@@ -474,9 +503,8 @@ where
                 match opcode {
                     OP_PING => self.owe_pong(payload),
                     OP_CLOSE => {
-                        // Echo the client's status code, as RFC 6455 section 5.5.1 suggests.
-                        let code = close_code(payload)?;
-                        self.queue_close(code.unwrap_or(CLOSE_NORMAL));
+                        let reply = close_reply(payload)?;
+                        self.queue_control(OP_CLOSE, &reply);
                         self.read_closed = true;
                     }
                     _ => {}
@@ -485,14 +513,17 @@ where
             }
             OP_CONTINUATION | OP_TEXT | OP_BINARY => {
                 match (opcode == OP_CONTINUATION, self.fragmented) {
-                    (true, false) => return Err(FrameError::StrayContinuation),
+                    (true, false) => return Err(FrameError::BadContinuation),
                     (false, true) => return Err(FrameError::Interleaved),
                     (false, false) => self.message_len = 0,
                     (true, true) => {}
                 }
                 // Only a message's first frame says whether it is compressed.
                 if compressed && opcode == OP_CONTINUATION {
-                    return Err(FrameError::ReservedBits);
+                    return Err(FrameError::BadContinuation);
+                }
+                if len >> 63 != 0 {
+                    return Err(FrameError::BadLength);
                 }
                 self.message_len = self.message_len.saturating_add(len);
                 if self.message_len > self.max_message {
@@ -517,7 +548,8 @@ where
     /// Refuses the client's frames: a close frame with the reason's code is sent if it can
     /// be at once, and the read fails.
     fn refuse(&mut self, cx: &mut Context<'_>, e: FrameError) -> io::Error {
-        self.queue_close(e.close_code());
+        let (code, text) = e.close_frame();
+        self.queue_control(OP_CLOSE, &close_payload(code, &text));
         self.read_closed = true;
         let _ = self.poll_control(cx);
         io::Error::new(io::ErrorKind::InvalidData, e)
@@ -535,13 +567,7 @@ where
                 }
                 Poll::Ready(Ok(n))
             }
-            Poll::Pending => {
-                // Quiet: a buffer grown under load is given back.
-                if self.rbuf.is_empty() && self.rbuf.capacity() > INITIAL_READ {
-                    self.rbuf = BytesMut::new();
-                }
-                Poll::Pending
-            }
+            Poll::Pending => Poll::Pending,
             // Over TLS (wss): a peer that ended TCP without a close_notify has closed, as Go's
             // TLS reads it (see `transport::tls_eof_as_close`); the framing above still
             // tells a clean end between frames from one cut off inside a frame.
@@ -551,24 +577,45 @@ where
     }
 }
 
-/// The status code of a client's close frame (none in an empty one), refused when RFC 6455
-/// section 7.4 forbids it on the wire: a one-byte body, a reserved or unassigned code
-/// (below 1000, 1004 to 1006, 1015, 1016 to 2999, 5000 and up), or a reason that is not
-/// UTF-8.
-fn close_code(payload: &[u8]) -> Result<Option<u16>, FrameError> {
+/// The payload of the close frame that answers a client's, as nats-server answers it: the
+/// client's status and reason echoed (an empty close gets an empty one), and 1007 for a
+/// reason that is not UTF-8; either way the client has closed. A one-byte body and a status
+/// RFC 6455 section 7.4 forbids on the wire (below 1000, 1004 to 1006, 1015, 1016 to 2999,
+/// 5000 and up) are protocol errors.
+fn close_reply(payload: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, FrameError> {
     let (code, reason) = match payload {
-        [] => return Ok(None),
-        [_] => return Err(FrameError::BadClose),
+        [] => return Ok(payload.into()),
+        [_] => return Err(FrameError::OneByteClose),
         [a, b, reason @ ..] => (u16::from_be_bytes([*a, *b]), reason),
     };
     let assigned = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
     if !assigned {
-        return Err(FrameError::BadClose);
+        return Err(FrameError::BadCloseStatus(code));
     }
     if std::str::from_utf8(reason).is_err() {
-        return Err(FrameError::BadCloseReason);
+        let text = "invalid utf8 body in close frame";
+        return Ok(close_payload(CLOSE_INVALID_DATA, text).into());
     }
-    Ok(Some(code))
+    Ok(payload.into())
+}
+
+/// A close frame's payload: `code`, then `text` cut to fit a control frame (with `...`
+/// where it was cut, as nats-server marks it).
+fn close_payload(code: u16, text: &str) -> Vec<u8> {
+    const MAX_TEXT: usize = 125 - 2;
+    let mut payload = Vec::with_capacity(2 + text.len().min(MAX_TEXT));
+    payload.extend_from_slice(&code.to_be_bytes());
+    if text.len() <= MAX_TEXT {
+        payload.extend_from_slice(text.as_bytes());
+    } else {
+        let mut cut = MAX_TEXT - 3;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        payload.extend_from_slice(&text.as_bytes()[..cut]);
+        payload.extend_from_slice(b"...");
+    }
+    payload
 }
 
 /// XORs `data` with `mask`, starting `phase` bytes into it; eight bytes at a time.
@@ -765,7 +812,17 @@ where
                     room -= take;
                 }
             }
-            let mut n = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, &slices[..count]))?;
+            let polled = Pin::new(&mut this.io).poll_write_vectored(cx, &slices[..count]);
+            let Poll::Ready(written) = polled else {
+                if this.header_sent == 0 {
+                    // None of the frame went out: it is forgotten, since the caller may come
+                    // back with other bytes (fewer, or more) and its frame must hold them.
+                    this.header_len = 0;
+                    this.frame_left = 0;
+                }
+                return Poll::Pending;
+            };
+            let mut n = written?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -808,10 +865,7 @@ where
         if let (true, Some((code, text))) = (this.no_plain_frame(), this.closing_with) {
             // A compressed frame still going out leaves before the close.
             ready!(this.poll_control(cx))?;
-            let mut payload = Vec::with_capacity(2 + text.len());
-            payload.extend_from_slice(&code.to_be_bytes());
-            payload.extend_from_slice(text.as_bytes());
-            this.queue_control(OP_CLOSE, &payload);
+            this.queue_control(OP_CLOSE, &close_payload(code, text));
             ready!(this.poll_control(cx))?;
         }
         Pin::new(&mut this.io).poll_shutdown(cx)
@@ -898,6 +952,67 @@ pub(super) mod tests {
         let mut got = Vec::new();
         server.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"CONNECT {}\r\nPING\r\n");
+    }
+
+    /// A write that was pending with none of its frame sent leaves no frame behind: the
+    /// next write, with fewer bytes, goes out as a whole frame of its own size.
+    #[tokio::test]
+    async fn a_frame_none_of_which_went_out_is_forgotten() {
+        use tokio::io::AsyncWriteExt;
+
+        let (server_io, mut client) = tokio::io::duplex(16);
+        let mut server = WsStream::new(server_io, BytesMut::new(), 1 << 20, None);
+        // 2 + 14 bytes fill the pipe.
+        server.write_all(b"PING\r\nPING\r\nPI").await.unwrap();
+        let pending = std::future::poll_fn(|cx| {
+            Poll::Ready(
+                Pin::new(&mut server)
+                    .poll_write(cx, &[b'x'; 100])
+                    .is_pending(),
+            )
+        })
+        .await;
+        assert!(pending);
+        let mut first = [0u8; 16];
+        client.read_exact(&mut first).await.unwrap();
+        server.write_all(b"PONG\r\n").await.unwrap();
+        let mut next = [0u8; 8];
+        client.read_exact(&mut next).await.unwrap();
+        assert_eq!(next, *b"\x82\x06PONG\r\n");
+    }
+
+    /// A read buffer grown by a burst is kept while the connection is busy (reads that find
+    /// nothing do not free it, which would allocate it again at the next wake-up) and given
+    /// back when the session finds it quiet.
+    #[tokio::test]
+    async fn a_grown_read_buffer_is_kept_until_the_session_shrinks_it() {
+        use tokio::io::AsyncWriteExt;
+
+        let (server_io, mut client) = tokio::io::duplex(256 * 1024);
+        let mut server = WsStream::new(server_io, BytesMut::new(), 1 << 20, None);
+        let frame = client_frame(true, OP_BINARY, &[b'x'; 60 * 1024], Some([1, 2, 3, 4]));
+        for _ in 0..4 {
+            client.write_all(&frame).await.unwrap();
+        }
+        // Small reads, so the frames are taken through the read buffer.
+        let mut got = 0;
+        let mut chunk = [0u8; 1024];
+        while got < 4 * 60 * 1024 {
+            got += server.read(&mut chunk).await.unwrap();
+        }
+        assert!(server.is_grown());
+        let capacity = server.rbuf.capacity();
+        for _ in 0..3 {
+            let pending = std::future::poll_fn(|cx| {
+                let mut buf = ReadBuf::new(&mut chunk);
+                Poll::Ready(Pin::new(&mut server).poll_read(cx, &mut buf).is_pending())
+            })
+            .await;
+            assert!(pending);
+            assert_eq!(server.rbuf.capacity(), capacity);
+        }
+        server.shrink_if_empty();
+        assert!(!server.is_grown());
     }
 
     /// A shutdown while a data frame's write is pending, none of it sent, still sends the
@@ -1044,15 +1159,48 @@ pub(super) mod tests {
         bytes.extend(client_frame(true, OP_PING, b"hi", m));
         bytes.extend(client_frame(false, OP_CONTINUATION, b"{}\r\n", m));
         bytes.extend(client_frame(true, OP_CONTINUATION, b"PING\r\n", m));
-        bytes.extend(client_frame(true, OP_CLOSE, &1001u16.to_be_bytes(), m));
+        bytes.extend(client_frame(true, OP_CLOSE, b"\x03\xE9bye", m));
         client.write_all(&bytes).await.unwrap();
         let mut got = Vec::new();
         server.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"CONNECT {}\r\nPING\r\n");
-        // The pong carries the ping's payload; the close reply echoes the client's code.
-        let mut back = [0u8; 8];
+        // The pong carries the ping's payload; the close reply echoes the client's status
+        // and reason, as nats-server's does.
+        let mut back = [0u8; 11];
         client.read_exact(&mut back).await.unwrap();
-        assert_eq!(back, [0x8A, 2, b'h', b'i', 0x88, 2, 0x03, 0xE9]);
+        assert_eq!(back, *b"\x8A\x02hi\x88\x05\x03\xE9bye");
+    }
+
+    /// nats-server's answers to close frames that are not errors: an empty close gets an
+    /// empty one, a reason that is not UTF-8 gets 1007 with its text; the read ends cleanly.
+    #[tokio::test]
+    async fn close_replies_as_nats_servers() {
+        use tokio::io::AsyncWriteExt;
+
+        let m = Some([5, 6, 7, 8]);
+        let invalid_utf8: &[u8] = b"\x88\x22\x03\xEFinvalid utf8 body in close frame";
+        let cases: [(&[u8], &[u8]); 2] = [(b"", b"\x88\x00"), (b"\x03\xE8\xff\xfe", invalid_utf8)];
+        for (body, reply) in cases {
+            let (server_io, mut client) = tokio::io::duplex(64 * 1024);
+            let mut server = WsStream::new(server_io, BytesMut::new(), 1024, None);
+            client
+                .write_all(&client_frame(true, OP_CLOSE, body, m))
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            let mut back = vec![0u8; reply.len()];
+            client.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, reply);
+        }
+    }
+
+    #[test]
+    fn a_long_close_text_is_cut_as_nats_server_cuts_it() {
+        let payload = close_payload(CLOSE_PROTOCOL_ERROR, &"é".repeat(100));
+        assert!(payload.len() <= 125);
+        assert!(payload.ends_with(b"..."));
+        assert!(std::str::from_utf8(&payload[2..]).is_ok());
     }
 
     #[tokio::test]
@@ -1061,48 +1209,106 @@ pub(super) mod tests {
 
         let m = Some([9, 8, 7, 6]);
         let close = |body: &[u8]| client_frame(true, OP_CLOSE, body, m);
-        let cases: [(Vec<u8>, u16); 11] = [
+        let with_bits = |bits: u8, opcode: u8| {
+            let mut f = client_frame(true, opcode, b"x", m);
+            f[0] |= bits;
+            f
+        };
+        let huge_length = {
+            let mut f = vec![0x80 | OP_BINARY, 0x80 | 127];
+            f.extend_from_slice(&(1u64 << 63).to_be_bytes());
+            f.extend_from_slice(&[9, 8, 7, 6]);
+            f
+        };
+        // With nats-server's close status and text for each.
+        let cases: [(Vec<u8>, u16, &str); 14] = [
             (
                 client_frame(true, OP_BINARY, b"PING\r\n", None),
                 CLOSE_PROTOCOL_ERROR,
+                "mask bit missing",
             ),
-            (client_frame(true, 0x3, b"x", m), CLOSE_PROTOCOL_ERROR),
+            (
+                client_frame(true, 0x3, b"x", m),
+                CLOSE_PROTOCOL_ERROR,
+                "unknown opcode 3",
+            ),
             (
                 client_frame(true, OP_CONTINUATION, b"x", m),
                 CLOSE_PROTOCOL_ERROR,
+                "invalid continuation frame",
             ),
-            (client_frame(false, OP_PING, b"x", m), CLOSE_PROTOCOL_ERROR),
             (
-                {
-                    let mut f = client_frame(true, OP_BINARY, b"x", m);
-                    f[0] |= 0x40;
-                    f
-                },
+                client_frame(false, OP_PING, b"x", m),
                 CLOSE_PROTOCOL_ERROR,
+                "control frame does not have final bit set",
+            ),
+            (
+                with_bits(0x20, OP_BINARY),
+                CLOSE_PROTOCOL_ERROR,
+                "RSV2 and RSV3 must be clear",
+            ),
+            (
+                with_bits(0x40, OP_BINARY),
+                CLOSE_PROTOCOL_ERROR,
+                "compressed frame received without negotiated permessage-deflate",
+            ),
+            (
+                huge_length,
+                CLOSE_PROTOCOL_ERROR,
+                "invalid 64-bit payload length",
             ),
             (
                 client_frame(true, OP_BINARY, &[b'x'; 2000], m),
                 CLOSE_TOO_BIG,
+                "Maximum Payload Exceeded",
+            ),
+            (
+                client_frame(true, OP_PING, &[b'x'; 126], m),
+                CLOSE_PROTOCOL_ERROR,
+                "control frame length bigger than maximum allowed of 125 bytes",
             ),
             // Close frames: a one-byte body, codes that must never be sent (1005, 1006,
-            // 1015) or are unassigned, and a reason that is not UTF-8.
-            (close(&[3]), CLOSE_PROTOCOL_ERROR),
-            (close(&1005u16.to_be_bytes()), CLOSE_PROTOCOL_ERROR),
-            (close(&999u16.to_be_bytes()), CLOSE_PROTOCOL_ERROR),
-            (close(&2000u16.to_be_bytes()), CLOSE_PROTOCOL_ERROR),
-            (close(&[0x03, 0xE8, 0xff, 0xfe]), CLOSE_INVALID_DATA),
+            // 1015) or are unassigned.
+            (
+                close(&[3]),
+                CLOSE_PROTOCOL_ERROR,
+                "close frame payload cannot be 1 byte",
+            ),
+            (
+                close(&1005u16.to_be_bytes()),
+                CLOSE_PROTOCOL_ERROR,
+                "invalid close status code 1005",
+            ),
+            (
+                close(&1015u16.to_be_bytes()),
+                CLOSE_PROTOCOL_ERROR,
+                "invalid close status code 1015",
+            ),
+            (
+                close(&999u16.to_be_bytes()),
+                CLOSE_PROTOCOL_ERROR,
+                "invalid close status code 999",
+            ),
+            (
+                close(&2000u16.to_be_bytes()),
+                CLOSE_PROTOCOL_ERROR,
+                "invalid close status code 2000",
+            ),
         ];
-        for (bytes, code) in cases {
+        for (bytes, code, text) in cases {
             let (server_io, mut client) = tokio::io::duplex(64 * 1024);
             let mut server = WsStream::new(server_io, BytesMut::new(), 1024, None);
             client.write_all(&bytes).await.unwrap();
             let mut got = Vec::new();
             let err = server.read_to_end(&mut got).await.unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
-            let mut back = [0u8; 4];
-            client.read_exact(&mut back).await.unwrap();
-            assert_eq!(back[..2], [0x88, 2]);
-            assert_eq!(u16::from_be_bytes([back[2], back[3]]), code, "{err}");
+            let mut head = [0u8; 2];
+            client.read_exact(&mut head).await.unwrap();
+            assert_eq!(head[0], 0x88);
+            let mut payload = vec![0u8; usize::from(head[1])];
+            client.read_exact(&mut payload).await.unwrap();
+            assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), code, "{err}");
+            assert_eq!(&payload[2..], text.as_bytes());
         }
     }
 

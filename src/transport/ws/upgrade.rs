@@ -2,8 +2,8 @@
 //! 32 KiB and 100 headers) and answered here, rather than by tungstenite's handshake, so the
 //! edge can answer what a NATS WebSocket port is asked besides upgrades: a plain `GET` or
 //! `HEAD` (a load balancer's health check) gets `200 OK`, and a refused upgrade gets a status
-//! that says why (`403` for an origin, `400` for a bad key, `426` for a version other than
-//! 13, `404` for another path than a configured one, `405` for another method), with the
+//! that says why (`403` for an origin, `400` for a bad key or a version other than 13,
+//! `404` for another path than a configured one, `405` for another method), with the
 //! status text as its body, as nats-server answers.
 //!
 //! An accepted upgrade also settles what the session learns from the request: the client's
@@ -61,7 +61,6 @@ fn reason_phrase(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
-        426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         _ => "Error",
     }
@@ -124,8 +123,8 @@ where
 {
     let mut buf = BytesMut::with_capacity(1024);
     let head_len = loop {
-        if let Some(i) = memchr::memmem::find(&buf, b"\r\n\r\n") {
-            break i + 4;
+        if let Some(end) = head_end(&buf) {
+            break end;
         }
         if buf.len() >= MAX_REQUEST_HEAD {
             return Err(respond(&mut stream, Reject::http(431, "request head over 32 KiB")).await);
@@ -225,6 +224,16 @@ where
     }
 }
 
+/// Where the request head ends: after its empty line. Lines may end in a bare LF, as Go's
+/// HTTP server (nats-server's) reads them.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'\n', buf).find_map(|i| match &buf[i + 1..] {
+        [b'\n', ..] => Some(i + 2),
+        [b'\r', b'\n', ..] => Some(i + 3),
+        _ => None,
+    })
+}
+
 /// Judges a request: `Ok(Some(key))` to upgrade, `Ok(None)` to answer 200, or a refusal.
 fn check<'a>(head: &'a Head<'_>, settings: &WsSettings) -> Result<Option<&'a str>, Reject> {
     let upgrade = head.has_token("upgrade", "websocket");
@@ -234,6 +243,14 @@ fn check<'a>(head: &'a Head<'_>, settings: &WsSettings) -> Result<Option<&'a str
         return Err(Reject::http(405, format!("method {}", head.method)));
     }
     if !upgrade {
+        // A WebSocket client's request (it carries a key) without `Upgrade: websocket` is
+        // a failed upgrade, as nats-server answers it, not a health check.
+        if head.header("sec-websocket-key").is_some() {
+            return Err(Reject::http(
+                400,
+                "a Sec-WebSocket-Key without Upgrade: websocket",
+            ));
+        }
         return Ok(None);
     }
     if head.minor_version < 1 {
@@ -253,19 +270,16 @@ fn check<'a>(head: &'a Head<'_>, settings: &WsSettings) -> Result<Option<&'a str
     let Some(host) = head.header("host") else {
         return Err(Reject::http(400, "no Host header"));
     };
-    match head.header("sec-websocket-version") {
-        Some("13") => {}
-        Some(v) => {
-            return Err(Reject::http(
-                426,
-                format!("Sec-WebSocket-Version {v} (only 13 is supported)"),
-            ))
-        }
-        None => return Err(Reject::http(426, "no Sec-WebSocket-Version")),
-    }
     let key = head.header("sec-websocket-key").unwrap_or_default();
     if !valid_key(key) {
         return Err(Reject::http(400, format!("bad Sec-WebSocket-Key {key:?}")));
+    }
+    // A list that names 13 will do, as nats-server reads the header.
+    if !head.has_token("sec-websocket-version", "13") {
+        return Err(Reject::http(
+            400,
+            "Sec-WebSocket-Version without 13 (the only one supported)",
+        ));
     }
     // As nats-server reads it: `Origin`, or the older `Sec-WebSocket-Origin`; an empty one
     // counts as none.
@@ -279,7 +293,8 @@ fn check<'a>(head: &'a Head<'_>, settings: &WsSettings) -> Result<Option<&'a str
     Ok(Some(key))
 }
 
-/// A key is 16 bytes in base64: 22 characters and `==`.
+/// A key is 16 bytes in base64: 22 characters and `==`. The 4 bits the last character
+/// carries past the 16 bytes are not checked, as Go's decoder (nats-server's) does not.
 fn valid_key(key: &str) -> bool {
     let b = key.as_bytes();
     b.len() == 24
@@ -287,8 +302,6 @@ fn valid_key(key: &str) -> bool {
         && b[..22]
             .iter()
             .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
-        // The last character before the padding carries 2 bits only.
-        && matches!(b[21], b'A' | b'Q' | b'g' | b'w')
 }
 
 fn check_origin(origin: &str, host: &str, settings: &WsSettings) -> Result<(), Reject> {
@@ -465,15 +478,26 @@ mod tests {
             "",
             "short==",
             "dGhlIHNhbXBsZSBub25jZQ",
-            "dGhlIHNhbXBsZSBub25jZR==",
             "dGhlIHNhbXBsZSBub25j!Q==",
         ] {
             let h = with("Sec-WebSocket-Key", key);
             assert_eq!(status(check(&head("GET", "/", &h), &s)), 400, "{key}");
         }
+        // Bits past the 16 bytes in the last character pass, as Go's decoder lets them.
+        let h = with("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZR==");
+        assert!(matches!(check(&head("GET", "/", &h), &s), Ok(Some(_))));
+        // A version list naming 13 will do; another version or none gets 400, as from
+        // nats-server.
+        let h = with("Sec-WebSocket-Version", "13, 8");
+        assert!(matches!(check(&head("GET", "/", &h), &s), Ok(Some(_))));
         let h = with("Sec-WebSocket-Version", "8");
-        assert_eq!(status(check(&head("GET", "/", &h), &s)), 426);
+        assert_eq!(status(check(&head("GET", "/", &h), &s)), 400);
+        let h = with("Sec-WebSocket-Version", "");
+        assert_eq!(status(check(&head("GET", "/", &h), &s)), 400);
         let h = with("Connection", "keep-alive");
+        assert_eq!(status(check(&head("GET", "/", &h), &s)), 400);
+        // A key without `Upgrade: websocket` is a failed upgrade, not a health check.
+        let h = with("Upgrade", "h2c");
         assert_eq!(status(check(&head("GET", "/", &h), &s)), 400);
         // An HTTP/1.0 upgrade is refused; an HTTP/1.0 health check is answered.
         let old = |headers: &[(&'static str, &'static str)]| Head {
@@ -482,6 +506,15 @@ mod tests {
         };
         assert_eq!(status(check(&old(&UPGRADE), &s)), 400);
         assert_eq!(status(check(&old(&[]), &s)), 200);
+    }
+
+    #[test]
+    fn a_head_ends_at_its_empty_line_with_or_without_carriage_returns() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest"), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nrest"), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\r\n\r\n"), Some(26));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
     }
 
     #[test]
