@@ -401,7 +401,13 @@ fn compile_regex(pattern: &str) -> Result<Regex, String> {
             "`{pattern}` must be anchored with ^ and $ so it maps whole subjects"
         ));
     }
-    Regex::new(pattern).map_err(|e| e.to_string())
+    // Subjects are bytes, as nats-server reads them, and need not be UTF-8: in Unicode mode
+    // `.` and `[^.]` would match no byte of a subject that is not, and such a subject would
+    // slip past every regex rule unmapped.
+    regex::bytes::RegexBuilder::new(pattern)
+        .unicode(false)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// Every `$n` / `${n}` / `$name` in the template names a group of the pattern.

@@ -95,6 +95,11 @@ fn regex_rules_use_captures_and_their_reverse() {
     assert_eq!(published.as_deref(), Some(&b"telemetry.web1.metrics"[..]));
     assert_eq!(fwd(&set, "metrics.web1"), None);
     assert_eq!(rev(&set, "telemetry.web1.metrics"), None);
+    // Subjects are bytes: one that is not UTF-8 is mapped like any other, both ways.
+    let mapped = set.forward(b"dev.\xff.t\xc3\xa9", false).map(|(_, m)| m);
+    assert_eq!(mapped.as_deref(), Some(&b"devices.\xff.t\xc3\xa9"[..]));
+    let back = set.reverse(b"devices.\xff.t");
+    assert_eq!(back.as_deref(), Some(&b"dev.\xff.t"[..]));
 }
 
 #[test]

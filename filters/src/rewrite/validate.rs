@@ -188,8 +188,9 @@ impl SubjectGen {
 
     /// The next subject: valid, possibly with wildcard tokens.
     pub fn next_subject(&mut self) -> Vec<u8> {
+        // With bytes that are not UTF-8 (or not ASCII), since subjects need be neither.
         const ALPHABET: &[u8] =
-            b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-$";
+            b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-$\xc3\xa9\xff";
         let mut tokens: Vec<Vec<u8>> = Vec::new();
         if !self.literals.is_empty() && self.below(10) < 7 {
             // A run of the rule's literals, in order, from the start.
