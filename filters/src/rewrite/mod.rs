@@ -115,12 +115,16 @@ pub struct RewriteFactory {
 
 impl FilterFactory for RewriteFactory {
     fn build(&self, conn: &ConnFacts) -> Box<dyn Filter> {
-        // No rule can apply to this listener: no interest, so messages stay on the fast path.
-        let active = self.rules.current().config.may_apply(&conn.listener);
+        // No rule can apply to this listener: only its subscriptions are recorded, so messages
+        // stay on the fast path.
+        let loaded = self.rules.current();
+        let active = loaded.config.may_apply(&conn.listener);
+        let rewriting = !loaded.config.sets.is_empty();
         Box::new(Rewrite {
             rules: self.rules.clone(),
             events: self.events.clone(),
             active,
+            rewriting,
             resolved: None,
             replies: ResponseTracker::new(REPLY_BOUNDS, REPLY_CAPACITY),
             tokens: ReplyTokens::new(conn.conn_id),
@@ -135,7 +139,13 @@ impl FilterFactory for RewriteFactory {
 pub struct Rewrite {
     rules: Arc<RewriteRules>,
     events: Arc<dyn Events>,
+    /// A rule may apply to the session, or a subscription it made was mapped: its ops are
+    /// looked at.
     active: bool,
+    /// Rule sets are configured: a session that is not active still records its
+    /// subscriptions, as unmapped, so that a reload giving its listener rules does not map
+    /// their deliveries back with them.
+    rewriting: bool,
     /// The session's set, looked up once rather than per op: again when the user it was
     /// looked up for changes (the CONNECT names it) and after a reload.
     resolved: Option<Resolved>,
@@ -255,6 +265,8 @@ impl Filter for Rewrite {
                 OpKind::Msg,
                 OpKind::ServerErr,
             ])
+        } else if self.rewriting {
+            Interest::of(&[OpKind::Sub, OpKind::Unsub])
         } else {
             Interest::NONE
         }
@@ -270,7 +282,12 @@ impl Filter for Rewrite {
 
     fn on_reload(&mut self, ctx: &SessionCtx) -> Reloaded {
         self.resolved = None;
-        self.active = self.rules.current().config.may_apply(&ctx.conn.listener);
+        let loaded = self.rules.current();
+        self.rewriting = !loaded.config.sets.is_empty();
+        // A listener that lost its rules: the subscriptions they mapped still exist at the
+        // upstream under the mapped subjects, and their deliveries still map back.
+        self.active =
+            loaded.config.may_apply(&ctx.conn.listener) || self.subscriptions.any_mapped();
         Reloaded::default()
     }
 

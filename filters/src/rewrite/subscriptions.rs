@@ -139,6 +139,11 @@ impl SubscriptionSets {
         }
     }
 
+    /// Some subscription recorded was mapped by a set.
+    pub(super) fn any_mapped(&self) -> bool {
+        self.by_sid.len() > self.as_is
+    }
+
     /// The upstream dropped every subscription (a CONNECT after the first): each entry stays
     /// for the deliveries already on their way, which still map back with its set, and goes
     /// when a SUB reuses its sid, which is then a new subscription.

@@ -639,6 +639,41 @@ fn no_rules_no_interest() {
     assert_eq!(factory.build(&conn()).interest(), Interest::NONE);
 }
 
+/// A reload that takes its listener's rules away from a live session leaves its mapped
+/// subscriptions mapped back; one that gives a listener rules does not map back the
+/// deliveries of subscriptions made unmapped before it. Subscriptions on a listener without
+/// rules are all that is looked at there.
+#[test]
+fn a_listener_that_loses_or_gains_rules_keeps_its_subscriptions_mapping() {
+    let mount = MovableMount::new("listener", "x");
+    let on = |listener: &str| {
+        let mut config = mount.rules.current().config.clone();
+        config.default = None;
+        config.listeners = [(listener.to_string(), "s".to_string())].into();
+        mount.rules.replace(&config).unwrap();
+    };
+    on("public");
+    let (mut f, mut ctx) = mount.session();
+    assert_eq!(
+        f.on_client_op(&mut subscribe("a.*", "1"), &mut ctx),
+        Verdict::Changed
+    );
+    on("other");
+    f.on_reload(&ctx);
+    assert!(f.interest().contains(OpKind::Msg));
+    assert_eq!(delivered_as(&mut f, &mut ctx, "x.a.1", "1"), "a.1");
+
+    let (mut g, mut ctx) = mount.session();
+    assert_eq!(g.interest(), Interest::of(&[OpKind::Sub, OpKind::Unsub]));
+    assert_eq!(
+        g.on_client_op(&mut subscribe("x.a.*", "2"), &mut ctx),
+        Verdict::Forward
+    );
+    on("public");
+    g.on_reload(&ctx);
+    assert_eq!(delivered_as(&mut g, &mut ctx, "x.a.1", "2"), "x.a.1");
+}
+
 #[test]
 fn reload_swaps_and_a_bad_file_keeps_the_old_sets() {
     let dir = std::env::temp_dir().join(format!("nats-edge-rw-{}", std::process::id()));
