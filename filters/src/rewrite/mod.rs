@@ -358,9 +358,27 @@ impl Filter for Rewrite {
                     }
                 }
                 if let Some(reply) = &publish.reply {
-                    if let Some((_, mapped)) = set.forward_mapped(reply, false) {
-                        publish.reply = Some(self.arena.build(reply, mapped));
-                        changed = true;
+                    // A token passed on as the reply of another publish (a responder that
+                    // hands a request on): it still stands for the requester's reply
+                    // subject outside the mount, which the final answer must reach.
+                    let stands_for = if reply.starts_with(TOKEN_PREFIX) && !self.replies.is_empty()
+                    {
+                        self.replies.answer_with(reply, Instant::now()).cloned()
+                    } else {
+                        None
+                    };
+                    match stands_for {
+                        Some(Some(upstream)) => {
+                            publish.reply = Some(upstream);
+                            changed = true;
+                        }
+                        Some(None) => {}
+                        None => {
+                            if let Some((_, mapped)) = set.forward_mapped(reply, false) {
+                                publish.reply = Some(self.arena.build(reply, mapped));
+                                changed = true;
+                            }
+                        }
                     }
                 }
                 if let Some(block) = &publish.headers {

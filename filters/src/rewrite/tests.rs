@@ -436,6 +436,16 @@ fn reply_from_outside_the_mount_is_answered_through_a_token() {
             std::str::from_utf8(&token).unwrap()
         ))
     );
+    // A responder that hands the request on with the token as its reply: the final answer
+    // goes to the requester outside the mount.
+    let token_text = std::str::from_utf8(&token).unwrap();
+    let mut handed_on = publish("svc.next", Some(token_text));
+    assert_eq!(f.on_client_op(&mut handed_on, &mut ctx), Verdict::Changed);
+    let ClientOp::Pub(p) = &handed_on else {
+        unreachable!()
+    };
+    assert_eq!(&p.subject[..], b"tenant.acme.svc.next");
+    assert_eq!(p.reply.as_deref(), Some(&b"_INBOX.outside.1"[..]));
     // The subject itself, published by the client, is the client's own: into the mount.
     let mut own = publish("_INBOX.outside.1", None);
     assert_eq!(f.on_client_op(&mut own, &mut ctx), Verdict::Changed);
