@@ -16,13 +16,19 @@ use bytes::Bytes;
 
 use super::RuleSet;
 
-/// At most this many subscriptions are remembered per session (about 100 bytes each); the
-/// deliveries of one made past it are mapped back with the session's current set.
+/// At most this many subscriptions are remembered per session (about 100 bytes each, and
+/// their sids at most [`SID_BYTES`] in all); the deliveries of one made past either bound
+/// are mapped back with the session's current set.
 const CAPACITY: usize = 16 * 1024;
+/// A sid may be as long as a control line allows (4 KiB by default): the bound on what the
+/// table's keys hold, so a client cannot make it hold 64 MiB.
+const SID_BYTES: usize = 256 * 1024;
 
 #[derive(Default)]
 pub(super) struct SubscriptionSets {
     by_sid: HashMap<Bytes, Recorded>,
+    /// The bytes of the sids in `by_sid`.
+    sid_bytes: usize,
     /// Entries of unmapped subscriptions.
     as_is: usize,
     /// Entries counting deliveries toward an auto-unsubscribe.
@@ -77,7 +83,10 @@ impl SubscriptionSets {
         if self.by_sid.get(sid).is_some_and(|entry| entry.maybe_ended) {
             self.forget(sid);
         }
-        if self.by_sid.len() >= CAPACITY || self.by_sid.contains_key(sid) {
+        if self.by_sid.len() >= CAPACITY
+            || self.sid_bytes + sid.len() > SID_BYTES
+            || self.by_sid.contains_key(sid)
+        {
             return;
         }
         match &set {
@@ -97,6 +106,7 @@ impl SubscriptionSets {
             unlooked_at: self.unlooked,
             maybe_ended: false,
         };
+        self.sid_bytes += sid.len();
         self.by_sid.insert(Bytes::copy_from_slice(sid), recorded);
     }
 
@@ -165,6 +175,7 @@ impl SubscriptionSets {
         let Some(gone) = self.by_sid.remove(sid) else {
             return;
         };
+        self.sid_bytes -= sid.len();
         self.as_is -= usize::from(gone.set.is_none());
         self.with_max -= usize::from(gone.max.is_some());
         if self.by_sid.is_empty() {
@@ -198,5 +209,27 @@ impl SubscriptionSets {
             self.forget(sid);
         }
         delivery
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Long sids fill the table's byte bound long before its count: past it nothing more is
+    /// recorded, and forgetting an entry gives its bytes back.
+    #[test]
+    fn long_sids_are_bounded_by_their_bytes() {
+        let mut table = SubscriptionSets::default();
+        let sid = |i: usize| format!("{i:04096}").into_bytes();
+        for i in 0..SID_BYTES / 4096 + 10 {
+            table.subscribed(&sid(i), None);
+        }
+        assert_eq!(table.by_sid.len(), SID_BYTES / 4096);
+        assert_eq!(table.sid_bytes, SID_BYTES);
+        table.ended(&[Bytes::from(sid(0))]);
+        assert_eq!(table.sid_bytes, SID_BYTES - 4096);
+        table.subscribed(&sid(99_999), None);
+        assert!(table.by_sid.contains_key(&sid(99_999)[..]));
     }
 }
