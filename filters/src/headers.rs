@@ -21,6 +21,10 @@ pub enum HeaderError {
     NoVersion,
     #[error("header block does not end with an empty line")]
     Unterminated,
+    /// Readers part ways there: Go's `textproto` (nats.go) stops at the first empty line,
+    /// nats-server finds a field anywhere in the block.
+    #[error("header block has an empty line before its end")]
+    EmptyLine,
 }
 
 /// A parsed header block, borrowing from its bytes.
@@ -45,12 +49,10 @@ impl<'a> Headers<'a> {
             .strip_suffix(b"\r\n\r\n")
             .or_else(|| block.strip_suffix(b"\n\n"))
             .ok_or(HeaderError::Unterminated)?;
-        let fields = body
-            .split(|b| *b == b'\n')
-            .skip(1)
-            .map(trim_cr)
-            .filter(|line| !line.is_empty())
-            .collect();
+        let fields: Vec<&[u8]> = body.split(|b| *b == b'\n').skip(1).map(trim_cr).collect();
+        if fields.iter().any(|line| line.is_empty()) {
+            return Err(HeaderError::EmptyLine);
+        }
         Ok(Headers {
             first_line,
             lines: fields,
@@ -176,6 +178,15 @@ mod tests {
             Err(HeaderError::Unterminated)
         );
         assert_eq!(Headers::parse(b""), Err(HeaderError::NoVersion));
+        // nats.go would read no field past the empty line, nats-server would.
+        assert_eq!(
+            Headers::parse(b"NATS/1.0\r\n\r\nX: 1\r\n\r\n"),
+            Err(HeaderError::EmptyLine)
+        );
+        assert_eq!(
+            Headers::parse(b"NATS/1.0\r\nA: 1\n\nX: 1\r\n\r\n"),
+            Err(HeaderError::EmptyLine)
+        );
     }
 
     #[test]
