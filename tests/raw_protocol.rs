@@ -335,6 +335,24 @@ async fn unknown_verb_is_refused_and_closed() {
     );
 }
 
+/// A wrong byte after a payload is refused at once, with nothing after it, as nats-server
+/// refuses it; and `CONNECT` with its JSON on the next line is a CONNECT. Sent to both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_ends_and_split_connects_like_nats_server() {
+    let (server, edge) = server_and_edge("").await;
+    for addr in [server.addr(), edge_addr(&edge)] {
+        let (mut raw, _) = RawConn::connect_info(addr).await;
+        raw.send(b"CONNECT\n{\"verbose\":false}\r\nPING\r\nPUB foo 5\r\nhello\n")
+            .await;
+        let got = raw.read_to_close().await;
+        assert_eq!(
+            show(&got),
+            show(b"PONG\r\n-ERR 'Unknown Protocol Operation'\r\n"),
+            "{addr}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_control_line_is_refused_and_closed() {
     let (_server, edge) = server_and_edge("").await;

@@ -45,13 +45,25 @@ const FIELDS: [&str; 16] = [
     "no_responders",
 ];
 
+/// The other fields nats-server's `ClientOpts` declares: kept as the client wrote them, but a
+/// value for one that serde_json cannot hold (`"account":1e400`) fails nats-server's decode
+/// too, so it fails the edge's rather than being left out.
+const OTHER_GO_FIELDS: [&str; 6] = [
+    "account",
+    "new_account",
+    "import",
+    "export",
+    "remote_account",
+    "proxy_sig",
+];
+
 /// Parses CONNECT JSON as nats-server reads it (see the module docs). Invalid UTF-8 is
 /// replaced by U+FFFD, as Go does; a field of the wrong type is an error, as in Go, and a
 /// document that is not an object (or `null`) is one too.
 ///
-/// A value of a field the edge does not read that serde_json cannot hold (a number beyond
-/// f64, nesting deeper than 128 levels) is left out: nats-server ignores fields it does not
-/// know, and the edge forwards only what it read.
+/// A value of a field nats-server does not know that serde_json cannot hold (a number beyond
+/// f64, nesting deeper than 128 levels) is left out: nats-server ignores such fields, and
+/// the edge forwards only what it read.
 pub fn parse_connect(json: &[u8]) -> Result<Connect, ProtoError> {
     merge_connect(&Connect::default(), json)
 }
@@ -146,6 +158,9 @@ impl<'de> Visitor<'de> for ConnectSeed {
                 // Kept raw first: a value serde_json cannot hold must not fail the CONNECT.
                 let raw = map.next_value::<Box<RawValue>>()?;
                 match serde_json::from_str::<Value>(raw.get()) {
+                    Err(e) if OTHER_GO_FIELDS.iter().any(|f| folds_to(&key, f)) => {
+                        return Err(de::Error::custom(e));
+                    }
                     Ok(Value::Null) | Err(_) => {}
                     Ok(value) => {
                         if let Some(earlier) = spellings.insert(go_fold(&key), key.clone()) {

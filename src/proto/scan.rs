@@ -522,6 +522,10 @@ fn scan_general(
             None => Ok(None),
         };
     };
+    if verb == Verb::Err && !buf.get(verb_len).is_some_and(|b| is_separator(*b)) {
+        // Unlike CONNECT and INFO, nats-server wants a blank after `-ERR`.
+        return Err(ProtoError::UnknownOperation);
+    }
     let args_start = verb_len
         + buf[verb_len..]
             .iter()
@@ -530,7 +534,13 @@ fn scan_general(
     // Blanks after the verb count too (all but one), so a line of endless blanks is bounded
     // like any other, and a line is judged the same however the reads split it.
     let counted_from = (verb_len + 1).min(args_start);
-    let Some((nl, line_end)) = find_line_end(buf, verb_len, tail)? else {
+    // nats-server takes the first byte after the blanks as the start of a JSON argument,
+    // whatever it is: `CONNECT\n{}\r\n` is a CONNECT whose JSON is `\n{}`.
+    let search_from = match tail {
+        Tail::Json => (args_start + 1).min(buf.len()),
+        Tail::Args | Tail::Ignored => verb_len,
+    };
+    let Some((nl, line_end)) = find_line_end(buf, search_from, tail)? else {
         if tail == Tail::Ignored {
             // nats-server skips what follows these verbs up to the newline, however long.
             // A forwarder drops those bytes as they come (`ignored_line_verb_len`).
@@ -590,8 +600,8 @@ pub fn pending_frame_len(buf: &[u8]) -> Option<usize> {
 /// The CR LF after a payload.
 const PAYLOAD_END_LEN: usize = 2;
 
-/// Finds the newline that ends the control line starting at `from`, and where the line's
-/// content ends: `Ok(None)` while it has not arrived.
+/// Finds the newline that ends the control line, searching from `from`, and where the
+/// line's content ends: `Ok(None)` while it has not arrived.
 ///
 /// nats-server drops one byte before the `\n` once it has seen any `\r` in the line, and
 /// splits arguments on blanks only; how it reads a `\r` inside arguments even depends on
@@ -618,8 +628,9 @@ fn find_line_end(
             let Some(nl) = memchr(b'\n', rest).map(|i| i + from) else {
                 return Ok(None);
             };
-            // As nats-server: with a `\r` anywhere in the line, the byte before `\n` goes.
-            let drop_last = buf[nl - 1] == b'\r' || memchr(b'\r', &buf[from..nl]).is_some();
+            // As nats-server: with a `\r` anywhere in the line (past a JSON argument's
+            // first byte, which it never reads as one), the byte before `\n` goes.
+            let drop_last = memchr(b'\r', &buf[from..nl]).is_some();
             Ok(Some((nl, if drop_last { nl - 1 } else { nl })))
         }
     }
@@ -678,11 +689,14 @@ fn frame_payload(
     }
     frame.total_size = total;
     let end = frame.payload_start + total;
-    if buf.len() < end + 2 {
-        return Ok(None);
-    }
-    if &buf[end..end + 2] != b"\r\n" {
+    // nats-server refuses the first byte after the payload that is not the `\r\n` it
+    // expects, without waiting for the next one.
+    let after = buf.get(end..).unwrap_or_default();
+    if !b"\r\n".starts_with(&after[..after.len().min(2)]) {
         return Err(ProtoError::UnknownOperation);
+    }
+    if after.len() < 2 {
+        return Ok(None);
     }
     frame.len = end + 2;
     Ok(Some(frame))

@@ -142,6 +142,13 @@ fn errors_match_nats_server() {
         (b"MSG foo 1 2\r\nhi\r\n", ProtoError::UnknownOperation),
         (b"PUB foo 5\r\nhelloX\r\n", ProtoError::UnknownOperation),
         (b"PUB foo 2\r\nhi\nPING\r\n", ProtoError::UnknownOperation),
+        // Refused at the first wrong byte, with no byte after it, as nats-server does.
+        (b"PUB foo 5\r\nhelloX", ProtoError::UnknownOperation),
+        (b"PUB foo 5\r\nhello\n", ProtoError::UnknownOperation),
+        (b"PUB foo 5\r\nhello\rX", ProtoError::UnknownOperation),
+        // nats-server wants a blank after `-ERR` (not after CONNECT or INFO).
+        (b"-ERRX", ProtoError::UnknownOperation),
+        (b"-ERR'x'\r\n", ProtoError::UnknownOperation),
         (b"PUB foo x\r\nhello\r\n", ProtoError::BadArguments),
         (b"PUB foo -1\r\n", ProtoError::BadArguments),
         (b"PUB 2\r\nhi\r\n", ProtoError::BadArguments),
@@ -377,6 +384,18 @@ fn connect_json_errors_are_silent_closes() {
     }
 }
 
+/// nats-server reads a JSON argument from the first byte after the verb's blanks, even a
+/// newline: `CONNECT` then the JSON on the next line is a CONNECT.
+#[test]
+fn a_connect_whose_json_starts_on_the_next_line() {
+    let stream = b"CONNECT\n{\"verbose\":false}\r\nPING\r\n";
+    let d = decode_every_split(stream, C);
+    assert_eq!(verbs(&d), [Verb::Connect, Verb::Ping]);
+    let frame = scan(stream, C, &LIMITS).unwrap().unwrap();
+    let op = build_client_op(&Bytes::copy_from_slice(stream), &frame).unwrap();
+    assert!(matches!(op, ClientOp::Connect(c) if !c.is_verbose()));
+}
+
 #[test]
 fn connect_is_as_lenient_as_nats_server() {
     use super::connect::parse_connect;
@@ -384,6 +403,10 @@ fn connect_is_as_lenient_as_nats_server() {
     let dup = parse_connect(br#"{"verbose":true,"verbose":false}"#).unwrap();
     assert!(!dup.is_verbose(), "the last key wins");
     let big = parse_connect(br#"{"verbose":false,"x":1e400,"name":"n","ok":true}"#).unwrap();
+    // A field nats-server declares fails its decode with such a value, so it fails here.
+    for json in [&br#"{"new_account":1e400}"#[..], br#"{"Account":1e400}"#] {
+        assert_eq!(parse_connect(json).err(), Some(ProtoError::BadJson));
+    }
     assert_eq!(big.name.as_deref(), Some("n"));
     assert!(!big.is_verbose());
     assert_eq!(big.extra.get("ok"), Some(&serde_json::json!(true)));
