@@ -161,6 +161,9 @@ fn prepare_with(
     let mut listeners = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
         let server_tls = match &l.tls {
+            // A listener held until the restart keeps the certificates it runs with: the
+            // reload takes them from its running transport.
+            Some(_) if l.held_until_restart => None,
             Some(settings) if l.kind.is_tls() => {
                 let loaded =
                     ServerTls::load(settings).map_err(tls_error(format!("listeners.{i}.tls")))?;
@@ -554,6 +557,11 @@ impl Reloadable for ListenerReload {
             else {
                 continue;
             };
+            let transport = if lc.held_until_restart {
+                cell.current().transport.clone()
+            } else {
+                transport
+            };
             let runtime = self.base.runtime(
                 new,
                 lc,
@@ -563,12 +571,12 @@ impl Reloadable for ListenerReload {
                 &cell.metrics,
                 &cell.last_info,
             );
-            swaps.push((cell.clone(), runtime));
+            swaps.push((cell.clone(), runtime, lc.held_until_restart));
         }
         Ok(Staged::new(move || {
             metrics.upstreams_configured(&upstreams);
-            for (cell, runtime) in swaps {
-                let tls = runtime.transport.tls.is_some();
+            for (cell, runtime, held) in swaps {
+                let tls = runtime.transport.tls.is_some() && !held;
                 cell.swap(runtime);
                 if tls {
                     let what = format!("listener {}", cell.name);

@@ -220,7 +220,10 @@ fn running(old: &Config, mut new: Config) -> Config {
                     .or_insert_with(|| path.clone());
             }
         }
-        listeners.push(o.clone());
+        listeners.push(ListenerConfig {
+            held_until_restart: true,
+            ..o.clone()
+        });
     }
     new.listeners = listeners;
     new

@@ -97,6 +97,37 @@ async fn classic_tls_listener_sends_info_first_then_upgrades() {
     pub_sub_works(&client).await;
 }
 
+/// A reload whose file drops a TLS listener holds that listener until the restart, on the
+/// certificates it loaded: their files may be gone with it, and the reload (of everything
+/// else) still applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_tls_listener_runs_on_without_its_files() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
+    let server = NatsServer::start();
+    let plain = "[[listeners]]\nname = \"plain\"\nbind = \"127.0.0.1:0\"\n";
+    let both = format!("{}{plain}", tls_toml(&server, &cert_keys(&server_cert)));
+    let edge = start_edge_toml(&both).await;
+    std::fs::remove_file(&server_cert.cert).unwrap();
+    std::fs::remove_file(&server_cert.key).unwrap();
+    let only_plain = format!("{plain}[upstream]\nurls = [{:?}]\n", server.url());
+    let again = Config::from_toml_str(&only_plain).unwrap();
+    edge.shared()
+        .reloader
+        .reload(again, "test")
+        .expect("a reload that drops the TLS listener");
+    let client = tls_client(
+        &edge,
+        client_options()
+            .add_root_certificates(ca.cert.clone())
+            .require_tls(true),
+    )
+    .await
+    .expect("the held TLS listener still serves");
+    pub_sub_works(&client).await;
+}
+
 /// With no upstream to serve it, a client of a classic TLS listener still learns why: the
 /// INFO asks it for TLS, so the error follows inside TLS, where its TLS stack reads it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,6 +139,11 @@ pub struct ListenerConfig {
     /// unless their user has one of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<String>,
+    /// Not a key: set by a reload on a listener the new file dropped or gave another kind.
+    /// It runs on as it was until the restart, on the certificates it loaded, which are not
+    /// read again (they may be gone with the listener).
+    #[serde(skip)]
+    pub held_until_restart: bool,
 }
 
 /// `[rewrite]`: named rule files, and which sessions use which.
@@ -403,6 +408,7 @@ impl ListenerConfig {
             rewrite: None,
             max_connections: 0,
             max_connection_rate: 0,
+            held_until_restart: false,
         }
     }
 }
