@@ -134,12 +134,17 @@ pub async fn accept_loop(
         start: Instant::now(),
         count: 0,
     };
+    let mut accept_backoff = ACCEPT_MIN_SLEEP;
     loop {
         tokio::select! {
+            // A stop comes first: a drain must not take a connection from the backlog after
+            // it stopped accepting.
+            biased;
             _ = crate::edge::until_stopped(&mut stop_accepting) => break,
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    accept_backoff = ACCEPT_MIN_SLEEP;
                     let accepted_at = Instant::now();
                     let runtime = cell.current();
                     if !window.admit(runtime.max_connection_rate, accepted_at) {
@@ -177,9 +182,11 @@ pub async fn accept_loop(
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: the listener stays, the client
-                    // is lost. Back off a little so the loop does not spin.
-                    tracing::warn!(listener = %cell.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // is lost. Backing off, doubling up to a second as nats-server does,
+                    // keeps the loop from spinning and the log from filling.
+                    tracing::warn!(listener = %cell.name, error = %e, retry_in_ms = accept_backoff.as_millis() as u64, "accept failed");
+                    tokio::time::sleep(accept_backoff).await;
+                    accept_backoff = (accept_backoff * 2).min(ACCEPT_MAX_SLEEP);
                 }
             },
         }
@@ -288,6 +295,11 @@ async fn accept(
 
 /// How long a refused client may take to read its INFO and error.
 const REFUSAL_WRITE: Duration = Duration::from_secs(2);
+
+/// The pause after a failed accept, doubled at each failure in a row up to the maximum
+/// (nats-server's `ACCEPT_MIN_SLEEP` and `ACCEPT_MAX_SLEEP`).
+const ACCEPT_MIN_SLEEP: Duration = Duration::from_millis(10);
+const ACCEPT_MAX_SLEEP: Duration = Duration::from_secs(1);
 
 /// What nats-server does past `max_connections`: its INFO, then
 /// `-ERR 'maximum connections exceeded'`, then the close (see [`info_before_error`]).

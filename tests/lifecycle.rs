@@ -76,6 +76,23 @@ async fn shutdown_closes_every_session_and_stops_listening() {
     assert_eq!(metrics.closes(CloseReason::Shutdown), 4);
 }
 
+/// A shutdown closes a session whose upstream dial is still waiting for the server's INFO
+/// at once, not after the connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_dial() {
+    // An "upstream" that accepts and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("nats://{}", silent.local_addr().unwrap());
+    let edge = start_edge(&[url], "connect_timeout = \"30s\"").await;
+    let _client = tokio::net::TcpStream::connect(edge_addr(&edge))
+        .await
+        .unwrap();
+    let (_dialled, _) = within("the edge's dial", silent.accept()).await.unwrap();
+    let metrics = edge.metrics().clone();
+    within_for(Duration::from_secs(3), "edge shutdown", edge.shutdown()).await;
+    assert_eq!(metrics.closes(CloseReason::Shutdown), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_reasons_are_counted() {
     // A server that asks for auth, so that a client that sends nothing is timed out.

@@ -158,16 +158,30 @@ pub async fn run(client: Box<Accepted>, env: Arc<SessionEnv>, accepted_at: Insta
     env.metrics.session_ended(&summary);
     drop(registered);
     env.listener_metrics.open.dec();
+    // A client that closed without sending a byte is most likely a load balancer's probe
+    // (a TCP check, or a PROXY `LOCAL` header and the close): its line is debug, as
+    // nats-server logs every client close, so probes do not flood the log.
+    let probe = summary.reason == CloseReason::ClientClosed && summary.client_bytes == 0;
+    macro_rules! closed {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                reason = %summary.reason,
+                duration_ms = started.elapsed().as_millis() as u64,
+                client_msgs = summary.client_msgs,
+                client_bytes = summary.client_bytes,
+                upstream_msgs = summary.upstream_msgs,
+                upstream_bytes = summary.upstream_bytes,
+                "connection closed"
+            )
+        };
+    }
     span.in_scope(|| {
-        tracing::info!(
-            reason = %summary.reason,
-            duration_ms = started.elapsed().as_millis() as u64,
-            client_msgs = summary.client_msgs,
-            client_bytes = summary.client_bytes,
-            upstream_msgs = summary.upstream_msgs,
-            upstream_bytes = summary.upstream_bytes,
-            "connection closed"
-        )
+        if probe {
+            closed!(tracing::Level::DEBUG)
+        } else {
+            closed!(tracing::Level::INFO)
+        }
     });
 }
 
@@ -272,8 +286,14 @@ async fn open(
     };
     // The dial (a TLS handshake, perhaps) and the after-INFO TLS upgrade are boxed: awaited
     // in place, their large states would size this future, and so every idle session.
+    let mut shutdown = env.shutdown.clone();
     let dialled = tokio::select! {
         biased;
+        // A shutdown closes at once: it does not wait for a dial (up to the connect timeout
+        // per URL) whose session it would close anyway.
+        () = crate::edge::until_stopped(&mut shutdown) => {
+            return Err(SessionTotals::early(CloseReason::Shutdown));
+        }
         dialled = Box::pin(upstream::dial_any(&env.upstream, Some(origin))) => dialled,
         () = left_before_speaking(&client) => {
             // A load balancer's TCP probe, or a client that gave up on a slow upstream: no
