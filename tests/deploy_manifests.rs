@@ -176,54 +176,12 @@ fn configmap_toml(manifest: &str) -> Option<String> {
     Some(body.join("\n") + "\n")
 }
 
-const OPS_BEGIN: &str = "# --- BEGIN operations keys";
-const OPS_END: &str = "# --- END operations keys";
-
-/// Whether this build's configuration knows the top-level table `[name]`: an empty one is
-/// refused as an unknown field when it does not.
-fn config_knows_table(name: &str) -> bool {
-    let probe = format!("[upstream]\nurls = [\"nats://127.0.0.1:4222\"]\n[{name}]\n");
-    match nats_edge::config::Config::from_toml_str(&probe) {
-        Ok(_) => true,
-        Err(e) => !e.to_string().contains(&format!("found `{name}`")),
-    }
-}
-
-/// Whether this build's configuration knows the `[admin]` and `[drain]` tables.
-fn config_knows_operations_keys() -> bool {
-    config_knows_table("admin") && config_knows_table("drain")
-}
-
-/// The file as `nats-edge check` of this build can judge it: whole when the configuration
-/// knows `[admin]` and `[drain]`, else without the marked block that holds them.
-fn checkable(toml: &str, what: &str) -> String {
-    let begin = toml.find(OPS_BEGIN);
-    let end = toml.find(OPS_END);
-    let (Some(begin), Some(end)) = (begin, end) else {
-        panic!("{what}: no `{OPS_BEGIN}` ... `{OPS_END}` block with [admin] and [drain]");
-    };
-    assert!(
-        begin < end,
-        "{what}: the operations block ends before it begins"
-    );
-    let block = &toml[begin..end];
-    assert!(
-        block.contains("[admin]") && block.contains("[drain]"),
-        "{what}: [admin] and [drain] belong inside the marked block"
-    );
-    if config_knows_operations_keys() {
-        return toml.to_string();
-    }
-    let end_of_line = toml[end..].find('\n').map_or(toml.len(), |i| end + i + 1);
-    format!("{}{}", &toml[..begin], &toml[end_of_line..])
-}
-
 /// Runs `nats-edge check -c <file>` with no `NATS_EDGE_*` variables from the caller's
 /// environment, so only the file is judged.
 fn assert_check_passes(toml: &str, what: &str) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("nats-edge.toml");
-    std::fs::write(&file, checkable(toml, what)).unwrap();
+    std::fs::write(&file, toml).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nats-edge"));
     cmd.arg("check").arg("-c").arg(&file);
     for (key, _) in std::env::vars_os() {
@@ -253,12 +211,6 @@ fn configmap_configs() -> Vec<(PathBuf, String)> {
             configmap_toml(&text).map(|toml| (path, toml))
         })
         .collect()
-}
-
-#[test]
-fn table_detection_tells_known_from_unknown() {
-    assert!(config_knows_table("limits"));
-    assert!(!config_knows_table("no_such_table"));
 }
 
 #[test]
