@@ -752,6 +752,38 @@ async fn max_subscriptions_matches_nats_server() {
     );
 }
 
+/// A SUB that nats-server's own permissions refuse, and behind it, before its refusal, a SUB
+/// reusing its sid: nats-server checks permissions first, so the second SUB is the
+/// subscription, and it counts toward the limit. Sent to nats-server with its own limit and
+/// through the edge's limit (nats-server behind it with the same permissions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sid_reused_behind_a_refused_sub_counts_like_nats_server() {
+    let users = "authorization { users = [ { user: u, password: p, \
+                 permissions: { subscribe: { deny: [\"bar\"] } } } ] }\n";
+    let bytes = b"CONNECT {\"user\":\"u\",\"pass\":\"p\",\"verbose\":false,\"pedantic\":false}\r\n\
+                  SUB bar 1\r\nSUB foo 1\r\nSUB x 2\r\nSUB y 3\r\n";
+    let limited = NatsServer::start_with_config(&format!("{users}max_subscriptions: 2\n"));
+    let (mut direct, _) = RawConn::connect_info(limited.addr()).await;
+    let expected = direct.roundtrip(bytes).await;
+    assert_eq!(
+        show(&expected.bytes),
+        show(
+            b"-ERR 'Permissions Violation for Subscription to \"bar\"'\r\n\
+              -ERR 'maximum subscriptions exceeded'\r\n"
+        ),
+        "nats-server's behaviour changed"
+    );
+
+    let server = NatsServer::start_with_config(users);
+    let edge = start_edge(&[server.url()], "[limits]\nmax_subscriptions = 2").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let got = raw.roundtrip(bytes).await;
+    assert_eq!(
+        (show(&got.bytes), got.closed),
+        (show(&expected.bytes), expected.closed)
+    );
+}
+
 /// At the limit nats-server refuses every SUB before looking at its sid or subject: one that
 /// reuses a live sid, and one with an invalid subject, get the same error; below it, the
 /// invalid subject is nats-server's `Invalid Subject`. The edge's limit answers alike.

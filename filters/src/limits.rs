@@ -137,8 +137,18 @@ impl Filter for Limits {
                     return Verdict::error(errors::MAX_SUBSCRIPTIONS_EXCEEDED);
                 }
                 // Below it, an invalid subject is the upstream's to refuse ('Invalid
-                // Subject') and never becomes a subscription; a reused sid is the one it has.
-                if !subject::is_valid_subject(&sub.subject) || self.subs.contains_key(&sub.sid) {
+                // Subject') and never becomes a subscription.
+                if !subject::is_valid_subject(&sub.subject) {
+                    return Verdict::Forward;
+                }
+                if self.subs.contains_key(&sub.sid) {
+                    // A reused sid is the subscription it names, once the upstream has taken
+                    // the SUB that made it. Until then the upstream may still refuse that
+                    // SUB (its own permissions), and this one would be the subscription: it
+                    // waits for the upstream to catch up, or it would go uncounted.
+                    if !ctx.upstream_caught_up {
+                        return Verdict::Defer;
+                    }
                     return Verdict::Forward;
                 }
                 let sid = Bytes::copy_from_slice(&sub.sid);
@@ -279,9 +289,17 @@ mod tests {
         assert_eq!(f.on_client_op(&mut sub("1"), &mut ctx), Verdict::Forward);
         assert_eq!(
             f.on_client_op(&mut sub("1"), &mut ctx),
+            Verdict::Defer,
+            "same sid, before the upstream has taken the first"
+        );
+        ctx.upstream_caught_up = true;
+        assert_eq!(
+            f.on_client_op(&mut sub("1"), &mut ctx),
             Verdict::Forward,
             "same sid"
         );
+        assert_eq!(f.subscriptions(), 1);
+        ctx.upstream_caught_up = false;
         assert_eq!(f.on_client_op(&mut sub("2"), &mut ctx), Verdict::Forward);
         assert_eq!(
             f.on_client_op(&mut sub("3"), &mut ctx),
@@ -345,6 +363,35 @@ mod tests {
         assert_eq!(
             refusal(r#"Permissions Violation for Subscription to "foo" (sid "2")"#),
             Vec::<Bytes>::new()
+        );
+    }
+
+    /// `SUB bar 1` that the upstream will refuse, then `SUB foo 1` before its answer: the
+    /// second waits, and once the refusal has freed the sid it is the subscription counted.
+    /// Counted as a reuse, it would leave a subscription upstream the limit never saw.
+    #[test]
+    fn a_sid_reused_before_the_upstream_refused_its_sub_is_counted() {
+        let mut ctx = ctx();
+        let mut f = Limits::new(LimitsConfig {
+            max_subscriptions: Some(1),
+            ..LimitsConfig::default()
+        });
+        let mut bar = ClientOp::Sub(Sub {
+            subject: Bytes::from_static(b"bar"),
+            queue: None,
+            sid: Bytes::from_static(b"1"),
+        });
+        assert_eq!(f.on_client_op(&mut bar, &mut ctx), Verdict::Forward);
+        assert_eq!(f.on_client_op(&mut sub("1"), &mut ctx), Verdict::Defer);
+        let mut refused =
+            ServerOp::Err(r#"Permissions Violation for Subscription to "bar""#.into());
+        f.on_server_op(&mut refused, &mut ctx);
+        ctx.upstream_caught_up = true;
+        assert_eq!(f.on_client_op(&mut sub("1"), &mut ctx), Verdict::Forward);
+        assert_eq!(f.subscriptions(), 1);
+        assert_eq!(
+            f.on_client_op(&mut sub("2"), &mut ctx),
+            Verdict::error(errors::MAX_SUBSCRIPTIONS_EXCEEDED)
         );
     }
 }

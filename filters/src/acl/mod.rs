@@ -620,6 +620,11 @@ impl AclFilter {
                 self.recount_needs();
                 self.refresh_interest();
             }
+            // The subscription the sid names, once the upstream has taken the SUB that made
+            // it. Until then the upstream may still refuse that SUB (its own permissions),
+            // and this one would be the subscription: it waits for the upstream to catch up,
+            // so the entry holds the subject the upstream has.
+            Entry::Occupied(_) if !ctx.upstream_caught_up => return Verdict::Defer,
             Entry::Occupied(_) => {}
             // An invalid subject never becomes a subscription: the upstream refuses it.
             Entry::Vacant(_) if !crate::subject::is_valid_subject(&sub.subject) => {}
