@@ -139,8 +139,8 @@ impl FilterFactory for RewriteFactory {
 pub struct Rewrite {
     rules: Arc<RewriteRules>,
     events: Arc<dyn Events>,
-    /// A rule may apply to the session, or a subscription it made was mapped: its ops are
-    /// looked at.
+    /// A rule may apply to the session (its set, once its CONNECT names the user), or a
+    /// subscription it made was mapped, or a reply token stands: its ops are looked at.
     active: bool,
     /// Rule sets are configured: a session that is not active still records its
     /// subscriptions, as unmapped, so that a reload giving its listener rules does not map
@@ -249,6 +249,14 @@ impl Rewrite {
             .map(|(set, _)| set.clone());
         self.resolved = Some((user.cloned(), set));
     }
+
+    /// Whether the session's ops need looking at, once its set is known: it has one, or
+    /// what an earlier set did (mapped subscriptions, reply tokens) still stands.
+    fn applies(&self) -> bool {
+        matches!(self.resolved, Some((_, Some(_))))
+            || self.subscriptions.any_mapped()
+            || !self.replies.is_empty()
+    }
 }
 
 impl Filter for Rewrite {
@@ -257,8 +265,10 @@ impl Filter for Rewrite {
     }
 
     fn interest(&self) -> Interest {
+        // The CONNECT names the user, whose set may differ from the listener's.
         if self.active {
             Interest::of(&[
+                OpKind::Connect,
                 OpKind::Pub,
                 OpKind::Sub,
                 OpKind::Unsub,
@@ -266,7 +276,7 @@ impl Filter for Rewrite {
                 OpKind::ServerErr,
             ])
         } else if self.rewriting {
-            Interest::of(&[OpKind::Sub, OpKind::Unsub])
+            Interest::of(&[OpKind::Connect, OpKind::Sub, OpKind::Unsub])
         } else {
             Interest::NONE
         }
@@ -286,13 +296,21 @@ impl Filter for Rewrite {
         self.rewriting = !loaded.config.sets.is_empty();
         // A listener that lost its rules: the subscriptions they mapped still exist at the
         // upstream under the mapped subjects, and their deliveries still map back.
-        self.active =
-            loaded.config.may_apply(&ctx.conn.listener) || self.subscriptions.any_mapped();
+        self.active = loaded.config.may_apply(&ctx.conn.listener) && {
+            self.resolve(ctx);
+            self.applies()
+        } || self.subscriptions.any_mapped();
         Reloaded::default()
     }
 
     fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {
         self.resolve(ctx);
+        if let ClientOp::Connect(_) = op {
+            // The user is known now: a session no set applies to (only other users have
+            // sets) keeps its messages on the fast path.
+            self.active = self.applies();
+            return Verdict::Forward;
+        }
         let set = match &self.resolved {
             Some((_, Some(set))) => Some(set),
             _ => None,

@@ -619,6 +619,7 @@ fn per_user_sets_apply_once_the_identity_is_known() {
     assert_eq!(
         f.interest(),
         Interest::of(&[
+            OpKind::Connect,
             OpKind::Pub,
             OpKind::Sub,
             OpKind::Unsub,
@@ -638,6 +639,34 @@ fn per_user_sets_apply_once_the_identity_is_known() {
         method: crate::AuthMethod::Password,
     });
     assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+}
+
+/// A session whose CONNECT names a user without a set (only other users have one) keeps
+/// its messages on the fast path: only its SUB and UNSUB are recorded, and a later CONNECT
+/// naming a user with a set brings the rest back.
+#[test]
+fn a_user_without_a_set_costs_no_look_at_messages() {
+    let (mut f, mut ctx) = filter_for("tenant-mount", &[("alice", "tenant-mount")]);
+    let mut connect = ClientOp::Connect(Box::default());
+    ctx.identity = Some(crate::Identity {
+        user: Some("bob".into()),
+        method: crate::AuthMethod::Password,
+    });
+    assert_eq!(f.on_client_op(&mut connect, &mut ctx), Verdict::Forward);
+    assert_eq!(
+        f.interest(),
+        Interest::of(&[OpKind::Connect, OpKind::Sub, OpKind::Unsub])
+    );
+    ctx.identity = Some(crate::Identity {
+        user: Some("alice".into()),
+        method: crate::AuthMethod::Password,
+    });
+    f.on_client_op(&mut connect, &mut ctx);
+    assert!(f.interest().contains(OpKind::Msg));
+    assert_eq!(
+        f.on_client_op(&mut publish("orders.new", None), &mut ctx),
+        Verdict::Changed
+    );
 }
 
 #[test]
@@ -674,7 +703,10 @@ fn a_listener_that_loses_or_gains_rules_keeps_its_subscriptions_mapping() {
     assert_eq!(delivered_as(&mut f, &mut ctx, "x.a.1", "1"), "a.1");
 
     let (mut g, mut ctx) = mount.session();
-    assert_eq!(g.interest(), Interest::of(&[OpKind::Sub, OpKind::Unsub]));
+    assert_eq!(
+        g.interest(),
+        Interest::of(&[OpKind::Connect, OpKind::Sub, OpKind::Unsub])
+    );
     assert_eq!(
         g.on_client_op(&mut subscribe("x.a.*", "2"), &mut ctx),
         Verdict::Forward
