@@ -185,7 +185,13 @@ pub async fn accept_loop(
                     // is lost. Backing off, doubling up to a second as nats-server does,
                     // keeps the loop from spinning and the log from filling.
                     tracing::warn!(listener = %cell.name, error = %e, retry_in_ms = accept_backoff.as_millis() as u64, "accept failed");
-                    tokio::time::sleep(accept_backoff).await;
+                    let stopped = tokio::select! {
+                        () = tokio::time::sleep(accept_backoff) => false,
+                        () = crate::edge::until_stopped(&mut stop_accepting) => true,
+                    };
+                    if stopped {
+                        break;
+                    }
                     accept_backoff = (accept_backoff * 2).min(ACCEPT_MAX_SLEEP);
                 }
             },

@@ -668,6 +668,32 @@ async fn close_frames_are_answered_as_nats_server_answers_them() {
     }
 }
 
+/// A shutdown while the upstream is still being dialled for a WebSocket client closes it at
+/// once, with nats-server's close frame for a shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_during_the_dial_sends_the_close_frame() {
+    // An "upstream" that accepts and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let edge = start_edge_toml(&format!(
+        "[[listeners]]\nname = \"ws\"\nbind = \"127.0.0.1:0\"\nkind = \"ws\"\n\
+         [upstream]\nurls = [\"nats://{}\"]\nconnect_timeout = \"30s\"\n",
+        silent.local_addr().unwrap()
+    ))
+    .await;
+    let (mut ws, _) = raw_upgrade(&edge, None).await;
+    let (_dialled, _) = within("the edge's dial", silent.accept()).await.unwrap();
+    within_for(
+        std::time::Duration::from_secs(3),
+        "edge shutdown",
+        edge.shutdown(),
+    )
+    .await;
+    assert_eq!(
+        close_frame(&mut ws).await,
+        (1001, "Server Shutdown".to_string())
+    );
+}
+
 /// The close frame and its payload, skipping data frames before it.
 async fn close_frame(stream: &mut TcpStream) -> (u16, String) {
     loop {

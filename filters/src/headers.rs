@@ -21,10 +21,6 @@ pub enum HeaderError {
     NoVersion,
     #[error("header block does not end with an empty line")]
     Unterminated,
-    /// Readers part ways there: Go's `textproto` (nats.go) stops at the first empty line,
-    /// nats-server finds a field anywhere in the block.
-    #[error("header block has an empty line before its end")]
-    EmptyLine,
 }
 
 /// A parsed header block, borrowing from its bytes.
@@ -34,6 +30,10 @@ pub struct Headers<'a> {
     pub first_line: &'a [u8],
     /// Every field line without its line end, in order, as sent.
     pub lines: Vec<&'a [u8]>,
+    /// An empty line came before the block's end, where readers part ways: Go's
+    /// `textproto` (nats.go) reads no field past it, nats-server finds a field anywhere in
+    /// the block. `lines` holds the fields on both sides of it.
+    pub empty_line: bool,
 }
 
 impl<'a> Headers<'a> {
@@ -49,13 +49,20 @@ impl<'a> Headers<'a> {
             .strip_suffix(b"\r\n\r\n")
             .or_else(|| block.strip_suffix(b"\n\n"))
             .ok_or(HeaderError::Unterminated)?;
-        let fields: Vec<&[u8]> = body.split(|b| *b == b'\n').skip(1).map(trim_cr).collect();
-        if fields.iter().any(|line| line.is_empty()) {
-            return Err(HeaderError::EmptyLine);
-        }
+        let mut empty_line = false;
+        let fields = body
+            .split(|b| *b == b'\n')
+            .skip(1)
+            .map(trim_cr)
+            .filter(|line| {
+                empty_line |= line.is_empty();
+                !line.is_empty()
+            })
+            .collect();
         Ok(Headers {
             first_line,
             lines: fields,
+            empty_line,
         })
     }
 
@@ -178,14 +185,19 @@ mod tests {
             Err(HeaderError::Unterminated)
         );
         assert_eq!(Headers::parse(b""), Err(HeaderError::NoVersion));
-        // nats.go would read no field past the empty line, nats-server would.
-        assert_eq!(
-            Headers::parse(b"NATS/1.0\r\n\r\nX: 1\r\n\r\n"),
-            Err(HeaderError::EmptyLine)
+        // nats.go would read no field past the empty line, nats-server would: marked.
+        let h = Headers::parse(b"NATS/1.0\r\n\r\nX: 1\r\n\r\n").unwrap();
+        assert!(h.empty_line);
+        assert_eq!(h.get(b"X"), Some(&b"1"[..]));
+        assert!(
+            Headers::parse(b"NATS/1.0\r\nA: 1\n\nX: 1\r\n\r\n")
+                .unwrap()
+                .empty_line
         );
-        assert_eq!(
-            Headers::parse(b"NATS/1.0\r\nA: 1\n\nX: 1\r\n\r\n"),
-            Err(HeaderError::EmptyLine)
+        assert!(
+            !Headers::parse(b"NATS/1.0\r\nA: 1\r\n\r\n")
+                .unwrap()
+                .empty_line
         );
     }
 

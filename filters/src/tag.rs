@@ -406,7 +406,11 @@ impl Tag {
             let writer = match &publish.headers {
                 Some(block) => {
                     let parsed = match Headers::parse(block) {
-                        Ok(parsed) if is_plain_first_line(parsed.first_line) => parsed,
+                        Ok(parsed)
+                            if is_plain_first_line(parsed.first_line) && !parsed.empty_line =>
+                        {
+                            parsed
+                        }
                         // Not a header block nats-server or a client would read the same way
                         // as the edge: refusing is the only way tags stay unforgeable.
                         _ => {

@@ -534,11 +534,12 @@ fn scan_general(
     // Blanks after the verb count too (all but one), so a line of endless blanks is bounded
     // like any other, and a line is judged the same however the reads split it.
     let counted_from = (verb_len + 1).min(args_start);
-    // nats-server takes the first byte after the blanks as the start of a JSON argument,
-    // whatever it is: `CONNECT\n{}\r\n` is a CONNECT whose JSON is `\n{}`.
-    let search_from = match tail {
-        Tail::Json => (args_start + 1).min(buf.len()),
-        Tail::Args | Tail::Ignored => verb_len,
+    // nats-server takes the first byte after the blanks as the start of a client's JSON
+    // argument, whatever it is: `CONNECT\n{}\r\n` is a CONNECT whose JSON is `\n{}`. What a
+    // server sends is read as client libraries read it, a line at a time.
+    let search_from = match (tail, dir) {
+        (Tail::Json, Direction::ClientToServer) => (args_start + 1).min(buf.len()),
+        _ => verb_len,
     };
     let Some((nl, line_end)) = find_line_end(buf, search_from, tail)? else {
         if tail == Tail::Ignored {

@@ -292,6 +292,9 @@ async fn open(
         // A shutdown closes at once: it does not wait for a dial (up to the connect timeout
         // per URL) whose session it would close anyway.
         () = crate::edge::until_stopped(&mut shutdown) => {
+            // A WebSocket client still gets nats-server's close frame for a shutdown.
+            client.ending_for(CloseReason::Shutdown);
+            let _ = tokio::time::timeout(CLOSE_GRACE, client.shutdown()).await;
             return Err(SessionTotals::early(CloseReason::Shutdown));
         }
         dialled = Box::pin(upstream::dial_any(&env.upstream, Some(origin))) => dialled,

@@ -250,6 +250,15 @@ impl Rewrite {
         self.resolved = Some((user.cloned(), set));
     }
 
+    /// Deliveries are seen only while the filter is active: a change means the counts of
+    /// earlier subscriptions' deliveries are no longer known.
+    fn set_active(&mut self, active: bool) {
+        if active != self.active {
+            self.subscriptions.deliveries_unseen();
+        }
+        self.active = active;
+    }
+
     /// Whether the session's ops need looking at, once its set is known: it has one, or
     /// what an earlier set did (mapped subscriptions, reply tokens) still stands.
     fn applies(&self) -> bool {
@@ -296,10 +305,11 @@ impl Filter for Rewrite {
         self.rewriting = !loaded.config.sets.is_empty();
         // A listener that lost its rules: the subscriptions they mapped still exist at the
         // upstream under the mapped subjects, and their deliveries still map back.
-        self.active = loaded.config.may_apply(&ctx.conn.listener) && {
+        let active = loaded.config.may_apply(&ctx.conn.listener) && {
             self.resolve(ctx);
             self.applies()
         } || self.subscriptions.any_mapped();
+        self.set_active(active);
         Reloaded::default()
     }
 
@@ -308,7 +318,7 @@ impl Filter for Rewrite {
         if let ClientOp::Connect(_) = op {
             // The user is known now: a session no set applies to (only other users have
             // sets) keeps its messages on the fast path.
-            self.active = self.applies();
+            self.set_active(self.applies());
             return Verdict::Forward;
         }
         let set = match &self.resolved {
@@ -317,7 +327,8 @@ impl Filter for Rewrite {
         };
         match op {
             ClientOp::Unsub(unsub) => {
-                self.subscriptions.unsubscribed(&unsub.sid, unsub.max, set);
+                self.subscriptions
+                    .unsubscribed(&unsub.sid, unsub.max, set, self.active);
                 return Verdict::Forward;
             }
             // An invalid subject never becomes a subscription: the upstream refuses it.

@@ -93,10 +93,57 @@ pub enum RuleMap {
     /// Prefixes with their trailing dot (`orders.`), or empty for `>`.
     Mount { client: Vec<u8>, upstream: Vec<u8> },
     Regex {
-        client: Regex,
+        client: SubjectPattern,
         upstream: Vec<u8>,
-        reverse: Option<(Regex, Vec<u8>)>,
+        reverse: Option<(SubjectPattern, Vec<u8>)>,
     },
+}
+
+/// A regex rule's pattern. Subjects are bytes, as nats-server reads them, and need not be
+/// UTF-8: a subject that is UTF-8 is matched by the pattern as written (Unicode classes and
+/// all); one that is not, by the pattern compiled with Unicode off, where `.` and `[^.]` match
+/// any byte. Otherwise such a subject would slip past every regex rule unmapped. A pattern
+/// that needs Unicode (`\p{L}`, `[é]`) has no byte form and matches no such subject.
+#[derive(Debug, Clone)]
+pub struct SubjectPattern {
+    unicode: Regex,
+    bytes: Option<Regex>,
+}
+
+impl SubjectPattern {
+    fn compile(pattern: &str) -> Result<SubjectPattern, String> {
+        if !pattern.starts_with('^') || !pattern.ends_with('$') {
+            // Unanchored patterns would map part of a subject and leave the rest: refused,
+            // rather than surprising.
+            return Err(format!(
+                "`{pattern}` must be anchored with ^ and $ so it maps whole subjects"
+            ));
+        }
+        let unicode = Regex::new(pattern).map_err(|e| e.to_string())?;
+        let bytes = regex::bytes::RegexBuilder::new(pattern)
+            .unicode(false)
+            .build()
+            .ok();
+        Ok(SubjectPattern { unicode, bytes })
+    }
+
+    /// The form that matches `subject`.
+    fn for_subject(&self, subject: &[u8]) -> Option<&Regex> {
+        if std::str::from_utf8(subject).is_ok() {
+            Some(&self.unicode)
+        } else {
+            self.bytes.as_ref()
+        }
+    }
+
+    pub fn is_match(&self, subject: &[u8]) -> bool {
+        self.for_subject(subject)
+            .is_some_and(|re| re.is_match(subject))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.unicode.as_str()
+    }
 }
 
 impl Rule {
@@ -203,8 +250,8 @@ impl Mapped<'_> {
     }
 }
 
-fn expand(pattern: &Regex, template: &[u8], subject: &[u8]) -> Option<Vec<u8>> {
-    let captures = pattern.captures(subject)?;
+fn expand(pattern: &SubjectPattern, template: &[u8], subject: &[u8]) -> Option<Vec<u8>> {
+    let captures = pattern.for_subject(subject)?.captures(subject)?;
     let mut out = Vec::with_capacity(template.len() + subject.len());
     captures.expand(template, &mut out);
     Some(out)
@@ -273,15 +320,15 @@ impl RuleSet {
                     }
                 }
                 RuleKind::Regex => {
-                    let client =
-                        compile_regex(&def.client).map_err(|r| bad(format!("client: {r}")))?;
-                    check_template(&client, &def.upstream)
+                    let client = SubjectPattern::compile(&def.client)
+                        .map_err(|r| bad(format!("client: {r}")))?;
+                    check_template(&client.unicode, &def.upstream)
                         .map_err(|r| bad(format!("upstream: {r}")))?;
                     let reverse = match (&def.reverse_match, &def.reverse) {
                         (Some(pattern), Some(template)) => {
-                            let pattern = compile_regex(pattern)
+                            let pattern = SubjectPattern::compile(pattern)
                                 .map_err(|r| bad(format!("reverse_match: {r}")))?;
-                            check_template(&pattern, template)
+                            check_template(&pattern.unicode, template)
                                 .map_err(|r| bad(format!("reverse: {r}")))?;
                             Some((pattern, template.as_bytes().to_vec()))
                         }
@@ -391,23 +438,6 @@ fn mount_prefix(pattern: &str) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(prefix.to_vec())
-}
-
-fn compile_regex(pattern: &str) -> Result<Regex, String> {
-    if !pattern.starts_with('^') || !pattern.ends_with('$') {
-        // Unanchored patterns would map part of a subject and leave the rest: refused,
-        // rather than surprising.
-        return Err(format!(
-            "`{pattern}` must be anchored with ^ and $ so it maps whole subjects"
-        ));
-    }
-    // Subjects are bytes, as nats-server reads them, and need not be UTF-8: in Unicode mode
-    // `.` and `[^.]` would match no byte of a subject that is not, and such a subject would
-    // slip past every regex rule unmapped.
-    regex::bytes::RegexBuilder::new(pattern)
-        .unicode(false)
-        .build()
-        .map_err(|e| e.to_string())
 }
 
 /// Every `$n` / `${n}` / `$name` in the template names a group of the pattern.

@@ -116,17 +116,20 @@ impl SubscriptionSets {
     /// session's `current` set goes now (its last deliveries map back with that set all the
     /// same); one made with an earlier set stays, marked as maybe ended, so that its last
     /// deliveries still map back with its own set, until a SUB reuses the sid.
+    /// `watched`: the filter sees deliveries now; an UNSUB while it does not cannot know
+    /// its count.
     pub(super) fn unsubscribed(
         &mut self,
         sid: &[u8],
         max: Option<u64>,
         current: Option<&Arc<RuleSet>>,
+        watched: bool,
     ) {
         let unlooked = self.unlooked;
         let Some(entry) = self.by_sid.get_mut(sid) else {
             return;
         };
-        let counted = entry.unlooked_at == unlooked;
+        let counted = watched && entry.unlooked_at == unlooked;
         match max {
             Some(max) if counted && max > entry.delivered => {
                 if entry.max.replace(max).is_none() {
@@ -147,6 +150,12 @@ impl SubscriptionSets {
             }
             _ => self.forget(sid),
         }
+    }
+
+    /// Deliveries start or stop being seen (the filter's interest changed): no entry made
+    /// before knows its count from here on.
+    pub(super) fn deliveries_unseen(&mut self) {
+        self.unlooked = self.unlooked.wrapping_add(1);
     }
 
     /// Some subscription recorded was mapped by a set.

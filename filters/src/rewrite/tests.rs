@@ -100,6 +100,18 @@ fn regex_rules_use_captures_and_their_reverse() {
     assert_eq!(mapped.as_deref(), Some(&b"devices.\xff.t\xc3\xa9"[..]));
     let back = set.reverse(b"devices.\xff.t");
     assert_eq!(back.as_deref(), Some(&b"dev.\xff.t"[..]));
+    // A subject that is UTF-8 meets the pattern as written (`.` takes `é` whole); a pattern
+    // with a non-ASCII class loads, and matches no subject that is not UTF-8.
+    let words = inline(
+        "[[rule]]\nname='p'\nkind='regex'\nclient='^p\\.([a-zé]+)$'\nupstream='y.$1'\n\
+         reverse_match='^y\\.([a-zé]+)$'\nreverse='p.$1'\n\
+         [[rule]]\nname='u'\nkind='regex'\nclient='^u\\.(.)$'\nupstream='x.$1'\n\
+         reverse_match='^x\\.(.)$'\nreverse='u.$1'\n",
+    )
+    .unwrap();
+    assert_eq!(fwd(&words, "p.café").as_deref(), Some("y.café"));
+    assert_eq!(fwd(&words, "u.é").as_deref(), Some("x.é"));
+    assert!(words.forward(b"p.caf\xff", false).is_none());
 }
 
 #[test]
@@ -714,6 +726,24 @@ fn a_listener_that_loses_or_gains_rules_keeps_its_subscriptions_mapping() {
     on("public");
     g.on_reload(&ctx);
     assert_eq!(delivered_as(&mut g, &mut ctx, "x.a.1", "2"), "x.a.1");
+
+    // An auto-unsubscribe made while deliveries went unseen cannot know its count: a sid
+    // reused once the listener has rules is a new, mapped subscription.
+    on("other");
+    let (mut h, mut ctx) = mount.session();
+    h.on_client_op(&mut subscribe("b", "5"), &mut ctx);
+    let mut unsub = ClientOp::Unsub(crate::op::Unsub {
+        sid: Bytes::from_static(b"5"),
+        max: Some(1),
+    });
+    h.on_client_op(&mut unsub, &mut ctx);
+    on("public");
+    h.on_reload(&ctx);
+    assert_eq!(
+        h.on_client_op(&mut subscribe("a.*", "5"), &mut ctx),
+        Verdict::Changed
+    );
+    assert_eq!(delivered_as(&mut h, &mut ctx, "x.a.1", "5"), "a.1");
 }
 
 #[test]

@@ -210,7 +210,7 @@ impl FrameError {
     /// for a message over the limit, the 1009 nats-server sends past its own.
     fn close_frame(&self) -> (u16, String) {
         match self {
-            FrameError::TooBig(_) => (CLOSE_TOO_BIG, "Maximum Payload Exceeded".into()),
+            FrameError::TooBig(_) => (CLOSE_TOO_BIG, "Maximum Message Payload Exceeded".into()),
             FrameError::Inflate => (CLOSE_INVALID_DATA, self.to_string()),
             _ => (CLOSE_PROTOCOL_ERROR, self.to_string()),
         }
@@ -1260,7 +1260,7 @@ pub(super) mod tests {
             (
                 client_frame(true, OP_BINARY, &[b'x'; 2000], m),
                 CLOSE_TOO_BIG,
-                "Maximum Payload Exceeded",
+                "Maximum Message Payload Exceeded",
             ),
             (
                 client_frame(true, OP_PING, &[b'x'; 126], m),
