@@ -8,8 +8,9 @@
 //! subject of the edge's (`_R_.<token>`) and remembered with it in a [`ResponseTracker`];
 //! when the client publishes to that, it goes out to the reply subject it stands for. The
 //! token is the edge's, so a sender outside the mount cannot pick a reply subject that
-//! diverts the client's own publishes out of the mount. JetStream's replies (`$JS.`...)
-//! are shown as they are, since clients read the acknowledgement metadata in them.
+//! diverts the client's own publishes out of the mount. JetStream's own replies (`$JS.ACK.`,
+//! `$JS.FC.`, `$JS.SNAPSHOT.ACK.`) are shown as they are, since clients read the
+//! acknowledgement metadata in them.
 //!
 //! nats-server publishes a trace of a message to the subject in its `Nats-Trace-Dest`
 //! header: that subject is mapped like a reply subject, so the trace stays in the mount.
@@ -173,9 +174,12 @@ struct ReplyTokens {
 
 const TOKEN_PREFIX: &[u8] = b"_R_.";
 
-/// JetStream's reply subjects, shown as they are: clients read the stream, consumer and
-/// sequences of a delivery from its `$JS.ACK...` reply subject.
-const JETSTREAM_REPLY: &[u8] = b"$JS.";
+/// The reply subjects JetStream itself puts on its deliveries, shown as they are: clients
+/// read the stream, consumer and sequences of a delivery from its `$JS.ACK...` reply
+/// subject, and answer flow control and snapshot chunks there. Only these: any other `$JS.`
+/// reply (`$JS.API.STREAM.PURGE.X`, picked by a sender outside the mount) would turn the
+/// client's answer out of the mount, onto the upstream's JetStream API.
+const JETSTREAM_REPLIES: [&[u8]; 3] = [b"$JS.ACK.", b"$JS.FC.", b"$JS.SNAPSHOT.ACK."];
 
 impl ReplyTokens {
     fn new(conn_id: u64) -> Self {
@@ -588,7 +592,7 @@ fn reverse_reply(
             // client answers a token of the edge's that stands for it (a subject the
             // sender picked could be one the client publishes to on its own).
             let now = Instant::now();
-            if reply.starts_with(JETSTREAM_REPLY) {
+            if JETSTREAM_REPLIES.iter().any(|p| reply.starts_with(p)) {
                 replies.delivered_with(&reply, None, now);
             } else {
                 let token = tokens.next();

@@ -478,6 +478,18 @@ fn reply_from_outside_the_mount_is_answered_through_a_token() {
     assert_eq!(&reply_of(&msg)[..], ack.as_bytes());
     let mut answer = publish(ack, None);
     assert_eq!(f.on_client_op(&mut answer, &mut ctx), Verdict::Forward);
+    // Any other `$JS.` reply is the sender's pick: a token, so the answer cannot land on the
+    // upstream's JetStream API.
+    let mut lure = deliver("tenant.acme.svc", Some("$JS.API.STREAM.PURGE.ORDERS"));
+    f.on_server_op(&mut lure, &mut ctx);
+    assert!(
+        reply_of(&lure).starts_with(b"_R_."),
+        "{:?}",
+        reply_of(&lure)
+    );
+    let mut own = publish("$JS.API.STREAM.PURGE.ORDERS", None);
+    f.on_client_op(&mut own, &mut ctx);
+    assert_eq!(subject_of(&own), b"tenant.acme.$JS.API.STREAM.PURGE.ORDERS");
 }
 
 /// An upstream reply subject the set maps back to a client subject that goes out somewhere
