@@ -131,7 +131,7 @@ impl FilterFactory for RewriteFactory {
             tokens: ReplyTokens::new(conn.conn_id),
             arena: SubjectArena::default(),
             subscriptions: SubscriptionSets::default(),
-            answered: VecDeque::new(),
+            answered: RecentPublishes::default(),
         })
     }
 }
@@ -157,14 +157,43 @@ pub struct Rewrite {
     arena: SubjectArena,
     /// The set each live subscription was mapped with, for its deliveries.
     subscriptions: SubscriptionSets,
-    /// The latest publishes to tokens: the reply subject each went to, and the token, so
-    /// the upstream's permissions error for one names the token the client used.
-    answered: VecDeque<(Bytes, Bytes)>,
+    /// The latest publishes whose upstream subject the set does not map back (to tokens,
+    /// through publish-only rules): the subject each went to, and the client's, so the
+    /// upstream's permissions error or no-responders status for one names the subject the
+    /// client used.
+    answered: RecentPublishes,
 }
 
-/// How many publishes to tokens [`Rewrite::answered`] keeps: nats-server answers a refused
-/// publish at once, so its error follows the publish closely.
+/// How many publishes [`Rewrite::answered`] keeps: nats-server answers a refused publish,
+/// or a request no one listens to, at once, so its answer follows the publish closely.
 const RECENT_ANSWERS: usize = 16;
+
+#[derive(Default)]
+struct RecentPublishes(VecDeque<(Bytes, Bytes)>);
+
+impl RecentPublishes {
+    /// A publish to `client` went upstream to `upstream`; a run of publishes to one subject
+    /// is kept once.
+    fn remember(&mut self, upstream: &Bytes, client: &[u8]) {
+        if self.0.back().is_some_and(|(last, _)| last == upstream) {
+            return;
+        }
+        if self.0.len() == RECENT_ANSWERS {
+            self.0.pop_front();
+        }
+        self.0
+            .push_back((upstream.clone(), Bytes::copy_from_slice(client)));
+    }
+
+    /// The client's subject for the latest publish that went upstream to `upstream`.
+    fn client_subject(&self, upstream: &[u8]) -> Option<Vec<u8>> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(up, _)| up[..] == *upstream)
+            .map(|(_, client)| client.to_vec())
+    }
+}
 
 /// The subjects that stand for reply subjects from outside the mount: `_R_.` and 16 hex
 /// digits, counted up from a random start per session.
@@ -366,26 +395,21 @@ impl Filter for Rewrite {
                     // An answer to a reply subject from outside the mount, under the
                     // edge's token for it.
                     Some(Some(upstream)) => {
-                        // Answered again (a consumer's acks, progress): kept once.
-                        let again = self
-                            .answered
-                            .back()
-                            .is_some_and(|(last, _)| *last == upstream);
-                        if !again {
-                            if self.answered.len() == RECENT_ANSWERS {
-                                self.answered.pop_front();
-                            }
-                            let token = Bytes::copy_from_slice(&publish.subject);
-                            self.answered.push_back((upstream.clone(), token));
-                        }
+                        self.answered.remember(&upstream, &publish.subject);
                         publish.subject = upstream;
                         changed = true;
                     }
                     // An answer to a reply subject shown as it is: it goes out as it is.
                     Some(None) => {}
                     None => {
-                        if let Some((_, mapped)) = set.forward_mapped(&publish.subject, true) {
-                            publish.subject = self.arena.build(&publish.subject, mapped);
+                        if let Some((rule, mapped)) = set.forward_mapped(&publish.subject, true) {
+                            let mapped = self.arena.build(&publish.subject, mapped);
+                            if rule.publish_only {
+                                // No reverse: the upstream's answer about it is mapped back
+                                // from here.
+                                self.answered.remember(&mapped, &publish.subject);
+                            }
+                            publish.subject = mapped;
                             changed = true;
                         }
                     }
@@ -475,19 +499,16 @@ impl Filter for Rewrite {
                 let Some(set) = set else {
                     return Verdict::Forward;
                 };
-                // A publish to a token stands for a reply subject from outside the mount:
-                // the error names that subject, which the client never saw.
+                // A publish to a token stands for a reply subject from outside the mount, and
+                // one through a publish-only rule has no reverse: the error names the
+                // subject the client used.
                 let answered = &self.answered;
                 let publish = text.starts_with("Permissions Violation for Publish to ");
                 let back_of = |subject: &[u8]| {
-                    set.reverse(subject).or_else(|| {
-                        answered
-                            .iter()
-                            .filter(|_| publish)
-                            .rev()
-                            .find(|(upstream, _)| upstream[..] == *subject)
-                            .map(|(_, token)| token.to_vec())
-                    })
+                    publish
+                        .then(|| answered.client_subject(subject))
+                        .flatten()
+                        .or_else(|| set.reverse(subject))
                 };
                 return match reverse_permissions_error(text, back_of) {
                     Some(back) => {
@@ -526,6 +547,7 @@ impl Filter for Rewrite {
                 &mut self.replies,
                 &mut self.tokens,
                 &mut self.arena,
+                &self.answered,
             );
         }
         if changed {
@@ -576,6 +598,7 @@ fn reverse_reply(
     replies: &mut ResponseTracker<Option<Bytes>>,
     tokens: &mut ReplyTokens,
     arena: &mut SubjectArena,
+    answered: &RecentPublishes,
 ) -> bool {
     let mut changed = false;
     if let Some(reply) = msg.reply.clone() {
@@ -604,7 +627,7 @@ fn reverse_reply(
     }
     if let Some(block) = &msg.headers {
         if msg.payload.is_empty() && block.starts_with(b"NATS/1.0 503") {
-            if let Some(rebuilt) = reverse_status_subject(block, set) {
+            if let Some(rebuilt) = reverse_status_subject(block, set, answered) {
                 msg.headers = Some(rebuilt);
                 changed = true;
             }
@@ -675,11 +698,18 @@ fn may_name_trace_destination(block: &[u8]) -> bool {
 }
 
 /// The 503 no-responders status names the request subject in `Nats-Subject`, in the
-/// upstream's view: map it back.
-fn reverse_status_subject(block: &[u8], set: &RuleSet) -> Option<Bytes> {
+/// upstream's view: map it back, by the request's own mapping when the set has no reverse
+/// for it (a token, a publish-only rule).
+fn reverse_status_subject(
+    block: &[u8],
+    set: &RuleSet,
+    answered: &RecentPublishes,
+) -> Option<Bytes> {
     let parsed = Headers::parse(block).ok()?;
     let subject = parsed.get(b"Nats-Subject")?;
-    let back = set.reverse(subject)?;
+    let back = answered
+        .client_subject(subject)
+        .or_else(|| set.reverse(subject))?;
     let mut writer = HeaderWriter::new(parsed.first_line);
     for line in &parsed.lines {
         match headers::split_field(line) {

@@ -637,6 +637,41 @@ fn no_responders_status_names_the_client_subject() {
     );
 }
 
+/// A request through a publish-only rule has no reverse: the no-responders status and a
+/// permissions error about it name the subject the client used, from the request's own
+/// mapping.
+#[test]
+fn answers_about_a_publish_only_request_name_the_client_subject() {
+    let (mut f, mut ctx) = filter_for("regex-devices", &[]);
+    let mut request = publish("metrics.web1", Some("_INBOX.a.1"));
+    assert_eq!(f.on_client_op(&mut request, &mut ctx), Verdict::Changed);
+    assert_eq!(subject_of(&request), b"telemetry.web1.metrics");
+    let mut status = ServerOp::Msg(Msg {
+        subject: Bytes::from_static(b"_INBOX.a.1"),
+        sid: Bytes::from_static(b"1"),
+        reply: None,
+        headers: Some(Bytes::from_static(
+            b"NATS/1.0 503\r\nNats-Subject: telemetry.web1.metrics\r\n\r\n",
+        )),
+        payload: Bytes::new(),
+    });
+    assert_eq!(f.on_server_op(&mut status, &mut ctx), Verdict::Changed);
+    let ServerOp::Msg(m) = &status else {
+        unreachable!()
+    };
+    assert_eq!(
+        m.headers.as_deref(),
+        Some(&b"NATS/1.0 503\r\nNats-Subject: metrics.web1\r\n\r\n"[..])
+    );
+    let mut refused =
+        ServerOp::Err(r#"Permissions Violation for Publish to "telemetry.web1.metrics""#.into());
+    assert_eq!(f.on_server_op(&mut refused, &mut ctx), Verdict::Changed);
+    assert_eq!(
+        refused,
+        ServerOp::Err(r#"Permissions Violation for Publish to "metrics.web1""#.into())
+    );
+}
+
 #[test]
 fn per_user_sets_apply_once_the_identity_is_known() {
     let (mut f, mut ctx) = filter_for("tenant-mount", &[("alice", "tenant-mount")]);
