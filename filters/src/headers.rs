@@ -30,6 +30,10 @@ pub struct Headers<'a> {
     pub first_line: &'a [u8],
     /// Every field line without its line end, in order, as sent.
     pub lines: Vec<&'a [u8]>,
+    /// Every line after the first without its line end, in order, empty ones too: what a
+    /// block rebuilt with one field changed writes back, so that readers who stop at an
+    /// empty line still stop there.
+    pub all_lines: Vec<&'a [u8]>,
     /// An empty line came before the block's end, where readers part ways: Go's
     /// `textproto` (nats.go) reads no field past it, nats-server finds a field anywhere in
     /// the block. `lines` holds the fields on both sides of it.
@@ -49,20 +53,17 @@ impl<'a> Headers<'a> {
             .strip_suffix(b"\r\n\r\n")
             .or_else(|| block.strip_suffix(b"\n\n"))
             .ok_or(HeaderError::Unterminated)?;
-        let mut empty_line = false;
-        let fields = body
-            .split(|b| *b == b'\n')
-            .skip(1)
-            .map(trim_cr)
-            .filter(|line| {
-                empty_line |= line.is_empty();
-                !line.is_empty()
-            })
+        let all_lines: Vec<&[u8]> = body.split(|b| *b == b'\n').skip(1).map(trim_cr).collect();
+        let fields: Vec<&[u8]> = all_lines
+            .iter()
+            .copied()
+            .filter(|line| !line.is_empty())
             .collect();
         Ok(Headers {
             first_line,
+            empty_line: fields.len() != all_lines.len(),
             lines: fields,
-            empty_line,
+            all_lines,
         })
     }
 

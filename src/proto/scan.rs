@@ -536,7 +536,9 @@ fn scan_general(
     let counted_from = (verb_len + 1).min(args_start);
     // nats-server takes the first byte after the blanks as the start of a client's JSON
     // argument, whatever it is: `CONNECT\n{}\r\n` is a CONNECT whose JSON is `\n{}`. What a
-    // server sends is read as client libraries read it, a line at a time.
+    // server sends ends at its first newline: client libraries differ there (nats.go reads
+    // as nats-server does, others a line at a time), and nats-server never sends a newline
+    // first, so the edge keeps every op it forwards to one line.
     let search_from = match (tail, dir) {
         (Tail::Json, Direction::ClientToServer) => (args_start + 1).min(buf.len()),
         _ => verb_len,

@@ -384,8 +384,9 @@ fn connect_json_errors_are_silent_closes() {
     }
 }
 
-/// nats-server reads a JSON argument from the first byte after the verb's blanks, even a
-/// newline: `CONNECT` then the JSON on the next line is a CONNECT.
+/// nats-server reads a client's JSON argument from the first byte after the verb's blanks,
+/// even a newline: `CONNECT` then the JSON on the next line is a CONNECT. What the server
+/// sends ends at its first newline, so every op the edge forwards to a client is one line.
 #[test]
 fn a_connect_whose_json_starts_on_the_next_line() {
     let stream = b"CONNECT\n{\"verbose\":false}\r\nPING\r\n";
@@ -394,6 +395,8 @@ fn a_connect_whose_json_starts_on_the_next_line() {
     let frame = scan(stream, C, &LIMITS).unwrap().unwrap();
     let op = build_client_op(&Bytes::copy_from_slice(stream), &frame).unwrap();
     assert!(matches!(op, ClientOp::Connect(c) if !c.is_verbose()));
+    let frame = scan(b"INFO\nPONG\r\n", S, &LIMITS).unwrap().unwrap();
+    assert_eq!(frame.len, 5);
 }
 
 #[test]

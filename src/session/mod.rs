@@ -295,6 +295,7 @@ async fn open(
             // A WebSocket client still gets nats-server's close frame for a shutdown.
             client.ending_for(CloseReason::Shutdown);
             let _ = tokio::time::timeout(CLOSE_GRACE, client.shutdown()).await;
+            linger(&mut client).await;
             return Err(SessionTotals::early(CloseReason::Shutdown));
         }
         dialled = Box::pin(upstream::dial_any(&env.upstream, Some(origin))) => dialled,

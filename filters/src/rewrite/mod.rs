@@ -173,16 +173,31 @@ struct RecentPublishes(VecDeque<(Bytes, Bytes)>);
 
 impl RecentPublishes {
     /// A publish to `client` went upstream to `upstream`; a run of publishes to one subject
-    /// is kept once.
-    fn remember(&mut self, upstream: &Bytes, client: &[u8]) {
-        if self.0.back().is_some_and(|(last, _)| last == upstream) {
+    /// is kept once. Both are copied: a mapped subject is a slice of a buffer (the session's
+    /// subject arena, the read buffer) that it must not hold on to.
+    fn remember(&mut self, upstream: &[u8], client: &[u8]) {
+        let repeated = self
+            .0
+            .back()
+            .is_some_and(|(up, c)| up[..] == *upstream && c[..] == *client);
+        if repeated {
             return;
         }
         if self.0.len() == RECENT_ANSWERS {
             self.0.pop_front();
         }
-        self.0
-            .push_back((upstream.clone(), Bytes::copy_from_slice(client)));
+        self.0.push_back((
+            Bytes::copy_from_slice(upstream),
+            Bytes::copy_from_slice(client),
+        ));
+    }
+
+    /// A publish that maps back went upstream to `upstream`: an older entry for that subject
+    /// would name the wrong one.
+    fn forget(&mut self, upstream: &[u8]) {
+        if !self.0.is_empty() {
+            self.0.retain(|(up, _)| up[..] != *upstream);
+        }
     }
 
     /// The client's subject for the latest publish that went upstream to `upstream`.
@@ -408,6 +423,8 @@ impl Filter for Rewrite {
                                 // No reverse: the upstream's answer about it is mapped back
                                 // from here.
                                 self.answered.remember(&mapped, &publish.subject);
+                            } else {
+                                self.answered.forget(&mapped);
                             }
                             publish.subject = mapped;
                             changed = true;
@@ -670,7 +687,7 @@ fn map_trace_destination(block: &Bytes, set: &RuleSet) -> Result<Option<Bytes>, 
     let parsed = Headers::parse(block).map_err(|_| ())?;
     let mut writer = HeaderWriter::new(parsed.first_line);
     let mut changed = false;
-    for line in &parsed.lines {
+    for line in &parsed.all_lines {
         let mapped = headers::split_field(line)
             .filter(|(name, _)| name.eq_ignore_ascii_case(TRACE_DEST))
             .and_then(|(name, value)| Some((name, set.forward(value, false)?.1)));
@@ -711,7 +728,7 @@ fn reverse_status_subject(
         .client_subject(subject)
         .or_else(|| set.reverse(subject))?;
     let mut writer = HeaderWriter::new(parsed.first_line);
-    for line in &parsed.lines {
+    for line in &parsed.all_lines {
         match headers::split_field(line) {
             Some((name, _)) if name.eq_ignore_ascii_case(b"Nats-Subject") => {
                 writer.field(name, &back)

@@ -102,8 +102,9 @@ pub enum RuleMap {
 /// A regex rule's pattern. Subjects are bytes, as nats-server reads them, and need not be
 /// UTF-8: a subject that is UTF-8 is matched by the pattern as written (Unicode classes and
 /// all); one that is not, by the pattern compiled with Unicode off, where `.` and `[^.]` match
-/// any byte. Otherwise such a subject would slip past every regex rule unmapped. A pattern
-/// that needs Unicode (`\p{L}`, `[é]`) has no byte form and matches no such subject.
+/// any byte (and `\w` is ASCII). Otherwise such a subject would slip past every regex rule
+/// unmapped. A pattern with a construct that exists only in Unicode (`\p{L}`, `[é]`) has no
+/// byte form and matches no such subject.
 #[derive(Debug, Clone)]
 pub struct SubjectPattern {
     unicode: Regex,

@@ -111,6 +111,17 @@ fn regex_rules_use_captures_and_their_reverse() {
     .unwrap();
     assert_eq!(fwd(&words, "p.café").as_deref(), Some("y.café"));
     assert_eq!(fwd(&words, "u.é").as_deref(), Some("x.é"));
+    // Unicode classes and case folding mean the same in every build.
+    let unicode = inline(
+        "[[rule]]\nname='w'\nkind='regex'\nclient='^w\\.(\\w+)$'\nupstream='x.$1'\n\
+         reverse_match='^x\\.(\\w+)$'\nreverse='w.$1'\n\
+         [[rule]]\nname='m'\nkind='regex'\nclient='^(?i)m\\.(.+)$'\nupstream='metrics.$1'\n\
+         publish_only=true\n",
+    )
+    .unwrap();
+    assert_eq!(fwd(&unicode, "w.café").as_deref(), Some("x.café"));
+    let published = unicode.forward("M.é".as_bytes(), true).map(|(_, m)| m);
+    assert_eq!(published.as_deref(), Some("metrics.é".as_bytes()));
     assert!(words.forward(b"p.caf\xff", false).is_none());
 }
 
@@ -549,6 +560,21 @@ fn trace_destinations_are_mapped_into_the_mount() {
             &b"NATS/1.0\r\nA: 1\r\nNats-Trace-Dest: tenant.acme.trace.out\r\n\
                nats-trace-dest: tenant.acme.x\r\n\r\n"[..]
         )
+    );
+    // nats-server finds the destination past an empty line too; the empty line stays where
+    // it was, so a reader that stops there still sees no field after it.
+    let mut op = hpub(
+        "orders.new",
+        b"NATS/1.0\r\nA: 1\r\n\r\nNats-Trace-Dest: trace.out\r\n\r\n",
+        b"p",
+    );
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+    let ClientOp::Pub(p) = &op else {
+        unreachable!()
+    };
+    assert_eq!(
+        p.headers.as_deref(),
+        Some(&b"NATS/1.0\r\nA: 1\r\n\r\nNats-Trace-Dest: tenant.acme.trace.out\r\n\r\n"[..])
     );
     // A block the edge cannot read, in which nats-server may find one, is refused.
     let mut op = hpub(
@@ -1030,4 +1056,19 @@ fn jetstream_acks_pass_without_being_remembered() {
     );
     f.on_server_op(&mut msg, &mut ctx);
     assert_eq!(&reply_of(&msg)[..], b"$JS.ACK.ORDERS.worker.1.6.6.1.0");
+}
+
+/// Publishes whose upstream subject does not map back: two client subjects that went to one
+/// upstream subject are both kept (the latest answers), a run to one is kept once, and a
+/// publish that maps back forgets the subject.
+#[test]
+fn recent_publishes_name_the_latest_client_subject() {
+    let mut recent = super::RecentPublishes::default();
+    recent.remember(b"x.1", b"a.1");
+    recent.remember(b"x.1", b"a.1");
+    recent.remember(b"x.1", b"b.1");
+    assert_eq!(recent.client_subject(b"x.1").as_deref(), Some(&b"b.1"[..]));
+    assert_eq!(recent.0.len(), 2);
+    recent.forget(b"x.1");
+    assert_eq!(recent.client_subject(b"x.1"), None);
 }
