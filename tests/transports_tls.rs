@@ -47,6 +47,17 @@ async fn tls_client(
     within("async-nats TLS connect", options.connect(tls_url(edge))).await
 }
 
+/// async-nats over classic TLS, trusting `ca`.
+async fn classic_tls_client(
+    edge: &Edge,
+    ca: &Ca,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let options = client_options()
+        .add_root_certificates(ca.cert.clone())
+        .require_tls(true);
+    tls_client(edge, options).await
+}
+
 /// A client that starts with the TLS handshake gets an INFO saying TLS is required, and a
 /// PONG for its CONNECT and PING.
 async fn tls_first_client_is_served(edge: &Edge, ca: &Ca) {
@@ -86,14 +97,9 @@ async fn classic_tls_listener_sends_info_first_then_upgrades() {
     let mut raw = Raw::new(tls);
     assert!(raw.connect_and_ping().await);
 
-    let client = tls_client(
-        &edge,
-        client_options()
-            .add_root_certificates(ca.cert.clone())
-            .require_tls(true),
-    )
-    .await
-    .expect("async-nats over classic TLS");
+    let client = classic_tls_client(&edge, &ca)
+        .await
+        .expect("async-nats over classic TLS");
     pub_sub_works(&client).await;
 }
 
@@ -117,14 +123,9 @@ async fn a_dropped_tls_listener_runs_on_without_its_files() {
         .reloader
         .reload(again, "test")
         .expect("a reload that drops the TLS listener");
-    let client = tls_client(
-        &edge,
-        client_options()
-            .add_root_certificates(ca.cert.clone())
-            .require_tls(true),
-    )
-    .await
-    .expect("the held TLS listener still serves");
+    let client = classic_tls_client(&edge, &ca)
+        .await
+        .expect("the held TLS listener still serves");
     pub_sub_works(&client).await;
 }
 
@@ -156,14 +157,9 @@ async fn classic_tls_client_reads_upstream_unavailable_inside_tls() {
         show(b"-ERR 'Upstream Unavailable: connection refused'\r\n")
     );
 
-    let err = tls_client(
-        &edge,
-        client_options()
-            .add_root_certificates(ca.cert.clone())
-            .require_tls(true),
-    )
-    .await
-    .expect_err("no upstream, no connection");
+    let err = classic_tls_client(&edge, &ca)
+        .await
+        .expect_err("no upstream, no connection");
     assert!(
         err.to_string()
             .to_lowercase()
@@ -257,14 +253,9 @@ async fn handshake_first_with_a_fallback_serves_tls_first_and_classic_clients() 
     tls_first_client_is_served(&edge, &ca).await;
 
     // async-nats both ways, on the same listener, talking to each other.
-    let classic = tls_client(
-        &edge,
-        client_options()
-            .add_root_certificates(ca.cert.clone())
-            .require_tls(true),
-    )
-    .await
-    .expect("async-nats over classic TLS");
+    let classic = classic_tls_client(&edge, &ca)
+        .await
+        .expect("async-nats over classic TLS");
     let first = tls_client(
         &edge,
         client_options()

@@ -643,15 +643,7 @@ fn a_mapped_request_over_max_payload_is_refused() {
 #[test]
 fn no_responders_status_names_the_client_subject() {
     let (mut f, mut ctx) = filter_for("tenant-mount", &[]);
-    let mut msg = ServerOp::Msg(Msg {
-        subject: Bytes::from_static(b"tenant.acme._INBOX.a.1"),
-        sid: Bytes::from_static(b"1"),
-        reply: None,
-        headers: Some(Bytes::from_static(
-            b"NATS/1.0 503\r\nNats-Subject: tenant.acme.svc.none\r\n\r\n",
-        )),
-        payload: Bytes::new(),
-    });
+    let mut msg = no_responders("tenant.acme._INBOX.a.1", "tenant.acme.svc.none");
     assert_eq!(f.on_server_op(&mut msg, &mut ctx), Verdict::Changed);
     let ServerOp::Msg(m) = &msg else {
         unreachable!()
@@ -663,6 +655,19 @@ fn no_responders_status_names_the_client_subject() {
     );
 }
 
+/// nats-server's 503 no-responders status for a request to `subject`, delivered on `inbox`.
+fn no_responders(inbox: &str, subject: &str) -> ServerOp {
+    ServerOp::Msg(Msg {
+        subject: Bytes::from(inbox.to_string()),
+        sid: Bytes::from_static(b"1"),
+        reply: None,
+        headers: Some(Bytes::from(format!(
+            "NATS/1.0 503\r\nNats-Subject: {subject}\r\n\r\n"
+        ))),
+        payload: Bytes::new(),
+    })
+}
+
 /// A request through a publish-only rule has no reverse: the no-responders status and a
 /// permissions error about it name the subject the client used, from the request's own
 /// mapping.
@@ -672,15 +677,7 @@ fn answers_about_a_publish_only_request_name_the_client_subject() {
     let mut request = publish("metrics.web1", Some("_INBOX.a.1"));
     assert_eq!(f.on_client_op(&mut request, &mut ctx), Verdict::Changed);
     assert_eq!(subject_of(&request), b"telemetry.web1.metrics");
-    let mut status = ServerOp::Msg(Msg {
-        subject: Bytes::from_static(b"_INBOX.a.1"),
-        sid: Bytes::from_static(b"1"),
-        reply: None,
-        headers: Some(Bytes::from_static(
-            b"NATS/1.0 503\r\nNats-Subject: telemetry.web1.metrics\r\n\r\n",
-        )),
-        payload: Bytes::new(),
-    });
+    let mut status = no_responders("_INBOX.a.1", "telemetry.web1.metrics");
     assert_eq!(f.on_server_op(&mut status, &mut ctx), Verdict::Changed);
     let ServerOp::Msg(m) = &status else {
         unreachable!()
