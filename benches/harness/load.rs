@@ -782,40 +782,45 @@ pub fn pub_sub_content(
         let received = received.clone();
         let failed = failed.clone();
         let progress = progress.clone();
-        subs.push(thread::spawn(move || -> io::Result<(Option<u64>, f64)> {
-            let wire_before = conn.wire_bytes();
-            let cpu_before = thread_cpu_secs();
-            let mut n = 0;
-            let result = loop {
-                if n == total {
-                    break Ok(());
-                }
-                match conn.next() {
-                    Ok(Event::Msg { .. }) => {
-                        n += 1;
-                        if n % report_every == 0 || n == total {
-                            received[i].store(n, Ordering::Release);
-                            progress.1.notify_all();
+        subs.push(thread::spawn(
+            move || -> io::Result<(Option<u64>, f64, Instant)> {
+                let wire_before = conn.wire_bytes();
+                let cpu_before = thread_cpu_secs();
+                let mut n = 0;
+                let result = loop {
+                    if n == total {
+                        break Ok(());
+                    }
+                    match conn.next() {
+                        Ok(Event::Msg { .. }) => {
+                            n += 1;
+                            if n % report_every == 0 || n == total {
+                                received[i].store(n, Ordering::Release);
+                                progress.1.notify_all();
+                            }
                         }
+                        Ok(Event::Err(e)) => {
+                            break Err(io::Error::other(format!("after {n} msgs: {e}")))
+                        }
+                        Ok(_) => {}
+                        Err(e) => break Err(io::Error::other(format!("after {n} msgs: {e}"))),
                     }
-                    Ok(Event::Err(e)) => {
-                        break Err(io::Error::other(format!("after {n} msgs: {e}")))
-                    }
-                    Ok(_) => {}
-                    Err(e) => break Err(io::Error::other(format!("after {n} msgs: {e}"))),
+                };
+                if result.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                    progress.1.notify_all();
                 }
-            };
-            if result.is_err() {
-                failed.store(true, Ordering::Relaxed);
-                progress.1.notify_all();
-            }
-            let cpu = thread_cpu_secs() - cpu_before;
-            let wire = conn
-                .wire_bytes()
-                .zip(wire_before)
-                .map(|((read, _), (before, _))| read - before);
-            result.map(|()| (wire, cpu))
-        }));
+                // The run ends with the last delivery, not with the publishers' last write: up
+                // to a window of messages is still on its way then, more of it through a proxy.
+                let done = Instant::now();
+                let cpu = thread_cpu_secs() - cpu_before;
+                let wire = conn
+                    .wire_bytes()
+                    .zip(wire_before)
+                    .map(|((read, _), (before, _))| read - before);
+                result.map(|()| (wire, cpu, done))
+            },
+        ));
     }
 
     let message = |i: u64| {
@@ -852,10 +857,13 @@ pub fn pub_sub_content(
     // The last messages of a run, fewer than a batch, go one by one.
     let frame = Batch::new(frame, compress);
 
+    // Connected before the clock starts: a run times messages, not handshakes.
+    let conns = (0..publishers)
+        .map(|_| RawConn::open(endpoint, 256 * 1024))
+        .collect::<io::Result<Vec<_>>>()?;
     let started = Instant::now();
     let mut pubs = Vec::new();
-    for _ in 0..publishers {
-        let mut conn = RawConn::open(endpoint, 256 * 1024)?;
+    for mut conn in conns {
         let received = received.clone();
         let failed = failed.clone();
         let progress = progress.clone();
@@ -906,15 +914,17 @@ pub fn pub_sub_content(
     }
     // Subscriber errors first: they say why a publisher gave up.
     let pub_results: Vec<_> = pubs.into_iter().map(|p| p.join()).collect();
-    let secs = started.elapsed().as_secs_f64();
+    let mut last_delivery = started;
     let (mut sub_wire_bytes, mut sub_cpu_secs) = (Some(0u64), 0.0);
     for s in subs {
-        let (wire, cpu) = s
+        let (wire, cpu, done) = s
             .join()
             .map_err(|_| io::Error::other("subscriber panicked"))??;
         sub_wire_bytes = sub_wire_bytes.zip(wire).map(|(a, b)| a + b);
         sub_cpu_secs += cpu;
+        last_delivery = last_delivery.max(done);
     }
+    let secs = (last_delivery - started).as_secs_f64();
     let mut pub_wire_bytes = Some(0u64);
     for p in pub_results {
         let wire = p.map_err(|_| io::Error::other("publisher panicked"))??;
