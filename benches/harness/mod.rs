@@ -49,8 +49,23 @@ impl Plan {
     }
 
     fn msgs_for(&self, payload: usize) -> u64 {
-        (self.bytes_per_run / payload as u64).clamp(2_000, 2_000_000)
+        // Four times the bytes for large messages: a run of 256 MiB of them lasts a quarter
+        // of a second, which the CPU figures (10 ms ticks) cannot resolve.
+        let bytes = if payload >= 16 * 1024 {
+            4 * self.bytes_per_run
+        } else {
+            self.bytes_per_run
+        };
+        (bytes / payload as u64).clamp(2_000, 2_000_000)
     }
+}
+
+/// The targets of a workload, starting with a different one each round: whatever one run
+/// leaves behind (a closing connection, nats-server's garbage collection) does not always
+/// fall on the same next target.
+fn in_turn<T>(targets: &[T], round: usize) -> impl Iterator<Item = &T> {
+    let start = round % targets.len().max(1);
+    targets[start..].iter().chain(&targets[..start])
 }
 
 pub const PAYLOADS: [usize; 5] = [16, 128, 1024, 16 * 1024, 64 * 1024];
@@ -390,7 +405,7 @@ pub fn run_groups(mode: Mode, edge_bin: &str, groups: Groups, baseline: Option<&
             };
             for &payload in &PAYLOADS {
                 let n = plan.msgs_for(payload);
-                for t in &all {
+                for t in in_turn(&all, round) {
                     let target = TransportTarget {
                         name: t.name,
                         endpoint: load::Endpoint::tcp(t.addr),
@@ -433,7 +448,7 @@ pub fn run_groups(mode: Mode, edge_bin: &str, groups: Groups, baseline: Option<&
                     groups.wsdeflate,
                 ),
             ] {
-                for t in targets.iter().filter(|_| wanted) {
+                for t in in_turn(targets, round).filter(|_| wanted) {
                     pub_sub_workload(&mut samples, &workload, t, n, payload);
                 }
             }
@@ -472,7 +487,7 @@ pub fn run_groups(mode: Mode, edge_bin: &str, groups: Groups, baseline: Option<&
             "edge+busy_poll",
             r.msgs_per_sec(),
         );
-        for t in &all {
+        for t in in_turn(&all, round) {
             let r = load::pub_sub(t.addr, 1, 4, n / 4, 128)
                 .unwrap_or_else(|e| panic!("fan-out via {}: {e}", t.name));
             record(
@@ -495,7 +510,7 @@ pub fn run_groups(mode: Mode, edge_bin: &str, groups: Groups, baseline: Option<&
             addr: busy_polling.addr,
             proxy: Some(&busy_polling),
         };
-        for t in all.iter().chain([&busy_target]) {
+        for t in in_turn(&all, round).chain([&busy_target]) {
             request_reply_workload(&mut samples, t, plan.requests);
         }
         // HAProxy's busy-polling keeps its threads spinning whether or not they have
