@@ -34,10 +34,6 @@ pub struct Headers<'a> {
     /// block rebuilt with one field changed writes back, so that readers who stop at an
     /// empty line still stop there.
     pub all_lines: Vec<&'a [u8]>,
-    /// An empty line came before the block's end, where readers part ways: Go's
-    /// `textproto` (nats.go) reads no field past it, nats-server finds a field anywhere in
-    /// the block. `lines` holds the fields on both sides of it.
-    pub empty_line: bool,
 }
 
 impl<'a> Headers<'a> {
@@ -61,10 +57,16 @@ impl<'a> Headers<'a> {
             .collect();
         Ok(Headers {
             first_line,
-            empty_line: fields.len() != all_lines.len(),
             lines: fields,
             all_lines,
         })
+    }
+
+    /// An empty line came before the block's end, where readers part ways: Go's
+    /// `textproto` (nats.go) reads no field past it, nats-server finds a field anywhere in
+    /// the block. `lines` holds the fields on both sides of it.
+    pub fn has_empty_line(&self) -> bool {
+        self.lines.len() != self.all_lines.len()
     }
 
     /// The status code of the first line (`503` in `NATS/1.0 503`), if any.
@@ -188,18 +190,14 @@ mod tests {
         assert_eq!(Headers::parse(b""), Err(HeaderError::NoVersion));
         // nats.go would read no field past the empty line, nats-server would: marked.
         let h = Headers::parse(b"NATS/1.0\r\n\r\nX: 1\r\n\r\n").unwrap();
-        assert!(h.empty_line);
+        assert!(h.has_empty_line());
         assert_eq!(h.get(b"X"), Some(&b"1"[..]));
-        assert!(
-            Headers::parse(b"NATS/1.0\r\nA: 1\n\nX: 1\r\n\r\n")
-                .unwrap()
-                .empty_line
-        );
-        assert!(
-            !Headers::parse(b"NATS/1.0\r\nA: 1\r\n\r\n")
-                .unwrap()
-                .empty_line
-        );
+        assert!(Headers::parse(b"NATS/1.0\r\nA: 1\n\nX: 1\r\n\r\n")
+            .unwrap()
+            .has_empty_line());
+        assert!(!Headers::parse(b"NATS/1.0\r\nA: 1\r\n\r\n")
+            .unwrap()
+            .has_empty_line());
     }
 
     #[test]

@@ -407,7 +407,8 @@ impl Tag {
                 Some(block) => {
                     let parsed = match Headers::parse(block) {
                         Ok(parsed)
-                            if is_plain_first_line(parsed.first_line) && !parsed.empty_line =>
+                            if is_plain_first_line(parsed.first_line)
+                                && !parsed.has_empty_line() =>
                         {
                             parsed
                         }

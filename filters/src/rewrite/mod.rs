@@ -351,13 +351,11 @@ impl Filter for Rewrite {
         self.resolved = None;
         let loaded = self.rules.current();
         self.rewriting = !loaded.config.sets.is_empty();
-        // A listener that lost its rules: the subscriptions they mapped still exist at the
-        // upstream under the mapped subjects, and their deliveries still map back.
-        let active = loaded.config.may_apply(&ctx.conn.listener) && {
-            self.resolve(ctx);
-            self.applies()
-        } || self.subscriptions.any_mapped();
-        self.set_active(active);
+        // The session's set under the new rules. A listener that lost its rules: the
+        // subscriptions they mapped still exist at the upstream under the mapped subjects,
+        // and their deliveries still map back (`applies` counts them).
+        self.resolve(ctx);
+        self.set_active(self.applies());
         Reloaded::default()
     }
 
