@@ -231,15 +231,17 @@ impl TypedMetric for FilterHistogram {
 
 impl EncodeMetric for FilterHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let mut cumulative = 0;
+        // Each bucket's own count: the encoder sums them into the `le` series itself.
+        let mut total = 0;
         let mut buckets = Vec::with_capacity(self.0.buckets.len());
         for (i, count) in self.0.buckets.iter().enumerate() {
-            cumulative += count.load(Ordering::Relaxed);
+            let count = count.load(Ordering::Relaxed);
+            total += count;
             let upper = FILTER_BUCKETS.get(i).copied().unwrap_or(f64::MAX);
-            buckets.push((upper, cumulative));
+            buckets.push((upper, count));
         }
         let sum = self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        encoder.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
+        encoder.encode_histogram::<NoLabelSet>(sum, total, &buckets, None)
     }
 
     fn metric_type(&self) -> MetricType {
@@ -350,6 +352,7 @@ pub struct Metrics {
     filter_duration: FilterHistogram,
     config_reloads: Family<Labels1, Counter>,
     draining: Gauge,
+    ready: Gauge,
     listeners: Mutex<Vec<ListenerMetrics>>,
 }
 
@@ -395,6 +398,7 @@ impl Metrics {
         let config_reloads = Family::<Labels1, Counter>::default();
         let build_info = Family::<Labels1, Gauge>::default();
         let draining = Gauge::default();
+        let ready = Gauge::default();
 
         registry.register(
             "nats_edge_connections_open",
@@ -499,6 +503,11 @@ impl Metrics {
             "1 while the edge drains before exiting",
             draining.clone(),
         );
+        registry.register(
+            "nats_edge_ready",
+            "1 while /readyz answers 200, else 0 (read at each scrape)",
+            ready.clone(),
+        );
 
         build_info
             .get_or_create(&l1("version", env!("CARGO_PKG_VERSION")))
@@ -547,6 +556,7 @@ impl Metrics {
             filter_duration,
             config_reloads,
             draining,
+            ready,
             listeners: Mutex::new(Vec::new()),
         }
     }
@@ -769,6 +779,12 @@ impl Metrics {
 
     pub fn set_draining(&self, draining: bool) {
         self.draining.set(i64::from(draining));
+    }
+
+    /// Called before each scrape: readiness can change with no event the metrics see (the
+    /// admin server's upstream checks are not counted as dials).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
     }
 }
 

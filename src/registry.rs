@@ -26,7 +26,8 @@ pub struct ConnEntry {
     /// The upstream this connection was dialled to, without credentials.
     upstream: OnceLock<String>,
     /// What the client said about itself in its CONNECT.
-    client_info: OnceLock<ClientInfo>,
+    /// Replaced by each CONNECT, as nats-server's connz shows the last one's fields.
+    client_info: Mutex<Option<ClientInfo>>,
     /// The client's TLS session, once its handshake is done (TLS and wss listeners).
     /// Boxed: a plain connection's entry carries only the pointer's room.
     tls: OnceLock<Box<crate::transport::tls::TlsSession>>,
@@ -72,7 +73,7 @@ impl ConnEntry {
             start: SystemTime::now(),
             user: Mutex::new(None),
             upstream: OnceLock::new(),
-            client_info: OnceLock::new(),
+            client_info: Mutex::new(None),
             tls: OnceLock::new(),
             in_msgs: AtomicU64::new(0),
             out_msgs: AtomicU64::new(0),
@@ -124,11 +125,17 @@ impl ConnEntry {
     }
 
     pub fn set_client_info(&self, info: ClientInfo) {
-        let _ = self.client_info.set(info);
+        *self
+            .client_info
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(info);
     }
 
-    pub fn client_info(&self) -> Option<&ClientInfo> {
-        self.client_info.get()
+    pub fn client_info(&self) -> Option<ClientInfo> {
+        self.client_info
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Stores the session's counts; called once per wake-up of the session's task. The

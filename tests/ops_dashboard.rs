@@ -158,6 +158,7 @@ async fn dashboard_and_docs_match_a_live_scrape() {
     })
     .await;
     check_counts(&live, &server.url());
+    check_histograms(&live);
     check_dashboard(&live);
     check_docs_table(&live);
 }
@@ -219,6 +220,38 @@ fn check_counts(e: &Exposition, upstream: &str) {
         0.0
     );
     assert_eq!(v("nats_edge_draining", &[]), 0.0);
+}
+
+/// Every histogram's buckets are cumulative, as `histogram_quantile` needs: they never fall
+/// as `le` grows, and `+Inf` equals `_count`.
+fn check_histograms(e: &Exposition) {
+    for (family, f) in e.families.iter().filter(|(_, f)| f.kind == "histogram") {
+        let mut series: BTreeMap<BTreeMap<String, String>, Vec<(String, f64)>> = BTreeMap::new();
+        let mut counts = BTreeMap::new();
+        for s in &f.samples {
+            let mut labels = s.labels.clone();
+            if s.name == format!("{family}_bucket") {
+                let le = labels.remove("le").expect("a bucket without le");
+                series.entry(labels).or_default().push((le, s.value));
+            } else if s.name == format!("{family}_count") {
+                counts.insert(labels, s.value);
+            }
+        }
+        assert!(!series.is_empty(), "{family}: no buckets");
+        for (labels, buckets) in series {
+            assert!(
+                buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+                "{family} {labels:?}: buckets fall: {buckets:?}"
+            );
+            let (le, inf) = buckets.last().expect("at least one bucket");
+            assert_eq!(le, "+Inf", "{family} {labels:?}: last bucket");
+            assert_eq!(
+                Some(inf),
+                counts.get(&labels),
+                "{family} {labels:?}: +Inf against _count"
+            );
+        }
+    }
 }
 
 /// Every series a dashboard query names is in the scrape with the labels the query uses,

@@ -16,7 +16,10 @@ async fn readyz_follows_the_upstream_and_the_drain() {
     )
     .await;
     let admin = edge.admin_addr().expect("admin server");
-    assert_eq!(http_get(admin, "/healthz").await, (200, "ok\n".into()));
+    assert_eq!(
+        http_get(admin, "/healthz").await,
+        (200, r#"{"status":"ok"}"#.into())
+    );
     poll_http(admin, "/readyz", |status, _| (status == 200).then_some(())).await;
 
     // The upstream goes away: the next check (or client dial) makes the edge unready.
@@ -27,9 +30,14 @@ async fn readyz_follows_the_upstream_and_the_drain() {
     .await;
     assert_eq!(body, "not ready: no upstream reachable\n");
     assert_eq!(http_get(admin, "/healthz").await.0, 200, "still alive");
+    // No client dials: only the metric read at the scrape shows it.
+    let (_, text) = http_get(admin, "/metrics").await;
+    assert_eq!(metric(&text, "nats_edge_ready"), Some(0.0), "{text}");
 
     server.restart();
     poll_http(admin, "/readyz", |status, _| (status == 200).then_some(())).await;
+    let (_, text) = http_get(admin, "/metrics").await;
+    assert_eq!(metric(&text, "nats_edge_ready"), Some(1.0), "{text}");
 
     // A client that stays through the drain's grace period keeps the drain going while
     // /readyz and the metric say so.
@@ -47,6 +55,7 @@ async fn readyz_follows_the_upstream_and_the_drain() {
         assert_eq!(body, "not ready: draining\n");
         let (_, text) = http_get(admin, "/metrics").await;
         assert_eq!(metric(&text, "nats_edge_draining"), Some(1.0), "{text}");
+        assert_eq!(metric(&text, "nats_edge_ready"), Some(0.0), "{text}");
         let (_, varz) = http_get(admin, "/varz").await;
         assert!(varz.contains("\"draining\": true"), "{varz}");
         // Only now does the client leave, ending the drain before its grace period.
@@ -84,7 +93,7 @@ async fn silent_admin_connections_do_not_starve_the_probes() {
             http_get(admin, "/healthz")
         )
         .await,
-        (200, "ok\n".into())
+        (200, r#"{"status":"ok"}"#.into())
     );
     for stream in &mut silent {
         let mut byte = [0u8; 1];

@@ -201,6 +201,11 @@ async fn metrics_connz_and_varz_count_known_traffic() {
     // With the default configuration filters look only at the two CONNECTs (the ACL filter
     // names the user); no PUB or MSG was timed.
     assert_eq!(m("nats_edge_filter_duration_seconds_count"), 2.0);
+    // `+Inf` holds every observation, no more.
+    assert_eq!(
+        m("nats_edge_filter_duration_seconds_bucket{le=\"+Inf\"}"),
+        2.0
+    );
     within("edge shutdown", edge.shutdown()).await;
 }
 
@@ -314,6 +319,20 @@ async fn connz_takes_nats_servers_query_parameters() {
         assert_eq!(expected.0, 400, "nats-server, {query}: {}", expected.1);
         assert_eq!(http_get(admin, &path).await, expected, "{query}");
     }
+
+    // A second CONNECT names the client anew, as in nats-server's connz.
+    let cid_of_c = all["connections"][2]["cid"].as_u64().unwrap();
+    let reply = clients[2]
+        .roundtrip(
+            b"CONNECT {\"verbose\":false,\"name\":\"c2\",\"lang\":\"raw\",\"user\":\"uc\"}\r\n",
+        )
+        .await;
+    assert!(!reply.closed, "{}", reply.text());
+    poll_http(admin, &format!("/connz?cid={cid_of_c}"), |_, body| {
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        (names(&v) == ["c2"] && v["connections"][0]["lang"] == "raw").then_some(())
+    })
+    .await;
     drop(clients);
     within("edge shutdown", edge.shutdown()).await;
 }
@@ -450,7 +469,10 @@ async fn idle_admin_connections_do_not_starve_the_probes() {
     for _ in 0..64 {
         idle.push(tokio::net::TcpStream::connect(admin).await.unwrap());
     }
-    assert_eq!(http_get(admin, "/healthz").await, (200, "ok\n".to_string()));
+    assert_eq!(
+        http_get(admin, "/healthz").await,
+        (200, r#"{"status":"ok"}"#.to_string())
+    );
     assert_eq!(http_get(admin, "/readyz").await.0, 200);
     assert_eq!(
         http_get(admin, "/connz").await,

@@ -266,7 +266,7 @@ pub fn connz(shared: &EdgeShared, query: &str) -> Response<Body> {
         .skip(opts.offset)
         .take(opts.limit)
         .map(|(c, counts)| {
-            let client = c.client_info().cloned().unwrap_or_default();
+            let client = c.client_info().unwrap_or_default();
             ConnInfo {
                 cid: c.cid,
                 kind: "Client",

@@ -9,6 +9,7 @@ use crate::edge::EdgeShared;
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub fn metrics(shared: &EdgeShared) -> Response<Body> {
+    shared.metrics.set_ready(shared.health.ready().is_ok());
     match shared.metrics.encode() {
         Ok(body) => respond(StatusCode::OK, CONTENT_TYPE, body),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),

@@ -159,7 +159,9 @@ async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<EdgeShared>
 /// `/healthz` and `/readyz`: answered at once, on any connection.
 fn probe(shared: &EdgeShared, path: &str) -> Response<Body> {
     if path == "/healthz" {
-        return text(StatusCode::OK, "ok\n");
+        // nats-server's body, so tools that read its `/healthz` (prometheus-nats-exporter's
+        // `-healthz`) read the edge's.
+        return respond(StatusCode::OK, "application/json", r#"{"status":"ok"}"#);
     }
     match shared.health.ready() {
         Ok(()) => text(StatusCode::OK, "ready\n"),

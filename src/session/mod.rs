@@ -139,7 +139,7 @@ pub async fn run(client: Box<Accepted>, env: Arc<SessionEnv>, accepted_at: Insta
         conn.client_addr,
     )));
     env.listener_metrics.total.inc();
-    env.listener_metrics.open.inc();
+    let open = OpenConnection::count(&env.listener_metrics.open);
     let started = Instant::now();
     let summary = serve(client, &env, &registered.entry, accepted_at)
         .instrument(span.clone())
@@ -157,7 +157,7 @@ pub async fn run(client: Box<Accepted>, env: Arc<SessionEnv>, accepted_at: Insta
     // sees the session's end counted.
     env.metrics.session_ended(&summary);
     drop(registered);
-    env.listener_metrics.open.dec();
+    drop(open);
     // A client that closed without sending a byte is most likely a load balancer's probe
     // (a TCP check, or a PROXY `LOCAL` header and the close): its line is debug, as
     // nats-server logs every client close, so probes do not flood the log.
@@ -827,4 +827,24 @@ pub(super) fn send_lame_duck(shared: &mut Shared) {
     }
     tracing::debug!("lame-duck INFO sent");
     shared.send_now(&ServerOp::Info(Box::new(info)));
+}
+
+/// One unit of a listener's `connections_open` gauge, given back when the session's task
+/// ends, however it ends: a panic in a session must not leave the gauge high for good.
+struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenConnection {
+    fn count(open: &prometheus_client::metrics::gauge::Gauge) -> OpenConnection {
+        open.inc();
+        OpenConnection(open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+        if std::thread::panicking() {
+            tracing::error!("session ended by a panic; its close is not counted");
+        }
+    }
 }
