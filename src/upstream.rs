@@ -105,8 +105,18 @@ impl UpstreamUrl {
             }
             (hostport.to_string(), 4222)
         } else {
-            crate::config::parse_host_port(hostport)
-                .map_err(|e| UrlError::Malformed(redacted.clone(), e))?
+            // Not `parse_host_port`'s message, which quotes the port: without an `@`, what
+            // follows the last `:` may be a password written without its host
+            // (`nats://edge:s3cret`).
+            crate::config::parse_host_port(hostport).map_err(|_| {
+                let shown = redacted.rfind(':').map_or(redacted.clone(), |colon| {
+                    format!("{}***", &redacted[..=colon])
+                });
+                UrlError::Malformed(
+                    shown,
+                    "not host:port with a numeric port (credentials go before `@host`)".into(),
+                )
+            })?
         };
         let host = host
             .trim_start_matches('[')

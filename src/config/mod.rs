@@ -1073,14 +1073,80 @@ fn describe_figment_error(error: &figment::Error) -> String {
                 .as_ref()
                 .map(|m| format!(" (from {})", describe_origin(m, &keys)))
                 .unwrap_or_default();
+            let kind = describe_error_kind(&e.kind, &key);
             if key.is_empty() {
-                format!("{}{origin}", e.kind)
+                format!("{kind}{origin}")
             } else {
-                format!("{key}: {}{origin}", e.kind)
+                format!("{key}: {kind}{origin}")
             }
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Sections whose values may be secrets: upstream credentials and the trusted proxy's seed
+/// (`auth`), URLs with credentials (`upstream`). An error about one names the value's type,
+/// never the value.
+const SECRET_SECTIONS: [&str; 2] = ["auth", "upstream"];
+
+/// The reason of one figment error, without secrets: a TOML syntax error without the
+/// source line it quotes (the line may hold a password), and a wrong value under
+/// [`SECRET_SECTIONS`] by its type alone.
+fn describe_error_kind(kind: &figment::error::Kind, key: &str) -> String {
+    use figment::error::{Actual, Kind};
+    let secret = SECRET_SECTIONS
+        .iter()
+        .any(|s| key == *s || key.strip_prefix(s).is_some_and(|r| r.starts_with('.')));
+    let type_of = |actual: &Actual| match actual {
+        Actual::Bool(_) => "a boolean".to_string(),
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer".to_string(),
+        Actual::Float(_) => "a float".to_string(),
+        Actual::Char(_) | Actual::Str(_) => "a string".to_string(),
+        Actual::Bytes(_) => "bytes".to_string(),
+        Actual::Other(_) => "a value".to_string(),
+        other => other.to_string(),
+    };
+    match kind {
+        Kind::Message(message) => without_source_lines(message),
+        Kind::InvalidType(actual, expected) if secret => {
+            format!(
+                "invalid type: found {}, expected {expected}",
+                type_of(actual)
+            )
+        }
+        Kind::InvalidValue(actual, expected) if secret => {
+            format!(
+                "invalid value: found {}, expected {expected}",
+                type_of(actual)
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A TOML parser's message without its snippet (`4 | password = "..."` and the caret line
+/// under it), its other lines joined: `TOML parse error at line 4, column 51: invalid
+/// inline table; expected `}``.
+fn without_source_lines(message: &str) -> String {
+    let is_snippet = |line: &str| {
+        let rest = line
+            .trim_start()
+            .trim_start_matches(|c: char| c.is_ascii_digit());
+        rest.trim_start().starts_with('|')
+    };
+    let mut lines = message
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !is_snippet(l))
+        .map(str::trim);
+    let Some(first) = lines.next() else {
+        return message.to_string();
+    };
+    let rest: Vec<&str> = lines.collect();
+    if rest.is_empty() {
+        first.to_string()
+    } else {
+        format!("{first}: {}", rest.join("; "))
+    }
 }
 
 /// Splits `host:port` (IPv6 in brackets).
@@ -1135,6 +1201,45 @@ mod tests {
             assert!(err.contains("auth.upstream.password"), "{err}");
             assert!(err.contains("must be text"), "{err}");
             assert!(!err.contains(value), "{err}");
+        }
+    }
+
+    /// A TOML syntax error names the line and column but does not quote the line, which may
+    /// hold a password.
+    #[test]
+    fn a_syntax_error_does_not_quote_its_line() {
+        let err = Config::from_toml_str(
+            "[upstream]\nurls = [\"nats://a:1\"]\n[auth]\nupstream = { user = \"e\", password = \"TOPSECRET\", }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 4"), "{err}");
+        assert!(err.contains("expected `}`"), "{err}");
+        assert!(!err.contains("TOPSECRET"), "{err}");
+    }
+
+    /// A string where a table of secrets belongs (a seed in `auth.trusted_proxy`, a password
+    /// in `auth.upstream`), or a URL with credentials but no host, is refused unshown.
+    #[test]
+    fn a_misplaced_secret_is_refused_unshown() {
+        let upstream = "[upstream]\nurls = [\"nats://a:1\"]\n";
+        for (toml, key) in [
+            (
+                format!("{upstream}[auth]\ntrusted_proxy = \"SUAMSECRET\"\n"),
+                "auth.trusted_proxy",
+            ),
+            (
+                format!("{upstream}[auth]\nupstream = \"SUAMSECRET\"\n"),
+                "auth.upstream",
+            ),
+            (
+                "[upstream]\nurls = [\"nats://edge:SUAMSECRET\"]\n".to_string(),
+                "upstream.urls",
+            ),
+        ] {
+            let err = Config::from_toml_str(&toml).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+            assert!(!err.contains("SUAMSECRET"), "{err}");
         }
     }
 
