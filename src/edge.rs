@@ -682,7 +682,12 @@ fn info_rewrite(
     InfoRewrite {
         host,
         port,
-        connect_urls: listener.connect_urls.0.clone(),
+        connect_urls: listener
+            .connect_urls
+            .0
+            .iter()
+            .map(|url| crate::config::connect_url_host_port(url).to_string())
+            .collect(),
         tls_required: listener.kind.is_tls(),
         tls_verify: transport
             .tls

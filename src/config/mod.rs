@@ -790,18 +790,18 @@ impl Config {
                 parse_host_port(adv).map_err(|r| (format!("listeners.{i}.advertise"), r))?;
             }
             for url in &l.connect_urls.0 {
-                let host_port = ["nats://", "tls://", "ws://", "wss://"]
-                    .iter()
-                    .find_map(|scheme| {
-                        url.get(..scheme.len())
-                            .filter(|s| s.eq_ignore_ascii_case(scheme))
-                            .map(|_| &url[scheme.len()..])
-                    })
-                    .unwrap_or(url);
+                let host_port = connect_url_host_port(url);
                 if host_port.contains("://") {
                     return Err((
                         format!("listeners.{i}.connect_urls"),
                         format!("`{url}`: use host:port or a nats://, tls://, ws:// or wss:// URL"),
+                    ));
+                }
+                // Every client is sent the list: credentials have no place in it.
+                if host_port.contains('@') {
+                    return Err((
+                        format!("listeners.{i}.connect_urls"),
+                        "a URL sent to clients cannot carry credentials".into(),
                     ));
                 }
                 parse_host_port(host_port)
@@ -1149,6 +1149,21 @@ fn without_source_lines(message: &str) -> String {
     }
 }
 
+/// A `connect_urls` entry as INFO carries it: `host:port`, its scheme (`nats://`, `tls://`,
+/// `ws://`, `wss://`) dropped, as nats-server sends its URLs. Clients add the scheme they
+/// dialled with; nats.go would make `nats://nats://host:port` of a URL sent whole.
+pub fn connect_url_host_port(url: &str) -> &str {
+    ["nats://", "tls://", "ws://", "wss://"]
+        .iter()
+        .find_map(|scheme| {
+            url.get(..scheme.len())
+                .filter(|s| s.eq_ignore_ascii_case(scheme))
+                .map(|_| &url[scheme.len()..])
+        })
+        .unwrap_or(url)
+        .trim_end_matches('/')
+}
+
 /// Splits `host:port` (IPv6 in brackets).
 pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
     let (host, port) = s
@@ -1202,6 +1217,27 @@ mod tests {
             assert!(err.contains("must be text"), "{err}");
             assert!(!err.contains(value), "{err}");
         }
+    }
+
+    /// `connect_urls` go to clients as `host:port`; one carrying credentials is refused
+    /// without showing them.
+    #[test]
+    fn connect_urls_are_host_port_without_credentials() {
+        assert_eq!(
+            connect_url_host_port("nats://a.example:4222"),
+            "a.example:4222"
+        );
+        assert_eq!(connect_url_host_port("WSS://[::1]:443/"), "[::1]:443");
+        assert_eq!(connect_url_host_port("b:4222"), "b:4222");
+        let err = Config::from_toml_str(
+            "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\n\
+             connect_urls = [\"nats://u:SECRET@a.example:4222\"]\n\
+             [upstream]\nurls = [\"nats://a:1\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("listeners.0.connect_urls"), "{err}");
+        assert!(!err.contains("SECRET"), "{err}");
     }
 
     /// A TOML syntax error names the line and column but does not quote the line, which may
