@@ -188,7 +188,12 @@ fn prepare_with(
     // what start-up would refuse.
     let rules = AclRules::load(&config.rule_files())?;
     let proxy_signer = match &config.auth.trusted_proxy {
-        Some(proxy) if load_signer => Some(Arc::new(ProxySigner::load(proxy)?)),
+        Some(proxy) if load_signer => {
+            // Relative to the config file's directory, as rule and tagging files are.
+            let mut proxy = proxy.clone();
+            proxy.seed_file = proxy.seed_file.map(|path| config.resolve(&path));
+            Some(Arc::new(ProxySigner::load(&proxy)?))
+        }
         _ => None,
     };
     let rewrite_config = config.rewrite_config();

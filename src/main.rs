@@ -163,6 +163,21 @@ fn main() -> ExitCode {
                 eprintln!("nats-edge: invalid configuration: {e}");
                 return ExitCode::FAILURE;
             }
+            // `run` writes the pid file only once it listens; a directory that is not there
+            // would fail it then.
+            if let Some(path) = &config.pid_file {
+                let dir = path
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."));
+                if !dir.is_dir() {
+                    eprintln!(
+                        "nats-edge: invalid configuration: pid_file: directory {} does not exist",
+                        dir.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
             let source = cli
                 .config
                 .as_ref()
@@ -271,8 +286,12 @@ fn main() -> ExitCode {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: a journal or a log file gets no escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Text => builder.init(),
@@ -286,7 +305,16 @@ fn init_logging(config: &Config) {
 
 fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
     init_logging(&config);
-    let ignored = nats_edge::config::ignored_env_vars();
+    // The trusted proxy's seed variable is read, not ignored, though it is no config key.
+    let seed_env = config
+        .auth
+        .trusted_proxy
+        .as_ref()
+        .and_then(|p| p.seed_env.as_deref());
+    let ignored: Vec<String> = nats_edge::config::ignored_env_vars()
+        .into_iter()
+        .filter(|v| Some(v.as_str()) != seed_env)
+        .collect();
     if !ignored.is_empty() {
         tracing::info!(variables = ?ignored, "ignoring NATS_EDGE_* variables that are not configuration keys");
     }

@@ -166,6 +166,47 @@ fn check_does_not_print_upstream_passwords() {
     assert!(!err.contains("hunter2"), "password printed: {err}");
 }
 
+/// A relative `seed_file` is found next to the config file, wherever the edge is started
+/// from, as rule files are.
+#[test]
+fn a_relative_seed_file_is_relative_to_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = nkeys::KeyPair::new_account().seed().unwrap();
+    std::fs::write(dir.path().join("proxy.nk"), seed).unwrap();
+    let config = dir.path().join("edge.toml");
+    std::fs::write(
+        &config,
+        format!("{VALID}\n[auth.trusted_proxy]\nseed_file = \"proxy.nk\"\n"),
+    )
+    .unwrap();
+    let out = nats_edge_command()
+        .arg("check")
+        .arg("-c")
+        .arg(&config)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("run nats-edge check");
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+}
+
+/// `check` refuses a pid file `run` could not write for want of its directory.
+#[test]
+fn check_refuses_a_pid_file_in_a_missing_directory() {
+    let f = config_file(VALID);
+    let out = nats_edge_command()
+        .arg("check")
+        .arg("-c")
+        .arg(f.path())
+        .arg("--pid-file")
+        .arg("/nonexistent-nats-edge-dir/edge.pid")
+        .output()
+        .expect("run nats-edge check");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("pid_file"), "{err}");
+    assert!(err.contains("/nonexistent-nats-edge-dir"), "{err}");
+}
+
 #[test]
 fn check_reports_a_missing_file() {
     let dir = tempfile::tempdir().unwrap();
