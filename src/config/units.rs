@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize, Serializer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
-/// A size written as `"4096"`, `"64KiB"`, `"1MiB"`, `"1MB"`, or a whole number of bytes.
+/// A size written as `"4096"`, `"64KiB"`, `"1MiB"`, `"1MB"` (as nats-server reads it: 1 MiB),
+/// or a whole number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
@@ -54,17 +55,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let (value, unit) =
         split_number(s).ok_or_else(|| format!("`{s}` is not a size (try \"1MiB\" or \"4096\")"))?;
+    // nats-server's table (conf/parse.go), so a size copied from its configuration means
+    // the same bytes here: `K`, `M`, `G`, `T` are powers of 1000; `KB`/`KiB`/`Ki` and the
+    // like are powers of 1024.
     let factor: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
-        "kb" => 1000,
-        "kib" | "k" => 1024,
-        "mb" => 1000 * 1000,
-        "mib" | "m" => 1024 * 1024,
-        "gb" => 1000 * 1000 * 1000,
-        "gib" | "g" => 1024 * 1024 * 1024,
+        "k" => 1000,
+        "kb" | "ki" | "kib" => 1 << 10,
+        "m" => 1000 * 1000,
+        "mb" | "mi" | "mib" => 1 << 20,
+        "g" => 1000 * 1000 * 1000,
+        "gb" | "gi" | "gib" => 1 << 30,
+        "t" => 1000 * 1000 * 1000 * 1000,
+        "tb" | "ti" | "tib" => 1 << 40,
         _ => {
             return Err(format!(
-                "`{s}`: unknown size unit `{unit}` (use B, KiB, MiB, GiB, KB, MB or GB)"
+                "`{s}`: unknown size unit `{unit}` (use B, KiB, MiB, GiB, KB, MB, GB, K, M or G)"
             ))
         }
     };
@@ -320,7 +326,13 @@ mod tests {
         assert!(parse_duration("876000h").is_ok());
         assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
         assert_eq!(parse_size("64KiB").unwrap(), 64 << 10);
-        assert_eq!(parse_size("1MB").unwrap(), 1_000_000);
+        // As nats-server reads them: `MB` is 1024-based, a bare `M` 1000-based.
+        assert_eq!(parse_size("1MB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("8mb").unwrap(), 8 << 20);
+        assert_eq!(parse_size("1M").unwrap(), 1_000_000);
+        assert_eq!(parse_size("2k").unwrap(), 2000);
+        assert_eq!(parse_size("2Ki").unwrap(), 2048);
+        assert_eq!(parse_size("1GB").unwrap(), 1 << 30);
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("lots").is_err());
     }
