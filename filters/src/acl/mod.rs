@@ -223,6 +223,9 @@ pub struct AclFilter {
     added_by_sub: Option<Bytes>,
     /// SUBs seen so far, for [`LiveSub::order`].
     subs_seen: u64,
+    /// Whether the upstream has refused a SUB at its own subscription limit, and so whether
+    /// each SUB now waits for the upstream to answer the ones before it.
+    upstream_sub_limit: UpstreamSubLimit,
     /// Set once a subscription can receive denied subjects (nats-server's delivery filter).
     filter_deliveries: bool,
     /// The user is no longer authorized by reloaded rules (edge mode): the session is
@@ -254,6 +257,7 @@ impl AclFilter {
             subs: HashMap::new(),
             watch_epoch: 0,
             subs_seen: 0,
+            upstream_sub_limit: UpstreamSubLimit::NotReached,
             subs_need_deliveries: false,
             added_by_sub: None,
             filter_deliveries: false,
@@ -580,8 +584,15 @@ impl AclFilter {
     }
 
     fn on_subscribe(&mut self, sub: &crate::op::Sub, ctx: &SessionCtx) -> Verdict {
-        // Shown again after a deferral, it is the same SUB: what it added stays marked.
-        if !ctx.upstream_caught_up {
+        if self.upstream_sub_limit != UpstreamSubLimit::NotReached {
+            if !ctx.upstream_caught_up {
+                return Verdict::Defer;
+            }
+            // The upstream has answered every SUB before this one.
+            self.upstream_sub_limit = UpstreamSubLimit::OneAtATime;
+            self.added_by_sub = None;
+        } else if !ctx.upstream_caught_up {
+            // Shown again after a deferral, it is the same SUB: what it added stays marked.
             self.added_by_sub = None;
         }
         if let Some(perms) = self.perms.clone() {
@@ -801,9 +812,15 @@ impl Filter for AclFilter {
                 return reloaded;
             }
         }
-        self.take_permissions();
+        // Unchanged permissions (a reload for a certificate, or of other users' rules) keep
+        // the replies this client may still answer and the cached decisions, as nats-server
+        // resets them only when its reload changes authorization.
+        if self.rules.permissions_for(self.user.as_deref()) != self.perms.as_ref() {
+            self.take_permissions();
+        }
         // Subscriptions the new rules refuse end at the upstream, and the client is told,
         // as nats-server removes them on a reload and tells it.
+        let mut revoked = 0;
         match &self.perms {
             Some(perms) => {
                 for (sid, live) in self.subs.iter_mut() {
@@ -828,6 +845,7 @@ impl Filter for AclFilter {
                             "subscription no longer allowed after a reload; unsubscribing it"
                         );
                         live.revoked = true;
+                        revoked += 1;
                     }
                     self.filter_deliveries |= perms.needs_delivery_filter(&live.subject, queue);
                 }
@@ -837,6 +855,12 @@ impl Filter for AclFilter {
             // in force its subscriptions stay tracked, for a later reload that restricts it
             // again (`refresh_interest` drops them once no rule file is left).
             None => self.recount_needs(),
+        }
+        // Counted as refused SUBs are: each is a subscription the rules now deny.
+        for _ in 0..revoked {
+            self.settings
+                .events
+                .acl_denied(self.metric_label(), DenialKind::Subscribe);
         }
         // After the revocations: deliveries of revoked subscriptions must be seen.
         self.refresh_interest();
@@ -940,6 +964,10 @@ impl AclFilter {
     /// or has revoked stay until the upstream has ended them, for their deliveries still on
     /// the way.
     fn on_upstream_error(&mut self, text: &str) {
+        if text == errors::MAX_SUBSCRIPTIONS_EXCEEDED {
+            self.on_upstream_subscription_limit();
+            return;
+        }
         let Some(refused) = SubscriptionRefusal::parse(text) else {
             return;
         };
@@ -958,6 +986,47 @@ impl AclFilter {
         }
         self.recount_needs();
         self.refresh_interest();
+    }
+}
+
+/// How SUBs go upstream once nats-server has refused one at its own subscription limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpstreamSubLimit {
+    /// Never refused: SUBs go as they come.
+    NotReached,
+    /// Refused; SUBs sent before the refusal may still be unanswered. New SUBs wait for
+    /// the upstream to catch up.
+    Settling,
+    /// Each SUB has gone only once the upstream had answered the ones before it.
+    OneAtATime,
+}
+
+impl AclFilter {
+    /// nats-server refused a SUB at its own subscription limit (`max_subscriptions`, or an
+    /// account's): that SUB made no subscription, so its entry goes, or refused SUBs would
+    /// grow the table without limit. The text says no more than that it was a SUB still
+    /// unanswered. Once SUBs go one at a time ([`UpstreamSubLimit::OneAtATime`]) that is the
+    /// latest, and only if it added an entry (one that reused a sid keeps the subscription it
+    /// names, as nats-server keeps it). Before, each refusal takes the newest entry: a client
+    /// at its limit is refused every SUB until one ends, so that is wrong only when an UNSUB
+    /// came between pipelined SUBs.
+    fn on_upstream_subscription_limit(&mut self) {
+        let sid = if self.upstream_sub_limit == UpstreamSubLimit::OneAtATime {
+            self.added_by_sub.take()
+        } else {
+            self.upstream_sub_limit = UpstreamSubLimit::Settling;
+            self.added_by_sub = None;
+            self.subs
+                .iter()
+                .filter(|(_, live)| !live.revoked && !live.ending)
+                .max_by_key(|(_, live)| live.order)
+                .map(|(sid, _)| sid.clone())
+        };
+        if let Some(sid) = sid {
+            self.subs.remove(&sid);
+            self.recount_needs();
+            self.refresh_interest();
+        }
     }
 }
 

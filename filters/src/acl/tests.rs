@@ -322,6 +322,30 @@ fn responses_are_allowed_once() {
     assert!(chain.on_client_op(&mut publish("_INBOX.1"), &mut ctx) != Verdict::Forward);
 }
 
+/// A reload that leaves the user's permissions as they were (a certificate rotation, another
+/// user's rules) keeps the replies it may still answer; one that changes them starts afresh,
+/// as nats-server's reload resets them only when authorization changed.
+#[test]
+fn a_reload_keeps_pending_responses_when_permissions_are_unchanged() {
+    let (mut chain, mut ctx, _, source) = setup(AuthMode::Passthrough, RULES);
+    chain.on_client_op(&mut connect(r#"{"user":"svc","pass":"x"}"#), &mut ctx);
+    chain.refresh_interest();
+    chain.on_server_op(&mut msg("rpc.echo", "1", Some("_INBOX.1")), &mut ctx);
+    chain.on_server_op(&mut msg("rpc.echo", "1", Some("_INBOX.2")), &mut ctx);
+    let other_users = format!("{RULES}\n[[users]]\nuser = \"someone\"\npassword = \"pw\"\n");
+    source.store(AclRules::from_str("t.toml", &other_users).unwrap());
+    chain.on_reload(&ctx);
+    assert_eq!(
+        chain.on_client_op(&mut publish("_INBOX.1"), &mut ctx),
+        Verdict::Forward
+    );
+    let changed = RULES.replace("subscribe = [\"rpc.>\"]", "subscribe = [\"rpc.>\", \"x\"]");
+    assert_ne!(changed, RULES);
+    source.store(AclRules::from_str("t.toml", &changed).unwrap());
+    chain.on_reload(&ctx);
+    assert!(chain.on_client_op(&mut publish("_INBOX.2"), &mut ctx) != Verdict::Forward);
+}
+
 /// In edge mode a bcrypt password is checked off the session's thread: the CONNECT is
 /// offloaded, the check leaves its result in the session's slot, and the CONNECT's second
 /// showing is judged by it, a wrong password as much as a right one.
@@ -566,7 +590,7 @@ fn one_subscription_refused(subject: &str, sid: &'static str) -> Reloaded {
 /// dropped until the upstream has ended it.
 #[test]
 fn reload_applies_to_the_live_session() {
-    let (mut chain, mut ctx, _, source) = setup(AuthMode::Passthrough, RULES);
+    let (mut chain, mut ctx, events, source) = setup(AuthMode::Passthrough, RULES);
     chain.on_client_op(&mut connect(r#"{"user":"alice"}"#), &mut ctx);
     chain.refresh_interest();
     assert_eq!(
@@ -583,6 +607,11 @@ fn reload_applies_to_the_live_session() {
         one_subscription_refused("orders.new", "7")
     );
     assert_eq!(chain.on_reload(&ctx), Reloaded::default());
+    // Counted once, as a refused SUB is.
+    assert_eq!(
+        *events.0.lock().unwrap(),
+        [("alice".to_string(), DenialKind::Subscribe)]
+    );
     // Another reload that still refuses it says nothing more, and one that allows it again
     // does not bring back what is being ended.
     let tighter_still = tighter.replace(
@@ -965,4 +994,58 @@ fn a_subscription_the_upstream_refuses_leaves_no_entry() {
         &mut ctx,
     );
     assert_eq!(bob.subs.keys().collect::<Vec<_>>(), [&b"5"[..]]);
+}
+
+/// SUBs nats-server refuses at its own subscription limit leave no entry: a client could
+/// otherwise grow the table without end with refused SUBs. The first refusals, of SUBs sent
+/// together, take the newest entries; after them each SUB waits for the upstream to answer
+/// the ones before it, so that a refusal is the latest SUB's.
+#[test]
+fn subs_refused_at_the_upstreams_limit_leave_no_entry() {
+    let (_, mut ctx, _, _) = setup(AuthMode::Passthrough, RULES);
+    let mut alice = lone_filter(RULES);
+    alice.on_client_op(&mut connect(r#"{"user":"alice"}"#), &mut ctx);
+    let limit = || ServerOp::Err("maximum subscriptions exceeded".into());
+    // The upstream's limit is 2: of four SUBs sent together, it refuses the last two.
+    for (subject, sid) in [
+        ("orders.a", "1"),
+        ("orders.b", "2"),
+        ("orders.c", "3"),
+        ("orders.d", "4"),
+    ] {
+        assert_eq!(
+            alice.on_client_op(&mut sub(subject, None, sid), &mut ctx),
+            Verdict::Forward
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(alice.on_server_op(&mut limit(), &mut ctx), Verdict::Forward);
+    }
+    let mut sids: Vec<_> = alice.subs.keys().cloned().collect();
+    sids.sort();
+    assert_eq!(sids, [&b"1"[..], &b"2"[..]]);
+
+    // Now each SUB waits for the upstream to catch up, then goes; its refusal takes its
+    // entry, and only its.
+    for (subject, sid) in [("orders.e", "5"), ("orders.f", "6")] {
+        assert_eq!(
+            alice.on_client_op(&mut sub(subject, None, sid), &mut ctx),
+            Verdict::Defer
+        );
+        ctx.upstream_caught_up = true;
+        assert_eq!(
+            alice.on_client_op(&mut sub(subject, None, sid), &mut ctx),
+            Verdict::Forward
+        );
+        ctx.upstream_caught_up = false;
+        alice.on_server_op(&mut limit(), &mut ctx);
+    }
+    assert_eq!(alice.subs.len(), 2);
+    // A refused SUB that reused a live sid took nothing: the subscription it names stays.
+    ctx.upstream_caught_up = true;
+    alice.on_client_op(&mut sub("orders.a", None, "1"), &mut ctx);
+    ctx.upstream_caught_up = false;
+    alice.on_server_op(&mut limit(), &mut ctx);
+    assert_eq!(alice.subs.len(), 2);
+    assert!(alice.subs.contains_key(&b"1"[..]));
 }
