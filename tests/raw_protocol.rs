@@ -1526,3 +1526,35 @@ async fn differential_against_nats_server() {
         mismatches.join("\n")
     );
 }
+
+/// nats-server closes a connection whose control line is longer than its own limit (here
+/// below the edge's) with an `-ERR`; the client, still publishing, makes the edge's writes
+/// to the closed upstream fail. The `-ERR` sent before the close still reaches the client,
+/// as it would reach a client of nats-server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstreams_last_error_survives_a_failed_upstream_write() {
+    let server = NatsServer::start_with_config("max_control_line: 256\n");
+    let edge = start_edge(&[server.url()], "").await;
+    // Direct and through the edge, in turn, a few times: the race is the edge's.
+    for i in 0..10 {
+        let addr = if i % 2 == 0 {
+            server.addr()
+        } else {
+            edge_addr(&edge)
+        };
+        let (mut raw, _) = RawConn::connect_info(addr).await;
+        assert!(!raw.roundtrip(&with_connect(b"")).await.closed);
+        let mut bytes = format!("SUB {} 1\r\n", "a".repeat(300)).into_bytes();
+        let publish = format!("PUB x 1024\r\n{}\r\n", "x".repeat(1024));
+        for _ in 0..64 {
+            bytes.extend_from_slice(publish.as_bytes());
+        }
+        raw.send(&bytes).await;
+        let got = raw.read_to_close().await;
+        assert!(
+            String::from_utf8_lossy(&got).contains("-ERR 'maximum control line exceeded'"),
+            "{addr}: {}",
+            show(&got)
+        );
+    }
+}

@@ -577,6 +577,10 @@ where
     let mut client_info_published: Option<(u64, Option<String>)> = None;
     // The client's side reached its end after the CONNECT.
     let mut client_ended = false;
+    // A write to the upstream failed: nothing more goes there, but what it sent before it
+    // went (nats-server's `-ERR` before it closes a connection whose unread input then
+    // resets it) is still read and delivered, until its end or the close grace.
+    let mut upstream_write_failed = false;
 
     poll_fn(|cx| loop {
         let generation = shared.generation;
@@ -636,7 +640,12 @@ where
 
         match u2c.poll(cx, upstream, client, shared) {
             Poll::Ready(Ok(())) => {
-                return Poll::Ready(shared.closing.unwrap_or(CloseReason::UpstreamClosed))
+                let ended = if upstream_write_failed {
+                    CloseReason::UpstreamIoError
+                } else {
+                    CloseReason::UpstreamClosed
+                };
+                return Poll::Ready(shared.closing.unwrap_or(ended));
             }
             Poll::Ready(Err(IoFailure::Read(e))) => {
                 tracing::debug!(error = %e, "upstream read failed");
@@ -655,10 +664,15 @@ where
             Poll::Pending => {}
         }
         shared.client_queued = u2c.queued();
-        if !shared.ctx.end_subscriptions.is_empty() {
+        if !shared.ctx.end_subscriptions.is_empty() && !upstream_write_failed {
             c2u.end_subscriptions_upstream(shared);
         }
-        match c2u.poll(cx, client, upstream, shared) {
+        let c2u_polled = if upstream_write_failed {
+            Poll::Pending
+        } else {
+            c2u.poll(cx, client, upstream, shared)
+        };
+        match c2u_polled {
             Poll::Ready(Ok(())) if !client_ended => {
                 if shared.closing.is_some() || shared.ctx.connect.is_none() {
                     return Poll::Ready(shared.closing.unwrap_or(CloseReason::ClientClosed));
@@ -689,9 +703,13 @@ where
                 tracing::debug!(error = %e, "upstream write failed");
                 // A session already ending (delivering the client's last ops upstream) ends
                 // for the reason it was ending for.
-                return Poll::Ready(
-                    ending_reason(shared, c2u).unwrap_or(CloseReason::UpstreamIoError),
-                );
+                if let Some(reason) = ending_reason(shared, c2u) {
+                    return Poll::Ready(reason);
+                }
+                // Not `shared.close`: a closing session reads no more from the upstream.
+                upstream_write_failed = true;
+                c2u.stop();
+                continue;
             }
             Poll::Pending => {}
         }
@@ -725,8 +743,13 @@ where
         // bounded time to deliver its last words: to the client, and to the upstream what
         // the client sent before the end (taken off its socket, so nats-server would have
         // acted on it).
-        if let Some(reason) = ending_reason(shared, c2u) {
+        let ending = ending_reason(shared, c2u)
+            .or(upstream_write_failed.then_some(CloseReason::UpstreamIoError));
+        if let Some(reason) = ending {
+            // After a failed upstream write, only the upstream's end (or the grace) ends it:
+            // its last words may not have been read yet.
             if shared.closing.is_some()
+                && !upstream_write_failed
                 && u2c.is_drained()
                 && shared.to_client.is_empty()
                 && c2u.is_drained()
