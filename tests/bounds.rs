@@ -287,3 +287,45 @@ async fn a_client_is_heard_while_a_firehose_flows_to_it() {
     stop.store(true, Ordering::Relaxed);
     publisher.await.unwrap();
 }
+
+/// An upstream that takes nothing (here a nats-server stopped with SIGSTOP, as a partition
+/// would leave it) ends the session after the write deadline, as nats-server bounds its own
+/// writes: past its queue's bound the edge no longer reads the client, and without the
+/// deadline the session would last until TCP gave up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_takes_nothing_ends_the_session() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = NatsServer::start();
+    let edge = start_edge(&[server.url()], "[limits]\nwrite_deadline = \"300ms\"\n").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert!(
+        !raw.roundtrip(b"CONNECT {\"verbose\":false}\r\n")
+            .await
+            .closed
+    );
+    send_signal(server.pid(), "STOP");
+    let (mut reader, mut writer) = raw.into_stream().into_split();
+    // Publishes until the edge stops taking them (a bounded amount: 256 MiB).
+    let publishing = tokio::spawn(async move {
+        let line = format!("PUB firehose 1024\r\n{}\r\n", "x".repeat(1024));
+        for _ in 0..256 * 1024 {
+            if writer.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = [0u8; 1024];
+    let ended = within("the session's end", async {
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    send_signal(server.pid(), "CONT");
+    publishing.abort();
+    let () = ended;
+    assert_eq!(edge.metrics().closes(CloseReason::UpstreamIoError), 1);
+}

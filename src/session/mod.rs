@@ -550,10 +550,8 @@ where
     let handshake = tokio::time::sleep(env.handshake_timeout);
     tokio::pin!(handshake);
     let mut close_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-    // Made the first time the client stalls, then reset: a fast client never has one.
-    let mut write_stall: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-    // The client's written-byte count when its current stall began.
-    let mut stalled_at: Option<u64> = None;
+    let mut client_stall = WriteStall::default();
+    let mut upstream_stall = WriteStall::default();
     // Armed only while a buffer is grown, so idle connections carry no timer.
     let mut shrink_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let mut shutdown = env.shutdown.clone();
@@ -718,25 +716,27 @@ where
         // a slow consumer, and is closed as nats-server closes one. Nothing else would end
         // its session: the upstream, no longer read past the high-water mark, cannot tell
         // the edge that nats-server gave up on it.
-        match u2c.stalled_at() {
-            Some(written) => {
-                let deadline = env.write_deadline;
-                let timer =
-                    write_stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(deadline)));
-                if stalled_at != Some(written) {
-                    stalled_at = Some(written);
-                    timer.as_mut().reset(tokio::time::Instant::now() + deadline);
-                }
-                if timer.as_mut().poll(cx).is_ready() {
-                    tracing::info!(
-                        write_deadline = ?deadline,
-                        queued_bytes = u2c.queued(),
-                        "slow consumer: the client took nothing within the write deadline"
-                    );
-                    return Poll::Ready(CloseReason::SlowConsumer);
-                }
-            }
-            None => stalled_at = None,
+        if client_stall.expired(cx, u2c.stalled_at(), env.write_deadline) {
+            tracing::info!(
+                write_deadline = ?env.write_deadline,
+                queued_bytes = u2c.queued(),
+                "slow consumer: the client took nothing within the write deadline"
+            );
+            return Poll::Ready(CloseReason::SlowConsumer);
+        }
+        // Likewise an upstream that takes nothing (a partition, a zero window): past its
+        // queue's bound the client is no longer read, so not even its close would be seen,
+        // and the session would last until TCP gave up. nats-server bounds its own writes
+        // the same way.
+        if !upstream_write_failed
+            && upstream_stall.expired(cx, c2u.stalled_at(), env.write_deadline)
+        {
+            tracing::warn!(
+                write_deadline = ?env.write_deadline,
+                queued_bytes = c2u.queued(),
+                "the upstream took nothing within the write deadline"
+            );
+            return Poll::Ready(CloseReason::UpstreamIoError);
         }
 
         // A session that is ending, or whose client reader stopped on a violation, gets a
@@ -850,6 +850,39 @@ pub(super) fn send_lame_duck(shared: &mut Shared) {
     }
     tracing::debug!("lame-duck INFO sent");
     shared.send_now(&ServerOp::Info(Box::new(info)));
+}
+
+/// How long one direction's writer has taken none of what is queued for it. The timer is
+/// made the first time it stalls, then reset: a fast peer never has one.
+#[derive(Default)]
+struct WriteStall {
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// The writer's written-byte count when its current stall began.
+    since: Option<u64>,
+}
+
+impl WriteStall {
+    /// Whether the writer, stalled at `written` bytes (`None`: not stalled), has taken
+    /// nothing for `deadline`.
+    fn expired(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        written: Option<u64>,
+        deadline: Duration,
+    ) -> bool {
+        let Some(written) = written else {
+            self.since = None;
+            return false;
+        };
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(deadline)));
+        if self.since != Some(written) {
+            self.since = Some(written);
+            timer.as_mut().reset(tokio::time::Instant::now() + deadline);
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
 }
 
 /// One unit of a listener's `connections_open` gauge, given back when the session's task

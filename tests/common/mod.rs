@@ -709,6 +709,12 @@ impl RawConn {
         }
     }
 
+    /// The socket, for a test that reads and writes at once; bytes already read are
+    /// dropped.
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     /// Connects and reads the server's INFO.
     pub async fn connect_info(addr: SocketAddr) -> (RawConn, serde_json::Value) {
         let mut raw = Self::connect(addr).await;
