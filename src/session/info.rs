@@ -82,8 +82,10 @@ impl InfoRewrite {
 /// (`maximum connections exceeded`, `Upstream Unavailable`), as nats-server always sends its
 /// INFO first and client libraries take anything else first as a protocol error. It is
 /// `last`, the listener's latest client INFO, or a minimal one before any client has
-/// connected, rewritten for this listener's current settings; it carries no nonce, since no
-/// CONNECT will follow.
+/// connected, rewritten for this listener's current settings. Its nonce is a fresh one when
+/// the upstream's INFO had one (no CONNECT will follow, but nats.go, set up with an nkey,
+/// reports "nkeys not supported by the server" for an INFO without one instead of reading
+/// the error), and none otherwise.
 pub fn info_before_error(last: Option<Info>, rewrite: &InfoRewrite, client: SocketAddr) -> Info {
     let mut info = last.unwrap_or_else(|| {
         let mut info = Info {
@@ -97,11 +99,20 @@ pub fn info_before_error(last: Option<Info>, rewrite: &InfoRewrite, client: Sock
         );
         info
     });
-    info.nonce = None;
+    info.nonce = info.nonce.is_some().then(fresh_nonce);
     info.ldm = None;
     info.extra.remove("client_id");
     rewrite.apply(&mut info, client);
     info
+}
+
+/// A nonce shaped as nats-server's: 11 random bytes, base64url without padding.
+fn fresh_nonce() -> String {
+    let mut bytes = [0u8; 11];
+    // A nonce nothing will be signed against: should the system's random source fail,
+    // zeros serve as well.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    data_encoding::BASE64URL_NOPAD.encode(&bytes)
 }
 
 /// Encodes into `buf` the [`info_before_error`] for `last`, a listener's stored INFO.
@@ -166,7 +177,7 @@ mod tests {
     }
 
     #[test]
-    fn the_info_before_an_error_is_the_listeners_without_a_nonce() {
+    fn the_info_before_an_error_is_the_listeners_with_a_fresh_nonce() {
         let rw = InfoRewrite {
             host: "edge.example.com".into(),
             port: 4443,
@@ -192,8 +203,12 @@ mod tests {
                "nonce":"abc","client_id":7,"client_ip":"198.51.100.1","ldm":true}"#,
         )
         .unwrap();
-        let info = info_before_error(Some(last), &rw, client);
-        assert_eq!(info.nonce, None);
+        let info = info_before_error(Some(last.clone()), &rw, client);
+        // A fresh nonce, not the last client's: an nkey client reads the error that follows.
+        let nonce = info.nonce.clone().expect("a nonce");
+        assert_ne!(nonce, "abc");
+        assert_eq!(nonce.len(), 15, "{nonce}");
+        assert_ne!(info_before_error(Some(last), &rw, client).nonce, info.nonce);
         assert_eq!(info.ldm, None);
         assert!(!info.extra.contains_key("client_id"));
         assert_eq!(info.extra["version"], "2.12.0");
