@@ -388,12 +388,25 @@ impl DialHistory {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
     }
 
+    /// Whether `url` failed within the back-off. When its back-off is over, the one dial
+    /// that sees it first tries it again, and its back-off starts anew for every other dial
+    /// until that one has an answer: otherwise every session would try a URL that still
+    /// drops packets first, for as long as the connect timeout, each time its back-off ends.
     fn failed_lately(&self, url: usize, now: u64) -> bool {
         let backoff = u64::try_from(FAILED_URL_BACKOFF.as_millis()).unwrap_or(u64::MAX);
-        self.failed_at.get(url).is_some_and(|at| {
-            let at = at.load(Ordering::Relaxed);
-            at != 0 && now.saturating_sub(at) < backoff
-        })
+        let Some(failed_at) = self.failed_at.get(url) else {
+            return false;
+        };
+        let at = failed_at.load(Ordering::Relaxed);
+        if at == 0 {
+            return false;
+        }
+        if now.saturating_sub(at) < backoff {
+            return true;
+        }
+        failed_at
+            .compare_exchange(at, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
     }
 
     fn record(&self, url: usize, ok: bool) {
@@ -557,12 +570,50 @@ pub async fn dial_any(
     Err(AllUpstreamsFailed(failures))
 }
 
+/// Connects to one of the addresses `url`'s host resolves to, each given an equal share of
+/// the time left, as nats.go gives each address of a host its share of the connect timeout:
+/// a first address that drops packets must not use up the whole timeout while the others
+/// answer (a headless Service's name, a host with IPv6 and IPv4 addresses). Sessions start at
+/// different addresses in turn, so a dead one delays only some of them, and a live server
+/// that is full or going away is not the only one behind the name ever tried.
+async fn connect_tcp(url: &UpstreamUrl, timeout: Duration) -> io::Result<TcpStream> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut addrs: Vec<std::net::SocketAddr> =
+        tokio::net::lookup_host(url.authority()).await?.collect();
+    if addrs.len() > 1 {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let start = NEXT.fetch_add(1, Ordering::Relaxed) % addrs.len();
+        addrs.rotate_left(start);
+    }
+    connect_in_turn(&addrs, deadline).await
+}
+
+/// Tries `addrs` in order, each for its share of the time left before `deadline`.
+async fn connect_in_turn(
+    addrs: &[std::net::SocketAddr],
+    deadline: tokio::time::Instant,
+) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the host resolved to no address");
+    for (i, addr) in addrs.iter().enumerate() {
+        let left = addrs.len() - i;
+        let share = deadline.saturating_duration_since(tokio::time::Instant::now()) / left as u32;
+        match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) => last = e,
+            Err(_) => {
+                last = io::Error::new(io::ErrorKind::TimedOut, format!("{addr}: timed out"))
+            }
+        }
+    }
+    Err(last)
+}
+
 async fn dial(
     upstream: &Upstream,
     url: &UpstreamUrl,
     client: Option<ProxyAddrs>,
 ) -> Result<(UpstreamStream, Info, BytesMut), DialError> {
-    let mut tcp = TcpStream::connect(url.authority())
+    let mut tcp = connect_tcp(url, upstream.connect_timeout)
         .await
         .map_err(DialError::Connect)?;
     tcp.set_nodelay(true).map_err(DialError::Connect)?;
@@ -671,6 +722,56 @@ async fn read_first_info<S: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An address that takes no connection (a listener whose backlog is full drops SYNs, as
+    /// a host that drops packets would) holds the dial for its share of the timeout only;
+    /// the next address of the host still gets its turn.
+    #[tokio::test]
+    async fn an_address_that_drops_packets_gets_its_share_of_the_timeout() {
+        let silent = tokio::net::TcpSocket::new_v4().unwrap();
+        silent.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let silent = silent.listen(1).unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        // Fill its queue, never accepting: further SYNs are dropped.
+        let mut fillers = Vec::new();
+        for _ in 0..4 {
+            let connect = TcpStream::connect(silent_addr);
+            if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(200), connect).await
+            {
+                fillers.push(stream);
+            }
+        }
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+        let started = Instant::now();
+        let stream = connect_in_turn(&[silent_addr, live_addr], deadline)
+            .await
+            .expect("the second address");
+        assert_eq!(stream.peer_addr().unwrap(), live_addr);
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(1500) && took < Duration::from_millis(3500),
+            "{took:?}"
+        );
+        assert!(connect_in_turn(&[], deadline).await.is_err());
+    }
+
+    /// When a failed URL's back-off ends, one dial tries it again; the others go on
+    /// skipping it until that dial has its answer.
+    #[test]
+    fn one_dial_tries_a_url_again_when_its_backoff_ends() {
+        let history = DialHistory::new(2);
+        history.record(0, false);
+        let failed = history.failed_at[0].load(Ordering::Relaxed);
+        assert!(history.failed_lately(0, failed + 1));
+        assert!(!history.failed_lately(1, failed + 1));
+        let later = failed + u64::try_from(FAILED_URL_BACKOFF.as_millis()).unwrap();
+        assert!(!history.failed_lately(0, later), "the first dial after the back-off");
+        assert!(history.failed_lately(0, later), "the others skip it meanwhile");
+        history.record(0, true);
+        assert!(!history.failed_lately(0, later + 1));
+    }
 
     /// Credentials never reach an error, with or without a scheme; a host that is no host
     /// (two URLs run together) is refused when the config loads.
