@@ -600,9 +600,7 @@ async fn connect_in_turn(
         match tokio::time::timeout(share, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => return Ok(stream),
             Ok(Err(e)) => last = e,
-            Err(_) => {
-                last = io::Error::new(io::ErrorKind::TimedOut, format!("{addr}: timed out"))
-            }
+            Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, format!("{addr}: timed out")),
         }
     }
     Err(last)
@@ -767,8 +765,14 @@ mod tests {
         assert!(history.failed_lately(0, failed + 1));
         assert!(!history.failed_lately(1, failed + 1));
         let later = failed + u64::try_from(FAILED_URL_BACKOFF.as_millis()).unwrap();
-        assert!(!history.failed_lately(0, later), "the first dial after the back-off");
-        assert!(history.failed_lately(0, later), "the others skip it meanwhile");
+        assert!(
+            !history.failed_lately(0, later),
+            "the first dial after the back-off"
+        );
+        assert!(
+            history.failed_lately(0, later),
+            "the others skip it meanwhile"
+        );
         history.record(0, true);
         assert!(!history.failed_lately(0, later + 1));
     }

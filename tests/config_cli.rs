@@ -237,6 +237,19 @@ fn check_names_a_bad_environment_value() {
     );
     assert!(err.contains("NATS_EDGE_"), "the source is named: {err}");
 
+    // A whole list in one variable: that variable is named, not one per element.
+    let out = check(
+        &f,
+        &[("NATS_EDGE_LISTENERS", "[{name=\"a\", bind=\"nope:1\"}]")],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("listeners.0.bind"), "{err}");
+    assert!(
+        err.contains("environment variable NATS_EDGE_LISTENERS)"),
+        "{err}"
+    );
+
     let out = check(&f, &[("NATS_EDGE_LIMITS__MAX_PAYLOADZ", "1")]);
     assert!(!out.status.success(), "a misspelt variable is an error");
     assert!(

@@ -1053,11 +1053,20 @@ fn describe_origin(metadata: &figment::Metadata, keys: &[&str]) -> String {
             "the built-in default".into()
         }
         Some(figment::Source::Code(_)) => "a command-line flag".into(),
-        _ => format!(
-            "environment variable {ENV_PREFIX}{}",
-            keys.join("__").to_ascii_uppercase()
-        ),
+        _ => format!("environment variable {}", env_var_for(keys)),
     }
+}
+
+/// The variable a value under `keys` came from: the longest prefix of the key path that is
+/// set (`NATS_EDGE_LISTENERS` for an error at `listeners.0.bind` inside a whole list given in
+/// one variable), or the full path's variable when none is.
+fn env_var_for(keys: &[&str]) -> String {
+    let name = |n: usize| format!("{ENV_PREFIX}{}", keys[..n].join("__").to_ascii_uppercase());
+    (1..=keys.len())
+        .rev()
+        .map(name)
+        .find(|var| std::env::var_os(var).is_some())
+        .unwrap_or_else(|| name(keys.len()))
 }
 
 /// One line per error: `key: reason (from origin)`.
