@@ -40,7 +40,7 @@ pub enum StartError {
     },
     #[error("{what}: {source}")]
     Tls { what: String, source: TlsError },
-    #[error("admin: cannot bind {addr}: {source}")]
+    #[error("admin.listen: cannot bind {addr}: {source}")]
     AdminBind {
         addr: SocketAddr,
         source: std::io::Error,

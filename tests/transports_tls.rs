@@ -601,7 +601,7 @@ async fn certificates_reload_on_sighup_and_live_connections_stay() {
     );
     let error = line["error"].as_str().unwrap();
     assert!(
-        error.starts_with("listeners.0.tls: ") && error.contains("live-key.pem"),
+        error.starts_with("listeners.0.tls: key_file ") && error.contains("live-key.pem"),
         "{line}"
     );
     let still = within(

@@ -31,16 +31,40 @@ pub const HANDSHAKE_RECORD: u8 = 0x16;
 /// TLS material that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{}: {reason}", path.display())]
-    File { path: PathBuf, reason: String },
+    /// A file that did not load; `key` is the setting that names it, once known.
+    #[error("{}{}: {reason}", key.map(|k| format!("{k} ")).unwrap_or_default(), path.display())]
+    File {
+        key: Option<&'static str>,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("{0}")]
     Config(String),
 }
 
 fn file_error(path: &Path, reason: impl fmt::Display) -> TlsError {
     TlsError::File {
+        key: None,
         path: path.to_path_buf(),
         reason: reason.to_string(),
+    }
+}
+
+impl TlsError {
+    /// Names the setting (`cert_file`, `key_file`, ...) a file error is about.
+    fn at(self, setting: &'static str) -> TlsError {
+        match self {
+            TlsError::File {
+                key: None,
+                path,
+                reason,
+            } => TlsError::File {
+                key: Some(setting),
+                path,
+                reason,
+            },
+            other => other,
+        }
     }
 }
 
@@ -118,20 +142,22 @@ impl ServerTls {
 }
 
 fn build_server(settings: &ListenerTls) -> Result<ServerConfig, TlsError> {
-    let certs = load_certs(&settings.cert_file)?;
-    let key = load_key(&settings.key_file)?;
+    let certs = load_certs(&settings.cert_file).map_err(|e| e.at("cert_file"))?;
+    let key = load_key(&settings.key_file).map_err(|e| e.at("key_file"))?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let builder = match &settings.client_ca_file {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let roots = Arc::new(load_roots(ca)?);
+            let roots = Arc::new(load_roots(ca).map_err(|e| e.at("client_ca_file"))?);
             let mut verifier = WebPkiClientVerifier::builder_with_provider(roots, provider());
             if settings.client_auth == Some(ClientAuth::Optional) {
                 verifier = verifier.allow_unauthenticated();
             }
-            let verifier = verifier.build().map_err(|e| file_error(ca, e))?;
+            let verifier = verifier
+                .build()
+                .map_err(|e| file_error(ca, e).at("client_ca_file"))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -140,6 +166,7 @@ fn build_server(settings: &ListenerTls) -> Result<ServerConfig, TlsError> {
             &settings.key_file,
             format!("cannot be used with {}: {e}", settings.cert_file.display()),
         )
+        .at("key_file")
     })
 }
 
@@ -327,7 +354,7 @@ impl ClientTls {
 
 fn build_client(settings: &UpstreamTls) -> Result<ClientConfig, TlsError> {
     let roots = match &settings.ca_file {
-        Some(ca) => load_roots(ca)?,
+        Some(ca) => load_roots(ca).map_err(|e| e.at("ca_file"))?,
         None => {
             let found = rustls_native_certs::load_native_certs();
             let mut roots = RootCertStore::empty();
@@ -346,8 +373,14 @@ fn build_client(settings: &UpstreamTls) -> Result<ClientConfig, TlsError> {
         .with_root_certificates(roots);
     match (&settings.cert_file, &settings.key_file) {
         (Some(cert), Some(key)) => builder
-            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
-            .map_err(|e| file_error(key, format!("cannot be used with {}: {e}", cert.display()))),
+            .with_client_auth_cert(
+                load_certs(cert).map_err(|e| e.at("cert_file"))?,
+                load_key(key).map_err(|e| e.at("key_file"))?,
+            )
+            .map_err(|e| {
+                file_error(key, format!("cannot be used with {}: {e}", cert.display()))
+                    .at("key_file")
+            }),
         _ => Ok(builder.with_no_client_auth()),
     }
 }
