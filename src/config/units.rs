@@ -230,16 +230,26 @@ pub struct StringList(pub Vec<String>);
 
 impl<'de> Deserialize<'de> for StringList {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum OneOrMany {
-            One(String),
-            Many(Vec<String>),
+        // A visitor rather than an untagged enum, whose error ("data did not match any
+        // variant") says nothing of what was expected.
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = StringList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of strings, or one comma-separated string")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<StringList, E> {
+                Ok(StringList(split_list(s)))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<StringList, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(StringList(items))
+            }
         }
-        Ok(StringList(match OneOrMany::deserialize(d)? {
-            OneOrMany::One(s) => split_list(&s),
-            OneOrMany::Many(v) => v,
-        }))
+        d.deserialize_any(ListVisitor)
     }
 }
 
