@@ -21,9 +21,9 @@ pub fn go_quote(bytes: &[u8]) -> String {
                     out.push_str(&format!("\\x{:02x}", c as u32));
                 }
                 c if c == ' ' || c.is_ascii() => out.push(c),
-                // Go prints letters, marks, numbers, punctuation and symbols; other spaces and
-                // controls are escaped.
-                c if c.is_control() || c.is_whitespace() => {
+                // Go prints letters, marks, numbers, punctuation and symbols; other spaces,
+                // controls, format characters and private-use ones are escaped.
+                c if c.is_control() || c.is_whitespace() || is_format_or_private(c) => {
                     if (c as u32) <= 0xffff {
                         out.push_str(&format!("\\u{:04x}", c as u32));
                     } else {
@@ -39,6 +39,41 @@ pub fn go_quote(bytes: &[u8]) -> String {
     }
     out.push('"');
     out
+}
+
+/// Format characters (Unicode category Cf), private-use characters (Co) and noncharacters,
+/// which Go's `unicode.IsPrint` rejects and `strconv.Quote` escapes. Unassigned code points,
+/// which Go escapes too, would need Unicode's tables and are left as they are.
+fn is_format_or_private(c: char) -> bool {
+    const FORMAT: &[(u32, u32)] = &[
+        (0x00AD, 0x00AD),
+        (0x0600, 0x0605),
+        (0x061C, 0x061C),
+        (0x06DD, 0x06DD),
+        (0x070F, 0x070F),
+        (0x0890, 0x0891),
+        (0x08E2, 0x08E2),
+        (0x180E, 0x180E),
+        (0x200B, 0x200F),
+        (0x202A, 0x202E),
+        (0x2060, 0x2064),
+        (0x2066, 0x206F),
+        (0xFEFF, 0xFEFF),
+        (0xFFF9, 0xFFFB),
+        (0x110BD, 0x110BD),
+        (0x110CD, 0x110CD),
+        (0x13430, 0x1343F),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0001, 0xE0001),
+        (0xE0020, 0xE007F),
+    ];
+    let c = c as u32;
+    let private = (0xE000..=0xF8FF).contains(&c) || c >= 0xF0000;
+    let noncharacter = (0xFDD0..=0xFDEF).contains(&c) || c & 0xFFFE == 0xFFFE;
+    private
+        || noncharacter
+        || FORMAT.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
 }
 
 /// Reads a Go-quoted string at the start of `text` (as [`go_quote`] writes it, and as
@@ -121,5 +156,11 @@ mod tests {
         assert_eq!(go_quote(b"\xff.x"), r#""\xff.x""#);
         assert_eq!(go_quote("grüße.ü".as_bytes()), "\"grüße.ü\"");
         assert_eq!(go_quote("a\u{a0}b".as_bytes()), r#""a\u00a0b""#);
+        // As nats-server quotes them (checked against it): format, private-use and
+        // noncharacter code points.
+        assert_eq!(
+            go_quote("a\u{ad}b\u{200b}c\u{e000}d\u{f0000}e\u{fffe}f\u{e0041}g".as_bytes()),
+            r#""a\u00adb\u200bc\ue000d\U000f0000e\ufffef\U000e0041g""#
+        );
     }
 }
