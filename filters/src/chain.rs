@@ -132,7 +132,10 @@ impl Chain {
             let verdict = filter.on_server_op(op, ctx);
             stale |= filter.interest() != interest;
             match verdict {
-                Verdict::Forward => {}
+                // Holding is for client ops: a server op is never held, and stopping here
+                // would skip the filters still to come (an ACL's delivery check, a rewrite
+                // back to the client's subjects), so it counts as passing.
+                Verdict::Forward | Verdict::Defer | Verdict::Offload(_) => {}
                 Verdict::Changed => outcome = Verdict::Changed,
                 other => {
                     outcome = other;
@@ -151,5 +154,54 @@ impl Chain {
         for filter in self.filters.iter_mut().rev() {
             filter.on_info(info, ctx);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::{ConnFacts, OpKind};
+
+    /// Answers every server op with a fixed verdict.
+    struct Says(&'static str, fn() -> Verdict);
+
+    impl Filter for Says {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn interest(&self) -> Interest {
+            Interest::of(&[OpKind::ServerPong])
+        }
+        fn on_server_op(&mut self, _op: &mut ServerOp, _ctx: &mut SessionCtx) -> Verdict {
+            (self.1)()
+        }
+    }
+
+    /// A server op is never held: a filter that asks to defer it (or to offload a check) is
+    /// taken as passing it, and the filters after it still see it.
+    #[test]
+    fn a_server_op_is_never_held() {
+        let conn = ConnFacts {
+            conn_id: 1,
+            listener: "l".into(),
+            client_addr: "127.0.0.1:1".parse().unwrap(),
+            transport: "tcp",
+            tls_peer: None,
+        };
+        let mut ctx = SessionCtx::new(conn);
+        // Server ops go through in reverse order: `holds` first, then `drops`.
+        let mut chain = Chain::new(vec![
+            Box::new(Says("drops", || Verdict::Drop)),
+            Box::new(Says("holds", || Verdict::Defer)),
+        ]);
+        assert_eq!(
+            chain.on_server_op(&mut ServerOp::Pong, &mut ctx),
+            Verdict::Drop
+        );
+        let mut chain = Chain::new(vec![Box::new(Says("holds", || Verdict::Defer))]);
+        assert_eq!(
+            chain.on_server_op(&mut ServerOp::Pong, &mut ctx),
+            Verdict::Forward
+        );
     }
 }

@@ -71,9 +71,7 @@ fn is_format_or_private(c: char) -> bool {
     let c = c as u32;
     let private = (0xE000..=0xF8FF).contains(&c) || c >= 0xF0000;
     let noncharacter = (0xFDD0..=0xFDEF).contains(&c) || c & 0xFFFE == 0xFFFE;
-    private
-        || noncharacter
-        || FORMAT.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
+    private || noncharacter || FORMAT.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
 }
 
 /// Reads a Go-quoted string at the start of `text` (as [`go_quote`] writes it, and as
