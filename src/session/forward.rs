@@ -523,6 +523,7 @@ impl Forwarder {
             if !wanted {
                 if frame.verb == Verb::Ping {
                     shared.pings_sent += 1;
+                    shared.early_pings += u64::from(shared.connects_upstream == 0);
                 }
                 shared.forwarded();
                 run += frame.len;
@@ -708,6 +709,7 @@ impl Forwarder {
         if forwarded {
             if matches!(op, ClientOp::Ping) {
                 shared.pings_sent += 1;
+                shared.early_pings += u64::from(shared.connects_upstream == 0);
             }
             if matches!(op, ClientOp::Connect(_)) {
                 shared.connects_upstream += 1;
@@ -810,7 +812,9 @@ impl Forwarder {
                         }
                         continue;
                     }
-                    if !shared.client_ponged {
+                    let early = shared.early_pings > 0;
+                    shared.early_pings = shared.early_pings.saturating_sub(1);
+                    if !shared.client_ponged && !early {
                         shared.client_ponged = true;
                         if std::mem::take(&mut shared.lame_duck_pending) {
                             // Queued after this PONG: the run it is in goes out first.
@@ -1104,5 +1108,25 @@ mod tests {
         let (old, new) = (text.find("\"old\""), text.find("\"new\""));
         assert!(text.starts_with("PONG\r\nINFO "), "{text}");
         assert!(old.is_some() && old < new, "{text}");
+    }
+
+    /// The PONG to a PING the client sent before any CONNECT went upstream is not the first
+    /// PONG nats-server counts: a held INFO waits for the next one.
+    #[tokio::test]
+    async fn a_pong_to_a_ping_before_connect_releases_no_info() {
+        let mut shared = Shared::for_tests();
+        let held: nats_edge_filters::Info = serde_json::from_str(r#"{"server_id":"x"}"#).unwrap();
+        shared.held_info = Some(Box::new(held));
+        shared.pings_sent = 2;
+        shared.early_pings = 1;
+        let mut forwarder = Forwarder::new(Direction::ServerToClient, BytesMut::new());
+        let mut reader = ThenReset(VecDeque::from([&b"PONG\r\n"[..], &b"PONG\r\n"[..]]));
+        let mut written: Vec<u8> = Vec::new();
+        let _ =
+            std::future::poll_fn(|cx| forwarder.poll(cx, &mut reader, &mut written, &mut shared))
+                .await;
+        let text = String::from_utf8(written).unwrap();
+        assert!(text.starts_with("PONG\r\nPONG\r\nINFO "), "{text}");
+        assert_eq!(shared.early_pings, 0);
     }
 }

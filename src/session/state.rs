@@ -58,6 +58,10 @@ pub struct Shared {
     pub server_scan: ScanLimits,
     /// PINGs sent upstream so far (the client's and the edge's barriers).
     pub pings_sent: u64,
+    /// The client's PINGs that went upstream before any CONNECT and are not answered yet:
+    /// their PONGs are not the first PONG nats-server counts (it counts only after a
+    /// CONNECT), so they release no held INFO.
+    pub early_pings: u64,
     /// PONGs received from upstream so far.
     pub pongs_seen: u64,
     pub barriers: VecDeque<Barrier>,
@@ -155,6 +159,7 @@ impl Shared {
                 headers: false,
             },
             pings_sent: 0,
+            early_pings: 0,
             pongs_seen: 0,
             barriers: VecDeque::new(),
             held_answer_bytes: 0,
