@@ -812,6 +812,14 @@ impl Forwarder {
                         }
                         continue;
                     }
+                    if shared.pongs_seen > shared.pings_sent {
+                        // A PONG no PING asked for: the upstream's violation (closing the
+                        // session, see `pong_received`). What came before it goes; neither it
+                        // nor what follows it does, as after any other violation.
+                        self.flush_run(&mut run);
+                        self.stopped = true;
+                        break;
+                    }
                     let early = shared.early_pings > 0;
                     shared.early_pings = shared.early_pings.saturating_sub(1);
                     if !shared.client_ponged && !early {
@@ -1128,5 +1136,26 @@ mod tests {
         let text = String::from_utf8(written).unwrap();
         assert!(text.starts_with("PONG\r\nPONG\r\nINFO "), "{text}");
         assert_eq!(shared.early_pings, 0);
+    }
+
+    /// A PONG no PING asked for ends the session as the upstream's violation: what came
+    /// before it reaches the client, neither it nor what follows it does.
+    #[tokio::test]
+    async fn an_unasked_pong_is_not_passed_on() {
+        let mut shared = Shared::for_tests();
+        shared.client_ponged = true;
+        let mut forwarder = Forwarder::new(Direction::ServerToClient, BytesMut::new());
+        let mut reader = ThenReset(VecDeque::from([
+            &b"MSG a 1 1\r\nx\r\nPONG\r\nMSG b 1 1\r\ny\r\n"[..],
+        ]));
+        let mut written: Vec<u8> = Vec::new();
+        // Polled once: stopped, it waits for the session to end it.
+        std::future::poll_fn(|cx| {
+            let _ = forwarder.poll(cx, &mut reader, &mut written, &mut shared);
+            std::task::Poll::Ready(())
+        })
+        .await;
+        assert_eq!(String::from_utf8(written).unwrap(), "MSG a 1 1\r\nx\r\n");
+        assert_eq!(shared.closing, Some(CloseReason::UpstreamProtocolViolation));
     }
 }

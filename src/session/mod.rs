@@ -672,15 +672,20 @@ where
         };
         match c2u_polled {
             Poll::Ready(Ok(())) if !client_ended => {
-                if shared.closing.is_some() || shared.ctx.connect.is_none() {
-                    return Poll::Ready(shared.closing.unwrap_or(CloseReason::ClientClosed));
+                if shared.closing.is_some() {
+                    // Already ending: what is queued for the client (its closing `-ERR`)
+                    // still goes, as below, within the close grace.
+                    client_ended = true;
+                } else if shared.ctx.connect.is_none() {
+                    return Poll::Ready(CloseReason::ClientClosed);
+                } else {
+                    // The client closed its side after its CONNECT: the upstream's answers to
+                    // what it sent still reach it (a half-closed client reads them), then the
+                    // session ends, within the close grace.
+                    client_ended = true;
+                    c2u.finish_after_upstream(shared);
+                    continue;
                 }
-                // The client closed its side after its CONNECT: the upstream's answers to
-                // what it sent still reach it (a half-closed client reads them), then the
-                // session ends, within the close grace.
-                client_ended = true;
-                c2u.finish_after_upstream(shared);
-                continue;
             }
             // Ended; waiting for the upstream's last answers.
             Poll::Ready(Ok(())) => {}
