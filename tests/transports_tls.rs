@@ -103,6 +103,32 @@ async fn classic_tls_listener_sends_info_first_then_upgrades() {
     pub_sub_works(&client).await;
 }
 
+/// A shutdown does not wait for a classic TLS client that read the INFO and never starts its
+/// handshake: the listener's handshake timeout (10 s here) would otherwise hold it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_does_not_wait_for_a_tls_handshake_after_info() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
+    let server = NatsServer::start();
+    let toml = tls_toml(&server, &cert_keys(&server_cert)).replace(
+        "kind = \"tls\"",
+        "kind = \"tls\"\nhandshake_timeout = \"10s\"",
+    );
+    assert!(toml.contains("handshake_timeout"), "{toml}");
+    let edge = start_edge_toml(&toml).await;
+    let mut raw = Raw::new(tcp(edge_addr(&edge)).await);
+    let info = raw.read_info().await;
+    assert_eq!(info["tls_required"], true, "{info}");
+    let started = std::time::Instant::now();
+    within("edge shutdown", edge.shutdown()).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// A reload whose file drops a TLS listener holds that listener until the restart, on the
 /// certificates it loaded: their files may be gone with it, and the reload (of everything
 /// else) still applies.

@@ -411,13 +411,23 @@ async fn open(
             transport::ClientStream::Tcp(tcp) => Some(transport::CloseGuard::new(tcp.get_ref())),
             _ => None,
         };
-        match Box::pin(transport::upgrade_after_info(
+        let upgrade = Box::pin(transport::upgrade_after_info(
             client,
             acceptor,
             env.transport_timeout,
-        ))
-        .await
-        {
+        ));
+        let upgraded = tokio::select! {
+            biased;
+            // A shutdown does not wait for a client's TLS handshake (up to the listener's
+            // handshake timeout): the client is closed with it.
+            () = crate::edge::until_stopped(&mut shutdown) => {
+                drop(upstream_stream);
+                drop(guard);
+                return Err(SessionTotals::early(CloseReason::Shutdown));
+            }
+            upgraded = upgrade => upgraded,
+        };
+        match upgraded {
             Ok((upgraded, tls_peer)) => {
                 env.listener_metrics.handshake_done(accepted_at.elapsed());
                 client = upgraded;
