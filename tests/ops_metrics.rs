@@ -464,6 +464,8 @@ async fn idle_admin_connections_do_not_starve_the_probes() {
         "{head}"
     );
 
+    // Ready first (its first upstream check done), so the probe below can be judged.
+    poll_http(admin, "/readyz", |status, _| (status == 200).then_some(())).await;
     // Every full slot taken by a connection that sends nothing.
     let mut idle = Vec::new();
     for _ in 0..64 {
