@@ -223,9 +223,13 @@ pub struct AclFilter {
     added_by_sub: Option<Bytes>,
     /// SUBs seen so far, for [`LiveSub::order`].
     subs_seen: u64,
-    /// Whether the upstream has refused a SUB at its own subscription limit, and so whether
-    /// each SUB now waits for the upstream to answer the ones before it.
-    upstream_sub_limit: UpstreamSubLimit,
+    /// The order of the newest SUB the upstream is known to have answered: every SUB up to
+    /// it (see [`LiveSub::order`]) has either made its subscription or been refused.
+    answered_subs: u64,
+    /// The table's size at which the upstream last refused a SUB at its own subscription
+    /// limit: while the table is that large, each SUB waits for the upstream to answer the
+    /// ones before it, so that a refusal is known to be its own.
+    upstream_sub_limit: Option<usize>,
     /// Set once a subscription can receive denied subjects (nats-server's delivery filter).
     filter_deliveries: bool,
     /// The user is no longer authorized by reloaded rules (edge mode): the session is
@@ -257,7 +261,8 @@ impl AclFilter {
             subs: HashMap::new(),
             watch_epoch: 0,
             subs_seen: 0,
-            upstream_sub_limit: UpstreamSubLimit::NotReached,
+            answered_subs: 0,
+            upstream_sub_limit: None,
             subs_need_deliveries: false,
             added_by_sub: None,
             filter_deliveries: false,
@@ -584,14 +589,16 @@ impl AclFilter {
     }
 
     fn on_subscribe(&mut self, sub: &crate::op::Sub, ctx: &SessionCtx) -> Verdict {
-        if self.upstream_sub_limit != UpstreamSubLimit::NotReached {
-            if !ctx.upstream_caught_up {
+        if ctx.upstream_caught_up {
+            // The upstream has answered every SUB before this one.
+            self.answered_subs = self.subs_seen;
+        } else {
+            if self
+                .upstream_sub_limit
+                .is_some_and(|limit| self.subs.len() >= limit)
+            {
                 return Verdict::Defer;
             }
-            // The upstream has answered every SUB before this one.
-            self.upstream_sub_limit = UpstreamSubLimit::OneAtATime;
-            self.added_by_sub = None;
-        } else if !ctx.upstream_caught_up {
             // Shown again after a deferral, it is the same SUB: what it added stays marked.
             self.added_by_sub = None;
         }
@@ -637,8 +644,15 @@ impl AclFilter {
             // so the entry holds the subject the upstream has.
             Entry::Occupied(_) if !ctx.upstream_caught_up => return Verdict::Defer,
             Entry::Occupied(_) => {}
-            // An invalid subject never becomes a subscription: the upstream refuses it.
-            Entry::Vacant(_) if !crate::subject::is_valid_subject(&sub.subject) => {}
+            // An invalid subject never becomes a subscription: the upstream refuses it. It
+            // waits for the upstream to answer the SUBs before it, as a reused sid does: at
+            // the upstream's subscription limit its refusal names no SUB, and must not be
+            // taken for one of theirs (see `on_upstream_subscription_limit`).
+            Entry::Vacant(_) if !crate::subject::is_valid_subject(&sub.subject) => {
+                if !ctx.upstream_caught_up {
+                    return Verdict::Defer;
+                }
+            }
             Entry::Vacant(new) => {
                 self.added_by_sub = Some(new.key().clone());
                 new.insert(live);
@@ -989,44 +1003,34 @@ impl AclFilter {
     }
 }
 
-/// How SUBs go upstream once nats-server has refused one at its own subscription limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum UpstreamSubLimit {
-    /// Never refused: SUBs go as they come.
-    NotReached,
-    /// Refused; SUBs sent before the refusal may still be unanswered. New SUBs wait for
-    /// the upstream to catch up.
-    Settling,
-    /// Each SUB has gone only once the upstream had answered the ones before it.
-    OneAtATime,
-}
-
 impl AclFilter {
     /// nats-server refused a SUB at its own subscription limit (`max_subscriptions`, or an
     /// account's): that SUB made no subscription, so its entry goes, or refused SUBs would
-    /// grow the table without limit. The text says no more than that it was a SUB still
-    /// unanswered. Once SUBs go one at a time ([`UpstreamSubLimit::OneAtATime`]) that is the
-    /// latest, and only if it added an entry (one that reused a sid keeps the subscription it
-    /// names, as nats-server keeps it). Before, each refusal takes the newest entry: a client
-    /// at its limit is refused every SUB until one ends, so that is wrong only when an UNSUB
-    /// came between pipelined SUBs.
+    /// grow the table without limit. The text says no more than that it was a SUB not yet
+    /// answered: the entry that goes is the newest of those made by such SUBs. A client at
+    /// its limit is refused every SUB until one ends, so the newest are the refused ones;
+    /// a refused SUB that made no entry (one reusing a sid, or with an invalid subject)
+    /// takes none, as nothing newer is unanswered. That is wrong only when an UNSUB came
+    /// between SUBs sent together (`SUB a` refused, `UNSUB b`, `SUB c` taken: `c` goes), and
+    /// only until each SUB goes alone: from now on, while the table is as large as it is now,
+    /// each SUB waits for the upstream to answer the ones before it.
     fn on_upstream_subscription_limit(&mut self) {
-        let sid = if self.upstream_sub_limit == UpstreamSubLimit::OneAtATime {
-            self.added_by_sub.take()
-        } else {
-            self.upstream_sub_limit = UpstreamSubLimit::Settling;
-            self.added_by_sub = None;
-            self.subs
-                .iter()
-                .filter(|(_, live)| !live.revoked && !live.ending)
-                .max_by_key(|(_, live)| live.order)
-                .map(|(sid, _)| sid.clone())
-        };
+        let answered = self.answered_subs;
+        let sid = self
+            .subs
+            .iter()
+            .filter(|(_, live)| !live.revoked && !live.ending && live.order > answered)
+            .max_by_key(|(_, live)| live.order)
+            .map(|(sid, _)| sid.clone());
         if let Some(sid) = sid {
             self.subs.remove(&sid);
+            if self.added_by_sub.as_ref() == Some(&sid) {
+                self.added_by_sub = None;
+            }
             self.recount_needs();
             self.refresh_interest();
         }
+        self.upstream_sub_limit = Some(self.subs.len());
     }
 }
 

@@ -997,15 +997,20 @@ fn a_subscription_the_upstream_refuses_leaves_no_entry() {
 }
 
 /// SUBs nats-server refuses at its own subscription limit leave no entry: a client could
-/// otherwise grow the table without end with refused SUBs. The first refusals, of SUBs sent
-/// together, take the newest entries; after them each SUB waits for the upstream to answer
-/// the ones before it, so that a refusal is the latest SUB's.
+/// otherwise grow the table without end with refused SUBs. A refusal takes the newest entry
+/// of a SUB not yet answered; at the size the limit was met, each SUB then waits for the
+/// upstream to answer the ones before it, so that a refusal is the latest SUB's.
 #[test]
 fn subs_refused_at_the_upstreams_limit_leave_no_entry() {
     let (_, mut ctx, _, _) = setup(AuthMode::Passthrough, RULES);
     let mut alice = lone_filter(RULES);
     alice.on_client_op(&mut connect(r#"{"user":"alice"}"#), &mut ctx);
     let limit = || ServerOp::Err("maximum subscriptions exceeded".into());
+    let mut sids = |alice: &AclFilter| {
+        let mut sids: Vec<_> = alice.subs.keys().cloned().collect();
+        sids.sort();
+        sids
+    };
     // The upstream's limit is 2: of four SUBs sent together, it refuses the last two.
     for (subject, sid) in [
         ("orders.a", "1"),
@@ -1021,31 +1026,61 @@ fn subs_refused_at_the_upstreams_limit_leave_no_entry() {
     for _ in 0..2 {
         assert_eq!(alice.on_server_op(&mut limit(), &mut ctx), Verdict::Forward);
     }
-    let mut sids: Vec<_> = alice.subs.keys().cloned().collect();
-    sids.sort();
-    assert_eq!(sids, [&b"1"[..], &b"2"[..]]);
+    assert_eq!(sids(&alice), [&b"1"[..], &b"2"[..]]);
 
-    // Now each SUB waits for the upstream to catch up, then goes; its refusal takes its
-    // entry, and only its.
-    for (subject, sid) in [("orders.e", "5"), ("orders.f", "6")] {
+    // At that size each SUB waits for the upstream to catch up, then goes; its refusal
+    // takes its entry, and only its.
+    let mut alone = |alice: &mut AclFilter, ctx: &mut SessionCtx, subject, sid| {
         assert_eq!(
-            alice.on_client_op(&mut sub(subject, None, sid), &mut ctx),
+            alice.on_client_op(&mut sub(subject, None, sid), ctx),
             Verdict::Defer
         );
         ctx.upstream_caught_up = true;
         assert_eq!(
-            alice.on_client_op(&mut sub(subject, None, sid), &mut ctx),
+            alice.on_client_op(&mut sub(subject, None, sid), ctx),
             Verdict::Forward
         );
         ctx.upstream_caught_up = false;
-        alice.on_server_op(&mut limit(), &mut ctx);
-    }
-    assert_eq!(alice.subs.len(), 2);
-    // A refused SUB that reused a live sid took nothing: the subscription it names stays.
-    ctx.upstream_caught_up = true;
-    alice.on_client_op(&mut sub("orders.a", None, "1"), &mut ctx);
-    ctx.upstream_caught_up = false;
+    };
+    alone(&mut alice, &mut ctx, "orders.e", "5");
     alice.on_server_op(&mut limit(), &mut ctx);
-    assert_eq!(alice.subs.len(), 2);
-    assert!(alice.subs.contains_key(&b"1"[..]));
+    assert_eq!(sids(&alice), [&b"1"[..], &b"2"[..]]);
+    // A refused SUB that reused a live sid took nothing: the subscription it names stays.
+    alone(&mut alice, &mut ctx, "orders.a", "1");
+    alice.on_server_op(&mut limit(), &mut ctx);
+    assert_eq!(sids(&alice), [&b"1"[..], &b"2"[..]]);
+    // Below that size SUBs go as they come again.
+    alice.on_client_op(&mut unsub("2", None), &mut ctx);
+    assert_eq!(
+        alice.on_client_op(&mut sub("orders.f", None, "6"), &mut ctx),
+        Verdict::Forward
+    );
+}
+
+/// A first refusal at the upstream's limit for a SUB that made no entry (it reused a live
+/// sid, so it waited for the upstream to answer everything before it) takes no entry: the
+/// subscriptions already answered are not the refused SUB's.
+#[test]
+fn a_refused_sub_that_reused_a_sid_takes_no_entry() {
+    let (_, mut ctx, _, _) = setup(AuthMode::Passthrough, RULES);
+    let mut alice = lone_filter(RULES);
+    alice.on_client_op(&mut connect(r#"{"user":"alice"}"#), &mut ctx);
+    for (subject, sid) in [("orders.a", "1"), ("orders.b", "2"), ("orders.c", "3")] {
+        alice.on_client_op(&mut sub(subject, None, sid), &mut ctx);
+    }
+    assert_eq!(
+        alice.on_client_op(&mut sub("orders.a", None, "1"), &mut ctx),
+        Verdict::Defer
+    );
+    ctx.upstream_caught_up = true;
+    assert_eq!(
+        alice.on_client_op(&mut sub("orders.a", None, "1"), &mut ctx),
+        Verdict::Forward
+    );
+    ctx.upstream_caught_up = false;
+    alice.on_server_op(
+        &mut ServerOp::Err("maximum subscriptions exceeded".into()),
+        &mut ctx,
+    );
+    assert_eq!(alice.subs.len(), 3);
 }
