@@ -1006,7 +1006,7 @@ fn subs_refused_at_the_upstreams_limit_leave_no_entry() {
     let mut alice = lone_filter(RULES);
     alice.on_client_op(&mut connect(r#"{"user":"alice"}"#), &mut ctx);
     let limit = || ServerOp::Err("maximum subscriptions exceeded".into());
-    let mut sids = |alice: &AclFilter| {
+    let sids = |alice: &AclFilter| {
         let mut sids: Vec<_> = alice.subs.keys().cloned().collect();
         sids.sort();
         sids
@@ -1030,7 +1030,7 @@ fn subs_refused_at_the_upstreams_limit_leave_no_entry() {
 
     // At that size each SUB waits for the upstream to catch up, then goes; its refusal
     // takes its entry, and only its.
-    let mut alone = |alice: &mut AclFilter, ctx: &mut SessionCtx, subject, sid| {
+    let alone = |alice: &mut AclFilter, ctx: &mut SessionCtx, subject, sid| {
         assert_eq!(
             alice.on_client_op(&mut sub(subject, None, sid), ctx),
             Verdict::Defer
