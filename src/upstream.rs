@@ -109,9 +109,13 @@ impl UpstreamUrl {
             // follows the last `:` may be a password written without its host
             // (`nats://edge:s3cret`).
             crate::config::parse_host_port(hostport).map_err(|_| {
-                let shown = redacted.rfind(':').map_or(redacted.clone(), |colon| {
-                    format!("{}***", &redacted[..=colon])
-                });
+                // Masked from the first `:` after the scheme: a password may hold colons.
+                let body = redacted.find("://").map_or(0, |s| s + 3);
+                let shown = redacted[body..]
+                    .find(':')
+                    .map_or(redacted.clone(), |colon| {
+                        format!("{}***", &redacted[..=body + colon])
+                    });
                 UrlError::Malformed(
                     shown,
                     "not host:port with a numeric port (credentials go before `@host`)".into(),

@@ -327,5 +327,12 @@ async fn an_upstream_that_takes_nothing_ends_the_session() {
     send_signal(server.pid(), "CONT");
     publishing.abort();
     let () = ended;
+    // Counted once the session has let its client go: poll for it.
+    within("the close counted", async {
+        while edge.metrics().closes(CloseReason::UpstreamIoError) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     assert_eq!(edge.metrics().closes(CloseReason::UpstreamIoError), 1);
 }

@@ -661,13 +661,13 @@ where
             }
             Poll::Ready(Err(IoFailure::Write(e))) => {
                 tracing::debug!(error = %e, "client write failed");
-                // A client that closed both sides cannot take its last answers: still a
-                // client close.
-                return Poll::Ready(if client_ended {
+                // A session already ending ends for its reason; a client that closed both
+                // sides cannot take its last answers: still a client close.
+                return Poll::Ready(shared.closing.unwrap_or(if client_ended {
                     CloseReason::ClientClosed
                 } else {
                     CloseReason::ClientIoError
-                });
+                }));
             }
             Poll::Pending => {}
         }
