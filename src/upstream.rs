@@ -592,7 +592,12 @@ async fn connect_tcp(url: &UpstreamUrl, timeout: Duration) -> io::Result<TcpStre
     connect_in_turn(&addrs, deadline).await
 }
 
-/// Tries `addrs` in order, each for its share of the time left before `deadline`.
+/// The least time an address gets while more time is left: a little over the 1 s after
+/// which Linux sends a lost SYN again, so that one lost SYN does not fail a live server.
+const MIN_ADDRESS_SHARE: Duration = Duration::from_millis(1100);
+
+/// Tries `addrs` in order, each for its share of the time left before `deadline` (at least
+/// [`MIN_ADDRESS_SHARE`] of it, as Go's dialer keeps a floor per address).
 async fn connect_in_turn(
     addrs: &[std::net::SocketAddr],
     deadline: tokio::time::Instant,
@@ -600,7 +605,8 @@ async fn connect_in_turn(
     let mut last = io::Error::new(io::ErrorKind::NotFound, "the host resolved to no address");
     for (i, addr) in addrs.iter().enumerate() {
         let left = addrs.len() - i;
-        let share = deadline.saturating_duration_since(tokio::time::Instant::now()) / left as u32;
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let share = (remaining / left as u32).max(remaining.min(MIN_ADDRESS_SHARE));
         match tokio::time::timeout(share, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => return Ok(stream),
             Ok(Err(e)) => last = e,

@@ -83,13 +83,16 @@ impl InfoRewrite {
 /// INFO first and client libraries take anything else first as a protocol error. It is
 /// `last`, the listener's latest client INFO, or a minimal one before any client has
 /// connected, rewritten for this listener's current settings. Its nonce is a fresh one when
-/// the upstream's INFO had one (no CONNECT will follow, but nats.go, set up with an nkey,
-/// reports "nkeys not supported by the server" for an INFO without one instead of reading
-/// the error), and none otherwise.
+/// the upstream's INFO had one, or when no session has reached the upstream yet (no CONNECT
+/// will follow, but nats.go, set up with an nkey, reports "nkeys not supported by the
+/// server" for an INFO without one instead of reading the error), and none otherwise.
 pub fn info_before_error(last: Option<Info>, rewrite: &InfoRewrite, client: SocketAddr) -> Info {
     let mut info = last.unwrap_or_else(|| {
+        // Before any session has reached the upstream, whether it sends nonces is unknown:
+        // a nonce, which clients without nkeys ignore, lets an nkey client read the error.
         let mut info = Info {
             headers: Some(true),
+            nonce: Some(String::new()),
             ..Info::default()
         };
         info.extra.insert("proto".into(), 1.into());
@@ -187,8 +190,10 @@ mod tests {
             lame_duck_sent: false,
         };
         let client = "192.0.2.7:5555".parse().unwrap();
-        // Before any session: a minimal INFO, with the listener's address and TLS fields.
+        // Before any session: a minimal INFO, with the listener's address and TLS fields,
+        // and a nonce.
         let info = info_before_error(None, &rw, client);
+        assert_eq!(info.nonce.as_ref().map(String::len), Some(15));
         assert_eq!(info.host.as_deref(), Some("edge.example.com"));
         assert_eq!(info.port, Some(4443));
         assert_eq!(info.tls_required, Some(true));
