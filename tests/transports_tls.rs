@@ -174,7 +174,10 @@ async fn classic_tls_client_reads_upstream_unavailable_inside_tls() {
     let info = raw.read_info().await;
     assert_eq!(info["tls_required"], true, "{info}");
     // No session has reached an upstream: a nonce, so that an nkey client reads the error.
-    assert!(info["nonce"].as_str().is_some_and(|n| n.len() == 15), "{info}");
+    assert!(
+        info["nonce"].as_str().is_some_and(|n| n.len() == 15),
+        "{info}"
+    );
     let tls = tls_over(raw.stream, client_config(&ca.cert, None))
         .await
         .expect("TLS after INFO");

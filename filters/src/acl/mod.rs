@@ -826,10 +826,11 @@ impl Filter for AclFilter {
                 return reloaded;
             }
         }
-        // Unchanged permissions (a reload for a certificate, or of other users' rules) keep
-        // the replies this client may still answer and the cached decisions, as nats-server
-        // resets them only when its reload changes authorization.
-        if self.rules.permissions_for(self.user.as_deref()) != self.perms.as_ref() {
+        // Rules loaded again unchanged (a reload for a certificate, say) keep the replies
+        // this client may still answer and the cached decisions, as nats-server resets them
+        // only when its reload changes authorization (any user's: it registers every
+        // client's user again then).
+        if *old != *self.rules {
             self.take_permissions();
         }
         // Subscriptions the new rules refuse end at the upstream, and the client is told,
