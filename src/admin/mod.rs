@@ -41,8 +41,68 @@ const LIFETIME_GRACE: Duration = Duration::from_secs(5);
 /// connections that send nothing give their slot back soon, so they cannot hold every slot
 /// and starve the health probes.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The bytes of built answers (`/connz`, `/varz`, `/metrics`) held at once, in KiB, until
+/// each is written or its connection goes: a client that asks for a large `/connz` page on
+/// every slot and reads none would otherwise hold 64 of them. One answer larger than this
+/// is served alone.
+const ANSWER_BUDGET_KIB: u32 = 64 * 1024;
 
 pub type Body = Full<Bytes>;
+
+/// A response body that holds its share of [`ANSWER_BUDGET_KIB`] until hyper is done with
+/// it (written, or dropped with its connection).
+struct BudgetedBody {
+    inner: Body,
+    _held: Option<OwnedSemaphorePermit>,
+}
+
+impl hyper::body::Body for BudgetedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `response` with its body's share of `budget` taken, or `503` when the budget is spent.
+fn within_budget(response: Response<Body>, budget: &Arc<Semaphore>) -> Response<BudgetedBody> {
+    let bytes = hyper::body::Body::size_hint(response.body()).lower();
+    let kib = u32::try_from(bytes.div_ceil(1024))
+        .unwrap_or(u32::MAX)
+        .clamp(1, ANSWER_BUDGET_KIB);
+    match budget.clone().try_acquire_many_owned(kib) {
+        Ok(permit) => response.map(|inner| BudgetedBody {
+            inner,
+            _held: Some(permit),
+        }),
+        Err(_) => {
+            tracing::warn!(
+                bytes,
+                "admin answer refused: earlier large answers are still being written"
+            );
+            unbudgeted(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "admin server busy: large answers still being written\n",
+            ))
+        }
+    }
+}
+
+fn unbudgeted(response: Response<Body>) -> Response<BudgetedBody> {
+    response.map(|inner| BudgetedBody { inner, _held: None })
+}
 
 /// Serves the admin endpoints until `shutdown` turns true.
 pub async fn serve(
@@ -51,6 +111,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let full = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let budget = Arc::new(Semaphore::new(ANSWER_BUDGET_KIB as usize));
     let probes_only = Arc::new(Semaphore::new(MAX_PROBE_ONLY_CONNECTIONS));
     loop {
         // A full slot if one is free, else whichever frees first.
@@ -95,7 +156,12 @@ pub async fn serve(
             },
             None => slot,
         };
-        tokio::spawn(serve_connection(stream, shared.clone(), slot));
+        tokio::spawn(serve_connection(
+            stream,
+            shared.clone(),
+            slot,
+            budget.clone(),
+        ));
     }
 }
 
@@ -105,27 +171,36 @@ struct Slot {
     _permit: OwnedSemaphorePermit,
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<EdgeShared>, slot: Slot) {
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    shared: Arc<EdgeShared>,
+    slot: Slot,
+    budget: Arc<Semaphore>,
+) {
     let probes_only = slot.probes_only;
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
+        let budget = budget.clone();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
         async move {
             let response = match path.as_str() {
-                _ if method != Method::GET && method != Method::HEAD => not_allowed(),
-                "/healthz" | "/readyz" => probe(&shared, &path),
-                _ if probes_only => text(
+                _ if method != Method::GET && method != Method::HEAD => unbudgeted(not_allowed()),
+                "/healthz" | "/readyz" => unbudgeted(probe(&shared, &path)),
+                _ if probes_only => unbudgeted(text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "admin server busy: health probes only\n",
-                ),
-                _ => tokio::task::spawn_blocking(move || route(&shared, &path, &query))
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "admin request failed");
-                        text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
-                    }),
+                )),
+                _ => {
+                    let built = tokio::task::spawn_blocking(move || route(&shared, &path, &query))
+                        .await
+                        .unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "admin request failed");
+                            text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+                        });
+                    within_budget(built, &budget)
+                }
             };
             Ok::<_, Infallible>(response)
         }
@@ -228,4 +303,25 @@ fn respond(
         hyper::header::HeaderValue::from_static("*"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Built answers hold their bytes' share of the budget until hyper drops their bodies;
+    /// one that finds the budget spent gets a 503 instead of being held too.
+    #[test]
+    fn built_answers_hold_their_share_of_the_budget() {
+        let budget = Arc::new(Semaphore::new(3));
+        let answer = || text(StatusCode::OK, &"x".repeat(1500));
+        let first = within_budget(answer(), &budget);
+        assert_eq!(first.status(), StatusCode::OK);
+        assert_eq!(budget.available_permits(), 1, "1,500 bytes take 2 KiB");
+        let second = within_budget(answer(), &budget);
+        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+        drop(first);
+        assert_eq!(budget.available_permits(), 3);
+        assert_eq!(within_budget(answer(), &budget).status(), StatusCode::OK);
+    }
 }
