@@ -354,7 +354,7 @@ async fn edge_mode_takes_ops_before_connect_from_the_no_auth_user_like_nats_serv
     let server = NatsServer::start_with_config(SERVER_FOR_EDGE_MODE);
     let edge = start_edge(
         &[server.url()],
-        &edge_mode_toml("[limits]\nhandshake_timeout = \"300ms\"\n"),
+        &edge_mode_toml("[limits]\nhandshake_timeout = \"1s\"\n"),
     )
     .await;
     let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
@@ -534,10 +534,6 @@ async fn edge_mode_user_goes_upstream_with_its_own_credentials() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_mode_maps_a_client_certificate_to_its_user() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("nats_edge=trace,nats_edge_filters=trace")
-        .with_test_writer()
-        .try_init();
     let pki = Pki::new();
     let ca = pki.ca("ca");
     let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));

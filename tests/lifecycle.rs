@@ -97,7 +97,7 @@ async fn shutdown_does_not_wait_for_a_dial() {
 async fn close_reasons_are_counted() {
     // A server that asks for auth, so that a client that sends nothing is timed out.
     let server = NatsServer::start_with_args(&["--user", "u", "--pass", "p"]);
-    let edge = start_edge(&[server.url()], "[limits]\nhandshake_timeout = \"200ms\"").await;
+    let edge = start_edge(&[server.url()], "[limits]\nhandshake_timeout = \"1s\"").await;
     let addr = edge_addr(&edge);
     const LOGIN: &str = r#"CONNECT {"user":"u","pass":"p","verbose":false}"#;
 

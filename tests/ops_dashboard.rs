@@ -92,7 +92,9 @@ async fn dashboard_and_docs_match_a_live_scrape() {
     let edge = EdgeProcess::spawn(&["-c", file.to_str().unwrap()], &[]);
     let admin = edge.admin_addr();
 
-    // Before any client: what is there from start-up.
+    // Before any client: what is there from start-up, once the first upstream check has
+    // made the edge ready.
+    poll_http(admin, "/readyz", |status, _| (status == 200).then_some(())).await;
     let fresh = scrape(admin).await;
     check_start_up(&fresh, &server.url());
     check_docs_example(&fresh);
@@ -359,7 +361,7 @@ fn check_start_up(e: &Exposition, upstream: &str) {
     for (family, f, s) in e.samples() {
         let expected = match f.kind.as_str() {
             "counter" | "histogram" => 0.0,
-            _ if family == "nats_edge_build_info" => 1.0,
+            _ if family == "nats_edge_build_info" || family == "nats_edge_ready" => 1.0,
             _ => 0.0,
         };
         assert_eq!(s.value, expected, "{s:?} at start-up");

@@ -74,16 +74,21 @@ async fn sigterm_sends_lame_duck_refuses_new_clients_and_exits_when_clients_leav
         "exit status {status}:\n{}",
         edge.log().dump()
     );
-    assert!(signalled.elapsed() < grace, "{:?}", signalled.elapsed());
+    // Once the client has left, not at the end of the 30 s grace period.
+    assert!(
+        signalled.elapsed() < grace / 6,
+        "{:?}",
+        signalled.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_left_after_the_grace_period_are_closed_one_by_one() {
     let server = NatsServer::start();
-    // 1 s left for the closes after the grace period and the last session's 2 s close grace:
-    // five clients are closed about 200 ms apart, as nats-server's lame-duck mode spreads
+    // 5 s left for the closes after the grace period and the last session's 2 s close grace:
+    // five clients are closed 1 s apart (the most), as nats-server's lame-duck mode spreads
     // them, so that they do not all reconnect elsewhere at once.
-    let mut edge = spawn_edge(&server, "200ms", "3200ms");
+    let mut edge = spawn_edge(&server, "200ms", "7200ms");
     let mut clients = Vec::new();
     for _ in 0..5 {
         clients.push(protocol_one_client(&edge).await.0);
@@ -98,8 +103,9 @@ async fn clients_left_after_the_grace_period_are_closed_one_by_one() {
     let first = closed_at.iter().min().copied();
     let last = closed_at.iter().max().copied();
     let spread = last.zip(first).map(|(l, f)| l - f).unwrap_or_default();
+    // 4 s from the first close to the last; half of it, whatever the machine's load.
     assert!(
-        spread >= Duration::from_millis(400),
+        spread >= Duration::from_secs(2),
         "closed within {spread:?} of each other"
     );
     let status = edge.wait_exit().await;
@@ -127,7 +133,8 @@ async fn a_second_signal_exits_at_once() {
     send_signal(edge.pid(), "INT");
     let status = edge.wait_exit().await;
     assert_eq!(status.code(), Some(1), "{}", edge.log().dump());
-    assert!(second.elapsed() < WAIT);
+    // At once: not after the drain's 50 s grace period.
+    assert!(second.elapsed() < Duration::from_secs(5), "{:?}", second.elapsed());
     edge.wait_log(0, "second signal: exiting at once");
 }
 

@@ -534,7 +534,7 @@ async fn subscription_limit_errors_keep_their_place_like_nats_server() {
 /// reach the server, without disturbing the edge's own bookkeeping of PINGs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_pings_reach_the_client_and_its_pongs_the_server() {
-    let server = NatsServer::start_with_config("ping_interval: \"200ms\"\nping_max: 2\n");
+    let server = NatsServer::start_with_config("ping_interval: \"500ms\"\nping_max: 2\n");
     let edge = start_edge(&[server.url()], "[limits]\nmax_subscriptions = 1").await;
     let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
     raw.send(&with_connect(b"SUB a 1\r\n")).await;
@@ -841,7 +841,7 @@ async fn handshake_timeout_without_connect() {
     // Where the upstream asks for auth, a client that sends nothing is timed out, as by
     // nats-server's auth timer; one that logs in in time is not.
     let server = NatsServer::start_with_args(&["--user", "u", "--pass", "p"]);
-    let edge = start_edge(&[server.url()], "[limits]\nhandshake_timeout = \"300ms\"").await;
+    let edge = start_edge(&[server.url()], "[limits]\nhandshake_timeout = \"1s\"").await;
     let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
     let got = within("the handshake timeout to close", raw.read_to_close()).await;
     assert_eq!(show(&got), show(b"-ERR 'Authentication Timeout'\r\n"));

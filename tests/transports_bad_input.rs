@@ -167,7 +167,7 @@ async fn setup(prefix: &str) -> Setup {
     let listener = |kind: &str, extra: &str| {
         format!(
             "[[listeners]]\nname = \"{prefix}-{kind}\"\nbind = \"127.0.0.1:0\"\n\
-             handshake_timeout = \"300ms\"\n{extra}\n"
+             handshake_timeout = \"1s\"\n{extra}\n"
         )
     };
     let toml = [

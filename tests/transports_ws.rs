@@ -712,7 +712,7 @@ async fn close_frame(stream: &mut TcpStream) -> (u16, String) {
 async fn the_close_frame_says_why_like_nats_server() {
     use tokio::io::AsyncWriteExt;
     let server = NatsServer::start_with_args(&["--user", "u", "--pass", "p"]);
-    let edge = ws_edge(&server, "[limits]\nhandshake_timeout = \"300ms\"").await;
+    let edge = ws_edge(&server, "[limits]\nhandshake_timeout = \"1s\"").await;
     let (mut silent, _) = raw_upgrade(&edge, None).await;
     assert_eq!(
         close_frame(&mut silent).await,

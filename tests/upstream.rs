@@ -116,13 +116,14 @@ async fn a_url_a_client_gave_up_on_is_tried_last() {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_url = format!("nats://{}", silent.local_addr().unwrap());
     let server = NatsServer::start();
-    let edge = start_edge(&[silent_url, server.url()], "connect_timeout = \"400ms\"\n").await;
+    let edge = start_edge(&[silent_url, server.url()], "connect_timeout = \"4s\"\n").await;
     let mut impatient = RawConn::connect(edge_addr(&edge)).await;
     let (mut dialled, _) = within("the edge dials the silent URL", silent.accept())
         .await
         .unwrap();
-    // The client's own timeout for the INFO, past half the edge's connect timeout.
-    let gave_up = tokio::time::timeout(Duration::from_millis(300), impatient.read_info()).await;
+    // The client's own timeout for the INFO, past half the edge's connect timeout, with a
+    // second to spare before the edge's own.
+    let gave_up = tokio::time::timeout(Duration::from_secs(3), impatient.read_info()).await;
     assert!(gave_up.is_err(), "an INFO came from the silent URL");
     drop(impatient);
     // The edge drops the dial (after noting the URL failed).
