@@ -47,6 +47,10 @@ pub struct ListenerCell {
     /// raise `max_connections` without reclaiming permits held by live connections; only this
     /// listener's accept loop adds to it, so check-then-add does not race.
     open: Arc<AtomicUsize>,
+    /// Connections over `max_connections` being refused (their handshake, then nats-server's
+    /// INFO and `-ERR`): at most [`MAX_REFUSALS_IN_PROGRESS`], past which they are closed at
+    /// once, or a flood would cost a TLS handshake and two descriptors each.
+    refusing: Arc<AtomicUsize>,
     pub metrics: ListenerMetrics,
     /// The INFO of the upstream server this listener's sessions reached last (rewritten for
     /// one of them), used for the INFO that precedes a refusal, as nats-server sends its
@@ -69,6 +73,7 @@ impl ListenerCell {
             kind,
             current: RwLock::new(Arc::new(runtime)),
             open: Arc::new(AtomicUsize::new(0)),
+            refusing: Arc::new(AtomicUsize::new(0)),
             metrics,
             last_info,
         }
@@ -90,7 +95,12 @@ impl ListenerCell {
     }
 }
 
-/// A connection's place under `max_connections`, given back on drop.
+/// Refusals past `max_connections` in progress at once on one listener; more are closed
+/// without a handshake or a word.
+const MAX_REFUSALS_IN_PROGRESS: usize = 64;
+
+/// A connection's place under `max_connections` (or among the refusals in progress), given
+/// back on drop.
 struct Slot(Arc<AtomicUsize>);
 
 impl Drop for Slot {
@@ -155,17 +165,24 @@ pub async fn accept_loop(
                         drop(stream);
                         continue;
                     }
-                    let slot = if runtime.max_connections > 0
+                    let (slot, refusing) = if runtime.max_connections > 0
                         && cell.open.load(Ordering::Relaxed) >= runtime.max_connections
                     {
-                        None
+                        if cell.refusing.load(Ordering::Relaxed) >= MAX_REFUSALS_IN_PROGRESS {
+                            cell.metrics.refused(Refusal::MaxConnections);
+                            tracing::debug!(listener = %cell.name, %peer, "maximum connections exceeded, refusals in progress at their bound: closed");
+                            drop(stream);
+                            continue;
+                        }
+                        cell.refusing.fetch_add(1, Ordering::Relaxed);
+                        (None, Some(Slot(cell.refusing.clone())))
                     } else {
                         cell.open.fetch_add(1, Ordering::Relaxed);
-                        Some(Slot(cell.open.clone()))
+                        (Some(Slot(cell.open.clone())), None)
                     };
                     // Nothing here waits on the client: its handshake runs in its own task.
                     let conn_id = conn_ids.fetch_add(1, Ordering::Relaxed) + 1;
-                    let conn = Conn { peer, conn_id, accepted_at, slot, cell: cell.clone(), runtime };
+                    let conn = Conn { peer, conn_id, accepted_at, slot, _refusing: refusing, cell: cell.clone(), runtime };
                     if workers.is_empty() {
                         sessions.spawn(serve_conn(stream, conn));
                     } else {
@@ -210,6 +227,8 @@ struct Conn {
     accepted_at: Instant,
     /// `None`: over `max_connections`, to be refused.
     slot: Option<Slot>,
+    /// Held while it is refused.
+    _refusing: Option<Slot>,
     cell: Arc<ListenerCell>,
     runtime: Arc<ListenerRuntime>,
 }
@@ -231,6 +250,7 @@ async fn serve_conn(stream: TcpStream, conn: Conn) {
         conn_id,
         accepted_at,
         slot,
+        _refusing,
         cell,
         runtime,
     } = conn;

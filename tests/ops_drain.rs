@@ -75,11 +75,7 @@ async fn sigterm_sends_lame_duck_refuses_new_clients_and_exits_when_clients_leav
         edge.log().dump()
     );
     // Once the client has left, not at the end of the 30 s grace period.
-    assert!(
-        signalled.elapsed() < grace / 6,
-        "{:?}",
-        signalled.elapsed()
-    );
+    assert!(signalled.elapsed() < grace / 6, "{:?}", signalled.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,7 +130,11 @@ async fn a_second_signal_exits_at_once() {
     let status = edge.wait_exit().await;
     assert_eq!(status.code(), Some(1), "{}", edge.log().dump());
     // At once: not after the drain's 50 s grace period.
-    assert!(second.elapsed() < Duration::from_secs(5), "{:?}", second.elapsed());
+    assert!(
+        second.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        second.elapsed()
+    );
     edge.wait_log(0, "second signal: exiting at once");
 }
 

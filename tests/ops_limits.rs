@@ -114,3 +114,38 @@ async fn max_connection_rate_closes_connections_over_the_rate() {
     );
     within("edge shutdown", edge.shutdown()).await;
 }
+
+/// Refusals past `max_connections` run the transport handshake first (a WebSocket client
+/// must read its refusal in a frame), but only so many at once: past them a connection is
+/// closed at once, so a flood of silent connections cannot hold a handshake and two
+/// descriptors each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_in_progress_are_bounded() {
+    use tokio::io::AsyncReadExt;
+    let (_server, edge) =
+        limited_edge("kind = \"ws\"\nmax_connections = 1\nhandshake_timeout = \"30s\"").await;
+    // One silent connection holds the slot; 64 more are being refused, their upgrade
+    // requests awaited.
+    let mut silent = Vec::new();
+    for _ in 0..65 {
+        silent.push(
+            tokio::net::TcpStream::connect(edge_addr(&edge))
+                .await
+                .unwrap(),
+        );
+    }
+    let refused =
+        "nats_edge_connections_refused_total{listener=\"default\",reason=\"max_connections\"}";
+    // The next is closed without a word, long before the handshake timeout.
+    let mut over = tokio::net::TcpStream::connect(edge_addr(&edge))
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let read = within("the connection over the bound closed", over.read(&mut byte)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    poll_http(edge.admin_addr().unwrap(), "/metrics", |_, body| {
+        (metric(body, refused) == Some(1.0)).then_some(())
+    })
+    .await;
+    drop(silent);
+}
