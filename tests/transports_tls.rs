@@ -488,6 +488,41 @@ async fn required_client_certificates_and_their_identity() {
     }
 }
 
+/// With client certificates, TLS sessions are not resumed: a resumed session would carry the
+/// certificate it was made with, unchecked, so one expired since would go on naming its user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_with_client_certificates_are_not_resumed() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let client_ca = pki.ca("client-ca");
+    let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
+    let alice_files = pki.leaf(&client_ca, "alice", Leaf::client("alice"));
+    let server = NatsServer::start();
+    let table = format!(
+        "{}, client_ca_file = {}, handshake_first = true",
+        cert_keys(&server_cert),
+        toml_path(&client_ca.cert)
+    );
+    let edge = start_edge_toml(&tls_toml(&server, &table)).await;
+    // One client configuration, whose session cache would offer the first session again.
+    let config = client_config(&ca.cert, Some(&alice_files));
+    for attempt in 0..2 {
+        let tls = tls_over(tcp(edge_addr(&edge)).await, config.clone())
+            .await
+            .expect("TLS first");
+        assert_eq!(
+            tls.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Full),
+            "attempt {attempt}"
+        );
+        // Reading the INFO takes in any session ticket sent after the handshake.
+        let mut raw = Raw::new(tls);
+        assert!(raw.read_info().await.get("tls_required").is_some());
+        assert!(raw.connect_and_ping().await);
+    }
+    within("edge shutdown", edge.shutdown()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optional_client_certificates() {
     let pki = Pki::new();

@@ -161,13 +161,22 @@ fn build_server(settings: &ListenerTls) -> Result<ServerConfig, TlsError> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    builder.with_single_cert(certs, key).map_err(|e| {
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
         file_error(
             &settings.key_file,
             format!("cannot be used with {}: {e}", settings.cert_file.display()),
         )
         .at("key_file")
-    })
+    })?;
+    if settings.client_ca_file.is_some() {
+        // A resumed session carries the client certificate it was made with, unchecked: a
+        // certificate that has expired since would go on naming its user. Each connection
+        // shows its certificate afresh instead (NATS connections are long-lived: resumption
+        // saves little).
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
+    Ok(config)
 }
 
 /// What `/connz` shows of a client's TLS session, as nats-server's monitor shows it.
