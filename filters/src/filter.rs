@@ -78,8 +78,10 @@ pub struct ConnFacts {
 /// The identity in a verified TLS client certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsPeer {
-    /// The subject distinguished name in RFC 4514 form, most significant part last
-    /// (`CN=alice,OU=ops,O=Acme`), as nats-server prints it.
+    /// The subject distinguished name in RFC 4514 form, the certificate's last RDN first
+    /// (`CN=alice,OU=ops,O=Acme`), as the ACL's `tls_subject` is written (see docs/acl.md);
+    /// nats-server and the edge's `/connz` print subjects in Go's order instead. Empty when
+    /// the certificate has none.
     pub subject: String,
     /// Subject alternative names, each with its kind: `DNS:host.example.com`,
     /// `IP:192.0.2.7`, `email:alice@example.com`, `URI:spiffe://example.com/alice`.

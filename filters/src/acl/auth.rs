@@ -150,25 +150,36 @@ pub fn authenticate(
     };
     if let Some(peer) = tls {
         // In nats-server's order (verify_and_map): e-mail names, DNS names, URIs, then the
-        // subject; the certificate's own order within a kind. The rules give each value to
-        // one user at most, so the first match is the certificate's user, whatever order
-        // the users are looked at in.
+        // subject; the certificate's own order within a kind. IP addresses, which
+        // nats-server does not map, come last. The rules give each value to one user at
+        // most, so the first match is the certificate's user, whatever order the users are
+        // looked at in.
         let kind = |san: &str| match san.split(':').next() {
             Some("email") => 0,
             Some("DNS") => 1,
             Some("URI") => 2,
             _ => 3,
         };
+        let by_san = |san: &String| rules.users().find(|u| u.tls_san.as_ref() == Some(san));
         let mut sans: Vec<&String> = peer.sans.iter().collect();
         sans.sort_by_key(|san| kind(san));
-        let mapped = sans
+        let (names, addresses): (Vec<&String>, Vec<&String>) =
+            sans.into_iter().partition(|san| kind(san) < 3);
+        let mapped = names
             .into_iter()
-            .find_map(|san| rules.users().find(|u| u.tls_san.as_ref() == Some(san)))
+            .find_map(by_san)
             .or_else(|| {
-                rules
-                    .users()
-                    .find(|u| u.tls_subject.as_deref() == Some(peer.subject.as_str()))
-            });
+                // An empty subject (one the edge could not read, or a certificate named by
+                // its SANs alone) names nobody.
+                (!peer.subject.is_empty())
+                    .then(|| {
+                        rules
+                            .users()
+                            .find(|u| u.tls_subject.as_deref() == Some(peer.subject.as_str()))
+                    })
+                    .flatten()
+            })
+            .or_else(|| addresses.into_iter().find_map(by_san));
         if let Some(user) = mapped {
             return Ok((user.clone(), AuthMethod::Certificate));
         }
@@ -390,22 +401,28 @@ tls_san = "DNS:d.example.com"
 [[users]]
 user = "by-email"
 tls_san = "email:d@example.com"
+[[users]]
+user = "by-ip"
+tls_san = "IP:192.0.2.1"
 "#,
         )
         .unwrap();
         let c = SecretChecker::default();
-        let who = |sans: &[&str]| {
+        let who_is = |subject: &str, sans: &[&str]| {
             let peer = TlsPeer {
-                subject: "CN=d".into(),
+                subject: subject.into(),
                 sans: sans.iter().map(|s| s.to_string()).collect(),
             };
             authenticate(&rules, &c, &connect("{}"), Some(&peer), Checks::All)
                 .map(|(u, _)| u.name.to_string())
         };
+        let who = |sans: &[&str]| who_is("CN=d", sans);
         let all = ["DNS:d.example.com", "IP:192.0.2.1", "email:d@example.com"];
         assert_eq!(who(&all), Ok("by-email".into()));
         assert_eq!(who(&all[..2]), Ok("by-dns".into()));
+        // An IP address, which nats-server does not map, comes after the subject.
         assert_eq!(who(&["IP:192.0.2.1"]), Ok("by-subject".into()));
+        assert_eq!(who_is("CN=other", &["IP:192.0.2.1"]), Ok("by-ip".into()));
     }
 
     /// On a session's thread only remembered bcrypt results count: an unknown one asks for

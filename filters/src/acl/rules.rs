@@ -313,6 +313,23 @@ impl AclRules {
                     format!("user `{user_name}` has both a password and a token; give one"),
                 ));
             }
+            // An empty certificate name would be every certificate's whose subject is empty
+            // (SPIFFE-style certificates carry their name in a URI SAN): nats-server maps no
+            // empty subject, and nor does the edge.
+            for (key, value) in [
+                ("tls_subject", &entry.tls_subject),
+                ("tls_san", &entry.tls_san),
+            ] {
+                if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                    return Err(invalid(
+                        name,
+                        text,
+                        span.start,
+                        "users",
+                        format!("user `{user_name}` has an empty {key}"),
+                    ));
+                }
+            }
             // One credential, one user: a token, certificate subject or SAN shared by two users
             // would make who the client is depend on which is looked at first. (Two bcrypt
             // hashes of one token cannot be told apart here; a plain one can.)
@@ -886,6 +903,12 @@ user = "guest"
                 )),
                 "{e}"
             );
+        }
+        // An empty certificate name would map every certificate whose subject is empty.
+        for key in ["tls_subject", "tls_san"] {
+            let text = format!("[[users]]\nuser = \"a\"\n{key} = \"\"\n");
+            let e = AclRules::from_str("r.toml", &text).unwrap_err().to_string();
+            assert!(e.contains(&format!("user `a` has an empty {key}")), "{e}");
         }
         // An empty publish allow list is refused (nats-server would allow everything); an
         // empty subscribe allow list is ignored, as nats-server ignores it.
