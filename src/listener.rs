@@ -95,6 +95,19 @@ impl ListenerCell {
     }
 }
 
+/// An accept error that says the process or the system is out of something (descriptors,
+/// buffers, memory): the only kind worth backing off for.
+fn is_resource_error(e: &std::io::Error) -> bool {
+    const ENOMEM: i32 = 12;
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    const ENOBUFS: i32 = 105;
+    matches!(
+        e.raw_os_error(),
+        Some(ENOMEM | ENFILE | EMFILE | ENOBUFS) | None
+    )
+}
+
 /// Refusals past `max_connections` in progress at once on one listener; more are closed
 /// without a handshake or a word.
 const MAX_REFUSALS_IN_PROGRESS: usize = 64;
@@ -196,6 +209,11 @@ pub async fn accept_loop(
                             Err(e) => tracing::warn!(error = %e, "cannot hand the connection to a worker"),
                         }
                     }
+                }
+                // One connection's own failure (reset while it waited, say): the next may
+                // be fine, so no back-off, as Go's accept retries such errors.
+                Err(e) if !is_resource_error(&e) => {
+                    tracing::debug!(listener = %cell.name, error = %e, "accept failed for one connection");
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: the listener stays, the client
@@ -355,6 +373,20 @@ async fn refuse(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only running out of something is worth backing off for; a connection that failed on
+    /// its own (reset or aborted while it waited) is not.
+    #[test]
+    fn only_resource_errors_back_off() {
+        let os = std::io::Error::from_raw_os_error;
+        for code in [12, 23, 24, 105] {
+            assert!(is_resource_error(&os(code)), "{code}");
+        }
+        for code in [103, 104, 110, 71] {
+            assert!(!is_resource_error(&os(code)), "{code}");
+        }
+        assert!(is_resource_error(&std::io::Error::other("unknown")));
+    }
 
     #[test]
     fn rate_window_admits_the_rate_per_second() {
