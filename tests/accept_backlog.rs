@@ -7,7 +7,7 @@ mod common;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{start_edge, NatsServer};
+use common::{start_edge, within, NatsServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_connections_is_accepted_without_syn_retransmissions() {
@@ -26,5 +26,5 @@ async fn a_burst_of_connections_is_accepted_without_syn_retransmissions() {
     let conns = opened.expect("every connection completes well within a SYN retransmission");
     assert_eq!(conns.len(), 600);
     drop(conns);
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }

@@ -511,7 +511,7 @@ async fn a_bcrypt_check_does_not_stall_other_sessions() {
     );
     let reply = slow.read_until(b"PONG\r\n").await;
     assert_eq!(show(&reply.bytes), "PONG\\r\\n");
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -589,7 +589,7 @@ async fn edge_mode_maps_a_client_certificate_to_its_user() {
     admin.flush().await.unwrap();
     let news = within("the guest's message", futures::StreamExt::next(&mut public)).await;
     assert_eq!(news.expect("a message").subject.as_str(), "public.news");
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 /// In passthrough mode an nkey names the client only with its signature of the nonce. In

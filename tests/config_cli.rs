@@ -37,7 +37,7 @@ advertise = "nats.example.com:4222"
 connect_urls = ["edge-a:4222", "edge-b:4222"]
 
 [upstream]
-urls = ["nats://10.0.0.5:4222", "nats://user:pass@10.0.0.6:4222"]
+urls = ["nats://127.0.0.5:4222", "nats://user:pass@127.0.0.6:4222"]
 connect_timeout = "1500ms"
 
 [limits]
@@ -113,7 +113,7 @@ fn check_rejects_an_invalid_value_naming_its_path() {
         "{}",
         stderr(&out)
     );
-    let f = config_file(&VALID.replace("nats://10.0.0.5:4222", "http://10.0.0.5:4222"));
+    let f = config_file(&VALID.replace("nats://127.0.0.5:4222", "http://127.0.0.5:4222"));
     let out = check(&f, &[]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("upstream.urls"), "{}", stderr(&out));
@@ -158,7 +158,7 @@ fn check_rejects_a_bad_handshake_first_naming_file_key_and_reason() {
 
 #[test]
 fn check_does_not_print_upstream_passwords() {
-    let f = config_file(&VALID.replace("nats://10.0.0.5:4222", "ftp://u:hunter2@10.0.0.5:4222"));
+    let f = config_file(&VALID.replace("nats://127.0.0.5:4222", "ftp://u:hunter2@127.0.0.5:4222"));
     let out = check(&f, &[]);
     assert!(!out.status.success());
     let err = stderr(&out);
@@ -345,7 +345,8 @@ async fn environment_sets_the_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn environment_overrides_the_file_and_flags_override_both() {
     let server = NatsServer::start();
-    let dead = format!("nats://127.0.0.1:{}", free_port());
+    let dead_port = dead_port();
+    let dead = dead_port.url();
     let f = config_file(&format!(
         "[[listeners]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\n\
          [upstream]\nurls = [\"{dead}\"]\n[limits]\nmax_payload = \"2KiB\"\n"

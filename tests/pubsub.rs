@@ -29,7 +29,7 @@ async fn publish_and_subscribe() {
     assert_eq!(msg.subject.as_str(), "greet.one");
     assert_eq!(&msg.payload[..], b"hello");
     assert!(msg.reply.is_none());
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,7 +106,7 @@ async fn a_mounted_client_sees_its_own_namespace() {
             "nats_edge_rewrites_total{direction=\"client_to_upstream\"}"
         ) > 0.0
     );
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,7 +168,7 @@ async fn request_reply_across_the_mount_both_ways() {
         responder_in.await.unwrap();
     })
     .await;
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 /// nats-server's permissions errors quote the subject it saw; through a mount the client
@@ -198,7 +198,7 @@ async fn permissions_errors_name_the_subject_in_the_clients_view() {
         "{text}"
     );
     assert!(!text.contains("tenant.acme"), "{text}");
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,7 +224,7 @@ async fn no_responders_names_the_subject_in_the_clients_view() {
         text.contains("NATS/1.0 503\r\nNats-Subject: svc.none\r\n\r\n"),
         "{text}"
     );
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,7 +266,7 @@ async fn regex_rules_map_both_ways() {
             "devices.s1.temp"
         ]
     );
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 /// The next message of a pull consumer, bounded.
@@ -414,7 +414,7 @@ async fn jetstream_through_a_mount() {
     assert_eq!(ack.stream, "EVENTS");
     let info = stream_info(&direct, "EVENTS").await;
     assert_eq!(info.config.subjects, ["tenant.acme.EVENTS"]);
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 /// `nats-edge explain -c CONFIG --user alice pub SUBJECT`: what it prints, once it exits 0.
@@ -696,7 +696,7 @@ async fn each_user_sees_its_own_mount() {
             "nats_edge_rewrites_total{direction=\"client_to_upstream\"}"
         ) > 0.0
     );
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -731,7 +731,7 @@ async fn a_users_set_wins_over_its_listeners() {
             ("orders.new", "plain on default"),
         ])
     );
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 /// A sender outside the mount picks the reply subject of its request. Were it shown to the
@@ -773,7 +773,7 @@ async fn a_reply_subject_from_outside_does_not_divert_the_clients_publishes() {
         direct.roundtrip(b"").await.text(),
         "MSG tenant.acme.orders.new 2 5\r\norder\r\nMSG orders.new 1 6\r\nanswer\r\n"
     );
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 /// nats-server publishes a trace of a message to its `Nats-Trace-Dest` header: through a
@@ -803,7 +803,7 @@ async fn message_traces_stay_in_the_mount() {
     assert!(trace.contains("MSG trace.out 1 "), "{trace}");
     // One trace per message: it went to the mount, so none went to `trace.out` upstream.
     assert_eq!(direct.roundtrip(b"").await.text(), "");
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 /// A push consumer created through the mount delivers to the client's subscription: its
@@ -861,7 +861,7 @@ async fn push_consumers_deliver_through_the_mount() {
         drain_ready(&mut outside).is_empty(),
         "nothing leaves the mount"
     );
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 /// A JetStream request the mapping makes longer than max_payload is refused at the edge as

@@ -108,7 +108,7 @@ async fn upstream_subscribers_see_who_published() {
     assert_ne!(header(spoofed, "Nats-Edge-Conn-Id"), Some("999"));
     assert_eq!(metric_value(&edge, "nats_edge_tag_spoofs_total"), 1.0);
     assert!(metric_value(&edge, "nats_edge_tags_applied_total") >= 2.0);
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +147,7 @@ async fn the_tls_identity_is_tagged() {
         header(&got[0], "Nats-Edge-Tls-Subject"),
         Some("CN=alice,O=Acme")
     );
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,7 +171,7 @@ async fn spoofed_headers_can_refuse_the_message() {
         "-ERR 'Permissions Violation for Publish to \"orders.x\"'\r\n"
     );
     assert!(raw.is_open().await);
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,7 +203,7 @@ async fn json_payloads_get_the_field() {
         .unwrap()
         .starts_with("127.0.0.1:"));
     assert_eq!(&got[1].payload[..], b"not json");
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 fn hpub(subject: &str, block: &[u8], payload: &[u8]) -> Vec<u8> {
@@ -276,7 +276,7 @@ async fn forgeries_the_edge_would_not_see_do_not_get_through() {
     assert!(!seen.contains("events.x"), "{seen}");
     assert!(!seen.contains("CN=admin"), "{seen}");
     assert_eq!(metric_value(&edge, "nats_edge_tag_spoofs_total"), 2.0);
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,7 +311,7 @@ async fn tags_that_push_a_message_over_max_payload_are_refused_at_the_edge() {
     // The upstream link of other clients was never at risk; a new client works.
     let again = client(&edge_url(&edge)).await;
     round_trip(&again).await;
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,7 +340,7 @@ async fn a_client_without_headers_is_tagged_and_gets_plain_messages() {
     round_trip(&direct).await;
     let reply = raw.roundtrip(b"").await;
     assert_eq!(reply.text(), "MSG plain.back 1 2\r\nyo\r\n");
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 /// The edge asks the upstream for headers on behalf of a client that did not; a client that
@@ -381,7 +381,7 @@ async fn no_responders_without_headers_is_refused_like_nats_server() {
         );
         assert_eq!(replies[1], replies[0], "{connect}");
     }
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,7 +416,7 @@ async fn the_user_tag_is_the_connection_identity() {
         .map(|v| v.as_str())
         .collect();
     assert_eq!(users, ["alice"]);
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 /// nats-server authenticates every CONNECT, so a connection that sends a second one with
@@ -447,7 +447,7 @@ async fn a_second_connect_as_another_user_changes_the_user_tag() {
         .filter_map(|l| l.strip_prefix("Nats-Edge-User: "))
         .collect();
     assert_eq!(users, ["alice", "bob"], "{seen}");
-    edge.shutdown().await;
+    within("edge shutdown", edge.shutdown()).await;
 }
 
 /// Publishes on `subject` through the edge and returns what the upstream subscriber got.

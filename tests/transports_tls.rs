@@ -162,7 +162,8 @@ async fn classic_tls_client_reads_upstream_unavailable_inside_tls() {
     let pki = Pki::new();
     let ca = pki.ca("ca");
     let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
-    let dead = format!("nats://127.0.0.1:{}", free_port());
+    let dead_port = dead_port();
+    let dead = dead_port.url();
     let edge = start_edge_toml(&edge_toml(
         &[dead],
         &format!("kind = \"tls\"\ntls = {{ {} }}", cert_keys(&server_cert)),
@@ -338,7 +339,7 @@ async fn server_keys_of_every_algorithm() {
         .await
         .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
         pub_sub_works(&client).await;
-        edge.shutdown().await;
+        within("edge shutdown", edge.shutdown()).await;
     }
 }
 
@@ -484,7 +485,7 @@ async fn required_client_certificates_and_their_identity() {
             identities.try_recv().is_err(),
             "a refused client reached CONNECT"
         );
-        edge.shutdown().await;
+        within("edge shutdown", edge.shutdown()).await;
     }
 }
 

@@ -11,13 +11,11 @@ use common::*;
 use tokio::sync::mpsc;
 
 /// A URL nothing listens on.
-fn dead_url() -> String {
-    format!("nats://127.0.0.1:{}", free_port())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_at_connect_is_reported_and_closed() {
-    let edge = start_edge(&[dead_url()], "").await;
+    let dead = dead_port();
+    let edge = start_edge(&[dead.url()], "").await;
     let text = error_after_info(edge_addr(&edge)).await;
     assert!(
         text.starts_with("-ERR 'Upstream Unavailable"),
@@ -45,7 +43,8 @@ async fn upstream_down_at_connect_is_reported_and_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_dial_failures_are_counted() {
-    let edge = start_edge(&[dead_url(), dead_url()], "").await;
+    let (dead, dead_too) = (dead_port(), dead_port());
+    let edge = start_edge(&[dead.url(), dead_too.url()], "").await;
     let mut raw = RawConn::connect(edge_addr(&edge)).await;
     raw.read_to_close().await;
     assert_eq!(edge.metrics().upstream_dial_failures(), 2);
@@ -54,7 +53,8 @@ async fn upstream_dial_failures_are_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_to_the_second_upstream() {
     let server = NatsServer::start();
-    let edge = start_edge(&[dead_url(), server.url()], "").await;
+    let dead = dead_port();
+    let edge = start_edge(&[dead.url(), server.url()], "").await;
     let c = client(&edge_url(&edge)).await;
     let mut sub = c.subscribe("fo").await.unwrap();
     round_trip(&c).await;

@@ -28,6 +28,9 @@ const context = await chromium.launchPersistentContext(userDataDir, {
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    // Nothing leaves the machine: any request not to loopback goes to a proxy that is not
+    // there (loopback bypasses proxies).
+    "--proxy-server=http://127.0.0.1:9",
     `--ignore-certificate-errors-spki-list=${pin}`,
   ],
 });

@@ -56,6 +56,33 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback port held bound but not listening: a connect to it is refused, and nothing
+/// else (another test's server) can take it while this lives, as a port merely found free
+/// could be.
+pub struct DeadPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+impl DeadPort {
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+#[allow(dead_code)]
+pub fn dead_port() -> DeadPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().unwrap())
+        .expect("bind an ephemeral port");
+    let port = socket.local_addr().expect("its address").port();
+    DeadPort {
+        _socket: socket,
+        port,
+    }
+}
+
 /// Lines a child process wrote to stderr, collected by a thread so the pipe never fills.
 #[derive(Default)]
 pub struct LogLines {
