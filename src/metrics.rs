@@ -797,6 +797,9 @@ pub struct SessionTotals {
     pub upstream_msgs: u64,
     pub upstream_bytes: u64,
     pub filter_time: LocalFilterTime,
+    /// The session ended in a transport handshake whose failure was logged already: its
+    /// close is logged at debug, so each failure makes one line at its own level.
+    pub handshake_failed: bool,
 }
 
 impl SessionTotals {
@@ -808,6 +811,15 @@ impl SessionTotals {
             upstream_msgs: 0,
             upstream_bytes: 0,
             filter_time: LocalFilterTime::default(),
+            handshake_failed: false,
+        }
+    }
+
+    /// Ended by a failed transport handshake (a classic TLS upgrade after the INFO).
+    pub fn failed_handshake(reason: CloseReason) -> Self {
+        SessionTotals {
+            handshake_failed: true,
+            ..SessionTotals::early(reason)
         }
     }
 }

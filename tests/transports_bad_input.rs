@@ -314,13 +314,15 @@ async fn plain_clients_on_tls_listeners() {
     assert_eq!(raw.read_info().await["tls_required"], true);
     assert!(raw.closes_within(WAIT).await);
     wait_failures(&s.edge, ListenerKind::Tls, HandshakeFailure::Timeout, 2);
-    // The session's end is counted just before its log line.
-    wait_line(|v| {
+    // The session's end is counted just before its log line, which is at debug: the
+    // failure was logged once already.
+    let closed = wait_line(|v| {
         v["span"]["listener"] == "plain-classic"
             && v["message"] == "connection closed"
             && v["reason"] == "handshake_timeout"
     })
     .expect("the classic client's session ends as handshake_timeout");
+    assert_eq!(closed["level"], "DEBUG", "{closed}");
     assert_eq!(
         s.edge.metrics().closes(CloseReason::HandshakeTimeout),
         timeouts + 1

@@ -162,6 +162,7 @@ pub async fn run(client: Box<Accepted>, env: Arc<SessionEnv>, accepted_at: Insta
     // (a TCP check, or a PROXY `LOCAL` header and the close): its line is debug, as
     // nats-server logs every client close, so probes do not flood the log.
     let probe = summary.reason == CloseReason::ClientClosed && summary.client_bytes == 0;
+    let quiet = probe || summary.handshake_failed;
     macro_rules! closed {
         ($level:expr) => {
             tracing::event!(
@@ -177,7 +178,7 @@ pub async fn run(client: Box<Accepted>, env: Arc<SessionEnv>, accepted_at: Insta
         };
     }
     span.in_scope(|| {
-        if probe {
+        if quiet {
             closed!(tracing::Level::DEBUG)
         } else {
             closed!(tracing::Level::INFO)
@@ -253,6 +254,7 @@ async fn serve(
         upstream_msgs: u2c.msgs,
         upstream_bytes: u2c.bytes,
         filter_time: std::mem::take(&mut opened.shared.filter_time),
+        handshake_failed: false,
     }
 }
 
@@ -449,7 +451,7 @@ async fn open(
                     transport::HandshakeError::Timeout(_) => CloseReason::HandshakeTimeout,
                     _ => CloseReason::ClientIoError,
                 };
-                return Err(SessionTotals::early(reason));
+                return Err(SessionTotals::failed_handshake(reason));
             }
         }
     }
