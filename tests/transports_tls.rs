@@ -489,24 +489,47 @@ async fn required_client_certificates_and_their_identity() {
     }
 }
 
+/// A TLS-first listener that verifies client certificates against a client CA, and alice's
+/// certificate from it.
+struct AliceSetup {
+    _pki: Pki,
+    ca: Ca,
+    files: CertFiles,
+    server: NatsServer,
+    /// The listener's `tls` table.
+    table: String,
+}
+
+impl AliceSetup {
+    fn new(extra: &str) -> AliceSetup {
+        let pki = Pki::new();
+        let ca = pki.ca("ca");
+        let client_ca = pki.ca("client-ca");
+        let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
+        let files = pki.leaf(&client_ca, "alice", Leaf::client("alice"));
+        let table = format!(
+            "{}, client_ca_file = {}{extra}, handshake_first = true",
+            cert_keys(&server_cert),
+            toml_path(&client_ca.cert)
+        );
+        AliceSetup {
+            _pki: pki,
+            ca,
+            files,
+            server: NatsServer::start(),
+            table,
+        }
+    }
+}
+
 /// With client certificates, TLS sessions are not resumed: a resumed session would carry the
 /// certificate it was made with, unchecked, so one expired since would go on naming its user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_with_client_certificates_are_not_resumed() {
-    let pki = Pki::new();
-    let ca = pki.ca("ca");
-    let client_ca = pki.ca("client-ca");
-    let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
-    let alice_files = pki.leaf(&client_ca, "alice", Leaf::client("alice"));
-    let server = NatsServer::start();
-    let table = format!(
-        "{}, client_ca_file = {}, handshake_first = true",
-        cert_keys(&server_cert),
-        toml_path(&client_ca.cert)
-    );
-    let edge = start_edge_toml(&tls_toml(&server, &table)).await;
+    let alice = AliceSetup::new("");
+    let edge = start_edge_toml(&tls_toml(&alice.server, &alice.table)).await;
     // One client configuration, whose session cache would offer the first session again.
-    let config = client_config(&ca.cert, Some(&alice_files));
+    let config = client_config(&alice.ca.cert, Some(&alice.files));
     for attempt in 0..2 {
         let tls = tls_over(tcp(edge_addr(&edge)).await, config.clone())
             .await
@@ -526,17 +549,13 @@ async fn sessions_with_client_certificates_are_not_resumed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optional_client_certificates() {
-    let pki = Pki::new();
-    let ca = pki.ca("ca");
-    let client_ca = pki.ca("client-ca");
-    let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
-    let alice_files = pki.leaf(&client_ca, "alice", Leaf::client("alice"));
-    let server = NatsServer::start();
-    let table = format!(
-        "{}, client_ca_file = {}, client_auth = \"optional\", handshake_first = true",
-        cert_keys(&server_cert),
-        toml_path(&client_ca.cert)
-    );
+    let AliceSetup {
+        _pki,
+        ca,
+        files: alice_files,
+        server,
+        table,
+    } = AliceSetup::new(", client_auth = \"optional\"");
     let (edge, identities) = edge_with_probe(&tls_toml(&server, &table)).await;
 
     let anonymous = tls_client(
