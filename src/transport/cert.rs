@@ -29,6 +29,60 @@ const EXTENSIONS: u8 = 0xa3;
 /// id-ce-subjectAltName, 2.5.29.17.
 const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
 
+/// id-pe-tlsfeature, 1.3.6.1.5.5.7.1.24: RFC 7633's TLS Feature extension.
+const OID_TLS_FEATURE: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x01, 0x18];
+/// The TLS Feature that asks for a stapled OCSP response (`status_request`).
+const STATUS_REQUEST: u8 = 5;
+const INTEGER: u8 = 0x02;
+
+/// Whether a DER certificate demands a stapled OCSP response ("OCSP Must-Staple": the TLS
+/// Feature extension naming `status_request`). Clients that honour it, browsers among
+/// them, refuse a server that presents it without a staple.
+pub fn requires_ocsp_staple(der: &[u8]) -> bool {
+    extension_value(der, OID_TLS_FEATURE)
+        .and_then(|value| {
+            let (mut features, _) = expect(value, SEQUENCE)?;
+            while let Some((tag, content, after)) = next(features) {
+                if tag == INTEGER && content == [STATUS_REQUEST] {
+                    return Some(true);
+                }
+                features = after;
+            }
+            Some(false)
+        })
+        .unwrap_or(false)
+}
+
+/// The value (the OCTET STRING's content) of the extension `oid` of a DER certificate.
+fn extension_value<'a>(der: &'a [u8], oid: &[u8]) -> Option<&'a [u8]> {
+    let mut rest = tbs_fields(der)?;
+    // serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo.
+    for _ in 0..6 {
+        rest = next(rest)?.2;
+    }
+    let extensions = loop {
+        let (tag, content, after) = next(rest)?;
+        if tag == EXTENSIONS {
+            break content;
+        }
+        rest = after;
+    };
+    let (mut list, _) = expect(extensions, SEQUENCE)?;
+    while !list.is_empty() {
+        let (ext, after) = expect(list, SEQUENCE)?;
+        list = after;
+        let (ext_oid, mut rest) = expect(ext, OID)?;
+        if ext_oid != oid {
+            continue;
+        }
+        if rest.first() == Some(&BOOLEAN) {
+            rest = next(rest)?.2;
+        }
+        return Some(expect(rest, OCTET_STRING)?.0);
+    }
+    None
+}
+
 /// Reads the subject and SANs of a DER certificate.
 pub fn identity(der: &[u8]) -> TlsPeer {
     let mut peer = TlsPeer {
@@ -449,6 +503,24 @@ mod tests {
     fn cert(params: CertificateParams) -> Vec<u8> {
         let key = KeyPair::generate().unwrap();
         params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    /// A certificate with the TLS Feature `status_request` ("OCSP Must-Staple") is told
+    /// apart from one without it.
+    #[test]
+    fn finds_ocsp_must_staple() {
+        let plain = CertificateParams::new(vec!["edge.example.com".into()]).unwrap();
+        assert!(!requires_ocsp_staple(&cert(plain)));
+        let mut stapled = CertificateParams::new(vec!["edge.example.com".into()]).unwrap();
+        // SEQUENCE { INTEGER 5 }
+        stapled
+            .custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 5, 5, 7, 1, 24],
+                vec![0x30, 0x03, 0x02, 0x01, 0x05],
+            ));
+        assert!(requires_ocsp_staple(&cert(stapled)));
+        assert!(!requires_ocsp_staple(b"not a certificate"));
     }
 
     #[test]

@@ -143,6 +143,20 @@ impl ServerTls {
 
 fn build_server(settings: &ListenerTls) -> Result<ServerConfig, TlsError> {
     let certs = load_certs(&settings.cert_file).map_err(|e| e.at("cert_file"))?;
+    // nats-server staples OCSP for such a certificate (and refuses to start without a
+    // status); the edge does not staple, and clients that honour the demand would refuse
+    // every connection: say so now rather than serve it.
+    if certs
+        .first()
+        .is_some_and(|leaf| super::cert::requires_ocsp_staple(leaf))
+    {
+        return Err(file_error(
+            &settings.cert_file,
+            "demands a stapled OCSP response (OCSP Must-Staple), which nats-edge does not \
+             provide: use a certificate without the TLS Feature extension",
+        )
+        .at("cert_file"));
+    }
     let key = load_key(&settings.key_file).map_err(|e| e.at("key_file"))?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
