@@ -116,6 +116,13 @@ enum LogFormatArg {
 }
 
 fn main() -> ExitCode {
+    // Until the signal handlers are installed (once the configuration has loaded), a SIGHUP
+    // (`systemctl reload` right after the start) would end the process; the configuration
+    // it asks for is being read anyway, so it is ignored until then.
+    // SAFETY: sets a signal's disposition before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
     let cli = Cli::parse();
     let overrides = Overrides {
         listen: cli.listen,
@@ -351,21 +358,32 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::R
             tokio::select! {
                 _ = edge.wait() => return Ok(()),
                 signal = signals.next() => match signal {
-                    Signal::Reload => reload(&edge, file.as_deref(), &overrides, &source),
+                    Signal::Reload => reload(edge.shared(), file.as_deref(), &overrides, &source),
                     Signal::Stop => break,
                 },
             }
         }
-        let drain = edge.shared().reloader.current().drain.clone();
+        let shared = edge.shared().clone();
+        let drain = shared.reloader.current().drain.clone();
         tracing::info!("shutting down: draining (a second signal exits at once)");
+        // As nats-server in lame-duck mode, a reload still applies while the edge drains:
+        // rules that revoke a user reach the clients still connected.
+        let second_stop = async {
+            loop {
+                match signals.next().await {
+                    Signal::Stop => break,
+                    Signal::Reload => reload(&shared, file.as_deref(), &overrides, &source),
+                }
+            }
+        };
         tokio::select! {
             drained = nats_edge::drain::drain(&mut edge, drain.grace_period.0, drain.timeout.0) => {
                 tracing::info!(closed_by_edge = drained.closed_by_edge, timed_out = drained.timed_out, "drained");
             }
-            _ = signals.next_stop() => {
+            () = second_stop => {
                 tracing::warn!("second signal: exiting at once");
-                if let Some(path) = &pid_file {
-                    let _ = std::fs::remove_file(path);
+                if let Some(path) = &written_pid_file {
+                    remove_own_pid_file(path);
                 }
                 std::process::exit(1);
             }
@@ -377,9 +395,19 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::R
     // the drain timeout (and past a supervisor's grace period) with no signal handled.
     runtime.shutdown_background();
     if let Some(path) = &written_pid_file {
-        let _ = std::fs::remove_file(path);
+        remove_own_pid_file(path);
     }
     result
+}
+
+/// Removes the pid file this process wrote, unless it names another process by now (a new
+/// instance started while this one drained, whose `nats-edge reload` needs the file).
+fn remove_own_pid_file(path: &Path) {
+    let ours = std::fs::read_to_string(path)
+        .is_ok_and(|text| text.trim() == std::process::id().to_string());
+    if ours {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// One single-threaded runtime per worker thread (per core when `threads` is 0), each on a
@@ -464,22 +492,18 @@ impl Signals {
         let _ = tokio::signal::ctrl_c().await;
         Signal::Stop
     }
-
-    /// The next SIGTERM or SIGINT; SIGHUPs meanwhile are ignored (a drain is under way).
-    async fn next_stop(&mut self) {
-        loop {
-            if let Signal::Stop = self.next().await {
-                return;
-            }
-        }
-    }
 }
 
 /// Reads the configuration again, with the same layering as at start-up, and applies it if
 /// every part accepts it; otherwise the running configuration stays.
-fn reload(edge: &Edge, file: Option<&Path>, overrides: &Overrides, source: &str) {
+fn reload(
+    edge: &nats_edge::edge::EdgeShared,
+    file: Option<&Path>,
+    overrides: &Overrides,
+    source: &str,
+) {
     tracing::info!(file = source, "SIGHUP: reloading the configuration");
-    let reloader = &edge.shared().reloader;
+    let reloader = &edge.reloader;
     match Config::load(file, overrides) {
         Ok(config) => {
             let _ = reloader.reload(config, source);

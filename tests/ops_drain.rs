@@ -273,3 +273,23 @@ async fn lame_duck_info_leaves_out_the_draining_edges_own_url() {
     );
     assert_eq!(drained.closed_by_edge, 0, "the client left on its own");
 }
+
+/// A reload still applies while the edge drains, as nats-server reloads in lame-duck mode:
+/// rules that revoke a user must reach the clients still connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_during_the_drain() {
+    let server = NatsServer::start();
+    let mut edge = spawn_edge(&server, "50s", "60s");
+    let (raw, _) = protocol_one_client(&edge).await;
+    send_signal(edge.pid(), "TERM");
+    let (from, _) = edge.wait_log(
+        0,
+        "draining: stopped accepting, lame-duck INFO sent to clients",
+    );
+    send_signal(edge.pid(), "HUP");
+    edge.wait_log(from, "configuration reloaded");
+    // The client leaves; the drain ends and the edge exits 0.
+    drop(raw);
+    let status = edge.wait_exit().await;
+    assert!(status.success(), "{}", edge.log().dump());
+}
