@@ -121,6 +121,13 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     prepare_with(config, true, None)
 }
 
+/// Whether `config` would start, as far as its files go (the trusted-proxy key aside,
+/// which a running edge keeps until its restart): what a reload checks of the whole new
+/// file before it applies what it can.
+pub fn check_startable(config: &Config) -> Result<(), StartError> {
+    prepare_with(config, false, None).map(|_| ())
+}
+
 /// [`prepare`]; without the trusted-proxy key when `load_signer` is false (a reload, which
 /// keeps the running key until a restart: its file need not be there). `running` is the
 /// upstream in use (a reload): when the URLs are the same, what was learnt of them (which
@@ -537,15 +544,8 @@ impl Reloadable for ListenerReload {
             .cells
             .first()
             .map(|cell| cell.current().env.upstream.clone());
-        let prepared = prepare_with(new, false, running.as_deref()).map_err(|e| match e {
-            StartError::Tls { what, source } => ReloadError::Invalid {
-                key: what,
-                reason: source.to_string(),
-            },
-            // Every other start error names its own key (`auth.rules`, `tagging.file`) or
-            // file: prefixing it with this part's name would point at the wrong key.
-            other => ReloadError::Start(other),
-        })?;
+        let prepared =
+            prepare_with(new, false, running.as_deref()).map_err(ReloadError::from_start)?;
         let upstreams: Vec<String> = prepared
             .upstream
             .urls

@@ -31,6 +31,21 @@ pub enum ReloadError {
     Start(#[from] crate::edge::StartError),
 }
 
+impl ReloadError {
+    /// A start error met while preparing a reload: a TLS error names its key as a value
+    /// error does; every other start error names its own key (`auth.rules`,
+    /// `tagging.file`) or file.
+    pub fn from_start(e: crate::edge::StartError) -> ReloadError {
+        match e {
+            crate::edge::StartError::Tls { what, source } => ReloadError::Invalid {
+                key: what,
+                reason: source.to_string(),
+            },
+            other => ReloadError::Start(other),
+        }
+    }
+}
+
 /// What a reloadable part will do once every part has accepted the new configuration.
 pub struct Staged(Box<dyn FnOnce() + Send>);
 
@@ -105,6 +120,14 @@ impl Reloader {
         // Every part prepares what will run: keys that need a restart keep their running
         // values (a rewrite turned off keeps its sets until the restart).
         let needs_restart = restart_keys(&self.current(), &new);
+        // The new file as a whole must start: a listener the reload cannot add yet (it waits
+        // for the restart) has its certificates checked now, or that restart would fail.
+        if let Err(e) = crate::edge::check_startable(&new) {
+            let e = ReloadError::from_start(e);
+            tracing::error!("reload refused: the new file would not start");
+            self.failed(source, &e);
+            return Err(e);
+        }
         let file = new.clone();
         let new = running(&self.current(), new);
         let mut staged = Vec::with_capacity(parts.len());

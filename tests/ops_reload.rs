@@ -190,3 +190,29 @@ fn reload_does_not_signal_a_process_that_is_not_nats_edge() {
     assert!(stderr.contains("not nats-edge"), "{stderr}");
     assert!(alive, "the other process was signalled");
 }
+
+/// A reload checks the new file as a whole, as a restart would load it: a listener it cannot
+/// add until the restart, whose key file is missing, refuses the reload now rather than
+/// fail that restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_refuses_a_listener_that_would_not_start() {
+    let server = NatsServer::start();
+    let edge = start_edge(&[server.url()], "").await;
+    let broken = format!(
+        "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\n\
+         [[listeners]]\nname = \"secure\"\nbind = \"127.0.0.1:0\"\nkind = \"tls\"\n\
+         tls = {{ cert_file = \"/nonexistent/cert.pem\", key_file = \"/nonexistent/key.pem\" }}\n\
+         [upstream]\nurls = [{:?}]\n",
+        server.url()
+    );
+    let config = nats_edge::config::Config::from_toml_str(&broken).unwrap();
+    let refused = edge
+        .shared()
+        .reloader
+        .reload(config, "test")
+        .expect_err("a listener that would not start");
+    let text = refused.to_string();
+    assert!(text.starts_with("listeners.1.tls: cert_file"), "{text}");
+    assert_eq!(edge.metrics().config_reloads(false), 1);
+    within("edge shutdown", edge.shutdown()).await;
+}
