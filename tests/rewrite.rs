@@ -776,11 +776,12 @@ async fn a_reply_subject_from_outside_does_not_divert_the_clients_publishes() {
     within("edge shutdown", edge.shutdown()).await;
 }
 
-/// nats-server publishes a trace of a message to its `Nats-Trace-Dest` header: through a
-/// mount that subject is the client's, so the trace reaches the client's subscription to
-/// it and nothing outside the mount.
+/// nats-server publishes a trace of a message to its `Nats-Trace-Dest` header, a report
+/// that names its servers (their addresses), the upstream subject and the other clients the
+/// message reached. Through a mount the destination is "trace disabled": no report goes
+/// anywhere, and the message itself is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn message_traces_stay_in_the_mount() {
+async fn message_traces_are_disabled_in_a_mount() {
     let server = NatsServer::start();
     let edge = mounted(&server, "tenant-mount").await;
     let mut direct = in_step(
@@ -798,10 +799,24 @@ async fn message_traces_stay_in_the_mount() {
     .into_bytes();
     ops.extend_from_slice(block);
     ops.extend_from_slice(b"hi\r\n");
-    inside.send(&ops).await;
-    let trace = inside.read_until(b"\"type\":\"in\"").await.text();
-    assert!(trace.contains("MSG trace.out 1 "), "{trace}");
-    // One trace per message: it went to the mount, so none went to `trace.out` upstream.
+    ops.extend_from_slice(b"SUB orders.new 2\r\n");
+    let reply = inside.roundtrip(&ops).await;
+    assert!(!reply.closed, "{}", reply.text());
+    // The traced message itself comes to the client's subscription to its subject, and no
+    // trace report anywhere, in the mount or outside it.
+    let mut delivered = inside
+        .roundtrip(&{
+            let mut again =
+                format!("HPUB orders.new {} {}\r\n", block.len(), block.len() + 2).into_bytes();
+            again.extend_from_slice(block);
+            again.extend_from_slice(b"hi\r\n");
+            again
+        })
+        .await
+        .text();
+    delivered.retain(|c| c != '\r');
+    assert!(delivered.contains("HMSG orders.new 2 "), "{delivered}");
+    assert!(!delivered.contains("trace.out"), "{delivered}");
     assert_eq!(direct.roundtrip(b"").await.text(), "");
     within("edge shutdown", edge.shutdown()).await;
 }

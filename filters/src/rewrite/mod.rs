@@ -246,6 +246,17 @@ impl ReplyTokens {
 
 /// The header nats-server reads the destination of a message trace from.
 const TRACE_DEST: &[u8] = b"Nats-Trace-Dest";
+/// The value nats-server takes for "do not trace" (no valid subject).
+const TRACE_DISABLED: &[u8] = b"trace disabled";
+
+/// Headers whose values JetStream reads as subjects, and whether each names where a message
+/// is published (publish-only rules apply) rather than a subject read or filtered.
+const SUBJECT_HEADERS: [(&[u8], bool); 4] = [
+    (b"Nats-Schedule-Target", true),
+    (b"Nats-Scheduler", true),
+    (b"Nats-Schedule-Source", false),
+    (b"Nats-Expected-Last-Subject-Sequence-Subject", false),
+];
 
 /// A session's rule set (none when no set applies), and the user it was looked up for.
 type Resolved = (Option<Arc<str>>, Option<Arc<RuleSet>>);
@@ -454,14 +465,14 @@ impl Filter for Rewrite {
                     }
                 }
                 if let Some(block) = &publish.headers {
-                    match map_trace_destination(block, set) {
+                    match map_subject_headers(block, set) {
                         Ok(Some(mapped)) => {
                             publish.headers = Some(mapped);
                             changed = true;
                         }
                         Ok(None) => {}
                         Err(()) => {
-                            // nats-server may read a trace destination from a block the
+                            // nats-server may read a subject from a block the
                             // edge cannot read: it cannot be let through unmapped.
                             return Verdict::Close {
                                 reason: CloseReason::ProtocolViolation,
@@ -475,7 +486,7 @@ impl Filter for Rewrite {
                 }
                 if changed && publish.size() > size && publish.size() as u64 > ctx.max_payload {
                     // The mapped request (longer subjects in a JetStream request, a longer
-                    // trace destination) no longer fits: refused as nats-server refuses an
+                    // schedule target) no longer fits: refused as nats-server refuses an
                     // oversized PUB, rather than sent for it to close the upstream link.
                     return Verdict::close_with(
                         CloseReason::MaxPayloadExceeded,
@@ -675,23 +686,36 @@ fn reverse_permissions_error(
     ))
 }
 
-/// The header block with the subjects of its `Nats-Trace-Dest` fields mapped (`None` when
-/// there is nothing to map); `Err` when the block names a trace destination but cannot be
-/// read, since nats-server might still find one in it.
-fn map_trace_destination(block: &Bytes, set: &RuleSet) -> Result<Option<Bytes>, ()> {
-    if !may_name_trace_destination(block) {
+/// The header block with the subjects its fields name mapped into the mount (`None` when
+/// there is nothing to map); `Err` when the block may name one but cannot be read, since
+/// nats-server might still find it there.
+///
+/// JetStream reads subjects from headers (a schedule's target and source, the subject a
+/// publish expects a last sequence on): unmapped, they would name subjects outside the
+/// mount, another tenant's among them, in a stream the tenants share. A message trace's
+/// destination is set to nats-server's "trace disabled": its report names the upstream's
+/// servers, their addresses, the upstream subject and other clients that got the message,
+/// none of which a mounted client may see.
+fn map_subject_headers(block: &Bytes, set: &RuleSet) -> Result<Option<Bytes>, ()> {
+    if !may_name_subject(block) {
         return Ok(None);
     }
     let parsed = Headers::parse(block).map_err(|_| ())?;
     let mut writer = HeaderWriter::new(parsed.first_line);
     let mut changed = false;
     for line in &parsed.all_lines {
-        let mapped = headers::split_field(line)
-            .filter(|(name, _)| name.eq_ignore_ascii_case(TRACE_DEST))
-            .and_then(|(name, value)| Some((name, set.forward(value, false)?.1)));
+        let mapped = headers::split_field(line).and_then(|(name, value)| {
+            if name.eq_ignore_ascii_case(TRACE_DEST) {
+                return Some((name, TRACE_DISABLED.to_vec()));
+            }
+            let (_, published) = SUBJECT_HEADERS
+                .iter()
+                .find(|(header, _)| name.eq_ignore_ascii_case(header))?;
+            Some((name, set.forward(value, *published)?.1))
+        });
         match mapped {
-            Some((name, subject)) => {
-                writer.field(name, &subject);
+            Some((name, value)) => {
+                writer.field(name, &value);
                 changed = true;
             }
             None => writer.line(line),
@@ -700,16 +724,23 @@ fn map_trace_destination(block: &Bytes, set: &RuleSet) -> Result<Option<Bytes>, 
     Ok(changed.then(|| writer.finish()))
 }
 
-/// Whether nats-server could read a trace destination from `block`. It reads every key from
-/// the start of a line up to its colon, as it is, and takes this one only under its exact
-/// name (its key match is case-sensitive): a block without a line starting
-/// `Nats-Trace-Dest:` names no destination. Every tagged PUB carries a block and pays this
-/// search, so its searcher is built once: building one costs more than running it over a
-/// block of a few hundred bytes.
-fn may_name_trace_destination(block: &[u8]) -> bool {
-    static FIELD_START: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\nNats-Trace-Dest:"));
-    FIELD_START.find(block).is_some()
+/// Whether nats-server could read a subject from `block`'s fields (a trace destination, a
+/// JetStream schedule, an expected subject). It reads every key from the start of a line up
+/// to its colon, as it is, and takes one only under its exact name (its key match is
+/// case-sensitive): a block without a line starting with one of those names none. Every
+/// tagged PUB carries a block and pays this search, so the searchers are built once:
+/// building one costs more than running it over a block of a few hundred bytes.
+fn may_name_subject(block: &[u8]) -> bool {
+    static FIELD_STARTS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 3]> =
+        std::sync::LazyLock::new(|| {
+            [
+                memchr::memmem::Finder::new(b"\nNats-Trace-Dest:"),
+                // Nats-Schedule-Target, -Source and Nats-Scheduler.
+                memchr::memmem::Finder::new(b"\nNats-Schedule"),
+                memchr::memmem::Finder::new(b"\nNats-Expected-Last-Subject-Sequence-Subject:"),
+            ]
+        });
+    FIELD_STARTS.iter().any(|f| f.find(block).is_some())
 }
 
 /// The 503 no-responders status names the request subject in `Nats-Subject`, in the

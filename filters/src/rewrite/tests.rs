@@ -540,10 +540,11 @@ fn hpub(subject: &str, headers: &'static [u8], payload: &'static [u8]) -> Client
     })
 }
 
-/// nats-server publishes a message's trace to its `Nats-Trace-Dest`: a subject in the
-/// client's view, mapped into the mount like a reply subject.
+/// A message trace's report names the upstream's servers and other clients: through a mount
+/// its destination is set to nats-server's "trace disabled". JetStream's subject headers
+/// are mapped into the mount like reply subjects.
 #[test]
-fn trace_destinations_are_mapped_into_the_mount() {
+fn subject_headers_are_mapped_and_traces_disabled() {
     let (mut f, mut ctx) = filter_for("tenant-mount", &[]);
     let mut mapped = |block: &'static [u8]| {
         let mut op = hpub("orders.new", block, b"p");
@@ -553,14 +554,26 @@ fn trace_destinations_are_mapped_into_the_mount() {
     };
     assert_eq!(
         mapped(b"NATS/1.0\r\nA: 1\r\nNats-Trace-Dest:trace.out\r\nnats-trace-dest: x\r\n\r\n"),
-        &b"NATS/1.0\r\nA: 1\r\nNats-Trace-Dest: tenant.acme.trace.out\r\n\
-           nats-trace-dest: tenant.acme.x\r\n\r\n"[..]
+        &b"NATS/1.0\r\nA: 1\r\nNats-Trace-Dest: trace disabled\r\n\
+           nats-trace-dest: trace disabled\r\n\r\n"[..]
     );
     // nats-server finds the destination past an empty line too; the empty line stays where
     // it was, so a reader that stops there still sees no field after it.
     assert_eq!(
         mapped(b"NATS/1.0\r\nA: 1\r\n\r\nNats-Trace-Dest: trace.out\r\n\r\n"),
-        &b"NATS/1.0\r\nA: 1\r\n\r\nNats-Trace-Dest: tenant.acme.trace.out\r\n\r\n"[..]
+        &b"NATS/1.0\r\nA: 1\r\n\r\nNats-Trace-Dest: trace disabled\r\n\r\n"[..]
+    );
+    // A schedule's target and source, and the subject a publish expects a sequence on.
+    assert_eq!(
+        mapped(
+            b"NATS/1.0\r\nNats-Schedule: @at 2020-01-01T00:00:00Z\r\n\
+              Nats-Schedule-Target: events.orders\r\nNats-Schedule-Source: events.last\r\n\
+              Nats-Expected-Last-Subject-Sequence-Subject: events.>\r\n\r\n"
+        ),
+        &b"NATS/1.0\r\nNats-Schedule: @at 2020-01-01T00:00:00Z\r\n\
+           Nats-Schedule-Target: tenant.acme.events.orders\r\n\
+           Nats-Schedule-Source: tenant.acme.events.last\r\n\
+           Nats-Expected-Last-Subject-Sequence-Subject: tenant.acme.events.>\r\n\r\n"[..]
     );
     // A block the edge cannot read, in which nats-server may find one, is refused.
     let mut op = hpub(
@@ -580,11 +593,16 @@ fn trace_destinations_are_mapped_into_the_mount() {
 }
 
 /// nats-server reads a key from the start of a line up to its colon, as written: only a
-/// line starting `Nats-Trace-Dest:` can name a trace destination, so only such a block is
-/// parsed for one.
+/// line starting with one of the keys it reads subjects from can name one, so only such a
+/// block is parsed for one.
 #[test]
-fn only_a_line_starting_with_the_exact_key_may_name_a_trace_destination() {
-    use super::may_name_trace_destination as may;
+fn only_a_line_starting_with_an_exact_key_may_name_a_subject() {
+    use super::may_name_subject as may;
+    assert!(may(b"NATS/1.0\r\nNats-Schedule-Target: t\r\n\r\n"));
+    assert!(may(
+        b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence-Subject: t\r\n\r\n"
+    ));
+    assert!(!may(b"NATS/1.0\r\nNats-Msg-Id: t\r\n\r\n"));
     assert!(may(b"NATS/1.0\r\nNats-Trace-Dest: t\r\n\r\n"));
     assert!(may(b"NATS/1.0\r\nA: 1\r\nNats-Trace-Dest:t\r\n\r\n"));
     assert!(!may(b"NATS/1.0\r\nnats-trace-dest: t\r\n\r\n"));
