@@ -244,6 +244,13 @@ impl ReplyTokens {
     }
 }
 
+/// A subject's wildcards as a subscription sees them: how many whole-token `*`, and whether
+/// it ends in `>`. A mapping must keep them, whatever literal tokens it adds or changes.
+fn wildcards(subject: &[u8]) -> (usize, bool) {
+    let stars = subject.split(|&b| b == b'.').filter(|t| *t == b"*").count();
+    (stars, subject == b">" || subject.ends_with(b".>"))
+}
+
 /// The header nats-server reads the destination of a message trace from.
 const TRACE_DEST: &[u8] = b"Nats-Trace-Dest";
 /// The value nats-server takes for "do not trace" (no valid subject).
@@ -496,10 +503,25 @@ impl Filter for Rewrite {
             }
             ClientOp::Sub(sub) => {
                 let mapped = set.forward_mapped(&sub.subject, false);
+                let built = mapped.map(|(_, mapped)| self.arena.build(&sub.subject, mapped));
+                if let Some(built) = &built {
+                    // A regex rule could make a literal `svc-*` the wildcard `svc.*` (the
+                    // client then gets every `svc.` subject, past ACL rules written for the
+                    // literal), or a wildcard a literal: refused as nats-server refuses a
+                    // subject it cannot take.
+                    if wildcards(built) != wildcards(&sub.subject) {
+                        tracing::warn!(
+                            subject = %String::from_utf8_lossy(&sub.subject),
+                            mapped = %String::from_utf8_lossy(built),
+                            "subscription refused: its mapping changes its wildcards"
+                        );
+                        return Verdict::error(errors::INVALID_SUBJECT);
+                    }
+                }
                 self.subscriptions
-                    .subscribed(&sub.sid, mapped.is_some().then(|| set.clone()));
-                if let Some((_, mapped)) = mapped {
-                    sub.subject = self.arena.build(&sub.subject, mapped);
+                    .subscribed(&sub.sid, built.is_some().then(|| set.clone()));
+                if let Some(built) = built {
+                    sub.subject = built;
                     changed = true;
                 }
             }

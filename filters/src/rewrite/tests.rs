@@ -1073,3 +1073,48 @@ fn recent_publishes_name_the_latest_client_subject() {
     recent.forget(b"x.1");
     assert_eq!(recent.client_subject(b"x.1"), None);
 }
+
+/// A mapping that turns a literal token holding `*` into a wildcard (or a wildcard into a
+/// literal) would change what the subscription receives: such a SUB is refused as an
+/// invalid subject, and not recorded.
+#[test]
+fn a_subscription_whose_mapping_changes_its_wildcards_is_refused() {
+    let file =
+        std::env::temp_dir().join(format!("nats-edge-svc-rules-{}.toml", std::process::id()));
+    std::fs::write(
+        &file,
+        "[[rule]]\nname = 'svc'\nkind = 'regex'\nclient = '^svc-([^.]+)\\.(.+)$'\n\
+         upstream = 'svc.$1.$2'\nreverse_match = '^svc\\.([^.]+)\\.(.+)$'\nreverse = 'svc-$1.$2'\n\
+         examples = ['svc-a.x']\n",
+    )
+    .unwrap();
+    let mut config = RewriteConfig::default();
+    config.sets.insert("svc".into(), file.clone());
+    config.default = Some("svc".into());
+    let loaded = RewriteRules::load(&config);
+    let _ = std::fs::remove_file(&file);
+    let factory = RewriteFactory {
+        rules: Arc::new(loaded.unwrap()),
+        events: Arc::new(NoEvents),
+    };
+    let (mut f, mut ctx) = (factory.build(&conn()), SessionCtx::new(conn()));
+    let mut sub = |subject: &str| {
+        ClientOp::Sub(Sub {
+            subject: Bytes::from(subject.to_string()),
+            queue: None,
+            sid: Bytes::from_static(b"1"),
+        })
+    };
+    // A literal `svc-*` token would become the wildcard `svc.*`.
+    assert_eq!(
+        f.on_client_op(&mut sub("svc-*.x"), &mut ctx),
+        Verdict::error(crate::errors::INVALID_SUBJECT)
+    );
+    // Where the wildcards stay, the SUB is mapped.
+    let mut ok = sub("svc-a.*");
+    assert_eq!(f.on_client_op(&mut ok, &mut ctx), Verdict::Changed);
+    let ClientOp::Sub(ok) = ok else {
+        unreachable!()
+    };
+    assert_eq!(&ok.subject[..], b"svc.a.*");
+}
