@@ -1098,7 +1098,7 @@ fn a_subscription_whose_mapping_changes_its_wildcards_is_refused() {
         events: Arc::new(NoEvents),
     };
     let (mut f, mut ctx) = (factory.build(&conn()), SessionCtx::new(conn()));
-    let mut sub = |subject: &str| {
+    let sub = |subject: &str| {
         ClientOp::Sub(Sub {
             subject: Bytes::from(subject.to_string()),
             queue: None,
