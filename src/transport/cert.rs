@@ -67,6 +67,12 @@ fn extension_value<'a>(der: &'a [u8], oid: &[u8]) -> Option<&'a [u8]> {
         }
         rest = after;
     };
+    find_extension(extensions, oid)
+}
+
+/// The value (the OCTET STRING's content) of the extension `oid` in a certificate's
+/// `[3]` extensions; `None` when it has none, or they cannot be read.
+fn find_extension<'a>(extensions: &'a [u8], oid: &[u8]) -> Option<&'a [u8]> {
     let (mut list, _) = expect(extensions, SEQUENCE)?;
     while !list.is_empty() {
         let (ext, after) = expect(list, SEQUENCE)?;
@@ -75,6 +81,7 @@ fn extension_value<'a>(der: &'a [u8], oid: &[u8]) -> Option<&'a [u8]> {
         if ext_oid != oid {
             continue;
         }
+        // The optional `critical` flag.
         if rest.first() == Some(&BOOLEAN) {
             rest = next(rest)?.2;
         }
@@ -454,45 +461,34 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The GeneralNames of the subjectAltName extension, if the certificate has one.
 fn subject_alt_names(extensions: &[u8]) -> Option<Vec<String>> {
-    let (mut list, _) = expect(extensions, SEQUENCE)?;
-    while !list.is_empty() {
-        let (ext, after) = expect(list, SEQUENCE)?;
-        list = after;
-        let (oid, mut rest) = expect(ext, OID)?;
-        if oid != OID_SUBJECT_ALT_NAME {
-            continue;
-        }
-        if rest.first() == Some(&BOOLEAN) {
-            rest = next(rest)?.2;
-        }
-        let (value, _) = expect(rest, OCTET_STRING)?;
-        let (mut names, _) = expect(value, SEQUENCE)?;
-        let mut out = Vec::new();
-        while let Some((tag, content, after)) = next(names) {
-            names = after;
-            let text = || String::from_utf8_lossy(content).into_owned();
-            match tag {
-                0x81 => out.push(format!("email:{}", text())),
-                0x82 => out.push(format!("DNS:{}", text())),
-                0x86 => out.push(format!("URI:{}", text())),
-                0x87 => match content.len() {
-                    4 => out.push(format!(
-                        "IP:{}",
-                        Ipv4Addr::from(<[u8; 4]>::try_from(content).ok()?)
-                    )),
-                    16 => out.push(format!(
-                        "IP:{}",
-                        Ipv6Addr::from(<[u8; 16]>::try_from(content).ok()?)
-                    )),
-                    _ => {}
-                },
-                // otherName, x400Address, directoryName, ediPartyName, registeredID.
+    let Some(value) = find_extension(extensions, OID_SUBJECT_ALT_NAME) else {
+        return Some(Vec::new());
+    };
+    let (mut names, _) = expect(value, SEQUENCE)?;
+    let mut out = Vec::new();
+    while let Some((tag, content, after)) = next(names) {
+        names = after;
+        let text = || String::from_utf8_lossy(content).into_owned();
+        match tag {
+            0x81 => out.push(format!("email:{}", text())),
+            0x82 => out.push(format!("DNS:{}", text())),
+            0x86 => out.push(format!("URI:{}", text())),
+            0x87 => match content.len() {
+                4 => out.push(format!(
+                    "IP:{}",
+                    Ipv4Addr::from(<[u8; 4]>::try_from(content).ok()?)
+                )),
+                16 => out.push(format!(
+                    "IP:{}",
+                    Ipv6Addr::from(<[u8; 16]>::try_from(content).ok()?)
+                )),
                 _ => {}
-            }
+            },
+            // otherName, x400Address, directoryName, ediPartyName, registeredID.
+            _ => {}
         }
-        return Some(out);
     }
-    Some(Vec::new())
+    Some(out)
 }
 
 #[cfg(test)]
