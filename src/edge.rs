@@ -193,7 +193,12 @@ fn prepare_with(
     }
     // Rule files are loaded (and validated) here, so `nats-edge check` and a reload refuse
     // what start-up would refuse.
-    let rules = AclRules::load(&config.rule_files())?;
+    // Held files are the rules reload's to read (see `RulesReload`); they may be gone.
+    let rules = if config.held.rules {
+        AclRules::default()
+    } else {
+        AclRules::load(&config.rule_files())?
+    };
     let proxy_signer = match &config.auth.trusted_proxy {
         Some(proxy) if load_signer => {
             // Relative to the config file's directory, as rule and tagging files are.
@@ -204,12 +209,16 @@ fn prepare_with(
         _ => None,
     };
     let rewrite_config = config.rewrite_config();
-    let rewrite = if rewrite_config == Default::default() {
+    let rewrite = if rewrite_config == Default::default() || config.held.rewrite {
         None
     } else {
         Some(LoadedSets::load(&rewrite_config)?)
     };
-    let tagging = config.tag_config()?;
+    let tagging = if config.held.tagging {
+        None
+    } else {
+        config.tag_config()?
+    };
     Ok(Prepared {
         upstream,
         listeners,
@@ -613,25 +622,51 @@ impl Reloadable for RulesReload {
             key: key.into(),
             reason,
         };
-        let acl =
-            AclRules::load(&new.rule_files()).map_err(|e| invalid("auth.rules", e.to_string()))?;
+        // Files held from the running configuration (the new file no longer names them, or
+        // names others that wait for a restart) are read again, so edits to them apply; if
+        // they are gone, the rules loaded from them run on until the restart: their
+        // removal must not make every later reload fail.
+        let held = |held: bool, part: &str, e: String| {
+            if held {
+                tracing::warn!(part, error = %e, "a file held until the restart cannot be read again; its loaded rules run on");
+                Ok(())
+            } else {
+                Err(invalid(part, e))
+            }
+        };
+        let acl = match AclRules::load(&new.rule_files()) {
+            Ok(acl) => Some(acl),
+            Err(e) => {
+                held(new.held.rules, "auth.rules", e.to_string())?;
+                None
+            }
+        };
         let rewrite = match &self.rewrite {
-            Some(_) => Some(
-                LoadedSets::load(&new.rewrite_config())
-                    .map_err(|e| invalid("rewrite", e.to_string()))?,
-            ),
+            Some(_) => match LoadedSets::load(&new.rewrite_config()) {
+                Ok(sets) => Some(sets),
+                Err(e) => {
+                    held(new.held.rewrite, "rewrite", e.to_string())?;
+                    None
+                }
+            },
             None => None,
         };
         let tagging = match &self.tagging {
-            Some(_) => new
-                .tag_config()
-                .map_err(|e| invalid("tagging.file", e.to_string()))?,
+            Some(_) => match new.tag_config() {
+                Ok(config) => config,
+                Err(e) => {
+                    held(new.held.tagging, "tagging.file", e.to_string())?;
+                    None
+                }
+            },
             None => None,
         };
         let (source, holder, epoch) = (self.acl.clone(), self.rewrite.clone(), self.epoch.clone());
         let tag_source = self.tagging.clone();
         Ok(Staged::new(move || {
-            source.store(acl);
+            if let Some(acl) = acl {
+                source.store(acl);
+            }
             if let (Some(holder), Some(sets)) = (holder, rewrite) {
                 holder.store(sets);
             }

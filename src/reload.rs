@@ -197,6 +197,7 @@ fn running(old: &Config, mut new: Config) -> Config {
         // The rule files go with the mode they were written for: under the running mode,
         // a new mode's files (or none, for passthrough) would turn every client away.
         new.auth.rules = old.auth.rules.clone();
+        new.held.rules = true;
     }
     new.auth.mode = old.auth.mode;
     new.auth.upstream = old.auth.upstream.clone();
@@ -206,9 +207,11 @@ fn running(old: &Config, mut new: Config) -> Config {
     let rewrite_held = rewrites(old) != rewrites(&new);
     if rewrite_held {
         new.rewrite = old.rewrite.clone();
+        new.held.rewrite = true;
     }
     if old.tagging.file.is_some() != new.tagging.file.is_some() {
         new.tagging = old.tagging.clone();
+        new.held.tagging = true;
     }
     // The listeners in the new file's order (so an error names a listener's place in the
     // file being loaded), each on its running address. One the new file dropped, or gave

@@ -216,3 +216,43 @@ async fn a_reload_refuses_a_listener_that_would_not_start() {
     assert_eq!(edge.metrics().config_reloads(false), 1);
     within("edge shutdown", edge.shutdown()).await;
 }
+
+/// A file a reload keeps until the restart (here tagging, turned off in the new file, which
+/// needs a restart) may be gone: the rules loaded from it run on, and the reload applies.
+/// Before, every later reload failed on the missing file until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_file_that_is_gone_does_not_fail_the_reload() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tags = dir.path().join("tags.toml");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/filters/rules/tagging/default.toml"
+        ),
+        &tags,
+    )
+    .unwrap();
+    let with_tagging = edge_toml(
+        &[server.url()],
+        "",
+        &format!("[tagging]\nfile = {:?}\n", tags.to_str().unwrap()),
+    );
+    let edge = start_edge_toml(&with_tagging).await;
+    std::fs::remove_file(&tags).unwrap();
+    let without =
+        nats_edge::config::Config::from_toml_str(&edge_toml(&[server.url()], "", "")).unwrap();
+    let reloaded = edge
+        .shared()
+        .reloader
+        .reload(without, "test")
+        .expect("the reload applies");
+    assert_eq!(reloaded.needs_restart, ["tagging.file (turned on or off)"]);
+    // Still tagging: a message through the edge carries the edge's headers.
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let reply = raw
+        .roundtrip(b"CONNECT {\"verbose\":false,\"headers\":true}\r\nSUB t 1\r\nPUB t 1\r\nx\r\n")
+        .await;
+    assert!(reply.text().contains("HMSG t 1"), "{}", reply.text());
+    within("edge shutdown", edge.shutdown()).await;
+}

@@ -41,6 +41,10 @@ pub struct Config {
     /// The directory rule files are read relative to: the config file's, when there is one.
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
+    /// Rule files a reload keeps from the running configuration until a restart (the new
+    /// file changed what needs one): their files may be gone by now.
+    #[serde(skip)]
+    pub held: HeldFiles,
     /// Worker threads that run sessions, each with a single-threaded runtime; a session stays
     /// on one worker. 0: one per CPU core.
     pub worker_threads: usize,
@@ -55,6 +59,18 @@ pub struct Config {
 }
 
 /// The admin HTTP server (`[admin]`): metrics, health probes, connz and varz.
+/// Which rule files a reload keeps from the running configuration, until a restart applies
+/// the change that holds them (see [`crate::reload`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeldFiles {
+    /// `auth.rules`, held with a changed `auth.mode`.
+    pub rules: bool,
+    /// The rewrite sets, held while rewriting is turned on or off.
+    pub rewrite: bool,
+    /// `tagging.file`, held while tagging is turned on or off.
+    pub tagging: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
@@ -372,6 +388,7 @@ impl Default for Config {
             rewrite: RewriteSection::default(),
             tagging: TaggingSection::default(),
             base_dir: None,
+            held: HeldFiles::default(),
             worker_threads: 0,
             busy_poll: HumanDuration(Duration::ZERO),
             admin: AdminConfig::default(),
