@@ -118,24 +118,35 @@ pub struct Prepared {
 /// Loads the TLS material and settings the config names, without binding or dialling
 /// anything (`nats-edge check` runs this too).
 pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
-    prepare_with(config, true, None)
+    prepare_with(config, Loading::Start, None)
 }
 
 /// Whether `config` would start, as far as its files go (the trusted-proxy key aside,
 /// which a running edge keeps until its restart): what a reload checks of the whole new
 /// file before it applies what it can.
 pub fn check_startable(config: &Config) -> Result<(), StartError> {
-    prepare_with(config, false, None).map(|_| ())
+    prepare_with(config, Loading::NewFile, None).map(|_| ())
 }
 
-/// [`prepare`]; without the trusted-proxy key when `load_signer` is false (a reload, which
-/// keeps the running key until a restart: its file need not be there). `running` is the
-/// upstream in use (a reload): when the URLs are the same, what was learnt of them (which
-/// failed lately) is kept, so a certificate rotation does not send every session back to a
-/// dead URL first.
+/// What [`prepare_with`] loads besides the listeners' TLS and the upstream's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loading {
+    /// Start-up and `nats-edge check`: everything.
+    Start,
+    /// A reload's check of the whole new file: its rule files, not the trusted-proxy key
+    /// (the running key is kept until a restart, so its file need not be there).
+    NewFile,
+    /// A reload of the listeners: no rule files either; the rules reload reads them, and
+    /// the new file was checked whole before.
+    Listeners,
+}
+
+/// [`prepare`], loading what `loading` says. `running` is the upstream in use (a reload):
+/// when the URLs are the same, what was learnt of them (which failed lately) is kept, so a
+/// certificate rotation does not send every session back to a dead URL first.
 fn prepare_with(
     config: &Config,
-    load_signer: bool,
+    loading: Loading,
     running: Option<&Upstream>,
 ) -> Result<Prepared, StartError> {
     let tls_error = |what: String| move |source| StartError::Tls { what, source };
@@ -193,14 +204,14 @@ fn prepare_with(
     }
     // Rule files are loaded (and validated) here, so `nats-edge check` and a reload refuse
     // what start-up would refuse.
-    // Held files are the rules reload's to read (see `RulesReload`); they may be gone.
-    let rules = if config.held.rules {
-        AclRules::default()
-    } else {
+    let rule_files = loading != Loading::Listeners;
+    let rules = if rule_files {
         AclRules::load(&config.rule_files())?
+    } else {
+        AclRules::default()
     };
     let proxy_signer = match &config.auth.trusted_proxy {
-        Some(proxy) if load_signer => {
+        Some(proxy) if loading == Loading::Start => {
             // Relative to the config file's directory, as rule and tagging files are.
             let mut proxy = proxy.clone();
             proxy.seed_file = proxy.seed_file.map(|path| config.resolve(&path));
@@ -209,15 +220,15 @@ fn prepare_with(
         _ => None,
     };
     let rewrite_config = config.rewrite_config();
-    let rewrite = if rewrite_config == Default::default() || config.held.rewrite {
+    let rewrite = if rewrite_config == Default::default() || !rule_files {
         None
     } else {
         Some(LoadedSets::load(&rewrite_config)?)
     };
-    let tagging = if config.held.tagging {
-        None
-    } else {
+    let tagging = if rule_files {
         config.tag_config()?
+    } else {
+        None
     };
     Ok(Prepared {
         upstream,
@@ -553,8 +564,8 @@ impl Reloadable for ListenerReload {
             .cells
             .first()
             .map(|cell| cell.current().env.upstream.clone());
-        let prepared =
-            prepare_with(new, false, running.as_deref()).map_err(ReloadError::from_start)?;
+        let prepared = prepare_with(new, Loading::Listeners, running.as_deref())
+            .map_err(ReloadError::from_start)?;
         let upstreams: Vec<String> = prepared
             .upstream
             .urls

@@ -55,19 +55,24 @@ pub fn requires_ocsp_staple(der: &[u8]) -> bool {
 
 /// The value (the OCTET STRING's content) of the extension `oid` of a DER certificate.
 fn extension_value<'a>(der: &'a [u8], oid: &[u8]) -> Option<&'a [u8]> {
+    find_extension(extensions(der)?, oid)
+}
+
+/// The content of a DER certificate's `[3]` extensions, if it has them.
+fn extensions(der: &[u8]) -> Option<&[u8]> {
     let mut rest = tbs_fields(der)?;
-    // serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo.
+    // serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo; then
+    // optional unique ids, then the extensions.
     for _ in 0..6 {
         rest = next(rest)?.2;
     }
-    let extensions = loop {
+    loop {
         let (tag, content, after) = next(rest)?;
         if tag == EXTENSIONS {
-            break content;
+            return Some(content);
         }
         rest = after;
-    };
-    find_extension(extensions, oid)
+    }
 }
 
 /// The value (the OCTET STRING's content) of the extension `oid` in a certificate's
@@ -299,17 +304,11 @@ fn read_identity(der: &[u8], peer: &mut TlsPeer) -> Option<()> {
     for _ in 0..4 {
         rest = next(rest)?.2;
     }
-    let (subject, after) = expect(rest, SEQUENCE)?;
+    let (subject, _) = expect(rest, SEQUENCE)?;
     peer.subject = name_to_string(subject).unwrap_or_default();
-    // subjectPublicKeyInfo, then optional unique ids, then [3] extensions.
-    rest = next(after)?.2;
-    while let Some((tag, content, after)) = next(rest) {
-        if tag == EXTENSIONS {
-            peer.sans = subject_alt_names(content).unwrap_or_default();
-            break;
-        }
-        rest = after;
-    }
+    peer.sans = extensions(der)
+        .and_then(subject_alt_names)
+        .unwrap_or_default();
     Some(())
 }
 
