@@ -784,6 +784,40 @@ async fn a_sid_reused_behind_a_refused_sub_counts_like_nats_server() {
     );
 }
 
+/// nats-server's own `max_subscriptions` below the edge's: the client sees nats-server's
+/// refusals, and subscribes again once a subscription ends, as on nats-server alone. (That
+/// the refused SUBs take no slot at the edge is `limits`' unit test: here the edge's count
+/// could not reach its own limit before nats-server's.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subs_refused_at_the_upstreams_limit_take_no_edge_slot() {
+    let bytes = with_connect(b"SUB a 1\r\nSUB b 2\r\nSUB c 3\r\nSUB d 4\r\nSUB e 5\r\n");
+    let again = b"UNSUB 1\r\nSUB f 6\r\nPUB f 1\r\nx\r\n";
+    let server = NatsServer::start_with_config("max_subscriptions: 2\n");
+    let edge = start_edge(&[server.url()], "[limits]\nmax_subscriptions = 3").await;
+    let mut seen = Vec::new();
+    for addr in [server.addr(), edge_addr(&edge)] {
+        let (mut raw, _) = RawConn::connect_info(addr).await;
+        let first = raw.roundtrip(&bytes).await;
+        let second = raw.roundtrip(again).await;
+        seen.push((show(&first.bytes), show(&second.bytes), second.closed));
+    }
+    assert_eq!(
+        seen[0].0,
+        show(
+            b"-ERR 'maximum subscriptions exceeded'\r\n"
+                .repeat(3)
+                .as_slice()
+        ),
+        "nats-server's behaviour changed"
+    );
+    assert_eq!(
+        seen[0].1,
+        show(b"MSG f 6 1\r\nx\r\n"),
+        "nats-server's behaviour changed"
+    );
+    assert_eq!(seen[1], seen[0]);
+}
+
 /// At the limit nats-server refuses every SUB before looking at its sid or subject: one that
 /// reuses a live sid, and one with an invalid subject, get the same error; below it, the
 /// invalid subject is nats-server's `Invalid Subject`. The edge's limit answers alike.

@@ -20,6 +20,7 @@ pub mod limits;
 pub mod op;
 pub mod responses;
 pub mod rewrite;
+pub mod sub_answers;
 pub mod subject;
 pub mod tag;
 pub mod verdict;

@@ -5,7 +5,8 @@
 //! effective values and announces `max_payload` in INFO. The subscription limit is counted
 //! here, per connection, as nats-server counts it: a SUB with a new sid adds one, UNSUB
 //! removes it at once or after its auto-unsubscribe count of deliveries, and a SUB that
-//! nats-server refuses itself (its own permissions, read from its `-ERR`) takes none.
+//! nats-server refuses itself (its own permissions or its own subscription limit, read from
+//! its `-ERR`) takes none.
 
 use std::collections::HashMap;
 
@@ -14,6 +15,7 @@ use bytes::Bytes;
 use crate::errors::{self, SubscriptionRefusal};
 use crate::filter::{Filter, Interest, OpKind, SessionCtx};
 use crate::op::{ClientOp, Info, ServerOp};
+use crate::sub_answers::SubAnswers;
 use crate::subject;
 use crate::verdict::Verdict;
 
@@ -60,8 +62,8 @@ pub struct Limits {
     subs: HashMap<Bytes, Counted>,
     /// The sid the latest SUB counted, taken back if a later filter refuses that SUB.
     added_by_sub: Option<Bytes>,
-    /// SUBs counted so far, for [`Counted::order`].
-    subs_seen: u64,
+    /// The order of SUBs ([`Counted::order`]) and which the upstream has answered.
+    sub_answers: SubAnswers,
 }
 
 /// A subscription counted toward the limit.
@@ -83,7 +85,7 @@ impl Limits {
             config,
             subs: HashMap::new(),
             added_by_sub: None,
-            subs_seen: 0,
+            sub_answers: SubAnswers::default(),
         }
     }
 
@@ -124,6 +126,12 @@ impl Filter for Limits {
         match op {
             ClientOp::Sub(sub) => {
                 self.added_by_sub = None;
+                if self
+                    .sub_answers
+                    .must_wait(ctx.upstream_caught_up, self.subs.len())
+                {
+                    return Verdict::Defer;
+                }
                 // At the limit nats-server refuses any SUB, before it looks at the subject or
                 // the sid: one that reuses a sid, or names an invalid subject, too.
                 if self.subs.len() >= max {
@@ -152,11 +160,10 @@ impl Filter for Limits {
                     return Verdict::Forward;
                 }
                 let sid = Bytes::copy_from_slice(&sub.sid);
-                self.subs_seen += 1;
                 let counted = Counted {
                     subject: Bytes::copy_from_slice(&sub.subject),
                     queue: sub.queue.as_deref().map(Bytes::copy_from_slice),
-                    order: self.subs_seen,
+                    order: self.sub_answers.next_order(),
                     ..Counted::default()
                 };
                 self.subs.insert(sid.clone(), counted);
@@ -209,8 +216,21 @@ impl Filter for Limits {
                     }
                 }
             }
-            // A SUB nats-server refused itself (its own permissions), or a subscription its
-            // reload removed: it takes no slot there, so it takes none here.
+            // A SUB nats-server refused itself (its own permissions or its own limit), or a
+            // subscription its reload removed: it takes no slot there, so it takes none here.
+            // The edge's own refusals never come this way: these are all the upstream's.
+            ServerOp::Err(text) if text == errors::MAX_SUBSCRIPTIONS_EXCEEDED => {
+                let refused = self
+                    .sub_answers
+                    .refused_entry(self.subs.iter().map(|(sid, counted)| (sid, counted.order)));
+                if let Some(sid) = refused {
+                    self.subs.remove(&sid);
+                    if self.added_by_sub.as_ref() == Some(&sid) {
+                        self.added_by_sub = None;
+                    }
+                }
+                self.sub_answers.refused_at(self.subs.len());
+            }
             ServerOp::Err(text) => {
                 let refused = SubscriptionRefusal::parse(text).and_then(|refused| {
                     refused.pick(self.subs.iter().map(|(sid, counted)| {
@@ -351,7 +371,6 @@ mod tests {
             left.sort();
             left
         };
-        assert_eq!(refusal("maximum subscriptions exceeded").len(), 2);
         assert_eq!(
             refusal(r#"Permissions Violation for Subscription to "bar""#).len(),
             2
@@ -364,6 +383,51 @@ mod tests {
             refusal(r#"Permissions Violation for Subscription to "foo" (sid "2")"#),
             Vec::<Bytes>::new()
         );
+    }
+
+    /// nats-server's own subscription limit (per connection, or an account's, which other
+    /// connections share) refuses SUBs the edge counted: each refusal takes back the newest
+    /// SUB not yet answered, so when the upstream has room again (an account's other
+    /// connections ended) the edge has too.
+    #[test]
+    fn a_sub_refused_at_the_upstreams_limit_frees_its_slot() {
+        let mut ctx = ctx();
+        let mut f = Limits::new(LimitsConfig {
+            max_subscriptions: Some(3),
+            ..LimitsConfig::default()
+        });
+        let limit = || ServerOp::Err(errors::MAX_SUBSCRIPTIONS_EXCEEDED.into());
+        assert_eq!(f.on_client_op(&mut sub("1"), &mut ctx), Verdict::Forward);
+        ctx.upstream_caught_up = true;
+        assert_eq!(f.on_client_op(&mut sub("2"), &mut ctx), Verdict::Forward);
+        ctx.upstream_caught_up = false;
+        assert_eq!(f.on_client_op(&mut sub("3"), &mut ctx), Verdict::Forward);
+        // Refused: 2 and 3 go in turn (1 was answered when 2 came).
+        f.on_server_op(&mut limit(), &mut ctx);
+        assert_eq!(f.subscriptions(), 2);
+        assert!(f.subs.contains_key(&b"1"[..]) && f.subs.contains_key(&b"2"[..]));
+        // At the size of that refusal, SUBs go one at a time.
+        assert_eq!(f.on_client_op(&mut sub("4"), &mut ctx), Verdict::Defer);
+        ctx.upstream_caught_up = true;
+        assert_eq!(f.on_client_op(&mut sub("4"), &mut ctx), Verdict::Forward);
+        f.on_server_op(&mut limit(), &mut ctx);
+        assert_eq!(f.subscriptions(), 2, "4 refused too");
+        f.on_server_op(&mut limit(), &mut ctx);
+        assert_eq!(
+            f.subscriptions(),
+            2,
+            "nothing unanswered is left to take back"
+        );
+        ctx.upstream_caught_up = false;
+        f.on_client_op(
+            &mut ClientOp::Unsub(Unsub {
+                sid: Bytes::from_static(b"1"),
+                max: None,
+            }),
+            &mut ctx,
+        );
+        assert_eq!(f.on_client_op(&mut sub("5"), &mut ctx), Verdict::Forward);
+        assert_eq!(f.on_client_op(&mut sub("6"), &mut ctx), Verdict::Defer);
     }
 
     /// `SUB bar 1` that the upstream will refuse, then `SUB foo 1` before its answer: the

@@ -39,6 +39,7 @@ use crate::filter::{
 use crate::identity::{AuthMethod, Identity};
 use crate::op::{ClientOp, Connect, Info, ServerOp};
 use crate::responses::ResponseTracker;
+use crate::sub_answers::SubAnswers;
 use crate::verdict::{CloseReason, SlowCheck, Verdict};
 use auth::{authenticate, AuthFailure, AuthOutcome, Checks, SecretChecker};
 use permissions::Permissions;
@@ -221,15 +222,8 @@ pub struct AclFilter {
     /// The sid of the entry the latest SUB added, taken back if a later filter refuses
     /// that SUB ([`Filter::on_client_op_refused`]).
     added_by_sub: Option<Bytes>,
-    /// SUBs seen so far, for [`LiveSub::order`].
-    subs_seen: u64,
-    /// The order of the newest SUB the upstream is known to have answered: every SUB up to
-    /// it (see [`LiveSub::order`]) has either made its subscription or been refused.
-    answered_subs: u64,
-    /// The table's size at which the upstream last refused a SUB at its own subscription
-    /// limit: while the table is that large, each SUB waits for the upstream to answer the
-    /// ones before it, so that a refusal is known to be its own.
-    upstream_sub_limit: Option<usize>,
+    /// The order of SUBs ([`LiveSub::order`]) and which the upstream has answered.
+    sub_answers: SubAnswers,
     /// Set once a subscription can receive denied subjects (nats-server's delivery filter).
     filter_deliveries: bool,
     /// The user is no longer authorized by reloaded rules (edge mode): the session is
@@ -260,9 +254,7 @@ impl AclFilter {
             responses: None,
             subs: HashMap::new(),
             watch_epoch: 0,
-            subs_seen: 0,
-            answered_subs: 0,
-            upstream_sub_limit: None,
+            sub_answers: SubAnswers::default(),
             subs_need_deliveries: false,
             added_by_sub: None,
             filter_deliveries: false,
@@ -589,16 +581,13 @@ impl AclFilter {
     }
 
     fn on_subscribe(&mut self, sub: &crate::op::Sub, ctx: &SessionCtx) -> Verdict {
-        if ctx.upstream_caught_up {
-            // The upstream has answered every SUB before this one.
-            self.answered_subs = self.subs_seen;
-        } else {
-            if self
-                .upstream_sub_limit
-                .is_some_and(|limit| self.subs.len() >= limit)
-            {
-                return Verdict::Defer;
-            }
+        if self
+            .sub_answers
+            .must_wait(ctx.upstream_caught_up, self.subs.len())
+        {
+            return Verdict::Defer;
+        }
+        if !ctx.upstream_caught_up {
             // Shown again after a deferral, it is the same SUB: what it added stays marked.
             self.added_by_sub = None;
         }
@@ -616,7 +605,7 @@ impl AclFilter {
         }
         // A reused sid keeps the subscription it names, as nats-server keeps it; one the
         // edge is ending at the upstream is gone there, so the SUB makes a new one.
-        self.subs_seen += 1;
+        let order = self.sub_answers.next_order();
         let live = LiveSub {
             subject: Bytes::copy_from_slice(&sub.subject),
             queue: sub.queue.as_deref().map(Bytes::copy_from_slice),
@@ -626,7 +615,7 @@ impl AclFilter {
             forwarded: 0,
             edge_max: None,
             ending: false,
-            order: self.subs_seen,
+            order,
             watched_since: self
                 .interest
                 .contains(OpKind::Msg)
@@ -1005,24 +994,16 @@ impl AclFilter {
 }
 
 impl AclFilter {
-    /// nats-server refused a SUB at its own subscription limit (`max_subscriptions`, or an
-    /// account's): that SUB made no subscription, so its entry goes, or refused SUBs would
-    /// grow the table without limit. The text says no more than that it was a SUB not yet
-    /// answered: the entry that goes is the newest of those made by such SUBs. A client at
-    /// its limit is refused every SUB until one ends, so the newest are the refused ones;
-    /// a refused SUB that made no entry (one reusing a sid, or with an invalid subject)
-    /// takes none, as nothing newer is unanswered. That is wrong only when an UNSUB came
-    /// between SUBs sent together (`SUB a` refused, `UNSUB b`, `SUB c` taken: `c` goes), and
-    /// only until each SUB goes alone: from now on, while the table is as large as it is now,
-    /// each SUB waits for the upstream to answer the ones before it.
+    /// nats-server refused a SUB at its own subscription limit: the entry that SUB made goes
+    /// (see [`SubAnswers`]). A refused SUB that made no entry (one reusing a sid, or with an
+    /// invalid subject) takes none, as nothing newer is unanswered.
     fn on_upstream_subscription_limit(&mut self) {
-        let answered = self.answered_subs;
-        let sid = self
-            .subs
-            .iter()
-            .filter(|(_, live)| !live.revoked && !live.ending && live.order > answered)
-            .max_by_key(|(_, live)| live.order)
-            .map(|(sid, _)| sid.clone());
+        let sid = self.sub_answers.refused_entry(
+            self.subs
+                .iter()
+                .filter(|(_, live)| !live.revoked && !live.ending)
+                .map(|(sid, live)| (sid, live.order)),
+        );
         if let Some(sid) = sid {
             self.subs.remove(&sid);
             if self.added_by_sub.as_ref() == Some(&sid) {
@@ -1031,7 +1012,7 @@ impl AclFilter {
             self.recount_needs();
             self.refresh_interest();
         }
-        self.upstream_sub_limit = Some(self.subs.len());
+        self.sub_answers.refused_at(self.subs.len());
     }
 }
 
