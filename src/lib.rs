@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod proto;
 pub mod registry;
 pub mod reload;
+pub mod server_version;
 pub mod session;
 pub mod transport;
 pub mod upstream;

@@ -19,6 +19,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::config::ProxyProtocolVersion;
 use crate::proto::{self, Direction, ScanLimits, Verb};
+use crate::server_version::ServerVersion;
 use crate::transport::proxy_protocol::{self, ProxyAddrs};
 use crate::transport::tls::ClientTls;
 use crate::transport::ReadAhead;
@@ -223,6 +224,22 @@ pub enum DialError {
     Connect(io::Error),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// Timed out with a PROXY header sent before classic TLS: a nats-server in TLS-first
+    /// fallback mode (`tls { handshake_first: "300ms" }`) takes the header for the start of a
+    /// TLS handshake and holds its INFO back, for good.
+    #[error(
+        "timed out after {0:?}; a nats-server in TLS-first fallback mode (tls {{ handshake_first: <delay> }}) \
+         takes the PROXY header for a TLS handshake and sends no INFO: set upstream.tls.handshake_first = true"
+    )]
+    TimeoutAfterProxyHeader(Duration),
+    /// Its INFO says TLS is required and its version skips a PROXY header on such a
+    /// connection ([`ServerVersion::skips_proxy_header_before_tls`]): the TLS handshake
+    /// would fail on the header's bytes.
+    #[error(
+        "nats-server {0} reads no PROXY header on a TLS connection (2.12.9 and 2.14.1 do): \
+         upgrade it, or turn upstream.proxy_protocol off"
+    )]
+    ProxyHeaderUnreadBeforeTls(String),
     #[error("closed before sending INFO")]
     ClosedBeforeInfo,
     #[error("read: {0}")]
@@ -251,10 +268,13 @@ impl DialError {
                 "connection refused"
             }
             DialError::Connect(_) => "connect failed",
-            DialError::Timeout(_) => "timed out",
+            DialError::Timeout(_) | DialError::TimeoutAfterProxyHeader(_) => "timed out",
             DialError::ClosedBeforeInfo | DialError::Read(_) => "connection closed",
             DialError::BadInfo => "invalid INFO",
-            DialError::TlsRequired | DialError::TlsUnavailable | DialError::Tls(_) => "TLS failed",
+            DialError::TlsRequired
+            | DialError::TlsUnavailable
+            | DialError::Tls(_)
+            | DialError::ProxyHeaderUnreadBeforeTls(_) => "TLS failed",
             DialError::LameDuck => "lame duck mode",
             DialError::Full => "maximum connections exceeded",
         }
@@ -459,6 +479,17 @@ impl Upstream {
             .as_ref()
             .or(url.tls.then_some(self.default_tls.as_ref()).flatten())
     }
+
+    /// The error for a dial to `url` that ran out of time, with a hint where a PROXY header
+    /// goes before classic TLS (see [`DialError::TimeoutAfterProxyHeader`]).
+    fn timed_out(&self, url: &UpstreamUrl) -> DialError {
+        let classic_tls = self.tls_for(url).is_some_and(|tls| !tls.handshake_first());
+        if self.proxy_protocol.is_some() && classic_tls {
+            DialError::TimeoutAfterProxyHeader(self.connect_timeout)
+        } else {
+            DialError::Timeout(self.connect_timeout)
+        }
+    }
 }
 
 /// One URL's dial in [`dial_any`], watched. Dropped before the dial ended (the client
@@ -547,7 +578,7 @@ pub async fn dial_any(
             ended: client.is_none(),
         }
         .await;
-        let dialled = dialled.unwrap_or_else(|_| Err(DialError::Timeout(timeout)));
+        let dialled = dialled.unwrap_or_else(|_| Err(upstream.timed_out(url)));
         upstream.history.record(i, dialled.is_ok());
         // A URL that goes down or comes back is logged when it does: a failure that the
         // next URL makes up for is otherwise seen only in the dial counters.
@@ -653,6 +684,13 @@ async fn dial(
     let (info, leftover) = read_info(&mut tcp).await?;
     if info.tls_required != Some(true) && info.tls_available != Some(true) {
         return Err(DialError::TlsUnavailable);
+    }
+    if upstream.proxy_protocol.is_some() && info.tls_required == Some(true) {
+        if let Some(version) = info.extra.get("version").and_then(|v| v.as_str()) {
+            if ServerVersion::parse(version).skips_proxy_header_before_tls() {
+                return Err(DialError::ProxyHeaderUnreadBeforeTls(version.to_string()));
+            }
+        }
     }
     if !leftover.is_empty() {
         return Err(DialError::BadInfo);

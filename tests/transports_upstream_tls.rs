@@ -168,3 +168,60 @@ async fn failover_from_a_tls_failure_to_the_next_upstream() {
     .await;
     pub_sub_works(&client(&edge_url(&edge)).await).await;
 }
+
+/// A PROXY header ahead of classic upstream TLS, as nats-server (2.12.9 and later) reads it:
+/// the real client's address reaches nats-server over TLS. A nats-server in TLS-first
+/// fallback mode takes the header for the start of a TLS handshake and holds its INFO back:
+/// the dial's error says what to set, and with `handshake_first` the edge works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_header_ahead_of_upstream_tls() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let server_files = pki.leaf(&ca, "nats", Leaf::server("nats"));
+    let ca_file = format!("ca_file = {}", toml_path(&ca.cert));
+    let with_header = |upstream: String| format!("{upstream}proxy_protocol = \"v2\"\n");
+
+    let (server, monitor) = server_with_monitor(&format!(
+        "proxy_protocol: true\n{}",
+        server_tls_block(&server_files, "")
+    ));
+    let edge = start_edge_toml(&with_header(upstream_toml(&[server.url()], &ca_file))).await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let client_port = raw.stream().local_addr().unwrap().port();
+    assert!(!raw.roundtrip(b"CONNECT {}\r\n").await.closed);
+    let connz = connz(monitor).await;
+    let conn = connz["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["port"] == client_port)
+        .unwrap_or_else(|| panic!("the client's address is not in {connz}"));
+    assert!(conn["tls_version"].as_str().is_some(), "not TLS: {conn}");
+
+    let fallback = NatsServer::start_with_config(&format!(
+        "proxy_protocol: true\n{}",
+        server_tls_block(&server_files, "  handshake_first: \"300ms\"")
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nats-edge.toml");
+    let classic = with_header(upstream_toml(&[fallback.url()], &ca_file))
+        .replace("connect_timeout = \"2s\"", "connect_timeout = \"1s\"");
+    std::fs::write(&config, &classic).unwrap();
+    let process = EdgeProcess::spawn(&["-c", config.to_str().unwrap()], &[]);
+    let got = error_after_info(process.addr()).await;
+    assert_eq!(got, "-ERR 'Upstream Unavailable: timed out'\r\n");
+    tokio::task::block_in_place(|| {
+        process.log().wait_for(0, WAIT, |line| {
+            line.contains("set upstream.tls.handshake_first = true")
+                .then_some(())
+        })
+    })
+    .unwrap_or_else(|| panic!("no hint in the log:\n{}", process.log().dump()));
+
+    let tls_first = upstream_toml(
+        &[fallback.url()],
+        &format!("{ca_file}, handshake_first = true"),
+    );
+    let edge = start_edge_toml(&with_header(tls_first)).await;
+    pub_sub_works(&client(&edge_url(&edge)).await).await;
+}

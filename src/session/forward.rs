@@ -24,6 +24,7 @@ use crate::proto::{
     encode_server_op, ignored_line_verb_len, pending_frame_len, plain_messages, scan, Direction,
     Frame, ProtoError, Verb, PAYLOAD_END,
 };
+use crate::server_version::ServerVersion;
 
 /// The first read buffer of a connection, and the size it shrinks back to when idle. Small,
 /// as nats-server's 512-byte start: an idle connection holds two of these, and a busy one
@@ -961,43 +962,12 @@ fn slice_with_end(frame: &Bytes, payload: &Bytes) -> Option<Bytes> {
         .then(|| frame.slice(start..end))
 }
 
-/// Whether a nats-server of `version` drops a client's subscriptions on a CONNECT after its
-/// first (`clearAccountSubs`, in 2.11.17, 2.12.8 and 2.14.0; there is no 2.13).
-fn drops_subs_on_reconnect(version: &str) -> bool {
-    let (release, pre_release) = match version.split_once('-') {
-        Some((release, _)) => (release, true),
-        None => (version, false),
-    };
-    let mut parts = release
-        .split('.')
-        .map(|part| part.parse::<u64>().unwrap_or(0));
-    let (major, minor, patch) = (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-    );
-    // A release candidate of the first release with the change may predate it (2.14.0-RC.1
-    // does): taken as not dropping, the safer mistake (the filters keep entries the upstream
-    // dropped, rather than forget ones it still holds).
-    let first = matches!((major, minor, patch), (2, 11, 17) | (2, 12, 8) | (2, 14, 0));
-    if pre_release && first {
-        return false;
-    }
-    match (major, minor) {
-        (0..=1, _) => false,
-        (2, 11) => patch >= 17,
-        (2, 12) => patch >= 8,
-        (2, minor) => minor >= 13,
-        _ => true,
-    }
-}
-
 /// Applies the listener's addresses and the filters' view to an upstream INFO, and takes
 /// note of the upstream's limits.
 pub fn rewrite_info(info: &mut nats_edge_filters::Info, shared: &mut Shared) {
     shared.set_upstream_max_payload(info.max_payload);
     if let Some(version) = info.extra.get("version").and_then(|v| v.as_str()) {
-        shared.upstream_drops_subs = drops_subs_on_reconnect(version);
+        shared.upstream_drops_subs = ServerVersion::parse(version).drops_subs_on_reconnect();
     }
     shared.ctx.upstream_headers = info.headers.unwrap_or(false);
     // The nonce of the first INFO is the one nats-server checks signatures against.
@@ -1074,25 +1044,6 @@ mod tests {
         assert!(polled.is_pending());
         assert_eq!(written, b"-ERR 'Authorization Violation'\r\n");
         assert_eq!(reader.0.len(), 1, "the upstream's message stays unread");
-    }
-
-    #[test]
-    fn which_servers_drop_subscriptions_on_a_second_connect() {
-        for (version, drops) in [
-            ("2.15.1", true),
-            ("2.14.0", true),
-            ("2.14.0-RC.1", false),
-            ("2.14.1-RC.1", true),
-            ("2.12.8", true),
-            ("2.12.7", false),
-            ("2.11.17", true),
-            ("2.11.16", false),
-            ("2.10.29", false),
-            ("3.0.0", true),
-            ("garbage", false),
-        ] {
-            assert_eq!(drops_subs_on_reconnect(version), drops, "{version}");
-        }
     }
 
     /// An INFO held until the client's first PONG goes right after that PONG, before a
