@@ -289,12 +289,15 @@ async fn tags_that_push_a_message_over_max_payload_are_refused_at_the_edge() {
 
     let mut raw = RawConn::connect(edge_addr(&edge)).await;
     let info = raw.read_info().await;
-    assert_eq!(info["max_payload"], 1024);
-    // Fits as sent, with the tags it would not: the edge refuses it as nats-server refuses
-    // an oversized PUB.
+    // Clients size their messages by this: the room the tags take is kept out of it.
+    let announced = info["max_payload"].as_u64().unwrap() as usize;
+    assert!(announced < 1024 - 128, "{info}");
+    // Fits as announced, so with its tags too; over the announced size, and over the
+    // upstream's with the tags: the edge refuses it as nats-server refuses an oversized PUB.
     let mut op =
-        b"CONNECT {\"verbose\":false}\r\nPUB big.ok 10\r\n0123456789\r\nPUB big.no 1000\r\n"
-            .to_vec();
+        format!("CONNECT {{\"verbose\":false}}\r\nPUB big.ok {announced}\r\n").into_bytes();
+    op.extend_from_slice(&vec![b'o'; announced]);
+    op.extend_from_slice(b"\r\nPUB big.no 1000\r\n");
     op.extend_from_slice(&[b'x'; 1000]);
     op.extend_from_slice(b"\r\n");
     raw.send(&op).await;
@@ -304,10 +307,25 @@ async fn tags_that_push_a_message_over_max_payload_are_refused_at_the_edge() {
     // against `direct`'s: wait for it, then check that nothing else came.
     let first = next_msg(&mut upstream).await;
     assert_eq!(first.subject.as_str(), "big.ok");
+    assert_eq!(first.payload.len(), announced);
     assert!(header(&first, "Nats-Edge-Conn-Id").is_some());
     round_trip(&direct).await;
     let got = drain_ready(&mut upstream);
-    assert!(got.is_empty(), "only the small one was forwarded: {got:?}");
+    assert!(
+        got.is_empty(),
+        "only the one that fits was forwarded: {got:?}"
+    );
+    // A client library that sizes its messages by the INFO it got (after its CONNECT, with
+    // the room its user's name takes) publishes the largest one it may without an error.
+    let inside = client(&edge_url(&edge)).await;
+    let largest = inside.server_info().max_payload;
+    assert!(largest < 1024, "{largest}");
+    inside
+        .publish("big.largest", vec![b'l'; largest].into())
+        .await
+        .unwrap();
+    round_trip(&inside).await;
+    assert_eq!(next_msg(&mut upstream).await.payload.len(), largest);
     // The upstream link of other clients was never at risk; a new client works.
     let again = client(&edge_url(&edge)).await;
     round_trip(&again).await;
@@ -532,7 +550,8 @@ async fn sighup_reloads_the_tagging_file_for_live_connections() {
     send_signal(edge.pid(), "HUP");
     edge.wait_log(from, "configuration reloaded");
     let mut raw = RawConn::connect(edge.addr()).await;
-    assert_eq!(raw.read_info().await["max_payload"], 1024);
+    let announced = raw.read_info().await["max_payload"].as_u64().unwrap();
+    assert!(announced < 1024 - 128, "the tags' room is kept out: {announced}");
     let mut op = b"CONNECT {\"verbose\":false}\r\nPUB orders.big 1000\r\n".to_vec();
     op.extend_from_slice(&[b'x'; 1000]);
     op.extend_from_slice(b"\r\n");

@@ -28,7 +28,7 @@ use crate::errors;
 use crate::events::Events;
 use crate::filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, Reloaded, SessionCtx};
 use crate::headers::{self, HeaderWriter, Headers};
-use crate::op::{ClientOp, Pub, ServerOp};
+use crate::op::{ClientOp, Info, Pub, ServerOp};
 use crate::subject;
 use crate::verdict::{CloseReason, Verdict};
 
@@ -303,6 +303,7 @@ impl FilterFactory for TagFactory {
             config: self.source.current(),
             events: self.events.clone(),
             client_headers: true,
+            connected: false,
             cached: None,
             spoof_logged: None,
             spoofs_unlogged: 0,
@@ -318,6 +319,8 @@ pub struct Tag {
     events: Arc<dyn Events>,
     /// Whether the client itself negotiated headers.
     client_headers: bool,
+    /// Whether the client has sent its CONNECT, which names its user.
+    connected: bool,
     /// The session's tags, and the user they were built for: built again when a CONNECT
     /// names another (nats-server authenticates every CONNECT, not only the first).
     cached: Option<(Option<Arc<str>>, TagLines)>,
@@ -348,7 +351,46 @@ impl TagLines {
 /// forgery is counted.
 const SPOOF_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Room kept for the user's name in the `max_payload` announced before the CONNECT names the
+/// user; the INFO that answers the CONNECT keeps the exact room.
+const USER_NAME_ROOM: usize = 128;
+
 impl Tag {
+    /// The most the tags add to one of this session's messages: the whole header block (a
+    /// message that had none gets the version line and the end too), and the JSON field
+    /// where rules add one (keys and spacing the edge writes back never grow). Before the
+    /// CONNECT, with [`USER_NAME_ROOM`] for the user's name.
+    fn growth(&mut self, ctx: &SessionCtx) -> usize {
+        let unnamed_user = !self.connected && !self.config.file.headers.user.is_empty();
+        let user_room = if unnamed_user { USER_NAME_ROOM } else { 0 };
+        let mut growth = 0;
+        let tags = self.tag_lines(ctx);
+        if ctx.upstream_headers && (unnamed_user || !tags.lines().is_empty()) {
+            growth += tags.block.len();
+            if unnamed_user {
+                // `Name: value\r\n`
+                growth += self.config.file.headers.user.len() + 4 + user_room;
+            }
+        }
+        let field = self
+            .config
+            .file
+            .json
+            .iter()
+            .map(|rule| json_len(&rule.field))
+            .max();
+        if let Some(field) = field {
+            let user = ctx.identity.as_ref().and_then(|i| i.user.as_deref());
+            let value = json_len(&self.config.json_value(&ctx.conn, user));
+            // `,"field":{...}`, and `"user":"...",` inside it.
+            growth += 2 + field + value;
+            if unnamed_user {
+                growth += r#""user":"","#.len() + user_room;
+            }
+        }
+        growth
+    }
+
     /// Whether a client's field line names a reserved header as any client library could
     /// read it: each part of it between bare CRs (a parser that ends lines at a lone CR
     /// reads them as lines of their own), with its name trimmed of every blank and control
@@ -529,9 +571,23 @@ impl Filter for Tag {
         Reloaded::default()
     }
 
+    /// nats.go, nats.js and async-nats check a message's size against the announced
+    /// `max_payload` before they send it, and nats.go closes for good on the `-ERR` a message
+    /// the tags push over the limit would get: the room the tags take is kept out of what the
+    /// client is told. (The limits filter, which runs after this one on an INFO, keeps the
+    /// lower of this and its own limit.)
+    fn on_info(&mut self, info: &mut Info, ctx: &SessionCtx) {
+        let growth = self.growth(ctx) as u64;
+        if growth > 0 {
+            let room = ctx.max_payload.saturating_sub(growth);
+            info.max_payload = Some(i64::try_from(room).unwrap_or(i64::MAX));
+        }
+    }
+
     fn on_client_op(&mut self, op: &mut ClientOp, ctx: &mut SessionCtx) -> Verdict {
         match op {
             ClientOp::Connect(connect) => {
+                self.connected = true;
                 self.client_headers = connect.wants_headers();
                 if !self.client_headers && ctx.upstream_headers {
                     // no_responders without headers: sent with headers off, so that the
@@ -611,6 +667,11 @@ fn trim_blanks(name: &[u8]) -> &[u8] {
 }
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The length of `value` as JSON, as the edge writes it.
+fn json_len(value: &impl serde::Serialize) -> usize {
+    serde_json::to_vec(value).map_or(0, |json| json.len())
+}
 
 /// Whether the first significant byte is `{`, past whitespace, NULs and byte-order marks:
 /// parsers that skip a BOM (nats.js through TextDecoder, Python) or read UTF-16 and UTF-32

@@ -405,3 +405,62 @@ fn no_responders_without_headers_is_left_for_the_upstream_to_refuse() {
     };
     assert_eq!(c.headers, Some(false), "not asked for on its behalf");
 }
+
+/// Clients size their messages by the announced `max_payload`: the room the tags take is
+/// kept out of it, so a message of the announced size still fits once tagged, whether the
+/// INFO came before the CONNECT named the user or after.
+#[test]
+fn the_announced_max_payload_keeps_room_for_the_tags() {
+    let (mut f, mut ctx) = unconnected(config("default"));
+    ctx.max_payload = 4096;
+    let mut announce = |f: &mut Box<dyn Filter>, ctx: &SessionCtx| {
+        let mut info = Info {
+            max_payload: Some(4096),
+            ..Info::default()
+        };
+        f.on_info(&mut info, ctx);
+        usize::try_from(info.max_payload.unwrap()).unwrap()
+    };
+    let before = announce(&mut f, &ctx);
+    assert!(before < 4096 - 2 * USER_NAME_ROOM, "{before}");
+    let mut connect = ClientOp::Connect(Box::new(Connect {
+        headers: Some(true),
+        ..Connect::default()
+    }));
+    f.on_client_op(&mut connect, &mut ctx);
+    ctx.identity = Some(Identity {
+        user: Some("u".repeat(USER_NAME_ROOM).into()),
+        method: AuthMethod::Password,
+    });
+    let after = announce(&mut f, &ctx);
+    assert!(after >= before, "{after} < {before}");
+    for (subject, size) in [("events.x", before), ("events.x", after), ("other", after)] {
+        let payload = format!("{{\"k\":\"{}\"}}", "x".repeat(size - 8));
+        assert_eq!(payload.len(), size);
+        let mut op = ClientOp::Pub(Pub {
+            subject: Bytes::from_static(subject.as_bytes()),
+            reply: None,
+            headers: None,
+            payload: Bytes::from(payload),
+        });
+        assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+        let ClientOp::Pub(tagged) = &op else {
+            unreachable!()
+        };
+        let total = tagged.headers.as_ref().map_or(0, Bytes::len) + tagged.payload.len();
+        assert!(total <= 4096, "{subject}, {size}: {total}");
+    }
+    // Without tags to add, the limit is the upstream's.
+    let none = TagFile {
+        headers: TagHeaders {
+            user: String::new(),
+            client_addr: String::new(),
+            conn_id: String::new(),
+            tls_subject: String::new(),
+        },
+        ..TagFile::default()
+    };
+    let (mut plain, mut ctx) = unconnected(TagConfig::new(none).unwrap());
+    ctx.max_payload = 4096;
+    assert_eq!(announce(&mut plain, &ctx), 4096);
+}
