@@ -413,7 +413,7 @@ fn no_responders_without_headers_is_left_for_the_upstream_to_refuse() {
 fn the_announced_max_payload_keeps_room_for_the_tags() {
     let (mut f, mut ctx) = unconnected(config("default"));
     ctx.max_payload = 4096;
-    let mut announce = |f: &mut Box<dyn Filter>, ctx: &SessionCtx| {
+    let announce = |f: &mut Box<dyn Filter>, ctx: &SessionCtx| {
         let mut info = Info {
             max_payload: Some(4096),
             ..Info::default()
