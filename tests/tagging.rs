@@ -551,7 +551,10 @@ async fn sighup_reloads_the_tagging_file_for_live_connections() {
     edge.wait_log(from, "configuration reloaded");
     let mut raw = RawConn::connect(edge.addr()).await;
     let announced = raw.read_info().await["max_payload"].as_u64().unwrap();
-    assert!(announced < 1024 - 128, "the tags' room is kept out: {announced}");
+    assert!(
+        announced < 1024 - 128,
+        "the tags' room is kept out: {announced}"
+    );
     let mut op = b"CONNECT {\"verbose\":false}\r\nPUB orders.big 1000\r\n".to_vec();
     op.extend_from_slice(&[b'x'; 1000]);
     op.extend_from_slice(b"\r\n");

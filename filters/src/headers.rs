@@ -2,9 +2,9 @@
 //!
 //! Parsed only when a filter needs to look inside one (tag stripping, the 503 no-responders
 //! status). Names are compared ASCII case-insensitively: nats-server matches them
-//! case-sensitively, but client libraries canonicalise names (nats.go through Go's
-//! `textproto`), so `nats-edge-user` reaches an application as `Nats-Edge-User`. Anything that
-//! must not be forged is therefore matched in every casing.
+//! case-sensitively, but some client libraries look names up in any casing (nats.js, and
+//! nats.py's new client, which lower-cases them), so `nats-edge-user` can answer a lookup of
+//! `Nats-Edge-User`. Anything that must not be forged is therefore matched in every casing.
 //!
 //! Lines are split on `\n` with an optional `\r` before it: a parser downstream that accepts a
 //! bare `\n` (Go's `textproto` does) must not find a field here that this parser missed.

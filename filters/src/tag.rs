@@ -13,6 +13,7 @@
 //! over is refused with nats-server's own `-ERR 'Maximum Payload Violation'` and close,
 //! never forwarded for the upstream to close the shared link.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -393,12 +394,11 @@ impl Tag {
 
     /// Whether a client's field line names a reserved header as any client library could
     /// read it: each part of it between bare CRs (a parser that ends lines at a lone CR
-    /// reads them as lines of their own), with its name trimmed of every blank and control
-    /// byte (nats.py trims vertical tabs, form feeds and CRs off a name, not only spaces).
+    /// reads them as lines of their own), its name read as [`as_lenient_readers_see`].
     fn names_reserved(&self, line: &[u8]) -> bool {
         line.split(|b| *b == b'\r').any(|part| {
             let name = headers::split_field(part).map_or(part, |(n, _)| n);
-            self.config.is_reserved(trim_blanks(name))
+            self.config.is_reserved(&as_lenient_readers_see(name))
         })
     }
 
@@ -655,15 +655,24 @@ fn is_plain_first_line(line: &[u8]) -> bool {
         }
 }
 
-/// A header name without the blank and control bytes around it.
-fn trim_blanks(name: &[u8]) -> &[u8] {
-    let blank = |b: &u8| *b <= b' ' || *b == 0x7f;
-    let start = name.iter().position(|b| !blank(b)).unwrap_or(name.len());
+/// A header name as the most lenient client library reads it: without the blank, control
+/// and non-ASCII bytes around it (nats.py trims vertical tabs, form feeds and CRs off a name,
+/// and nats-core's `str.strip()` Unicode spaces such as U+00A0 and U+3000 too), with the
+/// Kelvin sign and the long s inside it read as `k` and `s` (JavaScript's and Python's
+/// lower-casing turn U+212A into `k`; Go's case folding both). A real header name is
+/// visible ASCII, so only a forgery pays for the copy.
+fn as_lenient_readers_see(name: &[u8]) -> Cow<'_, [u8]> {
+    let loose = |b: &u8| *b <= b' ' || *b >= 0x7f;
+    let start = name.iter().position(|b| !loose(b)).unwrap_or(name.len());
     let end = name
         .iter()
-        .rposition(|b| !blank(b))
+        .rposition(|b| !loose(b))
         .map_or(start, |i| i + 1);
-    &name[start..end]
+    let name = &name[start..end];
+    if name.is_ascii() {
+        return Cow::Borrowed(name);
+    }
+    Cow::Owned(crate::op::go_fold(&String::from_utf8_lossy(name)).into_bytes())
 }
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";

@@ -220,6 +220,25 @@ fn header_blocks_read_differently_elsewhere_cannot_forge_tags() {
         "{h}"
     );
     assert!(h.starts_with("NATS/1.0\r\nKeep: me\r\n"), "{h}");
+
+    // nats-core strips Unicode spaces off a name, and JavaScript and Python lower-case the
+    // Kelvin sign to `k`: such names are reserved ones too.
+    let mut op = publish(
+        "a",
+        Some(
+            "NATS/1.0\r\n\u{a0}Nats-Edge-Tls-Subject: CN=admin\r\nNats-Edge-User\u{3000}: mallory\r\n\
+             Nats-Edge-\u{212a}ey: forged\r\nKeep: me\r\n\r\n"
+                .as_bytes(),
+        ),
+        b"p",
+    );
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+    let h = headers_of(&op);
+    assert!(
+        !h.contains("admin") && !h.contains("mallory") && !h.contains("forged"),
+        "{h}"
+    );
+    assert!(h.starts_with("NATS/1.0\r\nKeep: me\r\n"), "{h}");
 }
 
 fn leak(a: &[u8], b: &[u8]) -> &'static [u8] {
