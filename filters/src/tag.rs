@@ -160,20 +160,31 @@ impl TagConfig {
             ("headers.tls_subject", &h.tls_subject),
         ] {
             if !name.is_empty() {
-                check_name(name).map_err(|r| (key.to_string(), r))?;
+                check_tag_name(name, &reserved).map_err(|r| (key.to_string(), r))?;
                 reserved.push(name.as_bytes().to_vec());
             }
         }
         for (name, value) in &file.static_tags {
             let key = format!("static.{name}");
-            check_name(name).map_err(|r| (key.clone(), r))?;
+            check_tag_name(name, &reserved).map_err(|r| (key.clone(), r))?;
             if value.contains(['\r', '\n']) {
                 return Err((key, "a header value cannot hold a line end".into()));
             }
             reserved.push(name.as_bytes().to_vec());
         }
         if !file.reserved_prefix.is_empty() {
-            check_name(&file.reserved_prefix).map_err(|r| ("reserved_prefix".into(), r))?;
+            let prefix = &file.reserved_prefix;
+            check_name(prefix).map_err(|r| ("reserved_prefix".into(), r))?;
+            if claims_nats_headers(prefix) {
+                return Err((
+                    "reserved_prefix".into(),
+                    format!(
+                        "`{prefix}` would strip headers of NATS's own (`Nats-Msg-Id`, \
+                         `Nats-Expected-Last-Subject-Sequence`, ...) that clients send \
+                         for JetStream: use a prefix of its own, such as `{NATS_EDGE_PREFIX}`"
+                    ),
+                ));
+            }
         }
         for (i, rule) in file.json.iter().enumerate() {
             if rule.field.is_empty() {
@@ -258,6 +269,47 @@ impl TagConfig {
             })
             .map(|r| r.field.as_str())
     }
+}
+
+/// The part of the `Nats-` header namespace that is the edge's own.
+const NATS_EDGE_PREFIX: &str = "Nats-Edge-";
+
+/// Whether a lower-cased name or prefix is in `Nats-` but outside the edge's part of it.
+fn in_nats_namespace(lower: &str) -> bool {
+    lower.starts_with("nats-") && !lower.starts_with("nats-edge")
+}
+
+/// Whether a reserved prefix covers header names NATS uses itself: all of `Nats-` (`Nats`,
+/// `nats-`), or part of it outside `Nats-Edge-` (`Nats-Ex` takes JetStream's expectations).
+fn claims_nats_headers(prefix: &str) -> bool {
+    let prefix = prefix.to_ascii_lowercase();
+    if "nats-".starts_with(&prefix) {
+        return true;
+    }
+    in_nats_namespace(&prefix)
+}
+
+/// A tag's header name: a header name, not one of NATS's own (a tag named `Nats-Msg-Id`
+/// would make JetStream drop messages as duplicates), and not another tag's in any casing
+/// (client libraries would disagree on which of the two a lookup finds).
+fn check_tag_name(name: &str, earlier: &[Vec<u8>]) -> Result<(), String> {
+    check_name(name)?;
+    let lower = name.to_ascii_lowercase();
+    if in_nats_namespace(&lower) {
+        return Err(format!(
+            "`{name}` is in NATS's own header namespace: use a name under `{NATS_EDGE_PREFIX}` \
+             or outside `Nats-`"
+        ));
+    }
+    if earlier
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+    {
+        return Err(format!(
+            "`{name}` is another tag's header name (in any casing)"
+        ));
+    }
+    Ok(())
 }
 
 fn check_name(name: &str) -> Result<(), String> {

@@ -483,3 +483,43 @@ fn the_announced_max_payload_keeps_room_for_the_tags() {
     ctx.max_payload = 4096;
     assert_eq!(announce(&mut plain, &ctx), 4096);
 }
+
+/// A configuration that would take headers NATS reads itself, or give two tags one name, is
+/// refused when it loads, naming the key.
+#[test]
+fn tags_stay_out_of_natss_own_headers() {
+    let load = |toml: &str| {
+        let file: TagFile = toml::from_str(toml).unwrap();
+        TagConfig::new(file).map(|_| ()).map_err(|(key, _)| key)
+    };
+    for prefix in ["Nats-", "nats", "N", "Nats-Ex", "NATS-MSG-"] {
+        assert_eq!(
+            load(&format!("reserved_prefix = {prefix:?}")),
+            Err("reserved_prefix".to_string()),
+            "{prefix}"
+        );
+    }
+    for prefix in ["Nats-Edge-", "nats-edge", "X-Edge-", "Natsy-"] {
+        assert_eq!(
+            load(&format!("reserved_prefix = {prefix:?}")),
+            Ok(()),
+            "{prefix}"
+        );
+    }
+    assert_eq!(
+        load("[static]\n\"Nats-Msg-Id\" = \"1\""),
+        Err("static.Nats-Msg-Id".to_string())
+    );
+    assert_eq!(
+        load("[headers]\nuser = \"nats-ttl\""),
+        Err("headers.user".to_string())
+    );
+    assert_eq!(
+        load("[headers]\nuser = \"X-User\"\n[static]\n\"x-user\" = \"a\""),
+        Err("static.x-user".to_string())
+    );
+    assert_eq!(
+        load("[headers]\nuser = \"X-User\"\nconn_id = \"X-USER\""),
+        Err("headers.conn_id".to_string())
+    );
+}
