@@ -249,6 +249,14 @@ async fn forgeries_the_edge_would_not_see_do_not_get_through() {
         b"NATS/1.0\r\nA: 1\rNats-Edge-Tls-Subject: CN=admin\r\n\r\n",
         b"c",
     ));
+    // nats.py's new client strips Unicode spaces off a name.
+    ops.extend(hpub(
+        "t.nbsp",
+        "NATS/1.0\r\n\u{a0}Nats-Edge-Tls-Subject: CN=admin\r\n\r\n".as_bytes(),
+        b"u",
+    ));
+    // No header block at all, to nats-server: tagged like a PUB.
+    ops.extend(hpub("t.empty", b"", b"e"));
     // A key the edge cannot read (a lone surrogate escape), which a JavaScript or Python
     // consumer reads.
     let json = br#"{"edge":{"tls_subject":"CN=admin"},"\ud800":1}"#;
@@ -272,10 +280,12 @@ async fn forgeries_the_edge_would_not_see_do_not_get_through() {
     let seen = direct.roundtrip(b"").await.text();
     assert!(seen.contains("HMSG t.name 1 "), "{seen}");
     assert!(seen.contains("HMSG t.cr 1 "), "{seen}");
+    assert!(seen.contains("HMSG t.nbsp 1 "), "{seen}");
+    assert!(seen.contains("HMSG t.empty 1 "), "{seen}");
     assert!(!seen.contains("t.first"), "{seen}");
     assert!(!seen.contains("events.x"), "{seen}");
     assert!(!seen.contains("CN=admin"), "{seen}");
-    assert_eq!(metric_value(&edge, "nats_edge_tag_spoofs_total"), 2.0);
+    assert_eq!(metric_value(&edge, "nats_edge_tag_spoofs_total"), 3.0);
     within("edge shutdown", edge.shutdown()).await;
 }
 

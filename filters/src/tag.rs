@@ -498,7 +498,8 @@ impl Tag {
         if ctx.upstream_headers {
             let mut spoofed = false;
             let writer = match &publish.headers {
-                Some(block) => {
+                // `HPUB subject 0 size`: nats-server takes it as a message without headers.
+                Some(block) if !block.is_empty() => {
                     let parsed = match Headers::parse(block) {
                         Ok(parsed)
                             if is_plain_first_line(parsed.first_line)
@@ -525,7 +526,7 @@ impl Tag {
                     }
                     Some(writer)
                 }
-                None => None,
+                _ => None,
             };
             if spoofed {
                 self.events.tag_spoof();

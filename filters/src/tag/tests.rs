@@ -523,3 +523,12 @@ fn tags_stay_out_of_natss_own_headers() {
         Err("headers.conn_id".to_string())
     );
 }
+
+/// `HPUB subject 0 size` is a message without headers to nats-server: it is tagged as one.
+#[test]
+fn an_empty_header_block_is_no_headers() {
+    let (mut f, mut ctx) = session("default", None);
+    let mut op = publish("orders.new", Some(b""), b"hi");
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+    assert!(headers_of(&op).starts_with("NATS/1.0\r\nNats-Edge-Client-Addr: "));
+}
