@@ -26,6 +26,8 @@ pub enum HeaderError {
 /// A parsed header block, borrowing from its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Headers<'a> {
+    /// The whole block.
+    pub block: &'a [u8],
     /// The first line without its line end: `NATS/1.0`, `NATS/1.0 503`, ...
     pub first_line: &'a [u8],
     /// Every field line without its line end, in order, as sent.
@@ -56,6 +58,7 @@ impl<'a> Headers<'a> {
             .filter(|line| !line.is_empty())
             .collect();
         Ok(Headers {
+            block,
             first_line,
             lines: fields,
             all_lines,
@@ -74,6 +77,20 @@ impl<'a> Headers<'a> {
         let rest = self.first_line.get(VERSION.len()..)?;
         rest.split(|b| *b == b' ' || *b == b'\t')
             .find(|t| !t.is_empty())
+    }
+
+    /// The line end one of this block's lines (from `lines` or `all_lines`) was sent with:
+    /// a block rebuilt around the line keeps a bare `\n` as it came, since parsers that end
+    /// lines only at `\r\n` (nats.js, nats.py's new client) read it as part of the value.
+    pub fn line_end(&self, line: &[u8]) -> &'static [u8] {
+        let start = (line.as_ptr() as usize).wrapping_sub(self.block.as_ptr() as usize);
+        match start
+            .checked_add(line.len())
+            .and_then(|end| self.block.get(end..))
+        {
+            Some([b'\n', ..]) => b"\n",
+            _ => b"\r\n",
+        }
     }
 
     /// The value of the first field called `name`, in any casing, trimmed.
@@ -114,10 +131,10 @@ impl HeaderWriter {
         HeaderWriter { buf }
     }
 
-    /// Appends a field line as it was sent.
-    pub fn line(&mut self, line: &[u8]) {
+    /// Appends a field line of `block` as it was sent, with its own line end.
+    pub fn line(&mut self, block: &Headers<'_>, line: &[u8]) {
         self.buf.put_slice(line);
-        self.buf.put_slice(b"\r\n");
+        self.buf.put_slice(block.line_end(line));
     }
 
     /// Appends field lines already formatted, each ending in CRLF.
@@ -219,12 +236,25 @@ mod tests {
 
     #[test]
     fn writer_neutralises_line_ends() {
+        let block = Headers::parse(b"NATS/1.0\r\nA: 1\r\n\r\n").unwrap();
         let mut w = HeaderWriter::new(b"NATS/1.0");
-        w.line(b"A: 1");
+        w.line(&block, block.lines[0]);
         w.field(b"B", b"x\r\nEvil: 1");
         assert_eq!(
             &w.finish()[..],
             b"NATS/1.0\r\nA: 1\r\nB: x  Evil: 1\r\n\r\n"
         );
+    }
+
+    /// A kept line keeps its own line end: a bare `\n` inside what a CRLF-only parser reads
+    /// as one value stays inside it.
+    #[test]
+    fn kept_lines_keep_their_line_ends() {
+        let block = Headers::parse(b"NATS/1.0\r\nA: x\ny\r\nB: 2\r\n\r\n").unwrap();
+        let mut w = HeaderWriter::new(block.first_line);
+        for line in &block.lines {
+            w.line(&block, line);
+        }
+        assert_eq!(&w.finish()[..], b"NATS/1.0\r\nA: x\ny\r\nB: 2\r\n\r\n");
     }
 }

@@ -521,7 +521,7 @@ impl Tag {
                         if self.names_reserved(line) {
                             spoofed = true;
                         } else {
-                            writer.line(line);
+                            writer.line(&parsed, line);
                         }
                     }
                     Some(writer)

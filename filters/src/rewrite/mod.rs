@@ -740,7 +740,7 @@ fn map_subject_headers(block: &Bytes, set: &RuleSet) -> Result<Option<Bytes>, ()
                 writer.field(name, &value);
                 changed = true;
             }
-            None => writer.line(line),
+            None => writer.line(&parsed, line),
         }
     }
     Ok(changed.then(|| writer.finish()))
@@ -784,7 +784,7 @@ fn reverse_status_subject(
             Some((name, _)) if name.eq_ignore_ascii_case(b"Nats-Subject") => {
                 writer.field(name, &back)
             }
-            _ => writer.line(line),
+            _ => writer.line(&parsed, line),
         }
     }
     Some(writer.finish())
