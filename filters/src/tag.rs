@@ -552,13 +552,13 @@ impl Tag {
             };
         }
         let mut payload = None;
-        // Only a payload that opens like a JSON object can take the field. Without JSON
-        // rules the payload is not looked at at all (a payload of blanks is read to its end
-        // to find its first byte).
-        if let Some(field) = (!self.config.file.json.is_empty()
-            && opens_like_object(&publish.payload))
-        .then(|| self.config.json_field(&publish.subject))
-        .flatten()
+        // Only a payload that opens like a JSON object can take the field. Without a JSON
+        // rule for its subject the payload is not looked at at all (a payload of blanks is
+        // read to its end to find its first byte).
+        if let Some(field) = self
+            .config
+            .json_field(&publish.subject)
+            .filter(|_| opens_like_object(&publish.payload))
         {
             let user = ctx.identity.as_ref().and_then(|i| i.user.as_deref());
             let value = self.config.json_value(&ctx.conn, user);
