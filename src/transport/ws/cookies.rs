@@ -41,14 +41,16 @@ impl CookieCredentials {
 /// The credentials the listener's cookie names find in the upgrade request.
 pub(super) fn from_request(head: &Head<'_>, settings: &WsSettings) -> CookieCredentials {
     let find = |name: &Option<String>| -> Option<String> {
-        let name = name.as_deref()?;
-        head.all("cookie")
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.split_once('='))
-            .filter(|(k, _)| k.trim() == name)
+        let name = name.as_deref()?.as_bytes();
+        head.cookies
+            .iter()
+            .flat_map(|v| v.split(|b| *b == b';'))
+            .filter_map(|pair| {
+                let eq = pair.iter().position(|b| *b == b'=')?;
+                (trim(&pair[..eq]) == name).then(|| cookie_value(trim(&pair[eq + 1..])))?
+            })
             // The last of several, as nats-server's loop over the cookies keeps it.
             .last()
-            .map(|(_, v)| v.trim().trim_matches('"').to_string())
             .filter(|v| !v.is_empty())
     };
     CookieCredentials {
@@ -57,6 +59,32 @@ pub(super) fn from_request(head: &Head<'_>, settings: &WsSettings) -> CookieCred
         pass: find(&settings.pass_cookie),
         token: find(&settings.token_cookie),
     }
+}
+
+/// A cookie's value as Go's HTTP server reads it (`parseCookieValue`): one pair of double
+/// quotes around it taken off, and the cookie skipped if a byte is not one a cookie value
+/// may hold (visible ASCII or a space, but no `"`, `;` or `\`).
+fn cookie_value(raw: &[u8]) -> Option<String> {
+    let value = match raw {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => raw,
+    };
+    let valid = |b: &u8| (0x20..0x7f).contains(b) && !matches!(b, b'"' | b';' | b'\\');
+    value
+        .iter()
+        .all(valid)
+        .then(|| String::from_utf8_lossy(value).into_owned())
+}
+
+/// Spaces and tabs off both ends, as Go's `textproto.TrimString`.
+fn trim(bytes: &[u8]) -> &[u8] {
+    let blank = |b: &u8| matches!(b, b' ' | b'\t');
+    let start = bytes.iter().position(|b| !blank(b)).unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !blank(b))
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
 }
 
 /// Fills the CONNECT's empty credential fields from the upgrade request's cookies
@@ -113,15 +141,25 @@ mod tests {
         let mut s = WsSettings::new(&WsSection::default(), false);
         s.jwt_cookie = Some("jwt".into());
         s.token_cookie = Some("tok".into());
+        s.user_cookie = Some("user".into());
+        s.pass_cookie = Some("pass".into());
         let h = Head {
             method: "GET",
             path: "/",
             minor_version: 1,
-            headers: vec![("Cookie", "jwt=old; a=1; jwt=\"eyJ\"; tok=")],
+            headers: Vec::new(),
+            cookies: vec![
+                b"jwt=old; a=1; jwt=\"eyJ\"; tok=",
+                // Another application's cookie with a Latin-1 byte hides nothing else; a
+                // value with a byte no cookie may hold, or one unmatched quote, is skipped.
+                b"pref=caf\xe9; user=al\xe9x; user=bob; pass=\"pw; pass=\"",
+            ],
         };
         let c = from_request(&h, &s);
         assert_eq!(c.jwt.as_deref(), Some("eyJ"));
         assert_eq!(c.token, None);
+        assert_eq!(c.user.as_deref(), Some("bob"));
+        assert_eq!(c.pass, None);
         assert!(!format!("{c:?}").contains("eyJ"));
     }
 }

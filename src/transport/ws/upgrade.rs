@@ -86,6 +86,9 @@ pub(super) struct Head<'a> {
     /// The minor version of HTTP/1.x.
     pub(super) minor_version: u8,
     pub(super) headers: Vec<(&'a str, &'a str)>,
+    /// The `Cookie` headers as sent, UTF-8 or not: one cookie with a byte outside ASCII
+    /// (another application's, on the same domain) must not hide the others.
+    pub(super) cookies: Vec<&'a [u8]>,
 }
 
 impl Head<'_> {
@@ -122,10 +125,14 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = BytesMut::with_capacity(1024);
+    // How much of `buf` has been looked at for the head's end: a head sent a few bytes at a
+    // time is scanned once, not once per read.
+    let mut scanned = 0;
     let head_len = loop {
-        if let Some(end) = head_end(&buf) {
+        if let Some(end) = head_end(&buf, scanned) {
             break end;
         }
+        scanned = buf.len();
         if buf.len() >= MAX_REQUEST_HEAD {
             return Err(respond(&mut stream, Reject::http(431, "request head over 32 KiB")).await);
         }
@@ -157,17 +164,25 @@ where
         Ok(httparse::Status::Complete(_)) => {
             // A value that is not UTF-8 is left out rather than refused, as nats-server
             // takes any bytes there: none of the headers the edge reads (Host, Origin,
-            // Cookie, X-Forwarded-For, the WebSocket ones) is valid with such bytes anyway.
+            // X-Forwarded-For, the WebSocket ones) is valid with such bytes anyway. Cookies
+            // are kept as bytes and judged one by one, as Go's HTTP server does.
             let list = request
                 .headers
                 .iter()
                 .filter_map(|h| Some((h.name, std::str::from_utf8(h.value).ok()?)))
+                .collect();
+            let cookies = request
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+                .map(|h| h.value)
                 .collect();
             Head {
                 method: request.method.unwrap_or_default(),
                 path: request.path.unwrap_or_default(),
                 minor_version: request.version.unwrap_or_default(),
                 headers: list,
+                cookies,
             }
         }
         Ok(httparse::Status::Partial) => {
@@ -225,11 +240,13 @@ where
 }
 
 /// Where the request head ends: after its empty line. Lines may end in a bare LF, as Go's
-/// HTTP server (nats-server's) reads them.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    memchr::memchr_iter(b'\n', buf).find_map(|i| match &buf[i + 1..] {
-        [b'\n', ..] => Some(i + 2),
-        [b'\r', b'\n', ..] => Some(i + 3),
+/// HTTP server (nats-server's) reads them. `scanned` bytes were looked at before: only a line
+/// end among their last two may have been missing what follows it.
+fn head_end(buf: &[u8], scanned: usize) -> Option<usize> {
+    let from = scanned.saturating_sub(2).min(buf.len());
+    memchr::memchr_iter(b'\n', &buf[from..]).find_map(|i| match &buf[from + i + 1..] {
+        [b'\n', ..] => Some(from + i + 2),
+        [b'\r', b'\n', ..] => Some(from + i + 3),
         _ => None,
     })
 }
@@ -417,6 +434,7 @@ mod tests {
             path,
             minor_version: 1,
             headers: headers.to_vec(),
+            cookies: Vec::new(),
         }
     }
 
@@ -510,11 +528,33 @@ mod tests {
 
     #[test]
     fn a_head_ends_at_its_empty_line_with_or_without_carriage_returns() {
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest"), Some(27));
-        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nrest"), Some(24));
-        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\r\n\r\n"), Some(26));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
+        assert_eq!(
+            head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest", 0),
+            Some(27)
+        );
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nrest", 0), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\r\n\r\n", 0), Some(26));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r", 0), None);
+    }
+
+    /// A head that arrives a byte at a time is found where it ends, each scan starting where
+    /// the last one stopped.
+    #[test]
+    fn a_head_read_in_pieces_is_scanned_once() {
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"GET / HTTP/1.1\nHost: a\r\n\r\n",
+        ] {
+            let mut scanned = 0;
+            let found = (1..=head.len()).find_map(|len| {
+                let end = head_end(&head[..len], scanned);
+                scanned = len;
+                end
+            });
+            assert_eq!(found, Some(head.len()), "{}", head.escape_ascii());
+        }
     }
 
     #[test]
