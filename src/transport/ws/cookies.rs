@@ -50,7 +50,7 @@ pub(super) fn from_request(head: &Head<'_>, settings: &WsSettings) -> CookieCred
                 (trim(&pair[..eq]) == name).then(|| cookie_value(trim(&pair[eq + 1..])))?
             })
             // The last of several, as nats-server's loop over the cookies keeps it.
-            .last()
+            .next_back()
             .filter(|v| !v.is_empty())
     };
     CookieCredentials {
