@@ -765,3 +765,26 @@ async fn a_refused_client_gets_the_close_frame_nats_server_sends() {
         (1008, "Maximum Connections Exceeded".to_string())
     );
 }
+
+/// A WebSocket client that leaves while its upstream is still being dialled (a browser tab
+/// closed during an upstream outage) ends the dial, as a TCP client does, rather than holding
+/// its slot and an upstream connection for the whole connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ws_client_that_leaves_ends_the_dial() {
+    use tokio::io::AsyncReadExt;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let edge = start_edge_toml(&format!(
+        "[[listeners]]\nname = \"ws\"\nbind = \"127.0.0.1:0\"\nkind = \"ws\"\n\
+         [upstream]\nurls = [\"nats://{}\"]\nconnect_timeout = \"30s\"\n",
+        silent.local_addr().unwrap()
+    ))
+    .await;
+    let (client, _) = raw_upgrade(&edge, None).await;
+    let (mut dialled, _) = within("the edge dials the upstream", silent.accept())
+        .await
+        .unwrap();
+    drop(client);
+    let mut byte = [0u8; 1];
+    let read = within("the edge closes the dial", dialled.read(&mut byte)).await;
+    assert_eq!(read.unwrap(), 0, "the dial is closed, not written to");
+}

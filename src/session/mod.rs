@@ -512,16 +512,23 @@ async fn tell_and_close(
     linger(&mut client).await;
 }
 
-/// Resolves when a plain TCP client closes (or resets) its connection before sending a
-/// byte; never otherwise. It only peeks, so what the client sends stays for the session (and
-/// a TLS client on a plain listener is still recognised by its first read). Other transports
-/// finished a handshake before the dial, so their clients are known to be there.
+/// Resolves when the client closes (or resets) its connection before sending a byte; never
+/// otherwise. It only peeks at the socket, so what the client sends stays for the session
+/// (and a TLS client on a plain listener is still recognised by its first read). Clients of
+/// the other transports finished a handshake before the dial, and then have nothing to send
+/// until the INFO: one that leaves while the upstream is dialled (a browser tab closed) is
+/// seen this way too, unless it says goodbye first (a WebSocket close frame, a TLS
+/// close_notify), which is a byte like any other here.
 async fn left_before_speaking(client: &transport::ClientStream) {
-    if let transport::ClientStream::Tcp(tcp) = client {
-        let mut byte = [0u8; 1];
-        if let Ok(0) | Err(_) = tcp.get_ref().peek(&mut byte).await {
-            return;
-        }
+    let socket = match client {
+        transport::ClientStream::Tcp(tcp) => tcp.get_ref(),
+        transport::ClientStream::Tls(tls) => tls.get_ref().0.get_ref(),
+        transport::ClientStream::Ws(ws) => ws.get_ref(),
+        transport::ClientStream::Wss(wss) => wss.get_ref().get_ref().0.get_ref(),
+    };
+    let mut byte = [0u8; 1];
+    if let Ok(0) | Err(_) = socket.peek(&mut byte).await {
+        return;
     }
     std::future::pending().await
 }
