@@ -788,3 +788,28 @@ async fn a_ws_client_that_leaves_ends_the_dial() {
     let read = within("the edge closes the dial", dialled.read(&mut byte)).await;
     assert_eq!(read.unwrap(), 0, "the dial is closed, not written to");
 }
+
+/// A request head over 32 KiB (large cookies) gets nats-server's 431, read in full by the
+/// client: the rest of the head it had sent does not turn the close into a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_head_gets_its_431() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = NatsServer::start();
+    let edge = ws_edge(&server, "").await;
+    let mut stream = tcp(edge.addr("ws").unwrap()).await;
+    let cookie = format!("Cookie: big={}\r\n", "c".repeat(1000));
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: edge\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{}\r\n",
+        cookie.repeat(64)
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    within("the refusal", stream.read_to_end(&mut response))
+        .await
+        .expect("the refusal is read, not reset");
+    let response = String::from_utf8_lossy(&response);
+    assert!(
+        response.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{response}"
+    );
+}

@@ -18,7 +18,7 @@ use nats_edge_filters::limits::{Limits, LimitsConfig};
 use nats_edge_filters::{
     errors, Chain, CloseReason, Filter, FilterFactory, Info, ServerOp, SessionCtx,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -27,7 +27,7 @@ use crate::health::Health;
 use crate::metrics::{HandshakeFailure, ListenerMetrics, Metrics, SessionTotals};
 use crate::proto::{encode_server_op, Direction};
 use crate::registry::{ClientInfo, ConnEntry, LiveCounts, Registry};
-use crate::transport::{self, proxy_protocol::ProxyAddrs, Accepted};
+use crate::transport::{self, linger, proxy_protocol::ProxyAddrs, Accepted};
 use crate::upstream::{self, Upstream};
 use forward::{Forwarder, IoFailure};
 use info::InfoRewrite;
@@ -35,10 +35,6 @@ use state::Shared;
 
 /// How long a session that is closing may take to write its last words to the client.
 pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
-/// How long a closed session keeps reading what its client still sends (see [`linger`]).
-const LINGER: Duration = Duration::from_millis(500);
-/// How much of it, at most.
-const LINGER_BYTES: usize = 256 * 1024;
 /// How often a session whose buffers grew under load checks whether it can give them back.
 const SHRINK_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -531,26 +527,6 @@ async fn left_before_speaking(client: &transport::ClientStream) {
         return;
     }
     std::future::pending().await
-}
-
-/// Reads and drops what the client still sends after the session has shut its side down,
-/// until the client closes too, or for [`LINGER`] at most. A socket closed with unread input
-/// answers with a reset, and a reset can destroy the session's last words (an `-ERR` and
-/// the close) before the client reads them: a client that pipelined a PING behind the
-/// CONNECT the edge refused would see a reset instead of `-ERR 'Authorization Violation'`.
-async fn linger<S: AsyncRead + Unpin>(client: &mut S) {
-    // On the heap: an array here would grow every session's future, idle ones included.
-    let mut buf = vec![0u8; 4096];
-    let mut left = LINGER_BYTES;
-    let _ = tokio::time::timeout(LINGER, async {
-        while left > 0 {
-            match client.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    })
-    .await;
 }
 
 /// Polls both forwarders from this one task until the session ends.

@@ -12,6 +12,7 @@
 //! session then runs [`upgrade_after_info`].
 
 pub mod cert;
+mod linger;
 pub mod proxy_protocol;
 pub mod read_ahead;
 pub mod tls;
@@ -34,6 +35,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{HandshakeFirst, ListenerKind};
 use crate::metrics::HandshakeFailure;
+pub use linger::linger;
 pub use read_ahead::ReadAhead;
 
 /// A client connection after its transport handshake: the bytes of the NATS protocol.

@@ -386,13 +386,21 @@ fn forwarded_for(head: &Head<'_>, settings: &WsSettings, peer: SocketAddr) -> So
 /// Writes the answer to a refused request (bounded by the caller's handshake timeout) and
 /// hands the refusal back. The connection is closed by the caller once it has recorded the
 /// refusal, so the client never sees the close before the edge has counted it.
-async fn respond<S: AsyncWrite + Unpin>(stream: &mut S, reject: Reject) -> Reject {
+async fn respond<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, reject: Reject) -> Reject {
     if let Reject::Http { status, .. } = &reject {
         // As nats-server answers: the status text alone (the detail, which can name the
         // configured path or origins, goes to the log), and the version it speaks.
         let body = format!("{}\n", reason_phrase(*status));
         let extra = "Sec-WebSocket-Version: 13\r\n";
-        let _ = write_response(stream, *status, extra, &body, false).await;
+        if write_response(stream, *status, extra, &body, false)
+            .await
+            .is_ok()
+            && stream.shutdown().await.is_ok()
+        {
+            // What the client sent past what was read (the rest of a head over the limit)
+            // would otherwise turn the close into a reset, and the refusal with it.
+            crate::transport::linger(stream).await;
+        }
     }
     reject
 }
