@@ -1067,7 +1067,20 @@ fn passthrough_user(
     if let Some(user) = user {
         return Ok(Some(Arc::from(user)));
     }
-    let key = nkey.or(subject.as_deref().filter(|s| !s.is_empty()));
+    // Only a user's public key is a name a key can give: a bearer JWT's `sub` is read
+    // unverified, and `"sub":"admin"` must not pass for the user `admin` of the rules.
+    let key = nkey
+        .or(subject.as_deref().filter(|s| !s.is_empty()))
+        .filter(|key| {
+            let user_key = is_user_key(key);
+            if !user_key {
+                tracing::info!(
+                    key,
+                    "the CONNECT's nkey or JWT subject is not a user's public key: its permissions are the defaults"
+                );
+            }
+            user_key
+        });
     // A bearer JWT is one nats-server admits without a signature (browsers hold no seed);
     // it checks the JWT's issuer instead, in operator mode, the one mode in which JWT names
     // count at all (docs/acl.md).
@@ -1082,6 +1095,12 @@ fn passthrough_user(
         }
         signed.then(|| Arc::from(key))
     }))
+}
+
+/// Whether `key` is a user's public nkey (`U...`), as nats-server's nkey users and user JWT
+/// subjects are.
+fn is_user_key(key: &str) -> bool {
+    key.starts_with('U') && nkeys::KeyPair::from_public_key(key).is_ok()
 }
 
 /// Whether `sig` (base64, URL-safe or standard, as nats-server takes it) is the signature of

@@ -236,6 +236,19 @@ fn passthrough_names_a_key_only_when_its_signature_checks_out() {
     let (named, admin) = unproven(format!(r#"{{"jwt":"{bearer}"}}"#), Some("n0nce"));
     assert_eq!(named.as_deref(), Some(public.as_str()));
     assert_eq!(admin, Verdict::Forward);
+    // A bearer JWT is read unverified: its `sub` names only a user key, never a user of the
+    // rules known by name (nats-server outside operator mode ignores the JWT, and admits the
+    // client as its `no_auth_user`). Nor does an account's key, signed or not.
+    let forged = jwt(r#"{"sub":"alice","nats":{"bearer_token":true}}"#);
+    let (named, _) = unproven(format!(r#"{{"jwt":"{forged}"}}"#), Some("n0nce"));
+    assert_eq!(named, None);
+    let account = nkeys::KeyPair::new_account();
+    let signed = base64url(&account.sign(b"n0nce").unwrap());
+    let (named, _) = unproven(
+        format!(r#"{{"nkey":"{}","sig":"{signed}"}}"#, account.public_key()),
+        Some("n0nce"),
+    );
+    assert_eq!(named, None);
 }
 
 #[test]
