@@ -983,3 +983,48 @@ async fn no_info_before_the_first_pong() {
         );
     }
 }
+
+/// SUBs before the CONNECT, to a nats-server with a `no_auth_user`: it takes the first op
+/// for a CONNECT, so the client's own CONNECT is a second one, which drops those
+/// subscriptions (nats-server 2.11.17 and later). A sid reused after it names a new
+/// subscription, whose deliveries the edge judges as nats-server does: a queue
+/// subscription's deny entry keeps `jobs.secret` from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_before_the_connect_end_with_it_as_on_nats_server() {
+    let permissions = r#"{ publish: ">", subscribe: { allow: [">"], deny: ["jobs.secret bad"] } }"#;
+    let direct = NatsServer::start_with_config(&format!(
+        "authorization {{ users = [ {{ user: u, password: pw, permissions: {permissions} }} ] }}\n\
+         no_auth_user: u\n"
+    ));
+    let behind = NatsServer::start_with_config(
+        "authorization { users = [ { user: u, password: pw } ] }\nno_auth_user: u\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    let edge_permissions =
+        "publish = \">\"\nsubscribe = { allow = [\">\"], deny = [\"jobs.secret bad\"] }\n";
+    std::fs::write(
+        &rules,
+        format!(
+            "[default_permissions]\n{edge_permissions}\
+             [[users]]\nuser = \"u\"\n[users.permissions]\n{edge_permissions}"
+        ),
+    )
+    .unwrap();
+    let edge = start_edge(&[behind.url()], &format!("[auth]\nrules = [{rules:?}]\n")).await;
+    let bytes = b"SUB public.x 1\r\nCONNECT {\"user\":\"u\",\"pass\":\"pw\",\"verbose\":false}\r\n\
+                  SUB jobs.* bad 1\r\nPUB jobs.secret 1\r\nx\r\nPUB jobs.ok 1\r\ny\r\n\
+                  PUB public.x 1\r\nz\r\n";
+    let mut seen = Vec::new();
+    for addr in [direct.addr(), edge_addr(&edge)] {
+        let (mut raw, _) = RawConn::connect_info(addr).await;
+        let reply = raw.roundtrip(bytes).await;
+        seen.push((show(&reply.bytes), reply.closed));
+    }
+    assert_eq!(
+        seen[0],
+        (show(b"+OK\r\nMSG jobs.ok 1 1\r\ny\r\n"), false),
+        "nats-server's behaviour changed"
+    );
+    assert_eq!(seen[1], seen[0]);
+}

@@ -644,9 +644,20 @@ impl Forwarder {
             // server cannot act on a CONNECT the filters did not judge.
             match verdict {
                 // A CONNECT the client implied goes upstream only if a filter added to it
-                // (credentials, a proxy signature, headers). Otherwise the upstream takes the
-                // client's ops as they came, as nats-server itself would.
-                Verdict::Forward if shared.ctx.connect_implied => Verdict::Drop,
+                // (credentials, a proxy signature, headers), or keeps a table of the
+                // client's subscriptions. Otherwise the upstream takes the client's ops as
+                // they came, as nats-server itself would. A table must know whether the
+                // client's own CONNECT, later, drops the subscriptions made before it, and
+                // nats-server's answer depends on what its INFO does not say: with a
+                // `no_auth_user` it takes the first op for a CONNECT (so the client's is a
+                // second one, which drops them), without authorization it does not. Sent,
+                // the implied CONNECT is the upstream's first either way.
+                Verdict::Forward
+                    if shared.ctx.connect_implied
+                        && !shared.chain.interest().contains(OpKind::Sub) =>
+                {
+                    Verdict::Drop
+                }
                 Verdict::Forward => Verdict::Changed,
                 Verdict::Defer if shared.ctx.upstream_caught_up => Verdict::Changed,
                 other => other,
