@@ -1028,3 +1028,59 @@ async fn subscriptions_before_the_connect_end_with_it_as_on_nats_server() {
     );
     assert_eq!(seen[1], seen[0]);
 }
+
+/// A request delivered twice (the service has two subscriptions that match it): nats-server
+/// counts the second delivery against the reply's answers, as the edge does, so the service
+/// may answer once where `max` is 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_delivered_twice_counts_against_its_answers() {
+    let targets = Targets::start().await;
+    let mut outcomes = Vec::new();
+    for addr in [targets.direct(), targets.edged()] {
+        let (mut service, _) = RawConn::connect_info(addr).await;
+        let subscribed = service
+            .roundtrip(
+                &[
+                    connect_as("service"),
+                    b"SUB rpc.> 1\r\nSUB rpc.echo 2\r\n".to_vec(),
+                ]
+                .concat(),
+            )
+            .await;
+        assert_eq!(show(&subscribed.bytes), "");
+        let (mut admin, _) = RawConn::connect_info(addr).await;
+        admin
+            .roundtrip(
+                &[
+                    connect_as("admin"),
+                    b"SUB _INBOX.r2 9\r\nPUB rpc.echo _INBOX.r2 2\r\nhi\r\n".to_vec(),
+                ]
+                .concat(),
+            )
+            .await;
+        let requests = service.read_until(b"hi\r\nMSG").await;
+        let second = service.read_until(b"hi\r\n").await;
+        let mut both = requests.bytes;
+        both.extend_from_slice(&second.bytes);
+        assert_eq!(
+            both.windows(2).filter(|w| w == b"hi").count(),
+            2,
+            "{}",
+            show(&both)
+        );
+        let answers = service
+            .roundtrip(b"PUB _INBOX.r2 1\r\n1\r\nPUB _INBOX.r2 1\r\n2\r\n")
+            .await;
+        let received = admin.roundtrip(b"").await;
+        outcomes.push((show(&answers.bytes), show(&received.bytes)));
+    }
+    assert_eq!(outcomes[1], outcomes[0]);
+    assert_eq!(
+        outcomes[0],
+        (
+            show(b"-ERR 'Permissions Violation for Publish to \"_INBOX.r2\"'\r\n"),
+            show(b"MSG _INBOX.r2 9 1\r\n1\r\n")
+        ),
+        "nats-server's behaviour changed"
+    );
+}

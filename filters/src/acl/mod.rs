@@ -752,7 +752,13 @@ impl AclFilter {
                 (&self.perms, self.responses.as_mut(), &msg.reply)
             {
                 if !perms.check_publish(reply).allowed {
-                    tracker.delivered(reply, Instant::now());
+                    // As nats-server checks it (`pubAllowedFullCheck` at delivery): a reply
+                    // it already tracks counts this delivery against its answers, and only
+                    // one not tracked, or spent or expired by that, starts afresh.
+                    let now = Instant::now();
+                    if !tracker.answer(reply, now) {
+                        tracker.delivered(reply, now);
+                    }
                 }
             }
             Verdict::Forward
