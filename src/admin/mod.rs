@@ -46,6 +46,10 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// every slot and reads none would otherwise hold 64 of them. One answer larger than this
 /// is served alone.
 const ANSWER_BUDGET_KIB: u32 = 64 * 1024;
+/// Answers built at once: the budget counts an answer once it is built, so what is being
+/// built (a `/connz` page of every connection, a `/metrics` walk of the registry) is bounded
+/// by this many answers; the other requests wait their turn.
+const BUILDS_AT_ONCE: usize = 2;
 
 pub type Body = Full<Bytes>;
 
@@ -112,6 +116,7 @@ pub async fn serve(
 ) {
     let full = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     let budget = Arc::new(Semaphore::new(ANSWER_BUDGET_KIB as usize));
+    let builders = Arc::new(Semaphore::new(BUILDS_AT_ONCE));
     let probes_only = Arc::new(Semaphore::new(MAX_PROBE_ONLY_CONNECTIONS));
     loop {
         // A full slot if one is free, else whichever frees first.
@@ -161,6 +166,7 @@ pub async fn serve(
             shared.clone(),
             slot,
             budget.clone(),
+            builders.clone(),
         ));
     }
 }
@@ -176,11 +182,13 @@ async fn serve_connection(
     shared: Arc<EdgeShared>,
     slot: Slot,
     budget: Arc<Semaphore>,
+    builders: Arc<Semaphore>,
 ) {
     let probes_only = slot.probes_only;
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         let budget = budget.clone();
+        let builders = builders.clone();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
@@ -193,6 +201,8 @@ async fn serve_connection(
                     "admin server busy: health probes only\n",
                 )),
                 _ => {
+                    // Never closed, so the permit always comes.
+                    let _building = builders.acquire_owned().await;
                     let built = tokio::task::spawn_blocking(move || route(&shared, &path, &query))
                         .await
                         .unwrap_or_else(|e| {
