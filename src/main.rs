@@ -312,6 +312,7 @@ fn init_logging(config: &Config) {
 
 fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
     init_logging(&config);
+    raise_descriptor_limit();
     // The trusted proxy's seed variable is read, not ignored, though it is no config key.
     let seed_env = config
         .auth
@@ -398,6 +399,42 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::R
         remove_own_pid_file(path);
     }
     result
+}
+
+/// Raises the soft limit on open files to the hard one, as Go programs (nats-server among
+/// them) do at start: each proxied client takes two descriptors, and container runtimes
+/// that leave the soft limit at 1024 would cap the edge at about 500 clients, with upstream
+/// dials failing for want of a descriptor.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the one struct passed, which lives on
+    // this stack frame for the whole call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        return;
+    }
+    let soft = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+        tracing::debug!(
+            from = soft,
+            to = limit.rlim_max,
+            "raised the open-file limit"
+        );
+    } else {
+        // A hard limit of "unlimited" is above what the kernel allows: the soft one stays.
+        tracing::debug!(
+            limit = soft,
+            error = %std::io::Error::last_os_error(),
+            "could not raise the open-file limit"
+        );
+    }
 }
 
 /// Removes the pid file this process wrote, unless it names another process by now (a new

@@ -490,3 +490,36 @@ fn reload_reads_only_the_pid_file_from_the_configuration() {
     assert!(!out.status.success());
     assert!(err.contains("no process 2147483646"), "{err}");
 }
+
+/// Started with a soft limit on open files below its hard limit (a container runtime's
+/// 1024), the edge raises it to the hard one, as nats-server (a Go program) does: each
+/// proxied client takes two descriptors.
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let read_limits = |pid: u32| -> (String, String) {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap()
+            .to_string();
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields[3].to_string(), fields[4].to_string())
+    };
+    let (_, hard) = read_limits(std::process::id());
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.args(["--nofile=256:", "--", env!("CARGO_BIN_EXE_nats-edge")])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "nats://127.0.0.1:1",
+        ]);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("NATS_EDGE_") {
+            cmd.env_remove(key);
+        }
+    }
+    let edge = EdgeProcess::spawn_command(cmd);
+    assert_eq!(read_limits(edge.pid()), (hard.clone(), hard));
+}

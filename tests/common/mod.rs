@@ -510,9 +510,14 @@ impl EdgeProcess {
     /// works).
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> EdgeProcess {
         let mut cmd = nats_edge_command();
-        cmd.args(args)
-            .args(["--log-format", "json"])
-            .envs(envs.iter().copied())
+        cmd.args(args).envs(envs.iter().copied());
+        Self::spawn_command(cmd)
+    }
+
+    /// Like [`EdgeProcess::spawn`], for a command that runs `nats-edge` with its arguments
+    /// (through a wrapper such as `prlimit`); `--log-format json` is added to them.
+    pub fn spawn_command(mut cmd: Command) -> EdgeProcess {
+        cmd.args(["--log-format", "json"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
