@@ -331,7 +331,7 @@ mod tests {
     fn config(toml: &str) -> Config {
         // Top-level keys in `toml` come first, as TOML requires.
         Config::from_toml_str(&format!(
-            "{toml}\n[upstream]\nurls = [\"nats://127.0.0.1:4222\"]\n"
+            "{toml}\n[upstream]\nurls = [\"nats://10.0.0.5:4222\"]\n"
         ))
         .unwrap()
     }

@@ -112,7 +112,7 @@ fn check_rules(rules: &str) -> (Option<i32>, String, std::path::PathBuf) {
     let config = dir.path().join("nats-edge.toml");
     std::fs::write(
         &config,
-        "[upstream]\nurls = [\"nats://127.0.0.1:4222\"]\n[auth]\nrules = [\"rules.toml\"]\n",
+        "[upstream]\nurls = [\"nats://127.0.0.1:4223\"]\n[auth]\nrules = [\"rules.toml\"]\n",
     )
     .unwrap();
     let rule_file = dir.path().join("rules.toml");
@@ -556,7 +556,7 @@ fn explain_answers_for_the_client_the_edge_would_make() {
         std::fs::write(
             &config,
             format!(
-                "[upstream]\nurls = [\"nats://127.0.0.1:4222\"]\n\
+                "[upstream]\nurls = [\"nats://127.0.0.1:4223\"]\n\
                  [auth]\nmode = \"edge\"\nrules = [{users:?}]\n{extra}"
             ),
         )

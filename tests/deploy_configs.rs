@@ -55,7 +55,7 @@ fn check_rejects_a_broken_file_naming_the_key() {
     let file = dir.path().join("bad.toml");
     std::fs::write(
         &file,
-        "[upstream]\nurls = [\"nats://127.0.0.1:4222\"]\n[limits]\nmax_control_line = 10\n",
+        "[upstream]\nurls = [\"nats://127.0.0.1:4223\"]\n[limits]\nmax_control_line = 10\n",
     )
     .unwrap();
     let out = check(&file);
@@ -87,7 +87,7 @@ fn all_keys() -> Vec<String> {
     let mut config = Config::default();
     config.listeners[0].advertise = Some("edge.example.com:4222".into());
     config.listeners[0].connect_urls = StringList(vec!["edge.example.com:4222".into()]);
-    config.upstream.urls = StringList(vec!["nats://127.0.0.1:4222".into()]);
+    config.upstream.urls = StringList(vec!["nats://127.0.0.1:4223".into()]);
     config.limits.max_payload = Some(ByteSize(1024));
     config.limits.handshake_timeout = Some(nats_edge::config::HumanDuration(
         std::time::Duration::from_secs(2),

@@ -453,7 +453,7 @@ async fn check_refuses_a_rule_set_that_is_not_reversible() {
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,
-        "[upstream]\nurls = [\"nats://127.0.0.1:4222\"]\n[auth]\nrules = [\"rules/users.toml\"]\n\
+        "[upstream]\nurls = [\"nats://127.0.0.1:4223\"]\n[auth]\nrules = [\"rules/users.toml\"]\n\
          [rewrite]\nsets = { acme = \"rules/acme.toml\" }\nusers = { alice = \"acme\" }\n",
     )
     .unwrap();
@@ -492,7 +492,7 @@ async fn check_refuses_a_rule_set_that_is_not_reversible() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
-        "[upstream]\nurls = [\"nats://127.0.0.1:4222\"]\n\
+        "[upstream]\nurls = [\"nats://127.0.0.1:4223\"]\n\
          [rewrite]\nsets = { devices = \"rules/bad.toml\" }\ndefault = \"devices\"\n",
     )
     .unwrap();

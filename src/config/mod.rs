@@ -833,8 +833,24 @@ impl Config {
                 "at least one upstream URL is required (--upstream nats://host:4222)".into(),
             ));
         }
-        for url in &self.upstream.urls.0 {
-            UpstreamUrl::parse(url).map_err(|e| ("upstream.urls".to_string(), e.to_string()))?;
+        for (u, url) in self.upstream.urls.0.iter().enumerate() {
+            let parsed = UpstreamUrl::parse(url)
+                .map_err(|e| ("upstream.urls".to_string(), e.to_string()))?;
+            if let Some(l) = self
+                .listeners
+                .iter()
+                .find(|l| dials_itself(&parsed.host, parsed.port, l.bind))
+            {
+                // Each connection would dial the edge again, before any INFO: a storm of
+                // connections until descriptors run out.
+                return Err((
+                    format!("upstream.urls.{u}"),
+                    format!(
+                        "{}:{} is the edge's own listener `{}` (bind {}): the upstream is the nats-server behind the edge",
+                        parsed.host, parsed.port, l.name, l.bind
+                    ),
+                ));
+            }
         }
         if let Some(tls) = &self.upstream.tls {
             if tls.cert_file.is_some() != tls.key_file.is_some() {
@@ -944,6 +960,28 @@ impl Config {
 /// Whether two sockets bound at `a` and `b` would take the same port. Port 0 asks the system
 /// for a free port, a different one each time. An unspecified address takes its port on
 /// every address of its family, and `[::]` (dual-stack) on IPv4 addresses too.
+/// Whether dialling `host:port` surely reaches a listener bound at `bind`: its own address,
+/// or a loopback one (`localhost` included) when the listener takes every address. Any
+/// other address under an unspecified bind may be another machine's.
+fn dials_itself(host: &str, port: u16, bind: SocketAddr) -> bool {
+    if port == 0 || port != bind.port() {
+        return false;
+    }
+    let bound = bind.ip().to_canonical();
+    if host.eq_ignore_ascii_case("localhost") {
+        return bound.is_unspecified() || bound.is_loopback();
+    }
+    let Ok(ip) = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    else {
+        return false;
+    };
+    let ip = ip.to_canonical();
+    ip == bound || (ip.is_loopback() && bound.is_unspecified() && (bound.is_ipv6() || ip.is_ipv4()))
+}
+
 fn binds_clash(a: SocketAddr, b: SocketAddr) -> bool {
     let covers = |a: std::net::IpAddr, b: std::net::IpAddr| {
         a == b || (a.is_unspecified() && (a.is_ipv6() || b.is_ipv4()))
@@ -1227,6 +1265,40 @@ mod tests {
         .unwrap();
         assert_eq!(c.limits.max_payload, Some(ByteSize(65536)));
         assert_eq!(c.listeners[0].bind, default_listen());
+    }
+
+    /// An upstream URL that is the edge's own listener is refused: every connection would
+    /// dial the edge again. Another machine's address under an unspecified bind is not.
+    #[test]
+    fn an_upstream_that_is_the_edge_itself_is_refused() {
+        let load = |bind: &str, url: &str| {
+            Config::from_toml_str(&format!(
+                "[[listeners]]\nname = \"a\"\nbind = \"{bind}\"\n[upstream]\nurls = [\"nats://x:1\", \"{url}\"]\n"
+            ))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        for (bind, url) in [
+            ("0.0.0.0:4222", "nats://127.0.0.1:4222"),
+            ("0.0.0.0:4222", "nats://localhost:4222"),
+            ("[::]:4222", "nats://[::1]:4222"),
+            ("[::]:4222", "nats://127.0.0.1:4222"),
+            ("10.0.0.5:4222", "nats://10.0.0.5:4222"),
+        ] {
+            let err = load(bind, url).unwrap_err();
+            assert!(
+                err.contains("upstream.urls.1") && err.contains("own listener"),
+                "{bind} {url}: {err}"
+            );
+        }
+        for (bind, url) in [
+            ("0.0.0.0:4222", "nats://10.0.0.5:4222"),
+            ("0.0.0.0:4222", "nats://127.0.0.1:4223"),
+            ("127.0.0.1:4222", "nats://127.0.0.2:4222"),
+            ("0.0.0.0:4222", "nats://nats.internal:4222"),
+        ] {
+            assert_eq!(load(bind, url), Ok(()), "{bind} {url}");
+        }
     }
 
     /// A password written as a number (unquoted, or digits in an environment variable) is
