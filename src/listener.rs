@@ -362,12 +362,17 @@ async fn refuse(
         &mut buf,
     );
     stream.close_with(crate::transport::ws::MAX_CONNECTIONS_CLOSE);
-    let _ = tokio::time::timeout(REFUSAL_WRITE, async {
+    let written = tokio::time::timeout(REFUSAL_WRITE, async {
         stream.write_all(&buf).await?;
         stream.flush().await?;
         stream.shutdown().await
     })
     .await;
+    if let Ok(Ok(())) = written {
+        // A client that answered the INFO (its CONNECT and PING) would otherwise get a
+        // reset in place of the error.
+        crate::transport::linger(&mut stream).await;
+    }
 }
 
 #[cfg(test)]
