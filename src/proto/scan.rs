@@ -549,7 +549,13 @@ fn scan_general(
             // A forwarder drops those bytes as they come (`ignored_line_verb_len`).
             return Ok(None);
         }
-        return check_partial_line(buf, counted_from, limits.max_control_line);
+        return check_partial_line(
+            buf,
+            counted_from,
+            search_from,
+            tail,
+            limits.max_control_line,
+        );
     };
     let line_start = args_start.min(line_end);
     if tail != Tail::Ignored && line_end.saturating_sub(counted_from) > limits.max_control_line {
@@ -639,14 +645,23 @@ fn find_line_end(
     }
 }
 
-/// A control line without its newline yet: fine unless it is already over the limit.
+/// A control line without its newline yet: fine unless it is already over the limit. It is
+/// counted as its whole line will be once the newline comes (see [`find_line_end`]): a JSON
+/// argument with a `\r` anywhere since `search_from` loses its last byte, as nats-server
+/// drops it at a split too; other arguments only a `\r` at the end.
 fn check_partial_line(
     buf: &[u8],
     args_start: usize,
+    search_from: usize,
+    tail: Tail,
     max_control_line: usize,
 ) -> Result<Option<Frame>, ProtoError> {
     let mut partial = buf.len().saturating_sub(args_start);
-    if buf.last() == Some(&b'\r') {
+    let drops_last = match tail {
+        Tail::Json => memchr(b'\r', buf.get(search_from..).unwrap_or_default()).is_some(),
+        _ => buf.last() == Some(&b'\r'),
+    };
+    if drops_last {
         partial = partial.saturating_sub(1);
     }
     if partial > max_control_line {
