@@ -574,6 +574,10 @@ where
     // went (nats-server's `-ERR` before it closes a connection whose unread input then
     // resets it) is still read and delivered, until its end or the close grace.
     let mut upstream_write_failed = false;
+    // The write failed after the upstream's end had been read: the upstream closed, and the
+    // client's next op found it gone. Its end is the reason, and all it sent before goes to
+    // the client (bounded by the client's write deadline, as any delivery).
+    let mut upstream_closed_first = false;
 
     poll_fn(|cx| loop {
         let generation = shared.generation;
@@ -633,7 +637,7 @@ where
 
         match u2c.poll(cx, upstream, client, shared) {
             Poll::Ready(Ok(())) => {
-                let ended = if upstream_write_failed {
+                let ended = if upstream_write_failed && !upstream_closed_first {
                     CloseReason::UpstreamIoError
                 } else {
                     CloseReason::UpstreamClosed
@@ -655,6 +659,11 @@ where
                 }));
             }
             Poll::Pending => {}
+        }
+        if shared.closing.is_some() && !c2u.is_stopped() {
+            // Ending for what the upstream side saw (its protocol violation, a filter's close
+            // of a delivery): only what the client sent before goes upstream.
+            c2u.stop();
         }
         shared.client_queued = u2c.queued();
         if !shared.ctx.end_subscriptions.is_empty() && !upstream_write_failed {
@@ -691,21 +700,27 @@ where
                     tracing::warn!(error = %e, reason = why.as_str(), "handshake failed");
                 } else if let Some(violation) = transport::ws_frame_violation(&e) {
                     tracing::warn!(error = %violation, "client WebSocket protocol violation");
-                    return Poll::Ready(CloseReason::ProtocolViolation);
+                    return Poll::Ready(shared.closing.unwrap_or(CloseReason::ProtocolViolation));
                 } else {
                     tracing::debug!(error = %e, "client read failed");
                 }
-                return Poll::Ready(CloseReason::ClientIoError);
+                // A session already ending ends for its reason.
+                return Poll::Ready(shared.closing.unwrap_or(CloseReason::ClientIoError));
             }
             Poll::Ready(Err(IoFailure::Write(e))) => {
                 tracing::debug!(error = %e, "upstream write failed");
-                // A session already ending (delivering the client's last ops upstream) ends
-                // for the reason it was ending for.
-                if let Some(reason) = ending_reason(shared, c2u) {
-                    return Poll::Ready(reason);
+                // A client's violation waiting on a barrier the upstream will never answer
+                // ends for it now.
+                if shared.closing.is_none() {
+                    if let Some(reason) = ending_reason(shared, c2u) {
+                        return Poll::Ready(reason);
+                    }
                 }
-                // Not `shared.close`: a closing session reads no more from the upstream.
+                // Not `shared.close`: a closing session reads no more from the upstream. One
+                // already closing still delivers what is queued for the client (its closing
+                // `-ERR`), within the close grace, and ends for its own reason.
                 upstream_write_failed = true;
+                upstream_closed_first = u2c.reached_eof();
                 c2u.stop();
                 continue;
             }
@@ -747,19 +762,24 @@ where
             .or(upstream_write_failed.then_some(CloseReason::UpstreamIoError));
         if let Some(reason) = ending {
             // After a failed upstream write, only the upstream's end (or the grace) ends it:
-            // its last words may not have been read yet.
+            // its last words may not have been read yet. Unless the session is closing: then
+            // the upstream is read no more, and what the client sent cannot go there.
             if shared.closing.is_some()
-                && !upstream_write_failed
                 && u2c.is_drained()
                 && shared.to_client.is_empty()
-                && c2u.is_drained()
+                && (c2u.is_drained() || upstream_write_failed)
             {
                 return Poll::Ready(reason);
             }
-            let deadline =
-                close_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(CLOSE_GRACE)));
-            if deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(reason);
+            // An upstream that closed first has sent all it will: its end comes when that is
+            // delivered, and the client's write deadline bounds the delivery.
+            let delivering = upstream_closed_first && shared.closing.is_none();
+            if !delivering {
+                let deadline =
+                    close_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(CLOSE_GRACE)));
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(reason);
+                }
             }
         }
 
