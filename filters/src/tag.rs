@@ -356,6 +356,7 @@ impl FilterFactory for TagFactory {
             config: self.source.current(),
             events: self.events.clone(),
             client_headers: true,
+            strips_headers: false,
             connected: false,
             cached: None,
             spoof_logged: None,
@@ -372,6 +373,10 @@ pub struct Tag {
     events: Arc<dyn Events>,
     /// Whether the client itself negotiated headers.
     client_headers: bool,
+    /// Whether the edge asked the upstream for headers on behalf of a client that did not:
+    /// its deliveries may then carry headers the client cannot read. It stays set: a later
+    /// CONNECT does not stop deliveries already on their way.
+    strips_headers: bool,
     /// Whether the client has sent its CONNECT, which names its user.
     connected: bool,
     /// The session's tags, and the user they were built for: built again when a CONNECT
@@ -608,12 +613,12 @@ impl Filter for Tag {
     }
 
     fn interest(&self) -> Interest {
-        if self.client_headers {
+        if !self.strips_headers {
             Interest::of(&[OpKind::Connect, OpKind::Pub])
         } else {
             // Deliveries to a client that did not negotiate headers lose theirs here. The
             // session reads this again after the CONNECT, so a client that did negotiate
-            // them keeps its deliveries on the fast path.
+            // them, or whose upstream sends none, keeps its deliveries on the fast path.
             Interest::of(&[OpKind::Connect, OpKind::Pub, OpKind::Msg])
         }
     }
@@ -652,6 +657,7 @@ impl Filter for Tag {
                         return Verdict::Changed;
                     }
                     connect.headers = Some(true);
+                    self.strips_headers = true;
                     return Verdict::Changed;
                 }
                 Verdict::Forward
