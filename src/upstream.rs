@@ -397,7 +397,12 @@ pub struct DialHistory {
     failed_at: Box<[AtomicU64]>,
     /// Per URL: it has been logged as down and not yet as answering again.
     logged_down: Box<[AtomicBool]>,
+    /// Per URL: the addresses its host resolved to last, for a dial whose lookup is slow.
+    resolved: Box<[std::sync::Mutex<Option<Addresses>>]>,
 }
+
+/// The addresses a host name resolved to.
+type Addresses = Arc<[std::net::SocketAddr]>;
 
 impl DialHistory {
     pub fn new(urls: usize) -> DialHistory {
@@ -405,6 +410,18 @@ impl DialHistory {
             started: Instant::now(),
             failed_at: (0..urls).map(|_| AtomicU64::new(0)).collect(),
             logged_down: (0..urls).map(|_| AtomicBool::new(false)).collect(),
+            resolved: (0..urls).map(|_| std::sync::Mutex::new(None)).collect(),
+        }
+    }
+
+    fn last_resolved(&self, url: usize) -> Option<Addresses> {
+        let slot = self.resolved.get(url)?;
+        slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_resolved(&self, url: usize, addrs: Addresses) {
+        if let Some(slot) = self.resolved.get(url) {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(addrs);
         }
     }
 
@@ -570,7 +587,7 @@ pub async fn dial_any(
     for i in order {
         let url = &upstream.urls[i];
         let dialled = WatchedDial {
-            dial: Box::pin(tokio::time::timeout(timeout, dial(upstream, url, client))),
+            dial: Box::pin(tokio::time::timeout(timeout, dial(upstream, i, client))),
             upstream,
             index: i,
             started: Instant::now(),
@@ -611,10 +628,32 @@ pub async fn dial_any(
 /// answer (a headless Service's name, a host with IPv6 and IPv4 addresses). Sessions start at
 /// different addresses in turn, so a dead one delays only some of them, and a live server
 /// that is full or going away is not the only one behind the name ever tried.
-async fn connect_tcp(url: &UpstreamUrl, timeout: Duration) -> io::Result<TcpStream> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut addrs: Vec<std::net::SocketAddr> =
-        tokio::net::lookup_host(url.authority()).await?.collect();
+///
+/// A lookup that takes longer than [`DNS_PATIENCE`] (a resolver that lost a query, a first
+/// nameserver that does not answer) is not waited for when an earlier one found addresses:
+/// those serve, and the connect timeout goes to the connect. A lookup that fails (the name
+/// is gone) fails the dial.
+async fn connect_tcp(upstream: &Upstream, index: usize) -> io::Result<TcpStream> {
+    let url = &upstream.urls[index];
+    let deadline = tokio::time::Instant::now() + upstream.connect_timeout;
+    let lookup = async {
+        let found: Addresses = tokio::net::lookup_host(url.authority()).await?.collect();
+        if !found.is_empty() {
+            upstream.history.set_resolved(index, found.clone());
+        }
+        io::Result::Ok(found)
+    };
+    let found = match upstream.history.last_resolved(index) {
+        Some(earlier) => {
+            let patience = DNS_PATIENCE.min(upstream.connect_timeout / 2);
+            match tokio::time::timeout(patience, lookup).await {
+                Ok(found) => found?,
+                Err(_) => earlier,
+            }
+        }
+        None => lookup.await?,
+    };
+    let mut addrs = found.to_vec();
     if addrs.len() > 1 {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let start = NEXT.fetch_add(1, Ordering::Relaxed) % addrs.len();
@@ -622,6 +661,9 @@ async fn connect_tcp(url: &UpstreamUrl, timeout: Duration) -> io::Result<TcpStre
     }
     connect_in_turn(&addrs, deadline).await
 }
+
+/// How long a dial waits for its host's lookup when an earlier lookup found addresses.
+const DNS_PATIENCE: Duration = Duration::from_millis(500);
 
 /// The least time an address gets while more time is left: a little over the 1 s after
 /// which Linux sends a lost SYN again, so that one lost SYN does not fail a live server.
@@ -649,10 +691,11 @@ async fn connect_in_turn(
 
 async fn dial(
     upstream: &Upstream,
-    url: &UpstreamUrl,
+    index: usize,
     client: Option<ProxyAddrs>,
 ) -> Result<(UpstreamStream, Info, BytesMut), DialError> {
-    let mut tcp = connect_tcp(url, upstream.connect_timeout)
+    let url = &upstream.urls[index];
+    let mut tcp = connect_tcp(upstream, index)
         .await
         .map_err(DialError::Connect)?;
     tcp.set_nodelay(true).map_err(DialError::Connect)?;
