@@ -268,11 +268,11 @@ subscribe = ">"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_rules_for_live_connections_and_keeps_them_on_a_bad_file() {
-    let monitor = free_port();
     let server = NatsServer::start_opts(ServerOpts {
-        args: vec!["-m".into(), monitor.to_string()],
+        args: vec!["-m".into(), "-1".into()],
         config: Some(SERVER_USERS_ONLY.to_string()),
     });
+    let monitor = server.monitor_port();
     let (dir, edge) = edge_with_rules(&server, "", RULES_BEFORE);
     let rules = dir.path().join("rules.toml");
 

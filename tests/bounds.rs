@@ -143,7 +143,9 @@ async fn a_subscriber_that_takes_nothing_is_closed_as_a_slow_consumer() {
     let edge = start_edge_toml(&edge_toml(
         &[server.url()],
         "",
-        "[limits]\nwrite_deadline = \"300ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        // Long enough that nats-server, busy on a loaded machine, always takes the
+        // publisher's bytes within it (the deadline bounds that direction too).
+        "[limits]\nwrite_deadline = \"1s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
     ))
     .await;
     let _stalled = stalled_subscriber(edge_addr(&edge), "firehose").await;
@@ -219,7 +221,10 @@ async fn a_client_is_heard_while_a_firehose_flows_to_it() {
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let server = NatsServer::start();
+    // The publisher below writes as fast as it can: room for nats-server to queue what the
+    // edge (a debug build, on a loaded machine) has not read yet, rather than close it as a
+    // slow consumer.
+    let server = NatsServer::start_with_config("max_pending: 512MB\n");
     let edge = start_edge(&[server.url()], "").await;
     let mut sub = tokio::net::TcpStream::connect(edge_addr(&edge))
         .await

@@ -213,8 +213,8 @@ async fn metrics_connz_and_varz_count_known_traffic() {
 /// and refuses bad values with the status and text nats-server's own monitor answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connz_takes_nats_servers_query_parameters() {
-    let monitor = free_port();
-    let server = NatsServer::start_with_args(&["-m", &monitor.to_string()]);
+    let server = NatsServer::start_with_args(&["-m", "-1"]);
+    let monitor = server.monitor_port();
     let edge = start_edge(&[server.url()], ADMIN).await;
     let admin = admin(&edge);
 

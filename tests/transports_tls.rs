@@ -259,8 +259,8 @@ async fn handshake_first_with_a_fallback_serves_tls_first_and_classic_clients() 
     let ca = pki.ca("ca");
     let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
     let server = NatsServer::start();
-    let delay = std::time::Duration::from_millis(500);
-    let table = format!("{}, handshake_first = \"500ms\"", cert_keys(&server_cert));
+    let delay = std::time::Duration::from_millis(1000);
+    let table = format!("{}, handshake_first = \"1s\"", cert_keys(&server_cert));
     let edge = start_edge_toml(&tls_toml(&server, &table)).await;
 
     // A client that waits: nothing for the fallback delay, then the INFO in the clear, then

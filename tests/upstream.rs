@@ -83,7 +83,7 @@ async fn a_url_that_failed_is_tried_last_for_a_while() {
     let silent_url = format!("nats://{}", silent.local_addr().unwrap());
     let server = NatsServer::start();
     let urls = [silent_url, server.url()];
-    let extra = "connect_timeout = \"300ms\"\n";
+    let extra = "connect_timeout = \"1s\"\n";
     let edge = start_edge(&urls, extra).await;
     for round in 0..4 {
         if round == 3 {

@@ -330,6 +330,16 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The port of the server's monitoring listener (started with `-m -1`, which picks a
+    /// free one), from its log: a port found free first and bound later could be taken by
+    /// another test in between.
+    pub fn monitor_port(&self) -> u16 {
+        let log = self.log.clone();
+        blocking(move || log.wait_for(0, WAIT, |l| port_after(l, "Starting http monitor on ")))
+            .map(|(_, port)| port)
+            .unwrap_or_else(|| panic!("no monitoring listener:\n{}", self.log.dump()))
+    }
+
     /// The port of the server's websocket listener (a config with `websocket { listen:
     /// "127.0.0.1:-1" }`), from its log.
     pub fn websocket_port(&self) -> u16 {

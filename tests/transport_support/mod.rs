@@ -364,11 +364,11 @@ pub async fn tcp(addr: SocketAddr) -> TcpStream {
 
 /// A nats-server started with a config file (nats-server syntax) and a monitoring port.
 pub fn server_with_monitor(config: &str) -> (NatsServer, u16) {
-    let port = crate::common::free_port();
     let server = NatsServer::start_opts(ServerOpts {
-        args: vec!["-m".into(), port.to_string()],
+        args: vec!["-m".into(), "-1".into()],
         config: Some(config.to_string()),
     });
+    let port = server.monitor_port();
     (server, port)
 }
 
