@@ -139,12 +139,14 @@ impl HeaderWriter {
 
     /// Appends field lines already formatted, each ending in CRLF.
     pub fn lines(&mut self, lines: &[u8]) {
+        self.end_kept_line();
         self.buf.put_slice(lines);
     }
 
     /// Appends `name: value`. Line ends in the value become spaces, so a value can never
     /// start a field of its own.
     pub fn field(&mut self, name: &[u8], value: &[u8]) {
+        self.end_kept_line();
         self.buf.put_slice(name);
         self.buf.put_slice(b": ");
         for b in value {
@@ -152,6 +154,16 @@ impl HeaderWriter {
                 .put_u8(if matches!(b, b'\r' | b'\n') { b' ' } else { *b });
         }
         self.buf.put_slice(b"\r\n");
+    }
+
+    /// Before a line of the edge's own: a kept line that ended in a bare `\n` ends in
+    /// `\r\n`, or a parser that ends lines only there would read the edge's line as part
+    /// of the kept one's value (a tag hidden from nats.js).
+    fn end_kept_line(&mut self) {
+        if self.buf.ends_with(b"\n") && !self.buf.ends_with(b"\r\n") {
+            self.buf.truncate(self.buf.len() - 1);
+            self.buf.put_slice(b"\r\n");
+        }
     }
 
     pub fn finish(mut self) -> Bytes {
@@ -256,5 +268,34 @@ mod tests {
             w.line(&block, line);
         }
         assert_eq!(&w.finish()[..], b"NATS/1.0\r\nA: x\ny\r\nB: 2\r\n\r\n");
+    }
+
+    /// A line of the edge's after a kept line that ended in a bare `\n` starts a line of its
+    /// own for a parser that ends lines only at `\r\n`.
+    #[test]
+    fn the_edges_lines_never_join_a_kept_one() {
+        let block = Headers::parse(b"NATS/1.0\r\nA: x\nB: y\n\n").unwrap();
+        for edge_line in [true, false] {
+            let mut w = HeaderWriter::new(block.first_line);
+            for line in &block.lines {
+                w.line(&block, line);
+            }
+            if edge_line {
+                w.lines(b"Tag: t\r\n");
+            } else {
+                w.field(b"Tag", b"t");
+            }
+            let built = w.finish();
+            let crlf_lines: Vec<&[u8]> = built
+                .split(|b| *b == b'\n')
+                .filter(|l| l.ends_with(b"\r"))
+                .collect();
+            assert!(
+                crlf_lines.iter().any(|l| *l == b"Tag: t\r"),
+                "{}",
+                built.escape_ascii()
+            );
+            assert!(built.starts_with(b"NATS/1.0\r\nA: x\nB: y\r\nTag: t\r\n"));
+        }
     }
 }
