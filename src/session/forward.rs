@@ -201,11 +201,6 @@ impl Forwarder {
         self.stopped
     }
 
-    /// The reader's end has been read (or its read failed): what it sent is all there is.
-    pub fn reached_eof(&self) -> bool {
-        self.eof
-    }
-
     /// Nothing left to write or flush.
     pub fn is_drained(&self) -> bool {
         self.out.is_empty() && !self.needs_flush

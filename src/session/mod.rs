@@ -545,6 +545,9 @@ where
     let handshake = tokio::time::sleep(env.handshake_timeout);
     tokio::pin!(handshake);
     let mut close_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    // Whether `close_deadline` is the longer backstop of a delivery after a failed upstream
+    // write, to be cut to the close grace if the session starts closing.
+    let mut close_deadline_long = false;
     let mut client_stall = WriteStall::default();
     let mut upstream_stall = WriteStall::default();
     // Armed only while a buffer is grown, so idle connections carry no timer.
@@ -570,14 +573,12 @@ where
     let mut client_info_published: Option<(u64, Option<String>)> = None;
     // The client's side reached its end after the CONNECT.
     let mut client_ended = false;
-    // A write to the upstream failed: nothing more goes there, but what it sent before it
-    // went (nats-server's `-ERR` before it closes a connection whose unread input then
-    // resets it) is still read and delivered, until its end or the close grace.
+    // A write to the upstream failed (it closed, or reset): nothing more goes there, but
+    // what it sent before (nats-server's `-ERR` before it closes a connection, whose unread
+    // input then resets it) is still read and delivered, to its end: a write failure means
+    // the connection is gone, so its reads end too. The client's write deadline bounds the
+    // delivery, as any, with a grace as long as that deadline for a backstop.
     let mut upstream_write_failed = false;
-    // The write failed after the upstream's end had been read: the upstream closed, and the
-    // client's next op found it gone. Its end is the reason, and all it sent before goes to
-    // the client (bounded by the client's write deadline, as any delivery).
-    let mut upstream_closed_first = false;
 
     poll_fn(|cx| loop {
         let generation = shared.generation;
@@ -637,16 +638,11 @@ where
 
         match u2c.poll(cx, upstream, client, shared) {
             Poll::Ready(Ok(())) => {
-                let ended = if upstream_write_failed && !upstream_closed_first {
-                    CloseReason::UpstreamIoError
-                } else {
-                    CloseReason::UpstreamClosed
-                };
-                return Poll::Ready(shared.closing.unwrap_or(ended));
+                return Poll::Ready(shared.closing.unwrap_or(CloseReason::UpstreamClosed));
             }
             Poll::Ready(Err(IoFailure::Read(e))) => {
                 tracing::debug!(error = %e, "upstream read failed");
-                return Poll::Ready(CloseReason::UpstreamIoError);
+                return Poll::Ready(shared.closing.unwrap_or(CloseReason::UpstreamIoError));
             }
             Poll::Ready(Err(IoFailure::Write(e))) => {
                 tracing::debug!(error = %e, "client write failed");
@@ -720,7 +716,6 @@ where
                 // already closing still delivers what is queued for the client (its closing
                 // `-ERR`), within the close grace, and ends for its own reason.
                 upstream_write_failed = true;
-                upstream_closed_first = u2c.reached_eof();
                 c2u.stop();
                 continue;
             }
@@ -771,15 +766,25 @@ where
             {
                 return Poll::Ready(reason);
             }
-            // An upstream that closed first has sent all it will: its end comes when that is
-            // delivered, and the client's write deadline bounds the delivery.
-            let delivering = upstream_closed_first && shared.closing.is_none();
-            if !delivering {
-                let deadline =
-                    close_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(CLOSE_GRACE)));
-                if deadline.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(reason);
-                }
+            // An upstream gone after a failed write has sent all it will: the session ends
+            // when that is delivered (its end read), the client's write deadline bounding the
+            // delivery; the longer grace is only a backstop.
+            let long_grace = upstream_write_failed && shared.closing.is_none();
+            if !long_grace && std::mem::take(&mut close_deadline_long) {
+                // Closing now: the close grace, not the backstop, bounds what is left.
+                close_deadline = None;
+            }
+            let deadline = close_deadline.get_or_insert_with(|| {
+                close_deadline_long = long_grace;
+                let grace = if long_grace {
+                    env.write_deadline.max(CLOSE_GRACE)
+                } else {
+                    CLOSE_GRACE
+                };
+                Box::pin(tokio::time::sleep(grace))
+            });
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(reason);
             }
         }
 
