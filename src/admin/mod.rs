@@ -201,14 +201,18 @@ async fn serve_connection(
                     "admin server busy: health probes only\n",
                 )),
                 _ => {
-                    // Never closed, so the permit always comes.
-                    let _building = builders.acquire_owned().await;
-                    let built = tokio::task::spawn_blocking(move || route(&shared, &path, &query))
-                        .await
-                        .unwrap_or_else(|e| {
-                            tracing::warn!(error = %e, "admin request failed");
-                            text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
-                        });
+                    // Never closed, so the permit always comes. Held by the build itself, which
+                    // runs on even if the request is dropped (its client left).
+                    let building = builders.acquire_owned().await;
+                    let built = tokio::task::spawn_blocking(move || {
+                        let _building = building;
+                        route(&shared, &path, &query)
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "admin request failed");
+                        text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+                    });
                     within_budget(built, &budget)
                 }
             };
