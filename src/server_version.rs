@@ -51,16 +51,37 @@ impl ServerVersion {
         }
     }
 
-    /// Whether a nats-server of this version, with `proxy_protocol` on, skips the PROXY
-    /// header of a connection it requires TLS on, and takes the header for the start of the
-    /// TLS handshake: 2.12.2 (the first with PROXY protocol) to 2.12.8, and 2.14.0. Fixed in
-    /// 2.12.9 and 2.14.1, and their release candidates ("PROXY protocol with required TLS
-    /// listener").
-    pub fn skips_proxy_header_before_tls(self) -> bool {
-        match (self.major, self.minor) {
-            (2, 12) => (2..9).contains(&self.patch),
-            (2, 14) => self.patch == 0,
-            _ => false,
+    /// Whether a nats-server of this version, with `proxy_protocol` on, misreads a PROXY
+    /// header sent ahead of TLS, and if so on which connections and where it is fixed.
+    /// Where it requires TLS (`tls_required`), 2.12.2 (the first with PROXY protocol) to
+    /// 2.12.8 and 2.14.0 skip the header and take it for the start of the TLS handshake
+    /// (fixed in 2.12.9 and 2.14.1 and their release candidates, "PROXY protocol with
+    /// required TLS listener"). Where TLS is optional (`allow_non_tls`), up to 2.12.11 and
+    /// 2.14.2 take the header's first byte for a plain client and hand the ClientHello to
+    /// the NATS parser (fixed in 2.12.12 and 2.14.3, "TLS detection with allow_non_tls
+    /// inspecting PROXY header byte", in no release candidate).
+    pub fn misreads_proxy_header_before_tls(
+        self,
+        tls_required: bool,
+    ) -> Option<(&'static str, &'static str)> {
+        let (major, minor, patch) = (self.major, self.minor, self.patch);
+        if tls_required {
+            let misreads = match (major, minor) {
+                (2, 12) => (2..9).contains(&patch),
+                (2, 14) => patch == 0,
+                _ => false,
+            };
+            misreads.then_some(("where it requires TLS", "2.12.9 and 2.14.1"))
+        } else {
+            let misreads = match (major, minor) {
+                (2, 12) => (2..12).contains(&patch) || (patch == 12 && self.pre_release),
+                (2, 14) => patch < 3 || (patch == 3 && self.pre_release),
+                _ => false,
+            };
+            misreads.then_some((
+                "where TLS is optional (allow_non_tls)",
+                "2.12.12 and 2.14.3",
+            ))
         }
     }
 }
@@ -90,6 +111,24 @@ mod tests {
     }
 
     #[test]
+    fn which_servers_misread_the_proxy_header_before_optional_tls() {
+        for (version, misreads) in [
+            ("2.12.1", false),
+            ("2.12.2", true),
+            ("2.12.11", true),
+            ("2.12.12-RC.1", true),
+            ("2.12.12", false),
+            ("2.14.2", true),
+            ("2.14.3", false),
+            ("2.15.1", false),
+        ] {
+            let parsed = ServerVersion::parse(version);
+            let got = parsed.misreads_proxy_header_before_tls(false).is_some();
+            assert_eq!(got, misreads, "{version}");
+        }
+    }
+
+    #[test]
     fn which_servers_skip_the_proxy_header_before_tls() {
         for (version, skips) in [
             ("2.12.1", false),
@@ -105,7 +144,8 @@ mod tests {
             ("garbage", false),
         ] {
             let parsed = ServerVersion::parse(version);
-            assert_eq!(parsed.skips_proxy_header_before_tls(), skips, "{version}");
+            let got = parsed.misreads_proxy_header_before_tls(true).is_some();
+            assert_eq!(got, skips, "{version}");
         }
     }
 }

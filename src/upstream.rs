@@ -232,14 +232,18 @@ pub enum DialError {
          takes the PROXY header for a TLS handshake and sends no INFO: set upstream.tls.handshake_first = true"
     )]
     TimeoutAfterProxyHeader(Duration),
-    /// Its INFO says TLS is required and its version skips a PROXY header on such a
-    /// connection ([`ServerVersion::skips_proxy_header_before_tls`]): the TLS handshake
-    /// would fail on the header's bytes.
+    /// Its INFO and version say it misreads a PROXY header ahead of TLS
+    /// ([`ServerVersion::misreads_proxy_header_before_tls`]): the TLS handshake would fail
+    /// on the header's bytes, or the ClientHello go to its NATS parser.
     #[error(
-        "nats-server {0} reads no PROXY header on a TLS connection (2.12.9 and 2.14.1 do): \
+        "nats-server {version} misreads a PROXY header ahead of TLS {when} (fixed in {fixed_in}): \
          upgrade it, or turn upstream.proxy_protocol off"
     )]
-    ProxyHeaderUnreadBeforeTls(String),
+    ProxyHeaderBeforeTls {
+        version: String,
+        when: &'static str,
+        fixed_in: &'static str,
+    },
     #[error("closed before sending INFO")]
     ClosedBeforeInfo,
     #[error("read: {0}")]
@@ -274,7 +278,7 @@ impl DialError {
             DialError::TlsRequired
             | DialError::TlsUnavailable
             | DialError::Tls(_)
-            | DialError::ProxyHeaderUnreadBeforeTls(_) => "TLS failed",
+            | DialError::ProxyHeaderBeforeTls { .. } => "TLS failed",
             DialError::LameDuck => "lame duck mode",
             DialError::Full => "maximum connections exceeded",
         }
@@ -498,10 +502,11 @@ impl Upstream {
     }
 
     /// The error for a dial to `url` that ran out of time, with a hint where a PROXY header
-    /// goes before classic TLS (see [`DialError::TimeoutAfterProxyHeader`]).
-    fn timed_out(&self, url: &UpstreamUrl) -> DialError {
+    /// went before classic TLS and no INFO came (see [`DialError::TimeoutAfterProxyHeader`]);
+    /// a dial that timed out before (a connect to an address that drops packets) gets none.
+    fn timed_out(&self, url: &UpstreamUrl, header_sent: bool) -> DialError {
         let classic_tls = self.tls_for(url).is_some_and(|tls| !tls.handshake_first());
-        if self.proxy_protocol.is_some() && classic_tls {
+        if header_sent && classic_tls {
             DialError::TimeoutAfterProxyHeader(self.connect_timeout)
         } else {
             DialError::Timeout(self.connect_timeout)
@@ -586,8 +591,12 @@ pub async fn dial_any(
     order.extend(lately);
     for i in order {
         let url = &upstream.urls[i];
+        let header_sent = AtomicBool::new(false);
         let dialled = WatchedDial {
-            dial: Box::pin(tokio::time::timeout(timeout, dial(upstream, i, client))),
+            dial: Box::pin(tokio::time::timeout(
+                timeout,
+                dial(upstream, i, client, &header_sent),
+            )),
             upstream,
             index: i,
             started: Instant::now(),
@@ -595,7 +604,8 @@ pub async fn dial_any(
             ended: client.is_none(),
         }
         .await;
-        let dialled = dialled.unwrap_or_else(|_| Err(upstream.timed_out(url)));
+        let dialled = dialled
+            .unwrap_or_else(|_| Err(upstream.timed_out(url, header_sent.load(Ordering::Relaxed))));
         upstream.history.record(i, dialled.is_ok());
         // A URL that goes down or comes back is logged when it does: a failure that the
         // next URL makes up for is otherwise seen only in the dial counters.
@@ -689,10 +699,13 @@ async fn connect_in_turn(
     Err(last)
 }
 
+/// `header_sent` is set once a PROXY header has gone out, for the error of a dial that
+/// then times out.
 async fn dial(
     upstream: &Upstream,
     index: usize,
     client: Option<ProxyAddrs>,
+    header_sent: &AtomicBool,
 ) -> Result<(UpstreamStream, Info, BytesMut), DialError> {
     let url = &upstream.urls[index];
     let mut tcp = connect_tcp(upstream, index)
@@ -705,6 +718,7 @@ async fn dial(
             ProxyProtocolVersion::V2 => proxy_protocol::encode_v2(client),
         };
         tcp.write_all(&header).await.map_err(DialError::Connect)?;
+        header_sent.store(true, Ordering::Relaxed);
     }
     let Some(tls) = upstream.tls_for(url) else {
         let (info, leftover) = read_info(&mut tcp).await?;
@@ -728,10 +742,17 @@ async fn dial(
     if info.tls_required != Some(true) && info.tls_available != Some(true) {
         return Err(DialError::TlsUnavailable);
     }
-    if upstream.proxy_protocol.is_some() && info.tls_required == Some(true) {
+    if upstream.proxy_protocol.is_some() {
         if let Some(version) = info.extra.get("version").and_then(|v| v.as_str()) {
-            if ServerVersion::parse(version).skips_proxy_header_before_tls() {
-                return Err(DialError::ProxyHeaderUnreadBeforeTls(version.to_string()));
+            let required = info.tls_required == Some(true);
+            if let Some((when, fixed_in)) =
+                ServerVersion::parse(version).misreads_proxy_header_before_tls(required)
+            {
+                return Err(DialError::ProxyHeaderBeforeTls {
+                    version: version.to_string(),
+                    when,
+                    fixed_in,
+                });
             }
         }
     }
