@@ -145,8 +145,13 @@ impl Filter for Limits {
                     return Verdict::error(errors::MAX_SUBSCRIPTIONS_EXCEEDED);
                 }
                 // Below it, an invalid subject is the upstream's to refuse ('Invalid
-                // Subject') and never becomes a subscription.
+                // Subject') and never becomes a subscription. It waits for the upstream to
+                // answer the SUBs before it: at the upstream's own limit its refusal names no
+                // SUB, and must not be taken for one of theirs (see `SubAnswers`).
                 if !subject::is_valid_subject(&sub.subject) {
+                    if !ctx.upstream_caught_up {
+                        return Verdict::Defer;
+                    }
                     return Verdict::Forward;
                 }
                 if self.subs.contains_key(&sub.sid) {
@@ -385,10 +390,10 @@ mod tests {
         );
     }
 
-    /// nats-server's own subscription limit (per connection, or an account's, which other
-    /// connections share) refuses SUBs the edge counted: each refusal takes back the newest
-    /// SUB not yet answered, so when the upstream has room again (an account's other
-    /// connections ended) the edge has too.
+    /// nats-server's own subscription limit (its `max_subscriptions`, or a JWT account's or
+    /// user's, applied per connection) refuses SUBs the edge counted: each refusal takes back
+    /// the newest SUB not yet answered, so refused SUBs do not use up the edge's own limit
+    /// (one raised upstream later, by a reload or a JWT update, is then the one in force).
     #[test]
     fn a_sub_refused_at_the_upstreams_limit_frees_its_slot() {
         let mut ctx = ctx();
@@ -426,6 +431,14 @@ mod tests {
             }),
             &mut ctx,
         );
+        // An invalid subject waits for the SUBs before it to be answered: at the upstream's
+        // limit it is refused with the same words, which must not take a live entry.
+        let mut bad = ClientOp::Sub(Sub {
+            subject: Bytes::from_static(b"a..b"),
+            queue: None,
+            sid: Bytes::from_static(b"9"),
+        });
+        assert_eq!(f.on_client_op(&mut bad, &mut ctx), Verdict::Defer);
         assert_eq!(f.on_client_op(&mut sub("5"), &mut ctx), Verdict::Forward);
         assert_eq!(f.on_client_op(&mut sub("6"), &mut ctx), Verdict::Defer);
     }
