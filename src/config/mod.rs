@@ -957,19 +957,20 @@ impl Config {
     }
 }
 
-/// Whether two sockets bound at `a` and `b` would take the same port. Port 0 asks the system
-/// for a free port, a different one each time. An unspecified address takes its port on
-/// every address of its family, and `[::]` (dual-stack) on IPv4 addresses too.
 /// Whether dialling `host:port` surely reaches a listener bound at `bind`: its own address,
-/// or a loopback one (`localhost` included) when the listener takes every address. Any
-/// other address under an unspecified bind may be another machine's.
+/// or a loopback one (`localhost` included, as 127.0.0.1 or ::1) when the listener takes
+/// every address. Any other address under an unspecified bind may be another machine's.
 fn dials_itself(host: &str, port: u16, bind: SocketAddr) -> bool {
     if port == 0 || port != bind.port() {
         return false;
     }
     let bound = bind.ip().to_canonical();
     if host.eq_ignore_ascii_case("localhost") {
-        return bound.is_unspecified() || bound.is_loopback();
+        let localhost = [
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ];
+        return bound.is_unspecified() || localhost.contains(&bound);
     }
     let Ok(ip) = host
         .trim_start_matches('[')
@@ -982,6 +983,9 @@ fn dials_itself(host: &str, port: u16, bind: SocketAddr) -> bool {
     ip == bound || (ip.is_loopback() && bound.is_unspecified() && (bound.is_ipv6() || ip.is_ipv4()))
 }
 
+/// Whether two sockets bound at `a` and `b` would take the same port. Port 0 asks the system
+/// for a free port, a different one each time. An unspecified address takes its port on
+/// every address of its family, and `[::]` (dual-stack) on IPv4 addresses too.
 fn binds_clash(a: SocketAddr, b: SocketAddr) -> bool {
     let covers = |a: std::net::IpAddr, b: std::net::IpAddr| {
         a == b || (a.is_unspecified() && (a.is_ipv6() || b.is_ipv4()))
@@ -1295,6 +1299,7 @@ mod tests {
             ("0.0.0.0:4222", "nats://10.0.0.5:4222"),
             ("0.0.0.0:4222", "nats://127.0.0.1:4223"),
             ("127.0.0.1:4222", "nats://127.0.0.2:4222"),
+            ("127.0.0.2:4222", "nats://localhost:4222"),
             ("0.0.0.0:4222", "nats://nats.internal:4222"),
         ] {
             assert_eq!(load(bind, url), Ok(()), "{bind} {url}");
