@@ -510,21 +510,24 @@ async fn tell_and_close(
 
 /// Resolves when the client closes (or resets) its connection before sending a byte; never
 /// otherwise. It only peeks at the socket, so what the client sends stays for the session
-/// (and a TLS client on a plain listener is still recognised by its first read). Clients of
-/// the other transports finished a handshake before the dial, and then have nothing to send
-/// until the INFO: one that leaves while the upstream is dialled (a browser tab closed) is
-/// seen this way too, unless it says goodbye first (a WebSocket close frame, a TLS
-/// close_notify), which is a byte like any other here.
+/// (and a TLS client on a plain listener is still recognised by its first read). A
+/// WebSocket client has nothing to send until the INFO either: one that leaves while the
+/// upstream is dialled (a browser tab closed) is seen this way too, unless it sent a frame
+/// with its upgrade request. Under TLS, bytes the client sent may already sit in the TLS
+/// layer, unseen by a peek, so only a reset counts there (a close might follow a CONNECT
+/// that must still go upstream).
 async fn left_before_speaking(client: &transport::ClientStream) {
-    let socket = match client {
-        transport::ClientStream::Tcp(tcp) => tcp.get_ref(),
-        transport::ClientStream::Tls(tls) => tls.get_ref().0.get_ref(),
-        transport::ClientStream::Ws(ws) => ws.get_ref(),
-        transport::ClientStream::Wss(wss) => wss.get_ref().get_ref().0.get_ref(),
+    let (socket, end_counts) = match client {
+        transport::ClientStream::Tcp(tcp) => (tcp.get_ref(), true),
+        transport::ClientStream::Ws(ws) => (ws.get_ref(), !ws.has_buffered_input()),
+        transport::ClientStream::Tls(tls) => (tls.get_ref().0.get_ref(), false),
+        transport::ClientStream::Wss(wss) => (wss.get_ref().get_ref().0.get_ref(), false),
     };
     let mut byte = [0u8; 1];
-    if let Ok(0) | Err(_) = socket.peek(&mut byte).await {
-        return;
+    match socket.peek(&mut byte).await {
+        Err(_) => return,
+        Ok(0) if end_counts => return,
+        _ => {}
     }
     std::future::pending().await
 }

@@ -333,6 +333,12 @@ where
         &self.io
     }
 
+    /// Bytes already read from the connection and not yet taken as frames (what the client
+    /// sent with its upgrade request).
+    pub fn has_buffered_input(&self) -> bool {
+        !self.rbuf.is_empty()
+    }
+
     /// Between two data frames: a control frame may go out.
     fn between_frames(&self) -> bool {
         self.no_plain_frame() && self.zsent == self.zout.len()
