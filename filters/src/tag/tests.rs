@@ -532,3 +532,28 @@ fn an_empty_header_block_is_no_headers() {
     assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
     assert!(headers_of(&op).starts_with("NATS/1.0\r\nNats-Edge-Client-Addr: "));
 }
+
+/// Deliveries are looked at only when the edge asked the upstream for headers on behalf of
+/// a client that did not: a client that asked itself, or one whose upstream sends none,
+/// keeps its deliveries on the fast path.
+#[test]
+fn deliveries_are_looked_at_only_where_headers_may_need_stripping() {
+    for (client_headers, upstream_headers, looks) in [
+        (true, true, false),
+        (false, false, false),
+        (false, true, true),
+    ] {
+        let (mut f, mut ctx) = unconnected(config("default"));
+        ctx.upstream_headers = upstream_headers;
+        let mut connect = ClientOp::Connect(Box::new(Connect {
+            headers: Some(client_headers),
+            ..Connect::default()
+        }));
+        f.on_client_op(&mut connect, &mut ctx);
+        assert_eq!(
+            f.interest().contains(OpKind::Msg),
+            looks,
+            "client headers {client_headers}, upstream headers {upstream_headers}"
+        );
+    }
+}
