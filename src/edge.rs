@@ -304,7 +304,10 @@ impl Edge {
         }
         let registry = Arc::new(Registry::default());
         metrics.count_traffic_of(registry.clone());
-        let health = Arc::new(Health::default());
+        // Twice the readiness check's interval: a failed dial makes the edge not ready only
+        // once no dial has succeeded for that long.
+        let success_window = config.admin.upstream_check_interval.0.saturating_mul(2);
+        let health = Arc::new(Health::with_success_window(success_window));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (stop_accepting, stop_rx) = watch::channel(false);
         let (lame_duck, lame_duck_rx) = watch::channel(false);

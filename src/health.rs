@@ -1,20 +1,34 @@
 //! Readiness: whether this edge should be sent new clients (`/readyz`).
 //!
-//! The rule: the listeners are bound, the most recent upstream dial succeeded, and the edge is
-//! not draining. "The most recent dial" is whichever came last of a client session's dial and
-//! the admin server's periodic check (`admin.upstream_check_interval`), so the state costs
-//! one Relaxed store per session and follows an upstream that goes away even when no client
-//! is connecting.
+//! The rule: the listeners are bound, an upstream is reachable, and the edge is not draining.
+//! An upstream is reachable when the most recent dial succeeded, or one did within the
+//! success window (twice `admin.upstream_check_interval`): "the most recent dial" is whichever
+//! came last of a client session's dial and the admin server's periodic check, so the state
+//! costs one Relaxed store per session and follows an upstream that goes away even when no
+//! client is connecting, while some dials failing among others that succeed (one bad server
+//! behind a Service address, a server at its `max_connections` now and then) does not take
+//! the edge in and out of service.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
+    started: Instant,
     listeners_bound: AtomicBool,
-    upstream_reachable: AtomicBool,
-    /// Whether any dial has finished yet.
-    upstream_known: AtomicBool,
+    /// When a dial last succeeded, and last failed: milliseconds since `started`, plus one;
+    /// 0 for never.
+    last_reached: AtomicU64,
+    last_failed: AtomicU64,
+    /// How long a success counts after a later failure, in milliseconds.
+    success_window_ms: u64,
     draining: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health::with_success_window(Duration::ZERO)
+    }
 }
 
 /// Why the edge is not ready.
@@ -38,14 +52,34 @@ impl NotReady {
 }
 
 impl Health {
+    /// A dial that succeeded keeps the edge ready for `window` after a later one failed.
+    pub fn with_success_window(window: Duration) -> Health {
+        Health {
+            started: Instant::now(),
+            listeners_bound: AtomicBool::new(false),
+            last_reached: AtomicU64::new(0),
+            last_failed: AtomicU64::new(0),
+            success_window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+    }
+
     pub fn set_listeners_bound(&self) {
         self.listeners_bound.store(true, Ordering::Relaxed);
     }
 
     /// The outcome of the latest upstream dial (every URL tried).
     pub fn upstream_dialled(&self, reachable: bool) {
-        self.upstream_reachable.store(reachable, Ordering::Relaxed);
-        self.upstream_known.store(true, Ordering::Relaxed);
+        let at = if reachable {
+            &self.last_reached
+        } else {
+            &self.last_failed
+        };
+        at.store(self.now(), Ordering::Relaxed);
     }
 
     pub fn set_draining(&self) {
@@ -61,12 +95,46 @@ impl Health {
             Err(NotReady::Draining)
         } else if !self.listeners_bound.load(Ordering::Relaxed) {
             Err(NotReady::ListenersNotBound)
-        } else if !self.upstream_known.load(Ordering::Relaxed) {
-            Err(NotReady::UpstreamUnknown)
-        } else if !self.upstream_reachable.load(Ordering::Relaxed) {
-            Err(NotReady::UpstreamUnreachable)
         } else {
-            Ok(())
+            let reached = self.last_reached.load(Ordering::Relaxed);
+            let failed = self.last_failed.load(Ordering::Relaxed);
+            if reached == 0 && failed == 0 {
+                Err(NotReady::UpstreamUnknown)
+            } else if failed > reached
+                && (reached == 0 || self.now().saturating_sub(reached) >= self.success_window_ms)
+            {
+                Err(NotReady::UpstreamUnreachable)
+            } else {
+                Ok(())
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failure after a success within the window leaves the edge ready; without a
+    /// success for longer, or with none ever, it is not.
+    #[test]
+    fn a_recent_success_outweighs_a_later_failure() {
+        let health = Health::with_success_window(Duration::from_secs(3600));
+        health.set_listeners_bound();
+        assert_eq!(health.ready(), Err(NotReady::UpstreamUnknown));
+        health.upstream_dialled(false);
+        assert_eq!(health.ready(), Err(NotReady::UpstreamUnreachable));
+        health.upstream_dialled(true);
+        health.upstream_dialled(false);
+        assert_eq!(health.ready(), Ok(()));
+        let strict = Health::default();
+        strict.set_listeners_bound();
+        strict.upstream_dialled(true);
+        assert_eq!(strict.ready(), Ok(()));
+        // Within the same millisecond a failure and a success tie: ready.
+        strict.upstream_dialled(false);
+        let now = strict.now();
+        strict.last_failed.store(now + 1, Ordering::Relaxed);
+        assert_eq!(strict.ready(), Err(NotReady::UpstreamUnreachable));
     }
 }
