@@ -263,6 +263,7 @@ async fn serve_conn(stream: TcpStream, conn: Conn) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
     }
+    crate::transport::keep_alive(&stream);
     let Conn {
         peer,
         conn_id,

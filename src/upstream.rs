@@ -712,6 +712,7 @@ async fn dial(
         .await
         .map_err(DialError::Connect)?;
     tcp.set_nodelay(true).map_err(DialError::Connect)?;
+    crate::transport::keep_alive(&tcp);
     if let Some(version) = upstream.proxy_protocol {
         let header = match version {
             ProxyProtocolVersion::V1 => proxy_protocol::encode_v1(client),

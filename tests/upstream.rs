@@ -449,3 +449,51 @@ async fn nkey_client_signs_the_upstream_nonce_through_the_edge() {
         "{err}"
     );
 }
+
+/// Both of the edge's links carry TCP keepalive, as Go (nats-server, nats.go) sets it on
+/// every connection: behind the edge, neither end's keepalive reaches the other side. Read
+/// from `/proc/net/tcp`, where a socket whose only timer is keepalive's shows timer 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_links_carry_tcp_keepalive() {
+    fn timer_of(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> Option<String> {
+        let hex = |a: std::net::SocketAddr| match a {
+            std::net::SocketAddr::V4(v4) => format!(
+                "{:08X}:{:04X}",
+                u32::from_le_bytes(v4.ip().octets()),
+                v4.port()
+            ),
+            std::net::SocketAddr::V6(_) => String::new(),
+        };
+        let (local, remote) = (hex(local), hex(remote));
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        table.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields[1] == local && fields[2] == remote)
+                .then(|| fields[5].split(':').next().unwrap().to_string())
+        })
+    }
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = silent.local_addr().unwrap();
+    let edge = start_edge(
+        &[format!("nats://{upstream}")],
+        "connect_timeout = \"30s\"\n",
+    )
+    .await;
+    let client = tokio::net::TcpStream::connect(edge_addr(&edge))
+        .await
+        .unwrap();
+    let (_dialled, edge_side) = within("the edge dials the upstream", silent.accept())
+        .await
+        .unwrap();
+    assert_eq!(
+        timer_of(edge_side, upstream).as_deref(),
+        Some("02"),
+        "the upstream link"
+    );
+    let client_addr = client.local_addr().unwrap();
+    assert_eq!(
+        timer_of(edge_addr(&edge), client_addr).as_deref(),
+        Some("02"),
+        "the client link"
+    );
+}

@@ -36,6 +36,20 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{HandshakeFirst, ListenerKind};
 use crate::metrics::HandshakeFailure;
 pub use linger::linger;
+
+/// TCP keepalive as Go sets it on every connection it dials or accepts (nats-server's and
+/// nats.go's): a probe after 15 s idle, then every 15 s, the kernel's count of them. Behind
+/// the edge neither end's keepalive reaches the other side, so the edge keeps both of its
+/// links alive itself: a peer gone without a reset (a node lost, a partition) is noticed in
+/// minutes, not when TCP's retransmissions give up.
+pub fn keep_alive(stream: &TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(15))
+        .with_interval(std::time::Duration::from_secs(15));
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "setting TCP keepalive failed");
+    }
+}
 pub use read_ahead::ReadAhead;
 
 /// A client connection after its transport handshake: the bytes of the NATS protocol.
