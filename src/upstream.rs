@@ -632,20 +632,19 @@ pub async fn dial_any(
     Err(AllUpstreamsFailed(failures))
 }
 
-/// Connects to one of the addresses `url`'s host resolves to, each given an equal share of
-/// the time left, as nats.go gives each address of a host its share of the connect timeout:
-/// a first address that drops packets must not use up the whole timeout while the others
-/// answer (a headless Service's name, a host with IPv6 and IPv4 addresses). Sessions start at
-/// different addresses in turn, so a dead one delays only some of them, and a live server
-/// that is full or going away is not the only one behind the name ever tried.
+/// The addresses the URL's host resolves to, in the order a dial tries them ([`dial`]: each
+/// given an equal share of the time left, as nats.go gives each address of a host its share
+/// of the connect timeout, so a first address that drops packets does not use up the whole
+/// timeout while the others answer: a headless Service's name, a host with IPv6 and IPv4
+/// addresses). Sessions start at different addresses in turn, so a dead one delays only some
+/// of them.
 ///
 /// A lookup that takes longer than [`DNS_PATIENCE`] (a resolver that lost a query, a first
 /// nameserver that does not answer) is not waited for when an earlier one found addresses:
 /// those serve, and the connect timeout goes to the connect. A lookup that fails (the name
 /// is gone) fails the dial.
-async fn connect_tcp(upstream: &Upstream, index: usize) -> io::Result<TcpStream> {
+async fn resolve(upstream: &Upstream, index: usize) -> io::Result<Vec<std::net::SocketAddr>> {
     let url = &upstream.urls[index];
-    let deadline = tokio::time::Instant::now() + upstream.connect_timeout;
     let lookup = async {
         let found: Addresses = tokio::net::lookup_host(url.authority()).await?.collect();
         if !found.is_empty() {
@@ -669,7 +668,7 @@ async fn connect_tcp(upstream: &Upstream, index: usize) -> io::Result<TcpStream>
         let start = NEXT.fetch_add(1, Ordering::Relaxed) % addrs.len();
         addrs.rotate_left(start);
     }
-    connect_in_turn(&addrs, deadline).await
+    Ok(addrs)
 }
 
 /// How long a dial waits for its host's lookup when an earlier lookup found addresses.
@@ -680,18 +679,19 @@ const DNS_PATIENCE: Duration = Duration::from_millis(500);
 const MIN_ADDRESS_SHARE: Duration = Duration::from_millis(1100);
 
 /// Tries `addrs` in order, each for its share of the time left before `deadline` (at least
-/// [`MIN_ADDRESS_SHARE`] of it, as Go's dialer keeps a floor per address).
+/// [`MIN_ADDRESS_SHARE`] of it, as Go's dialer keeps a floor per address); with the
+/// connection, how many addresses it took.
 async fn connect_in_turn(
     addrs: &[std::net::SocketAddr],
     deadline: tokio::time::Instant,
-) -> io::Result<TcpStream> {
+) -> io::Result<(TcpStream, usize)> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "the host resolved to no address");
     for (i, addr) in addrs.iter().enumerate() {
         let left = addrs.len() - i;
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let share = (remaining / left as u32).max(remaining.min(MIN_ADDRESS_SHARE));
         match tokio::time::timeout(share, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Ok(stream)) => return Ok((stream, i + 1)),
             Ok(Err(e)) => last = e,
             Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, format!("{addr}: timed out")),
         }
@@ -707,10 +707,35 @@ async fn dial(
     client: Option<ProxyAddrs>,
     header_sent: &AtomicBool,
 ) -> Result<(UpstreamStream, Info, BytesMut), DialError> {
+    let deadline = tokio::time::Instant::now() + upstream.connect_timeout;
+    let addrs = resolve(upstream, index).await.map_err(DialError::Connect)?;
+    let mut tried = 0;
+    loop {
+        let (tcp, took) = connect_in_turn(&addrs[tried..], deadline)
+            .await
+            .map_err(DialError::Connect)?;
+        tried += took;
+        match dial_on(upstream, index, tcp, client, header_sent).await {
+            // A server that is full or going away: another address of the same host (a
+            // headless Service's other pods) may have room, in the time left. The URL fails
+            // only when every address refused.
+            Err(DialError::Full | DialError::LameDuck) if tried < addrs.len() => {
+                header_sent.store(false, Ordering::Relaxed);
+            }
+            dialled => return dialled,
+        }
+    }
+}
+
+/// The rest of a dial on a connected socket: the PROXY header, TLS, the INFO.
+async fn dial_on(
+    upstream: &Upstream,
+    index: usize,
+    mut tcp: TcpStream,
+    client: Option<ProxyAddrs>,
+    header_sent: &AtomicBool,
+) -> Result<(UpstreamStream, Info, BytesMut), DialError> {
     let url = &upstream.urls[index];
-    let mut tcp = connect_tcp(upstream, index)
-        .await
-        .map_err(DialError::Connect)?;
     tcp.set_nodelay(true).map_err(DialError::Connect)?;
     crate::transport::keep_alive(&tcp);
     if let Some(version) = upstream.proxy_protocol {
@@ -856,10 +881,11 @@ mod tests {
         let live_addr = live.local_addr().unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
         let started = Instant::now();
-        let stream = connect_in_turn(&[silent_addr, live_addr], deadline)
+        let (stream, took_addresses) = connect_in_turn(&[silent_addr, live_addr], deadline)
             .await
             .expect("the second address");
         assert_eq!(stream.peer_addr().unwrap(), live_addr);
+        assert_eq!(took_addresses, 2);
         let took = started.elapsed();
         assert!(
             took >= Duration::from_millis(1500) && took < Duration::from_millis(3500),
