@@ -116,25 +116,40 @@ mod tests {
     use super::*;
 
     /// A failure after a success within the window leaves the edge ready; without a
-    /// success for longer, or with none ever, it is not.
+    /// success for longer, or with none ever, it is not. A success and a failure in the same
+    /// millisecond tie: ready.
     #[test]
     fn a_recent_success_outweighs_a_later_failure() {
-        let health = Health::with_success_window(Duration::from_secs(3600));
+        let mut health = Health::with_success_window(Duration::from_millis(100));
+        // As if started a second ago, so that "200 ms ago" is a time the clock has seen.
+        health.started = Instant::now()
+            .checked_sub(Duration::from_secs(1))
+            .expect("a second of uptime");
         health.set_listeners_bound();
         assert_eq!(health.ready(), Err(NotReady::UpstreamUnknown));
         health.upstream_dialled(false);
         assert_eq!(health.ready(), Err(NotReady::UpstreamUnreachable));
-        health.upstream_dialled(true);
-        health.upstream_dialled(false);
-        assert_eq!(health.ready(), Ok(()));
-        let strict = Health::default();
-        strict.set_listeners_bound();
-        strict.upstream_dialled(true);
-        assert_eq!(strict.ready(), Ok(()));
-        // Within the same millisecond a failure and a success tie: ready.
-        strict.upstream_dialled(false);
-        let now = strict.now();
-        strict.last_failed.store(now + 1, Ordering::Relaxed);
-        assert_eq!(strict.ready(), Err(NotReady::UpstreamUnreachable));
+        let set = |reached: u64, failed: u64| {
+            health.last_reached.store(reached, Ordering::Relaxed);
+            health.last_failed.store(failed, Ordering::Relaxed);
+        };
+        let now = health.now();
+        set(now, now + 5);
+        assert_eq!(
+            health.ready(),
+            Ok(()),
+            "a success 0 ms ago, within the window"
+        );
+        assert!(now > 200, "{now}");
+        set(now - 200, now);
+        assert_eq!(
+            health.ready(),
+            Err(NotReady::UpstreamUnreachable),
+            "no success for longer than the window"
+        );
+        set(now, now);
+        assert_eq!(health.ready(), Ok(()), "a tie");
+        set(now + 5, now);
+        assert_eq!(health.ready(), Ok(()), "the success came last");
     }
 }

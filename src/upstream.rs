@@ -403,6 +403,8 @@ pub struct DialHistory {
     logged_down: Box<[AtomicBool]>,
     /// Per URL: the addresses its host resolved to last, for a dial whose lookup is slow.
     resolved: Box<[std::sync::Mutex<Option<Addresses>>]>,
+    /// Per URL: a lookup is under way.
+    looking_up: Box<[AtomicBool]>,
 }
 
 /// The addresses a host name resolved to.
@@ -415,6 +417,19 @@ impl DialHistory {
             failed_at: (0..urls).map(|_| AtomicU64::new(0)).collect(),
             logged_down: (0..urls).map(|_| AtomicBool::new(false)).collect(),
             resolved: (0..urls).map(|_| std::sync::Mutex::new(None)).collect(),
+            looking_up: (0..urls).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    fn lookup_in_flight(&self, url: usize) -> bool {
+        self.looking_up
+            .get(url)
+            .is_some_and(|flag| flag.load(Ordering::Relaxed))
+    }
+
+    fn set_lookup_in_flight(&self, url: usize, in_flight: bool) {
+        if let Some(flag) = self.looking_up.get(url) {
+            flag.store(in_flight, Ordering::Relaxed);
         }
     }
 
@@ -641,26 +656,26 @@ pub async fn dial_any(
 ///
 /// A lookup that takes longer than [`DNS_PATIENCE`] (a resolver that lost a query, a first
 /// nameserver that does not answer) is not waited for when an earlier one found addresses:
-/// those serve, and the connect timeout goes to the connect. A lookup that fails (the name
-/// is gone) fails the dial.
+/// those serve, and the connect timeout goes to the connect. The lookup runs on as a task of
+/// its own and keeps its answer for the next dials, however long it took (one at a time per
+/// URL while there is an answer to use). A lookup that fails (the name is gone) fails the
+/// dial that waited for it.
 async fn resolve(upstream: &Upstream, index: usize) -> io::Result<Vec<std::net::SocketAddr>> {
-    let url = &upstream.urls[index];
-    let lookup = async {
-        let found: Addresses = tokio::net::lookup_host(url.authority()).await?.collect();
-        if !found.is_empty() {
-            upstream.history.set_resolved(index, found.clone());
-        }
-        io::Result::Ok(found)
-    };
-    let found = match upstream.history.last_resolved(index) {
+    let authority = upstream.urls[index].authority();
+    if let Ok(addr) = authority.parse::<std::net::SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let earlier = upstream.history.last_resolved(index);
+    let found = match earlier {
+        Some(earlier) if upstream.history.lookup_in_flight(index) => earlier,
         Some(earlier) => {
             let patience = DNS_PATIENCE.min(upstream.connect_timeout / 2);
-            match tokio::time::timeout(patience, lookup).await {
+            match tokio::time::timeout(patience, spawn_lookup(upstream, index, authority)).await {
                 Ok(found) => found?,
                 Err(_) => earlier,
             }
         }
-        None => lookup.await?,
+        None => spawn_lookup(upstream, index, authority).await?,
     };
     let mut addrs = found.to_vec();
     if addrs.len() > 1 {
@@ -669,6 +684,30 @@ async fn resolve(upstream: &Upstream, index: usize) -> io::Result<Vec<std::net::
         addrs.rotate_left(start);
     }
     Ok(addrs)
+}
+
+/// Looks `authority` up on a task of its own, which keeps what it finds for URL `index`
+/// whether or not the dial that started it is still waiting.
+async fn spawn_lookup(
+    upstream: &Upstream,
+    index: usize,
+    authority: String,
+) -> io::Result<Addresses> {
+    let history = upstream.history.clone();
+    history.set_lookup_in_flight(index, true);
+    let task = tokio::spawn(async move {
+        let found = tokio::net::lookup_host(authority)
+            .await
+            .map(|found| found.collect::<Addresses>());
+        if let Ok(found) = &found {
+            if !found.is_empty() {
+                history.set_resolved(index, found.clone());
+            }
+        }
+        history.set_lookup_in_flight(index, false);
+        found
+    });
+    task.await.unwrap_or_else(|e| Err(io::Error::other(e)))
 }
 
 /// How long a dial waits for its host's lookup when an earlier lookup found addresses.
@@ -710,17 +749,22 @@ async fn dial(
     let deadline = tokio::time::Instant::now() + upstream.connect_timeout;
     let addrs = resolve(upstream, index).await.map_err(DialError::Connect)?;
     let mut tried = 0;
+    // The first server that refused (full, going away): what the dial failed for if no other
+    // address connects.
+    let mut refused = None;
     loop {
-        let (tcp, took) = connect_in_turn(&addrs[tried..], deadline)
-            .await
-            .map_err(DialError::Connect)?;
+        let (tcp, took) = match connect_in_turn(&addrs[tried..], deadline).await {
+            Ok(connected) => connected,
+            Err(e) => return Err(refused.unwrap_or(DialError::Connect(e))),
+        };
         tried += took;
         match dial_on(upstream, index, tcp, client, header_sent).await {
             // A server that is full or going away: another address of the same host (a
             // headless Service's other pods) may have room, in the time left. The URL fails
             // only when every address refused.
-            Err(DialError::Full | DialError::LameDuck) if tried < addrs.len() => {
+            Err(e @ (DialError::Full | DialError::LameDuck)) if tried < addrs.len() => {
                 header_sent.store(false, Ordering::Relaxed);
+                refused.get_or_insert(e);
             }
             dialled => return dialled,
         }
@@ -765,6 +809,8 @@ async fn dial_on(
     }
     // Classic: INFO in the clear, then TLS, as nats-server expects by default.
     let (info, leftover) = read_info(&mut tcp).await?;
+    // The INFO came: a timeout from here on is not a fallback-mode server's.
+    header_sent.store(false, Ordering::Relaxed);
     if info.tls_required != Some(true) && info.tls_available != Some(true) {
         return Err(DialError::TlsUnavailable);
     }

@@ -22,7 +22,8 @@ async fn readyz_follows_the_upstream_and_the_drain() {
     );
     poll_http(admin, "/readyz", |status, _| (status == 200).then_some(())).await;
 
-    // The upstream goes away: the next check (or client dial) makes the edge unready.
+    // The upstream goes away: the checks (or client dials) make the edge unready once none
+    // has succeeded for two check intervals.
     server.stop();
     let body = poll_http(admin, "/readyz", |status, body| {
         (status == 503).then(|| body.to_string())

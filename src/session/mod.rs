@@ -582,6 +582,9 @@ where
     // the connection is gone, so its reads end too. The client's write deadline bounds the
     // delivery, as any, with a grace as long as that deadline for a backstop.
     let mut upstream_write_failed = false;
+    // The failed write found the connection reset (not closed): its end, read later, is that
+    // reset's, whatever the read says (Linux hands the error to the write alone).
+    let mut upstream_reset = false;
 
     poll_fn(|cx| loop {
         let generation = shared.generation;
@@ -641,7 +644,12 @@ where
 
         match u2c.poll(cx, upstream, client, shared) {
             Poll::Ready(Ok(())) => {
-                return Poll::Ready(shared.closing.unwrap_or(CloseReason::UpstreamClosed));
+                let ended = if upstream_reset {
+                    CloseReason::UpstreamIoError
+                } else {
+                    CloseReason::UpstreamClosed
+                };
+                return Poll::Ready(shared.closing.unwrap_or(ended));
             }
             Poll::Ready(Err(IoFailure::Read(e))) => {
                 tracing::debug!(error = %e, "upstream read failed");
@@ -719,6 +727,7 @@ where
                 // already closing still delivers what is queued for the client (its closing
                 // `-ERR`), within the close grace, and ends for its own reason.
                 upstream_write_failed = true;
+                upstream_reset = e.kind() == std::io::ErrorKind::ConnectionReset;
                 c2u.stop();
                 continue;
             }
