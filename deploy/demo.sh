@@ -54,6 +54,9 @@ workdir="$(mktemp -d "${TMPDIR:-/tmp}/nats-edge-demo.XXXXXX")"
 server_pid=""
 edge_pid=""
 cleanup() {
+    # No errexit here: an echo to a terminal that has gone away fails, and must not end the
+    # cleanup before nats-server is stopped.
+    set +e
     if [[ -n "$edge_pid" ]] && kill -0 "$edge_pid" 2>/dev/null; then
         kill -TERM "$edge_pid" 2>/dev/null || true
         wait "$edge_pid" 2>/dev/null || true

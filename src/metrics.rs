@@ -407,7 +407,7 @@ impl Metrics {
         );
         registry.register(
             "nats_edge_connections",
-            "Client connections accepted (transport handshake done)",
+            "Client sessions started (after the transport handshake; on a classic TLS listener before the TLS upgrade, which may still fail)",
             connections_total.clone(),
         );
         registry.register(
