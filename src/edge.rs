@@ -73,6 +73,8 @@ pub struct Identity {
     pub server_name: String,
     pub version: &'static str,
     pub start: SystemTime,
+    /// The same moment on the monotonic clock, for the uptime (as nats-server's `/varz`).
+    pub started: std::time::Instant,
 }
 
 /// What the edge's parts share: the admin server reads it, a drain and a reload act on it.
@@ -490,6 +492,7 @@ fn identity() -> Identity {
         server_name,
         version: env!("CARGO_PKG_VERSION"),
         start,
+        started: std::time::Instant::now(),
     }
 }
 

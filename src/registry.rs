@@ -19,7 +19,11 @@ pub struct ConnEntry {
     pub listener: String,
     pub transport: &'static str,
     pub client: SocketAddr,
+    /// When it started, as `/connz` shows it.
     pub start: SystemTime,
+    /// The same moment on the monotonic clock, for its uptime: a wall clock stepped back
+    /// (NTP, a resumed VM) must not stop it.
+    pub started: std::time::Instant,
     /// The authenticated user, set by whatever authenticates the connection (an auth
     /// filter); `None` until known.
     user: Mutex<Option<String>>,
@@ -71,6 +75,7 @@ impl ConnEntry {
             transport,
             client,
             start: SystemTime::now(),
+            started: std::time::Instant::now(),
             user: Mutex::new(None),
             upstream: OnceLock::new(),
             client_info: Mutex::new(None),

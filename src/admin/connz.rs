@@ -276,7 +276,7 @@ pub fn connz(shared: &EdgeShared, query: &str) -> Response<Body> {
                 ip: c.client.ip().to_string(),
                 port: c.client.port(),
                 start: rfc3339(c.start),
-                uptime: uptime(now.duration_since(c.start).unwrap_or_default()),
+                uptime: uptime(c.started.elapsed()),
                 in_msgs: counts.in_msgs,
                 out_msgs: counts.out_msgs,
                 in_bytes: counts.in_bytes,

@@ -68,10 +68,7 @@ pub fn varz(shared: &EdgeShared) -> Response<Body> {
         version: shared.identity.version,
         start: rfc3339(shared.identity.start),
         now: rfc3339(now),
-        uptime: uptime(
-            now.duration_since(shared.identity.start)
-                .unwrap_or_default(),
-        ),
+        uptime: uptime(shared.identity.started.elapsed()),
         connections: shared.registry.len(),
         total_connections: m.connections_total(),
         in_msgs: totals.in_msgs,
