@@ -720,7 +720,8 @@ async fn check_upstream(
         let dialled = tokio::select! {
             biased;
             _ = until_stopped(&mut shutdown) => return,
-            dialled = upstream::dial_any(&upstream, None) => dialled,
+            // Not counted in the dial counters: they count the dials clients made.
+            dialled = upstream::dial_any(&upstream, None, &|_, _| {}) => dialled,
         };
         shared.health.upstream_dialled(dialled.is_ok());
     }

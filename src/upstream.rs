@@ -592,10 +592,13 @@ pub struct Connected {
 /// URLs that failed within [`FAILED_URL_BACKOFF`] come after the others, still in order.
 /// `client` is the real client's address and the address it connected to, for the PROXY
 /// header; `None` for a connection of the edge's own (its readiness check), whose header
-/// says so (v1 `UNKNOWN`, v2 `LOCAL`).
+/// says so (v1 `UNKNOWN`, v2 `LOCAL`). `dialled` hears each URL's outcome (its name without
+/// credentials, and whether it failed) as it comes, so a call dropped before the end (its
+/// client left) has counted the URLs that had already answered.
 pub async fn dial_any(
     upstream: &Upstream,
     client: Option<ProxyAddrs>,
+    dialled_url: &(dyn Fn(&str, bool) + Sync),
 ) -> Result<Connected, AllUpstreamsFailed> {
     let mut failures = Vec::new();
     let timeout = upstream.connect_timeout;
@@ -622,6 +625,7 @@ pub async fn dial_any(
         let dialled = dialled
             .unwrap_or_else(|_| Err(upstream.timed_out(url, header_sent.load(Ordering::Relaxed))));
         upstream.history.record(i, dialled.is_ok());
+        dialled_url(&url.to_string(), dialled.is_err());
         // A URL that goes down or comes back is logged when it does: a failure that the
         // next URL makes up for is otherwise seen only in the dial counters.
         if upstream.history.log_worthy(i, dialled.as_ref().map(|_| ())) {

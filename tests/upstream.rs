@@ -50,6 +50,25 @@ async fn upstream_dial_failures_are_counted() {
     assert_eq!(edge.metrics().upstream_dial_failures(), 2);
 }
 
+/// A URL that refused is counted as it fails, while the dial goes on to the next one: a
+/// client that then gives up on a silent URL (and ends the dial) has not hidden it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_url_is_counted_while_the_dial_goes_on() {
+    let dead = dead_port();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("nats://{}", silent.local_addr().unwrap());
+    let edge = start_edge(&[dead.url(), silent_url], "connect_timeout = \"30s\"\n").await;
+    let client = tokio::net::TcpStream::connect(edge_addr(&edge))
+        .await
+        .unwrap();
+    let _dialled = within("the edge dials the silent URL", silent.accept())
+        .await
+        .unwrap();
+    // The dead URL was dialled first and refused: counted before the silent one answers.
+    assert_eq!(edge.metrics().upstream_dial_failures(), 1);
+    drop(client);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_to_the_second_upstream() {
     let server = NatsServer::start();

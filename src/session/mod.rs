@@ -285,6 +285,7 @@ async fn open(
     // The dial (a TLS handshake, perhaps) and the after-INFO TLS upgrade are boxed: awaited
     // in place, their large states would size this future, and so every idle session.
     let mut shutdown = env.shutdown.clone();
+    let count_dial = |url: &str, failed: bool| env.metrics.dialed(url, failed);
     let dialled = tokio::select! {
         biased;
         // A shutdown closes at once: it does not wait for a dial (up to the connect timeout
@@ -296,7 +297,11 @@ async fn open(
             linger(&mut client).await;
             return Err(SessionTotals::early(CloseReason::Shutdown));
         }
-        dialled = Box::pin(upstream::dial_any(&env.upstream, Some(origin))) => dialled,
+        dialled = Box::pin(upstream::dial_any(
+            &env.upstream,
+            Some(origin),
+            &count_dial,
+        )) => dialled,
         () = left_before_speaking(&client) => {
             // A load balancer's TCP probe, or a client that gave up on a slow upstream: no
             // one is left to serve, so the dial (up to the connect timeout per URL) stops.
@@ -304,13 +309,6 @@ async fn open(
             return Err(SessionTotals::early(CloseReason::ClientClosed));
         }
     };
-    let failures = match &dialled {
-        Ok(connected) => &connected.failures,
-        Err(failed) => &failed.0,
-    };
-    for (url, _) in failures {
-        env.metrics.dialed(url, true);
-    }
     env.health.upstream_dialled(dialled.is_ok());
     let connected = match dialled {
         Ok(connected) => connected,
@@ -334,7 +332,6 @@ async fn open(
         }
     };
     let upstream_url = connected.url.to_string();
-    env.metrics.dialed(&upstream_url, false);
     tracing::Span::current().record("upstream", tracing::field::display(&upstream_url));
     entry.set_upstream(upstream_url);
     tracing::debug!("upstream connected");
