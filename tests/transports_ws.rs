@@ -668,11 +668,9 @@ async fn close_frames_are_answered_as_nats_server_answers_them() {
     }
 }
 
-/// A shutdown while the upstream is still being dialled for a WebSocket client closes it at
-/// once, with nats-server's close frame for a shutdown.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shutdown_during_the_dial_sends_the_close_frame() {
-    // An "upstream" that accepts and never says a word.
+/// An edge with a `ws` listener whose only upstream accepts and never says a word, so that
+/// every session stays in its dial (for up to 30 s).
+async fn ws_edge_before_a_silent_upstream() -> (tokio::net::TcpListener, Edge) {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let edge = start_edge_toml(&format!(
         "[[listeners]]\nname = \"ws\"\nbind = \"127.0.0.1:0\"\nkind = \"ws\"\n\
@@ -680,6 +678,14 @@ async fn a_shutdown_during_the_dial_sends_the_close_frame() {
         silent.local_addr().unwrap()
     ))
     .await;
+    (silent, edge)
+}
+
+/// A shutdown while the upstream is still being dialled for a WebSocket client closes it at
+/// once, with nats-server's close frame for a shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_during_the_dial_sends_the_close_frame() {
+    let (silent, edge) = ws_edge_before_a_silent_upstream().await;
     let (mut ws, _) = raw_upgrade(&edge, None).await;
     let (_dialled, _) = within("the edge's dial", silent.accept()).await.unwrap();
     within_for(
@@ -772,13 +778,7 @@ async fn a_refused_client_gets_the_close_frame_nats_server_sends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ws_client_that_leaves_ends_the_dial() {
     use tokio::io::AsyncReadExt;
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let edge = start_edge_toml(&format!(
-        "[[listeners]]\nname = \"ws\"\nbind = \"127.0.0.1:0\"\nkind = \"ws\"\n\
-         [upstream]\nurls = [\"nats://{}\"]\nconnect_timeout = \"30s\"\n",
-        silent.local_addr().unwrap()
-    ))
-    .await;
+    let (silent, edge) = ws_edge_before_a_silent_upstream().await;
     let (client, _) = raw_upgrade(&edge, None).await;
     let (mut dialled, _) = within("the edge dials the upstream", silent.accept())
         .await
