@@ -27,6 +27,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::config::ListenerKind;
+use crate::registry::LiveCounts;
 
 /// Why a connection's transport handshake failed; counted per listener kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,6 +277,10 @@ impl EncodeMetric for BusyPollTime {
 #[derive(Debug)]
 struct Traffic {
     connections: Arc<OnceLock<Arc<crate::registry::Registry>>>,
+    /// The registry's totals, summed once for the scrape being encoded ([`Metrics::encode`]),
+    /// so the two traffic families walk the connections once between them: the walk holds
+    /// the lock a session starting or ending waits on.
+    scrape_totals: Arc<Mutex<Option<LiveCounts>>>,
     /// The ended sessions' counters, by direction: the values without a registry.
     ended: [Counter; 2],
     bytes: bool,
@@ -286,7 +291,11 @@ impl Traffic {
     fn values(&self) -> [u64; 2] {
         match self.connections.get() {
             Some(registry) => {
-                let t = registry.totals();
+                let summed = *self
+                    .scrape_totals
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let t = summed.unwrap_or_else(|| registry.totals());
                 if self.bytes {
                     [t.in_bytes, t.out_bytes]
                 } else {
@@ -332,6 +341,8 @@ pub struct Metrics {
     bytes: [Counter; 2],
     /// The connection registry the exported traffic counters are read from.
     connections: Arc<OnceLock<Arc<crate::registry::Registry>>>,
+    /// Its totals for the scrape being encoded (see [`Traffic::scrape_totals`]).
+    scrape_totals: Arc<Mutex<Option<LiveCounts>>>,
     acl_denials: Family<Labels2, Counter>,
     /// The denial counters of each user with a label of their own (at most
     /// [`MAX_USER_LABELS`]), by [`DenialKind`]; each made at that user's first denial in
@@ -385,6 +396,7 @@ impl Metrics {
         let messages = [Counter::default(), Counter::default()];
         let bytes = [Counter::default(), Counter::default()];
         let connections = Arc::new(OnceLock::new());
+        let scrape_totals = Arc::new(Mutex::new(None));
         let acl_denials = Family::<Labels2, Counter>::default();
         let rewrites = Family::<Labels1, Counter>::default();
         let tags_applied = Counter::default();
@@ -425,6 +437,7 @@ impl Metrics {
             "Message frames (PUB/HPUB, MSG/HMSG) read, by direction; live sessions as of their last wake-up",
             Traffic {
                 connections: connections.clone(),
+                scrape_totals: scrape_totals.clone(),
                 ended: messages.clone(),
                 bytes: false,
             },
@@ -434,6 +447,7 @@ impl Metrics {
             "Bytes read, by direction; live sessions as of their last wake-up",
             Traffic {
                 connections: connections.clone(),
+                scrape_totals: scrape_totals.clone(),
                 ended: bytes.clone(),
                 bytes: true,
             },
@@ -537,6 +551,7 @@ impl Metrics {
             messages,
             bytes,
             connections,
+            scrape_totals,
             registry,
             connections_open,
             connections_total,
@@ -589,8 +604,18 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::with_capacity(8 * 1024);
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        let summed = self.connections.get().map(|registry| registry.totals());
+        *self.scrape_totals_lock() = summed;
+        let encoded = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        *self.scrape_totals_lock() = None;
+        encoded?;
         Ok(out)
+    }
+
+    fn scrape_totals_lock(&self) -> std::sync::MutexGuard<'_, Option<LiveCounts>> {
+        self.scrape_totals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A session's totals, added once when it ends.
