@@ -120,11 +120,11 @@ mod tests {
     /// millisecond tie: ready.
     #[test]
     fn a_recent_success_outweighs_a_later_failure() {
-        let mut health = Health::with_success_window(Duration::from_millis(100));
-        // As if started a second ago, so that "200 ms ago" is a time the clock has seen.
+        let mut health = Health::with_success_window(Duration::from_secs(10));
+        // As if started a minute ago, so that "20 s ago" is a time the clock has seen.
         health.started = Instant::now()
-            .checked_sub(Duration::from_secs(1))
-            .expect("a second of uptime");
+            .checked_sub(Duration::from_secs(60))
+            .expect("a minute of uptime");
         health.set_listeners_bound();
         assert_eq!(health.ready(), Err(NotReady::UpstreamUnknown));
         health.upstream_dialled(false);
@@ -140,8 +140,8 @@ mod tests {
             Ok(()),
             "a success 0 ms ago, within the window"
         );
-        assert!(now > 200, "{now}");
-        set(now - 200, now);
+        assert!(now > 20_000, "{now}");
+        set(now - 20_000, now);
         assert_eq!(
             health.ready(),
             Err(NotReady::UpstreamUnreachable),

@@ -403,8 +403,8 @@ pub struct DialHistory {
     logged_down: Box<[AtomicBool]>,
     /// Per URL: the addresses its host resolved to last, for a dial whose lookup is slow.
     resolved: Box<[std::sync::Mutex<Option<Addresses>>]>,
-    /// Per URL: a lookup is under way.
-    looking_up: Box<[AtomicBool]>,
+    /// Per URL: when the lookup under way started (as [`DialHistory::now`]); 0: none.
+    looking_up: Box<[AtomicU64]>,
 }
 
 /// The addresses a host name resolved to.
@@ -417,20 +417,19 @@ impl DialHistory {
             failed_at: (0..urls).map(|_| AtomicU64::new(0)).collect(),
             logged_down: (0..urls).map(|_| AtomicBool::new(false)).collect(),
             resolved: (0..urls).map(|_| std::sync::Mutex::new(None)).collect(),
-            looking_up: (0..urls).map(|_| AtomicBool::new(false)).collect(),
+            looking_up: (0..urls).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
-    fn lookup_in_flight(&self, url: usize) -> bool {
-        self.looking_up
-            .get(url)
-            .is_some_and(|flag| flag.load(Ordering::Relaxed))
-    }
-
-    fn set_lookup_in_flight(&self, url: usize, in_flight: bool) {
-        if let Some(flag) = self.looking_up.get(url) {
-            flag.store(in_flight, Ordering::Relaxed);
-        }
+    /// Whether a lookup for `url` started less than `max_age` ago is still under way: one
+    /// older than that (a resolver that never answers) no longer stops the next dial from
+    /// looking the name up afresh.
+    fn lookup_in_flight(&self, url: usize, max_age: Duration) -> bool {
+        let max_age = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
+        self.looking_up.get(url).is_some_and(|since| {
+            let since = since.load(Ordering::Relaxed);
+            since != 0 && self.now().saturating_sub(since) < max_age
+        })
     }
 
     fn last_resolved(&self, url: usize) -> Option<Addresses> {
@@ -671,7 +670,13 @@ async fn resolve(upstream: &Upstream, index: usize) -> io::Result<Vec<std::net::
     }
     let earlier = upstream.history.last_resolved(index);
     let found = match earlier {
-        Some(earlier) if upstream.history.lookup_in_flight(index) => earlier,
+        Some(earlier)
+            if upstream
+                .history
+                .lookup_in_flight(index, upstream.connect_timeout * 2) =>
+        {
+            earlier
+        }
         Some(earlier) => {
             let patience = DNS_PATIENCE.min(upstream.connect_timeout / 2);
             match tokio::time::timeout(patience, spawn_lookup(upstream, index, authority)).await {
@@ -698,8 +703,18 @@ async fn spawn_lookup(
     authority: String,
 ) -> io::Result<Addresses> {
     let history = upstream.history.clone();
-    history.set_lookup_in_flight(index, true);
+    let started = history.now();
+    if let Some(since) = history.looking_up.get(index) {
+        since.store(started, Ordering::Relaxed);
+    }
     let task = tokio::spawn(async move {
+        // Cleared however the task ends (dropped unrun at a shutdown included), and only
+        // if no later lookup has started meanwhile.
+        let _in_flight = LookupInFlight {
+            history: history.clone(),
+            index,
+            started,
+        };
         let found = tokio::net::lookup_host(authority)
             .await
             .map(|found| found.collect::<Addresses>());
@@ -708,10 +723,24 @@ async fn spawn_lookup(
                 history.set_resolved(index, found.clone());
             }
         }
-        history.set_lookup_in_flight(index, false);
         found
     });
     task.await.unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+/// A lookup under way for a URL, marked in its [`DialHistory`] until it ends.
+struct LookupInFlight {
+    history: Arc<DialHistory>,
+    index: usize,
+    started: u64,
+}
+
+impl Drop for LookupInFlight {
+    fn drop(&mut self) {
+        if let Some(since) = self.history.looking_up.get(self.index) {
+            let _ = since.compare_exchange(self.started, 0, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
 }
 
 /// How long a dial waits for its host's lookup when an earlier lookup found addresses.
@@ -750,7 +779,12 @@ async fn dial(
     client: Option<ProxyAddrs>,
     header_sent: &AtomicBool,
 ) -> Result<(UpstreamStream, Info, BytesMut), DialError> {
-    let deadline = tokio::time::Instant::now() + upstream.connect_timeout;
+    // A little inside the connect timeout that bounds the whole dial, so that when the other
+    // addresses run out of time after a refusal, the refusal is what the dial reports.
+    let deadline = tokio::time::Instant::now()
+        + upstream
+            .connect_timeout
+            .saturating_sub(Duration::from_millis(20));
     let addrs = resolve(upstream, index).await.map_err(DialError::Connect)?;
     let mut tried = 0;
     // The first server that refused (full, going away): what the dial failed for if no other

@@ -322,10 +322,13 @@ fn drain_fits_in_the_termination_grace_period() {
 
 #[test]
 fn deployments_have_probes_and_a_locked_down_security_context() {
+    let mut sidecars = 0;
     for dir in k8s_dirs() {
         let name = rel(&dir);
         let deployment = std::fs::read_to_string(dir.join("deployment.yaml")).unwrap();
         for needle in [
+            "livenessProbe:",
+            "readinessProbe:",
             "path: /healthz",
             "path: /readyz",
             "containerPort: 8222",
@@ -346,7 +349,30 @@ fn deployments_have_probes_and_a_locked_down_security_context() {
             deployment.contains("resources:") && deployment.contains("requests:"),
             "{name}/deployment.yaml: resources"
         );
+        if name.ends_with("sidecar") {
+            sidecars += 1;
+            // A native sidecar: an init container that keeps running, probed at start, so
+            // the application's first connect finds the edge listening.
+            let init = deployment
+                .split_once("initContainers:")
+                .map(|(_, rest)| {
+                    rest.split_once("\n      containers:")
+                        .map_or(rest, |(i, _)| i)
+                })
+                .unwrap_or_else(|| panic!("{name}/deployment.yaml: no initContainers"));
+            for needle in [
+                "- name: nats-edge",
+                "restartPolicy: Always",
+                "startupProbe:",
+            ] {
+                assert!(
+                    init.contains(needle),
+                    "{name}: the init container lacks `{needle}`"
+                );
+            }
+        }
     }
+    assert_eq!(sidecars, 1, "the sidecar layout was not checked");
 }
 
 /// One Dockerfile instruction: the keyword and its arguments, continuation lines joined.

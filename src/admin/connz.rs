@@ -220,7 +220,9 @@ fn sort(conns: &mut [(Arc<ConnEntry>, LiveCounts)], by: Sort) {
         Sort::BytesTo => |c| c.out_bytes,
         Sort::BytesFrom => |c| c.in_bytes,
         Sort::Uptime => {
-            conns.sort_by_key(|(c, _)| Reverse(c.start));
+            // On the monotonic clock, as nats-server sorts by uptime: a wall clock stepped
+            // back must not put a new connection among the old ones.
+            conns.sort_by_key(|(c, _)| Reverse(c.started));
             return;
         }
         // The edge tracks no pending bytes, last activity or RTT per connection: every
@@ -648,6 +650,10 @@ mod tests {
     fn entry(cid: u64, start_secs: u64, user: Option<&str>, counts: LiveCounts) -> Arc<ConnEntry> {
         let mut entry = ConnEntry::new(cid, "default", "tcp", ([127, 0, 0, 1], 4000).into());
         entry.start = UNIX_EPOCH + Duration::from_secs(start_secs);
+        // The same moment on the monotonic clock: one base for every entry of a test.
+        static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        entry.started =
+            *BASE.get_or_init(std::time::Instant::now) + Duration::from_secs(start_secs);
         entry.set_user(user.map(str::to_string));
         entry.publish(counts);
         Arc::new(entry)
