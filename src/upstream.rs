@@ -591,7 +591,7 @@ pub struct Connected {
 /// URLs that failed within [`FAILED_URL_BACKOFF`] come after the others, still in order.
 /// `client` is the real client's address and the address it connected to, for the PROXY
 /// header; `None` for a connection of the edge's own (its readiness check), whose header
-/// says so (v1 `UNKNOWN`, v2 `LOCAL`). `dialled` hears each URL's outcome (its name without
+/// says so (v1 `UNKNOWN`, v2 `LOCAL`). `dialled_url` hears each URL's outcome (its name without
 /// credentials, and whether it failed) as it comes, so a call dropped before the end (its
 /// client left) has counted the URLs that had already answered.
 pub async fn dial_any(
