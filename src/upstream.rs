@@ -583,8 +583,6 @@ pub struct Connected {
     pub info: Info,
     /// Bytes read after the INFO line (normally none: the server waits for CONNECT).
     pub leftover: BytesMut,
-    /// The URLs tried before this one, and why each failed.
-    pub failures: Vec<(String, DialError)>,
 }
 
 /// Tries each URL in order until one connects and sends INFO within the connect timeout;
@@ -641,7 +639,6 @@ pub async fn dial_any(
                     index: i,
                     info,
                     leftover,
-                    failures,
                 })
             }
             Err(e) => failures.push((url.to_string(), e)),
