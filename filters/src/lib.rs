@@ -23,6 +23,7 @@ pub mod rewrite;
 pub mod sub_answers;
 pub mod subject;
 pub mod tag;
+pub mod toml_file;
 pub mod verdict;
 
 pub use chain::Chain;

@@ -31,6 +31,7 @@ use crate::filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, Reloaded
 use crate::headers::{self, HeaderWriter, Headers};
 use crate::op::{ClientOp, Info, Pub, ServerOp};
 use crate::subject;
+use crate::toml_file::{self, TomlFault};
 use crate::verdict::{CloseReason, Verdict};
 
 /// A tagging file as written.
@@ -109,8 +110,8 @@ pub enum TagError {
         file: PathBuf,
         source: std::io::Error,
     },
-    #[error("tagging rules {}: {reason}", file.display())]
-    Parse { file: PathBuf, reason: String },
+    #[error("tagging rules {}:{fault}", file.display())]
+    Parse { file: PathBuf, fault: TomlFault },
     #[error("tagging rules {}: {key}: {reason}", file.display())]
     Value {
         file: PathBuf,
@@ -137,9 +138,9 @@ impl TagConfig {
     }
 
     pub fn from_toml(path: &Path, text: &str) -> Result<TagConfig, TagError> {
-        let file: TagFile = toml::from_str(text).map_err(|e| TagError::Parse {
+        let file: TagFile = toml_file::parse(text).map_err(|fault| TagError::Parse {
             file: path.to_path_buf(),
-            reason: e.to_string().trim_end().to_string(),
+            fault,
         })?;
         Self::new(file).map_err(|(key, reason)| TagError::Value {
             file: path.to_path_buf(),

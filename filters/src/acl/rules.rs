@@ -29,6 +29,7 @@ use toml::Spanned;
 use super::permissions::{Origin, Permissions, Rule, SubjectPermission};
 use crate::responses::ResponseBounds;
 use crate::subject::is_valid_subject;
+use crate::toml_file::{self, line_of, TomlFault};
 
 /// Why a rule file cannot be used. Every variant names the file, and where it can, the line.
 #[derive(Debug, thiserror::Error)]
@@ -38,12 +39,8 @@ pub enum RulesError {
         file: String,
         source: std::io::Error,
     },
-    #[error("{file}:{line}: {reason}")]
-    Parse {
-        file: String,
-        line: usize,
-        reason: String,
-    },
+    #[error("{file}:{fault}")]
+    Parse { file: String, fault: TomlFault },
     #[error("{file}:{line}: `{key}`: {reason}")]
     Invalid {
         file: String,
@@ -518,19 +515,10 @@ impl<'de> Deserialize<'de> for ResponsesFile {
 }
 
 fn parse_file(name: &str, text: &str) -> Result<RuleFile, RulesError> {
-    toml::from_str(text).map_err(|e| RulesError::Parse {
+    toml_file::parse(text).map_err(|fault| RulesError::Parse {
         file: name.to_string(),
-        line: e.span().map_or(0, |s| line_of(text, s.start)),
-        reason: e.message().to_string(),
+        fault,
     })
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
 }
 
 fn invalid(file: &str, text: &str, offset: usize, key: &str, reason: String) -> RulesError {
@@ -904,6 +892,17 @@ user = "guest"
                 "{e}"
             );
         }
+        // A value of the wrong type: the line and the key it is under.
+        let e = AclRules::from_str(
+            "r.toml",
+            "[[users]]\nuser = \"a\"\n[users.permissions]\npublish = { allow = \"x\" }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("r.toml:4: `users.0.permissions.publish.allow`: invalid type"),
+            "{e}"
+        );
         // An empty certificate name would map every certificate whose subject is empty.
         for key in ["tls_subject", "tls_san"] {
             let text = format!("[[users]]\nuser = \"a\"\n{key} = \"\"\n");

@@ -38,6 +38,7 @@ use crate::filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, Reloaded
 use crate::headers::{self, HeaderWriter, Headers};
 use crate::op::{ClientOp, Msg, Pub, ServerOp};
 use crate::responses::{ResponseBounds, ResponseTracker};
+use crate::toml_file::TomlFault;
 use crate::verdict::{CloseReason, Verdict};
 
 pub use rules::{Mapped, Rule, RuleKind, RuleSet};
@@ -52,8 +53,8 @@ pub enum RuleError {
         file: PathBuf,
         source: std::io::Error,
     },
-    #[error("rewrite rules {}: {reason}", file.display())]
-    Parse { file: PathBuf, reason: String },
+    #[error("rewrite rules {}:{fault}", file.display())]
+    Parse { file: PathBuf, fault: TomlFault },
     #[error("rewrite rules {}: rule `{rule}`: {reason}", file.display())]
     Rule {
         file: PathBuf,

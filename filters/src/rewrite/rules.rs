@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::RuleError;
 use crate::subject;
+use crate::toml_file;
 
 /// A rule file as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -282,9 +283,9 @@ impl RuleSet {
 
     /// Compiles and validates rule-file text; `file` names it in errors.
     pub fn from_toml(name: &str, file: &Path, text: &str) -> Result<RuleSet, RuleError> {
-        let parsed: RuleFile = toml::from_str(text).map_err(|e| RuleError::Parse {
+        let parsed: RuleFile = toml_file::parse(text).map_err(|fault| RuleError::Parse {
             file: file.to_path_buf(),
-            reason: e.to_string().trim_end().to_string(),
+            fault,
         })?;
         let set = Self::compile(name, file, parsed)?;
         super::validate::validate(&set)?;

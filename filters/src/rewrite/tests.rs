@@ -323,7 +323,11 @@ fn load_errors_name_the_problem() {
     let err = inline("[[rule]]\nname='m'\nkind='mount'\nclient='a.>'\nupstream='x.>'\nbogus=1\n")
         .unwrap_err();
     assert!(matches!(err, RuleError::Parse { .. }), "{err}");
-    assert!(err.to_string().contains("bogus"), "{err}");
+    assert!(
+        err.to_string()
+            .contains(":6: `rule.0.bogus`: unknown field `bogus`"),
+        "{err}"
+    );
 
     // A regex and a mount claiming one subject.
     let err = inline(

@@ -377,6 +377,13 @@ fn bad_files_name_the_key() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("bogus"), "{err}");
+    let err = TagConfig::from_toml(Path::new("t.toml"), "[headers]\nconn_id = 5\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("t.toml:2: `headers.conn_id`: invalid type"),
+        "{err}"
+    );
 }
 
 /// With no header tag to add (here every header name is off, and only JSON payloads are
