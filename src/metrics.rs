@@ -696,6 +696,11 @@ impl Metrics {
         &seen[upstream]
     }
 
+    /// Upstream dials so far, failed or not, over every upstream.
+    pub fn upstream_dials(&self) -> u64 {
+        lock(&self.upstreams_seen).values().map(|c| c.0.get()).sum()
+    }
+
     /// Failed upstream dials so far, over every upstream.
     pub fn upstream_dial_failures(&self) -> u64 {
         lock(&self.upstreams_seen).values().map(|c| c.1.get()).sum()

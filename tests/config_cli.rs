@@ -458,13 +458,15 @@ async fn sighup_keeps_the_edge_and_its_sessions_running() {
             .await
             .closed
     );
+    let from = edge.log().len();
     let status = std::process::Command::new("kill")
         .arg("-HUP")
         .arg(edge.pid().to_string())
         .status()
         .unwrap();
     assert!(status.success());
-    // The session answers after the signal, and so does a new one.
+    edge.wait_log(from, "configuration reloaded");
+    // The session answers after the reload, and so does a new one.
     assert!(raw.is_open().await, "session closed by SIGHUP");
     assert!(edge.is_running(), "nats-edge exited on SIGHUP");
     assert_works_through(&edge.url()).await;

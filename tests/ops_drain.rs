@@ -275,21 +275,61 @@ async fn lame_duck_info_leaves_out_the_draining_edges_own_url() {
 }
 
 /// A reload still applies while the edge drains, as nats-server reloads in lame-duck mode:
-/// rules that revoke a user must reach the clients still connected.
+/// rules that revoke a user reach the clients still connected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_applies_during_the_drain() {
     let server = NatsServer::start();
-    let mut edge = spawn_edge(&server, "50s", "60s");
-    let (raw, _) = protocol_one_client(&edge).await;
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.toml");
+    let user = |name: &str| format!("[[users]]\nuser = {name:?}\npassword = \"pw\"\n");
+    std::fs::write(&users, user("stays") + &user("leaves")).unwrap();
+    let file = dir.path().join("nats-edge.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\n\
+             [upstream]\nurls = [{:?}]\n[auth]\nmode = \"edge\"\nrules = [\"users.toml\"]\n\
+             [drain]\ngrace_period = \"50s\"\ntimeout = \"60s\"\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let mut edge = EdgeProcess::spawn(&["-c", file.to_str().unwrap()], &[]);
+    let login = |name: &str| {
+        format!(
+            "CONNECT {{\"verbose\":false,\"protocol\":1,\"user\":{name:?},\"pass\":\"pw\"}}\r\n"
+        )
+    };
+    let (mut stays, _) = RawConn::connect_info(edge.addr()).await;
+    assert!(!stays.roundtrip(login("stays").as_bytes()).await.closed);
+    let (mut leaves, _) = RawConn::connect_info(edge.addr()).await;
+    assert!(!leaves.roundtrip(login("leaves").as_bytes()).await.closed);
+
     send_signal(edge.pid(), "TERM");
     let (from, _) = edge.wait_log(
         0,
         "draining: stopped accepting, lame-duck INFO sent to clients",
     );
+    // The user `leaves` is removed while the drain waits for its grace period.
+    std::fs::write(&users, user("stays")).unwrap();
     send_signal(edge.pid(), "HUP");
     edge.wait_log(from, "configuration reloaded");
-    // The client leaves; the drain ends and the edge exits 0.
-    drop(raw);
+    // Its client is closed, as nats-server closes a client whose user a reload removed;
+    // the other stays (a round trip answers through the edge).
+    let rest = within("the removed user's close", leaves.read_to_close()).await;
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("-ERR"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+    edge.wait_log(
+        from,
+        "user changed by a reload; closing the connection for it to log in again",
+    );
+    let reply = stays.roundtrip(b"").await;
+    assert!(!reply.closed, "{}", reply.text());
+    // The last client leaves; the drain ends and the edge exits 0.
+    drop(stays);
     let status = edge.wait_exit().await;
     assert!(status.success(), "{}", edge.log().dump());
 }

@@ -415,9 +415,26 @@ async fn five_thousand_subscriptions_on_one_connection() {
     }
 }
 
+/// The subjects of the subscriptions nats-server holds for its one client (the edge's link),
+/// from its monitoring port: async-nats drops what comes for a subscription it ended, so
+/// only the server shows that the UNSUB went through the edge.
+async fn upstream_subscriptions(monitor: u16) -> Vec<String> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], monitor));
+    let (status, body) = http_get(addr, "/connz?subs=1").await;
+    assert_eq!(status, 200, "{body}");
+    let connz: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(connz["num_connections"], 1, "{connz}");
+    let list = connz["connections"][0]["subscriptions_list"].as_array();
+    list.into_iter()
+        .flatten()
+        .map(|s| s.as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribe_stops_delivery() {
-    let (_server, edge) = server_and_edge("").await;
+    let server = NatsServer::start_with_args(&["-m", "-1"]);
+    let edge = start_edge(&[server.url()], "").await;
     let c = client(&edge_url(&edge)).await;
     let mut gone = c.subscribe("unsub.t").await.unwrap();
     let mut kept = c.subscribe("unsub.t").await.unwrap();
@@ -429,8 +446,14 @@ async fn unsubscribe_stops_delivery() {
     assert_eq!(&next_msg(&mut gone).await.payload[..], b"1");
     assert_eq!(&next_msg(&mut kept).await.payload[..], b"1");
 
+    let monitor = server.monitor_port();
+    assert_eq!(
+        upstream_subscriptions(monitor).await,
+        ["unsub.t", "unsub.t"]
+    );
     gone.unsubscribe().await.unwrap();
     round_trip(&c).await;
+    assert_eq!(upstream_subscriptions(monitor).await, ["unsub.t"]);
     c.publish("unsub.t", Bytes::from_static(b"2"))
         .await
         .unwrap();
@@ -443,11 +466,14 @@ async fn unsubscribe_stops_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_unsubscribe_delivers_exactly_n() {
-    let (_server, edge) = server_and_edge("").await;
+    let server = NatsServer::start_with_args(&["-m", "-1"]);
+    let edge = start_edge(&[server.url()], "").await;
     let c = client(&edge_url(&edge)).await;
     let mut sub = c.subscribe("auto").await.unwrap();
     sub.unsubscribe_after(3).await.unwrap();
     round_trip(&c).await;
+    let monitor = server.monitor_port();
+    assert_eq!(upstream_subscriptions(monitor).await, ["auto"]);
     for i in 0..10 {
         c.publish("auto", Bytes::from(i.to_string())).await.unwrap();
     }
@@ -457,6 +483,8 @@ async fn auto_unsubscribe_delivers_exactly_n() {
         got.push(String::from_utf8(m.payload.to_vec()).unwrap());
     }
     assert_eq!(got, ["0", "1", "2"]);
+    // nats-server ended it after the third: the UNSUB's count reached it.
+    assert!(upstream_subscriptions(monitor).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

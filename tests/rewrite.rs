@@ -789,8 +789,26 @@ async fn message_traces_are_disabled_in_a_mount() {
         b"CONNECT {\"verbose\":false}\r\nSUB trace.out 1\r\n",
     )
     .await;
-    let (mut inside, _) = RawConn::connect_info(edge_addr(&edge)).await;
     let block = b"NATS/1.0\r\nNats-Trace-Dest: trace.out\r\n\r\n";
+    // The control: published straight to nats-server, the message's trace report comes.
+    let mut control =
+        format!("HPUB orders.new {} {}\r\n", block.len(), block.len() + 2).into_bytes();
+    control.extend_from_slice(block);
+    control.extend_from_slice(b"hi\r\n");
+    in_step(
+        server.addr(),
+        &[
+            &b"CONNECT {\"verbose\":false,\"headers\":true}\r\n"[..],
+            &control,
+        ]
+        .concat(),
+    )
+    .await;
+    direct.read_until(b"trace.out").await;
+    // The report is published after the message is handled: a round trip drains it.
+    direct.roundtrip(b"").await;
+
+    let (mut inside, _) = RawConn::connect_info(edge_addr(&edge)).await;
     let mut ops = format!(
         "CONNECT {{\"verbose\":false,\"headers\":true}}\r\nSUB trace.out 1\r\nHPUB orders.new {} {}\r\n",
         block.len(),

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use common::*;
+use nats_edge_filters::CloseReason;
 use transport_support::*;
 
 fn tag_file(name: &str) -> String {
@@ -225,7 +226,7 @@ fn hpub(subject: &str, block: &[u8], payload: &[u8]) -> Vec<u8> {
 /// with the field the client wrote into it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forgeries_the_edge_would_not_see_do_not_get_through() {
-    let server = NatsServer::start();
+    let server = NatsServer::start_with_args(&["-m", "-1"]);
     let edge = start_edge(&[server.url()], &tagging("default")).await;
     let mut direct = RawConn::connect(server.addr()).await;
     direct.read_info().await;
@@ -276,6 +277,10 @@ async fn forgeries_the_edge_would_not_see_do_not_get_through() {
     ))
     .await;
     assert_eq!(raw.read_to_close().await, b"");
+    // Once the client's upstream link is gone (only `direct` left), nats-server has handled
+    // all it read on it: a `t.first` it forwarded would be in `direct`'s stream before the
+    // PONG below.
+    wait_for_connections(server.monitor_port(), 1).await;
 
     let seen = direct.roundtrip(b"").await.text();
     assert!(seen.contains("HMSG t.name 1 "), "{seen}");
@@ -339,7 +344,17 @@ async fn tags_that_push_a_message_over_max_payload_are_refused_at_the_edge() {
     // The upstream link of other clients was never at risk; a new client works.
     let again = client(&edge_url(&edge)).await;
     round_trip(&again).await;
+    // Refused by the edge itself: nats-server never saw the oversized message, and its
+    // link to the edge did not end with the client.
+    let m = edge.metrics().clone();
     within("edge shutdown", edge.shutdown()).await;
+    assert_eq!(m.closes(CloseReason::MaxPayloadExceeded), 1);
+    assert_eq!(m.closes(CloseReason::UpstreamClosed), 0);
+    assert!(
+        !server.log().dump().contains("maximum payload exceeded"),
+        "nats-server saw the oversized message: {}",
+        server.log().dump()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

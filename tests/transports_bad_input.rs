@@ -109,6 +109,23 @@ fn wait_line(pick: impl Fn(&serde_json::Value) -> bool) -> Option<serde_json::Va
     }
 }
 
+/// Waits until `n` lines match `pick`; false if they do not within [`WAIT`].
+fn wait_lines(pick: impl Fn(&serde_json::Value) -> bool, n: usize) -> bool {
+    let c = captured();
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut lines = c.lines.lock().unwrap();
+    loop {
+        if lines.iter().filter(|v| pick(v)).count() >= n {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        lines = c.changed.wait_timeout(lines, deadline - now).unwrap().0;
+    }
+}
+
 fn failures(edge: &Edge, kind: ListenerKind, why: HandshakeFailure) -> u64 {
     edge.metrics().handshake_failures(kind, why)
 }
@@ -620,6 +637,15 @@ async fn truncated_and_forged_proxy_headers() {
     let check = tcp(addr).await;
     check.set_zero_linger().unwrap();
     drop(check);
+    // Both handled (their debug lines) before the counts are read.
+    assert!(
+        wait_lines(
+            |v| v["message"] == "closed before the handshake"
+                && v["span"]["listener"] == "pp-proxy",
+            2
+        ),
+        "the health checks were not handled"
+    );
     let mut ok = RawConn::connect(addr).await;
     ok.send(b"PROXY UNKNOWN\r\n").await;
     ok.read_info().await;
@@ -647,6 +673,8 @@ async fn no_upstream_is_dialled_before_a_handshake_succeeds() {
     for mut raw in stalled {
         assert!(raw.closes_within(WAIT).await);
     }
+    // A counter, which no timing can miss: the edge never dialled for them.
+    assert_eq!(s.edge.metrics().upstream_dials(), 0);
     assert_eq!(s.edge.metrics().connections_total(), 0);
     s.assert_clean().await;
 }

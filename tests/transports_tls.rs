@@ -790,6 +790,20 @@ async fn connz_shows_the_tls_session_as_nats_server_does() {
     assert_eq!(status, 200);
     let ours: serde_json::Value = serde_json::from_str(&body).unwrap();
     let ours = &ours["connections"][0];
+    // Present on nats-server's side, so that two missing fields cannot compare equal.
+    let peer = &theirs["tls_peer_certs"][0];
+    for hash in ["cert_sha256", "spki_sha256"] {
+        assert!(
+            peer[hash].as_str().is_some_and(|h| h.len() == 64),
+            "{hash}: {theirs}"
+        );
+    }
+    assert!(
+        peer["subject"].as_str().is_some_and(|s| !s.is_empty()),
+        "{theirs}"
+    );
+    assert!(theirs["tls_version"].is_string(), "{theirs}");
+    assert_eq!(theirs["tls_first"], true, "{theirs}");
     for field in ["tls_version", "tls_first"] {
         assert_eq!(ours[field], theirs[field], "{field}: {ours} / {theirs}");
     }

@@ -167,6 +167,8 @@ async fn failover_from_a_tls_failure_to_the_next_upstream() {
     ))
     .await;
     pub_sub_works(&client(&edge_url(&edge)).await).await;
+    // The first URL was tried, and failed, before the second served.
+    assert_eq!(edge.metrics().upstream_dial_failures(), 1);
 }
 
 /// A PROXY header ahead of classic upstream TLS, as nats-server (2.12.9 and later) reads it:

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use common::*;
 use futures::{SinkExt, StreamExt};
 use nats_edge::Edge;
+use nats_edge_filters::CloseReason;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -199,9 +200,16 @@ async fn raw_frames_binary_out_text_accepted_in() {
         "MSG t 1 5\r\nhello\r\nPONG\r\n"
     );
 
-    // A close frame ends the session like a TCP close.
+    // A close frame ends the session like a TCP close: the edge answers it, and the
+    // session ends as closed by the client.
     ws.close(None).await.unwrap();
-    while let Some(Ok(_)) = within("the close", ws.next()).await {}
+    let mut last = None;
+    while let Some(Ok(m)) = within("the close", ws.next()).await {
+        last = Some(m);
+    }
+    assert!(matches!(last, Some(Message::Close(_))), "{last:?}");
+    within("the session's end", edge.shared().registry.until_empty()).await;
+    assert_eq!(edge.metrics().closes(CloseReason::ClientClosed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
