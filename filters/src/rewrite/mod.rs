@@ -326,6 +326,33 @@ impl Rewrite {
         self.active = active;
     }
 
+    /// A publish's subject or reply that is one of this session's reply tokens, put back
+    /// as the reply subject it stands for, when the session has no set to map the rest
+    /// with. Whether anything changed.
+    fn answer_tokens_without_set(&mut self, publish: &mut Pub) -> bool {
+        if self.replies.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut changed = false;
+        if let Some(Some(upstream)) = self.replies.answer_with(&publish.subject, now).cloned() {
+            self.answered.remember(&upstream, &publish.subject);
+            publish.subject = upstream;
+            changed = true;
+        }
+        if let Some(reply) = publish
+            .reply
+            .as_ref()
+            .filter(|r| r.starts_with(TOKEN_PREFIX))
+        {
+            if let Some(Some(upstream)) = self.replies.answer_with(reply, now).cloned() {
+                publish.reply = Some(upstream);
+                changed = true;
+            }
+        }
+        changed
+    }
+
     /// Whether the session's ops need looking at, once its set is known: it has one, or
     /// what an earlier set did (mapped subscriptions, reply tokens) still stands.
     fn applies(&self) -> bool {
@@ -407,6 +434,15 @@ impl Filter for Rewrite {
             _ => {}
         }
         let Some(set) = set else {
+            // No set now (a reload took the listener's away, or a second CONNECT named a
+            // user without one), but the tokens an earlier set handed out still stand for
+            // reply subjects outside the mount: an answer to one must still reach them.
+            if let ClientOp::Pub(publish) = op {
+                if self.answer_tokens_without_set(publish) {
+                    self.events.rewritten(RewriteDirection::ClientToUpstream);
+                    return Verdict::Changed;
+                }
+            }
             return Verdict::Forward;
         };
         let mut changed = false;

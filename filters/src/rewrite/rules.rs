@@ -411,10 +411,11 @@ impl RuleSet {
     }
 
     /// Whether `client`, which `rule` gave back for the upstream subject `upstream`, goes
-    /// out to `upstream` again. It need not: a broader mount maps `tenant.acme.$JS.API.x`
+    /// out to `upstream` again when the client publishes to it (an answer is a publish, so
+    /// publish-only rules count). It need not: a broader mount maps `tenant.acme.$JS.API.x`
     /// back to `$JS.API.x`, which a narrower mount listed before it claims.
     pub fn forwards_back(&self, client: &[u8], rule: &Rule, upstream: &[u8]) -> bool {
-        self.claims(client, false)
+        self.claims(client, true)
             .is_some_and(|claimed| std::ptr::eq(claimed, rule))
             && match &rule.map {
                 // Token for token, so exact once the same rule claims it.

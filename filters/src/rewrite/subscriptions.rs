@@ -114,8 +114,9 @@ impl SubscriptionSets {
     /// deliveries have reached, the subscription ends now; otherwise at its max-th delivery.
     /// That is known only where every delivery was counted. Elsewhere an entry made with the
     /// session's `current` set goes now (its last deliveries map back with that set all the
-    /// same); one made with an earlier set stays, marked as maybe ended, so that its last
-    /// deliveries still map back with its own set, until a SUB reuses the sid.
+    /// same); one made with an earlier set, or unmapped while the session has a set now,
+    /// stays, marked as maybe ended, so that its last deliveries still map back with its
+    /// own set (or not at all), until a SUB reuses the sid.
     /// `watched`: the filter sees deliveries now; an UNSUB while it does not cannot know
     /// its count.
     pub(super) fn unsubscribed(
@@ -137,10 +138,12 @@ impl SubscriptionSets {
                 }
             }
             Some(_) if !counted => {
+                // Kept where forgetting it would map its last deliveries with another set
+                // than its own: an unmapped one's with the set the session has now.
                 let earlier_set = match (&entry.set, current) {
                     (Some(set), Some(current)) => !Arc::ptr_eq(set, current),
-                    (Some(_), None) => true,
-                    (None, _) => false,
+                    (Some(_), None) | (None, Some(_)) => true,
+                    (None, None) => false,
                 };
                 if earlier_set {
                     entry.maybe_ended = true;

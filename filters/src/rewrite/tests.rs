@@ -804,6 +804,14 @@ fn a_listener_that_loses_or_gains_rules_keeps_its_subscriptions_mapping() {
     on("public");
     g.on_reload(&ctx);
     assert_eq!(delivered_as(&mut g, &mut ctx, "x.a.1", "2"), "x.a.1");
+    // Its auto-unsubscribe, whose count the filter cannot know (it did not see every
+    // delivery): the last deliveries still come as they are, not mapped with the new set.
+    let mut unsub = ClientOp::Unsub(crate::op::Unsub {
+        sid: Bytes::from_static(b"2"),
+        max: Some(10),
+    });
+    g.on_client_op(&mut unsub, &mut ctx);
+    assert_eq!(delivered_as(&mut g, &mut ctx, "x.a.2", "2"), "x.a.2");
 
     // An auto-unsubscribe made while deliveries went unseen cannot know its count: a sid
     // reused once the listener has rules is a new, mapped subscription.
@@ -822,6 +830,87 @@ fn a_listener_that_loses_or_gains_rules_keeps_its_subscriptions_mapping() {
         Verdict::Changed
     );
     assert_eq!(delivered_as(&mut h, &mut ctx, "x.a.1", "5"), "a.1");
+}
+
+/// A delivery's reply subject under a publish-only carve-out: the client's answer would go
+/// through the carve-out, elsewhere, so the client is shown a token that goes back.
+#[test]
+fn a_reply_a_publish_only_rule_would_send_elsewhere_is_a_token() {
+    let dir = std::env::temp_dir().join(format!("nats-edge-rw-po-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("set.toml");
+    std::fs::write(
+        &file,
+        "[[rule]]\nname='metrics'\nkind='mount'\nclient='metrics.>'\nupstream='telemetry.>'\n\
+         publish_only=true\n\
+         [[rule]]\nname='acme'\nkind='mount'\nclient='>'\nupstream='tenant.acme.>'\n",
+    )
+    .unwrap();
+    let mut config = RewriteConfig::default();
+    config.sets.insert("s".into(), file);
+    config.default = Some("s".into());
+    let factory = RewriteFactory {
+        rules: Arc::new(RewriteRules::load(&config).unwrap()),
+        events: Arc::new(NoEvents),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    let (mut f, mut ctx) = (factory.build(&conn()), SessionCtx::new(conn()));
+    f.on_client_op(&mut subscribe("svc", "1"), &mut ctx);
+    let mut request = deliver("tenant.acme.svc", Some("tenant.acme.metrics.results"));
+    assert_eq!(f.on_server_op(&mut request, &mut ctx), Verdict::Changed);
+    let token = String::from_utf8(reply_of(&request).to_vec()).unwrap();
+    assert!(token.starts_with("_R_."), "{token}");
+    let mut answer = publish(&token, None);
+    assert_eq!(f.on_client_op(&mut answer, &mut ctx), Verdict::Changed);
+    assert_eq!(subject_of(&answer), b"tenant.acme.metrics.results");
+    // The client's own publishes there still go through the carve-out.
+    let mut own = publish("metrics.results", None);
+    f.on_client_op(&mut own, &mut ctx);
+    assert_eq!(subject_of(&own), b"telemetry.results");
+}
+
+/// A reply token handed out under a set stands for its reply subject after a reload took
+/// the listener's set away: the answer still reaches the requester outside the mount.
+#[test]
+fn a_token_is_answered_after_the_set_is_gone() {
+    let mount = MovableMount::new("token", "x");
+    let on = |listener: &str| {
+        let mut config = mount.rules.current().config.clone();
+        config.default = None;
+        config.listeners = [(listener.to_string(), "s".to_string())].into();
+        mount.rules.replace(&config).unwrap();
+    };
+    on("public");
+    let (mut f, mut ctx) = mount.session();
+    f.on_client_op(&mut subscribe("a.svc", "1"), &mut ctx);
+    let mut request = ServerOp::Msg(crate::op::Msg {
+        subject: Bytes::from_static(b"x.a.svc"),
+        sid: Bytes::from_static(b"1"),
+        reply: Some(Bytes::from_static(b"a.outside.1")),
+        headers: None,
+        payload: Bytes::from_static(b"q"),
+    });
+    assert_eq!(f.on_server_op(&mut request, &mut ctx), Verdict::Changed);
+    // A reply the client would publish into the mount: shown as a token.
+    let token = String::from_utf8(reply_of(&request).to_vec()).unwrap();
+    assert!(token.starts_with("_R_."), "{token}");
+
+    on("other");
+    f.on_reload(&ctx);
+    let mut answer = publish(&token, None);
+    assert_eq!(f.on_client_op(&mut answer, &mut ctx), Verdict::Changed);
+    assert_eq!(subject_of(&answer), b"a.outside.1");
+    // Handed on as the reply of another publish: the final answer goes there too.
+    let mut handed_on = publish("svc.next", Some(&token));
+    assert_eq!(f.on_client_op(&mut handed_on, &mut ctx), Verdict::Changed);
+    let ClientOp::Pub(p) = &handed_on else {
+        unreachable!()
+    };
+    assert_eq!(p.subject.as_ref(), b"svc.next");
+    assert_eq!(p.reply.as_deref(), Some(&b"a.outside.1"[..]));
+    // Anything else goes as it is.
+    let mut other = publish("a.svc", None);
+    assert_eq!(f.on_client_op(&mut other, &mut ctx), Verdict::Forward);
 }
 
 #[test]
