@@ -353,6 +353,13 @@ async fn jetstream_through_a_mount() {
     .expect("stream created through the mount");
     let ack = publish_acked(&inside, "orders.new", "first").await;
     assert_eq!(ack.stream, "ORDERS");
+    // Found by a subject in the client's view (how nats.go's `js.Subscribe` finds it).
+    let found = within(
+        "the stream by subject",
+        inside.stream_by_subject("orders.new"),
+    )
+    .await;
+    assert_eq!(found.expect("a stream captures orders.new"), "ORDERS");
 
     // Upstream, the stream captures the mapped subjects.
     let direct = jetstream::new(client(&server.url()).await);
@@ -399,6 +406,11 @@ async fn jetstream_through_a_mount() {
     let info = consumer_info(&direct, "ORDERS", "picky").await;
     assert_eq!(info.config.filter_subject, "tenant.acme.orders.new");
     assert_eq!(info.num_pending, 0, "orders.other is not selected");
+    // Through the mount, the answers show the client's subjects, as it wrote them.
+    let info = consumer_info(&inside, "ORDERS", "picky").await;
+    assert_eq!(info.config.filter_subject, "orders.new");
+    let info = stream_info(&inside, "ORDERS").await;
+    assert_eq!(info.config.subjects, ["orders.>"]);
 
     // A stream created without subjects captures its name, as the client publishes it.
     within(
@@ -414,6 +426,65 @@ async fn jetstream_through_a_mount() {
     assert_eq!(ack.stream, "EVENTS");
     let info = stream_info(&direct, "EVENTS").await;
     assert_eq!(info.config.subjects, ["tenant.acme.EVENTS"]);
+    within("edge shutdown", edge.shutdown()).await;
+}
+
+/// A key-value bucket through a mount: its stream captures the mapped `$KV` subjects, and a
+/// read (a direct get of the key's subject) and a watch find the key the client put.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_value_through_a_mount() {
+    use async_nats::jetstream::{self, kv};
+    use futures::StreamExt;
+    let store = tempfile::tempdir().unwrap();
+    let server = NatsServer::start_with_args(&["-js", "-sd", &store.path().display().to_string()]);
+    let edge = mounted(&server, "jetstream-mount").await;
+    let inside = jetstream::new(client(&edge_url(&edge)).await);
+    let bucket = within(
+        "create the bucket",
+        inside.create_key_value(kv::Config {
+            bucket: "profiles".into(),
+            history: 2,
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("bucket created through the mount");
+    let mut watch = within("watch", bucket.watch("alice")).await.expect("watch");
+    within("put", bucket.put("alice", "v1".into()))
+        .await
+        .expect("put");
+    let got = within("get", bucket.get("alice")).await.expect("get");
+    assert_eq!(got.as_deref(), Some(&b"v1"[..]));
+    let entry = within("the watched entry", watch.next())
+        .await
+        .expect("an entry")
+        .expect("no error");
+    assert_eq!(entry.key, "alice");
+    assert_eq!(&entry.value[..], b"v1");
+    let stored = within("entry", bucket.entry("alice"))
+        .await
+        .expect("entry")
+        .expect("the key");
+    assert_eq!(
+        (stored.key.as_str(), &stored.value[..]),
+        ("alice", &b"v1"[..])
+    );
+    let keys: Vec<String> = within("keys", async {
+        bucket
+            .keys()
+            .await
+            .expect("keys")
+            .map(|k| k.expect("a key"))
+            .collect()
+            .await
+    })
+    .await;
+    assert_eq!(keys, ["alice"]);
+
+    let direct = jetstream::new(client(&server.url()).await);
+    let info = stream_info(&direct, "KV_profiles").await;
+    assert_eq!(info.config.subjects, ["tenant.acme.$KV.profiles.>"]);
+    assert_eq!(info.state.messages, 1);
     within("edge shutdown", edge.shutdown()).await;
 }
 
@@ -840,9 +911,9 @@ async fn message_traces_are_disabled_in_a_mount() {
 }
 
 /// A push consumer created through the mount delivers to the client's subscription: its
-/// deliver subject is mapped into the mount like the subjects of its stream. (The client
-/// subscribes to the subject it chose, as nats.go does: the consumer info answer shows
-/// the upstream's subjects, so a client that subscribes to what it reads there misses.)
+/// deliver subject is mapped into the mount like the subjects of its stream. A client that
+/// subscribes to the subject it chose (nats.go) and one that subscribes to the one it reads
+/// in the consumer's info (async-nats' `messages()`) both get the deliveries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_consumers_deliver_through_the_mount() {
     use async_nats::jetstream::{self, consumer::push, stream};
@@ -894,6 +965,29 @@ async fn push_consumers_deliver_through_the_mount() {
         drain_ready(&mut outside).is_empty(),
         "nothing leaves the mount"
     );
+
+    let reader = within(
+        "create a second push consumer",
+        orders.create_consumer(push::Config {
+            durable_name: Some("reader".into()),
+            deliver_subject: "push.two".into(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("push consumer created");
+    let mut messages = within("its messages", reader.messages())
+        .await
+        .expect("subscribed to the deliver subject of its info");
+    let msg = within(
+        "the pushed message",
+        futures::StreamExt::next(&mut messages),
+    )
+    .await
+    .expect("a message")
+    .expect("no error");
+    assert_eq!(msg.subject.as_str(), "orders.new");
+    assert_eq!(&msg.payload[..], b"first");
     within("edge shutdown", edge.shutdown()).await;
 }
 

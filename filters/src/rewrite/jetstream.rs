@@ -1,10 +1,11 @@
 //! JetStream through a mount: a stream created in the client's view (`subjects =
 //! ["orders.>"]`) must capture the mapped subjects upstream, or nothing the client publishes
 //! through the mount would land in it; a consumer created with a filter in the client's view
-//! (`filter_subject = "orders.new"`) must select the mapped subjects in that stream. Only
-//! stream create/update and consumer create requests are touched, and only when the rule
-//! file asks (`jetstream_stream_subjects`, `jetstream_consumer_filters`): they are rare
-//! control messages, so the copy a JSON rewrite costs does not matter.
+//! (`filter_subject = "orders.new"`) must select the mapped subjects in that stream; a
+//! lookup by subject (which stream captures `orders.new`, its last message, a purge of it)
+//! must look for the mapped subject. Only those requests are touched, and only when the
+//! rule file asks (`jetstream_stream_subjects`, `jetstream_consumer_filters`): they are
+//! rare control messages, so the copy a JSON rewrite costs does not matter.
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -17,6 +18,24 @@ const STREAM_UPDATE: &[u8] = b"$JS.API.STREAM.UPDATE.";
 /// 2.10, `...<stream>.<consumer>.<filter subject>`.
 const CONSUMER_CREATE: &[u8] = b"$JS.API.CONSUMER.CREATE.";
 const DURABLE_CREATE: &[u8] = b"$JS.API.CONSUMER.DURABLE.CREATE.";
+/// `$JS.API.DIRECT.GET.<stream>`, and `...<stream>.<subject>` for the subject's last message
+/// (how nats.go and async-nats read a key-value entry).
+const DIRECT_GET: &[u8] = b"$JS.API.DIRECT.GET.";
+
+/// Requests whose payload names subjects of a stream, read as filters: the API subject (a
+/// prefix where it ends with `.`, followed by the stream's name) and the fields. nats.go's
+/// `js.Subscribe` without a stream name starts with the first, to find the stream.
+const LOOKUP_FIELDS: &[(&[u8], &[&str])] = &[
+    (b"$JS.API.STREAM.NAMES", &["subject"]),
+    (b"$JS.API.STREAM.LIST", &["subject"]),
+    (b"$JS.API.STREAM.INFO.", &["subjects_filter"]),
+    (b"$JS.API.STREAM.PURGE.", &["filter"]),
+    (
+        b"$JS.API.STREAM.MSG.GET.",
+        &["last_by_subj", "next_by_subj"],
+    ),
+    (DIRECT_GET, &["last_by_subj", "next_by_subj", "multi_last"]),
+];
 
 /// The request payload with its `subjects` mapped, when `subject` (the client's view) is a
 /// stream create or update and any subject changed.
@@ -59,13 +78,234 @@ pub fn map_stream_subjects(subject: &[u8], payload: &[u8], set: &RuleSet) -> Opt
     serde_json::to_vec(&config).ok().map(Bytes::from)
 }
 
-/// A consumer create request with its filter subjects and deliver subject mapped.
+const STREAM_INFO: &[u8] = b"$JS.API.STREAM.INFO.";
+const STREAM_LIST: &[u8] = b"$JS.API.STREAM.LIST";
+const STREAM_MSG_GET: &[u8] = b"$JS.API.STREAM.MSG.GET.";
+const CONSUMER_INFO: &[u8] = b"$JS.API.CONSUMER.INFO.";
+const CONSUMER_LIST: &[u8] = b"$JS.API.CONSUMER.LIST.";
+
+/// A JetStream API answer that shows subjects of the stream or consumer it is about, which
+/// the client must see in its own view: clients compare a consumer's filter with the
+/// subject they asked for (nats.go's `js.Subscribe` to an existing durable), and subscribe
+/// to the deliver subject they read in it (async-nats' push consumers, key-value watches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiAnswer {
+    /// A stream's info (create, update, info, list): `config.subjects`, and the counts per
+    /// subject of `state.subjects`.
+    Stream,
+    /// A consumer's info (create, info, list): `config.filter_subject(s)` and
+    /// `config.deliver_subject`.
+    Consumer,
+    /// A stored message (`STREAM.MSG.GET`): `message.subject`.
+    StoredMessage,
+}
+
+/// What the answer to a request to `client_subject` shows, where the set maps it.
+pub fn api_answer(client_subject: &[u8], set: &RuleSet) -> Option<ApiAnswer> {
+    let any = |prefixes: &[&[u8]]| prefixes.iter().any(|p| client_subject.starts_with(p));
+    if set.jetstream_stream_subjects {
+        if any(&[STREAM_CREATE, STREAM_UPDATE, STREAM_INFO]) || client_subject == STREAM_LIST {
+            return Some(ApiAnswer::Stream);
+        }
+        if any(&[STREAM_MSG_GET]) {
+            return Some(ApiAnswer::StoredMessage);
+        }
+    }
+    if set.jetstream_consumer_filters
+        && any(&[
+            CONSUMER_CREATE,
+            DURABLE_CREATE,
+            CONSUMER_INFO,
+            CONSUMER_LIST,
+        ])
+    {
+        return Some(ApiAnswer::Consumer);
+    }
+    None
+}
+
+/// The answer with the subjects it shows mapped back into the client's view, when any
+/// changed. Subjects no rule maps back are left as they are.
+pub fn map_api_answer(kind: ApiAnswer, payload: &[u8], set: &RuleSet) -> Option<Bytes> {
+    let mut answer: Value = serde_json::from_slice(payload).ok()?;
+    let object = answer.as_object_mut()?;
+    let changed = match kind {
+        ApiAnswer::Stream => {
+            let mut changed = map_stream_info(object, set);
+            for stream in list_mut(object, "streams") {
+                changed |= map_stream_info(stream, set);
+            }
+            changed
+        }
+        ApiAnswer::Consumer => {
+            let mut changed = map_consumer_info(object, set);
+            for consumer in list_mut(object, "consumers") {
+                changed |= map_consumer_info(consumer, set);
+            }
+            changed
+        }
+        ApiAnswer::StoredMessage => object
+            .get_mut("message")
+            .and_then(|m| m.get_mut("subject"))
+            .is_some_and(|subject| map_back(subject, set)),
+    };
+    changed
+        .then(|| serde_json::to_vec(&answer).ok().map(Bytes::from))
+        .flatten()
+}
+
+/// The objects of a list answer's `key` array.
+fn list_mut<'a>(
+    object: &'a mut serde_json::Map<String, Value>,
+    key: &str,
+) -> impl Iterator<Item = &'a mut serde_json::Map<String, Value>> {
+    object
+        .get_mut(key)
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_object_mut)
+}
+
+fn map_stream_info(info: &mut serde_json::Map<String, Value>, set: &RuleSet) -> bool {
+    let mut changed = false;
+    if let Some(subjects) = info
+        .get_mut("config")
+        .and_then(|c| c.get_mut("subjects"))
+        .and_then(Value::as_array_mut)
+    {
+        for subject in subjects {
+            changed |= map_back(subject, set);
+        }
+    }
+    if let Some(counts) = info
+        .get_mut("state")
+        .and_then(|s| s.get_mut("subjects"))
+        .and_then(Value::as_object_mut)
+    {
+        let mapped: Vec<(String, Value)> = std::mem::take(counts)
+            .into_iter()
+            .map(|(subject, count)| match set.reverse(subject.as_bytes()) {
+                Some(back) => {
+                    changed = true;
+                    (String::from_utf8_lossy(&back).into_owned(), count)
+                }
+                None => (subject, count),
+            })
+            .collect();
+        counts.extend(mapped);
+    }
+    changed
+}
+
+fn map_consumer_info(info: &mut serde_json::Map<String, Value>, set: &RuleSet) -> bool {
+    info.get_mut("config")
+        .and_then(Value::as_object_mut)
+        .is_some_and(|config| map_consumer_config(config, |subject| map_back(subject, set)))
+}
+
+/// Applies `map` to the subjects of a consumer's config: its filters, and the subject a
+/// push consumer delivers to (which the client subscribes to in its own view: unmapped,
+/// the deliveries would go outside the mount, and never to the client). True when any
+/// changed.
+fn map_consumer_config(
+    config: &mut serde_json::Map<String, Value>,
+    mut map: impl FnMut(&mut Value) -> bool,
+) -> bool {
+    let mut changed = false;
+    for key in ["filter_subject", "deliver_subject"] {
+        if let Some(subject) = config.get_mut(key) {
+            changed |= map(subject);
+        }
+    }
+    if let Some(filters) = config
+        .get_mut("filter_subjects")
+        .and_then(Value::as_array_mut)
+    {
+        for filter in filters {
+            changed |= map(filter);
+        }
+    }
+    changed
+}
+
+/// Maps a JSON string holding an upstream subject back to the client's; true when it
+/// changed.
+fn map_back(value: &mut Value, set: &RuleSet) -> bool {
+    let Some(back) = value.as_str().and_then(|text| set.reverse(text.as_bytes())) else {
+        return false;
+    };
+    *value = Value::String(String::from_utf8_lossy(&back).into_owned());
+    true
+}
+
+/// A request with the subjects it names mapped: what changed.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct ConsumerCreate {
-    /// The upstream subject with the filter in it mapped, when it held one.
+pub struct MappedRequest {
+    /// The upstream subject with the subject in its tail mapped, when it held one.
     pub subject: Option<Bytes>,
-    /// The request with `config.filter_subject` / `config.filter_subjects` mapped.
+    /// The payload with the subjects in its fields mapped.
     pub payload: Option<Bytes>,
+}
+
+impl MappedRequest {
+    /// Puts what changed into `publish`; true when anything did.
+    pub fn apply(self, publish: &mut crate::op::Pub) -> bool {
+        let changed = self.subject.is_some() || self.payload.is_some();
+        if let Some(subject) = self.subject {
+            publish.subject = subject;
+        }
+        if let Some(payload) = self.payload {
+            publish.payload = payload;
+        }
+        changed
+    }
+}
+
+/// Maps the subjects a stream lookup names ([`LOOKUP_FIELDS`], and the subject at the end
+/// of a direct get's own subject). `client_subject` is the request subject as the client
+/// sent it, `upstream_subject` what the rules made of it.
+pub fn map_stream_lookup(
+    client_subject: &[u8],
+    upstream_subject: &[u8],
+    payload: &[u8],
+    set: &RuleSet,
+) -> MappedRequest {
+    let mut out = MappedRequest::default();
+    let Some((_, fields)) = LOOKUP_FIELDS.iter().find(|(api, _)| {
+        if api.ends_with(b".") {
+            client_subject.starts_with(api)
+        } else {
+            client_subject == *api
+        }
+    }) else {
+        return out;
+    };
+    if client_subject.starts_with(DIRECT_GET) {
+        out.subject = map_subject_tail(client_subject, DIRECT_GET, 1, upstream_subject, set);
+    }
+    let Ok(mut request) = serde_json::from_slice::<Value>(payload) else {
+        return out;
+    };
+    let Some(object) = request.as_object_mut() else {
+        return out;
+    };
+    let mut changed = false;
+    for field in *fields {
+        match object.get_mut(*field) {
+            Some(Value::Array(subjects)) => {
+                for subject in subjects {
+                    changed |= map_value(subject, set);
+                }
+            }
+            Some(subject) => changed |= map_value(subject, set),
+            None => {}
+        }
+    }
+    if changed {
+        out.payload = serde_json::to_vec(&request).ok().map(Bytes::from);
+    }
+    out
 }
 
 /// Maps the filters and the deliver subject of a consumer create request. `client_subject` is the request subject
@@ -76,14 +316,14 @@ pub fn map_consumer_filters(
     upstream_subject: &[u8],
     payload: &[u8],
     set: &RuleSet,
-) -> ConsumerCreate {
-    let mut out = ConsumerCreate::default();
+) -> MappedRequest {
+    let mut out = MappedRequest::default();
     let durable = client_subject.starts_with(DURABLE_CREATE);
     if !(durable || client_subject.starts_with(CONSUMER_CREATE)) {
         return out;
     }
     if !durable {
-        out.subject = map_subject_filter(client_subject, upstream_subject, set);
+        out.subject = map_subject_tail(client_subject, CONSUMER_CREATE, 2, upstream_subject, set);
     }
     let Ok(mut request) = serde_json::from_slice::<Value>(payload) else {
         return out;
@@ -91,41 +331,27 @@ pub fn map_consumer_filters(
     let Some(config) = request.get_mut("config").and_then(Value::as_object_mut) else {
         return out;
     };
-    let mut changed = false;
-    if let Some(filter) = config.get_mut("filter_subject") {
-        changed |= map_value(filter, set);
-    }
-    if let Some(filters) = config
-        .get_mut("filter_subjects")
-        .and_then(Value::as_array_mut)
-    {
-        for filter in filters {
-            changed |= map_value(filter, set);
-        }
-    }
-    // A push consumer delivers to this subject, which the client subscribes to in its own
-    // view: unmapped, the deliveries would go outside the mount, and never to the client.
-    if let Some(deliver) = config.get_mut("deliver_subject") {
-        changed |= map_value(deliver, set);
-    }
+    let changed = map_consumer_config(config, |subject| map_value(subject, set));
     if changed {
         out.payload = serde_json::to_vec(&request).ok().map(Bytes::from);
     }
     out
 }
 
-/// The filter of `$JS.API.CONSUMER.CREATE.<stream>.<consumer>.<filter>`, mapped into the
-/// upstream subject.
-fn map_subject_filter(
+/// The subject at the end of an API subject (`$JS.API.CONSUMER.CREATE.<stream>.<consumer>.
+/// <filter>`: `prefix`, then `names` tokens, then the subject), mapped into the upstream
+/// subject (the JetStream API rule keeps the tail, so it is the same text at its end).
+fn map_subject_tail(
     client_subject: &[u8],
+    prefix: &[u8],
+    names: usize,
     upstream_subject: &[u8],
     set: &RuleSet,
 ) -> Option<Bytes> {
-    let rest = &client_subject[CONSUMER_CREATE.len()..];
-    let mut tokens = rest.splitn(3, |b| *b == b'.');
-    let (_stream, _consumer, filter) = (tokens.next()?, tokens.next()?, tokens.next()?);
-    let head = upstream_subject.strip_suffix(filter)?;
-    let (_, mapped) = set.forward(filter, false)?;
+    let rest = client_subject.strip_prefix(prefix)?;
+    let subject = rest.splitn(names + 1, |b| *b == b'.').nth(names)?;
+    let head = upstream_subject.strip_suffix(subject)?;
+    let (_, mapped) = set.forward(subject, false)?;
     Some(Bytes::from([head, &mapped[..]].concat()))
 }
 

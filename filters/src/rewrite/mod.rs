@@ -13,7 +13,12 @@
 //! acknowledgement metadata in them.
 //!
 //! nats-server publishes a trace of a message to the subject in its `Nats-Trace-Dest`
-//! header: that subject is mapped like a reply subject, so the trace stays in the mount.
+//! header, a report that names the upstream's subjects and servers: in a mount the header
+//! is set to a value nats-server takes for "do not trace".
+//!
+//! JetStream requests and their answers name subjects inside their JSON: with the set's
+//! JetStream options those are mapped too (`jetstream.rs`), the answers by the reply
+//! subject of the request.
 //!
 //! Only subjects are rebuilt: the payload of a rewritten message is the same `Bytes` slice
 //! of the read buffer.
@@ -133,6 +138,7 @@ impl FilterFactory for RewriteFactory {
             arena: SubjectArena::default(),
             subscriptions: SubscriptionSets::default(),
             answered: RecentPublishes::default(),
+            api_answers: PendingApiAnswers::default(),
         })
     }
 }
@@ -163,6 +169,35 @@ pub struct Rewrite {
     /// upstream's permissions error or no-responders status for one names the subject the
     /// client used.
     answered: RecentPublishes,
+    /// JetStream API requests waiting for their answer, whose subjects are mapped back.
+    api_answers: PendingApiAnswers,
+}
+
+/// How many JetStream API requests [`Rewrite::api_answers`] waits for at once: clients
+/// send them one at a time, or a few; one that gets no answer is pushed out by later ones.
+const PENDING_API_ANSWERS: usize = 64;
+
+/// JetStream API requests sent, by the upstream reply subject their answer comes to.
+#[derive(Default)]
+struct PendingApiAnswers(VecDeque<(Bytes, jetstream::ApiAnswer)>);
+
+impl PendingApiAnswers {
+    /// Copied: the reply subject may be a slice of a buffer it must not hold on to.
+    fn expect(&mut self, reply: &[u8], kind: jetstream::ApiAnswer) {
+        if self.0.len() == PENDING_API_ANSWERS {
+            self.0.pop_front();
+        }
+        self.0.push_back((Bytes::copy_from_slice(reply), kind));
+    }
+
+    /// The answer a delivery to `subject` is, once.
+    fn take(&mut self, subject: &[u8]) -> Option<jetstream::ApiAnswer> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let at = self.0.iter().position(|(reply, _)| reply[..] == *subject)?;
+        self.0.remove(at).map(|(_, kind)| kind)
+    }
 }
 
 /// How many publishes [`Rewrite::answered`] keeps: nats-server answers a refused publish,
@@ -527,6 +562,11 @@ impl Filter for Rewrite {
                 }
                 if let Some(client_subject) = client_subject {
                     changed |= map_jetstream_request(&client_subject, publish, set);
+                    if let (Some(kind), Some(reply)) =
+                        (jetstream::api_answer(&client_subject, set), &publish.reply)
+                    {
+                        self.api_answers.expect(reply, kind);
+                    }
                 }
                 if changed && publish.size() > size && publish.size() as u64 > ctx.max_payload {
                     // The mapped request (longer subjects in a JetStream request, a longer
@@ -619,6 +659,14 @@ impl Filter for Rewrite {
             Delivery::AsIs => None,
         };
         let mut changed = false;
+        // An answer of the JetStream API shows the stream's or consumer's subjects: in the
+        // client's view, with the session's set (the one that mapped the request).
+        if let (Some(kind), Some(set)) = (self.api_answers.take(&msg.subject), set) {
+            if let Some(payload) = jetstream::map_api_answer(kind, &msg.payload, set) {
+                msg.payload = payload;
+                changed = true;
+            }
+        }
         if let Some(back) =
             subject_set.and_then(|subject_set| subject_set.reverse_mapped(&msg.subject))
         {
@@ -654,22 +702,18 @@ fn map_jetstream_request(client_subject: &[u8], publish: &mut Pub, set: &RuleSet
             publish.payload = payload;
             changed = true;
         }
+        changed |=
+            jetstream::map_stream_lookup(client_subject, &publish.subject, &publish.payload, set)
+                .apply(publish);
     }
     if set.jetstream_consumer_filters {
-        let mapped = jetstream::map_consumer_filters(
+        changed |= jetstream::map_consumer_filters(
             client_subject,
             &publish.subject,
             &publish.payload,
             set,
-        );
-        if let Some(subject) = mapped.subject {
-            publish.subject = subject;
-            changed = true;
-        }
-        if let Some(payload) = mapped.payload {
-            publish.payload = payload;
-            changed = true;
-        }
+        )
+        .apply(publish);
     }
     changed
 }

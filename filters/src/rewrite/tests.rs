@@ -201,7 +201,7 @@ fn jetstream_consumer_filters_are_mapped_in_the_request_and_its_subject() {
     }
     let untouched =
         jetstream::map_consumer_filters(b"orders.x", b"tenant.acme.orders.x", request, &set);
-    assert_eq!(untouched, jetstream::ConsumerCreate::default());
+    assert_eq!(untouched, jetstream::MappedRequest::default());
     // A push consumer's deliver subject is where the client subscribes, in its view.
     let push = jetstream::map_consumer_filters(
         b"$JS.API.CONSUMER.CREATE.ORDERS.p",
@@ -218,7 +218,181 @@ fn jetstream_consumer_filters_are_mapped_in_the_request_and_its_subject() {
         br#"{"config":{"durable_name":"w"}}"#,
         &set,
     );
-    assert_eq!(no_filter, jetstream::ConsumerCreate::default());
+    assert_eq!(no_filter, jetstream::MappedRequest::default());
+}
+
+#[test]
+fn jetstream_lookups_by_subject_look_for_the_mapped_subject() {
+    let set = load("jetstream-mount");
+    let field = |api: &[u8], request: &[u8], key: &str| {
+        let mapped = jetstream::map_stream_lookup(api, api, request, &set);
+        assert_eq!(mapped.subject, None);
+        let payload = mapped.payload.expect("mapped");
+        serde_json::from_slice::<serde_json::Value>(&payload).unwrap()[key].clone()
+    };
+    assert_eq!(
+        field(
+            b"$JS.API.STREAM.NAMES",
+            br#"{"subject":"orders.new"}"#,
+            "subject"
+        ),
+        "tenant.acme.orders.new"
+    );
+    assert_eq!(
+        field(
+            b"$JS.API.STREAM.LIST",
+            br#"{"offset":0,"subject":"orders.*"}"#,
+            "subject"
+        ),
+        "tenant.acme.orders.*"
+    );
+    assert_eq!(
+        field(
+            b"$JS.API.STREAM.INFO.ORDERS",
+            br#"{"subjects_filter":">"}"#,
+            "subjects_filter"
+        ),
+        "tenant.acme.>"
+    );
+    assert_eq!(
+        field(
+            b"$JS.API.STREAM.PURGE.ORDERS",
+            br#"{"filter":"orders.old"}"#,
+            "filter"
+        ),
+        "tenant.acme.orders.old"
+    );
+    assert_eq!(
+        field(
+            b"$JS.API.STREAM.MSG.GET.ORDERS",
+            br#"{"last_by_subj":"orders.new"}"#,
+            "last_by_subj"
+        ),
+        "tenant.acme.orders.new"
+    );
+    assert_eq!(
+        field(
+            b"$JS.API.DIRECT.GET.KV_b",
+            br#"{"multi_last":["$KV.b.x","$KV.b.y"]}"#,
+            "multi_last"
+        ),
+        serde_json::json!(["tenant.acme.$KV.b.x", "tenant.acme.$KV.b.y"])
+    );
+    // A direct get of a subject's last message names it in its own subject.
+    let get = jetstream::map_stream_lookup(
+        b"$JS.API.DIRECT.GET.KV_b.$KV.b.key",
+        b"$JS.acme.API.DIRECT.GET.KV_b.$KV.b.key",
+        b"",
+        &set,
+    );
+    assert_eq!(
+        get.subject.as_deref(),
+        Some(&b"$JS.acme.API.DIRECT.GET.KV_b.tenant.acme.$KV.b.key"[..])
+    );
+    assert_eq!(get.payload, None);
+    // Other requests, a name that only starts like a lookup, and no payload: untouched.
+    for (api, request) in [
+        (
+            &b"$JS.API.STREAM.NAMESX"[..],
+            &br#"{"subject":"orders.new"}"#[..],
+        ),
+        (
+            b"$JS.API.STREAM.DELETE.ORDERS",
+            br#"{"filter":"orders.new"}"#,
+        ),
+        (b"$JS.API.STREAM.NAMES", b""),
+        (b"orders.new", br#"{"subject":"orders.new"}"#),
+    ] {
+        assert_eq!(
+            jetstream::map_stream_lookup(api, api, request, &set),
+            jetstream::MappedRequest::default(),
+            "{}",
+            String::from_utf8_lossy(api)
+        );
+    }
+}
+
+#[test]
+fn jetstream_answers_show_the_clients_subjects() {
+    use jetstream::ApiAnswer;
+    let set = load("jetstream-mount");
+    assert_eq!(
+        jetstream::api_answer(b"$JS.API.CONSUMER.INFO.ORDERS.w", &set),
+        Some(ApiAnswer::Consumer)
+    );
+    assert_eq!(
+        jetstream::api_answer(b"$JS.API.STREAM.LIST", &set),
+        Some(ApiAnswer::Stream)
+    );
+    assert_eq!(
+        jetstream::api_answer(b"$JS.API.STREAM.MSG.GET.ORDERS", &set),
+        Some(ApiAnswer::StoredMessage)
+    );
+    assert_eq!(
+        jetstream::api_answer(b"$JS.API.STREAM.DELETE.ORDERS", &set),
+        None
+    );
+    assert_eq!(jetstream::api_answer(b"orders.new", &set), None);
+
+    let mapped = |kind, answer: &[u8]| {
+        let payload = jetstream::map_api_answer(kind, answer, &set).expect("mapped");
+        serde_json::from_slice::<serde_json::Value>(&payload).unwrap()
+    };
+    let consumer = mapped(
+        ApiAnswer::Consumer,
+        br#"{"type":"io.nats.jetstream.api.v1.consumer_create_response","name":"w","config":{"filter_subject":"tenant.acme.orders.new","filter_subjects":["tenant.acme.a","elsewhere.b"],"deliver_subject":"tenant.acme._INBOX.p","ack_policy":"explicit"},"num_pending":3}"#,
+    );
+    assert_eq!(consumer["config"]["filter_subject"], "orders.new");
+    assert_eq!(
+        consumer["config"]["filter_subjects"],
+        serde_json::json!(["a", "elsewhere.b"])
+    );
+    assert_eq!(consumer["config"]["deliver_subject"], "_INBOX.p");
+    assert_eq!(consumer["config"]["ack_policy"], "explicit");
+    assert_eq!(consumer["num_pending"], 3);
+    let list = mapped(
+        ApiAnswer::Consumer,
+        br#"{"total":1,"consumers":[{"config":{"filter_subject":"tenant.acme.x"}}]}"#,
+    );
+    assert_eq!(list["consumers"][0]["config"]["filter_subject"], "x");
+    let stream = mapped(
+        ApiAnswer::Stream,
+        br#"{"config":{"name":"ORDERS","subjects":["tenant.acme.orders.>"]},"state":{"messages":2,"subjects":{"tenant.acme.orders.a":1,"tenant.acme.orders.b":1}}}"#,
+    );
+    assert_eq!(
+        stream["config"]["subjects"],
+        serde_json::json!(["orders.>"])
+    );
+    assert_eq!(stream["config"]["name"], "ORDERS");
+    assert_eq!(
+        stream["state"]["subjects"],
+        serde_json::json!({"orders.a": 1, "orders.b": 1})
+    );
+    let streams = mapped(
+        ApiAnswer::Stream,
+        br#"{"streams":[{"config":{"subjects":["tenant.acme.x.>"]}}]}"#,
+    );
+    assert_eq!(
+        streams["streams"][0]["config"]["subjects"],
+        serde_json::json!(["x.>"])
+    );
+    let message = mapped(
+        ApiAnswer::StoredMessage,
+        br#"{"message":{"subject":"tenant.acme.orders.a","seq":1,"data":"aGk="}}"#,
+    );
+    assert_eq!(message["message"]["subject"], "orders.a");
+    assert_eq!(message["message"]["seq"], 1);
+    // Nothing to map back (an error answer, subjects outside the mount, not JSON): as is.
+    for answer in [
+        &br#"{"error":{"code":404,"err_code":10014,"description":"consumer not found"}}"#[..],
+        br#"{"config":{"filter_subject":"elsewhere.x"}}"#,
+        b"not json",
+    ] {
+        assert_eq!(
+            jetstream::map_api_answer(ApiAnswer::Consumer, answer, &set),
+            None
+        );
+    }
 }
 
 /// reverse(forward(s)) == s for random subjects over every rule set shipped in rules/.
