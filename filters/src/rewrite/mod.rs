@@ -754,16 +754,31 @@ fn reverse_reply(
             }
         }
     }
-    if let Some(block) = &msg.headers {
+    if let Some(block) = msg.headers.clone() {
         if msg.payload.is_empty() && block.starts_with(b"NATS/1.0 503") {
-            if let Some(rebuilt) = reverse_status_subject(block, set, answered) {
+            if let Some(rebuilt) = reverse_status_subject(&block, set, answered) {
                 msg.headers = Some(rebuilt);
                 changed = true;
+            }
+        }
+        // A push consumer's idle heartbeat names, in this header, the flow control request
+        // its client has not answered yet (nats.go answers it there): an answer that goes
+        // as it is, like the flow control request's own reply subject.
+        if msg.payload.is_empty() && block.starts_with(b"NATS/1.0 100") {
+            let stalled = Headers::parse(&block)
+                .ok()
+                .and_then(|parsed| parsed.get(CONSUMER_STALLED))
+                .filter(|fc| fc.starts_with(b"$JS.FC.") && set.claims(fc, true).is_some());
+            if let Some(fc) = stalled {
+                replies.delivered_with(fc, None, Instant::now());
             }
         }
     }
     changed
 }
+
+/// The header of a push consumer's idle heartbeat that names a flow control request.
+const CONSUMER_STALLED: &[u8] = b"Nats-Consumer-Stalled";
 
 /// nats-server's permissions errors quote the subject in its view (`Permissions Violation
 /// for Publish to "tenant.acme.orders.x"`): the client must read its own subject there, as

@@ -1043,6 +1043,31 @@ fn a_reply_a_publish_only_rule_would_send_elsewhere_is_a_token() {
     assert_eq!(subject_of(&own), b"telemetry.results");
 }
 
+/// A push consumer's idle heartbeat names the flow control request not answered yet; the
+/// client's answer to it goes out as it is, as an answer to the request itself would.
+#[test]
+fn a_stalled_flow_control_named_by_a_heartbeat_is_answered_as_it_is() {
+    let (mut f, mut ctx) = filter_for("tenant-mount", &[]);
+    f.on_client_op(&mut subscribe("_INBOX.push", "1"), &mut ctx);
+    let mut heartbeat = ServerOp::Msg(Msg {
+        subject: Bytes::from_static(b"tenant.acme._INBOX.push"),
+        sid: Bytes::from_static(b"1"),
+        reply: None,
+        headers: Some(Bytes::from_static(
+            b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 0\r\nNats-Last-Stream: 0\r\nNats-Consumer-Stalled: $JS.FC.ORDERS.p.1\r\n\r\n",
+        )),
+        payload: Bytes::new(),
+    });
+    f.on_server_op(&mut heartbeat, &mut ctx);
+    let mut answer = publish("$JS.FC.ORDERS.p.1", None);
+    assert_eq!(f.on_client_op(&mut answer, &mut ctx), Verdict::Forward);
+    assert_eq!(subject_of(&answer), b"$JS.FC.ORDERS.p.1");
+    // Not named by a heartbeat: mounted like any subject.
+    let mut other = publish("$JS.FC.ORDERS.p.2", None);
+    f.on_client_op(&mut other, &mut ctx);
+    assert_eq!(subject_of(&other), b"tenant.acme.$JS.FC.ORDERS.p.2");
+}
+
 /// A reply token handed out under a set stands for its reply subject after a reload took
 /// the listener's set away: the answer still reaches the requester outside the mount.
 #[test]
