@@ -452,6 +452,26 @@ fn shipped_invalid_set_names_rule_and_subject() {
     assert!(text.contains("maps back to `dev.x."), "{text}");
 }
 
+/// A regex rule that maps back part of a mount's upstream namespace: the mount's subjects
+/// there would come back as the regex rule's. The mount's probes are drawn from the other
+/// rule's words too, so the load finds one.
+#[test]
+fn a_mount_whose_subjects_another_rule_maps_back_is_refused() {
+    let err = inline(
+        "[[rule]]\nname='dev'\nkind='regex'\nclient='^dev\\.([^.]+)$'\n\
+         upstream='tenant.acme.orders.dev.$1'\n\
+         reverse_match='^tenant\\.acme\\.orders\\.dev\\.([^.]+)$'\nreverse='dev.$1'\n\
+         [[rule]]\nname='orders'\nkind='mount'\nclient='orders.>'\nupstream='tenant.acme.orders.>'\n",
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, RuleError::Irreversible { .. }), "{text}");
+    assert!(
+        text.contains("rule `orders` is not reversible: `orders.dev."),
+        "{text}"
+    );
+}
+
 #[test]
 fn load_errors_name_the_problem() {
     let err = inline(

@@ -3,8 +3,8 @@
 //!
 //! Mounts are checked exactly (prefix overlap). Regex rules cannot be checked in closed form,
 //! so they are probed: each rule's `examples`, then subjects drawn by a seeded generator from
-//! the rule's own literal tokens plus random ones, `*` and `>`. The first subject that breaks
-//! a rule is named in the error.
+//! the rule's own literal tokens, the words of the set's other rules (either side), random
+//! tokens, `*` and `>`. The first subject that breaks a rule is named in the error.
 
 use super::rules::{Rule, RuleMap, RuleSet};
 use super::RuleError;
@@ -26,7 +26,7 @@ pub fn validate(set: &RuleSet) -> Result<(), RuleError> {
             }
             check_subject(set, i, example.as_bytes())?;
         }
-        let mut gen = SubjectGen::new(0x5eed ^ i as u64, literal_tokens(rule));
+        let mut gen = SubjectGen::new(0x5eed ^ i as u64, probe_tokens(set, i));
         for _ in 0..PROBES_PER_RULE {
             let probe = gen.next_subject();
             if rule.matches_client(&probe) {
@@ -151,6 +151,41 @@ pub fn literal_tokens(rule: &Rule) -> Vec<Vec<u8>> {
         RuleMap::Mount { client, .. } => client.clone(),
         RuleMap::Regex { client, .. } => client.as_str().replace('\\', "").into_bytes(),
     };
+    tokens_of(&source)
+}
+
+/// The tokens rule `index` is probed with: its own literals first (the generator takes a
+/// run of them from the start), then every other token the set's rules write on either
+/// side, once each, so that a subject of this rule that another rule maps back (or claims)
+/// is drawn too: `orders.dev.x` for a mount of `orders.>` when a regex rule takes
+/// `...orders.dev.<one token>` back to `dev.<token>`.
+fn probe_tokens(set: &RuleSet, index: usize) -> Vec<Vec<u8>> {
+    let mut tokens = literal_tokens(&set.rules[index]);
+    for rule in &set.rules {
+        let mut sides = literal_tokens(rule);
+        match &rule.map {
+            RuleMap::Mount { upstream, .. } => sides.extend(tokens_of(upstream)),
+            RuleMap::Regex {
+                upstream, reverse, ..
+            } => {
+                sides.extend(tokens_of(upstream));
+                if let Some((pattern, template)) = reverse {
+                    sides.extend(tokens_of(pattern.as_str().replace('\\', "").as_bytes()));
+                    sides.extend(tokens_of(template));
+                }
+            }
+        }
+        for token in sides {
+            if !tokens.contains(&token) {
+                tokens.push(token);
+            }
+        }
+    }
+    tokens
+}
+
+/// The words of a pattern or template that can be subject tokens.
+fn tokens_of(source: &[u8]) -> Vec<Vec<u8>> {
     source
         .split(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'$')))
         .filter(|t| !t.is_empty() && *t != b"$")
