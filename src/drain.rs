@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::edge::Edge;
+use crate::edge::{Edge, EdgeShared};
 use crate::session::CLOSE_GRACE;
 
 /// The longest pause between two closes, as nats-server's lame-duck mode: a few clients are
@@ -34,7 +34,7 @@ pub async fn drain(edge: &mut Edge, grace_period: Duration, timeout: Duration) -
         grace_period_ms = grace_period.as_millis() as u64,
         "draining: stopped accepting, lame-duck INFO sent to clients"
     );
-    let _ = tokio::time::timeout(grace_period, shared.registry.until_empty()).await;
+    let _ = tokio::time::timeout(grace_period, until_no_connections(&shared)).await;
     let remaining = shared.registry.snapshot();
     let closed_by_edge = remaining.len();
     if closed_by_edge > 0 {
@@ -74,6 +74,24 @@ pub async fn drain(edge: &mut Edge, grace_period: Duration, timeout: Duration) -
     Drained {
         closed_by_edge,
         timed_out,
+    }
+}
+
+/// How often a drain looks again at connections in their transport handshake.
+const HANDSHAKE_POLL: Duration = Duration::from_millis(20);
+
+/// Resolves once no client connection is left: no session, and none in its transport
+/// handshake (a TLS handshake, a WebSocket upgrade, a PROXY header), which is not in the
+/// registry yet and whose session would start with the lame-duck INFO. Sessions are waited
+/// for on the registry's notification; a handshake that fails leaves without one, so those
+/// are looked at again every [`HANDSHAKE_POLL`].
+async fn until_no_connections(shared: &EdgeShared) {
+    loop {
+        shared.registry.until_empty().await;
+        if shared.open_connections() == 0 {
+            return;
+        }
+        tokio::time::sleep(HANDSHAKE_POLL).await;
     }
 }
 

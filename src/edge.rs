@@ -63,7 +63,12 @@ pub struct Edge {
     admin_addr: Option<SocketAddr>,
     shared: Arc<EdgeShared>,
     shutdown: watch::Sender<bool>,
+    /// The accept loops, each waiting for its sessions once stopped.
     tasks: JoinSet<()>,
+    /// The admin server and the upstream check: stopped only once `tasks` are done, so the
+    /// probes and the metrics answer through the whole of a drain, its last closes included.
+    admin_tasks: JoinSet<()>,
+    admin_stop: watch::Sender<bool>,
 }
 
 /// Who this edge is, for `/varz`.
@@ -100,6 +105,11 @@ impl EdgeShared {
     /// Sends every live client the lame-duck INFO.
     pub fn enter_lame_duck(&self) {
         let _ = self.lame_duck.send(true);
+    }
+
+    /// Client connections open now, in their transport handshake or in their session.
+    pub fn open_connections(&self) -> usize {
+        self.listeners.iter().map(|l| l.open_connections()).sum()
     }
 }
 
@@ -404,21 +414,23 @@ impl Edge {
             tagging,
             epoch: rules_epoch,
         }));
+        let (admin_stop, admin_stop_rx) = watch::channel(false);
+        let mut admin_tasks = JoinSet::new();
         let admin_addr = match admin.listen {
             Some(addr) => {
                 let admin_error = |source| StartError::AdminBind { addr, source };
                 let listener = TcpListener::bind(addr).await.map_err(admin_error)?;
                 let local = listener.local_addr().map_err(admin_error)?;
                 tracing::info!(addr = %local, "admin listening");
-                tasks.spawn(crate::admin::serve(
+                admin_tasks.spawn(crate::admin::serve(
                     listener,
                     shared.clone(),
-                    shutdown.subscribe(),
+                    admin_stop_rx.clone(),
                 ));
-                tasks.spawn(check_upstream(
+                admin_tasks.spawn(check_upstream(
                     shared.clone(),
                     admin.upstream_check_interval.0,
-                    shutdown.subscribe(),
+                    admin_stop_rx,
                 ));
                 Some(local)
             }
@@ -430,6 +442,8 @@ impl Edge {
             shared,
             shutdown,
             tasks,
+            admin_tasks,
+            admin_stop,
         })
     }
 
@@ -455,12 +469,15 @@ impl Edge {
     /// Stops accepting, closes every session, and waits for them to end.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        while self.tasks.join_next().await.is_some() {}
+        self.wait().await;
     }
 
-    /// Resolves when every listener has stopped (after [`Edge::shutdown`] or a fatal error).
+    /// Resolves when every listener has stopped and its sessions have ended (after
+    /// [`Edge::shutdown`] or a fatal error), and then the admin server.
     pub async fn wait(&mut self) {
         while self.tasks.join_next().await.is_some() {}
+        let _ = self.admin_stop.send(true);
+        while self.admin_tasks.join_next().await.is_some() {}
     }
 
     /// A handle that starts a shutdown from elsewhere (a signal handler).

@@ -79,6 +79,11 @@ impl ListenerCell {
         }
     }
 
+    /// Connections holding a slot now: in their transport handshake or in their session.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
     pub fn current(&self) -> Arc<ListenerRuntime> {
         self.current
             .read()

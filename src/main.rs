@@ -116,14 +116,10 @@ enum LogFormatArg {
 }
 
 fn main() -> ExitCode {
-    // Until the signal handlers are installed (once the configuration has loaded), a SIGHUP
-    // (`systemctl reload` right after the start) would end the process; the configuration
-    // it asks for is being read anyway, so it is ignored until then.
-    // SAFETY: sets a signal's disposition before any other thread exists.
-    unsafe {
-        libc::signal(libc::SIGHUP, libc::SIG_IGN);
-    }
     let cli = Cli::parse();
+    if matches!(cli.command, None | Some(Command::Run)) {
+        hold_signals();
+    }
     let overrides = Overrides {
         listen: cli.listen,
         upstreams: cli.upstreams.clone(),
@@ -345,10 +341,10 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::R
     let mut written_pid_file = None;
     let result = runtime.block_on(async {
         let mut signals = Signals::new().context("installing signal handlers")?;
+        release_held_signals();
         let mut edge = Edge::start_on_workers(config, Vec::new(), workers).await?;
         if let Some(path) = &pid_file {
-            std::fs::write(path, format!("{}\n", std::process::id()))
-                .with_context(|| format!("writing pid_file {}", path.display()))?;
+            write_pid_file(path).with_context(|| format!("writing pid_file {}", path.display()))?;
             written_pid_file = Some(path.clone());
         }
         let source = file
@@ -367,11 +363,17 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::R
         let shared = edge.shared().clone();
         let drain = shared.reloader.current().drain.clone();
         tracing::info!("shutting down: draining (a second signal exits at once)");
+        let first_stop = std::time::Instant::now();
         // As nats-server in lame-duck mode, a reload still applies while the edge drains:
         // rules that revoke a user reach the clients still connected.
         let second_stop = async {
             loop {
                 match signals.next().await {
+                    // One stop delivered twice (Ctrl-C's SIGINT to the process group and a
+                    // wrapper's SIGTERM to the process) is not a second request.
+                    Signal::Stop if first_stop.elapsed() < SAME_STOP => {
+                        tracing::info!("a second stop signal right after the first: draining on");
+                    }
                     Signal::Stop => break,
                     Signal::Reload => reload(&shared, file.as_deref(), &overrides, &source),
                 }
@@ -437,6 +439,18 @@ fn raise_descriptor_limit() {
     }
 }
 
+/// Writes this process's id to `path` whole: into a file beside it, then renamed over it, so
+/// that a `nats-edge reload` reading it meanwhile never finds it empty.
+fn write_pid_file(path: &std::path::Path) -> std::io::Result<()> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(format!(".{}.tmp", std::process::id()));
+    let partial = PathBuf::from(partial);
+    std::fs::write(&partial, format!("{}\n", std::process::id()))?;
+    std::fs::rename(&partial, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&partial);
+    })
+}
+
 /// Removes the pid file this process wrote, unless it names another process by now (a new
 /// instance started while this one drained, whose `nats-edge reload` needs the file).
 fn remove_own_pid_file(path: &Path) {
@@ -479,6 +493,49 @@ fn start_workers(
         })
         .collect()
 }
+
+/// A stop signal this soon after the first is the same request delivered twice.
+const SAME_STOP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The signals `run` answers, held (blocked) from the process's start until their handlers
+/// are installed, so that one sent meanwhile waits for them: SIGHUP's default action would
+/// end the process (a `systemctl reload` right after the start), and a container's PID 1
+/// loses a SIGTERM it has no handler for unless the signal is blocked (a pod deleted while
+/// it starts would run until killed). Threads started meanwhile keep them blocked, so they
+/// are delivered to the main thread, where the handlers' runtime runs.
+#[cfg(unix)]
+const HELD_SIGNALS: [libc::c_int; 3] = [libc::SIGHUP, libc::SIGTERM, libc::SIGINT];
+
+#[cfg(unix)]
+fn hold_signals() {
+    set_signal_mask(libc::SIG_BLOCK);
+}
+
+/// Once the handlers are installed: a signal held meanwhile is handled now.
+#[cfg(unix)]
+fn release_held_signals() {
+    set_signal_mask(libc::SIG_UNBLOCK);
+}
+
+#[cfg(unix)]
+fn set_signal_mask(how: libc::c_int) {
+    // SAFETY: the set is initialised by sigemptyset before use, lives on this stack frame
+    // for the whole call, and pthread_sigmask only changes the calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in HELD_SIGNALS {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
+}
+
+#[cfg(not(unix))]
+fn hold_signals() {}
+
+#[cfg(not(unix))]
+fn release_held_signals() {}
 
 /// What a signal asks for.
 enum Signal {

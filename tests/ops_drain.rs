@@ -120,11 +120,15 @@ async fn a_second_signal_exits_at_once() {
     let server = NatsServer::start();
     let mut edge = spawn_edge(&server, "50s", "60s");
     let (_raw, _) = protocol_one_client(&edge).await;
+    let first = Instant::now();
     send_signal(edge.pid(), "TERM");
     edge.wait_log(
         0,
         "draining: stopped accepting, lame-duck INFO sent to clients",
     );
+    // A stop within a second of the first is taken as the same one delivered twice (the
+    // test below): the second request comes after that.
+    tokio::time::sleep_until((first + Duration::from_millis(1100)).into()).await;
     let second = Instant::now();
     send_signal(edge.pid(), "INT");
     let status = edge.wait_exit().await;
@@ -257,14 +261,7 @@ async fn lame_duck_info_leaves_out_the_draining_edges_own_url() {
         drop(raw);
         ldm
     };
-    let (drained, ldm) = within(
-        "the drain",
-        futures::future::join(
-            nats_edge::drain::drain(&mut edge, Duration::from_secs(30), Duration::from_secs(35)),
-            client,
-        ),
-    )
-    .await;
+    let (drained, ldm) = drain_beside(&mut edge, client).await;
     assert_eq!(ldm["ldm"], true, "{ldm}");
     assert_eq!(
         ldm["connect_urls"],
@@ -272,6 +269,116 @@ async fn lame_duck_info_leaves_out_the_draining_edges_own_url() {
         "{ldm}"
     );
     assert_eq!(drained.closed_by_edge, 0, "the client left on its own");
+}
+
+/// A drain with a 30 s grace period (35 s in all), beside `client`, bounded.
+async fn drain_beside<T>(
+    edge: &mut nats_edge::Edge,
+    client: impl std::future::Future<Output = T>,
+) -> (nats_edge::drain::Drained, T) {
+    within(
+        "the drain",
+        futures::future::join(
+            nats_edge::drain::drain(edge, Duration::from_secs(30), Duration::from_secs(35)),
+            client,
+        ),
+    )
+    .await
+}
+
+/// A connection still in its transport handshake when the drain starts (here, its PROXY
+/// header not sent yet) is a client like the others: the grace period waits for it, and its
+/// session, once the header comes, starts with the lame-duck INFO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grace_period_waits_for_a_handshake_in_flight() {
+    let server = NatsServer::start();
+    let mut edge = start_edge_toml(&edge_toml(&[server.url()], "proxy_protocol = true", "")).await;
+    let shared = edge.shared().clone();
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    let poll = |what: &'static str, done: Box<dyn Fn() -> bool + Send>| {
+        within(what, async move {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let accepted = shared.clone();
+    poll(
+        "the accept",
+        Box::new(move || accepted.open_connections() == 1),
+    )
+    .await;
+    let draining = shared.clone();
+    let client = async {
+        poll(
+            "the drain's start",
+            Box::new(move || draining.health.is_draining()),
+        )
+        .await;
+        raw.send(b"PROXY TCP4 203.0.113.7 127.0.0.1 5000 4222\r\n")
+            .await;
+        let info = raw.read_info().await;
+        assert_eq!(info["client_ip"], "203.0.113.7", "{info}");
+        raw.send(b"CONNECT {\"verbose\":false,\"protocol\":1}\r\nPING\r\n")
+            .await;
+        let (ldm, _) = read_until_lame_duck(&mut raw).await;
+        drop(raw);
+        ldm
+    };
+    let (drained, ldm) = drain_beside(&mut edge, client).await;
+    assert_eq!(ldm["ldm"], true, "{ldm}");
+    assert_eq!(drained.closed_by_edge, 0, "the client left on its own");
+    assert!(!drained.timed_out);
+}
+
+/// The admin server answers until the last session has ended: here one still writing out
+/// what is queued for a client that does not read, after the listeners have closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_server_answers_until_the_last_session_ends() {
+    let server = NatsServer::start();
+    let mut edge = start_edge_toml(&edge_toml(
+        &[server.url()],
+        "",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+    ))
+    .await;
+    let admin = edge.admin_addr().expect("admin server");
+    let addr = edge_addr(&edge);
+    // A subscriber that never reads, and 16 MiB for it: the edge has them queued.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = within("connect", socket.connect(addr)).await.unwrap();
+    let mut stalled = RawConn::from_stream(stream);
+    stalled.read_info().await;
+    let reply = stalled
+        .roundtrip(b"CONNECT {\"verbose\":false}\r\nSUB firehose 1\r\n")
+        .await;
+    assert!(!reply.closed, "{}", reply.text());
+    let publisher = client(&server.url()).await;
+    let payload = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+    for _ in 0..256 {
+        publisher
+            .publish("firehose", payload.clone())
+            .await
+            .unwrap();
+    }
+    round_trip(&publisher).await;
+
+    let _ = edge.shutdown_handle().send(true);
+    // The listeners are closed...
+    within("the listeners' close", async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // ...the session is still writing to its client, and the admin server answers.
+    assert_eq!(edge.shared().registry.len(), 1);
+    let (status, body) = http_get(admin, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    within("the edge's end", edge.wait()).await;
+    assert!(tokio::net::TcpStream::connect(admin).await.is_err());
+    drop(stalled);
 }
 
 /// A reload still applies while the edge drains, as nats-server reloads in lame-duck mode:
@@ -332,4 +439,97 @@ async fn a_reload_applies_during_the_drain() {
     drop(stays);
     let status = edge.wait_exit().await;
     assert!(status.success(), "{}", edge.log().dump());
+}
+
+/// The same stop delivered twice (Ctrl-C's SIGINT to the process group, a wrapper's SIGTERM
+/// to the process) drains once: only a stop a second or more after the first exits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_delivered_twice_drains_once() {
+    let server = NatsServer::start();
+    let mut edge = spawn_edge(&server, "30s", "60s");
+    let (raw, _) = protocol_one_client(&edge).await;
+    send_signal(edge.pid(), "TERM");
+    let (from, _) = edge.wait_log(
+        0,
+        "draining: stopped accepting, lame-duck INFO sent to clients",
+    );
+    send_signal(edge.pid(), "INT");
+    edge.wait_log(
+        from,
+        "a second stop signal right after the first: draining on",
+    );
+    drop(raw);
+    let status = edge.wait_exit().await;
+    assert!(status.success(), "{}", edge.log().dump());
+}
+
+/// Whether some thread of process `pid` has SIGHUP, SIGINT and SIGTERM blocked.
+fn holds_stop_and_reload_signals(pid: u32) -> bool {
+    let held = [libc::SIGHUP, libc::SIGINT, libc::SIGTERM]
+        .iter()
+        .fold(0u64, |mask, s| mask | 1 << (s - 1));
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .is_some_and(|blocked| blocked & held == held)
+    })
+}
+
+/// Signals sent while the edge starts wait for their handlers, held from the start of the
+/// process: a SIGHUP does not end it, and a SIGTERM is not lost (a container's PID 1 loses
+/// a signal it has no handler for, unless the signal is blocked). The edge starts,
+/// reloads, drains and exits 0.
+#[test]
+fn signals_sent_while_the_edge_starts_wait_for_it() {
+    use std::process::Stdio;
+    let server = NatsServer::start();
+    let mut child = nats_edge_command()
+        .args(["--listen", "127.0.0.1:0", "--upstream", &server.url()])
+        .args(["--log-format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run nats-edge");
+    let pid = child.id();
+    let log = LogLines::collect(child.stderr.take().unwrap());
+    // As soon as the process holds them (its main thread from the start of `main`, its
+    // workers from their start): a bounded poll of /proc.
+    let deadline = Instant::now() + WAIT;
+    while !holds_stop_and_reload_signals(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the signals were never held:\n{}",
+            log.dump()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    send_signal(pid, "HUP");
+    send_signal(pid, "TERM");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for nats-edge") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("nats-edge did not exit:\n{}", log.dump());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status:?}\n{}", log.dump());
+    let dump = log.dump();
+    for line in [
+        "listening",
+        "SIGHUP: reloading the configuration",
+        "drained",
+    ] {
+        assert!(dump.contains(line), "no `{line}`:\n{dump}");
+    }
 }
