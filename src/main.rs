@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -355,7 +356,7 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::R
             tokio::select! {
                 _ = edge.wait() => return Ok(()),
                 signal = signals.next() => match signal {
-                    Signal::Reload => reload(edge.shared(), file.as_deref(), &overrides, &source),
+                    Signal::Reload => reload(edge.shared(), file.as_deref(), &overrides, &source).await,
                     Signal::Stop => break,
                 },
             }
@@ -375,7 +376,7 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::R
                         tracing::info!("a second stop signal right after the first: draining on");
                     }
                     Signal::Stop => break,
-                    Signal::Reload => reload(&shared, file.as_deref(), &overrides, &source),
+                    Signal::Reload => reload(&shared, file.as_deref(), &overrides, &source).await,
                 }
             }
         };
@@ -589,20 +590,33 @@ impl Signals {
 }
 
 /// Reads the configuration again, with the same layering as at start-up, and applies it if
-/// every part accepts it; otherwise the running configuration stays.
-fn reload(
-    edge: &nats_edge::edge::EdgeShared,
+/// every part accepts it; otherwise the running configuration stays. On a blocking thread:
+/// reading and checking the files (certificates, rule files, the probes of rewrite rules)
+/// takes a while, and the main thread accepts connections and answers probes meanwhile.
+/// Awaited, so reloads run one at a time.
+async fn reload(
+    edge: &Arc<nats_edge::edge::EdgeShared>,
     file: Option<&Path>,
     overrides: &Overrides,
     source: &str,
 ) {
     tracing::info!(file = source, "SIGHUP: reloading the configuration");
-    let reloader = &edge.reloader;
-    match Config::load(file, overrides) {
-        Ok(config) => {
-            let _ = reloader.reload(config, source);
+    let edge = edge.clone();
+    let file = file.map(Path::to_path_buf);
+    let overrides = overrides.clone();
+    let source = source.to_string();
+    let done = tokio::task::spawn_blocking(move || {
+        let reloader = &edge.reloader;
+        match Config::load(file.as_deref(), &overrides) {
+            Ok(config) => {
+                let _ = reloader.reload(config, &source);
+            }
+            Err(e) => reloader.failed(&source, &ReloadError::Config(e)),
         }
-        Err(e) => reloader.failed(source, &ReloadError::Config(e)),
+    })
+    .await;
+    if let Err(e) = done {
+        tracing::error!(error = %e, "the reload stopped before it ended; the configuration may be the running one or the new one");
     }
 }
 
