@@ -440,16 +440,35 @@ fn raise_descriptor_limit() {
     }
 }
 
-/// Writes this process's id to `path` whole: into a file beside it, then renamed over it, so
-/// that a `nats-edge reload` reading it meanwhile never finds it empty.
+/// Writes this process's id to `path` whole: into a new file beside it, then renamed over
+/// it, so that a `nats-edge reload` reading it meanwhile never finds it empty. Where no file
+/// can be made beside it (a pid file made ahead in a directory the service cannot write
+/// to), it is written in place.
 fn write_pid_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let id = format!("{}\n", std::process::id());
+    // Unique per start: every instance is PID 1 in its container, and two may share a
+    // volume.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
     let mut partial = path.as_os_str().to_owned();
-    partial.push(format!(".{}.tmp", std::process::id()));
+    partial.push(format!(".{}-{nanos:09}.tmp", std::process::id()));
     let partial = PathBuf::from(partial);
-    std::fs::write(&partial, format!("{}\n", std::process::id()))?;
-    std::fs::rename(&partial, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&partial);
-    })
+    let beside = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&partial)
+        .and_then(|mut file| file.write_all(id.as_bytes()))
+        .and_then(|()| std::fs::rename(&partial, path));
+    match beside {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            let _ = std::fs::remove_file(&partial);
+            std::fs::write(path, id)
+        }
+    }
 }
 
 /// Removes the pid file this process wrote, unless it names another process by now (a new
@@ -615,8 +634,12 @@ async fn reload(
         }
     })
     .await;
+    // A reload that panicked may have applied part of the new configuration: the process
+    // ends, as it would have with the reload on this thread.
     if let Err(e) = done {
-        tracing::error!(error = %e, "the reload stopped before it ended; the configuration may be the running one or the new one");
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
     }
 }
 

@@ -469,6 +469,15 @@ async fn key_value_through_a_mount() {
         (stored.key.as_str(), &stored.value[..]),
         ("alice", &b"v1"[..])
     );
+    // A read by revision: the client compares the subject the answer names with its key's.
+    let revision = within(
+        "entry by revision",
+        bucket.entry_for_revision("alice", stored.revision),
+    )
+    .await
+    .expect("entry by revision")
+    .expect("the revision");
+    assert_eq!(&revision.value[..], b"v1");
     let keys: Vec<String> = within("keys", async {
         bucket
             .keys()

@@ -7,10 +7,15 @@
 //! rule file asks (`jetstream_stream_subjects`, `jetstream_consumer_filters`): they are
 //! rare control messages, so the copy a JSON rewrite costs does not matter.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use serde_json::Value;
 
 use super::rules::RuleSet;
+use crate::op::Msg;
 
 const STREAM_CREATE: &[u8] = b"$JS.API.STREAM.CREATE.";
 const STREAM_UPDATE: &[u8] = b"$JS.API.STREAM.UPDATE.";
@@ -98,10 +103,15 @@ pub enum ApiAnswer {
     Consumer,
     /// A stored message (`STREAM.MSG.GET`): `message.subject`.
     StoredMessage,
+    /// A direct get: messages whose `Nats-Subject` header names their subject (async-nats
+    /// compares it with the key it asked for); a batch (`batch`, `multi_last`) is several,
+    /// ended by a status message (`204 EOB`).
+    DirectGet { batch: bool },
 }
 
-/// What the answer to a request to `client_subject` shows, where the set maps it.
-pub fn api_answer(client_subject: &[u8], set: &RuleSet) -> Option<ApiAnswer> {
+/// What the answer to a request to `client_subject` with `payload` shows, where the set
+/// maps it.
+pub fn api_answer(client_subject: &[u8], payload: &[u8], set: &RuleSet) -> Option<ApiAnswer> {
     let any = |prefixes: &[&[u8]]| prefixes.iter().any(|p| client_subject.starts_with(p));
     if set.jetstream_stream_subjects {
         if any(&[STREAM_CREATE, STREAM_UPDATE, STREAM_INFO]) || client_subject == STREAM_LIST {
@@ -109,6 +119,12 @@ pub fn api_answer(client_subject: &[u8], set: &RuleSet) -> Option<ApiAnswer> {
         }
         if any(&[STREAM_MSG_GET]) {
             return Some(ApiAnswer::StoredMessage);
+        }
+        if any(&[DIRECT_GET]) {
+            let batch = [&b"\"batch\""[..], b"\"multi_last\""]
+                .iter()
+                .any(|key| memchr::memmem::find(payload, key).is_some());
+            return Some(ApiAnswer::DirectGet { batch });
         }
     }
     if set.jetstream_consumer_filters
@@ -148,10 +164,105 @@ pub fn map_api_answer(kind: ApiAnswer, payload: &[u8], set: &RuleSet) -> Option<
             .get_mut("message")
             .and_then(|m| m.get_mut("subject"))
             .is_some_and(|subject| map_back(subject, set)),
+        // Its subject is in a header, not in a JSON payload.
+        ApiAnswer::DirectGet { .. } => false,
     };
     changed
         .then(|| serde_json::to_vec(&answer).ok().map(Bytes::from))
         .flatten()
+}
+
+/// How long a request's answer is waited for: clients give up on theirs after 5 s.
+const ANSWER_PATIENCE: Duration = Duration::from_secs(30);
+/// How many requests wait for their answers at once: clients send them one at a time, or
+/// a few; past this the oldest is forgotten (its answer comes as the upstream wrote it).
+const PENDING_ANSWERS: usize = 64;
+/// Deliveries that answer no request between two looks for overdue requests.
+const PRUNE_EVERY: u32 = 256;
+
+/// A request waiting for its answer: the set that mapped it maps the answer back.
+struct Pending {
+    reply: Bytes,
+    kind: ApiAnswer,
+    set: Arc<RuleSet>,
+    sent: Instant,
+}
+
+/// The JetStream API requests of a session waiting for their answers, by the upstream
+/// reply subject the answer comes to. Empty, it costs a delivery one check.
+#[derive(Default)]
+pub struct PendingAnswers {
+    pending: VecDeque<Pending>,
+    misses: u32,
+}
+
+impl PendingAnswers {
+    /// A request whose answer is `kind` went out with `reply`, mapped by `set`. Copied: the
+    /// reply subject may be a slice of a buffer it must not hold on to.
+    pub fn expect(&mut self, reply: &[u8], kind: ApiAnswer, set: &Arc<RuleSet>) {
+        let now = Instant::now();
+        self.forget_overdue(now);
+        if self.pending.len() == PENDING_ANSWERS {
+            self.pending.pop_front();
+        }
+        self.pending.push_back(Pending {
+            reply: Bytes::copy_from_slice(reply),
+            kind,
+            set: set.clone(),
+            sent: now,
+        });
+    }
+
+    /// Maps `msg` back into the client's view when it answers a request; true when it
+    /// changed. The request is done with its answer (a batch's, with its closing status).
+    pub fn map_answer(&mut self, msg: &mut Msg) -> bool {
+        if self.pending.is_empty() {
+            return false;
+        }
+        let Some(at) = self.pending.iter().position(|p| p.reply == msg.subject) else {
+            self.misses += 1;
+            if self.misses >= PRUNE_EVERY {
+                self.misses = 0;
+                self.forget_overdue(Instant::now());
+            }
+            return false;
+        };
+        let status = msg
+            .headers
+            .as_deref()
+            .is_some_and(|block| block.starts_with(b"NATS/1.0 "));
+        let (kind, set) = (self.pending[at].kind, self.pending[at].set.clone());
+        if status || kind != (ApiAnswer::DirectGet { batch: true }) {
+            self.pending.remove(at);
+        }
+        match kind {
+            ApiAnswer::DirectGet { .. } => {
+                let rebuilt = msg
+                    .headers
+                    .as_deref()
+                    .filter(|_| !status)
+                    .and_then(|block| {
+                        super::reverse_subject_header(block, |subject| set.reverse(subject))
+                    });
+                rebuilt.map(|block| msg.headers = Some(block)).is_some()
+            }
+            kind => map_api_answer(kind, &msg.payload, &set)
+                .map(|payload| msg.payload = payload)
+                .is_some(),
+        }
+    }
+
+    /// Requests sent longer ago than [`ANSWER_PATIENCE`] are forgotten: one that got no
+    /// answer would otherwise cost every delivery a look.
+    fn forget_overdue(&mut self, now: Instant) {
+        while self
+            .pending
+            .front()
+            .is_some_and(|p| now.duration_since(p.sent) > ANSWER_PATIENCE)
+        {
+            self.pending.pop_front();
+        }
+    }
 }
 
 /// The objects of a list answer's `key` array.

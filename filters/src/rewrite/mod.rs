@@ -138,7 +138,7 @@ impl FilterFactory for RewriteFactory {
             arena: SubjectArena::default(),
             subscriptions: SubscriptionSets::default(),
             answered: RecentPublishes::default(),
-            api_answers: PendingApiAnswers::default(),
+            api_answers: jetstream::PendingAnswers::default(),
         })
     }
 }
@@ -170,34 +170,7 @@ pub struct Rewrite {
     /// client used.
     answered: RecentPublishes,
     /// JetStream API requests waiting for their answer, whose subjects are mapped back.
-    api_answers: PendingApiAnswers,
-}
-
-/// How many JetStream API requests [`Rewrite::api_answers`] waits for at once: clients
-/// send them one at a time, or a few; one that gets no answer is pushed out by later ones.
-const PENDING_API_ANSWERS: usize = 64;
-
-/// JetStream API requests sent, by the upstream reply subject their answer comes to.
-#[derive(Default)]
-struct PendingApiAnswers(VecDeque<(Bytes, jetstream::ApiAnswer)>);
-
-impl PendingApiAnswers {
-    /// Copied: the reply subject may be a slice of a buffer it must not hold on to.
-    fn expect(&mut self, reply: &[u8], kind: jetstream::ApiAnswer) {
-        if self.0.len() == PENDING_API_ANSWERS {
-            self.0.pop_front();
-        }
-        self.0.push_back((Bytes::copy_from_slice(reply), kind));
-    }
-
-    /// The answer a delivery to `subject` is, once.
-    fn take(&mut self, subject: &[u8]) -> Option<jetstream::ApiAnswer> {
-        if self.0.is_empty() {
-            return None;
-        }
-        let at = self.0.iter().position(|(reply, _)| reply[..] == *subject)?;
-        self.0.remove(at).map(|(_, kind)| kind)
-    }
+    api_answers: jetstream::PendingAnswers,
 }
 
 /// How many publishes [`Rewrite::answered`] keeps: nats-server answers a refused publish,
@@ -491,9 +464,10 @@ impl Filter for Rewrite {
                         .answer_with(&publish.subject, Instant::now())
                         .cloned()
                 };
-                let client_subject = (set.jetstream_stream_subjects
+                let client_subject = ((set.jetstream_stream_subjects
                     || set.jetstream_consumer_filters)
-                    .then(|| publish.subject.clone());
+                    && publish.subject.starts_with(JETSTREAM_API))
+                .then(|| publish.subject.clone());
                 match answer {
                     // An answer to a reply subject from outside the mount, under the
                     // edge's token for it.
@@ -562,10 +536,11 @@ impl Filter for Rewrite {
                 }
                 if let Some(client_subject) = client_subject {
                     changed |= map_jetstream_request(&client_subject, publish, set);
-                    if let (Some(kind), Some(reply)) =
-                        (jetstream::api_answer(&client_subject, set), &publish.reply)
-                    {
-                        self.api_answers.expect(reply, kind);
+                    if let (Some(kind), Some(reply)) = (
+                        jetstream::api_answer(&client_subject, &publish.payload, set),
+                        &publish.reply,
+                    ) {
+                        self.api_answers.expect(reply, kind, set);
                     }
                 }
                 if changed && publish.size() > size && publish.size() as u64 > ctx.max_payload {
@@ -621,19 +596,16 @@ impl Filter for Rewrite {
         let msg = match op {
             ServerOp::Msg(msg) => msg,
             ServerOp::Err(text) => {
-                let Some(set) = set else {
-                    return Verdict::Forward;
-                };
                 // A publish to a token stands for a reply subject from outside the mount, and
                 // one through a publish-only rule has no reverse: the error names the
-                // subject the client used.
+                // subject the client used (a token stands after its set is gone, too).
                 let answered = &self.answered;
                 let publish = text.starts_with("Permissions Violation for Publish to ");
                 let back_of = |subject: &[u8]| {
                     publish
                         .then(|| answered.client_subject(subject))
                         .flatten()
-                        .or_else(|| set.reverse(subject))
+                        .or_else(|| set.and_then(|set| set.reverse(subject)))
                 };
                 return match reverse_permissions_error(text, back_of) {
                     Some(back) => {
@@ -660,13 +632,8 @@ impl Filter for Rewrite {
         };
         let mut changed = false;
         // An answer of the JetStream API shows the stream's or consumer's subjects: in the
-        // client's view, with the session's set (the one that mapped the request).
-        if let (Some(kind), Some(set)) = (self.api_answers.take(&msg.subject), set) {
-            if let Some(payload) = jetstream::map_api_answer(kind, &msg.payload, set) {
-                msg.payload = payload;
-                changed = true;
-            }
-        }
+        // client's view, with the set that mapped the request.
+        changed |= self.api_answers.map_answer(msg);
         if let Some(back) =
             subject_set.and_then(|subject_set| subject_set.reverse_mapped(&msg.subject))
         {
@@ -754,28 +721,42 @@ fn reverse_reply(
             }
         }
     }
-    if let Some(block) = msg.headers.clone() {
-        if msg.payload.is_empty() && block.starts_with(b"NATS/1.0 503") {
-            if let Some(rebuilt) = reverse_status_subject(&block, set, answered) {
-                msg.headers = Some(rebuilt);
-                changed = true;
-            }
+    // Status messages only: a message's own headers are passed on as they are.
+    let status: Option<[u8; 3]> = msg
+        .headers
+        .as_deref()
+        .filter(|_| msg.payload.is_empty())
+        .and_then(|block| block.strip_prefix(b"NATS/1.0 "))
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.try_into().ok());
+    if status == Some(*b"503") {
+        let rebuilt = msg
+            .headers
+            .as_deref()
+            .and_then(|block| reverse_status_subject(block, set, answered));
+        if let Some(rebuilt) = rebuilt {
+            msg.headers = Some(rebuilt);
+            changed = true;
         }
+    } else if status == Some(*b"100") {
         // A push consumer's idle heartbeat names, in this header, the flow control request
         // its client has not answered yet (nats.go answers it there): an answer that goes
         // as it is, like the flow control request's own reply subject.
-        if msg.payload.is_empty() && block.starts_with(b"NATS/1.0 100") {
-            let stalled = Headers::parse(&block)
-                .ok()
-                .and_then(|parsed| parsed.get(CONSUMER_STALLED))
-                .filter(|fc| fc.starts_with(b"$JS.FC.") && set.claims(fc, true).is_some());
-            if let Some(fc) = stalled {
-                replies.delivered_with(fc, None, Instant::now());
-            }
+        let stalled = msg
+            .headers
+            .as_deref()
+            .and_then(|block| Headers::parse(block).ok())
+            .and_then(|parsed| parsed.get(CONSUMER_STALLED))
+            .filter(|fc| fc.starts_with(b"$JS.FC.") && set.claims(fc, true).is_some());
+        if let Some(fc) = stalled {
+            replies.delivered_with(fc, None, Instant::now());
         }
     }
     changed
 }
+
+/// The JetStream API, in the client's view: requests that may name subjects in their JSON.
+const JETSTREAM_API: &[u8] = b"$JS.API.";
 
 /// The header of a push consumer's idle heartbeat that names a flow control request.
 const CONSUMER_STALLED: &[u8] = b"Nats-Consumer-Stalled";
@@ -869,11 +850,22 @@ fn reverse_status_subject(
     set: &RuleSet,
     answered: &RecentPublishes,
 ) -> Option<Bytes> {
+    reverse_subject_header(block, |subject| {
+        answered
+            .client_subject(subject)
+            .or_else(|| set.reverse(subject))
+    })
+}
+
+/// The header block with its `Nats-Subject` value put back as `back_of` gives it; `None`
+/// when it has none or `back_of` gives nothing.
+fn reverse_subject_header(
+    block: &[u8],
+    back_of: impl Fn(&[u8]) -> Option<Vec<u8>>,
+) -> Option<Bytes> {
     let parsed = Headers::parse(block).ok()?;
     let subject = parsed.get(b"Nats-Subject")?;
-    let back = answered
-        .client_subject(subject)
-        .or_else(|| set.reverse(subject))?;
+    let back = back_of(subject)?;
     let mut writer = HeaderWriter::new(parsed.first_line);
     for line in &parsed.all_lines {
         match headers::split_field(line) {

@@ -317,22 +317,34 @@ fn jetstream_answers_show_the_clients_subjects() {
     use jetstream::ApiAnswer;
     let set = load("jetstream-mount");
     assert_eq!(
-        jetstream::api_answer(b"$JS.API.CONSUMER.INFO.ORDERS.w", &set),
+        jetstream::api_answer(b"$JS.API.CONSUMER.INFO.ORDERS.w", b"", &set),
         Some(ApiAnswer::Consumer)
     );
     assert_eq!(
-        jetstream::api_answer(b"$JS.API.STREAM.LIST", &set),
+        jetstream::api_answer(b"$JS.API.STREAM.LIST", b"", &set),
         Some(ApiAnswer::Stream)
     );
     assert_eq!(
-        jetstream::api_answer(b"$JS.API.STREAM.MSG.GET.ORDERS", &set),
+        jetstream::api_answer(b"$JS.API.STREAM.MSG.GET.ORDERS", b"", &set),
         Some(ApiAnswer::StoredMessage)
     );
     assert_eq!(
-        jetstream::api_answer(b"$JS.API.STREAM.DELETE.ORDERS", &set),
+        jetstream::api_answer(b"$JS.API.STREAM.DELETE.ORDERS", b"", &set),
         None
     );
-    assert_eq!(jetstream::api_answer(b"orders.new", &set), None);
+    assert_eq!(jetstream::api_answer(b"orders.new", b"", &set), None);
+    assert_eq!(
+        jetstream::api_answer(b"$JS.API.DIRECT.GET.KV_b.$KV.b.k", b"", &set),
+        Some(ApiAnswer::DirectGet { batch: false })
+    );
+    assert_eq!(
+        jetstream::api_answer(
+            b"$JS.API.DIRECT.GET.KV_b",
+            br#"{"multi_last":["$KV.b.>"]}"#,
+            &set
+        ),
+        Some(ApiAnswer::DirectGet { batch: true })
+    );
 
     let mapped = |kind, answer: &[u8]| {
         let payload = jetstream::map_api_answer(kind, answer, &set).expect("mapped");
@@ -393,6 +405,50 @@ fn jetstream_answers_show_the_clients_subjects() {
             None
         );
     }
+}
+
+/// A direct get's answers name their subject in `Nats-Subject`, mapped back; a batch's
+/// messages all are, up to the status that ends it, and the request is done then.
+#[test]
+fn direct_get_answers_name_the_clients_subject() {
+    let set = Arc::new(load("jetstream-mount"));
+    let answer = |headers: &'static [u8], payload: &'static [u8]| Msg {
+        subject: Bytes::from_static(b"tenant.acme._INBOX.r"),
+        sid: Bytes::from_static(b"1"),
+        reply: None,
+        headers: Some(Bytes::from_static(headers)),
+        payload: Bytes::from_static(payload),
+    };
+    let stored = b"NATS/1.0\r\nNats-Stream: KV_b\r\nNats-Subject: tenant.acme.$KV.b.k\r\nNats-Sequence: 1\r\n\r\n";
+    let mut pending = jetstream::PendingAnswers::default();
+    pending.expect(
+        b"tenant.acme._INBOX.r",
+        jetstream::ApiAnswer::DirectGet { batch: false },
+        &set,
+    );
+    let mut msg = answer(stored, b"v1");
+    assert!(pending.map_answer(&mut msg));
+    let headers = String::from_utf8(msg.headers.unwrap().to_vec()).unwrap();
+    assert!(headers.contains("Nats-Subject: $KV.b.k\r\n"), "{headers}");
+    assert!(headers.contains("Nats-Sequence: 1\r\n"), "{headers}");
+    assert_eq!(&msg.payload[..], b"v1");
+    // Done with its answer: the next delivery there is not taken for one.
+    let mut again = answer(stored, b"v1");
+    assert!(!pending.map_answer(&mut again));
+
+    pending.expect(
+        b"tenant.acme._INBOX.r",
+        jetstream::ApiAnswer::DirectGet { batch: true },
+        &set,
+    );
+    for _ in 0..2 {
+        let mut msg = answer(stored, b"v");
+        assert!(pending.map_answer(&mut msg));
+    }
+    let mut end = answer(b"NATS/1.0 204 EOB\r\nNats-Num-Pending: 0\r\n\r\n", b"");
+    assert!(!pending.map_answer(&mut end));
+    let mut after = answer(stored, b"v");
+    assert!(!pending.map_answer(&mut after), "the batch is done");
 }
 
 /// reverse(forward(s)) == s for random subjects over every rule set shipped in rules/.
@@ -1119,6 +1175,13 @@ fn a_token_is_answered_after_the_set_is_gone() {
     let mut answer = publish(&token, None);
     assert_eq!(f.on_client_op(&mut answer, &mut ctx), Verdict::Changed);
     assert_eq!(subject_of(&answer), b"a.outside.1");
+    // The upstream refusing it names the token, as the client published it.
+    let mut refused = ServerOp::Err(r#"Permissions Violation for Publish to "a.outside.1""#.into());
+    assert_eq!(f.on_server_op(&mut refused, &mut ctx), Verdict::Changed);
+    assert_eq!(
+        refused,
+        ServerOp::Err(format!(r#"Permissions Violation for Publish to "{token}""#))
+    );
     // Handed on as the reply of another publish: the final answer goes there too.
     let mut handed_on = publish("svc.next", Some(&token));
     assert_eq!(f.on_client_op(&mut handed_on, &mut ctx), Verdict::Changed);

@@ -26,7 +26,8 @@ pub fn validate(set: &RuleSet) -> Result<(), RuleError> {
             }
             check_subject(set, i, example.as_bytes())?;
         }
-        let mut gen = SubjectGen::new(0x5eed ^ i as u64, probe_tokens(set, i));
+        let mut gen = SubjectGen::new(0x5eed ^ i as u64, literal_tokens(rule))
+            .with_other_words(other_words(set, i));
         for _ in 0..PROBES_PER_RULE {
             let probe = gen.next_subject();
             if rule.matches_client(&probe) {
@@ -154,15 +155,21 @@ pub fn literal_tokens(rule: &Rule) -> Vec<Vec<u8>> {
     tokens_of(&source)
 }
 
-/// The tokens rule `index` is probed with: its own literals first (the generator takes a
-/// run of them from the start), then every other token the set's rules write on either
-/// side, once each, so that a subject of this rule that another rule maps back (or claims)
-/// is drawn too: `orders.dev.x` for a mount of `orders.>` when a regex rule takes
+/// The words the set's other rules write, on either side, once each: a probe of rule
+/// `index` mixes some in, so that a subject of this rule that another rule maps back (or
+/// claims) is drawn too: `orders.dev.x` for a mount of `orders.>` when a regex rule takes
 /// `...orders.dev.<one token>` back to `dev.<token>`.
-fn probe_tokens(set: &RuleSet, index: usize) -> Vec<Vec<u8>> {
-    let mut tokens = literal_tokens(&set.rules[index]);
-    for rule in &set.rules {
-        let mut sides = literal_tokens(rule);
+fn other_words(set: &RuleSet, index: usize) -> Vec<Vec<u8>> {
+    let own: std::collections::HashSet<Vec<u8>> =
+        literal_tokens(&set.rules[index]).into_iter().collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut words = Vec::new();
+    for (i, rule) in set.rules.iter().enumerate() {
+        let mut sides = if i == index {
+            Vec::new()
+        } else {
+            literal_tokens(rule)
+        };
         match &rule.map {
             RuleMap::Mount { upstream, .. } => sides.extend(tokens_of(upstream)),
             RuleMap::Regex {
@@ -175,13 +182,13 @@ fn probe_tokens(set: &RuleSet, index: usize) -> Vec<Vec<u8>> {
                 }
             }
         }
-        for token in sides {
-            if !tokens.contains(&token) {
-                tokens.push(token);
+        for word in sides {
+            if !own.contains(&word) && seen.insert(word.clone()) {
+                words.push(word);
             }
         }
     }
-    tokens
+    words
 }
 
 /// The words of a pattern or template that can be subject tokens.
@@ -194,10 +201,12 @@ fn tokens_of(source: &[u8]) -> Vec<Vec<u8>> {
 }
 
 /// A seeded generator of subjects (xorshift64*): tokens from a rule's literals in order,
-/// random tokens, `*`, and a final `>`, so probes land in and around a rule's namespace.
+/// random tokens (some of them other rules' words), `*`, and a final `>`, so probes land in
+/// and around a rule's namespace.
 pub struct SubjectGen {
     state: u64,
     literals: Vec<Vec<u8>>,
+    others: Vec<Vec<u8>>,
 }
 
 impl SubjectGen {
@@ -205,7 +214,14 @@ impl SubjectGen {
         SubjectGen {
             state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             literals,
+            others: Vec::new(),
         }
+    }
+
+    /// Words a quarter of the tokens after the literals' run are drawn from.
+    pub fn with_other_words(mut self, others: Vec<Vec<u8>>) -> Self {
+        self.others = others;
+        self
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -239,6 +255,10 @@ impl SubjectGen {
                 1 if !self.literals.is_empty() => {
                     let i = self.below(self.literals.len() as u64) as usize;
                     self.literals[i].clone()
+                }
+                2..=4 if !self.others.is_empty() => {
+                    let i = self.below(self.others.len() as u64) as usize;
+                    self.others[i].clone()
                 }
                 _ => {
                     let len = 1 + self.below(8) as usize;
