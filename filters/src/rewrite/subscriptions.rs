@@ -59,9 +59,9 @@ struct Recorded {
     /// delivery since was counted.
     unlooked_at: u64,
     /// An auto-unsubscribe whose count is not known: the upstream may have ended it. Such an
-    /// entry stays until its sid is reused (or the capacity's bound), and while it stays,
-    /// deliveries are looked up: a cost only after a reload moved the set under an
-    /// auto-unsubscribe.
+    /// entry stays until its sid is reused, or until it has seen `max` deliveries since (no
+    /// more can come), and while it stays, deliveries are looked up: a cost only after a
+    /// reload moved the set under an auto-unsubscribe.
     maybe_ended: bool,
 }
 
@@ -116,7 +116,7 @@ impl SubscriptionSets {
     /// session's `current` set goes now (its last deliveries map back with that set all the
     /// same); one made with an earlier set, or unmapped while the session has a set now,
     /// stays, marked as maybe ended, so that its last deliveries still map back with its
-    /// own set (or not at all), until a SUB reuses the sid.
+    /// own set (or not at all), until a SUB reuses the sid or `max` more deliveries came.
     /// `watched`: the filter sees deliveries now; an UNSUB while it does not cannot know
     /// its count.
     pub(super) fn unsubscribed(
@@ -137,7 +137,7 @@ impl SubscriptionSets {
                     self.with_max += 1;
                 }
             }
-            Some(_) if !counted => {
+            Some(max) if !counted => {
                 // Kept where forgetting it would map its last deliveries with another set
                 // than its own: an unmapped one's with the set the session has now.
                 let earlier_set = match (&entry.set, current) {
@@ -146,7 +146,13 @@ impl SubscriptionSets {
                     (None, None) => false,
                 };
                 if earlier_set {
+                    // The upstream delivers at most `max` more: counted from here, they
+                    // bound how long the entry (and the look-up per delivery) stays.
                     entry.maybe_ended = true;
+                    entry.delivered = 0;
+                    if entry.max.replace(max).is_none() {
+                        self.with_max += 1;
+                    }
                 } else {
                     self.forget(sid);
                 }
@@ -243,5 +249,32 @@ mod tests {
         assert_eq!(table.sid_bytes, SID_BYTES - 4096);
         table.subscribed(&sid(99_999), None);
         assert!(table.by_sid.contains_key(&sid(99_999)[..]));
+    }
+
+    /// An auto-unsubscribe whose count is not known keeps its entry for at most `max` more
+    /// deliveries (no more can come), so the look-up per delivery does not stay for good.
+    #[test]
+    fn an_uncounted_auto_unsubscribe_goes_after_max_more_deliveries() {
+        let set = Arc::new(
+            RuleSet::from_toml(
+                "t",
+                std::path::Path::new("t.toml"),
+                "[[rule]]\nname='m'\nkind='mount'\nclient='a.>'\nupstream='x.a.>'\n",
+            )
+            .unwrap(),
+        );
+        let mut table = SubscriptionSets::default();
+        table.subscribed(b"1", None);
+        // The filter did not see deliveries (it was not active) when the UNSUB came.
+        table.unsubscribed(b"1", Some(3), Some(&set), false);
+        for _ in 0..3 {
+            assert!(matches!(table.delivered(b"1", Some(&set)), Delivery::AsIs));
+        }
+        assert!(table.by_sid.is_empty());
+        assert_eq!((table.as_is, table.with_max), (0, 0));
+        assert!(matches!(
+            table.delivered(b"1", Some(&set)),
+            Delivery::Current
+        ));
     }
 }
