@@ -147,7 +147,7 @@ fn check_names_the_rule_file_and_line() {
         (
             "[[users]]\nuser = \"a\"\n[users.permissions]\npublish = [\"ok.>\", \"bad..subject\"]\n",
             4,
-            "`publish.allow`: `bad..subject`: invalid subject",
+            "`users.0.permissions.publish.allow`: `bad..subject`: invalid subject",
         ),
         (
             "# anonymous clients\n\nno_auth_user = \"ghost\"\n[[users]]\nuser = \"a\"\n",

@@ -258,7 +258,12 @@ impl AclRules {
                     "defined in more than one rule file".into(),
                 ));
             }
-            let perms = compile_permissions(defaults.into_inner(), &origin_file, text)?;
+            let perms = compile_permissions(
+                defaults.into_inner(),
+                "default_permissions",
+                &origin_file,
+                text,
+            )?;
             self.default_permissions = Some(Arc::new(perms));
         }
         if let Some(user) = file.no_auth_user {
@@ -273,7 +278,9 @@ impl AclRules {
             }
             *no_auth = Some((user, name.to_string(), text.into()));
         }
-        for entry in file.users {
+        for (index, entry) in file.users.into_iter().enumerate() {
+            // Keys as a type error in the file names them: `users.1.permissions.publish`.
+            let key = |rest: &str| format!("users.{index}{rest}");
             let span = entry.user.span();
             let user_name = entry.user.get_ref().trim();
             if user_name.is_empty() {
@@ -281,7 +288,7 @@ impl AclRules {
                     name,
                     text,
                     span.start,
-                    "users.user",
+                    &key(".user"),
                     "empty".into(),
                 ));
             }
@@ -294,7 +301,7 @@ impl AclRules {
                     name,
                     text,
                     span.start,
-                    "users.user",
+                    &key(".user"),
                     format!(
                         "duplicate user `{user_name}`, first defined at {}",
                         first.origin
@@ -306,7 +313,7 @@ impl AclRules {
                     name,
                     text,
                     span.start,
-                    "users",
+                    &key(""),
                     format!("user `{user_name}` has both a password and a token; give one"),
                 ));
             }
@@ -322,7 +329,7 @@ impl AclRules {
                         name,
                         text,
                         span.start,
-                        "users",
+                        &format!("users.{index}"),
                         format!("user `{user_name}` has an empty {key}"),
                     ));
                 }
@@ -353,7 +360,7 @@ impl AclRules {
                     name,
                     text,
                     span.start,
-                    "users",
+                    &format!("users.{index}"),
                     format!(
                         "user `{user_name}` has the same {key} as user `{}` ({}): each user needs its own",
                         other.name, other.origin
@@ -362,7 +369,9 @@ impl AclRules {
             }
             let permissions = entry
                 .permissions
-                .map(|p| compile_permissions(p, &origin_file, text).map(Arc::new))
+                .map(|p| {
+                    compile_permissions(p, &key(".permissions"), &origin_file, text).map(Arc::new)
+                })
                 .transpose()?;
             let user = User {
                 name: user_name.into(),
@@ -530,16 +539,19 @@ fn invalid(file: &str, text: &str, offset: usize, key: &str, reason: String) -> 
     }
 }
 
+/// `at`: the key of the permissions table (`users.0.permissions`), for errors.
 fn compile_permissions(
     p: PermissionsFile,
+    at: &str,
     file: &Arc<str>,
     text: &str,
 ) -> Result<Permissions, RulesError> {
     let mut perms = Permissions {
-        publish: compile_list(p.publish, false, file, text)?,
-        subscribe: compile_list(p.subscribe, true, file, text)?,
+        publish: compile_list(p.publish, false, at, file, text)?,
+        subscribe: compile_list(p.subscribe, true, at, file, text)?,
         responses: None,
     };
+    let expires_key = format!("{at}.allow_responses.expires");
     if let Some(r) = p.allow_responses {
         let defaults = ResponseBounds::default();
         perms.responses = match r {
@@ -566,7 +578,7 @@ fn compile_permissions(
                                     file,
                                     text,
                                     s.span().start,
-                                    "allow_responses.expires",
+                                    &expires_key,
                                     format!("`{}` is not a duration such as \"2m\"", s.get_ref()),
                                 ))
                             }
@@ -580,7 +592,7 @@ fn compile_permissions(
                                 file,
                                 text,
                                 s.span().start,
-                                "allow_responses.expires",
+                                &expires_key,
                                 format!(
                                     "`{}` is not a duration such as \"2m\" or \"500ms\"",
                                     s.get_ref()
@@ -608,6 +620,7 @@ fn compile_permissions(
 fn compile_list(
     list: Option<Spanned<ListFile>>,
     queues: bool,
+    at: &str,
     file: &Arc<str>,
     text: &str,
 ) -> Result<SubjectPermission, RulesError> {
@@ -627,7 +640,7 @@ fn compile_list(
                     file,
                     text,
                     span.start,
-                    "publish.allow",
+                    &format!("{at}.publish.allow"),
                     "an empty allow list: nats-server reads it as no list, allowing \
                      everything; leave `publish` out for that, or write \
                      `publish = { deny = [\">\"] }` to allow nothing"
@@ -649,13 +662,13 @@ fn compile_list(
     };
     let kind = if queues { "subscribe" } else { "publish" };
     let allow = allow
-        .map(|v| compile(v, &format!("{kind}.allow")))
+        .map(|v| compile(v, &format!("{at}.{kind}.allow")))
         .transpose()?;
     // nats-server ignores an empty subscribe allow list (everything stays allowed); an empty
     // publish one is refused above.
     let allow = allow.filter(|v| !(queues && v.is_empty()));
     let deny = deny
-        .map(|v| compile(v, &format!("{kind}.deny")))
+        .map(|v| compile(v, &format!("{at}.{kind}.deny")))
         .transpose()?
         .unwrap_or_default();
     Ok(SubjectPermission { allow, deny })
@@ -916,7 +929,7 @@ user = "guest"
                 format!("[[users]]\nuser = \"a\"\n[users.permissions]\npublish = {publish}\n");
             let e = AclRules::from_str("r.toml", &text).unwrap_err().to_string();
             assert!(
-                e.starts_with("r.toml:4: `publish.allow`: an empty allow list"),
+                e.starts_with("r.toml:4: `users.0.permissions.publish.allow`: an empty allow list"),
                 "{e}"
             );
         }
@@ -936,7 +949,7 @@ user = "guest"
         .to_string();
         assert_eq!(
             e,
-            "r.toml:4: `publish.allow`: `bad..subject`: invalid subject"
+            "r.toml:4: `users.0.permissions.publish.allow`: `bad..subject`: invalid subject"
         );
         let e = AclRules::from_str("r.toml", "no_auth_user = \"ghost\"\n")
             .unwrap_err()
