@@ -102,6 +102,49 @@ impl<'a> Headers<'a> {
     }
 }
 
+/// Whether every client library reads `block` one way, the edge's: valid UTF-8, every line
+/// ended by CRLF (no CR or LF alone), no empty line before the one that ends it, and every
+/// field line a name of visible ASCII without a colon, a colon, and a value without control
+/// bytes other than tabs. Client libraries send nothing else (nats.go refuses such names,
+/// async-nats and nats.js cannot build them); a block that breaks it is read by some not at
+/// all (nats.go then delivers the message without headers, async-nats drops its connection,
+/// nats.js throws), so the headers the edge adds to it would be lost. The first line is
+/// the caller's to judge.
+pub fn is_strict(block: &[u8]) -> bool {
+    if std::str::from_utf8(block).is_err() {
+        return false;
+    }
+    let paired = memchr::memchr2_iter(b'\r', b'\n', block).all(|at| match block[at] {
+        b'\r' => block.get(at + 1) == Some(&b'\n'),
+        _ => at > 0 && block[at - 1] == b'\r',
+    });
+    paired
+        && block.strip_suffix(b"\r\n\r\n").is_some()
+        && strict_field_lines(block).all(|line| {
+            let Some(colon) = memchr::memchr(b':', line) else {
+                return false;
+            };
+            let (name, value) = (&line[..colon], &line[colon + 1..]);
+            !name.is_empty()
+                && name.iter().all(|b| (0x21..=0x7e).contains(b))
+                && value
+                    .iter()
+                    .all(|b| *b == b'\t' || (*b >= b' ' && *b != 0x7f))
+        })
+}
+
+/// The first line of a block, without its line end.
+pub fn first_line(block: &[u8]) -> &[u8] {
+    trim_cr(block.split(|b| *b == b'\n').next().unwrap_or(block))
+}
+
+/// The field lines of a block [`is_strict`] accepts, without their line ends: no parsing
+/// into a list, so a block that stays as it is costs no allocation.
+pub fn strict_field_lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let body = block.strip_suffix(b"\r\n\r\n").unwrap_or(block);
+    body.split(|b| *b == b'\n').skip(1).map(trim_cr)
+}
+
 /// A field line's name and value, both trimmed of spaces and tabs; `None` for a line with
 /// no colon.
 pub fn split_field(line: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -125,10 +168,21 @@ pub struct HeaderWriter {
 
 impl HeaderWriter {
     pub fn new(first_line: &[u8]) -> Self {
-        let mut buf = BytesMut::with_capacity(128);
+        Self::with_capacity(first_line, 128)
+    }
+
+    /// A writer with room for `capacity` bytes, the block it rebuilds and what it adds.
+    pub fn with_capacity(first_line: &[u8], capacity: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(capacity.max(first_line.len() + 4));
         buf.put_slice(first_line);
         buf.put_slice(b"\r\n");
         HeaderWriter { buf }
+    }
+
+    /// Appends a field line of a block [`is_strict`] accepts, with its CRLF.
+    pub fn strict_line(&mut self, line: &[u8]) {
+        self.buf.put_slice(line);
+        self.buf.put_slice(b"\r\n");
     }
 
     /// Appends a field line of `block` as it was sent, with its own line end.
@@ -192,6 +246,45 @@ fn trim(s: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strict_blocks_are_what_every_client_reads_alike() {
+        for block in [
+            &b"NATS/1.0\r\n\r\n"[..],
+            b"NATS/1.0\r\nA: b\r\nNats-Msg-Id: x y\tz\r\n\r\n",
+            b"NATS/1.0 503\r\n\r\n",
+            "NATS/1.0\r\nA: caf\u{e9}\r\n\r\n".as_bytes(),
+            b"NATS/1.0\r\nA:\r\n\r\n",
+        ] {
+            assert!(is_strict(block), "{}", block.escape_ascii());
+        }
+        for block in [
+            // No colon, a bare LF, a CR inside a value, a space or a non-ASCII byte in a
+            // name, a control byte in a value, bytes that are not UTF-8, an empty line
+            // inside, an empty name, no end.
+            &b"NATS/1.0\r\nx\r\n\r\n"[..],
+            b"NATS/1.0\r\nA: x\nB: y\r\n\r\n",
+            b"NATS/1.0\r\nA: x\ry\r\n\r\n",
+            b"NATS/1.0\r\nX Y: 1\r\n\r\n",
+            "NATS/1.0\r\n\u{a0}A: 1\r\n\r\n".as_bytes(),
+            b"NATS/1.0\r\nA: \x01\r\n\r\n",
+            b"NATS/1.0\r\nA: \xff\r\n\r\n",
+            b"NATS/1.0\r\nA: 1\r\n\r\nB: 2\r\n\r\n",
+            b"NATS/1.0\r\n: 1\r\n\r\n",
+            b"NATS/1.0\r\nA: 1\r\n",
+            b"NATS/1.0\n\n",
+        ] {
+            assert!(!is_strict(block), "{}", block.escape_ascii());
+        }
+        let lines: Vec<&[u8]> =
+            strict_field_lines(b"NATS/1.0 503\r\nA: 1\r\nB: 2\r\n\r\n").collect();
+        assert_eq!(lines, [&b"A: 1"[..], b"B: 2"]);
+        assert_eq!(strict_field_lines(b"NATS/1.0\r\n\r\n").count(), 0);
+        assert_eq!(
+            first_line(b"NATS/1.0 503 x\r\nA: 1\r\n\r\n"),
+            b"NATS/1.0 503 x"
+        );
+    }
 
     #[test]
     fn parses_fields_and_status() {

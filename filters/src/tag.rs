@@ -13,7 +13,6 @@
 //! over is refused with nats-server's own `-ERR 'Maximum Payload Violation'` and close,
 //! never forwarded for the upstream to close the shared link.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,13 +21,12 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
 use crate::acl::quote::go_quote;
 use crate::errors;
 use crate::events::Events;
 use crate::filter::{ConnFacts, Filter, FilterFactory, Interest, OpKind, Reloaded, SessionCtx};
-use crate::headers::{self, HeaderWriter, Headers};
+use crate::headers::{self, HeaderWriter};
 use crate::op::{ClientOp, Info, Pub, ServerOp};
 use crate::subject;
 use crate::toml_file::{self, TomlFault};
@@ -168,6 +166,17 @@ impl TagConfig {
         for (name, value) in &file.static_tags {
             let key = format!("static.{name}");
             check_tag_name(name, &reserved).map_err(|r| (key.clone(), r))?;
+            // In the JSON field a static tag is a key beside the client's own: one of their
+            // names would overwrite it, and Go reads JSON keys in any casing.
+            if let Some(own) = JSON_IDENTITY_KEYS
+                .iter()
+                .find(|own| own.eq_ignore_ascii_case(name))
+            {
+                return Err((
+                    key,
+                    format!("`{own}` is a key of the JSON field's own (the client's); name the tag otherwise"),
+                ));
+            }
             if value.contains(['\r', '\n']) {
                 return Err((key, "a header value cannot hold a line end".into()));
             }
@@ -231,13 +240,14 @@ impl TagConfig {
     }
 
     /// The tags as a JSON object: `user`, `client_addr`, `conn_id`, `tls_subject` (each when
-    /// its header is configured and the value known), then the static tags by name.
-    pub fn json_value(&self, conn: &ConnFacts, user: Option<&str>) -> Map<String, Value> {
+    /// its header is configured and the value known), then the static tags by name, in
+    /// that order.
+    pub fn json_value(&self, conn: &ConnFacts, user: Option<&str>) -> JsonTags {
         let h = &self.file.headers;
-        let mut out = Map::new();
+        let mut out = JsonTags::default();
         let mut add = |key: &str, header: &str, value: Option<String>| {
             if let (false, Some(v)) = (header.is_empty(), value) {
-                out.insert(key.to_string(), Value::String(v));
+                out.0.push((key.to_string(), v));
             }
         };
         add("user", &h.user, user.map(str::to_string));
@@ -253,7 +263,7 @@ impl TagConfig {
             conn.tls_peer.as_ref().map(|p| p.subject.clone()),
         );
         for (k, v) in &self.file.static_tags {
-            out.insert(k.clone(), Value::String(v.clone()));
+            out.0.push((k.clone(), v.clone()));
         }
         out
     }
@@ -450,14 +460,11 @@ impl Tag {
         growth
     }
 
-    /// Whether a client's field line names a reserved header as any client library could
-    /// read it: each part of it between bare CRs (a parser that ends lines at a lone CR
-    /// reads them as lines of their own), its name read as [`as_lenient_readers_see`].
+    /// Whether a client's field line names a reserved header, in any casing. The line is
+    /// one of a block [`headers::is_strict`] accepts: its name is visible ASCII, so every
+    /// client library reads it as the edge does.
     fn names_reserved(&self, line: &[u8]) -> bool {
-        line.split(|b| *b == b'\r').any(|part| {
-            let name = headers::split_field(part).map_or(part, |(n, _)| n);
-            self.config.is_reserved(&as_lenient_readers_see(name))
-        })
+        headers::split_field(line).is_some_and(|(name, _)| self.config.is_reserved(name))
     }
 
     fn log_spoof(&mut self, subject: &[u8]) {
@@ -502,38 +509,21 @@ impl Tag {
         let tags = self.tag_lines(ctx);
         let mut headers = None;
         if ctx.upstream_headers {
-            let mut spoofed = false;
-            let writer = match &publish.headers {
-                // `HPUB subject 0 size`: nats-server takes it as a message without headers.
-                Some(block) if !block.is_empty() => {
-                    let parsed = match Headers::parse(block) {
-                        Ok(parsed)
-                            if is_plain_first_line(parsed.first_line)
-                                && !parsed.has_empty_line() =>
-                        {
-                            parsed
-                        }
-                        // Not a header block nats-server or a client would read the same way
-                        // as the edge: refusing is the only way tags stay unforgeable.
-                        _ => {
-                            return Verdict::Close {
-                                reason: CloseReason::ProtocolViolation,
-                                error: None,
-                            }
-                        }
+            // `HPUB subject 0 size`: nats-server takes it as a message without headers.
+            let block = publish.headers.as_ref().filter(|block| !block.is_empty());
+            if let Some(block) = block {
+                // Not a header block nats-server and every client would read the same way
+                // as the edge: refusing is the only way tags stay unforgeable, and seen.
+                if !headers::is_strict(block) || !is_plain_first_line(headers::first_line(block)) {
+                    return Verdict::Close {
+                        reason: CloseReason::ProtocolViolation,
+                        error: None,
                     };
-                    let mut writer = HeaderWriter::new(parsed.first_line);
-                    for line in &parsed.lines {
-                        if self.names_reserved(line) {
-                            spoofed = true;
-                        } else {
-                            writer.line(&parsed, line);
-                        }
-                    }
-                    Some(writer)
                 }
-                _ => None,
-            };
+            }
+            let spoofed = block.is_some_and(|block| {
+                headers::strict_field_lines(block).any(|line| self.names_reserved(line))
+            });
             if spoofed {
                 self.events.tag_spoof();
                 self.log_spoof(&publish.subject);
@@ -545,12 +535,20 @@ impl Tag {
                 }
             }
             let no_tags = tags.lines().is_empty();
-            headers = match writer {
+            headers = match block {
                 // Nothing to add or take out (no header tag applies: JSON-only tags, no
                 // certificate to name): the message stays as sent, a PUB a PUB.
-                Some(_) if no_tags && !spoofed => None,
-                None if no_tags => None,
-                Some(mut writer) => {
+                _ if no_tags && !spoofed => None,
+                Some(block) => {
+                    let mut writer = HeaderWriter::with_capacity(
+                        headers::first_line(block),
+                        block.len() + tags.lines().len(),
+                    );
+                    for line in headers::strict_field_lines(block) {
+                        if !self.names_reserved(line) {
+                            writer.strict_line(line);
+                        }
+                    }
                     writer.lines(tags.lines());
                     Some(writer.finish())
                 }
@@ -715,26 +713,6 @@ fn is_plain_first_line(line: &[u8]) -> bool {
         }
 }
 
-/// A header name as the most lenient client library reads it: without the blank, control
-/// and non-ASCII bytes around it (nats.py trims vertical tabs, form feeds and CRs off a name,
-/// and nats-core's `str.strip()` Unicode spaces such as U+00A0 and U+3000 too), with the
-/// Kelvin sign and the long s inside it read as `k` and `s` (JavaScript's and Python's
-/// lower-casing turn U+212A into `k`; Go's case folding both). A real header name is
-/// visible ASCII, so only a forgery pays for the copy.
-fn as_lenient_readers_see(name: &[u8]) -> Cow<'_, [u8]> {
-    let loose = |b: &u8| *b <= b' ' || *b >= 0x7f;
-    let start = name.iter().position(|b| !loose(b)).unwrap_or(name.len());
-    let end = name
-        .iter()
-        .rposition(|b| !loose(b))
-        .map_or(start, |i| i + 1);
-    let name = &name[start..end];
-    if name.is_ascii() {
-        return Cow::Borrowed(name);
-    }
-    Cow::Owned(crate::op::go_fold(&String::from_utf8_lossy(name)).into_bytes())
-}
-
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// The length of `value` as JSON, as the edge writes it.
@@ -757,10 +735,29 @@ fn opens_like_object(payload: &[u8]) -> bool {
         .is_some_and(|b| *b == b'{')
 }
 
+/// The keys the JSON field holds for the client itself.
+const JSON_IDENTITY_KEYS: [&str; 4] = ["user", "client_addr", "conn_id", "tls_subject"];
+
+/// The tags as the JSON field's object, its keys in the order they were added (a map type
+/// would sort them).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct JsonTags(pub Vec<(String, String)>);
+
+impl serde::Serialize for JsonTags {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in &self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
 /// The payload with `field` set to the tags, when the edge can read it as a JSON object.
 /// The client's members are written back as they came, in their order and with their values'
 /// own text: a number no float holds (`123456789012345678901234567890`) keeps every digit.
-fn merge_json(payload: &[u8], field: &str, value: Map<String, Value>) -> Option<Bytes> {
+fn merge_json(payload: &[u8], field: &str, value: JsonTags) -> Option<Bytes> {
     let json = payload.strip_prefix(UTF8_BOM).unwrap_or(payload);
     let ObjectMembers(members) = serde_json::from_slice(json).ok()?;
     let mut out = Vec::with_capacity(json.len() + 256);
