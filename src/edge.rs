@@ -286,6 +286,7 @@ impl Edge {
         let (rules_epoch, rules_epoch_rx) = watch::channel(0u64);
         let acl = Arc::new(AclFactory::new(AclSettings {
             mode: config.auth.mode.into(),
+            operator_mode: config.auth.operator_mode,
             upstream: config.auth.upstream.clone(),
             rules: rules.clone(),
             events: events.clone(),

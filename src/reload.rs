@@ -202,6 +202,7 @@ fn running(old: &Config, mut new: Config) -> Config {
     new.auth.mode = old.auth.mode;
     new.auth.upstream = old.auth.upstream.clone();
     new.auth.trusted_proxy = old.auth.trusted_proxy.clone();
+    new.auth.operator_mode = old.auth.operator_mode;
     // Rewriting turned on or off waits for the restart whole: the sets, and which listener
     // uses which.
     let rewrite_held = rewrites(old) != rewrites(&new);
@@ -307,6 +308,9 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<String> {
     if old.auth.upstream != new.auth.upstream {
         keys.push("auth.upstream".into());
     }
+    if old.auth.operator_mode != new.auth.operator_mode {
+        keys.push("auth.operator_mode".into());
+    }
     if old.auth.trusted_proxy != new.auth.trusted_proxy {
         keys.push("auth.trusted_proxy".into());
     }
@@ -398,6 +402,11 @@ mod tests {
              [[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\n",
         );
         assert_eq!(restart_keys(&two, &rebound), ["listeners.0.bind"]);
+        let operator = config(
+            "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4222\"\n[auth]\noperator_mode = true\n",
+        );
+        assert_eq!(restart_keys(&old, &operator), ["auth.operator_mode"]);
+        assert!(!running(&old, operator).auth.operator_mode);
         let moved = config(
             "worker_threads = 2\nbusy_poll = \"50us\"\n\
              [[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:4223\"\n\

@@ -25,6 +25,10 @@ pub struct AuthSection {
     /// Sign every CONNECT sent upstream as a trusted proxy (nats-server `proxies`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trusted_proxy: Option<TrustedProxyConfig>,
+    /// The upstream nats-server runs in operator mode (JWT accounts): a passthrough client's
+    /// user JWT names it for the rules. Off, JWTs name no one, as nats-server outside
+    /// operator mode ignores them.
+    pub operator_mode: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -83,6 +83,9 @@ impl RuleSource {
 /// What every session of the edge shares about identity and permissions.
 pub struct AclSettings {
     pub mode: AuthMode,
+    /// The upstream runs in operator mode (`auth.operator_mode`): a user JWT names a
+    /// passthrough client. Outside it nats-server ignores JWTs, and so does the edge.
+    pub operator_mode: bool,
     /// Credentials sent upstream for edge-authenticated users without their own.
     pub upstream: Option<UpstreamCredentials>,
     pub rules: Arc<RuleSource>,
@@ -407,7 +410,8 @@ impl AclFilter {
         self.connected = true;
         let verdict = match self.settings.mode {
             AuthMode::Passthrough => {
-                self.user = match passthrough_user(connect, ctx.upstream_nonce.as_deref()) {
+                let nonce = ctx.upstream_nonce.as_deref();
+                self.user = match passthrough_user(connect, nonce, self.settings.operator_mode) {
                     Ok(user) => user,
                     Err(why) => {
                         tracing::warn!(reason = why, "authorization violation");
@@ -1036,11 +1040,15 @@ impl AclFilter {
 /// An nkey or a JWT subject names the client only when the CONNECT's `sig` is that key's
 /// signature of the upstream's nonce, which is what nats-server checks. Otherwise the client
 /// is nameless: nats-server ignores an nkey when it has no nkey users (and then sends no
-/// nonce), and a JWT outside operator mode, so an unsigned key would let a client pick the
-/// edge permissions of any key-named user while nats-server admits it as someone else.
+/// nonce), so an unsigned key would let a client pick the edge permissions of any key-named
+/// user while nats-server admits it as someone else. A JWT names the client only with
+/// `operator_mode`: outside operator mode nats-server ignores JWTs, and a bearer JWT, which
+/// it admits there without a signature, proves nothing, so its subject (any user's public
+/// key, which is no secret) would take that user's rules.
 fn passthrough_user(
     connect: &Connect,
     nonce: Option<&str>,
+    operator_mode: bool,
 ) -> Result<Option<Arc<str>>, &'static str> {
     fn given(s: &Option<String>) -> Option<&str> {
         s.as_deref().filter(|s| !s.is_empty())
@@ -1063,7 +1071,9 @@ fn passthrough_user(
             "the CONNECT presents more than one kind of credential (user, nkey or jwt, auth_token)",
         );
     }
-    let claims = jwt.map(|jwt| jwt_claims(jwt).unwrap_or_default());
+    let claims = jwt
+        .filter(|_| operator_mode)
+        .map(|jwt| jwt_claims(jwt).unwrap_or_default());
     let subject = claims.as_ref().map(|c| c.subject.clone());
     if let (Some(nkey), Some(subject)) = (nkey, &subject) {
         if nkey != subject {

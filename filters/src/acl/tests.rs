@@ -40,10 +40,20 @@ allow_responses = true
 "#;
 
 fn setup(mode: AuthMode, text: &str) -> (Chain, SessionCtx, Arc<Recorded>, Arc<RuleSource>) {
+    setup_with(mode, text, false)
+}
+
+/// [`setup`], in front of a nats-server in operator mode or not.
+fn setup_with(
+    mode: AuthMode,
+    text: &str,
+    operator_mode: bool,
+) -> (Chain, SessionCtx, Arc<Recorded>, Arc<RuleSource>) {
     let source = Arc::new(RuleSource::new(AclRules::from_str("t.toml", text).unwrap()));
     let events = Arc::new(Recorded::default());
     let factory = AclFactory::new(AclSettings {
         mode,
+        operator_mode,
         upstream: None,
         rules: source.clone(),
         events: events.clone(),
@@ -132,7 +142,7 @@ fn passthrough_refuses_two_kinds_of_credential() {
     let signed = base64url(&alice.sign(nonce.as_bytes()).unwrap());
     let other = nkeys::KeyPair::new_user().public_key();
     for (nkey, verdict) in [(alice.public_key(), Verdict::Forward), (other, refused)] {
-        let (mut chain, mut ctx, _, _) = setup(AuthMode::Passthrough, RULES);
+        let (mut chain, mut ctx, _, _) = setup_with(AuthMode::Passthrough, RULES, true);
         ctx.upstream_nonce = Some(nonce.into());
         let creds = format!(
             r#"{{"jwt":"{}","nkey":"{nkey}","sig":"{signed}"}}"#,
@@ -179,8 +189,8 @@ fn passthrough_names_a_key_only_when_its_signature_checks_out() {
     );
     let good = base64url(&key.sign(b"n0nce").unwrap());
     let forged = base64url(&nkeys::KeyPair::new_user().sign(b"n0nce").unwrap());
-    let unproven = |json: String, nonce: Option<&str>| {
-        let (mut chain, mut ctx, _, _) = setup(AuthMode::Passthrough, &rules);
+    let named_in = |operator_mode: bool, json: String, nonce: Option<&str>| {
+        let (mut chain, mut ctx, _, _) = setup_with(AuthMode::Passthrough, &rules, operator_mode);
         ctx.upstream_nonce = nonce.map(str::to_string);
         assert_eq!(
             chain.on_client_op(&mut connect(&json), &mut ctx),
@@ -191,6 +201,7 @@ fn passthrough_names_a_key_only_when_its_signature_checks_out() {
         let admin = chain.on_client_op(&mut publish("admin.x"), &mut ctx);
         (named, admin)
     };
+    let unproven = |json: String, nonce: Option<&str>| named_in(true, json, nonce);
     // Signed by the key: the key's user, and its permissions.
     let (named, admin) = unproven(
         format!(r#"{{"nkey":"{public}","sig":"{good}"}}"#),
@@ -242,6 +253,27 @@ fn passthrough_names_a_key_only_when_its_signature_checks_out() {
     let forged = jwt(r#"{"sub":"alice","nats":{"bearer_token":true}}"#);
     let (named, _) = unproven(format!(r#"{{"jwt":"{forged}"}}"#), Some("n0nce"));
     assert_eq!(named, None);
+    // Outside operator mode nats-server ignores JWTs: a bearer JWT naming a user's key
+    // (which is no secret) gets no one's rules, nor does a signed one; the nkey beside a
+    // JWT names the client as nats-server's nkey users would.
+    for json in [
+        format!(r#"{{"jwt":"{bearer}"}}"#),
+        format!(r#"{{"jwt":"{plain}","sig":"{good}"}}"#),
+    ] {
+        let (named, admin) = named_in(false, json.clone(), Some("n0nce"));
+        assert_eq!(named, None, "{json}");
+        assert_eq!(
+            admin,
+            err(r#"Permissions Violation for Publish to "admin.x""#),
+            "{json}"
+        );
+    }
+    let (named, _) = named_in(
+        false,
+        format!(r#"{{"jwt":"{bearer}","nkey":"{public}","sig":"{good}"}}"#),
+        Some("n0nce"),
+    );
+    assert_eq!(named.as_deref(), Some(public.as_str()));
     let account = nkeys::KeyPair::new_account();
     let signed = base64url(&account.sign(b"n0nce").unwrap());
     let (named, _) = unproven(
@@ -447,6 +479,7 @@ fn lone_filter(text: &str) -> AclFilter {
     let source = Arc::new(RuleSource::new(AclRules::from_str("t.toml", text).unwrap()));
     let settings = AclSettings {
         mode: AuthMode::Passthrough,
+        operator_mode: false,
         upstream: None,
         rules: source,
         events: Arc::new(Recorded::default()),
@@ -889,6 +922,7 @@ fn reload_keeps_a_client_whose_bcrypt_hash_is_unchanged() {
     ));
     let settings = AclSettings {
         mode: AuthMode::Edge,
+        operator_mode: false,
         upstream: None,
         rules: source.clone(),
         events: Arc::new(Recorded::default()),
