@@ -192,15 +192,24 @@ struct LiveSub {
     /// When the SUB came, in the session's order of SUBs: nats-server answers them in that
     /// order, so its refusal of a subject is for the earliest SUB on it still tracked.
     order: u64,
+    /// An auto-unsubscribe sent while deliveries went unseen: `max` and `delivered` count
+    /// from the UNSUB on, an upper bound of what the upstream still delivers, so the entry
+    /// stays (and a reload can still revoke it) until then.
+    bounded: bool,
 }
 
 impl LiveSub {
     /// Its deliveries must be seen whatever the rules: to drop those of a revoked
-    /// subscription, or to count an auto-unsubscribe the edge keeps.
+    /// subscription, or to count an auto-unsubscribe the edge keeps or bounds.
     fn needs_deliveries(&self) -> bool {
-        self.revoked || self.edge_max.is_some()
+        self.revoked || self.edge_max.is_some() || self.bounded
     }
 }
+
+/// How many auto-unsubscribes sent while deliveries went unseen a session keeps entries
+/// for ([`LiveSub::bounded`]); past it, such an entry goes at once, its last deliveries not
+/// held to a reload.
+const MAX_BOUNDED_SUBS: usize = 1024;
 
 /// One session's identity and permissions.
 pub struct AclFilter {
@@ -620,6 +629,7 @@ impl AclFilter {
             edge_max: None,
             ending: false,
             order,
+            bounded: false,
             watched_since: self
                 .interest
                 .contains(OpKind::Msg)
@@ -656,9 +666,9 @@ impl AclFilter {
 
     /// `UNSUB sid [max]`, as nats-server takes it: without a max, or with one the deliveries
     /// have reached (0 included), the subscription ends now; otherwise when they reach it.
-    /// That is known only where every delivery was seen; elsewhere (deliveries are not
-    /// watched, so nothing would count them) the entry goes at once, and the subscription's
-    /// last deliveries, at most `max`, are not held to a reload that revokes it.
+    /// That is known only where every delivery was seen; elsewhere (deliveries were not
+    /// watched) the entry stays, bounded ([`LiveSub::bounded`]): deliveries are watched from
+    /// the UNSUB on, and it goes after `max` more, so a reload can still revoke it.
     ///
     /// On a subscription whose deliveries the edge may drop, the max is the edge's to count
     /// ([`LiveSub::edge_max`]): the UNSUB goes no further, and a verbose client gets the
@@ -697,6 +707,24 @@ impl AclFilter {
             // a subscription at once too.
             Some(max) if counted && live.edge_max.is_none() && max > live.delivered => {
                 live.max = Some(max)
+            }
+            // Its count unknown: at most `max` more come. Held for them, so a reload that
+            // revokes it still ends it, as nats-server's reload checks every subscription.
+            Some(max) if live.bounded => {
+                live.max = Some(max);
+                live.delivered = 0;
+            }
+            Some(max) if !counted && max > 0 => {
+                let room = self.subs.values().filter(|s| s.bounded).count() < MAX_BOUNDED_SUBS;
+                if let Some(live) = self.subs.get_mut(&unsub.sid).filter(|_| room) {
+                    live.max = Some(max);
+                    live.delivered = 0;
+                    live.bounded = true;
+                    self.subs_need_deliveries = true;
+                    self.refresh_interest();
+                } else {
+                    self.forget(&unsub.sid);
+                }
             }
             _ => self.forget(&unsub.sid),
         }

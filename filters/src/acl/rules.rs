@@ -700,6 +700,11 @@ fn compile_rule(
             "`{value}`: a queue group has no meaning in a publish permission"
         )));
     }
+    // nats-server skips an entry whose queue group is not a valid subject (a SUB it names
+    // is then not allowed by it): refused here, rather than allowed at the edge.
+    if queue.is_some_and(|q| !is_valid_subject(q.as_bytes())) {
+        return Err(bad(format!("`{value}`: invalid queue group")));
+    }
     Ok(Rule {
         subject: subject.into(),
         queue: queue.map(Into::into),
@@ -950,6 +955,16 @@ user = "guest"
         assert_eq!(
             e,
             "r.toml:4: `users.0.permissions.publish.allow`: `bad..subject`: invalid subject"
+        );
+        let e = AclRules::from_str(
+            "r.toml",
+            "[[users]]\nuser = \"a\"\n[users.permissions]\nsubscribe = [\"jobs.> q..x\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "r.toml:4: `users.0.permissions.subscribe.allow`: `jobs.> q..x`: invalid queue group"
         );
         let e = AclRules::from_str("r.toml", "no_auth_user = \"ghost\"\n")
             .unwrap_err()

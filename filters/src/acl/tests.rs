@@ -489,8 +489,8 @@ fn lone_filter(text: &str) -> AclFilter {
 
 /// A subscription's entry lives as long as the upstream's subscription, as far as the edge
 /// can tell: `UNSUB sid 0` ends it at once, `UNSUB sid N` after N deliveries where every
-/// delivery is seen, at once where deliveries are not watched (nothing would count them);
-/// a reused sid keeps the subscription it names.
+/// delivery is seen, and where deliveries were not watched after at most N more (they are
+/// watched from the UNSUB on); a reused sid keeps the subscription it names.
 #[test]
 fn auto_unsubscribe_ends_the_tracked_subscription() {
     let (mut ctx, mut srv) = {
@@ -498,18 +498,29 @@ fn auto_unsubscribe_ends_the_tracked_subscription() {
         let srv = SessionCtx::new(ctx.conn.clone());
         (ctx, srv)
     };
-    // bob's deliveries are not watched: an auto-unsubscribe is forgotten at once, and
-    // deliveries stay off the filter's interest.
+    // bob's deliveries are not watched: an auto-unsubscribe's count is not known, so its
+    // entry stays for at most that many more deliveries, watched from then on, and goes
+    // with the last; deliveries leave the filter's interest again.
     let mut bob = lone_filter(
         "[[users]]\nuser = \"bob\"\npassword = \"pw\"\n\
          [users.permissions]\nsubscribe = [\"jobs.>\"]\n",
     );
     bob.on_client_op(&mut connect(r#"{"user":"bob","pass":"pw"}"#), &mut ctx);
     bob.on_client_op(&mut sub("jobs.a", None, "1"), &mut ctx);
+    assert!(!bob.interest().contains(OpKind::Msg));
     assert!(bob.subs.contains_key(&b"1"[..]));
     bob.on_client_op(&mut unsub("1", Some(2)), &mut ctx);
+    assert!(bob.subs.contains_key(&b"1"[..]));
+    assert!(bob.interest().contains(OpKind::Msg));
+    for _ in 0..2 {
+        bob.on_server_op(&mut msg("jobs.a", "1", None), &mut srv);
+    }
     assert!(bob.subs.is_empty());
     assert!(!bob.interest().contains(OpKind::Msg));
+    // `UNSUB sid 0` ends it at once.
+    bob.on_client_op(&mut sub("jobs.a", None, "2"), &mut ctx);
+    bob.on_client_op(&mut unsub("2", Some(0)), &mut ctx);
+    assert!(bob.subs.is_empty());
 
     // alice has a subscribe deny list: deliveries are seen (and counted) from the first
     // subscription that can receive a denied subject on, not before.
@@ -615,6 +626,40 @@ fn reload_reports_subscriptions_already_unsubscribed() {
     let reloaded = chain.on_reload(&ctx);
     assert_eq!(reloaded.unsubscribe.len(), 2, "{reloaded:?}");
     assert_eq!(reloaded.already_unsubscribed, 1, "{reloaded:?}");
+}
+
+/// An auto-unsubscribe sent while deliveries go unseen (an unrestricted subscriber) keeps
+/// the subscription's entry for its last deliveries, however many it asks for: a reload
+/// that refuses the subscription still ends it, as nats-server's reload checks every one.
+#[test]
+fn a_reload_revokes_a_subscription_with_a_large_auto_unsubscribe() {
+    let rules = |subscribe: &str| {
+        format!("[[users]]\nuser = \"bob\"\n[users.permissions]\nsubscribe = {subscribe}\n")
+    };
+    let (mut chain, mut ctx, _, source) =
+        setup(AuthMode::Passthrough, &rules(r#"["secret.>", "public.>"]"#));
+    chain.on_client_op(&mut connect(r#"{"user":"bob"}"#), &mut ctx);
+    chain.on_client_op(&mut sub("secret.>", None, "1"), &mut ctx);
+    chain.refresh_interest();
+    assert!(!chain.interest().contains(OpKind::Msg), "deliveries unseen");
+    assert_eq!(
+        chain.on_client_op(&mut unsub("1", Some(999_999_999)), &mut ctx),
+        Verdict::Forward
+    );
+    let tighter = AclRules::from_str("t.toml", &rules(r#"["public.>"]"#)).unwrap();
+    source.store(tighter);
+    let reloaded = chain.on_reload(&ctx);
+    assert_eq!(reloaded, {
+        let mut refused = one_subscription_refused("secret.>", "1");
+        refused.already_unsubscribed = 1;
+        refused
+    });
+    // Its last deliveries on the way are dropped until the upstream has ended it.
+    chain.refresh_interest();
+    assert_eq!(
+        chain.on_server_op(&mut msg("secret.x", "1", None), &mut ctx),
+        Verdict::Drop
+    );
 }
 
 /// What a reload that refuses the one live subscription `sid` on `subject` reports.
