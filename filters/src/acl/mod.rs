@@ -196,13 +196,29 @@ struct LiveSub {
     /// from the UNSUB on, an upper bound of what the upstream still delivers, so the entry
     /// stays (and a reload can still revoke it) until then.
     bounded: bool,
+    /// The subject (and queue) of a bounded subscription whose sid a SUB reused: the
+    /// upstream may still hold it (it then ignores the new SUB) or not (the new SUB made a
+    /// subscription), so a reload that refuses either ends the sid.
+    earlier: Option<(Bytes, Option<Bytes>)>,
 }
 
 impl LiveSub {
     /// Its deliveries must be seen whatever the rules: to drop those of a revoked
-    /// subscription, or to count an auto-unsubscribe the edge keeps or bounds.
+    /// subscription, or to count an auto-unsubscribe, the edge's, the upstream's or one
+    /// bounded. (Were they to go unseen, a count would stop being known, and the entry
+    /// would go with it, out of a later reload's reach.)
     fn needs_deliveries(&self) -> bool {
-        self.revoked || self.edge_max.is_some() || self.bounded
+        self.revoked || self.edge_max.is_some() || self.max.is_some()
+    }
+
+    /// Whether `perms` still allow the subscription (and the one it may stand for).
+    fn allowed_by(&self, perms: &Permissions) -> bool {
+        perms
+            .check_subscribe(&self.subject, self.queue.as_deref())
+            .allowed
+            && self.earlier.as_ref().is_none_or(|(subject, queue)| {
+                perms.check_subscribe(subject, queue.as_deref()).allowed
+            })
     }
 }
 
@@ -630,6 +646,7 @@ impl AclFilter {
             ending: false,
             order,
             bounded: false,
+            earlier: None,
             watched_since: self
                 .interest
                 .contains(OpKind::Msg)
@@ -638,6 +655,17 @@ impl AclFilter {
         match self.subs.entry(Bytes::copy_from_slice(&sub.sid)) {
             Entry::Occupied(mut old) if old.get().revoked || old.get().ending => {
                 old.insert(live);
+                self.recount_needs();
+                self.refresh_interest();
+            }
+            // Its auto-unsubscribe may have ended it already: the new SUB may be the
+            // subscription, or ignored for it. Both subjects are kept for a reload.
+            Entry::Occupied(mut old) if old.get().bounded => {
+                let earlier = (old.get().subject.clone(), old.get().queue.clone());
+                old.insert(LiveSub {
+                    earlier: Some(earlier),
+                    ..live
+                });
                 self.recount_needs();
                 self.refresh_interest();
             }
@@ -710,10 +738,10 @@ impl AclFilter {
             }
             // Its count unknown: at most `max` more come. Held for them, so a reload that
             // revokes it still ends it, as nats-server's reload checks every subscription.
-            Some(max) if live.bounded => {
-                live.max = Some(max);
-                live.delivered = 0;
-            }
+            // Another auto-unsubscribe: `delivered` counts from the first, no more than the
+            // upstream has delivered, so one it has reached is over at the upstream too.
+            Some(max) if live.bounded && max > live.delivered => live.max = Some(max),
+            Some(_) if live.bounded => self.forget(&unsub.sid),
             Some(max) if !counted && max > 0 => {
                 let room = self.subs.values().filter(|s| s.bounded).count() < MAX_BOUNDED_SUBS;
                 if let Some(live) = self.subs.get_mut(&unsub.sid).filter(|_| room) {
@@ -868,7 +896,7 @@ impl Filter for AclFilter {
                 for (sid, live) in self.subs.iter_mut() {
                     let queue = live.queue.as_deref();
                     let ended = live.revoked || live.ending;
-                    if !ended && !perms.check_subscribe(&live.subject, queue).allowed {
+                    if !ended && !live.allowed_by(perms) {
                         reloaded
                             .notices
                             .push(ServerOp::Err(SubscriptionRefusal::text(
@@ -889,7 +917,10 @@ impl Filter for AclFilter {
                         live.revoked = true;
                         revoked += 1;
                     }
-                    self.filter_deliveries |= perms.needs_delivery_filter(&live.subject, queue);
+                    self.filter_deliveries |= perms.needs_delivery_filter(&live.subject, queue)
+                        || live.earlier.as_ref().is_some_and(|(subject, queue)| {
+                            perms.needs_delivery_filter(subject, queue.as_deref())
+                        });
                 }
                 self.recount_needs();
             }
@@ -1098,6 +1129,14 @@ fn passthrough_user(
         return Err(
             "the CONNECT presents more than one kind of credential (user, nkey or jwt, auth_token)",
         );
+    }
+    if jwt.is_some() && !operator_mode {
+        // Once per process: a deployment in operator mode that has not said so would
+        // otherwise see its JWT users' rules stop applying with no word.
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!("a client presented a user JWT, which names no one for the rules without auth.operator_mode = true (set it if the upstream runs in operator mode)");
+        }
     }
     let claims = jwt
         .filter(|_| operator_mode)

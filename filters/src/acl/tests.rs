@@ -633,11 +633,10 @@ fn reload_reports_subscriptions_already_unsubscribed() {
 /// that refuses the subscription still ends it, as nats-server's reload checks every one.
 #[test]
 fn a_reload_revokes_a_subscription_with_a_large_auto_unsubscribe() {
-    let rules = |subscribe: &str| {
-        format!("[[users]]\nuser = \"bob\"\n[users.permissions]\nsubscribe = {subscribe}\n")
-    };
-    let (mut chain, mut ctx, _, source) =
-        setup(AuthMode::Passthrough, &rules(r#"["secret.>", "public.>"]"#));
+    let (mut chain, mut ctx, _, source) = setup(
+        AuthMode::Passthrough,
+        &bob_subscribing(r#"["secret.>", "public.>"]"#),
+    );
     chain.on_client_op(&mut connect(r#"{"user":"bob"}"#), &mut ctx);
     chain.on_client_op(&mut sub("secret.>", None, "1"), &mut ctx);
     chain.refresh_interest();
@@ -646,7 +645,7 @@ fn a_reload_revokes_a_subscription_with_a_large_auto_unsubscribe() {
         chain.on_client_op(&mut unsub("1", Some(999_999_999)), &mut ctx),
         Verdict::Forward
     );
-    let tighter = AclRules::from_str("t.toml", &rules(r#"["public.>"]"#)).unwrap();
+    let tighter = AclRules::from_str("t.toml", &bob_subscribing(r#"["public.>"]"#)).unwrap();
     source.store(tighter);
     let reloaded = chain.on_reload(&ctx);
     assert_eq!(reloaded, {
@@ -660,6 +659,67 @@ fn a_reload_revokes_a_subscription_with_a_large_auto_unsubscribe() {
         chain.on_server_op(&mut msg("secret.x", "1", None), &mut ctx),
         Verdict::Drop
     );
+}
+
+/// A bounded entry ending does not take another subscription's count with it: a reload
+/// still reaches that one.
+#[test]
+fn bounded_auto_unsubscribes_stay_within_a_reloads_reach() {
+    let (mut chain, mut ctx, _, source) = setup(
+        AuthMode::Passthrough,
+        &bob_subscribing(r#"["a.>", "b.>", "secret.>"]"#),
+    );
+    let mut srv = SessionCtx::new(ctx.conn.clone());
+    chain.on_client_op(&mut connect(r#"{"user":"bob"}"#), &mut ctx);
+    chain.on_client_op(&mut sub("a.x", None, "1"), &mut ctx);
+    chain.on_client_op(&mut unsub("1", Some(1)), &mut ctx);
+    chain.refresh_interest();
+    // Made while deliveries are watched: its count is the upstream's, and kept.
+    chain.on_client_op(&mut sub("b.x", None, "2"), &mut ctx);
+    chain.on_client_op(&mut unsub("2", Some(999_999_999)), &mut ctx);
+    // The bounded one's last delivery: it goes, and the other's count stays watched.
+    chain.on_server_op(&mut msg("a.x", "1", None), &mut srv);
+    chain.refresh_interest();
+    assert!(chain.interest().contains(OpKind::Msg));
+    source.store(AclRules::from_str("t.toml", &bob_subscribing(r#"["a.>"]"#)).unwrap());
+    let reloaded = chain.on_reload(&ctx);
+    assert_eq!(
+        reloaded.unsubscribe,
+        [Bytes::from_static(b"2")],
+        "{reloaded:?}"
+    );
+}
+
+/// A sid reused after an auto-unsubscribe sent while deliveries went unseen: the upstream
+/// may hold either subscription, so a reload that refuses either subject ends the sid; and
+/// `UNSUB sid 0` ends such a one at once.
+#[test]
+fn a_sid_reused_after_a_bounded_auto_unsubscribe_is_judged_on_both_subjects() {
+    let (mut chain, mut ctx, _, source) = setup(
+        AuthMode::Passthrough,
+        &bob_subscribing(r#"["a.>", "secret.>"]"#),
+    );
+    chain.on_client_op(&mut connect(r#"{"user":"bob"}"#), &mut ctx);
+    chain.on_client_op(&mut sub("a.y", None, "3"), &mut ctx);
+    chain.on_client_op(&mut unsub("3", Some(5)), &mut ctx);
+    chain.on_client_op(&mut sub("secret.x", None, "3"), &mut ctx);
+    chain.on_client_op(&mut sub("a.z", None, "4"), &mut ctx);
+    chain.on_client_op(&mut unsub("4", Some(5)), &mut ctx);
+    chain.on_client_op(&mut unsub("4", Some(0)), &mut ctx);
+    source.store(AclRules::from_str("t.toml", &bob_subscribing(r#"["a.>"]"#)).unwrap());
+    let reloaded = chain.on_reload(&ctx);
+    assert_eq!(
+        reloaded.unsubscribe,
+        [Bytes::from_static(b"3")],
+        "{reloaded:?}"
+    );
+    let reloaded = chain.on_reload(&ctx);
+    assert!(reloaded.unsubscribe.is_empty(), "{reloaded:?}");
+}
+
+/// Rules in which the user `bob` may subscribe to `subscribe` (a TOML list), and no more.
+fn bob_subscribing(subscribe: &str) -> String {
+    format!("[[users]]\nuser = \"bob\"\n[users.permissions]\nsubscribe = {subscribe}\n")
 }
 
 /// What a reload that refuses the one live subscription `sid` on `subject` reports.

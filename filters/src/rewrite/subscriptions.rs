@@ -145,7 +145,15 @@ impl SubscriptionSets {
                     (Some(_), None) | (None, Some(_)) => true,
                     (None, None) => false,
                 };
-                if earlier_set {
+                if entry.maybe_ended && entry.max.is_some() {
+                    // Another one: `delivered` counts from the first, no more than the
+                    // upstream delivered, so one it has reached is over upstream too.
+                    if max > entry.delivered {
+                        entry.max = Some(max);
+                    } else {
+                        self.forget(sid);
+                    }
+                } else if earlier_set && max > 0 {
                     // The upstream delivers at most `max` more: counted from here, they
                     // bound how long the entry (and the look-up per delivery) stays.
                     entry.maybe_ended = true;
@@ -276,5 +284,16 @@ mod tests {
             table.delivered(b"1", Some(&set)),
             Delivery::Current
         ));
+        // `UNSUB sid 0` after it, or one its deliveries since have reached: over at once.
+        table.subscribed(b"2", None);
+        table.unsubscribed(b"2", Some(3), Some(&set), false);
+        table.unsubscribed(b"2", Some(0), Some(&set), false);
+        assert!(table.by_sid.is_empty());
+        table.subscribed(b"3", None);
+        table.unsubscribed(b"3", Some(3), Some(&set), false);
+        assert!(matches!(table.delivered(b"3", Some(&set)), Delivery::AsIs));
+        table.unsubscribed(b"3", Some(1), Some(&set), false);
+        assert!(table.by_sid.is_empty());
+        assert_eq!((table.as_is, table.with_max), (0, 0));
     }
 }
