@@ -24,7 +24,7 @@ pub mod quote;
 pub mod rules;
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -192,11 +192,13 @@ struct LiveSub {
     /// When the SUB came, in the session's order of SUBs: nats-server answers them in that
     /// order, so its refusal of a subject is for the earliest SUB on it still tracked.
     order: u64,
-    /// An auto-unsubscribe sent while deliveries went unseen: `max` and `delivered` count
-    /// from the UNSUB on, an upper bound of what the upstream still delivers, so the entry
-    /// stays (and a reload can still revoke it) until then.
-    bounded: bool,
-    /// The subject (and queue) of a bounded subscription whose sid a SUB reused: the
+    /// An auto-unsubscribe whose count is not known (sent while deliveries went unseen):
+    /// the upstream may have ended the subscription, or may deliver up to its max still.
+    /// Kept without looking at deliveries, so a reload that refuses its subject still ends
+    /// it: an UNSUB upstream (nats-server ignores one for a sid it no longer has), and no
+    /// word to the client, for a subscription that most likely is gone.
+    maybe_ended: bool,
+    /// The subject (and queue) of a maybe-ended subscription whose sid a SUB reused: the
     /// upstream may still hold it (it then ignores the new SUB) or not (the new SUB made a
     /// subscription), so a reload that refuses either ends the sid.
     earlier: Option<(Bytes, Option<Bytes>)>,
@@ -204,28 +206,23 @@ struct LiveSub {
 
 impl LiveSub {
     /// Its deliveries must be seen whatever the rules: to drop those of a revoked
-    /// subscription, or to count an auto-unsubscribe, the edge's, the upstream's or one
-    /// bounded. (Were they to go unseen, a count would stop being known, and the entry
-    /// would go with it, out of a later reload's reach.)
+    /// subscription, or to count an auto-unsubscribe, the edge's or the upstream's. (Were
+    /// they to go unseen, the count would stop being known.)
     fn needs_deliveries(&self) -> bool {
         self.revoked || self.edge_max.is_some() || self.max.is_some()
     }
 
-    /// Whether `perms` still allow the subscription (and the one it may stand for).
-    fn allowed_by(&self, perms: &Permissions) -> bool {
-        perms
-            .check_subscribe(&self.subject, self.queue.as_deref())
-            .allowed
-            && self.earlier.as_ref().is_none_or(|(subject, queue)| {
-                perms.check_subscribe(subject, queue.as_deref()).allowed
-            })
+    /// Whether `perms` allow the earlier subscription its sid may stand for.
+    fn earlier_allowed_by(&self, perms: &Permissions) -> bool {
+        self.earlier
+            .as_ref()
+            .is_none_or(|(subject, queue)| perms.check_subscribe(subject, queue.as_deref()).allowed)
     }
 }
 
-/// How many auto-unsubscribes sent while deliveries went unseen a session keeps entries
-/// for ([`LiveSub::bounded`]); past it, such an entry goes at once, its last deliveries not
-/// held to a reload.
-const MAX_BOUNDED_SUBS: usize = 1024;
+/// How many maybe-ended subscriptions ([`LiveSub::maybe_ended`]) a session keeps, the
+/// oldest forgotten past it: old-style requests make one each.
+const MAX_MAYBE_ENDED: usize = 1024;
 
 /// One session's identity and permissions.
 pub struct AclFilter {
@@ -247,6 +244,8 @@ pub struct AclFilter {
     watch_epoch: u64,
     /// Some entry of `subs` needs its deliveries seen ([`LiveSub::needs_deliveries`]).
     subs_need_deliveries: bool,
+    /// The sids of maybe-ended entries, oldest first, for [`MAX_MAYBE_ENDED`].
+    maybe_ended: VecDeque<Bytes>,
     /// The sid of the entry the latest SUB added, taken back if a later filter refuses
     /// that SUB ([`Filter::on_client_op_refused`]).
     added_by_sub: Option<Bytes>,
@@ -284,6 +283,7 @@ impl AclFilter {
             watch_epoch: 0,
             sub_answers: SubAnswers::default(),
             subs_need_deliveries: false,
+            maybe_ended: VecDeque::new(),
             added_by_sub: None,
             filter_deliveries: false,
             revoked: false,
@@ -645,7 +645,7 @@ impl AclFilter {
             edge_max: None,
             ending: false,
             order,
-            bounded: false,
+            maybe_ended: false,
             earlier: None,
             watched_since: self
                 .interest
@@ -660,7 +660,7 @@ impl AclFilter {
             }
             // Its auto-unsubscribe may have ended it already: the new SUB may be the
             // subscription, or ignored for it. Both subjects are kept for a reload.
-            Entry::Occupied(mut old) if old.get().bounded => {
+            Entry::Occupied(mut old) if old.get().maybe_ended => {
                 let earlier = (old.get().subject.clone(), old.get().queue.clone());
                 old.insert(LiveSub {
                     earlier: Some(earlier),
@@ -695,8 +695,8 @@ impl AclFilter {
     /// `UNSUB sid [max]`, as nats-server takes it: without a max, or with one the deliveries
     /// have reached (0 included), the subscription ends now; otherwise when they reach it.
     /// That is known only where every delivery was seen; elsewhere (deliveries were not
-    /// watched) the entry stays, bounded ([`LiveSub::bounded`]): deliveries are watched from
-    /// the UNSUB on, and it goes after `max` more, so a reload can still revoke it.
+    /// watched) the entry stays as maybe ended ([`LiveSub::maybe_ended`]), so a reload can
+    /// still end it.
     ///
     /// On a subscription whose deliveries the edge may drop, the max is the edge's to count
     /// ([`LiveSub::edge_max`]): the UNSUB goes no further, and a verbose client gets the
@@ -734,29 +734,39 @@ impl AclFilter {
             // The upstream has delivered at least what the edge passed on, so it ends such
             // a subscription at once too.
             Some(max) if counted && live.edge_max.is_none() && max > live.delivered => {
-                live.max = Some(max)
+                live.max = Some(max);
+                self.subs_need_deliveries = true;
             }
-            // Its count unknown: at most `max` more come. Held for them, so a reload that
-            // revokes it still ends it, as nats-server's reload checks every subscription.
-            // Another auto-unsubscribe: `delivered` counts from the first, no more than the
-            // upstream has delivered, so one it has reached is over at the upstream too.
-            Some(max) if live.bounded && max > live.delivered => live.max = Some(max),
-            Some(_) if live.bounded => self.forget(&unsub.sid),
+            // Its count unknown: kept for a reload, as nats-server's reload checks every
+            // subscription, however many deliveries it asked for.
             Some(max) if !counted && max > 0 => {
-                let room = self.subs.values().filter(|s| s.bounded).count() < MAX_BOUNDED_SUBS;
-                if let Some(live) = self.subs.get_mut(&unsub.sid).filter(|_| room) {
-                    live.max = Some(max);
-                    live.delivered = 0;
-                    live.bounded = true;
-                    self.subs_need_deliveries = true;
-                    self.refresh_interest();
-                } else {
-                    self.forget(&unsub.sid);
+                if !live.maybe_ended {
+                    live.maybe_ended = true;
+                    self.maybe_ended
+                        .push_back(Bytes::copy_from_slice(&unsub.sid));
+                    self.forget_oldest_maybe_ended();
                 }
             }
             _ => self.forget(&unsub.sid),
         }
         Verdict::Forward
+    }
+
+    /// Past [`MAX_MAYBE_ENDED`], the oldest maybe-ended entries go (sids already gone, or
+    /// reused by a SUB since, are passed over).
+    fn forget_oldest_maybe_ended(&mut self) {
+        while self.maybe_ended.len() > MAX_MAYBE_ENDED {
+            let Some(sid) = self.maybe_ended.pop_front() else {
+                break;
+            };
+            if self
+                .subs
+                .get(&sid)
+                .is_some_and(|s| s.maybe_ended && !s.revoked)
+            {
+                self.subs.remove(&sid);
+            }
+        }
     }
 
     /// The upstream's subscription `sid` has ended.
@@ -896,16 +906,23 @@ impl Filter for AclFilter {
                 for (sid, live) in self.subs.iter_mut() {
                     let queue = live.queue.as_deref();
                     let ended = live.revoked || live.ending;
-                    if !ended && !live.allowed_by(perms) {
-                        reloaded
-                            .notices
-                            .push(ServerOp::Err(SubscriptionRefusal::text(
-                                &live.subject,
-                                queue,
-                                Some(sid),
-                            )));
+                    let allowed = perms.check_subscribe(&live.subject, queue).allowed;
+                    let refused = !allowed || !live.earlier_allowed_by(perms);
+                    if !ended && refused {
+                        // The client hears of a subscription it holds for sure, as from
+                        // nats-server; one maybe ended (or only the earlier subject a
+                        // reused sid may stand for) is ended without a word.
+                        if !allowed && !live.maybe_ended {
+                            reloaded
+                                .notices
+                                .push(ServerOp::Err(SubscriptionRefusal::text(
+                                    &live.subject,
+                                    queue,
+                                    Some(sid),
+                                )));
+                        }
                         reloaded.unsubscribe.push(sid.clone());
-                        if live.max.is_some() || live.edge_max.is_some() {
+                        if live.max.is_some() || live.edge_max.is_some() || live.maybe_ended {
                             reloaded.already_unsubscribed += 1;
                         }
                         tracing::info!(
