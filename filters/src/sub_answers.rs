@@ -38,6 +38,11 @@ impl SubAnswers {
         self.upstream_limit.is_some_and(|limit| table_len >= limit)
     }
 
+    /// The upstream has refused a SUB at its own limit: the table's size matters now.
+    pub fn at_upstream_limit(&self) -> bool {
+        self.upstream_limit.is_some()
+    }
+
     /// The order of the SUB being handled, for the entry it makes.
     pub fn next_order(&mut self) -> u64 {
         self.seen += 1;

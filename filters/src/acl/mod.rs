@@ -198,10 +198,6 @@ struct LiveSub {
     /// it: an UNSUB upstream (nats-server ignores one for a sid it no longer has), and no
     /// word to the client, for a subscription that most likely is gone.
     maybe_ended: bool,
-    /// The subject (and queue) of a maybe-ended subscription whose sid a SUB reused: the
-    /// upstream may still hold it (it then ignores the new SUB) or not (the new SUB made a
-    /// subscription), so a reload that refuses either ends the sid.
-    earlier: Option<(Bytes, Option<Bytes>)>,
 }
 
 impl LiveSub {
@@ -210,13 +206,6 @@ impl LiveSub {
     /// they to go unseen, the count would stop being known.)
     fn needs_deliveries(&self) -> bool {
         self.revoked || self.edge_max.is_some() || self.max.is_some()
-    }
-
-    /// Whether `perms` allow the earlier subscription its sid may stand for.
-    fn earlier_allowed_by(&self, perms: &Permissions) -> bool {
-        self.earlier
-            .as_ref()
-            .is_none_or(|(subject, queue)| perms.check_subscribe(subject, queue.as_deref()).allowed)
     }
 }
 
@@ -244,8 +233,9 @@ pub struct AclFilter {
     watch_epoch: u64,
     /// Some entry of `subs` needs its deliveries seen ([`LiveSub::needs_deliveries`]).
     subs_need_deliveries: bool,
-    /// The sids of maybe-ended entries, oldest first, for [`MAX_MAYBE_ENDED`].
-    maybe_ended: VecDeque<Bytes>,
+    /// The sids of maybe-ended entries with their SUB's order, oldest first, for
+    /// [`MAX_MAYBE_ENDED`] (the order tells a sid's entry from an earlier one's).
+    maybe_ended: VecDeque<(Bytes, u64)>,
     /// The sid of the entry the latest SUB added, taken back if a later filter refuses
     /// that SUB ([`Filter::on_client_op_refused`]).
     added_by_sub: Option<Bytes>,
@@ -612,9 +602,18 @@ impl AclFilter {
     fn on_subscribe(&mut self, sub: &crate::op::Sub, ctx: &SessionCtx) -> Verdict {
         if self
             .sub_answers
-            .must_wait(ctx.upstream_caught_up, self.subs.len())
+            .must_wait(ctx.upstream_caught_up, self.subscriptions_held())
         {
             return Verdict::Defer;
+        }
+        // A SUB that reuses the sid of a maybe-ended subscription is taken as a new one
+        // (the upstream most likely ended the other; clients do not reuse sids).
+        if self
+            .subs
+            .get(&sub.sid)
+            .is_some_and(|s| s.maybe_ended && !s.revoked)
+        {
+            self.subs.remove(&sub.sid);
         }
         if !ctx.upstream_caught_up {
             // Shown again after a deferral, it is the same SUB: what it added stays marked.
@@ -646,7 +645,6 @@ impl AclFilter {
             ending: false,
             order,
             maybe_ended: false,
-            earlier: None,
             watched_since: self
                 .interest
                 .contains(OpKind::Msg)
@@ -655,17 +653,6 @@ impl AclFilter {
         match self.subs.entry(Bytes::copy_from_slice(&sub.sid)) {
             Entry::Occupied(mut old) if old.get().revoked || old.get().ending => {
                 old.insert(live);
-                self.recount_needs();
-                self.refresh_interest();
-            }
-            // Its auto-unsubscribe may have ended it already: the new SUB may be the
-            // subscription, or ignored for it. Both subjects are kept for a reload.
-            Entry::Occupied(mut old) if old.get().maybe_ended => {
-                let earlier = (old.get().subject.clone(), old.get().queue.clone());
-                old.insert(LiveSub {
-                    earlier: Some(earlier),
-                    ..live
-                });
                 self.recount_needs();
                 self.refresh_interest();
             }
@@ -742,8 +729,8 @@ impl AclFilter {
             Some(max) if !counted && max > 0 => {
                 if !live.maybe_ended {
                     live.maybe_ended = true;
-                    self.maybe_ended
-                        .push_back(Bytes::copy_from_slice(&unsub.sid));
+                    let entry = (Bytes::copy_from_slice(&unsub.sid), live.order);
+                    self.maybe_ended.push_back(entry);
                     self.forget_oldest_maybe_ended();
                 }
             }
@@ -756,17 +743,26 @@ impl AclFilter {
     /// reused by a SUB since, are passed over).
     fn forget_oldest_maybe_ended(&mut self) {
         while self.maybe_ended.len() > MAX_MAYBE_ENDED {
-            let Some(sid) = self.maybe_ended.pop_front() else {
+            let Some((sid, order)) = self.maybe_ended.pop_front() else {
                 break;
             };
             if self
                 .subs
                 .get(&sid)
-                .is_some_and(|s| s.maybe_ended && !s.revoked)
+                .is_some_and(|s| s.maybe_ended && !s.revoked && s.order == order)
             {
                 self.subs.remove(&sid);
             }
         }
+    }
+
+    /// The subscriptions the upstream holds for sure, for [`SubAnswers`]: maybe-ended ones
+    /// most likely are gone. Counted only at the upstream's subscription limit.
+    fn subscriptions_held(&self) -> usize {
+        if !self.sub_answers.at_upstream_limit() || self.maybe_ended.is_empty() {
+            return self.subs.len();
+        }
+        self.subs.values().filter(|s| !s.maybe_ended).count()
     }
 
     /// The upstream's subscription `sid` has ended.
@@ -907,12 +903,10 @@ impl Filter for AclFilter {
                     let queue = live.queue.as_deref();
                     let ended = live.revoked || live.ending;
                     let allowed = perms.check_subscribe(&live.subject, queue).allowed;
-                    let refused = !allowed || !live.earlier_allowed_by(perms);
-                    if !ended && refused {
+                    if !ended && !allowed {
                         // The client hears of a subscription it holds for sure, as from
-                        // nats-server; one maybe ended (or only the earlier subject a
-                        // reused sid may stand for) is ended without a word.
-                        if !allowed && !live.maybe_ended {
+                        // nats-server; one maybe ended is ended without a word.
+                        if !live.maybe_ended {
                             reloaded
                                 .notices
                                 .push(ServerOp::Err(SubscriptionRefusal::text(
@@ -934,10 +928,7 @@ impl Filter for AclFilter {
                         live.revoked = true;
                         revoked += 1;
                     }
-                    self.filter_deliveries |= perms.needs_delivery_filter(&live.subject, queue)
-                        || live.earlier.as_ref().is_some_and(|(subject, queue)| {
-                            perms.needs_delivery_filter(subject, queue.as_deref())
-                        });
+                    self.filter_deliveries |= perms.needs_delivery_filter(&live.subject, queue);
                 }
                 self.recount_needs();
             }
@@ -1098,7 +1089,7 @@ impl AclFilter {
             self.recount_needs();
             self.refresh_interest();
         }
-        self.sub_answers.refused_at(self.subs.len());
+        self.sub_answers.refused_at(self.subscriptions_held());
     }
 }
 

@@ -692,11 +692,11 @@ fn maybe_ended_auto_unsubscribes_stay_within_a_reloads_reach() {
     );
 }
 
-/// A sid reused after an auto-unsubscribe sent while deliveries went unseen: the upstream
-/// may hold either subscription, so a reload that refuses either subject ends the sid; and
-/// `UNSUB sid 0` ends such a one at once.
+/// A sid reused after an auto-unsubscribe sent while deliveries went unseen is a new
+/// subscription, judged on its own subject at a reload; `UNSUB sid 0` ends a maybe-ended
+/// one at once.
 #[test]
-fn a_sid_reused_after_a_maybe_ended_auto_unsubscribe_is_judged_on_both_subjects() {
+fn a_sid_reused_after_a_maybe_ended_auto_unsubscribe_is_a_new_subscription() {
     let (mut chain, mut ctx, _, source) = setup(
         AuthMode::Passthrough,
         &bob_subscribing(r#"["a.>", "secret.>"]"#),
