@@ -703,7 +703,9 @@ fn is_plain_first_line(line: &[u8]) -> bool {
     let (Some(code), Some(description)) = (status.get(..3), status.get(3..)) else {
         return false;
     };
+    // A leading 0 is no status code to async-nats, which then drops the connection.
     code.iter().all(u8::is_ascii_digit)
+        && code[0] != b'0'
         && match description.split_first() {
             None => true,
             Some((b' ', text)) => text

@@ -121,10 +121,9 @@ pub fn api_answer(client_subject: &[u8], payload: &[u8], set: &RuleSet) -> Optio
             return Some(ApiAnswer::StoredMessage);
         }
         if any(&[DIRECT_GET]) {
-            let batch = [&b"\"batch\""[..], b"\"multi_last\""]
-                .iter()
-                .any(|key| memchr::memmem::find(payload, key).is_some());
-            return Some(ApiAnswer::DirectGet { batch });
+            return Some(ApiAnswer::DirectGet {
+                batch: is_batch(payload),
+            });
         }
     }
     if set.jetstream_consumer_filters
@@ -170,6 +169,21 @@ pub fn map_api_answer(kind: ApiAnswer, payload: &[u8], set: &RuleSet) -> Option<
     changed
         .then(|| serde_json::to_vec(&answer).ok().map(Bytes::from))
         .flatten()
+}
+
+/// Whether a direct get asks for several messages (a `batch` above 0, or `multi_last`
+/// subjects), its keys read as Go reads them, in any casing.
+fn is_batch(payload: &[u8]) -> bool {
+    let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(payload) else {
+        return false;
+    };
+    request.iter().any(|(key, value)| {
+        (key.eq_ignore_ascii_case("batch") && value.as_u64().is_some_and(|n| n > 0))
+            || (key.eq_ignore_ascii_case("multi_last")
+                && value
+                    .as_array()
+                    .is_some_and(|subjects| !subjects.is_empty()))
+    })
 }
 
 /// How long a request's answer is waited for: clients give up on theirs after 5 s.
@@ -227,10 +241,15 @@ impl PendingAnswers {
             }
             return false;
         };
-        let status = msg
-            .headers
-            .as_deref()
-            .is_some_and(|block| block.starts_with(b"NATS/1.0 "));
+        // The server's own status answer (the end of a batch, 404, 408): no payload, and
+        // none of a stored message's headers. A stored message may have a status line of
+        // its publisher's.
+        let status = msg.payload.is_empty()
+            && msg.headers.as_deref().is_some_and(|block| {
+                block.starts_with(b"NATS/1.0 ")
+                    && crate::headers::Headers::parse(block)
+                        .is_ok_and(|parsed| parsed.get(b"Nats-Sequence").is_none())
+            });
         let (kind, set) = (self.pending[at].kind, self.pending[at].set.clone());
         if status || kind != (ApiAnswer::DirectGet { batch: true }) {
             self.pending.remove(at);

@@ -864,18 +864,23 @@ fn reverse_subject_header(
     back_of: impl Fn(&[u8]) -> Option<Vec<u8>>,
 ) -> Option<Bytes> {
     let parsed = Headers::parse(block).ok()?;
-    let subject = parsed.get(b"Nats-Subject")?;
-    let back = back_of(subject)?;
     let mut writer = HeaderWriter::new(parsed.first_line);
+    let mut changed = false;
+    // Each line by its own value: a stored message may carry a `Nats-Subject` of its
+    // publisher's beside the one the server adds.
     for line in &parsed.all_lines {
-        match headers::split_field(line) {
-            Some((name, _)) if name.eq_ignore_ascii_case(b"Nats-Subject") => {
-                writer.field(name, &back)
+        let back = headers::split_field(line)
+            .filter(|(name, _)| name.eq_ignore_ascii_case(b"Nats-Subject"))
+            .and_then(|(name, subject)| Some((name, back_of(subject)?)));
+        match back {
+            Some((name, back)) => {
+                writer.field(name, &back);
+                changed = true;
             }
-            _ => writer.line(&parsed, line),
+            None => writer.line(&parsed, line),
         }
     }
-    Some(writer.finish())
+    changed.then(|| writer.finish())
 }
 
 /// What `nats-edge explain` shows for one subject.

@@ -345,6 +345,19 @@ fn jetstream_answers_show_the_clients_subjects() {
         ),
         Some(ApiAnswer::DirectGet { batch: true })
     );
+    for (request, batch) in [
+        (&br#"{"Batch":3}"#[..], true),
+        (br#"{"batch":0,"seq":1}"#, false),
+        (br#"{"multi_last":[]}"#, false),
+        (br#"{"last_by_subj":"batch"}"#, false),
+    ] {
+        assert_eq!(
+            jetstream::api_answer(b"$JS.API.DIRECT.GET.KV_b", request, &set),
+            Some(ApiAnswer::DirectGet { batch }),
+            "{}",
+            request.escape_ascii()
+        );
+    }
 
     let mapped = |kind, answer: &[u8]| {
         let payload = jetstream::map_api_answer(kind, answer, &set).expect("mapped");
@@ -445,6 +458,18 @@ fn direct_get_answers_name_the_clients_subject() {
         let mut msg = answer(stored, b"v");
         assert!(pending.map_answer(&mut msg));
     }
+    // A stored message with a status line of its publisher's is one of the batch, and
+    // each `Nats-Subject` line is mapped by its own value.
+    let mut own_status = answer(
+        b"NATS/1.0 200 OK\r\nNats-Subject: x.y\r\nNats-Stream: KV_b\r\nNats-Subject: tenant.acme.$KV.b.k\r\nNats-Sequence: 3\r\n\r\n",
+        b"v",
+    );
+    assert!(pending.map_answer(&mut own_status));
+    let headers = String::from_utf8(own_status.headers.unwrap().to_vec()).unwrap();
+    assert!(
+        headers.contains("Nats-Subject: x.y\r\n") && headers.contains("Nats-Subject: $KV.b.k\r\n"),
+        "{headers}"
+    );
     let mut end = answer(b"NATS/1.0 204 EOB\r\nNats-Num-Pending: 0\r\n\r\n", b"");
     assert!(!pending.map_answer(&mut end));
     let mut after = answer(stored, b"v");

@@ -190,6 +190,7 @@ fn header_blocks_read_differently_elsewhere_cannot_forge_tags() {
         b"NATS/1.0\rNats-Edge-Tls-Subject: CN=admin\r\n\r\n",
         b"NATS/1.0 503:\r\n\r\n",
         b"NATS/1.0 50\r\n\r\n",
+        b"NATS/1.0 042 x\r\n\r\n",
         b"NATS/1.0 503 a\x0bb\r\n\r\n",
         b"NATS/1.0\r\n\x0bNats-Edge-Tls-Subject: CN=admin\r\nKeep: me\r\n\r\n",
         b"NATS/1.0\r\nNats-Edge-Conn-Id\x0c: 1\r\n\r\n",
