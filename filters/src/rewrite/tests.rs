@@ -425,12 +425,8 @@ fn jetstream_answers_show_the_clients_subjects() {
 #[test]
 fn direct_get_answers_name_the_clients_subject() {
     let set = Arc::new(load("jetstream-mount"));
-    let answer = |headers: &'static [u8], payload: &'static [u8]| Msg {
-        subject: Bytes::from_static(b"tenant.acme._INBOX.r"),
-        sid: Bytes::from_static(b"1"),
-        reply: None,
-        headers: Some(Bytes::from_static(headers)),
-        payload: Bytes::from_static(payload),
+    let answer = |headers: &[u8], payload: &[u8]| {
+        delivery("tenant.acme._INBOX.r", "1", None, Some(headers), payload)
     };
     let stored = b"NATS/1.0\r\nNats-Stream: KV_b\r\nNats-Subject: tenant.acme.$KV.b.k\r\nNats-Sequence: 1\r\n\r\n";
     let mut pending = jetstream::PendingAnswers::default();
@@ -651,13 +647,24 @@ fn publish(subject: &str, reply: Option<&str>) -> ClientOp {
 }
 
 fn deliver(subject: &str, reply: Option<&str>) -> ServerOp {
-    ServerOp::Msg(Msg {
-        subject: Bytes::from(subject.to_string()),
-        sid: Bytes::from_static(b"1"),
-        reply: reply.map(|r| Bytes::from(r.to_string())),
-        headers: None,
-        payload: Bytes::from_static(b"x"),
-    })
+    ServerOp::Msg(delivery(subject, "1", reply, None, b"x"))
+}
+
+/// A delivery of `payload` (and `headers`) on `subject` to the subscription `sid`.
+fn delivery(
+    subject: &str,
+    sid: &str,
+    reply: Option<&str>,
+    headers: Option<&[u8]>,
+    payload: &[u8],
+) -> Msg {
+    Msg {
+        subject: Bytes::copy_from_slice(subject.as_bytes()),
+        sid: Bytes::copy_from_slice(sid.as_bytes()),
+        reply: reply.map(|r| Bytes::copy_from_slice(r.as_bytes())),
+        headers: headers.map(Bytes::copy_from_slice),
+        payload: Bytes::copy_from_slice(payload),
+    }
 }
 
 #[test]
@@ -1150,15 +1157,13 @@ fn a_reply_a_publish_only_rule_would_send_elsewhere_is_a_token() {
 fn a_stalled_flow_control_named_by_a_heartbeat_is_answered_as_it_is() {
     let (mut f, mut ctx) = filter_for("tenant-mount", &[]);
     f.on_client_op(&mut subscribe("_INBOX.push", "1"), &mut ctx);
-    let mut heartbeat = ServerOp::Msg(Msg {
-        subject: Bytes::from_static(b"tenant.acme._INBOX.push"),
-        sid: Bytes::from_static(b"1"),
-        reply: None,
-        headers: Some(Bytes::from_static(
-            b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 0\r\nNats-Last-Stream: 0\r\nNats-Consumer-Stalled: $JS.FC.ORDERS.p.1\r\n\r\n",
-        )),
-        payload: Bytes::new(),
-    });
+    let mut heartbeat = ServerOp::Msg(delivery(
+        "tenant.acme._INBOX.push",
+        "1",
+        None,
+        Some(b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 0\r\nNats-Last-Stream: 0\r\nNats-Consumer-Stalled: $JS.FC.ORDERS.p.1\r\n\r\n"),
+        b"",
+    ));
     f.on_server_op(&mut heartbeat, &mut ctx);
     let mut answer = publish("$JS.FC.ORDERS.p.1", None);
     assert_eq!(f.on_client_op(&mut answer, &mut ctx), Verdict::Forward);
@@ -1183,13 +1188,7 @@ fn a_token_is_answered_after_the_set_is_gone() {
     on("public");
     let (mut f, mut ctx) = mount.session();
     f.on_client_op(&mut subscribe("a.svc", "1"), &mut ctx);
-    let mut request = ServerOp::Msg(crate::op::Msg {
-        subject: Bytes::from_static(b"x.a.svc"),
-        sid: Bytes::from_static(b"1"),
-        reply: Some(Bytes::from_static(b"a.outside.1")),
-        headers: None,
-        payload: Bytes::from_static(b"q"),
-    });
+    let mut request = ServerOp::Msg(delivery("x.a.svc", "1", Some("a.outside.1"), None, b"q"));
     assert_eq!(f.on_server_op(&mut request, &mut ctx), Verdict::Changed);
     // A reply the client would publish into the mount: shown as a token.
     let token = String::from_utf8(reply_of(&request).to_vec()).unwrap();
@@ -1262,13 +1261,7 @@ fn subscribe(subject: &str, sid: &str) -> ClientOp {
 
 /// The subject a delivery on `sid` reaches the client with.
 fn delivered_as(f: &mut Box<dyn Filter>, ctx: &mut SessionCtx, subject: &str, sid: &str) -> String {
-    let mut msg = ServerOp::Msg(Msg {
-        subject: Bytes::from(subject.to_string()),
-        sid: Bytes::from(sid.to_string()),
-        reply: None,
-        headers: None,
-        payload: Bytes::from_static(b"x"),
-    });
+    let mut msg = ServerOp::Msg(delivery(subject, sid, None, None, b"x"));
     f.on_server_op(&mut msg, ctx);
     let ServerOp::Msg(m) = msg else {
         unreachable!()
