@@ -36,17 +36,28 @@ pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, TomlFault> {
         TomlFault {
             line: e.span().map_or(0, |span| line_of(text, span.start)),
             key,
-            // A syntax error's message runs over lines ("invalid table header\nexpected
-            // ..."); a log line holds one.
-            reason: e
-                .message()
-                .lines()
-                .map(str::trim)
-                .filter(|line| !line.is_empty())
-                .collect::<Vec<_>>()
-                .join(", "),
+            reason: reason(e.message()),
         }
     })
+}
+
+/// The parser's message, on one line. A table written with dotted keys (`publish.allow =
+/// [...]`) where a value's position is kept fails inside toml with a message that names
+/// none of that: it says what to write instead.
+fn reason(message: &str) -> String {
+    if message.contains("expected a borrowed string") {
+        return "a table written with dotted keys is not read here: write it out \
+                (`publish = { allow = [...] }`, or a `[...publish]` table)"
+            .into();
+    }
+    // A syntax error's message runs over lines ("invalid table header\nexpected ..."); a
+    // log line holds one.
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The 1-based line of byte `offset` in `text`.

@@ -700,8 +700,8 @@ fn compile_rule(
             "`{value}`: a queue group has no meaning in a publish permission"
         )));
     }
-    // nats-server skips an entry whose queue group is not a valid subject (a SUB it names
-    // is then not allowed by it): refused here, rather than allowed at the edge.
+    // nats-server refuses a configuration with a queue group that is not a valid subject
+    // (and skips such an entry in permissions it applies at run time): refused here too.
     if queue.is_some_and(|q| !is_valid_subject(q.as_bytes())) {
         return Err(bad(format!("`{value}`: invalid queue group")));
     }
@@ -910,6 +910,17 @@ user = "guest"
                 "{e}"
             );
         }
+        // A table written with dotted keys: refused, saying what to write instead.
+        let e = AclRules::from_str(
+            "r.toml",
+            "[[users]]\nuser = \"a\"\n[users.permissions]\npublish.allow = [\"x.y\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("r.toml:4: `users.0.permissions.publish.allow`: a table written with dotted keys is not read here"),
+            "{e}"
+        );
         // A value of the wrong type: the line and the key it is under.
         let e = AclRules::from_str(
             "r.toml",
