@@ -68,16 +68,8 @@ pub fn map_stream_subjects(subject: &[u8], payload: &[u8], set: &RuleSet) -> Opt
         object.insert("subjects".into(), Value::Array(vec![Value::String(mapped)]));
         return serde_json::to_vec(&config).ok().map(Bytes::from);
     }
-    let subjects = config.get_mut("subjects")?.as_array_mut()?;
-    let mut changed = false;
-    for entry in subjects.iter_mut() {
-        let Some(text) = entry.as_str() else { continue };
-        if let Some((_, mapped)) = set.forward(text.as_bytes(), false) {
-            *entry = Value::String(String::from_utf8_lossy(&mapped).into_owned());
-            changed = true;
-        }
-    }
-    if !changed {
+    let subjects = config.get_mut("subjects").filter(|s| s.is_array())?;
+    if !map_subjects(subjects, &forward(set)) {
         return None;
     }
     serde_json::to_vec(&config).ok().map(Bytes::from)
@@ -162,7 +154,7 @@ pub fn map_api_answer(kind: ApiAnswer, payload: &[u8], set: &RuleSet) -> Option<
         ApiAnswer::StoredMessage => object
             .get_mut("message")
             .and_then(|m| m.get_mut("subject"))
-            .is_some_and(|subject| map_back(subject, set)),
+            .is_some_and(|subject| map_subjects(subject, &|s| set.reverse(s))),
         // Its subject is in a header, not in a JSON payload.
         ApiAnswer::DirectGet { .. } => false,
     };
@@ -299,14 +291,8 @@ fn list_mut<'a>(
 
 fn map_stream_info(info: &mut serde_json::Map<String, Value>, set: &RuleSet) -> bool {
     let mut changed = false;
-    if let Some(subjects) = info
-        .get_mut("config")
-        .and_then(|c| c.get_mut("subjects"))
-        .and_then(Value::as_array_mut)
-    {
-        for subject in subjects {
-            changed |= map_back(subject, set);
-        }
+    if let Some(subjects) = info.get_mut("config").and_then(|c| c.get_mut("subjects")) {
+        changed |= map_subjects(subjects, &|s| set.reverse(s));
     }
     if let Some(counts) = info
         .get_mut("state")
@@ -331,7 +317,7 @@ fn map_stream_info(info: &mut serde_json::Map<String, Value>, set: &RuleSet) -> 
 fn map_consumer_info(info: &mut serde_json::Map<String, Value>, set: &RuleSet) -> bool {
     info.get_mut("config")
         .and_then(Value::as_object_mut)
-        .is_some_and(|config| map_consumer_config(config, |subject| map_back(subject, set)))
+        .is_some_and(|config| map_consumer_config(config, &|s| set.reverse(s)))
 }
 
 /// Applies `map` to the subjects of a consumer's config: its filters, and the subject a
@@ -340,33 +326,41 @@ fn map_consumer_info(info: &mut serde_json::Map<String, Value>, set: &RuleSet) -
 /// changed.
 fn map_consumer_config(
     config: &mut serde_json::Map<String, Value>,
-    mut map: impl FnMut(&mut Value) -> bool,
+    map: &dyn Fn(&[u8]) -> Option<Vec<u8>>,
 ) -> bool {
     let mut changed = false;
-    for key in ["filter_subject", "deliver_subject"] {
-        if let Some(subject) = config.get_mut(key) {
-            changed |= map(subject);
-        }
-    }
-    if let Some(filters) = config
-        .get_mut("filter_subjects")
-        .and_then(Value::as_array_mut)
-    {
-        for filter in filters {
-            changed |= map(filter);
+    for key in ["filter_subject", "filter_subjects", "deliver_subject"] {
+        if let Some(subjects) = config.get_mut(key) {
+            changed |= map_subjects(subjects, map);
         }
     }
     changed
 }
 
-/// Maps a JSON string holding an upstream subject back to the client's; true when it
-/// changed.
-fn map_back(value: &mut Value, set: &RuleSet) -> bool {
-    let Some(back) = value.as_str().and_then(|text| set.reverse(text.as_bytes())) else {
-        return false;
-    };
-    *value = Value::String(String::from_utf8_lossy(&back).into_owned());
-    true
+/// Maps a JSON string holding a subject, or each string of a list of them, with `map`;
+/// true when any changed.
+fn map_subjects(value: &mut Value, map: &dyn Fn(&[u8]) -> Option<Vec<u8>>) -> bool {
+    match value {
+        Value::String(text) => match map(text.as_bytes()) {
+            Some(mapped) => {
+                *text = String::from_utf8_lossy(&mapped).into_owned();
+                true
+            }
+            None => false,
+        },
+        Value::Array(subjects) => subjects
+            .iter_mut()
+            .filter(|subject| subject.is_string())
+            .fold(false, |changed, subject| {
+                map_subjects(subject, map) | changed
+            }),
+        _ => false,
+    }
+}
+
+/// A client subject read as a filter, mapped into the upstream's view.
+fn forward(set: &RuleSet) -> impl Fn(&[u8]) -> Option<Vec<u8>> + '_ {
+    |subject| set.forward(subject, false).map(|(_, mapped)| mapped)
 }
 
 /// A request with the subjects it names mapped: what changed.
@@ -422,14 +416,8 @@ pub fn map_stream_lookup(
     };
     let mut changed = false;
     for field in *fields {
-        match object.get_mut(*field) {
-            Some(Value::Array(subjects)) => {
-                for subject in subjects {
-                    changed |= map_value(subject, set);
-                }
-            }
-            Some(subject) => changed |= map_value(subject, set),
-            None => {}
+        if let Some(subjects) = object.get_mut(*field) {
+            changed |= map_subjects(subjects, &forward(set));
         }
     }
     if changed {
@@ -461,7 +449,7 @@ pub fn map_consumer_filters(
     let Some(config) = request.get_mut("config").and_then(Value::as_object_mut) else {
         return out;
     };
-    let changed = map_consumer_config(config, |subject| map_value(subject, set));
+    let changed = map_consumer_config(config, &forward(set));
     if changed {
         out.payload = serde_json::to_vec(&request).ok().map(Bytes::from);
     }
@@ -483,18 +471,4 @@ fn map_subject_tail(
     let head = upstream_subject.strip_suffix(subject)?;
     let (_, mapped) = set.forward(subject, false)?;
     Some(Bytes::from([head, &mapped[..]].concat()))
-}
-
-/// Maps a JSON string holding a subject; true when it changed.
-fn map_value(value: &mut Value, set: &RuleSet) -> bool {
-    let Some(text) = value.as_str() else {
-        return false;
-    };
-    match set.forward(text.as_bytes(), false) {
-        Some((_, mapped)) => {
-            *value = Value::String(String::from_utf8_lossy(&mapped).into_owned());
-            true
-        }
-        None => false,
-    }
 }
