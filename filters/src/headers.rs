@@ -65,13 +65,6 @@ impl<'a> Headers<'a> {
         })
     }
 
-    /// An empty line came before the block's end, where readers part ways: Go's
-    /// `textproto` (nats.go) reads no field past it, nats-server finds a field anywhere in
-    /// the block. `lines` holds the fields on both sides of it.
-    pub fn has_empty_line(&self) -> bool {
-        self.lines.len() != self.all_lines.len()
-    }
-
     /// The status code of the first line (`503` in `NATS/1.0 503`), if any.
     pub fn status(&self) -> Option<&'a [u8]> {
         let rest = self.first_line.get(VERSION.len()..)?;
@@ -311,16 +304,9 @@ mod tests {
             Err(HeaderError::Unterminated)
         );
         assert_eq!(Headers::parse(b""), Err(HeaderError::NoVersion));
-        // nats.go would read no field past the empty line, nats-server would: marked.
+        // A field past an empty line is found, as nats-server finds it.
         let h = Headers::parse(b"NATS/1.0\r\n\r\nX: 1\r\n\r\n").unwrap();
-        assert!(h.has_empty_line());
         assert_eq!(h.get(b"X"), Some(&b"1"[..]));
-        assert!(Headers::parse(b"NATS/1.0\r\nA: 1\n\nX: 1\r\n\r\n")
-            .unwrap()
-            .has_empty_line());
-        assert!(!Headers::parse(b"NATS/1.0\r\nA: 1\r\n\r\n")
-            .unwrap()
-            .has_empty_line());
     }
 
     #[test]

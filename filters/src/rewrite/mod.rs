@@ -334,33 +334,6 @@ impl Rewrite {
         self.active = active;
     }
 
-    /// A publish's subject or reply that is one of this session's reply tokens, put back
-    /// as the reply subject it stands for, when the session has no set to map the rest
-    /// with. Whether anything changed.
-    fn answer_tokens_without_set(&mut self, publish: &mut Pub) -> bool {
-        if self.replies.is_empty() {
-            return false;
-        }
-        let now = Instant::now();
-        let mut changed = false;
-        if let Some(Some(upstream)) = self.replies.answer_with(&publish.subject, now).cloned() {
-            self.answered.remember(&upstream, &publish.subject);
-            publish.subject = upstream;
-            changed = true;
-        }
-        if let Some(reply) = publish
-            .reply
-            .as_ref()
-            .filter(|r| r.starts_with(TOKEN_PREFIX))
-        {
-            if let Some(Some(upstream)) = self.replies.answer_with(reply, now).cloned() {
-                publish.reply = Some(upstream);
-                changed = true;
-            }
-        }
-        changed
-    }
-
     /// Whether the session's ops need looking at, once its set is known: it has one, or
     /// what an earlier set did (mapped subscriptions, reply tokens) still stands.
     fn applies(&self) -> bool {
@@ -446,7 +419,13 @@ impl Filter for Rewrite {
             // user without one), but the tokens an earlier set handed out still stand for
             // reply subjects outside the mount: an answer to one must still reach them.
             if let ClientOp::Pub(publish) = op {
-                if self.answer_tokens_without_set(publish) {
+                if map_publish_subjects(
+                    publish,
+                    None,
+                    &mut self.replies,
+                    &mut self.arena,
+                    &mut self.answered,
+                ) {
                     self.events.rewritten(RewriteDirection::ClientToUpstream);
                     return Verdict::Changed;
                 }
@@ -457,66 +436,17 @@ impl Filter for Rewrite {
         match op {
             ClientOp::Pub(publish) => {
                 let size = publish.size();
-                let answer = if self.replies.is_empty() {
-                    None
-                } else {
-                    self.replies
-                        .answer_with(&publish.subject, Instant::now())
-                        .cloned()
-                };
                 let client_subject = ((set.jetstream_stream_subjects
                     || set.jetstream_consumer_filters)
                     && publish.subject.starts_with(JETSTREAM_API))
                 .then(|| publish.subject.clone());
-                match answer {
-                    // An answer to a reply subject from outside the mount, under the
-                    // edge's token for it.
-                    Some(Some(upstream)) => {
-                        self.answered.remember(&upstream, &publish.subject);
-                        publish.subject = upstream;
-                        changed = true;
-                    }
-                    // An answer to a reply subject shown as it is: it goes out as it is.
-                    Some(None) => {}
-                    None => {
-                        if let Some((rule, mapped)) = set.forward_mapped(&publish.subject, true) {
-                            let mapped = self.arena.build(&publish.subject, mapped);
-                            if rule.publish_only {
-                                // No reverse: the upstream's answer about it is mapped back
-                                // from here.
-                                self.answered.remember(&mapped, &publish.subject);
-                            } else {
-                                self.answered.forget(&mapped);
-                            }
-                            publish.subject = mapped;
-                            changed = true;
-                        }
-                    }
-                }
-                if let Some(reply) = &publish.reply {
-                    // A token passed on as the reply of another publish (a responder that
-                    // hands a request on): it still stands for the requester's reply
-                    // subject outside the mount, which the final answer must reach.
-                    let stands_for = if reply.starts_with(TOKEN_PREFIX) && !self.replies.is_empty()
-                    {
-                        self.replies.answer_with(reply, Instant::now()).cloned()
-                    } else {
-                        None
-                    };
-                    match stands_for {
-                        Some(Some(upstream)) => {
-                            publish.reply = Some(upstream);
-                            changed = true;
-                        }
-                        Some(None) => {}
-                        None => {
-                            if let Some((_, mapped)) = set.forward_mapped(reply, false) {
-                                publish.reply = Some(self.arena.build(reply, mapped));
-                                changed = true;
-                            }
-                        }
-                    }
-                }
+                changed |= map_publish_subjects(
+                    publish,
+                    Some(set),
+                    &mut self.replies,
+                    &mut self.arena,
+                    &mut self.answered,
+                );
                 if let Some(block) = &publish.headers {
                     match map_subject_headers(block, set) {
                         Ok(Some(mapped)) => {
@@ -681,6 +611,73 @@ fn map_jetstream_request(client_subject: &[u8], publish: &mut Pub, set: &RuleSet
             set,
         )
         .apply(publish);
+    }
+    changed
+}
+
+/// A publish's subject and reply in the upstream's view: one of the session's reply tokens
+/// is put back as the reply subject it stands for (one shown as it is goes as it is), any
+/// other mapped with `set`, if the session has one (a token stands after a reload took the
+/// set away). True when anything changed.
+fn map_publish_subjects(
+    publish: &mut Pub,
+    set: Option<&RuleSet>,
+    replies: &mut ResponseTracker<Option<Bytes>>,
+    arena: &mut SubjectArena,
+    answered: &mut RecentPublishes,
+) -> bool {
+    let mut changed = false;
+    let answer = (!replies.is_empty())
+        .then(|| {
+            replies
+                .answer_with(&publish.subject, Instant::now())
+                .cloned()
+        })
+        .flatten();
+    match answer {
+        // An answer to a reply subject from outside the mount, under the edge's token for it.
+        Some(Some(upstream)) => {
+            answered.remember(&upstream, &publish.subject);
+            publish.subject = upstream;
+            changed = true;
+        }
+        // An answer to a reply subject shown as it is: it goes out as it is.
+        Some(None) => {}
+        None => {
+            if let Some((rule, mapped)) = set.and_then(|s| s.forward_mapped(&publish.subject, true))
+            {
+                let mapped = arena.build(&publish.subject, mapped);
+                if rule.publish_only {
+                    // No reverse: the upstream's answer about it is mapped back from here.
+                    answered.remember(&mapped, &publish.subject);
+                } else {
+                    answered.forget(&mapped);
+                }
+                publish.subject = mapped;
+                changed = true;
+            }
+        }
+    }
+    if let Some(reply) = &publish.reply {
+        // A token passed on as the reply of another publish (a responder that hands a
+        // request on): it still stands for the requester's reply subject outside the
+        // mount, which the final answer must reach.
+        let stands_for = (reply.starts_with(TOKEN_PREFIX) && !replies.is_empty())
+            .then(|| replies.answer_with(reply, Instant::now()).cloned())
+            .flatten();
+        match stands_for {
+            Some(Some(upstream)) => {
+                publish.reply = Some(upstream);
+                changed = true;
+            }
+            Some(None) => {}
+            None => {
+                if let Some((_, mapped)) = set.and_then(|s| s.forward_mapped(reply, false)) {
+                    publish.reply = Some(arena.build(reply, mapped));
+                    changed = true;
+                }
+            }
+        }
     }
     changed
 }
