@@ -48,31 +48,35 @@ pub fn map_stream_subjects(subject: &[u8], payload: &[u8], set: &RuleSet) -> Opt
     if !(subject.starts_with(STREAM_CREATE) || subject.starts_with(STREAM_UPDATE)) {
         return None;
     }
-    let mut config: Value = serde_json::from_slice(payload).ok()?;
-    let object = config.as_object_mut()?;
-    let listed = object
-        .get("subjects")
-        .and_then(Value::as_array)
-        .is_some_and(|subjects| !subjects.is_empty());
-    let copies = object.get("mirror").is_some_and(|m| !m.is_null())
-        || object
-            .get("sources")
+    edit_json_object(payload, |object| {
+        let listed = object
+            .get("subjects")
             .and_then(Value::as_array)
-            .is_some_and(|sources| !sources.is_empty());
-    if !listed && !copies {
+            .is_some_and(|subjects| !subjects.is_empty());
+        let copies = object.get("mirror").is_some_and(|m| !m.is_null())
+            || object
+                .get("sources")
+                .and_then(Value::as_array)
+                .is_some_and(|sources| !sources.is_empty());
+        if listed || copies {
+            return object
+                .get_mut("subjects")
+                .filter(|s| s.is_array())
+                .is_some_and(|subjects| map_subjects(subjects, &forward(set)));
+        }
         // nats-server makes a stream without subjects (and no mirror or sources) capture
         // its own name: as a subject of the client's, that is the mapped name upstream.
-        let name = object.get("name")?.as_str()?;
-        let (_, mapped) = set.forward(name.as_bytes(), false)?;
+        let Some(mapped) = object
+            .get("name")
+            .and_then(Value::as_str)
+            .and_then(|name| forward(set)(name.as_bytes()))
+        else {
+            return false;
+        };
         let mapped = String::from_utf8_lossy(&mapped).into_owned();
         object.insert("subjects".into(), Value::Array(vec![Value::String(mapped)]));
-        return serde_json::to_vec(&config).ok().map(Bytes::from);
-    }
-    let subjects = config.get_mut("subjects").filter(|s| s.is_array())?;
-    if !map_subjects(subjects, &forward(set)) {
-        return None;
-    }
-    serde_json::to_vec(&config).ok().map(Bytes::from)
+        true
+    })
 }
 
 const STREAM_INFO: &[u8] = b"$JS.API.STREAM.INFO.";
@@ -134,9 +138,7 @@ pub fn api_answer(client_subject: &[u8], payload: &[u8], set: &RuleSet) -> Optio
 /// The answer with the subjects it shows mapped back into the client's view, when any
 /// changed. Subjects no rule maps back are left as they are.
 pub fn map_api_answer(kind: ApiAnswer, payload: &[u8], set: &RuleSet) -> Option<Bytes> {
-    let mut answer: Value = serde_json::from_slice(payload).ok()?;
-    let object = answer.as_object_mut()?;
-    let changed = match kind {
+    edit_json_object(payload, |object| match kind {
         ApiAnswer::Stream => {
             let mut changed = map_stream_info(object, set);
             for stream in list_mut(object, "streams") {
@@ -157,9 +159,18 @@ pub fn map_api_answer(kind: ApiAnswer, payload: &[u8], set: &RuleSet) -> Option<
             .is_some_and(|subject| map_subjects(subject, &|s| set.reverse(s))),
         // Its subject is in a header, not in a JSON payload.
         ApiAnswer::DirectGet { .. } => false,
-    };
+    })
+}
+
+/// The JSON object `payload` after `edit`, when it says it changed something.
+fn edit_json_object(
+    payload: &[u8],
+    edit: impl FnOnce(&mut serde_json::Map<String, Value>) -> bool,
+) -> Option<Bytes> {
+    let mut value: Value = serde_json::from_slice(payload).ok()?;
+    let changed = edit(value.as_object_mut()?);
     changed
-        .then(|| serde_json::to_vec(&answer).ok().map(Bytes::from))
+        .then(|| serde_json::to_vec(&value).ok().map(Bytes::from))
         .flatten()
 }
 
@@ -408,21 +419,14 @@ pub fn map_stream_lookup(
     if client_subject.starts_with(DIRECT_GET) {
         out.subject = map_subject_tail(client_subject, DIRECT_GET, 1, upstream_subject, set);
     }
-    let Ok(mut request) = serde_json::from_slice::<Value>(payload) else {
-        return out;
-    };
-    let Some(object) = request.as_object_mut() else {
-        return out;
-    };
-    let mut changed = false;
-    for field in *fields {
-        if let Some(subjects) = object.get_mut(*field) {
-            changed |= map_subjects(subjects, &forward(set));
-        }
-    }
-    if changed {
-        out.payload = serde_json::to_vec(&request).ok().map(Bytes::from);
-    }
+    out.payload = edit_json_object(payload, |request| {
+        fields.iter().fold(false, |changed, field| {
+            request
+                .get_mut(*field)
+                .is_some_and(|subjects| map_subjects(subjects, &forward(set)))
+                | changed
+        })
+    });
     out
 }
 
@@ -443,16 +447,12 @@ pub fn map_consumer_filters(
     if !durable {
         out.subject = map_subject_tail(client_subject, CONSUMER_CREATE, 2, upstream_subject, set);
     }
-    let Ok(mut request) = serde_json::from_slice::<Value>(payload) else {
-        return out;
-    };
-    let Some(config) = request.get_mut("config").and_then(Value::as_object_mut) else {
-        return out;
-    };
-    let changed = map_consumer_config(config, &forward(set));
-    if changed {
-        out.payload = serde_json::to_vec(&request).ok().map(Bytes::from);
-    }
+    out.payload = edit_json_object(payload, |request| {
+        request
+            .get_mut("config")
+            .and_then(Value::as_object_mut)
+            .is_some_and(|config| map_consumer_config(config, &forward(set)))
+    });
     out
 }
 
