@@ -20,6 +20,8 @@ pub struct Health {
     /// 0 for never.
     last_reached: AtomicU64,
     last_failed: AtomicU64,
+    /// When a client session's dial last succeeded (the periodic check's do not count).
+    last_session_reached: AtomicU64,
     /// How long a success counts after a later failure, in milliseconds.
     success_window_ms: u64,
     draining: AtomicBool,
@@ -59,6 +61,7 @@ impl Health {
             listeners_bound: AtomicBool::new(false),
             last_reached: AtomicU64::new(0),
             last_failed: AtomicU64::new(0),
+            last_session_reached: AtomicU64::new(0),
             success_window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
             draining: AtomicBool::new(false),
         }
@@ -80,6 +83,24 @@ impl Health {
             &self.last_failed
         };
         at.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// The outcome of a client session's dial.
+    pub fn session_dialled(&self, reachable: bool) {
+        self.upstream_dialled(reachable);
+        if reachable {
+            self.last_session_reached
+                .store(self.now(), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a client session's dial reached an upstream less than `window` ago, and no
+    /// dial failed since: then a readiness check would learn nothing new.
+    pub fn session_reached_within(&self, window: Duration) -> bool {
+        let reached = self.last_session_reached.load(Ordering::Relaxed);
+        let failed = self.last_failed.load(Ordering::Relaxed);
+        let window = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        reached != 0 && reached >= failed && self.now().saturating_sub(reached) < window
     }
 
     pub fn set_draining(&self) {
@@ -151,5 +172,36 @@ mod tests {
         assert_eq!(health.ready(), Ok(()), "a tie");
         set(now + 5, now);
         assert_eq!(health.ready(), Ok(()), "the success came last");
+    }
+
+    /// The readiness check is skipped only while the latest dial reached an upstream within
+    /// the interval.
+    #[test]
+    fn a_recent_success_makes_the_check_needless() {
+        let mut health = Health::with_success_window(Duration::from_secs(10));
+        health.started = Instant::now()
+            .checked_sub(Duration::from_secs(60))
+            .expect("a minute of uptime");
+        let five = Duration::from_secs(5);
+        assert!(!health.session_reached_within(five), "nothing dialled yet");
+        // The check's own success does not make the next check needless.
+        health.upstream_dialled(true);
+        assert!(!health.session_reached_within(five));
+        health.session_dialled(true);
+        assert!(health.session_reached_within(five));
+        let set = |reached: u64, failed: u64| {
+            health
+                .last_session_reached
+                .store(reached, Ordering::Relaxed);
+            health.last_failed.store(failed, Ordering::Relaxed);
+        };
+        let now = health.now();
+        set(now - 6_000, 0);
+        assert!(
+            !health.session_reached_within(five),
+            "longer ago than the interval"
+        );
+        set(now - 1_000, now - 500);
+        assert!(!health.session_reached_within(five), "a failure since");
     }
 }

@@ -155,7 +155,7 @@ fn main() -> ExitCode {
             eprintln!("nats-edge: invalid configuration: {e}");
             // A key misspelt in the environment is often why (`NATS_EDGE_UPSTREAM_URLS`
             // leaves no upstream at all).
-            warn_mistyped_env_vars();
+            warn_mistyped_env_vars(None);
             return ExitCode::FAILURE;
         }
     };
@@ -187,7 +187,7 @@ fn main() -> ExitCode {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "flags and environment".into());
-            warn_mistyped_env_vars();
+            warn_mistyped_env_vars(Some(&config));
             println!("nats-edge: configuration OK ({source})");
             ExitCode::SUCCESS
         }
@@ -316,14 +316,11 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::R
         .trusted_proxy
         .as_ref()
         .and_then(|p| p.seed_env.as_deref());
-    let ignored: Vec<String> = nats_edge::config::ignored_env_vars()
-        .into_iter()
-        .filter(|v| Some(v.as_str()) != seed_env)
-        .collect();
+    let ignored = nats_edge::config::ignored_env_vars(seed_env);
     if !ignored.is_empty() {
         tracing::info!(variables = ?ignored, "ignoring NATS_EDGE_* variables that are not configuration keys");
     }
-    for (variable, meant) in nats_edge::config::mistyped_env_vars() {
+    for (variable, meant) in nats_edge::config::mistyped_env_vars(seed_env) {
         tracing::warn!(%variable, %meant, "ignored: not a configuration key; a nested key is written with two underscores");
     }
     let workers = start_workers(config.worker_threads, config.busy_poll.0)?;
@@ -701,8 +698,11 @@ fn signal_reload(cli: &Cli, overrides: &Overrides) -> anyhow::Result<u32> {
 /// Warns about `NATS_EDGE_*` variables that look like a nested key written with one
 /// underscore (`NATS_EDGE_DRAIN_TIMEOUT`), on stderr: `check`, and a configuration that
 /// fails to load.
-fn warn_mistyped_env_vars() {
-    for (variable, meant) in nats_edge::config::mistyped_env_vars() {
+fn warn_mistyped_env_vars(config: Option<&Config>) {
+    let seed_env = config
+        .and_then(|c| c.auth.trusted_proxy.as_ref())
+        .and_then(|p| p.seed_env.as_deref());
+    for (variable, meant) in nats_edge::config::mistyped_env_vars(seed_env) {
         eprintln!(
             "nats-edge: warning: {variable} is not a configuration key and is ignored \
              (a nested key takes two underscores: {meant}?)"

@@ -130,6 +130,17 @@ impl Reloader {
         }
         let file = new.clone();
         let new = running(&self.current(), new);
+        if let Err((key, reason)) = new.check_upstream_is_not_a_listener() {
+            let e = ReloadError::Invalid {
+                key,
+                reason: format!(
+                    "{reason} (a listener keeps its running address until the restart, \
+                     and one the file drops runs on until then)"
+                ),
+            };
+            self.failed(source, &e);
+            return Err(e);
+        }
         let mut staged = Vec::with_capacity(parts.len());
         for part in &parts {
             match part.prepare(&new) {
@@ -375,6 +386,36 @@ mod tests {
             reloader.current().rewrite_config(),
             mounted.rewrite_config()
         );
+    }
+
+    /// A reload cannot point the upstream at a listener that runs on until the restart:
+    /// one the file moved (it keeps its running address) or dropped.
+    #[test]
+    fn a_reload_cannot_make_the_upstream_a_running_listener() {
+        let file = |listener: &str| {
+            Config::from_toml_str(&format!(
+                "[[listeners]]\n{listener}\n[upstream]\nurls = [\"nats://127.0.0.1:4222\"]\n"
+            ))
+            .unwrap()
+        };
+        let running_config = Config::from_toml_str(
+            "[[listeners]]\nname = \"a\"\nbind = \"0.0.0.0:4222\"\n\
+             [upstream]\nurls = [\"nats://10.0.0.5:4222\"]\n",
+        )
+        .unwrap();
+        for listener in [
+            "name = \"a\"\nbind = \"0.0.0.0:5222\"",
+            "name = \"b\"\nbind = \"0.0.0.0:5222\"",
+        ] {
+            let reloader = Reloader::new(running_config.clone(), Arc::new(Metrics::new()));
+            let err = reloader.reload(file(listener), "test").unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("upstream.urls.0: 127.0.0.1:4222 is the edge's own listener `a`"),
+                "{err}"
+            );
+            assert_eq!(reloader.current().upstream.urls.0, ["nats://10.0.0.5:4222"]);
+        }
     }
 
     #[test]

@@ -473,7 +473,7 @@ async fn passthrough_refuses_ops_before_connect_like_an_auth_server() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_bcrypt_check_does_not_stall_other_sessions() {
     // The hash of "slow-pw" at cost 12: about half a second to check here, well inside the
-    // handshake timeout it counts against.
+    // handshake timeout it counts against (10 s here, for a loaded machine).
     let hash = "$2b$12$cXuxv4jsDNqiM/1CeAeB2uq0CGPQmduBxHJZ92AnQftReR5TWoMzG";
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("users.toml");
@@ -490,7 +490,8 @@ async fn a_bcrypt_check_does_not_stall_other_sessions() {
         &[server.url()],
         &format!(
             "[auth]\nmode = \"edge\"\nrules = [{rules:?}]\n\
-             upstream = {{ user = \"edge\", password = \"edge-pw\" }}\n"
+             upstream = {{ user = \"edge\", password = \"edge-pw\" }}\n\
+             [limits]\nhandshake_timeout = \"10s\"\n"
         ),
     )
     .await;

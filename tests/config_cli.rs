@@ -303,6 +303,30 @@ fn check_warns_of_a_nested_key_with_one_underscore() {
         !err.contains("SERVICE_HOST") && !err.contains("PORT_4222"),
         "{err}"
     );
+
+    // Too many underscores leave an empty key segment, which the environment provider
+    // skips without a word: named too.
+    let out = check(&f, &[("NATS_EDGE_LOG____LEVEL", "debug")]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("NATS_EDGE_LOG____LEVEL is not a configuration key")
+            && err.contains("NATS_EDGE_LOG__LEVEL?"),
+        "{err}"
+    );
+
+    // The trusted proxy's seed variable is read, not ignored, whatever its name.
+    let seed = "SUACSSL3UAHUDXKFSNVUZRF5UHPMWZ6BFDTJ7M6USDXIEDNPPQYYYCU3VY";
+    let f = config_file(&format!(
+        "{VALID}\n[auth.trusted_proxy]\nseed_env = \"NATS_EDGE_AUTH_SEED\"\n"
+    ));
+    let out = check(&f, &[("NATS_EDGE_AUTH_SEED", seed)]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("NATS_EDGE_AUTH_SEED"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

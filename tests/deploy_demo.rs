@@ -39,6 +39,17 @@ fn demo_command(edge_port: u16, server_port: u16) -> Command {
         .stderr(Stdio::piped())
         // As a shell runs a command in a terminal: a process group of its own.
         .process_group(0);
+    // And with SIGINT and SIGHUP as a terminal's shell leaves them: a job started in the
+    // background by a non-interactive shell inherits them ignored, and bash cannot trap a
+    // signal it started with ignored, so the demo's Ctrl-C trap would never run.
+    // SAFETY: `signal` is async-signal-safe, and nothing else runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("NATS_EDGE_") {
             cmd.env_remove(key);

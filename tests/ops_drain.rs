@@ -81,10 +81,11 @@ async fn sigterm_sends_lame_duck_refuses_new_clients_and_exits_when_clients_leav
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_left_after_the_grace_period_are_closed_one_by_one() {
     let server = NatsServer::start();
-    // 5 s left for the closes after the grace period and the last session's 2 s close grace:
-    // five clients are closed 1 s apart (the most), as nats-server's lame-duck mode spreads
-    // them, so that they do not all reconnect elsewhere at once.
-    let mut edge = spawn_edge(&server, "200ms", "7200ms");
+    // 7.8 s left for the closes after the grace period and the last session's 2 s close
+    // grace: five clients are closed 1 s apart (the most), as nats-server's lame-duck mode
+    // spreads them, so that they do not all reconnect elsewhere at once; the drain ends
+    // about 4 s before its timeout, room for a loaded machine.
+    let mut edge = spawn_edge(&server, "200ms", "10s");
     let mut clients = Vec::new();
     for _ in 0..5 {
         clients.push(protocol_one_client(&edge).await.0);

@@ -408,6 +408,39 @@ async fn tls_clients_on_plain_listeners() {
     s.assert_clean().await;
 }
 
+/// A TLS client of a `wss` listener that ends its TCP connection without a `close_notify`
+/// before sending a request (a TLS health check, a killed client) has closed, as quietly as
+/// on a `tls` listener: no warning, no failure count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wss_client_gone_without_close_notify_is_no_failure() {
+    let s = setup("wssgone").await;
+    let tls = tls_over(
+        tcp(s.addr("wssgone", "wss")).await,
+        client_config(&s.ca.cert, None),
+    )
+    .await
+    .expect("TLS with the wss listener");
+    let (tcp, _) = tls.into_inner();
+    drop(tcp);
+    let quiet = |v: &serde_json::Value| {
+        v["message"] == "closed before the handshake" && v["span"]["listener"] == "wssgone-wss"
+    };
+    assert!(wait_line(quiet).is_some(), "no quiet close logged");
+    let failed = captured()
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["message"] == "handshake failed" && v["span"]["listener"] == "wssgone-wss")
+        .count();
+    assert_eq!(failed, 0);
+    assert_eq!(
+        failures(&s.edge, ListenerKind::Wss, HandshakeFailure::WebSocket),
+        0
+    );
+    s.assert_clean().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_client_certificates() {
     let s = setup("certs").await;

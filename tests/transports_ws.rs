@@ -402,7 +402,7 @@ async fn pings_and_no_compression() {
     let server = NatsServer::start();
     let edge = ws_edge(
         &server,
-        "ws = { ping_interval = \"50ms\", compression = false }",
+        "ws = { ping_interval = \"1s\", compression = false }",
     )
     .await;
     let (mut ws, response) = ws_connect(

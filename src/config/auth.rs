@@ -83,9 +83,39 @@ impl AuthSection {
                     "give exactly one of seed_file and seed_env".into(),
                 ));
             }
+            // The seed itself where its place is named: refused without repeating it, as
+            // the errors that name the file or the variable would print it.
+            let file = proxy.seed_file.as_deref().and_then(std::path::Path::to_str);
+            for (key, value, instead) in [
+                ("seed_file", file, "the path of a file that holds the seed"),
+                (
+                    "seed_env",
+                    proxy.seed_env.as_deref(),
+                    "the name of an environment variable that holds the seed",
+                ),
+            ] {
+                if value.is_some_and(looks_like_seed) {
+                    return Err((
+                        format!("auth.trusted_proxy.{key}"),
+                        format!(
+                            "this is an nkey seed itself, not where it is kept: give {instead}"
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// An nkey seed: `S` and a key type, 58 characters of base32 in all.
+fn looks_like_seed(value: &str) -> bool {
+    let value = value.trim();
+    value.len() == 58
+        && value.starts_with('S')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
 }
 
 /// A list of paths, as a TOML array or one comma-separated string.

@@ -509,6 +509,22 @@ impl ListenerConfig {
             if ws.max_message_size.0 < 1024 {
                 return Err(("ws.max_message_size".into(), "must be at least 1KiB".into()));
             }
+            // A compressed message is inflated whole: this is its memory bound.
+            if ws.max_message_size.0 > MAX_PROTOCOL_SIZE {
+                return Err((
+                    "ws.max_message_size".into(),
+                    format!("must be at most {MAX_PROTOCOL_SIZE} bytes (as max_payload)"),
+                ));
+            }
+            // A typo for minutes ("1ms" for "1m") would ping every browser a thousand times
+            // a second.
+            let ping = ws.ping_interval.0;
+            if !ping.is_zero() && ping < Duration::from_secs(1) {
+                return Err((
+                    "ws.ping_interval".into(),
+                    "must be at least 1s, or 0 for no pings".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -764,6 +780,31 @@ impl Config {
     }
 
     /// Checks what types alone cannot: returns the offending key path and why.
+    /// Refuses an upstream URL that is one of the edge's own listeners: each connection
+    /// would dial the edge again, before any INFO, a storm of connections until descriptors
+    /// run out. A reload checks it again against the listeners that will run, which keep
+    /// their running addresses (and include those the file dropped) until the restart.
+    pub fn check_upstream_is_not_a_listener(&self) -> Result<(), (String, String)> {
+        for (u, url) in self.upstream.urls.0.iter().enumerate() {
+            let parsed = UpstreamUrl::parse(url)
+                .map_err(|e| ("upstream.urls".to_string(), e.to_string()))?;
+            if let Some(l) = self
+                .listeners
+                .iter()
+                .find(|l| dials_itself(&parsed.host, parsed.port, l.bind))
+            {
+                return Err((
+                    format!("upstream.urls.{u}"),
+                    format!(
+                        "{}:{} is the edge's own listener `{}` (bind {}): the upstream is the nats-server behind the edge",
+                        parsed.host, parsed.port, l.name, l.bind
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), (String, String)> {
         if self.busy_poll.0 > MAX_BUSY_POLL {
             return Err((
@@ -833,25 +874,7 @@ impl Config {
                 "at least one upstream URL is required (--upstream nats://host:4222)".into(),
             ));
         }
-        for (u, url) in self.upstream.urls.0.iter().enumerate() {
-            let parsed = UpstreamUrl::parse(url)
-                .map_err(|e| ("upstream.urls".to_string(), e.to_string()))?;
-            if let Some(l) = self
-                .listeners
-                .iter()
-                .find(|l| dials_itself(&parsed.host, parsed.port, l.bind))
-            {
-                // Each connection would dial the edge again, before any INFO: a storm of
-                // connections until descriptors run out.
-                return Err((
-                    format!("upstream.urls.{u}"),
-                    format!(
-                        "{}:{} is the edge's own listener `{}` (bind {}): the upstream is the nats-server behind the edge",
-                        parsed.host, parsed.port, l.name, l.bind
-                    ),
-                ));
-            }
-        }
+        self.check_upstream_is_not_a_listener()?;
         if let Some(tls) = &self.upstream.tls {
             if tls.cert_file.is_some() != tls.key_file.is_some() {
                 return Err((
@@ -1061,15 +1084,24 @@ fn is_config_env_key(key: &str) -> bool {
 }
 
 /// Of the ignored variables, those that look like a key with one underscore where two
-/// belong (`NATS_EDGE_DRAIN_TIMEOUT` for `NATS_EDGE_DRAIN__TIMEOUT`), each with that key: a
-/// typo that would otherwise leave a setting at its default without a word. Kubernetes'
-/// service variables (`..._SERVICE_HOST`, `..._SERVICE_PORT...`, `..._PORT...`) are not
-/// taken for typos: a Service named `nats-edge-admin` injects `NATS_EDGE_ADMIN_SERVICE_HOST`.
-pub fn mistyped_env_vars() -> Vec<(String, String)> {
-    ignored_env_vars()
+/// belong (`NATS_EDGE_DRAIN_TIMEOUT` for `NATS_EDGE_DRAIN__TIMEOUT`) or with more than two
+/// (`NATS_EDGE_DRAIN____TIMEOUT`, an empty key segment, which the environment provider drops),
+/// each with that key: a typo that would otherwise leave a setting at its default without a
+/// word. Kubernetes' service variables (`..._SERVICE_HOST`, `..._SERVICE_PORT...`,
+/// `..._PORT...`) are not taken for typos: a Service named `nats-edge-admin` injects
+/// `NATS_EDGE_ADMIN_SERVICE_HOST`. `seed_env` names a variable that is read (the trusted
+/// proxy's seed), not ignored.
+pub fn mistyped_env_vars(seed_env: Option<&str>) -> Vec<(String, String)> {
+    ignored_env_vars(seed_env)
         .into_iter()
         .filter_map(|var| {
             let rest = var.strip_prefix(ENV_PREFIX)?;
+            if has_empty_segment(rest) {
+                return Some((
+                    var.clone(),
+                    format!("{ENV_PREFIX}{}", two_underscores(rest)),
+                ));
+            }
             let service_link = rest.contains("_SERVICE_HOST")
                 || rest.contains("_SERVICE_PORT")
                 || rest.ends_with("_PORT")
@@ -1091,16 +1123,49 @@ pub fn mistyped_env_vars() -> Vec<(String, String)> {
         .collect()
 }
 
-/// `NATS_EDGE_*` variables that are not configuration and were ignored (for a log line).
-pub fn ignored_env_vars() -> Vec<String> {
+/// `NATS_EDGE_*` variables that are not configuration and were ignored (for a log line):
+/// not under a configuration section, or with an empty key segment. `seed_env` names a
+/// variable that is read though it is no key.
+pub fn ignored_env_vars(seed_env: Option<&str>) -> Vec<String> {
     std::env::vars_os()
         .filter_map(|(k, _)| k.into_string().ok())
         .filter_map(|k| {
             let rest = k.strip_prefix(ENV_PREFIX)?;
             let key = rest.to_ascii_lowercase().replace("__", ".");
-            (rest != "CONFIG" && !is_config_env_key(&key)).then_some(k)
+            let ignored = rest != "CONFIG"
+                && Some(k.as_str()) != seed_env
+                && (!is_config_env_key(&key) || has_empty_segment(rest));
+            ignored.then_some(k)
         })
         .collect()
+}
+
+/// A configuration section's variable whose key has an empty segment (three or more
+/// underscores in a row, or two at either end): the environment provider skips it whole.
+fn has_empty_segment(rest: &str) -> bool {
+    let key = rest.to_ascii_lowercase().replace("__", ".");
+    is_config_env_key(&key) && key.split('.').any(str::is_empty)
+}
+
+/// `rest` with every run of underscores longer than one written as two, and none at either
+/// end: the key it most likely meant.
+fn two_underscores(rest: &str) -> String {
+    let mut meant = String::with_capacity(rest.len());
+    let mut run = 0;
+    for c in rest.trim_matches('_').chars() {
+        if c == '_' {
+            run += 1;
+            continue;
+        }
+        meant.push_str(match run {
+            0 => "",
+            1 => "_",
+            _ => "__",
+        });
+        run = 0;
+        meant.push(c);
+    }
+    meant
 }
 
 /// Where a value came from, in the user's terms: the file, the environment variable, or a
@@ -1135,7 +1200,9 @@ fn describe_figment_error(error: &figment::Error) -> String {
         .into_iter()
         .map(|e| {
             let keys: Vec<&str> = e.path.iter().map(String::as_str).collect();
-            let key = e.path.join(".").to_ascii_lowercase();
+            // As written: a name the user chose (a user's, a set's) keeps its case. The
+            // environment's keys come lower-cased already.
+            let key = e.path.join(".");
             let origin = e
                 .metadata
                 .as_ref()
@@ -1162,6 +1229,7 @@ const SECRET_SECTIONS: [&str; 2] = ["auth", "upstream"];
 /// [`SECRET_SECTIONS`] by its type alone.
 fn describe_error_kind(kind: &figment::error::Kind, key: &str) -> String {
     use figment::error::{Actual, Kind};
+    let key = key.to_ascii_lowercase();
     let secret = SECRET_SECTIONS
         .iter()
         .any(|s| key == *s || key.strip_prefix(s).is_some_and(|r| r.starts_with('.')));
@@ -1384,6 +1452,18 @@ mod tests {
             assert!(err.contains(key), "{err}");
             assert!(!err.contains("SECRET"), "{err}");
         }
+        // The seed itself where the file or the variable that holds it is named.
+        let seed = "SUAMK2FG4MI6UE3ACF3FK3OIQBCEIEZV7NSWFFEW63UXMRLFM2XLAXK4GY";
+        for key in ["seed_file", "seed_env"] {
+            let toml = format!("{upstream}[auth.trusted_proxy]\n{key} = \"{seed}\"\n");
+            let err = Config::from_toml_str(&toml).unwrap_err().to_string();
+            assert!(err.contains(&format!("auth.trusted_proxy.{key}")), "{err}");
+            assert!(err.contains("nkey seed"), "{err}");
+            assert!(!err.contains(&seed[..12]), "{err}");
+        }
+        // A variable's name is not a seed.
+        let toml = format!("{upstream}[auth.trusted_proxy]\nseed_env = \"EDGE_SEED\"\n");
+        assert!(Config::from_toml_str(&toml).is_ok());
     }
 
     /// Unset, the handshake timeout is nats-server's `auth_timeout` default: 2 s, and on a
@@ -1591,6 +1671,38 @@ mod tests {
             .unwrap_err()
             .to_string();
             assert!(err.starts_with(key), "{toml}: {err}");
+        }
+        for (ws, key) in [
+            (
+                "ping_interval = \"1ms\"",
+                "listeners.0.ws.ping_interval: must be at least 1s",
+            ),
+            (
+                "max_message_size = \"3GiB\"",
+                "listeners.0.ws.max_message_size: must be at most 2147483647 bytes",
+            ),
+        ] {
+            let err = Config::from_toml_str(&format!(
+                "[[listeners]]\nname = \"w\"\nkind = \"ws\"\nbind = \"127.0.0.1:8080\"\n\
+                 ws = {{ {ws} }}\n[upstream]\nurls = [\"nats://x:1\"]"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.starts_with(key), "{ws}: {err}");
+        }
+        // A name the user chose keeps its case in the key an error names.
+        let err =
+            Config::from_toml_str("[rewrite.sets]\nMySet = 5\n[upstream]\nurls = [\"nats://x:1\"]")
+                .unwrap_err()
+                .to_string();
+        assert!(err.starts_with("rewrite.sets.MySet: "), "{err}");
+        // Pings off, and pings every second, are fine.
+        for ping in ["0", "1s"] {
+            Config::from_toml_str(&format!(
+                "[[listeners]]\nname = \"w\"\nkind = \"ws\"\nbind = \"127.0.0.1:8080\"\n\
+                 ws = {{ ping_interval = \"{ping}\" }}\n[upstream]\nurls = [\"nats://x:1\"]"
+            ))
+            .unwrap();
         }
     }
 }

@@ -918,7 +918,8 @@ impl Forwarder {
         };
         rewrite_info(&mut info, shared);
         if !shared.client_ponged {
-            shared.held_info = Some(info);
+            let held = shared.held_info.take();
+            shared.held_info = Some(super::info::replace_held_info(held, info));
             return;
         }
         self.push_encoded(|buf| encode_server_op(&ServerOp::Info(info), buf));

@@ -130,9 +130,50 @@ pub fn encode_info_before_error(
     encode_server_op(&ServerOp::Info(Box::new(info)), buf);
 }
 
+/// The fields of nats-server's INFO after the first PONG (`connect_info: true`, the
+/// client's account), which no later INFO repeats.
+const CONNECT_INFO_FIELDS: [&str; 3] = ["connect_info", "remote_account", "acc_is_sys"];
+
+/// Merges an INFO that replaces `held`, one not yet sent to the client (INFOs wait for the
+/// client's first PONG): `next` is the newer state, and keeps what only `held` said about
+/// the client's own connection, so the client still learns its account as it would have
+/// from nats-server, which sends both.
+pub fn replace_held_info(held: Option<Box<Info>>, mut next: Box<Info>) -> Box<Info> {
+    if let Some(mut held) = held {
+        for field in CONNECT_INFO_FIELDS {
+            if !next.extra.contains_key(field) {
+                if let Some(value) = held.extra.remove(field) {
+                    next.extra.insert(field.to_string(), value);
+                }
+            }
+        }
+    }
+    next
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An INFO that replaces a held one keeps the held one's account fields, and its own
+    /// state otherwise.
+    #[test]
+    fn a_held_connect_info_survives_a_later_info() {
+        let held: Info = serde_json::from_str(
+            r#"{"server_id":"S","connect_urls":["a:4222"],"connect_info":true,"remote_account":"APP","acc_is_sys":false}"#,
+        )
+        .unwrap();
+        let next: Info =
+            serde_json::from_str(r#"{"server_id":"S","connect_urls":["a:4222","b:4222"]}"#)
+                .unwrap();
+        let next = Box::new(next);
+        let merged = replace_held_info(Some(Box::new(held)), next.clone());
+        assert_eq!(merged.connect_urls, next.connect_urls);
+        assert_eq!(merged.extra["connect_info"], true);
+        assert_eq!(merged.extra["remote_account"], "APP");
+        assert_eq!(merged.extra["acc_is_sys"], false);
+        assert_eq!(replace_held_info(None, next.clone()), next);
+    }
 
     #[test]
     fn replaces_every_address() {

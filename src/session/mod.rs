@@ -309,7 +309,7 @@ async fn open(
             return Err(SessionTotals::early(CloseReason::ClientClosed));
         }
     };
-    env.health.upstream_dialled(dialled.is_ok());
+    env.health.session_dialled(dialled.is_ok());
     let connected = match dialled {
         Ok(connected) => connected,
         Err(failed) => {

@@ -142,6 +142,9 @@ where
             Err(e) if buf.is_empty() && crate::transport::tls::is_reset(&e) => {
                 return Err(Reject::ClosedEarly)
             }
+            // On `wss`, a TLS peer that closed without a `close_notify` (a TLS health check,
+            // a client killed): an end like any other, as `tls_eof_as_close` reads it.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
             Err(e) => return Err(e.into()),
         };
         if buf.first() == Some(&crate::transport::tls::HANDSHAKE_RECORD) {
@@ -200,7 +203,9 @@ where
         Err(reject) => Err(respond(&mut stream, reject).await),
         Ok(None) => {
             write_response(&mut stream, 200, "", "ok\n", head.method == "HEAD").await?;
-            stream.shutdown().await?;
+            // The answer is out: a checker that left before the TLS close_notify (or the
+            // FIN) went out has still had it.
+            let _ = stream.shutdown().await;
             Ok(Upgraded::Answered)
         }
         Ok(Some(key)) => {
