@@ -113,6 +113,9 @@ pub struct SessionCtx {
     /// True while a deferred op is shown again: the upstream has answered every op the
     /// client sent before it. See [`crate::Verdict::Defer`].
     pub upstream_caught_up: bool,
+    /// The number of the client op being judged: one more for each op read, the same when
+    /// a deferred op is shown again.
+    pub client_op: u64,
     /// Who the connection is, once the filter that authenticates the CONNECT has said so.
     pub identity: Option<Identity>,
     /// The nonce of the upstream's first INFO, which a CONNECT sent upstream signs.
@@ -135,6 +138,7 @@ impl SessionCtx {
             max_payload: LimitsConfig::default().effective_max_payload(None),
             upstream_headers: false,
             upstream_caught_up: false,
+            client_op: 0,
             identity: None,
             upstream_nonce: None,
             end_subscriptions: Vec::new(),

@@ -126,10 +126,7 @@ impl Filter for Limits {
         match op {
             ClientOp::Sub(sub) => {
                 self.added_by_sub = None;
-                if self
-                    .sub_answers
-                    .must_wait(ctx.upstream_caught_up, self.subs.len())
-                {
+                if self.sub_answers.must_wait(ctx, self.subs.len(), &sub.sid) {
                     return Verdict::Defer;
                 }
                 // At the limit nats-server refuses any SUB, before it looks at the subject or
@@ -168,7 +165,7 @@ impl Filter for Limits {
                 let counted = Counted {
                     subject: Bytes::copy_from_slice(&sub.subject),
                     queue: sub.queue.as_deref().map(Bytes::copy_from_slice),
-                    order: self.sub_answers.next_order(),
+                    order: self.sub_answers.next_order(ctx),
                     ..Counted::default()
                 };
                 self.subs.insert(sid.clone(), counted);
@@ -179,13 +176,16 @@ impl Filter for Limits {
                     if let Some(state) = self.subs.get_mut(&unsub.sid) {
                         if state.delivered >= max {
                             self.subs.remove(&unsub.sid);
+                            self.sub_answers.ended(&unsub.sid);
                         } else {
                             state.max = Some(max);
                         }
                     }
                 }
                 _ => {
-                    self.subs.remove(&unsub.sid);
+                    if self.subs.remove(&unsub.sid).is_some() {
+                        self.sub_answers.ended(&unsub.sid);
+                    }
                 }
             },
             _ => {}
@@ -204,10 +204,13 @@ impl Filter for Limits {
     }
 
     fn on_unsubscribing(&mut self, sids: &[Bytes]) {
-        // Free at once, as nats-server frees them; a SUB that reuses one of the sids before
-        // the upstream has ended it counts as a new subscription.
+        // Free at once, as nats-server frees them; a SUB that reuses one of the sids waits
+        // for the upstream to catch up (the deliveries on their way are the old one's), then
+        // counts as a new subscription.
         for sid in sids {
-            self.subs.remove(sid);
+            if self.subs.remove(sid).is_some() {
+                self.sub_answers.ended(sid);
+            }
         }
     }
 
@@ -282,6 +285,12 @@ mod tests {
             queue: None,
             sid: Bytes::from_static(sid.as_bytes()),
         })
+    }
+
+    /// `ctx` for a new client op (not one shown again after a deferral).
+    fn fresh(ctx: &mut SessionCtx) -> &mut SessionCtx {
+        ctx.client_op += 1;
+        ctx
     }
 
     fn msg(sid: &'static str) -> ServerOp {
@@ -402,17 +411,30 @@ mod tests {
             ..LimitsConfig::default()
         });
         let limit = || ServerOp::Err(errors::MAX_SUBSCRIPTIONS_EXCEEDED.into());
-        assert_eq!(f.on_client_op(&mut sub("1"), &mut ctx), Verdict::Forward);
+        assert_eq!(
+            f.on_client_op(&mut sub("1"), fresh(&mut ctx)),
+            Verdict::Forward
+        );
+        // 2 shown again (a filter before this one held it), once the upstream caught up.
         ctx.upstream_caught_up = true;
-        assert_eq!(f.on_client_op(&mut sub("2"), &mut ctx), Verdict::Forward);
+        assert_eq!(
+            f.on_client_op(&mut sub("2"), fresh(&mut ctx)),
+            Verdict::Forward
+        );
         ctx.upstream_caught_up = false;
-        assert_eq!(f.on_client_op(&mut sub("3"), &mut ctx), Verdict::Forward);
+        assert_eq!(
+            f.on_client_op(&mut sub("3"), fresh(&mut ctx)),
+            Verdict::Forward
+        );
         // Refused: 2 and 3 go in turn (1 was answered when 2 came).
         f.on_server_op(&mut limit(), &mut ctx);
         assert_eq!(f.subscriptions(), 2);
         assert!(f.subs.contains_key(&b"1"[..]) && f.subs.contains_key(&b"2"[..]));
         // At the size of that refusal, SUBs go one at a time.
-        assert_eq!(f.on_client_op(&mut sub("4"), &mut ctx), Verdict::Defer);
+        assert_eq!(
+            f.on_client_op(&mut sub("4"), fresh(&mut ctx)),
+            Verdict::Defer
+        );
         ctx.upstream_caught_up = true;
         assert_eq!(f.on_client_op(&mut sub("4"), &mut ctx), Verdict::Forward);
         f.on_server_op(&mut limit(), &mut ctx);
@@ -441,6 +463,46 @@ mod tests {
         assert_eq!(f.on_client_op(&mut bad, &mut ctx), Verdict::Defer);
         assert_eq!(f.on_client_op(&mut sub("5"), &mut ctx), Verdict::Forward);
         assert_eq!(f.on_client_op(&mut sub("6"), &mut ctx), Verdict::Defer);
+    }
+
+    /// `UNSUB 5` then `SUB idle 5`: deliveries of the old subscription may still be on their
+    /// way with sid 5. Counted toward the new one, they would let `UNSUB 5 1` end it at the
+    /// edge while nats-server, which counts per subscription, keeps it: a way past the
+    /// limit. The SUB waits for the upstream to catch up, and so for those deliveries.
+    #[test]
+    fn a_sid_reused_after_its_unsub_waits_for_the_old_deliveries() {
+        let mut ctx = ctx();
+        let mut f = Limits::new(LimitsConfig {
+            max_subscriptions: Some(2),
+            ..LimitsConfig::default()
+        });
+        let unsub = |max| {
+            ClientOp::Unsub(Unsub {
+                sid: Bytes::from_static(b"5"),
+                max,
+            })
+        };
+        assert_eq!(
+            f.on_client_op(&mut sub("5"), fresh(&mut ctx)),
+            Verdict::Forward
+        );
+        f.on_client_op(&mut unsub(None), fresh(&mut ctx));
+        assert_eq!(
+            f.on_client_op(&mut sub("5"), fresh(&mut ctx)),
+            Verdict::Defer
+        );
+        // The old subscription's last delivery, then the upstream's PONG.
+        f.on_server_op(&mut msg("5"), &mut ctx);
+        ctx.upstream_caught_up = true;
+        assert_eq!(f.on_client_op(&mut sub("5"), &mut ctx), Verdict::Forward);
+        ctx.upstream_caught_up = false;
+        f.on_client_op(&mut unsub(Some(1)), fresh(&mut ctx));
+        assert_eq!(f.subscriptions(), 1, "no delivery of the new one yet");
+        // Caught up since: a SUB that reuses another sid goes at once.
+        assert_eq!(
+            f.on_client_op(&mut sub("6"), fresh(&mut ctx)),
+            Verdict::Forward
+        );
     }
 
     /// `SUB bar 1` that the upstream will refuse, then `SUB foo 1` before its answer: the

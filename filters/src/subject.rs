@@ -35,6 +35,9 @@ pub fn is_valid_literal_subject(subject: &[u8]) -> bool {
 }
 
 /// Whether the literal `subject` is matched by `pattern` (which may hold `*` and `>`).
+/// Token by token only: a wildcard matches an empty token here (`foo.*` matches `foo.`),
+/// where nats-server matches nothing for a subject with one, so a caller that must judge
+/// such subjects as nats-server does checks them first (as the ACL does).
 pub fn matches(pattern: &[u8], subject: &[u8]) -> bool {
     let mut pattern_tokens = pattern.split(|b| *b == b'.');
     let mut subject_tokens = subject.split(|b| *b == b'.');

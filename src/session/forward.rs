@@ -532,6 +532,7 @@ impl Forwarder {
             }
             self.flush_run(&mut run);
             let data = self.rbuf.split_to(frame.len).freeze();
+            shared.ctx.client_op += 1;
             self.filter_client_frame(data, &frame, shared);
         }
         self.flush_run(&mut run);
@@ -602,6 +603,7 @@ impl Forwarder {
             Ok(Some(frame)) => {
                 // Set until the CONNECT is settled, a deferred one included.
                 shared.ctx.connect_implied = true;
+                shared.ctx.client_op += 1;
                 self.filter_client_frame(data, &frame, shared);
             }
             // Cannot happen (the bytes are the edge's own); the defaults then stand alone.

@@ -600,10 +600,8 @@ impl AclFilter {
     }
 
     fn on_subscribe(&mut self, sub: &crate::op::Sub, ctx: &SessionCtx) -> Verdict {
-        if self
-            .sub_answers
-            .must_wait(ctx.upstream_caught_up, self.subscriptions_held())
-        {
+        let held = self.subscriptions_held();
+        if self.sub_answers.must_wait(ctx, held, &sub.sid) {
             return Verdict::Defer;
         }
         // A SUB that reuses the sid of a maybe-ended subscription is taken as a new one
@@ -633,7 +631,7 @@ impl AclFilter {
         }
         // A reused sid keeps the subscription it names, as nats-server keeps it; one the
         // edge is ending at the upstream is gone there, so the SUB makes a new one.
-        let order = self.sub_answers.next_order();
+        let order = self.sub_answers.next_order(ctx);
         let live = LiveSub {
             subject: Bytes::copy_from_slice(&sub.subject),
             queue: sub.queue.as_deref().map(Bytes::copy_from_slice),
@@ -651,6 +649,13 @@ impl AclFilter {
                 .then_some(self.watch_epoch),
         };
         match self.subs.entry(Bytes::copy_from_slice(&sub.sid)) {
+            // Deliveries of the subscription being ended may still be on their way: counted
+            // toward this one, they would end it early. It waits for the upstream.
+            Entry::Occupied(old)
+                if (old.get().revoked || old.get().ending) && !ctx.upstream_caught_up =>
+            {
+                return Verdict::Defer
+            }
             Entry::Occupied(mut old) if old.get().revoked || old.get().ending => {
                 old.insert(live);
                 self.recount_needs();
@@ -734,7 +739,10 @@ impl AclFilter {
                     self.forget_oldest_maybe_ended();
                 }
             }
-            _ => self.forget(&unsub.sid),
+            _ => {
+                self.forget(&unsub.sid);
+                self.sub_answers.ended(&unsub.sid);
+            }
         }
         Verdict::Forward
     }

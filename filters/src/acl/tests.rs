@@ -467,6 +467,12 @@ fn edge_mode_authenticates_and_replaces_credentials() {
     ));
 }
 
+/// `ctx` for a new client op (not one shown again after a deferral).
+fn fresh(ctx: &mut SessionCtx) -> &mut SessionCtx {
+    ctx.client_op += 1;
+    ctx
+}
+
 fn unsub(sid: &'static str, max: Option<u64>) -> ClientOp {
     ClientOp::Unsub(crate::op::Unsub {
         sid: Bytes::from_static(sid.as_bytes()),
@@ -848,7 +854,15 @@ fn a_sid_being_ended_can_be_reused() {
         .store(AclRules::from_str("t.toml", &tighter).unwrap());
     assert_eq!(alice.on_reload(&ctx).unsubscribe.len(), 1);
     assert!(alice.subs_need_deliveries);
+    // It waits for the upstream first: deliveries of the old one may still be on their
+    // way, and must not count toward the new one.
+    assert_eq!(
+        alice.on_client_op(&mut sub("orders.old", None, "1"), fresh(&mut ctx)),
+        Verdict::Defer
+    );
+    ctx.upstream_caught_up = true;
     alice.on_client_op(&mut sub("orders.old", None, "1"), &mut ctx);
+    ctx.upstream_caught_up = false;
     assert_eq!(&alice.subs[&b"1"[..]].subject[..], b"orders.old");
     assert!(!alice.subs_need_deliveries);
     // The upstream's end of the old one leaves the new one alone.
@@ -1171,7 +1185,7 @@ fn subs_refused_at_the_upstreams_limit_leave_no_entry() {
         ("orders.d", "4"),
     ] {
         assert_eq!(
-            alice.on_client_op(&mut sub(subject, None, sid), &mut ctx),
+            alice.on_client_op(&mut sub(subject, None, sid), fresh(&mut ctx)),
             Verdict::Forward
         );
     }
@@ -1184,7 +1198,7 @@ fn subs_refused_at_the_upstreams_limit_leave_no_entry() {
     // takes its entry, and only its.
     let alone = |alice: &mut AclFilter, ctx: &mut SessionCtx, subject, sid| {
         assert_eq!(
-            alice.on_client_op(&mut sub(subject, None, sid), ctx),
+            alice.on_client_op(&mut sub(subject, None, sid), fresh(ctx)),
             Verdict::Defer
         );
         ctx.upstream_caught_up = true;
@@ -1202,11 +1216,37 @@ fn subs_refused_at_the_upstreams_limit_leave_no_entry() {
     alice.on_server_op(&mut limit(), &mut ctx);
     assert_eq!(sids(&alice), [&b"1"[..], &b"2"[..]]);
     // Below that size SUBs go as they come again.
-    alice.on_client_op(&mut unsub("2", None), &mut ctx);
+    alice.on_client_op(&mut unsub("2", None), fresh(&mut ctx));
     assert_eq!(
-        alice.on_client_op(&mut sub("orders.f", None, "6"), &mut ctx),
+        alice.on_client_op(&mut sub("orders.f", None, "6"), fresh(&mut ctx)),
         Verdict::Forward
     );
+}
+
+/// A SUB the ACL took, then held by a filter after it (the limits') and shown again once
+/// the upstream caught up, has not gone upstream: a refusal at the upstream's limit that
+/// follows is its, and takes its entry.
+#[test]
+fn a_sub_shown_again_is_the_one_a_following_refusal_takes() {
+    let (_, mut ctx, _, _) = setup(AuthMode::Passthrough, RULES);
+    let mut alice = lone_filter(RULES);
+    alice.on_client_op(&mut connect(r#"{"user":"alice"}"#), fresh(&mut ctx));
+    alice.on_client_op(&mut sub("orders.a", None, "1"), fresh(&mut ctx));
+    assert_eq!(
+        alice.on_client_op(&mut sub("orders.b", None, "2"), fresh(&mut ctx)),
+        Verdict::Forward
+    );
+    ctx.upstream_caught_up = true;
+    assert_eq!(
+        alice.on_client_op(&mut sub("orders.b", None, "2"), &mut ctx),
+        Verdict::Forward
+    );
+    ctx.upstream_caught_up = false;
+    alice.on_server_op(
+        &mut ServerOp::Err("maximum subscriptions exceeded".into()),
+        &mut ctx,
+    );
+    assert_eq!(alice.subs.keys().collect::<Vec<_>>(), [&b"1"[..]]);
 }
 
 /// A first refusal at the upstream's limit for a SUB that made no entry (it reused a live
@@ -1218,10 +1258,10 @@ fn a_refused_sub_that_reused_a_sid_takes_no_entry() {
     let mut alice = lone_filter(RULES);
     alice.on_client_op(&mut connect(r#"{"user":"alice"}"#), &mut ctx);
     for (subject, sid) in [("orders.a", "1"), ("orders.b", "2"), ("orders.c", "3")] {
-        alice.on_client_op(&mut sub(subject, None, sid), &mut ctx);
+        alice.on_client_op(&mut sub(subject, None, sid), fresh(&mut ctx));
     }
     assert_eq!(
-        alice.on_client_op(&mut sub("orders.a", None, "1"), &mut ctx),
+        alice.on_client_op(&mut sub("orders.a", None, "1"), fresh(&mut ctx)),
         Verdict::Defer
     );
     ctx.upstream_caught_up = true;
