@@ -718,9 +718,7 @@ impl Reloadable for RulesReload {
 /// as a session would) every `interval`, and drops the connection. An interval in which a
 /// session's dial reached an upstream (and none failed since) needs no check: nats-server
 /// keeps every closed connection in its monitoring for a while, and a fleet of sidecars
-/// checking all the time would crowd out the real ones there. A check bounded by the
-/// interval (at least one URL's connect timeout) that has not reached an upstream by then
-/// has failed, so a slow failure does not keep the edge ready for longer.
+/// checking all the time would crowd out the real ones there.
 async fn check_upstream(
     shared: Arc<EdgeShared>,
     interval: Duration,
@@ -741,18 +739,15 @@ async fn check_upstream(
             return;
         };
         let upstream = cell.current().env.upstream.clone();
-        let bound = interval.max(upstream.connect_timeout);
         // A dial can take the connect timeout per URL: a shutdown does not wait for it. No
         // client is behind it, so a PROXY header says so rather than naming one.
-        let reached = tokio::select! {
+        let dialled = tokio::select! {
             biased;
             _ = until_stopped(&mut shutdown) => return,
             // Not counted in the dial counters: they count the dials clients made.
-            dialled = tokio::time::timeout(bound, upstream::dial_any(&upstream, None, &|_, _| {})) => {
-                matches!(dialled, Ok(Ok(_)))
-            }
+            dialled = upstream::dial_any(&upstream, None, &|_, _| {}) => dialled,
         };
-        shared.health.upstream_dialled(reached);
+        shared.health.upstream_dialled(dialled.is_ok());
     }
 }
 

@@ -456,6 +456,58 @@ async fn max_subscriptions_frees_a_slot_after_auto_unsubscribe() {
     );
 }
 
+/// A client cannot pass `max_subscriptions` by reusing a sid while deliveries of the
+/// subscription it ended are still on their way: counted toward the new subscription, they
+/// would let its `UNSUB sid 1` end it at the edge, while nats-server, which counts per
+/// subscription, keeps it, and the edge would then take one more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_sid_does_not_take_the_ended_subscriptions_deliveries() {
+    let (server, edge) = server_and_edge("[limits]\nmax_subscriptions = 1").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let reply = raw.roundtrip(&with_connect(b"SUB big 5\r\n")).await;
+    assert!(!reply.closed, "{}", reply.text());
+    // A backlog for sid 5 larger than the edge and the sockets between hold, so that part
+    // of it is still at nats-server when the client ends the subscription.
+    let publisher = client(&server.url()).await;
+    let payload = bytes::Bytes::from(vec![b'x'; 16 * 1024]);
+    for _ in 0..2048 {
+        publisher.publish("big", payload.clone()).await.unwrap();
+    }
+    publisher.flush().await.unwrap();
+    raw.send(b"UNSUB 5\r\nSUB idle 5\r\nPING\r\n").await;
+    // The backlog, then the PONG (payloads are all `x`: no PONG inside them).
+    let stream = raw.stream();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut window = Vec::new();
+    let mut received = 0usize;
+    within("the backlog and the PONG", async {
+        loop {
+            stream.readable().await.unwrap();
+            let n = match stream.try_read(&mut buf) {
+                Ok(0) => panic!("the edge closed the connection"),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("{e}"),
+            };
+            received += n;
+            window.extend_from_slice(&buf[..n]);
+            if window.windows(6).any(|w| w == b"PONG\r\n") {
+                return;
+            }
+            window.drain(..window.len().saturating_sub(5));
+        }
+    })
+    .await;
+    assert!(received > 16 * 1024 * 1024, "{received} bytes of backlog");
+    // The new subscription has had no delivery: `UNSUB 5 1` keeps it, as nats-server does,
+    // so the limit still refuses another.
+    let reply = raw.roundtrip(b"UNSUB 5 1\r\nSUB other 6\r\n").await;
+    assert_eq!(
+        show(&reply.bytes),
+        show(b"-ERR 'maximum subscriptions exceeded'\r\n")
+    );
+}
+
 /// Reads until `pongs` PONGs have arrived (or the peer closes); returns everything.
 async fn read_pongs(raw: &mut RawConn, pongs: usize) -> Reply {
     let mut all = Reply {

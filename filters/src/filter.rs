@@ -114,8 +114,12 @@ pub struct SessionCtx {
     /// client sent before it. See [`crate::Verdict::Defer`].
     pub upstream_caught_up: bool,
     /// The number of the client op being judged: one more for each op read, the same when
-    /// a deferred op is shown again.
+    /// a deferred op is shown again. Kept by the session that runs the chain.
     pub client_op: u64,
+    /// The newest client op (by [`SessionCtx::client_op`]) the upstream is known to have
+    /// answered: a PONG to a PING the client sent after it has come back, so the upstream's
+    /// answers to it, and the deliveries it sent before them, have all been seen.
+    pub answered_op: u64,
     /// Who the connection is, once the filter that authenticates the CONNECT has said so.
     pub identity: Option<Identity>,
     /// The nonce of the upstream's first INFO, which a CONNECT sent upstream signs.
@@ -139,6 +143,7 @@ impl SessionCtx {
             upstream_headers: false,
             upstream_caught_up: false,
             client_op: 0,
+            answered_op: 0,
             identity: None,
             upstream_nonce: None,
             end_subscriptions: Vec::new(),

@@ -102,6 +102,8 @@ impl Filter for Limits {
 
     fn on_subscriptions_dropped(&mut self) {
         self.subs.clear();
+        // Their deliveries may still be on the way: a SUB that reuses a sid waits for them.
+        self.sub_answers.all_ended();
     }
 
     fn interest(&self) -> Interest {
@@ -176,7 +178,7 @@ impl Filter for Limits {
                     if let Some(state) = self.subs.get_mut(&unsub.sid) {
                         if state.delivered >= max {
                             self.subs.remove(&unsub.sid);
-                            self.sub_answers.ended(&unsub.sid);
+                            self.sub_answers.ended(&unsub.sid, ctx);
                         } else {
                             state.max = Some(max);
                         }
@@ -184,7 +186,7 @@ impl Filter for Limits {
                 }
                 _ => {
                     if self.subs.remove(&unsub.sid).is_some() {
-                        self.sub_answers.ended(&unsub.sid);
+                        self.sub_answers.ended(&unsub.sid, ctx);
                     }
                 }
             },
@@ -209,7 +211,7 @@ impl Filter for Limits {
         // counts as a new subscription.
         for sid in sids {
             if self.subs.remove(sid).is_some() {
-                self.sub_answers.ended(sid);
+                self.sub_answers.ended_by_the_edge(sid);
             }
         }
     }

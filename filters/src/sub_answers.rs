@@ -12,20 +12,26 @@
 //! `c` goes), and only until each SUB goes alone: after a refusal, while the table is as
 //! large as it was then, each SUB waits for the upstream to answer the ones before it.
 //!
-//! A SUB that reuses the sid of a subscription ended since the upstream last caught up waits
-//! for it too: deliveries of the ended subscription may still be on their way with that sid,
-//! and counted toward the new one they would end it early, or let the edge think an
-//! auto-unsubscribe done that nats-server, which counts per subscription, has barely begun.
+//! A SUB that reuses the sid of a subscription whose end the upstream has not answered yet
+//! waits for it too: deliveries of the ended subscription may still be on their way with
+//! that sid, and counted toward the new one they would end it early, or let the edge think
+//! an auto-unsubscribe done that nats-server, which counts per subscription, has barely
+//! begun. A client's `UNSUB` is answered once a PING the client sent after it has had its
+//! PONG ([`SessionCtx::answered_op`]); an end the edge made itself, or the subscriptions a
+//! second CONNECT dropped, once the upstream has caught up with a held op.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use bytes::Bytes;
 
 use crate::filter::SessionCtx;
 
-/// How many ended sids are remembered between two catch-ups; past it, every SUB waits for
-/// the next one.
+/// How many ended sids are remembered at once; past it, every SUB waits for the upstream
+/// until it has answered them all.
 const MAX_ENDED: usize = 1024;
+
+/// Stands for an end that only a catch-up with a held op answers.
+const UNTIL_CAUGHT_UP: u64 = u64::MAX;
 
 /// Orders a session's SUBs and knows which of them the upstream has answered.
 #[derive(Debug, Default)]
@@ -40,17 +46,20 @@ pub struct SubAnswers {
     /// The client op ([`SessionCtx::client_op`]) given the latest order, and the first order
     /// it was given: a SUB shown again after a deferral has not gone upstream yet.
     latest: Option<(u64, u64)>,
-    /// Sids of subscriptions ended since the upstream last caught up, and whether more were
-    /// than [`MAX_ENDED`].
-    ended: HashSet<Bytes>,
-    ended_overflow: bool,
+    /// Sids of ended subscriptions whose end the upstream may not have answered, each with
+    /// the client op that ended it ([`UNTIL_CAUGHT_UP`] for the edge's own ends).
+    ended: HashMap<Bytes, u64>,
+    /// The newest of those ops: once it is answered, none is left waiting.
+    ended_newest: u64,
+    /// Past [`MAX_ENDED`]: the op from which every SUB waits.
+    ended_overflow: Option<u64>,
 }
 
 impl SubAnswers {
     /// A SUB for `sid` reaches the filter, whose table holds `table_len` entries. True when
     /// it must wait for the upstream to answer the ops before it (hold it with
     /// [`crate::Verdict::Defer`]): at the upstream's subscription limit, or when the sid
-    /// names a subscription ended since the upstream last caught up.
+    /// names a subscription whose end the upstream has not answered yet.
     pub fn must_wait(&mut self, ctx: &SessionCtx, table_len: usize, sid: &[u8]) -> bool {
         if ctx.upstream_caught_up {
             // Every op before this one is answered; this one, shown again, is not, though a
@@ -59,24 +68,57 @@ impl SubAnswers {
                 Some((op, first)) if op == ctx.client_op => first - 1,
                 _ => self.seen,
             };
-            self.ended.clear();
-            self.ended_overflow = false;
+            self.forget_ended();
             return false;
         }
-        if self.ended_overflow || self.ended.contains(sid) {
-            return true;
+        if !self.ended.is_empty() || self.ended_overflow.is_some() {
+            if self.ended_newest <= ctx.answered_op
+                && self.ended_overflow.is_none_or(|op| op <= ctx.answered_op)
+            {
+                self.forget_ended();
+            } else if self.ended_overflow.is_some_and(|op| op > ctx.answered_op)
+                || self.ended.get(sid).is_some_and(|&op| op > ctx.answered_op)
+            {
+                return true;
+            }
         }
         self.upstream_limit.is_some_and(|limit| table_len >= limit)
     }
 
-    /// The subscription `sid` has ended (an UNSUB, or the edge ending it): deliveries of it
-    /// may still be on their way.
-    pub fn ended(&mut self, sid: &[u8]) {
-        if self.ended.len() >= MAX_ENDED {
-            self.ended_overflow = true;
-        } else {
-            self.ended.insert(Bytes::copy_from_slice(sid));
+    /// The client op `ctx.client_op` ended the subscription `sid` (an UNSUB): deliveries of
+    /// it may still be on their way until the upstream has answered that op.
+    pub fn ended(&mut self, sid: &[u8], ctx: &SessionCtx) {
+        self.record_ended(sid, ctx.client_op);
+    }
+
+    /// The edge ended the subscription `sid` itself: deliveries of it may still be on their
+    /// way until the upstream has caught up with a held op.
+    pub fn ended_by_the_edge(&mut self, sid: &[u8]) {
+        self.record_ended(sid, UNTIL_CAUGHT_UP);
+    }
+
+    /// Every subscription ended at once (a second CONNECT): every SUB waits for the upstream
+    /// to catch up with it.
+    pub fn all_ended(&mut self) {
+        self.ended_overflow = Some(UNTIL_CAUGHT_UP);
+    }
+
+    fn record_ended(&mut self, sid: &[u8], op: u64) {
+        if self.ended.len() >= MAX_ENDED && !self.ended.contains_key(sid) {
+            self.ended_overflow = Some(self.ended_overflow.map_or(op, |at| at.max(op)));
+            return;
         }
+        self.ended.insert(Bytes::copy_from_slice(sid), op);
+        self.ended_newest = self.ended_newest.max(op);
+    }
+
+    /// Every end answered: the table goes, its memory with it.
+    fn forget_ended(&mut self) {
+        if !self.ended.is_empty() {
+            self.ended = HashMap::new();
+        }
+        self.ended_newest = 0;
+        self.ended_overflow = None;
     }
 
     /// The upstream has refused a SUB at its own limit: the table's size matters now.
@@ -189,13 +231,14 @@ mod tests {
         assert_eq!(answers.refused_entry(entries.into_iter()), Some(b.clone()));
     }
 
-    /// A SUB that reuses the sid of a subscription ended since the last catch-up waits for
-    /// the upstream, whose deliveries of the old one are then all in.
+    /// A SUB that reuses the sid of a subscription whose end the upstream has not answered
+    /// waits for it, whose deliveries of the old one are then all in: a held op's catch-up,
+    /// or the PONG to a PING the client sent after the UNSUB.
     #[test]
     fn a_reused_sid_waits_for_the_ended_subscriptions_deliveries() {
         let mut answers = SubAnswers::default();
         let mut ctx = ctx();
-        answers.ended(b"5");
+        answers.ended(b"5", op(&mut ctx, false));
         assert!(answers.must_wait(op(&mut ctx, false), 0, b"5"));
         assert!(!answers.must_wait(op(&mut ctx, false), 0, b"6"));
         assert!(!answers.must_wait(op(&mut ctx, true), 0, b"5"));
@@ -203,10 +246,29 @@ mod tests {
             !answers.must_wait(op(&mut ctx, false), 0, b"5"),
             "caught up since"
         );
-        // Past the cap, every SUB waits for the next catch-up.
+        // Answered by the PONG to the client's own PING after the UNSUB.
+        answers.ended(b"7", op(&mut ctx, false));
+        let unsub = ctx.client_op;
+        ctx.answered_op = unsub - 1;
+        assert!(answers.must_wait(op(&mut ctx, false), 0, b"7"));
+        ctx.answered_op = unsub;
+        assert!(!answers.must_wait(op(&mut ctx, false), 0, b"7"));
+        assert!(answers.ended.is_empty(), "forgotten once all are answered");
+        // The edge's own end waits for a catch-up, whatever the client's PINGs say.
+        answers.ended_by_the_edge(b"8");
+        ctx.answered_op = ctx.client_op;
+        assert!(answers.must_wait(op(&mut ctx, false), 0, b"8"));
+        assert!(!answers.must_wait(op(&mut ctx, true), 0, b"8"));
+        // Past the cap, every SUB waits until all are answered.
         for sid in 0..=MAX_ENDED {
-            answers.ended(sid.to_string().as_bytes());
+            answers.ended(sid.to_string().as_bytes(), op(&mut ctx, false));
         }
+        assert!(answers.must_wait(op(&mut ctx, false), 0, b"new"));
+        ctx.answered_op = ctx.client_op;
+        assert!(!answers.must_wait(op(&mut ctx, false), 0, b"new"));
+        // A second CONNECT's drop: every SUB waits for a catch-up.
+        answers.all_ended();
+        ctx.answered_op = ctx.client_op;
         assert!(answers.must_wait(op(&mut ctx, false), 0, b"new"));
         assert!(!answers.must_wait(op(&mut ctx, true), 0, b"new"));
         assert!(!answers.must_wait(op(&mut ctx, false), 0, b"new"));

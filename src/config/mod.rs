@@ -1140,8 +1140,9 @@ pub fn ignored_env_vars(seed_env: Option<&str>) -> Vec<String> {
         .collect()
 }
 
-/// A configuration section's variable whose key has an empty segment (three or more
-/// underscores in a row, or two at either end): the environment provider skips it whole.
+/// A configuration section's variable whose key has an empty segment (four underscores in
+/// a row, or two at either end; three leave a segment that starts with one, which is an
+/// unknown key, refused at load): the environment provider skips it whole.
 fn has_empty_segment(rest: &str) -> bool {
     let key = rest.to_ascii_lowercase().replace("__", ".");
     is_config_env_key(&key) && key.split('.').any(str::is_empty)

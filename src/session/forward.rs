@@ -523,8 +523,7 @@ impl Forwarder {
                     .contains(frame.verb.op_kind(self.dir));
             if !wanted {
                 if frame.verb == Verb::Ping {
-                    shared.pings_sent += 1;
-                    shared.early_pings += u64::from(shared.connects_upstream == 0);
+                    shared.client_ping_forwarded();
                 }
                 shared.forwarded();
                 run += frame.len;
@@ -722,8 +721,7 @@ impl Forwarder {
         };
         if forwarded {
             if matches!(op, ClientOp::Ping) {
-                shared.pings_sent += 1;
-                shared.early_pings += u64::from(shared.connects_upstream == 0);
+                shared.client_ping_forwarded();
             }
             if matches!(op, ClientOp::Connect(_)) {
                 shared.connects_upstream += 1;

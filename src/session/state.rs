@@ -58,6 +58,9 @@ pub struct Shared {
     pub server_scan: ScanLimits,
     /// PINGs sent upstream so far (the client's and the edge's barriers).
     pub pings_sent: u64,
+    /// A client PING on its way upstream (its number among `pings_sent`) and the client op
+    /// before it: its PONG means the upstream has answered every op up to that one.
+    pub ping_checkpoint: Option<(u64, u64)>,
     /// The client's PINGs that went upstream before any CONNECT and are not answered yet:
     /// their PONGs are not the first PONG nats-server counts (it counts only after a
     /// CONNECT), so they release no held INFO.
@@ -159,6 +162,7 @@ impl Shared {
                 headers: false,
             },
             pings_sent: 0,
+            ping_checkpoint: None,
             early_pings: 0,
             pongs_seen: 0,
             barriers: VecDeque::new(),
@@ -297,6 +301,18 @@ impl Shared {
         needs_ping
     }
 
+    /// The client's PING has gone upstream, after every op the client sent before it (a
+    /// deferred op holds back the ones after it). The first PING since the last one was
+    /// answered is the checkpoint whose PONG tells the filters how far the upstream has
+    /// caught up ([`nats_edge_filters::SessionCtx::answered_op`]).
+    pub fn client_ping_forwarded(&mut self) {
+        self.pings_sent += 1;
+        self.early_pings += u64::from(self.connects_upstream == 0);
+        if self.ping_checkpoint.is_none() {
+            self.ping_checkpoint = Some((self.pings_sent, self.ctx.client_op));
+        }
+    }
+
     /// Called for every PONG from the upstream: returns the barrier it releases, if it is one
     /// of the edge's (and then the PONG is not the client's to see).
     ///
@@ -307,6 +323,12 @@ impl Shared {
             tracing::warn!("upstream sent a PONG for which no PING was sent");
             self.close(CloseReason::UpstreamProtocolViolation);
             return None;
+        }
+        if let Some((seq, op)) = self.ping_checkpoint {
+            if seq <= self.pongs_seen {
+                self.ctx.answered_op = op;
+                self.ping_checkpoint = None;
+            }
         }
         if self
             .barriers
@@ -464,6 +486,30 @@ mod tests {
         assert_eq!(released.answers.len(), answers * one.len());
         assert_eq!(s.held_answer_bytes, 0);
         assert!(!s.answers_backlogged());
+    }
+
+    /// The PONG to a client PING tells the filters the upstream has answered every client
+    /// op before that PING; a PING sent while one is on its way moves nothing until it is
+    /// answered, and the edge's own barrier PINGs count in the order of PONGs.
+    #[test]
+    fn a_client_pings_pong_answers_the_ops_before_it() {
+        let mut s = shared();
+        s.ctx.client_op = 3;
+        s.client_ping_forwarded();
+        s.ctx.client_op = 5;
+        s.client_ping_forwarded();
+        s.forwarded();
+        assert!(s.defer_until_upstream(), "a barrier PING of the edge's own");
+        assert!(s.pong_received().is_none());
+        assert_eq!(s.ctx.answered_op, 3);
+        assert!(s.pong_received().is_none());
+        assert_eq!(s.ctx.answered_op, 3, "the second PING was no checkpoint");
+        s.ctx.client_op = 6;
+        s.client_ping_forwarded();
+        assert!(s.pong_received().is_some(), "the barrier's PONG");
+        assert_eq!(s.ctx.answered_op, 3);
+        assert!(s.pong_received().is_none());
+        assert_eq!(s.ctx.answered_op, 6);
     }
 
     /// Before any op has gone upstream, nothing is owed: an answer (and a close) goes out

@@ -737,11 +737,13 @@ impl AclFilter {
                     let entry = (Bytes::copy_from_slice(&unsub.sid), live.order);
                     self.maybe_ended.push_back(entry);
                     self.forget_oldest_maybe_ended();
+                    // A SUB that reuses the sid waits at least for what was on its way.
+                    self.sub_answers.ended(&unsub.sid, ctx);
                 }
             }
             _ => {
                 self.forget(&unsub.sid);
-                self.sub_answers.ended(&unsub.sid);
+                self.sub_answers.ended(&unsub.sid, ctx);
             }
         }
         Verdict::Forward
@@ -958,8 +960,10 @@ impl Filter for AclFilter {
 
     fn on_subscriptions_dropped(&mut self) {
         // Those being ended stay, so that their deliveries already on the way are still
-        // dropped; a SUB that reuses such a sid replaces the entry.
+        // dropped; a SUB that reuses such a sid replaces the entry once the upstream has
+        // caught up, as does one that reuses any dropped sid.
         self.subs.retain(|_, s| s.revoked || s.ending);
+        self.sub_answers.all_ended();
         self.recount_needs();
         self.refresh_interest();
     }

@@ -1027,7 +1027,14 @@ fn dropped_subscriptions_are_forgotten() {
     alice.on_client_op(&mut sub("orders.a", None, "1"), &mut ctx);
     alice.on_subscriptions_dropped();
     assert!(alice.subs.is_empty());
+    // It waits for the upstream first: deliveries of the dropped one may be on their way.
+    assert_eq!(
+        alice.on_client_op(&mut sub("orders.b", None, "1"), fresh(&mut ctx)),
+        Verdict::Defer
+    );
+    ctx.upstream_caught_up = true;
     alice.on_client_op(&mut sub("orders.b", None, "1"), &mut ctx);
+    ctx.upstream_caught_up = false;
     assert_eq!(&alice.subs[&b"1"[..]].subject[..], b"orders.b");
 }
 
