@@ -459,28 +459,56 @@ async fn max_subscriptions_frees_a_slot_after_auto_unsubscribe() {
 /// A client cannot pass `max_subscriptions` by reusing a sid while deliveries of the
 /// subscription it ended are still on their way: counted toward the new subscription, they
 /// would let its `UNSUB sid 1` end it at the edge, while nats-server, which counts per
-/// subscription, keeps it, and the edge would then take one more.
+/// subscription, keeps it, and the edge would then take one more. The reuse comes right
+/// after the `UNSUB`, and after a `PING` whose `PONG` has not come back yet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_sid_does_not_take_the_ended_subscriptions_deliveries() {
-    let (server, edge) = server_and_edge("[limits]\nmax_subscriptions = 1").await;
-    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
-    let reply = raw.roundtrip(&with_connect(b"SUB big 5\r\n")).await;
-    assert!(!reply.closed, "{}", reply.text());
-    // A backlog for sid 5 larger than the edge and the sockets between hold, so that part
-    // of it is still at nats-server when the client ends the subscription.
-    let publisher = client(&server.url()).await;
-    let payload = bytes::Bytes::from(vec![b'x'; 16 * 1024]);
-    for _ in 0..2048 {
-        publisher.publish("big", payload.clone()).await.unwrap();
+    for (reuse, pongs) in [
+        (&b"UNSUB 5\r\nSUB idle 5\r\nPING\r\n"[..], 1),
+        (&b"UNSUB 5\r\nPING\r\nSUB idle 5\r\nPING\r\n"[..], 2),
+    ] {
+        // The backlog waits while the client is not reading: no write deadline may end it.
+        let server = NatsServer::start_with_config("write_deadline: \"60s\"\n");
+        let edge = start_edge(
+            &[server.url()],
+            "[limits]\nmax_subscriptions = 1\nwrite_deadline = \"60s\"\n",
+        )
+        .await;
+        let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+        let reply = raw.roundtrip(&with_connect(b"SUB big 5\r\n")).await;
+        assert!(!reply.closed, "{}", reply.text());
+        // A backlog for sid 5 larger than the edge and the sockets between hold, so that
+        // part of it is still at nats-server when the client ends the subscription.
+        let publisher = client(&server.url()).await;
+        let payload = bytes::Bytes::from(vec![b'x'; 16 * 1024]);
+        for _ in 0..2048 {
+            publisher.publish("big", payload.clone()).await.unwrap();
+        }
+        publisher.flush().await.unwrap();
+        raw.send(reuse).await;
+        let received = read_past_pongs(&raw, pongs).await;
+        assert!(received > 16 * 1024 * 1024, "{received} bytes of backlog");
+        // The new subscription has had no delivery: `UNSUB 5 1` keeps it, as nats-server
+        // does, so the limit still refuses another.
+        let reply = raw.roundtrip(b"UNSUB 5 1\r\nSUB other 6\r\n").await;
+        assert_eq!(
+            show(&reply.bytes),
+            show(b"-ERR 'maximum subscriptions exceeded'\r\n"),
+            "{}",
+            show(reuse)
+        );
     }
-    publisher.flush().await.unwrap();
-    raw.send(b"UNSUB 5\r\nSUB idle 5\r\nPING\r\n").await;
-    // The backlog, then the PONG (payloads are all `x`: no PONG inside them).
+}
+
+/// Reads a large backlog until `pongs` PONGs have come (its payloads must hold none);
+/// returns how many bytes came.
+async fn read_past_pongs(raw: &RawConn, pongs: usize) -> usize {
     let stream = raw.stream();
     let mut buf = vec![0u8; 256 * 1024];
     let mut window = Vec::new();
     let mut received = 0usize;
-    within("the backlog and the PONG", async {
+    let mut seen = 0;
+    within("the backlog and the PONGs", async {
         loop {
             stream.readable().await.unwrap();
             let n = match stream.try_read(&mut buf) {
@@ -491,21 +519,16 @@ async fn a_reused_sid_does_not_take_the_ended_subscriptions_deliveries() {
             };
             received += n;
             window.extend_from_slice(&buf[..n]);
-            if window.windows(6).any(|w| w == b"PONG\r\n") {
+            // The last five bytes stay: no PONG is counted twice, none is missed.
+            seen += window.windows(6).filter(|w| *w == b"PONG\r\n").count();
+            if seen >= pongs {
                 return;
             }
             window.drain(..window.len().saturating_sub(5));
         }
     })
     .await;
-    assert!(received > 16 * 1024 * 1024, "{received} bytes of backlog");
-    // The new subscription has had no delivery: `UNSUB 5 1` keeps it, as nats-server does,
-    // so the limit still refuses another.
-    let reply = raw.roundtrip(b"UNSUB 5 1\r\nSUB other 6\r\n").await;
-    assert_eq!(
-        show(&reply.bytes),
-        show(b"-ERR 'maximum subscriptions exceeded'\r\n")
-    );
+    received
 }
 
 /// Reads until `pongs` PONGs have arrived (or the peer closes); returns everything.

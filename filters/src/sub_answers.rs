@@ -16,9 +16,10 @@
 //! waits for it too: deliveries of the ended subscription may still be on their way with
 //! that sid, and counted toward the new one they would end it early, or let the edge think
 //! an auto-unsubscribe done that nats-server, which counts per subscription, has barely
-//! begun. A client's `UNSUB` is answered once a PING the client sent after it has had its
-//! PONG ([`SessionCtx::answered_op`]); an end the edge made itself, or the subscriptions a
-//! second CONNECT dropped, once the upstream has caught up with a held op.
+//! begun. A client's `UNSUB` is answered once a PING sent after it (the client's, or one of
+//! the edge's own) has had its PONG ([`SessionCtx::answered_op`]); an end the edge made
+//! itself, or the subscriptions a second CONNECT dropped, once the upstream has caught up
+//! with a held op.
 
 use std::collections::HashMap;
 
@@ -88,6 +89,11 @@ impl SubAnswers {
     /// The client op `ctx.client_op` ended the subscription `sid` (an UNSUB): deliveries of
     /// it may still be on their way until the upstream has answered that op.
     pub fn ended(&mut self, sid: &[u8], ctx: &SessionCtx) {
+        if self.ended.len() >= MAX_ENDED {
+            // Full: the ends answered since go first.
+            self.ended.retain(|_, op| *op > ctx.answered_op);
+            self.ended_newest = self.ended.values().copied().max().unwrap_or(0);
+        }
         self.record_ended(sid, ctx.client_op);
     }
 

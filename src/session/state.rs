@@ -248,9 +248,9 @@ impl Shared {
                 .back()
                 .is_some_and(|b| b.close.is_none() && b.ping_seq == self.pings_sent);
         if !reuse {
-            self.pings_sent += 1;
+            let ping_seq = self.barrier_ping_sent();
             self.barriers.push_back(Barrier {
-                ping_seq: self.pings_sent,
+                ping_seq,
                 ..Barrier::default()
             });
             self.forwarded_since_barrier = false;
@@ -269,20 +269,40 @@ impl Shared {
     /// The edge sent `PING`, an UNSUB of each of `sids`, then `PING` again upstream: at the
     /// first PONG, the next `+OK`s (one per UNSUB, from a verbose upstream connection) are
     /// not the client's; at the second, the filters learn that the subscriptions are gone.
+    ///
+    /// A client op held until the upstream catches up waits for these UNSUBs too: shown
+    /// again, it is told the upstream has caught up, and a SUB that reuses one of the sids
+    /// must find every delivery of the ended subscription already in.
     pub fn unsubscribed_upstream(&mut self, sids: Vec<Bytes>, verbose: bool) {
         self.forwarded();
-        self.pings_sent += 1;
+        let mut resume = false;
+        for barrier in &mut self.barriers {
+            resume |= std::mem::take(&mut barrier.resume);
+        }
+        let ping_seq = self.barrier_ping_sent();
         self.barriers.push_back(Barrier {
-            ping_seq: self.pings_sent,
+            ping_seq,
             hide_oks: if verbose { sids.len() } else { 0 },
             ..Barrier::default()
         });
-        self.pings_sent += 1;
+        let ping_seq = self.barrier_ping_sent();
         self.barriers.push_back(Barrier {
-            ping_seq: self.pings_sent,
+            ping_seq,
             ended: sids,
+            resume,
             ..Barrier::default()
         });
+    }
+
+    /// One of the edge's own PINGs goes upstream; returns its number. Every client op
+    /// before the one being judged (or held) has gone upstream before it, so its PONG may
+    /// be the checkpoint that tells the filters so (see [`Shared::client_ping_forwarded`]).
+    fn barrier_ping_sent(&mut self) -> u64 {
+        self.pings_sent += 1;
+        if self.ping_checkpoint.is_none() {
+            self.ping_checkpoint = Some((self.pings_sent, self.ctx.client_op.saturating_sub(1)));
+        }
+        self.pings_sent
     }
 
     /// Holds the client's stream until the upstream has answered everything sent so far.
@@ -510,6 +530,37 @@ mod tests {
         assert_eq!(s.ctx.answered_op, 3);
         assert!(s.pong_received().is_none());
         assert_eq!(s.ctx.answered_op, 6);
+    }
+
+    /// The edge's own barrier PING answers the client ops before the one it holds.
+    #[test]
+    fn a_barrier_pings_pong_answers_the_ops_before_the_held_one() {
+        let mut s = shared();
+        s.forwarded();
+        s.ctx.client_op = 7;
+        assert!(s.defer_until_upstream());
+        assert!(s.pong_received().is_some());
+        assert_eq!(s.ctx.answered_op, 6);
+    }
+
+    /// A held op waits for UNSUBs the edge sends after its barrier PING: shown again as
+    /// caught up, it must find the ended subscriptions' deliveries all in.
+    #[test]
+    fn a_held_op_waits_for_the_edges_later_unsubs() {
+        let mut s = shared();
+        s.forwarded();
+        assert!(s.defer_until_upstream());
+        s.unsubscribed_upstream(vec![Bytes::from_static(b"5")], false);
+        let first = s.pong_received().expect("the held op's barrier");
+        assert!(
+            !first.resume,
+            "resumed before the edge's UNSUB was answered"
+        );
+        let between = s.pong_received().expect("the PING before the UNSUB");
+        assert!(!between.resume);
+        let last = s.pong_received().expect("the PING after the UNSUB");
+        assert!(last.resume);
+        assert_eq!(last.ended, [Bytes::from_static(b"5")]);
     }
 
     /// Before any op has gone upstream, nothing is owed: an answer (and a close) goes out
