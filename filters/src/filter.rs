@@ -134,6 +134,18 @@ pub struct SessionCtx {
 }
 
 impl SessionCtx {
+    /// A session of a plain TCP client from 127.0.0.1, for the crate's unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        SessionCtx::new(ConnFacts {
+            conn_id: 1,
+            listener: "t".into(),
+            client_addr: "127.0.0.1:1".parse().unwrap(),
+            transport: "tcp",
+            tls_peer: None,
+        })
+    }
+
     pub fn new(conn: ConnFacts) -> Self {
         SessionCtx {
             conn,

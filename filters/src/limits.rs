@@ -268,17 +268,10 @@ impl Filter for Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filter::ConnFacts;
     use crate::op::{Msg, Sub, Unsub};
 
     fn ctx() -> SessionCtx {
-        SessionCtx::new(ConnFacts {
-            conn_id: 1,
-            listener: "t".into(),
-            client_addr: "127.0.0.1:1".parse().unwrap(),
-            transport: "tcp",
-            tls_peer: None,
-        })
+        SessionCtx::for_tests()
     }
 
     fn sub(sid: &'static str) -> ClientOp {

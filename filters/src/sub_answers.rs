@@ -164,16 +164,9 @@ impl SubAnswers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filter::ConnFacts;
 
     fn ctx() -> SessionCtx {
-        SessionCtx::new(ConnFacts {
-            conn_id: 1,
-            listener: "t".into(),
-            client_addr: "127.0.0.1:1".parse().unwrap(),
-            transport: "tcp",
-            tls_peer: None,
-        })
+        SessionCtx::for_tests()
     }
 
     /// The context of a new client op, or of the same one shown again once caught up.

@@ -57,13 +57,7 @@ mod tests {
     }
 
     fn ctx() -> SessionCtx {
-        SessionCtx::new(nats_edge_filters::ConnFacts {
-            conn_id: 1,
-            listener: "l".into(),
-            client_addr: "127.0.0.1:1".parse().unwrap(),
-            transport: "tcp",
-            tls_peer: None,
-        })
+        super::super::state::Shared::for_tests().ctx
     }
 
     fn judge(json: &str) -> (Verdict, Option<String>) {
