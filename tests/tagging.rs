@@ -246,6 +246,13 @@ async fn forgeries_the_edge_would_not_see_do_not_get_through() {
     let mut ops = CONNECT.to_vec();
     // No header block at all, to nats-server: tagged like a PUB.
     ops.extend(hpub("t.empty", b"", b"e"));
+    // Control bytes in a value, as nats-server writes them into a sourced stream's
+    // messages, which an application publishes again: passed on, tagged.
+    ops.extend(hpub(
+        "t.source",
+        b"NATS/1.0\r\nNats-Stream-Source: S 4 a.*\x0cb.* >\x0c> a.1\r\n\r\n",
+        b"s",
+    ));
     // A key the edge cannot read (a lone surrogate escape), which a JavaScript or Python
     // consumer reads.
     let json = br#"{"edge":{"tls_subject":"CN=admin"},"\ud800":1}"#;
@@ -283,6 +290,11 @@ async fn forgeries_the_edge_would_not_see_do_not_get_through() {
 
     let seen = direct.roundtrip(b"").await.text();
     assert!(seen.contains("HMSG t.empty 1 "), "{seen}");
+    assert!(seen.contains("HMSG t.source 1 "), "{seen}");
+    assert!(
+        seen.contains("Nats-Stream-Source: S 4 a.*\u{c}b.* >\u{c}> a.1\r\n"),
+        "{seen}"
+    );
     assert!(!seen.contains("t.bad"), "{seen}");
     assert!(!seen.contains("events.x"), "{seen}");
     assert!(!seen.contains("CN=admin"), "{seen}");
