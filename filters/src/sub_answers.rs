@@ -52,6 +52,9 @@ pub struct SubAnswers {
     ended: HashMap<Bytes, u64>,
     /// The newest of those ops: once it is answered, none is left waiting.
     ended_newest: u64,
+    /// [`SessionCtx::answered_op`] when the full table last dropped its answered ends: no
+    /// use looking again before it moves.
+    pruned_at: u64,
     /// Past [`MAX_ENDED`]: the op from which every SUB waits.
     ended_overflow: Option<u64>,
 }
@@ -89,8 +92,9 @@ impl SubAnswers {
     /// The client op `ctx.client_op` ended the subscription `sid` (an UNSUB): deliveries of
     /// it may still be on their way until the upstream has answered that op.
     pub fn ended(&mut self, sid: &[u8], ctx: &SessionCtx) {
-        if self.ended.len() >= MAX_ENDED {
+        if self.ended.len() >= MAX_ENDED && ctx.answered_op > self.pruned_at {
             // Full: the ends answered since go first.
+            self.pruned_at = ctx.answered_op;
             self.ended.retain(|_, op| *op > ctx.answered_op);
             self.ended_newest = self.ended.values().copied().max().unwrap_or(0);
         }

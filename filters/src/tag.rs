@@ -544,12 +544,15 @@ impl Tag {
                         headers::first_line(block),
                         block.len() + tags.lines().len(),
                     );
+                    // The edge's lines first: a reader that takes the line after a blank
+                    // value for that value (nats.c skips every white space after the
+                    // colon, line ends included) cannot swallow a tag.
+                    writer.lines(tags.lines());
                     for line in headers::strict_field_lines(block) {
                         if !self.names_reserved(line) {
                             writer.strict_line(line);
                         }
                     }
-                    writer.lines(tags.lines());
                     Some(writer.finish())
                 }
                 None => Some(tags.block),

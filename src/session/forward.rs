@@ -532,7 +532,7 @@ impl Forwarder {
             self.flush_run(&mut run);
             let data = self.rbuf.split_to(frame.len).freeze();
             shared.ctx.client_op += 1;
-            self.filter_client_frame(data, &frame, shared);
+            self.judge_client_frame(data, &frame, shared);
         }
         self.flush_run(&mut run);
         self.note_pending();
@@ -583,7 +583,7 @@ impl Forwarder {
         }
         if let Some((data, frame)) = self.deferred.take() {
             shared.ctx.upstream_caught_up = caught_up;
-            self.filter_client_frame(data, &frame, shared);
+            self.judge_client_frame(data, &frame, shared);
             shared.ctx.upstream_caught_up = false;
             self.process_client(shared);
         }
@@ -603,10 +603,19 @@ impl Forwarder {
                 // Set until the CONNECT is settled, a deferred one included.
                 shared.ctx.connect_implied = true;
                 shared.ctx.client_op += 1;
-                self.filter_client_frame(data, &frame, shared);
+                self.judge_client_frame(data, &frame, shared);
             }
             // Cannot happen (the bytes are the edge's own); the defaults then stand alone.
             _ => shared.ctx.connect = Some(Default::default()),
+        }
+    }
+
+    /// Shows a client frame to the filters and carries out their verdict; an op not held
+    /// (deferred or offloaded) has then gone upstream or been settled at the edge.
+    fn judge_client_frame(&mut self, data: Bytes, frame: &Frame, shared: &mut Shared) {
+        self.filter_client_frame(data, frame, shared);
+        if self.deferred.is_none() {
+            shared.settled_op = shared.ctx.client_op;
         }
     }
 

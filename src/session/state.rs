@@ -58,9 +58,13 @@ pub struct Shared {
     pub server_scan: ScanLimits,
     /// PINGs sent upstream so far (the client's and the edge's barriers).
     pub pings_sent: u64,
-    /// A client PING on its way upstream (its number among `pings_sent`) and the client op
-    /// before it: its PONG means the upstream has answered every op up to that one.
+    /// A PING on its way upstream (its number among `pings_sent`; the client's or the
+    /// edge's) and the newest client op that went before it: its PONG means the upstream
+    /// has answered every op up to that one.
     pub ping_checkpoint: Option<(u64, u64)>,
+    /// The newest client op (by [`nats_edge_filters::SessionCtx::client_op`]) the filters
+    /// have settled: gone upstream, or answered or dropped at the edge (not one held).
+    pub settled_op: u64,
     /// The client's PINGs that went upstream before any CONNECT and are not answered yet:
     /// their PONGs are not the first PONG nats-server counts (it counts only after a
     /// CONNECT), so they release no held INFO.
@@ -163,6 +167,7 @@ impl Shared {
             },
             pings_sent: 0,
             ping_checkpoint: None,
+            settled_op: 0,
             early_pings: 0,
             pongs_seen: 0,
             barriers: VecDeque::new(),
@@ -275,7 +280,8 @@ impl Shared {
     /// must find every delivery of the ended subscription already in.
     pub fn unsubscribed_upstream(&mut self, sids: Vec<Bytes>, verbose: bool) {
         self.forwarded();
-        let mut resume = false;
+        // Released already but not yet shown again counts too.
+        let mut resume = std::mem::take(&mut self.resume_deferred);
         for barrier in &mut self.barriers {
             resume |= std::mem::take(&mut barrier.resume);
         }
@@ -294,13 +300,13 @@ impl Shared {
         });
     }
 
-    /// One of the edge's own PINGs goes upstream; returns its number. Every client op
-    /// before the one being judged (or held) has gone upstream before it, so its PONG may
-    /// be the checkpoint that tells the filters so (see [`Shared::client_ping_forwarded`]).
+    /// One of the edge's own PINGs goes upstream; returns its number. Every client op the
+    /// filters have settled went before it, so its PONG may be the checkpoint that tells
+    /// them so (see [`Shared::client_ping_forwarded`]).
     fn barrier_ping_sent(&mut self) -> u64 {
         self.pings_sent += 1;
         if self.ping_checkpoint.is_none() {
-            self.ping_checkpoint = Some((self.pings_sent, self.ctx.client_op.saturating_sub(1)));
+            self.ping_checkpoint = Some((self.pings_sent, self.settled_op));
         }
         self.pings_sent
     }
@@ -346,7 +352,7 @@ impl Shared {
         }
         if let Some((seq, op)) = self.ping_checkpoint {
             if seq <= self.pongs_seen {
-                self.ctx.answered_op = op;
+                self.ctx.answered_op = self.ctx.answered_op.max(op);
                 self.ping_checkpoint = None;
             }
         }
@@ -532,15 +538,21 @@ mod tests {
         assert_eq!(s.ctx.answered_op, 6);
     }
 
-    /// The edge's own barrier PING answers the client ops before the one it holds.
+    /// The edge's own barrier PING answers the client ops settled before it (not the one
+    /// it holds), and what the filters know as answered never goes back.
     #[test]
     fn a_barrier_pings_pong_answers_the_ops_before_the_held_one() {
         let mut s = shared();
         s.forwarded();
+        s.settled_op = 6;
         s.ctx.client_op = 7;
         assert!(s.defer_until_upstream());
         assert!(s.pong_received().is_some());
         assert_eq!(s.ctx.answered_op, 6);
+        s.ctx.answered_op = 9;
+        s.unsubscribed_upstream(vec![Bytes::from_static(b"1")], false);
+        while s.pong_received().is_some() {}
+        assert_eq!(s.ctx.answered_op, 9);
     }
 
     /// A held op waits for UNSUBs the edge sends after its barrier PING: shown again as
@@ -561,6 +573,16 @@ mod tests {
         let last = s.pong_received().expect("the PING after the UNSUB");
         assert!(last.resume);
         assert_eq!(last.ended, [Bytes::from_static(b"5")]);
+
+        // Released already, not yet shown again: it waits for the UNSUB too.
+        let mut s = shared();
+        s.forwarded();
+        assert!(s.defer_until_upstream());
+        assert!(s.pong_received().is_some_and(|b| b.resume));
+        s.resume_deferred = true;
+        s.unsubscribed_upstream(vec![Bytes::from_static(b"5")], false);
+        assert!(!s.resume_deferred);
+        assert!(s.barriers.back().is_some_and(|b| b.resume));
     }
 
     /// Before any op has gone upstream, nothing is owed: an answer (and a close) goes out

@@ -95,7 +95,9 @@ fn spoofed_headers_are_stripped_in_any_casing() {
     assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
     let h = headers_of(&op);
     assert!(!h.contains("mallory") && !h.contains("Other"), "{h}");
-    assert!(h.starts_with("NATS/1.0\r\nKeep: me\r\nX: y\r\n"), "{h}");
+    // The edge's tags first, then the client's own lines in their order.
+    assert!(h.starts_with("NATS/1.0\r\nNats-Edge-"), "{h}");
+    assert!(h.ends_with("\r\nKeep: me\r\nX: y\r\n\r\n"), "{h}");
     assert!(h.contains("Nats-Edge-Conn-Id: 42\r\n"), "{h}");
     assert!(
         !h.contains("Nats-Edge-User"),
