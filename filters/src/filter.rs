@@ -117,9 +117,9 @@ pub struct SessionCtx {
     /// a deferred op is shown again. Kept by the session that runs the chain.
     pub client_op: u64,
     /// The newest client op (by [`SessionCtx::client_op`]) the upstream is known to have
-    /// answered: a PONG to a PING sent after it (the client's, or the edge's own) has come
-    /// back, so the upstream's answers to it, and the deliveries it sent before them, have
-    /// all been seen.
+    /// answered, or that never went upstream (settled at the edge): a PONG to a PING sent
+    /// after it (the client's, or the edge's own) has come back, so the upstream's answers
+    /// to it, and the deliveries it sent before them, have all been seen.
     pub answered_op: u64,
     /// Who the connection is, once the filter that authenticates the CONNECT has said so.
     pub identity: Option<Identity>,

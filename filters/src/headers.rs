@@ -202,9 +202,10 @@ impl HeaderWriter {
         self.buf.put_slice(b"\r\n");
     }
 
-    /// Before the edge's own lines (tags): a kept line that ended in a bare `\n` ends in
-    /// `\r\n`, or a parser that ends lines only there would read the edge's line as part
-    /// of the kept one's value (a tag hidden from nats.js).
+    /// Before lines of the edge's own that follow kept ones: a kept line that ended in a
+    /// bare `\n` ends in `\r\n`, or a parser that ends lines only there would read the
+    /// edge's line as part of the kept one's value. (The tagging filter writes its lines
+    /// right after the first line, where this changes nothing.)
     fn end_kept_line(&mut self) {
         if self.buf.ends_with(b"\n") && !self.buf.ends_with(b"\r\n") {
             self.buf.truncate(self.buf.len() - 1);

@@ -180,6 +180,14 @@ impl TagConfig {
             if value.contains(['\r', '\n']) {
                 return Err((key, "a header value cannot hold a line end".into()));
             }
+            if is_blank(value) {
+                return Err((
+                    key,
+                    "a header value cannot be blank: some readers (nats.c) take the next \
+                     header line for a blank value"
+                        .into(),
+                ));
+            }
             reserved.push(name.as_bytes().to_vec());
         }
         if !file.reserved_prefix.is_empty() {
@@ -217,13 +225,18 @@ impl TagConfig {
         headers::is_reserved(name, &self.reserved, self.file.reserved_prefix.as_bytes())
     }
 
-    /// The tags for a session, as header name and value, in order.
+    /// The tags for a session, as header name and value, in order. A blank value (a
+    /// certificate with an empty subject, a user named with spaces) is left out, as an
+    /// unknown one is: some readers (nats.c) take the line after a blank value for it, and
+    /// after the tags come the client's own lines.
     pub fn tags(&self, conn: &ConnFacts, user: Option<&str>) -> Vec<(String, String)> {
         let h = &self.file.headers;
         let mut out = Vec::new();
         let mut add = |name: &str, value: Option<String>| {
             if let (false, Some(v)) = (name.is_empty(), value) {
-                out.push((name.to_string(), v));
+                if !is_blank(&v) {
+                    out.push((name.to_string(), v));
+                }
             }
         };
         add(&h.user, user.map(str::to_string));
@@ -828,6 +841,13 @@ fn folds_to(a: &str, b: &str) -> bool {
             let ((xl, xu), (yl, yu)) = (fold(x), fold(y));
             xl == yl || xu == yu
         })
+}
+
+/// A header value with nothing but white space and control bytes in it (or nothing).
+fn is_blank(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b.is_ascii_whitespace() || b.is_ascii_control())
 }
 
 #[cfg(test)]

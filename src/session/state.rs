@@ -82,7 +82,8 @@ pub struct Shared {
     forwarded_any: bool,
     /// Bytes for the client that need no barrier, written at the next frame boundary.
     pub to_client: VecDeque<Bytes>,
-    /// Set when the barrier a deferred client op waits for has been released.
+    /// Set when the barrier a deferred client op waits for has been released (and taken
+    /// back into a later barrier when the edge sends UNSUBs before the op is shown again).
     pub resume_deferred: bool,
     /// Set when the session is ending for this reason; forwarders stop reading.
     pub closing: Option<CloseReason>,

@@ -488,6 +488,46 @@ fn the_announced_max_payload_keeps_room_for_the_tags() {
     assert_eq!(announce(&mut plain, &ctx), 4096);
 }
 
+/// A tag with a blank value is not written (a certificate with an empty subject), and a
+/// blank static value is refused at load: some readers (nats.c) take the line after a blank
+/// value for it, and after the tags come the client's own lines.
+#[test]
+fn no_tag_line_is_blank() {
+    let load = |toml: &str| {
+        let file: TagFile = toml::from_str(toml).unwrap();
+        TagConfig::new(file).map(|_| ()).map_err(|(key, _)| key)
+    };
+    // As TOML writes them: empty, a space, a tab and a vertical tab.
+    for value in [r#""""#, r#"" ""#, r#""\t\u000b""#] {
+        assert_eq!(
+            load(&format!("[static]\nTeam = {value}")),
+            Err("static.Team".to_string()),
+            "{value}"
+        );
+    }
+    let mut facts = conn();
+    facts.tls_peer = Some(TlsPeer {
+        subject: String::new(),
+        sans: vec!["URI:spiffe://example.com/alice".into()],
+    });
+    let tags = config("default").tags(&facts, Some(" "));
+    assert!(
+        tags.iter().all(|(name, value)| !value.trim().is_empty()
+            && name != "Nats-Edge-Tls-Subject"
+            && name != "Nats-Edge-User"),
+        "{tags:?}"
+    );
+    assert!(tags.iter().any(|(name, _)| name == "Nats-Edge-Conn-Id"));
+
+    // A client's blank value comes after every tag, so it can take no tag for its value.
+    let (mut f, mut ctx) = session("default", None);
+    let mut op = publish("orders.new", Some(b"NATS/1.0\r\nX:\x0c\r\n\r\n"), b"p");
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+    let h = headers_of(&op);
+    assert!(h.starts_with("NATS/1.0\r\nNats-Edge-"), "{h}");
+    assert!(h.ends_with("\r\nX:\u{c}\r\n\r\n"), "{h}");
+}
+
 /// A configuration that would take headers NATS reads itself, or give two tags one name, is
 /// refused when it loads, naming the key.
 #[test]
