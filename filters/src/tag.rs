@@ -180,11 +180,11 @@ impl TagConfig {
             if value.contains(['\r', '\n']) {
                 return Err((key, "a header value cannot hold a line end".into()));
             }
-            if is_blank(value) {
+            if is_unfit_value(value) {
                 return Err((
                     key,
-                    "a header value cannot be blank: some readers (nats.c) take the next \
-                     header line for a blank value"
+                    "a header value cannot be blank, start or end with white space, or hold \
+                     a control byte: client libraries would not all read it alike"
                         .into(),
                 ));
             }
@@ -225,16 +225,16 @@ impl TagConfig {
         headers::is_reserved(name, &self.reserved, self.file.reserved_prefix.as_bytes())
     }
 
-    /// The tags for a session, as header name and value, in order. A blank value (a
-    /// certificate with an empty subject, a user named with spaces) is left out, as an
-    /// unknown one is: some readers (nats.c) take the line after a blank value for it, and
-    /// after the tags come the client's own lines.
+    /// The tags for a session, as header name and value, in order. A value client libraries
+    /// would not all read alike (blank, as a certificate's empty subject; with white space
+    /// at an end or a control byte: see [`is_unfit_value`]) is left out, as an unknown one
+    /// is: a consumer then sees no tag, never another value than the edge meant.
     pub fn tags(&self, conn: &ConnFacts, user: Option<&str>) -> Vec<(String, String)> {
         let h = &self.file.headers;
         let mut out = Vec::new();
         let mut add = |name: &str, value: Option<String>| {
             if let (false, Some(v)) = (name.is_empty(), value) {
-                if !is_blank(&v) {
+                if !is_unfit_value(&v) {
                     out.push((name.to_string(), v));
                 }
             }
@@ -323,6 +323,13 @@ fn check_tag_name(name: &str, earlier: &[Vec<u8>]) -> Result<(), String> {
         return Err(format!(
             "`{name}` is in NATS's own header namespace: use a name under `{NATS_EDGE_PREFIX}` \
              or outside `Nats-`"
+        ));
+    }
+    // nats.c sets these two from a block's first line (a status and its description),
+    // over a header of that name.
+    if lower == "status" || lower == "description" {
+        return Err(format!(
+            "`{name}` is a name some client libraries give the status line: name the tag otherwise"
         ));
     }
     if earlier
@@ -843,11 +850,15 @@ fn folds_to(a: &str, b: &str) -> bool {
         })
 }
 
-/// A header value with nothing but white space and control bytes in it (or nothing).
-fn is_blank(value: &str) -> bool {
-    value
-        .bytes()
-        .all(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+/// A value no header tag may carry, since readers would not all read it alike: blank
+/// (nothing but white space; some readers take the next line for such a value), with white
+/// space at either end (most readers trim it, some do not, some trim Unicode white space
+/// too), or with a control byte (a NUL ends the value for C readers).
+fn is_unfit_value(value: &str) -> bool {
+    let spaced = |c: char| c.is_whitespace() || c == '\u{feff}';
+    value.trim_matches(spaced).len() != value.len()
+        || value.is_empty()
+        || value.chars().any(char::is_control)
 }
 
 #[cfg(test)]

@@ -497,8 +497,16 @@ fn no_tag_line_is_blank() {
         let file: TagFile = toml::from_str(toml).unwrap();
         TagConfig::new(file).map(|_| ()).map_err(|(key, _)| key)
     };
-    // As TOML writes them: empty, a space, a tab and a vertical tab.
-    for value in [r#""""#, r#"" ""#, r#""\t\u000b""#] {
+    // As TOML writes them: empty, a space, a tab and a vertical tab, white space at an end
+    // (Unicode's too), a NUL inside.
+    for value in [
+        r#""""#,
+        r#"" ""#,
+        r#""\t\u000b""#,
+        r#""eu-west-1 ""#,
+        r#""\u00a0eu""#,
+        r#""eu\u0000x""#,
+    ] {
         assert_eq!(
             load(&format!("[static]\nTeam = {value}")),
             Err("static.Team".to_string()),
@@ -510,7 +518,7 @@ fn no_tag_line_is_blank() {
         subject: String::new(),
         sans: vec!["URI:spiffe://example.com/alice".into()],
     });
-    let tags = config("default").tags(&facts, Some(" "));
+    let tags = config("default").tags(&facts, Some("alice\t"));
     assert!(
         tags.iter().all(|(name, value)| !value.trim().is_empty()
             && name != "Nats-Edge-Tls-Subject"
@@ -561,6 +569,15 @@ fn tags_stay_out_of_natss_own_headers() {
     assert_eq!(
         load("[headers]\nuser = \"X-User\"\n[static]\n\"x-user\" = \"a\""),
         Err("static.x-user".to_string())
+    );
+    // Names nats.c gives a block's status line.
+    assert_eq!(
+        load("[static]\nSTATUS = \"a\""),
+        Err("static.STATUS".to_string())
+    );
+    assert_eq!(
+        load("[headers]\nuser = \"Description\""),
+        Err("headers.user".to_string())
     );
     assert_eq!(
         load("[headers]\nuser = \"X-User\"\nconn_id = \"X-USER\""),
