@@ -147,8 +147,9 @@ impl TagConfig {
         })
     }
 
-    /// Checks names and values: header names are visible ASCII without `:`, values hold no
-    /// line ends.
+    /// Checks names and values: header names are visible ASCII without `:` (and not a
+    /// status line's `Status` or `Description`), static values are fit for every reader
+    /// ([`is_unfit_value`]).
     pub fn new(file: TagFile) -> Result<TagConfig, (String, String)> {
         let h = &file.headers;
         let mut reserved = Vec::new();

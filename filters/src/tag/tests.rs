@@ -488,9 +488,9 @@ fn the_announced_max_payload_keeps_room_for_the_tags() {
     assert_eq!(announce(&mut plain, &ctx), 4096);
 }
 
-/// A tag with a blank value is not written (a certificate with an empty subject), and a
-/// blank static value is refused at load: some readers (nats.c) take the line after a blank
-/// value for it, and after the tags come the client's own lines.
+/// A header tag whose value readers would not all read alike (blank, as a certificate's
+/// empty subject; white space at an end; a control byte) is not written, and such a static
+/// value is refused at load; values as they come are kept.
 #[test]
 fn no_tag_line_is_blank() {
     let load = |toml: &str| {
@@ -505,6 +505,7 @@ fn no_tag_line_is_blank() {
         r#""\t\u000b""#,
         r#""eu-west-1 ""#,
         r#""\u00a0eu""#,
+        r#""\ufeffeu""#,
         r#""eu\u0000x""#,
     ] {
         assert_eq!(
@@ -526,6 +527,28 @@ fn no_tag_line_is_blank() {
         "{tags:?}"
     );
     assert!(tags.iter().any(|(name, _)| name == "Nats-Edge-Conn-Id"));
+    assert!(config("default")
+        .tags(&facts, Some("alice "))
+        .iter()
+        .all(|(name, _)| name != "Nats-Edge-User"));
+    // Values as they come are kept: an IPv6 address, a name and a subject with spaces
+    // inside.
+    facts.client_addr = "[2001:db8::1]:4222".parse().unwrap();
+    facts.tls_peer = Some(TlsPeer {
+        subject: "CN=alice,O=Acme Inc.".into(),
+        sans: vec![],
+    });
+    let tags = config("default").tags(&facts, Some("alice smith"));
+    for (name, value) in [
+        ("Nats-Edge-User", "alice smith"),
+        ("Nats-Edge-Client-Addr", "[2001:db8::1]:4222"),
+        ("Nats-Edge-Tls-Subject", "CN=alice,O=Acme Inc."),
+    ] {
+        assert!(
+            tags.iter().any(|(n, v)| n == name && v == value),
+            "{name}: {tags:?}"
+        );
+    }
 
     // A client's blank value comes after every tag, so it can take no tag for its value.
     let (mut f, mut ctx) = session("default", None);
