@@ -210,12 +210,7 @@ fn edge_with_rules(
 }
 
 fn hup(edge: &EdgeProcess) {
-    let status = std::process::Command::new("kill")
-        .arg("-HUP")
-        .arg(edge.pid().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_signal(edge.pid(), "HUP");
 }
 
 async fn connect_as(edge: &EdgeProcess, user: &str) -> RawConn {

@@ -483,12 +483,7 @@ async fn sighup_keeps_the_edge_and_its_sessions_running() {
             .closed
     );
     let from = edge.log().len();
-    let status = std::process::Command::new("kill")
-        .arg("-HUP")
-        .arg(edge.pid().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_signal(edge.pid(), "HUP");
     edge.wait_log(from, "configuration reloaded");
     // The session answers after the reload, and so does a new one.
     assert!(raw.is_open().await, "session closed by SIGHUP");

@@ -145,18 +145,19 @@ async fn nats_ws_in_headless_chromium() {
         .stderr(Stdio::piped());
     let child = cmd.spawn().expect("run node");
     let pid = child.id();
-    let output = match tokio::time::timeout(
-        std::time::Duration::from_secs(90),
-        tokio::task::spawn_blocking(move || child.wait_with_output()),
-    )
-    .await
-    {
+    let mut run = tokio::task::spawn_blocking(move || child.wait_with_output());
+    let output = match tokio::time::timeout(std::time::Duration::from_secs(90), &mut run).await {
         Ok(out) => out.unwrap().unwrap(),
         Err(_) => {
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(pid.to_string())
-                .status();
+            // On SIGTERM playwright closes the browser it started (a process group of its
+            // own, which a SIGKILL to node would leave behind), then node exits.
+            signal_if_running(pid, libc::SIGTERM);
+            if tokio::time::timeout(std::time::Duration::from_secs(5), &mut run)
+                .await
+                .is_err()
+            {
+                signal_if_running(pid, libc::SIGKILL);
+            }
             panic!("the browser run did not finish within 90s");
         }
     };

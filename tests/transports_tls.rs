@@ -700,12 +700,7 @@ async fn certificates_reload_on_sighup_and_live_connections_stay() {
 }
 
 fn server_signal(edge: &EdgeProcess, name: &str) {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(edge.pid().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_signal(edge.pid(), name);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

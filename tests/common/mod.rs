@@ -374,12 +374,7 @@ impl NatsServer {
 
     /// Sends a signal by name (`USR2`, `HUP`, ...) to the running server.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed");
+        send_signal(self.pid(), name);
     }
 
     /// The log of the running (or last) process.
@@ -593,12 +588,7 @@ impl EdgeProcess {
 
     /// Sends SIGTERM and waits (bounded) for the process to exit.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
+        send_signal(self.pid(), "TERM");
         self.wait_exit().await
     }
 
@@ -610,10 +600,7 @@ impl EdgeProcess {
         match tokio::time::timeout(WAIT, waiter).await {
             Ok(status) => status.expect("waiter").expect("wait for nats-edge"),
             Err(_) => {
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(pid.to_string())
-                    .status();
+                signal_if_running(pid, libc::SIGKILL);
                 panic!(
                     "nats-edge did not exit within {WAIT:?}:\n{}",
                     self.log.dump()
@@ -1023,14 +1010,38 @@ pub fn sample(exposition: &str, name: &str) -> f64 {
     metric(exposition, name).unwrap_or_else(|| panic!("no sample {name}:\n{exposition}"))
 }
 
-/// Sends a signal by name (`TERM`, `HUP`, ...) to a process.
+/// Sends a signal by name (`TERM`, `HUP`, ...) to a process, with kill(2) itself: a
+/// minimal system may have no `kill` program.
 pub fn send_signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{name} {pid} failed");
+    let signal = match name {
+        "TERM" => libc::SIGTERM,
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "KILL" => libc::SIGKILL,
+        "QUIT" => libc::SIGQUIT,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        other => panic!("no signal named {other}"),
+    };
+    let target = libc::pid_t::try_from(pid).expect("a process id");
+    // SAFETY: kill(2) takes plain integers; the process is one the test started.
+    let rc = unsafe { libc::kill(target, signal) };
+    assert_eq!(
+        rc,
+        0,
+        "kill -{name} {pid}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Sends `signal` to a process that may be gone already (a cleanup before a test fails).
+pub fn signal_if_running(pid: u32, signal: libc::c_int) {
+    if let Ok(target) = libc::pid_t::try_from(pid) {
+        // SAFETY: as in `send_signal`; a process already gone makes it fail, harmlessly.
+        let _ = unsafe { libc::kill(target, signal) };
+    }
 }
 
 impl EdgeProcess {
