@@ -1096,7 +1096,7 @@ pub fn mistyped_env_vars(seed_env: Option<&str>) -> Vec<(String, String)> {
         .into_iter()
         .filter_map(|var| {
             let rest = var.strip_prefix(ENV_PREFIX)?;
-            if has_empty_segment(rest) {
+            if has_empty_segment(&env_key(rest)) {
                 return Some((
                     var.clone(),
                     format!("{ENV_PREFIX}{}", two_underscores(rest)),
@@ -1131,21 +1131,26 @@ pub fn ignored_env_vars(seed_env: Option<&str>) -> Vec<String> {
         .filter_map(|(k, _)| k.into_string().ok())
         .filter_map(|k| {
             let rest = k.strip_prefix(ENV_PREFIX)?;
-            let key = rest.to_ascii_lowercase().replace("__", ".");
+            let key = env_key(rest);
             let ignored = rest != "CONFIG"
                 && Some(k.as_str()) != seed_env
-                && (!is_config_env_key(&key) || has_empty_segment(rest));
+                && (!is_config_env_key(&key) || has_empty_segment(&key));
             ignored.then_some(k)
         })
         .collect()
 }
 
-/// A configuration section's variable whose key has an empty segment (four underscores in
-/// a row, or two at either end; three leave a segment that starts with one, which is an
+/// Whether a variable's key ([`env_key`]) is in a configuration section and has an empty
+/// segment (four underscores in a row, or two at either end; three leave a segment that starts with one, which is an
 /// unknown key, refused at load): the environment provider skips it whole.
-fn has_empty_segment(rest: &str) -> bool {
-    let key = rest.to_ascii_lowercase().replace("__", ".");
-    is_config_env_key(&key) && key.split('.').any(str::is_empty)
+fn has_empty_segment(key: &str) -> bool {
+    is_config_env_key(key) && key.split('.').any(str::is_empty)
+}
+
+/// The configuration key a `NATS_EDGE_` variable's name (without the prefix) stands for, as
+/// the environment provider maps it: lower case, `__` for a dot.
+fn env_key(rest: &str) -> String {
+    rest.to_ascii_lowercase().replace("__", ".")
 }
 
 /// `rest` with every run of underscores longer than one written as two, and none at either

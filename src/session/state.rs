@@ -305,9 +305,15 @@ impl Shared {
     /// filters have settled went before it, so its PONG may be the checkpoint that tells
     /// them so (see [`Shared::client_ping_forwarded`]).
     fn barrier_ping_sent(&mut self) -> u64 {
+        self.ping_sent(self.settled_op)
+    }
+
+    /// A PING goes upstream after every client op up to `answered_by_it`; returns its
+    /// number. The first since the last checkpoint was answered is the next checkpoint.
+    fn ping_sent(&mut self, answered_by_it: u64) -> u64 {
         self.pings_sent += 1;
         if self.ping_checkpoint.is_none() {
-            self.ping_checkpoint = Some((self.pings_sent, self.settled_op));
+            self.ping_checkpoint = Some((self.pings_sent, answered_by_it));
         }
         self.pings_sent
     }
@@ -333,11 +339,8 @@ impl Shared {
     /// answered is the checkpoint whose PONG tells the filters how far the upstream has
     /// caught up ([`nats_edge_filters::SessionCtx::answered_op`]).
     pub fn client_ping_forwarded(&mut self) {
-        self.pings_sent += 1;
         self.early_pings += u64::from(self.connects_upstream == 0);
-        if self.ping_checkpoint.is_none() {
-            self.ping_checkpoint = Some((self.pings_sent, self.ctx.client_op));
-        }
+        self.ping_sent(self.ctx.client_op);
     }
 
     /// Called for every PONG from the upstream: returns the barrier it releases, if it is one
