@@ -23,7 +23,7 @@ use crate::config::ListenerKind;
 use crate::metrics::{ListenerMetrics, Refusal};
 use crate::proto::encode_server_op;
 use crate::session::{self, info::encode_info_before_error, SessionEnv};
-use crate::transport::{self, Accepted, HandshakeError, ListenerTransport, StageCell};
+use crate::transport::{self, Accepted, ListenerTransport, StageCell};
 
 /// What a listener serves new connections with; swapped whole by a reload.
 pub struct ListenerRuntime {
@@ -322,7 +322,7 @@ async fn accept(
     )
     .instrument(span.clone());
     let result = tokio::select! {
-        result = handshake => result.unwrap_or_else(|_| Err(HandshakeError::Timeout(stage.get()))),
+        result = handshake => result.unwrap_or_else(|_| Err(stage.timed_out())),
         _ = crate::edge::until_stopped(&mut shutdown) => return None,
     };
     match result {

@@ -244,6 +244,14 @@ pub enum DialError {
         when: &'static str,
         fixed_in: &'static str,
     },
+    /// A PROXY header went out, and the INFO carries `client_ip`, which nats-server leaves
+    /// out of its first INFO when `proxy_protocol` is on: this server reads the header as
+    /// NATS and closes the connection at its first bytes.
+    #[error(
+        "does not read PROXY protocol headers (its INFO has client_ip): set proxy_protocol: true \
+         in its configuration (nats-server 2.12.2 or later), or turn upstream.proxy_protocol off"
+    )]
+    ProxyHeaderIgnored,
     #[error("closed before sending INFO")]
     ClosedBeforeInfo,
     #[error("read: {0}")]
@@ -279,6 +287,7 @@ impl DialError {
             | DialError::TlsUnavailable
             | DialError::Tls(_)
             | DialError::ProxyHeaderBeforeTls { .. } => "TLS failed",
+            DialError::ProxyHeaderIgnored => "PROXY protocol not enabled",
             DialError::LameDuck => "lame duck mode",
             DialError::Full => "maximum connections exceeded",
         }
@@ -827,6 +836,7 @@ async fn dial_on(
     }
     let Some(tls) = upstream.tls_for(url) else {
         let (info, leftover) = read_info(&mut tcp).await?;
+        check_reads_proxy_header(upstream, &info)?;
         if info.tls_required == Some(true) {
             return Err(DialError::TlsRequired);
         }
@@ -846,6 +856,7 @@ async fn dial_on(
     let (info, leftover) = read_info(&mut tcp).await?;
     // The INFO came: a timeout from here on is not a fallback-mode server's.
     header_sent.store(false, Ordering::Relaxed);
+    check_reads_proxy_header(upstream, &info)?;
     if info.tls_required != Some(true) && info.tls_available != Some(true) {
         return Err(DialError::TlsUnavailable);
     }
@@ -872,6 +883,18 @@ async fn dial_on(
         .await
         .map_err(DialError::Tls)?;
     Ok((UpstreamStream::Tls(Box::new(stream)), info, leftover))
+}
+
+/// With `upstream.proxy_protocol` on, a plain INFO (sent before any TLS) with `client_ip`
+/// comes from a server that does not read the header: nats-server leaves `client_ip` out
+/// of it when `proxy_protocol` is on, as it would name the edge, and always puts it in
+/// otherwise (every release since 2.2). Such a server answers the header with `-ERR` and
+/// closes, so every client would fail while the dial looked fine.
+fn check_reads_proxy_header(upstream: &Upstream, info: &Info) -> Result<(), DialError> {
+    if upstream.proxy_protocol.is_some() && info.client_ip.is_some() {
+        return Err(DialError::ProxyHeaderIgnored);
+    }
+    Ok(())
 }
 
 /// Reads the server's first op, which must be INFO, from a server that will serve a client:

@@ -562,6 +562,52 @@ async fn refused_websocket_upgrades() {
     s.assert_clean().await;
 }
 
+/// A refused upgrade whose client keeps its end open after the answer: the edge waits a
+/// little for it to close (so the answer is not lost to a reset), and when the handshake
+/// timeout ends that wait, the failure is still the refusal, with its reason, not a timeout.
+/// The timeout here (300 ms) is shorter than that wait, so every such refusal meets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_the_client_does_not_close_is_logged_as_the_refusal() {
+    let _ = captured();
+    let server = NatsServer::start();
+    let edge = start_edge_toml(&format!(
+        "[[listeners]]\nname = \"wslinger-ws\"\nbind = \"127.0.0.1:0\"\nkind = \"ws\"\n\
+         handshake_timeout = \"300ms\"\n\
+         ws = {{ allowed_origins = [\"https://app.example.com\"] }}\n\
+         [upstream]\nurls = [{:?}]\n",
+        server.url()
+    ))
+    .await;
+    let addr = edge.addr("wslinger-ws").unwrap();
+    let mut raw = Raw::new(tcp(addr).await);
+    raw.send(
+        format!(
+            "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Origin: https://evil.example.com\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(raw.read_until(b"\r\n\r\nForbidden\n").await);
+    let line = failure_line("wslinger-ws", "websocket");
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap()
+            .contains("origin https://evil.example.com is not allowed"),
+        "{line}"
+    );
+    wait_failures(&edge, ListenerKind::Ws, HandshakeFailure::WebSocket, 1);
+    assert_eq!(
+        failures(&edge, ListenerKind::Ws, HandshakeFailure::Timeout),
+        0
+    );
+    // The edge closed its end when the timeout came, though the client never closed its own.
+    assert!(raw.read_to_close().await.ends_with(b"Forbidden\n"));
+    within("the edge to shut down", edge.shutdown()).await;
+}
+
 /// After a good upgrade, a client that breaks WebSocket framing (here an unmasked frame) gets
 /// a close frame with status 1002 and nats-server's text, a warn line naming the rule, and
 /// the session ends counted as a protocol violation.

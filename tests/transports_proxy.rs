@@ -229,3 +229,34 @@ async fn the_upstream_sees_a_direct_client_and_async_nats_works() {
     client.publish("pp", "x".into()).await.unwrap();
     next_msg(&mut sub).await;
 }
+
+/// A nats-server without `proxy_protocol: true` reads the header as NATS and closes the
+/// connection: with authorization on, as `Authorization Violation`, which nats.go takes for
+/// final after two in a row. Its INFO carries `client_ip`, which a server reading headers
+/// leaves out, so the edge fails the dial with the reason, and its readiness with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_does_not_read_proxy_headers_is_unavailable() {
+    let server = NatsServer::start_with_config("authorization { user: a, password: b }\n");
+    for version in ["v1", "v2"] {
+        let edge = start_edge_toml(&edge_toml(
+            &[format!("nats://a:b@{}", server.addr())],
+            "",
+            &format!(
+                "proxy_protocol = {version:?}\n\
+                 [admin]\nlisten = \"127.0.0.1:0\"\nupstream_check_interval = \"100ms\"\n"
+            ),
+        ))
+        .await;
+        let error = error_after_info(edge_addr(&edge)).await;
+        assert_eq!(
+            error, "-ERR 'Upstream Unavailable: PROXY protocol not enabled'\r\n",
+            "{version}"
+        );
+        let admin = edge.admin_addr().expect("admin server");
+        let body = poll_http(admin, "/readyz", |status, body| {
+            (status == 503).then(|| body.to_string())
+        })
+        .await;
+        assert_eq!(body, "not ready: no upstream reachable\n", "{version}");
+    }
+}

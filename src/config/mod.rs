@@ -893,6 +893,31 @@ impl Config {
                 ));
             }
         }
+        // The TLS server name of a URL's dial is its host unless `server_name` overrides it;
+        // an address with a zone (`fe80::1%2`) is none, and would fail every dial instead.
+        if self
+            .upstream
+            .tls
+            .as_ref()
+            .is_none_or(|t| t.server_name.is_none())
+        {
+            for (u, url) in self.upstream.urls.0.iter().enumerate() {
+                let Ok(parsed) = UpstreamUrl::parse(url) else {
+                    continue;
+                };
+                let uses_tls = parsed.tls || self.upstream.tls.is_some();
+                if uses_tls && rustls::pki_types::ServerName::try_from(parsed.host.clone()).is_err()
+                {
+                    return Err((
+                        format!("upstream.urls.{u}"),
+                        format!(
+                            "`{}` cannot name the server in a TLS handshake: set upstream.tls.server_name",
+                            parsed.host
+                        ),
+                    ));
+                }
+            }
+        }
         if self.upstream.connect_timeout.0.is_zero() {
             return Err((
                 "upstream.connect_timeout".into(),
@@ -1586,6 +1611,31 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("handshake_timeout"), "{err}");
+    }
+
+    /// A zoned IPv6 address cannot be a TLS server name: refused at load, where it names
+    /// the URL, unless `server_name` gives the name to check.
+    #[test]
+    fn a_tls_url_needs_a_host_that_can_name_the_server() {
+        let load = |urls: &str, tls: &str| {
+            Config::from_toml_str(&format!("[upstream]\nurls = [{urls}]\n{tls}"))
+                .map_err(|e| e.to_string())
+        };
+        let err = load(r#""nats://a:1", "tls://[fe80::1%2]:4222""#, "").unwrap_err();
+        assert!(err.starts_with("upstream.urls.1:"), "{err}");
+        assert!(err.contains("set upstream.tls.server_name"), "{err}");
+        let err = load(r#""nats://[fe80::1%2]:4222""#, "[upstream.tls]\n").unwrap_err();
+        assert!(err.starts_with("upstream.urls.0:"), "{err}");
+        load(
+            r#""tls://[fe80::1%2]:4222""#,
+            "[upstream.tls]\nserver_name = \"nats.internal\"\n",
+        )
+        .unwrap();
+        load(
+            r#""nats://[fe80::1%2]:4222", "tls://[::1]:4222", "tls://nats_1:4222""#,
+            "",
+        )
+        .unwrap();
     }
 
     #[test]

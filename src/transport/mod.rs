@@ -384,15 +384,37 @@ impl Stage {
 
 /// Where a handshake is; shared with whoever bounds it with a timeout.
 #[derive(Debug, Default)]
-pub struct StageCell(AtomicU8);
+pub struct StageCell {
+    stage: AtomicU8,
+    /// A WebSocket refusal already answered while the edge waits for the client to close
+    /// (see [`linger`]): a timeout during that wait is still this refusal, for the log line
+    /// and the counter.
+    answered: std::sync::Mutex<Option<ws::Reject>>,
+}
 
 impl StageCell {
     fn set(&self, stage: Stage) {
-        self.0.store(stage as u8, Ordering::Relaxed);
+        self.stage.store(stage as u8, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> Stage {
-        Stage::from_u8(self.0.load(Ordering::Relaxed))
+        Stage::from_u8(self.stage.load(Ordering::Relaxed))
+    }
+
+    /// Records a refusal whose answer has gone out.
+    fn answered(&self, reject: ws::Reject) {
+        if let Ok(mut answered) = self.answered.lock() {
+            *answered = Some(reject);
+        }
+    }
+
+    /// Why a handshake stopped by its timeout failed: the refusal it had already answered,
+    /// or else the stage it was in.
+    pub fn timed_out(&self) -> HandshakeError {
+        match self.answered.lock().ok().and_then(|mut a| a.take()) {
+            Some(reject) => HandshakeError::WebSocket(reject),
+            None => HandshakeError::Timeout(self.get()),
+        }
     }
 }
 
@@ -476,7 +498,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     stage.set(Stage::WebSocket);
-    let upgraded = ws::accept(stream, settings, *client_addr)
+    let upgraded = ws::accept(stream, settings, *client_addr, stage)
         .await
         .map_err(HandshakeError::WebSocket)?;
     let ws::Upgraded::WebSocket {

@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::settings::{split_authority, Origin};
 use super::{cookies, deflate, CookieCredentials, WsSettings, WsStream};
+use crate::transport::StageCell;
 
 /// The longest request head accepted before the upgrade: room for a browser's cookies
 /// (a user JWT beside the application's own), four times what most proxies allow a line.
@@ -120,6 +121,7 @@ pub async fn accept<S>(
     mut stream: S,
     settings: &WsSettings,
     client_addr: SocketAddr,
+    stage: &StageCell,
 ) -> Result<Upgraded<S>, Reject>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -134,7 +136,12 @@ where
         }
         scanned = buf.len();
         if buf.len() >= MAX_REQUEST_HEAD {
-            return Err(respond(&mut stream, Reject::http(431, "request head over 32 KiB")).await);
+            return Err(respond(
+                &mut stream,
+                Reject::http(431, "request head over 32 KiB"),
+                stage,
+            )
+            .await);
         }
         let n = match stream.read_buf(&mut buf).await {
             Ok(n) => n,
@@ -189,18 +196,23 @@ where
             }
         }
         Ok(httparse::Status::Partial) => {
-            return Err(respond(&mut stream, Reject::http(400, "incomplete request")).await)
+            return Err(respond(&mut stream, Reject::http(400, "incomplete request"), stage).await)
         }
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(respond(&mut stream, Reject::http(431, "too many headers")).await)
+            return Err(respond(&mut stream, Reject::http(431, "too many headers"), stage).await)
         }
         Err(e) => {
-            return Err(respond(&mut stream, Reject::http(400, format!("not HTTP/1.1: {e}"))).await)
+            return Err(respond(
+                &mut stream,
+                Reject::http(400, format!("not HTTP/1.1: {e}")),
+                stage,
+            )
+            .await)
         }
     };
 
     match check(&head, settings) {
-        Err(reject) => Err(respond(&mut stream, reject).await),
+        Err(reject) => Err(respond(&mut stream, reject, stage).await),
         Ok(None) => {
             write_response(&mut stream, 200, "", "ok\n", head.method == "HEAD").await?;
             // The answer is out: a checker that left before the TLS close_notify (or the
@@ -391,8 +403,17 @@ fn forwarded_for(head: &Head<'_>, settings: &WsSettings, peer: SocketAddr) -> So
 /// Writes the answer to a refused request (bounded by the caller's handshake timeout) and
 /// hands the refusal back. The connection is closed by the caller once it has recorded the
 /// refusal, so the client never sees the close before the edge has counted it.
-async fn respond<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, reject: Reject) -> Reject {
-    if let Reject::Http { status, .. } = &reject {
+async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    reject: Reject,
+    stage: &StageCell,
+) -> Reject {
+    if let Reject::Http {
+        status,
+        reason,
+        detail,
+    } = &reject
+    {
         // As nats-server answers: the status text alone (the detail, which can name the
         // configured path or origins, goes to the log), and the version it speaks.
         let body = format!("{}\n", reason_phrase(*status));
@@ -402,6 +423,13 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, reject: Reje
             .is_ok()
             && stream.shutdown().await.is_ok()
         {
+            // A client that keeps its end open past the handshake timeout must not turn
+            // the refusal into a timeout in the log.
+            stage.answered(Reject::Http {
+                status: *status,
+                reason,
+                detail: detail.clone(),
+            });
             // What the client sent past what was read (the rest of a head over the limit)
             // would otherwise turn the close into a reset, and the refusal with it.
             crate::transport::linger(stream).await;
