@@ -232,6 +232,13 @@ pub enum DialError {
          takes the PROXY header for a TLS handshake and sends no INFO: set upstream.tls.handshake_first = true"
     )]
     TimeoutAfterProxyHeader(Duration),
+    /// The same server, closing the connection first: it gives up on the handshake it took
+    /// the header for after its own TLS timeout (2 s unless `tls { timeout }` says otherwise).
+    #[error(
+        "closed before sending INFO; a nats-server in TLS-first fallback mode (tls {{ handshake_first: <delay> }}) \
+         takes the PROXY header for a TLS handshake and sends no INFO: set upstream.tls.handshake_first = true"
+    )]
+    ClosedAfterProxyHeader,
     /// Its INFO and version say it misreads a PROXY header ahead of TLS
     /// ([`ServerVersion::misreads_proxy_header_before_tls`]): the TLS handshake would fail
     /// on the header's bytes, or the ClientHello go to its NATS parser.
@@ -281,7 +288,9 @@ impl DialError {
             }
             DialError::Connect(_) => "connect failed",
             DialError::Timeout(_) | DialError::TimeoutAfterProxyHeader(_) => "timed out",
-            DialError::ClosedBeforeInfo | DialError::Read(_) => "connection closed",
+            DialError::ClosedBeforeInfo
+            | DialError::ClosedAfterProxyHeader
+            | DialError::Read(_) => "connection closed",
             DialError::BadInfo => "invalid INFO",
             DialError::TlsRequired
             | DialError::TlsUnavailable
@@ -853,7 +862,12 @@ async fn dial_on(
         return Ok((UpstreamStream::Tls(Box::new(stream)), info, leftover));
     }
     // Classic: INFO in the clear, then TLS, as nats-server expects by default.
-    let (info, leftover) = read_info(&mut tcp).await?;
+    let (info, leftover) = read_info(&mut tcp).await.map_err(|e| match e {
+        DialError::ClosedBeforeInfo if header_sent.load(Ordering::Relaxed) => {
+            DialError::ClosedAfterProxyHeader
+        }
+        e => e,
+    })?;
     // The INFO came: a timeout from here on is not a fallback-mode server's.
     header_sent.store(false, Ordering::Relaxed);
     check_reads_proxy_header(upstream, &info)?;

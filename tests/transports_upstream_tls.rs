@@ -219,6 +219,31 @@ async fn a_proxy_header_ahead_of_upstream_tls() {
         })
     })
     .unwrap_or_else(|| panic!("no hint in the log:\n{}", process.log().dump()));
+    drop(process);
+
+    // A server whose own TLS timeout ends first closes the connection instead: the same
+    // hint.
+    let quick = NatsServer::start_with_config(&format!(
+        "proxy_protocol: true\n{}",
+        server_tls_block(
+            &server_files,
+            "  handshake_first: \"300ms\"\n  timeout: 0.5"
+        )
+    ));
+    let classic = with_header(upstream_toml(&[quick.url()], &ca_file))
+        .replace("connect_timeout = \"2s\"", "connect_timeout = \"10s\"");
+    std::fs::write(&config, &classic).unwrap();
+    let process = EdgeProcess::spawn(&["-c", config.to_str().unwrap()], &[]);
+    let got = error_after_info(process.addr()).await;
+    assert_eq!(got, "-ERR 'Upstream Unavailable: connection closed'\r\n");
+    tokio::task::block_in_place(|| {
+        process.log().wait_for(0, WAIT, |line| {
+            (line.contains("closed before sending INFO")
+                && line.contains("set upstream.tls.handshake_first = true"))
+            .then_some(())
+        })
+    })
+    .unwrap_or_else(|| panic!("no hint in the log:\n{}", process.log().dump()));
 
     let tls_first = upstream_toml(
         &[fallback.url()],
