@@ -3,9 +3,11 @@
 //! through the mount would land in it; a consumer created with a filter in the client's view
 //! (`filter_subject = "orders.new"`) must select the mapped subjects in that stream; a
 //! lookup by subject (which stream captures `orders.new`, its last message, a purge of it)
-//! must look for the mapped subject. Only those requests are touched, and only when the
-//! rule file asks (`jetstream_stream_subjects`, `jetstream_consumer_filters`): they are
-//! rare control messages, so the copy a JSON rewrite costs does not matter.
+//! must look for the mapped subject; a snapshot must be sent to the client's inbox in the
+//! mount, and a restored stream capture the mapped subjects. Only those requests are
+//! touched, and only when the rule file asks (`jetstream_stream_subjects`,
+//! `jetstream_consumer_filters`): they are rare control messages, so the copy a JSON
+//! rewrite costs does not matter.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,6 +21,15 @@ use crate::op::Msg;
 
 const STREAM_CREATE: &[u8] = b"$JS.API.STREAM.CREATE.";
 const STREAM_UPDATE: &[u8] = b"$JS.API.STREAM.UPDATE.";
+/// `$JS.API.STREAM.SNAPSHOT.<stream>`: its `deliver_subject` is where the server sends the
+/// chunks; the answer shows the stream's config.
+const STREAM_SNAPSHOT: &[u8] = b"$JS.API.STREAM.SNAPSHOT.";
+/// `$JS.API.STREAM.RESTORE.<stream>`: its `config` is the restored stream's.
+const STREAM_RESTORE: &[u8] = b"$JS.API.STREAM.RESTORE.";
+/// Where a restore's chunks are published (`$JS.SNAPSHOT.RESTORE.<stream>.<id>`, named in
+/// the answer to the restore request). The answer to the empty chunk that ends them is the
+/// restored stream's info.
+pub const RESTORE_CHUNKS: &[u8] = b"$JS.SNAPSHOT.RESTORE.";
 /// `$JS.API.CONSUMER.CREATE.<stream>`, `...<stream>.<consumer>` and, since nats-server
 /// 2.10, `...<stream>.<consumer>.<filter subject>`.
 const CONSUMER_CREATE: &[u8] = b"$JS.API.CONSUMER.CREATE.";
@@ -27,9 +38,11 @@ const DURABLE_CREATE: &[u8] = b"$JS.API.CONSUMER.DURABLE.CREATE.";
 /// (how nats.go and async-nats read a key-value entry).
 const DIRECT_GET: &[u8] = b"$JS.API.DIRECT.GET.";
 
-/// Requests whose payload names subjects of a stream, read as filters: the API subject (a
-/// prefix where it ends with `.`, followed by the stream's name) and the fields. nats.go's
-/// `js.Subscribe` without a stream name starts with the first, to find the stream.
+/// Requests whose payload names subjects in its fields: the API subject (a prefix where it
+/// ends with `.`, followed by the stream's name) and the fields. Most look a stream's
+/// subjects up, read as filters (nats.go's `js.Subscribe` without a stream name starts with
+/// the first, to find the stream); a snapshot's `deliver_subject` is where the server
+/// sends the chunks, which the client subscribes to in its own view.
 const LOOKUP_FIELDS: &[(&[u8], &[&str])] = &[
     (b"$JS.API.STREAM.NAMES", &["subject"]),
     (b"$JS.API.STREAM.LIST", &["subject"]),
@@ -40,43 +53,66 @@ const LOOKUP_FIELDS: &[(&[u8], &[&str])] = &[
         &["last_by_subj", "next_by_subj"],
     ),
     (DIRECT_GET, &["last_by_subj", "next_by_subj", "multi_last"]),
+    (STREAM_SNAPSHOT, &["deliver_subject"]),
 ];
 
-/// The request payload with its `subjects` mapped, when `subject` (the client's view) is a
-/// stream create or update and any subject changed.
+/// The request payload with its stream's `subjects` mapped, when `subject` (the client's
+/// view) is a stream create or update (the payload is the stream's config) or a restore
+/// (the config is its `config`) and any subject changed.
 pub fn map_stream_subjects(subject: &[u8], payload: &[u8], set: &RuleSet) -> Option<Bytes> {
-    if !(subject.starts_with(STREAM_CREATE) || subject.starts_with(STREAM_UPDATE)) {
-        return None;
+    if subject.starts_with(STREAM_CREATE) || subject.starts_with(STREAM_UPDATE) {
+        return edit_json_object(payload, |config| map_stream_config(config, None, set));
     }
-    edit_json_object(payload, |object| {
-        let listed = object
-            .get("subjects")
-            .and_then(Value::as_array)
-            .is_some_and(|subjects| !subjects.is_empty());
-        let copies = object.get("mirror").is_some_and(|m| !m.is_null())
-            || object
-                .get("sources")
-                .and_then(Value::as_array)
-                .is_some_and(|sources| !sources.is_empty());
-        if listed || copies {
-            return object
-                .get_mut("subjects")
-                .filter(|s| s.is_array())
-                .is_some_and(|subjects| map_subjects(subjects, &forward(set)));
+    let stream = subject.strip_prefix(STREAM_RESTORE)?;
+    edit_json_object(payload, |request| {
+        // nats-server reads a request without a config as one with an empty config.
+        let config = request.entry("config").or_insert(Value::Null);
+        if config.is_null() {
+            *config = Value::Object(Default::default());
         }
-        // nats-server makes a stream without subjects (and no mirror or sources) capture
-        // its own name: as a subject of the client's, that is the mapped name upstream.
-        let Some(mapped) = object
-            .get("name")
-            .and_then(Value::as_str)
-            .and_then(|name| forward(set)(name.as_bytes()))
-        else {
-            return false;
-        };
-        let mapped = String::from_utf8_lossy(&mapped).into_owned();
-        object.insert("subjects".into(), Value::Array(vec![Value::String(mapped)]));
-        true
+        config
+            .as_object_mut()
+            .is_some_and(|config| map_stream_config(config, Some(stream), set))
     })
+}
+
+/// Maps the subjects a stream's config captures; true when any changed. `stream` is the
+/// name in the request subject, which nats-server gives a restored stream whose config
+/// names none.
+fn map_stream_config(
+    config: &mut serde_json::Map<String, Value>,
+    stream: Option<&[u8]>,
+    set: &RuleSet,
+) -> bool {
+    let listed = config
+        .get("subjects")
+        .and_then(Value::as_array)
+        .is_some_and(|subjects| !subjects.is_empty());
+    let copies = config.get("mirror").is_some_and(|m| !m.is_null())
+        || config
+            .get("sources")
+            .and_then(Value::as_array)
+            .is_some_and(|sources| !sources.is_empty());
+    if listed || copies {
+        return config
+            .get_mut("subjects")
+            .filter(|s| s.is_array())
+            .is_some_and(|subjects| map_subjects(subjects, &forward(set)));
+    }
+    // nats-server makes a stream without subjects (and no mirror or sources) capture
+    // its own name: as a subject of the client's, that is the mapped name upstream.
+    let name = config
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|name| !name.is_empty())
+        .map(str::as_bytes)
+        .or(stream);
+    let Some(mapped) = name.and_then(|name| forward(set)(name)) else {
+        return false;
+    };
+    let mapped = String::from_utf8_lossy(&mapped).into_owned();
+    config.insert("subjects".into(), Value::Array(vec![Value::String(mapped)]));
+    true
 }
 
 const STREAM_INFO: &[u8] = b"$JS.API.STREAM.INFO.";
@@ -91,8 +127,9 @@ const CONSUMER_LIST: &[u8] = b"$JS.API.CONSUMER.LIST.";
 /// to the deliver subject they read in it (async-nats' push consumers, key-value watches).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApiAnswer {
-    /// A stream's info (create, update, info, list): `config.subjects`, and the counts per
-    /// subject of `state.subjects`.
+    /// A stream's info (create, update, info, list, a snapshot's answer, and the answer to
+    /// the empty chunk that ends a restore): `config.subjects`, and the counts per subject
+    /// of `state.subjects`.
     Stream,
     /// A consumer's info (create, info, list): `config.filter_subject(s)` and
     /// `config.deliver_subject`.
@@ -110,7 +147,10 @@ pub enum ApiAnswer {
 pub fn api_answer(client_subject: &[u8], payload: &[u8], set: &RuleSet) -> Option<ApiAnswer> {
     let any = |prefixes: &[&[u8]]| prefixes.iter().any(|p| client_subject.starts_with(p));
     if set.jetstream_stream_subjects {
-        if any(&[STREAM_CREATE, STREAM_UPDATE, STREAM_INFO]) || client_subject == STREAM_LIST {
+        if any(&[STREAM_CREATE, STREAM_UPDATE, STREAM_INFO, STREAM_SNAPSHOT])
+            || client_subject == STREAM_LIST
+            || (client_subject.starts_with(RESTORE_CHUNKS) && payload.is_empty())
+        {
             return Some(ApiAnswer::Stream);
         }
         if any(&[STREAM_MSG_GET]) {

@@ -18,7 +18,8 @@
 //!
 //! JetStream requests and their answers name subjects inside their JSON: with the set's
 //! JetStream options those are mapped too (`jetstream.rs`), the answers by the reply
-//! subject of the request.
+//! subject of the request (among them a snapshot's answer, and the answer to the empty
+//! chunk that ends a restore).
 //!
 //! Only subjects are rebuilt: the payload of a rewritten message is the same `Bytes` slice
 //! of the read buffer.
@@ -230,8 +231,9 @@ const TOKEN_PREFIX: &[u8] = b"_R_.";
 /// The reply subjects JetStream itself puts on its deliveries, shown as they are: clients
 /// read the stream, consumer and sequences of a delivery from its `$JS.ACK...` reply
 /// subject, and answer flow control and snapshot chunks there. Only these: any other `$JS.`
-/// reply (`$JS.API.STREAM.PURGE.X`, picked by a sender outside the mount) would turn the
-/// client's answer out of the mount, onto the upstream's JetStream API.
+/// reply shown as it is (`$JS.API.STREAM.PURGE.X`, picked by a sender outside the mount)
+/// would send the client's own publishes to that subject, for as long as the reply is
+/// remembered, out of the mount onto the upstream's JetStream API.
 const JETSTREAM_REPLIES: [&[u8]; 3] = [b"$JS.ACK.", b"$JS.FC.", b"$JS.SNAPSHOT.ACK."];
 
 impl ReplyTokens {
@@ -436,9 +438,12 @@ impl Filter for Rewrite {
         match op {
             ClientOp::Pub(publish) => {
                 let size = publish.size();
+                // A JetStream API request, or a restore's chunk: the empty one that ends
+                // them is answered with the restored stream's info.
                 let client_subject = ((set.jetstream_stream_subjects
                     || set.jetstream_consumer_filters)
-                    && publish.subject.starts_with(JETSTREAM_API))
+                    && (publish.subject.starts_with(JETSTREAM_API)
+                        || publish.subject.starts_with(jetstream::RESTORE_CHUNKS)))
                 .then(|| publish.subject.clone());
                 changed |= map_publish_subjects(
                     publish,

@@ -1511,3 +1511,259 @@ fn a_subscription_whose_mapping_changes_its_wildcards_is_refused() {
     };
     assert_eq!(&ok.subject[..], b"svc.a.*");
 }
+
+/// A request to `subject` with `payload`, answered at `reply`.
+fn request(subject: &str, reply: Option<&str>, payload: &str) -> ClientOp {
+    ClientOp::Pub(Pub {
+        subject: Bytes::from(subject.to_string()),
+        reply: reply.map(|r| Bytes::from(r.to_string())),
+        headers: None,
+        payload: Bytes::from(payload.to_string()),
+    })
+}
+
+fn json_of(payload: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(payload).unwrap()
+}
+
+/// A snapshot's chunks go to the client's inbox, which it subscribed to in its own view:
+/// the request's `deliver_subject` is mapped into the mount as its subscription was.
+#[test]
+fn a_snapshot_is_delivered_to_the_clients_inbox_in_the_mount() {
+    let set = load("jetstream-mount");
+    let api = b"$JS.API.STREAM.SNAPSHOT.ORDERS";
+    let mapped = jetstream::map_stream_lookup(
+        api,
+        api,
+        br#"{"deliver_subject":"_INBOX.snap","no_consumers":true,"chunk_size":131072}"#,
+        &set,
+    );
+    assert_eq!(mapped.subject, None);
+    let v = json_of(&mapped.payload.expect("mapped"));
+    assert_eq!(v["deliver_subject"], "tenant.acme._INBOX.snap");
+    assert_eq!(v["no_consumers"], true);
+    assert_eq!(v["chunk_size"], 131072);
+
+    let (mut f, mut ctx) = filter_for("jetstream-mount", &[]);
+    let mut sub = subscribe("_INBOX.snap", "1");
+    f.on_client_op(&mut sub, &mut ctx);
+    assert_eq!(subject_of_sub(&sub), b"tenant.acme._INBOX.snap");
+    let mut op = request(
+        "$JS.API.STREAM.SNAPSHOT.ORDERS",
+        Some("_INBOX.r.1"),
+        r#"{"deliver_subject":"_INBOX.snap"}"#,
+    );
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+    let ClientOp::Pub(p) = &op else {
+        unreachable!()
+    };
+    assert_eq!(&p.subject[..], b"$JS.API.STREAM.SNAPSHOT.ORDERS");
+    assert_eq!(p.reply.as_deref(), Some(&b"tenant.acme._INBOX.r.1"[..]));
+    assert_eq!(
+        json_of(&p.payload)["deliver_subject"],
+        "tenant.acme._INBOX.snap"
+    );
+}
+
+/// The chunks' acks go out as they are, also for chunks the edge does not remember: a large
+/// snapshot sends more chunks than the edge remembers reply subjects.
+#[test]
+fn snapshot_chunks_are_acked_as_they_are() {
+    let (mut f, mut ctx) = filter_for("jetstream-mount", &[]);
+    f.on_client_op(&mut subscribe("_INBOX.snap", "1"), &mut ctx);
+    let ack = "$JS.SNAPSHOT.ACK.ORDERS.Xk2Z.131072.1";
+    let mut chunk = ServerOp::Msg(delivery(
+        "tenant.acme._INBOX.snap",
+        "1",
+        Some(ack),
+        None,
+        b"chunk",
+    ));
+    f.on_server_op(&mut chunk, &mut ctx);
+    let ServerOp::Msg(m) = &chunk else {
+        unreachable!()
+    };
+    assert_eq!(&m.subject[..], b"_INBOX.snap");
+    assert_eq!(m.reply.as_deref(), Some(ack.as_bytes()));
+    for subject in [ack, "$JS.SNAPSHOT.ACK.ORDERS.Xk2Z.131072.2"] {
+        let mut op = request(subject, None, "");
+        f.on_client_op(&mut op, &mut ctx);
+        assert_eq!(subject_of(&op), subject.as_bytes());
+    }
+}
+
+/// A restored stream captures the mapped subjects, as one created through the mount does:
+/// the request's `config.subjects`, or the mapped name of a stream without subjects (the
+/// name in the request subject when the config names none).
+#[test]
+fn a_restore_request_maps_its_streams_subjects() {
+    let set = load("jetstream-mount");
+    let restore = |request: &[u8]| {
+        let payload =
+            jetstream::map_stream_subjects(b"$JS.API.STREAM.RESTORE.ORDERS", request, &set)
+                .expect("mapped");
+        json_of(&payload)
+    };
+    let v = restore(
+        br#"{"config":{"name":"ORDERS","subjects":["orders.>"],"retention":"limits"},"state":{"messages":2,"first_seq":1}}"#,
+    );
+    assert_eq!(
+        v["config"]["subjects"],
+        serde_json::json!(["tenant.acme.orders.>"])
+    );
+    assert_eq!(v["config"]["retention"], "limits");
+    assert_eq!(v["state"]["messages"], 2);
+    for request in [
+        &br#"{"config":{"name":"ORDERS"},"state":{}}"#[..],
+        br#"{"config":{"name":""}}"#,
+        br#"{"config":null}"#,
+        br#"{"state":{}}"#,
+    ] {
+        assert_eq!(
+            restore(request)["config"]["subjects"],
+            serde_json::json!(["tenant.acme.ORDERS"]),
+            "{}",
+            request.escape_ascii()
+        );
+    }
+    // A restored mirror captures nothing of its own.
+    assert!(jetstream::map_stream_subjects(
+        b"$JS.API.STREAM.RESTORE.M",
+        br#"{"config":{"name":"M","mirror":{"name":"ORDERS"}}}"#,
+        &set
+    )
+    .is_none());
+
+    let (mut f, mut ctx) = filter_for("jetstream-mount", &[]);
+    let mut op = request(
+        "$JS.API.STREAM.RESTORE.ORDERS",
+        Some("_INBOX.r.1"),
+        r#"{"config":{"name":"ORDERS","subjects":["orders.>"]},"state":{}}"#,
+    );
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+    let ClientOp::Pub(p) = &op else {
+        unreachable!()
+    };
+    assert_eq!(&p.subject[..], b"$JS.API.STREAM.RESTORE.ORDERS");
+    assert_eq!(
+        json_of(&p.payload)["config"]["subjects"],
+        serde_json::json!(["tenant.acme.orders.>"])
+    );
+}
+
+/// The client publishes a restore's chunks to the subject the server names in its answer,
+/// which the answer shows as it is: they go out as they are, and the server's acks come
+/// back to the client's inbox.
+#[test]
+fn restore_chunks_are_published_as_they_are() {
+    let (mut f, mut ctx) = filter_for("jetstream-mount", &[]);
+    f.on_client_op(&mut subscribe("_INBOX.r.*", "1"), &mut ctx);
+    let answer = br#"{"type":"io.nats.jetstream.api.v1.stream_restore_response","deliver_subject":"$JS.SNAPSHOT.RESTORE.ORDERS.Xk2Z"}"#;
+    f.on_client_op(
+        &mut request(
+            "$JS.API.STREAM.RESTORE.ORDERS",
+            Some("_INBOX.r.1"),
+            r#"{"config":{"name":"ORDERS","subjects":["orders.>"]}}"#,
+        ),
+        &mut ctx,
+    );
+    let mut msg = ServerOp::Msg(delivery("tenant.acme._INBOX.r.1", "1", None, None, answer));
+    f.on_server_op(&mut msg, &mut ctx);
+    let ServerOp::Msg(m) = &msg else {
+        unreachable!()
+    };
+    assert_eq!(&m.subject[..], b"_INBOX.r.1");
+    assert_eq!(&m.payload[..], &answer[..]);
+
+    let mut chunk = request(
+        "$JS.SNAPSHOT.RESTORE.ORDERS.Xk2Z",
+        Some("_INBOX.r.2"),
+        "chunk",
+    );
+    f.on_client_op(&mut chunk, &mut ctx);
+    let ClientOp::Pub(p) = &chunk else {
+        unreachable!()
+    };
+    assert_eq!(&p.subject[..], b"$JS.SNAPSHOT.RESTORE.ORDERS.Xk2Z");
+    assert_eq!(p.reply.as_deref(), Some(&b"tenant.acme._INBOX.r.2"[..]));
+    assert_eq!(&p.payload[..], b"chunk");
+    assert_eq!(
+        delivered_as(&mut f, &mut ctx, "tenant.acme._INBOX.r.2", "1"),
+        "_INBOX.r.2"
+    );
+}
+
+/// A snapshot's answer, and the answer to the empty chunk that ends a restore, show the
+/// stream's config: in the client's view, so a snapshot saved by the client restores
+/// through the mount as it was.
+#[test]
+fn snapshot_and_restore_answers_show_the_clients_subjects() {
+    use jetstream::ApiAnswer;
+    let set = load("jetstream-mount");
+    assert_eq!(
+        jetstream::api_answer(b"$JS.API.STREAM.SNAPSHOT.ORDERS", b"{}", &set),
+        Some(ApiAnswer::Stream)
+    );
+    assert_eq!(
+        jetstream::api_answer(b"$JS.SNAPSHOT.RESTORE.ORDERS.Xk2Z", b"", &set),
+        Some(ApiAnswer::Stream)
+    );
+    // A chunk's answer is an empty ack, and the restore request's names no stream subject.
+    assert_eq!(
+        jetstream::api_answer(b"$JS.SNAPSHOT.RESTORE.ORDERS.Xk2Z", b"chunk", &set),
+        None
+    );
+    assert_eq!(
+        jetstream::api_answer(b"$JS.API.STREAM.RESTORE.ORDERS", b"{}", &set),
+        None
+    );
+
+    let (mut f, mut ctx) = filter_for("jetstream-mount", &[]);
+    f.on_client_op(&mut subscribe("_INBOX.r.*", "1"), &mut ctx);
+    let answered = |f: &mut Box<dyn Filter>, ctx: &mut SessionCtx, inbox: &str, answer: &[u8]| {
+        let mut msg = ServerOp::Msg(delivery(inbox, "1", None, None, answer));
+        f.on_server_op(&mut msg, ctx);
+        let ServerOp::Msg(m) = msg else {
+            unreachable!()
+        };
+        assert_eq!(
+            m.subject.as_ref(),
+            &inbox.as_bytes()["tenant.acme.".len()..]
+        );
+        json_of(&m.payload)
+    };
+    f.on_client_op(
+        &mut request(
+            "$JS.API.STREAM.SNAPSHOT.ORDERS",
+            Some("_INBOX.r.1"),
+            r#"{"deliver_subject":"_INBOX.snap"}"#,
+        ),
+        &mut ctx,
+    );
+    let snapshot = answered(
+        &mut f,
+        &mut ctx,
+        "tenant.acme._INBOX.r.1",
+        br#"{"type":"io.nats.jetstream.api.v1.stream_snapshot_response","config":{"name":"ORDERS","subjects":["tenant.acme.orders.>"]},"state":{"messages":2}}"#,
+    );
+    assert_eq!(
+        snapshot["config"]["subjects"],
+        serde_json::json!(["orders.>"])
+    );
+    assert_eq!(snapshot["state"]["messages"], 2);
+
+    f.on_client_op(
+        &mut request("$JS.SNAPSHOT.RESTORE.ORDERS.Xk2Z", Some("_INBOX.r.2"), ""),
+        &mut ctx,
+    );
+    let restored = answered(
+        &mut f,
+        &mut ctx,
+        "tenant.acme._INBOX.r.2",
+        br#"{"type":"io.nats.jetstream.api.v1.stream_create_response","config":{"name":"ORDERS","subjects":["tenant.acme.orders.>"]},"state":{"messages":2}}"#,
+    );
+    assert_eq!(
+        restored["config"]["subjects"],
+        serde_json::json!(["orders.>"])
+    );
+}
