@@ -1090,3 +1090,176 @@ async fn a_reload_that_moves_the_mount_keeps_live_subscriptions_in_the_clients_v
     assert_eq!(next_msg(&mut before).await.subject.as_str(), "orders.1");
     assert_eq!(next_msg(&mut after).await.subject.as_str(), "orders.2");
 }
+
+/// A JSON request to `subject` through `nc`, bounded; its answer, parsed.
+async fn request_json(
+    nc: &async_nats::Client,
+    subject: &str,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    let payload = Bytes::from(serde_json::to_vec(body).unwrap());
+    let answer = within(subject, nc.request(subject.to_string(), payload))
+        .await
+        .unwrap_or_else(|e| panic!("{subject}: {e}"));
+    serde_json::from_slice(&answer.payload)
+        .unwrap_or_else(|e| panic!("{subject}: {e}: {}", show(&answer.payload)))
+}
+
+/// A JetStream API request through `nc` that must succeed; its answer.
+async fn js_api(
+    nc: &async_nats::Client,
+    subject: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let answer = request_json(nc, subject, &body).await;
+    assert!(answer.get("error").is_none(), "{subject}: {answer}");
+    answer
+}
+
+/// Payloads that do not compress, so that a snapshot of a few of them takes several chunks.
+fn incompressible(seed: u64, len: usize) -> Bytes {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 56) as u8
+        })
+        .collect()
+}
+
+/// A stream snapshot and restore through the JetStream mount: the snapshot's chunks reach
+/// the client's inbox in the mount and its acks reach the server (one chunk in flight at
+/// a time, so each waits for the ack of the one before), the restore's chunks reach the
+/// subject the server names, and both answers show the stream's subjects in the client's
+/// view while the restored stream captures the mapped subjects upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_snapshot_and_restore_through_the_jetstream_mount() {
+    use serde_json::json;
+    const N: u64 = 6;
+    let store = tempfile::tempdir().unwrap();
+    let server = NatsServer::start_with_args(&["-js", "-sd", &store.path().display().to_string()]);
+    let edge = mounted(&server, "jetstream-mount").await;
+    let nc = client(&edge_url(&edge)).await;
+    let direct = client(&server.url()).await;
+
+    let created = js_api(
+        &nc,
+        "$JS.API.STREAM.CREATE.SNAP",
+        json!({"name": "SNAP", "subjects": ["orders.>"]}),
+    )
+    .await;
+    assert_eq!(created["config"]["subjects"], json!(["orders.>"]));
+    for i in 1..=N {
+        let subject = format!("orders.{i}");
+        let ack = within(
+            &subject,
+            nc.request(subject.clone(), incompressible(i, 1000)),
+        )
+        .await
+        .expect("acknowledged by the stream");
+        let ack: serde_json::Value = serde_json::from_slice(&ack.payload).unwrap();
+        assert_eq!((&ack["stream"], &ack["seq"]), (&json!("SNAP"), &json!(i)));
+    }
+    let upstream = js_api(&direct, "$JS.API.STREAM.INFO.SNAP", json!({})).await;
+    assert_eq!(
+        upstream["config"]["subjects"],
+        json!(["tenant.acme.orders.>"])
+    );
+
+    // The snapshot goes to the client's inbox, in the mount.
+    let inbox = "_INBOX.snap.a1b2c3";
+    let mut chunks_in = nc.subscribe(inbox).await.unwrap();
+    round_trip(&nc).await;
+    let snapshot = js_api(
+        &nc,
+        "$JS.API.STREAM.SNAPSHOT.SNAP",
+        json!({"deliver_subject": inbox, "chunk_size": 1024, "window_size": 1024}),
+    )
+    .await;
+    assert_eq!(snapshot["config"]["subjects"], json!(["orders.>"]));
+    assert_eq!(snapshot["state"]["messages"], json!(N));
+    let mut chunks = Vec::new();
+    let mut acked = 0;
+    let end = loop {
+        let msg = next_msg(&mut chunks_in).await;
+        assert_eq!(msg.subject.as_str(), inbox);
+        if msg.payload.is_empty() {
+            break msg;
+        }
+        // Every full chunk asks for an ack; the last, shorter one does not.
+        if let Some(reply) = &msg.reply {
+            assert!(reply.starts_with("$JS.SNAPSHOT.ACK.SNAP."), "{reply}");
+            nc.publish(reply.clone(), Bytes::new()).await.unwrap();
+            acked += 1;
+        }
+        chunks.push(msg.payload);
+    };
+    // The server ends a snapshot with an empty message, `NATS/1.0 204` once a full chunk
+    // went out (an error would be a 408 or 500 status).
+    assert_eq!(
+        end.status,
+        Some(async_nats::StatusCode::from_u16(204).unwrap()),
+        "{end:?}"
+    );
+    assert!(acked > 1, "{acked} chunks acked of {}", chunks.len());
+
+    // Restored under its name, once the stream is gone.
+    let deleted = js_api(&nc, "$JS.API.STREAM.DELETE.SNAP", json!({})).await;
+    assert_eq!(deleted["success"], json!(true));
+    let restore = js_api(
+        &nc,
+        "$JS.API.STREAM.RESTORE.SNAP",
+        json!({"config": snapshot["config"], "state": snapshot["state"]}),
+    )
+    .await;
+    let deliver = restore["deliver_subject"]
+        .as_str()
+        .expect("a deliver subject");
+    assert!(
+        deliver.starts_with("$JS.SNAPSHOT.RESTORE.SNAP."),
+        "{deliver}"
+    );
+    for chunk in chunks {
+        let ack = within("a restore chunk", nc.request(deliver.to_string(), chunk))
+            .await
+            .expect("the chunk is acked");
+        assert!(ack.payload.is_empty(), "{}", show(&ack.payload));
+    }
+    // The empty chunk ends the restore; its answer is the restored stream's info.
+    let end = within(
+        "the end of the restore",
+        nc.request(deliver.to_string(), Bytes::new()),
+    )
+    .await
+    .expect("the restore is answered");
+    let restored: serde_json::Value = serde_json::from_slice(&end.payload)
+        .unwrap_or_else(|e| panic!("{e}: {}", show(&end.payload)));
+    assert!(restored.get("error").is_none(), "{restored}");
+    assert_eq!(restored["config"]["subjects"], json!(["orders.>"]));
+    assert_eq!(restored["state"]["messages"], json!(N));
+
+    let info = js_api(&nc, "$JS.API.STREAM.INFO.SNAP", json!({})).await;
+    assert_eq!(info["config"]["subjects"], json!(["orders.>"]));
+    assert_eq!(info["state"]["messages"], json!(N));
+    let upstream = js_api(&direct, "$JS.API.STREAM.INFO.SNAP", json!({})).await;
+    assert_eq!(
+        upstream["config"]["subjects"],
+        json!(["tenant.acme.orders.>"])
+    );
+    let stored = js_api(&nc, "$JS.API.STREAM.MSG.GET.SNAP", json!({"seq": 3})).await;
+    assert_eq!(stored["message"]["subject"], json!("orders.3"));
+    // The client's publishes land in the restored stream.
+    let ack = within("publish", nc.request("orders.new", "after".into()))
+        .await
+        .expect("acknowledged by the restored stream");
+    let ack: serde_json::Value = serde_json::from_slice(&ack.payload).unwrap();
+    assert_eq!(
+        (&ack["stream"], &ack["seq"]),
+        (&json!("SNAP"), &json!(N + 1))
+    );
+    within("edge shutdown", edge.shutdown()).await;
+}
