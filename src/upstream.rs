@@ -235,8 +235,9 @@ pub enum DialError {
     /// The same server, closing the connection first: it gives up on the handshake it took
     /// the header for after its own TLS timeout (2 s unless `tls { timeout }` says otherwise).
     #[error(
-        "closed before sending INFO; a nats-server in TLS-first fallback mode (tls {{ handshake_first: <delay> }}) \
-         takes the PROXY header for a TLS handshake and sends no INFO: set upstream.tls.handshake_first = true"
+        "closed before sending INFO; if it is a nats-server in TLS-first fallback mode (tls {{ handshake_first: <delay> }}), \
+         it took the PROXY header for a TLS handshake: set upstream.tls.handshake_first = true \
+         (nats-server 2.12.9 or 2.14.1 and later)"
     )]
     ClosedAfterProxyHeader,
     /// Its INFO and version say it misreads a PROXY header ahead of TLS
@@ -251,12 +252,13 @@ pub enum DialError {
         when: &'static str,
         fixed_in: &'static str,
     },
-    /// A PROXY header went out, and the INFO carries `client_ip`, which nats-server leaves
-    /// out of its first INFO when `proxy_protocol` is on: this server reads the header as
-    /// NATS and closes the connection at its first bytes.
+    /// A PROXY header naming a client went out, and the INFO names the edge's own address
+    /// as `client_ip`: this server did not read the header (nats-server without
+    /// `proxy_protocol: true` reads it as NATS and closes the connection at its first bytes).
     #[error(
-        "does not read PROXY protocol headers (its INFO has client_ip): set proxy_protocol: true \
-         in its configuration (nats-server 2.12.2 or later), or turn upstream.proxy_protocol off"
+        "does not read PROXY protocol headers (its INFO names the edge's address, not the client's): \
+         set proxy_protocol: true in its configuration (nats-server 2.12.2 or later), or turn \
+         upstream.proxy_protocol off"
     )]
     ProxyHeaderIgnored,
     #[error("closed before sending INFO")]
@@ -815,7 +817,9 @@ async fn dial(
             // A server that is full or going away: another address of the same host (a
             // headless Service's other pods) may have room, in the time left. The URL fails
             // only when every address refused.
-            Err(e @ (DialError::Full | DialError::LameDuck)) if tried < addrs.len() => {
+            Err(e @ (DialError::Full | DialError::LameDuck | DialError::ProxyHeaderIgnored))
+                if tried < addrs.len() =>
+            {
                 header_sent.store(false, Ordering::Relaxed);
                 refused.get_or_insert(e);
             }
@@ -845,7 +849,7 @@ async fn dial_on(
     }
     let Some(tls) = upstream.tls_for(url) else {
         let (info, leftover) = read_info(&mut tcp).await?;
-        check_reads_proxy_header(upstream, &info)?;
+        check_reads_proxy_header(upstream, &info, &tcp, client)?;
         if info.tls_required == Some(true) {
             return Err(DialError::TlsRequired);
         }
@@ -870,7 +874,6 @@ async fn dial_on(
     })?;
     // The INFO came: a timeout from here on is not a fallback-mode server's.
     header_sent.store(false, Ordering::Relaxed);
-    check_reads_proxy_header(upstream, &info)?;
     if info.tls_required != Some(true) && info.tls_available != Some(true) {
         return Err(DialError::TlsUnavailable);
     }
@@ -888,6 +891,9 @@ async fn dial_on(
             }
         }
     }
+    // After the version check: a release that misreads the header ahead of TLS needs an
+    // upgrade first, whatever its options.
+    check_reads_proxy_header(upstream, &info, &tcp, client)?;
     if !leftover.is_empty() {
         return Err(DialError::BadInfo);
     }
@@ -899,13 +905,33 @@ async fn dial_on(
     Ok((UpstreamStream::Tls(Box::new(stream)), info, leftover))
 }
 
-/// With `upstream.proxy_protocol` on, a plain INFO (sent before any TLS) with `client_ip`
-/// comes from a server that does not read the header: nats-server leaves `client_ip` out
-/// of it when `proxy_protocol` is on, as it would name the edge, and always puts it in
-/// otherwise (every release since 2.2). Such a server answers the header with `-ERR` and
-/// closes, so every client would fail while the dial looked fine.
-fn check_reads_proxy_header(upstream: &Upstream, info: &Info) -> Result<(), DialError> {
-    if upstream.proxy_protocol.is_some() && info.client_ip.is_some() {
+/// With `upstream.proxy_protocol` on, a plain INFO (sent before any TLS) whose `client_ip`
+/// is the address the edge dialled from, when the header named another, comes from a server
+/// that did not read the header. Such a server answers the header with `-ERR` (`Authorization
+/// Violation` where it has authorization, which nats.go takes for final) and closes, so every
+/// client would fail while the dial looked fine. nats-server with `proxy_protocol: true`
+/// leaves `client_ip` out of that INFO, as it would name the edge; another nats-edge with a
+/// PROXY listener names the header's client. A header that names no client (the readiness
+/// check's), or a client at the edge's own address, cannot tell the two apart: no check.
+fn check_reads_proxy_header(
+    upstream: &Upstream,
+    info: &Info,
+    tcp: &TcpStream,
+    client: Option<ProxyAddrs>,
+) -> Result<(), DialError> {
+    let (Some(_), Some(client), Some(shown)) = (
+        upstream.proxy_protocol,
+        client,
+        info.client_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok()),
+    ) else {
+        return Ok(());
+    };
+    let named = client.src.ip().to_canonical();
+    let shown = shown.to_canonical();
+    let own = tcp.local_addr().map(|a| a.ip().to_canonical());
+    if shown != named && own.is_ok_and(|own| own == shown) {
         return Err(DialError::ProxyHeaderIgnored);
     }
     Ok(())

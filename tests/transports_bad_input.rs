@@ -603,7 +603,7 @@ async fn a_refusal_the_client_does_not_close_is_logged_as_the_refusal() {
         failures(&edge, ListenerKind::Ws, HandshakeFailure::Timeout),
         0
     );
-    // The edge closed its end when the timeout came, though the client never closed its own.
+    // The answer is whole, and the edge's end closed after it.
     assert!(raw.read_to_close().await.ends_with(b"Forbidden\n"));
     within("the edge to shut down", edge.shutdown()).await;
 }

@@ -232,31 +232,49 @@ async fn the_upstream_sees_a_direct_client_and_async_nats_works() {
 
 /// A nats-server without `proxy_protocol: true` reads the header as NATS and closes the
 /// connection: with authorization on, as `Authorization Violation`, which nats.go takes for
-/// final after two in a row. Its INFO carries `client_ip`, which a server reading headers
-/// leaves out, so the edge fails the dial with the reason, and its readiness with it.
+/// final after two in a row. Its INFO names the edge's own address as `client_ip` where the
+/// header named the client, so the edge fails the dial with the reason. Another nats-edge
+/// reading PROXY headers names the header's client, and works as an upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_does_not_read_proxy_headers_is_unavailable() {
     let server = NatsServer::start_with_config("authorization { user: a, password: b }\n");
+    let behind_a_balancer = addrs("203.0.113.9:40000", "192.0.2.1:4222");
     for version in ["v1", "v2"] {
         let edge = start_edge_toml(&edge_toml(
             &[format!("nats://a:b@{}", server.addr())],
-            "",
-            &format!(
-                "proxy_protocol = {version:?}\n\
-                 [admin]\nlisten = \"127.0.0.1:0\"\nupstream_check_interval = \"100ms\"\n"
-            ),
+            "proxy_protocol = true",
+            &format!("proxy_protocol = {version:?}"),
         ))
         .await;
-        let error = error_after_info(edge_addr(&edge)).await;
+        let mut raw = RawConn::connect(edge_addr(&edge)).await;
+        raw.send(&encode_v2(Some(behind_a_balancer))).await;
+        let got = raw.read_to_close().await;
+        let (info, rest) = split_info(&got);
+        assert_eq!(info["client_ip"], "203.0.113.9", "{version}");
         assert_eq!(
-            error, "-ERR 'Upstream Unavailable: PROXY protocol not enabled'\r\n",
+            String::from_utf8_lossy(rest),
+            "-ERR 'Upstream Unavailable: PROXY protocol not enabled'\r\n",
             "{version}"
         );
-        let admin = edge.admin_addr().expect("admin server");
-        let body = poll_http(admin, "/readyz", |status, body| {
-            (status == 503).then(|| body.to_string())
-        })
+
+        // The same header through a second edge that reads it, in front of that server.
+        let second = start_edge_toml(&edge_toml(
+            &[format!("nats://a:b@{}", server.addr())],
+            "proxy_protocol = true",
+            "",
+        ))
         .await;
-        assert_eq!(body, "not ready: no upstream reachable\n", "{version}");
+        let first = start_edge_toml(&edge_toml(
+            &[edge_url(&second)],
+            "proxy_protocol = true",
+            &format!("proxy_protocol = {version:?}"),
+        ))
+        .await;
+        let mut raw = RawConn::connect(edge_addr(&first)).await;
+        raw.send(&encode_v2(Some(behind_a_balancer))).await;
+        let info = raw.read_info().await;
+        assert_eq!(info["client_ip"], "203.0.113.9", "{version}");
+        let reply = raw.roundtrip(b"CONNECT {\"verbose\":false}\r\n").await;
+        assert!(!reply.closed, "{version}: {}", reply.text());
     }
 }
