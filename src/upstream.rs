@@ -273,6 +273,9 @@ pub enum DialError {
     TlsUnavailable,
     #[error("TLS handshake: {0}")]
     Tls(io::Error),
+    /// It answered the TLS handshake with a plain-text `-ERR` (the text, quotes included).
+    #[error("refused the client before TLS: -ERR {0}")]
+    RefusedBeforeTls(String),
     /// Its INFO says it is in lame-duck mode: it closes new clients at once.
     #[error("in lame-duck mode")]
     LameDuck,
@@ -298,6 +301,7 @@ impl DialError {
             | DialError::TlsUnavailable
             | DialError::Tls(_)
             | DialError::ProxyHeaderBeforeTls { .. } => "TLS failed",
+            DialError::RefusedBeforeTls(_) => "refused",
             DialError::ProxyHeaderIgnored => "PROXY protocol not enabled",
             DialError::LameDuck => "lame duck mode",
             DialError::Full => "maximum connections exceeded",
@@ -857,11 +861,7 @@ async fn dial_on(
     };
     let name = tls.server_name(&url.host).map_err(DialError::Tls)?;
     if tls.handshake_first() {
-        let mut stream = tls
-            .connector()
-            .connect(name, ReadAhead::new(tcp))
-            .await
-            .map_err(DialError::Tls)?;
+        let mut stream = connect_tls(tls, name, tcp).await?;
         let (info, leftover) = read_info(&mut stream).await?;
         return Ok((UpstreamStream::Tls(Box::new(stream)), info, leftover));
     }
@@ -897,12 +897,48 @@ async fn dial_on(
     if !leftover.is_empty() {
         return Err(DialError::BadInfo);
     }
-    let stream = tls
-        .connector()
-        .connect(name, ReadAhead::new(tcp))
-        .await
-        .map_err(DialError::Tls)?;
+    let stream = connect_tls(tls, name, tcp).await?;
     Ok((UpstreamStream::Tls(Box::new(stream)), info, leftover))
+}
+
+/// The TLS handshake on `tcp`. nats-server turns a client away before its TLS handshake, in
+/// plain text (`maximum connections exceeded` with TLS first, or after the INFO of a classic
+/// dial; connection throttling): a failed handshake that received such a line is that
+/// refusal, not a TLS failure, so a full server is `Full` here as without TLS.
+async fn connect_tls(
+    tls: &ClientTls,
+    name: rustls::pki_types::ServerName<'static>,
+    tcp: TcpStream,
+) -> Result<TlsStream<ReadAhead<TcpStream>>, DialError> {
+    match tls
+        .connector()
+        .connect(name, ReadAhead::recording(tcp))
+        .into_fallible()
+        .await
+    {
+        Ok(mut stream) => {
+            stream.get_mut().0.stop_recording();
+            Ok(stream)
+        }
+        Err((e, socket)) => {
+            let first = socket.first_bytes();
+            if is_max_connections_error(first) {
+                return Err(DialError::Full);
+            }
+            match first.strip_prefix(b"-ERR ") {
+                Some(rest) => {
+                    let line = rest
+                        .split(|&b| b == b'\r' || b == b'\n')
+                        .next()
+                        .unwrap_or_default();
+                    Err(DialError::RefusedBeforeTls(
+                        String::from_utf8_lossy(line).into_owned(),
+                    ))
+                }
+                None => Err(DialError::Tls(e)),
+            }
+        }
+    }
 }
 
 /// With `upstream.proxy_protocol` on, a plain INFO (sent before any TLS) whose `client_ip`

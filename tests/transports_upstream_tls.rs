@@ -88,6 +88,47 @@ async fn tls_first_upstream() {
     pub_sub_works(&client(&edge_url(&edge)).await).await;
 }
 
+/// A full nats-server refuses a client before its TLS handshake, in plain text: at once
+/// with TLS first, after its INFO with classic TLS. The edge reads the refusal out of the
+/// failed handshake: the client hears `maximum connections exceeded`, not a TLS failure,
+/// and with another URL the edge goes on to it as for a full server without TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_tls_upstream_is_full_not_a_tls_failure() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let server_files = pki.leaf(&ca, "nats", Leaf::server("nats"));
+    for (server_extra, edge_extra) in [
+        ("  handshake_first: true", ", handshake_first = true"),
+        ("", ""),
+    ] {
+        let full = NatsServer::start_with_config(&format!(
+            "max_connections: 1\n{}",
+            server_tls_block(&server_files, server_extra)
+        ));
+        let tls_table = format!("ca_file = {}{edge_extra}", toml_path(&ca.cert));
+        let edge = start_edge_toml(&upstream_toml(&[full.url()], &tls_table)).await;
+        // The first client through the edge takes the server's one connection.
+        let (mut holder, _) = RawConn::connect_info(edge_addr(&edge)).await;
+        assert!(
+            !holder
+                .roundtrip(b"CONNECT {\"verbose\":false}\r\n")
+                .await
+                .closed
+        );
+        let got = error_after_info(edge_addr(&edge)).await;
+        assert_eq!(
+            got, "-ERR 'Upstream Unavailable: maximum connections exceeded'\r\n",
+            "{server_extra:?}"
+        );
+
+        let server = NatsServer::start_with_config(&server_tls_block(&server_files, server_extra));
+        let edge = start_edge_toml(&upstream_toml(&[full.url(), server.url()], &tls_table)).await;
+        pub_sub_works(&client(&edge_url(&edge)).await).await;
+        assert_eq!(edge.metrics().upstream_dial_failures(), 1);
+        drop(holder);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_url_with_a_server_name_override() {
     let pki = Pki::new();

@@ -24,7 +24,15 @@ pub struct ReadAhead<S> {
     end: usize,
     /// The last direct read filled all that was asked: the next one reads ahead.
     streaming: bool,
+    /// The first bytes handed out, while a TLS client handshake wants them kept: a server
+    /// that answers it in plain text (nats-server refusing a client before TLS) is read
+    /// from them once the handshake has failed. `None` otherwise.
+    first: Option<Vec<u8>>,
 }
+
+/// How many of the first bytes [`ReadAhead::recording`] keeps: room for nats-server's
+/// longest refusal line.
+const FIRST_BYTES: usize = 128;
 
 impl<S> ReadAhead<S> {
     pub fn new(inner: S) -> Self {
@@ -34,7 +42,26 @@ impl<S> ReadAhead<S> {
             start: 0,
             end: 0,
             streaming: false,
+            first: None,
         }
+    }
+
+    /// A socket that keeps the first bytes it hands out (see [`ReadAhead::first_bytes`]).
+    pub fn recording(inner: S) -> Self {
+        ReadAhead {
+            first: Some(Vec::new()),
+            ..ReadAhead::new(inner)
+        }
+    }
+
+    /// The first bytes handed out since [`ReadAhead::recording`]; empty otherwise.
+    pub fn first_bytes(&self) -> &[u8] {
+        self.first.as_deref().unwrap_or_default()
+    }
+
+    /// Stops keeping the first bytes and frees them.
+    pub fn stop_recording(&mut self) {
+        self.first = None;
     }
 
     pub fn get_ref(&self) -> &S {
@@ -54,6 +81,23 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.first.is_none() {
+            return this.read_into(cx, out);
+        }
+        let before = out.filled().len();
+        let res = this.read_into(cx, out);
+        if let (Poll::Ready(Ok(())), Some(first)) = (&res, &mut this.first) {
+            let got = &out.filled()[before..];
+            let room = FIRST_BYTES.saturating_sub(first.len());
+            first.extend_from_slice(&got[..got.len().min(room)]);
+        }
+        res
+    }
+}
+
+impl<S: AsyncRead + Unpin> ReadAhead<S> {
+    fn read_into(&mut self, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self;
         if this.start == this.end {
             if !this.streaming || out.remaining() >= READ_AHEAD {
                 let wanted = out.remaining();
@@ -130,6 +174,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn recording_keeps_the_first_bytes_only_until_stopped() {
+        let (mut peer, sock) = tokio::io::duplex(4096);
+        let mut ahead = ReadAhead::recording(sock);
+        peer.write_all(b"-ERR 'maximum connections exceeded'\r\n")
+            .await
+            .unwrap();
+        let mut chunk = [0u8; 6];
+        ahead.read_exact(&mut chunk).await.unwrap();
+        assert_eq!(ahead.first_bytes(), b"-ERR '");
+        peer.write_all(&[b'x'; 300]).await.unwrap();
+        let mut rest = [0u8; 300 + 31];
+        ahead.read_exact(&mut rest).await.unwrap();
+        assert_eq!(ahead.first_bytes().len(), FIRST_BYTES);
+        assert!(ahead
+            .first_bytes()
+            .starts_with(b"-ERR 'maximum connections exceeded'\r\nxx"));
+        ahead.stop_recording();
+        assert!(ahead.first_bytes().is_empty());
+        assert!(ReadAhead::new(tokio::io::empty()).first_bytes().is_empty());
+    }
 
     #[tokio::test]
     async fn hands_out_every_byte_in_order_and_frees_the_buffer_when_quiet() {
