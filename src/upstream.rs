@@ -309,6 +309,17 @@ impl DialError {
     }
 }
 
+/// Where a URL stands for one dial ([`DialHistory::standing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// No failure since its last success.
+    Fine,
+    /// Failed within [`FAILED_URL_BACKOFF`]: tried after the others.
+    FailedLately,
+    /// Its back-off is over, and this dial is the one that tries it again.
+    Retry,
+}
+
 /// Every upstream failed.
 #[derive(Debug)]
 pub struct AllUpstreamsFailed(pub Vec<(String, DialError)>);
@@ -471,25 +482,27 @@ impl DialHistory {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
     }
 
-    /// Whether `url` failed within the back-off. When its back-off is over, the one dial
-    /// that sees it first tries it again, and its back-off starts anew for every other dial
-    /// until that one has an answer: otherwise every session would try a URL that still
-    /// drops packets first, for as long as the connect timeout, each time its back-off ends.
-    fn failed_lately(&self, url: usize, now: u64) -> bool {
+    /// Where `url` stands for a dial starting `now`. When its back-off is over, the one dial
+    /// that sees it first tries it again ([`Standing::Retry`]), and its back-off starts anew
+    /// for every other dial until that one has an answer: otherwise every session would try
+    /// a URL that still drops packets first, for as long as the connect timeout, each time
+    /// its back-off ends.
+    fn standing(&self, url: usize, now: u64) -> Standing {
         let backoff = u64::try_from(FAILED_URL_BACKOFF.as_millis()).unwrap_or(u64::MAX);
         let Some(failed_at) = self.failed_at.get(url) else {
-            return false;
+            return Standing::Fine;
         };
         let at = failed_at.load(Ordering::Relaxed);
         if at == 0 {
-            return false;
+            return Standing::Fine;
         }
         if now.saturating_sub(at) < backoff {
-            return true;
+            return Standing::FailedLately;
         }
-        failed_at
-            .compare_exchange(at, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
+        match failed_at.compare_exchange(at, now, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => Standing::Retry,
+            Err(_) => Standing::FailedLately,
+        }
     }
 
     fn record(&self, url: usize, ok: bool) {
@@ -542,12 +555,12 @@ impl Upstream {
     /// The error for a dial to `url` that ran out of time, with a hint where a PROXY header
     /// went before classic TLS and no INFO came (see [`DialError::TimeoutAfterProxyHeader`]);
     /// a dial that timed out before (a connect to an address that drops packets) gets none.
-    fn timed_out(&self, url: &UpstreamUrl, header_sent: bool) -> DialError {
+    fn timed_out(&self, url: &UpstreamUrl, header_sent: bool, after: Duration) -> DialError {
         let classic_tls = self.tls_for(url).is_some_and(|tls| !tls.handshake_first());
         if header_sent && classic_tls {
-            DialError::TimeoutAfterProxyHeader(self.connect_timeout)
+            DialError::TimeoutAfterProxyHeader(after)
         } else {
-            DialError::Timeout(self.connect_timeout)
+            DialError::Timeout(after)
         }
     }
 }
@@ -622,14 +635,26 @@ pub async fn dial_any(
     dialled_url: &(dyn Fn(&str, bool) + Sync),
 ) -> Result<Connected, AllUpstreamsFailed> {
     let mut failures = Vec::new();
-    let timeout = upstream.connect_timeout;
     // Decided before the first dial: a URL that fails now is not tried twice.
     let now = upstream.history.now();
+    let standings: Vec<Standing> = (0..upstream.urls.len())
+        .map(|i| upstream.history.standing(i, now))
+        .collect();
     let (mut order, lately): (Vec<usize>, Vec<usize>) =
-        (0..upstream.urls.len()).partition(|&i| !upstream.history.failed_lately(i, now));
+        (0..upstream.urls.len()).partition(|&i| standings[i] != Standing::FailedLately);
     order.extend(lately);
+    let last = order.last().copied();
     for i in order {
         let url = &upstream.urls[i];
+        // A URL tried again after its back-off may still drop packets. With other URLs after
+        // it, it gets half the connect timeout: the client's own timeout is about the
+        // edge's (2 s in nats.go and nats.py), so the whole of it would leave the client
+        // none for the URL that serves it.
+        let timeout = if standings[i] == Standing::Retry && Some(i) != last {
+            upstream.connect_timeout / 2
+        } else {
+            upstream.connect_timeout
+        };
         let header_sent = AtomicBool::new(false);
         let dialled = WatchedDial {
             dial: Box::pin(tokio::time::timeout(
@@ -643,8 +668,9 @@ pub async fn dial_any(
             ended: client.is_none(),
         }
         .await;
-        let dialled = dialled
-            .unwrap_or_else(|_| Err(upstream.timed_out(url, header_sent.load(Ordering::Relaxed))));
+        let dialled = dialled.unwrap_or_else(|_| {
+            Err(upstream.timed_out(url, header_sent.load(Ordering::Relaxed), timeout))
+        });
         upstream.history.record(i, dialled.is_ok());
         dialled_url(&url.to_string(), dialled.is_err());
         // A URL that goes down or comes back is logged when it does: a failure that the
@@ -1081,19 +1107,21 @@ mod tests {
         let history = DialHistory::new(2);
         history.record(0, false);
         let failed = history.failed_at[0].load(Ordering::Relaxed);
-        assert!(history.failed_lately(0, failed + 1));
-        assert!(!history.failed_lately(1, failed + 1));
+        assert_eq!(history.standing(0, failed + 1), Standing::FailedLately);
+        assert_eq!(history.standing(1, failed + 1), Standing::Fine);
         let later = failed + u64::try_from(FAILED_URL_BACKOFF.as_millis()).unwrap();
-        assert!(
-            !history.failed_lately(0, later),
+        assert_eq!(
+            history.standing(0, later),
+            Standing::Retry,
             "the first dial after the back-off"
         );
-        assert!(
-            history.failed_lately(0, later),
+        assert_eq!(
+            history.standing(0, later),
+            Standing::FailedLately,
             "the others skip it meanwhile"
         );
         history.record(0, true);
-        assert!(!history.failed_lately(0, later + 1));
+        assert_eq!(history.standing(0, later + 1), Standing::Fine);
     }
 
     /// Credentials never reach an error, with or without a scheme; a host that is no host

@@ -127,6 +127,47 @@ async fn a_url_that_failed_is_tried_last_for_a_while() {
     drop(silent);
 }
 
+/// When a failed URL's back-off ends, one session tries it again first. If it still does
+/// not answer, that session's client (whose own connect timeout is about the edge's) must
+/// still be served by the next URL in time: the URL tried again gets half the connect
+/// timeout when others come after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_tried_again_after_its_backoff_leaves_time_for_the_next() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("nats://{}", silent.local_addr().unwrap());
+    let server = NatsServer::start();
+    let timeout = Duration::from_secs(2);
+    let edge = start_edge(&[silent_url, server.url()], "connect_timeout = \"2s\"\n").await;
+    // The first session waits out the whole timeout on the silent URL, then is served.
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    assert!(
+        !raw.roundtrip(b"CONNECT {\"verbose\":false}\r\n")
+            .await
+            .closed
+    );
+    assert_eq!(edge.metrics().upstream_dial_failures(), 1);
+    // The back-off is a span of time: waiting it out is what this tests.
+    tokio::time::sleep(nats_edge::upstream::FAILED_URL_BACKOFF).await;
+    let started = std::time::Instant::now();
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
+    let took = started.elapsed();
+    assert!(
+        !raw.roundtrip(b"CONNECT {\"verbose\":false}\r\n")
+            .await
+            .closed
+    );
+    assert_eq!(
+        edge.metrics().upstream_dial_failures(),
+        2,
+        "the silent URL was tried again"
+    );
+    assert!(
+        took < timeout,
+        "the client waited {took:?}, as long as the whole connect timeout"
+    );
+    drop(silent);
+}
+
 /// A client that gives up on a URL that does not answer (its own connect timeout, about
 /// as long as the edge's) ends the dial, and still marks the URL as failed: the next
 /// session tries the other URL first, rather than every client timing out on the dead one.
