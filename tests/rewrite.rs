@@ -1263,3 +1263,47 @@ async fn a_stream_snapshot_and_restore_through_the_jetstream_mount() {
     );
     within("edge shutdown", edge.shutdown()).await;
 }
+
+/// A stream that would capture every subject of the client's (`>`), or its JetStream API,
+/// is refused through a mount as nats-server refuses it to a direct client, with the
+/// server's own error: mapped to `tenant.acme.>` it would have been accepted, and would
+/// have answered the client's every request with a publish acknowledgement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_nats_server_refuses_are_refused_through_a_mount() {
+    use serde_json::json;
+    let store = tempfile::tempdir().unwrap();
+    let server = NatsServer::start_with_args(&["-js", "-sd", &store.path().display().to_string()]);
+    let edge = mounted(&server, "jetstream-mount").await;
+    let nc = client(&edge_url(&edge)).await;
+    for (subjects, text) in [
+        (
+            json!([">"]),
+            "capturing all subjects requires no-ack to be true",
+        ),
+        (
+            json!(["*.>"]),
+            "subjects that overlap with jetstream api require no-ack to be true",
+        ),
+    ] {
+        let answer = request_json(
+            &nc,
+            "$JS.API.STREAM.CREATE.ALL",
+            &json!({"name": "ALL", "subjects": subjects}),
+        )
+        .await;
+        let description = answer["error"]["description"].as_str().unwrap_or_default();
+        assert!(description.contains(text), "{subjects}: {answer}");
+    }
+    // With no_ack, nats-server takes `>`: in the mount, it captures the namespace.
+    let created = js_api(
+        &nc,
+        "$JS.API.STREAM.CREATE.ALL",
+        json!({"name": "ALL", "subjects": [">"], "no_ack": true}),
+    )
+    .await;
+    assert_eq!(created["config"]["subjects"], json!([">"]));
+    let direct = client(&server.url()).await;
+    let upstream = js_api(&direct, "$JS.API.STREAM.INFO.ALL", json!({})).await;
+    assert_eq!(upstream["config"]["subjects"], json!(["tenant.acme.>"]));
+    within("edge shutdown", edge.shutdown()).await;
+}

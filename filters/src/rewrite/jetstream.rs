@@ -84,6 +84,9 @@ fn map_stream_config(
     stream: Option<&[u8]>,
     set: &RuleSet,
 ) -> bool {
+    if refused_by_the_server(config) {
+        return false;
+    }
     let listed = config
         .get("subjects")
         .and_then(Value::as_array)
@@ -113,6 +116,42 @@ fn map_stream_config(
     let mapped = String::from_utf8_lossy(&mapped).into_owned();
     config.insert("subjects".into(), Value::Array(vec![Value::String(mapped)]));
     true
+}
+
+/// Whether nats-server refuses the stream's subjects as the client wrote them: one that
+/// captures every subject (`>`) without `no_ack`, or with more than one replica, or one
+/// that overlaps its JetStream or system API without `no_ack` (`checkStreamCfg`), as such a
+/// stream would answer every request it captured. Mapped into a mount, those subjects no
+/// longer look like that (`>` becomes `tenant.acme.>`), and the stream would capture the
+/// client's own requests, inboxes and all. So they go out as the client wrote them, and the
+/// server refuses them as it would a client connected to it directly.
+fn refused_by_the_server(config: &serde_json::Map<String, Value>) -> bool {
+    use crate::acl::matching::{is_subset_match, subjects_collide};
+    let no_ack = config.get("no_ack").and_then(Value::as_bool) == Some(true);
+    let replicas = config
+        .get("num_replicas")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .max(1);
+    let Some(subjects) = config.get("subjects").and_then(Value::as_array) else {
+        return false;
+    };
+    subjects.iter().filter_map(Value::as_str).any(|subject| {
+        let subject = subject.as_bytes();
+        if subject == b">" && (!no_ack || replicas != 1) {
+            return true;
+        }
+        if no_ack {
+            return false;
+        }
+        let api = [&b"$JS.>"[..], b"$JSC.>", b"$NRG.>"]
+            .iter()
+            .any(|api| subjects_collide(subject, api))
+            && !is_subset_match(subject, b"$JS.EVENT.>");
+        let system =
+            subjects_collide(subject, b"$SYS.>") && !is_subset_match(subject, b"$SYS.ACCOUNT.>");
+        api || system
+    })
 }
 
 const STREAM_INFO: &[u8] = b"$JS.API.STREAM.INFO.";

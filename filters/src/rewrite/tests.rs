@@ -172,6 +172,55 @@ fn jetstream_api_is_an_exception_to_the_mount() {
     assert!(jetstream::map_stream_subjects(b"$JS.API.STREAM.CREATE.X", b"nope", &set).is_none());
 }
 
+/// Subjects nats-server refuses for a stream (everything without `no_ack` or with more
+/// than one replica, its APIs without `no_ack`) go out as the client wrote them, for the
+/// server to refuse: mapped into the mount, `>` would be accepted as `tenant.acme.>` and
+/// capture the client's own requests.
+#[test]
+fn stream_subjects_nats_server_refuses_are_not_mapped() {
+    let set = load("jetstream-mount");
+    let create = |request: &str| {
+        jetstream::map_stream_subjects(b"$JS.API.STREAM.CREATE.ALL", request.as_bytes(), &set)
+    };
+    for refused in [
+        r#"{"name":"ALL","subjects":[">"]}"#,
+        r#"{"name":"ALL","subjects":["orders.>", ">"],"no_ack":false}"#,
+        r#"{"name":"ALL","subjects":[">"],"no_ack":true,"num_replicas":3}"#,
+        r#"{"name":"ALL","subjects":["*.>"]}"#,
+        r#"{"name":"ALL","subjects":["$JS.FOO"]}"#,
+        r#"{"name":"ALL","subjects":["$SYS.REQ.>"]}"#,
+        r#"{"name":"ALL","subjects":["$NRG.x"]}"#,
+    ] {
+        assert!(create(refused).is_none(), "{refused}");
+    }
+    for (accepted, upstream) in [
+        (
+            r#"{"name":"ALL","subjects":[">"],"no_ack":true}"#,
+            "tenant.acme.>",
+        ),
+        (
+            r#"{"name":"ALL","subjects":["*.>"],"no_ack":true}"#,
+            "tenant.acme.*.>",
+        ),
+        (
+            r#"{"name":"ALL","subjects":["$JS.EVENT.ADVISORY.>"]}"#,
+            "tenant.acme.$JS.EVENT.ADVISORY.>",
+        ),
+        (
+            r#"{"name":"ALL","subjects":["$SYS.ACCOUNT.x"]}"#,
+            "tenant.acme.$SYS.ACCOUNT.x",
+        ),
+        (
+            r#"{"name":"ALL","subjects":["orders.*"]}"#,
+            "tenant.acme.orders.*",
+        ),
+    ] {
+        let payload = create(accepted).unwrap_or_else(|| panic!("{accepted}"));
+        let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(v["subjects"][0], upstream, "{accepted}");
+    }
+}
+
 #[test]
 fn jetstream_consumer_filters_are_mapped_in_the_request_and_its_subject() {
     let set = load("jetstream-mount");
