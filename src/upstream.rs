@@ -521,7 +521,9 @@ impl DialHistory {
         };
         match outcome {
             Ok(()) => down.swap(false, Ordering::Relaxed),
-            Err(DialError::Full) => false,
+            // Like a full server, a throttling one swings between refusing and not with
+            // its load.
+            Err(DialError::Full | DialError::RefusedBeforeTls(_)) => false,
             Err(_) => !down.swap(true, Ordering::Relaxed),
         }
     }
@@ -847,9 +849,12 @@ async fn dial(
             // A server that is full or going away: another address of the same host (a
             // headless Service's other pods) may have room, in the time left. The URL fails
             // only when every address refused.
-            Err(e @ (DialError::Full | DialError::LameDuck | DialError::ProxyHeaderIgnored))
-                if tried < addrs.len() =>
-            {
+            Err(
+                e @ (DialError::Full
+                | DialError::LameDuck
+                | DialError::ProxyHeaderIgnored
+                | DialError::RefusedBeforeTls(_)),
+            ) if tried < addrs.len() => {
                 header_sent.store(false, Ordering::Relaxed);
                 refused.get_or_insert(e);
             }
@@ -921,7 +926,9 @@ async fn dial_on(
     // upgrade first, whatever its options.
     check_reads_proxy_header(upstream, &info, &tcp, client)?;
     if !leftover.is_empty() {
-        return Err(DialError::BadInfo);
+        // A refusal that came with the INFO (connection throttling); a full server's is
+        // caught by `read_info`.
+        return Err(refusal_before_tls(&leftover).unwrap_or(DialError::BadInfo));
     }
     let stream = connect_tls(tls, name, tcp).await?;
     Ok((UpstreamStream::Tls(Box::new(stream)), info, leftover))
@@ -947,24 +954,25 @@ async fn connect_tls(
             Ok(stream)
         }
         Err((e, socket)) => {
-            let first = socket.first_bytes();
-            if is_max_connections_error(first) {
-                return Err(DialError::Full);
-            }
-            match first.strip_prefix(b"-ERR ") {
-                Some(rest) => {
-                    let line = rest
-                        .split(|&b| b == b'\r' || b == b'\n')
-                        .next()
-                        .unwrap_or_default();
-                    Err(DialError::RefusedBeforeTls(
-                        String::from_utf8_lossy(line).into_owned(),
-                    ))
-                }
-                None => Err(DialError::Tls(e)),
-            }
+            Err(refusal_before_tls(socket.first_bytes()).unwrap_or(DialError::Tls(e)))
         }
     }
+}
+
+/// nats-server's plain-text refusal of a client before TLS, at the start of `received`: a
+/// full server, or any other `-ERR` (connection throttling).
+fn refusal_before_tls(received: &[u8]) -> Option<DialError> {
+    if is_max_connections_error(received) {
+        return Some(DialError::Full);
+    }
+    let rest = received.strip_prefix(b"-ERR ")?;
+    let line = rest
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or_default();
+    Some(DialError::RefusedBeforeTls(
+        String::from_utf8_lossy(line).into_owned(),
+    ))
 }
 
 /// With `upstream.proxy_protocol` on, a plain INFO (sent before any TLS) whose `client_ip`
@@ -986,6 +994,8 @@ fn check_reads_proxy_header(
         client,
         info.client_ip
             .as_deref()
+            // Go writes a link-local peer with its zone (`fe80::1%eth0`).
+            .map(|ip| ip.split_once('%').map_or(ip, |(addr, _zone)| addr))
             .and_then(|ip| ip.parse::<std::net::IpAddr>().ok()),
     ) else {
         return Ok(());
@@ -1100,6 +1110,27 @@ mod tests {
         assert!(connect_in_turn(&[], deadline).await.is_err());
     }
 
+    /// What nats-server sends in plain text where a client's TLS should start: a full
+    /// server's refusal, or another (connection throttling) with its text; anything else is
+    /// no refusal.
+    #[test]
+    fn plain_refusals_before_tls_are_told_apart() {
+        assert!(matches!(
+            refusal_before_tls(b"-ERR 'maximum connections exceeded'\r\n"),
+            Some(DialError::Full)
+        ));
+        let throttled = refusal_before_tls(
+            b"-ERR 'Connection throttling is active. Please try again later.'\r\n",
+        );
+        assert_eq!(
+            throttled.map(|e| e.to_string()).as_deref(),
+            Some("refused the client before TLS: -ERR 'Connection throttling is active. Please try again later.'")
+        );
+        assert!(refusal_before_tls(b"\x15\x03\x03\x00\x02").is_none());
+        assert!(refusal_before_tls(b"").is_none());
+        assert!(refusal_before_tls(b"PING\r\n").is_none());
+    }
+
     /// When a failed URL's back-off ends, one dial tries it again; the others go on
     /// skipping it until that dial has its answer.
     #[test]
@@ -1167,8 +1198,11 @@ mod tests {
         assert!(!history.log_worthy(0, Err(&DialError::Full)));
         assert!(history.log_worthy(0, Ok(())), "back");
         assert!(!history.log_worthy(0, Ok(())));
-        // A full server is not down, and its next success is no comeback.
+        // A full server is not down, and its next success is no comeback; nor is one that
+        // throttles connections.
         assert!(!history.log_worthy(0, Err(&DialError::Full)));
+        let throttled = DialError::RefusedBeforeTls("'Connection throttling is active.'".into());
+        assert!(!history.log_worthy(0, Err(&throttled)));
         assert!(!history.log_worthy(0, Ok(())));
         assert!(history.log_worthy(1, Err(&down)), "each URL on its own");
         assert!(!history.log_worthy(5, Err(&down)), "no such URL");

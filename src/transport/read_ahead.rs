@@ -49,7 +49,7 @@ impl<S> ReadAhead<S> {
     /// A socket that keeps the first bytes it hands out (see [`ReadAhead::first_bytes`]).
     pub fn recording(inner: S) -> Self {
         ReadAhead {
-            first: Some(Vec::new()),
+            first: Some(Vec::with_capacity(FIRST_BYTES)),
             ..ReadAhead::new(inner)
         }
     }
