@@ -649,10 +649,11 @@ pub async fn dial_any(
     for i in order {
         let url = &upstream.urls[i];
         // A URL tried again after its back-off may still drop packets. With other URLs after
-        // it, it gets half the connect timeout: the client's own timeout is about the
+        // it, it gets half the connect timeout (its addresses share that half): the client's own timeout is about the
         // edge's (2 s in nats.go and nats.py), so the whole of it would leave the client
         // none for the URL that serves it.
-        let timeout = if standings[i] == Standing::Retry && Some(i) != last {
+        // The readiness check's dial has no client waiting: it keeps the whole timeout.
+        let timeout = if standings[i] == Standing::Retry && Some(i) != last && client.is_some() {
             upstream.connect_timeout / 2
         } else {
             upstream.connect_timeout
@@ -661,7 +662,7 @@ pub async fn dial_any(
         let dialled = WatchedDial {
             dial: Box::pin(tokio::time::timeout(
                 timeout,
-                dial(upstream, i, client, &header_sent),
+                dial(upstream, i, client, &header_sent, timeout),
             )),
             upstream,
             index: i,
@@ -827,13 +828,11 @@ async fn dial(
     index: usize,
     client: Option<ProxyAddrs>,
     header_sent: &AtomicBool,
+    timeout: Duration,
 ) -> Result<(UpstreamStream, Info, BytesMut), DialError> {
-    // A little inside the connect timeout that bounds the whole dial, so that when the other
+    // A little inside the timeout that bounds the whole dial, so that when the other
     // addresses run out of time after a refusal, the refusal is what the dial reports.
-    let deadline = tokio::time::Instant::now()
-        + upstream
-            .connect_timeout
-            .saturating_sub(Duration::from_millis(20));
+    let deadline = tokio::time::Instant::now() + timeout.saturating_sub(Duration::from_millis(20));
     let addrs = resolve(upstream, index).await.map_err(DialError::Connect)?;
     let mut tried = 0;
     // The first server that refused (full, going away): what the dial failed for if no other

@@ -125,8 +125,20 @@ fn map_stream_config(
 /// longer look like that (`>` becomes `tenant.acme.>`), and the stream would capture the
 /// client's own requests, inboxes and all. So they go out as the client wrote them, and the
 /// server refuses them as it would a client connected to it directly.
+///
+/// Only for a config whose keys are all lower-case ASCII, as clients write them: nats-server
+/// reads keys as Go's `encoding/json` does, in any case (Unicode folding included), so a
+/// key spelt otherwise (`NO_ACK`) could make it accept what this check reads as refused,
+/// and the subjects would then go out unmapped. Such a config is mapped.
 fn refused_by_the_server(config: &serde_json::Map<String, Value>) -> bool {
     use crate::acl::matching::{is_subset_match, subjects_collide};
+    let as_clients_write = |key: &String| {
+        key.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    if !config.keys().all(as_clients_write) {
+        return false;
+    }
     let no_ack = config.get("no_ack").and_then(Value::as_bool) == Some(true);
     let replicas = config
         .get("num_replicas")

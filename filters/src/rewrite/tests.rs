@@ -214,6 +214,20 @@ fn stream_subjects_nats_server_refuses_are_not_mapped() {
             r#"{"name":"ALL","subjects":["orders.*"]}"#,
             "tenant.acme.orders.*",
         ),
+        // nats-server would read `NO_ACK` as `no_ack` and accept `>`: mapped, as it is
+        // unclear what the server reads.
+        (
+            r#"{"name":"ALL","subjects":[">"],"NO_ACK":true}"#,
+            "tenant.acme.>",
+        ),
+        (
+            r#"{"name":"ALL","subjects":[">"],"no_ack":true,"num_replicas":3,"Num_Replicas":1}"#,
+            "tenant.acme.>",
+        ),
+        (
+            r#"{"name":"ALL","subjects":[">"],"\u017fubjects":["x"]}"#,
+            "tenant.acme.>",
+        ),
     ] {
         let payload = create(accepted).unwrap_or_else(|| panic!("{accepted}"));
         let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
