@@ -568,7 +568,7 @@ impl Upstream {
 }
 
 /// One URL's dial in [`dial_any`], watched. Dropped before the dial ended (the client
-/// left, and its session dropped the dial), after half the connect timeout or more: the URL
+/// left, and its session dropped the dial), after half its timeout or more: the URL
 /// counts as failed, as if the dial had run out. Clients give up after about as long as
 /// the connect timeout (2 s for nats.go and nats.py), so otherwise a URL that drops packets
 /// would never be marked, and every session would keep trying it first. A dial abandoned
@@ -581,6 +581,8 @@ struct WatchedDial<'a, F> {
     upstream: &'a Upstream,
     index: usize,
     started: Instant,
+    /// This dial's timeout: the connect timeout, or half of it for a URL tried again.
+    timeout: Duration,
     ended: bool,
 }
 
@@ -599,7 +601,7 @@ impl<F: Future> Future for WatchedDial<'_, F> {
 impl<F> Drop for WatchedDial<'_, F> {
     fn drop(&mut self) {
         let waited = self.started.elapsed();
-        if self.ended || waited < self.upstream.connect_timeout / 2 {
+        if self.ended || waited < self.timeout / 2 {
             return;
         }
         let history = &self.upstream.history;
@@ -649,10 +651,10 @@ pub async fn dial_any(
     for i in order {
         let url = &upstream.urls[i];
         // A URL tried again after its back-off may still drop packets. With other URLs after
-        // it, it gets half the connect timeout (its addresses share that half): the client's own timeout is about the
-        // edge's (2 s in nats.go and nats.py), so the whole of it would leave the client
-        // none for the URL that serves it.
-        // The readiness check's dial has no client waiting: it keeps the whole timeout.
+        // it, it gets half the connect timeout (its lookup and addresses share that half):
+        // the client's own timeout is about the edge's (2 s in nats.go and nats.py), so the
+        // whole of it would leave the client none for the URL that serves it. The readiness
+        // check's dial has no client waiting: it keeps the whole timeout.
         let timeout = if standings[i] == Standing::Retry && Some(i) != last && client.is_some() {
             upstream.connect_timeout / 2
         } else {
@@ -667,6 +669,7 @@ pub async fn dial_any(
             upstream,
             index: i,
             started: Instant::now(),
+            timeout,
             // The readiness check's dial (no client) is dropped only by a shutdown.
             ended: client.is_none(),
         }
@@ -713,7 +716,11 @@ pub async fn dial_any(
 /// its own and keeps its answer for the next dials, however long it took (one at a time per
 /// URL while there is an answer to use). A lookup that fails (the name is gone) fails the
 /// dial that waited for it.
-async fn resolve(upstream: &Upstream, index: usize) -> io::Result<Vec<std::net::SocketAddr>> {
+async fn resolve(
+    upstream: &Upstream,
+    index: usize,
+    timeout: Duration,
+) -> io::Result<Vec<std::net::SocketAddr>> {
     let authority = upstream.urls[index].authority();
     if let Ok(addr) = authority.parse::<std::net::SocketAddr>() {
         return Ok(vec![addr]);
@@ -728,7 +735,7 @@ async fn resolve(upstream: &Upstream, index: usize) -> io::Result<Vec<std::net::
             earlier
         }
         Some(earlier) => {
-            let patience = DNS_PATIENCE.min(upstream.connect_timeout / 2);
+            let patience = DNS_PATIENCE.min(timeout / 2);
             match tokio::time::timeout(patience, spawn_lookup(upstream, index, authority)).await {
                 Ok(found) => found?,
                 Err(_) => earlier,
@@ -833,7 +840,9 @@ async fn dial(
     // A little inside the timeout that bounds the whole dial, so that when the other
     // addresses run out of time after a refusal, the refusal is what the dial reports.
     let deadline = tokio::time::Instant::now() + timeout.saturating_sub(Duration::from_millis(20));
-    let addrs = resolve(upstream, index).await.map_err(DialError::Connect)?;
+    let addrs = resolve(upstream, index, timeout)
+        .await
+        .map_err(DialError::Connect)?;
     let mut tried = 0;
     // The first server that refused (full, going away): what the dial failed for if no other
     // address connects.

@@ -1294,6 +1294,19 @@ async fn streams_nats_server_refuses_are_refused_through_a_mount() {
         let description = answer["error"]["description"].as_str().unwrap_or_default();
         assert!(description.contains(text), "{subjects}: {answer}");
     }
+    // Two JSON values one after the other, which nats-server reads into one config and the
+    // edge cannot map: refused, rather than a stream on subjects outside the mount.
+    let answer = within(
+        "two values",
+        nc.request(
+            "$JS.API.STREAM.CREATE.TWO",
+            Bytes::from_static(br#"{"name":"TWO","subjects":["elsewhere.>"]} {}"#),
+        ),
+    )
+    .await
+    .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert!(answer["error"]["code"].is_number(), "{answer}");
     // With no_ack, nats-server takes `>`: in the mount, it captures the namespace.
     let created = js_api(
         &nc,

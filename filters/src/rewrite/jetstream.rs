@@ -60,11 +60,22 @@ const LOOKUP_FIELDS: &[(&[u8], &[&str])] = &[
 /// view) is a stream create or update (the payload is the stream's config) or a restore
 /// (the config is its `config`) and any subject changed.
 pub fn map_stream_subjects(subject: &[u8], payload: &[u8], set: &RuleSet) -> Option<Bytes> {
+    let stream_request = [STREAM_CREATE, STREAM_UPDATE, STREAM_RESTORE]
+        .iter()
+        .any(|p| subject.starts_with(p));
+    if stream_request && unreadable(payload) {
+        return Some(Bytes::from_static(UNREADABLE));
+    }
     if subject.starts_with(STREAM_CREATE) || subject.starts_with(STREAM_UPDATE) {
-        return edit_json_object(payload, |config| map_stream_config(config, None, set));
+        return edit_json_object(payload, |config| map_stream_config(config, None, set, true));
     }
     let stream = subject.strip_prefix(STREAM_RESTORE)?;
+    // Go merges every key that folds to `config`, and a `config` given twice, into one
+    // config; the edge reads the last `config` alone. Only a request with one, written as
+    // clients write it, may be left for the server to refuse (see `refused_by_the_server`).
+    let one_config = memchr::memmem::find_iter(payload, b"\"config\"").count() == 1;
     edit_json_object(payload, |request| {
+        let plain = one_config && request.keys().all(|key| written_as_clients_write(key));
         // nats-server reads a request without a config as one with an empty config.
         let config = request.entry("config").or_insert(Value::Null);
         if config.is_null() {
@@ -72,19 +83,28 @@ pub fn map_stream_subjects(subject: &[u8], payload: &[u8], set: &RuleSet) -> Opt
         }
         config
             .as_object_mut()
-            .is_some_and(|config| map_stream_config(config, Some(stream), set))
+            .is_some_and(|config| map_stream_config(config, Some(stream), set, plain))
     })
+}
+
+/// A JSON key as clients write them: lower-case ASCII, digits and `_`. nats-server reads
+/// keys as Go's `encoding/json` does, in any case (Unicode folding included).
+fn written_as_clients_write(key: &str) -> bool {
+    key.bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// Maps the subjects a stream's config captures; true when any changed. `stream` is the
 /// name in the request subject, which nats-server gives a restored stream whose config
-/// names none.
+/// names none. `may_leave_to_server`: the request around the config is one the edge reads
+/// as nats-server does, so subjects the server refuses may go out unmapped.
 fn map_stream_config(
     config: &mut serde_json::Map<String, Value>,
     stream: Option<&[u8]>,
     set: &RuleSet,
+    may_leave_to_server: bool,
 ) -> bool {
-    if refused_by_the_server(config) {
+    if may_leave_to_server && refused_by_the_server(config) {
         return false;
     }
     let listed = config
@@ -132,11 +152,7 @@ fn map_stream_config(
 /// and the subjects would then go out unmapped. Such a config is mapped.
 fn refused_by_the_server(config: &serde_json::Map<String, Value>) -> bool {
     use crate::acl::matching::{is_subset_match, subjects_collide};
-    let as_clients_write = |key: &String| {
-        key.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    };
-    if !config.keys().all(as_clients_write) {
+    if !config.keys().all(|key| written_as_clients_write(key)) {
         return false;
     }
     let no_ack = config.get("no_ack").and_then(Value::as_bool) == Some(true);
@@ -251,6 +267,20 @@ pub fn map_api_answer(kind: ApiAnswer, payload: &[u8], set: &RuleSet) -> Option<
         // Its subject is in a header, not in a JSON payload.
         ApiAnswer::DirectGet { .. } => false,
     })
+}
+
+/// What goes to nats-server in place of a request body the edge cannot read: a body it
+/// refuses as invalid JSON.
+const UNREADABLE: &[u8] = b"{";
+
+/// Whether a request body that names subjects is one the edge cannot read as one JSON
+/// object, while nats-server may: Go's decoder reads several JSON values one after the
+/// other into the same config, and takes invalid UTF-8. The edge cannot map what it cannot
+/// read, so such a body goes to the server as one it refuses, never with its subjects
+/// outside the mount. (An empty body is refused by the server as it is.)
+fn unreadable(payload: &[u8]) -> bool {
+    !payload.trim_ascii().is_empty()
+        && serde_json::from_slice::<serde_json::Map<String, Value>>(payload).is_err()
 }
 
 /// The JSON object `payload` after `edit`, when it says it changed something.
@@ -537,6 +567,10 @@ pub fn map_consumer_filters(
     }
     if !durable {
         out.subject = map_subject_tail(client_subject, CONSUMER_CREATE, 2, upstream_subject, set);
+    }
+    if unreadable(payload) {
+        out.payload = Some(Bytes::from_static(UNREADABLE));
+        return out;
     }
     out.payload = edit_json_object(payload, |request| {
         request

@@ -169,7 +169,11 @@ fn jetstream_api_is_an_exception_to_the_mount() {
         );
     }
     assert!(jetstream::map_stream_subjects(b"orders.x", b"{\"subjects\":[]}", &set).is_none());
-    assert!(jetstream::map_stream_subjects(b"$JS.API.STREAM.CREATE.X", b"nope", &set).is_none());
+    // A body that is no JSON object goes as one the server refuses too.
+    assert_eq!(
+        jetstream::map_stream_subjects(b"$JS.API.STREAM.CREATE.X", b"nope", &set).as_deref(),
+        Some(&b"{"[..])
+    );
 }
 
 /// Subjects nats-server refuses for a stream (everything without `no_ack` or with more
@@ -224,15 +228,59 @@ fn stream_subjects_nats_server_refuses_are_not_mapped() {
             r#"{"name":"ALL","subjects":[">"],"no_ack":true,"num_replicas":3,"Num_Replicas":1}"#,
             "tenant.acme.>",
         ),
-        (
-            r#"{"name":"ALL","subjects":[">"],"\u017fubjects":["x"]}"#,
-            "tenant.acme.>",
-        ),
     ] {
         let payload = create(accepted).unwrap_or_else(|| panic!("{accepted}"));
         let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         assert_eq!(v["subjects"][0], upstream, "{accepted}");
     }
+}
+
+/// A body the edge cannot read as one JSON object (Go's decoder reads several values one
+/// after the other into one config) goes to nats-server as one it refuses, never with its
+/// subjects unmapped; an empty one as it is.
+#[test]
+fn stream_and_consumer_bodies_the_edge_cannot_read_are_refused() {
+    let set = load("jetstream-mount");
+    let two_values = br#"{"name":"X","subjects":["elsewhere.>"]} {}"#;
+    for subject in [
+        &b"$JS.API.STREAM.CREATE.X"[..],
+        b"$JS.API.STREAM.UPDATE.X",
+        b"$JS.API.STREAM.RESTORE.X",
+    ] {
+        let sent = jetstream::map_stream_subjects(subject, two_values, &set);
+        assert_eq!(sent.as_deref(), Some(&b"{"[..]));
+        assert!(jetstream::map_stream_subjects(subject, b"", &set).is_none());
+    }
+    let subject = b"$JS.API.CONSUMER.CREATE.X";
+    let consumer = br#"{"stream_name":"X","config":{"deliver_subject":"elsewhere"}} {}"#;
+    let sent = jetstream::map_consumer_filters(subject, subject, consumer, &set);
+    assert_eq!(sent.payload.as_deref(), Some(&b"{"[..]));
+}
+
+/// A restore whose request holds its config twice, or under a key in another case, is one
+/// Go reads as one merged config: its subjects are mapped, never left for the server to
+/// refuse, as the server could take `no_ack` from the other one.
+#[test]
+fn a_restore_with_configs_go_merges_is_mapped() {
+    let set = load("jetstream-mount");
+    let restore = |request: &str| {
+        let payload =
+            jetstream::map_stream_subjects(b"$JS.API.STREAM.RESTORE.ALL", request.as_bytes(), &set)
+                .unwrap_or_else(|| panic!("{request}"));
+        let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        v["config"]["subjects"][0].clone()
+    };
+    for merged in [
+        r#"{"config":{"name":"ALL","subjects":[">"]},"Config":{"no_ack":true}}"#,
+        r#"{"config":{"no_ack":true},"config":{"name":"ALL","subjects":[">"]}}"#,
+    ] {
+        assert_eq!(restore(merged), "tenant.acme.>", "{merged}");
+    }
+    let alone = r#"{"config":{"name":"ALL","subjects":[">"]}}"#;
+    assert!(
+        jetstream::map_stream_subjects(b"$JS.API.STREAM.RESTORE.ALL", alone.as_bytes(), &set)
+            .is_none()
+    );
 }
 
 #[test]
