@@ -521,9 +521,10 @@ impl DialHistory {
         };
         match outcome {
             Ok(()) => down.swap(false, Ordering::Relaxed),
+            Err(DialError::Full) => false,
             // Like a full server, a throttling one swings between refusing and not with
-            // its load.
-            Err(DialError::Full | DialError::RefusedBeforeTls(_)) => false,
+            // its load. Another refusal is logged as any failure.
+            Err(DialError::RefusedBeforeTls(text)) if text.contains("throttling") => false,
             Err(_) => !down.swap(true, Ordering::Relaxed),
         }
     }
@@ -1214,6 +1215,12 @@ mod tests {
         assert!(!history.log_worthy(0, Ok(())));
         assert!(history.log_worthy(1, Err(&down)), "each URL on its own");
         assert!(!history.log_worthy(5, Err(&down)), "no such URL");
+        let refusing = DialHistory::new(1);
+        let refused = DialError::RefusedBeforeTls("'go away'".into());
+        assert!(
+            refusing.log_worthy(0, Err(&refused)),
+            "another refusal is down"
+        );
     }
 
     async fn first_info(bytes: &[u8]) -> Result<(Info, BytesMut), DialError> {
