@@ -67,15 +67,10 @@ pub fn map_stream_subjects(subject: &[u8], payload: &[u8], set: &RuleSet) -> Opt
         return Some(Bytes::from_static(UNREADABLE));
     }
     if subject.starts_with(STREAM_CREATE) || subject.starts_with(STREAM_UPDATE) {
-        return edit_json_object(payload, |config| map_stream_config(config, None, set, true));
+        return edit_json_object(payload, |config| map_stream_config(config, None, set));
     }
     let stream = subject.strip_prefix(STREAM_RESTORE)?;
-    // Go merges every key that folds to `config`, and a `config` given twice, into one
-    // config; the edge reads the last `config` alone. Only a request with one, written as
-    // clients write it, may be left for the server to refuse (see `refused_by_the_server`).
-    let one_config = memchr::memmem::find_iter(payload, b"\"config\"").count() == 1;
     edit_json_object(payload, |request| {
-        let plain = one_config && request.keys().all(|key| written_as_clients_write(key));
         // nats-server reads a request without a config as one with an empty config.
         let config = request.entry("config").or_insert(Value::Null);
         if config.is_null() {
@@ -83,28 +78,19 @@ pub fn map_stream_subjects(subject: &[u8], payload: &[u8], set: &RuleSet) -> Opt
         }
         config
             .as_object_mut()
-            .is_some_and(|config| map_stream_config(config, Some(stream), set, plain))
+            .is_some_and(|config| map_stream_config(config, Some(stream), set))
     })
-}
-
-/// A JSON key as clients write them: lower-case ASCII, digits and `_`. nats-server reads
-/// keys as Go's `encoding/json` does, in any case (Unicode folding included).
-fn written_as_clients_write(key: &str) -> bool {
-    key.bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// Maps the subjects a stream's config captures; true when any changed. `stream` is the
 /// name in the request subject, which nats-server gives a restored stream whose config
-/// names none. `may_leave_to_server`: the request around the config is one the edge reads
-/// as nats-server does, so subjects the server refuses may go out unmapped.
+/// names none.
 fn map_stream_config(
     config: &mut serde_json::Map<String, Value>,
     stream: Option<&[u8]>,
     set: &RuleSet,
-    may_leave_to_server: bool,
 ) -> bool {
-    if may_leave_to_server && refused_by_the_server(config) {
+    if refused_by_the_server(config) {
         return false;
     }
     let listed = config
@@ -146,15 +132,10 @@ fn map_stream_config(
 /// client's own requests, inboxes and all. So they go out as the client wrote them, and the
 /// server refuses them as it would a client connected to it directly.
 ///
-/// Only for a config whose keys are all lower-case ASCII, as clients write them: nats-server
-/// reads keys as Go's `encoding/json` does, in any case (Unicode folding included), so a
-/// key spelt otherwise (`NO_ACK`) could make it accept what this check reads as refused,
-/// and the subjects would then go out unmapped. Such a config is mapped.
+/// The body was read as nats-server reads it ([`unreadable`]), so what this finds refused,
+/// the server refuses.
 fn refused_by_the_server(config: &serde_json::Map<String, Value>) -> bool {
     use crate::acl::matching::{is_subset_match, subjects_collide};
-    if !config.keys().all(|key| written_as_clients_write(key)) {
-        return false;
-    }
     let no_ack = config.get("no_ack").and_then(Value::as_bool) == Some(true);
     let replicas = config
         .get("num_replicas")
@@ -273,14 +254,97 @@ pub fn map_api_answer(kind: ApiAnswer, payload: &[u8], set: &RuleSet) -> Option<
 /// refuses as invalid JSON.
 const UNREADABLE: &[u8] = b"{";
 
-/// Whether a request body that names subjects is one the edge cannot read as one JSON
-/// object, while nats-server may: Go's decoder reads several JSON values one after the
-/// other into the same config, and takes invalid UTF-8. The edge cannot map what it cannot
-/// read, so such a body goes to the server as one it refuses, never with its subjects
-/// outside the mount. (An empty body is refused by the server as it is.)
+/// Whether a request body that names subjects may be read otherwise by nats-server than by
+/// the edge. Go's `encoding/json` reads several JSON values one after the other into the
+/// same request, takes invalid UTF-8, matches keys in any case (Unicode folding included:
+/// `ſubjects` is `subjects`), and merges an object given twice; the edge reads one JSON
+/// object, exact keys, the last of two. So a body is unreadable unless it is one JSON
+/// object whose keys, at the top and in its `config`, are lower-case ASCII (as every client
+/// writes them: the API's names are) and each given once. The edge cannot map what it
+/// cannot read, so such a body goes to the server as one it refuses, never with its
+/// subjects outside the mount. (An empty body is refused by the server as it is.)
 fn unreadable(payload: &[u8]) -> bool {
-    !payload.trim_ascii().is_empty()
-        && serde_json::from_slice::<serde_json::Map<String, Value>>(payload).is_err()
+    !payload.trim_ascii().is_empty() && serde_json::from_slice::<PlainKeys>(payload).is_err()
+}
+
+/// A JSON object read only to check its keys (see [`unreadable`]): the deserialisation fails
+/// on a key that is not lower-case ASCII or that comes twice, at the top and in `config`.
+/// `null` (async-nats' body for a request without options; Go reads it as an empty
+/// request) names no subject, and is read.
+struct PlainKeys;
+
+impl<'de> serde::Deserialize<'de> for PlainKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(PlainKeysVisitor { nested: true })
+    }
+}
+
+struct PlainKeysVisitor {
+    /// Whether a `config` in this object is checked too.
+    nested: bool,
+}
+
+impl<'de> serde::de::Visitor<'de> for PlainKeysVisitor {
+    type Value = PlainKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object with lower-case keys, each once")
+    }
+
+    fn visit_unit<E>(self) -> Result<PlainKeys, E> {
+        Ok(PlainKeys)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PlainKeys, A::Error> {
+        use serde::de::Error;
+        let mut seen: Vec<String> = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let plain = key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !plain || seen.contains(&key) {
+                return Err(A::Error::custom("a key nats-server may read otherwise"));
+            }
+            if self.nested && key == "config" {
+                map.next_value_seed(PlainConfig)?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+            seen.push(key);
+        }
+        Ok(PlainKeys)
+    }
+}
+
+/// A request's `config`: an object checked as its request is, or `null`.
+struct PlainConfig;
+
+impl<'de> serde::de::DeserializeSeed<'de> for PlainConfig {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(PlainConfigVisitor)
+    }
+}
+
+struct PlainConfigVisitor;
+
+impl<'de> serde::de::Visitor<'de> for PlainConfigVisitor {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a config object")
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        PlainKeysVisitor { nested: false }
+            .visit_map(map)
+            .map(|_| ())
+    }
 }
 
 /// The JSON object `payload` after `edit`, when it says it changed something.
@@ -539,6 +603,10 @@ pub fn map_stream_lookup(
     };
     if client_subject.starts_with(DIRECT_GET) {
         out.subject = map_subject_tail(client_subject, DIRECT_GET, 1, upstream_subject, set);
+    }
+    if unreadable(payload) {
+        out.payload = Some(Bytes::from_static(UNREADABLE));
+        return out;
     }
     out.payload = edit_json_object(payload, |request| {
         fields.iter().fold(false, |changed, field| {

@@ -218,16 +218,6 @@ fn stream_subjects_nats_server_refuses_are_not_mapped() {
             r#"{"name":"ALL","subjects":["orders.*"]}"#,
             "tenant.acme.orders.*",
         ),
-        // nats-server would read `NO_ACK` as `no_ack` and accept `>`: mapped, as it is
-        // unclear what the server reads.
-        (
-            r#"{"name":"ALL","subjects":[">"],"NO_ACK":true}"#,
-            "tenant.acme.>",
-        ),
-        (
-            r#"{"name":"ALL","subjects":[">"],"no_ack":true,"num_replicas":3,"Num_Replicas":1}"#,
-            "tenant.acme.>",
-        ),
     ] {
         let payload = create(accepted).unwrap_or_else(|| panic!("{accepted}"));
         let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
@@ -250,37 +240,80 @@ fn stream_and_consumer_bodies_the_edge_cannot_read_are_refused() {
         let sent = jetstream::map_stream_subjects(subject, two_values, &set);
         assert_eq!(sent.as_deref(), Some(&b"{"[..]));
         assert!(jetstream::map_stream_subjects(subject, b"", &set).is_none());
+        assert!(jetstream::map_stream_subjects(subject, b"null", &set).is_none());
     }
     let subject = b"$JS.API.CONSUMER.CREATE.X";
     let consumer = br#"{"stream_name":"X","config":{"deliver_subject":"elsewhere"}} {}"#;
     let sent = jetstream::map_consumer_filters(subject, subject, consumer, &set);
     assert_eq!(sent.payload.as_deref(), Some(&b"{"[..]));
+    let snapshot = br#"{"deliver_subject":"a"} {"deliver_subject":"elsewhere"}"#;
+    let sent = jetstream::map_stream_lookup(
+        b"$JS.API.STREAM.SNAPSHOT.X",
+        b"$JS.API.STREAM.SNAPSHOT.X",
+        snapshot,
+        &set,
+    );
+    assert_eq!(sent.payload.as_deref(), Some(&b"{"[..]));
 }
 
-/// A restore whose request holds its config twice, or under a key in another case, is one
-/// Go reads as one merged config: its subjects are mapped, never left for the server to
-/// refuse, as the server could take `no_ack` from the other one.
+/// Go reads JSON keys in any case (Unicode folding included) and merges an object given
+/// twice; the edge reads exact keys and the last of two. A body where that could differ
+/// (a key that is not lower-case ASCII, or a key given twice, at the top or in `config`) is
+/// refused the same way: `NO_ACK` would otherwise make nats-server accept a `>` the edge
+/// left for it to refuse, and `ſubjects` or a second `config` would carry subjects the
+/// edge never mapped.
 #[test]
-fn a_restore_with_configs_go_merges_is_mapped() {
+fn bodies_go_may_read_otherwise_are_refused() {
     let set = load("jetstream-mount");
-    let restore = |request: &str| {
-        let payload =
-            jetstream::map_stream_subjects(b"$JS.API.STREAM.RESTORE.ALL", request.as_bytes(), &set)
-                .unwrap_or_else(|| panic!("{request}"));
-        let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
-        v["config"]["subjects"][0].clone()
-    };
-    for merged in [
-        r#"{"config":{"name":"ALL","subjects":[">"]},"Config":{"no_ack":true}}"#,
-        r#"{"config":{"no_ack":true},"config":{"name":"ALL","subjects":[">"]}}"#,
+    let refused = Some(&b"{"[..]);
+    for (subject, body) in [
+        (
+            &b"$JS.API.STREAM.CREATE.ALL"[..],
+            r#"{"name":"ALL","subjects":[">"],"NO_ACK":true}"#,
+        ),
+        (
+            b"$JS.API.STREAM.CREATE.ALL",
+            r#"{"name":"ALL","subjects":[">"],"no_ack":true,"num_replicas":3,"Num_Replicas":1}"#,
+        ),
+        (
+            b"$JS.API.STREAM.CREATE.ALL",
+            r#"{"name":"ALL","subjects":["orders.>"],"\u017fubjects":["elsewhere.>"]}"#,
+        ),
+        (
+            b"$JS.API.STREAM.UPDATE.ALL",
+            r#"{"name":"ALL","Subjects":["elsewhere.>"],"sources":[{"name":"A"}]}"#,
+        ),
+        (
+            b"$JS.API.STREAM.RESTORE.ALL",
+            r#"{"config":{"name":"ALL","subjects":[">"]},"Config":{"no_ack":true}}"#,
+        ),
+        (
+            b"$JS.API.STREAM.RESTORE.ALL",
+            r#"{"config":{"no_ack":true},"\u0063onfig":{"name":"ALL","subjects":[">"]}}"#,
+        ),
+        (
+            b"$JS.API.STREAM.RESTORE.ALL",
+            r#"{"config":{"name":"ALL","subjects":[">"],"subjects":["x"]}}"#,
+        ),
     ] {
-        assert_eq!(restore(merged), "tenant.acme.>", "{merged}");
+        let sent = jetstream::map_stream_subjects(subject, body.as_bytes(), &set);
+        assert_eq!(sent.as_deref(), refused, "{body}");
     }
-    let alone = r#"{"config":{"name":"ALL","subjects":[">"]}}"#;
-    assert!(
-        jetstream::map_stream_subjects(b"$JS.API.STREAM.RESTORE.ALL", alone.as_bytes(), &set)
-            .is_none()
-    );
+    let subject = b"$JS.API.CONSUMER.CREATE.S";
+    for body in [
+        r#"{"stream_name":"S","config":{"deliver_subject":"x"},"config":{"durable_name":"d"}}"#,
+        r#"{"stream_name":"S","Config":{"deliver_subject":"x"}}"#,
+        r#"{"stream_name":"S","config":{"Deliver_Subject":"x"}}"#,
+    ] {
+        let sent = jetstream::map_consumer_filters(subject, subject, body.as_bytes(), &set);
+        assert_eq!(sent.payload.as_deref(), refused, "{body}");
+    }
+    // What clients send is read: metadata keys are the user's, below the levels checked.
+    let plain = r#"{"name":"ALL","subjects":["orders.>"],"metadata":{"Owner":"x"}}"#;
+    let sent = jetstream::map_stream_subjects(b"$JS.API.STREAM.CREATE.ALL", plain.as_bytes(), &set)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&sent).unwrap();
+    assert_eq!(v["subjects"][0], "tenant.acme.orders.>");
 }
 
 #[test]
