@@ -63,7 +63,7 @@ pub fn map_stream_subjects(subject: &[u8], payload: &[u8], set: &RuleSet) -> Opt
     let stream_request = [STREAM_CREATE, STREAM_UPDATE, STREAM_RESTORE]
         .iter()
         .any(|p| subject.starts_with(p));
-    if stream_request && unreadable(payload) {
+    if stream_request && unreadable(payload, true) {
         return Some(Bytes::from_static(UNREADABLE));
     }
     if subject.starts_with(STREAM_CREATE) || subject.starts_with(STREAM_UPDATE) {
@@ -260,11 +260,27 @@ const UNREADABLE: &[u8] = b"{";
 /// `ſubjects` is `subjects`), and merges an object given twice; the edge reads one JSON
 /// object, exact keys, the last of two. So a body is unreadable unless it is one JSON
 /// object whose keys, at the top and in its `config`, are lower-case ASCII (as every client
-/// writes them: the API's names are) and each given once. The edge cannot map what it
-/// cannot read, so such a body goes to the server as one it refuses, never with its
-/// subjects outside the mount. (An empty body is refused by the server as it is.)
-fn unreadable(payload: &[u8]) -> bool {
-    !payload.trim_ascii().is_empty() && serde_json::from_slice::<PlainKeys>(payload).is_err()
+/// writes them: the API's names are) and each given once, with values serde reads too (no
+/// invalid UTF-8, lone surrogate, out-of-range number or deep nesting, which Go takes). The
+/// edge cannot map what it cannot read, so such a body goes to the server as one it
+/// refuses, never with its subjects outside the mount.
+///
+/// An empty body is refused by the server as it is. `null`, or white space alone, Go reads
+/// as an empty request: harmless for a lookup (`null` is async-nats' body for a request
+/// without options), but a stream created or restored from it would capture its own name
+/// unmapped, so for those (`names_a_stream`) it is unreadable too.
+fn unreadable(payload: &[u8], names_a_stream: bool) -> bool {
+    if payload.is_empty() {
+        return false;
+    }
+    if payload.trim_ascii().is_empty() {
+        return names_a_stream;
+    }
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Null) => names_a_stream,
+        Ok(Value::Object(_)) => serde_json::from_slice::<PlainKeys>(payload).is_err(),
+        _ => true,
+    }
 }
 
 /// A JSON object read only to check its keys (see [`unreadable`]): the deserialisation fails
@@ -604,7 +620,7 @@ pub fn map_stream_lookup(
     if client_subject.starts_with(DIRECT_GET) {
         out.subject = map_subject_tail(client_subject, DIRECT_GET, 1, upstream_subject, set);
     }
-    if unreadable(payload) {
+    if unreadable(payload, false) {
         out.payload = Some(Bytes::from_static(UNREADABLE));
         return out;
     }
@@ -636,7 +652,7 @@ pub fn map_consumer_filters(
     if !durable {
         out.subject = map_subject_tail(client_subject, CONSUMER_CREATE, 2, upstream_subject, set);
     }
-    if unreadable(payload) {
+    if unreadable(payload, true) {
         out.payload = Some(Bytes::from_static(UNREADABLE));
         return out;
     }
