@@ -212,6 +212,21 @@ async fn failover_from_a_tls_failure_to_the_next_upstream() {
     assert_eq!(edge.metrics().upstream_dial_failures(), 1);
 }
 
+/// Runs the edge process with `toml` written to `config`: a client gets `client_error`, and
+/// the log has a line holding every one of `hint`.
+async fn fails_with_hint(config: &std::path::Path, toml: &str, client_error: &str, hint: &[&str]) {
+    std::fs::write(config, toml).unwrap();
+    let process = EdgeProcess::spawn(&["-c", config.to_str().unwrap()], &[]);
+    let got = error_after_info(process.addr()).await;
+    assert_eq!(got, client_error);
+    tokio::task::block_in_place(|| {
+        process.log().wait_for(0, WAIT, |line| {
+            hint.iter().all(|h| line.contains(h)).then_some(())
+        })
+    })
+    .unwrap_or_else(|| panic!("no hint in the log:\n{}", process.log().dump()));
+}
+
 /// A PROXY header ahead of classic upstream TLS, as nats-server (2.12.9 and later) reads it:
 /// the real client's address reaches nats-server over TLS. A nats-server in TLS-first
 /// fallback mode takes the header for the start of a TLS handshake and holds its INFO back:
@@ -249,18 +264,13 @@ async fn a_proxy_header_ahead_of_upstream_tls() {
     let config = dir.path().join("nats-edge.toml");
     let classic = with_header(upstream_toml(&[fallback.url()], &ca_file))
         .replace("connect_timeout = \"2s\"", "connect_timeout = \"1s\"");
-    std::fs::write(&config, &classic).unwrap();
-    let process = EdgeProcess::spawn(&["-c", config.to_str().unwrap()], &[]);
-    let got = error_after_info(process.addr()).await;
-    assert_eq!(got, "-ERR 'Upstream Unavailable: timed out'\r\n");
-    tokio::task::block_in_place(|| {
-        process.log().wait_for(0, WAIT, |line| {
-            line.contains("set upstream.tls.handshake_first = true")
-                .then_some(())
-        })
-    })
-    .unwrap_or_else(|| panic!("no hint in the log:\n{}", process.log().dump()));
-    drop(process);
+    fails_with_hint(
+        &config,
+        &classic,
+        "-ERR 'Upstream Unavailable: timed out'\r\n",
+        &["set upstream.tls.handshake_first = true"],
+    )
+    .await;
 
     // A server whose own TLS timeout ends first closes the connection instead: the same
     // hint.
@@ -273,18 +283,16 @@ async fn a_proxy_header_ahead_of_upstream_tls() {
     ));
     let classic = with_header(upstream_toml(&[quick.url()], &ca_file))
         .replace("connect_timeout = \"2s\"", "connect_timeout = \"10s\"");
-    std::fs::write(&config, &classic).unwrap();
-    let process = EdgeProcess::spawn(&["-c", config.to_str().unwrap()], &[]);
-    let got = error_after_info(process.addr()).await;
-    assert_eq!(got, "-ERR 'Upstream Unavailable: connection closed'\r\n");
-    tokio::task::block_in_place(|| {
-        process.log().wait_for(0, WAIT, |line| {
-            (line.contains("closed before sending INFO")
-                && line.contains("set upstream.tls.handshake_first = true"))
-            .then_some(())
-        })
-    })
-    .unwrap_or_else(|| panic!("no hint in the log:\n{}", process.log().dump()));
+    fails_with_hint(
+        &config,
+        &classic,
+        "-ERR 'Upstream Unavailable: connection closed'\r\n",
+        &[
+            "closed before sending INFO",
+            "set upstream.tls.handshake_first = true",
+        ],
+    )
+    .await;
 
     let tls_first = upstream_toml(
         &[fallback.url()],

@@ -93,6 +93,13 @@ async fn failover_to_the_second_upstream() {
     assert_eq!(&next_msg(&mut sub).await.payload[..], b"direct");
 }
 
+/// Sends CONNECT on a connection through the edge and checks the session goes on (its
+/// PING gets a PONG).
+async fn assert_connects(raw: &mut RawConn) {
+    let reply = raw.roundtrip(b"CONNECT {\"verbose\":false}\r\n").await;
+    assert!(!reply.closed, "closed: {}", reply.text());
+}
+
 /// A URL that accepts but never answers (a server gone from under an address that drops
 /// packets) costs one session the connect timeout; the sessions after it go to the next URL
 /// without dialling it again, for a while.
@@ -113,11 +120,7 @@ async fn a_url_that_failed_is_tried_last_for_a_while() {
             edge.shared().reloader.reload(again, "test").unwrap();
         }
         let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
-        assert!(
-            !raw.roundtrip(b"CONNECT {\"verbose\":false}\r\n")
-                .await
-                .closed
-        );
+        assert_connects(&mut raw).await;
     }
     assert_eq!(
         edge.metrics().upstream_dial_failures(),
@@ -140,22 +143,14 @@ async fn a_url_tried_again_after_its_backoff_leaves_time_for_the_next() {
     let edge = start_edge(&[silent_url, server.url()], "connect_timeout = \"2s\"\n").await;
     // The first session waits out the whole timeout on the silent URL, then is served.
     let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
-    assert!(
-        !raw.roundtrip(b"CONNECT {\"verbose\":false}\r\n")
-            .await
-            .closed
-    );
+    assert_connects(&mut raw).await;
     assert_eq!(edge.metrics().upstream_dial_failures(), 1);
     // The back-off is a span of time: waiting it out is what this tests.
     tokio::time::sleep(nats_edge::upstream::FAILED_URL_BACKOFF).await;
     let started = std::time::Instant::now();
     let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
     let took = started.elapsed();
-    assert!(
-        !raw.roundtrip(b"CONNECT {\"verbose\":false}\r\n")
-            .await
-            .closed
-    );
+    assert_connects(&mut raw).await;
     assert_eq!(
         edge.metrics().upstream_dial_failures(),
         2,
@@ -190,11 +185,7 @@ async fn a_url_a_client_gave_up_on_is_tried_last() {
     dial_closed_unwritten(&mut dialled).await;
 
     let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
-    assert!(
-        !raw.roundtrip(b"CONNECT {\"verbose\":false}\r\n")
-            .await
-            .closed
-    );
+    assert_connects(&mut raw).await;
     // Had the edge dialled the silent URL again first, that connection would be waiting.
     let again = tokio::time::timeout(Duration::from_millis(100), silent.accept()).await;
     assert!(again.is_err(), "the silent URL was dialled again first");
@@ -383,11 +374,7 @@ async fn upstream_killed_closes_the_raw_client() {
     expect_upstream_unavailable(edge_addr(&edge)).await;
     server.restart();
     let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
-    assert!(
-        !raw.roundtrip(b"CONNECT {\"verbose\":false}\r\n")
-            .await
-            .closed
-    );
+    assert_connects(&mut raw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,11 +400,7 @@ async fn credentials_in_the_upstream_url() {
     // Nothing of the URL's secret shows in the INFO.
     let (mut raw, info) = RawConn::connect_info(edge_addr(&edge)).await;
     assert!(!info.to_string().contains("\"b\""), "{info}");
-    assert!(
-        !raw.roundtrip(b"CONNECT {\"verbose\":false}\r\n")
-            .await
-            .closed
-    );
+    assert_connects(&mut raw).await;
 
     // A client with wrong credentials of its own is refused, as by the server.
     let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
