@@ -349,31 +349,41 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::R
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "flags and environment".into());
+        let mut reloads = Reloads::new(file.clone(), overrides.clone(), source);
         loop {
             tokio::select! {
                 _ = edge.wait() => return Ok(()),
+                () = reloads.ended() => {}
                 signal = signals.next() => match signal {
-                    Signal::Reload => reload(edge.shared(), file.as_deref(), &overrides, &source).await,
-                    Signal::Stop => break,
+                    Signal::Reload => reloads.request(edge.shared()),
+                    Signal::Terminate | Signal::Interrupt => break,
                 },
             }
         }
         let shared = edge.shared().clone();
         let drain = shared.reloader.current().drain.clone();
-        tracing::info!("shutting down: draining (a second signal exits at once)");
+        tracing::info!("shutting down: draining (SIGINT exits at once)");
         let first_stop = std::time::Instant::now();
-        // As nats-server in lame-duck mode, a reload still applies while the edge drains:
-        // rules that revoke a user reach the clients still connected.
-        let second_stop = async {
+        // As nats-server in lame-duck mode: a reload still applies while the edge drains
+        // (rules that revoke a user reach the clients still connected), SIGTERM does not
+        // cut the drain short (a supervisor that repeats it would close every client at
+        // once, the reconnect storm the drain spreads out), and SIGINT ends it.
+        let forced_exit = async {
             loop {
-                match signals.next().await {
-                    // One stop delivered twice (Ctrl-C's SIGINT to the process group and a
-                    // wrapper's SIGTERM to the process) is not a second request.
-                    Signal::Stop if first_stop.elapsed() < SAME_STOP => {
-                        tracing::info!("a second stop signal right after the first: draining on");
-                    }
-                    Signal::Stop => break,
-                    Signal::Reload => reload(&shared, file.as_deref(), &overrides, &source).await,
+                tokio::select! {
+                    () = reloads.ended() => {}
+                    signal = signals.next() => match signal {
+                        Signal::Reload => reloads.request(&shared),
+                        Signal::Terminate => {
+                            tracing::info!("SIGTERM during the drain: draining on (SIGINT exits at once)");
+                        }
+                        // One stop delivered twice (Ctrl-C's SIGINT to the process group and
+                        // a wrapper's SIGTERM to the process) is not a second request.
+                        Signal::Interrupt if first_stop.elapsed() < SAME_STOP => {
+                            tracing::info!("a second stop signal right after the first: draining on");
+                        }
+                        Signal::Interrupt => break,
+                    },
                 }
             }
         };
@@ -381,8 +391,8 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::R
             drained = nats_edge::drain::drain(&mut edge, drain.grace_period.0, drain.timeout.0) => {
                 tracing::info!(closed_by_edge = drained.closed_by_edge, timed_out = drained.timed_out, "drained");
             }
-            () = second_stop => {
-                tracing::warn!("second signal: exiting at once");
+            () = forced_exit => {
+                tracing::warn!("SIGINT during the drain: exiting at once");
                 if let Some(path) = &written_pid_file {
                     remove_own_pid_file(path);
                 }
@@ -558,8 +568,10 @@ fn release_held_signals() {}
 enum Signal {
     /// SIGHUP: reload the configuration.
     Reload,
-    /// SIGTERM or SIGINT: drain and exit.
-    Stop,
+    /// SIGTERM: drain and exit; ignored once the drain runs.
+    Terminate,
+    /// SIGINT (Ctrl-C): drain and exit; once the drain runs, exit at once.
+    Interrupt,
 }
 
 /// SIGHUP, SIGTERM and SIGINT, installed before the edge starts so that none is missed
@@ -593,49 +605,83 @@ impl Signals {
     async fn next(&mut self) -> Signal {
         tokio::select! {
             _ = self.hup.recv() => Signal::Reload,
-            _ = self.term.recv() => Signal::Stop,
-            _ = self.int.recv() => Signal::Stop,
+            _ = self.term.recv() => Signal::Terminate,
+            _ = self.int.recv() => Signal::Interrupt,
         }
     }
 
     #[cfg(not(unix))]
     async fn next(&mut self) -> Signal {
         let _ = tokio::signal::ctrl_c().await;
-        Signal::Stop
+        Signal::Interrupt
     }
 }
 
-/// Reads the configuration again, with the same layering as at start-up, and applies it if
-/// every part accepts it; otherwise the running configuration stays. On a blocking thread:
-/// reading and checking the files (certificates, rule files, the probes of rewrite rules)
-/// takes a while, and the main thread accepts connections and answers probes meanwhile.
-/// Awaited, so reloads run one at a time.
-async fn reload(
-    edge: &Arc<nats_edge::edge::EdgeShared>,
-    file: Option<&Path>,
-    overrides: &Overrides,
-    source: &str,
-) {
-    tracing::info!(file = source, "SIGHUP: reloading the configuration");
-    let edge = edge.clone();
-    let file = file.map(Path::to_path_buf);
-    let overrides = overrides.clone();
-    let source = source.to_string();
-    let done = tokio::task::spawn_blocking(move || {
-        let reloader = &edge.reloader;
-        match Config::load(file.as_deref(), &overrides) {
-            Ok(config) => {
-                let _ = reloader.reload(config, &source);
-            }
-            Err(e) => reloader.failed(&source, &ReloadError::Config(e)),
+/// Configuration reloads, one at a time, each on a blocking thread: reading and checking
+/// the files (certificates, rule files, the probes of rewrite rules) takes a while, and the
+/// main thread accepts connections, answers probes and handles a stop signal meanwhile (a
+/// rule file on a stalled mount must not hold a SIGTERM until the kubelet's SIGKILL). A
+/// SIGHUP while one runs starts one more after it, for files changed after it read them.
+struct Reloads {
+    file: Option<PathBuf>,
+    overrides: Overrides,
+    source: String,
+    running: Option<tokio::task::JoinHandle<()>>,
+    again: Option<Arc<nats_edge::edge::EdgeShared>>,
+}
+
+impl Reloads {
+    fn new(file: Option<PathBuf>, overrides: Overrides, source: String) -> Reloads {
+        Reloads {
+            file,
+            overrides,
+            source,
+            running: None,
+            again: None,
         }
-    })
-    .await;
-    // A reload that panicked may have applied part of the new configuration: the process
-    // ends, as it would have with the reload on this thread.
-    if let Err(e) = done {
-        if e.is_panic() {
-            std::panic::resume_unwind(e.into_panic());
+    }
+
+    /// SIGHUP: reads the configuration again, with the same layering as at start-up, and
+    /// applies it if every part accepts it; otherwise the running configuration stays.
+    fn request(&mut self, edge: &Arc<nats_edge::edge::EdgeShared>) {
+        if self.running.is_some() {
+            tracing::info!(file = %self.source, "SIGHUP during a reload: reloading again after it");
+            self.again = Some(edge.clone());
+            return;
+        }
+        tracing::info!(file = %self.source, "SIGHUP: reloading the configuration");
+        let edge = edge.clone();
+        let file = self.file.clone();
+        let overrides = self.overrides.clone();
+        let source = self.source.clone();
+        self.running = Some(tokio::task::spawn_blocking(move || {
+            let reloader = &edge.reloader;
+            match Config::load(file.as_deref(), &overrides) {
+                Ok(config) => {
+                    let _ = reloader.reload(config, &source);
+                }
+                Err(e) => reloader.failed(&source, &ReloadError::Config(e)),
+            }
+        }));
+    }
+
+    /// Resolves when the running reload ends (never while none runs); cancel-safe, as the
+    /// reload's handle stays until then.
+    async fn ended(&mut self) {
+        let Some(running) = self.running.as_mut() else {
+            return std::future::pending().await;
+        };
+        let done = running.await;
+        self.running = None;
+        // A reload that panicked may have applied part of the new configuration: the
+        // process ends, as it would have with the reload on this thread.
+        if let Err(e) = done {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+        if let Some(edge) = self.again.take() {
+            self.request(&edge);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! SIGTERM drains: listeners close, live clients get nats-server's lame-duck INFO
-//! (`"ldm":true`), the process exits 0 once they leave (within the grace period); a second
-//! signal exits at once.
+//! (`"ldm":true`), the process exits 0 once they leave (within the grace period); SIGINT
+//! during the drain exits at once, a second SIGTERM does not.
 
 mod common;
 
@@ -140,7 +140,73 @@ async fn a_second_signal_exits_at_once() {
         "{:?}",
         second.elapsed()
     );
-    edge.wait_log(0, "second signal: exiting at once");
+    edge.wait_log(0, "SIGINT during the drain: exiting at once");
+}
+
+/// As nats-server ignores SIGTERM in lame-duck mode: a supervisor that repeats it does not
+/// close every client at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_does_not_cut_the_drain_short() {
+    let server = NatsServer::start();
+    let mut edge = spawn_edge(&server, "50s", "60s");
+    let (mut raw, _) = protocol_one_client(&edge).await;
+    send_signal(edge.pid(), "TERM");
+    edge.wait_log(
+        0,
+        "draining: stopped accepting, lame-duck INFO sent to clients",
+    );
+    let from = edge.log().len();
+    send_signal(edge.pid(), "TERM");
+    edge.wait_log(
+        from,
+        "SIGTERM during the drain: draining on (SIGINT exits at once)",
+    );
+    // Still served: its PING gets its PONG.
+    let reply = raw.roundtrip(b"").await;
+    assert!(!reply.closed, "{}", reply.text());
+    assert!(edge.is_running());
+    drop(raw);
+    let status = edge.wait_exit().await;
+    assert!(status.success(), "{}", edge.log().dump());
+}
+
+/// A stop is handled while a reload still reads its files (here an ACL rule file that became
+/// a FIFO nobody writes, as a file on a stalled mount): the drain does not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_is_not_held_by_a_reload_that_hangs() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("acl.toml");
+    std::fs::write(&rules, "[[users]]\nuser = \"alice\"\n").unwrap();
+    let file = dir.path().join("nats-edge.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\
+             [upstream]\nurls = [\"{}\"]\n[auth]\nrules = [{:?}]\n\
+             [drain]\ngrace_period = \"30s\"\ntimeout = \"60s\"\n",
+            server.url(),
+            rules.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut edge = EdgeProcess::spawn(&["-c", file.to_str().unwrap()], &[]);
+    let (raw, _) = protocol_one_client(&edge).await;
+    let fifo = dir.path().join("stalled.toml");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path that lives for the call.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    std::fs::rename(&fifo, &rules).unwrap();
+    send_signal(edge.pid(), "HUP");
+    edge.wait_log(0, "SIGHUP: reloading the configuration");
+    send_signal(edge.pid(), "TERM");
+    edge.wait_log(
+        0,
+        "draining: stopped accepting, lame-duck INFO sent to clients",
+    );
+    drop(raw);
+    let status = edge.wait_exit().await;
+    assert!(status.success(), "{}", edge.log().dump());
 }
 
 /// Reads lines until an INFO with `ldm`, and returns it with every line read before it.
