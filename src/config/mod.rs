@@ -489,7 +489,7 @@ impl ListenerConfig {
                 return Err(("ws.path".into(), format!("`{path}` must start with /")));
             }
             for origin in &ws.allowed_origins.0 {
-                crate::transport::ws::Origin::parse(origin)
+                crate::transport::ws::Origin::allowed(origin)
                     .map_err(|r| ("ws.allowed_origins".to_string(), r))?;
             }
             for peer in &ws.trusted_proxies.0 {

@@ -16,7 +16,24 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// Parses `http://host`, `https://host:8443`, ... (a trailing `/` is allowed).
+    /// An `allowed_origins` entry, read as nats-server reads its own: an absolute `http` or
+    /// `https` URL, of which the scheme, host and port count and a path or query after them
+    /// is ignored (a page's URL will do). A `ws`/`wss` URL is refused: no browser sends one as
+    /// its origin, so the entry could never match.
+    pub fn allowed(s: &str) -> Result<Origin, String> {
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| format!("`{s}` is not an origin such as https://app.example.com"))?;
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Err(format!("`{s}`: the scheme must be http or https"));
+        }
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        Origin::parse(&format!("{scheme}://{authority}"))
+            .map_err(|_| format!("`{s}` is not an origin such as https://app.example.com"))
+    }
+
+    /// A browser's `Origin` header: `http://host`, `https://host:8443`, ... (a trailing `/`
+    /// is allowed).
     pub fn parse(s: &str) -> Result<Origin, String> {
         let (scheme, rest) = s
             .split_once("://")
@@ -132,7 +149,7 @@ impl WsSettings {
                 .allowed_origins
                 .0
                 .iter()
-                .filter_map(|o| Origin::parse(o).ok())
+                .filter_map(|o| Origin::allowed(o).ok())
                 .collect(),
             same_origin: section.same_origin,
             jwt_cookie: section.jwt_cookie.clone(),
@@ -156,6 +173,34 @@ impl WsSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allowed_origins_read_as_nats_server_reads_them() {
+        let app = Origin {
+            scheme: "https".into(),
+            host: "app.example.com".into(),
+            port: 443,
+        };
+        assert_eq!(Origin::allowed("https://app.example.com"), Ok(app.clone()));
+        assert_eq!(Origin::allowed("HTTPS://App.Example.com/"), Ok(app.clone()));
+        // A page's URL: its path and query do not count.
+        assert_eq!(
+            Origin::allowed("https://app.example.com/app/index.html?x=1"),
+            Ok(app)
+        );
+        assert_eq!(Origin::allowed("http://localhost:8080").unwrap().port, 8080);
+        for refused in [
+            "wss://app.example.com",
+            "ws://app.example.com",
+            "file:///index.html",
+            "app.example.com",
+            "https://",
+            "https:///path",
+            "https://app.example.com:x",
+        ] {
+            assert!(Origin::allowed(refused).is_err(), "{refused}");
+        }
+    }
 
     #[test]
     fn ip_nets() {

@@ -206,8 +206,10 @@ pub enum FrameError {
 }
 
 impl FrameError {
-    /// The close frame the client gets: nats-server's 1002 and text for a protocol error;
-    /// for a message over the limit, the 1009 nats-server sends past its own.
+    /// The close frame the client gets: 1002 with nats-server's text for a protocol error
+    /// (nats-server queues the same frame, though it may close its socket before the frame
+    /// goes out); 1009 for a message over the limit and 1007 for one that does not inflate,
+    /// where nats-server closes without a close frame: the edge tells the client why.
     fn close_frame(&self) -> (u16, String) {
         match self {
             FrameError::TooBig(_) => (CLOSE_TOO_BIG, "Maximum Message Payload Exceeded".into()),
@@ -490,7 +492,9 @@ where
         let header = at + 4;
         match opcode {
             OP_CLOSE | OP_PING | OP_PONG => {
-                if len > 125 {
+                // In the 7-bit field, as nats-server checks it: a short length written in
+                // the 16- or 64-bit form breaks the minimal-encoding rule (RFC 6455 5.2).
+                if at != 2 {
                     return Err(FrameError::ControlTooLong);
                 }
                 if !fin {
@@ -1220,6 +1224,11 @@ pub(super) mod tests {
             f[0] |= bits;
             f
         };
+        let padded_ping = {
+            let mut f = vec![0x80 | OP_PING, 0x80 | 126, 0, 1];
+            f.extend_from_slice(&[9, 8, 7, 6, b'x' ^ 9]);
+            f
+        };
         let huge_length = {
             let mut f = vec![0x80 | OP_BINARY, 0x80 | 127];
             f.extend_from_slice(&(1u64 << 63).to_be_bytes());
@@ -1227,7 +1236,7 @@ pub(super) mod tests {
             f
         };
         // With nats-server's close status and text for each.
-        let cases: [(Vec<u8>, u16, &str); 14] = [
+        let cases: [(Vec<u8>, u16, &str); 15] = [
             (
                 client_frame(true, OP_BINARY, b"PING\r\n", None),
                 CLOSE_PROTOCOL_ERROR,
@@ -1273,6 +1282,11 @@ pub(super) mod tests {
                 CLOSE_PROTOCOL_ERROR,
                 "control frame length bigger than maximum allowed of 125 bytes",
             ),
+            (
+                padded_ping,
+                CLOSE_PROTOCOL_ERROR,
+                "control frame length bigger than maximum allowed of 125 bytes",
+            ),
             // Close frames: a one-byte body, codes that must never be sent (1005, 1006,
             // 1015) or are unassigned.
             (
@@ -1306,7 +1320,12 @@ pub(super) mod tests {
             let mut server = WsStream::new(server_io, BytesMut::new(), 1024, None);
             client.write_all(&bytes).await.unwrap();
             let mut got = Vec::new();
-            let err = server.read_to_end(&mut got).await.unwrap_err();
+            // Bounded: a frame taken for a good one leaves the reader waiting for more.
+            let read = server.read_to_end(&mut got);
+            let err = tokio::time::timeout(std::time::Duration::from_secs(5), read)
+                .await
+                .unwrap_or_else(|_| panic!("not refused: {text}"))
+                .unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
             let mut head = [0u8; 2];
             client.read_exact(&mut head).await.unwrap();

@@ -301,8 +301,11 @@ fn check<'a>(head: &'a Head<'_>, settings: &WsSettings) -> Result<Option<&'a str
     if !head.has_token("connection", "upgrade") {
         return Err(Reject::http(400, "Connection header without upgrade"));
     }
-    let Some(host) = head.header("host") else {
-        return Err(Reject::http(400, "no Host header"));
+    // As Go's HTTP server in front of nats-server's: one Host header, not empty.
+    let host = match (head.header("host"), head.all("host").nth(1)) {
+        (_, Some(_)) => return Err(Reject::http(400, "more than one Host header")),
+        (None | Some(""), None) => return Err(Reject::http(400, "no Host header")),
+        (Some(host), None) => host,
     };
     let key = head.header("sec-websocket-key").unwrap_or_default();
     if !valid_key(key) {
@@ -554,6 +557,12 @@ mod tests {
         let h = with("Sec-WebSocket-Version", "");
         assert_eq!(status(check(&head("GET", "/", &h), &s)), 400);
         let h = with("Connection", "keep-alive");
+        assert_eq!(status(check(&head("GET", "/", &h), &s)), 400);
+        // One Host header, not empty, as Go's HTTP server in front of nats-server's wants.
+        let h = with("Host", "");
+        assert_eq!(status(check(&head("GET", "/", &h), &s)), 400);
+        let mut h = with("Host", "a.example");
+        h.push(("Host", "b.example"));
         assert_eq!(status(check(&head("GET", "/", &h), &s)), 400);
         // A key without `Upgrade: websocket` is a failed upgrade, not a health check.
         let h = with("Upgrade", "h2c");
