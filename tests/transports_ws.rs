@@ -821,3 +821,48 @@ async fn an_oversized_request_head_gets_its_431() {
         "{response}"
     );
 }
+
+/// nats.go refuses a frame over 8 times the `max_payload` of its INFO ("websocket frame too
+/// large"): a burst of messages for a client told 1 KiB comes in frames of 8 KiB at most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_are_held_to_eight_times_the_max_payload() {
+    use tokio::io::AsyncWriteExt;
+    let server = NatsServer::start_with_config("max_payload: 1024\n");
+    let edge = ws_edge(&server, "").await;
+    let (mut ws, _) = raw_upgrade(&edge, None).await;
+    let (info, _) = read_data_until(&mut ws, "} \r\n").await;
+    assert!(info.contains("\"max_payload\":1024"), "{info}");
+    ws.write_all(&frame(
+        0x2,
+        false,
+        b"CONNECT {\"verbose\":false}\r\nSUB burst 1\r\nPING\r\n",
+    ))
+    .await
+    .unwrap();
+    read_data_until(&mut ws, "PONG\r\n").await;
+    // 64 KiB of messages in one frame, then a PING; nothing is read meanwhile.
+    let message = format!("PUB burst 1000\r\n{}\r\n", "x".repeat(1000));
+    let mut burst = message.repeat(64);
+    burst.push_str("PING\r\n");
+    ws.write_all(&frame(0x2, false, burst.as_bytes()))
+        .await
+        .unwrap();
+    let mut got = String::new();
+    let mut largest = 0;
+    while !got.ends_with("PONG\r\n") {
+        let (b0, payload) = read_frame(&mut ws).await;
+        assert_eq!(b0 & 0x0f, 0x2, "a data frame");
+        largest = largest.max(payload.len());
+        assert!(
+            payload.len() <= 8 * 1024,
+            "a frame of {} bytes",
+            payload.len()
+        );
+        got.push_str(&String::from_utf8(payload).unwrap());
+    }
+    assert_eq!(got.matches("MSG burst 1 1000\r\n").count(), 64);
+    assert!(
+        largest > 4 * 1024,
+        "frames of {largest} bytes at most: no batch was framed"
+    );
+}

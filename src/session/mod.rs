@@ -375,6 +375,8 @@ async fn open(
             *last = Some(info.clone());
         }
     }
+    // The upstream's async INFOs (cluster URLs, lame-duck mode) keep its max_payload.
+    client.told_max_payload(info.max_payload);
     let mut first = BytesMut::new();
     encode_server_op(&ServerOp::Info(Box::new(info)), &mut first);
     let upstream_stream = connected.stream;

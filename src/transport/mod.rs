@@ -96,6 +96,16 @@ impl ClientStream {
         }
     }
 
+    /// The `max_payload` the client's INFO gave it: a WebSocket client's frames are held
+    /// to what nats.go reads (see [`ws::WsStream::hold_frames_to`]).
+    pub fn told_max_payload(&mut self, max_payload: Option<i64>) {
+        match self {
+            ClientStream::Ws(ws) => ws.hold_frames_to(max_payload),
+            ClientStream::Wss(ws) => ws.hold_frames_to(max_payload),
+            ClientStream::Tcp(_) | ClientStream::Tls(_) => {}
+        }
+    }
+
     /// A WebSocket client's close frame: its status and text.
     pub fn close_with(&mut self, frame: Option<(u16, &'static str)>) {
         match self {

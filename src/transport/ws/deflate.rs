@@ -253,9 +253,9 @@ where
         }
     }
 
-    /// Deflates the caller's slices into `zout` (empty: the last frame is out) as one
-    /// compressed frame. `false`: the frame
-    /// would not be smaller, and goes out uncompressed.
+    /// Deflates the first `total` bytes of the caller's slices into `zout` (empty: the last
+    /// frame is out) as one compressed frame. `false`: the frame would not be smaller, and
+    /// goes out uncompressed.
     pub(super) fn compress_frame(&mut self, bufs: &[io::IoSlice<'_>], total: usize) -> bool {
         let mut out = SPARE_ZOUT.with(Cell::take);
         out.clear();
@@ -267,8 +267,10 @@ where
             let mut c = c.borrow_mut();
             let c = c.get_or_insert_with(|| Compress::new(Compression::fast(), false));
             c.reset();
+            let mut left = total;
             for b in bufs {
-                let mut input: &[u8] = b;
+                let mut input: &[u8] = &b[..b.len().min(left)];
+                left -= input.len();
                 while !input.is_empty() {
                     if out.len() == out.capacity() {
                         return false;
@@ -413,6 +415,48 @@ mod tests {
         let mut payload = vec![0u8; len as usize];
         client.read_exact(&mut payload).await.unwrap();
         (h[0], payload)
+    }
+
+    /// Frames are held to 8 times the max_payload the client was told, as nats.go reads
+    /// them: a batch larger than that leaves as several frames, compressed or not.
+    #[tokio::test]
+    async fn frames_are_held_to_what_nats_go_reads() {
+        use tokio::io::AsyncWriteExt;
+
+        let mut msg = b"MSG orders.new 1 100\r\n".to_vec();
+        msg.extend([b'x'; 100]);
+        msg.extend(b"\r\n");
+        let batch = msg.repeat(200);
+        for compressed in [false, true] {
+            let (server_io, mut client) = tokio::io::duplex(1 << 20);
+            let mut server = WsStream::new(server_io, BytesMut::new(), 1 << 20, None);
+            if compressed {
+                server.enable_deflate();
+            }
+            server.hold_frames_to(Some(1024));
+            server.write_all(&batch).await.unwrap();
+            server.flush().await.unwrap();
+            let (mut got, mut frames) = (Vec::new(), 0);
+            while got.len() < batch.len() {
+                let (first, payload) = server_frame(&mut client).await;
+                assert!(payload.len() <= 8 * 1024, "{} bytes", payload.len());
+                assert_eq!(first & 0x40 != 0, compressed);
+                if compressed {
+                    got.extend(inflate(&payload));
+                } else {
+                    got.extend(payload);
+                }
+                frames += 1;
+            }
+            assert_eq!(got, batch);
+            assert!(frames >= batch.len() / (8 * 1024), "{frames} frames");
+        }
+        // Without a max_payload, or with nats-server's largest, frames are not split.
+        let (server_io, mut client) = tokio::io::duplex(1 << 20);
+        let mut server = WsStream::new(server_io, BytesMut::new(), 1 << 20, None);
+        server.hold_frames_to(Some(64 << 20));
+        server.write_all(&batch).await.unwrap();
+        assert_eq!(server_frame(&mut client).await.1, batch);
     }
 
     #[tokio::test]

@@ -30,6 +30,10 @@ const INITIAL_READ: usize = 4 * 1024;
 const MAX_READ: usize = 64 * 1024;
 /// Room in the caller's buffer from which a frame's payload is read into it directly.
 const DIRECT_READ: usize = 4 * 1024;
+/// The longest data frame nats.go reads whatever the max_payload (`wsMaxMsgPayloadLimit`),
+/// and the multiple of the max_payload its INFO gave it that a frame may be below that.
+const MAX_FRAME: usize = 64 << 20;
+const MAX_FRAME_PER_MAX_PAYLOAD: usize = 8;
 /// The largest frame header: 2 bytes, a 64-bit length, a mask.
 pub(super) const MAX_HEADER: usize = 14;
 
@@ -237,8 +241,9 @@ pub(super) struct InFrame {
 /// with a close frame (1002, or 1009 for a message over the size limit) and fails the read.
 ///
 /// Writing: every write is one binary frame, its header and payload sent together; a
-/// vectored write (the forwarder's batch of queued slices) is one frame holding all its
-/// slices, written with one `writev` and never copied. Control frames (pongs, pings, close)
+/// vectored write (the forwarder's batch of queued slices) is one frame holding its slices
+/// (up to the frame limit, [`WsStream::hold_frames_to`]), written with one `writev` and
+/// never copied. Control frames (pongs, pings, close)
 /// go out between data frames, never inside one.
 pub struct WsStream<S> {
     io: S,
@@ -263,6 +268,8 @@ pub struct WsStream<S> {
     /// The close frame the edge sends when it ends the connection: the status and text
     /// nats-server sends for the session's close reason ([`close_frame_for`]); `None`: none.
     closing_with: Option<(u16, &'static str)>,
+    /// The longest data frame the client reads ([`WsStream::hold_frames_to`]).
+    max_frame: usize,
     /// The header of the data frame being written, and how much of it has gone out.
     header: [u8; 10],
     header_len: usize,
@@ -305,6 +312,7 @@ where
             pong: None,
             close_queued: false,
             closing_with: Some((CLOSE_NORMAL, "")),
+            max_frame: MAX_FRAME,
             header: [0; 10],
             header_len: 0,
             header_sent: 0,
@@ -317,6 +325,20 @@ where
             zout: Vec::new(),
             zsent: 0,
         }
+    }
+
+    /// Holds the data frames the edge sends to what nats.go reads: since 2026 it refuses
+    /// one over 8 times the `max_payload` of the INFO it was given ("websocket frame too
+    /// large"), at most 64 MiB, as nats-server holds client frames. A frame holds the
+    /// batch of messages queued for the client, up to some 256 KiB, so a small
+    /// `max_payload` (32 KiB or less) would otherwise disconnect such a client in a burst.
+    pub fn hold_frames_to(&mut self, max_payload: Option<i64>) {
+        self.max_frame = max_payload
+            .and_then(|p| usize::try_from(p).ok())
+            .filter(|&p| p > 0)
+            .map_or(MAX_FRAME, |p| {
+                p.saturating_mul(MAX_FRAME_PER_MAX_PAYLOAD).min(MAX_FRAME)
+            });
     }
 
     /// The close frame the shutdown sends, unless a close went out already (the client's
@@ -771,7 +793,8 @@ where
         self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
-    /// All slices leave in one binary frame, in one `writev` with its header.
+    /// The slices leave in one binary frame, in one `writev` with its header; past the frame
+    /// limit, the write is partial and the rest is the next frame.
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -791,16 +814,18 @@ where
         if this.no_plain_frame() {
             // A compressed frame still going out leaves first, then control frames.
             ready!(this.poll_control(cx))?;
-            if this.deflate && total > COMPRESS_THRESHOLD && this.compress_frame(bufs, total) {
+            // One frame takes what it may hold; the caller writes the rest as the next.
+            let frame = total.min(this.max_frame);
+            if this.deflate && frame > COMPRESS_THRESHOLD && this.compress_frame(bufs, frame) {
                 // The whole frame is buffered: the caller's bytes are taken.
                 if let Poll::Ready(Err(e)) = this.poll_control(cx) {
                     return Poll::Ready(Err(e));
                 }
-                return Poll::Ready(Ok(total));
+                return Poll::Ready(Ok(frame));
             }
-            this.header_len = binary_header(total, &mut this.header);
+            this.header_len = binary_header(frame, &mut this.header);
             this.header_sent = 0;
-            this.frame_left = total;
+            this.frame_left = frame;
         }
         loop {
             // The rest of the header, then as much of the caller's bytes as the frame holds.
