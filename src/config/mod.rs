@@ -104,8 +104,9 @@ pub struct DrainConfig {
 impl Default for DrainConfig {
     fn default() -> Self {
         DrainConfig {
-            // Inside Kubernetes' default terminationGracePeriodSeconds (30 s).
-            grace_period: HumanDuration(Duration::from_secs(20)),
+            // Inside Kubernetes' default terminationGracePeriodSeconds (30 s); the grace of
+            // nats-server's lame-duck mode, leaving 13 s to spread the closes over.
+            grace_period: HumanDuration(Duration::from_secs(10)),
             timeout: HumanDuration(Duration::from_secs(25)),
         }
     }
