@@ -603,7 +603,10 @@ impl Signals {
 
     #[cfg(unix)]
     async fn next(&mut self) -> Signal {
+        // In this order when several are pending, so that the same stop delivered twice
+        // (SIGTERM and SIGINT at once) is read the same way every time.
         tokio::select! {
+            biased;
             _ = self.hup.recv() => Signal::Reload,
             _ = self.term.recv() => Signal::Terminate,
             _ = self.int.recv() => Signal::Interrupt,
@@ -645,11 +648,17 @@ impl Reloads {
     /// applies it if every part accepts it; otherwise the running configuration stays.
     fn request(&mut self, edge: &Arc<nats_edge::edge::EdgeShared>) {
         if self.running.is_some() {
-            tracing::info!(file = %self.source, "SIGHUP during a reload: reloading again after it");
+            tracing::info!(
+                file = self.source.as_str(),
+                "SIGHUP during a reload: reloading again after it"
+            );
             self.again = Some(edge.clone());
             return;
         }
-        tracing::info!(file = %self.source, "SIGHUP: reloading the configuration");
+        tracing::info!(
+            file = self.source.as_str(),
+            "SIGHUP: reloading the configuration"
+        );
         let edge = edge.clone();
         let file = self.file.clone();
         let overrides = self.overrides.clone();

@@ -207,6 +207,12 @@ async fn a_stop_is_not_held_by_a_reload_that_hangs() {
     drop(raw);
     let status = edge.wait_exit().await;
     assert!(status.success(), "{}", edge.log().dump());
+    // The reload was still reading when the edge exited.
+    let log = edge.log().dump();
+    assert!(
+        !log.contains("configuration reload"),
+        "the reload ended:\n{log}"
+    );
 }
 
 /// Reads lines until an INFO with `ldm`, and returns it with every line read before it.

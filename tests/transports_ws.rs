@@ -441,8 +441,11 @@ async fn raw_upgrade(edge: &Edge, extensions: Option<&str>) -> (TcpStream, Strin
 }
 
 async fn raw_upgrade_at(addr: SocketAddr, extensions: Option<&str>) -> (TcpStream, String) {
+    raw_upgrade_over(tcp(addr).await, extensions).await
+}
+
+async fn raw_upgrade_over(mut stream: TcpStream, extensions: Option<&str>) -> (TcpStream, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tcp(addr).await;
     let offer = extensions.map_or(String::new(), |e| {
         format!("Sec-WebSocket-Extensions: {e}\r\n")
     });
@@ -829,7 +832,14 @@ async fn frames_are_held_to_eight_times_the_max_payload() {
     use tokio::io::AsyncWriteExt;
     let server = NatsServer::start_with_config("max_payload: 1024\n");
     let edge = ws_edge(&server, "").await;
-    let (mut ws, _) = raw_upgrade(&edge, None).await;
+    // A 4 KiB receive window: the edge's writes stall at once, so what nats-server delivers
+    // meanwhile queues at the edge and leaves in batches far larger than a frame may be.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = within("connecting", socket.connect(edge.addr("ws").unwrap()))
+        .await
+        .unwrap();
+    let (mut ws, _) = raw_upgrade_over(stream, None).await;
     let (info, _) = read_data_until(&mut ws, "} \r\n").await;
     assert!(info.contains("\"max_payload\":1024"), "{info}");
     ws.write_all(&frame(
@@ -840,9 +850,9 @@ async fn frames_are_held_to_eight_times_the_max_payload() {
     .await
     .unwrap();
     read_data_until(&mut ws, "PONG\r\n").await;
-    // 64 KiB of messages in one frame, then a PING; nothing is read meanwhile.
+    // 128 KiB of messages in one frame, then a PING; nothing is read meanwhile.
     let message = format!("PUB burst 1000\r\n{}\r\n", "x".repeat(1000));
-    let mut burst = message.repeat(64);
+    let mut burst = message.repeat(128);
     burst.push_str("PING\r\n");
     ws.write_all(&frame(0x2, false, burst.as_bytes()))
         .await
@@ -860,7 +870,7 @@ async fn frames_are_held_to_eight_times_the_max_payload() {
         );
         got.push_str(&String::from_utf8(payload).unwrap());
     }
-    assert_eq!(got.matches("MSG burst 1 1000\r\n").count(), 64);
+    assert_eq!(got.matches("MSG burst 1 1000\r\n").count(), 128);
     assert!(
         largest > 4 * 1024,
         "frames of {largest} bytes at most: no batch was framed"

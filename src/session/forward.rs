@@ -1000,6 +1000,7 @@ pub fn rewrite_info(info: &mut nats_edge_filters::Info, shared: &mut Shared) {
     shared.info_rewrite.apply(info, shared.ctx.conn.client_addr);
     shared.chain.on_info(info, &shared.ctx);
     shared.client_must_connect = info.auth_required == Some(true);
+    shared.client_max_payload = info.max_payload;
     // Kept as its JSON, for a lame-duck INFO later: one allocation of the encoded size,
     // where a clone of the struct is several, and about twice the memory per session.
     shared.last_info = serde_json::to_vec(&*info)

@@ -375,7 +375,6 @@ async fn open(
             *last = Some(info.clone());
         }
     }
-    // The upstream's async INFOs (cluster URLs, lame-duck mode) keep its max_payload.
     client.told_max_payload(info.max_payload);
     let mut first = BytesMut::new();
     encode_server_op(&ServerOp::Info(Box::new(info)), &mut first);
@@ -560,6 +559,7 @@ where
     // The first poll lets the filters check they hold the latest rules, in case a reload
     // happened while this session was being set up.
     let mut rules_checked = false;
+    let mut told_max_payload = shared.client_max_payload;
     let reload = next_reload(env.rules_epoch.clone());
     tokio::pin!(reload);
     let mut lame_duck = env.lame_duck.clone();
@@ -640,6 +640,13 @@ where
             }
         }
         shared.poll_offloaded(cx);
+        // An async INFO with another max_payload (nats-server reloaded with a new one)
+        // holds the frames written from here on; those the poll that queued it wrote after
+        // it kept the old limit (a window of one batch).
+        if shared.client_max_payload != told_max_payload {
+            told_max_payload = shared.client_max_payload;
+            client.told_max_payload(told_max_payload);
+        }
 
         match u2c.poll(cx, upstream, client, shared) {
             Poll::Ready(Ok(())) => {

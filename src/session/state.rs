@@ -102,6 +102,9 @@ pub struct Shared {
     pub filter_time: LocalFilterTime,
     /// The INFO the client was sent last, as JSON, for the lame-duck INFO of a drain.
     pub last_info: Option<bytes::Bytes>,
+    /// The `max_payload` of the INFO the client was sent last (or is about to be): a
+    /// WebSocket client's frames are held to it.
+    pub client_max_payload: Option<i64>,
     /// A filter's check waiting its turn or running on the blocking pool while the client's
     /// stream waits ([`Verdict::Offload`](nats_edge_filters::Verdict::Offload)). Aborted
     /// with the session, so a check still waiting for its turn never runs.
@@ -184,6 +187,7 @@ impl Shared {
             upstream_drops_subs: false,
             filter_time: LocalFilterTime::default(),
             last_info: None,
+            client_max_payload: None,
             offloaded: None,
             resume_offloaded: false,
             oks_to_hide: 0,

@@ -451,7 +451,8 @@ mod tests {
             assert_eq!(got, batch);
             assert!(frames >= batch.len() / (8 * 1024), "{frames} frames");
         }
-        // Without a max_payload, or with nats-server's largest, frames are not split.
+        // With a max_payload of 8 MiB or more (nats-server's largest is 64 MiB), frames
+        // are held to 64 MiB, far above the batch: not split.
         let (server_io, mut client) = tokio::io::duplex(1 << 20);
         let mut server = WsStream::new(server_io, BytesMut::new(), 1 << 20, None);
         server.hold_frames_to(Some(64 << 20));

@@ -332,13 +332,17 @@ where
     /// large"), at most 64 MiB, as nats-server holds client frames. A frame holds the
     /// batch of messages queued for the client, up to some 256 KiB, so a small
     /// `max_payload` (32 KiB or less) would otherwise disconnect such a client in a burst.
+    ///
+    /// The limit only ever goes down: nats.go may read the header of a frame sent after
+    /// an INFO that raised `max_payload` before it reads that INFO.
     pub fn hold_frames_to(&mut self, max_payload: Option<i64>) {
-        self.max_frame = max_payload
+        let limit = max_payload
             .and_then(|p| usize::try_from(p).ok())
             .filter(|&p| p > 0)
             .map_or(MAX_FRAME, |p| {
                 p.saturating_mul(MAX_FRAME_PER_MAX_PAYLOAD).min(MAX_FRAME)
             });
+        self.max_frame = self.max_frame.min(limit);
     }
 
     /// The close frame the shutdown sends, unless a close went out already (the client's

@@ -301,7 +301,8 @@ fn check<'a>(head: &'a Head<'_>, settings: &WsSettings) -> Result<Option<&'a str
     if !head.has_token("connection", "upgrade") {
         return Err(Reject::http(400, "Connection header without upgrade"));
     }
-    // As Go's HTTP server in front of nats-server's: one Host header, not empty.
+    // One Host header (Go's HTTP server in front of nats-server's refuses two), not empty
+    // (nats-server's handler: `'Host' missing in request`).
     let host = match (head.header("host"), head.all("host").nth(1)) {
         (_, Some(_)) => return Err(Reject::http(400, "more than one Host header")),
         (None | Some(""), None) => return Err(Reject::http(400, "no Host header")),
