@@ -1,6 +1,6 @@
 //! `acl explain`: a permission decision in words, with the rule that made it.
 
-use super::permissions::{Decision, Permissions, Reason};
+use super::permissions::{Decision, Permissions, Reason, Rule};
 use super::rules::AclRules;
 
 /// What to explain.
@@ -59,16 +59,20 @@ pub fn explain(rules: &AclRules, user: Option<&str>, action: Action<'_>) -> Expl
         (Some(name), None) => lines.push(format!("user: {name} (not in the rule files)")),
         (None, _) => lines.push("user: (none presented)".into()),
     }
-    let Some(perms) = perms else {
-        lines.push("permissions: none apply, everything is allowed".into());
-        return Explanation {
-            allowed: true,
-            lines,
-        };
+    // With none, every subject is allowed; `_sys_` is still refused.
+    let unrestricted = Permissions::default();
+    let perms = match perms {
+        Some(perms) => {
+            if named.is_none_or(|u| u.permissions.is_none()) {
+                lines.push("permissions: default_permissions".into());
+            }
+            perms
+        }
+        None => {
+            lines.push("permissions: none apply".into());
+            &unrestricted
+        }
     };
-    if named.is_none_or(|u| u.permissions.is_none()) {
-        lines.push("permissions: default_permissions".into());
-    }
     let (what, decision): (String, Decision<'_>) = match action {
         Action::Publish(subject) => (
             format!("publish {subject}"),
@@ -101,11 +105,21 @@ pub fn explain(rules: &AclRules, user: Option<&str>, action: Action<'_>) -> Expl
         Action::Subscribe { subject, queue } if decision.allowed => {
             let queue = queue.map(str::as_bytes);
             if perms.needs_delivery_filter(subject.as_bytes(), queue) {
+                // A deny entry with a queue group filters only that group's deliveries.
+                let filters_this = |rule: &Rule| match (rule.queue.as_deref(), queue) {
+                    (None, _) => true,
+                    (Some(group), Some(q)) => {
+                        super::matching::queue_matches(q, std::iter::once(group.as_bytes()))
+                    }
+                    (Some(_), None) => false,
+                };
                 for rule in &perms.subscribe.deny {
-                    if super::matching::subjects_collide(
-                        rule.subject.as_bytes(),
-                        subject.as_bytes(),
-                    ) {
+                    if filters_this(rule)
+                        && super::matching::subjects_collide(
+                            rule.subject.as_bytes(),
+                            subject.as_bytes(),
+                        )
+                    {
                         lines.push(format!(
                             "deliveries matching deny entry {rule} are filtered out"
                         ));
@@ -118,5 +132,41 @@ pub fn explain(rules: &AclRules, user: Option<&str>, action: Action<'_>) -> Expl
     Explanation {
         allowed: decision.allowed,
         lines,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only the deny entries that would drop this subscription's deliveries are named: a
+    /// deny entry with a queue group filters that group's, as nats-server's `checkDenySub`.
+    #[test]
+    fn deliveries_filtered_only_by_the_entries_that_apply() {
+        let rules = AclRules::from_str(
+            "rules.toml",
+            "[[users]]\nuser = \"u\"\n[users.permissions]\n\
+             subscribe = { deny = [\"jobs.secret\", \"jobs.a bad\"] }\n",
+        )
+        .unwrap();
+        let filtered = |subject, queue| {
+            let action = Action::Subscribe { subject, queue };
+            explain(&rules, Some("u"), action)
+                .lines
+                .into_iter()
+                .filter(|l| l.starts_with("deliveries matching"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let plain = filtered("jobs.*", None);
+        assert!(plain.contains("\"jobs.secret\""), "{plain}");
+        assert!(!plain.contains("bad"), "{plain}");
+        let good = filtered("jobs.*", Some("good"));
+        assert!(
+            good.contains("\"jobs.secret\"") && !good.contains("bad"),
+            "{good}"
+        );
+        let bad = filtered("jobs.*", Some("bad"));
+        assert!(bad.contains("\"jobs.a bad\""), "{bad}");
     }
 }

@@ -147,11 +147,16 @@ impl Permissions {
         queue: Option<&'a [u8]>,
     ) -> Decision<'a> {
         let list = &self.subscribe;
+        let queue = queue.filter(|q| !q.is_empty());
+        // nats-server refuses `_sys_` to every client, whatever its permissions, with the
+        // same error as a permission violation.
+        if queue == Some(SYSTEM_QUEUE) && list.is_open() {
+            return Decision::deny(Reason::ReservedQueue);
+        }
         if list.is_open() {
             return Decision::allow(Reason::NoRestrictions);
         }
         // The permission check itself passes `_sys_` by; nats-server refuses it right after.
-        let queue = queue.filter(|q| !q.is_empty());
         let mut reason = Reason::NotDenied;
         if let Some(allow) = &list.allow {
             let plain = matching(allow, subject).find(|r| r.queue.is_none());
@@ -315,6 +320,11 @@ mod tests {
         assert!(!p.check_subscribe(b"jobs.a", Some(b"others")).allowed);
         assert!(!p.check_subscribe(b"foo.bar", Some(b"_sys_")).allowed);
         assert!(!p.check_subscribe(b"foo..bar", None).allowed);
+        // `_sys_` is refused with no subscribe permissions at all, as nats-server does.
+        let open = Permissions::default();
+        assert!(open.check_subscribe(b"foo.bar", Some(b"workers")).allowed);
+        let sys = open.check_subscribe(b"foo.bar", Some(b"_sys_"));
+        assert_eq!((sys.allowed, sys.reason), (false, Reason::ReservedQueue));
     }
 
     #[test]
