@@ -229,6 +229,15 @@ async fn plain_get_is_a_health_check() {
     assert!(head.ends_with("\r\n\r\n"), "{head}");
     let post = http(tcp(addr).await, "POST / HTTP/1.1\r\nHost: edge\r\n\r\n").await;
     assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
+    // A refused HEAD (an upgrade asked with it) gets its status without a body.
+    let head_upgrade = http(
+        tcp(addr).await,
+        "HEAD / HTTP/1.1\r\nHost: edge\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert!(head_upgrade.starts_with("HTTP/1.1 405 "), "{head_upgrade}");
+    assert!(head_upgrade.ends_with("\r\n\r\n"), "{head_upgrade}");
     // No session, no upstream connection.
     let m = edge.metrics();
     assert_eq!(m.connections_total(), 0);

@@ -139,6 +139,7 @@ where
             return Err(respond(
                 &mut stream,
                 Reject::http(431, "request head over 32 KiB"),
+                false,
                 stage,
             )
             .await);
@@ -196,15 +197,28 @@ where
             }
         }
         Ok(httparse::Status::Partial) => {
-            return Err(respond(&mut stream, Reject::http(400, "incomplete request"), stage).await)
+            return Err(respond(
+                &mut stream,
+                Reject::http(400, "incomplete request"),
+                false,
+                stage,
+            )
+            .await)
         }
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(respond(&mut stream, Reject::http(431, "too many headers"), stage).await)
+            return Err(respond(
+                &mut stream,
+                Reject::http(431, "too many headers"),
+                false,
+                stage,
+            )
+            .await)
         }
         Err(e) => {
             return Err(respond(
                 &mut stream,
                 Reject::http(400, format!("not HTTP/1.1: {e}")),
+                false,
                 stage,
             )
             .await)
@@ -212,7 +226,7 @@ where
     };
 
     match check(&head, settings) {
-        Err(reject) => Err(respond(&mut stream, reject, stage).await),
+        Err(reject) => Err(respond(&mut stream, reject, head.method == "HEAD", stage).await),
         Ok(None) => {
             write_response(&mut stream, 200, "", "ok\n", head.method == "HEAD").await?;
             // The answer is out: a checker that left before the TLS close_notify (or the
@@ -404,12 +418,13 @@ fn forwarded_for(head: &Head<'_>, settings: &WsSettings, peer: SocketAddr) -> So
     client.map_or(peer, |ip| SocketAddr::new(ip.to_canonical(), 0))
 }
 
-/// Writes the answer to a refused request (bounded by the caller's handshake timeout) and
-/// hands the refusal back. The connection is closed by the caller once it has recorded the
+/// Writes the answer to a refused request (bounded by the caller's handshake timeout), its
+/// body left out for a `HEAD` request as HTTP wants, and hands the refusal back. The connection is closed by the caller once it has recorded the
 /// refusal, so the client never sees the close before the edge has counted it.
 async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     reject: Reject,
+    head_only: bool,
     stage: &StageCell,
 ) -> Reject {
     if let Reject::Http {
@@ -422,7 +437,7 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
         // configured path or origins, goes to the log), and the version it speaks.
         let body = format!("{}\n", reason_phrase(*status));
         let extra = "Sec-WebSocket-Version: 13\r\n";
-        if write_response(stream, *status, extra, &body, false)
+        if write_response(stream, *status, extra, &body, head_only)
             .await
             .is_ok()
             && stream.shutdown().await.is_ok()
