@@ -1086,3 +1086,32 @@ async fn a_request_delivered_twice_counts_against_its_answers() {
         "nats-server's behaviour changed"
     );
 }
+
+/// nats-server answers `$SYS.REQ.USER.INFO` for any account, its host in the body, which
+/// the edge does not rewrite; the deny docs/acl.md gives keeps it from clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sys_request_deny_keeps_server_addresses_from_clients() {
+    let server = NatsServer::start_with_config("client_advertise: \"10.9.8.7:4222\"\n");
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[default_permissions]\npublish = { allow = [\">\"], deny = [\"$SYS.REQ.>\"] }\n",
+    )
+    .unwrap();
+    let ask = b"CONNECT {\"verbose\":false}\r\nSUB r 1\r\nPUB $SYS.REQ.USER.INFO r 0\r\n\r\n";
+
+    let open = start_edge(&[server.url()], "").await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&open)).await;
+    raw.send(ask).await;
+    let reply = raw.read_until(b"10.9.8.7").await;
+    assert!(!reply.closed, "{}", reply.text());
+
+    let denied = start_edge(&[server.url()], &format!("[auth]\nrules = [{rules:?}]\n")).await;
+    let (mut raw, _) = RawConn::connect_info(edge_addr(&denied)).await;
+    let reply = raw.roundtrip(ask).await;
+    assert_eq!(
+        reply.text(),
+        "-ERR 'Permissions Violation for Publish to \"$SYS.REQ.USER.INFO\"'\r\n"
+    );
+}
