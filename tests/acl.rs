@@ -522,7 +522,8 @@ async fn edge_mode_user_goes_upstream_with_its_own_credentials() {
     let edge = start_edge(&[server.url()], &edge_mode_toml("")).await;
     let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
     let mut bytes = connect_json(r#"{"user":"bob","pass":"bob-secret","verbose":false}"#);
-    // The edge allows bob everything but admin.>; nats-server denies bob-upstream bob.denied.
+    // The edge allows bob everything but admin.> (and $SYS.REQ.>); nats-server denies
+    // bob-upstream bob.denied.
     bytes.extend_from_slice(b"PUB bob.denied 1\r\na\r\nPUB admin.x 1\r\nb\r\n");
     let reply = raw.roundtrip(&bytes).await;
     assert_eq!(

@@ -169,4 +169,37 @@ mod tests {
         let bad = filtered("jobs.*", Some("bad"));
         assert!(bad.contains("\"jobs.a bad\""), "{bad}");
     }
+
+    /// With no permissions at all, everything is allowed but the `_sys_` queue group, as
+    /// nats-server refuses it to every client.
+    #[test]
+    fn no_permissions_allow_all_but_the_system_queue() {
+        let rules = AclRules::from_str("rules.toml", "[[users]]\nuser = \"u\"\npassword = \"p\"\n")
+            .unwrap();
+        let sub = |queue| {
+            let action = Action::Subscribe {
+                subject: "orders.x",
+                queue,
+            };
+            explain(&rules, Some("u"), action)
+        };
+        let plain = sub(None);
+        assert!(plain.allowed);
+        assert!(
+            plain.lines.iter().any(|l| l == "permissions: none apply"),
+            "{:?}",
+            plain.lines
+        );
+        assert!(sub(Some("workers")).allowed);
+        let system = sub(Some("_sys_"));
+        assert!(!system.allowed);
+        assert!(
+            system
+                .lines
+                .last()
+                .is_some_and(|l| l.ends_with("is reserved by nats-server")),
+            "{:?}",
+            system.lines
+        );
+    }
 }

@@ -101,7 +101,7 @@ impl<'a> Decision<'a> {
     }
 }
 
-/// The queue group nats-server keeps for itself; no client with permissions may join it.
+/// The queue group nats-server keeps for itself; no client may join it.
 const SYSTEM_QUEUE: &[u8] = b"_sys_";
 
 fn matching<'r>(list: &'r [Rule], subject: &'r [u8]) -> impl Iterator<Item = &'r Rule> + 'r {
@@ -150,11 +150,12 @@ impl Permissions {
         let queue = queue.filter(|q| !q.is_empty());
         // nats-server refuses `_sys_` to every client, whatever its permissions, with the
         // same error as a permission violation.
-        if queue == Some(SYSTEM_QUEUE) && list.is_open() {
-            return Decision::deny(Reason::ReservedQueue);
-        }
         if list.is_open() {
-            return Decision::allow(Reason::NoRestrictions);
+            return if queue == Some(SYSTEM_QUEUE) {
+                Decision::deny(Reason::ReservedQueue)
+            } else {
+                Decision::allow(Reason::NoRestrictions)
+            };
         }
         // The permission check itself passes `_sys_` by; nats-server refuses it right after.
         let mut reason = Reason::NotDenied;

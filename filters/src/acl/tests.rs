@@ -835,6 +835,12 @@ fn reload_restricting_an_unrestricted_user_ends_its_refused_subscriptions() {
             Verdict::Forward
         );
     }
+    // Without permissions the edge leaves `_sys_` to the upstream, which refuses it; a
+    // reload before its `-ERR` arrives does not refuse it a second time.
+    assert_eq!(
+        ops.on_client_op(&mut sub("jobs.b", Some("_sys_"), "4"), &mut ctx),
+        Verdict::Forward
+    );
     ops.on_client_op(&mut unsub("3", None), &mut ctx);
     assert!(!ops.interest().contains(OpKind::Msg));
     assert!(!ops.interest().contains(OpKind::Pub));
