@@ -304,7 +304,10 @@ pub async fn accept(
     match tcp.peek(&mut first).await {
         Ok(0) => return Err(AcceptError::ClosedEarly),
         Err(e) if is_reset(&e) => return Err(AcceptError::ClosedEarly),
-        Ok(_) if first[0] != HANDSHAKE_RECORD => return Err(AcceptError::NotTls(first[0])),
+        Ok(_) if first[0] != HANDSHAKE_RECORD => {
+            tokio::spawn(close_after_reading(tcp));
+            return Err(AcceptError::NotTls(first[0]));
+        }
         Ok(_) => {}
         Err(e) => return Err(AcceptError::Handshake(e)),
     }
@@ -312,6 +315,16 @@ pub async fn accept(
         .accept(ReadAhead::new(tcp))
         .await
         .map_err(AcceptError::Handshake)
+}
+
+/// Closes a plain-text client's connection as nats-server does, with a FIN: what it sent is
+/// read and dropped first, since a socket closed with unread input answers with a reset,
+/// which the client reports as one rather than as the close. On a task of its own, bounded
+/// by [`linger`](crate::transport::linger), so the refusal is counted and logged at once.
+async fn close_after_reading(mut tcp: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tcp.shutdown().await;
+    crate::transport::linger(&mut tcp).await;
 }
 
 /// `handshake_first` with a fallback delay: waits up to `delay` for the client's first byte.
