@@ -356,13 +356,17 @@ async fn plain_clients_on_tls_listeners() {
         timeouts + 1
     );
 
-    // A plain HTTP request on a wss listener.
+    // A plain HTTP request on a wss listener gets what Go's HTTP server in front of
+    // nats-server's websocket listener answers.
     let answer = http(
         tcp(s.addr("plain", "wss")).await,
         "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
     )
     .await;
-    assert_eq!(answer, "");
+    assert_eq!(
+        answer,
+        "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+    );
     wait_failures(
         &s.edge,
         ListenerKind::Wss,

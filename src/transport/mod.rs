@@ -582,7 +582,7 @@ pub async fn handshake(
             };
             if tls_first {
                 stage.set(Stage::Tls);
-                let stream = tls::accept(tls.acceptor(), tcp)
+                let stream = tls::accept(tls.acceptor(), tcp, false)
                     .await
                     .map_err(HandshakeError::Tls)?;
                 tls_peer = tls::peer_identity(stream.get_ref().1);
@@ -618,7 +618,7 @@ pub async fn handshake(
                 .as_ref()
                 .ok_or(HandshakeError::Misconfigured(WS_SETTINGS))?;
             stage.set(Stage::Tls);
-            let stream = tls::accept(tls.acceptor(), tcp)
+            let stream = tls::accept(tls.acceptor(), tcp, true)
                 .await
                 .map_err(HandshakeError::Tls)?;
             tls_peer = tls::peer_identity(stream.get_ref().1);
@@ -655,7 +655,7 @@ pub async fn upgrade_after_info(
     let ClientStream::Tcp(plain) = stream else {
         return Ok((stream, None));
     };
-    match tokio::time::timeout(timeout, tls::accept(acceptor, plain.into_inner())).await {
+    match tokio::time::timeout(timeout, tls::accept(acceptor, plain.into_inner(), false)).await {
         Err(_) => Err(HandshakeError::Timeout(Stage::Tls)),
         Ok(Err(tls::AcceptError::ClosedEarly)) => {
             Err(HandshakeError::Tls(tls::AcceptError::LeftAfterInfo))

@@ -295,17 +295,23 @@ pub enum AcceptError {
 }
 
 /// Runs the server side of a TLS handshake on `tcp`. The first byte is looked at first, so a
-/// plain-text client is named as such instead of as a corrupt TLS record.
+/// plain-text client is named as such instead of as a corrupt TLS record. On an HTTPS port
+/// (`wss`), a plain HTTP request gets the answer Go's HTTP server in front of nats-server's
+/// websocket listener gives it.
 pub async fn accept(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
+    https: bool,
 ) -> Result<tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>, AcceptError> {
     let mut first = [0u8; 1];
     match tcp.peek(&mut first).await {
         Ok(0) => return Err(AcceptError::ClosedEarly),
         Err(e) if is_reset(&e) => return Err(AcceptError::ClosedEarly),
         Ok(_) if first[0] != HANDSHAKE_RECORD => {
-            tokio::spawn(close_after_reading(tcp));
+            if https {
+                answer_plain_http(&tcp).await;
+            }
+            close_after_reading(tcp);
             return Err(AcceptError::NotTls(first[0]));
         }
         Ok(_) => {}
@@ -317,14 +323,34 @@ pub async fn accept(
         .map_err(AcceptError::Handshake)
 }
 
-/// Closes a plain-text client's connection as nats-server does, with a FIN: what it sent is
-/// read and dropped first, since a socket closed with unread input answers with a reset,
-/// which the client reports as one rather than as the close. On a task of its own, bounded
-/// by [`linger`](crate::transport::linger), so the refusal is counted and logged at once.
-async fn close_after_reading(mut tcp: TcpStream) {
-    use tokio::io::AsyncWriteExt;
-    let _ = tcp.shutdown().await;
-    crate::transport::linger(&mut tcp).await;
+/// The bytes that start a plain HTTP request, as Go's HTTP server tells them from a TLS
+/// record (`tlsRecordHeaderLooksLikeHTTP`), and its answer to one.
+const HTTP_STARTS: [&[u8; 5]; 5] = [b"GET /", b"HEAD ", b"POST ", b"PUT /", b"OPTIO"];
+const HTTP_ON_HTTPS: &[u8] =
+    b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+
+/// Answers a plain HTTP request on an HTTPS port, as Go's HTTP server does; other plain
+/// bytes get no answer. Best effort: the answer fits in any socket's send buffer.
+async fn answer_plain_http(tcp: &TcpStream) {
+    let mut start = [0u8; 5];
+    if matches!(tcp.peek(&mut start).await, Ok(5)) && HTTP_STARTS.contains(&&start) {
+        let _ = tcp.try_write(HTTP_ON_HTTPS);
+    }
+}
+
+/// Closes a plain-text client's connection as nats-server does, with a FIN: what it has sent
+/// so far (64 KiB at most) is read and dropped first, since a socket closed with unread
+/// input answers with a reset, which the client reports as one rather than as the close.
+/// Never waits: bytes that arrive later still meet a reset.
+fn close_after_reading(tcp: TcpStream) {
+    let mut buf = [0u8; 4096];
+    let mut left = 64 * 1024;
+    while left > 0 {
+        match tcp.try_read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left -= n.min(left),
+        }
+    }
 }
 
 /// `handshake_first` with a fallback delay: waits up to `delay` for the client's first byte.

@@ -42,7 +42,7 @@ use crate::responses::ResponseTracker;
 use crate::sub_answers::SubAnswers;
 use crate::verdict::{CloseReason, SlowCheck, Verdict};
 use auth::{authenticate, AuthFailure, AuthOutcome, Checks, SecretChecker};
-use permissions::{Permissions, Reason};
+use permissions::Permissions;
 use quote::go_quote;
 use rules::{AclRules, UpstreamCredentials};
 
@@ -912,11 +912,11 @@ impl Filter for AclFilter {
                 for (sid, live) in self.subs.iter_mut() {
                     let queue = live.queue.as_deref();
                     let ended = live.revoked || live.ending;
-                    let decision = perms.check_subscribe(&live.subject, queue);
-                    // `_sys_` is refused when subscribed to, not on a reload, whose check
-                    // is of permissions alone on nats-server: such a SUB is the upstream's
-                    // to refuse, and its `-ERR` is on the way.
-                    let allowed = decision.allowed || decision.reason == Reason::ReservedQueue;
+                    // A `_sys_` subscription held here is one the edge let through (no
+                    // permissions applied then): the upstream refuses it, and its `-ERR` is
+                    // on the way, so a reload does not refuse it a second time.
+                    let allowed = queue == Some(permissions::SYSTEM_QUEUE)
+                        || perms.check_subscribe(&live.subject, queue).allowed;
                     if !ended && !allowed {
                         // The client hears of a subscription it holds for sure, as from
                         // nats-server; one maybe ended is ended without a word.

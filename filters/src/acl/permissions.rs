@@ -102,7 +102,7 @@ impl<'a> Decision<'a> {
 }
 
 /// The queue group nats-server keeps for itself; no client may join it.
-const SYSTEM_QUEUE: &[u8] = b"_sys_";
+pub(crate) const SYSTEM_QUEUE: &[u8] = b"_sys_";
 
 fn matching<'r>(list: &'r [Rule], subject: &'r [u8]) -> impl Iterator<Item = &'r Rule> + 'r {
     list.iter()
