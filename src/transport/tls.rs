@@ -333,7 +333,10 @@ const HTTP_ON_HTTPS: &[u8] =
 /// bytes get no answer. Best effort: the answer fits in any socket's send buffer.
 async fn answer_plain_http(tcp: &TcpStream) {
     let mut start = [0u8; 5];
-    if matches!(tcp.peek(&mut start).await, Ok(5)) && HTTP_STARTS.contains(&&start) {
+    if matches!(tcp.peek(&mut start).await, Ok(5))
+        && HTTP_STARTS.contains(&&start)
+        && tcp.writable().await.is_ok()
+    {
         let _ = tcp.try_write(HTTP_ON_HTTPS);
     }
 }
