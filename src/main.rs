@@ -349,13 +349,13 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::R
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "flags and environment".into());
-        let mut reloads = Reloads::new(file.clone(), overrides.clone(), source);
+        let mut reloads = Reloads::new(edge.shared().clone(), file.clone(), overrides.clone(), source);
         loop {
             tokio::select! {
                 _ = edge.wait() => return Ok(()),
                 () = reloads.ended() => {}
                 signal = signals.next() => match signal {
-                    Signal::Reload => reloads.request(edge.shared()),
+                    Signal::Reload => reloads.request(),
                     Signal::Terminate | Signal::Interrupt => break,
                 },
             }
@@ -373,7 +373,7 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> anyhow::R
                 tokio::select! {
                     () = reloads.ended() => {}
                     signal = signals.next() => match signal {
-                        Signal::Reload => reloads.request(&shared),
+                        Signal::Reload => reloads.request(),
                         Signal::Terminate => {
                             tracing::info!("SIGTERM during the drain: draining on (SIGINT exits at once)");
                         }
@@ -626,40 +626,48 @@ impl Signals {
 /// rule file on a stalled mount must not hold a SIGTERM until the kubelet's SIGKILL). A
 /// SIGHUP while one runs starts one more after it, for files changed after it read them.
 struct Reloads {
+    edge: Arc<nats_edge::edge::EdgeShared>,
     file: Option<PathBuf>,
     overrides: Overrides,
     source: String,
     running: Option<tokio::task::JoinHandle<()>>,
-    again: Option<Arc<nats_edge::edge::EdgeShared>>,
+    /// A SIGHUP came while one ran.
+    again: bool,
 }
 
 impl Reloads {
-    fn new(file: Option<PathBuf>, overrides: Overrides, source: String) -> Reloads {
+    fn new(
+        edge: Arc<nats_edge::edge::EdgeShared>,
+        file: Option<PathBuf>,
+        overrides: Overrides,
+        source: String,
+    ) -> Reloads {
         Reloads {
+            edge,
             file,
             overrides,
             source,
             running: None,
-            again: None,
+            again: false,
         }
     }
 
     /// SIGHUP: reads the configuration again, with the same layering as at start-up, and
     /// applies it if every part accepts it; otherwise the running configuration stays.
-    fn request(&mut self, edge: &Arc<nats_edge::edge::EdgeShared>) {
+    fn request(&mut self) {
         if self.running.is_some() {
             tracing::info!(
                 file = self.source.as_str(),
                 "SIGHUP during a reload: reloading again after it"
             );
-            self.again = Some(edge.clone());
+            self.again = true;
             return;
         }
         tracing::info!(
             file = self.source.as_str(),
             "SIGHUP: reloading the configuration"
         );
-        let edge = edge.clone();
+        let edge = self.edge.clone();
         let file = self.file.clone();
         let overrides = self.overrides.clone();
         let source = self.source.clone();
@@ -689,8 +697,8 @@ impl Reloads {
                 std::panic::resume_unwind(e.into_panic());
             }
         }
-        if let Some(edge) = self.again.take() {
-            self.request(&edge);
+        if std::mem::take(&mut self.again) {
+            self.request();
         }
     }
 }

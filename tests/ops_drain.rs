@@ -19,6 +19,16 @@ fn spawn_edge(server: &NatsServer, grace: &str, timeout: &str) -> EdgeProcess {
     )
 }
 
+/// `raw` is still served while the edge drains (its PING gets its PONG); then, the last
+/// client, it leaves, the drain ends and the edge exits 0.
+async fn served_until_it_leaves(edge: &mut EdgeProcess, mut raw: RawConn) {
+    let reply = raw.roundtrip(b"").await;
+    assert!(!reply.closed, "{}", reply.text());
+    drop(raw);
+    let status = edge.wait_exit().await;
+    assert!(status.success(), "{}", edge.log().dump());
+}
+
 /// A raw client that declared protocol 1 (it takes async INFOs) and is in step.
 async fn protocol_one_client(edge: &EdgeProcess) -> (RawConn, serde_json::Value) {
     let (mut raw, info) = RawConn::connect_info(edge.addr()).await;
@@ -149,7 +159,7 @@ async fn a_second_signal_exits_at_once() {
 async fn a_second_sigterm_does_not_cut_the_drain_short() {
     let server = NatsServer::start();
     let mut edge = spawn_edge(&server, "50s", "60s");
-    let (mut raw, _) = protocol_one_client(&edge).await;
+    let (raw, _) = protocol_one_client(&edge).await;
     send_signal(edge.pid(), "TERM");
     edge.wait_log(
         0,
@@ -161,13 +171,8 @@ async fn a_second_sigterm_does_not_cut_the_drain_short() {
         from,
         "SIGTERM during the drain: draining on (SIGINT exits at once)",
     );
-    // Still served: its PING gets its PONG.
-    let reply = raw.roundtrip(b"").await;
-    assert!(!reply.closed, "{}", reply.text());
     assert!(edge.is_running());
-    drop(raw);
-    let status = edge.wait_exit().await;
-    assert!(status.success(), "{}", edge.log().dump());
+    served_until_it_leaves(&mut edge, raw).await;
 }
 
 /// A stop is handled while a reload still reads its files (here an ACL rule file that became
@@ -506,12 +511,7 @@ async fn a_reload_applies_during_the_drain() {
         from,
         "user changed by a reload; closing the connection for it to log in again",
     );
-    let reply = stays.roundtrip(b"").await;
-    assert!(!reply.closed, "{}", reply.text());
-    // The last client leaves; the drain ends and the edge exits 0.
-    drop(stays);
-    let status = edge.wait_exit().await;
-    assert!(status.success(), "{}", edge.log().dump());
+    served_until_it_leaves(&mut edge, stays).await;
 }
 
 /// The same stop delivered twice (Ctrl-C's SIGINT to the process group, a wrapper's SIGTERM

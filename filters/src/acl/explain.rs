@@ -106,12 +106,8 @@ pub fn explain(rules: &AclRules, user: Option<&str>, action: Action<'_>) -> Expl
             let queue = queue.map(str::as_bytes);
             if perms.needs_delivery_filter(subject.as_bytes(), queue) {
                 // A deny entry with a queue group filters only that group's deliveries.
-                let filters_this = |rule: &Rule| match (rule.queue.as_deref(), queue) {
-                    (None, _) => true,
-                    (Some(group), Some(q)) => {
-                        super::matching::queue_matches(q, std::iter::once(group.as_bytes()))
-                    }
-                    (Some(_), None) => false,
+                let filters_this = |rule: &Rule| {
+                    rule.queue.is_none() || queue.is_some_and(|q| rule.names_group(q))
                 };
                 for rule in &perms.subscribe.deny {
                     if filters_this(rule)

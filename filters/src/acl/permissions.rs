@@ -27,6 +27,15 @@ pub struct Rule {
     pub origin: Origin,
 }
 
+impl Rule {
+    /// Whether this entry names queue group `queue` (its group may be a wildcard).
+    pub fn names_group(&self, queue: &[u8]) -> bool {
+        self.queue
+            .as_deref()
+            .is_some_and(|n| queue_matches(queue, std::iter::once(n.as_bytes())))
+    }
+}
+
 impl std::fmt::Display for Rule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.queue {
@@ -173,11 +182,7 @@ impl Permissions {
                 let names = queued.iter().filter_map(|r| r.queue.as_deref());
                 allowed = queue_matches(q, names.map(str::as_bytes));
                 reason = if allowed {
-                    let named = queued.iter().find(|r| {
-                        r.queue
-                            .as_deref()
-                            .is_some_and(|n| queue_matches(q, std::iter::once(n.as_bytes())))
-                    });
+                    let named = queued.iter().find(|r| r.names_group(q));
                     named.map_or(reason, |r| Reason::AllowedBy(r))
                 } else {
                     Reason::QueueNotAllowed(queued[0])
@@ -197,11 +202,7 @@ impl Permissions {
             let queued: Vec<&Rule> = matching(&list.deny, subject)
                 .filter(|r| r.queue.is_some())
                 .collect();
-            if let Some(rule) = queued.iter().find(|r| {
-                r.queue
-                    .as_deref()
-                    .is_some_and(|n| queue_matches(q, std::iter::once(n.as_bytes())))
-            }) {
+            if let Some(rule) = queued.iter().find(|r| r.names_group(q)) {
                 return Decision::deny(Reason::DeniedBy(rule));
             }
         }
@@ -235,11 +236,7 @@ impl Permissions {
             return Some(rule);
         }
         let q = queue.filter(|q| !q.is_empty())?;
-        matching(deny, subject).find(|r| {
-            r.queue
-                .as_deref()
-                .is_some_and(|n| queue_matches(q, std::iter::once(n.as_bytes())))
-        })
+        matching(deny, subject).find(|r| r.names_group(q))
     }
 }
 
