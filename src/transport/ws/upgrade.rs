@@ -196,32 +196,13 @@ where
                 cookies,
             }
         }
-        Ok(httparse::Status::Partial) => {
-            return Err(respond(
-                &mut stream,
-                Reject::http(400, "incomplete request"),
-                false,
-                stage,
-            )
-            .await)
-        }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(respond(
-                &mut stream,
-                Reject::http(431, "too many headers"),
-                false,
-                stage,
-            )
-            .await)
-        }
-        Err(e) => {
-            return Err(respond(
-                &mut stream,
-                Reject::http(400, format!("not HTTP/1.1: {e}")),
-                false,
-                stage,
-            )
-            .await)
+        unparsed => {
+            let reject = match unparsed {
+                Err(httparse::Error::TooManyHeaders) => Reject::http(431, "too many headers"),
+                Err(e) => Reject::http(400, format!("not HTTP/1.1: {e}")),
+                _ => Reject::http(400, "incomplete request"),
+            };
+            return Err(respond(&mut stream, reject, false, stage).await);
         }
     };
 
