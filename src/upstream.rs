@@ -2,6 +2,7 @@
 //! behind a PROXY protocol header and over TLS, and reading the server's first INFO (the
 //! server speaks first; its INFO carries the nonce and max_payload the client must see).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -240,6 +241,25 @@ pub enum DialError {
          (nats-server 2.12.9 or 2.14.1 and later)"
     )]
     ClosedAfterProxyHeader,
+    /// Classic TLS, connected, and no INFO in time: a nats-server with `tls { handshake_first:
+    /// true }` waits for the client's TLS handshake and sends nothing before it.
+    #[error(
+        "timed out after {0:?} with no INFO; a nats-server with tls {{ handshake_first: true }} \
+         waits for the TLS handshake first: set upstream.tls.handshake_first = true"
+    )]
+    TimeoutBeforeTls(Duration),
+    /// The same server, closing the connection first, at the end of its own TLS timeout.
+    #[error(
+        "closed before sending INFO; if it is a nats-server with tls {{ handshake_first: true }}, \
+         it waited for the TLS handshake first: set upstream.tls.handshake_first = true"
+    )]
+    ClosedBeforeTls,
+    /// TLS-first toward a server that sent its INFO in the clear: it expects classic TLS.
+    #[error(
+        "sent its INFO in the clear instead of a TLS handshake: it does not start with TLS; \
+         set upstream.tls.handshake_first = false (or tls {{ handshake_first: true }} on the server)"
+    )]
+    NotTlsFirst,
     /// Its INFO and version say it misreads a PROXY header ahead of TLS
     /// ([`ServerVersion::misreads_proxy_header_before_tls`]): the TLS handshake would fail
     /// on the header's bytes, or the ClientHello go to its NATS parser.
@@ -292,14 +312,18 @@ impl DialError {
                 "connection refused"
             }
             DialError::Connect(_) => "connect failed",
-            DialError::Timeout(_) | DialError::TimeoutAfterProxyHeader(_) => "timed out",
+            DialError::Timeout(_)
+            | DialError::TimeoutAfterProxyHeader(_)
+            | DialError::TimeoutBeforeTls(_) => "timed out",
             DialError::ClosedBeforeInfo
             | DialError::ClosedAfterProxyHeader
+            | DialError::ClosedBeforeTls
             | DialError::Read(_) => "connection closed",
             DialError::BadInfo => "invalid INFO",
             DialError::TlsRequired
             | DialError::TlsUnavailable
             | DialError::Tls(_)
+            | DialError::NotTlsFirst
             | DialError::ProxyHeaderBeforeTls { .. } => "TLS failed",
             DialError::RefusedBeforeTls(_) => "refused",
             DialError::ProxyHeaderIgnored => "PROXY protocol not enabled",
@@ -316,8 +340,9 @@ enum Standing {
     Fine,
     /// Failed within [`FAILED_URL_BACKOFF`]: tried after the others.
     FailedLately,
-    /// Its back-off is over, and this dial is the one that tries it again.
-    Retry,
+    /// Its back-off is over: the dial that reaches it first tries it again
+    /// ([`DialHistory::claim_retry`]).
+    Due,
 }
 
 /// Every upstream failed.
@@ -427,6 +452,10 @@ pub struct Upstream {
 /// would give up while a healthy URL waited second in the list.
 pub const FAILED_URL_BACKOFF: Duration = Duration::from_secs(10);
 
+fn backoff_millis() -> u64 {
+    u64::try_from(FAILED_URL_BACKOFF.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// When each upstream URL last failed a dial, shared by every session (and the readiness
 /// check, which dials them too).
 pub struct DialHistory {
@@ -482,27 +511,42 @@ impl DialHistory {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
     }
 
-    /// Where `url` stands for a dial starting `now`. When its back-off is over, the one dial
-    /// that sees it first tries it again ([`Standing::Retry`]), and its back-off starts anew
-    /// for every other dial until that one has an answer: otherwise every session would try
-    /// a URL that still drops packets first, for as long as the connect timeout, each time
-    /// its back-off ends.
+    /// Where `url` stands for a dial starting `now`. Only a look: a URL whose back-off is
+    /// over is [`Standing::Due`], and is claimed only when a dial gets to it, so a dial that
+    /// the URLs before it serve leaves its back-off as it was.
     fn standing(&self, url: usize, now: u64) -> Standing {
-        let backoff = u64::try_from(FAILED_URL_BACKOFF.as_millis()).unwrap_or(u64::MAX);
         let Some(failed_at) = self.failed_at.get(url) else {
             return Standing::Fine;
         };
+        match failed_at.load(Ordering::Relaxed) {
+            0 => Standing::Fine,
+            at if now.saturating_sub(at) < backoff_millis() => Standing::FailedLately,
+            _ => Standing::Due,
+        }
+    }
+
+    /// Whether this dial is the one that tries a [`Standing::Due`] URL again: the first to
+    /// claim it does, and its back-off starts anew for every other dial until that one has
+    /// an answer. Otherwise every session would try a URL that still drops packets first,
+    /// for as long as the connect timeout, each time its back-off ends.
+    fn claim_retry(&self, url: usize) -> bool {
+        let Some(failed_at) = self.failed_at.get(url) else {
+            return true;
+        };
         let at = failed_at.load(Ordering::Relaxed);
-        if at == 0 {
-            return Standing::Fine;
-        }
-        if now.saturating_sub(at) < backoff {
-            return Standing::FailedLately;
-        }
-        match failed_at.compare_exchange(at, now, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => Standing::Retry,
-            Err(_) => Standing::FailedLately,
-        }
+        let now = self.now();
+        at == 0
+            || (now.saturating_sub(at) >= backoff_millis()
+                && failed_at
+                    .compare_exchange(at, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok())
+    }
+
+    /// When `url` last failed (as [`DialHistory::now`]); 0: not since its last success.
+    fn failed_at(&self, url: usize) -> u64 {
+        self.failed_at
+            .get(url)
+            .map_or(0, |at| at.load(Ordering::Relaxed))
     }
 
     fn record(&self, url: usize, ok: bool) {
@@ -555,15 +599,49 @@ impl Upstream {
             .or(url.tls.then_some(self.default_tls.as_ref()).flatten())
     }
 
-    /// The error for a dial to `url` that ran out of time, with a hint where a PROXY header
-    /// went before classic TLS and no INFO came (see [`DialError::TimeoutAfterProxyHeader`]);
-    /// a dial that timed out before (a connect to an address that drops packets) gets none.
-    fn timed_out(&self, url: &UpstreamUrl, header_sent: bool, after: Duration) -> DialError {
+    /// The error for a dial to `url` that ran out of time, with a hint where classic TLS
+    /// waited for an INFO that never came (see [`DialError::TimeoutAfterProxyHeader`] and
+    /// [`DialError::TimeoutBeforeTls`]); a dial that timed out before (a connect to an
+    /// address that drops packets) gets none.
+    fn timed_out(&self, url: &UpstreamUrl, stage: DialStage, after: Duration) -> DialError {
         let classic_tls = self.tls_for(url).is_some_and(|tls| !tls.handshake_first());
-        if header_sent && classic_tls {
-            DialError::TimeoutAfterProxyHeader(after)
-        } else {
-            DialError::Timeout(after)
+        match stage {
+            DialStage::AwaitingInfoAfterHeader if classic_tls => {
+                DialError::TimeoutAfterProxyHeader(after)
+            }
+            DialStage::AwaitingInfo if classic_tls => DialError::TimeoutBeforeTls(after),
+            _ => DialError::Timeout(after),
+        }
+    }
+}
+
+/// How far one dial got, for the hint in the error of a dial that runs out of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum DialStage {
+    /// Looking the host up, connecting, or past the INFO.
+    Connecting = 0,
+    /// Connected; no INFO yet.
+    AwaitingInfo = 1,
+    /// Connected, a PROXY header sent; no INFO yet.
+    AwaitingInfoAfterHeader = 2,
+}
+
+/// A [`DialStage`] that the dial's future sets and [`dial_any`] reads once the timeout
+/// has dropped that future.
+#[derive(Debug, Default)]
+struct AtomicDialStage(std::sync::atomic::AtomicU8);
+
+impl AtomicDialStage {
+    fn set(&self, stage: DialStage) {
+        self.0.store(stage as u8, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> DialStage {
+        match self.0.load(Ordering::Relaxed) {
+            1 => DialStage::AwaitingInfo,
+            2 => DialStage::AwaitingInfoAfterHeader,
+            _ => DialStage::Connecting,
         }
     }
 }
@@ -627,6 +705,19 @@ pub struct Connected {
     pub leftover: BytesMut,
 }
 
+/// The order one dial tries the URLs in, decided before its first attempt (a URL that fails
+/// during this dial is not tried twice): those that have not failed since their last success
+/// or whose back-off is over, in the configured order; then those that failed within
+/// [`FAILED_URL_BACKOFF`], the longest-failed first (the likeliest to be back).
+fn dial_order(history: &DialHistory, urls: usize) -> VecDeque<(usize, Standing)> {
+    let now = history.now();
+    let (order, mut lately): (Vec<_>, Vec<_>) = (0..urls)
+        .map(|i| (i, history.standing(i, now)))
+        .partition(|&(_, standing)| standing != Standing::FailedLately);
+    lately.sort_by_key(|&(i, _)| history.failed_at(i));
+    order.into_iter().chain(lately).collect()
+}
+
 /// Tries each URL in order until one connects and sends INFO within the connect timeout;
 /// URLs that failed within [`FAILED_URL_BACKOFF`] come after the others, still in order.
 /// `client` is the real client's address and the address it connected to, for the PROXY
@@ -640,32 +731,30 @@ pub async fn dial_any(
     dialled_url: &(dyn Fn(&str, bool) + Sync),
 ) -> Result<Connected, AllUpstreamsFailed> {
     let mut failures = Vec::new();
-    // Decided before the first dial: a URL that fails now is not tried twice.
-    let now = upstream.history.now();
-    let standings: Vec<Standing> = (0..upstream.urls.len())
-        .map(|i| upstream.history.standing(i, now))
-        .collect();
-    let (mut order, lately): (Vec<usize>, Vec<usize>) =
-        (0..upstream.urls.len()).partition(|&i| standings[i] != Standing::FailedLately);
-    order.extend(lately);
-    let last = order.last().copied();
-    for i in order {
+    let mut order = dial_order(&upstream.history, upstream.urls.len());
+    while let Some((i, standing)) = order.pop_front() {
         let url = &upstream.urls[i];
+        // Another dial is trying this URL again right now: until it has its answer, the URL
+        // waits behind the others, as one that failed lately.
+        if standing == Standing::Due && !upstream.history.claim_retry(i) {
+            order.push_back((i, Standing::FailedLately));
+            continue;
+        }
         // A URL tried again after its back-off may still drop packets. With other URLs after
         // it, it gets half the connect timeout (its lookup and addresses share that half):
         // the client's own timeout is about the edge's (2 s in nats.go and nats.py), so the
         // whole of it would leave the client none for the URL that serves it. The readiness
         // check's dial has no client waiting: it keeps the whole timeout.
-        let timeout = if standings[i] == Standing::Retry && Some(i) != last && client.is_some() {
+        let timeout = if standing == Standing::Due && !order.is_empty() && client.is_some() {
             upstream.connect_timeout / 2
         } else {
             upstream.connect_timeout
         };
-        let header_sent = AtomicBool::new(false);
+        let stage = AtomicDialStage::default();
         let dialled = WatchedDial {
             dial: Box::pin(tokio::time::timeout(
                 timeout,
-                dial(upstream, i, client, &header_sent, timeout),
+                dial(upstream, i, client, &stage, timeout),
             )),
             upstream,
             index: i,
@@ -675,9 +764,8 @@ pub async fn dial_any(
             ended: client.is_none(),
         }
         .await;
-        let dialled = dialled.unwrap_or_else(|_| {
-            Err(upstream.timed_out(url, header_sent.load(Ordering::Relaxed), timeout))
-        });
+        let dialled =
+            dialled.unwrap_or_else(|_| Err(upstream.timed_out(url, stage.get(), timeout)));
         upstream.history.record(i, dialled.is_ok());
         dialled_url(&url.to_string(), dialled.is_err());
         // A URL that goes down or comes back is logged when it does: a failure that the
@@ -829,13 +917,12 @@ async fn connect_in_turn(
     Err(last)
 }
 
-/// `header_sent` is set once a PROXY header has gone out, for the error of a dial that
-/// then times out.
+/// `stage` tells how far the dial got, for the error of a dial that then times out.
 async fn dial(
     upstream: &Upstream,
     index: usize,
     client: Option<ProxyAddrs>,
-    header_sent: &AtomicBool,
+    stage: &AtomicDialStage,
     timeout: Duration,
 ) -> Result<(UpstreamStream, Info, BytesMut), DialError> {
     // A little inside the timeout that bounds the whole dial, so that when the other
@@ -854,7 +941,7 @@ async fn dial(
             Err(e) => return Err(refused.unwrap_or(DialError::Connect(e))),
         };
         tried += took;
-        match dial_on(upstream, index, tcp, client, header_sent).await {
+        match dial_on(upstream, index, tcp, client, stage).await {
             // A server that is full or going away: another address of the same host (a
             // headless Service's other pods) may have room, in the time left. The URL fails
             // only when every address refused.
@@ -864,7 +951,7 @@ async fn dial(
                 | DialError::ProxyHeaderIgnored
                 | DialError::RefusedBeforeTls(_)),
             ) if tried < addrs.len() => {
-                header_sent.store(false, Ordering::Relaxed);
+                stage.set(DialStage::Connecting);
                 refused.get_or_insert(e);
             }
             dialled => return dialled,
@@ -878,18 +965,19 @@ async fn dial_on(
     index: usize,
     mut tcp: TcpStream,
     client: Option<ProxyAddrs>,
-    header_sent: &AtomicBool,
+    stage: &AtomicDialStage,
 ) -> Result<(UpstreamStream, Info, BytesMut), DialError> {
     let url = &upstream.urls[index];
     tcp.set_nodelay(true).map_err(DialError::Connect)?;
     crate::transport::keep_alive(&tcp);
+    stage.set(DialStage::AwaitingInfo);
     if let Some(version) = upstream.proxy_protocol {
         let header = match version {
             ProxyProtocolVersion::V1 => proxy_protocol::encode_v1(client),
             ProxyProtocolVersion::V2 => proxy_protocol::encode_v2(client),
         };
         tcp.write_all(&header).await.map_err(DialError::Connect)?;
-        header_sent.store(true, Ordering::Relaxed);
+        stage.set(DialStage::AwaitingInfoAfterHeader);
     }
     let Some(tls) = upstream.tls_for(url) else {
         let (info, leftover) = read_info(&mut tcp).await?;
@@ -906,14 +994,17 @@ async fn dial_on(
         return Ok((UpstreamStream::Tls(Box::new(stream)), info, leftover));
     }
     // Classic: INFO in the clear, then TLS, as nats-server expects by default.
-    let (info, leftover) = read_info(&mut tcp).await.map_err(|e| match e {
-        DialError::ClosedBeforeInfo if header_sent.load(Ordering::Relaxed) => {
-            DialError::ClosedAfterProxyHeader
-        }
-        e => e,
-    })?;
-    // The INFO came: a timeout from here on is not a fallback-mode server's.
-    header_sent.store(false, Ordering::Relaxed);
+    let (info, leftover) = read_info(&mut tcp)
+        .await
+        .map_err(|e| match (e, stage.get()) {
+            (DialError::ClosedBeforeInfo, DialStage::AwaitingInfoAfterHeader) => {
+                DialError::ClosedAfterProxyHeader
+            }
+            (DialError::ClosedBeforeInfo, _) => DialError::ClosedBeforeTls,
+            (e, _) => e,
+        })?;
+    // The INFO came: a timeout from here on is not a TLS-first server's.
+    stage.set(DialStage::Connecting);
     if info.tls_required != Some(true) && info.tls_available != Some(true) {
         return Err(DialError::TlsUnavailable);
     }
@@ -963,7 +1054,14 @@ async fn connect_tls(
             Ok(stream)
         }
         Err((e, socket)) => {
-            Err(refusal_before_tls(socket.first_bytes()).unwrap_or(DialError::Tls(e)))
+            let received = socket.first_bytes();
+            Err(
+                refusal_before_tls(received).unwrap_or(if received.starts_with(b"INFO ") {
+                    DialError::NotTlsFirst
+                } else {
+                    DialError::Tls(e)
+                }),
+            )
         }
     }
 }
@@ -1144,24 +1242,65 @@ mod tests {
     /// skipping it until that dial has its answer.
     #[test]
     fn one_dial_tries_a_url_again_when_its_backoff_ends() {
-        let history = DialHistory::new(2);
+        let history = history_started_a_minute_ago(2);
         history.record(0, false);
-        let failed = history.failed_at[0].load(Ordering::Relaxed);
+        let failed = history.failed_at(0);
         assert_eq!(history.standing(0, failed + 1), Standing::FailedLately);
         assert_eq!(history.standing(1, failed + 1), Standing::Fine);
-        let later = failed + u64::try_from(FAILED_URL_BACKOFF.as_millis()).unwrap();
+        // As if it had failed longer ago than its back-off.
+        history.failed_at[0].store(1, Ordering::Relaxed);
+        let later = history.now();
+        assert_eq!(history.standing(0, later), Standing::Due);
         assert_eq!(
             history.standing(0, later),
-            Standing::Retry,
-            "the first dial after the back-off"
+            Standing::Due,
+            "looking does not claim it"
         );
-        assert_eq!(
-            history.standing(0, later),
-            Standing::FailedLately,
-            "the others skip it meanwhile"
-        );
+        assert!(history.claim_retry(0), "the first dial that gets to it");
+        assert!(!history.claim_retry(0), "the others skip it meanwhile");
+        assert_eq!(history.standing(0, history.now()), Standing::FailedLately);
         history.record(0, true);
-        assert_eq!(history.standing(0, later + 1), Standing::Fine);
+        assert_eq!(history.standing(0, history.now()), Standing::Fine);
+    }
+
+    /// A history whose clock has run for a minute, so a URL can have failed longer ago than
+    /// its back-off.
+    fn history_started_a_minute_ago(urls: usize) -> DialHistory {
+        let mut history = DialHistory::new(urls);
+        history.started = Instant::now()
+            .checked_sub(Duration::from_secs(60))
+            .expect("a clock a minute old");
+        history
+    }
+
+    /// A URL whose back-off is over keeps it until a dial gets to it: the one before it
+    /// serving every client must not keep it "failed lately" for good, which would put it
+    /// behind that one when that one goes down. Among URLs that failed lately, the
+    /// longest-failed comes first.
+    #[test]
+    fn a_url_is_claimed_for_a_retry_only_when_dialled() {
+        let history = history_started_a_minute_ago(3);
+        history.failed_at[1].store(1, Ordering::Relaxed);
+        let order = dial_order(&history, 3);
+        assert_eq!(
+            order,
+            [(0, Standing::Fine), (1, Standing::Due), (2, Standing::Fine)]
+        );
+        assert_eq!(history.failed_at(1), 1, "not claimed by deciding the order");
+
+        let now = history.now();
+        history.failed_at[0].store(now - 5, Ordering::Relaxed);
+        history.failed_at[2].store(now - 10, Ordering::Relaxed);
+        history.failed_at[1].store(0, Ordering::Relaxed);
+        let order = dial_order(&history, 3);
+        assert_eq!(
+            order,
+            [
+                (1, Standing::Fine),
+                (2, Standing::FailedLately),
+                (0, Standing::FailedLately)
+            ]
+        );
     }
 
     /// Credentials never reach an error, with or without a scheme; a host that is no host

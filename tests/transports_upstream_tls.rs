@@ -301,3 +301,64 @@ async fn a_proxy_header_ahead_of_upstream_tls() {
     let edge = start_edge_toml(&with_header(tls_first)).await;
     pub_sub_works(&client(&edge_url(&edge)).await).await;
 }
+
+/// `upstream.tls.handshake_first` set the other way from the server's `handshake_first`:
+/// each mismatch fails the dial with a log line that says what to set. A TLS-first server
+/// sends nothing before the TLS handshake, so a classic dial waits for an INFO until either
+/// side gives up; a classic server sends its INFO in the clear, which a TLS-first dial reads
+/// as a broken TLS record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_first_mismatch_says_what_to_set() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let server_files = pki.leaf(&ca, "nats", Leaf::server("nats"));
+    let ca_file = format!("ca_file = {}", toml_path(&ca.cert));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nats-edge.toml");
+
+    // The edge gives up first.
+    let patient = NatsServer::start_with_config(&server_tls_block(
+        &server_files,
+        "  handshake_first: true\n  timeout: 10",
+    ));
+    fails_with_hint(
+        &config,
+        &upstream_toml(&[patient.url()], &ca_file)
+            .replace("connect_timeout = \"2s\"", "connect_timeout = \"1s\""),
+        "-ERR 'Upstream Unavailable: timed out'\r\n",
+        &["with no INFO", "set upstream.tls.handshake_first = true"],
+    )
+    .await;
+
+    // The server gives up first, at the end of its TLS timeout.
+    let quick = NatsServer::start_with_config(&server_tls_block(
+        &server_files,
+        "  handshake_first: true\n  timeout: 0.5",
+    ));
+    fails_with_hint(
+        &config,
+        &upstream_toml(&[quick.url()], &ca_file)
+            .replace("connect_timeout = \"2s\"", "connect_timeout = \"10s\""),
+        "-ERR 'Upstream Unavailable: connection closed'\r\n",
+        &[
+            "closed before sending INFO",
+            "set upstream.tls.handshake_first = true",
+        ],
+    )
+    .await;
+
+    let classic = NatsServer::start_with_config(&server_tls_block(&server_files, ""));
+    fails_with_hint(
+        &config,
+        &upstream_toml(
+            &[classic.url()],
+            &format!("{ca_file}, handshake_first = true"),
+        ),
+        "-ERR 'Upstream Unavailable: TLS failed'\r\n",
+        &[
+            "sent its INFO in the clear",
+            "set upstream.tls.handshake_first = false",
+        ],
+    )
+    .await;
+}
