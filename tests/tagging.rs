@@ -127,6 +127,20 @@ async fn the_tls_identity_is_tagged() {
         toml_path(&client_ca.cert)
     );
     let edge = start_edge_toml(&edge_toml(&[server.url()], &listener, &tagging("default"))).await;
+    // The INFO before the handshake (classic TLS) keeps room for the certificate's subject,
+    // which is known only after it: on a `tcp` listener, with the same tags, no such room.
+    let plain = start_edge(&[server.url()], &tagging("default")).await;
+    let told_before_connect = |addr| async move {
+        let mut raw = RawConn::connect(addr).await;
+        raw.read_info().await["max_payload"].as_u64().unwrap()
+    };
+    let on_tls = told_before_connect(edge_addr(&edge)).await;
+    let on_tcp = told_before_connect(edge_addr(&plain)).await;
+    // Less a few bytes: the two connections' ids and ports may differ in length.
+    assert!(
+        on_tcp - on_tls >= 256 + "Nats-Edge-Tls-Subject: \r\n".len() as u64 - 8,
+        "room for the subject: {on_tls} against {on_tcp}"
+    );
     let inside = within(
         "TLS connect",
         client_options()
@@ -606,4 +620,70 @@ async fn sighup_reloads_the_tagging_file_for_live_connections() {
         "orders.d",
         "nothing else reached the upstream"
     );
+}
+
+/// A reload whose tags take more room than a live client was told about (a longer value)
+/// leaves that client on the file it had: a message of the announced `max_payload` still
+/// goes through, tagged as before, where the new tags would have pushed it over the limit
+/// (and nats.go closes for good on that `-ERR`). A new connection is told the new room and
+/// gets the new tags; a reload whose tags fit the room applies to the live client at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_tags_need_more_room_keeps_live_clients_within_theirs() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("filters/rules/tagging/default.toml"),
+    )
+    .unwrap();
+    let tags = dir.path().join("tags.toml");
+    std::fs::write(&tags, &shipped).unwrap();
+    let config = dir.path().join("nats-edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\n\
+             [upstream]\nurls = [{:?}]\n[limits]\nmax_payload = 4096\n\
+             [tagging]\nfile = \"tags.toml\"\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let edge = EdgeProcess::spawn(&["-c", config.to_str().unwrap()], &[]);
+    let inside = client(&edge.url()).await;
+    let direct = client(&server.url()).await;
+    let mut upstream = direct.subscribe("orders.>").await.unwrap();
+    round_trip(&direct).await;
+    round_trip(&inside).await;
+    let told = inside.server_info().max_payload;
+    assert!(told < 4096, "the tags' room is kept out: {told}");
+
+    let reload = |tags_file: String| {
+        std::fs::write(&tags, tags_file).unwrap();
+        let from = edge.log().len();
+        send_signal(edge.pid(), "HUP");
+        edge.wait_log(from, "ACL, rewrite and tagging rules reloaded");
+    };
+    reload(shipped.replace("\"eu-west-1\"", "\"eu-west-1-with-a-longer-name\""));
+    inside
+        .publish("orders.full", vec![b'x'; told].into())
+        .await
+        .unwrap();
+    round_trip(&inside).await;
+    let msg = next_msg(&mut upstream).await;
+    assert_eq!(&msg.subject[..], "orders.full");
+    assert_eq!(msg.payload.len(), told);
+    assert_eq!(header(&msg, "Nats-Edge-Region"), Some("eu-west-1"));
+
+    let newer = client(&edge.url()).await;
+    round_trip(&newer).await;
+    assert!(newer.server_info().max_payload < told);
+    let msg = publish_and_see(&newer, &mut upstream, "orders.new").await;
+    assert_eq!(
+        header(&msg, "Nats-Edge-Region"),
+        Some("eu-west-1-with-a-longer-name")
+    );
+
+    reload(shipped.replace("\"eu-west-1\"", "\"eu-west-2\""));
+    let msg = publish_and_see(&inside, &mut upstream, "orders.live").await;
+    assert_eq!(header(&msg, "Nats-Edge-Region"), Some("eu-west-2"));
 }

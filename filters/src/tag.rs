@@ -391,6 +391,7 @@ impl FilterFactory for TagFactory {
             strips_headers: false,
             connected: false,
             cached: None,
+            announced_room: None,
             spoof_logged: None,
             spoofs_unlogged: 0,
         })
@@ -412,12 +413,20 @@ pub struct Tag {
     /// Whether the client has sent its CONNECT, which names its user.
     connected: bool,
     /// The session's tags, and the user they were built for: built again when a CONNECT
-    /// names another (nats-server authenticates every CONNECT, not only the first).
-    cached: Option<(Option<Arc<str>>, TagLines)>,
+    /// names another (nats-server authenticates every CONNECT, not only the first), and
+    /// when the client's certificate becomes known (classic TLS, after the INFO).
+    cached: Option<(TagsFor, TagLines)>,
+    /// The room the last INFO to the client kept out of its `max_payload` for the tags (the
+    /// [`Tag::growth`] of then), once one has gone: the client sizes its messages by it.
+    announced_room: Option<usize>,
     /// When a forged header was last logged, and how many came since.
     spoof_logged: Option<Instant>,
     spoofs_unlogged: u64,
 }
+
+/// What a session's tags were built for: the user, and whether the client's certificate
+/// was known.
+type TagsFor = (Option<Arc<str>>, bool);
 
 /// A session's tags, formatted once.
 #[derive(Clone)]
@@ -445,22 +454,40 @@ const SPOOF_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// user; the INFO that answers the CONNECT keeps the exact room.
 const USER_NAME_ROOM: usize = 128;
 
+/// Room kept for the client certificate's subject in the `max_payload` announced on a `tls`
+/// listener before the certificate is known (classic TLS sends the INFO before the
+/// handshake); the INFO that answers the CONNECT keeps the exact room.
+const TLS_SUBJECT_ROOM: usize = 256;
+
 impl Tag {
     /// The most the tags add to one of this session's messages: the whole header block (a
     /// message that had none gets the version line and the end too), and the JSON field
     /// where rules add one (keys and spacing the edge writes back never grow). Before the
-    /// CONNECT, with [`USER_NAME_ROOM`] for the user's name.
+    /// CONNECT, with [`USER_NAME_ROOM`] for the user's name, and [`TLS_SUBJECT_ROOM`] for
+    /// a certificate's subject on a `tls` listener whose handshake has not happened yet.
     fn growth(&mut self, ctx: &SessionCtx) -> usize {
-        let unnamed_user = !self.connected && !self.config.file.headers.user.is_empty();
+        let headers = &self.config.file.headers;
+        let unnamed_user = !self.connected && !headers.user.is_empty();
         let user_room = if unnamed_user { USER_NAME_ROOM } else { 0 };
+        let unknown_subject = !self.connected
+            && ctx.conn.transport == "tls"
+            && ctx.conn.tls_peer.is_none()
+            && !headers.tls_subject.is_empty();
+        let subject_room = if unknown_subject { TLS_SUBJECT_ROOM } else { 0 };
+        // `Name: value\r\n` for each.
+        let unknown_lines = if unnamed_user {
+            headers.user.len() + 4 + user_room
+        } else {
+            0
+        } + if unknown_subject {
+            headers.tls_subject.len() + 4 + subject_room
+        } else {
+            0
+        };
         let mut growth = 0;
         let tags = self.tag_lines(ctx);
-        if ctx.upstream_headers && (unnamed_user || !tags.lines().is_empty()) {
-            growth += tags.block.len();
-            if unnamed_user {
-                // `Name: value\r\n`
-                growth += self.config.file.headers.user.len() + 4 + user_room;
-            }
+        if ctx.upstream_headers && (unknown_lines > 0 || !tags.lines().is_empty()) {
+            growth += tags.block.len() + unknown_lines;
         }
         let field = self
             .config
@@ -476,6 +503,9 @@ impl Tag {
             growth += 2 + field + value;
             if unnamed_user {
                 growth += r#""user":"","#.len() + user_room;
+            }
+            if unknown_subject {
+                growth += r#""tls_subject":"","#.len() + subject_room;
             }
         }
         growth
@@ -508,8 +538,9 @@ impl Tag {
 
     fn tag_lines(&mut self, ctx: &SessionCtx) -> TagLines {
         let user = ctx.identity.as_ref().and_then(|i| i.user.as_ref());
-        if let Some((for_user, tags)) = &self.cached {
-            if for_user.as_deref() == user.map(|u| &**u) {
+        let tls_known = ctx.conn.tls_peer.is_some();
+        if let Some(((for_user, for_tls), tags)) = &self.cached {
+            if for_user.as_deref() == user.map(|u| &**u) && *for_tls == tls_known {
                 return tags.clone();
             }
         }
@@ -522,7 +553,7 @@ impl Tag {
         let tags = TagLines {
             block: block.finish(),
         };
-        self.cached = Some((for_user, tags.clone()));
+        self.cached = Some(((for_user, tls_known), tags.clone()));
         tags
     }
 
@@ -646,9 +677,35 @@ impl Filter for Tag {
         }
     }
 
-    fn on_reload(&mut self, _ctx: &SessionCtx) -> Reloaded {
-        self.config = self.source.current();
+    /// A live session tags with the new file from its next message, unless that file's tags
+    /// take more room than the client was told about (a new tag, a longer value, a JSON
+    /// field): a message of the announced `max_payload` would then be refused with
+    /// `Maximum Payload Violation`, on which nats.go closes for good. Such a session keeps the
+    /// file it has until the client reconnects (nats-server sends no INFO when its own reload
+    /// lowers `max_payload`, so the edge has no precedent for telling it).
+    fn on_reload(&mut self, ctx: &SessionCtx) -> Reloaded {
+        let Some(room) = self.announced_room else {
+            self.config = self.source.current();
+            self.cached = None;
+            return Reloaded::default();
+        };
+        let needed_before = self.growth(ctx);
+        let kept = std::mem::replace(&mut self.config, self.source.current());
         self.cached = None;
+        let needed = self.growth(ctx);
+        // More than the file it has needs too: a session whose tags already outgrew the
+        // room (a user name longer than the room kept for one) is no worse off.
+        if needed > room && needed > needed_before {
+            tracing::debug!(
+                conn = ctx.conn.conn_id,
+                room,
+                needed,
+                "the new tagging file's tags need more room than this client was told: \
+                 it keeps the file it had until it reconnects"
+            );
+            self.config = kept;
+            self.cached = None;
+        }
         Reloaded::default()
     }
 
@@ -658,7 +715,9 @@ impl Filter for Tag {
     /// client is told. (The limits filter, which runs after this one on an INFO, keeps the
     /// lower of this and its own limit.)
     fn on_info(&mut self, info: &mut Info, ctx: &SessionCtx) {
-        let growth = self.growth(ctx) as u64;
+        let growth = self.growth(ctx);
+        self.announced_room = Some(growth);
+        let growth = growth as u64;
         if growth > 0 {
             let room = ctx.max_payload.saturating_sub(growth);
             info.max_payload = Some(i64::try_from(room).unwrap_or(i64::MAX));
