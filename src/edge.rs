@@ -184,6 +184,7 @@ fn prepare_with(
         history,
         urls,
         connect_timeout: config.upstream.connect_timeout.0,
+        in_order: config.upstream.dont_randomize,
         tls: upstream_tls,
         default_tls,
         proxy_protocol: config.upstream.proxy_protocol,

@@ -5,9 +5,10 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -435,6 +436,9 @@ pub struct Upstream {
     pub urls: Vec<UpstreamUrl>,
     /// Bounds one dial: TCP connect, PROXY header, TLS and the first INFO.
     pub connect_timeout: Duration,
+    /// Every dial tries the URLs in the listed order (`upstream.dont_randomize`); otherwise
+    /// each starts at the next URL in turn.
+    pub in_order: bool,
     /// `[upstream.tls]`: TLS to every URL.
     pub tls: Option<Arc<ClientTls>>,
     /// TLS settings for `tls://` URLs when `[upstream.tls]` is not set (the system's roots).
@@ -469,6 +473,8 @@ pub struct DialHistory {
     resolved: Box<[std::sync::Mutex<Option<Addresses>>]>,
     /// Per URL: when the lookup under way started (as [`DialHistory::now`]); 0: none.
     looking_up: Box<[AtomicU64]>,
+    /// Where the next dial starts in the list (modulo its length), unless in order.
+    next_start: AtomicUsize,
 }
 
 /// The addresses a host name resolved to.
@@ -482,6 +488,10 @@ impl DialHistory {
             logged_down: (0..urls).map(|_| AtomicBool::new(false)).collect(),
             resolved: (0..urls).map(|_| std::sync::Mutex::new(None)).collect(),
             looking_up: (0..urls).map(|_| AtomicU64::new(0)).collect(),
+            // From a random URL: edges started together do not all begin at the first.
+            next_start: AtomicUsize::new(
+                std::collections::hash_map::RandomState::new().hash_one(urls) as usize,
+            ),
         }
     }
 
@@ -587,6 +597,7 @@ impl Upstream {
             history: Arc::new(DialHistory::new(urls.len())),
             urls,
             connect_timeout,
+            in_order: true,
             tls: None,
             default_tls: None,
             proxy_protocol: None,
@@ -707,19 +718,30 @@ pub struct Connected {
 
 /// The order one dial tries the URLs in, decided before its first attempt (a URL that fails
 /// during this dial is not tried twice): those that have not failed since their last success
-/// or whose back-off is over, in the configured order; then those that failed within
-/// [`FAILED_URL_BACKOFF`], the longest-failed first (the likeliest to be back).
-fn dial_order(history: &DialHistory, urls: usize) -> VecDeque<(usize, Standing)> {
+/// or whose back-off is over, from the next URL in turn (from the first with `in_order`);
+/// then those that failed within [`FAILED_URL_BACKOFF`], the longest-failed first (the
+/// likeliest to be back).
+///
+/// Starting each dial at the next URL spreads the sessions over a cluster's servers, as
+/// client libraries spread their connections by shuffling their server lists: the edge keeps
+/// the servers' `connect_urls` from its clients, so they cannot rebalance themselves.
+fn dial_order(history: &DialHistory, urls: usize, in_order: bool) -> VecDeque<(usize, Standing)> {
     let now = history.now();
+    let start = if in_order || urls == 0 {
+        0
+    } else {
+        history.next_start.fetch_add(1, Ordering::Relaxed) % urls
+    };
     let (order, mut lately): (Vec<_>, Vec<_>) = (0..urls)
+        .map(|i| (i + start) % urls)
         .map(|i| (i, history.standing(i, now)))
         .partition(|&(_, standing)| standing != Standing::FailedLately);
     lately.sort_by_key(|&(i, _)| history.failed_at(i));
     order.into_iter().chain(lately).collect()
 }
 
-/// Tries each URL in order until one connects and sends INFO within the connect timeout;
-/// URLs that failed within [`FAILED_URL_BACKOFF`] come after the others, still in order.
+/// Tries the URLs in [`dial_order`] until one connects and sends INFO within the connect
+/// timeout.
 /// `client` is the real client's address and the address it connected to, for the PROXY
 /// header; `None` for a connection of the edge's own (its readiness check), whose header
 /// says so (v1 `UNKNOWN`, v2 `LOCAL`). `dialled_url` hears each URL's outcome (its name without
@@ -731,7 +753,7 @@ pub async fn dial_any(
     dialled_url: &(dyn Fn(&str, bool) + Sync),
 ) -> Result<Connected, AllUpstreamsFailed> {
     let mut failures = Vec::new();
-    let mut order = dial_order(&upstream.history, upstream.urls.len());
+    let mut order = dial_order(&upstream.history, upstream.urls.len(), upstream.in_order);
     while let Some((i, standing)) = order.pop_front() {
         let url = &upstream.urls[i];
         // Another dial is trying this URL again right now: until it has its answer, the URL
@@ -1281,7 +1303,7 @@ mod tests {
     fn a_url_is_claimed_for_a_retry_only_when_dialled() {
         let history = history_started_a_minute_ago(3);
         history.failed_at[1].store(1, Ordering::Relaxed);
-        let order = dial_order(&history, 3);
+        let order = dial_order(&history, 3, true);
         assert_eq!(
             order,
             [(0, Standing::Fine), (1, Standing::Due), (2, Standing::Fine)]
@@ -1292,7 +1314,7 @@ mod tests {
         history.failed_at[0].store(now - 5, Ordering::Relaxed);
         history.failed_at[2].store(now - 10, Ordering::Relaxed);
         history.failed_at[1].store(0, Ordering::Relaxed);
-        let order = dial_order(&history, 3);
+        let order = dial_order(&history, 3, true);
         assert_eq!(
             order,
             [

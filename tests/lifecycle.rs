@@ -211,7 +211,11 @@ async fn failover_past_an_upstream_that_never_answers() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_url = format!("nats://{}", silent.local_addr().unwrap());
     let server = NatsServer::start();
-    let edge = start_edge(&[silent_url, server.url()], "connect_timeout = \"1s\"").await;
+    let edge = start_edge(
+        &[silent_url, server.url()],
+        &format!("{IN_ORDER}connect_timeout = \"1s\""),
+    )
+    .await;
     let c = client(&edge_url(&edge)).await;
     let mut sub = c.subscribe("fo").await.unwrap();
     round_trip(&c).await;

@@ -17,7 +17,7 @@ fn server_tls_block(files: &CertFiles, extra: &str) -> String {
     )
 }
 
-/// The edge's `[upstream]` table with `tls` set to `tls_table`.
+/// The edge's `[upstream]` table with `tls` set to `tls_table`, its URLs tried in order.
 fn upstream_toml(urls: &[String], tls_table: &str) -> String {
     let urls = urls
         .iter()
@@ -26,7 +26,7 @@ fn upstream_toml(urls: &[String], tls_table: &str) -> String {
         .join(", ");
     format!(
         "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\n\
-         [upstream]\nurls = [{urls}]\nconnect_timeout = \"2s\"\ntls = {{ {tls_table} }}\n"
+         [upstream]\nurls = [{urls}]\n{IN_ORDER}connect_timeout = \"2s\"\ntls = {{ {tls_table} }}\n"
     )
 }
 

@@ -44,7 +44,7 @@ async fn upstream_down_at_connect_is_reported_and_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_dial_failures_are_counted() {
     let (dead, dead_too) = (dead_port(), dead_port());
-    let edge = start_edge(&[dead.url(), dead_too.url()], "").await;
+    let edge = start_edge(&[dead.url(), dead_too.url()], IN_ORDER).await;
     let mut raw = RawConn::connect(edge_addr(&edge)).await;
     raw.read_to_close().await;
     assert_eq!(edge.metrics().upstream_dial_failures(), 2);
@@ -57,7 +57,11 @@ async fn a_failed_url_is_counted_while_the_dial_goes_on() {
     let dead = dead_port();
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_url = format!("nats://{}", silent.local_addr().unwrap());
-    let edge = start_edge(&[dead.url(), silent_url], "connect_timeout = \"30s\"\n").await;
+    let edge = start_edge(
+        &[dead.url(), silent_url],
+        &format!("{IN_ORDER}connect_timeout = \"30s\"\n"),
+    )
+    .await;
     let client = tokio::net::TcpStream::connect(edge_addr(&edge))
         .await
         .unwrap();
@@ -73,7 +77,7 @@ async fn a_failed_url_is_counted_while_the_dial_goes_on() {
 async fn failover_to_the_second_upstream() {
     let server = NatsServer::start();
     let dead = dead_port();
-    let edge = start_edge(&[dead.url(), server.url()], "").await;
+    let edge = start_edge(&[dead.url(), server.url()], IN_ORDER).await;
     let c = client(&edge_url(&edge)).await;
     let mut sub = c.subscribe("fo").await.unwrap();
     round_trip(&c).await;
@@ -109,7 +113,7 @@ async fn a_url_that_failed_is_tried_last_for_a_while() {
     let silent_url = format!("nats://{}", silent.local_addr().unwrap());
     let server = NatsServer::start();
     let urls = [silent_url, server.url()];
-    let extra = "connect_timeout = \"1s\"\n";
+    let extra = &format!("{IN_ORDER}connect_timeout = \"1s\"\n");
     let edge = start_edge(&urls, extra).await;
     for round in 0..4 {
         if round == 3 {
@@ -140,7 +144,11 @@ async fn a_url_tried_again_after_its_backoff_leaves_time_for_the_next() {
     let silent_url = format!("nats://{}", silent.local_addr().unwrap());
     let server = NatsServer::start();
     let timeout = Duration::from_secs(2);
-    let edge = start_edge(&[silent_url, server.url()], "connect_timeout = \"2s\"\n").await;
+    let edge = start_edge(
+        &[silent_url, server.url()],
+        &format!("{IN_ORDER}connect_timeout = \"2s\"\n"),
+    )
+    .await;
     // The first session waits out the whole timeout on the silent URL, then is served.
     let (mut raw, _) = RawConn::connect_info(edge_addr(&edge)).await;
     assert_connects(&mut raw).await;
@@ -171,7 +179,11 @@ async fn a_url_a_client_gave_up_on_is_tried_last() {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_url = format!("nats://{}", silent.local_addr().unwrap());
     let server = NatsServer::start();
-    let edge = start_edge(&[silent_url, server.url()], "connect_timeout = \"4s\"\n").await;
+    let edge = start_edge(
+        &[silent_url, server.url()],
+        &format!("{IN_ORDER}connect_timeout = \"4s\"\n"),
+    )
+    .await;
     let mut impatient = RawConn::connect(edge_addr(&edge)).await;
     let (mut dialled, _) = within("the edge dials the silent URL", silent.accept())
         .await
@@ -247,7 +259,7 @@ async fn a_full_upstream_sends_clients_to_the_next_url() {
     let full = NatsServer::start_with_config("max_connections: 1");
     let _holder = client(&full.url()).await;
     let server = NatsServer::start();
-    let edge = start_edge(&[full.url(), server.url()], "").await;
+    let edge = start_edge(&[full.url(), server.url()], IN_ORDER).await;
     let direct = client(&server.url()).await;
     let mut seen = direct.subscribe("full.>").await.unwrap();
     round_trip(&direct).await;
@@ -555,5 +567,37 @@ async fn both_links_carry_tcp_keepalive() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// Sessions are spread over the URLs, each starting at the next one in turn, as client
+/// libraries spread their connections over a cluster (the edge keeps the servers'
+/// `connect_urls` from its clients, who cannot rebalance themselves); with
+/// `dont_randomize`, every session goes to the first URL that answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_spread_over_the_urls_unless_in_order() {
+    let (a, b) = (NatsServer::start(), NatsServer::start());
+    let direct_a = client(&a.url()).await;
+    let direct_b = client(&b.url()).await;
+    let mut seen_a = direct_a.subscribe("spread.>").await.unwrap();
+    let mut seen_b = direct_b.subscribe("spread.>").await.unwrap();
+    round_trip(&direct_a).await;
+    round_trip(&direct_b).await;
+    for (extra, landed) in [("", (2, 2)), (IN_ORDER, (4, 0))] {
+        let edge = start_edge(&[a.url(), b.url()], extra).await;
+        for i in 0..4 {
+            let c = client(&edge_url(&edge)).await;
+            c.publish(format!("spread.{i}"), Bytes::from_static(b"x"))
+                .await
+                .unwrap();
+            round_trip(&c).await;
+        }
+        round_trip(&direct_a).await;
+        round_trip(&direct_b).await;
+        let on = (
+            drain_ready(&mut seen_a).len(),
+            drain_ready(&mut seen_b).len(),
+        );
+        assert_eq!(on, landed, "sessions on a and b with {extra:?}");
     }
 }

@@ -325,8 +325,13 @@ pub struct UpstreamTls {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
-    /// `nats://[user:pass@]host:port` URLs, tried in order for every client connection.
+    /// `nats://[user:pass@]host:port` URLs: each client connection starts at the next one
+    /// in turn, unless `dont_randomize`.
     pub urls: StringList,
+    /// Every client connection tries the URLs in the listed order (nats.go's
+    /// `NoRandomize`, a leafnode remote's `dont_randomize`), for a primary and its
+    /// fallbacks. Off: connections are spread over the URLs.
+    pub dont_randomize: bool,
     /// How long one dial (TCP connect plus the server's INFO) may take before the next URL.
     pub connect_timeout: HumanDuration,
     /// TLS to every upstream (a `tls://` URL also means TLS, with these settings or the
@@ -541,6 +546,7 @@ impl Default for UpstreamConfig {
         UpstreamConfig {
             urls: StringList::default(),
             connect_timeout: HumanDuration(Duration::from_secs(2)),
+            dont_randomize: false,
             tls: None,
             proxy_protocol: None,
         }

@@ -415,6 +415,11 @@ pub async fn start_edge(upstream_urls: &[String], extra_toml: &str) -> Edge {
     start_edge_toml(&edge_toml(upstream_urls, "", extra_toml)).await
 }
 
+/// `[upstream]` text for a test whose URLs must be tried in the listed order (a dead or
+/// silent one first): otherwise each session starts at the next URL in turn.
+#[allow(dead_code)]
+pub const IN_ORDER: &str = "dont_randomize = true\n";
+
 /// The TOML [`start_edge`] uses; `listener_extra` goes into the `[[listeners]]` table.
 pub fn edge_toml(upstream_urls: &[String], listener_extra: &str, extra_toml: &str) -> String {
     let urls = upstream_urls
