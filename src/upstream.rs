@@ -471,6 +471,9 @@ pub struct DialHistory {
     logged_down: Box<[AtomicBool]>,
     /// Per URL: the addresses its host resolved to last, for a dial whose lookup is slow.
     resolved: Box<[std::sync::Mutex<Option<Addresses>>]>,
+    /// Per URL: the answer of the lookup under way, for dials that have no earlier answer to
+    /// use meanwhile: they wait for that lookup rather than start one each.
+    pending: Box<[std::sync::Mutex<Option<PendingLookup>>]>,
     /// Per URL: when the lookup under way started (as [`DialHistory::now`]); 0: none.
     looking_up: Box<[AtomicU64]>,
     /// Where the next dial starts in the list (modulo its length), unless in order.
@@ -480,6 +483,12 @@ pub struct DialHistory {
 /// The addresses a host name resolved to.
 type Addresses = Arc<[std::net::SocketAddr]>;
 
+/// What a lookup found, for every dial that waits for it.
+type LookupAnswer = Result<Addresses, Arc<io::Error>>;
+
+/// A lookup under way: `None` until it answers; closed if it ended without (a shutdown).
+type PendingLookup = tokio::sync::watch::Receiver<Option<LookupAnswer>>;
+
 impl DialHistory {
     pub fn new(urls: usize) -> DialHistory {
         DialHistory {
@@ -487,6 +496,7 @@ impl DialHistory {
             failed_at: (0..urls).map(|_| AtomicU64::new(0)).collect(),
             logged_down: (0..urls).map(|_| AtomicBool::new(false)).collect(),
             resolved: (0..urls).map(|_| std::sync::Mutex::new(None)).collect(),
+            pending: (0..urls).map(|_| std::sync::Mutex::new(None)).collect(),
             looking_up: (0..urls).map(|_| AtomicU64::new(0)).collect(),
             // From a random URL: edges started together do not all begin at the first.
             next_start: AtomicUsize::new(
@@ -504,6 +514,15 @@ impl DialHistory {
             let since = since.load(Ordering::Relaxed);
             since != 0 && self.now().saturating_sub(since) < max_age
         })
+    }
+
+    /// The lookup under way for `url`, when one is ([`DialHistory::lookup_in_flight`]).
+    fn pending_lookup(&self, url: usize, max_age: Duration) -> Option<PendingLookup> {
+        if !self.lookup_in_flight(url, max_age) {
+            return None;
+        }
+        let slot = self.pending.get(url)?;
+        slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn last_resolved(&self, url: usize) -> Option<Addresses> {
@@ -825,8 +844,8 @@ pub async fn dial_any(
 /// nameserver that does not answer) is not waited for when an earlier one found addresses:
 /// those serve, and the connect timeout goes to the connect. The lookup runs on as a task of
 /// its own and keeps its answer for the next dials, however long it took (one at a time per
-/// URL while there is an answer to use). A lookup that fails (the name is gone) fails the
-/// dial that waited for it.
+/// URL; dials with no earlier answer wait for the one under way). A lookup that fails (the
+/// name is gone) fails the dials that waited for it.
 async fn resolve(
     upstream: &Upstream,
     index: usize,
@@ -852,7 +871,16 @@ async fn resolve(
                 Err(_) => earlier,
             }
         }
-        None => spawn_lookup(upstream, index, authority).await?,
+        None => match upstream
+            .history
+            .pending_lookup(index, upstream.connect_timeout * 2)
+        {
+            // Dials that come while the first lookup of a name runs (a burst of clients at
+            // start-up, with a resolver that takes seconds) share it: otherwise each would
+            // hold a thread of the blocking pool for as long as the resolver takes.
+            Some(pending) => answer_of(pending).await?,
+            None => spawn_lookup(upstream, index, authority).await?,
+        },
     };
     let mut addrs = found.to_vec();
     if addrs.len() > 1 {
@@ -872,6 +900,10 @@ async fn spawn_lookup(
 ) -> io::Result<Addresses> {
     let history = upstream.history.clone();
     let started = history.now();
+    let (answer, pending) = tokio::sync::watch::channel(None);
+    if let Some(slot) = history.pending.get(index) {
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(pending);
+    }
     if let Some(since) = history.looking_up.get(index) {
         since.store(started, Ordering::Relaxed);
     }
@@ -891,9 +923,27 @@ async fn spawn_lookup(
                 history.set_resolved(index, found.clone());
             }
         }
+        let found = found.map_err(Arc::new);
+        answer.send_replace(Some(found.clone()));
         found
     });
-    task.await.unwrap_or_else(|e| Err(io::Error::other(e)))
+    let found = task
+        .await
+        .unwrap_or_else(|e| Err(Arc::new(io::Error::other(e))));
+    found.map_err(|e| io::Error::new(e.kind(), e.to_string()))
+}
+
+/// The answer of a lookup another dial started ([`DialHistory::pending_lookup`]).
+async fn answer_of(mut pending: PendingLookup) -> io::Result<Addresses> {
+    let answer = pending
+        .wait_for(Option::is_some)
+        .await
+        .map_err(|_| io::Error::other("the lookup ended without an answer"))?
+        .clone();
+    match answer {
+        Some(found) => found.map_err(|e| io::Error::new(e.kind(), e.to_string())),
+        None => Err(io::Error::other("the lookup ended without an answer")),
+    }
 }
 
 /// A lookup under way for a URL, marked in its [`DialHistory`] until it ends.
@@ -1283,6 +1333,37 @@ mod tests {
         assert_eq!(history.standing(0, history.now()), Standing::FailedLately);
         history.record(0, true);
         assert_eq!(history.standing(0, history.now()), Standing::Fine);
+    }
+
+    /// A dial with no earlier answer for a host name waits for the lookup under way rather
+    /// than start its own. (`localhost` resolves from the hosts file, so a lookup the test
+    /// did not mean would find 127.0.0.1, not the answer given here.)
+    #[tokio::test]
+    async fn dials_without_an_earlier_answer_share_the_lookup_under_way() {
+        let url = UpstreamUrl::parse("nats://localhost:4222").unwrap();
+        let upstream = Arc::new(Upstream::plain(vec![url], Duration::from_secs(2)));
+        let (answer, pending) = tokio::sync::watch::channel(None);
+        *upstream.history.pending[0].lock().unwrap() = Some(pending);
+        let now = upstream.history.now();
+        upstream.history.looking_up[0].store(now, Ordering::Relaxed);
+        let waiting = tokio::spawn({
+            let upstream = upstream.clone();
+            async move { resolve(&upstream, 0, Duration::from_secs(2)).await }
+        });
+        let shared: std::net::SocketAddr = "192.0.2.7:4222".parse().unwrap();
+        answer.send_replace(Some(Ok(Arc::from([shared]))));
+        assert_eq!(waiting.await.unwrap().unwrap(), [shared]);
+
+        // A failed lookup fails every dial that waited for it.
+        let (answer, pending) = tokio::sync::watch::channel(None);
+        *upstream.history.pending[0].lock().unwrap() = Some(pending);
+        let waiting = tokio::spawn({
+            let upstream = upstream.clone();
+            async move { resolve(&upstream, 0, Duration::from_secs(2)).await }
+        });
+        answer.send_replace(Some(Err(Arc::new(io::Error::other("no such host")))));
+        let err = waiting.await.unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "no such host");
     }
 
     /// A history whose clock has run for a minute, so a URL can have failed longer ago than
