@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::TcpStream;
 
 /// How long a closed connection keeps reading what its peer still sends.
 const LINGER: Duration = Duration::from_millis(500);
@@ -28,4 +29,20 @@ pub async fn linger<S: AsyncRead + Unpin>(peer: &mut S) {
         }
     })
     .await;
+}
+
+/// Before a refused connection closes (a plain-text client on a TLS listener, a bad PROXY
+/// header): reads and drops what the peer has sent so far (64 KiB at most), so that the close
+/// is a FIN, as nats-server's is, since a socket closed with unread input answers with a
+/// reset, which the peer reports as one rather than as the close. Never waits: bytes that
+/// arrive later still meet a reset.
+pub fn discard_unread(tcp: &TcpStream) {
+    let mut buf = [0u8; 4096];
+    let mut left = 64 * 1024;
+    while left > 0 {
+        match tcp.try_read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left -= n.min(left),
+        }
+    }
 }

@@ -552,10 +552,11 @@ pub async fn handshake(
     let mut local_addr = canonical(tcp.local_addr().unwrap_or(peer));
     if lt.proxy_protocol {
         stage.set(Stage::ProxyHeader);
-        if let Some(addrs) = proxy_protocol::read_header(&mut tcp)
-            .await
-            .map_err(HandshakeError::Proxy)?
-        {
+        let header = proxy_protocol::read_header(&mut tcp).await;
+        if let Err(proxy_protocol::ReadError::Header(_)) = &header {
+            linger::discard_unread(&tcp);
+        }
+        if let Some(addrs) = header.map_err(HandshakeError::Proxy)? {
             client_addr = canonical(addrs.src);
             local_addr = canonical(addrs.dst);
         }

@@ -311,7 +311,7 @@ pub async fn accept(
             if https {
                 answer_plain_http(&tcp).await;
             }
-            close_after_reading(tcp);
+            super::linger::discard_unread(&tcp);
             return Err(AcceptError::NotTls(first[0]));
         }
         Ok(_) => {}
@@ -338,21 +338,6 @@ async fn answer_plain_http(tcp: &TcpStream) {
         && tcp.writable().await.is_ok()
     {
         let _ = tcp.try_write(HTTP_ON_HTTPS);
-    }
-}
-
-/// Closes a plain-text client's connection as nats-server does, with a FIN: what it has sent
-/// so far (64 KiB at most) is read and dropped first, since a socket closed with unread
-/// input answers with a reset, which the client reports as one rather than as the close.
-/// Never waits: bytes that arrive later still meet a reset.
-fn close_after_reading(tcp: TcpStream) {
-    let mut buf = [0u8; 4096];
-    let mut left = 64 * 1024;
-    while left > 0 {
-        match tcp.try_read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => left -= n.min(left),
-        }
     }
 }
 
