@@ -715,7 +715,7 @@ impl Reloadable for RulesReload {
     }
 }
 
-/// Keeps `/readyz` current while no client dials: dials the upstreams (every URL in order,
+/// Keeps `/readyz` current while no client dials: dials the upstreams (every URL in turn,
 /// as a session would) every `interval`, and drops the connection. An interval in which a
 /// session's dial reached an upstream (and none failed since) needs no check: nats-server
 /// keeps every closed connection in its monitoring for a while, and a fleet of sidecars

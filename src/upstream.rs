@@ -245,8 +245,8 @@ pub enum DialError {
     /// Classic TLS, connected, and no INFO in time: a nats-server with `tls { handshake_first:
     /// true }` waits for the client's TLS handshake and sends nothing before it.
     #[error(
-        "timed out after {0:?} with no INFO; a nats-server with tls {{ handshake_first: true }} \
-         waits for the TLS handshake first: set upstream.tls.handshake_first = true"
+        "timed out after {0:?} with no INFO; if it is a nats-server with tls {{ handshake_first: true }}, \
+         it waits for the TLS handshake first: set upstream.tls.handshake_first = true"
     )]
     TimeoutBeforeTls(Duration),
     /// The same server, closing the connection first, at the end of its own TLS timeout.
@@ -349,6 +349,13 @@ enum Standing {
 /// Every upstream failed.
 #[derive(Debug)]
 pub struct AllUpstreamsFailed(pub Vec<(String, DialError)>);
+
+impl AllUpstreamsFailed {
+    /// Whether every upstream refused for being at its `max_connections`.
+    pub fn all_full(&self) -> bool {
+        !self.0.is_empty() && self.0.iter().all(|(_, e)| matches!(e, DialError::Full))
+    }
+}
 
 impl fmt::Display for AllUpstreamsFailed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -746,17 +753,22 @@ pub struct Connected {
 /// the servers' `connect_urls` from its clients, so they cannot rebalance themselves.
 fn dial_order(history: &DialHistory, urls: usize, in_order: bool) -> VecDeque<(usize, Standing)> {
     let now = history.now();
-    let start = if in_order || urls == 0 {
-        0
-    } else {
-        history.next_start.fetch_add(1, Ordering::Relaxed) % urls
-    };
-    let (order, mut lately): (Vec<_>, Vec<_>) = (0..urls)
-        .map(|i| (i + start) % urls)
-        .map(|i| (i, history.standing(i, now)))
-        .partition(|&(_, standing)| standing != Standing::FailedLately);
-    lately.sort_by_key(|&(i, _)| history.failed_at(i));
-    order.into_iter().chain(lately).collect()
+    // Each URL's standing and last failure, read once: other dials change them meanwhile.
+    let (mut order, mut lately): (Vec<_>, Vec<_>) = (0..urls)
+        .map(|i| (i, history.standing(i, now), history.failed_at(i)))
+        .partition(|&(_, standing, _)| standing != Standing::FailedLately);
+    // The turn goes round the URLs that may serve, so one that is down does not send its
+    // share to the URL after it.
+    if !in_order && !order.is_empty() {
+        let start = history.next_start.fetch_add(1, Ordering::Relaxed) % order.len();
+        order.rotate_left(start);
+    }
+    lately.sort_by_key(|&(_, _, failed_at)| failed_at);
+    order
+        .into_iter()
+        .chain(lately)
+        .map(|(i, standing, _)| (i, standing))
+        .collect()
 }
 
 /// Tries the URLs in [`dial_order`] until one connects and sends INFO within the connect
@@ -1333,6 +1345,23 @@ mod tests {
         assert_eq!(history.standing(0, history.now()), Standing::FailedLately);
         history.record(0, true);
         assert_eq!(history.standing(0, history.now()), Standing::Fine);
+    }
+
+    /// Spread over the URLs, dials take the healthy ones in turn: one that failed lately
+    /// comes last and does not hand its share to the URL after it.
+    #[test]
+    fn dials_take_the_urls_that_may_serve_in_turn() {
+        let history = history_started_a_minute_ago(3);
+        history.failed_at[0].store(history.now(), Ordering::Relaxed);
+        let firsts: Vec<usize> = (0..4)
+            .map(|_| {
+                let order = dial_order(&history, 3, false);
+                assert_eq!(order.back(), Some(&(0, Standing::FailedLately)));
+                order[0].0
+            })
+            .collect();
+        assert_eq!(firsts.iter().filter(|&&i| i == 1).count(), 2, "{firsts:?}");
+        assert_eq!(firsts.iter().filter(|&&i| i == 2).count(), 2, "{firsts:?}");
     }
 
     /// A dial with no earlier answer for a host name waits for the lookup under way rather

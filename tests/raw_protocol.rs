@@ -733,7 +733,7 @@ async fn client_bytes_sent_before_info_are_kept() {
             format!("nats://{}", silent.local_addr().unwrap()),
             server.url(),
         ],
-        "connect_timeout = \"1s\"",
+        &format!("{IN_ORDER}connect_timeout = \"1s\""),
     )
     .await;
     let mut raw = RawConn::connect(edge_addr(&edge)).await;

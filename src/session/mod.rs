@@ -314,12 +314,20 @@ async fn open(
         Ok(connected) => connected,
         Err(failed) => {
             tracing::warn!(failures = %failed, "no upstream available");
-            let cause = failed
-                .0
-                .last()
-                .map(|(_, e)| e.client_text())
-                .unwrap_or("none configured");
-            let error = ServerOp::Err(format!("Upstream Unavailable: {cause}"));
+            let error = if failed.all_full() {
+                // Every upstream is at its max_connections: the client gets nats-server's
+                // own refusal, as it would from a full server it dialled itself, whether the
+                // refusal came with the upstream's INFO (a failed dial) or after it (relayed).
+                // nats.go knows that text (ErrMaxConnectionsExceeded), not the edge's.
+                ServerOp::Err(errors::MAX_CONNECTIONS_EXCEEDED.to_string())
+            } else {
+                let cause = failed
+                    .0
+                    .last()
+                    .map(|(_, e)| e.client_text())
+                    .unwrap_or("none configured");
+                ServerOp::Err(format!("Upstream Unavailable: {cause}"))
+            };
             Box::pin(tell_and_close(
                 client,
                 env,
