@@ -354,6 +354,7 @@ pub struct Metrics {
     rewrites: [Counter; 2],
     tags_applied: Counter,
     tag_spoofs: Counter,
+    tag_reloads_held: Counter,
     upstream_dials: Family<Labels1, Counter>,
     upstream_dial_failures: Family<Labels1, Counter>,
     /// The upstreams dialled so far, for the totals tests read.
@@ -401,6 +402,7 @@ impl Metrics {
         let rewrites = Family::<Labels1, Counter>::default();
         let tags_applied = Counter::default();
         let tag_spoofs = Counter::default();
+        let tag_reloads_held = Counter::default();
         let upstream_dials = Family::<Labels1, Counter>::default();
         let upstream_dial_failures = Family::<Labels1, Counter>::default();
         let handshake_failures = Family::<Labels2, Counter>::default();
@@ -471,6 +473,11 @@ impl Metrics {
             "nats_edge_tag_spoofs",
             "Client-supplied reserved tag headers stripped",
             tag_spoofs.clone(),
+        );
+        registry.register(
+            "nats_edge_tag_reloads_held",
+            "Live connections that kept their tagging file at a reload, its tags needing more room than they were told",
+            tag_reloads_held.clone(),
         );
         registry.register(
             "nats_edge_upstream_dials",
@@ -563,6 +570,7 @@ impl Metrics {
             rewrites: by_dir(&rewrites),
             tags_applied,
             tag_spoofs,
+            tag_reloads_held,
             upstream_dials,
             upstream_dial_failures,
             upstreams_seen: Mutex::new(HashMap::new()),
@@ -792,6 +800,10 @@ impl Metrics {
         self.tag_spoofs.inc();
     }
 
+    pub fn tag_reload_held(&self) {
+        self.tag_reloads_held.inc();
+    }
+
     /// A configuration reload and whether it was applied.
     pub fn config_reloaded(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
@@ -899,6 +911,10 @@ impl nats_edge_filters::Events for Metrics {
 
     fn tag_spoof(&self) {
         Metrics::tag_spoof(self);
+    }
+
+    fn tag_reload_held(&self) {
+        Metrics::tag_reload_held(self);
     }
 }
 

@@ -643,7 +643,7 @@ async fn a_reload_whose_tags_need_more_room_keeps_live_clients_within_theirs() {
         format!(
             "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\n\
              [upstream]\nurls = [{:?}]\n[limits]\nmax_payload = 4096\n\
-             [tagging]\nfile = \"tags.toml\"\n",
+             [tagging]\nfile = \"tags.toml\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
             server.url()
         ),
     )
@@ -673,6 +673,13 @@ async fn a_reload_whose_tags_need_more_room_keeps_live_clients_within_theirs() {
     assert_eq!(&msg.subject[..], "orders.full");
     assert_eq!(msg.payload.len(), told);
     assert_eq!(header(&msg, "Nats-Edge-Region"), Some("eu-west-1"));
+    let (_, metrics) = http_get(edge.admin_addr(), "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "nats_edge_tag_reloads_held_total 1"),
+        "{metrics}"
+    );
 
     let newer = client(&edge.url()).await;
     round_trip(&newer).await;

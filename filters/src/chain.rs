@@ -187,6 +187,7 @@ mod tests {
             client_addr: "127.0.0.1:1".parse().unwrap(),
             transport: "tcp",
             tls_peer: None,
+            tls_handshake_pending: false,
         };
         let mut ctx = SessionCtx::new(conn);
         // Server ops go through in reverse order: `holds` first, then `drops`.

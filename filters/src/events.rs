@@ -12,6 +12,9 @@ pub trait Events: Send + Sync {
     fn tag_applied(&self) {}
     /// A client sent a header with a reserved tag name (stripped or refused).
     fn tag_spoof(&self) {}
+    /// A live session kept its tagging file at a reload: the new file's tags need more room
+    /// than its client was told about.
+    fn tag_reload_held(&self) {}
 }
 
 /// An [`Events`] sink that records nothing.

@@ -73,6 +73,9 @@ pub struct ConnFacts {
     /// INFO: a [`FilterFactory`] then sees `None` here, while [`SessionCtx::conn`] carries it
     /// from the client's first op on.
     pub tls_peer: Option<TlsPeer>,
+    /// True on a listener that sends INFO before the TLS handshake (`handshake_first =
+    /// false`) until that handshake is done: the certificate, if any, is not known yet.
+    pub tls_handshake_pending: bool,
 }
 
 /// The identity in a verified TLS client certificate.
@@ -143,6 +146,7 @@ impl SessionCtx {
             client_addr: "127.0.0.1:1".parse().unwrap(),
             transport: "tcp",
             tls_peer: None,
+            tls_handshake_pending: false,
         })
     }
 

@@ -454,9 +454,9 @@ const SPOOF_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// user; the INFO that answers the CONNECT keeps the exact room.
 const USER_NAME_ROOM: usize = 128;
 
-/// Room kept for the client certificate's subject in the `max_payload` announced on a `tls`
-/// listener before the certificate is known (classic TLS sends the INFO before the
-/// handshake); the INFO that answers the CONNECT keeps the exact room.
+/// Room kept for the client certificate's subject in the `max_payload` announced before the
+/// certificate is known (classic TLS sends the INFO before the handshake); the INFO that
+/// answers the CONNECT keeps the exact room.
 const TLS_SUBJECT_ROOM: usize = 256;
 
 impl Tag {
@@ -464,26 +464,25 @@ impl Tag {
     /// message that had none gets the version line and the end too), and the JSON field
     /// where rules add one (keys and spacing the edge writes back never grow). Before the
     /// CONNECT, with [`USER_NAME_ROOM`] for the user's name, and [`TLS_SUBJECT_ROOM`] for
-    /// a certificate's subject on a `tls` listener whose handshake has not happened yet.
+    /// a certificate's subject before a classic TLS handshake.
     fn growth(&mut self, ctx: &SessionCtx) -> usize {
         let headers = &self.config.file.headers;
         let unnamed_user = !self.connected && !headers.user.is_empty();
         let user_room = if unnamed_user { USER_NAME_ROOM } else { 0 };
-        let unknown_subject = !self.connected
-            && ctx.conn.transport == "tls"
-            && ctx.conn.tls_peer.is_none()
-            && !headers.tls_subject.is_empty();
+        let unknown_subject = ctx.conn.tls_handshake_pending && !headers.tls_subject.is_empty();
         let subject_room = if unknown_subject { TLS_SUBJECT_ROOM } else { 0 };
         // `Name: value\r\n` for each.
-        let unknown_lines = if unnamed_user {
+        let user_line = if unnamed_user {
             headers.user.len() + 4 + user_room
         } else {
             0
-        } + if unknown_subject {
+        };
+        let subject_line = if unknown_subject {
             headers.tls_subject.len() + 4 + subject_room
         } else {
             0
         };
+        let unknown_lines = user_line + subject_line;
         let mut growth = 0;
         let tags = self.tag_lines(ctx);
         if ctx.upstream_headers && (unknown_lines > 0 || !tags.lines().is_empty()) {
@@ -703,6 +702,7 @@ impl Filter for Tag {
                 "the new tagging file's tags need more room than this client was told: \
                  it keeps the file it had until it reconnects"
             );
+            self.events.tag_reload_held();
             self.config = kept;
             self.cached = None;
         }

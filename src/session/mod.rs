@@ -440,6 +440,7 @@ async fn open(
                         .record("tls_subject", tracing::field::display(&peer.subject));
                 }
                 shared.ctx.conn.tls_peer = tls_peer;
+                shared.ctx.conn.tls_handshake_pending = false;
             }
             Err(e) => {
                 if !e.is_silent() {

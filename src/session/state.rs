@@ -470,6 +470,7 @@ impl Shared {
             client_addr: "127.0.0.1:5555".parse().unwrap(),
             transport: "tcp",
             tls_peer: None,
+            tls_handshake_pending: false,
         };
         let info = InfoRewrite {
             host: "127.0.0.1".into(),

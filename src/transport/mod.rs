@@ -639,6 +639,7 @@ pub async fn handshake(
             client_addr,
             transport: lt.kind.as_str(),
             tls_peer,
+            tls_handshake_pending: tls_after_info.is_some(),
         },
         peer,
         local_addr,

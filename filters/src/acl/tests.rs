@@ -65,6 +65,7 @@ fn setup_with(
         client_addr: addr,
         transport: "tcp",
         tls_peer: None,
+        tls_handshake_pending: false,
     };
     let chain = Chain::new(vec![factory.build(&conn)]);
     let mut ctx = SessionCtx::new(conn);

@@ -780,6 +780,7 @@ fn conn() -> ConnFacts {
         client_addr: "192.0.2.1:5000".parse().unwrap(),
         transport: "tcp",
         tls_peer: None,
+        tls_handshake_pending: false,
     }
 }
 

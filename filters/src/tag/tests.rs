@@ -22,6 +22,7 @@ fn conn() -> ConnFacts {
             subject: "CN=alice,O=Acme".into(),
             sans: vec![],
         }),
+        tls_handshake_pending: false,
     }
 }
 
@@ -486,6 +487,53 @@ fn the_announced_max_payload_keeps_room_for_the_tags() {
     let (mut plain, mut ctx) = unconnected(TagConfig::new(none).unwrap());
     ctx.max_payload = 4096;
     assert_eq!(announce(&mut plain, &ctx), 4096);
+}
+
+/// With classic TLS the INFO goes before the handshake: its room keeps space for the
+/// certificate's subject, which a message of the announced size still fits once the
+/// handshake has named it. Where the handshake is over (TLS first), no such space is kept.
+#[test]
+fn the_room_before_a_classic_tls_handshake_holds_the_subject() {
+    let announce = |pending: bool, peer: Option<TlsPeer>| {
+        let (mut f, mut ctx) = unconnected(config("default"));
+        ctx.max_payload = 4096;
+        ctx.conn.tls_handshake_pending = pending;
+        ctx.conn.tls_peer = peer;
+        let mut info = Info {
+            max_payload: Some(4096),
+            ..Info::default()
+        };
+        f.on_info(&mut info, &ctx);
+        (usize::try_from(info.max_payload.unwrap()).unwrap(), f, ctx)
+    };
+    let (settled, _, _) = announce(false, None);
+    let (before, mut f, mut ctx) = announce(true, None);
+    assert!(
+        before + TLS_SUBJECT_ROOM <= settled,
+        "{before} against {settled}"
+    );
+    ctx.conn.tls_handshake_pending = false;
+    ctx.conn.tls_peer = Some(TlsPeer {
+        subject: format!("CN={},O=Acme", "a".repeat(TLS_SUBJECT_ROOM - 10)),
+        sans: vec![],
+    });
+    let mut connect = ClientOp::Connect(Box::new(Connect {
+        headers: Some(true),
+        ..Connect::default()
+    }));
+    f.on_client_op(&mut connect, &mut ctx);
+    let mut op = ClientOp::Pub(Pub {
+        subject: Bytes::from_static(b"events.x"),
+        reply: None,
+        headers: None,
+        payload: Bytes::from(format!("{{\"k\":\"{}\"}}", "x".repeat(before - 8))),
+    });
+    assert_eq!(f.on_client_op(&mut op, &mut ctx), Verdict::Changed);
+    let ClientOp::Pub(tagged) = &op else {
+        unreachable!()
+    };
+    let total = tagged.headers.as_ref().map_or(0, Bytes::len) + tagged.payload.len();
+    assert!(total <= 4096, "{total}");
 }
 
 /// A header tag whose value readers would not all read alike (blank, as a certificate's
