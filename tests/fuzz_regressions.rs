@@ -52,6 +52,34 @@ fn server_regressions_decode_without_panicking() {
     replay("server", Direction::ServerToClient);
 }
 
+/// The kept inputs of the `proxy_header` target. Those named after a header the edge reads
+/// (`v1_tcp4`, `v2_local`, ...) must parse as one; the others (bad ports, a bare LF, a length
+/// past the limit, a cut, no header at all) must not.
+#[test]
+fn proxy_header_regressions_parse_without_panicking() {
+    for file in inputs("proxy") {
+        let data = std::fs::read(&file).unwrap();
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let parsed = std::panic::catch_unwind(|| decode_loop::proxy_header(&data))
+            .unwrap_or_else(|_| panic!("proxy/{name}: the parser panicked"));
+        let valid = [
+            "v1_tcp4",
+            "v1_tcp6",
+            "v1_tcp6_mapped",
+            "v1_unknown",
+            "v2_tcp4",
+            "v2_tcp4_tlv",
+            "v2_tcp6",
+            "v2_local",
+        ];
+        assert_eq!(
+            parsed.is_some(),
+            valid.contains(&name.as_str()),
+            "proxy/{name}: {parsed:?}"
+        );
+    }
+}
+
 #[test]
 fn the_limits_match_the_fuzz_targets() {
     assert_eq!(decode_loop::LIMITS.max_control_line, 4096);

@@ -209,3 +209,47 @@ fn rescan(encoded: &[u8], dir: Direction) -> (Bytes, Frame) {
     );
     (Bytes::copy_from_slice(encoded), frame)
 }
+
+/// Looks for a PROXY protocol header (v1 or v2) at the start of `input`, as a listener with
+/// `proxy_protocol = true` does before anything else reaches the edge, and checks what a
+/// listener relies on: a complete header lies inside the input (v1 within 107 bytes, v2
+/// within 16 bytes and its length field), every shorter cut of it is incomplete or refused
+/// alike (split reads), and the addresses it names survive being sent on upstream (encoded
+/// as v1 and as v2, and read back).
+pub fn proxy_header(input: &[u8]) -> Option<usize> {
+    use nats_edge::transport::proxy_protocol::{encode_v1, encode_v2, parse, Parsed, ProxyAddrs};
+    let Ok(Parsed::Complete { len, addrs }) = parse(input) else {
+        return None;
+    };
+    assert!(
+        len <= input.len(),
+        "a header of {len} bytes in {}",
+        input.len()
+    );
+    if input.starts_with(b"PROXY") {
+        assert!(len <= 107, "a v1 line of {len} bytes");
+    } else {
+        assert!(len >= 16, "a v2 header of {len} bytes");
+    }
+    for cut in 0..len {
+        assert_eq!(
+            parse(&input[..cut]),
+            Ok(Parsed::Incomplete),
+            "after {cut} of its {len} bytes"
+        );
+    }
+    assert_eq!(parse(&input[..len]), Ok(Parsed::Complete { len, addrs }));
+    for encoded in [encode_v1(addrs), encode_v2(addrs)] {
+        let Ok(Parsed::Complete { len, addrs: again }) = parse(&encoded) else {
+            panic!("the header sent upstream does not parse: {encoded:?}");
+        };
+        assert_eq!(len, encoded.len());
+        let canonical = |a: ProxyAddrs| (a.src.ip().to_canonical(), a.src.port());
+        assert_eq!(
+            again.map(canonical),
+            addrs.map(canonical),
+            "the client's address does not survive the header sent upstream"
+        );
+    }
+    Some(len)
+}
