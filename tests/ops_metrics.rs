@@ -122,6 +122,11 @@ async fn metrics_connz_and_varz_count_known_traffic() {
     assert_eq!(varz["in_msgs"], 3, "{varz}");
     assert_eq!(varz["out_msgs"], 3, "{varz}");
     assert_eq!(varz["subscriptions"], 1, "{varz}");
+    assert_eq!(varz["slow_consumers"], 0, "{varz}");
+    // What nats-top shows of a server's load: memory, CPU, cores.
+    assert!(varz["mem"].as_u64().unwrap() > 1 << 20, "{varz}");
+    assert!(varz["cpu"].as_f64().unwrap() >= 0.0, "{varz}");
+    assert!(varz["cores"].as_u64().unwrap() >= 1, "{varz}");
     assert_eq!(varz["version"], env!("CARGO_PKG_VERSION"), "{varz}");
     assert_eq!(varz["upstreams"][0], server.url(), "{varz}");
     assert_eq!(varz["listeners"][0]["name"], "default", "{varz}");

@@ -1,6 +1,7 @@
 //! `/varz`: the edge as a whole, with nats-server's field names where they apply.
 
-use std::time::SystemTime;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 
 use hyper::Response;
 use serde::Serialize;
@@ -8,6 +9,7 @@ use serde::Serialize;
 use super::time::{rfc3339, uptime};
 use super::{json, Body};
 use crate::edge::EdgeShared;
+use nats_edge_filters::CloseReason;
 
 #[derive(Serialize)]
 struct Varz {
@@ -28,6 +30,15 @@ struct Varz {
     out_msgs: u64,
     out_bytes: u64,
     subscriptions: u64,
+    /// Clients closed for not reading what was queued for them (`limits.write_deadline`).
+    slow_consumers: u64,
+    /// Resident memory, in bytes (0 where the platform does not tell).
+    mem: u64,
+    /// CPU used since the previous `/varz` (or since start), in percent of one core, as
+    /// nats-server's `cpu`.
+    cpu: f64,
+    /// CPUs the edge may run on.
+    cores: usize,
     listeners: Vec<Listener>,
     upstreams: Vec<String>,
     config_load_time: String,
@@ -76,6 +87,10 @@ pub fn varz(shared: &EdgeShared) -> Response<Body> {
         out_msgs: totals.out_msgs,
         out_bytes: totals.out_bytes,
         subscriptions: totals.subscriptions,
+        slow_consumers: m.closes(CloseReason::SlowConsumer),
+        mem: resident_bytes().unwrap_or(0),
+        cpu: cpu_percent(shared.identity.started),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         listeners,
         upstreams: config
             .upstream_urls()
@@ -85,4 +100,48 @@ pub fn varz(shared: &EdgeShared) -> Response<Body> {
         config_load_time: rfc3339(shared.reloader.loaded_at()),
         draining: shared.health.is_draining(),
     })
+}
+
+/// The process's resident set, from `/proc/self/status` (Linux).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The CPU time (user and system) the process has used.
+fn cpu_time() -> Option<Duration> {
+    // SAFETY: getrusage writes into the zeroed struct it is given and reads nothing else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
+    }
+    let time = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    Some(time(usage.ru_utime) + time(usage.ru_stime))
+}
+
+/// When `/varz` last read the CPU time, and what it read: the percentage covers the time
+/// since, as nats-server's covers its last sampling interval. The first read covers the
+/// time since start.
+static LAST_CPU: Mutex<Option<(Instant, Duration)>> = Mutex::new(None);
+
+fn cpu_percent(started: Instant) -> f64 {
+    let Some(used) = cpu_time() else {
+        return 0.0;
+    };
+    let now = Instant::now();
+    let mut last = LAST_CPU.lock().unwrap_or_else(|p| p.into_inner());
+    let (since, used_before) = last.unwrap_or((started, Duration::ZERO));
+    *last = Some((now, used));
+    let wall = now.saturating_duration_since(since).as_secs_f64();
+    if wall <= 0.0 {
+        return 0.0;
+    }
+    let percent = used.saturating_sub(used_before).as_secs_f64() / wall * 100.0;
+    // Two decimals, as nats-server rounds its own.
+    (percent * 100.0).round() / 100.0
 }
