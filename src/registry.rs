@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// One live connection.
 #[derive(Debug)]
@@ -40,6 +40,11 @@ pub struct ConnEntry {
     in_bytes: AtomicU64,
     out_bytes: AtomicU64,
     subscriptions: AtomicU64,
+    /// Milliseconds from `started` to the client's last activity (a message either way, a
+    /// subscription made or ended), as nats-server's `last_activity`; 0: its start.
+    last_activity_ms: AtomicU64,
+    /// Bytes queued for the client and not yet written (nats-server's `pending_bytes`).
+    pending_bytes: AtomicU64,
     /// A drain's request to end this session now; it holds the request if the session is
     /// not yet waiting on it. Sessions look at it only once they are in lame-duck mode.
     close_requested: tokio::sync::Notify,
@@ -52,6 +57,14 @@ pub struct ClientInfo {
     pub name: Option<String>,
     pub lang: Option<String>,
     pub version: Option<String>,
+}
+
+/// A connection's last activity and pending bytes ([`ConnEntry::activity`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    /// On the monotonic clock.
+    pub last: std::time::Instant,
+    pub pending_bytes: u64,
 }
 
 /// The counters a session publishes into its entry.
@@ -85,6 +98,8 @@ impl ConnEntry {
             in_bytes: AtomicU64::new(0),
             out_bytes: AtomicU64::new(0),
             subscriptions: AtomicU64::new(0),
+            last_activity_ms: AtomicU64::new(0),
+            pending_bytes: AtomicU64::new(0),
             close_requested: tokio::sync::Notify::new(),
         }
     }
@@ -148,13 +163,37 @@ impl ConnEntry {
     /// must not: a session takes back the bytes of a PONG that answered the edge's own PING
     /// once it has the whole frame, which can be after it counted the first part of it.
     pub fn publish(&self, counts: LiveCounts) {
-        self.in_msgs.fetch_max(counts.in_msgs, Ordering::Relaxed);
-        self.out_msgs.fetch_max(counts.out_msgs, Ordering::Relaxed);
+        let in_msgs = self.in_msgs.fetch_max(counts.in_msgs, Ordering::Relaxed);
+        let out_msgs = self.out_msgs.fetch_max(counts.out_msgs, Ordering::Relaxed);
         self.in_bytes.fetch_max(counts.in_bytes, Ordering::Relaxed);
         self.out_bytes
             .fetch_max(counts.out_bytes, Ordering::Relaxed);
-        self.subscriptions
-            .store(counts.subscriptions, Ordering::Relaxed);
+        let subscriptions = self
+            .subscriptions
+            .swap(counts.subscriptions, Ordering::Relaxed);
+        // What nats-server counts as activity: messages either way, and subscriptions.
+        if counts.in_msgs > in_msgs
+            || counts.out_msgs > out_msgs
+            || counts.subscriptions != subscriptions
+        {
+            let since_start = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.last_activity_ms.store(since_start, Ordering::Relaxed);
+        }
+    }
+
+    /// Stores the bytes queued for the client; called with [`ConnEntry::publish`].
+    pub fn publish_pending(&self, bytes: usize) {
+        self.pending_bytes
+            .store(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// The client's last activity and the bytes queued for it, as of the last wake-up.
+    pub fn activity(&self) -> Activity {
+        Activity {
+            last: self.started
+                + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed)),
+            pending_bytes: self.pending_bytes.load(Ordering::Relaxed),
+        }
     }
 
     pub fn counts(&self) -> LiveCounts {

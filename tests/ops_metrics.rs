@@ -214,6 +214,78 @@ async fn metrics_connz_and_varz_count_known_traffic() {
     within("edge shutdown", edge.shutdown()).await;
 }
 
+/// `/connz` shows each connection's last activity, idle time and pending bytes, and sorts
+/// by them, as nats-server does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connz_shows_last_activity_idle_and_pending_bytes() {
+    let (_server, edge) = server_and_edge(ADMIN).await;
+    let admin = admin(&edge);
+    let mut sub = RawConn::connect(edge_addr(&edge)).await;
+    sub.send(b"CONNECT {\"verbose\":true}\r\nSUB foo 1\r\n")
+        .await;
+    sub.read_until(b"+OK\r\n+OK\r\n").await;
+    let mut publisher = RawConn::connect(edge_addr(&edge)).await;
+    publisher
+        .send(b"CONNECT {\"verbose\":true}\r\nPUB foo 5\r\nhello\r\n")
+        .await;
+    publisher.read_until(b"+OK\r\n+OK\r\n").await;
+    sub.read_until(b"MSG foo 1 5\r\nhello\r\n").await;
+    let connz = poll_http(admin, "/connz", |_, body| {
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        let conns = v["connections"].as_array()?;
+        (conns.len() == 2 && conns[0]["out_msgs"] == 1).then_some(v)
+    })
+    .await;
+    let (s, p) = (&connz["connections"][0], &connz["connections"][1]);
+    for c in [s, p] {
+        assert_eq!(c["pending_bytes"], 0, "all written: {c}");
+        assert!(c["idle"].as_str().unwrap().ends_with('s'), "{c}");
+        assert!(
+            c["last_activity"].as_str().unwrap() >= c["start"].as_str().unwrap(),
+            "{c}"
+        );
+    }
+
+    // Activity is a message either way or a subscription: the publisher publishes where no
+    // one listens (its activity alone) until its last activity is later than the
+    // subscriber's, at the millisecond /connz shows. Then `last` puts it first and `idle`
+    // last, as nats-server sorts them.
+    let mut later = false;
+    for _ in 0..2000 {
+        publisher.send(b"PUB nobody 1\r\nx\r\n").await;
+        publisher.read_until(b"+OK\r\n").await;
+        let (_, body) = http_get(admin, "/connz").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let last = |i: usize| {
+            v["connections"][i]["last_activity"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        if last(1) > last(0) {
+            later = true;
+            break;
+        }
+    }
+    assert!(
+        later,
+        "the publisher's activity never passed the subscriber's"
+    );
+    let cids = |sort: &'static str| async move {
+        let (_, body) = http_get(admin, &format!("/connz?sort={sort}")).await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["cid"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (sid, pid) = (s["cid"].as_u64().unwrap(), p["cid"].as_u64().unwrap());
+    assert_eq!(cids("last").await, [pid, sid]);
+    assert_eq!(cids("idle").await, [sid, pid]);
+}
+
 /// `/connz` takes nats-server's query parameters: it sorts, looks up a cid, filters by state,
 /// and refuses bad values with the status and text nats-server's own monitor answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

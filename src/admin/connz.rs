@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::time::{rfc3339, uptime};
 use super::{bad_request, json, Body};
 use crate::edge::EdgeShared;
-use crate::registry::{ConnEntry, LiveCounts};
+use crate::registry::{Activity, ConnEntry, LiveCounts};
 
 /// nats-server's default page size (`DefaultConnListSize`).
 const DEFAULT_LIMIT: usize = 1024;
@@ -43,7 +43,10 @@ pub struct ConnInfo {
     ip: String,
     port: u16,
     start: String,
+    last_activity: String,
     uptime: String,
+    idle: String,
+    pending_bytes: u64,
     in_msgs: u64,
     out_msgs: u64,
     in_bytes: u64,
@@ -209,10 +212,14 @@ fn client_type(transport: &str) -> &'static str {
     }
 }
 
+/// A connection as one `/connz` answer sees it: its counters and activity read once, so
+/// the sort compares values that do not change under it.
+type Picked = (Arc<ConnEntry>, LiveCounts, Activity);
+
 /// Orders `conns` (given in cid order) as nats-server orders them: `cid` and `start`
-/// ascending, `uptime` ascending (the newest first), the counters descending. Ties keep the
-/// cid order.
-fn sort(conns: &mut [(Arc<ConnEntry>, LiveCounts)], by: Sort) {
+/// ascending, `uptime` ascending (the newest first), `idle` descending (the longest idle
+/// first), the counters, `pending` and `last` descending. Ties keep the cid order.
+fn sort(conns: &mut [Picked], by: Sort) {
     let counter: fn(&LiveCounts) -> u64 = match by {
         Sort::Subs => |c| c.subscriptions,
         Sort::MsgsTo => |c| c.out_msgs,
@@ -222,22 +229,27 @@ fn sort(conns: &mut [(Arc<ConnEntry>, LiveCounts)], by: Sort) {
         Sort::Uptime => {
             // On the monotonic clock, as nats-server sorts by uptime: a wall clock stepped
             // back must not put a new connection among the old ones.
-            conns.sort_by_key(|(c, _)| Reverse(c.started));
+            conns.sort_by_key(|(c, _, _)| Reverse(c.started));
             return;
         }
-        // The edge tracks no pending bytes, last activity or RTT per connection: every
-        // connection ties on them, so they keep the cid order rather than an order made up.
-        // Stop and reason only sort closed connections, of which the edge keeps none.
-        Sort::Cid
-        | Sort::Start
-        | Sort::Pending
-        | Sort::Last
-        | Sort::Idle
-        | Sort::Rtt
-        | Sort::Stop
-        | Sort::Reason => return,
+        Sort::Pending => {
+            conns.sort_by_key(|(_, _, a)| Reverse(a.pending_bytes));
+            return;
+        }
+        Sort::Last => {
+            conns.sort_by_key(|(_, _, a)| Reverse(a.last));
+            return;
+        }
+        Sort::Idle => {
+            conns.sort_by_key(|(_, _, a)| a.last);
+            return;
+        }
+        // The edge measures no RTT of its own: every connection ties on it, so it keeps the
+        // cid order rather than an order made up. Stop and reason only sort closed
+        // connections, of which the edge keeps none.
+        Sort::Cid | Sort::Start | Sort::Rtt | Sort::Stop | Sort::Reason => return,
     };
-    conns.sort_by_key(|(_, counts)| Reverse(counter(counts)));
+    conns.sort_by_key(|(_, counts, _)| Reverse(counter(counts)));
 }
 
 pub fn connz(shared: &EdgeShared, query: &str) -> Response<Body> {
@@ -253,12 +265,12 @@ pub fn connz(shared: &EdgeShared, query: &str) -> Response<Body> {
     // Like nats-server, `total` counts the connections in the state asked for, before any
     // other filter.
     let total = live.len();
-    let mut picked: Vec<(Arc<ConnEntry>, LiveCounts)> = live
+    let mut picked: Vec<Picked> = live
         .into_iter()
         .filter(|c| opts.selects(c))
         .map(|c| {
-            let counts = c.counts();
-            (c, counts)
+            let (counts, activity) = (c.counts(), c.activity());
+            (c, counts, activity)
         })
         .collect();
     sort(&mut picked, opts.sort);
@@ -267,8 +279,9 @@ pub fn connz(shared: &EdgeShared, query: &str) -> Response<Body> {
         .iter()
         .skip(opts.offset)
         .take(opts.limit)
-        .map(|(c, counts)| {
+        .map(|(c, counts, activity)| {
             let client = c.client_info().unwrap_or_default();
+            let since_start = activity.last.saturating_duration_since(c.started);
             ConnInfo {
                 cid: c.cid,
                 kind: "Client",
@@ -278,7 +291,10 @@ pub fn connz(shared: &EdgeShared, query: &str) -> Response<Body> {
                 ip: c.client.ip().to_string(),
                 port: c.client.port(),
                 start: rfc3339(c.start),
+                last_activity: rfc3339(c.start + since_start),
                 uptime: uptime(c.started.elapsed()),
+                idle: uptime(activity.last.elapsed()),
+                pending_bytes: activity.pending_bytes,
                 in_msgs: counts.in_msgs,
                 out_msgs: counts.out_msgs,
                 in_bytes: counts.in_bytes,
@@ -669,23 +685,27 @@ mod tests {
             out_bytes: n[3],
             subscriptions: n[4],
         };
-        vec![
+        let conns = vec![
             entry(1, 100, Some("alice"), counts([1, 9, 5, 2, 0])),
             entry(2, 100, None, counts([3, 7, 4, 8, 2])),
             entry(3, 200, Some("bob"), counts([2, 8, 6, 1, 1])),
-        ]
+        ];
+        for (c, pending) in conns.iter().zip([10, 30, 20]) {
+            c.publish_pending(pending);
+        }
+        conns
     }
 
     fn order(by: Sort) -> Vec<u64> {
         let mut conns: Vec<_> = three()
             .into_iter()
             .map(|c| {
-                let counts = c.counts();
-                (c, counts)
+                let (counts, activity) = (c.counts(), c.activity());
+                (c, counts, activity)
             })
             .collect();
         sort(&mut conns, by);
-        conns.iter().map(|(c, _)| c.cid).collect()
+        conns.iter().map(|(c, _, _)| c.cid).collect()
     }
 
     #[test]
@@ -706,9 +726,11 @@ mod tests {
         assert_eq!(order(Sort::BytesTo), [2, 1, 3]);
         assert_eq!(order(Sort::Subs), [2, 3, 1]);
         assert_eq!(order(Sort::Uptime), [3, 1, 2], "the newest first");
-        for untracked in [Sort::Pending, Sort::Last, Sort::Idle, Sort::Rtt] {
-            assert_eq!(order(untracked), [1, 2, 3], "{untracked:?}");
-        }
+        assert_eq!(order(Sort::Pending), [2, 3, 1]);
+        // Their last activity is their start here: the latest first, the longest idle first.
+        assert_eq!(order(Sort::Last), [3, 1, 2]);
+        assert_eq!(order(Sort::Idle), [1, 2, 3]);
+        assert_eq!(order(Sort::Rtt), [1, 2, 3], "not measured: cid order");
     }
 
     #[test]

@@ -856,6 +856,7 @@ where
                 out_bytes: u2c.bytes,
                 subscriptions: c2u.subscriptions(),
             });
+            entry.publish_pending(u2c.queued());
             return Poll::Pending;
         }
     })
