@@ -316,7 +316,12 @@ impl Edge {
                 events: events.clone(),
             }));
         }
-        let registry = Arc::new(Registry::default());
+        // Ended connections are kept for `/connz?state=closed`, so only with an admin server.
+        let registry = Arc::new(Registry::keeping_closed(if config.admin.listen.is_some() {
+            config.admin.max_closed_clients
+        } else {
+            0
+        }));
         metrics.count_traffic_of(registry.clone());
         // Twice the readiness check's interval: a failed dial makes the edge not ready only
         // once no dial has succeeded for that long.

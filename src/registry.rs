@@ -6,7 +6,7 @@
 //! a cache line only this session writes) once per wake-up of its task, that is once per
 //! read batch, not per message. A reader sees counts at most one batch old.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -207,10 +207,27 @@ impl ConnEntry {
     }
 }
 
-/// Every live connection, by connection id (so listings come in the order they connected).
+/// A connection that ended, as `/connz?state=closed` shows it: its entry and what it
+/// last counted, when it ended and why.
+#[derive(Debug)]
+pub struct ClosedConn {
+    pub entry: Arc<ConnEntry>,
+    pub counts: LiveCounts,
+    pub activity: Activity,
+    pub stop: SystemTime,
+    /// The same moment on the monotonic clock.
+    pub stopped: std::time::Instant,
+    pub reason: nats_edge_filters::CloseReason,
+}
+
+/// Every live connection, by connection id (so listings come in the order they connected),
+/// and the last ones that ended.
 #[derive(Debug, Default)]
 pub struct Registry {
     conns: Mutex<BTreeMap<u64, Arc<ConnEntry>>>,
+    /// The connections that ended, oldest first, at most `max_closed` of them.
+    closed: Mutex<VecDeque<Arc<ClosedConn>>>,
+    max_closed: usize,
     /// The last counts of every connection removed so far, added as it is removed (with
     /// `conns` held), so that [`Registry::totals`] never goes backwards when a connection
     /// moves from live to ended. Subscriptions are not summed: ended ones have none.
@@ -220,6 +237,25 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// A registry that keeps the last `max_closed` connections that ended (none: 0).
+    pub fn keeping_closed(max_closed: usize) -> Registry {
+        Registry {
+            max_closed,
+            ..Registry::default()
+        }
+    }
+
+    fn closed(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<ClosedConn>>> {
+        self.closed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The connections that ended and are still kept, oldest first.
+    pub fn closed_snapshot(&self) -> Vec<Arc<ClosedConn>> {
+        self.closed().iter().cloned().collect()
+    }
+
     fn conns(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<ConnEntry>>> {
         self.conns
             .lock()
@@ -301,13 +337,35 @@ fn add(a: LiveCounts, b: LiveCounts) -> LiveCounts {
     }
 }
 
-impl Drop for Registered {
-    fn drop(&mut self) {
+impl Registered {
+    /// Removes the connection, keeping it among the closed ones with `reason` (a session
+    /// that ends otherwise, by a panic, is only removed).
+    pub fn close(self, reason: nats_edge_filters::CloseReason) {
+        self.remove(Some(reason));
+    }
+
+    fn remove(&self, reason: Option<nats_edge_filters::CloseReason>) {
         let now_empty = {
             let mut conns = self.registry.conns();
             if conns.remove(&self.entry.cid).is_some() {
+                let counts = self.entry.counts();
                 let mut ended = self.registry.ended();
-                *ended = add(*ended, self.entry.counts());
+                *ended = add(*ended, counts);
+                // Under the live list's lock: a listing of both sees the connection in one.
+                if let (Some(reason), 1..) = (reason, self.registry.max_closed) {
+                    let mut closed = self.registry.closed();
+                    if closed.len() >= self.registry.max_closed {
+                        closed.pop_front();
+                    }
+                    closed.push_back(Arc::new(ClosedConn {
+                        entry: self.entry.clone(),
+                        counts,
+                        activity: self.entry.activity(),
+                        stop: SystemTime::now(),
+                        stopped: std::time::Instant::now(),
+                        reason,
+                    }));
+                }
             }
             conns.is_empty()
         };
@@ -317,9 +375,47 @@ impl Drop for Registered {
     }
 }
 
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.remove(None);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A closed connection is kept with its reason and last counts, the oldest going first
+    /// past the bound; one that ends without a reason (its session panicked) is only removed,
+    /// and a registry that keeps none keeps none.
+    #[test]
+    fn the_last_closed_connections_are_kept_with_their_reason() {
+        use nats_edge_filters::CloseReason;
+        let registry = Arc::new(Registry::keeping_closed(2));
+        let entry = |cid| Arc::new(ConnEntry::new(cid, "l", "tcp", ([127, 0, 0, 1], 1).into()));
+        for cid in 1..=3 {
+            let registered = registry.register(entry(cid));
+            registered.entry.publish(LiveCounts {
+                in_msgs: cid,
+                ..LiveCounts::default()
+            });
+            registered.close(CloseReason::ClientClosed);
+        }
+        drop(registry.register(entry(4)));
+        let closed = registry.closed_snapshot();
+        let kept: Vec<(u64, u64)> = closed
+            .iter()
+            .map(|c| (c.entry.cid, c.counts.in_msgs))
+            .collect();
+        assert_eq!(kept, [(2, 2), (3, 3)], "the oldest went first");
+        assert!(closed.iter().all(|c| c.reason == CloseReason::ClientClosed));
+        assert!(registry.is_empty());
+
+        let none = Arc::new(Registry::default());
+        none.register(entry(5)).close(CloseReason::SlowConsumer);
+        assert!(none.closed_snapshot().is_empty());
+        assert!(none.is_empty());
+    }
 
     /// A connection's counts move from live to ended as it is removed, in one step: the
     /// totals never go backwards, and its subscriptions go with it.

@@ -614,3 +614,88 @@ async fn an_auto_unsubscribe_the_acl_carries_out_is_counted() {
     assert_eq!(show(&reply.bytes), "");
     subscriptions(0).await;
 }
+
+/// Ended connections are kept for `/connz?state=closed` (and `any`), with when and why
+/// they ended and their last counts, as nats-server keeps its closed clients; the default
+/// state lists only the live ones, and a cid lookup finds a closed one only there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connz_keeps_closed_connections_with_their_reason() {
+    let (_server, edge) = server_and_edge(ADMIN).await;
+    let admin = admin(&edge);
+    let mut stays = RawConn::connect(edge_addr(&edge)).await;
+    stays.send(b"CONNECT {\"verbose\":true}\r\n").await;
+    stays.read_until(b"+OK\r\n").await;
+    let mut leaves = RawConn::connect(edge_addr(&edge)).await;
+    leaves
+        .send(b"CONNECT {\"verbose\":true,\"name\":\"leaver\"}\r\nPUB foo 2\r\nhi\r\n")
+        .await;
+    leaves.read_until(b"+OK\r\n+OK\r\n").await;
+    let mut oversized = RawConn::connect(edge_addr(&edge)).await;
+    oversized
+        .send(b"CONNECT {\"verbose\":false}\r\nPUB foo 99999999\r\n")
+        .await;
+    oversized.read_to_close().await;
+    // Its session ends once it closes too (the edge reads on after its -ERR for a while):
+    // before the other's, whose end is then the latest.
+    drop(oversized);
+    poll_http(admin, "/connz?state=closed", |_, body| {
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        (v["total"] == 1).then_some(())
+    })
+    .await;
+    drop(leaves);
+
+    let closed = poll_http(admin, "/connz?state=closed", |_, body| {
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        (v["connections"].as_array()?.len() == 2).then_some(v)
+    })
+    .await;
+    assert_eq!(closed["total"], 2, "{closed}");
+    let reasons: Vec<&str> = closed["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["Client Closed", "Maximum Message Payload Exceeded"],
+        "in cid order: {closed}"
+    );
+    let left = &closed["connections"][0];
+    assert_eq!(left["name"], "leaver", "{left}");
+    assert_eq!(left["in_msgs"], 1, "{left}");
+    assert!(
+        left["stop"].as_str().unwrap() >= left["start"].as_str().unwrap(),
+        "{left}"
+    );
+    let cid = left["cid"].as_u64().unwrap();
+
+    let (_, body) = http_get(admin, "/connz").await;
+    let open: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(open["total"], 1, "{open}");
+    assert!(open["connections"][0].get("reason").is_none(), "{open}");
+    let (_, body) = http_get(admin, "/connz?state=any").await;
+    let any: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(any["total"], 3, "{any}");
+    let (_, body) = http_get(admin, &format!("/connz?cid={cid}")).await;
+    let lookup: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        lookup["connections"].as_array().unwrap().len(),
+        0,
+        "{lookup}"
+    );
+    let (_, body) = http_get(admin, &format!("/connz?cid={cid}&state=closed")).await;
+    let lookup: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(lookup["connections"][0]["cid"], cid, "{lookup}");
+    let (_, body) = http_get(admin, "/connz?state=closed&sort=reason").await;
+    let by_reason: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(by_reason["connections"][0]["reason"], "Client Closed");
+    let (_, body) = http_get(admin, "/connz?state=closed&sort=stop").await;
+    let by_stop: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        by_stop["connections"][0]["cid"], cid,
+        "the latest end first"
+    );
+    drop(stays);
+}

@@ -5,7 +5,7 @@
 
 use std::cmp::Reverse;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use hyper::Response;
 use nats_edge_filters::acl::quote::go_quote;
@@ -14,7 +14,8 @@ use serde::Serialize;
 use super::time::{rfc3339, uptime};
 use super::{bad_request, json, Body};
 use crate::edge::EdgeShared;
-use crate::registry::{Activity, ConnEntry, LiveCounts};
+use crate::registry::{Activity, ClosedConn, ConnEntry, LiveCounts};
+use nats_edge_filters::CloseReason;
 
 /// nats-server's default page size (`DefaultConnListSize`).
 const DEFAULT_LIMIT: usize = 1024;
@@ -44,6 +45,11 @@ pub struct ConnInfo {
     port: u16,
     start: String,
     last_activity: String,
+    /// When a closed connection ended, and why (`state=closed` or `any`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
     uptime: String,
     idle: String,
     pending_bytes: u64,
@@ -214,12 +220,79 @@ fn client_type(transport: &str) -> &'static str {
 
 /// A connection as one `/connz` answer sees it: its counters and activity read once, so
 /// the sort compares values that do not change under it.
-type Picked = (Arc<ConnEntry>, LiveCounts, Activity);
+struct Picked {
+    entry: Arc<ConnEntry>,
+    counts: LiveCounts,
+    activity: Activity,
+    /// Set for a connection that ended.
+    closed: Option<Arc<ClosedConn>>,
+}
+
+impl Picked {
+    fn live(entry: Arc<ConnEntry>) -> Picked {
+        let (counts, activity) = (entry.counts(), entry.activity());
+        Picked {
+            entry,
+            counts,
+            activity,
+            closed: None,
+        }
+    }
+
+    fn closed(closed: Arc<ClosedConn>) -> Picked {
+        Picked {
+            entry: closed.entry.clone(),
+            counts: closed.counts,
+            activity: closed.activity,
+            closed: Some(closed),
+        }
+    }
+
+    /// Its uptime and idle time are measured to here: now, or when it ended.
+    fn end(&self, now: Instant) -> Instant {
+        self.closed.as_ref().map_or(now, |c| c.stopped)
+    }
+}
+
+/// The time from `from` to `to` in nanoseconds, negative when `to` comes first: a sort key
+/// that orders spans by their length whichever way the instants fall.
+fn signed_span(from: Instant, to: Instant) -> i128 {
+    match to.checked_duration_since(from) {
+        Some(d) => i128::try_from(d.as_nanos()).unwrap_or(i128::MAX),
+        None => -i128::try_from(from.duration_since(to).as_nanos()).unwrap_or(i128::MAX),
+    }
+}
+
+/// nats-server's words for why a connection closed (its `ClosedState`), where one fits;
+/// the edge's own cases (the upstream's side) in the same style.
+fn reason_text(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::ClientClosed => "Client Closed",
+        CloseReason::UpstreamClosed => "Upstream Closed",
+        CloseReason::ClientIoError => "Read Error",
+        CloseReason::UpstreamIoError => "Upstream Error",
+        CloseReason::UpstreamUnavailable => "Upstream Unavailable",
+        CloseReason::ProtocolViolation => "Parse Error",
+        CloseReason::UpstreamProtocolViolation => "Upstream Protocol Violation",
+        CloseReason::MaxControlLineExceeded => "Maximum Control Line Exceeded",
+        CloseReason::MaxPayloadExceeded => "Maximum Message Payload Exceeded",
+        CloseReason::HandshakeTimeout => "Authentication Timeout",
+        CloseReason::Shutdown => "Server Shutdown",
+        CloseReason::Policy => "Protocol Violation",
+        CloseReason::AuthorizationViolation => "Authentication Failure",
+        CloseReason::SlowConsumer => "Slow Consumer (Write Deadline)",
+        CloseReason::UserChanged => "Credentials Revoked",
+    }
+}
 
 /// Orders `conns` (given in cid order) as nats-server orders them: `cid` and `start`
 /// ascending, `uptime` ascending (the newest first), `idle` descending (the longest idle
 /// first), the counters, `pending` and `last` descending. Ties keep the cid order.
 fn sort(conns: &mut [Picked], by: Sort) {
+    let now = Instant::now();
+    // The live connections come in cid order, the closed ones in the order they ended:
+    // cid order first, which the stable sorts below keep among ties.
+    conns.sort_by_key(|p| p.entry.cid);
     let counter: fn(&LiveCounts) -> u64 = match by {
         Sort::Subs => |c| c.subscriptions,
         Sort::MsgsTo => |c| c.out_msgs,
@@ -229,27 +302,37 @@ fn sort(conns: &mut [Picked], by: Sort) {
         Sort::Uptime => {
             // On the monotonic clock, as nats-server sorts by uptime: a wall clock stepped
             // back must not put a new connection among the old ones.
-            conns.sort_by_key(|(c, _, _)| Reverse(c.started));
+            // A closed connection's uptime is to its end.
+            conns.sort_by_key(|p| signed_span(p.entry.started, p.end(now)));
             return;
         }
         Sort::Pending => {
-            conns.sort_by_key(|(_, _, a)| Reverse(a.pending_bytes));
+            conns.sort_by_key(|p| Reverse(p.activity.pending_bytes));
             return;
         }
         Sort::Last => {
-            conns.sort_by_key(|(_, _, a)| Reverse(a.last));
+            conns.sort_by_key(|p| Reverse(p.activity.last));
             return;
         }
         Sort::Idle => {
-            conns.sort_by_key(|(_, _, a)| a.last);
+            conns.sort_by_key(|p| Reverse(signed_span(p.activity.last, p.end(now))));
+            return;
+        }
+        // Only on closed connections (the options check): the latest end first, and the
+        // reasons in alphabetical order.
+        Sort::Stop => {
+            conns.sort_by_key(|p| Reverse(p.closed.as_ref().map(|c| c.stopped)));
+            return;
+        }
+        Sort::Reason => {
+            conns.sort_by_key(|p| p.closed.as_ref().map(|c| reason_text(c.reason)));
             return;
         }
         // The edge measures no RTT of its own: every connection ties on it, so it keeps the
-        // cid order rather than an order made up. Stop and reason only sort closed
-        // connections, of which the edge keeps none.
-        Sort::Cid | Sort::Start | Sort::Rtt | Sort::Stop | Sort::Reason => return,
+        // cid order rather than an order made up.
+        Sort::Cid | Sort::Start | Sort::Rtt => return,
     };
-    conns.sort_by_key(|(_, counts, _)| Reverse(counter(counts)));
+    conns.sort_by_key(|p| Reverse(counter(&p.counts)));
 }
 
 pub fn connz(shared: &EdgeShared, query: &str) -> Response<Body> {
@@ -257,31 +340,43 @@ pub fn connz(shared: &EdgeShared, query: &str) -> Response<Body> {
         Ok(opts) => opts,
         Err(text) => return bad_request(text),
     };
-    // The edge keeps no closed connections: `closed` lists none, `any` the live ones.
     let live = match opts.state {
         State::Closed => Vec::new(),
         State::Open | State::Any => shared.registry.snapshot(),
     };
+    let closed = match opts.state {
+        State::Open => Vec::new(),
+        State::Closed | State::Any => shared.registry.closed_snapshot(),
+    };
     // Like nats-server, `total` counts the connections in the state asked for, before any
     // other filter.
-    let total = live.len();
+    let total = live.len() + closed.len();
     let mut picked: Vec<Picked> = live
         .into_iter()
         .filter(|c| opts.selects(c))
-        .map(|c| {
-            let (counts, activity) = (c.counts(), c.activity());
-            (c, counts, activity)
-        })
+        .map(Picked::live)
         .collect();
+    // A cid lookup looks among the closed connections only when no live one has that id,
+    // as nats-server's does.
+    if opts.cid == 0 || picked.is_empty() {
+        picked.extend(
+            closed
+                .into_iter()
+                .filter(|c| opts.selects(&c.entry))
+                .map(Picked::closed),
+        );
+    }
     sort(&mut picked, opts.sort);
     let now = SystemTime::now();
     let connections: Vec<ConnInfo> = picked
         .iter()
         .skip(opts.offset)
         .take(opts.limit)
-        .map(|(c, counts, activity)| {
+        .map(|p| {
+            let (c, counts, activity) = (&p.entry, &p.counts, &p.activity);
             let client = c.client_info().unwrap_or_default();
             let since_start = activity.last.saturating_duration_since(c.started);
+            let end = p.end(Instant::now());
             ConnInfo {
                 cid: c.cid,
                 kind: "Client",
@@ -292,8 +387,10 @@ pub fn connz(shared: &EdgeShared, query: &str) -> Response<Body> {
                 port: c.client.port(),
                 start: rfc3339(c.start),
                 last_activity: rfc3339(c.start + since_start),
-                uptime: uptime(c.started.elapsed()),
-                idle: uptime(activity.last.elapsed()),
+                stop: p.closed.as_ref().map(|closed| rfc3339(closed.stop)),
+                reason: p.closed.as_ref().map(|closed| reason_text(closed.reason)),
+                uptime: uptime(end.saturating_duration_since(c.started)),
+                idle: uptime(end.saturating_duration_since(activity.last)),
                 pending_bytes: activity.pending_bytes,
                 in_msgs: counts.in_msgs,
                 out_msgs: counts.out_msgs,
@@ -697,15 +794,9 @@ mod tests {
     }
 
     fn order(by: Sort) -> Vec<u64> {
-        let mut conns: Vec<_> = three()
-            .into_iter()
-            .map(|c| {
-                let (counts, activity) = (c.counts(), c.activity());
-                (c, counts, activity)
-            })
-            .collect();
+        let mut conns: Vec<_> = three().into_iter().map(Picked::live).collect();
         sort(&mut conns, by);
-        conns.iter().map(|(c, _, _)| c.cid).collect()
+        conns.iter().map(|p| p.entry.cid).collect()
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     /// How often the upstreams are dialled to keep `/readyz` current when no client connects.
     pub upstream_check_interval: HumanDuration,
+    /// How many ended connections `/connz?state=closed` keeps, the oldest going first
+    /// (nats-server's `max_closed_clients`).
+    pub max_closed_clients: usize,
 }
 
 impl Default for AdminConfig {
@@ -86,6 +89,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: None,
             upstream_check_interval: HumanDuration(Duration::from_secs(5)),
+            max_closed_clients: 10_000,
         }
     }
 }

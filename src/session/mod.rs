@@ -152,7 +152,7 @@ pub async fn run(client: Box<Accepted>, env: Arc<SessionEnv>, accepted_at: Insta
     // Counted before the entry goes, so whoever sees the registry empty (a drain, a test)
     // sees the session's end counted.
     env.metrics.session_ended(&summary);
-    drop(registered);
+    registered.close(summary.reason);
     drop(open);
     // A client that closed without sending a byte is most likely a load balancer's probe
     // (a TCP check, or a PROXY `LOCAL` header and the close): its line is debug, as
