@@ -316,6 +316,7 @@ impl Edge {
                 events: events.clone(),
             }));
         }
+        crate::admin::start_cpu_sampling();
         // Ended connections are kept for `/connz?state=closed`, so only with an admin server.
         let registry = Arc::new(Registry::keeping_closed(if config.admin.listen.is_some() {
             config.admin.max_closed_clients

@@ -144,6 +144,30 @@ impl ConnEntry {
         self.tls.get().map(|tls| &**tls)
     }
 
+    /// Cuts the CONNECT's `name`, `lang` and `version` to [`KEPT_CLIENT_TEXT`] bytes, for a
+    /// connection kept among the closed ones: a client may make each as long as the control
+    /// line allows, and thousands of closed connections are kept.
+    fn trim_client_info(&self) {
+        let mut info = self
+            .client_info
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(info) = info.as_mut() {
+            for text in [&mut info.name, &mut info.lang, &mut info.version]
+                .into_iter()
+                .flatten()
+            {
+                if text.len() > KEPT_CLIENT_TEXT {
+                    let mut end = KEPT_CLIENT_TEXT;
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    text.truncate(end);
+                }
+            }
+        }
+    }
+
     pub fn set_client_info(&self, info: ClientInfo) {
         *self
             .client_info
@@ -207,6 +231,9 @@ impl ConnEntry {
     }
 }
 
+/// The longest `name`, `lang` or `version` a closed connection keeps, in bytes.
+pub const KEPT_CLIENT_TEXT: usize = 256;
+
 /// A connection that ended, as `/connz?state=closed` shows it: its entry and what it
 /// last counted, when it ended and why.
 #[derive(Debug)]
@@ -254,6 +281,14 @@ impl Registry {
     /// The connections that ended and are still kept, oldest first.
     pub fn closed_snapshot(&self) -> Vec<Arc<ClosedConn>> {
         self.closed().iter().cloned().collect()
+    }
+
+    /// The live connections and the closed ones, read together (under the live list's lock,
+    /// which a connection's move from one to the other holds): each connection is in one.
+    pub fn snapshot_with_closed(&self) -> (Vec<Arc<ConnEntry>>, Vec<Arc<ClosedConn>>) {
+        let conns = self.conns();
+        let closed = self.closed().iter().cloned().collect();
+        (conns.values().cloned().collect(), closed)
     }
 
     fn conns(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<ConnEntry>>> {
@@ -353,6 +388,7 @@ impl Registered {
                 *ended = add(*ended, counts);
                 // Under the live list's lock: a listing of both sees the connection in one.
                 if let (Some(reason), 1..) = (reason, self.registry.max_closed) {
+                    self.entry.trim_client_info();
                     let mut closed = self.registry.closed();
                     if closed.len() >= self.registry.max_closed {
                         closed.pop_front();
@@ -410,6 +446,17 @@ mod tests {
         assert_eq!(kept, [(2, 2), (3, 3)], "the oldest went first");
         assert!(closed.iter().all(|c| c.reason == CloseReason::ClientClosed));
         assert!(registry.is_empty());
+
+        // A client's own texts are cut for keeping, at a character's boundary.
+        let long = registry.register(entry(6));
+        long.entry.set_client_info(ClientInfo {
+            name: Some("é".repeat(KEPT_CLIENT_TEXT)),
+            ..ClientInfo::default()
+        });
+        long.close(CloseReason::ClientClosed);
+        let kept = registry.closed_snapshot();
+        let name = kept[1].entry.client_info().and_then(|i| i.name).unwrap();
+        assert_eq!(name, "é".repeat(KEPT_CLIENT_TEXT / 2));
 
         let none = Arc::new(Registry::default());
         none.register(entry(5)).close(CloseReason::SlowConsumer);

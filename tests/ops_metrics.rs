@@ -627,9 +627,9 @@ async fn connz_keeps_closed_connections_with_their_reason() {
     stays.read_until(b"+OK\r\n").await;
     let mut leaves = RawConn::connect(edge_addr(&edge)).await;
     leaves
-        .send(b"CONNECT {\"verbose\":true,\"name\":\"leaver\"}\r\nPUB foo 2\r\nhi\r\n")
+        .send(b"CONNECT {\"verbose\":true,\"name\":\"leaver\"}\r\nSUB bar 1\r\nPUB foo 2\r\nhi\r\n")
         .await;
-    leaves.read_until(b"+OK\r\n+OK\r\n").await;
+    leaves.read_until(b"+OK\r\n+OK\r\n+OK\r\n").await;
     let mut oversized = RawConn::connect(edge_addr(&edge)).await;
     oversized
         .send(b"CONNECT {\"verbose\":false}\r\nPUB foo 99999999\r\n")
@@ -665,6 +665,14 @@ async fn connz_keeps_closed_connections_with_their_reason() {
     let left = &closed["connections"][0];
     assert_eq!(left["name"], "leaver", "{left}");
     assert_eq!(left["in_msgs"], 1, "{left}");
+    assert_eq!(
+        left["subscriptions"], 1,
+        "what it had when it ended: {left}"
+    );
+    assert_ne!(
+        left["last_activity"], left["stop"],
+        "its last activity is its publish, not its close: {left}"
+    );
     assert!(
         left["stop"].as_str().unwrap() >= left["start"].as_str().unwrap(),
         "{left}"

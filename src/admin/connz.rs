@@ -281,7 +281,7 @@ fn reason_text(reason: CloseReason) -> &'static str {
         CloseReason::Policy => "Protocol Violation",
         CloseReason::AuthorizationViolation => "Authentication Failure",
         CloseReason::SlowConsumer => "Slow Consumer (Write Deadline)",
-        CloseReason::UserChanged => "Credentials Revoked",
+        CloseReason::UserChanged => "Authentication Failure",
     }
 }
 
@@ -314,8 +314,10 @@ fn sort(conns: &mut [Picked], by: Sort) {
             conns.sort_by_key(|p| Reverse(p.activity.last));
             return;
         }
+        // As nats-server sorts it, by the time since the last activity, for closed
+        // connections too (whose `idle` shows the time to their end).
         Sort::Idle => {
-            conns.sort_by_key(|p| Reverse(signed_span(p.activity.last, p.end(now))));
+            conns.sort_by_key(|p| p.activity.last);
             return;
         }
         // Only on closed connections (the options check): the latest end first, and the
@@ -340,13 +342,10 @@ pub fn connz(shared: &EdgeShared, query: &str) -> Response<Body> {
         Ok(opts) => opts,
         Err(text) => return bad_request(text),
     };
-    let live = match opts.state {
-        State::Closed => Vec::new(),
-        State::Open | State::Any => shared.registry.snapshot(),
-    };
-    let closed = match opts.state {
-        State::Open => Vec::new(),
-        State::Closed | State::Any => shared.registry.closed_snapshot(),
+    let (live, closed) = match opts.state {
+        State::Open => (shared.registry.snapshot(), Vec::new()),
+        State::Closed => (Vec::new(), shared.registry.closed_snapshot()),
+        State::Any => shared.registry.snapshot_with_closed(),
     };
     // Like nats-server, `total` counts the connections in the state asked for, before any
     // other filter.

@@ -11,6 +11,8 @@ mod metrics_endpoint;
 mod time;
 mod varz;
 
+pub use varz::start_cpu_sampling;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;

@@ -34,8 +34,8 @@ struct Varz {
     slow_consumers: u64,
     /// Resident memory, in bytes (0 where the platform does not tell).
     mem: u64,
-    /// CPU used since the previous `/varz` (or since start), in percent of one core, as
-    /// nats-server's `cpu`.
+    /// CPU used over the last second or more, in percent of one core, as nats-server's
+    /// `cpu`.
     cpu: f64,
     /// CPUs the edge may run on.
     cores: usize,
@@ -89,7 +89,7 @@ pub fn varz(shared: &EdgeShared) -> Response<Body> {
         subscriptions: totals.subscriptions,
         slow_consumers: m.closes(CloseReason::SlowConsumer),
         mem: resident_bytes().unwrap_or(0),
-        cpu: cpu_percent(shared.identity.started),
+        cpu: cpu_percent(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         listeners,
         upstreams: config
@@ -124,24 +124,58 @@ fn cpu_time() -> Option<Duration> {
     Some(time(usage.ru_utime) + time(usage.ru_stime))
 }
 
-/// When `/varz` last read the CPU time, and what it read: the percentage covers the time
-/// since, as nats-server's covers its last sampling interval. The first read covers the
-/// time since start.
-static LAST_CPU: Mutex<Option<(Instant, Duration)>> = Mutex::new(None);
+/// The process's CPU use as `/varz` shows it: measured over a window of a second or more,
+/// as nats-server samples its own once a second, so that several readers (nats-top and an
+/// exporter) see the same value rather than the cost of each other's requests. One per
+/// process, as the CPU time is.
+struct CpuSample {
+    at: Instant,
+    used: Duration,
+    percent: f64,
+}
 
-fn cpu_percent(started: Instant) -> f64 {
+static CPU: Mutex<Option<CpuSample>> = Mutex::new(None);
+
+const CPU_WINDOW: Duration = Duration::from_secs(1);
+
+/// Starts the window of the first `/varz` reading at the edge's start.
+pub fn start_cpu_sampling() {
+    let mut sample = CPU.lock().unwrap_or_else(|p| p.into_inner());
+    if sample.is_none() {
+        if let Some(used) = cpu_time() {
+            *sample = Some(CpuSample {
+                at: Instant::now(),
+                used,
+                percent: 0.0,
+            });
+        }
+    }
+}
+
+/// In percent of one core, to one decimal as nats-server rounds it; 0 until a window of a
+/// second has passed.
+fn cpu_percent() -> f64 {
+    let mut sample = CPU.lock().unwrap_or_else(|p| p.into_inner());
     let Some(used) = cpu_time() else {
-        return 0.0;
+        return sample.as_ref().map_or(0.0, |s| s.percent);
     };
     let now = Instant::now();
-    let mut last = LAST_CPU.lock().unwrap_or_else(|p| p.into_inner());
-    let (since, used_before) = last.unwrap_or((started, Duration::ZERO));
-    *last = Some((now, used));
-    let wall = now.saturating_duration_since(since).as_secs_f64();
-    if wall <= 0.0 {
+    let Some(last) = sample.as_mut() else {
+        *sample = Some(CpuSample {
+            at: now,
+            used,
+            percent: 0.0,
+        });
         return 0.0;
+    };
+    let wall = now.saturating_duration_since(last.at);
+    if wall >= CPU_WINDOW {
+        let percent = used.saturating_sub(last.used).as_secs_f64() / wall.as_secs_f64() * 100.0;
+        *last = CpuSample {
+            at: now,
+            used,
+            percent: (percent * 10.0).round() / 10.0,
+        };
     }
-    let percent = used.saturating_sub(used_before).as_secs_f64() / wall * 100.0;
-    // Two decimals, as nats-server rounds its own.
-    (percent * 100.0).round() / 100.0
+    last.percent
 }

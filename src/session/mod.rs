@@ -142,12 +142,14 @@ pub async fn run(client: Box<Accepted>, env: Arc<SessionEnv>, accepted_at: Insta
         .await;
     // The final counts go into the entry before it leaves the registry, which adds them to
     // its ended totals as it removes it: `/varz` counters never dip at a session's end.
+    // The subscriptions as last counted: a closed connection shows what it had, as
+    // nats-server's closed clients do (the totals count only live connections' anyway).
     registered.entry.publish(LiveCounts {
         in_msgs: summary.client_msgs,
         out_msgs: summary.upstream_msgs,
         in_bytes: summary.client_bytes,
         out_bytes: summary.upstream_bytes,
-        subscriptions: 0,
+        subscriptions: registered.entry.counts().subscriptions,
     });
     // Counted before the entry goes, so whoever sees the registry empty (a drain, a test)
     // sees the session's end counted.
