@@ -45,6 +45,8 @@ pub struct ConnEntry {
     last_activity_ms: AtomicU64,
     /// Bytes queued for the client and not yet written (nats-server's `pending_bytes`).
     pending_bytes: AtomicU64,
+    /// The last round trip measured to the client, in nanoseconds; 0: none yet.
+    rtt_ns: AtomicU64,
     /// A drain's request to end this session now; it holds the request if the session is
     /// not yet waiting on it. Sessions look at it only once they are in lame-duck mode.
     close_requested: tokio::sync::Notify,
@@ -65,6 +67,8 @@ pub struct Activity {
     /// On the monotonic clock.
     pub last: std::time::Instant,
     pub pending_bytes: u64,
+    /// The last round trip measured to the client.
+    pub rtt: Option<Duration>,
 }
 
 /// The counters a session publishes into its entry.
@@ -100,6 +104,7 @@ impl ConnEntry {
             subscriptions: AtomicU64::new(0),
             last_activity_ms: AtomicU64::new(0),
             pending_bytes: AtomicU64::new(0),
+            rtt_ns: AtomicU64::new(0),
             close_requested: tokio::sync::Notify::new(),
         }
     }
@@ -205,10 +210,18 @@ impl ConnEntry {
         }
     }
 
-    /// Stores the bytes queued for the client; called with [`ConnEntry::publish`].
-    pub fn publish_pending(&self, bytes: usize) {
-        self.pending_bytes
-            .store(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::Relaxed);
+    /// Stores the bytes queued for the client and the last round trip to it; called with
+    /// [`ConnEntry::publish`].
+    pub fn publish_link(&self, pending_bytes: usize, rtt: Option<Duration>) {
+        self.pending_bytes.store(
+            u64::try_from(pending_bytes).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        if let Some(rtt) = rtt {
+            // At least 1 ns: 0 means none yet.
+            let ns = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX).max(1);
+            self.rtt_ns.store(ns, Ordering::Relaxed);
+        }
     }
 
     /// The client's last activity and the bytes queued for it, as of the last wake-up.
@@ -217,6 +230,10 @@ impl ConnEntry {
             last: self.started
                 + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed)),
             pending_bytes: self.pending_bytes.load(Ordering::Relaxed),
+            rtt: match self.rtt_ns.load(Ordering::Relaxed) {
+                0 => None,
+                ns => Some(Duration::from_nanos(ns)),
+            },
         }
     }
 

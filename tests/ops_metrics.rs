@@ -238,6 +238,9 @@ async fn connz_shows_last_activity_idle_and_pending_bytes() {
     .await;
     let (s, p) = (&connz["connections"][0], &connz["connections"][1]);
     for c in [s, p] {
+        // From the INFO to the CONNECT, as nats-server measures it first.
+        let rtt = c["rtt"].as_str().unwrap();
+        assert!(rtt != "0s" && rtt.ends_with('s'), "a round trip: {c}");
         assert_eq!(c["pending_bytes"], 0, "all written: {c}");
         assert!(c["idle"].as_str().unwrap().ends_with('s'), "{c}");
         assert!(
@@ -706,4 +709,29 @@ async fn connz_keeps_closed_connections_with_their_reason() {
         "the latest end first"
     );
     drop(stays);
+}
+
+/// A PING from nats-server passes to the client, and its PONG back gives the round trip
+/// `/connz` shows, as nats-server measures its own. The client here takes 50 ms to answer,
+/// so the round trip is at least that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connz_rtt_follows_the_upstreams_pings() {
+    let server = NatsServer::start_with_config("ping_interval: \"200ms\"\n");
+    let edge = start_edge(&[server.url()], ADMIN).await;
+    let admin = admin(&edge);
+    let mut raw = RawConn::connect(edge_addr(&edge)).await;
+    raw.send(b"CONNECT {\"verbose\":false}\r\nPING\r\n").await;
+    raw.read_until(b"PONG\r\n").await;
+    raw.read_until(b"PING\r\n").await;
+    // Shapes the measured round trip; nothing waits on it.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    raw.send(b"PONG\r\n").await;
+    let connz = poll_http(admin, "/connz", |_, body| {
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        let rtt = v["connections"][0]["rtt"].as_str()?.to_string();
+        let ms: f64 = rtt.strip_suffix("ms")?.parse().ok()?;
+        (ms >= 50.0).then_some(v)
+    })
+    .await;
+    assert_eq!(connz["connections"].as_array().unwrap().len(), 1, "{connz}");
 }

@@ -5,7 +5,7 @@
 
 use std::cmp::Reverse;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use hyper::Response;
 use nats_edge_filters::acl::quote::go_quote;
@@ -50,6 +50,9 @@ pub struct ConnInfo {
     stop: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
+    /// The last round trip measured to the client, as Go writes a duration (`0s` until one
+    /// is).
+    rtt: String,
     uptime: String,
     idle: String,
     pending_bytes: u64,
@@ -254,6 +257,49 @@ impl Picked {
     }
 }
 
+/// A round trip as nats-server shows one: to the microsecond between a microsecond and a
+/// millisecond, to the nanosecond otherwise; zero until one is measured.
+fn rtt_shown(rtt: Option<Duration>) -> Duration {
+    match rtt {
+        None => Duration::ZERO,
+        Some(d) if d > Duration::from_micros(1) && d < Duration::from_millis(1) => {
+            Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        }
+        Some(d) => d,
+    }
+}
+
+/// `d` as Go's `time.Duration.String` writes it: `0s`, `850ns`, `115µs`, `1.5ms`, `2.25s`,
+/// `1m2.5s`, `1h0m0.5s`.
+fn go_duration(d: Duration) -> String {
+    let ns = d.as_nanos();
+    // The fraction of `value / unit`, without trailing zeros: `.5`, `.125`, or nothing.
+    let fraction = |value: u128, unit: u128, digits: usize| -> String {
+        let rest = value % unit;
+        if rest == 0 {
+            return String::new();
+        }
+        let text = format!("{rest:0digits$}");
+        format!(".{}", text.trim_end_matches('0'))
+    };
+    match ns {
+        0 => "0s".to_string(),
+        1..=999 => format!("{ns}ns"),
+        1_000..=999_999 => format!("{}{}µs", ns / 1_000, fraction(ns, 1_000, 3)),
+        1_000_000..=999_999_999 => format!("{}{}ms", ns / 1_000_000, fraction(ns, 1_000_000, 6)),
+        _ => {
+            let secs = ns / 1_000_000_000;
+            let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+            let tail = format!("{s}{}s", fraction(ns, 1_000_000_000, 9));
+            match (h, m) {
+                (0, 0) => tail,
+                (0, m) => format!("{m}m{tail}"),
+                (h, m) => format!("{h}h{m}m{tail}"),
+            }
+        }
+    }
+}
+
 /// The time from `from` to `to` in nanoseconds, negative when `to` comes first: a sort key
 /// that orders spans by their length whichever way the instants fall.
 fn signed_span(from: Instant, to: Instant) -> i128 {
@@ -330,9 +376,11 @@ fn sort(conns: &mut [Picked], by: Sort) {
             conns.sort_by_key(|p| p.closed.as_ref().map(|c| reason_text(c.reason)));
             return;
         }
-        // The edge measures no RTT of its own: every connection ties on it, so it keeps the
-        // cid order rather than an order made up.
-        Sort::Cid | Sort::Start | Sort::Rtt => return,
+        Sort::Rtt => {
+            conns.sort_by_key(|p| Reverse(p.activity.rtt));
+            return;
+        }
+        Sort::Cid | Sort::Start => return,
     };
     conns.sort_by_key(|p| Reverse(counter(&p.counts)));
 }
@@ -388,6 +436,7 @@ pub fn connz(shared: &EdgeShared, query: &str) -> Response<Body> {
                 last_activity: rfc3339(c.start + since_start),
                 stop: p.closed.as_ref().map(|closed| rfc3339(closed.stop)),
                 reason: p.closed.as_ref().map(|closed| reason_text(closed.reason)),
+                rtt: go_duration(rtt_shown(activity.rtt)),
                 uptime: uptime(end.saturating_duration_since(c.started)),
                 idle: uptime(end.saturating_duration_since(activity.last)),
                 pending_bytes: activity.pending_bytes,
@@ -787,7 +836,7 @@ mod tests {
             entry(3, 200, Some("bob"), counts([2, 8, 6, 1, 1])),
         ];
         for (c, pending) in conns.iter().zip([10, 30, 20]) {
-            c.publish_pending(pending);
+            c.publish_link(pending, Some(Duration::from_micros(pending as u64 % 7)));
         }
         conns
     }
@@ -796,6 +845,21 @@ mod tests {
         let mut conns: Vec<_> = three().into_iter().map(Picked::live).collect();
         sort(&mut conns, by);
         conns.iter().map(|p| p.entry.cid).collect()
+    }
+
+    /// Durations as Go writes them, which nats-server's `rtt` is.
+    #[test]
+    fn round_trips_read_as_nats_server_writes_them() {
+        let shown = |d: Duration| go_duration(rtt_shown(Some(d)));
+        assert_eq!(go_duration(rtt_shown(None)), "0s");
+        assert_eq!(shown(Duration::from_nanos(850)), "850ns");
+        assert_eq!(shown(Duration::from_nanos(115_678)), "115µs");
+        assert_eq!(shown(Duration::from_nanos(1_500_000)), "1.5ms");
+        assert_eq!(shown(Duration::from_nanos(1_234_567)), "1.234567ms");
+        assert_eq!(shown(Duration::from_millis(2_250)), "2.25s");
+        assert_eq!(shown(Duration::from_millis(62_500)), "1m2.5s");
+        assert_eq!(shown(Duration::from_millis(3_600_500)), "1h0m0.5s");
+        assert_eq!(shown(Duration::from_secs(60)), "1m0s");
     }
 
     #[test]
@@ -820,7 +884,8 @@ mod tests {
         // Their last activity is their start here: the latest first, the longest idle first.
         assert_eq!(order(Sort::Last), [3, 1, 2]);
         assert_eq!(order(Sort::Idle), [1, 2, 3]);
-        assert_eq!(order(Sort::Rtt), [1, 2, 3], "not measured: cid order");
+        // Round trips of 3, 2 and 6 µs: the longest first.
+        assert_eq!(order(Sort::Rtt), [3, 1, 2]);
     }
 
     #[test]

@@ -513,9 +513,12 @@ impl Forwarder {
                 }
             };
             self.msgs += u64::from(frame.is_message());
-            // Two compares on a verb already decoded: no cost a message would notice.
+            // Compares on a verb already decoded: no cost a message would notice.
             self.subs += u64::from(frame.verb == Verb::Sub);
             self.unsubs += u64::from(frame.verb == Verb::Unsub);
+            if matches!(frame.verb, Verb::Connect | Verb::Pong) {
+                shared.client_answered();
+            }
             let wanted = frame.verb == Verb::Connect
                 || shared
                     .chain
@@ -889,6 +892,7 @@ impl Forwarder {
                     self.hide_frame(&mut run, frame.len);
                     continue;
                 }
+                Verb::Ping => shared.ping_to_client(),
                 _ => {}
             }
             if !shared

@@ -411,6 +411,9 @@ async fn open(
             return Err(SessionTotals::early(CloseReason::HandshakeTimeout));
         }
     }
+    // The first round trip to the client ends at its CONNECT (with classic TLS, after the
+    // handshake, which nats-server's first measure includes too).
+    shared.rtt_started = Some(Instant::now());
     if let Some(acceptor) = tls_after_info {
         // Classic NATS TLS: the client starts the handshake once it has read the INFO.
         let guard = match &client {
@@ -858,7 +861,7 @@ where
                 out_bytes: u2c.bytes,
                 subscriptions: c2u.subscriptions(),
             });
-            entry.publish_pending(u2c.queued());
+            entry.publish_link(u2c.queued(), shared.rtt);
             return Poll::Pending;
         }
     })

@@ -2,6 +2,7 @@
 //! so this is plain data behind `&mut`, with no lock.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use nats_edge_filters::limits::LimitsConfig;
@@ -134,6 +135,12 @@ pub struct Shared {
     /// A PONG has gone to the client. Clients read nothing but a PONG in answer to their
     /// first PING, so nats-server sends them no INFO of its own before it; nor does the edge.
     pub client_ponged: bool,
+    /// The round trip to the client, for `/connz`: from the INFO to the first CONNECT, then
+    /// from each PING passed to the client to its PONG, as nats-server measures its own.
+    pub rtt: Option<Duration>,
+    /// When the INFO went (until the first CONNECT), or when a PING went to the client that
+    /// has had no PONG yet.
+    pub rtt_started: Option<Instant>,
     /// The upstream's latest INFO (rewritten) that came before the client's first PONG: held
     /// until that PONG, as nats-server sends a client no INFO before it. (The upstream's own
     /// first PONG may answer a PING of the edge's, which the client never sees.)
@@ -196,6 +203,8 @@ impl Shared {
             client_must_connect: false,
             auth_timer: false,
             client_ponged: false,
+            rtt: None,
+            rtt_started: None,
             held_info: None,
             lame_duck_pending: false,
             client_queued: 0,
@@ -342,6 +351,21 @@ impl Shared {
     /// deferred op holds back the ones after it). The first PING since the last one was
     /// answered is the checkpoint whose PONG tells the filters how far the upstream has
     /// caught up ([`nats_edge_filters::SessionCtx::answered_op`]).
+    /// The client's CONNECT or PONG arrived: it ends the round trip under way, if one is.
+    pub fn client_answered(&mut self) {
+        if let Some(started) = self.rtt_started.take() {
+            self.rtt = Some(started.elapsed());
+        }
+    }
+
+    /// The upstream's PING is on its way to the client: a round trip starts, unless one is
+    /// under way.
+    pub fn ping_to_client(&mut self) {
+        if self.rtt_started.is_none() {
+            self.rtt_started = Some(Instant::now());
+        }
+    }
+
     pub fn client_ping_forwarded(&mut self) {
         self.early_pings += u64::from(self.connects_upstream == 0);
         self.ping_sent(self.ctx.client_op);
