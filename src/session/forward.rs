@@ -516,7 +516,11 @@ impl Forwarder {
             // Compares on a verb already decoded: no cost a message would notice.
             self.subs += u64::from(frame.verb == Verb::Sub);
             self.unsubs += u64::from(frame.verb == Verb::Unsub);
-            if matches!(frame.verb, Verb::Connect | Verb::Pong) {
+            // The first CONNECT ends the round trip from the INFO; a later one is no answer
+            // to a PING under way.
+            if frame.verb == Verb::Pong
+                || (frame.verb == Verb::Connect && shared.ctx.connect.is_none())
+            {
                 shared.client_answered();
             }
             let wanted = frame.verb == Verb::Connect
@@ -605,6 +609,9 @@ impl Forwarder {
             Ok(Some(frame)) => {
                 // Set until the CONNECT is settled, a deferred one included.
                 shared.ctx.connect_implied = true;
+                // No CONNECT answers the INFO: no round trip from it, as nats-server
+                // measures none for such a client until a PING has its PONG.
+                shared.rtt_started = None;
                 shared.ctx.client_op += 1;
                 self.judge_client_frame(data, &frame, shared);
             }

@@ -347,11 +347,8 @@ impl Shared {
         needs_ping
     }
 
-    /// The client's PING has gone upstream, after every op the client sent before it (a
-    /// deferred op holds back the ones after it). The first PING since the last one was
-    /// answered is the checkpoint whose PONG tells the filters how far the upstream has
-    /// caught up ([`nats_edge_filters::SessionCtx::answered_op`]).
-    /// The client's CONNECT or PONG arrived: it ends the round trip under way, if one is.
+    /// The client's first CONNECT or a PONG arrived: it ends the round trip under way, if one
+    /// is.
     pub fn client_answered(&mut self) {
         if let Some(started) = self.rtt_started.take() {
             self.rtt = Some(started.elapsed());
@@ -366,6 +363,10 @@ impl Shared {
         }
     }
 
+    /// The client's PING has gone upstream, after every op the client sent before it (a
+    /// deferred op holds back the ones after it). The first PING since the last one was
+    /// answered is the checkpoint whose PONG tells the filters how far the upstream has
+    /// caught up ([`nats_edge_filters::SessionCtx::answered_op`]).
     pub fn client_ping_forwarded(&mut self) {
         self.early_pings += u64::from(self.connects_upstream == 0);
         self.ping_sent(self.ctx.client_op);
