@@ -1,7 +1,8 @@
-//! The live connections, for the admin server's `/connz`, `/varz` and the drain.
+//! The live connections, for the admin server's `/connz`, `/varz` and the drain, and the
+//! last ones that ended, for `/connz?state=closed`.
 //!
 //! Each session owns an `Arc<ConnEntry>` that it registers when its transport handshake is
-//! done and removes when it ends. Its live counters cost the op path nothing: the forwarders
+//! done and removes when it ends (keeping it among the closed ones, with why it ended). Its live counters cost the op path nothing: the forwarders
 //! count in plain fields, and the session stores those fields into the entry (Relaxed atomics,
 //! a cache line only this session writes) once per wake-up of its task, that is once per
 //! read batch, not per message. A reader sees counts at most one batch old.

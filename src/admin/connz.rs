@@ -1,4 +1,5 @@
-//! `/connz`: the live client connections, with nats-server's field names and its query
+//! `/connz`: the client connections, live and recently closed, with nats-server's field
+//! names and its query
 //! parameters (`sort`, `cid`, `state`, `auth`, `subs`, `user`, `mqtt_client`, `offset`,
 //! `limit`), read the way nats-server's monitor reads them (`HandleConnz`, `Connz`) and
 //! refused with its texts, so tools written against nats-server work against the edge.
