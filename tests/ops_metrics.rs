@@ -23,6 +23,12 @@ fn after_info(reply: &[u8]) -> usize {
     }
 }
 
+/// The admin server's JSON answer at `path`.
+async fn get_json(admin: std::net::SocketAddr, path: &str) -> serde_json::Value {
+    let (_, body) = http_get(admin, path).await;
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_connz_and_varz_count_known_traffic() {
     let (server, edge) = server_and_edge(ADMIN).await;
@@ -257,8 +263,7 @@ async fn connz_shows_last_activity_idle_and_pending_bytes() {
     for _ in 0..2000 {
         publisher.send(b"PUB nobody 1\r\nx\r\n").await;
         publisher.read_until(b"+OK\r\n").await;
-        let (_, body) = http_get(admin, "/connz").await;
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let v = get_json(admin, "/connz").await;
         let last = |i: usize| {
             v["connections"][i]["last_activity"]
                 .as_str()
@@ -275,8 +280,7 @@ async fn connz_shows_last_activity_idle_and_pending_bytes() {
         "the publisher's activity never passed the subscriber's"
     );
     let cids = |sort: &'static str| async move {
-        let (_, body) = http_get(admin, &format!("/connz?sort={sort}")).await;
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let v = get_json(admin, &format!("/connz?sort={sort}")).await;
         v["connections"]
             .as_array()
             .unwrap()
@@ -682,28 +686,22 @@ async fn connz_keeps_closed_connections_with_their_reason() {
     );
     let cid = left["cid"].as_u64().unwrap();
 
-    let (_, body) = http_get(admin, "/connz").await;
-    let open: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let open = get_json(admin, "/connz").await;
     assert_eq!(open["total"], 1, "{open}");
     assert!(open["connections"][0].get("reason").is_none(), "{open}");
-    let (_, body) = http_get(admin, "/connz?state=any").await;
-    let any: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let any = get_json(admin, "/connz?state=any").await;
     assert_eq!(any["total"], 3, "{any}");
-    let (_, body) = http_get(admin, &format!("/connz?cid={cid}")).await;
-    let lookup: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let lookup = get_json(admin, &format!("/connz?cid={cid}")).await;
     assert_eq!(
         lookup["connections"].as_array().unwrap().len(),
         0,
         "{lookup}"
     );
-    let (_, body) = http_get(admin, &format!("/connz?cid={cid}&state=closed")).await;
-    let lookup: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let lookup = get_json(admin, &format!("/connz?cid={cid}&state=closed")).await;
     assert_eq!(lookup["connections"][0]["cid"], cid, "{lookup}");
-    let (_, body) = http_get(admin, "/connz?state=closed&sort=reason").await;
-    let by_reason: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let by_reason = get_json(admin, "/connz?state=closed&sort=reason").await;
     assert_eq!(by_reason["connections"][0]["reason"], "Client Closed");
-    let (_, body) = http_get(admin, "/connz?state=closed&sort=stop").await;
-    let by_stop: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let by_stop = get_json(admin, "/connz?state=closed&sort=stop").await;
     assert_eq!(
         by_stop["connections"][0]["cid"], cid,
         "the latest end first"

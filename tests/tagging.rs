@@ -533,14 +533,19 @@ async fn publish_and_see(
     next_msg(upstream).await
 }
 
+/// The tagging file the project ships (`filters/rules/tagging/default.toml`).
+fn shipped_tagging_file() -> String {
+    std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("filters/rules/tagging/default.toml"),
+    )
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_tagging_file_for_live_connections() {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let shipped = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("filters/rules/tagging/default.toml"),
-    )
-    .unwrap();
+    let shipped = shipped_tagging_file();
     assert!(shipped.contains("\"eu-west-1\""), "the shipped static tag");
     let tags = dir.path().join("tags.toml");
     std::fs::write(&tags, &shipped).unwrap();
@@ -631,10 +636,7 @@ async fn sighup_reloads_the_tagging_file_for_live_connections() {
 async fn a_reload_whose_tags_need_more_room_keeps_live_clients_within_theirs() {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let shipped = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("filters/rules/tagging/default.toml"),
-    )
-    .unwrap();
+    let shipped = shipped_tagging_file();
     let tags = dir.path().join("tags.toml");
     std::fs::write(&tags, &shipped).unwrap();
     let config = dir.path().join("nats-edge.toml");
