@@ -31,7 +31,8 @@ struct Cli {
     /// Listen for NATS clients on this address (replaces the config's listeners).
     #[arg(long, global = true, value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// An upstream nats-server URL; repeat for failover, tried in order.
+    /// An upstream nats-server URL; repeat for several (clients are spread over them unless
+    /// `upstream.dont_randomize`).
     #[arg(long = "upstream", global = true, value_name = "URL")]
     upstreams: Vec<String>,
     /// Log format.
