@@ -269,6 +269,24 @@ async fn regex_rules_map_both_ways() {
     within("edge shutdown", edge.shutdown()).await;
 }
 
+/// A nats-server with JetStream, its store in a directory of its own (kept as long as the
+/// server runs).
+fn jetstream_server() -> (tempfile::TempDir, NatsServer) {
+    let store = tempfile::tempdir().unwrap();
+    let server = NatsServer::start_with_args(&["-js", "-sd", &store.path().display().to_string()]);
+    (store, server)
+}
+
+/// A key-value bucket created through the edge.
+async fn create_bucket(
+    inside: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::kv::Config,
+) -> async_nats::jetstream::kv::Store {
+    within("create the bucket", inside.create_key_value(config))
+        .await
+        .expect("bucket created through the mount")
+}
+
 /// The next message of a pull consumer, bounded.
 async fn fetch_one(
     consumer: &async_nats::jetstream::consumer::Consumer<
@@ -336,8 +354,7 @@ async fn consumer_info(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_through_a_mount() {
     use async_nats::jetstream::{self, consumer::pull, stream};
-    let store = tempfile::tempdir().unwrap();
-    let server = NatsServer::start_with_args(&["-js", "-sd", &store.path().display().to_string()]);
+    let (_store, server) = jetstream_server();
     let edge = mounted(&server, "jetstream-mount").await;
     let inside = jetstream::new(client(&edge_url(&edge)).await);
 
@@ -435,20 +452,18 @@ async fn jetstream_through_a_mount() {
 async fn key_value_through_a_mount() {
     use async_nats::jetstream::{self, kv};
     use futures::StreamExt;
-    let store = tempfile::tempdir().unwrap();
-    let server = NatsServer::start_with_args(&["-js", "-sd", &store.path().display().to_string()]);
+    let (_store, server) = jetstream_server();
     let edge = mounted(&server, "jetstream-mount").await;
     let inside = jetstream::new(client(&edge_url(&edge)).await);
-    let bucket = within(
-        "create the bucket",
-        inside.create_key_value(kv::Config {
+    let bucket = create_bucket(
+        &inside,
+        kv::Config {
             bucket: "profiles".into(),
             history: 2,
             ..Default::default()
-        }),
+        },
     )
-    .await
-    .expect("bucket created through the mount");
+    .await;
     let mut watch = within("watch", bucket.watch("alice")).await.expect("watch");
     within("put", bucket.put("alice", "v1".into()))
         .await
@@ -494,6 +509,49 @@ async fn key_value_through_a_mount() {
     let info = stream_info(&direct, "KV_profiles").await;
     assert_eq!(info.config.subjects, ["tenant.acme.$KV.profiles.>"]);
     assert_eq!(info.state.messages, 1);
+    within("edge shutdown", edge.shutdown()).await;
+}
+
+/// A burst of JetStream API requests on one connection, as a service sharing its
+/// connection sends them: every answer comes back in the client's view, however many
+/// wait at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_jetstream_requests_through_a_mount_gets_every_answer_mapped() {
+    use async_nats::jetstream::{self, kv};
+    let (_store, server) = jetstream_server();
+    let edge = mounted(&server, "jetstream-mount").await;
+    let inside = jetstream::new(client(&edge_url(&edge)).await);
+    let bucket = create_bucket(
+        &inside,
+        kv::Config {
+            bucket: "burst".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let revision = within("put", bucket.put("k", "v".into()))
+        .await
+        .expect("put");
+    // A read by revision fails unless the answer names the key's subject in the client's
+    // view; a stream's info shows its subjects as the client created them.
+    let reads = (0..200).map(|_| bucket.entry_for_revision("k", revision));
+    let infos = (0..200).map(|_| inside.get_stream("KV_burst"));
+    let (reads, infos) = within(
+        "200 reads and 200 stream infos at once",
+        futures::future::join(
+            futures::future::join_all(reads),
+            futures::future::join_all(infos),
+        ),
+    )
+    .await;
+    for read in reads {
+        let entry = read.expect("read by revision").expect("the key");
+        assert_eq!((entry.key.as_str(), &entry.value[..]), ("k", &b"v"[..]));
+    }
+    for info in infos {
+        let stream = info.expect("stream info");
+        assert_eq!(stream.cached_info().config.subjects, ["$KV.burst.>"]);
+    }
     within("edge shutdown", edge.shutdown()).await;
 }
 
@@ -926,8 +984,7 @@ async fn message_traces_are_disabled_in_a_mount() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_consumers_deliver_through_the_mount() {
     use async_nats::jetstream::{self, consumer::push, stream};
-    let store = tempfile::tempdir().unwrap();
-    let server = NatsServer::start_with_args(&["-js", "-sd", &store.path().display().to_string()]);
+    let (_store, server) = jetstream_server();
     let edge = mounted(&server, "jetstream-mount").await;
     let nc = client(&edge_url(&edge)).await;
     let inside = jetstream::new(nc.clone());
@@ -1140,8 +1197,7 @@ fn incompressible(seed: u64, len: usize) -> Bytes {
 async fn a_stream_snapshot_and_restore_through_the_jetstream_mount() {
     use serde_json::json;
     const N: u64 = 6;
-    let store = tempfile::tempdir().unwrap();
-    let server = NatsServer::start_with_args(&["-js", "-sd", &store.path().display().to_string()]);
+    let (_store, server) = jetstream_server();
     let edge = mounted(&server, "jetstream-mount").await;
     let nc = client(&edge_url(&edge)).await;
     let direct = client(&server.url()).await;
@@ -1271,8 +1327,7 @@ async fn a_stream_snapshot_and_restore_through_the_jetstream_mount() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_nats_server_refuses_are_refused_through_a_mount() {
     use serde_json::json;
-    let store = tempfile::tempdir().unwrap();
-    let server = NatsServer::start_with_args(&["-js", "-sd", &store.path().display().to_string()]);
+    let (_store, server) = jetstream_server();
     let edge = mounted(&server, "jetstream-mount").await;
     let nc = client(&edge_url(&edge)).await;
     for (subjects, text) in [

@@ -153,6 +153,25 @@ impl<V: HeldBytes> ResponseTracker<V> {
         })
     }
 
+    /// The value kept with `subject`, whatever its age and answers: for a tracker whose
+    /// entries end when its filter says so ([`ResponseTracker::forget`]).
+    pub fn get_mut(&mut self, subject: &[u8]) -> Option<&mut V> {
+        self.replies.get_mut(subject).map(|entry| &mut entry.value)
+    }
+
+    /// Forgets `subject` now, giving back its value.
+    pub fn forget(&mut self, subject: &[u8]) -> Option<V> {
+        let removed = self.replies.remove(subject)?;
+        self.held_bytes -= removed.bytes;
+        Some(removed.value)
+    }
+
+    /// Forgets the spent and expired entries now, and past the bounds the oldest; otherwise
+    /// that happens every few thousand deliveries.
+    pub fn prune_now(&mut self, now: Instant) {
+        self.prune(now);
+    }
+
     /// Reply subjects tracked now.
     pub fn len(&self) -> usize {
         self.replies.len()

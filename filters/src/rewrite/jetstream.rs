@@ -9,7 +9,6 @@
 //! `jetstream_consumer_filters`): they are rare control messages, so the copy a JSON
 //! rewrite costs does not matter.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,7 @@ use serde_json::Value;
 
 use super::rules::RuleSet;
 use crate::op::Msg;
+use crate::responses::{ResponseBounds, ResponseTracker};
 
 const STREAM_CREATE: &[u8] = b"$JS.API.STREAM.CREATE.";
 const STREAM_UPDATE: &[u8] = b"$JS.API.STREAM.UPDATE.";
@@ -392,56 +392,84 @@ fn is_batch(payload: &[u8]) -> bool {
 
 /// How long a request's answer is waited for: clients give up on theirs after 5 s.
 const ANSWER_PATIENCE: Duration = Duration::from_secs(30);
-/// How many requests wait for their answers at once: clients send them one at a time, or
-/// a few; past this the oldest is forgotten (its answer comes as the upstream wrote it).
-const PENDING_ANSWERS: usize = 64;
+/// How many requests wait for their answers at once (and at most 4 MiB of their reply
+/// subjects): as many as the replies a mount remembers. A service that shares one
+/// connection sends bursts of requests (hundreds of key-value reads at once); past this the
+/// oldest is forgotten, and its answer comes as the upstream wrote it.
+const PENDING_ANSWERS: usize = 16 * 1024;
 /// Deliveries that answer no request between two looks for overdue requests.
 const PRUNE_EVERY: u32 = 256;
 
-/// A request waiting for its answer: the set that mapped it maps the answer back.
-struct Pending {
-    reply: Bytes,
+/// What the requests sent with one reply subject wait for: the set that mapped them maps
+/// the answers back. Clients give every request a reply subject of its own; one reused
+/// for requests of the same kind counts them, so each gets its answer mapped.
+struct Waiting {
     kind: ApiAnswer,
     set: Arc<RuleSet>,
-    sent: Instant,
+    requests: u32,
+}
+
+impl crate::responses::HeldBytes for Waiting {
+    /// Its own size: the rule set is shared.
+    fn held_bytes(&self) -> usize {
+        std::mem::size_of::<Waiting>()
+    }
 }
 
 /// The JetStream API requests of a session waiting for their answers, by the upstream
-/// reply subject the answer comes to. Empty, it costs a delivery one check.
-#[derive(Default)]
+/// reply subject the answer comes to. Empty, it costs a delivery one check; otherwise one
+/// lookup.
 pub struct PendingAnswers {
-    pending: VecDeque<Pending>,
+    waiting: ResponseTracker<Waiting>,
     misses: u32,
 }
 
-impl PendingAnswers {
-    /// A request whose answer is `kind` went out with `reply`, mapped by `set`. Copied: the
-    /// reply subject may be a slice of a buffer it must not hold on to.
-    pub fn expect(&mut self, reply: &[u8], kind: ApiAnswer, set: &Arc<RuleSet>) {
-        let now = Instant::now();
-        self.forget_overdue(now);
-        if self.pending.len() == PENDING_ANSWERS {
-            self.pending.pop_front();
+impl Default for PendingAnswers {
+    fn default() -> Self {
+        PendingAnswers {
+            waiting: ResponseTracker::new(
+                ResponseBounds {
+                    max_msgs: 0,
+                    expires: Some(ANSWER_PATIENCE),
+                },
+                PENDING_ANSWERS,
+            ),
+            misses: 0,
         }
-        self.pending.push_back(Pending {
-            reply: Bytes::copy_from_slice(reply),
+    }
+}
+
+impl PendingAnswers {
+    /// A request whose answer is `kind` went out with `reply`, mapped by `set`. The reply
+    /// subject is copied: it may be a slice of a buffer it must not hold on to.
+    pub fn expect(&mut self, reply: &[u8], kind: ApiAnswer, set: &Arc<RuleSet>) {
+        if let Some(waiting) = self.waiting.get_mut(reply) {
+            if waiting.kind == kind && Arc::ptr_eq(&waiting.set, set) {
+                waiting.requests = waiting.requests.saturating_add(1);
+                return;
+            }
+        }
+        let waiting = Waiting {
             kind,
             set: set.clone(),
-            sent: now,
-        });
+            requests: 1,
+        };
+        self.waiting.delivered_with(reply, waiting, Instant::now());
     }
 
     /// Maps `msg` back into the client's view when it answers a request; true when it
     /// changed. The request is done with its answer (a batch's, with its closing status).
     pub fn map_answer(&mut self, msg: &mut Msg) -> bool {
-        if self.pending.is_empty() {
+        if self.waiting.is_empty() {
             return false;
         }
-        let Some(at) = self.pending.iter().position(|p| p.reply == msg.subject) else {
+        let Some(waiting) = self.waiting.get_mut(&msg.subject) else {
+            // Requests that never got an answer would otherwise cost every delivery a
+            // lookup until enough new requests come to prune them.
             self.misses += 1;
             if self.misses >= PRUNE_EVERY {
                 self.misses = 0;
-                self.forget_overdue(Instant::now());
+                self.waiting.prune_now(Instant::now());
             }
             return false;
         };
@@ -454,9 +482,12 @@ impl PendingAnswers {
                     && crate::headers::Headers::parse(block)
                         .is_ok_and(|parsed| parsed.get(b"Nats-Sequence").is_none())
             });
-        let (kind, set) = (self.pending[at].kind, self.pending[at].set.clone());
+        let (kind, set) = (waiting.kind, waiting.set.clone());
         if status || kind != (ApiAnswer::DirectGet { batch: true }) {
-            self.pending.remove(at);
+            waiting.requests -= 1;
+            if waiting.requests == 0 {
+                self.waiting.forget(&msg.subject);
+            }
         }
         match kind {
             ApiAnswer::DirectGet { .. } => {
@@ -472,18 +503,6 @@ impl PendingAnswers {
             kind => map_api_answer(kind, &msg.payload, &set)
                 .map(|payload| msg.payload = payload)
                 .is_some(),
-        }
-    }
-
-    /// Requests sent longer ago than [`ANSWER_PATIENCE`] are forgotten: one that got no
-    /// answer would otherwise cost every delivery a look.
-    fn forget_overdue(&mut self, now: Instant) {
-        while self
-            .pending
-            .front()
-            .is_some_and(|p| now.duration_since(p.sent) > ANSWER_PATIENCE)
-        {
-            self.pending.pop_front();
         }
     }
 }

@@ -636,6 +636,46 @@ fn direct_get_answers_name_the_clients_subject() {
     assert!(!pending.map_answer(&mut after), "the batch is done");
 }
 
+/// A burst of requests (a service's key-value reads at once) each gets its answer mapped,
+/// in whatever order the answers come; a reply subject reused for two requests maps both
+/// answers.
+#[test]
+fn every_answer_of_a_burst_of_requests_is_mapped() {
+    let set = Arc::new(load("jetstream-mount"));
+    let stored = b"NATS/1.0\r\nNats-Stream: KV_b\r\nNats-Subject: tenant.acme.$KV.b.k\r\nNats-Sequence: 1\r\n\r\n";
+    let mut pending = jetstream::PendingAnswers::default();
+    let inbox = |n: usize| format!("tenant.acme._INBOX.r.{n}");
+    for n in 0..1000 {
+        pending.expect(
+            inbox(n).as_bytes(),
+            jetstream::ApiAnswer::DirectGet { batch: false },
+            &set,
+        );
+    }
+    for n in (0..1000).rev() {
+        let mut msg = delivery(&inbox(n), "1", None, Some(stored), b"v");
+        assert!(pending.map_answer(&mut msg), "answer {n}");
+        let headers = String::from_utf8(msg.headers.unwrap().to_vec()).unwrap();
+        assert!(headers.contains("Nats-Subject: $KV.b.k\r\n"), "{headers}");
+    }
+    let mut late = delivery(&inbox(0), "1", None, Some(stored), b"v");
+    assert!(!pending.map_answer(&mut late), "every request is done");
+
+    for _ in 0..2 {
+        pending.expect(
+            inbox(7).as_bytes(),
+            jetstream::ApiAnswer::DirectGet { batch: false },
+            &set,
+        );
+    }
+    for _ in 0..2 {
+        let mut msg = delivery(&inbox(7), "1", None, Some(stored), b"v");
+        assert!(pending.map_answer(&mut msg));
+    }
+    let mut third = delivery(&inbox(7), "1", None, Some(stored), b"v");
+    assert!(!pending.map_answer(&mut third));
+}
+
 /// reverse(forward(s)) == s for random subjects over every rule set shipped in rules/.
 #[test]
 fn property_every_shipped_set_round_trips() {
