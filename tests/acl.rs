@@ -629,6 +629,49 @@ async fn passthrough_does_not_take_an_unsigned_nkey_for_a_name() {
     assert!(!closed);
 }
 
+/// Passthrough in front of a server with a `no_auth_user`: a client that presents no
+/// credentials is that user on nats-server, so the rules' `no_auth_user` (the same user)
+/// gives it that user's permissions at the edge, not the defaults, with or without a
+/// CONNECT before its ops. A client with a name keeps its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_gives_a_client_without_credentials_the_no_auth_users_permissions() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "no_auth_user = \"guest\"\n\
+         [default_permissions]\npublish = \">\"\nsubscribe = \">\"\n\
+         [[users]]\nuser = \"guest\"\n[users.permissions]\n\
+         publish = { deny = [\">\"] }\nsubscribe = [\"public.>\"]\n\
+         [[users]]\nuser = \"adm\"\n",
+    )
+    .unwrap();
+    let users = |guest_permissions: &str| {
+        format!(
+            "authorization {{ users = [ {{ user: adm, password: pw }}\n\
+               {{ user: guest, password: \"\" {guest_permissions} }} ]\n\
+               default_permissions = {{ publish = \">\", subscribe = \">\" }} }}\n\
+             no_auth_user: guest\n"
+        )
+    };
+    let direct = NatsServer::start_with_config(&users(
+        ", permissions: { publish: { deny: [\">\"] }, subscribe: { allow: [\"public.>\"] } }",
+    ));
+    let behind = NatsServer::start_with_config(&users(""));
+    let edge = start_edge(&[behind.url()], &format!("[auth]\nrules = [{rules:?}]\n")).await;
+    let ops = "PUB admin.shutdown 4\r\nboom\r\nSUB secret.> 1\r\nSUB public.> 2\r\n";
+    for bytes in [
+        format!("CONNECT {{\"verbose\":false}}\r\n{ops}"),
+        format!("CONNECT {{\"verbose\":false,\"user\":\"\"}}\r\n{ops}"),
+        ops.to_string(),
+        format!("CONNECT {{\"verbose\":false,\"user\":\"adm\",\"pass\":\"pw\"}}\r\n{ops}"),
+    ] {
+        let expected = raw_outcome(direct.addr(), bytes.as_bytes()).await;
+        let got = raw_outcome(edge_addr(&edge), bytes.as_bytes()).await;
+        assert_eq!(got, expected, "{bytes}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_proxy_signature_lets_proxy_required_users_in() {
     let key = nkeys::KeyPair::new_user();

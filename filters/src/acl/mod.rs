@@ -258,6 +258,17 @@ pub struct AclFilter {
 }
 
 impl AclFilter {
+    /// The rules' `no_auth_user` for a passthrough client that gave no name, as nats-server
+    /// gives its own `no_auth_user` to a client that sent neither a password nor a token
+    /// (either alone is a failed login there); an nkey or JWT nats-server does not read
+    /// leaves the client that user too.
+    fn no_auth_user_for(&self, connect: &Connect) -> Option<Arc<str>> {
+        let absent = |s: &Option<String>| s.as_deref().is_none_or(str::is_empty);
+        let anonymous = absent(&connect.pass) && absent(&connect.auth_token);
+        let user = self.rules.no_auth_user.as_ref().filter(|_| anonymous)?;
+        Some(user.name.clone())
+    }
+
     fn new(settings: Arc<AclSettings>, checker: Arc<SecretChecker>) -> Self {
         let rules = settings.rules.current();
         let mut filter = AclFilter {
@@ -427,7 +438,8 @@ impl AclFilter {
             AuthMode::Passthrough => {
                 let nonce = ctx.upstream_nonce.as_deref();
                 self.user = match passthrough_user(connect, nonce, self.settings.operator_mode) {
-                    Ok(user) => user,
+                    Ok(Some(user)) => Some(user),
+                    Ok(None) => self.no_auth_user_for(connect),
                     Err(why) => {
                         tracing::warn!(reason = why, "authorization violation");
                         return Verdict::close_with(
