@@ -499,9 +499,10 @@ fn frame(opcode: u8, rsv1: bool, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Raw deflate of one message, its trailing `00 00 ff ff` removed (RFC 7692 7.2.1).
+/// Raw deflate of one message, its trailing `00 00 ff ff` removed (RFC 7692 7.2.1). At the
+/// best level, so a bomb is as small as it can be.
 fn deflate(data: &[u8]) -> Vec<u8> {
-    let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+    let mut c = flate2::Compress::new(flate2::Compression::best(), false);
     let mut out = Vec::with_capacity(data.len() + 128);
     c.compress_vec(data, &mut out, flate2::FlushCompress::Sync)
         .unwrap();

@@ -1,5 +1,5 @@
-//! Credentials in cookies, as nats-server's websocket `jwt_cookie`, `username_cookie`,
-//! `password_cookie` and `token_cookie` do it: the listener's `ws.*_cookie` keys name
+//! Credentials in cookies, as nats-server's websocket `jwt_cookie`, `user_cookie`,
+//! `pass_cookie` and `token_cookie` do it: the listener's `ws.*_cookie` keys name
 //! cookies of the upgrade request whose values [`CookieFilter`] puts in the client's CONNECT
 //! when the client left those fields empty. A browser app can then keep its credentials in
 //! an HttpOnly cookie that its own scripts never see.
@@ -88,7 +88,7 @@ fn trim(bytes: &[u8]) -> &[u8] {
 }
 
 /// Fills the CONNECT's empty credential fields from the upgrade request's cookies
-/// (nats-server's `jwt_cookie`, `username_cookie`, `password_cookie`, `token_cookie`).
+/// (nats-server's `jwt_cookie`, `user_cookie`, `pass_cookie`, `token_cookie`).
 pub struct CookieFilter(pub CookieCredentials);
 
 impl Filter for CookieFilter {

@@ -531,7 +531,14 @@ mod tests {
         continued.extend(rsv1(client_frame(true, OP_CONTINUATION, b"", m)));
         let mut truncated = deflate(&b"PUB orders.new 11\r\nhello world\r\n".repeat(20));
         truncated.truncate(truncated.len() / 2);
-        let cases: [(Vec<u8>, u16); 5] = [
+        // `PUB leak 200` whose payload copies from 32 KiB back, before the message began:
+        // a client keeping its compressor's window between messages, though it agreed not
+        // to. Refused, as Go's inflater (nats-server) refuses it, never read as zeros.
+        let too_far_back = [
+            0x0a, 0x08, 0x75, 0x52, 0xc8, 0x49, 0x4d, 0xcc, 0x56, 0x30, 0x32, 0x30, 0xe0, 0xe5,
+            0xa2, 0xc7, 0xfd, 0xff, 0xf4, 0xb8, 0xff, 0x9f, 0x97, 0x0b, 0x00,
+        ];
+        let cases: [(Vec<u8>, u16); 6] = [
             (rsv1(client_frame(true, OP_BINARY, &bomb, m)), CLOSE_TOO_BIG),
             (
                 rsv1(client_frame(true, OP_PING, b"", m)),
@@ -545,6 +552,10 @@ mod tests {
             // Cut off inside a block: refused, as nats-server refuses it.
             (
                 rsv1(client_frame(true, OP_BINARY, &truncated, m)),
+                CLOSE_INVALID_DATA,
+            ),
+            (
+                rsv1(client_frame(true, OP_BINARY, &too_far_back, m)),
                 CLOSE_INVALID_DATA,
             ),
         ];
