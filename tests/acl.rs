@@ -595,6 +595,67 @@ async fn edge_mode_maps_a_client_certificate_to_its_user() {
     within("edge shutdown", edge.shutdown()).await;
 }
 
+/// A certificate mapped to a user with a password logs in only with that password too,
+/// and a password sent for a mapped user without one is refused, as nats-server's
+/// `verify_and_map` compares the mapped user's password with the CONNECT's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapped_certificate_needs_its_users_password_too() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let server_cert = pki.leaf(&ca, "server", Leaf::server("edge"));
+    let alice = pki.leaf(&ca, "alice", Leaf::client("alice"));
+    let bob = pki.leaf(&ca, "bob", Leaf::client("bob"));
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[users]]\nuser = \"alice\"\npassword = \"alice-pw\"\ntls_san = \"email:alice@example.com\"\n\
+         [[users]]\nuser = \"bob\"\ntls_san = \"email:bob@example.com\"\n",
+    )
+    .unwrap();
+    let server = NatsServer::start_with_config(SERVER_FOR_EDGE_MODE);
+    let toml = format!(
+        "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\nkind = \"tls\"\n\
+         tls = {{ cert_file = {}, key_file = {}, client_ca_file = {} }}\n\
+         [upstream]\nurls = [{:?}]\n\
+         [auth]\nmode = \"edge\"\nrules = [{rules:?}]\nupstream = {{ user = \"edge\", password = \"edge-pw\" }}\n",
+        toml_path(&server_cert.cert),
+        toml_path(&server_cert.key),
+        toml_path(&ca.cert),
+        server.url(),
+    );
+    let edge = start_edge_toml(&toml).await;
+    let connect = |files: &transport_support::CertFiles, password: Option<&str>| {
+        let mut options = client_options()
+            .add_root_certificates(ca.cert.clone())
+            .add_client_certificate(files.cert.clone(), files.key.clone());
+        if let Some(password) = password {
+            options = options.user_and_password("whoever".into(), password.into());
+        }
+        options.connect(format!("tls://{}", edge_addr(&edge)))
+    };
+    for (who, files, password, admitted) in [
+        ("alice with her password", &alice, Some("alice-pw"), true),
+        ("alice without a password", &alice, None, false),
+        ("alice with a wrong password", &alice, Some("nope"), false),
+        ("bob without a password", &bob, None, true),
+        ("bob with a password", &bob, Some("x"), false),
+    ] {
+        let outcome = within(who, connect(files, password)).await;
+        match (outcome, admitted) {
+            (Ok(client), true) => within("flush", client.flush()).await.unwrap(),
+            (Err(e), false) => assert_eq!(
+                e.kind(),
+                async_nats::ConnectErrorKind::AuthorizationViolation,
+                "{who}: {e}"
+            ),
+            (Ok(_), false) => panic!("{who}: admitted"),
+            (Err(e), true) => panic!("{who}: refused: {e}"),
+        }
+    }
+    within("edge shutdown", edge.shutdown()).await;
+}
+
 /// In passthrough mode an nkey names the client only with its signature of the nonce. In
 /// front of a nats-server that has no nkey users (so it sends no nonce and ignores the nkey,
 /// admitting the client as its no_auth_user), a client that claims the key of a well-off

@@ -181,7 +181,19 @@ pub fn authenticate(
             })
             .or_else(|| addresses.into_iter().find_map(by_san));
         if let Some(user) = mapped {
-            return Ok((user.clone(), AuthMethod::Certificate));
+            // nats-server compares the mapped user's password with the CONNECT's, an empty
+            // one included: a user with both is a certificate and a password, and a
+            // password sent for a user without one is refused.
+            let presented = connect.pass.as_deref().unwrap_or("");
+            let passes = match &user.password {
+                Some(configured) => matches(configured, presented)?,
+                None => presented.is_empty(),
+            };
+            return if passes {
+                Ok((user.clone(), AuthMethod::Certificate))
+            } else {
+                Err(AuthFailure::WrongPassword(user.name.to_string()))
+            };
         }
     }
     if let Some(name) = present(&connect.user) {
