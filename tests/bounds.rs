@@ -342,3 +342,76 @@ async fn an_upstream_that_takes_nothing_ends_the_session() {
     .await;
     assert_eq!(edge.metrics().closes(CloseReason::UpstreamIoError), 1);
 }
+
+/// One client flooding ops that cost the edge more than their bytes (CONNECTs, which it
+/// parses and writes anew) does not hold up the other sessions on its worker: its session
+/// gives the worker back after a turn of a couple of milliseconds. Before, each CONNECT sent
+/// its session round its loop again, so it held the worker for as long as the flood came
+/// (here, other clients' round trips took one to two seconds, in a debug build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connects_does_not_hold_up_other_sessions_on_its_worker() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// What one of the other sessions' round trips may take, at most, during the flood.
+    const ROUND_TRIP_BOUND: Duration = Duration::from_millis(200);
+    const FLOOD_CONNECTS: usize = 4000;
+    let server = NatsServer::start();
+    let edge = EdgeProcess::spawn(
+        &["--listen", "127.0.0.1:0", "--upstream", &server.url()],
+        // One worker: the two sessions share it.
+        &[("NATS_EDGE_WORKER_THREADS", "1")],
+    );
+    let (mut healthy, _) = RawConn::connect_info(edge.addr()).await;
+    healthy.roundtrip(b"CONNECT {\"verbose\":false}\r\n").await;
+    let (flooder, _) = RawConn::connect_info(edge.addr()).await;
+    let (mut reader, mut writer) = flooder.into_stream().into_split();
+    let flood = tokio::spawn(async move {
+        // Keys the edge keeps but does not know: each is read and written anew.
+        let keys: String = (0..100).map(|i| format!(",\"k{i}\":{i}")).collect();
+        let line = format!("CONNECT {{\"verbose\":false{keys}}}\r\n");
+        // Seconds of work for the edge, several times what a turn may take.
+        for _ in 0..FLOOD_CONNECTS {
+            writer.write_all(line.as_bytes()).await.unwrap();
+        }
+        writer.write_all(b"PING\r\n").await.unwrap();
+        writer
+    });
+    // The flood lasts until its PONG comes back: the edge has handled all of it then.
+    let flooding = Arc::new(AtomicBool::new(true));
+    let drain = tokio::spawn({
+        let flooding = flooding.clone();
+        async move {
+            let mut buf = vec![0; 64 * 1024];
+            let mut seen = Vec::new();
+            while !seen.ends_with(b"PONG\r\n") {
+                let n = reader.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the flooder was closed");
+                seen.extend_from_slice(&buf[..n]);
+                seen.drain(..seen.len().saturating_sub(8));
+            }
+            flooding.store(false, Ordering::Relaxed);
+        }
+    });
+    let mut round_trips = 0;
+    let mut slowest = Duration::ZERO;
+    while flooding.load(Ordering::Relaxed) {
+        let started = std::time::Instant::now();
+        // Whatever came before the PONG (nats-server's first PING) does not matter here.
+        let reply = healthy.roundtrip(b"").await;
+        assert!(!reply.closed, "{}", reply.text());
+        slowest = slowest.max(started.elapsed());
+        round_trips += 1;
+    }
+    within("the flood", flood).await.unwrap();
+    within("the flooder's PONG", drain).await.unwrap();
+    eprintln!("{round_trips} round trips during the flood, the slowest {slowest:?}");
+    for l in edge.log().dump().lines().filter(|l| l.contains("SLOWPOLL")) {
+        eprintln!("{l}");
+    }
+    assert!(
+        slowest < ROUND_TRIP_BOUND,
+        "a round trip took {slowest:?} during the flood"
+    );
+}

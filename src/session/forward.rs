@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use nats_edge_filters::filter::{client_op_kind, server_op_kind};
@@ -43,6 +44,13 @@ const HIGH_WATER: usize = 256 * 1024;
 /// client's UNSUB held behind the firehose it ends). 16 reads of up to 64 KiB, with their
 /// writes, leave the other direction its share.
 const MAX_READS_PER_POLL: usize = 16;
+/// How long one turn of the session task may spend judging a client's ops (the filters'
+/// path: CONNECTs, and whatever a filter looks at) before the worker's other sessions have
+/// theirs; the ops left wait for the next turn. A read's bytes bound the turn's I/O, not its
+/// work: a CONNECT costs far more than its bytes (it is parsed and written anew).
+const TURN_BUDGET: Duration = Duration::from_millis(2);
+/// Judged ops between two looks at the clock; after a CONNECT it is looked at every time.
+const JUDGED_PER_CLOCK_LOOK: u32 = 64;
 /// Slices per vectored write. A changed message is two slices (its new head, and its
 /// payload where it was read), so this is room for about 64 of them.
 const MAX_IOV: usize = 128;
@@ -82,9 +90,17 @@ pub struct Forwarder {
     /// No more reading: the session is ending.
     stopped: bool,
     needs_flush: bool,
-    /// Bytes that arrived before the forwarder started (after the upstream's INFO) and have
-    /// not been scanned yet.
+    /// Bytes read but not scanned yet: those that arrived before the forwarder started
+    /// (after the upstream's INFO), or those a turn left when its budget ran out.
     unscanned: bool,
+    /// This turn's judging, against [`TURN_BUDGET`]: ops judged, when the clock was first
+    /// looked at, and whether the budget ran out.
+    judged: u32,
+    judging_since: Option<Instant>,
+    turn_spent: bool,
+    /// The last poll ended its turn with more to do, and asked to be polled again after the
+    /// worker's other sessions.
+    yielded: bool,
     /// A client frame a filter deferred, waiting for the upstream to catch up.
     deferred: Option<(Bytes, Frame)>,
     /// The last write or flush could not go on: the writer took no more bytes.
@@ -116,6 +132,10 @@ impl Forwarder {
             stopped: false,
             needs_flush: false,
             deferred: None,
+            judged: 0,
+            judging_since: None,
+            turn_spent: false,
+            yielded: false,
             write_blocked: false,
             written: 0,
             msgs: 0,
@@ -229,6 +249,10 @@ impl Forwarder {
         // Reads this poll has made: past MAX_READS_PER_POLL this direction lets the other
         // have the rest of the task's turn (see there).
         let mut reads = 0;
+        self.judged = 0;
+        self.judging_since = None;
+        self.turn_spent = false;
+        self.yielded = false;
         loop {
             if self.dir == Direction::ServerToClient {
                 while let Some(bytes) = shared.to_client.pop_front() {
@@ -241,11 +265,11 @@ impl Forwarder {
                 self.resume_deferred(shared, caught_up);
                 continue;
             }
-            if std::mem::take(&mut self.unscanned) {
+            if !self.turn_spent && std::mem::take(&mut self.unscanned) {
                 self.process(shared);
                 continue;
             }
-            if reads < MAX_READS_PER_POLL && self.may_read(shared) {
+            if reads < MAX_READS_PER_POLL && !self.turn_spent && self.may_read(shared) {
                 match self.poll_fill(cx, reader) {
                     Poll::Ready(Ok(0)) => self.eof = true,
                     Poll::Ready(Ok(n)) => {
@@ -275,14 +299,21 @@ impl Forwarder {
                 ready!(flushed).map_err(IoFailure::Write)?;
                 self.needs_flush = false;
             }
+            if self.unscanned {
+                // The turn's budget ran out with ops still to judge, EOF or not: the next
+                // turn takes them, after the worker's other sessions have had theirs.
+                self.yield_turn(cx);
+                return Poll::Pending;
+            }
             return match (self.eof, self.read_error.take()) {
                 (true, Some(e)) => Poll::Ready(Err(IoFailure::Read(e))),
                 (true, None) => Poll::Ready(Ok(())),
                 (false, _) => {
                     if reads >= MAX_READS_PER_POLL {
-                        // Not waiting on the reader: polled again at once, after the other
-                        // direction has had its turn.
-                        cx.waker().wake_by_ref();
+                        // Not waiting on the reader: polled again after the other
+                        // direction has had its turn, and after the worker has looked for
+                        // the other sessions' I/O.
+                        self.yield_turn(cx);
                     }
                     Poll::Pending
                 }
@@ -540,6 +571,10 @@ impl Forwarder {
             let data = self.rbuf.split_to(frame.len).freeze();
             shared.ctx.client_op += 1;
             self.judge_client_frame(data, &frame, shared);
+            if self.spent_turn_judging(frame.verb == Verb::Connect) {
+                self.unscanned = !self.rbuf.is_empty();
+                break;
+            }
         }
         self.flush_run(&mut run);
         self.note_pending();
@@ -622,6 +657,29 @@ impl Forwarder {
 
     /// Shows a client frame to the filters and carries out their verdict; an op not held
     /// (deferred or offloaded) has then gone upstream or been settled at the edge.
+    fn yield_turn(&mut self, cx: &mut Context<'_>) {
+        self.yielded = true;
+        wake_after_other_sessions(cx);
+    }
+
+    /// Whether the last poll ended its turn with more to do: the session task should not
+    /// poll it again before the worker's other sessions have had theirs.
+    pub fn yielded(&self) -> bool {
+        self.yielded
+    }
+
+    /// Counts a judged op against the turn's budget; true once it is spent. The clock is
+    /// read every [`JUDGED_PER_CLOCK_LOOK`] ops, and after each CONNECT.
+    fn spent_turn_judging(&mut self, costly: bool) -> bool {
+        self.judged += 1;
+        if costly || self.judged % JUDGED_PER_CLOCK_LOOK == 0 {
+            let now = Instant::now();
+            let since = *self.judging_since.get_or_insert(now);
+            self.turn_spent = now.duration_since(since) >= TURN_BUDGET;
+        }
+        self.turn_spent
+    }
+
     fn judge_client_frame(&mut self, data: Bytes, frame: &Frame, shared: &mut Shared) {
         self.filter_client_frame(data, frame, shared);
         if self.deferred.is_none() {
@@ -1017,6 +1075,15 @@ pub fn rewrite_info(info: &mut nats_edge_filters::Info, shared: &mut Shared) {
     shared.last_info = serde_json::to_vec(&*info)
         .ok()
         .map(|json| bytes::Bytes::from(json.into_boxed_slice()));
+}
+
+/// Wakes the task once its worker has run the other ready tasks and polled for I/O, as
+/// `tokio::task::yield_now` does. A plain wake-up puts it straight back in the run queue,
+/// and a worker whose queue never empties polls for I/O only every few dozen tasks.
+fn wake_after_other_sessions(cx: &mut Context<'_>) {
+    let mut yielding = std::pin::pin!(tokio::task::yield_now());
+    // Its first poll hands the waker to the worker and is Pending, as this poll is.
+    let _ = std::future::Future::poll(yielding.as_mut(), cx);
 }
 
 #[cfg(test)]

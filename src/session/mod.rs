@@ -833,7 +833,10 @@ where
             }
         }
 
-        if shared.generation == generation {
+        // A direction that yielded its turn is polled again after the worker's other
+        // sessions, whatever changed meanwhile: looping on here would let one client's ops
+        // (a CONNECT changes the session's state each time) hold the worker.
+        if shared.generation == generation || c2u.yielded() || u2c.yielded() {
             // Once per wake-up, not per message: see `crate::registry`.
             // The ACL filter names the user when it has judged a CONNECT.
             let user = shared.ctx.identity.as_ref().and_then(|i| i.user.as_deref());
