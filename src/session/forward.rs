@@ -46,10 +46,12 @@ const HIGH_WATER: usize = 256 * 1024;
 const MAX_READS_PER_POLL: usize = 16;
 /// How long one turn of the session task may spend judging a client's ops (the filters'
 /// path: CONNECTs, and whatever a filter looks at) before the worker's other sessions have
-/// theirs; the ops left wait for the next turn. A read's bytes bound the turn's I/O, not its
-/// work: a CONNECT costs far more than its bytes (it is parsed and written anew).
+/// theirs; the ops left in the read buffer wait for the next turn. A read's bytes bound the
+/// turn's I/O, not its work: a CONNECT costs far more than its bytes (it is parsed and
+/// written anew).
 const TURN_BUDGET: Duration = Duration::from_millis(2);
-/// Judged ops between two looks at the clock; after a CONNECT it is looked at every time.
+/// Judged ops between two looks at the clock (the first op of a turn starts it); after a
+/// CONNECT it is looked at every time.
 const JUDGED_PER_CLOCK_LOOK: u32 = 64;
 /// Slices per vectored write. A changed message is two slices (its new head, and its
 /// payload where it was read), so this is room for about 64 of them.
@@ -93,8 +95,8 @@ pub struct Forwarder {
     /// Bytes read but not scanned yet: those that arrived before the forwarder started
     /// (after the upstream's INFO), or those a turn left when its budget ran out.
     unscanned: bool,
-    /// This turn's judging, against [`TURN_BUDGET`]: ops judged, when the clock was first
-    /// looked at, and whether the budget ran out.
+    /// This turn's judging, against [`TURN_BUDGET`]: ops judged, when the first was, and
+    /// whether the budget ran out.
     judged: u32,
     judging_since: Option<Instant>,
     turn_spent: bool,
@@ -249,10 +251,6 @@ impl Forwarder {
         // Reads this poll has made: past MAX_READS_PER_POLL this direction lets the other
         // have the rest of the task's turn (see there).
         let mut reads = 0;
-        self.judged = 0;
-        self.judging_since = None;
-        self.turn_spent = false;
-        self.yielded = false;
         loop {
             if self.dir == Direction::ServerToClient {
                 while let Some(bytes) = shared.to_client.pop_front() {
@@ -301,7 +299,9 @@ impl Forwarder {
             }
             if self.unscanned {
                 // The turn's budget ran out with ops still to judge, EOF or not: the next
-                // turn takes them, after the worker's other sessions have had theirs.
+                // turn takes them, after the worker's other sessions have had theirs. (A
+                // session that stops this direction meanwhile drops them, as it would
+                // bytes not read yet: the client cannot tell the two apart.)
                 self.yield_turn(cx);
                 return Poll::Pending;
             }
@@ -309,7 +309,7 @@ impl Forwarder {
                 (true, Some(e)) => Poll::Ready(Err(IoFailure::Read(e))),
                 (true, None) => Poll::Ready(Ok(())),
                 (false, _) => {
-                    if reads >= MAX_READS_PER_POLL {
+                    if reads >= MAX_READS_PER_POLL || self.turn_spent {
                         // Not waiting on the reader: polled again after the other
                         // direction has had its turn, and after the worker has looked for
                         // the other sessions' I/O.
@@ -570,8 +570,12 @@ impl Forwarder {
             self.flush_run(&mut run);
             let data = self.rbuf.split_to(frame.len).freeze();
             shared.ctx.client_op += 1;
+            if self.judged == 0 {
+                self.judging_since = Some(Instant::now());
+            }
             self.judge_client_frame(data, &frame, shared);
-            if self.spent_turn_judging(frame.verb == Verb::Connect) {
+            self.count_judged(frame.verb == Verb::Connect);
+            if self.turn_spent {
                 self.unscanned = !self.rbuf.is_empty();
                 break;
             }
@@ -655,31 +659,40 @@ impl Forwarder {
         }
     }
 
-    /// Shows a client frame to the filters and carries out their verdict; an op not held
-    /// (deferred or offloaded) has then gone upstream or been settled at the edge.
+    /// A turn of the session task begins: its budget is whole again. Once per task poll,
+    /// however many times the session polls this direction in it.
+    pub fn new_turn(&mut self) {
+        self.judged = 0;
+        self.judging_since = None;
+        self.turn_spent = false;
+        self.yielded = false;
+    }
+
     fn yield_turn(&mut self, cx: &mut Context<'_>) {
         self.yielded = true;
         wake_after_other_sessions(cx);
     }
 
-    /// Whether the last poll ended its turn with more to do: the session task should not
-    /// poll it again before the worker's other sessions have had theirs.
+    /// Whether this turn ended with more to do: the session task should not poll this
+    /// direction again before the worker's other sessions have had theirs.
     pub fn yielded(&self) -> bool {
         self.yielded
     }
 
-    /// Counts a judged op against the turn's budget; true once it is spent. The clock is
-    /// read every [`JUDGED_PER_CLOCK_LOOK`] ops, and after each CONNECT.
-    fn spent_turn_judging(&mut self, costly: bool) -> bool {
+    /// Counts a judged op against the turn's budget, which is spent once the ops judged
+    /// since the turn's first began took [`TURN_BUDGET`]. The clock is read before the
+    /// first, every [`JUDGED_PER_CLOCK_LOOK`] ops after it, and after each CONNECT.
+    fn count_judged(&mut self, costly: bool) {
         self.judged += 1;
         if costly || self.judged % JUDGED_PER_CLOCK_LOOK == 0 {
-            let now = Instant::now();
-            let since = *self.judging_since.get_or_insert(now);
-            self.turn_spent = now.duration_since(since) >= TURN_BUDGET;
+            self.turn_spent = self
+                .judging_since
+                .is_some_and(|since| since.elapsed() >= TURN_BUDGET);
         }
-        self.turn_spent
     }
 
+    /// Shows a client frame to the filters and carries out their verdict; an op not held
+    /// (deferred or offloaded) has then gone upstream or been settled at the edge.
     fn judge_client_frame(&mut self, data: Bytes, frame: &Frame, shared: &mut Shared) {
         self.filter_client_frame(data, frame, shared);
         if self.deferred.is_none() {

@@ -599,273 +599,280 @@ where
     // reset's, whatever the read says (Linux hands the error to the write alone).
     let mut upstream_reset = false;
 
-    poll_fn(|cx| loop {
-        let generation = shared.generation;
-        let mut reloaded = !std::mem::replace(&mut rules_checked, true);
-        if let Poll::Ready(epoch) = reload.as_mut().poll(cx) {
-            reload.set(next_reload(epoch));
-            reloaded = true;
-        }
-        if reloaded {
-            apply_reload(shared, c2u);
-        }
+    poll_fn(|cx| {
+        // One turn per task poll, however often the loop below goes round in it.
+        c2u.new_turn();
+        u2c.new_turn();
+        loop {
+            let generation = shared.generation;
+            let mut reloaded = !std::mem::replace(&mut rules_checked, true);
+            if let Poll::Ready(epoch) = reload.as_mut().poll(cx) {
+                reload.set(next_reload(epoch));
+                reloaded = true;
+            }
+            if reloaded {
+                apply_reload(shared, c2u);
+            }
 
-        if shared.closing.is_none() {
-            // The first CONNECT still being checked (off the thread) counts against the
-            // timeout too, as a bcrypt check counts against nats-server's auth_timeout.
-            let unchecked = (shared.ctx.connect.is_none() && shared.auth_timer)
-                || (shared.offloaded.is_some() && shared.ctx.identity.is_none());
-            if unchecked && handshake.as_mut().poll(cx).is_ready() {
-                if shared.ctx.connect.is_none() {
-                    tracing::info!("no CONNECT within the handshake timeout");
-                } else {
-                    tracing::info!(
+            if shared.closing.is_none() {
+                // The first CONNECT still being checked (off the thread) counts against the
+                // timeout too, as a bcrypt check counts against nats-server's auth_timeout.
+                let unchecked = (shared.ctx.connect.is_none() && shared.auth_timer)
+                    || (shared.offloaded.is_some() && shared.ctx.identity.is_none());
+                if unchecked && handshake.as_mut().poll(cx).is_ready() {
+                    if shared.ctx.connect.is_none() {
+                        tracing::info!("no CONNECT within the handshake timeout");
+                    } else {
+                        tracing::info!(
                         "the CONNECT's credentials were not checked within the handshake timeout"
                     );
+                    }
+                    shared.send_now(&ServerOp::Err(errors::AUTHENTICATION_TIMEOUT.to_string()));
+                    shared.close(CloseReason::HandshakeTimeout);
+                    c2u.stop();
                 }
-                shared.send_now(&ServerOp::Err(errors::AUTHENTICATION_TIMEOUT.to_string()));
-                shared.close(CloseReason::HandshakeTimeout);
-                c2u.stop();
-            }
-            if shutdown_signal.as_mut().poll(cx).is_ready() {
-                shared.close(CloseReason::Shutdown);
-                c2u.stop();
-            }
-            if !lame_duck_sent && lame_duck_signal.as_mut().poll(cx).is_ready() {
-                lame_duck_sent = true;
-                // Held until the client has had the PONG to its first PING, as nats-server
-                // holds its own INFOs: a client still waiting for that PONG fails on anything
-                // else. The forwarder sends it after that PONG.
-                if shared.client_ponged {
-                    send_lame_duck(shared);
-                } else {
-                    shared.lame_duck_pending = true;
+                if shutdown_signal.as_mut().poll(cx).is_ready() {
+                    shared.close(CloseReason::Shutdown);
+                    c2u.stop();
+                }
+                if !lame_duck_sent && lame_duck_signal.as_mut().poll(cx).is_ready() {
+                    lame_duck_sent = true;
+                    // Held until the client has had the PONG to its first PING, as nats-server
+                    // holds its own INFOs: a client still waiting for that PONG fails on anything
+                    // else. The forwarder sends it after that PONG.
+                    if shared.client_ponged {
+                        send_lame_duck(shared);
+                    } else {
+                        shared.lame_duck_pending = true;
+                    }
+                }
+                // Only a drain asks, and only in lame-duck mode: before it, this costs nothing.
+                // Polled in the same pass that saw lame-duck mode begin, so the task is woken
+                // for the request.
+                if lame_duck_sent
+                    && shared.closing.is_none()
+                    && close_requested.as_mut().poll(cx).is_ready()
+                {
+                    shared.close(CloseReason::Shutdown);
+                    c2u.stop();
                 }
             }
-            // Only a drain asks, and only in lame-duck mode: before it, this costs nothing.
-            // Polled in the same pass that saw lame-duck mode begin, so the task is woken
-            // for the request.
-            if lame_duck_sent
-                && shared.closing.is_none()
-                && close_requested.as_mut().poll(cx).is_ready()
-            {
-                shared.close(CloseReason::Shutdown);
-                c2u.stop();
+            shared.poll_offloaded(cx);
+            // An async INFO with another max_payload (nats-server reloaded with a new one)
+            // holds the frames written from here on; those the poll that queued it wrote after
+            // it kept the old limit (a window of one batch).
+            if shared.client_max_payload != told_max_payload {
+                told_max_payload = shared.client_max_payload;
+                client.told_max_payload(told_max_payload);
             }
-        }
-        shared.poll_offloaded(cx);
-        // An async INFO with another max_payload (nats-server reloaded with a new one)
-        // holds the frames written from here on; those the poll that queued it wrote after
-        // it kept the old limit (a window of one batch).
-        if shared.client_max_payload != told_max_payload {
-            told_max_payload = shared.client_max_payload;
-            client.told_max_payload(told_max_payload);
-        }
 
-        match u2c.poll(cx, upstream, client, shared) {
-            Poll::Ready(Ok(())) => {
-                let ended = if upstream_reset {
-                    CloseReason::UpstreamIoError
-                } else {
-                    CloseReason::UpstreamClosed
-                };
-                return Poll::Ready(shared.closing.unwrap_or(ended));
+            match u2c.poll(cx, upstream, client, shared) {
+                Poll::Ready(Ok(())) => {
+                    let ended = if upstream_reset {
+                        CloseReason::UpstreamIoError
+                    } else {
+                        CloseReason::UpstreamClosed
+                    };
+                    return Poll::Ready(shared.closing.unwrap_or(ended));
+                }
+                Poll::Ready(Err(IoFailure::Read(e))) => {
+                    tracing::debug!(error = %e, "upstream read failed");
+                    return Poll::Ready(shared.closing.unwrap_or(CloseReason::UpstreamIoError));
+                }
+                Poll::Ready(Err(IoFailure::Write(e))) => {
+                    tracing::debug!(error = %e, "client write failed");
+                    // A session already ending ends for its reason; a client that closed both
+                    // sides cannot take its last answers: still a client close.
+                    return Poll::Ready(shared.closing.unwrap_or(if client_ended {
+                        CloseReason::ClientClosed
+                    } else {
+                        CloseReason::ClientIoError
+                    }));
+                }
+                Poll::Pending => {}
             }
-            Poll::Ready(Err(IoFailure::Read(e))) => {
-                tracing::debug!(error = %e, "upstream read failed");
-                return Poll::Ready(shared.closing.unwrap_or(CloseReason::UpstreamIoError));
+            if shared.closing.is_some() && !c2u.is_stopped() {
+                // Ending for what the upstream side saw (its protocol violation, a filter's close
+                // of a delivery): only what the client sent before goes upstream.
+                c2u.stop();
             }
-            Poll::Ready(Err(IoFailure::Write(e))) => {
-                tracing::debug!(error = %e, "client write failed");
-                // A session already ending ends for its reason; a client that closed both
-                // sides cannot take its last answers: still a client close.
-                return Poll::Ready(shared.closing.unwrap_or(if client_ended {
-                    CloseReason::ClientClosed
-                } else {
-                    CloseReason::ClientIoError
-                }));
+            shared.client_queued = u2c.queued();
+            if !shared.ctx.end_subscriptions.is_empty() && !upstream_write_failed {
+                c2u.end_subscriptions_upstream(shared);
             }
-            Poll::Pending => {}
-        }
-        if shared.closing.is_some() && !c2u.is_stopped() {
-            // Ending for what the upstream side saw (its protocol violation, a filter's close
-            // of a delivery): only what the client sent before goes upstream.
-            c2u.stop();
-        }
-        shared.client_queued = u2c.queued();
-        if !shared.ctx.end_subscriptions.is_empty() && !upstream_write_failed {
-            c2u.end_subscriptions_upstream(shared);
-        }
-        let c2u_polled = if upstream_write_failed {
-            Poll::Pending
-        } else {
-            c2u.poll(cx, client, upstream, shared)
-        };
-        match c2u_polled {
-            Poll::Ready(Ok(())) if !client_ended => {
-                if shared.closing.is_some() {
-                    // Already ending: what is queued for the client (its closing `-ERR`)
-                    // still goes, as below, within the close grace.
-                    client_ended = true;
-                } else if shared.ctx.connect.is_none() {
-                    return Poll::Ready(CloseReason::ClientClosed);
-                } else {
-                    // The client closed its side after its CONNECT: the upstream's answers to
-                    // what it sent still reach it (a half-closed client reads them), then the
-                    // session ends, within the close grace.
-                    client_ended = true;
-                    c2u.finish_after_upstream(shared);
+            let c2u_polled = if upstream_write_failed {
+                Poll::Pending
+            } else {
+                c2u.poll(cx, client, upstream, shared)
+            };
+            match c2u_polled {
+                Poll::Ready(Ok(())) if !client_ended => {
+                    if shared.closing.is_some() {
+                        // Already ending: what is queued for the client (its closing `-ERR`)
+                        // still goes, as below, within the close grace.
+                        client_ended = true;
+                    } else if shared.ctx.connect.is_none() {
+                        return Poll::Ready(CloseReason::ClientClosed);
+                    } else {
+                        // The client closed its side after its CONNECT: the upstream's answers to
+                        // what it sent still reach it (a half-closed client reads them), then the
+                        // session ends, within the close grace.
+                        client_ended = true;
+                        c2u.finish_after_upstream(shared);
+                        continue;
+                    }
+                }
+                // Ended; waiting for the upstream's last answers.
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(IoFailure::Read(e))) => {
+                    if transport::is_tls_on_plain(&e) {
+                        let why = HandshakeFailure::TlsOnPlainListener;
+                        env.metrics.handshake_failed(env.kind, why);
+                        tracing::warn!(error = %e, reason = why.as_str(), "handshake failed");
+                    } else if let Some(violation) = transport::ws_frame_violation(&e) {
+                        tracing::warn!(error = %violation, "client WebSocket protocol violation");
+                        return Poll::Ready(
+                            shared.closing.unwrap_or(CloseReason::ProtocolViolation),
+                        );
+                    } else {
+                        tracing::debug!(error = %e, "client read failed");
+                    }
+                    // A session already ending ends for its reason.
+                    return Poll::Ready(shared.closing.unwrap_or(CloseReason::ClientIoError));
+                }
+                Poll::Ready(Err(IoFailure::Write(e))) => {
+                    tracing::debug!(error = %e, "upstream write failed");
+                    // A client's violation waiting on a barrier the upstream will never answer
+                    // ends for it now.
+                    if shared.closing.is_none() {
+                        if let Some(reason) = ending_reason(shared, c2u) {
+                            return Poll::Ready(reason);
+                        }
+                    }
+                    // Not `shared.close`: a closing session reads no more from the upstream. One
+                    // already closing still delivers what is queued for the client (its closing
+                    // `-ERR`), within the close grace, and ends for its own reason.
+                    upstream_write_failed = true;
+                    upstream_reset = e.kind() == std::io::ErrorKind::ConnectionReset;
+                    c2u.stop();
+                    continue;
+                }
+                Poll::Pending => {}
+            }
+
+            // A client that takes none of the bytes queued for it within the write deadline is
+            // a slow consumer, and is closed as nats-server closes one. Nothing else would end
+            // its session: the upstream, no longer read past the high-water mark, cannot tell
+            // the edge that nats-server gave up on it.
+            if client_stall.expired(cx, u2c.stalled_at(), env.write_deadline) {
+                tracing::info!(
+                    write_deadline = ?env.write_deadline,
+                    queued_bytes = u2c.queued(),
+                    "slow consumer: the client took nothing within the write deadline"
+                );
+                return Poll::Ready(CloseReason::SlowConsumer);
+            }
+            // Likewise an upstream that takes nothing (a partition, a zero window): past its
+            // queue's bound the client is no longer read, so not even its close would be seen,
+            // and the session would last until TCP gave up. nats-server bounds its own writes
+            // the same way.
+            if !upstream_write_failed
+                && upstream_stall.expired(cx, c2u.stalled_at(), env.write_deadline)
+            {
+                tracing::warn!(
+                    write_deadline = ?env.write_deadline,
+                    queued_bytes = c2u.queued(),
+                    "the upstream took nothing within the write deadline"
+                );
+                return Poll::Ready(CloseReason::UpstreamIoError);
+            }
+
+            // A session that is ending, or whose client reader stopped on a violation, gets a
+            // bounded time to deliver its last words: to the client, and to the upstream what
+            // the client sent before the end (taken off its socket, so nats-server would have
+            // acted on it).
+            let ending = ending_reason(shared, c2u)
+                .or(upstream_write_failed.then_some(CloseReason::UpstreamIoError));
+            if let Some(reason) = ending {
+                // After a failed upstream write, only the upstream's end (or the grace) ends it:
+                // its last words may not have been read yet. Unless the session is closing: then
+                // the upstream is read no more, and what the client sent cannot go there.
+                if shared.closing.is_some()
+                    && u2c.is_drained()
+                    && shared.to_client.is_empty()
+                    && (c2u.is_drained() || upstream_write_failed)
+                {
+                    return Poll::Ready(reason);
+                }
+                // An upstream gone after a failed write has sent all it will: the session ends
+                // when that is delivered (its end read), the client's write deadline bounding the
+                // delivery; the longer grace is only a backstop.
+                let long_grace = upstream_write_failed && shared.closing.is_none();
+                if !long_grace && std::mem::take(&mut close_deadline_long) {
+                    // Closing now: the close grace, not the backstop, bounds what is left.
+                    close_deadline = None;
+                }
+                let deadline = close_deadline.get_or_insert_with(|| {
+                    close_deadline_long = long_grace;
+                    let grace = if long_grace {
+                        env.write_deadline.max(CLOSE_GRACE)
+                    } else {
+                        CLOSE_GRACE
+                    };
+                    Box::pin(tokio::time::sleep(grace))
+                });
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(reason);
+                }
+            }
+
+            if shrink_timer.is_none() && (c2u.is_grown() || u2c.is_grown() || client.is_grown()) {
+                shrink_timer = Some(Box::pin(tokio::time::sleep(SHRINK_INTERVAL)));
+            }
+            if let Some(timer) = shrink_timer.as_mut() {
+                if timer.as_mut().poll(cx).is_ready() {
+                    c2u.shrink_if_empty();
+                    u2c.shrink_if_empty();
+                    client.shrink_if_empty();
+                    shrink_timer = None;
                     continue;
                 }
             }
-            // Ended; waiting for the upstream's last answers.
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(IoFailure::Read(e))) => {
-                if transport::is_tls_on_plain(&e) {
-                    let why = HandshakeFailure::TlsOnPlainListener;
-                    env.metrics.handshake_failed(env.kind, why);
-                    tracing::warn!(error = %e, reason = why.as_str(), "handshake failed");
-                } else if let Some(violation) = transport::ws_frame_violation(&e) {
-                    tracing::warn!(error = %violation, "client WebSocket protocol violation");
-                    return Poll::Ready(shared.closing.unwrap_or(CloseReason::ProtocolViolation));
-                } else {
-                    tracing::debug!(error = %e, "client read failed");
-                }
-                // A session already ending ends for its reason.
-                return Poll::Ready(shared.closing.unwrap_or(CloseReason::ClientIoError));
-            }
-            Poll::Ready(Err(IoFailure::Write(e))) => {
-                tracing::debug!(error = %e, "upstream write failed");
-                // A client's violation waiting on a barrier the upstream will never answer
-                // ends for it now.
-                if shared.closing.is_none() {
-                    if let Some(reason) = ending_reason(shared, c2u) {
-                        return Poll::Ready(reason);
+
+            // A direction that yielded its turn is polled again after the worker's other
+            // sessions, whatever changed meanwhile: looping on here would let one client's ops
+            // (a CONNECT changes the session's state each time) hold the worker.
+            if shared.generation == generation || c2u.yielded() || u2c.yielded() {
+                // Once per wake-up, not per message: see `crate::registry`.
+                // The ACL filter names the user when it has judged a CONNECT.
+                let user = shared.ctx.identity.as_ref().and_then(|i| i.user.as_deref());
+                let stale = client_info_published
+                    .as_ref()
+                    .is_none_or(|(connects, published)| {
+                        *connects != shared.connects || published.as_deref() != user
+                    });
+                if stale {
+                    if let Some(connect) = &shared.ctx.connect {
+                        entry.set_client_info(ClientInfo {
+                            name: connect.name.clone(),
+                            lang: connect.lang.clone(),
+                            version: connect.version.clone(),
+                        });
+                        let user = user.map(str::to_string);
+                        entry.set_user(user.clone());
+                        client_info_published = Some((shared.connects, user));
                     }
                 }
-                // Not `shared.close`: a closing session reads no more from the upstream. One
-                // already closing still delivers what is queued for the client (its closing
-                // `-ERR`), within the close grace, and ends for its own reason.
-                upstream_write_failed = true;
-                upstream_reset = e.kind() == std::io::ErrorKind::ConnectionReset;
-                c2u.stop();
-                continue;
-            }
-            Poll::Pending => {}
-        }
-
-        // A client that takes none of the bytes queued for it within the write deadline is
-        // a slow consumer, and is closed as nats-server closes one. Nothing else would end
-        // its session: the upstream, no longer read past the high-water mark, cannot tell
-        // the edge that nats-server gave up on it.
-        if client_stall.expired(cx, u2c.stalled_at(), env.write_deadline) {
-            tracing::info!(
-                write_deadline = ?env.write_deadline,
-                queued_bytes = u2c.queued(),
-                "slow consumer: the client took nothing within the write deadline"
-            );
-            return Poll::Ready(CloseReason::SlowConsumer);
-        }
-        // Likewise an upstream that takes nothing (a partition, a zero window): past its
-        // queue's bound the client is no longer read, so not even its close would be seen,
-        // and the session would last until TCP gave up. nats-server bounds its own writes
-        // the same way.
-        if !upstream_write_failed
-            && upstream_stall.expired(cx, c2u.stalled_at(), env.write_deadline)
-        {
-            tracing::warn!(
-                write_deadline = ?env.write_deadline,
-                queued_bytes = c2u.queued(),
-                "the upstream took nothing within the write deadline"
-            );
-            return Poll::Ready(CloseReason::UpstreamIoError);
-        }
-
-        // A session that is ending, or whose client reader stopped on a violation, gets a
-        // bounded time to deliver its last words: to the client, and to the upstream what
-        // the client sent before the end (taken off its socket, so nats-server would have
-        // acted on it).
-        let ending = ending_reason(shared, c2u)
-            .or(upstream_write_failed.then_some(CloseReason::UpstreamIoError));
-        if let Some(reason) = ending {
-            // After a failed upstream write, only the upstream's end (or the grace) ends it:
-            // its last words may not have been read yet. Unless the session is closing: then
-            // the upstream is read no more, and what the client sent cannot go there.
-            if shared.closing.is_some()
-                && u2c.is_drained()
-                && shared.to_client.is_empty()
-                && (c2u.is_drained() || upstream_write_failed)
-            {
-                return Poll::Ready(reason);
-            }
-            // An upstream gone after a failed write has sent all it will: the session ends
-            // when that is delivered (its end read), the client's write deadline bounding the
-            // delivery; the longer grace is only a backstop.
-            let long_grace = upstream_write_failed && shared.closing.is_none();
-            if !long_grace && std::mem::take(&mut close_deadline_long) {
-                // Closing now: the close grace, not the backstop, bounds what is left.
-                close_deadline = None;
-            }
-            let deadline = close_deadline.get_or_insert_with(|| {
-                close_deadline_long = long_grace;
-                let grace = if long_grace {
-                    env.write_deadline.max(CLOSE_GRACE)
-                } else {
-                    CLOSE_GRACE
-                };
-                Box::pin(tokio::time::sleep(grace))
-            });
-            if deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(reason);
-            }
-        }
-
-        if shrink_timer.is_none() && (c2u.is_grown() || u2c.is_grown() || client.is_grown()) {
-            shrink_timer = Some(Box::pin(tokio::time::sleep(SHRINK_INTERVAL)));
-        }
-        if let Some(timer) = shrink_timer.as_mut() {
-            if timer.as_mut().poll(cx).is_ready() {
-                c2u.shrink_if_empty();
-                u2c.shrink_if_empty();
-                client.shrink_if_empty();
-                shrink_timer = None;
-                continue;
-            }
-        }
-
-        // A direction that yielded its turn is polled again after the worker's other
-        // sessions, whatever changed meanwhile: looping on here would let one client's ops
-        // (a CONNECT changes the session's state each time) hold the worker.
-        if shared.generation == generation || c2u.yielded() || u2c.yielded() {
-            // Once per wake-up, not per message: see `crate::registry`.
-            // The ACL filter names the user when it has judged a CONNECT.
-            let user = shared.ctx.identity.as_ref().and_then(|i| i.user.as_deref());
-            let stale = client_info_published
-                .as_ref()
-                .is_none_or(|(connects, published)| {
-                    *connects != shared.connects || published.as_deref() != user
+                entry.publish(LiveCounts {
+                    in_msgs: c2u.msgs,
+                    out_msgs: u2c.msgs,
+                    in_bytes: c2u.bytes,
+                    out_bytes: u2c.bytes,
+                    subscriptions: c2u.subscriptions(),
                 });
-            if stale {
-                if let Some(connect) = &shared.ctx.connect {
-                    entry.set_client_info(ClientInfo {
-                        name: connect.name.clone(),
-                        lang: connect.lang.clone(),
-                        version: connect.version.clone(),
-                    });
-                    let user = user.map(str::to_string);
-                    entry.set_user(user.clone());
-                    client_info_published = Some((shared.connects, user));
-                }
+                entry.publish_link(u2c.queued(), shared.rtt);
+                return Poll::Pending;
             }
-            entry.publish(LiveCounts {
-                in_msgs: c2u.msgs,
-                out_msgs: u2c.msgs,
-                in_bytes: c2u.bytes,
-                out_bytes: u2c.bytes,
-                subscriptions: c2u.subscriptions(),
-            });
-            entry.publish_link(u2c.queued(), shared.rtt);
-            return Poll::Pending;
         }
     })
     .await
