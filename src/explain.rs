@@ -134,7 +134,16 @@ pub fn explain(config: &Config, request: &ExplainRequest) -> Result<Report, Expl
 
     // Who the client is, as the running edge would decide it.
     let (user, login) = match config.auth.mode {
-        AuthModeConfig::Passthrough => (request.user.clone(), None),
+        AuthModeConfig::Passthrough => match (&request.user, &acl.no_auth_user) {
+            (None, Some(anonymous)) => (
+                Some(anonymous.name.to_string()),
+                Some(format!(
+                    "passthrough mode: no name, so the no_auth_user `{}`",
+                    anonymous.name
+                )),
+            ),
+            (user, _) => (user.clone(), None),
+        },
         AuthModeConfig::Edge => match request.user.as_deref() {
             None => match &acl.no_auth_user {
                 Some(anonymous) => (

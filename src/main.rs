@@ -204,8 +204,9 @@ fn main() -> ExitCode {
                     queue,
                 },
         } => {
-            // With the configuration's own rules, its mode is known: in edge mode a client
-            // that presents no name is the no_auth_user.
+            // A client that presents no name is the no_auth_user in either mode (in
+            // passthrough mode, as nats-server makes it its own). With the configuration's
+            // own rules, the mode is known: in edge mode, without one, it is refused.
             let edge_mode =
                 rules.is_empty() && config.auth.mode == nats_edge::config::AuthModeConfig::Edge;
             let files = if rules.is_empty() {
@@ -228,10 +229,7 @@ fn main() -> ExitCode {
                 },
             };
             let anonymous = loaded.no_auth_user.as_ref().map(|u| u.name.to_string());
-            let user = match user {
-                None if edge_mode => anonymous,
-                user => user,
-            };
+            let user = user.or(anonymous);
             // A client the edge refuses at login never gets as far as a permission.
             let refused = match &user {
                 None if edge_mode => Some("no credentials and no no_auth_user".to_string()),

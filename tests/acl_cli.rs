@@ -613,4 +613,25 @@ fn explain_answers_for_the_client_the_edge_would_make() {
     ));
     let (ok, _, err) = explain(&["pub", "orders.x"]);
     assert!(!ok, "{err}");
+
+    // In passthrough mode a client that presents no name is the no_auth_user too, as
+    // nats-server makes it its own, and is not refused at the edge.
+    std::fs::write(
+        &config,
+        format!(
+            "[upstream]\nurls = [\"nats://127.0.0.1:4223\"]\n\
+             [auth]\nmode = \"passthrough\"\nrules = [{users:?}]\n"
+        ),
+    )
+    .unwrap();
+    let (ok, anonymous, _) = explain(&["pub", "public.news"]);
+    assert!(ok);
+    assert!(
+        anonymous.contains("user: guest") && anonymous.contains("passthrough mode: no name"),
+        "{anonymous}"
+    );
+    assert!(
+        !anonymous.contains("refused at the edge's login"),
+        "{anonymous}"
+    );
 }

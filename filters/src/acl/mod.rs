@@ -263,6 +263,10 @@ impl AclFilter {
     /// (either alone is a failed login there); an nkey or JWT nats-server does not read
     /// leaves the client that user too.
     fn no_auth_user_for(&self, connect: &Connect) -> Option<Arc<str>> {
+        // nats-server takes no no_auth_user in operator mode.
+        if self.settings.operator_mode {
+            return None;
+        }
         let absent = |s: &Option<String>| s.as_deref().is_none_or(str::is_empty);
         let anonymous = absent(&connect.pass) && absent(&connect.auth_token);
         let user = self.rules.no_auth_user.as_ref().filter(|_| anonymous)?;

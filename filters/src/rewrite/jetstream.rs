@@ -9,6 +9,7 @@
 //! `jetstream_consumer_filters`): they are rare control messages, so the copy a JSON
 //! rewrite costs does not matter.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -400,19 +401,20 @@ const PENDING_ANSWERS: usize = 16 * 1024;
 /// Deliveries that answer no request between two looks for overdue requests.
 const PRUNE_EVERY: u32 = 256;
 
-/// What the requests sent with one reply subject wait for: the set that mapped them maps
-/// the answers back. Clients give every request a reply subject of its own; one reused
-/// for requests of the same kind counts them, so each gets its answer mapped.
+/// What the requests sent with one reply subject wait for, oldest first: the set that
+/// mapped each maps its answer back. Clients give every request a reply subject of its own;
+/// one reused takes its answers in the order its requests went out.
 struct Waiting {
     kind: ApiAnswer,
     set: Arc<RuleSet>,
-    requests: u32,
+    later: VecDeque<(ApiAnswer, Arc<RuleSet>)>,
 }
 
 impl crate::responses::HeldBytes for Waiting {
-    /// Its own size: the rule set is shared.
+    /// Its own size and its later requests': the rule sets are shared.
     fn held_bytes(&self) -> usize {
         std::mem::size_of::<Waiting>()
+            + self.later.len() * std::mem::size_of::<(ApiAnswer, Arc<RuleSet>)>()
     }
 }
 
@@ -422,6 +424,9 @@ impl crate::responses::HeldBytes for Waiting {
 pub struct PendingAnswers {
     waiting: ResponseTracker<Waiting>,
     misses: u32,
+    /// When overdue requests were last looked for, after misses: at most once per
+    /// [`ANSWER_PATIENCE`], as each look goes through every request waiting.
+    last_prune: Option<Instant>,
 }
 
 impl Default for PendingAnswers {
@@ -435,6 +440,7 @@ impl Default for PendingAnswers {
                 PENDING_ANSWERS,
             ),
             misses: 0,
+            last_prune: None,
         }
     }
 }
@@ -442,17 +448,19 @@ impl Default for PendingAnswers {
 impl PendingAnswers {
     /// A request whose answer is `kind` went out with `reply`, mapped by `set`. The reply
     /// subject is copied: it may be a slice of a buffer it must not hold on to.
+    /// A reply subject reused while an earlier request waits keeps both, in order, and is
+    /// waited for [`ANSWER_PATIENCE`] from the latest.
     pub fn expect(&mut self, reply: &[u8], kind: ApiAnswer, set: &Arc<RuleSet>) {
-        if let Some(waiting) = self.waiting.get_mut(reply) {
-            if waiting.kind == kind && Arc::ptr_eq(&waiting.set, set) {
-                waiting.requests = waiting.requests.saturating_add(1);
-                return;
+        let waiting = match self.waiting.forget(reply) {
+            Some(mut waiting) => {
+                waiting.later.push_back((kind, set.clone()));
+                waiting
             }
-        }
-        let waiting = Waiting {
-            kind,
-            set: set.clone(),
-            requests: 1,
+            None => Waiting {
+                kind,
+                set: set.clone(),
+                later: VecDeque::new(),
+            },
         };
         self.waiting.delivered_with(reply, waiting, Instant::now());
     }
@@ -469,7 +477,14 @@ impl PendingAnswers {
             self.misses += 1;
             if self.misses >= PRUNE_EVERY {
                 self.misses = 0;
-                self.waiting.prune_now(Instant::now());
+                let now = Instant::now();
+                if self
+                    .last_prune
+                    .is_none_or(|last| now.duration_since(last) >= ANSWER_PATIENCE)
+                {
+                    self.last_prune = Some(now);
+                    self.waiting.prune_now(now);
+                }
             }
             return false;
         };
@@ -484,9 +499,15 @@ impl PendingAnswers {
             });
         let (kind, set) = (waiting.kind, waiting.set.clone());
         if status || kind != (ApiAnswer::DirectGet { batch: true }) {
-            waiting.requests -= 1;
-            if waiting.requests == 0 {
-                self.waiting.forget(&msg.subject);
+            // Done with its answer: the next request on this reply subject is waited for.
+            match waiting.later.pop_front() {
+                Some((next_kind, next_set)) => {
+                    waiting.kind = next_kind;
+                    waiting.set = next_set;
+                }
+                None => {
+                    self.waiting.forget(&msg.subject);
+                }
             }
         }
         match kind {

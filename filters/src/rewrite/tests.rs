@@ -674,6 +674,32 @@ fn every_answer_of_a_burst_of_requests_is_mapped() {
     }
     let mut third = delivery(&inbox(7), "1", None, Some(stored), b"v");
     assert!(!pending.map_answer(&mut third));
+
+    // A batch, then a stream info, on one reply subject: the batch's messages up to its
+    // end, then the info, each mapped as its own request's answer.
+    pending.expect(
+        inbox(8).as_bytes(),
+        jetstream::ApiAnswer::DirectGet { batch: true },
+        &set,
+    );
+    pending.expect(inbox(8).as_bytes(), jetstream::ApiAnswer::Stream, &set);
+    for _ in 0..2 {
+        let mut msg = delivery(&inbox(8), "1", None, Some(stored), b"v");
+        assert!(pending.map_answer(&mut msg), "a message of the batch");
+    }
+    let mut end = delivery(
+        &inbox(8),
+        "1",
+        None,
+        Some(b"NATS/1.0 204 EOB\r\nNats-Num-Pending: 0\r\n\r\n"),
+        b"",
+    );
+    assert!(!pending.map_answer(&mut end));
+    let info = br#"{"config":{"name":"S","subjects":["tenant.acme.orders.>"]}}"#;
+    let mut answer = delivery(&inbox(8), "1", None, None, info);
+    assert!(pending.map_answer(&mut answer), "the stream info");
+    let payload = String::from_utf8(answer.payload.to_vec()).unwrap();
+    assert!(payload.contains(r#""subjects":["orders.>"]"#), "{payload}");
 }
 
 /// reverse(forward(s)) == s for random subjects over every rule set shipped in rules/.
