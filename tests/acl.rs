@@ -535,6 +535,26 @@ async fn edge_mode_user_goes_upstream_with_its_own_credentials() {
     );
 }
 
+/// An edge whose one listener terminates TLS with `server_cert` and asks for client
+/// certificates signed by `ca`, in front of `server`, with `auth` (an `[auth]` section).
+async fn client_certificate_edge(
+    server_cert: &transport_support::CertFiles,
+    ca: &transport_support::Ca,
+    server: &NatsServer,
+    auth: &str,
+) -> nats_edge::Edge {
+    start_edge_toml(&format!(
+        "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\nkind = \"tls\"\n\
+         tls = {{ cert_file = {}, key_file = {}, client_ca_file = {} }}\n\
+         [upstream]\nurls = [{:?}]\n{auth}",
+        toml_path(&server_cert.cert),
+        toml_path(&server_cert.key),
+        toml_path(&ca.cert),
+        server.url(),
+    ))
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_mode_maps_a_client_certificate_to_its_user() {
     let pki = Pki::new();
@@ -543,17 +563,7 @@ async fn edge_mode_maps_a_client_certificate_to_its_user() {
     let device = pki.leaf(&ca, "device", Leaf::client("device-7"));
     let stranger = pki.leaf(&ca, "stranger", Leaf::client("stranger"));
     let (server, monitor) = transport_support::server_with_monitor(SERVER_FOR_EDGE_MODE);
-    let toml = format!(
-        "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\nkind = \"tls\"\n\
-         tls = {{ cert_file = {}, key_file = {}, client_ca_file = {} }}\n\
-         [upstream]\nurls = [{:?}]\n{}",
-        toml_path(&server_cert.cert),
-        toml_path(&server_cert.key),
-        toml_path(&ca.cert),
-        server.url(),
-        edge_mode_toml("")
-    );
-    let edge = start_edge_toml(&toml).await;
+    let edge = client_certificate_edge(&server_cert, &ca, &server, &edge_mode_toml("")).await;
     let connect = |files: &transport_support::CertFiles| {
         client_options()
             .add_root_certificates(ca.cert.clone())
@@ -614,17 +624,10 @@ async fn a_mapped_certificate_needs_its_users_password_too() {
     )
     .unwrap();
     let server = NatsServer::start_with_config(SERVER_FOR_EDGE_MODE);
-    let toml = format!(
-        "[[listeners]]\nname = \"default\"\nbind = \"127.0.0.1:0\"\nkind = \"tls\"\n\
-         tls = {{ cert_file = {}, key_file = {}, client_ca_file = {} }}\n\
-         [upstream]\nurls = [{:?}]\n\
-         [auth]\nmode = \"edge\"\nrules = [{rules:?}]\nupstream = {{ user = \"edge\", password = \"edge-pw\" }}\n",
-        toml_path(&server_cert.cert),
-        toml_path(&server_cert.key),
-        toml_path(&ca.cert),
-        server.url(),
+    let auth = format!(
+        "[auth]\nmode = \"edge\"\nrules = [{rules:?}]\nupstream = {{ user = \"edge\", password = \"edge-pw\" }}\n"
     );
-    let edge = start_edge_toml(&toml).await;
+    let edge = client_certificate_edge(&server_cert, &ca, &server, &auth).await;
     let connect = |files: &transport_support::CertFiles, password: Option<&str>| {
         let mut options = client_options()
             .add_root_certificates(ca.cert.clone())

@@ -270,11 +270,12 @@ async fn regex_rules_map_both_ways() {
 }
 
 /// A nats-server with JetStream, its store in a directory of its own (kept as long as the
-/// server runs).
-fn jetstream_server() -> (tempfile::TempDir, NatsServer) {
+/// server runs), and an edge in front of it whose sessions use the shipped JetStream mount.
+async fn jetstream_mount() -> (tempfile::TempDir, NatsServer, nats_edge::Edge) {
     let store = tempfile::tempdir().unwrap();
     let server = NatsServer::start_with_args(&["-js", "-sd", &store.path().display().to_string()]);
-    (store, server)
+    let edge = mounted(&server, "jetstream-mount").await;
+    (store, server, edge)
 }
 
 /// A key-value bucket created through the edge.
@@ -354,8 +355,7 @@ async fn consumer_info(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_through_a_mount() {
     use async_nats::jetstream::{self, consumer::pull, stream};
-    let (_store, server) = jetstream_server();
-    let edge = mounted(&server, "jetstream-mount").await;
+    let (_store, server, edge) = jetstream_mount().await;
     let inside = jetstream::new(client(&edge_url(&edge)).await);
 
     let mut orders = within(
@@ -452,8 +452,7 @@ async fn jetstream_through_a_mount() {
 async fn key_value_through_a_mount() {
     use async_nats::jetstream::{self, kv};
     use futures::StreamExt;
-    let (_store, server) = jetstream_server();
-    let edge = mounted(&server, "jetstream-mount").await;
+    let (_store, server, edge) = jetstream_mount().await;
     let inside = jetstream::new(client(&edge_url(&edge)).await);
     let bucket = create_bucket(
         &inside,
@@ -518,8 +517,7 @@ async fn key_value_through_a_mount() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_jetstream_requests_through_a_mount_gets_every_answer_mapped() {
     use async_nats::jetstream::{self, kv};
-    let (_store, server) = jetstream_server();
-    let edge = mounted(&server, "jetstream-mount").await;
+    let (_store, _server, edge) = jetstream_mount().await;
     let inside = jetstream::new(client(&edge_url(&edge)).await);
     let bucket = create_bucket(
         &inside,
@@ -984,8 +982,7 @@ async fn message_traces_are_disabled_in_a_mount() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_consumers_deliver_through_the_mount() {
     use async_nats::jetstream::{self, consumer::push, stream};
-    let (_store, server) = jetstream_server();
-    let edge = mounted(&server, "jetstream-mount").await;
+    let (_store, server, edge) = jetstream_mount().await;
     let nc = client(&edge_url(&edge)).await;
     let inside = jetstream::new(nc.clone());
     let direct = client(&server.url()).await;
@@ -1197,8 +1194,7 @@ fn incompressible(seed: u64, len: usize) -> Bytes {
 async fn a_stream_snapshot_and_restore_through_the_jetstream_mount() {
     use serde_json::json;
     const N: u64 = 6;
-    let (_store, server) = jetstream_server();
-    let edge = mounted(&server, "jetstream-mount").await;
+    let (_store, server, edge) = jetstream_mount().await;
     let nc = client(&edge_url(&edge)).await;
     let direct = client(&server.url()).await;
 
@@ -1327,8 +1323,7 @@ async fn a_stream_snapshot_and_restore_through_the_jetstream_mount() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_nats_server_refuses_are_refused_through_a_mount() {
     use serde_json::json;
-    let (_store, server) = jetstream_server();
-    let edge = mounted(&server, "jetstream-mount").await;
+    let (_store, server, edge) = jetstream_mount().await;
     let nc = client(&edge_url(&edge)).await;
     for (subjects, text) in [
         (
